@@ -1,0 +1,160 @@
+package crdt
+
+import (
+	"fmt"
+	"slices"
+)
+
+// FieldChange is a field one side changed since the base.
+type FieldChange struct {
+	Path Path
+	Old  any // the base value (nil if the field was absent)
+	New  any // nil if Removed
+	// Removed is true when the side deleted the field.
+	Removed bool
+}
+
+// Conflict is a field both sides changed since the base to different values
+// (Automerge's concurrent puts to one map key), or, with Path nil, a record
+// deleted on one side and edited on the other.
+type Conflict struct {
+	Path   Path
+	Base   any
+	Local  any
+	Remote any
+	// The *Set flags tell a field that is absent (deleted, or never written)
+	// from one that holds nil.
+	BaseSet, LocalSet, RemoteSet bool
+}
+
+// IsDelete reports whether the conflict is a delete racing an edit, for the
+// whole record. Then Base, Local and Remote are the record's fields (nil for
+// the side that deleted).
+func (c Conflict) IsDelete() bool { return c.Path == nil }
+
+// FieldDiff is the three-way comparison of one record.
+type FieldDiff struct {
+	Local     []FieldChange // changed only locally, or identically on both sides
+	Remote    []FieldChange // changed only remotely
+	Merged    []Path        // edited on both sides, merged by the CRDT (lists, text, counters)
+	Conflicts []Conflict
+	// LocalDeleted and RemoteDeleted report a side that turned the record
+	// into a tombstone since the base.
+	LocalDeleted, RemoteDeleted bool
+}
+
+// Diff3 compares base (the version both sides last shared), local and remote
+// field by field, recursing into nested maps that all three hold. A field
+// both sides assigned to different values is a conflict. Lists, text and
+// counters that all three hold merge by CRDT rules and are reported in
+// Merged, not as conflicts. A record deleted on one side and changed on the
+// other is a conflict with a nil Path. Results are sorted by path.
+func Diff3(base, local, remote *Doc) (*FieldDiff, error) {
+	var snaps [3]map[string]any
+	var dead [3]bool
+	for i, d := range []*Doc{base, local, remote} {
+		var err error
+		if snaps[i], err = d.fields(true); err != nil {
+			return nil, fmt.Errorf("crdt: diff: %w", err)
+		}
+		dead[i] = d.Deleted()
+	}
+	out := &FieldDiff{
+		LocalDeleted:  dead[1] && !dead[0],
+		RemoteDeleted: dead[2] && !dead[0],
+	}
+	diffMap(nil, snaps[0], snaps[1], snaps[2], out)
+
+	// A side that deleted the record while the other changed it (or
+	// restored it) conflicts as a whole.
+	localChanged := len(out.Local) > 0 || len(out.Conflicts) > 0 || len(out.Merged) > 0
+	remoteChanged := len(out.Remote) > 0 || len(out.Conflicts) > 0 || len(out.Merged) > 0
+	switch {
+	case out.LocalDeleted && !dead[2] && (remoteChanged || dead[0]):
+		out.Conflicts = []Conflict{{Base: snapOrNil(snaps[0], dead[0]), Local: nil, Remote: snaps[2], BaseSet: !dead[0], RemoteSet: true}}
+	case out.RemoteDeleted && !dead[1] && (localChanged || dead[0]):
+		out.Conflicts = []Conflict{{Base: snapOrNil(snaps[0], dead[0]), Local: snaps[1], Remote: nil, BaseSet: !dead[0], LocalSet: true}}
+	}
+	sortByPath(out)
+	return out, nil
+}
+
+func snapOrNil(m map[string]any, dead bool) any {
+	if dead {
+		return nil
+	}
+	return m
+}
+
+func diffMap(at Path, b, l, r map[string]any, out *FieldDiff) {
+	keys := map[string]bool{}
+	for _, m := range []map[string]any{b, l, r} {
+		for k := range m {
+			keys[k] = true
+		}
+	}
+	for k := range keys {
+		p := append(slices.Clone(at), k)
+		bv, bok := b[k]
+		lv, lok := l[k]
+		rv, rok := r[k]
+		lch := !same(bok, bv, lok, lv)
+		rch := !same(bok, bv, rok, rv)
+		switch {
+		case !lch && !rch:
+		case lch && !rch:
+			out.Local = append(out.Local, FieldChange{Path: p, Old: bv, New: lv, Removed: !lok})
+		case !lch && rch:
+			out.Remote = append(out.Remote, FieldChange{Path: p, Old: bv, New: rv, Removed: !rok})
+		case same(lok, lv, rok, rv):
+			// Both made the same change: nothing to resolve.
+			out.Local = append(out.Local, FieldChange{Path: p, Old: bv, New: lv, Removed: !lok})
+		case bok && lok && rok && kindOf(bv) == "map" && kindOf(lv) == "map" && kindOf(rv) == "map":
+			diffMap(p, bv.(map[string]any), lv.(map[string]any), rv.(map[string]any), out)
+		case bok && lok && rok && kindOf(bv) != "scalar" && kindOf(bv) == kindOf(lv) && kindOf(bv) == kindOf(rv):
+			out.Merged = append(out.Merged, p)
+		default:
+			out.Conflicts = append(out.Conflicts, Conflict{
+				Path: p, Base: plain(bv), Local: plain(lv), Remote: plain(rv),
+				BaseSet: bok, LocalSet: lok, RemoteSet: rok,
+			})
+		}
+	}
+}
+
+func same(aok bool, a any, bok bool, b any) bool {
+	return aok == bok && (!aok || Equal(a, b) && kindOf(a) == kindOf(b))
+}
+
+func sortByPath(d *FieldDiff) {
+	cmp := func(a, b Path) int { return slices.Compare(pathKey(a), pathKey(b)) }
+	slices.SortFunc(d.Local, func(a, b FieldChange) int { return cmp(a.Path, b.Path) })
+	slices.SortFunc(d.Remote, func(a, b FieldChange) int { return cmp(a.Path, b.Path) })
+	slices.SortFunc(d.Merged, cmp)
+	slices.SortFunc(d.Conflicts, func(a, b Conflict) int { return cmp(a.Path, b.Path) })
+}
+
+func pathKey(p Path) []string {
+	out := make([]string, len(p))
+	for i, e := range p {
+		out[i] = fmt.Sprint(e)
+	}
+	return out
+}
+
+// String renders a path as dotted keys, for messages.
+func (p Path) String() string {
+	s := ""
+	for i, e := range p {
+		switch x := e.(type) {
+		case int:
+			s += fmt.Sprintf("[%d]", x)
+		default:
+			if i > 0 {
+				s += "."
+			}
+			s += fmt.Sprint(x)
+		}
+	}
+	return s
+}

@@ -1,0 +1,68 @@
+package replica
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Options configure a replica. A nil *Options is valid and means the
+// defaults; Open never modifies the Options it is given.
+type Options struct {
+	// InMemory keeps everything in memory (for tests): nothing survives
+	// Close. The dir argument of Open is ignored.
+	InMemory bool
+
+	// Relaxed turns off fsync on every commit (Badger's SyncWrites). Writes
+	// are much faster, but the last writes before a power loss or kernel
+	// crash may be lost even though they returned without error. A process
+	// crash alone loses nothing. The default is durable.
+	Relaxed bool
+
+	// CacheSize bounds how many loaded documents are kept in memory.
+	// Default 1024.
+	CacheSize int
+
+	// CompactAfter folds a record's incremental chunks into its snapshot
+	// once it has this many. Default 32.
+	CompactAfter int
+
+	// MaxRecordBytes bounds one record's stored size (snapshot plus
+	// chunks); a write past it fails with ErrTooLarge. Default 16 MiB.
+	MaxRecordBytes int
+
+	// GCInterval is how often Badger's value log is garbage-collected in
+	// the background. Default 10 minutes; negative disables it.
+	GCInterval time.Duration
+
+	// Logger receives the replica's and Badger's logs. Default: discard.
+	Logger *slog.Logger
+
+	// Clock stamps commits. Default time.Now.
+	Clock func() time.Time
+}
+
+func (o *Options) withDefaults() Options {
+	var v Options
+	if o != nil {
+		v = *o
+	}
+	if v.CacheSize <= 0 {
+		v.CacheSize = 1024
+	}
+	if v.CompactAfter <= 0 {
+		v.CompactAfter = 32
+	}
+	if v.MaxRecordBytes <= 0 {
+		v.MaxRecordBytes = 16 << 20
+	}
+	if v.GCInterval == 0 {
+		v.GCInterval = 10 * time.Minute
+	}
+	if v.Logger == nil {
+		v.Logger = slog.New(slog.DiscardHandler)
+	}
+	if v.Clock == nil {
+		v.Clock = time.Now
+	}
+	return v
+}

@@ -1,0 +1,213 @@
+package replica
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/google/uuid"
+)
+
+// Replica is one device's copy of its data. It is safe for concurrent use by
+// many goroutines: reads of a record wait only for a write to the same
+// record, and writes to different records commit in parallel.
+type Replica struct {
+	db   *badger.DB
+	id   string
+	opts Options
+	log  *slog.Logger
+
+	locks stripes
+	cache *docCache
+	feeds *feeds
+
+	closeOnce sync.Once
+	closeErr  error
+	closing   chan struct{}
+	wg        sync.WaitGroup // background goroutines
+	mu        sync.RWMutex   // held for reading by every operation; Close takes it for writing
+	closed    bool
+}
+
+// Open opens the replica stored in dir, creating it (and dir) if absent.
+// dir must be empty, missing, or a Ferry store: anything else gives
+// ErrNotStore without touching it. A store written by a newer Ferry gives
+// ErrNewerFormat.
+func Open(dir string, o *Options) (*Replica, error) {
+	opts := o.withDefaults()
+	if !opts.InMemory {
+		if err := checkDir(dir); err != nil {
+			return nil, err
+		}
+	}
+	bo := badger.DefaultOptions(dir).
+		WithInMemory(opts.InMemory).
+		WithSyncWrites(!opts.Relaxed).
+		WithLogger(badgerLogger{opts.Logger}).
+		// A device store: keep Badger's memory modest.
+		WithMemTableSize(16 << 20).
+		WithBlockCacheSize(32 << 20).
+		WithNumVersionsToKeep(1)
+	if opts.InMemory {
+		bo.Dir, bo.ValueDir = "", ""
+	}
+	db, err := badger.Open(bo)
+	if err != nil {
+		return nil, fmt.Errorf("ferry: open store %s: %w", dir, err)
+	}
+	r := &Replica{
+		db:      db,
+		opts:    opts,
+		log:     opts.Logger,
+		cache:   newDocCache(opts.CacheSize),
+		feeds:   newFeeds(),
+		closing: make(chan struct{}),
+	}
+	if r.id, err = r.initMeta(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if !opts.InMemory && opts.GCInterval > 0 {
+		r.wg.Add(1)
+		go r.gcLoop(opts.GCInterval)
+	}
+	return r, nil
+}
+
+// checkDir refuses a folder with files that are not a Badger store, before
+// Badger would create its own files beside them.
+func checkDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return os.MkdirAll(dir, 0o700)
+	}
+	if err != nil {
+		return fmt.Errorf("ferry: open store: %w", err)
+	}
+	if len(entries) == 0 {
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); err != nil {
+		return fmt.Errorf("%w: %s holds %d entries and no store manifest", ErrNotStore, dir, len(entries))
+	}
+	return nil
+}
+
+// initMeta checks the format version and returns the replica ID, writing
+// both on a new store.
+func (r *Replica) initMeta() (string, error) {
+	var id string
+	err := r.db.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get(keyFormat)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return r.initNew(txn, &id)
+		}
+		if err != nil {
+			return err
+		}
+		v, err := item.ValueCopy(nil)
+		if err != nil {
+			return err
+		}
+		if len(v) != 4 {
+			return fmt.Errorf("%w: bad format marker", ErrNotStore)
+		}
+		if f := binary.BigEndian.Uint32(v); f > formatVersion {
+			return fmt.Errorf("%w: store format %d, this Ferry reads up to %d", ErrNewerFormat, f, formatVersion)
+		}
+		item, err = txn.Get(keyID)
+		if err != nil {
+			return fmt.Errorf("%w: no replica ID: %v", ErrNotStore, err)
+		}
+		b, err := item.ValueCopy(nil)
+		id = string(b)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("ferry: open store: %w", err)
+	}
+	return id, nil
+}
+
+func (r *Replica) initNew(txn *badger.Txn, id *string) error {
+	// A Badger store with keys but no format marker belongs to someone else.
+	it := txn.NewIterator(badger.IteratorOptions{})
+	nonEmpty := func() bool { defer it.Close(); it.Rewind(); return it.Valid() }()
+	if nonEmpty {
+		return fmt.Errorf("%w: store has data but no Ferry format marker", ErrNotStore)
+	}
+	// The replica ID doubles as the Automerge actor ID: 16 random bytes in
+	// hex, unique per device.
+	u := uuid.New()
+	*id = fmt.Sprintf("%x", u[:])
+	if err := txn.Set(keyFormat, binary.BigEndian.AppendUint32(nil, formatVersion)); err != nil {
+		return err
+	}
+	return txn.Set(keyID, []byte(*id))
+}
+
+// ID returns the replica's stable ID (also its Automerge actor ID).
+func (r *Replica) ID() string { return r.id }
+
+// Close waits for in-flight operations, stops background work, and closes
+// the store. It is safe to call more than once; later calls return the
+// first call's result.
+func (r *Replica) Close() error {
+	r.closeOnce.Do(func() {
+		close(r.closing)
+		r.wg.Wait()
+		r.mu.Lock()
+		r.closed = true
+		r.mu.Unlock()
+		r.feeds.closeAll(ErrClosed)
+		r.closeErr = r.db.Close()
+	})
+	return r.closeErr
+}
+
+// enter guards an operation against a concurrent Close.
+func (r *Replica) enter() (func(), error) {
+	r.mu.RLock()
+	if r.closed {
+		r.mu.RUnlock()
+		return nil, ErrClosed
+	}
+	return r.mu.RUnlock, nil
+}
+
+func (r *Replica) gcLoop(every time.Duration) {
+	defer r.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.closing:
+			return
+		case <-t.C:
+			// Each successful run rewrites one value log file; keep going
+			// while there is garbage to reclaim.
+			for r.db.RunValueLogGC(0.5) == nil {
+				select {
+				case <-r.closing:
+					return
+				default:
+				}
+			}
+		}
+	}
+}
+
+// badgerLogger sends Badger's logs to slog; its chatty info lines go to
+// debug.
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error(fmt.Sprintf(f, a...), "component", "badger") }
+func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn(fmt.Sprintf(f, a...), "component", "badger") }
+func (b badgerLogger) Infof(f string, a ...any)    { b.l.Debug(fmt.Sprintf(f, a...), "component", "badger") }
+func (b badgerLogger) Debugf(f string, a ...any)   { b.l.Debug(fmt.Sprintf(f, a...), "component", "badger") }

@@ -1,0 +1,121 @@
+package replica
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrysync/ferry/crdt"
+)
+
+func cacheKey(coll, id string) string { return coll + "\x00" + id }
+
+// readMeta returns the record's meta, or ok=false if the record never
+// existed.
+func readMeta(txn *badger.Txn, coll, id string) (meta, bool, error) {
+	item, err := txn.Get(recKey('r', coll, id))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return meta{}, false, nil
+	}
+	if err != nil {
+		return meta{}, false, err
+	}
+	var m meta
+	err = item.Value(func(v []byte) error {
+		m, err = decodeMeta(v)
+		return err
+	})
+	return m, err == nil, err
+}
+
+// loadDoc returns the record's document and meta, from the cache or the
+// store. The caller holds the record's stripe lock. A record that never
+// existed returns ok=false.
+func (r *Replica) loadDoc(txn *badger.Txn, coll, id string) (*crdt.Doc, meta, bool, error) {
+	key := cacheKey(coll, id)
+	if d, m, ok := r.cache.get(key); ok {
+		return d, m, true, nil
+	}
+	m, ok, err := readMeta(txn, coll, id)
+	if err != nil || !ok {
+		return nil, meta{}, false, err
+	}
+	// Snapshot and chunks concatenate into one Automerge byte stream that
+	// loads in a single call.
+	buf := make([]byte, 0, m.snapBytes+m.chunkBytes)
+	item, err := txn.Get(recKey('s', coll, id))
+	switch {
+	case err == nil:
+		if buf, err = item.ValueCopy(buf); err != nil {
+			return nil, meta{}, false, err
+		}
+	case !errors.Is(err, badger.ErrKeyNotFound):
+		return nil, meta{}, false, err
+	}
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(coll, id), PrefetchValues: true, PrefetchSize: 16})
+	for it.Rewind(); it.Valid(); it.Next() {
+		if err := it.Item().Value(func(v []byte) error { buf = append(buf, v...); return nil }); err != nil {
+			it.Close()
+			return nil, meta{}, false, err
+		}
+	}
+	it.Close()
+	d, err := crdt.Load(buf, r.id)
+	if err != nil {
+		return nil, meta{}, false, fmt.Errorf("ferry: record %s/%s: %w", coll, id, err)
+	}
+	r.cache.put(key, d, m)
+	return d, m, true, nil
+}
+
+// writeRecord stores the changes doc gained since m.heads as a new chunk,
+// or folds everything into a fresh snapshot once enough chunks piled up. It
+// returns the new meta. pending marks the record as having changes the relay
+// has not acknowledged.
+func (r *Replica) writeRecord(txn *badger.Txn, coll, id string, doc *crdt.Doc, m meta, pending bool) (meta, error) {
+	delta, err := doc.ChangesSince(m.heads)
+	if err != nil {
+		return m, err
+	}
+	if len(delta) == 0 {
+		return m, nil
+	}
+	nm := m
+	nm.heads = doc.Heads()
+	nm.deleted = doc.Deleted()
+	if m.chunks+1 >= r.opts.CompactAfter || len(delta)+m.chunkBytes > m.snapBytes+4096 && m.chunks >= 4 {
+		snap := doc.Save()
+		if len(snap) > r.opts.MaxRecordBytes {
+			return m, fmt.Errorf("%w: %s/%s would be %d bytes, limit %d", ErrTooLarge, coll, id, len(snap), r.opts.MaxRecordBytes)
+		}
+		for n := m.nextChunk - uint64(m.chunks); n < m.nextChunk; n++ {
+			if err := txn.Delete(chunkKey(coll, id, n)); err != nil {
+				return m, err
+			}
+		}
+		if err := txn.Set(recKey('s', coll, id), snap); err != nil {
+			return m, err
+		}
+		nm.snapBytes, nm.chunks, nm.chunkBytes = len(snap), 0, 0
+	} else {
+		if m.snapBytes+m.chunkBytes+len(delta) > r.opts.MaxRecordBytes {
+			return m, fmt.Errorf("%w: %s/%s would be %d bytes, limit %d", ErrTooLarge, coll, id, m.snapBytes+m.chunkBytes+len(delta), r.opts.MaxRecordBytes)
+		}
+		if err := txn.Set(chunkKey(coll, id, m.nextChunk), delta); err != nil {
+			return m, err
+		}
+		nm.nextChunk++
+		nm.chunks++
+		nm.chunkBytes += len(delta)
+	}
+	if err := txn.Set(recKey('r', coll, id), nm.encode()); err != nil {
+		return m, err
+	}
+	if pending {
+		if err := txn.Set(recKey('p', coll, id), nil); err != nil {
+			return m, err
+		}
+	}
+	return nm, nil
+}

@@ -1,0 +1,238 @@
+package replica
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/google/uuid"
+
+	"github.com/ferrysync/ferry/crdt"
+)
+
+// Tx is a unit of work: the writes queued on it commit together, in one
+// store transaction, or not at all. A Tx is only valid inside the function
+// given to [Replica.Update] and must not be shared between goroutines.
+//
+// The queued writes run, in order, when that function returns nil. Their
+// errors (ErrNotFound, ErrExists, an update function's error) abort the
+// whole unit.
+type Tx struct {
+	r   *Replica
+	ops []op
+	err error // the first error a queueing call returned
+}
+
+type opKind int
+
+const (
+	opCreate opKind = iota // new record; ErrExists if live
+	opPut                  // create or overwrite fields
+	opUpdate               // edit an existing live record
+	opDelete               // tombstone
+	opImport               // remote changes (sync)
+)
+
+type op struct {
+	kind     opKind
+	coll, id string
+	value    any
+	fn       func(*crdt.Doc) error
+	data     []byte
+}
+
+// Update runs fn and commits the writes it queued on tx atomically. If fn
+// returns an error nothing is written and that error is returned.
+func (r *Replica) Update(fn func(tx *Tx) error) error {
+	tx := &Tx{r: r}
+	if err := fn(tx); err != nil {
+		return err
+	}
+	if tx.err != nil {
+		return tx.err
+	}
+	_, err := r.commit(tx.ops, true)
+	return err
+}
+
+func (tx *Tx) queue(o op) error {
+	err := ValidateCollection(o.coll)
+	if err == nil {
+		err = ValidateID(o.id)
+	}
+	if err != nil {
+		if tx.err == nil {
+			tx.err = err
+		}
+		return err
+	}
+	tx.ops = append(tx.ops, o)
+	return nil
+}
+
+// Insert queues a new record holding v's fields under a new UUIDv7 ID
+// (time-ordered, so scans list records in creation order) and returns the ID.
+func (tx *Tx) Insert(coll string, v any) (string, error) {
+	u, err := uuid.NewV7()
+	if err != nil {
+		return "", fmt.Errorf("ferry: new record ID: %w", err)
+	}
+	id := u.String()
+	return id, tx.queue(op{kind: opCreate, coll: coll, id: id, value: v})
+}
+
+// Create queues a new record with the app's ID. The commit fails with
+// ErrExists if a live record has that ID.
+func (tx *Tx) Create(coll, id string, v any) error {
+	return tx.queue(op{kind: opCreate, coll: coll, id: id, value: v})
+}
+
+// Put queues a write of v's fields (see crdt.Doc.Put) to the record,
+// creating it, or restoring it if deleted.
+func (tx *Tx) Put(coll, id string, v any) error {
+	return tx.queue(op{kind: opPut, coll: coll, id: id, value: v})
+}
+
+// Update queues fn to edit the record's document. The commit fails with
+// ErrNotFound if the record does not exist or is deleted. fn runs during
+// the commit, with the record locked: it must not call the replica.
+func (tx *Tx) Update(coll, id string, fn func(doc *crdt.Doc) error) error {
+	return tx.queue(op{kind: opUpdate, coll: coll, id: id, fn: fn})
+}
+
+// Delete queues the record's deletion: it becomes a tombstone, which syncs
+// like any edit. Deleting a deleted record does nothing; a record that never
+// existed gives ErrNotFound.
+func (tx *Tx) Delete(coll, id string) error {
+	return tx.queue(op{kind: opDelete, coll: coll, id: id})
+}
+
+// touched is one record's state during a commit.
+type touched struct {
+	coll, id   string
+	doc        *crdt.Doc
+	old, new   meta
+	existed    bool // stored before this commit
+	wasDeleted bool
+	seen       bool // existed, or created earlier in this unit of work
+	live       bool // exists and is not deleted, as of the ops applied so far
+}
+
+// commit applies ops under the records' locks in one Badger transaction.
+// local marks the records pending (their changes are this device's, to be
+// pushed); remote imports do not.
+func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
+	if len(ops) == 0 {
+		return nil, nil
+	}
+	release, err := r.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+
+	keys := make([]string, len(ops))
+	for i, o := range ops {
+		keys[i] = cacheKey(o.coll, o.id)
+	}
+	unlock := r.locks.lockAll(keys)
+	defer unlock()
+
+	state := map[string]*touched{}
+	var order []*touched
+	err = r.db.Update(func(txn *badger.Txn) error {
+		for i, o := range ops {
+			t := state[keys[i]]
+			if t == nil {
+				d, m, ok, err := r.loadDoc(txn, o.coll, o.id)
+				if err != nil {
+					return err
+				}
+				if !ok {
+					if d, err = crdt.New(r.id); err != nil {
+						return err
+					}
+				}
+				t = &touched{coll: o.coll, id: o.id, doc: d, old: m, new: m, existed: ok, wasDeleted: ok && m.deleted, seen: ok, live: ok && !m.deleted}
+				state[keys[i]] = t
+				order = append(order, t)
+			}
+			if err := applyOp(t, o); err != nil {
+				return fmt.Errorf("ferry: %s/%s: %w", o.coll, o.id, err)
+			}
+		}
+		now := r.opts.Clock()
+		for _, t := range order {
+			if _, err := t.doc.Commit("", now); err != nil {
+				return err
+			}
+			nm, err := r.writeRecord(txn, t.coll, t.id, t.doc, t.old, local)
+			if err != nil {
+				return err
+			}
+			t.new = nm
+			if !t.existed && len(nm.heads) > 0 {
+				if err := txn.Set(collKey(t.coll), nil); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		// The cached documents may hold edits that were never stored:
+		// drop them so the next read loads what the store has.
+		for _, t := range order {
+			r.cache.drop(cacheKey(t.coll, t.id))
+		}
+		if errors.Is(err, badger.ErrTxnTooBig) {
+			return nil, fmt.Errorf("%w: unit of work too large for one transaction: %w", ErrTooLarge, err)
+		}
+		return nil, err
+	}
+	var events []Event
+	for _, t := range order {
+		r.cache.put(cacheKey(t.coll, t.id), t.doc, t.new)
+		if ev, ok := t.event(local); ok {
+			events = append(events, ev)
+		}
+	}
+	// Published under the records' locks, so a feed sees one record's
+	// events in commit order.
+	r.feeds.publish(events)
+	return events, nil
+}
+
+func applyOp(t *touched, o op) error {
+	switch o.kind {
+	case opCreate:
+		if t.live {
+			return ErrExists
+		}
+		fallthrough
+	case opPut:
+		if err := t.doc.SetDeleted(false); err != nil {
+			return err
+		}
+		t.live, t.seen = true, true
+		return t.doc.Put(o.value)
+	case opUpdate:
+		if !t.live {
+			return ErrNotFound
+		}
+		return o.fn(t.doc)
+	case opDelete:
+		if !t.seen {
+			return ErrNotFound
+		}
+		t.live = false
+		return t.doc.SetDeleted(true)
+	case opImport:
+		if _, err := t.doc.Import(o.data); err != nil {
+			return err
+		}
+		t.seen, t.live = true, !t.doc.Deleted()
+		return nil
+	}
+	return fmt.Errorf("ferry: unknown op %d", o.kind)
+}
