@@ -1,0 +1,198 @@
+package transport
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+)
+
+// DefaultLiveBuffer is how many live messages a Client holds for a slow
+// reader of Live.
+const DefaultLiveBuffer = 64
+
+// ClientOptions configure a Client; nil means defaults.
+type ClientOptions struct {
+	// LiveBuffer is the capacity of the Live channel; 0 means
+	// DefaultLiveBuffer.
+	LiveBuffer int
+}
+
+// Client makes requests over a Conn and receives live messages. It owns
+// the Conn and runs the Conn's read loop in a goroutine that Close stops.
+//
+// Concurrency: Call may be called from any number of goroutines; responses
+// are matched to calls by id. Live messages arrive on the Live channel in
+// order. If its reader falls LiveBuffer messages behind, the Client closes
+// the connection (slow_consumer, close 4001) rather than grow without bound
+// or stall the responses that share the read loop; the caller reconnects
+// and subscribes again from its last applied cursor.
+type Client struct {
+	conn   *Conn
+	live   chan *Live
+	done   chan struct{} // closed when the read loop ends
+	nextID atomic.Uint64
+
+	mu      sync.Mutex
+	pending map[uint64]chan *Envelope // by request id; guarded by mu
+	err     error                     // why the read loop ended; guarded by mu
+}
+
+// NewClient starts a Client on conn, which it owns from now on.
+func NewClient(conn *Conn, opts *ClientOptions) *Client {
+	n := DefaultLiveBuffer
+	if opts != nil && opts.LiveBuffer > 0 {
+		n = opts.LiveBuffer
+	}
+	c := &Client{
+		conn:    conn,
+		live:    make(chan *Live, n),
+		done:    make(chan struct{}),
+		pending: make(map[uint64]chan *Envelope),
+	}
+	go c.readLoop()
+	return c
+}
+
+// Live returns the channel of live messages from subscriptions. It is
+// closed when the connection ends.
+func (c *Client) Live() <-chan *Live { return c.live }
+
+// Done is closed when the connection has ended; Err then says why.
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// Err returns why the connection ended, or nil while it is up. A
+// connection-level error from the relay (an error message with id 0, such
+// as shutting_down) is in the chain, as is ErrClosed.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Call sends req and waits for its response, decoding it into resp, which
+// must be the response type (Welcome for Hello, Changes for Pull, Ack for
+// Push, Lease for LeaseAcquire and LeaseRenew, OK for the rest), or nil to
+// discard it. req is checked against the Conn's limits first. An error
+// response is returned as *Error; a response of another type wraps
+// ErrUnexpectedType. If ctx ends first, a late response is dropped.
+func (c *Client) Call(ctx context.Context, req Body, resp Body) error {
+	if err := c.conn.limits.Validate(req); err != nil {
+		return fmt.Errorf("transport: %s request: %w", req.MessageType(), err)
+	}
+	id := c.nextID.Add(1)
+	env, err := NewEnvelope(id, req)
+	if err != nil {
+		return err
+	}
+	ch := make(chan *Envelope, 1)
+	c.mu.Lock()
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		return err
+	}
+	c.pending[id] = ch
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.pending, id)
+		c.mu.Unlock()
+	}()
+
+	if err := c.conn.Send(ctx, env); err != nil {
+		return err
+	}
+	var r *Envelope
+	select {
+	case r = <-ch:
+	case <-ctx.Done():
+		return fmt.Errorf("transport: %s call: %w", req.MessageType(), ctx.Err())
+	case <-c.done:
+		// The response may have arrived just before the end.
+		select {
+		case r = <-ch:
+		default:
+			return c.Err()
+		}
+	}
+	if r.Type == TypeError {
+		perr, err := DecodeBody[Error](r)
+		if err != nil {
+			return err
+		}
+		return perr
+	}
+	if resp == nil {
+		return nil
+	}
+	if r.Type != resp.MessageType() {
+		return fmt.Errorf("%w: %s answered with %s, want %s", ErrUnexpectedType, req.MessageType(), r.Type, resp.MessageType())
+	}
+	return r.decodeInto(resp)
+}
+
+// Close closes the connection and waits for the read loop.
+func (c *Client) Close() error {
+	err := c.conn.Close()
+	<-c.done
+	return err
+}
+
+func (c *Client) readLoop() {
+	var remote error // a connection-level error the relay sent before closing
+	defer func() {
+		_ = c.conn.Close() // stops keepalive, whatever ended the loop
+		close(c.live)
+		close(c.done)
+	}()
+	for {
+		env, err := c.conn.Recv(context.Background())
+		if err != nil {
+			c.setErr(remote, err)
+			return
+		}
+		if env.ID != 0 {
+			c.mu.Lock()
+			ch := c.pending[env.ID]
+			delete(c.pending, env.ID)
+			c.mu.Unlock()
+			if ch != nil {
+				ch <- env // buffered, and each id is answered once
+			}
+			continue
+		}
+		switch env.Type {
+		case TypeLive:
+			lv, err := DecodeBody[Live](env)
+			if err != nil {
+				perr := AsError(err)
+				c.setErr(nil, c.conn.fail(perr))
+				return
+			}
+			select {
+			case c.live <- lv:
+			default:
+				perr := errorf(CodeSlowConsumer, "client fell %d live messages behind", cap(c.live))
+				c.setErr(nil, c.conn.fail(perr))
+				return
+			}
+		case TypeError:
+			if perr, err := DecodeBody[Error](env); err == nil {
+				remote = perr
+			}
+		}
+		// Other id-0 messages are not part of this version; ignore them.
+	}
+}
+
+func (c *Client) setErr(remote, err error) {
+	if remote != nil {
+		err = fmt.Errorf("%w: %w", remote, err)
+	}
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.mu.Unlock()
+}

@@ -1,0 +1,364 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// StatusCode is a WebSocket close status code.
+type StatusCode = websocket.StatusCode
+
+// Close codes. A Conn that closes for a protocol error sends an error
+// message first, then a close frame whose reason is the error's Code, so a
+// client that sees only the close frame (a browser) still gets the code.
+const (
+	CloseNormal        StatusCode = websocket.StatusNormalClosure   // 1000: done
+	ClosePolicy        StatusCode = websocket.StatusPolicyViolation // 1008: bad frame, version, auth failures
+	CloseTooBig        StatusCode = websocket.StatusMessageTooBig   // 1009: message over max_frame
+	CloseInternal      StatusCode = websocket.StatusInternalError   // 1011: the relay failed
+	CloseTryAgainLater StatusCode = websocket.StatusTryAgainLater   // 1013: rate limited
+	CloseSlowConsumer  StatusCode = 4001                            // live messages not read fast enough
+	CloseShuttingDown  StatusCode = 4002                            // relay stopping; reconnect later
+)
+
+// CloseCodeFor maps a protocol error code to the close status a Conn closes
+// with after sending that error.
+func CloseCodeFor(code Code) StatusCode {
+	switch code {
+	case "":
+		return CloseNormal
+	case CodeTooLarge:
+		return CloseTooBig
+	case CodeInternal:
+		return CloseInternal
+	case CodeRateLimited:
+		return CloseTryAgainLater
+	case CodeSlowConsumer:
+		return CloseSlowConsumer
+	case CodeShuttingDown:
+		return CloseShuttingDown
+	}
+	return ClosePolicy
+}
+
+// CloseStatus returns the close status in err's chain (one received from
+// the peer, or sent by this side for a protocol error), or -1.
+func CloseStatus(err error) StatusCode { return websocket.CloseStatus(err) }
+
+// Keepalive defaults.
+const (
+	DefaultPingInterval = 15 * time.Second
+	DefaultPingTimeout  = 10 * time.Second
+)
+
+// Options configure a Conn. A nil *Options means all defaults; Dial and
+// Accept copy what they use and never modify it.
+type Options struct {
+	// Limits bound what this side accepts and sends; zero fields are
+	// defaults. The read limit of the WebSocket is Limits.MaxFrame, so the
+	// library refuses a larger message (close 1009) before buffering it.
+	Limits Limits
+	// PingInterval is how often the Conn pings its peer; 0 means
+	// DefaultPingInterval and a negative value turns keepalive off.
+	PingInterval time.Duration
+	// PingTimeout is how long a ping waits for its pong before the Conn
+	// closes itself with ErrPingTimeout; 0 means DefaultPingTimeout.
+	PingTimeout time.Duration
+	// Dial passes options to websocket.Dial (HTTP client, headers, ...).
+	Dial *websocket.DialOptions
+	// Accept passes options to websocket.Accept (origins, ...).
+	Accept *websocket.AcceptOptions
+}
+
+// Conn sends and receives envelopes over one WebSocket connection.
+//
+// Concurrency: Recv has one caller at a time (one read loop); Send may be
+// called from any number of goroutines, and messages go out whole, one at a
+// time. Close and CloseWithError may be called from any goroutine, once or
+// more. Pongs are processed inside Recv, so keepalive needs a goroutine
+// that keeps calling Recv: a Conn that nobody reads fails its pings and
+// closes. Canceling the context of a Recv in progress closes the connection
+// (a message cannot be half read); see Send for its context.
+type Conn struct {
+	ws     *websocket.Conn
+	limits Limits
+	wsem   chan struct{} // one token: holder may write
+
+	ctx    context.Context // canceled by close; ends keepalive
+	cancel context.CancelFunc
+	kaDone chan struct{}
+
+	closeOnce sync.Once
+	closeErr  error
+
+	mu    sync.Mutex
+	cause error // why this side closed, for Recv's error; guarded by mu
+}
+
+// Dial connects to a relay at url (ws:// or wss://).
+func Dial(ctx context.Context, url string, opts *Options) (*Conn, error) {
+	o := opts.withDefaults()
+	ws, resp, err := websocket.Dial(ctx, url, o.Dial)
+	if err != nil {
+		if resp != nil {
+			return nil, fmt.Errorf("transport: dial %s: HTTP %d: %w", url, resp.StatusCode, err)
+		}
+		return nil, fmt.Errorf("transport: dial %s: %w", url, err)
+	}
+	return newConn(ws, o), nil
+}
+
+// Accept upgrades an HTTP request to a Conn. On error it has already
+// written an HTTP error response.
+func Accept(w http.ResponseWriter, r *http.Request, opts *Options) (*Conn, error) {
+	o := opts.withDefaults()
+	ws, err := websocket.Accept(w, r, o.Accept)
+	if err != nil {
+		return nil, fmt.Errorf("transport: accept: %w", err)
+	}
+	return newConn(ws, o), nil
+}
+
+func (o *Options) withDefaults() Options {
+	var c Options
+	if o != nil {
+		c = *o
+	}
+	c.Limits = c.Limits.WithDefaults()
+	if c.PingInterval == 0 {
+		c.PingInterval = DefaultPingInterval
+	}
+	if c.PingTimeout <= 0 {
+		c.PingTimeout = DefaultPingTimeout
+	}
+	return c
+}
+
+func newConn(ws *websocket.Conn, o Options) *Conn {
+	ws.SetReadLimit(int64(o.Limits.MaxFrame))
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &Conn{
+		ws:     ws,
+		limits: o.Limits,
+		wsem:   make(chan struct{}, 1),
+		ctx:    ctx,
+		cancel: cancel,
+		kaDone: make(chan struct{}),
+	}
+	if o.PingInterval > 0 {
+		go c.keepalive(o.PingInterval, o.PingTimeout)
+	} else {
+		close(c.kaDone)
+	}
+	return c
+}
+
+// Limits returns the limits this Conn enforces, defaults filled in.
+func (c *Conn) Limits() Limits { return c.limits }
+
+// keepalive pings every interval until Close. A ping without a pong within
+// timeout means the peer or the path is gone (a NAT dropped the mapping, a
+// laptop slept): close now, without a handshake nobody would answer.
+func (c *Conn) keepalive(interval, timeout time.Duration) {
+	defer close(c.kaDone)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(c.ctx, timeout)
+		err := c.ws.Ping(ctx)
+		cancel()
+		switch {
+		case err == nil:
+			continue
+		case c.ctx.Err() != nil:
+			return // closing
+		case errors.Is(err, context.DeadlineExceeded):
+			c.setCause(ErrPingTimeout)
+			_ = c.ws.CloseNow()
+		}
+		// Any other failure means the connection is already gone; Recv
+		// reports why.
+		return
+	}
+}
+
+func (c *Conn) setCause(err error) {
+	c.mu.Lock()
+	if c.cause == nil {
+		c.cause = err
+	}
+	c.mu.Unlock()
+}
+
+func (c *Conn) getCause() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cause
+}
+
+// Send writes e as one binary message. An encoded envelope larger than
+// Limits.MaxFrame is refused with ErrTooLarge before anything is sent.
+//
+// ctx bounds the wait for this message's turn. Once the message has begun
+// to go out it is finished whatever ctx does, because a half-sent message
+// would leave the stream unreadable; a write stuck on a peer that stopped
+// reading ends when keepalive gives up on the peer, or at Close.
+func (c *Conn) Send(ctx context.Context, e *Envelope) error {
+	b, err := Encode(e)
+	if err != nil {
+		return err
+	}
+	if len(b) > c.limits.MaxFrame {
+		return errorf(CodeTooLarge, "%s message of %d bytes exceeds max_frame %d", e.Type, len(b), c.limits.MaxFrame)
+	}
+	return c.write(ctx, c.ctx, b)
+}
+
+// SendBody sends body in a new envelope with id.
+func (c *Conn) SendBody(ctx context.Context, id uint64, body Body) error {
+	e, err := NewEnvelope(id, body)
+	if err != nil {
+		return err
+	}
+	return c.Send(ctx, e)
+}
+
+// fragmentSize is the largest WebSocket frame a Conn writes. Control frames
+// may come between the fragments of a message, so a long transfer does not
+// hold back pings and pongs until keepalive mistakes it for a dead peer.
+const fragmentSize = 32 << 10
+
+// write waits for its turn under ctx, then writes b as one message under
+// wctx. A failed write closes the connection: part of b may be out.
+func (c *Conn) write(ctx, wctx context.Context, b []byte) error {
+	select {
+	case c.wsem <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("transport: send: %w", ctx.Err())
+	}
+	defer func() { <-c.wsem }()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("transport: send: %w", err)
+	}
+	if err := c.writeFragments(wctx, b); err != nil {
+		_ = c.ws.CloseNow()
+		return c.closedErr(fmt.Errorf("transport: send: %w", err))
+	}
+	return nil
+}
+
+func (c *Conn) writeFragments(ctx context.Context, b []byte) error {
+	if len(b) <= fragmentSize {
+		return c.ws.Write(ctx, websocket.MessageBinary, b)
+	}
+	w, err := c.ws.Writer(ctx, websocket.MessageBinary)
+	if err != nil {
+		return err
+	}
+	for len(b) > 0 {
+		n := min(len(b), fragmentSize)
+		if _, err := w.Write(b[:n]); err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return w.Close()
+}
+
+// Recv reads the next envelope. Its body is still raw: use DecodeBody or
+// Message, and answer a body that fails them with an error reply.
+//
+// Any error means the connection is closed, and errors.Is(err, ErrClosed)
+// holds. A frame that fails Decode, a text message or a message over
+// MaxFrame is a protocol violation: Recv sends an error message (bad_frame,
+// too_large, unsupported_version), closes with the matching close code,
+// and returns the *Error, which errors.As finds in the chain.
+func (c *Conn) Recv(ctx context.Context) (*Envelope, error) {
+	typ, b, err := c.ws.Read(ctx)
+	if err != nil {
+		if errors.Is(err, websocket.ErrMessageTooBig) {
+			// The library has sent close 1009 already; finish the handshake.
+			perr := errorf(CodeTooLarge, "message exceeds max_frame %d: %w", c.limits.MaxFrame, err)
+			c.setCause(perr)
+			_ = c.close(CloseTooBig, string(CodeTooLarge))
+			return nil, fmt.Errorf("%w: %w", ErrClosed, perr)
+		}
+		return nil, c.closedErr(err)
+	}
+	if typ != websocket.MessageBinary {
+		return nil, c.fail(errorf(CodeBadFrame, "text message; messages are binary msgpack"))
+	}
+	e, err := c.limits.Decode(b)
+	if err != nil {
+		return nil, c.fail(AsError(err))
+	}
+	return e, nil
+}
+
+// fail answers a protocol violation by the peer and closes.
+func (c *Conn) fail(perr *Error) error {
+	c.setCause(perr)
+	_ = c.CloseWithError(perr.Code, perr.Message)
+	return fmt.Errorf("%w: %w", ErrClosed, perr)
+}
+
+// closedErr wraps a failed read or write: the connection is gone, and
+// the cause this side recorded (ping timeout, protocol error) explains it
+// better than the library's error.
+func (c *Conn) closedErr(err error) error {
+	if cause := c.getCause(); cause != nil {
+		return fmt.Errorf("%w: %w: %w", ErrClosed, cause, err)
+	}
+	return fmt.Errorf("%w: %w", ErrClosed, err)
+}
+
+// sendErrorTimeout bounds the error message sent before a close: a peer
+// that does not read must not hold the closing side. If it runs out, the
+// library closes the connection mid-message, which is where we were going.
+const sendErrorTimeout = 2 * time.Second
+
+// CloseWithError sends an error message {code, reason} with id 0, then
+// closes with CloseCodeFor(code) and code as the close reason. Use it for
+// failures that end the session (auth, shutting down, slow consumer); a
+// failed request gets an error reply with its id instead.
+func (c *Conn) CloseWithError(code Code, reason string) error {
+	// Best effort, and bounded: the peer may be the reason for closing.
+	if e, err := NewEnvelope(0, &Error{Code: code, Message: reason}); err == nil {
+		if b, err := Encode(e); err == nil && len(b) <= c.limits.MaxFrame {
+			ctx, cancel := context.WithTimeout(c.ctx, sendErrorTimeout)
+			_ = c.write(ctx, ctx, b)
+			cancel()
+		}
+	}
+	return c.close(CloseCodeFor(code), string(code))
+}
+
+// Close closes the connection normally (1000) and waits for the keepalive
+// goroutine. It performs the close handshake, which waits (up to 5 s, the
+// library's bound) for the peer's reply. Closing again returns the first
+// result.
+func (c *Conn) Close() error { return c.close(CloseNormal, "") }
+
+func (c *Conn) close(status StatusCode, reason string) error {
+	c.closeOnce.Do(func() {
+		c.cancel()
+		<-c.kaDone
+		err := c.ws.Close(status, reason)
+		if err != nil && !errors.Is(err, net.ErrClosed) {
+			c.closeErr = fmt.Errorf("transport: close: %w", err)
+		}
+	})
+	return c.closeErr
+}
