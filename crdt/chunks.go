@@ -2,15 +2,19 @@ package crdt
 
 import (
 	"bytes"
+	"compress/flate"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
+	"io"
 )
 
 // Automerge's binary format is a sequence of chunks:
 // magic(4) checksum(4) type(1) uLEB128 length, then the payload. The checksum
 // is the first 4 bytes of SHA-256 over type, length and payload; for a change
-// chunk that SHA-256 is the change's hash.
+// chunk that SHA-256 is the change's hash. A compressed change chunk carries
+// the DEFLATE of a change chunk's payload, with that change's checksum.
 //
 // automerge-go's LoadIncremental stops silently at the first bytes it cannot
 // parse (it discards how many it read), so a truncated delta or a valid chunk
@@ -25,6 +29,10 @@ const (
 	chunkCompressed = 2
 )
 
+// maxInflated bounds the size of one compressed chunk once inflated, so a
+// few hostile bytes cannot claim gigabytes.
+const maxInflated = 64 << 20
+
 // ChangeInfo describes one change found in a byte stream.
 type ChangeInfo struct {
 	Hash Hash
@@ -33,17 +41,16 @@ type ChangeInfo struct {
 
 // chunkInfo is what framing learns about a stream.
 type chunkInfo struct {
-	changes   []ChangeInfo // uncompressed change chunks, in stream order
+	changes   []ChangeInfo // change chunks (compressed or not), in stream order
+	authors   []author     // who made each of changes
 	documents int          // whole-document chunks
 	docHeads  []Hash       // the heads each document chunk declares
-	opaque    int          // compressed change chunks (hash not computed)
 }
 
 // ParseChanges frames b as Automerge chunks and returns the changes it
 // carries, with their hashes and dependencies. It does not apply them. A
-// whole-document chunk or a compressed change chunk is accepted but not
-// listed. Any byte that is not part of a whole, checksummed chunk is an
-// [ErrCorrupt].
+// whole-document chunk is accepted but not listed. Any byte that is not
+// part of a whole, checksummed chunk is an [ErrCorrupt].
 func ParseChanges(b []byte) ([]ChangeInfo, error) {
 	ci, err := frame(b)
 	if err != nil {
@@ -69,73 +76,114 @@ func frame(b []byte) (chunkInfo, error) {
 			return ci, fmt.Errorf("%w: chunk at byte %d declares %d bytes, %d remain (truncated)", ErrCorrupt, off, n, len(rest)-hdr)
 		}
 		end := hdr + int(n)
+		var sum [sha256.Size]byte
+		payload := rest[hdr:end]
 		switch typ {
 		case chunkDocument, chunkChange:
-			sum := sha256.Sum256(rest[8:end])
-			if !bytes.Equal(sum[:4], rest[4:8]) {
-				return ci, fmt.Errorf("%w: checksum mismatch in chunk at byte %d", ErrCorrupt, off)
+			sum = sha256.Sum256(rest[8:end])
+		case chunkCompressed:
+			var err error
+			if payload, err = inflate(payload, maxInflated); err != nil {
+				return ci, fmt.Errorf("%w: compressed chunk at byte %d: %v", ErrCorrupt, off, err)
 			}
-			if typ == chunkDocument {
-				heads, err := documentHeads(rest[hdr:end])
-				if err != nil {
-					return ci, fmt.Errorf("%w: document at byte %d: %v", ErrCorrupt, off, err)
-				}
-				ci.documents++
-				ci.docHeads = append(ci.docHeads, heads...)
-				break
+			sum = changeHash(payload)
+		default:
+			return ci, fmt.Errorf("%w: unknown chunk type %d at byte %d", ErrCorrupt, typ, off)
+		}
+		if !bytes.Equal(sum[:4], rest[4:8]) {
+			return ci, fmt.Errorf("%w: checksum mismatch in chunk at byte %d", ErrCorrupt, off)
+		}
+		if typ == chunkDocument {
+			heads, err := checkDocument(payload)
+			if err != nil {
+				return ci, fmt.Errorf("%w: document at byte %d: %v", ErrCorrupt, off, err)
 			}
-			deps, err := changeDeps(rest[hdr:end])
+			ci.documents++
+			ci.docHeads = append(ci.docHeads, heads...)
+		} else {
+			deps, who, err := changeHeader(payload)
 			if err != nil {
 				return ci, fmt.Errorf("%w: change at byte %d: %v", ErrCorrupt, off, err)
 			}
 			ci.changes = append(ci.changes, ChangeInfo{Hash: Hash(sum), Deps: deps})
-		case chunkCompressed:
-			// The checksum covers the uncompressed change; automerge verifies
-			// it when it inflates the chunk.
-			ci.opaque++
-		default:
-			return ci, fmt.Errorf("%w: unknown chunk type %d at byte %d", ErrCorrupt, typ, off)
+			ci.authors = append(ci.authors, who)
 		}
 		off += end
 	}
 	return ci, nil
 }
 
-// changeDeps reads the dependency list that opens a change chunk's payload.
-func changeDeps(p []byte) ([]Hash, error) { return hashList(p, "dependencies") }
+// changeHash is the hash of the change chunk with this payload.
+func changeHash(payload []byte) [sha256.Size]byte {
+	h := sha256.New()
+	h.Write([]byte{chunkChange})
+	h.Write(binary.AppendUvarint(nil, uint64(len(payload))))
+	h.Write(payload)
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	return sum
+}
 
-// hashList reads a uLEB128 count followed by that many hashes.
-func hashList(p []byte, what string) ([]Hash, error) {
+// inflate undoes raw DEFLATE, refusing output past limit bytes.
+func inflate(b []byte, limit int64) ([]byte, error) {
+	r := flate.NewReader(bytes.NewReader(b))
+	defer r.Close()
+	out, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(out)) > limit {
+		return nil, fmt.Errorf("inflates past %d bytes", limit)
+	}
+	return out, nil
+}
+
+// author is the actor that made a change, and the change's sequence number
+// among that actor's changes (1, 2, ...).
+type author struct {
+	actor string // hex, as automerge-go spells actor IDs
+	seq   uint64
+}
+
+// changeHeader reads what opens a change chunk's payload: the dependency
+// list, the actor and the sequence number; and checks the rest (see
+// checkChangeOps).
+func changeHeader(p []byte) ([]Hash, author, error) {
+	deps, p, err := hashList(p, "dependencies")
+	if err != nil {
+		return nil, author{}, err
+	}
+	n, ln := binary.Uvarint(p)
+	if ln <= 0 || n > uint64(len(p)-ln) {
+		return nil, author{}, fmt.Errorf("bad actor")
+	}
+	actor := hex.EncodeToString(p[ln : ln+int(n)])
+	p = p[ln+int(n):]
+	seq, ln := binary.Uvarint(p)
+	if ln <= 0 || seq == 0 {
+		return nil, author{}, fmt.Errorf("bad sequence number")
+	}
+	if err := checkChangeOps(p[ln:]); err != nil {
+		return nil, author{}, err
+	}
+	return deps, author{actor: actor, seq: seq}, nil
+}
+
+// hashList reads a uLEB128 count followed by that many hashes, and returns
+// them with the bytes after them.
+func hashList(p []byte, what string) ([]Hash, []byte, error) {
 	n, ln := binary.Uvarint(p)
 	if ln <= 0 {
-		return nil, fmt.Errorf("bad %s count", what)
+		return nil, nil, fmt.Errorf("bad %s count", what)
 	}
 	p = p[ln:]
 	if n > uint64(len(p)/HashSize) {
-		return nil, fmt.Errorf("%d %s declared, room for %d", n, what, len(p)/HashSize)
+		return nil, nil, fmt.Errorf("%d %s declared, room for %d", n, what, len(p)/HashSize)
 	}
-	deps := make([]Hash, n)
-	for i := range deps {
-		deps[i] = Hash(p[:HashSize])
+	hs := make([]Hash, n)
+	for i := range hs {
+		hs[i] = Hash(p[:HashSize])
 		p = p[HashSize:]
 	}
-	return deps, nil
-}
-
-// documentHeads reads the heads a document chunk's payload declares after
-// its actor table.
-func documentHeads(p []byte) ([]Hash, error) {
-	n, ln := binary.Uvarint(p)
-	if ln <= 0 || n > uint64(len(p)) {
-		return nil, fmt.Errorf("bad actor count")
-	}
-	p = p[ln:]
-	for range n {
-		l, ln := binary.Uvarint(p)
-		if ln <= 0 || l > uint64(len(p)-ln) {
-			return nil, fmt.Errorf("bad actor")
-		}
-		p = p[ln+int(l):]
-	}
-	return hashList(p, "heads")
+	return hs, p, nil
 }

@@ -3,7 +3,6 @@ package crdt
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/automerge/automerge-go"
@@ -16,12 +15,21 @@ import (
 // serializes access to each record.
 type Doc struct {
 	am *automerge.Doc
+
+	// seqs counts each actor's changes, as of the heads seqsAt; built on
+	// first need and brought up to date incrementally (see seqIndex).
+	seqs   map[string]actorSeqs
+	seqsAt Heads
 }
 
 // New returns an empty document that writes as actor (a hex string; a
-// replica uses its ID).
+// replica uses its ID). An empty actor means a random one, for documents
+// that are only read and merged, such as the relay's.
 func New(actor string) (*Doc, error) {
 	d := &Doc{am: automerge.New()}
+	if actor == "" {
+		return d, nil
+	}
 	if err := d.SetActor(actor); err != nil {
 		return nil, err
 	}
@@ -92,6 +100,12 @@ func (d *Doc) hasAll(hs Heads) error {
 // now). Forking at past heads replays history, which costs time in
 // proportion to the document's history: use it only where a record has both
 // local and remote changes to compare.
+//
+// The fork writes as the same actor. Do not commit edits to both the fork
+// and the original: the two would make different changes with the same
+// actor and sequence number, which no document can hold both of (Import
+// refuses the second with ErrCorrupt). Give the fork its own actor with
+// [Doc.SetActor] if both will be edited.
 func (d *Doc) Fork(at Heads) (*Doc, error) {
 	if err := d.hasAll(at); err != nil {
 		return nil, err
@@ -127,121 +141,6 @@ func (d *Doc) ChangesSince(since Heads) ([]byte, error) {
 	return automerge.SaveChanges(chs), nil
 }
 
-// Import applies changes (from [Doc.ChangesSince], or a saved document) to
-// the document. Changes it already holds are ignored, so importing twice is
-// harmless. Corrupt or truncated bytes give [ErrCorrupt] and changes whose
-// dependencies are neither in the document nor earlier in data give
-// [ErrMissingDeps]; in both cases the document is unchanged. It returns the
-// number of changes that were new.
-//
-// Like every method that reads the document's history, Import first commits
-// any uncommitted edits (without a message or time): call [Doc.Commit] before.
-func (d *Doc) Import(data []byte) (n int, err error) {
-	ci, err := frame(data)
-	if err != nil {
-		return 0, err
-	}
-	if len(data) == 0 {
-		return 0, nil
-	}
-	// A whole document (or a compressed change) may carry the dependencies
-	// of the change chunks after it, and framing cannot list what it holds:
-	// such streams are checked after they are applied instead.
-	opaque := ci.documents > 0 || ci.opaque > 0
-	batch := make(map[Hash]bool, len(ci.changes))
-	for _, c := range ci.changes {
-		if batch[c.Hash] {
-			continue
-		}
-		if d.Has(c.Hash) {
-			batch[c.Hash] = true
-			continue
-		}
-		for _, dep := range c.Deps {
-			if !opaque && !batch[dep] && !d.Has(dep) {
-				return 0, fmt.Errorf("%w: %s needs %s", ErrMissingDeps, c.Hash, dep)
-			}
-		}
-		batch[c.Hash] = true
-		n++
-	}
-	if n == 0 && !opaque {
-		return 0, nil
-	}
-	before := d.Heads()
-	if err := d.loadIncremental(data); err != nil {
-		return 0, d.rollback(before, err)
-	}
-	// automerge-go's LoadIncremental drops, without an error, a chunk it
-	// cannot parse and everything after it, and it silently queues a change
-	// whose dependencies are missing. Check that everything arrived.
-	for _, c := range ci.changes {
-		if d.Has(c.Hash) {
-			continue
-		}
-		for _, dep := range c.Deps {
-			if !d.Has(dep) {
-				return 0, d.rollback(before, fmt.Errorf("%w: %s needs %s", ErrMissingDeps, c.Hash, dep))
-			}
-		}
-		return 0, d.rollback(before, fmt.Errorf("%w: change %s could not be applied", ErrCorrupt, c.Hash))
-	}
-	for _, h := range ci.docHeads {
-		if !d.Has(h) {
-			return 0, d.rollback(before, fmt.Errorf("%w: document chunk with head %s was not applied", ErrCorrupt, h))
-		}
-	}
-	if opaque {
-		chs, err := d.am.Changes(amHashes(before)...)
-		if err != nil {
-			return 0, d.rollback(before, fmt.Errorf("%w: %v", ErrCorrupt, err))
-		}
-		n = len(chs)
-	}
-	return n, nil
-}
-
-// loadIncremental applies framed bytes, turning automerge's errors and
-// panics into ErrCorrupt or ErrMissingDeps.
-func (d *Doc) loadIncremental(data []byte) (err error) {
-	defer recoverCorrupt(&err)
-	if err := d.am.LoadIncremental(data); err != nil {
-		if strings.Contains(err.Error(), "deps") {
-			// Only reachable through document or compressed chunks, whose
-			// dependencies framing cannot see.
-			return fmt.Errorf("%w: %v", ErrMissingDeps, err)
-		}
-		return fmt.Errorf("%w: %v", ErrCorrupt, err)
-	}
-	return nil
-}
-
-// rollback returns the document to heads after a failed import (automerge
-// applies a stream change by change, so a failure can leave part of it
-// applied) and returns cause. Rebuilding replays the history, which is
-// slow, but only failed imports pay for it.
-func (d *Doc) rollback(heads Heads, cause error) error {
-	if d.Heads().Equal(heads) {
-		return cause
-	}
-	actor := d.Actor()
-	var am *automerge.Doc
-	if len(heads) == 0 {
-		// Fork with no heads would copy the current state, not the empty one.
-		am = automerge.New()
-	} else {
-		var err error
-		if am, err = d.am.Fork(amHashes(heads)...); err != nil {
-			return errors.Join(cause, fmt.Errorf("crdt: rollback failed: %w", err))
-		}
-	}
-	if err := am.SetActorID(actor); err != nil {
-		return errors.Join(cause, fmt.Errorf("crdt: rollback failed: %w", err))
-	}
-	d.am = am
-	return cause
-}
-
 // Commit records the edits made since the last commit as one change, stamped
 // with at (the zero time records none). It reports whether there was
 // anything to commit.
@@ -266,6 +165,16 @@ func (d *Doc) Commit(msg string, at time.Time) (bool, error) {
 
 // amEmptyCommit is automerge-go's error for a commit with no operations.
 const amEmptyCommit = "Commit is empty"
+
+// CommitEmpty records a change even if no edits were made, so a record
+// created with no fields still exists (it has heads) and syncs.
+func (d *Doc) CommitEmpty(msg string, at time.Time) error {
+	t := at
+	if _, err := d.am.Commit(msg, automerge.CommitOptions{Time: &t, AllowEmpty: true}); err != nil {
+		return fmt.Errorf("crdt: commit: %w", err)
+	}
+	return nil
+}
 
 func amHashes(hs Heads) []automerge.ChangeHash {
 	out := make([]automerge.ChangeHash, len(hs))

@@ -381,8 +381,9 @@ func (d *Doc) writeMap(m *automerge.Map, x map[string]any, exact bool) error {
 	return nil
 }
 
-// writeList makes l hold x: the common prefix and suffix stay, elements in
-// between are updated in place, and the rest inserted or deleted.
+// writeList makes l hold x: elements kept by a minimal diff stay, changed
+// ones are updated in place where they line up, and the rest inserted or
+// deleted, so that concurrent edits to untouched elements survive.
 func (d *Doc) writeList(l *automerge.List, x []any) error {
 	vals, err := l.Values()
 	if err != nil {
@@ -394,37 +395,38 @@ func (d *Doc) writeList(l *automerge.List, x []any) error {
 			return err
 		}
 	}
-	pre := 0
-	for pre < len(old) && pre < len(x) && Equal(old[pre], x[pre]) {
-		pre++
-	}
-	suf := 0
-	for suf < len(old)-pre && suf < len(x)-pre && Equal(old[len(old)-1-suf], x[len(x)-1-suf]) {
-		suf++
-	}
-	oldMid, newMid := len(old)-pre-suf, len(x)-pre-suf
-	common := min(oldMid, newMid)
-	for i := 0; i < common; i++ {
-		if err := d.writeIndex(l, pre+i, x[pre+i]); err != nil {
-			return err
+	hs := diffSeq(len(old), len(x), func(i, j int) bool {
+		return Equal(old[i], x[j]) && kindOf(old[i]) == kindOf(x[j])
+	})
+	// Last hunk first, so the positions of earlier ones still hold.
+	for i := len(hs) - 1; i >= 0; i-- {
+		h := hs[i]
+		common := min(h.del, h.ins)
+		for j := 0; j < common; j++ {
+			if err := d.writeIndex(l, h.pos+j, x[h.at+j]); err != nil {
+				return err
+			}
 		}
-	}
-	for i := common; i < oldMid; i++ {
-		if err := l.Delete(pre + common); err != nil {
-			return wrapAM(err)
+		for j := common; j < h.del; j++ {
+			if err := l.Delete(h.pos + common); err != nil {
+				return wrapAM(err)
+			}
 		}
-	}
-	if newMid > common {
-		ins := make([]any, 0, newMid-common)
-		for _, v := range x[pre+common : pre+newMid] {
-			ins = append(ins, toAM(v))
+		if h.ins > common {
+			ins := make([]any, 0, h.ins-common)
+			for _, v := range x[h.at+common : h.at+h.ins] {
+				ins = append(ins, toAM(v))
+			}
+			if err := l.Insert(h.pos+common, ins...); err != nil {
+				return wrapAM(err)
+			}
 		}
-		return wrapAM(l.Insert(pre+common, ins...))
 	}
 	return nil
 }
 
-// spliceTo edits t to read s with one splice over the differing middle.
+// spliceTo edits t to read s, splicing only the runes a minimal diff
+// changes.
 func spliceTo(t *automerge.Text, s string) error {
 	if !utf8.ValidString(s) {
 		return fmt.Errorf("%w: text is not valid UTF-8", ErrType)
@@ -437,15 +439,14 @@ func spliceTo(t *automerge.Text, s string) error {
 		return nil
 	}
 	a, b := []rune(curS), []rune(s)
-	pre := 0
-	for pre < len(a) && pre < len(b) && a[pre] == b[pre] {
-		pre++
+	hs := diffSeq(len(a), len(b), func(i, j int) bool { return a[i] == b[j] })
+	for i := len(hs) - 1; i >= 0; i-- {
+		h := hs[i]
+		if err := t.Splice(h.pos, h.del, string(b[h.at:h.at+h.ins])); err != nil {
+			return wrapAM(err)
+		}
 	}
-	suf := 0
-	for suf < len(a)-pre && suf < len(b)-pre && a[len(a)-1-suf] == b[len(b)-1-suf] {
-		suf++
-	}
-	return wrapAM(t.Splice(pre, len(a)-pre-suf, string(b[pre:len(b)-suf])))
+	return nil
 }
 
 // sameScalar reports whether writing nv over old would change nothing,

@@ -22,13 +22,14 @@ type Counter int64
 
 // Values read from a document are plain Go values:
 //
-//	map[string]any, []any, string, Text, int64, uint64, float64, bool,
-//	[]byte, time.Time, Counter, nil
+//	map[string]any, []any, string, int64, uint64, float64, bool, []byte,
+//	time.Time, nil
 //
-// Text (Automerge's text object) reads as a Go string from [Doc.Get] and
-// [Doc.Fields] (the JavaScript library writes every string as text, so
-// readers must accept both) and as [Text] where kinds matter ([Doc.GetTyped]
-// and the three-way diff).
+// Text (Automerge's text object) reads as a Go string and a counter as an
+// int64 from [Doc.Get], [Doc.Fields] and Decode into any (the JavaScript
+// library writes every string as text, so readers must accept both). Where
+// kinds matter ([Doc.GetTyped] and the three-way diff) they read as [Text]
+// and [Counter].
 
 // fromAM converts an automerge value into Go values, recursively. typed keeps
 // Text distinct from string.
@@ -54,6 +55,9 @@ func fromAM(v *automerge.Value, typed bool) (any, error) {
 		n, err := v.Counter().Get()
 		if err != nil {
 			return nil, err
+		}
+		if !typed {
+			return n, nil
 		}
 		return Counter(n), nil
 	case automerge.KindText:

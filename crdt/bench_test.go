@@ -1,0 +1,216 @@
+package crdt_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/automerge/automerge-go"
+	"github.com/ferrysync/ferry/crdt"
+)
+
+const benchChanges = 1000
+
+// smallChanges returns benchChanges small changes by one actor (each sets
+// one field of a record), as one stream of change chunks.
+func smallChanges(b *testing.B) []byte {
+	b.Helper()
+	d := newDoc(b, actorA)
+	for i := range benchChanges {
+		set(b, d, crdt.Path{fmt.Sprint("f", i%10)}, i)
+		commit(b, d)
+	}
+	data, err := d.ChangesSince(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return data
+}
+
+func reportChanges(b *testing.B, perOp int) {
+	b.ReportMetric(float64(perOp)*float64(b.N)/b.Elapsed().Seconds(), "changes/s")
+}
+
+// BenchmarkRawAutomergeLoadIncremental is the floor for Import: automerge-go
+// alone, no framing or checks.
+func BenchmarkRawAutomergeLoadIncremental(b *testing.B) {
+	data := smallChanges(b)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		d := automerge.New()
+		if err := d.LoadIncremental(data); err != nil {
+			b.Fatal(err)
+		}
+		if len(d.Heads()) != 1 {
+			b.Fatal("not applied")
+		}
+	}
+	reportChanges(b, benchChanges)
+}
+
+// BenchmarkImport is the same bytes through crdt: the ratio to the raw
+// benchmark is the cost of framing, checksums and dependency checks.
+func BenchmarkImport(b *testing.B) {
+	data := smallChanges(b)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		d, err := crdt.New(actorB)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n, err := d.Import(data); n != benchChanges || err != nil {
+			b.Fatal(n, err)
+		}
+	}
+	reportChanges(b, benchChanges)
+}
+
+// BenchmarkImportKnown imports changes the document already holds (a
+// repeated delivery).
+func BenchmarkImportKnown(b *testing.B) {
+	data := smallChanges(b)
+	d := newDoc(b, actorB)
+	if _, err := d.Import(data); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if n, err := d.Import(data); n != 0 || err != nil {
+			b.Fatal(n, err)
+		}
+	}
+	reportChanges(b, benchChanges)
+}
+
+type benchProduct struct {
+	Name    string   `ferry:"name"`
+	Price   float64  `ferry:"price"`
+	Qty     int      `ferry:"qty"`
+	Tags    []string `ferry:"tags"`
+	Updated int64    `ferry:"updated"`
+}
+
+func BenchmarkPutStruct(b *testing.B) {
+	p := benchProduct{Name: "lamp", Price: 19.5, Qty: 3, Tags: []string{"home", "light"}, Updated: 1_700_000_000_000}
+	b.Run("new", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			d, _ := crdt.New(actorA)
+			if err := d.Put(p); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := d.Commit("", time.Time{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("unchanged", func(b *testing.B) {
+		d := newDoc(b, actorA)
+		if err := d.Put(p); err != nil {
+			b.Fatal(err)
+		}
+		commit(b, d)
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := d.Put(p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("one-field", func(b *testing.B) {
+		d := newDoc(b, actorA)
+		if err := d.Put(p); err != nil {
+			b.Fatal(err)
+		}
+		commit(b, d)
+		q := p
+		b.ReportAllocs()
+		for b.Loop() {
+			q.Updated++
+			if err := d.Put(q); err != nil {
+				b.Fatal(err)
+			}
+			if ok, err := d.Commit("", time.Time{}); !ok || err != nil {
+				b.Fatal(ok, err)
+			}
+		}
+	})
+	b.Run("decode", func(b *testing.B) {
+		d := newDoc(b, actorA)
+		if err := d.Put(p); err != nil {
+			b.Fatal(err)
+		}
+		commit(b, d)
+		b.ReportAllocs()
+		for b.Loop() {
+			var q benchProduct
+			if err := d.Decode(&q); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func BenchmarkDiff3(b *testing.B) {
+	base := newDoc(b, actorA)
+	m := map[string]any{"address": map[string]any{"city": "Oslo", "zip": "0150"}, "body": crdt.Text("some text"), "tags": []string{"a", "b"}}
+	for i := range 20 {
+		m[fmt.Sprint("f", i)] = i
+	}
+	if err := base.Put(m); err != nil {
+		b.Fatal(err)
+	}
+	commit(b, base)
+	local, remote := fork(b, base, actorB), fork(b, base, actorC)
+	set(b, local, crdt.Path{"f1"}, "local")
+	set(b, remote, crdt.Path{"f1"}, "remote")
+	set(b, local, crdt.Path{"f2"}, "local")
+	set(b, remote, crdt.Path{"address", "city"}, "Bergen")
+	if err := local.SpliceText(crdt.Path{"body"}, 0, 0, "x"); err != nil {
+		b.Fatal(err)
+	}
+	if err := remote.SpliceText(crdt.Path{"body"}, 1, 0, "y"); err != nil {
+		b.Fatal(err)
+	}
+	commit(b, local)
+	commit(b, remote)
+	b.ReportAllocs()
+	for b.Loop() {
+		fd, err := crdt.Diff3(base, local, remote)
+		if err != nil || len(fd.Conflicts) != 1 {
+			b.Fatal(fd, err)
+		}
+	}
+}
+
+func BenchmarkChangesSince(b *testing.B) {
+	d := newDoc(b, actorA)
+	var heads []crdt.Heads
+	for i := range benchChanges {
+		set(b, d, crdt.Path{fmt.Sprint("f", i%10)}, i)
+		commit(b, d)
+		heads = append(heads, d.Heads())
+	}
+	for _, back := range []int{1, 10, benchChanges} {
+		since := crdt.Heads(nil)
+		if back < benchChanges {
+			since = heads[benchChanges-1-back]
+		}
+		b.Run(fmt.Sprintf("last-%d", back), func(b *testing.B) {
+			b.ReportAllocs()
+			var size int
+			for b.Loop() {
+				data, err := d.ChangesSince(since)
+				if err != nil {
+					b.Fatal(err)
+				}
+				size = len(data)
+			}
+			b.SetBytes(int64(size))
+			reportChanges(b, back)
+		})
+	}
+}

@@ -1,0 +1,318 @@
+package crdt
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/automerge/automerge-go"
+)
+
+// Import applies changes (from [Doc.ChangesSince], or a saved document) to
+// the document. Changes it already holds are ignored, so importing twice is
+// harmless. Corrupt or truncated bytes give [ErrCorrupt] and changes whose
+// dependencies are neither in the document nor earlier in data give
+// [ErrMissingDeps]; in both cases the document is unchanged. It returns the
+// number of changes that were new.
+//
+// Like every method that reads the document's history, Import first commits
+// any uncommitted edits (without a message or time): call [Doc.Commit] first.
+//
+// Bytes from the network are hostile. Import refuses the malformed chunks
+// known to crash automerge-go's Rust core (which would abort the process),
+// and changes that skip an actor's sequence numbers. It cannot refuse every
+// crafted change that Automerge accepts but then saves as a document that
+// does not load (the change is not in Automerge's canonical encoding): where
+// that matters, as on a relay before it acknowledges a push, check that
+// [Load] accepts the importing document's [Doc.Save].
+func (d *Doc) Import(data []byte) (n int, err error) {
+	ci, err := frame(data)
+	if err != nil {
+		return 0, err
+	}
+	if len(data) == 0 {
+		return 0, nil
+	}
+	// A whole document may hold the dependencies of the change chunks after
+	// it, and framing does not list what it holds: such streams are checked
+	// after they are applied instead.
+	opaque := ci.documents > 0
+	fresh, inStream, err := d.freshChanges(ci, opaque)
+	if err != nil {
+		return 0, err
+	}
+	if !opaque {
+		if len(fresh) == 0 {
+			return 0, nil
+		}
+		if err := d.checkAuthors(ci, fresh, inStream); err != nil {
+			return 0, err
+		}
+	}
+
+	before := d.Heads()
+	if err := d.loadIncremental(data); err != nil {
+		return 0, d.rollback(before, err)
+	}
+	// automerge-go's LoadIncremental drops, without an error, a chunk it
+	// cannot parse and everything after it, and it silently queues a change
+	// whose dependencies are missing. Check that everything arrived: the
+	// fresh changes no other fresh change depends on are enough, as a
+	// document holds every ancestor of what it holds.
+	if err := d.checkArrived(ci, fresh); err != nil {
+		return 0, d.rollback(before, err)
+	}
+	for _, h := range ci.docHeads {
+		if !d.Has(h) {
+			return 0, d.rollback(before, fmt.Errorf("%w: document chunk with head %s was not applied", ErrCorrupt, h))
+		}
+	}
+	if !opaque {
+		return len(fresh), nil
+	}
+	idx, err := d.seqIndex()
+	if err != nil {
+		return 0, d.rollback(before, err)
+	}
+	for actor, s := range idx {
+		if s.count != s.max {
+			return 0, d.rollback(before, fmt.Errorf("%w: actor %s has %d changes numbered up to %d", ErrCorrupt, actor, s.count, s.max))
+		}
+	}
+	chs, err := d.am.Changes(amHashes(before)...)
+	if err != nil {
+		return 0, d.rollback(before, fmt.Errorf("%w: %v", ErrCorrupt, err))
+	}
+	return len(chs), nil
+}
+
+// freshChanges returns the indexes (in ci.changes) of the changes d does
+// not hold, in stream order, and the first index of each hash in the
+// stream. Unless opaque, a fresh change whose dependencies are neither in
+// d nor earlier in the stream is an ErrMissingDeps.
+//
+// Has is a call into automerge, costly next to the rest, so it is spared:
+// a change is held if a held change depends on it, and is fresh if it
+// depends on a fresh one. The changes nothing in the stream depends on are
+// asked first, so a stream d already holds costs one call per branch.
+func (d *Doc) freshChanges(ci chunkInfo, opaque bool) ([]int, map[Hash]int, error) {
+	const (
+		unasked = iota
+		held
+		isFresh
+	)
+	inStream := make(map[Hash]int, len(ci.changes))
+	for i, c := range ci.changes {
+		if _, dup := inStream[c.Hash]; !dup {
+			inStream[c.Hash] = i
+		}
+	}
+	state := make([]uint8, len(ci.changes))
+	dependedOn := make([]bool, len(ci.changes))
+	for _, c := range ci.changes {
+		for _, dep := range c.Deps {
+			if j, ok := inStream[dep]; ok {
+				dependedOn[j] = true
+			}
+		}
+	}
+	var stack []int
+	for i, c := range ci.changes {
+		if inStream[c.Hash] != i || dependedOn[i] {
+			continue
+		}
+		if !d.Has(c.Hash) {
+			state[i] = isFresh
+			continue
+		}
+		// Held, and so is its history.
+		for stack = append(stack[:0], i); len(stack) > 0; {
+			j := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			if state[j] == held {
+				continue
+			}
+			state[j] = held
+			for _, dep := range ci.changes[j].Deps {
+				if k, ok := inStream[dep]; ok && state[k] != held {
+					stack = append(stack, k)
+				}
+			}
+		}
+	}
+	var fresh []int
+	for i, c := range ci.changes {
+		if inStream[c.Hash] != i || state[i] == held {
+			continue
+		}
+		depFresh := false
+		for _, dep := range c.Deps {
+			if j, ok := inStream[dep]; ok && j < i {
+				depFresh = depFresh || state[j] == isFresh
+				continue
+			}
+			if !opaque && !d.Has(dep) {
+				return nil, nil, fmt.Errorf("%w: %s needs %s", ErrMissingDeps, c.Hash, dep)
+			}
+		}
+		if state[i] == unasked && !depFresh && d.Has(c.Hash) {
+			state[i] = held
+			continue
+		}
+		state[i] = isFresh
+		fresh = append(fresh, i)
+	}
+	return fresh, inStream, nil
+}
+
+// checkArrived checks, after a load, that d holds every fresh change.
+func (d *Doc) checkArrived(ci chunkInfo, fresh []int) error {
+	needed := make(map[Hash]bool, len(fresh))
+	for _, i := range fresh {
+		for _, dep := range ci.changes[i].Deps {
+			needed[dep] = true
+		}
+	}
+	missing := false
+	for _, i := range fresh {
+		if h := ci.changes[i].Hash; !needed[h] && !d.Has(h) {
+			missing = true
+			break
+		}
+	}
+	if !missing {
+		return nil
+	}
+	// Find the first one missing, and why.
+	for _, i := range fresh {
+		c := ci.changes[i]
+		if d.Has(c.Hash) {
+			continue
+		}
+		for _, dep := range c.Deps {
+			if !d.Has(dep) {
+				return fmt.Errorf("%w: %s needs %s", ErrMissingDeps, c.Hash, dep)
+			}
+		}
+		return fmt.Errorf("%w: change %s could not be applied", ErrCorrupt, c.Hash)
+	}
+	return fmt.Errorf("%w: a change could not be applied", ErrCorrupt)
+}
+
+// checkAuthors checks, before they are applied, that the fresh changes each
+// continue their actor's numbering: an actor's changes are numbered 1, 2, 3
+// with no gap. automerge-go accepts a gap, and then saves a document that it
+// cannot load ("changes out of order"). (A number already taken is refused
+// by automerge-go itself.)
+func (d *Doc) checkAuthors(ci chunkInfo, fresh []int, inStream map[Hash]int) error {
+	top := map[string]uint64{} // highest number among the fresh changes so far
+	var idx map[string]actorSeqs
+	for _, i := range fresh {
+		c, who := ci.changes[i], ci.authors[i]
+		prev := author{actor: who.actor, seq: who.seq - 1}
+		// Usually the actor's previous change is the one before in the stream,
+		// or a direct dependency.
+		ok := who.seq == 1 || top[who.actor] == prev.seq
+		for _, dep := range c.Deps {
+			if ok {
+				break
+			}
+			if j, in := inStream[dep]; in {
+				ok = ci.authors[j] == prev
+			} else if ch, err := d.am.Change(automerge.ChangeHash(dep)); err == nil {
+				ok = ch.ActorSeq() == prev.seq && ch.ActorID() == prev.actor
+			}
+		}
+		if !ok {
+			if idx == nil {
+				var err error
+				if idx, err = d.seqIndex(); err != nil {
+					return err
+				}
+			}
+			ok = max(idx[who.actor].max, top[who.actor]) == prev.seq
+		}
+		if !ok {
+			return fmt.Errorf("%w: change %s is number %d of actor %s, which has no change %d", ErrCorrupt, c.Hash, who.seq, who.actor, prev.seq)
+		}
+		top[who.actor] = max(top[who.actor], who.seq)
+	}
+	return nil
+}
+
+// actorSeqs is what the document holds of one actor's changes.
+type actorSeqs struct {
+	count uint64 // how many
+	max   uint64 // the highest sequence number
+}
+
+// seqIndex returns, per actor, how many changes the document holds and the
+// highest sequence number among them, bringing the index up to date with
+// the changes made or imported since it was last used.
+func (d *Doc) seqIndex() (map[string]actorSeqs, error) {
+	heads := d.Heads()
+	if d.seqs != nil && heads.Equal(d.seqsAt) {
+		return d.seqs, nil
+	}
+	if len(d.seqsAt) == 0 {
+		d.seqs = nil // Changes() with no heads is the whole history
+	}
+	chs, err := d.am.Changes(amHashes(d.seqsAt)...)
+	if err != nil {
+		d.seqs, d.seqsAt = nil, nil
+		return nil, fmt.Errorf("crdt: changes: %w", err)
+	}
+	if d.seqs == nil {
+		d.seqs = make(map[string]actorSeqs)
+	}
+	for _, c := range chs {
+		a := c.ActorID()
+		s := d.seqs[a]
+		s.count++
+		s.max = max(s.max, c.ActorSeq())
+		d.seqs[a] = s
+	}
+	d.seqsAt = heads
+	return d.seqs, nil
+}
+
+// loadIncremental applies framed bytes, turning automerge's errors and
+// panics into ErrCorrupt or ErrMissingDeps.
+func (d *Doc) loadIncremental(data []byte) (err error) {
+	defer recoverCorrupt(&err)
+	if err := d.am.LoadIncremental(data); err != nil {
+		if strings.Contains(err.Error(), "deps") {
+			// Only reachable through document chunks, whose dependencies
+			// framing does not list.
+			return fmt.Errorf("%w: %v", ErrMissingDeps, err)
+		}
+		return fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	return nil
+}
+
+// rollback returns the document to heads after a failed import and returns
+// cause. automerge applies a stream change by change, so a failure can leave
+// part of it applied, and it keeps a change whose dependencies are missing
+// in a hidden queue (which Save writes out) even when the heads do not
+// move: the document is always rebuilt. Rebuilding replays the history,
+// which is slow, but only failed imports pay for it.
+func (d *Doc) rollback(heads Heads, cause error) error {
+	d.seqs, d.seqsAt = nil, nil
+	actor := d.Actor()
+	var am *automerge.Doc
+	if len(heads) == 0 {
+		// Fork with no heads would copy the current state, not the empty one.
+		am = automerge.New()
+	} else {
+		var err error
+		if am, err = d.am.Fork(amHashes(heads)...); err != nil {
+			return errors.Join(cause, fmt.Errorf("crdt: rollback failed: %w", err))
+		}
+	}
+	if err := am.SetActorID(actor); err != nil {
+		return errors.Join(cause, fmt.Errorf("crdt: rollback failed: %w", err))
+	}
+	d.am = am
+	return cause
+}
