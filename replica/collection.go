@@ -318,3 +318,17 @@ func (c *Collection) Acknowledge(id string, heads crdt.Heads) error {
 		return nil
 	})
 }
+
+// Import applies Automerge changes received from elsewhere (a relay, or
+// another replica's PendingChanges) to the record, creating it if needed.
+// Changes already held are ignored. Imported changes are not pending: they
+// came from the relay. Corrupt bytes or missing dependencies give an error
+// wrapping crdt.ErrCorrupt or crdt.ErrMissingDeps, and nothing is written.
+func (c *Collection) Import(id string, changes []byte) error {
+	tx := &Tx{r: c.r}
+	if err := tx.queue(op{kind: opImport, coll: c.name, id: id, data: changes}); err != nil {
+		return err
+	}
+	_, err := c.r.commit(tx.ops, false)
+	return err
+}

@@ -163,8 +163,15 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 		}
 		now := r.opts.Clock()
 		for _, t := range order {
-			if _, err := t.doc.Commit("", now); err != nil {
+			made, err := t.doc.Commit("", now)
+			if err != nil {
 				return err
+			}
+			if !made && !t.existed && t.seen {
+				// Created with no fields: it must still exist.
+				if err := t.doc.CommitEmpty("", now); err != nil {
+					return err
+				}
 			}
 			nm, err := r.writeRecord(txn, t.coll, t.id, t.doc, t.old, local)
 			if err != nil {
