@@ -164,9 +164,11 @@ func (c *Collection) Scan(o ScanOptions) ([]Record, error) {
 		prefix := collPrefix('r', c.name)
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: append(bytes.Clone(prefix), o.Prefix...), PrefetchValues: true})
 		defer it.Close()
+		// Start at the prefix, or just past After if that comes later: a
+		// seek to After alone could land before the prefix and end the scan.
 		start := append(bytes.Clone(prefix), o.Prefix...)
-		if o.After != "" {
-			start = append(append(bytes.Clone(prefix), o.After...), 0)
+		if after := append(append(bytes.Clone(prefix), o.After...), 0); o.After != "" && bytes.Compare(after, start) > 0 {
+			start = after
 		}
 		for it.Seek(start); it.Valid(); it.Next() {
 			var m meta
@@ -192,6 +194,11 @@ func (c *Collection) Scan(o ScanOptions) ([]Record, error) {
 	out := make([]Record, 0, len(ids))
 	for _, id := range ids {
 		err := c.read(id, func(d *crdt.Doc, m meta) error {
+			// Each record is read at its latest version, which may be newer
+			// than the listing: one deleted since is left out.
+			if m.deleted && !o.Deleted {
+				return nil
+			}
 			f, err := d.Fields()
 			out = append(out, Record{ID: id, Deleted: m.deleted, Heads: m.heads, Fields: f})
 			return err

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/google/uuid"
+
+	"github.com/ferrysync/ferry/internal/badgerdir"
 )
 
 // Replica is one device's copy of its data. It is safe for concurrent use by
@@ -81,20 +81,14 @@ func Open(dir string, o *Options) (*Replica, error) {
 }
 
 // checkDir refuses a folder with files that are not a Badger store, before
-// Badger would create its own files beside them.
+// Badger would create its own files beside them, and repairs what a crash
+// during an earlier open left (see badgerdir.Prepare).
 func checkDir(dir string) error {
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return os.MkdirAll(dir, 0o700)
-	}
-	if err != nil {
+	if _, err := badgerdir.Prepare(dir); err != nil {
+		if errors.Is(err, badgerdir.ErrForeign) {
+			return fmt.Errorf("%w: %v", ErrNotStore, err)
+		}
 		return fmt.Errorf("ferry: open store: %w", err)
-	}
-	if len(entries) == 0 {
-		return nil
-	}
-	if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); err != nil {
-		return fmt.Errorf("%w: %s holds %d entries and no store manifest", ErrNotStore, dir, len(entries))
 	}
 	return nil
 }

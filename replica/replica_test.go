@@ -176,6 +176,10 @@ func TestScan(t *testing.T) {
 		{ScanOptions{After: "a3", Limit: 2}, "b1,b2"},
 		{ScanOptions{Prefix: "b", After: "b1"}, "b2"},
 		{ScanOptions{Prefix: "z"}, ""},
+		// After sorting before the prefix must not end the scan early.
+		{ScanOptions{Prefix: "b", After: "a"}, "b1,b2"},
+		{ScanOptions{Prefix: "b", After: "0"}, "b1,b2"},
+		{ScanOptions{Prefix: "c", After: "b9"}, "c1"},
 	} {
 		if got := ids(tc.o); got != tc.want {
 			t.Errorf("Scan(%+v) = %q, want %q", tc.o, got, tc.want)
@@ -447,6 +451,30 @@ func TestNewerFormatRefused(t *testing.T) {
 	var m map[string]any
 	if err := coll(t, r2, "c").Get("keep", &m); err != nil || m["v"] != int64(1) {
 		t.Fatalf("data after refused open: %v %v", m, err)
+	}
+}
+
+func TestCrashDuringFirstOpenIsRepaired(t *testing.T) {
+	// Badger killed between writing MANIFEST-REWRITE and renaming it.
+	dir := t.TempDir()
+	for _, f := range []string{"LOCK", "MANIFEST-REWRITE"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := open(t, dir, nil)
+	if err := coll(t, r, "c").Put("a", map[string]any{"v": 1}); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	// An empty memtable file left by a crash (dgraph-io/badger#2207).
+	if err := os.WriteFile(filepath.Join(dir, "00099.mem"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r2 := open(t, dir, nil)
+	var m map[string]any
+	if err := coll(t, r2, "c").Get("a", &m); err != nil || m["v"] != int64(1) {
+		t.Fatalf("after repair: %v %v", m, err)
 	}
 }
 
