@@ -54,7 +54,7 @@ func TestCustomNeedsHook(t *testing.T) {
 
 func TestTypesAndNetworks(t *testing.T) {
 	for _, tc := range []struct {
-		t                       Type
+		t                     Type
 		pulls, pushes, leased bool
 	}{
 		{TwoWay, true, true, true},

@@ -109,8 +109,10 @@ type Auth struct {
 // Pull asks for a collection's changes after a cursor.
 type Pull struct {
 	Collection string `msgpack:"collection"`
-	Cursor     uint64 `msgpack:"cursor"` // 0: from the start
+	Cursor     uint64 `msgpack:"cursor"` // 0: a fresh pull, answered with snapshots
 	Limit      uint32 `msgpack:"limit"`  // records wanted; 0 or above max_batch: max_batch
+	// After pages through a fresh pull: the After of the previous page.
+	After string `msgpack:"after,omitempty"`
 }
 
 // RecordChanges is one record's changes in changes, live and push.
@@ -143,6 +145,10 @@ type Changes struct {
 	Records    []RecordChanges `msgpack:"records"`
 	Next       uint64          `msgpack:"next"` // cursor for the next pull
 	More       bool            `msgpack:"more"` // more changes wait past Next
+	// After is set on the pages of a fresh pull (snapshots): the last record
+	// sent, to pass as Pull.After for the next page while More is true. The
+	// cursor to continue from afterwards is the Next of the FIRST page.
+	After string `msgpack:"after,omitempty"`
 }
 
 func (c *Changes) validate(l *Limits) error {

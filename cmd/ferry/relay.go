@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ferrysync/ferry/relay"
+)
+
+// RelayCommand runs the relay: `ferry relay --data DIR --addr HOST:PORT`,
+// devices connecting at ws://HOST:PORT/ws. It stops gracefully when ctx
+// ends (SIGINT or SIGTERM): each device's current request is finished and
+// answered, then the store is closed.
+type RelayCommand struct {
+	Stdout, Stderr io.Writer
+}
+
+// storeDir is where the relay's Badger store lives inside the data folder,
+// beside files such as the dev app.
+func storeDir(data string) string { return filepath.Join(data, "store") }
+
+func (c *RelayCommand) Run(ctx context.Context, args []string) error {
+	fs := newFlags("relay", c.Stderr)
+	configPath := fs.String("config", "", "configuration file (JSON; see docs/operations.md)")
+	data := fs.String("data", "", "data folder (default ./ferry-data)")
+	addr := fs.String("addr", "", "listen address host:port (default 127.0.0.1:8080)")
+	dev := fs.Bool("dev", false, "development mode: a ready-made app; prints its API key and a token")
+	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
+	logFormat := fs.String("log-format", "", "text or json (default text)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("relay: unexpected argument %q", fs.Arg(0))
+	}
+	var cfg Config
+	if *configPath != "" {
+		var err error
+		if cfg, err = loadConfig(*configPath); err != nil {
+			return err
+		}
+	}
+	set := func(dst *string, flagVal, def string) {
+		if flagVal != "" {
+			*dst = flagVal
+		}
+		if *dst == "" {
+			*dst = def
+		}
+	}
+	set(&cfg.Data, *data, "ferry-data")
+	set(&cfg.Addr, *addr, "127.0.0.1:8080")
+	set(&cfg.LogLevel, *logLevel, "info")
+	set(&cfg.LogFormat, *logFormat, "text")
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = Duration(30 * time.Second)
+	}
+	log, err := newLogger(cfg.LogLevel, cfg.LogFormat, os.Stderr)
+	if err != nil {
+		return err
+	}
+
+	apps := cfg.Apps
+	var devTok string
+	if *dev {
+		app, err := devApp(cfg.Data)
+		if err != nil {
+			return fmt.Errorf("relay: dev app: %w", err)
+		}
+		apps = append(apps, app)
+		devTok, err = relay.IssueToken(app, relay.TokenRequest{Subject: "dev", TTL: 30 * 24 * time.Hour, Write: []string{"*"}}, time.Now())
+		if err != nil {
+			return err
+		}
+	}
+	if len(apps) == 0 {
+		return errors.New("relay: no apps configured: list them in a --config file, or run with --dev")
+	}
+	auth, err := relay.NewAuth(apps, nil)
+	if err != nil {
+		return err
+	}
+	store, err := relay.OpenBadgerStore(storeDir(cfg.Data), &relay.BadgerOptions{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	srv, err := relay.NewServer(&relay.Options{
+		Store: store, Auth: auth, Logger: log, RelayID: cfg.RelayID, Limits: cfg.limits(),
+		MaxLeaseTTL: time.Duration(cfg.MaxLeaseTTL), DefaultLeaseTTL: time.Duration(cfg.DefaultLeaseTTL), MaxLag: cfg.MaxLag,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+
+	url := "ws://" + ln.Addr().String() + "/ws"
+	// This first line is stable: scripts and tests read the address from it.
+	fmt.Fprintf(c.Stdout, "ferry relay listening on %s\n", url)
+	if *dev {
+		fmt.Fprintf(c.Stdout, `
+Development mode: one app, "dev", stored in %s.
+  API key: %s
+  token:   %s
+(subject "dev", read and write on every collection, valid 30 days)
+Health: http://%s/healthz   Metrics: http://%s/metrics
+`, filepath.Join(cfg.Data, devAppFile), apps[len(apps)-1].APIKey, devTok, ln.Addr(), ln.Addr())
+	}
+	log.Info("relay started", "addr", ln.Addr().String(), "data", cfg.Data, "apps", len(apps), "incarnation", store.Incarnation())
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("relay: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("relay shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.ShutdownTimeout))
+	defer cancel()
+	// Sessions first: each finishes its request (an in-flight push is
+	// stored and acknowledged) and is closed with shutting_down.
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("sessions did not end in time", "err", err)
+	}
+	if err := hs.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Warn("http shutdown", "err", err)
+	}
+	if err := store.Close(); err != nil {
+		return fmt.Errorf("relay: closing store: %w", err)
+	}
+	log.Info("relay stopped")
+	return nil
+}
+
+// splitList parses a comma-separated flag value.
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

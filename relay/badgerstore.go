@@ -1,0 +1,541 @@
+package relay
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/google/uuid"
+)
+
+// BadgerOptions configure a BadgerStore. A nil *BadgerOptions is valid and
+// means the defaults; OpenBadgerStore never modifies it.
+type BadgerOptions struct {
+	// Logger receives the store's and Badger's logs. Default: discard.
+	Logger *slog.Logger
+
+	// Relaxed turns off fsync on every commit (Badger's SyncWrites), for
+	// benchmarks only: an Append that returned nil, and so was acknowledged
+	// to a device, may be lost in a power loss or kernel crash.
+	Relaxed bool
+
+	// InMemory keeps everything in memory: nothing survives Close. The dir
+	// argument of OpenBadgerStore is ignored.
+	InMemory bool
+
+	// GCInterval is how often Badger's value log is garbage-collected in
+	// the background. Default 10 minutes; negative disables it.
+	GCInterval time.Duration
+}
+
+func (o *BadgerOptions) withDefaults() BadgerOptions {
+	var v BadgerOptions
+	if o != nil {
+		v = *o
+	}
+	if v.Logger == nil {
+		v.Logger = slog.New(slog.DiscardHandler)
+	}
+	if v.GCInterval == 0 {
+		v.GCInterval = 10 * time.Minute
+	}
+	return v
+}
+
+// BadgerStore is the relay's embedded Store: one Badger database in a data
+// folder, holding every tenant. Every method is safe for concurrent use.
+// Writes to one collection are serialized by an in-process lock (one process
+// owns a Badger folder; Badger's own folder lock enforces it), so sequence
+// numbers are allocated without races; writes to different collections
+// commit in parallel.
+type BadgerStore struct {
+	db          *badger.DB
+	incarnation string
+	opts        BadgerOptions
+
+	// colls serializes writes per collection. Striped, so memory stays
+	// bounded however many collections there are; two collections sharing
+	// a stripe only wait for each other.
+	colls [64]sync.Mutex
+	seed  maphash.Seed
+
+	mu     sync.RWMutex // held for reading by every operation; Close takes it for writing
+	closed bool
+
+	closeOnce sync.Once
+	closeErr  error
+	closing   chan struct{}
+	wg        sync.WaitGroup // background goroutines
+}
+
+var _ Store = (*BadgerStore)(nil)
+
+// OpenBadgerStore opens the relay store in dir, creating it (and dir) if
+// absent. dir must be missing, empty, or a relay store: a folder with other
+// files gives ErrNotRelayStore, and a store written by a newer Ferry gives
+// ErrNewerStoreFormat, in both cases without writing anything to it.
+func OpenBadgerStore(dir string, o *BadgerOptions) (*BadgerStore, error) {
+	opts := o.withDefaults()
+	db, err := openBadger(dir, opts)
+	if err != nil {
+		return nil, err
+	}
+	s := &BadgerStore{db: db, opts: opts, seed: maphash.MakeSeed(), closing: make(chan struct{})}
+	if s.incarnation, err = initMeta(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
+	}
+	if !opts.InMemory && opts.GCInterval > 0 {
+		s.wg.Add(1)
+		go s.gcLoop(opts.GCInterval)
+	}
+	return s, nil
+}
+
+func openBadger(dir string, opts BadgerOptions) (*badger.DB, error) {
+	if !opts.InMemory {
+		if err := checkStoreDir(dir); err != nil {
+			return nil, err
+		}
+	}
+	bo := badger.DefaultOptions(dir).
+		WithInMemory(opts.InMemory).
+		WithSyncWrites(!opts.Relaxed).
+		WithLogger(badgerLogger{opts.Logger}).
+		WithNumVersionsToKeep(1)
+	if opts.InMemory {
+		bo.Dir, bo.ValueDir = "", ""
+	}
+	db, err := badger.Open(bo)
+	if err != nil {
+		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
+	}
+	return db, nil
+}
+
+// initMeta checks the format version and returns the incarnation, writing
+// both into a new (keyless) database.
+func initMeta(db *badger.DB) (string, error) {
+	var inc string
+	err := db.Update(func(txn *badger.Txn) error {
+		var found bool
+		var err error
+		inc, found, err = readMeta(txn)
+		if err != nil || found {
+			return err
+		}
+		// A Badger database with keys but no format marker belongs to
+		// someone else (a device replica, say): leave it alone.
+		if hasKeys(txn) {
+			return fmt.Errorf("%w: database has data but no relay format marker", ErrNotRelayStore)
+		}
+		inc = uuid.NewString()
+		if err := txn.Set(keyFormat, binary.BigEndian.AppendUint32(nil, badgerFormat)); err != nil {
+			return err
+		}
+		return txn.Set(keyIncarnation, []byte(inc))
+	})
+	return inc, err
+}
+
+// readMeta returns the incarnation of a relay store whose format this
+// version reads; found is false when there is no format marker.
+func readMeta(txn *badger.Txn) (inc string, found bool, err error) {
+	item, err := txn.Get(keyFormat)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	v, err := item.ValueCopy(nil)
+	if err != nil {
+		return "", false, err
+	}
+	if len(v) != 4 {
+		return "", false, fmt.Errorf("%w: bad format marker", ErrNotRelayStore)
+	}
+	if f := binary.BigEndian.Uint32(v); f > badgerFormat {
+		return "", false, fmt.Errorf("%w: store format %d, this Ferry reads up to %d", ErrNewerStoreFormat, f, badgerFormat)
+	}
+	item, err = txn.Get(keyIncarnation)
+	if err != nil {
+		return "", false, fmt.Errorf("%w: no incarnation: %v", ErrNotRelayStore, err)
+	}
+	b, err := item.ValueCopy(nil)
+	return string(b), true, err
+}
+
+func hasKeys(txn *badger.Txn) bool {
+	it := txn.NewIterator(badger.IteratorOptions{})
+	defer it.Close()
+	it.Rewind()
+	return it.Valid()
+}
+
+// Incarnation implements Store.
+func (s *BadgerStore) Incarnation() string { return s.incarnation }
+
+// enter guards an operation against a concurrent Close.
+func (s *BadgerStore) enter(ctx context.Context) (func(), error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return nil, ErrStoreClosed
+	}
+	return s.mu.RUnlock, nil
+}
+
+// lockColl takes c's write lock; the caller must unlock it.
+func (s *BadgerStore) lockColl(c Coll) *sync.Mutex {
+	var h maphash.Hash
+	h.SetSeed(s.seed)
+	h.WriteString(c.Tenant)
+	h.WriteByte(0)
+	h.WriteString(c.Collection)
+	m := &s.colls[h.Sum64()%uint64(len(s.colls))]
+	m.Lock()
+	return m
+}
+
+// update runs fn in one read-write transaction under c's lock: everything fn
+// reads is what it writes over, and the commit is durable unless Relaxed.
+func (s *BadgerStore) update(ctx context.Context, c Coll, fn func(txn *badger.Txn) error) error {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	defer s.lockColl(c).Unlock()
+	return s.db.Update(fn)
+}
+
+func (s *BadgerStore) view(ctx context.Context, fn func(txn *badger.Txn) error) error {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	return s.db.View(fn)
+}
+
+// Append implements Store. The fence check, the Base checks and all writes
+// are one Badger transaction, so a crash leaves all or nothing, and the
+// collection lock means no other write to the collection interleaves.
+func (s *BadgerStore) Append(ctx context.Context, c Coll, fence uint64, now time.Time, entries []Entry) (uint64, error) {
+	if err := checkColl(c); err != nil {
+		return 0, err
+	}
+	if err := checkEntries(entries); err != nil {
+		return 0, err
+	}
+	var head uint64
+	err := s.update(ctx, c, func(txn *badger.Txn) error {
+		if fence != 0 {
+			l, ok, err := getLease(txn, c)
+			if err != nil {
+				return err
+			}
+			if !ok || l.Fence != fence || !leaseLive(l, now) {
+				return fmt.Errorf("append to %s/%s with fence %d: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
+			}
+		}
+		var err error
+		if head, err = getUint64(txn, collKey("head", c)); err != nil {
+			return err
+		}
+		for _, e := range entries {
+			// A transaction reads its own writes, so a second entry for
+			// one record is checked against the first one's heads.
+			cur, err := docHeads(txn, c, e.Record)
+			if err != nil {
+				return err
+			}
+			if !e.Base.Equal(cur) {
+				return &ConflictError{Record: e.Record}
+			}
+			head++
+			if err := txn.Set(logKey(c, head), encodeLogEntry(e)); err != nil {
+				return err
+			}
+			if err := txn.Set(docKey(c, e.Record), encodeDoc(head, e)); err != nil {
+				return err
+			}
+		}
+		return putUint64(txn, collKey("head", c), head)
+	})
+	if errors.Is(err, badger.ErrTxnTooBig) {
+		return 0, fmt.Errorf("%w: %d entries to %s/%s (%w)", ErrAppendTooLarge, len(entries), c.Tenant, c.Collection, err)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return head, nil
+}
+
+// Document implements Store.
+func (s *BadgerStore) Document(ctx context.Context, c Coll, record string) (doc []byte, heads crdt.Heads, err error) {
+	err = s.view(ctx, func(txn *badger.Txn) error {
+		item, err := txn.Get(docKey(c, record))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error {
+			_, heads, doc, err = decodeDoc(v, true)
+			return err
+		})
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return doc, heads, nil
+}
+
+// Log implements Store.
+func (s *BadgerStore) Log(ctx context.Context, c Coll, after uint64, limit int) ([]LogEntry, error) {
+	if limit <= 0 || after == math.MaxUint64 {
+		return nil, s.view(ctx, func(*badger.Txn) error { return nil })
+	}
+	var out []LogEntry
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{
+			PrefetchValues: true,
+			PrefetchSize:   min(limit, 100),
+			Prefix:         collPrefix("log", c),
+		})
+		defer it.Close()
+		for it.Seek(logKey(c, after+1)); it.Valid() && len(out) < limit; it.Next() {
+			k := it.Item().Key()
+			seq := binary.BigEndian.Uint64(k[len(k)-8:])
+			err := it.Item().Value(func(v []byte) error {
+				e, err := decodeLogEntry(seq, v)
+				out = append(out, e)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Head implements Store.
+func (s *BadgerStore) Head(ctx context.Context, c Coll) (uint64, error) {
+	var head uint64
+	err := s.view(ctx, func(txn *badger.Txn) (err error) {
+		head, err = getUint64(txn, collKey("head", c))
+		return err
+	})
+	return head, err
+}
+
+// Snapshots implements Store.
+func (s *BadgerStore) Snapshots(ctx context.Context, c Coll, after string, limit int) ([]Snapshot, error) {
+	if limit <= 0 {
+		return nil, s.view(ctx, func(*badger.Txn) error { return nil })
+	}
+	var out []Snapshot
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		prefix := collPrefix("doc", c)
+		it := txn.NewIterator(badger.IteratorOptions{
+			PrefetchValues: true,
+			PrefetchSize:   min(limit, 100),
+			Prefix:         prefix,
+		})
+		defer it.Close()
+		// record+"\x00" is the least key above record itself.
+		start := prefix
+		if after != "" {
+			start = append(docKey(c, after), 0)
+		}
+		for it.Seek(start); it.Valid() && len(out) < limit; it.Next() {
+			snap := Snapshot{Record: string(it.Item().Key()[len(prefix):])}
+			err := it.Item().Value(func(v []byte) (err error) {
+				snap.Seq, snap.Heads, snap.Doc, err = decodeDoc(v, true)
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("record %q: %w", snap.Record, err)
+			}
+			out = append(out, snap)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Acquire implements Store. The collection's fence key only grows, and is
+// written in the same transaction as the lease it numbers.
+func (s *BadgerStore) Acquire(ctx context.Context, c Coll, holder string, ttl time.Duration, now time.Time) (Lease, error) {
+	if err := checkColl(c); err != nil {
+		return Lease{}, err
+	}
+	if err := checkLeaseArgs(holder, ttl); err != nil {
+		return Lease{}, err
+	}
+	var l Lease
+	err := s.update(ctx, c, func(txn *badger.Txn) error {
+		cur, ok, err := getLease(txn, c)
+		if err != nil {
+			return err
+		}
+		if ok && leaseLive(cur, now) && cur.Holder != holder {
+			return &LeaseHeldError{Lease: cur}
+		}
+		last, err := getUint64(txn, collKey("fence", c))
+		if err != nil {
+			return err
+		}
+		l = Lease{Holder: holder, Fence: last + 1, Expires: now.Add(ttl)}
+		if err := putUint64(txn, collKey("fence", c), l.Fence); err != nil {
+			return err
+		}
+		return txn.Set(collKey("lease", c), encodeLease(l))
+	})
+	if err != nil {
+		return Lease{}, err
+	}
+	return l, nil
+}
+
+// Renew implements Store.
+func (s *BadgerStore) Renew(ctx context.Context, c Coll, fence uint64, ttl time.Duration, now time.Time) (Lease, error) {
+	if ttl <= 0 {
+		return Lease{}, fmt.Errorf("%w: lease TTL %v is not positive", ErrInvalidArg, ttl)
+	}
+	var l Lease
+	err := s.update(ctx, c, func(txn *badger.Txn) error {
+		cur, ok, err := getLease(txn, c)
+		if err != nil {
+			return err
+		}
+		if !ok || cur.Fence != fence || !leaseLive(cur, now) {
+			return fmt.Errorf("renew lease of %s/%s with fence %d: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
+		}
+		l = Lease{Holder: cur.Holder, Fence: fence, Expires: now.Add(ttl)}
+		return txn.Set(collKey("lease", c), encodeLease(l))
+	})
+	if err != nil {
+		return Lease{}, err
+	}
+	return l, nil
+}
+
+// Release implements Store.
+func (s *BadgerStore) Release(ctx context.Context, c Coll, fence uint64) error {
+	return s.update(ctx, c, func(txn *badger.Txn) error {
+		cur, ok, err := getLease(txn, c)
+		if err != nil || !ok || cur.Fence != fence {
+			return err
+		}
+		return txn.Delete(collKey("lease", c))
+	})
+}
+
+// Stats implements Store. LogEntries sums the collections' heads (logs are
+// never truncated yet: compaction must keep a count when it does); Bytes is
+// Badger's own size estimate, refreshed by Badger about once a minute.
+func (s *BadgerStore) Stats(ctx context.Context) (StoreStats, error) {
+	var st StoreStats
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: prefixHead})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			err := it.Item().Value(func(v []byte) error {
+				if len(v) != 8 {
+					return fmt.Errorf("%w: head %q holds %d bytes", errCorrupt, it.Item().Key(), len(v))
+				}
+				st.LogEntries += int64(binary.BigEndian.Uint64(v))
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return StoreStats{}, err
+	}
+	lsm, vlog := s.db.Size()
+	st.Bytes = lsm + vlog
+	return st, nil
+}
+
+// Close waits for in-flight calls, stops the value-log GC, and closes the
+// database. It is safe to call more than once; later calls return the first
+// call's result.
+func (s *BadgerStore) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.closing)
+		s.wg.Wait()
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		s.closeErr = s.db.Close()
+	})
+	return s.closeErr
+}
+
+func (s *BadgerStore) gcLoop(every time.Duration) {
+	defer s.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.closing:
+			return
+		case <-t.C:
+			// Each successful run rewrites one value-log file; keep going
+			// while there is garbage to reclaim.
+			n := 0
+			for s.db.RunValueLogGC(0.5) == nil {
+				n++
+				select {
+				case <-s.closing:
+					return
+				default:
+				}
+			}
+			if n > 0 {
+				s.opts.Logger.Debug("relay store: value log GC", "files_rewritten", n)
+			}
+		}
+	}
+}
+
+// badgerLogger sends Badger's logs to slog; its chatty info lines go to
+// debug.
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any) {
+	b.l.Error(fmt.Sprintf(f, a...), "component", "badger")
+}
+
+func (b badgerLogger) Warningf(f string, a ...any) {
+	b.l.Warn(fmt.Sprintf(f, a...), "component", "badger")
+}
+
+func (b badgerLogger) Infof(f string, a ...any) {
+	b.l.Debug(fmt.Sprintf(f, a...), "component", "badger")
+}
+
+func (b badgerLogger) Debugf(f string, a ...any) {
+	b.l.Debug(fmt.Sprintf(f, a...), "component", "badger")
+}

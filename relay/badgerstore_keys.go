@@ -1,0 +1,247 @@
+package relay
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/ferrysync/ferry/crdt"
+)
+
+// Key layout of a BadgerStore. One Badger DB holds every tenant. Tenant and
+// collection names hold no NUL, so NUL ends each of them and a prefix scan of
+// one collection never strays into another ("a" vs "ab"); sequence numbers
+// are big-endian so keys sort in log order.
+//
+//	meta\0format                       store format version (uint32)
+//	meta\0incarnation                  incarnation ID (UUID text)
+//	head\0<tenant>\0<coll>             log head: last sequence number (uint64)
+//	fence\0<tenant>\0<coll>            highest fence ever granted (uint64); never decreases
+//	lease\0<tenant>\0<coll>            current lease (see encodeLease); absent when released
+//	log\0<tenant>\0<coll>\0<seq>       log entry seq (uint64; see encodeLogEntry)
+//	doc\0<tenant>\0<coll>\0<record>    record document (see encodeDoc)
+//
+// Integers in keys and in the head and fence values are big-endian.
+const badgerFormat = 1
+
+var (
+	keyFormat      = []byte("meta\x00format")
+	keyIncarnation = []byte("meta\x00incarnation")
+	prefixHead     = []byte("head\x00")
+	prefixFence    = []byte("fence\x00")
+	prefixLease    = []byte("lease\x00")
+)
+
+// collKey is kind\0tenant\0coll; collPrefix adds the NUL that starts a
+// per-collection suffix.
+func collKey(kind string, c Coll) []byte {
+	k := make([]byte, 0, len(kind)+len(c.Tenant)+len(c.Collection)+12)
+	k = append(k, kind...)
+	k = append(k, 0)
+	k = append(k, c.Tenant...)
+	k = append(k, 0)
+	return append(k, c.Collection...)
+}
+
+func collPrefix(kind string, c Coll) []byte { return append(collKey(kind, c), 0) }
+
+func logKey(c Coll, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(collPrefix("log", c), seq)
+}
+
+func docKey(c Coll, record string) []byte { return append(collPrefix("doc", c), record...) }
+
+// Values start with a version byte so their encoding can change later.
+// Variable fields are uvarint-length-prefixed; the last field runs to the
+// end of the value, so the big one (changes, document) is never copied to
+// find its length.
+const valueVersion = 1
+
+// errCorrupt marks a stored value this version cannot decode.
+var errCorrupt = errors.New("relay: corrupt store value")
+
+// encodeLogEntry: version, record, heads, changes.
+func encodeLogEntry(e Entry) []byte {
+	h := e.Heads.Bytes()
+	b := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(e.Record)+len(h)+len(e.Changes))
+	b = append(b, valueVersion)
+	b = appendField(b, []byte(e.Record))
+	b = appendField(b, h)
+	return append(b, e.Changes...)
+}
+
+func decodeLogEntry(seq uint64, v []byte) (LogEntry, error) {
+	d := newDecoder(v)
+	rec, hb := d.field(), d.field()
+	heads, err := d.heads(hb)
+	if err != nil {
+		return LogEntry{}, fmt.Errorf("log entry %d: %w", seq, err)
+	}
+	return LogEntry{Seq: seq, Record: string(rec), Changes: bytes.Clone(d.b), Heads: heads}, nil
+}
+
+// encodeDoc: version, seq of the last entry for the record, heads, document.
+func encodeDoc(seq uint64, e Entry) []byte {
+	h := e.Heads.Bytes()
+	b := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(h)+len(e.Doc))
+	b = append(b, valueVersion)
+	b = binary.AppendUvarint(b, seq)
+	b = appendField(b, h)
+	return append(b, e.Doc...)
+}
+
+// decodeDoc copies the document only when withDoc is set, so Base checks
+// need not copy whole documents.
+func decodeDoc(v []byte, withDoc bool) (seq uint64, heads crdt.Heads, doc []byte, err error) {
+	d := newDecoder(v)
+	seq = d.uvarint()
+	hb := d.field()
+	if heads, err = d.heads(hb); err != nil {
+		return 0, nil, nil, fmt.Errorf("document: %w", err)
+	}
+	if withDoc {
+		doc = bytes.Clone(d.b)
+	}
+	return seq, heads, doc, nil
+}
+
+// encodeLease: version, fence, expiry (Unix nanoseconds), holder.
+func encodeLease(l Lease) []byte {
+	b := []byte{valueVersion}
+	b = binary.AppendUvarint(b, l.Fence)
+	b = binary.AppendVarint(b, l.Expires.UnixNano())
+	return append(b, l.Holder...)
+}
+
+func decodeLease(v []byte) (Lease, error) {
+	d := newDecoder(v)
+	fence := d.uvarint()
+	exp := d.varint()
+	if d.err != nil {
+		return Lease{}, fmt.Errorf("lease: %w", d.err)
+	}
+	return Lease{Holder: string(d.b), Fence: fence, Expires: time.Unix(0, exp)}, nil
+}
+
+func appendField(b, f []byte) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(f))), f...)
+}
+
+// decoder reads a value; the first error sticks and later reads return zero.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func newDecoder(v []byte) *decoder {
+	if len(v) == 0 || v[0] != valueVersion {
+		return &decoder{err: fmt.Errorf("%w: unknown value version", errCorrupt)}
+	}
+	return &decoder{b: v[1:]}
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	x, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.err = fmt.Errorf("%w: truncated value", errCorrupt)
+		return 0
+	}
+	d.b = d.b[n:]
+	return x
+}
+
+func (d *decoder) varint() int64 {
+	if d.err != nil {
+		return 0
+	}
+	x, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.err = fmt.Errorf("%w: truncated value", errCorrupt)
+		return 0
+	}
+	d.b = d.b[n:]
+	return x
+}
+
+func (d *decoder) field() []byte {
+	n := d.uvarint()
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.b)) {
+		d.err = fmt.Errorf("%w: truncated value", errCorrupt)
+		return nil
+	}
+	f := d.b[:n]
+	d.b = d.b[n:]
+	return f
+}
+
+func (d *decoder) heads(b []byte) (crdt.Heads, error) {
+	if d.err != nil {
+		return nil, d.err
+	}
+	return crdt.HeadsFromBytes(b)
+}
+
+func getUint64(txn *badger.Txn, key []byte) (uint64, error) {
+	item, err := txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var x uint64
+	err = item.Value(func(v []byte) error {
+		if len(v) != 8 {
+			return fmt.Errorf("%w: key %q holds %d bytes, want 8", errCorrupt, key, len(v))
+		}
+		x = binary.BigEndian.Uint64(v)
+		return nil
+	})
+	return x, err
+}
+
+func putUint64(txn *badger.Txn, key []byte, x uint64) error {
+	return txn.Set(key, binary.BigEndian.AppendUint64(nil, x))
+}
+
+// getLease returns the collection's lease; ok is false when there is none.
+func getLease(txn *badger.Txn, c Coll) (l Lease, ok bool, err error) {
+	item, err := txn.Get(collKey("lease", c))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return Lease{}, false, nil
+	}
+	if err != nil {
+		return Lease{}, false, err
+	}
+	err = item.Value(func(v []byte) error {
+		l, err = decodeLease(v)
+		return err
+	})
+	return l, err == nil, err
+}
+
+// docHeads returns the heads of a stored document, nil if there is none.
+func docHeads(txn *badger.Txn, c Coll, record string) (crdt.Heads, error) {
+	item, err := txn.Get(docKey(c, record))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var heads crdt.Heads
+	err = item.Value(func(v []byte) error {
+		_, heads, _, err = decodeDoc(v, false)
+		return err
+	})
+	return heads, err
+}

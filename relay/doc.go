@@ -1,0 +1,24 @@
+// Package relay is the server devices sync through: per tenant (app) and
+// collection, a durable log of accepted Automerge changes and each record's
+// document, access control by API key and signed token, leases with fencing
+// (the seeds' SyncLock), and live fan-out to subscribers.
+//
+// A Server speaks the protocol of package transport on /ws, over a Store
+// (BadgerStore by default; relay/storetest is the contract any other store
+// must pass). Running one:
+//
+//	store, err := relay.OpenBadgerStore(dir, nil)
+//	auth, err := relay.NewAuth(apps, nil)
+//	srv, err := relay.NewServer(&relay.Options{Store: store, Auth: auth})
+//	hs := &http.Server{Addr: ":8080", Handler: srv.Handler()}
+//	go hs.ListenAndServe()
+//	...
+//	srv.Shutdown(ctx) // each session ends after its current request
+//	hs.Shutdown(ctx)
+//	store.Close()
+//
+// Every push is validated (each change must frame, checksum and load, with
+// its dependencies held) before it is stored, stored atomically with its
+// lease fence checked in the same step, and acknowledged only once durable.
+// A change the relay already holds is acknowledged, not stored again.
+package relay

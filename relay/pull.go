@@ -1,0 +1,195 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/ferrysync/ferry/transport"
+)
+
+// frameOverhead leaves room for the envelope and msgpack framing around a
+// changes message's records.
+const frameOverhead = 64 << 10
+
+// pull answers a pull. A fresh pull (cursor 0) pages through the records'
+// documents, so a new device gets one snapshot per record instead of the
+// whole history; it continues from the Next of the first page. Any other
+// cursor reads the log after it.
+func (s *Server) pull(ctx context.Context, c Coll, p *transport.Pull) (*transport.Changes, error) {
+	limit := int(p.Limit)
+	if limit <= 0 || limit > s.limits.MaxBatch {
+		limit = s.limits.MaxBatch
+	}
+	if p.Cursor == 0 {
+		return s.pullSnapshots(ctx, c, p.After, limit)
+	}
+	recs, next, more, err := s.readLog(ctx, c, p.Cursor, limit)
+	if err != nil {
+		return nil, err
+	}
+	return &transport.Changes{Collection: c.Collection, Records: recs, Next: next, More: more}, nil
+}
+
+func (s *Server) pullSnapshots(ctx context.Context, c Coll, after string, limit int) (*transport.Changes, error) {
+	// The head is read first: every change up to it is in the snapshots
+	// read next, so continuing from it misses nothing (and a change
+	// delivered twice is ignored by the device).
+	head, err := s.store.Head(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	snaps, err := s.store.Snapshots(ctx, c, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := &transport.Changes{Collection: c.Collection, Next: head, More: len(snaps) == limit}
+	budget := s.limits.MaxFrame - frameOverhead
+	for i, sn := range snaps {
+		size := len(sn.Doc) + len(sn.Record) + 40*len(sn.Heads)
+		if size > budget {
+			if i == 0 {
+				return nil, perr(transport.CodeTooLarge, "record %q is %d bytes, over what one frame carries", sn.Record, len(sn.Doc))
+			}
+			out.More = true
+			break
+		}
+		budget -= size
+		out.Records = append(out.Records, transport.RecordChanges{
+			Record: sn.Record, Seq: sn.Seq, Snapshot: true, Data: sn.Doc, Heads: sn.Heads.Slices(),
+		})
+		out.After = sn.Record
+		s.metrics.bytesOut.Add(float64(len(sn.Doc)))
+	}
+	return out, nil
+}
+
+// readLog reads log entries after cursor, as many as fit one frame.
+func (s *Server) readLog(ctx context.Context, c Coll, cursor uint64, limit int) ([]transport.RecordChanges, uint64, bool, error) {
+	entries, err := s.store.Log(ctx, c, cursor, limit)
+	if err != nil {
+		return nil, cursor, false, err
+	}
+	more := len(entries) == limit
+	budget := s.limits.MaxFrame - frameOverhead
+	recs := make([]transport.RecordChanges, 0, len(entries))
+	next := cursor
+	for i, e := range entries {
+		size := len(e.Changes) + len(e.Record) + 40*len(e.Heads)
+		if size > budget && i > 0 {
+			more = true
+			break
+		}
+		budget -= size
+		recs = append(recs, transport.RecordChanges{Record: e.Record, Seq: e.Seq, Data: e.Changes, Heads: e.Heads.Slices()})
+		next = e.Seq
+		s.metrics.bytesOut.Add(float64(len(e.Changes)))
+	}
+	return recs, next, more, nil
+}
+
+// subscribe streams the collection's log after cursor to the session as
+// live messages until ctx ends. The log is the truth and the hub only a
+// wake-up, so the subscriber never misses or reorders an entry, and the
+// relay holds nothing per subscriber but its cursor: a subscriber that
+// falls more than MaxLag entries behind, or does not take a message within
+// SlowWriteTimeout, is disconnected with slow_consumer and resumes from its
+// cursor with a pull.
+func (s *Server) subscribe(ctx context.Context, sess *session, c Coll, cursor uint64) {
+	s.metrics.subscribers.Inc()
+	defer s.metrics.subscribers.Dec()
+	for {
+		wake := s.hub.wait(c)
+		recs, next, more, err := s.readLog(ctx, c, cursor, s.limits.MaxBatch)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("subscription read failed", "tenant", c.Tenant, "collection", c.Collection, "err", err)
+				sess.end(transport.CodeInternal, "subscription failed")
+			}
+			return
+		}
+		if len(recs) > 0 {
+			if more {
+				head, err := s.store.Head(ctx, c)
+				if err == nil && head-cursor > uint64(s.opts.MaxLag) {
+					s.metrics.slowConsumers.Inc()
+					sess.end(transport.CodeSlowConsumer, "subscriber fell too far behind; pull from your cursor")
+					return
+				}
+			}
+			wctx, cancel := context.WithTimeout(ctx, s.opts.SlowWriteTimeout)
+			err := sess.conn.SendBody(wctx, 0, &transport.Live{Collection: c.Collection, Records: recs, Next: next, More: more})
+			cancel()
+			if err != nil {
+				if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+					s.metrics.slowConsumers.Inc()
+					sess.end(transport.CodeSlowConsumer, "subscriber did not read in time")
+				}
+				return
+			}
+			cursor = next
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-wake:
+		}
+	}
+}
+
+// acquire takes the collection's lease, waiting up to m.WaitMS while
+// another holder has it.
+func (s *Server) acquire(ctx context.Context, sess *session, c Coll, m *transport.LeaseAcquire) (*transport.Lease, error) {
+	ttl := time.Duration(m.TTLMS) * time.Millisecond
+	if ttl <= 0 {
+		ttl = s.opts.DefaultLeaseTTL
+	}
+	ttl = min(ttl, s.opts.MaxLeaseTTL)
+	wait := time.Duration(m.WaitMS) * time.Millisecond
+	deadline := time.Now().Add(wait)
+	waited := false
+	start := time.Now()
+	for {
+		wake := s.leases.wait(c)
+		l, err := s.store.Acquire(ctx, c, sess.holder, ttl, s.now())
+		if err == nil {
+			if waited {
+				s.metrics.leaseWait.Observe(time.Since(start).Seconds())
+			}
+			sess.holdLease(c, l.Fence)
+			return &transport.Lease{Collection: c.Collection, Fence: l.Fence, ExpiresMS: l.Expires.UnixMilli()}, nil
+		}
+		var held *LeaseHeldError
+		if !errors.As(err, &held) {
+			return nil, err
+		}
+		until := held.Lease.Expires.Sub(s.now())
+		left := time.Until(deadline)
+		if left <= 0 {
+			code := transport.CodeLeaseHeld
+			if waited {
+				code = transport.CodeLeaseTimeout
+			}
+			e := perr(code, "lease of %q is held until %s", c.Collection, held.Lease.Expires.UTC().Format(time.RFC3339Nano))
+			e.RetryMS = uint32(max(until, 0) / time.Millisecond)
+			return nil, e
+		}
+		if !waited {
+			waited = true
+			s.metrics.leaseWaits.Inc()
+			if s.hooks.leaseWaiting != nil {
+				s.hooks.leaseWaiting(c)
+			}
+		}
+		t := time.NewTimer(max(min(left, until), time.Millisecond))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}

@@ -1,0 +1,361 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/ferrysync/ferry/transport"
+)
+
+// session is one device connection. Its read loop handles requests one at
+// a time, in order, so a device that pipelines pushes sees them applied in
+// the order sent. Only lease waits and subscriptions run on their own
+// goroutines, which the session owns and waits for.
+type session struct {
+	s      *Server
+	conn   *transport.Conn
+	app    App
+	holder string // lease holder identity: subject and replica
+
+	mu       sync.Mutex
+	claims   *Claims
+	subs     map[string]context.CancelFunc
+	leases   map[Coll]uint64
+	stopping bool
+
+	ctx    context.Context // ends when the session ends
+	cancel context.CancelFunc
+	busy   sync.Mutex // held while a request is handled; Shutdown waits on it
+	wg     sync.WaitGroup
+}
+
+// serve runs the session until the connection ends.
+func (s *Server) serve(conn *transport.Conn) {
+	sess := &session{s: s, conn: conn, subs: map[string]context.CancelFunc{}, leases: map[Coll]uint64{}}
+	sess.ctx, sess.cancel = context.WithCancel(context.Background())
+	defer func() {
+		sess.cancel()
+		sess.wg.Wait()
+		sess.releaseLeases()
+		conn.Close()
+		if s.hooks.sessionEnded != nil {
+			s.hooks.sessionEnded()
+		}
+	}()
+	if !sess.hello() {
+		return
+	}
+	if !s.track(sess) {
+		sess.end(transport.CodeShuttingDown, "relay is shutting down")
+		return
+	}
+	defer s.untrack(sess)
+	s.log.Debug("session started", "app", sess.app.ID, "holder", sess.holder)
+	for {
+		env, err := conn.Recv(sess.ctx)
+		if err != nil {
+			return
+		}
+		sess.busy.Lock()
+		if sess.isStopping() {
+			sess.busy.Unlock()
+			return
+		}
+		sess.handle(env)
+		sess.busy.Unlock()
+	}
+}
+
+// hello authenticates the session; it reports whether the session may go on.
+func (sess *session) hello() bool {
+	s := sess.s
+	ctx, cancel := context.WithTimeout(sess.ctx, s.opts.HelloTimeout)
+	env, err := sess.conn.Recv(ctx)
+	cancel()
+	if err != nil {
+		return false
+	}
+	h, err := transport.DecodeBody[transport.Hello](env)
+	if err != nil {
+		if errors.Is(err, transport.ErrUnexpectedType) {
+			sess.end(transport.CodeUnauthenticated, "the first message must be hello")
+		} else {
+			sess.end(transport.CodeBadFrame, err.Error())
+		}
+		return false
+	}
+	v, ok := transport.Negotiate(h.Versions)
+	if !ok {
+		sess.end(transport.CodeUnsupportedVersion, fmt.Sprintf("relay speaks versions %v", transport.SupportedVersions()))
+		return false
+	}
+	app, claims, err := s.auth.Verify(h.APIKey, h.Token)
+	if err != nil {
+		s.metrics.authFailures.Inc()
+		code := transport.CodeUnauthenticated
+		if errors.Is(err, ErrTokenExpired) {
+			code = transport.CodeTokenExpired
+		}
+		sess.end(code, err.Error())
+		return false
+	}
+	if h.ReplicaID == "" || len(h.ReplicaID) > 128 || !utf8.ValidString(h.ReplicaID) {
+		sess.end(transport.CodeBadFrame, "replica_id must be 1 to 128 bytes of UTF-8")
+		return false
+	}
+	sess.app, sess.claims = app, claims
+	sess.holder = claims.Subject + "/" + h.ReplicaID
+	w := &transport.Welcome{Version: v, RelayID: s.opts.RelayID, Incarnation: s.store.Incarnation(), Limits: s.limits}
+	return sess.conn.SendBody(sess.ctx, env.ID, w) == nil
+}
+
+// handle answers one request.
+func (sess *session) handle(env *transport.Envelope) {
+	s := sess.s
+	start := time.Now()
+	body, err := sess.dispatch(env)
+	if err != nil {
+		body = sess.errorBody(env, err)
+	}
+	result := "ok"
+	if e, isErr := body.(*transport.Error); isErr {
+		result = string(e.Code)
+	}
+	s.metrics.requests.WithLabelValues(string(env.Type), result).Inc()
+	s.metrics.latency.WithLabelValues(string(env.Type)).Observe(time.Since(start).Seconds())
+	if body != nil {
+		_ = sess.conn.SendBody(sess.ctx, env.ID, body)
+	}
+}
+
+func (sess *session) errorBody(env *transport.Envelope, err error) *transport.Error {
+	var e *transport.Error
+	if errors.As(err, &e) {
+		return e
+	}
+	if errors.Is(err, context.Canceled) && sess.s.isShuttingDown() {
+		return &transport.Error{Code: transport.CodeShuttingDown, Message: "relay is shutting down"}
+	}
+	sess.s.log.Error("request failed", "type", env.Type, "app", sess.app.ID, "err", err)
+	return transport.AsError(err) // internal, without server details
+}
+
+// dispatch runs a request and returns the response body (nil: sent later).
+func (sess *session) dispatch(env *transport.Envelope) (transport.Body, error) {
+	s := sess.s
+	msg, err := env.Message()
+	if err != nil {
+		return nil, err
+	}
+	if a, ok := msg.(*transport.Auth); ok {
+		return sess.reauth(a)
+	}
+	claims := sess.currentClaims()
+	if exp := claims.ExpiresAt; exp != nil && !s.now().Before(exp.Time) {
+		return nil, perr(transport.CodeTokenExpired, "token expired at %s; send auth with a fresh one", exp.UTC().Format(time.RFC3339))
+	}
+	coll := func(name string, write bool) (Coll, error) {
+		if write && !claims.CanWrite(name) || !write && !claims.CanRead(name) {
+			verb := "read"
+			if write {
+				verb = "write"
+			}
+			return Coll{}, perr(transport.CodeForbidden, "token does not grant %s on %q", verb, name)
+		}
+		return Coll{Tenant: sess.app.ID, Collection: name}, nil
+	}
+	ctx := sess.ctx
+	switch m := msg.(type) {
+	case *transport.Push:
+		c, err := coll(m.Collection, true)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range m.Records {
+			s.metrics.bytesIn.Add(float64(len(r.Data)))
+		}
+		// A push, once started, finishes and is acknowledged even if the
+		// relay begins shutting down.
+		return s.push(context.WithoutCancel(ctx), c, m)
+	case *transport.Pull:
+		c, err := coll(m.Collection, false)
+		if err != nil {
+			return nil, err
+		}
+		return s.pull(ctx, c, m)
+	case *transport.Subscribe:
+		c, err := coll(m.Collection, false)
+		if err != nil {
+			return nil, err
+		}
+		// Answer before streaming, so the device sees its subscribe
+		// acknowledged before any live message or slow_consumer close.
+		if err := sess.conn.SendBody(ctx, env.ID, &transport.OK{}); err != nil {
+			return nil, err
+		}
+		sess.startSub(c, m.Cursor)
+		return nil, nil
+	case *transport.Unsubscribe:
+		sess.stopSub(m.Collection)
+		return &transport.OK{}, nil
+	case *transport.LeaseAcquire:
+		c, err := coll(m.Collection, true)
+		if err != nil {
+			return nil, err
+		}
+		// Waiting for a lease must not stall the read loop (pings,
+		// other requests): answer from a goroutine.
+		sess.wg.Add(1)
+		go func() {
+			defer sess.wg.Done()
+			var body transport.Body
+			l, err := s.acquire(ctx, sess, c, m)
+			if err != nil {
+				body = sess.errorBody(env, err)
+			} else {
+				body = l
+			}
+			_ = sess.conn.SendBody(ctx, env.ID, body)
+		}()
+		return nil, nil
+	case *transport.LeaseRenew:
+		c, err := coll(m.Collection, true)
+		if err != nil {
+			return nil, err
+		}
+		l, err := s.store.Renew(ctx, c, m.Fence, min(time.Duration(m.TTLMS)*time.Millisecond, s.opts.MaxLeaseTTL), s.now())
+		if errors.Is(err, ErrStaleFence) {
+			return nil, perr(transport.CodeStaleFence, "fence %d no longer holds the lease of %q", m.Fence, m.Collection)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return &transport.Lease{Collection: m.Collection, Fence: l.Fence, ExpiresMS: l.Expires.UnixMilli()}, nil
+	case *transport.LeaseRelease:
+		c, err := coll(m.Collection, true)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.store.Release(ctx, c, m.Fence); err != nil {
+			return nil, err
+		}
+		sess.dropLease(c, m.Fence)
+		s.leases.notify(c)
+		return &transport.OK{}, nil
+	}
+	return nil, perr(transport.CodeBadFrame, "%s is not a request", env.Type)
+}
+
+// reauth replaces the session's token with a fresh one of the same app.
+func (sess *session) reauth(a *transport.Auth) (transport.Body, error) {
+	_, claims, err := sess.s.auth.Verify(sess.app.APIKey, a.Token)
+	if err != nil {
+		sess.s.metrics.authFailures.Inc()
+		if errors.Is(err, ErrTokenExpired) {
+			return nil, perr(transport.CodeTokenExpired, "%v", err)
+		}
+		return nil, perr(transport.CodeUnauthenticated, "%v", err)
+	}
+	sess.mu.Lock()
+	sess.claims = claims
+	sess.mu.Unlock()
+	return &transport.OK{}, nil
+}
+
+func (sess *session) currentClaims() *Claims {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	return sess.claims
+}
+
+func (sess *session) startSub(c Coll, cursor uint64) {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if cancel, ok := sess.subs[c.Collection]; ok {
+		cancel() // resubscribing restarts from the new cursor
+	}
+	ctx, cancel := context.WithCancel(sess.ctx)
+	sess.subs[c.Collection] = cancel
+	sess.wg.Add(1)
+	go func() {
+		defer sess.wg.Done()
+		sess.s.subscribe(ctx, sess, c, cursor)
+	}()
+}
+
+func (sess *session) stopSub(name string) {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if cancel, ok := sess.subs[name]; ok {
+		cancel()
+		delete(sess.subs, name)
+	}
+}
+
+func (sess *session) holdLease(c Coll, fence uint64) {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	sess.leases[c] = fence
+}
+
+func (sess *session) dropLease(c Coll, fence uint64) {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if sess.leases[c] == fence {
+		delete(sess.leases, c)
+	}
+}
+
+// releaseLeases frees the leases of a device that went away, so others
+// need not wait for them to expire.
+func (sess *session) releaseLeases() {
+	sess.mu.Lock()
+	held := sess.leases
+	sess.leases = map[Coll]uint64{}
+	sess.mu.Unlock()
+	for c, fence := range held {
+		if err := sess.s.store.Release(context.Background(), c, fence); err != nil && !errors.Is(err, ErrStoreClosed) {
+			sess.s.log.Warn("releasing lease of a closed session", "tenant", c.Tenant, "collection", c.Collection, "err", err)
+		}
+		sess.s.leases.notify(c)
+	}
+}
+
+func (sess *session) isStopping() bool {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	return sess.stopping
+}
+
+// end closes the session with an error code the device can act on.
+func (sess *session) end(code transport.Code, reason string) {
+	sess.mu.Lock()
+	sess.stopping = true
+	sess.mu.Unlock()
+	_ = sess.conn.CloseWithError(code, reason)
+	sess.cancel()
+}
+
+// shutdown ends the session once its current request is answered.
+func (sess *session) shutdown() {
+	sess.busy.Lock()
+	defer sess.busy.Unlock()
+	sess.end(transport.CodeShuttingDown, "relay is shutting down")
+}
+
+func perr(code transport.Code, format string, args ...any) *transport.Error {
+	return &transport.Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// validRecordID applies the replica's record ID rules on the relay side.
+func validRecordID(id string) error {
+	if id == "" || len(id) > 256 || !utf8.ValidString(id) || strings.ContainsFunc(id, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return perr(transport.CodeBadFrame, "record ID %q: must be 1 to 256 bytes of UTF-8 without control characters", id)
+	}
+	return nil
+}

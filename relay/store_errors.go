@@ -1,0 +1,117 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Errors of Store implementations beyond the ones in store.go.
+var (
+	// ErrInvalidArg means a Store method was given an argument it refuses:
+	// an empty tenant, collection or record name, a name holding NUL, an
+	// entry without changes or heads, an empty holder, or a non-positive
+	// lease TTL. Nothing was written.
+	ErrInvalidArg = errors.New("relay: invalid store argument")
+	// ErrAppendTooLarge means one Append holds more than the store can
+	// commit in one transaction. Nothing was written; split the push.
+	ErrAppendTooLarge = errors.New("relay: append too large for one transaction")
+	// ErrNotRelayStore means a folder holds files that are not a relay
+	// store. Nothing in it was changed.
+	ErrNotRelayStore = errors.New("relay: folder is not a relay store")
+	// ErrNewerStoreFormat means the store was written by a newer Ferry whose
+	// format this version cannot read. Nothing in it was changed.
+	ErrNewerStoreFormat = errors.New("relay: store written by a newer format version")
+)
+
+// LeaseHeldError is the ErrLeaseHeld returned by Acquire: it carries the
+// lease that blocked the caller, so a relay can tell a device who holds the
+// collection and until when.
+type LeaseHeldError struct {
+	Lease Lease
+}
+
+func (e *LeaseHeldError) Error() string {
+	return fmt.Sprintf("%v: holder %q, fence %d, until %s",
+		ErrLeaseHeld, e.Lease.Holder, e.Lease.Fence, e.Lease.Expires.UTC().Format(time.RFC3339Nano))
+}
+
+// Is makes errors.Is(err, ErrLeaseHeld) true.
+func (e *LeaseHeldError) Is(target error) bool { return target == ErrLeaseHeld }
+
+// Unwrap returns ErrLeaseHeld.
+func (e *LeaseHeldError) Unwrap() error { return ErrLeaseHeld }
+
+// ConflictError is the ErrConflict returned by Append: it names the first
+// record whose Base did not match, so the relay knows which document the
+// pusher must reload and merge again.
+type ConflictError struct {
+	Record string
+}
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("%v: record %q", ErrConflict, e.Record)
+}
+
+// Is makes errors.Is(err, ErrConflict) true.
+func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
+
+// Unwrap returns ErrConflict.
+func (e *ConflictError) Unwrap() error { return ErrConflict }
+
+// Argument checks shared by every Store in this package, so they refuse the
+// same inputs. NUL is refused in every name: the Badger key layout uses it as
+// a separator, and PostgreSQL text cannot hold it.
+
+func checkColl(c Coll) error {
+	if err := checkName("tenant", c.Tenant); err != nil {
+		return err
+	}
+	return checkName("collection", c.Collection)
+}
+
+func checkName(what, s string) error {
+	if s == "" {
+		return fmt.Errorf("%w: empty %s", ErrInvalidArg, what)
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] == 0 {
+			return fmt.Errorf("%w: %s %q holds NUL", ErrInvalidArg, what, s)
+		}
+	}
+	return nil
+}
+
+func checkEntries(entries []Entry) error {
+	if len(entries) == 0 {
+		return fmt.Errorf("%w: append of no entries", ErrInvalidArg)
+	}
+	for i, e := range entries {
+		if err := checkName("record", e.Record); err != nil {
+			return fmt.Errorf("entry %d: %w", i, err)
+		}
+		if len(e.Changes) == 0 {
+			return fmt.Errorf("%w: entry %d (record %q) has no changes", ErrInvalidArg, i, e.Record)
+		}
+		// A stored document with no heads would be indistinguishable from
+		// an absent one in the Base check (nil Base means "new record").
+		if len(e.Heads) == 0 {
+			return fmt.Errorf("%w: entry %d (record %q) has no heads", ErrInvalidArg, i, e.Record)
+		}
+	}
+	return nil
+}
+
+func checkLeaseArgs(holder string, ttl time.Duration) error {
+	if err := checkName("holder", holder); err != nil {
+		return err
+	}
+	if ttl <= 0 {
+		return fmt.Errorf("%w: lease TTL %v is not positive", ErrInvalidArg, ttl)
+	}
+	return nil
+}
+
+// leaseLive reports whether l still holds its collection at now. A lease is
+// held while now is before Expires: at Expires it has lapsed.
+func leaseLive(l Lease, now time.Time) bool { return now.Before(l.Expires) }

@@ -1,0 +1,34 @@
+package relay_test
+
+import (
+	"testing"
+
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/storetest"
+)
+
+func TestMemStore(t *testing.T) {
+	storetest.RunVolatile(t, func(t *testing.T, dir string) relay.Store {
+		return relay.NewMemStore()
+	})
+}
+
+func TestBadgerStore(t *testing.T) {
+	storetest.Run(t, func(t *testing.T, dir string) relay.Store {
+		s, err := relay.OpenBadgerStore(dir, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	})
+}
+
+func TestBadgerStoreInMemory(t *testing.T) {
+	storetest.RunVolatile(t, func(t *testing.T, dir string) relay.Store {
+		s, err := relay.OpenBadgerStore("", &relay.BadgerOptions{InMemory: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	})
+}
