@@ -133,7 +133,18 @@ func TestPushIsIdempotentAndValidated(t *testing.T) {
 }
 
 func TestConcurrentPushersLoseNothing(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	t.Run("memory", func(t *testing.T) { concurrentPushers(t, NewMemStore()) })
+	t.Run("badger", func(t *testing.T) {
+		st, err := OpenBadgerStore(t.TempDir(), nil) // durable: every ack is fsynced
+		if err != nil {
+			t.Fatal(err)
+		}
+		concurrentPushers(t, st)
+	})
+}
+
+func concurrentPushers(t *testing.T, store Store) {
+	tr := newTestRelay(t, store, nil)
 	const clients, pushes = 50, 10
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)
