@@ -23,3 +23,35 @@ var (
 	// Re-subscribe and rescan to catch up.
 	ErrFeedOverflow = errors.New("ferry: change feed overflowed")
 )
+
+// Sync errors.
+var (
+	// ErrInvalidProfile means a profile's settings are incomplete or wrong.
+	ErrInvalidProfile = errors.New("ferry: invalid sync profile")
+	// ErrProfileExists means AddProfile was given a name in use.
+	ErrProfileExists = errors.New("ferry: sync profile exists")
+	// ErrNoProfile means no profile has that name.
+	ErrNoProfile = errors.New("ferry: no such sync profile")
+	// ErrTooManyProfiles means the replica holds Options.MaxProfiles
+	// profiles already.
+	ErrTooManyProfiles = errors.New("ferry: too many sync profiles")
+	// ErrDeferred means the sync did not run because the current network
+	// is not one the profile may use. It is queued and runs when an allowed
+	// network appears (Replica.SetNetwork). It is not a failure.
+	ErrDeferred = errors.New("ferry: sync deferred until an allowed network")
+	// ErrLocalOnly means the replica was opened in local-only mode and
+	// never syncs.
+	ErrLocalOnly = errors.New("ferry: replica is local-only")
+	// ErrVetoed means the delegate's ReadyForSync refused the sync.
+	ErrVetoed = errors.New("ferry: sync vetoed by the app")
+	// ErrLeaseTimeout means the collection's lease (the relay's SyncLock)
+	// was not granted within the profile's timeout; nothing was changed.
+	ErrLeaseTimeout = errors.New("ferry: sync lease not granted in time")
+	// ErrSyncFailed means at least one collection failed; the SyncStats
+	// say which and why.
+	ErrSyncFailed = errors.New("ferry: sync failed")
+)
+
+// ErrMergeHook wraps a merge hook's error: the record stays pending, its
+// remote changes are kept for the next sync, and it is listed as failed.
+var ErrMergeHook = errors.New("ferry: merge hook failed")

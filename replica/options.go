@@ -3,6 +3,8 @@ package replica
 import (
 	"log/slog"
 	"time"
+
+	"github.com/ferrysync/ferry/policy"
 )
 
 // Options configure a replica. A nil *Options is valid and means the
@@ -39,6 +41,39 @@ type Options struct {
 
 	// Clock stamps commits. Default time.Now.
 	Clock func() time.Time
+
+	// LocalOnly never syncs: Sync returns ErrLocalOnly and periodic and
+	// live profiles do not run. Profiles may still be stored.
+	LocalOnly bool
+
+	// MaxProfiles bounds the stored sync profiles. Default 16.
+	MaxProfiles int
+
+	// Policy resolves conflicts for profiles and collections that name no
+	// policy. Default prefer-local.
+	Policy policy.Policy
+
+	// MergeHook resolves conflicts under the custom policy, for collections
+	// without a hook of their own (Replica.SetMergeHook).
+	MergeHook policy.Resolver
+
+	// Listener receives sync events; Delegate decides at a sync's
+	// lifecycle points. Both may be nil.
+	Listener Listener
+	Delegate Delegate
+
+	// Network reports the device's current network (the seeds'
+	// reachability), checked before each sync. Without it, the replica
+	// uses the last value given to SetNetwork, initially policy.Other.
+	Network func() policy.Network
+
+	// NetworkPoll is how often deferred syncs re-check a Network function.
+	// Default 30 s. (SetNetwork re-checks at once.)
+	NetworkPoll time.Duration
+
+	// Backoff bounds the live mode's reconnection delays. Defaults 250 ms
+	// and 30 s.
+	BackoffMin, BackoffMax time.Duration
 }
 
 func (o *Options) withDefaults() Options {
@@ -63,6 +98,18 @@ func (o *Options) withDefaults() Options {
 	}
 	if v.Clock == nil {
 		v.Clock = time.Now
+	}
+	if v.MaxProfiles <= 0 {
+		v.MaxProfiles = 16
+	}
+	if v.NetworkPoll <= 0 {
+		v.NetworkPoll = 30 * time.Second
+	}
+	if v.BackoffMin <= 0 {
+		v.BackoffMin = 250 * time.Millisecond
+	}
+	if v.BackoffMax <= 0 {
+		v.BackoffMax = 30 * time.Second
 	}
 	return v
 }

@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -30,6 +31,10 @@ type Replica struct {
 	closeOnce sync.Once
 	closeErr  error
 	closing   chan struct{}
+	closeCtx  context.Context // ends at Close, for syncs in flight
+	stopAll   context.CancelFunc
+	sched     *scheduler
+	hooks     hooks
 	wg        sync.WaitGroup // background goroutines
 	mu        sync.RWMutex   // held for reading by every operation; Close takes it for writing
 	closed    bool
@@ -69,6 +74,8 @@ func Open(dir string, o *Options) (*Replica, error) {
 		feeds:   newFeeds(),
 		closing: make(chan struct{}),
 	}
+	r.closeCtx, r.stopAll = context.WithCancel(context.Background())
+	r.sched = newScheduler(r)
 	if r.id, err = r.initMeta(); err != nil {
 		db.Close()
 		return nil, err
@@ -76,6 +83,10 @@ func Open(dir string, o *Options) (*Replica, error) {
 	if !opts.InMemory && opts.GCInterval > 0 {
 		r.wg.Add(1)
 		go r.gcLoop(opts.GCInterval)
+	}
+	if err := r.sched.startAll(); err != nil {
+		r.Close()
+		return nil, err
 	}
 	return r, nil
 }
@@ -155,6 +166,8 @@ func (r *Replica) ID() string { return r.id }
 func (r *Replica) Close() error {
 	r.closeOnce.Do(func() {
 		close(r.closing)
+		r.stopAll()
+		r.sched.close()
 		r.wg.Wait()
 		r.mu.Lock()
 		r.closed = true

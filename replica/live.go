@@ -1,0 +1,253 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/transport"
+)
+
+// runLive keeps a live profile connected until ctx ends: it catches up
+// with a sync of each collection, subscribes from the cursors, applies
+// remote changes as they arrive, and pushes local edits as they commit.
+// A lost connection is retried with exponential backoff and jitter; each
+// new session resumes from the stored cursors.
+func (r *Replica) runLive(ctx context.Context, p *Profile) {
+	b := backoff{min: r.opts.BackoffMin, max: r.opts.BackoffMax}
+	for ctx.Err() == nil {
+		if n := r.Network(); !p.Networks.Allows(n) {
+			// Wait for an allowed network.
+			select {
+			case <-ctx.Done():
+				return
+			case <-r.sched.wake:
+				r.sched.networkChanged() // pass it on to the deferred runner too
+				continue
+			case <-time.After(r.opts.NetworkPoll):
+				continue
+			}
+		}
+		start := time.Now()
+		err := r.liveSession(ctx, p)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > b.max {
+			b.reset() // it had been up a while: not a crash loop
+		}
+		d := b.next()
+		r.log.Warn("live sync disconnected; reconnecting", "profile", p.Name, "err", err, "in", d)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
+		}
+	}
+}
+
+// backoff doubles a delay from min to max, with jitter so many devices
+// do not reconnect in step.
+type backoff struct {
+	min, max time.Duration
+	n        int
+}
+
+func (b *backoff) next() time.Duration {
+	d := b.min << min(b.n, 30)
+	if d <= 0 || d > b.max {
+		d = b.max
+	}
+	b.n++
+	// Full jitter over the upper half keeps the delay at least d/2.
+	return d/2 + rand.N(d/2+1)
+}
+
+func (b *backoff) reset() { b.n = 0 }
+
+// liveSession runs one live connection until it fails or ctx ends.
+func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
+	unlock := r.sched.lockProfile(p.Name)
+	conn, err := r.dial(ctx, p, true)
+	if err != nil {
+		unlock()
+		return err
+	}
+	defer conn.close()
+	// Catch up: push what waited offline, pull what was missed.
+	for _, coll := range p.Collections {
+		if _, err := r.syncCollection(ctx, conn, p, coll); err != nil {
+			unlock()
+			return fmt.Errorf("catching up %s: %w", coll, err)
+		}
+	}
+	unlock()
+	feeds := map[string]*Feed{}
+	defer func() {
+		for _, f := range feeds {
+			f.Close()
+		}
+	}()
+	local := make(chan Event, 1024)
+	for _, coll := range p.Collections {
+		st, err := r.loadSyncState(p.Name, coll)
+		if err != nil {
+			return err
+		}
+		if err := conn.call(ctx, &transport.Subscribe{Collection: coll, Cursor: st.Cursor}, &transport.OK{}); err != nil {
+			return fmt.Errorf("subscribe %s: %w", coll, err)
+		}
+		f := (&Collection{r: r, name: coll}).Watch(1024)
+		feeds[coll] = f
+		go forwardLocal(ctx, f, local)
+	}
+	// Anything edited between the catch-up and the feeds starting.
+	for _, coll := range p.Collections {
+		if err := r.pushNow(ctx, conn, p, coll, nil); err != nil {
+			return err
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-conn.client.Done():
+			return conn.client.Err()
+		case lv := <-conn.client.Live():
+			if err := r.applyLive(ctx, conn, p, lv); err != nil {
+				return err
+			}
+		case ev := <-local:
+			if ev.Origin != Local {
+				continue
+			}
+			ids := map[string][]string{ev.Collection: {ev.ID}}
+			// Coalesce what else is already waiting.
+		drain:
+			for {
+				select {
+				case ev := <-local:
+					if ev.Origin == Local {
+						ids[ev.Collection] = append(ids[ev.Collection], ev.ID)
+					}
+				default:
+					break drain
+				}
+			}
+			for coll, list := range ids {
+				if err := r.pushNow(ctx, conn, p, coll, list); err != nil {
+					return err
+				}
+			}
+		}
+		for coll, f := range feeds {
+			if err := f.Err(); errors.Is(err, ErrFeedOverflow) {
+				// Events were dropped: push everything pending instead.
+				nf := (&Collection{r: r, name: coll}).Watch(1024)
+				feeds[coll] = nf
+				go forwardLocal(ctx, nf, local)
+				if err := r.pushNow(ctx, conn, p, coll, nil); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+func forwardLocal(ctx context.Context, f *Feed, out chan<- Event) {
+	for ev := range f.C {
+		select {
+		case out <- ev:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// pushNow pushes pending records of a collection without a lease: plain
+// edits need none (see docs/conflicts.md). ids nil means every pending one.
+func (r *Replica) pushNow(ctx context.Context, conn *relayConn, p *Profile, coll string, ids []string) error {
+	s := &collSync{r: r, conn: conn, p: p, coll: coll, cs: &CollectionStats{Collection: coll}}
+	if ids == nil {
+		return s.push(ctx)
+	}
+	var batch []outgoing
+	for _, id := range ids {
+		pending, err := r.isPending(coll, id)
+		if err != nil || !pending {
+			continue
+		}
+		o, err := r.outgoing(coll, id)
+		if err != nil {
+			return err
+		}
+		if o.changes != nil {
+			batch = append(batch, o)
+		}
+	}
+	if len(batch) == 0 {
+		return nil
+	}
+	_, err := s.pushBatch(ctx, batch)
+	return err
+}
+
+// applyLive applies a live message. A record with local changes the relay
+// lacks may conflict: then the collection syncs under its lease (pull
+// again, resolve, push), so a resolution is only ever pushed under a
+// fence.
+func (r *Replica) applyLive(ctx context.Context, conn *relayConn, p *Profile, lv *transport.Live) error {
+	coll := lv.Collection
+	conflict := false
+	for _, rc := range lv.Records {
+		pending, err := r.isPending(coll, rc.Record)
+		if err != nil {
+			return err
+		}
+		if pending {
+			conflict = true
+			continue
+		}
+		heads, err := crdt.HeadsFromSlices(rc.Heads)
+		if err != nil {
+			return err
+		}
+		if _, err := r.applyRemote(coll, rc.Record, rc.Data, heads, nil); err != nil {
+			return err
+		}
+	}
+	if conflict {
+		unlock := r.sched.lockProfile(p.Name)
+		defer unlock()
+		_, err := r.syncCollection(ctx, conn, p, coll)
+		return err
+	}
+	st, err := r.loadSyncState(p.Name, coll)
+	if err != nil {
+		return err
+	}
+	if lv.Next > st.Cursor {
+		st.Cursor = lv.Next
+		return r.saveSyncState(p.Name, coll, st)
+	}
+	return nil
+}
+
+func (r *Replica) isPending(coll, id string) (bool, error) {
+	release, err := r.enter()
+	if err != nil {
+		return false, err
+	}
+	defer release()
+	var ok bool
+	err = r.db.View(func(txn *badger.Txn) (err error) {
+		_, ok, err = getKey(txn, recKey('p', coll, id))
+		return err
+	})
+	return ok, err
+}

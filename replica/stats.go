@@ -1,0 +1,127 @@
+package replica
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrysync/ferry/policy"
+)
+
+// Status is how a sync, or one collection of it, ended.
+type Status string
+
+const (
+	StatusCompleted Status = "completed"
+	StatusFailed    Status = "failed"   // an error; see Err
+	StatusStopped   Status = "stopped"  // cancelled by the app
+	StatusDeferred  Status = "deferred" // not on an allowed network; runs when one appears
+	StatusVetoed    Status = "vetoed"   // the delegate's ReadyForSync said no
+	StatusSkipped   Status = "skipped"  // the delegate's BeforeCollection said no
+)
+
+// Counts are records changed in one direction.
+type Counts struct {
+	Added   int `json:"added"`
+	Updated int `json:"updated"`
+	Removed int `json:"removed"`
+}
+
+// CollectionStats describe one collection's part of a sync.
+type CollectionStats struct {
+	Collection string      `json:"collection"`
+	Type       policy.Type `json:"type"` // as run: slow when the relay's incarnation changed
+	Status     Status      `json:"status"`
+	Start      time.Time   `json:"start"`
+	End        time.Time   `json:"end"`
+	FromRelay  Counts      `json:"from_relay"`
+	ToRelay    Counts      `json:"to_relay"`
+	Conflicts  int         `json:"conflicts"` // fields and records resolved by the policy
+	// Failed lists records a merge hook failed (they stay pending) or the
+	// relay refused.
+	Failed []string `json:"failed,omitempty"`
+	Err    string   `json:"error,omitempty"`
+}
+
+// SyncStats describe one sync of a profile (the seeds' last-sync
+// statistics).
+type SyncStats struct {
+	Profile     string             `json:"profile"`
+	Status      Status             `json:"status"`
+	Start       time.Time          `json:"start"`
+	End         time.Time          `json:"end"`
+	Collections []*CollectionStats `json:"collections"`
+	Err         string             `json:"error,omitempty"`
+}
+
+func statsKey(profile string) []byte { return append([]byte("z/"), profile...) }
+
+func (r *Replica) saveStats(st *SyncStats) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	return r.db.Update(func(txn *badger.Txn) error { return txn.Set(statsKey(st.Profile), b) })
+}
+
+// LastSync returns the statistics of the profile's last sync that ran
+// (deferred and vetoed attempts included). ErrNoProfile if it never synced.
+func (r *Replica) LastSync(profile string) (*SyncStats, error) {
+	release, err := r.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	var st SyncStats
+	err = r.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(statsKey(profile))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return fmt.Errorf("%w: %q has not synced", ErrNoProfile, profile)
+		}
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error { return json.Unmarshal(v, &st) })
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// syncState is what a profile remembers per collection between syncs.
+type syncState struct {
+	Cursor      uint64 `json:"cursor"`      // relay log position applied up to
+	Incarnation string `json:"incarnation"` // the relay store's identity at that cursor
+}
+
+func syncStatePrefix(profile string) []byte {
+	return append(append([]byte("y/"), profile...), 0)
+}
+
+func syncStateKey(profile, coll string) []byte {
+	return append(syncStatePrefix(profile), coll...)
+}
+
+func (r *Replica) loadSyncState(profile, coll string) (syncState, error) {
+	var s syncState
+	err := r.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(syncStateKey(profile, coll))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error { return json.Unmarshal(v, &s) })
+	})
+	return s, err
+}
+
+func (r *Replica) saveSyncState(profile, coll string, s syncState) error {
+	b, _ := json.Marshal(s)
+	return r.db.Update(func(txn *badger.Txn) error { return txn.Set(syncStateKey(profile, coll), b) })
+}

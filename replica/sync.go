@@ -1,0 +1,361 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/transport"
+)
+
+// Sync runs one sync of the profile now and returns its statistics (also
+// kept for LastSync). Each collection syncs by the profile's type (see
+// docs/conflicts.md): two-way by default, which takes the collection's
+// lease, pulls the relay's changes and resolves conflicts by policy, then
+// pushes this device's changes under the lease's fence.
+//
+// On a network the profile may not use, Sync returns ErrDeferred and runs
+// the sync later, when SetNetwork (or Options.Network) reports an allowed
+// one. A cancelled ctx stops the sync between records (status stopped);
+// what was applied stays applied. If any collection fails, the error wraps
+// ErrSyncFailed and the statistics say which and why. Syncs of one profile
+// run one at a time.
+func (r *Replica) Sync(ctx context.Context, profile string) (*SyncStats, error) {
+	if r.opts.LocalOnly {
+		return nil, ErrLocalOnly
+	}
+	p, err := r.Profile(profile)
+	if err != nil {
+		return nil, err
+	}
+	return r.syncProfile(ctx, &p)
+}
+
+func (r *Replica) syncProfile(ctx context.Context, p *Profile) (*SyncStats, error) {
+	st := &SyncStats{Profile: p.Name, Start: r.opts.Clock()}
+	finish := func(status Status, err error) (*SyncStats, error) {
+		st.Status, st.End = status, r.opts.Clock()
+		if err != nil {
+			st.Err = err.Error()
+		}
+		if serr := r.saveStats(st); serr != nil && !errors.Is(serr, ErrClosed) {
+			r.log.Warn("saving sync statistics", "profile", p.Name, "err", serr)
+		}
+		if l := r.opts.Listener; l != nil {
+			switch status {
+			case StatusCompleted:
+				l.SyncCompleted(st)
+			case StatusStopped:
+				l.SyncStopped(st)
+			case StatusFailed:
+				l.SyncFailed(st, err)
+			}
+		}
+		return st, err
+	}
+	if n := r.Network(); !p.Networks.Allows(n) {
+		r.sched.deferSync(p.Name)
+		return finish(StatusDeferred, fmt.Errorf("%w: on %q, profile %q allows %v", ErrDeferred, n, p.Name, p.Networks))
+	}
+	if d := r.opts.Delegate; d != nil && !d.ReadyForSync(p.Name) {
+		return finish(StatusVetoed, ErrVetoed)
+	}
+	unlock := r.sched.lockProfile(p.Name)
+	defer unlock()
+	ctx, cancel := r.withClose(ctx)
+	defer cancel()
+
+	conn, err := r.dial(ctx, p, false)
+	if err != nil {
+		return finish(statusOf(ctx, StatusFailed), err)
+	}
+	defer conn.close()
+
+	var failed []string
+	errs := map[string]error{}
+	run := func(coll string) {
+		cs, err := r.syncCollection(ctx, conn, p, coll)
+		st.Collections = append(st.Collections, cs)
+		if d := r.opts.Delegate; d != nil {
+			d.AfterCollection(p.Name, cs)
+		}
+		if err != nil {
+			errs[coll] = err
+			failed = append(failed, coll)
+		} else {
+			delete(errs, coll)
+		}
+	}
+	for _, coll := range p.Collections {
+		if ctx.Err() != nil {
+			break
+		}
+		if d := r.opts.Delegate; d != nil && !d.BeforeCollection(p.Name, coll) {
+			st.Collections = append(st.Collections, &CollectionStats{Collection: coll, Type: p.Type, Status: StatusSkipped, Start: r.opts.Clock(), End: r.opts.Clock()})
+			continue
+		}
+		run(coll)
+	}
+	// Collections the delegate wants retried run again, once, after the
+	// others (the seeds' "retry later in the same sync").
+	retry := failed
+	failed = nil
+	for _, coll := range retry {
+		if ctx.Err() != nil {
+			failed = append(failed, coll)
+			continue
+		}
+		if d := r.opts.Delegate; d != nil && d.CollectionFailed(p.Name, coll, errs[coll]) == Retry {
+			run(coll)
+		} else {
+			failed = append(failed, coll)
+		}
+	}
+	if ctx.Err() != nil {
+		return finish(StatusStopped, ctx.Err())
+	}
+	if len(errs) > 0 {
+		var all []error
+		for _, c := range p.Collections {
+			if e := errs[c]; e != nil {
+				all = append(all, fmt.Errorf("%s: %w", c, e))
+			}
+		}
+		return finish(StatusFailed, fmt.Errorf("%w: %w", ErrSyncFailed, errors.Join(all...)))
+	}
+	return finish(StatusCompleted, nil)
+}
+
+func statusOf(ctx context.Context, otherwise Status) Status {
+	if ctx.Err() != nil {
+		return StatusStopped
+	}
+	return otherwise
+}
+
+// withClose returns a ctx that also ends when the replica closes.
+func (r *Replica) withClose(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(r.closeCtx, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+// collSync is one collection's sync in progress.
+type collSync struct {
+	r     *Replica
+	conn  *relayConn
+	p     *Profile
+	coll  string
+	cs    *CollectionStats
+	res   policy.Resolver
+	lease *lease
+	state syncState
+}
+
+func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profile, coll string) (cs *CollectionStats, err error) {
+	cs = &CollectionStats{Collection: coll, Type: p.Type, Start: r.opts.Clock()}
+	defer func() {
+		cs.End = r.opts.Clock()
+		switch {
+		case err == nil && len(cs.Failed) > 0:
+			cs.Status = StatusFailed
+			err = fmt.Errorf("%d record(s) failed: %v", len(cs.Failed), cs.Failed)
+			cs.Err = err.Error()
+		case err == nil:
+			cs.Status = StatusCompleted
+		default:
+			cs.Status = statusOf(ctx, StatusFailed)
+			cs.Err = err.Error()
+		}
+	}()
+	res, err := r.resolver(p, coll)
+	if err != nil {
+		return cs, err
+	}
+	state, err := r.loadSyncState(p.Name, coll)
+	if err != nil {
+		return cs, err
+	}
+	s := &collSync{r: r, conn: conn, p: p, coll: coll, cs: cs, res: res, state: state}
+
+	typ := p.Type
+	if state.Incarnation != "" && state.Incarnation != conn.welcome.Incarnation &&
+		typ != policy.RefreshFromServer && typ != policy.RefreshFromClient {
+		// The relay was restored from a backup: cursors and synced heads
+		// may point past its log. Compare everything by heads.
+		r.log.Info("relay incarnation changed; slow sync", "profile", p.Name, "collection", coll)
+		typ = policy.Slow
+	}
+	cs.Type = typ
+	if typ.Leased() {
+		if s.lease, err = conn.acquire(ctx, coll); err != nil {
+			return cs, err
+		}
+		defer s.lease.release()
+	}
+	switch typ {
+	case policy.TwoWay, policy.OneWayFromServer:
+		err = s.pull(ctx, s.state.Cursor, s.applyChanges)
+	case policy.Slow:
+		err = s.pullAll(ctx, s.applyChanges)
+	case policy.RefreshFromServer:
+		err = s.pullAll(ctx, s.r.replaceRecord)
+	case policy.RefreshFromClient:
+		err = s.pullAll(ctx, s.r.forceLocal)
+	}
+	if err != nil {
+		return cs, err
+	}
+	s.state.Incarnation = conn.welcome.Incarnation
+	if err := r.saveSyncState(p.Name, coll, s.state); err != nil {
+		return cs, err
+	}
+	if typ.Pushes() {
+		if err := s.push(ctx); err != nil {
+			return cs, err
+		}
+	}
+	return cs, nil
+}
+
+// applyFunc applies one record from the relay.
+type applyFunc func(coll, id string, data []byte, relay crdt.Heads) (applied, error)
+
+func (s *collSync) applyChanges(coll, id string, data []byte, relay crdt.Heads) (applied, error) {
+	return s.r.applyRemote(coll, id, data, relay, s.res)
+}
+
+// pull applies the relay's changes after cursor, page by page, and
+// advances the stored cursor as it goes.
+func (s *collSync) pull(ctx context.Context, cursor uint64, apply applyFunc) error {
+	if cursor == 0 {
+		return s.pullAll(ctx, apply)
+	}
+	total, done := 0, 0
+	for {
+		var ch transport.Changes
+		if err := s.conn.call(ctx, &transport.Pull{Collection: s.coll, Cursor: cursor}, &ch); err != nil {
+			return fmt.Errorf("ferry: pull %s: %w", s.coll, err)
+		}
+		total += len(ch.Records)
+		if err := s.applyAll(ctx, ch.Records, apply, total, &done); err != nil {
+			return err
+		}
+		cursor = max(cursor, ch.Next)
+		s.state.Cursor = cursor
+		if !ch.More {
+			return nil
+		}
+		if err := s.lease.keep(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// pullAll reads every record's snapshot (a fresh pull), applies each, and
+// returns with the cursor at the log position the snapshots cover. Records
+// this device holds that the relay lacks are handled per sync type.
+func (s *collSync) pullAll(ctx context.Context, apply applyFunc) error {
+	seen := map[string]bool{}
+	total, done := 0, 0
+	after := ""
+	var next uint64
+	for page := 0; ; page++ {
+		var ch transport.Changes
+		if err := s.conn.call(ctx, &transport.Pull{Collection: s.coll, After: after}, &ch); err != nil {
+			return fmt.Errorf("ferry: pull %s: %w", s.coll, err)
+		}
+		if page == 0 {
+			next = ch.Next
+		}
+		for _, rc := range ch.Records {
+			seen[rc.Record] = true
+		}
+		total += len(ch.Records)
+		if err := s.applyAll(ctx, ch.Records, apply, total, &done); err != nil {
+			return err
+		}
+		if !ch.More || ch.After == "" {
+			break
+		}
+		after = ch.After
+		if err := s.lease.keep(ctx); err != nil {
+			return err
+		}
+	}
+	s.state.Cursor = next
+	ids, err := s.r.recordIDs(s.coll)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if seen[id] {
+			continue
+		}
+		switch s.cs.Type {
+		case policy.RefreshFromServer:
+			a, err := s.r.purgeRecord(s.coll, id)
+			if err != nil {
+				return err
+			}
+			s.count(FromRelay, a)
+		case policy.Slow, policy.RefreshFromClient, policy.TwoWay:
+			// The relay holds nothing of it: push it whole.
+			if err := s.r.markUnsynced(s.coll, id); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (s *collSync) applyAll(ctx context.Context, recs []transport.RecordChanges, apply applyFunc, total int, done *int) error {
+	for _, rc := range recs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		heads, err := crdt.HeadsFromSlices(rc.Heads)
+		if err != nil {
+			return fmt.Errorf("ferry: relay sent bad heads for %s: %w", rc.Record, err)
+		}
+		a, err := apply(s.coll, rc.Record, rc.Data, heads)
+		if err != nil {
+			return err
+		}
+		if a.hookErr != nil {
+			s.r.log.Warn("merge hook failed; record kept pending", "collection", s.coll, "record", rc.Record, "err", a.hookErr)
+			s.cs.Failed = append(s.cs.Failed, rc.Record)
+		}
+		s.cs.Conflicts += a.conflicts
+		s.count(FromRelay, a)
+		*done++
+		s.progress(FromRelay, total, *done)
+	}
+	return nil
+}
+
+func (s *collSync) count(dir Direction, a applied) {
+	if !a.changed {
+		return
+	}
+	c := &s.cs.FromRelay
+	if dir == ToRelay {
+		c = &s.cs.ToRelay
+	}
+	switch a.ev.Kind {
+	case Created:
+		c.Added++
+	case Deleted:
+		c.Removed++
+	default:
+		c.Updated++
+	}
+}
+
+func (s *collSync) progress(dir Direction, total, done int) {
+	if l := s.r.opts.Listener; l != nil {
+		l.SyncProgress(Progress{Profile: s.p.Name, Collection: s.coll, Direction: dir, Total: total, Done: done})
+	}
+}

@@ -1,0 +1,449 @@
+package replica
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/policy"
+)
+
+// applied is what applying the relay's changes did to one record.
+type applied struct {
+	ev        Event
+	changed   bool
+	conflicts int
+	// hookErr is set when the merge hook failed: the record's remote
+	// changes wait in quarantine, and the record stays as it was.
+	hookErr error
+}
+
+// recordOp runs fn on one record's document in one store transaction,
+// under the record's write lock, then caches the document and publishes
+// the event. If fn returns keep=false the document is not stored (fn may
+// still have written other keys) and is dropped from the cache.
+func (r *Replica) recordOp(coll, id string, fn func(txn *badger.Txn, t *touched) (keep bool, err error)) (*touched, error) {
+	release, err := r.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	key := cacheKey(coll, id)
+	defer r.locks.lockAll([]string{key})()
+	var t *touched
+	keep := false
+	err = r.db.Update(func(txn *badger.Txn) error {
+		d, m, ok, err := r.loadDoc(txn, coll, id)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			if d, err = crdt.New(r.id); err != nil {
+				return err
+			}
+		}
+		t = &touched{coll: coll, id: id, doc: d, old: m, new: m, existed: ok, wasDeleted: ok && m.deleted, seen: ok, live: ok && !m.deleted}
+		keep, err = fn(txn, t)
+		if err != nil || !keep {
+			return err
+		}
+		if !t.existed && len(t.new.heads) > 0 {
+			return txn.Set(collKey(coll), nil)
+		}
+		return nil
+	})
+	if err != nil || !keep {
+		r.cache.drop(key)
+		return t, err
+	}
+	r.cache.put(key, t.doc, t.new)
+	if ev, ok := t.event(false); ok {
+		r.feeds.publish([]Event{ev})
+	}
+	return t, nil
+}
+
+// applyRemote imports the relay's changes (or snapshot) for a record whose
+// relay heads are relay. If the record has local changes the relay lacks
+// (it is pending) and the import brought something new, the fields both
+// sides changed since the version they last shared are resolved by res
+// and the decisions committed as a change that follows both sides. The
+// record's synced heads become relay's, and it stays pending while it
+// holds changes beyond them.
+func (r *Replica) applyRemote(coll, id string, data []byte, relay crdt.Heads, res policy.Resolver) (applied, error) {
+	var out applied
+	t, err := r.recordOp(coll, id, func(txn *badger.Txn, t *touched) (bool, error) {
+		// Changes held back by a failed hook come first: later ones build
+		// on them.
+		q, qheads, err := readQuarantine(txn, coll, id)
+		if err != nil {
+			return false, err
+		}
+		if q != nil {
+			data = append(q, data...)
+			if len(relay) == 0 {
+				relay = qheads
+			}
+		}
+		_, pending, err := getKey(txn, recKey('p', coll, id))
+		if err != nil {
+			return false, err
+		}
+		synced, err := readAcked(txn, coll, id)
+		if err != nil {
+			return false, err
+		}
+		d := t.doc
+		n, err := d.Import(data)
+		if err != nil {
+			return false, err
+		}
+		if pending && n > 0 && res != nil {
+			nc, err := resolveConflicts(coll, id, d, t.old.heads, synced, relay, res)
+			if err != nil {
+				// The hook failed: keep the record as it was, and the
+				// relay's changes for the next sync.
+				out.hookErr = err
+				return false, writeQuarantine(txn, coll, id, data, relay)
+			}
+			out.conflicts = nc
+			if nc > 0 {
+				if _, err := d.Commit("ferry: conflict resolution", r.opts.Clock()); err != nil {
+					return false, err
+				}
+			}
+		}
+		if q != nil {
+			if err := txn.Delete(recKey('q', coll, id)); err != nil {
+				return false, err
+			}
+		}
+		return true, r.storeSynced(txn, t, relay)
+	})
+	if err != nil {
+		return out, fmt.Errorf("ferry: applying %s/%s from the relay: %w", coll, id, err)
+	}
+	if out.hookErr == nil && t != nil {
+		out.ev, out.changed = t.event(false)
+	}
+	return out, nil
+}
+
+// storeSynced writes the record's new changes, records relay as the heads
+// the relay holds, and sets the pending marker to whether the record has
+// changes beyond them.
+func (r *Replica) storeSynced(txn *badger.Txn, t *touched, relay crdt.Heads) error {
+	nm, err := r.writeRecord(txn, t.coll, t.id, t.doc, t.old, false)
+	if err != nil {
+		return err
+	}
+	t.new = nm
+	if err := txn.Set(recKey('a', t.coll, t.id), relay.Bytes()); err != nil {
+		return err
+	}
+	rest, err := t.doc.ChangesSince(relay)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return txn.Set(recKey('p', t.coll, t.id), nil)
+	}
+	return txn.Delete(recKey('p', t.coll, t.id))
+}
+
+// resolveConflicts compares, field by field, the version both sides last
+// shared (synced), this device's (local, before the import) and the
+// relay's (relay), all found in d, and writes the resolver's decision for
+// each conflict into d. It returns how many conflicts it resolved.
+//
+// Forking replays history, so this runs only for records with both local
+// and incoming changes.
+func resolveConflicts(coll, id string, d *crdt.Doc, local, synced, relay crdt.Heads, res policy.Resolver) (int, error) {
+	fork := func(h crdt.Heads) (*crdt.Doc, error) {
+		if len(h) == 0 {
+			return crdt.New("")
+		}
+		return d.Fork(h)
+	}
+	remote, err := fork(relay)
+	if err != nil {
+		return 0, err
+	}
+	// If the relay lacks part of what we last shared (it was restored from
+	// a backup), it made no changes of its own since: compare against it.
+	baseHeads := synced
+	for _, h := range synced {
+		if !remote.Has(h) {
+			baseHeads = relay
+			break
+		}
+	}
+	base, err := fork(baseHeads)
+	if err != nil {
+		return 0, err
+	}
+	mine, err := fork(local)
+	if err != nil {
+		return 0, err
+	}
+	diff, err := crdt.Diff3(base, mine, remote)
+	if err != nil {
+		return 0, err
+	}
+	if len(diff.Conflicts) == 0 {
+		return 0, nil
+	}
+	localRec, remoteRec := recordOrNil(mine), recordOrNil(remote)
+	for _, c := range diff.Conflicts {
+		pc := &policy.Conflict{
+			Collection: coll, Record: id, Path: c.Path,
+			Base: c.Base, Local: c.Local, Remote: c.Remote,
+			BaseSet: c.BaseSet, LocalSet: c.LocalSet, RemoteSet: c.RemoteSet,
+			LocalRecord: localRec, RemoteRecord: remoteRec,
+		}
+		dec, err := res.Resolve(pc)
+		if err != nil {
+			return 0, fmt.Errorf("%w: %s %v: %w", ErrMergeHook, id, c.Path, err)
+		}
+		if err := decide(d, c, dec); err != nil {
+			return 0, fmt.Errorf("ferry: writing the resolution of %s %v: %w", id, c.Path, err)
+		}
+	}
+	return len(diff.Conflicts), nil
+}
+
+func recordOrNil(d *crdt.Doc) map[string]any {
+	if d.Deleted() {
+		return nil
+	}
+	f, err := d.Fields()
+	if err != nil {
+		return nil
+	}
+	return f
+}
+
+// decide writes a decision into the merged document. A value equal to what
+// the merge already shows writes nothing: Automerge picks the same winner
+// on every replica, so they agree already.
+func decide(d *crdt.Doc, c crdt.Conflict, dec policy.Decision) error {
+	if c.IsDelete() {
+		if dec.Delete {
+			return d.SetDeleted(true)
+		}
+		if err := d.SetDeleted(false); err != nil {
+			return err
+		}
+		fields, ok := dec.Value.(map[string]any)
+		if !ok {
+			return fmt.Errorf("%w: a record conflict is decided with a map of fields or a delete, not %T", crdt.ErrType, dec.Value)
+		}
+		return replaceFields(d, fields)
+	}
+	if dec.Delete {
+		return d.Delete(c.Path...)
+	}
+	return d.Set(c.Path, dec.Value)
+}
+
+// replaceFields makes the record's fields exactly fields.
+func replaceFields(d *crdt.Doc, fields map[string]any) error {
+	cur, err := d.Fields()
+	if err != nil {
+		return err
+	}
+	for k := range cur {
+		if _, keep := fields[k]; !keep {
+			if err := d.Delete(k); err != nil {
+				return err
+			}
+		}
+	}
+	return d.Put(fields)
+}
+
+// replaceRecord makes the record exactly the relay's snapshot, discarding
+// local changes (refresh from the relay).
+func (r *Replica) replaceRecord(coll, id string, snapshot []byte, relay crdt.Heads) (applied, error) {
+	var out applied
+	t, err := r.recordOp(coll, id, func(txn *badger.Txn, t *touched) (bool, error) {
+		d, err := crdt.Load(snapshot, r.id)
+		if err != nil {
+			return false, err
+		}
+		if err := deleteRecordKeys(txn, coll, id, t.old); err != nil {
+			return false, err
+		}
+		t.doc, t.old = d, meta{nextChunk: t.old.nextChunk}
+		return true, r.storeSynced(txn, t, relay)
+	})
+	if err != nil {
+		return out, fmt.Errorf("ferry: replacing %s/%s: %w", coll, id, err)
+	}
+	out.ev, out.changed = t.event(false)
+	return out, nil
+}
+
+// purgeRecord removes every trace of a record the relay does not have
+// (refresh from the relay).
+func (r *Replica) purgeRecord(coll, id string) (applied, error) {
+	var out applied
+	t, err := r.recordOp(coll, id, func(txn *badger.Txn, t *touched) (bool, error) {
+		return false, deleteRecordKeys(txn, coll, id, t.old)
+	})
+	if err != nil {
+		return out, fmt.Errorf("ferry: purging %s/%s: %w", coll, id, err)
+	}
+	if t.existed && !t.wasDeleted {
+		out.ev = Event{Collection: coll, ID: id, Kind: Deleted, Origin: Remote}
+		out.changed = true
+		r.feeds.publish([]Event{out.ev})
+	}
+	return out, nil
+}
+
+// forceLocal makes the relay's copy of a record equal this device's
+// (refresh from the device): the relay's snapshot is merged in, then every
+// field set back to the device's values, as a change that follows both.
+// A record the device does not have is deleted.
+func (r *Replica) forceLocal(coll, id string, snapshot []byte, relay crdt.Heads) (applied, error) {
+	var out applied
+	t, err := r.recordOp(coll, id, func(txn *badger.Txn, t *touched) (bool, error) {
+		d := t.doc
+		var mine map[string]any
+		if t.existed {
+			var err error
+			if mine, err = d.Fields(); err != nil {
+				return false, err
+			}
+		}
+		if _, err := d.Import(snapshot); err != nil {
+			return false, err
+		}
+		if !t.existed || t.wasDeleted {
+			if err := d.SetDeleted(true); err != nil {
+				return false, err
+			}
+		} else {
+			if err := replaceFields(d, mine); err != nil {
+				return false, err
+			}
+			if err := d.SetDeleted(false); err != nil {
+				return false, err
+			}
+		}
+		if _, err := d.Commit("ferry: refresh from client", r.opts.Clock()); err != nil {
+			return false, err
+		}
+		return true, r.storeSynced(txn, t, relay)
+	})
+	if err != nil {
+		return out, fmt.Errorf("ferry: refreshing %s/%s from the device: %w", coll, id, err)
+	}
+	out.ev, out.changed = t.event(false)
+	return out, nil
+}
+
+// markUnsynced records that the relay holds nothing of a record, so all
+// its changes are pushed (slow sync, refresh from the device).
+func (r *Replica) markUnsynced(coll, id string) error {
+	_, err := r.recordOp(coll, id, func(txn *badger.Txn, t *touched) (bool, error) {
+		if !t.existed {
+			return false, nil
+		}
+		if err := txn.Delete(recKey('a', coll, id)); err != nil {
+			return false, err
+		}
+		return false, txn.Set(recKey('p', coll, id), nil)
+	})
+	return err
+}
+
+// recordIDs lists every stored record of a collection, tombstones
+// included.
+func (r *Replica) recordIDs(coll string) ([]string, error) {
+	release, err := r.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	var ids []string
+	err = r.db.View(func(txn *badger.Txn) error {
+		prefix := collPrefix('r', coll)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			ids = append(ids, string(it.Item().Key()[len(prefix):]))
+		}
+		return nil
+	})
+	return ids, err
+}
+
+func deleteRecordKeys(txn *badger.Txn, coll, id string, m meta) error {
+	for n := m.nextChunk - uint64(m.chunks); n < m.nextChunk; n++ {
+		if err := txn.Delete(chunkKey(coll, id, n)); err != nil {
+			return err
+		}
+	}
+	for _, p := range []byte{'r', 's', 'p', 'a', 'q'} {
+		if err := txn.Delete(recKey(p, coll, id)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func getKey(txn *badger.Txn, key []byte) ([]byte, bool, error) {
+	item, err := txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	v, err := item.ValueCopy(nil)
+	return v, true, err
+}
+
+// Quarantine (q/<coll>\0<id>): the relay's changes for a record whose merge
+// hook failed, with the relay heads they lead to, kept for the next sync.
+func writeQuarantine(txn *badger.Txn, coll, id string, data []byte, relay crdt.Heads) error {
+	hb := relay.Bytes()
+	v := binary.AppendUvarint(nil, uint64(len(hb)))
+	v = append(append(v, hb...), data...)
+	return txn.Set(recKey('q', coll, id), v)
+}
+
+func readQuarantine(txn *badger.Txn, coll, id string) ([]byte, crdt.Heads, error) {
+	v, ok, err := getKey(txn, recKey('q', coll, id))
+	if err != nil || !ok {
+		return nil, nil, err
+	}
+	n, k := binary.Uvarint(v)
+	if k <= 0 || uint64(len(v)-k) < n {
+		return nil, nil, fmt.Errorf("ferry: quarantine of %s/%s is corrupt", coll, id)
+	}
+	h, err := crdt.HeadsFromBytes(v[k : k+int(n)])
+	if err != nil {
+		return nil, nil, err
+	}
+	return v[k+int(n):], h, nil
+}
+
+func (r *Replica) quarantined(coll string) (map[string]bool, error) {
+	out := map[string]bool{}
+	err := r.db.View(func(txn *badger.Txn) error {
+		prefix := collPrefix('q', coll)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			out[string(it.Item().Key()[len(prefix):])] = true
+		}
+		return nil
+	})
+	return out, err
+}

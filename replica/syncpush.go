@@ -1,0 +1,159 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/transport"
+)
+
+// outgoing is one record's changes in a push.
+type outgoing struct {
+	id      string
+	changes []byte
+	heads   crdt.Heads // the record's heads once changes are applied
+	known   bool       // the relay held some of the record before
+	deleted bool
+}
+
+// push sends every pending record's changes since the heads the relay
+// holds, in batches within the relay's limits, with the lease's fence, and
+// records what the relay acknowledged. Records whose merge hook failed
+// stay back until it succeeds.
+func (s *collSync) push(ctx context.Context) error {
+	c := &Collection{r: s.r, name: s.coll}
+	ids, err := c.Pending()
+	if err != nil {
+		return err
+	}
+	held, err := s.r.quarantined(s.coll)
+	if err != nil {
+		return err
+	}
+	limits := s.conn.welcome.Limits.WithDefaults()
+	budget := limits.MaxFrame - 64<<10
+	var batch []outgoing
+	size, done := 0, 0
+	total := len(ids)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		n, err := s.pushBatch(ctx, batch)
+		done += n
+		s.progress(ToRelay, total, done)
+		batch, size = nil, 0
+		if err != nil {
+			return err
+		}
+		return s.lease.keep(ctx)
+	}
+	for _, id := range ids {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if held[id] {
+			total--
+			continue
+		}
+		o, err := s.r.outgoing(s.coll, id)
+		if err != nil {
+			return err
+		}
+		if o.changes == nil {
+			total--
+			continue
+		}
+		if len(o.changes) > limits.MaxRecord || len(o.changes) > budget {
+			s.cs.Failed = append(s.cs.Failed, id)
+			s.r.log.Warn("record's changes exceed the relay's limit; not pushed", "collection", s.coll, "record", id, "bytes", len(o.changes), "limit", limits.MaxRecord)
+			continue
+		}
+		if len(batch) == limits.MaxBatch || size+len(o.changes) > budget {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		batch = append(batch, o)
+		size += len(o.changes)
+	}
+	return flush()
+}
+
+// pushBatch pushes one batch. If the relay refuses it as invalid, the
+// records are pushed one by one, so one bad record does not hold back the
+// rest; the bad ones are listed as failed.
+func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error) {
+	req := &transport.Push{Collection: s.coll, Fence: s.lease.fenceOrZero()}
+	for _, o := range batch {
+		req.Records = append(req.Records, transport.RecordChanges{Record: o.id, Data: o.changes, Heads: o.heads.Slices()})
+	}
+	var ack transport.Ack
+	err := s.conn.call(ctx, req, &ack)
+	var perr *transport.Error
+	if errors.As(err, &perr) && (perr.Code == transport.CodeInvalidChange || perr.Code == transport.CodeTooLarge) {
+		if len(batch) == 1 {
+			s.cs.Failed = append(s.cs.Failed, batch[0].id)
+			s.r.log.Warn("relay refused a record's changes", "collection", s.coll, "record", batch[0].id, "err", err)
+			return 0, nil
+		}
+		n := 0
+		for _, o := range batch {
+			k, err := s.pushBatch(ctx, []outgoing{o})
+			n += k
+			if err != nil {
+				return n, err
+			}
+		}
+		return n, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("ferry: push %s: %w", s.coll, err)
+	}
+	c := &Collection{r: s.r, name: s.coll}
+	for _, o := range batch {
+		// The relay holds at least what was pushed; its own heads may name
+		// changes this device has not pulled yet, so they are not used.
+		if err := c.Acknowledge(o.id, o.heads); err != nil {
+			return 0, err
+		}
+		a := applied{changed: true, ev: Event{Kind: Updated}}
+		switch {
+		case o.deleted:
+			a.ev.Kind = Deleted
+		case !o.known:
+			a.ev.Kind = Created
+		}
+		s.count(ToRelay, a)
+	}
+	return len(batch), nil
+}
+
+// outgoing reads what a pending record has to push.
+func (r *Replica) outgoing(coll, id string) (outgoing, error) {
+	o := outgoing{id: id}
+	c := &Collection{r: r, name: coll}
+	err := c.read(id, func(d *crdt.Doc, m meta) error {
+		var acked crdt.Heads
+		if err := r.db.View(func(txn *badger.Txn) (err error) {
+			acked, err = readAcked(txn, coll, id)
+			return err
+		}); err != nil {
+			return err
+		}
+		changes, err := d.ChangesSince(acked)
+		if errors.Is(err, crdt.ErrUnknownHeads) {
+			changes, err = d.ChangesSince(nil)
+		}
+		o.changes, o.heads, o.known, o.deleted = changes, m.heads, len(acked) > 0, m.deleted
+		return err
+	})
+	if errors.Is(err, ErrNotFound) {
+		return o, nil // pending marker of a record purged meanwhile
+	}
+	return o, err
+}
