@@ -195,6 +195,12 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 		}
 		defer s.lease.release()
 	}
+	if typ.Pulls() && typ != policy.RefreshFromServer {
+		// Records whose merge hook failed last time are retried first.
+		if err := s.retryQuarantined(ctx); err != nil {
+			return cs, err
+		}
+	}
 	switch typ {
 	case policy.TwoWay, policy.OneWayFromServer:
 		err = s.pull(ctx, s.state.Cursor, s.applyChanges)
@@ -218,6 +224,30 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 		}
 	}
 	return cs, nil
+}
+
+// retryQuarantined applies again the relay's changes held back by a
+// failed merge hook, now that the hook may succeed.
+func (s *collSync) retryQuarantined(ctx context.Context) error {
+	held, err := s.r.quarantined(s.coll)
+	if err != nil {
+		return err
+	}
+	for id := range held {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		a, err := s.r.applyRemote(s.coll, id, nil, nil, s.res)
+		if err != nil {
+			return err
+		}
+		if a.hookErr != nil {
+			s.cs.Failed = append(s.cs.Failed, id)
+		}
+		s.cs.Conflicts += a.conflicts
+		s.count(FromRelay, a)
+	}
+	return nil
 }
 
 // applyFunc applies one record from the relay.

@@ -3,8 +3,11 @@ package replica
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,36 +23,65 @@ type syncEnv struct {
 	store relay.Store
 	url   string
 	app   relay.App
+	auth  *relay.Auth
 	token string
+	clock *testClock
+	h     atomic.Pointer[http.Handler] // the current relay, swappable
+}
+
+// testClock is the relay's clock, for token expiry.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *testClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
 }
 
 func newSyncEnv(t *testing.T) *syncEnv {
 	t.Helper()
-	app := relay.NewApp("shop")
-	auth, err := relay.NewAuth([]relay.App{app}, nil)
-	if err != nil {
+	e := &syncEnv{t: t, app: relay.NewApp("shop"), clock: &testClock{t: time.Now()}}
+	var err error
+	if e.auth, err = relay.NewAuth([]relay.App{e.app}, e.clock.Now); err != nil {
 		t.Fatal(err)
 	}
-	store := relay.NewMemStore()
-	srv, err := relay.NewServer(&relay.Options{Store: store, Auth: auth, PingInterval: -1})
-	if err != nil {
+	e.swap(relay.NewMemStore())
+	e.http = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*e.h.Load()).ServeHTTP(w, r) }))
+	e.url = "ws" + strings.TrimPrefix(e.http.URL, "http") + "/ws"
+	if e.token, err = relay.IssueToken(e.app, relay.TokenRequest{Subject: "tester", TTL: time.Hour, Write: []string{"*"}}, e.clock.Now()); err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(srv.Handler())
-	tok, err := relay.IssueToken(app, relay.TokenRequest{Subject: "tester", TTL: time.Hour, Write: []string{"*"}}, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &syncEnv{t: t, srv: srv, http: hs, store: store, app: app, token: tok,
-		url: "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws"}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		srv.Shutdown(ctx)
-		hs.Close()
-		store.Close()
+		e.srv.Shutdown(ctx)
+		e.http.Close()
+		e.store.Close()
 	})
 	return e
+}
+
+// swap puts a new relay, over store, behind the same URL: a relay
+// restored from a backup is a store with a new incarnation.
+func (e *syncEnv) swap(store relay.Store) {
+	e.t.Helper()
+	srv, err := relay.NewServer(&relay.Options{Store: store, Auth: e.auth, Now: e.clock.Now, PingInterval: -1})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if e.srv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		e.srv.Shutdown(ctx)
+		cancel()
+		e.store.Close()
+	}
+	e.srv, e.store = srv, store
+	h := srv.Handler()
+	e.h.Store(&h)
 }
 
 // device opens an in-memory replica with a manual two-way profile "p"
