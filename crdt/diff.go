@@ -71,9 +71,9 @@ func Diff3(base, local, remote *Doc) (*FieldDiff, error) {
 	remoteChanged := len(out.Remote) > 0 || len(out.Conflicts) > 0 || len(out.Merged) > 0
 	switch {
 	case out.LocalDeleted && !dead[2] && (remoteChanged || dead[0]):
-		out.Conflicts = []Conflict{{Base: snapOrNil(snaps[0], dead[0]), Local: nil, Remote: snaps[2], BaseSet: !dead[0], RemoteSet: true}}
+		out.Conflicts = []Conflict{{Base: plain(snapOrNil(snaps[0], dead[0])), Local: nil, Remote: plain(snaps[2]), BaseSet: !dead[0], RemoteSet: true}}
 	case out.RemoteDeleted && !dead[1] && (localChanged || dead[0]):
-		out.Conflicts = []Conflict{{Base: snapOrNil(snaps[0], dead[0]), Local: snaps[1], Remote: nil, BaseSet: !dead[0], LocalSet: true}}
+		out.Conflicts = []Conflict{{Base: plain(snapOrNil(snaps[0], dead[0])), Local: plain(snaps[1]), Remote: nil, BaseSet: !dead[0], LocalSet: true}}
 	}
 	sortByPath(out)
 	return out, nil

@@ -337,15 +337,22 @@ func (d *Doc) writeInPlace(cur *automerge.Value, nv any) (bool, error) {
 		}
 		return true, spliceTo(cur.Text(), s)
 	case automerge.KindCounter:
-		x, ok := nv.(Counter)
-		if !ok {
+		// An int64 written over a counter (counters read as int64) sets it
+		// by incrementing, keeping concurrent increments additive.
+		var want int64
+		switch x := nv.(type) {
+		case Counter:
+			want = int64(x)
+		case int64:
+			want = x
+		default:
 			return false, nil
 		}
 		n, err := cur.Counter().Get()
 		if err != nil {
 			return true, wrapAM(err)
 		}
-		if delta := int64(x) - n; delta != 0 {
+		if delta := want - n; delta != 0 {
 			return true, wrapAM(cur.Counter().Inc(delta))
 		}
 		return true, nil
