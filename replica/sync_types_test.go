@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -554,5 +555,33 @@ func TestTokenSourceRenewsExpiredTokens(t *testing.T) {
 	}
 	if f, _ := e.relayFields("c", "x"); f["v"] != int64(2) {
 		t.Fatal(f)
+	}
+}
+
+func TestNetworkFunctionIsPolled(t *testing.T) {
+	e := newSyncEnv(t)
+	var onWifi atomic.Bool
+	rec := &recorder{completed: make(chan *SyncStats, 1)}
+	a := e.device(&Options{Listener: rec, NetworkPoll: 5 * time.Millisecond, Network: func() policy.Network {
+		if onWifi.Load() {
+			return policy.WiFi
+		}
+		return policy.Cellular
+	}})
+	p, _ := a.Profile("p")
+	p.Networks = policy.Networks{policy.WiFi}
+	a.UpdateProfile(p)
+	coll2(t, a, "c").Create("x", map[string]any{"v": 1})
+	if _, err := a.Sync(context.Background(), "p"); !errors.Is(err, ErrDeferred) {
+		t.Fatalf("sync on cellular: %v", err)
+	}
+	onWifi.Store(true) // the app's function now reports wifi; nobody calls SetNetwork
+	select {
+	case <-rec.completed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("deferred sync did not run once the network function reported wifi")
+	}
+	if _, ok := e.relayFields("c", "x"); !ok {
+		t.Fatal("nothing pushed")
 	}
 }
