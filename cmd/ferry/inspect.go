@@ -55,7 +55,10 @@ func (c *InspectCommand) Run(ctx context.Context, args []string) error {
 			}
 			fmt.Fprintf(tw, "%s\t%d\t%d\n", n, len(recs), p)
 		}
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		return printProfiles(c.Stdout, r)
 	}
 	col, err := r.Collection(*coll)
 	if err != nil {
@@ -80,4 +83,30 @@ func (c *InspectCommand) Run(ctx context.Context, args []string) error {
 		}
 	}
 	return nil
+}
+
+// printProfiles lists the sync profiles with their last sync.
+func printProfiles(w io.Writer, r *replica.Replica) error {
+	ps, err := r.Profiles()
+	if err != nil || len(ps) == 0 {
+		return err
+	}
+	fmt.Fprintf(w, "\nprofiles (%d of at most %d)\n", len(ps), r.MaxProfiles())
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROFILE\tMODE\tTYPE\tLAST SYNC\tSTATUS\tIN +/~/-\tOUT +/~/-")
+	for _, p := range ps {
+		st, err := r.LastSync(p.Name)
+		if err != nil {
+			fmt.Fprintf(tw, "%s\t%s\t%s\tnever\t\t\t\n", p.Name, p.Mode, p.Type)
+			continue
+		}
+		var in, out replica.Counts
+		for _, cs := range st.Collections {
+			in.Added, in.Updated, in.Removed = in.Added+cs.FromRelay.Added, in.Updated+cs.FromRelay.Updated, in.Removed+cs.FromRelay.Removed
+			out.Added, out.Updated, out.Removed = out.Added+cs.ToRelay.Added, out.Updated+cs.ToRelay.Updated, out.Removed+cs.ToRelay.Removed
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d/%d\t%d/%d/%d\n", p.Name, p.Mode, p.Type,
+			st.End.Format("2006-01-02 15:04:05"), st.Status, in.Added, in.Updated, in.Removed, out.Added, out.Updated, out.Removed)
+	}
+	return tw.Flush()
 }
