@@ -312,17 +312,7 @@ func (c *Collection) Acknowledge(id string, heads crdt.Heads) error {
 		if !ok {
 			return fmt.Errorf("%w: %s/%s", ErrNotFound, c.name, id)
 		}
-		rest, err := d.ChangesSince(heads)
-		if err != nil {
-			return fmt.Errorf("ferry: acknowledge %s/%s: %w", c.name, id, err)
-		}
-		if err := txn.Set(recKey('a', c.name, id), heads.Bytes()); err != nil {
-			return err
-		}
-		if len(rest) == 0 {
-			return txn.Delete(recKey('p', c.name, id))
-		}
-		return nil
+		return ackRecord(txn, c.name, id, d, heads)
 	})
 }
 

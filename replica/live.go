@@ -204,6 +204,7 @@ func (r *Replica) pushNow(ctx context.Context, conn *relayConn, p *Profile, coll
 func (r *Replica) applyLive(ctx context.Context, conn *relayConn, p *Profile, lv *transport.Live) error {
 	coll := lv.Collection
 	conflict := false
+	var recs []remoteRec
 	for _, rc := range lv.Records {
 		pending, err := r.isPending(coll, rc.Record)
 		if err != nil {
@@ -217,7 +218,10 @@ func (r *Replica) applyLive(ctx context.Context, conn *relayConn, p *Profile, lv
 		if err != nil {
 			return err
 		}
-		if _, err := r.applyRemote(coll, rc.Record, rc.Data, heads, nil); err != nil {
+		recs = append(recs, remoteRec{id: rc.Record, data: rc.Data, relay: heads})
+	}
+	if len(recs) > 0 {
+		if _, err := r.applyBatch(coll, recs, r.mergeOp(nil)); err != nil {
 			return err
 		}
 	}

@@ -203,13 +203,13 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 	}
 	switch typ {
 	case policy.TwoWay, policy.OneWayFromServer:
-		err = s.pull(ctx, s.state.Cursor, s.applyChanges)
+		err = s.pull(ctx, s.state.Cursor, r.mergeOp(res))
 	case policy.Slow:
-		err = s.pullAll(ctx, s.applyChanges)
+		err = s.pullAll(ctx, r.mergeOp(res))
 	case policy.RefreshFromServer:
-		err = s.pullAll(ctx, s.r.replaceRecord)
+		err = s.pullAll(ctx, r.replaceOp)
 	case policy.RefreshFromClient:
-		err = s.pullAll(ctx, s.r.forceLocal)
+		err = s.pullAll(ctx, r.forceOp)
 	}
 	if err != nil {
 		return cs, err
@@ -230,36 +230,24 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 // failed merge hook, now that the hook may succeed.
 func (s *collSync) retryQuarantined(ctx context.Context) error {
 	held, err := s.r.quarantined(s.coll)
+	if err != nil || len(held) == 0 {
+		return err
+	}
+	var recs []remoteRec
+	for id := range held {
+		recs = append(recs, remoteRec{id: id})
+	}
+	res, err := s.r.applyBatch(s.coll, recs, s.r.mergeOp(s.res))
 	if err != nil {
 		return err
 	}
-	for id := range held {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		a, err := s.r.applyRemote(s.coll, id, nil, nil, s.res)
-		if err != nil {
-			return err
-		}
-		if a.hookErr != nil {
-			s.cs.Failed = append(s.cs.Failed, id)
-		}
-		s.cs.Conflicts += a.conflicts
-		s.count(FromRelay, a)
-	}
+	s.tally(res)
 	return nil
-}
-
-// applyFunc applies one record from the relay.
-type applyFunc func(coll, id string, data []byte, relay crdt.Heads) (applied, error)
-
-func (s *collSync) applyChanges(coll, id string, data []byte, relay crdt.Heads) (applied, error) {
-	return s.r.applyRemote(coll, id, data, relay, s.res)
 }
 
 // pull applies the relay's changes after cursor, page by page, and
 // advances the stored cursor as it goes.
-func (s *collSync) pull(ctx context.Context, cursor uint64, apply applyFunc) error {
+func (s *collSync) pull(ctx context.Context, cursor uint64, apply remoteOp) error {
 	if cursor == 0 {
 		return s.pullAll(ctx, apply)
 	}
@@ -287,7 +275,7 @@ func (s *collSync) pull(ctx context.Context, cursor uint64, apply applyFunc) err
 // pullAll reads every record's snapshot (a fresh pull), applies each, and
 // returns with the cursor at the log position the snapshots cover. Records
 // this device holds that the relay lacks are handled per sync type.
-func (s *collSync) pullAll(ctx context.Context, apply applyFunc) error {
+func (s *collSync) pullAll(ctx context.Context, apply remoteOp) error {
 	seen := map[string]bool{}
 	total, done := 0, 0
 	after := ""
@@ -341,29 +329,54 @@ func (s *collSync) pullAll(ctx context.Context, apply applyFunc) error {
 	return nil
 }
 
-func (s *collSync) applyAll(ctx context.Context, recs []transport.RecordChanges, apply applyFunc, total int, done *int) error {
-	for _, rc := range recs {
+// batchBytes bounds the data applied in one store transaction, well
+// under Badger's transaction limit.
+const batchBytes = 512 << 10
+
+// applyAll applies a page of records in transactions of up to batchBytes.
+func (s *collSync) applyAll(ctx context.Context, recs []transport.RecordChanges, apply remoteOp, total int, done *int) error {
+	var batch []remoteRec
+	size := 0
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		res, err := s.r.applyBatch(s.coll, batch, apply)
+		if err != nil {
+			return err
+		}
+		s.tally(res)
+		*done += len(batch)
+		s.progress(FromRelay, total, *done)
+		batch, size = nil, 0
+		return nil
+	}
+	for _, rc := range recs {
 		heads, err := crdt.HeadsFromSlices(rc.Heads)
 		if err != nil {
 			return fmt.Errorf("ferry: relay sent bad heads for %s: %w", rc.Record, err)
 		}
-		a, err := apply(s.coll, rc.Record, rc.Data, heads)
-		if err != nil {
-			return err
+		if size+len(rc.Data) > batchBytes {
+			if err := flush(); err != nil {
+				return err
+			}
 		}
-		if a.hookErr != nil {
-			s.r.log.Warn("merge hook failed; record kept pending", "collection", s.coll, "record", rc.Record, "err", a.hookErr)
-			s.cs.Failed = append(s.cs.Failed, rc.Record)
-		}
-		s.cs.Conflicts += a.conflicts
-		s.count(FromRelay, a)
-		*done++
-		s.progress(FromRelay, total, *done)
+		batch = append(batch, remoteRec{id: rc.Record, data: rc.Data, relay: heads})
+		size += len(rc.Data)
 	}
-	return nil
+	return flush()
+}
+
+// tally adds a batch's outcome to the collection's statistics.
+func (s *collSync) tally(res batchResult) {
+	for _, ev := range res.events {
+		s.count(FromRelay, applied{ev: ev, changed: true})
+	}
+	s.cs.Conflicts += res.conflicts
+	s.cs.Failed = append(s.cs.Failed, res.failed...)
 }
 
 func (s *collSync) count(dir Direction, a applied) {

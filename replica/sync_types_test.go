@@ -315,7 +315,11 @@ func (r *recorder) CollectionFailed(_, c string, _ error) FailAction {
 	}
 	return Skip
 }
-func (r *recorder) log() string { r.mu.Lock(); defer r.mu.Unlock(); return strings.Join(r.events, "; ") }
+func (r *recorder) log() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return strings.Join(r.events, "; ")
+}
 
 func TestEventsAndDelegate(t *testing.T) {
 	e := newSyncEnv(t)
@@ -368,9 +372,9 @@ type cancelOnProgress struct {
 	stopped bool
 }
 
-func (c *cancelOnProgress) SyncProgress(Progress)         { c.cancel() }
-func (c *cancelOnProgress) SyncCompleted(*SyncStats)      {}
-func (c *cancelOnProgress) SyncStopped(*SyncStats)        { c.stopped = true }
+func (c *cancelOnProgress) SyncProgress(Progress)        { c.cancel() }
+func (c *cancelOnProgress) SyncCompleted(*SyncStats)     {}
+func (c *cancelOnProgress) SyncStopped(*SyncStats)       { c.stopped = true }
 func (c *cancelOnProgress) SyncFailed(*SyncStats, error) {}
 
 func TestFailedCollectionRetriedInTheSameSync(t *testing.T) {

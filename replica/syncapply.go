@@ -11,71 +11,158 @@ import (
 	"github.com/ferrysync/ferry/policy"
 )
 
-// applied is what applying the relay's changes did to one record.
+// applied is what a sync did to one record, for its statistics.
 type applied struct {
-	ev        Event
-	changed   bool
-	conflicts int
-	// hookErr is set when the merge hook failed: the record's remote
-	// changes wait in quarantine, and the record stays as it was.
-	hookErr error
+	ev      Event
+	changed bool
 }
 
-// recordOp runs fn on one record's document in one store transaction,
-// under the record's write lock, then caches the document and publishes
-// the event. If fn returns keep=false the document is not stored (fn may
-// still have written other keys) and is dropped from the cache.
+// recordOp runs fn on one record's document in one store transaction; see
+// batchOp.
 func (r *Replica) recordOp(coll, id string, fn func(txn *badger.Txn, t *touched) (keep bool, err error)) (*touched, error) {
+	ts, err := r.batchOp(coll, []string{id}, func(_ int, txn *badger.Txn, t *touched) (bool, error) { return fn(txn, t) })
+	if len(ts) == 0 {
+		return nil, err
+	}
+	return ts[0], err
+}
+
+// batchOp runs fn on the documents of records ids[0], ids[1], ... (an ID
+// may repeat) in ONE store transaction, under the records' write locks, so
+// a page of a pull or an acknowledged batch costs one fsync, not one per
+// record. Then it caches each document and publishes its event. If fn
+// returns keep=false the document's new changes are not stored (fn may
+// still have written other keys); the record is reloaded from the
+// transaction's view if it comes again, and dropped from the cache.
+func (r *Replica) batchOp(coll string, ids []string, fn func(i int, txn *badger.Txn, t *touched) (keep bool, err error)) ([]*touched, error) {
 	release, err := r.enter()
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	key := cacheKey(coll, id)
-	defer r.locks.lockAll([]string{key})()
-	var t *touched
-	keep := false
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = cacheKey(coll, id)
+	}
+	defer r.locks.lockAll(keys)()
+	byID := map[string]*touched{}
+	var order []*touched
 	err = r.db.Update(func(txn *badger.Txn) error {
-		d, m, ok, err := r.loadDoc(txn, coll, id)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			if d, err = crdt.New(r.id); err != nil {
+		for i, id := range ids {
+			t := byID[id]
+			if t == nil || t.doc == nil {
+				d, m, ok, err := r.loadDocTxn(txn, coll, id, t == nil)
+				if err != nil {
+					return err
+				}
+				if !ok {
+					if d, err = crdt.New(r.id); err != nil {
+						return err
+					}
+				}
+				if t == nil {
+					t = &touched{coll: coll, id: id, old: m, new: m, existed: ok, wasDeleted: ok && m.deleted, seen: ok, live: ok && !m.deleted}
+					byID[id] = t
+					order = append(order, t)
+				}
+				t.doc, t.new = d, m
+			}
+			keep, err := fn(i, txn, t)
+			if err != nil {
 				return err
 			}
-		}
-		t = &touched{coll: coll, id: id, doc: d, old: m, new: m, existed: ok, wasDeleted: ok && m.deleted, seen: ok, live: ok && !m.deleted}
-		keep, err = fn(txn, t)
-		if err != nil || !keep {
-			return err
-		}
-		if !t.existed && len(t.new.heads) > 0 {
-			return txn.Set(collKey(coll), nil)
+			if !keep {
+				t.doc, t.dirty = nil, true
+			}
+			if keep && !t.existed && len(t.new.heads) > 0 {
+				if err := txn.Set(collKey(coll), nil); err != nil {
+					return err
+				}
+			}
 		}
 		return nil
 	})
-	if err != nil || !keep {
-		r.cache.drop(key)
-		return t, err
+	if err != nil {
+		for _, t := range order {
+			r.cache.drop(cacheKey(coll, t.id))
+		}
+		return order, err
 	}
-	r.cache.put(key, t.doc, t.new)
-	if ev, ok := t.event(false); ok {
-		r.feeds.publish([]Event{ev})
+	var events []Event
+	for _, t := range order {
+		if t.doc == nil || t.dirty {
+			r.cache.drop(cacheKey(coll, t.id))
+		} else {
+			r.cache.put(cacheKey(coll, t.id), t.doc, t.new)
+		}
+		if ev, ok := t.event(false); ok {
+			events = append(events, ev)
+		}
 	}
-	return t, nil
+	r.feeds.publish(events)
+	return order, nil
 }
 
-// applyRemote imports the relay's changes (or snapshot) for a record whose
-// relay heads are relay. If the record has local changes the relay lacks
-// (it is pending) and the import brought something new, the fields both
-// sides changed since the version they last shared are resolved by res
-// and the decisions committed as a change that follows both sides. The
-// record's synced heads become relay's, and it stays pending while it
-// holds changes beyond them.
-func (r *Replica) applyRemote(coll, id string, data []byte, relay crdt.Heads, res policy.Resolver) (applied, error) {
-	var out applied
-	t, err := r.recordOp(coll, id, func(txn *badger.Txn, t *touched) (bool, error) {
+// loadDocTxn loads a record within txn; with cached=false it bypasses the
+// cache (whose copy may hold changes this transaction did not store).
+func (r *Replica) loadDocTxn(txn *badger.Txn, coll, id string, cached bool) (*crdt.Doc, meta, bool, error) {
+	if !cached {
+		r.cache.drop(cacheKey(coll, id))
+	}
+	return r.loadDoc(txn, coll, id)
+}
+
+// remoteRec is one record's changes (or snapshot) from the relay, with the
+// heads the relay holds once they are applied.
+type remoteRec struct {
+	id    string
+	data  []byte
+	relay crdt.Heads
+}
+
+// remoteOp applies one remoteRec to a record inside a batch. It reports
+// whether to store the document, and fills in conflicts and hook failures.
+type remoteOp func(txn *badger.Txn, t *touched, rec remoteRec, res *batchResult) (keep bool, err error)
+
+// batchResult sums up a batch: the records it changed (one event each),
+// conflicts resolved, and records whose merge hook failed.
+type batchResult struct {
+	events    []Event
+	conflicts int
+	failed    []string
+}
+
+// applyBatch runs op over recs in one store transaction (see batchOp).
+func (r *Replica) applyBatch(coll string, recs []remoteRec, op remoteOp) (batchResult, error) {
+	var res batchResult
+	ids := make([]string, len(recs))
+	for i, rec := range recs {
+		ids[i] = rec.id
+	}
+	ts, err := r.batchOp(coll, ids, func(i int, txn *badger.Txn, t *touched) (bool, error) {
+		return op(txn, t, recs[i], &res)
+	})
+	if err != nil {
+		return res, fmt.Errorf("ferry: applying %s from the relay: %w", coll, err)
+	}
+	for _, t := range ts {
+		if ev, ok := t.event(false); ok {
+			res.events = append(res.events, ev)
+		}
+	}
+	return res, nil
+}
+
+// mergeOp imports the relay's changes (or snapshot) for a record. If the
+// record has local changes the relay lacks (it is pending) and the import
+// brought something new, the fields both sides changed since the version
+// they last shared are resolved by res and the decisions committed as a
+// change that follows both sides. The record's synced heads become the
+// relay's, and it stays pending while it holds changes beyond them. A nil
+// res imports without resolving.
+func (r *Replica) mergeOp(resolver policy.Resolver) remoteOp {
+	return func(txn *badger.Txn, t *touched, rec remoteRec, res *batchResult) (bool, error) {
+		coll, id, data, relay := t.coll, t.id, rec.data, rec.relay
 		// Changes held back by a failed hook come first: later ones build
 		// on them.
 		q, qheads, err := readQuarantine(txn, coll, id)
@@ -83,7 +170,7 @@ func (r *Replica) applyRemote(coll, id string, data []byte, relay crdt.Heads, re
 			return false, err
 		}
 		if q != nil {
-			data = append(q, data...)
+			data = append(append([]byte(nil), q...), data...)
 			if len(relay) == 0 {
 				relay = qheads
 			}
@@ -97,19 +184,21 @@ func (r *Replica) applyRemote(coll, id string, data []byte, relay crdt.Heads, re
 			return false, err
 		}
 		d := t.doc
+		local := t.new.heads
 		n, err := d.Import(data)
 		if err != nil {
 			return false, err
 		}
-		if pending && n > 0 && res != nil {
-			nc, err := resolveConflicts(coll, id, d, t.old.heads, synced, relay, res)
+		if pending && n > 0 && resolver != nil {
+			nc, err := resolveConflicts(coll, id, d, local, synced, relay, resolver)
 			if err != nil {
 				// The hook failed: keep the record as it was, and the
 				// relay's changes for the next sync.
-				out.hookErr = err
+				r.log.Warn("merge hook failed; record kept pending", "collection", coll, "record", id, "err", err)
+				res.failed = append(res.failed, id)
 				return false, writeQuarantine(txn, coll, id, data, relay)
 			}
-			out.conflicts = nc
+			res.conflicts += nc
 			if nc > 0 {
 				if _, err := d.Commit("ferry: conflict resolution", r.opts.Clock()); err != nil {
 					return false, err
@@ -122,21 +211,14 @@ func (r *Replica) applyRemote(coll, id string, data []byte, relay crdt.Heads, re
 			}
 		}
 		return true, r.storeSynced(txn, t, relay)
-	})
-	if err != nil {
-		return out, fmt.Errorf("ferry: applying %s/%s from the relay: %w", coll, id, err)
 	}
-	if out.hookErr == nil && t != nil {
-		out.ev, out.changed = t.event(false)
-	}
-	return out, nil
 }
 
 // storeSynced writes the record's new changes, records relay as the heads
 // the relay holds, and sets the pending marker to whether the record has
 // changes beyond them.
 func (r *Replica) storeSynced(txn *badger.Txn, t *touched, relay crdt.Heads) error {
-	nm, err := r.writeRecord(txn, t.coll, t.id, t.doc, t.old, false)
+	nm, err := r.writeRecord(txn, t.coll, t.id, t.doc, t.new, false)
 	if err != nil {
 		return err
 	}
@@ -265,26 +347,18 @@ func replaceFields(d *crdt.Doc, fields map[string]any) error {
 	return d.Put(fields)
 }
 
-// replaceRecord makes the record exactly the relay's snapshot, discarding
-// local changes (refresh from the relay).
-func (r *Replica) replaceRecord(coll, id string, snapshot []byte, relay crdt.Heads) (applied, error) {
-	var out applied
-	t, err := r.recordOp(coll, id, func(txn *badger.Txn, t *touched) (bool, error) {
-		d, err := crdt.Load(snapshot, r.id)
-		if err != nil {
-			return false, err
-		}
-		if err := deleteRecordKeys(txn, coll, id, t.old); err != nil {
-			return false, err
-		}
-		t.doc, t.old = d, meta{nextChunk: t.old.nextChunk}
-		return true, r.storeSynced(txn, t, relay)
-	})
+// replaceOp makes a record exactly the relay's snapshot, discarding local
+// changes (refresh from the relay).
+func (r *Replica) replaceOp(txn *badger.Txn, t *touched, rec remoteRec, _ *batchResult) (bool, error) {
+	d, err := crdt.Load(rec.data, r.id)
 	if err != nil {
-		return out, fmt.Errorf("ferry: replacing %s/%s: %w", coll, id, err)
+		return false, err
 	}
-	out.ev, out.changed = t.event(false)
-	return out, nil
+	if err := deleteRecordKeys(txn, t.coll, t.id, t.new); err != nil {
+		return false, err
+	}
+	t.doc, t.new = d, meta{nextChunk: t.new.nextChunk}
+	return true, r.storeSynced(txn, t, rec.relay)
 }
 
 // purgeRecord removes every trace of a record the relay does not have
@@ -292,7 +366,7 @@ func (r *Replica) replaceRecord(coll, id string, snapshot []byte, relay crdt.Hea
 func (r *Replica) purgeRecord(coll, id string) (applied, error) {
 	var out applied
 	t, err := r.recordOp(coll, id, func(txn *badger.Txn, t *touched) (bool, error) {
-		return false, deleteRecordKeys(txn, coll, id, t.old)
+		return false, deleteRecordKeys(txn, coll, id, t.new)
 	})
 	if err != nil {
 		return out, fmt.Errorf("ferry: purging %s/%s: %w", coll, id, err)
@@ -305,46 +379,38 @@ func (r *Replica) purgeRecord(coll, id string) (applied, error) {
 	return out, nil
 }
 
-// forceLocal makes the relay's copy of a record equal this device's
-// (refresh from the device): the relay's snapshot is merged in, then every
-// field set back to the device's values, as a change that follows both.
-// A record the device does not have is deleted.
-func (r *Replica) forceLocal(coll, id string, snapshot []byte, relay crdt.Heads) (applied, error) {
-	var out applied
-	t, err := r.recordOp(coll, id, func(txn *badger.Txn, t *touched) (bool, error) {
-		d := t.doc
-		var mine map[string]any
-		if t.existed {
-			var err error
-			if mine, err = d.Fields(); err != nil {
-				return false, err
-			}
-		}
-		if _, err := d.Import(snapshot); err != nil {
+// forceOp makes the relay's copy of a record equal this device's (refresh
+// from the device): the relay's snapshot is merged in, then every field set
+// back to the device's values, as a change that follows both. A record the
+// device does not have is deleted.
+func (r *Replica) forceOp(txn *badger.Txn, t *touched, rec remoteRec, _ *batchResult) (bool, error) {
+	d := t.doc
+	var mine map[string]any
+	if t.existed {
+		var err error
+		if mine, err = d.Fields(); err != nil {
 			return false, err
 		}
-		if !t.existed || t.wasDeleted {
-			if err := d.SetDeleted(true); err != nil {
-				return false, err
-			}
-		} else {
-			if err := replaceFields(d, mine); err != nil {
-				return false, err
-			}
-			if err := d.SetDeleted(false); err != nil {
-				return false, err
-			}
-		}
-		if _, err := d.Commit("ferry: refresh from client", r.opts.Clock()); err != nil {
-			return false, err
-		}
-		return true, r.storeSynced(txn, t, relay)
-	})
-	if err != nil {
-		return out, fmt.Errorf("ferry: refreshing %s/%s from the device: %w", coll, id, err)
 	}
-	out.ev, out.changed = t.event(false)
-	return out, nil
+	if _, err := d.Import(rec.data); err != nil {
+		return false, err
+	}
+	if !t.existed || t.wasDeleted {
+		if err := d.SetDeleted(true); err != nil {
+			return false, err
+		}
+	} else {
+		if err := replaceFields(d, mine); err != nil {
+			return false, err
+		}
+		if err := d.SetDeleted(false); err != nil {
+			return false, err
+		}
+	}
+	if _, err := d.Commit("ferry: refresh from client", r.opts.Clock()); err != nil {
+		return false, err
+	}
+	return true, r.storeSynced(txn, t, rec.relay)
 }
 
 // markUnsynced records that the relay holds nothing of a record, so all

@@ -114,13 +114,12 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 	if err != nil {
 		return 0, fmt.Errorf("ferry: push %s: %w", s.coll, err)
 	}
-	c := &Collection{r: s.r, name: s.coll}
+	// The relay holds at least what was pushed; its own heads may name
+	// changes this device has not pulled yet, so they are not used.
+	if err := s.r.acknowledge(s.coll, batch); err != nil {
+		return 0, err
+	}
 	for _, o := range batch {
-		// The relay holds at least what was pushed; its own heads may name
-		// changes this device has not pulled yet, so they are not used.
-		if err := c.Acknowledge(o.id, o.heads); err != nil {
-			return 0, err
-		}
 		a := applied{changed: true, ev: Event{Kind: Updated}}
 		switch {
 		case o.deleted:
@@ -156,4 +155,34 @@ func (r *Replica) outgoing(coll, id string) (outgoing, error) {
 		return o, nil // pending marker of a record purged meanwhile
 	}
 	return o, err
+}
+
+// acknowledge records, in one transaction, that the relay holds each
+// record up to the heads pushed; a record stays pending if it changed
+// since.
+func (r *Replica) acknowledge(coll string, batch []outgoing) error {
+	ids := make([]string, len(batch))
+	for i, o := range batch {
+		ids[i] = o.id
+	}
+	_, err := r.batchOp(coll, ids, func(i int, txn *badger.Txn, t *touched) (bool, error) {
+		return t.existed, ackRecord(txn, t.coll, t.id, t.doc, batch[i].heads)
+	})
+	return err
+}
+
+// ackRecord stores heads as what the relay holds of a record, and clears
+// its pending marker if it has nothing beyond them.
+func ackRecord(txn *badger.Txn, coll, id string, d *crdt.Doc, heads crdt.Heads) error {
+	rest, err := d.ChangesSince(heads)
+	if err != nil {
+		return fmt.Errorf("ferry: acknowledge %s/%s: %w", coll, id, err)
+	}
+	if err := txn.Set(recKey('a', coll, id), heads.Bytes()); err != nil {
+		return err
+	}
+	if len(rest) == 0 {
+		return txn.Delete(recKey('p', coll, id))
+	}
+	return nil
 }

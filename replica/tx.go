@@ -116,6 +116,7 @@ type touched struct {
 	wasDeleted bool
 	seen       bool // existed, or created earlier in this unit of work
 	live       bool // exists and is not deleted, as of the ops applied so far
+	dirty      bool // the document held changes that were not stored
 }
 
 // commit applies ops under the records' locks in one Badger transaction.
