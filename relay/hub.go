@@ -1,9 +1,6 @@
 package relay
 
-import (
-	"hash/maphash"
-	"sync"
-)
+import "sync"
 
 // hub wakes the goroutines waiting on a collection: live subscribers when
 // the log grows, lease waiters when a lease is released. A wake-up is only
@@ -36,23 +33,4 @@ func (h *hub) notify(c Coll) {
 		close(ch)
 		delete(h.chans, c)
 	}
-}
-
-// collLocks serializes pushes per collection without a lock per collection.
-type collLocks struct {
-	seed maphash.Seed
-	mus  [64]sync.Mutex
-}
-
-func newCollLocks() *collLocks { return &collLocks{seed: maphash.MakeSeed()} }
-
-func (l *collLocks) lock(c Coll) func() {
-	var h maphash.Hash
-	h.SetSeed(l.seed)
-	h.WriteString(c.Tenant)
-	h.WriteByte(0)
-	h.WriteString(c.Collection)
-	m := &l.mus[h.Sum64()%uint64(len(l.mus))]
-	m.Lock()
-	return m.Unlock
 }

@@ -90,7 +90,6 @@ type Server struct {
 
 	hub    *hub // log appends, for subscribers
 	leases *hub // lease releases, for waiters
-	locks  *collLocks
 	docs   *lru.Cache[cachedDoc, *crdt.Doc]
 
 	// hooks let tests wait for events that have no other signal.
@@ -99,10 +98,11 @@ type Server struct {
 		sessionEnded func()     // a session has released everything
 	}
 
-	mu       sync.Mutex
-	sessions map[*session]struct{}
-	shutting bool
-	wg       sync.WaitGroup // sessions
+	mu         sync.Mutex
+	sessions   map[*session]struct{}
+	committers map[Coll]*committer
+	shutting   bool
+	wg         sync.WaitGroup // sessions
 }
 
 // NewServer returns a relay serving from o.Store.
@@ -112,17 +112,17 @@ func NewServer(o *Options) (*Server, error) {
 	}
 	opts := o.withDefaults()
 	s := &Server{
-		opts:     opts,
-		store:    opts.Store,
-		auth:     opts.Auth,
-		limits:   opts.Limits,
-		log:      opts.Logger,
-		now:      opts.Now,
-		hub:      newHub(),
-		leases:   newHub(),
-		locks:    newCollLocks(),
-		docs:     lru.New[cachedDoc, *crdt.Doc](opts.DocCacheSize),
-		sessions: map[*session]struct{}{},
+		opts:       opts,
+		store:      opts.Store,
+		auth:       opts.Auth,
+		limits:     opts.Limits,
+		log:        opts.Logger,
+		now:        opts.Now,
+		hub:        newHub(),
+		leases:     newHub(),
+		docs:       lru.New[cachedDoc, *crdt.Doc](opts.DocCacheSize),
+		sessions:   map[*session]struct{}{},
+		committers: map[Coll]*committer{},
 	}
 	s.reg = opts.Registry
 	if s.reg == nil {
