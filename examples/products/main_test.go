@@ -1,0 +1,64 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/ferrysync/ferry/examples/internal/relaytest"
+)
+
+func TestProducts(t *testing.T) {
+	rl := relaytest.Start(t)
+	var out bytes.Buffer
+	args := append(rl.TokenArgs(), "--data", t.TempDir())
+	if err := run(context.Background(), args, &out); err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	got := squash(out.String())
+	for _, want := range []string{
+		"prefer-local 3.99 3.99 the tablet's 3.99",
+		"prefer-cloud 4.90 4.90 the phone's 4.90",
+		"syncs first: sends 1 changed product, 0 conflicts",
+		"syncs second: 1 conflict on the price",
+		"phone: 3.99, 12 in stock; tablet: 3.99, 12 in stock", // the phone's stock edit merged in
+		"phone: 4.90, 12 in stock; tablet: 4.90, 12 in stock",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Log(out.String())
+	}
+}
+
+// squash turns each run of spaces into one, so tests do not depend on the
+// table's column widths.
+func squash(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		lines[i] = strings.Join(strings.Fields(l), " ")
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Without --token, the example mints its tokens from the dev app file.
+func TestProductsWithDevAppFile(t *testing.T) {
+	rl := relaytest.Start(t)
+	var out bytes.Buffer
+	if err := run(context.Background(), rl.AppFileArgs(), &out); err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "the tablet's 3.99") {
+		t.Fatalf("prefer-local did not keep the tablet's price:\n%s", out.String())
+	}
+}
+
+func TestProductsWithoutCredentials(t *testing.T) {
+	err := run(context.Background(), []string{"--dev-app", t.TempDir() + "/none.json"}, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "ferry relay --dev") {
+		t.Fatalf("want a hint to start the relay, got %v", err)
+	}
+}

@@ -1,0 +1,294 @@
+// Todo is a to-do list kept in a replica, synced through the relay on
+// demand. Each data folder is one device:
+//
+//	go run ./cmd/ferry relay --dev                     # in another terminal
+//	go run ./examples/todo --data alice add "buy milk"
+//	go run ./examples/todo --data alice sync
+//	go run ./examples/todo --data bob sync
+//	go run ./examples/todo --data bob list
+//	go run ./examples/todo --data bob done ID          # ID as list shows it
+//	go run ./examples/todo --data bob rm ID
+//
+// The first sync stores a sync profile in the folder; later syncs use it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"time"
+
+	"github.com/ferrysync/ferry/examples/internal/devrelay"
+	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/replica"
+)
+
+// Task is a record of the todos collection. Its key is a UUIDv7, so tasks
+// list in the order they were created, on every device.
+type Task struct {
+	Title string `ferry:"title"`
+	Done  bool   `ferry:"done"`
+}
+
+const (
+	collection = "todos"
+	profile    = "relay"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	err := run(ctx, os.Args[1:], os.Stdout)
+	stop()
+	switch {
+	case errors.Is(err, flag.ErrHelp): // -h: usage printed
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "todo:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: todo [flags] COMMAND
+
+commands:
+  add TITLE   add a task
+  list        list the tasks, oldest first
+  done ID     mark a task done (ID: the full ID, or its end as list shows it)
+  rm ID       remove a task
+  sync        two-way sync with the relay; the first one stores a profile
+
+flags:
+`
+
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("todo", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	fs.Usage = func() { fmt.Fprint(stdout, usage); fs.PrintDefaults() }
+	var rf devrelay.Flags
+	rf.Register(fs)
+	data := fs.String("data", "todo-data", "the device's data folder")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return errors.New("no command")
+	}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+
+	r, err := replica.Open(*data, nil)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	todos, err := r.Collection(collection)
+	if err != nil {
+		return err
+	}
+	a := &app{r: r, todos: todos, out: stdout}
+
+	switch cmd {
+	case "add":
+		if len(rest) == 0 {
+			return errors.New("add: what to do?")
+		}
+		return a.add(strings.Join(rest, " "))
+	case "list":
+		return a.list()
+	case "done", "rm":
+		if len(rest) != 1 {
+			return fmt.Errorf("%s: give one task ID", cmd)
+		}
+		if cmd == "done" {
+			return a.done(rest[0])
+		}
+		return a.remove(rest[0])
+	case "sync":
+		explicit := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+		return a.sync(ctx, &rf, explicit)
+	}
+	return fmt.Errorf("unknown command %q (want add, list, done, rm or sync)", cmd)
+}
+
+type app struct {
+	r     *replica.Replica
+	todos *replica.Collection
+	out   io.Writer
+}
+
+// shortID is how list shows an ID: its last 8 characters, which are random
+// in a UUIDv7 (its first ones are the creation time, shared by tasks made
+// close together).
+func shortID(id string) string {
+	if len(id) <= 8 {
+		return id
+	}
+	return id[len(id)-8:]
+}
+
+func (a *app) add(title string) error {
+	id, err := a.todos.Insert(Task{Title: title})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(a.out, "added %s: %s\n", shortID(id), title)
+	return nil
+}
+
+func (a *app) list() error {
+	recs, err := a.todos.Scan(replica.ScanOptions{}) // in ID order: creation order
+	if err != nil {
+		return err
+	}
+	pending, err := a.todos.Pending()
+	if err != nil {
+		return err
+	}
+	unsynced := map[string]bool{}
+	for _, id := range pending {
+		unsynced[id] = true
+	}
+	if len(recs) == 0 {
+		fmt.Fprintln(a.out, "no tasks")
+	}
+	for _, rec := range recs {
+		var t Task
+		if err := rec.Decode(&t); err != nil {
+			return err
+		}
+		box, note := "[ ]", ""
+		if t.Done {
+			box = "[x]"
+		}
+		if unsynced[rec.ID] {
+			note = "  (not synced)"
+		}
+		fmt.Fprintf(a.out, "%s %s  %s%s\n", box, shortID(rec.ID), t.Title, note)
+	}
+	// Deleted tasks wait to be synced too; they are not in the list.
+	if n := len(pending); n > 0 {
+		fmt.Fprintf(a.out, "%d task(s) with changes to sync\n", n)
+	}
+	return nil
+}
+
+// find returns the task whose ID is id, or ends with it.
+func (a *app) find(id string) (string, Task, error) {
+	var t Task
+	if err := a.todos.Get(id, &t); err == nil {
+		return id, t, nil
+	} else if !errors.Is(err, replica.ErrNotFound) && !errors.Is(err, replica.ErrInvalidName) {
+		return "", t, err
+	}
+	recs, err := a.todos.Scan(replica.ScanOptions{})
+	if err != nil {
+		return "", t, err
+	}
+	var found []replica.Record
+	for _, rec := range recs {
+		if len(id) >= 4 && strings.HasSuffix(rec.ID, id) {
+			found = append(found, rec)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return "", t, fmt.Errorf("no task %q", id)
+	case 1:
+		return found[0].ID, t, found[0].Decode(&t)
+	}
+	return "", t, fmt.Errorf("%q matches %d tasks: give more of the ID", id, len(found))
+}
+
+func (a *app) done(arg string) error {
+	id, t, err := a.find(arg)
+	if err != nil {
+		return err
+	}
+	t.Done = true
+	// Put writes only the done field: a title edited elsewhere survives.
+	if err := a.todos.Put(id, t); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.out, "done: %s\n", t.Title)
+	return nil
+}
+
+func (a *app) remove(arg string) error {
+	id, t, err := a.find(arg)
+	if err != nil {
+		return err
+	}
+	if err := a.todos.Delete(id); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.out, "removed: %s\n", t.Title)
+	return nil
+}
+
+// sync syncs the stored profile, creating it from the flags on first use.
+// Relay flags given explicitly later update it.
+func (a *app) sync(ctx context.Context, rf *devrelay.Flags, explicit map[string]bool) error {
+	p, err := a.r.Profile(profile)
+	switch {
+	case errors.Is(err, replica.ErrNoProfile):
+		creds, err := rf.Credentials()
+		if err != nil {
+			return err
+		}
+		p = replica.Profile{
+			Name:        profile,
+			URL:         creds.URL,
+			APIKey:      creds.APIKey,
+			Token:       creds.Token, // "" when minted: tokens are not stored then
+			Mode:        policy.Manual,
+			Type:        policy.TwoWay,
+			Collections: []string{collection},
+		}
+		if err := a.r.AddProfile(p); err != nil {
+			return err
+		}
+		fmt.Fprintf(a.out, "created sync profile %q: %s, %s, %s\n", p.Name, p.URL, p.Mode, p.Type)
+	case err != nil:
+		return err
+	case explicit["url"] || explicit["api-key"] || explicit["token"]:
+		if explicit["url"] {
+			p.URL = rf.URL
+		}
+		if explicit["api-key"] {
+			p.APIKey = rf.APIKey
+		}
+		if explicit["token"] {
+			p.Token = rf.Token
+		}
+		if err := a.r.UpdateProfile(p); err != nil {
+			return err
+		}
+	}
+	if p.Token == "" {
+		// No stored token: mint one from the dev app for each connection.
+		creds, err := rf.Credentials()
+		if err != nil {
+			return err
+		}
+		a.r.SetTokenSource(profile, creds.Tokens)
+	}
+
+	st, err := a.r.Sync(ctx, profile)
+	if err != nil {
+		return fmt.Errorf("sync with %s: %w", p.URL, err)
+	}
+	for _, cs := range st.Collections {
+		fmt.Fprintf(a.out, "synced %s with %s in %s\n", cs.Collection, p.URL, cs.End.Sub(cs.Start).Round(time.Millisecond))
+		fmt.Fprintf(a.out, "  sent:     %d new, %d changed, %d removed\n", cs.ToRelay.Added, cs.ToRelay.Updated, cs.ToRelay.Removed)
+		fmt.Fprintf(a.out, "  received: %d new, %d changed, %d removed\n", cs.FromRelay.Added, cs.FromRelay.Updated, cs.FromRelay.Removed)
+		if cs.Conflicts > 0 {
+			fmt.Fprintf(a.out, "  %d conflict(s) resolved (prefer-local)\n", cs.Conflicts)
+		}
+	}
+	return nil
+}

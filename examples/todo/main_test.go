@@ -1,0 +1,100 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/ferrysync/ferry/examples/internal/relaytest"
+)
+
+// todo runs the CLI on a data folder and returns its output.
+func todo(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	var out bytes.Buffer
+	if err := run(context.Background(), append([]string{"--data", dir}, args...), &out); err != nil {
+		t.Fatalf("todo %v: %v\n%s", args, err, out.String())
+	}
+	return out.String()
+}
+
+var addedRE = regexp.MustCompile(`^added (\w+): `)
+
+func add(t *testing.T, dir, title string) string {
+	t.Helper()
+	m := addedRE.FindStringSubmatch(todo(t, dir, "add", title))
+	if m == nil {
+		t.Fatalf("add %q printed no ID", title)
+	}
+	return m[1]
+}
+
+func TestTodoSyncsBetweenTwoFolders(t *testing.T) {
+	rl := relaytest.Start(t)
+	alice, bob := t.TempDir(), t.TempDir()
+
+	milk := add(t, alice, "buy milk")
+	add(t, alice, "call the bank")
+	if got := todo(t, alice, "list"); !strings.Contains(got, "[ ] "+milk+"  buy milk  (not synced)") {
+		t.Fatalf("alice's list before sync:\n%s", got)
+	}
+
+	// Alice stores a static token in her profile; Bob mints his from the
+	// dev app file on each sync.
+	out := todo(t, alice, append(rl.TokenArgs(), "sync")...)
+	if !strings.Contains(out, `created sync profile "relay"`) || !strings.Contains(out, "sent:     2 new") {
+		t.Fatalf("alice's first sync:\n%s", out)
+	}
+	out = todo(t, bob, append(rl.AppFileArgs(), "sync")...)
+	if !strings.Contains(out, "received: 2 new") {
+		t.Fatalf("bob's first sync:\n%s", out)
+	}
+
+	// Bob: done and remove by the IDs add and list show, add a task.
+	todo(t, bob, "done", milk)
+	var bank string
+	for _, line := range strings.Split(todo(t, bob, "list"), "\n") {
+		if strings.HasSuffix(line, "call the bank") {
+			bank = strings.Fields(line)[2]
+		}
+	}
+	if bank == "" {
+		t.Fatal("bob has no bank task")
+	}
+	todo(t, bob, "rm", bank)
+	add(t, bob, "walk the dog")
+	todo(t, bob, "--dev-app", rl.AppFile, "sync")
+
+	// Alice's stored profile needs no flags.
+	out = todo(t, alice, "sync")
+	if !strings.Contains(out, "received: 1 new, 1 changed, 1 removed") {
+		t.Fatalf("alice's second sync:\n%s", out)
+	}
+	got := todo(t, alice, "list")
+	want := regexp.MustCompile(`^\[x\] ` + milk + `  buy milk\n\[ \] \w{8}  walk the dog\n$`)
+	if !want.MatchString(got) {
+		t.Fatalf("alice's list after sync:\n%s", got)
+	}
+	if got2 := todo(t, bob, "list"); got2 != got {
+		t.Fatalf("bob's list differs:\n%s\nalice's:\n%s", got2, got)
+	}
+}
+
+func TestTodoErrors(t *testing.T) {
+	dir := t.TempDir()
+	add(t, dir, "one")
+	for _, args := range [][]string{
+		{"done", "nope"},
+		{"rm"},
+		{"fly"},
+		{"add"},
+		{"--dev-app", dir + "/none.json", "sync"},
+	} {
+		var out bytes.Buffer
+		if err := run(context.Background(), append([]string{"--data", dir}, args...), &out); err == nil {
+			t.Errorf("todo %v succeeded:\n%s", args, out.String())
+		}
+	}
+}
