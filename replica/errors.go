@@ -32,6 +32,8 @@ var (
 	ErrProfileExists = errors.New("ferry: sync profile exists")
 	// ErrNoProfile means no profile has that name.
 	ErrNoProfile = errors.New("ferry: no such sync profile")
+	// ErrNeverSynced means the profile exists but has not synced yet.
+	ErrNeverSynced = errors.New("ferry: profile has not synced yet")
 	// ErrTooManyProfiles means the replica holds Options.MaxProfiles
 	// profiles already.
 	ErrTooManyProfiles = errors.New("ferry: too many sync profiles")

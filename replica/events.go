@@ -120,14 +120,21 @@ func (r *Replica) Network() policy.Network {
 
 func (r *Replica) tokenSource(profile string) TokenSource {
 	r.hooks.mu.Lock()
-	defer r.hooks.mu.Unlock()
-	return r.hooks.tokens[profile]
+	src := r.hooks.tokens[profile]
+	r.hooks.mu.Unlock()
+	if src == nil && r.opts.TokenSource != nil {
+		return func(ctx context.Context) (string, error) { return r.opts.TokenSource(ctx, profile) }
+	}
+	return src
 }
 
 func (r *Replica) resolver(p *Profile, coll string) (policy.Resolver, error) {
 	r.hooks.mu.Lock()
-	hook := r.hooks.merge[coll]
+	hook, set := r.hooks.merge[coll]
 	r.hooks.mu.Unlock()
+	if !set || hook == nil {
+		hook = r.opts.MergeHooks[coll]
+	}
 	if hook == nil {
 		hook = r.opts.MergeHook
 	}

@@ -55,6 +55,11 @@ func (t *touched) event(local bool) (Event, bool) {
 	if t.new.heads.Equal(t.old.heads) {
 		return Event{}, false
 	}
+	if t.new.deleted && (!t.existed || t.wasDeleted) {
+		// A tombstone for a record this replica never showed (created and
+		// deleted elsewhere, or still deleted) changes nothing visible.
+		return Event{}, false
+	}
 	ev := Event{Collection: t.coll, ID: t.id, Kind: Updated, Origin: Remote, Heads: t.new.heads}
 	if local {
 		ev.Origin = Local

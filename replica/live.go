@@ -21,13 +21,13 @@ import (
 func (r *Replica) runLive(ctx context.Context, p *Profile) {
 	b := backoff{min: r.opts.BackoffMin, max: r.opts.BackoffMax}
 	for ctx.Err() == nil {
+		wake := r.sched.networkWait() // before looking: no change slips between
 		if n := r.Network(); !p.Networks.Allows(n) {
 			// Wait for an allowed network.
 			select {
 			case <-ctx.Done():
 				return
-			case <-r.sched.wake:
-				r.sched.networkChanged() // pass it on to the deferred runner too
+			case <-wake:
 				continue
 			case <-time.After(r.opts.NetworkPoll):
 				continue
@@ -118,7 +118,12 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 			return ctx.Err()
 		case <-conn.client.Done():
 			return conn.client.Err()
-		case lv := <-conn.client.Live():
+		case lv, ok := <-conn.client.Live():
+			if !ok {
+				// Closed just before Done when the connection ends.
+				<-conn.client.Done()
+				return conn.client.Err()
+			}
 			if err := r.applyLive(ctx, conn, p, lv); err != nil {
 				return err
 			}

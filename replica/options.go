@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"context"
 	"log/slog"
 	"time"
 
@@ -54,8 +55,17 @@ type Options struct {
 	Policy policy.Policy
 
 	// MergeHook resolves conflicts under the custom policy, for collections
-	// without a hook of their own (Replica.SetMergeHook).
-	MergeHook policy.Resolver
+	// without a hook of their own. MergeHooks gives collections their own
+	// (also settable later with Replica.SetMergeHook). Set them here so
+	// that periodic and live profiles, which start syncing as Open
+	// returns, have them from their first sync.
+	MergeHook  policy.Resolver
+	MergeHooks map[string]policy.Resolver
+
+	// TokenSource supplies fresh access tokens for any profile (a
+	// profile's own, set with Replica.SetTokenSource, wins). Nil: each
+	// profile's static Token.
+	TokenSource func(ctx context.Context, profile string) (string, error)
 
 	// Listener receives sync events; Delegate decides at a sync's
 	// lifecycle points. Both may be nil.

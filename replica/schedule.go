@@ -3,6 +3,7 @@ package replica
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -23,7 +24,7 @@ type scheduler struct {
 	locks    map[string]*sync.Mutex        // one sync at a time per profile
 	loops    map[string]context.CancelFunc // periodic and live loops
 	deferred map[string]bool
-	wake     chan struct{} // network changed
+	netCh    chan struct{} // closed, and replaced, when the network changes
 	runner   bool          // the deferred runner is started
 	closed   bool
 	ctx      context.Context
@@ -33,7 +34,7 @@ type scheduler struct {
 
 func newScheduler(r *Replica) *scheduler {
 	s := &scheduler{r: r, locks: map[string]*sync.Mutex{}, loops: map[string]context.CancelFunc{},
-		deferred: map[string]bool{}, wake: make(chan struct{}, 1)}
+		deferred: map[string]bool{}, netCh: make(chan struct{})}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.sync = r.syncProfile
 	s.live = r.runLive
@@ -135,11 +136,20 @@ func (s *scheduler) deferSync(name string) {
 	}
 }
 
+// networkChanged wakes everything waiting for a network: the deferred
+// runner and every live profile.
 func (s *scheduler) networkChanged() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	close(s.netCh)
+	s.netCh = make(chan struct{})
+}
+
+// networkWait returns a channel closed at the next network change.
+func (s *scheduler) networkWait() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.netCh
 }
 
 // runDeferred runs deferred syncs once their network allows them: when
@@ -153,12 +163,9 @@ func (s *scheduler) runDeferred() {
 		poll = t.C
 	}
 	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-s.wake:
-		case <-poll:
-		}
+		// Take the wake-up before looking, so a change between the look
+		// and the wait is not missed.
+		wake := s.networkWait()
 		for _, name := range s.takeRunnable() {
 			p, err := s.r.Profile(name)
 			if err != nil {
@@ -167,6 +174,12 @@ func (s *scheduler) runDeferred() {
 			if _, err := s.sync(s.ctx, &p); err != nil && s.ctx.Err() == nil && !errors.Is(err, ErrDeferred) {
 				s.r.log.Warn("deferred sync failed", "profile", name, "err", err)
 			}
+		}
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-wake:
+		case <-poll:
 		}
 	}
 }
@@ -198,6 +211,7 @@ func (r *Replica) Deferred() []string {
 	for name := range r.sched.deferred {
 		out = append(out, name)
 	}
+	slices.Sort(out)
 	return out
 }
 

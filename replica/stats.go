@@ -68,7 +68,8 @@ func (r *Replica) saveStats(st *SyncStats) error {
 }
 
 // LastSync returns the statistics of the profile's last sync that ran
-// (deferred and vetoed attempts included). ErrNoProfile if it never synced.
+// (deferred and vetoed attempts included): ErrNeverSynced if it has not
+// synced yet, ErrNoProfile if there is no such profile.
 func (r *Replica) LastSync(profile string) (*SyncStats, error) {
 	release, err := r.enter()
 	if err != nil {
@@ -79,7 +80,10 @@ func (r *Replica) LastSync(profile string) (*SyncStats, error) {
 	err = r.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(statsKey(profile))
 		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("%w: %q has not synced", ErrNoProfile, profile)
+			if _, perr := txn.Get(profileKey(profile)); perr != nil {
+				return fmt.Errorf("%w: %q", ErrNoProfile, profile)
+			}
+			return fmt.Errorf("%w: %q", ErrNeverSynced, profile)
 		}
 		if err != nil {
 			return err

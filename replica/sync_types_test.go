@@ -589,3 +589,29 @@ func TestNetworkFunctionIsPolled(t *testing.T) {
 		t.Fatal("nothing pushed")
 	}
 }
+
+func TestOptionsHooksApplyFromTheFirstSync(t *testing.T) {
+	e := newSyncEnv(t)
+	var tokenCalls atomic.Int32
+	a := e.device(nil)
+	b := e.device(&Options{
+		MergeHooks: map[string]policy.Resolver{"c": policy.ResolverFunc(func(c *policy.Conflict) (policy.Decision, error) {
+			return policy.Keep("from the collection's hook"), nil
+		})},
+		TokenSource: func(ctx context.Context, profile string) (string, error) {
+			tokenCalls.Add(1)
+			return e.token, nil
+		},
+	})
+	p, _ := b.Profile("p")
+	p.Token = "" // only the token source can authenticate
+	p.Policy = policy.Custom
+	b.UpdateProfile(p)
+	coll2(t, a, "c").Create("x", map[string]any{"v": "a"})
+	coll2(t, b, "c").Create("x", map[string]any{"v": "b"})
+	mustSync(t, a, "p")
+	mustSync(t, b, "p")
+	if f := getFields(t, b, "c", "x"); f["v"] != "from the collection's hook" || tokenCalls.Load() == 0 {
+		t.Fatalf("b: %v, token source called %d times", f, tokenCalls.Load())
+	}
+}

@@ -122,6 +122,8 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 	for _, o := range batch {
 		a := applied{changed: true, ev: Event{Kind: Updated}}
 		switch {
+		case o.deleted && !o.known:
+			continue // created and deleted before the relay ever saw it
 		case o.deleted:
 			a.ev.Kind = Deleted
 		case !o.known:

@@ -30,7 +30,9 @@ func (c *InspectCommand) Run(ctx context.Context, args []string) error {
 	if *data == "" {
 		return errors.New("inspect: --data is required")
 	}
-	r, err := replica.Open(*data, nil)
+	// Local-only: looking must not start the store's periodic or live
+	// syncs.
+	r, err := replica.Open(*data, &replica.Options{LocalOnly: true})
 	if err != nil {
 		return fmt.Errorf("inspect: %w", err)
 	}
