@@ -5,6 +5,7 @@
 //	ferry backup   copy a stopped relay's data to a file
 //	ferry restore  load a backup into an empty data folder
 //	ferry inspect  summarize a replica's store
+//	ferry bench    run the sync and merge-throughput benchmarks
 //
 // Run "ferry COMMAND -h" for a command's flags.
 package main
@@ -57,6 +58,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cmd = &RestoreCommand{Stdout: stdout, Stderr: stderr}
 	case "inspect":
 		cmd = &InspectCommand{Stdout: stdout, Stderr: stderr}
+	case "bench":
+		cmd = &BenchCommand{Stdout: stdout, Stderr: stderr}
 	case "-h", "-help", "--help", "help":
 		usage(stdout)
 		return nil
@@ -76,6 +79,7 @@ Commands:
   backup   copy a stopped relay's data to a file
   restore  load a backup into an empty data folder
   inspect  summarize a replica's store
+  bench    run the sync and merge-throughput benchmarks (W0 to W5)
 
 Run "ferry COMMAND -h" for a command's flags.
 `)

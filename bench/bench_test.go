@@ -1,0 +1,242 @@
+package bench
+
+// The workloads as Go benchmarks, at small sizes (1,000 records), each
+// reporting its Result's metrics with b.ReportMetric:
+//
+//	go test -run='^$' -bench=. ./bench/
+//
+// For the full sizes, the table, a child-process relay or an external
+// one, use `ferry bench`.
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/automerge/automerge-go"
+
+	"github.com/ferrysync/ferry/replica"
+)
+
+// seed is the test seed: FERRY_BENCH_SEED, or the time.
+func seed(t testing.TB) uint64 {
+	s := uint64(time.Now().UnixNano())
+	if v := os.Getenv("FERRY_BENCH_SEED"); v != "" {
+		s, _ = strconv.ParseUint(v, 10, 64)
+	}
+	t.Logf("seed %d (set FERRY_BENCH_SEED to reproduce)", s)
+	return s
+}
+
+// TestWorkloadsSmall runs every workload at tiny sizes and checks that
+// what they did is right, not how fast: W1's fresh replica holds every
+// record with its fields, W3 converged, W4's relay accepted every change
+// pushed, and every metric is a sane number.
+func TestWorkloadsSmall(t *testing.T) {
+	var lines []string
+	cfg := Config{
+		Records: 50, Updates: 20, MergeRecords: 10, Clients: 4, Subscribers: 2, Batch: 2,
+		Growth: []int{20, 40}, Dir: t.TempDir(), Seed: seed(t), Verify: true,
+		Progress: func(s string) { lines = append(lines, s) },
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	results, err := Run(ctx, cfg, "W0", "W1", "W2", "W3", "W4", "W5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != 6 {
+		t.Fatalf("%d results, want 6", len(results))
+	}
+	floor := results[0].Floor
+	if floor.Changes != 50 || floor.Rate <= 0 || floor.Bytes <= 0 {
+		t.Fatalf("floor = %+v", floor)
+	}
+	byName := map[string]*Result{}
+	for _, r := range results {
+		byName[r.Workload] = r
+		if r.Floor != floor {
+			t.Errorf("%s: floor %+v, want the run's %+v", r.Workload, r.Floor, floor)
+		}
+		for _, m := range r.Metrics {
+			if m.Value < 0 || m.Ratio < 0 || m.Unit == "" {
+				t.Errorf("%s: metric %+v", r.Workload, m)
+			}
+		}
+	}
+	want := func(w, name string, check func(float64) bool) {
+		t.Helper()
+		m, ok := byName[w].Metric(name)
+		if !ok {
+			t.Errorf("%s has no metric %s", w, name)
+			return
+		}
+		if !check(m.Value) {
+			t.Errorf("%s %s = %v %s", w, name, m.Value, m.Unit)
+		}
+	}
+	positive := func(v float64) bool { return v > 0 }
+	eq := func(x float64) func(float64) bool { return func(v float64) bool { return v == x } }
+	want("W1", "records", eq(50))
+	for _, n := range []string{"insert", "push", "fresh_pull", "push_wire", "push_payload", "fresh_pull_wire", "fresh_pull_payload", "relay_peak_rss"} {
+		want("W1", n, positive)
+	}
+	want("W2", "updates", eq(20))
+	want("W2", "latency_p50", positive)
+	want("W3", "syncs", func(v float64) bool { return v >= 3 })
+	want("W3", "conflicts", positive)
+	want("W4", "pushed", eq(50))
+	want("W4", "accepted", eq(50))
+	want("W4", "ingest_rate", positive)
+	want("W4", "push_to_all_p50", positive)
+	want("W5", "w1_n40_push", positive)
+	want("W5", "w4_n20_ingest", positive)
+
+	var b strings.Builder
+	if err := WriteTable(&b, results); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"workload", "W4", "fanout_load_p99", "ratio to W0"} {
+		if !strings.Contains(b.String(), s) {
+			t.Errorf("table lacks %q:\n%s", s, b.String())
+		}
+	}
+	if testing.Verbose() {
+		t.Log("\n" + b.String())
+	}
+	if len(lines) == 0 {
+		t.Error("no progress reported")
+	}
+}
+
+// TestCreationChangesMatchReplica checks that W0's changes are the ones a
+// replica's Insert makes: with the same actor and clock, one change each
+// with the same metadata, operations and size (the order of the
+// operations may differ).
+func TestCreationChangesMatchReplica(t *testing.T) {
+	ps := products(7, floorStream, 3)
+	at := time.UnixMilli(1_700_000_000_000)
+	r, err := replica.Open(t.TempDir(), &replica.Options{Clock: func() time.Time { return at }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	c, _ := r.Collection("c")
+	chs, _, err := creationChanges(r.ID(), ps, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range ps {
+		id, err := c.Insert(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _, _, err := c.PendingChanges(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// crdt.Put writes fields in map order, so two equal inserts differ
+		// in the order of their operations: compare what they say.
+		if err := sameChange(got, chs[i].data); err != nil {
+			t.Errorf("record %d: %v", i, err)
+		}
+	}
+}
+
+func sameChange(a, b []byte) error {
+	// The columns' run-length encoding depends on the order a little.
+	if d := len(a) - len(b); d < -32 || d > 32 {
+		return fmt.Errorf("%d bytes, want about %d", len(a), len(b))
+	}
+	var docs [2]*automerge.Doc
+	var chs [2]*automerge.Change
+	for i, data := range [][]byte{a, b} {
+		docs[i] = automerge.New()
+		if err := docs[i].LoadIncremental(data); err != nil {
+			return err
+		}
+		cs, err := docs[i].Changes()
+		if err != nil || len(cs) != 1 {
+			return fmt.Errorf("%d changes (%v), want 1", len(cs), err)
+		}
+		chs[i] = cs[0]
+	}
+	x, y := chs[0], chs[1]
+	if x.ActorID() != y.ActorID() || x.ActorSeq() != y.ActorSeq() || !x.Timestamp().Equal(y.Timestamp()) ||
+		x.Message() != y.Message() || len(x.Dependencies()) != len(y.Dependencies()) {
+		return fmt.Errorf("change metadata differs: %s/%d/%v vs %s/%d/%v", x.ActorID(), x.ActorSeq(), x.Timestamp(), y.ActorID(), y.ActorSeq(), y.Timestamp())
+	}
+	va, err := automerge.As[map[string]any](docs[0].Root())
+	if err != nil {
+		return err
+	}
+	vb, err := automerge.As[map[string]any](docs[1].Root())
+	if err != nil {
+		return err
+	}
+	if fmt.Sprint(va) != fmt.Sprint(vb) {
+		return fmt.Errorf("fields %v, want %v", va, vb)
+	}
+	return nil
+}
+
+var (
+	floorOnce sync.Once
+	floorRes  *Result
+	floorErr  error
+)
+
+// benchConfig is the benchmarks' config: 1,000 records, the floor of this
+// test binary's run.
+func benchConfig(b *testing.B) Config {
+	cfg := Config{Records: 1000, Updates: 200, Dir: b.TempDir(), Seed: 1}
+	floorOnce.Do(func() { floorRes, floorErr = W0(context.Background(), cfg) })
+	if floorErr != nil {
+		b.Fatal(floorErr)
+	}
+	cfg.Floor = &floorRes.Floor
+	return cfg
+}
+
+func runBench(b *testing.B, w Workload) {
+	cfg := benchConfig(b)
+	b.ReportAllocs()
+	b.SetBytes(cfg.Floor.Bytes)
+	var last *Result
+	for b.Loop() {
+		r, err := w(context.Background(), cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		last = r
+	}
+	for _, m := range last.Metrics {
+		b.ReportMetric(m.Value, m.Name+"_"+strings.ReplaceAll(m.Unit, " ", "_"))
+		if m.Ratio > 0 {
+			b.ReportMetric(m.Ratio, m.Name+"_ratio")
+		}
+	}
+}
+
+// BenchmarkW0 is the floor: raw automerge-go import of 1,000 creation
+// changes.
+func BenchmarkW0(b *testing.B) { runBench(b, W0) }
+
+// BenchmarkW1 is bulk insert, push and fresh pull of 1,000 records.
+func BenchmarkW1(b *testing.B) { runBench(b, W1) }
+
+// BenchmarkW2 is live latency over 200 updates.
+func BenchmarkW2(b *testing.B) { runBench(b, W2) }
+
+// BenchmarkW3 is the merge of 200 offline edits per replica over 100
+// records.
+func BenchmarkW3(b *testing.B) { runBench(b, W3) }
+
+// BenchmarkW4 is relay ingest of 1,000 changes from 16 clients with 8
+// subscribers.
+func BenchmarkW4(b *testing.B) { runBench(b, W4) }

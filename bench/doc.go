@@ -1,0 +1,51 @@
+// Package bench holds Ferry's merge-throughput and sync workloads, shared
+// by `go test -bench ./bench/...` and `ferry bench`, so both measure the
+// same thing the same way.
+//
+// The workloads:
+//
+//	W0 floor    raw automerge-go LoadIncremental of W1's creation changes,
+//	            one fresh document each: no Ferry code, storage or network
+//	W1 bulk     a durable replica inserts Records records (units of work of
+//	            100), pushes them to the relay, and a fresh replica pulls them
+//	W2 live     live profiles on two replicas; Updates sequential edits on A,
+//	            each timed until B's feed reports it
+//	W3 merge    two replicas make Updates offline edits each over the same
+//	            MergeRecords records; A syncs, B syncs, A syncs (prefer-local)
+//	            until every record has the same heads on both
+//	W4 ingest   Clients raw transport clients push pre-made changes to one
+//	            collection, durable acks awaited, while Subscribers live
+//	            subscribers receive them (fan-out latency)
+//	W5 growth   W1 and W4 at 1,000, 10,000 and 100,000 records: time and
+//	            relay memory per record
+//
+// Each is a [Workload]: a function of a [Config] returning a [Result], a
+// list of named [Metric] values with units. [Run] measures W0 first and
+// hands it to the others, so every Result carries the floor of the same run.
+//
+// # Ratios
+//
+// A metric's Ratio is the floor's cost divided by the measured cost for the
+// same amount of work, so 1 means "as fast (or as small) as raw Automerge"
+// and 0.05 means twenty times the floor's cost. Higher is better.
+//
+//   - A time over K changes (or records, one change each): K ÷ W0's
+//     changes/s, divided by the time. A rate: the rate ÷ W0's rate (the
+//     same number).
+//   - A latency of one change: 1 ÷ W0's changes/s, divided by the latency.
+//   - Bytes carrying K changes: W0's bytes for K changes (the raw change
+//     bytes) ÷ the bytes measured.
+//   - Counts and memory have no ratio (0, omitted from JSON).
+//
+// # The relay
+//
+// Each workload that needs a relay starts its own, in a fresh data folder,
+// so its memory and bytes are its own (see [Target]): in this process
+// (BadgerStore on disk, durable; bytes counted by wrapping its listener;
+// memory is this whole process's, replicas included), as a child process
+// (`ferry relay`; bytes counted by a loopback proxy in front of it, memory
+// from its /proc status), or an external relay given by URL (bytes and
+// memory scraped from its /metrics, which count change payloads only and
+// the whole relay). Collection names carry a random suffix, so runs against
+// one external relay never mix.
+package bench

@@ -1,0 +1,194 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"time"
+
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/replica"
+)
+
+// w3MaxSyncs bounds the syncs W3 waits for convergence.
+const w3MaxSyncs = 9
+
+// W3 is an offline merge: replicas A and B (durable, on disk) share
+// MergeRecords records, then each makes Updates offline edits (one unit
+// of work each) over all of them, on the same four fields (name, price,
+// qty, updated), so many edits conflict. Then A syncs, B syncs, A syncs
+// (manual two-way, prefer-local), and more alternating syncs if needed,
+// until every record has the same heads on both. The merge time is the
+// syncs' time.
+func W3(ctx context.Context, cfg Config) (res *Result, err error) {
+	cfg, res, cleanup, err := prepare(ctx, cfg, "W3")
+	if err != nil {
+		return nil, err
+	}
+	defer cleanup()
+	start := time.Now()
+	dir := filepath.Join(cfg.Dir, "W3")
+	env, err := startRelay(ctx, cfg.Relay, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(&err, env.close)
+	a, err := openReplica(dir, "a", nil)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(&err, a.Close)
+	b, err := openReplica(dir, "b", nil)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(&err, b.Close)
+	coll := collName("w3")
+	for _, r := range []*replica.Replica{a, b} {
+		if err := env.addProfile(r, coll, policy.Manual); err != nil {
+			return nil, err
+		}
+	}
+
+	// The shared starting point.
+	m := cfg.MergeRecords
+	ids := make([]string, m)
+	ps := products(cfg.Seed, 3, m)
+	err = a.Update(func(tx *replica.Tx) error {
+		for i := range ids {
+			ids[i] = fmt.Sprintf("rec-%05d", i)
+			if err := tx.Create(coll, ids[i], ps[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range []*replica.Replica{a, b} {
+		if _, err := r.Sync(ctx, profileName); err != nil {
+			return nil, fmt.Errorf("initial sync: %w", err)
+		}
+	}
+
+	// Offline edits.
+	pr := newProgress(cfg.Progress)
+	var editTime [2]time.Duration
+	for k, r := range []*replica.Replica{a, b} {
+		c, _ := r.Collection(coll)
+		rng := rand.New(rand.NewPCG(cfg.Seed, uint64(30+k)))
+		t0 := time.Now()
+		for e := range cfg.Updates {
+			id := ids[rng.IntN(m)]
+			field, val := randomEdit(rng)
+			if err := c.Update(id, func(d *crdt.Doc) error { return d.Set(crdt.Path{field}, val) }); err != nil {
+				return nil, fmt.Errorf("offline edit: %w", err)
+			}
+			pr.report(e == cfg.Updates-1, "W3: replica %c: %d/%d offline edits", 'A'+k, e+1, cfg.Updates)
+		}
+		editTime[k] = time.Since(t0)
+	}
+
+	// The merge.
+	conflicts, syncs := 0, 0
+	var merge time.Duration
+	order := []*replica.Replica{a, b}
+	converged := false
+	for !converged && syncs < w3MaxSyncs {
+		r := order[syncs%2]
+		t0 := time.Now()
+		st, err := r.Sync(ctx, profileName)
+		merge += time.Since(t0)
+		syncs++
+		if err != nil {
+			return nil, fmt.Errorf("merge sync %d: %w", syncs, err)
+		}
+		conflicts += collStats(st).Conflicts
+		if syncs < 3 {
+			continue // A, B, A at least: B's resolutions must reach A
+		}
+		if converged, err = sameHeads(a, b, coll, ids); err != nil {
+			return nil, err
+		}
+	}
+	if !converged {
+		return nil, checkf("not converged after %d syncs", syncs)
+	}
+	if cfg.Verify {
+		if err := sameFields(a, b, coll, ids); err != nil {
+			return nil, err
+		}
+	}
+	edits := 2 * cfg.Updates
+	res.add(Metric{Name: "records", Value: float64(m), Unit: "count"})
+	res.add(Metric{Name: "offline_edits", Value: float64(edits), Unit: "count", Note: "both replicas together"})
+	res.time("offline_edit", editTime[0], cfg.Updates, "edits/s")
+	res.time("merge", merge, edits, "edits/s")
+	res.add(Metric{Name: "syncs", Value: float64(syncs), Unit: "count", Note: "alternating A, B, A, ... until every record's heads match"})
+	res.add(Metric{Name: "conflicts", Value: float64(conflicts), Unit: "count", Note: "resolved by prefer-local, from SyncStats"})
+	res.Notes = append(res.Notes,
+		"offline_edit: replica A's edits, one durable unit of work each",
+		"merge: the syncs' time; ratio: W0's time for as many changes as both replicas' edits / the merge time")
+	res.Elapsed = time.Since(start)
+	return res, nil
+}
+
+// randomEdit picks one of the fields both replicas edit, and a new value.
+func randomEdit(rng *rand.Rand) (string, any) {
+	switch rng.IntN(4) {
+	case 0:
+		return "name", randomProduct(rng, 0).Name
+	case 1:
+		return "price", float64(rng.IntN(100_000)) / 100
+	case 2:
+		return "qty", rng.IntN(1000)
+	}
+	return "updated", 1_700_000_000_000 + rng.Int64N(1_000_000)
+}
+
+// sameHeads reports whether every record has the same heads on a and b.
+func sameHeads(a, b *replica.Replica, coll string, ids []string) (bool, error) {
+	ca, _ := a.Collection(coll)
+	cb, _ := b.Collection(coll)
+	for _, id := range ids {
+		ha, err := ca.Heads(id)
+		if err != nil {
+			return false, err
+		}
+		hb, err := cb.Heads(id)
+		if err != nil {
+			return false, err
+		}
+		if !ha.Equal(hb) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// sameFields checks that every record reads the same on a and b.
+func sameFields(a, b *replica.Replica, coll string, ids []string) error {
+	ca, _ := a.Collection(coll)
+	cb, _ := b.Collection(coll)
+	for _, id := range ids {
+		var fa, fb map[string]any
+		if err := ca.Get(id, &fa); err != nil {
+			return err
+		}
+		if err := cb.Get(id, &fb); err != nil {
+			return err
+		}
+		for k, v := range fa {
+			if !crdt.Equal(v, fb[k]) {
+				return checkf("record %s field %s: A has %v, B has %v", id, k, v, fb[k])
+			}
+		}
+		if len(fa) != len(fb) {
+			return checkf("record %s: A has %d fields, B has %d", id, len(fa), len(fb))
+		}
+	}
+	return nil
+}

@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime/pprof"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ferrysync/ferry/bench"
+)
+
+// BenchCommand runs the benchmark workloads of package bench (W0 to W5)
+// and prints their figures as a table, or JSON with --json, each with its
+// ratio to the floor (W0) measured in the same run. Progress goes to
+// Stderr.
+type BenchCommand struct {
+	Stdout, Stderr io.Writer
+
+	// relayCommand makes the command that runs a child relay (--child);
+	// nil means this executable's `relay` subcommand. Tests replace it.
+	relayCommand func(ctx context.Context, args []string) *exec.Cmd
+}
+
+// benchOutput is the JSON that --json prints.
+type benchOutput struct {
+	Results []*bench.Result `json:"results"`
+	Error   string          `json:"error,omitempty"`
+}
+
+func (c *BenchCommand) Run(ctx context.Context, args []string) error {
+	fs := newFlags("bench", c.Stderr)
+	workloads := fs.String("workloads", strings.Join(bench.Default, ","), "workloads to run, comma-separated (W0 to W5; W5 takes minutes)")
+	records := fs.Int("records", 10_000, "records of W0, W1 and W4")
+	updates := fs.Int("updates", 1_000, "W2 live updates, and W3 offline edits per replica")
+	mergeRecords := fs.Int("merge-records", 100, "records W3's replicas both edit")
+	clients := fs.Int("clients", 16, "W4 concurrent pushing clients")
+	subscribers := fs.Int("subscribers", 8, "W4 live subscribers")
+	batch := fs.Int("batch", 1, "W4 records per push")
+	maxGrowth := fs.Int("max-growth", 0, "W5 skips sizes above this (10000 for a quicker run); 0: 1,000, 10,000 and 100,000")
+	relayURL := fs.String("relay", "", "an external relay, ws://host:port/ws (with --api-key and --token); default: one in this process")
+	apiKey := fs.String("api-key", "", "the external relay's app API key")
+	token := fs.String("token", "", "a token of that app that may write every collection")
+	child := fs.Bool("child", false, "run the relay as a child process (`ferry relay`), to measure its memory apart")
+	jsonOut := fs.Bool("json", false, "print JSON instead of a table")
+	seed := fs.Uint64("seed", 0, "seed for record contents and edits (0: random)")
+	dir := fs.String("dir", "", "folder for the replicas' and relay's data (default: the system's temporary folder)")
+	verify := fs.Bool("verify", false, "check every workload's outcome in full (slower)")
+	quiet := fs.Bool("quiet", false, "no progress lines on stderr")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (this process; see go tool pprof)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("bench: unexpected argument %q", fs.Arg(0))
+	}
+	names := splitList(*workloads)
+	for _, n := range names {
+		if _, err := bench.Lookup(n); err != nil {
+			return err
+		}
+	}
+	target := bench.Target{Mode: bench.InProcess}
+	switch {
+	case *child && *relayURL != "":
+		return errors.New("bench: --child and --relay exclude each other")
+	case *child:
+		target = bench.Target{Mode: bench.Child, Command: c.relayCommand}
+		if target.Command == nil {
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("bench: finding this executable for --child: %w", err)
+			}
+			target.Command = func(ctx context.Context, args []string) *exec.Cmd { return relaySubcommand(ctx, exe, args) }
+		}
+	case *relayURL != "":
+		if *apiKey == "" || *token == "" {
+			return errors.New("bench: --relay needs --api-key and --token")
+		}
+		target = bench.Target{Mode: bench.External, URL: *relayURL, APIKey: *apiKey, Token: *token}
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	start := time.Now()
+	progress := func(s string) {
+		if !*quiet {
+			fmt.Fprintf(c.Stderr, "[%6.1fs] %s\n", time.Since(start).Seconds(), s)
+		}
+	}
+	cfg := bench.Config{
+		Records: *records, Updates: *updates, MergeRecords: *mergeRecords,
+		Clients: *clients, Subscribers: *subscribers, Batch: *batch, MaxGrowth: *maxGrowth,
+		Relay: target, Dir: *dir, Progress: progress, Seed: *seed, Verify: *verify,
+	}
+	progress(fmt.Sprintf("bench: %s against a relay %s", strings.Join(names, ", "), target))
+	results, err := bench.Run(ctx, cfg, names...)
+	// What was measured before a failure or an interrupt is still shown.
+	if *jsonOut {
+		out := benchOutput{Results: results}
+		if err != nil {
+			out.Error = err.Error()
+		}
+		enc := json.NewEncoder(c.Stdout)
+		enc.SetIndent("", "  ")
+		if jerr := enc.Encode(out); jerr != nil && err == nil {
+			err = jerr
+		}
+		return err
+	}
+	if terr := bench.WriteTable(c.Stdout, results); terr != nil && err == nil {
+		err = terr
+	}
+	return err
+}
+
+// relaySubcommand runs `exe relay args...`, stopped with SIGTERM (a clean
+// shutdown) if ctx ends.
+func relaySubcommand(ctx context.Context, exe string, args []string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, exe, append([]string{"relay"}, args...)...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 30 * time.Second
+	return cmd
+}
