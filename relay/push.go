@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
+	"slices"
 	"sync"
 
 	"github.com/ferrysync/ferry/crdt"
@@ -27,17 +29,19 @@ type cachedDoc struct {
 // fsync for all of them (group commit). Each push is acknowledged once the
 // group holding it is durable.
 func (s *Server) push(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error) {
-	for _, r := range p.Records {
+	infos := make([][]crdt.ChangeInfo, len(p.Records))
+	for i, r := range p.Records {
 		if err := validRecordID(r.Record); err != nil {
 			return nil, err
 		}
 		// Frame and checksum every change before taking any lock.
-		if _, err := crdt.ParseChanges(r.Data); err != nil {
+		var err error
+		if infos[i], err = crdt.ParseChanges(r.Data); err != nil {
 			return nil, perr(transport.CodeInvalidChange, "record %q: %v", r.Record, err)
 		}
 	}
 	cm := s.committer(c)
-	w, err := cm.enqueue(ctx, s, p)
+	w, err := cm.enqueue(ctx, s, p, infos)
 	if err != nil {
 		return nil, err
 	}
@@ -62,7 +66,7 @@ func (s *Server) push(ctx context.Context, c Coll, p *transport.Push) (*transpor
 type committer struct {
 	c Coll
 
-	mu       sync.Mutex // held while merging; guards the fields below
+	mu       sync.Mutex // guards the fields below
 	queue    []*waiter  // merged, waiting to be written
 	queued   map[string]*crdt.Doc
 	flushing bool
@@ -94,67 +98,106 @@ func (s *Server) committer(c Coll) *committer {
 }
 
 // enqueue merges the push onto the documents as they will be once every
-// queued push is written, and queues its entries.
-func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push) (*waiter, error) {
-	cm.mu.Lock()
-	defer cm.mu.Unlock()
-	docs := map[string]*crdt.Doc{}
-	bases := map[string]crdt.Heads{}
-	var order []string
+// queued push is written, and queues its entries. infos are the pushed
+// changes, framed.
+func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, infos [][]crdt.ChangeInfo) (w *waiter, err error) {
+	// Records are locked, not the collection: merges of different records
+	// run in parallel, and two pushes to one record take turns, the second
+	// building on the first's queued document. The collection's lock is
+	// held only to read and extend the queue.
+	ids := make([]string, 0, len(p.Records))
 	for _, r := range p.Records {
-		d, found := docs[r.Record]
-		if !found {
-			var err error
-			if d, err = cm.load(ctx, s, r.Record); err != nil {
+		ids = append(ids, r.Record)
+	}
+	defer s.recLocks.lock(cm.c, ids)()
+	type work struct {
+		doc      *crdt.Doc
+		base     crdt.Heads
+		cached   bool        // loaded from the cache: forget it if the push fails
+		data     []byte      // the pushed changes, concatenated
+		hashes   []crdt.Hash // their hashes
+		imported int         // how many of them were new
+	}
+	recs := map[string]*work{}
+	var order []string
+	defer func() {
+		if err != nil {
+			for _, id := range order {
+				if recs[id].cached {
+					s.docs.Remove(cachedDoc{cm.c, id})
+				}
+			}
+		}
+	}()
+	for i, r := range p.Records {
+		wk := recs[r.Record]
+		if wk == nil {
+			d, queued, err := cm.load(ctx, s, r.Record)
+			if err != nil {
 				return nil, err
 			}
-			// The push works on a copy, so a refused push leaves the
-			// queued documents as they were.
-			if d, err = d.Fork(nil); err != nil {
-				return nil, err
+			if queued {
+				// Queued documents hold other pushes' changes that are not
+				// yet durable: work on a copy, so a refused push leaves
+				// them as they were.
+				if d, err = d.Fork(nil); err != nil {
+					return nil, err
+				}
 			}
-			docs[r.Record], bases[r.Record] = d, d.Heads()
+			wk = &work{doc: d, base: d.Heads(), cached: !queued}
+			recs[r.Record] = wk
 			order = append(order, r.Record)
 		}
-		if _, err := d.Import(r.Data); err != nil {
+		n, err := wk.doc.Import(r.Data)
+		if err != nil {
 			if errors.Is(err, crdt.ErrCorrupt) || errors.Is(err, crdt.ErrMissingDeps) {
 				return nil, perr(transport.CodeInvalidChange, "record %q: %v", r.Record, err)
 			}
 			return nil, err
 		}
+		wk.imported += n
+		wk.data = append(wk.data, r.Data...)
+		for _, in := range infos[i] {
+			wk.hashes = append(wk.hashes, in.Hash)
+		}
 	}
-	w := &waiter{fence: p.Fence, ack: &transport.Ack{Collection: cm.c.Collection}, done: make(chan result, 1), lead: make(chan struct{}, 1)}
+	w = &waiter{fence: p.Fence, ack: &transport.Ack{Collection: cm.c.Collection}, done: make(chan result, 1), lead: make(chan struct{}, 1)}
 	for _, id := range order {
-		d, base := docs[id], bases[id]
-		heads := d.Heads()
+		wk := recs[id]
+		heads := wk.doc.Heads()
 		w.ack.Records = append(w.ack.Records, transport.RecordAck{Record: id, Heads: heads.Slices()})
-		if heads.Equal(base) {
+		if heads.Equal(wk.base) {
 			continue // everything was already held (or queued)
 		}
-		delta, err := d.ChangesSince(base)
-		if err != nil {
-			return nil, err
-		}
-		infos, err := crdt.ParseChanges(delta)
-		if err != nil {
-			return nil, err
-		}
-		hashes := make([]crdt.Hash, len(infos))
-		for i, in := range infos {
-			hashes[i] = in.Hash
+		delta, hashes := wk.data, wk.hashes
+		if wk.imported != len(wk.hashes) {
+			// Some pushed changes were held already: store only the new.
+			if delta, err = wk.doc.ChangesSince(wk.base); err != nil {
+				return nil, err
+			}
+			in, err := crdt.ParseChanges(delta)
+			if err != nil {
+				return nil, err
+			}
+			hashes = make([]crdt.Hash, len(in))
+			for i, c := range in {
+				hashes[i] = c.Hash
+			}
 		}
 		// A crafted change can pass every check Import makes and still
 		// leave a document whose saved form does not load (changes not in
 		// Automerge's canonical encoding). Refuse it here, before any
 		// device could receive such a record.
-		saved := d.Save()
+		saved := wk.doc.Save()
 		if _, err := crdt.Load(saved, ""); err != nil {
 			return nil, perr(transport.CodeInvalidChange, "record %q: the changes leave a document that does not reload: %v", id, err)
 		}
-		w.entries = append(w.entries, Entry{Record: id, Base: base, Changes: delta, Hashes: hashes, Doc: saved, Heads: heads})
+		w.entries = append(w.entries, Entry{Record: id, Base: wk.base, Changes: delta, Hashes: hashes, Doc: saved, Heads: heads})
 	}
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
 	for _, e := range w.entries {
-		cm.queued[e.Record] = docs[e.Record]
+		cm.queued[e.Record] = recs[e.Record].doc
 	}
 	// Even a push of changes already held waits for the queue: "held" may
 	// mean merged but not yet durable.
@@ -167,26 +210,29 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push) 
 }
 
 // load returns a record's document as it will be once the queue is
-// written: queued, cached, or stored.
-func (cm *committer) load(ctx context.Context, s *Server, id string) (*crdt.Doc, error) {
-	if d, ok := cm.queued[id]; ok {
-		return d, nil
+// written: queued (queued=true), cached, or stored.
+func (cm *committer) load(ctx context.Context, s *Server, id string) (d *crdt.Doc, queued bool, err error) {
+	cm.mu.Lock()
+	d, queued = cm.queued[id]
+	cm.mu.Unlock()
+	if queued {
+		return d, true, nil
 	}
 	if d, ok := s.docs.Get(cachedDoc{cm.c, id}); ok {
-		return d, nil
+		return d, false, nil
 	}
 	b, _, err := s.store.Document(ctx, cm.c, id)
 	if errors.Is(err, ErrNotFound) {
-		return crdt.New("")
+		d, err := crdt.New("")
+		return d, false, err
 	}
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	d, err := crdt.Load(b, "")
-	if err != nil {
-		return nil, fmt.Errorf("relay: stored document %s/%s/%s: %w", cm.c.Tenant, cm.c.Collection, id, err)
+	if d, err = crdt.Load(b, ""); err != nil {
+		return nil, false, fmt.Errorf("relay: stored document %s/%s/%s: %w", cm.c.Tenant, cm.c.Collection, id, err)
 	}
-	return d, nil
+	return d, false, nil
 }
 
 // flush writes queued groups until own's is durable, then hands the
@@ -267,4 +313,38 @@ func countHashes(es []Entry) int {
 		n += len(e.Hashes)
 	}
 	return n
+}
+
+// recordLocks serializes merges per record without a lock per record: a
+// record maps to one of a fixed set of locks, taken in index order so two
+// pushes never wait on each other in a cycle.
+type recordLocks struct {
+	seed maphash.Seed
+	mus  [256]sync.Mutex
+}
+
+func newRecordLocks() *recordLocks { return &recordLocks{seed: maphash.MakeSeed()} }
+
+func (l *recordLocks) lock(c Coll, ids []string) func() {
+	idx := make([]int, 0, len(ids))
+	for _, id := range ids {
+		var h maphash.Hash
+		h.SetSeed(l.seed)
+		h.WriteString(c.Tenant)
+		h.WriteByte(0)
+		h.WriteString(c.Collection)
+		h.WriteByte(0)
+		h.WriteString(id)
+		idx = append(idx, int(h.Sum64()%uint64(len(l.mus))))
+	}
+	slices.Sort(idx)
+	idx = slices.Compact(idx)
+	for _, i := range idx {
+		l.mus[i].Lock()
+	}
+	return func() {
+		for _, i := range idx {
+			l.mus[i].Unlock()
+		}
+	}
 }

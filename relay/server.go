@@ -88,9 +88,10 @@ type Server struct {
 	metrics *metrics
 	reg     *prometheus.Registry
 
-	hub    *hub // log appends, for subscribers
-	leases *hub // lease releases, for waiters
-	docs   *lru.Cache[cachedDoc, *crdt.Doc]
+	hub      *hub // log appends, for subscribers
+	leases   *hub // lease releases, for waiters
+	docs     *lru.Cache[cachedDoc, *crdt.Doc]
+	recLocks *recordLocks
 
 	// hooks let tests wait for events that have no other signal.
 	hooks struct {
@@ -121,6 +122,7 @@ func NewServer(o *Options) (*Server, error) {
 		hub:        newHub(),
 		leases:     newHub(),
 		docs:       lru.New[cachedDoc, *crdt.Doc](opts.DocCacheSize),
+		recLocks:   newRecordLocks(),
 		sessions:   map[*session]struct{}{},
 		committers: map[Coll]*committer{},
 	}

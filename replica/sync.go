@@ -308,6 +308,7 @@ func (s *collSync) pullAll(ctx context.Context, apply remoteOp) error {
 	if err != nil {
 		return err
 	}
+	var unsynced []string
 	for _, id := range ids {
 		if seen[id] {
 			continue
@@ -321,10 +322,17 @@ func (s *collSync) pullAll(ctx context.Context, apply remoteOp) error {
 			s.count(FromRelay, a)
 		case policy.Slow, policy.RefreshFromClient, policy.TwoWay:
 			// The relay holds nothing of it: push it whole.
-			if err := s.r.markUnsynced(s.coll, id); err != nil {
-				return err
-			}
+			unsynced = append(unsynced, id)
 		}
+	}
+	// In batches, so a store with many local records does not hold one
+	// huge transaction.
+	for len(unsynced) > 0 {
+		n := min(len(unsynced), 1000)
+		if err := s.r.markUnsynced(s.coll, unsynced[:n]); err != nil {
+			return err
+		}
+		unsynced = unsynced[n:]
 	}
 	return nil
 }

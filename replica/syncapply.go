@@ -413,19 +413,44 @@ func (r *Replica) forceOp(txn *badger.Txn, t *touched, rec remoteRec, _ *batchRe
 	return true, r.storeSynced(txn, t, rec.relay)
 }
 
-// markUnsynced records that the relay holds nothing of a record, so all
-// its changes are pushed (slow sync, refresh from the device).
-func (r *Replica) markUnsynced(coll, id string) error {
-	_, err := r.recordOp(coll, id, func(txn *badger.Txn, t *touched) (bool, error) {
-		if !t.existed {
-			return false, nil
+// markUnsynced records, in one transaction, that the relay holds nothing
+// of these records, so all their changes are pushed (slow sync, refresh
+// from the device, a first sync). Only keys are touched: no document is
+// loaded, and a record already pending with nothing recorded as synced
+// (every record on a first sync) costs one read.
+func (r *Replica) markUnsynced(coll string, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	release, err := r.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = cacheKey(coll, id)
+	}
+	defer r.locks.lockAll(keys)()
+	return r.db.Update(func(txn *badger.Txn) error {
+		for _, id := range ids {
+			if _, synced, err := getKey(txn, recKey('a', coll, id)); err != nil {
+				return err
+			} else if synced {
+				if err := txn.Delete(recKey('a', coll, id)); err != nil {
+					return err
+				}
+			}
+			if _, pending, err := getKey(txn, recKey('p', coll, id)); err != nil {
+				return err
+			} else if !pending {
+				if err := txn.Set(recKey('p', coll, id), nil); err != nil {
+					return err
+				}
+			}
 		}
-		if err := txn.Delete(recKey('a', coll, id)); err != nil {
-			return false, err
-		}
-		return false, txn.Set(recKey('p', coll, id), nil)
+		return nil
 	})
-	return err
 }
 
 // recordIDs lists every stored record of a collection, tombstones
