@@ -50,14 +50,54 @@ type FieldDiff struct {
 // Merged, not as conflicts. A record deleted on one side and changed on the
 // other is a conflict with a nil Path. Results are sorted by path.
 func Diff3(base, local, remote *Doc) (*FieldDiff, error) {
-	var snaps [3]map[string]any
-	var dead [3]bool
+	var ss [3]Snapshot
 	for i, d := range []*Doc{base, local, remote} {
 		var err error
-		if snaps[i], err = d.fields(true); err != nil {
-			return nil, fmt.Errorf("crdt: diff: %w", err)
+		if ss[i], err = d.Snapshot(); err != nil {
+			return nil, err
 		}
-		dead[i] = d.Deleted()
+	}
+	return Diff3Snapshots(ss[0], ss[1], ss[2]), nil
+}
+
+// Snapshot is a record's fields and deleted status at one moment, with
+// kinds kept (Text, Counter), for Diff3Snapshots. Taking one costs a read
+// of the fields, where a Fork replays history.
+type Snapshot struct {
+	fields  map[string]any
+	deleted bool
+}
+
+// Snapshot reads the document's current fields and deleted status.
+func (d *Doc) Snapshot() (Snapshot, error) {
+	f, err := d.fields(true)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("crdt: snapshot: %w", err)
+	}
+	return Snapshot{fields: f, deleted: d.Deleted()}, nil
+}
+
+// Fields returns the snapshot's fields as plain values (see Doc.Fields),
+// or nil if the record is deleted.
+func (s Snapshot) Fields() map[string]any {
+	if s.deleted {
+		return nil
+	}
+	m, _ := plain(s.fields).(map[string]any)
+	return m
+}
+
+// Deleted reports whether the record was a tombstone.
+func (s Snapshot) Deleted() bool { return s.deleted }
+
+// Diff3Snapshots is Diff3 over snapshots taken earlier.
+func Diff3Snapshots(base, local, remote Snapshot) *FieldDiff {
+	snaps := [3]map[string]any{base.fields, local.fields, remote.fields}
+	dead := [3]bool{base.deleted, local.deleted, remote.deleted}
+	for i := range snaps {
+		if snaps[i] == nil {
+			snaps[i] = map[string]any{}
+		}
 	}
 	out := &FieldDiff{
 		LocalDeleted:  dead[1] && !dead[0],
@@ -76,7 +116,7 @@ func Diff3(base, local, remote *Doc) (*FieldDiff, error) {
 		out.Conflicts = []Conflict{{Base: plain(snapOrNil(snaps[0], dead[0])), Local: plain(snaps[1]), Remote: nil, BaseSet: !dead[0], LocalSet: true}}
 	}
 	sortByPath(out)
-	return out, nil
+	return out
 }
 
 func snapOrNil(m map[string]any, dead bool) any {

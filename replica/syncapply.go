@@ -184,13 +184,20 @@ func (r *Replica) mergeOp(resolver policy.Resolver) remoteOp {
 			return false, err
 		}
 		d := t.doc
-		local := t.new.heads
+		var local crdt.Snapshot
+		if pending && resolver != nil {
+			// This device's side of a possible conflict, read before the
+			// import rather than forked out of history afterwards.
+			if local, err = d.Snapshot(); err != nil {
+				return false, err
+			}
+		}
 		n, err := d.Import(data)
 		if err != nil {
 			return false, err
 		}
 		if pending && n > 0 && resolver != nil {
-			nc, err := resolveConflicts(coll, id, d, local, synced, relay, resolver)
+			nc, err := resolveConflicts(coll, id, d, local, synced, relay, data, resolver)
 			if err != nil {
 				// The hook failed: keep the record as it was, and the
 				// relay's changes for the next sync.
@@ -237,48 +244,45 @@ func (r *Replica) storeSynced(txn *badger.Txn, t *touched, relay crdt.Heads) err
 }
 
 // resolveConflicts compares, field by field, the version both sides last
-// shared (synced), this device's (local, before the import) and the
-// relay's (relay), all found in d, and writes the resolver's decision for
-// each conflict into d. It returns how many conflicts it resolved.
+// shared (synced), this device's (local, read before the import) and the
+// relay's, and writes the resolver's decision for each conflict into d,
+// which holds both sides. It returns how many conflicts it resolved.
 //
-// Forking replays history, so this runs only for records with both local
-// and incoming changes.
-func resolveConflicts(coll, id string, d *crdt.Doc, local, synced, relay crdt.Heads, res policy.Resolver) (int, error) {
+// Only the base is forked out of history (a replay, so this runs only for
+// records with both local and incoming changes); the relay's version is the
+// base plus the changes that came in. If those need changes the base lacks
+// (the synced heads were behind what the relay holds), the relay's version
+// is forked at its heads instead.
+func resolveConflicts(coll, id string, d *crdt.Doc, local crdt.Snapshot, synced, relay crdt.Heads, incoming []byte, res policy.Resolver) (int, error) {
 	fork := func(h crdt.Heads) (*crdt.Doc, error) {
 		if len(h) == 0 {
 			return crdt.New("")
 		}
 		return d.Fork(h)
 	}
-	remote, err := fork(relay)
+	base, err := fork(synced)
 	if err != nil {
 		return 0, err
 	}
-	// If the relay lacks part of what we last shared (it was restored from
-	// a backup), it made no changes of its own since: compare against it.
-	baseHeads := synced
-	for _, h := range synced {
-		if !remote.Has(h) {
-			baseHeads = relay
-			break
+	baseSnap, err := base.Snapshot()
+	if err != nil {
+		return 0, err
+	}
+	remote := base
+	if _, err := remote.Import(incoming); err != nil {
+		if remote, err = fork(relay); err != nil {
+			return 0, err
 		}
 	}
-	base, err := fork(baseHeads)
+	remoteSnap, err := remote.Snapshot()
 	if err != nil {
 		return 0, err
 	}
-	mine, err := fork(local)
-	if err != nil {
-		return 0, err
-	}
-	diff, err := crdt.Diff3(base, mine, remote)
-	if err != nil {
-		return 0, err
-	}
+	diff := crdt.Diff3Snapshots(baseSnap, local, remoteSnap)
 	if len(diff.Conflicts) == 0 {
 		return 0, nil
 	}
-	localRec, remoteRec := recordOrNil(mine), recordOrNil(remote)
+	localRec, remoteRec := local.Fields(), remoteSnap.Fields()
 	for _, c := range diff.Conflicts {
 		pc := &policy.Conflict{
 			Collection: coll, Record: id, Path: c.Path,
@@ -295,17 +299,6 @@ func resolveConflicts(coll, id string, d *crdt.Doc, local, synced, relay crdt.He
 		}
 	}
 	return len(diff.Conflicts), nil
-}
-
-func recordOrNil(d *crdt.Doc) map[string]any {
-	if d.Deleted() {
-		return nil
-	}
-	f, err := d.Fields()
-	if err != nil {
-		return nil
-	}
-	return f
 }
 
 // decide writes a decision into the merged document. A value equal to what
