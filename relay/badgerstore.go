@@ -13,6 +13,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/internal/badgerdir"
 	"github.com/google/uuid"
 )
 
@@ -95,7 +96,10 @@ func OpenBadgerStore(dir string, o *BadgerOptions) (*BadgerStore, error) {
 	}
 	if !opts.InMemory && opts.GCInterval > 0 {
 		s.wg.Add(1)
-		go s.gcLoop(opts.GCInterval)
+		go func() {
+			defer s.wg.Done()
+			badgerdir.GC(db, opts.GCInterval, s.closing, opts.Logger)
+		}()
 	}
 	return s, nil
 }
@@ -109,8 +113,13 @@ func openBadger(dir string, opts BadgerOptions) (*badger.DB, error) {
 	bo := badger.DefaultOptions(dir).
 		WithInMemory(opts.InMemory).
 		WithSyncWrites(!opts.Relaxed).
-		WithLogger(badgerLogger{opts.Logger}).
-		WithNumVersionsToKeep(1)
+		WithLogger(badgerdir.Logger(opts.Logger)).
+		WithNumVersionsToKeep(1).
+		// Memtables stay 64 MiB, Badger's default: a push's documents and
+		// changes must fit one transaction (about 15% of a memtable), and
+		// a push may fill a 4 MiB frame. The block cache only speeds reads
+		// of older documents; 64 MiB instead of 256 keeps memory down.
+		WithBlockCacheSize(64 << 20)
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
 	}
@@ -491,51 +500,4 @@ func (s *BadgerStore) Close() error {
 		s.closeErr = s.db.Close()
 	})
 	return s.closeErr
-}
-
-func (s *BadgerStore) gcLoop(every time.Duration) {
-	defer s.wg.Done()
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.closing:
-			return
-		case <-t.C:
-			// Each successful run rewrites one value-log file; keep going
-			// while there is garbage to reclaim.
-			n := 0
-			for s.db.RunValueLogGC(0.5) == nil {
-				n++
-				select {
-				case <-s.closing:
-					return
-				default:
-				}
-			}
-			if n > 0 {
-				s.opts.Logger.Debug("relay store: value log GC", "files_rewritten", n)
-			}
-		}
-	}
-}
-
-// badgerLogger sends Badger's logs to slog; its chatty info lines go to
-// debug.
-type badgerLogger struct{ l *slog.Logger }
-
-func (b badgerLogger) Errorf(f string, a ...any) {
-	b.l.Error(fmt.Sprintf(f, a...), "component", "badger")
-}
-
-func (b badgerLogger) Warningf(f string, a ...any) {
-	b.l.Warn(fmt.Sprintf(f, a...), "component", "badger")
-}
-
-func (b badgerLogger) Infof(f string, a ...any) {
-	b.l.Debug(fmt.Sprintf(f, a...), "component", "badger")
-}
-
-func (b badgerLogger) Debugf(f string, a ...any) {
-	b.l.Debug(fmt.Sprintf(f, a...), "component", "badger")
 }

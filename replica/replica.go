@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/google/uuid"
@@ -54,7 +53,7 @@ func Open(dir string, o *Options) (*Replica, error) {
 	bo := badger.DefaultOptions(dir).
 		WithInMemory(opts.InMemory).
 		WithSyncWrites(!opts.Relaxed).
-		WithLogger(badgerLogger{opts.Logger}).
+		WithLogger(badgerdir.Logger(opts.Logger)).
 		// A device store: keep Badger's memory modest.
 		WithMemTableSize(16 << 20).
 		WithBlockCacheSize(32 << 20).
@@ -82,7 +81,10 @@ func Open(dir string, o *Options) (*Replica, error) {
 	}
 	if !opts.InMemory && opts.GCInterval > 0 {
 		r.wg.Add(1)
-		go r.gcLoop(opts.GCInterval)
+		go func() {
+			defer r.wg.Done()
+			badgerdir.GC(db, opts.GCInterval, r.closing, r.log)
+		}()
 	}
 	if err := r.sched.startAll(); err != nil {
 		r.Close()
@@ -186,43 +188,4 @@ func (r *Replica) enter() (func(), error) {
 		return nil, ErrClosed
 	}
 	return r.mu.RUnlock, nil
-}
-
-func (r *Replica) gcLoop(every time.Duration) {
-	defer r.wg.Done()
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-r.closing:
-			return
-		case <-t.C:
-			// Each successful run rewrites one value log file; keep going
-			// while there is garbage to reclaim.
-			for r.db.RunValueLogGC(0.5) == nil {
-				select {
-				case <-r.closing:
-					return
-				default:
-				}
-			}
-		}
-	}
-}
-
-// badgerLogger sends Badger's logs to slog; its chatty info lines go to
-// debug.
-type badgerLogger struct{ l *slog.Logger }
-
-func (b badgerLogger) Errorf(f string, a ...any) {
-	b.l.Error(fmt.Sprintf(f, a...), "component", "badger")
-}
-func (b badgerLogger) Warningf(f string, a ...any) {
-	b.l.Warn(fmt.Sprintf(f, a...), "component", "badger")
-}
-func (b badgerLogger) Infof(f string, a ...any) {
-	b.l.Debug(fmt.Sprintf(f, a...), "component", "badger")
-}
-func (b badgerLogger) Debugf(f string, a ...any) {
-	b.l.Debug(fmt.Sprintf(f, a...), "component", "badger")
 }

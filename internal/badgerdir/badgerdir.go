@@ -1,6 +1,7 @@
-// Package badgerdir prepares a folder for Badger: it refuses folders that
-// hold someone else's files, and repairs what a crash during Badger's own
-// open can leave behind.
+// Package badgerdir holds what Ferry's two Badger stores (a replica's and
+// the relay's) share: preparing the folder (refusing foreign files,
+// repairing what a crash during Badger's own open left), logging through
+// slog, and value-log garbage collection.
 package badgerdir
 
 import (
