@@ -217,8 +217,36 @@ func (r *Replica) mergeOp(resolver policy.Resolver) remoteOp {
 				return false, err
 			}
 		}
+		if !t.existed && len(t.new.heads) == 0 && q == nil && d.Heads().Equal(relay) {
+			// A record new to this device, arriving whole (a fresh pull's
+			// snapshot): store the bytes as they came instead of
+			// re-exporting them.
+			return true, r.storeArrived(txn, t, data, relay)
+		}
 		return true, r.storeSynced(txn, t, relay)
 	}
+}
+
+// storeArrived stores a record new to this device as the bytes it arrived
+// in (they load as it is), already synced at relay.
+func (r *Replica) storeArrived(txn *badger.Txn, t *touched, data []byte, relay crdt.Heads) error {
+	if len(data) > r.opts.MaxRecordBytes {
+		return fmt.Errorf("%w: %s/%s is %d bytes, limit %d", ErrTooLarge, t.coll, t.id, len(data), r.opts.MaxRecordBytes)
+	}
+	nm := meta{heads: relay, deleted: t.doc.Deleted(), snapBytes: len(data), nextChunk: t.new.nextChunk}
+	for _, kv := range []struct {
+		k, v []byte
+	}{
+		{recKey('s', t.coll, t.id), data},
+		{recKey('r', t.coll, t.id), nm.encode()},
+		{recKey('a', t.coll, t.id), relay.Bytes()},
+	} {
+		if err := txn.Set(kv.k, kv.v); err != nil {
+			return err
+		}
+	}
+	t.new = nm
+	return nil
 }
 
 // storeSynced writes the record's new changes, records relay as the heads
@@ -232,6 +260,11 @@ func (r *Replica) storeSynced(txn *badger.Txn, t *touched, relay crdt.Heads) err
 	t.new = nm
 	if err := txn.Set(recKey('a', t.coll, t.id), relay.Bytes()); err != nil {
 		return err
+	}
+	if nm.heads.Equal(relay) {
+		// Nothing beyond what the relay holds: not pending, without
+		// exporting changes to find out.
+		return txn.Delete(recKey('p', t.coll, t.id))
 	}
 	rest, err := t.doc.ChangesSince(relay)
 	if err != nil {
