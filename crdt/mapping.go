@@ -130,10 +130,7 @@ func DecodeValue(v any, out any) error {
 	return decodeInto(rv.Elem(), v, "")
 }
 
-var (
-	timeType  = reflect.TypeOf(time.Time{})
-	bytesType = reflect.TypeOf([]byte(nil))
-)
+var timeType = reflect.TypeOf(time.Time{})
 
 func decodeInto(rv reflect.Value, v any, at string) error {
 	if v == nil {

@@ -1,76 +1,36 @@
 package replica
 
 import (
-	"container/list"
 	"hash/maphash"
 	"slices"
 	"sync"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/internal/lru"
 )
 
-// docCache keeps recently used documents loaded, up to a bound. A cached
-// document is only read or changed under its record's stripe lock.
+// docCache keeps recently used documents loaded, with their meta, up to a
+// bound. A cached document is only read or changed under its record's
+// stripe lock.
 type docCache struct {
-	mu    sync.Mutex
-	max   int
-	order *list.List // front: most recent; values are *cacheEntry
-	byKey map[string]*list.Element
+	c *lru.Cache[string, cacheEntry]
 }
 
 type cacheEntry struct {
-	key string
 	doc *crdt.Doc
 	m   meta
 }
 
-func newDocCache(max int) *docCache {
-	return &docCache{max: max, order: list.New(), byKey: map[string]*list.Element{}}
-}
+func newDocCache(max int) *docCache { return &docCache{c: lru.New[string, cacheEntry](max)} }
 
 func (c *docCache) get(key string) (*crdt.Doc, meta, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.byKey[key]
-	if !ok {
-		return nil, meta{}, false
-	}
-	c.order.MoveToFront(e)
-	ent := e.Value.(*cacheEntry)
-	return ent.doc, ent.m, true
+	e, ok := c.c.Get(key)
+	return e.doc, e.m, ok
 }
 
-func (c *docCache) put(key string, d *crdt.Doc, m meta) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.byKey[key]; ok {
-		ent := e.Value.(*cacheEntry)
-		ent.doc, ent.m = d, m
-		c.order.MoveToFront(e)
-		return
-	}
-	c.byKey[key] = c.order.PushFront(&cacheEntry{key: key, doc: d, m: m})
-	for c.order.Len() > c.max {
-		old := c.order.Back()
-		c.order.Remove(old)
-		delete(c.byKey, old.Value.(*cacheEntry).key)
-	}
-}
-
-func (c *docCache) drop(key string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.byKey[key]; ok {
-		c.order.Remove(e)
-		delete(c.byKey, key)
-	}
-}
-
-func (c *docCache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.order.Len()
-}
+func (c *docCache) put(key string, d *crdt.Doc, m meta) { c.c.Put(key, cacheEntry{doc: d, m: m}) }
+func (c *docCache) drop(key string)                     { c.c.Remove(key) }
+func (c *docCache) len() int                            { return c.c.Len() }
 
 // stripes serializes access per record without a lock per record: a record
 // maps to one of a fixed set of RW locks. Writers lock every stripe they
