@@ -226,6 +226,9 @@ type Lease struct {
 	Collection string `msgpack:"collection"`
 	Fence      uint64 `msgpack:"fence"`      // only grows, per collection
 	ExpiresMS  int64  `msgpack:"expires_ms"` // Unix milliseconds, relay clock
+	// TTLMS is the lifetime granted, which may be less than asked: renew
+	// before half of it has passed. Clocks need not agree for this.
+	TTLMS uint32 `msgpack:"ttl_ms,omitempty"`
 }
 
 // OK answers auth, subscribe, unsubscribe and lease_release. Its body is an
