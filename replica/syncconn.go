@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coder/websocket"
+
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -40,7 +42,11 @@ func (r *Replica) dial(ctx context.Context, p *Profile, live bool) (*relayConn, 
 	}
 	dctx, cancel := context.WithTimeout(ctx, p.timeout())
 	defer cancel()
-	conn, err := transport.Dial(dctx, p.URL, nil)
+	var topts *transport.Options
+	if c := r.opts.HTTPClient; c != nil {
+		topts = &transport.Options{Dial: &websocket.DialOptions{HTTPClient: c}}
+	}
+	conn, err := transport.Dial(dctx, p.URL, topts)
 	if err != nil {
 		return nil, fmt.Errorf("ferry: connect to %s: %w", p.URL, err)
 	}
