@@ -39,6 +39,9 @@ func (r *Replica) runLive(ctx context.Context, p *Profile) {
 		if ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, errNetworkGone) {
+			continue // wait for an allowed network, above
+		}
 		if time.Since(start) > b.max {
 			b.reset() // it had been up a while: not a crash loop
 		}
@@ -71,7 +74,12 @@ func (b *backoff) next() time.Duration {
 
 func (b *backoff) reset() { b.n = 0 }
 
-// liveSession runs one live connection until it fails or ctx ends.
+// errNetworkGone ends a live session when the device moves to a network
+// its profile may not use (or to none).
+var errNetworkGone = errors.New("ferry: left the networks the profile may use")
+
+// liveSession runs one live connection until it fails, ctx ends, or the
+// device moves to a network the profile may not use.
 func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 	unlock := r.sched.lockProfile(p.Name)
 	conn, err := r.dial(ctx, p, true)
@@ -130,10 +138,28 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 			return err
 		}
 	}
+	// The device may change networks: stay only on an allowed one. A
+	// Network function is polled; SetNetwork wakes at once.
+	netWake := r.sched.networkWait()
+	var netPoll <-chan time.Time
+	if r.opts.Network != nil {
+		t := time.NewTicker(r.opts.NetworkPoll)
+		defer t.Stop()
+		netPoll = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-netWake:
+			netWake = r.sched.networkWait()
+			if n := r.Network(); !p.Networks.Allows(n) {
+				return fmt.Errorf("%w: now on %q", errNetworkGone, n)
+			}
+		case <-netPoll:
+			if n := r.Network(); !p.Networks.Allows(n) {
+				return fmt.Errorf("%w: now on %q", errNetworkGone, n)
+			}
 		case <-conn.client.Done():
 			return conn.client.Err()
 		case lv, ok := <-conn.client.Live():

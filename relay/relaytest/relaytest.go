@@ -32,6 +32,9 @@ type Options struct {
 	// blocked, so a relay and its devices can run inside a synctest
 	// bubble, with its fake clock.
 	Pipe bool
+	// Conn, if set, wraps each connection a device makes on the in-memory
+	// network (its client end), to delay or cut it.
+	Conn func(net.Conn) net.Conn
 }
 
 // Relay is a running test relay with one app, "test".
@@ -81,7 +84,7 @@ func Start(t testing.TB, o *Options) *Relay {
 	}
 	r.hs = httptest.NewUnstartedServer(r.Server.Handler())
 	if opts.Pipe {
-		r.pipe = newPipeListener()
+		r.pipe = newPipeListener(opts.Conn)
 		r.hs.Listener.Close()
 		r.hs.Listener = r.pipe
 		r.HTTPClient = &http.Client{Transport: &http.Transport{DialContext: r.pipe.dial}}
@@ -120,16 +123,17 @@ func (r *Relay) Close() {
 	})
 }
 
-// pipeListener is a net.Listener whose connections are net.Pipe pairs:
-// no sockets, no I/O outside the process.
+// pipeListener is a net.Listener whose connections are in-memory pipes
+// (see pipe.go): no sockets, no I/O outside the process.
 type pipeListener struct {
 	conns chan net.Conn
 	done  chan struct{}
 	once  sync.Once
+	wrap  func(net.Conn) net.Conn
 }
 
-func newPipeListener() *pipeListener {
-	return &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
+func newPipeListener(wrap func(net.Conn) net.Conn) *pipeListener {
+	return &pipeListener{conns: make(chan net.Conn), done: make(chan struct{}), wrap: wrap}
 }
 
 func (l *pipeListener) Accept() (net.Conn, error) {
@@ -149,9 +153,12 @@ func (l *pipeListener) Close() error {
 func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
 
 func (l *pipeListener) dial(ctx context.Context, _, _ string) (net.Conn, error) {
-	client, server := net.Pipe()
+	client, server := newPipe()
 	select {
 	case l.conns <- server:
+		if l.wrap != nil {
+			return l.wrap(client), nil
+		}
 		return client, nil
 	case <-l.done:
 		return nil, net.ErrClosed
