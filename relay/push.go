@@ -30,13 +30,19 @@ type cachedDoc struct {
 // group holding it is durable.
 func (s *Server) push(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error) {
 	infos := make([][]crdt.ChangeInfo, len(p.Records))
+	// One budget for the whole push: a session handles one request at a
+	// time, so this bounds what one connection can make the relay inflate.
+	budget := crdt.NewInflateBudget(int64(s.limits.MaxInflated))
 	for i, r := range p.Records {
 		if err := validRecordID(r.Record); err != nil {
 			return nil, err
 		}
 		// Frame and checksum every change before taking any lock.
 		var err error
-		if infos[i], err = crdt.ParseChanges(r.Data); err != nil {
+		if infos[i], err = crdt.ParseChangesWithin(r.Data, budget); err != nil {
+			if errors.Is(err, crdt.ErrInflateLimit) {
+				return nil, perr(transport.CodeTooLarge, "record %q: compressed changes inflate past max_inflated, %d bytes for one push", r.Record, s.limits.MaxInflated)
+			}
 			return nil, perr(transport.CodeInvalidChange, "record %q: %v", r.Record, err)
 		}
 	}
