@@ -27,7 +27,12 @@ type cachedDoc struct {
 // committed in groups: every push merged while the previous group was
 // being written goes into the next store Append, one transaction and one
 // fsync for all of them (group commit). Each push is acknowledged once the
-// group holding it is durable.
+// group holding it is durable. If the store refuses a group, only that
+// group's pushes fail; the pushes queued behind it, merged onto documents
+// that were never written, are merged again onto what the store holds. A
+// group refused with ErrConflict (another relay process wrote one of its
+// records) is merged again too, at most maxMerges times in all, before the
+// device is told to retry (conflict).
 func (s *Server) push(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error) {
 	infos := make([][]crdt.ChangeInfo, len(p.Records))
 	// One budget for the whole push: a session handles one request at a
@@ -47,26 +52,45 @@ func (s *Server) push(ctx context.Context, c Coll, p *transport.Push) (*transpor
 		}
 	}
 	cm := s.committer(c)
-	w, err := cm.enqueue(ctx, s, p, infos)
-	if err != nil {
-		return nil, err
-	}
-	var res result
-	select {
-	case res = <-w.done: // written by another push's flush
-	case <-w.lead:
-		cm.flush(ctx, s, w)
-		res = <-w.done
-	}
-	if res.err != nil {
-		if errors.Is(res.err, ErrStaleFence) {
+	var err error
+	for merges := 1; merges <= maxMerges; merges++ {
+		var w *waiter
+		if w, err = cm.enqueue(ctx, s, p, infos); err != nil {
+			if errors.Is(err, errRemerge) {
+				continue
+			}
+			return nil, err
+		}
+		var res result
+		select {
+		case res = <-w.done: // written by another push's flush
+		case <-w.lead:
+			cm.flush(ctx, s, w)
+			res = <-w.done
+		}
+		switch err = res.err; {
+		case err == nil:
+			w.ack.Seq = res.seq
+			return w.ack, nil
+		case errors.Is(err, errRemerge), errors.Is(err, ErrConflict):
+			continue
+		case errors.Is(err, ErrStaleFence):
 			return nil, perr(transport.CodeStaleFence, "fence %d is not the current lease of %q", p.Fence, c.Collection)
 		}
-		return nil, res.err
+		return nil, err
 	}
-	w.ack.Seq = res.seq
-	return w.ack, nil
+	s.log.Warn("push still conflicting after merging again", "tenant", c.Tenant, "collection", c.Collection, "merges", maxMerges, "err", err)
+	return nil, perr(transport.CodeConflict, "records of %q kept changing while this push was merged; push again", c.Collection)
 }
+
+// maxMerges bounds how often one push is merged onto the documents: once,
+// and again each time the group it was in, or one ahead of it, is refused
+// by the store.
+const maxMerges = 8
+
+// errRemerge tells a push that the documents it was merged onto were never
+// written: merge it again onto what the store holds.
+var errRemerge = errors.New("relay: merged onto documents that were not written")
 
 // committer groups one collection's pushes into shared store appends.
 type committer struct {
@@ -76,6 +100,12 @@ type committer struct {
 	queue    []*waiter  // merged, waiting to be written
 	queued   map[string]*crdt.Doc
 	flushing bool
+	// gen counts the times the queue was dropped after a failed append: a
+	// push merged across a drop was merged onto documents that are gone.
+	gen uint64
+	// queuedHook, if set (by tests), is called with the queue's length
+	// each time a push joins it, with mu held.
+	queuedHook func(n int)
 }
 
 // waiter is one merged push waiting for its group to be durable.
@@ -116,6 +146,9 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 		ids = append(ids, r.Record)
 	}
 	defer s.recLocks.lock(cm.c, ids)()
+	cm.mu.Lock()
+	gen := cm.gen
+	cm.mu.Unlock()
 	type work struct {
 		doc      *crdt.Doc
 		base     crdt.Heads
@@ -202,12 +235,19 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 	}
 	cm.mu.Lock()
 	defer cm.mu.Unlock()
+	if cm.gen != gen {
+		// A failed append dropped the queue this push was merged onto.
+		return nil, errRemerge
+	}
 	for _, e := range w.entries {
 		cm.queued[e.Record] = recs[e.Record].doc
 	}
 	// Even a push of changes already held waits for the queue: "held" may
 	// mean merged but not yet durable.
 	cm.queue = append(cm.queue, w)
+	if cm.queuedHook != nil {
+		cm.queuedHook(len(cm.queue))
+	}
 	if !cm.flushing {
 		cm.flushing = true
 		w.lead <- struct{}{}
@@ -272,18 +312,22 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 		}
 		cm.mu.Lock()
 		if err != nil {
-			// Pushes merged after this group built on it: they fail too,
-			// and every document goes back to what the store holds.
-			for _, w := range cm.queue {
-				group = append(group, w)
-			}
+			// Only this group's pushes fail (or, for ErrConflict, merge
+			// again). The pushes queued behind it were merged onto its
+			// documents, which were never written: every document goes
+			// back to what the store holds, and they merge again onto it.
+			behind := cm.queue
 			cm.queue = nil
 			for id := range cm.queued {
 				s.docs.Remove(cachedDoc{cm.c, id})
 			}
 			clear(cm.queued)
+			cm.gen++
 			for _, w := range group {
 				w.done <- result{err: err}
+			}
+			for _, w := range behind {
+				w.done <- result{err: errRemerge}
 			}
 			continue
 		}
