@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"runtime"
 	"sync"
@@ -321,4 +322,120 @@ func TestInflateBudgetIsPerPush(t *testing.T) {
 	if s, _ := fieldsAfter(t, doc)["text"].(string); len(s) != 40_000 {
 		t.Errorf("stored text is %d bytes", len(s))
 	}
+}
+
+// noise returns n incompressible bytes as text.
+func noise(rng *rand.Rand, n int) string {
+	const letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = letters[rng.IntN(len(letters))]
+	}
+	return string(b)
+}
+
+// TestRecordSizeContract: a record grows until its document is just under
+// max_record; the push that would pass it is refused with too_large and
+// stores nothing; and a fresh device, with the relay's limits, pulls the
+// whole collection, the max-size record among small ones.
+func TestRecordSizeContract(t *testing.T) {
+	const maxRecord = 64 << 10
+	limits := transport.Limits{MaxRecord: maxRecord, MaxFrame: maxRecord + transport.FrameOverhead}
+	tr := newTestRelay(t, NewMemStore(), func(o *Options) { o.Limits = limits })
+	a := tr.client("shop")
+	coll := Coll{"shop", "c"}
+	for i := range 10 {
+		for _, p := range []string{"a", "z"} {
+			id := fmt.Sprint(p, i)
+			mustCall[transport.Ack](t, a, pushOf("c", 0, rec(id, newEditor(t, fmt.Sprintf("%04x", 0x100+i)).edit(map[string]any{"id": id}))))
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	big := newEditor(t, "b160")
+	const step = 2 << 10
+	var err error
+	for i := 0; err == nil; i++ {
+		_, err = call[transport.Ack](t, a, pushOf("c", 0, rec("big", big.edit(map[string]any{fmt.Sprint("f", i): noise(rng, step)}))))
+		if i > 2*maxRecord/step {
+			t.Fatal("the record grew past max_record")
+		}
+	}
+	if !errors.Is(err, transport.ErrTooLarge) {
+		t.Fatalf("push past max_record: %v, want too_large", err)
+	}
+	head, _ := tr.store.Head(context.Background(), coll)
+	held, heldHeads, _ := tr.store.Document(context.Background(), coll, "big")
+	if len(held) > maxRecord || len(held) < maxRecord-2*step {
+		t.Fatalf("held document is %d bytes; want just under %d", len(held), maxRecord)
+	}
+	// Refused means nothing stored.
+	big.edit(map[string]any{"more": noise(rng, step)})
+	since, err := big.doc.ChangesSince(heldHeads)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := call[transport.Ack](t, a, pushOf("c", 0, rec("big", since))); !errors.Is(err, transport.ErrTooLarge) {
+		t.Fatalf("second push past max_record: %v", err)
+	}
+	if h, _ := tr.store.Head(context.Background(), coll); h != head {
+		t.Errorf("refused pushes moved the log from %d to %d", head, h)
+	}
+	if doc, heads, _ := tr.store.Document(context.Background(), coll, "big"); !bytes.Equal(doc, held) || !heads.Equal(heldHeads) {
+		t.Errorf("refused pushes changed the stored document")
+	}
+
+	// A fresh device whose limits are the relay's pulls everything.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := transport.Dial(ctx, tr.url, &transport.Options{Limits: limits, PingInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := transport.NewClient(conn, nil)
+	defer fresh.Close()
+	if err := fresh.Call(ctx, &transport.Hello{APIKey: tr.apps["shop"].APIKey, Token: tr.tokens["shop"], ReplicaID: "fresh", Versions: transport.SupportedVersions()}, &transport.Welcome{}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]byte{}
+	pages := 1
+	for after := ""; ; pages++ {
+		ch := mustCall[transport.Changes](t, fresh, &transport.Pull{Collection: "c", After: after})
+		for _, r := range ch.Records {
+			got[r.Record] = r.Data
+		}
+		if !ch.More {
+			break
+		}
+		after = ch.After
+	}
+	if len(got) != 21 || !bytes.Equal(got["big"], held) {
+		t.Fatalf("fresh pull got %d records (big: %d bytes); want 21, big %d bytes", len(got), len(got["big"]), len(held))
+	}
+	if pages < 2 {
+		t.Errorf("the max-size record and 20 others came in %d page, more than a frame holds", pages)
+	}
+	// Incremental pulls of the log work too.
+	mustCall[transport.Changes](t, fresh, &transport.Pull{Collection: "c", Cursor: 1})
+}
+
+// TestPushDeltaOverMaxRecord: a push naming a record twice cannot store a
+// log entry larger than max_record, even when the document stays small.
+func TestPushDeltaOverMaxRecord(t *testing.T) {
+	const maxRecord = 64 << 10
+	tr := newTestRelay(t, NewMemStore(), func(o *Options) {
+		o.Limits = transport.Limits{MaxRecord: maxRecord, MaxFrame: 4 * maxRecord}
+	})
+	a := tr.client("shop")
+	ed := newEditor(t, "de01")
+	// Repeated text: tens of kilobytes of changes, a small document.
+	c1 := ed.edit(map[string]any{"x": string(bytes.Repeat([]byte{'x'}, 40_000))})
+	c2 := ed.edit(map[string]any{"y": string(bytes.Repeat([]byte{'y'}, 40_000))})
+	if len(ed.doc.Save()) > maxRecord/4 {
+		t.Fatalf("document is %d bytes", len(ed.doc.Save()))
+	}
+	if _, err := call[transport.Ack](t, a, pushOf("c", 0, rec("r", c1), rec("r", c2))); !errors.Is(err, transport.ErrTooLarge) {
+		t.Fatalf("push of %d bytes for one record: %v, want too_large", len(c1)+len(c2), err)
+	}
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", c1)))
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", c2)))
 }

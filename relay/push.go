@@ -21,7 +21,9 @@ type cachedDoc struct {
 // Every record's changes must load as Automerge changes whose dependencies
 // the relay holds (or that come earlier in the push); otherwise the whole
 // push is refused and nothing is stored. Changes the relay already holds
-// are acknowledged without being stored again.
+// are acknowledged without being stored again. A push that would grow a
+// record's saved document past max_record is refused with too_large, so
+// every document the relay holds fits one record of a changes message.
 //
 // Pushes to one collection are merged one at a time, in memory, then
 // committed in groups: every push merged while the previous group was
@@ -81,6 +83,13 @@ func (s *Server) push(ctx context.Context, c Coll, p *transport.Push) (*transpor
 	}
 	s.log.Warn("push still conflicting after merging again", "tenant", c.Tenant, "collection", c.Collection, "merges", maxMerges, "err", err)
 	return nil, perr(transport.CodeConflict, "records of %q kept changing while this push was merged; push again", c.Collection)
+}
+
+// maxRecord is the largest document, or log entry, the relay stores: one
+// a device can be sent. That is max_record, unless limits that fail
+// transport.Limits.Check leave a frame too small for it.
+func (s *Server) maxRecord() int {
+	return min(s.limits.MaxRecord, s.limits.MaxFrame-transport.FrameOverhead)
 }
 
 // maxMerges bounds how often one push is merged onto the documents: once,
@@ -209,6 +218,13 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 			continue // everything was already held (or queued)
 		}
 		delta, hashes := wk.data, wk.hashes
+		// Refuse what could not be sent to a device: a document past
+		// max_record, or a log entry past it (a push may name a record
+		// more than once).
+		saved := wk.doc.Save()
+		if len(saved) > s.maxRecord() {
+			return nil, perr(transport.CodeTooLarge, "record %q: the push would grow its document to %d bytes, over max_record %d", id, len(saved), s.maxRecord())
+		}
 		if wk.imported != len(wk.hashes) {
 			// Some pushed changes were held already: store only the new.
 			if delta, err = wk.doc.ChangesSince(wk.base); err != nil {
@@ -223,11 +239,13 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 				hashes[i] = c.Hash
 			}
 		}
+		if len(delta) > s.maxRecord() {
+			return nil, perr(transport.CodeTooLarge, "record %q: %d bytes of new changes in one push, over max_record %d", id, len(delta), s.maxRecord())
+		}
 		// A crafted change can pass every check Import makes and still
 		// leave a document whose saved form does not load (changes not in
 		// Automerge's canonical encoding). Refuse it here, before any
 		// device could receive such a record.
-		saved := wk.doc.Save()
 		if _, err := crdt.Load(saved, ""); err != nil {
 			return nil, perr(transport.CodeInvalidChange, "record %q: the changes leave a document that does not reload: %v", id, err)
 		}
