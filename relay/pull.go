@@ -8,10 +8,6 @@ import (
 	"github.com/ferrysync/ferry/transport"
 )
 
-// frameOverhead leaves room for the envelope and msgpack framing around a
-// changes message's records.
-const frameOverhead = 64 << 10
-
 // pull answers a pull. A fresh pull (cursor 0) pages through the records'
 // documents, so a new device gets one snapshot per record instead of the
 // whole history; it continues from the Next of the first page. Any other
@@ -44,11 +40,19 @@ func (s *Server) pullSnapshots(ctx context.Context, c Coll, after string, limit 
 		return nil, err
 	}
 	out := &transport.Changes{Collection: c.Collection, Next: head, More: len(snaps) == limit}
-	budget := s.limits.MaxFrame - frameOverhead
+	// A page holds what fits one frame. A record that does not fit after
+	// others waits for the next page, where it comes first: pushes keep
+	// every document within max_record, and a frame holds a record of
+	// max_record alone (transport.Limits.Check), so no page fails because
+	// one record is large.
+	budget := s.limits.MaxFrame - transport.FrameOverhead
 	for i, sn := range snaps {
-		size := len(sn.Doc) + len(sn.Record) + 40*len(sn.Heads)
+		size := pageSize(i, len(sn.Doc), sn.Record, len(sn.Heads))
 		if size > budget {
 			if i == 0 {
+				// Only a document stored before the relay held documents
+				// to max_record, or under a larger max_record, gets here.
+				s.log.Error("record larger than a frame; raise max_record and max_frame", "tenant", c.Tenant, "collection", c.Collection, "record", sn.Record, "bytes", len(sn.Doc), "max_record", s.limits.MaxRecord)
 				return nil, perr(transport.CodeTooLarge, "record %q is %d bytes, over what one frame carries", sn.Record, len(sn.Doc))
 			}
 			out.More = true
@@ -64,6 +68,16 @@ func (s *Server) pullSnapshots(ctx context.Context, c Coll, after string, limit 
 	return out, nil
 }
 
+// pageSize is what one record adds to a changes message: the i-th record
+// of the page, with data bytes. The first record's ID, heads and keys are
+// in transport.FrameOverhead.
+func pageSize(i, data int, record string, heads int) int {
+	if i == 0 {
+		return data
+	}
+	return data + len(record) + (transport.HeadSize+2)*heads + transport.RecordOverhead
+}
+
 // readLog reads log entries after cursor, as many as fit one frame.
 func (s *Server) readLog(ctx context.Context, c Coll, cursor uint64, limit int) ([]transport.RecordChanges, uint64, bool, error) {
 	entries, err := s.store.Log(ctx, c, cursor, limit)
@@ -71,11 +85,13 @@ func (s *Server) readLog(ctx context.Context, c Coll, cursor uint64, limit int) 
 		return nil, cursor, false, err
 	}
 	more := len(entries) == limit
-	budget := s.limits.MaxFrame - frameOverhead
+	budget := s.limits.MaxFrame - transport.FrameOverhead
 	recs := make([]transport.RecordChanges, 0, len(entries))
 	next := cursor
 	for i, e := range entries {
-		size := len(e.Changes) + len(e.Record) + 40*len(e.Heads)
+		// The first entry always goes: pushes keep each entry's changes
+		// within max_record, which a frame holds alone.
+		size := pageSize(i, len(e.Changes), e.Record, len(e.Heads))
 		if size > budget && i > 0 {
 			more = true
 			break

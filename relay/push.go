@@ -21,46 +21,85 @@ type cachedDoc struct {
 // Every record's changes must load as Automerge changes whose dependencies
 // the relay holds (or that come earlier in the push); otherwise the whole
 // push is refused and nothing is stored. Changes the relay already holds
-// are acknowledged without being stored again.
+// are acknowledged without being stored again. A push that would grow a
+// record's saved document past max_record is refused with too_large, so
+// every document the relay holds fits one record of a changes message.
 //
 // Pushes to one collection are merged one at a time, in memory, then
 // committed in groups: every push merged while the previous group was
 // being written goes into the next store Append, one transaction and one
 // fsync for all of them (group commit). Each push is acknowledged once the
-// group holding it is durable.
+// group holding it is durable. If the store refuses a group, only that
+// group's pushes fail; the pushes queued behind it, merged onto documents
+// that were never written, are merged again onto what the store holds. A
+// group refused with ErrConflict (another relay process wrote one of its
+// records) is merged again too, at most maxMerges times in all, before the
+// device is told to retry (conflict).
 func (s *Server) push(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error) {
 	infos := make([][]crdt.ChangeInfo, len(p.Records))
+	// One budget for the whole push: a session handles one request at a
+	// time, so this bounds what one connection can make the relay inflate.
+	budget := crdt.NewInflateBudget(int64(s.limits.MaxInflated))
 	for i, r := range p.Records {
 		if err := validRecordID(r.Record); err != nil {
 			return nil, err
 		}
 		// Frame and checksum every change before taking any lock.
 		var err error
-		if infos[i], err = crdt.ParseChanges(r.Data); err != nil {
+		if infos[i], err = crdt.ParseChangesWithin(r.Data, budget); err != nil {
+			if errors.Is(err, crdt.ErrInflateLimit) {
+				return nil, perr(transport.CodeTooLarge, "record %q: compressed changes inflate past max_inflated, %d bytes for one push", r.Record, s.limits.MaxInflated)
+			}
 			return nil, perr(transport.CodeInvalidChange, "record %q: %v", r.Record, err)
 		}
 	}
 	cm := s.committer(c)
-	w, err := cm.enqueue(ctx, s, p, infos)
-	if err != nil {
-		return nil, err
-	}
-	var res result
-	select {
-	case res = <-w.done: // written by another push's flush
-	case <-w.lead:
-		cm.flush(ctx, s, w)
-		res = <-w.done
-	}
-	if res.err != nil {
-		if errors.Is(res.err, ErrStaleFence) {
+	var err error
+	for merges := 1; merges <= maxMerges; merges++ {
+		var w *waiter
+		if w, err = cm.enqueue(ctx, s, p, infos); err != nil {
+			if errors.Is(err, errRemerge) {
+				continue
+			}
+			return nil, err
+		}
+		var res result
+		select {
+		case res = <-w.done: // written by another push's flush
+		case <-w.lead:
+			cm.flush(ctx, s, w)
+			res = <-w.done
+		}
+		switch err = res.err; {
+		case err == nil:
+			w.ack.Seq = res.seq
+			return w.ack, nil
+		case errors.Is(err, errRemerge), errors.Is(err, ErrConflict):
+			continue
+		case errors.Is(err, ErrStaleFence):
 			return nil, perr(transport.CodeStaleFence, "fence %d is not the current lease of %q", p.Fence, c.Collection)
 		}
-		return nil, res.err
+		return nil, err
 	}
-	w.ack.Seq = res.seq
-	return w.ack, nil
+	s.log.Warn("push still conflicting after merging again", "tenant", c.Tenant, "collection", c.Collection, "merges", maxMerges, "err", err)
+	return nil, perr(transport.CodeConflict, "records of %q kept changing while this push was merged; push again", c.Collection)
 }
+
+// maxRecord is the largest document, or log entry, the relay stores: one
+// a device can be sent. That is max_record, unless limits that fail
+// transport.Limits.Check leave a frame too small for it.
+func (s *Server) maxRecord() int {
+	return min(s.limits.MaxRecord, s.limits.MaxFrame-transport.FrameOverhead)
+}
+
+// maxMerges bounds how often one push is merged onto the documents: once,
+// and again each time the group it was in, or one ahead of it, is refused
+// by the store.
+const maxMerges = 8
+
+// errRemerge tells a push that the documents it was merged onto were never
+// written: merge it again onto what the store holds.
+var errRemerge = errors.New("relay: merged onto documents that were not written")
 
 // committer groups one collection's pushes into shared store appends.
 type committer struct {
@@ -70,6 +109,12 @@ type committer struct {
 	queue    []*waiter  // merged, waiting to be written
 	queued   map[string]*crdt.Doc
 	flushing bool
+	// gen counts the times the queue was dropped after a failed append: a
+	// push merged across a drop was merged onto documents that are gone.
+	gen uint64
+	// queuedHook, if set (by tests), is called with the queue's length
+	// each time a push joins it, with mu held.
+	queuedHook func(n int)
 }
 
 // waiter is one merged push waiting for its group to be durable.
@@ -110,6 +155,9 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 		ids = append(ids, r.Record)
 	}
 	defer s.recLocks.lock(cm.c, ids)()
+	cm.mu.Lock()
+	gen := cm.gen
+	cm.mu.Unlock()
 	type work struct {
 		doc      *crdt.Doc
 		base     crdt.Heads
@@ -170,6 +218,13 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 			continue // everything was already held (or queued)
 		}
 		delta, hashes := wk.data, wk.hashes
+		// Refuse what could not be sent to a device: a document past
+		// max_record, or a log entry past it (a push may name a record
+		// more than once).
+		saved := wk.doc.Save()
+		if len(saved) > s.maxRecord() {
+			return nil, perr(transport.CodeTooLarge, "record %q: the push would grow its document to %d bytes, over max_record %d", id, len(saved), s.maxRecord())
+		}
 		if wk.imported != len(wk.hashes) {
 			// Some pushed changes were held already: store only the new.
 			if delta, err = wk.doc.ChangesSince(wk.base); err != nil {
@@ -184,11 +239,13 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 				hashes[i] = c.Hash
 			}
 		}
+		if len(delta) > s.maxRecord() {
+			return nil, perr(transport.CodeTooLarge, "record %q: %d bytes of new changes in one push, over max_record %d", id, len(delta), s.maxRecord())
+		}
 		// A crafted change can pass every check Import makes and still
 		// leave a document whose saved form does not load (changes not in
 		// Automerge's canonical encoding). Refuse it here, before any
 		// device could receive such a record.
-		saved := wk.doc.Save()
 		if _, err := crdt.Load(saved, ""); err != nil {
 			return nil, perr(transport.CodeInvalidChange, "record %q: the changes leave a document that does not reload: %v", id, err)
 		}
@@ -196,12 +253,19 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 	}
 	cm.mu.Lock()
 	defer cm.mu.Unlock()
+	if cm.gen != gen {
+		// A failed append dropped the queue this push was merged onto.
+		return nil, errRemerge
+	}
 	for _, e := range w.entries {
 		cm.queued[e.Record] = recs[e.Record].doc
 	}
 	// Even a push of changes already held waits for the queue: "held" may
 	// mean merged but not yet durable.
 	cm.queue = append(cm.queue, w)
+	if cm.queuedHook != nil {
+		cm.queuedHook(len(cm.queue))
+	}
 	if !cm.flushing {
 		cm.flushing = true
 		w.lead <- struct{}{}
@@ -266,18 +330,22 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 		}
 		cm.mu.Lock()
 		if err != nil {
-			// Pushes merged after this group built on it: they fail too,
-			// and every document goes back to what the store holds.
-			for _, w := range cm.queue {
-				group = append(group, w)
-			}
+			// Only this group's pushes fail (or, for ErrConflict, merge
+			// again). The pushes queued behind it were merged onto its
+			// documents, which were never written: every document goes
+			// back to what the store holds, and they merge again onto it.
+			behind := cm.queue
 			cm.queue = nil
 			for id := range cm.queued {
 				s.docs.Remove(cachedDoc{cm.c, id})
 			}
 			clear(cm.queued)
+			cm.gen++
 			for _, w := range group {
 				w.done <- result{err: err}
+			}
+			for _, w := range behind {
+				w.done <- result{err: errRemerge}
 			}
 			continue
 		}

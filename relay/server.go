@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -112,6 +113,9 @@ func NewServer(o *Options) (*Server, error) {
 		return nil, errors.New("relay: NewServer needs a Store and an Auth")
 	}
 	opts := o.withDefaults()
+	if err := opts.Limits.Check(); err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
 	s := &Server{
 		opts:       opts,
 		store:      opts.Store,

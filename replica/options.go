@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/transport"
 )
 
 // Options configure a replica. A nil *Options is valid and means the
@@ -30,8 +31,12 @@ type Options struct {
 	// once it has this many. Default 32.
 	CompactAfter int
 
-	// MaxRecordBytes bounds one record's stored size (snapshot plus
-	// chunks); a write past it fails with ErrTooLarge. Default 16 MiB.
+	// MaxRecordBytes bounds one record's size, as a saved Automerge
+	// document; a write past it fails with ErrTooLarge. It is the relay's
+	// max_record, which bounds the same size: a relay refuses a push that
+	// would grow a record's document past it. Default
+	// transport.DefaultMaxRecord (1 MiB), the relay's default; a replica
+	// syncing with a relay configured otherwise should match it.
 	MaxRecordBytes int
 
 	// GCInterval is how often Badger's value log is garbage-collected in
@@ -104,7 +109,7 @@ func (o *Options) withDefaults() Options {
 		v.CompactAfter = 32
 	}
 	if v.MaxRecordBytes <= 0 {
-		v.MaxRecordBytes = 16 << 20
+		v.MaxRecordBytes = transport.DefaultMaxRecord
 	}
 	if v.GCInterval == 0 {
 		v.GCInterval = 10 * time.Minute

@@ -84,7 +84,10 @@ func (r *Replica) writeRecord(txn *badger.Txn, coll, id string, doc *crdt.Doc, m
 	nm := m
 	nm.heads = doc.Heads()
 	nm.deleted = doc.Deleted()
-	if m.chunks+1 >= r.opts.CompactAfter || len(delta)+m.chunkBytes > m.snapBytes+4096 && m.chunks >= 4 {
+	// Past MaxRecordBytes, compact rather than refuse: the limit is on the
+	// saved document, which chunks of raw changes overstate.
+	if m.chunks+1 >= r.opts.CompactAfter || len(delta)+m.chunkBytes > m.snapBytes+4096 && m.chunks >= 4 ||
+		m.snapBytes+m.chunkBytes+len(delta) > r.opts.MaxRecordBytes {
 		snap := doc.Save()
 		if len(snap) > r.opts.MaxRecordBytes {
 			return m, fmt.Errorf("%w: %s/%s would be %d bytes, limit %d", ErrTooLarge, coll, id, len(snap), r.opts.MaxRecordBytes)
@@ -99,9 +102,6 @@ func (r *Replica) writeRecord(txn *badger.Txn, coll, id string, doc *crdt.Doc, m
 		}
 		nm.snapBytes, nm.chunks, nm.chunkBytes = len(snap), 0, 0
 	} else {
-		if m.snapBytes+m.chunkBytes+len(delta) > r.opts.MaxRecordBytes {
-			return m, fmt.Errorf("%w: %s/%s would be %d bytes, limit %d", ErrTooLarge, coll, id, m.snapBytes+m.chunkBytes+len(delta), r.opts.MaxRecordBytes)
-		}
 		if err := txn.Set(chunkKey(coll, id, m.nextChunk), delta); err != nil {
 			return m, err
 		}

@@ -2,8 +2,10 @@ package replica
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -16,8 +18,12 @@ type outgoing struct {
 	id      string
 	changes []byte
 	heads   crdt.Heads // the record's heads once changes are applied
+	base    crdt.Heads // the heads changes were taken since (nil: all of them)
 	known   bool       // the relay held some of the record before
 	deleted bool
+	// partial marks a piece of a record's changes other than the last
+	// (see pieces): acknowledged, but not counted as a record pushed.
+	partial bool
 }
 
 // push sends every pending record's changes since the heads the relay
@@ -46,7 +52,8 @@ func (s *collSync) push(ctx context.Context) error {
 		}
 	}
 	limits := s.conn.welcome.Limits.WithDefaults()
-	budget := limits.MaxFrame - 64<<10
+	budget := limits.MaxFrame - transport.FrameOverhead
+	maxData := min(limits.MaxRecord, budget)
 	var batch []outgoing
 	size, done := 0, 0
 	total := len(ids)
@@ -79,26 +86,104 @@ func (s *collSync) push(ctx context.Context) error {
 			total--
 			continue
 		}
-		if len(o.changes) > limits.MaxRecord || len(o.changes) > budget {
-			err := fmt.Errorf("%w: %s/%s has %d bytes of changes to push, over the relay's max_record %d", ErrTooLarge, s.coll, id, len(o.changes), limits.MaxRecord)
-			s.cs.Failed = append(s.cs.Failed, failedRecord(id, err))
-			s.r.log.Warn("record's changes exceed the relay's limit; not pushed", "collection", s.coll, "record", id, "bytes", len(o.changes), "limit", limits.MaxRecord)
-			continue
-		}
-		if len(batch) == limits.MaxBatch || size+len(o.changes) > budget {
-			if err := flush(); err != nil {
-				return err
+		parts := []outgoing{o}
+		if len(o.changes) > maxData {
+			// A record's history can pass max_record while its document,
+			// which max_record bounds, does not: push it in pieces.
+			if parts, err = pieces(o, maxData); err != nil {
+				err = fmt.Errorf("%w: %s/%s has %d bytes of changes to push, which do not fit the relay's max_record %d: %w", ErrTooLarge, s.coll, id, len(o.changes), limits.MaxRecord, err)
+				s.cs.Failed = append(s.cs.Failed, failedRecord(id, err))
+				s.r.log.Warn("record's changes cannot be pushed within the relay's max_record", "collection", s.coll, "record", id, "bytes", len(o.changes), "max_record", limits.MaxRecord, "err", err)
+				continue
 			}
 		}
-		batch = append(batch, o)
-		size += len(o.changes)
+		for i, part := range parts {
+			// Pieces of one record go in successive pushes, each building
+			// on the one before.
+			if len(batch) == limits.MaxBatch || size+len(part.changes) > budget || i > 0 {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			if i > 0 && slices.ContainsFunc(s.cs.Failed, func(f FailedRecord) bool { return f.ID == id }) {
+				break // the relay refused an earlier piece
+			}
+			batch = append(batch, part)
+			size += len(part.changes)
+		}
 	}
 	return flush()
 }
 
-// pushBatch pushes one batch. If the relay refuses it as invalid, the
-// records are pushed one by one, so one bad record does not hold back the
-// rest; the bad ones are listed as failed.
+// pieces cuts o's changes, at change boundaries and in their causal
+// order, into parts of at most max bytes, each with the heads the record
+// has once it and the parts before it are applied. A single change larger
+// than max is an error.
+func pieces(o outgoing, max int) ([]outgoing, error) {
+	heads := map[crdt.Hash]bool{}
+	for _, h := range o.base {
+		heads[h] = true
+	}
+	var out []outgoing
+	start := 0
+	for off := 0; off < len(o.changes); {
+		n, err := chunkLen(o.changes[off:])
+		if err != nil {
+			return nil, err
+		}
+		if n > max {
+			return nil, fmt.Errorf("one change of %d bytes", n)
+		}
+		if off+n-start > max {
+			out = append(out, piece(o, o.changes[start:off], heads))
+			start = off
+		}
+		infos, err := crdt.ParseChanges(o.changes[off : off+n])
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range infos {
+			for _, d := range c.Deps {
+				delete(heads, d)
+			}
+			heads[c.Hash] = true
+		}
+		off += n
+	}
+	last := o
+	last.changes = o.changes[start:]
+	return append(out, last), nil
+}
+
+func piece(o outgoing, changes []byte, heads map[crdt.Hash]bool) outgoing {
+	p := outgoing{id: o.id, changes: changes, known: o.known, partial: true}
+	for h := range heads {
+		p.heads = append(p.heads, h)
+	}
+	return p
+}
+
+// chunkLen returns the length of the Automerge chunk b starts with: magic
+// and checksum (8 bytes), type, uLEB128 payload length, payload.
+func chunkLen(b []byte) (int, error) {
+	if len(b) < 10 {
+		return 0, errors.New("truncated chunk")
+	}
+	n, ln := binary.Uvarint(b[9:])
+	if ln <= 0 || n > uint64(len(b)-9-ln) {
+		return 0, errors.New("bad chunk length")
+	}
+	return 9 + ln + int(n), nil
+}
+
+// pushAttempts bounds how often one batch is pushed while the relay
+// answers conflict.
+const pushAttempts = 3
+
+// pushBatch pushes one batch. If the relay refuses it as invalid or too
+// large, the records are pushed one by one, so one bad record does not hold
+// back the rest; the bad ones are listed as failed. A batch the relay
+// answers with conflict is pushed again, up to pushAttempts times.
 func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error) {
 	req := &transport.Push{Collection: s.coll, Fence: s.lease.fenceOrZero()}
 	for _, o := range batch {
@@ -106,11 +191,21 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 	}
 	var ack transport.Ack
 	err := s.conn.call(ctx, req, &ack)
+	for try := 1; errors.Is(err, transport.ErrConflict) && try < pushAttempts; try++ {
+		// The relay merged the push again and again while another writer
+		// (a relay process sharing its store) kept changing the records:
+		// nothing was stored, and pushing again is safe.
+		s.r.log.Debug("relay reported a conflict; pushing again", "collection", s.coll, "records", len(batch), "attempt", try+1)
+		err = s.conn.call(ctx, req, &ack)
+	}
 	var perr *transport.Error
 	if errors.As(err, &perr) && (perr.Code == transport.CodeInvalidChange || perr.Code == transport.CodeTooLarge) {
 		if len(batch) == 1 {
 			s.cs.Failed = append(s.cs.Failed, failedRecord(batch[0].id, fmt.Errorf("ferry: the relay refused the changes of %s/%s: %w", s.coll, batch[0].id, err)))
-			s.r.log.Warn("relay refused a record's changes", "collection", s.coll, "record", batch[0].id, "err", err)
+			// too_large: the record's document would pass the relay's
+			// max_record. It stays pending (and failed) until an edit
+			// makes it smaller or the relay's limit grows.
+			s.r.log.Warn("relay refused a record's changes", "collection", s.coll, "record", batch[0].id, "code", perr.Code, "err", err)
 			return 0, nil
 		}
 		n := 0
@@ -131,7 +226,12 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 	if err := s.r.acknowledge(s.coll, batch, s.lease != nil); err != nil {
 		return 0, err
 	}
+	n := 0
 	for _, o := range batch {
+		if o.partial {
+			continue // the record's last piece counts it
+		}
+		n++
 		a := applied{changed: true, ev: Event{Kind: Updated}}
 		switch {
 		case o.deleted && !o.known:
@@ -143,7 +243,7 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 		}
 		s.count(ToRelay, a)
 	}
-	return len(batch), nil
+	return n, nil
 }
 
 // outgoing reads what a pending record has to push.
@@ -159,8 +259,10 @@ func (r *Replica) outgoing(coll, id string) (outgoing, error) {
 			return err
 		}
 		changes, err := d.ChangesSince(acked)
+		o.base = acked
 		if errors.Is(err, crdt.ErrUnknownHeads) {
 			changes, err = d.ChangesSince(nil)
+			o.base = nil
 		}
 		o.changes, o.heads, o.known, o.deleted = changes, m.heads, len(acked) > 0, m.deleted
 		return err

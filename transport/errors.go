@@ -21,6 +21,7 @@ const (
 	CodeTooLarge           Code = "too_large"           // a limit was exceeded
 	CodeInvalidChange      Code = "invalid_change"      // change bytes do not load as Automerge
 	CodeStaleFence         Code = "stale_fence"         // the push's fence is not the current lease
+	CodeConflict           Code = "conflict"            // records changed concurrently; push again
 	CodeLeaseHeld          Code = "lease_held"          // another holder has the lease
 	CodeLeaseTimeout       Code = "lease_timeout"       // wait_ms passed without the lease
 	CodeSlowConsumer       Code = "slow_consumer"       // live subscriber fell too far behind
@@ -81,6 +82,7 @@ var (
 	ErrTooLarge           = &Error{Code: CodeTooLarge}
 	ErrInvalidChange      = &Error{Code: CodeInvalidChange}
 	ErrStaleFence         = &Error{Code: CodeStaleFence}
+	ErrConflict           = &Error{Code: CodeConflict}
 	ErrLeaseHeld          = &Error{Code: CodeLeaseHeld}
 	ErrLeaseTimeout       = &Error{Code: CodeLeaseTimeout}
 	ErrSlowConsumer       = &Error{Code: CodeSlowConsumer}

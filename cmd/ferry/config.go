@@ -31,11 +31,14 @@ type Config struct {
 	ShutdownTimeout Duration `json:"shutdown_timeout"` // grace for in-flight requests
 }
 
-// ConfigLimits overrides transport limits; zero keeps the default.
+// ConfigLimits overrides transport limits; zero keeps the default (for
+// max_inflated, max_record's value). loadConfig refuses an inconsistent
+// set: max_frame must hold a record of max_record alone.
 type ConfigLimits struct {
-	MaxFrame  int `json:"max_frame"`
-	MaxBatch  int `json:"max_batch"`
-	MaxRecord int `json:"max_record"`
+	MaxFrame    int `json:"max_frame"`
+	MaxBatch    int `json:"max_batch"`
+	MaxRecord   int `json:"max_record"`
+	MaxInflated int `json:"max_inflated"`
 }
 
 // Duration is a time.Duration written as "30s" in JSON.
@@ -67,7 +70,28 @@ func loadConfig(path string) (Config, error) {
 	if err := dec.Decode(&c); err != nil {
 		return c, fmt.Errorf("config %s: %w", path, err)
 	}
+	if err := c.checkLimits(); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
 	return c, nil
+}
+
+// checkLimits refuses negative limits and a set the relay could not serve
+// (see transport.Limits.Check).
+func (c Config) checkLimits() error {
+	l := c.Limits
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"max_frame", l.MaxFrame}, {"max_batch", l.MaxBatch}, {"max_record", l.MaxRecord}, {"max_inflated", l.MaxInflated}} {
+		if f.v < 0 {
+			return fmt.Errorf("limits: %s is negative", f.name)
+		}
+	}
+	if err := c.limits().Check(); err != nil {
+		return fmt.Errorf("limits: %w", err)
+	}
+	return nil
 }
 
 func (c Config) limits() transport.Limits {
@@ -81,7 +105,9 @@ func (c Config) limits() transport.Limits {
 	if c.Limits.MaxRecord > 0 {
 		l.MaxRecord = c.Limits.MaxRecord
 	}
-	return l
+	// Unset, max_inflated follows max_record (see transport.Limits).
+	l.MaxInflated = c.Limits.MaxInflated
+	return l.WithDefaults()
 }
 
 func newLogger(level, format string, w *os.File) (*slog.Logger, error) {
