@@ -377,7 +377,7 @@ func TestSlowSubscriberIsCutOff(t *testing.T) {
 }
 
 func TestMalformedFramesCloseOnlyThatConnection(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) { o.Limits.MaxFrame = 1 << 20 })
+	tr := newTestRelay(t, NewMemStore(), func(o *Options) { o.Limits.MaxFrame, o.Limits.MaxRecord = 1<<20, 512<<10 })
 	good := tr.client("shop")
 	nested := []byte{0x84, 0xa1, 'v', 0x01, 0xa4, 't', 'y', 'p', 'e', 0xa4, 'p', 'u', 's', 'h', 0xa2, 'i', 'd', 0x01, 0xa4, 'b', 'o', 'd', 'y'}
 	nested = append(nested, []byte(strings.Repeat("\xdc\xff\xff", 20000))...)
