@@ -24,7 +24,7 @@ var ErrNoStore = errors.New("no store in the folder")
 func Open(opts badger.Options) (*badger.DB, error) {
 	db, err := badger.Open(opts)
 	if err != nil && !opts.InMemory && lockedByOther(opts.Dir, !opts.ReadOnly) {
-		return nil, &lockedError{dir: opts.Dir, err: err}
+		return nil, &LockedError{Dir: opts.Dir, Err: err}
 	}
 	return db, err
 }
@@ -46,14 +46,17 @@ func OpenReadOnly(dir string, opts badger.Options) (*badger.DB, error) {
 	return Open(opts)
 }
 
-// lockedError is ErrLocked with Badger's own error kept in the chain.
-type lockedError struct {
-	dir string
-	err error
+// LockedError is the error of an open refused because another process
+// holds the store: errors.Is matches it with ErrLocked, and Badger's own
+// error stays in the chain.
+type LockedError struct {
+	Dir string // the store's folder
+	Err error  // Badger's error
 }
 
-func (e *lockedError) Error() string {
-	return fmt.Sprintf("%s is in use by another process (a running relay or app, or a ferry command): stop it, then try again", e.dir)
+// Error says what to do, without the folder: the caller's context names it.
+func (e *LockedError) Error() string {
+	return "the store is in use by another process (a running relay or app, or a ferry command): stop it, then try again"
 }
 
-func (e *lockedError) Unwrap() []error { return []error{ErrLocked, e.err} }
+func (e *LockedError) Unwrap() []error { return []error{ErrLocked, e.Err} }
