@@ -13,7 +13,7 @@ import (
 )
 
 // Profile is a named, stored sync configuration: where to sync, what, how
-// and when (the seeds' sync profile). Profiles are counted against
+// and when. Profiles are counted against
 // Options.MaxProfiles.
 type Profile struct {
 	Name   string `json:"name"`
@@ -38,8 +38,8 @@ type Profile struct {
 	// Networks the profile may sync on; empty means any but none.
 	Networks policy.Networks `json:"networks,omitempty"`
 
-	// Timeout bounds waiting for the collection's lease and each request
-	// (the seeds' sync timeout). Default 30 s.
+	// Timeout bounds waiting for the collection's lease and each request.
+	// Default 30 s.
 	Timeout time.Duration `json:"timeout,omitempty"`
 }
 

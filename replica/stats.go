@@ -46,8 +46,8 @@ type CollectionStats struct {
 	Err    string   `json:"error,omitempty"`
 }
 
-// SyncStats describe one sync of a profile (the seeds' last-sync
-// statistics).
+// SyncStats describe one sync of a profile: what each collection moved,
+// and how it ended.
 type SyncStats struct {
 	Profile     string             `json:"profile"`
 	Status      Status             `json:"status"`

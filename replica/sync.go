@@ -99,7 +99,7 @@ func (r *Replica) syncProfile(ctx context.Context, p *Profile) (*SyncStats, erro
 		run(coll)
 	}
 	// Collections the delegate wants retried run again, once, after the
-	// others (the seeds' "retry later in the same sync").
+	// others: a retry later in the same sync.
 	retry := failed
 	failed = nil
 	for _, coll := range retry {

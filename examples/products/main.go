@@ -1,4 +1,4 @@
-// Products is the seeds' product catalogue on two devices, a phone and a
+// Products is a product catalogue on two devices, a phone and a
 // tablet. Both change the same product's price while offline, then sync in
 // turn; the scenario runs once under prefer-local and once under
 // prefer-cloud, to show which price wins everywhere under each.
@@ -28,7 +28,7 @@ import (
 
 // Product is a record of the products collection. Its ID is the record's
 // key (a UUIDv7 from Insert), not a field: unique across every device, as
-// the seeds ask of a synced table's primary key.
+// a synced table's primary key must be.
 type Product struct {
 	Name  string  `ferry:"name"`
 	Price float64 `ferry:"price"`
