@@ -123,7 +123,7 @@ func openSnapshot(dir string) (r *replica.Replica, done func(), err error) {
 	if !info.IsDir() {
 		return nil, nil, fmt.Errorf("%s is not a folder", dir)
 	}
-	for _, relayFile := range []string{"store", devAppFile} {
+	for _, relayFile := range []string{"store/", devAppFile} {
 		if _, err := os.Stat(filepath.Join(dir, relayFile)); err == nil {
 			return nil, nil, fmt.Errorf("%s is a relay's data folder (it holds %s); inspect reads a device's store", dir, relayFile)
 		}

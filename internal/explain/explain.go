@@ -30,6 +30,11 @@ func Error(err error) string {
 	if cause == nil {
 		return err.Error()
 	}
+	if _, ok := cause.(*badgerdir.LockedError); ok {
+		// Its sentence says "the store": every layer's context is needed
+		// to say which (the command, the folder).
+		return fullContext(err, cause) + sentence
+	}
 	return outerContext(err, cause) + sentence
 }
 
@@ -142,4 +147,13 @@ func outerContext(err, cause error) string {
 		return ""
 	}
 	return prefix
+}
+
+// fullContext is all the text err's layers put before cause's own.
+func fullContext(err, cause error) string {
+	full, own := err.Error(), cause.Error()
+	if i := strings.LastIndex(full, own); i > 0 {
+		return full[:i]
+	}
+	return ""
 }

@@ -115,8 +115,8 @@ func TestLocked(t *testing.T) {
 	}
 	defer db.Close()
 	_, err = badgerdir.Open(o)
-	err = fmt.Errorf("relay: open store %s: %w", dir, err)
-	want := "relay: open store " + dir + ": the store is in use by another process (a running relay or app, or a ferry command): stop it, then try again"
+	err = fmt.Errorf("backup: %w", fmt.Errorf("relay: open store %s: %w", dir, err))
+	want := "backup: relay: open store " + dir + ": the store is in use by another process (a running relay or app, or a ferry command): stop it, then try again"
 	if got := Error(err); got != want {
 		t.Fatalf("rendered\n  %s\nwant\n  %s", got, want)
 	}
