@@ -158,7 +158,7 @@ func (s *Server) acquire(ctx context.Context, sess *session, c Coll, m *transpor
 				s.metrics.leaseWait.Observe(time.Since(start).Seconds())
 			}
 			sess.holdLease(c, l.Fence)
-			return &transport.Lease{Collection: c.Collection, Fence: l.Fence, ExpiresMS: l.Expires.UnixMilli()}, nil
+			return &transport.Lease{Collection: c.Collection, Fence: l.Fence, ExpiresMS: l.Expires.UnixMilli(), TTLMS: uint32(ttl / time.Millisecond)}, nil
 		}
 		var held *LeaseHeldError
 		if !errors.As(err, &held) {

@@ -228,14 +228,15 @@ func (sess *session) dispatch(env *transport.Envelope) (transport.Body, error) {
 		if err != nil {
 			return nil, err
 		}
-		l, err := s.store.Renew(ctx, c, m.Fence, min(time.Duration(m.TTLMS)*time.Millisecond, s.opts.MaxLeaseTTL), s.now())
+		ttl := min(time.Duration(m.TTLMS)*time.Millisecond, s.opts.MaxLeaseTTL)
+		l, err := s.store.Renew(ctx, c, m.Fence, ttl, s.now())
 		if errors.Is(err, ErrStaleFence) {
 			return nil, perr(transport.CodeStaleFence, "fence %d no longer holds the lease of %q", m.Fence, m.Collection)
 		}
 		if err != nil {
 			return nil, err
 		}
-		return &transport.Lease{Collection: m.Collection, Fence: l.Fence, ExpiresMS: l.Expires.UnixMilli()}, nil
+		return &transport.Lease{Collection: m.Collection, Fence: l.Fence, ExpiresMS: l.Expires.UnixMilli(), TTLMS: uint32(ttl / time.Millisecond)}, nil
 	case *transport.LeaseRelease:
 		c, err := coll(m.Collection, true)
 		if err != nil {

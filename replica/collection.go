@@ -312,7 +312,7 @@ func (c *Collection) Acknowledge(id string, heads crdt.Heads) error {
 		if !ok {
 			return fmt.Errorf("%w: %s/%s", ErrNotFound, c.name, id)
 		}
-		return ackRecord(txn, c.name, id, d, heads)
+		return ackRecord(txn, c.name, id, d, heads, false)
 	})
 }
 

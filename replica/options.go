@@ -3,6 +3,7 @@ package replica
 import (
 	"context"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"github.com/ferrysync/ferry/policy"
@@ -84,6 +85,11 @@ type Options struct {
 	// Backoff bounds the live mode's reconnection delays. Defaults 250 ms
 	// and 30 s.
 	BackoffMin, BackoffMax time.Duration
+
+	// HTTPClient makes the connections to relays: set it for custom TLS
+	// roots, a proxy, or a test network. Its Timeout must be zero (a
+	// connection lives as long as a sync). Default: http.DefaultClient.
+	HTTPClient *http.Client
 }
 
 func (o *Options) withDefaults() Options {

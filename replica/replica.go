@@ -18,12 +18,14 @@ import (
 // many goroutines: reads of a record wait only for a write to the same
 // record, and writes to different records commit in parallel.
 type Replica struct {
-	db   *badger.DB
-	id   string
-	opts Options
-	log  *slog.Logger
+	db    *badger.DB
+	id    string // stable: the relay's name for this device
+	actor string // this open's Automerge actor ID; see newActor
+	opts  Options
+	log   *slog.Logger
 
-	locks stripes
+	locks stripes   // per record
+	colls collLocks // per collection, for exchanges with relays
 	cache *docCache
 	feeds *feeds
 
@@ -79,6 +81,7 @@ func Open(dir string, o *Options) (*Replica, error) {
 		db.Close()
 		return nil, err
 	}
+	r.actor = newActor()
 	if !opts.InMemory && opts.GCInterval > 0 {
 		r.wg.Add(1)
 		go func() {
@@ -149,8 +152,7 @@ func (r *Replica) initNew(txn *badger.Txn, id *string) error {
 	if nonEmpty {
 		return fmt.Errorf("%w: store has data but no Ferry format marker", ErrNotStore)
 	}
-	// The replica ID doubles as the Automerge actor ID: 16 random bytes in
-	// hex, unique per device.
+	// 16 random bytes in hex, unique per device.
 	u := uuid.New()
 	*id = fmt.Sprintf("%x", u[:])
 	if err := txn.Set(keyFormat, binary.BigEndian.AppendUint32(nil, formatVersion)); err != nil {
@@ -159,8 +161,25 @@ func (r *Replica) initNew(txn *badger.Txn, id *string) error {
 	return txn.Set(keyID, []byte(*id))
 }
 
-// ID returns the replica's stable ID (also its Automerge actor ID).
+// ID returns the replica's stable ID: the name the relay knows this device
+// by (lease holder, logs). It is not the Automerge actor of its edits; see
+// newActor.
 func (r *Replica) ID() string { return r.id }
+
+// newActor returns a fresh Automerge actor ID for one open of the store.
+//
+// Automerge numbers each actor's changes 1, 2, 3 per document and refuses a
+// second, different change with a number it already holds. A store that is
+// copied (a device image cloned, a folder backed up and restored) would
+// otherwise go on writing as the same actor on two devices, or write again
+// numbers it had already sent before the backup, and the relay would refuse
+// every later change of those records forever. An actor per open can never
+// be reused: each open, copy or restore writes as a new actor, at the cost
+// of 16 bytes per actor in the documents it edits.
+func newActor() string {
+	u := uuid.New()
+	return fmt.Sprintf("%x", u[:])
+}
 
 // Close waits for in-flight operations, stops background work, and closes
 // the store. It is safe to call more than once; later calls return the
@@ -178,6 +197,26 @@ func (r *Replica) Close() error {
 		r.closeErr = r.db.Close()
 	})
 	return r.closeErr
+}
+
+// view and update run fn in a read or read-write transaction, fenced
+// against Close like every store call.
+func (r *Replica) view(fn func(txn *badger.Txn) error) error {
+	release, err := r.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	return r.db.View(fn)
+}
+
+func (r *Replica) update(fn func(txn *badger.Txn) error) error {
+	release, err := r.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	return r.db.Update(fn)
 }
 
 // enter guards an operation against a concurrent Close.

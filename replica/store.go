@@ -61,7 +61,7 @@ func (r *Replica) loadDoc(txn *badger.Txn, coll, id string) (*crdt.Doc, meta, bo
 		}
 	}
 	it.Close()
-	d, err := crdt.Load(buf, r.id)
+	d, err := crdt.Load(buf, r.actor)
 	if err != nil {
 		return nil, meta{}, false, fmt.Errorf("ferry: record %s/%s: %w", coll, id, err)
 	}

@@ -23,16 +23,27 @@ type outgoing struct {
 // push sends every pending record's changes since the heads the relay
 // holds, in batches within the relay's limits, with the lease's fence, and
 // records what the relay acknowledged. Records whose merge hook failed
-// stay back until it succeeds.
+// stay back until it succeeds, and records holding a conflict resolution
+// stay back unless the sync holds the lease (see merge.go).
 func (s *collSync) push(ctx context.Context) error {
 	c := &Collection{r: s.r, name: s.coll}
 	ids, err := c.Pending()
 	if err != nil {
 		return err
 	}
-	held, err := s.r.quarantined(s.coll)
+	held, err := s.r.idSet('q', s.coll)
 	if err != nil {
 		return err
+	}
+	if s.lease == nil {
+		resolved, err := s.r.idSet('l', s.coll)
+		if err != nil {
+			return err
+		}
+		for id := range resolved {
+			held[id] = true
+			s.heldResolutions = true
+		}
 	}
 	limits := s.conn.welcome.Limits.WithDefaults()
 	budget := limits.MaxFrame - 64<<10
@@ -69,7 +80,8 @@ func (s *collSync) push(ctx context.Context) error {
 			continue
 		}
 		if len(o.changes) > limits.MaxRecord || len(o.changes) > budget {
-			s.cs.Failed = append(s.cs.Failed, id)
+			err := fmt.Errorf("%w: %s/%s has %d bytes of changes to push, over the relay's max_record %d", ErrTooLarge, s.coll, id, len(o.changes), limits.MaxRecord)
+			s.cs.Failed = append(s.cs.Failed, failedRecord(id, err))
 			s.r.log.Warn("record's changes exceed the relay's limit; not pushed", "collection", s.coll, "record", id, "bytes", len(o.changes), "limit", limits.MaxRecord)
 			continue
 		}
@@ -97,7 +109,7 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 	var perr *transport.Error
 	if errors.As(err, &perr) && (perr.Code == transport.CodeInvalidChange || perr.Code == transport.CodeTooLarge) {
 		if len(batch) == 1 {
-			s.cs.Failed = append(s.cs.Failed, batch[0].id)
+			s.cs.Failed = append(s.cs.Failed, failedRecord(batch[0].id, fmt.Errorf("ferry: the relay refused the changes of %s/%s: %w", s.coll, batch[0].id, err)))
 			s.r.log.Warn("relay refused a record's changes", "collection", s.coll, "record", batch[0].id, "err", err)
 			return 0, nil
 		}
@@ -116,7 +128,7 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 	}
 	// The relay holds at least what was pushed; its own heads may name
 	// changes this device has not pulled yet, so they are not used.
-	if err := s.r.acknowledge(s.coll, batch); err != nil {
+	if err := s.r.acknowledge(s.coll, batch, s.lease != nil); err != nil {
 		return 0, err
 	}
 	for _, o := range batch {
@@ -161,21 +173,22 @@ func (r *Replica) outgoing(coll, id string) (outgoing, error) {
 
 // acknowledge records, in one transaction, that the relay holds each
 // record up to the heads pushed; a record stays pending if it changed
-// since.
-func (r *Replica) acknowledge(coll string, batch []outgoing) error {
+// since. leased says the push held the lease, so any conflict resolution
+// it carried is pushed as it must be.
+func (r *Replica) acknowledge(coll string, batch []outgoing, leased bool) error {
 	ids := make([]string, len(batch))
 	for i, o := range batch {
 		ids[i] = o.id
 	}
 	_, err := r.batchOp(coll, ids, func(i int, txn *badger.Txn, t *touched) (bool, error) {
-		return t.existed, ackRecord(txn, t.coll, t.id, t.doc, batch[i].heads)
+		return t.existed, ackRecord(txn, t.coll, t.id, t.doc, batch[i].heads, leased)
 	})
 	return err
 }
 
 // ackRecord stores heads as what the relay holds of a record, and clears
 // its pending marker if it has nothing beyond them.
-func ackRecord(txn *badger.Txn, coll, id string, d *crdt.Doc, heads crdt.Heads) error {
+func ackRecord(txn *badger.Txn, coll, id string, d *crdt.Doc, heads crdt.Heads, leased bool) error {
 	rest, err := d.ChangesSince(heads)
 	if err != nil {
 		return fmt.Errorf("ferry: acknowledge %s/%s: %w", coll, id, err)
@@ -183,8 +196,13 @@ func ackRecord(txn *badger.Txn, coll, id string, d *crdt.Doc, heads crdt.Heads) 
 	if err := txn.Set(recKey('a', coll, id), heads.Bytes()); err != nil {
 		return err
 	}
+	if leased {
+		if err := txn.Delete(recKey('l', coll, id)); err != nil {
+			return err
+		}
+	}
 	if len(rest) == 0 {
-		return txn.Delete(recKey('p', coll, id))
+		return clearPending(txn, coll, id)
 	}
 	return nil
 }

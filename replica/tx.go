@@ -150,7 +150,7 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 					return err
 				}
 				if !ok {
-					if d, err = crdt.New(r.id); err != nil {
+					if d, err = crdt.New(r.actor); err != nil {
 						return err
 					}
 				}
@@ -168,8 +168,10 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 			if err != nil {
 				return err
 			}
-			if !made && !t.existed && t.seen {
-				// Created with no fields: it must still exist.
+			if !made && !t.existed && t.seen && len(t.doc.Heads()) == 0 {
+				// Created with no fields: it must still exist. (A record
+				// imported whole has the sender's heads already, and must
+				// keep exactly those.)
 				if err := t.doc.CommitEmpty("", now); err != nil {
 					return err
 				}

@@ -150,6 +150,9 @@ func openDevice(name, dir string, creds devrelay.Credentials, out io.Writer) (*d
 		return nil, err
 	}
 	d := &device{name: name, r: r, out: out}
+	// Every device sets the hook (whichever syncs second finds the
+	// conflict), before the profile that needs it.
+	r.SetMergeHook(collection, policy.ResolverFunc(d.resolve))
 	p := replica.Profile{
 		Name:        profile,
 		URL:         creds.URL,
@@ -174,8 +177,6 @@ func openDevice(name, dir string, creds devrelay.Credentials, out io.Writer) (*d
 	if creds.Tokens != nil {
 		r.SetTokenSource(profile, creds.Tokens)
 	}
-	// Every device sets the hook: whichever syncs second finds the conflict.
-	r.SetMergeHook(collection, policy.ResolverFunc(d.resolve))
 	if d.items, err = r.Collection(collection); err != nil {
 		r.Close()
 		return nil, err
