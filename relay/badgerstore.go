@@ -123,7 +123,7 @@ func openBadger(dir string, opts BadgerOptions) (*badger.DB, error) {
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
 	}
-	db, err := badger.Open(bo)
+	db, err := badgerdir.Open(bo)
 	if err != nil {
 		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
 	}
@@ -459,7 +459,9 @@ func (s *BadgerStore) Release(ctx context.Context, c Coll, fence uint64) error {
 
 // Stats implements Store. LogEntries sums the collections' heads (logs are
 // never truncated yet: compaction must keep a count when it does); Bytes is
-// Badger's own size estimate, refreshed by Badger about once a minute.
+// what the store's files take on disk (Badger's value log and memtables are
+// long sparse files, so their lengths say little), or Badger's own estimate
+// for a store in memory.
 func (s *BadgerStore) Stats(ctx context.Context) (StoreStats, error) {
 	var st StoreStats
 	err := s.view(ctx, func(txn *badger.Txn) error {
@@ -482,8 +484,14 @@ func (s *BadgerStore) Stats(ctx context.Context) (StoreStats, error) {
 	if err != nil {
 		return StoreStats{}, err
 	}
-	lsm, vlog := s.db.Size()
-	st.Bytes = lsm + vlog
+	if s.opts.InMemory {
+		lsm, vlog := s.db.Size()
+		st.Bytes = lsm + vlog
+		return st, nil
+	}
+	if st.Bytes, err = badgerdir.DiskUsage(s.db.Opts().Dir); err != nil {
+		return StoreStats{}, fmt.Errorf("relay: store size: %w", err)
+	}
 	return st, nil
 }
 

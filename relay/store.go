@@ -112,7 +112,8 @@ type Snapshot struct {
 	Seq    uint64 // sequence number of the last log entry the document includes
 }
 
-// Lease is a collection's lease (the seeds' SyncLock).
+// Lease is a collection's lease: while it is live, only its holder syncs
+// the collection, and its fence numbers the holder's writes.
 type Lease struct {
 	Holder  string
 	Fence   uint64

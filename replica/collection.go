@@ -10,7 +10,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 )
 
-// Collection is a named set of records (the seeds' table or data type). It
+// Collection is a named set of records (an app's table or data type). It
 // is a handle: cheap to create, safe for concurrent use. Each write method is
 // a unit of work of its own; use [Replica.Update] to group several.
 type Collection struct {

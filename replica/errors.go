@@ -46,8 +46,8 @@ var (
 	ErrLocalOnly = errors.New("ferry: replica is local-only")
 	// ErrVetoed means the delegate's ReadyForSync refused the sync.
 	ErrVetoed = errors.New("ferry: sync vetoed by the app")
-	// ErrLeaseTimeout means the collection's lease (the relay's SyncLock)
-	// was not granted within the profile's timeout; nothing was changed.
+	// ErrLeaseTimeout means the collection's lease (held by one device at a
+	// time) was not granted within the profile's timeout; nothing was changed.
 	ErrLeaseTimeout = errors.New("ferry: sync lease not granted in time")
 	// ErrSyncFailed means at least one collection failed; the SyncStats
 	// say which and why.

@@ -78,8 +78,8 @@ type Options struct {
 	Listener Listener
 	Delegate Delegate
 
-	// Network reports the device's current network (the seeds'
-	// reachability), checked before each sync. Without it, the replica
+	// Network reports the device's current network (as the platform's
+	// reachability API gives it), checked before each sync. Without it, the replica
 	// uses the last value given to SetNetwork, initially policy.Other.
 	Network func() policy.Network
 

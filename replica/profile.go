@@ -13,7 +13,7 @@ import (
 )
 
 // Profile is a named, stored sync configuration: where to sync, what, how
-// and when (the seeds' sync profile). Profiles are counted against
+// and when. Profiles are counted against
 // Options.MaxProfiles.
 type Profile struct {
 	Name   string `json:"name"`

@@ -63,7 +63,7 @@ func Open(dir string, o *Options) (*Replica, error) {
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
 	}
-	db, err := badger.Open(bo)
+	db, err := badgerdir.Open(bo)
 	if err != nil {
 		return nil, fmt.Errorf("ferry: open store %s: %w", dir, err)
 	}

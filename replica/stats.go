@@ -62,8 +62,8 @@ func failedRecord(id string, err error) FailedRecord {
 	return FailedRecord{ID: id, Reason: err.Error(), err: err}
 }
 
-// SyncStats describe one sync of a profile (the seeds' last-sync
-// statistics).
+// SyncStats describe one sync of a profile: what each collection moved,
+// and how it ended.
 type SyncStats struct {
 	Profile     string             `json:"profile"`
 	Status      Status             `json:"status"`

@@ -99,7 +99,7 @@ func (r *Replica) syncProfile(ctx context.Context, p *Profile) (*SyncStats, erro
 		run(coll)
 	}
 	// Collections the delegate wants retried run again, once, after the
-	// others (the seeds' "retry later in the same sync").
+	// others: a retry later in the same sync.
 	retry := failed
 	failed = nil
 	for _, coll := range retry {
@@ -241,7 +241,7 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 }
 
 // needsLease reports whether a sync of type typ takes the collection's
-// lease (the SyncLock). Refresh from the device always does: it rewrites
+// lease. Refresh from the device always does: it rewrites
 // the relay's records. Two-way and slow syncs do when this device has
 // changes to push: only a record with local changes can conflict, and a
 // resolution is pushed only under the lease taken before the pull that

@@ -201,7 +201,8 @@ type Unsubscribe struct {
 	Collection string `msgpack:"collection"`
 }
 
-// LeaseAcquire asks for a collection's lease (the SyncLock).
+// LeaseAcquire asks for a collection's lease, which one device at a time
+// holds to sync the collection.
 type LeaseAcquire struct {
 	Collection string `msgpack:"collection"`
 	TTLMS      uint32 `msgpack:"ttl_ms"`  // lease lifetime

@@ -169,32 +169,65 @@ func TestRelayNeedsApps(t *testing.T) {
 	}
 }
 
-func TestRelayDevModeServesAndStops(t *testing.T) {
-	dir := t.TempDir()
+// inProcessRelay is `ferry relay` run in this process.
+type inProcessRelay struct {
+	url, apiKey, token string
+	out                *syncBuffer
+	cancel             context.CancelFunc
+	done               chan error
+}
+
+// startInProcess runs a ferry command line that starts a relay with --dev
+// and waits for its URL, API key and token.
+func startInProcess(t *testing.T, args ...string) *inProcessRelay {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	out := &syncBuffer{}
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"relay", "--dev", "--data", dir, "--addr", "127.0.0.1:0", "--log-level", "error"}, out, out)
-	}()
-	var url, key, tok string
-	for url == "" || tok == "" {
-		select {
-		case err := <-done:
-			t.Fatalf("relay exited: %v\n%s", err, out.String())
-		case <-out.changed():
-		}
-		for _, line := range strings.Split(out.String(), "\n") {
+	r := &inProcessRelay{out: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- run(ctx, args, r.out, r.out) }()
+	t.Cleanup(func() {
+		cancel()
+		<-r.done
+	})
+	for r.url == "" || r.token == "" {
+		changed := r.out.changed()
+		for _, line := range strings.Split(r.out.String(), "\n") {
 			switch {
 			case strings.HasPrefix(line, "ferry relay listening on "):
-				url = strings.TrimPrefix(line, "ferry relay listening on ")
+				r.url = strings.TrimPrefix(line, "ferry relay listening on ")
 			case strings.HasPrefix(line, "  API key: "):
-				key = strings.TrimPrefix(line, "  API key: ")
+				r.apiKey = strings.TrimPrefix(line, "  API key: ")
 			case strings.HasPrefix(line, "  token:   "):
-				tok = strings.TrimPrefix(line, "  token:   ")
+				r.token = strings.TrimPrefix(line, "  token:   ")
 			}
 		}
+		if r.url != "" && r.token != "" {
+			break
+		}
+		select {
+		case err := <-r.done:
+			r.done <- err
+			t.Fatalf("relay exited: %v\n%s", err, r.out.String())
+		case <-changed:
+		}
 	}
+	return r
+}
+
+// stop ends the relay as SIGTERM would and checks it stopped cleanly.
+func (r *inProcessRelay) stop(t *testing.T) {
+	t.Helper()
+	r.cancel()
+	err := <-r.done
+	r.done <- err
+	if err != nil {
+		t.Fatalf("graceful stop: %v", err)
+	}
+}
+
+func TestRelayDevModeServesAndStops(t *testing.T) {
+	dir := t.TempDir()
+	r := startInProcess(t, "relay", "--dev", "--data", dir, "--addr", "127.0.0.1:0", "--log-level", "error")
+	url, key, tok := r.url, r.apiKey, r.token
 	// The printed key and token work as printed.
 	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer dcancel()
@@ -207,10 +240,7 @@ func TestRelayDevModeServesAndStops(t *testing.T) {
 		t.Fatalf("printed credentials refused: %v", err)
 	}
 	c.Close()
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("graceful stop: %v", err)
-	}
+	r.stop(t)
 	// The dev app persists: a token minted now is for the same app.
 	var tb bytes.Buffer
 	if err := run(context.Background(), []string{"token", "--dev", "--data", dir, "--subject", "ann", "--read", "notes"}, &tb, &tb); err != nil {

@@ -1,7 +1,9 @@
 // Package badgerdir holds what Ferry's two Badger stores (a replica's and
 // the relay's) share: preparing the folder (refusing foreign files,
-// repairing what a crash during Badger's own open left), logging through
-// slog, and value-log garbage collection.
+// repairing what a crash during Badger's own open left), opening with a
+// clear error when another process holds the store, read-only opens,
+// logging through slog, value-log garbage collection, and the store's size
+// on disk.
 package badgerdir
 
 import (
