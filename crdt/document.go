@@ -3,6 +3,7 @@ package crdt
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/automerge/automerge-go"
@@ -20,6 +21,11 @@ type Doc struct {
 	// first need and brought up to date incrementally (see seqIndex).
 	seqs   map[string]actorSeqs
 	seqsAt Heads
+
+	// idx indexes the document's operations, for Import's checks (see
+	// opindex.go); nil until first needed. It is immutable and shared with
+	// forks, hence atomic: a fork may be taken while the Doc imports.
+	idx atomic.Pointer[opIndex]
 }
 
 // New returns an empty document that writes as actor (a hex string; a
@@ -115,6 +121,9 @@ func (d *Doc) Fork(at Heads) (*Doc, error) {
 		return nil, fmt.Errorf("crdt: fork: %w", err)
 	}
 	f := &Doc{am: am}
+	// The index knows which heads it describes, so a fork at other heads
+	// brings it up to date (or rebuilds it) on first use.
+	f.idx.Store(d.idx.Load())
 	// A fork gets a fresh random actor; keep ours so any change made on the
 	// fork is attributed to this replica.
 	if err := f.SetActor(d.Actor()); err != nil {
