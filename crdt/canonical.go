@@ -181,7 +181,7 @@ func decodeChange(payload []byte) (*change, error) {
 	p.mark("sequence number")
 	c.startOp = p.uleb()
 	p.mark("start op")
-	c.time = p.sleb()
+	c.time = p.sleb64()
 	p.mark("time")
 	msg := p.bytes(p.uleb())
 	if p.err == nil && !utf8.Valid(msg) {
@@ -453,7 +453,7 @@ func (d *valueDecoder) next() (scalar, error) {
 		}
 		v.u = u
 	case valInt, valCounter, valTimestamp:
-		i, n := readSLEB(b)
+		i, n := readSLEB64(b)
 		if n <= 0 || n != len(b) {
 			return scalar{}, errors.New("bad int")
 		}

@@ -34,6 +34,31 @@ func appendSLEB(b []byte, v int64) []byte {
 // uvarint is).
 func appendULEB(b []byte, v uint64) []byte { return binary.AppendUvarint(b, v) }
 
+// readSLEB64 reads a signed LEB128 anywhere in int64's range (readSLEB,
+// for counts, refuses the one value it cannot negate) and returns it with
+// the number of bytes read, or 0 if p does not start with one.
+func readSLEB64(p []byte) (int64, int) {
+	var v int64
+	for i, c := range p {
+		if i == 9 {
+			// The tenth byte holds bit 63 and the sign: 0x00 or 0x7f
+			// (or 0x01 and 0x7e, whose sign disagrees: overflow).
+			if c != 0 && c != 0x7f {
+				return 0, 0
+			}
+			return v | int64(c)<<63, i + 1
+		}
+		v |= int64(c&0x7f) << (7 * i)
+		if c&0x80 == 0 {
+			if c&0x40 != 0 {
+				v |= -1 << (7 * (i + 1))
+			}
+			return v, i + 1
+		}
+	}
+	return 0, 0
+}
+
 // reader walks one column's bytes.
 type reader struct {
 	b   []byte
@@ -61,6 +86,16 @@ func (r *reader) uleb() uint64 {
 
 func (r *reader) sleb() int64 {
 	v, n := readSLEB(r.b)
+	if n <= 0 {
+		r.fail(errColumn)
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) sleb64() int64 {
+	v, n := readSLEB64(r.b)
 	if n <= 0 {
 		r.fail(errColumn)
 		return 0
