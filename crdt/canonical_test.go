@@ -636,3 +636,31 @@ func TestImportCompressedChunks(t *testing.T) {
 		t.Fatalf("Import of a compressed non-canonical change: %v, want ErrCorrupt", err)
 	}
 }
+
+// Load imports what follows a document with Import's checks: before, a
+// saved document followed by a crafted change loaded (and with a map key
+// in a list, aborted the process).
+func TestLoadChecksTrailingChanges(t *testing.T) {
+	for _, v := range variants() {
+		if v.name != "a map key in a list" && v.name != "non-minimal LEB128 in a column" {
+			continue
+		}
+		target, payload := variantFixture(t)
+		c, err := decodeChange(payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := append(target.Save(), v.make(t, c)...)
+		if _, err := Load(data, ""); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("%s after a document: Load = %v, want ErrCorrupt", v.name, err)
+		}
+	}
+	target, payload := variantFixture(t)
+	d, err := Load(append(target.Save(), chunkOf(payload)...), "")
+	if err != nil {
+		t.Fatalf("a document and a change it lacks: %v", err)
+	}
+	if !d.Has(Hash(changeHash(payload))) {
+		t.Fatal("the change after the document was not loaded")
+	}
+}
