@@ -39,13 +39,40 @@ const (
 	specMarkName   = 0xa5
 )
 
-var columnNames = map[uint64]string{
-	specObjActor: "object actor", specObjCounter: "object counter",
-	specKeyActor: "key actor", specKeyCounter: "key counter", specKeyString: "key string",
-	specInsert: "insert", specAction: "action",
-	specValueMeta: "value metadata", specValue: "value",
-	specPredGroup: "predecessor count", specPredActor: "predecessor actor", specPredCount: "predecessor counter",
-	specExpand: "mark expand", specMarkName: "mark name",
+// columnSpecs lists the columns a change can have, in order; a column's
+// index here is its slot in a colSet.
+var columnSpecs = [...]struct {
+	spec uint64
+	name string
+}{
+	{specObjActor, "object actor"}, {specObjCounter, "object counter"},
+	{specKeyActor, "key actor"}, {specKeyCounter, "key counter"}, {specKeyString, "key string"},
+	{specInsert, "insert"}, {specAction, "action"},
+	{specValueMeta, "value metadata"}, {specValue, "value"},
+	{specPredGroup, "predecessor count"}, {specPredActor, "predecessor actor"}, {specPredCount, "predecessor counter"},
+	{specExpand, "mark expand"}, {specMarkName, "mark name"},
+}
+
+// colSet holds a change's column data by slot (see columnSpecs).
+type colSet [len(columnSpecs)][]byte
+
+// slot returns a spec's slot, or -1 for a column a change cannot have.
+func slot(spec uint64) int {
+	for i, c := range columnSpecs {
+		if c.spec == spec {
+			return i
+		}
+	}
+	return -1
+}
+
+func (cs *colSet) get(spec uint64) []byte { return cs[slot(spec)] }
+
+func columnName(spec uint64) string {
+	if i := slot(spec); i >= 0 {
+		return columnSpecs[i].name
+	}
+	return "unknown"
 }
 
 // Operation actions.
@@ -131,8 +158,10 @@ type change struct {
 	cols    []encodedColumn // as received, in order
 	header  []byte          // the bytes before the column metadata
 
-	// Where each part was found in the payload, for error messages.
-	sections []section
+	// Where each header field ends in the payload, for error messages.
+	sections [7]section
+	nsect    int
+	predBuf  []chOpID // backs the operations' predecessors
 }
 
 type section struct {
@@ -157,7 +186,8 @@ type payloadReader struct {
 }
 
 func (p *payloadReader) mark(name string) {
-	p.c.sections = append(p.c.sections, section{end: p.start - len(p.b), name: name})
+	p.c.sections[p.c.nsect] = section{end: p.start - len(p.b), name: name}
+	p.c.nsect++
 }
 
 // decodeChange decodes a change chunk's payload as the bundled Rust core
@@ -216,64 +246,65 @@ func decodeChange(payload []byte) (*change, error) {
 }
 
 // readColumns reads the column metadata and slices out each column's data.
-func readColumns(p *payloadReader) (map[uint64][]byte, error) {
+func readColumns(p *payloadReader) (*colSet, error) {
 	n := p.uleb()
 	if p.err != nil || n > uint64(len(p.b)) {
 		return nil, errors.New("bad column count")
 	}
 	type meta struct{ spec, size uint64 }
-	metas := make([]meta, n)
-	for i := range metas {
-		metas[i] = meta{p.uleb(), p.uleb()}
+	var buf [len(columnSpecs) + 2]meta
+	metas := buf[:0]
+	for range n {
+		metas = append(metas, meta{p.uleb(), p.uleb()})
 	}
 	if p.err != nil {
 		return nil, errors.New("bad column metadata")
 	}
-	p.mark("column metadata")
-	cols := make(map[uint64][]byte, n)
+	cols := &colSet{}
+	var seen [len(columnSpecs)]bool
+	p.c.cols = make([]encodedColumn, 0, len(metas))
 	for _, m := range metas {
-		name, known := columnNames[m.spec]
+		i := slot(m.spec)
 		switch {
 		case m.spec&colDeflate != 0:
 			return nil, fmt.Errorf("column %#x is DEFLATEd, which Automerge never does in a change", m.spec)
-		case !known:
+		case i < 0:
 			return nil, fmt.Errorf("unknown column %#x: the bundled Automerge would drop it, and the change would not rebuild", m.spec)
-		}
-		if _, dup := cols[m.spec]; dup {
+		case seen[i]:
 			return nil, fmt.Errorf("column %#x appears twice", m.spec)
 		}
+		seen[i] = true
 		data := p.bytes(m.size)
 		if p.err != nil {
 			return nil, errors.New("columns overrun the change")
 		}
-		cols[m.spec] = data
+		cols[i] = data
 		p.c.cols = append(p.c.cols, encodedColumn{m.spec, data})
-		p.mark("column " + name)
 	}
 	return cols, nil
 }
 
 // decodeOps reads the operations, driven by the action column as Rust's
 // ChangeOpsIter is.
-func (c *change) decodeOps(cols map[uint64][]byte) error {
+func (c *change) decodeOps(cols *colSet) error {
 	var (
-		objA   = newRLE(cols[specObjActor], readUint)
-		objC   = newRLE(cols[specObjCounter], readUint)
-		keyA   = newRLE(cols[specKeyActor], readUint)
-		keyC   = newDelta(cols[specKeyCounter])
-		keyS   = newRLE(cols[specKeyString], readStr)
-		insert = newBool(cols[specInsert])
-		action = newRLE(cols[specAction], readUint)
-		vals   = valueDecoder{meta: newRLE(cols[specValueMeta], readUint), raw: reader{b: cols[specValue]}}
-		predN  = newRLE(cols[specPredGroup], readUint)
-		predA  = newRLE(cols[specPredActor], readUint)
-		predC  = newDelta(cols[specPredCount])
-		expand = newBool(cols[specExpand])
-		marks  = newRLE(cols[specMarkName], readStr)
+		objA   = newRLE[uint64](cols.get(specObjActor))
+		objC   = newRLE[uint64](cols.get(specObjCounter))
+		keyA   = newRLE[uint64](cols.get(specKeyActor))
+		keyC   = newDelta(cols.get(specKeyCounter))
+		keyS   = newRLE[string](cols.get(specKeyString))
+		insert = newBool(cols.get(specInsert))
+		action = newRLE[uint64](cols.get(specAction))
+		vals   = valueDecoder{meta: newRLE[uint64](cols.get(specValueMeta)), raw: reader{b: cols.get(specValue)}}
+		predN  = newRLE[uint64](cols.get(specPredGroup))
+		predA  = newRLE[uint64](cols.get(specPredActor))
+		predC  = newDelta(cols.get(specPredCount))
+		expand = newBool(cols.get(specExpand))
+		marks  = newRLE[string](cols.get(specMarkName))
 	)
 	// Rust reads every object as the root unless both object columns hold
 	// data.
-	rootOnly := len(cols[specObjActor]) == 0 || len(cols[specObjCounter]) == 0
+	rootOnly := len(cols.get(specObjActor)) == 0 || len(cols.get(specObjCounter)) == 0
 	nActors := uint64(1 + len(c.others))
 	for i := 0; ; i++ {
 		act, null, ok := action.next()
@@ -290,11 +321,11 @@ func (c *change) decodeOps(cols map[uint64][]byte) error {
 		op.action = act
 		var err error
 		if !rootOnly {
-			if op.obj, err = readObj(objA, objC); err != nil {
+			if op.obj, err = readObj(&objA, &objC); err != nil {
 				return fmt.Errorf("operation %d: object: %w", i, err)
 			}
 		}
-		if err = readKey(&op, keyA, keyC, keyS); err != nil {
+		if err = readKey(&op, &keyA, &keyC, &keyS); err != nil {
 			return fmt.Errorf("operation %d: key: %w", i, err)
 		}
 		if op.insert, ok = insert.next(); !ok {
@@ -303,7 +334,7 @@ func (c *change) decodeOps(cols map[uint64][]byte) error {
 		if op.val, err = vals.next(); err != nil {
 			return fmt.Errorf("operation %d: value: %w", i, err)
 		}
-		if op.pred, err = readPreds(predN, predA, predC); err != nil {
+		if op.pred, err = c.readPreds(&predN, &predA, &predC); err != nil {
 			return fmt.Errorf("operation %d: predecessors: %w", i, err)
 		}
 		// The last two columns may end early: missing means false and none.
@@ -375,8 +406,8 @@ func readKey(op *chOp, actors *rleDecoder[uint64], ctrs *deltaDecoder, strs *rle
 	return nil
 }
 
-// readPreds mirrors Rust's OpIdListIter.
-func readPreds(nums *rleDecoder[uint64], actors *rleDecoder[uint64], ctrs *deltaDecoder) ([]chOpID, error) {
+// readPreds mirrors Rust's OpIdListIter. The predecessors share one buffer.
+func (c *change) readPreds(nums *rleDecoder[uint64], actors *rleDecoder[uint64], ctrs *deltaDecoder) ([]chOpID, error) {
 	n, null, ok := nums.next()
 	if err := nums.err(); err != nil {
 		return nil, err
@@ -387,35 +418,36 @@ func readPreds(nums *rleDecoder[uint64], actors *rleDecoder[uint64], ctrs *delta
 	if n > maxRun {
 		return nil, errColumn
 	}
-	var out []chOpID
+	start := len(c.predBuf)
 	for range n {
 		a, aNull, aOK := actors.next()
-		c, cNull, cOK := ctrs.next()
+		ctr, cNull, cOK := ctrs.next()
 		if err := errors.Join(actors.err(), ctrs.rle.err()); err != nil {
 			return nil, err
 		}
 		if !aOK || aNull || !cOK || cNull {
 			return nil, errors.New("null actor or counter")
 		}
-		if c < 0 {
+		if ctr < 0 {
 			return nil, errors.New("negative counter")
 		}
-		out = append(out, chOpID{ctr: uint64(c), actor: a})
+		c.predBuf = append(c.predBuf, chOpID{ctr: uint64(ctr), actor: a})
 	}
-	return out, nil
+	if start == len(c.predBuf) {
+		return nil, nil
+	}
+	return c.predBuf[start:len(c.predBuf):len(c.predBuf)], nil
 }
 
 // checkActorRefs refuses actor indexes outside the change's actor table
 // (Rust indexes past it and panics).
 func checkActorRefs(op chOp, n uint64) error {
-	ids := append([]chOpID{op.obj}, op.pred...)
-	if op.kind == keyElem {
-		ids = append(ids, op.elem)
+	bad := op.obj.actor >= n || op.kind == keyElem && op.elem.actor >= n
+	for _, p := range op.pred {
+		bad = bad || p.actor >= n
 	}
-	for _, id := range ids {
-		if id.actor >= n {
-			return fmt.Errorf("actor index %d in a table of %d", id.actor, n)
-		}
+	if bad {
+		return fmt.Errorf("an actor index past the table of %d", n)
 	}
 	return nil
 }
@@ -423,7 +455,7 @@ func checkActorRefs(op chOp, n uint64) error {
 // valueDecoder mirrors Rust's ValueIter: a metadata column (length << 4 |
 // type) beside a column of raw bytes.
 type valueDecoder struct {
-	meta *rleDecoder[uint64]
+	meta rleDecoder[uint64]
 	raw  reader
 }
 
@@ -751,7 +783,7 @@ func (c *change) difference(header []byte, cols []encodedColumn) error {
 	}
 	for i, col := range cols {
 		if !bytes.Equal(col.data, c.cols[i].data) {
-			return fmt.Errorf("column %s (%#x) %s", columnNames[col.spec], col.spec, noncanonical)
+			return fmt.Errorf("column %s (%#x) %s", columnName(col.spec), col.spec, noncanonical)
 		}
 	}
 	return fmt.Errorf("the change %s", noncanonical)
@@ -794,7 +826,7 @@ func (c *change) cmpOpID(a, b chOpID) int {
 
 // sectionAt names the part of the payload that holds byte n.
 func (c *change) sectionAt(n int) string {
-	for _, s := range c.sections {
+	for _, s := range c.sections[:c.nsect] {
 		if n < s.end {
 			return s.name
 		}

@@ -175,7 +175,7 @@ func padSLEB(v int64) []byte {
 // uintValues decodes a uint RLE column (nulls as nil).
 func uintValues(t *testing.T, col []byte) []*uint64 {
 	t.Helper()
-	d := newRLE(col, readUint)
+	d := newRLE[uint64](col)
 	var out []*uint64
 	for {
 		v, null, ok := d.next()
@@ -264,7 +264,7 @@ func variants() []variant {
 			make: func(t *testing.T, c *change) []byte {
 				return editColumn(c, specKeyCounter, func(b []byte) []byte {
 					// The same deltas, each as a run of one.
-					d := newRLE(b, readInt)
+					d := newRLE[int64](b)
 					var out []byte
 					for {
 						v, null, ok := d.next()

@@ -127,22 +127,35 @@ func (r *reader) str() string {
 // operations, and it keeps the arithmetic below far from overflow.
 const maxRun = 1 << 40
 
-// rleDecoder reads a run-length encoded column of T: a signed count c,
-// then one value repeated c times (c > 0), -c literal values (c < 0), or
-// a count of nulls (c == 0). It mirrors Rust's RleDecoder, except that it
-// refuses runs of zero nulls and absurd counts, which Automerge never
-// writes.
-type rleDecoder[T any] struct {
+// rleDecoder reads a run-length encoded column of T (uint64, int64 or
+// string): a signed count c, then one value repeated c times (c > 0), -c
+// literal values (c < 0), or a count of nulls (c == 0). It mirrors Rust's
+// RleDecoder, except that it refuses runs of zero nulls and absurd counts,
+// which Automerge never writes. The zero value reads an empty column.
+type rleDecoder[T uint64 | int64 | string] struct {
 	r       reader
-	read    func(*reader) T
 	left    uint64 // values left in the current run
 	literal bool
 	null    bool
 	last    T
 }
 
-func newRLE[T any](b []byte, read func(*reader) T) *rleDecoder[T] {
-	return &rleDecoder[T]{r: reader{b: b}, read: read}
+func newRLE[T uint64 | int64 | string](b []byte) rleDecoder[T] {
+	return rleDecoder[T]{r: reader{b: b}}
+}
+
+// read reads one value of T.
+func (d *rleDecoder[T]) read() T {
+	var v T
+	switch p := any(&v).(type) {
+	case *uint64:
+		*p = d.r.uleb()
+	case *int64:
+		*p = d.r.sleb()
+	case *string:
+		*p = d.r.str()
+	}
+	return v
 }
 
 // next returns the next value; ok is false at the end of the column (or on
@@ -158,7 +171,7 @@ func (d *rleDecoder[T]) next() (v T, null, ok bool) {
 			return v, false, false
 		case c > 0 && c <= maxRun:
 			d.left, d.literal, d.null = uint64(c), false, false
-			d.last = d.read(&d.r)
+			d.last = d.read()
 		case c < 0 && c >= -maxRun:
 			d.left, d.literal, d.null = uint64(-c), true, false
 		case c == 0:
@@ -177,7 +190,7 @@ func (d *rleDecoder[T]) next() (v T, null, ok bool) {
 	d.left--
 	switch {
 	case d.literal:
-		v = d.read(&d.r)
+		v = d.read()
 		if d.r.err != nil {
 			return v, false, false
 		}
@@ -190,18 +203,14 @@ func (d *rleDecoder[T]) next() (v T, null, ok bool) {
 
 func (d *rleDecoder[T]) err() error { return d.r.err }
 
-func readUint(r *reader) uint64 { return r.uleb() }
-func readInt(r *reader) int64   { return r.sleb() }
-func readStr(r *reader) string  { return r.str() }
-
 // deltaDecoder reads a delta column: an RLE column of signed differences,
 // summed (with saturation, as Rust does) from zero.
 type deltaDecoder struct {
-	rle *rleDecoder[int64]
+	rle rleDecoder[int64]
 	abs int64
 }
 
-func newDelta(b []byte) *deltaDecoder { return &deltaDecoder{rle: newRLE(b, readInt)} }
+func newDelta(b []byte) deltaDecoder { return deltaDecoder{rle: newRLE[int64](b)} }
 
 func (d *deltaDecoder) next() (v int64, null, ok bool) {
 	delta, null, ok := d.rle.next()
@@ -241,7 +250,7 @@ type boolDecoder struct {
 	count uint64
 }
 
-func newBool(b []byte) *boolDecoder { return &boolDecoder{r: reader{b: b}, last: true} }
+func newBool(b []byte) boolDecoder { return boolDecoder{r: reader{b: b}, last: true} }
 
 func (d *boolDecoder) next() (v, ok bool) {
 	for d.count == 0 {

@@ -57,7 +57,7 @@ func TestRLERoundTrip(t *testing.T) {
 			}
 		}
 		enc := e.finish()
-		d := newRLE(enc, readUint)
+		d := newRLE[uint64](enc)
 		var got []*uint64
 		for {
 			v, null, ok := d.next()

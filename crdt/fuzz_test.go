@@ -106,9 +106,10 @@ func FuzzLoad(f *testing.F) {
 }
 
 // checkUsable exercises a document that Load or Import accepted. With
-// mustReload, its saved bytes must load back to the same document;
-// otherwise a refusal (ErrCorrupt, never a crash) is tolerated: Automerge
-// accepts some crafted changes that it then cannot reload.
+// mustReload (always, for Import), its saved bytes must load back to the
+// same document; otherwise a refusal (ErrCorrupt, never a crash) is
+// tolerated: a crafted document chunk that Load accepts is Automerge's
+// own reading, which Ferry does not re-check.
 func checkUsable(t *testing.T, d *crdt.Doc, mustReload bool) {
 	t.Helper()
 	f, err := d.Fields()
