@@ -315,3 +315,41 @@ func (s *checkSim) listLen(d *crdt.Doc) int {
 	}
 	return 0
 }
+
+// Automerge encodes a change of more than 10,000 operations row by row
+// rather than column by column; the bytes must be the same.
+func TestNoFalseRefusalOfLargeChange(t *testing.T) {
+	d := newDoc(t, actorA)
+	words := make([]any, 0, 4000)
+	for i := range 4000 {
+		words = append(words, []any{int64(i % 7), "w", nil}[i%3])
+	}
+	set(t, d, crdt.Path{"l"}, words)
+	if err := d.SpliceText(crdt.Path{"t"}, 0, 0, repeatRunes("é🙂a", 2500)); err != nil {
+		t.Fatal(err)
+	}
+	commit(t, d)
+	for i := range 3000 {
+		set(t, d, crdt.Path{"m", fmt.Sprint("k", i)}, i)
+	}
+	commit(t, d)
+	all, err := d.ChangesSince(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := crdt.CheckEncoding(all); err != nil {
+		t.Fatal(err)
+	}
+	e := newDoc(t, actorB)
+	if n, err := e.Import(all); n != 2 || err != nil {
+		t.Fatalf("Import = %d, %v", n, err)
+	}
+}
+
+func repeatRunes(s string, n int) string {
+	out := make([]rune, 0, n*len(s))
+	for range n {
+		out = append(out, []rune(s)...)
+	}
+	return string(out)
+}
