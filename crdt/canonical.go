@@ -749,7 +749,7 @@ func checkCanonical(payload []byte) (*change, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := c.checkHeader(); err != nil {
+	if err := c.namedFaults(); err != nil {
 		return nil, err
 	}
 	deps, others, ops := c.canonicalParts()
@@ -789,9 +789,9 @@ func (c *change) difference(header []byte, cols []encodedColumn) error {
 	return fmt.Errorf("the change %s", noncanonical)
 }
 
-// checkHeader names the header differences Automerge would rebuild away,
-// so that the error says more than a byte offset.
-func (c *change) checkHeader() error {
+// namedFaults names the differences Automerge would rebuild away that a
+// byte comparison alone would report less clearly.
+func (c *change) namedFaults() error {
 	for i := 1; i < len(c.deps); i++ {
 		if cmpHash(c.deps[i-1], c.deps[i]) >= 0 {
 			return errors.New("dependencies are not sorted and distinct, as Automerge writes them")
