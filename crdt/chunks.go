@@ -85,6 +85,7 @@ type ChangeInfo struct {
 type chunkInfo struct {
 	changes   []ChangeInfo // change chunks (compressed or not), in stream order
 	authors   []author     // who made each of changes
+	payloads  [][]byte     // each change's payload (inflated if it was compressed)
 	documents int          // whole-document chunks
 	docHeads  []Hash       // the heads each document chunk declares
 }
@@ -132,6 +133,11 @@ func frameWithin(b []byte, budget *InflateBudget) (chunkInfo, error) {
 		if ln <= 0 {
 			return ci, fmt.Errorf("%w: bad chunk length at byte %d", ErrCorrupt, off)
 		}
+		if typ != chunkDocument && ln != len(binary.AppendUvarint(nil, n)) {
+			// Automerge refuses the header (and hashes a change as if its
+			// length were minimal): refuse it before anything is applied.
+			return ci, fmt.Errorf("%w: chunk at byte %d has a non-minimal length", ErrCorrupt, off)
+		}
 		hdr := 9 + ln
 		if n > uint64(len(rest)-hdr) {
 			return ci, fmt.Errorf("%w: chunk at byte %d declares %d bytes, %d remain (truncated)", ErrCorrupt, off, n, len(rest)-hdr)
@@ -168,6 +174,7 @@ func frameWithin(b []byte, budget *InflateBudget) (chunkInfo, error) {
 			}
 			ci.changes = append(ci.changes, ChangeInfo{Hash: Hash(sum), Deps: deps})
 			ci.authors = append(ci.authors, who)
+			ci.payloads = append(ci.payloads, payload)
 		}
 		off += end
 	}

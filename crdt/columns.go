@@ -14,8 +14,8 @@ import (
 // cannot unwind into Go: it aborts the whole process, whoever sent the
 // bytes (a checksum is no defence, anyone can compute one). The checks here
 // refuse those before automerge sees them. They are not a full validator:
-// Automerge can still accept a crafted change that makes the document save
-// bytes that do not load (see Import).
+// that a change will survive saving and loading is checked by
+// canonical.go and opindex.go.
 //
 // A change chunk's payload is its dependencies, actor, sequence number,
 // start op, time, message, other actors, column metadata and column data.
