@@ -214,10 +214,10 @@ func TestPrepareRefusesLostManifest(t *testing.T) {
 	checkUntouched(t, kr, before)
 }
 
-// Each damage to a table is refused before Badger opens it (a cut table
-// makes Badger panic on a goroutine nobody can recover), and the folder is
-// left as it was.
-func TestPrepareRefusesDamagedTables(t *testing.T) {
+// Each damage to a table, the MANIFEST or the key registry is refused
+// before Badger opens the store (a cut table makes Badger panic on a
+// goroutine nobody can recover), and the folder is left as it was.
+func TestPrepareRefusesDamagedStores(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		damage func(t *testing.T, sst string)
@@ -251,6 +251,11 @@ func TestPrepareRefusesDamagedTables(t *testing.T) {
 		}},
 		{"MANIFEST cut", func(t *testing.T, sst string) {
 			if err := os.Truncate(filepath.Join(filepath.Dir(sst), "MANIFEST"), 5); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"KEYREGISTRY cut", func(t *testing.T, sst string) {
+			if err := os.Truncate(filepath.Join(filepath.Dir(sst), "KEYREGISTRY"), 7); err != nil {
 				t.Fatal(err)
 			}
 		}},

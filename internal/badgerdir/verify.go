@@ -32,12 +32,21 @@ import (
 //     stores check what they read against what they expect (a replica's
 //     record sizes and heads, the relay's value headers).
 
-// verifyStore checks the MANIFEST and every table it lists. The caller
-// holds the folder lock.
+// verifyStore checks the MANIFEST, the key registry and every table the
+// MANIFEST lists. The caller holds the folder lock.
 func verifyStore(dir string) error {
 	m, err := readManifest(dir)
 	if err != nil {
 		return &damagedError{dir: dir, untouched: true, problem: "its MANIFEST (Badger's list of the store's tables) is unreadable", err: err}
+	}
+	// Badger writes its key registry even when nothing is encrypted, and
+	// will not open without a readable one.
+	kr, err := badger.OpenKeyRegistry(badger.KeyRegistryOptions{Dir: dir, ReadOnly: true})
+	if err != nil {
+		return &damagedError{dir: dir, untouched: true, problem: "its KEYREGISTRY is unreadable", err: err}
+	}
+	if err := kr.Close(); err != nil {
+		return err
 	}
 	ids := make([]uint64, 0, len(m.Tables))
 	for id := range m.Tables {
