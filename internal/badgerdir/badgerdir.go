@@ -53,9 +53,10 @@ func (e *damagedError) Unwrap() error { return e.err }
 // with files Badger would not have written, without touching them.
 //
 // It refuses (ErrDamaged), without touching anything, a store whose MANIFEST
-// is missing or unreadable, or one of whose tables is missing or fails its
-// checksums: Badger would otherwise delete every table its MANIFEST does not
-// list, return damaged records as empty ones, or panic. Verifying every
+// is missing or unreadable, whose key registry is unreadable, or one of
+// whose tables is missing or fails its checksums: Badger would otherwise
+// delete every table its MANIFEST does not list, return damaged records as
+// empty ones, or panic. Verifying every
 // table reads the whole store once per open (see docs/operations.md for
 // the cost).
 //
@@ -63,14 +64,15 @@ func (e *damagedError) Unwrap() error { return e.err }
 // else:
 //   - Badger writes LOCK and MANIFEST-REWRITE, then renames the latter to
 //     MANIFEST, before it creates any other file; killed in between, the
-//     folder holds those two files only and cannot be opened. They hold no
-//     data, so they are removed and the store is created anew.
+//     folder holds those two files only. They hold no data, so they are
+//     removed and the store is created anew.
 //   - Badger creates memtable (.mem) and value log (.vlog) files before
 //     writing their headers; an empty one makes the next open fail
 //     (dgraph-io/badger#2207). Empty files hold nothing, so they are removed.
 //
-// Prepare holds Badger's directory lock while it looks, so it never repairs
-// or judges a folder another process has open; such a folder is an error.
+// Prepare holds Badger's folder lock (shared) while it looks, so it never
+// repairs or judges a store that is open, in this process or another; such
+// a folder is an error.
 func Prepare(dir string) (exists bool, err error) {
 	unlock, err := lockDir(dir)
 	if errors.Is(err, os.ErrNotExist) {

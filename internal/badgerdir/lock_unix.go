@@ -21,7 +21,7 @@ func lockDir(dir string) (unlock func(), err error) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%s is in use by another open store", dir)
+			return nil, fmt.Errorf("%s is in use: a store is open in it, in this process or another", dir)
 		}
 		return nil, fmt.Errorf("locking %s: %w", dir, err)
 	}

@@ -160,8 +160,8 @@ func panicError(p any) error {
 // and of every value it reads from the value log, beyond what o asks. A
 // panic inside Badger becomes an error wrapping ErrDamaged; Badger's
 // deferred cleanup has released its folder lock by then, so the store can
-// be opened again once the folder is repaired, though memory Badger had
-// mapped may stay mapped.
+// be opened again once the folder is repaired, though files Badger had
+// mapped may stay mapped and goroutines it had started may linger.
 func Open(o badger.Options) (db *badger.DB, err error) {
 	if !o.InMemory {
 		// Block checksums cost little against a read from disk (blocks
