@@ -81,8 +81,10 @@ var _ Store = (*BadgerStore)(nil)
 
 // OpenBadgerStore opens the relay store in dir, creating it (and dir) if
 // absent. dir must be missing, empty, or a relay store: a folder with other
-// files gives ErrNotRelayStore, and a store written by a newer Ferry gives
-// ErrNewerStoreFormat, in both cases without writing anything to it.
+// files gives ErrNotRelayStore, a store written by a newer Ferry gives
+// ErrNewerStoreFormat, and a damaged store (a file missing, cut short or
+// failing its checksums) gives ErrStoreDamaged, in each case without
+// writing anything to it or deleting anything from it.
 func OpenBadgerStore(dir string, o *BadgerOptions) (*BadgerStore, error) {
 	opts := o.withDefaults()
 	db, err := openBadger(dir, opts)
@@ -91,7 +93,7 @@ func OpenBadgerStore(dir string, o *BadgerOptions) (*BadgerStore, error) {
 	}
 	s := &BadgerStore{db: db, opts: opts, seed: maphash.MakeSeed(), closing: make(chan struct{})}
 	if s.incarnation, err = initMeta(db); err != nil {
-		db.Close()
+		badgerdir.Close(db)
 		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
 	}
 	if !opts.InMemory && opts.GCInterval > 0 {
@@ -124,6 +126,9 @@ func openBadger(dir string, opts BadgerOptions) (*badger.DB, error) {
 		bo.Dir, bo.ValueDir = "", ""
 	}
 	db, err := badgerdir.Open(bo)
+	if errors.Is(err, badgerdir.ErrDamaged) {
+		return nil, damaged(err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
 	}
@@ -303,10 +308,14 @@ func (s *BadgerStore) Document(ctx context.Context, c Coll, record string) (doc 
 		if err != nil {
 			return err
 		}
-		return item.Value(func(v []byte) error {
+		err = item.Value(func(v []byte) error {
 			_, heads, doc, err = decodeDoc(v, true)
 			return err
 		})
+		if err != nil {
+			return fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, err)
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, nil, err
@@ -505,7 +514,7 @@ func (s *BadgerStore) Close() error {
 		s.mu.Lock()
 		s.closed = true
 		s.mu.Unlock()
-		s.closeErr = s.db.Close()
+		s.closeErr = badgerdir.Close(s.db)
 	})
 	return s.closeErr
 }

@@ -60,8 +60,9 @@ func docKey(c Coll, record string) []byte { return append(collPrefix("doc", c), 
 // find its length.
 const valueVersion = 1
 
-// errCorrupt marks a stored value this version cannot decode.
-var errCorrupt = errors.New("relay: corrupt store value")
+// errCorrupt marks a stored value this version cannot decode: the store is
+// damaged.
+var errCorrupt = fmt.Errorf("%w: corrupt store value", ErrStoreDamaged)
 
 // encodeLogEntry: version, record, heads, changes.
 func encodeLogEntry(e Entry) []byte {

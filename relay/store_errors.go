@@ -22,6 +22,11 @@ var (
 	// ErrNewerStoreFormat means the store was written by a newer Ferry whose
 	// format this version cannot read. Nothing in it was changed.
 	ErrNewerStoreFormat = errors.New("relay: store written by a newer format version")
+	// ErrStoreDamaged means the store's folder is damaged: OpenBadgerStore
+	// found a file missing, cut short or failing its checksums, or a read
+	// found a stored value that does not decode. Nothing was changed. The
+	// error names the folder or the value and what is wrong.
+	ErrStoreDamaged = errors.New("relay: store is damaged")
 )
 
 // LeaseHeldError is the ErrLeaseHeld returned by Acquire: it carries the

@@ -57,3 +57,18 @@ var (
 // ErrMergeHook wraps a merge hook's error: the record stays pending, its
 // remote changes are kept for the next sync, and it is listed as failed.
 var ErrMergeHook = errors.New("ferry: merge hook failed")
+
+// Damage to the store.
+var (
+	// ErrDamaged means Open refused the folder: it holds a Ferry store
+	// with a file missing, cut short or failing its checksums. The error
+	// names the folder and what is wrong. Open never deletes a file that
+	// may hold data, and damage it finds before Badger opens the store
+	// (all the damage the tests know of) leaves the folder as it was.
+	ErrDamaged = errors.New("ferry: store is damaged")
+	// ErrCorrupt means a record's stored bytes do not load as the version
+	// its bookkeeping records: the store was damaged after it was opened,
+	// or by something Open cannot see. The error names the record; the
+	// other records are unaffected.
+	ErrCorrupt = errors.New("ferry: record is corrupt")
+)

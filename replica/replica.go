@@ -44,7 +44,9 @@ type Replica struct {
 // Open opens the replica stored in dir, creating it (and dir) if absent.
 // dir must be empty, missing, or a Ferry store: anything else gives
 // ErrNotStore without touching it. A store written by a newer Ferry gives
-// ErrNewerFormat.
+// ErrNewerFormat. A damaged store (a file missing, cut short or failing its
+// checksums) gives ErrDamaged, again without touching it; Open never
+// deletes a file that may hold data.
 func Open(dir string, o *Options) (*Replica, error) {
 	opts := o.withDefaults()
 	if !opts.InMemory {
@@ -64,6 +66,9 @@ func Open(dir string, o *Options) (*Replica, error) {
 		bo.Dir, bo.ValueDir = "", ""
 	}
 	db, err := badgerdir.Open(bo)
+	if errors.Is(err, badgerdir.ErrDamaged) {
+		return nil, damaged(err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("ferry: open store %s: %w", dir, err)
 	}
@@ -78,7 +83,7 @@ func Open(dir string, o *Options) (*Replica, error) {
 	r.closeCtx, r.stopAll = context.WithCancel(context.Background())
 	r.sched = newScheduler(r)
 	if r.id, err = r.initMeta(); err != nil {
-		db.Close()
+		badgerdir.Close(db)
 		return nil, err
 	}
 	r.actor = newActor()
@@ -97,16 +102,26 @@ func Open(dir string, o *Options) (*Replica, error) {
 }
 
 // checkDir refuses a folder with files that are not a Badger store, before
-// Badger would create its own files beside them, and repairs what a crash
-// during an earlier open left (see badgerdir.Prepare).
+// Badger would create its own files beside them, refuses a damaged store,
+// and repairs what a crash during an earlier open left (see
+// badgerdir.Prepare).
 func checkDir(dir string) error {
-	if _, err := badgerdir.Prepare(dir); err != nil {
-		if errors.Is(err, badgerdir.ErrForeign) {
-			return fmt.Errorf("%w: %v", ErrNotStore, err)
-		}
-		return fmt.Errorf("ferry: open store: %w", err)
+	_, err := badgerdir.Prepare(dir)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, badgerdir.ErrForeign):
+		return fmt.Errorf("%w: %v", ErrNotStore, err)
+	case errors.Is(err, badgerdir.ErrDamaged):
+		return damaged(err)
 	}
-	return nil
+	return fmt.Errorf("ferry: open store: %w", err)
+}
+
+// damaged puts a badgerdir.ErrDamaged under ErrDamaged, with what the user
+// can do about it.
+func damaged(err error) error {
+	return fmt.Errorf("%w: %w. Move the folder aside and open a new replica in its place to sync again, or put back a copy from a backup", ErrDamaged, err)
 }
 
 // initMeta checks the format version and returns the replica ID, writing
@@ -194,7 +209,7 @@ func (r *Replica) Close() error {
 		r.closed = true
 		r.mu.Unlock()
 		r.feeds.closeAll(ErrClosed)
-		r.closeErr = r.db.Close()
+		r.closeErr = badgerdir.Close(r.db)
 	})
 	return r.closeErr
 }

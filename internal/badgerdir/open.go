@@ -17,12 +17,14 @@ var ErrLocked = errors.New("the store is in use by another process")
 // ErrNoStore means a folder holds no Badger store where one must exist.
 var ErrNoStore = errors.New("no store in the folder")
 
-// Open is badger.Open, except that a folder another process holds gives an
-// error matching ErrLocked that says what to do. Badger flattens the lock
-// failure into text, so it is recognized by probing the folder's lock after
-// the open failed.
+// Open opens a Badger store whose folder Prepare accepted (or an in-memory
+// one), verifying checksums and turning Badger's panics into ErrDamaged
+// (see openBadger). A folder another process holds gives an error matching
+// ErrLocked that says what to do: Badger flattens the lock failure into
+// text, so it is recognized by probing the folder's lock after the open
+// failed.
 func Open(opts badger.Options) (*badger.DB, error) {
-	db, err := badger.Open(opts)
+	db, err := openBadger(opts)
 	if err != nil && !opts.InMemory && lockedByOther(opts.Dir, !opts.ReadOnly) {
 		return nil, &LockedError{Dir: opts.Dir, Err: err}
 	}
