@@ -229,9 +229,11 @@ func (sess *session) dispatch(env *transport.Envelope) (transport.Body, error) {
 			return nil, err
 		}
 		ttl := min(time.Duration(m.TTLMS)*time.Millisecond, s.opts.MaxLeaseTTL)
-		l, err := s.store.Renew(ctx, c, m.Fence, ttl, s.now())
+		// The store checks the holder too: a fence is a small number that
+		// another device could guess.
+		l, err := s.store.Renew(ctx, c, sess.holder, m.Fence, ttl, s.now())
 		if errors.Is(err, ErrStaleFence) {
-			return nil, perr(transport.CodeStaleFence, "fence %d no longer holds the lease of %q", m.Fence, m.Collection)
+			return nil, perr(transport.CodeStaleFence, "fence %d is not a lease of %q that this device holds", m.Fence, m.Collection)
 		}
 		if err != nil {
 			return nil, err
@@ -242,7 +244,11 @@ func (sess *session) dispatch(env *transport.Envelope) (transport.Body, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := s.store.Release(ctx, c, m.Fence); err != nil {
+		err = s.store.Release(ctx, c, sess.holder, m.Fence)
+		if errors.Is(err, ErrStaleFence) {
+			return nil, perr(transport.CodeStaleFence, "fence %d is not a lease of %q that this device holds", m.Fence, m.Collection)
+		}
+		if err != nil {
 			return nil, err
 		}
 		sess.dropLease(c, m.Fence)
@@ -320,7 +326,7 @@ func (sess *session) releaseLeases() {
 	sess.leases = map[Coll]uint64{}
 	sess.mu.Unlock()
 	for c, fence := range held {
-		if err := sess.s.store.Release(context.Background(), c, fence); err != nil && !errors.Is(err, ErrStoreClosed) {
+		if err := sess.s.store.Release(context.Background(), c, sess.holder, fence); err != nil && !errors.Is(err, ErrStoreClosed) {
 			sess.s.log.Warn("releasing lease of a closed session", "tenant", c.Tenant, "collection", c.Collection, "err", err)
 		}
 		sess.s.leases.notify(c)
