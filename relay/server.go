@@ -93,10 +93,14 @@ type Server struct {
 	docs     *lru.Cache[cachedDoc, *crdt.Doc]
 	recLocks *recordLocks
 
-	// hooks let tests wait for events that have no other signal.
+	// hooks let tests wait for events that have no other signal, and
+	// drive timers by the fake clock.
 	hooks struct {
 		leaseWaiting func(Coll) // a lease request starts waiting
 		sessionEnded func()     // a session has released everything
+		// newTimer replaces time.NewTimer for the timers that wake a
+		// subscription when its token expires.
+		newTimer func(time.Duration) (<-chan time.Time, func() bool)
 	}
 
 	mu         sync.Mutex

@@ -156,8 +156,8 @@ func (sess *session) dispatch(env *transport.Envelope) (transport.Body, error) {
 		return sess.reauth(a)
 	}
 	claims := sess.currentClaims()
-	if exp := claims.ExpiresAt; exp != nil && !s.now().Before(exp.Time) {
-		return nil, perr(transport.CodeTokenExpired, "token expired at %s; send auth with a fresh one", exp.UTC().Format(time.RFC3339))
+	if e := s.expired(claims); e != nil {
+		return nil, e
 	}
 	coll := func(name string, write bool) (Coll, error) {
 		if write && !claims.CanWrite(name) || !write && !claims.CanRead(name) {
@@ -274,6 +274,15 @@ func (sess *session) reauth(a *transport.Auth) (transport.Body, error) {
 	return &transport.OK{}, nil
 }
 
+// expired returns token_expired if claims have expired by the relay's
+// clock, or nil.
+func (s *Server) expired(claims *Claims) *transport.Error {
+	if exp := claims.ExpiresAt; exp != nil && !s.now().Before(exp.Time) {
+		return perr(transport.CodeTokenExpired, "token expired at %s; send auth with a fresh one", exp.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
 func (sess *session) currentClaims() *Claims {
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
@@ -339,13 +348,19 @@ func (sess *session) isStopping() bool {
 	return sess.stopping
 }
 
-// end closes the session with an error code the device can act on.
-func (sess *session) end(code transport.Code, reason string) {
+// end closes the session with an error code the device can act on. It
+// reports whether this call ended it (false: it was ending already), so
+// that an ending is counted once.
+func (sess *session) end(code transport.Code, reason string) bool {
 	sess.mu.Lock()
+	first := !sess.stopping
 	sess.stopping = true
 	sess.mu.Unlock()
+	// Close first: canceling ctx while the read loop waits would drop the
+	// connection before the device learns why.
 	_ = sess.conn.CloseWithError(code, reason)
 	sess.cancel()
+	return first
 }
 
 // shutdown ends the session once its current request is answered.
