@@ -115,7 +115,8 @@ func (s *Server) subscribe(ctx context.Context, sess *session, c Coll, cursor ui
 // waits for the log to grow or the token to expire. It returns the cursor
 // to go on from, or false when the subscription is over.
 func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uint64) (uint64, bool) {
-	wake := s.hub.wait(c)
+	wake, done := s.hub.wait(c)
+	defer done()
 	claims := sess.currentClaims()
 	if e := s.liveDenied(claims, c.Collection); e != nil {
 		sess.end(e.Code, e.Message)
@@ -207,50 +208,69 @@ func (s *Server) acquire(ctx context.Context, sess *session, c Coll, m *transpor
 		ttl = s.opts.DefaultLeaseTTL
 	}
 	ttl = min(ttl, s.opts.MaxLeaseTTL)
-	wait := time.Duration(m.WaitMS) * time.Millisecond
-	deadline := time.Now().Add(wait)
-	waited := false
-	start := time.Now()
+	w := &leaseWait{deadline: time.Now().Add(time.Duration(m.WaitMS) * time.Millisecond), start: time.Now()}
 	for {
-		wake := s.leases.wait(c)
-		l, err := s.store.Acquire(ctx, c, sess.holder, ttl, s.now())
-		if err == nil {
-			if waited {
-				s.metrics.leaseWait.Observe(time.Since(start).Seconds())
-			}
-			sess.holdLease(c, l.Fence)
-			return &transport.Lease{Collection: c.Collection, Fence: l.Fence, ExpiresMS: l.Expires.UnixMilli(), TTLMS: uint32(ttl / time.Millisecond)}, nil
+		l, err := s.acquireOnce(ctx, sess, c, ttl, w)
+		if !errors.Is(err, errTryAgain) {
+			return l, err
 		}
-		var held *LeaseHeldError
-		if !errors.As(err, &held) {
-			return nil, err
-		}
-		until := held.Lease.Expires.Sub(s.now())
-		left := time.Until(deadline)
-		if left <= 0 {
-			code := transport.CodeLeaseHeld
-			if waited {
-				code = transport.CodeLeaseTimeout
-			}
-			e := perr(code, "lease of %q is held until %s", c.Collection, held.Lease.Expires.UTC().Format(time.RFC3339Nano))
-			e.RetryMS = uint32(max(until, 0) / time.Millisecond)
-			return nil, e
-		}
-		if !waited {
-			waited = true
-			s.metrics.leaseWaits.Inc()
-			if s.hooks.leaseWaiting != nil {
-				s.hooks.leaseWaiting(c)
-			}
-		}
-		t := time.NewTimer(max(min(left, until), time.Millisecond))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		case <-wake:
-		case <-t.C:
-		}
-		t.Stop()
 	}
+}
+
+// leaseWait is the state of one acquire across its tries.
+type leaseWait struct {
+	deadline time.Time // when the wait the device allowed runs out
+	start    time.Time
+	waited   bool
+}
+
+// errTryAgain tells acquire that acquireOnce waited and the lease may be
+// free now.
+var errTryAgain = errors.New("relay: try the lease again")
+
+// acquireOnce tries to take the lease; if another holder has it and the
+// wait allows, it waits for a release or the lease's expiry and returns
+// errTryAgain.
+func (s *Server) acquireOnce(ctx context.Context, sess *session, c Coll, ttl time.Duration, w *leaseWait) (*transport.Lease, error) {
+	wake, done := s.leases.wait(c)
+	defer done()
+	l, err := s.store.Acquire(ctx, c, sess.holder, ttl, s.now())
+	if err == nil {
+		if w.waited {
+			s.metrics.leaseWait.Observe(time.Since(w.start).Seconds())
+		}
+		sess.holdLease(c, l.Fence)
+		return &transport.Lease{Collection: c.Collection, Fence: l.Fence, ExpiresMS: l.Expires.UnixMilli(), TTLMS: uint32(ttl / time.Millisecond)}, nil
+	}
+	var held *LeaseHeldError
+	if !errors.As(err, &held) {
+		return nil, err
+	}
+	until := held.Lease.Expires.Sub(s.now())
+	left := time.Until(w.deadline)
+	if left <= 0 {
+		code := transport.CodeLeaseHeld
+		if w.waited {
+			code = transport.CodeLeaseTimeout
+		}
+		e := perr(code, "lease of %q is held until %s", c.Collection, held.Lease.Expires.UTC().Format(time.RFC3339Nano))
+		e.RetryMS = uint32(max(until, 0) / time.Millisecond)
+		return nil, e
+	}
+	if !w.waited {
+		w.waited = true
+		s.metrics.leaseWaits.Inc()
+		if s.hooks.leaseWaiting != nil {
+			s.hooks.leaseWaiting(c)
+		}
+	}
+	t := time.NewTimer(max(min(left, until), time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-wake:
+	case <-t.C:
+	}
+	return nil, errTryAgain
 }

@@ -79,6 +79,7 @@ func newTestRelayOn(t *testing.T, store Store, tweak func(*Options), wrap func(n
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
+		srv.Close()
 		hs.Close()
 		store.Close()
 	})

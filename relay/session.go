@@ -28,16 +28,25 @@ type session struct {
 	leases   map[Coll]uint64
 	stopping bool
 
-	ctx    context.Context // ends when the session ends
-	cancel context.CancelFunc
-	busy   sync.Mutex // held while a request is handled; Shutdown waits on it
-	wg     sync.WaitGroup
+	ctx          context.Context // ends when the session ends
+	cancel       context.CancelFunc
+	busy         sync.Mutex // held while a request is handled; Shutdown waits on it
+	shutdownOnce sync.Once
+	wg           sync.WaitGroup
 }
 
 // serve runs the session until the connection ends.
 func (s *Server) serve(conn *transport.Conn) {
 	sess := &session{s: s, conn: conn, subs: map[string]context.CancelFunc{}, leases: map[Coll]uint64{}}
 	sess.ctx, sess.cancel = context.WithCancel(context.Background())
+	if !s.track(sess) {
+		sess.end(transport.CodeShuttingDown, "relay is shutting down")
+		conn.Close()
+		if s.hooks.sessionEnded != nil {
+			s.hooks.sessionEnded()
+		}
+		return
+	}
 	defer func() {
 		sess.cancel()
 		sess.wg.Wait()
@@ -46,15 +55,11 @@ func (s *Server) serve(conn *transport.Conn) {
 		if s.hooks.sessionEnded != nil {
 			s.hooks.sessionEnded()
 		}
+		s.untrack(sess) // last: Shutdown and Close wait for this
 	}()
 	if !sess.hello() {
 		return
 	}
-	if !s.track(sess) {
-		sess.end(transport.CodeShuttingDown, "relay is shutting down")
-		return
-	}
-	defer s.untrack(sess)
 	s.log.Debug("session started", "app", sess.app.ID, "holder", sess.holder)
 	for {
 		env, err := conn.Recv(sess.ctx)
@@ -181,7 +186,7 @@ func (sess *session) dispatch(env *transport.Envelope) (transport.Body, error) {
 		}
 		// A push, once started, finishes and is acknowledged even if the
 		// relay begins shutting down.
-		return s.push(context.WithoutCancel(ctx), c, m)
+		return s.pushCounted(context.WithoutCancel(ctx), c, m)
 	case *transport.Pull:
 		c, err := coll(m.Collection, false)
 		if err != nil {
@@ -365,8 +370,15 @@ func (sess *session) end(code transport.Code, reason string) bool {
 
 // shutdown ends the session once its current request is answered.
 func (sess *session) shutdown() {
-	sess.busy.Lock()
-	defer sess.busy.Unlock()
+	sess.shutdownOnce.Do(func() {
+		sess.busy.Lock()
+		defer sess.busy.Unlock()
+		sess.end(transport.CodeShuttingDown, "relay is shutting down")
+	})
+}
+
+// cut ends the session now, canceling the request it is handling.
+func (sess *session) cut() {
 	sess.end(transport.CodeShuttingDown, "relay is shutting down")
 }
 
