@@ -433,9 +433,9 @@ func (s *BadgerStore) Acquire(ctx context.Context, c Coll, holder string, ttl ti
 }
 
 // Renew implements Store.
-func (s *BadgerStore) Renew(ctx context.Context, c Coll, fence uint64, ttl time.Duration, now time.Time) (Lease, error) {
-	if ttl <= 0 {
-		return Lease{}, fmt.Errorf("%w: lease TTL %v is not positive", ErrInvalidArg, ttl)
+func (s *BadgerStore) Renew(ctx context.Context, c Coll, holder string, fence uint64, ttl time.Duration, now time.Time) (Lease, error) {
+	if err := checkLeaseArgs(holder, ttl); err != nil {
+		return Lease{}, err
 	}
 	var l Lease
 	err := s.update(ctx, c, func(txn *badger.Txn) error {
@@ -445,6 +445,9 @@ func (s *BadgerStore) Renew(ctx context.Context, c Coll, fence uint64, ttl time.
 		}
 		if !ok || cur.Fence != fence || !leaseLive(cur, now) {
 			return fmt.Errorf("renew lease of %s/%s with fence %d: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
+		}
+		if cur.Holder != holder {
+			return fmt.Errorf("renew lease of %s/%s with fence %d: held by another holder: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
 		}
 		l = Lease{Holder: cur.Holder, Fence: fence, Expires: now.Add(ttl)}
 		return txn.Set(collKey("lease", c), encodeLease(l))
@@ -456,11 +459,17 @@ func (s *BadgerStore) Renew(ctx context.Context, c Coll, fence uint64, ttl time.
 }
 
 // Release implements Store.
-func (s *BadgerStore) Release(ctx context.Context, c Coll, fence uint64) error {
+func (s *BadgerStore) Release(ctx context.Context, c Coll, holder string, fence uint64) error {
+	if err := checkName("holder", holder); err != nil {
+		return err
+	}
 	return s.update(ctx, c, func(txn *badger.Txn) error {
 		cur, ok, err := getLease(txn, c)
 		if err != nil || !ok || cur.Fence != fence {
 			return err
+		}
+		if cur.Holder != holder {
+			return fmt.Errorf("release lease of %s/%s with fence %d: held by another holder: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
 		}
 		return txn.Delete(collKey("lease", c))
 	})

@@ -14,7 +14,8 @@
 //	hs := &http.Server{Addr: ":8080", Handler: srv.Handler()}
 //	go hs.ListenAndServe()
 //	...
-//	srv.Shutdown(ctx) // each session ends after its current request
+//	srv.Shutdown(ctx) // each session ends after its current request...
+//	srv.Close()       // ...and those still running when ctx ends are cut off
 //	hs.Shutdown(ctx)
 //	store.Close()
 //

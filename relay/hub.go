@@ -7,30 +7,54 @@ import "sync"
 // a hint to look again at the store, which stays the truth: a waiter takes
 // the channel before it reads the store, so no change slips between the
 // read and the wait.
+//
+// The hub holds an entry only while someone waits on the collection, so
+// its size follows the waiters, not every collection ever waited on.
 type hub struct {
 	mu    sync.Mutex
-	chans map[Coll]chan struct{}
+	waits map[Coll]*hubWait
 }
 
-func newHub() *hub { return &hub{chans: map[Coll]chan struct{}{}} }
+type hubWait struct {
+	ch      chan struct{} // closed by notify
+	waiters int
+}
 
-// wait returns a channel closed at the next notify of c.
-func (h *hub) wait(c Coll) <-chan struct{} {
+func newHub() *hub { return &hub{waits: map[Coll]*hubWait{}} }
+
+// wait returns a channel closed at the next notify of c, and done, which
+// the caller must call once when it stops waiting on the channel.
+func (h *hub) wait(c Coll) (ch <-chan struct{}, done func()) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	ch, ok := h.chans[c]
-	if !ok {
-		ch = make(chan struct{})
-		h.chans[c] = ch
+	w := h.waits[c]
+	if w == nil {
+		w = &hubWait{ch: make(chan struct{})}
+		h.waits[c] = w
 	}
-	return ch
+	w.waiters++
+	return w.ch, func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		w.waiters--
+		if w.waiters == 0 && h.waits[c] == w {
+			delete(h.waits, c)
+		}
+	}
 }
 
 func (h *hub) notify(c Coll) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if ch, ok := h.chans[c]; ok {
-		close(ch)
-		delete(h.chans, c)
+	if w := h.waits[c]; w != nil {
+		close(w.ch)
+		delete(h.waits, c)
 	}
+}
+
+// size is the number of collections waited on, for tests.
+func (h *hub) size() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.waits)
 }

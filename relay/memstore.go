@@ -215,9 +215,9 @@ func (s *MemStore) Acquire(ctx context.Context, c Coll, holder string, ttl time.
 }
 
 // Renew implements Store.
-func (s *MemStore) Renew(ctx context.Context, c Coll, fence uint64, ttl time.Duration, now time.Time) (Lease, error) {
-	if ttl <= 0 {
-		return Lease{}, fmt.Errorf("%w: lease TTL %v is not positive", ErrInvalidArg, ttl)
+func (s *MemStore) Renew(ctx context.Context, c Coll, holder string, fence uint64, ttl time.Duration, now time.Time) (Lease, error) {
+	if err := checkLeaseArgs(holder, ttl); err != nil {
+		return Lease{}, err
 	}
 	if err := s.lock(ctx); err != nil {
 		return Lease{}, err
@@ -227,19 +227,30 @@ func (s *MemStore) Renew(ctx context.Context, c Coll, fence uint64, ttl time.Dur
 	if mc == nil || mc.lease == nil || mc.lease.Fence != fence || !leaseLive(*mc.lease, now) {
 		return Lease{}, fmt.Errorf("renew lease of %s/%s with fence %d: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
 	}
+	if mc.lease.Holder != holder {
+		return Lease{}, fmt.Errorf("renew lease of %s/%s with fence %d: held by another holder: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
+	}
 	mc.lease.Expires = now.Add(ttl)
 	return *mc.lease, nil
 }
 
 // Release implements Store.
-func (s *MemStore) Release(ctx context.Context, c Coll, fence uint64) error {
+func (s *MemStore) Release(ctx context.Context, c Coll, holder string, fence uint64) error {
+	if err := checkName("holder", holder); err != nil {
+		return err
+	}
 	if err := s.lock(ctx); err != nil {
 		return err
 	}
 	defer s.mu.Unlock()
-	if mc := s.coll(c, false); mc != nil && mc.lease != nil && mc.lease.Fence == fence {
-		mc.lease = nil
+	mc := s.coll(c, false)
+	if mc == nil || mc.lease == nil || mc.lease.Fence != fence {
+		return nil
 	}
+	if mc.lease.Holder != holder {
+		return fmt.Errorf("release lease of %s/%s with fence %d: held by another holder: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
+	}
+	mc.lease = nil
 	return nil
 }
 

@@ -111,47 +111,109 @@ func (s *Server) readLog(ctx context.Context, c Coll, cursor uint64, limit int) 
 // falls more than MaxLag entries behind, or does not take a message within
 // SlowWriteTimeout, is disconnected with slow_consumer and resumes from its
 // cursor with a pull.
+//
+// The session's token is checked before every delivery and when it
+// expires: a subscription that outlives its token (the device sent no
+// auth in time) or whose refreshed token no longer grants the collection
+// ends the session with token_expired or forbidden.
 func (s *Server) subscribe(ctx context.Context, sess *session, c Coll, cursor uint64) {
 	s.metrics.subscribers.Inc()
 	defer s.metrics.subscribers.Dec()
 	for {
-		wake := s.hub.wait(c)
-		recs, next, more, err := s.readLog(ctx, c, cursor, s.limits.MaxBatch)
-		if err != nil {
-			if ctx.Err() == nil {
-				s.log.Error("subscription read failed", "tenant", c.Tenant, "collection", c.Collection, "err", err)
-				sess.end(transport.CodeInternal, "subscription failed")
-			}
+		var ok bool
+		if cursor, ok = s.liveStep(ctx, sess, c, cursor); !ok {
 			return
-		}
-		if len(recs) > 0 {
-			if more {
-				head, err := s.store.Head(ctx, c)
-				if err == nil && head-cursor > uint64(s.opts.MaxLag) {
-					s.metrics.slowConsumers.Inc()
-					sess.end(transport.CodeSlowConsumer, "subscriber fell too far behind; pull from your cursor")
-					return
-				}
-			}
-			wctx, cancel := context.WithTimeout(ctx, s.opts.SlowWriteTimeout)
-			err := sess.conn.SendBody(wctx, 0, &transport.Live{Collection: c.Collection, Records: recs, Next: next, More: more})
-			cancel()
-			if err != nil {
-				if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-					s.metrics.slowConsumers.Inc()
-					sess.end(transport.CodeSlowConsumer, "subscriber did not read in time")
-				}
-				return
-			}
-			cursor = next
-			continue
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-wake:
 		}
 	}
+}
+
+// liveStep sends one live message of what the log holds after cursor, or
+// waits for the log to grow or the token to expire. It returns the cursor
+// to go on from, or false when the subscription is over.
+func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uint64) (uint64, bool) {
+	wake, done := s.hub.wait(c)
+	defer done()
+	claims := sess.currentClaims()
+	if e := s.liveDenied(claims, c.Collection); e != nil {
+		sess.end(e.Code, e.Message)
+		return cursor, false
+	}
+	recs, next, more, err := s.readLog(ctx, c, cursor, s.limits.MaxBatch)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Error("subscription read failed", "tenant", c.Tenant, "collection", c.Collection, "err", err)
+			sess.end(transport.CodeInternal, "subscription failed")
+		}
+		return cursor, false
+	}
+	if len(recs) > 0 {
+		if more {
+			head, err := s.store.Head(ctx, c)
+			if err == nil && head-cursor > uint64(s.opts.MaxLag) {
+				if sess.end(transport.CodeSlowConsumer, "subscriber fell too far behind; pull from your cursor") {
+					s.metrics.slowConsumers.Inc()
+				}
+				return cursor, false
+			}
+		}
+		env, err := transport.NewEnvelope(0, &transport.Live{Collection: c.Collection, Records: recs, Next: next, More: more})
+		if err != nil {
+			s.log.Error("encoding a live message failed", "tenant", c.Tenant, "collection", c.Collection, "err", err)
+			sess.end(transport.CodeInternal, "subscription failed")
+			return cursor, false
+		}
+		// SendWithin bounds the write itself: a device that stops reading
+		// is cut off (close 4001) SlowWriteTimeout after the message was
+		// due, not left to fill the relay's socket buffers until
+		// keepalive gives up on it.
+		if err := sess.conn.SendWithin(ctx, env, s.opts.SlowWriteTimeout); err != nil {
+			// Other subscriptions of the session may see the cut too: the
+			// session ends once, and is counted once.
+			if errors.Is(err, transport.ErrSlowConsumer) && sess.end(transport.CodeSlowConsumer, "subscriber did not read in time") {
+				s.metrics.slowConsumers.Inc()
+			}
+			return cursor, false
+		}
+		return next, true
+	}
+	// Nothing to send: wait for the log to grow, or for the token to
+	// expire, whichever comes first; at expiry the loop checks the
+	// session's claims again, which auth may have replaced.
+	var expiry <-chan time.Time
+	if exp := claims.ExpiresAt; exp != nil {
+		ch, stop := s.newTimer(exp.Sub(s.now()))
+		defer stop()
+		expiry = ch
+	}
+	select {
+	case <-ctx.Done():
+		return cursor, false
+	case <-wake:
+	case <-expiry:
+	}
+	return cursor, true
+}
+
+// liveDenied says why a session holding claims may not receive live
+// changes of coll any more, or returns nil if it may.
+func (s *Server) liveDenied(claims *Claims, coll string) *transport.Error {
+	if e := s.expired(claims); e != nil {
+		return e
+	}
+	if !claims.CanRead(coll) {
+		return perr(transport.CodeForbidden, "the session's token no longer grants read on %q", coll)
+	}
+	return nil
+}
+
+// newTimer returns a channel that receives once d has passed, and a
+// function that stops it.
+func (s *Server) newTimer(d time.Duration) (<-chan time.Time, func() bool) {
+	if s.hooks.newTimer != nil {
+		return s.hooks.newTimer(d)
+	}
+	t := time.NewTimer(d)
+	return t.C, t.Stop
 }
 
 // acquire takes the collection's lease, waiting up to m.WaitMS while
@@ -162,50 +224,69 @@ func (s *Server) acquire(ctx context.Context, sess *session, c Coll, m *transpor
 		ttl = s.opts.DefaultLeaseTTL
 	}
 	ttl = min(ttl, s.opts.MaxLeaseTTL)
-	wait := time.Duration(m.WaitMS) * time.Millisecond
-	deadline := time.Now().Add(wait)
-	waited := false
-	start := time.Now()
+	w := &leaseWait{deadline: time.Now().Add(time.Duration(m.WaitMS) * time.Millisecond), start: time.Now()}
 	for {
-		wake := s.leases.wait(c)
-		l, err := s.store.Acquire(ctx, c, sess.holder, ttl, s.now())
-		if err == nil {
-			if waited {
-				s.metrics.leaseWait.Observe(time.Since(start).Seconds())
-			}
-			sess.holdLease(c, l.Fence)
-			return &transport.Lease{Collection: c.Collection, Fence: l.Fence, ExpiresMS: l.Expires.UnixMilli(), TTLMS: uint32(ttl / time.Millisecond)}, nil
+		l, err := s.acquireOnce(ctx, sess, c, ttl, w)
+		if !errors.Is(err, errTryAgain) {
+			return l, err
 		}
-		var held *LeaseHeldError
-		if !errors.As(err, &held) {
-			return nil, err
-		}
-		until := held.Lease.Expires.Sub(s.now())
-		left := time.Until(deadline)
-		if left <= 0 {
-			code := transport.CodeLeaseHeld
-			if waited {
-				code = transport.CodeLeaseTimeout
-			}
-			e := perr(code, "lease of %q is held until %s", c.Collection, held.Lease.Expires.UTC().Format(time.RFC3339Nano))
-			e.RetryMS = uint32(max(until, 0) / time.Millisecond)
-			return nil, e
-		}
-		if !waited {
-			waited = true
-			s.metrics.leaseWaits.Inc()
-			if s.hooks.leaseWaiting != nil {
-				s.hooks.leaseWaiting(c)
-			}
-		}
-		t := time.NewTimer(max(min(left, until), time.Millisecond))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		case <-wake:
-		case <-t.C:
-		}
-		t.Stop()
 	}
+}
+
+// leaseWait is the state of one acquire across its tries.
+type leaseWait struct {
+	deadline time.Time // when the wait the device allowed runs out
+	start    time.Time
+	waited   bool
+}
+
+// errTryAgain tells acquire that acquireOnce waited and the lease may be
+// free now.
+var errTryAgain = errors.New("relay: try the lease again")
+
+// acquireOnce tries to take the lease; if another holder has it and the
+// wait allows, it waits for a release or the lease's expiry and returns
+// errTryAgain.
+func (s *Server) acquireOnce(ctx context.Context, sess *session, c Coll, ttl time.Duration, w *leaseWait) (*transport.Lease, error) {
+	wake, done := s.leases.wait(c)
+	defer done()
+	l, err := s.store.Acquire(ctx, c, sess.holder, ttl, s.now())
+	if err == nil {
+		if w.waited {
+			s.metrics.leaseWait.Observe(time.Since(w.start).Seconds())
+		}
+		sess.holdLease(c, l.Fence)
+		return &transport.Lease{Collection: c.Collection, Fence: l.Fence, ExpiresMS: l.Expires.UnixMilli(), TTLMS: uint32(ttl / time.Millisecond)}, nil
+	}
+	var held *LeaseHeldError
+	if !errors.As(err, &held) {
+		return nil, err
+	}
+	until := held.Lease.Expires.Sub(s.now())
+	left := time.Until(w.deadline)
+	if left <= 0 {
+		code := transport.CodeLeaseHeld
+		if w.waited {
+			code = transport.CodeLeaseTimeout
+		}
+		e := perr(code, "lease of %q is held until %s", c.Collection, held.Lease.Expires.UTC().Format(time.RFC3339Nano))
+		e.RetryMS = uint32(max(until, 0) / time.Millisecond)
+		return nil, e
+	}
+	if !w.waited {
+		w.waited = true
+		s.metrics.leaseWaits.Inc()
+		if s.hooks.leaseWaiting != nil {
+			s.hooks.leaseWaiting(c)
+		}
+	}
+	t := time.NewTimer(max(min(left, until), time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-wake:
+	case <-t.C:
+	}
+	return nil, errTryAgain
 }

@@ -332,6 +332,50 @@ func TestLeasesAndFencing(t *testing.T) {
 	mustCall[transport.Lease](t, b, &transport.LeaseAcquire{Collection: "c", TTLMS: 1000})
 }
 
+// A lease is its holder's: another device of the tenant that knows the
+// fence (fences are small, guessable numbers) can neither renew nor release
+// it.
+func TestLeaseBoundToHolder(t *testing.T) {
+	tr := newTestRelay(t, NewMemStore(), nil)
+	key := tr.apps["shop"].APIKey
+	dial := func(subject, replica string) *transport.Client {
+		t.Helper()
+		c, _, err := tr.dial(key, tr.token("shop", TokenRequest{Subject: subject, TTL: time.Hour, Write: []string{"*"}}), replica)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	a, b, a2 := dial("alice", "dev-a"), dial("bob", "dev-b"), dial("alice", "dev-a2")
+	la := mustCall[transport.Lease](t, a, &transport.LeaseAcquire{Collection: "c", TTLMS: 10_000})
+
+	for name, other := range map[string]*transport.Client{"another subject": b, "another replica of the subject": a2} {
+		if _, err := call[transport.Lease](t, other, &transport.LeaseRenew{Collection: "c", Fence: la.Fence, TTLMS: 300_000}); !errors.Is(err, transport.ErrStaleFence) {
+			t.Fatalf("%s renews the lease: %v, want stale_fence", name, err)
+		}
+		if _, err := call[transport.OK](t, other, &transport.LeaseRelease{Collection: "c", Fence: la.Fence}); !errors.Is(err, transport.ErrStaleFence) {
+			t.Fatalf("%s releases the lease: %v, want stale_fence", name, err)
+		}
+	}
+	// Still held by a, and not extended: it lapses when a's TTL runs out.
+	if _, err := call[transport.Lease](t, b, &transport.LeaseAcquire{Collection: "c", TTLMS: 10_000}); !errors.Is(err, transport.ErrLeaseHeld) {
+		t.Fatalf("acquire after the refused release = %v, want lease_held", err)
+	}
+	mustCall[transport.Ack](t, a, pushOf("c", la.Fence, rec("r", newEditor(t, "ef01").edit(map[string]any{"by": "a"}))))
+	tr.clock.Advance(10 * time.Second)
+	lb := mustCall[transport.Lease](t, b, &transport.LeaseAcquire{Collection: "c", TTLMS: 10_000})
+	// And the new holder's lease is as safe from a.
+	if _, err := call[transport.OK](t, a, &transport.LeaseRelease{Collection: "c", Fence: lb.Fence}); !errors.Is(err, transport.ErrStaleFence) {
+		t.Fatalf("old holder releases the new lease: %v, want stale_fence", err)
+	}
+	renewed := mustCall[transport.Lease](t, b, &transport.LeaseRenew{Collection: "c", Fence: lb.Fence, TTLMS: 20_000})
+	if renewed.Fence != lb.Fence || renewed.ExpiresMS <= lb.ExpiresMS {
+		t.Fatalf("holder's renew = %+v after %+v", renewed, lb)
+	}
+	mustCall[transport.OK](t, b, &transport.LeaseRelease{Collection: "c", Fence: lb.Fence})
+	mustCall[transport.Lease](t, a, &transport.LeaseAcquire{Collection: "c", TTLMS: 1000})
+}
+
 func TestLiveSubscribers(t *testing.T) {
 	tr := newTestRelay(t, NewMemStore(), nil)
 	w, sub := tr.client("shop"), tr.client("shop")

@@ -65,13 +65,17 @@ type Store interface {
 	// unexpired lease gets a new, higher fence.
 	Acquire(ctx context.Context, c Coll, holder string, ttl time.Duration, now time.Time) (Lease, error)
 
-	// Renew extends the lease with this fence to now+ttl. ErrStaleFence if
-	// the lease has expired or another fence holds it.
-	Renew(ctx context.Context, c Coll, fence uint64, ttl time.Duration, now time.Time) (Lease, error)
+	// Renew extends holder's lease with this fence to now+ttl. ErrStaleFence
+	// if the lease has expired, another fence holds it, or the lease with
+	// this fence is another holder's: a fence alone, which anyone could
+	// guess, never extends a lease.
+	Renew(ctx context.Context, c Coll, holder string, fence uint64, ttl time.Duration, now time.Time) (Lease, error)
 
-	// Release gives up the lease with this fence. Releasing a lease that has
-	// expired or been superseded is not an error: the effect is the same.
-	Release(ctx context.Context, c Coll, fence uint64) error
+	// Release gives up holder's lease with this fence. Releasing a lease
+	// that has expired or been superseded is not an error: the effect is
+	// the same. If the current lease has this fence but another holder,
+	// Release returns ErrStaleFence and leaves the lease as it is.
+	Release(ctx context.Context, c Coll, holder string, fence uint64) error
 
 	// Stats reports the store's size, for metrics.
 	Stats(ctx context.Context) (StoreStats, error)

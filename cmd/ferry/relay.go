@@ -182,8 +182,9 @@ Health: %s://%s/healthz   Metrics: %s://%s/metrics
 	// Sessions first: each finishes its request (an in-flight push is
 	// stored and acknowledged) and is closed with shutting_down.
 	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("sessions did not end in time", "err", err)
+		log.Warn("sessions did not end in time; cutting them off", "err", err)
 	}
+	srv.Close()
 	if err := hs.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Warn("http shutdown", "err", err)
 	}

@@ -99,6 +99,7 @@ func run(t *testing.T, s suite) {
 		{"AcquireExpiry", testAcquireExpiry},
 		{"Renew", testRenew},
 		{"Release", testRelease},
+		{"LeaseBoundToHolder", testLeaseBoundToHolder},
 		{"LeaseInvalid", testLeaseInvalid},
 		{"FencesOnlyGrow", testFencesOnlyGrow},
 		{"Reopen", testReopen},
