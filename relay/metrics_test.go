@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"errors"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -200,5 +201,25 @@ func TestMetricsDocumented(t *testing.T) {
 	}
 	for name := range documented {
 		t.Errorf("docs/operations.md lists %s, which the relay does not export", name)
+	}
+}
+
+// A hello is counted like any request, refused or not.
+func TestMetricsCountHello(t *testing.T) {
+	ended := make(chan struct{}, 4)
+	tr := newTestRelay(t, NewMemStore(), nil)
+	tr.srv.hooks.sessionEnded = func() { ended <- struct{}{} }
+	good := tr.client("shop")
+	// A request answered after the welcome: hello was counted by then.
+	mustCall[transport.Changes](t, good, &transport.Pull{Collection: "c"})
+	if _, _, err := tr.dial("fk_unknown", tr.tokens["shop"], "r"); !errors.Is(err, transport.ErrUnauthenticated) {
+		t.Fatalf("unknown key: %v", err)
+	}
+	<-ended
+	for result, want := range map[string]string{"ok": "1", "unauthenticated": "1"} {
+		line := tr.metric(`ferry_relay_requests_total{result="` + result + `",type="hello"}`)
+		if !strings.HasSuffix(line, " "+want) {
+			t.Errorf("hello %s counted as %q, want %s", result, line, want)
+		}
 	}
 }

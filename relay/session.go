@@ -85,18 +85,22 @@ func (sess *session) hello() bool {
 	if err != nil {
 		return false
 	}
+	// Counted like any request, so refused hellos show in the metrics.
+	start, refused := time.Now(), transport.Code("")
+	defer func() { s.metrics.request(transport.TypeHello, refused, time.Since(start)) }()
+	fail := func(code transport.Code, reason string) { refused = code; sess.end(code, reason) }
 	h, err := transport.DecodeBody[transport.Hello](env)
 	if err != nil {
 		if errors.Is(err, transport.ErrUnexpectedType) {
-			sess.end(transport.CodeUnauthenticated, "the first message must be hello")
+			fail(transport.CodeUnauthenticated, "the first message must be hello")
 		} else {
-			sess.end(transport.CodeBadFrame, err.Error())
+			fail(transport.CodeBadFrame, err.Error())
 		}
 		return false
 	}
 	v, ok := transport.Negotiate(h.Versions)
 	if !ok {
-		sess.end(transport.CodeUnsupportedVersion, fmt.Sprintf("relay speaks versions %v", transport.SupportedVersions()))
+		fail(transport.CodeUnsupportedVersion, fmt.Sprintf("relay speaks versions %v", transport.SupportedVersions()))
 		return false
 	}
 	app, claims, err := s.auth.Verify(h.APIKey, h.Token)
@@ -106,11 +110,11 @@ func (sess *session) hello() bool {
 		if errors.Is(err, ErrTokenExpired) {
 			code = transport.CodeTokenExpired
 		}
-		sess.end(code, err.Error())
+		fail(code, err.Error())
 		return false
 	}
 	if h.ReplicaID == "" || len(h.ReplicaID) > 128 || !utf8.ValidString(h.ReplicaID) {
-		sess.end(transport.CodeBadFrame, "replica_id must be 1 to 128 bytes of UTF-8")
+		fail(transport.CodeBadFrame, "replica_id must be 1 to 128 bytes of UTF-8")
 		return false
 	}
 	sess.app, sess.claims = app, claims
