@@ -330,6 +330,17 @@ func (d *Doc) loadIncremental(data []byte) (err error) {
 	return nil
 }
 
+// Reset returns the document to heads, dropping every change after them:
+// for undoing an import that succeeded but must not stand (its caller
+// refused it for reasons of its own). It replays the history up to heads,
+// so it costs in proportion to the document's history.
+func (d *Doc) Reset(heads Heads) error {
+	if err := d.hasAll(heads); err != nil {
+		return err
+	}
+	return d.rollback(heads, nil)
+}
+
 // rollback returns the document to heads after a failed import and returns
 // cause. automerge applies a stream change by change, so a failure can leave
 // part of it applied, and it keeps a change whose dependencies are missing
@@ -353,5 +364,6 @@ func (d *Doc) rollback(heads Heads, cause error) error {
 		return errors.Join(cause, fmt.Errorf("crdt: rollback failed: %w", err))
 	}
 	d.am = am
+	d.idx.Store(nil) // it may describe operations the rollback dropped
 	return cause
 }

@@ -44,7 +44,7 @@ func TestBackupBadgerDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := bsOpen(t, restored, nil)
-	if _, _, err := r.Document(t.Context(), bsColl, "a"); err != nil {
+	if _, _, err := Document(t.Context(), r, bsColl, "a"); err != nil {
 		t.Fatalf("restored store lacks the record: %v", err)
 	}
 }

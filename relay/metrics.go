@@ -31,6 +31,7 @@ type metrics struct {
 	leaseWaits    prometheus.Counter
 	leaseWait     prometheus.Histogram
 	slowConsumers prometheus.Counter
+	compactions   prometheus.Counter
 	authFailures  prometheus.Counter
 }
 
@@ -47,6 +48,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		bytesOut:      prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_change_sent_bytes_total", Help: "Change and snapshot bytes sent in pulls and live messages."}),
 		leaseWaits:    prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_lease_waits_total", Help: "Lease acquisitions that had to wait for another holder."}),
 		leaseWait:     prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_relay_lease_wait_seconds", Help: "Time waited for a held lease, when granted.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}),
+		compactions:   prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_compactions_total", Help: "Records whose tail was folded into a new snapshot."}),
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_slow_consumers_total", Help: "Subscribers disconnected for falling behind."}),
 		authFailures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_auth_failures_total", Help: "Refused API keys and tokens."}),
 	}
@@ -69,7 +71,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		stats(func(st StoreStats) int64 { return st.LogEntries }))
 	storeBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_relay_store_bytes", Help: "Bytes the store takes on disk (in memory, for a memory store)."},
 		stats(func(st StoreStats) int64 { return st.Bytes }))
-	for _, c := range []prometheus.Collector{m.connections, m.subscribers, m.requests, m.latency, m.changes, m.bytesIn, m.bytesOut, m.leaseWaits, m.leaseWait, m.slowConsumers, m.authFailures, logSize, storeBytes} {
+	for _, c := range []prometheus.Collector{m.connections, m.subscribers, m.requests, m.latency, m.changes, m.bytesIn, m.bytesOut, m.leaseWaits, m.leaseWait, m.slowConsumers, m.compactions, m.authFailures, logSize, storeBytes} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

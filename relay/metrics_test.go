@@ -32,6 +32,7 @@ var wantMetrics = []struct{ name, typ, help string }{
 	{"ferry_relay_request_seconds", "histogram", "Time to answer a request, by message type."},
 	{"ferry_relay_requests_total", "counter", "Requests by message type (hello, push, pull, ...) and result (ok or an error code)."},
 	{"ferry_relay_slow_consumers_total", "counter", "Subscribers disconnected for falling behind."},
+	{"ferry_relay_compactions_total", "counter", "Records whose tail was folded into a new snapshot."},
 	{"ferry_relay_store_bytes", "gauge", "Bytes the store takes on disk (in memory, for a memory store)."},
 	{"ferry_relay_subscribers", "gauge", "Live subscriptions."},
 }

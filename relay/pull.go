@@ -35,35 +35,42 @@ func (s *Server) pullSnapshots(ctx context.Context, c Coll, after string, limit 
 	if err != nil {
 		return nil, err
 	}
-	snaps, err := s.store.Snapshots(ctx, c, after, limit)
+	recs, err := s.store.Records(ctx, c, after, limit)
 	if err != nil {
 		return nil, err
 	}
-	out := &transport.Changes{Collection: c.Collection, Next: head, More: len(snaps) == limit}
+	out := &transport.Changes{Collection: c.Collection, Next: head, More: len(recs) == limit}
 	// A page holds what fits one frame. A record that does not fit after
 	// others waits for the next page, where it comes first: pushes keep
-	// every document within max_record, and a frame holds a record of
+	// every record within max_record, and a frame holds a record of
 	// max_record alone (transport.Limits.Check), so no page fails because
 	// one record is large.
 	budget := s.limits.MaxFrame - transport.FrameOverhead
-	for i, sn := range snaps {
-		size := pageSize(i, len(sn.Doc), sn.Record, len(sn.Heads))
+	for i, rec := range recs {
+		data := rec.Data()
+		if len(data) > s.maxRecord() {
+			// Its tail has grown since its last compaction: send it saved
+			// whole, which max_record bounds.
+			if data, err = s.compactNow(ctx, c, rec); err != nil {
+				return nil, err
+			}
+		}
+		size := pageSize(i, len(data), rec.ID, len(rec.Heads))
 		if size > budget {
 			if i == 0 {
-				// Only a document stored before the relay held documents
-				// to max_record, or under a larger max_record, gets here.
-				s.log.Error("record larger than a frame; raise max_record and max_frame", "tenant", c.Tenant, "collection", c.Collection, "record", sn.Record, "bytes", len(sn.Doc), "max_record", s.limits.MaxRecord)
-				return nil, perr(transport.CodeTooLarge, "record %q is %d bytes, over what one frame carries", sn.Record, len(sn.Doc))
+				// Only a record stored under a larger max_record gets here.
+				s.log.Error("record larger than a frame; raise max_record and max_frame", "tenant", c.Tenant, "collection", c.Collection, "record", rec.ID, "bytes", len(data), "max_record", s.limits.MaxRecord)
+				return nil, perr(transport.CodeTooLarge, "record %q is %d bytes, over what one frame carries", rec.ID, len(data))
 			}
 			out.More = true
 			break
 		}
 		budget -= size
 		out.Records = append(out.Records, transport.RecordChanges{
-			Record: sn.Record, Seq: sn.Seq, Snapshot: true, Data: sn.Doc, Heads: sn.Heads.Slices(),
+			Record: rec.ID, Seq: rec.Seq, Snapshot: true, Data: data, Heads: rec.Heads.Slices(),
 		})
-		out.After = sn.Record
-		s.metrics.bytesOut.Add(float64(len(sn.Doc)))
+		out.After = rec.ID
+		s.metrics.bytesOut.Add(float64(len(data)))
 	}
 	return out, nil
 }
@@ -81,6 +88,10 @@ func pageSize(i, data int, record string, heads int) int {
 // readLog reads log entries after cursor, as many as fit one frame.
 func (s *Server) readLog(ctx context.Context, c Coll, cursor uint64, limit int) ([]transport.RecordChanges, uint64, bool, error) {
 	entries, err := s.store.Log(ctx, c, cursor, limit)
+	var te *TruncatedError
+	if errors.As(err, &te) {
+		return nil, cursor, false, perr(transport.CodeTruncated, "cursor %d is below the log's horizon %d: pull from cursor 0 (snapshots) and merge", cursor, te.Horizon)
+	}
 	if err != nil {
 		return nil, cursor, false, err
 	}

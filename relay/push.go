@@ -17,6 +17,14 @@ type cachedDoc struct {
 	record string
 }
 
+// relayDoc is a record's document as the relay merges pushes into it, with
+// the bytes the record takes as stored (snapshot plus tail), which the
+// size contract is checked against without saving the document.
+type relayDoc struct {
+	doc  *crdt.Doc
+	size int
+}
+
 // push validates and stores a push, and returns its ack once durable.
 // Every record's changes must load as Automerge changes whose dependencies
 // the relay holds (or that come earlier in the push); otherwise the whole
@@ -107,7 +115,8 @@ type committer struct {
 
 	mu       sync.Mutex // guards the fields below
 	queue    []*waiter  // merged, waiting to be written
-	queued   map[string]*crdt.Doc
+	queued   map[string]*relayDoc
+	inQueue  map[string]int // entries in the queue per record
 	flushing bool
 	// gen counts the times the queue was dropped after a failed append: a
 	// push merged across a drop was merged onto documents that are gone.
@@ -136,7 +145,7 @@ func (s *Server) committer(c Coll) *committer {
 	defer s.mu.Unlock()
 	cm := s.committers[c]
 	if cm == nil {
-		cm = &committer{c: c, queued: map[string]*crdt.Doc{}}
+		cm = &committer{c: c, queued: map[string]*relayDoc{}, inQueue: map[string]int{}}
 		s.committers[c] = cm
 	}
 	return cm
@@ -159,9 +168,9 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 	gen := cm.gen
 	cm.mu.Unlock()
 	type work struct {
-		doc      *crdt.Doc
+		rd       *relayDoc
 		base     crdt.Heads
-		cached   bool        // loaded from the cache: forget it if the push fails
+		queued   bool        // holds other pushes' changes, not yet durable
 		data     []byte      // the pushed changes, concatenated
 		hashes   []crdt.Hash // their hashes
 		imported int         // how many of them were new
@@ -169,34 +178,38 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 	recs := map[string]*work{}
 	var order []string
 	defer func() {
-		if err != nil {
-			for _, id := range order {
-				if recs[id].cached {
-					s.docs.Remove(cachedDoc{cm.c, id})
-				}
+		if err == nil {
+			return
+		}
+		// A refused push leaves no trace: a document only this push
+		// touched is forgotten (the next push reloads it from the store),
+		// and a queued one, which holds other pushes' changes, goes back
+		// to what it was.
+		for _, id := range order {
+			wk := recs[id]
+			if !wk.queued {
+				s.docs.Remove(cachedDoc{cm.c, id})
+			} else if rerr := wk.rd.doc.Reset(wk.base); rerr != nil {
+				s.log.Error("undoing a refused push on a queued document", "tenant", cm.c.Tenant, "collection", cm.c.Collection, "record", id, "err", rerr)
 			}
 		}
 	}()
 	for i, r := range p.Records {
 		wk := recs[r.Record]
 		if wk == nil {
-			d, queued, err := cm.load(ctx, s, r.Record)
+			rd, queued, err := cm.load(ctx, s, r.Record)
 			if err != nil {
 				return nil, err
 			}
-			if queued {
-				// Queued documents hold other pushes' changes that are not
-				// yet durable: work on a copy, so a refused push leaves
-				// them as they were.
-				if d, err = d.Fork(nil); err != nil {
-					return nil, err
-				}
-			}
-			wk = &work{doc: d, base: d.Heads(), cached: !queued}
+			wk = &work{rd: rd, base: rd.doc.Heads(), queued: queued}
 			recs[r.Record] = wk
 			order = append(order, r.Record)
 		}
-		n, err := wk.doc.Import(r.Data)
+		// Import checks each change in time proportional to the change: it
+		// must frame, be in Automerge's canonical encoding, and refer only
+		// to operations the document holds, so that the record still
+		// saves and loads once it is in.
+		n, err := wk.rd.doc.Import(r.Data)
 		if err != nil {
 			if errors.Is(err, crdt.ErrCorrupt) || errors.Is(err, crdt.ErrMissingDeps) {
 				return nil, perr(transport.CodeInvalidChange, "record %q: %v", r.Record, err)
@@ -210,24 +223,18 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 		}
 	}
 	w = &waiter{fence: p.Fence, ack: &transport.Ack{Collection: cm.c.Collection}, done: make(chan result, 1), lead: make(chan struct{}, 1)}
+	sizes := map[string]int{}
 	for _, id := range order {
 		wk := recs[id]
-		heads := wk.doc.Heads()
+		heads := wk.rd.doc.Heads()
 		w.ack.Records = append(w.ack.Records, transport.RecordAck{Record: id, Heads: heads.Slices()})
 		if heads.Equal(wk.base) {
 			continue // everything was already held (or queued)
 		}
 		delta, hashes := wk.data, wk.hashes
-		// Refuse what could not be sent to a device: a document past
-		// max_record, or a log entry past it (a push may name a record
-		// more than once).
-		saved := wk.doc.Save()
-		if len(saved) > s.maxRecord() {
-			return nil, perr(transport.CodeTooLarge, "record %q: the push would grow its document to %d bytes, over max_record %d", id, len(saved), s.maxRecord())
-		}
 		if wk.imported != len(wk.hashes) {
 			// Some pushed changes were held already: store only the new.
-			if delta, err = wk.doc.ChangesSince(wk.base); err != nil {
+			if delta, err = wk.rd.doc.ChangesSince(wk.base); err != nil {
 				return nil, err
 			}
 			in, err := crdt.ParseChanges(delta)
@@ -239,17 +246,21 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 				hashes[i] = c.Hash
 			}
 		}
+		// Refuse what could not be sent to a device: a log entry past
+		// max_record, or a record past it. The stored size (snapshot and
+		// tail) bounds the saved document's; only a record near the limit
+		// pays for saving it to know exactly.
 		if len(delta) > s.maxRecord() {
 			return nil, perr(transport.CodeTooLarge, "record %q: %d bytes of new changes in one push, over max_record %d", id, len(delta), s.maxRecord())
 		}
-		// A crafted change can pass every check Import makes and still
-		// leave a document whose saved form does not load (changes not in
-		// Automerge's canonical encoding). Refuse it here, before any
-		// device could receive such a record.
-		if _, err := crdt.Load(saved, ""); err != nil {
-			return nil, perr(transport.CodeInvalidChange, "record %q: the changes leave a document that does not reload: %v", id, err)
+		size := wk.rd.size + len(delta)
+		if size > s.maxRecord() {
+			if saved := len(wk.rd.doc.Save()); saved > s.maxRecord() {
+				return nil, perr(transport.CodeTooLarge, "record %q: the push would grow its document to %d bytes, over max_record %d", id, saved, s.maxRecord())
+			}
 		}
-		w.entries = append(w.entries, Entry{Record: id, Base: wk.base, Changes: delta, Hashes: hashes, Doc: saved, Heads: heads})
+		sizes[id] = size
+		w.entries = append(w.entries, Entry{Record: id, Base: wk.base, Changes: delta, Hashes: hashes, Heads: heads})
 	}
 	cm.mu.Lock()
 	defer cm.mu.Unlock()
@@ -258,7 +269,10 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 		return nil, errRemerge
 	}
 	for _, e := range w.entries {
-		cm.queued[e.Record] = recs[e.Record].doc
+		rd := recs[e.Record].rd
+		rd.size = sizes[e.Record]
+		cm.queued[e.Record] = rd
+		cm.inQueue[e.Record]++
 	}
 	// Even a push of changes already held waits for the queue: "held" may
 	// mean merged but not yet durable.
@@ -275,28 +289,32 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 
 // load returns a record's document as it will be once the queue is
 // written: queued (queued=true), cached, or stored.
-func (cm *committer) load(ctx context.Context, s *Server, id string) (d *crdt.Doc, queued bool, err error) {
+func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayDoc, queued bool, err error) {
 	cm.mu.Lock()
-	d, queued = cm.queued[id]
+	rd, queued = cm.queued[id]
 	cm.mu.Unlock()
 	if queued {
-		return d, true, nil
+		return rd, true, nil
 	}
-	if d, ok := s.docs.Get(cachedDoc{cm.c, id}); ok {
-		return d, false, nil
+	if rd, ok := s.docs.Get(cachedDoc{cm.c, id}); ok {
+		return rd, false, nil
 	}
-	b, _, err := s.store.Document(ctx, cm.c, id)
+	rec, err := s.store.Record(ctx, cm.c, id)
 	if errors.Is(err, ErrNotFound) {
 		d, err := crdt.New("")
-		return d, false, err
+		return &relayDoc{doc: d}, false, err
 	}
 	if err != nil {
 		return nil, false, err
 	}
-	if d, err = crdt.Load(b, ""); err != nil {
-		return nil, false, fmt.Errorf("relay: stored document %s/%s/%s: %w", cm.c.Tenant, cm.c.Collection, id, err)
+	d, err := crdt.Load(rec.Data(), "")
+	if err == nil && !d.Heads().Equal(rec.Heads) {
+		err = fmt.Errorf("it loads at heads %v, the store says %v", d.Heads(), rec.Heads)
 	}
-	return d, false, nil
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: record %s/%s/%s: %w", ErrStoreDamaged, cm.c.Tenant, cm.c.Collection, id, err)
+	}
+	return &relayDoc{doc: d, size: rec.Size()}, false, nil
 }
 
 // flush writes queued groups until own's is durable, then hands the
@@ -312,7 +330,7 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 		}
 		group := cm.queue[:n]
 		cm.queue = cm.queue[n:]
-		docs := map[string]*crdt.Doc{}
+		docs := map[string]*relayDoc{}
 		var entries []Entry
 		for _, w := range group {
 			entries = append(entries, w.entries...)
@@ -340,6 +358,7 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 				s.docs.Remove(cachedDoc{cm.c, id})
 			}
 			clear(cm.queued)
+			clear(cm.inQueue)
 			cm.gen++
 			for _, w := range group {
 				w.done <- result{err: err}
@@ -358,13 +377,19 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 		}
 		for id, d := range docs {
 			s.docs.Put(cachedDoc{cm.c, id}, d)
-			if cm.queued[id] == d {
-				delete(cm.queued, id) // no later push in the queue changed it
+		}
+		for _, e := range entries {
+			// A document stays queued while a later push in the queue has
+			// changes in it that are not written yet.
+			if cm.inQueue[e.Record]--; cm.inQueue[e.Record] == 0 {
+				delete(cm.inQueue, e.Record)
+				delete(cm.queued, e.Record)
 			}
 		}
 		if len(entries) > 0 {
 			s.metrics.changes.Add(float64(countHashes(entries)))
 			s.hub.notify(cm.c)
+			s.compactor.appended(cm.c)
 		}
 	}
 	if len(cm.queue) > 0 {

@@ -12,7 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/internal/lru"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -42,6 +41,16 @@ type Options struct {
 	MaxLag           int           // log entries a subscriber may trail by; default 10,000
 	SlowWriteTimeout time.Duration // for a subscriber to take a live message; default 10 s
 	DocCacheSize     int           // documents kept loaded for pushes; default 4096
+
+	// CompactInterval is how often the background compactor looks for
+	// records whose tail outgrew their snapshot (a push that makes one
+	// also wakes it). Default 1 s; negative: never (for tests).
+	CompactInterval time.Duration
+	// LogRetention is how many of each collection's latest log entries
+	// are kept once snapshots hold them; older ones are truncated, and a
+	// device whose cursor is below them catches up from snapshots.
+	// Default 100,000; negative: keep every entry.
+	LogRetention int
 }
 
 func (o *Options) withDefaults() Options {
@@ -67,6 +76,10 @@ func (o *Options) withDefaults() Options {
 	if v.DocCacheSize <= 0 {
 		v.DocCacheSize = 4096
 	}
+	defaultDur(&v.CompactInterval, time.Second)
+	if v.LogRetention == 0 {
+		v.LogRetention = 100_000
+	}
 	return v
 }
 
@@ -89,10 +102,11 @@ type Server struct {
 	metrics *metrics
 	reg     *prometheus.Registry
 
-	hub      *hub // log appends, for subscribers
-	leases   *hub // lease releases, for waiters
-	docs     *lru.Cache[cachedDoc, *crdt.Doc]
-	recLocks *recordLocks
+	hub       *hub // log appends, for subscribers
+	leases    *hub // lease releases, for waiters
+	docs      *lru.Cache[cachedDoc, *relayDoc]
+	compactor *compactor
+	recLocks  *recordLocks
 
 	// hooks let tests wait for events that have no other signal, and
 	// drive timers by the fake clock.
@@ -133,7 +147,7 @@ func NewServer(o *Options) (*Server, error) {
 		now:        opts.Now,
 		hub:        newHub(),
 		leases:     newHub(),
-		docs:       lru.New[cachedDoc, *crdt.Doc](opts.DocCacheSize),
+		docs:       lru.New[cachedDoc, *relayDoc](opts.DocCacheSize),
 		recLocks:   newRecordLocks(),
 		sessions:   map[*session]struct{}{},
 		committers: map[Coll]*committer{},
@@ -149,6 +163,7 @@ func NewServer(o *Options) (*Server, error) {
 		return nil, err
 	}
 	s.metrics = m
+	s.compactor = newCompactor(s)
 	return s, nil
 }
 
@@ -264,6 +279,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	select {
 	case <-drained:
+		// Nothing appends any more: background compaction stops too.
+		s.compactor.close()
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -292,6 +309,7 @@ func (s *Server) Close() error {
 		s.mu.Unlock()
 		<-drained
 		s.helpers.Wait()
+		s.compactor.close()
 	})
 	return nil
 }

@@ -185,7 +185,7 @@ func concurrentPushers(t *testing.T, store Store) {
 		}
 	}
 	// The hot record holds every client's last write.
-	doc, _, _ := tr.store.Document(context.Background(), Coll{"shop", "c"}, "hot")
+	doc, _, _ := Document(context.Background(), tr.store, Coll{"shop", "c"}, "hot")
 	f := fieldsAfter(t, doc)
 	for i := 0; i < clients; i += 2 {
 		if f[fmt.Sprint("k", i)] != int64(pushes-1) {

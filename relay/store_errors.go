@@ -47,6 +47,22 @@ func (e *LeaseHeldError) Is(target error) bool { return target == ErrLeaseHeld }
 // Unwrap returns ErrLeaseHeld.
 func (e *LeaseHeldError) Unwrap() error { return ErrLeaseHeld }
 
+// TruncatedError is the ErrTruncated returned by Log: entries up to
+// Horizon are gone.
+type TruncatedError struct {
+	Horizon uint64
+}
+
+func (e *TruncatedError) Error() string {
+	return fmt.Sprintf("%v: entries up to %d are truncated", ErrTruncated, e.Horizon)
+}
+
+// Is makes errors.Is(err, ErrTruncated) true.
+func (e *TruncatedError) Is(target error) bool { return target == ErrTruncated }
+
+// Unwrap returns ErrTruncated.
+func (e *TruncatedError) Unwrap() error { return ErrTruncated }
+
 // ConflictError is the ErrConflict returned by Append: it names the first
 // record whose Base did not match, so the relay knows which document the
 // pusher must reload and merge again.

@@ -549,7 +549,7 @@ func (w *convWorld) check() {
 			}
 		}
 		for id, rec := range ref {
-			_, heads, err := w.store.Document(ctx, relay.Coll{Tenant: w.tenant, Collection: coll}, id)
+			_, heads, err := relay.Document(ctx, w.store, relay.Coll{Tenant: w.tenant, Collection: coll}, id)
 			if err != nil || !heads.Equal(rec.Heads) {
 				w.fatalf("%s/%s: relay holds heads %v (%v), replicas %v", coll, id, heads, err, rec.Heads)
 			}

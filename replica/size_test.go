@@ -154,7 +154,7 @@ func TestSyncRecordUpToMaxRecord(t *testing.T) {
 	if ids, _ := ca.Pending(); !slices.Contains(ids, "big") {
 		t.Errorf("refused record is not pending: %v", ids)
 	}
-	doc, _, err := e.store.Document(context.Background(), relay.Coll{Tenant: e.app.ID, Collection: "c"}, "big")
+	doc, _, err := relay.Document(context.Background(), e.store, relay.Coll{Tenant: e.app.ID, Collection: "c"}, "big")
 	if err != nil || len(doc) > maxRecord {
 		t.Fatalf("relay holds %d bytes (%v)", len(doc), err)
 	}

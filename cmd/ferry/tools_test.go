@@ -74,7 +74,7 @@ func newRelayData(t *testing.T, data string) (relay.App, string) {
 	d.Commit("", time.Time{})
 	ch, _ := d.ChangesSince(nil)
 	coll := relay.Coll{Tenant: app.ID, Collection: "c"}
-	if _, err := store.Append(context.Background(), coll, 0, time.Now(), []relay.Entry{{Record: "r", Changes: ch, Doc: d.Save(), Heads: d.Heads()}}); err != nil {
+	if _, err := store.Append(context.Background(), coll, 0, time.Now(), []relay.Entry{{Record: "r", Changes: ch, Heads: d.Heads()}}); err != nil {
 		t.Fatal(err)
 	}
 	inc := store.Incarnation()

@@ -304,9 +304,9 @@ func testReopen(t *testing.T, s suite) {
 		logged(1, a1), logged(2, entry("b", nil, "1")), logged(3, entry("a", a1.Heads, "2")),
 	})
 	checkDoc(t, st, coll, "a", "2")
-	snaps, err := st.Snapshots(ctx(t), coll, "", 10)
+	snaps, err := st.Records(ctx(t), coll, "", 10)
 	if err != nil || len(snaps) != 2 || snaps[0].Seq != 3 || snaps[1].Seq != 2 {
-		t.Fatalf("Snapshots after reopen = %+v, %v", snaps, err)
+		t.Fatalf("Records after reopen = %+v, %v", snaps, err)
 	}
 	// The lease survived: it still fences and still blocks.
 	mustAppend(t, st, coll, l2.Fence, t0.Add(time.Minute), entry("c", nil, "1"))
