@@ -150,11 +150,18 @@ func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uin
 		return cursor, false
 	}
 	recs, next, more, err := s.readLog(ctx, c, cursor, s.limits.MaxBatch)
-	if err != nil {
-		if ctx.Err() == nil {
-			s.log.Error("subscription read failed", "tenant", c.Tenant, "collection", c.Collection, "err", err)
-			sess.end(transport.CodeInternal, "subscription failed")
-		}
+	var pe *transport.Error
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		return cursor, false
+	case errors.As(err, &pe) && pe.Code == transport.CodeTruncated:
+		// The device catches up from snapshots, then subscribes again.
+		sess.end(pe.Code, pe.Message)
+		return cursor, false
+	default:
+		s.log.Error("subscription read failed", "tenant", c.Tenant, "collection", c.Collection, "err", err)
+		sess.end(transport.CodeInternal, "subscription failed")
 		return cursor, false
 	}
 	if len(recs) > 0 {

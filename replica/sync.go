@@ -301,7 +301,15 @@ func (s *collSync) pull(ctx context.Context, cursor uint64, apply remoteOp) erro
 	total, done := 0, 0
 	for {
 		var ch transport.Changes
-		if err := s.conn.call(ctx, &transport.Pull{Collection: s.coll, Cursor: cursor}, &ch); err != nil {
+		err := s.conn.call(ctx, &transport.Pull{Collection: s.coll, Cursor: cursor}, &ch)
+		if errors.Is(err, transport.ErrTruncated) {
+			// The relay truncated its log past this cursor (the device was
+			// away longer than it keeps entries): catch up from the
+			// records' snapshots, merging as a slow sync does.
+			s.r.log.Info("relay log truncated past the cursor; catching up from snapshots", "profile", s.p.Name, "collection", s.coll, "cursor", cursor)
+			return s.pullAll(ctx, apply)
+		}
+		if err != nil {
 			return fmt.Errorf("ferry: pull %s: %w", s.coll, err)
 		}
 		total += len(ch.Records)
