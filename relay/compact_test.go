@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ferrysync/ferry/crdt"
@@ -115,4 +116,42 @@ func TestLogRetentionTruncates(t *testing.T) {
 	if err != nil || st.LogEntries != 3 {
 		t.Fatalf("log holds %d entries, want 3 (%v)", st.LogEntries, err)
 	}
+}
+
+// Live subscribers get new entries from the relay's memory: after the
+// subscription caught up, a push reaches them without the store being
+// read again.
+func TestLiveFromMemory(t *testing.T) {
+	counting := &countingStore{Store: NewMemStore()}
+	tr := newTestRelay(t, counting, nil)
+	pusher := tr.client("shop")
+	ed := newEditor(t, "aa04")
+	mustCall[transport.Ack](t, pusher, pushOf("c", 0, rec("x", ed.edit(map[string]any{"n": 0}))))
+	sub := tr.client("shop")
+	mustCall[transport.OK](t, sub, &transport.Subscribe{Collection: "c", Cursor: 0})
+	if lv := <-sub.Live(); lv.Next != 1 {
+		t.Fatalf("catch-up live message ends at %d", lv.Next)
+	}
+	for i := 1; i <= 20; i++ {
+		before := counting.logReads.Load()
+		mustCall[transport.Ack](t, pusher, pushOf("c", 0, rec("x", ed.edit(map[string]any{"n": i}))))
+		lv := <-sub.Live()
+		if lv.Next != uint64(i+1) || len(lv.Records) != 1 {
+			t.Fatalf("live message %d: next %d, %d records", i, lv.Next, len(lv.Records))
+		}
+		if n := counting.logReads.Load() - before; n != 0 && i > 1 {
+			t.Fatalf("push %d reached the subscriber after %d log reads", i, n)
+		}
+	}
+}
+
+// countingStore counts Log calls.
+type countingStore struct {
+	Store
+	logReads atomic.Int64
+}
+
+func (s *countingStore) Log(ctx context.Context, c Coll, after uint64, limit int) ([]LogEntry, error) {
+	s.logReads.Add(1)
+	return s.Store.Log(ctx, c, after, limit)
 }

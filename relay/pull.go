@@ -95,7 +95,23 @@ func (s *Server) readLog(ctx context.Context, c Coll, cursor uint64, limit int) 
 	if err != nil {
 		return nil, cursor, false, err
 	}
-	more := len(entries) == limit
+	recs, next, more := s.page(entries, cursor, len(entries) == limit)
+	return recs, next, more, nil
+}
+
+// liveRead is readLog for a subscriber: the entries the last appends made
+// are sent from memory, without reading the store back.
+func (s *Server) liveRead(ctx context.Context, c Coll, cursor uint64, limit int) ([]transport.RecordChanges, uint64, bool, error) {
+	if entries, ok := s.hub.since(c, cursor, limit); ok {
+		recs, next, more := s.page(entries, cursor, len(entries) == limit)
+		return recs, next, more, nil
+	}
+	return s.readLog(ctx, c, cursor, limit)
+}
+
+// page turns log entries after cursor into the records of one message, as
+// many as fit one frame. more says entries are left after next.
+func (s *Server) page(entries []LogEntry, cursor uint64, more bool) ([]transport.RecordChanges, uint64, bool) {
 	budget := s.limits.MaxFrame - transport.FrameOverhead
 	recs := make([]transport.RecordChanges, 0, len(entries))
 	next := cursor
@@ -112,7 +128,7 @@ func (s *Server) readLog(ctx context.Context, c Coll, cursor uint64, limit int) 
 		next = e.Seq
 		s.metrics.bytesOut.Add(float64(len(e.Changes)))
 	}
-	return recs, next, more, nil
+	return recs, next, more
 }
 
 // subscribe streams the collection's log after cursor to the session as
@@ -130,6 +146,7 @@ func (s *Server) readLog(ctx context.Context, c Coll, cursor uint64, limit int) 
 func (s *Server) subscribe(ctx context.Context, sess *session, c Coll, cursor uint64) {
 	s.metrics.subscribers.Inc()
 	defer s.metrics.subscribers.Dec()
+	defer s.hub.subscribed(c)()
 	for {
 		var ok bool
 		if cursor, ok = s.liveStep(ctx, sess, c, cursor); !ok {
@@ -149,7 +166,7 @@ func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uin
 		sess.end(e.Code, e.Message)
 		return cursor, false
 	}
-	recs, next, more, err := s.readLog(ctx, c, cursor, s.limits.MaxBatch)
+	recs, next, more, err := s.liveRead(ctx, c, cursor, s.limits.MaxBatch)
 	var pe *transport.Error
 	switch {
 	case err == nil:

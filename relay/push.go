@@ -388,7 +388,13 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 		}
 		if len(entries) > 0 {
 			s.metrics.changes.Add(float64(countHashes(entries)))
-			s.hub.notify(cm.c)
+			// Subscribers get the entries from memory, now that they are
+			// durable: no read of the store on the live path.
+			logged := make([]LogEntry, len(entries))
+			for i, e := range entries {
+				logged[i] = LogEntry{Seq: seq - uint64(len(entries)-1-i), Record: e.Record, Changes: e.Changes, Heads: e.Heads}
+			}
+			s.hub.publish(cm.c, logged)
 			s.compactor.appended(cm.c)
 		}
 	}
