@@ -30,7 +30,12 @@ type Config struct {
 
 	MaxLeaseTTL     Duration `json:"max_lease_ttl"`
 	DefaultLeaseTTL Duration `json:"default_lease_ttl"`
-	MaxLag          int      `json:"max_lag"`          // log entries a subscriber may trail by
+	MaxLag          int      `json:"max_lag"` // log entries a subscriber may trail by
+	// CompactInterval is how often records whose tail outgrew their
+	// snapshot are compacted; LogRetention how many of each collection's
+	// latest log entries are kept (older ones go once snapshots hold them).
+	CompactInterval Duration `json:"compact_interval"`
+	LogRetention    int      `json:"log_retention"`
 	ShutdownTimeout Duration `json:"shutdown_timeout"` // grace for in-flight requests
 
 	// TLSCert and TLSKey are PEM files: with both, the relay serves wss://

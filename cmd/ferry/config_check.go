@@ -45,6 +45,7 @@ func (c *Config) check() error {
 	}
 	for name, d := range map[string]Duration{
 		"max_lease_ttl": c.MaxLeaseTTL, "default_lease_ttl": c.DefaultLeaseTTL, "shutdown_timeout": c.ShutdownTimeout,
+		"compact_interval": c.CompactInterval,
 	} {
 		if d < 0 {
 			bad(name, "%v is negative (leave it out for the default)", time.Duration(d))
@@ -59,6 +60,9 @@ func (c *Config) check() error {
 	}
 	if c.MaxLag < 0 {
 		bad("max_lag", "%d is negative (leave it out for the default, 10000)", c.MaxLag)
+	}
+	if c.LogRetention < 0 {
+		bad("log_retention", "%d is negative (leave it out for the default, 100000)", c.LogRetention)
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		bad("tls_cert, tls_key", "give both (the certificate chain and its private key) or neither")

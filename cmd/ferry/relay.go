@@ -135,6 +135,7 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	srv, err := relay.NewServer(&relay.Options{
 		Store: store, Auth: auth, Logger: log, RelayID: cfg.RelayID, Limits: cfg.limits(),
 		MaxLeaseTTL: time.Duration(cfg.MaxLeaseTTL), DefaultLeaseTTL: time.Duration(cfg.DefaultLeaseTTL), MaxLag: cfg.MaxLag,
+		CompactInterval: time.Duration(cfg.CompactInterval), LogRetention: cfg.LogRetention,
 	})
 	if err != nil {
 		return err
