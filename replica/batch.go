@@ -48,8 +48,19 @@ func (r *Replica) batchOp(coll string, ids []string, fn func(i int, txn *badger.
 	err = r.db.Update(func(txn *badger.Txn) error {
 		for i, id := range ids {
 			t := byID[id]
+			if t != nil && t.corrupt != nil {
+				continue
+			}
 			if t == nil || t.doc == nil {
 				d, m, ok, err := r.loadDocTxn(txn, coll, id, t == nil)
+				if errors.Is(err, ErrCorrupt) && t == nil {
+					// A damaged record fails alone: the rest of the batch
+					// goes on, and the caller reports it.
+					t = &touched{coll: coll, id: id, corrupt: err}
+					byID[id] = t
+					order = append(order, t)
+					continue
+				}
 				if err != nil {
 					return err
 				}
@@ -160,6 +171,10 @@ func (r *Replica) batchInto(res *batchResult, coll string, ids []string, fn func
 		return fmt.Errorf("ferry: applying %s from the relay: %w", coll, err)
 	}
 	for _, t := range ts {
+		if t.corrupt != nil {
+			res.failed = append(res.failed, failedRecord(t.id, t.corrupt))
+			continue
+		}
 		if ev, ok := t.event(false); ok {
 			res.events = append(res.events, ev)
 		}

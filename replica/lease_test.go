@@ -2,6 +2,8 @@ package replica
 
 import (
 	"context"
+	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -113,6 +115,55 @@ func TestSyncPastTheLogHorizon(t *testing.T) {
 			if n, _ := coll2(t, r, "c").PendingCount(); n != 0 {
 				t.Fatalf("%s has %d pending", r.ID()[:6], n)
 			}
+		}
+	})
+}
+
+// replicaGoroutines lists the goroutines running code of this package,
+// other than tests.
+func replicaGoroutines() []string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "ferry/replica.") && !strings.Contains(g, "ferry/replica.Test") && !strings.Contains(g, "replicaGoroutines") {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// Close waits for every goroutine the replica started: live sessions,
+// their forwarders of local edits, lease renewals, schedulers. None is
+// left when it returns.
+func TestCloseLeavesNoGoroutine(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rl := relaytest.Start(t, &relaytest.Options{Pipe: true})
+		r := pipeDevice(t, rl, Options{BackoffMin: time.Millisecond, BackoffMax: 10 * time.Millisecond}, "")
+		p, _ := r.Profile("p")
+		p.Mode = policy.Live
+		p.Collections = []string{"c", "d"}
+		if err := r.UpdateProfile(p); err != nil {
+			t.Fatal(err)
+		}
+		periodic := p
+		periodic.Name, periodic.Mode, periodic.Interval = "q", policy.Periodic, time.Second
+		if err := r.AddProfile(periodic); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 5 {
+			coll2(t, r, "c").Put(fmt.Sprint("x", i), map[string]any{"i": i})
+			time.Sleep(100 * time.Millisecond)
+		}
+		synctest.Wait()
+		if len(replicaGoroutines()) == 0 {
+			t.Fatal("no goroutine of the replica is running: the test sees nothing")
+		}
+		if err := r.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if left := replicaGoroutines(); len(left) > 0 {
+			t.Fatalf("%d goroutine(s) left after Close:\n%s", len(left), strings.Join(left, "\n\n"))
 		}
 	})
 }

@@ -79,6 +79,11 @@ func (s *collSync) push(ctx context.Context) error {
 			continue
 		}
 		o, err := s.r.outgoing(s.coll, id)
+		if errors.Is(err, ErrCorrupt) {
+			// A damaged record fails alone; the others are pushed.
+			s.cs.Failed = append(s.cs.Failed, failedRecord(id, err))
+			continue
+		}
 		if err != nil {
 			return err
 		}

@@ -117,6 +117,7 @@ type touched struct {
 	seen       bool // existed, or created earlier in this unit of work
 	live       bool // exists and is not deleted, as of the ops applied so far
 	dirty      bool // the document held changes that were not stored
+	corrupt    error // the stored record is damaged (ErrCorrupt): left alone
 }
 
 // commit applies ops under the records' locks in one Badger transaction.
