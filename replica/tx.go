@@ -114,9 +114,9 @@ type touched struct {
 	old, new   meta
 	existed    bool // stored before this commit
 	wasDeleted bool
-	seen       bool // existed, or created earlier in this unit of work
-	live       bool // exists and is not deleted, as of the ops applied so far
-	dirty      bool // the document held changes that were not stored
+	seen       bool  // existed, or created earlier in this unit of work
+	live       bool  // exists and is not deleted, as of the ops applied so far
+	dirty      bool  // the document held changes that were not stored
 	corrupt    error // the stored record is damaged (ErrCorrupt): left alone
 }
 
