@@ -109,21 +109,3 @@ func TestLiveModePushesAndAppliesAtOnce(t *testing.T) {
 		}
 	})
 }
-
-func waitRemote(t *testing.T, f *Feed, id string) {
-	t.Helper()
-	timeout := time.After(10 * time.Second)
-	for {
-		select {
-		case ev, ok := <-f.C:
-			if !ok {
-				t.Fatalf("feed closed: %v", f.Err())
-			}
-			if ev.ID == id && ev.Origin == Remote {
-				return
-			}
-		case <-timeout:
-			t.Fatalf("no remote event for %s", id)
-		}
-	}
-}
