@@ -238,7 +238,7 @@ func (qs *quotas) admitPush(ctx context.Context, app string, p *transport.Push) 
 	if aq.q.PushesPerSecond > 0 {
 		if wait := aq.take(qs.now()); wait > 0 {
 			qs.refuse(app, quotaPushRate)
-			e := perr(transport.CodeRateLimited, "app %q pushes faster than its %g pushes per second (burst %d): push again in %v", app, aq.q.PushesPerSecond, aq.burst, wait)
+			e := perr(transport.CodeRateLimited, "app %q is over its push rate (%g a second, burst %d): push again in %v", app, aq.q.PushesPerSecond, aq.burst, wait)
 			e.RetryMS = retryMS(wait)
 			return nil, e
 		}
