@@ -59,14 +59,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		m.requests.WithLabelValues(string(t), "ok")
 		m.latency.WithLabelValues(string(t))
 	}
-	// Only apps with a quota, and only the quotas they have, get series:
-	// the configured apps bound the labels.
-	for app, kinds := range s.quotas.kinds() {
-		for _, k := range kinds {
-			m.quotaRefusals.WithLabelValues(app, k)
-		}
-	}
-	s.quotas.refused = m.quotaRefusals
+	s.quotas.count(m.quotaRefusals)
 	stats := func(read func(StoreStats) int64) func() float64 {
 		return func() float64 {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)

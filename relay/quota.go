@@ -97,18 +97,18 @@ const usageRefresh = 5 * time.Second
 // the map of apps is fixed when the server is made (read without a lock),
 // so an app at its limits never makes another app's requests wait.
 type quotas struct {
-	apps    map[string]*appQuota
-	store   Store
-	now     func() time.Time
-	log     *slog.Logger
-	refused *prometheus.CounterVec // set by newMetrics; labels app, quota
+	apps  map[string]*appQuota
+	store Store
+	now   func() time.Time
+	log   *slog.Logger
 }
 
 // appQuota is one app's quota and what it is using.
 type appQuota struct {
-	id    string
-	q     Quota
-	burst int
+	id      string
+	q       Quota
+	burst   int
+	refused map[string]prometheus.Counter // by quota kind; set by count
 
 	// The push rate is a token bucket kept as the time its next token is
 	// due (the generic cell rate algorithm), in whole nanoseconds, so
@@ -172,25 +172,22 @@ func newQuotas(o *Options) (*quotas, error) {
 	return qs, errors.Join(errs...)
 }
 
-// kinds returns the quota kinds set for each app, for the metric's series.
-func (qs *quotas) kinds() map[string][]string {
-	out := map[string][]string{}
+// count makes refused the metric of refusals: each app gets a series for
+// each quota it has, at 0 from the start, and for nothing else, so the
+// configured apps bound the labels.
+func (qs *quotas) count(refused *prometheus.CounterVec) {
 	for id, aq := range qs.apps {
-		if aq.q.MaxConnections > 0 {
-			out[id] = append(out[id], quotaConnections)
-		}
-		if aq.q.PushesPerSecond > 0 {
-			out[id] = append(out[id], quotaPushRate)
-		}
-		if aq.q.MaxStoredBytes > 0 {
-			out[id] = append(out[id], quotaStoredBytes)
+		aq.refused = map[string]prometheus.Counter{}
+		for kind, set := range map[string]bool{
+			quotaConnections: aq.q.MaxConnections > 0,
+			quotaPushRate:    aq.q.PushesPerSecond > 0,
+			quotaStoredBytes: aq.q.MaxStoredBytes > 0,
+		} {
+			if set {
+				aq.refused[kind] = refused.WithLabelValues(id, kind)
+			}
 		}
 	}
-	return out
-}
-
-func (qs *quotas) refuse(app, kind string) {
-	qs.refused.WithLabelValues(app, kind).Inc()
 }
 
 // connect counts a new connection of app against its MaxConnections, or
@@ -204,7 +201,7 @@ func (qs *quotas) connect(app string) *transport.Error {
 	aq.mu.Lock()
 	defer aq.mu.Unlock()
 	if aq.conns >= aq.q.MaxConnections {
-		qs.refuse(app, quotaConnections)
+		aq.refused[quotaConnections].Inc()
 		return perr(transport.CodeRateLimited, "app %q has its max_connections (%d) open; connect again later", app, aq.q.MaxConnections)
 	}
 	aq.conns++
@@ -237,7 +234,7 @@ func (qs *quotas) admitPush(ctx context.Context, app string, p *transport.Push) 
 	}
 	if aq.q.PushesPerSecond > 0 {
 		if wait := aq.take(qs.now()); wait > 0 {
-			qs.refuse(app, quotaPushRate)
+			aq.refused[quotaPushRate].Inc()
 			e := perr(transport.CodeRateLimited, "app %q is over its push rate (%g a second, burst %d): push again in %v", app, aq.q.PushesPerSecond, aq.burst, wait)
 			e.RetryMS = retryMS(wait)
 			return nil, e
@@ -257,7 +254,7 @@ func (qs *quotas) admitPush(ctx context.Context, app string, p *transport.Push) 
 	used := aq.stored + aq.reserved
 	if used+need > aq.q.MaxStoredBytes {
 		aq.mu.Unlock()
-		qs.refuse(app, quotaStoredBytes)
+		aq.refused[quotaStoredBytes].Inc()
 		return nil, perr(transport.CodeQuotaExceeded, "app %q stores about %d bytes (pushes in progress included); this push's %d would pass its max_stored_bytes %d; nothing was stored",
 			app, used, need, aq.q.MaxStoredBytes)
 	}

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -505,5 +507,52 @@ func TestQuotaBucket(t *testing.T) {
 	slow.take(t0)
 	if w := slow.take(t0); w <= 0 || retryMS(w) != math.MaxUint32 {
 		t.Fatalf("very slow rate: wait %v, retry_ms %d", w, retryMS(w))
+	}
+}
+
+// BenchmarkQuotaAdmitPush is the cost a quota adds to each push, on every
+// core at once for one app (all its sessions share its lock): a token
+// from the bucket and a stored-bytes check against the cached count; and
+// the cost of a refusal (its message and metric).
+func BenchmarkQuotaAdmitPush(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		rate float64
+	}{{"admitted", 1e12}, {"refused", 1e-3}} {
+		b.Run(tc.name, func(b *testing.B) {
+			store := NewMemStore()
+			defer store.Close()
+			auth, _ := NewAuth([]App{NewApp("shop")}, nil)
+			t0 := time.Now()
+			qs, err := newQuotas(&Options{Store: store, Auth: auth, Now: func() time.Time { return t0 }, Quotas: map[string]Quota{
+				"shop": {PushesPerSecond: tc.rate, PushBurst: 1, MaxStoredBytes: 1 << 62},
+			}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			qs.count(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "refusals"}, []string{"app", "quota"}))
+			if tc.rate > 1 {
+				// A clock that never moves, and a bucket that never runs dry.
+				qs.apps["shop"].tau = time.Duration(math.MaxInt64)
+			}
+			p := newRecord(b, "c", 1)
+			ctx := context.Background()
+			if tc.rate < 1 {
+				qs.apps["shop"].take(t0) // the burst
+			}
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					done, err := qs.admitPush(ctx, "shop", p)
+					if (err == nil) != (tc.rate > 1) {
+						b.Errorf("admitPush: %v", err)
+						return
+					}
+					if err == nil {
+						done(true)
+					}
+				}
+			})
+		})
 	}
 }
