@@ -39,7 +39,8 @@ type Quota struct {
 	// PushesPerSecond is the sustained rate at which the app's devices,
 	// all of them together, may push. A push past it is answered
 	// rate_limited, with retry_ms the wait until the app may push again;
-	// the connection stays open.
+	// the connection stays open. A push refused for stored bytes, or as
+	// invalid, has used its turn.
 	PushesPerSecond float64 `json:"pushes_per_second,omitempty"`
 	// PushBurst is how many pushes may come at once before the rate
 	// applies: the size of the app's token bucket. Default:
