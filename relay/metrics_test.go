@@ -33,6 +33,7 @@ var wantMetrics = []struct{ name, typ, help string }{
 	{"ferry_relay_requests_total", "counter", "Requests by message type (hello, push, pull, ...) and result (ok or an error code)."},
 	{"ferry_relay_slow_consumers_total", "counter", "Subscribers disconnected for falling behind."},
 	{"ferry_relay_compactions_total", "counter", "Records whose tail was folded into a new snapshot."},
+	{"ferry_relay_quota_refusals_total", "counter", "Connections and pushes refused for passing their app's quota, by app and quota (connections, push_rate, stored_bytes)."},
 	{"ferry_relay_store_bytes", "gauge", "Bytes the store takes on disk (in memory, for a memory store)."},
 	{"ferry_relay_subscribers", "gauge", "Live subscriptions."},
 }
@@ -52,12 +53,13 @@ func gather(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily
 
 func newMetricsServer(t *testing.T, store Store) (*Server, *prometheus.Registry) {
 	t.Helper()
-	auth, err := NewAuth(nil, nil)
+	// An app with a quota, so that the refusals counter has a series.
+	auth, err := NewAuth([]App{NewApp("shop")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	srv, err := NewServer(&Options{Store: store, Auth: auth, Registry: reg})
+	srv, err := NewServer(&Options{Store: store, Auth: auth, Registry: reg, Quotas: map[string]Quota{"shop": {MaxConnections: 10}}})
 	if err != nil {
 		t.Fatal(err)
 	}

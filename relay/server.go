@@ -51,6 +51,11 @@ type Options struct {
 	// device whose cursor is below them catches up from snapshots.
 	// Default 100,000; negative: keep every entry.
 	LogRetention int
+
+	// Quotas bound what each app may use of the relay, by app ID (each
+	// one an app of Auth). An app without one, and a zero field, has no
+	// limit. See Quota.
+	Quotas map[string]Quota
 }
 
 func (o *Options) withDefaults() Options {
@@ -107,6 +112,7 @@ type Server struct {
 	docs      *lru.Cache[cachedDoc, *relayDoc]
 	compactor *compactor
 	recLocks  *recordLocks
+	quotas    *quotas
 
 	// hooks let tests wait for events that have no other signal, and
 	// drive timers by the fake clock.
@@ -138,6 +144,10 @@ func NewServer(o *Options) (*Server, error) {
 	if err := opts.Limits.Check(); err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
+	quotas, err := newQuotas(&opts)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		opts:       opts,
 		store:      opts.Store,
@@ -152,6 +162,7 @@ func NewServer(o *Options) (*Server, error) {
 		sessions:   map[*session]struct{}{},
 		committers: map[Coll]*committer{},
 		pushes:     map[Coll]int{},
+		quotas:     quotas,
 	}
 	s.reg = opts.Registry
 	if s.reg == nil {
@@ -321,6 +332,10 @@ func (s *Server) Close() error {
 // which still counts), so the committer is dropped and the map holds only
 // the collections being pushed to. Every push must come through here.
 func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error) {
+	quotaDone, err := s.quotas.admitPush(ctx, c.Tenant, p)
+	if err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
 	s.pushes[c]++
 	s.mu.Unlock()
@@ -333,5 +348,7 @@ func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*t
 			delete(s.committers, c)
 		}
 	}()
-	return s.push(ctx, c, p)
+	ack, err := s.push(ctx, c, p)
+	quotaDone(err == nil)
+	return ack, err
 }

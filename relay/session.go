@@ -51,6 +51,7 @@ func (s *Server) serve(conn *transport.Conn) {
 		sess.cancel()
 		sess.wg.Wait()
 		sess.releaseLeases()
+		s.quotas.disconnect(sess.app.ID)
 		conn.Close()
 		if s.hooks.sessionEnded != nil {
 			s.hooks.sessionEnded()
@@ -117,7 +118,11 @@ func (sess *session) hello() bool {
 		fail(transport.CodeBadFrame, "replica_id must be 1 to 128 bytes of UTF-8")
 		return false
 	}
-	sess.app, sess.claims = app, claims
+	if e := s.quotas.connect(app.ID); e != nil {
+		fail(e.Code, e.Message)
+		return false
+	}
+	sess.app, sess.claims = app, claims // the connection counts until the session ends
 	sess.holder = claims.Subject + "/" + h.ReplicaID
 	w := &transport.Welcome{Version: v, RelayID: s.opts.RelayID, Incarnation: s.store.Incarnation(), Limits: s.limits}
 	return sess.conn.SendBody(sess.ctx, env.ID, w) == nil

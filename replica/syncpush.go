@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -185,10 +186,35 @@ func chunkLen(b []byte) (int, error) {
 // answers conflict.
 const pushAttempts = 3
 
+// While the relay answers rate_limited (the app's push rate quota), one
+// batch is pushed again after the retry_ms it asks for, at most
+// rateLimitWaits times, and only for a wait up to maxRateLimitWait; past
+// that the sync fails with rate_limited, and the next one tries again.
+const (
+	rateLimitWaits   = 5
+	maxRateLimitWait = 30 * time.Second
+)
+
+// rateLimited returns how long the relay asks to wait if err is
+// rate_limited (a second if it does not say), and whether to wait.
+func rateLimited(err error) (time.Duration, bool) {
+	var perr *transport.Error
+	if !errors.As(err, &perr) || perr.Code != transport.CodeRateLimited {
+		return 0, false
+	}
+	wait := time.Duration(perr.RetryMS) * time.Millisecond
+	if wait == 0 {
+		wait = time.Second
+	}
+	return wait, wait <= maxRateLimitWait
+}
+
 // pushBatch pushes one batch. If the relay refuses it as invalid or too
 // large, the records are pushed one by one, so one bad record does not hold
 // back the rest; the bad ones are listed as failed. A batch the relay
-// answers with conflict is pushed again, up to pushAttempts times.
+// answers with conflict is pushed again, up to pushAttempts times, and one
+// it answers with rate_limited is pushed again after the wait it asks for
+// (see rateLimitWaits).
 func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error) {
 	req := &transport.Push{Collection: s.coll, Fence: s.lease.fenceOrZero()}
 	for _, o := range batch {
@@ -196,11 +222,27 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 	}
 	var ack transport.Ack
 	err := s.conn.call(ctx, req, &ack)
-	for try := 1; errors.Is(err, transport.ErrConflict) && try < pushAttempts; try++ {
-		// The relay merged the push again and again while another writer
-		// (a relay process sharing its store) kept changing the records:
-		// nothing was stored, and pushing again is safe.
-		s.r.log.Debug("relay reported a conflict; pushing again", "collection", s.coll, "records", len(batch), "attempt", try+1)
+	for try, waits := 1, 0; ; {
+		// Nothing was stored either way, so pushing again is safe.
+		if errors.Is(err, transport.ErrConflict) && try < pushAttempts {
+			// The relay merged the push again and again while another
+			// writer (a relay process sharing its store) kept changing the
+			// records.
+			try++
+			s.r.log.Debug("relay reported a conflict; pushing again", "collection", s.coll, "records", len(batch), "attempt", try)
+		} else if wait, ok := rateLimited(err); ok && waits < rateLimitWaits {
+			waits++
+			s.r.log.Debug("relay rate-limits the app's pushes; waiting", "collection", s.coll, "wait", wait, "wait_number", waits)
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return 0, ctx.Err()
+			}
+		} else {
+			break
+		}
 		err = s.conn.call(ctx, req, &ack)
 	}
 	var perr *transport.Error

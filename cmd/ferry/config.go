@@ -25,7 +25,7 @@ type Config struct {
 	RelayID   string       `json:"relay_id"`   // name in welcome messages
 	LogLevel  string       `json:"log_level"`  // debug, info, warn, error
 	LogFormat string       `json:"log_format"` // text or json
-	Apps      []relay.App  `json:"apps"`       // tenants, with API keys and token secrets
+	Apps      []AppConfig  `json:"apps"`       // tenants, with API keys, token secrets and quotas
 	Limits    ConfigLimits `json:"limits"`
 
 	MaxLeaseTTL     Duration `json:"max_lease_ttl"`
@@ -42,6 +42,33 @@ type Config struct {
 	// itself, reloading them when they change.
 	TLSCert string `json:"tls_cert"`
 	TLSKey  string `json:"tls_key"`
+}
+
+// AppConfig is one app of the configuration file: the app's ID, API key
+// and secret, and its quota (no key, or 0: no limit).
+type AppConfig struct {
+	relay.App
+	Quota relay.Quota `json:"quota,omitzero"`
+}
+
+// apps returns the configured apps.
+func (c Config) apps() []relay.App {
+	apps := make([]relay.App, len(c.Apps))
+	for i, a := range c.Apps {
+		apps[i] = a.App
+	}
+	return apps
+}
+
+// quotas returns the configured apps' quotas, by app ID.
+func (c Config) quotas() map[string]relay.Quota {
+	q := map[string]relay.Quota{}
+	for _, a := range c.Apps {
+		if a.Quota != (relay.Quota{}) {
+			q[a.ID] = a.Quota
+		}
+	}
+	return q
 }
 
 // ConfigLimits overrides transport limits; zero keeps the default (for

@@ -98,6 +98,17 @@ func (c *Config) check() error {
 		case placeholder(app.Secret):
 			bad(field("secret"), "looks like a placeholder, not a random secret: generate one with \"openssl rand -hex 32\"")
 		}
+		// Check joins one error per field, each starting with its key.
+		if err := app.Quota.Check(); err != nil {
+			joined, ok := err.(interface{ Unwrap() []error })
+			if !ok {
+				bad(field("quota"), "%v", err)
+				continue
+			}
+			for _, e := range joined.Unwrap() {
+				errs = append(errs, fmt.Errorf("%s%w", field("quota."), e))
+			}
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -95,7 +95,7 @@ func testConfig(t *testing.T, dir string) (string, relay.App) {
 func testConfigWith(t *testing.T, dir string, tweak func(*Config)) (string, relay.App) {
 	t.Helper()
 	app := relay.NewApp("shop")
-	c := Config{Apps: []relay.App{app}, LogLevel: "warn"}
+	c := Config{Apps: []AppConfig{{App: app}}, LogLevel: "warn"}
 	if tweak != nil {
 		tweak(&c)
 	}

@@ -91,7 +91,7 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	if len(cfg.Apps) == 0 && !*dev {
 		return errors.New("relay: no apps configured: list them in a --config file, or run with --dev")
 	}
-	if _, err := relay.NewAuth(cfg.Apps, nil); err != nil {
+	if _, err := relay.NewAuth(cfg.apps(), nil); err != nil {
 		return err
 	}
 	log, err := newLogger(cfg.LogLevel, cfg.LogFormat, os.Stderr)
@@ -110,7 +110,7 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	}
 	defer ln.Close() // if a later step fails; Serve closes it otherwise
 
-	apps := cfg.Apps
+	apps := cfg.apps()
 	var devTok string
 	if *dev {
 		app, err := devApp(cfg.Data)
@@ -136,6 +136,7 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 		Store: store, Auth: auth, Logger: log, RelayID: cfg.RelayID, Limits: cfg.limits(),
 		MaxLeaseTTL: time.Duration(cfg.MaxLeaseTTL), DefaultLeaseTTL: time.Duration(cfg.DefaultLeaseTTL), MaxLag: cfg.MaxLag,
 		CompactInterval: time.Duration(cfg.CompactInterval), LogRetention: cfg.LogRetention,
+		Quotas: cfg.quotas(),
 	})
 	if err != nil {
 		return err
