@@ -255,9 +255,14 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 		}
 		size := wk.rd.size + len(delta)
 		if size > s.maxRecord() {
-			if saved := len(wk.rd.doc.Save()); saved > s.maxRecord() {
+			// Near the limit by the estimate: measure. The saved size then
+			// replaces the estimate, which grew by every push since the
+			// record was loaded and so overstates a compacted record.
+			saved := len(wk.rd.doc.Save())
+			if saved > s.maxRecord() {
 				return nil, perr(transport.CodeTooLarge, "record %q: the push would grow its document to %d bytes, over max_record %d", id, saved, s.maxRecord())
 			}
+			size = saved
 		}
 		sizes[id] = size
 		w.entries = append(w.entries, Entry{Record: id, Base: wk.base, Changes: delta, Hashes: hashes, Heads: heads})
