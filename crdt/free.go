@@ -41,10 +41,8 @@ var ErrFreed = errors.New("crdt: use of a freed document")
 // Free releases the document's memory now instead of whenever Go's
 // garbage collector runs automerge-go's finalizer. A second Free does
 // nothing. Forks are independent documents: each needs its own Free.
-//
-// Later uses never reach the freed memory: the methods of document.go
-// and Import panic with [ErrFreed]; field reads and writes fail with
-// automerge-go's error for a detached map, and Deleted reports false.
+// Any later use of d panics with [ErrFreed], before it could reach the
+// freed memory.
 //
 // Free must not run while another goroutine uses d (a Doc is not safe
 // for concurrent use anyway).

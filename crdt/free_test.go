@@ -79,6 +79,20 @@ func TestFreedDocFails(t *testing.T) {
 		{"Commit", func(d *crdt.Doc) error { _, err := d.Commit("", epoch); return err }},
 		{"CommitEmpty", func(d *crdt.Doc) error { return d.CommitEmpty("", epoch) }},
 		{"Import", func(d *crdt.Doc) error { _, err := d.Import(change); return err }},
+		{"Get", func(d *crdt.Doc) error { _, err := d.Get("name"); return err }},
+		{"Lookup", func(d *crdt.Doc) error { _, _, err := d.Lookup("name"); return err }},
+		{"Fields", func(d *crdt.Doc) error { _, err := d.Fields(); return err }},
+		{"TypedFields", func(d *crdt.Doc) error { _, err := d.TypedFields(); return err }},
+		{"Set", func(d *crdt.Doc) error { return d.Set(crdt.Path{"name"}, "x") }},
+		{"Delete", func(d *crdt.Doc) error { return d.Delete("name") }},
+		{"Put", func(d *crdt.Doc) error { return d.Put(map[string]any{"name": "x"}) }},
+		{"Decode", func(d *crdt.Doc) error { var m map[string]any; return d.Decode(&m) }},
+		{"SetDeleted", func(d *crdt.Doc) error { return d.SetDeleted(true) }},
+		{"Snapshot", func(d *crdt.Doc) error { _, err := d.Snapshot(); return err }},
+		{"SpliceText", func(d *crdt.Doc) error { return d.SpliceText(crdt.Path{"notes"}, 0, 0, "x") }},
+		{"Increment", func(d *crdt.Doc) error { return d.Increment(crdt.Path{"n"}, 1) }},
+		{"Insert", func(d *crdt.Doc) error { return d.Insert(crdt.Path{"l"}, 0, int64(1)) }},
+		{"Deleted", func(d *crdt.Doc) error { d.Deleted(); return nil }},
 	}
 	for name, mk := range makers {
 		for _, u := range uses {
