@@ -13,7 +13,7 @@ import (
 // bound. A cached document is only read or changed under its record's
 // stripe lock.
 type docCache struct {
-	c *lru.Cache[string, cacheEntry]
+	c *lru.Cache[string, *cacheEntry]
 }
 
 type cacheEntry struct {
@@ -21,14 +21,17 @@ type cacheEntry struct {
 	m   meta
 }
 
-func newDocCache(max int) *docCache { return &docCache{c: lru.New[string, cacheEntry](max)} }
+func newDocCache(max int) *docCache { return &docCache{c: lru.New[string, *cacheEntry](max)} }
 
 func (c *docCache) get(key string) (*crdt.Doc, meta, bool) {
 	e, ok := c.c.Get(key)
-	return e.doc, e.m, ok
+	if !ok {
+		return nil, meta{}, false
+	}
+	return e.doc, e.m, true
 }
 
-func (c *docCache) put(key string, d *crdt.Doc, m meta) { c.c.Put(key, cacheEntry{doc: d, m: m}) }
+func (c *docCache) put(key string, d *crdt.Doc, m meta) { c.c.Put(key, &cacheEntry{doc: d, m: m}) }
 func (c *docCache) drop(key string)                     { c.c.Remove(key) }
 func (c *docCache) len() int                            { return c.c.Len() }
 
