@@ -45,6 +45,7 @@ func (r *Replica) batchOp(coll string, ids []string, fn func(i int, txn *badger.
 	defer r.locks.lockAll(keys)()
 	byID := map[string]*touched{}
 	var order []*touched
+	var aside []*crdt.Doc // documents fn chose not to store
 	err = r.db.Update(func(txn *badger.Txn) error {
 		for i, id := range ids {
 			t := byID[id]
@@ -81,6 +82,7 @@ func (r *Replica) batchOp(coll string, ids []string, fn func(i int, txn *badger.
 				return err
 			}
 			if !keep {
+				aside = append(aside, t.doc)
 				t.doc, t.dirty = nil, true
 			}
 			if keep && !t.existed && len(t.new.heads) > 0 {
@@ -91,16 +93,24 @@ func (r *Replica) batchOp(coll string, ids []string, fn func(i int, txn *badger.
 		}
 		return nil
 	})
+	// The records are still locked: documents not cached now are used by
+	// no one and can be freed.
+	freeAside := func() {
+		for _, d := range aside {
+			d.Free()
+		}
+	}
 	if err != nil {
 		for _, t := range order {
-			r.cache.drop(cacheKey(coll, t.id))
+			r.discard(coll, t.id, t.doc)
 		}
+		freeAside()
 		return order, err
 	}
 	var events []Event
 	for _, t := range order {
 		if t.doc == nil || t.dirty {
-			r.cache.drop(cacheKey(coll, t.id))
+			r.discard(coll, t.id, t.doc)
 		} else {
 			r.cache.put(cacheKey(coll, t.id), t.doc, t.new)
 		}
@@ -108,6 +118,7 @@ func (r *Replica) batchOp(coll string, ids []string, fn func(i int, txn *badger.
 			events = append(events, ev)
 		}
 	}
+	freeAside()
 	r.feeds.publish(events)
 	return order, nil
 }

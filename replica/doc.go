@@ -32,7 +32,7 @@
 // call returns unless Options.Relaxed is set. A record is stored as a
 // snapshot plus incremental chunks, folded into the snapshot once
 // Options.CompactAfter chunks pile up. Loaded documents are cached, up to
-// Options.CacheSize.
+// Options.CacheBytes of their estimated memory.
 //
 // Deletes are tombstones (see crdt.TombstoneKey): a deleted record keeps
 // its history, so a delete that races an edit on another device is a

@@ -23,9 +23,13 @@ type Options struct {
 	// crash alone loses nothing. The default is durable.
 	Relaxed bool
 
-	// CacheSize bounds how many loaded documents are kept in memory.
-	// Default 1024.
-	CacheSize int
+	// CacheBytes bounds the memory of the documents kept loaded, as
+	// estimated from each record's stored size: a loaded Automerge
+	// document takes some 20 to 250 times its stored bytes (more for
+	// long histories and collaborative text), and the estimate is 8 KiB
+	// plus 64 times them. Documents that leave the cache free their
+	// memory at once. Default 64 MiB.
+	CacheBytes int64
 
 	// CompactAfter folds a record's incremental chunks into its snapshot
 	// once it has this many. Default 32.
@@ -102,8 +106,8 @@ func (o *Options) withDefaults() Options {
 	if o != nil {
 		v = *o
 	}
-	if v.CacheSize <= 0 {
-		v.CacheSize = 1024
+	if v.CacheBytes <= 0 {
+		v.CacheBytes = 64 << 20
 	}
 	if v.CompactAfter <= 0 {
 		v.CompactAfter = 32

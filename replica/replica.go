@@ -27,6 +27,7 @@ type Replica struct {
 	locks stripes   // per record
 	colls collLocks // per collection, for exchanges with relays
 	cache *docCache
+	reap  *reaper // frees the documents that leave the cache
 	feeds *feeds
 
 	closeOnce sync.Once
@@ -76,13 +77,17 @@ func Open(dir string, o *Options) (*Replica, error) {
 		db:      db,
 		opts:    opts,
 		log:     opts.Logger,
-		cache:   newDocCache(opts.CacheSize),
 		feeds:   newFeeds(),
 		closing: make(chan struct{}),
 	}
+	r.reap = newReaper(&r.locks)
+	r.cache = newDocCache(opts.CacheBytes, r.reap.add)
+	r.reap.cache = r.cache
+	go r.reap.run()
 	r.closeCtx, r.stopAll = context.WithCancel(context.Background())
 	r.sched = newScheduler(r)
 	if r.id, err = r.initMeta(); err != nil {
+		r.reap.close()
 		badgerdir.Close(db)
 		return nil, err
 	}
@@ -209,6 +214,9 @@ func (r *Replica) Close() error {
 		r.closed = true
 		r.mu.Unlock()
 		r.feeds.closeAll(ErrClosed)
+		// No operation runs now: free every loaded document.
+		r.cache.clear()
+		r.reap.close()
 		r.closeErr = badgerdir.Close(r.db)
 	})
 	return r.closeErr
