@@ -17,10 +17,13 @@ type Options struct {
 	// Close. The dir argument of Open is ignored.
 	InMemory bool
 
-	// Relaxed turns off fsync on every commit (Badger's SyncWrites). Writes
-	// are much faster, but the last writes before a power loss or kernel
-	// crash may be lost even though they returned without error. A process
-	// crash alone loses nothing. The default is durable.
+	// Relaxed turns off every fsync. Writes are much faster, but the last
+	// writes before a power loss or kernel crash may be lost even though
+	// they returned without error. A process crash alone loses nothing.
+	// The default is durable: a local write (Update, Import) and a
+	// profile change are fsynced before the call returns; what the relay
+	// sent or acknowledged is not fsynced on its own, as a sync fetches
+	// it again if a crash loses it.
 	Relaxed bool
 
 	// CacheBytes bounds the memory of the documents kept loaded, as

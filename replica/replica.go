@@ -28,6 +28,7 @@ type Replica struct {
 	colls collLocks // per collection, for exchanges with relays
 	cache *docCache
 	reap  *reaper // frees the documents that leave the cache
+	fsync *syncer // fsyncs what durable commits need
 	feeds *feeds
 
 	closeOnce sync.Once
@@ -55,9 +56,10 @@ func Open(dir string, o *Options) (*Replica, error) {
 			return nil, err
 		}
 	}
+	// Commits are fsynced only where durability needs it: see durable.go.
 	bo := badger.DefaultOptions(dir).
 		WithInMemory(opts.InMemory).
-		WithSyncWrites(!opts.Relaxed).
+		WithSyncWrites(false).
 		WithLogger(badgerdir.Logger(opts.Logger)).
 		// A device store: keep Badger's memory modest.
 		WithMemTableSize(16 << 20).
@@ -80,13 +82,23 @@ func Open(dir string, o *Options) (*Replica, error) {
 		feeds:   newFeeds(),
 		closing: make(chan struct{}),
 	}
+	if opts.InMemory {
+		dir = ""
+	}
+	r.fsync = newSyncer(db, dir, opts.Relaxed)
 	r.reap = newReaper(&r.locks)
 	r.cache = newDocCache(opts.CacheBytes, r.reap.add)
 	r.reap.cache = r.cache
 	go r.reap.run()
 	r.closeCtx, r.stopAll = context.WithCancel(context.Background())
 	r.sched = newScheduler(r)
-	if r.id, err = r.initMeta(); err != nil {
+	r.id, err = r.initMeta()
+	if err == nil {
+		// A new store's identity, and whatever an earlier run left
+		// unsynced, become durable.
+		err = r.durable(nil)
+	}
+	if err != nil {
 		r.reap.close()
 		badgerdir.Close(db)
 		return nil, err
@@ -217,7 +229,7 @@ func (r *Replica) Close() error {
 		// No operation runs now: free every loaded document.
 		r.cache.clear()
 		r.reap.close()
-		r.closeErr = badgerdir.Close(r.db)
+		r.closeErr = errors.Join(r.durable(nil), badgerdir.Close(r.db))
 	})
 	return r.closeErr
 }

@@ -190,6 +190,7 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 		}
 		return nil
 	})
+	err = r.durable(err)
 	if err != nil {
 		// The cached documents may hold edits that were never stored:
 		// drop them so the next read loads what the store has.
