@@ -44,6 +44,14 @@ import (
 // Syncs are shared: callers that arrive while one runs wait for the
 // next, which covers them all, so concurrent durable commits cost one
 // fsync between them, as Badger's own group commit did.
+//
+// What is left: unfsynced commits survive a power cut as a prefix, as
+// Badger's logs are replayed in order and stop at the first damaged
+// entry, except across a rotation, if the cut falls while the old log's
+// memtable is being flushed and the kernel had written back the new log's
+// pages but not the old one's (it writes back the older first). Then a
+// later applied message could survive an earlier one it builds on.
+// Closing that needs Badger to fsync a log as it rotates it away.
 type syncer struct {
 	db  *badger.DB
 	dir string // "" for a store in memory: nothing to fsync
