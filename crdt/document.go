@@ -15,6 +15,9 @@ import (
 // A Doc is not safe for concurrent use: automerge-go locks each call, but
 // Ferry's writes are read-modify-write sequences, so the owner (a replica)
 // serializes access to each record.
+//
+// Most of a Doc's memory is outside Go's heap: call [Doc.Free] when done
+// with it rather than wait for the garbage collector.
 type Doc struct {
 	am *automerge.Doc
 
@@ -38,6 +41,7 @@ func New(actor string) (*Doc, error) {
 		return d, nil
 	}
 	if err := d.SetActor(actor); err != nil {
+		d.Free()
 		return nil, err
 	}
 	return d, nil
@@ -64,6 +68,7 @@ func Load(data []byte, actor string) (d *Doc, err error) {
 	}
 	if len(rest) > 0 {
 		if _, err := d.Import(rest); err != nil {
+			d.Free()
 			if errors.Is(err, ErrCorrupt) {
 				return nil, err
 			}
@@ -72,6 +77,7 @@ func Load(data []byte, actor string) (d *Doc, err error) {
 	}
 	if actor != "" {
 		if err := d.SetActor(actor); err != nil {
+			d.Free()
 			return nil, err
 		}
 	}
@@ -104,21 +110,21 @@ func loadAM(data []byte) (d *Doc, err error) {
 
 // SetActor sets the actor ID used for this document's future changes.
 func (d *Doc) SetActor(actor string) error {
-	if err := d.am.SetActorID(actor); err != nil {
+	if err := d.live().SetActorID(actor); err != nil {
 		return fmt.Errorf("crdt: actor %q: %w", actor, err)
 	}
 	return nil
 }
 
 // Actor returns the document's actor ID.
-func (d *Doc) Actor() string { return d.am.ActorID() }
+func (d *Doc) Actor() string { return d.live().ActorID() }
 
 // Save returns the whole document in Automerge's compact form.
-func (d *Doc) Save() []byte { return d.am.Save() }
+func (d *Doc) Save() []byte { return d.live().Save() }
 
 // Heads returns the document's current version, sorted.
 func (d *Doc) Heads() Heads {
-	hs := d.am.Heads()
+	hs := d.live().Heads()
 	out := make(Heads, len(hs))
 	for i, h := range hs {
 		out[i] = Hash(h)
@@ -128,7 +134,7 @@ func (d *Doc) Heads() Heads {
 
 // Has reports whether the document holds the change h.
 func (d *Doc) Has(h Hash) bool {
-	_, err := d.am.Change(automerge.ChangeHash(h))
+	_, err := d.live().Change(automerge.ChangeHash(h))
 	return err == nil
 }
 
@@ -155,7 +161,7 @@ func (d *Doc) Fork(at Heads) (*Doc, error) {
 	if err := d.hasAll(at); err != nil {
 		return nil, err
 	}
-	am, err := d.am.Fork(amHashes(at)...)
+	am, err := d.live().Fork(amHashes(at)...)
 	if err != nil {
 		return nil, fmt.Errorf("crdt: fork: %w", err)
 	}
@@ -166,6 +172,7 @@ func (d *Doc) Fork(at Heads) (*Doc, error) {
 	// A fork gets a fresh random actor; keep ours so any change made on the
 	// fork is attributed to this replica.
 	if err := f.SetActor(d.Actor()); err != nil {
+		f.Free()
 		return nil, err
 	}
 	return f, nil
@@ -179,7 +186,7 @@ func (d *Doc) ChangesSince(since Heads) ([]byte, error) {
 	if err := d.hasAll(since); err != nil {
 		return nil, err
 	}
-	chs, err := d.am.Changes(amHashes(since)...)
+	chs, err := d.live().Changes(amHashes(since)...)
 	if err != nil {
 		return nil, fmt.Errorf("crdt: changes: %w", err)
 	}
@@ -199,7 +206,7 @@ func (d *Doc) ChangesSince(since Heads) ([]byte, error) {
 // after editing.
 func (d *Doc) Commit(msg string, at time.Time) (bool, error) {
 	t := at
-	if _, err := d.am.Commit(msg, automerge.CommitOptions{Time: &t}); err != nil {
+	if _, err := d.live().Commit(msg, automerge.CommitOptions{Time: &t}); err != nil {
 		// automerge-go reports "nothing to commit" as this error, and has no
 		// sentinel for it. (Reading the heads first to compare would itself
 		// commit the pending edits.)
@@ -218,7 +225,7 @@ const amEmptyCommit = "Commit is empty"
 // created with no fields still exists (it has heads) and syncs.
 func (d *Doc) CommitEmpty(msg string, at time.Time) error {
 	t := at
-	if _, err := d.am.Commit(msg, automerge.CommitOptions{Time: &t, AllowEmpty: true}); err != nil {
+	if _, err := d.live().Commit(msg, automerge.CommitOptions{Time: &t, AllowEmpty: true}); err != nil {
 		return fmt.Errorf("crdt: commit: %w", err)
 	}
 	return nil
@@ -237,6 +244,9 @@ func amHashes(hs Heads) []automerge.ChangeHash {
 // process.
 func recoverCorrupt(err *error) {
 	if r := recover(); r != nil {
+		if e, ok := r.(error); ok && errors.Is(e, ErrFreed) {
+			panic(r) // a bug in the caller, not bad data
+		}
 		*err = errors.Join(ErrCorrupt, fmt.Errorf("automerge panicked: %v", r))
 	}
 }

@@ -34,3 +34,7 @@ func LastChange(d *Doc) []byte {
 
 // ChunkPayload returns a change chunk's payload.
 var ChunkPayload = chunkPayload
+
+// FreeLayoutErr says why Free cannot release automerge's memory (nil: it
+// can).
+func FreeLayoutErr() error { return amLayoutErr }

@@ -45,7 +45,7 @@ func (d *Doc) lookup(p Path) (*automerge.Value, error) {
 	if err := p.check(); err != nil {
 		return nil, err
 	}
-	v, err := d.am.Path(p...).Get()
+	v, err := d.live().Path(p...).Get()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrPath, err)
 	}
@@ -91,7 +91,7 @@ func (d *Doc) Fields() (map[string]any, error) { return d.fields(false) }
 func (d *Doc) TypedFields() (map[string]any, error) { return d.fields(true) }
 
 func (d *Doc) fields(typed bool) (map[string]any, error) {
-	v, err := fromAM(d.am.Root(), typed)
+	v, err := fromAM(d.live().Root(), typed)
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +117,7 @@ func (d *Doc) Set(path Path, v any) error {
 	}
 	parent, last := path[:len(path)-1], path[len(path)-1]
 	if len(parent) == 0 {
-		return d.writeKey(d.am.RootMap(), last.(string), nv)
+		return d.writeKey(d.live().RootMap(), last.(string), nv)
 	}
 	pv, err := d.lookup(parent)
 	if err != nil {
@@ -127,7 +127,7 @@ func (d *Doc) Set(path Path, v any) error {
 	case string:
 		if pv.IsVoid() {
 			// Let automerge-go create the missing parent maps.
-			return d.am.Path(path...).Set(toAM(nv))
+			return d.live().Path(path...).Set(toAM(nv))
 		}
 		if pv.Kind() != automerge.KindMap {
 			return fmt.Errorf("%w: %v is a %v, not a map", ErrPath, parent, pv.Kind())
@@ -158,7 +158,7 @@ func (d *Doc) Delete(path ...any) error {
 	parent, last := p[:len(p)-1], p[len(p)-1]
 	var pv *automerge.Value
 	if len(parent) == 0 {
-		pv = d.am.Root()
+		pv = d.live().Root()
 	} else {
 		var err error
 		if pv, err = d.lookup(parent); err != nil {
@@ -261,7 +261,7 @@ func (d *Doc) Insert(path Path, idx int, vals ...any) error {
 
 // Deleted reports whether the record is a tombstone.
 func (d *Doc) Deleted() bool {
-	v, err := d.am.RootMap().Get(TombstoneKey)
+	v, err := d.live().RootMap().Get(TombstoneKey)
 	return err == nil && v.Kind() == automerge.KindBool && v.Bool()
 }
 
@@ -272,9 +272,9 @@ func (d *Doc) SetDeleted(deleted bool) error {
 		return nil
 	}
 	if !deleted {
-		return wrapAM(d.am.RootMap().Delete(TombstoneKey))
+		return wrapAM(d.live().RootMap().Delete(TombstoneKey))
 	}
-	return wrapAM(d.am.RootMap().Set(TombstoneKey, true))
+	return wrapAM(d.live().RootMap().Set(TombstoneKey, true))
 }
 
 // writeKey writes nv at m[key], touching only what differs.

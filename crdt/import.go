@@ -106,7 +106,7 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 			return 0, d.rollback(before, fmt.Errorf("%w: actor %s has %d changes numbered up to %d", ErrCorrupt, actor, s.count, s.max))
 		}
 	}
-	chs, err := d.am.Changes(amHashes(before)...)
+	chs, err := d.live().Changes(amHashes(before)...)
 	if err != nil {
 		return 0, d.rollback(before, fmt.Errorf("%w: %v", ErrCorrupt, err))
 	}
@@ -258,7 +258,7 @@ func (d *Doc) checkAuthors(ci chunkInfo, fresh []int, inStream map[Hash]int) err
 			}
 			if j, in := inStream[dep]; in {
 				ok = ci.authors[j] == prev
-			} else if ch, err := d.am.Change(automerge.ChangeHash(dep)); err == nil {
+			} else if ch, err := d.live().Change(automerge.ChangeHash(dep)); err == nil {
 				ok = ch.ActorSeq() == prev.seq && ch.ActorID() == prev.actor
 			}
 		}
@@ -296,7 +296,7 @@ func (d *Doc) seqIndex() (map[string]actorSeqs, error) {
 	if len(d.seqsAt) == 0 {
 		d.seqs = nil // Changes() with no heads is the whole history
 	}
-	chs, err := d.am.Changes(amHashes(d.seqsAt)...)
+	chs, err := d.live().Changes(amHashes(d.seqsAt)...)
 	if err != nil {
 		d.seqs, d.seqsAt = nil, nil
 		return nil, fmt.Errorf("crdt: changes: %w", err)
@@ -319,7 +319,7 @@ func (d *Doc) seqIndex() (map[string]actorSeqs, error) {
 // panics into ErrCorrupt or ErrMissingDeps.
 func (d *Doc) loadIncremental(data []byte) (err error) {
 	defer recoverCorrupt(&err)
-	if err := d.am.LoadIncremental(data); err != nil {
+	if err := d.live().LoadIncremental(data); err != nil {
 		if strings.Contains(err.Error(), "deps") {
 			// Only reachable through document chunks, whose dependencies
 			// framing does not list.
@@ -356,14 +356,17 @@ func (d *Doc) rollback(heads Heads, cause error) error {
 		am = automerge.New()
 	} else {
 		var err error
-		if am, err = d.am.Fork(amHashes(heads)...); err != nil {
+		if am, err = d.live().Fork(amHashes(heads)...); err != nil {
 			return errors.Join(cause, fmt.Errorf("crdt: rollback failed: %w", err))
 		}
 	}
 	if err := am.SetActorID(actor); err != nil {
+		freeAM(am)
 		return errors.Join(cause, fmt.Errorf("crdt: rollback failed: %w", err))
 	}
+	old := d.am
 	d.am = am
 	d.idx.Store(nil) // it may describe operations the rollback dropped
+	freeAM(old)      // the state dropped: nothing else refers to it
 	return cause
 }

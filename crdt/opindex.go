@@ -148,7 +148,7 @@ func (d *Doc) index() (*opIndex, error) {
 	if len(since) == 0 {
 		top = nil // Changes() with no heads is the whole history
 	}
-	chs, err := d.am.Changes(since...)
+	chs, err := d.live().Changes(since...)
 	if err != nil {
 		return nil, fmt.Errorf("crdt: changes: %w", err)
 	}

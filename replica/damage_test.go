@@ -553,7 +553,7 @@ func BenchmarkLoadRecords(b *testing.B) {
 	if err := r.Close(); err != nil {
 		b.Fatal(err)
 	}
-	r, err = replica.Open(dir, &replica.Options{CacheSize: 1, GCInterval: -1})
+	r, err = replica.Open(dir, &replica.Options{CacheBytes: 1, GCInterval: -1})
 	if err != nil {
 		b.Fatal(err)
 	}

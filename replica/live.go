@@ -301,28 +301,22 @@ func (r *Replica) applyLive(ctx context.Context, conn *relayConn, p *Profile, lv
 	return r.leasedSync(ctx, conn, p, coll)
 }
 
+// applyLiveLocked applies the records and moves the cursor to next in one
+// store transaction, so a crash keeps both or neither; it is not fsynced
+// (see durable.go). A conflict leaves the cursor where it was.
 func (r *Replica) applyLiveLocked(ctx context.Context, p *Profile, coll string, recs []remoteRec, next uint64) (conflict bool, err error) {
 	unlock, err := r.colls.lock(ctx, coll)
 	if err != nil {
 		return false, err
 	}
 	defer unlock()
-	res, err := r.applyBatch(coll, recs, r.mergeOp)
-	if err != nil {
-		return false, err
-	}
-	if len(res.conflicted) > 0 {
-		return true, nil
-	}
-	st, err := r.loadSyncState(p.Name, coll)
-	if err != nil {
-		return false, err
-	}
-	if next > st.Cursor {
-		st.Cursor = next
-		return false, r.saveSyncState(p.Name, coll, st)
-	}
-	return false, nil
+	res, err := r.applyBatchThen(coll, recs, r.mergeOp, func(txn *badger.Txn, res *batchResult) error {
+		if len(res.conflicted) > 0 {
+			return nil
+		}
+		return advanceCursor(txn, p.Name, coll, next)
+	})
+	return len(res.conflicted) > 0, err
 }
 
 func (r *Replica) isPending(coll, id string) (bool, error) {

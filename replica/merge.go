@@ -140,6 +140,7 @@ func threeWay(d *crdt.Doc, local crdt.Snapshot, synced, relay crdt.Heads, incomi
 	if err != nil {
 		return nil, crdt.Snapshot{}, err
 	}
+	defer base.Free()
 	baseSnap, err := base.Snapshot()
 	if err != nil {
 		return nil, crdt.Snapshot{}, err
@@ -149,6 +150,7 @@ func threeWay(d *crdt.Doc, local crdt.Snapshot, synced, relay crdt.Heads, incomi
 		if remote, err = fork(relay); err != nil {
 			return nil, crdt.Snapshot{}, err
 		}
+		defer remote.Free()
 	}
 	remoteSnap, err := remote.Snapshot()
 	if err != nil {

@@ -17,15 +17,22 @@ type Options struct {
 	// Close. The dir argument of Open is ignored.
 	InMemory bool
 
-	// Relaxed turns off fsync on every commit (Badger's SyncWrites). Writes
-	// are much faster, but the last writes before a power loss or kernel
-	// crash may be lost even though they returned without error. A process
-	// crash alone loses nothing. The default is durable.
+	// Relaxed turns off every fsync. Writes are much faster, but the last
+	// writes before a power loss or kernel crash may be lost even though
+	// they returned without error. A process crash alone loses nothing.
+	// The default is durable: a local write (Update, Import) and a
+	// profile change are fsynced before the call returns; what the relay
+	// sent or acknowledged is not fsynced on its own, as a sync fetches
+	// it again if a crash loses it.
 	Relaxed bool
 
-	// CacheSize bounds how many loaded documents are kept in memory.
-	// Default 1024.
-	CacheSize int
+	// CacheBytes bounds the memory of the documents kept loaded, as
+	// estimated from each record's stored size: a loaded Automerge
+	// document takes some 20 to 250 times its stored bytes (more for
+	// long histories and collaborative text), and the estimate is 8 KiB
+	// plus 64 times them. Documents that leave the cache free their
+	// memory at once. Default 64 MiB.
+	CacheBytes int64
 
 	// CompactAfter folds a record's incremental chunks into its snapshot
 	// once it has this many. Default 32.
@@ -102,8 +109,8 @@ func (o *Options) withDefaults() Options {
 	if o != nil {
 		v = *o
 	}
-	if v.CacheSize <= 0 {
-		v.CacheSize = 1024
+	if v.CacheBytes <= 0 {
+		v.CacheBytes = 64 << 20
 	}
 	if v.CompactAfter <= 0 {
 		v.CompactAfter = 32

@@ -190,6 +190,7 @@ func (r *Replica) putProfile(p Profile, update bool) error {
 		}
 		return txn.Set(profileKey(p.Name), b)
 	})
+	err = r.durable(err)
 	if err != nil {
 		return err
 	}
@@ -218,6 +219,7 @@ func (r *Replica) RemoveProfile(name string) error {
 		}
 		return nil
 	})
+	err = r.durable(err)
 	if err != nil {
 		return err
 	}

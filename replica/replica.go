@@ -27,6 +27,8 @@ type Replica struct {
 	locks stripes   // per record
 	colls collLocks // per collection, for exchanges with relays
 	cache *docCache
+	reap  *reaper // frees the documents that leave the cache
+	fsync *syncer // fsyncs what durable commits need
 	feeds *feeds
 
 	closeOnce sync.Once
@@ -54,9 +56,10 @@ func Open(dir string, o *Options) (*Replica, error) {
 			return nil, err
 		}
 	}
+	// Commits are fsynced only where durability needs it: see durable.go.
 	bo := badger.DefaultOptions(dir).
 		WithInMemory(opts.InMemory).
-		WithSyncWrites(!opts.Relaxed).
+		WithSyncWrites(false).
 		WithLogger(badgerdir.Logger(opts.Logger)).
 		// A device store: keep Badger's memory modest.
 		WithMemTableSize(16 << 20).
@@ -76,13 +79,27 @@ func Open(dir string, o *Options) (*Replica, error) {
 		db:      db,
 		opts:    opts,
 		log:     opts.Logger,
-		cache:   newDocCache(opts.CacheSize),
 		feeds:   newFeeds(),
 		closing: make(chan struct{}),
 	}
+	if opts.InMemory {
+		dir = ""
+	}
+	r.fsync = newSyncer(db, dir, opts.Relaxed)
+	r.reap = newReaper(&r.locks)
+	r.cache = newDocCache(opts.CacheBytes, r.reap.add)
+	r.reap.cache = r.cache
+	go r.reap.run()
 	r.closeCtx, r.stopAll = context.WithCancel(context.Background())
 	r.sched = newScheduler(r)
-	if r.id, err = r.initMeta(); err != nil {
+	r.id, err = r.initMeta()
+	if err == nil {
+		// A new store's identity, and whatever an earlier run left
+		// unsynced, become durable.
+		err = r.durable(nil)
+	}
+	if err != nil {
+		r.reap.close()
 		badgerdir.Close(db)
 		return nil, err
 	}
@@ -209,7 +226,10 @@ func (r *Replica) Close() error {
 		r.closed = true
 		r.mu.Unlock()
 		r.feeds.closeAll(ErrClosed)
-		r.closeErr = badgerdir.Close(r.db)
+		// No operation runs now: free every loaded document.
+		r.cache.clear()
+		r.reap.close()
+		r.closeErr = errors.Join(r.durable(nil), badgerdir.Close(r.db))
 	})
 	return r.closeErr
 }

@@ -376,15 +376,16 @@ func (c *Collection) Update2(t *testing.T, id string, i int) error {
 }
 
 func TestCacheIsBounded(t *testing.T) {
-	r := open(t, "", &Options{InMemory: true, CacheSize: 8})
+	const bound = 8 * docBaseBytes
+	r := open(t, "", &Options{InMemory: true, CacheBytes: bound})
 	c := coll(t, r, "c")
 	for i := 0; i < 50; i++ {
 		if err := c.Put(fmt.Sprint(i), map[string]any{"i": i}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if n := r.cache.len(); n > 8 {
-		t.Fatalf("cache holds %d documents, bound is 8", n)
+	if n, size := r.cache.len(), r.cache.size(); size > bound || n >= 8 {
+		t.Fatalf("cache holds %d documents of %d bytes, bound is %d", n, size, bound)
 	}
 	for i := 0; i < 50; i++ {
 		var m map[string]any
@@ -681,7 +682,7 @@ func TestMaxRecordBytes(t *testing.T) {
 }
 
 func TestConcurrentUse(t *testing.T) {
-	r := open(t, t.TempDir(), &Options{Relaxed: true, CacheSize: 16})
+	r := open(t, t.TempDir(), &Options{Relaxed: true, CacheBytes: 16 * docBaseBytes})
 	c := coll(t, r, "c")
 	feed := c.Watch(100000)
 	defer feed.Close()

@@ -190,11 +190,12 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 		}
 		return nil
 	})
+	err = r.durable(err)
 	if err != nil {
 		// The cached documents may hold edits that were never stored:
 		// drop them so the next read loads what the store has.
 		for _, t := range order {
-			r.cache.drop(cacheKey(t.coll, t.id))
+			r.discard(t.coll, t.id, t.doc)
 		}
 		if errors.Is(err, badger.ErrTxnTooBig) {
 			return nil, fmt.Errorf("%w: unit of work too large for one transaction: %w", ErrTooLarge, err)
