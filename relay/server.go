@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -41,6 +42,12 @@ type Options struct {
 	MaxLag           int           // log entries a subscriber may trail by; default 10,000
 	SlowWriteTimeout time.Duration // for a subscriber to take a live message; default 10 s
 	DocCacheSize     int           // documents kept loaded for pushes; default 4096
+
+	// AllowedOrigins lists the origins of browser pages that may connect
+	// to /ws and /automerge from another origin (see checkOrigin).
+	AllowedOrigins []string
+	// Automerge bounds the automerge-repo endpoint.
+	Automerge AutomergeOptions
 }
 
 func (o *Options) withDefaults() Options {
@@ -92,6 +99,7 @@ type Server struct {
 	leases   *hub // lease releases, for waiters
 	docs     *lru.Cache[cachedDoc, *crdt.Doc]
 	recLocks *recordLocks
+	am       *amServer // automerge-repo clients
 
 	// hooks let tests wait for events that have no other signal.
 	hooks struct {
@@ -136,13 +144,19 @@ func NewServer(o *Options) (*Server, error) {
 		return nil, err
 	}
 	s.metrics = m
+	if s.am, err = newAMServer(s); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
-// Handler serves /ws (devices), /healthz and /metrics.
+// Handler serves /ws (devices), /automerge (automerge-repo clients),
+// /healthz and /metrics.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ws", s.serveWS)
+	mux.HandleFunc("/automerge", s.am.serve)
+	mux.HandleFunc("/automerge/", s.am.serve)
 	mux.HandleFunc("/healthz", s.healthz)
 	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	return mux
@@ -153,7 +167,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
 		return
 	}
-	conn, err := transport.Accept(w, r, &transport.Options{Limits: s.limits, PingInterval: s.opts.PingInterval})
+	if !checkOrigin(w, r, s.opts.AllowedOrigins, s.log) {
+		return
+	}
+	conn, err := transport.Accept(w, r, &transport.Options{Limits: s.limits, PingInterval: s.opts.PingInterval,
+		Accept: &websocket.AcceptOptions{OriginPatterns: s.opts.AllowedOrigins}})
 	if err != nil {
 		s.log.Debug("websocket accept failed", "remote", r.RemoteAddr, "err", err)
 		return
@@ -215,6 +233,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, sess := range sessions {
 		go sess.shutdown()
 	}
+	s.am.shutdown()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
