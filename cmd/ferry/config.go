@@ -29,6 +29,7 @@ type Config struct {
 	DefaultLeaseTTL Duration `json:"default_lease_ttl"`
 	MaxLag          int      `json:"max_lag"`          // log entries a subscriber may trail by
 	ShutdownTimeout Duration `json:"shutdown_timeout"` // grace for in-flight requests
+	AllowedOrigins  []string `json:"allowed_origins"`  // browser pages from other origins that may connect
 }
 
 // ConfigLimits overrides transport limits; zero keeps the default.

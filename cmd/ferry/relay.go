@@ -35,6 +35,7 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	dev := fs.Bool("dev", false, "development mode: a ready-made app; prints its API key and a token")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
 	logFormat := fs.String("log-format", "", "text or json (default text)")
+	allowOrigin := fs.String("allow-origin", "", "comma-separated origins of browser pages allowed to connect (host[:port] patterns, or scheme://host); --dev adds localhost")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -96,6 +97,7 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	srv, err := relay.NewServer(&relay.Options{
 		Store: store, Auth: auth, Logger: log, RelayID: cfg.RelayID, Limits: cfg.limits(),
 		MaxLeaseTTL: time.Duration(cfg.MaxLeaseTTL), DefaultLeaseTTL: time.Duration(cfg.DefaultLeaseTTL), MaxLag: cfg.MaxLag,
+		AllowedOrigins: allowedOrigins(cfg.AllowedOrigins, *allowOrigin, *dev),
 	})
 	if err != nil {
 		return err
@@ -118,7 +120,9 @@ Development mode: one app, "dev", stored in %s.
   token:   %s
 (subject "dev", read and write on every collection, valid 30 days)
 Health: http://%s/healthz   Metrics: http://%s/metrics
-`, filepath.Join(cfg.Data, devAppFile), apps[len(apps)-1].APIKey, devTok, ln.Addr(), ln.Addr())
+automerge-repo URL (collection todos; pages on localhost may connect):
+%s
+`, filepath.Join(cfg.Data, devAppFile), apps[len(apps)-1].APIKey, devTok, ln.Addr(), ln.Addr(), automergeURL(ln.Addr().String(), apps[len(apps)-1].APIKey, devTok, "todos"))
 	}
 	log.Info("relay started", "addr", ln.Addr().String(), "data", cfg.Data, "apps", len(apps), "incarnation", store.Incarnation())
 
