@@ -171,7 +171,11 @@ func (a *amServer) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !a.track() {
-		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		// Not an HTTP 503: automerge-repo's Node adapter throws on one,
+		// taking the app down; a close frame makes it retry later.
+		if ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: a.origins}); err == nil {
+			ws.Close(websocket.StatusGoingAway, "relay is shutting down")
+		}
 		return
 	}
 	defer a.untrack()
