@@ -583,38 +583,52 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	// The sync state takes in the message against the document as it was
+	// before the message's changes, as automerge does when it applies
+	// them: seeing its heads already held, it would think the peer had
+	// been told of them and send no acknowledgement.
+	before, found, err := c.docOrEmpty(d)
+	if err != nil {
+		return err
+	}
+	after := before
 	if len(sm.changes) > 0 {
 		if !c.claims.CanWrite(c.coll.Collection) {
 			// A read-only peer's edits stay with it; it still syncs.
 			c.a.metrics.refused.WithLabelValues("read_only").Inc()
 			c.send(&amMessage{Type: amError, SenderID: c.a.peerID, TargetID: c.peer,
 				Message: fmt.Sprintf("token does not grant write on %q: changes to %s refused", c.coll.Collection, d.id)})
-		} else if err := c.push(d, sm); err != nil {
-			return err
+		} else {
+			if err := c.push(d, sm); err != nil {
+				return err
+			}
+			if after, found, err = c.docOrEmpty(d); err != nil {
+				return err
+			}
 		}
 	}
-	cd, err := c.a.loadDoc(c.ctx, c.coll, d.record)
-	if isNotFound(err) {
-		if len(sm.heads) == 0 {
-			// Nobody has it: tell the peer, and keep the document open so
-			// it syncs if someone writes it later.
-			return c.sendOK(&amMessage{Type: amUnavailable, SenderID: c.a.peerID, TargetID: c.peer, DocumentID: d.id})
-		}
-		// The peer has a document the relay does not: answer from an
-		// empty one, which asks for all of it.
-		empty, nerr := crdt.New("")
-		if nerr != nil {
-			return nerr
-		}
-		cd, err = &amCached{doc: empty}, nil
+	if !found && len(sm.heads) == 0 {
+		// Nobody has it: tell the peer, and keep the document open so it
+		// syncs if someone writes it later.
+		return c.sendOK(&amMessage{Type: amUnavailable, SenderID: c.a.peerID, TargetID: c.peer, DocumentID: d.id})
 	}
-	if err != nil {
-		return err
-	}
-	if err := d.state.Receive(cd.doc, sm.encodeV1()); err != nil {
+	if err := d.state.Receive(before.doc, sm.encodeV1()); err != nil {
 		return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
 	}
-	return c.syncOut(d, cd)
+	// A peer with a document the relay lacks is answered from an empty
+	// one, which asks for all of it.
+	return c.syncOut(d, after)
+}
+
+// docOrEmpty returns the record's stored document, or an empty one (and
+// found=false) if the store has none.
+func (c *amConn) docOrEmpty(d *amDoc) (cd *amCached, found bool, err error) {
+	cd, err = c.a.loadDoc(c.ctx, c.coll, d.record)
+	if isNotFound(err) {
+		empty, err := crdt.New("")
+		return &amCached{doc: empty}, false, err
+	}
+	return cd, err == nil, err
 }
 
 // push stores a message's changes through the relay's push path.

@@ -207,3 +207,13 @@ func newDocID(t testing.TB) (string, string) {
 	}
 	return documentIDForRecord(u.String()), u.String()
 }
+
+// relayHas reports whether m is the relay saying it holds everything the
+// peer has of the document.
+func (p *goPeer) relayHas(m *amMessage, id string) bool {
+	sm, err := parseSyncMessage(m.Data)
+	if err != nil || m.DocumentID != id {
+		return false
+	}
+	return crdt.Heads(sm.heads).Equal(p.doc(id).doc.Heads())
+}

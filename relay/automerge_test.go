@@ -57,7 +57,8 @@ func TestAutomergeCreateFindAndLive(t *testing.T) {
 	}
 	a.edit(docID, map[string]any{"title": "buy milk", "done": false})
 	a.sync(docID, amSync)
-	a.until(func(m *amMessage) bool { return m.Type == amSync && m.DocumentID == docID })
+	// Once stored, the relay says so: its heads are the peer's.
+	a.until(func(m *amMessage) bool { return m.Type == amSync && a.relayHas(m, docID) })
 
 	dev := tr.client("shop")
 	ch := mustCall[transport.Changes](t, dev, &transport.Pull{Collection: "todos"})
