@@ -242,6 +242,21 @@ func (h *harness) control() string {
 		}
 		reply(w, res, err)
 	})
+	mux.HandleFunc("GET /find", func(w http.ResponseWriter, r *http.Request) {
+		if err := sync(r.Context()); err != nil {
+			reply(w, nil, err)
+			return
+		}
+		recs, err := h.todos.Scan(replica.ScanOptions{})
+		res := map[string]any{"found": false}
+		for _, rec := range recs {
+			var task Task
+			if err == nil && rec.Decode(&task) == nil && task.Title == r.URL.Query().Get("title") {
+				res = map[string]any{"found": true, "id": rec.ID, "title": task.Title, "done": task.Done}
+			}
+		}
+		reply(w, res, err)
+	})
 	mux.HandleFunc("POST /relay/stop", func(w http.ResponseWriter, r *http.Request) {
 		h.stopRelay()
 		reply(w, map[string]bool{"ok": true}, nil)

@@ -70,10 +70,16 @@ function track(handle) {
 }
 
 // The relay announces every record of the collection (announce=1 in the
-// URL): each arrives as a new document.
-repo.on("document", ({ handle }) => {
-  handle.whenReady().then(() => track(handle)).catch(() => {})
-})
+// URL): each arrives as a sync message for a document the page has not
+// asked for. (automerge-repo 2.5 declares a "document" event on the repo
+// but does not emit it, so the adapter's messages are watched instead.)
+for (const adapter of network) {
+  adapter.on("message", m => {
+    if (m.type === "sync" && m.documentId && !handles.has(m.documentId)) {
+      repo.find(m.documentId).then(track).catch(() => {})
+    }
+  })
+}
 
 // What this browser saw before loads from IndexedDB, relay or not.
 for (const id of known) {
@@ -119,7 +125,8 @@ document.querySelector("#add").addEventListener("submit", e => {
   const title = input.value.trim()
   if (!title) return
   input.value = ""
-  track(repo.create({ title, done: false }))
+  // create2 (unlike create) uses idFactory: tasks get UUIDv7 IDs.
+  repo.create2({ title, done: false }).then(track)
 })
 
 window.ferryTodo = { repo, handles } // for tests and the console

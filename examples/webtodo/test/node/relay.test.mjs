@@ -91,7 +91,8 @@ const str = v => (v === undefined ? v : String(v))
 
 test("a document created in JavaScript is a record the Go replica reads", async () => {
   const repo = newRepo()
-  const handle = repo.create({ title: "from js", done: false })
+  const handle = await repo.create2({ title: "from js", done: false }) // create2 uses idFactory: a UUIDv7
+  assert.equal(recordOf(handle)[14], "7")
   const id = recordOf(handle)
   const got = await eventually("the Go replica to see the record", async () => {
     const r = await control("GET", "/get", { id })
@@ -226,4 +227,20 @@ test("a client catches up after the relay restarts", async () => {
   await eventually("the offline edit to reach Go", async () => (await control("GET", "/get", { id })).done === true)
   await control("POST", "/put", { id, title: "after", done: "true" })
   await eventually("Go's edit to reach the reconnected client", () => str(handle.doc().title) === "after")
+})
+
+test("with announce=1 the relay sends every record, and each new one", async () => {
+  const old = newRecordID()
+  await control("POST", "/put", { id: old, title: "old", done: "false" })
+  const repo = newRepo(TOKEN, "&announce=1")
+  const seen = new Map()
+  // automerge-repo 2.5 does not emit its "document" event: watch the
+  // adapter's messages for documents nobody asked for.
+  repo.networkSubsystem.adapters[0].on("message", m => {
+    if (m.type === "sync") repo.find(m.documentId).then(h => seen.set(recordOf(h), h)).catch(() => {})
+  })
+  await eventually("the old record", () => seen.get(old)?.doc()?.title !== undefined)
+  const fresh = newRecordID()
+  await control("POST", "/put", { id: fresh, title: "new", done: "false" })
+  await eventually("the new record", () => str(seen.get(fresh)?.doc()?.title) === "new")
 })

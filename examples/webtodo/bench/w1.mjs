@@ -1,0 +1,146 @@
+// W1 with automerge-repo clients: one Node client creates N documents
+// through a sync server, then a fresh client finds them all. Run against
+// Ferry's relay (ferry relay --dev: Badger on disk, each change durable
+// before the relay answers) and automerge-repo's own sync server
+// (@automerge/automerge-repo-sync-server, files on disk), both on
+// loopback, one after the other in one run:
+//
+//	npm run bench                 # N = 10000
+//	npm run bench -- 2000         # another N
+//
+// It needs go (to build ferry) and prints one line per phase and server,
+// then the ratios.
+import { spawn, execFileSync } from "node:child_process"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir, cpus } from "node:os"
+import { join, resolve } from "node:path"
+import { createServer } from "node:net"
+import { setTimeout as sleep } from "node:timers/promises"
+import { Repo } from "@automerge/automerge-repo"
+import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket"
+
+const N = Number(process.argv[2] ?? 10000)
+const CONCURRENT_FINDS = 500
+const root = resolve(import.meta.dirname, "../../..")
+const work = mkdtempSync(join(tmpdir(), "ferry-w1-am-"))
+
+function freePort() {
+  return new Promise((ok, fail) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = s.address()
+      s.close(() => ok(port))
+    })
+    s.on("error", fail)
+  })
+}
+
+// start runs a server until it prints a line matching ready; it returns
+// the process and the match.
+function start(cmd, args, opts, ready) {
+  return new Promise((ok, fail) => {
+    const p = spawn(cmd, args, { ...opts, stdio: ["ignore", "pipe", "pipe"] })
+    let out = ""
+    const look = d => {
+      out += d
+      const m = out.match(ready)
+      if (m) ok({ p, m })
+    }
+    p.stdout.on("data", look)
+    p.stderr.on("data", look)
+    p.on("exit", code => fail(new Error(`${cmd} exited ${code}:\n${out}`)))
+  })
+}
+
+function stop(p) {
+  return new Promise(ok => {
+    if (p.exitCode !== null) return ok()
+    p.removeAllListeners("exit")
+    p.on("exit", ok)
+    p.kill("SIGINT")
+  })
+}
+
+async function startFerry() {
+  const bin = join(work, "ferry")
+  execFileSync("go", ["build", "-o", bin, "./cmd/ferry"], { cwd: root, stdio: "inherit" })
+  const port = await freePort()
+  const { p, m } = await start(bin, ["relay", "--dev", "--data", join(work, "ferry-data"), "--addr", `127.0.0.1:${port}`, "--log-level", "warn"],
+    {}, /^(ws:\/\/\S+\/automerge\/todos\?\S+)\n/m)
+  return { name: "ferry relay", url: m[1], p }
+}
+
+async function startSyncServer() {
+  const port = await freePort()
+  const dir = join(work, "amrg-data")
+  const { p } = await start(process.execPath, [join(import.meta.dirname, "../node_modules/@automerge/automerge-repo-sync-server/src/index.js")],
+    { cwd: work, env: { ...process.env, PORT: String(port), DATA_DIR: dir } }, /Listening on port/)
+  return { name: "automerge-repo-sync-server", url: `ws://127.0.0.1:${port}`, p }
+}
+
+function client(url) {
+  return new Repo({ network: [new WebSocketClientAdapter(url, 1000)] })
+}
+
+async function connected(repo) {
+  while (Object.keys(repo.peerMetadataByPeerId).length === 0) await sleep(5)
+  return Object.values(repo.peerMetadataByPeerId)[0].storageId
+}
+
+const sameHeads = (a, b) => a && b && a.length === b.length && a.every(h => b.includes(h))
+
+async function run(server) {
+  const a = client(server.url)
+  const storageId = await connected(a)
+  let t0 = performance.now()
+  const handles = [], stored = []
+  for (let i = 0; i < N; i++) {
+    const h = a.create({ title: `task ${i}`, done: false })
+    const heads = h.heads()
+    // Created: the server's heads for the document are the client's (it
+    // says so in sync).
+    stored.push(new Promise(ok => {
+      const check = ({ storageId: s, heads: got }) => {
+        if (s === storageId && sameHeads(got, heads)) {
+          h.off("remote-heads", check)
+          ok()
+        }
+      }
+      h.on("remote-heads", check)
+    }))
+    handles.push(h)
+  }
+  await Promise.all(stored)
+  const create = (performance.now() - t0) / 1000
+  await a.shutdown()
+
+  const b = client(server.url)
+  await connected(b)
+  t0 = performance.now()
+  for (let i = 0; i < N; i += CONCURRENT_FINDS) {
+    const found = await Promise.all(handles.slice(i, i + CONCURRENT_FINDS).map(h => b.find(h.url)))
+    for (const f of found) if (!f.doc()?.title) throw new Error(`${server.name}: found an empty document`)
+  }
+  const find = (performance.now() - t0) / 1000
+  await b.shutdown()
+  return { create, find }
+}
+
+const results = {}
+try {
+  for (const startServer of [startFerry, startSyncServer]) {
+    const server = await startServer()
+    try {
+      results[server.name] = await run(server)
+      const r = results[server.name]
+      console.log(`${server.name}: create ${N} docs ${r.create.toFixed(2)} s (${(N / r.create).toFixed(0)}/s), fresh client finds them ${r.find.toFixed(2)} s (${(N / r.find).toFixed(0)}/s)`)
+    } finally {
+      await stop(server.p)
+    }
+  }
+  const f = results["ferry relay"], s = results["automerge-repo-sync-server"]
+  console.log(`ratios (sync server time / ferry time): create ${(s.create / f.create).toFixed(2)}x, find ${(s.find / f.find).toFixed(2)}x`)
+  console.log(`machine: ${cpus().length} × ${cpus()[0].model}, node ${process.version}`)
+} finally {
+  rmSync(work, { recursive: true, force: true })
+}
+process.exit(0)
