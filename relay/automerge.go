@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -341,6 +342,10 @@ type amDoc struct {
 	mu    sync.Mutex // held while the sync state is used
 	state *crdt.SyncState
 	sent  crdt.Heads // the document's heads when a message was last generated
+	// Changes waiting for changes they depend on, and those (see
+	// ampending.go).
+	pending [][]byte
+	missing []crdt.Hash
 
 	qmu     sync.Mutex
 	queue   []*amMessage
@@ -599,11 +604,24 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 			c.send(&amMessage{Type: amError, SenderID: c.a.peerID, TargetID: c.peer,
 				Message: fmt.Sprintf("token does not grant write on %q: changes to %s refused", c.coll.Collection, d.id)})
 		} else {
-			if err := c.push(d, sm); err != nil {
-				return err
+			chunks := append(d.pending, sm.changes...)
+			ordered, missing, err := pendingChanges(before.doc, chunks)
+			if err != nil {
+				return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
 			}
-			if after, found, err = c.docOrEmpty(d); err != nil {
-				return err
+			d.pending, d.missing = nil, missing
+			if len(missing) > 0 {
+				if chunksSize(chunks) > c.a.limits.MaxRecord {
+					return &amRefusal{msg: fmt.Sprintf("document %s: over %d bytes of changes wait for changes never sent", d.id, c.a.limits.MaxRecord)}
+				}
+				d.pending = chunks // pushed once what they need arrives
+			} else {
+				if err := c.push(d, ordered); err != nil {
+					return err
+				}
+				if after, found, err = c.docOrEmpty(d); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -632,9 +650,9 @@ func (c *amConn) docOrEmpty(d *amDoc) (cd *amCached, found bool, err error) {
 }
 
 // push stores a message's changes through the relay's push path.
-func (c *amConn) push(d *amDoc, sm *syncMessage) error {
+func (c *amConn) push(d *amDoc, chunks [][]byte) error {
 	p := &transport.Push{Collection: c.coll.Collection, Records: []transport.RecordChanges{{
-		Record: d.record, Data: sm.changeData(), Heads: crdt.Heads(sm.heads).Slices(),
+		Record: d.record, Data: bytes.Join(chunks, nil),
 	}}}
 	if err := c.a.limits.Validate(p); err != nil {
 		return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
@@ -654,6 +672,15 @@ func (c *amConn) push(d *amDoc, sm *syncMessage) error {
 func (c *amConn) syncOut(d *amDoc, cd *amCached) error {
 	msg, ok, err := d.state.Generate(cd.doc)
 	d.sent = cd.heads
+	if err == nil && len(d.missing) > 0 {
+		if !ok {
+			// Nothing else to say: ask anyway.
+			msg, ok = (&syncMessage{heads: cd.heads}).encodeV1(), true
+		}
+		if msg, err = withNeed(msg, d.missing); err != nil {
+			return err
+		}
+	}
 	if err != nil || !ok {
 		return err
 	}

@@ -3,10 +3,12 @@ package relay
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -387,5 +389,52 @@ func TestRateLimiter(t *testing.T) {
 		if d := l.reserve(); d != 0 {
 			t.Fatalf("after refill, message %d waits %v", i, d)
 		}
+	}
+}
+
+// A peer skips a change the relay's bloom filter wrongly claims, and sends
+// only the one after it: the relay keeps that one, asks for the missing one
+// in its need list, and stores both once it arrives.
+func TestAutomergeMissingDependencyIsAskedFor(t *testing.T) {
+	tr := newTestRelay(t, NewMemStore(), nil)
+	docID, record := newDocID(t)
+	p, _ := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "p")
+	p.edit(docID, map[string]any{"n": 1})
+	first, _ := p.doc(docID).doc.ChangesSince(nil)
+	at := p.doc(docID).doc.Heads()
+	p.edit(docID, map[string]any{"n": 2})
+	second, _ := p.doc(docID).doc.ChangesSince(at)
+	heads := p.doc(docID).doc.Heads()
+
+	send := func(changes []byte) {
+		msg := (&syncMessage{heads: heads, have: []syncHave{{}}}).encodeV1()
+		msg = msg[:len(msg)-1]
+		msg = append(msg, 1)
+		msg = binary.AppendUvarint(msg, uint64(len(changes)))
+		msg = append(msg, changes...)
+		p.send(&amMessage{Type: amSync, SenderID: "p", DocumentID: docID, Data: msg})
+	}
+	send(second)
+	m := p.next()
+	sm, err := parseSyncMessage(m.Data)
+	if err != nil || m.Type != amSync {
+		t.Fatalf("answer %+v, %v", m, err)
+	}
+	infos, _ := crdt.ParseChanges(first)
+	wantNeed := infos[0].Hash
+	if !slices.Contains(sm.need, wantNeed) {
+		t.Fatalf("relay needs %v, want %v", sm.need, wantNeed)
+	}
+	if _, _, err := tr.store.Document(context.Background(), Coll{"shop", "todos"}, record); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a change with a missing dependency was stored: %v", err)
+	}
+	send(first)
+	m = p.until(func(m *amMessage) bool {
+		sm, _ := parseSyncMessage(m.Data)
+		return m.Type == amSync && crdt.Heads(sm.heads).Equal(heads)
+	})
+	_, stored, err := tr.store.Document(context.Background(), Coll{"shop", "todos"}, record)
+	if err != nil || !stored.Equal(heads) {
+		t.Fatalf("stored heads %v (%v), want %v", stored, err, heads)
 	}
 }
