@@ -164,7 +164,12 @@ func (h *harness) startRelay() error {
 		ln.Close()
 		return err
 	}
-	h.addr, h.srv = ln.Addr().String(), srv
+	if h.addr == "" {
+		// Set once, at the first start, before anything reads it
+		// concurrently; restarts listen on the same address.
+		h.addr = ln.Addr().String()
+	}
+	h.srv = srv
 	h.hs = &http.Server{Handler: srv.Handler()}
 	go h.hs.Serve(ln)
 	return nil

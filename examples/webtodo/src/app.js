@@ -129,5 +129,9 @@ document.querySelector("#add").addEventListener("submit", e => {
   repo.create2({ title, done: false }).then(track)
 })
 
+// automerge-repo saves to IndexedDB shortly after each change: save now
+// when the page goes away (best effort; the browser does not wait).
+addEventListener("pagehide", () => { repo.flush() })
+
 window.ferryTodo = { repo, handles } // for tests and the console
 render()

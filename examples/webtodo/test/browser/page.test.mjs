@@ -77,6 +77,10 @@ test("the page syncs with a Go replica and keeps working offline", async () => {
 
   // With the relay stopped, a reload shows the tasks from IndexedDB, and
   // the page still takes edits.
+  // automerge-repo writes to IndexedDB a moment after each change; flush
+  // so the reload finds everything (the page also flushes on pagehide,
+  // best effort).
+  await page.evaluate(() => window.ferryTodo.repo.flush())
   await control("POST", "/relay/stop")
   await page.reload()
   await eventually("the tasks after reload", async () => (await titles(page)).length === 2)
