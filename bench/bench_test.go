@@ -20,6 +20,7 @@ import (
 
 	"github.com/automerge/automerge-go"
 
+	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/replica"
 )
 
@@ -127,7 +128,15 @@ func TestCreationChangesMatchReplica(t *testing.T) {
 	}
 	defer r.Close()
 	c, _ := r.Collection("c")
-	chs, _, err := creationChanges(r.ID(), ps, at)
+	// The actor a replica writes as this open of its store.
+	var actor string
+	if err := c.Create("probe", map[string]any{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Update("probe", func(d *crdt.Doc) error { actor = d.Actor(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	chs, _, err := creationChanges(actor, ps, at)
 	if err != nil {
 		t.Fatal(err)
 	}

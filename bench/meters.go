@@ -377,8 +377,8 @@ func scrape(ctx context.Context, url string) (map[string]float64, error) {
 
 // Relay counters read from /metrics.
 const (
-	mBytesIn     = "ferry_relay_change_bytes_in_total"
-	mBytesOut    = "ferry_relay_change_bytes_out_total"
+	mBytesIn     = "ferry_relay_change_received_bytes_total"
+	mBytesOut    = "ferry_relay_change_sent_bytes_total"
 	mAccepted    = "ferry_relay_changes_accepted_total"
 	mSubscribers = "ferry_relay_subscribers"
 	mPushSeconds = `ferry_relay_request_seconds_sum{type="push"}`

@@ -214,3 +214,91 @@ func BenchmarkChangesSince(b *testing.B) {
 		})
 	}
 }
+
+// longHistory returns a saved record whose history is n small changes (each
+// sets one of ten fields), as the relay holds a busy record.
+func longHistory(b *testing.B, n int) []byte {
+	b.Helper()
+	d := newDoc(b, actorA)
+	for i := range n {
+		set(b, d, crdt.Path{fmt.Sprint("f", i%10)}, i)
+		commit(b, d)
+	}
+	return d.Save()
+}
+
+// BenchmarkImportOne imports one small change (a field set, from another
+// actor) into a record with a long history. "check" is Import with its
+// canonical-encoding and operation checks, the index warm; "saveload" adds
+// what the relay did instead before those checks existed: Save the whole
+// document and Load it again; "first" is the first Import into a freshly
+// loaded document, which builds the index from the history.
+func BenchmarkImportOne(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		saved := longHistory(b, n)
+		setup := func(b *testing.B) (target, src *crdt.Doc, next func() []byte) {
+			target, err := crdt.Load(saved, actorB)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if src, err = crdt.Load(saved, actorC); err != nil {
+				b.Fatal(err)
+			}
+			i := 0
+			next = func() []byte {
+				i++
+				set(b, src, crdt.Path{fmt.Sprint("f", i%10)}, -i)
+				commit(b, src)
+				return crdt.LastChange(src)
+			}
+			return target, src, next
+		}
+		b.Run(fmt.Sprintf("history=%d/check", n), func(b *testing.B) {
+			target, _, next := setup(b)
+			if _, err := target.Import(next()); err != nil { // builds the index
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				b.StopTimer()
+				c := next()
+				b.StartTimer()
+				if n, err := target.Import(c); n != 1 || err != nil {
+					b.Fatal(n, err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("history=%d/saveload", n), func(b *testing.B) {
+			target, _, next := setup(b)
+			if _, err := target.Import(next()); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				b.StopTimer()
+				c := next()
+				b.StartTimer()
+				if n, err := target.Import(c); n != 1 || err != nil {
+					b.Fatal(n, err)
+				}
+				if _, err := crdt.Load(target.Save(), ""); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("history=%d/first", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for range b.N {
+				b.StopTimer()
+				target, _, next := setup(b)
+				c := next()
+				b.StartTimer()
+				if n, err := target.Import(c); n != 1 || err != nil {
+					b.Fatal(n, err)
+				}
+			}
+		})
+	}
+}

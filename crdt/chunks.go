@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 )
@@ -29,9 +30,50 @@ const (
 	chunkCompressed = 2
 )
 
-// maxInflated bounds the size of one compressed chunk once inflated, so a
-// few hostile bytes cannot claim gigabytes.
+// maxInflated bounds the size of one compressed chunk or column once
+// inflated, so a few hostile bytes cannot claim gigabytes. Callers that
+// frame bytes from many peers at once bound the total with an
+// InflateBudget as well.
 const maxInflated = 64 << 20
+
+// InflateBudget bounds the bytes that framing may inflate from DEFLATE
+// (compressed change chunks, compressed columns) across every call it is
+// given to: ParseChangesWithin charges what it inflates, and fails with
+// [ErrInflateLimit] before inflating past what is left. A relay gives one
+// budget to all the records of a push.
+//
+// An InflateBudget is not safe for concurrent use.
+type InflateBudget struct {
+	left int64
+}
+
+// NewInflateBudget returns a budget of n bytes.
+func NewInflateBudget(n int64) *InflateBudget { return &InflateBudget{left: max(n, 0)} }
+
+// Left returns the bytes that may still be inflated.
+func (b *InflateBudget) Left() int64 { return b.left }
+
+// inflate undoes raw DEFLATE within b (nil: maxInflated alone), and charges
+// what it produced.
+func (b *InflateBudget) inflate(data []byte) ([]byte, error) {
+	if b == nil || b.left >= maxInflated {
+		out, err := inflate(data, maxInflated)
+		if err == nil && b != nil {
+			b.left -= int64(len(out))
+		}
+		return out, err
+	}
+	out, err := inflate(data, b.left)
+	if errors.Is(err, errInflatesPast) {
+		b.left = 0
+		return nil, fmt.Errorf("%w (%w)", ErrInflateLimit, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	b.left -= int64(len(out))
+	return out, nil
+}
 
 // ChangeInfo describes one change found in a byte stream.
 type ChangeInfo struct {
@@ -43,6 +85,7 @@ type ChangeInfo struct {
 type chunkInfo struct {
 	changes   []ChangeInfo // change chunks (compressed or not), in stream order
 	authors   []author     // who made each of changes
+	payloads  [][]byte     // each change's payload (inflated if it was compressed)
 	documents int          // whole-document chunks
 	docHeads  []Hash       // the heads each document chunk declares
 }
@@ -52,14 +95,33 @@ type chunkInfo struct {
 // whole-document chunk is accepted but not listed. Any byte that is not
 // part of a whole, checksummed chunk is an [ErrCorrupt].
 func ParseChanges(b []byte) ([]ChangeInfo, error) {
-	ci, err := frame(b)
+	return ParseChangesWithin(b, nil)
+}
+
+// ParseChangesWithin is ParseChanges inflating no more than budget allows
+// (nil: no budget but the fixed bound per chunk). Past it, the error is an
+// [ErrInflateLimit], not an [ErrCorrupt]: the bytes may be valid, only too
+// large once inflated.
+func ParseChangesWithin(b []byte, budget *InflateBudget) ([]ChangeInfo, error) {
+	ci, err := frameWithin(b, budget)
 	if err != nil {
 		return nil, err
 	}
 	return ci.changes, nil
 }
 
-func frame(b []byte) (chunkInfo, error) {
+func frame(b []byte) (chunkInfo, error) { return frameWithin(b, nil) }
+
+// corruptf reports a chunk that failed a check: ErrCorrupt, unless the
+// check ran out of inflation budget.
+func corruptf(err error, format string, args ...any) error {
+	if errors.Is(err, ErrInflateLimit) {
+		return fmt.Errorf(format+": %w", append(args, err)...)
+	}
+	return fmt.Errorf("%w: "+format+": %v", append(append([]any{ErrCorrupt}, args...), err)...)
+}
+
+func frameWithin(b []byte, budget *InflateBudget) (chunkInfo, error) {
 	var ci chunkInfo
 	for off := 0; off < len(b); {
 		rest := b[off:]
@@ -70,6 +132,11 @@ func frame(b []byte) (chunkInfo, error) {
 		n, ln := binary.Uvarint(rest[9:])
 		if ln <= 0 {
 			return ci, fmt.Errorf("%w: bad chunk length at byte %d", ErrCorrupt, off)
+		}
+		if typ != chunkDocument && ln != len(binary.AppendUvarint(nil, n)) {
+			// Automerge refuses the header (and hashes a change as if its
+			// length were minimal): refuse it before anything is applied.
+			return ci, fmt.Errorf("%w: chunk at byte %d has a non-minimal length", ErrCorrupt, off)
 		}
 		hdr := 9 + ln
 		if n > uint64(len(rest)-hdr) {
@@ -83,8 +150,8 @@ func frame(b []byte) (chunkInfo, error) {
 			sum = sha256.Sum256(rest[8:end])
 		case chunkCompressed:
 			var err error
-			if payload, err = inflate(payload, maxInflated); err != nil {
-				return ci, fmt.Errorf("%w: compressed chunk at byte %d: %v", ErrCorrupt, off, err)
+			if payload, err = budget.inflate(payload); err != nil {
+				return ci, corruptf(err, "compressed chunk at byte %d", off)
 			}
 			sum = changeHash(payload)
 		default:
@@ -94,19 +161,20 @@ func frame(b []byte) (chunkInfo, error) {
 			return ci, fmt.Errorf("%w: checksum mismatch in chunk at byte %d", ErrCorrupt, off)
 		}
 		if typ == chunkDocument {
-			heads, err := checkDocument(payload)
+			heads, err := checkDocument(payload, budget)
 			if err != nil {
-				return ci, fmt.Errorf("%w: document at byte %d: %v", ErrCorrupt, off, err)
+				return ci, corruptf(err, "document at byte %d", off)
 			}
 			ci.documents++
 			ci.docHeads = append(ci.docHeads, heads...)
 		} else {
-			deps, who, err := changeHeader(payload)
+			deps, who, err := changeHeader(payload, budget)
 			if err != nil {
-				return ci, fmt.Errorf("%w: change at byte %d: %v", ErrCorrupt, off, err)
+				return ci, corruptf(err, "change at byte %d", off)
 			}
 			ci.changes = append(ci.changes, ChangeInfo{Hash: Hash(sum), Deps: deps})
 			ci.authors = append(ci.authors, who)
+			ci.payloads = append(ci.payloads, payload)
 		}
 		off += end
 	}
@@ -124,7 +192,10 @@ func changeHash(payload []byte) [sha256.Size]byte {
 	return sum
 }
 
-// inflate undoes raw DEFLATE, refusing output past limit bytes.
+var errInflatesPast = errors.New("inflates past its limit")
+
+// inflate undoes raw DEFLATE, refusing output past limit bytes: it stops
+// reading at limit+1.
 func inflate(b []byte, limit int64) ([]byte, error) {
 	r := flate.NewReader(bytes.NewReader(b))
 	defer r.Close()
@@ -133,7 +204,7 @@ func inflate(b []byte, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	if int64(len(out)) > limit {
-		return nil, fmt.Errorf("inflates past %d bytes", limit)
+		return nil, fmt.Errorf("%w of %d bytes", errInflatesPast, limit)
 	}
 	return out, nil
 }
@@ -148,7 +219,7 @@ type author struct {
 // changeHeader reads what opens a change chunk's payload: the dependency
 // list, the actor and the sequence number; and checks the rest (see
 // checkChangeOps).
-func changeHeader(p []byte) ([]Hash, author, error) {
+func changeHeader(p []byte, budget *InflateBudget) ([]Hash, author, error) {
 	deps, p, err := hashList(p, "dependencies")
 	if err != nil {
 		return nil, author{}, err
@@ -163,7 +234,7 @@ func changeHeader(p []byte) ([]Hash, author, error) {
 	if ln <= 0 || seq == 0 {
 		return nil, author{}, fmt.Errorf("bad sequence number")
 	}
-	if err := checkChangeOps(p[ln:]); err != nil {
+	if err := checkChangeOps(p[ln:], budget); err != nil {
 		return nil, author{}, err
 	}
 	return deps, author{actor: actor, seq: seq}, nil

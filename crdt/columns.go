@@ -14,8 +14,8 @@ import (
 // cannot unwind into Go: it aborts the whole process, whoever sent the
 // bytes (a checksum is no defence, anyone can compute one). The checks here
 // refuse those before automerge sees them. They are not a full validator:
-// Automerge can still accept a crafted change that makes the document save
-// bytes that do not load (see Import).
+// that a change will survive saving and loading is checked by
+// canonical.go and opindex.go.
 //
 // A change chunk's payload is its dependencies, actor, sequence number,
 // start op, time, message, other actors, column metadata and column data.
@@ -37,7 +37,7 @@ const (
 
 // checkDocument checks a document chunk's payload and returns the heads it
 // declares.
-func checkDocument(p []byte) ([]Hash, error) {
+func checkDocument(p []byte, budget *InflateBudget) ([]Hash, error) {
 	actors, p, err := actorTable(p)
 	if err != nil {
 		return nil, err
@@ -54,10 +54,10 @@ func checkDocument(p []byte) ([]Hash, error) {
 	if err != nil {
 		return nil, fmt.Errorf("operation columns: %w", err)
 	}
-	if p, err = checkColumns(changeCols, p, actors, false); err != nil {
+	if p, err = checkColumns(changeCols, p, actors, false, budget); err != nil {
 		return nil, fmt.Errorf("change columns: %w", err)
 	}
-	if _, err = checkColumns(opCols, p, actors, true); err != nil {
+	if _, err = checkColumns(opCols, p, actors, true, budget); err != nil {
 		return nil, fmt.Errorf("operation columns: %w", err)
 	}
 	return heads, nil
@@ -67,7 +67,7 @@ func checkDocument(p []byte) ([]Hash, error) {
 // dependencies, actor and sequence number: start op, time, message, the
 // other actors its operations name, and its operation columns. Operations
 // name actors by index: 0 is the change's author, then the other actors.
-func checkChangeOps(p []byte) error {
+func checkChangeOps(p []byte, budget *InflateBudget) error {
 	_, ln := binary.Uvarint(p)
 	if ln <= 0 {
 		return errors.New("bad start op")
@@ -90,7 +90,7 @@ func checkChangeOps(p []byte) error {
 	if err != nil {
 		return err
 	}
-	_, err = checkColumns(cols, p, 1+others, true)
+	_, err = checkColumns(cols, p, 1+others, true, budget)
 	return err
 }
 
@@ -115,7 +115,8 @@ func actorTable(p []byte) (uint64, []byte, error) {
 // checkColumns walks the data of cols at the start of p and returns what
 // follows it. Every actor column must index inside a table of actors; with
 // ops, the action column must hold known actions (see checkActions).
-func checkColumns(cols []column, p []byte, actors uint64, ops bool) ([]byte, error) {
+// Compressed columns are inflated within budget.
+func checkColumns(cols []column, p []byte, actors uint64, ops bool, budget *InflateBudget) ([]byte, error) {
 	var action, meta []byte
 	for _, c := range cols {
 		if c.size > uint64(len(p)) {
@@ -129,7 +130,7 @@ func checkColumns(cols []column, p []byte, actors uint64, ops bool) ([]byte, err
 		}
 		if c.spec&colDeflate != 0 {
 			var err error
-			if data, err = inflate(data, maxInflated); err != nil {
+			if data, err = budget.inflate(data); err != nil {
 				return nil, fmt.Errorf("column %#x: %w", c.spec, err)
 			}
 		}

@@ -330,12 +330,14 @@ func fixChecksum(chunk []byte) {
 // The crash-* inputs in testdata/fuzz/FuzzImport are chunks with correct
 // checksums that made automerge-go's Rust core panic, which aborts the
 // process: a change chunk or a document chunk naming an actor past its
-// actor table, and document chunks with an unknown action or an increment
-// by a string. Import and Load must refuse them, leaving the document as it
-// was. (FuzzImport runs them too; this names what they are.)
+// actor table, document chunks with an unknown action or an increment by a
+// string, and a change that writes a map key into a list (applied to a
+// list holding elements, it reaches "can only compare map keys"). Import
+// and Load must refuse them, leaving the document as it was. (FuzzImport
+// runs them too; this names what they are.)
 func TestImportRefusesCrashers(t *testing.T) {
 	files, err := filepath.Glob("testdata/fuzz/FuzzImport/crash-*")
-	if err != nil || len(files) < 6 {
+	if err != nil || len(files) < 7 {
 		t.Fatalf("crash corpus: %v, %v", files, err)
 	}
 	d, _ := corruptFixture(t)

@@ -16,7 +16,9 @@ type FieldChange struct {
 
 // Conflict is a field both sides changed since the base to different values
 // (Automerge's concurrent puts to one map key), or, with Path nil, a record
-// deleted on one side and edited on the other.
+// deleted on one side and edited on the other. Values keep their kind: a
+// collaborative text reads as [Text] and a counter as [Counter], so that a
+// resolution written back stays collaborative.
 type Conflict struct {
 	Path   Path
 	Base   any
@@ -77,13 +79,14 @@ func (d *Doc) Snapshot() (Snapshot, error) {
 	return Snapshot{fields: f, deleted: d.Deleted()}, nil
 }
 
-// Fields returns the snapshot's fields as plain values (see Doc.Fields),
-// or nil if the record is deleted.
+// Fields returns the snapshot's fields, with kinds kept as
+// [Doc.TypedFields] keeps them, or nil if the record is deleted. The map is
+// a copy.
 func (s Snapshot) Fields() map[string]any {
 	if s.deleted {
 		return nil
 	}
-	m, _ := plain(s.fields).(map[string]any)
+	m, _ := clone(s.fields).(map[string]any)
 	return m
 }
 
@@ -111,9 +114,9 @@ func Diff3Snapshots(base, local, remote Snapshot) *FieldDiff {
 	remoteChanged := len(out.Remote) > 0 || len(out.Conflicts) > 0 || len(out.Merged) > 0
 	switch {
 	case out.LocalDeleted && !dead[2] && (remoteChanged || dead[0]):
-		out.Conflicts = []Conflict{{Base: plain(snapOrNil(snaps[0], dead[0])), Local: nil, Remote: plain(snaps[2]), BaseSet: !dead[0], RemoteSet: true}}
+		out.Conflicts = []Conflict{{Base: clone(snapOrNil(snaps[0], dead[0])), Local: nil, Remote: clone(snaps[2]), BaseSet: !dead[0], RemoteSet: true}}
 	case out.RemoteDeleted && !dead[1] && (localChanged || dead[0]):
-		out.Conflicts = []Conflict{{Base: plain(snapOrNil(snaps[0], dead[0])), Local: plain(snaps[1]), Remote: nil, BaseSet: !dead[0], LocalSet: true}}
+		out.Conflicts = []Conflict{{Base: clone(snapOrNil(snaps[0], dead[0])), Local: clone(snaps[1]), Remote: nil, BaseSet: !dead[0], LocalSet: true}}
 	}
 	sortByPath(out)
 	return out
@@ -155,7 +158,7 @@ func diffMap(at Path, b, l, r map[string]any, out *FieldDiff) {
 			out.Merged = append(out.Merged, p)
 		default:
 			out.Conflicts = append(out.Conflicts, Conflict{
-				Path: p, Base: plain(bv), Local: plain(lv), Remote: plain(rv),
+				Path: p, Base: clone(bv), Local: clone(lv), Remote: clone(rv),
 				BaseSet: bok, LocalSet: lok, RemoteSet: rok,
 			})
 		}

@@ -6,7 +6,11 @@
 // goroutines, no I/O and no clock; commit times are passed in.
 //
 // Changes move between documents as bytes ([Doc.ChangesSince] and
-// [Doc.Import], which uses LoadIncremental). automerge-go's batch Apply is
+// [Doc.Import], which uses LoadIncremental). Import checks untrusted bytes
+// before Automerge sees them, including that the document will still save
+// and load: a change must be in the encoding Automerge writes itself
+// (canonical.go) and refer only to operations the document holds
+// (opindex.go). automerge-go's batch Apply is
 // never used: applying a thousand small changes with it takes seconds and
 // gigabytes, while LoadIncremental of the same bytes takes milliseconds.
 //

@@ -1,8 +1,10 @@
 package crdt
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/automerge/automerge-go"
@@ -20,6 +22,11 @@ type Doc struct {
 	// first need and brought up to date incrementally (see seqIndex).
 	seqs   map[string]actorSeqs
 	seqsAt Heads
+
+	// idx indexes the document's operations, for Import's checks (see
+	// opindex.go); nil until first needed. It is immutable and shared with
+	// forks, hence atomic: a fork may be taken while the Doc imports.
+	idx atomic.Pointer[opIndex]
 }
 
 // New returns an empty document that writes as actor (a hex string; a
@@ -39,22 +46,60 @@ func New(actor string) (*Doc, error) {
 // Load reads a document saved by [Doc.Save] (or any Automerge document,
 // including one saved by the JavaScript library), optionally followed by
 // incremental changes. Corrupt or truncated bytes give [ErrCorrupt].
+//
+// What follows a leading document chunk is imported with [Doc.Import]'s
+// checks, so Load accepts no change that Import would refuse; changes
+// whose dependencies are missing are refused too.
 func Load(data []byte, actor string) (d *Doc, err error) {
-	if _, err := frame(data); err != nil {
+	ci, err := frame(data)
+	if err != nil {
 		return nil, err
 	}
-	defer recoverCorrupt(&err)
-	am, err := automerge.Load(data)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	head, rest := data, []byte(nil)
+	if len(ci.changes) > 0 || ci.documents > 1 {
+		head, rest = leadingDocument(data)
 	}
-	d = &Doc{am: am}
+	if d, err = loadAM(head); err != nil {
+		return nil, err
+	}
+	if len(rest) > 0 {
+		if _, err := d.Import(rest); err != nil {
+			if errors.Is(err, ErrCorrupt) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+		}
+	}
 	if actor != "" {
 		if err := d.SetActor(actor); err != nil {
 			return nil, err
 		}
 	}
 	return d, nil
+}
+
+// leadingDocument splits framed bytes into their first chunk, if it is a
+// document, and the rest.
+func leadingDocument(data []byte) (head, rest []byte) {
+	if data[8] != chunkDocument {
+		return nil, data
+	}
+	n, ln := binary.Uvarint(data[9:]) // framed already
+	end := 9 + ln + int(n)
+	return data[:end], data[end:]
+}
+
+// loadAM loads framed bytes with automerge-go (none: an empty document).
+func loadAM(data []byte) (d *Doc, err error) {
+	if len(data) == 0 {
+		return &Doc{am: automerge.New()}, nil
+	}
+	defer recoverCorrupt(&err)
+	am, err := automerge.Load(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	return &Doc{am: am}, nil
 }
 
 // SetActor sets the actor ID used for this document's future changes.
@@ -115,6 +160,9 @@ func (d *Doc) Fork(at Heads) (*Doc, error) {
 		return nil, fmt.Errorf("crdt: fork: %w", err)
 	}
 	f := &Doc{am: am}
+	// The index knows which heads it describes, so a fork at other heads
+	// brings it up to date (or rebuilds it) on first use.
+	f.idx.Store(d.idx.Load())
 	// A fork gets a fresh random actor; keep ours so any change made on the
 	// fork is attributed to this replica.
 	if err := f.SetActor(d.Actor()); err != nil {

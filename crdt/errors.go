@@ -17,4 +17,8 @@ var (
 	ErrPath = errors.New("crdt: bad field path")
 	// ErrUnknownHeads means heads name changes the document does not have.
 	ErrUnknownHeads = errors.New("crdt: heads not in document")
+	// ErrInflateLimit means compressed chunks or columns inflate past the
+	// InflateBudget they were framed under. The bytes were not all
+	// checked: they may be valid, but are too large once inflated.
+	ErrInflateLimit = errors.New("crdt: compressed data inflates past its budget")
 )

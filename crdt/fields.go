@@ -85,6 +85,11 @@ func (d *Doc) lookupAs(p Path, typed bool) (any, bool, error) {
 // tombstone marker).
 func (d *Doc) Fields() (map[string]any, error) { return d.fields(false) }
 
+// TypedFields is [Doc.Fields] with kinds kept: collaborative text reads as
+// [Text] and counters as [Counter], so that writing the map back (with
+// [Doc.Put]) keeps them collaborative.
+func (d *Doc) TypedFields() (map[string]any, error) { return d.fields(true) }
+
 func (d *Doc) fields(typed bool) (map[string]any, error) {
 	v, err := fromAM(d.am.Root(), typed)
 	if err != nil {

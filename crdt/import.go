@@ -20,11 +20,15 @@ import (
 //
 // Bytes from the network are hostile. Import refuses the malformed chunks
 // known to crash automerge-go's Rust core (which would abort the process),
-// and changes that skip an actor's sequence numbers. It cannot refuse every
-// crafted change that Automerge accepts but then saves as a document that
-// does not load (the change is not in Automerge's canonical encoding): where
-// that matters, as on a relay before it acknowledges a push, check that
-// [Load] accepts the importing document's [Doc.Save].
+// changes that skip an actor's sequence numbers, and, before applying
+// anything, every change that the document's saved form would not rebuild
+// byte for byte, which would leave a document that no longer loads: a
+// change not in Automerge's canonical encoding, or whose operations refer
+// to operations the document does not hold (see canonical.go and
+// opindex.go). After a successful Import, [Load] accepts [Doc.Save]. The
+// checks cost time in proportion to the changes, once the document's
+// operations are indexed: the first Import into a document indexes its
+// history.
 func (d *Doc) Import(data []byte) (n int, err error) {
 	ci, err := frame(data)
 	if err != nil {
@@ -34,8 +38,8 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 		return 0, nil
 	}
 	// A whole document may hold the dependencies of the change chunks after
-	// it, and framing does not list what it holds: such streams are checked
-	// after they are applied instead.
+	// it, and framing does not list what it holds: such streams are also
+	// checked after they are applied.
 	opaque := ci.documents > 0
 	fresh, inStream, err := d.freshChanges(ci, opaque)
 	if err != nil {
@@ -48,6 +52,26 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 		if err := d.checkAuthors(ci, fresh, inStream); err != nil {
 			return 0, err
 		}
+	}
+	// Check, before anything is applied, every change the stream will add:
+	// against the index as of now, or, if the history cannot be indexed, by
+	// saving and loading afterwards (see recordVerified).
+	var payloads [][]byte
+	var hashes []Hash
+	if opaque {
+		if payloads, hashes, err = d.streamChanges(data, ci); err != nil {
+			return 0, err
+		}
+	} else {
+		payloads, hashes = make([][]byte, len(fresh)), make([]Hash, len(fresh))
+		for j, i := range fresh {
+			payloads[j], hashes[j] = ci.payloads[i], ci.changes[i].Hash
+		}
+	}
+	base, _ := d.index()
+	v, err := verifyChanges(base, payloads, hashes)
+	if err != nil {
+		return 0, err
 	}
 
 	before := d.Heads()
@@ -68,6 +92,9 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 		}
 	}
 	if !opaque {
+		if err := d.recordVerified(v); err != nil {
+			return 0, d.rollback(before, err)
+		}
 		return len(fresh), nil
 	}
 	idx, err := d.seqIndex()
@@ -82,6 +109,18 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 	chs, err := d.am.Changes(amHashes(before)...)
 	if err != nil {
 		return 0, d.rollback(before, fmt.Errorf("%w: %v", ErrCorrupt, err))
+	}
+	checked := make(map[Hash]bool, len(hashes))
+	for _, h := range hashes {
+		checked[h] = true
+	}
+	for _, ch := range chs {
+		if h := Hash(ch.Hash()); !checked[h] {
+			return 0, d.rollback(before, fmt.Errorf("%w: change %s was applied but is not in the stream's chunks", ErrCorrupt, h))
+		}
+	}
+	if err := d.recordVerified(v); err != nil {
+		return 0, d.rollback(before, err)
 	}
 	return len(chs), nil
 }
@@ -291,6 +330,17 @@ func (d *Doc) loadIncremental(data []byte) (err error) {
 	return nil
 }
 
+// Reset returns the document to heads, dropping every change after them:
+// for undoing an import that succeeded but must not stand (its caller
+// refused it for reasons of its own). It replays the history up to heads,
+// so it costs in proportion to the document's history.
+func (d *Doc) Reset(heads Heads) error {
+	if err := d.hasAll(heads); err != nil {
+		return err
+	}
+	return d.rollback(heads, nil)
+}
+
 // rollback returns the document to heads after a failed import and returns
 // cause. automerge applies a stream change by change, so a failure can leave
 // part of it applied, and it keeps a change whose dependencies are missing
@@ -314,5 +364,6 @@ func (d *Doc) rollback(heads Heads, cause error) error {
 		return errors.Join(cause, fmt.Errorf("crdt: rollback failed: %w", err))
 	}
 	d.am = am
+	d.idx.Store(nil) // it may describe operations the rollback dropped
 	return cause
 }

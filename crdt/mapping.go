@@ -304,6 +304,28 @@ func asFloat(v any) (float64, bool) {
 	return 0, false
 }
 
+// clone deep-copies maps, lists and byte slices, keeping kinds, so that a
+// caller may keep or change what it is given without touching the source.
+func clone(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[k] = clone(e)
+		}
+		return out
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = clone(e)
+		}
+		return out
+	case []byte:
+		return append([]byte(nil), x...)
+	}
+	return v
+}
+
 // plain strips the Text and Counter types for callers that asked for any.
 func plain(v any) any {
 	switch x := v.(type) {

@@ -69,7 +69,8 @@ func (t Type) Pushes() bool { return t != OneWayFromServer && t != RefreshFromSe
 // which are only safe under a fence (see docs/conflicts.md).
 func (t Type) Leased() bool { return t == TwoWay || t == Slow || t == RefreshFromClient }
 
-// Network is a kind of connection the device has (the seeds' reachability).
+// Network is a kind of connection the device has, as the platform's
+// reachability API reports it.
 type Network string
 
 const (

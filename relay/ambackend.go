@@ -21,16 +21,18 @@ type amBackend interface {
 	// document returns a record's stored document and heads, or
 	// ErrNotFound.
 	document(ctx context.Context, c Coll, record string) ([]byte, crdt.Heads, error)
-	// snapshots pages through a collection's records in ID order.
-	snapshots(ctx context.Context, c Coll, after string, limit int) ([]Snapshot, error)
+	// records pages through a collection's record IDs in order.
+	records(ctx context.Context, c Coll, after string, limit int) ([]string, error)
 	// head is the collection's log head.
 	head(ctx context.Context, c Coll) (uint64, error)
 	// changed returns which records changed in log entries after cursor
 	// (at most limit entries), with their heads, and the cursor to go on
-	// from.
+	// from. If entries after cursor were truncated it returns
+	// errAMTruncated: read every record again.
 	changed(ctx context.Context, c Coll, after uint64, limit int) ([]amChanged, uint64, error)
-	// wait returns a channel closed at the collection's next append.
-	wait(c Coll) <-chan struct{}
+	// wait returns a channel closed at the collection's next append, and
+	// done, to call once when no longer waiting.
+	wait(c Coll) (<-chan struct{}, func())
 	now() time.Time
 	incarnation() string
 }
@@ -52,15 +54,24 @@ func (b serverBackend) push(ctx context.Context, c Coll, p *transport.Push) (*tr
 	for _, r := range p.Records {
 		b.s.metrics.bytesIn.Add(float64(len(r.Data)))
 	}
-	return b.s.push(ctx, c, p)
+	return b.s.pushCounted(ctx, c, p)
 }
 
 func (b serverBackend) document(ctx context.Context, c Coll, record string) ([]byte, crdt.Heads, error) {
-	return b.s.store.Document(ctx, c, record)
+	rec, err := b.s.store.Record(ctx, c, record)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rec.Data(), rec.Heads, nil
 }
 
-func (b serverBackend) snapshots(ctx context.Context, c Coll, after string, limit int) ([]Snapshot, error) {
-	return b.s.store.Snapshots(ctx, c, after, limit)
+func (b serverBackend) records(ctx context.Context, c Coll, after string, limit int) ([]string, error) {
+	recs, err := b.s.store.Records(ctx, c, after, limit)
+	ids := make([]string, len(recs))
+	for i, r := range recs {
+		ids[i] = r.ID
+	}
+	return ids, err
 }
 
 func (b serverBackend) head(ctx context.Context, c Coll) (uint64, error) {
@@ -69,6 +80,10 @@ func (b serverBackend) head(ctx context.Context, c Coll) (uint64, error) {
 
 func (b serverBackend) changed(ctx context.Context, c Coll, after uint64, limit int) ([]amChanged, uint64, error) {
 	entries, err := b.s.store.Log(ctx, c, after, limit)
+	var trunc *TruncatedError
+	if errors.As(err, &trunc) {
+		return nil, after, errAMTruncated
+	}
 	if err != nil {
 		return nil, after, err
 	}
@@ -80,9 +95,11 @@ func (b serverBackend) changed(ctx context.Context, c Coll, after uint64, limit 
 	return out, after, nil
 }
 
-func (b serverBackend) wait(c Coll) <-chan struct{} { return b.s.hub.wait(c) }
-func (b serverBackend) now() time.Time              { return b.s.now() }
-func (b serverBackend) incarnation() string         { return b.s.store.Incarnation() }
+func (b serverBackend) wait(c Coll) (<-chan struct{}, func()) { return b.s.hub.wait(c) }
+func (b serverBackend) now() time.Time                        { return b.s.now() }
+func (b serverBackend) incarnation() string                   { return b.s.store.Incarnation() }
+
+var errAMTruncated = errors.New("relay: log truncated past the cursor")
 
 // isNotFound reports whether err is the store's "no such record".
 func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }

@@ -74,10 +74,20 @@ func newAMMetrics(reg prometheus.Registerer) (*amMetrics, error) {
 			Help: "automerge-repo messages by type and direction (in, out)."}, []string{"type", "dir"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_relay_automerge_refused_total",
 			Help: "automerge-repo connections, messages and changes refused, by reason."}, []string{"reason"}),
-		bytesIn:  prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_automerge_bytes_in_total", Help: "automerge-repo message bytes received."}),
-		bytesOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_automerge_bytes_out_total", Help: "automerge-repo message bytes sent."}),
+		bytesIn:  prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_automerge_received_bytes_total", Help: "automerge-repo message bytes received."}),
+		bytesOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_automerge_sent_bytes_total", Help: "automerge-repo message bytes sent."}),
 		syncSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_relay_automerge_sync_seconds",
 			Help: "Time to take in an automerge-repo sync message and answer it, storing its changes included.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
+	}
+	// Every label value exists from the start, so dashboards and alerts
+	// see zeros rather than nothing.
+	for _, t := range []string{amJoin, amPeer, amError, amRequest, amSync, amUnavailable, amEphemeral, amSubscription, amHeadsChanged, "other", "malformed"} {
+		for _, dir := range []string{"in", "out"} {
+			m.messages.WithLabelValues(t, dir)
+		}
+	}
+	for _, r := range []string{"auth", "collection", "forbidden", "read_only", "max_docs", "too_large"} {
+		m.refused.WithLabelValues(r)
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.openDocs, m.messages, m.refused, m.bytesIn, m.bytesOut, m.syncSeconds} {
 		if err := reg.Register(c); err != nil {

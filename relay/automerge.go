@@ -66,12 +66,14 @@ type amServer struct {
 	metrics *amMetrics
 	docs    *lru.Cache[amDocKey, *amCached]
 
-	// track registers a connection with the server's shutdown (false: the
-	// server is stopping), and untrack ends that.
+	// track counts a connection in (false: the server is stopping, see
+	// Server.Shutdown), and untrack out; wg waits for them.
 	track   func() bool
 	untrack func()
+	wg      sync.WaitGroup
 
 	mu       sync.Mutex
+	stopping bool // shutdown or close has begun: no connection may register
 	conns    map[*amConn]struct{}
 	openDocs map[amDocKey]map[*amConn]struct{} // for ephemeral messages
 }
@@ -107,30 +109,53 @@ func newAMServer(s *Server) (*amServer, error) {
 		openDocs: map[amDocKey]map[*amConn]struct{}{},
 	}
 	a.track = func() bool {
+		// Under the server's lock, so no connection is counted in once
+		// Shutdown or Close has seen the server stopping.
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if s.shutting {
 			return false
 		}
-		s.wg.Add(1)
+		a.wg.Add(1)
 		return true
 	}
-	a.untrack = s.wg.Done
+	a.untrack = a.wg.Done
 	return a, nil
 }
 
-// shutdown closes every connection; each ends once the messages it is
-// handling are answered.
-func (a *amServer) shutdown() {
+// stopAll marks the endpoint stopping and returns its connections.
+func (a *amServer) stopAll() []*amConn {
 	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.stopping = true
 	conns := make([]*amConn, 0, len(a.conns))
 	for c := range a.conns {
 		conns = append(conns, c)
 	}
-	a.mu.Unlock()
-	for _, c := range conns {
+	return conns
+}
+
+// shutdown closes every connection with "going away"; each ends once the
+// messages it is handling are answered (their pushes durable). The channel
+// closes when all have ended. Call it once the server refuses new
+// connections.
+func (a *amServer) shutdown() <-chan struct{} {
+	for _, c := range a.stopAll() {
 		c.stop(websocket.StatusGoingAway, "relay is shutting down")
 	}
+	done := make(chan struct{})
+	go func() { a.wg.Wait(); close(done) }()
+	return done
+}
+
+// close cuts every connection off at once and waits for them to end (a
+// push already started still finishes: see amConn.push).
+func (a *amServer) close() {
+	for _, c := range a.stopAll() {
+		c.cancel()
+		c.ws.CloseNow()
+	}
+	a.wg.Wait()
 }
 
 // amCredentials are what a connection presents: from the URL's query
@@ -268,10 +293,16 @@ func (a *amServer) loadDoc(ctx context.Context, c Coll, record string) (*amCache
 	return cd, nil
 }
 
-func (a *amServer) register(c *amConn) {
+// register adds a connection to those shutdown and close reach; false if
+// they have begun.
+func (a *amServer) register(c *amConn) bool {
 	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.stopping {
+		return false
+	}
 	a.conns[c] = struct{}{}
-	a.mu.Unlock()
+	return true
 }
 
 func (a *amServer) unregister(c *amConn, records []string) {
@@ -373,7 +404,10 @@ func (c *amConn) run(refusal string) {
 		a.unregister(c, records)
 		c.ws.CloseNow()
 	}()
-	a.register(c)
+	if !a.register(c) {
+		c.ws.Close(websocket.StatusGoingAway, "relay is shutting down")
+		return
+	}
 	if !c.join(refusal) {
 		return
 	}
@@ -692,65 +726,108 @@ func (c *amConn) syncOut(d *amDoc, cd *amCached) error {
 // cursor. With announce, every record of the collection is opened: first
 // those stored, then each new one.
 func (c *amConn) live(cursor uint64, announce bool) {
-	a := c.a
-	if announce {
-		after := ""
-		for {
-			snaps, err := a.b.snapshots(c.ctx, c.coll, after, 256)
-			if err != nil {
-				c.fail(err)
-				return
-			}
-			for _, sn := range snaps {
-				if !c.announceRecord(sn.Record) {
-					return
-				}
-			}
-			if len(snaps) < 256 {
-				break
-			}
-			after = snaps[len(snaps)-1].Record
-		}
+	if announce && !c.announceAll() {
+		return
 	}
 	for {
-		wake := a.b.wait(c.coll)
-		changed, next, err := a.b.changed(c.ctx, c.coll, cursor, 1000)
-		if err != nil {
-			c.fail(err)
+		var ok bool
+		if cursor, ok = c.liveStep(cursor, announce); !ok {
 			return
-		}
-		if exp := c.claims.ExpiresAt; exp != nil && !a.b.now().Before(exp.Time) {
-			c.end("token expired; reconnect with a fresh one")
-			return
-		}
-		for _, ch := range changed {
-			d := c.lookup(ch.record)
-			if d == nil {
-				if announce && !c.announceRecord(ch.record) {
-					return
-				}
-				continue
-			}
-			d.mu.Lock()
-			skip := d.sent.Equal(ch.heads)
-			d.mu.Unlock()
-			if skip {
-				continue // this peer's own change, already answered
-			}
-			if !c.refresh(d) {
-				return
-			}
-		}
-		cursor = next
-		if len(changed) > 0 {
-			continue
-		}
-		select {
-		case <-c.ctx.Done():
-			return
-		case <-wake:
 		}
 	}
+}
+
+// liveStep sends the peer what the log holds after cursor, or waits for
+// it to grow. It returns the cursor to go on from, or false when the
+// connection is over.
+func (c *amConn) liveStep(cursor uint64, announce bool) (uint64, bool) {
+	a := c.a
+	wake, done := a.b.wait(c.coll)
+	defer done()
+	changed, next, err := a.b.changed(c.ctx, c.coll, cursor, 1000)
+	if errors.Is(err, errAMTruncated) {
+		// Entries after cursor are gone (compacted away): go on from the
+		// head, and send every open document what it lacks.
+		if next, err = a.b.head(c.ctx, c.coll); err == nil {
+			return next, c.refreshAll(announce)
+		}
+	}
+	if err != nil {
+		c.fail(err)
+		return cursor, false
+	}
+	if exp := c.claims.ExpiresAt; exp != nil && !a.b.now().Before(exp.Time) {
+		c.end("token expired; reconnect with a fresh one")
+		return cursor, false
+	}
+	for _, ch := range changed {
+		d := c.lookup(ch.record)
+		if d == nil {
+			if announce && !c.announceRecord(ch.record) {
+				return cursor, false
+			}
+			continue
+		}
+		d.mu.Lock()
+		skip := d.sent.Equal(ch.heads)
+		d.mu.Unlock()
+		if skip {
+			continue // this peer's own change, already answered
+		}
+		if !c.refresh(d) {
+			return cursor, false
+		}
+	}
+	if len(changed) > 0 {
+		return next, true
+	}
+	select {
+	case <-c.ctx.Done():
+		return cursor, false
+	case <-wake:
+	}
+	return next, true
+}
+
+// announceAll opens and sends every record of the collection.
+func (c *amConn) announceAll() bool {
+	after := ""
+	for {
+		ids, err := c.a.b.records(c.ctx, c.coll, after, 256)
+		if err != nil {
+			c.fail(err)
+			return false
+		}
+		for _, id := range ids {
+			if !c.announceRecord(id) {
+				return false
+			}
+		}
+		if len(ids) < 256 {
+			return true
+		}
+		after = ids[len(ids)-1]
+	}
+}
+
+// refreshAll sends every open document what the peer lacks of it (and,
+// with announce, opens records the peer has not seen).
+func (c *amConn) refreshAll(announce bool) bool {
+	if announce && !c.announceAll() {
+		return false
+	}
+	c.mu.Lock()
+	docs := make([]*amDoc, 0, len(c.docs))
+	for _, d := range c.docs {
+		docs = append(docs, d)
+	}
+	c.mu.Unlock()
+	for _, d := range docs {
+		if !c.refresh(d) {
+			return false
+		}
+	}
+	return true
 }
 
 // announceRecord opens a record the peer has not asked for and sends it.

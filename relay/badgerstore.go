@@ -7,12 +7,10 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
-	"math"
 	"sync"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
-	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/internal/badgerdir"
 	"github.com/google/uuid"
 )
@@ -81,8 +79,10 @@ var _ Store = (*BadgerStore)(nil)
 
 // OpenBadgerStore opens the relay store in dir, creating it (and dir) if
 // absent. dir must be missing, empty, or a relay store: a folder with other
-// files gives ErrNotRelayStore, and a store written by a newer Ferry gives
-// ErrNewerStoreFormat, in both cases without writing anything to it.
+// files gives ErrNotRelayStore, a store written by a newer Ferry gives
+// ErrNewerStoreFormat, and a damaged store (a file missing, cut short or
+// failing its checksums) gives ErrStoreDamaged, in each case without
+// writing anything to it or deleting anything from it.
 func OpenBadgerStore(dir string, o *BadgerOptions) (*BadgerStore, error) {
 	opts := o.withDefaults()
 	db, err := openBadger(dir, opts)
@@ -91,7 +91,7 @@ func OpenBadgerStore(dir string, o *BadgerOptions) (*BadgerStore, error) {
 	}
 	s := &BadgerStore{db: db, opts: opts, seed: maphash.MakeSeed(), closing: make(chan struct{})}
 	if s.incarnation, err = initMeta(db); err != nil {
-		db.Close()
+		badgerdir.Close(db)
 		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
 	}
 	if !opts.InMemory && opts.GCInterval > 0 {
@@ -123,7 +123,10 @@ func openBadger(dir string, opts BadgerOptions) (*badger.DB, error) {
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
 	}
-	db, err := badger.Open(bo)
+	db, err := badgerdir.Open(bo)
+	if errors.Is(err, badgerdir.ErrDamaged) {
+		return nil, damaged(err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
 	}
@@ -152,6 +155,20 @@ func initMeta(db *badger.DB) (string, error) {
 		}
 		return txn.Set(keyIncarnation, []byte(inc))
 	})
+	if err != nil {
+		return "", err
+	}
+	var format uint32
+	err = db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(keyFormat)
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error { format = binary.BigEndian.Uint32(v); return nil })
+	})
+	if err == nil && format < badgerFormat {
+		err = migrateV1(db)
+	}
 	return inc, err
 }
 
@@ -239,156 +256,6 @@ func (s *BadgerStore) view(ctx context.Context, fn func(txn *badger.Txn) error) 
 	return s.db.View(fn)
 }
 
-// Append implements Store. The fence check, the Base checks and all writes
-// are one Badger transaction, so a crash leaves all or nothing, and the
-// collection lock means no other write to the collection interleaves.
-func (s *BadgerStore) Append(ctx context.Context, c Coll, fence uint64, now time.Time, entries []Entry) (uint64, error) {
-	if err := checkColl(c); err != nil {
-		return 0, err
-	}
-	if err := checkEntries(entries); err != nil {
-		return 0, err
-	}
-	var head uint64
-	err := s.update(ctx, c, func(txn *badger.Txn) error {
-		if fence != 0 {
-			l, ok, err := getLease(txn, c)
-			if err != nil {
-				return err
-			}
-			if !ok || l.Fence != fence || !leaseLive(l, now) {
-				return fmt.Errorf("append to %s/%s with fence %d: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
-			}
-		}
-		var err error
-		if head, err = getUint64(txn, collKey("head", c)); err != nil {
-			return err
-		}
-		for _, e := range entries {
-			// A transaction reads its own writes, so a second entry for
-			// one record is checked against the first one's heads.
-			cur, err := docHeads(txn, c, e.Record)
-			if err != nil {
-				return err
-			}
-			if !e.Base.Equal(cur) {
-				return &ConflictError{Record: e.Record}
-			}
-			head++
-			if err := txn.Set(logKey(c, head), encodeLogEntry(e)); err != nil {
-				return err
-			}
-			if err := txn.Set(docKey(c, e.Record), encodeDoc(head, e)); err != nil {
-				return err
-			}
-		}
-		return putUint64(txn, collKey("head", c), head)
-	})
-	if errors.Is(err, badger.ErrTxnTooBig) {
-		return 0, fmt.Errorf("%w: %d entries to %s/%s (%w)", ErrAppendTooLarge, len(entries), c.Tenant, c.Collection, err)
-	}
-	if err != nil {
-		return 0, err
-	}
-	return head, nil
-}
-
-// Document implements Store.
-func (s *BadgerStore) Document(ctx context.Context, c Coll, record string) (doc []byte, heads crdt.Heads, err error) {
-	err = s.view(ctx, func(txn *badger.Txn) error {
-		item, err := txn.Get(docKey(c, record))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, ErrNotFound)
-		}
-		if err != nil {
-			return err
-		}
-		return item.Value(func(v []byte) error {
-			_, heads, doc, err = decodeDoc(v, true)
-			return err
-		})
-	})
-	if err != nil {
-		return nil, nil, err
-	}
-	return doc, heads, nil
-}
-
-// Log implements Store.
-func (s *BadgerStore) Log(ctx context.Context, c Coll, after uint64, limit int) ([]LogEntry, error) {
-	if limit <= 0 || after == math.MaxUint64 {
-		return nil, s.view(ctx, func(*badger.Txn) error { return nil })
-	}
-	var out []LogEntry
-	err := s.view(ctx, func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{
-			PrefetchValues: true,
-			PrefetchSize:   min(limit, 100),
-			Prefix:         collPrefix("log", c),
-		})
-		defer it.Close()
-		for it.Seek(logKey(c, after+1)); it.Valid() && len(out) < limit; it.Next() {
-			k := it.Item().Key()
-			seq := binary.BigEndian.Uint64(k[len(k)-8:])
-			err := it.Item().Value(func(v []byte) error {
-				e, err := decodeLogEntry(seq, v)
-				out = append(out, e)
-				return err
-			})
-			if err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	return out, err
-}
-
-// Head implements Store.
-func (s *BadgerStore) Head(ctx context.Context, c Coll) (uint64, error) {
-	var head uint64
-	err := s.view(ctx, func(txn *badger.Txn) (err error) {
-		head, err = getUint64(txn, collKey("head", c))
-		return err
-	})
-	return head, err
-}
-
-// Snapshots implements Store.
-func (s *BadgerStore) Snapshots(ctx context.Context, c Coll, after string, limit int) ([]Snapshot, error) {
-	if limit <= 0 {
-		return nil, s.view(ctx, func(*badger.Txn) error { return nil })
-	}
-	var out []Snapshot
-	err := s.view(ctx, func(txn *badger.Txn) error {
-		prefix := collPrefix("doc", c)
-		it := txn.NewIterator(badger.IteratorOptions{
-			PrefetchValues: true,
-			PrefetchSize:   min(limit, 100),
-			Prefix:         prefix,
-		})
-		defer it.Close()
-		// record+"\x00" is the least key above record itself.
-		start := prefix
-		if after != "" {
-			start = append(docKey(c, after), 0)
-		}
-		for it.Seek(start); it.Valid() && len(out) < limit; it.Next() {
-			snap := Snapshot{Record: string(it.Item().Key()[len(prefix):])}
-			err := it.Item().Value(func(v []byte) (err error) {
-				snap.Seq, snap.Heads, snap.Doc, err = decodeDoc(v, true)
-				return err
-			})
-			if err != nil {
-				return fmt.Errorf("record %q: %w", snap.Record, err)
-			}
-			out = append(out, snap)
-		}
-		return nil
-	})
-	return out, err
-}
-
 // Acquire implements Store. The collection's fence key only grows, and is
 // written in the same transaction as the lease it numbers.
 func (s *BadgerStore) Acquire(ctx context.Context, c Coll, holder string, ttl time.Duration, now time.Time) (Lease, error) {
@@ -424,9 +291,9 @@ func (s *BadgerStore) Acquire(ctx context.Context, c Coll, holder string, ttl ti
 }
 
 // Renew implements Store.
-func (s *BadgerStore) Renew(ctx context.Context, c Coll, fence uint64, ttl time.Duration, now time.Time) (Lease, error) {
-	if ttl <= 0 {
-		return Lease{}, fmt.Errorf("%w: lease TTL %v is not positive", ErrInvalidArg, ttl)
+func (s *BadgerStore) Renew(ctx context.Context, c Coll, holder string, fence uint64, ttl time.Duration, now time.Time) (Lease, error) {
+	if err := checkLeaseArgs(holder, ttl); err != nil {
+		return Lease{}, err
 	}
 	var l Lease
 	err := s.update(ctx, c, func(txn *badger.Txn) error {
@@ -436,6 +303,9 @@ func (s *BadgerStore) Renew(ctx context.Context, c Coll, fence uint64, ttl time.
 		}
 		if !ok || cur.Fence != fence || !leaseLive(cur, now) {
 			return fmt.Errorf("renew lease of %s/%s with fence %d: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
+		}
+		if cur.Holder != holder {
+			return fmt.Errorf("renew lease of %s/%s with fence %d: held by another holder: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
 		}
 		l = Lease{Holder: cur.Holder, Fence: fence, Expires: now.Add(ttl)}
 		return txn.Set(collKey("lease", c), encodeLease(l))
@@ -447,44 +317,20 @@ func (s *BadgerStore) Renew(ctx context.Context, c Coll, fence uint64, ttl time.
 }
 
 // Release implements Store.
-func (s *BadgerStore) Release(ctx context.Context, c Coll, fence uint64) error {
+func (s *BadgerStore) Release(ctx context.Context, c Coll, holder string, fence uint64) error {
+	if err := checkName("holder", holder); err != nil {
+		return err
+	}
 	return s.update(ctx, c, func(txn *badger.Txn) error {
 		cur, ok, err := getLease(txn, c)
 		if err != nil || !ok || cur.Fence != fence {
 			return err
 		}
+		if cur.Holder != holder {
+			return fmt.Errorf("release lease of %s/%s with fence %d: held by another holder: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
+		}
 		return txn.Delete(collKey("lease", c))
 	})
-}
-
-// Stats implements Store. LogEntries sums the collections' heads (logs are
-// never truncated yet: compaction must keep a count when it does); Bytes is
-// Badger's own size estimate, refreshed by Badger about once a minute.
-func (s *BadgerStore) Stats(ctx context.Context) (StoreStats, error) {
-	var st StoreStats
-	err := s.view(ctx, func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: prefixHead})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			err := it.Item().Value(func(v []byte) error {
-				if len(v) != 8 {
-					return fmt.Errorf("%w: head %q holds %d bytes", errCorrupt, it.Item().Key(), len(v))
-				}
-				st.LogEntries += int64(binary.BigEndian.Uint64(v))
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return StoreStats{}, err
-	}
-	lsm, vlog := s.db.Size()
-	st.Bytes = lsm + vlog
-	return st, nil
 }
 
 // Close waits for in-flight calls, stops the value-log GC, and closes the
@@ -497,7 +343,7 @@ func (s *BadgerStore) Close() error {
 		s.mu.Lock()
 		s.closed = true
 		s.mu.Unlock()
-		s.closeErr = s.db.Close()
+		s.closeErr = badgerdir.Close(s.db)
 	})
 	return s.closeErr
 }

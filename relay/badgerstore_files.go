@@ -19,16 +19,18 @@ import (
 // nothing to it, and creates a missing one.
 //
 // Files that are not a Badger database are refused before Badger would
-// create its own beside them, and what a crash during an earlier open left
-// is repaired (see badgerdir.Prepare). A Badger database is opened read-only first,
-// because a read-write open creates files even in a database that then
-// turns out to be someone else's.
+// create its own beside them, a damaged store is refused, and what a crash
+// during an earlier open left is repaired (see badgerdir.Prepare). A Badger
+// database is opened read-only first, because a read-write open creates
+// files even in a database that then turns out to be someone else's.
 func checkStoreDir(dir string) error {
 	exists, err := badgerdir.Prepare(dir)
-	if errors.Is(err, badgerdir.ErrForeign) {
+	switch {
+	case errors.Is(err, badgerdir.ErrForeign):
 		return fmt.Errorf("%w: %v", ErrNotRelayStore, err)
-	}
-	if err != nil {
+	case errors.Is(err, badgerdir.ErrDamaged):
+		return damaged(err)
+	case err != nil:
 		return fmt.Errorf("relay: open store: %w", err)
 	}
 	if !exists {
@@ -42,14 +44,14 @@ func checkStoreDir(dir string) error {
 // crash left a torn write-ahead log that only a read-write open repairs),
 // the read-write open that follows decides, and checks the marker itself.
 func probeStore(dir string) error {
-	db, err := badger.Open(badger.DefaultOptions(dir).
+	db, err := badgerdir.Open(badger.DefaultOptions(dir).
 		WithReadOnly(true).
 		WithLogger(nil).
 		WithBlockCacheSize(1 << 20))
 	if err != nil {
 		return nil
 	}
-	defer db.Close()
+	defer badgerdir.Close(db)
 	err = db.View(func(txn *badger.Txn) error {
 		_, found, err := readMeta(txn)
 		if err == nil && !found && hasKeys(txn) {
@@ -61,6 +63,12 @@ func probeStore(dir string) error {
 		return fmt.Errorf("relay: open store %s: %w", dir, err)
 	}
 	return nil
+}
+
+// damaged puts a badgerdir.ErrDamaged under ErrStoreDamaged, with what the
+// operator can do about it.
+func damaged(err error) error {
+	return fmt.Errorf("%w: %w. Move the folder aside and restore the latest backup into a new one (ferry restore)", ErrStoreDamaged, err)
 }
 
 // Backup writes a full backup of the store to w: a consistent snapshot as
@@ -106,7 +114,7 @@ func RestoreBadgerStore(dir string, r io.Reader) error {
 		return fmt.Errorf("relay: restore into %s: %w", dir, err)
 	}
 	err = restore(db, r)
-	if cerr := db.Close(); err == nil {
+	if cerr := badgerdir.Close(db); err == nil {
 		err = cerr
 	}
 	if err != nil {

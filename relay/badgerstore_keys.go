@@ -12,27 +12,38 @@ import (
 )
 
 // Key layout of a BadgerStore. One Badger DB holds every tenant. Tenant and
-// collection names hold no NUL, so NUL ends each of them and a prefix scan of
-// one collection never strays into another ("a" vs "ab"); sequence numbers
-// are big-endian so keys sort in log order.
+// collection names hold no NUL, and record IDs no control character, so NUL
+// ends each of them and a prefix scan of one collection (or record) never
+// strays into another ("a" vs "ab"); sequence numbers are big-endian so keys
+// sort in log order.
 //
-//	meta\0format                       store format version (uint32)
-//	meta\0incarnation                  incarnation ID (UUID text)
-//	head\0<tenant>\0<coll>             log head: last sequence number (uint64)
-//	fence\0<tenant>\0<coll>            highest fence ever granted (uint64); never decreases
-//	lease\0<tenant>\0<coll>            current lease (see encodeLease); absent when released
-//	log\0<tenant>\0<coll>\0<seq>       log entry seq (uint64; see encodeLogEntry)
-//	doc\0<tenant>\0<coll>\0<record>    record document (see encodeDoc)
+//	meta\0format                            store format version (uint32)
+//	meta\0incarnation                       incarnation ID (UUID text)
+//	head\0<tenant>\0<coll>                  log head: last sequence number (uint64)
+//	horizon\0<tenant>\0<coll>               log entries up to it are truncated (uint64)
+//	fence\0<tenant>\0<coll>                 highest fence ever granted (uint64); never decreases
+//	lease\0<tenant>\0<coll>                 current lease (see encodeLease); absent when released
+//	usage\0<tenant>\0<coll>                 the collection's stored bytes and records (see encodeUsage)
+//	log\0<tenant>\0<coll>\0<seq>            log entry seq (see encodeLogEntry)
+//	rec\0<tenant>\0<coll>\0<record>         record meta (see recMeta)
+//	snap\0<tenant>\0<coll>\0<record>        the record's snapshot, a saved document
+//	tail\0<tenant>\0<coll>\0<record>\0<seq> a log entry in the record's tail; value: its changes' length (uvarint)
+//	cand\0<tenant>\0<coll>\0<record>        the record needs compacting (empty)
 //
-// Integers in keys and in the head and fence values are big-endian.
-const badgerFormat = 1
+// Integers in keys and in the head, horizon and fence values are
+// big-endian. Format 1 kept each record's whole document under
+// doc\0<tenant>\0<coll>\0<record>; opening such a store migrates it.
+const badgerFormat = 2
 
 var (
 	keyFormat      = []byte("meta\x00format")
 	keyIncarnation = []byte("meta\x00incarnation")
 	prefixHead     = []byte("head\x00")
+	prefixHorizon  = []byte("horizon\x00")
 	prefixFence    = []byte("fence\x00")
 	prefixLease    = []byte("lease\x00")
+	prefixCand     = []byte("cand\x00")
+	prefixDocV1    = []byte("doc\x00")
 )
 
 // collKey is kind\0tenant\0coll; collPrefix adds the NUL that starts a
@@ -52,7 +63,23 @@ func logKey(c Coll, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(collPrefix("log", c), seq)
 }
 
-func docKey(c Coll, record string) []byte { return append(collPrefix("doc", c), record...) }
+func recKey(kind string, c Coll, record string) []byte { return append(collPrefix(kind, c), record...) }
+
+func tailPrefix(c Coll, record string) []byte { return append(recKey("tail", c, record), 0) }
+
+func tailKey(c Coll, record string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(tailPrefix(c, record), seq)
+}
+
+// splitCollKey splits kind\0tenant\0coll\0rest into the collection and
+// rest.
+func splitCollKey(k []byte) (Coll, string, bool) {
+	parts := bytes.SplitN(k, []byte{0}, 4)
+	if len(parts) != 4 {
+		return Coll{}, "", false
+	}
+	return Coll{Tenant: string(parts[1]), Collection: string(parts[2])}, string(parts[3]), true
+}
 
 // Values start with a version byte so their encoding can change later.
 // Variable fields are uvarint-length-prefixed; the last field runs to the
@@ -60,8 +87,9 @@ func docKey(c Coll, record string) []byte { return append(collPrefix("doc", c), 
 // find its length.
 const valueVersion = 1
 
-// errCorrupt marks a stored value this version cannot decode.
-var errCorrupt = errors.New("relay: corrupt store value")
+// errCorrupt marks a stored value this version cannot decode: the store is
+// damaged.
+var errCorrupt = fmt.Errorf("%w: corrupt store value", ErrStoreDamaged)
 
 // encodeLogEntry: version, record, heads, changes.
 func encodeLogEntry(e Entry) []byte {
@@ -83,29 +111,61 @@ func decodeLogEntry(seq uint64, v []byte) (LogEntry, error) {
 	return LogEntry{Seq: seq, Record: string(rec), Changes: bytes.Clone(d.b), Heads: heads}, nil
 }
 
-// encodeDoc: version, seq of the last entry for the record, heads, document.
-func encodeDoc(seq uint64, e Entry) []byte {
-	h := e.Heads.Bytes()
-	b := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(h)+len(e.Doc))
-	b = append(b, valueVersion)
-	b = binary.AppendUvarint(b, seq)
-	b = appendField(b, h)
-	return append(b, e.Doc...)
+// recMeta is a record's bookkeeping, beside its snapshot and tail.
+type recMeta struct {
+	seq         uint64 // the record's last log entry
+	snapSeq     uint64 // the last entry the snapshot holds
+	snapBytes   int64
+	tailBytes   int64
+	tailEntries int64
+	heads       crdt.Heads
 }
 
-// decodeDoc copies the document only when withDoc is set, so Base checks
-// need not copy whole documents.
-func decodeDoc(v []byte, withDoc bool) (seq uint64, heads crdt.Heads, doc []byte, err error) {
+// encode: version, seq, snapSeq, snapBytes, tailBytes, tailEntries, heads.
+func (m recMeta) encode() []byte {
+	b := []byte{valueVersion}
+	for _, x := range []uint64{m.seq, m.snapSeq, uint64(m.snapBytes), uint64(m.tailBytes), uint64(m.tailEntries)} {
+		b = binary.AppendUvarint(b, x)
+	}
+	return append(b, m.heads.Bytes()...)
+}
+
+func decodeRecMeta(v []byte) (recMeta, error) {
+	d := newDecoder(v)
+	m := recMeta{seq: d.uvarint(), snapSeq: d.uvarint(), snapBytes: int64(d.uvarint()), tailBytes: int64(d.uvarint()), tailEntries: int64(d.uvarint())}
+	heads, err := d.heads(d.b)
+	if err != nil {
+		return recMeta{}, fmt.Errorf("record meta: %w", err)
+	}
+	m.heads = heads
+	return m, nil
+}
+
+// usage: version, bytes, records.
+func encodeUsage(u Usage) []byte {
+	b := binary.AppendUvarint([]byte{valueVersion}, uint64(u.Bytes))
+	return binary.AppendUvarint(b, uint64(u.Records))
+}
+
+func decodeUsage(v []byte) (Usage, error) {
+	d := newDecoder(v)
+	u := Usage{Bytes: int64(d.uvarint()), Records: int64(d.uvarint())}
+	if d.err != nil {
+		return Usage{}, fmt.Errorf("usage: %w", d.err)
+	}
+	return u, nil
+}
+
+// decodeDocV1 reads a format-1 document value: version, seq, heads,
+// document.
+func decodeDocV1(v []byte) (seq uint64, heads crdt.Heads, doc []byte, err error) {
 	d := newDecoder(v)
 	seq = d.uvarint()
 	hb := d.field()
 	if heads, err = d.heads(hb); err != nil {
 		return 0, nil, nil, fmt.Errorf("document: %w", err)
 	}
-	if withDoc {
-		doc = bytes.Clone(d.b)
-	}
-	return seq, heads, doc, nil
+	return seq, heads, bytes.Clone(d.b), nil
 }
 
 // encodeLease: version, fence, expiry (Unix nanoseconds), holder.
@@ -229,19 +289,19 @@ func getLease(txn *badger.Txn, c Coll) (l Lease, ok bool, err error) {
 	return l, err == nil, err
 }
 
-// docHeads returns the heads of a stored document, nil if there is none.
-func docHeads(txn *badger.Txn, c Coll, record string) (crdt.Heads, error) {
-	item, err := txn.Get(docKey(c, record))
+// getRecMeta returns a record's meta; ok is false when the store does not
+// hold the record.
+func getRecMeta(txn *badger.Txn, c Coll, record string) (m recMeta, ok bool, err error) {
+	item, err := txn.Get(recKey("rec", c, record))
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return nil, nil
+		return recMeta{}, false, nil
 	}
 	if err != nil {
-		return nil, err
+		return recMeta{}, false, err
 	}
-	var heads crdt.Heads
 	err = item.Value(func(v []byte) error {
-		_, heads, _, err = decodeDoc(v, false)
+		m, err = decodeRecMeta(v)
 		return err
 	})
-	return heads, err
+	return m, err == nil, err
 }

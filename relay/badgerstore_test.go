@@ -27,7 +27,6 @@ func bsEntry(record string, base crdt.Heads, v string) Entry {
 		Record:  record,
 		Base:    base,
 		Changes: []byte("changes " + record + "@" + v),
-		Doc:     []byte("doc " + record + "@" + v),
 		Heads:   crdt.Heads{crdt.Hash(sha256.Sum256([]byte(record + "@" + v)))},
 	}
 }
@@ -144,11 +143,11 @@ func TestBadgerBackupRestore(t *testing.T) {
 			t.Fatalf("%v: restored log %+v, want %+v", c, got, want)
 		}
 	}
-	doc, heads, err := r.Document(ctx, bsColl, "a")
-	if a2 := bsEntry("a", nil, "2"); err != nil || !bytes.Equal(doc, a2.Doc) || !heads.Equal(a2.Heads) {
+	doc, heads, err := Document(ctx, r, bsColl, "a")
+	if a2 := bsEntry("a", nil, "2"); err != nil || !bytes.HasSuffix(doc, a2.Changes) || !heads.Equal(a2.Heads) {
 		t.Fatalf("restored document a = %q, %v, %v", doc, heads, err)
 	}
-	if _, _, err := r.Document(ctx, bsColl, "c"); !errors.Is(err, ErrNotFound) {
+	if _, _, err := Document(ctx, r, bsColl, "c"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("record written after the backup: %v", err)
 	}
 	// Leases are dropped, and fences jump past any the original may have
@@ -284,9 +283,9 @@ func TestBadgerAppendTooLarge(t *testing.T) {
 	s := bsOpen(t, t.TempDir(), &BadgerOptions{Relaxed: true})
 	big := bytes.Repeat([]byte{'x'}, 900<<10)
 	var es []Entry
-	for i := range 8 {
+	for i := range 12 {
 		e := bsEntry(string(rune('a'+i)), nil, "1")
-		e.Changes, e.Doc = big, big
+		e.Changes = big
 		es = append(es, e)
 	}
 	_, err := s.Append(context.Background(), bsColl, 0, time.Now(), es)
@@ -297,8 +296,8 @@ func TestBadgerAppendTooLarge(t *testing.T) {
 		t.Fatalf("Head = %d after a failed Append", h)
 	}
 	// Split, it goes through.
-	bsAppend(t, s, 0, time.Now(), es[:4]...)
-	bsAppend(t, s, 0, time.Now(), es[4:]...)
+	bsAppend(t, s, 0, time.Now(), es[:6]...)
+	bsAppend(t, s, 0, time.Now(), es[6:]...)
 }
 
 // Close stops the value-log GC goroutine and waits for it; it may run often.
@@ -325,25 +324,31 @@ func TestBadgerCloseStopsGC(t *testing.T) {
 func TestBadgerDecodeCorrupt(t *testing.T) {
 	e := bsEntry("a", nil, "1")
 	l := Lease{Holder: "dev", Fence: 300, Expires: time.Unix(0, 12345)}
-	for _, v := range [][]byte{encodeLogEntry(e), encodeDoc(7, e), encodeLease(l)} {
+	m := recMeta{seq: 7, snapSeq: 5, snapBytes: 100, tailBytes: 20, tailEntries: 2, heads: e.Heads}
+	u := Usage{Bytes: 123, Records: 4}
+	for _, v := range [][]byte{encodeLogEntry(e), m.encode(), encodeLease(l), encodeUsage(u)} {
 		for n := range len(v) {
 			decodeLogEntry(1, v[:n])
-			decodeDoc(v[:n], true)
+			decodeRecMeta(v[:n])
 			decodeLease(v[:n])
+			decodeUsage(v[:n])
 		}
 	}
 	if _, err := decodeLogEntry(1, encodeLogEntry(e)[:5]); err == nil {
 		t.Fatal("truncated log entry decoded")
 	}
-	if _, _, _, err := decodeDoc([]byte{9, 1, 0}, true); err == nil {
+	if _, err := decodeRecMeta([]byte{9, 1, 0}); err == nil {
 		t.Fatal("unknown version decoded")
 	}
 	got, err := decodeLease(encodeLease(l))
 	if err != nil || got.Holder != l.Holder || got.Fence != l.Fence || !got.Expires.Equal(l.Expires) {
 		t.Fatalf("lease round trip: %+v, %v", got, err)
 	}
-	seq, heads, doc, err := decodeDoc(encodeDoc(7, e), true)
-	if err != nil || seq != 7 || !heads.Equal(e.Heads) || !bytes.Equal(doc, e.Doc) {
-		t.Fatalf("document round trip: %d %v %q %v", seq, heads, doc, err)
+	gm, err := decodeRecMeta(m.encode())
+	if err != nil || gm.seq != 7 || gm.snapSeq != 5 || gm.snapBytes != 100 || gm.tailBytes != 20 || gm.tailEntries != 2 || !gm.heads.Equal(e.Heads) {
+		t.Fatalf("record meta round trip: %+v %v", gm, err)
+	}
+	if gu, err := decodeUsage(encodeUsage(u)); err != nil || gu != u {
+		t.Fatalf("usage round trip: %+v %v", gu, err)
 	}
 }

@@ -1,7 +1,8 @@
 // Package relay is the server devices sync through: per tenant (app) and
 // collection, a durable log of accepted Automerge changes and each record's
 // document, access control by API key and signed token, leases with fencing
-// (the seeds' SyncLock), and live fan-out to subscribers.
+// (one device at a time syncs a collection), and live fan-out to
+// subscribers.
 //
 // A Server speaks the protocol of package transport on /ws, over a Store
 // (BadgerStore by default; relay/storetest is the contract any other store
@@ -13,7 +14,8 @@
 //	hs := &http.Server{Addr: ":8080", Handler: srv.Handler()}
 //	go hs.ListenAndServe()
 //	...
-//	srv.Shutdown(ctx) // each session ends after its current request
+//	srv.Shutdown(ctx) // each session ends after its current request...
+//	srv.Close()       // ...and those still running when ctx ends are cut off
 //	hs.Shutdown(ctx)
 //	store.Close()
 //

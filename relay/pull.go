@@ -8,10 +8,6 @@ import (
 	"github.com/ferrysync/ferry/transport"
 )
 
-// frameOverhead leaves room for the envelope and msgpack framing around a
-// changes message's records.
-const frameOverhead = 64 << 10
-
 // pull answers a pull. A fresh pull (cursor 0) pages through the records'
 // documents, so a new device gets one snapshot per record instead of the
 // whole history; it continues from the Next of the first page. Any other
@@ -39,43 +35,90 @@ func (s *Server) pullSnapshots(ctx context.Context, c Coll, after string, limit 
 	if err != nil {
 		return nil, err
 	}
-	snaps, err := s.store.Snapshots(ctx, c, after, limit)
+	recs, err := s.store.Records(ctx, c, after, limit)
 	if err != nil {
 		return nil, err
 	}
-	out := &transport.Changes{Collection: c.Collection, Next: head, More: len(snaps) == limit}
-	budget := s.limits.MaxFrame - frameOverhead
-	for i, sn := range snaps {
-		size := len(sn.Doc) + len(sn.Record) + 40*len(sn.Heads)
+	out := &transport.Changes{Collection: c.Collection, Next: head, More: len(recs) == limit}
+	// A page holds what fits one frame. A record that does not fit after
+	// others waits for the next page, where it comes first: pushes keep
+	// every record within max_record, and a frame holds a record of
+	// max_record alone (transport.Limits.Check), so no page fails because
+	// one record is large.
+	budget := s.limits.MaxFrame - transport.FrameOverhead
+	for i, rec := range recs {
+		data := rec.Data()
+		if len(data) > s.maxRecord() {
+			// Its tail has grown since its last compaction: send it saved
+			// whole, which max_record bounds.
+			if data, err = s.compactNow(ctx, c, rec); err != nil {
+				return nil, err
+			}
+		}
+		size := pageSize(i, len(data), rec.ID, len(rec.Heads))
 		if size > budget {
 			if i == 0 {
-				return nil, perr(transport.CodeTooLarge, "record %q is %d bytes, over what one frame carries", sn.Record, len(sn.Doc))
+				// Only a record stored under a larger max_record gets here.
+				s.log.Error("record larger than a frame; raise max_record and max_frame", "tenant", c.Tenant, "collection", c.Collection, "record", rec.ID, "bytes", len(data), "max_record", s.limits.MaxRecord)
+				return nil, perr(transport.CodeTooLarge, "record %q is %d bytes, over what one frame carries", rec.ID, len(data))
 			}
 			out.More = true
 			break
 		}
 		budget -= size
 		out.Records = append(out.Records, transport.RecordChanges{
-			Record: sn.Record, Seq: sn.Seq, Snapshot: true, Data: sn.Doc, Heads: sn.Heads.Slices(),
+			Record: rec.ID, Seq: rec.Seq, Snapshot: true, Data: data, Heads: rec.Heads.Slices(),
 		})
-		out.After = sn.Record
-		s.metrics.bytesOut.Add(float64(len(sn.Doc)))
+		out.After = rec.ID
+		s.metrics.bytesOut.Add(float64(len(data)))
 	}
 	return out, nil
+}
+
+// pageSize is what one record adds to a changes message: the i-th record
+// of the page, with data bytes. The first record's ID, heads and keys are
+// in transport.FrameOverhead.
+func pageSize(i, data int, record string, heads int) int {
+	if i == 0 {
+		return data
+	}
+	return data + len(record) + (transport.HeadSize+2)*heads + transport.RecordOverhead
 }
 
 // readLog reads log entries after cursor, as many as fit one frame.
 func (s *Server) readLog(ctx context.Context, c Coll, cursor uint64, limit int) ([]transport.RecordChanges, uint64, bool, error) {
 	entries, err := s.store.Log(ctx, c, cursor, limit)
+	var te *TruncatedError
+	if errors.As(err, &te) {
+		return nil, cursor, false, perr(transport.CodeTruncated, "cursor %d is below the log's horizon %d: pull from cursor 0 (snapshots) and merge", cursor, te.Horizon)
+	}
 	if err != nil {
 		return nil, cursor, false, err
 	}
-	more := len(entries) == limit
-	budget := s.limits.MaxFrame - frameOverhead
+	recs, next, more := s.page(entries, cursor, len(entries) == limit)
+	return recs, next, more, nil
+}
+
+// liveRead is readLog for a subscriber: the entries the last appends made
+// are sent from memory, without reading the store back.
+func (s *Server) liveRead(ctx context.Context, c Coll, cursor uint64, limit int) ([]transport.RecordChanges, uint64, bool, error) {
+	if entries, ok := s.hub.since(c, cursor, limit); ok {
+		recs, next, more := s.page(entries, cursor, len(entries) == limit)
+		return recs, next, more, nil
+	}
+	return s.readLog(ctx, c, cursor, limit)
+}
+
+// page turns log entries after cursor into the records of one message, as
+// many as fit one frame. more says entries are left after next.
+func (s *Server) page(entries []LogEntry, cursor uint64, more bool) ([]transport.RecordChanges, uint64, bool) {
+	budget := s.limits.MaxFrame - transport.FrameOverhead
 	recs := make([]transport.RecordChanges, 0, len(entries))
 	next := cursor
 	for i, e := range entries {
-		size := len(e.Changes) + len(e.Record) + 40*len(e.Heads)
+		// The first entry always goes: pushes keep each entry's changes
+		// within max_record, which a frame holds alone.
+		size := pageSize(i, len(e.Changes), e.Record, len(e.Heads))
 		if size > budget && i > 0 {
 			more = true
 			break
@@ -85,7 +128,7 @@ func (s *Server) readLog(ctx context.Context, c Coll, cursor uint64, limit int) 
 		next = e.Seq
 		s.metrics.bytesOut.Add(float64(len(e.Changes)))
 	}
-	return recs, next, more, nil
+	return recs, next, more
 }
 
 // subscribe streams the collection's log after cursor to the session as
@@ -95,47 +138,117 @@ func (s *Server) readLog(ctx context.Context, c Coll, cursor uint64, limit int) 
 // falls more than MaxLag entries behind, or does not take a message within
 // SlowWriteTimeout, is disconnected with slow_consumer and resumes from its
 // cursor with a pull.
+//
+// The session's token is checked before every delivery and when it
+// expires: a subscription that outlives its token (the device sent no
+// auth in time) or whose refreshed token no longer grants the collection
+// ends the session with token_expired or forbidden.
 func (s *Server) subscribe(ctx context.Context, sess *session, c Coll, cursor uint64) {
 	s.metrics.subscribers.Inc()
 	defer s.metrics.subscribers.Dec()
+	defer s.hub.subscribed(c)()
 	for {
-		wake := s.hub.wait(c)
-		recs, next, more, err := s.readLog(ctx, c, cursor, s.limits.MaxBatch)
-		if err != nil {
-			if ctx.Err() == nil {
-				s.log.Error("subscription read failed", "tenant", c.Tenant, "collection", c.Collection, "err", err)
-				sess.end(transport.CodeInternal, "subscription failed")
-			}
+		var ok bool
+		if cursor, ok = s.liveStep(ctx, sess, c, cursor); !ok {
 			return
-		}
-		if len(recs) > 0 {
-			if more {
-				head, err := s.store.Head(ctx, c)
-				if err == nil && head-cursor > uint64(s.opts.MaxLag) {
-					s.metrics.slowConsumers.Inc()
-					sess.end(transport.CodeSlowConsumer, "subscriber fell too far behind; pull from your cursor")
-					return
-				}
-			}
-			wctx, cancel := context.WithTimeout(ctx, s.opts.SlowWriteTimeout)
-			err := sess.conn.SendBody(wctx, 0, &transport.Live{Collection: c.Collection, Records: recs, Next: next, More: more})
-			cancel()
-			if err != nil {
-				if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-					s.metrics.slowConsumers.Inc()
-					sess.end(transport.CodeSlowConsumer, "subscriber did not read in time")
-				}
-				return
-			}
-			cursor = next
-			continue
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-wake:
 		}
 	}
+}
+
+// liveStep sends one live message of what the log holds after cursor, or
+// waits for the log to grow or the token to expire. It returns the cursor
+// to go on from, or false when the subscription is over.
+func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uint64) (uint64, bool) {
+	wake, done := s.hub.wait(c)
+	defer done()
+	claims := sess.currentClaims()
+	if e := s.liveDenied(claims, c.Collection); e != nil {
+		sess.end(e.Code, e.Message)
+		return cursor, false
+	}
+	recs, next, more, err := s.liveRead(ctx, c, cursor, s.limits.MaxBatch)
+	var pe *transport.Error
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		return cursor, false
+	case errors.As(err, &pe) && pe.Code == transport.CodeTruncated:
+		// The device catches up from snapshots, then subscribes again.
+		sess.end(pe.Code, pe.Message)
+		return cursor, false
+	default:
+		s.log.Error("subscription read failed", "tenant", c.Tenant, "collection", c.Collection, "err", err)
+		sess.end(transport.CodeInternal, "subscription failed")
+		return cursor, false
+	}
+	if len(recs) > 0 {
+		if more {
+			head, err := s.store.Head(ctx, c)
+			if err == nil && head-cursor > uint64(s.opts.MaxLag) {
+				if sess.end(transport.CodeSlowConsumer, "subscriber fell too far behind; pull from your cursor") {
+					s.metrics.slowConsumers.Inc()
+				}
+				return cursor, false
+			}
+		}
+		env, err := transport.NewEnvelope(0, &transport.Live{Collection: c.Collection, Records: recs, Next: next, More: more})
+		if err != nil {
+			s.log.Error("encoding a live message failed", "tenant", c.Tenant, "collection", c.Collection, "err", err)
+			sess.end(transport.CodeInternal, "subscription failed")
+			return cursor, false
+		}
+		// SendWithin bounds the write itself: a device that stops reading
+		// is cut off (close 4001) SlowWriteTimeout after the message was
+		// due, not left to fill the relay's socket buffers until
+		// keepalive gives up on it.
+		if err := sess.conn.SendWithin(ctx, env, s.opts.SlowWriteTimeout); err != nil {
+			// Other subscriptions of the session may see the cut too: the
+			// session ends once, and is counted once.
+			if errors.Is(err, transport.ErrSlowConsumer) && sess.end(transport.CodeSlowConsumer, "subscriber did not read in time") {
+				s.metrics.slowConsumers.Inc()
+			}
+			return cursor, false
+		}
+		return next, true
+	}
+	// Nothing to send: wait for the log to grow, or for the token to
+	// expire, whichever comes first; at expiry the loop checks the
+	// session's claims again, which auth may have replaced.
+	var expiry <-chan time.Time
+	if exp := claims.ExpiresAt; exp != nil {
+		ch, stop := s.newTimer(exp.Sub(s.now()))
+		defer stop()
+		expiry = ch
+	}
+	select {
+	case <-ctx.Done():
+		return cursor, false
+	case <-wake:
+	case <-expiry:
+	}
+	return cursor, true
+}
+
+// liveDenied says why a session holding claims may not receive live
+// changes of coll any more, or returns nil if it may.
+func (s *Server) liveDenied(claims *Claims, coll string) *transport.Error {
+	if e := s.expired(claims); e != nil {
+		return e
+	}
+	if !claims.CanRead(coll) {
+		return perr(transport.CodeForbidden, "the session's token no longer grants read on %q", coll)
+	}
+	return nil
+}
+
+// newTimer returns a channel that receives once d has passed, and a
+// function that stops it.
+func (s *Server) newTimer(d time.Duration) (<-chan time.Time, func() bool) {
+	if s.hooks.newTimer != nil {
+		return s.hooks.newTimer(d)
+	}
+	t := time.NewTimer(d)
+	return t.C, t.Stop
 }
 
 // acquire takes the collection's lease, waiting up to m.WaitMS while
@@ -146,50 +259,69 @@ func (s *Server) acquire(ctx context.Context, sess *session, c Coll, m *transpor
 		ttl = s.opts.DefaultLeaseTTL
 	}
 	ttl = min(ttl, s.opts.MaxLeaseTTL)
-	wait := time.Duration(m.WaitMS) * time.Millisecond
-	deadline := time.Now().Add(wait)
-	waited := false
-	start := time.Now()
+	w := &leaseWait{deadline: time.Now().Add(time.Duration(m.WaitMS) * time.Millisecond), start: time.Now()}
 	for {
-		wake := s.leases.wait(c)
-		l, err := s.store.Acquire(ctx, c, sess.holder, ttl, s.now())
-		if err == nil {
-			if waited {
-				s.metrics.leaseWait.Observe(time.Since(start).Seconds())
-			}
-			sess.holdLease(c, l.Fence)
-			return &transport.Lease{Collection: c.Collection, Fence: l.Fence, ExpiresMS: l.Expires.UnixMilli()}, nil
+		l, err := s.acquireOnce(ctx, sess, c, ttl, w)
+		if !errors.Is(err, errTryAgain) {
+			return l, err
 		}
-		var held *LeaseHeldError
-		if !errors.As(err, &held) {
-			return nil, err
-		}
-		until := held.Lease.Expires.Sub(s.now())
-		left := time.Until(deadline)
-		if left <= 0 {
-			code := transport.CodeLeaseHeld
-			if waited {
-				code = transport.CodeLeaseTimeout
-			}
-			e := perr(code, "lease of %q is held until %s", c.Collection, held.Lease.Expires.UTC().Format(time.RFC3339Nano))
-			e.RetryMS = uint32(max(until, 0) / time.Millisecond)
-			return nil, e
-		}
-		if !waited {
-			waited = true
-			s.metrics.leaseWaits.Inc()
-			if s.hooks.leaseWaiting != nil {
-				s.hooks.leaseWaiting(c)
-			}
-		}
-		t := time.NewTimer(max(min(left, until), time.Millisecond))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		case <-wake:
-		case <-t.C:
-		}
-		t.Stop()
 	}
+}
+
+// leaseWait is the state of one acquire across its tries.
+type leaseWait struct {
+	deadline time.Time // when the wait the device allowed runs out
+	start    time.Time
+	waited   bool
+}
+
+// errTryAgain tells acquire that acquireOnce waited and the lease may be
+// free now.
+var errTryAgain = errors.New("relay: try the lease again")
+
+// acquireOnce tries to take the lease; if another holder has it and the
+// wait allows, it waits for a release or the lease's expiry and returns
+// errTryAgain.
+func (s *Server) acquireOnce(ctx context.Context, sess *session, c Coll, ttl time.Duration, w *leaseWait) (*transport.Lease, error) {
+	wake, done := s.leases.wait(c)
+	defer done()
+	l, err := s.store.Acquire(ctx, c, sess.holder, ttl, s.now())
+	if err == nil {
+		if w.waited {
+			s.metrics.leaseWait.Observe(time.Since(w.start).Seconds())
+		}
+		sess.holdLease(c, l.Fence)
+		return &transport.Lease{Collection: c.Collection, Fence: l.Fence, ExpiresMS: l.Expires.UnixMilli(), TTLMS: uint32(ttl / time.Millisecond)}, nil
+	}
+	var held *LeaseHeldError
+	if !errors.As(err, &held) {
+		return nil, err
+	}
+	until := held.Lease.Expires.Sub(s.now())
+	left := time.Until(w.deadline)
+	if left <= 0 {
+		code := transport.CodeLeaseHeld
+		if w.waited {
+			code = transport.CodeLeaseTimeout
+		}
+		e := perr(code, "lease of %q is held until %s", c.Collection, held.Lease.Expires.UTC().Format(time.RFC3339Nano))
+		e.RetryMS = uint32(max(until, 0) / time.Millisecond)
+		return nil, e
+	}
+	if !w.waited {
+		w.waited = true
+		s.metrics.leaseWaits.Inc()
+		if s.hooks.leaseWaiting != nil {
+			s.hooks.leaseWaiting(c)
+		}
+	}
+	t := time.NewTimer(max(min(left, until), time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-wake:
+	case <-t.C:
+	}
+	return nil, errTryAgain
 }

@@ -17,50 +17,97 @@ type cachedDoc struct {
 	record string
 }
 
+// relayDoc is a record's document as the relay merges pushes into it, with
+// the bytes the record takes as stored (snapshot plus tail), which the
+// size contract is checked against without saving the document.
+type relayDoc struct {
+	doc  *crdt.Doc
+	size int
+}
+
 // push validates and stores a push, and returns its ack once durable.
 // Every record's changes must load as Automerge changes whose dependencies
 // the relay holds (or that come earlier in the push); otherwise the whole
 // push is refused and nothing is stored. Changes the relay already holds
-// are acknowledged without being stored again.
+// are acknowledged without being stored again. A push that would grow a
+// record's saved document past max_record is refused with too_large, so
+// every document the relay holds fits one record of a changes message.
 //
 // Pushes to one collection are merged one at a time, in memory, then
 // committed in groups: every push merged while the previous group was
 // being written goes into the next store Append, one transaction and one
 // fsync for all of them (group commit). Each push is acknowledged once the
-// group holding it is durable.
+// group holding it is durable. If the store refuses a group, only that
+// group's pushes fail; the pushes queued behind it, merged onto documents
+// that were never written, are merged again onto what the store holds. A
+// group refused with ErrConflict (another relay process wrote one of its
+// records) is merged again too, at most maxMerges times in all, before the
+// device is told to retry (conflict).
 func (s *Server) push(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error) {
 	infos := make([][]crdt.ChangeInfo, len(p.Records))
+	// One budget for the whole push: a session handles one request at a
+	// time, so this bounds what one connection can make the relay inflate.
+	budget := crdt.NewInflateBudget(int64(s.limits.MaxInflated))
 	for i, r := range p.Records {
 		if err := validRecordID(r.Record); err != nil {
 			return nil, err
 		}
 		// Frame and checksum every change before taking any lock.
 		var err error
-		if infos[i], err = crdt.ParseChanges(r.Data); err != nil {
+		if infos[i], err = crdt.ParseChangesWithin(r.Data, budget); err != nil {
+			if errors.Is(err, crdt.ErrInflateLimit) {
+				return nil, perr(transport.CodeTooLarge, "record %q: compressed changes inflate past max_inflated, %d bytes for one push", r.Record, s.limits.MaxInflated)
+			}
 			return nil, perr(transport.CodeInvalidChange, "record %q: %v", r.Record, err)
 		}
 	}
 	cm := s.committer(c)
-	w, err := cm.enqueue(ctx, s, p, infos)
-	if err != nil {
-		return nil, err
-	}
-	var res result
-	select {
-	case res = <-w.done: // written by another push's flush
-	case <-w.lead:
-		cm.flush(ctx, s, w)
-		res = <-w.done
-	}
-	if res.err != nil {
-		if errors.Is(res.err, ErrStaleFence) {
+	var err error
+	for merges := 1; merges <= maxMerges; merges++ {
+		var w *waiter
+		if w, err = cm.enqueue(ctx, s, p, infos); err != nil {
+			if errors.Is(err, errRemerge) {
+				continue
+			}
+			return nil, err
+		}
+		var res result
+		select {
+		case res = <-w.done: // written by another push's flush
+		case <-w.lead:
+			cm.flush(ctx, s, w)
+			res = <-w.done
+		}
+		switch err = res.err; {
+		case err == nil:
+			w.ack.Seq = res.seq
+			return w.ack, nil
+		case errors.Is(err, errRemerge), errors.Is(err, ErrConflict):
+			continue
+		case errors.Is(err, ErrStaleFence):
 			return nil, perr(transport.CodeStaleFence, "fence %d is not the current lease of %q", p.Fence, c.Collection)
 		}
-		return nil, res.err
+		return nil, err
 	}
-	w.ack.Seq = res.seq
-	return w.ack, nil
+	s.log.Warn("push still conflicting after merging again", "tenant", c.Tenant, "collection", c.Collection, "merges", maxMerges, "err", err)
+	return nil, perr(transport.CodeConflict, "records of %q kept changing while this push was merged; push again", c.Collection)
 }
+
+// maxRecord is the largest document, or log entry, the relay stores: one
+// a device can be sent. That is max_record, unless limits that fail
+// transport.Limits.Check leave a frame too small for it.
+func (s *Server) maxRecord() int {
+	return min(s.limits.MaxRecord, s.limits.MaxFrame-transport.FrameOverhead)
+}
+
+// maxMerges bounds how often one push is merged onto the documents: once,
+// and again each time the group it was in, or one ahead of it, is refused
+// by the store.
+const maxMerges = 8
+
+// errRemerge tells a push that the documents it was merged onto were never
+// written: merge it again onto what the store holds.
+var errRemerge = errors.New("relay: merged onto documents that were not written")
 
 // committer groups one collection's pushes into shared store appends.
 type committer struct {
@@ -68,8 +115,15 @@ type committer struct {
 
 	mu       sync.Mutex // guards the fields below
 	queue    []*waiter  // merged, waiting to be written
-	queued   map[string]*crdt.Doc
+	queued   map[string]*relayDoc
+	inQueue  map[string]int // entries in the queue per record
 	flushing bool
+	// gen counts the times the queue was dropped after a failed append: a
+	// push merged across a drop was merged onto documents that are gone.
+	gen uint64
+	// queuedHook, if set (by tests), is called with the queue's length
+	// each time a push joins it, with mu held.
+	queuedHook func(n int)
 }
 
 // waiter is one merged push waiting for its group to be durable.
@@ -91,7 +145,7 @@ func (s *Server) committer(c Coll) *committer {
 	defer s.mu.Unlock()
 	cm := s.committers[c]
 	if cm == nil {
-		cm = &committer{c: c, queued: map[string]*crdt.Doc{}}
+		cm = &committer{c: c, queued: map[string]*relayDoc{}, inQueue: map[string]int{}}
 		s.committers[c] = cm
 	}
 	return cm
@@ -110,10 +164,13 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 		ids = append(ids, r.Record)
 	}
 	defer s.recLocks.lock(cm.c, ids)()
+	cm.mu.Lock()
+	gen := cm.gen
+	cm.mu.Unlock()
 	type work struct {
-		doc      *crdt.Doc
+		rd       *relayDoc
 		base     crdt.Heads
-		cached   bool        // loaded from the cache: forget it if the push fails
+		queued   bool        // holds other pushes' changes, not yet durable
 		data     []byte      // the pushed changes, concatenated
 		hashes   []crdt.Hash // their hashes
 		imported int         // how many of them were new
@@ -121,34 +178,38 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 	recs := map[string]*work{}
 	var order []string
 	defer func() {
-		if err != nil {
-			for _, id := range order {
-				if recs[id].cached {
-					s.docs.Remove(cachedDoc{cm.c, id})
-				}
+		if err == nil {
+			return
+		}
+		// A refused push leaves no trace: a document only this push
+		// touched is forgotten (the next push reloads it from the store),
+		// and a queued one, which holds other pushes' changes, goes back
+		// to what it was.
+		for _, id := range order {
+			wk := recs[id]
+			if !wk.queued {
+				s.docs.Remove(cachedDoc{cm.c, id})
+			} else if rerr := wk.rd.doc.Reset(wk.base); rerr != nil {
+				s.log.Error("undoing a refused push on a queued document", "tenant", cm.c.Tenant, "collection", cm.c.Collection, "record", id, "err", rerr)
 			}
 		}
 	}()
 	for i, r := range p.Records {
 		wk := recs[r.Record]
 		if wk == nil {
-			d, queued, err := cm.load(ctx, s, r.Record)
+			rd, queued, err := cm.load(ctx, s, r.Record)
 			if err != nil {
 				return nil, err
 			}
-			if queued {
-				// Queued documents hold other pushes' changes that are not
-				// yet durable: work on a copy, so a refused push leaves
-				// them as they were.
-				if d, err = d.Fork(nil); err != nil {
-					return nil, err
-				}
-			}
-			wk = &work{doc: d, base: d.Heads(), cached: !queued}
+			wk = &work{rd: rd, base: rd.doc.Heads(), queued: queued}
 			recs[r.Record] = wk
 			order = append(order, r.Record)
 		}
-		n, err := wk.doc.Import(r.Data)
+		// Import checks each change in time proportional to the change: it
+		// must frame, be in Automerge's canonical encoding, and refer only
+		// to operations the document holds, so that the record still
+		// saves and loads once it is in.
+		n, err := wk.rd.doc.Import(r.Data)
 		if err != nil {
 			if errors.Is(err, crdt.ErrCorrupt) || errors.Is(err, crdt.ErrMissingDeps) {
 				return nil, perr(transport.CodeInvalidChange, "record %q: %v", r.Record, err)
@@ -162,9 +223,10 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 		}
 	}
 	w = &waiter{fence: p.Fence, ack: &transport.Ack{Collection: cm.c.Collection}, done: make(chan result, 1), lead: make(chan struct{}, 1)}
+	sizes := map[string]int{}
 	for _, id := range order {
 		wk := recs[id]
-		heads := wk.doc.Heads()
+		heads := wk.rd.doc.Heads()
 		w.ack.Records = append(w.ack.Records, transport.RecordAck{Record: id, Heads: heads.Slices()})
 		if heads.Equal(wk.base) {
 			continue // everything was already held (or queued)
@@ -172,7 +234,7 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 		delta, hashes := wk.data, wk.hashes
 		if wk.imported != len(wk.hashes) {
 			// Some pushed changes were held already: store only the new.
-			if delta, err = wk.doc.ChangesSince(wk.base); err != nil {
+			if delta, err = wk.rd.doc.ChangesSince(wk.base); err != nil {
 				return nil, err
 			}
 			in, err := crdt.ParseChanges(delta)
@@ -184,24 +246,40 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 				hashes[i] = c.Hash
 			}
 		}
-		// A crafted change can pass every check Import makes and still
-		// leave a document whose saved form does not load (changes not in
-		// Automerge's canonical encoding). Refuse it here, before any
-		// device could receive such a record.
-		saved := wk.doc.Save()
-		if _, err := crdt.Load(saved, ""); err != nil {
-			return nil, perr(transport.CodeInvalidChange, "record %q: the changes leave a document that does not reload: %v", id, err)
+		// Refuse what could not be sent to a device: a log entry past
+		// max_record, or a record past it. The stored size (snapshot and
+		// tail) bounds the saved document's; only a record near the limit
+		// pays for saving it to know exactly.
+		if len(delta) > s.maxRecord() {
+			return nil, perr(transport.CodeTooLarge, "record %q: %d bytes of new changes in one push, over max_record %d", id, len(delta), s.maxRecord())
 		}
-		w.entries = append(w.entries, Entry{Record: id, Base: wk.base, Changes: delta, Hashes: hashes, Doc: saved, Heads: heads})
+		size := wk.rd.size + len(delta)
+		if size > s.maxRecord() {
+			if saved := len(wk.rd.doc.Save()); saved > s.maxRecord() {
+				return nil, perr(transport.CodeTooLarge, "record %q: the push would grow its document to %d bytes, over max_record %d", id, saved, s.maxRecord())
+			}
+		}
+		sizes[id] = size
+		w.entries = append(w.entries, Entry{Record: id, Base: wk.base, Changes: delta, Hashes: hashes, Heads: heads})
 	}
 	cm.mu.Lock()
 	defer cm.mu.Unlock()
+	if cm.gen != gen {
+		// A failed append dropped the queue this push was merged onto.
+		return nil, errRemerge
+	}
 	for _, e := range w.entries {
-		cm.queued[e.Record] = recs[e.Record].doc
+		rd := recs[e.Record].rd
+		rd.size = sizes[e.Record]
+		cm.queued[e.Record] = rd
+		cm.inQueue[e.Record]++
 	}
 	// Even a push of changes already held waits for the queue: "held" may
 	// mean merged but not yet durable.
 	cm.queue = append(cm.queue, w)
+	if cm.queuedHook != nil {
+		cm.queuedHook(len(cm.queue))
+	}
 	if !cm.flushing {
 		cm.flushing = true
 		w.lead <- struct{}{}
@@ -211,28 +289,32 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 
 // load returns a record's document as it will be once the queue is
 // written: queued (queued=true), cached, or stored.
-func (cm *committer) load(ctx context.Context, s *Server, id string) (d *crdt.Doc, queued bool, err error) {
+func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayDoc, queued bool, err error) {
 	cm.mu.Lock()
-	d, queued = cm.queued[id]
+	rd, queued = cm.queued[id]
 	cm.mu.Unlock()
 	if queued {
-		return d, true, nil
+		return rd, true, nil
 	}
-	if d, ok := s.docs.Get(cachedDoc{cm.c, id}); ok {
-		return d, false, nil
+	if rd, ok := s.docs.Get(cachedDoc{cm.c, id}); ok {
+		return rd, false, nil
 	}
-	b, _, err := s.store.Document(ctx, cm.c, id)
+	rec, err := s.store.Record(ctx, cm.c, id)
 	if errors.Is(err, ErrNotFound) {
 		d, err := crdt.New("")
-		return d, false, err
+		return &relayDoc{doc: d}, false, err
 	}
 	if err != nil {
 		return nil, false, err
 	}
-	if d, err = crdt.Load(b, ""); err != nil {
-		return nil, false, fmt.Errorf("relay: stored document %s/%s/%s: %w", cm.c.Tenant, cm.c.Collection, id, err)
+	d, err := crdt.Load(rec.Data(), "")
+	if err == nil && !d.Heads().Equal(rec.Heads) {
+		err = fmt.Errorf("it loads at heads %v, the store says %v", d.Heads(), rec.Heads)
 	}
-	return d, false, nil
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: record %s/%s/%s: %w", ErrStoreDamaged, cm.c.Tenant, cm.c.Collection, id, err)
+	}
+	return &relayDoc{doc: d, size: rec.Size()}, false, nil
 }
 
 // flush writes queued groups until own's is durable, then hands the
@@ -248,7 +330,7 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 		}
 		group := cm.queue[:n]
 		cm.queue = cm.queue[n:]
-		docs := map[string]*crdt.Doc{}
+		docs := map[string]*relayDoc{}
 		var entries []Entry
 		for _, w := range group {
 			entries = append(entries, w.entries...)
@@ -266,18 +348,23 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 		}
 		cm.mu.Lock()
 		if err != nil {
-			// Pushes merged after this group built on it: they fail too,
-			// and every document goes back to what the store holds.
-			for _, w := range cm.queue {
-				group = append(group, w)
-			}
+			// Only this group's pushes fail (or, for ErrConflict, merge
+			// again). The pushes queued behind it were merged onto its
+			// documents, which were never written: every document goes
+			// back to what the store holds, and they merge again onto it.
+			behind := cm.queue
 			cm.queue = nil
 			for id := range cm.queued {
 				s.docs.Remove(cachedDoc{cm.c, id})
 			}
 			clear(cm.queued)
+			clear(cm.inQueue)
+			cm.gen++
 			for _, w := range group {
 				w.done <- result{err: err}
+			}
+			for _, w := range behind {
+				w.done <- result{err: errRemerge}
 			}
 			continue
 		}
@@ -290,13 +377,25 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 		}
 		for id, d := range docs {
 			s.docs.Put(cachedDoc{cm.c, id}, d)
-			if cm.queued[id] == d {
-				delete(cm.queued, id) // no later push in the queue changed it
+		}
+		for _, e := range entries {
+			// A document stays queued while a later push in the queue has
+			// changes in it that are not written yet.
+			if cm.inQueue[e.Record]--; cm.inQueue[e.Record] == 0 {
+				delete(cm.inQueue, e.Record)
+				delete(cm.queued, e.Record)
 			}
 		}
 		if len(entries) > 0 {
 			s.metrics.changes.Add(float64(countHashes(entries)))
-			s.hub.notify(cm.c)
+			// Subscribers get the entries from memory, now that they are
+			// durable: no read of the store on the live path.
+			logged := make([]LogEntry, len(entries))
+			for i, e := range entries {
+				logged[i] = LogEntry{Seq: seq - uint64(len(entries)-1-i), Record: e.Record, Changes: e.Changes, Heads: e.Heads}
+			}
+			s.hub.publish(cm.c, logged)
+			s.compactor.appended(cm.c)
 		}
 	}
 	if len(cm.queue) > 0 {

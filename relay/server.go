@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -12,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/internal/lru"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -42,6 +42,16 @@ type Options struct {
 	MaxLag           int           // log entries a subscriber may trail by; default 10,000
 	SlowWriteTimeout time.Duration // for a subscriber to take a live message; default 10 s
 	DocCacheSize     int           // documents kept loaded for pushes; default 4096
+
+	// CompactInterval is how often the background compactor looks for
+	// records whose tail outgrew their snapshot (a push that makes one
+	// also wakes it). Default 1 s; negative: never (for tests).
+	CompactInterval time.Duration
+	// LogRetention is how many of each collection's latest log entries
+	// are kept once snapshots hold them; older ones are truncated, and a
+	// device whose cursor is below them catches up from snapshots.
+	// Default 100,000; negative: keep every entry.
+	LogRetention int
 
 	// AllowedOrigins lists the origins of browser pages that may connect
 	// to /ws and /automerge from another origin (see checkOrigin).
@@ -73,6 +83,10 @@ func (o *Options) withDefaults() Options {
 	if v.DocCacheSize <= 0 {
 		v.DocCacheSize = 4096
 	}
+	defaultDur(&v.CompactInterval, time.Second)
+	if v.LogRetention == 0 {
+		v.LogRetention = 100_000
+	}
 	return v
 }
 
@@ -95,23 +109,32 @@ type Server struct {
 	metrics *metrics
 	reg     *prometheus.Registry
 
-	hub      *hub // log appends, for subscribers
-	leases   *hub // lease releases, for waiters
-	docs     *lru.Cache[cachedDoc, *crdt.Doc]
-	recLocks *recordLocks
-	am       *amServer // automerge-repo clients
+	hub       *hub // log appends, for subscribers
+	leases    *hub // lease releases, for waiters
+	docs      *lru.Cache[cachedDoc, *relayDoc]
+	compactor *compactor
+	recLocks  *recordLocks
+	am        *amServer // automerge-repo clients
 
-	// hooks let tests wait for events that have no other signal.
+	// hooks let tests wait for events that have no other signal, and
+	// drive timers by the fake clock.
 	hooks struct {
 		leaseWaiting func(Coll) // a lease request starts waiting
 		sessionEnded func()     // a session has released everything
+		// newTimer replaces time.NewTimer for the timers that wake a
+		// subscription when its token expires.
+		newTimer func(time.Duration) (<-chan time.Time, func() bool)
 	}
 
 	mu         sync.Mutex
 	sessions   map[*session]struct{}
-	committers map[Coll]*committer
-	shutting   bool
-	wg         sync.WaitGroup // sessions
+	committers map[Coll]*committer // see pushCounted
+	pushes     map[Coll]int        // pushes in progress per collection
+	shutting   bool                // no new sessions; set by Shutdown or Close
+	drained    chan struct{}       // made when shutting begins; closed once no session is left
+	closed     bool                // Close has begun: helpers may not be added
+	helpers    sync.WaitGroup      // goroutines Shutdown and Close start
+	closeOnce  sync.Once
 }
 
 // NewServer returns a relay serving from o.Store.
@@ -120,6 +143,9 @@ func NewServer(o *Options) (*Server, error) {
 		return nil, errors.New("relay: NewServer needs a Store and an Auth")
 	}
 	opts := o.withDefaults()
+	if err := opts.Limits.Check(); err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
 	s := &Server{
 		opts:       opts,
 		store:      opts.Store,
@@ -129,10 +155,11 @@ func NewServer(o *Options) (*Server, error) {
 		now:        opts.Now,
 		hub:        newHub(),
 		leases:     newHub(),
-		docs:       lru.New[cachedDoc, *crdt.Doc](opts.DocCacheSize),
+		docs:       lru.New[cachedDoc, *relayDoc](opts.DocCacheSize),
 		recLocks:   newRecordLocks(),
 		sessions:   map[*session]struct{}{},
 		committers: map[Coll]*committer{},
+		pushes:     map[Coll]int{},
 	}
 	s.reg = opts.Registry
 	if s.reg == nil {
@@ -144,6 +171,7 @@ func NewServer(o *Options) (*Server, error) {
 		return nil, err
 	}
 	s.metrics = m
+	s.compactor = newCompactor(s)
 	if s.am, err = newAMServer(s); err != nil {
 		return nil, err
 	}
@@ -193,6 +221,8 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte("ok\n"))
 }
 
+// track registers a session from its first moment, so Shutdown and Close
+// reach it even before hello; false means the relay is shutting down.
 func (s *Server) track(sess *session) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -200,15 +230,18 @@ func (s *Server) track(sess *session) bool {
 		return false
 	}
 	s.sessions[sess] = struct{}{}
-	s.wg.Add(1)
 	return true
 }
 
+// untrack is the last thing a session does, once everything it started
+// has ended.
 func (s *Server) untrack(sess *session) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	delete(s.sessions, sess)
-	s.mu.Unlock()
-	s.wg.Done()
+	if s.shutting && len(s.sessions) == 0 {
+		close(s.drained)
+	}
 }
 
 func (s *Server) isShuttingDown() bool {
@@ -217,29 +250,113 @@ func (s *Server) isShuttingDown() bool {
 	return s.shutting
 }
 
-// Shutdown stops the relay gracefully: new connections are refused, and
-// each session is closed with shutting_down once the request it is handling
-// (a push included) has been answered. It returns when every session has
-// ended or ctx is done. Stop the HTTP server's listener first (or after:
-// either way new devices are refused), and close the Store after.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.shutting = true
+// stopAccepting refuses new sessions from now on. It returns the sessions
+// open, and a channel closed once none is left. The caller holds s.mu.
+func (s *Server) stopAccepting() ([]*session, <-chan struct{}) {
+	if !s.shutting {
+		s.shutting = true
+		s.drained = make(chan struct{})
+		if len(s.sessions) == 0 {
+			close(s.drained)
+		}
+	}
 	sessions := make([]*session, 0, len(s.sessions))
 	for sess := range s.sessions {
 		sessions = append(sessions, sess)
 	}
-	s.mu.Unlock()
-	for _, sess := range sessions {
-		go sess.shutdown()
+	return sessions, s.drained
+}
+
+// goHelper runs f on a goroutine that Close waits for. The caller holds
+// s.mu, so no helper is added once Close has begun to wait.
+func (s *Server) goHelper(f func()) {
+	s.helpers.Add(1)
+	go func() {
+		defer s.helpers.Done()
+		f()
+	}()
+}
+
+// Shutdown stops the relay gracefully: new connections are refused, and
+// each session is closed with shutting_down once the request it is handling
+// (a push included) has been answered. It returns nil when every session
+// has ended, or ctx's error if ctx ends first; the sessions then go on
+// closing in the background, as their requests finish. Call Close after
+// Shutdown either way: it cuts off whatever is left and waits for it.
+//
+// Stop the HTTP server's listener first (or after: either way new devices
+// are refused), and close the Store after Close.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	sessions, drained := s.stopAccepting()
+	if !s.closed {
+		for _, sess := range sessions {
+			s.goHelper(sess.shutdown)
+		}
 	}
-	s.am.shutdown()
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
+	s.mu.Unlock()
+	amDone := s.am.shutdown()
 	select {
-	case <-done:
+	case <-drained:
+		select {
+		case <-amDone:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		// Nothing appends any more: background compaction stops too.
+		s.compactor.close()
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// Close stops the relay at once: new connections are refused, and every
+// session is closed with shutting_down without waiting for the request it
+// is handling, whose context is canceled (a push already merged still
+// finishes its store append, since a half-written push is worse than a
+// late one). Close returns once every session and every goroutine the
+// Server started has ended; it waits for Store calls in progress, so it
+// returns promptly only if the Store honors canceled contexts. Calling it
+// again returns at once. Close the Store after Close.
+//
+// Shutdown is the graceful stop and Close the final one: call Shutdown
+// with a deadline, then Close.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		sessions, drained := s.stopAccepting()
+		for _, sess := range sessions {
+			s.goHelper(sess.cut)
+		}
+		s.closed = true
+		s.mu.Unlock()
+		<-drained
+		s.helpers.Wait()
+		s.am.close()
+		s.compactor.close()
+	})
+	return nil
+}
+
+// pushCounted runs a push, counting it as in progress for its collection.
+// A collection's committer is only needed while pushes to it are in
+// progress: when the last one ends, the queue is empty (each push waits
+// until its own group is durable, and hands the flush to a queued push,
+// which still counts), so the committer is dropped and the map holds only
+// the collections being pushed to. Every push must come through here.
+func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error) {
+	s.mu.Lock()
+	s.pushes[c]++
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.pushes[c]--
+		if s.pushes[c] == 0 {
+			delete(s.pushes, c)
+			delete(s.committers, c)
+		}
+	}()
+	return s.push(ctx, c, p)
 }

@@ -2,11 +2,16 @@ package relay
 
 import (
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/transport"
@@ -39,6 +44,13 @@ type testRelay struct {
 // newTestRelay starts a relay on loopback with two apps, "shop" and "rival".
 func newTestRelay(t *testing.T, store Store, tweak func(*Options)) *testRelay {
 	t.Helper()
+	return newTestRelayOn(t, store, tweak, nil)
+}
+
+// newTestRelayOn is newTestRelay with the relay's listener wrapped by wrap,
+// unless wrap is nil.
+func newTestRelayOn(t *testing.T, store Store, tweak func(*Options), wrap func(net.Listener) net.Listener) *testRelay {
+	t.Helper()
 	clock := &fakeClock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
 	apps := map[string]App{"shop": NewApp("shop"), "rival": NewApp("rival")}
 	auth, err := NewAuth([]App{apps["shop"], apps["rival"]}, clock.Now)
@@ -53,7 +65,11 @@ func newTestRelay(t *testing.T, store Store, tweak func(*Options)) *testRelay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(srv.Handler())
+	hs := httptest.NewUnstartedServer(srv.Handler())
+	if wrap != nil {
+		hs.Listener = wrap(hs.Listener)
+	}
+	hs.Start()
 	tr := &testRelay{t: t, srv: srv, http: hs, url: "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws",
 		clock: clock, store: store, apps: apps, tokens: map[string]string{}}
 	for id := range apps {
@@ -63,6 +79,7 @@ func newTestRelay(t *testing.T, store Store, tweak func(*Options)) *testRelay {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
+		srv.Close()
 		hs.Close()
 		store.Close()
 	})
@@ -184,4 +201,80 @@ func fieldsAfter(t testing.TB, parts ...[]byte) map[string]any {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// smallSendBuffers makes the relay's sockets buffer little of what it
+// sends, so a device that stops reading blocks the relay's writes after a
+// few KiB instead of the megabytes loopback would otherwise take.
+func smallSendBuffers(l net.Listener) net.Listener { return smallBufListener{l} }
+
+type smallBufListener struct{ net.Listener }
+
+func (l smallBufListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(4096)
+	}
+	return c, err
+}
+
+// rawSubscriber connects as shop's read/write user on a connection that
+// buffers little of what it receives, subscribes to coll, and returns the
+// Conn, which nothing reads from then on unless the test does.
+func (tr *testRelay) rawSubscriber(coll string) *transport.Conn {
+	tr.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dialer := &net.Dialer{}
+	ht := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetReadBuffer(4096)
+		}
+		return c, err
+	}}
+	tr.t.Cleanup(ht.CloseIdleConnections)
+	conn, err := transport.Dial(ctx, tr.url, &transport.Options{PingInterval: -1, Dial: &websocket.DialOptions{HTTPClient: &http.Client{Transport: ht}}})
+	if err != nil {
+		tr.t.Fatal(err)
+	}
+	tr.t.Cleanup(func() { conn.Close() })
+	shop := tr.apps["shop"]
+	for id, req := range []transport.Body{
+		&transport.Hello{APIKey: shop.APIKey, Token: tr.tokens["shop"], ReplicaID: "raw", Versions: transport.SupportedVersions()},
+		&transport.Subscribe{Collection: coll},
+	} {
+		if err := conn.SendBody(ctx, uint64(id+1), req); err != nil {
+			tr.t.Fatal(err)
+		}
+		resp, err := conn.Recv(ctx)
+		if err != nil {
+			tr.t.Fatal(err)
+		}
+		if resp.Type == transport.TypeError {
+			tr.t.Fatalf("%s: relay answered %v", req.MessageType(), resp)
+		}
+	}
+	return conn
+}
+
+// metric returns the line of the relay's /metrics page that starts with
+// name and a space.
+func (tr *testRelay) metric(name string) string {
+	tr.t.Helper()
+	resp, err := http.Get(tr.http.URL + "/metrics")
+	if err != nil {
+		tr.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tr.t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, name+" ") {
+			return line
+		}
+	}
+	return ""
 }

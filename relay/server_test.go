@@ -185,7 +185,7 @@ func concurrentPushers(t *testing.T, store Store) {
 		}
 	}
 	// The hot record holds every client's last write.
-	doc, _, _ := tr.store.Document(context.Background(), Coll{"shop", "c"}, "hot")
+	doc, _, _ := Document(context.Background(), tr.store, Coll{"shop", "c"}, "hot")
 	f := fieldsAfter(t, doc)
 	for i := 0; i < clients; i += 2 {
 		if f[fmt.Sprint("k", i)] != int64(pushes-1) {
@@ -332,6 +332,50 @@ func TestLeasesAndFencing(t *testing.T) {
 	mustCall[transport.Lease](t, b, &transport.LeaseAcquire{Collection: "c", TTLMS: 1000})
 }
 
+// A lease is its holder's: another device of the tenant that knows the
+// fence (fences are small, guessable numbers) can neither renew nor release
+// it.
+func TestLeaseBoundToHolder(t *testing.T) {
+	tr := newTestRelay(t, NewMemStore(), nil)
+	key := tr.apps["shop"].APIKey
+	dial := func(subject, replica string) *transport.Client {
+		t.Helper()
+		c, _, err := tr.dial(key, tr.token("shop", TokenRequest{Subject: subject, TTL: time.Hour, Write: []string{"*"}}), replica)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	a, b, a2 := dial("alice", "dev-a"), dial("bob", "dev-b"), dial("alice", "dev-a2")
+	la := mustCall[transport.Lease](t, a, &transport.LeaseAcquire{Collection: "c", TTLMS: 10_000})
+
+	for name, other := range map[string]*transport.Client{"another subject": b, "another replica of the subject": a2} {
+		if _, err := call[transport.Lease](t, other, &transport.LeaseRenew{Collection: "c", Fence: la.Fence, TTLMS: 300_000}); !errors.Is(err, transport.ErrStaleFence) {
+			t.Fatalf("%s renews the lease: %v, want stale_fence", name, err)
+		}
+		if _, err := call[transport.OK](t, other, &transport.LeaseRelease{Collection: "c", Fence: la.Fence}); !errors.Is(err, transport.ErrStaleFence) {
+			t.Fatalf("%s releases the lease: %v, want stale_fence", name, err)
+		}
+	}
+	// Still held by a, and not extended: it lapses when a's TTL runs out.
+	if _, err := call[transport.Lease](t, b, &transport.LeaseAcquire{Collection: "c", TTLMS: 10_000}); !errors.Is(err, transport.ErrLeaseHeld) {
+		t.Fatalf("acquire after the refused release = %v, want lease_held", err)
+	}
+	mustCall[transport.Ack](t, a, pushOf("c", la.Fence, rec("r", newEditor(t, "ef01").edit(map[string]any{"by": "a"}))))
+	tr.clock.Advance(10 * time.Second)
+	lb := mustCall[transport.Lease](t, b, &transport.LeaseAcquire{Collection: "c", TTLMS: 10_000})
+	// And the new holder's lease is as safe from a.
+	if _, err := call[transport.OK](t, a, &transport.LeaseRelease{Collection: "c", Fence: lb.Fence}); !errors.Is(err, transport.ErrStaleFence) {
+		t.Fatalf("old holder releases the new lease: %v, want stale_fence", err)
+	}
+	renewed := mustCall[transport.Lease](t, b, &transport.LeaseRenew{Collection: "c", Fence: lb.Fence, TTLMS: 20_000})
+	if renewed.Fence != lb.Fence || renewed.ExpiresMS <= lb.ExpiresMS {
+		t.Fatalf("holder's renew = %+v after %+v", renewed, lb)
+	}
+	mustCall[transport.OK](t, b, &transport.LeaseRelease{Collection: "c", Fence: lb.Fence})
+	mustCall[transport.Lease](t, a, &transport.LeaseAcquire{Collection: "c", TTLMS: 1000})
+}
+
 func TestLiveSubscribers(t *testing.T) {
 	tr := newTestRelay(t, NewMemStore(), nil)
 	w, sub := tr.client("shop"), tr.client("shop")
@@ -377,7 +421,7 @@ func TestSlowSubscriberIsCutOff(t *testing.T) {
 }
 
 func TestMalformedFramesCloseOnlyThatConnection(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) { o.Limits.MaxFrame = 1 << 20 })
+	tr := newTestRelay(t, NewMemStore(), func(o *Options) { o.Limits.MaxFrame, o.Limits.MaxRecord = 1<<20, 512<<10 })
 	good := tr.client("shop")
 	nested := []byte{0x84, 0xa1, 'v', 0x01, 0xa4, 't', 'y', 'p', 'e', 0xa4, 'p', 'u', 's', 'h', 0xa2, 'i', 'd', 0x01, 0xa4, 'b', 'o', 'd', 'y'}
 	nested = append(nested, []byte(strings.Repeat("\xdc\xff\xff", 20000))...)

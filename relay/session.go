@@ -28,16 +28,25 @@ type session struct {
 	leases   map[Coll]uint64
 	stopping bool
 
-	ctx    context.Context // ends when the session ends
-	cancel context.CancelFunc
-	busy   sync.Mutex // held while a request is handled; Shutdown waits on it
-	wg     sync.WaitGroup
+	ctx          context.Context // ends when the session ends
+	cancel       context.CancelFunc
+	busy         sync.Mutex // held while a request is handled; Shutdown waits on it
+	shutdownOnce sync.Once
+	wg           sync.WaitGroup
 }
 
 // serve runs the session until the connection ends.
 func (s *Server) serve(conn *transport.Conn) {
 	sess := &session{s: s, conn: conn, subs: map[string]context.CancelFunc{}, leases: map[Coll]uint64{}}
 	sess.ctx, sess.cancel = context.WithCancel(context.Background())
+	if !s.track(sess) {
+		sess.end(transport.CodeShuttingDown, "relay is shutting down")
+		conn.Close()
+		if s.hooks.sessionEnded != nil {
+			s.hooks.sessionEnded()
+		}
+		return
+	}
 	defer func() {
 		sess.cancel()
 		sess.wg.Wait()
@@ -46,15 +55,11 @@ func (s *Server) serve(conn *transport.Conn) {
 		if s.hooks.sessionEnded != nil {
 			s.hooks.sessionEnded()
 		}
+		s.untrack(sess) // last: Shutdown and Close wait for this
 	}()
 	if !sess.hello() {
 		return
 	}
-	if !s.track(sess) {
-		sess.end(transport.CodeShuttingDown, "relay is shutting down")
-		return
-	}
-	defer s.untrack(sess)
 	s.log.Debug("session started", "app", sess.app.ID, "holder", sess.holder)
 	for {
 		env, err := conn.Recv(sess.ctx)
@@ -80,18 +85,22 @@ func (sess *session) hello() bool {
 	if err != nil {
 		return false
 	}
+	// Counted like any request, so refused hellos show in the metrics.
+	start, refused := time.Now(), transport.Code("")
+	defer func() { s.metrics.request(transport.TypeHello, refused, time.Since(start)) }()
+	fail := func(code transport.Code, reason string) { refused = code; sess.end(code, reason) }
 	h, err := transport.DecodeBody[transport.Hello](env)
 	if err != nil {
 		if errors.Is(err, transport.ErrUnexpectedType) {
-			sess.end(transport.CodeUnauthenticated, "the first message must be hello")
+			fail(transport.CodeUnauthenticated, "the first message must be hello")
 		} else {
-			sess.end(transport.CodeBadFrame, err.Error())
+			fail(transport.CodeBadFrame, err.Error())
 		}
 		return false
 	}
 	v, ok := transport.Negotiate(h.Versions)
 	if !ok {
-		sess.end(transport.CodeUnsupportedVersion, fmt.Sprintf("relay speaks versions %v", transport.SupportedVersions()))
+		fail(transport.CodeUnsupportedVersion, fmt.Sprintf("relay speaks versions %v", transport.SupportedVersions()))
 		return false
 	}
 	app, claims, err := s.auth.Verify(h.APIKey, h.Token)
@@ -101,11 +110,11 @@ func (sess *session) hello() bool {
 		if errors.Is(err, ErrTokenExpired) {
 			code = transport.CodeTokenExpired
 		}
-		sess.end(code, err.Error())
+		fail(code, err.Error())
 		return false
 	}
 	if h.ReplicaID == "" || len(h.ReplicaID) > 128 || !utf8.ValidString(h.ReplicaID) {
-		sess.end(transport.CodeBadFrame, "replica_id must be 1 to 128 bytes of UTF-8")
+		fail(transport.CodeBadFrame, "replica_id must be 1 to 128 bytes of UTF-8")
 		return false
 	}
 	sess.app, sess.claims = app, claims
@@ -156,8 +165,8 @@ func (sess *session) dispatch(env *transport.Envelope) (transport.Body, error) {
 		return sess.reauth(a)
 	}
 	claims := sess.currentClaims()
-	if exp := claims.ExpiresAt; exp != nil && !s.now().Before(exp.Time) {
-		return nil, perr(transport.CodeTokenExpired, "token expired at %s; send auth with a fresh one", exp.UTC().Format(time.RFC3339))
+	if e := s.expired(claims); e != nil {
+		return nil, e
 	}
 	coll := func(name string, write bool) (Coll, error) {
 		if write && !claims.CanWrite(name) || !write && !claims.CanRead(name) {
@@ -181,7 +190,7 @@ func (sess *session) dispatch(env *transport.Envelope) (transport.Body, error) {
 		}
 		// A push, once started, finishes and is acknowledged even if the
 		// relay begins shutting down.
-		return s.push(context.WithoutCancel(ctx), c, m)
+		return s.pushCounted(context.WithoutCancel(ctx), c, m)
 	case *transport.Pull:
 		c, err := coll(m.Collection, false)
 		if err != nil {
@@ -228,20 +237,27 @@ func (sess *session) dispatch(env *transport.Envelope) (transport.Body, error) {
 		if err != nil {
 			return nil, err
 		}
-		l, err := s.store.Renew(ctx, c, m.Fence, min(time.Duration(m.TTLMS)*time.Millisecond, s.opts.MaxLeaseTTL), s.now())
+		ttl := min(time.Duration(m.TTLMS)*time.Millisecond, s.opts.MaxLeaseTTL)
+		// The store checks the holder too: a fence is a small number that
+		// another device could guess.
+		l, err := s.store.Renew(ctx, c, sess.holder, m.Fence, ttl, s.now())
 		if errors.Is(err, ErrStaleFence) {
-			return nil, perr(transport.CodeStaleFence, "fence %d no longer holds the lease of %q", m.Fence, m.Collection)
+			return nil, perr(transport.CodeStaleFence, "fence %d is not a lease of %q that this device holds", m.Fence, m.Collection)
 		}
 		if err != nil {
 			return nil, err
 		}
-		return &transport.Lease{Collection: m.Collection, Fence: l.Fence, ExpiresMS: l.Expires.UnixMilli()}, nil
+		return &transport.Lease{Collection: m.Collection, Fence: l.Fence, ExpiresMS: l.Expires.UnixMilli(), TTLMS: uint32(ttl / time.Millisecond)}, nil
 	case *transport.LeaseRelease:
 		c, err := coll(m.Collection, true)
 		if err != nil {
 			return nil, err
 		}
-		if err := s.store.Release(ctx, c, m.Fence); err != nil {
+		err = s.store.Release(ctx, c, sess.holder, m.Fence)
+		if errors.Is(err, ErrStaleFence) {
+			return nil, perr(transport.CodeStaleFence, "fence %d is not a lease of %q that this device holds", m.Fence, m.Collection)
+		}
+		if err != nil {
 			return nil, err
 		}
 		sess.dropLease(c, m.Fence)
@@ -265,6 +281,15 @@ func (sess *session) reauth(a *transport.Auth) (transport.Body, error) {
 	sess.claims = claims
 	sess.mu.Unlock()
 	return &transport.OK{}, nil
+}
+
+// expired returns token_expired if claims have expired by the relay's
+// clock, or nil.
+func (s *Server) expired(claims *Claims) *transport.Error {
+	if exp := claims.ExpiresAt; exp != nil && !s.now().Before(exp.Time) {
+		return perr(transport.CodeTokenExpired, "token expired at %s; send auth with a fresh one", exp.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 func (sess *session) currentClaims() *Claims {
@@ -319,7 +344,7 @@ func (sess *session) releaseLeases() {
 	sess.leases = map[Coll]uint64{}
 	sess.mu.Unlock()
 	for c, fence := range held {
-		if err := sess.s.store.Release(context.Background(), c, fence); err != nil && !errors.Is(err, ErrStoreClosed) {
+		if err := sess.s.store.Release(context.Background(), c, sess.holder, fence); err != nil && !errors.Is(err, ErrStoreClosed) {
 			sess.s.log.Warn("releasing lease of a closed session", "tenant", c.Tenant, "collection", c.Collection, "err", err)
 		}
 		sess.s.leases.notify(c)
@@ -332,19 +357,32 @@ func (sess *session) isStopping() bool {
 	return sess.stopping
 }
 
-// end closes the session with an error code the device can act on.
-func (sess *session) end(code transport.Code, reason string) {
+// end closes the session with an error code the device can act on. It
+// reports whether this call ended it (false: it was ending already), so
+// that an ending is counted once.
+func (sess *session) end(code transport.Code, reason string) bool {
 	sess.mu.Lock()
+	first := !sess.stopping
 	sess.stopping = true
 	sess.mu.Unlock()
+	// Close first: canceling ctx while the read loop waits would drop the
+	// connection before the device learns why.
 	_ = sess.conn.CloseWithError(code, reason)
 	sess.cancel()
+	return first
 }
 
 // shutdown ends the session once its current request is answered.
 func (sess *session) shutdown() {
-	sess.busy.Lock()
-	defer sess.busy.Unlock()
+	sess.shutdownOnce.Do(func() {
+		sess.busy.Lock()
+		defer sess.busy.Unlock()
+		sess.end(transport.CodeShuttingDown, "relay is shutting down")
+	})
+}
+
+// cut ends the session now, canceling the request it is handling.
+func (sess *session) cut() {
 	sess.end(transport.CodeShuttingDown, "relay is shutting down")
 }
 

@@ -22,6 +22,11 @@ var (
 	// ErrNewerStoreFormat means the store was written by a newer Ferry whose
 	// format this version cannot read. Nothing in it was changed.
 	ErrNewerStoreFormat = errors.New("relay: store written by a newer format version")
+	// ErrStoreDamaged means the store's folder is damaged: OpenBadgerStore
+	// found a file missing, cut short or failing its checksums, or a read
+	// found a stored value that does not decode. Nothing was changed. The
+	// error names the folder or the value and what is wrong.
+	ErrStoreDamaged = errors.New("relay: store is damaged")
 )
 
 // LeaseHeldError is the ErrLeaseHeld returned by Acquire: it carries the
@@ -41,6 +46,22 @@ func (e *LeaseHeldError) Is(target error) bool { return target == ErrLeaseHeld }
 
 // Unwrap returns ErrLeaseHeld.
 func (e *LeaseHeldError) Unwrap() error { return ErrLeaseHeld }
+
+// TruncatedError is the ErrTruncated returned by Log: entries up to
+// Horizon are gone.
+type TruncatedError struct {
+	Horizon uint64
+}
+
+func (e *TruncatedError) Error() string {
+	return fmt.Sprintf("%v: entries up to %d are truncated", ErrTruncated, e.Horizon)
+}
+
+// Is makes errors.Is(err, ErrTruncated) true.
+func (e *TruncatedError) Is(target error) bool { return target == ErrTruncated }
+
+// Unwrap returns ErrTruncated.
+func (e *TruncatedError) Unwrap() error { return ErrTruncated }
 
 // ConflictError is the ErrConflict returned by Append: it names the first
 // record whose Base did not match, so the relay knows which document the

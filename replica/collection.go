@@ -10,7 +10,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 )
 
-// Collection is a named set of records (the seeds' table or data type). It
+// Collection is a named set of records (an app's table or data type). It
 // is a handle: cheap to create, safe for concurrent use. Each write method is
 // a unit of work of its own; use [Replica.Update] to group several.
 type Collection struct {
@@ -312,7 +312,7 @@ func (c *Collection) Acknowledge(id string, heads crdt.Heads) error {
 		if !ok {
 			return fmt.Errorf("%w: %s/%s", ErrNotFound, c.name, id)
 		}
-		return ackRecord(txn, c.name, id, d, heads)
+		return ackRecord(txn, c.name, id, d, heads, false)
 	})
 }
 

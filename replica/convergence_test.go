@@ -5,17 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 	"unicode/utf8"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/relaytest"
 )
 
 // convergenceSeeds returns the seeds a seeded property runs with: the one
@@ -96,17 +99,24 @@ type convReplica struct {
 	name    string
 	r       *Replica
 	pol     policy.Policy
-	offline int // skips syncs until this step
+	offline int  // skips syncs until this step
+	live    bool // syncs by itself, in live mode
 }
 
 type convWorld struct {
-	t     *testing.T
-	seed  uint64
-	rng   *rand.Rand
-	env   *syncEnv
-	reps  []*convReplica
-	trace []string
-	step  int
+	t    *testing.T
+	seed uint64
+	rng  *rand.Rand
+	cfg  convConfig
+	reps []*convReplica
+	// device opens a replica with a profile "p" of the given collections;
+	// store and tenant are the relay's.
+	device func(o *Options, colls ...string) *Replica
+	store  relay.Store
+	tenant string
+	faults *faultNet // nil without faults
+	trace  []string
+	step   int
 	// want is the sum of the increments made to each tally counter,
 	// keyed by record ID and field.
 	want map[string]map[string]int64
@@ -135,14 +145,64 @@ func TestConvergenceRandomized(t *testing.T) {
 	for _, seed := range convergenceSeeds(t) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			t.Logf("seed %d (replay with FERRY_CONVERGENCE_SEED=%d)", seed, seed)
-			runConvergence(t, seed, 60)
+			e := newSyncEnv(t)
+			w := newConvWorld(t, seed, convConfig{})
+			w.device, w.store, w.tenant = e.device, e.store, e.app.ID
+			w.run(60)
 		})
 	}
 }
 
-func runConvergence(t *testing.T, seed uint64, steps int) {
+// TestConvergenceLiveFaultyBadger runs the same workload with the relay on
+// its durable Badger store, some replicas in live mode, and a network that
+// cuts every connection and delays writes at points the seed chooses. It
+// runs in a synctest bubble, on an in-memory network: delays and backoffs
+// cost no real time, and a failing seed replays the same ops and faults.
+func TestConvergenceLiveFaultyBadger(t *testing.T) {
+	for _, seed := range convergenceSeeds(t) {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			t.Logf("seed %d (replay with FERRY_CONVERGENCE_SEED=%d)", seed, seed)
+			dir := t.TempDir()
+			synctest.Test(t, func(t *testing.T) {
+				w := newConvWorld(t, seed, convConfig{live: true, faults: true})
+				store, err := relay.OpenBadgerStore(dir, &relay.BadgerOptions{GCInterval: -1})
+				if err != nil {
+					t.Fatal(err)
+				}
+				w.faults = &faultNet{conns: map[*faultConn]struct{}{}}
+				rl := relaytest.Start(t, &relaytest.Options{Store: store, Pipe: true, Conn: w.faults.wrap})
+				w.store, w.tenant = store, rl.App.ID
+				w.device = func(o *Options, colls ...string) *Replica {
+					opts := *o
+					opts.InMemory, opts.HTTPClient = true, rl.HTTPClient
+					opts.BackoffMin, opts.BackoffMax = 50*time.Millisecond, time.Second
+					r := open(t, "", &opts)
+					err := r.AddProfile(Profile{Name: "p", URL: rl.URL, APIKey: rl.App.APIKey, Token: rl.Token,
+						Mode: policy.Manual, Type: policy.TwoWay, Collections: colls, Timeout: 10 * time.Second})
+					if err != nil {
+						t.Fatal(err)
+					}
+					return r
+				}
+				w.run(40)
+			})
+		})
+	}
+}
+
+// convConfig varies how a convergence run syncs.
+type convConfig struct {
+	live   bool // some replicas sync in live mode
+	faults bool // the network cuts and delays connections (needs w.faults)
+}
+
+func newConvWorld(t *testing.T, seed uint64, cfg convConfig) *convWorld {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	w := &convWorld{t: t, seed: seed, rng: rng, env: newSyncEnv(t), want: map[string]map[string]int64{}}
+	return &convWorld{t: t, seed: seed, rng: rng, cfg: cfg, want: map[string]map[string]int64{}}
+}
+
+func (w *convWorld) run(steps int) {
+	t, rng := w.t, w.rng
 	pols := []policy.Policy{policy.PreferLocal, policy.PreferCloud, policy.Custom}
 	n := 3 + rng.IntN(2)
 	off := rng.IntN(len(pols))
@@ -151,7 +211,7 @@ func runConvergence(t *testing.T, seed uint64, steps int) {
 		if i == 3 {
 			pol = pols[rng.IntN(len(pols))]
 		}
-		r := w.env.device(&Options{MergeHook: maxHook}, convCollections...)
+		r := w.device(&Options{MergeHook: maxHook}, convCollections...)
 		setProfilePolicy(t, r, pol)
 		w.reps = append(w.reps, &convReplica{name: fmt.Sprintf("r%d", i), r: r, pol: pol})
 	}
@@ -175,8 +235,17 @@ func runConvergence(t *testing.T, seed uint64, steps int) {
 	for _, c := range w.reps {
 		w.sync(c)
 	}
+	if w.cfg.live {
+		// Every other replica syncs by itself from now on.
+		for i, c := range w.reps {
+			if i%2 == 1 {
+				w.goLive(c)
+			}
+		}
+	}
 
 	for w.step = 1; w.step <= steps; w.step++ {
+		w.maybeFault()
 		for _, c := range w.reps {
 			for range rng.IntN(3) {
 				w.randomOp(c)
@@ -184,11 +253,17 @@ func runConvergence(t *testing.T, seed uint64, steps int) {
 			if c.offline < w.step && rng.IntN(10) == 0 {
 				c.offline = w.step + 2 + rng.IntN(5)
 				w.logf("%s goes offline until step %d", c.name, c.offline)
+				if c.live {
+					c.r.SetNetwork(policy.None)
+				}
+			} else if c.live && c.offline == w.step {
+				w.logf("%s comes back online", c.name)
+				c.r.SetNetwork(policy.WiFi)
 			}
 		}
 		var online []*convReplica
 		for _, i := range rng.Perm(len(w.reps)) {
-			if c := w.reps[i]; c.offline < w.step && rng.IntN(3) != 0 {
+			if c := w.reps[i]; !c.live && c.offline < w.step && rng.IntN(3) != 0 {
 				online = append(online, c)
 			}
 		}
@@ -207,7 +282,17 @@ func runConvergence(t *testing.T, seed uint64, steps int) {
 
 func (w *convWorld) sync(c *convReplica) *SyncStats {
 	w.t.Helper()
+	if c.live {
+		w.settle()
+		return &SyncStats{}
+	}
 	st, err := c.r.Sync(context.Background(), "p")
+	for tries := 0; err != nil && w.faults != nil && w.faults.tripped() && tries < 5; tries++ {
+		// The network cut the sync off: what it applied stays applied, and
+		// the next sync goes on from there.
+		w.logf("sync of %s cut off: %v", c.name, err)
+		st, err = c.r.Sync(context.Background(), "p")
+	}
 	if err != nil {
 		w.fatalf("sync of %s: %v (stats %+v)", c.name, err, st)
 	}
@@ -235,8 +320,13 @@ func (w *convWorld) syncAll(cs []*convReplica) {
 	}
 	wg.Wait()
 	names := make([]string, len(cs))
+	cut := w.faults != nil && w.faults.tripped()
 	for i, c := range cs {
 		names[i] = c.name
+		if errs[i] != nil && cut {
+			w.logf("concurrent sync of %s cut off: %v", c.name, errs[i])
+			continue
+		}
 		if errs[i] != nil {
 			w.fatalf("concurrent sync of %s: %v", c.name, errs[i])
 		}
@@ -356,6 +446,16 @@ func (w *convWorld) logOp(c *convReplica, coll, desc string, err error) {
 func (w *convWorld) quiesce() {
 	w.t.Helper()
 	w.logf("quiescence")
+	if w.faults != nil {
+		w.faults.disarm()
+	}
+	for _, c := range w.reps {
+		c.offline = 0
+		if c.live {
+			c.r.SetNetwork(policy.WiFi)
+		}
+	}
+	w.settle()
 	quiet := 0
 	before := w.fingerprint()
 	for round := 1; round <= 10; round++ {
@@ -449,7 +549,7 @@ func (w *convWorld) check() {
 			}
 		}
 		for id, rec := range ref {
-			_, heads, err := w.env.store.Document(ctx, relay.Coll{Tenant: w.env.app.ID, Collection: coll}, id)
+			_, heads, err := relay.Document(ctx, w.store, relay.Coll{Tenant: w.tenant, Collection: coll}, id)
 			if err != nil || !heads.Equal(rec.Heads) {
 				w.fatalf("%s/%s: relay holds heads %v (%v), replicas %v", coll, id, heads, err, rec.Heads)
 			}
@@ -595,4 +695,152 @@ func getDoc(t *testing.T, r *Replica, id string) *crdt.Doc {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// goLive switches c's profile to live mode: from now on it pushes and
+// applies by itself.
+func (w *convWorld) goLive(c *convReplica) {
+	w.t.Helper()
+	p, err := c.r.Profile("p")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	p.Mode = policy.Live
+	if err := c.r.UpdateProfile(p); err != nil {
+		w.t.Fatal(err)
+	}
+	c.live = true
+	w.logf("%s goes live", c.name)
+}
+
+// settle lets live replicas catch up: fake time passes beyond any
+// reconnection backoff, then everything runs until it blocks. Only in a
+// synctest bubble.
+func (w *convWorld) settle() {
+	if !w.cfg.live && w.faults == nil {
+		return
+	}
+	time.Sleep(3 * time.Second)
+	synctest.Wait()
+}
+
+// maybeFault arms, now and then, a cut of every connection after a few
+// more writes, or a delay of the next writes.
+func (w *convWorld) maybeFault() {
+	if w.faults == nil {
+		return
+	}
+	switch w.rng.IntN(8) {
+	case 0:
+		n := 1 + w.rng.IntN(60)
+		w.faults.armCut(n)
+		w.logf("network: cut every connection after %d more writes", n)
+	case 1:
+		n, d := 1+w.rng.IntN(20), time.Duration(1+w.rng.IntN(200))*time.Millisecond
+		w.faults.armDelay(n, d)
+		w.logf("network: delay the next %d writes by %v", n, d)
+	}
+}
+
+// faultNet wraps the connections devices make, to cut them all after a
+// number of writes or to delay writes, as the test arms it.
+type faultNet struct {
+	mu          sync.Mutex
+	conns       map[*faultConn]struct{}
+	cutAfter    int // writes left before the cut; 0: none armed
+	delayWrites int
+	delay       time.Duration
+	cuts        int // cuts since tripped was last asked
+}
+
+type faultConn struct {
+	net.Conn
+	n      *faultNet
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (n *faultNet) wrap(c net.Conn) net.Conn {
+	fc := &faultConn{Conn: c, n: n, closed: make(chan struct{})}
+	n.mu.Lock()
+	n.conns[fc] = struct{}{}
+	n.mu.Unlock()
+	return fc
+}
+
+func (n *faultNet) armCut(writes int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.cutAfter = writes
+}
+
+func (n *faultNet) armDelay(writes int, d time.Duration) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.delayWrites, n.delay = writes, d
+}
+
+func (n *faultNet) disarm() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.cutAfter, n.delayWrites = 0, 0
+}
+
+// tripped reports whether connections were cut since it was last asked.
+func (n *faultNet) tripped() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	cut := n.cuts > 0
+	n.cuts = 0
+	return cut
+}
+
+func (c *faultConn) Write(b []byte) (int, error) {
+	n := c.n
+	n.mu.Lock()
+	var d time.Duration
+	if n.delayWrites > 0 {
+		n.delayWrites--
+		d = n.delay
+	}
+	cut := false
+	if n.cutAfter > 0 {
+		n.cutAfter--
+		cut = n.cutAfter == 0
+	}
+	var victims []*faultConn
+	if cut {
+		n.cuts++
+		for fc := range n.conns {
+			victims = append(victims, fc)
+		}
+	}
+	n.mu.Unlock()
+	if cut {
+		for _, fc := range victims {
+			fc.Close()
+		}
+		return 0, net.ErrClosed
+	}
+	if d > 0 {
+		// A delay that Close interrupts, as a socket's would end: the
+		// websocket library closes a connection while holding a mutex a
+		// synctest bubble does not count as durably blocking.
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-c.closed:
+			return 0, net.ErrClosed
+		}
+	}
+	return c.Conn.Write(b)
+}
+
+func (c *faultConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	c.n.mu.Lock()
+	delete(c.n.conns, c)
+	c.n.mu.Unlock()
+	return c.Conn.Close()
 }

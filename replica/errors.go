@@ -17,7 +17,7 @@ var (
 	ErrNewerFormat = errors.New("ferry: store written by a newer format version")
 	// ErrClosed means the replica has been closed.
 	ErrClosed = errors.New("ferry: replica closed")
-	// ErrTooLarge means a record's changes exceed Options.MaxRecordBytes.
+	// ErrTooLarge means a record, saved, would exceed Options.MaxRecordBytes.
 	ErrTooLarge = errors.New("ferry: record too large")
 	// ErrFeedOverflow ends a change feed whose reader fell behind its buffer.
 	// Re-subscribe and rescan to catch up.
@@ -46,8 +46,8 @@ var (
 	ErrLocalOnly = errors.New("ferry: replica is local-only")
 	// ErrVetoed means the delegate's ReadyForSync refused the sync.
 	ErrVetoed = errors.New("ferry: sync vetoed by the app")
-	// ErrLeaseTimeout means the collection's lease (the relay's SyncLock)
-	// was not granted within the profile's timeout; nothing was changed.
+	// ErrLeaseTimeout means the collection's lease (held by one device at a
+	// time) was not granted within the profile's timeout; nothing was changed.
 	ErrLeaseTimeout = errors.New("ferry: sync lease not granted in time")
 	// ErrSyncFailed means at least one collection failed; the SyncStats
 	// say which and why.
@@ -57,3 +57,18 @@ var (
 // ErrMergeHook wraps a merge hook's error: the record stays pending, its
 // remote changes are kept for the next sync, and it is listed as failed.
 var ErrMergeHook = errors.New("ferry: merge hook failed")
+
+// Damage to the store.
+var (
+	// ErrDamaged means Open refused the folder: it holds a Ferry store
+	// with a file missing, cut short or failing its checksums. The error
+	// names the folder and what is wrong. Open never deletes a file that
+	// may hold data, and damage it finds before Badger opens the store
+	// (all the damage the tests know of) leaves the folder as it was.
+	ErrDamaged = errors.New("ferry: store is damaged")
+	// ErrCorrupt means a record's stored bytes do not load as the version
+	// its bookkeeping records: the store was damaged after it was opened,
+	// or by something Open cannot see. The error names the record; the
+	// other records are unaffected.
+	ErrCorrupt = errors.New("ferry: record is corrupt")
+)

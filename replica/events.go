@@ -15,7 +15,7 @@ const (
 	ToRelay   Direction = "to-relay"
 )
 
-// Progress reports a collection's sync advancing (the seeds' onprogress).
+// Progress reports a collection's sync advancing.
 // Done counts records applied or pushed; Total is what is known so far
 // (for pulls, it grows as pages arrive).
 type Progress struct {
@@ -26,8 +26,8 @@ type Progress struct {
 	Done       int
 }
 
-// Listener receives sync events (the seeds' progress, completed, stopped
-// and failed callbacks). Methods are called on the goroutine running the
+// Listener receives sync events: progress, and a sync completed, stopped
+// or failed. Methods are called on the goroutine running the
 // sync, never concurrently for one profile (but possibly for two profiles
 // at once); they should return quickly, as the sync waits for them.
 type Listener interface {
@@ -47,8 +47,8 @@ const (
 	Retry
 )
 
-// Delegate decides at a sync's lifecycle points (the seeds' sync
-// delegate). Methods are called on the goroutine running the sync, one at a
+// Delegate decides at a sync's lifecycle points: whether it starts, which
+// collections it syncs, what follows a failed one. Methods are called on the goroutine running the sync, one at a
 // time per profile; a sync waits for them.
 type Delegate interface {
 	// ReadyForSync may veto a sync before it starts (ErrVetoed).

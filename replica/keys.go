@@ -13,11 +13,17 @@ import (
 //
 //	m/format              store format version (uint32, big-endian)
 //	m/id                  replica ID
+//	k/<coll>              the collection holds records (empty value)
 //	r/<coll>\0<id>        record meta (see meta)
 //	s/<coll>\0<id>        snapshot: the document saved whole
 //	c/<coll>\0<id>\0<n>   incremental chunk n (uint64, big-endian)
 //	p/<coll>\0<id>        pending: the record has changes the relay has not acknowledged
 //	a/<coll>\0<id>        heads the relay last acknowledged
+//	q/<coll>\0<id>        quarantine: the relay's changes held back by a failed merge hook (see quarantine.go)
+//	l/<coll>\0<id>        the record holds a conflict resolution that only a leased sync may push
+//	f/<profile>           sync profile (JSON)
+//	y/<profile>\0<coll>   sync state of a profile's collection: cursor, relay incarnation (JSON)
+//	z/<profile>           statistics of the profile's last sync (JSON)
 const (
 	formatVersion = 1
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -38,6 +39,9 @@ func (r *Replica) runLive(ctx context.Context, p *Profile) {
 		if ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, errNetworkGone) {
+			continue // wait for an allowed network, above
+		}
 		if time.Since(start) > b.max {
 			b.reset() // it had been up a while: not a crash loop
 		}
@@ -70,7 +74,12 @@ func (b *backoff) next() time.Duration {
 
 func (b *backoff) reset() { b.n = 0 }
 
-// liveSession runs one live connection until it fails or ctx ends.
+// errNetworkGone ends a live session when the device moves to a network
+// its profile may not use (or to none).
+var errNetworkGone = errors.New("ferry: left the networks the profile may use")
+
+// liveSession runs one live connection until it fails, ctx ends, or the
+// device moves to a network the profile may not use.
 func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 	unlock := r.sched.lockProfile(p.Name)
 	conn, err := r.dial(ctx, p, true)
@@ -87,35 +96,70 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 		}
 	}
 	unlock()
+
+	// The goroutines forwarding local edits end with the session.
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
 	feeds := map[string]*Feed{}
 	defer func() {
+		cancel()
 		for _, f := range feeds {
 			f.Close()
 		}
+		wg.Wait()
 	}()
 	local := make(chan Event, 1024)
-	for _, coll := range p.Collections {
-		st, err := r.loadSyncState(p.Name, coll)
-		if err != nil {
-			return err
-		}
-		if err := conn.call(ctx, &transport.Subscribe{Collection: coll, Cursor: st.Cursor}, &transport.OK{}); err != nil {
-			return fmt.Errorf("subscribe %s: %w", coll, err)
-		}
+	watch := func(coll string) {
 		f := (&Collection{r: r, name: coll}).Watch(1024)
 		feeds[coll] = f
-		go forwardLocal(ctx, f, local)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			forwardLocal(ctx, f, local)
+		}()
+	}
+	for _, coll := range p.Collections {
+		if p.Type.Pulls() {
+			st, err := r.loadSyncState(p.Name, coll)
+			if err != nil {
+				return err
+			}
+			if err := conn.call(ctx, &transport.Subscribe{Collection: coll, Cursor: st.Cursor}, &transport.OK{}); err != nil {
+				return fmt.Errorf("subscribe %s: %w", coll, err)
+			}
+		}
+		if p.Type.Pushes() {
+			watch(coll)
+		}
 	}
 	// Anything edited between the catch-up and the feeds starting.
-	for _, coll := range p.Collections {
+	for coll := range feeds {
 		if err := r.pushNow(ctx, conn, p, coll, nil); err != nil {
 			return err
 		}
+	}
+	// The device may change networks: stay only on an allowed one. A
+	// Network function is polled; SetNetwork wakes at once.
+	netWake := r.sched.networkWait()
+	var netPoll <-chan time.Time
+	if r.opts.Network != nil {
+		t := time.NewTicker(r.opts.NetworkPoll)
+		defer t.Stop()
+		netPoll = t.C
 	}
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-netWake:
+			netWake = r.sched.networkWait()
+			if n := r.Network(); !p.Networks.Allows(n) {
+				return fmt.Errorf("%w: now on %q", errNetworkGone, n)
+			}
+		case <-netPoll:
+			if n := r.Network(); !p.Networks.Allows(n) {
+				return fmt.Errorf("%w: now on %q", errNetworkGone, n)
+			}
 		case <-conn.client.Done():
 			return conn.client.Err()
 		case lv, ok := <-conn.client.Live():
@@ -153,9 +197,7 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 		for coll, f := range feeds {
 			if err := f.Err(); errors.Is(err, ErrFeedOverflow) {
 				// Events were dropped: push everything pending instead.
-				nf := (&Collection{r: r, name: coll}).Watch(1024)
-				feeds[coll] = nf
-				go forwardLocal(ctx, nf, local)
+				watch(coll)
 				if err := r.pushNow(ctx, conn, p, coll, nil); err != nil {
 					return err
 				}
@@ -176,85 +218,116 @@ func forwardLocal(ctx context.Context, f *Feed, out chan<- Event) {
 
 // pushNow pushes pending records of a collection without a lease: plain
 // edits need none (see docs/conflicts.md). ids nil means every pending one.
+// A record holding a conflict resolution is pushed by a leased sync of the
+// collection instead (leasedSync).
 func (r *Replica) pushNow(ctx context.Context, conn *relayConn, p *Profile, coll string, ids []string) error {
+	held, err := r.pushUnleased(ctx, conn, p, coll, ids)
+	if err != nil || !held {
+		return err
+	}
+	return r.leasedSync(ctx, conn, p, coll)
+}
+
+func (r *Replica) pushUnleased(ctx context.Context, conn *relayConn, p *Profile, coll string, ids []string) (heldResolutions bool, err error) {
+	unlock, err := r.colls.lock(ctx, coll)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
 	s := &collSync{r: r, conn: conn, p: p, coll: coll, cs: &CollectionStats{Collection: coll}}
 	if ids == nil {
-		return s.push(ctx)
+		err := s.push(ctx)
+		return s.heldResolutions, err
+	}
+	skip, err := r.idSet('l', coll)
+	if err != nil {
+		return false, err
 	}
 	var batch []outgoing
 	for _, id := range ids {
+		if skip[id] {
+			heldResolutions = true
+			continue
+		}
 		pending, err := r.isPending(coll, id)
 		if err != nil || !pending {
 			continue
 		}
 		o, err := r.outgoing(coll, id)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if o.changes != nil {
 			batch = append(batch, o)
 		}
 	}
-	if len(batch) == 0 {
-		return nil
+	if len(batch) > 0 {
+		if _, err := s.pushBatch(ctx, batch); err != nil {
+			return false, err
+		}
 	}
-	_, err := s.pushBatch(ctx, batch)
+	return heldResolutions, nil
+}
+
+// leasedSync syncs one collection of a live profile under its lease: it
+// pulls again, lets the policy decide the conflicts, and pushes the
+// resolutions under the lease's fence.
+func (r *Replica) leasedSync(ctx context.Context, conn *relayConn, p *Profile, coll string) error {
+	unlock := r.sched.lockProfile(p.Name)
+	defer unlock()
+	_, err := r.syncCollection(ctx, conn, p, coll)
 	return err
 }
 
-// applyLive applies a live message. A record with local changes the relay
-// lacks may conflict: then the collection syncs under its lease (pull
-// again, resolve, push), so a resolution is only ever pushed under a
-// fence.
+// applyLive applies a live message. Records without conflicting local
+// changes are applied at once. If a record's local changes conflict with
+// the relay's, nothing of the message moves the cursor: the collection
+// syncs under its lease, which pulls again from the cursor, lets the policy
+// decide, and pushes the resolution under the fence.
 func (r *Replica) applyLive(ctx context.Context, conn *relayConn, p *Profile, lv *transport.Live) error {
 	coll := lv.Collection
-	conflict := false
-	var recs []remoteRec
+	recs := make([]remoteRec, 0, len(lv.Records))
 	for _, rc := range lv.Records {
-		pending, err := r.isPending(coll, rc.Record)
-		if err != nil {
-			return err
-		}
-		if pending {
-			conflict = true
-			continue
-		}
 		heads, err := crdt.HeadsFromSlices(rc.Heads)
 		if err != nil {
 			return err
 		}
 		recs = append(recs, remoteRec{id: rc.Record, data: rc.Data, relay: heads})
 	}
-	if len(recs) > 0 {
-		if _, err := r.applyBatch(coll, recs, r.mergeOp(nil)); err != nil {
-			return err
-		}
-	}
-	if conflict {
-		unlock := r.sched.lockProfile(p.Name)
-		defer unlock()
-		_, err := r.syncCollection(ctx, conn, p, coll)
+	conflict, err := r.applyLiveLocked(ctx, p, coll, recs, lv.Next)
+	if err != nil || !conflict {
 		return err
 	}
-	st, err := r.loadSyncState(p.Name, coll)
-	if err != nil {
-		return err
-	}
-	if lv.Next > st.Cursor {
-		st.Cursor = lv.Next
-		return r.saveSyncState(p.Name, coll, st)
-	}
-	return nil
+	return r.leasedSync(ctx, conn, p, coll)
 }
 
-func (r *Replica) isPending(coll, id string) (bool, error) {
-	release, err := r.enter()
+func (r *Replica) applyLiveLocked(ctx context.Context, p *Profile, coll string, recs []remoteRec, next uint64) (conflict bool, err error) {
+	unlock, err := r.colls.lock(ctx, coll)
 	if err != nil {
 		return false, err
 	}
-	defer release()
+	defer unlock()
+	res, err := r.applyBatch(coll, recs, r.mergeOp)
+	if err != nil {
+		return false, err
+	}
+	if len(res.conflicted) > 0 {
+		return true, nil
+	}
+	st, err := r.loadSyncState(p.Name, coll)
+	if err != nil {
+		return false, err
+	}
+	if next > st.Cursor {
+		st.Cursor = next
+		return false, r.saveSyncState(p.Name, coll, st)
+	}
+	return false, nil
+}
+
+func (r *Replica) isPending(coll, id string) (bool, error) {
 	var ok bool
-	err = r.db.View(func(txn *badger.Txn) (err error) {
+	err := r.view(func(txn *badger.Txn) (err error) {
 		_, ok, err = getKey(txn, recKey('p', coll, id))
 		return err
 	})

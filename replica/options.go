@@ -3,9 +3,11 @@ package replica
 import (
 	"context"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/transport"
 )
 
 // Options configure a replica. A nil *Options is valid and means the
@@ -29,8 +31,12 @@ type Options struct {
 	// once it has this many. Default 32.
 	CompactAfter int
 
-	// MaxRecordBytes bounds one record's stored size (snapshot plus
-	// chunks); a write past it fails with ErrTooLarge. Default 16 MiB.
+	// MaxRecordBytes bounds one record's size, as a saved Automerge
+	// document; a write past it fails with ErrTooLarge. It is the relay's
+	// max_record, which bounds the same size: a relay refuses a push that
+	// would grow a record's document past it. Default
+	// transport.DefaultMaxRecord (1 MiB), the relay's default; a replica
+	// syncing with a relay configured otherwise should match it.
 	MaxRecordBytes int
 
 	// GCInterval is how often Badger's value log is garbage-collected in
@@ -72,8 +78,8 @@ type Options struct {
 	Listener Listener
 	Delegate Delegate
 
-	// Network reports the device's current network (the seeds'
-	// reachability), checked before each sync. Without it, the replica
+	// Network reports the device's current network (as the platform's
+	// reachability API gives it), checked before each sync. Without it, the replica
 	// uses the last value given to SetNetwork, initially policy.Other.
 	Network func() policy.Network
 
@@ -84,6 +90,11 @@ type Options struct {
 	// Backoff bounds the live mode's reconnection delays. Defaults 250 ms
 	// and 30 s.
 	BackoffMin, BackoffMax time.Duration
+
+	// HTTPClient makes the connections to relays: set it for custom TLS
+	// roots, a proxy, or a test network. Its Timeout must be zero (a
+	// connection lives as long as a sync). Default: http.DefaultClient.
+	HTTPClient *http.Client
 }
 
 func (o *Options) withDefaults() Options {
@@ -98,7 +109,7 @@ func (o *Options) withDefaults() Options {
 		v.CompactAfter = 32
 	}
 	if v.MaxRecordBytes <= 0 {
-		v.MaxRecordBytes = 16 << 20
+		v.MaxRecordBytes = transport.DefaultMaxRecord
 	}
 	if v.GCInterval == 0 {
 		v.GCInterval = 10 * time.Minute

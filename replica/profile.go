@@ -13,7 +13,7 @@ import (
 )
 
 // Profile is a named, stored sync configuration: where to sync, what, how
-// and when (the seeds' sync profile). Profiles are counted against
+// and when. Profiles are counted against
 // Options.MaxProfiles.
 type Profile struct {
 	Name   string `json:"name"`
@@ -38,12 +38,28 @@ type Profile struct {
 	// Networks the profile may sync on; empty means any but none.
 	Networks policy.Networks `json:"networks,omitempty"`
 
-	// Timeout bounds waiting for the collection's lease and each request
-	// (the seeds' sync timeout). Default 30 s.
+	// Timeout bounds waiting for a collection's lease, and each request to
+	// the relay (the sync timeout). Default 30 s.
 	Timeout time.Duration `json:"timeout,omitempty"`
+
+	// LeaseTTL is how long a lease lives unless renewed: a sync renews it
+	// at half the lifetime the relay grants (a relay may grant less), and
+	// if this device vanishes mid-sync, other devices wait at most this
+	// long for the collection. Default 30 s.
+	LeaseTTL time.Duration `json:"lease_ttl,omitempty"`
 }
 
-const defaultSyncTimeout = 30 * time.Second
+const (
+	defaultSyncTimeout = 30 * time.Second
+	defaultLeaseTTL    = 30 * time.Second
+)
+
+func (p *Profile) leaseTTL() time.Duration {
+	if p.LeaseTTL > 0 {
+		return p.LeaseTTL
+	}
+	return defaultLeaseTTL
+}
 
 func (p *Profile) timeout() time.Duration {
 	if p.Timeout > 0 {
@@ -119,8 +135,9 @@ func (p *Profile) Validate() error {
 func profileKey(name string) []byte { return append([]byte("f/"), name...) }
 
 // AddProfile stores a new profile. ErrProfileExists if the name is taken,
-// ErrTooManyProfiles past Options.MaxProfiles. A periodic or live profile
-// starts syncing at once.
+// ErrTooManyProfiles past Options.MaxProfiles, ErrInvalidProfile if its
+// settings are wrong or a collection it syncs under the custom policy has
+// no merge hook. A periodic or live profile starts syncing at once.
 func (r *Replica) AddProfile(p Profile) error {
 	return r.putProfile(p, false)
 }
@@ -134,6 +151,13 @@ func (r *Replica) UpdateProfile(p Profile) error {
 func (r *Replica) putProfile(p Profile, update bool) error {
 	if err := p.Validate(); err != nil {
 		return err
+	}
+	// A collection under the custom policy with no merge hook would fail
+	// every sync: refuse the profile now.
+	for _, coll := range p.Collections {
+		if _, err := r.resolver(&p, coll); err != nil {
+			return fmt.Errorf("%w: profile %q, collection %s: %w (set Options.MergeHook, Options.MergeHooks or SetMergeHook first)", ErrInvalidProfile, p.Name, coll, err)
+		}
 	}
 	release, err := r.enter()
 	if err != nil {

@@ -18,12 +18,14 @@ import (
 // many goroutines: reads of a record wait only for a write to the same
 // record, and writes to different records commit in parallel.
 type Replica struct {
-	db   *badger.DB
-	id   string
-	opts Options
-	log  *slog.Logger
+	db    *badger.DB
+	id    string // stable: the relay's name for this device
+	actor string // this open's Automerge actor ID; see newActor
+	opts  Options
+	log   *slog.Logger
 
-	locks stripes
+	locks stripes   // per record
+	colls collLocks // per collection, for exchanges with relays
 	cache *docCache
 	feeds *feeds
 
@@ -42,7 +44,9 @@ type Replica struct {
 // Open opens the replica stored in dir, creating it (and dir) if absent.
 // dir must be empty, missing, or a Ferry store: anything else gives
 // ErrNotStore without touching it. A store written by a newer Ferry gives
-// ErrNewerFormat.
+// ErrNewerFormat. A damaged store (a file missing, cut short or failing its
+// checksums) gives ErrDamaged, again without touching it; Open never
+// deletes a file that may hold data.
 func Open(dir string, o *Options) (*Replica, error) {
 	opts := o.withDefaults()
 	if !opts.InMemory {
@@ -61,7 +65,10 @@ func Open(dir string, o *Options) (*Replica, error) {
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
 	}
-	db, err := badger.Open(bo)
+	db, err := badgerdir.Open(bo)
+	if errors.Is(err, badgerdir.ErrDamaged) {
+		return nil, damaged(err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("ferry: open store %s: %w", dir, err)
 	}
@@ -76,9 +83,10 @@ func Open(dir string, o *Options) (*Replica, error) {
 	r.closeCtx, r.stopAll = context.WithCancel(context.Background())
 	r.sched = newScheduler(r)
 	if r.id, err = r.initMeta(); err != nil {
-		db.Close()
+		badgerdir.Close(db)
 		return nil, err
 	}
+	r.actor = newActor()
 	if !opts.InMemory && opts.GCInterval > 0 {
 		r.wg.Add(1)
 		go func() {
@@ -94,16 +102,26 @@ func Open(dir string, o *Options) (*Replica, error) {
 }
 
 // checkDir refuses a folder with files that are not a Badger store, before
-// Badger would create its own files beside them, and repairs what a crash
-// during an earlier open left (see badgerdir.Prepare).
+// Badger would create its own files beside them, refuses a damaged store,
+// and repairs what a crash during an earlier open left (see
+// badgerdir.Prepare).
 func checkDir(dir string) error {
-	if _, err := badgerdir.Prepare(dir); err != nil {
-		if errors.Is(err, badgerdir.ErrForeign) {
-			return fmt.Errorf("%w: %v", ErrNotStore, err)
-		}
-		return fmt.Errorf("ferry: open store: %w", err)
+	_, err := badgerdir.Prepare(dir)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, badgerdir.ErrForeign):
+		return fmt.Errorf("%w: %v", ErrNotStore, err)
+	case errors.Is(err, badgerdir.ErrDamaged):
+		return damaged(err)
 	}
-	return nil
+	return fmt.Errorf("ferry: open store: %w", err)
+}
+
+// damaged puts a badgerdir.ErrDamaged under ErrDamaged, with what the user
+// can do about it.
+func damaged(err error) error {
+	return fmt.Errorf("%w: %w. Move the folder aside and open a new replica in its place to sync again, or put back a copy from a backup", ErrDamaged, err)
 }
 
 // initMeta checks the format version and returns the replica ID, writing
@@ -149,8 +167,7 @@ func (r *Replica) initNew(txn *badger.Txn, id *string) error {
 	if nonEmpty {
 		return fmt.Errorf("%w: store has data but no Ferry format marker", ErrNotStore)
 	}
-	// The replica ID doubles as the Automerge actor ID: 16 random bytes in
-	// hex, unique per device.
+	// 16 random bytes in hex, unique per device.
 	u := uuid.New()
 	*id = fmt.Sprintf("%x", u[:])
 	if err := txn.Set(keyFormat, binary.BigEndian.AppendUint32(nil, formatVersion)); err != nil {
@@ -159,8 +176,25 @@ func (r *Replica) initNew(txn *badger.Txn, id *string) error {
 	return txn.Set(keyID, []byte(*id))
 }
 
-// ID returns the replica's stable ID (also its Automerge actor ID).
+// ID returns the replica's stable ID: the name the relay knows this device
+// by (lease holder, logs). It is not the Automerge actor of its edits; see
+// newActor.
 func (r *Replica) ID() string { return r.id }
+
+// newActor returns a fresh Automerge actor ID for one open of the store.
+//
+// Automerge numbers each actor's changes 1, 2, 3 per document and refuses a
+// second, different change with a number it already holds. A store that is
+// copied (a device image cloned, a folder backed up and restored) would
+// otherwise go on writing as the same actor on two devices, or write again
+// numbers it had already sent before the backup, and the relay would refuse
+// every later change of those records forever. An actor per open can never
+// be reused: each open, copy or restore writes as a new actor, at the cost
+// of 16 bytes per actor in the documents it edits.
+func newActor() string {
+	u := uuid.New()
+	return fmt.Sprintf("%x", u[:])
+}
 
 // Close waits for in-flight operations, stops background work, and closes
 // the store. It is safe to call more than once; later calls return the
@@ -175,9 +209,29 @@ func (r *Replica) Close() error {
 		r.closed = true
 		r.mu.Unlock()
 		r.feeds.closeAll(ErrClosed)
-		r.closeErr = r.db.Close()
+		r.closeErr = badgerdir.Close(r.db)
 	})
 	return r.closeErr
+}
+
+// view and update run fn in a read or read-write transaction, fenced
+// against Close like every store call.
+func (r *Replica) view(fn func(txn *badger.Txn) error) error {
+	release, err := r.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	return r.db.View(fn)
+}
+
+func (r *Replica) update(fn func(txn *badger.Txn) error) error {
+	release, err := r.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	return r.db.Update(fn)
 }
 
 // enter guards an operation against a concurrent Close.

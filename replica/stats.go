@@ -40,14 +40,30 @@ type CollectionStats struct {
 	FromRelay  Counts      `json:"from_relay"`
 	ToRelay    Counts      `json:"to_relay"`
 	Conflicts  int         `json:"conflicts"` // fields and records resolved by the policy
-	// Failed lists records a merge hook failed (they stay pending) or the
-	// relay refused.
-	Failed []string `json:"failed,omitempty"`
-	Err    string   `json:"error,omitempty"`
+	// Failed lists the records this sync could not complete: a merge hook
+	// failed (the record stays pending, with the relay's changes kept for
+	// the next sync), or the relay refused its changes.
+	Failed []FailedRecord `json:"failed,omitempty"`
+	Err    string         `json:"error,omitempty"`
 }
 
-// SyncStats describe one sync of a profile (the seeds' last-sync
-// statistics).
+// FailedRecord is a record a sync could not complete, and why.
+type FailedRecord struct {
+	ID     string `json:"id"`
+	Reason string `json:"reason"`
+	err    error
+}
+
+// Err returns why the record failed, for errors.Is (ErrMergeHook, say).
+// Statistics read back with LastSync keep only Reason, and Err is nil.
+func (f FailedRecord) Err() error { return f.err }
+
+func failedRecord(id string, err error) FailedRecord {
+	return FailedRecord{ID: id, Reason: err.Error(), err: err}
+}
+
+// SyncStats describe one sync of a profile: what each collection moved,
+// and how it ended.
 type SyncStats struct {
 	Profile     string             `json:"profile"`
 	Status      Status             `json:"status"`
@@ -64,7 +80,7 @@ func (r *Replica) saveStats(st *SyncStats) error {
 	if err != nil {
 		return err
 	}
-	return r.db.Update(func(txn *badger.Txn) error { return txn.Set(statsKey(st.Profile), b) })
+	return r.update(func(txn *badger.Txn) error { return txn.Set(statsKey(st.Profile), b) })
 }
 
 // LastSync returns the statistics of the profile's last sync that ran
@@ -94,38 +110,4 @@ func (r *Replica) LastSync(profile string) (*SyncStats, error) {
 		return nil, err
 	}
 	return &st, nil
-}
-
-// syncState is what a profile remembers per collection between syncs.
-type syncState struct {
-	Cursor      uint64 `json:"cursor"`      // relay log position applied up to
-	Incarnation string `json:"incarnation"` // the relay store's identity at that cursor
-}
-
-func syncStatePrefix(profile string) []byte {
-	return append(append([]byte("y/"), profile...), 0)
-}
-
-func syncStateKey(profile, coll string) []byte {
-	return append(syncStatePrefix(profile), coll...)
-}
-
-func (r *Replica) loadSyncState(profile, coll string) (syncState, error) {
-	var s syncState
-	err := r.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(syncStateKey(profile, coll))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		return item.Value(func(v []byte) error { return json.Unmarshal(v, &s) })
-	})
-	return s, err
-}
-
-func (r *Replica) saveSyncState(profile, coll string, s syncState) error {
-	b, _ := json.Marshal(s)
-	return r.db.Update(func(txn *badger.Txn) error { return txn.Set(syncStateKey(profile, coll), b) })
 }

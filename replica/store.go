@@ -31,7 +31,9 @@ func readMeta(txn *badger.Txn, coll, id string) (meta, bool, error) {
 
 // loadDoc returns the record's document and meta, from the cache or the
 // store. The caller holds the record's stripe lock. A record that never
-// existed returns ok=false.
+// existed returns ok=false. A record whose stored bytes do not load as the
+// version its meta records gives ErrCorrupt: a damaged store must not
+// read as an empty or older record.
 func (r *Replica) loadDoc(txn *badger.Txn, coll, id string) (*crdt.Doc, meta, bool, error) {
 	key := cacheKey(coll, id)
 	if d, m, ok := r.cache.get(key); ok {
@@ -53,20 +55,38 @@ func (r *Replica) loadDoc(txn *badger.Txn, coll, id string) (*crdt.Doc, meta, bo
 	case !errors.Is(err, badger.ErrKeyNotFound):
 		return nil, meta{}, false, err
 	}
+	chunks := 0
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(coll, id), PrefetchValues: true, PrefetchSize: 16})
 	for it.Rewind(); it.Valid(); it.Next() {
+		chunks++
 		if err := it.Item().Value(func(v []byte) error { buf = append(buf, v...); return nil }); err != nil {
 			it.Close()
 			return nil, meta{}, false, err
 		}
 	}
 	it.Close()
-	d, err := crdt.Load(buf, r.id)
+	// Badger reads a block or value that fails its checksum as a missing
+	// key, and an Automerge stream of zero bytes loads as an empty
+	// document: the sizes the meta records catch a lost snapshot or chunk
+	// before the heads would.
+	if len(buf) != m.snapBytes+m.chunkBytes || chunks != m.chunks {
+		return nil, meta{}, false, corrupt(coll, id, fmt.Errorf("stored %d bytes in %d chunks, its bookkeeping says %d in %d",
+			len(buf), chunks, m.snapBytes+m.chunkBytes, m.chunks))
+	}
+	d, err := crdt.Load(buf, r.actor)
 	if err != nil {
-		return nil, meta{}, false, fmt.Errorf("ferry: record %s/%s: %w", coll, id, err)
+		return nil, meta{}, false, corrupt(coll, id, err)
+	}
+	if h := d.Heads(); !h.Equal(m.heads) {
+		return nil, meta{}, false, corrupt(coll, id, fmt.Errorf("stored bytes load as version %v, its bookkeeping says %v", h, m.heads))
 	}
 	r.cache.put(key, d, m)
 	return d, m, true, nil
+}
+
+// corrupt is the ErrCorrupt for one record.
+func corrupt(coll, id string, cause error) error {
+	return fmt.Errorf("%w: %s/%s: %w; the store is damaged: back up the folder, then move it aside and open a new replica in its place to sync again", ErrCorrupt, coll, id, cause)
 }
 
 // writeRecord stores the changes doc gained since m.heads as a new chunk,
@@ -84,7 +104,10 @@ func (r *Replica) writeRecord(txn *badger.Txn, coll, id string, doc *crdt.Doc, m
 	nm := m
 	nm.heads = doc.Heads()
 	nm.deleted = doc.Deleted()
-	if m.chunks+1 >= r.opts.CompactAfter || len(delta)+m.chunkBytes > m.snapBytes+4096 && m.chunks >= 4 {
+	// Past MaxRecordBytes, compact rather than refuse: the limit is on the
+	// saved document, which chunks of raw changes overstate.
+	if m.chunks+1 >= r.opts.CompactAfter || len(delta)+m.chunkBytes > m.snapBytes+4096 && m.chunks >= 4 ||
+		m.snapBytes+m.chunkBytes+len(delta) > r.opts.MaxRecordBytes {
 		snap := doc.Save()
 		if len(snap) > r.opts.MaxRecordBytes {
 			return m, fmt.Errorf("%w: %s/%s would be %d bytes, limit %d", ErrTooLarge, coll, id, len(snap), r.opts.MaxRecordBytes)
@@ -99,9 +122,6 @@ func (r *Replica) writeRecord(txn *badger.Txn, coll, id string, doc *crdt.Doc, m
 		}
 		nm.snapBytes, nm.chunks, nm.chunkBytes = len(snap), 0, 0
 	} else {
-		if m.snapBytes+m.chunkBytes+len(delta) > r.opts.MaxRecordBytes {
-			return m, fmt.Errorf("%w: %s/%s would be %d bytes, limit %d", ErrTooLarge, coll, id, m.snapBytes+m.chunkBytes+len(delta), r.opts.MaxRecordBytes)
-		}
 		if err := txn.Set(chunkKey(coll, id, m.nextChunk), delta); err != nil {
 			return m, err
 		}

@@ -99,7 +99,7 @@ func (r *Replica) syncProfile(ctx context.Context, p *Profile) (*SyncStats, erro
 		run(coll)
 	}
 	// Collections the delegate wants retried run again, once, after the
-	// others (the seeds' "retry later in the same sync").
+	// others: a retry later in the same sync.
 	retry := failed
 	failed = nil
 	for _, coll := range retry {
@@ -152,6 +152,9 @@ type collSync struct {
 	res   policy.Resolver
 	lease *lease
 	state syncState
+	// heldResolutions is set by a push without the lease that left
+	// records holding conflict resolutions for a leased sync.
+	heldResolutions bool
 }
 
 func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profile, coll string) (cs *CollectionStats, err error) {
@@ -161,7 +164,11 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 		switch {
 		case err == nil && len(cs.Failed) > 0:
 			cs.Status = StatusFailed
-			err = fmt.Errorf("%d record(s) failed: %v", len(cs.Failed), cs.Failed)
+			errs := make([]error, len(cs.Failed))
+			for i, f := range cs.Failed {
+				errs[i] = f.err
+			}
+			err = fmt.Errorf("%d record(s) failed: %w", len(cs.Failed), errors.Join(errs...))
 			cs.Err = err.Error()
 		case err == nil:
 			cs.Status = StatusCompleted
@@ -170,6 +177,11 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 			cs.Err = err.Error()
 		}
 	}()
+	unlock, err := r.colls.lock(ctx, coll)
+	if err != nil {
+		return cs, err
+	}
+	defer unlock()
 	res, err := r.resolver(p, coll)
 	if err != nil {
 		return cs, err
@@ -189,8 +201,10 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 		typ = policy.Slow
 	}
 	cs.Type = typ
-	if typ.Leased() {
-		if s.lease, err = conn.acquire(ctx, coll); err != nil {
+	if lease, err := s.needsLease(typ); err != nil {
+		return cs, err
+	} else if lease {
+		if s.lease, err = conn.acquire(ctx, coll, p.leaseTTL()); err != nil {
 			return cs, err
 		}
 		defer s.lease.release()
@@ -203,9 +217,9 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 	}
 	switch typ {
 	case policy.TwoWay, policy.OneWayFromServer:
-		err = s.pull(ctx, s.state.Cursor, r.mergeOp(res))
+		err = s.pull(ctx, s.state.Cursor, r.mergeOp)
 	case policy.Slow:
-		err = s.pullAll(ctx, r.mergeOp(res))
+		err = s.pullAll(ctx, r.mergeOp)
 	case policy.RefreshFromServer:
 		err = s.pullAll(ctx, r.replaceOp)
 	case policy.RefreshFromClient:
@@ -226,10 +240,30 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 	return cs, nil
 }
 
+// needsLease reports whether a sync of type typ takes the collection's
+// lease. Refresh from the device always does: it rewrites
+// the relay's records. Two-way and slow syncs do when this device has
+// changes to push: only a record with local changes can conflict, and a
+// resolution is pushed only under the lease taken before the pull that
+// found it. With nothing pending they pull and push without it, so a
+// device whose token may only read still syncs; a conflict found anyway
+// (an edit landed during the pull) is resolved, marked, and pushed by a
+// later leased sync.
+func (s *collSync) needsLease(typ policy.Type) (bool, error) {
+	switch {
+	case !typ.Leased():
+		return false, nil
+	case typ == policy.RefreshFromClient:
+		return true, nil
+	}
+	n, err := (&Collection{r: s.r, name: s.coll}).PendingCount()
+	return n > 0, err
+}
+
 // retryQuarantined applies again the relay's changes held back by a
 // failed merge hook, now that the hook may succeed.
 func (s *collSync) retryQuarantined(ctx context.Context) error {
-	held, err := s.r.quarantined(s.coll)
+	held, err := s.r.idSet('q', s.coll)
 	if err != nil || len(held) == 0 {
 		return err
 	}
@@ -237,9 +271,22 @@ func (s *collSync) retryQuarantined(ctx context.Context) error {
 	for id := range held {
 		recs = append(recs, remoteRec{id: id})
 	}
-	res, err := s.r.applyBatch(s.coll, recs, s.r.mergeOp(s.res))
+	return s.apply(ctx, recs, s.r.mergeOp)
+}
+
+// apply applies a batch of the relay's records with op in one store
+// transaction, then settles the conflicts it found by the policy.
+func (s *collSync) apply(ctx context.Context, recs []remoteRec, op remoteOp) error {
+	res, err := s.r.applyBatch(s.coll, recs, op)
 	if err != nil {
 		return err
+	}
+	if len(res.conflicted) > 0 {
+		more, err := s.r.resolveConflicted(ctx, s.coll, res.conflicted, s.res)
+		res.add(more)
+		if err != nil {
+			return err
+		}
 	}
 	s.tally(res)
 	return nil
@@ -254,7 +301,15 @@ func (s *collSync) pull(ctx context.Context, cursor uint64, apply remoteOp) erro
 	total, done := 0, 0
 	for {
 		var ch transport.Changes
-		if err := s.conn.call(ctx, &transport.Pull{Collection: s.coll, Cursor: cursor}, &ch); err != nil {
+		err := s.conn.call(ctx, &transport.Pull{Collection: s.coll, Cursor: cursor}, &ch)
+		if errors.Is(err, transport.ErrTruncated) {
+			// The relay truncated its log past this cursor (the device was
+			// away longer than it keeps entries): catch up from the
+			// records' snapshots, merging as a slow sync does.
+			s.r.log.Info("relay log truncated past the cursor; catching up from snapshots", "profile", s.p.Name, "collection", s.coll, "cursor", cursor)
+			return s.pullAll(ctx, apply)
+		}
+		if err != nil {
 			return fmt.Errorf("ferry: pull %s: %w", s.coll, err)
 		}
 		total += len(ch.Records)
@@ -352,11 +407,9 @@ func (s *collSync) applyAll(ctx context.Context, recs []transport.RecordChanges,
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		res, err := s.r.applyBatch(s.coll, batch, apply)
-		if err != nil {
+		if err := s.apply(ctx, batch, apply); err != nil {
 			return err
 		}
-		s.tally(res)
 		*done += len(batch)
 		s.progress(FromRelay, total, *done)
 		batch, size = nil, 0

@@ -282,7 +282,7 @@ func (f *faultRelay) wantSame(coll string, a, b *Replica) {
 		if !ok || !x.Heads.Equal(y.Heads) || x.Deleted != y.Deleted || !crdt.Equal(x.Fields, y.Fields) {
 			f.t.Fatalf("%s/%s: a has %+v, b has %+v (found %v)", coll, id, x, y, ok)
 		}
-		_, heads, err := f.store.Document(context.Background(), relay.Coll{Tenant: f.tenant, Collection: coll}, id)
+		_, heads, err := relay.Document(context.Background(), f.store, relay.Coll{Tenant: f.tenant, Collection: coll}, id)
 		if err != nil || !heads.Equal(x.Heads) {
 			f.t.Fatalf("%s/%s: relay heads %v (%v), replicas %v", coll, id, heads, err, x.Heads)
 		}

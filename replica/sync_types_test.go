@@ -41,7 +41,7 @@ func ids(t *testing.T, r *Replica, coll string) string {
 // relayFields reads a record as the relay holds it.
 func (e *syncEnv) relayFields(coll, id string) (map[string]any, bool) {
 	e.t.Helper()
-	b, _, err := e.store.Document(context.Background(), relay.Coll{Tenant: "shop", Collection: coll}, id)
+	b, _, err := relay.Document(context.Background(), e.store, relay.Coll{Tenant: "shop", Collection: coll}, id)
 	if errors.Is(err, relay.ErrNotFound) {
 		return nil, false
 	}
@@ -120,7 +120,7 @@ func TestFailingHookKeepsRecordPending(t *testing.T) {
 		t.Fatalf("sync with a failing hook: %v %+v", err, st)
 	}
 	c := stat(st, "c")
-	if len(c.Failed) != 1 || c.Failed[0] != "x" {
+	if len(c.Failed) != 1 || c.Failed[0].ID != "x" {
 		t.Fatalf("failed records %v, want [x]", c.Failed)
 	}
 	// The failed record is untouched and still pending; the rest synced.
@@ -496,6 +496,15 @@ func TestProfilesAreStoredAndBounded(t *testing.T) {
 	bad.URL, bad.Mode, bad.Collections = "http://x", "sometimes", nil
 	if err := r.UpdateProfile(bad); !errors.Is(err, ErrInvalidProfile) {
 		t.Fatalf("invalid profile: %v", err)
+	}
+	custom := e.profile("two")
+	custom.CollectionPolicies = map[string]policy.Policy{"c": policy.Custom}
+	if err := r.UpdateProfile(custom); !errors.Is(err, ErrInvalidProfile) || !errors.Is(err, policy.ErrNoHook) {
+		t.Fatalf("custom policy without a merge hook: %v", err)
+	}
+	r.SetMergeHook("c", policy.LocalWins)
+	if err := r.UpdateProfile(custom); err != nil {
+		t.Fatalf("custom policy once the hook is set: %v", err)
 	}
 	if err := r.UpdateProfile(p3); !errors.Is(err, ErrNoProfile) {
 		t.Fatalf("update of an unknown profile: %v", err)

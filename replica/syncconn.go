@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"sync"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/ferrysync/ferry/transport"
 )
@@ -38,7 +42,11 @@ func (r *Replica) dial(ctx context.Context, p *Profile, live bool) (*relayConn, 
 	}
 	dctx, cancel := context.WithTimeout(ctx, p.timeout())
 	defer cancel()
-	conn, err := transport.Dial(dctx, p.URL, nil)
+	var topts *transport.Options
+	if c := r.opts.HTTPClient; c != nil {
+		topts = &transport.Options{Dial: &websocket.DialOptions{HTTPClient: c}}
+	}
+	conn, err := transport.Dial(dctx, p.URL, topts)
 	if err != nil {
 		return nil, fmt.Errorf("ferry: connect to %s: %w", p.URL, err)
 	}
@@ -82,23 +90,29 @@ func (c *relayConn) callOnce(ctx context.Context, req, resp transport.Body, time
 	return c.client.Call(cctx, req, resp)
 }
 
-// lease is a held collection lease, renewed as a long sync goes on.
+// lease is a held collection lease, renewed in the background at half the
+// lifetime the relay granted, for as long as the sync holds it. The relay
+// may grant less than asked (its max_lease_ttl): the renewals follow what
+// it granted, never what was asked.
 type lease struct {
-	c       *relayConn
-	coll    string
-	fence   uint64
-	ttl     time.Duration
-	expires time.Time // by the local clock, conservatively
+	c     *relayConn
+	coll  string
+	fence uint64
+	ttl   time.Duration // asked for at each renewal
+
+	stop chan struct{} // closed by release
+	done chan struct{} // closed when the renewer has stopped
+
+	mu  sync.Mutex
+	err error // why a renewal failed: the lease may be lost
 }
 
-// acquire takes the collection's lease, waiting at most the profile's
-// timeout for another holder to let go.
-func (c *relayConn) acquire(ctx context.Context, coll string) (*lease, error) {
+// acquire takes the collection's lease for ttl, waiting at most the
+// profile's timeout for another holder to let go.
+func (c *relayConn) acquire(ctx context.Context, coll string, ttl time.Duration) (*lease, error) {
 	wait := c.p.timeout()
-	ttl := max(2*wait, 30*time.Second)
-	start := time.Now()
 	var l transport.Lease
-	req := &transport.LeaseAcquire{Collection: coll, TTLMS: uint32(ttl / time.Millisecond), WaitMS: uint32(wait / time.Millisecond)}
+	req := &transport.LeaseAcquire{Collection: coll, TTLMS: durationMS(ttl), WaitMS: durationMS(wait)}
 	err := c.callOnce(ctx, req, &l, wait+c.p.timeout())
 	if errors.Is(err, transport.ErrLeaseHeld) || errors.Is(err, transport.ErrLeaseTimeout) {
 		return nil, fmt.Errorf("%w: %s after %s: %w", ErrLeaseTimeout, coll, wait, err)
@@ -109,29 +123,69 @@ func (c *relayConn) acquire(ctx context.Context, coll string) (*lease, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ferry: lease of %s: %w", coll, err)
 	}
-	return &lease{c: c, coll: coll, fence: l.Fence, ttl: ttl, expires: start.Add(ttl)}, nil
+	ls := &lease{c: c, coll: coll, fence: l.Fence, ttl: ttl, stop: make(chan struct{}), done: make(chan struct{})}
+	go ls.renew(granted(l, ttl))
+	return ls, nil
 }
 
-// keep renews the lease if less than half its lifetime is left.
-func (l *lease) keep(ctx context.Context) error {
-	if l == nil || time.Until(l.expires) > l.ttl/2 {
+// granted is the lifetime the relay gave a lease: its ttl_ms, or, from a
+// relay that does not send it, what is left until expires_ms by this
+// device's clock (no more than asked).
+func granted(l transport.Lease, asked time.Duration) time.Duration {
+	if l.TTLMS > 0 {
+		return time.Duration(l.TTLMS) * time.Millisecond
+	}
+	if left := time.Until(time.UnixMilli(l.ExpiresMS)); left > 0 && left < asked {
+		return left
+	}
+	return asked
+}
+
+// renew keeps the lease until release, renewing at half of each granted
+// lifetime. A failed renewal ends it: the sync sees the error at its next
+// step (keep), and its pushes would be refused anyway.
+func (l *lease) renew(ttl time.Duration) {
+	defer close(l.done)
+	for {
+		t := time.NewTimer(ttl / 2)
+		select {
+		case <-l.stop:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), ttl/2)
+		var resp transport.Lease
+		err := l.c.call(ctx, &transport.LeaseRenew{Collection: l.coll, Fence: l.fence, TTLMS: durationMS(l.ttl)}, &resp)
+		cancel()
+		if err != nil {
+			l.mu.Lock()
+			l.err = fmt.Errorf("ferry: renewing lease of %s: %w", l.coll, err)
+			l.mu.Unlock()
+			return
+		}
+		ttl = granted(resp, l.ttl)
+	}
+}
+
+// keep reports whether the lease still holds, as far as its renewals know.
+func (l *lease) keep(context.Context) error {
+	if l == nil {
 		return nil
 	}
-	start := time.Now()
-	var resp transport.Lease
-	if err := l.c.call(ctx, &transport.LeaseRenew{Collection: l.coll, Fence: l.fence, TTLMS: uint32(l.ttl / time.Millisecond)}, &resp); err != nil {
-		return fmt.Errorf("ferry: renewing lease of %s: %w", l.coll, err)
-	}
-	l.expires = start.Add(l.ttl)
-	return nil
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
 }
 
-// release gives the lease back; failures only cost others a wait until
-// it expires.
+// release stops the renewals and gives the lease back; failures only cost
+// others a wait until it expires.
 func (l *lease) release() {
 	if l == nil {
 		return
 	}
+	close(l.stop)
+	<-l.done
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = l.c.client.Call(ctx, &transport.LeaseRelease{Collection: l.coll, Fence: l.fence}, nil)
@@ -142,4 +196,9 @@ func (l *lease) fenceOrZero() uint64 {
 		return 0
 	}
 	return l.fence
+}
+
+// durationMS converts d to whole milliseconds for the wire, within uint32.
+func durationMS(d time.Duration) uint32 {
+	return uint32(min(max(d/time.Millisecond, 1), math.MaxUint32))
 }

@@ -2,8 +2,10 @@ package replica
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -16,26 +18,42 @@ type outgoing struct {
 	id      string
 	changes []byte
 	heads   crdt.Heads // the record's heads once changes are applied
+	base    crdt.Heads // the heads changes were taken since (nil: all of them)
 	known   bool       // the relay held some of the record before
 	deleted bool
+	// partial marks a piece of a record's changes other than the last
+	// (see pieces): acknowledged, but not counted as a record pushed.
+	partial bool
 }
 
 // push sends every pending record's changes since the heads the relay
 // holds, in batches within the relay's limits, with the lease's fence, and
 // records what the relay acknowledged. Records whose merge hook failed
-// stay back until it succeeds.
+// stay back until it succeeds, and records holding a conflict resolution
+// stay back unless the sync holds the lease (see merge.go).
 func (s *collSync) push(ctx context.Context) error {
 	c := &Collection{r: s.r, name: s.coll}
 	ids, err := c.Pending()
 	if err != nil {
 		return err
 	}
-	held, err := s.r.quarantined(s.coll)
+	held, err := s.r.idSet('q', s.coll)
 	if err != nil {
 		return err
 	}
+	if s.lease == nil {
+		resolved, err := s.r.idSet('l', s.coll)
+		if err != nil {
+			return err
+		}
+		for id := range resolved {
+			held[id] = true
+			s.heldResolutions = true
+		}
+	}
 	limits := s.conn.welcome.Limits.WithDefaults()
-	budget := limits.MaxFrame - 64<<10
+	budget := limits.MaxFrame - transport.FrameOverhead
+	maxData := min(limits.MaxRecord, budget)
 	var batch []outgoing
 	size, done := 0, 0
 	total := len(ids)
@@ -61,6 +79,11 @@ func (s *collSync) push(ctx context.Context) error {
 			continue
 		}
 		o, err := s.r.outgoing(s.coll, id)
+		if errors.Is(err, ErrCorrupt) {
+			// A damaged record fails alone; the others are pushed.
+			s.cs.Failed = append(s.cs.Failed, failedRecord(id, err))
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -68,25 +91,104 @@ func (s *collSync) push(ctx context.Context) error {
 			total--
 			continue
 		}
-		if len(o.changes) > limits.MaxRecord || len(o.changes) > budget {
-			s.cs.Failed = append(s.cs.Failed, id)
-			s.r.log.Warn("record's changes exceed the relay's limit; not pushed", "collection", s.coll, "record", id, "bytes", len(o.changes), "limit", limits.MaxRecord)
-			continue
-		}
-		if len(batch) == limits.MaxBatch || size+len(o.changes) > budget {
-			if err := flush(); err != nil {
-				return err
+		parts := []outgoing{o}
+		if len(o.changes) > maxData {
+			// A record's history can pass max_record while its document,
+			// which max_record bounds, does not: push it in pieces.
+			if parts, err = pieces(o, maxData); err != nil {
+				err = fmt.Errorf("%w: %s/%s has %d bytes of changes to push, which do not fit the relay's max_record %d: %w", ErrTooLarge, s.coll, id, len(o.changes), limits.MaxRecord, err)
+				s.cs.Failed = append(s.cs.Failed, failedRecord(id, err))
+				s.r.log.Warn("record's changes cannot be pushed within the relay's max_record", "collection", s.coll, "record", id, "bytes", len(o.changes), "max_record", limits.MaxRecord, "err", err)
+				continue
 			}
 		}
-		batch = append(batch, o)
-		size += len(o.changes)
+		for i, part := range parts {
+			// Pieces of one record go in successive pushes, each building
+			// on the one before.
+			if len(batch) == limits.MaxBatch || size+len(part.changes) > budget || i > 0 {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			if i > 0 && slices.ContainsFunc(s.cs.Failed, func(f FailedRecord) bool { return f.ID == id }) {
+				break // the relay refused an earlier piece
+			}
+			batch = append(batch, part)
+			size += len(part.changes)
+		}
 	}
 	return flush()
 }
 
-// pushBatch pushes one batch. If the relay refuses it as invalid, the
-// records are pushed one by one, so one bad record does not hold back the
-// rest; the bad ones are listed as failed.
+// pieces cuts o's changes, at change boundaries and in their causal
+// order, into parts of at most max bytes, each with the heads the record
+// has once it and the parts before it are applied. A single change larger
+// than max is an error.
+func pieces(o outgoing, max int) ([]outgoing, error) {
+	heads := map[crdt.Hash]bool{}
+	for _, h := range o.base {
+		heads[h] = true
+	}
+	var out []outgoing
+	start := 0
+	for off := 0; off < len(o.changes); {
+		n, err := chunkLen(o.changes[off:])
+		if err != nil {
+			return nil, err
+		}
+		if n > max {
+			return nil, fmt.Errorf("one change of %d bytes", n)
+		}
+		if off+n-start > max {
+			out = append(out, piece(o, o.changes[start:off], heads))
+			start = off
+		}
+		infos, err := crdt.ParseChanges(o.changes[off : off+n])
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range infos {
+			for _, d := range c.Deps {
+				delete(heads, d)
+			}
+			heads[c.Hash] = true
+		}
+		off += n
+	}
+	last := o
+	last.changes = o.changes[start:]
+	return append(out, last), nil
+}
+
+func piece(o outgoing, changes []byte, heads map[crdt.Hash]bool) outgoing {
+	p := outgoing{id: o.id, changes: changes, known: o.known, partial: true}
+	for h := range heads {
+		p.heads = append(p.heads, h)
+	}
+	return p
+}
+
+// chunkLen returns the length of the Automerge chunk b starts with: magic
+// and checksum (8 bytes), type, uLEB128 payload length, payload.
+func chunkLen(b []byte) (int, error) {
+	if len(b) < 10 {
+		return 0, errors.New("truncated chunk")
+	}
+	n, ln := binary.Uvarint(b[9:])
+	if ln <= 0 || n > uint64(len(b)-9-ln) {
+		return 0, errors.New("bad chunk length")
+	}
+	return 9 + ln + int(n), nil
+}
+
+// pushAttempts bounds how often one batch is pushed while the relay
+// answers conflict.
+const pushAttempts = 3
+
+// pushBatch pushes one batch. If the relay refuses it as invalid or too
+// large, the records are pushed one by one, so one bad record does not hold
+// back the rest; the bad ones are listed as failed. A batch the relay
+// answers with conflict is pushed again, up to pushAttempts times.
 func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error) {
 	req := &transport.Push{Collection: s.coll, Fence: s.lease.fenceOrZero()}
 	for _, o := range batch {
@@ -94,11 +196,21 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 	}
 	var ack transport.Ack
 	err := s.conn.call(ctx, req, &ack)
+	for try := 1; errors.Is(err, transport.ErrConflict) && try < pushAttempts; try++ {
+		// The relay merged the push again and again while another writer
+		// (a relay process sharing its store) kept changing the records:
+		// nothing was stored, and pushing again is safe.
+		s.r.log.Debug("relay reported a conflict; pushing again", "collection", s.coll, "records", len(batch), "attempt", try+1)
+		err = s.conn.call(ctx, req, &ack)
+	}
 	var perr *transport.Error
 	if errors.As(err, &perr) && (perr.Code == transport.CodeInvalidChange || perr.Code == transport.CodeTooLarge) {
 		if len(batch) == 1 {
-			s.cs.Failed = append(s.cs.Failed, batch[0].id)
-			s.r.log.Warn("relay refused a record's changes", "collection", s.coll, "record", batch[0].id, "err", err)
+			s.cs.Failed = append(s.cs.Failed, failedRecord(batch[0].id, fmt.Errorf("ferry: the relay refused the changes of %s/%s: %w", s.coll, batch[0].id, err)))
+			// too_large: the record's document would pass the relay's
+			// max_record. It stays pending (and failed) until an edit
+			// makes it smaller or the relay's limit grows.
+			s.r.log.Warn("relay refused a record's changes", "collection", s.coll, "record", batch[0].id, "code", perr.Code, "err", err)
 			return 0, nil
 		}
 		n := 0
@@ -116,10 +228,15 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 	}
 	// The relay holds at least what was pushed; its own heads may name
 	// changes this device has not pulled yet, so they are not used.
-	if err := s.r.acknowledge(s.coll, batch); err != nil {
+	if err := s.r.acknowledge(s.coll, batch, s.lease != nil); err != nil {
 		return 0, err
 	}
+	n := 0
 	for _, o := range batch {
+		if o.partial {
+			continue // the record's last piece counts it
+		}
+		n++
 		a := applied{changed: true, ev: Event{Kind: Updated}}
 		switch {
 		case o.deleted && !o.known:
@@ -131,7 +248,7 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 		}
 		s.count(ToRelay, a)
 	}
-	return len(batch), nil
+	return n, nil
 }
 
 // outgoing reads what a pending record has to push.
@@ -147,8 +264,10 @@ func (r *Replica) outgoing(coll, id string) (outgoing, error) {
 			return err
 		}
 		changes, err := d.ChangesSince(acked)
+		o.base = acked
 		if errors.Is(err, crdt.ErrUnknownHeads) {
 			changes, err = d.ChangesSince(nil)
+			o.base = nil
 		}
 		o.changes, o.heads, o.known, o.deleted = changes, m.heads, len(acked) > 0, m.deleted
 		return err
@@ -161,21 +280,22 @@ func (r *Replica) outgoing(coll, id string) (outgoing, error) {
 
 // acknowledge records, in one transaction, that the relay holds each
 // record up to the heads pushed; a record stays pending if it changed
-// since.
-func (r *Replica) acknowledge(coll string, batch []outgoing) error {
+// since. leased says the push held the lease, so any conflict resolution
+// it carried is pushed as it must be.
+func (r *Replica) acknowledge(coll string, batch []outgoing, leased bool) error {
 	ids := make([]string, len(batch))
 	for i, o := range batch {
 		ids[i] = o.id
 	}
 	_, err := r.batchOp(coll, ids, func(i int, txn *badger.Txn, t *touched) (bool, error) {
-		return t.existed, ackRecord(txn, t.coll, t.id, t.doc, batch[i].heads)
+		return t.existed, ackRecord(txn, t.coll, t.id, t.doc, batch[i].heads, leased)
 	})
 	return err
 }
 
 // ackRecord stores heads as what the relay holds of a record, and clears
 // its pending marker if it has nothing beyond them.
-func ackRecord(txn *badger.Txn, coll, id string, d *crdt.Doc, heads crdt.Heads) error {
+func ackRecord(txn *badger.Txn, coll, id string, d *crdt.Doc, heads crdt.Heads, leased bool) error {
 	rest, err := d.ChangesSince(heads)
 	if err != nil {
 		return fmt.Errorf("ferry: acknowledge %s/%s: %w", coll, id, err)
@@ -183,8 +303,13 @@ func ackRecord(txn *badger.Txn, coll, id string, d *crdt.Doc, heads crdt.Heads) 
 	if err := txn.Set(recKey('a', coll, id), heads.Bytes()); err != nil {
 		return err
 	}
+	if leased {
+		if err := txn.Delete(recKey('l', coll, id)); err != nil {
+			return err
+		}
+	}
 	if len(rest) == 0 {
-		return txn.Delete(recKey('p', coll, id))
+		return clearPending(txn, coll, id)
 	}
 	return nil
 }

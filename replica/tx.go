@@ -114,9 +114,10 @@ type touched struct {
 	old, new   meta
 	existed    bool // stored before this commit
 	wasDeleted bool
-	seen       bool // existed, or created earlier in this unit of work
-	live       bool // exists and is not deleted, as of the ops applied so far
-	dirty      bool // the document held changes that were not stored
+	seen       bool  // existed, or created earlier in this unit of work
+	live       bool  // exists and is not deleted, as of the ops applied so far
+	dirty      bool  // the document held changes that were not stored
+	corrupt    error // the stored record is damaged (ErrCorrupt): left alone
 }
 
 // commit applies ops under the records' locks in one Badger transaction.
@@ -150,7 +151,7 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 					return err
 				}
 				if !ok {
-					if d, err = crdt.New(r.id); err != nil {
+					if d, err = crdt.New(r.actor); err != nil {
 						return err
 					}
 				}
@@ -168,8 +169,10 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 			if err != nil {
 				return err
 			}
-			if !made && !t.existed && t.seen {
-				// Created with no fields: it must still exist.
+			if !made && !t.existed && t.seen && len(t.doc.Heads()) == 0 {
+				// Created with no fields: it must still exist. (A record
+				// imported whole has the sender's heads already, and must
+				// keep exactly those.)
 				if err := t.doc.CommitEmpty("", now); err != nil {
 					return err
 				}

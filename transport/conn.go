@@ -79,13 +79,14 @@ type Options struct {
 
 // Conn sends and receives envelopes over one WebSocket connection.
 //
-// Concurrency: Recv has one caller at a time (one read loop); Send may be
-// called from any number of goroutines, and messages go out whole, one at a
-// time. Close and CloseWithError may be called from any goroutine, once or
-// more. Pongs are processed inside Recv, so keepalive needs a goroutine
-// that keeps calling Recv: a Conn that nobody reads fails its pings and
-// closes. Canceling the context of a Recv in progress closes the connection
-// (a message cannot be half read); see Send for its context.
+// Concurrency: Recv has one caller at a time (one read loop); Send and
+// SendWithin may be called from any number of goroutines, and messages go
+// out whole, one at a time. Close and CloseWithError may be called from
+// any goroutine, once or more. Pongs are processed inside Recv, so
+// keepalive needs a goroutine that keeps calling Recv: a Conn that nobody
+// reads fails its pings and closes. Canceling the context of a Recv in
+// progress closes the connection (a message cannot be half read); see Send
+// for its context.
 type Conn struct {
 	ws     *websocket.Conn
 	limits Limits
@@ -214,16 +215,98 @@ func (c *Conn) getCause() error {
 // ctx bounds the wait for this message's turn. Once the message has begun
 // to go out it is finished whatever ctx does, because a half-sent message
 // would leave the stream unreadable; a write stuck on a peer that stopped
-// reading ends when keepalive gives up on the peer, or at Close.
+// reading ends when keepalive gives up on the peer, or at Close. Use
+// SendWithin to bound the write itself.
 func (c *Conn) Send(ctx context.Context, e *Envelope) error {
-	b, err := Encode(e)
+	b, err := c.encode(e)
 	if err != nil {
 		return err
 	}
-	if len(b) > c.limits.MaxFrame {
-		return errorf(CodeTooLarge, "%s message of %d bytes exceeds max_frame %d", e.Type, len(b), c.limits.MaxFrame)
-	}
 	return c.write(ctx, c.ctx, b)
+}
+
+// slowCloseGrace is how long a slow consumer is given to take the close
+// frame that cuts it off before its socket is closed without one.
+const slowCloseGrace = time.Second
+
+// SendWithin sends e like Send, but the peer must take it within d of the
+// call, the wait for this message's turn included. A peer that does not is
+// a slow consumer, and the Conn cuts it off: it closes with 4001 and the
+// reason slow_consumer (no error message: the peer is not reading them),
+// sending the close frame if it can get out within a second — a close
+// frame may pass between the fragments of a message the peer is still
+// reading — and closing the socket regardless; only a close frame already
+// on its way waits longer, for the WebSocket library's own bound of 5 s.
+// SendWithin then returns an error for which errors.Is holds with both
+// ErrClosed and ErrSlowConsumer, as do later calls on the Conn.
+//
+// ctx bounds the wait for the turn as it does for Send. A d of 0 or less
+// means no bound: SendWithin is then Send.
+func (c *Conn) SendWithin(ctx context.Context, e *Envelope, d time.Duration) error {
+	b, err := c.encode(e)
+	if err != nil {
+		return err
+	}
+	if d <= 0 {
+		return c.write(ctx, c.ctx, b)
+	}
+	turn, stopWaiting := context.WithCancel(ctx)
+	defer stopWaiting()
+	cut := make(chan struct{})
+	t := time.AfterFunc(d, func() {
+		defer close(cut)
+		stopWaiting()
+		c.cutSlow(d)
+	})
+	err = c.write(turn, c.ctx, b)
+	if t.Stop() {
+		return err
+	}
+	<-cut
+	if err == nil {
+		// Written just as d ran out: the connection is being cut anyway.
+		err = errors.New("transport: send: cut off as a slow consumer")
+	}
+	return c.closedErr(err)
+}
+
+// cutSlow closes the connection of a peer that did not take a message
+// within d, a close frame (4001) first if one can get out.
+func (c *Conn) cutSlow(d time.Duration) {
+	c.setCause(errorf(CodeSlowConsumer, "peer took no message for %v", d))
+	c.closeOnce.Do(func() {
+		// The close frame needs the frame lock, which a write stuck on the
+		// full socket holds; it gets it only if that write moves on.
+		closed := make(chan struct{})
+		go func() {
+			defer close(closed)
+			_ = c.ws.Close(CloseSlowConsumer, string(CodeSlowConsumer))
+		}()
+		t := time.NewTimer(slowCloseGrace)
+		select {
+		case <-closed:
+		case <-t.C:
+		}
+		t.Stop()
+		// Ending c.ctx ends every write in progress under it, and the
+		// library closes the socket of a write whose context ends: the
+		// stuck write returns, and Close above with it.
+		c.cancel()
+		<-c.kaDone
+		<-closed
+	})
+}
+
+// encode encodes e, refusing an envelope over MaxFrame.
+func (c *Conn) encode(e *Envelope) ([]byte, error) {
+	b, err := Encode(e)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > c.limits.MaxFrame {
+		return nil, errorf(CodeTooLarge, "%s message of %d bytes exceeds max_frame %d", e.Type, len(b), c.limits.MaxFrame)
+	}
+	return b, nil
 }
 
 // SendBody sends body in a new envelope with id.

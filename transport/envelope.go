@@ -116,7 +116,12 @@ func (l Limits) Decode(frame []byte) (*Envelope, error) {
 
 func isMap(c byte) bool { return c&0xf0 == 0x80 || c == 0xde || c == 0xdf }
 
+// unmarshal decodes b into v, refusing integers out of their field's range
+// (see checkInts), which msgpack itself would truncate.
 func unmarshal(b []byte, v any) error {
+	if err := checkInts(b, v); err != nil {
+		return err
+	}
 	dec := msgpack.NewDecoder(bytes.NewReader(b))
 	if err := dec.Decode(v); err != nil {
 		return err

@@ -21,10 +21,12 @@ const (
 	CodeTooLarge           Code = "too_large"           // a limit was exceeded
 	CodeInvalidChange      Code = "invalid_change"      // change bytes do not load as Automerge
 	CodeStaleFence         Code = "stale_fence"         // the push's fence is not the current lease
+	CodeConflict           Code = "conflict"            // records changed concurrently; push again
 	CodeLeaseHeld          Code = "lease_held"          // another holder has the lease
 	CodeLeaseTimeout       Code = "lease_timeout"       // wait_ms passed without the lease
 	CodeSlowConsumer       Code = "slow_consumer"       // live subscriber fell too far behind
 	CodeRateLimited        Code = "rate_limited"        // retry after retry_ms
+	CodeTruncated          Code = "truncated"           // the cursor is below the log's horizon: pull from 0 and merge
 	CodeInternal           Code = "internal"            // the relay failed; retrying may help
 	CodeShuttingDown       Code = "shutting_down"       // relay is stopping; reconnect elsewhere or later
 )
@@ -81,10 +83,12 @@ var (
 	ErrTooLarge           = &Error{Code: CodeTooLarge}
 	ErrInvalidChange      = &Error{Code: CodeInvalidChange}
 	ErrStaleFence         = &Error{Code: CodeStaleFence}
+	ErrConflict           = &Error{Code: CodeConflict}
 	ErrLeaseHeld          = &Error{Code: CodeLeaseHeld}
 	ErrLeaseTimeout       = &Error{Code: CodeLeaseTimeout}
 	ErrSlowConsumer       = &Error{Code: CodeSlowConsumer}
 	ErrRateLimited        = &Error{Code: CodeRateLimited}
+	ErrTruncated          = &Error{Code: CodeTruncated}
 	ErrInternal           = &Error{Code: CodeInternal}
 	ErrShuttingDown       = &Error{Code: CodeShuttingDown}
 )

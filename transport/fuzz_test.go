@@ -34,6 +34,8 @@ func hostileSeeds() map[string][]byte {
 		"unknown_type":               rawFrame(1, "teleport", 1, []byte{0x80}),
 		"version_2":                  rawFrame(2, "pull", 1, mustMarshal(map[string]any{"collection": "c"})),
 		"trailing_byte":              append(mustFrame(1, &OK{}), 0xc0),
+		"out_of_range_v":             rawFrame(65537, "ok", 1, []byte{0x80}),
+		"out_of_range_ttl":           rawFrame(1, "lease_acquire", 1, mustMarshal(map[string]any{"collection": "c", "ttl_ms": uint64(1)<<32 + 1})),
 	}
 }
 

@@ -1,5 +1,7 @@
 package transport
 
+import "fmt"
+
 // Default limits. A relay advertises its own in welcome; both sides refuse
 // what exceeds the limits they were configured with.
 const (
@@ -12,6 +14,21 @@ const (
 	// 10,000; the bound exists because each element, one byte on the wire,
 	// can cost ~100 bytes once decoded into Go values.
 	DefaultMaxItems = 1 << 16
+	// DefaultMaxInflated is max_inflated's default: that of max_record, the
+	// most one record may hold uncompressed. A zero MaxInflated follows
+	// MaxRecord, whatever its value.
+	DefaultMaxInflated = DefaultMaxRecord
+)
+
+// Room a message needs besides its records' data, for senders that fill a
+// frame: FrameOverhead for the envelope and one record's keys, ID and
+// heads; RecordOverhead for the keys and headers of each further record
+// (its ID and heads not included). MaxFrame must exceed MaxRecord by
+// FrameOverhead at least (see Limits.Check), so that a record of any
+// allowed size can always be sent alone.
+const (
+	FrameOverhead  = 64 << 10
+	RecordOverhead = 64
 )
 
 // HeadSize is the length of an Automerge change hash.
@@ -26,6 +43,12 @@ type Limits struct {
 	MaxRecord int `msgpack:"max_record"`
 	MaxDepth  int `msgpack:"max_depth"`
 	MaxItems  int `msgpack:"max_items"`
+	// MaxInflated bounds the bytes one push may inflate from compressed
+	// Automerge data (compressed change chunks and columns), all its
+	// records together, so a few kilobytes of DEFLATE cannot claim
+	// gigabytes. The relay handles one request of a connection at a time,
+	// so this is also the bound per connection. Zero: MaxRecord.
+	MaxInflated int `msgpack:"max_inflated"`
 }
 
 // DefaultLimits returns the default limits.
@@ -36,6 +59,8 @@ func DefaultLimits() Limits {
 		MaxRecord: DefaultMaxRecord,
 		MaxDepth:  DefaultMaxDepth,
 		MaxItems:  DefaultMaxItems,
+
+		MaxInflated: DefaultMaxInflated,
 	}
 }
 
@@ -58,7 +83,22 @@ func (l Limits) WithDefaults() Limits {
 	if l.MaxItems <= 0 {
 		l.MaxItems = d.MaxItems
 	}
+	if l.MaxInflated <= 0 {
+		l.MaxInflated = l.MaxRecord
+	}
 	return l
+}
+
+// Check reports whether l (zero fields meaning defaults) is a consistent
+// set: a frame must hold a record of MaxRecord bytes alone, with
+// FrameOverhead to spare, or a record the relay accepted could never be
+// sent to a device. Relays and their configuration call it.
+func (l Limits) Check() error {
+	l = l.WithDefaults()
+	if l.MaxFrame < l.MaxRecord+FrameOverhead {
+		return fmt.Errorf("transport: max_frame %d must be at least max_record %d + %d bytes of envelope", l.MaxFrame, l.MaxRecord, FrameOverhead)
+	}
+	return nil
 }
 
 // Validate checks a body against l (zero fields meaning defaults): counts

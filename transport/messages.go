@@ -201,7 +201,8 @@ type Unsubscribe struct {
 	Collection string `msgpack:"collection"`
 }
 
-// LeaseAcquire asks for a collection's lease (the SyncLock).
+// LeaseAcquire asks for a collection's lease, which one device at a time
+// holds to sync the collection.
 type LeaseAcquire struct {
 	Collection string `msgpack:"collection"`
 	TTLMS      uint32 `msgpack:"ttl_ms"`  // lease lifetime
@@ -226,6 +227,9 @@ type Lease struct {
 	Collection string `msgpack:"collection"`
 	Fence      uint64 `msgpack:"fence"`      // only grows, per collection
 	ExpiresMS  int64  `msgpack:"expires_ms"` // Unix milliseconds, relay clock
+	// TTLMS is the lifetime granted, which may be less than asked: renew
+	// before half of it has passed. Clocks need not agree for this.
+	TTLMS uint32 `msgpack:"ttl_ms,omitempty"`
 }
 
 // OK answers auth, subscribe, unsubscribe and lease_release. Its body is an
@@ -261,7 +265,7 @@ func (w *Welcome) validate(*Limits) error {
 		return errorf(CodeBadFrame, "welcome without a version")
 	}
 	if w.Limits.MaxFrame < 0 || w.Limits.MaxBatch < 0 || w.Limits.MaxRecord < 0 ||
-		w.Limits.MaxDepth < 0 || w.Limits.MaxItems < 0 {
+		w.Limits.MaxDepth < 0 || w.Limits.MaxItems < 0 || w.Limits.MaxInflated < 0 {
 		return errorf(CodeBadFrame, "welcome has negative limits")
 	}
 	return nil

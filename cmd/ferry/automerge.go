@@ -21,8 +21,9 @@ func allowedOrigins(configured []string, flag string, dev bool) []string {
 }
 
 // automergeURL is the URL an automerge-repo app gives its WebSocket
-// adapter to sync collection coll through the relay at addr.
-func automergeURL(addr, apiKey, token, coll string) string {
+// adapter to sync collection coll through the relay at addr (scheme ws or
+// wss).
+func automergeURL(scheme, addr, apiKey, token, coll string) string {
 	q := url.Values{"api_key": {apiKey}, "token": {token}}
-	return "ws://" + addr + "/automerge/" + url.PathEscape(coll) + "?" + q.Encode()
+	return scheme + "://" + addr + "/automerge/" + url.PathEscape(coll) + "?" + q.Encode()
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -34,8 +33,16 @@ type benchOutput struct {
 	Error   string          `json:"error,omitempty"`
 }
 
+const benchHelp = `Usage: ferry bench [flags]
+
+Runs the benchmark workloads (see docs/benchmarks.md) against a relay in
+this process, in a child process (--child), or an external one (--relay),
+and prints each figure with its ratio to the floor, W0, measured in the
+same run. Progress goes to standard error.
+`
+
 func (c *BenchCommand) Run(ctx context.Context, args []string) error {
-	fs := newFlags("bench", c.Stderr)
+	fs := newFlags("bench")
 	workloads := fs.String("workloads", strings.Join(bench.Default, ","), "workloads to run, comma-separated (W0 to W5; W5 takes minutes)")
 	records := fs.Int("records", 10_000, "records of W0, W1 and W4")
 	updates := fs.Int("updates", 1_000, "W2 live updates, and W3 offline edits per replica")
@@ -44,32 +51,29 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	subscribers := fs.Int("subscribers", 8, "W4 live subscribers")
 	batch := fs.Int("batch", 1, "W4 records per push")
 	maxGrowth := fs.Int("max-growth", 0, "W5 skips sizes above this (10000 for a quicker run); 0: 1,000, 10,000 and 100,000")
-	relayURL := fs.String("relay", "", "an external relay, ws://host:port/ws (with --api-key and --token); default: one in this process")
+	relayURL := fs.String("relay", "", "an external relay's `URL`, ws://host:port/ws (with --api-key and --token); default: one in this process")
 	apiKey := fs.String("api-key", "", "the external relay's app API key")
 	token := fs.String("token", "", "a token of that app that may write every collection")
-	child := fs.Bool("child", false, "run the relay as a child process (`ferry relay`), to measure its memory apart")
+	child := fs.Bool("child", false, "run the relay as a child process (ferry relay), to measure its memory apart")
 	jsonOut := fs.Bool("json", false, "print JSON instead of a table")
 	seed := fs.Uint64("seed", 0, "seed for record contents and edits (0: random)")
-	dir := fs.String("dir", "", "folder for the replicas' and relay's data (default: the system's temporary folder)")
+	dir := fs.String("dir", "", "`folder` for the replicas' and relay's data, created if missing (default: the system's temporary folder)")
 	verify := fs.Bool("verify", false, "check every workload's outcome in full (slower)")
 	quiet := fs.Bool("quiet", false, "no progress lines on stderr")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (this process; see go tool pprof)")
-	if err := fs.Parse(args); err != nil {
+	if err := parse(fs, args, c.Stdout, benchHelp); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("bench: unexpected argument %q", fs.Arg(0))
 	}
 	names := splitList(*workloads)
 	for _, n := range names {
 		if _, err := bench.Lookup(n); err != nil {
-			return err
+			return usagef(fs, "%v", err)
 		}
 	}
 	target := bench.Target{Mode: bench.InProcess}
 	switch {
 	case *child && *relayURL != "":
-		return errors.New("bench: --child and --relay exclude each other")
+		return usagef(fs, "--child and --relay exclude each other")
 	case *child:
 		target = bench.Target{Mode: bench.Child, Command: c.relayCommand}
 		if target.Command == nil {
@@ -81,9 +85,14 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 		}
 	case *relayURL != "":
 		if *apiKey == "" || *token == "" {
-			return errors.New("bench: --relay needs --api-key and --token")
+			return usagef(fs, "--relay needs --api-key and --token")
 		}
 		target = bench.Target{Mode: bench.External, URL: *relayURL, APIKey: *apiKey, Token: *token}
+	}
+	if *dir != "" {
+		if err := os.MkdirAll(*dir, 0o700); err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)

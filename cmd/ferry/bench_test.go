@@ -6,15 +6,17 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 )
 
 // tinyBench are flags that make every workload take well under a second.
+// The --dir does not exist yet: bench creates it.
 func tinyBench(t *testing.T) []string {
 	return []string{"--records", "30", "--updates", "5", "--merge-records", "5", "--clients", "3", "--subscribers", "2",
-		"--dir", t.TempDir(), "--verify", "--seed", "42"}
+		"--dir", filepath.Join(t.TempDir(), "new", "bench"), "--verify", "--seed", "42"}
 }
 
 func TestBenchTable(t *testing.T) {

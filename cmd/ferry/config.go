@@ -1,13 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/ferrysync/ferry/relay"
@@ -15,7 +16,9 @@ import (
 )
 
 // Config is the relay's configuration file (JSON). Flags given on the
-// command line override it.
+// command line override it. Relative paths in the file (data, tls_cert,
+// tls_key) are relative to the file's folder, so the file means the same
+// whatever folder the relay is started from.
 type Config struct {
 	Addr      string       `json:"addr"`       // listen address, host:port
 	Data      string       `json:"data"`       // data folder
@@ -27,16 +30,32 @@ type Config struct {
 
 	MaxLeaseTTL     Duration `json:"max_lease_ttl"`
 	DefaultLeaseTTL Duration `json:"default_lease_ttl"`
-	MaxLag          int      `json:"max_lag"`          // log entries a subscriber may trail by
+	MaxLag          int      `json:"max_lag"` // log entries a subscriber may trail by
+	// CompactInterval is how often records whose tail outgrew their
+	// snapshot are compacted; LogRetention how many of each collection's
+	// latest log entries are kept (older ones go once snapshots hold them).
+	CompactInterval Duration `json:"compact_interval"`
+	LogRetention    int      `json:"log_retention"`
 	ShutdownTimeout Duration `json:"shutdown_timeout"` // grace for in-flight requests
-	AllowedOrigins  []string `json:"allowed_origins"`  // browser pages from other origins that may connect
+
+	// TLSCert and TLSKey are PEM files: with both, the relay serves wss://
+	// itself, reloading them when they change.
+	TLSCert string `json:"tls_cert"`
+	TLSKey  string `json:"tls_key"`
+
+	// AllowedOrigins are browser pages from other origins that may
+	// connect (see docs/operations.md).
+	AllowedOrigins []string `json:"allowed_origins"`
 }
 
-// ConfigLimits overrides transport limits; zero keeps the default.
+// ConfigLimits overrides transport limits; zero keeps the default (for
+// max_inflated, max_record's value). loadConfig refuses an inconsistent
+// set: max_frame must hold a record of max_record alone.
 type ConfigLimits struct {
-	MaxFrame  int `json:"max_frame"`
-	MaxBatch  int `json:"max_batch"`
-	MaxRecord int `json:"max_record"`
+	MaxFrame    int `json:"max_frame"`
+	MaxBatch    int `json:"max_batch"`
+	MaxRecord   int `json:"max_record"`
+	MaxInflated int `json:"max_inflated"`
 }
 
 // Duration is a time.Duration written as "30s" in JSON.
@@ -45,11 +64,11 @@ type Duration time.Duration
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("duration must be a string like \"30s\": %w", err)
+		return fmt.Errorf("%s is not a duration string like \"30s\" or \"5m\"", b)
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return err
+		return fmt.Errorf("%q is not a duration like \"30s\" or \"5m\"", s)
 	}
 	*d = Duration(v)
 	return nil
@@ -57,18 +76,98 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
+// loadConfig reads and checks the configuration file at path. Every field
+// is checked (see Config.check), so a mistake is reported when the relay
+// starts, naming the field, rather than becoming a silent default.
 func loadConfig(path string) (Config, error) {
 	var c Config
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return c, fmt.Errorf("config: %w", err)
 	}
-	dec := json.NewDecoder(strings.NewReader(string(b)))
+	if len(bytes.TrimSpace(b)) == 0 {
+		return c, fmt.Errorf("config %s is empty: write a JSON object, such as {\"apps\": [...]} (see docs/operations.md)", path)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
+		return c, fmt.Errorf("config %s: %s", path, jsonProblem(b, err))
+	}
+	if rest := bytes.TrimLeft(b[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
+		return c, fmt.Errorf("config %s: %s: more after the JSON object", path, position(b, int64(len(b)-len(rest))))
+	}
+	c.resolvePaths(filepath.Dir(path))
+	if err := c.check(); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := c.checkLimits(); err != nil {
 		return c, fmt.Errorf("config %s: %w", path, err)
 	}
 	return c, nil
+}
+
+// checkLimits refuses negative limits and a set the relay could not serve
+// (see transport.Limits.Check).
+func (c Config) checkLimits() error {
+	l := c.Limits
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"max_frame", l.MaxFrame}, {"max_batch", l.MaxBatch}, {"max_record", l.MaxRecord}, {"max_inflated", l.MaxInflated}} {
+		if f.v < 0 {
+			return fmt.Errorf("limits: %s is negative", f.name)
+		}
+	}
+	if err := c.limits().Check(); err != nil {
+		return fmt.Errorf("limits: %w", err)
+	}
+	return nil
+}
+
+// resolvePaths makes the file's relative paths relative to its folder.
+func (c *Config) resolvePaths(dir string) {
+	for _, p := range []*string{&c.Data, &c.TLSCert, &c.TLSKey} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+}
+
+// jsonProblem words a decoding error with its line and column.
+func jsonProblem(b []byte, err error) string {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		// Offset counts the bytes read, the bad one included.
+		return fmt.Sprintf("%s: %v", position(b, syn.Offset-1), syn)
+	case errors.As(err, &typ):
+		return fmt.Sprintf("%s: %s: want a JSON %s, not %s", position(b, typ.Offset-1), typ.Field, typ.Type, typ.Value)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "the JSON ends early (an unclosed { or [?)"
+	}
+	// A field's own decoding (a Duration) failed: encoding/json does not
+	// say which field, so find it.
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(b, &fields) == nil {
+		for _, name := range []string{"max_lease_ttl", "default_lease_ttl", "shutdown_timeout"} {
+			var d Duration
+			if raw, ok := fields[name]; ok {
+				if ferr := d.UnmarshalJSON(raw); ferr != nil {
+					return name + ": " + ferr.Error()
+				}
+			}
+		}
+	}
+	return err.Error()
+}
+
+// position is "line L, column C" of the byte at index i of b, both from 1.
+func position(b []byte, i int64) string {
+	i = max(0, min(i, int64(len(b))))
+	line := 1 + bytes.Count(b[:i], []byte("\n"))
+	col := i - int64(bytes.LastIndexByte(b[:i], '\n'))
+	return fmt.Sprintf("line %d, column %d", line, col)
 }
 
 func (c Config) limits() transport.Limits {
@@ -82,7 +181,9 @@ func (c Config) limits() transport.Limits {
 	if c.Limits.MaxRecord > 0 {
 		l.MaxRecord = c.Limits.MaxRecord
 	}
-	return l
+	// Unset, max_inflated follows max_record (see transport.Limits).
+	l.MaxInflated = c.Limits.MaxInflated
+	return l.WithDefaults()
 }
 
 func newLogger(level, format string, w *os.File) (*slog.Logger, error) {
@@ -107,24 +208,82 @@ func newLogger(level, format string, w *os.File) (*slog.Logger, error) {
 // tokens stay valid across restarts.
 const devAppFile = "dev-app.json"
 
-// devApp loads the dev app from dir, creating it on first use.
-func devApp(dir string) (relay.App, error) {
+// errNoDevApp means a data folder holds no dev app.
+var errNoDevApp = errors.New("no dev app")
+
+// loadDevApp reads the dev app of the data folder dir; it never creates
+// one. A missing one gives an error matching errNoDevApp that says where
+// it looked.
+func loadDevApp(dir string) (relay.App, error) {
+	var app relay.App
 	path := filepath.Join(dir, devAppFile)
 	b, err := os.ReadFile(path)
-	if err == nil {
-		var app relay.App
-		if err := json.Unmarshal(b, &app); err != nil {
-			return app, fmt.Errorf("%s: %w", path, err)
-		}
-		return app, nil
+	if errors.Is(err, os.ErrNotExist) {
+		abs, _ := filepath.Abs(path)
+		return app, fmt.Errorf("%w: %s does not exist; `ferry relay --dev` creates it in its data folder (--data, default ./ferry-data): "+
+			"run this where the relay runs, or pass the relay's --data", errNoDevApp, abs)
 	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return relay.App{}, err
+	if err != nil {
+		return app, err
 	}
-	app := relay.NewApp("dev")
-	b, _ = json.MarshalIndent(app, "", "  ")
+	if err := json.Unmarshal(b, &app); err != nil {
+		return app, fmt.Errorf("%s: %w", path, err)
+	}
+	if app.ID == "" || app.APIKey == "" || len(app.Secret) < 32 {
+		return app, fmt.Errorf("%s: want the fields id, api_key and secret (at least 32 bytes)", path)
+	}
+	return app, nil
+}
+
+// devApp loads the dev app from dir, creating it (and dir) on first use.
+func devApp(dir string) (relay.App, error) {
+	app, err := loadDevApp(dir)
+	if !errors.Is(err, errNoDevApp) {
+		return app, err
+	}
+	app = relay.NewApp("dev")
+	b, _ := json.MarshalIndent(app, "", "  ")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return app, err
 	}
-	return app, os.WriteFile(path, b, 0o600)
+	return app, writeFileAtomic(filepath.Join(dir, devAppFile), b, 0o600)
+}
+
+// writeFileAtomic writes a file whole or not at all: a crash leaves either
+// no file or the complete one, never a truncated dev app.
+func writeFileAtomic(path string, b []byte, perm os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // after a successful rename, there is nothing to remove
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// syncDir makes a rename or create in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

@@ -6,37 +6,57 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"text/tabwriter"
 
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrysync/ferry/internal/badgerdir"
 	"github.com/ferrysync/ferry/replica"
 )
 
-// InspectCommand summarizes a replica's store: its ID, collections, record
-// and pending counts; with --collection, its records; with --id, one record.
-// The app using the store must be stopped (Badger holds its folder's lock).
+// InspectCommand summarizes a device's store: its ID, collections, record
+// and pending counts, and sync profiles; with --collection, its records;
+// with --id, one record. It never writes to the store and never creates
+// anything where it looks (see openSnapshot).
 type InspectCommand struct {
 	Stdout, Stderr io.Writer
 }
 
+const inspectHelp = `Usage: ferry inspect --data FOLDER [--collection NAME [--id ID]]
+
+Summarizes a device's store (the folder an app gives replica.Open): its
+replica ID, collections with their record and pending counts, and sync
+profiles. With --collection it lists that collection's records as JSON
+lines; with --id, one record.
+
+The store is opened read-only and copied to a temporary folder, which is
+inspected and removed: nothing in FOLDER changes. The app must be stopped.
+`
+
 func (c *InspectCommand) Run(ctx context.Context, args []string) error {
-	fs := newFlags("inspect", c.Stderr)
-	data := fs.String("data", "", "the replica's data folder (required)")
+	fs := newFlags("inspect")
+	data := fs.String("data", "", "the device's data `folder` (required)")
 	coll := fs.String("collection", "", "list this collection's records")
 	id := fs.String("id", "", "show this record (with --collection)")
 	limit := fs.Int("limit", 50, "records to list")
-	if err := fs.Parse(args); err != nil {
+	if err := parse(fs, args, c.Stdout, inspectHelp); err != nil {
 		return err
 	}
-	if *data == "" {
-		return errors.New("inspect: --data is required")
+	switch {
+	case *data == "":
+		return usagef(fs, "--data is required")
+	case *id != "" && *coll == "":
+		return usagef(fs, "--id needs --collection")
+	case *limit <= 0:
+		return usagef(fs, "--limit %d is not positive", *limit)
 	}
-	// Local-only: looking must not start the store's periodic or live
-	// syncs.
-	r, err := replica.Open(*data, &replica.Options{LocalOnly: true})
+	r, done, err := openSnapshot(*data)
 	if err != nil {
 		return fmt.Errorf("inspect: %w", err)
 	}
-	defer r.Close()
+	defer done()
 	if *coll == "" {
 		names, err := r.Collections()
 		if err != nil {
@@ -85,6 +105,83 @@ func (c *InspectCommand) Run(ctx context.Context, args []string) error {
 		}
 	}
 	return nil
+}
+
+// openSnapshot opens a copy of the device store in dir, local-only. The
+// store is opened read-only and streamed (in Badger's backup format) into
+// a temporary folder, where the replica is opened: replica.Open writes
+// (it repairs what a crash left and records its format), and must not
+// write to what is being inspected. done closes the copy and removes it.
+func openSnapshot(dir string) (r *replica.Replica, done func(), err error) {
+	info, err := os.Stat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, fmt.Errorf("%s does not exist", dir)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if !info.IsDir() {
+		return nil, nil, fmt.Errorf("%s is not a folder", dir)
+	}
+	for _, relayFile := range []string{"store/", devAppFile} {
+		if _, err := os.Stat(filepath.Join(dir, relayFile)); err == nil {
+			return nil, nil, fmt.Errorf("%s is a relay's data folder (it holds %s); inspect reads a device's store", dir, relayFile)
+		}
+	}
+	src, err := badgerdir.OpenReadOnly(dir, badger.DefaultOptions(dir).WithLogger(nil).WithBlockCacheSize(8<<20))
+	if errors.Is(err, badgerdir.ErrNoStore) {
+		return nil, nil, fmt.Errorf("%s holds no store", dir)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", dir, err)
+	}
+	defer src.Close()
+
+	tmp, err := os.MkdirTemp("", "ferry-inspect-")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(tmp)
+		}
+	}()
+	if err := copyStore(src, tmp); err != nil {
+		return nil, nil, fmt.Errorf("copying %s: %w", dir, err)
+	}
+	r, err = replica.Open(tmp, &replica.Options{LocalOnly: true, Relaxed: true, GCInterval: -1})
+	if errors.Is(err, replica.ErrNotStore) {
+		return nil, nil, fmt.Errorf("%s is not a device's store (a relay's store?): %w", dir, err)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return r, func() { r.Close(); os.RemoveAll(tmp) }, nil
+}
+
+// copyStore streams src into a new Badger database in dir.
+func copyStore(src *badger.DB, dir string) error {
+	dst, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil).WithSyncWrites(false).
+		WithMemTableSize(16 << 20).WithBlockCacheSize(8 << 20))
+	if err != nil {
+		return err
+	}
+	pr, pw := io.Pipe()
+	backed := make(chan error, 1)
+	go func() {
+		_, err := src.Backup(pw, 0)
+		pw.CloseWithError(err)
+		backed <- err
+	}()
+	err = dst.Load(pr, 256)
+	pr.CloseWithError(errors.New("load ended")) // unblocks the backup if Load failed first
+	if berr := <-backed; err == nil {
+		err = berr
+	}
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // printProfiles lists the sync profiles with their last sync.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,31 +17,48 @@ import (
 )
 
 // RelayCommand runs the relay: `ferry relay --data DIR --addr HOST:PORT`,
-// devices connecting at ws://HOST:PORT/ws. It stops gracefully when ctx
-// ends (SIGINT or SIGTERM): each device's current request is finished and
-// answered, then the store is closed.
+// devices connecting at ws://HOST:PORT/ws (wss:// with --tls-cert and
+// --tls-key). It stops gracefully when ctx ends (SIGINT or SIGTERM): each
+// device's current request is finished and answered, then the store is
+// closed.
+//
+// Everything that can be checked is checked before anything is created:
+// the configuration, the certificates, and the listen address, so a relay
+// that cannot start leaves no store and no dev app behind.
 type RelayCommand struct {
 	Stdout, Stderr io.Writer
 }
+
+const relayHelp = `Usage: ferry relay [--dev] [--config FILE] [flags]
+
+Runs the relay that devices sync through. With --dev it needs nothing else:
+it keeps a ready-made app in DATA/dev-app.json and prints its API key and a
+token. In production, list the apps in a configuration file (JSON, see
+docs/operations.md); flags override the file.
+
+The first line printed is always "ferry relay listening on URL".
+`
 
 // storeDir is where the relay's Badger store lives inside the data folder,
 // beside files such as the dev app.
 func storeDir(data string) string { return filepath.Join(data, "store") }
 
 func (c *RelayCommand) Run(ctx context.Context, args []string) error {
-	fs := newFlags("relay", c.Stderr)
-	configPath := fs.String("config", "", "configuration file (JSON; see docs/operations.md)")
-	data := fs.String("data", "", "data folder (default ./ferry-data)")
-	addr := fs.String("addr", "", "listen address host:port (default 127.0.0.1:8080)")
+	fs := newFlags("relay")
+	configPath := fs.String("config", "", "configuration `FILE` (JSON; see docs/operations.md)")
+	data := fs.String("data", "", "data `folder` (default ./ferry-data; in a config file, relative to the file)")
+	addr := fs.String("addr", "", "listen address `host:port` (default 127.0.0.1:8080)")
 	dev := fs.Bool("dev", false, "development mode: a ready-made app; prints its API key and a token")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
 	logFormat := fs.String("log-format", "", "text or json (default text)")
-	allowOrigin := fs.String("allow-origin", "", "comma-separated origins of browser pages allowed to connect (host[:port] patterns, or scheme://host); --dev adds localhost")
-	if err := fs.Parse(args); err != nil {
+	allowOrigin := fs.String("allow-origin", "", "comma-separated `origins` of browser pages allowed to connect (host[:port] patterns, or scheme://host); --dev adds localhost")
+	tlsCert := fs.String("tls-cert", "", "serve wss:// with this certificate chain (PEM `file`); reloaded when it changes")
+	tlsKey := fs.String("tls-key", "", "the certificate's private key (PEM `file`)")
+	if err := parse(fs, args, c.Stdout, relayHelp); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("relay: unexpected argument %q", fs.Arg(0))
+	if (*tlsCert == "") != (*tlsKey == "") {
+		return usagef(fs, "--tls-cert and --tls-key go together")
 	}
 	var cfg Config
 	if *configPath != "" {
@@ -61,13 +79,37 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	set(&cfg.Addr, *addr, "127.0.0.1:8080")
 	set(&cfg.LogLevel, *logLevel, "info")
 	set(&cfg.LogFormat, *logFormat, "text")
+	if *tlsCert != "" {
+		cfg.TLSCert, cfg.TLSKey = *tlsCert, *tlsKey
+	}
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = Duration(30 * time.Second)
+	}
+	// The flags' values, checked like the file's.
+	if err := cfg.check(); err != nil {
+		return usagef(fs, "%v", err)
+	}
+	if len(cfg.Apps) == 0 && !*dev {
+		return errors.New("relay: no apps configured: list them in a --config file, or run with --dev")
+	}
+	if _, err := relay.NewAuth(cfg.Apps, nil); err != nil {
+		return err
 	}
 	log, err := newLogger(cfg.LogLevel, cfg.LogFormat, os.Stderr)
 	if err != nil {
 		return err
 	}
+	var certs *certReloader
+	if cfg.TLSCert != "" {
+		if certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey, log); err != nil {
+			return fmt.Errorf("relay: %w", err)
+		}
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("relay: cannot listen on %s: %w", cfg.Addr, err)
+	}
+	defer ln.Close() // if a later step fails; Serve closes it otherwise
 
 	apps := cfg.Apps
 	var devTok string
@@ -82,9 +124,6 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	if len(apps) == 0 {
-		return errors.New("relay: no apps configured: list them in a --config file, or run with --dev")
-	}
 	auth, err := relay.NewAuth(apps, nil)
 	if err != nil {
 		return err
@@ -97,20 +136,31 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	srv, err := relay.NewServer(&relay.Options{
 		Store: store, Auth: auth, Logger: log, RelayID: cfg.RelayID, Limits: cfg.limits(),
 		MaxLeaseTTL: time.Duration(cfg.MaxLeaseTTL), DefaultLeaseTTL: time.Duration(cfg.DefaultLeaseTTL), MaxLag: cfg.MaxLag,
+		CompactInterval: time.Duration(cfg.CompactInterval), LogRetention: cfg.LogRetention,
 		AllowedOrigins: allowedOrigins(cfg.AllowedOrigins, *allowOrigin, *dev),
 	})
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("relay: %w", err)
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	scheme, httpScheme := "ws", "http"
+	if certs != nil {
+		hs.TLSConfig = certs.tlsConfig()
+		// WebSockets need HTTP/1.1's upgrade; HTTP/2 would only serve
+		// /healthz and /metrics.
+		hs.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+		scheme, httpScheme = "wss", "https"
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
 	served := make(chan error, 1)
-	go func() { served <- hs.Serve(ln) }()
+	go func() {
+		if certs != nil {
+			served <- hs.ServeTLS(ln, "", "")
+		} else {
+			served <- hs.Serve(ln)
+		}
+	}()
 
-	url := "ws://" + ln.Addr().String() + "/ws"
+	url := scheme + "://" + ln.Addr().String() + "/ws"
 	// This first line is stable: scripts and tests read the address from it.
 	fmt.Fprintf(c.Stdout, "ferry relay listening on %s\n", url)
 	if *dev {
@@ -119,12 +169,13 @@ Development mode: one app, "dev", stored in %s.
   API key: %s
   token:   %s
 (subject "dev", read and write on every collection, valid 30 days)
-Health: http://%s/healthz   Metrics: http://%s/metrics
+Health: %s://%s/healthz   Metrics: %s://%s/metrics
 automerge-repo URL (collection todos; pages on localhost may connect):
 %s
-`, filepath.Join(cfg.Data, devAppFile), apps[len(apps)-1].APIKey, devTok, ln.Addr(), ln.Addr(), automergeURL(ln.Addr().String(), apps[len(apps)-1].APIKey, devTok, "todos"))
+`, filepath.Join(cfg.Data, devAppFile), apps[len(apps)-1].APIKey, devTok, httpScheme, ln.Addr(), httpScheme, ln.Addr(),
+			automergeURL(scheme, ln.Addr().String(), apps[len(apps)-1].APIKey, devTok, "todos"))
 	}
-	log.Info("relay started", "addr", ln.Addr().String(), "data", cfg.Data, "apps", len(apps), "incarnation", store.Incarnation())
+	log.Info("relay started", "url", url, "data", cfg.Data, "apps", len(apps), "incarnation", store.Incarnation())
 
 	select {
 	case err := <-served:
@@ -137,8 +188,9 @@ automerge-repo URL (collection todos; pages on localhost may connect):
 	// Sessions first: each finishes its request (an in-flight push is
 	// stored and acknowledged) and is closed with shutting_down.
 	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("sessions did not end in time", "err", err)
+		log.Warn("sessions did not end in time; cutting them off", "err", err)
 	}
+	srv.Close()
 	if err := hs.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Warn("http shutdown", "err", err)
 	}

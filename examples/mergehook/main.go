@@ -27,6 +27,7 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/examples/internal/devrelay"
+	"github.com/ferrysync/ferry/internal/explain"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/replica"
 )
@@ -50,19 +51,27 @@ func main() {
 	switch {
 	case errors.Is(err, flag.ErrHelp): // -h: usage printed
 	case err != nil:
-		fmt.Fprintln(os.Stderr, "mergehook:", err)
+		fmt.Fprintln(os.Stderr, "mergehook:", explain.Error(err))
 		os.Exit(1)
 	}
 }
 
 func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("mergehook", flag.ContinueOnError)
-	fs.SetOutput(stdout)
+	fs.SetOutput(io.Discard) // errors are returned, and printed once
 	var rf devrelay.Flags
 	rf.Register(fs)
 	data := fs.String("data", "", "keep the devices' stores in this folder (default: a temporary folder, removed at exit)")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stdout, "usage: %s [flags]\n\nflags:\n", fs.Name())
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+		}
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q (every option is a flag; -h lists them)", fs.Arg(0))
 	}
 	creds, err := rf.Credentials()
 	if err != nil {
@@ -141,6 +150,9 @@ func openDevice(name, dir string, creds devrelay.Credentials, out io.Writer) (*d
 		return nil, err
 	}
 	d := &device{name: name, r: r, out: out}
+	// Every device sets the hook (whichever syncs second finds the
+	// conflict), before the profile that needs it.
+	r.SetMergeHook(collection, policy.ResolverFunc(d.resolve))
 	p := replica.Profile{
 		Name:        profile,
 		URL:         creds.URL,
@@ -165,8 +177,6 @@ func openDevice(name, dir string, creds devrelay.Credentials, out io.Writer) (*d
 	if creds.Tokens != nil {
 		r.SetTokenSource(profile, creds.Tokens)
 	}
-	// Every device sets the hook: whichever syncs second finds the conflict.
-	r.SetMergeHook(collection, policy.ResolverFunc(d.resolve))
 	if d.items, err = r.Collection(collection); err != nil {
 		r.Close()
 		return nil, err

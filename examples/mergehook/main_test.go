@@ -42,3 +42,12 @@ func squash(s string) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TestMergeHookRefusesExtraArguments: an argument it does not take is an
+// error before anything runs, not silently ignored.
+func TestMergeHookRefusesExtraArguments(t *testing.T) {
+	err := run(context.Background(), []string{"--data", t.TempDir(), "now"}, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), `unexpected argument "now"`) {
+		t.Fatalf("extra arguments: %v", err)
+	}
+}

@@ -1,4 +1,4 @@
-// Products is the seeds' product catalogue on two devices, a phone and a
+// Products is a product catalogue on two devices, a phone and a
 // tablet. Both change the same product's price while offline, then sync in
 // turn; the scenario runs once under prefer-local and once under
 // prefer-cloud, to show which price wins everywhere under each.
@@ -21,13 +21,14 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/examples/internal/devrelay"
+	"github.com/ferrysync/ferry/internal/explain"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/replica"
 )
 
 // Product is a record of the products collection. Its ID is the record's
 // key (a UUIDv7 from Insert), not a field: unique across every device, as
-// the seeds ask of a synced table's primary key.
+// a synced table's primary key must be.
 type Product struct {
 	Name  string  `ferry:"name"`
 	Price float64 `ferry:"price"`
@@ -46,19 +47,27 @@ func main() {
 	switch {
 	case errors.Is(err, flag.ErrHelp): // -h: usage printed
 	case err != nil:
-		fmt.Fprintln(os.Stderr, "products:", err)
+		fmt.Fprintln(os.Stderr, "products:", explain.Error(err))
 		os.Exit(1)
 	}
 }
 
 func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("products", flag.ContinueOnError)
-	fs.SetOutput(stdout)
+	fs.SetOutput(io.Discard) // errors are returned, and printed once
 	var rf devrelay.Flags
 	rf.Register(fs)
 	data := fs.String("data", "", "keep the devices' stores in this folder (default: a temporary folder, removed at exit)")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stdout, "usage: %s [flags]\n\nflags:\n", fs.Name())
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+		}
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q (every option is a flag; -h lists them)", fs.Arg(0))
 	}
 	creds, err := rf.Credentials()
 	if err != nil {

@@ -62,3 +62,13 @@ func TestProductsWithoutCredentials(t *testing.T) {
 		t.Fatalf("want a hint to start the relay, got %v", err)
 	}
 }
+
+// TestProductsRefusesExtraArguments: an argument it does not take is an
+// error before anything runs, not silently ignored.
+func TestProductsRefusesExtraArguments(t *testing.T) {
+	dir := t.TempDir() + "/data"
+	err := run(context.Background(), []string{"--data", dir, "sync", "--url", "ws://127.0.0.1:1/ws"}, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), `unexpected argument "sync"`) {
+		t.Fatalf("extra arguments: %v", err)
+	}
+}

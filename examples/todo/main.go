@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/examples/internal/devrelay"
+	"github.com/ferrysync/ferry/internal/explain"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/replica"
 )
@@ -47,38 +48,56 @@ func main() {
 	switch {
 	case errors.Is(err, flag.ErrHelp): // -h: usage printed
 	case err != nil:
-		fmt.Fprintln(os.Stderr, "todo:", err)
+		fmt.Fprintln(os.Stderr, "todo:", explain.Error(err))
 		os.Exit(1)
 	}
 }
 
-const usage = `usage: todo [flags] COMMAND
+const usage = `usage: todo [flags] COMMAND [flags]
 
 commands:
-  add TITLE   add a task
+  add TITLE   add a task (a title starting with - goes after --)
   list        list the tasks, oldest first
   done ID     mark a task done (ID: the full ID, or its end as list shows it)
   rm ID       remove a task
   sync        two-way sync with the relay; the first one stores a profile
 
-flags:
+flags (before or after the command):
 `
 
 func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("todo", flag.ContinueOnError)
-	fs.SetOutput(stdout)
-	fs.Usage = func() { fmt.Fprint(stdout, usage); fs.PrintDefaults() }
+	fs.SetOutput(io.Discard) // errors are returned, and printed once
 	var rf devrelay.Flags
 	rf.Register(fs)
 	data := fs.String("data", "todo-data", "the device's data folder")
-	if err := fs.Parse(args); err != nil {
+	words, err := parseArgs(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, usage)
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
 		return err
 	}
-	if fs.NArg() == 0 {
-		fs.Usage()
-		return errors.New("no command")
+	if err != nil {
+		return err
 	}
-	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	if len(words) == 0 {
+		return errors.New("no command: give add, list, done, rm or sync (-h for help)")
+	}
+	cmd, rest := words[0], words[1:]
+	// The command line is checked whole before the store is opened (and,
+	// the first time, created). nargs: how many arguments; -1, one or more.
+	nargs, known := map[string]int{"add": -1, "list": 0, "sync": 0, "done": 1, "rm": 1}[cmd]
+	switch {
+	case !known:
+		return fmt.Errorf("unknown command %q (want add, list, done, rm or sync)", cmd)
+	case nargs == -1 && len(rest) == 0:
+		return fmt.Errorf("%s: what to do?", cmd)
+	case nargs == 0 && len(rest) > 0:
+		return fmt.Errorf("%s takes no arguments, but got %q", cmd, rest)
+	case nargs == 1 && len(rest) != 1:
+		return fmt.Errorf("%s: give one task ID", cmd)
+	}
 
 	r, err := replica.Open(*data, nil)
 	if err != nil {
@@ -93,26 +112,40 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 
 	switch cmd {
 	case "add":
-		if len(rest) == 0 {
-			return errors.New("add: what to do?")
-		}
 		return a.add(strings.Join(rest, " "))
 	case "list":
 		return a.list()
 	case "done", "rm":
-		if len(rest) != 1 {
-			return fmt.Errorf("%s: give one task ID", cmd)
-		}
 		if cmd == "done" {
 			return a.done(rest[0])
 		}
 		return a.remove(rest[0])
-	case "sync":
+	default: // sync
 		explicit := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
 		return a.sync(ctx, &rf, explicit)
 	}
-	return fmt.Errorf("unknown command %q (want add, list, done, rm or sync)", cmd)
+}
+
+// parseArgs parses flags wherever they are among the arguments, so that
+// "todo --data carol sync --url URL" syncs with URL, and returns the other
+// arguments in order. After "--", everything is an argument.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var words []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return words, nil
+		}
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			return append(words, rest...), nil
+		}
+		words = append(words, rest[0])
+		args = rest[1:]
+	}
 }
 
 type app struct {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -82,19 +83,50 @@ func TestTodoSyncsBetweenTwoFolders(t *testing.T) {
 	}
 }
 
+// TestTodoFlagsAfterTheCommand: "todo --data carol sync --url X" syncs
+// with X; flags after the command used to be ignored, and the sync went to
+// the default URL.
+func TestTodoFlagsAfterTheCommand(t *testing.T) {
+	rl := relaytest.Start(t)
+	carol := t.TempDir()
+	add(t, carol, "water the plants")
+	out := todo(t, carol, append([]string{"sync"}, rl.TokenArgs()...)...)
+	if !strings.Contains(out, "synced todos with "+rl.URL) || !strings.Contains(out, "sent:     1 new") {
+		t.Fatalf("sync with flags after the command:\n%s", out)
+	}
+	// A title starting with a dash goes after --.
+	todo(t, carol, "add", "--", "-5 degrees tonight", "--data")
+	if got := todo(t, carol, "list"); !strings.Contains(got, "-5 degrees tonight --data") {
+		t.Fatalf("list:\n%s", got)
+	}
+}
+
 func TestTodoErrors(t *testing.T) {
 	dir := t.TempDir()
 	add(t, dir, "one")
 	for _, args := range [][]string{
 		{"done", "nope"},
 		{"rm"},
+		{"done", "a", "b"},
+		{"list", "extra"},
+		{"sync", "now"},
 		{"fly"},
 		{"add"},
+		{},
+		{"list", "--no-such-flag"},
 		{"--dev-app", dir + "/none.json", "sync"},
 	} {
 		var out bytes.Buffer
 		if err := run(context.Background(), append([]string{"--data", dir}, args...), &out); err == nil {
 			t.Errorf("todo %v succeeded:\n%s", args, out.String())
+		}
+	}
+	// A command line that is refused creates no store.
+	fresh := t.TempDir() + "/fresh"
+	for _, args := range [][]string{{"fly"}, {"list", "extra"}, {"add"}} {
+		run(context.Background(), append([]string{"--data", fresh}, args...), &bytes.Buffer{})
+		if _, err := os.Stat(fresh); !os.IsNotExist(err) {
+			t.Fatalf("todo %v created %s", args, fresh)
 		}
 	}
 }

@@ -271,9 +271,9 @@ func testConcurrentReaders(t *testing.T, s suite) {
 				fail("Head: %v", err)
 				return
 			}
-			snaps, err := st.Snapshots(context.Background(), coll, "", 10)
+			snaps, err := st.Records(context.Background(), coll, "", 10)
 			if err != nil {
-				fail("Snapshots: %v", err)
+				fail("Records: %v", err)
 				return
 			}
 			log, err := st.Log(context.Background(), coll, 0, 1000)
@@ -290,8 +290,8 @@ func testConcurrentReaders(t *testing.T, s suite) {
 				}
 			}
 			for _, sn := range snaps {
-				if sn.Seq == 0 || sn.Seq > uint64(len(log)) || log[sn.Seq-1].Record != sn.Record || !log[sn.Seq-1].Heads.Equal(sn.Heads) {
-					fail("snapshot of %s at seq %d does not match the log read after it", sn.Record, sn.Seq)
+				if sn.Seq == 0 || sn.Seq > uint64(len(log)) || log[sn.Seq-1].Record != sn.ID || !log[sn.Seq-1].Heads.Equal(sn.Heads) {
+					fail("record %s at seq %d does not match the log read after it", sn.ID, sn.Seq)
 				}
 			}
 		}
@@ -347,17 +347,17 @@ func testContext(t *testing.T, s suite) {
 	checkNoDoc(t, st, coll, "a")
 	l := mustAcquire(t, st, coll, "dev2", time.Minute, t0) // the cancelled Acquire took nothing
 
-	_, _, err = st.Document(c, coll, "a")
-	wantErr(t, "Document", err, context.Canceled)
+	_, err = st.Record(c, coll, "a")
+	wantErr(t, "Record", err, context.Canceled)
 	_, err = st.Log(c, coll, 0, 10)
 	wantErr(t, "Log", err, context.Canceled)
 	_, err = st.Head(c, coll)
 	wantErr(t, "Head", err, context.Canceled)
-	_, err = st.Snapshots(c, coll, "", 10)
-	wantErr(t, "Snapshots", err, context.Canceled)
-	_, err = st.Renew(c, coll, l.Fence, time.Minute, t0)
+	_, err = st.Records(c, coll, "", 10)
+	wantErr(t, "Records", err, context.Canceled)
+	_, err = st.Renew(c, coll, "dev2", l.Fence, time.Minute, t0)
 	wantErr(t, "Renew", err, context.Canceled)
-	err = st.Release(c, coll, l.Fence)
+	err = st.Release(c, coll, "dev2", l.Fence)
 	wantErr(t, "Release", err, context.Canceled)
 	_, err = st.Stats(c)
 	wantErr(t, "Stats", err, context.Canceled)
@@ -374,19 +374,19 @@ func testClose(t *testing.T, s suite) {
 	c := context.Background()
 	_, err := st.Append(c, coll, 0, t0, []relay.Entry{entry("b", nil, "1")})
 	wantErr(t, "Append after Close", err, relay.ErrStoreClosed)
-	_, _, err = st.Document(c, coll, "a")
-	wantErr(t, "Document after Close", err, relay.ErrStoreClosed)
+	_, err = st.Record(c, coll, "a")
+	wantErr(t, "Record after Close", err, relay.ErrStoreClosed)
 	_, err = st.Log(c, coll, 0, 10)
 	wantErr(t, "Log after Close", err, relay.ErrStoreClosed)
 	_, err = st.Head(c, coll)
 	wantErr(t, "Head after Close", err, relay.ErrStoreClosed)
-	_, err = st.Snapshots(c, coll, "", 10)
-	wantErr(t, "Snapshots after Close", err, relay.ErrStoreClosed)
+	_, err = st.Records(c, coll, "", 10)
+	wantErr(t, "Records after Close", err, relay.ErrStoreClosed)
 	_, err = st.Acquire(c, coll, "dev2", time.Minute, t0)
 	wantErr(t, "Acquire after Close", err, relay.ErrStoreClosed)
-	_, err = st.Renew(c, coll, l.Fence, time.Minute, t0)
+	_, err = st.Renew(c, coll, "dev1", l.Fence, time.Minute, t0)
 	wantErr(t, "Renew after Close", err, relay.ErrStoreClosed)
-	wantErr(t, "Release after Close", st.Release(c, coll, l.Fence), relay.ErrStoreClosed)
+	wantErr(t, "Release after Close", st.Release(c, coll, "dev1", l.Fence), relay.ErrStoreClosed)
 	_, err = st.Stats(c)
 	wantErr(t, "Stats after Close", err, relay.ErrStoreClosed)
 	if err := st.Close(); err != nil && !errors.Is(err, relay.ErrStoreClosed) {

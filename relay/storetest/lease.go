@@ -68,7 +68,7 @@ func testStaleFence(t *testing.T, s suite) {
 	staleAppend(t, st, coll, l1.Fence, t0, "an older fence")
 	mustAppend(t, st, coll, l2.Fence, l1.Expires.Add(2*time.Second), entry("a", nil, "1"))
 
-	if err := st.Release(ctx(t), coll, l2.Fence); err != nil {
+	if err := st.Release(ctx(t), coll, "dev2", l2.Fence); err != nil {
 		t.Fatal(err)
 	}
 	staleAppend(t, st, coll, l2.Fence, l1.Expires.Add(3*time.Second), "a released lease")
@@ -89,7 +89,7 @@ func testAcquire(t *testing.T, s suite) {
 		t.Fatalf("re-acquire gave fence %d, not above %d", l2.Fence, l1.Fence)
 	}
 	staleAppend(t, st, coll, l1.Fence, t0.Add(3*time.Second), "the fence before a re-acquire")
-	_, err = st.Renew(ctx(t), coll, l1.Fence, time.Minute, t0.Add(3*time.Second))
+	_, err = st.Renew(ctx(t), coll, "dev1", l1.Fence, time.Minute, t0.Add(3*time.Second))
 	wantErr(t, "Renew of the fence before a re-acquire", err, relay.ErrStaleFence)
 	mustAppend(t, st, coll, l2.Fence, t0.Add(3*time.Second), entry("a", nil, "1"))
 	_, err = st.Acquire(ctx(t), coll, "dev2", time.Minute, l1.Expires.Add(time.Second))
@@ -118,7 +118,7 @@ func testRenew(t *testing.T, s suite) {
 	st := s.store(t)
 	l := mustAcquire(t, st, coll, "dev1", time.Minute, t0)
 	now := t0.Add(50 * time.Second)
-	r, err := st.Renew(ctx(t), coll, l.Fence, 2*time.Minute, now)
+	r, err := st.Renew(ctx(t), coll, "dev1", l.Fence, 2*time.Minute, now)
 	if err != nil {
 		t.Fatalf("Renew: %v", err)
 	}
@@ -131,37 +131,37 @@ func testRenew(t *testing.T, s suite) {
 	_, err = st.Acquire(ctx(t), coll, "dev2", time.Minute, l.Expires.Add(time.Second))
 	leaseHeld(t, "after renew", err, r)
 
-	_, err = st.Renew(ctx(t), coll, l.Fence+1, time.Minute, now)
+	_, err = st.Renew(ctx(t), coll, "dev1", l.Fence+1, time.Minute, now)
 	wantErr(t, "Renew of a wrong fence", err, relay.ErrStaleFence)
-	_, err = st.Renew(ctx(t), coll, l.Fence, time.Minute, r.Expires)
+	_, err = st.Renew(ctx(t), coll, "dev1", l.Fence, time.Minute, r.Expires)
 	wantErr(t, "Renew at the expiry instant", err, relay.ErrStaleFence)
-	_, err = st.Renew(ctx(t), coll, l.Fence, time.Minute, r.Expires.Add(time.Hour))
+	_, err = st.Renew(ctx(t), coll, "dev1", l.Fence, time.Minute, r.Expires.Add(time.Hour))
 	wantErr(t, "Renew of an expired lease nobody took", err, relay.ErrStaleFence)
 
 	other := relay.Coll{Tenant: "app1", Collection: "untouched"}
-	_, err = st.Renew(ctx(t), other, 1, time.Minute, t0)
+	_, err = st.Renew(ctx(t), other, "dev1", 1, time.Minute, t0)
 	wantErr(t, "Renew without a lease", err, relay.ErrStaleFence)
 
 	l2 := mustAcquire(t, st, coll, "dev2", time.Minute, r.Expires.Add(time.Hour))
-	_, err = st.Renew(ctx(t), coll, l.Fence, time.Minute, r.Expires.Add(time.Hour))
+	_, err = st.Renew(ctx(t), coll, "dev1", l.Fence, time.Minute, r.Expires.Add(time.Hour))
 	wantErr(t, "Renew after takeover", err, relay.ErrStaleFence)
-	if err := st.Release(ctx(t), coll, l2.Fence); err != nil {
+	if err := st.Release(ctx(t), coll, "dev2", l2.Fence); err != nil {
 		t.Fatal(err)
 	}
-	_, err = st.Renew(ctx(t), coll, l2.Fence, time.Minute, r.Expires.Add(time.Hour))
+	_, err = st.Renew(ctx(t), coll, "dev2", l2.Fence, time.Minute, r.Expires.Add(time.Hour))
 	wantErr(t, "Renew after release", err, relay.ErrStaleFence)
 }
 
 func testRelease(t *testing.T, s suite) {
 	st := s.store(t)
-	if err := st.Release(ctx(t), coll, 7); err != nil {
+	if err := st.Release(ctx(t), coll, "dev1", 7); err != nil {
 		t.Fatalf("Release with no lease: %v", err)
 	}
 	l1 := mustAcquire(t, st, coll, "dev1", time.Hour, t0)
-	if err := st.Release(ctx(t), coll, l1.Fence); err != nil {
+	if err := st.Release(ctx(t), coll, "dev1", l1.Fence); err != nil {
 		t.Fatalf("Release: %v", err)
 	}
-	if err := st.Release(ctx(t), coll, l1.Fence); err != nil {
+	if err := st.Release(ctx(t), coll, "dev1", l1.Fence); err != nil {
 		t.Fatalf("second Release: %v", err)
 	}
 	// Released long before expiry: another holder gets it at once.
@@ -171,16 +171,46 @@ func testRelease(t *testing.T, s suite) {
 	}
 	// Releasing a superseded fence is not an error and leaves the current
 	// lease alone.
-	if err := st.Release(ctx(t), coll, l1.Fence); err != nil {
+	if err := st.Release(ctx(t), coll, "dev1", l1.Fence); err != nil {
 		t.Fatalf("Release of a superseded fence: %v", err)
 	}
 	_, err := st.Acquire(ctx(t), coll, "dev3", time.Hour, t0.Add(2*time.Second))
 	leaseHeld(t, "after releasing a superseded fence", err, l2)
 	mustAppend(t, st, coll, l2.Fence, t0.Add(2*time.Second), entry("a", nil, "1"))
 	// Releasing an expired lease is not an error either.
-	if err := st.Release(ctx(t), coll, l2.Fence); err != nil {
+	if err := st.Release(ctx(t), coll, "dev2", l2.Fence); err != nil {
 		t.Fatalf("Release of an expired lease: %v", err)
 	}
+}
+
+// A lease belongs to its holder: another holder that knows (or guesses) the
+// fence can neither extend nor end it.
+func testLeaseBoundToHolder(t *testing.T, s suite) {
+	st := s.store(t)
+	l := mustAcquire(t, st, coll, "dev1", time.Minute, t0)
+
+	_, err := st.Renew(ctx(t), coll, "dev2", l.Fence, time.Hour, t0.Add(time.Second))
+	wantErr(t, "Renew by another holder", err, relay.ErrStaleFence)
+	err = st.Release(ctx(t), coll, "dev2", l.Fence)
+	wantErr(t, "Release by another holder", err, relay.ErrStaleFence)
+
+	// The lease is as it was: same holder, same expiry, still fencing.
+	_, err = st.Acquire(ctx(t), coll, "dev3", time.Minute, t0.Add(2*time.Second))
+	leaseHeld(t, "after another holder's Renew and Release", err, l)
+	mustAppend(t, st, coll, l.Fence, l.Expires.Add(-time.Nanosecond), entry("a", nil, "1"))
+	staleAppend(t, st, coll, l.Fence, l.Expires, "at the unextended expiry")
+
+	// Its holder still renews and releases it.
+	l2 := mustAcquire(t, st, coll, "dev1", time.Minute, l.Expires)
+	r, err := st.Renew(ctx(t), coll, "dev1", l2.Fence, time.Hour, l.Expires.Add(time.Second))
+	if err != nil || r.Holder != "dev1" || r.Fence != l2.Fence {
+		t.Fatalf("Renew by the holder = %+v, %v", r, err)
+	}
+	wantErr(t, "Release by another holder of a renewed lease", st.Release(ctx(t), coll, "dev2", l2.Fence), relay.ErrStaleFence)
+	if err := st.Release(ctx(t), coll, "dev1", l2.Fence); err != nil {
+		t.Fatalf("Release by the holder: %v", err)
+	}
+	mustAcquire(t, st, coll, "dev2", time.Minute, l.Expires.Add(2*time.Second))
 }
 
 func testLeaseInvalid(t *testing.T, s suite) {
@@ -201,8 +231,14 @@ func testLeaseInvalid(t *testing.T, s suite) {
 		wantErr(t, "Acquire with "+tc.name, err, relay.ErrInvalidArg)
 	}
 	l := mustAcquire(t, st, coll, "dev1", time.Minute, t0)
-	_, err := st.Renew(ctx(t), coll, l.Fence, 0, t0)
+	_, err := st.Renew(ctx(t), coll, "dev1", l.Fence, 0, t0)
 	wantErr(t, "Renew with zero TTL", err, relay.ErrInvalidArg)
+	_, err = st.Renew(ctx(t), coll, "", l.Fence, time.Minute, t0)
+	wantErr(t, "Renew with an empty holder", err, relay.ErrInvalidArg)
+	wantErr(t, "Release with an empty holder", st.Release(ctx(t), coll, "", l.Fence), relay.ErrInvalidArg)
+	// The refused calls changed nothing.
+	_, err = st.Acquire(ctx(t), coll, "dev2", time.Minute, t0)
+	leaseHeld(t, "after refused Renew and Release", err, l)
 }
 
 // Fences grow through every path that makes a new lease, per collection.
@@ -224,13 +260,13 @@ func testFencesOnlyGrow(t *testing.T, s suite) {
 		next(mustAcquire(t, st, coll, "dev1", time.Minute, now)) // re-acquire
 		now = now.Add(time.Hour)
 		next(mustAcquire(t, st, coll, "dev2", time.Minute, now)) // after expiry
-		if err := st.Release(ctx(t), coll, last); err != nil {
+		if err := st.Release(ctx(t), coll, "dev2", last); err != nil {
 			t.Fatal(err)
 		}
 		// Leases in another collection do not reset or share the counter
 		// in a way that lets this one go back.
 		lo := mustAcquire(t, st, other, "dev9", time.Minute, now)
-		if err := st.Release(ctx(t), other, lo.Fence); err != nil {
+		if err := st.Release(ctx(t), other, "dev9", lo.Fence); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -248,7 +284,7 @@ func testReopen(t *testing.T, s suite) {
 	a1 := entry("a", nil, "1")
 	mustAppend(t, st, coll, 0, t0, a1, entry("b", nil, "1"))
 	l1 := mustAcquire(t, st, coll, "dev1", time.Minute, t0)
-	if err := st.Release(ctx(t), coll, l1.Fence); err != nil {
+	if err := st.Release(ctx(t), coll, "dev1", l1.Fence); err != nil {
 		t.Fatal(err)
 	}
 	l2 := mustAcquire(t, st, coll, "dev1", time.Hour, t0)
@@ -268,16 +304,16 @@ func testReopen(t *testing.T, s suite) {
 		logged(1, a1), logged(2, entry("b", nil, "1")), logged(3, entry("a", a1.Heads, "2")),
 	})
 	checkDoc(t, st, coll, "a", "2")
-	snaps, err := st.Snapshots(ctx(t), coll, "", 10)
+	snaps, err := st.Records(ctx(t), coll, "", 10)
 	if err != nil || len(snaps) != 2 || snaps[0].Seq != 3 || snaps[1].Seq != 2 {
-		t.Fatalf("Snapshots after reopen = %+v, %v", snaps, err)
+		t.Fatalf("Records after reopen = %+v, %v", snaps, err)
 	}
 	// The lease survived: it still fences and still blocks.
 	mustAppend(t, st, coll, l2.Fence, t0.Add(time.Minute), entry("c", nil, "1"))
 	_, err = st.Acquire(ctx(t), coll, "dev2", time.Minute, t0.Add(time.Minute))
 	leaseHeld(t, "after reopen", err, l2)
 	// Released, the next fence is still above every earlier one.
-	if err := st.Release(ctx(t), coll, l2.Fence); err != nil {
+	if err := st.Release(ctx(t), coll, "dev1", l2.Fence); err != nil {
 		t.Fatal(err)
 	}
 	if err := st.Close(); err != nil {

@@ -112,7 +112,7 @@ func testBaseChecks(t *testing.T, s suite) {
 	mustAppend(t, st, coll, 0, t0, entry("a", crdt.Heads{version("a", "1")[0]}, "2"))
 	checkDoc(t, st, coll, "a", "2")
 	// Heads compare as sets: order does not matter.
-	two := relay.Entry{Record: "m", Changes: []byte("c"), Doc: []byte("d"), Heads: crdt.Heads{hash("y"), hash("x")}}
+	two := relay.Entry{Record: "m", Changes: []byte("c"), Heads: crdt.Heads{hash("y"), hash("x")}}
 	mustAppend(t, st, coll, 0, t0, two)
 	mustAppend(t, st, coll, 0, t0, entry("m", crdt.Heads{hash("x"), hash("y")}, "3"))
 }
@@ -141,9 +141,9 @@ func testConflictWritesNothing(t *testing.T, s suite) {
 	checkNoDoc(t, st, coll, "c")
 	checkDoc(t, st, coll, "a", "1")
 	checkDoc(t, st, coll, "b", "1")
-	snaps, err := st.Snapshots(ctx(t), coll, "", 10)
+	snaps, err := st.Records(ctx(t), coll, "", 10)
 	if err != nil || len(snaps) != 2 {
-		t.Fatalf("Snapshots = %d, %v; want a and b only", len(snaps), err)
+		t.Fatalf("Records = %d, %v; want a and b only", len(snaps), err)
 	}
 	if h := mustAppend(t, st, coll, 0, t0, entry("c", nil, "1")); h != 3 {
 		t.Fatalf("Append after a conflict = %d, want 3: no sequence number may be skipped", h)
@@ -160,9 +160,9 @@ func testSameRecordTwice(t *testing.T, s suite) {
 		t.Fatalf("Append = %d, want 2", h)
 	}
 	checkDoc(t, st, coll, "a", "2")
-	snaps, err := st.Snapshots(ctx(t), coll, "", 10)
+	snaps, err := st.Records(ctx(t), coll, "", 10)
 	if err != nil || len(snaps) != 1 || snaps[0].Seq != 2 {
-		t.Fatalf("Snapshots = %+v, %v; want a at seq 2", snaps, err)
+		t.Fatalf("Records = %+v, %v; want a at seq 2", snaps, err)
 	}
 	// The second entry based on the stored heads, not the first entry's,
 	// conflicts.
@@ -174,16 +174,24 @@ func testSameRecordTwice(t *testing.T, s suite) {
 	}
 }
 
-func testDocument(t *testing.T, s suite) {
+// A record is stored as what its pushes added: before any compaction,
+// no snapshot, and a tail of every entry's changes in order.
+func testRecord(t *testing.T, s suite) {
 	st := s.store(t)
 	checkNoDoc(t, st, coll, "a")
 	checkNoDoc(t, st, relay.Coll{Tenant: "nobody", Collection: "nothing"}, "a")
 	a1 := entry("a", nil, "1")
 	mustAppend(t, st, coll, 0, t0, a1)
-	checkDoc(t, st, coll, "a", "1")
-	mustAppend(t, st, coll, 0, t0, entry("a", a1.Heads, "2"))
+	checkRecord(t, st, coll, "a", nil, 0, 1, "1")
+	mustAppend(t, st, coll, 0, t0, entry("b", nil, "1"), entry("a", a1.Heads, "2"))
 	checkDoc(t, st, coll, "a", "2")
-	checkNoDoc(t, st, coll, "b")
+	checkRecord(t, st, coll, "a", nil, 0, 3, "1", "2")
+	checkRecord(t, st, coll, "b", nil, 0, 2, "1")
+	checkNoDoc(t, st, coll, "c")
+	data, heads, err := relay.Document(ctx(t), st, coll, "a")
+	if want := append(entry("a", nil, "1").Changes, entry("a", nil, "2").Changes...); err != nil || !bytes.Equal(data, want) || !heads.Equal(version("a", "2")) {
+		t.Fatalf("relay.Document = %q %v %v", data, heads, err)
+	}
 }
 
 // The store keeps its own copies: changing what was passed in or handed out
@@ -193,26 +201,37 @@ func testNoAliasing(t *testing.T, s suite) {
 	e := entry("a", nil, "1")
 	mustAppend(t, st, coll, 0, t0, e)
 	clear(e.Changes)
-	clear(e.Doc)
 	e.Heads[0] = hash("scribble")
 
-	doc, heads, err := st.Document(ctx(t), coll, "a")
+	r, err := st.Record(ctx(t), coll, "a")
 	if err != nil {
 		t.Fatal(err)
 	}
-	clear(doc)
-	heads[0] = hash("scribble")
+	clear(r.Tail)
+	r.Heads[0] = hash("scribble")
 	l := readLog(t, st, coll, 0, 10)
 	clear(l[0].Changes)
 	l[0].Heads[0] = hash("scribble")
-	snaps, err := st.Snapshots(ctx(t), coll, "", 10)
+	recs, err := st.Records(ctx(t), coll, "", 10)
 	if err != nil {
 		t.Fatal(err)
 	}
-	clear(snaps[0].Doc)
-	snaps[0].Heads[0] = hash("scribble")
+	clear(recs[0].Tail)
+	recs[0].Heads[0] = hash("scribble")
+	snap := []byte("snap a@1")
+	if err := st.Compact(ctx(t), coll, "a", snap, 1); err != nil {
+		t.Fatal(err)
+	}
+	clear(snap)
+	r, err = st.Record(ctx(t), coll, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clear(r.Snapshot)
 
-	checkDoc(t, st, coll, "a", "1")
+	if r := checkRecord(t, st, coll, "a", []byte("snap a@1"), 1, 1); !r.Heads.Equal(version("a", "1")) {
+		t.Fatalf("heads %v", r.Heads)
+	}
 	checkLog(t, readLog(t, st, coll, 0, 10), []relay.LogEntry{logged(1, entry("a", nil, "1"))})
 }
 
@@ -251,9 +270,9 @@ func testLogPaging(t *testing.T, s suite) {
 	checkLog(t, paged, all)
 }
 
-// Snapshots are the records' latest documents in record ID order, each with
-// the sequence number of the last entry it includes.
-func testSnapshots(t *testing.T, s suite) {
+// Records are the records as stored, in record ID order, each with the
+// sequence number of its last entry.
+func testRecords(t *testing.T, s suite) {
 	st := s.store(t)
 	b1 := entry("b", nil, "1")
 	mustAppend(t, st, coll, 0, t0, b1)                                              // 1
@@ -262,28 +281,32 @@ func testSnapshots(t *testing.T, s suite) {
 	mustAppend(t, st, coll, 0, t0, entry("b", b1.Heads, "2"), entry("d", nil, "1")) // 4, 5
 
 	type want struct {
-		record, v string
-		seq       uint64
+		record string
+		vs     []string
+		seq    uint64
 	}
 	check := func(after string, limit int, ws ...want) {
 		t.Helper()
-		got, err := st.Snapshots(ctx(t), coll, after, limit)
+		got, err := st.Records(ctx(t), coll, after, limit)
 		if err != nil {
-			t.Fatalf("Snapshots(%q, %d): %v", after, limit, err)
+			t.Fatalf("Records(%q, %d): %v", after, limit, err)
 		}
 		if len(got) != len(ws) {
-			t.Fatalf("Snapshots(%q, %d) returned %d, want %d: %+v", after, limit, len(got), len(ws), got)
+			t.Fatalf("Records(%q, %d) returned %d, want %d: %+v", after, limit, len(got), len(ws), got)
 		}
 		for i, w := range ws {
-			e := entry(w.record, nil, w.v)
+			var data []byte
+			for _, v := range w.vs {
+				data = append(data, entry(w.record, nil, v).Changes...)
+			}
 			g := got[i]
-			if g.Record != w.record || g.Seq != w.seq || !bytes.Equal(g.Doc, e.Doc) || !g.Heads.Equal(e.Heads) {
-				t.Fatalf("Snapshots(%q, %d)[%d] = {%s %q seq %d}, want {%s %q seq %d}",
-					after, limit, i, g.Record, g.Doc, g.Seq, w.record, e.Doc, w.seq)
+			if g.ID != w.record || g.Seq != w.seq || !bytes.Equal(g.Data(), data) || !g.Heads.Equal(version(w.record, w.vs[len(w.vs)-1])) {
+				t.Fatalf("Records(%q, %d)[%d] = {%s %q seq %d}, want {%s %q seq %d}",
+					after, limit, i, g.ID, g.Data(), g.Seq, w.record, data, w.seq)
 			}
 		}
 	}
-	a, b, c, d := want{"a", "1", 2}, want{"b", "2", 4}, want{"c", "1", 3}, want{"d", "1", 5}
+	a, b, c, d := want{"a", []string{"1"}, 2}, want{"b", []string{"1", "2"}, 4}, want{"c", []string{"1"}, 3}, want{"d", []string{"1"}, 5}
 	check("", 10, a, b, c, d)
 	check("", 2, a, b)
 	check("b", 2, c, d)
@@ -292,14 +315,14 @@ func testSnapshots(t *testing.T, s suite) {
 	check("aa", 10, b, c, d) // after need not name a record
 	check("", 0)
 	check("", -1)
-	got, err := st.Snapshots(ctx(t), relay.Coll{Tenant: "app1", Collection: "other"}, "", 10)
+	got, err := st.Records(ctx(t), relay.Coll{Tenant: "app1", Collection: "other"}, "", 10)
 	if err != nil || len(got) != 0 {
-		t.Fatalf("Snapshots of an empty collection = %v, %v", got, err)
+		t.Fatalf("Records of an empty collection = %v, %v", got, err)
 	}
 }
 
 // Record IDs sort as bytes (for PostgreSQL: COLLATE "C"), not by locale.
-func testSnapshotOrder(t *testing.T, s suite) {
+func testRecordOrder(t *testing.T, s suite) {
 	st := s.store(t)
 	ids := []string{"é", "a-", "B", "ab", "a", "Z", "a\x01", "~", "0"}
 	for _, id := range ids {
@@ -308,7 +331,7 @@ func testSnapshotOrder(t *testing.T, s suite) {
 	want := []string{"0", "B", "Z", "a", "a\x01", "a-", "ab", "~", "é"}
 	var got []string
 	for after := ""; ; {
-		page, err := st.Snapshots(ctx(t), coll, after, 2)
+		page, err := st.Records(ctx(t), coll, after, 2)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -316,12 +339,12 @@ func testSnapshotOrder(t *testing.T, s suite) {
 			break
 		}
 		for _, p := range page {
-			if p.Record <= after {
-				t.Fatalf("Snapshots(%q, 2) returned %q", after, p.Record)
+			if p.ID <= after {
+				t.Fatalf("Records(%q, 2) returned %q", after, p.ID)
 			}
-			got = append(got, p.Record)
+			got = append(got, p.ID)
 		}
-		after = page[len(page)-1].Record
+		after = page[len(page)-1].ID
 	}
 	if fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
 		t.Fatalf("record order %q, want %q", got, want)
@@ -363,9 +386,9 @@ func testIsolation(t *testing.T, s suite) {
 				t.Fatalf("%v: log entry %d is %q, want %q", c, n, e.Changes, want.Changes)
 			}
 		}
-		snaps, err := st.Snapshots(ctx(t), c, "", 100)
+		snaps, err := st.Records(ctx(t), c, "", 100)
 		if err != nil || len(snaps) != 1 || snaps[0].Seq != uint64(i+1) {
-			t.Fatalf("%v: Snapshots = %+v, %v", c, snaps, err)
+			t.Fatalf("%v: Records = %+v, %v", c, snaps, err)
 		}
 	}
 	checkNoDoc(t, st, relay.Coll{Tenant: "t3", Collection: "notes"}, "r")

@@ -30,8 +30,12 @@
 //     ErrLeaseHeld as *relay.LeaseHeldError (the current lease). Empty names,
 //     names with NUL, entries without changes or heads, an empty holder and a
 //     non-positive TTL are relay.ErrInvalidArg.
-//   - Snapshots sort record IDs as bytes (PostgreSQL: COLLATE "C").
-//   - Log and Snapshots with limit <= 0 return nothing.
+//   - Records sorts record IDs as bytes (PostgreSQL: COLLATE "C").
+//   - Log and Records with limit <= 0 return nothing; CompactionCandidates
+//     with limit <= 0 returns nothing.
+//   - A record's tail holds the changes of its entries after SnapSeq,
+//     concatenated in log order; Compact never changes a record's heads or
+//     Seq, and Append never disturbs a snapshot.
 //   - A cancelled context fails a call before it does anything.
 //   - Appends of distinct records never fail for being concurrent: a store
 //     that can hit serialization failures retries them itself.
@@ -86,11 +90,16 @@ func run(t *testing.T, s suite) {
 		{"BaseChecks", testBaseChecks},
 		{"ConflictWritesNothing", testConflictWritesNothing},
 		{"SameRecordTwiceInOneAppend", testSameRecordTwice},
-		{"Document", testDocument},
+		{"Record", testRecord},
 		{"NoAliasing", testNoAliasing},
 		{"LogPaging", testLogPaging},
-		{"Snapshots", testSnapshots},
-		{"SnapshotOrderIsBytewise", testSnapshotOrder},
+		{"Records", testRecords},
+		{"RecordOrderIsBytewise", testRecordOrder},
+		{"Compact", testCompact},
+		{"CompactionCandidates", testCompactionCandidates},
+		{"Truncate", testTruncate},
+		{"CompactDuringAppends", testCompactDuringAppends},
+		{"Usage", testUsage},
 		{"Isolation", testIsolation},
 		{"FenceZero", testFenceZero},
 		{"FenceCurrent", testFenceCurrent},
@@ -99,6 +108,7 @@ func run(t *testing.T, s suite) {
 		{"AcquireExpiry", testAcquireExpiry},
 		{"Renew", testRenew},
 		{"Release", testRelease},
+		{"LeaseBoundToHolder", testLeaseBoundToHolder},
 		{"LeaseInvalid", testLeaseInvalid},
 		{"FencesOnlyGrow", testFencesOnlyGrow},
 		{"Reopen", testReopen},
@@ -153,7 +163,6 @@ func entry(record string, base crdt.Heads, v string) relay.Entry {
 		Base:    base,
 		Changes: []byte("changes " + record + "@" + v),
 		Hashes:  []crdt.Hash{hash(record + "@" + v)},
-		Doc:     []byte("doc " + record + "@" + v),
 		Heads:   version(record, v),
 	}
 }
@@ -232,21 +241,44 @@ func fmtLog(l []relay.LogEntry) string {
 	return b.String()
 }
 
-// checkDoc asserts the record's stored document is version v of it.
+// checkDoc asserts the record is at version v of it: its heads are v's,
+// and its data ends with v's changes.
 func checkDoc(t *testing.T, st relay.Store, c relay.Coll, record, v string) {
 	t.Helper()
-	doc, heads, err := st.Document(ctx(t), c, record)
+	r, err := st.Record(ctx(t), c, record)
 	if err != nil {
-		t.Fatalf("Document(%s): %v", record, err)
+		t.Fatalf("Record(%s): %v", record, err)
 	}
 	want := entry(record, nil, v)
-	if !bytes.Equal(doc, want.Doc) || !heads.Equal(want.Heads) {
-		t.Fatalf("Document(%s) = %q %v, want %q %v", record, doc, heads, want.Doc, want.Heads)
+	if r.ID != record || !bytes.HasSuffix(r.Data(), want.Changes) || !r.Heads.Equal(want.Heads) {
+		t.Fatalf("Record(%s) = %q %v, want data ending %q, heads %v", record, r.Data(), r.Heads, want.Changes, want.Heads)
 	}
+}
+
+// checkRecord asserts the record as stored: its snapshot (nil for none)
+// and the changes of the versions in its tail.
+func checkRecord(t *testing.T, st relay.Store, c relay.Coll, record string, snap []byte, snapSeq, seq uint64, tail ...string) relay.Record {
+	t.Helper()
+	r, err := st.Record(ctx(t), c, record)
+	if err != nil {
+		t.Fatalf("Record(%s): %v", record, err)
+	}
+	var wantTail []byte
+	for _, v := range tail {
+		wantTail = append(wantTail, entry(record, nil, v).Changes...)
+	}
+	if !bytes.Equal(r.Snapshot, snap) || r.SnapSeq != snapSeq || r.Seq != seq || !bytes.Equal(r.Tail, wantTail) || r.TailEntries != len(tail) {
+		t.Fatalf("Record(%s) = snapshot %q (seq %d), tail %q (%d entries), seq %d;\nwant snapshot %q (seq %d), tail %q (%d entries), seq %d",
+			record, r.Snapshot, r.SnapSeq, r.Tail, r.TailEntries, r.Seq, snap, snapSeq, wantTail, len(tail), seq)
+	}
+	if want := append(append([]byte(nil), snap...), wantTail...); !bytes.Equal(r.Data(), want) || r.Size() != len(want) {
+		t.Fatalf("Record(%s).Data() = %q, want %q", record, r.Data(), want)
+	}
+	return r
 }
 
 func checkNoDoc(t *testing.T, st relay.Store, c relay.Coll, record string) {
 	t.Helper()
-	_, _, err := st.Document(ctx(t), c, record)
-	wantErr(t, "Document("+record+")", err, relay.ErrNotFound)
+	_, err := st.Record(ctx(t), c, record)
+	wantErr(t, "Record("+record+")", err, relay.ErrNotFound)
 }

@@ -1,0 +1,132 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Defaults the relay applies to fields left out, which check compares
+// with.
+const (
+	defaultMaxLeaseTTL = 5 * time.Minute
+)
+
+// check validates every field except limits (checked with the transport
+// limits they set), naming the field in each problem; all problems are
+// reported at once. Zero values mean the default and pass.
+func (c *Config) check() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if c.Addr != "" {
+		if err := checkAddr(c.Addr); err != nil {
+			bad("addr", "%v", err)
+		}
+	}
+	if len(c.RelayID) > 128 || !utf8.ValidString(c.RelayID) || strings.ContainsFunc(c.RelayID, unicode.IsControl) {
+		bad("relay_id", "want at most 128 bytes of printable UTF-8")
+	}
+	if c.LogLevel != "" {
+		var lv slog.Level
+		if err := lv.UnmarshalText([]byte(c.LogLevel)); err != nil {
+			bad("log_level", "%q: want debug, info, warn or error", c.LogLevel)
+		}
+	}
+	if c.LogFormat != "" && c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("log_format", "%q: want text or json", c.LogFormat)
+	}
+	for name, d := range map[string]Duration{
+		"max_lease_ttl": c.MaxLeaseTTL, "default_lease_ttl": c.DefaultLeaseTTL, "shutdown_timeout": c.ShutdownTimeout,
+		"compact_interval": c.CompactInterval,
+	} {
+		if d < 0 {
+			bad(name, "%v is negative (leave it out for the default)", time.Duration(d))
+		}
+	}
+	maxTTL := time.Duration(c.MaxLeaseTTL)
+	if maxTTL == 0 {
+		maxTTL = defaultMaxLeaseTTL
+	}
+	if d := time.Duration(c.DefaultLeaseTTL); d > maxTTL {
+		bad("default_lease_ttl", "%v is longer than max_lease_ttl (%v)", d, maxTTL)
+	}
+	if c.MaxLag < 0 {
+		bad("max_lag", "%d is negative (leave it out for the default, 10000)", c.MaxLag)
+	}
+	if c.LogRetention < 0 {
+		bad("log_retention", "%d is negative (leave it out for the default, 100000)", c.LogRetention)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		bad("tls_cert, tls_key", "give both (the certificate chain and its private key) or neither")
+	}
+	ids, keys := map[string]int{}, map[string]int{}
+	for i, app := range c.Apps {
+		field := func(name string) string { return fmt.Sprintf("apps[%d].%s", i, name) }
+		switch {
+		case app.ID == "":
+			bad(field("id"), "required")
+		case len(app.ID) > 128 || strings.ContainsFunc(app.ID, func(r rune) bool { return unicode.IsControl(r) || unicode.IsSpace(r) }):
+			bad(field("id"), "%q: want at most 128 bytes without spaces or control characters", app.ID)
+		default:
+			if j, dup := ids[app.ID]; dup {
+				bad(field("id"), "%q is also the id of apps[%d]", app.ID, j)
+			}
+			ids[app.ID] = i
+		}
+		switch {
+		case app.APIKey == "":
+			bad(field("api_key"), "required")
+		case placeholder(app.APIKey):
+			bad(field("api_key"), "looks like a placeholder, not a key: generate one with \"openssl rand -hex 16\"")
+		default:
+			if j, dup := keys[app.APIKey]; dup {
+				bad(field("api_key"), "is also the api_key of apps[%d]", j)
+			}
+			keys[app.APIKey] = i
+		}
+		switch {
+		case len(app.Secret) < 32:
+			bad(field("secret"), "want at least 32 bytes (generate one with \"openssl rand -hex 32\")")
+		case placeholder(app.Secret):
+			bad(field("secret"), "looks like a placeholder, not a random secret: generate one with \"openssl rand -hex 32\"")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkAddr accepts host:port with a port from 0 to 65535; the host may be
+// empty (every interface).
+func checkAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: want host:port, such as 127.0.0.1:8080 or :8080", addr)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n > 65535 {
+		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", addr, port)
+	}
+	return nil
+}
+
+// placeholder reports whether a key or secret is text a person wrote
+// rather than random bytes: the docs' examples ("fk_3a9...", "at least 32
+// bytes of random hex ..."), spaces, angle brackets, or so few distinct
+// characters that it cannot be random (a random hex string of 32 has
+// about 14).
+func placeholder(s string) bool {
+	if strings.Contains(s, "...") || strings.ContainsAny(s, "<>…") || strings.ContainsFunc(s, unicode.IsSpace) {
+		return true
+	}
+	distinct := map[rune]bool{}
+	for _, r := range s {
+		distinct[r] = true
+	}
+	return len(distinct) < 8
+}

@@ -1,0 +1,309 @@
+package crdt
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/automerge/automerge-go"
+)
+
+// A canonical encoding is not enough for a change to survive Save and
+// Load: the document keeps only what applying the change left in its
+// operation set, and Load rebuilds the change from that. Automerge applies
+// a change without checking what its operations refer to, and silently
+// loses what does not fit: an operation on an object the document does not
+// hold is dropped; a predecessor that is not at the operation's key (or
+// not older than it) is not found, so the link is lost; a delete whose
+// predecessors are all lost leaves nothing at all. Each loss makes the
+// rebuilt change differ, and the document stop loading. (Some of these
+// also crash the Rust core, which aborts the process: a map key in a list
+// reaches a panic in its key comparison.)
+//
+// The checks here refuse a change unless every operation it refers to is
+// one the document holds (or an earlier operation of the same stream),
+// of the right kind, in the right place, and older. Automerge's own
+// changes always are: an operation can only refer to what its author's
+// document held, and its counter is above every counter there. To check in
+// time proportional to the change, a Doc keeps an index of its operations
+// (opIndex), built from its history on first use and extended as changes
+// are imported.
+
+// opRef names an operation in a document: its actor's bytes and counter.
+// The zero opRef is the root map.
+type opRef struct {
+	actor string
+	ctr   uint64
+}
+
+// opRec is what the checks need to know of an operation the document
+// holds. Deletes are never held: they leave no operation behind.
+type opRec struct {
+	obj    opRef
+	kind   keyKind
+	prop   string // the map key (keyProp)
+	elem   opRef  // the element the key names (keyElem)
+	action uint8
+	insert bool
+}
+
+func isMake(action uint8) bool {
+	return action == actMakeMap || action == actMakeList || action == actMakeText || action == actMakeTable
+}
+
+// opLayer is one immutable layer of an index: operations added together,
+// over the layers below. Layers are shared between a Doc and its forks, so
+// they are never written once published.
+type opLayer struct {
+	parent *opLayer
+	ops    map[opRef]opRec
+	maxOp  map[string]uint64 // per actor, the last operation counter of its changes
+	size   int
+	depth  int
+}
+
+func newLayer(parent *opLayer) *opLayer {
+	return &opLayer{parent: parent, ops: map[opRef]opRec{}, maxOp: map[string]uint64{}}
+}
+
+func (l *opLayer) get(r opRef) (opRec, bool) {
+	for ; l != nil; l = l.parent {
+		if v, ok := l.ops[r]; ok {
+			return v, true
+		}
+	}
+	return opRec{}, false
+}
+
+// actorMax returns the highest operation counter of actor's changes.
+// Counters only grow, so the topmost layer that knows the actor is right.
+func (l *opLayer) actorMax(actor string) (uint64, bool) {
+	for ; l != nil; l = l.parent {
+		if v, ok := l.maxOp[actor]; ok {
+			return v, true
+		}
+	}
+	return 0, false
+}
+
+// maxLayers bounds the layers a lookup walks.
+const maxLayers = 24
+
+// pushLayer puts l on top of top and returns the new top. Layers merge,
+// smallest first, whenever the one below is not more than twice as large,
+// so an index of n operations has O(log n) layers and each operation is
+// copied O(log n) times over its life.
+func pushLayer(top, l *opLayer) *opLayer {
+	l.parent = top
+	l.size = len(l.ops) + len(l.maxOp)
+	for l.parent != nil && (l.parent.size <= 2*l.size || l.parent.depth+1 > maxLayers) {
+		l = mergeLayers(l.parent, l)
+	}
+	if l.parent != nil {
+		l.depth = l.parent.depth + 1
+	}
+	return l
+}
+
+func mergeLayers(lower, upper *opLayer) *opLayer {
+	m := &opLayer{
+		parent: lower.parent,
+		ops:    make(map[opRef]opRec, len(lower.ops)+len(upper.ops)),
+		maxOp:  make(map[string]uint64, len(lower.maxOp)+len(upper.maxOp)),
+	}
+	for _, x := range []*opLayer{lower, upper} {
+		for k, v := range x.ops {
+			m.ops[k] = v
+		}
+		for k, v := range x.maxOp {
+			m.maxOp[k] = max(m.maxOp[k], v)
+		}
+	}
+	m.size = len(m.ops) + len(m.maxOp)
+	return m
+}
+
+// opIndex is a Doc's index of its operations as of heads at.
+type opIndex struct {
+	top *opLayer
+	at  Heads
+}
+
+// index returns the document's operation index, bringing it up to date
+// with changes made or imported since it was last used. It fails if a
+// change in the history cannot be decoded (one imported before these
+// checks existed, say); Import then checks the slow way.
+func (d *Doc) index() (*opIndex, error) {
+	heads := d.Heads()
+	x := d.idx.Load()
+	if x != nil && x.at.Equal(heads) {
+		return x, nil
+	}
+	var top *opLayer
+	var since []automerge.ChangeHash
+	if x != nil && d.hasAll(x.at) == nil {
+		top, since = x.top, amHashes(x.at)
+	}
+	if len(since) == 0 {
+		top = nil // Changes() with no heads is the whole history
+	}
+	chs, err := d.am.Changes(since...)
+	if err != nil {
+		return nil, fmt.Errorf("crdt: changes: %w", err)
+	}
+	l := newLayer(top)
+	for _, ch := range chs {
+		c, err := decodeChange(chunkPayload(ch.Save()))
+		if err != nil {
+			d.idx.Store(nil)
+			return nil, fmt.Errorf("change %s: %w", Hash(ch.Hash()), err)
+		}
+		l.add(c)
+	}
+	x = &opIndex{top: pushLayer(top, l), at: heads}
+	d.idx.Store(x)
+	return x, nil
+}
+
+// chunkPayload returns the payload of a whole change chunk.
+func chunkPayload(chunk []byte) []byte {
+	if len(chunk) < 10 {
+		return nil
+	}
+	n, ln := binary.Uvarint(chunk[9:])
+	if ln <= 0 || n > uint64(len(chunk)-9-ln) {
+		return nil
+	}
+	return chunk[9+ln : 9+ln+int(n)]
+}
+
+// actorStrings returns a change's actors (author first) as strings.
+func (c *change) actorStrings() []string {
+	out := make([]string, 1+len(c.others))
+	out[0] = string(c.actor)
+	for i, a := range c.others {
+		out[i+1] = string(a)
+	}
+	return out
+}
+
+func ref(actors []string, id chOpID) opRef {
+	if id.ctr == 0 {
+		return opRef{} // counter 0 is the root (Rust reads it so)
+	}
+	return opRef{actor: actors[id.actor], ctr: id.ctr}
+}
+
+// add records a change's operations in l, unchecked.
+func (l *opLayer) add(c *change) {
+	actors := c.actorStrings()
+	for i, op := range c.ops {
+		if op.action == actDelete {
+			continue
+		}
+		l.ops[opRef{actors[0], c.startOp + uint64(i)}] = recOf(actors, op)
+	}
+	last := c.startOp + uint64(len(c.ops)) - 1
+	l.maxOp[actors[0]] = max(l.maxOp[actors[0]], last)
+}
+
+func recOf(actors []string, op chOp) opRec {
+	r := opRec{obj: ref(actors, op.obj), kind: op.kind, prop: op.prop, action: uint8(op.action), insert: op.insert}
+	if op.kind == keyElem {
+		r.elem = opRef{actor: actors[op.elem.actor], ctr: op.elem.ctr}
+	}
+	return r
+}
+
+// check checks a change against the operations l holds (the document's,
+// and those of the changes checked before it in the same stream), then
+// adds its operations to l.
+func (l *opLayer) check(c *change) error {
+	actors := c.actorStrings()
+	if c.startOp > math.MaxUint32 {
+		return fmt.Errorf("start op %d is too large", c.startOp)
+	}
+	if m, ok := l.actorMax(actors[0]); ok && c.startOp <= m {
+		return fmt.Errorf("start op %d reuses counters of the actor's earlier changes (up to %d)", c.startOp, m)
+	}
+	for i, op := range c.ops {
+		id := opRef{actors[0], c.startOp + uint64(i)}
+		if err := l.checkOp(actors, id, op); err != nil {
+			return fmt.Errorf("operation %d (%d@%x): %w", i, id.ctr, id.actor, err)
+		}
+		if op.action != actDelete {
+			l.ops[id] = recOf(actors, op)
+		}
+	}
+	l.maxOp[actors[0]] = max(l.maxOp[actors[0]], c.startOp+uint64(len(c.ops))-1)
+	return nil
+}
+
+// checkOp checks one operation: see the comment at the top of the file.
+func (l *opLayer) checkOp(actors []string, id opRef, op chOp) error {
+	rec := recOf(actors, op)
+	seq := false
+	if rec.obj != (opRef{}) {
+		o, ok := l.get(rec.obj)
+		if !ok || !isMake(o.action) || rec.obj.ctr >= id.ctr {
+			return fmt.Errorf("object %d@%x is not an older object of the document", rec.obj.ctr, rec.obj.actor)
+		}
+		seq = o.action == actMakeList || o.action == actMakeText
+	}
+	switch {
+	case !seq && op.kind != keyProp:
+		return errors.New("a sequence position in a map")
+	case seq && op.kind == keyProp:
+		return errors.New("a map key in a sequence")
+	case !seq && op.insert:
+		return errors.New("an insert into a map")
+	case op.kind == keyHead && !op.insert:
+		return errors.New("only an insert can name the start of a sequence")
+	case op.kind == keyElem:
+		e, ok := l.get(rec.elem)
+		if !ok || !e.insert || e.obj != rec.obj || rec.elem.ctr >= id.ctr {
+			return fmt.Errorf("element %d@%x is not an older element of the object", rec.elem.ctr, rec.elem.actor)
+		}
+	}
+	switch {
+	case op.insert && len(op.pred) > 0:
+		return errors.New("an insert with predecessors")
+	case op.insert && (op.action == actIncrement || op.action == actDelete):
+		return fmt.Errorf("an inserted action %d", op.action)
+	case !op.insert && op.action == actMark:
+		return errors.New("a mark that is not inserted")
+	case op.action == actDelete && len(op.pred) == 0:
+		return errors.New("a delete with no predecessor")
+	}
+	for j, p := range op.pred {
+		pr := opRef{actor: actors[p.actor], ctr: p.ctr}
+		prec, ok := l.get(pr)
+		switch {
+		case !ok || pr.ctr >= id.ctr:
+			return fmt.Errorf("predecessor %d@%x is not an older operation the document holds", pr.ctr, pr.actor)
+		case prec.obj != rec.obj || !sameKey(prec, pr, rec):
+			return fmt.Errorf("predecessor %d@%x is not at the operation's key", pr.ctr, pr.actor)
+		case j == 0 && op.action == actDelete && prec.action != actSet && !isMake(prec.action):
+			// Load rebuilds a delete's key from its first predecessor,
+			// which must be a value or an object.
+			return fmt.Errorf("the delete's first predecessor %d@%x is neither a value nor an object", pr.ctr, pr.actor)
+		}
+	}
+	return nil
+}
+
+// sameKey reports whether the operation p (named pr) sits at the key of
+// the operation rec, where Automerge looks for rec's predecessors.
+func sameKey(p opRec, pr opRef, rec opRec) bool {
+	switch rec.kind {
+	case keyProp:
+		return p.kind == keyProp && !p.insert && p.prop == rec.prop
+	case keyElem:
+		if p.insert {
+			return pr == rec.elem
+		}
+		return p.kind == keyElem && p.elem == rec.elem
+	}
+	return false
+}

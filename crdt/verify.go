@@ -1,0 +1,118 @@
+package crdt
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/automerge/automerge-go"
+)
+
+// verified is what Import learns by checking changes before it applies
+// them, to record once they are applied.
+type verified struct {
+	base   *opIndex
+	layer  *opLayer // the checked changes' operations
+	reload bool     // the index was unavailable: check by saving and loading
+}
+
+// verifyChanges checks change payloads (with their hashes, in the order
+// Automerge will apply them) before they are applied: each must be in
+// Automerge's canonical encoding, and refer only to operations the
+// document holds, so that the document's saved form will rebuild it. The
+// error is an ErrCorrupt naming the change and the fault.
+// base is the document's index before the changes (nil if unavailable).
+func verifyChanges(base *opIndex, payloads [][]byte, hashes []Hash) (verified, error) {
+	v := verified{base: base, reload: base == nil}
+	if base != nil {
+		v.layer = newLayer(base.top)
+	}
+	for i, p := range payloads {
+		c, err := checkCanonical(p)
+		if err == nil && v.layer != nil {
+			err = v.layer.check(c)
+		}
+		if err != nil {
+			return verified{}, fmt.Errorf("%w: change %s: %v", ErrCorrupt, hashes[i], err)
+		}
+	}
+	return v, nil
+}
+
+// recordVerified finishes what verifyChanges began, once the changes are
+// applied: their operations join the index, or, if the index was
+// unavailable, the document must survive saving and loading.
+func (d *Doc) recordVerified(v verified) error {
+	if v.reload {
+		if _, err := Load(d.Save(), ""); err != nil {
+			return fmt.Errorf("%w: the changes leave a document that does not reload: %v", ErrCorrupt, err)
+		}
+		return nil
+	}
+	d.idx.Store(&opIndex{top: pushLayer(v.base.top, v.layer), at: d.Heads()})
+	return nil
+}
+
+// streamChanges returns the payloads and hashes of the changes a framed
+// stream holding document chunks will add to the document, in the order
+// Automerge applies them. A document chunk holds its whole history, so its
+// changes are read by loading it on its own: they are checked before the
+// document sees them, as some crafted ones crash the Rust core when
+// applied to a document that holds others.
+func (d *Doc) streamChanges(data []byte, ci chunkInfo) ([][]byte, []Hash, error) {
+	var payloads [][]byte
+	var hashes []Hash
+	seen := map[Hash]bool{}
+	add := func(h Hash, deps []Hash, p []byte) error {
+		if seen[h] || d.Has(h) {
+			return nil
+		}
+		for _, dep := range deps {
+			if !seen[dep] && !d.Has(dep) {
+				return fmt.Errorf("%w: %s needs %s", ErrMissingDeps, h, dep)
+			}
+		}
+		seen[h] = true
+		payloads, hashes = append(payloads, p), append(hashes, h)
+		return nil
+	}
+	next := 0 // the next change chunk, in ci
+	for off := 0; off < len(data); {
+		n, ln := binary.Uvarint(data[off+9:]) // framed already
+		end := off + 9 + ln + int(n)
+		if data[off+8] != chunkDocument {
+			c := ci.changes[next]
+			if err := add(c.Hash, c.Deps, ci.payloads[next]); err != nil {
+				return nil, nil, err
+			}
+			next++
+			off = end
+			continue
+		}
+		chs, err := documentChanges(data[off:end])
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: document at byte %d: %v", ErrCorrupt, off, err)
+		}
+		for _, ch := range chs {
+			deps := make([]Hash, len(ch.Dependencies()))
+			for i, dep := range ch.Dependencies() {
+				deps[i] = Hash(dep)
+			}
+			if err := add(Hash(ch.Hash()), deps, chunkPayload(ch.Save())); err != nil {
+				return nil, nil, err
+			}
+		}
+		off = end
+	}
+	return payloads, hashes, nil
+}
+
+// documentChanges returns the changes of one document chunk, in the order
+// it holds them.
+func documentChanges(chunk []byte) (chs []*automerge.Change, err error) {
+	defer recoverCorrupt(&err)
+	am, err := automerge.Load(chunk)
+	if err != nil {
+		return nil, err
+	}
+	return am.Changes()
+}

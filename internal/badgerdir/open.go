@@ -1,0 +1,64 @@
+package badgerdir
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// ErrLocked means another process has the store open: a running relay or
+// app, or a ferry command. errors.Is finds it in the error of Open and
+// OpenReadOnly.
+var ErrLocked = errors.New("the store is in use by another process")
+
+// ErrNoStore means a folder holds no Badger store where one must exist.
+var ErrNoStore = errors.New("no store in the folder")
+
+// Open opens a Badger store whose folder Prepare accepted (or an in-memory
+// one), verifying checksums and turning Badger's panics into ErrDamaged
+// (see openBadger). A folder another process holds gives an error matching
+// ErrLocked that says what to do: Badger flattens the lock failure into
+// text, so it is recognized by probing the folder's lock after the open
+// failed.
+func Open(opts badger.Options) (*badger.DB, error) {
+	db, err := openBadger(opts)
+	if err != nil && !opts.InMemory && lockedByOther(opts.Dir, !opts.ReadOnly) {
+		return nil, &LockedError{Dir: opts.Dir, Err: err}
+	}
+	return db, err
+}
+
+// OpenReadOnly opens the existing store in dir read-only: nothing in dir is
+// created, changed or repaired. A folder without a store (no MANIFEST) gives
+// ErrNoStore, and one that another process has open for writing gives
+// ErrLocked. A store that a crash left needing repair may fail to open:
+// only a read-write open repairs it.
+func OpenReadOnly(dir string, opts badger.Options) (*badger.DB, error) {
+	if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s has no MANIFEST", ErrNoStore, dir)
+		}
+		return nil, err
+	}
+	opts.Dir, opts.ValueDir = dir, dir
+	opts.ReadOnly, opts.InMemory = true, false
+	return Open(opts)
+}
+
+// LockedError is the error of an open refused because another process
+// holds the store: errors.Is matches it with ErrLocked, and Badger's own
+// error stays in the chain.
+type LockedError struct {
+	Dir string // the store's folder
+	Err error  // Badger's error
+}
+
+// Error says what to do, without the folder: the caller's context names it.
+func (e *LockedError) Error() string {
+	return "the store is in use by another process (a running relay or app, or a ferry command): stop it, then try again"
+}
+
+func (e *LockedError) Unwrap() []error { return []error{ErrLocked, e.Err} }

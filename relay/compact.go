@@ -1,0 +1,174 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ferrysync/ferry/crdt"
+)
+
+// Compaction keeps reading a record cheap without touching the push path:
+// a push only appends its changes to the record's tail, and in the
+// background the compactor folds a tail that has outgrown its snapshot
+// (NeedsCompaction) into a new snapshot, in bounded batches. Then the log
+// below a horizon that every snapshot holds is truncated, keeping the
+// last LogRetention entries of each collection, so that a device that was
+// offline a while still catches up from the log.
+
+// compactBatch bounds the records one compaction round takes on.
+const compactBatch = 64
+
+// compactor owns the background compaction and truncation.
+type compactor struct {
+	s    *Server
+	wake chan struct{} // a push made a candidate, or a test asks
+
+	mu      sync.Mutex
+	touched map[Coll]bool // collections appended to since the last truncation
+
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+func newCompactor(s *Server) *compactor {
+	ctx, cancel := context.WithCancel(context.Background())
+	cp := &compactor{s: s, wake: make(chan struct{}, 1), touched: map[Coll]bool{}, stop: cancel, done: make(chan struct{})}
+	if s.opts.CompactInterval < 0 {
+		close(cp.done)
+		return cp
+	}
+	go cp.run(ctx)
+	return cp
+}
+
+// appended tells the compactor a collection grew.
+func (cp *compactor) appended(c Coll) {
+	cp.mu.Lock()
+	cp.touched[c] = true
+	cp.mu.Unlock()
+	select {
+	case cp.wake <- struct{}{}:
+	default:
+	}
+}
+
+// close stops the compactor and waits for it.
+func (cp *compactor) close() {
+	cp.stop()
+	<-cp.done
+}
+
+func (cp *compactor) run(ctx context.Context) {
+	defer close(cp.done)
+	t := time.NewTicker(cp.s.opts.CompactInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-cp.wake:
+		}
+		// A round at a time, with the ticker between rounds, so that a
+		// relay under a stream of pushes does not spend every cycle
+		// compacting.
+		if _, err := cp.round(ctx); err != nil && ctx.Err() == nil {
+			cp.s.log.Warn("compaction round failed", "err", err)
+		}
+	}
+}
+
+// round compacts up to compactBatch candidates, then truncates the logs
+// of the collections appended to since the last round. It returns how many
+// records it compacted.
+func (cp *compactor) round(ctx context.Context) (int, error) {
+	s := cp.s
+	cands, err := s.store.CompactionCandidates(ctx, compactBatch)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, cd := range cands {
+		if ctx.Err() != nil {
+			return n, ctx.Err()
+		}
+		err := s.compactRecord(ctx, cd.Coll, cd.Record)
+		switch {
+		case err == nil:
+			n++
+		case errors.Is(err, ErrConflict), errors.Is(err, ErrNotFound):
+			// Another compaction won, or the record is gone: nothing to do.
+		default:
+			s.log.Warn("compacting a record failed", "tenant", cd.Coll.Tenant, "collection", cd.Coll.Collection, "record", cd.Record, "err", err)
+		}
+	}
+	if len(cands) == compactBatch {
+		select { // more wait: go on at the next tick or wake-up
+		case cp.wake <- struct{}{}:
+		default:
+		}
+	}
+	return n, cp.truncate(ctx)
+}
+
+// truncate drops, in each collection appended to lately, the log entries
+// older than the last LogRetention that snapshots hold.
+func (cp *compactor) truncate(ctx context.Context) error {
+	s := cp.s
+	if s.opts.LogRetention < 0 {
+		return nil
+	}
+	cp.mu.Lock()
+	colls := cp.touched
+	cp.touched = map[Coll]bool{}
+	cp.mu.Unlock()
+	for c := range colls {
+		head, err := s.store.Head(ctx, c)
+		if err != nil {
+			return err
+		}
+		keep := uint64(s.opts.LogRetention)
+		if head <= keep {
+			continue
+		}
+		if _, err := s.store.Truncate(ctx, c, head-keep); err != nil {
+			return fmt.Errorf("truncating %s/%s: %w", c.Tenant, c.Collection, err)
+		}
+	}
+	return nil
+}
+
+// compactRecord folds a record's tail into a new snapshot.
+func (s *Server) compactRecord(ctx context.Context, c Coll, id string) error {
+	rec, err := s.store.Record(ctx, c, id)
+	if err != nil {
+		return err
+	}
+	if rec.TailEntries == 0 {
+		return nil
+	}
+	_, err = s.compactNow(ctx, c, rec)
+	return err
+}
+
+// compactNow saves rec as one document, stores that as its snapshot, and
+// returns it. Only the record's own bytes are read: no cached document,
+// no lock, so pushes to it go on meanwhile.
+func (s *Server) compactNow(ctx context.Context, c Coll, rec Record) ([]byte, error) {
+	d, err := crdt.Load(rec.Data(), "")
+	if err == nil && !d.Heads().Equal(rec.Heads) {
+		err = fmt.Errorf("it loads at heads %v, the store says %v", d.Heads(), rec.Heads)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: record %s/%s/%s: %w", ErrStoreDamaged, c.Tenant, c.Collection, rec.ID, err)
+	}
+	snap := d.Save()
+	if err := s.store.Compact(ctx, c, rec.ID, snap, rec.Seq); err != nil && !errors.Is(err, ErrConflict) {
+		return nil, err
+	}
+	s.metrics.compactions.Inc()
+	return snap, nil
+}

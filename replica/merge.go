@@ -1,0 +1,310 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/policy"
+)
+
+// Merging the relay's changes into a record takes two steps when the record
+// has local changes the relay lacks (it is pending) and the import brings
+// something new: the fields both sides changed since the version they last
+// shared may conflict, and the policy decides them. A merge hook is the
+// app's code, and it may read the replica, so it never runs under a record
+// lock or inside a store transaction:
+//
+//  1. mergeOp, inside the batch's transaction, imports into the record and
+//     compares the three versions. A record with conflicts is not written:
+//     it is listed in batchResult.conflicted with what the decision needs.
+//  2. resolveConflicted asks the policy with no lock held, then, in a new
+//     transaction, checks that the record has not changed meanwhile (its
+//     heads are the ones the conflicts were found against), imports again,
+//     writes the decisions as one change that follows both sides, and
+//     stores it. A record edited meanwhile goes back to step 1.
+
+// conflicted is a record whose merge waits for the policy.
+type conflicted struct {
+	rec       remoteRec  // as the relay sent it
+	data      []byte     // what was imported: quarantined changes, then rec.data
+	relay     crdt.Heads // the relay's heads once data is applied
+	local     crdt.Heads // the record's heads the conflicts were found against
+	conflicts []crdt.Conflict
+	// The whole records as each side has them, for the hook.
+	localRec, remoteRec map[string]any
+}
+
+// mergeOp imports the relay's changes (or snapshot) for a record. A record
+// that is pending and gets new changes is compared field by field with the
+// relay's version; if they conflict, it is left as it was and listed in
+// res.conflicted (see above). Otherwise the import is stored, the record's
+// synced heads become the relay's, and it stays pending while it holds
+// changes beyond them.
+func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batchResult) (bool, error) {
+	coll, id := t.coll, t.id
+	if i := slices.IndexFunc(res.conflicted, func(c conflicted) bool { return c.rec.id == id }); i >= 0 {
+		// An earlier entry of this batch for the record waits for the
+		// policy: this one builds on it, so it joins it.
+		c := &res.conflicted[i]
+		c.rec.data = append(c.rec.data, rec.data...)
+		c.data = append(c.data, rec.data...)
+		c.relay = rec.relay
+		return false, nil
+	}
+	// Changes held back by a failed hook come first: later ones build on
+	// them.
+	q, qheads, err := readQuarantine(txn, coll, id)
+	if err != nil {
+		return false, err
+	}
+	data, relay := rec.data, rec.relay
+	if q != nil {
+		data = append(append([]byte(nil), q...), data...)
+		if len(relay) == 0 {
+			relay = qheads
+		}
+	}
+	_, pending, err := getKey(txn, recKey('p', coll, id))
+	if err != nil {
+		return false, err
+	}
+	d := t.doc
+	if pending {
+		synced, err := readAcked(txn, coll, id)
+		if err != nil {
+			return false, err
+		}
+		// This device's side of a possible conflict, read before the
+		// import rather than forked out of history afterwards.
+		localHeads := d.Heads()
+		local, err := d.Snapshot()
+		if err != nil {
+			return false, err
+		}
+		n, err := d.Import(data)
+		if err != nil {
+			return false, err
+		}
+		if n > 0 {
+			diff, remote, err := threeWay(d, local, synced, relay, data)
+			if err != nil {
+				return false, err
+			}
+			if len(diff.Conflicts) > 0 {
+				res.conflicted = append(res.conflicted, conflicted{
+					rec: rec, data: data, relay: relay, local: localHeads, conflicts: diff.Conflicts,
+					localRec: local.Fields(), remoteRec: remote.Fields(),
+				})
+				return false, nil
+			}
+		}
+	} else if _, err := d.Import(data); err != nil {
+		return false, err
+	}
+	if q != nil {
+		if err := txn.Delete(recKey('q', coll, id)); err != nil {
+			return false, err
+		}
+	}
+	if !t.existed && len(t.new.heads) == 0 && q == nil && d.Heads().Equal(relay) {
+		// A record new to this device, arriving whole (a fresh pull's
+		// snapshot): store the bytes as they came instead of
+		// re-exporting them.
+		return true, r.storeArrived(txn, t, data, relay)
+	}
+	return true, r.storeSynced(txn, t, relay)
+}
+
+// threeWay compares, field by field, the version both sides last shared
+// (synced), this device's (local, read before the import) and the relay's;
+// d holds both sides. It returns the diff and the relay's version.
+//
+// Only the base is forked out of history (a replay, so this runs only for
+// records with both local and incoming changes); the relay's version is the
+// base plus the changes that came in. If those need changes the base lacks
+// (the synced heads were behind what the relay holds), the relay's version
+// is forked at its heads instead.
+func threeWay(d *crdt.Doc, local crdt.Snapshot, synced, relay crdt.Heads, incoming []byte) (*crdt.FieldDiff, crdt.Snapshot, error) {
+	fork := func(h crdt.Heads) (*crdt.Doc, error) {
+		if len(h) == 0 {
+			return crdt.New("")
+		}
+		return d.Fork(h)
+	}
+	base, err := fork(synced)
+	if err != nil {
+		return nil, crdt.Snapshot{}, err
+	}
+	baseSnap, err := base.Snapshot()
+	if err != nil {
+		return nil, crdt.Snapshot{}, err
+	}
+	remote := base
+	if _, err := remote.Import(incoming); err != nil {
+		if remote, err = fork(relay); err != nil {
+			return nil, crdt.Snapshot{}, err
+		}
+	}
+	remoteSnap, err := remote.Snapshot()
+	if err != nil {
+		return nil, crdt.Snapshot{}, err
+	}
+	return crdt.Diff3Snapshots(baseSnap, local, remoteSnap), remoteSnap, nil
+}
+
+// maxResolveRounds bounds how often a record edited while its conflicts
+// were being decided is compared again within one sync; past it the
+// record stays pending, with the relay's changes kept, for the next sync.
+const maxResolveRounds = 4
+
+// errEditedMeanwhile fails a record that kept changing while its
+// conflicts were decided.
+var errEditedMeanwhile = errors.New("ferry: record kept changing while its conflicts were decided; retried next sync")
+
+// resolveConflicted decides the conflicts of list with res, the policy,
+// outside every lock, and stores the decisions (see the top of this file).
+func (r *Replica) resolveConflicted(ctx context.Context, coll string, list []conflicted, res policy.Resolver) (batchResult, error) {
+	var out batchResult
+	for round := 1; len(list) > 0; round++ {
+		if err := ctx.Err(); err != nil {
+			return out, err
+		}
+		decisions := make([][]policy.Decision, len(list))
+		hookErrs := make([]error, len(list))
+		for i, c := range list {
+			decisions[i], hookErrs[i] = ask(coll, c, res)
+		}
+		var again []remoteRec
+		ids := make([]string, len(list))
+		for i, c := range list {
+			ids[i] = c.rec.id
+		}
+		err := r.batchInto(&out, coll, ids, func(i int, txn *badger.Txn, t *touched) (bool, error) {
+			c := list[i]
+			if !t.doc.Heads().Equal(c.local) {
+				// Edited while the policy decided: compare again.
+				if round == maxResolveRounds {
+					out.failed = append(out.failed, failedRecord(c.rec.id, errEditedMeanwhile))
+					return false, writeQuarantine(txn, coll, c.rec.id, c.data, c.relay)
+				}
+				again = append(again, c.rec)
+				return false, nil
+			}
+			if err := hookErrs[i]; err != nil {
+				// The hook failed: keep the record as it was, and the
+				// relay's changes for the next sync.
+				r.log.Warn("merge hook failed; record kept pending", "collection", coll, "record", c.rec.id, "err", err)
+				out.failed = append(out.failed, failedRecord(c.rec.id, err))
+				return false, writeQuarantine(txn, coll, c.rec.id, c.data, c.relay)
+			}
+			return true, r.storeResolution(txn, t, c, decisions[i], &out)
+		})
+		if err != nil {
+			return out, err
+		}
+		if len(again) == 0 {
+			break
+		}
+		res2, err := r.applyBatch(coll, again, r.mergeOp)
+		out.add(res2)
+		if err != nil {
+			return out, err
+		}
+		list = res2.conflicted
+	}
+	return out, nil
+}
+
+// ask returns the policy's decision for each of c's conflicts. The
+// resolver is the app's code: no lock is held.
+func ask(coll string, c conflicted, res policy.Resolver) ([]policy.Decision, error) {
+	out := make([]policy.Decision, len(c.conflicts))
+	for i, cf := range c.conflicts {
+		pc := &policy.Conflict{
+			Collection: coll, Record: c.rec.id, Path: cf.Path,
+			Base: cf.Base, Local: cf.Local, Remote: cf.Remote,
+			BaseSet: cf.BaseSet, LocalSet: cf.LocalSet, RemoteSet: cf.RemoteSet,
+			LocalRecord: c.localRec, RemoteRecord: c.remoteRec,
+		}
+		dec, err := res.Resolve(pc)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s %v: %w", ErrMergeHook, c.rec.id, cf.Path, err)
+		}
+		out[i] = dec
+	}
+	return out, nil
+}
+
+// storeResolution imports c's changes into the record, writes the
+// decisions as one change that follows both sides, and stores the record,
+// marked so that only a sync holding the lease pushes the resolution.
+func (r *Replica) storeResolution(txn *badger.Txn, t *touched, c conflicted, decisions []policy.Decision, out *batchResult) error {
+	d := t.doc
+	if _, err := d.Import(c.data); err != nil {
+		return err
+	}
+	for i, cf := range c.conflicts {
+		if err := decide(d, cf, decisions[i]); err != nil {
+			return fmt.Errorf("ferry: writing the resolution of %s %v: %w", c.rec.id, cf.Path, err)
+		}
+	}
+	made, err := d.Commit("ferry: conflict resolution", r.opts.Clock())
+	if err != nil {
+		return err
+	}
+	out.conflicts += len(c.conflicts)
+	if err := txn.Delete(recKey('q', t.coll, t.id)); err != nil {
+		return err
+	}
+	if made {
+		if err := txn.Set(recKey('l', t.coll, t.id), nil); err != nil {
+			return err
+		}
+	}
+	return r.storeSynced(txn, t, c.relay)
+}
+
+// decide writes a decision into the merged document. A value equal to what
+// the merge already shows writes nothing: Automerge picks the same winner
+// on every replica, so they agree already. Values keep their kind: a Text
+// decided for a field the merge lacks is written as collaborative text.
+func decide(d *crdt.Doc, c crdt.Conflict, dec policy.Decision) error {
+	if c.IsDelete() {
+		if dec.Delete {
+			return d.SetDeleted(true)
+		}
+		if err := d.SetDeleted(false); err != nil {
+			return err
+		}
+		fields, ok := dec.Value.(map[string]any)
+		if !ok {
+			return fmt.Errorf("%w: a record conflict is decided with a map of fields or a delete, not %T", crdt.ErrType, dec.Value)
+		}
+		return replaceFields(d, fields)
+	}
+	if dec.Delete {
+		return d.Delete(c.Path...)
+	}
+	return d.Set(c.Path, dec.Value)
+}
+
+// replaceFields makes the record's fields exactly fields.
+func replaceFields(d *crdt.Doc, fields map[string]any) error {
+	cur, err := d.Fields()
+	if err != nil {
+		return err
+	}
+	for k := range cur {
+		if _, keep := fields[k]; !keep {
+			if err := d.Delete(k); err != nil {
+				return err
+			}
+		}
+	}
+	return d.Put(fields)
+}
