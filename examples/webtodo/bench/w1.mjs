@@ -122,6 +122,17 @@ async function findRetrying(repo, url) {
   }
 }
 let retries = 0
+// automerge-repo also rejects, unawaited, the internal promise of a find
+// that reported a document unavailable: count it with the retries
+// rather than crash.
+process.on("unhandledRejection", e => {
+  if (!/is unavailable/.test(e?.message)) throw e
+  retries++
+})
+process.on("uncaughtException", e => {
+  if (!/is unavailable/.test(e?.message)) throw e
+  retries++
+})
 
 // cpu is the CPU time a process has used, in seconds (Linux).
 function cpu(pid) {
