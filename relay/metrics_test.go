@@ -36,6 +36,13 @@ var wantMetrics = []struct{ name, typ, help string }{
 	{"ferry_relay_quota_refusals_total", "counter", "Connections and pushes refused for passing their app's quota, by app and quota (connections, push_rate, stored_bytes)."},
 	{"ferry_relay_store_bytes", "gauge", "Bytes the store takes on disk (in memory, for a memory store)."},
 	{"ferry_relay_subscribers", "gauge", "Live subscriptions."},
+	{"ferry_relay_automerge_connections", "gauge", "Open automerge-repo connections."},
+	{"ferry_relay_automerge_documents", "gauge", "Documents synced by open automerge-repo connections."},
+	{"ferry_relay_automerge_messages_total", "counter", "automerge-repo messages by type and direction (in, out)."},
+	{"ferry_relay_automerge_refused_total", "counter", "automerge-repo connections, messages and changes refused, by reason."},
+	{"ferry_relay_automerge_received_bytes_total", "counter", "automerge-repo message bytes received."},
+	{"ferry_relay_automerge_sent_bytes_total", "counter", "automerge-repo message bytes sent."},
+	{"ferry_relay_automerge_sync_seconds", "histogram", "Time to take in an automerge-repo sync message and answer it, storing its changes included."},
 }
 
 func gather(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -56,6 +57,11 @@ type Options struct {
 	// one an app of Auth). An app without one, and a zero field, has no
 	// limit. See Quota.
 	Quotas map[string]Quota
+	// AllowedOrigins lists the origins of browser pages that may connect
+	// to /ws and /automerge from another origin (see checkOrigin).
+	AllowedOrigins []string
+	// Automerge bounds the automerge-repo endpoint.
+	Automerge AutomergeOptions
 }
 
 func (o *Options) withDefaults() Options {
@@ -113,6 +119,7 @@ type Server struct {
 	compactor *compactor
 	recLocks  *recordLocks
 	quotas    *quotas
+	am        *amServer // automerge-repo clients
 
 	// hooks let tests wait for events that have no other signal, and
 	// drive timers by the fake clock.
@@ -175,13 +182,19 @@ func NewServer(o *Options) (*Server, error) {
 	}
 	s.metrics = m
 	s.compactor = newCompactor(s)
+	if s.am, err = newAMServer(s); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
-// Handler serves /ws (devices), /healthz and /metrics.
+// Handler serves /ws (devices), /automerge (automerge-repo clients),
+// /healthz and /metrics.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ws", s.serveWS)
+	mux.HandleFunc("/automerge", s.am.serve)
+	mux.HandleFunc("/automerge/", s.am.serve)
 	mux.HandleFunc("/healthz", s.healthz)
 	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	return mux
@@ -192,7 +205,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
 		return
 	}
-	conn, err := transport.Accept(w, r, &transport.Options{Limits: s.limits, PingInterval: s.opts.PingInterval})
+	if !checkOrigin(w, r, s.opts.AllowedOrigins, s.log) {
+		return
+	}
+	conn, err := transport.Accept(w, r, &transport.Options{Limits: s.limits, PingInterval: s.opts.PingInterval,
+		Accept: &websocket.AcceptOptions{OriginPatterns: s.opts.AllowedOrigins}})
 	if err != nil {
 		s.log.Debug("websocket accept failed", "remote", r.RemoteAddr, "err", err)
 		return
@@ -288,8 +305,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	s.mu.Unlock()
+	amDone := s.am.shutdown()
 	select {
 	case <-drained:
+		select {
+		case <-amDone:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 		// Nothing appends any more: background compaction stops too.
 		s.compactor.close()
 		return nil
@@ -320,6 +343,7 @@ func (s *Server) Close() error {
 		s.mu.Unlock()
 		<-drained
 		s.helpers.Wait()
+		s.am.close()
 		s.compactor.close()
 	})
 	return nil

@@ -42,6 +42,10 @@ type Config struct {
 	// itself, reloading them when they change.
 	TLSCert string `json:"tls_cert"`
 	TLSKey  string `json:"tls_key"`
+
+	// AllowedOrigins are browser pages from other origins that may
+	// connect (see docs/operations.md).
+	AllowedOrigins []string `json:"allowed_origins"`
 }
 
 // AppConfig is one app of the configuration file: the app's ID, API key

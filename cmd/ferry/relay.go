@@ -51,6 +51,7 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	dev := fs.Bool("dev", false, "development mode: a ready-made app; prints its API key and a token")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
 	logFormat := fs.String("log-format", "", "text or json (default text)")
+	allowOrigin := fs.String("allow-origin", "", "comma-separated `origins` of browser pages allowed to connect (host[:port] patterns, or scheme://host); --dev adds localhost")
 	tlsCert := fs.String("tls-cert", "", "serve wss:// with this certificate chain (PEM `file`); reloaded when it changes")
 	tlsKey := fs.String("tls-key", "", "the certificate's private key (PEM `file`)")
 	if err := parse(fs, args, c.Stdout, relayHelp); err != nil {
@@ -136,7 +137,8 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 		Store: store, Auth: auth, Logger: log, RelayID: cfg.RelayID, Limits: cfg.limits(),
 		MaxLeaseTTL: time.Duration(cfg.MaxLeaseTTL), DefaultLeaseTTL: time.Duration(cfg.DefaultLeaseTTL), MaxLag: cfg.MaxLag,
 		CompactInterval: time.Duration(cfg.CompactInterval), LogRetention: cfg.LogRetention,
-		Quotas: cfg.quotas(),
+		Quotas:         cfg.quotas(),
+		AllowedOrigins: allowedOrigins(cfg.AllowedOrigins, *allowOrigin, *dev),
 	})
 	if err != nil {
 		return err
@@ -169,7 +171,10 @@ Development mode: one app, "dev", stored in %s.
   token:   %s
 (subject "dev", read and write on every collection, valid 30 days)
 Health: %s://%s/healthz   Metrics: %s://%s/metrics
-`, filepath.Join(cfg.Data, devAppFile), apps[len(apps)-1].APIKey, devTok, httpScheme, ln.Addr(), httpScheme, ln.Addr())
+automerge-repo URL (collection todos; pages on localhost may connect):
+%s
+`, filepath.Join(cfg.Data, devAppFile), apps[len(apps)-1].APIKey, devTok, httpScheme, ln.Addr(), httpScheme, ln.Addr(),
+			automergeURL(scheme, ln.Addr().String(), apps[len(apps)-1].APIKey, devTok, "todos"))
 	}
 	log.Info("relay started", "url", url, "data", cfg.Data, "apps", len(apps), "incarnation", store.Incarnation())
 
