@@ -436,6 +436,7 @@ const (
 	mBytesOut    = "ferry_relay_change_sent_bytes_total"
 	mAccepted    = "ferry_relay_changes_accepted_total"
 	mSubscribers = "ferry_relay_subscribers"
+	mCompactions = "ferry_relay_compactions_total"
 	mPushSeconds = `ferry_relay_request_seconds_sum{type="push"}`
 	mPushes      = `ferry_relay_request_seconds_count{type="push"}`
 )
