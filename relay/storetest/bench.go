@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -65,9 +66,17 @@ type BenchOpener func(b *testing.B, dir string) relay.Store
 //   - CompactionCandidates/history=10000: the same, after 10,000 more
 //     entries of one record, appended and folded as above; it should
 //     match records=1000.
-//   - Compact/tail=N: folding a record's N-entry tail into a snapshot.
+//   - Compact/tail=N: folding a new record's N-entry tail into a
+//     snapshot.
+//   - Compact/tail=256/history=10000: the same for a record with 10,000
+//     earlier entries, appended and folded as above; it should match
+//     Compact/tail=256.
 //   - Truncate/entries=1000: dropping 1,000 entries of 4 compacted
 //     records.
+//
+// Compact and Truncate need a tail or a log made before each operation,
+// which costs more than the operation: their ns/op, MB/s, B/op and
+// allocs/op are the operation's alone, measured around it (see opMeter).
 //
 // Allocations include the benchmark's own: Append/history=0 and
 // AppendBatch make a record name per new record.
@@ -91,8 +100,11 @@ func Bench(b *testing.B, open BenchOpener) {
 		{"Records/limit=100", func(b *testing.B, st relay.Store) { benchRecords(b, st, 1_000, 100) }},
 		{"CompactionCandidates/records=1000", func(b *testing.B, st relay.Store) { benchCandidates(b, st, 1_000, 0) }},
 		{"CompactionCandidates/history=10000", func(b *testing.B, st relay.Store) { benchCandidates(b, st, 1_000, 10_000) }},
-		{"Compact/tail=256", func(b *testing.B, st relay.Store) { benchCompact(b, st, relay.CompactTailEntries) }},
-		{"Compact/tail=4096", func(b *testing.B, st relay.Store) { benchCompact(b, st, 4096) }},
+		{"Compact/tail=256", func(b *testing.B, st relay.Store) { benchCompact(b, st, relay.CompactTailEntries, 0) }},
+		{"Compact/tail=4096", func(b *testing.B, st relay.Store) { benchCompact(b, st, 4096, 0) }},
+		{"Compact/tail=256/history=10000", func(b *testing.B, st relay.Store) {
+			benchCompact(b, st, relay.CompactTailEntries, 10_000)
+		}},
 		{"Truncate/entries=1000", func(b *testing.B, st relay.Store) { benchTruncate(b, st, 1_000, 4) }},
 	}
 	for _, bc := range benches {
@@ -388,33 +400,91 @@ func benchRecords(b *testing.B, st relay.Store, n, limit int) {
 	}
 }
 
-// benchCompact folds a tail of n entries per iteration; the appends that
-// make the tail are not timed.
-func benchCompact(b *testing.B, st relay.Store, n int) {
-	const rec = "compacted"
+// opMeter measures one operation per iteration of a benchmark whose
+// iterations need setup far costlier than the operation (the appends that
+// make a tail to compact, or a log to truncate). Stopping the timer for
+// the setup would make b.Loop repeat it until the operation alone added
+// up to the bench time: minutes, and gigabytes for a store in memory.
+// Instead the loop's whole time paces b.Loop, and report replaces ns/op,
+// MB/s, B/op and allocs/op with the operation's own figures.
+type opMeter struct {
+	n              int
+	d              time.Duration
+	allocs, bytes  uint64
+	t0             time.Time
+	allocs0, byte0 uint64
+	ms             runtime.MemStats
+}
+
+func (m *opMeter) start() {
+	runtime.ReadMemStats(&m.ms)
+	m.allocs0, m.byte0 = m.ms.Mallocs, m.ms.TotalAlloc
+	m.t0 = time.Now()
+}
+
+func (m *opMeter) stop() {
+	m.d += time.Since(m.t0)
+	runtime.ReadMemStats(&m.ms)
+	m.allocs += m.ms.Mallocs - m.allocs0
+	m.bytes += m.ms.TotalAlloc - m.byte0
+	m.n++
+}
+
+// report sets the benchmark's figures to the operation's, each moving
+// bytes.
+func (m *opMeter) report(b *testing.B, bytes int64) {
+	if m.n == 0 || m.d <= 0 {
+		return
+	}
+	n := float64(m.n)
+	b.ReportMetric(float64(m.d.Nanoseconds())/n, "ns/op")
+	b.ReportMetric(float64(bytes)*n/1e6/m.d.Seconds(), "MB/s")
+	b.ReportMetric(float64(m.bytes)/n, "B/op")
+	b.ReportMetric(float64(m.allocs)/n, "allocs/op")
+}
+
+// benchCompact folds a tail of n entries per iteration (see opMeter): of
+// a new record each time, or (history > 0) of one record that had history
+// entries, appended one per call and folded in steps, before the timing
+// began.
+func benchCompact(b *testing.B, st relay.Store, n, history int) {
+	rec := "compacted"
 	var v uint64
-	b.SetBytes(int64(n) * BenchChangeSize)
+	if history > 0 {
+		v = compactEvery(b, st, rec, 0, history, benchSnap16K)
+	}
+	var m opMeter
+	i := 0
 	for b.Loop() {
-		b.StopTimer()
+		if history == 0 {
+			rec, v = benchName(i), 0
+			i++
+		}
 		v = grow(b, st, rec, v, n)
 		r, err := st.Record(context.Background(), benchColl, rec)
 		if err != nil || r.TailEntries != n {
 			b.Fatalf("before Compact: %d tail entries, %v; want %d", r.TailEntries, err, n)
 		}
-		b.StartTimer()
-		if err := st.Compact(context.Background(), benchColl, rec, benchSnap16K, r.Seq); err != nil {
+		m.start()
+		err = st.Compact(context.Background(), benchColl, rec, benchSnap16K, r.Seq)
+		m.stop()
+		if err != nil {
+			b.Fatal(err)
+		}
+		// Keep a store in memory from holding every entry ever made.
+		if _, err := st.Truncate(context.Background(), benchColl, r.Seq); err != nil {
 			b.Fatal(err)
 		}
 	}
+	m.report(b, int64(n)*BenchChangeSize)
 }
 
 // benchTruncate drops n log entries of records compacted past them per
-// iteration; the appends and compactions are not timed.
+// iteration (see opMeter).
 func benchTruncate(b *testing.B, st relay.Store, n, records int) {
 	vs := make([]uint64, records)
-	b.SetBytes(int64(n) * BenchChangeSize)
+	var m opMeter
 	for b.Loop() {
-		b.StopTimer()
 		growAll(b, st, vs, n)
 		for k := range records {
 			r, err := st.Record(context.Background(), benchColl, benchName(k))
@@ -429,10 +499,12 @@ func benchTruncate(b *testing.B, st relay.Store, n, records int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.StartTimer()
+		m.start()
 		horizon, err := st.Truncate(context.Background(), benchColl, head)
+		m.stop()
 		if err != nil || horizon != head {
 			b.Fatalf("Truncate(%d) = %d, %v; want every entry dropped", head, horizon, err)
 		}
 	}
+	m.report(b, int64(n)*BenchChangeSize)
 }
