@@ -252,26 +252,36 @@ func (r *Replica) storeSynced(txn *badger.Txn, t *touched, relay crdt.Heads) err
 	if err := txn.Set(recKey('a', t.coll, t.id), relay.Bytes()); err != nil {
 		return err
 	}
-	pending := !nm.heads.Equal(relay) // else nothing beyond what the relay holds
-	if pending {
-		rest, err := t.doc.ChangesSince(relay)
-		if err != nil {
-			return err
-		}
-		pending = len(rest) > 0
-	}
-	if pending {
+	// The document holds every change of the relay's heads (they were
+	// just imported), so other heads mean changes the relay lacks.
+	if !nm.heads.Equal(relay) {
 		return txn.Set(recKey('p', t.coll, t.id), nil)
 	}
 	return clearPending(txn, t.coll, t.id)
 }
 
-// clearPending marks a record as holding nothing the relay lacks.
+// clearPending marks a record as holding nothing the relay lacks. A key is
+// deleted only if it is there: a delete writes a version, and versions of
+// a key that flips on every edit and acknowledgement would pile up for
+// every scan of its prefix to step over until Badger compacts them.
 func clearPending(txn *badger.Txn, coll, id string) error {
-	if err := txn.Delete(recKey('p', coll, id)); err != nil {
+	for _, prefix := range []byte{'p', 'l'} {
+		if err := deleteIfPresent(txn, recKey(prefix, coll, id)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func deleteIfPresent(txn *badger.Txn, key []byte) error {
+	_, err := txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
-	return txn.Delete(recKey('l', coll, id))
+	return txn.Delete(key)
 }
 
 // recordIDs lists every stored record of a collection, tombstones

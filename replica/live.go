@@ -239,18 +239,14 @@ func (r *Replica) pushUnleased(ctx context.Context, conn *relayConn, p *Profile,
 		err := s.push(ctx)
 		return s.heldResolutions, err
 	}
-	skip, err := r.idSet('l', coll)
-	if err != nil {
-		return false, err
-	}
 	var batch []outgoing
 	for _, id := range ids {
-		if skip[id] {
-			heldResolutions = true
+		pending, resolved, err := r.pendingState(coll, id)
+		if err != nil || !pending {
 			continue
 		}
-		pending, err := r.isPending(coll, id)
-		if err != nil || !pending {
+		if resolved {
+			heldResolutions = true
 			continue
 		}
 		o, err := r.outgoing(coll, id)
@@ -319,11 +315,15 @@ func (r *Replica) applyLiveLocked(ctx context.Context, p *Profile, coll string, 
 	return len(res.conflicted) > 0, err
 }
 
-func (r *Replica) isPending(coll, id string) (bool, error) {
-	var ok bool
-	err := r.view(func(txn *badger.Txn) (err error) {
-		_, ok, err = getKey(txn, recKey('p', coll, id))
+// pendingState reports whether a record has changes the relay lacks, and
+// whether it holds a conflict resolution only a leased sync may push.
+func (r *Replica) pendingState(coll, id string) (pending, resolved bool, err error) {
+	err = r.view(func(txn *badger.Txn) (err error) {
+		if _, pending, err = getKey(txn, recKey('p', coll, id)); err != nil || !pending {
+			return err
+		}
+		_, resolved, err = getKey(txn, recKey('l', coll, id))
 		return err
 	})
-	return ok, err
+	return pending, resolved, err
 }

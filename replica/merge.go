@@ -260,7 +260,7 @@ func (r *Replica) storeResolution(txn *badger.Txn, t *touched, c conflicted, dec
 		return err
 	}
 	out.conflicts += len(c.conflicts)
-	if err := txn.Delete(recKey('q', t.coll, t.id)); err != nil {
+	if err := deleteIfPresent(txn, recKey('q', t.coll, t.id)); err != nil {
 		return err
 	}
 	if made {

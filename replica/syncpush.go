@@ -338,19 +338,17 @@ func (r *Replica) acknowledge(coll string, batch []outgoing, leased bool) error 
 // ackRecord stores heads as what the relay holds of a record, and clears
 // its pending marker if it has nothing beyond them.
 func ackRecord(txn *badger.Txn, coll, id string, d *crdt.Doc, heads crdt.Heads, leased bool) error {
-	rest, err := d.ChangesSince(heads)
-	if err != nil {
-		return fmt.Errorf("ferry: acknowledge %s/%s: %w", coll, id, err)
-	}
 	if err := txn.Set(recKey('a', coll, id), heads.Bytes()); err != nil {
 		return err
 	}
 	if leased {
-		if err := txn.Delete(recKey('l', coll, id)); err != nil {
+		if err := deleteIfPresent(txn, recKey('l', coll, id)); err != nil {
 			return err
 		}
 	}
-	if len(rest) == 0 {
+	// The heads pushed are the document's as it was then: if it still
+	// has them, nothing is left to push.
+	if d.Heads().Equal(heads) {
 		return clearPending(txn, coll, id)
 	}
 	return nil
