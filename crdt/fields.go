@@ -54,19 +54,19 @@ func (d *Doc) lookup(p Path) (*automerge.Value, error) {
 
 // Get returns the value at path (see the package's value list), or nil if
 // nothing is there. Text reads as a string.
-func (d *Doc) Get(path ...any) (any, error) {
-	v, _, err := d.Lookup(path...)
+func (d *Doc) Get(path Path) (any, error) {
+	v, _, err := d.Lookup(path)
 	return v, err
 }
 
 // Lookup is [Doc.Get] that also reports whether the value exists.
-func (d *Doc) Lookup(path ...any) (any, bool, error) {
-	return d.lookupAs(Path(path), false)
+func (d *Doc) Lookup(path Path) (any, bool, error) {
+	return d.lookupAs(path, false)
 }
 
 // GetTyped is [Doc.Get] that keeps Text distinct from a plain string.
-func (d *Doc) GetTyped(path ...any) (any, bool, error) {
-	return d.lookupAs(Path(path), true)
+func (d *Doc) GetTyped(path Path) (any, bool, error) {
+	return d.lookupAs(path, true)
 }
 
 func (d *Doc) lookupAs(p Path, typed bool) (any, bool, error) {
@@ -150,8 +150,8 @@ func (d *Doc) Set(path Path, v any) error {
 }
 
 // Delete removes the value at path: a map key, or a list element.
-func (d *Doc) Delete(path ...any) error {
-	p := Path(path)
+func (d *Doc) Delete(path Path) error {
+	p := path
 	if err := p.check(); err != nil {
 		return err
 	}
@@ -228,9 +228,9 @@ func (d *Doc) SpliceText(path Path, pos, del int, ins string) error {
 	return wrapAM(t.Splice(pos, del, ins))
 }
 
-// Insert inserts vals into the list at path before index idx (idx equal to
-// the length appends). The list is created if absent.
-func (d *Doc) Insert(path Path, idx int, vals ...any) error {
+// InsertAt inserts vals into the list at path before index idx (idx equal
+// to the length appends). The list is created if absent.
+func (d *Doc) InsertAt(path Path, idx int, vals ...any) error {
 	nvs := make([]any, len(vals))
 	for i, v := range vals {
 		nv, err := normalize(v)

@@ -192,7 +192,7 @@ func (p *goPeer) until(cond func(*amMessage) bool) *amMessage {
 
 // field reads a document's field as a plain Go value.
 func (p *goPeer) field(id, name string) any {
-	v, _, err := p.doc(id).doc.Lookup(name)
+	v, _, err := p.doc(id).doc.Lookup(crdt.Path{name})
 	if err != nil {
 		p.t.Fatal(err)
 	}

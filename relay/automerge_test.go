@@ -100,7 +100,7 @@ func TestAutomergeCreateFindAndLive(t *testing.T) {
 	if _, err := ed.doc.Import(lv.Records[0].Data); err != nil {
 		t.Fatal(err)
 	}
-	if v, _ := ed.doc.Get("title"); v != "buy oat milk" {
+	if v, _ := ed.doc.Get(crdt.Path{"title"}); v != "buy oat milk" {
 		t.Fatalf("device sees title %v", v)
 	}
 }

@@ -365,17 +365,17 @@ func (w *convWorld) randomOp(c *convReplica) {
 	case 3:
 		desc = fmt.Sprintf("list insert %s tags %s", id, name)
 		err = col.Update(id, func(d *crdt.Doc) error {
-			v, _, err := d.Lookup("tags")
+			v, _, err := d.Lookup(crdt.Path{"tags"})
 			if err != nil {
 				return skipOn(err)
 			}
 			l, _ := v.([]any)
-			return skipOn(d.Insert(crdt.Path{"tags"}, int(f1*float64(len(l)+1)), name))
+			return skipOn(d.InsertAt(crdt.Path{"tags"}, int(f1*float64(len(l)+1)), name))
 		})
 	case 4:
 		desc = fmt.Sprintf("splice %s note +%s", id, name)
 		err = col.Update(id, func(d *crdt.Doc) error {
-			v, _, err := d.Lookup("note")
+			v, _, err := d.Lookup(crdt.Path{"note"})
 			if err != nil {
 				return skipOn(err)
 			}
@@ -627,7 +627,7 @@ func conflictWinner(t *testing.T, pol policy.Policy, seed uint64) {
 			want[id] = map[string]any{}
 			for _, p := range paths {
 				// Which devices edit this field: first, last, or both.
-				old, err := getDoc(t, devs[0], id).Get(p...)
+				old, err := getDoc(t, devs[0], id).Get(p)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -666,7 +666,7 @@ func conflictWinner(t *testing.T, pol policy.Policy, seed uint64) {
 			for id, fields := range want {
 				doc := getDoc(t, dev, id)
 				for _, p := range paths {
-					got, err := doc.Get(p...)
+					got, err := doc.Get(p)
 					if err != nil || !crdt.Equal(got, fields[p.String()]) {
 						t.Fatalf("seed %d round %d, %s, dev%d synced first: dev%d has %s.%v = %v (%v), want %v\nedits:\n%s",
 							seed, round, pol, first, d, id, p, got, err, fields[p.String()], strings.Join(trace, "\n"))

@@ -290,7 +290,7 @@ func decide(d *crdt.Doc, c crdt.Conflict, dec policy.Decision) error {
 		return replaceFields(d, fields)
 	}
 	if dec.Delete {
-		return d.Delete(c.Path...)
+		return d.Delete(c.Path)
 	}
 	return d.Set(c.Path, dec.Value)
 }
@@ -303,7 +303,7 @@ func replaceFields(d *crdt.Doc, fields map[string]any) error {
 	}
 	for k := range cur {
 		if _, keep := fields[k]; !keep {
-			if err := d.Delete(k); err != nil {
+			if err := d.Delete(crdt.Path{k}); err != nil {
 				return err
 			}
 		}
