@@ -158,7 +158,8 @@ func TestCreationChangesMatchReplica(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, _, _, err := c.PendingChanges(id)
+		var got []byte
+		err = c.Update(id, func(d *crdt.Doc) (err error) { got, err = d.ChangesSince(nil); return err })
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -97,21 +97,28 @@ func benchRate(b *testing.B, n int, unit string) {
 // the record id, for b.SetBytes.
 func benchChangeBytes(b *testing.B, c *replica.Collection, id string, edit func() error) int64 {
 	b.Helper()
-	_, heads, _, err := c.PendingChanges(id)
+	heads, err := c.Heads(id)
 	if err != nil {
-		b.Fatal(err)
-	}
-	if err := c.Acknowledge(id, heads); err != nil {
 		b.Fatal(err)
 	}
 	if err := edit(); err != nil {
 		b.Fatal(err)
 	}
-	ch, _, _, err := c.PendingChanges(id)
+	return int64(len(benchChangesSince(b, c, id, heads)))
+}
+
+// benchChangesSince returns the record's changes since heads (nil: all).
+func benchChangesSince(b *testing.B, c *replica.Collection, id string, heads crdt.Heads) []byte {
+	b.Helper()
+	var ch []byte
+	err := c.Update(id, func(d *crdt.Doc) (err error) {
+		ch, err = d.ChangesSince(heads)
+		return err
+	})
 	if err != nil {
 		b.Fatal(err)
 	}
-	return int64(len(ch))
+	return ch
 }
 
 // benchInsertBytes returns how many bytes of Automerge changes one insert of
@@ -122,11 +129,7 @@ func benchInsertBytes(b *testing.B, c *replica.Collection) int64 {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ch, _, _, err := c.PendingChanges(id)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return int64(len(ch))
+	return int64(len(benchChangesSince(b, c, id, nil)))
 }
 
 // BenchmarkBaselineAutomergeImport loads 1000 single-field changes, made by
@@ -300,10 +303,7 @@ func BenchmarkImport(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		ch, _, _, err := src.PendingChanges(id)
-		if err != nil {
-			b.Fatal(err)
-		}
+		ch := benchChangesSince(b, src, id, nil)
 		info, err := crdt.ParseChanges(ch)
 		if err != nil {
 			b.Fatal(err)

@@ -267,60 +267,13 @@ func readAcked(txn *badger.Txn, coll, id string) (crdt.Heads, error) {
 	return h, err
 }
 
-// PendingChanges returns the record's changes that the relay has not
-// acknowledged (those since the acknowledged heads), the heads they lead to,
-// and the acknowledged heads they build on. changes is nil when nothing is
-// pending.
-func (c *Collection) PendingChanges(id string) (changes []byte, heads, acked crdt.Heads, err error) {
-	err = c.read(id, func(d *crdt.Doc, m meta) error {
-		if err := c.r.db.View(func(txn *badger.Txn) (err error) {
-			acked, err = readAcked(txn, c.name, id)
-			return err
-		}); err != nil {
-			return err
-		}
-		heads = m.heads
-		changes, err = d.ChangesSince(acked)
-		if errors.Is(err, crdt.ErrUnknownHeads) {
-			// Acknowledged heads the document lacks cannot happen through
-			// this API; send everything rather than nothing.
-			changes, err = d.ChangesSince(nil)
-		}
-		return err
-	})
-	return changes, heads, acked, err
-}
-
-// Acknowledge records that the relay holds the record up to heads. The
-// record stops being pending once heads cover all its changes.
-func (c *Collection) Acknowledge(id string, heads crdt.Heads) error {
-	if err := ValidateID(id); err != nil {
-		return err
-	}
-	release, err := c.r.enter()
-	if err != nil {
-		return err
-	}
-	defer release()
-	key := cacheKey(c.name, id)
-	defer c.r.locks.lockAll([]string{key})()
-	return c.r.db.Update(func(txn *badger.Txn) error {
-		d, _, ok, err := c.r.loadDoc(txn, c.name, id)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return fmt.Errorf("%w: %s/%s", ErrNotFound, c.name, id)
-		}
-		return ackRecord(txn, c.name, id, d, heads, false)
-	})
-}
-
-// Import applies Automerge changes received from elsewhere (a relay, or
-// another replica's PendingChanges) to the record, creating it if needed.
-// Changes already held are ignored. Imported changes are not pending: they
-// came from the relay. Corrupt bytes or missing dependencies give an error
-// wrapping crdt.ErrCorrupt or crdt.ErrMissingDeps, and nothing is written.
+// Import merges Automerge data into the record, creating it if needed:
+// another replica's Export, any Automerge library's saved document
+// (JavaScript's included), or changes. Changes already held are ignored,
+// and a record new to the replica gets exactly the sender's heads. What
+// is imported is not pending: it came from elsewhere, and is not pushed
+// back. Corrupt bytes or missing dependencies give an error wrapping
+// crdt.ErrCorrupt or crdt.ErrMissingDeps, and nothing is written.
 func (c *Collection) Import(id string, changes []byte) error {
 	tx := &Tx{r: c.r}
 	if err := tx.queue(op{kind: opImport, coll: c.name, id: id, data: changes}); err != nil {

@@ -23,7 +23,7 @@ func TestImportKeepsTheSendersHeads(t *testing.T) {
 	if err := src.Create("a", map[string]any{"v": 1}); err != nil {
 		t.Fatal(err)
 	}
-	changes, heads, _, err := src.PendingChanges("a")
+	changes, heads, _, err := src.pendingChanges("a")
 	if err != nil {
 		t.Fatal(err)
 	}

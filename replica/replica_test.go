@@ -527,7 +527,7 @@ func TestFeed(t *testing.T) {
 	src := mem(t)
 	sc := coll(t, src, "c")
 	sc.Put("b", map[string]any{"v": 1})
-	changes, _, _, err := sc.PendingChanges("b")
+	changes, _, _, err := sc.pendingChanges("b")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -576,23 +576,23 @@ func TestPendingAndAcknowledge(t *testing.T) {
 	if strings.Join(ids, ",") != "a,b" {
 		t.Fatalf("Pending = %v", ids)
 	}
-	changes, heads, acked, err := c.PendingChanges("a")
+	changes, heads, acked, err := c.pendingChanges("a")
 	if err != nil || len(changes) == 0 || acked != nil {
 		t.Fatalf("PendingChanges = %d bytes, acked %v, %v", len(changes), acked, err)
 	}
-	if err := c.Acknowledge("a", heads); err != nil {
+	if err := c.acknowledge("a", heads); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := c.PendingCount(); n != 1 {
 		t.Fatalf("PendingCount = %d after ack, want 1", n)
 	}
-	if ch, _, _, _ := c.PendingChanges("a"); ch != nil {
+	if ch, _, _, _ := c.pendingChanges("a"); ch != nil {
 		t.Fatalf("acknowledged record still has %d pending bytes", len(ch))
 	}
 
 	// A later edit makes it pending again, with only the new change.
 	c.Put("a", map[string]any{"v": 2})
-	changes2, heads2, acked2, _ := c.PendingChanges("a")
+	changes2, heads2, acked2, _ := c.pendingChanges("a")
 	if !acked2.Equal(heads) || len(changes2) == 0 {
 		t.Fatalf("after new edit: acked %v, %d bytes", acked2, len(changes2))
 	}
@@ -601,20 +601,20 @@ func TestPendingAndAcknowledge(t *testing.T) {
 		t.Fatalf("importing only the new change elsewhere = %v, want ErrMissingDeps", err)
 	}
 	// Acknowledging old heads does not clear newer changes.
-	if err := c.Acknowledge("a", heads); err != nil {
+	if err := c.acknowledge("a", heads); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := c.PendingCount(); n != 2 {
 		t.Fatalf("PendingCount = %d, want 2", n)
 	}
-	c.Acknowledge("a", heads2)
+	c.acknowledge("a", heads2)
 	if ids, _ := c.Pending(); strings.Join(ids, ",") != "b" {
 		t.Fatalf("Pending = %v, want b", ids)
 	}
 	// Remote imports are not pending.
 	src := coll(t, mem(t), "c")
 	src.Put("z", map[string]any{"v": 1})
-	zc, _, _, _ := src.PendingChanges("z")
+	zc, _, _, _ := src.pendingChanges("z")
 	if err := c.Import("z", zc); err != nil {
 		t.Fatal(err)
 	}
@@ -626,7 +626,7 @@ func TestPendingAndAcknowledge(t *testing.T) {
 func TestImportRejectsCorruptChanges(t *testing.T) {
 	src := coll(t, mem(t), "c")
 	src.Put("a", map[string]any{"v": 1, "w": "x"})
-	good, _, _, _ := src.PendingChanges("a")
+	good, _, _, _ := src.pendingChanges("a")
 
 	r := mem(t)
 	c := coll(t, r, "c")
@@ -742,7 +742,7 @@ func TestCommitTimesComeFromClock(t *testing.T) {
 	r := open(t, "", &Options{InMemory: true, Clock: func() time.Time { return at }})
 	c := coll(t, r, "c")
 	c.Put("a", map[string]any{"v": 1})
-	changes, _, _, _ := c.PendingChanges("a")
+	changes, _, _, _ := c.pendingChanges("a")
 	infos, err := crdt.ParseChanges(changes)
 	if err != nil || len(infos) != 1 {
 		t.Fatalf("one Put made %d changes (%v): edits must commit as one change", len(infos), err)
