@@ -140,7 +140,7 @@ func TestCreationChangesMatchReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	c, _ := r.Collection("c")
+	c := r.Collection("c")
 	// The actor a replica writes as this open of its store.
 	var actor string
 	if err := c.Create("probe", map[string]any{}); err != nil {

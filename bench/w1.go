@@ -76,7 +76,7 @@ func bulk(ctx context.Context, cfg Config, n int, label string) (b *bulkRun, err
 	t0 := time.Now()
 	for len(ids) < n {
 		from := len(ids)
-		err := w.Update(func(tx *replica.Tx) error {
+		err := w.Write(func(tx *replica.Tx) error {
 			for i := from; i < min(from+100, n); i++ {
 				id, err := tx.Insert(coll, ps[i])
 				if err != nil {
@@ -145,13 +145,13 @@ func bulk(ctx context.Context, cfg Config, n int, label string) (b *bulkRun, err
 // verifyBulk checks that r holds exactly the records ids with the fields
 // of ps, none of them pending.
 func verifyBulk(r *replica.Replica, coll string, ids []string, ps []Product) error {
-	c, err := r.Collection(coll)
-	if err != nil {
-		return err
-	}
-	recs, err := c.Scan(replica.ScanOptions{})
-	if err != nil {
-		return err
+	c := r.Collection(coll)
+	var recs []replica.Record
+	for rec, err := range c.Scan(replica.ScanOptions{}) {
+		if err != nil {
+			return err
+		}
+		recs = append(recs, rec)
 	}
 	if len(recs) != len(ids) {
 		return checkf("fresh replica holds %d records, want %d", len(recs), len(ids))

@@ -65,8 +65,8 @@ func live(ctx context.Context, cfg Config, name string, updates func(Config) int
 
 	coll := collName(strings.ToLower(name))
 	const id = "live-record"
-	ca, _ := a.Collection(coll)
-	cb, _ := b.Collection(coll)
+	ca := a.Collection(coll)
+	cb := b.Collection(coll)
 	if err := ca.Create(id, products(cfg.Seed, 2, 1)[0]); err != nil {
 		return nil, err
 	}

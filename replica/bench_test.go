@@ -57,10 +57,7 @@ func benchOpen(b *testing.B, o *replica.Options) *replica.Replica {
 func benchStore(b *testing.B, o *replica.Options) (*replica.Replica, *replica.Collection) {
 	b.Helper()
 	r := benchOpen(b, o)
-	c, err := r.Collection("products")
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := r.Collection("products")
 	return r, c
 }
 
@@ -71,7 +68,7 @@ func benchFill(b *testing.B, r *replica.Replica, c *replica.Collection, n int) [
 	ids := make([]string, 0, n)
 	for len(ids) < n {
 		start := len(ids)
-		err := r.Update(func(tx *replica.Tx) error {
+		err := r.Write(func(tx *replica.Tx) error {
 			for i := start; i < n && i < start+100; i++ {
 				id, err := tx.Insert(c.Name(), benchNewProduct(i))
 				if err != nil {
@@ -265,15 +262,18 @@ func BenchmarkScan(b *testing.B) {
 	b.ReportAllocs()
 	after, total := "", 0
 	for b.Loop() {
-		recs, err := c.Scan(replica.ScanOptions{After: after, Limit: 100})
-		if err != nil {
-			b.Fatal(err)
+		n, last := 0, ""
+		for rec, err := range c.Scan(replica.ScanOptions{After: after, Limit: 100}) {
+			if err != nil {
+				b.Fatal(err)
+			}
+			n, last = n+1, rec.ID
 		}
-		total += len(recs)
-		if len(recs) < 100 {
+		total += n
+		if n < 100 {
 			after = ""
 		} else {
-			after = recs[len(recs)-1].ID
+			after = last
 		}
 	}
 	benchRate(b, total, "records/s")

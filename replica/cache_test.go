@@ -181,7 +181,7 @@ func TestFailedCommitFreesItsDocuments(t *testing.T) {
 		t.Fatal(err)
 	}
 	var d, nd *crdt.Doc
-	err := r.Update(func(tx *Tx) error {
+	err := r.Write(func(tx *Tx) error {
 		tx.Update("c", "x", func(doc *crdt.Doc) error { d = doc; return doc.Set(crdt.Path{"n"}, int64(1)) })
 		// A new record's document, never cached.
 		tx.Put("c", "new", map[string]any{"n": 1})

@@ -488,7 +488,7 @@ func (w *convWorld) fingerprint() string {
 	for _, c := range w.reps {
 		for _, coll := range convCollections {
 			col := coll2(w.t, c.r, coll)
-			recs, err := col.Scan(ScanOptions{Deleted: true})
+			recs, err := collect(col.Scan(ScanOptions{Deleted: true}))
 			if err != nil {
 				w.fatalf("scan %s on %s: %v", coll, c.name, err)
 			}
@@ -519,7 +519,7 @@ func (w *convWorld) check() {
 				ids, _ := col.Pending()
 				w.fatalf("%s %s: %d pending %v after quiescence (%v)", c.name, coll, n, ids, err)
 			}
-			recs, err := col.Scan(ScanOptions{Deleted: true})
+			recs, err := collect(col.Scan(ScanOptions{Deleted: true}))
 			if err != nil {
 				w.fatalf("scan %s on %s: %v", coll, c.name, err)
 			}
@@ -571,7 +571,7 @@ func (w *convWorld) check() {
 	}
 	live := 0
 	for _, coll := range convCollections[:2] {
-		recs, _ := coll2(w.t, w.reps[0].r, coll).Scan(ScanOptions{})
+		recs, _ := collect(coll2(w.t, w.reps[0].r, coll).Scan(ScanOptions{}))
 		live += len(recs)
 	}
 	w.t.Logf("converged: %d replicas, %d ops and syncs, %d live records", len(w.reps), len(w.trace), live)

@@ -18,7 +18,7 @@
 //	err = products.Get(id, &p)
 //
 //	// Several writes that commit together or not at all:
-//	err = r.Update(func(tx *replica.Tx) error {
+//	err = r.Write(func(tx *replica.Tx) error {
 //		tx.Delete("products", id)
 //		_, err := tx.Insert("audit", map[string]any{"deleted": id})
 //		return err

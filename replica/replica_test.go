@@ -34,10 +34,7 @@ func mem(t testing.TB) *Replica { return open(t, "", &Options{InMemory: true}) }
 
 func coll(t testing.TB, r *Replica, name string) *Collection {
 	t.Helper()
-	c, err := r.Collection(name)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := r.Collection(name)
 	return c
 }
 
@@ -128,7 +125,7 @@ func TestInsertIDsAreUUIDv7InOrder(t *testing.T) {
 		}
 		ids = append(ids, id)
 	}
-	recs, err := c.Scan(ScanOptions{})
+	recs, err := collect(c.Scan(ScanOptions{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +152,7 @@ func TestScan(t *testing.T) {
 		t.Fatal(err)
 	}
 	ids := func(o ScanOptions) string {
-		recs, err := c.Scan(o)
+		recs, err := collect(c.Scan(o))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -199,7 +196,7 @@ func TestUnitOfWorkIsAtomic(t *testing.T) {
 	}
 
 	// Commits together.
-	err := r.Update(func(tx *Tx) error {
+	err := r.Write(func(tx *Tx) error {
 		if _, err := tx.Insert("orders", map[string]any{"item": "tea"}); err != nil {
 			return err
 		}
@@ -212,7 +209,7 @@ func TestUnitOfWorkIsAtomic(t *testing.T) {
 	// A failing op rolls everything back, including the edits already
 	// applied to cached documents.
 	boom := errors.New("boom")
-	err = r.Update(func(tx *Tx) error {
+	err = r.Write(func(tx *Tx) error {
 		tx.Put("orders", "o2", map[string]any{"item": "tea"})
 		tx.Update("stock", "tea", func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, 3) })
 		tx.Update("stock", "tea", func(d *crdt.Doc) error { return boom })
@@ -230,7 +227,7 @@ func TestUnitOfWorkIsAtomic(t *testing.T) {
 	}
 
 	// An op that fails its precondition also aborts the unit.
-	err = r.Update(func(tx *Tx) error {
+	err = r.Write(func(tx *Tx) error {
 		tx.Put("orders", "o3", map[string]any{})
 		return tx.Update("stock", "missing", func(*crdt.Doc) error { return nil })
 	})
@@ -242,7 +239,7 @@ func TestUnitOfWorkIsAtomic(t *testing.T) {
 	}
 
 	// An invalid name queued and ignored still fails the unit.
-	err = r.Update(func(tx *Tx) error {
+	err = r.Write(func(tx *Tx) error {
 		tx.Put("orders", "o4", map[string]any{})
 		tx.Put("bad name!", "x", map[string]any{})
 		return nil
@@ -255,7 +252,7 @@ func TestUnitOfWorkIsAtomic(t *testing.T) {
 	}
 
 	// Create, update and delete of one record within one unit.
-	err = r.Update(func(tx *Tx) error {
+	err = r.Write(func(tx *Tx) error {
 		tx.Create("orders", "o5", map[string]any{"n": 1})
 		tx.Update("orders", "o5", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, 2) })
 		return nil
@@ -271,8 +268,17 @@ func TestUnitOfWorkIsAtomic(t *testing.T) {
 func TestInvalidNames(t *testing.T) {
 	r := mem(t)
 	for _, name := range []string{"", "has space", "-lead", "a/b", strings.Repeat("x", 65), "nul\x00"} {
-		if _, err := r.Collection(name); !errors.Is(err, ErrInvalidName) {
-			t.Errorf("Collection(%q) = %v, want ErrInvalidName", name, err)
+		c := r.Collection(name)
+		if err := c.Put("x", map[string]any{}); !errors.Is(err, ErrInvalidName) {
+			t.Errorf("Collection(%q).Put = %v, want ErrInvalidName", name, err)
+		}
+		if err := c.Get("x", &map[string]any{}); !errors.Is(err, ErrInvalidName) {
+			t.Errorf("Collection(%q).Get = %v, want ErrInvalidName", name, err)
+		}
+		for _, err := range c.Scan(ScanOptions{}) {
+			if !errors.Is(err, ErrInvalidName) {
+				t.Errorf("Collection(%q).Scan = %v, want ErrInvalidName", name, err)
+			}
 		}
 	}
 	c := coll(t, r, "ok")
@@ -695,7 +701,7 @@ func TestConcurrentUse(t *testing.T) {
 			for i := 0; i < per; i++ {
 				// Shared records contend; private ones do not.
 				shared := fmt.Sprint("shared-", i%4)
-				err := r.Update(func(tx *Tx) error {
+				err := r.Write(func(tx *Tx) error {
 					tx.Put("c", fmt.Sprintf("w%d-%d", w, i), map[string]any{"w": w, "i": i})
 					return tx.Put("c", shared, map[string]any{fmt.Sprint("w", w): i})
 				})
@@ -712,7 +718,7 @@ func TestConcurrentUse(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				if _, err := c.Scan(ScanOptions{Limit: 5}); err != nil {
+				if _, err := collect(c.Scan(ScanOptions{Limit: 5})); err != nil {
 					t.Error(err)
 					return
 				}
@@ -731,7 +737,7 @@ func TestConcurrentUse(t *testing.T) {
 	if hits != workers*per {
 		t.Fatalf("counter hits = %d, want %d: an increment was lost", hits, workers*per)
 	}
-	recs, _ := c.Scan(ScanOptions{Prefix: "w"})
+	recs, _ := collect(c.Scan(ScanOptions{Prefix: "w"}))
 	if len(recs) != workers*per {
 		t.Fatalf("%d private records, want %d", len(recs), workers*per)
 	}

@@ -49,7 +49,7 @@ func TestMergeHookMayReadAndWriteTheReplica(t *testing.T) {
 		if err := col.Get(c.Record, &cur); err != nil {
 			return policy.Decision{}, err
 		}
-		if _, err := col.Scan(ScanOptions{}); err != nil {
+		if _, err := collect(col.Scan(ScanOptions{})); err != nil {
 			return policy.Decision{}, err
 		}
 		if err := coll2(t, b, "audit").Put(c.Record, map[string]any{"saw": cur["price"]}); err != nil {

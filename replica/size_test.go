@@ -138,7 +138,7 @@ func TestSyncRecordUpToMaxRecord(t *testing.T) {
 	if got := getFields(t, b, "c", "big"); len(got) != len(fields) || got["f0"] != fields["f0"] {
 		t.Fatalf("fresh device has %d fields of the %d-byte record", len(got), size)
 	}
-	if recs, err := coll(t, b, "c").Scan(ScanOptions{}); err != nil || len(recs) != 21 {
+	if recs, err := collect(coll(t, b, "c").Scan(ScanOptions{})); err != nil || len(recs) != 21 {
 		t.Errorf("fresh device has %d records (%v), want 21", len(recs), err)
 	}
 

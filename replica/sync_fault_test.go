@@ -263,7 +263,7 @@ func (f *faultRelay) wantSame(coll string, a, b *Replica) {
 			ids, _ := c.Pending()
 			f.t.Fatalf("%s: %d pending %v (%v)", r.ID()[:6], n, ids, err)
 		}
-		recs, err := c.Scan(ScanOptions{Deleted: true})
+		recs, err := collect(c.Scan(ScanOptions{Deleted: true}))
 		if err != nil {
 			f.t.Fatal(err)
 		}
@@ -309,7 +309,7 @@ func mustFailSync(t *testing.T, r *Replica) *SyncStats {
 
 func liveCount(t *testing.T, r *Replica, coll string) int {
 	t.Helper()
-	recs, err := coll2(t, r, coll).Scan(ScanOptions{})
+	recs, err := collect(coll2(t, r, coll).Scan(ScanOptions{}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,7 @@ func setType(t *testing.T, r *Replica, typ policy.Type) {
 
 func ids(t *testing.T, r *Replica, coll string) string {
 	t.Helper()
-	recs, err := coll2(t, r, coll).Scan(ScanOptions{})
+	recs, err := collect(coll2(t, r, coll).Scan(ScanOptions{}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 
 // Tx is a unit of work: the writes queued on it commit together, in one
 // store transaction, or not at all. A Tx is only valid inside the function
-// given to [Replica.Update] and must not be shared between goroutines.
+// given to [Replica.Write] and must not be shared between goroutines.
 //
 // The queued writes run, in order, when that function returns nil. Their
 // errors (ErrNotFound, ErrExists, an update function's error) abort the
@@ -41,9 +41,10 @@ type op struct {
 	data     []byte
 }
 
-// Update runs fn and commits the writes it queued on tx atomically. If fn
-// returns an error nothing is written and that error is returned.
-func (r *Replica) Update(fn func(tx *Tx) error) error {
+// Write runs fn and commits the writes it queued on tx atomically, across
+// records and collections. If fn returns an error nothing is written and
+// that error is returned. (Collection.Update edits one record.)
+func (r *Replica) Write(fn func(tx *Tx) error) error {
 	tx := &Tx{r: r}
 	if err := fn(tx); err != nil {
 		return err

@@ -177,10 +177,7 @@ func openDevice(name, dir string, creds devrelay.Credentials, out io.Writer) (*d
 	if creds.Tokens != nil {
 		r.SetTokenSource(profile, creds.Tokens)
 	}
-	if d.items, err = r.Collection(collection); err != nil {
-		r.Close()
-		return nil, err
-	}
+	d.items = r.Collection(collection)
 	return d, nil
 }
 

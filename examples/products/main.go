@@ -141,11 +141,7 @@ func openDevice(name, dir string, creds devrelay.Credentials, pol policy.Policy,
 	if creds.Tokens != nil {
 		r.SetTokenSource(profile, creds.Tokens)
 	}
-	products, err := r.Collection(collection)
-	if err != nil {
-		r.Close()
-		return nil, err
-	}
+	products := r.Collection(collection)
 	return &device{name: name, r: r, products: products, out: out}, nil
 }
 

@@ -104,10 +104,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer r.Close()
-	todos, err := r.Collection(collection)
-	if err != nil {
-		return err
-	}
+	todos := r.Collection(collection)
 	a := &app{r: r, todos: todos, out: stdout}
 
 	switch cmd {
@@ -174,10 +171,6 @@ func (a *app) add(title string) error {
 }
 
 func (a *app) list() error {
-	recs, err := a.todos.Scan(replica.ScanOptions{}) // in ID order: creation order
-	if err != nil {
-		return err
-	}
 	pending, err := a.todos.Pending()
 	if err != nil {
 		return err
@@ -186,10 +179,12 @@ func (a *app) list() error {
 	for _, id := range pending {
 		unsynced[id] = true
 	}
-	if len(recs) == 0 {
-		fmt.Fprintln(a.out, "no tasks")
-	}
-	for _, rec := range recs {
+	tasks := 0
+	for rec, err := range a.todos.Scan(replica.ScanOptions{}) { // in ID order: creation order
+		if err != nil {
+			return err
+		}
+		tasks++
 		var t Task
 		if err := rec.Decode(&t); err != nil {
 			return err
@@ -202,6 +197,9 @@ func (a *app) list() error {
 			note = "  (not synced)"
 		}
 		fmt.Fprintf(a.out, "%s %s  %s%s\n", box, shortID(rec.ID), t.Title, note)
+	}
+	if tasks == 0 {
+		fmt.Fprintln(a.out, "no tasks")
 	}
 	// Deleted tasks wait to be synced too; they are not in the list.
 	if n := len(pending); n > 0 {
@@ -218,12 +216,11 @@ func (a *app) find(id string) (string, Task, error) {
 	} else if !errors.Is(err, replica.ErrNotFound) && !errors.Is(err, replica.ErrInvalidName) {
 		return "", t, err
 	}
-	recs, err := a.todos.Scan(replica.ScanOptions{})
-	if err != nil {
-		return "", t, err
-	}
 	var found []replica.Record
-	for _, rec := range recs {
+	for rec, err := range a.todos.Scan(replica.ScanOptions{}) {
+		if err != nil {
+			return "", t, err
+		}
 		if len(id) >= 4 && strings.HasSuffix(rec.ID, id) {
 			found = append(found, rec)
 		}

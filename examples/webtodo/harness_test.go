@@ -120,9 +120,7 @@ func newHarness(t *testing.T, origins ...string) *harness {
 		Mode: policy.Manual, Type: policy.TwoWay, Collections: []string{collection}}); err != nil {
 		t.Fatal(err)
 	}
-	if h.todos, err = h.rep.Collection(collection); err != nil {
-		t.Fatal(err)
-	}
+	h.todos = h.rep.Collection(collection)
 	t.Cleanup(func() {
 		h.rep.Close()
 		h.stopRelay()
@@ -252,11 +250,11 @@ func (h *harness) control() string {
 			reply(w, nil, err)
 			return
 		}
-		recs, err := h.todos.Scan(replica.ScanOptions{})
 		res := map[string]any{"found": false}
-		for _, rec := range recs {
+		var err error
+		for rec, rerr := range h.todos.Scan(replica.ScanOptions{}) {
 			var task Task
-			if err == nil && rec.Decode(&task) == nil && task.Title == r.URL.Query().Get("title") {
+			if err = rerr; err == nil && rec.Decode(&task) == nil && task.Title == r.URL.Query().Get("title") {
 				res = map[string]any{"found": true, "id": rec.ID, "title": task.Title, "done": task.Done}
 			}
 		}
