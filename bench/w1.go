@@ -65,7 +65,7 @@ func bulk(ctx context.Context, cfg Config, n int, label string) (b *bulkRun, err
 	b = &bulkRun{n: n, env: env}
 	pr := newProgress(cfg.Progress)
 
-	w, err := openReplica(dir, "writer", syncProgress{pr, fmt.Sprintf("%s push of %d", label, n)})
+	w, err := env.openReplica(dir, "writer", syncProgress(pr, fmt.Sprintf("%s push of %d", label, n)))
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +113,7 @@ func bulk(ctx context.Context, cfg Config, n int, label string) (b *bulkRun, err
 		return nil, err
 	}
 
-	fresh, err := openReplica(dir, "fresh", syncProgress{pr, fmt.Sprintf("%s fresh pull of %d", label, n)})
+	fresh, err := env.openReplica(dir, "fresh", syncProgress(pr, fmt.Sprintf("%s fresh pull of %d", label, n)))
 	if err != nil {
 		return nil, err
 	}

@@ -52,12 +52,12 @@ func live(ctx context.Context, cfg Config, name string, updates func(Config) int
 		return nil, err
 	}
 	defer closeAll(&err, env.close)
-	a, err := openReplica(dir, "a", nil)
+	a, err := env.openReplica(dir, "a", replica.Listener{})
 	if err != nil {
 		return nil, err
 	}
 	defer closeAll(&err, a.Close)
-	b, err := openReplica(dir, "b", nil)
+	b, err := env.openReplica(dir, "b", replica.Listener{})
 	if err != nil {
 		return nil, err
 	}

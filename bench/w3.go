@@ -35,12 +35,12 @@ func W3(ctx context.Context, cfg Config) (res *Result, err error) {
 		return nil, err
 	}
 	defer closeAll(&err, env.close)
-	a, err := openReplica(dir, "a", nil)
+	a, err := env.openReplica(dir, "a", replica.Listener{})
 	if err != nil {
 		return nil, err
 	}
 	defer closeAll(&err, a.Close)
-	b, err := openReplica(dir, "b", nil)
+	b, err := env.openReplica(dir, "b", replica.Listener{})
 	if err != nil {
 		return nil, err
 	}

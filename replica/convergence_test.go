@@ -174,10 +174,10 @@ func TestConvergenceLiveFaultyBadger(t *testing.T) {
 				w.store, w.tenant = store, rl.App.ID
 				w.device = func(o *Options, colls ...string) *Replica {
 					opts := *o
-					opts.InMemory, opts.HTTPClient = true, rl.HTTPClient
+					opts.InMemory, opts.HTTPClient, opts.TokenSource = true, rl.HTTPClient, StaticToken(rl.Token)
 					opts.BackoffMin, opts.BackoffMax = 50*time.Millisecond, time.Second
 					r := open(t, "", &opts)
-					err := r.AddProfile(Profile{Name: "p", URL: rl.URL, APIKey: rl.App.APIKey, Token: rl.Token,
+					err := r.AddProfile(Profile{Name: "p", URL: rl.URL, APIKey: rl.App.APIKey,
 						Mode: policy.Manual, Type: policy.TwoWay, Collections: colls, Timeout: 10 * time.Second})
 					if err != nil {
 						t.Fatal(err)

@@ -157,8 +157,8 @@ func TestLocalWritesSync(t *testing.T) {
 // and B's cursor. Only A's commit needs one; the rest the relay can send
 // again.
 func TestLiveEditFsyncs(t *testing.T) {
-	p := benchRelay(t)
-	devA, devB := open(t, t.TempDir(), nil), open(t, t.TempDir(), nil)
+	p, o := benchRelay(t)
+	devA, devB := open(t, t.TempDir(), o), open(t, t.TempDir(), o)
 	feedB := (&Collection{r: devB, name: "c"}).Watch(1024)
 	defer feedB.Close()
 	for _, r := range []*Replica{devA, devB} {

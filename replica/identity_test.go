@@ -71,8 +71,9 @@ func copyDir(t *testing.T, src, dst string) {
 // actor and number, and both copies go on syncing.
 func TestCopiedStoreKeepsSyncing(t *testing.T) {
 	e := newSyncEnv(t)
+	tokens := &Options{TokenSource: StaticToken(e.token)}
 	dir := t.TempDir()
-	orig := open(t, filepath.Join(dir, "orig"), nil)
+	orig := open(t, filepath.Join(dir, "orig"), tokens)
 	if err := orig.AddProfile(e.profile("p")); err != nil {
 		t.Fatal(err)
 	}
@@ -88,8 +89,8 @@ func TestCopiedStoreKeepsSyncing(t *testing.T) {
 	}
 	copyDir(t, filepath.Join(dir, "orig"), filepath.Join(dir, "copy"))
 
-	orig = open(t, filepath.Join(dir, "orig"), nil)
-	cp := open(t, filepath.Join(dir, "copy"), nil)
+	orig = open(t, filepath.Join(dir, "orig"), tokens)
+	cp := open(t, filepath.Join(dir, "copy"), tokens)
 	if orig.ID() != cp.ID() {
 		t.Fatal("a copy has the same replica ID")
 	}

@@ -19,9 +19,9 @@ import (
 // in-memory network, with a manual two-way profile "p" for collection c.
 func pipeDevice(t *testing.T, rl *relaytest.Relay, o Options, pol policy.Policy) *Replica {
 	t.Helper()
-	o.InMemory, o.HTTPClient = true, rl.HTTPClient
+	o.InMemory, o.HTTPClient, o.TokenSource = true, rl.HTTPClient, StaticToken(rl.Token)
 	r := open(t, "", &o)
-	err := r.AddProfile(Profile{Name: "p", URL: rl.URL, APIKey: rl.App.APIKey, Token: rl.Token,
+	err := r.AddProfile(Profile{Name: "p", URL: rl.URL, APIKey: rl.App.APIKey,
 		Mode: policy.Manual, Type: policy.TwoWay, Collections: []string{"c"}, Policy: pol,
 		Timeout: 10 * time.Second, LeaseTTL: 10 * time.Second})
 	if err != nil {

@@ -25,12 +25,11 @@ func (r *Replica) runLive(ctx context.Context, p *Profile) {
 		wake := r.sched.networkWait() // before looking: no change slips between
 		if n := r.Network(); !p.Networks.Allows(n) {
 			// Wait for an allowed network.
+			r.setState(p.Name, StateDeferred, "")
 			select {
 			case <-ctx.Done():
 				return
 			case <-wake:
-				continue
-			case <-time.After(r.opts.NetworkPoll):
 				continue
 			}
 		}
@@ -47,6 +46,9 @@ func (r *Replica) runLive(ctx context.Context, p *Profile) {
 		}
 		d := b.next()
 		r.log.Warn("live sync disconnected; reconnecting", "profile", p.Name, "err", err, "in", d)
+		r.syncEnded(p.Name, err, r.opts.Clock())
+		retry := r.opts.Clock().Add(d)
+		r.setStatus(p.Name, func(st *SyncStatus) { st.State, st.Retry = StateBackingOff, retry })
 		select {
 		case <-ctx.Done():
 			return
@@ -82,6 +84,7 @@ var errNetworkGone = errors.New("ferry: left the networks the profile may use")
 // device moves to a network the profile may not use.
 func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 	unlock := r.sched.lockProfile(p.Name)
+	r.setState(p.Name, StateConnecting, "")
 	conn, err := r.dial(ctx, p, true)
 	if err != nil {
 		unlock()
@@ -138,25 +141,17 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 			return err
 		}
 	}
-	// The device may change networks: stay only on an allowed one. A
-	// Network function is polled; SetNetwork wakes at once.
+	// The device may change networks (SetNetwork): stay only on an
+	// allowed one.
 	netWake := r.sched.networkWait()
-	var netPoll <-chan time.Time
-	if r.opts.Network != nil {
-		t := time.NewTicker(r.opts.NetworkPoll)
-		defer t.Stop()
-		netPoll = t.C
-	}
+	r.setState(p.Name, StateLive, "")
+	r.syncEnded(p.Name, nil, r.opts.Clock())
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-netWake:
 			netWake = r.sched.networkWait()
-			if n := r.Network(); !p.Networks.Allows(n) {
-				return fmt.Errorf("%w: now on %q", errNetworkGone, n)
-			}
-		case <-netPoll:
 			if n := r.Network(); !p.Networks.Allows(n) {
 				return fmt.Errorf("%w: now on %q", errNetworkGone, n)
 			}

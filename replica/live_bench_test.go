@@ -97,8 +97,9 @@ func BenchmarkLiveApply(b *testing.B) {
 }
 
 // benchRelay starts a relay on loopback with an in-memory store and
-// returns a live two-way profile for it.
-func benchRelay(tb testing.TB) Profile {
+// returns a live two-way profile for it, and replica options with its
+// token.
+func benchRelay(tb testing.TB) (Profile, *Options) {
 	tb.Helper()
 	app := relay.NewApp("shop")
 	auth, err := relay.NewAuth([]relay.App{app}, nil)
@@ -122,8 +123,8 @@ func benchRelay(tb testing.TB) Profile {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return Profile{Name: "p", URL: "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws", APIKey: app.APIKey, Token: token,
-		Mode: policy.Live, Type: policy.TwoWay, Collections: []string{"c"}, Timeout: 10 * time.Second}
+	return Profile{Name: "p", URL: "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws", APIKey: app.APIKey,
+		Mode: policy.Live, Type: policy.TwoWay, Collections: []string{"c"}, Timeout: 10 * time.Second}, &Options{TokenSource: StaticToken(token)}
 }
 
 // waitFor reads f until an event for id with heads arrives.
@@ -151,8 +152,8 @@ func waitFor(tb testing.TB, f *Feed, id string, heads crdt.Heads) {
 // bookkeeping, the relay, device B's apply and cursor. One edit at a
 // time, so the figure is the latency of one edit reaching another device.
 func BenchmarkLiveRoundTrip(b *testing.B) {
-	p := benchRelay(b)
-	devA, devB := open(b, b.TempDir(), nil), open(b, b.TempDir(), nil)
+	p, o := benchRelay(b)
+	devA, devB := open(b, b.TempDir(), o), open(b, b.TempDir(), o)
 	feedB := (&Collection{r: devB, name: "c"}).Watch(1 << 16)
 	defer feedB.Close()
 	for _, r := range []*Replica{devA, devB} {

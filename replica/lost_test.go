@@ -48,11 +48,12 @@ type lostDevice struct {
 	t   *testing.T
 	dir string
 	p   Profile
+	o   *Options
 	r   *Replica
 }
 
-func newLostDevice(t *testing.T, p Profile) *lostDevice {
-	d := &lostDevice{t: t, dir: t.TempDir(), p: p}
+func newLostDevice(t *testing.T, p Profile, o *Options) *lostDevice {
+	d := &lostDevice{t: t, dir: t.TempDir(), p: p, o: o}
 	d.open()
 	if err := d.r.AddProfile(p); err != nil {
 		t.Fatal(err)
@@ -62,7 +63,7 @@ func newLostDevice(t *testing.T, p Profile) *lostDevice {
 
 func (d *lostDevice) open() {
 	d.t.Helper()
-	r, err := Open(d.dir, nil)
+	r, err := Open(d.dir, d.o)
 	if err != nil {
 		d.t.Fatal(err)
 	}
@@ -122,8 +123,9 @@ func manual(p Profile) Profile {
 // TestLostAppliesAreFetchedAgain: device B loses the changes it pulled
 // and its cursor; its next sync fetches them again, once.
 func TestLostAppliesAreFetchedAgain(t *testing.T) {
-	p := manual(benchRelay(t))
-	a, b := newLostDevice(t, p), newLostDevice(t, p)
+	p, o := benchRelay(t)
+	p = manual(p)
+	a, b := newLostDevice(t, p, o), newLostDevice(t, p, o)
 	if err := a.c().Create("x", map[string]any{"stock": crdt.Counter(10)}); err != nil {
 		t.Fatal(err)
 	}
@@ -160,9 +162,9 @@ func TestLostAppliesAreFetchedAgain(t *testing.T) {
 // TestLostLiveAppliesAreFetchedAgain: the same, with B live: a message
 // applied (records and cursor in one transaction) and lost comes again.
 func TestLostLiveAppliesAreFetchedAgain(t *testing.T) {
-	live := benchRelay(t)
-	a := newLostDevice(t, manual(live))
-	b := newLostDevice(t, live)
+	live, o := benchRelay(t)
+	a := newLostDevice(t, manual(live), o)
+	b := newLostDevice(t, live, o)
 	feed := b.c().Watch(64)
 	if err := a.c().Create("x", map[string]any{"stock": crdt.Counter(10)}); err != nil {
 		t.Fatal(err)
@@ -200,8 +202,9 @@ func TestLostLiveAppliesAreFetchedAgain(t *testing.T) {
 // acknowledgement of its edits; it pushes them again, and the relay and
 // the other device hold them once.
 func TestLostAcknowledgementsArePushedAgain(t *testing.T) {
-	p := manual(benchRelay(t))
-	a, b := newLostDevice(t, p), newLostDevice(t, p)
+	p, o := benchRelay(t)
+	p = manual(p)
+	a, b := newLostDevice(t, p, o), newLostDevice(t, p, o)
 	if err := a.c().Create("x", map[string]any{"stock": crdt.Counter(1)}); err != nil {
 		t.Fatal(err)
 	}

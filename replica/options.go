@@ -1,7 +1,6 @@
 package replica
 
 import (
-	"context"
 	"log/slog"
 	"net/http"
 	"time"
@@ -67,32 +66,21 @@ type Options struct {
 	// policy. Default prefer-local.
 	Policy policy.Policy
 
-	// MergeHook resolves conflicts under the custom policy, for collections
-	// without a hook of their own. MergeHooks gives collections their own
-	// (also settable later with Replica.SetMergeHook). Set them here so
-	// that periodic and live profiles, which start syncing as Open
-	// returns, have them from their first sync.
-	MergeHook  policy.Resolver
-	MergeHooks map[string]policy.Resolver
+	// MergeHook resolves conflicts under the custom policy (see
+	// policy.Resolver for when it is called and what it may do). Each
+	// conflict names its collection; policy.PerCollection builds a hook
+	// from one per collection. A profile that syncs a collection under the
+	// custom policy needs it: AddProfile refuses the profile otherwise.
+	MergeHook policy.Resolver
 
-	// TokenSource supplies fresh access tokens for any profile (a
-	// profile's own, set with Replica.SetTokenSource, wins). Nil: each
-	// profile's static Token.
-	TokenSource func(ctx context.Context, profile string) (string, error)
+	// TokenSource supplies the access token of each profile, at each
+	// connection. Required to sync; StaticToken wraps a fixed one.
+	TokenSource TokenSource
 
 	// Listener receives sync events; Delegate decides at a sync's
-	// lifecycle points. Both may be nil.
+	// lifecycle points. Their fields may be nil.
 	Listener Listener
 	Delegate Delegate
-
-	// Network reports the device's current network (as the platform's
-	// reachability API gives it), checked before each sync. Without it, the replica
-	// uses the last value given to SetNetwork, initially policy.Other.
-	Network func() policy.Network
-
-	// NetworkPoll is how often deferred syncs re-check a Network function.
-	// Default 30 s. (SetNetwork re-checks at once.)
-	NetworkPoll time.Duration
 
 	// Backoff bounds the live mode's reconnection delays. Defaults 250 ms
 	// and 30 s.
@@ -129,9 +117,6 @@ func (o *Options) withDefaults() Options {
 	}
 	if v.MaxProfiles <= 0 {
 		v.MaxProfiles = 16
-	}
-	if v.NetworkPoll <= 0 {
-		v.NetworkPoll = 30 * time.Second
 	}
 	if v.BackoffMin <= 0 {
 		v.BackoffMin = 250 * time.Millisecond

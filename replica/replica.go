@@ -37,7 +37,8 @@ type Replica struct {
 	closeCtx  context.Context // ends at Close, for syncs in flight
 	stopAll   context.CancelFunc
 	sched     *scheduler
-	hooks     hooks
+	net       network        // the device's network, as the app reports it
+	status    statuses       // each profile's sync status
 	wg        sync.WaitGroup // background goroutines
 	mu        sync.RWMutex   // held for reading by every operation; Close takes it for writing
 	closed    bool

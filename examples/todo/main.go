@@ -99,7 +99,9 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("%s: give one task ID", cmd)
 	}
 
-	r, err := replica.Open(*data, nil)
+	// Tokens are never stored: each run gives them from its flags (or
+	// mints them from the dev app), and only when it syncs.
+	r, err := replica.Open(*data, &replica.Options{TokenSource: rf.Tokens})
 	if err != nil {
 		return err
 	}
@@ -274,7 +276,6 @@ func (a *app) sync(ctx context.Context, rf *devrelay.Flags, explicit map[string]
 			Name:        profile,
 			URL:         creds.URL,
 			APIKey:      creds.APIKey,
-			Token:       creds.Token, // "" when minted: tokens are not stored then
 			Mode:        policy.Manual,
 			Type:        policy.TwoWay,
 			Collections: []string{collection},
@@ -285,29 +286,17 @@ func (a *app) sync(ctx context.Context, rf *devrelay.Flags, explicit map[string]
 		fmt.Fprintf(a.out, "created sync profile %q: %s, %s, %s\n", p.Name, p.URL, p.Mode, p.Type)
 	case err != nil:
 		return err
-	case explicit["url"] || explicit["api-key"] || explicit["token"]:
+	case explicit["url"] || explicit["api-key"]:
 		if explicit["url"] {
 			p.URL = rf.URL
 		}
 		if explicit["api-key"] {
 			p.APIKey = rf.APIKey
 		}
-		if explicit["token"] {
-			p.Token = rf.Token
-		}
 		if err := a.r.UpdateProfile(p); err != nil {
 			return err
 		}
 	}
-	if p.Token == "" {
-		// No stored token: mint one from the dev app for each connection.
-		creds, err := rf.Credentials()
-		if err != nil {
-			return err
-		}
-		a.r.SetTokenSource(profile, creds.Tokens)
-	}
-
 	st, err := a.r.Sync(ctx, profile)
 	if err != nil {
 		return fmt.Errorf("sync with %s: %w", p.URL, err)

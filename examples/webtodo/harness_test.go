@@ -112,11 +112,11 @@ func newHarness(t *testing.T, origins ...string) *harness {
 	if err := h.startRelay(); err != nil {
 		t.Fatal(err)
 	}
-	h.rep, err = replica.Open("", &replica.Options{InMemory: true})
+	h.rep, err = replica.Open("", &replica.Options{InMemory: true, TokenSource: replica.StaticToken(h.token(relay.TokenRequest{Write: []string{"*"}}))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.rep.AddProfile(replica.Profile{Name: "relay", URL: "ws://" + h.addr + "/ws", APIKey: app.APIKey, Token: h.token(relay.TokenRequest{Write: []string{"*"}}),
+	if err := h.rep.AddProfile(replica.Profile{Name: "relay", URL: "ws://" + h.addr + "/ws", APIKey: app.APIKey,
 		Mode: policy.Manual, Type: policy.TwoWay, Collections: []string{collection}}); err != nil {
 		t.Fatal(err)
 	}

@@ -64,11 +64,9 @@ func run(ctx context.Context, args []string, stdout io.Writer, ready chan<- stri
 		return err
 	}
 	cfg := func(ctx context.Context) (string, error) {
-		tok := creds.Token
-		if tok == "" {
-			if tok, err = creds.Tokens(ctx); err != nil {
-				return "", err
-			}
+		tok, err := creds.Tokens(ctx, "")
+		if err != nil {
+			return "", err
 		}
 		return automergeURL(creds.URL, creds.APIKey, tok)
 	}
