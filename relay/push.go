@@ -49,8 +49,8 @@ func (s *Server) push(ctx context.Context, c Coll, p *transport.Push) (*transpor
 	// time, so this bounds what one connection can make the relay inflate.
 	budget := crdt.NewInflateBudget(int64(s.limits.MaxInflated))
 	for i, r := range p.Records {
-		if err := validRecordID(r.Record); err != nil {
-			return nil, err
+		if err := transport.ValidateRecordID(r.Record); err != nil {
+			return nil, perr(transport.CodeBadFrame, "%v", err)
 		}
 		// Frame and checksum every change before taking any lock.
 		var err error

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -393,12 +392,4 @@ func (sess *session) cut() {
 
 func perr(code transport.Code, format string, args ...any) *transport.Error {
 	return &transport.Error{Code: code, Message: fmt.Sprintf(format, args...)}
-}
-
-// validRecordID applies the replica's record ID rules on the relay side.
-func validRecordID(id string) error {
-	if id == "" || len(id) > 256 || !utf8.ValidString(id) || strings.ContainsFunc(id, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return perr(transport.CodeBadFrame, "record ID %q: must be 1 to 256 bytes of UTF-8 without control characters", id)
-	}
-	return nil
 }
