@@ -5,13 +5,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/ferrysync/ferry/internal/badgerdir"
+	"github.com/ferrysync/ferry/internal/stripe"
 	"github.com/google/uuid"
 )
 
@@ -63,8 +63,7 @@ type BadgerStore struct {
 	// colls serializes writes per collection. Striped, so memory stays
 	// bounded however many collections there are; two collections sharing
 	// a stripe only wait for each other.
-	colls [64]sync.Mutex
-	seed  maphash.Seed
+	colls stripe.Locks[Coll]
 
 	mu     sync.RWMutex // held for reading by every operation; Close takes it for writing
 	closed bool
@@ -89,7 +88,7 @@ func OpenBadgerStore(dir string, o *BadgerOptions) (*BadgerStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &BadgerStore{db: db, opts: opts, seed: maphash.MakeSeed(), closing: make(chan struct{})}
+	s := &BadgerStore{db: db, opts: opts, closing: make(chan struct{})}
 	if s.incarnation, err = initMeta(db); err != nil {
 		badgerdir.Close(db)
 		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
@@ -223,18 +222,6 @@ func (s *BadgerStore) enter(ctx context.Context) (func(), error) {
 	return s.mu.RUnlock, nil
 }
 
-// lockColl takes c's write lock; the caller must unlock it.
-func (s *BadgerStore) lockColl(c Coll) *sync.Mutex {
-	var h maphash.Hash
-	h.SetSeed(s.seed)
-	h.WriteString(c.Tenant)
-	h.WriteByte(0)
-	h.WriteString(c.Collection)
-	m := &s.colls[h.Sum64()%uint64(len(s.colls))]
-	m.Lock()
-	return m
-}
-
 // update runs fn in one read-write transaction under c's lock: everything fn
 // reads is what it writes over, and the commit is durable unless Relaxed.
 func (s *BadgerStore) update(ctx context.Context, c Coll, fn func(txn *badger.Txn) error) error {
@@ -243,7 +230,7 @@ func (s *BadgerStore) update(ctx context.Context, c Coll, fn func(txn *badger.Tx
 		return err
 	}
 	defer done()
-	defer s.lockColl(c).Unlock()
+	defer s.colls.Lock(c)()
 	return s.db.Update(fn)
 }
 

@@ -4,15 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
-	"slices"
 	"sync"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/transport"
 )
 
-type cachedDoc struct {
+// recordKey names one record of one tenant's collection: the key of the
+// document cache and of the locks that serialize merges per record.
+type recordKey struct {
 	c      Coll
 	record string
 }
@@ -159,11 +159,11 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 	// run in parallel, and two pushes to one record take turns, the second
 	// building on the first's queued document. The collection's lock is
 	// held only to read and extend the queue.
-	ids := make([]string, 0, len(p.Records))
+	keys := make([]recordKey, 0, len(p.Records))
 	for _, r := range p.Records {
-		ids = append(ids, r.Record)
+		keys = append(keys, recordKey{cm.c, r.Record})
 	}
-	defer s.recLocks.lock(cm.c, ids)()
+	defer s.recLocks.Lock(keys...)()
 	cm.mu.Lock()
 	gen := cm.gen
 	cm.mu.Unlock()
@@ -188,7 +188,7 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 		for _, id := range order {
 			wk := recs[id]
 			if !wk.queued {
-				s.docs.Remove(cachedDoc{cm.c, id})
+				s.docs.Remove(recordKey{cm.c, id})
 			} else if rerr := wk.rd.doc.Reset(wk.base); rerr != nil {
 				s.log.Error("undoing a refused push on a queued document", "tenant", cm.c.Tenant, "collection", cm.c.Collection, "record", id, "err", rerr)
 			}
@@ -301,7 +301,7 @@ func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayD
 	if queued {
 		return rd, true, nil
 	}
-	if rd, ok := s.docs.Get(cachedDoc{cm.c, id}); ok {
+	if rd, ok := s.docs.Get(recordKey{cm.c, id}); ok {
 		return rd, false, nil
 	}
 	rec, err := s.store.Record(ctx, cm.c, id)
@@ -360,7 +360,7 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 			behind := cm.queue
 			cm.queue = nil
 			for id := range cm.queued {
-				s.docs.Remove(cachedDoc{cm.c, id})
+				s.docs.Remove(recordKey{cm.c, id})
 			}
 			clear(cm.queued)
 			clear(cm.inQueue)
@@ -381,7 +381,7 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 			last -= uint64(len(group[i].entries))
 		}
 		for id, d := range docs {
-			s.docs.Put(cachedDoc{cm.c, id}, d)
+			s.docs.Put(recordKey{cm.c, id}, d)
 		}
 		for _, e := range entries {
 			// A document stays queued while a later push in the queue has
@@ -417,38 +417,4 @@ func countHashes(es []Entry) int {
 		n += len(e.Hashes)
 	}
 	return n
-}
-
-// recordLocks serializes merges per record without a lock per record: a
-// record maps to one of a fixed set of locks, taken in index order so two
-// pushes never wait on each other in a cycle.
-type recordLocks struct {
-	seed maphash.Seed
-	mus  [256]sync.Mutex
-}
-
-func newRecordLocks() *recordLocks { return &recordLocks{seed: maphash.MakeSeed()} }
-
-func (l *recordLocks) lock(c Coll, ids []string) func() {
-	idx := make([]int, 0, len(ids))
-	for _, id := range ids {
-		var h maphash.Hash
-		h.SetSeed(l.seed)
-		h.WriteString(c.Tenant)
-		h.WriteByte(0)
-		h.WriteString(c.Collection)
-		h.WriteByte(0)
-		h.WriteString(id)
-		idx = append(idx, int(h.Sum64()%uint64(len(l.mus))))
-	}
-	slices.Sort(idx)
-	idx = slices.Compact(idx)
-	for _, i := range idx {
-		l.mus[i].Lock()
-	}
-	return func() {
-		for _, i := range idx {
-			l.mus[i].Unlock()
-		}
-	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ferrysync/ferry/internal/lru"
+	"github.com/ferrysync/ferry/internal/stripe"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -115,9 +116,9 @@ type Server struct {
 
 	hub       *hub // log appends, for subscribers
 	leases    *hub // lease releases, for waiters
-	docs      *lru.Cache[cachedDoc, *relayDoc]
+	docs      *lru.Cache[recordKey, *relayDoc]
 	compactor *compactor
-	recLocks  *recordLocks
+	recLocks  stripe.Locks[recordKey] // merges, per record
 	quotas    *quotas
 	am        *amServer // automerge-repo clients
 
@@ -164,8 +165,7 @@ func NewServer(o *Options) (*Server, error) {
 		now:        opts.Now,
 		hub:        newHub(),
 		leases:     newHub(),
-		docs:       lru.New[cachedDoc, *relayDoc](opts.DocCacheSize),
-		recLocks:   newRecordLocks(),
+		docs:       lru.New[recordKey, *relayDoc](opts.DocCacheSize),
 		sessions:   map[*session]struct{}{},
 		committers: map[Coll]*committer{},
 		pushes:     map[Coll]int{},
