@@ -348,31 +348,3 @@ func (s *Server) Close() error {
 	})
 	return nil
 }
-
-// pushCounted runs a push, counting it as in progress for its collection.
-// A collection's committer is only needed while pushes to it are in
-// progress: when the last one ends, the queue is empty (each push waits
-// until its own group is durable, and hands the flush to a queued push,
-// which still counts), so the committer is dropped and the map holds only
-// the collections being pushed to. Every push must come through here.
-func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error) {
-	quotaDone, err := s.quotas.admitPush(ctx, c.Tenant, p)
-	if err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	s.pushes[c]++
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		s.pushes[c]--
-		if s.pushes[c] == 0 {
-			delete(s.pushes, c)
-			delete(s.committers, c)
-		}
-	}()
-	ack, err := s.push(ctx, c, p)
-	quotaDone(err == nil)
-	return ack, err
-}
