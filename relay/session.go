@@ -243,65 +243,6 @@ func (sess *session) subscribe(claims *Claims, env *transport.Envelope, m *trans
 	return nil, nil
 }
 
-func (sess *session) acquireLease(claims *Claims, env *transport.Envelope, m *transport.LeaseAcquire) (transport.Body, error) {
-	c, err := sess.coll(claims, m.Collection, true)
-	if err != nil {
-		return nil, err
-	}
-	// Waiting for a lease must not stall the read loop (pings, other
-	// requests): answer from a goroutine.
-	ctx := sess.ctx
-	sess.wg.Add(1)
-	go func() {
-		defer sess.wg.Done()
-		var body transport.Body
-		l, err := sess.s.acquire(ctx, sess, c, m)
-		if err != nil {
-			body = sess.errorBody(env, err)
-		} else {
-			body = l
-		}
-		_ = sess.conn.SendBody(ctx, env.ID, body)
-	}()
-	return nil, nil
-}
-
-func (sess *session) renewLease(claims *Claims, m *transport.LeaseRenew) (transport.Body, error) {
-	s := sess.s
-	c, err := sess.coll(claims, m.Collection, true)
-	if err != nil {
-		return nil, err
-	}
-	ttl := min(time.Duration(m.TTLMS)*time.Millisecond, s.opts.MaxLeaseTTL)
-	// The store checks the holder too: a fence is a small number that
-	// another device could guess.
-	l, err := s.store.Renew(sess.ctx, c, sess.holder, m.Fence, ttl, s.now())
-	if errors.Is(err, ErrStaleFence) {
-		return nil, perr(transport.CodeStaleFence, "fence %d is not a lease of %q that this device holds", m.Fence, m.Collection)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return &transport.Lease{Collection: m.Collection, Fence: l.Fence, ExpiresMS: l.Expires.UnixMilli(), TTLMS: uint32(ttl / time.Millisecond)}, nil
-}
-
-func (sess *session) releaseLease(claims *Claims, m *transport.LeaseRelease) (transport.Body, error) {
-	c, err := sess.coll(claims, m.Collection, true)
-	if err != nil {
-		return nil, err
-	}
-	err = sess.s.store.Release(sess.ctx, c, sess.holder, m.Fence)
-	if errors.Is(err, ErrStaleFence) {
-		return nil, perr(transport.CodeStaleFence, "fence %d is not a lease of %q that this device holds", m.Fence, m.Collection)
-	}
-	if err != nil {
-		return nil, err
-	}
-	sess.dropLease(c, m.Fence)
-	sess.s.leases.notify(c)
-	return &transport.OK{}, nil
-}
-
 // reauth replaces the session's token with a fresh one of the same app.
 func (sess *session) reauth(a *transport.Auth) (transport.Body, error) {
 	_, claims, err := sess.s.auth.Verify(sess.app.APIKey, a.Token)
@@ -354,35 +295,6 @@ func (sess *session) stopSub(name string) {
 	if cancel, ok := sess.subs[name]; ok {
 		cancel()
 		delete(sess.subs, name)
-	}
-}
-
-func (sess *session) holdLease(c Coll, fence uint64) {
-	sess.mu.Lock()
-	defer sess.mu.Unlock()
-	sess.leases[c] = fence
-}
-
-func (sess *session) dropLease(c Coll, fence uint64) {
-	sess.mu.Lock()
-	defer sess.mu.Unlock()
-	if sess.leases[c] == fence {
-		delete(sess.leases, c)
-	}
-}
-
-// releaseLeases frees the leases of a device that went away, so others
-// need not wait for them to expire.
-func (sess *session) releaseLeases() {
-	sess.mu.Lock()
-	held := sess.leases
-	sess.leases = map[Coll]uint64{}
-	sess.mu.Unlock()
-	for c, fence := range held {
-		if err := sess.s.store.Release(context.Background(), c, sess.holder, fence); err != nil && !errors.Is(err, ErrStoreClosed) {
-			sess.s.log.Warn("releasing lease of a closed session", "tenant", c.Tenant, "collection", c.Collection, "err", err)
-		}
-		sess.s.leases.notify(c)
 	}
 }
 
