@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ferrysync/ferry/internal/lru"
+	"github.com/ferrysync/ferry/internal/stripe"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -115,9 +116,9 @@ type Server struct {
 
 	hub       *hub // log appends, for subscribers
 	leases    *hub // lease releases, for waiters
-	docs      *lru.Cache[cachedDoc, *relayDoc]
+	docs      *lru.Cache[recordKey, *relayDoc]
 	compactor *compactor
-	recLocks  *recordLocks
+	recLocks  stripe.Locks[recordKey] // merges, per record
 	quotas    *quotas
 	am        *amServer // automerge-repo clients
 
@@ -164,8 +165,7 @@ func NewServer(o *Options) (*Server, error) {
 		now:        opts.Now,
 		hub:        newHub(),
 		leases:     newHub(),
-		docs:       lru.New[cachedDoc, *relayDoc](opts.DocCacheSize),
-		recLocks:   newRecordLocks(),
+		docs:       lru.New[recordKey, *relayDoc](opts.DocCacheSize),
 		sessions:   map[*session]struct{}{},
 		committers: map[Coll]*committer{},
 		pushes:     map[Coll]int{},
@@ -347,32 +347,4 @@ func (s *Server) Close() error {
 		s.compactor.close()
 	})
 	return nil
-}
-
-// pushCounted runs a push, counting it as in progress for its collection.
-// A collection's committer is only needed while pushes to it are in
-// progress: when the last one ends, the queue is empty (each push waits
-// until its own group is durable, and hands the flush to a queued push,
-// which still counts), so the committer is dropped and the map holds only
-// the collections being pushed to. Every push must come through here.
-func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error) {
-	quotaDone, err := s.quotas.admitPush(ctx, c.Tenant, p)
-	if err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	s.pushes[c]++
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		s.pushes[c]--
-		if s.pushes[c] == 0 {
-			delete(s.pushes, c)
-			delete(s.committers, c)
-		}
-	}()
-	ack, err := s.push(ctx, c, p)
-	quotaDone(err == nil)
-	return ack, err
 }

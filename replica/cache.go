@@ -1,12 +1,11 @@
 package replica
 
 import (
-	"hash/maphash"
-	"slices"
 	"sync"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/internal/lru"
+	"github.com/ferrysync/ferry/internal/stripe"
 )
 
 // docCache keeps recently used documents loaded, with their meta, up to
@@ -170,40 +169,11 @@ func (p *reaper) close() {
 	<-p.done
 }
 
-// stripes serializes access per record without a lock per record: a record
-// maps to one of a fixed set of RW locks. Writers lock every stripe they
-// touch in index order, so two writers never wait on each other in a cycle.
-type stripes struct {
-	seed maphash.Seed
-	mus  [256]sync.RWMutex
-	once sync.Once
-}
+// stripes serializes access per record (by cacheKey) without a lock per
+// record; see stripe.Locks. Writers lock every record they touch at once,
+// with lockAll.
+type stripes struct{ l stripe.Locks[string] }
 
-func (s *stripes) index(key string) int {
-	s.once.Do(func() { s.seed = maphash.MakeSeed() })
-	return int(maphash.String(s.seed, key) % uint64(len(s.mus)))
-}
-
-func (s *stripes) rlock(key string) func() {
-	m := &s.mus[s.index(key)]
-	m.RLock()
-	return m.RUnlock
-}
-
-// lockAll write-locks the stripes of keys and returns the unlock.
-func (s *stripes) lockAll(keys []string) func() {
-	idx := make([]int, 0, len(keys))
-	for _, k := range keys {
-		idx = append(idx, s.index(k))
-	}
-	slices.Sort(idx)
-	idx = slices.Compact(idx)
-	for _, i := range idx {
-		s.mus[i].Lock()
-	}
-	return func() {
-		for _, i := range idx {
-			s.mus[i].Unlock()
-		}
-	}
-}
+func (s *stripes) index(key string) int         { return s.l.Index(key) }
+func (s *stripes) rlock(key string) func()      { return s.l.RLock(key) }
+func (s *stripes) lockAll(keys []string) func() { return s.l.Lock(keys...) }

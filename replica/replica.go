@@ -2,7 +2,6 @@ package replica
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -142,56 +141,22 @@ func damaged(err error) error {
 	return fmt.Errorf("%w: %w. Move the folder aside and open a new replica in its place to sync again, or put back a copy from a backup", ErrDamaged, err)
 }
 
+// marker is what makes a Badger database a replica's store. A replica ID
+// is 16 random bytes in hex, unique per device.
+var marker = badgerdir.Marker{
+	Kind: "Ferry", FormatKey: keyFormat, IDKey: keyID, Format: formatVersion,
+	NewID:    func() string { u := uuid.New(); return fmt.Sprintf("%x", u[:]) },
+	NotStore: ErrNotStore, Newer: ErrNewerFormat,
+}
+
 // initMeta checks the format version and returns the replica ID, writing
 // both on a new store.
 func (r *Replica) initMeta() (string, error) {
-	var id string
-	err := r.db.Update(func(txn *badger.Txn) error {
-		item, err := txn.Get(keyFormat)
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return r.initNew(txn, &id)
-		}
-		if err != nil {
-			return err
-		}
-		v, err := item.ValueCopy(nil)
-		if err != nil {
-			return err
-		}
-		if len(v) != 4 {
-			return fmt.Errorf("%w: bad format marker", ErrNotStore)
-		}
-		if f := binary.BigEndian.Uint32(v); f > formatVersion {
-			return fmt.Errorf("%w: store format %d, this Ferry reads up to %d", ErrNewerFormat, f, formatVersion)
-		}
-		item, err = txn.Get(keyID)
-		if err != nil {
-			return fmt.Errorf("%w: no replica ID: %v", ErrNotStore, err)
-		}
-		b, err := item.ValueCopy(nil)
-		id = string(b)
-		return err
-	})
+	id, _, err := marker.Init(r.db)
 	if err != nil {
 		return "", fmt.Errorf("ferry: open store: %w", err)
 	}
 	return id, nil
-}
-
-func (r *Replica) initNew(txn *badger.Txn, id *string) error {
-	// A Badger store with keys but no format marker belongs to someone else.
-	it := txn.NewIterator(badger.IteratorOptions{})
-	nonEmpty := func() bool { defer it.Close(); it.Rewind(); return it.Valid() }()
-	if nonEmpty {
-		return fmt.Errorf("%w: store has data but no Ferry format marker", ErrNotStore)
-	}
-	// 16 random bytes in hex, unique per device.
-	u := uuid.New()
-	*id = fmt.Sprintf("%x", u[:])
-	if err := txn.Set(keyFormat, binary.BigEndian.AppendUint32(nil, formatVersion)); err != nil {
-		return err
-	}
-	return txn.Set(keyID, []byte(*id))
 }
 
 // ID returns the replica's stable ID: the name the relay knows this device
