@@ -2,6 +2,7 @@ package crdt_test
 
 import (
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -440,4 +441,32 @@ func BenchmarkAutomergeCalls(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkIndexMemory reports the Go heap an operation index takes on a
+// record of 10,000 changes (each sets one field): per indexed operation,
+// and as MemSize estimates it.
+func BenchmarkIndexMemory(b *testing.B) {
+	saved := cachedHistory(b, 10000)
+	var perOp, estimate float64
+	for b.Loop() {
+		d, err := crdt.Load(saved, actorA)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		if err := crdt.BuildIndex(d); err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		n := crdt.IndexedOps(d)
+		perOp = float64(after.HeapAlloc-before.HeapAlloc) / float64(n)
+		estimate = float64(d.MemSize()) / float64(n)
+		runtime.KeepAlive(d)
+	}
+	b.ReportMetric(perOp, "heap-B/op-indexed")
+	b.ReportMetric(estimate, "MemSize-B/op-indexed")
 }

@@ -273,3 +273,21 @@ func recoverCorrupt(err *error) {
 		*err = errors.Join(ErrCorrupt, fmt.Errorf("automerge panicked: %v", r))
 	}
 }
+
+// MemSize estimates the bytes of Go memory the Doc holds beyond
+// automerge-go's own document: the indexes Import keeps, and the journal
+// of recent changes. (Automerge's document lives in Rust memory, in
+// proportion to the saved size and more.) An index shared with forks is
+// counted in full by each.
+func (d *Doc) MemSize() int {
+	n := d.jn.size()
+	if x := d.idx.Load(); x != nil {
+		for l := x.top; l != nil; l = l.parent {
+			n += l.memSize()
+		}
+	}
+	for a := range d.seqs {
+		n += len(a) + seqEntryBytes
+	}
+	return n
+}

@@ -124,6 +124,23 @@ func CheckIndexes(d *Doc) error {
 	return nil
 }
 
+// BuildIndex indexes d's operations, as d's first Import does.
+func BuildIndex(d *Doc) error {
+	_, err := d.index()
+	return err
+}
+
+// IndexedOps returns how many operations d's index holds.
+func IndexedOps(d *Doc) int {
+	n := 0
+	if x := d.idx.Load(); x != nil {
+		for l := x.top; l != nil; l = l.parent {
+			n += len(l.ops)
+		}
+	}
+	return n
+}
+
 // JournalAnswer tells how ChangesSince(since) will be answered: "mark" (a
 // version d had, from the journal), "walk" (from the journal, walking
 // back from since) or "" (by automerge-go). since must be held by d.

@@ -189,6 +189,18 @@ func (j *journal) since(since Heads) ([]Hash, bool) {
 	return out, true
 }
 
+// size estimates the bytes the journal holds.
+func (j *journal) size() int {
+	n := (len(j.base) + len(j.tip)) * HashSize
+	for _, e := range j.entries {
+		n += HashSize + 24 + len(e.deps)*HashSize
+	}
+	for k := range j.marks {
+		n += len(k) + 16 + 8 + 16 // key bytes, string header, value, map slot
+	}
+	return n
+}
+
 // syncJournal brings the journal up to date with the document, whose
 // heads are heads, and reports whether it was (or could be brought) up
 // to date without starting again.

@@ -522,3 +522,34 @@ func TestImportDocumentAfterEmptyChange(t *testing.T) {
 	}
 	t.Fatal("no history made automerge-go misread an empty change")
 }
+
+// TestMemSize checks that MemSize counts the operation index and the
+// journal: a document's estimate grows as its first Import indexes its
+// history, and stays near what BenchmarkIndexMemory measures per
+// operation.
+func TestMemSize(t *testing.T) {
+	d := newDoc(t, actorA)
+	for i := range 1000 {
+		set(t, d, crdt.Path{fmt.Sprint("f", i%10)}, i)
+		commit(t, d)
+	}
+	d, err := crdt.Load(d.Save(), actorA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unindexed := d.MemSize()
+	if unindexed > 10_000 {
+		t.Errorf("MemSize of a loaded, unindexed document = %d", unindexed)
+	}
+	src := fork(t, d, actorB)
+	set(t, src, crdt.Path{"g"}, 1)
+	commit(t, src)
+	if _, err := d.Import(crdt.LastChange(src)); err != nil {
+		t.Fatal(err)
+	}
+	ops := crdt.IndexedOps(d)
+	perOp := float64(d.MemSize()-unindexed) / float64(ops)
+	if ops < 1000 || perOp < 100 || perOp > 300 {
+		t.Errorf("MemSize grew by %.0f bytes per indexed operation (%d operations)", perOp, ops)
+	}
+}

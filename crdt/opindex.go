@@ -39,9 +39,9 @@ type opRef struct {
 // holds. Deletes are never held: they leave no operation behind.
 type opRec struct {
 	obj    opRef
-	kind   keyKind
-	prop   string // the map key (keyProp)
 	elem   opRef  // the element the key names (keyElem)
+	prop   string // the map key (keyProp)
+	kind   keyKind
 	action uint8
 	insert bool
 }
@@ -309,4 +309,18 @@ func sameKey(p opRec, pr opRef, rec opRec) bool {
 		return p.kind == keyElem && p.elem == rec.elem
 	}
 	return false
+}
+
+// Estimated bytes per entry of an index layer's maps, measured with
+// BenchmarkIndexMemory: the entry (key and value) with the map's slack,
+// and what an entry's strings point to.
+const (
+	opEntryBytes  = 175
+	maxEntryBytes = 64
+	seqEntryBytes = 64
+)
+
+// memSize estimates the bytes l holds (not its parents).
+func (l *opLayer) memSize() int {
+	return len(l.ops)*opEntryBytes + len(l.maxOp)*maxEntryBytes
 }
