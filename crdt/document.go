@@ -30,6 +30,12 @@ type Doc struct {
 	// opindex.go); nil until first needed. It is immutable and shared with
 	// forks, hence atomic: a fork may be taken while the Doc imports.
 	idx atomic.Pointer[opIndex]
+
+	// jn records the changes the Doc added lately, so that "changes
+	// since" a recent version costs what those changes cost (see
+	// journal.go).
+	jn           journal
+	historyWalks int // calls to automerge-go's Changes(since), for tests
 }
 
 // New returns an empty document that writes as actor (a hex string; a
@@ -37,6 +43,7 @@ type Doc struct {
 // that are only read and merged, such as the relay's.
 func New(actor string) (*Doc, error) {
 	d := &Doc{am: automerge.New()}
+	d.jn.restart(nil)
 	if actor == "" {
 		return d, nil
 	}
@@ -98,14 +105,18 @@ func leadingDocument(data []byte) (head, rest []byte) {
 // loadAM loads framed bytes with automerge-go (none: an empty document).
 func loadAM(data []byte) (d *Doc, err error) {
 	if len(data) == 0 {
-		return &Doc{am: automerge.New()}, nil
+		d = &Doc{am: automerge.New()}
+		d.jn.restart(nil)
+		return d, nil
 	}
 	defer recoverCorrupt(&err)
 	am, err := automerge.Load(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	return &Doc{am: am}, nil
+	d = &Doc{am: am}
+	d.jn.restart(d.Heads())
+	return d, nil
 }
 
 // SetActor sets the actor ID used for this document's future changes.
@@ -166,6 +177,7 @@ func (d *Doc) Fork(at Heads) (*Doc, error) {
 		return nil, fmt.Errorf("crdt: fork: %w", err)
 	}
 	f := &Doc{am: am}
+	f.jn.restart(f.Heads())
 	// The index knows which heads it describes, so a fork at other heads
 	// brings it up to date (or rebuilds it) on first use.
 	f.idx.Store(d.idx.Load())
@@ -182,11 +194,22 @@ func (d *Doc) Fork(at Heads) (*Doc, error) {
 // document that is not an ancestor of since (nil: the whole history).
 // It returns nil when there is nothing new. Unknown heads give
 // [ErrUnknownHeads]: automerge-go would silently return everything.
+//
+// It costs time in proportion to the changes it returns when since is a
+// version the document had lately, or one whose history includes such a
+// version; otherwise in proportion to the whole history.
 func (d *Doc) ChangesSince(since Heads) ([]byte, error) {
-	if err := d.hasAll(since); err != nil {
-		return nil, err
+	var heads Heads
+	if len(since) > 0 {
+		heads = d.Heads()
+		// A version the document had holds only changes it holds.
+		if d.syncJournal(heads); !d.jn.isMark(since) {
+			if err := d.hasAll(since); err != nil {
+				return nil, err
+			}
+		}
 	}
-	chs, err := d.live().Changes(amHashes(since)...)
+	chs, err := d.changesSince(since, heads)
 	if err != nil {
 		return nil, fmt.Errorf("crdt: changes: %w", err)
 	}
@@ -249,4 +272,22 @@ func recoverCorrupt(err *error) {
 		}
 		*err = errors.Join(ErrCorrupt, fmt.Errorf("automerge panicked: %v", r))
 	}
+}
+
+// MemSize estimates the bytes of Go memory the Doc holds beyond
+// automerge-go's own document: the indexes Import keeps, and the journal
+// of recent changes. (Automerge's document lives in Rust memory, in
+// proportion to the saved size and more.) An index shared with forks is
+// counted in full by each.
+func (d *Doc) MemSize() int {
+	n := d.jn.size()
+	if x := d.idx.Load(); x != nil {
+		for l := x.top; l != nil; l = l.parent {
+			n += l.memSize()
+		}
+	}
+	for a := range d.seqs {
+		n += len(a) + seqEntryBytes
+	}
+	return n
 }

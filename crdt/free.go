@@ -54,6 +54,7 @@ func (d *Doc) Free() {
 	d.am = nil
 	d.seqs, d.seqsAt = nil, nil
 	d.idx.Store(nil)
+	d.jn = journal{}
 	freeAM(am)
 }
 

@@ -41,6 +41,8 @@ func (s *SyncState) Receive(d *Doc, msg []byte) (err error) {
 	}
 	if len(m.Changes()) > 0 {
 		// Too late to refuse them: say so loudly, it is a caller's bug.
+		// The journal did not see them come in.
+		d.jn.forget()
 		return fmt.Errorf("crdt: SyncState.Receive was given a message with changes")
 	}
 	return nil
