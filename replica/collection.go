@@ -267,9 +267,10 @@ func (c *Collection) Heads(id string) (crdt.Heads, error) {
 	return h, err
 }
 
-// Watch subscribes to the collection's events, buffering up to buffer of
-// them (0: 256). Close the feed when done.
-func (c *Collection) Watch(buffer int) *Feed { return c.r.feeds.add(c.name, buffer) }
+// Watch subscribes to the collection's events from now on, buffering up
+// to buffer of them (0: 256). Close the feed when done. To also have what
+// changed since an earlier read, use WatchFrom.
+func (c *Collection) Watch(buffer int) *Feed { return c.r.feeds.add(c.name, buffer, nil) }
 
 // Pending lists the IDs of records with changes the relay has not
 // acknowledged, in ID order.

@@ -36,10 +36,13 @@ const (
 )
 
 func (o Origin) String() string {
-	if o == Local {
+	switch o {
+	case Local:
 		return "local"
+	case Remote:
+		return "remote"
 	}
-	return "remote"
+	return "unknown"
 }
 
 // Event is one committed change to one record.
@@ -49,6 +52,11 @@ type Event struct {
 	Kind       EventKind
 	Origin     Origin
 	Heads      crdt.Heads // the record's version after the change
+	// Replayed marks an event of WatchFrom's catch-up: the record's
+	// state now, for a record changed after the position. Its Kind is
+	// Updated or Deleted (a record created since comes as Updated), and
+	// its Origin is unknown (zero).
+	Replayed bool
 }
 
 func (t *touched) event(local bool) (Event, bool) {
@@ -75,15 +83,25 @@ func (t *touched) event(local bool) (Event, bool) {
 
 // Feed delivers a collection's events as they commit. Events of one record
 // arrive in commit order. A reader that lets the buffer fill is cut off:
-// C is closed and Err returns ErrFeedOverflow; subscribe again and rescan.
-// Writers never wait for a feed.
+// C is closed and Err returns ErrFeedOverflow; watch again from a position
+// taken before (WatchFrom) to miss nothing. Writers never wait for a feed.
+// A Feed is safe for concurrent use; C has one reader.
 type Feed struct {
 	C <-chan Event
 
 	c    chan Event
 	coll string
 	fs   *feeds
-	err  error // set before c is closed; guarded by fs.mu
+
+	// Guarded by fs.mu.
+	err     error // set before c is closed
+	removed bool
+	// While a WatchFrom replay runs, live events wait in pending (at most
+	// the buffer's size) and done tells the replay to stop; the replay's
+	// goroutine closes c.
+	replaying bool
+	pending   []Event
+	done      chan struct{}
 }
 
 // Err returns why C was closed: nil after Close, ErrFeedOverflow, or
@@ -101,11 +119,14 @@ type feeds struct {
 	mu     sync.Mutex
 	byColl map[string]map[*Feed]struct{}
 	closed error
+	wg     sync.WaitGroup // replays under way
 }
 
 func newFeeds() *feeds { return &feeds{byColl: map[string]map[*Feed]struct{}{}} }
 
-func (fs *feeds) add(coll string, buffer int) *Feed {
+// add subscribes a feed. With replay, the feed first delivers what replay
+// sends (on a goroutine of its own), holding live events until it is done.
+func (fs *feeds) add(coll string, buffer int, replay func(send func(Event) bool) error) *Feed {
 	if buffer <= 0 {
 		buffer = 256
 	}
@@ -114,7 +135,7 @@ func (fs *feeds) add(coll string, buffer int) *Feed {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	if fs.closed != nil {
-		f.err = fs.closed
+		f.err, f.removed = fs.closed, true
 		close(c)
 		return f
 	}
@@ -122,7 +143,55 @@ func (fs *feeds) add(coll string, buffer int) *Feed {
 		fs.byColl[coll] = map[*Feed]struct{}{}
 	}
 	fs.byColl[coll][f] = struct{}{}
+	if replay != nil {
+		f.replaying, f.done = true, make(chan struct{})
+		fs.wg.Add(1)
+		go fs.replay(f, replay)
+	}
 	return f
+}
+
+// replay runs a feed's catch-up, then the live events held meanwhile, in
+// order, and turns the feed live. It owns c until then.
+func (fs *feeds) replay(f *Feed, replay func(send func(Event) bool) error) {
+	defer fs.wg.Done()
+	send := func(ev Event) bool {
+		select {
+		case f.c <- ev:
+			return true
+		case <-f.done:
+			return false
+		}
+	}
+	err := replay(send)
+	for err == nil {
+		fs.mu.Lock()
+		if f.removed {
+			fs.mu.Unlock()
+			break
+		}
+		held := f.pending
+		f.pending = nil
+		if len(held) == 0 {
+			f.replaying = false // from now on, publish sends to c
+			fs.mu.Unlock()
+			return
+		}
+		fs.mu.Unlock()
+		for _, ev := range held {
+			if !send(ev) {
+				break
+			}
+		}
+	}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if !f.removed {
+		delete(fs.byColl[f.coll], f)
+		f.err, f.removed = err, true
+	}
+	f.replaying, f.pending = false, nil
+	close(f.c)
 }
 
 func (fs *feeds) remove(f *Feed, why error) {
@@ -132,12 +201,15 @@ func (fs *feeds) remove(f *Feed, why error) {
 }
 
 func (fs *feeds) removeLocked(f *Feed, why error) {
-	set := fs.byColl[f.coll]
-	if _, ok := set[f]; !ok {
+	if f.removed {
 		return
 	}
-	delete(set, f)
-	f.err = why
+	delete(fs.byColl[f.coll], f)
+	f.err, f.removed = why, true
+	if f.replaying {
+		close(f.done) // the replay closes c
+		return
+	}
 	close(f.c)
 }
 
@@ -149,6 +221,14 @@ func (fs *feeds) publish(events []Event) {
 	defer fs.mu.Unlock()
 	for _, ev := range events {
 		for f := range fs.byColl[ev.Collection] {
+			if f.replaying {
+				if len(f.pending) == cap(f.c) {
+					fs.removeLocked(f, ErrFeedOverflow)
+				} else {
+					f.pending = append(f.pending, ev)
+				}
+				continue
+			}
 			select {
 			case f.c <- ev:
 			default:
@@ -158,13 +238,15 @@ func (fs *feeds) publish(events []Event) {
 	}
 }
 
+// closeAll closes every feed and waits for the replays under way.
 func (fs *feeds) closeAll(why error) {
 	fs.mu.Lock()
-	defer fs.mu.Unlock()
 	fs.closed = why
 	for _, set := range fs.byColl {
 		for f := range set {
 			fs.removeLocked(f, why)
 		}
 	}
+	fs.mu.Unlock()
+	fs.wg.Wait()
 }
