@@ -607,3 +607,32 @@ func TestOptionsHooksApplyFromTheFirstSync(t *testing.T) {
 		t.Fatalf("b: %v, token source called %d times", f, tokenCalls.Load())
 	}
 }
+
+// A device with a read-only token syncs two-way as long as it has nothing
+// to push: it pulls without asking for the lease. Once it has local edits,
+// the collection fails with the relay's refusal, and its edits stay.
+func TestReadOnlyTokenSyncsTwoWay(t *testing.T) {
+	e := newSyncEnv(t)
+	writer := e.device(nil)
+	coll2(t, writer, "c").Create("x", map[string]any{"v": 1})
+	mustSync(t, writer, "p")
+
+	ro, err := relay.IssueToken(e.app, relay.TokenRequest{Subject: "viewer", TTL: time.Hour, Read: []string{"*"}}, e.clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	viewer := e.device(&Options{TokenSource: StaticToken(ro)})
+	st := mustSync(t, viewer, "p")
+	if got := getFields(t, viewer, "c", "x"); got["v"] != int64(1) || stat(st, "c").FromRelay.Added != 1 {
+		t.Fatalf("read-only two-way sync: %v, %+v", got, stat(st, "c"))
+	}
+
+	coll2(t, viewer, "c").Create("mine", map[string]any{"v": 2})
+	st, err = viewer.Sync(context.Background(), "p")
+	if !errors.Is(err, ErrSyncFailed) || !errors.Is(err, transport.ErrForbidden) || stat(st, "c").Status != StatusFailed {
+		t.Fatalf("pushing with a read-only token: %v, %+v", err, stat(st, "c"))
+	}
+	if n, _ := coll2(t, viewer, "c").PendingCount(); n != 1 {
+		t.Fatal("the refused edit is no longer pending")
+	}
+}
