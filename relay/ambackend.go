@@ -15,6 +15,10 @@ import (
 // relay's storage change under it.
 type amBackend interface {
 	verify(apiKey, token string) (App, *Claims, error)
+	// connect counts a connection of app against its quota, or refuses
+	// it; each nil return is matched by one disconnect.
+	connect(app string) error
+	disconnect(app string)
 	// push validates, stores and fans out changes exactly as a device's
 	// push; it returns once they are durable.
 	push(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error)
@@ -48,6 +52,20 @@ type serverBackend struct{ s *Server }
 
 func (b serverBackend) verify(apiKey, token string) (App, *Claims, error) {
 	return b.s.auth.Verify(apiKey, token)
+}
+
+func (b serverBackend) connect(app string) error {
+	if e := b.s.quotas.connect(app); e != nil {
+		return e
+	}
+	return nil
+}
+
+func (b serverBackend) disconnect(app string) {
+	b.s.quotas.disconnect(app)
+	if h := b.s.hooks.sessionEnded; h != nil {
+		h()
+	}
 }
 
 func (b serverBackend) push(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error) {

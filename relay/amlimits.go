@@ -86,7 +86,7 @@ func newAMMetrics(reg prometheus.Registerer) (*amMetrics, error) {
 			m.messages.WithLabelValues(t, dir)
 		}
 	}
-	for _, r := range []string{"auth", "collection", "forbidden", "read_only", "max_docs", "too_large"} {
+	for _, r := range []string{"auth", "collection", "forbidden", "quota", "read_only", "max_docs", "too_large"} {
 		m.refused.WithLabelValues(r)
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.openDocs, m.messages, m.refused, m.bytesIn, m.bytesOut, m.syncSeconds} {

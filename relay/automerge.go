@@ -223,6 +223,12 @@ func (a *amServer) serve(w http.ResponseWriter, r *http.Request) {
 		} else if !claims.CanRead(c.Collection) {
 			a.metrics.refused.WithLabelValues("forbidden").Inc()
 			refusal = fmt.Sprintf("token does not grant read on %q", c.Collection)
+		} else if err := a.b.connect(app.ID); err != nil {
+			// The app's max_connections counts these connections too.
+			a.metrics.refused.WithLabelValues("quota").Inc()
+			refusal = err.Error()
+		} else {
+			defer a.b.disconnect(app.ID)
 		}
 	}
 	if refusal != "" {

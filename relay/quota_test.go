@@ -556,3 +556,40 @@ func BenchmarkQuotaAdmitPush(b *testing.B) {
 		})
 	}
 }
+
+// automerge-repo connections count against max_connections as devices'
+// do: one past the quota is refused with a message naming it, and one
+// that ends makes room.
+func TestQuotaConnectionsCountAutomergeRepo(t *testing.T) {
+	tr := newTestRelay(t, NewMemStore(), func(o *Options) {
+		o.Quotas = map[string]Quota{"shop": {MaxConnections: 2}}
+	})
+	ended := make(chan struct{}, 8)
+	tr.srv.hooks.sessionEnded = func() { ended <- struct{}{} }
+	device := tr.client("shop")
+	browser, m := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "browser")
+	if m == nil || m.Type != amPeer {
+		t.Fatalf("first automerge-repo connection: %+v", m)
+	}
+	_, m = dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "one-too-many")
+	if m == nil || m.Type != amError || !strings.Contains(m.Message, "max_connections") {
+		t.Fatalf("connection past the quota answered %+v", m)
+	}
+	if _, _, err := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], "third"); !errors.Is(err, transport.ErrRateLimited) {
+		t.Fatalf("device past a quota filled by a browser: %v", err)
+	}
+	<-ended
+	if got := tr.refusals("shop", "connections"); got != "2" {
+		t.Fatalf("connections refusals = %q, want 2", got)
+	}
+	browser.ws.CloseNow()
+	<-ended
+	device.Close()
+	<-ended
+	// Both gone: room for two again, of either kind.
+	for _, id := range []string{"again", "and-again"} {
+		if _, m := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), id); m == nil || m.Type != amPeer {
+			t.Fatalf("after both closed: %+v", m)
+		}
+	}
+}
