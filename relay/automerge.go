@@ -82,6 +82,11 @@ type amDocKey struct {
 	record string
 }
 
+// amDocCacheSize bounds the stored documents the endpoint keeps loaded
+// to answer sync messages. They are shared and read only; an evicted one
+// is left to the garbage collector, as a reader may still hold it.
+const amDocCacheSize = 4096
+
 // amCached is a record's document as stored with heads.
 type amCached struct {
 	heads crdt.Heads
@@ -103,7 +108,7 @@ func newAMServer(s *Server) (*amServer, error) {
 		ping:     s.opts.PingInterval,
 		slow:     s.opts.SlowWriteTimeout,
 		metrics:  m,
-		docs:     lru.New[amDocKey, *amCached](s.opts.DocCacheSize),
+		docs:     lru.New[amDocKey, *amCached](amDocCacheSize),
 		conns:    map[*amConn]struct{}{},
 		openDocs: map[amDocKey]map[*amConn]struct{}{},
 	}

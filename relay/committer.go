@@ -21,7 +21,8 @@ type committer struct {
 	mu       sync.Mutex // guards the fields below
 	queue    []*waiter  // merged, waiting to be written
 	queued   map[string]*relayDoc
-	inQueue  map[string]int // entries in the queue per record
+	inQueue  map[string]int    // entries in the queue per record
+	pins     map[string]func() // each queued document's pin in s.docs
 	flushing bool
 	// gen counts the times the queue was dropped after a failed append: a
 	// push merged across a drop was merged onto documents that are gone.
@@ -50,7 +51,7 @@ func (s *Server) committer(c Coll) *committer {
 	defer s.mu.Unlock()
 	cm := s.committers[c]
 	if cm == nil {
-		cm = &committer{c: c, queued: map[string]*relayDoc{}, inQueue: map[string]int{}}
+		cm = &committer{c: c, queued: map[string]*relayDoc{}, inQueue: map[string]int{}, pins: map[string]func(){}}
 		s.committers[c] = cm
 	}
 	return cm
@@ -59,6 +60,7 @@ func (s *Server) committer(c Coll) *committer {
 // merged is one record of a push, merged onto its document.
 type merged struct {
 	rd       *relayDoc
+	unpin    func() // rd's pin in s.docs while this push uses it
 	base     crdt.Heads
 	queued   bool        // holds other pushes' changes, not yet durable
 	data     []byte      // the pushed changes, concatenated
@@ -89,15 +91,18 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 		if err != nil {
 			cm.undo(s, recs, order)
 		}
+		for _, m := range recs {
+			m.unpin()
+		}
 	}()
 	for i, r := range p.Records {
 		m := recs[r.Record]
 		if m == nil {
-			rd, queued, err := cm.load(ctx, s, r.Record)
+			rd, queued, unpin, err := cm.load(ctx, s, r.Record)
 			if err != nil {
 				return nil, err
 			}
-			m = &merged{rd: rd, base: rd.doc.Heads(), queued: queued}
+			m = &merged{rd: rd, unpin: unpin, base: rd.doc.Heads(), queued: queued}
 			recs[r.Record] = m
 			order = append(order, r.Record)
 		}
@@ -119,7 +124,7 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 		}
 		w.entries = append(w.entries, e)
 	}
-	if err := cm.join(w, recs, gen); err != nil {
+	if err := cm.join(s, w, recs, gen); err != nil {
 		return nil, err
 	}
 	return w, nil
@@ -202,7 +207,7 @@ func (m *merged) entry(s *Server, id string, heads crdt.Heads) (Entry, error) {
 
 // join queues w, whose records were merged as recs onto the queue of
 // generation gen, and makes its handler the flusher if none is flushing.
-func (cm *committer) join(w *waiter, recs map[string]*merged, gen uint64) error {
+func (cm *committer) join(s *Server, w *waiter, recs map[string]*merged, gen uint64) error {
 	cm.mu.Lock()
 	defer cm.mu.Unlock()
 	if cm.gen != gen {
@@ -212,6 +217,11 @@ func (cm *committer) join(w *waiter, recs map[string]*merged, gen uint64) error 
 	for _, e := range w.entries {
 		m := recs[e.Record]
 		m.rd.size = m.size
+		if cm.queued[e.Record] != m.rd {
+			// The queue pins what it holds; this push's own pin keeps the
+			// document findable until then.
+			cm.pins[e.Record], _ = s.docs.Pin(recordKey{cm.c, e.Record}, m.rd)
+		}
 		cm.queued[e.Record] = m.rd
 		cm.inQueue[e.Record]++
 	}
@@ -229,33 +239,48 @@ func (cm *committer) join(w *waiter, recs map[string]*merged, gen uint64) error 
 }
 
 // load returns a record's document as it will be once the queue is
-// written: queued (queued=true), cached, or stored.
-func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayDoc, queued bool, err error) {
+// written: queued (queued=true), cached, or stored (and cached). The
+// caller holds the record's lock, and the document is pinned in s.docs
+// until unpin: the cache frees a document that leaves it, once no pin
+// holds it.
+func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayDoc, queued bool, unpin func(), err error) {
+	key := recordKey{cm.c, id}
 	cm.mu.Lock()
 	rd, queued = cm.queued[id]
+	if queued {
+		// The queue's pin holds it: written cannot drop that pin while
+		// cm.mu is held.
+		unpin, _ = s.docs.Pin(key, rd)
+	}
 	cm.mu.Unlock()
 	if queued {
-		return rd, true, nil
+		return rd, true, unpin, nil
 	}
-	if rd, ok := s.docs.Get(recordKey{cm.c, id}); ok {
-		return rd, false, nil
+	if rd, unpin, ok := s.docs.Acquire(key); ok {
+		return rd, false, unpin, nil
 	}
 	rec, err := s.store.Record(ctx, cm.c, id)
 	if errors.Is(err, ErrNotFound) {
 		d, err := crdt.New("")
-		return &relayDoc{doc: d}, false, err
+		if err != nil {
+			return nil, false, nil, err
+		}
+		rd = &relayDoc{doc: d}
+		return rd, false, s.docs.PutAcquire(key, rd, rd.cost()), nil
 	}
 	if err != nil {
-		return nil, false, err
+		return nil, false, nil, err
 	}
 	d, err := crdt.Load(rec.Data(), "")
 	if err == nil && !d.Heads().Equal(rec.Heads) {
 		err = fmt.Errorf("it loads at heads %v, the store says %v", d.Heads(), rec.Heads)
+		d.Free()
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("%w: record %s/%s/%s: %w", ErrStoreDamaged, cm.c.Tenant, cm.c.Collection, id, err)
+		return nil, false, nil, fmt.Errorf("%w: record %s/%s/%s: %w", ErrStoreDamaged, cm.c.Tenant, cm.c.Collection, id, err)
 	}
-	return &relayDoc{doc: d, size: rec.Size()}, false, nil
+	rd = &relayDoc{doc: d, size: rec.Size()}
+	return rd, false, s.docs.PutAcquire(key, rd, rd.cost()), nil
 }
 
 // flush writes queued groups until own's is durable, then hands the
@@ -318,6 +343,10 @@ func (cm *committer) failed(s *Server, group []*waiter, err error) {
 	for id := range cm.queued {
 		s.docs.Remove(recordKey{cm.c, id})
 	}
+	for _, unpin := range cm.pins {
+		unpin()
+	}
+	clear(cm.pins)
 	clear(cm.queued)
 	clear(cm.inQueue)
 	cm.gen++
@@ -340,7 +369,7 @@ func (cm *committer) written(s *Server, group []*waiter, entries []Entry, docs m
 		last -= uint64(len(group[i].entries))
 	}
 	for id, d := range docs {
-		s.docs.Put(recordKey{cm.c, id}, d)
+		s.docs.PutSized(recordKey{cm.c, id}, d, d.cost())
 	}
 	for _, e := range entries {
 		// A document stays queued while a later push in the queue has
@@ -348,6 +377,8 @@ func (cm *committer) written(s *Server, group []*waiter, entries []Entry, docs m
 		if cm.inQueue[e.Record]--; cm.inQueue[e.Record] == 0 {
 			delete(cm.inQueue, e.Record)
 			delete(cm.queued, e.Record)
+			cm.pins[e.Record]()
+			delete(cm.pins, e.Record)
 		}
 	}
 	if len(entries) == 0 {

@@ -159,11 +159,14 @@ func (s *Server) compactRecord(ctx context.Context, c Coll, id string) error {
 // no lock, so pushes to it go on meanwhile.
 func (s *Server) compactNow(ctx context.Context, c Coll, rec Record) ([]byte, error) {
 	d, err := crdt.Load(rec.Data(), "")
-	if err == nil && !d.Heads().Equal(rec.Heads) {
-		err = fmt.Errorf("it loads at heads %v, the store says %v", d.Heads(), rec.Heads)
-	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: record %s/%s/%s: %w", ErrStoreDamaged, c.Tenant, c.Collection, rec.ID, err)
+	}
+	// Loaded for this once: its memory goes back now, not whenever a
+	// finalizer runs.
+	defer d.Free()
+	if h := d.Heads(); !h.Equal(rec.Heads) {
+		return nil, fmt.Errorf("%w: record %s/%s/%s: it loads at heads %v, the store says %v", ErrStoreDamaged, c.Tenant, c.Collection, rec.ID, h, rec.Heads)
 	}
 	snap := d.Save()
 	if err := s.store.Compact(ctx, c, rec.ID, snap, rec.Seq); err != nil && !errors.Is(err, ErrConflict) {

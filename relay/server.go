@@ -42,7 +42,12 @@ type Options struct {
 	MaxLeaseTTL      time.Duration // default 5 min
 	MaxLag           int           // log entries a subscriber may trail by; default 10,000
 	SlowWriteTimeout time.Duration // for a subscriber to take a live message; default 10 s
-	DocCacheSize     int           // documents kept loaded for pushes; default 4096
+	// DocCacheBytes bounds the memory of the documents kept loaded for
+	// pushes, as estimated from each record's stored size (8 KiB plus 64
+	// times it: a loaded Automerge document takes some 20 to 250 times
+	// its stored bytes). A document that leaves frees its memory at once.
+	// Default 64 MiB.
+	DocCacheBytes int64
 
 	// CompactInterval is how often the background compactor looks for
 	// records whose tail outgrew their snapshot (a push that makes one
@@ -85,8 +90,8 @@ func (o *Options) withDefaults() Options {
 	if v.MaxLag <= 0 {
 		v.MaxLag = 10_000
 	}
-	if v.DocCacheSize <= 0 {
-		v.DocCacheSize = 4096
+	if v.DocCacheBytes <= 0 {
+		v.DocCacheBytes = 64 << 20
 	}
 	defaultDur(&v.CompactInterval, time.Second)
 	if v.LogRetention == 0 {
@@ -165,7 +170,7 @@ func NewServer(o *Options) (*Server, error) {
 		now:        opts.Now,
 		hub:        newHub(),
 		leases:     newHub(),
-		docs:       lru.New[recordKey, *relayDoc](opts.DocCacheSize),
+		docs:       lru.NewSized(opts.DocCacheBytes, func(_ recordKey, rd *relayDoc) { rd.doc.Free() }),
 		sessions:   map[*session]struct{}{},
 		committers: map[Coll]*committer{},
 		pushes:     map[Coll]int{},
@@ -345,6 +350,7 @@ func (s *Server) Close() error {
 		s.helpers.Wait()
 		s.am.close()
 		s.compactor.close()
+		s.docs.Clear() // no push runs now: free every loaded document
 	})
 	return nil
 }

@@ -110,6 +110,19 @@ func (c *Cache[K, V]) Acquire(key K) (val V, unpin func(), ok bool) {
 	return e.val, c.pin(e), true
 }
 
+// Pin pins val, held for key in the cache or pinned after it left, as
+// Acquire does, without marking it used. It returns ok=false if val has
+// reached (or is on its way to) the eviction callback.
+func (c *Cache[K, V]) Pin(key K, val V) (unpin func(), ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.find(key, val)
+	if e == nil {
+		return func() {}, false
+	}
+	return c.pin(e), true
+}
+
 // pin adds a pin to e and returns the function that drops it. c.mu is
 // held.
 func (c *Cache[K, V]) pin(e *entry[K, V]) func() {

@@ -153,6 +153,29 @@ func TestPinnedValueWaitsForUnpin(t *testing.T) {
 	} else {
 		unpin() // harmless
 	}
+
+	// Pin holds a value by identity, in the cache or pinned after it
+	// left, and not once it reached the callback.
+	c.PutSized("f", 6, 10)
+	p1, ok := c.Pin("f", 6)
+	if !ok {
+		t.Fatal("Pin of a cached value failed")
+	}
+	c.PutSized("g", 7, 10) // f leaves, pinned
+	p2, ok := c.Pin("f", 6)
+	if !ok {
+		t.Fatal("Pin of a value pinned after it left failed")
+	}
+	if _, ok := c.Pin("f", 99); ok {
+		t.Fatal("Pin of another value succeeded")
+	}
+	p1()
+	ev.expect(t)
+	p2()
+	ev.expect(t, "f=6")
+	if _, ok := c.Pin("f", 6); ok {
+		t.Fatal("Pin of a value the callback has succeeded")
+	}
 }
 
 // resource stands for a document: freed by the callback, and must not be
