@@ -309,16 +309,3 @@ func (r *Replica) applyLiveLocked(ctx context.Context, p *Profile, coll string, 
 	})
 	return len(res.conflicted) > 0, err
 }
-
-// pendingState reports whether a record has changes the relay lacks, and
-// whether it holds a conflict resolution only a leased sync may push.
-func (r *Replica) pendingState(coll, id string) (pending, resolved bool, err error) {
-	err = r.view(func(txn *badger.Txn) (err error) {
-		if _, pending, err = getKey(txn, recKey('p', coll, id)); err != nil || !pending {
-			return err
-		}
-		_, resolved, err = getKey(txn, recKey('l', coll, id))
-		return err
-	})
-	return pending, resolved, err
-}

@@ -8,24 +8,9 @@ import (
 	"slices"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
-
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/transport"
 )
-
-// outgoing is one record's changes in a push.
-type outgoing struct {
-	id      string
-	changes []byte
-	heads   crdt.Heads // the record's heads once changes are applied
-	base    crdt.Heads // the heads changes were taken since (nil: all of them)
-	known   bool       // the relay held some of the record before
-	deleted bool
-	// partial marks a piece of a record's changes other than the last
-	// (see pieces): acknowledged, but not counted as a record pushed.
-	partial bool
-}
 
 // push sends every pending record's changes since the heads the relay
 // holds, in batches within the relay's limits, with the lease's fence, and
@@ -291,65 +276,4 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 		s.count(ToRelay, a)
 	}
 	return n, nil
-}
-
-// outgoing reads what a pending record has to push.
-func (r *Replica) outgoing(coll, id string) (outgoing, error) {
-	o := outgoing{id: id}
-	c := &Collection{r: r, name: coll}
-	err := c.read(id, func(d *crdt.Doc, m meta) error {
-		var acked crdt.Heads
-		if err := r.db.View(func(txn *badger.Txn) (err error) {
-			acked, err = readAcked(txn, coll, id)
-			return err
-		}); err != nil {
-			return err
-		}
-		changes, err := d.ChangesSince(acked)
-		o.base = acked
-		if errors.Is(err, crdt.ErrUnknownHeads) {
-			changes, err = d.ChangesSince(nil)
-			o.base = nil
-		}
-		o.changes, o.heads, o.known, o.deleted = changes, m.heads, len(acked) > 0, m.deleted
-		return err
-	})
-	if errors.Is(err, ErrNotFound) {
-		return o, nil // pending marker of a record purged meanwhile
-	}
-	return o, err
-}
-
-// acknowledge records, in one transaction, that the relay holds each
-// record up to the heads pushed; a record stays pending if it changed
-// since. leased says the push held the lease, so any conflict resolution
-// it carried is pushed as it must be.
-func (r *Replica) acknowledge(coll string, batch []outgoing, leased bool) error {
-	ids := make([]string, len(batch))
-	for i, o := range batch {
-		ids[i] = o.id
-	}
-	_, err := r.batchOp(coll, ids, func(i int, txn *badger.Txn, t *touched) (bool, error) {
-		return t.existed, ackRecord(txn, t.coll, t.id, t.doc, batch[i].heads, leased)
-	})
-	return err
-}
-
-// ackRecord stores heads as what the relay holds of a record, and clears
-// its pending marker if it has nothing beyond them.
-func ackRecord(txn *badger.Txn, coll, id string, d *crdt.Doc, heads crdt.Heads, leased bool) error {
-	if err := txn.Set(recKey('a', coll, id), heads.Bytes()); err != nil {
-		return err
-	}
-	if leased {
-		if err := deleteIfPresent(txn, recKey('l', coll, id)); err != nil {
-			return err
-		}
-	}
-	// The heads pushed are the document's as it was then: if it still
-	// has them, nothing is left to push.
-	if d.Heads().Equal(heads) {
-		return clearPending(txn, coll, id)
-	}
-	return nil
 }
