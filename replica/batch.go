@@ -45,52 +45,22 @@ func (r *Replica) batchOpThen(coll string, ids []string, fn func(i int, txn *bad
 		keys[i] = cacheKey(coll, id)
 	}
 	defer r.locks.lockAll(keys)()
-	byID := map[string]*touched{}
-	var order []*touched
-	var aside []*crdt.Doc // documents fn chose not to store
+	b := &batchRun{r: r, coll: coll, byID: map[string]*touched{}}
 	err = r.db.Update(func(txn *badger.Txn) error {
 		for i, id := range ids {
-			t := byID[id]
-			if t != nil && t.corrupt != nil {
-				continue
+			t, err := b.touch(txn, id)
+			if err != nil {
+				return err
 			}
-			if t == nil || t.doc == nil {
-				d, m, ok, err := r.loadDocTxn(txn, coll, id, t == nil)
-				if errors.Is(err, ErrCorrupt) && t == nil {
-					// A damaged record fails alone: the rest of the batch
-					// goes on, and the caller reports it.
-					t = &touched{coll: coll, id: id, corrupt: err}
-					byID[id] = t
-					order = append(order, t)
-					continue
-				}
-				if err != nil {
-					return err
-				}
-				if !ok {
-					if d, err = crdt.New(r.actor); err != nil {
-						return err
-					}
-				}
-				if t == nil {
-					t = &touched{coll: coll, id: id, old: m, new: m, existed: ok, wasDeleted: ok && m.deleted, seen: ok, live: ok && !m.deleted}
-					byID[id] = t
-					order = append(order, t)
-				}
-				t.doc, t.new = d, m
+			if t.corrupt != nil {
+				continue
 			}
 			keep, err := fn(i, txn, t)
 			if err != nil {
 				return err
 			}
-			if !keep {
-				aside = append(aside, t.doc)
-				t.doc, t.dirty = nil, true
-			}
-			if keep && !t.existed && len(t.new.heads) > 0 {
-				if err := txn.Set(collKey(coll), nil); err != nil {
-					return err
-				}
+			if err := b.kept(txn, t, keep); err != nil {
+				return err
 			}
 		}
 		if then != nil {
@@ -98,26 +68,92 @@ func (r *Replica) batchOpThen(coll string, ids []string, fn func(i int, txn *bad
 		}
 		return nil
 	})
-	// The records are still locked: documents not cached now are used by
-	// no one and can be freed.
+	b.end(err)
+	return b.order, err
+}
+
+// batchRun is one batchOp's records, in the order they first came.
+type batchRun struct {
+	r     *Replica
+	coll  string
+	byID  map[string]*touched
+	order []*touched
+	aside []*crdt.Doc // documents fn chose not to store
+}
+
+// touch returns the record's state in the batch, loading its document
+// the first time (from the cache or the store) and again after fn set it
+// aside (from the transaction's view). A damaged record fails alone: it
+// comes back with corrupt set, the rest of the batch goes on, and the
+// caller reports it.
+func (b *batchRun) touch(txn *badger.Txn, id string) (*touched, error) {
+	t := b.byID[id]
+	if t != nil && (t.corrupt != nil || t.doc != nil) {
+		return t, nil
+	}
+	d, m, ok, err := b.r.loadDocTxn(txn, b.coll, id, t == nil)
+	if errors.Is(err, ErrCorrupt) && t == nil {
+		t = &touched{coll: b.coll, id: id, corrupt: err}
+		b.byID[id] = t
+		b.order = append(b.order, t)
+		return t, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		if d, err = crdt.New(b.r.actor); err != nil {
+			return nil, err
+		}
+	}
+	if t == nil {
+		t = &touched{coll: b.coll, id: id, old: m, new: m, existed: ok, wasDeleted: ok && m.deleted, seen: ok, live: ok && !m.deleted}
+		b.byID[id] = t
+		b.order = append(b.order, t)
+	}
+	t.doc, t.new = d, m
+	return t, nil
+}
+
+// kept settles fn's choice for a record: a document not kept is set
+// aside, and a record stored for the first time puts its collection on
+// the list.
+func (b *batchRun) kept(txn *badger.Txn, t *touched, keep bool) error {
+	if !keep {
+		b.aside = append(b.aside, t.doc)
+		t.doc, t.dirty = nil, true
+		return nil
+	}
+	if !t.existed && len(t.new.heads) > 0 {
+		return txn.Set(collKey(b.coll), nil)
+	}
+	return nil
+}
+
+// end runs once the transaction is over, with the records still locked:
+// it caches the documents stored and publishes their events, or, if the
+// transaction failed (err), drops every document it touched. Documents not
+// cached now are used by no one and are freed.
+func (b *batchRun) end(err error) {
+	r := b.r
 	freeAside := func() {
-		for _, d := range aside {
+		for _, d := range b.aside {
 			d.Free()
 		}
 	}
 	if err != nil {
-		for _, t := range order {
-			r.discard(coll, t.id, t.doc)
+		for _, t := range b.order {
+			r.discard(b.coll, t.id, t.doc)
 		}
 		freeAside()
-		return order, err
+		return
 	}
 	var events []Event
-	for _, t := range order {
+	for _, t := range b.order {
 		if t.doc == nil || t.dirty {
-			r.discard(coll, t.id, t.doc)
+			r.discard(b.coll, t.id, t.doc)
 		} else {
-			r.cache.put(cacheKey(coll, t.id), t.doc, t.new)
+			r.cache.put(cacheKey(b.coll, t.id), t.doc, t.new)
 		}
 		if ev, ok := t.event(false); ok {
 			events = append(events, ev)
@@ -125,7 +161,6 @@ func (r *Replica) batchOpThen(coll string, ids []string, fn func(i int, txn *bad
 	}
 	freeAside()
 	r.feeds.publish(events)
-	return order, nil
 }
 
 // loadDocTxn loads a record within txn; with cached=false it bypasses the
