@@ -172,26 +172,12 @@ type collSync struct {
 	heldResolutions bool
 }
 
+// syncCollection syncs one collection of the profile over conn, by the
+// profile's type, under the collection's lock (and its lease, when the
+// type needs one), and returns its statistics.
 func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profile, coll string) (cs *CollectionStats, err error) {
 	cs = &CollectionStats{Collection: coll, Type: p.Type, Start: r.opts.Clock()}
-	defer func() {
-		cs.End = r.opts.Clock()
-		switch {
-		case err == nil && len(cs.Failed) > 0:
-			cs.Status = StatusFailed
-			errs := make([]error, len(cs.Failed))
-			for i, f := range cs.Failed {
-				errs[i] = f.err
-			}
-			err = fmt.Errorf("%d record(s) failed: %w", len(cs.Failed), errors.Join(errs...))
-			cs.Err = err.Error()
-		case err == nil:
-			cs.Status = StatusCompleted
-		default:
-			cs.Status = statusOf(ctx, StatusFailed)
-			cs.Err = err.Error()
-		}
-	}()
+	defer func() { err = r.endCollection(ctx, cs, err) }()
 	unlock, err := r.colls.lock(ctx, coll)
 	if err != nil {
 		return cs, err
@@ -206,48 +192,14 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 		return cs, err
 	}
 	s := &collSync{r: r, conn: conn, p: p, coll: coll, cs: cs, res: res, state: state}
-
-	typ := p.Type
-	if state.Incarnation != "" && state.Incarnation != conn.welcome.Incarnation &&
-		typ != policy.RefreshFromServer && typ != policy.RefreshFromClient {
-		// The relay was restored from a backup: cursors and synced heads
-		// may point past its log. Compare everything by heads.
-		r.log.Info("relay incarnation changed; slow sync", "profile", p.Name, "collection", coll)
-		typ = policy.Slow
-	}
+	typ := s.syncType()
 	cs.Type = typ
-	if lease, err := s.needsLease(typ); err != nil {
-		return cs, err
-	} else if lease {
-		r.setState(p.Name, StateWaitingForLease, coll)
-		if s.lease, err = conn.acquire(ctx, coll, p.leaseTTL()); err != nil {
-			return cs, err
-		}
-		r.setStatus(p.Name, func(st *SyncStatus) { st.State, st.LeaseHeld = StateSyncing, true })
-		defer func() {
-			s.lease.release()
-			r.setStatus(p.Name, func(st *SyncStatus) { st.LeaseHeld = false })
-		}()
-	} else {
-		r.setState(p.Name, StateSyncing, coll)
-	}
-	if typ.Pulls() && typ != policy.RefreshFromServer {
-		// Records whose merge hook failed last time are retried first.
-		if err := s.retryQuarantined(ctx); err != nil {
-			return cs, err
-		}
-	}
-	switch typ {
-	case policy.TwoWay, policy.OneWayFromServer:
-		err = s.pull(ctx, s.state.Cursor, r.mergeOp)
-	case policy.Slow:
-		err = s.pullAll(ctx, r.mergeOp)
-	case policy.RefreshFromServer:
-		err = s.pullAll(ctx, r.replaceOp)
-	case policy.RefreshFromClient:
-		err = s.pullAll(ctx, r.forceOp)
-	}
+	release, err := s.takeLease(ctx, typ)
 	if err != nil {
+		return cs, err
+	}
+	defer release()
+	if err := s.pullAs(ctx, typ); err != nil {
 		return cs, err
 	}
 	s.state.Incarnation = conn.welcome.Incarnation
@@ -260,6 +212,66 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 		}
 	}
 	return cs, nil
+}
+
+// endCollection stamps how a collection's sync ended into cs, and returns
+// the sync's error: err, or, if it has none, one naming the records that
+// failed.
+func (r *Replica) endCollection(ctx context.Context, cs *CollectionStats, err error) error {
+	cs.End = r.opts.Clock()
+	switch {
+	case err == nil && len(cs.Failed) > 0:
+		cs.Status = StatusFailed
+		errs := make([]error, len(cs.Failed))
+		for i, f := range cs.Failed {
+			errs[i] = f.err
+		}
+		err = fmt.Errorf("%d record(s) failed: %w", len(cs.Failed), errors.Join(errs...))
+		cs.Err = err.Error()
+	case err == nil:
+		cs.Status = StatusCompleted
+	default:
+		cs.Status = statusOf(ctx, StatusFailed)
+		cs.Err = err.Error()
+	}
+	return err
+}
+
+// syncType is the type the collection syncs as: the profile's, or slow if
+// the relay was restored from a backup since the last sync (cursors and
+// synced heads may point past its log, so everything is compared by
+// heads). The refresh types rewrite one side whole anyway.
+func (s *collSync) syncType() policy.Type {
+	typ := s.p.Type
+	if s.state.Incarnation != "" && s.state.Incarnation != s.conn.welcome.Incarnation &&
+		typ != policy.RefreshFromServer && typ != policy.RefreshFromClient {
+		s.r.log.Info("relay incarnation changed; slow sync", "profile", s.p.Name, "collection", s.coll)
+		typ = policy.Slow
+	}
+	return typ
+}
+
+// takeLease takes the collection's lease if a sync of type typ needs it
+// (see needsLease), and sets the profile's status. release gives it back.
+func (s *collSync) takeLease(ctx context.Context, typ policy.Type) (release func(), err error) {
+	r, name := s.r, s.p.Name
+	need, err := s.needsLease(typ)
+	if err != nil {
+		return nil, err
+	}
+	if !need {
+		r.setState(name, StateSyncing, s.coll)
+		return func() {}, nil
+	}
+	r.setState(name, StateWaitingForLease, s.coll)
+	if s.lease, err = s.conn.acquire(ctx, s.coll, s.p.leaseTTL()); err != nil {
+		return nil, err
+	}
+	r.setStatus(name, func(st *SyncStatus) { st.State, st.LeaseHeld = StateSyncing, true })
+	return func() {
+		s.lease.release()
+		r.setStatus(name, func(st *SyncStatus) { st.LeaseHeld = false })
+	}, nil
 }
 
 // needsLease reports whether a sync of type typ takes the collection's

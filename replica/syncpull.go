@@ -10,6 +10,28 @@ import (
 	"github.com/ferrysync/ferry/transport"
 )
 
+// pullAs pulls the relay's changes the way a sync of type typ does, after
+// retrying the records whose merge hook failed last time (unless the
+// relay's copy replaces this device's anyway).
+func (s *collSync) pullAs(ctx context.Context, typ policy.Type) error {
+	if typ.Pulls() && typ != policy.RefreshFromServer {
+		if err := s.retryQuarantined(ctx); err != nil {
+			return err
+		}
+	}
+	switch typ {
+	case policy.TwoWay, policy.OneWayFromServer:
+		return s.pull(ctx, s.state.Cursor, s.r.mergeOp)
+	case policy.Slow:
+		return s.pullAll(ctx, s.r.mergeOp)
+	case policy.RefreshFromServer:
+		return s.pullAll(ctx, s.r.replaceOp)
+	case policy.RefreshFromClient:
+		return s.pullAll(ctx, s.r.forceOp)
+	}
+	return nil
+}
+
 // retryQuarantined applies again the relay's changes held back by a
 // failed merge hook, now that the hook may succeed.
 func (s *collSync) retryQuarantined(ctx context.Context) error {
