@@ -23,87 +23,138 @@ func (s *collSync) push(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	held, err := s.r.idSet('q', s.coll)
+	held, err := s.heldBack()
 	if err != nil {
 		return err
+	}
+	b := s.newPushBatches(len(ids))
+	for _, id := range ids {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if held[id] {
+			b.total--
+			continue
+		}
+		parts, nothing, err := s.parts(id, b.maxData, b.limits.MaxRecord)
+		if err != nil {
+			return err
+		}
+		if nothing {
+			b.total--
+		}
+		if err := b.add(ctx, id, parts); err != nil {
+			return err
+		}
+	}
+	return b.flush(ctx)
+}
+
+// heldBack returns the pending records a push leaves out: those whose
+// merge hook failed (quarantined) and, without the lease, those holding a
+// conflict resolution.
+func (s *collSync) heldBack() (map[string]bool, error) {
+	held, err := s.r.idSet('q', s.coll)
+	if err != nil {
+		return nil, err
 	}
 	if s.lease == nil {
 		resolved, err := s.r.idSet('l', s.coll)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for id := range resolved {
 			held[id] = true
 			s.heldResolutions = true
 		}
 	}
+	return held, nil
+}
+
+// parts returns what the record has to push, cut into pieces of up to
+// maxData bytes if its changes are larger; nothing says it has none. A
+// record that is damaged, or whose changes cannot be cut to fit the
+// relay's maxRecord, is listed as failed and gives no parts: the others
+// are pushed.
+func (s *collSync) parts(id string, maxData, maxRecord int) (parts []outgoing, nothing bool, err error) {
+	o, err := s.r.outgoing(s.coll, id)
+	if errors.Is(err, ErrCorrupt) {
+		s.cs.Failed = append(s.cs.Failed, failedRecord(id, err))
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	if o.changes == nil {
+		return nil, true, nil
+	}
+	if len(o.changes) <= maxData {
+		return []outgoing{o}, false, nil
+	}
+	// A record's history can pass max_record while its document, which
+	// max_record bounds, does not: push it in pieces.
+	if parts, err = pieces(o, maxData); err != nil {
+		err = fmt.Errorf("%w: %s/%s has %d bytes of changes to push, which do not fit the relay's max_record %d: %w", ErrTooLarge, s.coll, id, len(o.changes), maxRecord, err)
+		s.cs.Failed = append(s.cs.Failed, failedRecord(id, err))
+		s.r.log.Warn("record's changes cannot be pushed within the relay's max_record", "collection", s.coll, "record", id, "bytes", len(o.changes), "max_record", maxRecord, "err", err)
+		return nil, false, nil
+	}
+	return parts, false, nil
+}
+
+// pushBatches gathers records' changes into pushes within the relay's
+// limits (records per push, bytes per frame), and reports progress as
+// each push is acknowledged.
+type pushBatches struct {
+	s       *collSync
+	limits  transport.Limits
+	budget  int // bytes of changes one push may carry
+	maxData int // bytes of changes one record may carry in a push
+	batch   []outgoing
+	size    int
+	done    int
+	total   int
+}
+
+func (s *collSync) newPushBatches(total int) *pushBatches {
 	limits := s.conn.welcome.Limits.WithDefaults()
 	budget := limits.MaxFrame - transport.FrameOverhead
-	maxData := min(limits.MaxRecord, budget)
-	var batch []outgoing
-	size, done := 0, 0
-	total := len(ids)
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
+	return &pushBatches{s: s, limits: limits, budget: budget, maxData: min(limits.MaxRecord, budget), total: total}
+}
+
+// add queues a record's parts, pushing what is queued first when a part
+// would not fit. Pieces of one record go in successive pushes, each
+// building on the one before; once the relay refuses one, the rest stay
+// back.
+func (b *pushBatches) add(ctx context.Context, id string, parts []outgoing) error {
+	for i, part := range parts {
+		if len(b.batch) == b.limits.MaxBatch || b.size+len(part.changes) > b.budget || i > 0 {
+			if err := b.flush(ctx); err != nil {
+				return err
+			}
 		}
-		n, err := s.pushBatch(ctx, batch)
-		done += n
-		s.progress(ToRelay, total, done)
-		batch, size = nil, 0
-		if err != nil {
-			return err
+		if i > 0 && slices.ContainsFunc(b.s.cs.Failed, func(f FailedRecord) bool { return f.ID == id }) {
+			break // the relay refused an earlier piece
 		}
-		return s.lease.keep(ctx)
+		b.batch = append(b.batch, part)
+		b.size += len(part.changes)
 	}
-	for _, id := range ids {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if held[id] {
-			total--
-			continue
-		}
-		o, err := s.r.outgoing(s.coll, id)
-		if errors.Is(err, ErrCorrupt) {
-			// A damaged record fails alone; the others are pushed.
-			s.cs.Failed = append(s.cs.Failed, failedRecord(id, err))
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if o.changes == nil {
-			total--
-			continue
-		}
-		parts := []outgoing{o}
-		if len(o.changes) > maxData {
-			// A record's history can pass max_record while its document,
-			// which max_record bounds, does not: push it in pieces.
-			if parts, err = pieces(o, maxData); err != nil {
-				err = fmt.Errorf("%w: %s/%s has %d bytes of changes to push, which do not fit the relay's max_record %d: %w", ErrTooLarge, s.coll, id, len(o.changes), limits.MaxRecord, err)
-				s.cs.Failed = append(s.cs.Failed, failedRecord(id, err))
-				s.r.log.Warn("record's changes cannot be pushed within the relay's max_record", "collection", s.coll, "record", id, "bytes", len(o.changes), "max_record", limits.MaxRecord, "err", err)
-				continue
-			}
-		}
-		for i, part := range parts {
-			// Pieces of one record go in successive pushes, each building
-			// on the one before.
-			if len(batch) == limits.MaxBatch || size+len(part.changes) > budget || i > 0 {
-				if err := flush(); err != nil {
-					return err
-				}
-			}
-			if i > 0 && slices.ContainsFunc(s.cs.Failed, func(f FailedRecord) bool { return f.ID == id }) {
-				break // the relay refused an earlier piece
-			}
-			batch = append(batch, part)
-			size += len(part.changes)
-		}
+	return nil
+}
+
+// flush pushes what is queued, then renews the lease if it is due.
+func (b *pushBatches) flush(ctx context.Context) error {
+	if len(b.batch) == 0 {
+		return nil
 	}
-	return flush()
+	n, err := b.s.pushBatch(ctx, b.batch)
+	b.done += n
+	b.s.progress(ToRelay, b.total, b.done)
+	b.batch, b.size = nil, 0
+	if err != nil {
+		return err
+	}
+	return b.s.lease.keep(ctx)
 }
 
 // pieces cuts o's changes, at change boundaries and in their causal
