@@ -107,8 +107,10 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 	// The device may change networks (SetNetwork): stay only on an
 	// allowed one.
 	netWake := r.sched.networkWait()
-	r.setState(p.Name, StateLive, "")
+	// The caught-up sync ends before the state says live, so a status that
+	// reads live also has its LastSync.
 	r.syncEnded(p.Name, nil, r.opts.Clock())
+	r.setState(p.Name, StateLive, "")
 	for {
 		select {
 		case <-ctx.Done():
