@@ -279,34 +279,8 @@ func (r *Replica) pushUnleased(ctx context.Context, conn *relayConn, p *Profile,
 	}
 	defer unlock()
 	s := &collSync{r: r, conn: conn, p: p, coll: coll, cs: &CollectionStats{Collection: coll}}
-	if ids == nil {
-		err := s.push(ctx)
-		return s.heldResolutions, err
-	}
-	var batch []outgoing
-	for _, id := range ids {
-		pending, resolved, err := r.pendingState(coll, id)
-		if err != nil || !pending {
-			continue
-		}
-		if resolved {
-			heldResolutions = true
-			continue
-		}
-		o, err := r.outgoing(coll, id)
-		if err != nil {
-			return false, err
-		}
-		if o.changes != nil {
-			batch = append(batch, o)
-		}
-	}
-	if len(batch) > 0 {
-		if _, err := s.pushBatch(ctx, batch); err != nil {
-			return false, err
-		}
-	}
-	return heldResolutions, nil
+	err = s.push(ctx, ids)
+	return s.heldResolutions, err
 }
 
 // leasedSync syncs one collection of a live profile under its lease: it

@@ -184,15 +184,29 @@ func (r *Replica) markUnsynced(coll string, ids []string) error {
 	})
 }
 
-// pendingState reports whether a record has changes the relay lacks, and
-// whether it holds a conflict resolution only a leased sync may push.
-func (r *Replica) pendingState(coll, id string) (pending, resolved bool, err error) {
-	err = r.view(func(txn *badger.Txn) (err error) {
-		if _, pending, err = getKey(txn, recKey('p', coll, id)); err != nil || !pending {
-			return err
+// pendingAmong returns the records among ids that are pending, each once,
+// in the order given; with ids nil, every pending record, in ID order.
+func (r *Replica) pendingAmong(coll string, ids []string) ([]string, error) {
+	if ids == nil {
+		return (&Collection{r: r, name: coll}).Pending()
+	}
+	var out []string
+	seen := map[string]bool{}
+	err := r.view(func(txn *badger.Txn) error {
+		for _, id := range ids {
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
+			_, pending, err := getKey(txn, recKey('p', coll, id))
+			if err != nil {
+				return err
+			}
+			if pending {
+				out = append(out, id)
+			}
 		}
-		_, resolved, err = getKey(txn, recKey('l', coll, id))
-		return err
+		return nil
 	})
-	return pending, resolved, err
+	return out, err
 }

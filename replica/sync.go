@@ -207,7 +207,7 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 		return cs, err
 	}
 	if typ.Pushes() {
-		if err := s.push(ctx); err != nil {
+		if err := s.push(ctx, nil); err != nil {
 			return cs, err
 		}
 	}

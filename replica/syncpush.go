@@ -12,18 +12,19 @@ import (
 	"github.com/ferrysync/ferry/transport"
 )
 
-// push sends every pending record's changes since the heads the relay
-// holds, in batches within the relay's limits, with the lease's fence, and
-// records what the relay acknowledged. Records whose merge hook failed
-// stay back until it succeeds, and records holding a conflict resolution
-// stay back unless the sync holds the lease (see merge.go).
-func (s *collSync) push(ctx context.Context) error {
-	c := &Collection{r: s.r, name: s.coll}
-	ids, err := c.Pending()
+// push sends the changes of the pending records among ids (nil: every
+// pending record) since the heads the relay holds, in batches within the
+// relay's limits, with the lease's fence, and records what the relay
+// acknowledged. Records whose merge hook failed stay back until it
+// succeeds, and records holding a conflict resolution stay back unless the
+// sync holds the lease (see merge.go). A sync pushes every pending record;
+// a live session, the ones just edited.
+func (s *collSync) push(ctx context.Context, ids []string) error {
+	ids, err := s.r.pendingAmong(s.coll, ids)
 	if err != nil {
 		return err
 	}
-	held, err := s.heldBack()
+	held, err := s.heldBack(ids)
 	if err != nil {
 		return err
 	}
@@ -50,10 +51,10 @@ func (s *collSync) push(ctx context.Context) error {
 	return b.flush(ctx)
 }
 
-// heldBack returns the pending records a push leaves out: those whose
-// merge hook failed (quarantined) and, without the lease, those holding a
-// conflict resolution.
-func (s *collSync) heldBack() (map[string]bool, error) {
+// heldBack returns the records a push leaves out: those whose merge hook
+// failed (quarantined) and, without the lease, those among ids holding a
+// conflict resolution, which it notes in heldResolutions.
+func (s *collSync) heldBack(ids []string) (map[string]bool, error) {
 	held, err := s.r.idSet('q', s.coll)
 	if err != nil {
 		return nil, err
@@ -63,9 +64,11 @@ func (s *collSync) heldBack() (map[string]bool, error) {
 		if err != nil {
 			return nil, err
 		}
-		for id := range resolved {
-			held[id] = true
-			s.heldResolutions = true
+		for _, id := range ids {
+			if resolved[id] {
+				held[id] = true
+				s.heldResolutions = true
+			}
 		}
 	}
 	return held, nil
