@@ -10,7 +10,9 @@ import (
 )
 
 // Options configure a replica. A nil *Options is valid and means the
-// defaults; Open never modifies the Options it is given.
+// defaults. Open copies the Options it is given and never modifies them:
+// later changes have no effect, and one Options may open several replicas
+// (their callbacks are then called by each).
 type Options struct {
 	// InMemory keeps everything in memory (for tests): nothing survives
 	// Close. The dir argument of Open is ignored.
