@@ -9,12 +9,6 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 )
 
-// applied is what a sync did to one record, for its statistics.
-type applied struct {
-	ev      Event
-	changed bool
-}
-
 // recordOp runs fn on one record's document in one store transaction; see
 // batchOp.
 func (r *Replica) recordOp(coll, id string, fn func(txn *badger.Txn, t *touched) (keep bool, err error)) (*touched, error) {
@@ -51,52 +45,22 @@ func (r *Replica) batchOpThen(coll string, ids []string, fn func(i int, txn *bad
 		keys[i] = cacheKey(coll, id)
 	}
 	defer r.locks.lockAll(keys)()
-	byID := map[string]*touched{}
-	var order []*touched
-	var aside []*crdt.Doc // documents fn chose not to store
+	b := &batchRun{r: r, coll: coll, byID: map[string]*touched{}}
 	err = r.db.Update(func(txn *badger.Txn) error {
 		for i, id := range ids {
-			t := byID[id]
-			if t != nil && t.corrupt != nil {
-				continue
+			t, err := b.touch(txn, id)
+			if err != nil {
+				return err
 			}
-			if t == nil || t.doc == nil {
-				d, m, ok, err := r.loadDocTxn(txn, coll, id, t == nil)
-				if errors.Is(err, ErrCorrupt) && t == nil {
-					// A damaged record fails alone: the rest of the batch
-					// goes on, and the caller reports it.
-					t = &touched{coll: coll, id: id, corrupt: err}
-					byID[id] = t
-					order = append(order, t)
-					continue
-				}
-				if err != nil {
-					return err
-				}
-				if !ok {
-					if d, err = crdt.New(r.actor); err != nil {
-						return err
-					}
-				}
-				if t == nil {
-					t = &touched{coll: coll, id: id, old: m, new: m, existed: ok, wasDeleted: ok && m.deleted, seen: ok, live: ok && !m.deleted}
-					byID[id] = t
-					order = append(order, t)
-				}
-				t.doc, t.new = d, m
+			if t.corrupt != nil {
+				continue
 			}
 			keep, err := fn(i, txn, t)
 			if err != nil {
 				return err
 			}
-			if !keep {
-				aside = append(aside, t.doc)
-				t.doc, t.dirty = nil, true
-			}
-			if keep && !t.existed && len(t.new.heads) > 0 {
-				if err := txn.Set(collKey(coll), nil); err != nil {
-					return err
-				}
+			if err := b.kept(txn, t, keep); err != nil {
+				return err
 			}
 		}
 		if then != nil {
@@ -104,26 +68,92 @@ func (r *Replica) batchOpThen(coll string, ids []string, fn func(i int, txn *bad
 		}
 		return nil
 	})
-	// The records are still locked: documents not cached now are used by
-	// no one and can be freed.
+	b.end(err)
+	return b.order, err
+}
+
+// batchRun is one batchOp's records, in the order they first came.
+type batchRun struct {
+	r     *Replica
+	coll  string
+	byID  map[string]*touched
+	order []*touched
+	aside []*crdt.Doc // documents fn chose not to store
+}
+
+// touch returns the record's state in the batch, loading its document
+// the first time (from the cache or the store) and again after fn set it
+// aside (from the transaction's view). A damaged record fails alone: it
+// comes back with corrupt set, the rest of the batch goes on, and the
+// caller reports it.
+func (b *batchRun) touch(txn *badger.Txn, id string) (*touched, error) {
+	t := b.byID[id]
+	if t != nil && (t.corrupt != nil || t.doc != nil) {
+		return t, nil
+	}
+	d, m, ok, err := b.r.loadDocTxn(txn, b.coll, id, t == nil)
+	if errors.Is(err, ErrCorrupt) && t == nil {
+		t = &touched{coll: b.coll, id: id, corrupt: err}
+		b.byID[id] = t
+		b.order = append(b.order, t)
+		return t, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		if d, err = crdt.New(b.r.actor); err != nil {
+			return nil, err
+		}
+	}
+	if t == nil {
+		t = &touched{coll: b.coll, id: id, old: m, new: m, existed: ok, wasDeleted: ok && m.deleted, seen: ok, live: ok && !m.deleted}
+		b.byID[id] = t
+		b.order = append(b.order, t)
+	}
+	t.doc, t.new = d, m
+	return t, nil
+}
+
+// kept settles fn's choice for a record: a document not kept is set
+// aside, and a record stored for the first time puts its collection on
+// the list.
+func (b *batchRun) kept(txn *badger.Txn, t *touched, keep bool) error {
+	if !keep {
+		b.aside = append(b.aside, t.doc)
+		t.doc, t.dirty = nil, true
+		return nil
+	}
+	if !t.existed && len(t.new.heads) > 0 {
+		return txn.Set(collKey(b.coll), nil)
+	}
+	return nil
+}
+
+// end runs once the transaction is over, with the records still locked:
+// it caches the documents stored and publishes their events, or, if the
+// transaction failed (err), drops every document it touched. Documents not
+// cached now are used by no one and are freed.
+func (b *batchRun) end(err error) {
+	r := b.r
 	freeAside := func() {
-		for _, d := range aside {
+		for _, d := range b.aside {
 			d.Free()
 		}
 	}
 	if err != nil {
-		for _, t := range order {
-			r.discard(coll, t.id, t.doc)
+		for _, t := range b.order {
+			r.discard(b.coll, t.id, t.doc)
 		}
 		freeAside()
-		return order, err
+		return
 	}
 	var events []Event
-	for _, t := range order {
+	for _, t := range b.order {
 		if t.doc == nil || t.dirty {
-			r.discard(coll, t.id, t.doc)
+			r.discard(b.coll, t.id, t.doc)
 		} else {
-			r.cache.put(cacheKey(coll, t.id), t.doc, t.new)
+			r.cache.put(cacheKey(b.coll, t.id), t.doc, t.new)
 		}
 		if ev, ok := t.event(false); ok {
 			events = append(events, ev)
@@ -131,7 +161,6 @@ func (r *Replica) batchOpThen(coll string, ids []string, fn func(i int, txn *bad
 	}
 	freeAside()
 	r.feeds.publish(events)
-	return order, nil
 }
 
 // loadDocTxn loads a record within txn; with cached=false it bypasses the
@@ -216,117 +245,4 @@ func (r *Replica) batchIntoThen(res *batchResult, coll string, ids []string, fn 
 		}
 	}
 	return nil
-}
-
-// storeArrived stores a record new to this device as the bytes it arrived
-// in (they load as it is), already synced at relay.
-func (r *Replica) storeArrived(txn *badger.Txn, t *touched, data []byte, relay crdt.Heads) error {
-	if len(data) > r.opts.MaxRecordBytes {
-		return fmt.Errorf("%w: %s/%s is %d bytes, limit %d", ErrTooLarge, t.coll, t.id, len(data), r.opts.MaxRecordBytes)
-	}
-	nm := meta{heads: relay, deleted: t.doc.Deleted(), snapBytes: len(data), nextChunk: t.new.nextChunk}
-	for _, kv := range []struct {
-		k, v []byte
-	}{
-		{recKey('s', t.coll, t.id), data},
-		{recKey('r', t.coll, t.id), nm.encode()},
-		{recKey('a', t.coll, t.id), relay.Bytes()},
-	} {
-		if err := txn.Set(kv.k, kv.v); err != nil {
-			return err
-		}
-	}
-	t.new = nm
-	return nil
-}
-
-// storeSynced writes the record's new changes, records relay as the heads
-// the relay holds, and sets the pending marker to whether the record has
-// changes beyond them.
-func (r *Replica) storeSynced(txn *badger.Txn, t *touched, relay crdt.Heads) error {
-	nm, err := r.writeRecord(txn, t.coll, t.id, t.doc, t.new, false)
-	if err != nil {
-		return err
-	}
-	t.new = nm
-	if err := txn.Set(recKey('a', t.coll, t.id), relay.Bytes()); err != nil {
-		return err
-	}
-	// The document holds every change of the relay's heads (they were
-	// just imported), so other heads mean changes the relay lacks.
-	if !nm.heads.Equal(relay) {
-		return txn.Set(recKey('p', t.coll, t.id), nil)
-	}
-	return clearPending(txn, t.coll, t.id)
-}
-
-// clearPending marks a record as holding nothing the relay lacks. A key is
-// deleted only if it is there: a delete writes a version, and versions of
-// a key that flips on every edit and acknowledgement would pile up for
-// every scan of its prefix to step over until Badger compacts them.
-func clearPending(txn *badger.Txn, coll, id string) error {
-	for _, prefix := range []byte{'p', 'l'} {
-		if err := deleteIfPresent(txn, recKey(prefix, coll, id)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func deleteIfPresent(txn *badger.Txn, key []byte) error {
-	_, err := txn.Get(key)
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	return txn.Delete(key)
-}
-
-// recordIDs lists every stored record of a collection, tombstones
-// included.
-func (r *Replica) recordIDs(coll string) ([]string, error) {
-	release, err := r.enter()
-	if err != nil {
-		return nil, err
-	}
-	defer release()
-	var ids []string
-	err = r.db.View(func(txn *badger.Txn) error {
-		prefix := collPrefix('r', coll)
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			ids = append(ids, string(it.Item().Key()[len(prefix):]))
-		}
-		return nil
-	})
-	return ids, err
-}
-
-func deleteRecordKeys(txn *badger.Txn, coll, id string, m meta) error {
-	for n := m.nextChunk - uint64(m.chunks); n < m.nextChunk; n++ {
-		if err := txn.Delete(chunkKey(coll, id, n)); err != nil {
-			return err
-		}
-	}
-	for _, p := range []byte{'r', 's', 'p', 'a', 'q', 'l'} {
-		if err := txn.Delete(recKey(p, coll, id)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func getKey(txn *badger.Txn, key []byte) ([]byte, bool, error) {
-	item, err := txn.Get(key)
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, err
-	}
-	v, err := item.ValueCopy(nil)
-	return v, true, err
 }

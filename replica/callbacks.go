@@ -27,11 +27,22 @@ type Progress struct {
 }
 
 // Listener receives sync events: progress, and how each sync ended. Any
-// field may be nil. The functions are called on the goroutine running the
-// sync, never concurrently for one profile (but possibly for two profiles
-// at once); they should return quickly, as the sync waits for them. They
-// may read the replica, but must not call Sync or Close, which wait for
-// the sync they run in.
+// field may be nil.
+//
+// Completed, Stopped and Failed are called on the goroutine that ran the
+// sync (the caller of Sync, or the replica's own for periodic and
+// deferred syncs), one at a time per profile. Progress is called on the
+// goroutine syncing too; a live profile's pushes report it from the live
+// session's goroutine, which may overlap a Sync of the same profile that
+// the app starts. Status is called from whichever goroutine changed the
+// status, possibly at once for one profile, so its calls for one profile
+// may arrive out of order: Replica.Status has the latest. Calls for
+// different profiles may run at once.
+//
+// The sync waits for each call, so they should return quickly. No record
+// lock is held and no store transaction is open while they run: they may
+// read and write the replica, but must not call Sync or Close, which wait
+// for the sync they run in.
 type Listener struct {
 	Progress  func(Progress)
 	Completed func(*SyncStats)
@@ -54,8 +65,15 @@ const (
 
 // Delegate decides at a sync's lifecycle points. Any field may be nil (the
 // sync then goes on). The functions are called on the goroutine running
-// the sync, one at a time per profile; the sync waits for them. Like a
-// Listener's, they must not call Sync or Close.
+// the sync (the caller of Sync, or the replica's own for periodic and
+// deferred syncs), and the sync waits for them. BeforeCollection,
+// AfterCollection and CollectionFailed are called one at a time per
+// profile; ReadyForSync runs before the sync takes its profile's turn, so
+// two syncs of one profile (the app's Sync and a periodic one) may call it
+// at once. Calls for different profiles may run at once. A live profile's
+// sessions do not consult the delegate. Like a Listener's, the functions
+// run with no record lock held and outside store transactions, and must
+// not call Sync or Close.
 type Delegate struct {
 	// ReadyForSync may veto a sync before it starts (ErrVetoed).
 	ReadyForSync func(profile string) bool
@@ -71,9 +89,13 @@ type Delegate struct {
 // TokenSource returns the access token a profile presents to its relay.
 // It is called before each connection, and again when the relay reports
 // the token expired; it may block (fetching a token from a login service,
-// say) and is called from the goroutine that syncs, possibly for several
-// profiles at once. Tokens are never stored: after a restart the source
-// supplies them again.
+// say) until ctx ends. It is called from the goroutine that syncs, and
+// from the one that renews a lease in the background, so it must be safe
+// for concurrent use: calls may overlap for several profiles, and for one
+// (a renewal and the sync's own request finding the token expired at
+// once). No record lock is held and no store transaction is open while it
+// runs. Tokens are never stored: after a restart the source supplies them
+// again.
 type TokenSource func(ctx context.Context, profile string) (string, error)
 
 // StaticToken is a TokenSource that always gives token: for development,
@@ -92,7 +114,9 @@ type network struct {
 // (policy.None when offline). Syncs deferred for want of an allowed
 // network run if this one is allowed; a live profile on a network it may
 // not use disconnects, and connects again on one it may. Safe to call from
-// any goroutine; apps call it from their platform's network callbacks.
+// any goroutine, at any time, including from the replica's callbacks;
+// apps call it from their platform's network callbacks. It returns at
+// once: the syncs it wakes run on the replica's goroutines.
 func (r *Replica) SetNetwork(n policy.Network) {
 	r.net.mu.Lock()
 	r.net.n = n
@@ -101,7 +125,8 @@ func (r *Replica) SetNetwork(n policy.Network) {
 }
 
 // Network returns the device's current network, as the app last reported
-// it; policy.Other until it does.
+// it; policy.Other until it does. Safe to call from any goroutine; a
+// concurrent SetNetwork may change it as soon as it returns.
 func (r *Replica) Network() policy.Network {
 	r.net.mu.Lock()
 	defer r.net.mu.Unlock()

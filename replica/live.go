@@ -83,60 +83,23 @@ var errNetworkGone = errors.New("ferry: left the networks the profile may use")
 // liveSession runs one live connection until it fails, ctx ends, or the
 // device moves to a network the profile may not use.
 func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
-	unlock := r.sched.lockProfile(p.Name)
-	r.setState(p.Name, StateConnecting, "")
-	conn, err := r.dial(ctx, p, true)
+	conn, err := r.catchUp(ctx, p)
 	if err != nil {
-		unlock()
 		return err
 	}
 	defer conn.close()
-	// Catch up: push what waited offline, pull what was missed.
-	for _, coll := range p.Collections {
-		if _, err := r.syncCollection(ctx, conn, p, coll); err != nil {
-			unlock()
-			return fmt.Errorf("catching up %s: %w", coll, err)
-		}
-	}
-	unlock()
-
 	// The goroutines forwarding local edits end with the session.
 	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	feeds := map[string]*Feed{}
+	edits := &localEdits{r: r, ctx: ctx, feeds: map[string]*Feed{}, c: make(chan Event, 1024)}
 	defer func() {
 		cancel()
-		for _, f := range feeds {
-			f.Close()
-		}
-		wg.Wait()
+		edits.close()
 	}()
-	local := make(chan Event, 1024)
-	watch := func(coll string) {
-		f := (&Collection{r: r, name: coll}).Watch(1024)
-		feeds[coll] = f
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			forwardLocal(ctx, f, local)
-		}()
-	}
-	for _, coll := range p.Collections {
-		if p.Type.Pulls() {
-			st, err := r.loadSyncState(p.Name, coll)
-			if err != nil {
-				return err
-			}
-			if err := conn.call(ctx, &transport.Subscribe{Collection: coll, Cursor: st.Cursor}, &transport.OK{}); err != nil {
-				return fmt.Errorf("subscribe %s: %w", coll, err)
-			}
-		}
-		if p.Type.Pushes() {
-			watch(coll)
-		}
+	if err := r.subscribe(ctx, conn, p, edits); err != nil {
+		return err
 	}
 	// Anything edited between the catch-up and the feeds starting.
-	for coll := range feeds {
+	for coll := range edits.feeds {
 		if err := r.pushNow(ctx, conn, p, coll, nil); err != nil {
 			return err
 		}
@@ -144,8 +107,10 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 	// The device may change networks (SetNetwork): stay only on an
 	// allowed one.
 	netWake := r.sched.networkWait()
-	r.setState(p.Name, StateLive, "")
+	// The caught-up sync ends before the state says live, so a status that
+	// reads live also has its LastSync.
 	r.syncEnded(p.Name, nil, r.opts.Clock())
+	r.setState(p.Name, StateLive, "")
 	for {
 		select {
 		case <-ctx.Done():
@@ -166,39 +131,123 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 			if err := r.applyLive(ctx, conn, p, lv); err != nil {
 				return err
 			}
-		case ev := <-local:
+		case ev := <-edits.c:
 			if ev.Origin != Local {
 				continue
 			}
-			ids := map[string][]string{ev.Collection: {ev.ID}}
-			// Coalesce what else is already waiting.
-		drain:
-			for {
-				select {
-				case ev := <-local:
-					if ev.Origin == Local {
-						ids[ev.Collection] = append(ids[ev.Collection], ev.ID)
-					}
-				default:
-					break drain
-				}
-			}
-			for coll, list := range ids {
+			for coll, list := range coalesce(ev, edits.c) {
 				if err := r.pushNow(ctx, conn, p, coll, list); err != nil {
 					return err
 				}
 			}
 		}
-		for coll, f := range feeds {
-			if err := f.Err(); errors.Is(err, ErrFeedOverflow) {
-				// Events were dropped: push everything pending instead.
-				watch(coll)
-				if err := r.pushNow(ctx, conn, p, coll, nil); err != nil {
-					return err
-				}
+		if err := r.pushOverflowed(ctx, conn, p, edits); err != nil {
+			return err
+		}
+	}
+}
+
+// catchUp connects a live profile and syncs each of its collections: it
+// pushes what waited offline and pulls what was missed. It holds the
+// profile's lock meanwhile, as any sync does.
+func (r *Replica) catchUp(ctx context.Context, p *Profile) (*relayConn, error) {
+	unlock := r.sched.lockProfile(p.Name)
+	defer unlock()
+	r.setState(p.Name, StateConnecting, "")
+	conn, err := r.dial(ctx, p, true)
+	if err != nil {
+		return nil, err
+	}
+	for _, coll := range p.Collections {
+		if _, err := r.syncCollection(ctx, conn, p, coll); err != nil {
+			conn.close()
+			return nil, fmt.Errorf("catching up %s: %w", coll, err)
+		}
+	}
+	return conn, nil
+}
+
+// subscribe asks the relay for the changes of each collection the profile
+// pulls, from its cursor on, and watches the local edits of each it
+// pushes.
+func (r *Replica) subscribe(ctx context.Context, conn *relayConn, p *Profile, edits *localEdits) error {
+	for _, coll := range p.Collections {
+		if p.Type.Pulls() {
+			st, err := r.loadSyncState(p.Name, coll)
+			if err != nil {
+				return err
+			}
+			if err := conn.call(ctx, &transport.Subscribe{Collection: coll, Cursor: st.Cursor}, &transport.OK{}); err != nil {
+				return fmt.Errorf("subscribe %s: %w", coll, err)
+			}
+		}
+		if p.Type.Pushes() {
+			edits.watch(coll)
+		}
+	}
+	return nil
+}
+
+// pushOverflowed watches again each collection whose feed overflowed and
+// pushes everything pending in it, as the dropped events are unknown.
+func (r *Replica) pushOverflowed(ctx context.Context, conn *relayConn, p *Profile, edits *localEdits) error {
+	for coll, f := range edits.feeds {
+		if err := f.Err(); errors.Is(err, ErrFeedOverflow) {
+			edits.watch(coll)
+			if err := r.pushNow(ctx, conn, p, coll, nil); err != nil {
+				return err
 			}
 		}
 	}
+	return nil
+}
+
+// coalesce gathers, by collection, the IDs of ev and of the local edits
+// already waiting in c, so a burst of edits goes out in one push per
+// collection.
+func coalesce(ev Event, c <-chan Event) map[string][]string {
+	ids := map[string][]string{ev.Collection: {ev.ID}}
+	for {
+		select {
+		case ev := <-c:
+			if ev.Origin == Local {
+				ids[ev.Collection] = append(ids[ev.Collection], ev.ID)
+			}
+		default:
+			return ids
+		}
+	}
+}
+
+// localEdits forwards the events of the collections a live session pushes
+// into one channel, c, with a goroutine per feed that ends with ctx or its
+// feed. Its methods run on the session's goroutine.
+type localEdits struct {
+	r     *Replica
+	ctx   context.Context
+	wg    sync.WaitGroup
+	feeds map[string]*Feed
+	c     chan Event
+}
+
+// watch starts (or restarts) forwarding a collection's events.
+func (l *localEdits) watch(coll string) {
+	f := (&Collection{r: l.r, name: coll}).Watch(1024)
+	l.feeds[coll] = f
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		forwardLocal(l.ctx, f, l.c)
+	}()
+}
+
+// close stops the feeds and waits for the goroutines forwarding them; the
+// session's ctx is cancelled first, so none waits to send.
+func (l *localEdits) close() {
+	for _, f := range l.feeds {
+		f.Close()
+	}
+	l.wg.Wait()
 }
 
 func forwardLocal(ctx context.Context, f *Feed, out chan<- Event) {
@@ -230,34 +279,8 @@ func (r *Replica) pushUnleased(ctx context.Context, conn *relayConn, p *Profile,
 	}
 	defer unlock()
 	s := &collSync{r: r, conn: conn, p: p, coll: coll, cs: &CollectionStats{Collection: coll}}
-	if ids == nil {
-		err := s.push(ctx)
-		return s.heldResolutions, err
-	}
-	var batch []outgoing
-	for _, id := range ids {
-		pending, resolved, err := r.pendingState(coll, id)
-		if err != nil || !pending {
-			continue
-		}
-		if resolved {
-			heldResolutions = true
-			continue
-		}
-		o, err := r.outgoing(coll, id)
-		if err != nil {
-			return false, err
-		}
-		if o.changes != nil {
-			batch = append(batch, o)
-		}
-	}
-	if len(batch) > 0 {
-		if _, err := s.pushBatch(ctx, batch); err != nil {
-			return false, err
-		}
-	}
-	return heldResolutions, nil
+	err = s.push(ctx, ids)
+	return s.heldResolutions, err
 }
 
 // leasedSync syncs one collection of a live profile under its lease: it
@@ -308,17 +331,4 @@ func (r *Replica) applyLiveLocked(ctx context.Context, p *Profile, coll string, 
 		return advanceCursor(txn, p.Name, coll, next)
 	})
 	return len(res.conflicted) > 0, err
-}
-
-// pendingState reports whether a record has changes the relay lacks, and
-// whether it holds a conflict resolution only a leased sync may push.
-func (r *Replica) pendingState(coll, id string) (pending, resolved bool, err error) {
-	err = r.view(func(txn *badger.Txn) (err error) {
-		if _, pending, err = getKey(txn, recKey('p', coll, id)); err != nil || !pending {
-			return err
-		}
-		_, resolved, err = getKey(txn, recKey('l', coll, id))
-		return err
-	})
-	return pending, resolved, err
 }

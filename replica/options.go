@@ -10,7 +10,9 @@ import (
 )
 
 // Options configure a replica. A nil *Options is valid and means the
-// defaults; Open never modifies the Options it is given.
+// defaults. Open copies the Options it is given and never modifies them:
+// later changes have no effect, and one Options may open several replicas
+// (their callbacks are then called by each).
 type Options struct {
 	// InMemory keeps everything in memory (for tests): nothing survives
 	// Close. The dir argument of Open is ignored.
@@ -52,7 +54,11 @@ type Options struct {
 	// Logger receives the replica's and Badger's logs. Default: discard.
 	Logger *slog.Logger
 
-	// Clock stamps commits. Default time.Now.
+	// Clock stamps commits, sync statistics and statuses. Default
+	// time.Now. It is called concurrently from every goroutine that
+	// writes or syncs, and from inside store transactions with the
+	// records being written locked: it must be safe for concurrent use,
+	// return at once, and not call the replica.
 	Clock func() time.Time
 
 	// LocalOnly never syncs: Sync returns ErrLocalOnly and periodic and
@@ -71,14 +77,17 @@ type Options struct {
 	// conflict names its collection; policy.PerCollection builds a hook
 	// from one per collection. A profile that syncs a collection under the
 	// custom policy needs it: AddProfile refuses the profile otherwise.
+	// Syncs of different collections may call it at once.
 	MergeHook policy.Resolver
 
 	// TokenSource supplies the access token of each profile, at each
-	// connection. Required to sync; StaticToken wraps a fixed one.
+	// connection. Required to sync; StaticToken wraps a fixed one. It is
+	// called concurrently (see TokenSource for when).
 	TokenSource TokenSource
 
 	// Listener receives sync events; Delegate decides at a sync's
-	// lifecycle points. Their fields may be nil.
+	// lifecycle points. Their fields may be nil. Each type says from
+	// which goroutines its functions are called.
 	Listener Listener
 	Delegate Delegate
 

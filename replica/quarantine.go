@@ -33,19 +33,3 @@ func readQuarantine(txn *badger.Txn, coll, id string) ([]byte, crdt.Heads, error
 	}
 	return v[k+int(n):], h, nil
 }
-
-// idSet returns the IDs of a collection's records that have a key with
-// the given prefix (q: quarantined, l: holding a resolution).
-func (r *Replica) idSet(prefix byte, coll string) (map[string]bool, error) {
-	out := map[string]bool{}
-	err := r.view(func(txn *badger.Txn) error {
-		p := collPrefix(prefix, coll)
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: p})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			out[string(it.Item().Key()[len(p):])] = true
-		}
-		return nil
-	})
-	return out, err
-}

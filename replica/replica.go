@@ -15,7 +15,11 @@ import (
 
 // Replica is one device's copy of its data. It is safe for concurrent use by
 // many goroutines: reads of a record wait only for a write to the same
-// record, and writes to different records commit in parallel.
+// record, and writes to different records commit in parallel. Syncs of one
+// profile run one at a time (a live profile pushes fresh edits beside
+// them), of different profiles at once; the callbacks
+// in Options each say from which goroutines they are called. Close stops
+// and waits for every goroutine the replica started.
 type Replica struct {
 	db    *badger.DB
 	id    string // stable: the relay's name for this device

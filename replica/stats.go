@@ -30,7 +30,9 @@ type Counts struct {
 	Removed int `json:"removed"`
 }
 
-// CollectionStats describe one collection's part of a sync.
+// CollectionStats describe one collection's part of a sync. The value
+// Delegate.AfterCollection receives is the one SyncStats.Collections
+// holds; the sync no longer changes it once that call is made.
 type CollectionStats struct {
 	Collection string      `json:"collection"`
 	Type       policy.Type `json:"type"` // as run: slow when the relay's incarnation changed
@@ -63,7 +65,9 @@ func failedRecord(id string, err error) FailedRecord {
 }
 
 // SyncStats describe one sync of a profile: what each collection moved,
-// and how it ended.
+// and how it ended. Once a sync hands its statistics over (to the
+// Listener, then to Sync's caller, who share one value) it no longer
+// changes them; LastSync returns a copy of its own.
 type SyncStats struct {
 	Profile     string             `json:"profile"`
 	Status      Status             `json:"status"`

@@ -138,6 +138,11 @@ func TestStatusShowsDeferredAndLive(t *testing.T) {
 	if st, _ := a.Status("p"); st.LastSync.IsZero() {
 		t.Fatalf("live and caught up, but no LastSync: %+v", st)
 	}
+	// Not even for a moment: a status read between two updates must not
+	// show live without the catch-up's LastSync.
+	if log.any(func(st SyncStatus) bool { return st.State == StateLive && st.LastSync.IsZero() }) {
+		t.Fatalf("the listener saw live before LastSync: %v", log.states())
+	}
 }
 
 func equalStates(a, b []SyncState) bool {

@@ -140,3 +140,77 @@ func (r *Replica) writeRecord(txn *badger.Txn, coll, id string, doc *crdt.Doc, m
 	}
 	return nm, nil
 }
+
+func deleteIfPresent(txn *badger.Txn, key []byte) error {
+	_, err := txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return txn.Delete(key)
+}
+
+// recordIDs lists every stored record of a collection, tombstones
+// included.
+func (r *Replica) recordIDs(coll string) ([]string, error) {
+	release, err := r.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	var ids []string
+	err = r.db.View(func(txn *badger.Txn) error {
+		prefix := collPrefix('r', coll)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			ids = append(ids, string(it.Item().Key()[len(prefix):]))
+		}
+		return nil
+	})
+	return ids, err
+}
+
+func deleteRecordKeys(txn *badger.Txn, coll, id string, m meta) error {
+	for n := m.nextChunk - uint64(m.chunks); n < m.nextChunk; n++ {
+		if err := txn.Delete(chunkKey(coll, id, n)); err != nil {
+			return err
+		}
+	}
+	for _, p := range []byte{'r', 's', 'p', 'a', 'q', 'l'} {
+		if err := txn.Delete(recKey(p, coll, id)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func getKey(txn *badger.Txn, key []byte) ([]byte, bool, error) {
+	item, err := txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	v, err := item.ValueCopy(nil)
+	return v, true, err
+}
+
+// idSet returns the IDs of a collection's records that have a key with
+// the given prefix (q: quarantined, l: holding a resolution).
+func (r *Replica) idSet(prefix byte, coll string) (map[string]bool, error) {
+	out := map[string]bool{}
+	err := r.view(func(txn *badger.Txn) error {
+		p := collPrefix(prefix, coll)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: p})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			out[string(it.Item().Key()[len(p):])] = true
+		}
+		return nil
+	})
+	return out, err
+}

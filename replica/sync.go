@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
-	"github.com/ferrysync/ferry/transport"
 )
 
 // Sync runs one sync of the profile now and returns its statistics (also
@@ -174,26 +172,12 @@ type collSync struct {
 	heldResolutions bool
 }
 
+// syncCollection syncs one collection of the profile over conn, by the
+// profile's type, under the collection's lock (and its lease, when the
+// type needs one), and returns its statistics.
 func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profile, coll string) (cs *CollectionStats, err error) {
 	cs = &CollectionStats{Collection: coll, Type: p.Type, Start: r.opts.Clock()}
-	defer func() {
-		cs.End = r.opts.Clock()
-		switch {
-		case err == nil && len(cs.Failed) > 0:
-			cs.Status = StatusFailed
-			errs := make([]error, len(cs.Failed))
-			for i, f := range cs.Failed {
-				errs[i] = f.err
-			}
-			err = fmt.Errorf("%d record(s) failed: %w", len(cs.Failed), errors.Join(errs...))
-			cs.Err = err.Error()
-		case err == nil:
-			cs.Status = StatusCompleted
-		default:
-			cs.Status = statusOf(ctx, StatusFailed)
-			cs.Err = err.Error()
-		}
-	}()
+	defer func() { err = r.endCollection(ctx, cs, err) }()
 	unlock, err := r.colls.lock(ctx, coll)
 	if err != nil {
 		return cs, err
@@ -208,48 +192,14 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 		return cs, err
 	}
 	s := &collSync{r: r, conn: conn, p: p, coll: coll, cs: cs, res: res, state: state}
-
-	typ := p.Type
-	if state.Incarnation != "" && state.Incarnation != conn.welcome.Incarnation &&
-		typ != policy.RefreshFromServer && typ != policy.RefreshFromClient {
-		// The relay was restored from a backup: cursors and synced heads
-		// may point past its log. Compare everything by heads.
-		r.log.Info("relay incarnation changed; slow sync", "profile", p.Name, "collection", coll)
-		typ = policy.Slow
-	}
+	typ := s.syncType()
 	cs.Type = typ
-	if lease, err := s.needsLease(typ); err != nil {
-		return cs, err
-	} else if lease {
-		r.setState(p.Name, StateWaitingForLease, coll)
-		if s.lease, err = conn.acquire(ctx, coll, p.leaseTTL()); err != nil {
-			return cs, err
-		}
-		r.setStatus(p.Name, func(st *SyncStatus) { st.State, st.LeaseHeld = StateSyncing, true })
-		defer func() {
-			s.lease.release()
-			r.setStatus(p.Name, func(st *SyncStatus) { st.LeaseHeld = false })
-		}()
-	} else {
-		r.setState(p.Name, StateSyncing, coll)
-	}
-	if typ.Pulls() && typ != policy.RefreshFromServer {
-		// Records whose merge hook failed last time are retried first.
-		if err := s.retryQuarantined(ctx); err != nil {
-			return cs, err
-		}
-	}
-	switch typ {
-	case policy.TwoWay, policy.OneWayFromServer:
-		err = s.pull(ctx, s.state.Cursor, r.mergeOp)
-	case policy.Slow:
-		err = s.pullAll(ctx, r.mergeOp)
-	case policy.RefreshFromServer:
-		err = s.pullAll(ctx, r.replaceOp)
-	case policy.RefreshFromClient:
-		err = s.pullAll(ctx, r.forceOp)
-	}
+	release, err := s.takeLease(ctx, typ)
 	if err != nil {
+		return cs, err
+	}
+	defer release()
+	if err := s.pullAs(ctx, typ); err != nil {
 		return cs, err
 	}
 	s.state.Incarnation = conn.welcome.Incarnation
@@ -257,11 +207,71 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 		return cs, err
 	}
 	if typ.Pushes() {
-		if err := s.push(ctx); err != nil {
+		if err := s.push(ctx, nil); err != nil {
 			return cs, err
 		}
 	}
 	return cs, nil
+}
+
+// endCollection stamps how a collection's sync ended into cs, and returns
+// the sync's error: err, or, if it has none, one naming the records that
+// failed.
+func (r *Replica) endCollection(ctx context.Context, cs *CollectionStats, err error) error {
+	cs.End = r.opts.Clock()
+	switch {
+	case err == nil && len(cs.Failed) > 0:
+		cs.Status = StatusFailed
+		errs := make([]error, len(cs.Failed))
+		for i, f := range cs.Failed {
+			errs[i] = f.err
+		}
+		err = fmt.Errorf("%d record(s) failed: %w", len(cs.Failed), errors.Join(errs...))
+		cs.Err = err.Error()
+	case err == nil:
+		cs.Status = StatusCompleted
+	default:
+		cs.Status = statusOf(ctx, StatusFailed)
+		cs.Err = err.Error()
+	}
+	return err
+}
+
+// syncType is the type the collection syncs as: the profile's, or slow if
+// the relay was restored from a backup since the last sync (cursors and
+// synced heads may point past its log, so everything is compared by
+// heads). The refresh types rewrite one side whole anyway.
+func (s *collSync) syncType() policy.Type {
+	typ := s.p.Type
+	if s.state.Incarnation != "" && s.state.Incarnation != s.conn.welcome.Incarnation &&
+		typ != policy.RefreshFromServer && typ != policy.RefreshFromClient {
+		s.r.log.Info("relay incarnation changed; slow sync", "profile", s.p.Name, "collection", s.coll)
+		typ = policy.Slow
+	}
+	return typ
+}
+
+// takeLease takes the collection's lease if a sync of type typ needs it
+// (see needsLease), and sets the profile's status. release gives it back.
+func (s *collSync) takeLease(ctx context.Context, typ policy.Type) (release func(), err error) {
+	r, name := s.r, s.p.Name
+	need, err := s.needsLease(typ)
+	if err != nil {
+		return nil, err
+	}
+	if !need {
+		r.setState(name, StateSyncing, s.coll)
+		return func() {}, nil
+	}
+	r.setState(name, StateWaitingForLease, s.coll)
+	if s.lease, err = s.conn.acquire(ctx, s.coll, s.p.leaseTTL()); err != nil {
+		return nil, err
+	}
+	r.setStatus(name, func(st *SyncStatus) { st.State, st.LeaseHeld = StateSyncing, true })
+	return func() {
+		s.lease.release()
+		r.setStatus(name, func(st *SyncStatus) { st.LeaseHeld = false })
+	}, nil
 }
 
 // needsLease reports whether a sync of type typ takes the collection's
@@ -282,186 +292,6 @@ func (s *collSync) needsLease(typ policy.Type) (bool, error) {
 	}
 	n, err := (&Collection{r: s.r, name: s.coll}).PendingCount()
 	return n > 0, err
-}
-
-// retryQuarantined applies again the relay's changes held back by a
-// failed merge hook, now that the hook may succeed.
-func (s *collSync) retryQuarantined(ctx context.Context) error {
-	held, err := s.r.idSet('q', s.coll)
-	if err != nil || len(held) == 0 {
-		return err
-	}
-	var recs []remoteRec
-	for id := range held {
-		recs = append(recs, remoteRec{id: id})
-	}
-	return s.apply(ctx, recs, s.r.mergeOp)
-}
-
-// apply applies a batch of the relay's records with op in one store
-// transaction, then settles the conflicts it found by the policy.
-func (s *collSync) apply(ctx context.Context, recs []remoteRec, op remoteOp) error {
-	res, err := s.r.applyBatch(s.coll, recs, op)
-	if err != nil {
-		return err
-	}
-	if len(res.conflicted) > 0 {
-		more, err := s.r.resolveConflicted(ctx, s.coll, res.conflicted, s.res)
-		res.add(more)
-		if err != nil {
-			return err
-		}
-	}
-	s.tally(res)
-	return nil
-}
-
-// pull applies the relay's changes after cursor, page by page, and
-// advances the stored cursor as it goes.
-func (s *collSync) pull(ctx context.Context, cursor uint64, apply remoteOp) error {
-	if cursor == 0 {
-		return s.pullAll(ctx, apply)
-	}
-	total, done := 0, 0
-	for {
-		var ch transport.Changes
-		err := s.conn.call(ctx, &transport.Pull{Collection: s.coll, Cursor: cursor}, &ch)
-		if errors.Is(err, transport.ErrTruncated) {
-			// The relay truncated its log past this cursor (the device was
-			// away longer than it keeps entries): catch up from the
-			// records' snapshots, merging as a slow sync does.
-			s.r.log.Info("relay log truncated past the cursor; catching up from snapshots", "profile", s.p.Name, "collection", s.coll, "cursor", cursor)
-			return s.pullAll(ctx, apply)
-		}
-		if err != nil {
-			return fmt.Errorf("ferry: pull %s: %w", s.coll, err)
-		}
-		total += len(ch.Records)
-		if err := s.applyAll(ctx, ch.Records, apply, total, &done); err != nil {
-			return err
-		}
-		cursor = max(cursor, ch.Next)
-		s.state.Cursor = cursor
-		if !ch.More {
-			return nil
-		}
-		if err := s.lease.keep(ctx); err != nil {
-			return err
-		}
-	}
-}
-
-// pullAll reads every record's snapshot (a fresh pull), applies each, and
-// returns with the cursor at the log position the snapshots cover. Records
-// this device holds that the relay lacks are handled per sync type.
-func (s *collSync) pullAll(ctx context.Context, apply remoteOp) error {
-	seen := map[string]bool{}
-	total, done := 0, 0
-	after := ""
-	var next uint64
-	for page := 0; ; page++ {
-		var ch transport.Changes
-		if err := s.conn.call(ctx, &transport.Pull{Collection: s.coll, After: after}, &ch); err != nil {
-			return fmt.Errorf("ferry: pull %s: %w", s.coll, err)
-		}
-		if page == 0 {
-			next = ch.Next
-		}
-		for _, rc := range ch.Records {
-			seen[rc.Record] = true
-		}
-		total += len(ch.Records)
-		if err := s.applyAll(ctx, ch.Records, apply, total, &done); err != nil {
-			return err
-		}
-		if !ch.More || ch.After == "" {
-			break
-		}
-		after = ch.After
-		if err := s.lease.keep(ctx); err != nil {
-			return err
-		}
-	}
-	s.state.Cursor = next
-	ids, err := s.r.recordIDs(s.coll)
-	if err != nil {
-		return err
-	}
-	var unsynced []string
-	for _, id := range ids {
-		if seen[id] {
-			continue
-		}
-		switch s.cs.Type {
-		case policy.RefreshFromServer:
-			a, err := s.r.purgeRecord(s.coll, id)
-			if err != nil {
-				return err
-			}
-			s.count(FromRelay, a)
-		case policy.Slow, policy.RefreshFromClient, policy.TwoWay:
-			// The relay holds nothing of it: push it whole.
-			unsynced = append(unsynced, id)
-		}
-	}
-	// In batches, so a store with many local records does not hold one
-	// huge transaction.
-	for len(unsynced) > 0 {
-		n := min(len(unsynced), 1000)
-		if err := s.r.markUnsynced(s.coll, unsynced[:n]); err != nil {
-			return err
-		}
-		unsynced = unsynced[n:]
-	}
-	return nil
-}
-
-// batchBytes bounds the data applied in one store transaction, well
-// under Badger's transaction limit.
-const batchBytes = 512 << 10
-
-// applyAll applies a page of records in transactions of up to batchBytes.
-func (s *collSync) applyAll(ctx context.Context, recs []transport.RecordChanges, apply remoteOp, total int, done *int) error {
-	var batch []remoteRec
-	size := 0
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := s.apply(ctx, batch, apply); err != nil {
-			return err
-		}
-		*done += len(batch)
-		s.progress(FromRelay, total, *done)
-		batch, size = nil, 0
-		return nil
-	}
-	for _, rc := range recs {
-		heads, err := crdt.HeadsFromSlices(rc.Heads)
-		if err != nil {
-			return fmt.Errorf("ferry: relay sent bad heads for %s: %w", rc.Record, err)
-		}
-		if size+len(rc.Data) > batchBytes {
-			if err := flush(); err != nil {
-				return err
-			}
-		}
-		batch = append(batch, remoteRec{id: rc.Record, data: rc.Data, relay: heads})
-		size += len(rc.Data)
-	}
-	return flush()
-}
-
-// tally adds a batch's outcome to the collection's statistics.
-func (s *collSync) tally(res batchResult) {
-	for _, ev := range res.events {
-		s.count(FromRelay, applied{ev: ev, changed: true})
-	}
-	s.cs.Conflicts += res.conflicts
-	s.cs.Failed = append(s.cs.Failed, res.failed...)
 }
 
 func (s *collSync) count(dir Direction, a applied) {
@@ -488,4 +318,10 @@ func (s *collSync) progress(dir Direction, total, done int) {
 	if f := s.r.opts.Listener.Progress; f != nil {
 		f(pr)
 	}
+}
+
+// applied is what a sync did to one record, for its statistics.
+type applied struct {
+	ev      Event
+	changed bool
 }

@@ -8,117 +8,156 @@ import (
 	"slices"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
-
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/transport"
 )
 
-// outgoing is one record's changes in a push.
-type outgoing struct {
-	id      string
-	changes []byte
-	heads   crdt.Heads // the record's heads once changes are applied
-	base    crdt.Heads // the heads changes were taken since (nil: all of them)
-	known   bool       // the relay held some of the record before
-	deleted bool
-	// partial marks a piece of a record's changes other than the last
-	// (see pieces): acknowledged, but not counted as a record pushed.
-	partial bool
-}
-
-// push sends every pending record's changes since the heads the relay
-// holds, in batches within the relay's limits, with the lease's fence, and
-// records what the relay acknowledged. Records whose merge hook failed
-// stay back until it succeeds, and records holding a conflict resolution
-// stay back unless the sync holds the lease (see merge.go).
-func (s *collSync) push(ctx context.Context) error {
-	c := &Collection{r: s.r, name: s.coll}
-	ids, err := c.Pending()
+// push sends the changes of the pending records among ids (nil: every
+// pending record) since the heads the relay holds, in batches within the
+// relay's limits, with the lease's fence, and records what the relay
+// acknowledged. Records whose merge hook failed stay back until it
+// succeeds, and records holding a conflict resolution stay back unless the
+// sync holds the lease (see merge.go). A sync pushes every pending record;
+// a live session, the ones just edited.
+func (s *collSync) push(ctx context.Context, ids []string) error {
+	ids, err := s.r.pendingAmong(s.coll, ids)
 	if err != nil {
 		return err
 	}
-	held, err := s.r.idSet('q', s.coll)
+	held, err := s.heldBack(ids)
 	if err != nil {
 		return err
 	}
-	if s.lease == nil {
-		resolved, err := s.r.idSet('l', s.coll)
-		if err != nil {
-			return err
-		}
-		for id := range resolved {
-			held[id] = true
-			s.heldResolutions = true
-		}
-	}
-	limits := s.conn.welcome.Limits.WithDefaults()
-	budget := limits.MaxFrame - transport.FrameOverhead
-	maxData := min(limits.MaxRecord, budget)
-	var batch []outgoing
-	size, done := 0, 0
-	total := len(ids)
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		n, err := s.pushBatch(ctx, batch)
-		done += n
-		s.progress(ToRelay, total, done)
-		batch, size = nil, 0
-		if err != nil {
-			return err
-		}
-		return s.lease.keep(ctx)
-	}
+	b := s.newPushBatches(len(ids))
 	for _, id := range ids {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		if held[id] {
-			total--
+			b.total--
 			continue
 		}
-		o, err := s.r.outgoing(s.coll, id)
-		if errors.Is(err, ErrCorrupt) {
-			// A damaged record fails alone; the others are pushed.
-			s.cs.Failed = append(s.cs.Failed, failedRecord(id, err))
-			continue
-		}
+		parts, nothing, err := s.parts(id, b.maxData, b.limits.MaxRecord)
 		if err != nil {
 			return err
 		}
-		if o.changes == nil {
-			total--
-			continue
+		if nothing {
+			b.total--
 		}
-		parts := []outgoing{o}
-		if len(o.changes) > maxData {
-			// A record's history can pass max_record while its document,
-			// which max_record bounds, does not: push it in pieces.
-			if parts, err = pieces(o, maxData); err != nil {
-				err = fmt.Errorf("%w: %s/%s has %d bytes of changes to push, which do not fit the relay's max_record %d: %w", ErrTooLarge, s.coll, id, len(o.changes), limits.MaxRecord, err)
-				s.cs.Failed = append(s.cs.Failed, failedRecord(id, err))
-				s.r.log.Warn("record's changes cannot be pushed within the relay's max_record", "collection", s.coll, "record", id, "bytes", len(o.changes), "max_record", limits.MaxRecord, "err", err)
-				continue
-			}
-		}
-		for i, part := range parts {
-			// Pieces of one record go in successive pushes, each building
-			// on the one before.
-			if len(batch) == limits.MaxBatch || size+len(part.changes) > budget || i > 0 {
-				if err := flush(); err != nil {
-					return err
-				}
-			}
-			if i > 0 && slices.ContainsFunc(s.cs.Failed, func(f FailedRecord) bool { return f.ID == id }) {
-				break // the relay refused an earlier piece
-			}
-			batch = append(batch, part)
-			size += len(part.changes)
+		if err := b.add(ctx, id, parts); err != nil {
+			return err
 		}
 	}
-	return flush()
+	return b.flush(ctx)
+}
+
+// heldBack returns the records a push leaves out: those whose merge hook
+// failed (quarantined) and, without the lease, those among ids holding a
+// conflict resolution, which it notes in heldResolutions.
+func (s *collSync) heldBack(ids []string) (map[string]bool, error) {
+	held, err := s.r.idSet('q', s.coll)
+	if err != nil {
+		return nil, err
+	}
+	if s.lease == nil {
+		resolved, err := s.r.idSet('l', s.coll)
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range ids {
+			if resolved[id] {
+				held[id] = true
+				s.heldResolutions = true
+			}
+		}
+	}
+	return held, nil
+}
+
+// parts returns what the record has to push, cut into pieces of up to
+// maxData bytes if its changes are larger; nothing says it has none. A
+// record that is damaged, or whose changes cannot be cut to fit the
+// relay's maxRecord, is listed as failed and gives no parts: the others
+// are pushed.
+func (s *collSync) parts(id string, maxData, maxRecord int) (parts []outgoing, nothing bool, err error) {
+	o, err := s.r.outgoing(s.coll, id)
+	if errors.Is(err, ErrCorrupt) {
+		s.cs.Failed = append(s.cs.Failed, failedRecord(id, err))
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	if o.changes == nil {
+		return nil, true, nil
+	}
+	if len(o.changes) <= maxData {
+		return []outgoing{o}, false, nil
+	}
+	// A record's history can pass max_record while its document, which
+	// max_record bounds, does not: push it in pieces.
+	if parts, err = pieces(o, maxData); err != nil {
+		err = fmt.Errorf("%w: %s/%s has %d bytes of changes to push, which do not fit the relay's max_record %d: %w", ErrTooLarge, s.coll, id, len(o.changes), maxRecord, err)
+		s.cs.Failed = append(s.cs.Failed, failedRecord(id, err))
+		s.r.log.Warn("record's changes cannot be pushed within the relay's max_record", "collection", s.coll, "record", id, "bytes", len(o.changes), "max_record", maxRecord, "err", err)
+		return nil, false, nil
+	}
+	return parts, false, nil
+}
+
+// pushBatches gathers records' changes into pushes within the relay's
+// limits (records per push, bytes per frame), and reports progress as
+// each push is acknowledged.
+type pushBatches struct {
+	s       *collSync
+	limits  transport.Limits
+	budget  int // bytes of changes one push may carry
+	maxData int // bytes of changes one record may carry in a push
+	batch   []outgoing
+	size    int
+	done    int
+	total   int
+}
+
+func (s *collSync) newPushBatches(total int) *pushBatches {
+	limits := s.conn.welcome.Limits.WithDefaults()
+	budget := limits.MaxFrame - transport.FrameOverhead
+	return &pushBatches{s: s, limits: limits, budget: budget, maxData: min(limits.MaxRecord, budget), total: total}
+}
+
+// add queues a record's parts, pushing what is queued first when a part
+// would not fit. Pieces of one record go in successive pushes, each
+// building on the one before; once the relay refuses one, the rest stay
+// back.
+func (b *pushBatches) add(ctx context.Context, id string, parts []outgoing) error {
+	for i, part := range parts {
+		if len(b.batch) == b.limits.MaxBatch || b.size+len(part.changes) > b.budget || i > 0 {
+			if err := b.flush(ctx); err != nil {
+				return err
+			}
+		}
+		if i > 0 && slices.ContainsFunc(b.s.cs.Failed, func(f FailedRecord) bool { return f.ID == id }) {
+			break // the relay refused an earlier piece
+		}
+		b.batch = append(b.batch, part)
+		b.size += len(part.changes)
+	}
+	return nil
+}
+
+// flush pushes what is queued, then renews the lease if it is due.
+func (b *pushBatches) flush(ctx context.Context) error {
+	if len(b.batch) == 0 {
+		return nil
+	}
+	n, err := b.s.pushBatch(ctx, b.batch)
+	b.done += n
+	b.s.progress(ToRelay, b.total, b.done)
+	b.batch, b.size = nil, 0
+	if err != nil {
+		return err
+	}
+	return b.s.lease.keep(ctx)
 }
 
 // pieces cuts o's changes, at change boundaries and in their causal
@@ -291,65 +330,4 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 		s.count(ToRelay, a)
 	}
 	return n, nil
-}
-
-// outgoing reads what a pending record has to push.
-func (r *Replica) outgoing(coll, id string) (outgoing, error) {
-	o := outgoing{id: id}
-	c := &Collection{r: r, name: coll}
-	err := c.read(id, func(d *crdt.Doc, m meta) error {
-		var acked crdt.Heads
-		if err := r.db.View(func(txn *badger.Txn) (err error) {
-			acked, err = readAcked(txn, coll, id)
-			return err
-		}); err != nil {
-			return err
-		}
-		changes, err := d.ChangesSince(acked)
-		o.base = acked
-		if errors.Is(err, crdt.ErrUnknownHeads) {
-			changes, err = d.ChangesSince(nil)
-			o.base = nil
-		}
-		o.changes, o.heads, o.known, o.deleted = changes, m.heads, len(acked) > 0, m.deleted
-		return err
-	})
-	if errors.Is(err, ErrNotFound) {
-		return o, nil // pending marker of a record purged meanwhile
-	}
-	return o, err
-}
-
-// acknowledge records, in one transaction, that the relay holds each
-// record up to the heads pushed; a record stays pending if it changed
-// since. leased says the push held the lease, so any conflict resolution
-// it carried is pushed as it must be.
-func (r *Replica) acknowledge(coll string, batch []outgoing, leased bool) error {
-	ids := make([]string, len(batch))
-	for i, o := range batch {
-		ids[i] = o.id
-	}
-	_, err := r.batchOp(coll, ids, func(i int, txn *badger.Txn, t *touched) (bool, error) {
-		return t.existed, ackRecord(txn, t.coll, t.id, t.doc, batch[i].heads, leased)
-	})
-	return err
-}
-
-// ackRecord stores heads as what the relay holds of a record, and clears
-// its pending marker if it has nothing beyond them.
-func ackRecord(txn *badger.Txn, coll, id string, d *crdt.Doc, heads crdt.Heads, leased bool) error {
-	if err := txn.Set(recKey('a', coll, id), heads.Bytes()); err != nil {
-		return err
-	}
-	if leased {
-		if err := deleteIfPresent(txn, recKey('l', coll, id)); err != nil {
-			return err
-		}
-	}
-	// The heads pushed are the document's as it was then: if it still
-	// has them, nothing is left to push.
-	if d.Heads().Equal(heads) {
-		return clearPending(txn, coll, id)
-	}
-	return nil
 }

@@ -1,0 +1,212 @@
+package replica
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrysync/ferry/crdt"
+)
+
+// A record is pending while it holds changes the relay lacks (its p/ key);
+// a/ holds the heads the relay last acknowledged, and l/ marks a conflict
+// resolution only a leased sync may push (see keys.go). This file is the
+// one place that reads what a pending record has to push and records what
+// the relay then holds.
+
+// outgoing is one record's changes in a push.
+type outgoing struct {
+	id      string
+	changes []byte
+	heads   crdt.Heads // the record's heads once changes are applied
+	base    crdt.Heads // the heads changes were taken since (nil: all of them)
+	known   bool       // the relay held some of the record before
+	deleted bool
+	// partial marks a piece of a record's changes other than the last
+	// (see pieces): acknowledged, but not counted as a record pushed.
+	partial bool
+}
+
+// outgoing reads what a pending record has to push.
+func (r *Replica) outgoing(coll, id string) (outgoing, error) {
+	o := outgoing{id: id}
+	c := &Collection{r: r, name: coll}
+	err := c.read(id, func(d *crdt.Doc, m meta) error {
+		var acked crdt.Heads
+		if err := r.db.View(func(txn *badger.Txn) (err error) {
+			acked, err = readAcked(txn, coll, id)
+			return err
+		}); err != nil {
+			return err
+		}
+		changes, err := d.ChangesSince(acked)
+		o.base = acked
+		if errors.Is(err, crdt.ErrUnknownHeads) {
+			changes, err = d.ChangesSince(nil)
+			o.base = nil
+		}
+		o.changes, o.heads, o.known, o.deleted = changes, m.heads, len(acked) > 0, m.deleted
+		return err
+	})
+	if errors.Is(err, ErrNotFound) {
+		return o, nil // pending marker of a record purged meanwhile
+	}
+	return o, err
+}
+
+// acknowledge records, in one transaction, that the relay holds each
+// record up to the heads pushed; a record stays pending if it changed
+// since. leased says the push held the lease, so any conflict resolution
+// it carried is pushed as it must be.
+func (r *Replica) acknowledge(coll string, batch []outgoing, leased bool) error {
+	ids := make([]string, len(batch))
+	for i, o := range batch {
+		ids[i] = o.id
+	}
+	_, err := r.batchOp(coll, ids, func(i int, txn *badger.Txn, t *touched) (bool, error) {
+		return t.existed, ackRecord(txn, t.coll, t.id, t.doc, batch[i].heads, leased)
+	})
+	return err
+}
+
+// ackRecord stores heads as what the relay holds of a record, and clears
+// its pending marker if it has nothing beyond them.
+func ackRecord(txn *badger.Txn, coll, id string, d *crdt.Doc, heads crdt.Heads, leased bool) error {
+	if err := txn.Set(recKey('a', coll, id), heads.Bytes()); err != nil {
+		return err
+	}
+	if leased {
+		if err := deleteIfPresent(txn, recKey('l', coll, id)); err != nil {
+			return err
+		}
+	}
+	// The heads pushed are the document's as it was then: if it still
+	// has them, nothing is left to push.
+	if d.Heads().Equal(heads) {
+		return clearPending(txn, coll, id)
+	}
+	return nil
+}
+
+// storeArrived stores a record new to this device as the bytes it arrived
+// in (they load as it is), already synced at relay.
+func (r *Replica) storeArrived(txn *badger.Txn, t *touched, data []byte, relay crdt.Heads) error {
+	if len(data) > r.opts.MaxRecordBytes {
+		return fmt.Errorf("%w: %s/%s is %d bytes, limit %d", ErrTooLarge, t.coll, t.id, len(data), r.opts.MaxRecordBytes)
+	}
+	nm := meta{heads: relay, deleted: t.doc.Deleted(), snapBytes: len(data), nextChunk: t.new.nextChunk}
+	for _, kv := range []struct {
+		k, v []byte
+	}{
+		{recKey('s', t.coll, t.id), data},
+		{recKey('r', t.coll, t.id), nm.encode()},
+		{recKey('a', t.coll, t.id), relay.Bytes()},
+	} {
+		if err := txn.Set(kv.k, kv.v); err != nil {
+			return err
+		}
+	}
+	t.new = nm
+	return nil
+}
+
+// storeSynced writes the record's new changes, records relay as the heads
+// the relay holds, and sets the pending marker to whether the record has
+// changes beyond them.
+func (r *Replica) storeSynced(txn *badger.Txn, t *touched, relay crdt.Heads) error {
+	nm, err := r.writeRecord(txn, t.coll, t.id, t.doc, t.new, false)
+	if err != nil {
+		return err
+	}
+	t.new = nm
+	if err := txn.Set(recKey('a', t.coll, t.id), relay.Bytes()); err != nil {
+		return err
+	}
+	// The document holds every change of the relay's heads (they were
+	// just imported), so other heads mean changes the relay lacks.
+	if !nm.heads.Equal(relay) {
+		return txn.Set(recKey('p', t.coll, t.id), nil)
+	}
+	return clearPending(txn, t.coll, t.id)
+}
+
+// clearPending marks a record as holding nothing the relay lacks. A key is
+// deleted only if it is there: a delete writes a version, and versions of
+// a key that flips on every edit and acknowledgement would pile up for
+// every scan of its prefix to step over until Badger compacts them.
+func clearPending(txn *badger.Txn, coll, id string) error {
+	for _, prefix := range []byte{'p', 'l'} {
+		if err := deleteIfPresent(txn, recKey(prefix, coll, id)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// markUnsynced records, in one transaction, that the relay holds nothing
+// of these records, so all their changes are pushed (slow sync, refresh
+// from the device, a first sync). Only keys are touched: no document is
+// loaded, and a record already pending with nothing recorded as synced
+// (every record on a first sync) costs one read.
+func (r *Replica) markUnsynced(coll string, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	release, err := r.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = cacheKey(coll, id)
+	}
+	defer r.locks.lockAll(keys)()
+	return r.db.Update(func(txn *badger.Txn) error {
+		for _, id := range ids {
+			if _, synced, err := getKey(txn, recKey('a', coll, id)); err != nil {
+				return err
+			} else if synced {
+				if err := txn.Delete(recKey('a', coll, id)); err != nil {
+					return err
+				}
+			}
+			if _, pending, err := getKey(txn, recKey('p', coll, id)); err != nil {
+				return err
+			} else if !pending {
+				if err := txn.Set(recKey('p', coll, id), nil); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// pendingAmong returns the records among ids that are pending, each once,
+// in the order given; with ids nil, every pending record, in ID order.
+func (r *Replica) pendingAmong(coll string, ids []string) ([]string, error) {
+	if ids == nil {
+		return (&Collection{r: r, name: coll}).Pending()
+	}
+	var out []string
+	seen := map[string]bool{}
+	err := r.view(func(txn *badger.Txn) error {
+		for _, id := range ids {
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
+			_, pending, err := getKey(txn, recKey('p', coll, id))
+			if err != nil {
+				return err
+			}
+			if pending {
+				out = append(out, id)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
