@@ -20,17 +20,6 @@ type Text string
 // concurrent increments all count.
 type Counter int64
 
-// Values read from a document are plain Go values:
-//
-//	map[string]any, []any, string, int64, uint64, float64, bool, []byte,
-//	time.Time, nil
-//
-// Text (Automerge's text object) reads as a Go string and a counter as an
-// int64 from [Doc.Get], [Doc.Fields] and Decode into any (the JavaScript
-// library writes every string as text, so readers must accept both). Where
-// kinds matter ([Doc.GetTyped] and the three-way diff) they read as [Text]
-// and [Counter].
-
 // fromAM converts an automerge value into Go values, recursively. typed keeps
 // Text distinct from string.
 func fromAM(v *automerge.Value, typed bool) (any, error) {
