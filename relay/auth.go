@@ -59,7 +59,9 @@ type Auth struct {
 }
 
 // NewAuth returns an Auth for apps. IDs and API keys must be unique and
-// secrets at least 32 bytes. now is the clock for expiry (nil: time.Now).
+// secrets at least 32 bytes. now is the clock for expiry (nil: time.Now);
+// it is called from every session's goroutine, so it must be safe for
+// concurrent use.
 func NewAuth(apps []App, now func() time.Time) (*Auth, error) {
 	if now == nil {
 		now = time.Now
