@@ -33,7 +33,7 @@ type BenchOpener func(b *testing.B, dir string) relay.Store
 // Each sub-benchmark opens a store, fills it outside the timed loop, and
 // times one operation per iteration; SetBytes is the change bytes an
 // iteration appends, reads or drops, so MB/s compares across them. The
-// changes are BenchChangeSize bytes each, a single-field update's size;
+// changes are 128 bytes each, a single-field update's size;
 // stores never parse them.
 //
 //   - Append/history=0: one entry per call, each a new record.
@@ -119,12 +119,12 @@ func Bench(b *testing.B, open BenchOpener) {
 	}
 }
 
-// BenchChangeSize is the size of each change the benchmarks append.
-const BenchChangeSize = 128
+// benchChangeSize is the size of each change the benchmarks append.
+const benchChangeSize = 128
 
 var (
 	benchColl    = relay.Coll{Tenant: "bench", Collection: "records"}
-	benchChange  = make([]byte, BenchChangeSize)
+	benchChange  = make([]byte, benchChangeSize)
 	benchSnap16K = make([]byte, 16<<10)
 	benchSnap1K  = make([]byte, 1<<10)
 )

@@ -85,7 +85,7 @@ func benchCompact(b *testing.B, st relay.Store, n, history int) {
 			b.Fatal(err)
 		}
 	}
-	m.report(b, int64(n)*BenchChangeSize)
+	m.report(b, int64(n)*benchChangeSize)
 }
 
 // benchTruncate drops n log entries of records compacted past them per
@@ -115,5 +115,5 @@ func benchTruncate(b *testing.B, st relay.Store, n, records int) {
 			b.Fatalf("Truncate(%d) = %d, %v; want every entry dropped", head, horizon, err)
 		}
 	}
-	m.report(b, int64(n)*BenchChangeSize)
+	m.report(b, int64(n)*benchChangeSize)
 }

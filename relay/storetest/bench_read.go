@@ -15,7 +15,7 @@ func benchLog(b *testing.B, st relay.Store, n, limit int) {
 	if limit == 0 {
 		want, after = 1, uint64(n-1)
 	}
-	b.SetBytes(int64(want) * BenchChangeSize)
+	b.SetBytes(int64(want) * benchChangeSize)
 	for b.Loop() {
 		l, err := st.Log(context.Background(), benchColl, after, 100)
 		if err != nil || len(l) != want || l[0].Seq != after+1 {
@@ -35,7 +35,7 @@ func benchRecord(b *testing.B, st relay.Store, tail int) {
 		b.Fatal(err)
 	}
 	grow(b, st, rec, v, tail)
-	b.SetBytes(int64(len(benchSnap16K) + tail*BenchChangeSize))
+	b.SetBytes(int64(len(benchSnap16K) + tail*benchChangeSize))
 	for b.Loop() {
 		r, err := st.Record(context.Background(), benchColl, rec)
 		if err != nil || r.TailEntries != tail || len(r.Snapshot) != len(benchSnap16K) {
@@ -69,7 +69,7 @@ func benchRecordHistory(b *testing.B, st relay.Store, history, tail int) {
 	const rec = "read"
 	v := compactEvery(b, st, rec, 0, history, benchSnap16K)
 	grow(b, st, rec, v, tail)
-	b.SetBytes(int64(len(benchSnap16K) + tail*BenchChangeSize))
+	b.SetBytes(int64(len(benchSnap16K) + tail*benchChangeSize))
 	for b.Loop() {
 		r, err := st.Record(context.Background(), benchColl, rec)
 		if err != nil || r.TailEntries != tail || len(r.Snapshot) != len(benchSnap16K) {
@@ -111,7 +111,7 @@ func benchRecords(b *testing.B, st relay.Store, n, limit int) {
 		vs[i] = 1
 	}
 	growAll(b, st, vs, 2*n)
-	b.SetBytes(int64(limit * (len(benchSnap1K) + 2*BenchChangeSize)))
+	b.SetBytes(int64(limit * (len(benchSnap1K) + 2*benchChangeSize)))
 	after := ""
 	for b.Loop() {
 		rs, err := st.Records(context.Background(), benchColl, after, limit)

@@ -8,7 +8,7 @@ import (
 )
 
 func benchAppendFresh(b *testing.B, st relay.Store) {
-	b.SetBytes(BenchChangeSize)
+	b.SetBytes(benchChangeSize)
 	es := make([]relay.Entry, 1)
 	i := 0
 	for b.Loop() {
@@ -29,7 +29,7 @@ func benchAppendHistory(b *testing.B, st relay.Store, history int, compacted boo
 	} else {
 		v = grow(b, st, rec, 0, history)
 	}
-	b.SetBytes(BenchChangeSize)
+	b.SetBytes(benchChangeSize)
 	es := make([]relay.Entry, 1)
 	for b.Loop() {
 		v++
@@ -49,7 +49,7 @@ func benchAppendSpread(b *testing.B, st relay.Store, records int) {
 	for i := range names {
 		names[i], vs[i] = benchName(i), 1
 	}
-	b.SetBytes(BenchChangeSize)
+	b.SetBytes(benchChangeSize)
 	es := make([]relay.Entry, 1)
 	i := 0
 	for b.Loop() {
@@ -64,7 +64,7 @@ func benchAppendSpread(b *testing.B, st relay.Store, records int) {
 // benchAppendBatch appends n entries per call: to n new records, or n
 // successive versions of one record.
 func benchAppendBatch(b *testing.B, st relay.Store, n int, oneRecord bool) {
-	b.SetBytes(int64(n) * BenchChangeSize)
+	b.SetBytes(int64(n) * benchChangeSize)
 	es := make([]relay.Entry, n)
 	next := 0
 	var v uint64
