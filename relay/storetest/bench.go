@@ -75,7 +75,7 @@ type BenchOpener func(b *testing.B, dir string) relay.Store
 //
 // Compact and Truncate need a tail or a log made before each operation,
 // which costs more than the operation: their ns/op, MB/s, B/op and
-// allocs/op are the operation's alone, measured around it (see opMeter).
+// allocs/op are the operation's alone, measured around it.
 //
 // Allocations include the benchmark's own: Append/history=0 and
 // AppendBatch make a record name per new record.
