@@ -14,7 +14,8 @@ import (
 // BenchOpener opens an empty store for a benchmark, keeping its data under
 // dir (a fresh b.TempDir(); for a store kept elsewhere, a key naming the
 // database or schema). Bench closes the store when the benchmark ends; the
-// opener may also close it in b.Cleanup.
+// opener may also close it in b.Cleanup. It is called in the goroutine of
+// the benchmark it is given, one call at a time.
 type BenchOpener func(b *testing.B, dir string) relay.Store
 
 // Bench measures a relay.Store's operations, the same way for every
