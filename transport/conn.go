@@ -79,9 +79,9 @@ type Options struct {
 
 // Conn sends and receives envelopes over one WebSocket connection.
 //
-// Concurrency: Recv has one caller at a time (one read loop); Send and
-// SendWithin may be called from any number of goroutines, and messages go
-// out whole, one at a time. Close and CloseWithError may be called from
+// Concurrency: Recv has one caller at a time (one read loop); Send,
+// SendBody and SendWithin may be called from any number of goroutines, and
+// messages go out whole, one at a time. Close and CloseWithError may be called from
 // any goroutine, once or more. Pongs are processed inside Recv, so
 // keepalive needs a goroutine that keeps calling Recv: a Conn that nobody
 // reads fails its pings and closes. Canceling the context of a Recv in
