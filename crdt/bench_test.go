@@ -445,7 +445,7 @@ func BenchmarkAutomergeCalls(b *testing.B) {
 
 // BenchmarkIndexMemory reports the Go heap an operation index takes on a
 // record of 10,000 changes (each sets one field): per indexed operation,
-// and as MemSize estimates it.
+// and as memSize estimates it.
 func BenchmarkIndexMemory(b *testing.B) {
 	saved := cachedHistory(b, 10000)
 	var perOp, estimate float64
@@ -464,7 +464,7 @@ func BenchmarkIndexMemory(b *testing.B) {
 		runtime.ReadMemStats(&after)
 		n := crdt.IndexedOps(d)
 		perOp = float64(after.HeapAlloc-before.HeapAlloc) / float64(n)
-		estimate = float64(d.MemSize()) / float64(n)
+		estimate = float64(crdt.MemSize(d)) / float64(n)
 		runtime.KeepAlive(d)
 	}
 	b.ReportMetric(perOp, "heap-B/op-indexed")

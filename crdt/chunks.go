@@ -50,8 +50,8 @@ type InflateBudget struct {
 // NewInflateBudget returns a budget of n bytes.
 func NewInflateBudget(n int64) *InflateBudget { return &InflateBudget{left: max(n, 0)} }
 
-// Left returns the bytes that may still be inflated.
-func (b *InflateBudget) Left() int64 { return b.left }
+// remaining returns the bytes that may still be inflated.
+func (b *InflateBudget) remaining() int64 { return b.left }
 
 // inflate undoes raw DEFLATE within b (nil: maxInflated alone), and charges
 // what it produced.

@@ -18,4 +18,26 @@
 // [TombstoneKey], which marks a deleted record. Deletion is a field write so
 // that a delete racing an update is a visible conflict ([Diff3]) rather than
 // a silent loss.
+//
+// # Values
+//
+// A record holds these Go values, and reads give them back:
+//
+//	map[string]any, []any, string, int64, uint64, float64, bool, []byte,
+//	time.Time, nil
+//
+// Writes also take other integer and float types, pointers, slices, arrays,
+// maps with string keys and structs (see [Doc.Put]), and convert them. [Text]
+// (Automerge's text object) reads as a Go string and a counter as an int64
+// from [Doc.Get], [Doc.Fields] and [Doc.Decode] into any, because the
+// JavaScript library writes every string as text, so readers must accept
+// both. Where kinds matter ([Doc.GetTyped], [Doc.TypedFields] and [Diff3])
+// they read as [Text] and [Counter].
+//
+// # Concurrency
+//
+// A [Doc], a [SyncState] and an [InflateBudget] are not safe for concurrent
+// use: their owner serializes calls. Everything else the package returns
+// (Heads, Path, Snapshot, FieldDiff, ChangeInfo) is a value that any number
+// of goroutines may read at once, as long as none modifies it.
 package crdt

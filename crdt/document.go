@@ -274,12 +274,12 @@ func recoverCorrupt(err *error) {
 	}
 }
 
-// MemSize estimates the bytes of Go memory the Doc holds beyond
+// memSize estimates the bytes of Go memory the Doc holds beyond
 // automerge-go's own document: the indexes Import keeps, and the journal
 // of recent changes. (Automerge's document lives in Rust memory, in
 // proportion to the saved size and more.) An index shared with forks is
 // counted in full by each.
-func (d *Doc) MemSize() int {
+func (d *Doc) memSize() int {
 	n := d.jn.size()
 	if x := d.idx.Load(); x != nil {
 		for l := x.top; l != nil; l = l.parent {

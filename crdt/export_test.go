@@ -174,3 +174,9 @@ func EmptyChanges(data []byte) (map[Hash]bool, error) {
 	}
 	return out, nil
 }
+
+// MemSize is Doc.memSize, for benchmarks outside the package.
+func MemSize(d *Doc) int { return d.memSize() }
+
+// BudgetLeft is InflateBudget.remaining, for tests outside the package.
+func BudgetLeft(b *InflateBudget) int64 { return b.remaining() }

@@ -52,8 +52,8 @@ func (d *Doc) lookup(p Path) (*automerge.Value, error) {
 	return v, nil
 }
 
-// Get returns the value at path (see the package's value list), or nil if
-// nothing is there. Text reads as a string.
+// Get returns the value at path (one of the values the package
+// documentation lists), or nil if nothing is there. Text reads as a string.
 func (d *Doc) Get(path Path) (any, error) {
 	v, _, err := d.Lookup(path)
 	return v, err

@@ -57,19 +57,9 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 	// Check, before anything is applied, every change the stream will add:
 	// against the index as of now, or, if the history cannot be indexed, by
 	// saving and loading afterwards (see recordVerified).
-	var payloads [][]byte
-	var added []jentry // the changes the stream adds, in an order it applies them
-	if opaque {
-		if payloads, added, err = d.streamChanges(data, ci); err != nil {
-			return 0, err
-		}
-	} else {
-		payloads, added = make([][]byte, len(fresh)), make([]jentry, len(fresh))
-		for j, i := range fresh {
-			c := ci.changes[i]
-			payloads[j] = ci.payloads[i]
-			added[j] = jentry{hash: c.Hash, deps: sortedHeads(slices.Clone(c.Deps))}
-		}
+	payloads, added, err := d.incoming(data, ci, fresh, opaque)
+	if err != nil {
+		return 0, err
 	}
 	base, _ := d.index()
 	v, err := verifyChanges(base, payloads, added)
@@ -82,40 +72,69 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 	if err := d.loadIncremental(data); err != nil {
 		return 0, d.rollback(before, err)
 	}
-	// automerge-go's LoadIncremental drops, without an error, a chunk it
-	// cannot parse and everything after it, and it silently queues a change
-	// whose dependencies are missing. Check that everything arrived: the
-	// fresh changes no other fresh change depends on are enough, as a
-	// document holds every ancestor of what it holds.
-	if err := d.checkArrived(ci, fresh); err != nil {
+	after, err := d.checkApplied(ci, fresh, added, opaque)
+	if err != nil {
 		return 0, d.rollback(before, err)
+	}
+	if err := d.recordVerified(v, after); err != nil {
+		return 0, d.rollback(before, err)
+	}
+	return len(added), nil
+}
+
+// incoming returns the payloads of the changes a stream adds to the
+// document and the changes themselves, in an order they apply: the fresh
+// chunks of a plain stream, or for one with a whole document (opaque),
+// whatever it holds that the document lacks.
+func (d *Doc) incoming(data []byte, ci chunkInfo, fresh []int, opaque bool) ([][]byte, []jentry, error) {
+	if opaque {
+		return d.streamChanges(data, ci)
+	}
+	payloads, added := make([][]byte, len(fresh)), make([]jentry, len(fresh))
+	for j, i := range fresh {
+		c := ci.changes[i]
+		payloads[j] = ci.payloads[i]
+		added[j] = jentry{hash: c.Hash, deps: sortedHeads(slices.Clone(c.Deps))}
+	}
+	return payloads, added, nil
+}
+
+// checkApplied checks, after LoadIncremental, that the document took
+// exactly what the stream holds, and returns its new heads. On an error
+// the caller rolls back.
+//
+// automerge-go's LoadIncremental drops, without an error, a chunk it
+// cannot parse and everything after it, and it silently queues a change
+// whose dependencies are missing. Check that everything arrived: the
+// fresh changes no other fresh change depends on are enough, as a
+// document holds every ancestor of what it holds.
+func (d *Doc) checkApplied(ci chunkInfo, fresh []int, added []jentry, opaque bool) (Heads, error) {
+	if err := d.checkArrived(ci, fresh); err != nil {
+		return nil, err
 	}
 	for _, h := range ci.docHeads {
 		if !d.Has(h) {
-			return 0, d.rollback(before, fmt.Errorf("%w: document chunk with head %s was not applied", ErrCorrupt, h))
+			return nil, fmt.Errorf("%w: document chunk with head %s was not applied", ErrCorrupt, h)
 		}
 	}
 	after := d.Heads()
 	if !d.journalImported(added, after) && opaque {
 		// Some change was applied that is not in the stream's chunks (or
 		// one of them was not).
-		return 0, d.rollback(before, fmt.Errorf("%w: the stream applied other changes than its chunks hold: heads %v", ErrCorrupt, after))
+		return nil, fmt.Errorf("%w: the stream applied other changes than its chunks hold: heads %v", ErrCorrupt, after)
 	}
 	if opaque {
 		idx, err := d.seqIndex()
 		if err != nil {
-			return 0, d.rollback(before, err)
+			return nil, err
 		}
 		for actor, s := range idx {
 			if s.count != s.max {
-				return 0, d.rollback(before, fmt.Errorf("%w: actor %s has %d changes numbered up to %d", ErrCorrupt, actor, s.count, s.max))
+				return nil, fmt.Errorf("%w: actor %s has %d changes numbered up to %d", ErrCorrupt, actor, s.count, s.max)
 			}
 		}
 	}
-	if err := d.recordVerified(v, after); err != nil {
-		return 0, d.rollback(before, err)
-	}
-	return len(added), nil
+	return after, nil
 }
 
 // freshChanges returns the indexes (in ci.changes) of the changes d does

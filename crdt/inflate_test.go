@@ -85,8 +85,8 @@ func TestInflateBudgetStopsBomb(t *testing.T) {
 	if !errors.Is(err, crdt.ErrInflateLimit) || errors.Is(err, crdt.ErrCorrupt) {
 		t.Fatalf("ParseChangesWithin(bomb) = %v, want ErrInflateLimit alone", err)
 	}
-	if bg.Left() != 0 {
-		t.Errorf("budget left %d after a refusal", bg.Left())
+	if crdt.BudgetLeft(bg) != 0 {
+		t.Errorf("budget left %d after a refusal", crdt.BudgetLeft(bg))
 	}
 	// io.ReadAll doubles its buffer, and flate keeps a 32 KiB window: a
 	// few times the budget (more under -race), not the 64 MiB the chunk
@@ -145,7 +145,7 @@ func TestInflateBudgetIsShared(t *testing.T) {
 	if err != nil || len(got) != 1 || got[0].Hash != plain[0].Hash {
 		t.Fatalf("ParseChangesWithin = %v, %v; want %v", got, err, plain)
 	}
-	if used := 30_000 - bg.Left(); used < 20_000 {
+	if used := 30_000 - crdt.BudgetLeft(bg); used < 20_000 {
 		t.Errorf("budget charged %d bytes for a 20,000-byte change", used)
 	}
 	if _, err := crdt.ParseChangesWithin(parts[1], bg); !errors.Is(err, crdt.ErrInflateLimit) {

@@ -132,14 +132,15 @@ func DecodeValue(v any, out any) error {
 
 var timeType = reflect.TypeOf(time.Time{})
 
+// decodeInto sets rv from v, a value read from a record; at is v's path,
+// for the error when v cannot go into rv's type.
 func decodeInto(rv reflect.Value, v any, at string) error {
 	if v == nil {
 		rv.SetZero()
 		return nil
 	}
-	mismatch := func() error {
-		return fmt.Errorf("%w: field %q holds %T, cannot decode into %s", ErrType, strings.TrimPrefix(at, "."), v, rv.Type())
-	}
+	var ok bool
+	var err error
 	switch rv.Kind() {
 	case reflect.Pointer:
 		p := reflect.New(rv.Type().Elem())
@@ -149,77 +150,100 @@ func decodeInto(rv reflect.Value, v any, at string) error {
 		rv.Set(p)
 		return nil
 	case reflect.Interface:
-		if rv.NumMethod() != 0 {
-			return mismatch()
+		if ok = rv.NumMethod() == 0; ok {
+			rv.Set(reflect.ValueOf(plain(v)))
 		}
-		rv.Set(reflect.ValueOf(plain(v)))
-		return nil
 	case reflect.Struct:
-		if rv.Type() == timeType {
-			t, ok := v.(time.Time)
-			if !ok {
-				return mismatch()
-			}
-			rv.Set(reflect.ValueOf(t))
-			return nil
-		}
-		m, ok := v.(map[string]any)
-		if !ok {
-			return mismatch()
-		}
-		for _, f := range structFields(rv.Type()) {
-			fv, ok := m[f.name]
-			if !ok {
-				continue
-			}
-			if err := decodeInto(rv.FieldByIndex(f.index), fv, at+"."+f.name); err != nil {
-				return err
-			}
-		}
-		return nil
+		ok, err = decodeStruct(rv, v, at)
 	case reflect.Map:
-		m, ok := v.(map[string]any)
-		if !ok || rv.Type().Key().Kind() != reflect.String {
-			return mismatch()
+		ok, err = decodeMap(rv, v, at)
+	case reflect.Slice, reflect.Array:
+		ok, err = decodeList(rv, v, at)
+	default:
+		ok = decodeScalar(rv, v)
+	}
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: field %q holds %T, cannot decode into %s", ErrType, strings.TrimPrefix(at, "."), v, rv.Type())
+	}
+	return nil
+}
+
+// decodeStruct decodes a map into a struct's mapped fields, or a time into
+// a time.Time. ok is false when v is neither; err is a field's error.
+func decodeStruct(rv reflect.Value, v any, at string) (ok bool, err error) {
+	if rv.Type() == timeType {
+		t, ok := v.(time.Time)
+		if ok {
+			rv.Set(reflect.ValueOf(t))
 		}
-		out := reflect.MakeMapWithSize(rv.Type(), len(m))
-		for k, mv := range m {
-			ev := reflect.New(rv.Type().Elem()).Elem()
-			if err := decodeInto(ev, mv, at+"."+k); err != nil {
-				return err
-			}
-			out.SetMapIndex(reflect.ValueOf(k).Convert(rv.Type().Key()), ev)
-		}
-		rv.Set(out)
-		return nil
-	case reflect.Slice:
-		if b, ok := v.([]byte); ok && rv.Type().Elem().Kind() == reflect.Uint8 {
-			rv.Set(reflect.ValueOf(b).Convert(rv.Type()))
-			return nil
-		}
-		l, ok := v.([]any)
+		return ok, nil
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return false, nil
+	}
+	for _, f := range structFields(rv.Type()) {
+		fv, ok := m[f.name]
 		if !ok {
-			return mismatch()
+			continue
 		}
-		out := reflect.MakeSlice(rv.Type(), len(l), len(l))
-		for i, e := range l {
-			if err := decodeInto(out.Index(i), e, fmt.Sprintf("%s[%d]", at, i)); err != nil {
-				return err
-			}
+		if err := decodeInto(rv.FieldByIndex(f.index), fv, at+"."+f.name); err != nil {
+			return true, err
 		}
+	}
+	return true, nil
+}
+
+// decodeMap decodes a map into a Go map with string keys.
+func decodeMap(rv reflect.Value, v any, at string) (ok bool, err error) {
+	m, ok := v.(map[string]any)
+	if !ok || rv.Type().Key().Kind() != reflect.String {
+		return false, nil
+	}
+	out := reflect.MakeMapWithSize(rv.Type(), len(m))
+	for k, mv := range m {
+		ev := reflect.New(rv.Type().Elem()).Elem()
+		if err := decodeInto(ev, mv, at+"."+k); err != nil {
+			return true, err
+		}
+		out.SetMapIndex(reflect.ValueOf(k).Convert(rv.Type().Key()), ev)
+	}
+	rv.Set(out)
+	return true, nil
+}
+
+// decodeList decodes a list into a slice, or into an array as far as both
+// reach, and bytes into a byte slice.
+func decodeList(rv reflect.Value, v any, at string) (ok bool, err error) {
+	if b, ok := v.([]byte); ok && rv.Kind() == reflect.Slice && rv.Type().Elem().Kind() == reflect.Uint8 {
+		rv.Set(reflect.ValueOf(b).Convert(rv.Type()))
+		return true, nil
+	}
+	l, ok := v.([]any)
+	if !ok {
+		return false, nil
+	}
+	out := rv
+	if rv.Kind() == reflect.Slice {
+		out = reflect.MakeSlice(rv.Type(), len(l), len(l))
+	}
+	for i := 0; i < out.Len() && i < len(l); i++ {
+		if err := decodeInto(out.Index(i), l[i], fmt.Sprintf("%s[%d]", at, i)); err != nil {
+			return true, err
+		}
+	}
+	if rv.Kind() == reflect.Slice {
 		rv.Set(out)
-		return nil
-	case reflect.Array:
-		l, ok := v.([]any)
-		if !ok {
-			return mismatch()
-		}
-		for i := 0; i < rv.Len() && i < len(l); i++ {
-			if err := decodeInto(rv.Index(i), l[i], fmt.Sprintf("%s[%d]", at, i)); err != nil {
-				return err
-			}
-		}
-		return nil
+	}
+	return true, nil
+}
+
+// decodeScalar sets a string, bool or number from v, if v fits it.
+func decodeScalar(rv reflect.Value, v any) bool {
+	switch rv.Kind() {
 	case reflect.String:
 		switch x := v.(type) {
 		case string:
@@ -227,39 +251,36 @@ func decodeInto(rv reflect.Value, v any, at string) error {
 		case Text:
 			rv.SetString(string(x))
 		default:
-			return mismatch()
+			return false
 		}
-		return nil
 	case reflect.Bool:
 		b, ok := v.(bool)
 		if !ok {
-			return mismatch()
+			return false
 		}
 		rv.SetBool(b)
-		return nil
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
 		n, ok := asInt(v)
 		if !ok || rv.OverflowInt(n) {
-			return mismatch()
+			return false
 		}
 		rv.SetInt(n)
-		return nil
 	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
 		n, ok := asUint(v)
 		if !ok || rv.OverflowUint(n) {
-			return mismatch()
+			return false
 		}
 		rv.SetUint(n)
-		return nil
 	case reflect.Float32, reflect.Float64:
 		f, ok := asFloat(v)
 		if !ok {
-			return mismatch()
+			return false
 		}
 		rv.SetFloat(f)
-		return nil
+	default:
+		return false
 	}
-	return mismatch()
+	return true
 }
 
 func asInt(v any) (int64, bool) {

@@ -3,6 +3,7 @@ package crdt_test
 import (
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -418,6 +419,42 @@ func TestPutListKeepsConcurrentEdits(t *testing.T) {
 	for _, d := range []*crdt.Doc{a, b} {
 		if got := get(t, d, "items"); !reflect.DeepEqual(got, want) {
 			t.Fatalf("items = %#v, want %#v", got, want)
+		}
+	}
+}
+
+// TestDecodeErrorNamesTheField: a value of the wrong type deep inside a
+// record is reported with its path, through structs, lists, arrays and
+// maps, so the app can tell which field broke.
+func TestDecodeErrorNamesTheField(t *testing.T) {
+	type line struct {
+		Qty int `ferry:"qty"`
+	}
+	for _, tc := range []struct {
+		value any
+		out   any
+		want  string
+	}{
+		{map[string]any{"items": []any{map[string]any{"qty": int64(1)}, map[string]any{"qty": "x"}}},
+			&struct {
+				Items []line `ferry:"items"`
+			}{}, `field "items[1].qty" holds string, cannot decode into int`},
+		{map[string]any{"pair": []any{int64(1), true}},
+			&struct {
+				Pair [2]int `ferry:"pair"`
+			}{}, `field "pair[1]" holds bool, cannot decode into int`},
+		{map[string]any{"stock": map[string]any{"lyon": 1.5}},
+			&struct {
+				Stock map[string]string `ferry:"stock"`
+			}{}, `field "stock.lyon" holds float64, cannot decode into string`},
+		{map[string]any{"tags": "a,b"},
+			&struct {
+				Tags []string `ferry:"tags"`
+			}{}, `field "tags" holds string, cannot decode into []string`},
+	} {
+		err := crdt.DecodeValue(tc.value, tc.out)
+		if !errors.Is(err, crdt.ErrType) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("decode %v: %v; want an ErrType saying %s", tc.value, err, tc.want)
 		}
 	}
 }

@@ -20,17 +20,6 @@ type Text string
 // concurrent increments all count.
 type Counter int64
 
-// Values read from a document are plain Go values:
-//
-//	map[string]any, []any, string, int64, uint64, float64, bool, []byte,
-//	time.Time, nil
-//
-// Text (Automerge's text object) reads as a Go string and a counter as an
-// int64 from [Doc.Get], [Doc.Fields] and Decode into any (the JavaScript
-// library writes every string as text, so readers must accept both). Where
-// kinds matter ([Doc.GetTyped] and the three-way diff) they read as [Text]
-// and [Counter].
-
 // fromAM converts an automerge value into Go values, recursively. typed keeps
 // Text distinct from string.
 func fromAM(v *automerge.Value, typed bool) (any, error) {
@@ -107,6 +96,8 @@ func normalize(v any) (any, error) {
 
 const maxDepth = 64
 
+// normalizeValue turns a Go value into the plain values a record holds
+// (see the package documentation), checking what Automerge cannot store.
 func normalizeValue(rv reflect.Value, depth int) (any, error) {
 	if depth > maxDepth {
 		return nil, fmt.Errorf("%w: nested deeper than %d", ErrType, maxDepth)
@@ -154,46 +145,58 @@ func normalizeValue(rv reflect.Value, depth int) (any, error) {
 		}
 		return normalizeValue(rv.Elem(), depth+1)
 	case reflect.Slice, reflect.Array:
-		if rv.Kind() == reflect.Slice && rv.IsNil() {
-			return nil, nil
-		}
-		if rv.Type().Elem().Kind() == reflect.Uint8 {
-			b := make([]byte, rv.Len())
-			reflect.Copy(reflect.ValueOf(b), rv)
-			return b, nil
-		}
-		out := make([]any, rv.Len())
-		for i := range out {
-			var err error
-			if out[i], err = normalizeValue(rv.Index(i), depth+1); err != nil {
-				return nil, err
-			}
-		}
-		return out, nil
+		return normalizeList(rv, depth)
 	case reflect.Map:
-		if rv.Type().Key().Kind() != reflect.String {
-			return nil, fmt.Errorf("%w: map keys must be strings, not %s", ErrType, rv.Type().Key())
-		}
-		if rv.IsNil() {
-			return nil, nil
-		}
-		out := make(map[string]any, rv.Len())
-		it := rv.MapRange()
-		for it.Next() {
-			if !utf8.ValidString(it.Key().String()) {
-				return nil, fmt.Errorf("%w: map key %q is not valid UTF-8", ErrType, it.Key().String())
-			}
-			v, err := normalizeValue(it.Value(), depth+1)
-			if err != nil {
-				return nil, err
-			}
-			out[it.Key().String()] = v
-		}
-		return out, nil
+		return normalizeMap(rv, depth)
 	case reflect.Struct:
 		return structToMap(rv, depth)
 	}
 	return nil, fmt.Errorf("%w: cannot store %s", ErrType, rv.Type())
+}
+
+// normalizeList turns a slice or array into []any, or into []byte for
+// bytes; a nil slice is nil.
+func normalizeList(rv reflect.Value, depth int) (any, error) {
+	if rv.Kind() == reflect.Slice && rv.IsNil() {
+		return nil, nil
+	}
+	if rv.Type().Elem().Kind() == reflect.Uint8 {
+		b := make([]byte, rv.Len())
+		reflect.Copy(reflect.ValueOf(b), rv)
+		return b, nil
+	}
+	out := make([]any, rv.Len())
+	for i := range out {
+		var err error
+		if out[i], err = normalizeValue(rv.Index(i), depth+1); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// normalizeMap turns a map with string keys into map[string]any; a nil map
+// is nil.
+func normalizeMap(rv reflect.Value, depth int) (any, error) {
+	if rv.Type().Key().Kind() != reflect.String {
+		return nil, fmt.Errorf("%w: map keys must be strings, not %s", ErrType, rv.Type().Key())
+	}
+	if rv.IsNil() {
+		return nil, nil
+	}
+	out := make(map[string]any, rv.Len())
+	it := rv.MapRange()
+	for it.Next() {
+		if !utf8.ValidString(it.Key().String()) {
+			return nil, fmt.Errorf("%w: map key %q is not valid UTF-8", ErrType, it.Key().String())
+		}
+		v, err := normalizeValue(it.Value(), depth+1)
+		if err != nil {
+			return nil, err
+		}
+		out[it.Key().String()] = v
+	}
+	return out, nil
 }
 
 // toAM converts a normalized value into what automerge-go writes.

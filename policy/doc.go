@@ -6,4 +6,8 @@
 // replica) calls a Resolver for each conflict it finds and writes the
 // decision as a change that causally follows both sides, so every replica
 // converges to it.
+//
+// Everything here is a value or a stateless function, safe for concurrent
+// use, except the app's own Resolvers, which must be made so (see
+// [Resolver]).
 package policy

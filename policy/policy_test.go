@@ -82,3 +82,28 @@ func TestTypesAndNetworks(t *testing.T) {
 		t.Fatal("any-network profile rules wrong")
 	}
 }
+
+// TestPerCollectionKeepsItsOwnMap: the caller's map may change after
+// PerCollection returns (a config reload, say) while syncs resolve
+// conflicts; the resolver neither sees the change nor races with it.
+func TestPerCollectionKeepsItsOwnMap(t *testing.T) {
+	byColl := map[string]Resolver{"prices": CloudWins}
+	r := PerCollection(byColl, nil)
+	c := &Conflict{Collection: "prices", Path: crdt.Path{"amount"}, Local: 1.0, Remote: 2.0, LocalSet: true, RemoteSet: true}
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 100; i++ {
+			byColl["prices"] = LocalWins
+			delete(byColl, "prices")
+		}
+	}()
+	for i := 0; i < 100; i++ {
+		d, err := r.Resolve(c)
+		if err != nil || d.Value != 2.0 {
+			t.Fatalf("resolve: %+v, %v; want the relay's 2", d, err)
+		}
+	}
+	<-done
+}

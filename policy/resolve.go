@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"maps"
 
 	"github.com/ferrysync/ferry/crdt"
 )
@@ -74,7 +75,9 @@ type Resolver interface {
 	Resolve(c *Conflict) (Decision, error)
 }
 
-// ResolverFunc adapts a function to a Resolver.
+// ResolverFunc adapts a function to a Resolver. The function is called as
+// [Resolver] says: from a sync's goroutine, and from several at once when
+// collections sync concurrently.
 type ResolverFunc func(c *Conflict) (Decision, error)
 
 // Resolve calls f.
@@ -129,7 +132,8 @@ type preferCloud struct{}
 
 func (preferCloud) Resolve(c *Conflict) (Decision, error) { return c.remote(), nil }
 
-// LocalWins and CloudWins are the built-in resolvers.
+// LocalWins and CloudWins are the built-in resolvers. They hold no state
+// and are safe for concurrent use.
 var (
 	LocalWins Resolver = preferLocal{}
 	CloudWins Resolver = preferCloud{}
@@ -139,8 +143,11 @@ var (
 // its collection in byCollection, or else to fallback. With no resolver for
 // the collection and a nil fallback, the conflict fails with ErrNoHook.
 // Use it as the replica's one merge hook when collections decide their
-// conflicts differently.
+// conflicts differently. It is safe for concurrent use when its resolvers
+// are. It keeps a copy of byCollection, so the caller may change the map
+// afterwards.
 func PerCollection(byCollection map[string]Resolver, fallback Resolver) Resolver {
+	byCollection = maps.Clone(byCollection)
 	return ResolverFunc(func(c *Conflict) (Decision, error) {
 		if r := byCollection[c.Collection]; r != nil {
 			return r.Resolve(c)

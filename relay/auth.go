@@ -59,7 +59,9 @@ type Auth struct {
 }
 
 // NewAuth returns an Auth for apps. IDs and API keys must be unique and
-// secrets at least 32 bytes. now is the clock for expiry (nil: time.Now).
+// secrets at least 32 bytes. now is the clock for expiry (nil: time.Now);
+// it is called from every session's goroutine, so it must be safe for
+// concurrent use.
 func NewAuth(apps []App, now func() time.Time) (*Auth, error) {
 	if now == nil {
 		now = time.Now
@@ -84,8 +86,8 @@ func NewAuth(apps []App, now func() time.Time) (*Auth, error) {
 	return a, nil
 }
 
-// App returns the app with the API key.
-func (a *Auth) App(apiKey string) (App, error) {
+// app returns the app with the API key.
+func (a *Auth) app(apiKey string) (App, error) {
 	// Keyed by hash so lookups do not compare secrets byte by byte.
 	app, ok := a.byKey[sha256.Sum256([]byte(apiKey))]
 	if !ok {
@@ -97,7 +99,7 @@ func (a *Auth) App(apiKey string) (App, error) {
 // Verify checks that token is an unexpired token of the app whose API key is
 // given, and returns its app and claims.
 func (a *Auth) Verify(apiKey, token string) (App, *Claims, error) {
-	app, err := a.App(apiKey)
+	app, err := a.app(apiKey)
 	if err != nil {
 		return App{}, nil, err
 	}

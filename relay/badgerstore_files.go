@@ -97,8 +97,9 @@ const restoreFenceGap = 1 << 32
 // (*BadgerStore).Backup. dir must be missing or empty: a restore never
 // merges into existing data. The restored store gets a new incarnation, so
 // devices can tell that their cursors and acknowledged heads may be ahead
-// of its log; its leases are dropped and its fence counters raised by
-// restoreFenceGap. On failure dir is left empty.
+// of its log; its leases are dropped and its fence counters raised by 2^32,
+// so that no fence granted after the backup is granted again. On failure
+// dir is left empty.
 func RestoreBadgerStore(dir string, r io.Reader) error {
 	entries, err := os.ReadDir(dir)
 	created := errors.Is(err, os.ErrNotExist)

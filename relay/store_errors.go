@@ -6,7 +6,9 @@ import (
 	"time"
 )
 
-// Errors of Store implementations beyond the ones in store.go.
+// Errors a Store or BadgerStore may return besides those the Store
+// methods' contracts name (ErrStaleFence, ErrLeaseHeld, ErrConflict,
+// ErrTruncated, ErrNotFound, ErrStoreClosed).
 var (
 	// ErrInvalidArg means a Store method was given an argument it refuses:
 	// an empty tenant, collection or record name, a name holding NUL, an

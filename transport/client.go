@@ -21,9 +21,9 @@ type ClientOptions struct {
 // Client makes requests over a Conn and receives live messages. It owns
 // the Conn and runs the Conn's read loop in a goroutine that Close stops.
 //
-// Concurrency: Call may be called from any number of goroutines; responses
-// are matched to calls by id. Live messages arrive on the Live channel in
-// order. If its reader falls LiveBuffer messages behind, the Client closes
+// Concurrency: every method may be called from any number of goroutines;
+// Call's responses are matched to calls by id, and Close may be called more
+// than once. Live messages arrive on the Live channel in order. If its reader falls LiveBuffer messages behind, the Client closes
 // the connection (slow_consumer, close 4001) rather than grow without bound
 // or stall the responses that share the read loop; the caller reconnects
 // and subscribes again from its last applied cursor.

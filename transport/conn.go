@@ -28,9 +28,9 @@ const (
 	CloseShuttingDown  StatusCode = 4002                            // relay stopping; reconnect later
 )
 
-// CloseCodeFor maps a protocol error code to the close status a Conn closes
+// closeCodeFor maps a protocol error code to the close status a Conn closes
 // with after sending that error.
-func CloseCodeFor(code Code) StatusCode {
+func closeCodeFor(code Code) StatusCode {
 	switch code {
 	case "":
 		return CloseNormal
@@ -79,9 +79,9 @@ type Options struct {
 
 // Conn sends and receives envelopes over one WebSocket connection.
 //
-// Concurrency: Recv has one caller at a time (one read loop); Send and
-// SendWithin may be called from any number of goroutines, and messages go
-// out whole, one at a time. Close and CloseWithError may be called from
+// Concurrency: Recv has one caller at a time (one read loop); Send,
+// SendBody and SendWithin may be called from any number of goroutines, and
+// messages go out whole, one at a time. Close and CloseWithError may be called from
 // any goroutine, once or more. Pongs are processed inside Recv, so
 // keepalive needs a goroutine that keeps calling Recv: a Conn that nobody
 // reads fails its pings and closes. Canceling the context of a Recv in
@@ -413,7 +413,8 @@ func (c *Conn) closedErr(err error) error {
 const sendErrorTimeout = 2 * time.Second
 
 // CloseWithError sends an error message {code, reason} with id 0, then
-// closes with CloseCodeFor(code) and code as the close reason. Use it for
+// closes with the close status for code (see the close codes: ClosePolicy
+// unless another fits) and code as the close reason. Use it for
 // failures that end the session (auth, shutting down, slow consumer); a
 // failed request gets an error reply with its id instead.
 func (c *Conn) CloseWithError(code Code, reason string) error {
@@ -425,7 +426,7 @@ func (c *Conn) CloseWithError(code Code, reason string) error {
 			cancel()
 		}
 	}
-	return c.close(CloseCodeFor(code), string(code))
+	return c.close(closeCodeFor(code), string(code))
 }
 
 // Close closes the connection normally (1000) and waits for the keepalive

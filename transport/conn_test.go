@@ -306,8 +306,8 @@ func TestCloseCodeFor(t *testing.T) {
 		CodeSlowConsumer:       CloseSlowConsumer,
 		CodeShuttingDown:       CloseShuttingDown,
 	} {
-		if got := CloseCodeFor(code); got != want {
-			t.Errorf("CloseCodeFor(%q) = %d, want %d", code, got, want)
+		if got := closeCodeFor(code); got != want {
+			t.Errorf("closeCodeFor(%q) = %d, want %d", code, got, want)
 		}
 	}
 }

@@ -41,4 +41,10 @@
 //	var w transport.Welcome
 //	err = c.Call(ctx, &transport.Hello{APIKey: key, Token: token,
 //		ReplicaID: id, Versions: transport.SupportedVersions()}, &w)
+//
+// Concurrency: [Conn] and [Client] say which of their methods may run at
+// once. Everything else (Envelope, the message bodies, Limits, Options,
+// *Error) is a plain value: any number of goroutines may read one, and
+// decoding an Envelope's body only reads it, but none may modify a value
+// another is reading. The Err* sentinels are shared: never modify them.
 package transport

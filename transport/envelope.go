@@ -101,7 +101,7 @@ func (l Limits) Decode(frame []byte) (*Envelope, error) {
 	if err := unmarshal(frame, e); err != nil {
 		return nil, errorf(CodeBadFrame, "envelope: %w", err)
 	}
-	if !e.Type.Known() {
+	if !e.Type.known() {
 		return nil, errorf(CodeBadFrame, "unknown message type %q", e.Type)
 	}
 	// Hello is exempt: version negotiation happens inside it.

@@ -312,7 +312,7 @@ func TestValidate(t *testing.T) {
 			continue
 		}
 		wantCode(t, tc.name, err, tc.code)
-		if !tc.body.MessageType().Known() {
+		if !tc.body.MessageType().known() {
 			continue
 		}
 		// The limits an envelope was decoded under apply to its body.

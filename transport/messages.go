@@ -24,8 +24,8 @@ const (
 	TypeError        MessageType = "error"         // either way: *Error
 )
 
-// Known reports whether t is a message type of this protocol version.
-func (t MessageType) Known() bool {
+// known reports whether t is a message type of this protocol version.
+func (t MessageType) known() bool {
 	switch t {
 	case TypeHello, TypeWelcome, TypeAuth, TypePull, TypeChanges, TypePush,
 		TypeAck, TypeSubscribe, TypeUnsubscribe, TypeLive, TypeLeaseAcquire,

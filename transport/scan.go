@@ -40,107 +40,124 @@ func scan(b []byte, maxDepth, maxItems int) error {
 		}
 		left[top]--
 
-		if pos >= len(b) {
-			return errorf(CodeBadFrame, "msgpack truncated at offset %d", pos)
-		}
-		c := b[pos]
 		at := pos
-		pos++
-
-		var (
-			skip  uint64 // payload bytes that follow the header
-			elems uint64 // values inside a container
-			isCtr bool
-		)
-		switch {
-		case c <= 0x7f, c >= 0xe0: // positive and negative fixint
-		case c <= 0x8f: // fixmap
-			elems, isCtr = 2*uint64(c&0x0f), true
-		case c <= 0x9f: // fixarray
-			elems, isCtr = uint64(c&0x0f), true
-		case c <= 0xbf: // fixstr
-			skip = uint64(c & 0x1f)
-		default:
-			var n uint64
-			var hdr int // bytes of length (and ext type) after the code
-			switch c {
-			case 0xc0, 0xc2, 0xc3: // nil, false, true
-			case 0xc1:
-				return errorf(CodeBadFrame, "msgpack: invalid code 0xc1 at offset %d", at)
-			case 0xc4, 0xd9: // bin8, str8
-				hdr = 1
-			case 0xc5, 0xda: // bin16, str16
-				hdr = 2
-			case 0xc6, 0xdb: // bin32, str32
-				hdr = 4
-			case 0xc7, 0xc8, 0xc9: // ext8, ext16, ext32: length, then a type byte
-				hdr = 1 << (c - 0xc7)
-			case 0xca, 0xce, 0xd2: // float32, uint32, int32
-				skip = 4
-			case 0xcb, 0xcf, 0xd3: // float64, uint64, int64
-				skip = 8
-			case 0xcc, 0xd0: // uint8, int8
-				skip = 1
-			case 0xcd, 0xd1: // uint16, int16
-				skip = 2
-			case 0xd4, 0xd5, 0xd6, 0xd7, 0xd8: // fixext 1, 2, 4, 8, 16: type byte + data
-				skip = 1 + 1<<(c-0xd4)
-			case 0xdc, 0xde: // array16, map16
-				hdr = 2
-			case 0xdd, 0xdf: // array32, map32
-				hdr = 4
-			}
-			if hdr > 0 {
-				if len(b)-pos < hdr {
-					return errorf(CodeBadFrame, "msgpack header truncated at offset %d", at)
-				}
-				for _, x := range b[pos : pos+hdr] {
-					n = n<<8 | uint64(x)
-				}
-				pos += hdr
-				switch c {
-				case 0xc7, 0xc8, 0xc9:
-					skip = 1 + n // the type byte, then n bytes
-				case 0xdc, 0xdd:
-					elems, isCtr = n, true
-				case 0xde, 0xdf:
-					elems, isCtr = 2*n, true
-				default:
-					skip = n
-				}
-			}
+		t, next, err := readToken(b, pos)
+		if err != nil {
+			return err
 		}
-
+		pos = next
 		rest := uint64(len(b) - pos)
-		if isCtr {
+		if t.ctr {
 			// Each value takes at least one byte, so more values than bytes
 			// left is a lie told to make the decoder allocate.
-			if elems > rest {
-				return errorf(CodeBadFrame, "msgpack container at offset %d declares %d values with %d bytes left", at, elems, rest)
+			if t.elems > rest {
+				return errorf(CodeBadFrame, "msgpack container at offset %d declares %d values with %d bytes left", at, t.elems, rest)
 			}
 			if len(left) > maxDepth {
 				return errorf(CodeTooLarge, "msgpack nested deeper than %d at offset %d", maxDepth, at)
 			}
-			if c >= 0xde || c&0xf0 == 0x80 {
-				items += elems / 2
+			if t.pairs {
+				items += t.elems / 2
 			} else {
-				items += elems
+				items += t.elems
 			}
 			if maxItems >= 0 && items > uint64(maxItems) {
 				return errorf(CodeTooLarge, "msgpack holds more than %d items (offset %d)", maxItems, at)
 			}
-			if elems > 0 {
-				left = append(left, elems)
+			if t.elems > 0 {
+				left = append(left, t.elems)
 			}
 			continue
 		}
-		if skip > rest {
-			return errorf(CodeBadFrame, "msgpack value at offset %d needs %d bytes, %d left", at, skip, rest)
+		if t.skip > rest {
+			return errorf(CodeBadFrame, "msgpack value at offset %d needs %d bytes, %d left", at, t.skip, rest)
 		}
-		pos += int(skip)
+		pos += int(t.skip)
 	}
 	if pos != len(b) {
 		return errorf(CodeBadFrame, "%d trailing bytes after msgpack value at offset %d", len(b)-pos, pos)
 	}
 	return nil
+}
+
+// token is the header of one msgpack value: what follows it.
+type token struct {
+	skip  uint64 // payload bytes that follow the header
+	elems uint64 // values inside a container
+	ctr   bool   // an array or a map
+	pairs bool   // a map: elems counts its keys and values
+}
+
+// readToken reads the header of the value at b[at], returning it and the
+// offset just past it. It checks only that the header itself is there.
+func readToken(b []byte, at int) (token, int, error) {
+	var t token
+	if at >= len(b) {
+		return t, at, errorf(CodeBadFrame, "msgpack truncated at offset %d", at)
+	}
+	c := b[at]
+	pos := at + 1
+	switch {
+	case c <= 0x7f, c >= 0xe0: // positive and negative fixint
+		return t, pos, nil
+	case c <= 0x8f: // fixmap
+		t.elems, t.ctr, t.pairs = 2*uint64(c&0x0f), true, true
+		return t, pos, nil
+	case c <= 0x9f: // fixarray
+		t.elems, t.ctr = uint64(c&0x0f), true
+		return t, pos, nil
+	case c <= 0xbf: // fixstr
+		t.skip = uint64(c & 0x1f)
+		return t, pos, nil
+	}
+	var hdr int // bytes of length (and ext type) after the code
+	switch c {
+	case 0xc0, 0xc2, 0xc3: // nil, false, true
+	case 0xc1:
+		return t, pos, errorf(CodeBadFrame, "msgpack: invalid code 0xc1 at offset %d", at)
+	case 0xc4, 0xd9: // bin8, str8
+		hdr = 1
+	case 0xc5, 0xda: // bin16, str16
+		hdr = 2
+	case 0xc6, 0xdb: // bin32, str32
+		hdr = 4
+	case 0xc7, 0xc8, 0xc9: // ext8, ext16, ext32: length, then a type byte
+		hdr = 1 << (c - 0xc7)
+	case 0xca, 0xce, 0xd2: // float32, uint32, int32
+		t.skip = 4
+	case 0xcb, 0xcf, 0xd3: // float64, uint64, int64
+		t.skip = 8
+	case 0xcc, 0xd0: // uint8, int8
+		t.skip = 1
+	case 0xcd, 0xd1: // uint16, int16
+		t.skip = 2
+	case 0xd4, 0xd5, 0xd6, 0xd7, 0xd8: // fixext 1, 2, 4, 8, 16: type byte + data
+		t.skip = 1 + 1<<(c-0xd4)
+	case 0xdc, 0xde: // array16, map16
+		hdr = 2
+	case 0xdd, 0xdf: // array32, map32
+		hdr = 4
+	}
+	if hdr == 0 {
+		return t, pos, nil
+	}
+	if len(b)-pos < hdr {
+		return t, pos, errorf(CodeBadFrame, "msgpack header truncated at offset %d", at)
+	}
+	var n uint64
+	for _, x := range b[pos : pos+hdr] {
+		n = n<<8 | uint64(x)
+	}
+	pos += hdr
+	switch c {
+	case 0xc7, 0xc8, 0xc9:
+		t.skip = 1 + n // the type byte, then n bytes
+	case 0xdc, 0xdd:
+		t.elems, t.ctr = n, true
+	case 0xde, 0xdf:
+		t.elems, t.ctr, t.pairs = 2*n, true, true
+	default:
+		t.skip = n
+	}
+	return t, pos, nil
 }

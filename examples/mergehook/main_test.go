@@ -6,13 +6,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ferrysync/ferry/examples/internal/relaytest"
+	"github.com/ferrysync/ferry/relay/relaytest"
 )
 
 func TestMergeHookAddsUpTheChanges(t *testing.T) {
-	rl := relaytest.Start(t)
+	rl := relaytest.Start(t, nil)
 	var out bytes.Buffer
-	if err := run(context.Background(), append(rl.TokenArgs(), "--data", t.TempDir()), &out); err != nil {
+	if err := run(context.Background(), append(tokenArgs(rl), "--data", t.TempDir()), &out); err != nil {
 		t.Fatalf("run: %v\n%s", err, out.String())
 	}
 	got := squash(out.String())
@@ -50,4 +50,9 @@ func TestMergeHookRefusesExtraArguments(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `unexpected argument "now"`) {
 		t.Fatalf("extra arguments: %v", err)
 	}
+}
+
+// tokenArgs point the example at rl with its static token.
+func tokenArgs(rl *relaytest.Relay) []string {
+	return []string{"--url", rl.URL, "--api-key", rl.App.APIKey, "--token", rl.Token}
 }

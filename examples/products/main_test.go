@@ -3,16 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/ferrysync/ferry/examples/internal/relaytest"
+	"github.com/ferrysync/ferry/relay/relaytest"
 )
 
 func TestProducts(t *testing.T) {
-	rl := relaytest.Start(t)
+	rl := relaytest.Start(t, nil)
 	var out bytes.Buffer
-	args := append(rl.TokenArgs(), "--data", t.TempDir())
+	args := append(tokenArgs(rl), "--data", t.TempDir())
 	if err := run(context.Background(), args, &out); err != nil {
 		t.Fatalf("run: %v\n%s", err, out.String())
 	}
@@ -46,9 +49,9 @@ func squash(s string) string {
 
 // Without --token, the example mints its tokens from the dev app file.
 func TestProductsWithDevAppFile(t *testing.T) {
-	rl := relaytest.Start(t)
+	rl := relaytest.Start(t, nil)
 	var out bytes.Buffer
-	if err := run(context.Background(), rl.AppFileArgs(), &out); err != nil {
+	if err := run(context.Background(), []string{"--url", rl.URL, "--dev-app", devAppFile(t, rl)}, &out); err != nil {
 		t.Fatalf("run: %v\n%s", err, out.String())
 	}
 	if !strings.Contains(out.String(), "the tablet's 3.99") {
@@ -71,4 +74,24 @@ func TestProductsRefusesExtraArguments(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `unexpected argument "sync"`) {
 		t.Fatalf("extra arguments: %v", err)
 	}
+}
+
+// tokenArgs point the example at rl with its static token.
+func tokenArgs(rl *relaytest.Relay) []string {
+	return []string{"--url", rl.URL, "--api-key", rl.App.APIKey, "--token", rl.Token}
+}
+
+// devAppFile writes rl's app as `ferry relay --dev` does, for the example
+// to mint its own tokens from.
+func devAppFile(t *testing.T, rl *relaytest.Relay) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "dev-app.json")
+	b, err := json.Marshal(rl.App)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
-	"github.com/ferrysync/ferry/examples/internal/relaytest"
+	"github.com/ferrysync/ferry/relay/relaytest"
 )
 
 // todo runs the CLI on a data folder and returns its output.
@@ -33,7 +35,8 @@ func add(t *testing.T, dir, title string) string {
 }
 
 func TestTodoSyncsBetweenTwoFolders(t *testing.T) {
-	rl := relaytest.Start(t)
+	rl := relaytest.Start(t, nil)
+	appFile := devAppFile(t, rl)
 	alice, bob := t.TempDir(), t.TempDir()
 
 	milk := add(t, alice, "buy milk")
@@ -44,11 +47,11 @@ func TestTodoSyncsBetweenTwoFolders(t *testing.T) {
 
 	// Alice passes a static token; Bob mints his from the dev app file on
 	// each sync.
-	out := todo(t, alice, append(rl.TokenArgs(), "sync")...)
+	out := todo(t, alice, append(tokenArgs(rl), "sync")...)
 	if !strings.Contains(out, `created sync profile "relay"`) || !strings.Contains(out, "sent:     2 new") {
 		t.Fatalf("alice's first sync:\n%s", out)
 	}
-	out = todo(t, bob, append(rl.AppFileArgs(), "sync")...)
+	out = todo(t, bob, append([]string{"--url", rl.URL, "--dev-app", appFile}, "sync")...)
 	if !strings.Contains(out, "received: 2 new") {
 		t.Fatalf("bob's first sync:\n%s", out)
 	}
@@ -66,7 +69,7 @@ func TestTodoSyncsBetweenTwoFolders(t *testing.T) {
 	}
 	todo(t, bob, "rm", bank)
 	add(t, bob, "walk the dog")
-	todo(t, bob, "--dev-app", rl.AppFile, "sync")
+	todo(t, bob, "--dev-app", appFile, "sync")
 
 	// Alice's stored profile keeps the relay's URL and API key; tokens
 	// are never stored, so she gives hers again.
@@ -88,10 +91,10 @@ func TestTodoSyncsBetweenTwoFolders(t *testing.T) {
 // with X; flags after the command used to be ignored, and the sync went to
 // the default URL.
 func TestTodoFlagsAfterTheCommand(t *testing.T) {
-	rl := relaytest.Start(t)
+	rl := relaytest.Start(t, nil)
 	carol := t.TempDir()
 	add(t, carol, "water the plants")
-	out := todo(t, carol, append([]string{"sync"}, rl.TokenArgs()...)...)
+	out := todo(t, carol, append([]string{"sync"}, tokenArgs(rl)...)...)
 	if !strings.Contains(out, "synced todos with "+rl.URL) || !strings.Contains(out, "sent:     1 new") {
 		t.Fatalf("sync with flags after the command:\n%s", out)
 	}
@@ -130,4 +133,24 @@ func TestTodoErrors(t *testing.T) {
 			t.Fatalf("todo %v created %s", args, fresh)
 		}
 	}
+}
+
+// tokenArgs point the example at rl with its static token.
+func tokenArgs(rl *relaytest.Relay) []string {
+	return []string{"--url", rl.URL, "--api-key", rl.App.APIKey, "--token", rl.Token}
+}
+
+// devAppFile writes rl's app as `ferry relay --dev` does, for the example
+// to mint its own tokens from.
+func devAppFile(t *testing.T, rl *relaytest.Relay) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "dev-app.json")
+	b, err := json.Marshal(rl.App)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

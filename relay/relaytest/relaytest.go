@@ -23,6 +23,7 @@ type Options struct {
 	// closes it either way.
 	Store relay.Store
 	// Now is the relay's clock, for tokens and leases. Default time.Now.
+	// Every session calls it, so it must be safe for concurrent use.
 	Now func() time.Time
 	// Relay carries any other relay setting; its Store, Auth and Now are
 	// set by Start. PingInterval defaults to off (-1).
@@ -33,11 +34,14 @@ type Options struct {
 	// bubble, with its fake clock.
 	Pipe bool
 	// Conn, if set, wraps each connection a device makes on the in-memory
-	// network (its client end), to delay or cut it.
+	// network (its client end), to delay or cut it. It is called in the
+	// goroutine that dials, from several at once when devices connect
+	// together.
 	Conn func(net.Conn) net.Conn
 }
 
-// Relay is a running test relay with one app, "test".
+// Relay is a running test relay with one app, "test". Its methods are
+// safe for concurrent use.
 type Relay struct {
 	URL    string // ws://.../ws
 	Server *relay.Server

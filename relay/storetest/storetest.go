@@ -60,6 +60,8 @@ import (
 // written before (for a store kept elsewhere, such as PostgreSQL, dir is a
 // key naming the database or schema). The suite closes every store it opens;
 // the opener may also close it in t.Cleanup, as Close must be idempotent.
+// It is called in the goroutine of the test it is given, one call at a
+// time.
 type Opener func(t *testing.T, dir string) relay.Store
 
 // Run runs the whole suite against a durable store, including the tests
