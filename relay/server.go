@@ -29,7 +29,8 @@ type Options struct {
 	// Registry receives the relay's Prometheus metrics. Default: a registry
 	// of the server's own, served at /metrics with Go and process metrics.
 	Registry *prometheus.Registry
-	// Now is the clock for leases and token expiry. Default time.Now.
+	// Now is the clock for leases and token expiry. Default: the Store's
+	// (see StoreClock) if it has one, else time.Now.
 	Now func() time.Time
 	// RelayID names this relay in welcome messages. Default "ferry-relay".
 	RelayID string
@@ -60,7 +61,7 @@ func (o *Options) withDefaults() Options {
 		v.Logger = slog.New(slog.DiscardHandler)
 	}
 	if v.Now == nil {
-		v.Now = time.Now
+		v.Now = nowFrom(v.Store)
 	}
 	if v.RelayID == "" {
 		v.RelayID = "ferry-relay"
@@ -107,6 +108,7 @@ type Server struct {
 	docs      *lru.Cache[cachedDoc, *relayDoc]
 	compactor *compactor
 	recLocks  *recordLocks
+	watch     *storeWatch // nil unless the Store has StoreEvents
 
 	// hooks let tests wait for events that have no other signal, and
 	// drive timers by the fake clock.
@@ -164,6 +166,7 @@ func NewServer(o *Options) (*Server, error) {
 	}
 	s.metrics = m
 	s.compactor = newCompactor(s)
+	s.watch = startStoreWatch(s)
 	return s, nil
 }
 
@@ -310,6 +313,7 @@ func (s *Server) Close() error {
 		<-drained
 		s.helpers.Wait()
 		s.compactor.close()
+		s.watch.close()
 	})
 	return nil
 }
