@@ -1,0 +1,103 @@
+// Package pgtest gives tests a PostgreSQL database to work in: the one
+// FERRY_TEST_POSTGRES names (a connection string), with a schema of their
+// own, dropped when they end. Without FERRY_TEST_POSTGRES the tests skip,
+// unless FERRY_REQUIRE_POSTGRES is set (CI sets both), which turns the skip
+// into a failure.
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// DSN returns the test database's connection string, or skips the test
+// (fails it, under FERRY_REQUIRE_POSTGRES).
+func DSN(t testing.TB) string {
+	t.Helper()
+	dsn := os.Getenv("FERRY_TEST_POSTGRES")
+	if dsn == "" {
+		if os.Getenv("FERRY_REQUIRE_POSTGRES") != "" {
+			t.Fatal("FERRY_REQUIRE_POSTGRES is set but FERRY_TEST_POSTGRES is not: this test needs a PostgreSQL database")
+		}
+		t.Skip("FERRY_TEST_POSTGRES is not set: no PostgreSQL to test against (.ci/run starts one)")
+	}
+	return dsn
+}
+
+// Schema returns the name of a schema no other test uses, dropped (with
+// everything in it) when the test ends.
+func Schema(t testing.TB) string {
+	t.Helper()
+	b := make([]byte, 6)
+	rand.Read(b)
+	name := "t_" + hex.EncodeToString(b)
+	DropAtCleanup(t, name)
+	return name
+}
+
+// DropAtCleanup drops the schema when the test ends.
+func DropAtCleanup(t testing.TB, schema string) {
+	t.Helper()
+	dsn := DSN(t)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			t.Errorf("dropping schema %s: %v", schema, err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+			t.Errorf("dropping schema %s: %v", schema, err)
+		}
+	})
+}
+
+// Conn opens a connection to the test database with search_path set to
+// schema (none if ""), closed when the test ends.
+func Conn(t testing.TB, schema string) *pgx.Conn {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(DSN(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if schema != "" {
+		cfg.RuntimeParams["search_path"] = pgx.Identifier{schema}.Sanitize()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// Restart restarts the PostgreSQL server with the shell command in
+// FERRY_TEST_POSTGRES_RESTART (.ci/run sets one that stops the server at
+// once, as a crash would, and starts it again). Without one it returns
+// false, unless FERRY_REQUIRE_POSTGRES is set, which fails the test.
+func Restart(t testing.TB) bool {
+	t.Helper()
+	cmd := os.Getenv("FERRY_TEST_POSTGRES_RESTART")
+	if cmd == "" {
+		if os.Getenv("FERRY_REQUIRE_POSTGRES") != "" {
+			t.Fatal("FERRY_REQUIRE_POSTGRES is set but FERRY_TEST_POSTGRES_RESTART is not: this test restarts the server")
+		}
+		return false
+	}
+	out, err := exec.Command("sh", "-c", cmd).CombinedOutput()
+	if err != nil {
+		t.Fatalf("restarting PostgreSQL (%s): %v\n%s", cmd, err, out)
+	}
+	return true
+}
