@@ -9,8 +9,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"net/url"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,4 +102,21 @@ func Restart(t testing.TB) bool {
 		t.Fatalf("restarting PostgreSQL (%s): %v\n%s", cmd, err, out)
 	}
 	return true
+}
+
+// WithDatabase returns the test database's connection string with another
+// database name.
+func WithDatabase(t testing.TB, db string) string {
+	t.Helper()
+	dsn := DSN(t)
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		u, err := url.Parse(dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.Path = "/" + db
+		return u.String()
+	}
+	// In key=value form, a later key wins.
+	return dsn + " dbname=" + db
 }

@@ -36,6 +36,11 @@ type Options struct {
 	// Logger receives warnings (a new incarnation, a lost LISTEN
 	// connection). Default: discard.
 	Logger *slog.Logger
+
+	// Set by tests (export_test.go): how connections are dialed, and the
+	// local clock.
+	dial       func(ctx context.Context, network, addr string) (net.Conn, error)
+	localClock func() time.Time
 }
 
 func (o *Options) withDefaults() Options {
@@ -54,6 +59,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if v.Logger == nil {
 		v.Logger = slog.New(slog.DiscardHandler)
+	}
+	if v.localClock == nil {
+		v.localClock = time.Now
 	}
 	return v
 }
@@ -110,10 +118,15 @@ func Open(ctx context.Context, connString string, o *Options) (*Store, error) {
 	cfg.MinConns = 0
 	cfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{opts.Schema}.Sanitize()
 	if cfg.ConnConfig.RuntimeParams["application_name"] == "" {
-		cfg.ConnConfig.RuntimeParams["application_name"] = "ferry relay"
+		// Names the relay's sessions in pg_stat_activity, by schema.
+		name := "ferry-relay/" + opts.Schema
+		cfg.ConnConfig.RuntimeParams["application_name"] = name[:min(len(name), 63)]
 	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = 10 * time.Second
+	}
+	if opts.dial != nil {
+		cfg.ConnConfig.DialFunc = opts.dial
 	}
 	base, cancel := context.WithCancel(context.Background())
 	s := &Store{
@@ -125,7 +138,7 @@ func Open(ctx context.Context, connString string, o *Options) (*Store, error) {
 		base:    base,
 		cancel:  cancel,
 	}
-	s.clock = newDBClock(time.Now)
+	s.clock = newDBClock(opts.localClock)
 	s.pool, err = pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		cancel()
