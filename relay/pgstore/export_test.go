@@ -7,7 +7,9 @@ import (
 )
 
 // SetDial makes the store dial its connections with d.
-func SetDial(o *Options, d func(ctx context.Context, network, addr string) (net.Conn, error)) { o.dial = d }
+func SetDial(o *Options, d func(ctx context.Context, network, addr string) (net.Conn, error)) {
+	o.dial = d
+}
 
 // SetLocalClock gives the store a local clock other than time.Now.
 func SetLocalClock(o *Options, f func() time.Time) { o.localClock = f }
