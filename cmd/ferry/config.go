@@ -37,6 +37,14 @@ type Config struct {
 	// itself, reloading them when they change.
 	TLSCert string `json:"tls_cert"`
 	TLSKey  string `json:"tls_key"`
+
+	// Postgres, a PostgreSQL connection string, puts the relay's store in
+	// that database instead of the data folder, so that several relays can
+	// share it. PostgresSchema names the schema (default "ferry"), and
+	// PostgresMaxConns bounds this relay's pool (default 10).
+	Postgres         string `json:"postgres"`
+	PostgresSchema   string `json:"postgres_schema"`
+	PostgresMaxConns int    `json:"postgres_max_conns"`
 }
 
 // ConfigLimits overrides transport limits; zero keeps the default (for

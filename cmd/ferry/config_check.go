@@ -60,6 +60,15 @@ func (c *Config) check() error {
 	if c.MaxLag < 0 {
 		bad("max_lag", "%d is negative (leave it out for the default, 10000)", c.MaxLag)
 	}
+	if c.PostgresMaxConns < 0 || c.PostgresMaxConns > 10_000 {
+		bad("postgres_max_conns", "%d: want 1 to 10000 (leave it out for the default, 10)", c.PostgresMaxConns)
+	}
+	if s := c.PostgresSchema; len(s) > 63 || !utf8.ValidString(s) || strings.ContainsFunc(s, unicode.IsControl) {
+		bad("postgres_schema", "want a PostgreSQL schema name: at most 63 bytes of printable UTF-8")
+	}
+	if (c.PostgresSchema != "" || c.PostgresMaxConns != 0) && c.Postgres == "" {
+		bad("postgres_schema, postgres_max_conns", "only mean something with postgres (a connection string)")
+	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		bad("tls_cert, tls_key", "give both (the certificate chain and its private key) or neither")
 	}

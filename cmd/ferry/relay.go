@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -13,7 +14,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/pgstore"
 )
 
 // RelayCommand runs the relay: `ferry relay --data DIR --addr HOST:PORT`,
@@ -36,6 +41,12 @@ it keeps a ready-made app in DATA/dev-app.json and prints its API key and a
 token. In production, list the apps in a configuration file (JSON, see
 docs/operations.md); flags override the file.
 
+With --postgres (or "postgres" in the file) the relay keeps its data in
+that PostgreSQL database instead of the data folder, and any number of
+relays may run on it, behind one load balancer. Give the password in the
+configuration file, PGPASSWORD or a password file, not on the command
+line, where other users of the machine can read it.
+
 The first line printed is always "ferry relay listening on URL".
 `
 
@@ -53,6 +64,8 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	logFormat := fs.String("log-format", "", "text or json (default text)")
 	tlsCert := fs.String("tls-cert", "", "serve wss:// with this certificate chain (PEM `file`); reloaded when it changes")
 	tlsKey := fs.String("tls-key", "", "the certificate's private key (PEM `file`)")
+	postgres := fs.String("postgres", "", "keep the store in the PostgreSQL database at this `url` (postgres://user@host/db, or libpq's key=value form; see docs/operations.md)")
+	pgSchema := fs.String("postgres-schema", "", "the `schema` of the PostgreSQL store (default ferry)")
 	if err := parse(fs, args, c.Stdout, relayHelp); err != nil {
 		return err
 	}
@@ -80,6 +93,11 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	set(&cfg.LogFormat, *logFormat, "text")
 	if *tlsCert != "" {
 		cfg.TLSCert, cfg.TLSKey = *tlsCert, *tlsKey
+	}
+	set(&cfg.Postgres, *postgres, "")
+	set(&cfg.PostgresSchema, *pgSchema, "")
+	if *dev && cfg.Postgres != "" {
+		return usagef(fs, "--dev runs on the embedded store in the data folder: leave out --postgres (and postgres in the config file)")
 	}
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = Duration(30 * time.Second)
@@ -127,13 +145,15 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	store, err := relay.OpenBadgerStore(storeDir(cfg.Data), &relay.BadgerOptions{Logger: log})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	store, where, err := openStore(ctx, cfg, log, reg)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
 	srv, err := relay.NewServer(&relay.Options{
-		Store: store, Auth: auth, Logger: log, RelayID: cfg.RelayID, Limits: cfg.limits(),
+		Store: store, Auth: auth, Logger: log, RelayID: cfg.RelayID, Limits: cfg.limits(), Registry: reg,
 		MaxLeaseTTL: time.Duration(cfg.MaxLeaseTTL), DefaultLeaseTTL: time.Duration(cfg.DefaultLeaseTTL), MaxLag: cfg.MaxLag,
 	})
 	if err != nil {
@@ -169,7 +189,7 @@ Development mode: one app, "dev", stored in %s.
 Health: %s://%s/healthz   Metrics: %s://%s/metrics
 `, filepath.Join(cfg.Data, devAppFile), apps[len(apps)-1].APIKey, devTok, httpScheme, ln.Addr(), httpScheme, ln.Addr())
 	}
-	log.Info("relay started", "url", url, "data", cfg.Data, "apps", len(apps), "incarnation", store.Incarnation())
+	log.Info("relay started", "url", url, "store", where, "apps", len(apps), "incarnation", store.Incarnation())
 
 	select {
 	case err := <-served:
@@ -193,6 +213,32 @@ Health: %s://%s/healthz   Metrics: %s://%s/metrics
 	}
 	log.Info("relay stopped")
 	return nil
+}
+
+// openStore opens the relay's store: the Badger store in the data folder,
+// or the PostgreSQL one, whose metrics join reg. where names it for the
+// log, never with a password.
+func openStore(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Registry) (relay.Store, string, error) {
+	if cfg.Postgres == "" {
+		st, err := relay.OpenBadgerStore(storeDir(cfg.Data), &relay.BadgerOptions{Logger: log})
+		return st, storeDir(cfg.Data), err
+	}
+	where := "postgres " + pgstore.Describe(cfg.Postgres)
+	octx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	st, err := pgstore.Open(octx, cfg.Postgres, &pgstore.Options{Schema: cfg.PostgresSchema, MaxConns: int32(cfg.PostgresMaxConns), Logger: log})
+	if err != nil {
+		return nil, where, fmt.Errorf("relay: opening the store in %s: %w", where, err)
+	}
+	if err := reg.Register(st.Collector()); err != nil {
+		st.Close()
+		return nil, where, err
+	}
+	schema := cfg.PostgresSchema
+	if schema == "" {
+		schema = "ferry"
+	}
+	return st, where + " schema " + schema, nil
 }
 
 // splitList parses a comma-separated flag value.

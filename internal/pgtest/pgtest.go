@@ -97,9 +97,18 @@ func Restart(t testing.TB) bool {
 		}
 		return false
 	}
-	out, err := exec.Command("sh", "-c", cmd).CombinedOutput()
+	// The output goes to a file, not a pipe: the restarted server inherits
+	// it, and would keep a pipe open long after the command returned.
+	out, err := os.CreateTemp(t.TempDir(), "restart")
 	if err != nil {
-		t.Fatalf("restarting PostgreSQL (%s): %v\n%s", cmd, err, out)
+		t.Fatal(err)
+	}
+	defer out.Close()
+	c := exec.Command("sh", "-c", cmd)
+	c.Stdout, c.Stderr = out, out
+	if err := c.Run(); err != nil {
+		b, _ := os.ReadFile(out.Name())
+		t.Fatalf("restarting PostgreSQL (%s): %v\n%s", cmd, err, b)
 	}
 	return true
 }

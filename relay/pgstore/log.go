@@ -433,23 +433,22 @@ func (s *Store) Usage(ctx context.Context, tenant string) (relay.Usage, error) {
 }
 
 // Stats implements relay.Store: the entries between each collection's
-// horizon and head, and the tables' size on disk. It is tried once, not
-// retried, so that /healthz reports a database it cannot reach at once.
+// horizon and head, and the tables' size on disk. It retries for two
+// seconds at most, so that /healthz reports a database it cannot reach
+// promptly, yet not a connection the server dropped a moment ago.
 func (s *Store) Stats(ctx context.Context) (relay.StoreStats, error) {
 	if err := s.begin(ctx); err != nil {
 		return relay.StoreStats{}, err
 	}
 	defer s.inflight.Done()
 	var st relay.StoreStats
-	err := s.pool.QueryRow(ctx, `SELECT
-		  (SELECT coalesce(sum(head - horizon), 0)::bigint FROM ferry_colls),
-		  pg_total_relation_size('ferry_log') + pg_total_relation_size('ferry_records') +
-		  pg_total_relation_size('ferry_colls') + pg_total_relation_size('ferry_appends')`).Scan(&st.LogEntries, &st.Bytes)
-	if err != nil {
-		s.metrics.giveUps.WithLabelValues("stats").Inc()
-		return st, fmt.Errorf("pgstore: stats: %w", err)
-	}
-	return st, nil
+	err := s.retryWithin(ctx, "stats", 2*time.Second, func(ctx context.Context) error {
+		return s.pool.QueryRow(ctx, `SELECT
+			  (SELECT coalesce(sum(head - horizon), 0)::bigint FROM ferry_colls),
+			  pg_total_relation_size('ferry_log') + pg_total_relation_size('ferry_records') +
+			  pg_total_relation_size('ferry_colls') + pg_total_relation_size('ferry_appends')`).Scan(&st.LogEntries, &st.Bytes)
+	})
+	return st, err
 }
 
 // unstorable reports whether a name holds NUL, which no stored name does

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -231,7 +232,11 @@ func (s *Store) run(ctx context.Context, op string, fn func(ctx context.Context)
 }
 
 func (s *Store) retry(ctx context.Context, op string, fn func(ctx context.Context) error) error {
-	deadline := time.Now().Add(s.opts.RetryTimeout)
+	return s.retryWithin(ctx, op, s.opts.RetryTimeout, fn)
+}
+
+func (s *Store) retryWithin(ctx context.Context, op string, limit time.Duration, fn func(ctx context.Context) error) error {
+	deadline := time.Now().Add(limit)
 	wait := 5 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithDeadline(ctx, deadline)
@@ -251,7 +256,7 @@ func (s *Store) retry(ctx context.Context, op string, fn func(ctx context.Contex
 		}
 		if !time.Now().Add(wait).Before(deadline) {
 			s.metrics.giveUps.WithLabelValues(op).Inc()
-			return fmt.Errorf("pgstore: %s: still failing after %d attempts in %v: %w", op, attempt, s.opts.RetryTimeout, err)
+			return fmt.Errorf("pgstore: %s: still failing after %d attempts in %v: %w", op, attempt, limit, err)
 		}
 		s.metrics.retries.WithLabelValues(op, reason).Inc()
 		t := time.NewTimer(wait)
@@ -303,4 +308,14 @@ func retryable(err error) string {
 		return "connection"
 	}
 	return ""
+}
+
+// Describe names the database a connection string points to, without its
+// password: "user@host:port/database", for logs.
+func Describe(connString string) string {
+	cfg, err := pgconn.ParseConfig(connString)
+	if err != nil {
+		return "(a connection string that does not parse)"
+	}
+	return fmt.Sprintf("%s@%s/%s", cfg.User, net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))), cfg.Database)
 }
