@@ -118,15 +118,22 @@ func (s *Store) pruneAppendIDs(ctx context.Context) error {
 	return err
 }
 
-// recordSQL reads records as stored: the row, and its tail gathered from
-// the log in one snapshot.
-const recordSQL = `SELECT r.record, r.heads, r.seq, r.snapshot, r.snap_seq, t.tail, t.n
-  FROM ferry_colls c
-  JOIN ferry_records r ON r.coll_id = c.id
-  CROSS JOIN LATERAL (SELECT string_agg(l.changes, ''::bytea ORDER BY l.seq) AS tail, count(*) AS n
-                        FROM ferry_log l
-                       WHERE l.coll_id = r.coll_id AND l.record = r.record AND l.seq > r.snap_seq) t
- WHERE c.tenant = $1 AND c.coll = $2`
+// Records are read as stored: the row, and its tail gathered from the log,
+// in one statement (one snapshot). The collection is looked up first, as a
+// value, so the plan walks the records' key in order and stops at the
+// page's end, then gathers the tails of that page alone.
+const (
+	collIDSQL   = `(SELECT id FROM ferry_colls WHERE tenant = $1 AND coll = $2)`
+	recordTails = `CROSS JOIN LATERAL (SELECT string_agg(l.changes, ''::bytea ORDER BY l.seq) AS tail, count(*) AS n
+	                        FROM ferry_log l
+	                       WHERE l.coll_id = r.coll_id AND l.record = r.record AND l.seq > r.snap_seq) t`
+	recordCols = `r.record, r.heads, r.seq, r.snapshot, r.snap_seq, t.tail, t.n`
+	recordSQL  = `SELECT ` + recordCols + ` FROM ferry_records r ` + recordTails +
+		` WHERE r.coll_id = ` + collIDSQL + ` AND r.record = $3`
+	recordsSQL = `SELECT ` + recordCols + `
+	  FROM (SELECT * FROM ferry_records WHERE coll_id = ` + collIDSQL + ` AND record > $3 ORDER BY record LIMIT $4) r ` +
+		recordTails + ` ORDER BY r.record`
+)
 
 func scanRecord(rows pgx.Rows) (relay.Record, error) {
 	var (
@@ -159,7 +166,7 @@ func (s *Store) Record(ctx context.Context, c relay.Coll, record string) (relay.
 	}
 	err := s.run(ctx, "record", func(ctx context.Context) error {
 		var err error
-		out, err = s.queryRecords(ctx, recordSQL+` AND r.record = $3`, c.Tenant, c.Collection, record)
+		out, err = s.queryRecords(ctx, recordSQL, c.Tenant, c.Collection, record)
 		return err
 	})
 	if err != nil {
@@ -182,7 +189,7 @@ func (s *Store) Records(ctx context.Context, c relay.Coll, after string, limit i
 	var out []relay.Record
 	err := s.run(ctx, "records", func(ctx context.Context) error {
 		var err error
-		out, err = s.queryRecords(ctx, recordSQL+` AND r.record > $3 ORDER BY r.record LIMIT $4`, c.Tenant, c.Collection, after, limit)
+		out, err = s.queryRecords(ctx, recordsSQL, c.Tenant, c.Collection, after, limit)
 		return err
 	})
 	return out, err
@@ -393,8 +400,8 @@ func (s *Store) CompactionCandidates(ctx context.Context, limit int) ([]relay.Ca
 }
 
 // truncateStep bounds the entries one transaction of Truncate deletes, so
-// that no statement runs long.
-const truncateStep = 10_000
+// that no statement runs long. A variable for the tests.
+var truncateStep = 10_000
 
 // Truncate implements relay.Store, in steps of at most truncateStep
 // entries, each of which moves the horizon with its deletions.

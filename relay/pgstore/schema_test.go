@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -96,5 +97,46 @@ func TestAppendIDsArePruned(t *testing.T) {
 	skew.Store(int64(appendIDRetention + time.Minute))
 	if err := s.pruneAppendIDs(ctx); err != nil || count() != 0 {
 		t.Fatalf("an id older than the retention was kept (%d left, %v)", count(), err)
+	}
+}
+
+// Truncate goes in steps, each moving the horizon with its deletions, and
+// stops at the first entry a tail holds.
+func TestTruncateInSteps(t *testing.T) {
+	old := truncateStep
+	truncateStep = 2
+	defer func() { truncateStep = old }()
+	s, err := Open(context.Background(), pgtest.DSN(t), &Options{Schema: pgtest.Schema(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	c := relay.Coll{Tenant: "app", Collection: "notes"}
+	for i := range 9 {
+		id := fmt.Sprint("r", i)
+		if _, err := s.Append(ctx, c, 0, s.Now(), []relay.Entry{{Record: id, Changes: []byte(id), Heads: crdt.Heads{{byte(i + 1)}}}}); err != nil {
+			t.Fatal(err)
+		}
+		if i != 7 { // r7's entry, seq 8, stays in its tail
+			if err := s.Compact(ctx, c, id, []byte("snap"), uint64(i+1)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	h, err := s.Truncate(ctx, c, 100)
+	if err != nil || h != 7 {
+		t.Fatalf("Truncate = %d, %v; want horizon 7", h, err)
+	}
+	if _, err := s.Log(ctx, c, 6, 10); !errors.Is(err, relay.ErrTruncated) {
+		t.Fatalf("Log below the horizon: %v", err)
+	}
+	l, err := s.Log(ctx, c, 7, 10)
+	if err != nil || len(l) != 2 || l[0].Seq != 8 {
+		t.Fatalf("Log after the horizon = %v, %v", l, err)
+	}
+	st, err := s.Stats(ctx)
+	if err != nil || st.LogEntries != 2 {
+		t.Fatalf("Stats = %+v, %v; want 2 entries", st, err)
 	}
 }

@@ -39,7 +39,6 @@ CREATE TABLE ferry_records (
     snap_bytes   bigint NOT NULL DEFAULT 0,
     tail_bytes   bigint NOT NULL,
     tail_entries bigint NOT NULL,
-    tail_first   bigint, -- the tail's first entry; NULL when the tail is empty
     PRIMARY KEY (coll_id, record)
 );
 -- Automerge data is compressed already: store it without trying again.
@@ -126,13 +125,16 @@ BEGIN
     END IF;
     -- Every Base before anything is written: an entry's base is the stored
     -- heads, or the heads of the append's previous entry for its record.
+    -- (A subquery per entry, not a join: the plan PL/pgSQL caches must
+    -- look records up by key, whatever the collection's size.)
     SELECT e.rec INTO o_detail
       FROM (SELECT u.rec, u.base, u.ord,
                    lag(u.hd) OVER (PARTITION BY u.rec ORDER BY u.ord) AS prev,
                    row_number() OVER (PARTITION BY u.rec ORDER BY u.ord) AS rn
               FROM unnest(p_records, p_bases, p_heads) WITH ORDINALITY AS u(rec, base, hd, ord)) e
-      LEFT JOIN ferry_records r ON r.coll_id = c.id AND r.record = e.rec
-     WHERE CASE WHEN e.rn = 1 THEN r.heads ELSE e.prev END IS DISTINCT FROM e.base
+     WHERE CASE WHEN e.rn = 1
+                THEN (SELECT r.heads FROM ferry_records r WHERE r.coll_id = c.id AND r.record = e.rec)
+                ELSE e.prev END IS DISTINCT FROM e.base
      ORDER BY e.ord
      LIMIT 1;
     IF FOUND THEN
@@ -142,16 +144,15 @@ BEGIN
     INSERT INTO ferry_log (coll_id, seq, record, changes, heads)
     SELECT c.id, c.head + u.ord, u.rec, u.ch, u.hd
       FROM unnest(p_records, p_changes, p_heads) WITH ORDINALITY AS u(rec, ch, hd, ord);
-    INSERT INTO ferry_records AS r (coll_id, record, heads, seq, tail_bytes, tail_entries, tail_first)
+    INSERT INTO ferry_records AS r (coll_id, record, heads, seq, tail_bytes, tail_entries)
     SELECT c.id, u.rec, (array_agg(u.hd ORDER BY u.ord DESC))[1], c.head + max(u.ord),
-           sum(length(u.ch)), count(*), c.head + min(u.ord)
+           sum(length(u.ch)), count(*)
       FROM unnest(p_records, p_changes, p_heads) WITH ORDINALITY AS u(rec, ch, hd, ord)
      GROUP BY u.rec
     ON CONFLICT (coll_id, record) DO UPDATE
        SET heads = EXCLUDED.heads, seq = EXCLUDED.seq,
            tail_bytes = r.tail_bytes + EXCLUDED.tail_bytes,
-           tail_entries = r.tail_entries + EXCLUDED.tail_entries,
-           tail_first = coalesce(r.tail_first, EXCLUDED.tail_first);
+           tail_entries = r.tail_entries + EXCLUDED.tail_entries;
     o_head := c.head + n;
     UPDATE ferry_colls SET head = o_head WHERE id = c.id;
     INSERT INTO ferry_appends (id, head) VALUES (p_id, o_head);
@@ -170,7 +171,6 @@ DECLARE
     r ferry_records;
     n bigint;
     b bigint;
-    f bigint;
 BEGIN
     SELECT id INTO cid FROM ferry_colls WHERE tenant = p_tenant AND coll = p_coll;
     SELECT * INTO r FROM ferry_records WHERE coll_id = cid AND record = p_record FOR UPDATE;
@@ -182,25 +182,29 @@ BEGIN
         o_status := 2;
         RETURN;
     END IF;
-    SELECT count(*), coalesce(sum(length(changes)), 0), min(seq) INTO n, b, f
+    SELECT count(*), coalesce(sum(length(changes)), 0) INTO n, b
       FROM ferry_log WHERE coll_id = cid AND record = p_record AND seq > p_upto;
     UPDATE ferry_records
        SET snapshot = p_snap, snap_seq = p_upto, snap_bytes = length(p_snap),
-           tail_entries = n, tail_bytes = b, tail_first = f
+           tail_entries = n, tail_bytes = b
      WHERE coll_id = cid AND record = p_record;
     o_status := 0;
 END $$;
 
 -- ferry_truncate is one step of relay.Store.Truncate: it drops at most
 -- p_max entries up to p_upto that no tail holds, and moves the horizon past
--- them in the same transaction. o_more says another step has work.
+-- them in the same transaction. o_more says another step has work. It
+-- walks the log from the horizon to the first entry a tail still holds:
+-- work in proportion to what it drops, not to the collection's records.
+-- Appends and compactions running meanwhile only ever make more entries
+-- droppable (an append's entries are above the head this reads).
 CREATE FUNCTION ferry_truncate(p_tenant text, p_coll text, p_upto bigint, p_max bigint,
     OUT o_horizon bigint, OUT o_more boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     c ferry_colls;
     lim bigint;
-    first_tail bigint;
+    held bigint;
 BEGIN
     o_more := false;
     SELECT * INTO c FROM ferry_colls WHERE tenant = p_tenant AND coll = p_coll;
@@ -209,13 +213,19 @@ BEGIN
         RETURN;
     END IF;
     lim := least(p_upto, c.head);
-    SELECT min(tail_first) INTO first_tail FROM ferry_records WHERE coll_id = c.id;
-    IF first_tail IS NOT NULL THEN
-        lim := least(lim, first_tail - 1);
-    END IF;
     IF lim - c.horizon > p_max THEN
         lim := c.horizon + p_max;
         o_more := true;
+    END IF;
+    SELECT l.seq INTO held
+      FROM ferry_log l
+     WHERE l.coll_id = c.id AND l.seq > c.horizon AND l.seq <= lim
+       AND l.seq > (SELECT r.snap_seq FROM ferry_records r WHERE r.coll_id = l.coll_id AND r.record = l.record)
+     ORDER BY l.seq
+     LIMIT 1;
+    IF held IS NOT NULL THEN
+        lim := held - 1;
+        o_more := false;
     END IF;
     IF lim > c.horizon THEN
         DELETE FROM ferry_log WHERE coll_id = c.id AND seq > c.horizon AND seq <= lim;
