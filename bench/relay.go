@@ -48,6 +48,11 @@ type Target struct {
 	// "ferry relay listening on ws://..." as its first line on stdout and
 	// stop cleanly on SIGTERM.
 	Command func(ctx context.Context, args []string) *exec.Cmd
+
+	// Postgres: the database's connection string, and how many relays
+	// (default 1) run on it; Command makes them, as for Child.
+	Postgres string
+	Relays   int
 }
 
 // String names the target for results.
@@ -57,6 +62,8 @@ func (t Target) String() string {
 		return "child"
 	case External:
 		return t.URL
+	case Postgres:
+		return fmt.Sprintf("postgres x%d", max(t.Relays, 1))
 	}
 	return "in-process"
 }
@@ -83,6 +90,11 @@ func startRelay(ctx context.Context, t Target, dir string) (*relayEnv, error) {
 			return nil, errors.New("bench: a child relay needs Target.Command")
 		}
 		return startChild(ctx, t, dir)
+	case Postgres:
+		if t.Command == nil || t.Postgres == "" {
+			return nil, errors.New("bench: relays on PostgreSQL need Target.Command and Target.Postgres")
+		}
+		return startPostgres(ctx, t, dir)
 	case External:
 		if t.URL == "" || t.APIKey == "" || t.Token == "" {
 			return nil, errors.New("bench: an external relay needs a URL, an API key and a token")

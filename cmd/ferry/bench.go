@@ -39,6 +39,11 @@ Runs the benchmark workloads (see docs/benchmarks.md) against a relay in
 this process, in a child process (--child), or an external one (--relay),
 and prints each figure with its ratio to the floor, W0, measured in the
 same run. Progress goes to standard error.
+
+With --postgres, the workloads run against a relay process on its embedded
+store, then against --relays relay processes sharing the PostgreSQL
+database (each workload in a schema of its own, dropped after), and a last
+table compares each PostgreSQL figure with the embedded store's.
 `
 
 func (c *BenchCommand) Run(ctx context.Context, args []string) error {
@@ -61,6 +66,8 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	verify := fs.Bool("verify", false, "check every workload's outcome in full (slower)")
 	quiet := fs.Bool("quiet", false, "no progress lines on stderr")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (this process; see go tool pprof)")
+	postgres := fs.String("postgres", "", "also run against relays on the PostgreSQL database at this `url` (its role needs CREATE)")
+	relayCounts := fs.String("relays", "1", "with --postgres: the relay `counts` to run, comma-separated, such as 1,2,3")
 	if err := parse(fs, args, c.Stdout, benchHelp); err != nil {
 		return err
 	}
@@ -71,6 +78,18 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 		}
 	}
 	target := bench.Target{Mode: bench.InProcess}
+	var pg *benchPostgres
+	if *postgres != "" {
+		if *relayURL != "" {
+			return usagef(fs, "--postgres and --relay exclude each other")
+		}
+		counts, err := parseRelayCounts(*relayCounts)
+		if err != nil {
+			return usagef(fs, "%v", err)
+		}
+		pg = &benchPostgres{dsn: *postgres, relays: counts}
+		*child = true // the baseline runs as a process too, as the PostgreSQL relays do
+	}
 	switch {
 	case *child && *relayURL != "":
 		return usagef(fs, "--child and --relay exclude each other")
@@ -117,6 +136,14 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 		Relay: target, Dir: *dir, Progress: progress, Seed: *seed, Verify: *verify,
 	}
 	progress(fmt.Sprintf("bench: %s against a relay %s", strings.Join(names, ", "), target))
+	if pg != nil {
+		pg.child = target
+		runs, err := pg.run(ctx, cfg, names)
+		if werr := pg.write(c.Stdout, runs, *jsonOut, err); werr != nil && err == nil {
+			err = werr
+		}
+		return err
+	}
 	results, err := bench.Run(ctx, cfg, names...)
 	// What was measured before a failure or an interrupt is still shown.
 	if *jsonOut {
