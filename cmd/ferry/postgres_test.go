@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -283,6 +285,18 @@ func TestRelaysOnPostgres(t *testing.T) {
 			t.Fatalf("device %d: final pull: %v", d.id, err)
 		}
 		d.c.Close()
+	}
+	// The relays' /metrics cover the pool and the database's clock.
+	resp, err := http.Get(strings.Replace(strings.TrimSuffix(rs.url(0), "/ws"), "ws://", "http://", 1) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, m := range []string{`ferry_postgres_pool_connections{state="acquired"}`, "ferry_postgres_pool_waited_acquires_total", "ferry_postgres_clock_offset_seconds", "ferry_postgres_notifications_received_total"} {
+		if !strings.Contains(string(page), m) {
+			t.Errorf("relay's /metrics lacks %s", m)
+		}
 	}
 	for _, p := range procs {
 		p.stop(t)

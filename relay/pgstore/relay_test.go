@@ -4,15 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/internal/pgtest"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/pgstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -333,5 +337,55 @@ func TestConcurrentPushesAcrossRelays(t *testing.T) {
 	}
 	if ch.Next != devices*rounds {
 		t.Fatalf("log head %d, want %d: one entry per push", ch.Next, devices*rounds)
+	}
+}
+
+// /healthz says so when the relay cannot reach the database, and recovers
+// with it.
+func TestHealthzReportsTheDatabase(t *testing.T) {
+	var down atomic.Bool
+	var o pgstore.Options
+	pgstore.SetDial(&o, func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if down.Load() {
+			return nil, errors.New("the network is down")
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	})
+	schema := pgtest.Schema(t)
+	st := open(t, schema, &o)
+	auth, err := relay.NewAuth([]relay.App{relay.NewApp("shop")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := relay.NewServer(&relay.Options{Store: st, Auth: auth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	hs := httptest.NewServer(srv.Handler())
+	defer hs.Close()
+	health := func() int {
+		t.Helper()
+		resp, err := http.Get(hs.URL + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := health(); code != http.StatusOK {
+		t.Fatalf("healthz with the database up: %d", code)
+	}
+	down.Store(true)
+	if _, err := pgtest.Conn(t, "").Exec(context.Background(),
+		"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", "ferry-relay/"+schema); err != nil {
+		t.Fatal(err)
+	}
+	if code := health(); code != http.StatusServiceUnavailable {
+		t.Fatalf("healthz with the database unreachable: %d, want 503", code)
+	}
+	down.Store(false)
+	if code := health(); code != http.StatusOK {
+		t.Fatalf("healthz once the database is back: %d", code)
 	}
 }
