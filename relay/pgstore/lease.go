@@ -24,6 +24,9 @@ func (s *Store) Acquire(ctx context.Context, c relay.Coll, holder string, ttl ti
 	if err := relay.CheckLease(holder, ttl); err != nil {
 		return relay.Lease{}, err
 	}
+	if err := checkText("collection or holder", c.Tenant, c.Collection, holder); err != nil {
+		return relay.Lease{}, err
+	}
 	var (
 		status         int
 		l              relay.Lease
@@ -48,7 +51,7 @@ func (s *Store) Renew(ctx context.Context, c relay.Coll, holder string, fence ui
 	if err := relay.CheckLease(holder, ttl); err != nil {
 		return relay.Lease{}, err
 	}
-	if unstorable(c.Tenant, c.Collection) {
+	if unstorable(c.Tenant, c.Collection, holder) {
 		if err := ctx.Err(); err != nil {
 			return relay.Lease{}, err
 		}
@@ -86,7 +89,7 @@ func (s *Store) Release(ctx context.Context, c relay.Coll, holder string, fence 
 	if err := relay.CheckName("holder", holder); err != nil {
 		return err
 	}
-	if unstorable(c.Tenant, c.Collection) {
+	if unstorable(c.Tenant, c.Collection, holder) {
 		return errors.Join(ctx.Err(), s.closedErr())
 	}
 	var (

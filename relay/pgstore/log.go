@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -25,6 +26,14 @@ func (s *Store) Append(ctx context.Context, c relay.Coll, fence uint64, now time
 	}
 	if err := relay.CheckEntries(entries); err != nil {
 		return 0, err
+	}
+	if err := checkText("collection", c.Tenant, c.Collection); err != nil {
+		return 0, err
+	}
+	for _, e := range entries {
+		if err := checkText("record", e.Record); err != nil {
+			return 0, err
+		}
 	}
 	n := len(entries)
 	recs := make([]string, n)
@@ -341,7 +350,7 @@ func (s *Store) Compact(ctx context.Context, c relay.Coll, record string, snap [
 	if err := relay.CheckColl(c); err != nil {
 		return err
 	}
-	if unstorable(record) {
+	if unstorable(c.Tenant, c.Collection, record) {
 		return fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, relay.ErrNotFound)
 	}
 	var status int
@@ -409,6 +418,9 @@ func (s *Store) Truncate(ctx context.Context, c relay.Coll, upTo uint64) (uint64
 	if err := relay.CheckColl(c); err != nil {
 		return 0, err
 	}
+	if unstorable(c.Tenant, c.Collection) {
+		return 0, errors.Join(ctx.Err(), s.closedErr())
+	}
 	var horizon int64
 	for {
 		var more bool
@@ -458,14 +470,25 @@ func (s *Store) Stats(ctx context.Context) (relay.StoreStats, error) {
 	return st, err
 }
 
-// unstorable reports whether a name holds NUL, which no stored name does
-// (relay.CheckName refuses it, and PostgreSQL text cannot hold it): a read
-// of it finds nothing, without asking the database.
+// unstorable reports whether a name holds NUL or is not UTF-8, which no
+// stored name is (relay.CheckName refuses NUL, and PostgreSQL text holds
+// neither): a read of it finds nothing, without asking the database.
 func unstorable(names ...string) bool {
 	for _, n := range names {
-		if strings.IndexByte(n, 0) >= 0 {
+		if strings.IndexByte(n, 0) >= 0 || !utf8.ValidString(n) {
 			return true
 		}
 	}
 	return false
+}
+
+// checkText refuses, beyond relay's own checks, names PostgreSQL text
+// cannot hold: ones that are not UTF-8.
+func checkText(what string, names ...string) error {
+	for _, n := range names {
+		if !utf8.ValidString(n) {
+			return fmt.Errorf("%w: %s %q is not UTF-8, which PostgreSQL text requires", relay.ErrInvalidArg, what, n)
+		}
+	}
+	return nil
 }

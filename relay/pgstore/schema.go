@@ -3,6 +3,7 @@ package pgstore
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"path"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/ferrysync/ferry/relay"
 )
@@ -122,10 +124,15 @@ func (s *Store) migrate(ctx context.Context) (string, error) {
 }
 
 // fingerprintSQL identifies the database the store's tables are in: the
-// cluster's system identifier and the OID of ferry_meta. A logical restore
+// OID of ferry_meta, and the cluster's system identifier. A logical restore
 // (pg_dump, then pg_restore or psql) makes new tables with new OIDs, and a
-// copy to another cluster has another system identifier.
-const fingerprintSQL = `SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' || 'ferry_meta'::regclass::oid::text`
+// copy to another cluster has another system identifier. Where
+// pg_control_system() is not granted (some managed services), the OID
+// alone (fingerprintOIDSQL) still tells a logical restore.
+const (
+	fingerprintSQL    = `SELECT 'ferry_meta'::regclass::oid::text || '/' || (SELECT system_identifier FROM pg_control_system())::text`
+	fingerprintOIDSQL = `SELECT 'ferry_meta'::regclass::oid::text`
+)
 
 // incarnate returns the store's incarnation, making a new one if there is
 // none yet or the data is not in the database it was made in (it was
@@ -134,7 +141,13 @@ const fingerprintSQL = `SELECT (SELECT system_identifier FROM pg_control_system(
 func (s *Store) incarnate(ctx context.Context, conn *pgx.Conn) (string, error) {
 	var fp string
 	if err := conn.QueryRow(ctx, fingerprintSQL).Scan(&fp); err != nil {
-		return "", fmt.Errorf("pgstore: fingerprinting the database: %w", err)
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "42501" { // insufficient_privilege
+			return "", fmt.Errorf("pgstore: fingerprinting the database: %w", err)
+		}
+		if err := conn.QueryRow(ctx, fingerprintOIDSQL).Scan(&fp); err != nil {
+			return "", fmt.Errorf("pgstore: fingerprinting the database: %w", err)
+		}
 	}
 	meta := map[string]string{}
 	rows, err := conn.Query(ctx, "SELECT key, value FROM ferry_meta")

@@ -530,3 +530,31 @@ func TestPasswordNeverInErrors(t *testing.T) {
 		}
 	}
 }
+
+// Names PostgreSQL text cannot hold are refused as invalid on writes, and
+// found nowhere on reads, never sent to the database.
+func TestNamesNotUTF8(t *testing.T) {
+	s := open(t, pgtest.Schema(t), nil)
+	bad := relay.Coll{Tenant: "app", Collection: "no\xfftes"}
+	if _, err := s.Append(bg(), bad, 0, time.Now(), []relay.Entry{newEntry("a", nil, "1")}); !errors.Is(err, relay.ErrInvalidArg) {
+		t.Fatalf("Append to a collection not UTF-8: %v", err)
+	}
+	if _, err := s.Append(bg(), coll, 0, time.Now(), []relay.Entry{newEntry("a\xff", nil, "1")}); !errors.Is(err, relay.ErrInvalidArg) {
+		t.Fatalf("Append of a record not UTF-8: %v", err)
+	}
+	if _, err := s.Acquire(bg(), coll, "dev\xff", time.Minute, time.Now()); !errors.Is(err, relay.ErrInvalidArg) {
+		t.Fatalf("Acquire by a holder not UTF-8: %v", err)
+	}
+	if _, err := s.Record(bg(), coll, "a\xff"); !errors.Is(err, relay.ErrNotFound) {
+		t.Fatalf("Record not UTF-8: %v", err)
+	}
+	if h, err := s.Head(bg(), bad); err != nil || h != 0 {
+		t.Fatalf("Head of a collection not UTF-8: %d, %v", h, err)
+	}
+	if l, err := s.Log(bg(), bad, 0, 10); err != nil || len(l) != 0 {
+		t.Fatalf("Log of a collection not UTF-8: %v, %v", l, err)
+	}
+	if h, err := s.Head(bg(), coll); err != nil || h != 0 {
+		t.Fatalf("the refused appends wrote: head %d, %v", h, err)
+	}
+}
