@@ -232,6 +232,8 @@ func (s *Store) queryRecords(ctx context.Context, sql string, args ...any) ([]re
 
 // Log implements relay.Store. The horizon and the entries are read in one
 // statement, so a truncation running meanwhile can never show as a gap.
+// Identical reads at the same moment (a collection's live subscribers,
+// woken together) share one query; see logCoalescer.
 func (s *Store) Log(ctx context.Context, c relay.Coll, after uint64, limit int) ([]relay.LogEntry, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -239,55 +241,66 @@ func (s *Store) Log(ctx context.Context, c relay.Coll, after uint64, limit int) 
 	if limit <= 0 || unstorable(c.Tenant, c.Collection) {
 		return nil, s.closedErr()
 	}
-	if after > 1<<63-1 {
-		after = 1<<63 - 1 // nothing is above it
-	}
-	var (
-		out     []relay.LogEntry
-		horizon uint64
-	)
-	err := s.run(ctx, "log", func(ctx context.Context) error {
-		out, horizon = out[:0], 0
-		rows, err := s.pool.Query(ctx, `SELECT c.horizon, l.seq, l.record, l.changes, l.heads
-			  FROM ferry_colls c
-			  LEFT JOIN LATERAL (SELECT seq, record, changes, heads FROM ferry_log
-			                      WHERE coll_id = c.id AND seq > $3 AND $3 >= c.horizon
-			                      ORDER BY seq LIMIT $4) l ON true
-			 WHERE c.tenant = $1 AND c.coll = $2`, c.Tenant, c.Collection, int64(after), limit)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var (
-				h       int64
-				seq     *int64
-				record  *string
-				changes []byte
-				heads   []byte
-			)
-			if err := rows.Scan(&h, &seq, &record, &changes, &heads); err != nil {
-				return err
-			}
-			horizon = uint64(h)
-			if seq == nil {
-				continue
-			}
-			hs, err := crdt.HeadsFromBytes(heads)
-			if err != nil {
-				return fmt.Errorf("%w: log entry %d of %s/%s: %w", relay.ErrStoreDamaged, *seq, c.Tenant, c.Collection, err)
-			}
-			out = append(out, relay.LogEntry{Seq: uint64(*seq), Record: *record, Changes: changes, Heads: hs})
-		}
-		return rows.Err()
-	})
-	if err != nil {
+	after = min(after, 1<<63-1) // nothing is above it
+	if err := s.begin(ctx); err != nil {
 		return nil, err
 	}
-	if after < horizon {
-		return nil, &relay.TruncatedError{Horizon: horizon}
+	defer s.inflight.Done()
+	res := s.logs.do(ctx, logKey{c, after, limit}, func() logResult {
+		// It reads on for the other callers even if this one gives up,
+		// until Close cancels s.base.
+		var r logResult
+		r.err = s.retry(s.base, "log", func(ctx context.Context) error {
+			r.entries, r.horizon = r.entries[:0], 0
+			return s.readLog(ctx, c, after, limit, &r)
+		})
+		return r
+	})
+	if res.err != nil {
+		if errors.Is(res.err, context.Canceled) && s.base.Err() != nil {
+			return nil, relay.ErrStoreClosed
+		}
+		return nil, res.err
 	}
-	return out, nil
+	if after < res.horizon {
+		return nil, &relay.TruncatedError{Horizon: res.horizon}
+	}
+	return res.entries, nil
+}
+
+func (s *Store) readLog(ctx context.Context, c relay.Coll, after uint64, limit int, r *logResult) error {
+	rows, err := s.pool.Query(ctx, `SELECT c.horizon, l.seq, l.record, l.changes, l.heads
+		  FROM ferry_colls c
+		  LEFT JOIN LATERAL (SELECT seq, record, changes, heads FROM ferry_log
+		                      WHERE coll_id = c.id AND seq > $3 AND $3 >= c.horizon
+		                      ORDER BY seq LIMIT $4) l ON true
+		 WHERE c.tenant = $1 AND c.coll = $2`, c.Tenant, c.Collection, int64(after), limit)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			h       int64
+			seq     *int64
+			record  *string
+			changes []byte
+			heads   []byte
+		)
+		if err := rows.Scan(&h, &seq, &record, &changes, &heads); err != nil {
+			return err
+		}
+		r.horizon = uint64(h)
+		if seq == nil {
+			continue
+		}
+		hs, err := crdt.HeadsFromBytes(heads)
+		if err != nil {
+			return fmt.Errorf("%w: log entry %d of %s/%s: %w", relay.ErrStoreDamaged, *seq, c.Tenant, c.Collection, err)
+		}
+		r.entries = append(r.entries, relay.LogEntry{Seq: uint64(*seq), Record: *record, Changes: changes, Heads: hs})
+	}
+	return rows.Err()
 }
 
 // Head implements relay.Store.

@@ -78,6 +78,7 @@ type Store struct {
 	clock       *dbClock
 	metrics     *metrics
 	colls       *collCache
+	logs        *logCoalescer
 
 	// base is canceled by Close, ending the background goroutines.
 	base   context.Context
@@ -140,6 +141,13 @@ func Open(ctx context.Context, connString string, o *Options) (*Store, error) {
 		cancel:  cancel,
 	}
 	s.clock = newDBClock(opts.localClock)
+	s.logs = newLogCoalescer(func(f func()) {
+		s.bg.Add(1)
+		go func() {
+			defer s.bg.Done()
+			f()
+		}()
+	})
 	s.pool, err = pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		cancel()
