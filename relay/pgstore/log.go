@@ -335,9 +335,8 @@ func (s *Store) Heads(ctx context.Context, colls []relay.Coll) ([]uint64, error)
 	}
 	out := make([]uint64, len(colls))
 	err := s.run(ctx, "heads", func(ctx context.Context) error {
-		rows, err := s.pool.Query(ctx, `SELECT w.i, coalesce(c.head, 0)
-			  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS w(t, n, i)
-			  LEFT JOIN ferry_colls c ON c.tenant = w.t AND c.coll = w.n`, tenants, names)
+		rows, err := s.pool.Query(ctx, `SELECT w.i, coalesce((SELECT c.head FROM ferry_colls c WHERE c.tenant = w.t AND c.coll = w.n), 0)
+			  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS w(t, n, i)`, tenants, names)
 		if err != nil {
 			return err
 		}

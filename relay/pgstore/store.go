@@ -2,6 +2,8 @@ package pgstore
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +12,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -31,8 +34,8 @@ type Options struct {
 	// RetryTimeout bounds how long one call retries failures that leave
 	// nothing done, or whose outcome the retry resolves (a dropped
 	// connection, a server restarting, a serialization failure). Default
-	// 30 s. The same bound applies to each attempt, so a connection that
-	// hangs is given up on.
+	// 30 s. Each attempt ends by then too, so a connection that hangs is
+	// given up on.
 	RetryTimeout time.Duration
 	// Logger receives warnings (a new incarnation, a lost LISTEN
 	// connection). Default: discard.
@@ -116,9 +119,18 @@ func Open(ctx context.Context, connString string, o *Options) (*Store, error) {
 	if err := relay.CheckName("schema", opts.Schema); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
+	if len(opts.Schema) > 63 || !utf8.ValidString(opts.Schema) {
+		// PostgreSQL would cut a longer name to 63 bytes, silently.
+		return nil, fmt.Errorf("%w: schema %q: want at most 63 bytes of UTF-8", ErrConfig, opts.Schema)
+	}
 	cfg.MaxConns = opts.MaxConns
 	cfg.MinConns = 0
 	cfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{opts.Schema}.Sanitize()
+	// Every statement of the store finds its rows by key, and is planned
+	// for that once per connection: left to choose, PostgreSQL re-planned
+	// the append's base check on every call (its planning cost more than
+	// running it), its estimate swayed by the arrays' lengths.
+	cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
 	if cfg.ConnConfig.RuntimeParams["application_name"] == "" {
 		// Names the relay's sessions in pg_stat_activity, by schema.
 		name := "ferry-relay/" + opts.Schema
@@ -133,7 +145,7 @@ func Open(ctx context.Context, connString string, o *Options) (*Store, error) {
 	base, cancel := context.WithCancel(context.Background())
 	s := &Store{
 		opts:    opts,
-		channel: "ferry:" + opts.Schema,
+		channel: channelOf(opts.Schema),
 		tag:     randomTag(),
 		metrics: newMetrics(),
 		colls:   newCollCache(),
@@ -326,4 +338,14 @@ func Describe(connString string) string {
 		return "(a connection string that does not parse)"
 	}
 	return fmt.Sprintf("%s@%s/%s", cfg.User, net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))), cfg.Database)
+}
+
+// channelOf names a schema's NOTIFY channel: "ferry:" and the schema, or,
+// past PostgreSQL's 63 bytes for a name, a hash of the schema in its place.
+func channelOf(schema string) string {
+	if ch := "ferry:" + schema; len(ch) <= 63 {
+		return ch
+	}
+	sum := sha256.Sum256([]byte(schema))
+	return "ferry:" + hex.EncodeToString(sum[:16])
 }

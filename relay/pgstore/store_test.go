@@ -558,3 +558,29 @@ func TestNamesNotUTF8(t *testing.T) {
 		t.Fatalf("the refused appends wrote: head %d, %v", h, err)
 	}
 }
+
+// A schema name PostgreSQL would cut is refused; one whose channel name
+// would be too long still hears the other relays.
+func TestSchemaNameLengths(t *testing.T) {
+	long := strings.Repeat("s", 64)
+	if _, err := pgstore.Open(bg(), pgtest.DSN(t), &pgstore.Options{Schema: long}); !errors.Is(err, pgstore.ErrConfig) {
+		t.Fatalf("Open with a 64-byte schema name: %v, want ErrConfig", err)
+	}
+	schema := pgtest.Schema(t) + strings.Repeat("x", 63-14)
+	pgtest.DropAtCleanup(t, schema)
+	a, b := open(t, schema, nil), open(t, schema, nil)
+	heard := make(chan relay.StoreEvent, 8)
+	stop := a.Watch(func(e relay.StoreEvent) { heard <- e })
+	defer stop()
+	if _, err := b.Append(bg(), coll, 0, time.Now(), []relay.Entry{newEntry("a", nil, "1")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-heard:
+		if e != (relay.StoreEvent{Kind: relay.EventAppended, Coll: coll}) {
+			t.Fatalf("heard %+v", e)
+		}
+	case <-time.After(20 * time.Second): // only turns a hang into a failure
+		t.Fatal("a relay on a schema with a long name heard nothing")
+	}
+}
