@@ -16,6 +16,7 @@ import (
 type Config struct {
 	Records      int   // W0, W1, W4 records (one creation change each); default 10,000
 	Updates      int   // W2 updates; W3 offline edits per replica; default 1,000
+	History      int   // W2L updates to its one record; default 10,000
 	MergeRecords int   // W3 records both replicas edit; default 100
 	Clients      int   // W4 concurrent pushers; default 16
 	Subscribers  int   // W4 live subscribers; default 8
@@ -56,6 +57,7 @@ func (c Config) withDefaults() Config {
 	}
 	def(&c.Records, 10_000)
 	def(&c.Updates, 1_000)
+	def(&c.History, 10_000)
 	def(&c.MergeRecords, 100)
 	def(&c.Clients, 16)
 	def(&c.Subscribers, 8)
@@ -85,7 +87,7 @@ type Metric struct {
 
 // Result is what one workload measured.
 type Result struct {
-	Workload string        `json:"workload"` // W0 ... W5
+	Workload string        `json:"workload"` // W0 ... W5, W2L
 	Title    string        `json:"title"`
 	Relay    string        `json:"relay,omitempty"` // in-process, child, or the external URL
 	Seed     uint64        `json:"seed"`
@@ -166,31 +168,33 @@ var Workloads = []struct {
 	{"W0", w0Title, W0},
 	{"W1", titles["W1"], W1},
 	{"W2", titles["W2"], W2},
+	{"W2L", titles["W2L"], W2L},
 	{"W3", titles["W3"], W3},
 	{"W4", titles["W4"], W4},
 	{"W5", titles["W5"], W5},
 }
 
 var titles = map[string]string{
-	"W1": "bulk: insert, push, fresh pull",
-	"W2": "live latency, replica to replica",
-	"W3": "offline edits merge",
-	"W4": "relay ingest and fan-out",
-	"W5": "growth: W1 and W4 by size",
+	"W1":  "bulk: insert, push, fresh pull",
+	"W2":  "live latency, replica to replica",
+	"W2L": "live latency over a long history of one record",
+	"W3":  "offline edits merge",
+	"W4":  "relay ingest and fan-out",
+	"W5":  "growth: W1 and W4 by size",
 }
 
-// Default is what Run runs when given no names: all but W5, which takes
-// minutes.
+// Default is what Run runs when given no names: all but W2L and W5, which
+// take minutes.
 var Default = []string{"W0", "W1", "W2", "W3", "W4"}
 
-// Lookup returns the named workload (W0 ... W5, any case).
+// Lookup returns the named workload (W0 ... W5 or W2L, any case).
 func Lookup(name string) (Workload, error) {
 	for _, w := range Workloads {
 		if strings.EqualFold(w.Name, name) {
 			return w.Run, nil
 		}
 	}
-	return nil, fmt.Errorf("bench: no workload %q (want W0 to W5)", name)
+	return nil, fmt.Errorf("bench: no workload %q (want W0 to W5, or W2L)", name)
 }
 
 // Run measures the floor once, then runs the named workloads (Default if

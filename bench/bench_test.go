@@ -41,18 +41,18 @@ func seed(t testing.TB) uint64 {
 func TestWorkloadsSmall(t *testing.T) {
 	var lines []string
 	cfg := Config{
-		Records: 50, Updates: 20, MergeRecords: 10, Clients: 4, Subscribers: 2, Batch: 2,
+		Records: 50, Updates: 20, History: 30, MergeRecords: 10, Clients: 4, Subscribers: 2, Batch: 2,
 		Growth: []int{20, 40}, Dir: t.TempDir(), Seed: seed(t), Verify: true,
 		Progress: func(s string) { lines = append(lines, s) },
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	results, err := Run(ctx, cfg, "W0", "W1", "W2", "W3", "W4", "W5")
+	results, err := Run(ctx, cfg, "W0", "W1", "W2", "W2L", "W3", "W4", "W5")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(results) != 6 {
-		t.Fatalf("%d results, want 6", len(results))
+	if len(results) != 7 {
+		t.Fatalf("%d results, want 7", len(results))
 	}
 	floor := results[0].Floor
 	if floor.Changes != 50 || floor.Rate <= 0 || floor.Bytes <= 0 {
@@ -89,6 +89,19 @@ func TestWorkloadsSmall(t *testing.T) {
 	}
 	want("W2", "updates", eq(20))
 	want("W2", "latency_p50", positive)
+	want("W2L", "updates", eq(30))
+	for _, n := range []string{"latency_p50_first_tenth", "latency_p50_last_tenth", "latency_p99_first_tenth", "latency_p99_last_tenth",
+		"latency_p50_growth", "latency_p99_growth", "a_commit_p50_last_tenth", "relay_push_mean_first_tenth", "relay_push_mean_last_tenth"} {
+		want("W2L", n, positive)
+	}
+	// The growth is the ratio of the two tenths' p50s.
+	if g, ok := byName["W2L"].Metric("latency_p50_growth"); ok {
+		f, _ := byName["W2L"].Metric("latency_p50_first_tenth")
+		l, _ := byName["W2L"].Metric("latency_p50_last_tenth")
+		if d := g.Value - l.Value/f.Value; d < -1e-9 || d > 1e-9 {
+			t.Errorf("W2L growth %v, want %v / %v", g.Value, l.Value, f.Value)
+		}
+	}
 	want("W3", "syncs", func(v float64) bool { return v >= 3 })
 	want("W3", "conflicts", positive)
 	want("W4", "pushed", eq(50))
@@ -127,7 +140,7 @@ func TestCreationChangesMatchReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	c, _ := r.Collection("c")
+	c := r.Collection("c")
 	// The actor a replica writes as this open of its store.
 	var actor string
 	if err := c.Create("probe", map[string]any{}); err != nil {
@@ -145,7 +158,8 @@ func TestCreationChangesMatchReplica(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, _, _, err := c.PendingChanges(id)
+		var got []byte
+		err = c.Update(id, func(d *crdt.Doc) (err error) { got, err = d.ChangesSince(nil); return err })
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -203,7 +217,7 @@ var (
 // benchConfig is the benchmarks' config: 1,000 records, the floor of this
 // test binary's run.
 func benchConfig(b *testing.B) Config {
-	cfg := Config{Records: 1000, Updates: 200, Dir: b.TempDir(), Seed: 1}
+	cfg := Config{Records: 1000, Updates: 200, History: 1000, Dir: b.TempDir(), Seed: 1}
 	floorOnce.Do(func() { floorRes, floorErr = W0(context.Background(), cfg) })
 	if floorErr != nil {
 		b.Fatal(floorErr)
@@ -241,6 +255,10 @@ func BenchmarkW1(b *testing.B) { runBench(b, W1) }
 
 // BenchmarkW2 is live latency over 200 updates.
 func BenchmarkW2(b *testing.B) { runBench(b, W2) }
+
+// BenchmarkW2L is live latency over 1,000 updates of one record, the
+// last tenth against the first (ferry bench runs 10,000).
+func BenchmarkW2L(b *testing.B) { runBench(b, W2L) }
 
 // BenchmarkW3 is the merge of 200 offline edits per replica over 100
 // records.

@@ -10,6 +10,9 @@
 //	            100), pushes them to the relay, and a fresh replica pulls them
 //	W2 live     live profiles on two replicas; Updates sequential edits on A,
 //	            each timed until B's feed reports it
+//	W2L history W2 with History (10,000) edits of its one record: the
+//	            latency of the last tenth against the first, which shows
+//	            any cost that grows with a record's history
 //	W3 merge    two replicas make Updates offline edits each over the same
 //	            MergeRecords records; A syncs, B syncs, A syncs (prefer-local)
 //	            until every record has the same heads on both

@@ -21,9 +21,10 @@ func collName(workload string) string {
 	return "bench-" + workload + "-" + hex.EncodeToString(b)
 }
 
-// openReplica opens a durable replica on disk in dir/name.
-func openReplica(dir, name string, l replica.Listener) (*replica.Replica, error) {
-	r, err := replica.Open(filepath.Join(dir, name), &replica.Options{GCInterval: -1, Listener: l})
+// openReplica opens a durable replica on disk in dir/name, with the
+// relay's token.
+func (e *relayEnv) openReplica(dir, name string, l replica.Listener) (*replica.Replica, error) {
+	r, err := replica.Open(filepath.Join(dir, name), &replica.Options{GCInterval: -1, Listener: l, TokenSource: replica.StaticToken(e.token)})
 	if err != nil {
 		return nil, fmt.Errorf("bench: open replica %s: %w", name, err)
 	}
@@ -36,7 +37,7 @@ const profileName = "bench"
 // addProfile gives r a profile syncing coll through the relay.
 func (e *relayEnv) addProfile(r *replica.Replica, coll string, mode policy.Mode) error {
 	return r.AddProfile(replica.Profile{
-		Name: profileName, URL: e.url, APIKey: e.apiKey, Token: e.token,
+		Name: profileName, URL: e.url, APIKey: e.apiKey,
 		Mode: mode, Type: policy.TwoWay, Policy: policy.PreferLocal,
 		Collections: []string{coll}, Timeout: 2 * time.Minute,
 	})
@@ -114,19 +115,11 @@ func (p *progress) report(final bool, format string, args ...any) {
 }
 
 // syncProgress forwards a replica's sync progress.
-type syncProgress struct {
-	p     *progress
-	label string
+func syncProgress(p *progress, label string) replica.Listener {
+	return replica.Listener{Progress: func(pr replica.Progress) {
+		p.report(false, "%s: %s %d/%d records", label, pr.Direction, pr.Done, pr.Total)
+	}}
 }
-
-var _ replica.Listener = syncProgress{}
-
-func (s syncProgress) SyncProgress(pr replica.Progress) {
-	s.p.report(false, "%s: %s %d/%d records", s.label, pr.Direction, pr.Done, pr.Total)
-}
-func (syncProgress) SyncCompleted(*replica.SyncStats)     {}
-func (syncProgress) SyncStopped(*replica.SyncStats)       {}
-func (syncProgress) SyncFailed(*replica.SyncStats, error) {}
 
 // collStats returns the statistics of the one collection a bench profile
 // syncs.

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -9,11 +8,17 @@ import (
 	"net/http"
 	"os"
 	"runtime/metrics"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/procfs"
 )
 
 // counter counts bytes both ways between devices and a relay.
@@ -211,17 +216,17 @@ func (p *selfProbe) sample() {
 func (p *selfProbe) reset() {
 	// Writing 5 to clear_refs resets VmHWM to the current RSS (Linux).
 	os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
-	rss, _ := procStatus("self", "VmRSS")
+	st, _ := procStatus("self")
 	p.mu.Lock()
-	p.base, p.peakHeap = rss, heapInUse()
+	p.base, p.peakHeap = int64(st.VmRSS), heapInUse()
 	p.mu.Unlock()
 }
 
 func (p *selfProbe) peak() memStats {
-	hwm, _ := procStatus("self", "VmHWM")
+	st, _ := procStatus("self")
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return memStats{PeakRSS: hwm, Baseline: p.base, PeakHeap: max(p.peakHeap, heapInUse()),
+	return memStats{PeakRSS: int64(st.VmHWM), Baseline: p.base, PeakHeap: max(p.peakHeap, heapInUse()),
 		Note: "in-process: the whole bench process, replicas and clients included"}
 }
 
@@ -241,37 +246,42 @@ func newChildProbe(pid int) (*childProbe, error) {
 
 func (p *childProbe) reset() {
 	os.WriteFile("/proc/"+p.pid+"/clear_refs", []byte("5"), 0)
-	p.base, _ = procStatus(p.pid, "VmRSS")
+	st, _ := procStatus(p.pid)
+	p.base = int64(st.VmRSS)
 }
 
 func (p *childProbe) peak() memStats {
-	hwm, err := procStatus(p.pid, "VmHWM")
+	st, err := procStatus(p.pid)
 	note := "child relay process: VmHWM"
 	if err != nil {
 		note = "child relay process: /proc unreadable: " + err.Error()
 	}
-	return memStats{PeakRSS: hwm, Baseline: p.base, Note: note}
+	return memStats{PeakRSS: int64(st.VmHWM), Baseline: p.base, Note: note}
 }
 
 func (p *childProbe) close() {}
 
-// procStatus reads a "kB" field of /proc/<pid>/status, in bytes.
-func procStatus(pid, field string) (int64, error) {
-	f, err := os.Open("/proc/" + pid + "/status")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok || k != field {
-			continue
+// procStatus reads a process's /proc/<pid>/status ("self" for this one)
+// with procfs, whose parser knows the file's fields and units.
+func procStatus(pid string) (procfs.ProcStatus, error) {
+	var p procfs.Proc
+	var err error
+	if pid == "self" {
+		p, err = procfs.Self()
+	} else {
+		var n int
+		if n, err = strconv.Atoi(pid); err == nil {
+			p, err = procfs.NewProc(n)
 		}
-		n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		return n << 10, err
 	}
-	return 0, fmt.Errorf("bench: no %s in /proc/%s/status", field, pid)
+	if err != nil {
+		return procfs.ProcStatus{}, fmt.Errorf("bench: /proc/%s: %w", pid, err)
+	}
+	st, err := p.NewStatus()
+	if err != nil {
+		return procfs.ProcStatus{}, fmt.Errorf("bench: /proc/%s/status: %w", pid, err)
+	}
+	return st, nil
 }
 
 // scrapeProbe samples an external relay's process_resident_memory_bytes
@@ -337,8 +347,8 @@ func (p *scrapeProbe) peak() memStats {
 
 func (p *scrapeProbe) close() { close(p.stopC); <-p.done }
 
-// scrape reads a Prometheus text page and returns its series, keyed by
-// name and labels as written (name{label="value"}).
+// scrape reads a Prometheus text page and returns its series (see
+// flatten).
 func scrape(ctx context.Context, url string) (map[string]float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -346,6 +356,8 @@ func scrape(ctx context.Context, url string) (map[string]float64, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Ask for the text format, the one every exporter serves.
+	req.Header.Set("Accept", string(expfmt.NewFormat(expfmt.TypeTextPlain)))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("bench: scrape %s: %w", url, err)
@@ -355,24 +367,67 @@ func scrape(ctx context.Context, url string) (map[string]float64, error) {
 		io.Copy(io.Discard, resp.Body)
 		return nil, fmt.Errorf("bench: scrape %s: HTTP %d", url, resp.StatusCode)
 	}
+	out, err := parseMetrics(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("bench: scrape %s: %w", url, err)
+	}
+	return out, nil
+}
+
+// parseMetrics parses the Prometheus text format with expfmt (escaped
+// label values, timestamps, +Inf and NaN, histograms split over lines) and
+// flattens it: each series keyed by its name and its labels sorted by
+// name, as written in the format (name{a="x",b="y"}). A counter, gauge or
+// untyped series is its value; a histogram or summary gives its name_sum
+// and name_count series (buckets and quantiles are left out).
+func parseMetrics(r io.Reader) (map[string]float64, error) {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(r)
+	if err != nil {
+		return nil, err
+	}
 	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		name, val := line[:i], line[i+1:]
-		if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
-			out[name] = v
+	for name, f := range fams {
+		for _, m := range f.GetMetric() {
+			labels := seriesLabels(m.GetLabel())
+			switch {
+			case m.Histogram != nil:
+				out[name+"_sum"+labels] = m.GetHistogram().GetSampleSum()
+				out[name+"_count"+labels] = float64(m.GetHistogram().GetSampleCount())
+			case m.Summary != nil:
+				out[name+"_sum"+labels] = m.GetSummary().GetSampleSum()
+				out[name+"_count"+labels] = float64(m.GetSummary().GetSampleCount())
+			case m.Counter != nil:
+				out[name+labels] = m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				out[name+labels] = m.GetGauge().GetValue()
+			case m.Untyped != nil:
+				out[name+labels] = m.GetUntyped().GetValue()
+			}
 		}
 	}
-	return out, sc.Err()
+	return out, nil
+}
+
+// labelEscaper escapes a label value as the text format writes it.
+var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+
+// seriesLabels writes labels as {a="x",b="y"}, sorted by name; "" for none.
+func seriesLabels(ls []*dto.LabelPair) string {
+	if len(ls) == 0 {
+		return ""
+	}
+	ls = slices.SortedFunc(slices.Values(ls), func(a, b *dto.LabelPair) int { return strings.Compare(a.GetName(), b.GetName()) })
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, l := range ls {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%s=\"%s\"", l.GetName(), labelEscaper.Replace(l.GetValue()))
+	}
+	b.WriteByte('}')
+	return b.String()
 }
 
 // Relay counters read from /metrics.
@@ -381,6 +436,7 @@ const (
 	mBytesOut    = "ferry_relay_change_sent_bytes_total"
 	mAccepted    = "ferry_relay_changes_accepted_total"
 	mSubscribers = "ferry_relay_subscribers"
+	mCompactions = "ferry_relay_compactions_total"
 	mPushSeconds = `ferry_relay_request_seconds_sum{type="push"}`
 	mPushes      = `ferry_relay_request_seconds_count{type="push"}`
 )

@@ -65,7 +65,7 @@ func bulk(ctx context.Context, cfg Config, n int, label string) (b *bulkRun, err
 	b = &bulkRun{n: n, env: env}
 	pr := newProgress(cfg.Progress)
 
-	w, err := openReplica(dir, "writer", syncProgress{pr, fmt.Sprintf("%s push of %d", label, n)})
+	w, err := env.openReplica(dir, "writer", syncProgress(pr, fmt.Sprintf("%s push of %d", label, n)))
 	if err != nil {
 		return nil, err
 	}
@@ -76,7 +76,7 @@ func bulk(ctx context.Context, cfg Config, n int, label string) (b *bulkRun, err
 	t0 := time.Now()
 	for len(ids) < n {
 		from := len(ids)
-		err := w.Update(func(tx *replica.Tx) error {
+		err := w.Write(func(tx *replica.Tx) error {
 			for i := from; i < min(from+100, n); i++ {
 				id, err := tx.Insert(coll, ps[i])
 				if err != nil {
@@ -113,7 +113,7 @@ func bulk(ctx context.Context, cfg Config, n int, label string) (b *bulkRun, err
 		return nil, err
 	}
 
-	fresh, err := openReplica(dir, "fresh", syncProgress{pr, fmt.Sprintf("%s fresh pull of %d", label, n)})
+	fresh, err := env.openReplica(dir, "fresh", syncProgress(pr, fmt.Sprintf("%s fresh pull of %d", label, n)))
 	if err != nil {
 		return nil, err
 	}
@@ -145,13 +145,13 @@ func bulk(ctx context.Context, cfg Config, n int, label string) (b *bulkRun, err
 // verifyBulk checks that r holds exactly the records ids with the fields
 // of ps, none of them pending.
 func verifyBulk(r *replica.Replica, coll string, ids []string, ps []Product) error {
-	c, err := r.Collection(coll)
-	if err != nil {
-		return err
-	}
-	recs, err := c.Scan(replica.ScanOptions{})
-	if err != nil {
-		return err
+	c := r.Collection(coll)
+	var recs []replica.Record
+	for rec, err := range c.Scan(replica.ScanOptions{}) {
+		if err != nil {
+			return err
+		}
+		recs = append(recs, rec)
 	}
 	if len(recs) != len(ids) {
 		return checkf("fresh replica holds %d records, want %d", len(recs), len(ids))

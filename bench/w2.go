@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
@@ -24,34 +25,48 @@ const w2Wait = 30 * time.Second
 // sequential single-field updates, each timed from the start of A's
 // Update until B's Watch feed reports the remote change (same heads as
 // A's). A's commit and the relay's append are durable; B's apply too.
-func W2(ctx context.Context, cfg Config) (res *Result, err error) {
-	cfg, res, cleanup, err := prepare(ctx, cfg, "W2")
+func W2(ctx context.Context, cfg Config) (*Result, error) {
+	return live(ctx, cfg, "W2", func(c Config) int { return c.Updates })
+}
+
+// W2L is W2 with a long history: History updates (default 10,000) to the
+// one record, so that a cost growing with the record's history shows as
+// the last tenth of the updates slower than the first. Its figure is the
+// ratio of their p50s (latency_p50_growth; 1 means flat).
+func W2L(ctx context.Context, cfg Config) (*Result, error) {
+	return live(ctx, cfg, "W2L", func(c Config) int { return c.History })
+}
+
+// live runs W2's procedure as workload name, with updates(cfg) updates.
+func live(ctx context.Context, cfg Config, name string, updates func(Config) int) (res *Result, err error) {
+	cfg, res, cleanup, err := prepare(ctx, cfg, name)
 	if err != nil {
 		return nil, err
 	}
 	defer cleanup()
+	n := updates(cfg)
 	start := time.Now()
-	dir := filepath.Join(cfg.Dir, "W2")
+	dir := filepath.Join(cfg.Dir, name)
 	env, err := startRelay(ctx, cfg.Relay, dir)
 	if err != nil {
 		return nil, err
 	}
 	defer closeAll(&err, env.close)
-	a, err := openReplica(dir, "a", nil)
+	a, err := env.openReplica(dir, "a", replica.Listener{})
 	if err != nil {
 		return nil, err
 	}
 	defer closeAll(&err, a.Close)
-	b, err := openReplica(dir, "b", nil)
+	b, err := env.openReplica(dir, "b", replica.Listener{})
 	if err != nil {
 		return nil, err
 	}
 	defer closeAll(&err, b.Close)
 
-	coll := collName("w2")
+	coll := collName(strings.ToLower(name))
 	const id = "live-record"
-	ca, _ := a.Collection(coll)
-	cb, _ := b.Collection(coll)
+	ca := a.Collection(coll)
+	cb := b.Collection(coll)
 	if err := ca.Create(id, products(cfg.Seed, 2, 1)[0]); err != nil {
 		return nil, err
 	}
@@ -79,10 +94,30 @@ func W2(ctx context.Context, cfg Config) (res *Result, err error) {
 		return nil, fmt.Errorf("record did not reach B: %w", err)
 	}
 
+	// The relay's meters at the edges of the first and the last tenth, to
+	// tell the relay's share of a growth from the replicas'.
+	tenth := n / 10
+	var edges [4]snapshot // before update 0, tenth, n-tenth, and after the last
+	edgeAt := func(i int) (int, bool) {
+		for k, at := range [4]int{0, tenth, n - tenth, n} {
+			if i == at && tenth > 0 {
+				return k, true
+			}
+		}
+		return 0, false
+	}
 	pr := newProgress(cfg.Progress)
-	lat := make([]time.Duration, 0, cfg.Updates)
-	commit := make([]time.Duration, 0, cfg.Updates)
-	for i := -w2Warmup; i < cfg.Updates; i++ {
+	lat := make([]time.Duration, 0, n)
+	commit := make([]time.Duration, 0, n)
+	for i := -w2Warmup; i <= n; i++ {
+		if k, ok := edgeAt(i); ok {
+			if edges[k], err = env.snapshot(ctx); err != nil {
+				return nil, err
+			}
+		}
+		if i == n {
+			break
+		}
 		t0 := time.Now()
 		err := ca.Update(id, func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, i) })
 		t1 := time.Now()
@@ -99,18 +134,20 @@ func W2(ctx context.Context, cfg Config) (res *Result, err error) {
 		if i >= 0 {
 			lat = append(lat, time.Since(t0))
 			commit = append(commit, t1.Sub(t0))
+			pr.report(i == n-1, "%s: %d/%d updates", name, i+1, n)
 		}
-		if i >= 0 {
-			pr.report(i == cfg.Updates-1, "W2: %d/%d updates", i+1, cfg.Updates)
-		}
+	}
+	end, err := env.snapshot(ctx)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.Verify {
 		var got Product
 		if err := cb.Get(id, &got); err != nil {
 			return nil, err
 		}
-		if got.Qty != cfg.Updates-1 {
-			return nil, checkf("B's qty is %d, want %d", got.Qty, cfg.Updates-1)
+		if got.Qty != n-1 {
+			return nil, checkf("B's qty is %d, want %d", got.Qty, n-1)
 		}
 	}
 
@@ -120,17 +157,43 @@ func W2(ctx context.Context, cfg Config) (res *Result, err error) {
 	res.latency("latency_p99", percentile(s, 99))
 	res.latency("latency_max", s[len(s)-1])
 	res.latency("a_commit_p50", percentile(sortedDurations(commit), 50))
-	if tenth := len(lat) / 10; tenth > 0 {
+	if tenth > 0 {
 		// The record's history grows by one change per update: a cost
 		// that grows with it shows as a later tenth slower than the first.
-		res.latency("latency_p50_first_tenth", percentile(sortedDurations(lat[:tenth]), 50))
-		res.latency("latency_p50_last_tenth", percentile(sortedDurations(lat[len(lat)-tenth:]), 50))
+		first, last := sortedDurations(lat[:tenth]), sortedDurations(lat[n-tenth:])
+		res.latency("latency_p50_first_tenth", percentile(first, 50))
+		res.latency("latency_p50_last_tenth", percentile(last, 50))
+		res.latency("latency_p99_first_tenth", percentile(first, 99))
+		res.latency("latency_p99_last_tenth", percentile(last, 99))
+		res.add(Metric{Name: "latency_p50_growth", Value: growth(percentile(last, 50), percentile(first, 50)), Unit: "x",
+			Note: "p50 of the last tenth of the updates / p50 of the first tenth (1: flat)"})
+		res.add(Metric{Name: "latency_p99_growth", Value: growth(percentile(last, 99), percentile(first, 99)), Unit: "x"})
+		res.latency("a_commit_p50_first_tenth", percentile(sortedDurations(commit[:tenth]), 50))
+		res.latency("a_commit_p50_last_tenth", percentile(sortedDurations(commit[n-tenth:]), 50))
+		relayPush := func(name string, from, to snapshot) {
+			if pushes := to.since(from, mPushes); pushes > 0 {
+				res.latency(name, time.Duration(to.since(from, mPushSeconds)/pushes*float64(time.Second)))
+			}
+		}
+		relayPush("relay_push_mean_first_tenth", edges[0], edges[1])
+		relayPush("relay_push_mean_last_tenth", edges[2], edges[3])
 	}
+	res.add(Metric{Name: "relay_compactions", Value: end.since(before, mCompactions), Unit: "count", Note: "relay /metrics " + mCompactions})
 	res.Notes = append(res.Notes,
 		"latency: from the start of A's Update (durable commit) until B's feed reports the change applied (durable); live profiles on both, via the relay",
-		"a_commit: A's local Update alone; ratio: W0's time for one change / the latency")
+		"a_commit: A's local Update alone; ratio: W0's time for one change / the latency",
+		"first and last tenth: the first and the last tenth of the updates, in order; the record holds one more change after each",
+		"relay_push_mean: the relay's mean time answering a push over that tenth (relay /metrics ferry_relay_request_seconds)")
 	res.Elapsed = time.Since(start)
 	return res, nil
+}
+
+// growth is last ÷ first, 0 if first is 0.
+func growth(last, first time.Duration) float64 {
+	if first <= 0 {
+		return 0
+	}
+	return float64(last) / float64(first)
 }
 
 // waitHeads reads feed until a remote event of record id with heads h.

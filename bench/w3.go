@@ -35,12 +35,12 @@ func W3(ctx context.Context, cfg Config) (res *Result, err error) {
 		return nil, err
 	}
 	defer closeAll(&err, env.close)
-	a, err := openReplica(dir, "a", nil)
+	a, err := env.openReplica(dir, "a", replica.Listener{})
 	if err != nil {
 		return nil, err
 	}
 	defer closeAll(&err, a.Close)
-	b, err := openReplica(dir, "b", nil)
+	b, err := env.openReplica(dir, "b", replica.Listener{})
 	if err != nil {
 		return nil, err
 	}
@@ -56,7 +56,7 @@ func W3(ctx context.Context, cfg Config) (res *Result, err error) {
 	m := cfg.MergeRecords
 	ids := make([]string, m)
 	ps := products(cfg.Seed, 3, m)
-	err = a.Update(func(tx *replica.Tx) error {
+	err = a.Write(func(tx *replica.Tx) error {
 		for i := range ids {
 			ids[i] = fmt.Sprintf("rec-%05d", i)
 			if err := tx.Create(coll, ids[i], ps[i]); err != nil {
@@ -78,7 +78,7 @@ func W3(ctx context.Context, cfg Config) (res *Result, err error) {
 	pr := newProgress(cfg.Progress)
 	var editTime [2]time.Duration
 	for k, r := range []*replica.Replica{a, b} {
-		c, _ := r.Collection(coll)
+		c := r.Collection(coll)
 		rng := rand.New(rand.NewPCG(cfg.Seed, uint64(30+k)))
 		t0 := time.Now()
 		for e := range cfg.Updates {
@@ -151,8 +151,8 @@ func randomEdit(rng *rand.Rand) (string, any) {
 
 // sameHeads reports whether every record has the same heads on a and b.
 func sameHeads(a, b *replica.Replica, coll string, ids []string) (bool, error) {
-	ca, _ := a.Collection(coll)
-	cb, _ := b.Collection(coll)
+	ca := a.Collection(coll)
+	cb := b.Collection(coll)
 	for _, id := range ids {
 		ha, err := ca.Heads(id)
 		if err != nil {
@@ -171,8 +171,8 @@ func sameHeads(a, b *replica.Replica, coll string, ids []string) (bool, error) {
 
 // sameFields checks that every record reads the same on a and b.
 func sameFields(a, b *replica.Replica, coll string, ids []string) error {
-	ca, _ := a.Collection(coll)
-	cb, _ := b.Collection(coll)
+	ca := a.Collection(coll)
+	cb := b.Collection(coll)
 	for _, id := range ids {
 		var fa, fb map[string]any
 		if err := ca.Get(id, &fa); err != nil {

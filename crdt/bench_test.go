@@ -2,6 +2,7 @@ package crdt_test
 
 import (
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -301,4 +302,171 @@ func BenchmarkImportOne(b *testing.B) {
 			}
 		})
 	}
+}
+
+// histories caches longHistory's documents across benchmarks: building
+// 10,000 changes takes seconds.
+var histories = map[int][]byte{}
+
+func cachedHistory(b *testing.B, n int) []byte {
+	b.Helper()
+	if h, ok := histories[n]; ok {
+		return h
+	}
+	histories[n] = longHistory(b, n)
+	return histories[n]
+}
+
+// BenchmarkLongHistory measures the calls a replica and the relay make for
+// each small change, against the length of the record's history: they
+// should cost what the change costs, whatever came before it.
+//
+//   - changes-since: ChangesSince(the heads before the last change), what a
+//     replica stores after a commit and a relay after a push;
+//   - commit-delta: one field set, Commit, then ChangesSince(the heads
+//     before), a replica's local write;
+//   - import: Import of one small change from another actor, with nothing
+//     else happening to the document (the relay's case);
+//   - import-after-commit: the same, after a local commit (a replica that
+//     both writes and receives), so Import's indexes must catch up with
+//     the local change first.
+func BenchmarkLongHistory(b *testing.B) {
+	for _, n := range []int{100, 1000, 10000} {
+		saved := cachedHistory(b, n)
+		load := func(b *testing.B, actor string) *crdt.Doc {
+			d, err := crdt.Load(saved, actor)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return d
+		}
+		b.Run(fmt.Sprintf("changes-since/history=%d", n), func(b *testing.B) {
+			d := load(b, actorA)
+			before := d.Heads()
+			set(b, d, crdt.Path{"f0"}, -1)
+			commit(b, d)
+			b.ReportAllocs()
+			for b.Loop() {
+				data, err := d.ChangesSince(before)
+				if err != nil || len(data) == 0 {
+					b.Fatal(len(data), err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("commit-delta/history=%d", n), func(b *testing.B) {
+			d := load(b, actorA)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				i++
+				before := d.Heads()
+				set(b, d, crdt.Path{fmt.Sprint("f", i%10)}, -i)
+				commit(b, d)
+				data, err := d.ChangesSince(before)
+				if err != nil || len(data) == 0 {
+					b.Fatal(len(data), err)
+				}
+			}
+		})
+		importBench := func(b *testing.B, localCommit bool) {
+			target, src := load(b, actorB), load(b, actorC)
+			i := 0
+			next := func() []byte {
+				i++
+				set(b, src, crdt.Path{fmt.Sprint("g", i%10)}, i)
+				commit(b, src)
+				return crdt.LastChange(src)
+			}
+			// The first Import indexes the history: not what is measured.
+			if _, err := target.Import(next()); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				b.StopTimer()
+				c := next()
+				if localCommit {
+					set(b, target, crdt.Path{fmt.Sprint("h", i%10)}, i)
+					commit(b, target)
+				}
+				b.StartTimer()
+				if n, err := target.Import(c); n != 1 || err != nil {
+					b.Fatal(n, err)
+				}
+			}
+		}
+		b.Run(fmt.Sprintf("import/history=%d", n), func(b *testing.B) { importBench(b, false) })
+		b.Run(fmt.Sprintf("import-after-commit/history=%d", n), func(b *testing.B) { importBench(b, true) })
+	}
+}
+
+// BenchmarkAutomergeCalls measures the automerge-go calls crdt's per-change
+// paths are built from, against the length of the history: looking a
+// change up by its hash (AMgetChangeByHash) and reading the heads should
+// not depend on it, while Changes(since) (AMgetChanges) walks every
+// ancestor of since to build a vector clock.
+func BenchmarkAutomergeCalls(b *testing.B) {
+	for _, n := range []int{100, 10000} {
+		am, err := automerge.Load(cachedHistory(b, n))
+		if err != nil {
+			b.Fatal(err)
+		}
+		heads := am.Heads()
+		last, err := am.Change(heads[0])
+		if err != nil {
+			b.Fatal(err)
+		}
+		before := last.Dependencies()
+		b.Run(fmt.Sprintf("change-by-hash/history=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				c, err := am.Change(heads[0])
+				if err != nil || len(c.Save()) == 0 {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("heads/history=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				if len(am.Heads()) != 1 {
+					b.Fatal("heads")
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("changes-since/history=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				if chs, err := am.Changes(before...); len(chs) != 1 || err != nil {
+					b.Fatal(len(chs), err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkIndexMemory reports the Go heap an operation index takes on a
+// record of 10,000 changes (each sets one field): per indexed operation,
+// and as MemSize estimates it.
+func BenchmarkIndexMemory(b *testing.B) {
+	saved := cachedHistory(b, 10000)
+	var perOp, estimate float64
+	for b.Loop() {
+		d, err := crdt.Load(saved, actorA)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		if err := crdt.BuildIndex(d); err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		n := crdt.IndexedOps(d)
+		perOp = float64(after.HeapAlloc-before.HeapAlloc) / float64(n)
+		estimate = float64(d.MemSize()) / float64(n)
+		runtime.KeepAlive(d)
+	}
+	b.ReportMetric(perOp, "heap-B/op-indexed")
+	b.ReportMetric(estimate, "MemSize-B/op-indexed")
 }

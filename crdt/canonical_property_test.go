@@ -264,12 +264,12 @@ func (s *checkSim) edit(i int) error {
 		return d.Set(crdt.Path{"m", "inner", k}, v)
 	case 3:
 		s.logf("%d: delete %s", i, k)
-		return d.Delete(k)
+		return d.Delete(crdt.Path{k})
 	case 4:
 		n := s.listLen(d)
 		idx, v := s.rng.IntN(n+1), s.value(1)
 		s.logf("%d: insert l[%d] = %#v", i, idx, v)
-		return d.Insert(crdt.Path{"l"}, idx, v)
+		return d.InsertAt(crdt.Path{"l"}, idx, v)
 	case 5:
 		if n := s.listLen(d); n > 0 {
 			idx, v := s.rng.IntN(n), s.value(1)
@@ -280,10 +280,10 @@ func (s *checkSim) edit(i int) error {
 		if n := s.listLen(d); n > 0 {
 			idx := s.rng.IntN(n)
 			s.logf("%d: delete l[%d]", i, idx)
-			return d.Delete("l", idx)
+			return d.Delete(crdt.Path{"l", idx})
 		}
 	case 7, 8:
-		t, _ := d.Get("t")
+		t, _ := d.Get(crdt.Path{"t"})
 		n := len([]rune(fmt.Sprint(t)))
 		pos := s.rng.IntN(n + 1)
 		del := s.rng.IntN(n - pos + 1)
@@ -300,13 +300,13 @@ func (s *checkSim) edit(i int) error {
 		return d.SetDeleted(del)
 	case 11:
 		s.logf("%d: delete m.inner.%s", i, k)
-		return d.Delete("m", "inner", k)
+		return d.Delete(crdt.Path{"m", "inner", k})
 	}
 	return nil
 }
 
 func (s *checkSim) listLen(d *crdt.Doc) int {
-	l, err := d.Get("l")
+	l, err := d.Get(crdt.Path{"l"})
 	if err != nil {
 		return 0
 	}

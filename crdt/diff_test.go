@@ -73,7 +73,7 @@ func TestDiff3NoChanges(t *testing.T) {
 func TestDiff3OneSided(t *testing.T) {
 	base, local, remote := diffFixture(t)
 	set(t, local, crdt.Path{"name"}, "desk lamp")
-	if err := local.Delete("qty"); err != nil {
+	if err := local.Delete(crdt.Path{"qty"}); err != nil {
 		t.Fatal(err)
 	}
 	set(t, remote, crdt.Path{"price"}, 12.5)
@@ -102,7 +102,7 @@ func TestDiff3SameChangeBothSides(t *testing.T) {
 	base, local, remote := diffFixture(t)
 	for _, d := range []*crdt.Doc{local, remote} {
 		set(t, d, crdt.Path{"name"}, "desk lamp")
-		if err := d.Delete("qty"); err != nil {
+		if err := d.Delete(crdt.Path{"qty"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -144,13 +144,13 @@ func TestDiff3ScalarConflict(t *testing.T) {
 
 func TestDiff3DeleteVsChange(t *testing.T) {
 	base, local, remote := diffFixture(t)
-	if err := local.Delete("price"); err != nil {
+	if err := local.Delete(crdt.Path{"price"}); err != nil {
 		t.Fatal(err)
 	}
 	set(t, remote, crdt.Path{"price"}, 12.0)
 	// And the other way round, on a nested field.
 	set(t, local, crdt.Path{"address", "zip"}, "5003")
-	if err := remote.Delete("address", "zip"); err != nil {
+	if err := remote.Delete(crdt.Path{"address", "zip"}); err != nil {
 		t.Fatal(err)
 	}
 	fd := diff3(t, base, local, remote)
@@ -189,10 +189,10 @@ func TestDiff3Nested(t *testing.T) {
 // reported in Merged, not as conflicts; and the merge keeps both edits.
 func TestDiff3MergeableKinds(t *testing.T) {
 	base, local, remote := diffFixture(t)
-	if err := local.Insert(crdt.Path{"tags"}, 0, "sale"); err != nil {
+	if err := local.InsertAt(crdt.Path{"tags"}, 0, "sale"); err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Insert(crdt.Path{"tags"}, 1, "light"); err != nil {
+	if err := remote.InsertAt(crdt.Path{"tags"}, 1, "light"); err != nil {
 		t.Fatal(err)
 	}
 	if err := local.SpliceText(crdt.Path{"body"}, 0, 1, "B"); err != nil {

@@ -15,6 +15,9 @@ import (
 // A Doc is not safe for concurrent use: automerge-go locks each call, but
 // Ferry's writes are read-modify-write sequences, so the owner (a replica)
 // serializes access to each record.
+//
+// Most of a Doc's memory is outside Go's heap: call [Doc.Free] when done
+// with it rather than wait for the garbage collector.
 type Doc struct {
 	am *automerge.Doc
 
@@ -27,6 +30,12 @@ type Doc struct {
 	// opindex.go); nil until first needed. It is immutable and shared with
 	// forks, hence atomic: a fork may be taken while the Doc imports.
 	idx atomic.Pointer[opIndex]
+
+	// jn records the changes the Doc added lately, so that "changes
+	// since" a recent version costs what those changes cost (see
+	// journal.go).
+	jn           journal
+	historyWalks int // calls to automerge-go's Changes(since), for tests
 }
 
 // New returns an empty document that writes as actor (a hex string; a
@@ -34,10 +43,12 @@ type Doc struct {
 // that are only read and merged, such as the relay's.
 func New(actor string) (*Doc, error) {
 	d := &Doc{am: automerge.New()}
+	d.jn.restart(nil)
 	if actor == "" {
 		return d, nil
 	}
 	if err := d.SetActor(actor); err != nil {
+		d.Free()
 		return nil, err
 	}
 	return d, nil
@@ -64,6 +75,7 @@ func Load(data []byte, actor string) (d *Doc, err error) {
 	}
 	if len(rest) > 0 {
 		if _, err := d.Import(rest); err != nil {
+			d.Free()
 			if errors.Is(err, ErrCorrupt) {
 				return nil, err
 			}
@@ -72,6 +84,7 @@ func Load(data []byte, actor string) (d *Doc, err error) {
 	}
 	if actor != "" {
 		if err := d.SetActor(actor); err != nil {
+			d.Free()
 			return nil, err
 		}
 	}
@@ -92,33 +105,37 @@ func leadingDocument(data []byte) (head, rest []byte) {
 // loadAM loads framed bytes with automerge-go (none: an empty document).
 func loadAM(data []byte) (d *Doc, err error) {
 	if len(data) == 0 {
-		return &Doc{am: automerge.New()}, nil
+		d = &Doc{am: automerge.New()}
+		d.jn.restart(nil)
+		return d, nil
 	}
 	defer recoverCorrupt(&err)
 	am, err := automerge.Load(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	return &Doc{am: am}, nil
+	d = &Doc{am: am}
+	d.jn.restart(d.Heads())
+	return d, nil
 }
 
 // SetActor sets the actor ID used for this document's future changes.
 func (d *Doc) SetActor(actor string) error {
-	if err := d.am.SetActorID(actor); err != nil {
+	if err := d.live().SetActorID(actor); err != nil {
 		return fmt.Errorf("crdt: actor %q: %w", actor, err)
 	}
 	return nil
 }
 
 // Actor returns the document's actor ID.
-func (d *Doc) Actor() string { return d.am.ActorID() }
+func (d *Doc) Actor() string { return d.live().ActorID() }
 
 // Save returns the whole document in Automerge's compact form.
-func (d *Doc) Save() []byte { return d.am.Save() }
+func (d *Doc) Save() []byte { return d.live().Save() }
 
 // Heads returns the document's current version, sorted.
 func (d *Doc) Heads() Heads {
-	hs := d.am.Heads()
+	hs := d.live().Heads()
 	out := make(Heads, len(hs))
 	for i, h := range hs {
 		out[i] = Hash(h)
@@ -128,7 +145,7 @@ func (d *Doc) Heads() Heads {
 
 // Has reports whether the document holds the change h.
 func (d *Doc) Has(h Hash) bool {
-	_, err := d.am.Change(automerge.ChangeHash(h))
+	_, err := d.live().Change(automerge.ChangeHash(h))
 	return err == nil
 }
 
@@ -155,17 +172,19 @@ func (d *Doc) Fork(at Heads) (*Doc, error) {
 	if err := d.hasAll(at); err != nil {
 		return nil, err
 	}
-	am, err := d.am.Fork(amHashes(at)...)
+	am, err := d.live().Fork(amHashes(at)...)
 	if err != nil {
 		return nil, fmt.Errorf("crdt: fork: %w", err)
 	}
 	f := &Doc{am: am}
+	f.jn.restart(f.Heads())
 	// The index knows which heads it describes, so a fork at other heads
 	// brings it up to date (or rebuilds it) on first use.
 	f.idx.Store(d.idx.Load())
 	// A fork gets a fresh random actor; keep ours so any change made on the
 	// fork is attributed to this replica.
 	if err := f.SetActor(d.Actor()); err != nil {
+		f.Free()
 		return nil, err
 	}
 	return f, nil
@@ -175,11 +194,22 @@ func (d *Doc) Fork(at Heads) (*Doc, error) {
 // document that is not an ancestor of since (nil: the whole history).
 // It returns nil when there is nothing new. Unknown heads give
 // [ErrUnknownHeads]: automerge-go would silently return everything.
+//
+// It costs time in proportion to the changes it returns when since is a
+// version the document had lately, or one whose history includes such a
+// version; otherwise in proportion to the whole history.
 func (d *Doc) ChangesSince(since Heads) ([]byte, error) {
-	if err := d.hasAll(since); err != nil {
-		return nil, err
+	var heads Heads
+	if len(since) > 0 {
+		heads = d.Heads()
+		// A version the document had holds only changes it holds.
+		if d.syncJournal(heads); !d.jn.isMark(since) {
+			if err := d.hasAll(since); err != nil {
+				return nil, err
+			}
+		}
 	}
-	chs, err := d.am.Changes(amHashes(since)...)
+	chs, err := d.changesSince(since, heads)
 	if err != nil {
 		return nil, fmt.Errorf("crdt: changes: %w", err)
 	}
@@ -199,7 +229,7 @@ func (d *Doc) ChangesSince(since Heads) ([]byte, error) {
 // after editing.
 func (d *Doc) Commit(msg string, at time.Time) (bool, error) {
 	t := at
-	if _, err := d.am.Commit(msg, automerge.CommitOptions{Time: &t}); err != nil {
+	if _, err := d.live().Commit(msg, automerge.CommitOptions{Time: &t}); err != nil {
 		// automerge-go reports "nothing to commit" as this error, and has no
 		// sentinel for it. (Reading the heads first to compare would itself
 		// commit the pending edits.)
@@ -218,7 +248,7 @@ const amEmptyCommit = "Commit is empty"
 // created with no fields still exists (it has heads) and syncs.
 func (d *Doc) CommitEmpty(msg string, at time.Time) error {
 	t := at
-	if _, err := d.am.Commit(msg, automerge.CommitOptions{Time: &t, AllowEmpty: true}); err != nil {
+	if _, err := d.live().Commit(msg, automerge.CommitOptions{Time: &t, AllowEmpty: true}); err != nil {
 		return fmt.Errorf("crdt: commit: %w", err)
 	}
 	return nil
@@ -237,6 +267,27 @@ func amHashes(hs Heads) []automerge.ChangeHash {
 // process.
 func recoverCorrupt(err *error) {
 	if r := recover(); r != nil {
+		if e, ok := r.(error); ok && errors.Is(e, ErrFreed) {
+			panic(r) // a bug in the caller, not bad data
+		}
 		*err = errors.Join(ErrCorrupt, fmt.Errorf("automerge panicked: %v", r))
 	}
+}
+
+// MemSize estimates the bytes of Go memory the Doc holds beyond
+// automerge-go's own document: the indexes Import keeps, and the journal
+// of recent changes. (Automerge's document lives in Rust memory, in
+// proportion to the saved size and more.) An index shared with forks is
+// counted in full by each.
+func (d *Doc) MemSize() int {
+	n := d.jn.size()
+	if x := d.idx.Load(); x != nil {
+		for l := x.top; l != nil; l = l.parent {
+			n += l.memSize()
+		}
+	}
+	for a := range d.seqs {
+		n += len(a) + seqEntryBytes
+	}
+	return n
 }

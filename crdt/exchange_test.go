@@ -140,7 +140,7 @@ func TestForkAtPastHeads(t *testing.T) {
 	commit(t, a)
 	past := a.Heads()
 	set(t, a, crdt.Path{"v"}, "new")
-	if err := a.Delete("gone"); err != nil {
+	if err := a.Delete(crdt.Path{"gone"}); err != nil {
 		t.Fatal(err)
 	}
 	commit(t, a)

@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"fmt"
+	"reflect"
 
 	"github.com/automerge/automerge-go"
 )
@@ -34,3 +35,142 @@ func LastChange(d *Doc) []byte {
 
 // ChunkPayload returns a change chunk's payload.
 var ChunkPayload = chunkPayload
+
+// FreeLayoutErr says why Free cannot release automerge's memory (nil: it
+// can).
+func FreeLayoutErr() error { return amLayoutErr }
+
+// SlowChangesSince is ChangesSince asking automerge-go alone, as it did
+// before the journal: the reference the journal is checked against.
+func SlowChangesSince(d *Doc, since Heads) ([]byte, error) {
+	if err := d.hasAll(since); err != nil {
+		return nil, err
+	}
+	chs, err := d.am.Changes(amHashes(since)...)
+	if err != nil || len(chs) == 0 {
+		return nil, err
+	}
+	return automerge.SaveChanges(chs), nil
+}
+
+// JournalLen returns how many changes d's journal holds.
+func JournalLen(d *Doc) int {
+	d.syncJournal(d.Heads())
+	return len(d.jn.entries)
+}
+
+// SetJournalLimit sets how many changes d's journal keeps (0: the
+// default).
+func SetJournalLimit(d *Doc, n int) { d.jn.limit = n }
+
+// HistoryWalks returns how many times d asked automerge-go for the
+// changes since heads (a walk of the whole history).
+func HistoryWalks(d *Doc) int { return d.historyWalks }
+
+// CheckIndexes checks that d's operation and sequence indexes, brought up
+// to date incrementally, equal indexes built afresh from the whole
+// history.
+func CheckIndexes(d *Doc) error {
+	x, err := d.index()
+	if err != nil {
+		return err
+	}
+	seqs, err := d.seqIndex()
+	if err != nil {
+		return err
+	}
+	chs, err := d.am.Changes()
+	if err != nil {
+		return err
+	}
+	fresh := newLayer(nil)
+	freshSeqs := map[string]actorSeqs{}
+	for _, ch := range chs {
+		c, err := decodeChange(chunkPayload(ch.Save()))
+		if err != nil {
+			return err
+		}
+		fresh.add(c)
+		s := freshSeqs[ch.ActorID()]
+		s.count++
+		s.max = max(s.max, ch.ActorSeq())
+		freshSeqs[ch.ActorID()] = s
+	}
+	if !x.at.Equal(d.Heads()) {
+		return fmt.Errorf("index at %v, document at %v", x.at, d.Heads())
+	}
+	ops, maxOp := map[opRef]opRec{}, map[string]uint64{}
+	for l := x.top; l != nil; l = l.parent {
+		for k, v := range l.ops {
+			if _, ok := ops[k]; !ok {
+				ops[k] = v
+			}
+		}
+		for k, v := range l.maxOp {
+			if _, ok := maxOp[k]; !ok {
+				maxOp[k] = v
+			}
+		}
+	}
+	if !reflect.DeepEqual(ops, fresh.ops) {
+		return fmt.Errorf("operation index holds %d operations, the history %d", len(ops), len(fresh.ops))
+	}
+	if !reflect.DeepEqual(maxOp, fresh.maxOp) {
+		return fmt.Errorf("operation index's counters %v, the history's %v", maxOp, fresh.maxOp)
+	}
+	if !reflect.DeepEqual(seqs, freshSeqs) {
+		return fmt.Errorf("sequence index %v, the history's %v", seqs, freshSeqs)
+	}
+	return nil
+}
+
+// BuildIndex indexes d's operations, as d's first Import does.
+func BuildIndex(d *Doc) error {
+	_, err := d.index()
+	return err
+}
+
+// IndexedOps returns how many operations d's index holds.
+func IndexedOps(d *Doc) int {
+	n := 0
+	if x := d.idx.Load(); x != nil {
+		for l := x.top; l != nil; l = l.parent {
+			n += len(l.ops)
+		}
+	}
+	return n
+}
+
+// JournalAnswer tells how ChangesSince(since) will be answered: "mark" (a
+// version d had, from the journal), "walk" (from the journal, walking
+// back from since) or "" (by automerge-go). since must be held by d.
+func JournalAnswer(d *Doc, since Heads) string {
+	if len(since) == 0 {
+		return ""
+	}
+	d.syncJournal(d.Heads())
+	if d.jn.isMark(since) {
+		return "mark"
+	}
+	if _, ok := d.jn.since(since); ok {
+		return "walk"
+	}
+	return ""
+}
+
+// EmptyChanges returns which of the changes in data have no operations.
+func EmptyChanges(data []byte) (map[Hash]bool, error) {
+	ci, err := frame(data)
+	if err != nil {
+		return nil, err
+	}
+	out := map[Hash]bool{}
+	for i, p := range ci.payloads {
+		c, err := decodeChange(p)
+		if err != nil {
+			return nil, err
+		}
+		out[ci.changes[i].Hash] = len(c.ops) == 0
+	}
+	return out, nil
+}

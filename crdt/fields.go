@@ -45,7 +45,7 @@ func (d *Doc) lookup(p Path) (*automerge.Value, error) {
 	if err := p.check(); err != nil {
 		return nil, err
 	}
-	v, err := d.am.Path(p...).Get()
+	v, err := d.live().Path(p...).Get()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrPath, err)
 	}
@@ -54,19 +54,19 @@ func (d *Doc) lookup(p Path) (*automerge.Value, error) {
 
 // Get returns the value at path (see the package's value list), or nil if
 // nothing is there. Text reads as a string.
-func (d *Doc) Get(path ...any) (any, error) {
-	v, _, err := d.Lookup(path...)
+func (d *Doc) Get(path Path) (any, error) {
+	v, _, err := d.Lookup(path)
 	return v, err
 }
 
 // Lookup is [Doc.Get] that also reports whether the value exists.
-func (d *Doc) Lookup(path ...any) (any, bool, error) {
-	return d.lookupAs(Path(path), false)
+func (d *Doc) Lookup(path Path) (any, bool, error) {
+	return d.lookupAs(path, false)
 }
 
 // GetTyped is [Doc.Get] that keeps Text distinct from a plain string.
-func (d *Doc) GetTyped(path ...any) (any, bool, error) {
-	return d.lookupAs(Path(path), true)
+func (d *Doc) GetTyped(path Path) (any, bool, error) {
+	return d.lookupAs(path, true)
 }
 
 func (d *Doc) lookupAs(p Path, typed bool) (any, bool, error) {
@@ -91,7 +91,7 @@ func (d *Doc) Fields() (map[string]any, error) { return d.fields(false) }
 func (d *Doc) TypedFields() (map[string]any, error) { return d.fields(true) }
 
 func (d *Doc) fields(typed bool) (map[string]any, error) {
-	v, err := fromAM(d.am.Root(), typed)
+	v, err := fromAM(d.live().Root(), typed)
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +117,7 @@ func (d *Doc) Set(path Path, v any) error {
 	}
 	parent, last := path[:len(path)-1], path[len(path)-1]
 	if len(parent) == 0 {
-		return d.writeKey(d.am.RootMap(), last.(string), nv)
+		return d.writeKey(d.live().RootMap(), last.(string), nv)
 	}
 	pv, err := d.lookup(parent)
 	if err != nil {
@@ -127,7 +127,7 @@ func (d *Doc) Set(path Path, v any) error {
 	case string:
 		if pv.IsVoid() {
 			// Let automerge-go create the missing parent maps.
-			return d.am.Path(path...).Set(toAM(nv))
+			return d.live().Path(path...).Set(toAM(nv))
 		}
 		if pv.Kind() != automerge.KindMap {
 			return fmt.Errorf("%w: %v is a %v, not a map", ErrPath, parent, pv.Kind())
@@ -150,15 +150,15 @@ func (d *Doc) Set(path Path, v any) error {
 }
 
 // Delete removes the value at path: a map key, or a list element.
-func (d *Doc) Delete(path ...any) error {
-	p := Path(path)
+func (d *Doc) Delete(path Path) error {
+	p := path
 	if err := p.check(); err != nil {
 		return err
 	}
 	parent, last := p[:len(p)-1], p[len(p)-1]
 	var pv *automerge.Value
 	if len(parent) == 0 {
-		pv = d.am.Root()
+		pv = d.live().Root()
 	} else {
 		var err error
 		if pv, err = d.lookup(parent); err != nil {
@@ -228,9 +228,9 @@ func (d *Doc) SpliceText(path Path, pos, del int, ins string) error {
 	return wrapAM(t.Splice(pos, del, ins))
 }
 
-// Insert inserts vals into the list at path before index idx (idx equal to
-// the length appends). The list is created if absent.
-func (d *Doc) Insert(path Path, idx int, vals ...any) error {
+// InsertAt inserts vals into the list at path before index idx (idx equal
+// to the length appends). The list is created if absent.
+func (d *Doc) InsertAt(path Path, idx int, vals ...any) error {
 	nvs := make([]any, len(vals))
 	for i, v := range vals {
 		nv, err := normalize(v)
@@ -261,7 +261,7 @@ func (d *Doc) Insert(path Path, idx int, vals ...any) error {
 
 // Deleted reports whether the record is a tombstone.
 func (d *Doc) Deleted() bool {
-	v, err := d.am.RootMap().Get(TombstoneKey)
+	v, err := d.live().RootMap().Get(TombstoneKey)
 	return err == nil && v.Kind() == automerge.KindBool && v.Bool()
 }
 
@@ -272,9 +272,9 @@ func (d *Doc) SetDeleted(deleted bool) error {
 		return nil
 	}
 	if !deleted {
-		return wrapAM(d.am.RootMap().Delete(TombstoneKey))
+		return wrapAM(d.live().RootMap().Delete(TombstoneKey))
 	}
-	return wrapAM(d.am.RootMap().Set(TombstoneKey, true))
+	return wrapAM(d.live().RootMap().Set(TombstoneKey, true))
 }
 
 // writeKey writes nv at m[key], touching only what differs.

@@ -37,7 +37,7 @@ func TestSetGetScalars(t *testing.T) {
 	}
 	commit(t, d)
 	for _, c := range cases {
-		got, ok, err := d.Lookup(c.key)
+		got, ok, err := d.Lookup(crdt.Path{c.key})
 		if err != nil || !ok {
 			t.Fatalf("Lookup(%q) = %v, %v, %v", c.key, got, ok, err)
 		}
@@ -57,30 +57,30 @@ func TestSetGetScalars(t *testing.T) {
 
 func TestLookupMissingAndDelete(t *testing.T) {
 	d := newDoc(t, actorA)
-	if v, ok, err := d.Lookup("nope"); v != nil || ok || err != nil {
+	if v, ok, err := d.Lookup(crdt.Path{"nope"}); v != nil || ok || err != nil {
 		t.Fatalf("Lookup(missing) = %v, %v, %v; want nil, false, nil", v, ok, err)
 	}
-	if v, ok, err := d.Lookup("nope", "deeper", 3); v != nil || ok || err != nil {
+	if v, ok, err := d.Lookup(crdt.Path{"nope", "deeper", 3}); v != nil || ok || err != nil {
 		t.Fatalf("Lookup(missing nested) = %v, %v, %v", v, ok, err)
 	}
 	set(t, d, crdt.Path{"x"}, "1")
 	set(t, d, crdt.Path{"nil"}, nil)
 	commit(t, d)
-	if _, ok, _ := d.Lookup("nil"); !ok {
+	if _, ok, _ := d.Lookup(crdt.Path{"nil"}); !ok {
 		t.Error("a field holding nil should exist")
 	}
-	if err := d.Delete("x"); err != nil {
+	if err := d.Delete(crdt.Path{"x"}); err != nil {
 		t.Fatal(err)
 	}
 	commit(t, d)
-	if _, ok, _ := d.Lookup("x"); ok {
+	if _, ok, _ := d.Lookup(crdt.Path{"x"}); ok {
 		t.Error("x still exists after Delete")
 	}
 	// Deleting what is not there changes nothing.
-	if err := d.Delete("x"); err != nil {
+	if err := d.Delete(crdt.Path{"x"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Delete("no", "such", "parent"); err != nil {
+	if err := d.Delete(crdt.Path{"no", "such", "parent"}); err != nil {
 		t.Fatal(err)
 	}
 	if ok, err := d.Commit("", epoch); ok || err != nil {
@@ -128,7 +128,7 @@ func TestNested(t *testing.T) {
 	if got := get(t, d, "address"); !reflect.DeepEqual(got, want) {
 		t.Fatalf("address = %#v, want %#v", got, want)
 	}
-	if err := d.Delete("address", "geo", "lat"); err != nil {
+	if err := d.Delete(crdt.Path{"address", "geo", "lat"}); err != nil {
 		t.Fatal(err)
 	}
 	commit(t, d)
@@ -139,7 +139,7 @@ func TestNested(t *testing.T) {
 	if err := d.Set(crdt.Path{"address", "city", "x"}, 1); !errors.Is(err, crdt.ErrPath) {
 		t.Errorf("Set through a string: %v, want ErrPath", err)
 	}
-	if err := d.Delete("address", "city", "x"); !errors.Is(err, crdt.ErrPath) {
+	if err := d.Delete(crdt.Path{"address", "city", "x"}); !errors.Is(err, crdt.ErrPath) {
 		t.Errorf("Delete through a string: %v, want ErrPath", err)
 	}
 	// Set of a map value over a map updates it key by key.
@@ -157,10 +157,10 @@ func TestBadPaths(t *testing.T) {
 		if err := d.Set(p, 1); !errors.Is(err, crdt.ErrPath) {
 			t.Errorf("Set(%#v): %v, want ErrPath", p, err)
 		}
-		if _, err := d.Get(p...); !errors.Is(err, crdt.ErrPath) {
+		if _, err := d.Get(crdt.Path(p)); !errors.Is(err, crdt.ErrPath) {
 			t.Errorf("Get(%#v): %v, want ErrPath", p, err)
 		}
-		if err := d.Delete(p...); !errors.Is(err, crdt.ErrPath) {
+		if err := d.Delete(crdt.Path(p)); !errors.Is(err, crdt.ErrPath) {
 			t.Errorf("Delete(%#v): %v, want ErrPath", p, err)
 		}
 	}
@@ -170,7 +170,7 @@ func TestList(t *testing.T) {
 	d := newDoc(t, actorA)
 	set(t, d, crdt.Path{"l"}, []string{"a", "b"})
 	commit(t, d)
-	if err := d.Insert(crdt.Path{"l"}, 1, "x", 7); err != nil {
+	if err := d.InsertAt(crdt.Path{"l"}, 1, "x", 7); err != nil {
 		t.Fatal(err)
 	}
 	set(t, d, crdt.Path{"l", 0}, "A")
@@ -183,7 +183,7 @@ func TestList(t *testing.T) {
 	if got := get(t, d, "l", 1); got != "x" {
 		t.Fatalf("l[1] = %#v", got)
 	}
-	if err := d.Delete("l", 1); err != nil {
+	if err := d.Delete(crdt.Path{"l", 1}); err != nil {
 		t.Fatal(err)
 	}
 	commit(t, d)
@@ -194,23 +194,23 @@ func TestList(t *testing.T) {
 	if err := d.Set(crdt.Path{"l", 9}, 1); !errors.Is(err, crdt.ErrPath) {
 		t.Errorf("Set past the end: %v, want ErrPath", err)
 	}
-	if err := d.Delete("l", 9); !errors.Is(err, crdt.ErrPath) {
+	if err := d.Delete(crdt.Path{"l", 9}); !errors.Is(err, crdt.ErrPath) {
 		t.Errorf("Delete past the end: %v, want ErrPath", err)
 	}
-	if err := d.Delete("l", "key"); !errors.Is(err, crdt.ErrPath) {
+	if err := d.Delete(crdt.Path{"l", "key"}); !errors.Is(err, crdt.ErrPath) {
 		t.Errorf("Delete with a key in a list: %v, want ErrPath", err)
 	}
-	if err := d.Insert(crdt.Path{"l"}, 9, 1); !errors.Is(err, crdt.ErrPath) {
+	if err := d.InsertAt(crdt.Path{"l"}, 9, 1); !errors.Is(err, crdt.ErrPath) {
 		t.Errorf("Insert past the end: %v, want ErrPath", err)
 	}
-	if err := d.Insert(crdt.Path{"l", 0}, 0, 1); !errors.Is(err, crdt.ErrType) {
+	if err := d.InsertAt(crdt.Path{"l", 0}, 0, 1); !errors.Is(err, crdt.ErrType) {
 		t.Errorf("Insert into a string: %v, want ErrType", err)
 	}
 	// Insert creates a missing list, only at 0.
-	if err := d.Insert(crdt.Path{"new"}, 1, "x"); !errors.Is(err, crdt.ErrPath) {
+	if err := d.InsertAt(crdt.Path{"new"}, 1, "x"); !errors.Is(err, crdt.ErrPath) {
 		t.Errorf("Insert at 1 of a missing list: %v, want ErrPath", err)
 	}
-	if err := d.Insert(crdt.Path{"new"}, 0, "x", "y"); err != nil {
+	if err := d.InsertAt(crdt.Path{"new"}, 0, "x", "y"); err != nil {
 		t.Fatal(err)
 	}
 	commit(t, d)
@@ -232,11 +232,11 @@ func TestListConcurrentEditsMerge(t *testing.T) {
 	commit(t, a)
 	b := newDoc(t, actorB)
 	send(t, a, b)
-	if err := a.Insert(crdt.Path{"l"}, 0, "first"); err != nil {
+	if err := a.InsertAt(crdt.Path{"l"}, 0, "first"); err != nil {
 		t.Fatal(err)
 	}
 	commit(t, a)
-	if err := b.Insert(crdt.Path{"l"}, 1, "last"); err != nil {
+	if err := b.InsertAt(crdt.Path{"l"}, 1, "last"); err != nil {
 		t.Fatal(err)
 	}
 	commit(t, b)
@@ -267,7 +267,7 @@ func TestText(t *testing.T) {
 	if got := get(t, d, "notes"); got != "h→😀ÉÈ!" {
 		t.Fatalf("notes = %q", got)
 	}
-	if v, ok, err := d.GetTyped("notes"); err != nil || !ok || v != crdt.Text("h→😀ÉÈ!") {
+	if v, ok, err := d.GetTyped(crdt.Path{"notes"}); err != nil || !ok || v != crdt.Text("h→😀ÉÈ!") {
 		t.Fatalf("GetTyped = %#v, %v, %v; want crdt.Text", v, ok, err)
 	}
 	// Splice at the very end (rune length 6).
@@ -291,7 +291,7 @@ func TestText(t *testing.T) {
 	set(t, d, crdt.Path{"t2"}, crdt.Text("abc"))
 	set(t, d, crdt.Path{"t2"}, crdt.Text("abXc"))
 	commit(t, d)
-	if v, _, _ := d.GetTyped("t2"); v != crdt.Text("abXc") {
+	if v, _, _ := d.GetTyped(crdt.Path{"t2"}); v != crdt.Text("abXc") {
 		t.Fatalf("t2 = %#v", v)
 	}
 }
@@ -332,7 +332,7 @@ func TestStringOverTextSplices(t *testing.T) {
 	send(t, a, b)
 	set(t, a, crdt.Path{"body"}, "the quick brown fox")
 	commit(t, a)
-	if v, _, _ := a.GetTyped("body"); v != crdt.Text("the quick brown fox") {
+	if v, _, _ := a.GetTyped(crdt.Path{"body"}); v != crdt.Text("the quick brown fox") {
 		t.Fatalf("writing a string over text made %#v, want text", v)
 	}
 	if err := b.Put(map[string]any{"body": "The quick fox jumps"}); err != nil {
@@ -358,7 +358,7 @@ func TestCounter(t *testing.T) {
 	if got := get(t, a, "stock"); got != int64(5) {
 		t.Fatalf("stock = %#v, want 5", got)
 	}
-	if got, _, _ := a.GetTyped("stock"); got != crdt.Counter(5) {
+	if got, _, _ := a.GetTyped(crdt.Path{"stock"}); got != crdt.Counter(5) {
 		t.Fatalf("GetTyped(stock) = %#v, want Counter(5)", got)
 	}
 	b := newDoc(t, actorB)
@@ -493,7 +493,7 @@ func TestRefusedValues(t *testing.T) {
 		if err := d.Set(crdt.Path{"x"}, v); !errors.Is(err, crdt.ErrType) {
 			t.Errorf("%s: Set = %v, want ErrType", name, err)
 		}
-		if err := d.Insert(crdt.Path{"l"}, 0, v); !errors.Is(err, crdt.ErrType) {
+		if err := d.InsertAt(crdt.Path{"l"}, 0, v); !errors.Is(err, crdt.ErrType) {
 			t.Errorf("%s: Insert = %v, want ErrType", name, err)
 		}
 	}

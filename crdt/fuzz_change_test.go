@@ -45,13 +45,13 @@ func richFixture(t testing.TB) (saved []byte, payloads [][]byte) {
 		func(d *crdt.Doc) {
 			set(t, d, crdt.Path{"k"}, "resolved")
 			set(t, d, crdt.Path{"m", "a"}, 2)
-			must(d.Delete("m", "b"))
+			must(d.Delete(crdt.Path{"m", "b"}))
 		},
 		func(d *crdt.Doc) {
-			must(d.Insert(crdt.Path{"l"}, 1, "w", int64(7)))
+			must(d.InsertAt(crdt.Path{"l"}, 1, "w", int64(7)))
 			set(t, d, crdt.Path{"l", 0}, "X")
-			must(d.Delete("l", 3))
-			must(d.Insert(crdt.Path{"l"}, 4, "end"))
+			must(d.Delete(crdt.Path{"l", 3}))
+			must(d.InsertAt(crdt.Path{"l"}, 4, "end"))
 		},
 		func(d *crdt.Doc) {
 			must(d.SpliceText(crdt.Path{"t"}, 1, 2, "éé🙂"))

@@ -49,7 +49,7 @@ func commit(t testing.TB, d *crdt.Doc) {
 
 func get(t testing.TB, d *crdt.Doc, path ...any) any {
 	t.Helper()
-	v, err := d.Get(path...)
+	v, err := d.Get(crdt.Path(path))
 	if err != nil {
 		t.Fatalf("Get(%v): %v", path, err)
 	}

@@ -3,6 +3,7 @@ package crdt
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/automerge/automerge-go"
@@ -57,24 +58,27 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 	// against the index as of now, or, if the history cannot be indexed, by
 	// saving and loading afterwards (see recordVerified).
 	var payloads [][]byte
-	var hashes []Hash
+	var added []jentry // the changes the stream adds, in an order it applies them
 	if opaque {
-		if payloads, hashes, err = d.streamChanges(data, ci); err != nil {
+		if payloads, added, err = d.streamChanges(data, ci); err != nil {
 			return 0, err
 		}
 	} else {
-		payloads, hashes = make([][]byte, len(fresh)), make([]Hash, len(fresh))
+		payloads, added = make([][]byte, len(fresh)), make([]jentry, len(fresh))
 		for j, i := range fresh {
-			payloads[j], hashes[j] = ci.payloads[i], ci.changes[i].Hash
+			c := ci.changes[i]
+			payloads[j] = ci.payloads[i]
+			added[j] = jentry{hash: c.Hash, deps: sortedHeads(slices.Clone(c.Deps))}
 		}
 	}
 	base, _ := d.index()
-	v, err := verifyChanges(base, payloads, hashes)
+	v, err := verifyChanges(base, payloads, added)
 	if err != nil {
 		return 0, err
 	}
 
 	before := d.Heads()
+	d.syncJournal(before)
 	if err := d.loadIncremental(data); err != nil {
 		return 0, d.rollback(before, err)
 	}
@@ -91,38 +95,27 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 			return 0, d.rollback(before, fmt.Errorf("%w: document chunk with head %s was not applied", ErrCorrupt, h))
 		}
 	}
-	if !opaque {
-		if err := d.recordVerified(v); err != nil {
+	after := d.Heads()
+	if !d.journalImported(added, after) && opaque {
+		// Some change was applied that is not in the stream's chunks (or
+		// one of them was not).
+		return 0, d.rollback(before, fmt.Errorf("%w: the stream applied other changes than its chunks hold: heads %v", ErrCorrupt, after))
+	}
+	if opaque {
+		idx, err := d.seqIndex()
+		if err != nil {
 			return 0, d.rollback(before, err)
 		}
-		return len(fresh), nil
-	}
-	idx, err := d.seqIndex()
-	if err != nil {
-		return 0, d.rollback(before, err)
-	}
-	for actor, s := range idx {
-		if s.count != s.max {
-			return 0, d.rollback(before, fmt.Errorf("%w: actor %s has %d changes numbered up to %d", ErrCorrupt, actor, s.count, s.max))
+		for actor, s := range idx {
+			if s.count != s.max {
+				return 0, d.rollback(before, fmt.Errorf("%w: actor %s has %d changes numbered up to %d", ErrCorrupt, actor, s.count, s.max))
+			}
 		}
 	}
-	chs, err := d.am.Changes(amHashes(before)...)
-	if err != nil {
-		return 0, d.rollback(before, fmt.Errorf("%w: %v", ErrCorrupt, err))
-	}
-	checked := make(map[Hash]bool, len(hashes))
-	for _, h := range hashes {
-		checked[h] = true
-	}
-	for _, ch := range chs {
-		if h := Hash(ch.Hash()); !checked[h] {
-			return 0, d.rollback(before, fmt.Errorf("%w: change %s was applied but is not in the stream's chunks", ErrCorrupt, h))
-		}
-	}
-	if err := d.recordVerified(v); err != nil {
+	if err := d.recordVerified(v, after); err != nil {
 		return 0, d.rollback(before, err)
 	}
-	return len(chs), nil
+	return len(added), nil
 }
 
 // freshChanges returns the indexes (in ci.changes) of the changes d does
@@ -204,6 +197,35 @@ func (d *Doc) freshChanges(ci chunkInfo, opaque bool) ([]int, map[Hash]int, erro
 	return fresh, inStream, nil
 }
 
+// journalImported records in the journal the changes an Import added
+// (none held before it, each after its dependencies), which took the
+// document from the journal's tip (its heads before the Import) to heads.
+// It reports whether they did: the heads must be what the tip and the
+// added changes make, for then the document holds exactly the tip's
+// changes and the added ones. Otherwise the journal starts again.
+func (d *Doc) journalImported(added []jentry, heads Heads) bool {
+	want := make(map[Hash]bool, len(d.jn.tip)+1)
+	for _, h := range d.jn.tip {
+		want[h] = true
+	}
+	for _, e := range added {
+		for _, dep := range e.deps {
+			delete(want, dep)
+		}
+		want[e.hash] = true
+	}
+	ok := len(want) == len(heads)
+	for _, h := range heads {
+		ok = ok && want[h]
+	}
+	if !ok {
+		d.jn.restart(heads)
+		return false
+	}
+	d.jn.add(added, heads)
+	return true
+}
+
 // checkArrived checks, after a load, that d holds every fresh change.
 func (d *Doc) checkArrived(ci chunkInfo, fresh []int) error {
 	needed := make(map[Hash]bool, len(fresh))
@@ -258,7 +280,7 @@ func (d *Doc) checkAuthors(ci chunkInfo, fresh []int, inStream map[Hash]int) err
 			}
 			if j, in := inStream[dep]; in {
 				ok = ci.authors[j] == prev
-			} else if ch, err := d.am.Change(automerge.ChangeHash(dep)); err == nil {
+			} else if ch, err := d.live().Change(automerge.ChangeHash(dep)); err == nil {
 				ok = ch.ActorSeq() == prev.seq && ch.ActorID() == prev.actor
 			}
 		}
@@ -293,10 +315,14 @@ func (d *Doc) seqIndex() (map[string]actorSeqs, error) {
 	if d.seqs != nil && heads.Equal(d.seqsAt) {
 		return d.seqs, nil
 	}
-	if len(d.seqsAt) == 0 {
-		d.seqs = nil // Changes() with no heads is the whole history
+	chs, ok, err := d.journalChanges(d.seqsAt, heads)
+	if err == nil && !ok {
+		// Counted from the whole history: Automerge's changes since
+		// seqsAt may hold one counted already (see changesSince).
+		d.seqs = nil
+		d.historyWalks++
+		chs, err = d.live().Changes()
 	}
-	chs, err := d.am.Changes(amHashes(d.seqsAt)...)
 	if err != nil {
 		d.seqs, d.seqsAt = nil, nil
 		return nil, fmt.Errorf("crdt: changes: %w", err)
@@ -319,7 +345,7 @@ func (d *Doc) seqIndex() (map[string]actorSeqs, error) {
 // panics into ErrCorrupt or ErrMissingDeps.
 func (d *Doc) loadIncremental(data []byte) (err error) {
 	defer recoverCorrupt(&err)
-	if err := d.am.LoadIncremental(data); err != nil {
+	if err := d.live().LoadIncremental(data); err != nil {
 		if strings.Contains(err.Error(), "deps") {
 			// Only reachable through document chunks, whose dependencies
 			// framing does not list.
@@ -356,14 +382,18 @@ func (d *Doc) rollback(heads Heads, cause error) error {
 		am = automerge.New()
 	} else {
 		var err error
-		if am, err = d.am.Fork(amHashes(heads)...); err != nil {
+		if am, err = d.live().Fork(amHashes(heads)...); err != nil {
 			return errors.Join(cause, fmt.Errorf("crdt: rollback failed: %w", err))
 		}
 	}
 	if err := am.SetActorID(actor); err != nil {
+		freeAM(am)
 		return errors.Join(cause, fmt.Errorf("crdt: rollback failed: %w", err))
 	}
+	old := d.am
 	d.am = am
 	d.idx.Store(nil) // it may describe operations the rollback dropped
+	freeAM(old)      // the state dropped: nothing else refers to it
+	d.jn.restart(d.Heads())
 	return cause
 }

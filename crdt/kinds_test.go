@@ -32,8 +32,8 @@ func TestPlainWritesKeepKinds(t *testing.T) {
 	a.Import(cb)
 	b.Import(ca)
 	for _, d := range []*Doc{a, b} {
-		stock, _, _ := d.GetTyped("stock")
-		notes, _, _ := d.GetTyped("notes")
+		stock, _, _ := d.GetTyped(Path{"stock"})
+		notes, _, _ := d.GetTyped(Path{"notes"})
 		if stock != Counter(12) {
 			t.Fatalf("stock = %#v, want Counter(12): both the -3 and the +5 count", stock)
 		}

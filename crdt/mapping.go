@@ -101,7 +101,7 @@ func (d *Doc) Put(v any) error {
 	if _, bad := m[TombstoneKey]; bad {
 		return fmt.Errorf("%w: %q is reserved", ErrType, TombstoneKey)
 	}
-	return d.writeMap(d.am.RootMap(), m, false)
+	return d.writeMap(d.live().RootMap(), m, false)
 }
 
 // Decode reads the record into out, a pointer to a struct or to a map with

@@ -93,7 +93,7 @@ func TestPutStoresTaggedFields(t *testing.T) {
 	if got := fields(t, d); !reflect.DeepEqual(got, want) {
 		t.Fatalf("Fields:\n got %#v\nwant %#v", got, want)
 	}
-	if v, _, _ := d.GetTyped("body"); v != crdt.Text("bright") {
+	if v, _, _ := d.GetTyped(crdt.Path{"body"}); v != crdt.Text("bright") {
 		t.Errorf("body is %#v, want a text object", v)
 	}
 }
@@ -133,7 +133,7 @@ func TestPutOmitEmptyDeletes(t *testing.T) {
 	}
 	commit(t, d)
 	for _, p := range [][]any{{"note"}, {"address", "zip"}, {"extras"}} {
-		if _, ok, _ := d.Lookup(p...); !ok {
+		if _, ok, _ := d.Lookup(crdt.Path(p)); !ok {
 			t.Fatalf("%v missing after Put", p)
 		}
 	}
@@ -143,7 +143,7 @@ func TestPutOmitEmptyDeletes(t *testing.T) {
 	}
 	commit(t, d)
 	for _, p := range [][]any{{"note"}, {"address", "zip"}, {"extras"}} {
-		if _, ok, _ := d.Lookup(p...); ok {
+		if _, ok, _ := d.Lookup(crdt.Path(p)); ok {
 			t.Errorf("%v still present after Put with its zero value (omitempty)", p)
 		}
 	}
@@ -379,7 +379,7 @@ func TestTimePrecision(t *testing.T) {
 	if !out.Zero.Equal(time.Time{}) {
 		t.Errorf("zero time came back as %v", out.Zero)
 	}
-	if _, ok, _ := d.Lookup("opt"); ok {
+	if _, ok, _ := d.Lookup(crdt.Path{"opt"}); ok {
 		t.Error("nil omitempty pointer was stored")
 	}
 	// Rewriting the same instant at a finer precision is no change.
@@ -409,7 +409,7 @@ func TestPutListKeepsConcurrentEdits(t *testing.T) {
 		t.Fatal(err)
 	}
 	commit(t, a)
-	if err := b.Insert(crdt.Path{"items"}, 2, "b2"); err != nil {
+	if err := b.InsertAt(crdt.Path{"items"}, 2, "b2"); err != nil {
 		t.Fatal(err)
 	}
 	commit(t, b)

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-
-	"github.com/automerge/automerge-go"
 )
 
 // A canonical encoding is not enough for a change to survive Save and
@@ -41,9 +39,9 @@ type opRef struct {
 // holds. Deletes are never held: they leave no operation behind.
 type opRec struct {
 	obj    opRef
-	kind   keyKind
-	prop   string // the map key (keyProp)
 	elem   opRef  // the element the key names (keyElem)
+	prop   string // the map key (keyProp)
+	kind   keyKind
 	action uint8
 	insert bool
 }
@@ -141,14 +139,19 @@ func (d *Doc) index() (*opIndex, error) {
 		return x, nil
 	}
 	var top *opLayer
-	var since []automerge.ChangeHash
-	if x != nil && d.hasAll(x.at) == nil {
-		top, since = x.top, amHashes(x.at)
+	var since Heads
+	if x != nil {
+		// The index may be a fork's parent's: it goes on from a version
+		// of the parent that the fork does not hold. One this document
+		// had is held.
+		if d.syncJournal(heads); d.jn.isMark(x.at) || d.hasAll(x.at) == nil {
+			top, since = x.top, x.at
+		}
 	}
 	if len(since) == 0 {
-		top = nil // Changes() with no heads is the whole history
+		top = nil // no heads: the whole history
 	}
-	chs, err := d.am.Changes(since...)
+	chs, err := d.changesSince(since, heads)
 	if err != nil {
 		return nil, fmt.Errorf("crdt: changes: %w", err)
 	}
@@ -306,4 +309,18 @@ func sameKey(p opRec, pr opRef, rec opRec) bool {
 		return p.kind == keyElem && p.elem == rec.elem
 	}
 	return false
+}
+
+// Estimated bytes per entry of an index layer's maps, measured with
+// BenchmarkIndexMemory: the entry (key and value) with the map's slack,
+// and what an entry's strings point to.
+const (
+	opEntryBytes  = 175
+	maxEntryBytes = 64
+	seqEntryBytes = 64
+)
+
+// memSize estimates the bytes l holds (not its parents).
+func (l *opLayer) memSize() int {
+	return len(l.ops)*opEntryBytes + len(l.maxOp)*maxEntryBytes
 }

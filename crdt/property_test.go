@@ -181,28 +181,28 @@ func (s *replicaSim) edit(i int) error {
 		k := simKeys[s.rng.IntN(len(simKeys))]
 		if s.rng.IntN(2) == 0 {
 			s.logf("%d: delete %s", i, k)
-			return d.Delete(k)
+			return d.Delete(crdt.Path{k})
 		}
 		s.logf("%d: delete m.%s", i, k)
-		return d.Delete("m", k)
+		return d.Delete(crdt.Path{"m", k})
 	case 3: // list insert
-		l, _ := d.Get("l")
+		l, _ := d.Get(crdt.Path{"l"})
 		n := len(l.([]any))
 		idx := s.rng.IntN(n + 1)
 		v := s.scalar()
 		s.logf("%d: insert l[%d] = %#v", i, idx, v)
-		return d.Insert(crdt.Path{"l"}, idx, v)
+		return d.InsertAt(crdt.Path{"l"}, idx, v)
 	case 4: // list delete
-		l, _ := d.Get("l")
+		l, _ := d.Get(crdt.Path{"l"})
 		n := len(l.([]any))
 		if n == 0 {
 			return nil
 		}
 		idx := s.rng.IntN(n)
 		s.logf("%d: delete l[%d]", i, idx)
-		return d.Delete("l", idx)
+		return d.Delete(crdt.Path{"l", idx})
 	case 5: // text splice
-		v, _ := d.Get("t")
+		v, _ := d.Get(crdt.Path{"t"})
 		n := len([]rune(v.(string)))
 		pos := s.rng.IntN(n + 1)
 		del := s.rng.IntN(n - pos + 1)
@@ -215,13 +215,13 @@ func (s *replicaSim) edit(i int) error {
 		s.logf("%d: increment c by %d", i, delta)
 		return d.Increment(crdt.Path{"c"}, delta)
 	case 7: // whole-value writes of the text and the list (minimal diffs)
-		v, _ := d.Get("t")
+		v, _ := d.Get(crdt.Path{"t"})
 		txt := []rune(v.(string))
 		if len(txt) > 0 {
 			txt[s.rng.IntN(len(txt))] = 'Z'
 		}
 		txt = append([]rune(s.word()), txt...)
-		lv, _ := d.Get("l")
+		lv, _ := d.Get(crdt.Path{"l"})
 		l := slices.Clone(lv.([]any))
 		if len(l) > 0 && s.rng.IntN(2) == 0 {
 			at := s.rng.IntN(len(l))

@@ -3,6 +3,7 @@ package crdt
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/automerge/automerge-go"
 )
@@ -21,7 +22,7 @@ type verified struct {
 // document holds, so that the document's saved form will rebuild it. The
 // error is an ErrCorrupt naming the change and the fault.
 // base is the document's index before the changes (nil if unavailable).
-func verifyChanges(base *opIndex, payloads [][]byte, hashes []Hash) (verified, error) {
+func verifyChanges(base *opIndex, payloads [][]byte, changes []jentry) (verified, error) {
 	v := verified{base: base, reload: base == nil}
 	if base != nil {
 		v.layer = newLayer(base.top)
@@ -32,7 +33,7 @@ func verifyChanges(base *opIndex, payloads [][]byte, hashes []Hash) (verified, e
 			err = v.layer.check(c)
 		}
 		if err != nil {
-			return verified{}, fmt.Errorf("%w: change %s: %v", ErrCorrupt, hashes[i], err)
+			return verified{}, fmt.Errorf("%w: change %s: %v", ErrCorrupt, changes[i].hash, err)
 		}
 	}
 	return v, nil
@@ -41,26 +42,26 @@ func verifyChanges(base *opIndex, payloads [][]byte, hashes []Hash) (verified, e
 // recordVerified finishes what verifyChanges began, once the changes are
 // applied: their operations join the index, or, if the index was
 // unavailable, the document must survive saving and loading.
-func (d *Doc) recordVerified(v verified) error {
+func (d *Doc) recordVerified(v verified, heads Heads) error {
 	if v.reload {
 		if _, err := Load(d.Save(), ""); err != nil {
 			return fmt.Errorf("%w: the changes leave a document that does not reload: %v", ErrCorrupt, err)
 		}
 		return nil
 	}
-	d.idx.Store(&opIndex{top: pushLayer(v.base.top, v.layer), at: d.Heads()})
+	d.idx.Store(&opIndex{top: pushLayer(v.base.top, v.layer), at: heads})
 	return nil
 }
 
-// streamChanges returns the payloads and hashes of the changes a framed
+// streamChanges returns the payloads, hashes and dependencies of the changes a framed
 // stream holding document chunks will add to the document, in the order
 // Automerge applies them. A document chunk holds its whole history, so its
 // changes are read by loading it on its own: they are checked before the
 // document sees them, as some crafted ones crash the Rust core when
 // applied to a document that holds others.
-func (d *Doc) streamChanges(data []byte, ci chunkInfo) ([][]byte, []Hash, error) {
+func (d *Doc) streamChanges(data []byte, ci chunkInfo) ([][]byte, []jentry, error) {
 	var payloads [][]byte
-	var hashes []Hash
+	var added []jentry
 	seen := map[Hash]bool{}
 	add := func(h Hash, deps []Hash, p []byte) error {
 		if seen[h] || d.Has(h) {
@@ -72,7 +73,8 @@ func (d *Doc) streamChanges(data []byte, ci chunkInfo) ([][]byte, []Hash, error)
 			}
 		}
 		seen[h] = true
-		payloads, hashes = append(payloads, p), append(hashes, h)
+		payloads = append(payloads, p)
+		added = append(added, jentry{hash: h, deps: sortedHeads(slices.Clone(deps))})
 		return nil
 	}
 	next := 0 // the next change chunk, in ci
@@ -103,7 +105,7 @@ func (d *Doc) streamChanges(data []byte, ci chunkInfo) ([][]byte, []Hash, error)
 		}
 		off = end
 	}
-	return payloads, hashes, nil
+	return payloads, added, nil
 }
 
 // documentChanges returns the changes of one document chunk, in the order

@@ -62,11 +62,14 @@ func (c *Conflict) remote() Decision {
 }
 
 // Resolver decides conflicts. The sync engine calls Resolve from the
-// goroutine running the sync, one conflict at a time, never concurrently
-// for one replica's sync; it may block (it holds up that sync, and the
-// collection's lease, while it does). An error fails the record: it stays
-// pending, with its local changes, and is reported as failed; the rest of
-// the collection syncs.
+// goroutine running the sync, one conflict at a time; calls for one
+// collection never overlap, but two syncs of different collections may
+// call it at once, so a resolver shared by collections must be safe for
+// concurrent use. It may block (it holds up that sync, and the
+// collection's lease, while it does), and no lock of the replica is held:
+// it may read the replica. An error fails the record: it stays pending,
+// with its local changes, and is reported as failed; the rest of the
+// collection syncs.
 type Resolver interface {
 	Resolve(c *Conflict) (Decision, error)
 }
@@ -131,3 +134,20 @@ var (
 	LocalWins Resolver = preferLocal{}
 	CloudWins Resolver = preferCloud{}
 )
+
+// PerCollection is a Resolver that hands each conflict to the resolver of
+// its collection in byCollection, or else to fallback. With no resolver for
+// the collection and a nil fallback, the conflict fails with ErrNoHook.
+// Use it as the replica's one merge hook when collections decide their
+// conflicts differently.
+func PerCollection(byCollection map[string]Resolver, fallback Resolver) Resolver {
+	return ResolverFunc(func(c *Conflict) (Decision, error) {
+		if r := byCollection[c.Collection]; r != nil {
+			return r.Resolve(c)
+		}
+		if fallback != nil {
+			return fallback.Resolve(c)
+		}
+		return Decision{}, fmt.Errorf("%w for collection %q", ErrNoHook, c.Collection)
+	})
+}

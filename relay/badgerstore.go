@@ -2,16 +2,15 @@ package relay
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/ferrysync/ferry/internal/badgerdir"
+	"github.com/ferrysync/ferry/internal/stripe"
 	"github.com/google/uuid"
 )
 
@@ -63,8 +62,7 @@ type BadgerStore struct {
 	// colls serializes writes per collection. Striped, so memory stays
 	// bounded however many collections there are; two collections sharing
 	// a stripe only wait for each other.
-	colls [64]sync.Mutex
-	seed  maphash.Seed
+	colls stripe.Locks[Coll]
 
 	mu     sync.RWMutex // held for reading by every operation; Close takes it for writing
 	closed bool
@@ -89,7 +87,7 @@ func OpenBadgerStore(dir string, o *BadgerOptions) (*BadgerStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &BadgerStore{db: db, opts: opts, seed: maphash.MakeSeed(), closing: make(chan struct{})}
+	s := &BadgerStore{db: db, opts: opts, closing: make(chan struct{})}
 	if s.incarnation, err = initMeta(db); err != nil {
 		badgerdir.Close(db)
 		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
@@ -133,78 +131,20 @@ func openBadger(dir string, opts BadgerOptions) (*badger.DB, error) {
 	return db, nil
 }
 
+// marker is what makes a Badger database a relay store.
+var marker = badgerdir.Marker{
+	Kind: "relay", FormatKey: keyFormat, IDKey: keyIncarnation, Format: badgerFormat,
+	NewID: uuid.NewString, NotStore: ErrNotRelayStore, Newer: ErrNewerStoreFormat,
+}
+
 // initMeta checks the format version and returns the incarnation, writing
-// both into a new (keyless) database.
+// both into a new (keyless) database, and migrates an older format.
 func initMeta(db *badger.DB) (string, error) {
-	var inc string
-	err := db.Update(func(txn *badger.Txn) error {
-		var found bool
-		var err error
-		inc, found, err = readMeta(txn)
-		if err != nil || found {
-			return err
-		}
-		// A Badger database with keys but no format marker belongs to
-		// someone else (a device replica, say): leave it alone.
-		if hasKeys(txn) {
-			return fmt.Errorf("%w: database has data but no relay format marker", ErrNotRelayStore)
-		}
-		inc = uuid.NewString()
-		if err := txn.Set(keyFormat, binary.BigEndian.AppendUint32(nil, badgerFormat)); err != nil {
-			return err
-		}
-		return txn.Set(keyIncarnation, []byte(inc))
-	})
-	if err != nil {
-		return "", err
-	}
-	var format uint32
-	err = db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(keyFormat)
-		if err != nil {
-			return err
-		}
-		return item.Value(func(v []byte) error { format = binary.BigEndian.Uint32(v); return nil })
-	})
+	inc, format, err := marker.Init(db)
 	if err == nil && format < badgerFormat {
 		err = migrateV1(db)
 	}
 	return inc, err
-}
-
-// readMeta returns the incarnation of a relay store whose format this
-// version reads; found is false when there is no format marker.
-func readMeta(txn *badger.Txn) (inc string, found bool, err error) {
-	item, err := txn.Get(keyFormat)
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return "", false, nil
-	}
-	if err != nil {
-		return "", false, err
-	}
-	v, err := item.ValueCopy(nil)
-	if err != nil {
-		return "", false, err
-	}
-	if len(v) != 4 {
-		return "", false, fmt.Errorf("%w: bad format marker", ErrNotRelayStore)
-	}
-	if f := binary.BigEndian.Uint32(v); f > badgerFormat {
-		return "", false, fmt.Errorf("%w: store format %d, this Ferry reads up to %d", ErrNewerStoreFormat, f, badgerFormat)
-	}
-	item, err = txn.Get(keyIncarnation)
-	if err != nil {
-		return "", false, fmt.Errorf("%w: no incarnation: %v", ErrNotRelayStore, err)
-	}
-	b, err := item.ValueCopy(nil)
-	return string(b), true, err
-}
-
-func hasKeys(txn *badger.Txn) bool {
-	it := txn.NewIterator(badger.IteratorOptions{})
-	defer it.Close()
-	it.Rewind()
-	return it.Valid()
 }
 
 // Incarnation implements Store.
@@ -223,18 +163,6 @@ func (s *BadgerStore) enter(ctx context.Context) (func(), error) {
 	return s.mu.RUnlock, nil
 }
 
-// lockColl takes c's write lock; the caller must unlock it.
-func (s *BadgerStore) lockColl(c Coll) *sync.Mutex {
-	var h maphash.Hash
-	h.SetSeed(s.seed)
-	h.WriteString(c.Tenant)
-	h.WriteByte(0)
-	h.WriteString(c.Collection)
-	m := &s.colls[h.Sum64()%uint64(len(s.colls))]
-	m.Lock()
-	return m
-}
-
 // update runs fn in one read-write transaction under c's lock: everything fn
 // reads is what it writes over, and the commit is durable unless Relaxed.
 func (s *BadgerStore) update(ctx context.Context, c Coll, fn func(txn *badger.Txn) error) error {
@@ -243,7 +171,7 @@ func (s *BadgerStore) update(ctx context.Context, c Coll, fn func(txn *badger.Tx
 		return err
 	}
 	defer done()
-	defer s.lockColl(c).Unlock()
+	defer s.colls.Lock(c)()
 	return s.db.Update(fn)
 }
 

@@ -31,7 +31,7 @@ func BackupBadgerDir(dir string, w io.Writer) (incarnation string, err error) {
 	defer db.Close()
 	err = db.View(func(txn *badger.Txn) error {
 		var found bool
-		incarnation, found, err = readMeta(txn)
+		incarnation, _, found, err = marker.Read(txn)
 		if err == nil && !found {
 			err = fmt.Errorf("%w: %s has no relay format marker", ErrNotRelayStore, dir)
 		}

@@ -53,8 +53,8 @@ func probeStore(dir string) error {
 	}
 	defer badgerdir.Close(db)
 	err = db.View(func(txn *badger.Txn) error {
-		_, found, err := readMeta(txn)
-		if err == nil && !found && hasKeys(txn) {
+		_, _, found, err := marker.Read(txn)
+		if err == nil && !found && !badgerdir.Empty(txn) {
 			err = fmt.Errorf("%w: database has data but no relay format marker", ErrNotRelayStore)
 		}
 		return err
@@ -132,7 +132,7 @@ func restore(db *badger.DB, r io.Reader) error {
 	var fenceKeys, leaseKeys [][]byte
 	var fences []uint64
 	err := db.View(func(txn *badger.Txn) error {
-		if _, found, err := readMeta(txn); err != nil || !found {
+		if _, _, found, err := marker.Read(txn); err != nil || !found {
 			if err == nil {
 				err = fmt.Errorf("%w: backup holds no relay format marker", ErrNotRelayStore)
 			}

@@ -57,6 +57,7 @@ func (s *BadgerStore) Append(ctx context.Context, c Coll, fence uint64, now time
 			if !found {
 				u.Records++
 			}
+			old := m
 			head++
 			m.seq, m.heads = head, e.Heads
 			m.tailBytes += int64(len(e.Changes))
@@ -68,7 +69,7 @@ func (s *BadgerStore) Append(ctx context.Context, c Coll, fence uint64, now time
 			if err := txn.Set(tailKey(c, e.Record, head), binary.AppendUvarint(nil, uint64(len(e.Changes)))); err != nil {
 				return err
 			}
-			if err := putRecMeta(txn, c, e.Record, m); err != nil {
+			if err := putRecMeta(txn, c, e.Record, old, m); err != nil {
 				return err
 			}
 		}
@@ -87,16 +88,24 @@ func (s *BadgerStore) Append(ctx context.Context, c Coll, fence uint64, now time
 }
 
 // putRecMeta writes a record's meta, and marks or unmarks it as a
-// compaction candidate.
-func putRecMeta(txn *badger.Txn, c Coll, record string, m recMeta) error {
+// compaction candidate when that changes from what old said: the mark is
+// written only then, not on every append, so the candidates' keys do not
+// pile up versions that every scan of them would skip.
+func putRecMeta(txn *badger.Txn, c Coll, record string, old, m recMeta) error {
 	if err := txn.Set(recKey("rec", c, record), m.encode()); err != nil {
 		return err
 	}
-	if NeedsCompaction(m.snapBytes, m.tailBytes, m.tailEntries) {
+	was := old.candidate()
+	switch now := m.candidate(); {
+	case now && !was:
 		return txn.Set(recKey("cand", c, record), nil)
+	case !now && was:
+		return txn.Delete(recKey("cand", c, record))
 	}
-	return txn.Delete(recKey("cand", c, record))
+	return nil
 }
+
+func (m recMeta) candidate() bool { return NeedsCompaction(m.snapBytes, m.tailBytes, m.tailEntries) }
 
 func getUsage(txn *badger.Txn, c Coll) (Usage, error) {
 	item, err := txn.Get(collKey("usage", c))
@@ -142,10 +151,12 @@ func readRecord(txn *badger.Txn, c Coll, record string, m recMeta) (Record, erro
 		}
 	}
 	r.Tail = make([]byte, 0, m.tailBytes)
+	// From the first entry after the snapshot: the tail keys of earlier
+	// compactions are deleted, and seeking past them skips their versions.
 	prefix := tailPrefix(c, record)
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 	defer it.Close()
-	for it.Rewind(); it.Valid(); it.Next() {
+	for it.Seek(tailKey(c, record, m.snapSeq+1)); it.Valid(); it.Next() {
 		seq := binary.BigEndian.Uint64(it.Item().Key()[len(prefix):])
 		item, err := txn.Get(logKey(c, seq))
 		if err != nil {
@@ -264,11 +275,12 @@ func (s *BadgerStore) Compact(ctx context.Context, c Coll, record string, snap [
 		if upTo > m.seq || upTo <= m.snapSeq {
 			return &ConflictError{Record: record}
 		}
+		old := m
 		prefix := tailPrefix(c, record)
 		var drop [][]byte
 		var dropped int64
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true})
-		for it.Rewind(); it.Valid(); it.Next() {
+		for it.Seek(tailKey(c, record, m.snapSeq+1)); it.Valid(); it.Next() {
 			k := it.Item().Key()
 			if binary.BigEndian.Uint64(k[len(prefix):]) > upTo {
 				break
@@ -301,7 +313,7 @@ func (s *BadgerStore) Compact(ctx context.Context, c Coll, record string, snap [
 		if err := txn.Set(collKey("usage", c), encodeUsage(u)); err != nil {
 			return err
 		}
-		return putRecMeta(txn, c, record, m)
+		return putRecMeta(txn, c, record, old, m)
 	})
 }
 

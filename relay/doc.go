@@ -1,8 +1,9 @@
 // Package relay is the server devices sync through: per tenant (app) and
 // collection, a durable log of accepted Automerge changes and each record's
 // document, access control by API key and signed token, leases with fencing
-// (one device at a time syncs a collection), and live fan-out to
-// subscribers.
+// (one device at a time syncs a collection), live fan-out to subscribers,
+// and per-app quotas (connections, push rate, stored bytes) for a relay
+// shared by several apps.
 //
 // A Server speaks the protocol of package transport on /ws, over a Store
 // (BadgerStore by default; relay/storetest is the contract any other store

@@ -13,14 +13,103 @@ import "sync"
 type hub struct {
 	mu    sync.Mutex
 	waits map[Coll]*hubWait
+
+	// recent holds, per collection with live subscribers, the entries the
+	// last appends made, so subscribers send them without reading the
+	// store back. It is a cache of the log's tail, never the truth: a
+	// subscriber whose cursor it does not cover reads the store.
+	subs        map[Coll]int
+	recent      map[Coll]*recentLog
+	recentTotal int // bytes in every recent log
 }
+
+// recentLog is a collection's latest log entries, consecutive, bounded.
+type recentLog struct {
+	entries []LogEntry
+	bytes   int
+}
+
+// Bounds of the recent entries: per collection, and for all together, so
+// that memory stays bounded however many collections have subscribers.
+const (
+	recentEntries = 256
+	recentBytes   = 1 << 20
+	recentTotal   = 64 << 20
+)
 
 type hubWait struct {
 	ch      chan struct{} // closed by notify
 	waiters int
 }
 
-func newHub() *hub { return &hub{waits: map[Coll]*hubWait{}} }
+func newHub() *hub {
+	return &hub{waits: map[Coll]*hubWait{}, subs: map[Coll]int{}, recent: map[Coll]*recentLog{}}
+}
+
+// subscribed counts a live subscriber of c in; the returned function counts
+// it out. Recent entries are kept while a collection has subscribers.
+func (h *hub) subscribed(c Coll) (done func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.subs[c]++
+	return func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if h.subs[c]--; h.subs[c] == 0 {
+			delete(h.subs, c)
+			h.dropRecentLocked(c)
+		}
+	}
+}
+
+// publish records entries a durable append made to c, then wakes c's
+// waiters. entries are consecutive; a gap (an append by another relay
+// process, say) starts the recent log afresh.
+func (h *hub) publish(c Coll, entries []LogEntry) {
+	h.mu.Lock()
+	if h.subs[c] > 0 && len(entries) > 0 {
+		r := h.recent[c]
+		if r == nil || len(r.entries) > 0 && r.entries[len(r.entries)-1].Seq+1 != entries[0].Seq {
+			h.dropRecentLocked(c)
+			r = &recentLog{}
+			h.recent[c] = r
+		}
+		for _, e := range entries {
+			r.entries = append(r.entries, e)
+			r.bytes += len(e.Changes)
+			h.recentTotal += len(e.Changes)
+		}
+		for len(r.entries) > recentEntries || r.bytes > recentBytes && len(r.entries) > 1 {
+			r.bytes -= len(r.entries[0].Changes)
+			h.recentTotal -= len(r.entries[0].Changes)
+			r.entries[0] = LogEntry{}
+			r.entries = r.entries[1:]
+		}
+		if h.recentTotal > recentTotal {
+			h.dropRecentLocked(c) // its subscribers read the store
+		}
+	}
+	h.wakeLocked(c)
+	h.mu.Unlock()
+}
+
+// since returns up to limit recent entries of c after cursor, and whether
+// the recent log covers cursor (if not, read the store).
+func (h *hub) since(c Coll, cursor uint64, limit int) ([]LogEntry, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.recent[c]
+	if r == nil || len(r.entries) == 0 || cursor+1 < r.entries[0].Seq {
+		return nil, false
+	}
+	last := r.entries[len(r.entries)-1].Seq
+	if cursor >= last {
+		return nil, true // up to date: appends elsewhere come by notify
+	}
+	i := int(cursor + 1 - r.entries[0].Seq)
+	out := r.entries[i:min(len(r.entries), i+limit)]
+	return append([]LogEntry(nil), out...), true
+}
 
 // wait returns a channel closed at the next notify of c, and done, which
 // the caller must call once when it stops waiting on the channel.
@@ -43,9 +132,24 @@ func (h *hub) wait(c Coll) (ch <-chan struct{}, done func()) {
 	}
 }
 
+// notify wakes c's waiters: the log grew by some other way than publish
+// (another relay process appended, say), so the recent entries, which
+// may now miss some, are dropped and subscribers read the store.
 func (h *hub) notify(c Coll) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.dropRecentLocked(c)
+	h.wakeLocked(c)
+}
+
+func (h *hub) dropRecentLocked(c Coll) {
+	if r := h.recent[c]; r != nil {
+		h.recentTotal -= r.bytes
+		delete(h.recent, c)
+	}
+}
+
+func (h *hub) wakeLocked(c Coll) {
 	if w := h.waits[c]; w != nil {
 		close(w.ch)
 		delete(h.waits, c)

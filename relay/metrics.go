@@ -33,6 +33,7 @@ type metrics struct {
 	slowConsumers prometheus.Counter
 	compactions   prometheus.Counter
 	authFailures  prometheus.Counter
+	quotaRefusals *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -51,11 +52,14 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		compactions:   prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_compactions_total", Help: "Records whose tail was folded into a new snapshot."}),
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_slow_consumers_total", Help: "Subscribers disconnected for falling behind."}),
 		authFailures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_auth_failures_total", Help: "Refused API keys and tokens."}),
+		quotaRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_relay_quota_refusals_total",
+			Help: "Connections and pushes refused for passing their app's quota, by app and quota (connections, push_rate, stored_bytes)."}, []string{"app", "quota"}),
 	}
 	for _, t := range requestTypes {
 		m.requests.WithLabelValues(string(t), "ok")
 		m.latency.WithLabelValues(string(t))
 	}
+	s.quotas.count(m.quotaRefusals)
 	stats := func(read func(StoreStats) int64) func() float64 {
 		return func() float64 {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -71,7 +75,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		stats(func(st StoreStats) int64 { return st.LogEntries }))
 	storeBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_relay_store_bytes", Help: "Bytes the store takes on disk (in memory, for a memory store)."},
 		stats(func(st StoreStats) int64 { return st.Bytes }))
-	for _, c := range []prometheus.Collector{m.connections, m.subscribers, m.requests, m.latency, m.changes, m.bytesIn, m.bytesOut, m.leaseWaits, m.leaseWait, m.slowConsumers, m.compactions, m.authFailures, logSize, storeBytes} {
+	for _, c := range []prometheus.Collector{m.connections, m.subscribers, m.requests, m.latency, m.changes, m.bytesIn, m.bytesOut, m.leaseWaits, m.leaseWait, m.slowConsumers, m.compactions, m.authFailures, m.quotaRefusals, logSize, storeBytes} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -33,8 +33,16 @@ var wantMetrics = []struct{ name, typ, help string }{
 	{"ferry_relay_requests_total", "counter", "Requests by message type (hello, push, pull, ...) and result (ok or an error code)."},
 	{"ferry_relay_slow_consumers_total", "counter", "Subscribers disconnected for falling behind."},
 	{"ferry_relay_compactions_total", "counter", "Records whose tail was folded into a new snapshot."},
+	{"ferry_relay_quota_refusals_total", "counter", "Connections and pushes refused for passing their app's quota, by app and quota (connections, push_rate, stored_bytes)."},
 	{"ferry_relay_store_bytes", "gauge", "Bytes the store takes on disk (in memory, for a memory store)."},
 	{"ferry_relay_subscribers", "gauge", "Live subscriptions."},
+	{"ferry_relay_automerge_connections", "gauge", "Open automerge-repo connections."},
+	{"ferry_relay_automerge_documents", "gauge", "Documents synced by open automerge-repo connections."},
+	{"ferry_relay_automerge_messages_total", "counter", "automerge-repo messages by type and direction (in, out)."},
+	{"ferry_relay_automerge_refused_total", "counter", "automerge-repo connections, messages and changes refused, by reason."},
+	{"ferry_relay_automerge_received_bytes_total", "counter", "automerge-repo message bytes received."},
+	{"ferry_relay_automerge_sent_bytes_total", "counter", "automerge-repo message bytes sent."},
+	{"ferry_relay_automerge_sync_seconds", "histogram", "Time to take in an automerge-repo sync message and answer it, storing its changes included."},
 }
 
 func gather(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily {
@@ -52,12 +60,13 @@ func gather(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily
 
 func newMetricsServer(t *testing.T, store Store) (*Server, *prometheus.Registry) {
 	t.Helper()
-	auth, err := NewAuth(nil, nil)
+	// An app with a quota, so that the refusals counter has a series.
+	auth, err := NewAuth([]App{NewApp("shop")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	srv, err := NewServer(&Options{Store: store, Auth: auth, Registry: reg})
+	srv, err := NewServer(&Options{Store: store, Auth: auth, Registry: reg, Quotas: map[string]Quota{"shop": {MaxConnections: 10}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -95,7 +95,23 @@ func (s *Server) readLog(ctx context.Context, c Coll, cursor uint64, limit int) 
 	if err != nil {
 		return nil, cursor, false, err
 	}
-	more := len(entries) == limit
+	recs, next, more := s.page(entries, cursor, len(entries) == limit)
+	return recs, next, more, nil
+}
+
+// liveRead is readLog for a subscriber: the entries the last appends made
+// are sent from memory, without reading the store back.
+func (s *Server) liveRead(ctx context.Context, c Coll, cursor uint64, limit int) ([]transport.RecordChanges, uint64, bool, error) {
+	if entries, ok := s.hub.since(c, cursor, limit); ok {
+		recs, next, more := s.page(entries, cursor, len(entries) == limit)
+		return recs, next, more, nil
+	}
+	return s.readLog(ctx, c, cursor, limit)
+}
+
+// page turns log entries after cursor into the records of one message, as
+// many as fit one frame. more says entries are left after next.
+func (s *Server) page(entries []LogEntry, cursor uint64, more bool) ([]transport.RecordChanges, uint64, bool) {
 	budget := s.limits.MaxFrame - transport.FrameOverhead
 	recs := make([]transport.RecordChanges, 0, len(entries))
 	next := cursor
@@ -112,7 +128,7 @@ func (s *Server) readLog(ctx context.Context, c Coll, cursor uint64, limit int) 
 		next = e.Seq
 		s.metrics.bytesOut.Add(float64(len(e.Changes)))
 	}
-	return recs, next, more, nil
+	return recs, next, more
 }
 
 // subscribe streams the collection's log after cursor to the session as
@@ -130,6 +146,7 @@ func (s *Server) readLog(ctx context.Context, c Coll, cursor uint64, limit int) 
 func (s *Server) subscribe(ctx context.Context, sess *session, c Coll, cursor uint64) {
 	s.metrics.subscribers.Inc()
 	defer s.metrics.subscribers.Dec()
+	defer s.hub.subscribed(c)()
 	for {
 		var ok bool
 		if cursor, ok = s.liveStep(ctx, sess, c, cursor); !ok {
@@ -149,12 +166,19 @@ func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uin
 		sess.end(e.Code, e.Message)
 		return cursor, false
 	}
-	recs, next, more, err := s.readLog(ctx, c, cursor, s.limits.MaxBatch)
-	if err != nil {
-		if ctx.Err() == nil {
-			s.log.Error("subscription read failed", "tenant", c.Tenant, "collection", c.Collection, "err", err)
-			sess.end(transport.CodeInternal, "subscription failed")
-		}
+	recs, next, more, err := s.liveRead(ctx, c, cursor, s.limits.MaxBatch)
+	var pe *transport.Error
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		return cursor, false
+	case errors.As(err, &pe) && pe.Code == transport.CodeTruncated:
+		// The device catches up from snapshots, then subscribes again.
+		sess.end(pe.Code, pe.Message)
+		return cursor, false
+	default:
+		s.log.Error("subscription read failed", "tenant", c.Tenant, "collection", c.Collection, "err", err)
+		sess.end(transport.CodeInternal, "subscription failed")
 		return cursor, false
 	}
 	if len(recs) > 0 {
@@ -225,79 +249,4 @@ func (s *Server) newTimer(d time.Duration) (<-chan time.Time, func() bool) {
 	}
 	t := time.NewTimer(d)
 	return t.C, t.Stop
-}
-
-// acquire takes the collection's lease, waiting up to m.WaitMS while
-// another holder has it.
-func (s *Server) acquire(ctx context.Context, sess *session, c Coll, m *transport.LeaseAcquire) (*transport.Lease, error) {
-	ttl := time.Duration(m.TTLMS) * time.Millisecond
-	if ttl <= 0 {
-		ttl = s.opts.DefaultLeaseTTL
-	}
-	ttl = min(ttl, s.opts.MaxLeaseTTL)
-	w := &leaseWait{deadline: time.Now().Add(time.Duration(m.WaitMS) * time.Millisecond), start: time.Now()}
-	for {
-		l, err := s.acquireOnce(ctx, sess, c, ttl, w)
-		if !errors.Is(err, errTryAgain) {
-			return l, err
-		}
-	}
-}
-
-// leaseWait is the state of one acquire across its tries.
-type leaseWait struct {
-	deadline time.Time // when the wait the device allowed runs out
-	start    time.Time
-	waited   bool
-}
-
-// errTryAgain tells acquire that acquireOnce waited and the lease may be
-// free now.
-var errTryAgain = errors.New("relay: try the lease again")
-
-// acquireOnce tries to take the lease; if another holder has it and the
-// wait allows, it waits for a release or the lease's expiry and returns
-// errTryAgain.
-func (s *Server) acquireOnce(ctx context.Context, sess *session, c Coll, ttl time.Duration, w *leaseWait) (*transport.Lease, error) {
-	wake, done := s.leases.wait(c)
-	defer done()
-	l, err := s.store.Acquire(ctx, c, sess.holder, ttl, s.now())
-	if err == nil {
-		if w.waited {
-			s.metrics.leaseWait.Observe(time.Since(w.start).Seconds())
-		}
-		sess.holdLease(c, l.Fence)
-		return &transport.Lease{Collection: c.Collection, Fence: l.Fence, ExpiresMS: l.Expires.UnixMilli(), TTLMS: uint32(ttl / time.Millisecond)}, nil
-	}
-	var held *LeaseHeldError
-	if !errors.As(err, &held) {
-		return nil, err
-	}
-	until := held.Lease.Expires.Sub(s.now())
-	left := time.Until(w.deadline)
-	if left <= 0 {
-		code := transport.CodeLeaseHeld
-		if w.waited {
-			code = transport.CodeLeaseTimeout
-		}
-		e := perr(code, "lease of %q is held until %s", c.Collection, held.Lease.Expires.UTC().Format(time.RFC3339Nano))
-		e.RetryMS = uint32(max(until, 0) / time.Millisecond)
-		return nil, e
-	}
-	if !w.waited {
-		w.waited = true
-		s.metrics.leaseWaits.Inc()
-		if s.hooks.leaseWaiting != nil {
-			s.hooks.leaseWaiting(c)
-		}
-	}
-	t := time.NewTimer(max(min(left, until), time.Millisecond))
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-wake:
-	case <-t.C:
-	}
-	return nil, errTryAgain
 }

@@ -9,10 +9,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ferrysync/ferry/internal/lru"
+	"github.com/ferrysync/ferry/internal/stripe"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -52,6 +54,16 @@ type Options struct {
 	// device whose cursor is below them catches up from snapshots.
 	// Default 100,000; negative: keep every entry.
 	LogRetention int
+
+	// Quotas bound what each app may use of the relay, by app ID (each
+	// one an app of Auth). An app without one, and a zero field, has no
+	// limit. See Quota.
+	Quotas map[string]Quota
+	// AllowedOrigins lists the origins of browser pages that may connect
+	// to /ws and /automerge from another origin (see checkOrigin).
+	AllowedOrigins []string
+	// Automerge bounds the automerge-repo endpoint.
+	Automerge AutomergeOptions
 }
 
 func (o *Options) withDefaults() Options {
@@ -105,9 +117,11 @@ type Server struct {
 
 	hub       *hub // log appends, for subscribers
 	leases    *hub // lease releases, for waiters
-	docs      *lru.Cache[cachedDoc, *relayDoc]
+	docs      *lru.Cache[recordKey, *relayDoc]
 	compactor *compactor
-	recLocks  *recordLocks
+	recLocks  stripe.Locks[recordKey] // merges, per record
+	quotas    *quotas
+	am        *amServer   // automerge-repo clients
 	watch     *storeWatch // nil unless the Store has StoreEvents
 
 	// hooks let tests wait for events that have no other signal, and
@@ -140,6 +154,10 @@ func NewServer(o *Options) (*Server, error) {
 	if err := opts.Limits.Check(); err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
+	quotas, err := newQuotas(&opts)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		opts:       opts,
 		store:      opts.Store,
@@ -149,11 +167,11 @@ func NewServer(o *Options) (*Server, error) {
 		now:        opts.Now,
 		hub:        newHub(),
 		leases:     newHub(),
-		docs:       lru.New[cachedDoc, *relayDoc](opts.DocCacheSize),
-		recLocks:   newRecordLocks(),
+		docs:       lru.New[recordKey, *relayDoc](opts.DocCacheSize),
 		sessions:   map[*session]struct{}{},
 		committers: map[Coll]*committer{},
 		pushes:     map[Coll]int{},
+		quotas:     quotas,
 	}
 	s.reg = opts.Registry
 	if s.reg == nil {
@@ -166,14 +184,20 @@ func NewServer(o *Options) (*Server, error) {
 	}
 	s.metrics = m
 	s.compactor = newCompactor(s)
+	if s.am, err = newAMServer(s); err != nil {
+		return nil, err
+	}
 	s.watch = startStoreWatch(s)
 	return s, nil
 }
 
-// Handler serves /ws (devices), /healthz and /metrics.
+// Handler serves /ws (devices), /automerge (automerge-repo clients),
+// /healthz and /metrics.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ws", s.serveWS)
+	mux.HandleFunc("/automerge", s.am.serve)
+	mux.HandleFunc("/automerge/", s.am.serve)
 	mux.HandleFunc("/healthz", s.healthz)
 	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	return mux
@@ -184,7 +208,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
 		return
 	}
-	conn, err := transport.Accept(w, r, &transport.Options{Limits: s.limits, PingInterval: s.opts.PingInterval})
+	if !checkOrigin(w, r, s.opts.AllowedOrigins, s.log) {
+		return
+	}
+	conn, err := transport.Accept(w, r, &transport.Options{Limits: s.limits, PingInterval: s.opts.PingInterval,
+		Accept: &websocket.AcceptOptions{OriginPatterns: s.opts.AllowedOrigins}})
 	if err != nil {
 		s.log.Debug("websocket accept failed", "remote", r.RemoteAddr, "err", err)
 		return
@@ -280,8 +308,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	s.mu.Unlock()
+	amDone := s.am.shutdown()
 	select {
 	case <-drained:
+		select {
+		case <-amDone:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 		// Nothing appends any more: background compaction stops too.
 		s.compactor.close()
 		return nil
@@ -312,30 +346,9 @@ func (s *Server) Close() error {
 		s.mu.Unlock()
 		<-drained
 		s.helpers.Wait()
+		s.am.close()
 		s.compactor.close()
 		s.watch.close()
 	})
 	return nil
-}
-
-// pushCounted runs a push, counting it as in progress for its collection.
-// A collection's committer is only needed while pushes to it are in
-// progress: when the last one ends, the queue is empty (each push waits
-// until its own group is durable, and hands the flush to a queued push,
-// which still counts), so the committer is dropped and the map holds only
-// the collections being pushed to. Every push must come through here.
-func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error) {
-	s.mu.Lock()
-	s.pushes[c]++
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		s.pushes[c]--
-		if s.pushes[c] == 0 {
-			delete(s.pushes, c)
-			delete(s.committers, c)
-		}
-	}()
-	return s.push(ctx, c, p)
 }

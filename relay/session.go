@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -51,6 +50,7 @@ func (s *Server) serve(conn *transport.Conn) {
 		sess.cancel()
 		sess.wg.Wait()
 		sess.releaseLeases()
+		s.quotas.disconnect(sess.app.ID)
 		conn.Close()
 		if s.hooks.sessionEnded != nil {
 			s.hooks.sessionEnded()
@@ -117,7 +117,11 @@ func (sess *session) hello() bool {
 		fail(transport.CodeBadFrame, "replica_id must be 1 to 128 bytes of UTF-8")
 		return false
 	}
-	sess.app, sess.claims = app, claims
+	if e := s.quotas.connect(app.ID); e != nil {
+		fail(e.Code, e.Message)
+		return false
+	}
+	sess.app, sess.claims = app, claims // the connection counts until the session ends
 	sess.holder = claims.Subject + "/" + h.ReplicaID
 	w := &transport.Welcome{Version: v, RelayID: s.opts.RelayID, Incarnation: s.store.Incarnation(), Limits: s.limits}
 	return sess.conn.SendBody(sess.ctx, env.ID, w) == nil
@@ -156,7 +160,6 @@ func (sess *session) errorBody(env *transport.Envelope, err error) *transport.Er
 
 // dispatch runs a request and returns the response body (nil: sent later).
 func (sess *session) dispatch(env *transport.Envelope) (transport.Body, error) {
-	s := sess.s
 	msg, err := env.Message()
 	if err != nil {
 		return nil, err
@@ -165,106 +168,79 @@ func (sess *session) dispatch(env *transport.Envelope) (transport.Body, error) {
 		return sess.reauth(a)
 	}
 	claims := sess.currentClaims()
-	if e := s.expired(claims); e != nil {
+	if e := sess.s.expired(claims); e != nil {
 		return nil, e
 	}
-	coll := func(name string, write bool) (Coll, error) {
-		if write && !claims.CanWrite(name) || !write && !claims.CanRead(name) {
-			verb := "read"
-			if write {
-				verb = "write"
-			}
-			return Coll{}, perr(transport.CodeForbidden, "token does not grant %s on %q", verb, name)
-		}
-		return Coll{Tenant: sess.app.ID, Collection: name}, nil
-	}
-	ctx := sess.ctx
 	switch m := msg.(type) {
 	case *transport.Push:
-		c, err := coll(m.Collection, true)
-		if err != nil {
-			return nil, err
-		}
-		for _, r := range m.Records {
-			s.metrics.bytesIn.Add(float64(len(r.Data)))
-		}
-		// A push, once started, finishes and is acknowledged even if the
-		// relay begins shutting down.
-		return s.pushCounted(context.WithoutCancel(ctx), c, m)
+		return sess.push(claims, m)
 	case *transport.Pull:
-		c, err := coll(m.Collection, false)
-		if err != nil {
-			return nil, err
-		}
-		return s.pull(ctx, c, m)
+		return sess.pull(claims, m)
 	case *transport.Subscribe:
-		c, err := coll(m.Collection, false)
-		if err != nil {
-			return nil, err
-		}
-		// Answer before streaming, so the device sees its subscribe
-		// acknowledged before any live message or slow_consumer close.
-		if err := sess.conn.SendBody(ctx, env.ID, &transport.OK{}); err != nil {
-			return nil, err
-		}
-		sess.startSub(c, m.Cursor)
-		return nil, nil
+		return sess.subscribe(claims, env, m)
 	case *transport.Unsubscribe:
 		sess.stopSub(m.Collection)
 		return &transport.OK{}, nil
 	case *transport.LeaseAcquire:
-		c, err := coll(m.Collection, true)
-		if err != nil {
-			return nil, err
-		}
-		// Waiting for a lease must not stall the read loop (pings,
-		// other requests): answer from a goroutine.
-		sess.wg.Add(1)
-		go func() {
-			defer sess.wg.Done()
-			var body transport.Body
-			l, err := s.acquire(ctx, sess, c, m)
-			if err != nil {
-				body = sess.errorBody(env, err)
-			} else {
-				body = l
-			}
-			_ = sess.conn.SendBody(ctx, env.ID, body)
-		}()
-		return nil, nil
+		return sess.acquireLease(claims, env, m)
 	case *transport.LeaseRenew:
-		c, err := coll(m.Collection, true)
-		if err != nil {
-			return nil, err
-		}
-		ttl := min(time.Duration(m.TTLMS)*time.Millisecond, s.opts.MaxLeaseTTL)
-		// The store checks the holder too: a fence is a small number that
-		// another device could guess.
-		l, err := s.store.Renew(ctx, c, sess.holder, m.Fence, ttl, s.now())
-		if errors.Is(err, ErrStaleFence) {
-			return nil, perr(transport.CodeStaleFence, "fence %d is not a lease of %q that this device holds", m.Fence, m.Collection)
-		}
-		if err != nil {
-			return nil, err
-		}
-		return &transport.Lease{Collection: m.Collection, Fence: l.Fence, ExpiresMS: l.Expires.UnixMilli(), TTLMS: uint32(ttl / time.Millisecond)}, nil
+		return sess.renewLease(claims, m)
 	case *transport.LeaseRelease:
-		c, err := coll(m.Collection, true)
-		if err != nil {
-			return nil, err
-		}
-		err = s.store.Release(ctx, c, sess.holder, m.Fence)
-		if errors.Is(err, ErrStaleFence) {
-			return nil, perr(transport.CodeStaleFence, "fence %d is not a lease of %q that this device holds", m.Fence, m.Collection)
-		}
-		if err != nil {
-			return nil, err
-		}
-		sess.dropLease(c, m.Fence)
-		s.leases.notify(c)
-		return &transport.OK{}, nil
+		return sess.releaseLease(claims, m)
 	}
 	return nil, perr(transport.CodeBadFrame, "%s is not a request", env.Type)
+}
+
+// coll returns the session's app's collection name, if claims grant
+// writing it (write) or reading it.
+func (sess *session) coll(claims *Claims, name string, write bool) (Coll, error) {
+	if write && !claims.CanWrite(name) || !write && !claims.CanRead(name) {
+		verb := "read"
+		if write {
+			verb = "write"
+		}
+		return Coll{}, perr(transport.CodeForbidden, "token does not grant %s on %q", verb, name)
+	}
+	return Coll{Tenant: sess.app.ID, Collection: name}, nil
+}
+
+// The handlers below answer one request type each, for a session whose
+// token (claims) has not expired: each checks that the token grants the
+// collection, then runs the request.
+
+func (sess *session) push(claims *Claims, m *transport.Push) (transport.Body, error) {
+	c, err := sess.coll(claims, m.Collection, true)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range m.Records {
+		sess.s.metrics.bytesIn.Add(float64(len(r.Data)))
+	}
+	// A push, once started, finishes and is acknowledged even if the
+	// relay begins shutting down.
+	return sess.s.pushCounted(context.WithoutCancel(sess.ctx), c, m)
+}
+
+func (sess *session) pull(claims *Claims, m *transport.Pull) (transport.Body, error) {
+	c, err := sess.coll(claims, m.Collection, false)
+	if err != nil {
+		return nil, err
+	}
+	return sess.s.pull(sess.ctx, c, m)
+}
+
+func (sess *session) subscribe(claims *Claims, env *transport.Envelope, m *transport.Subscribe) (transport.Body, error) {
+	c, err := sess.coll(claims, m.Collection, false)
+	if err != nil {
+		return nil, err
+	}
+	// Answer before streaming, so the device sees its subscribe
+	// acknowledged before any live message or slow_consumer close.
+	if err := sess.conn.SendBody(sess.ctx, env.ID, &transport.OK{}); err != nil {
+		return nil, err
+	}
+	sess.startSub(c, m.Cursor)
+	return nil, nil
 }
 
 // reauth replaces the session's token with a fresh one of the same app.
@@ -322,35 +298,6 @@ func (sess *session) stopSub(name string) {
 	}
 }
 
-func (sess *session) holdLease(c Coll, fence uint64) {
-	sess.mu.Lock()
-	defer sess.mu.Unlock()
-	sess.leases[c] = fence
-}
-
-func (sess *session) dropLease(c Coll, fence uint64) {
-	sess.mu.Lock()
-	defer sess.mu.Unlock()
-	if sess.leases[c] == fence {
-		delete(sess.leases, c)
-	}
-}
-
-// releaseLeases frees the leases of a device that went away, so others
-// need not wait for them to expire.
-func (sess *session) releaseLeases() {
-	sess.mu.Lock()
-	held := sess.leases
-	sess.leases = map[Coll]uint64{}
-	sess.mu.Unlock()
-	for c, fence := range held {
-		if err := sess.s.store.Release(context.Background(), c, sess.holder, fence); err != nil && !errors.Is(err, ErrStoreClosed) {
-			sess.s.log.Warn("releasing lease of a closed session", "tenant", c.Tenant, "collection", c.Collection, "err", err)
-		}
-		sess.s.leases.notify(c)
-	}
-}
-
 func (sess *session) isStopping() bool {
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
@@ -388,12 +335,4 @@ func (sess *session) cut() {
 
 func perr(code transport.Code, format string, args ...any) *transport.Error {
 	return &transport.Error{Code: code, Message: fmt.Sprintf(format, args...)}
-}
-
-// validRecordID applies the replica's record ID rules on the relay side.
-func validRecordID(id string) error {
-	if id == "" || len(id) > 256 || !utf8.ValidString(id) || strings.ContainsFunc(id, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return perr(transport.CodeBadFrame, "record ID %q: must be 1 to 256 bytes of UTF-8 without control characters", id)
-	}
-	return nil
 }

@@ -26,13 +26,21 @@ func (r *Replica) recordOp(coll, id string, fn func(txn *badger.Txn, t *touched)
 }
 
 // batchOp runs fn on the documents of records ids[0], ids[1], ... (an ID
-// may repeat) in ONE store transaction, under the records' write locks, so
-// a page of a pull or an acknowledged batch costs one fsync, not one per
-// record. Then it caches each document and publishes its event. If fn
-// returns keep=false the document's new changes are not stored (fn may
-// still have written other keys); the record is reloaded from the
-// transaction's view if it comes again, and dropped from the cache.
+// may repeat) in ONE store transaction, under the records' write locks.
+// Then it caches each document and publishes its event. If fn returns
+// keep=false the document's new changes are not stored (fn may still have
+// written other keys); the record is reloaded from the transaction's view
+// if it comes again, and dropped from the cache.
+//
+// Its callers apply what the relay sent or acknowledged, which the relay
+// can send again: the transaction is not fsynced (see durable.go).
 func (r *Replica) batchOp(coll string, ids []string, fn func(i int, txn *badger.Txn, t *touched) (keep bool, err error)) ([]*touched, error) {
+	return r.batchOpThen(coll, ids, fn, nil)
+}
+
+// batchOpThen is batchOp, with then (if not nil) run last in the same
+// transaction, for writes that must commit with the records or not at all.
+func (r *Replica) batchOpThen(coll string, ids []string, fn func(i int, txn *badger.Txn, t *touched) (keep bool, err error), then func(txn *badger.Txn) error) ([]*touched, error) {
 	release, err := r.enter()
 	if err != nil {
 		return nil, err
@@ -45,11 +53,23 @@ func (r *Replica) batchOp(coll string, ids []string, fn func(i int, txn *badger.
 	defer r.locks.lockAll(keys)()
 	byID := map[string]*touched{}
 	var order []*touched
+	var aside []*crdt.Doc // documents fn chose not to store
 	err = r.db.Update(func(txn *badger.Txn) error {
 		for i, id := range ids {
 			t := byID[id]
+			if t != nil && t.corrupt != nil {
+				continue
+			}
 			if t == nil || t.doc == nil {
 				d, m, ok, err := r.loadDocTxn(txn, coll, id, t == nil)
+				if errors.Is(err, ErrCorrupt) && t == nil {
+					// A damaged record fails alone: the rest of the batch
+					// goes on, and the caller reports it.
+					t = &touched{coll: coll, id: id, corrupt: err}
+					byID[id] = t
+					order = append(order, t)
+					continue
+				}
 				if err != nil {
 					return err
 				}
@@ -70,6 +90,7 @@ func (r *Replica) batchOp(coll string, ids []string, fn func(i int, txn *badger.
 				return err
 			}
 			if !keep {
+				aside = append(aside, t.doc)
 				t.doc, t.dirty = nil, true
 			}
 			if keep && !t.existed && len(t.new.heads) > 0 {
@@ -78,18 +99,29 @@ func (r *Replica) batchOp(coll string, ids []string, fn func(i int, txn *badger.
 				}
 			}
 		}
+		if then != nil {
+			return then(txn)
+		}
 		return nil
 	})
+	// The records are still locked: documents not cached now are used by
+	// no one and can be freed.
+	freeAside := func() {
+		for _, d := range aside {
+			d.Free()
+		}
+	}
 	if err != nil {
 		for _, t := range order {
-			r.cache.drop(cacheKey(coll, t.id))
+			r.discard(coll, t.id, t.doc)
 		}
+		freeAside()
 		return order, err
 	}
 	var events []Event
 	for _, t := range order {
 		if t.doc == nil || t.dirty {
-			r.cache.drop(cacheKey(coll, t.id))
+			r.discard(coll, t.id, t.doc)
 		} else {
 			r.cache.put(cacheKey(coll, t.id), t.doc, t.new)
 		}
@@ -97,6 +129,7 @@ func (r *Replica) batchOp(coll string, ids []string, fn func(i int, txn *badger.
 			events = append(events, ev)
 		}
 	}
+	freeAside()
 	r.feeds.publish(events)
 	return order, nil
 }
@@ -141,25 +174,43 @@ func (b *batchResult) add(o batchResult) {
 
 // applyBatch runs op over recs in one store transaction (see batchOp).
 func (r *Replica) applyBatch(coll string, recs []remoteRec, op remoteOp) (batchResult, error) {
+	return r.applyBatchThen(coll, recs, op, nil)
+}
+
+// applyBatchThen is applyBatch, with then (if not nil) run last in the
+// same transaction, given what the batch did so far.
+func (r *Replica) applyBatchThen(coll string, recs []remoteRec, op remoteOp, then func(txn *badger.Txn, res *batchResult) error) (batchResult, error) {
 	var res batchResult
 	ids := make([]string, len(recs))
 	for i, rec := range recs {
 		ids[i] = rec.id
 	}
-	err := r.batchInto(&res, coll, ids, func(i int, txn *badger.Txn, t *touched) (bool, error) {
+	var last func(txn *badger.Txn) error
+	if then != nil {
+		last = func(txn *badger.Txn) error { return then(txn, &res) }
+	}
+	err := r.batchIntoThen(&res, coll, ids, func(i int, txn *badger.Txn, t *touched) (bool, error) {
 		return op(txn, t, recs[i], &res)
-	})
+	}, last)
 	return res, err
 }
 
 // batchInto runs batchOp and adds the events of the records it changed to
 // res.
 func (r *Replica) batchInto(res *batchResult, coll string, ids []string, fn func(i int, txn *badger.Txn, t *touched) (bool, error)) error {
-	ts, err := r.batchOp(coll, ids, fn)
+	return r.batchIntoThen(res, coll, ids, fn, nil)
+}
+
+func (r *Replica) batchIntoThen(res *batchResult, coll string, ids []string, fn func(i int, txn *badger.Txn, t *touched) (bool, error), then func(txn *badger.Txn) error) error {
+	ts, err := r.batchOpThen(coll, ids, fn, then)
 	if err != nil {
 		return fmt.Errorf("ferry: applying %s from the relay: %w", coll, err)
 	}
 	for _, t := range ts {
+		if t.corrupt != nil {
+			res.failed = append(res.failed, failedRecord(t.id, t.corrupt))
+			continue
+		}
 		if ev, ok := t.event(false); ok {
 			res.events = append(res.events, ev)
 		}
@@ -201,26 +252,36 @@ func (r *Replica) storeSynced(txn *badger.Txn, t *touched, relay crdt.Heads) err
 	if err := txn.Set(recKey('a', t.coll, t.id), relay.Bytes()); err != nil {
 		return err
 	}
-	pending := !nm.heads.Equal(relay) // else nothing beyond what the relay holds
-	if pending {
-		rest, err := t.doc.ChangesSince(relay)
-		if err != nil {
-			return err
-		}
-		pending = len(rest) > 0
-	}
-	if pending {
+	// The document holds every change of the relay's heads (they were
+	// just imported), so other heads mean changes the relay lacks.
+	if !nm.heads.Equal(relay) {
 		return txn.Set(recKey('p', t.coll, t.id), nil)
 	}
 	return clearPending(txn, t.coll, t.id)
 }
 
-// clearPending marks a record as holding nothing the relay lacks.
+// clearPending marks a record as holding nothing the relay lacks. A key is
+// deleted only if it is there: a delete writes a version, and versions of
+// a key that flips on every edit and acknowledgement would pile up for
+// every scan of its prefix to step over until Badger compacts them.
 func clearPending(txn *badger.Txn, coll, id string) error {
-	if err := txn.Delete(recKey('p', coll, id)); err != nil {
+	for _, prefix := range []byte{'p', 'l'} {
+		if err := deleteIfPresent(txn, recKey(prefix, coll, id)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func deleteIfPresent(txn *badger.Txn, key []byte) error {
+	_, err := txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
-	return txn.Delete(recKey('l', coll, id))
+	return txn.Delete(key)
 }
 
 // recordIDs lists every stored record of a collection, tombstones

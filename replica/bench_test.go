@@ -57,10 +57,7 @@ func benchOpen(b *testing.B, o *replica.Options) *replica.Replica {
 func benchStore(b *testing.B, o *replica.Options) (*replica.Replica, *replica.Collection) {
 	b.Helper()
 	r := benchOpen(b, o)
-	c, err := r.Collection("products")
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := r.Collection("products")
 	return r, c
 }
 
@@ -71,7 +68,7 @@ func benchFill(b *testing.B, r *replica.Replica, c *replica.Collection, n int) [
 	ids := make([]string, 0, n)
 	for len(ids) < n {
 		start := len(ids)
-		err := r.Update(func(tx *replica.Tx) error {
+		err := r.Write(func(tx *replica.Tx) error {
 			for i := start; i < n && i < start+100; i++ {
 				id, err := tx.Insert(c.Name(), benchNewProduct(i))
 				if err != nil {
@@ -97,21 +94,28 @@ func benchRate(b *testing.B, n int, unit string) {
 // the record id, for b.SetBytes.
 func benchChangeBytes(b *testing.B, c *replica.Collection, id string, edit func() error) int64 {
 	b.Helper()
-	_, heads, _, err := c.PendingChanges(id)
+	heads, err := c.Heads(id)
 	if err != nil {
-		b.Fatal(err)
-	}
-	if err := c.Acknowledge(id, heads); err != nil {
 		b.Fatal(err)
 	}
 	if err := edit(); err != nil {
 		b.Fatal(err)
 	}
-	ch, _, _, err := c.PendingChanges(id)
+	return int64(len(benchChangesSince(b, c, id, heads)))
+}
+
+// benchChangesSince returns the record's changes since heads (nil: all).
+func benchChangesSince(b *testing.B, c *replica.Collection, id string, heads crdt.Heads) []byte {
+	b.Helper()
+	var ch []byte
+	err := c.Update(id, func(d *crdt.Doc) (err error) {
+		ch, err = d.ChangesSince(heads)
+		return err
+	})
 	if err != nil {
 		b.Fatal(err)
 	}
-	return int64(len(ch))
+	return ch
 }
 
 // benchInsertBytes returns how many bytes of Automerge changes one insert of
@@ -122,11 +126,7 @@ func benchInsertBytes(b *testing.B, c *replica.Collection) int64 {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ch, _, _, err := c.PendingChanges(id)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return int64(len(ch))
+	return int64(len(benchChangesSince(b, c, id, nil)))
 }
 
 // BenchmarkBaselineAutomergeImport loads 1000 single-field changes, made by
@@ -251,9 +251,9 @@ func benchGet(b *testing.B, o *replica.Options, n int) {
 // BenchmarkGet reads records whose documents are cached.
 func BenchmarkGet(b *testing.B) { benchGet(b, nil, 1000) }
 
-// BenchmarkGetCold reads records in turn with a cache of one, so each Get
-// loads the document from Badger.
-func BenchmarkGetCold(b *testing.B) { benchGet(b, &replica.Options{CacheSize: 1}, 2000) }
+// BenchmarkGetCold reads records in turn with a cache too small for one,
+// so each Get loads the document from Badger.
+func BenchmarkGetCold(b *testing.B) { benchGet(b, &replica.Options{CacheBytes: 1}, 2000) }
 
 // BenchmarkScan pages through 1000 records, 100 a page.
 func BenchmarkScan(b *testing.B) {
@@ -262,15 +262,18 @@ func BenchmarkScan(b *testing.B) {
 	b.ReportAllocs()
 	after, total := "", 0
 	for b.Loop() {
-		recs, err := c.Scan(replica.ScanOptions{After: after, Limit: 100})
-		if err != nil {
-			b.Fatal(err)
+		n, last := 0, ""
+		for rec, err := range c.Scan(replica.ScanOptions{After: after, Limit: 100}) {
+			if err != nil {
+				b.Fatal(err)
+			}
+			n, last = n+1, rec.ID
 		}
-		total += len(recs)
-		if len(recs) < 100 {
+		total += n
+		if n < 100 {
 			after = ""
 		} else {
-			after = recs[len(recs)-1].ID
+			after = last
 		}
 	}
 	benchRate(b, total, "records/s")
@@ -300,10 +303,7 @@ func BenchmarkImport(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		ch, _, _, err := src.PendingChanges(id)
-		if err != nil {
-			b.Fatal(err)
-		}
+		ch := benchChangesSince(b, src, id, nil)
 		info, err := crdt.ParseChanges(ch)
 		if err != nil {
 			b.Fatal(err)

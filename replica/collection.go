@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"iter"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -12,19 +13,19 @@ import (
 
 // Collection is a named set of records (an app's table or data type). It
 // is a handle: cheap to create, safe for concurrent use. Each write method is
-// a unit of work of its own; use [Replica.Update] to group several.
+// a unit of work of its own; use [Replica.Write] to group several.
 type Collection struct {
 	r    *Replica
 	name string
+	err  error // the name is not allowed: every method returns it
 }
 
 // Collection returns a handle on the named collection. It exists once a
-// record is written to it.
-func (r *Replica) Collection(name string) (*Collection, error) {
-	if err := ValidateCollection(name); err != nil {
-		return nil, err
-	}
-	return &Collection{r: r, name: name}, nil
+// record is written to it. A name that is not allowed (see
+// ValidateCollection) gives a handle whose every method fails with
+// ErrInvalidName.
+func (r *Replica) Collection(name string) *Collection {
+	return &Collection{r: r, name: name, err: ValidateCollection(name)}
 }
 
 // Collections lists the collections that hold records, in name order.
@@ -65,7 +66,7 @@ func (c *Collection) one(o op) error {
 // new UUIDv7 ID, and returns the ID.
 func (c *Collection) Insert(v any) (string, error) {
 	var id string
-	err := c.r.Update(func(tx *Tx) error {
+	err := c.r.Write(func(tx *Tx) error {
 		var err error
 		id, err = tx.Insert(c.name, v)
 		return err
@@ -100,6 +101,9 @@ func (c *Collection) Delete(id string) error {
 // read runs fn on the record's document under its read lock. fn must not
 // keep the document.
 func (c *Collection) read(id string, fn func(d *crdt.Doc, m meta) error) error {
+	if c.err != nil {
+		return c.err
+	}
 	if err := ValidateID(id); err != nil {
 		return err
 	}
@@ -146,68 +150,113 @@ func (r Record) Decode(out any) error { return crdt.DecodeValue(r.Fields, out) }
 // ScanOptions select records for [Collection.Scan].
 type ScanOptions struct {
 	Prefix  string // only IDs with this prefix
-	After   string // only IDs after this one (for paging)
+	After   string // only IDs after this one (to resume a scan)
 	Limit   int    // at most this many; 0 means no limit
 	Deleted bool   // include tombstones
 }
 
-// Scan returns records in ID order. Insert's UUIDv7 IDs sort in creation
-// order.
-func (c *Collection) Scan(o ScanOptions) ([]Record, error) {
-	var ids []string
-	var metas []meta
-	release, err := c.r.enter()
-	if err != nil {
-		return nil, err
+// scanPage is how many records a scan lists per store transaction.
+const scanPage = 256
+
+// Scan returns the records in ID order (Insert's UUIDv7 IDs sort in
+// creation order), as an iterator: records are listed a page at a time and
+// read as the loop reaches them, so a collection of any size is scanned in
+// bounded memory, and stopping the loop stops the scan.
+//
+//	for rec, err := range products.Scan(replica.ScanOptions{}) {
+//		if err != nil { ... }
+//		var p Product
+//		rec.Decode(&p)
+//	}
+//
+// Each record is read at its latest version: one deleted after the scan
+// listed it is left out (unless ScanOptions.Deleted). An error ends the
+// iteration after it is yielded.
+func (c *Collection) Scan(o ScanOptions) iter.Seq2[Record, error] {
+	return func(yield func(Record, error) bool) {
+		if c.err != nil {
+			yield(Record{}, c.err)
+			return
+		}
+		n := 0
+		after := o.After
+		for {
+			page := scanPage
+			if o.Limit > 0 {
+				page = min(page, o.Limit-n)
+			}
+			ids, err := c.listIDs(o.Prefix, after, page, o.Deleted)
+			if err != nil {
+				yield(Record{}, err)
+				return
+			}
+			for _, id := range ids {
+				rec, ok, err := c.record(id, o.Deleted)
+				if err != nil {
+					yield(Record{}, err)
+					return
+				}
+				if !ok {
+					continue
+				}
+				if !yield(rec, nil) {
+					return
+				}
+				if n++; o.Limit > 0 && n == o.Limit {
+					return
+				}
+			}
+			if len(ids) < page {
+				return
+			}
+			after = ids[len(ids)-1]
+		}
 	}
-	err = c.r.db.View(func(txn *badger.Txn) error {
+}
+
+// listIDs lists up to limit record IDs with prefix, after the ID after.
+func (c *Collection) listIDs(idPrefix, after string, limit int, deleted bool) ([]string, error) {
+	var ids []string
+	err := c.r.view(func(txn *badger.Txn) error {
 		prefix := collPrefix('r', c.name)
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: append(bytes.Clone(prefix), o.Prefix...), PrefetchValues: true})
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: append(bytes.Clone(prefix), idPrefix...), PrefetchValues: true})
 		defer it.Close()
 		// Start at the prefix, or just past After if that comes later: a
 		// seek to After alone could land before the prefix and end the scan.
-		start := append(bytes.Clone(prefix), o.Prefix...)
-		if after := append(append(bytes.Clone(prefix), o.After...), 0); o.After != "" && bytes.Compare(after, start) > 0 {
-			start = after
+		start := append(bytes.Clone(prefix), idPrefix...)
+		if a := append(append(bytes.Clone(prefix), after...), 0); after != "" && bytes.Compare(a, start) > 0 {
+			start = a
 		}
-		for it.Seek(start); it.Valid(); it.Next() {
+		for it.Seek(start); it.Valid() && len(ids) < limit; it.Next() {
 			var m meta
 			err := it.Item().Value(func(v []byte) (err error) { m, err = decodeMeta(v); return })
 			if err != nil {
 				return err
 			}
-			if m.deleted && !o.Deleted {
-				continue
-			}
-			ids = append(ids, string(it.Item().Key()[len(prefix):]))
-			metas = append(metas, m)
-			if o.Limit > 0 && len(ids) == o.Limit {
-				break
+			if !m.deleted || deleted {
+				ids = append(ids, string(it.Item().Key()[len(prefix):]))
 			}
 		}
 		return nil
 	})
-	release()
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Record, 0, len(ids))
-	for _, id := range ids {
-		err := c.read(id, func(d *crdt.Doc, m meta) error {
-			// Each record is read at its latest version, which may be newer
-			// than the listing: one deleted since is left out.
-			if m.deleted && !o.Deleted {
-				return nil
-			}
-			f, err := d.Fields()
-			out = append(out, Record{ID: id, Deleted: m.deleted, Heads: m.heads, Fields: f})
-			return err
-		})
-		if err != nil {
-			return nil, err
+	return ids, err
+}
+
+// record reads one record for a scan; ok is false if it is deleted (and
+// tombstones are not wanted) or gone.
+func (c *Collection) record(id string, deleted bool) (rec Record, ok bool, err error) {
+	err = c.read(id, func(d *crdt.Doc, m meta) error {
+		if m.deleted && !deleted {
+			return nil
 		}
+		f, err := d.Fields()
+		rec, ok = Record{ID: id, Deleted: m.deleted, Heads: m.heads, Fields: f}, true
+		return err
+	})
+	if errors.Is(err, ErrNotFound) {
+		return Record{}, false, nil
 	}
-	return out, nil
+	return rec, ok, err
 }
 
 // Heads returns the record's current version. Deleted records have heads
@@ -238,6 +287,9 @@ func (c *Collection) PendingCount() (int, error) {
 }
 
 func (c *Collection) pendingScan(fn func(id string)) error {
+	if c.err != nil {
+		return c.err
+	}
 	release, err := c.r.enter()
 	if err != nil {
 		return err
@@ -267,60 +319,13 @@ func readAcked(txn *badger.Txn, coll, id string) (crdt.Heads, error) {
 	return h, err
 }
 
-// PendingChanges returns the record's changes that the relay has not
-// acknowledged (those since the acknowledged heads), the heads they lead to,
-// and the acknowledged heads they build on. changes is nil when nothing is
-// pending.
-func (c *Collection) PendingChanges(id string) (changes []byte, heads, acked crdt.Heads, err error) {
-	err = c.read(id, func(d *crdt.Doc, m meta) error {
-		if err := c.r.db.View(func(txn *badger.Txn) (err error) {
-			acked, err = readAcked(txn, c.name, id)
-			return err
-		}); err != nil {
-			return err
-		}
-		heads = m.heads
-		changes, err = d.ChangesSince(acked)
-		if errors.Is(err, crdt.ErrUnknownHeads) {
-			// Acknowledged heads the document lacks cannot happen through
-			// this API; send everything rather than nothing.
-			changes, err = d.ChangesSince(nil)
-		}
-		return err
-	})
-	return changes, heads, acked, err
-}
-
-// Acknowledge records that the relay holds the record up to heads. The
-// record stops being pending once heads cover all its changes.
-func (c *Collection) Acknowledge(id string, heads crdt.Heads) error {
-	if err := ValidateID(id); err != nil {
-		return err
-	}
-	release, err := c.r.enter()
-	if err != nil {
-		return err
-	}
-	defer release()
-	key := cacheKey(c.name, id)
-	defer c.r.locks.lockAll([]string{key})()
-	return c.r.db.Update(func(txn *badger.Txn) error {
-		d, _, ok, err := c.r.loadDoc(txn, c.name, id)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return fmt.Errorf("%w: %s/%s", ErrNotFound, c.name, id)
-		}
-		return ackRecord(txn, c.name, id, d, heads, false)
-	})
-}
-
-// Import applies Automerge changes received from elsewhere (a relay, or
-// another replica's PendingChanges) to the record, creating it if needed.
-// Changes already held are ignored. Imported changes are not pending: they
-// came from the relay. Corrupt bytes or missing dependencies give an error
-// wrapping crdt.ErrCorrupt or crdt.ErrMissingDeps, and nothing is written.
+// Import merges Automerge data into the record, creating it if needed:
+// another replica's Export, any Automerge library's saved document
+// (JavaScript's included), or changes. Changes already held are ignored,
+// and a record new to the replica gets exactly the sender's heads. What
+// is imported is not pending: it came from elsewhere, and is not pushed
+// back. Corrupt bytes or missing dependencies give an error wrapping
+// crdt.ErrCorrupt or crdt.ErrMissingDeps, and nothing is written.
 func (c *Collection) Import(id string, changes []byte) error {
 	tx := &Tx{r: c.r}
 	if err := tx.queue(op{kind: opImport, coll: c.name, id: id, data: changes}); err != nil {

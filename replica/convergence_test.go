@@ -174,10 +174,10 @@ func TestConvergenceLiveFaultyBadger(t *testing.T) {
 				w.store, w.tenant = store, rl.App.ID
 				w.device = func(o *Options, colls ...string) *Replica {
 					opts := *o
-					opts.InMemory, opts.HTTPClient = true, rl.HTTPClient
+					opts.InMemory, opts.HTTPClient, opts.TokenSource = true, rl.HTTPClient, StaticToken(rl.Token)
 					opts.BackoffMin, opts.BackoffMax = 50*time.Millisecond, time.Second
 					r := open(t, "", &opts)
-					err := r.AddProfile(Profile{Name: "p", URL: rl.URL, APIKey: rl.App.APIKey, Token: rl.Token,
+					err := r.AddProfile(Profile{Name: "p", URL: rl.URL, APIKey: rl.App.APIKey,
 						Mode: policy.Manual, Type: policy.TwoWay, Collections: colls, Timeout: 10 * time.Second})
 					if err != nil {
 						t.Fatal(err)
@@ -365,17 +365,17 @@ func (w *convWorld) randomOp(c *convReplica) {
 	case 3:
 		desc = fmt.Sprintf("list insert %s tags %s", id, name)
 		err = col.Update(id, func(d *crdt.Doc) error {
-			v, _, err := d.Lookup("tags")
+			v, _, err := d.Lookup(crdt.Path{"tags"})
 			if err != nil {
 				return skipOn(err)
 			}
 			l, _ := v.([]any)
-			return skipOn(d.Insert(crdt.Path{"tags"}, int(f1*float64(len(l)+1)), name))
+			return skipOn(d.InsertAt(crdt.Path{"tags"}, int(f1*float64(len(l)+1)), name))
 		})
 	case 4:
 		desc = fmt.Sprintf("splice %s note +%s", id, name)
 		err = col.Update(id, func(d *crdt.Doc) error {
-			v, _, err := d.Lookup("note")
+			v, _, err := d.Lookup(crdt.Path{"note"})
 			if err != nil {
 				return skipOn(err)
 			}
@@ -488,7 +488,7 @@ func (w *convWorld) fingerprint() string {
 	for _, c := range w.reps {
 		for _, coll := range convCollections {
 			col := coll2(w.t, c.r, coll)
-			recs, err := col.Scan(ScanOptions{Deleted: true})
+			recs, err := collect(col.Scan(ScanOptions{Deleted: true}))
 			if err != nil {
 				w.fatalf("scan %s on %s: %v", coll, c.name, err)
 			}
@@ -519,7 +519,7 @@ func (w *convWorld) check() {
 				ids, _ := col.Pending()
 				w.fatalf("%s %s: %d pending %v after quiescence (%v)", c.name, coll, n, ids, err)
 			}
-			recs, err := col.Scan(ScanOptions{Deleted: true})
+			recs, err := collect(col.Scan(ScanOptions{Deleted: true}))
 			if err != nil {
 				w.fatalf("scan %s on %s: %v", coll, c.name, err)
 			}
@@ -571,7 +571,7 @@ func (w *convWorld) check() {
 	}
 	live := 0
 	for _, coll := range convCollections[:2] {
-		recs, _ := coll2(w.t, w.reps[0].r, coll).Scan(ScanOptions{})
+		recs, _ := collect(coll2(w.t, w.reps[0].r, coll).Scan(ScanOptions{}))
 		live += len(recs)
 	}
 	w.t.Logf("converged: %d replicas, %d ops and syncs, %d live records", len(w.reps), len(w.trace), live)
@@ -627,7 +627,7 @@ func conflictWinner(t *testing.T, pol policy.Policy, seed uint64) {
 			want[id] = map[string]any{}
 			for _, p := range paths {
 				// Which devices edit this field: first, last, or both.
-				old, err := getDoc(t, devs[0], id).Get(p...)
+				old, err := getDoc(t, devs[0], id).Get(p)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -666,7 +666,7 @@ func conflictWinner(t *testing.T, pol policy.Policy, seed uint64) {
 			for id, fields := range want {
 				doc := getDoc(t, dev, id)
 				for _, p := range paths {
-					got, err := doc.Get(p...)
+					got, err := doc.Get(p)
 					if err != nil || !crdt.Equal(got, fields[p.String()]) {
 						t.Fatalf("seed %d round %d, %s, dev%d synced first: dev%d has %s.%v = %v (%v), want %v\nedits:\n%s",
 							seed, round, pol, first, d, id, p, got, err, fields[p.String()], strings.Join(trace, "\n"))

@@ -338,10 +338,7 @@ func crashVerify(t *testing.T, dir string, model map[string]crashRec, pending *c
 	}
 	for _, k := range slices.Sorted(maps.Keys(check)) {
 		rec := check[k]
-		c, err := r.Collection(rec.Coll)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := r.Collection(rec.Coll)
 		var v crashView
 		err = c.Get(rec.ID, &v)
 		switch {
@@ -357,7 +354,7 @@ func crashVerify(t *testing.T, dir string, model map[string]crashRec, pending *c
 	// Every record holds local changes nobody acknowledged: each is pending,
 	// and nothing else is. The marker commits with the record.
 	for _, name := range crashColls {
-		c, _ := r.Collection(name)
+		c := r.Collection(name)
 		ids, err := c.Pending()
 		if err != nil {
 			t.Fatalf("Pending(%s): %v", name, err)
@@ -449,11 +446,8 @@ func crashReadAll(t testing.TB, r *replica.Replica) map[string]crashRec {
 	t.Helper()
 	out := map[string]crashRec{}
 	for _, name := range crashColls {
-		c, err := r.Collection(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		all, err := c.Scan(replica.ScanOptions{Deleted: true})
+		c := r.Collection(name)
+		all, err := collect(c.Scan(replica.ScanOptions{Deleted: true}))
 		if err != nil {
 			t.Fatalf("Scan(%s, with tombstones): %v", name, err)
 		}
@@ -480,7 +474,7 @@ func crashReadAll(t testing.TB, r *replica.Replica) map[string]crashRec {
 				live = append(live, rec.ID)
 			}
 		}
-		recs, err := c.Scan(replica.ScanOptions{})
+		recs, err := collect(c.Scan(replica.ScanOptions{}))
 		if err != nil {
 			t.Fatalf("Scan(%s): %v", name, err)
 		}
@@ -540,10 +534,7 @@ func (w *crashWriter) add(rec crashRec) {
 }
 
 func (w *crashWriter) coll(name string) *replica.Collection {
-	c, err := w.r.Collection(name)
-	if err != nil {
-		w.t.Fatal(err)
-	}
+	c := w.r.Collection(name)
 	return c
 }
 
@@ -721,7 +712,7 @@ func (w *crashWriter) step() {
 }
 
 // unit makes two to five writes across both collections in one
-// Replica.Update; some may touch the same record twice.
+// Replica.Write; some may touch the same record twice.
 func (w *crashWriter) unit() {
 	l := crashLine{Seq: w.seq, Op: "unit"}
 	view := map[string]crashRec{}
@@ -732,7 +723,7 @@ func (w *crashWriter) unit() {
 		}
 		view[rec.key()] = rec
 	}
-	err := w.r.Update(func(tx *replica.Tx) error {
+	err := w.r.Write(func(tx *replica.Tx) error {
 		for range 2 + w.rng.IntN(4) {
 			coll := crashColls[w.rng.IntN(len(crashColls))]
 			rec, found := w.pick(coll, view)

@@ -81,7 +81,7 @@ func TestLoadDocChecksBookkeeping(t *testing.T) {
 			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "items/a") {
 				t.Fatalf("Get(a) = %v, %v; want ErrCorrupt naming items/a", v, err)
 			}
-			if _, err := c.Scan(ScanOptions{}); !errors.Is(err, ErrCorrupt) {
+			if _, err := collect(c.Scan(ScanOptions{})); !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("Scan = %v, want ErrCorrupt", err)
 			}
 			if err := c.Get("b", &v); err != nil || v["n"] != int64(1) {

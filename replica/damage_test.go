@@ -84,10 +84,7 @@ func dmgBuild(t *testing.T, dir string, crashImage bool) *dmgStore {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := r.Collection(dmgColl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := r.Collection(dmgColl)
 	for i := range dmgRecords {
 		id := fmt.Sprintf("r%04d", i)
 		rec := dmgRec{N: int64(i), Name: fmt.Sprintf("record %d", i), Pad: dmgPad(rng, 50+rng.IntN(400))}
@@ -117,10 +114,7 @@ func dmgBuild(t *testing.T, dir string, crashImage bool) *dmgStore {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err = r.Collection(dmgColl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c = r.Collection(dmgColl)
 	for i := range 100 {
 		id := fmt.Sprintf("w%04d", i)
 		rec := dmgRec{N: int64(i), Name: fmt.Sprintf("logged %d", i), Pad: dmgPad(rng, 100)}
@@ -314,10 +308,7 @@ func dmgCheck(t *testing.T, s *dmgStore) (refused bool) {
 			t.Errorf("Close: %v", err)
 		}
 	}()
-	c, err := r.Collection(dmgColl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := r.Collection(dmgColl)
 	lost := map[string]bool{}
 	corrupt := 0
 	for _, id := range slices.Sorted(maps.Keys(s.want)) {
@@ -348,7 +339,7 @@ func dmgCheck(t *testing.T, s *dmgStore) (refused bool) {
 		}
 	}
 	// A scan fails with ErrCorrupt or lists every record intact.
-	recs, err := c.Scan(replica.ScanOptions{})
+	recs, err := collect(c.Scan(replica.ScanOptions{}))
 	switch {
 	case errors.Is(err, replica.ErrCorrupt):
 	case err != nil:
@@ -437,10 +428,7 @@ func dmgSmall(t *testing.T) (dir, id string, want map[string]dmgRec) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := r.Collection(dmgColl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := r.Collection(dmgColl)
 	want = map[string]dmgRec{}
 	rng := rand.New(rand.NewPCG(3, 4))
 	for i := range 50 {
@@ -491,10 +479,7 @@ func dmgRefusedThenRestored(t *testing.T, damage func(dir string)) {
 	if r.ID() != id {
 		t.Errorf("restored replica has ID %s, want %s", r.ID(), id)
 	}
-	c, err := r.Collection(dmgColl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := r.Collection(dmgColl)
 	for id, w := range want {
 		var got dmgRec
 		if err := c.Get(id, &got); err != nil || got != w {
@@ -536,7 +521,7 @@ func BenchmarkLoadRecords(b *testing.B) {
 	rng := rand.New(rand.NewPCG(1, 1))
 	var ids []string
 	for len(ids) < n {
-		err := r.Update(func(tx *replica.Tx) error {
+		err := r.Write(func(tx *replica.Tx) error {
 			for range 500 {
 				id, err := tx.Insert(dmgColl, dmgRec{N: int64(len(ids)), Name: "record", Pad: dmgPad(rng, 200)})
 				if err != nil {
@@ -553,15 +538,12 @@ func BenchmarkLoadRecords(b *testing.B) {
 	if err := r.Close(); err != nil {
 		b.Fatal(err)
 	}
-	r, err = replica.Open(dir, &replica.Options{CacheSize: 1, GCInterval: -1})
+	r, err = replica.Open(dir, &replica.Options{CacheBytes: 1, GCInterval: -1})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer r.Close()
-	c, err := r.Collection(dmgColl)
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := r.Collection(dmgColl)
 	var rec dmgRec
 	for b.Loop() {
 		for _, id := range ids {

@@ -18,7 +18,7 @@
 //	err = products.Get(id, &p)
 //
 //	// Several writes that commit together or not at all:
-//	err = r.Update(func(tx *replica.Tx) error {
+//	err = r.Write(func(tx *replica.Tx) error {
 //		tx.Delete("products", id)
 //		_, err := tx.Insert("audit", map[string]any{"deleted": id})
 //		return err
@@ -29,10 +29,11 @@
 //
 // Every write is one Badger transaction that holds the record's new
 // Automerge changes, its metadata and its pending marker, fsynced before the
-// call returns unless Options.Relaxed is set. A record is stored as a
+// call returns unless Options.Relaxed is set. Changes applied from the relay
+// are not fsynced on their own: a sync fetches again what a crash loses. A record is stored as a
 // snapshot plus incremental chunks, folded into the snapshot once
 // Options.CompactAfter chunks pile up. Loaded documents are cached, up to
-// Options.CacheSize.
+// Options.CacheBytes of their estimated memory.
 //
 // Deletes are tombstones (see crdt.TombstoneKey): a deleted record keeps
 // its history, so a delete that races an edit on another device is a

@@ -28,7 +28,7 @@ func Example() {
 	}
 	defer r.Close()
 
-	products, _ := r.Collection("products")
+	products := r.Collection("products")
 	id, err := products.Insert(Product{Name: "Green tea", Price: 4.5, Stock: 10})
 	if err != nil {
 		log.Fatal(err)
@@ -43,7 +43,7 @@ func Example() {
 	}
 
 	// Several writes that commit together or not at all.
-	err = r.Update(func(tx *replica.Tx) error {
+	err = r.Write(func(tx *replica.Tx) error {
 		if err := tx.Put("products", id, Product{Name: "Green tea", Price: 4.9, Stock: 7}); err != nil {
 			return err
 		}

@@ -2,11 +2,14 @@ package replica
 
 import (
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/dgraph-io/badger/v4"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
@@ -20,7 +23,7 @@ func TestImportKeepsTheSendersHeads(t *testing.T) {
 	if err := src.Create("a", map[string]any{"v": 1}); err != nil {
 		t.Fatal(err)
 	}
-	changes, heads, _, err := src.PendingChanges("a")
+	changes, heads, _, err := src.pendingChanges("a")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,8 +71,9 @@ func copyDir(t *testing.T, src, dst string) {
 // actor and number, and both copies go on syncing.
 func TestCopiedStoreKeepsSyncing(t *testing.T) {
 	e := newSyncEnv(t)
+	tokens := &Options{TokenSource: StaticToken(e.token)}
 	dir := t.TempDir()
-	orig := open(t, filepath.Join(dir, "orig"), nil)
+	orig := open(t, filepath.Join(dir, "orig"), tokens)
 	if err := orig.AddProfile(e.profile("p")); err != nil {
 		t.Fatal(err)
 	}
@@ -85,8 +89,8 @@ func TestCopiedStoreKeepsSyncing(t *testing.T) {
 	}
 	copyDir(t, filepath.Join(dir, "orig"), filepath.Join(dir, "copy"))
 
-	orig = open(t, filepath.Join(dir, "orig"), nil)
-	cp := open(t, filepath.Join(dir, "copy"), nil)
+	orig = open(t, filepath.Join(dir, "orig"), tokens)
+	cp := open(t, filepath.Join(dir, "copy"), tokens)
 	if orig.ID() != cp.ID() {
 		t.Fatal("a copy has the same replica ID")
 	}
@@ -183,5 +187,68 @@ func TestSyncsOfOneCollectionDoNotInterleave(t *testing.T) {
 	mustSync(t, other, "p")
 	if f := getFields(t, other, "c", "x"); f["v"] != int64(2) {
 		t.Fatalf("another device has x = %v", f)
+	}
+}
+
+// damage overwrites a record's stored snapshot with bytes of the same
+// length that do not load, as disk damage would.
+func damage(t *testing.T, r *Replica, coll, id string) {
+	t.Helper()
+	r.cache.drop(cacheKey(coll, id))
+	err := r.db.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get(recKey('s', coll, id))
+		if err != nil {
+			return err
+		}
+		v, err := item.ValueCopy(nil)
+		if err != nil {
+			return err
+		}
+		for i := range v {
+			v[i] = 0xAA
+		}
+		return txn.Set(recKey('s', coll, id), v)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A damaged record fails alone: a sync pushes and pulls every other
+// record, and reports the damaged one as failed with ErrCorrupt.
+func TestDamagedRecordFailsAlone(t *testing.T) {
+	e := newSyncEnv(t)
+	a, b := e.device(nil), e.device(nil)
+	ca, cb := coll2(t, a, "c"), coll2(t, b, "c")
+	for _, id := range []string{"bad", "good"} {
+		if err := ca.Create(id, map[string]any{"v": 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustSync(t, a, "p")
+	mustSync(t, b, "p")
+	// Both change on a; on b, "bad" is damaged and "good" edited.
+	for _, id := range []string{"bad", "good"} {
+		ca.Put(id, map[string]any{"v": 2})
+	}
+	mustSync(t, a, "p")
+	cb.Put("other", map[string]any{"v": 1})
+	damage(t, b, "c", "bad")
+	if _, err := cb.Heads("bad"); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("reading the damaged record: %v, want ErrCorrupt", err)
+	}
+	st, err := b.Sync(context.Background(), "p")
+	if !errors.Is(err, ErrSyncFailed) || !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("sync with a damaged record: %v", err)
+	}
+	if c := stat(st, "c"); len(c.Failed) != 1 || c.Failed[0].ID != "bad" {
+		t.Fatalf("failed records %+v, want bad alone", c.Failed)
+	}
+	if f := getFields(t, b, "c", "good"); f["v"] != int64(2) {
+		t.Fatalf("good on b = %v: the pull stopped at the damaged record", f)
+	}
+	mustSync(t, a, "p")
+	if f := getFields(t, a, "c", "other"); f["v"] != int64(1) {
+		t.Fatalf("other on a = %v: the push stopped at the damaged record", f)
 	}
 }

@@ -3,9 +3,9 @@ package replica
 import (
 	"encoding/binary"
 	"fmt"
-	"unicode/utf8"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/transport"
 )
 
 // Key layout. Collection names cannot hold NUL and record IDs cannot either,
@@ -28,7 +28,6 @@ const (
 	formatVersion = 1
 
 	maxCollection = 64
-	maxRecordID   = 256
 )
 
 var (
@@ -79,19 +78,12 @@ func ValidateCollection(name string) error {
 	return nil
 }
 
-// ValidateID reports whether id may name a record: 1 to 256 bytes of valid
-// UTF-8 with no control characters.
+// ValidateID reports whether id may name a record: the wire's rule,
+// transport.ValidateRecordID (1 to 256 bytes of valid UTF-8 with no control
+// characters).
 func ValidateID(id string) error {
-	if id == "" || len(id) > maxRecordID {
-		return fmt.Errorf("%w: record ID must be 1 to %d bytes, got %d", ErrInvalidName, maxRecordID, len(id))
-	}
-	if !utf8.ValidString(id) {
-		return fmt.Errorf("%w: record ID %q is not valid UTF-8", ErrInvalidName, id)
-	}
-	for _, r := range id {
-		if r < 0x20 || r == 0x7f {
-			return fmt.Errorf("%w: record ID %q holds control character %U", ErrInvalidName, id, r)
-		}
+	if err := transport.ValidateRecordID(id); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidName, err)
 	}
 	return nil
 }

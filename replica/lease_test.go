@@ -1,6 +1,10 @@
 package replica
 
 import (
+	"context"
+	"fmt"
+	"runtime"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -15,9 +19,9 @@ import (
 // in-memory network, with a manual two-way profile "p" for collection c.
 func pipeDevice(t *testing.T, rl *relaytest.Relay, o Options, pol policy.Policy) *Replica {
 	t.Helper()
-	o.InMemory, o.HTTPClient = true, rl.HTTPClient
+	o.InMemory, o.HTTPClient, o.TokenSource = true, rl.HTTPClient, StaticToken(rl.Token)
 	r := open(t, "", &o)
-	err := r.AddProfile(Profile{Name: "p", URL: rl.URL, APIKey: rl.App.APIKey, Token: rl.Token,
+	err := r.AddProfile(Profile{Name: "p", URL: rl.URL, APIKey: rl.App.APIKey,
 		Mode: policy.Manual, Type: policy.TwoWay, Collections: []string{"c"}, Policy: pol,
 		Timeout: 10 * time.Second, LeaseTTL: 10 * time.Second})
 	if err != nil {
@@ -58,6 +62,108 @@ func TestLeaseRenewedByWhatTheRelayGrants(t *testing.T) {
 			if f := getFields(t, r, "c", "tea"); f["price"] != int64(99) {
 				t.Fatalf("%s has %v", r.ID()[:6], f)
 			}
+		}
+	})
+}
+
+// A device away longer than the relay keeps its log (the relay compacted
+// the records and truncated the log past the device's cursor) catches up
+// from the records' snapshots: its sync succeeds, its own offline edits
+// are merged by its policy, and both devices converge.
+func TestSyncPastTheLogHorizon(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rl := relaytest.Start(t, &relaytest.Options{Pipe: true, Relay: relay.Options{LogRetention: 2, CompactInterval: time.Second}})
+		a := pipeDevice(t, rl, Options{}, "")
+		b := pipeDevice(t, rl, Options{}, policy.PreferLocal)
+		ca, cb := coll2(t, a, "c"), coll2(t, b, "c")
+		if err := ca.Create("x", map[string]any{"n": 0}); err != nil {
+			t.Fatal(err)
+		}
+		mustSync(t, a, "p")
+		mustSync(t, b, "p")
+		// b goes away; a writes a lot, in big changes that make x a
+		// compaction candidate.
+		if err := cb.Update("x", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, 100) }); err != nil {
+			t.Fatal(err)
+		}
+		cb.Create("y", map[string]any{"from": "b"})
+		for i := range 10 {
+			err := ca.Update("x", func(d *crdt.Doc) error {
+				d.Set(crdt.Path{"pad"}, strings.Repeat(string(rune('a'+i)), 1000))
+				return d.Set(crdt.Path{"n"}, int64(i+1))
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mustSync(t, a, "p")
+		}
+		time.Sleep(3 * time.Second) // the compactor's rounds, on the fake clock
+		synctest.Wait()
+		st, err := rl.Store.Stats(context.Background())
+		if err != nil || st.LogEntries > 3 {
+			t.Fatalf("the relay keeps %d log entries (%v): not truncated", st.LogEntries, err)
+		}
+		mustSync(t, b, "p") // from a cursor below the horizon
+		mustSync(t, a, "p")
+		for _, r := range []*Replica{a, b} {
+			if f := getFields(t, r, "c", "x"); f["n"] != int64(100) || f["pad"] != strings.Repeat("j", 1000) {
+				t.Fatalf("%s has x = n %v pad %.3q...", r.ID()[:6], f["n"], f["pad"])
+			}
+			if f := getFields(t, r, "c", "y"); f["from"] != "b" {
+				t.Fatalf("%s has y = %v", r.ID()[:6], f)
+			}
+			if n, _ := coll2(t, r, "c").PendingCount(); n != 0 {
+				t.Fatalf("%s has %d pending", r.ID()[:6], n)
+			}
+		}
+	})
+}
+
+// replicaGoroutines lists the goroutines running code of this package,
+// other than tests.
+func replicaGoroutines() []string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "ferry/replica.") && !strings.Contains(g, "ferry/replica.Test") && !strings.Contains(g, "replicaGoroutines") {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// Close waits for every goroutine the replica started: live sessions,
+// their forwarders of local edits, lease renewals, schedulers. None is
+// left when it returns.
+func TestCloseLeavesNoGoroutine(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rl := relaytest.Start(t, &relaytest.Options{Pipe: true})
+		r := pipeDevice(t, rl, Options{BackoffMin: time.Millisecond, BackoffMax: 10 * time.Millisecond}, "")
+		p, _ := r.Profile("p")
+		p.Mode = policy.Live
+		p.Collections = []string{"c", "d"}
+		if err := r.UpdateProfile(p); err != nil {
+			t.Fatal(err)
+		}
+		periodic := p
+		periodic.Name, periodic.Mode, periodic.Interval = "q", policy.Periodic, time.Second
+		if err := r.AddProfile(periodic); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 5 {
+			coll2(t, r, "c").Put(fmt.Sprint("x", i), map[string]any{"i": i})
+			time.Sleep(100 * time.Millisecond)
+		}
+		synctest.Wait()
+		if len(replicaGoroutines()) == 0 {
+			t.Fatal("no goroutine of the replica is running: the test sees nothing")
+		}
+		if err := r.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if left := replicaGoroutines(); len(left) > 0 {
+			t.Fatalf("%d goroutine(s) left after Close:\n%s", len(left), strings.Join(left, "\n\n"))
 		}
 	})
 }

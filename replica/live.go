@@ -25,12 +25,11 @@ func (r *Replica) runLive(ctx context.Context, p *Profile) {
 		wake := r.sched.networkWait() // before looking: no change slips between
 		if n := r.Network(); !p.Networks.Allows(n) {
 			// Wait for an allowed network.
+			r.setState(p.Name, StateDeferred, "")
 			select {
 			case <-ctx.Done():
 				return
 			case <-wake:
-				continue
-			case <-time.After(r.opts.NetworkPoll):
 				continue
 			}
 		}
@@ -47,6 +46,9 @@ func (r *Replica) runLive(ctx context.Context, p *Profile) {
 		}
 		d := b.next()
 		r.log.Warn("live sync disconnected; reconnecting", "profile", p.Name, "err", err, "in", d)
+		r.syncEnded(p.Name, err, r.opts.Clock())
+		retry := r.opts.Clock().Add(d)
+		r.setStatus(p.Name, func(st *SyncStatus) { st.State, st.Retry = StateBackingOff, retry })
 		select {
 		case <-ctx.Done():
 			return
@@ -82,6 +84,7 @@ var errNetworkGone = errors.New("ferry: left the networks the profile may use")
 // device moves to a network the profile may not use.
 func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 	unlock := r.sched.lockProfile(p.Name)
+	r.setState(p.Name, StateConnecting, "")
 	conn, err := r.dial(ctx, p, true)
 	if err != nil {
 		unlock()
@@ -138,25 +141,17 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 			return err
 		}
 	}
-	// The device may change networks: stay only on an allowed one. A
-	// Network function is polled; SetNetwork wakes at once.
+	// The device may change networks (SetNetwork): stay only on an
+	// allowed one.
 	netWake := r.sched.networkWait()
-	var netPoll <-chan time.Time
-	if r.opts.Network != nil {
-		t := time.NewTicker(r.opts.NetworkPoll)
-		defer t.Stop()
-		netPoll = t.C
-	}
+	r.setState(p.Name, StateLive, "")
+	r.syncEnded(p.Name, nil, r.opts.Clock())
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-netWake:
 			netWake = r.sched.networkWait()
-			if n := r.Network(); !p.Networks.Allows(n) {
-				return fmt.Errorf("%w: now on %q", errNetworkGone, n)
-			}
-		case <-netPoll:
 			if n := r.Network(); !p.Networks.Allows(n) {
 				return fmt.Errorf("%w: now on %q", errNetworkGone, n)
 			}
@@ -239,18 +234,14 @@ func (r *Replica) pushUnleased(ctx context.Context, conn *relayConn, p *Profile,
 		err := s.push(ctx)
 		return s.heldResolutions, err
 	}
-	skip, err := r.idSet('l', coll)
-	if err != nil {
-		return false, err
-	}
 	var batch []outgoing
 	for _, id := range ids {
-		if skip[id] {
-			heldResolutions = true
+		pending, resolved, err := r.pendingState(coll, id)
+		if err != nil || !pending {
 			continue
 		}
-		pending, err := r.isPending(coll, id)
-		if err != nil || !pending {
+		if resolved {
+			heldResolutions = true
 			continue
 		}
 		o, err := r.outgoing(coll, id)
@@ -301,35 +292,33 @@ func (r *Replica) applyLive(ctx context.Context, conn *relayConn, p *Profile, lv
 	return r.leasedSync(ctx, conn, p, coll)
 }
 
+// applyLiveLocked applies the records and moves the cursor to next in one
+// store transaction, so a crash keeps both or neither; it is not fsynced
+// (see durable.go). A conflict leaves the cursor where it was.
 func (r *Replica) applyLiveLocked(ctx context.Context, p *Profile, coll string, recs []remoteRec, next uint64) (conflict bool, err error) {
 	unlock, err := r.colls.lock(ctx, coll)
 	if err != nil {
 		return false, err
 	}
 	defer unlock()
-	res, err := r.applyBatch(coll, recs, r.mergeOp)
-	if err != nil {
-		return false, err
-	}
-	if len(res.conflicted) > 0 {
-		return true, nil
-	}
-	st, err := r.loadSyncState(p.Name, coll)
-	if err != nil {
-		return false, err
-	}
-	if next > st.Cursor {
-		st.Cursor = next
-		return false, r.saveSyncState(p.Name, coll, st)
-	}
-	return false, nil
+	res, err := r.applyBatchThen(coll, recs, r.mergeOp, func(txn *badger.Txn, res *batchResult) error {
+		if len(res.conflicted) > 0 {
+			return nil
+		}
+		return advanceCursor(txn, p.Name, coll, next)
+	})
+	return len(res.conflicted) > 0, err
 }
 
-func (r *Replica) isPending(coll, id string) (bool, error) {
-	var ok bool
-	err := r.view(func(txn *badger.Txn) (err error) {
-		_, ok, err = getKey(txn, recKey('p', coll, id))
+// pendingState reports whether a record has changes the relay lacks, and
+// whether it holds a conflict resolution only a leased sync may push.
+func (r *Replica) pendingState(coll, id string) (pending, resolved bool, err error) {
+	err = r.view(func(txn *badger.Txn) (err error) {
+		if _, pending, err = getKey(txn, recKey('p', coll, id)); err != nil || !pending {
+			return err
+		}
+		_, resolved, err = getKey(txn, recKey('l', coll, id))
 		return err
 	})
-	return ok, err
+	return pending, resolved, err
 }

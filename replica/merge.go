@@ -140,6 +140,7 @@ func threeWay(d *crdt.Doc, local crdt.Snapshot, synced, relay crdt.Heads, incomi
 	if err != nil {
 		return nil, crdt.Snapshot{}, err
 	}
+	defer base.Free()
 	baseSnap, err := base.Snapshot()
 	if err != nil {
 		return nil, crdt.Snapshot{}, err
@@ -149,6 +150,7 @@ func threeWay(d *crdt.Doc, local crdt.Snapshot, synced, relay crdt.Heads, incomi
 		if remote, err = fork(relay); err != nil {
 			return nil, crdt.Snapshot{}, err
 		}
+		defer remote.Free()
 	}
 	remoteSnap, err := remote.Snapshot()
 	if err != nil {
@@ -258,7 +260,7 @@ func (r *Replica) storeResolution(txn *badger.Txn, t *touched, c conflicted, dec
 		return err
 	}
 	out.conflicts += len(c.conflicts)
-	if err := txn.Delete(recKey('q', t.coll, t.id)); err != nil {
+	if err := deleteIfPresent(txn, recKey('q', t.coll, t.id)); err != nil {
 		return err
 	}
 	if made {
@@ -288,7 +290,7 @@ func decide(d *crdt.Doc, c crdt.Conflict, dec policy.Decision) error {
 		return replaceFields(d, fields)
 	}
 	if dec.Delete {
-		return d.Delete(c.Path...)
+		return d.Delete(c.Path)
 	}
 	return d.Set(c.Path, dec.Value)
 }
@@ -301,7 +303,7 @@ func replaceFields(d *crdt.Doc, fields map[string]any) error {
 	}
 	for k := range cur {
 		if _, keep := fields[k]; !keep {
-			if err := d.Delete(k); err != nil {
+			if err := d.Delete(crdt.Path{k}); err != nil {
 				return err
 			}
 		}

@@ -1,7 +1,6 @@
 package replica
 
 import (
-	"context"
 	"log/slog"
 	"net/http"
 	"time"
@@ -17,15 +16,22 @@ type Options struct {
 	// Close. The dir argument of Open is ignored.
 	InMemory bool
 
-	// Relaxed turns off fsync on every commit (Badger's SyncWrites). Writes
-	// are much faster, but the last writes before a power loss or kernel
-	// crash may be lost even though they returned without error. A process
-	// crash alone loses nothing. The default is durable.
+	// Relaxed turns off every fsync. Writes are much faster, but the last
+	// writes before a power loss or kernel crash may be lost even though
+	// they returned without error. A process crash alone loses nothing.
+	// The default is durable: a local write (Update, Import) and a
+	// profile change are fsynced before the call returns; what the relay
+	// sent or acknowledged is not fsynced on its own, as a sync fetches
+	// it again if a crash loses it.
 	Relaxed bool
 
-	// CacheSize bounds how many loaded documents are kept in memory.
-	// Default 1024.
-	CacheSize int
+	// CacheBytes bounds the memory of the documents kept loaded, as
+	// estimated from each record's stored size: a loaded Automerge
+	// document takes some 20 to 250 times its stored bytes (more for
+	// long histories and collaborative text), and the estimate is 8 KiB
+	// plus 64 times them. Documents that leave the cache free their
+	// memory at once. Default 64 MiB.
+	CacheBytes int64
 
 	// CompactAfter folds a record's incremental chunks into its snapshot
 	// once it has this many. Default 32.
@@ -60,32 +66,21 @@ type Options struct {
 	// policy. Default prefer-local.
 	Policy policy.Policy
 
-	// MergeHook resolves conflicts under the custom policy, for collections
-	// without a hook of their own. MergeHooks gives collections their own
-	// (also settable later with Replica.SetMergeHook). Set them here so
-	// that periodic and live profiles, which start syncing as Open
-	// returns, have them from their first sync.
-	MergeHook  policy.Resolver
-	MergeHooks map[string]policy.Resolver
+	// MergeHook resolves conflicts under the custom policy (see
+	// policy.Resolver for when it is called and what it may do). Each
+	// conflict names its collection; policy.PerCollection builds a hook
+	// from one per collection. A profile that syncs a collection under the
+	// custom policy needs it: AddProfile refuses the profile otherwise.
+	MergeHook policy.Resolver
 
-	// TokenSource supplies fresh access tokens for any profile (a
-	// profile's own, set with Replica.SetTokenSource, wins). Nil: each
-	// profile's static Token.
-	TokenSource func(ctx context.Context, profile string) (string, error)
+	// TokenSource supplies the access token of each profile, at each
+	// connection. Required to sync; StaticToken wraps a fixed one.
+	TokenSource TokenSource
 
 	// Listener receives sync events; Delegate decides at a sync's
-	// lifecycle points. Both may be nil.
+	// lifecycle points. Their fields may be nil.
 	Listener Listener
 	Delegate Delegate
-
-	// Network reports the device's current network (as the platform's
-	// reachability API gives it), checked before each sync. Without it, the replica
-	// uses the last value given to SetNetwork, initially policy.Other.
-	Network func() policy.Network
-
-	// NetworkPoll is how often deferred syncs re-check a Network function.
-	// Default 30 s. (SetNetwork re-checks at once.)
-	NetworkPoll time.Duration
 
 	// Backoff bounds the live mode's reconnection delays. Defaults 250 ms
 	// and 30 s.
@@ -102,8 +97,8 @@ func (o *Options) withDefaults() Options {
 	if o != nil {
 		v = *o
 	}
-	if v.CacheSize <= 0 {
-		v.CacheSize = 1024
+	if v.CacheBytes <= 0 {
+		v.CacheBytes = 64 << 20
 	}
 	if v.CompactAfter <= 0 {
 		v.CompactAfter = 32
@@ -122,9 +117,6 @@ func (o *Options) withDefaults() Options {
 	}
 	if v.MaxProfiles <= 0 {
 		v.MaxProfiles = 16
-	}
-	if v.NetworkPoll <= 0 {
-		v.NetworkPoll = 30 * time.Second
 	}
 	if v.BackoffMin <= 0 {
 		v.BackoffMin = 250 * time.Millisecond

@@ -13,15 +13,16 @@ import (
 )
 
 // Profile is a named, stored sync configuration: where to sync, what, how
-// and when. Profiles are counted against
-// Options.MaxProfiles.
+// and when. Profiles are counted against Options.MaxProfiles. A profile
+// holds no secret: its access tokens come from Options.TokenSource at each
+// connection, and are never stored.
 type Profile struct {
-	Name   string `json:"name"`
-	URL    string `json:"url"`     // the relay, ws://host:port/ws or wss://...
-	APIKey string `json:"api_key"` // the app's API key
-	// Token is a static access token. For tokens that expire, set a token
-	// source with Replica.SetTokenSource instead (it wins over Token).
-	Token string `json:"token,omitempty"`
+	Name string `json:"name"`
+	URL  string `json:"url"` // the relay, ws://host:port/ws or wss://...
+	// APIKey names the app to the relay. It is stored with the profile: it
+	// identifies the app (every device of the app has the same one), and
+	// grants nothing without a token.
+	APIKey string `json:"api_key"`
 
 	Mode     policy.Mode   `json:"mode"`               // manual, periodic, live
 	Type     policy.Type   `json:"type"`               // two-way, slow, one-way-..., refresh-...
@@ -156,7 +157,7 @@ func (r *Replica) putProfile(p Profile, update bool) error {
 	// every sync: refuse the profile now.
 	for _, coll := range p.Collections {
 		if _, err := r.resolver(&p, coll); err != nil {
-			return fmt.Errorf("%w: profile %q, collection %s: %w (set Options.MergeHook, Options.MergeHooks or SetMergeHook first)", ErrInvalidProfile, p.Name, coll, err)
+			return fmt.Errorf("%w: profile %q, collection %s: %w (set Options.MergeHook)", ErrInvalidProfile, p.Name, coll, err)
 		}
 	}
 	release, err := r.enter()
@@ -190,6 +191,7 @@ func (r *Replica) putProfile(p Profile, update bool) error {
 		}
 		return txn.Set(profileKey(p.Name), b)
 	})
+	err = r.durable(err)
 	if err != nil {
 		return err
 	}
@@ -218,10 +220,12 @@ func (r *Replica) RemoveProfile(name string) error {
 		}
 		return nil
 	})
+	err = r.durable(err)
 	if err != nil {
 		return err
 	}
 	r.sched.stop(name)
+	r.forgetStatus(name)
 	return nil
 }
 

@@ -2,7 +2,6 @@ package replica
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,6 +26,8 @@ type Replica struct {
 	locks stripes   // per record
 	colls collLocks // per collection, for exchanges with relays
 	cache *docCache
+	reap  *reaper // frees the documents that leave the cache
+	fsync *syncer // fsyncs what durable commits need
 	feeds *feeds
 
 	closeOnce sync.Once
@@ -35,7 +36,8 @@ type Replica struct {
 	closeCtx  context.Context // ends at Close, for syncs in flight
 	stopAll   context.CancelFunc
 	sched     *scheduler
-	hooks     hooks
+	net       network        // the device's network, as the app reports it
+	status    statuses       // each profile's sync status
 	wg        sync.WaitGroup // background goroutines
 	mu        sync.RWMutex   // held for reading by every operation; Close takes it for writing
 	closed    bool
@@ -54,9 +56,10 @@ func Open(dir string, o *Options) (*Replica, error) {
 			return nil, err
 		}
 	}
+	// Commits are fsynced only where durability needs it: see durable.go.
 	bo := badger.DefaultOptions(dir).
 		WithInMemory(opts.InMemory).
-		WithSyncWrites(!opts.Relaxed).
+		WithSyncWrites(false).
 		WithLogger(badgerdir.Logger(opts.Logger)).
 		// A device store: keep Badger's memory modest.
 		WithMemTableSize(16 << 20).
@@ -76,13 +79,27 @@ func Open(dir string, o *Options) (*Replica, error) {
 		db:      db,
 		opts:    opts,
 		log:     opts.Logger,
-		cache:   newDocCache(opts.CacheSize),
 		feeds:   newFeeds(),
 		closing: make(chan struct{}),
 	}
+	if opts.InMemory {
+		dir = ""
+	}
+	r.fsync = newSyncer(db, dir, opts.Relaxed)
+	r.reap = newReaper(&r.locks)
+	r.cache = newDocCache(opts.CacheBytes, r.reap.add)
+	r.reap.cache = r.cache
+	go r.reap.run()
 	r.closeCtx, r.stopAll = context.WithCancel(context.Background())
 	r.sched = newScheduler(r)
-	if r.id, err = r.initMeta(); err != nil {
+	r.id, err = r.initMeta()
+	if err == nil {
+		// A new store's identity, and whatever an earlier run left
+		// unsynced, become durable.
+		err = r.durable(nil)
+	}
+	if err != nil {
+		r.reap.close()
 		badgerdir.Close(db)
 		return nil, err
 	}
@@ -124,56 +141,22 @@ func damaged(err error) error {
 	return fmt.Errorf("%w: %w. Move the folder aside and open a new replica in its place to sync again, or put back a copy from a backup", ErrDamaged, err)
 }
 
+// marker is what makes a Badger database a replica's store. A replica ID
+// is 16 random bytes in hex, unique per device.
+var marker = badgerdir.Marker{
+	Kind: "Ferry", FormatKey: keyFormat, IDKey: keyID, Format: formatVersion,
+	NewID:    func() string { u := uuid.New(); return fmt.Sprintf("%x", u[:]) },
+	NotStore: ErrNotStore, Newer: ErrNewerFormat,
+}
+
 // initMeta checks the format version and returns the replica ID, writing
 // both on a new store.
 func (r *Replica) initMeta() (string, error) {
-	var id string
-	err := r.db.Update(func(txn *badger.Txn) error {
-		item, err := txn.Get(keyFormat)
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return r.initNew(txn, &id)
-		}
-		if err != nil {
-			return err
-		}
-		v, err := item.ValueCopy(nil)
-		if err != nil {
-			return err
-		}
-		if len(v) != 4 {
-			return fmt.Errorf("%w: bad format marker", ErrNotStore)
-		}
-		if f := binary.BigEndian.Uint32(v); f > formatVersion {
-			return fmt.Errorf("%w: store format %d, this Ferry reads up to %d", ErrNewerFormat, f, formatVersion)
-		}
-		item, err = txn.Get(keyID)
-		if err != nil {
-			return fmt.Errorf("%w: no replica ID: %v", ErrNotStore, err)
-		}
-		b, err := item.ValueCopy(nil)
-		id = string(b)
-		return err
-	})
+	id, _, err := marker.Init(r.db)
 	if err != nil {
 		return "", fmt.Errorf("ferry: open store: %w", err)
 	}
 	return id, nil
-}
-
-func (r *Replica) initNew(txn *badger.Txn, id *string) error {
-	// A Badger store with keys but no format marker belongs to someone else.
-	it := txn.NewIterator(badger.IteratorOptions{})
-	nonEmpty := func() bool { defer it.Close(); it.Rewind(); return it.Valid() }()
-	if nonEmpty {
-		return fmt.Errorf("%w: store has data but no Ferry format marker", ErrNotStore)
-	}
-	// 16 random bytes in hex, unique per device.
-	u := uuid.New()
-	*id = fmt.Sprintf("%x", u[:])
-	if err := txn.Set(keyFormat, binary.BigEndian.AppendUint32(nil, formatVersion)); err != nil {
-		return err
-	}
-	return txn.Set(keyID, []byte(*id))
 }
 
 // ID returns the replica's stable ID: the name the relay knows this device
@@ -209,7 +192,10 @@ func (r *Replica) Close() error {
 		r.closed = true
 		r.mu.Unlock()
 		r.feeds.closeAll(ErrClosed)
-		r.closeErr = badgerdir.Close(r.db)
+		// No operation runs now: free every loaded document.
+		r.cache.clear()
+		r.reap.close()
+		r.closeErr = errors.Join(r.durable(nil), badgerdir.Close(r.db))
 	})
 	return r.closeErr
 }

@@ -34,10 +34,7 @@ func mem(t testing.TB) *Replica { return open(t, "", &Options{InMemory: true}) }
 
 func coll(t testing.TB, r *Replica, name string) *Collection {
 	t.Helper()
-	c, err := r.Collection(name)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := r.Collection(name)
 	return c
 }
 
@@ -128,7 +125,7 @@ func TestInsertIDsAreUUIDv7InOrder(t *testing.T) {
 		}
 		ids = append(ids, id)
 	}
-	recs, err := c.Scan(ScanOptions{})
+	recs, err := collect(c.Scan(ScanOptions{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +152,7 @@ func TestScan(t *testing.T) {
 		t.Fatal(err)
 	}
 	ids := func(o ScanOptions) string {
-		recs, err := c.Scan(o)
+		recs, err := collect(c.Scan(o))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -199,7 +196,7 @@ func TestUnitOfWorkIsAtomic(t *testing.T) {
 	}
 
 	// Commits together.
-	err := r.Update(func(tx *Tx) error {
+	err := r.Write(func(tx *Tx) error {
 		if _, err := tx.Insert("orders", map[string]any{"item": "tea"}); err != nil {
 			return err
 		}
@@ -212,7 +209,7 @@ func TestUnitOfWorkIsAtomic(t *testing.T) {
 	// A failing op rolls everything back, including the edits already
 	// applied to cached documents.
 	boom := errors.New("boom")
-	err = r.Update(func(tx *Tx) error {
+	err = r.Write(func(tx *Tx) error {
 		tx.Put("orders", "o2", map[string]any{"item": "tea"})
 		tx.Update("stock", "tea", func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, 3) })
 		tx.Update("stock", "tea", func(d *crdt.Doc) error { return boom })
@@ -230,7 +227,7 @@ func TestUnitOfWorkIsAtomic(t *testing.T) {
 	}
 
 	// An op that fails its precondition also aborts the unit.
-	err = r.Update(func(tx *Tx) error {
+	err = r.Write(func(tx *Tx) error {
 		tx.Put("orders", "o3", map[string]any{})
 		return tx.Update("stock", "missing", func(*crdt.Doc) error { return nil })
 	})
@@ -242,7 +239,7 @@ func TestUnitOfWorkIsAtomic(t *testing.T) {
 	}
 
 	// An invalid name queued and ignored still fails the unit.
-	err = r.Update(func(tx *Tx) error {
+	err = r.Write(func(tx *Tx) error {
 		tx.Put("orders", "o4", map[string]any{})
 		tx.Put("bad name!", "x", map[string]any{})
 		return nil
@@ -255,7 +252,7 @@ func TestUnitOfWorkIsAtomic(t *testing.T) {
 	}
 
 	// Create, update and delete of one record within one unit.
-	err = r.Update(func(tx *Tx) error {
+	err = r.Write(func(tx *Tx) error {
 		tx.Create("orders", "o5", map[string]any{"n": 1})
 		tx.Update("orders", "o5", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, 2) })
 		return nil
@@ -271,8 +268,17 @@ func TestUnitOfWorkIsAtomic(t *testing.T) {
 func TestInvalidNames(t *testing.T) {
 	r := mem(t)
 	for _, name := range []string{"", "has space", "-lead", "a/b", strings.Repeat("x", 65), "nul\x00"} {
-		if _, err := r.Collection(name); !errors.Is(err, ErrInvalidName) {
-			t.Errorf("Collection(%q) = %v, want ErrInvalidName", name, err)
+		c := r.Collection(name)
+		if err := c.Put("x", map[string]any{}); !errors.Is(err, ErrInvalidName) {
+			t.Errorf("Collection(%q).Put = %v, want ErrInvalidName", name, err)
+		}
+		if err := c.Get("x", &map[string]any{}); !errors.Is(err, ErrInvalidName) {
+			t.Errorf("Collection(%q).Get = %v, want ErrInvalidName", name, err)
+		}
+		for _, err := range c.Scan(ScanOptions{}) {
+			if !errors.Is(err, ErrInvalidName) {
+				t.Errorf("Collection(%q).Scan = %v, want ErrInvalidName", name, err)
+			}
 		}
 	}
 	c := coll(t, r, "ok")
@@ -376,15 +382,16 @@ func (c *Collection) Update2(t *testing.T, id string, i int) error {
 }
 
 func TestCacheIsBounded(t *testing.T) {
-	r := open(t, "", &Options{InMemory: true, CacheSize: 8})
+	const bound = 8 * docBaseBytes
+	r := open(t, "", &Options{InMemory: true, CacheBytes: bound})
 	c := coll(t, r, "c")
 	for i := 0; i < 50; i++ {
 		if err := c.Put(fmt.Sprint(i), map[string]any{"i": i}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if n := r.cache.len(); n > 8 {
-		t.Fatalf("cache holds %d documents, bound is 8", n)
+	if n, size := r.cache.len(), r.cache.size(); size > bound || n >= 8 {
+		t.Fatalf("cache holds %d documents of %d bytes, bound is %d", n, size, bound)
 	}
 	for i := 0; i < 50; i++ {
 		var m map[string]any
@@ -526,7 +533,7 @@ func TestFeed(t *testing.T) {
 	src := mem(t)
 	sc := coll(t, src, "c")
 	sc.Put("b", map[string]any{"v": 1})
-	changes, _, _, err := sc.PendingChanges("b")
+	changes, _, _, err := sc.pendingChanges("b")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -575,23 +582,23 @@ func TestPendingAndAcknowledge(t *testing.T) {
 	if strings.Join(ids, ",") != "a,b" {
 		t.Fatalf("Pending = %v", ids)
 	}
-	changes, heads, acked, err := c.PendingChanges("a")
+	changes, heads, acked, err := c.pendingChanges("a")
 	if err != nil || len(changes) == 0 || acked != nil {
 		t.Fatalf("PendingChanges = %d bytes, acked %v, %v", len(changes), acked, err)
 	}
-	if err := c.Acknowledge("a", heads); err != nil {
+	if err := c.acknowledge("a", heads); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := c.PendingCount(); n != 1 {
 		t.Fatalf("PendingCount = %d after ack, want 1", n)
 	}
-	if ch, _, _, _ := c.PendingChanges("a"); ch != nil {
+	if ch, _, _, _ := c.pendingChanges("a"); ch != nil {
 		t.Fatalf("acknowledged record still has %d pending bytes", len(ch))
 	}
 
 	// A later edit makes it pending again, with only the new change.
 	c.Put("a", map[string]any{"v": 2})
-	changes2, heads2, acked2, _ := c.PendingChanges("a")
+	changes2, heads2, acked2, _ := c.pendingChanges("a")
 	if !acked2.Equal(heads) || len(changes2) == 0 {
 		t.Fatalf("after new edit: acked %v, %d bytes", acked2, len(changes2))
 	}
@@ -600,20 +607,20 @@ func TestPendingAndAcknowledge(t *testing.T) {
 		t.Fatalf("importing only the new change elsewhere = %v, want ErrMissingDeps", err)
 	}
 	// Acknowledging old heads does not clear newer changes.
-	if err := c.Acknowledge("a", heads); err != nil {
+	if err := c.acknowledge("a", heads); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := c.PendingCount(); n != 2 {
 		t.Fatalf("PendingCount = %d, want 2", n)
 	}
-	c.Acknowledge("a", heads2)
+	c.acknowledge("a", heads2)
 	if ids, _ := c.Pending(); strings.Join(ids, ",") != "b" {
 		t.Fatalf("Pending = %v, want b", ids)
 	}
 	// Remote imports are not pending.
 	src := coll(t, mem(t), "c")
 	src.Put("z", map[string]any{"v": 1})
-	zc, _, _, _ := src.PendingChanges("z")
+	zc, _, _, _ := src.pendingChanges("z")
 	if err := c.Import("z", zc); err != nil {
 		t.Fatal(err)
 	}
@@ -625,7 +632,7 @@ func TestPendingAndAcknowledge(t *testing.T) {
 func TestImportRejectsCorruptChanges(t *testing.T) {
 	src := coll(t, mem(t), "c")
 	src.Put("a", map[string]any{"v": 1, "w": "x"})
-	good, _, _, _ := src.PendingChanges("a")
+	good, _, _, _ := src.pendingChanges("a")
 
 	r := mem(t)
 	c := coll(t, r, "c")
@@ -681,7 +688,7 @@ func TestMaxRecordBytes(t *testing.T) {
 }
 
 func TestConcurrentUse(t *testing.T) {
-	r := open(t, t.TempDir(), &Options{Relaxed: true, CacheSize: 16})
+	r := open(t, t.TempDir(), &Options{Relaxed: true, CacheBytes: 16 * docBaseBytes})
 	c := coll(t, r, "c")
 	feed := c.Watch(100000)
 	defer feed.Close()
@@ -694,7 +701,7 @@ func TestConcurrentUse(t *testing.T) {
 			for i := 0; i < per; i++ {
 				// Shared records contend; private ones do not.
 				shared := fmt.Sprint("shared-", i%4)
-				err := r.Update(func(tx *Tx) error {
+				err := r.Write(func(tx *Tx) error {
 					tx.Put("c", fmt.Sprintf("w%d-%d", w, i), map[string]any{"w": w, "i": i})
 					return tx.Put("c", shared, map[string]any{fmt.Sprint("w", w): i})
 				})
@@ -711,7 +718,7 @@ func TestConcurrentUse(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				if _, err := c.Scan(ScanOptions{Limit: 5}); err != nil {
+				if _, err := collect(c.Scan(ScanOptions{Limit: 5})); err != nil {
 					t.Error(err)
 					return
 				}
@@ -730,7 +737,7 @@ func TestConcurrentUse(t *testing.T) {
 	if hits != workers*per {
 		t.Fatalf("counter hits = %d, want %d: an increment was lost", hits, workers*per)
 	}
-	recs, _ := c.Scan(ScanOptions{Prefix: "w"})
+	recs, _ := collect(c.Scan(ScanOptions{Prefix: "w"}))
 	if len(recs) != workers*per {
 		t.Fatalf("%d private records, want %d", len(recs), workers*per)
 	}
@@ -741,7 +748,7 @@ func TestCommitTimesComeFromClock(t *testing.T) {
 	r := open(t, "", &Options{InMemory: true, Clock: func() time.Time { return at }})
 	c := coll(t, r, "c")
 	c.Put("a", map[string]any{"v": 1})
-	changes, _, _, _ := c.PendingChanges("a")
+	changes, _, _, _ := c.pendingChanges("a")
 	infos, err := crdt.ParseChanges(changes)
 	if err != nil || len(infos) != 1 {
 		t.Fatalf("one Put made %d changes (%v): edits must commit as one change", len(infos), err)

@@ -49,7 +49,7 @@ func TestMergeHookMayReadAndWriteTheReplica(t *testing.T) {
 		if err := col.Get(c.Record, &cur); err != nil {
 			return policy.Decision{}, err
 		}
-		if _, err := col.Scan(ScanOptions{}); err != nil {
+		if _, err := collect(col.Scan(ScanOptions{})); err != nil {
 			return policy.Decision{}, err
 		}
 		if err := coll2(t, b, "audit").Put(c.Record, map[string]any{"saw": cur["price"]}); err != nil {
@@ -180,7 +180,7 @@ func TestResolutionsKeepTextAndCounterKinds(t *testing.T) {
 			mustSync(t, a, "p")
 			mustSync(t, b, "p")
 			// a deletes both fields; b edits them.
-			ca.Update("x", func(d *crdt.Doc) error { d.Delete("notes"); return d.Delete("stock") })
+			ca.Update("x", func(d *crdt.Doc) error { d.Delete(crdt.Path{"notes"}); return d.Delete(crdt.Path{"stock"}) })
 			cb.Update("x", func(d *crdt.Doc) error {
 				if err := d.SpliceText(crdt.Path{"notes"}, 5, 0, " world"); err != nil {
 					return err
@@ -201,10 +201,10 @@ func TestResolutionsKeepTextAndCounterKinds(t *testing.T) {
 			for _, r := range []*Replica{a, b} {
 				c := coll2(t, r, "c")
 				err := c.Update("x", func(d *crdt.Doc) error {
-					if v, _, err := d.GetTyped("notes"); err != nil || v != crdt.Text("hello world") {
+					if v, _, err := d.GetTyped(crdt.Path{"notes"}); err != nil || v != crdt.Text("hello world") {
 						t.Errorf("%s: notes = %#v %v, want crdt.Text", r.ID()[:6], v, err)
 					}
-					if v, _, err := d.GetTyped("stock"); err != nil || v != crdt.Counter(7) {
+					if v, _, err := d.GetTyped(crdt.Path{"stock"}); err != nil || v != crdt.Counter(7) {
 						t.Errorf("%s: stock = %#v %v, want crdt.Counter(7)", r.ID()[:6], v, err)
 					}
 					// And they stay collaborative.
@@ -230,7 +230,7 @@ func TestRefreshFromClientKeepsKinds(t *testing.T) {
 	ca.Create("x", map[string]any{"notes": crdt.Text("mine")})
 	mustSync(t, a, "p")
 	mustSync(t, b, "p")
-	cb.Update("x", func(d *crdt.Doc) error { return d.Delete("notes") })
+	cb.Update("x", func(d *crdt.Doc) error { return d.Delete(crdt.Path{"notes"}) })
 	mustSync(t, b, "p")
 	p, _ := a.Profile("p")
 	p.Type = policy.RefreshFromClient

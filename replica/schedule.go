@@ -152,16 +152,10 @@ func (s *scheduler) networkWait() <-chan struct{} {
 	return s.netCh
 }
 
-// runDeferred runs deferred syncs once their network allows them: when
-// SetNetwork reports a change, or (with Options.Network) every NetworkPoll.
+// runDeferred runs deferred syncs once their network allows them, when
+// SetNetwork reports a change.
 func (s *scheduler) runDeferred() {
 	defer s.wg.Done()
-	var poll <-chan time.Time
-	if s.r.opts.Network != nil {
-		t := time.NewTicker(s.r.opts.NetworkPoll)
-		defer t.Stop()
-		poll = t.C
-	}
 	for {
 		// Take the wake-up before looking, so a change between the look
 		// and the wait is not missed.
@@ -179,7 +173,6 @@ func (s *scheduler) runDeferred() {
 		case <-s.ctx.Done():
 			return
 		case <-wake:
-		case <-poll:
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/relay/relaytest"
 )
 
 func TestPeriodicSyncRunsEveryInterval(t *testing.T) {
@@ -57,66 +58,54 @@ func TestBackoffGrowsWithJitterAndCaps(t *testing.T) {
 	}
 }
 
+// Live profiles push each edit and apply each remote one by themselves,
+// and concurrent live edits of one field converge. In a synctest bubble on
+// relaytest's in-memory network: "settled" is every goroutine blocked.
 func TestLiveModePushesAndAppliesAtOnce(t *testing.T) {
-	e := newSyncEnv(t)
-	opts := &Options{BackoffMin: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond}
-	a, b := e.device(opts), e.device(opts)
-	feed := coll2(t, b, "c").Watch(100)
-	defer feed.Close()
-	for _, r := range []*Replica{a, b} {
-		p, _ := r.Profile("p")
-		p.Mode = policy.Live
-		if err := r.UpdateProfile(p); err != nil {
-			t.Fatal(err)
+	synctest.Test(t, func(t *testing.T) {
+		rl := relaytest.Start(t, &relaytest.Options{Pipe: true})
+		opts := Options{BackoffMin: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond}
+		a, b := pipeDevice(t, rl, opts, ""), pipeDevice(t, rl, opts, "")
+		feed := coll2(t, b, "c").Watch(100)
+		defer feed.Close()
+		for _, r := range []*Replica{a, b} {
+			p, _ := r.Profile("p")
+			p.Mode = policy.Live
+			if err := r.UpdateProfile(p); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	ca := coll2(t, a, "c")
-	for i := 0; i < 5; i++ {
-		if err := ca.Put("x", map[string]any{"n": i}); err != nil {
-			t.Fatal(err)
+		synctest.Wait()
+		ca := coll2(t, a, "c")
+		for i := 0; i < 5; i++ {
+			if err := ca.Put("x", map[string]any{"n": i}); err != nil {
+				t.Fatal(err)
+			}
+			// b sees each edit without anyone calling Sync.
+			synctest.Wait()
+			if f := getFields(t, b, "c", "x"); f["n"] != int64(i) {
+				t.Fatalf("b has %v after edit %d", f, i)
+			}
 		}
-		// b sees each edit without anyone calling Sync.
-		waitRemote(t, feed, "x")
-		if f := getFields(t, b, "c", "x"); f["n"] != int64(i) {
-			t.Fatalf("b has %v after edit %d", f, i)
-		}
-	}
-	// Concurrent live edits of one field converge.
-	cb := coll2(t, b, "c")
-	ca.Update("x", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, 100) })
-	cb.Update("x", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, 200) })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+		// Concurrent live edits of one field converge.
+		cb := coll2(t, b, "c")
+		ca.Update("x", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, 100) })
+		cb.Update("x", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, 200) })
+		synctest.Wait()
 		fa, fb := getFields(t, a, "c", "x"), getFields(t, b, "c", "x")
 		pa, _ := ca.PendingCount()
 		pb, _ := cb.PendingCount()
-		if crdt.Equal(fa, fb) && pa == 0 && pb == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
+		if !crdt.Equal(fa, fb) || pa != 0 || pb != 0 {
 			t.Fatalf("live replicas did not converge: %v vs %v (pending %d, %d)", fa, fb, pa, pb)
 		}
-		select {
-		case <-feed.C:
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-func waitRemote(t *testing.T, f *Feed, id string) {
-	t.Helper()
-	timeout := time.After(10 * time.Second)
-	for {
-		select {
-		case ev, ok := <-f.C:
-			if !ok {
-				t.Fatalf("feed closed: %v", f.Err())
+		var remote int
+		for len(feed.C) > 0 {
+			if ev := <-feed.C; ev.Origin == Remote {
+				remote++
 			}
-			if ev.ID == id && ev.Origin == Remote {
-				return
-			}
-		case <-timeout:
-			t.Fatalf("no remote event for %s", id)
 		}
-	}
+		if remote < 5 {
+			t.Fatalf("b's feed got %d remote events, want at least 5", remote)
+		}
+	})
 }

@@ -126,7 +126,7 @@ func TestSyncRecordUpToMaxRecord(t *testing.T) {
 	size := savedSize(t, a, "c", "big")
 	// Its history, never pushed, is larger than its document and than
 	// max_record: it goes in pieces.
-	if history, _, _, err := ca.PendingChanges("big"); err != nil || len(history) <= maxRecord {
+	if history, _, _, err := ca.pendingChanges("big"); err != nil || len(history) <= maxRecord {
 		t.Fatalf("history of %d bytes (%v); the test needs more than %d", len(history), err, maxRecord)
 	}
 	if got := mustSync(t, a, "p").Collections[0].ToRelay.Added; got != 21 {
@@ -138,7 +138,7 @@ func TestSyncRecordUpToMaxRecord(t *testing.T) {
 	if got := getFields(t, b, "c", "big"); len(got) != len(fields) || got["f0"] != fields["f0"] {
 		t.Fatalf("fresh device has %d fields of the %d-byte record", len(got), size)
 	}
-	if recs, err := coll(t, b, "c").Scan(ScanOptions{}); err != nil || len(recs) != 21 {
+	if recs, err := collect(coll(t, b, "c").Scan(ScanOptions{})); err != nil || len(recs) != 21 {
 		t.Errorf("fresh device has %d records (%v), want 21", len(recs), err)
 	}
 

@@ -78,6 +78,7 @@ func (r *Replica) loadDoc(txn *badger.Txn, coll, id string) (*crdt.Doc, meta, bo
 		return nil, meta{}, false, corrupt(coll, id, err)
 	}
 	if h := d.Heads(); !h.Equal(m.heads) {
+		d.Free()
 		return nil, meta{}, false, corrupt(coll, id, fmt.Errorf("stored bytes load as version %v, its bookkeeping says %v", h, m.heads))
 	}
 	r.cache.put(key, d, m)

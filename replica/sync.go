@@ -17,7 +17,7 @@ import (
 // pushes this device's changes under the lease's fence.
 //
 // On a network the profile may not use, Sync returns ErrDeferred and runs
-// the sync later, when SetNetwork (or Options.Network) reports an allowed
+// the sync later, when SetNetwork reports an allowed
 // one. A cancelled ctx stops the sync between records (status stopped);
 // what was applied stays applied. If any collection fails, the error wraps
 // ErrSyncFailed and the statistics say which and why. Syncs of one profile
@@ -35,51 +35,52 @@ func (r *Replica) Sync(ctx context.Context, profile string) (*SyncStats, error) 
 
 func (r *Replica) syncProfile(ctx context.Context, p *Profile) (*SyncStats, error) {
 	st := &SyncStats{Profile: p.Name, Start: r.opts.Clock()}
-	finish := func(status Status, err error) (*SyncStats, error) {
-		st.Status, st.End = status, r.opts.Clock()
-		if err != nil {
-			st.Err = err.Error()
-		}
-		if serr := r.saveStats(st); serr != nil && !errors.Is(serr, ErrClosed) {
-			r.log.Warn("saving sync statistics", "profile", p.Name, "err", serr)
-		}
-		if l := r.opts.Listener; l != nil {
-			switch status {
-			case StatusCompleted:
-				l.SyncCompleted(st)
-			case StatusStopped:
-				l.SyncStopped(st)
-			case StatusFailed:
-				l.SyncFailed(st, err)
-			}
-		}
-		return st, err
-	}
 	if n := r.Network(); !p.Networks.Allows(n) {
 		r.sched.deferSync(p.Name)
-		return finish(StatusDeferred, fmt.Errorf("%w: on %q, profile %q allows %v", ErrDeferred, n, p.Name, p.Networks))
+		r.setState(p.Name, StateDeferred, "")
+		return r.finish(p, st, StatusDeferred, fmt.Errorf("%w: on %q, profile %q allows %v", ErrDeferred, n, p.Name, p.Networks))
 	}
-	if d := r.opts.Delegate; d != nil && !d.ReadyForSync(p.Name) {
-		return finish(StatusVetoed, ErrVetoed)
+	if d := r.opts.Delegate.ReadyForSync; d != nil && !d(p.Name) {
+		return r.finish(p, st, StatusVetoed, ErrVetoed)
 	}
 	unlock := r.sched.lockProfile(p.Name)
 	defer unlock()
 	ctx, cancel := r.withClose(ctx)
 	defer cancel()
 
+	r.setState(p.Name, StateConnecting, "")
 	conn, err := r.dial(ctx, p, false)
 	if err != nil {
-		return finish(statusOf(ctx, StatusFailed), err)
+		return r.finish(p, st, statusOf(ctx, StatusFailed), err)
 	}
 	defer conn.close()
+	errs := r.syncCollections(ctx, conn, p, st)
+	if ctx.Err() != nil {
+		return r.finish(p, st, StatusStopped, ctx.Err())
+	}
+	if len(errs) > 0 {
+		var all []error
+		for _, c := range p.Collections {
+			if e := errs[c]; e != nil {
+				all = append(all, fmt.Errorf("%s: %w", c, e))
+			}
+		}
+		return r.finish(p, st, StatusFailed, fmt.Errorf("%w: %w", ErrSyncFailed, errors.Join(all...)))
+	}
+	return r.finish(p, st, StatusCompleted, nil)
+}
 
-	var failed []string
+// syncCollections syncs each of the profile's collections over conn, as
+// the delegate allows, adding their statistics to st, and returns the
+// errors of those that failed.
+func (r *Replica) syncCollections(ctx context.Context, conn *relayConn, p *Profile, st *SyncStats) map[string]error {
 	errs := map[string]error{}
+	var failed []string
 	run := func(coll string) {
 		cs, err := r.syncCollection(ctx, conn, p, coll)
 		st.Collections = append(st.Collections, cs)
-		if d := r.opts.Delegate; d != nil {
-			d.AfterCollection(p.Name, cs)
+		if d := r.opts.Delegate.AfterCollection; d != nil {
+			d(p.Name, cs)
 		}
 		if err != nil {
 			errs[coll] = err
@@ -92,7 +93,7 @@ func (r *Replica) syncProfile(ctx context.Context, p *Profile) (*SyncStats, erro
 		if ctx.Err() != nil {
 			break
 		}
-		if d := r.opts.Delegate; d != nil && !d.BeforeCollection(p.Name, coll) {
+		if d := r.opts.Delegate.BeforeCollection; d != nil && !d(p.Name, coll) {
 			st.Collections = append(st.Collections, &CollectionStats{Collection: coll, Type: p.Type, Status: StatusSkipped, Start: r.opts.Clock(), End: r.opts.Clock()})
 			continue
 		}
@@ -104,28 +105,44 @@ func (r *Replica) syncProfile(ctx context.Context, p *Profile) (*SyncStats, erro
 	failed = nil
 	for _, coll := range retry {
 		if ctx.Err() != nil {
-			failed = append(failed, coll)
-			continue
+			break
 		}
-		if d := r.opts.Delegate; d != nil && d.CollectionFailed(p.Name, coll, errs[coll]) == Retry {
+		if d := r.opts.Delegate.CollectionFailed; d != nil && d(p.Name, coll, errs[coll]) == Retry {
 			run(coll)
-		} else {
-			failed = append(failed, coll)
 		}
 	}
-	if ctx.Err() != nil {
-		return finish(StatusStopped, ctx.Err())
+	return errs
+}
+
+// finish records how a sync ended: its statistics (for LastSync), the
+// profile's status, and the listener's event.
+func (r *Replica) finish(p *Profile, st *SyncStats, status Status, err error) (*SyncStats, error) {
+	st.Status, st.End = status, r.opts.Clock()
+	if err != nil {
+		st.Err = err.Error()
 	}
-	if len(errs) > 0 {
-		var all []error
-		for _, c := range p.Collections {
-			if e := errs[c]; e != nil {
-				all = append(all, fmt.Errorf("%s: %w", c, e))
-			}
-		}
-		return finish(StatusFailed, fmt.Errorf("%w: %w", ErrSyncFailed, errors.Join(all...)))
+	if serr := r.saveStats(st); serr != nil && !errors.Is(serr, ErrClosed) {
+		r.log.Warn("saving sync statistics", "profile", p.Name, "err", serr)
 	}
-	return finish(StatusCompleted, nil)
+	switch status {
+	case StatusCompleted:
+		r.syncEnded(p.Name, nil, st.End)
+	case StatusFailed, StatusStopped:
+		r.syncEnded(p.Name, err, st.End)
+	}
+	if status != StatusDeferred {
+		r.setState(p.Name, StateIdle, "")
+	}
+	l := r.opts.Listener
+	switch {
+	case status == StatusCompleted && l.Completed != nil:
+		l.Completed(st)
+	case status == StatusStopped && l.Stopped != nil:
+		l.Stopped(st)
+	case status == StatusFailed && l.Failed != nil:
+		l.Failed(st, err)
+	}
+	return st, err
 }
 
 func statusOf(ctx context.Context, otherwise Status) Status {
@@ -204,10 +221,17 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 	if lease, err := s.needsLease(typ); err != nil {
 		return cs, err
 	} else if lease {
+		r.setState(p.Name, StateWaitingForLease, coll)
 		if s.lease, err = conn.acquire(ctx, coll, p.leaseTTL()); err != nil {
 			return cs, err
 		}
-		defer s.lease.release()
+		r.setStatus(p.Name, func(st *SyncStatus) { st.State, st.LeaseHeld = StateSyncing, true })
+		defer func() {
+			s.lease.release()
+			r.setStatus(p.Name, func(st *SyncStatus) { st.LeaseHeld = false })
+		}()
+	} else {
+		r.setState(p.Name, StateSyncing, coll)
 	}
 	if typ.Pulls() && typ != policy.RefreshFromServer {
 		// Records whose merge hook failed last time are retried first.
@@ -301,7 +325,15 @@ func (s *collSync) pull(ctx context.Context, cursor uint64, apply remoteOp) erro
 	total, done := 0, 0
 	for {
 		var ch transport.Changes
-		if err := s.conn.call(ctx, &transport.Pull{Collection: s.coll, Cursor: cursor}, &ch); err != nil {
+		err := s.conn.call(ctx, &transport.Pull{Collection: s.coll, Cursor: cursor}, &ch)
+		if errors.Is(err, transport.ErrTruncated) {
+			// The relay truncated its log past this cursor (the device was
+			// away longer than it keeps entries): catch up from the
+			// records' snapshots, merging as a slow sync does.
+			s.r.log.Info("relay log truncated past the cursor; catching up from snapshots", "profile", s.p.Name, "collection", s.coll, "cursor", cursor)
+			return s.pullAll(ctx, apply)
+		}
+		if err != nil {
 			return fmt.Errorf("ferry: pull %s: %w", s.coll, err)
 		}
 		total += len(ch.Records)
@@ -451,7 +483,9 @@ func (s *collSync) count(dir Direction, a applied) {
 }
 
 func (s *collSync) progress(dir Direction, total, done int) {
-	if l := s.r.opts.Listener; l != nil {
-		l.SyncProgress(Progress{Profile: s.p.Name, Collection: s.coll, Direction: dir, Total: total, Done: done})
+	pr := Progress{Profile: s.p.Name, Collection: s.coll, Direction: dir, Total: total, Done: done}
+	s.r.setStatus(s.p.Name, func(st *SyncStatus) { st.Progress = pr })
+	if f := s.r.opts.Listener.Progress; f != nil {
+		f(pr)
 	}
 }

@@ -157,6 +157,7 @@ func (h *progressHook) SyncCompleted(*SyncStats)      {}
 func (h *progressHook) SyncStopped(*SyncStats)        {}
 func (h *progressHook) SyncFailed(*SyncStats, error)  {}
 func (h *progressHook) once(fn func(p Progress) bool) { h.mu.Lock(); h.fn = fn; h.mu.Unlock() }
+func (h *progressHook) listener() Listener            { return Listener{Progress: h.SyncProgress} }
 
 // faultRelay is a relay over one store, reached through a faultProxy, that
 // a test can restart mid-sync.
@@ -263,7 +264,7 @@ func (f *faultRelay) wantSame(coll string, a, b *Replica) {
 			ids, _ := c.Pending()
 			f.t.Fatalf("%s: %d pending %v (%v)", r.ID()[:6], n, ids, err)
 		}
-		recs, err := c.Scan(ScanOptions{Deleted: true})
+		recs, err := collect(c.Scan(ScanOptions{Deleted: true}))
 		if err != nil {
 			f.t.Fatal(err)
 		}
@@ -309,7 +310,7 @@ func mustFailSync(t *testing.T, r *Replica) *SyncStats {
 
 func liveCount(t *testing.T, r *Replica, coll string) int {
 	t.Helper()
-	recs, err := coll2(t, r, coll).Scan(ScanOptions{})
+	recs, err := collect(coll2(t, r, coll).Scan(ScanOptions{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +339,7 @@ func TestSyncCutOffAndResumed(t *testing.T) {
 	t.Run("pull", func(t *testing.T) {
 		f := newFaultRelay(t, limits)
 		hook := &progressHook{}
-		a, b := f.env.device(nil), f.env.device(&Options{Listener: hook})
+		a, b := f.env.device(nil), f.env.device(&Options{Listener: hook.listener()})
 		fill(t, a)
 		mustSync(t, a, "p")
 
@@ -400,7 +401,7 @@ func TestSyncCutOffAndResumed(t *testing.T) {
 		// next one.
 		f := newFaultRelay(t, limits)
 		hook := &progressHook{}
-		a, b := f.env.device(&Options{Listener: hook}), f.env.device(nil)
+		a, b := f.env.device(&Options{Listener: hook.listener()}), f.env.device(nil)
 		fill(t, a)
 		hook.once(func(p Progress) bool {
 			if p.Direction != ToRelay || p.Done != limits.MaxBatch {
@@ -622,14 +623,14 @@ func TestLiveModeSurvivesRelayRestart(t *testing.T) {
 	l.start()
 	t.Cleanup(l.stop)
 
-	opts := &Options{InMemory: true, BackoffMin: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond}
+	opts := &Options{InMemory: true, BackoffMin: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond, TokenSource: StaticToken(tok)}
 	a, b := open(t, "", opts), open(t, "", opts)
 	ca, cb := coll2(t, a, "c"), coll2(t, b, "c")
 	fa, fb := ca.Watch(1024), cb.Watch(1024)
 	defer fa.Close()
 	defer fb.Close()
 	for _, r := range []*Replica{a, b} {
-		err := r.AddProfile(Profile{Name: "live", URL: "ws://" + l.addr + "/ws", APIKey: app.APIKey, Token: tok,
+		err := r.AddProfile(Profile{Name: "live", URL: "ws://" + l.addr + "/ws", APIKey: app.APIKey,
 			Mode: policy.Live, Type: policy.TwoWay, Collections: []string{"c"}, Timeout: 5 * time.Second})
 		if err != nil {
 			t.Fatal(err)

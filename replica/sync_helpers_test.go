@@ -93,6 +93,9 @@ func (e *syncEnv) device(o *Options, colls ...string) *Replica {
 		opts = *o
 	}
 	opts.InMemory = true
+	if opts.TokenSource == nil {
+		opts.TokenSource = StaticToken(e.token)
+	}
 	r := open(e.t, "", &opts)
 	if err := r.AddProfile(e.profile("p", colls...)); err != nil {
 		e.t.Fatal(err)
@@ -104,7 +107,7 @@ func (e *syncEnv) profile(name string, colls ...string) Profile {
 	if len(colls) == 0 {
 		colls = []string{"c"}
 	}
-	return Profile{Name: name, URL: e.url, APIKey: e.app.APIKey, Token: e.token,
+	return Profile{Name: name, URL: e.url, APIKey: e.app.APIKey,
 		Mode: policy.Manual, Type: policy.TwoWay, Collections: colls, Timeout: 10 * time.Second}
 }
 
@@ -128,10 +131,7 @@ func getFields(t *testing.T, r *Replica, coll, id string) map[string]any {
 
 func coll2(t *testing.T, r *Replica, name string) *Collection {
 	t.Helper()
-	c, err := r.Collection(name)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := r.Collection(name)
 	return c
 }
 

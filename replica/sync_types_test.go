@@ -27,7 +27,7 @@ func setType(t *testing.T, r *Replica, typ policy.Type) {
 
 func ids(t *testing.T, r *Replica, coll string) string {
 	t.Helper()
-	recs, err := coll2(t, r, coll).Scan(ScanOptions{})
+	recs, err := collect(coll2(t, r, coll).Scan(ScanOptions{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,6 +315,14 @@ func (r *recorder) CollectionFailed(_, c string, _ error) FailAction {
 	}
 	return Skip
 }
+func (r *recorder) listener() Listener {
+	return Listener{Progress: r.SyncProgress, Completed: r.SyncCompleted, Stopped: r.SyncStopped, Failed: r.SyncFailed}
+}
+
+func (r *recorder) delegate() Delegate {
+	return Delegate{ReadyForSync: r.ReadyForSync, BeforeCollection: r.BeforeCollection, AfterCollection: r.AfterCollection, CollectionFailed: r.CollectionFailed}
+}
+
 func (r *recorder) log() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -324,7 +332,7 @@ func (r *recorder) log() string {
 func TestEventsAndDelegate(t *testing.T) {
 	e := newSyncEnv(t)
 	rec := &recorder{}
-	a := e.device(&Options{Listener: rec, Delegate: rec}, "c", "d")
+	a := e.device(&Options{Listener: rec.listener(), Delegate: rec.delegate()}, "c", "d")
 	coll2(t, a, "c").Create("x", map[string]any{"v": 1})
 	coll2(t, a, "d").Create("y", map[string]any{"v": 1})
 	mustSync(t, a, "p")
@@ -360,7 +368,7 @@ func TestEventsAndDelegate(t *testing.T) {
 	rec.events, rec.skip = nil, ""
 	ctx, cancel := context.WithCancel(context.Background())
 	stopper := &cancelOnProgress{cancel: cancel}
-	b := e.device(&Options{Listener: stopper}, "c", "d")
+	b := e.device(&Options{Listener: stopper.listener()}, "c", "d")
 	st, err := b.Sync(ctx, "p")
 	if !errors.Is(err, context.Canceled) || st.Status != StatusStopped || !stopper.stopped {
 		t.Fatalf("cancelled sync: %v %+v stopped-event %v", err, st, stopper.stopped)
@@ -376,6 +384,9 @@ func (c *cancelOnProgress) SyncProgress(Progress)        { c.cancel() }
 func (c *cancelOnProgress) SyncCompleted(*SyncStats)     {}
 func (c *cancelOnProgress) SyncStopped(*SyncStats)       { c.stopped = true }
 func (c *cancelOnProgress) SyncFailed(*SyncStats, error) {}
+func (c *cancelOnProgress) listener() Listener {
+	return Listener{Progress: c.SyncProgress, Completed: c.SyncCompleted, Stopped: c.SyncStopped, Failed: c.SyncFailed}
+}
 
 func TestFailedCollectionRetriedInTheSameSync(t *testing.T) {
 	e := newSyncEnv(t)
@@ -388,7 +399,7 @@ func TestFailedCollectionRetriedInTheSameSync(t *testing.T) {
 		return policy.Keep(c.Local), nil
 	})
 	rec := &recorder{retry: true}
-	a, b := e.device(nil), e.device(&Options{MergeHook: hook, Delegate: rec})
+	a, b := e.device(nil), e.device(&Options{MergeHook: hook, Delegate: rec.delegate()})
 	setProfilePolicy(t, b, policy.Custom)
 	coll2(t, a, "c").Create("x", map[string]any{"v": 0})
 	mustSync(t, a, "p")
@@ -442,7 +453,7 @@ func TestLeaseTimeoutChangesNothing(t *testing.T) {
 func TestNetworkConditionsDeferSync(t *testing.T) {
 	e := newSyncEnv(t)
 	rec := &recorder{completed: make(chan *SyncStats, 1)}
-	a := e.device(&Options{Listener: rec})
+	a := e.device(&Options{Listener: rec.listener()})
 	p, _ := a.Profile("p")
 	p.Networks = policy.Networks{policy.WiFi}
 	a.UpdateProfile(p)
@@ -502,9 +513,9 @@ func TestProfilesAreStoredAndBounded(t *testing.T) {
 	if err := r.UpdateProfile(custom); !errors.Is(err, ErrInvalidProfile) || !errors.Is(err, policy.ErrNoHook) {
 		t.Fatalf("custom policy without a merge hook: %v", err)
 	}
-	r.SetMergeHook("c", policy.LocalWins)
-	if err := r.UpdateProfile(custom); err != nil {
-		t.Fatalf("custom policy once the hook is set: %v", err)
+	withHook := open(t, "", &Options{InMemory: true, MergeHook: policy.LocalWins})
+	if err := withHook.AddProfile(custom); err != nil {
+		t.Fatalf("custom policy with a merge hook: %v", err)
 	}
 	if err := r.UpdateProfile(p3); !errors.Is(err, ErrNoProfile) {
 		t.Fatalf("update of an unknown profile: %v", err)
@@ -545,22 +556,23 @@ func TestLocalOnlyNeverSyncs(t *testing.T) {
 
 func TestTokenSourceRenewsExpiredTokens(t *testing.T) {
 	e := newSyncEnv(t)
-	a := e.device(nil)
-	p, _ := a.Profile("p")
 	short, _ := relay.IssueToken(e.app, relay.TokenRequest{Subject: "s", TTL: time.Minute, Write: []string{"*"}}, e.clock.Now())
-	p.Token = short
-	a.UpdateProfile(p)
+	var minting atomic.Bool
+	minted := 0
+	a := e.device(&Options{TokenSource: func(context.Context, string) (string, error) {
+		if !minting.Load() {
+			return short, nil // a token that expires: the source keeps giving it
+		}
+		minted++
+		return relay.IssueToken(e.app, relay.TokenRequest{Subject: "s", TTL: time.Minute, Write: []string{"*"}}, e.clock.Now())
+	}})
 	coll2(t, a, "c").Create("x", map[string]any{"v": 1})
 	mustSync(t, a, "p")
 	e.clock.Advance(2 * time.Minute)
 	if _, err := a.Sync(context.Background(), "p"); !errors.Is(err, transport.ErrTokenExpired) {
-		t.Fatalf("sync with an expired static token: %v", err)
+		t.Fatalf("sync with an expired token: %v", err)
 	}
-	minted := 0
-	a.SetTokenSource("p", func(context.Context) (string, error) {
-		minted++
-		return relay.IssueToken(e.app, relay.TokenRequest{Subject: "s", TTL: time.Minute, Write: []string{"*"}}, e.clock.Now())
-	})
+	minting.Store(true)
 	coll2(t, a, "c").Put("x", map[string]any{"v": 2})
 	mustSync(t, a, "p")
 	if minted == 0 {
@@ -571,49 +583,20 @@ func TestTokenSourceRenewsExpiredTokens(t *testing.T) {
 	}
 }
 
-func TestNetworkFunctionIsPolled(t *testing.T) {
-	e := newSyncEnv(t)
-	var onWifi atomic.Bool
-	rec := &recorder{completed: make(chan *SyncStats, 1)}
-	a := e.device(&Options{Listener: rec, NetworkPoll: 5 * time.Millisecond, Network: func() policy.Network {
-		if onWifi.Load() {
-			return policy.WiFi
-		}
-		return policy.Cellular
-	}})
-	p, _ := a.Profile("p")
-	p.Networks = policy.Networks{policy.WiFi}
-	a.UpdateProfile(p)
-	coll2(t, a, "c").Create("x", map[string]any{"v": 1})
-	if _, err := a.Sync(context.Background(), "p"); !errors.Is(err, ErrDeferred) {
-		t.Fatalf("sync on cellular: %v", err)
-	}
-	onWifi.Store(true) // the app's function now reports wifi; nobody calls SetNetwork
-	select {
-	case <-rec.completed:
-	case <-time.After(10 * time.Second):
-		t.Fatal("deferred sync did not run once the network function reported wifi")
-	}
-	if _, ok := e.relayFields("c", "x"); !ok {
-		t.Fatal("nothing pushed")
-	}
-}
-
 func TestOptionsHooksApplyFromTheFirstSync(t *testing.T) {
 	e := newSyncEnv(t)
 	var tokenCalls atomic.Int32
 	a := e.device(nil)
 	b := e.device(&Options{
-		MergeHooks: map[string]policy.Resolver{"c": policy.ResolverFunc(func(c *policy.Conflict) (policy.Decision, error) {
+		MergeHook: policy.PerCollection(map[string]policy.Resolver{"c": policy.ResolverFunc(func(c *policy.Conflict) (policy.Decision, error) {
 			return policy.Keep("from the collection's hook"), nil
-		})},
+		})}, nil),
 		TokenSource: func(ctx context.Context, profile string) (string, error) {
 			tokenCalls.Add(1)
 			return e.token, nil
 		},
 	})
 	p, _ := b.Profile("p")
-	p.Token = "" // only the token source can authenticate
 	p.Policy = policy.Custom
 	b.UpdateProfile(p)
 	coll2(t, a, "c").Create("x", map[string]any{"v": "a"})

@@ -22,16 +22,16 @@ type relayConn struct {
 	welcome transport.Welcome
 }
 
-// token returns the profile's current token.
+// token returns the profile's current token, from Options.TokenSource.
 func (r *Replica) token(ctx context.Context, p *Profile) (string, error) {
-	if src := r.tokenSource(p.Name); src != nil {
-		tok, err := src(ctx)
-		if err != nil {
-			return "", fmt.Errorf("ferry: token source of %q: %w", p.Name, err)
-		}
-		return tok, nil
+	if r.opts.TokenSource == nil {
+		return "", fmt.Errorf("%w: no Options.TokenSource to give profile %q a token", ErrInvalidProfile, p.Name)
 	}
-	return p.Token, nil
+	tok, err := r.opts.TokenSource(ctx, p.Name)
+	if err != nil {
+		return "", fmt.Errorf("ferry: token source of %q: %w", p.Name, err)
+	}
+	return tok, nil
 }
 
 // dial connects to the profile's relay and says hello.
@@ -71,7 +71,7 @@ func (c *relayConn) close() { c.client.Close() }
 // token expired, it fetches a fresh one, presents it, and retries once.
 func (c *relayConn) call(ctx context.Context, req, resp transport.Body) error {
 	err := c.callOnce(ctx, req, resp, c.p.timeout())
-	if !errors.Is(err, transport.ErrTokenExpired) || c.r.tokenSource(c.p.Name) == nil {
+	if !errors.Is(err, transport.ErrTokenExpired) {
 		return err
 	}
 	tok, terr := c.r.token(ctx, c.p)

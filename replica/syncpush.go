@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -79,6 +80,11 @@ func (s *collSync) push(ctx context.Context) error {
 			continue
 		}
 		o, err := s.r.outgoing(s.coll, id)
+		if errors.Is(err, ErrCorrupt) {
+			// A damaged record fails alone; the others are pushed.
+			s.cs.Failed = append(s.cs.Failed, failedRecord(id, err))
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -180,10 +186,35 @@ func chunkLen(b []byte) (int, error) {
 // answers conflict.
 const pushAttempts = 3
 
+// While the relay answers rate_limited (the app's push rate quota), one
+// batch is pushed again after the retry_ms it asks for, at most
+// rateLimitWaits times, and only for a wait up to maxRateLimitWait; past
+// that the sync fails with rate_limited, and the next one tries again.
+const (
+	rateLimitWaits   = 5
+	maxRateLimitWait = 30 * time.Second
+)
+
+// rateLimited returns how long the relay asks to wait if err is
+// rate_limited (a second if it does not say), and whether to wait.
+func rateLimited(err error) (time.Duration, bool) {
+	var perr *transport.Error
+	if !errors.As(err, &perr) || perr.Code != transport.CodeRateLimited {
+		return 0, false
+	}
+	wait := time.Duration(perr.RetryMS) * time.Millisecond
+	if wait == 0 {
+		wait = time.Second
+	}
+	return wait, wait <= maxRateLimitWait
+}
+
 // pushBatch pushes one batch. If the relay refuses it as invalid or too
 // large, the records are pushed one by one, so one bad record does not hold
 // back the rest; the bad ones are listed as failed. A batch the relay
-// answers with conflict is pushed again, up to pushAttempts times.
+// answers with conflict is pushed again, up to pushAttempts times, and one
+// it answers with rate_limited is pushed again after the wait it asks for
+// (see rateLimitWaits).
 func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error) {
 	req := &transport.Push{Collection: s.coll, Fence: s.lease.fenceOrZero()}
 	for _, o := range batch {
@@ -191,11 +222,27 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 	}
 	var ack transport.Ack
 	err := s.conn.call(ctx, req, &ack)
-	for try := 1; errors.Is(err, transport.ErrConflict) && try < pushAttempts; try++ {
-		// The relay merged the push again and again while another writer
-		// (a relay process sharing its store) kept changing the records:
-		// nothing was stored, and pushing again is safe.
-		s.r.log.Debug("relay reported a conflict; pushing again", "collection", s.coll, "records", len(batch), "attempt", try+1)
+	for try, waits := 1, 0; ; {
+		// Nothing was stored either way, so pushing again is safe.
+		if errors.Is(err, transport.ErrConflict) && try < pushAttempts {
+			// The relay merged the push again and again while another
+			// writer (a relay process sharing its store) kept changing the
+			// records.
+			try++
+			s.r.log.Debug("relay reported a conflict; pushing again", "collection", s.coll, "records", len(batch), "attempt", try)
+		} else if wait, ok := rateLimited(err); ok && waits < rateLimitWaits {
+			waits++
+			s.r.log.Debug("relay rate-limits the app's pushes; waiting", "collection", s.coll, "wait", wait, "wait_number", waits)
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return 0, ctx.Err()
+			}
+		} else {
+			break
+		}
 		err = s.conn.call(ctx, req, &ack)
 	}
 	var perr *transport.Error
@@ -291,19 +338,17 @@ func (r *Replica) acknowledge(coll string, batch []outgoing, leased bool) error 
 // ackRecord stores heads as what the relay holds of a record, and clears
 // its pending marker if it has nothing beyond them.
 func ackRecord(txn *badger.Txn, coll, id string, d *crdt.Doc, heads crdt.Heads, leased bool) error {
-	rest, err := d.ChangesSince(heads)
-	if err != nil {
-		return fmt.Errorf("ferry: acknowledge %s/%s: %w", coll, id, err)
-	}
 	if err := txn.Set(recKey('a', coll, id), heads.Bytes()); err != nil {
 		return err
 	}
 	if leased {
-		if err := txn.Delete(recKey('l', coll, id)); err != nil {
+		if err := deleteIfPresent(txn, recKey('l', coll, id)); err != nil {
 			return err
 		}
 	}
-	if len(rest) == 0 {
+	// The heads pushed are the document's as it was then: if it still
+	// has them, nothing is left to push.
+	if d.Heads().Equal(heads) {
 		return clearPending(txn, coll, id)
 	}
 	return nil

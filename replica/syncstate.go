@@ -23,20 +23,45 @@ func syncStateKey(profile, coll string) []byte {
 
 func (r *Replica) loadSyncState(profile, coll string) (syncState, error) {
 	var s syncState
-	err := r.view(func(txn *badger.Txn) error {
-		item, err := txn.Get(syncStateKey(profile, coll))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		return item.Value(func(v []byte) error { return json.Unmarshal(v, &s) })
+	err := r.view(func(txn *badger.Txn) (err error) {
+		s, err = readSyncState(txn, profile, coll)
+		return err
 	})
 	return s, err
 }
 
+// saveSyncState stores a profile's state for a collection. It is not
+// fsynced: a cursor lost in a crash only makes the next sync pull again
+// what it covered (see durable.go).
 func (r *Replica) saveSyncState(profile, coll string, s syncState) error {
+	return r.update(func(txn *badger.Txn) error { return writeSyncState(txn, profile, coll, s) })
+}
+
+func readSyncState(txn *badger.Txn, profile, coll string) (syncState, error) {
+	var s syncState
+	item, err := txn.Get(syncStateKey(profile, coll))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return s, nil
+	}
+	if err != nil {
+		return s, err
+	}
+	err = item.Value(func(v []byte) error { return json.Unmarshal(v, &s) })
+	return s, err
+}
+
+func writeSyncState(txn *badger.Txn, profile, coll string, s syncState) error {
 	b, _ := json.Marshal(s)
-	return r.update(func(txn *badger.Txn) error { return txn.Set(syncStateKey(profile, coll), b) })
+	return txn.Set(syncStateKey(profile, coll), b)
+}
+
+// advanceCursor moves a profile's cursor for a collection to next, in
+// txn, unless it is there already.
+func advanceCursor(txn *badger.Txn, profile, coll string, next uint64) error {
+	s, err := readSyncState(txn, profile, coll)
+	if err != nil || next <= s.Cursor {
+		return err
+	}
+	s.Cursor = next
+	return writeSyncState(txn, profile, coll, s)
 }

@@ -12,7 +12,7 @@ import (
 
 // Tx is a unit of work: the writes queued on it commit together, in one
 // store transaction, or not at all. A Tx is only valid inside the function
-// given to [Replica.Update] and must not be shared between goroutines.
+// given to [Replica.Write] and must not be shared between goroutines.
 //
 // The queued writes run, in order, when that function returns nil. Their
 // errors (ErrNotFound, ErrExists, an update function's error) abort the
@@ -41,9 +41,10 @@ type op struct {
 	data     []byte
 }
 
-// Update runs fn and commits the writes it queued on tx atomically. If fn
-// returns an error nothing is written and that error is returned.
-func (r *Replica) Update(fn func(tx *Tx) error) error {
+// Write runs fn and commits the writes it queued on tx atomically, across
+// records and collections. If fn returns an error nothing is written and
+// that error is returned. (Collection.Update edits one record.)
+func (r *Replica) Write(fn func(tx *Tx) error) error {
 	tx := &Tx{r: r}
 	if err := fn(tx); err != nil {
 		return err
@@ -114,9 +115,10 @@ type touched struct {
 	old, new   meta
 	existed    bool // stored before this commit
 	wasDeleted bool
-	seen       bool // existed, or created earlier in this unit of work
-	live       bool // exists and is not deleted, as of the ops applied so far
-	dirty      bool // the document held changes that were not stored
+	seen       bool  // existed, or created earlier in this unit of work
+	live       bool  // exists and is not deleted, as of the ops applied so far
+	dirty      bool  // the document held changes that were not stored
+	corrupt    error // the stored record is damaged (ErrCorrupt): left alone
 }
 
 // commit applies ops under the records' locks in one Badger transaction.
@@ -189,11 +191,12 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 		}
 		return nil
 	})
+	err = r.durable(err)
 	if err != nil {
 		// The cached documents may hold edits that were never stored:
 		// drop them so the next read loads what the store has.
 		for _, t := range order {
-			r.cache.drop(cacheKey(t.coll, t.id))
+			r.discard(t.coll, t.id, t.doc)
 		}
 		if errors.Is(err, badger.ErrTxnTooBig) {
 			return nil, fmt.Errorf("%w: unit of work too large for one transaction: %w", ErrTooLarge, err)

@@ -26,6 +26,7 @@ const (
 	CodeLeaseTimeout       Code = "lease_timeout"       // wait_ms passed without the lease
 	CodeSlowConsumer       Code = "slow_consumer"       // live subscriber fell too far behind
 	CodeRateLimited        Code = "rate_limited"        // retry after retry_ms
+	CodeQuotaExceeded      Code = "quota_exceeded"      // the app's stored-bytes quota is full; nothing stored
 	CodeTruncated          Code = "truncated"           // the cursor is below the log's horizon: pull from 0 and merge
 	CodeInternal           Code = "internal"            // the relay failed; retrying may help
 	CodeShuttingDown       Code = "shutting_down"       // relay is stopping; reconnect elsewhere or later
@@ -88,6 +89,7 @@ var (
 	ErrLeaseTimeout       = &Error{Code: CodeLeaseTimeout}
 	ErrSlowConsumer       = &Error{Code: CodeSlowConsumer}
 	ErrRateLimited        = &Error{Code: CodeRateLimited}
+	ErrQuotaExceeded      = &Error{Code: CodeQuotaExceeded}
 	ErrTruncated          = &Error{Code: CodeTruncated}
 	ErrInternal           = &Error{Code: CodeInternal}
 	ErrShuttingDown       = &Error{Code: CodeShuttingDown}

@@ -15,10 +15,10 @@ import (
 	"github.com/ferrysync/ferry/bench"
 )
 
-// BenchCommand runs the benchmark workloads of package bench (W0 to W5)
-// and prints their figures as a table, or JSON with --json, each with its
-// ratio to the floor (W0) measured in the same run. Progress goes to
-// Stderr.
+// BenchCommand runs the benchmark workloads of package bench (W0 to W5,
+// and W2L) and prints their figures as a table, or JSON with --json, each
+// with its ratio to the floor (W0) measured in the same run. Progress goes
+// to Stderr.
 type BenchCommand struct {
 	Stdout, Stderr io.Writer
 
@@ -48,9 +48,10 @@ table compares each PostgreSQL figure with the embedded store's.
 
 func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	fs := newFlags("bench")
-	workloads := fs.String("workloads", strings.Join(bench.Default, ","), "workloads to run, comma-separated (W0 to W5; W5 takes minutes)")
+	workloads := fs.String("workloads", strings.Join(bench.Default, ","), "workloads to run, comma-separated (W0 to W5, and W2L: W2 over --history updates; W2L and W5 take minutes)")
 	records := fs.Int("records", 10_000, "records of W0, W1 and W4")
 	updates := fs.Int("updates", 1_000, "W2 live updates, and W3 offline edits per replica")
+	history := fs.Int("history", 10_000, "W2L live updates, all to one record")
 	mergeRecords := fs.Int("merge-records", 100, "records W3's replicas both edit")
 	clients := fs.Int("clients", 16, "W4 concurrent pushing clients")
 	subscribers := fs.Int("subscribers", 8, "W4 live subscribers")
@@ -131,7 +132,7 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 		}
 	}
 	cfg := bench.Config{
-		Records: *records, Updates: *updates, MergeRecords: *mergeRecords,
+		Records: *records, Updates: *updates, History: *history, MergeRecords: *mergeRecords,
 		Clients: *clients, Subscribers: *subscribers, Batch: *batch, MaxGrowth: *maxGrowth,
 		Relay: target, Dir: *dir, Progress: progress, Seed: *seed, Verify: *verify,
 	}

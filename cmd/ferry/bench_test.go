@@ -31,8 +31,10 @@ func TestBenchTable(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
-	if strings.Contains(out.String(), "W5") {
-		t.Errorf("W5 ran by default:\n%s", out.String())
+	for _, w := range []string{"W5", "W2L"} {
+		if strings.Contains(out.String(), w) {
+			t.Errorf("%s ran by default:\n%s", w, out.String())
+		}
 	}
 	if !strings.Contains(errb.String(), "W4: starting") {
 		t.Errorf("no progress on stderr:\n%s", errb.String())
@@ -97,6 +99,29 @@ func TestBenchChild(t *testing.T) {
 	}
 	if m, ok := r.Metric("push_wire"); !ok || m.Value <= 0 {
 		t.Errorf("push_wire = %+v", m)
+	}
+}
+
+// TestBenchHistory runs W2L, W2 over a long history, sized by --history.
+func TestBenchHistory(t *testing.T) {
+	var out, errb bytes.Buffer
+	args := append([]string{"bench", "--json", "--quiet", "--workloads", "W2L", "--history", "20"}, tinyBench(t)...)
+	if err := run(context.Background(), args, &out, &errb); err != nil {
+		t.Fatalf("bench: %v\nstderr:\n%s", err, errb.String())
+	}
+	var got benchOutput
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
+		t.Fatalf("JSON: %v\n%s", err, out.String())
+	}
+	if len(got.Results) != 2 || got.Results[1].Workload != "W2L" {
+		t.Fatalf("results %+v, want W0 and W2L", got.Results)
+	}
+	r := got.Results[1]
+	if m, ok := r.Metric("updates"); !ok || m.Value != 20 {
+		t.Errorf("W2L updates = %+v, want 20 (--history)", m)
+	}
+	if m, ok := r.Metric("latency_p50_growth"); !ok || m.Value <= 0 || m.Unit != "x" {
+		t.Errorf("W2L latency_p50_growth = %+v", m)
 	}
 }
 

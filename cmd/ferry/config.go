@@ -25,18 +25,27 @@ type Config struct {
 	RelayID   string       `json:"relay_id"`   // name in welcome messages
 	LogLevel  string       `json:"log_level"`  // debug, info, warn, error
 	LogFormat string       `json:"log_format"` // text or json
-	Apps      []relay.App  `json:"apps"`       // tenants, with API keys and token secrets
+	Apps      []AppConfig  `json:"apps"`       // tenants, with API keys, token secrets and quotas
 	Limits    ConfigLimits `json:"limits"`
 
 	MaxLeaseTTL     Duration `json:"max_lease_ttl"`
 	DefaultLeaseTTL Duration `json:"default_lease_ttl"`
-	MaxLag          int      `json:"max_lag"`          // log entries a subscriber may trail by
+	MaxLag          int      `json:"max_lag"` // log entries a subscriber may trail by
+	// CompactInterval is how often records whose tail outgrew their
+	// snapshot are compacted; LogRetention how many of each collection's
+	// latest log entries are kept (older ones go once snapshots hold them).
+	CompactInterval Duration `json:"compact_interval"`
+	LogRetention    int      `json:"log_retention"`
 	ShutdownTimeout Duration `json:"shutdown_timeout"` // grace for in-flight requests
 
 	// TLSCert and TLSKey are PEM files: with both, the relay serves wss://
 	// itself, reloading them when they change.
 	TLSCert string `json:"tls_cert"`
 	TLSKey  string `json:"tls_key"`
+
+	// AllowedOrigins are browser pages from other origins that may
+	// connect (see docs/operations.md).
+	AllowedOrigins []string `json:"allowed_origins"`
 
 	// Postgres, a PostgreSQL connection string, puts the relay's store in
 	// that database instead of the data folder, so that several relays can
@@ -45,6 +54,33 @@ type Config struct {
 	Postgres         string `json:"postgres"`
 	PostgresSchema   string `json:"postgres_schema"`
 	PostgresMaxConns int    `json:"postgres_max_conns"`
+}
+
+// AppConfig is one app of the configuration file: the app's ID, API key
+// and secret, and its quota (no key, or 0: no limit).
+type AppConfig struct {
+	relay.App
+	Quota relay.Quota `json:"quota,omitzero"`
+}
+
+// apps returns the configured apps.
+func (c Config) apps() []relay.App {
+	apps := make([]relay.App, len(c.Apps))
+	for i, a := range c.Apps {
+		apps[i] = a.App
+	}
+	return apps
+}
+
+// quotas returns the configured apps' quotas, by app ID.
+func (c Config) quotas() map[string]relay.Quota {
+	q := map[string]relay.Quota{}
+	for _, a := range c.Apps {
+		if a.Quota != (relay.Quota{}) {
+			q[a.ID] = a.Quota
+		}
+	}
+	return q
 }
 
 // ConfigLimits overrides transport limits; zero keeps the default (for

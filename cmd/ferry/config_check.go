@@ -45,6 +45,7 @@ func (c *Config) check() error {
 	}
 	for name, d := range map[string]Duration{
 		"max_lease_ttl": c.MaxLeaseTTL, "default_lease_ttl": c.DefaultLeaseTTL, "shutdown_timeout": c.ShutdownTimeout,
+		"compact_interval": c.CompactInterval,
 	} {
 		if d < 0 {
 			bad(name, "%v is negative (leave it out for the default)", time.Duration(d))
@@ -59,6 +60,9 @@ func (c *Config) check() error {
 	}
 	if c.MaxLag < 0 {
 		bad("max_lag", "%d is negative (leave it out for the default, 10000)", c.MaxLag)
+	}
+	if c.LogRetention < 0 {
+		bad("log_retention", "%d is negative (leave it out for the default, 100000)", c.LogRetention)
 	}
 	if c.PostgresMaxConns < 0 || c.PostgresMaxConns > 10_000 {
 		bad("postgres_max_conns", "%d: want 1 to 10000 (leave it out for the default, 10)", c.PostgresMaxConns)
@@ -102,6 +106,17 @@ func (c *Config) check() error {
 			bad(field("secret"), "want at least 32 bytes (generate one with \"openssl rand -hex 32\")")
 		case placeholder(app.Secret):
 			bad(field("secret"), "looks like a placeholder, not a random secret: generate one with \"openssl rand -hex 32\"")
+		}
+		// Check joins one error per field, each starting with its key.
+		if err := app.Quota.Check(); err != nil {
+			joined, ok := err.(interface{ Unwrap() []error })
+			if !ok {
+				bad(field("quota"), "%v", err)
+				continue
+			}
+			for _, e := range joined.Unwrap() {
+				errs = append(errs, fmt.Errorf("%s%w", field("quota."), e))
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -152,4 +153,64 @@ func TestConfigLimits(t *testing.T) {
 	if l := c.limits(); l.MaxRecord != 2<<20 || l.MaxInflated != 2<<20 || l.MaxBatch != transport.DefaultMaxBatch {
 		t.Errorf("limits = %+v; max_inflated should follow max_record", l)
 	}
+}
+
+// TestConfigQuotas: each app's quota loads as given and reaches the relay;
+// bad values are refused naming the app's field, all at once.
+func TestConfigQuotas(t *testing.T) {
+	shop, rival := appJSON(t, "shop"), appJSON(t, "rival")
+	withQuota := func(app, quota string) string { return strings.TrimSuffix(app, "}") + `, "quota": ` + quota + `}` }
+	cfg, err := loadConfig(writeConfig(t, t.TempDir(), `{"apps": [`+
+		withQuota(shop, `{"max_connections": 3, "pushes_per_second": 0.5, "push_burst": 4, "max_stored_bytes": 1000000}`)+`, `+rival+`]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]relay.Quota{"shop": {MaxConnections: 3, PushesPerSecond: 0.5, PushBurst: 4, MaxStoredBytes: 1000000}}
+	if got := cfg.quotas(); len(got) != 1 || got["shop"] != want["shop"] {
+		t.Fatalf("quotas = %+v, want %+v (rival has none: no limit)", got, want)
+	}
+	if apps := cfg.apps(); len(apps) != 2 || apps[0].ID != "shop" || apps[1].ID != "rival" || apps[0].Secret == "" {
+		t.Fatalf("apps = %+v", apps)
+	}
+
+	for _, tc := range []struct {
+		name, text string
+		want       []string
+	}{
+		{"negative", `{"apps": [` + withQuota(shop, `{"max_connections": -1, "max_stored_bytes": -5}`) + `, ` +
+			withQuota(rival, `{"pushes_per_second": -0.5}`) + `]}`,
+			[]string{"apps[0].quota.max_connections: -1 is negative", "apps[0].quota.max_stored_bytes: -5 is negative", "apps[1].quota.pushes_per_second: -0.5 is negative"}},
+		{"burst alone", `{"apps": [` + withQuota(shop, `{"push_burst": 10}`) + `]}`, []string{"apps[0].quota.push_burst: needs pushes_per_second"}},
+		{"unknown key", `{"apps": [` + withQuota(shop, `{"max_conns": 10}`) + `]}`, []string{`unknown field "max_conns"`}},
+		{"wrong type", `{"apps": [` + withQuota(shop, `{"max_connections": "ten"}`) + `]}`, []string{"max_connections", "want a JSON int"}},
+		{"fraction of a connection", `{"apps": [` + withQuota(shop, `{"max_connections": 1.5}`) + `]}`, []string{"max_connections"}},
+	} {
+		_, err := loadConfig(writeConfig(t, t.TempDir(), tc.text))
+		if err == nil {
+			t.Errorf("%s: accepted", tc.name)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: %q does not say %q", tc.name, err, w)
+			}
+		}
+	}
+}
+
+// TestRelayEnforcesConfiguredQuota runs the relay with a quota in its
+// configuration file: the app's second connection is refused.
+func TestRelayEnforcesConfiguredQuota(t *testing.T) {
+	dir := t.TempDir()
+	cfg, app := testConfigWith(t, dir, func(c *Config) { c.Apps[0].Quota = relay.Quota{MaxConnections: 1} })
+	p := startRelay(t, "--config", cfg, "--data", filepath.Join(dir, "data"), "--addr", "127.0.0.1:0")
+	first, err := dialRelay(t, p.url, app, "one")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if _, err := dialRelay(t, p.url, app, "two"); !errors.Is(err, transport.ErrRateLimited) {
+		t.Fatalf("second connection: %v, want rate_limited (max_connections 1)", err)
+	}
+	p.stop(t)
 }

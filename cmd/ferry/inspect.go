@@ -66,26 +66,26 @@ func (c *InspectCommand) Run(ctx context.Context, args []string) error {
 		tw := tabwriter.NewWriter(c.Stdout, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "COLLECTION\tRECORDS\tPENDING")
 		for _, n := range names {
-			col, _ := r.Collection(n)
-			recs, err := col.Scan(replica.ScanOptions{})
-			if err != nil {
-				return err
+			col := r.Collection(n)
+			records := 0
+			for _, err := range col.Scan(replica.ScanOptions{}) {
+				if err != nil {
+					return err
+				}
+				records++
 			}
 			p, err := col.PendingCount()
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\n", n, len(recs), p)
+			fmt.Fprintf(tw, "%s\t%d\t%d\n", n, records, p)
 		}
 		if err := tw.Flush(); err != nil {
 			return err
 		}
 		return printProfiles(c.Stdout, r)
 	}
-	col, err := r.Collection(*coll)
-	if err != nil {
-		return err
-	}
+	col := r.Collection(*coll)
 	enc := json.NewEncoder(c.Stdout)
 	enc.SetIndent("", "  ")
 	if *id != "" {
@@ -95,11 +95,10 @@ func (c *InspectCommand) Run(ctx context.Context, args []string) error {
 		}
 		return enc.Encode(m)
 	}
-	recs, err := col.Scan(replica.ScanOptions{Limit: *limit, Deleted: true})
-	if err != nil {
-		return err
-	}
-	for _, rec := range recs {
+	for rec, err := range col.Scan(replica.ScanOptions{Limit: *limit, Deleted: true}) {
+		if err != nil {
+			return err
+		}
 		if err := enc.Encode(map[string]any{"id": rec.ID, "deleted": rec.Deleted, "fields": rec.Fields}); err != nil {
 			return err
 		}

@@ -16,7 +16,7 @@ func TestInspect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, _ := r.Collection("notes")
+	c := r.Collection("notes")
 	c.Create("n1", map[string]any{"text": "hi"})
 	c.Create("n2", map[string]any{"text": "there"})
 	if err := r.AddProfile(replica.Profile{Name: "home", URL: "ws://127.0.0.1:1/ws", APIKey: "k", Mode: policy.Manual, Type: policy.TwoWay, Collections: []string{"notes"}}); err != nil {

@@ -88,8 +88,18 @@ func (p *relayProc) stop(t *testing.T) {
 // testConfig writes a config with one app and returns its path and app.
 func testConfig(t *testing.T, dir string) (string, relay.App) {
 	t.Helper()
+	return testConfigWith(t, dir, nil)
+}
+
+// testConfigWith is testConfig with the config changed by tweak first.
+func testConfigWith(t *testing.T, dir string, tweak func(*Config)) (string, relay.App) {
+	t.Helper()
 	app := relay.NewApp("shop")
-	b, _ := json.Marshal(Config{Apps: []relay.App{app}, LogLevel: "warn"})
+	c := Config{Apps: []AppConfig{{App: app}}, LogLevel: "warn"}
+	if tweak != nil {
+		tweak(&c)
+	}
+	b, _ := json.Marshal(c)
 	path := filepath.Join(dir, "relay.json")
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)

@@ -27,7 +27,7 @@ import (
 func pgConfig(t *testing.T, dir, schema string) (string, relay.App) {
 	t.Helper()
 	app := relay.NewApp("shop")
-	b, _ := json.Marshal(Config{Apps: []relay.App{app}, LogLevel: "warn", Postgres: pgtest.DSN(t), PostgresSchema: schema})
+	b, _ := json.Marshal(Config{Apps: []AppConfig{{App: app}}, LogLevel: "warn", Postgres: pgtest.DSN(t), PostgresSchema: schema})
 	path := filepath.Join(dir, "relay.json")
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
@@ -367,7 +367,7 @@ func TestRelayDevRefusesPostgres(t *testing.T) {
 func TestRelayPostgresUnreachable(t *testing.T) {
 	dir := t.TempDir()
 	app := relay.NewApp("shop")
-	b, _ := json.Marshal(Config{Apps: []relay.App{app}, Postgres: "postgres://ferry:secret-pw@127.0.0.1:1/ferry?connect_timeout=2"})
+	b, _ := json.Marshal(Config{Apps: []AppConfig{{App: app}}, Postgres: "postgres://ferry:secret-pw@127.0.0.1:1/ferry?connect_timeout=2"})
 	path := filepath.Join(dir, "relay.json")
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)

@@ -62,6 +62,7 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	dev := fs.Bool("dev", false, "development mode: a ready-made app; prints its API key and a token")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
 	logFormat := fs.String("log-format", "", "text or json (default text)")
+	allowOrigin := fs.String("allow-origin", "", "comma-separated `origins` of browser pages allowed to connect (host[:port] patterns, or scheme://host); --dev adds localhost")
 	tlsCert := fs.String("tls-cert", "", "serve wss:// with this certificate chain (PEM `file`); reloaded when it changes")
 	tlsKey := fs.String("tls-key", "", "the certificate's private key (PEM `file`)")
 	postgres := fs.String("postgres", "", "keep the store in the PostgreSQL database at this `url` (postgres://user@host/db, or libpq's key=value form; see docs/operations.md)")
@@ -109,7 +110,7 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	if len(cfg.Apps) == 0 && !*dev {
 		return errors.New("relay: no apps configured: list them in a --config file, or run with --dev")
 	}
-	if _, err := relay.NewAuth(cfg.Apps, nil); err != nil {
+	if _, err := relay.NewAuth(cfg.apps(), nil); err != nil {
 		return err
 	}
 	log, err := newLogger(cfg.LogLevel, cfg.LogFormat, os.Stderr)
@@ -128,7 +129,7 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	}
 	defer ln.Close() // if a later step fails; Serve closes it otherwise
 
-	apps := cfg.Apps
+	apps := cfg.apps()
 	var devTok string
 	if *dev {
 		app, err := devApp(cfg.Data)
@@ -155,6 +156,9 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	srv, err := relay.NewServer(&relay.Options{
 		Store: store, Auth: auth, Logger: log, RelayID: cfg.RelayID, Limits: cfg.limits(), Registry: reg,
 		MaxLeaseTTL: time.Duration(cfg.MaxLeaseTTL), DefaultLeaseTTL: time.Duration(cfg.DefaultLeaseTTL), MaxLag: cfg.MaxLag,
+		CompactInterval: time.Duration(cfg.CompactInterval), LogRetention: cfg.LogRetention,
+		Quotas:         cfg.quotas(),
+		AllowedOrigins: allowedOrigins(cfg.AllowedOrigins, *allowOrigin, *dev),
 	})
 	if err != nil {
 		return err
@@ -187,7 +191,10 @@ Development mode: one app, "dev", stored in %s.
   token:   %s
 (subject "dev", read and write on every collection, valid 30 days)
 Health: %s://%s/healthz   Metrics: %s://%s/metrics
-`, filepath.Join(cfg.Data, devAppFile), apps[len(apps)-1].APIKey, devTok, httpScheme, ln.Addr(), httpScheme, ln.Addr())
+automerge-repo URL (collection todos; pages on localhost may connect):
+%s
+`, filepath.Join(cfg.Data, devAppFile), apps[len(apps)-1].APIKey, devTok, httpScheme, ln.Addr(), httpScheme, ln.Addr(),
+			automergeURL(scheme, ln.Addr().String(), apps[len(apps)-1].APIKey, devTok, "todos"))
 	}
 	log.Info("relay started", "url", url, "store", where, "apps", len(apps), "incarnation", store.Incarnation())
 

@@ -67,7 +67,7 @@ func (c *TokenCommand) Run(ctx context.Context, args []string) error {
 		found := false
 		for _, a := range cfg.Apps {
 			if a.ID == *appID {
-				app, found = a, true
+				app, found = a.App, true
 			}
 		}
 		if !found {

@@ -248,7 +248,7 @@ func TestBackupRefusesWhatIsNotARelayFolder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, _ := r.Collection("notes")
+	c := r.Collection("notes")
 	c.Create("n1", map[string]any{"text": "hi"})
 	r.Close()
 	before := tree(t, device)
@@ -310,7 +310,7 @@ func TestInspectIsReadOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, _ := r.Collection("notes")
+	c := r.Collection("notes")
 	c.Create("n1", map[string]any{"text": "hi"})
 	r.Close()
 	before := tree(t, device)

@@ -145,19 +145,19 @@ type device struct {
 }
 
 func openDevice(name, dir string, creds devrelay.Credentials, out io.Writer) (*device, error) {
-	r, err := replica.Open(dir, nil)
+	d := &device{name: name, out: out}
+	// Every device sets the hook: whichever syncs second finds the
+	// conflict. One hook serves every collection with the custom policy;
+	// policy.PerCollection would route several.
+	r, err := replica.Open(dir, &replica.Options{MergeHook: policy.ResolverFunc(d.resolve), TokenSource: creds.Tokens})
 	if err != nil {
 		return nil, err
 	}
-	d := &device{name: name, r: r, out: out}
-	// Every device sets the hook (whichever syncs second finds the
-	// conflict), before the profile that needs it.
-	r.SetMergeHook(collection, policy.ResolverFunc(d.resolve))
+	d.r = r
 	p := replica.Profile{
 		Name:        profile,
 		URL:         creds.URL,
 		APIKey:      creds.APIKey,
-		Token:       creds.Token,
 		Mode:        policy.Manual,
 		Type:        policy.TwoWay,
 		Collections: []string{collection},
@@ -174,13 +174,7 @@ func openDevice(name, dir string, creds devrelay.Credentials, out io.Writer) (*d
 		r.Close()
 		return nil, err
 	}
-	if creds.Tokens != nil {
-		r.SetTokenSource(profile, creds.Tokens)
-	}
-	if d.items, err = r.Collection(collection); err != nil {
-		r.Close()
-		return nil, err
-	}
+	d.items = r.Collection(collection)
 	return d, nil
 }
 

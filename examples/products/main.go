@@ -115,7 +115,7 @@ type device struct {
 }
 
 func openDevice(name, dir string, creds devrelay.Credentials, pol policy.Policy, out io.Writer) (*device, error) {
-	r, err := replica.Open(dir, nil)
+	r, err := replica.Open(dir, &replica.Options{TokenSource: creds.Tokens})
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +123,6 @@ func openDevice(name, dir string, creds devrelay.Credentials, pol policy.Policy,
 		Name:        profile,
 		URL:         creds.URL,
 		APIKey:      creds.APIKey,
-		Token:       creds.Token,
 		Mode:        policy.Manual,
 		Type:        policy.TwoWay,
 		Collections: []string{collection},
@@ -138,14 +137,7 @@ func openDevice(name, dir string, creds devrelay.Credentials, pol policy.Policy,
 		r.Close()
 		return nil, err
 	}
-	if creds.Tokens != nil {
-		r.SetTokenSource(profile, creds.Tokens)
-	}
-	products, err := r.Collection(collection)
-	if err != nil {
-		r.Close()
-		return nil, err
-	}
+	products := r.Collection(collection)
 	return &device{name: name, r: r, products: products, out: out}, nil
 }
 

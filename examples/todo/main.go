@@ -99,15 +99,14 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("%s: give one task ID", cmd)
 	}
 
-	r, err := replica.Open(*data, nil)
+	// Tokens are never stored: each run gives them from its flags (or
+	// mints them from the dev app), and only when it syncs.
+	r, err := replica.Open(*data, &replica.Options{TokenSource: rf.Tokens})
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	todos, err := r.Collection(collection)
-	if err != nil {
-		return err
-	}
+	todos := r.Collection(collection)
 	a := &app{r: r, todos: todos, out: stdout}
 
 	switch cmd {
@@ -174,10 +173,6 @@ func (a *app) add(title string) error {
 }
 
 func (a *app) list() error {
-	recs, err := a.todos.Scan(replica.ScanOptions{}) // in ID order: creation order
-	if err != nil {
-		return err
-	}
 	pending, err := a.todos.Pending()
 	if err != nil {
 		return err
@@ -186,10 +181,12 @@ func (a *app) list() error {
 	for _, id := range pending {
 		unsynced[id] = true
 	}
-	if len(recs) == 0 {
-		fmt.Fprintln(a.out, "no tasks")
-	}
-	for _, rec := range recs {
+	tasks := 0
+	for rec, err := range a.todos.Scan(replica.ScanOptions{}) { // in ID order: creation order
+		if err != nil {
+			return err
+		}
+		tasks++
 		var t Task
 		if err := rec.Decode(&t); err != nil {
 			return err
@@ -202,6 +199,9 @@ func (a *app) list() error {
 			note = "  (not synced)"
 		}
 		fmt.Fprintf(a.out, "%s %s  %s%s\n", box, shortID(rec.ID), t.Title, note)
+	}
+	if tasks == 0 {
+		fmt.Fprintln(a.out, "no tasks")
 	}
 	// Deleted tasks wait to be synced too; they are not in the list.
 	if n := len(pending); n > 0 {
@@ -218,12 +218,11 @@ func (a *app) find(id string) (string, Task, error) {
 	} else if !errors.Is(err, replica.ErrNotFound) && !errors.Is(err, replica.ErrInvalidName) {
 		return "", t, err
 	}
-	recs, err := a.todos.Scan(replica.ScanOptions{})
-	if err != nil {
-		return "", t, err
-	}
 	var found []replica.Record
-	for _, rec := range recs {
+	for rec, err := range a.todos.Scan(replica.ScanOptions{}) {
+		if err != nil {
+			return "", t, err
+		}
 		if len(id) >= 4 && strings.HasSuffix(rec.ID, id) {
 			found = append(found, rec)
 		}
@@ -277,7 +276,6 @@ func (a *app) sync(ctx context.Context, rf *devrelay.Flags, explicit map[string]
 			Name:        profile,
 			URL:         creds.URL,
 			APIKey:      creds.APIKey,
-			Token:       creds.Token, // "" when minted: tokens are not stored then
 			Mode:        policy.Manual,
 			Type:        policy.TwoWay,
 			Collections: []string{collection},
@@ -288,29 +286,17 @@ func (a *app) sync(ctx context.Context, rf *devrelay.Flags, explicit map[string]
 		fmt.Fprintf(a.out, "created sync profile %q: %s, %s, %s\n", p.Name, p.URL, p.Mode, p.Type)
 	case err != nil:
 		return err
-	case explicit["url"] || explicit["api-key"] || explicit["token"]:
+	case explicit["url"] || explicit["api-key"]:
 		if explicit["url"] {
 			p.URL = rf.URL
 		}
 		if explicit["api-key"] {
 			p.APIKey = rf.APIKey
 		}
-		if explicit["token"] {
-			p.Token = rf.Token
-		}
 		if err := a.r.UpdateProfile(p); err != nil {
 			return err
 		}
 	}
-	if p.Token == "" {
-		// No stored token: mint one from the dev app for each connection.
-		creds, err := rf.Credentials()
-		if err != nil {
-			return err
-		}
-		a.r.SetTokenSource(profile, creds.Tokens)
-	}
-
 	st, err := a.r.Sync(ctx, profile)
 	if err != nil {
 		return fmt.Errorf("sync with %s: %w", p.URL, err)

@@ -42,8 +42,8 @@ func TestTodoSyncsBetweenTwoFolders(t *testing.T) {
 		t.Fatalf("alice's list before sync:\n%s", got)
 	}
 
-	// Alice stores a static token in her profile; Bob mints his from the
-	// dev app file on each sync.
+	// Alice passes a static token; Bob mints his from the dev app file on
+	// each sync.
 	out := todo(t, alice, append(rl.TokenArgs(), "sync")...)
 	if !strings.Contains(out, `created sync profile "relay"`) || !strings.Contains(out, "sent:     2 new") {
 		t.Fatalf("alice's first sync:\n%s", out)
@@ -68,8 +68,9 @@ func TestTodoSyncsBetweenTwoFolders(t *testing.T) {
 	add(t, bob, "walk the dog")
 	todo(t, bob, "--dev-app", rl.AppFile, "sync")
 
-	// Alice's stored profile needs no flags.
-	out = todo(t, alice, "sync")
+	// Alice's stored profile keeps the relay's URL and API key; tokens
+	// are never stored, so she gives hers again.
+	out = todo(t, alice, "--token", rl.Token, "sync")
 	if !strings.Contains(out, "received: 1 new, 1 changed, 1 removed") {
 		t.Fatalf("alice's second sync:\n%s", out)
 	}

@@ -1,6 +1,7 @@
 // Package storetest is the conformance suite of relay.Store: every
 // implementation (in memory, Badger, PostgreSQL) must pass it, so the relay
-// behaves the same on each.
+// behaves the same on each. Bench measures every implementation the same
+// way.
 //
 // A store's test calls Run (or RunVolatile) with a function that opens the
 // store keeping its data under dir:

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/replica"
 )
 
 // DefaultURL is where `ferry relay --dev` listens.
@@ -43,40 +44,43 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 type Credentials struct {
 	URL    string
 	APIKey string
-	// Token is the static token given by --token, or "" when tokens are
-	// minted: then Tokens is set.
-	Token string
-	// Tokens mints a fresh token on each call (for Replica.SetTokenSource);
-	// nil when Token is set.
-	Tokens func(ctx context.Context) (string, error)
+	// Tokens gives the profile its access token (Options.TokenSource): the
+	// static one from --token, or one minted afresh on each call.
+	Tokens replica.TokenSource
 }
 
 // Credentials resolves the flags. What --api-key and --token do not give is
 // read from the dev app file.
 func (f *Flags) Credentials() (Credentials, error) {
-	c := Credentials{URL: f.URL, APIKey: f.APIKey, Token: f.Token}
-	if c.APIKey != "" && c.Token != "" {
+	c := Credentials{URL: f.URL, APIKey: f.APIKey, Tokens: f.Tokens}
+	if c.APIKey != "" {
 		return c, nil
 	}
 	app, err := loadApp(f.AppFile)
 	if err != nil {
 		return c, err
 	}
-	if c.APIKey == "" {
-		c.APIKey = app.APIKey
-	}
-	if c.Token == "" {
-		// Dev only: the example signs its own tokens with the app's
-		// secret, as the relay's `ferry token --dev` does. A real app
-		// never holds the secret: its login service issues tokens (see
-		// docs/operations.md) and the app fetches them in a token source.
-		c.Tokens = func(context.Context) (string, error) {
-			return relay.IssueToken(app, relay.TokenRequest{
-				Subject: "example", TTL: time.Hour, Write: []string{"*"},
-			}, time.Now())
-		}
-	}
+	c.APIKey = app.APIKey
 	return c, nil
+}
+
+// Tokens is a replica.TokenSource: the static token of --token, or one
+// minted afresh from the dev app file at each call.
+func (f *Flags) Tokens(ctx context.Context, profile string) (string, error) {
+	if f.Token != "" {
+		return f.Token, nil
+	}
+	app, err := loadApp(f.AppFile)
+	if err != nil {
+		return "", err
+	}
+	// Dev only: the example signs its own tokens with the app's secret,
+	// as the relay's `ferry token --dev` does. A real app never holds the
+	// secret: its login service issues tokens (see docs/operations.md)
+	// and the app fetches them in a token source.
+	return relay.IssueToken(app, relay.TokenRequest{
+		Subject: "example", TTL: time.Hour, Write: []string{"*"},
+	}, time.Now())
 }
 
 func loadApp(path string) (relay.App, error) {

@@ -1,0 +1,137 @@
+// A shared to-do list: each task is one automerge-repo document, which is
+// one record of Ferry's "todos" collection (the Go example, examples/todo,
+// reads and writes the same records). Tasks live in IndexedDB, so the page
+// works offline and catches up when the relay is back.
+import { Repo, parseAutomergeUrl } from "@automerge/automerge-repo"
+import { BrowserWebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket"
+import { IndexedDBStorageAdapter } from "@automerge/automerge-repo-storage-indexeddb"
+
+const KNOWN = "ferry-webtodo:documents" // localStorage: document IDs seen
+const CONFIG = "ferry-webtodo:config" // localStorage: the last config
+
+// The page's server hands out the relay URL with credentials; offline, the
+// last one is used.
+async function loadConfig() {
+  try {
+    const res = await fetch("config.json", { cache: "no-store" })
+    if (res.ok) {
+      const cfg = await res.json()
+      localStorage.setItem(CONFIG, JSON.stringify(cfg))
+      return cfg
+    }
+  } catch (e) {
+    // offline: fall through
+  }
+  const saved = localStorage.getItem(CONFIG)
+  return saved ? JSON.parse(saved) : null
+}
+
+// Tasks get UUIDv7 IDs, as Go's replica.Insert gives them, so both sides
+// list them in creation order.
+function uuidv7() {
+  const b = new Uint8Array(16)
+  crypto.getRandomValues(b)
+  const ms = Date.now()
+  for (let i = 0; i < 6; i++) b[i] = Math.floor(ms / 2 ** (8 * (5 - i))) & 0xff
+  b[6] = (b[6] & 0x0f) | 0x70
+  b[8] = (b[8] & 0x3f) | 0x80
+  return b
+}
+
+function hex(bytes) {
+  return Array.from(bytes, x => x.toString(16).padStart(2, "0")).join("")
+}
+
+const cfg = await loadConfig()
+const network = cfg ? [new BrowserWebSocketClientAdapter(cfg.url, 1000)] : []
+const repo = new Repo({
+  storage: new IndexedDBStorageAdapter("ferry-webtodo"),
+  network,
+  idFactory: async () => uuidv7(),
+})
+
+const handles = new Map() // documentId -> handle
+const known = new Set(JSON.parse(localStorage.getItem(KNOWN) || "[]"))
+
+function remember(id) {
+  if (!known.has(id)) {
+    known.add(id)
+    localStorage.setItem(KNOWN, JSON.stringify([...known]))
+  }
+}
+
+function track(handle) {
+  const id = handle.documentId
+  if (handles.has(id)) return
+  handles.set(id, handle)
+  remember(id)
+  handle.on("change", render)
+  render()
+}
+
+// The relay announces every record of the collection (announce=1 in the
+// URL): each arrives as a sync message for a document the page has not
+// asked for. (automerge-repo 2.5 declares a "document" event on the repo
+// but does not emit it, so the adapter's messages are watched instead.)
+for (const adapter of network) {
+  adapter.on("message", m => {
+    if (m.type === "sync" && m.documentId && !handles.has(m.documentId)) {
+      repo.find(m.documentId).then(track).catch(() => {})
+    }
+  })
+}
+
+// What this browser saw before loads from IndexedDB, relay or not.
+for (const id of known) {
+  repo.find(id).then(track).catch(() => {})
+}
+
+const list = document.querySelector("#tasks")
+const status = document.querySelector("#status")
+
+function render() {
+  const rows = []
+  for (const [id, h] of handles) {
+    const doc = h.doc()
+    if (!doc || doc["$deleted"] === true || doc.title === undefined) continue
+    rows.push({ id, h, key: hex(parseAutomergeUrl("automerge:" + id).binaryDocumentId), title: String(doc.title), done: doc.done === true })
+  }
+  rows.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
+  list.replaceChildren(
+    ...rows.map(r => {
+      const li = document.createElement("li")
+      li.dataset.id = r.id
+      const box = document.createElement("input")
+      box.type = "checkbox"
+      box.checked = r.done
+      box.addEventListener("change", () => r.h.change(d => { d.done = box.checked }))
+      const label = document.createElement("span")
+      label.className = "title"
+      label.textContent = r.title
+      const rm = document.createElement("button")
+      rm.textContent = "remove"
+      // Ferry's delete is a tombstone field, so a Go device sees a removal.
+      rm.addEventListener("click", () => r.h.change(d => { d["$deleted"] = true }))
+      li.append(box, label, rm)
+      return li
+    }),
+  )
+  status.textContent = `${rows.length} task(s)` + (cfg ? "" : " — no relay configured, local only")
+}
+
+document.querySelector("#add").addEventListener("submit", e => {
+  e.preventDefault()
+  const input = document.querySelector("#title")
+  const title = input.value.trim()
+  if (!title) return
+  input.value = ""
+  // create2 (unlike create) uses idFactory: tasks get UUIDv7 IDs.
+  repo.create2({ title, done: false }).then(track)
+})
+
+// automerge-repo saves to IndexedDB shortly after each change: save now
+// when the page goes away (best effort; the browser does not wait).
+addEventListener("pagehide", () => { repo.flush() })
+
+window.ferryTodo = { repo, handles } // for tests and the console
+render()

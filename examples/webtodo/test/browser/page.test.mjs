@@ -1,0 +1,96 @@
+// The example page in headless Chromium (Debian's, never a downloaded
+// browser), against Ferry's relay and a Go replica. Run by the Go test
+// TestBrowserPage, which serves the page and passes addresses in the
+// environment.
+import { test, after } from "node:test"
+import assert from "node:assert/strict"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { setTimeout as sleep } from "node:timers/promises"
+import { chromium } from "playwright-core"
+
+const PAGE = process.env.FERRY_PAGE_URL
+const CONTROL = process.env.FERRY_CONTROL
+const SHOT = process.env.FERRY_SCREENSHOT // optional: where to save a picture
+if (!PAGE || !CONTROL) throw new Error("run through go test ./examples/webtodo")
+
+async function control(method, path, params = {}) {
+  const res = await fetch(`${CONTROL}${path}?${new URLSearchParams(params)}`, { method })
+  if (!res.ok) throw new Error(`${path}: ${res.status} ${await res.text()}`)
+  return res.json()
+}
+
+async function eventually(what, check, ms = 20000) {
+  const deadline = Date.now() + ms
+  for (;;) {
+    let last
+    try {
+      const v = await check()
+      if (v) return v
+    } catch (e) {
+      last = e
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? ": " + last.message : ""}`)
+    await sleep(100)
+  }
+}
+
+const profile = mkdtempSync(join(tmpdir(), "ferry-chromium-"))
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: "/usr/bin/chromium",
+  headless: true,
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+})
+after(async () => {
+  await browser.close()
+  rmSync(profile, { recursive: true, force: true })
+})
+
+const titles = page => page.$$eval("#tasks li .title", els => els.map(e => e.textContent))
+
+test("the page syncs with a Go replica and keeps working offline", async () => {
+  const page = await browser.newPage()
+  // Console errors are shown, without the credentials a failed WebSocket
+  // URL carries.
+  page.on("console", m => m.type() === "error" && console.log("page:", m.text().replace(/(api_key|token)=[^&\s']+/g, "$1=REDACTED")))
+  await page.goto(PAGE)
+  await page.waitForSelector("#status:has-text('task(s)')")
+
+  // An item added on the page reaches the Go replica.
+  await page.fill("#title", "from the page")
+  await page.click("#add button")
+  const got = await eventually("Go to see the page's task", async () => {
+    const r = await control("GET", "/find", { title: "from the page" })
+    return r.found && r
+  })
+  assert.equal(got.done, false)
+
+  // A Go edit shows on the page: a new task, and the page's task done.
+  await control("POST", "/put", { id: got.id, title: "from the page", done: "true" })
+  await control("POST", "/put", { id: "01900000-0000-7000-8000-000000000001", title: "from go", done: "false" })
+  await page.waitForSelector("#tasks li:has-text('from go')")
+  await eventually("the page to show the task done", () =>
+    page.$eval(`#tasks li[data-id] input:checked`, () => true).catch(() => false))
+  if (SHOT) await page.screenshot({ path: SHOT })
+
+  // With the relay stopped, a reload shows the tasks from IndexedDB, and
+  // the page still takes edits.
+  // automerge-repo writes to IndexedDB a moment after each change; flush
+  // so the reload finds everything (the page also flushes on pagehide,
+  // best effort).
+  await page.evaluate(() => window.ferryTodo.repo.flush())
+  await control("POST", "/relay/stop")
+  await page.reload()
+  await eventually("the tasks after reload", async () => (await titles(page)).length === 2)
+  assert.deepEqual((await titles(page)).sort(), ["from go", "from the page"])
+  await page.fill("#title", "added offline")
+  await page.click("#add button")
+  await page.waitForSelector("#tasks li:has-text('added offline')")
+
+  // Once the relay is back, the page catches up.
+  await control("POST", "/relay/start")
+  await eventually("Go to see the offline task", async () => (await control("GET", "/find", { title: "added offline" })).found)
+  await page.close()
+})

@@ -1,0 +1,338 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/ferrysync/ferry/crdt"
+)
+
+// amConn is one automerge-repo peer. Its read loop decodes messages and
+// hands each document's to that document's queue, handled in order by
+// one goroutine at a time (up to InFlight documents at once), so the
+// pushes of many documents share durable writes. A live goroutine sends
+// each open document's changes made by others.
+type amConn struct {
+	a        *amServer
+	ws       *websocket.Conn
+	coll     Coll
+	claims   *Claims
+	peer     string // the client's peer ID
+	announce bool
+
+	ctx     context.Context // ends when the connection ends
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	sem     chan struct{} // one token per document being handled
+	limiter *rateLimiter
+
+	mu      sync.Mutex
+	docs    map[string]*amDoc // by record
+	stopped bool
+	closed  chan struct{} // closed once a stop's close handshake ends
+}
+
+func (c *amConn) run(refusal string) {
+	a := c.a
+	defer func() {
+		c.mu.Lock()
+		stopped := c.stopped
+		c.mu.Unlock()
+		if stopped {
+			<-c.closed // the close handshake, bounded by the library
+		}
+		c.cancel()
+		c.wg.Wait()
+		c.mu.Lock()
+		records := make([]string, 0, len(c.docs))
+		for r := range c.docs {
+			records = append(records, r)
+		}
+		c.mu.Unlock()
+		a.metrics.openDocs.Sub(float64(len(records)))
+		a.unregister(c, records)
+		c.ws.CloseNow()
+	}()
+	if !a.register(c) {
+		c.ws.Close(websocket.StatusGoingAway, "relay is shutting down")
+		return
+	}
+	if !c.join(refusal) {
+		return
+	}
+	if c.a.ping > 0 {
+		c.wg.Add(1)
+		go c.keepalive()
+	}
+	cursor, err := a.b.head(c.ctx, c.coll)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.live(cursor, c.announce)
+	}()
+	for {
+		if err := c.limiter.wait(c.ctx); err != nil {
+			return
+		}
+		typ, b, err := c.ws.Read(c.ctx)
+		if err != nil {
+			if s := websocket.CloseStatus(err); s == -1 && c.ctx.Err() == nil && !errors.Is(err, context.Canceled) {
+				a.log.Debug("automerge-repo read failed", "app", c.coll.Tenant, "peer", c.peer, "err", err)
+				if errors.Is(err, websocket.ErrMessageTooBig) || strings.Contains(err.Error(), "read limited") {
+					a.metrics.refused.WithLabelValues("too_large").Inc()
+				}
+			}
+			return
+		}
+		a.metrics.bytesIn.Add(float64(len(b)))
+		if typ != websocket.MessageBinary {
+			c.end("messages must be binary CBOR")
+			return
+		}
+		m, err := decodeAMMessage(b)
+		if err != nil {
+			a.metrics.messages.WithLabelValues("malformed", "in").Inc()
+			c.end(err.Error())
+			return
+		}
+		a.metrics.messages.WithLabelValues(amTypeLabel(m.Type), "in").Inc()
+		if !c.dispatch(m) {
+			return
+		}
+	}
+}
+
+// join waits for the client's join and answers it with peer, or with
+// error when refusal is set or the join is wrong.
+func (c *amConn) join(refusal string) bool {
+	ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
+	typ, b, err := c.ws.Read(ctx)
+	cancel()
+	if err != nil {
+		return false
+	}
+	if typ != websocket.MessageBinary {
+		c.end("messages must be binary CBOR")
+		return false
+	}
+	m, err := decodeAMMessage(b)
+	if err != nil {
+		c.end(err.Error())
+		return false
+	}
+	if m.Type != amJoin || m.SenderID == "" {
+		c.end("the first message must be join, with a senderId")
+		return false
+	}
+	c.peer = m.SenderID
+	if refusal != "" {
+		c.end(refusal)
+		return false
+	}
+	if len(m.SupportedProtocolVersions) > 0 && !containsString(m.SupportedProtocolVersions, amProtocolV1) {
+		c.end("unsupported protocol version")
+		return false
+	}
+	return c.send(&amMessage{
+		Type:                    amPeer,
+		SenderID:                c.a.peerID,
+		TargetID:                c.peer,
+		SelectedProtocolVersion: amProtocolV1,
+		// A storage ID lets clients keep their sync state with the relay
+		// across reconnects; it changes when the store is restored.
+		PeerMetadata: &amPeerMetadata{StorageID: "ferry-" + c.a.b.incarnation(), IsEphemeral: false},
+	})
+}
+
+func containsString(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// dispatch handles one message after join; false ends the connection.
+func (c *amConn) dispatch(m *amMessage) bool {
+	if m.SenderID != c.peer {
+		c.end(fmt.Sprintf("message from %q on the connection of %q", m.SenderID, c.peer))
+		return false
+	}
+	if exp := c.claims.ExpiresAt; exp != nil && !c.a.b.now().Before(exp.Time) {
+		c.end("token expired; reconnect with a fresh one")
+		return false
+	}
+	switch m.Type {
+	case amRequest, amSync:
+		record, err := recordForDocumentID(m.DocumentID)
+		if err != nil {
+			c.end(err.Error())
+			return false
+		}
+		d, err := c.open(record, m.DocumentID)
+		if err != nil {
+			c.end(err.Error())
+			return false
+		}
+		c.enqueue(d, m)
+	case amEphemeral:
+		c.ephemeral(m)
+	case amUnavailable, amSubscription, amHeadsChanged:
+		// The relay keeps no remote-heads subscriptions and needs no
+		// availability hints: a document it does not hold stays
+		// unavailable until someone writes it.
+	case amJoin:
+		c.end("join sent twice")
+		return false
+	default:
+		// Newer clients may send types this relay does not know; ignore.
+	}
+	return true
+}
+
+// open returns the connection's state of a document, opening it.
+func (c *amConn) open(record, id string) (*amDoc, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if d := c.docs[record]; d != nil {
+		return d, nil
+	}
+	if len(c.docs) >= c.a.opts.MaxDocs {
+		c.a.metrics.refused.WithLabelValues("max_docs").Inc()
+		return nil, fmt.Errorf("a connection may sync at most %d documents", c.a.opts.MaxDocs)
+	}
+	d := &amDoc{record: record, id: id, state: crdt.NewSyncState()}
+	c.docs[record] = d
+	c.a.metrics.openDocs.Inc()
+	c.a.opened(c, record)
+	return d, nil
+}
+
+func (c *amConn) lookup(record string) *amDoc {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.docs[record]
+}
+
+// ephemeral passes an ephemeral message on to the document's other peers,
+// with its original sender, session and count.
+func (c *amConn) ephemeral(m *amMessage) {
+	record, err := recordForDocumentID(m.DocumentID)
+	if err != nil {
+		return
+	}
+	for _, o := range c.a.peersOf(c, record) {
+		fwd := *m
+		fwd.TargetID = o.peer
+		o.send(&fwd)
+	}
+}
+
+// send writes a message; false if the connection is gone.
+func (c *amConn) send(m *amMessage) bool {
+	return c.sendOK(m) == nil
+}
+
+func (c *amConn) sendOK(m *amMessage) error {
+	b, err := encodeAMMessage(m)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, c.a.slow)
+	defer cancel()
+	if err := c.ws.Write(ctx, websocket.MessageBinary, b); err != nil {
+		c.cancel()
+		return fmt.Errorf("%w: %v", errAMGone, err)
+	}
+	c.a.metrics.messages.WithLabelValues(amTypeLabel(m.Type), "out").Inc()
+	c.a.metrics.bytesOut.Add(float64(len(b)))
+	return nil
+}
+
+var errAMGone = errors.New("automerge-repo peer gone")
+
+// amRefusal is a peer's fault: it is told why, and disconnected.
+type amRefusal struct{ msg string }
+
+func (e *amRefusal) Error() string { return e.msg }
+
+// fail ends the connection for err: the peer's fault (amRefusal) is
+// explained to it; the relay's own is logged and reported as internal.
+func (c *amConn) fail(err error) {
+	var r *amRefusal
+	switch {
+	case errors.As(err, &r):
+		c.end(r.msg)
+	case errors.Is(err, errAMGone), c.ctx.Err() != nil:
+		c.cancel()
+	default:
+		c.a.log.Error("automerge-repo connection failed", "app", c.coll.Tenant, "collection", c.coll.Collection, "peer", c.peer, "err", err)
+		c.stop(websocket.StatusInternalError, "internal error")
+	}
+}
+
+// end tells the peer why it is disconnected, then closes.
+func (c *amConn) end(reason string) {
+	c.send(&amMessage{Type: amError, SenderID: c.a.peerID, TargetID: c.peer, Message: reason})
+	c.stop(websocket.StatusPolicyViolation, reason)
+}
+
+// stop closes the connection with a status, once.
+func (c *amConn) stop(code websocket.StatusCode, reason string) {
+	c.mu.Lock()
+	done := c.stopped
+	c.stopped = true
+	c.mu.Unlock()
+	if done {
+		return
+	}
+	if len(reason) > 120 {
+		reason = reason[:120]
+	}
+	// Not canceling first: that would drop the connection before the
+	// close frame (and the error message before it) reached the peer.
+	go func() {
+		c.ws.Close(code, reason)
+		c.cancel()
+		close(c.closed)
+	}()
+}
+
+func (c *amConn) keepalive() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.a.ping)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(c.ctx, 2*c.a.ping)
+		err := c.ws.Ping(ctx)
+		cancel()
+		if err != nil {
+			c.cancel()
+			return
+		}
+	}
+}
+
+func amTypeLabel(t string) string {
+	switch t {
+	case amJoin, amPeer, amError, amRequest, amSync, amUnavailable, amEphemeral, amSubscription, amHeadsChanged:
+		return t
+	}
+	return "other"
+}

@@ -1,0 +1,181 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/transport"
+)
+
+// amDoc is one document a connection syncs.
+type amDoc struct {
+	record, id string
+
+	mu    sync.Mutex // held while the sync state is used
+	state *crdt.SyncState
+	sent  crdt.Heads // the document's heads when a message was last generated
+	// Changes waiting for changes they depend on, and those (see
+	// ampending.go).
+	pending [][]byte
+	missing []crdt.Hash
+
+	qmu     sync.Mutex
+	queue   []*amMessage
+	running bool
+}
+
+// enqueue queues a sync message for its document, starting the
+// document's handler if none runs. It blocks while InFlight documents are
+// being handled.
+func (c *amConn) enqueue(d *amDoc, m *amMessage) {
+	d.qmu.Lock()
+	d.queue = append(d.queue, m)
+	start := !d.running
+	d.running = true
+	d.qmu.Unlock()
+	if !start {
+		return
+	}
+	select {
+	case c.sem <- struct{}{}:
+	case <-c.ctx.Done():
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer func() { <-c.sem }()
+		for {
+			d.qmu.Lock()
+			if len(d.queue) == 0 || c.ctx.Err() != nil {
+				d.running = false
+				d.queue = nil
+				d.qmu.Unlock()
+				return
+			}
+			m := d.queue[0]
+			d.queue = d.queue[1:]
+			d.qmu.Unlock()
+			if err := c.handleSync(d, m); err != nil {
+				c.fail(err)
+				return
+			}
+		}
+	}()
+}
+
+// handleSync takes in a request or sync message: its changes are pushed
+// (validated and durable before anything is answered), the rest goes to
+// the sync state, and the answer goes back.
+func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
+	start := time.Now()
+	defer func() { c.a.metrics.syncSeconds.Observe(time.Since(start).Seconds()) }()
+	sm, err := parseSyncMessage(m.Data)
+	if err != nil {
+		return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	// The sync state takes in the message against the document as it was
+	// before the message's changes, as automerge does when it applies
+	// them: seeing its heads already held, it would think the peer had
+	// been told of them and send no acknowledgement.
+	before, found, err := c.docOrEmpty(d)
+	if err != nil {
+		return err
+	}
+	after := before
+	if len(sm.changes) > 0 {
+		if !c.claims.CanWrite(c.coll.Collection) {
+			// A read-only peer's edits stay with it; it still syncs.
+			c.a.metrics.refused.WithLabelValues("read_only").Inc()
+			c.send(&amMessage{Type: amError, SenderID: c.a.peerID, TargetID: c.peer,
+				Message: fmt.Sprintf("token does not grant write on %q: changes to %s refused", c.coll.Collection, d.id)})
+		} else {
+			chunks := append(d.pending, sm.changes...)
+			ordered, missing, err := pendingChanges(before.doc, chunks)
+			if err != nil {
+				return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
+			}
+			d.pending, d.missing = nil, missing
+			if len(missing) > 0 {
+				if chunksSize(chunks) > c.a.limits.MaxRecord {
+					return &amRefusal{msg: fmt.Sprintf("document %s: over %d bytes of changes wait for changes never sent", d.id, c.a.limits.MaxRecord)}
+				}
+				d.pending = chunks // pushed once what they need arrives
+			} else {
+				if err := c.push(d, ordered); err != nil {
+					return err
+				}
+				if after, found, err = c.docOrEmpty(d); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if !found && len(sm.heads) == 0 {
+		// Nobody has it: tell the peer, and keep the document open so it
+		// syncs if someone writes it later.
+		return c.sendOK(&amMessage{Type: amUnavailable, SenderID: c.a.peerID, TargetID: c.peer, DocumentID: d.id})
+	}
+	if err := d.state.Receive(before.doc, sm.encodeV1()); err != nil {
+		return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
+	}
+	// A peer with a document the relay lacks is answered from an empty
+	// one, which asks for all of it.
+	return c.syncOut(d, after)
+}
+
+// docOrEmpty returns the record's stored document, or an empty one (and
+// found=false) if the store has none.
+func (c *amConn) docOrEmpty(d *amDoc) (cd *amCached, found bool, err error) {
+	cd, err = c.a.loadDoc(c.ctx, c.coll, d.record)
+	if isNotFound(err) {
+		empty, err := crdt.New("")
+		return &amCached{doc: empty}, false, err
+	}
+	return cd, err == nil, err
+}
+
+// push stores a message's changes through the relay's push path.
+func (c *amConn) push(d *amDoc, chunks [][]byte) error {
+	p := &transport.Push{Collection: c.coll.Collection, Records: []transport.RecordChanges{{
+		Record: d.record, Data: bytes.Join(chunks, nil),
+	}}}
+	if err := c.a.limits.Validate(p); err != nil {
+		return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
+	}
+	// Once started, a push finishes and is durable even if the peer goes.
+	_, err := c.a.b.push(context.WithoutCancel(c.ctx), c.coll, p)
+	var te *transport.Error
+	if errors.As(err, &te) && te.Code != transport.CodeInternal {
+		c.a.metrics.refused.WithLabelValues(string(te.Code)).Inc()
+		return &amRefusal{msg: fmt.Sprintf("document %s: %s: %s", d.id, te.Code, te.Message)}
+	}
+	return err
+}
+
+// syncOut sends the peer what it lacks of the document, if anything.
+// d.mu is held.
+func (c *amConn) syncOut(d *amDoc, cd *amCached) error {
+	msg, ok, err := d.state.Generate(cd.doc)
+	d.sent = cd.heads
+	if err == nil && len(d.missing) > 0 {
+		if !ok {
+			// Nothing else to say: ask anyway.
+			msg, ok = (&syncMessage{heads: cd.heads}).encodeV1(), true
+		}
+		if msg, err = withNeed(msg, d.missing); err != nil {
+			return err
+		}
+	}
+	if err != nil || !ok {
+		return err
+	}
+	return c.sendOK(&amMessage{Type: amSync, SenderID: c.a.peerID, TargetID: c.peer, DocumentID: d.id, Data: msg})
+}

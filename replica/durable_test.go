@@ -1,0 +1,205 @@
+package replica
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+
+	"github.com/ferrysync/ferry/crdt"
+)
+
+// TestSyncsAreShared: callers that arrive while a sync runs share the
+// next one, which begins after they arrived; none returns on a sync that
+// began before it.
+func TestSyncsAreShared(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newSyncer(nil, "dir", false)
+		release := make(chan struct{})
+		var runs atomic.Int32
+		s.run = func() error { runs.Add(1); <-release; return nil }
+
+		var returned sync.WaitGroup
+		returned.Add(1)
+		var first atomic.Bool
+		go func() { defer returned.Done(); s.sync(); first.Store(true) }()
+		synctest.Wait() // the first sync runs
+
+		var waiters sync.WaitGroup
+		var done atomic.Int32
+		for range 3 {
+			waiters.Add(1)
+			go func() {
+				defer waiters.Done()
+				s.sync()
+				done.Add(1)
+			}()
+		}
+		synctest.Wait() // all three wait
+		release <- struct{}{}
+		returned.Wait()
+		synctest.Wait() // one of the three leads the second sync
+		if !first.Load() || runs.Load() != 2 {
+			t.Fatalf("after the first sync: first returned %v, %d syncs run", first.Load(), runs.Load())
+		}
+		if n := done.Load(); n != 0 {
+			t.Fatalf("%d callers returned on a sync that began before they called", n)
+		}
+		release <- struct{}{}
+		waiters.Wait()
+		if runs.Load() != 2 || done.Load() != 3 {
+			t.Fatalf("%d syncs for 4 callers (want 2), %d of 3 returned", runs.Load(), done.Load())
+		}
+
+		// An error reaches every caller of the sync that failed.
+		boom := errors.New("disk on fire")
+		s.run = func() error { return boom }
+		if err := s.sync(); !errors.Is(err, boom) {
+			t.Fatalf("sync = %v, want the run's error", err)
+		}
+	})
+}
+
+// TestRotatedLogs: after DB.Sync, the logs Badger rotated away from since
+// the last sync are fsynced, and no others.
+func TestRotatedLogs(t *testing.T) {
+	logs := func(ids ...uint64) []logFile {
+		var out []logFile
+		for _, id := range ids {
+			out = append(out, logFile{id, fmt.Sprintf("%05d.mem", id)})
+		}
+		return out
+	}
+	seen := map[string]uint64{}
+	steps := []struct {
+		mem  []logFile
+		want []string
+	}{
+		// The first sync: logs an earlier run left, not yet flushed.
+		{logs(3, 4, 5), []string{"00003.mem", "00004.mem"}},
+		{logs(5), nil},                                      // no rotation
+		{logs(5, 6), []string{"00005.mem"}},                 // 5 rotated away from
+		{logs(6, 7, 8), []string{"00006.mem", "00007.mem"}}, // two rotations
+		{logs(8), nil},                                      // older ones flushed
+	}
+	for i, st := range steps {
+		got := rotated(map[string][]logFile{".mem": st.mem}, seen)
+		if !slices.Equal(got, st.want) {
+			t.Fatalf("step %d: fsynced %v, want %v", i, got, st.want)
+		}
+	}
+}
+
+// TestBadgerLogNames fails if Badger no longer names its logs as the
+// syncer expects: rotated logs would go unfsynced.
+func TestBadgerLogNames(t *testing.T) {
+	dir := t.TempDir()
+	r := open(t, dir, nil)
+	if err := coll(t, r, "c").Put("x", map[string]any{"n": 1}); err != nil {
+		t.Fatal(err)
+	}
+	logs, err := badgerLogs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ext := range syncedLogs {
+		if len(logs[ext]) == 0 {
+			t.Errorf("no %s log in a Badger store: found %v", ext, logs)
+		}
+	}
+}
+
+func syncsOf(r *Replica) int64 { return r.fsync.syncs.Load() }
+
+// TestLocalWritesSync: a local write costs one sync, durable; none when
+// relaxed, or in memory.
+func TestLocalWritesSync(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		o     *Options
+		dir   bool
+		syncs int64
+	}{
+		{"durable", nil, true, 1},
+		{"relaxed", &Options{Relaxed: true}, true, 0},
+		{"in memory", &Options{InMemory: true}, false, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := ""
+			if c.dir {
+				dir = t.TempDir()
+			}
+			r := open(t, dir, c.o)
+			col := coll(t, r, "c")
+			for i, write := range []func() error{
+				func() error { return col.Put("x", map[string]any{"n": 1}) },
+				func() error { return col.Update("x", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, 2) }) },
+				func() error { return col.Delete("x") },
+			} {
+				before := syncsOf(r)
+				if err := write(); err != nil {
+					t.Fatal(err)
+				}
+				if got := syncsOf(r) - before; got != c.syncs {
+					t.Fatalf("write %d: %d syncs, want %d", i, got, c.syncs)
+				}
+			}
+		})
+	}
+}
+
+// TestLiveEditFsyncs counts the syncs from an edit on device A to its
+// application on device B, both live and durable through a relay: A's
+// commit, A's push and the bookkeeping of its acknowledgement, B's apply
+// and B's cursor. Only A's commit needs one; the rest the relay can send
+// again.
+func TestLiveEditFsyncs(t *testing.T) {
+	p, o := benchRelay(t)
+	devA, devB := open(t, t.TempDir(), o), open(t, t.TempDir(), o)
+	feedB := (&Collection{r: devB, name: "c"}).Watch(1024)
+	defer feedB.Close()
+	for _, r := range []*Replica{devA, devB} {
+		if err := r.AddProfile(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := &Collection{r: devA, name: "c"}
+	edit := func(n int64) {
+		t.Helper()
+		if err := a.Update("x", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, n) }); err != nil {
+			t.Fatal(err)
+		}
+		h, err := a.Heads("x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, feedB, "x", h)
+	}
+	if err := a.Create("x", map[string]any{"n": 0}); err != nil {
+		t.Fatal(err)
+	}
+	h, err := a.Heads("x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, feedB, "x", h)
+
+	baseA, baseB := syncsOf(devA), syncsOf(devB)
+	// A handles its edits one at a time: once B has the second, A is done
+	// with the first one's acknowledgement.
+	edit(1)
+	edit(2)
+	if got := syncsOf(devA) - baseA; got != 2 {
+		t.Errorf("device A: %d syncs for 2 edits, their pushes and acknowledgements; want 2", got)
+	}
+	if got := syncsOf(devB) - baseB; got != 0 {
+		t.Errorf("device B: %d syncs applying 2 edits; want 0", got)
+	}
+	var m map[string]any
+	if err := (&Collection{r: devB, name: "c"}).Get("x", &m); err != nil || m["n"] != int64(2) {
+		t.Fatalf("B's x = %v, %v", m, err)
+	}
+}
