@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -10,15 +9,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -36,82 +32,12 @@ import (
 // than the one the writer pushed to. The relays' /metrics are summed.
 const Postgres = External + 1
 
-// pgChildConfig is the configuration a PostgreSQL relay of the bench gets.
-type pgChildConfig struct {
+// relayProcessConfig is the configuration a PostgreSQL relay of the bench gets.
+type relayProcessConfig struct {
 	Apps           []relay.App `json:"apps"`
 	LogLevel       string      `json:"log_level"`
 	Postgres       string      `json:"postgres"`
 	PostgresSchema string      `json:"postgres_schema"`
-}
-
-// pgChild is one relay process.
-type pgChild struct {
-	cmd     *exec.Cmd
-	host    string // host:port of its listener
-	path    string // of its device URL
-	stderr  *tail
-	drained chan struct{}
-}
-
-func (c *pgChild) kill() {
-	c.cmd.Process.Kill()
-	<-c.drained
-	c.cmd.Wait()
-}
-
-// stop ends the relay with SIGTERM, as a clean shutdown.
-func (c *pgChild) stop() error {
-	c.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-c.drained:
-	case <-time.After(60 * time.Second):
-		c.cmd.Process.Kill()
-		<-c.drained
-	}
-	if err := c.cmd.Wait(); err != nil {
-		return fmt.Errorf("bench: relay exited with %v; stderr: %s", err, c.stderr)
-	}
-	return nil
-}
-
-func startPGChild(ctx context.Context, t Target, cfgPath, data string) (*pgChild, error) {
-	cmd := t.Command(ctx, []string{"--config", cfgPath, "--data", data, "--addr", "127.0.0.1:0"})
-	c := &pgChild{cmd: cmd, stderr: &tail{max: 8 << 10}, drained: make(chan struct{})}
-	cmd.Stderr = c.stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("bench: start relay: %w", err)
-	}
-	lines := bufio.NewReader(out)
-	first := make(chan string, 1)
-	go func() {
-		defer close(c.drained)
-		line, _ := lines.ReadString('\n')
-		first <- line
-		lines.WriteTo(discard{})
-	}()
-	var line string
-	select {
-	case line = <-first:
-	case <-time.After(60 * time.Second):
-		c.kill()
-		return nil, fmt.Errorf("bench: relay did not start within a minute; stderr: %s", c.stderr)
-	}
-	const prefix = "ferry relay listening on "
-	if !strings.HasPrefix(line, prefix) {
-		c.kill()
-		return nil, fmt.Errorf("bench: relay's first line is %q, want %q...; stderr: %s", line, prefix, c.stderr)
-	}
-	u, err := url.Parse(strings.TrimSpace(strings.TrimPrefix(line, prefix)))
-	if err != nil {
-		c.kill()
-		return nil, fmt.Errorf("bench: relay URL: %w", err)
-	}
-	c.host, c.path = u.Host, u.Path
-	return c, nil
 }
 
 func startPostgres(ctx context.Context, t Target, dir string) (env *relayEnv, err error) {
@@ -126,12 +52,12 @@ func startPostgres(ctx context.Context, t Target, dir string) (env *relayEnv, er
 	b := make([]byte, 6)
 	rand.Read(b)
 	schema := "bench_" + hex.EncodeToString(b)
-	cb, _ := json.Marshal(pgChildConfig{Apps: []relay.App{app}, LogLevel: "warn", Postgres: t.Postgres, PostgresSchema: schema})
+	cb, _ := json.Marshal(relayProcessConfig{Apps: []relay.App{app}, LogLevel: "warn", Postgres: t.Postgres, PostgresSchema: schema})
 	cfgPath := filepath.Join(dir, "relay.json")
 	if err := os.WriteFile(cfgPath, cb, 0o600); err != nil {
 		return nil, err
 	}
-	var children []*pgChild
+	var children []*relayProcess
 	var cleanups []func() error
 	defer func() {
 		if err != nil {
@@ -146,7 +72,7 @@ func startPostgres(ctx context.Context, t Target, dir string) (env *relayEnv, er
 	cleanups = append(cleanups, func() error { return dropSchema(t.Postgres, schema) })
 	// One at a time: the first creates the schema.
 	for i := range n {
-		c, err := startPGChild(ctx, t, cfgPath, filepath.Join(dir, fmt.Sprint("relay-", i+1)))
+		c, err := startRelayProcess(ctx, t, cfgPath, filepath.Join(dir, fmt.Sprint("relay-", i+1)))
 		if err != nil {
 			return nil, err
 		}
@@ -308,7 +234,7 @@ type pgProbe struct {
 	cpu0 map[string]float64 // pid -> CPU seconds at reset
 }
 
-func newPGProbe(children []*pgChild, dsn, schema string) (*pgProbe, error) {
+func newPGProbe(children []*relayProcess, dsn, schema string) (*pgProbe, error) {
 	p := &pgProbe{dsn: dsn, schema: schema}
 	for _, c := range children {
 		cp, err := newChildProbe(c.cmd.Process.Pid)
@@ -388,22 +314,16 @@ func (p *pgProbe) peak() memStats {
 func (p *pgProbe) close() {}
 
 // procCPU is a process's user and system CPU time in seconds, from
-// /proc/PID/stat (0 if it is gone).
+// /proc/PID/stat by procfs, which finds the fields past the command name
+// and knows the clock tick (0 if the process is gone).
 func procCPU(pid string) float64 {
-	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	p, err := openProc(pid)
 	if err != nil {
 		return 0
 	}
-	// The fields after the command name, which is in parentheses.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
+	st, err := p.Stat()
+	if err != nil {
 		return 0
 	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // clock ticks; 100 per second on Linux
+	return st.CPUTime()
 }
