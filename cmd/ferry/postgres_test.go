@@ -313,12 +313,10 @@ func TestRelaysOnPostgres(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bySeq := map[uint64]string{}
 	for i, e := range log {
 		if e.Seq != uint64(i+1) {
 			t.Fatalf("log entry %d has seq %d: a gap or a number used twice", i, e.Seq)
 		}
-		bySeq[e.Seq] = e.Record
 	}
 	docs := map[string]*crdt.Doc{}
 	for r := range pgRecords {

@@ -2,7 +2,8 @@
 // FERRY_TEST_POSTGRES names (a connection string), with a schema of their
 // own, dropped when they end. Without FERRY_TEST_POSTGRES the tests skip,
 // unless FERRY_REQUIRE_POSTGRES is set (CI sets both), which turns the skip
-// into a failure.
+// into a failure. A test that restarts the server (Restart) waits for the
+// other packages' tests on it to end first.
 package pgtest
 
 import (
@@ -30,6 +31,7 @@ func DSN(t testing.TB) string {
 		}
 		t.Skip("FERRY_TEST_POSTGRES is not set: no PostgreSQL to test against (.ci/run starts one)")
 	}
+	holdShared(t, dsn)
 	return dsn
 }
 
@@ -86,8 +88,10 @@ func Conn(t testing.TB, schema string) *pgx.Conn {
 
 // Restart restarts the PostgreSQL server with the shell command in
 // FERRY_TEST_POSTGRES_RESTART (.ci/run sets one that stops the server at
-// once, as a crash would, and starts it again). Without one it returns
-// false, unless FERRY_REQUIRE_POSTGRES is set, which fails the test.
+// once, as a crash would, and starts it again), once the tests of other
+// packages using the server have ended (see holdShared); those that start
+// meanwhile wait for it. Without a command it returns false, unless
+// FERRY_REQUIRE_POSTGRES is set, which fails the test.
 func Restart(t testing.TB) bool {
 	t.Helper()
 	cmd := os.Getenv("FERRY_TEST_POSTGRES_RESTART")
@@ -104,9 +108,12 @@ func Restart(t testing.TB) bool {
 		t.Fatal(err)
 	}
 	defer out.Close()
-	c := exec.Command("sh", "-c", cmd)
-	c.Stdout, c.Stderr = out, out
-	if err := c.Run(); err != nil {
+	err = exclusively(DSN(t), func() error {
+		c := exec.Command("sh", "-c", cmd)
+		c.Stdout, c.Stderr = out, out
+		return c.Run()
+	})
+	if err != nil {
 		b, _ := os.ReadFile(out.Name())
 		t.Fatalf("restarting PostgreSQL (%s): %v\n%s", cmd, err, b)
 	}
