@@ -13,3 +13,6 @@ func SetDial(o *Options, d func(ctx context.Context, network, addr string) (net.
 
 // SetLocalClock gives the store a local clock other than time.Now.
 func SetLocalClock(o *Options, f func() time.Time) { o.localClock = f }
+
+// Retryable is retryable: why an error may be retried, "" if not.
+func Retryable(err error) string { return retryable(err) }
