@@ -50,5 +50,6 @@
 // from its /proc status), or an external relay given by URL (bytes and
 // memory scraped from its /metrics, which count change payloads only and
 // the whole relay). Collection names carry a random suffix, so runs against
-// one external relay never mix.
+// one external relay never mix. With [Postgres], several relay processes
+// share a PostgreSQL database, behind a round-robin balancer.
 package bench

@@ -72,6 +72,9 @@ func (r *Result) phaseBytes(e *relayEnv, name string, before, after snapshot, wi
 }
 
 func wireNote(m Mode) string {
+	if m == Postgres {
+		return "TCP bytes both ways, counted by the loopback balancer in front of the relays"
+	}
 	if m == Child {
 		return "TCP bytes both ways, counted by a loopback proxy in front of the child relay"
 	}

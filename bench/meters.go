@@ -264,16 +264,7 @@ func (p *childProbe) close() {}
 // procStatus reads a process's /proc/<pid>/status ("self" for this one)
 // with procfs, whose parser knows the file's fields and units.
 func procStatus(pid string) (procfs.ProcStatus, error) {
-	var p procfs.Proc
-	var err error
-	if pid == "self" {
-		p, err = procfs.Self()
-	} else {
-		var n int
-		if n, err = strconv.Atoi(pid); err == nil {
-			p, err = procfs.NewProc(n)
-		}
-	}
+	p, err := openProc(pid)
 	if err != nil {
 		return procfs.ProcStatus{}, fmt.Errorf("bench: /proc/%s: %w", pid, err)
 	}
@@ -282,6 +273,18 @@ func procStatus(pid string) (procfs.ProcStatus, error) {
 		return procfs.ProcStatus{}, fmt.Errorf("bench: /proc/%s/status: %w", pid, err)
 	}
 	return st, nil
+}
+
+// openProc opens /proc/<pid> with procfs; pid "self" is this process.
+func openProc(pid string) (procfs.Proc, error) {
+	if pid == "self" {
+		return procfs.Self()
+	}
+	n, err := strconv.Atoi(pid)
+	if err != nil {
+		return procfs.Proc{}, err
+	}
+	return procfs.NewProc(n)
 }
 
 // scrapeProbe samples an external relay's process_resident_memory_bytes

@@ -48,6 +48,11 @@ type Target struct {
 	// "ferry relay listening on ws://..." as its first line on stdout and
 	// stop cleanly on SIGTERM.
 	Command func(ctx context.Context, args []string) *exec.Cmd
+
+	// Postgres: the database's connection string, and how many relays
+	// (default 1) run on it; Command makes them, as for Child.
+	Postgres string
+	Relays   int
 }
 
 // String names the target for results.
@@ -57,6 +62,8 @@ func (t Target) String() string {
 		return "child"
 	case External:
 		return t.URL
+	case Postgres:
+		return fmt.Sprintf("postgres x%d", max(t.Relays, 1))
 	}
 	return "in-process"
 }
@@ -83,6 +90,11 @@ func startRelay(ctx context.Context, t Target, dir string) (*relayEnv, error) {
 			return nil, errors.New("bench: a child relay needs Target.Command")
 		}
 		return startChild(ctx, t, dir)
+	case Postgres:
+		if t.Command == nil || t.Postgres == "" {
+			return nil, errors.New("bench: relays on PostgreSQL need Target.Command and Target.Postgres")
+		}
+		return startPostgres(ctx, t, dir)
 	case External:
 		if t.URL == "" || t.APIKey == "" || t.Token == "" {
 			return nil, errors.New("bench: an external relay needs a URL, an API key and a token")
@@ -174,6 +186,8 @@ type childConfig struct {
 	LogLevel string      `json:"log_level"`
 }
 
+// startChild runs a relay process on its embedded store in dir, devices
+// reaching it through a byte-counting proxy.
 func startChild(ctx context.Context, t Target, dir string) (*relayEnv, error) {
 	app, tok, err := newApp()
 	if err != nil {
@@ -187,9 +201,68 @@ func startChild(ctx context.Context, t Target, dir string) (*relayEnv, error) {
 	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
 		return nil, err
 	}
-	cmd := t.Command(ctx, []string{"--config", cfgPath, "--data", filepath.Join(dir, "relay"), "--addr", "127.0.0.1:0"})
-	stderr := &tail{max: 8 << 10}
-	cmd.Stderr = stderr
+	child, err := startRelayProcess(ctx, t, cfgPath, filepath.Join(dir, "relay"))
+	if err != nil {
+		return nil, err
+	}
+	px, err := newProxy(child.host)
+	if err != nil {
+		child.kill()
+		return nil, err
+	}
+	mem, err := newChildProbe(child.cmd.Process.Pid)
+	if err != nil {
+		px.close()
+		child.kill()
+		return nil, err
+	}
+	e := &relayEnv{
+		mode: Child, url: "ws://" + px.addr() + child.path, metricsURL: "http://" + child.host + "/metrics",
+		apiKey: app.APIKey, token: tok, wire: px.c, mem: mem,
+	}
+	e.stop = func() error {
+		px.close()
+		return child.stop()
+	}
+	return e, nil
+}
+
+// relayProcess is one `ferry relay` child process.
+type relayProcess struct {
+	cmd     *exec.Cmd
+	host    string // host:port of its listener
+	path    string // of its device URL
+	stderr  *tail
+	drained chan struct{}
+}
+
+func (c *relayProcess) kill() {
+	c.cmd.Process.Kill()
+	<-c.drained
+	c.cmd.Wait()
+}
+
+// stop ends the relay with SIGTERM, as a clean shutdown.
+func (c *relayProcess) stop() error {
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.drained:
+	case <-time.After(60 * time.Second):
+		c.cmd.Process.Kill()
+		<-c.drained
+	}
+	if err := c.cmd.Wait(); err != nil {
+		return fmt.Errorf("bench: relay exited with %v; stderr: %s", err, c.stderr)
+	}
+	return nil
+}
+
+// startRelayProcess starts t.Command with the config file and data
+// folder, and reads its listening URL from its first line.
+func startRelayProcess(ctx context.Context, t Target, cfgPath, data string) (*relayProcess, error) {
+	cmd := t.Command(ctx, []string{"--config", cfgPath, "--data", data, "--addr", "127.0.0.1:0"})
+	c := &relayProcess{cmd: cmd, stderr: &tail{max: 8 << 10}, drained: make(chan struct{})}
+	cmd.Stderr = c.stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -197,68 +270,33 @@ func startChild(ctx context.Context, t Target, dir string) (*relayEnv, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("bench: start relay: %w", err)
 	}
-	drained := make(chan struct{})
-	kill := func() {
-		cmd.Process.Kill()
-		<-drained
-		cmd.Wait()
-	}
 	lines := bufio.NewReader(out)
 	first := make(chan string, 1)
 	go func() {
-		defer close(drained)
+		defer close(c.drained)
 		line, _ := lines.ReadString('\n')
 		first <- line
-		lines.WriteTo(discard{}) // keep the pipe drained until the child exits
+		lines.WriteTo(discard{})
 	}()
 	var line string
 	select {
 	case line = <-first:
 	case <-time.After(60 * time.Second):
-		kill()
-		return nil, fmt.Errorf("bench: relay did not start within a minute; stderr: %s", stderr)
+		c.kill()
+		return nil, fmt.Errorf("bench: relay did not start within a minute; stderr: %s", c.stderr)
 	}
 	const prefix = "ferry relay listening on "
 	if !strings.HasPrefix(line, prefix) {
-		kill()
-		return nil, fmt.Errorf("bench: relay's first line is %q, want %q...; stderr: %s", line, prefix, stderr)
+		c.kill()
+		return nil, fmt.Errorf("bench: relay's first line is %q, want %q...; stderr: %s", line, prefix, c.stderr)
 	}
-	devURL := strings.TrimSpace(strings.TrimPrefix(line, prefix))
-	u, err := url.Parse(devURL)
+	u, err := url.Parse(strings.TrimSpace(strings.TrimPrefix(line, prefix)))
 	if err != nil {
-		kill()
-		return nil, fmt.Errorf("bench: relay URL %q: %w", devURL, err)
+		c.kill()
+		return nil, fmt.Errorf("bench: relay URL: %w", err)
 	}
-	px, err := newProxy(u.Host)
-	if err != nil {
-		kill()
-		return nil, err
-	}
-	mem, err := newChildProbe(cmd.Process.Pid)
-	if err != nil {
-		px.close()
-		kill()
-		return nil, err
-	}
-	e := &relayEnv{
-		mode: Child, url: "ws://" + px.addr() + u.Path, metricsURL: "http://" + u.Host + "/metrics",
-		apiKey: app.APIKey, token: tok, wire: px.c, mem: mem,
-	}
-	e.stop = func() error {
-		px.close()
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-drained:
-		case <-time.After(60 * time.Second):
-			cmd.Process.Kill()
-			<-drained
-		}
-		if err := cmd.Wait(); err != nil {
-			return fmt.Errorf("bench: relay exited with %v; stderr: %s", err, stderr)
-		}
-		return nil
-	}
-	return e, nil
+	c.host, c.path = u.Host, u.Path
+	return c, nil
 }
 
 func metricsURL(wsURL string) (string, error) {

@@ -72,24 +72,12 @@ func bulk(ctx context.Context, cfg Config, n int, label string) (b *bulkRun, err
 	defer closeAll(&err, w.Close)
 	coll := collName("w1")
 	ps := products(cfg.Seed, floorStream, n)
-	ids := make([]string, 0, n)
 	t0 := time.Now()
-	for len(ids) < n {
-		from := len(ids)
-		err := w.Write(func(tx *replica.Tx) error {
-			for i := from; i < min(from+100, n); i++ {
-				id, err := tx.Insert(coll, ps[i])
-				if err != nil {
-					return err
-				}
-				ids = append(ids, id)
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("insert: %w", err)
-		}
-		pr.report(len(ids) == n, "%s: inserted %d/%d records", label, len(ids), n)
+	ids, err := insertAll(w, coll, ps, func(done int) {
+		pr.report(done == n, "%s: inserted %d/%d records", label, done, n)
+	})
+	if err != nil {
+		return nil, err
 	}
 	b.insert = time.Since(t0)
 
@@ -113,33 +101,68 @@ func bulk(ctx context.Context, cfg Config, n int, label string) (b *bulkRun, err
 		return nil, err
 	}
 
-	fresh, err := env.openReplica(dir, "fresh", syncProgress(pr, fmt.Sprintf("%s fresh pull of %d", label, n)))
-	if err != nil {
-		return nil, err
-	}
-	defer closeAll(&err, fresh.Close)
-	if err := env.addProfile(fresh, coll, policy.Manual); err != nil {
-		return nil, err
-	}
-	t0 = time.Now()
-	st, err = fresh.Sync(ctx, profileName)
-	b.pull = time.Since(t0)
-	if err != nil {
-		return nil, fmt.Errorf("fresh pull: %w", err)
-	}
-	if got := collStats(st).FromRelay.Added; got != n {
-		return nil, checkf("fresh pull added %d records, want %d", got, n)
-	}
-	if b.pulled, err = env.snapshot(ctx); err != nil {
-		return nil, err
-	}
-	b.mem = env.mem.peak()
-	if cfg.Verify {
-		if err := verifyBulk(fresh, coll, ids, ps); err != nil {
-			return nil, err
+	if err := b.freshPull(ctx, dir, coll, syncProgress(pr, fmt.Sprintf("%s fresh pull of %d", label, n)), func(fresh *replica.Replica) error {
+		if cfg.Verify {
+			return verifyBulk(fresh, coll, ids, ps)
 		}
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	return b, nil
+}
+
+// insertAll inserts ps into coll of w, 100 per unit of work, calling
+// progress after each; it returns the records' IDs.
+func insertAll(w *replica.Replica, coll string, ps []Product, progress func(done int)) ([]string, error) {
+	n := len(ps)
+	ids := make([]string, 0, n)
+	for len(ids) < n {
+		from := len(ids)
+		err := w.Write(func(tx *replica.Tx) error {
+			for i := from; i < min(from+100, n); i++ {
+				id, err := tx.Insert(coll, ps[i])
+				if err != nil {
+					return err
+				}
+				ids = append(ids, id)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("insert: %w", err)
+		}
+		progress(len(ids))
+	}
+	return ids, nil
+}
+
+// freshPull times a new replica's first sync of coll, which must bring
+// every record, then takes the relay's meters and peak memory; check
+// looks at the replica before it closes.
+func (b *bulkRun) freshPull(ctx context.Context, dir, coll string, l replica.Listener, check func(*replica.Replica) error) (err error) {
+	fresh, err := b.env.openReplica(dir, "fresh", l)
+	if err != nil {
+		return err
+	}
+	defer closeAll(&err, fresh.Close)
+	if err := b.env.addProfile(fresh, coll, policy.Manual); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	st, err := fresh.Sync(ctx, profileName)
+	b.pull = time.Since(t0)
+	if err != nil {
+		return fmt.Errorf("fresh pull: %w", err)
+	}
+	if got := collStats(st).FromRelay.Added; got != b.n {
+		return checkf("fresh pull added %d records, want %d", got, b.n)
+	}
+	if b.pulled, err = b.env.snapshot(ctx); err != nil {
+		return err
+	}
+	b.mem = b.env.mem.peak()
+	return check(fresh)
 }
 
 // verifyBulk checks that r holds exactly the records ids with the fields

@@ -63,79 +63,22 @@ func live(ctx context.Context, cfg Config, name string, updates func(Config) int
 	}
 	defer closeAll(&err, b.Close)
 
-	coll := collName(strings.ToLower(name))
-	const id = "live-record"
-	ca := a.Collection(coll)
-	cb := b.Collection(coll)
-	if err := ca.Create(id, products(cfg.Seed, 2, 1)[0]); err != nil {
+	w := &w2Run{ctx: ctx, env: env, name: name, coll: collName(strings.ToLower(name)), n: n, tenth: n / 10}
+	w.ca, w.cb = a.Collection(w.coll), b.Collection(w.coll)
+	if err := w.ca.Create(w2Record, products(cfg.Seed, 2, 1)[0]); err != nil {
 		return nil, err
 	}
-	feed := cb.Watch(4096)
-	defer feed.Close()
-
+	w.feed = w.cb.Watch(4096)
+	defer w.feed.Close()
 	before, err := env.snapshot(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := env.addProfile(a, coll, policy.Live); err != nil {
+	if err := w.goLive(a, b, before); err != nil {
 		return nil, err
 	}
-	if err := env.addProfile(b, coll, policy.Live); err != nil {
+	if err := w.run(newProgress(cfg.Progress)); err != nil {
 		return nil, err
-	}
-	if err := waitSubscribers(ctx, env, before.m[mSubscribers]+2); err != nil {
-		return nil, err
-	}
-	h, err := ca.Heads(id)
-	if err != nil {
-		return nil, err
-	}
-	if err := waitHeads(ctx, feed, id, h); err != nil {
-		return nil, fmt.Errorf("record did not reach B: %w", err)
-	}
-
-	// The relay's meters at the edges of the first and the last tenth, to
-	// tell the relay's share of a growth from the replicas'.
-	tenth := n / 10
-	var edges [4]snapshot // before update 0, tenth, n-tenth, and after the last
-	edgeAt := func(i int) (int, bool) {
-		for k, at := range [4]int{0, tenth, n - tenth, n} {
-			if i == at && tenth > 0 {
-				return k, true
-			}
-		}
-		return 0, false
-	}
-	pr := newProgress(cfg.Progress)
-	lat := make([]time.Duration, 0, n)
-	commit := make([]time.Duration, 0, n)
-	for i := -w2Warmup; i <= n; i++ {
-		if k, ok := edgeAt(i); ok {
-			if edges[k], err = env.snapshot(ctx); err != nil {
-				return nil, err
-			}
-		}
-		if i == n {
-			break
-		}
-		t0 := time.Now()
-		err := ca.Update(id, func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, i) })
-		t1 := time.Now()
-		if err != nil {
-			return nil, fmt.Errorf("update %d: %w", i, err)
-		}
-		h, err := ca.Heads(id)
-		if err != nil {
-			return nil, err
-		}
-		if err := waitHeads(ctx, feed, id, h); err != nil {
-			return nil, fmt.Errorf("update %d did not reach B: %w", i, err)
-		}
-		if i >= 0 {
-			lat = append(lat, time.Since(t0))
-			commit = append(commit, t1.Sub(t0))
-			pr.report(i == n-1, "%s: %d/%d updates", name, i+1, n)
-		}
 	}
 	end, err := env.snapshot(ctx)
 	if err != nil {
@@ -143,14 +86,109 @@ func live(ctx context.Context, cfg Config, name string, updates func(Config) int
 	}
 	if cfg.Verify {
 		var got Product
-		if err := cb.Get(id, &got); err != nil {
+		if err := w.cb.Get(w2Record, &got); err != nil {
 			return nil, err
 		}
 		if got.Qty != n-1 {
 			return nil, checkf("B's qty is %d, want %d", got.Qty, n-1)
 		}
 	}
+	w.report(res)
+	res.add(Metric{Name: "relay_compactions", Value: end.since(before, mCompactions), Unit: "count", Note: "relay /metrics " + mCompactions})
+	res.Elapsed = time.Since(start)
+	return res, nil
+}
 
+// w2Record is the one record W2 updates.
+const w2Record = "live-record"
+
+// w2Run is one run of W2: A's and B's collections, B's feed, and what the
+// updates measured.
+type w2Run struct {
+	ctx        context.Context
+	env        *relayEnv
+	name, coll string
+	n, tenth   int
+	ca, cb     *replica.Collection
+	feed       *replica.Feed
+
+	lat, commit []time.Duration // per update, in order
+	// The relay's meters at the edges of the first and the last tenth, to
+	// tell the relay's share of a growth from the replicas': before update
+	// 0, tenth, n-tenth, and after the last.
+	edges [4]snapshot
+}
+
+// goLive starts both replicas' live profiles, and waits until the relay
+// has their subscriptions and B has the record.
+func (w *w2Run) goLive(a, b *replica.Replica, before snapshot) error {
+	if err := w.env.addProfile(a, w.coll, policy.Live); err != nil {
+		return err
+	}
+	if err := w.env.addProfile(b, w.coll, policy.Live); err != nil {
+		return err
+	}
+	if err := waitSubscribers(w.ctx, w.env, before.m[mSubscribers]+2); err != nil {
+		return err
+	}
+	h, err := w.ca.Heads(w2Record)
+	if err != nil {
+		return err
+	}
+	if err := waitHeads(w.ctx, w.feed, w2Record, h); err != nil {
+		return fmt.Errorf("record did not reach B: %w", err)
+	}
+	return nil
+}
+
+// run makes the updates, after w2Warmup untimed ones, each timed from the
+// start of A's Update until B's feed has it.
+func (w *w2Run) run(pr *progress) error {
+	edgeAt := func(i int) (int, bool) {
+		for k, at := range [4]int{0, w.tenth, w.n - w.tenth, w.n} {
+			if i == at && w.tenth > 0 {
+				return k, true
+			}
+		}
+		return 0, false
+	}
+	w.lat = make([]time.Duration, 0, w.n)
+	w.commit = make([]time.Duration, 0, w.n)
+	for i := -w2Warmup; i <= w.n; i++ {
+		if k, ok := edgeAt(i); ok {
+			var err error
+			if w.edges[k], err = w.env.snapshot(w.ctx); err != nil {
+				return err
+			}
+		}
+		if i == w.n {
+			return nil
+		}
+		t0 := time.Now()
+		err := w.ca.Update(w2Record, func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, i) })
+		t1 := time.Now()
+		if err != nil {
+			return fmt.Errorf("update %d: %w", i, err)
+		}
+		h, err := w.ca.Heads(w2Record)
+		if err != nil {
+			return err
+		}
+		if err := waitHeads(w.ctx, w.feed, w2Record, h); err != nil {
+			return fmt.Errorf("update %d did not reach B: %w", i, err)
+		}
+		if i >= 0 {
+			w.lat = append(w.lat, time.Since(t0))
+			w.commit = append(w.commit, t1.Sub(t0))
+			pr.report(i == w.n-1, "%s: %d/%d updates", w.name, i+1, w.n)
+		}
+	}
+	return nil
+}
+
+// report adds the run's latencies to res.
+func (w *w2Run) report(res *Result) {
+	lat, commit, n, tenth := w.lat, w.commit, w.n, w.tenth
 	s := sortedDurations(lat)
 	res.add(Metric{Name: "updates", Value: float64(len(lat)), Unit: "count"})
 	res.latency("latency_p50", percentile(s, 50))
@@ -175,17 +213,14 @@ func live(ctx context.Context, cfg Config, name string, updates func(Config) int
 				res.latency(name, time.Duration(to.since(from, mPushSeconds)/pushes*float64(time.Second)))
 			}
 		}
-		relayPush("relay_push_mean_first_tenth", edges[0], edges[1])
-		relayPush("relay_push_mean_last_tenth", edges[2], edges[3])
+		relayPush("relay_push_mean_first_tenth", w.edges[0], w.edges[1])
+		relayPush("relay_push_mean_last_tenth", w.edges[2], w.edges[3])
 	}
-	res.add(Metric{Name: "relay_compactions", Value: end.since(before, mCompactions), Unit: "count", Note: "relay /metrics " + mCompactions})
 	res.Notes = append(res.Notes,
 		"latency: from the start of A's Update (durable commit) until B's feed reports the change applied (durable); live profiles on both, via the relay",
 		"a_commit: A's local Update alone; ratio: W0's time for one change / the latency",
 		"first and last tenth: the first and the last tenth of the updates, in order; the record holds one more change after each",
 		"relay_push_mean: the relay's mean time answering a push over that tenth (relay /metrics ferry_relay_request_seconds)")
-	res.Elapsed = time.Since(start)
-	return res, nil
 }
 
 // growth is last ÷ first, 0 if first is 0.

@@ -78,44 +78,13 @@ func W3(ctx context.Context, cfg Config) (res *Result, err error) {
 	pr := newProgress(cfg.Progress)
 	var editTime [2]time.Duration
 	for k, r := range []*replica.Replica{a, b} {
-		c := r.Collection(coll)
-		rng := rand.New(rand.NewPCG(cfg.Seed, uint64(30+k)))
-		t0 := time.Now()
-		for e := range cfg.Updates {
-			id := ids[rng.IntN(m)]
-			field, val := randomEdit(rng)
-			if err := c.Update(id, func(d *crdt.Doc) error { return d.Set(crdt.Path{field}, val) }); err != nil {
-				return nil, fmt.Errorf("offline edit: %w", err)
-			}
-			pr.report(e == cfg.Updates-1, "W3: replica %c: %d/%d offline edits", 'A'+k, e+1, cfg.Updates)
-		}
-		editTime[k] = time.Since(t0)
-	}
-
-	// The merge.
-	conflicts, syncs := 0, 0
-	var merge time.Duration
-	order := []*replica.Replica{a, b}
-	converged := false
-	for !converged && syncs < w3MaxSyncs {
-		r := order[syncs%2]
-		t0 := time.Now()
-		st, err := r.Sync(ctx, profileName)
-		merge += time.Since(t0)
-		syncs++
-		if err != nil {
-			return nil, fmt.Errorf("merge sync %d: %w", syncs, err)
-		}
-		conflicts += collStats(st).Conflicts
-		if syncs < 3 {
-			continue // A, B, A at least: B's resolutions must reach A
-		}
-		if converged, err = sameHeads(a, b, coll, ids); err != nil {
+		if editTime[k], err = offlineEdits(r.Collection(coll), cfg, k, ids, pr); err != nil {
 			return nil, err
 		}
 	}
-	if !converged {
-		return nil, checkf("not converged after %d syncs", syncs)
+	merge, syncs, conflicts, err := mergeSyncs(ctx, a, b, coll, ids)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.Verify {
 		if err := sameFields(a, b, coll, ids); err != nil {
@@ -134,6 +103,52 @@ func W3(ctx context.Context, cfg Config) (res *Result, err error) {
 		"merge: the syncs' time; ratio: W0's time for as many changes as both replicas' edits / the merge time")
 	res.Elapsed = time.Since(start)
 	return res, nil
+}
+
+// offlineEdits makes cfg.Updates random single-field edits to c's records,
+// each a durable unit of work, as replica k (0 for A, 1 for B); it returns
+// their time.
+func offlineEdits(c *replica.Collection, cfg Config, k int, ids []string, pr *progress) (time.Duration, error) {
+	rng := rand.New(rand.NewPCG(cfg.Seed, uint64(30+k)))
+	t0 := time.Now()
+	for e := range cfg.Updates {
+		id := ids[rng.IntN(len(ids))]
+		field, val := randomEdit(rng)
+		if err := c.Update(id, func(d *crdt.Doc) error { return d.Set(crdt.Path{field}, val) }); err != nil {
+			return 0, fmt.Errorf("offline edit: %w", err)
+		}
+		pr.report(e == cfg.Updates-1, "W3: replica %c: %d/%d offline edits", 'A'+k, e+1, cfg.Updates)
+	}
+	return time.Since(t0), nil
+}
+
+// mergeSyncs syncs A, B, A, ... until every record's heads match: the
+// merge. It returns the syncs' time, their number and the conflicts they
+// resolved.
+func mergeSyncs(ctx context.Context, a, b *replica.Replica, coll string, ids []string) (merge time.Duration, syncs, conflicts int, err error) {
+	order := []*replica.Replica{a, b}
+	converged := false
+	for !converged && syncs < w3MaxSyncs {
+		r := order[syncs%2]
+		t0 := time.Now()
+		st, err := r.Sync(ctx, profileName)
+		merge += time.Since(t0)
+		syncs++
+		if err != nil {
+			return 0, 0, 0, fmt.Errorf("merge sync %d: %w", syncs, err)
+		}
+		conflicts += collStats(st).Conflicts
+		if syncs < 3 {
+			continue // A, B, A at least: B's resolutions must reach A
+		}
+		if converged, err = sameHeads(a, b, coll, ids); err != nil {
+			return 0, 0, 0, err
+		}
+	}
+	if !converged {
+		return 0, 0, 0, checkf("not converged after %d syncs", syncs)
+	}
+	return merge, syncs, conflicts, nil
 }
 
 // randomEdit picks one of the fields both replicas edit, and a new value.

@@ -87,191 +87,234 @@ func ingest(ctx context.Context, cfg Config, n int, label string) (in *ingestRun
 	}
 	defer closeAll(&err, env.close)
 	in = &ingestRun{n: n, env: env}
-	pr := newProgress(cfg.Progress)
-	coll := collName("w4")
 	quiet := min(cfg.Updates, w4Quiet)
-	total := n + quiet
-
-	// Pre-made changes: client k owns records [bounds[k], bounds[k+1]).
-	pr.report(true, "%s: making %d changes", label, total)
-	chs := make([]created, 0, total)
-	bounds := make([]int, cfg.Clients+1)
-	for k := range cfg.Clients {
-		cnt := n/cfg.Clients + btoi(k < n%cfg.Clients)
-		bounds[k+1] = bounds[k] + cnt
-		c, _, err := creationChanges(actorID(cfg.Seed, uint64(100+k)), products(cfg.Seed, uint64(100+k), cnt), time.Now())
-		if err != nil {
-			return nil, err
-		}
-		chs = append(chs, c...)
-	}
-	qc, _, err := creationChanges(actorID(cfg.Seed, 99), products(cfg.Seed, 99, quiet), time.Now())
-	if err != nil {
+	w := &w4Run{ctx: ctx, cfg: cfg, env: env, label: label, coll: collName("w4"), pr: newProgress(cfg.Progress), n: n, total: n + quiet}
+	defer w.close()
+	if err := w.makeChanges(); err != nil {
 		return nil, err
 	}
-	chs = append(chs, qc...)
-
-	dial := func(name string, buf int) (*transport.Client, error) {
-		dctx, cancel := context.WithTimeout(ctx, time.Minute)
-		defer cancel()
-		conn, err := transport.Dial(dctx, env.url, nil)
-		if err != nil {
-			return nil, err
-		}
-		c := transport.NewClient(conn, &transport.ClientOptions{LiveBuffer: buf})
-		hello := &transport.Hello{APIKey: env.apiKey, Token: env.token, ReplicaID: name, Versions: transport.SupportedVersions()}
-		if err := c.Call(dctx, hello, &transport.Welcome{}); err != nil {
-			c.Close()
-			return nil, err
-		}
-		return c, nil
+	if err := w.connect(); err != nil {
+		return nil, err
 	}
-	var clients []*transport.Client
-	var subWG sync.WaitGroup
-	defer func() {
-		for _, c := range clients {
-			c.Close()
-		}
-		subWG.Wait()
-	}()
-
-	// Subscribers, from the start of the (empty) collection.
-	base := time.Now()
-	changed := make(chan struct{}, 1)
-	subs := make([]*subscriber, cfg.Subscribers)
-	for s := range subs {
-		c, err := dial(fmt.Sprintf("%s-sub-%d", label, s), 4096)
-		if err != nil {
-			return nil, fmt.Errorf("subscriber %d: %w", s, err)
-		}
-		clients = append(clients, c)
-		if err := c.Call(ctx, &transport.Subscribe{Collection: coll}, &transport.OK{}); err != nil {
-			return nil, fmt.Errorf("subscribe: %w", err)
-		}
-		sub := &subscriber{c: c, recv: make([]int64, total)}
-		subs[s] = sub
-		subWG.Add(1)
-		go func() {
-			defer subWG.Done()
-			for lv := range c.Live() {
-				now := int64(time.Since(base))
-				for _, rc := range lv.Records {
-					i, err := strconv.Atoi(rc.Record[1:])
-					if err != nil || i < 0 || i >= total || sub.recv[i] != 0 {
-						continue
-					}
-					sub.recv[i] = max(now, 1)
-					sub.n.Add(1)
-				}
-				select {
-				case changed <- struct{}{}:
-				default:
-				}
-			}
-		}()
-	}
-	pushers := make([]*transport.Client, cfg.Clients)
-	for k := range pushers {
-		c, err := dial(fmt.Sprintf("%s-pusher-%d", label, k), 0)
-		if err != nil {
-			return nil, fmt.Errorf("pusher %d: %w", k, err)
-		}
-		clients = append(clients, c)
-		pushers[k] = c
-	}
-
-	push := func(c *transport.Client, from, to int) error {
-		req := &transport.Push{Collection: coll}
-		for i := from; i < to; i++ {
-			req.Records = append(req.Records, transport.RecordChanges{Record: recordID(i), Data: chs[i].data, Heads: chs[i].heads.Slices()})
-		}
-		var ack transport.Ack
-		if err := c.Call(ctx, req, &ack); err != nil {
-			return fmt.Errorf("push: %w", err)
-		}
-		if len(ack.Records) != to-from {
-			return checkf("ack of %d records for a push of %d", len(ack.Records), to-from)
-		}
-		return nil
-	}
-
-	// Ingest.
 	env.mem.reset()
 	if in.before, err = env.snapshot(ctx); err != nil {
 		return nil, err
 	}
-	ack := make([]int64, total)
-	var acked atomic.Int64
-	errs := make(chan error, cfg.Clients)
-	var wg sync.WaitGroup
-	t0 := time.Now()
-	for k, c := range pushers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := bounds[k]; i < bounds[k+1]; i += cfg.Batch {
-				to := min(i+cfg.Batch, bounds[k+1])
-				if err := push(c, i, to); err != nil {
-					errs <- err
-					return
-				}
-				now := int64(time.Since(base))
-				for j := i; j < to; j++ {
-					ack[j] = now
-				}
-				acked.Add(int64(to - i))
-			}
-		}()
-	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	tick := time.NewTicker(time.Second)
-wait:
-	for {
-		select {
-		case <-done:
-			break wait
-		case <-tick.C:
-			pr.report(false, "%s: %d/%d changes acknowledged", label, acked.Load(), n)
-		}
-	}
-	tick.Stop()
-	in.elapsed = time.Since(t0)
-	close(errs)
-	if err := <-errs; err != nil {
+	if in.elapsed, err = w.pushAll(); err != nil {
 		return nil, err
 	}
 	if in.after, err = env.snapshot(ctx); err != nil {
 		return nil, err
 	}
 	in.accepted = in.after.since(in.before, mAccepted)
-	pr.report(true, "%s: %d changes acknowledged in %s", label, n, in.elapsed.Round(time.Millisecond))
-	if err := waitAll(ctx, subs, changed, int64(n)); err != nil {
+	w.pr.report(true, "%s: %d changes acknowledged in %s", label, n, in.elapsed.Round(time.Millisecond))
+	if err := waitAll(ctx, w.subs, w.changed, int64(n)); err != nil {
 		return nil, err
 	}
 	for i := range n {
-		in.fanLoad = append(in.fanLoad, time.Duration(max(lastRecv(subs, i)-ack[i], 0)))
+		in.fanLoad = append(in.fanLoad, time.Duration(max(lastRecv(w.subs, i)-w.ack[i], 0)))
 	}
 	in.fanLoad = sortedDurations(in.fanLoad)
-
-	// Quiet fan-out: single pushes, one at a time.
-	for j := range quiet {
-		i := n + j
-		sent := time.Since(base)
-		if err := push(pushers[0], i, i+1); err != nil {
-			return nil, err
-		}
-		acked := time.Since(base)
-		if err := waitAll(ctx, subs, changed, int64(i+1)); err != nil {
-			return nil, err
-		}
-		last := time.Duration(lastRecv(subs, i))
-		in.fanQuiet = append(in.fanQuiet, max(last-acked, 0))
-		in.sendQuiet = append(in.sendQuiet, last-sent)
+	if in.fanQuiet, in.sendQuiet, err = w.quietFanout(); err != nil {
+		return nil, err
 	}
-	in.fanQuiet, in.sendQuiet = sortedDurations(in.fanQuiet), sortedDurations(in.sendQuiet)
 	in.mem = env.mem.peak()
 	return in, nil
+}
+
+// w4Run is one ingest: its pre-made changes, its clients and what they
+// saw, as times since base.
+type w4Run struct {
+	ctx         context.Context
+	cfg         Config
+	env         *relayEnv
+	label, coll string
+	pr          *progress
+	n, total    int // records ingested; and with the quiet phase's
+
+	chs     []created // by record index
+	bounds  []int     // pusher k owns records [bounds[k], bounds[k+1])
+	base    time.Time
+	clients []*transport.Client // all of them, closed by close
+	subWG   sync.WaitGroup
+	subs    []*subscriber
+	pushers []*transport.Client
+	changed chan struct{} // a subscriber received something
+	ack     []int64       // by record index: ns since base of its ack
+}
+
+// makeChanges makes every change before the clock starts: pusher k's
+// records, then the quiet phase's.
+func (w *w4Run) makeChanges() error {
+	cfg := w.cfg
+	w.pr.report(true, "%s: making %d changes", w.label, w.total)
+	w.chs = make([]created, 0, w.total)
+	w.bounds = make([]int, cfg.Clients+1)
+	for k := range cfg.Clients {
+		cnt := w.n/cfg.Clients + btoi(k < w.n%cfg.Clients)
+		w.bounds[k+1] = w.bounds[k] + cnt
+		c, _, err := creationChanges(actorID(cfg.Seed, uint64(100+k)), products(cfg.Seed, uint64(100+k), cnt), time.Now())
+		if err != nil {
+			return err
+		}
+		w.chs = append(w.chs, c...)
+	}
+	qc, _, err := creationChanges(actorID(cfg.Seed, 99), products(cfg.Seed, 99, w.total-w.n), time.Now())
+	if err != nil {
+		return err
+	}
+	w.chs = append(w.chs, qc...)
+	return nil
+}
+
+// dial connects one client and says hello.
+func (w *w4Run) dial(name string, buf int) (*transport.Client, error) {
+	dctx, cancel := context.WithTimeout(w.ctx, time.Minute)
+	defer cancel()
+	conn, err := transport.Dial(dctx, w.env.url, nil)
+	if err != nil {
+		return nil, err
+	}
+	c := transport.NewClient(conn, &transport.ClientOptions{LiveBuffer: buf})
+	hello := &transport.Hello{APIKey: w.env.apiKey, Token: w.env.token, ReplicaID: name, Versions: transport.SupportedVersions()}
+	if err := c.Call(dctx, hello, &transport.Welcome{}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	w.clients = append(w.clients, c)
+	return c, nil
+}
+
+// connect subscribes the subscribers, from the start of the (empty)
+// collection, and connects the pushers.
+func (w *w4Run) connect() error {
+	w.base = time.Now()
+	w.changed = make(chan struct{}, 1)
+	w.subs = make([]*subscriber, w.cfg.Subscribers)
+	for s := range w.subs {
+		c, err := w.dial(fmt.Sprintf("%s-sub-%d", w.label, s), 4096)
+		if err != nil {
+			return fmt.Errorf("subscriber %d: %w", s, err)
+		}
+		if err := c.Call(w.ctx, &transport.Subscribe{Collection: w.coll}, &transport.OK{}); err != nil {
+			return fmt.Errorf("subscribe: %w", err)
+		}
+		sub := &subscriber{c: c, recv: make([]int64, w.total)}
+		w.subs[s] = sub
+		w.subWG.Go(func() { w.receive(sub) })
+	}
+	w.pushers = make([]*transport.Client, w.cfg.Clients)
+	for k := range w.pushers {
+		c, err := w.dial(fmt.Sprintf("%s-pusher-%d", w.label, k), 0)
+		if err != nil {
+			return fmt.Errorf("pusher %d: %w", k, err)
+		}
+		w.pushers[k] = c
+	}
+	return nil
+}
+
+// receive notes when each record reaches sub, until its connection ends.
+func (w *w4Run) receive(sub *subscriber) {
+	for lv := range sub.c.Live() {
+		now := int64(time.Since(w.base))
+		for _, rc := range lv.Records {
+			i, err := strconv.Atoi(rc.Record[1:])
+			if err != nil || i < 0 || i >= w.total || sub.recv[i] != 0 {
+				continue
+			}
+			sub.recv[i] = max(now, 1)
+			sub.n.Add(1)
+		}
+		select {
+		case w.changed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (w *w4Run) close() {
+	for _, c := range w.clients {
+		c.Close()
+	}
+	w.subWG.Wait()
+}
+
+// push sends records [from, to) through c and awaits the ack.
+func (w *w4Run) push(c *transport.Client, from, to int) error {
+	req := &transport.Push{Collection: w.coll}
+	for i := from; i < to; i++ {
+		req.Records = append(req.Records, transport.RecordChanges{Record: recordID(i), Data: w.chs[i].data, Heads: w.chs[i].heads.Slices()})
+	}
+	var ack transport.Ack
+	if err := c.Call(w.ctx, req, &ack); err != nil {
+		return fmt.Errorf("push: %w", err)
+	}
+	if len(ack.Records) != to-from {
+		return checkf("ack of %d records for a push of %d", len(ack.Records), to-from)
+	}
+	return nil
+}
+
+// pushAll is the ingest itself: every pusher pushes its records, Batch per
+// push, each awaiting its ack. It returns how long that took.
+func (w *w4Run) pushAll() (time.Duration, error) {
+	w.ack = make([]int64, w.total)
+	var acked atomic.Int64
+	errs := make(chan error, len(w.pushers))
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for k, c := range w.pushers {
+		wg.Go(func() {
+			for i := w.bounds[k]; i < w.bounds[k+1]; i += w.cfg.Batch {
+				to := min(i+w.cfg.Batch, w.bounds[k+1])
+				if err := w.push(c, i, to); err != nil {
+					errs <- err
+					return
+				}
+				now := int64(time.Since(w.base))
+				for j := i; j < to; j++ {
+					w.ack[j] = now
+				}
+				acked.Add(int64(to - i))
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+wait:
+	for {
+		select {
+		case <-done:
+			break wait
+		case <-tick.C:
+			w.pr.report(false, "%s: %d/%d changes acknowledged", w.label, acked.Load(), w.n)
+		}
+	}
+	elapsed := time.Since(t0)
+	close(errs)
+	return elapsed, <-errs
+}
+
+// quietFanout pushes the quiet phase's records one at a time, each once
+// every subscriber has the last: fan-out latency without load.
+func (w *w4Run) quietFanout() (fan, send []time.Duration, err error) {
+	for i := w.n; i < w.total; i++ {
+		sent := time.Since(w.base)
+		if err := w.push(w.pushers[0], i, i+1); err != nil {
+			return nil, nil, err
+		}
+		acked := time.Since(w.base)
+		if err := waitAll(w.ctx, w.subs, w.changed, int64(i+1)); err != nil {
+			return nil, nil, err
+		}
+		last := time.Duration(lastRecv(w.subs, i))
+		fan = append(fan, max(last-acked, 0))
+		send = append(send, last-sent)
+	}
+	return sortedDurations(fan), sortedDurations(send), nil
 }
 
 // waitAll waits until every subscriber has received n records.

@@ -31,7 +31,8 @@ type Options struct {
 	// Registry receives the relay's Prometheus metrics. Default: a registry
 	// of the server's own, served at /metrics with Go and process metrics.
 	Registry *prometheus.Registry
-	// Now is the clock for leases and token expiry. Default time.Now.
+	// Now is the clock for leases and token expiry. Default: the Store's
+	// (see StoreClock) if it has one, else time.Now.
 	Now func() time.Time
 	// RelayID names this relay in welcome messages. Default "ferry-relay".
 	RelayID string
@@ -77,7 +78,7 @@ func (o *Options) withDefaults() Options {
 		v.Logger = slog.New(slog.DiscardHandler)
 	}
 	if v.Now == nil {
-		v.Now = time.Now
+		v.Now = nowFrom(v.Store)
 	}
 	if v.RelayID == "" {
 		v.RelayID = "ferry-relay"
@@ -125,7 +126,8 @@ type Server struct {
 	compactor *compactor
 	recLocks  stripe.Locks[recordKey] // merges, per record
 	quotas    *quotas
-	am        *amServer // automerge-repo clients
+	am        *amServer   // automerge-repo clients
+	watch     *storeWatch // nil unless the Store has StoreEvents
 
 	// hooks let tests wait for events that have no other signal, and
 	// drive timers by the fake clock.
@@ -190,6 +192,7 @@ func NewServer(o *Options) (*Server, error) {
 	if s.am, err = newAMServer(s); err != nil {
 		return nil, err
 	}
+	s.watch = startStoreWatch(s)
 	return s, nil
 }
 
@@ -350,6 +353,7 @@ func (s *Server) Close() error {
 		s.helpers.Wait()
 		s.am.close()
 		s.compactor.close()
+		s.watch.close()
 		s.docs.Clear() // no push runs now: free every loaded document
 	})
 	return nil

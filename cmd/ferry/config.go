@@ -46,6 +46,14 @@ type Config struct {
 	// AllowedOrigins are browser pages from other origins that may
 	// connect (see docs/operations.md).
 	AllowedOrigins []string `json:"allowed_origins"`
+
+	// Postgres, a PostgreSQL connection string, puts the relay's store in
+	// that database instead of the data folder, so that several relays can
+	// share it. PostgresSchema names the schema (default "ferry"), and
+	// PostgresMaxConns bounds this relay's pool (default 10).
+	Postgres         string `json:"postgres"`
+	PostgresSchema   string `json:"postgres_schema"`
+	PostgresMaxConns int    `json:"postgres_max_conns"`
 }
 
 // AppConfig is one app of the configuration file: the app's ID, API key

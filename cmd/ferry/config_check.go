@@ -22,33 +22,46 @@ const (
 // limits they set), naming the field in each problem; all problems are
 // reported at once. Zero values mean the default and pass.
 func (c *Config) check() error {
-	var errs []error
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
-	}
+	var p problems
+	c.checkRelay(&p)
+	c.checkPostgres(&p)
+	c.checkApps(&p)
+	return errors.Join(p...)
+}
+
+// problems gathers what check finds, each naming its field.
+type problems []error
+
+func (p *problems) bad(field, format string, args ...any) {
+	*p = append(*p, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+}
+
+// checkRelay checks the relay's own fields: address, names, logging,
+// durations, lags and TLS files.
+func (c *Config) checkRelay(p *problems) {
 	if c.Addr != "" {
 		if err := checkAddr(c.Addr); err != nil {
-			bad("addr", "%v", err)
+			p.bad("addr", "%v", err)
 		}
 	}
 	if len(c.RelayID) > 128 || !utf8.ValidString(c.RelayID) || strings.ContainsFunc(c.RelayID, unicode.IsControl) {
-		bad("relay_id", "want at most 128 bytes of printable UTF-8")
+		p.bad("relay_id", "want at most 128 bytes of printable UTF-8")
 	}
 	if c.LogLevel != "" {
 		var lv slog.Level
 		if err := lv.UnmarshalText([]byte(c.LogLevel)); err != nil {
-			bad("log_level", "%q: want debug, info, warn or error", c.LogLevel)
+			p.bad("log_level", "%q: want debug, info, warn or error", c.LogLevel)
 		}
 	}
 	if c.LogFormat != "" && c.LogFormat != "text" && c.LogFormat != "json" {
-		bad("log_format", "%q: want text or json", c.LogFormat)
+		p.bad("log_format", "%q: want text or json", c.LogFormat)
 	}
 	for name, d := range map[string]Duration{
 		"max_lease_ttl": c.MaxLeaseTTL, "default_lease_ttl": c.DefaultLeaseTTL, "shutdown_timeout": c.ShutdownTimeout,
 		"compact_interval": c.CompactInterval,
 	} {
 		if d < 0 {
-			bad(name, "%v is negative (leave it out for the default)", time.Duration(d))
+			p.bad(name, "%v is negative (leave it out for the default)", time.Duration(d))
 		}
 	}
 	maxTTL := time.Duration(c.MaxLeaseTTL)
@@ -56,61 +69,79 @@ func (c *Config) check() error {
 		maxTTL = defaultMaxLeaseTTL
 	}
 	if d := time.Duration(c.DefaultLeaseTTL); d > maxTTL {
-		bad("default_lease_ttl", "%v is longer than max_lease_ttl (%v)", d, maxTTL)
+		p.bad("default_lease_ttl", "%v is longer than max_lease_ttl (%v)", d, maxTTL)
 	}
 	if c.MaxLag < 0 {
-		bad("max_lag", "%d is negative (leave it out for the default, 10000)", c.MaxLag)
+		p.bad("max_lag", "%d is negative (leave it out for the default, 10000)", c.MaxLag)
 	}
 	if c.LogRetention < 0 {
-		bad("log_retention", "%d is negative (leave it out for the default, 100000)", c.LogRetention)
+		p.bad("log_retention", "%d is negative (leave it out for the default, 100000)", c.LogRetention)
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
-		bad("tls_cert, tls_key", "give both (the certificate chain and its private key) or neither")
+		p.bad("tls_cert, tls_key", "give both (the certificate chain and its private key) or neither")
 	}
+}
+
+// checkPostgres checks the PostgreSQL store's keys (the connection string
+// itself is parsed when the store opens).
+func (c *Config) checkPostgres(p *problems) {
+	if c.PostgresMaxConns < 0 || c.PostgresMaxConns > 10_000 {
+		p.bad("postgres_max_conns", "%d: want 1 to 10000 (leave it out for the default, 10)", c.PostgresMaxConns)
+	}
+	if s := c.PostgresSchema; len(s) > 63 || !utf8.ValidString(s) || strings.ContainsFunc(s, unicode.IsControl) {
+		p.bad("postgres_schema", "want a PostgreSQL schema name: at most 63 bytes of printable UTF-8")
+	}
+	if (c.PostgresSchema != "" || c.PostgresMaxConns != 0) && c.Postgres == "" {
+		p.bad("postgres_schema, postgres_max_conns", "only mean something with postgres (a connection string)")
+	}
+}
+
+// checkApps checks each app: its id, key and secret, unique and random
+// where they must be, and its quota.
+func (c *Config) checkApps(p *problems) {
 	ids, keys := map[string]int{}, map[string]int{}
 	for i, app := range c.Apps {
 		field := func(name string) string { return fmt.Sprintf("apps[%d].%s", i, name) }
 		switch {
 		case app.ID == "":
-			bad(field("id"), "required")
+			p.bad(field("id"), "required")
 		case len(app.ID) > 128 || strings.ContainsFunc(app.ID, func(r rune) bool { return unicode.IsControl(r) || unicode.IsSpace(r) }):
-			bad(field("id"), "%q: want at most 128 bytes without spaces or control characters", app.ID)
+			p.bad(field("id"), "%q: want at most 128 bytes without spaces or control characters", app.ID)
 		default:
 			if j, dup := ids[app.ID]; dup {
-				bad(field("id"), "%q is also the id of apps[%d]", app.ID, j)
+				p.bad(field("id"), "%q is also the id of apps[%d]", app.ID, j)
 			}
 			ids[app.ID] = i
 		}
 		switch {
 		case app.APIKey == "":
-			bad(field("api_key"), "required")
+			p.bad(field("api_key"), "required")
 		case placeholder(app.APIKey):
-			bad(field("api_key"), "looks like a placeholder, not a key: generate one with \"openssl rand -hex 16\"")
+			p.bad(field("api_key"), "looks like a placeholder, not a key: generate one with \"openssl rand -hex 16\"")
 		default:
 			if j, dup := keys[app.APIKey]; dup {
-				bad(field("api_key"), "is also the api_key of apps[%d]", j)
+				p.bad(field("api_key"), "is also the api_key of apps[%d]", j)
 			}
 			keys[app.APIKey] = i
 		}
 		switch {
 		case len(app.Secret) < 32:
-			bad(field("secret"), "want at least 32 bytes (generate one with \"openssl rand -hex 32\")")
+			p.bad(field("secret"), "want at least 32 bytes (generate one with \"openssl rand -hex 32\")")
 		case placeholder(app.Secret):
-			bad(field("secret"), "looks like a placeholder, not a random secret: generate one with \"openssl rand -hex 32\"")
+			p.bad(field("secret"), "looks like a placeholder, not a random secret: generate one with \"openssl rand -hex 32\"")
 		}
 		// Check joins one error per field, each starting with its key.
 		if err := app.Quota.Check(); err != nil {
 			joined, ok := err.(interface{ Unwrap() []error })
 			if !ok {
-				bad(field("quota"), "%v", err)
+				p.bad(field("quota"), "%v", err)
 				continue
 			}
 			for _, e := range joined.Unwrap() {
-				errs = append(errs, fmt.Errorf("%s%w", field("quota."), e))
+				*p = append(*p, fmt.Errorf("%s%w", field("quota."), e))
 			}
 		}
 	}
-	return errors.Join(errs...)
 }
 
 // checkAddr accepts host:port with a port from 0 to 65535; the host may be

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -13,7 +14,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/pgstore"
 )
 
 // RelayCommand runs the relay: `ferry relay --data DIR --addr HOST:PORT`,
@@ -36,6 +41,12 @@ it keeps a ready-made app in DATA/dev-app.json and prints its API key and a
 token. In production, list the apps in a configuration file (JSON, see
 docs/operations.md); flags override the file.
 
+With --postgres (or "postgres" in the file) the relay keeps its data in
+that PostgreSQL database instead of the data folder, and any number of
+relays may run on it, behind one load balancer. Give the password in the
+configuration file, PGPASSWORD or a password file, not on the command
+line, where other users of the machine can read it.
+
 The first line printed is always "ferry relay listening on URL".
 `
 
@@ -44,55 +55,8 @@ The first line printed is always "ferry relay listening on URL".
 func storeDir(data string) string { return filepath.Join(data, "store") }
 
 func (c *RelayCommand) Run(ctx context.Context, args []string) error {
-	fs := newFlags("relay")
-	configPath := fs.String("config", "", "configuration `FILE` (JSON; see docs/operations.md)")
-	data := fs.String("data", "", "data `folder` (default ./ferry-data; in a config file, relative to the file)")
-	addr := fs.String("addr", "", "listen address `host:port` (default 127.0.0.1:8080)")
-	dev := fs.Bool("dev", false, "development mode: a ready-made app; prints its API key and a token")
-	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
-	logFormat := fs.String("log-format", "", "text or json (default text)")
-	allowOrigin := fs.String("allow-origin", "", "comma-separated `origins` of browser pages allowed to connect (host[:port] patterns, or scheme://host); --dev adds localhost")
-	tlsCert := fs.String("tls-cert", "", "serve wss:// with this certificate chain (PEM `file`); reloaded when it changes")
-	tlsKey := fs.String("tls-key", "", "the certificate's private key (PEM `file`)")
-	if err := parse(fs, args, c.Stdout, relayHelp); err != nil {
-		return err
-	}
-	if (*tlsCert == "") != (*tlsKey == "") {
-		return usagef(fs, "--tls-cert and --tls-key go together")
-	}
-	var cfg Config
-	if *configPath != "" {
-		var err error
-		if cfg, err = loadConfig(*configPath); err != nil {
-			return err
-		}
-	}
-	set := func(dst *string, flagVal, def string) {
-		if flagVal != "" {
-			*dst = flagVal
-		}
-		if *dst == "" {
-			*dst = def
-		}
-	}
-	set(&cfg.Data, *data, "ferry-data")
-	set(&cfg.Addr, *addr, "127.0.0.1:8080")
-	set(&cfg.LogLevel, *logLevel, "info")
-	set(&cfg.LogFormat, *logFormat, "text")
-	if *tlsCert != "" {
-		cfg.TLSCert, cfg.TLSKey = *tlsCert, *tlsKey
-	}
-	if cfg.ShutdownTimeout == 0 {
-		cfg.ShutdownTimeout = Duration(30 * time.Second)
-	}
-	// The flags' values, checked like the file's.
-	if err := cfg.check(); err != nil {
-		return usagef(fs, "%v", err)
-	}
-	if len(cfg.Apps) == 0 && !*dev {
-		return errors.New("relay: no apps configured: list them in a --config file, or run with --dev")
-	}
-	if _, err := relay.NewAuth(cfg.apps(), nil); err != nil {
+	cfg, dev, err := c.configure(args)
+	if err != nil {
 		return err
 	}
 	log, err := newLogger(cfg.LogLevel, cfg.LogFormat, os.Stderr)
@@ -113,7 +77,7 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 
 	apps := cfg.apps()
 	var devTok string
-	if *dev {
+	if dev.on {
 		app, err := devApp(cfg.Data)
 		if err != nil {
 			return fmt.Errorf("relay: dev app: %w", err)
@@ -128,44 +92,143 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	store, err := relay.OpenBadgerStore(storeDir(cfg.Data), &relay.BadgerOptions{Logger: log})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	store, where, err := openStore(ctx, cfg, log, reg)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
 	srv, err := relay.NewServer(&relay.Options{
-		Store: store, Auth: auth, Logger: log, RelayID: cfg.RelayID, Limits: cfg.limits(),
+		Store: store, Auth: auth, Logger: log, RelayID: cfg.RelayID, Limits: cfg.limits(), Registry: reg,
 		MaxLeaseTTL: time.Duration(cfg.MaxLeaseTTL), DefaultLeaseTTL: time.Duration(cfg.DefaultLeaseTTL), MaxLag: cfg.MaxLag,
 		CompactInterval: time.Duration(cfg.CompactInterval), LogRetention: cfg.LogRetention,
 		Quotas:         cfg.quotas(),
-		AllowedOrigins: allowedOrigins(cfg.AllowedOrigins, *allowOrigin, *dev),
+		AllowedOrigins: allowedOrigins(cfg.AllowedOrigins, dev.allowOrigin, dev.on),
 	})
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	scheme, httpScheme := "ws", "http"
+	hs, served, scheme := serveHTTP(srv.Handler(), ln, certs)
+
+	url := scheme + "://" + ln.Addr().String() + "/ws"
+	// This first line is stable: scripts and tests read the address from it.
+	fmt.Fprintf(c.Stdout, "ferry relay listening on %s\n", url)
+	if dev.on {
+		printDevApp(c.Stdout, cfg.Data, scheme, ln.Addr().String(), apps[len(apps)-1], devTok)
+	}
+	log.Info("relay started", "url", url, "store", where, "apps", len(apps), "incarnation", store.Incarnation())
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("relay: %w", err)
+	case <-ctx.Done():
+	}
+	return shutdownRelay(log, srv, hs, store, time.Duration(cfg.ShutdownTimeout))
+}
+
+// devFlags are the flags that change what the relay does beyond its
+// configuration: --dev, and the origins added to allowed_origins.
+type devFlags struct {
+	on          bool
+	allowOrigin string
+}
+
+// configure parses the flags, reads the configuration file, lets the flags
+// override it and checks the result, all before anything is created.
+func (c *RelayCommand) configure(args []string) (Config, devFlags, error) {
+	fs := newFlags("relay")
+	configPath := fs.String("config", "", "configuration `FILE` (JSON; see docs/operations.md)")
+	data := fs.String("data", "", "data `folder` (default ./ferry-data; in a config file, relative to the file)")
+	addr := fs.String("addr", "", "listen address `host:port` (default 127.0.0.1:8080)")
+	dev := fs.Bool("dev", false, "development mode: a ready-made app; prints its API key and a token")
+	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
+	logFormat := fs.String("log-format", "", "text or json (default text)")
+	allowOrigin := fs.String("allow-origin", "", "comma-separated `origins` of browser pages allowed to connect (host[:port] patterns, or scheme://host); --dev adds localhost")
+	tlsCert := fs.String("tls-cert", "", "serve wss:// with this certificate chain (PEM `file`); reloaded when it changes")
+	tlsKey := fs.String("tls-key", "", "the certificate's private key (PEM `file`)")
+	postgres := fs.String("postgres", "", "keep the store in the PostgreSQL database at this `url` (postgres://user@host/db, or libpq's key=value form; see docs/operations.md)")
+	pgSchema := fs.String("postgres-schema", "", "the `schema` of the PostgreSQL store (default ferry)")
+	var cfg Config
+	if err := parse(fs, args, c.Stdout, relayHelp); err != nil {
+		return cfg, devFlags{}, err
+	}
+	df := devFlags{on: *dev, allowOrigin: *allowOrigin}
+	if (*tlsCert == "") != (*tlsKey == "") {
+		return cfg, df, usagef(fs, "--tls-cert and --tls-key go together")
+	}
+	if *configPath != "" {
+		var err error
+		if cfg, err = loadConfig(*configPath); err != nil {
+			return cfg, df, err
+		}
+	}
+	set := func(dst *string, flagVal, def string) {
+		if flagVal != "" {
+			*dst = flagVal
+		}
+		if *dst == "" {
+			*dst = def
+		}
+	}
+	set(&cfg.Data, *data, "ferry-data")
+	set(&cfg.Addr, *addr, "127.0.0.1:8080")
+	set(&cfg.LogLevel, *logLevel, "info")
+	set(&cfg.LogFormat, *logFormat, "text")
+	if *tlsCert != "" {
+		cfg.TLSCert, cfg.TLSKey = *tlsCert, *tlsKey
+	}
+	set(&cfg.Postgres, *postgres, "")
+	set(&cfg.PostgresSchema, *pgSchema, "")
+	if *dev && cfg.Postgres != "" {
+		return cfg, df, usagef(fs, "--dev runs on the embedded store in the data folder: leave out --postgres (and postgres in the config file)")
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = Duration(30 * time.Second)
+	}
+	// The flags' values, checked like the file's.
+	if err := cfg.check(); err != nil {
+		return cfg, df, usagef(fs, "%v", err)
+	}
+	if len(cfg.Apps) == 0 && !*dev {
+		return cfg, df, errors.New("relay: no apps configured: list them in a --config file, or run with --dev")
+	}
+	if _, err := relay.NewAuth(cfg.apps(), nil); err != nil {
+		return cfg, df, err
+	}
+	return cfg, df, nil
+}
+
+// serveHTTP serves h on ln, over TLS with certs if given, until the server
+// is shut down; served receives Serve's error. scheme is "ws" or "wss".
+func serveHTTP(h http.Handler, ln net.Listener, certs *certReloader) (hs *http.Server, served <-chan error, scheme string) {
+	hs = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	scheme = "ws"
 	if certs != nil {
 		hs.TLSConfig = certs.tlsConfig()
 		// WebSockets need HTTP/1.1's upgrade; HTTP/2 would only serve
 		// /healthz and /metrics.
 		hs.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
-		scheme, httpScheme = "wss", "https"
+		scheme = "wss"
 	}
-	served := make(chan error, 1)
+	ch := make(chan error, 1)
 	go func() {
 		if certs != nil {
-			served <- hs.ServeTLS(ln, "", "")
+			ch <- hs.ServeTLS(ln, "", "")
 		} else {
-			served <- hs.Serve(ln)
+			ch <- hs.Serve(ln)
 		}
 	}()
+	return hs, ch, scheme
+}
 
-	url := scheme + "://" + ln.Addr().String() + "/ws"
-	// This first line is stable: scripts and tests read the address from it.
-	fmt.Fprintf(c.Stdout, "ferry relay listening on %s\n", url)
-	if *dev {
-		fmt.Fprintf(c.Stdout, `
+// printDevApp tells the developer how to connect to a --dev relay.
+func printDevApp(w io.Writer, data, scheme, addr string, app relay.App, token string) {
+	httpScheme := "http"
+	if scheme == "wss" {
+		httpScheme = "https"
+	}
+	fmt.Fprintf(w, `
 Development mode: one app, "dev", stored in %s.
   API key: %s
   token:   %s
@@ -173,21 +236,17 @@ Development mode: one app, "dev", stored in %s.
 Health: %s://%s/healthz   Metrics: %s://%s/metrics
 automerge-repo URL (collection todos; pages on localhost may connect):
 %s
-`, filepath.Join(cfg.Data, devAppFile), apps[len(apps)-1].APIKey, devTok, httpScheme, ln.Addr(), httpScheme, ln.Addr(),
-			automergeURL(scheme, ln.Addr().String(), apps[len(apps)-1].APIKey, devTok, "todos"))
-	}
-	log.Info("relay started", "url", url, "data", cfg.Data, "apps", len(apps), "incarnation", store.Incarnation())
+`, filepath.Join(data, devAppFile), app.APIKey, token, httpScheme, addr, httpScheme, addr,
+		automergeURL(scheme, addr, app.APIKey, token, "todos"))
+}
 
-	select {
-	case err := <-served:
-		return fmt.Errorf("relay: %w", err)
-	case <-ctx.Done():
-	}
+// shutdownRelay stops the relay in order: sessions first, each finishing
+// its request (an in-flight push is stored and acknowledged) and closed
+// with shutting_down; then the HTTP server; then the store.
+func shutdownRelay(log *slog.Logger, srv *relay.Server, hs *http.Server, store relay.Store, grace time.Duration) error {
 	log.Info("relay shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.ShutdownTimeout))
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	// Sessions first: each finishes its request (an in-flight push is
-	// stored and acknowledged) and is closed with shutting_down.
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("sessions did not end in time; cutting them off", "err", err)
 	}
@@ -200,6 +259,32 @@ automerge-repo URL (collection todos; pages on localhost may connect):
 	}
 	log.Info("relay stopped")
 	return nil
+}
+
+// openStore opens the relay's store: the Badger store in the data folder,
+// or the PostgreSQL one, whose metrics join reg. where names it for the
+// log, never with a password.
+func openStore(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Registry) (relay.Store, string, error) {
+	if cfg.Postgres == "" {
+		st, err := relay.OpenBadgerStore(storeDir(cfg.Data), &relay.BadgerOptions{Logger: log})
+		return st, storeDir(cfg.Data), err
+	}
+	where := "postgres " + pgstore.Describe(cfg.Postgres)
+	octx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	st, err := pgstore.Open(octx, cfg.Postgres, &pgstore.Options{Schema: cfg.PostgresSchema, MaxConns: int32(cfg.PostgresMaxConns), Logger: log})
+	if err != nil {
+		return nil, where, fmt.Errorf("relay: opening the store in %s: %w", where, err)
+	}
+	if err := reg.Register(st.Collector()); err != nil {
+		st.Close()
+		return nil, where, err
+	}
+	schema := cfg.PostgresSchema
+	if schema == "" {
+		schema = "ferry"
+	}
+	return st, where + " schema " + schema, nil
 }
 
 // splitList parses a comma-separated flag value.

@@ -1,0 +1,18 @@
+package pgstore
+
+import (
+	"context"
+	"net"
+	"time"
+)
+
+// SetDial makes the store dial its connections with d.
+func SetDial(o *Options, d func(ctx context.Context, network, addr string) (net.Conn, error)) {
+	o.dial = d
+}
+
+// SetLocalClock gives the store a local clock other than time.Now.
+func SetLocalClock(o *Options, f func() time.Time) { o.localClock = f }
+
+// Retryable is retryable: why an error may be retried, "" if not.
+func Retryable(err error) string { return retryable(err) }
