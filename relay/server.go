@@ -32,7 +32,9 @@ type Options struct {
 	// of the server's own, served at /metrics with Go and process metrics.
 	Registry *prometheus.Registry
 	// Now is the clock for leases and token expiry. Default: the Store's
-	// (see StoreClock) if it has one, else time.Now.
+	// (see StoreClock) if it has one, else time.Now. It is called from
+	// every connection's goroutines at once, so it must be safe for
+	// concurrent use.
 	Now func() time.Time
 	// RelayID names this relay in welcome messages. Default "ferry-relay".
 	RelayID string
@@ -65,7 +67,12 @@ type Options struct {
 	// limit. See Quota.
 	Quotas map[string]Quota
 	// AllowedOrigins lists the origins of browser pages that may connect
-	// to /ws and /automerge from another origin (see checkOrigin).
+	// to /ws and /automerge from another origin: host patterns
+	// ("app.example.com", "*.example.com", "localhost:5173") or, with
+	// "://", a scheme and host ("https://app.example.com"), matched with
+	// path.Match, case-insensitively. Requests without an Origin header
+	// (not from a browser) and pages served by the relay's own host always
+	// pass. A refused page gets HTTP 403 saying why, and the relay logs it.
 	AllowedOrigins []string
 	// Automerge bounds the automerge-repo endpoint.
 	Automerge AutomergeOptions

@@ -3,6 +3,7 @@ package replica
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/google/uuid"
@@ -147,16 +148,10 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 		for i, o := range ops {
 			t := state[keys[i]]
 			if t == nil {
-				d, m, ok, err := r.loadDoc(txn, o.coll, o.id)
-				if err != nil {
+				var err error
+				if t, err = r.touch(txn, o.coll, o.id); err != nil {
 					return err
 				}
-				if !ok {
-					if d, err = crdt.New(r.actor); err != nil {
-						return err
-					}
-				}
-				t = &touched{coll: o.coll, id: o.id, doc: d, old: m, new: m, existed: ok, wasDeleted: ok && m.deleted, seen: ok, live: ok && !m.deleted}
 				state[keys[i]] = t
 				order = append(order, t)
 			}
@@ -166,27 +161,8 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 		}
 		now := r.opts.Clock()
 		for _, t := range order {
-			made, err := t.doc.Commit("", now)
-			if err != nil {
+			if err := r.commitTouched(txn, t, now, local); err != nil {
 				return err
-			}
-			if !made && !t.existed && t.seen && len(t.doc.Heads()) == 0 {
-				// Created with no fields: it must still exist. (A record
-				// imported whole has the sender's heads already, and must
-				// keep exactly those.)
-				if err := t.doc.CommitEmpty("", now); err != nil {
-					return err
-				}
-			}
-			nm, err := r.writeRecord(txn, t.coll, t.id, t.doc, t.old, local)
-			if err != nil {
-				return err
-			}
-			t.new = nm
-			if !t.existed && len(nm.heads) > 0 {
-				if err := txn.Set(collKey(t.coll), nil); err != nil {
-					return err
-				}
 			}
 		}
 		return nil
@@ -214,6 +190,45 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 	// events in commit order.
 	r.feeds.publish(events)
 	return events, nil
+}
+
+// touch loads a record for a unit of work: stored, or new.
+func (r *Replica) touch(txn *badger.Txn, coll, id string) (*touched, error) {
+	d, m, ok, err := r.loadDoc(txn, coll, id)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		if d, err = crdt.New(r.actor); err != nil {
+			return nil, err
+		}
+	}
+	return &touched{coll: coll, id: id, doc: d, old: m, new: m, existed: ok, wasDeleted: ok && m.deleted, seen: ok, live: ok && !m.deleted}, nil
+}
+
+// commitTouched commits a record's edits as one change and writes it.
+func (r *Replica) commitTouched(txn *badger.Txn, t *touched, now time.Time, local bool) error {
+	made, err := t.doc.Commit("", now)
+	if err != nil {
+		return err
+	}
+	if !made && !t.existed && t.seen && len(t.doc.Heads()) == 0 {
+		// Created with no fields: it must still exist. (A record imported
+		// whole has the sender's heads already, and must keep exactly
+		// those.)
+		if err := t.doc.CommitEmpty("", now); err != nil {
+			return err
+		}
+	}
+	nm, err := r.writeRecord(txn, t.coll, t.id, t.doc, t.old, local)
+	if err != nil {
+		return err
+	}
+	t.new = nm
+	if !t.existed && len(nm.heads) > 0 {
+		return txn.Set(collKey(t.coll), nil)
+	}
+	return nil
 }
 
 func applyOp(t *touched, o op) error {
