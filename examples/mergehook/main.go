@@ -17,17 +17,13 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"path/filepath"
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/examples/internal/devrelay"
-	"github.com/ferrysync/ferry/internal/explain"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/replica"
 )
@@ -44,46 +40,14 @@ const (
 	profile    = "relay"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	err := run(ctx, os.Args[1:], os.Stdout)
-	stop()
-	switch {
-	case errors.Is(err, flag.ErrHelp): // -h: usage printed
-	case err != nil:
-		fmt.Fprintln(os.Stderr, "mergehook:", explain.Error(err))
-		os.Exit(1)
-	}
-}
+func main() { devrelay.Main("mergehook", run) }
 
 func run(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("mergehook", flag.ContinueOnError)
-	fs.SetOutput(io.Discard) // errors are returned, and printed once
-	var rf devrelay.Flags
-	rf.Register(fs)
-	data := fs.String("data", "", "keep the devices' stores in this folder (default: a temporary folder, removed at exit)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stdout, "usage: %s [flags]\n\nflags:\n", fs.Name())
-			fs.SetOutput(stdout)
-			fs.PrintDefaults()
-		}
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (every option is a flag; -h lists them)", fs.Arg(0))
-	}
-	creds, err := rf.Credentials()
+	creds, dir, done, err := devrelay.Setup("mergehook", args, stdout)
 	if err != nil {
 		return err
 	}
-	dir := *data
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "ferry-mergehook-"); err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
-	}
+	defer done()
 	fmt.Fprintf(stdout, "Two devices change the same stock count offline; a merge hook adds up their changes (relay %s).\n", creds.URL)
 
 	warehouse, err := openDevice("warehouse", filepath.Join(dir, "warehouse"), creds, stdout)

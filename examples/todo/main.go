@@ -18,13 +18,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"strings"
 	"time"
 
 	"github.com/ferrysync/ferry/examples/internal/devrelay"
-	"github.com/ferrysync/ferry/internal/explain"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/replica"
 )
@@ -41,17 +38,7 @@ const (
 	profile    = "relay"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	err := run(ctx, os.Args[1:], os.Stdout)
-	stop()
-	switch {
-	case errors.Is(err, flag.ErrHelp): // -h: usage printed
-	case err != nil:
-		fmt.Fprintln(os.Stderr, "todo:", explain.Error(err))
-		os.Exit(1)
-	}
-}
+func main() { devrelay.Main("todo", run) }
 
 const usage = `usage: todo [flags] COMMAND [flags]
 
