@@ -35,9 +35,8 @@ type Progress struct {
 // goroutine syncing too; a live profile's pushes report it from the live
 // session's goroutine, which may overlap a Sync of the same profile that
 // the app starts. Status is called from whichever goroutine changed the
-// status, possibly at once for one profile, so its calls for one profile
-// may arrive out of order: Replica.Status has the latest. Calls for
-// different profiles may run at once.
+// status, one call at a time for the whole replica, in the order the
+// changes were made. Other calls for different profiles may run at once.
 //
 // The sync waits for each call, so they should return quickly. No record
 // lock is held and no store transaction is open while they run: they may

@@ -51,8 +51,11 @@ type SyncStatus struct {
 
 // statuses holds each profile's status.
 type statuses struct {
-	mu sync.Mutex
-	m  map[string]*SyncStatus
+	// tell is held while the listener hears a change, so changes reach it
+	// in the order they were made.
+	tell sync.Mutex
+	mu   sync.Mutex
+	m    map[string]*SyncStatus
 }
 
 // Status returns the profile's sync status. ErrNoProfile if there is no
@@ -71,6 +74,11 @@ func (r *Replica) Status(profile string) (SyncStatus, error) {
 
 // setStatus changes a profile's status with fn and tells the listener.
 func (r *Replica) setStatus(profile string, fn func(st *SyncStatus)) {
+	f := r.opts.Listener.Status
+	if f != nil {
+		r.status.tell.Lock()
+		defer r.status.tell.Unlock()
+	}
 	r.status.mu.Lock()
 	if r.status.m == nil {
 		r.status.m = map[string]*SyncStatus{}
@@ -83,7 +91,7 @@ func (r *Replica) setStatus(profile string, fn func(st *SyncStatus)) {
 	fn(st)
 	out := *st
 	r.status.mu.Unlock()
-	if f := r.opts.Listener.Status; f != nil {
+	if f != nil {
 		f(out)
 	}
 }
