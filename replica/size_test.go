@@ -33,25 +33,6 @@ func noise(n int) string {
 	return string(b)
 }
 
-// swapWith puts a relay over store, configured by tweak, behind the env's
-// URL.
-func (e *syncEnv) swapWith(store relay.Store, tweak func(*relay.Options)) {
-	e.t.Helper()
-	o := &relay.Options{Store: store, Auth: e.auth, Now: e.clock.Now, PingInterval: -1}
-	tweak(o)
-	srv, err := relay.NewServer(o)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	e.srv.Shutdown(ctx)
-	cancel()
-	e.store.Close()
-	e.srv, e.store = srv, store
-	h := srv.Handler()
-	e.h.Store(&h)
-}
-
 // savedSize is the size of a record's document as a relay would hold it.
 func savedSize(t *testing.T, r *Replica, coll, id string) int {
 	t.Helper()

@@ -3,30 +3,26 @@ package replica
 import (
 	"context"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/relaytest"
 )
 
 // syncEnv is a relay on loopback that test replicas sync through.
 type syncEnv struct {
 	t     *testing.T
+	rl    *relaytest.Relay
 	srv   *relay.Server
-	http  *httptest.Server
 	store relay.Store
 	url   string
 	app   relay.App
 	auth  *relay.Auth
 	token string
 	clock *testClock
-	h     atomic.Pointer[http.Handler] // the current relay, swappable
 }
 
 // testClock is the relay's clock, for token expiry.
@@ -44,44 +40,21 @@ func (c *testClock) Advance(d time.Duration) {
 
 func newSyncEnv(t *testing.T) *syncEnv {
 	t.Helper()
-	e := &syncEnv{t: t, app: relay.NewApp("shop"), clock: &testClock{t: time.Now()}}
-	var err error
-	if e.auth, err = relay.NewAuth([]relay.App{e.app}, e.clock.Now); err != nil {
-		t.Fatal(err)
-	}
-	e.swap(relay.NewMemStore())
-	e.http = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*e.h.Load()).ServeHTTP(w, r) }))
-	e.url = "ws" + strings.TrimPrefix(e.http.URL, "http") + "/ws"
-	if e.token, err = relay.IssueToken(e.app, relay.TokenRequest{Subject: "tester", TTL: time.Hour, Write: []string{"*"}}, e.clock.Now()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		e.srv.Shutdown(ctx)
-		e.http.Close()
-		e.store.Close()
-	})
+	e := &syncEnv{t: t, clock: &testClock{t: time.Now()}}
+	e.rl = relaytest.Start(t, &relaytest.Options{Now: e.clock.Now})
+	e.srv, e.store, e.url, e.app, e.auth, e.token = e.rl.Server, e.rl.Store, e.rl.URL, e.rl.App, e.rl.Auth, e.rl.Token
 	return e
 }
 
 // swap puts a new relay, over store, behind the same URL: a relay
 // restored from a backup is a store with a new incarnation.
-func (e *syncEnv) swap(store relay.Store) {
+func (e *syncEnv) swap(store relay.Store) { e.swapWith(store, nil) }
+
+// swapWith is swap, with the new relay's options changed by tweak.
+func (e *syncEnv) swapWith(store relay.Store, tweak func(*relay.Options)) {
 	e.t.Helper()
-	srv, err := relay.NewServer(&relay.Options{Store: store, Auth: e.auth, Now: e.clock.Now, PingInterval: -1})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if e.srv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		e.srv.Shutdown(ctx)
-		cancel()
-		e.store.Close()
-	}
-	e.srv, e.store = srv, store
-	h := srv.Handler()
-	e.h.Store(&h)
+	e.rl.Restart(e.t, store, tweak)
+	e.srv, e.store = e.rl.Server, e.rl.Store
 }
 
 // device opens an in-memory replica with a manual two-way profile "p"

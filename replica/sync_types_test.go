@@ -41,7 +41,7 @@ func ids(t *testing.T, r *Replica, coll string) string {
 // relayFields reads a record as the relay holds it.
 func (e *syncEnv) relayFields(coll, id string) (map[string]any, bool) {
 	e.t.Helper()
-	b, _, err := relay.Document(context.Background(), e.store, relay.Coll{Tenant: "shop", Collection: coll}, id)
+	b, _, err := relay.Document(context.Background(), e.store, relay.Coll{Tenant: e.app.ID, Collection: coll}, id)
 	if errors.Is(err, relay.ErrNotFound) {
 		return nil, false
 	}

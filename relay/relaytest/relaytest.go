@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -41,7 +42,8 @@ type Options struct {
 }
 
 // Relay is a running test relay with one app, "test". Its methods are
-// safe for concurrent use.
+// safe for concurrent use, but Restart changes Server and Store: read them
+// only from the goroutine that calls it.
 type Relay struct {
 	URL    string // ws://.../ws
 	Server *relay.Server
@@ -56,6 +58,8 @@ type Relay struct {
 	HTTPClient *http.Client
 
 	hs        *httptest.Server
+	handler   atomic.Pointer[http.Handler] // the current server's
+	opts      Options                      // as Start was given them, with defaults
 	pipe      *pipeListener
 	closeOnce sync.Once
 }
@@ -73,20 +77,15 @@ func Start(t testing.TB, o *Options) *Relay {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	r := &Relay{Store: opts.Store, App: relay.NewApp("test")}
+	r := &Relay{Store: opts.Store, App: relay.NewApp("test"), opts: opts}
 	var err error
 	if r.Auth, err = relay.NewAuth([]relay.App{r.App}, opts.Now); err != nil {
 		t.Fatal(err)
 	}
-	ro := opts.Relay
-	ro.Store, ro.Auth, ro.Now = opts.Store, r.Auth, opts.Now
-	if ro.PingInterval == 0 {
-		ro.PingInterval = -1
-	}
-	if r.Server, err = relay.NewServer(&ro); err != nil {
-		t.Fatal(err)
-	}
-	r.hs = httptest.NewUnstartedServer(r.Server.Handler())
+	r.Server = r.newServer(t, opts.Store, nil)
+	r.hs = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		(*r.handler.Load()).ServeHTTP(w, req)
+	}))
 	if opts.Pipe {
 		r.pipe = newPipeListener(opts.Conn)
 		r.hs.Listener.Close()
@@ -100,6 +99,41 @@ func Start(t testing.TB, o *Options) *Relay {
 	r.Token = r.IssueToken(t, relay.TokenRequest{Subject: "test", TTL: time.Hour, Write: []string{"*"}}, opts.Now())
 	t.Cleanup(r.Close)
 	return r
+}
+
+// newServer makes a server over store, and routes the URL to it.
+func (r *Relay) newServer(t testing.TB, store relay.Store, tweak func(*relay.Options)) *relay.Server {
+	t.Helper()
+	ro := r.opts.Relay
+	ro.Store, ro.Auth, ro.Now = store, r.Auth, r.opts.Now
+	if ro.PingInterval == 0 {
+		ro.PingInterval = -1
+	}
+	if tweak != nil {
+		tweak(&ro)
+	}
+	srv, err := relay.NewServer(&ro)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := srv.Handler()
+	r.handler.Store(&h)
+	return srv
+}
+
+// Restart replaces the relay's server with a new one over store, at the
+// same URL, with the same app and clock: a restarted relay, or one
+// restored from a backup when store has another incarnation. The old
+// server's sessions end, and its store is closed. tweak, if not nil,
+// changes the new server's options (its limits, say).
+func (r *Relay) Restart(t testing.TB, store relay.Store, tweak func(*relay.Options)) {
+	t.Helper()
+	old, oldStore := r.Server, r.Store
+	r.Server, r.Store = r.newServer(t, store, tweak), store
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	old.Shutdown(ctx)
+	oldStore.Close()
 }
 
 // IssueToken signs a token of the relay's app.
