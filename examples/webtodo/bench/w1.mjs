@@ -41,19 +41,25 @@ function start(cmd, args, opts, ready) {
     const p = spawn(cmd, args, { ...opts, stdio: ["ignore", "pipe", "pipe"] })
     let out = ""
     const look = d => {
-      out += d
+      // The last 8 KiB of its output, for when it ends unexpectedly.
+      out = (out + d).slice(-8192)
       const m = out.match(ready)
       if (m) ok({ p, m })
     }
     p.stdout.on("data", look)
     p.stderr.on("data", look)
+    // A server that exits before it is stopped fails the run, saying how
+    // it ended, rather than leaving the client waiting forever.
+    p.exited = new Promise((_, f) => p.on("exit", (code, sig) =>
+      f(new Error(`${cmd} exited (${code ?? sig}) during the run:\n${out}`))))
+    p.exited.catch(() => {})
     p.on("exit", code => fail(new Error(`${cmd} exited ${code}:\n${out}`)))
   })
 }
 
 function stop(p) {
   return new Promise(ok => {
-    if (p.exitCode !== null) return ok()
+    if (p.exitCode !== null || p.signalCode !== null) return ok()
     p.removeAllListeners("exit")
     p.on("exit", ok)
     p.kill("SIGINT")
@@ -186,7 +192,7 @@ try {
   for (const startServer of [startFerry, startSyncServer]) {
     const server = await startServer()
     try {
-      results[server.name] = await run(server)
+      results[server.name] = await Promise.race([run(server), server.p.exited])
       const r = results[server.name]
       console.log(`${server.name}: create ${N} docs ${r.create.toFixed(2)} s (${(N / r.create).toFixed(0)}/s, server CPU ${r.createCPU.toFixed(2)} s), ` +
         `fresh client finds them ${r.find.toFixed(2)} s (${(N / r.find).toFixed(0)}/s, server CPU ${r.findCPU.toFixed(2)} s)`)
