@@ -70,7 +70,10 @@ func newMetricsServer(t *testing.T, store Store) (*Server, *prometheus.Registry)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { store.Close() })
+	t.Cleanup(func() {
+		srv.Close()
+		store.Close()
+	})
 	return srv, reg
 }
 

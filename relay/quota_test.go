@@ -446,8 +446,9 @@ func TestQuotaOptionsChecked(t *testing.T) {
 		{"not a number", map[string]Quota{"shop": {PushesPerSecond: math.NaN()}}, []string{"pushes_per_second: NaN"}},
 		{"infinite", map[string]Quota{"shop": {PushesPerSecond: math.Inf(1)}}, []string{"pushes_per_second: +Inf"}},
 	} {
-		_, err := NewServer(&Options{Store: NewMemStore(), Auth: auth, Quotas: tc.quotas})
+		srv, err := NewServer(&Options{Store: NewMemStore(), Auth: auth, Quotas: tc.quotas})
 		if err == nil {
+			srv.Close()
 			t.Errorf("%s: accepted", tc.name)
 			continue
 		}
@@ -458,9 +459,11 @@ func TestQuotaOptionsChecked(t *testing.T) {
 		}
 	}
 	// Zero is no limit, and a zero Quota is no quota.
-	if _, err := NewServer(&Options{Store: NewMemStore(), Auth: auth, Quotas: map[string]Quota{"shop": {}}}); err != nil {
+	srv, err := NewServer(&Options{Store: NewMemStore(), Auth: auth, Quotas: map[string]Quota{"shop": {}}})
+	if err != nil {
 		t.Fatalf("zero quota: %v", err)
 	}
+	srv.Close()
 }
 
 func TestQuotaBucket(t *testing.T) {
