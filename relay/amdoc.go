@@ -127,8 +127,18 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 		return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
 	}
 	// A peer with a document the relay lacks is answered from an empty
-	// one, which asks for all of it.
-	return c.syncOut(d, after)
+	// one, which asks for all of it. Heads the peer names that the relay
+	// lacks, sent without their changes (the peer's sync state was still
+	// waiting for an answer), are asked for: automerge's sync state may
+	// have nothing to say then, and neither side would speak again.
+	// (Not from a read-only peer, whose changes the relay refuses.)
+	var unknown []crdt.Hash
+	for _, h := range sm.heads {
+		if c.claims.CanWrite(c.coll.Collection) && !after.doc.Has(h) {
+			unknown = append(unknown, h)
+		}
+	}
+	return c.syncOut(d, after, unknown...)
 }
 
 // docOrEmpty returns the record's stored document, or an empty one (and
@@ -162,15 +172,16 @@ func (c *amConn) push(d *amDoc, chunks [][]byte) error {
 
 // syncOut sends the peer what it lacks of the document, if anything.
 // d.mu is held.
-func (c *amConn) syncOut(d *amDoc, cd *amCached) error {
+func (c *amConn) syncOut(d *amDoc, cd *amCached, need ...crdt.Hash) error {
 	msg, ok, err := d.state.Generate(cd.doc)
 	d.sent = cd.heads
-	if err == nil && len(d.missing) > 0 {
+	need = append(need, d.missing...)
+	if err == nil && len(need) > 0 {
 		if !ok {
 			// Nothing else to say: ask anyway.
 			msg, ok = (&syncMessage{heads: cd.heads}).encodeV1(), true
 		}
-		if msg, err = withNeed(msg, d.missing); err != nil {
+		if msg, err = withNeed(msg, need); err != nil {
 			return err
 		}
 	}

@@ -95,6 +95,10 @@ func TestAutomergeCreateFindAndLive(t *testing.T) {
 	mustCall[transport.OK](t, dev, &transport.Subscribe{Collection: "todos", Cursor: ch.Next + 1})
 	b.edit(docID, map[string]any{"title": "buy oat milk"})
 	b.sync(docID, amSync)
+	// b answers the relay until the relay holds its edit, as a real peer
+	// does: its message may name its new heads without the change (its
+	// sync state's choice), and the relay then asks for it.
+	b.until(func(m *amMessage) bool { return m.Type == amSync && b.relayHas(m, docID) })
 	a.until(func(m *amMessage) bool { return a.field(docID, "title") == "buy oat milk" })
 	lv := nextLive(t, dev)
 	if _, err := ed.doc.Import(lv.Records[0].Data); err != nil {
@@ -436,5 +440,52 @@ func TestAutomergeMissingDependencyIsAskedFor(t *testing.T) {
 	stored, err := tr.store.Record(context.Background(), Coll{"shop", "todos"}, record)
 	if err != nil || !stored.Heads.Equal(heads) {
 		t.Fatalf("stored heads %v (%v), want %v", stored.Heads, err, heads)
+	}
+}
+
+// A peer's sync message may name new heads without their changes (its
+// sync state's choice, when it awaits an answer): the relay asks for them
+// (need), or neither side would speak again and the edit would never
+// arrive.
+func TestAutomergeHeadsWithoutChangesAreAskedFor(t *testing.T) {
+	tr := newTestRelay(t, NewMemStore(), nil)
+	docID, _ := newDocID(t)
+	a, _ := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "peer-a")
+	a.edit(docID, map[string]any{"title": "buy milk"})
+	a.sync(docID, amSync)
+	a.until(func(m *amMessage) bool { return m.Type == amSync && a.relayHas(m, docID) })
+
+	// A device's edit reaches the peer live; the peer takes it, with
+	// nothing to answer.
+	dev := tr.client("shop")
+	ch := mustCall[transport.Changes](t, dev, &transport.Pull{Collection: "todos"})
+	ed := newEditor(t, "dd01")
+	if _, err := ed.doc.Import(ch.Records[0].Data); err != nil {
+		t.Fatal(err)
+	}
+	ed.at = ed.doc.Heads()
+	mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(ch.Records[0].Record, ed.edit(map[string]any{"done": true}))))
+	a.until(func(m *amMessage) bool { return a.field(docID, "done") == true })
+
+	// Then the peer edits, and names its new heads alone.
+	a.edit(docID, map[string]any{"title": "buy oat milk"})
+	heads := a.doc(docID).doc.Heads()
+	msg := (&syncMessage{heads: heads}).encodeV1()
+	a.send(&amMessage{Type: amSync, SenderID: "peer-a", TargetID: "ferry-relay", DocumentID: docID, Data: msg})
+	for {
+		m := a.next()
+		if m == nil {
+			t.Fatal("connection closed")
+		}
+		if m.Type != amSync || m.DocumentID != docID {
+			continue
+		}
+		sm, err := parseSyncMessage(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if crdt.Heads(sm.need).Equal(heads) {
+			return
+		}
 	}
 }
