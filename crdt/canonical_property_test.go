@@ -19,18 +19,18 @@ var checkSeed = flag.Uint64("crdt.checkseed", 0, "run TestNoFalseRefusals with o
 // predecessors and name several actors), and checks that Import's checks
 // never refuse a change Automerge made: every exchange imports, every
 // change ChangesSince exports is in canonical encoding, and every replica
-// saves and reloads. Besides the fixed seeds it runs one from the clock;
+// saves and reloads. Besides the fixed runs it runs one seeded from the clock;
 // a failure prints its seed, to rerun with -crdt.checkseed.
 func TestNoFalseRefusals(t *testing.T) {
-	seeds := []uint64{1, 2, 3, 5, 8, 13, 21, 34, uint64(time.Now().UnixNano())}
+	runs := []uint64{1, 2, 3, 5, 8, 13, 21, 34, uint64(time.Now().UnixNano())}
 	steps := 250
 	if testing.Short() {
-		seeds, steps = seeds[:2], 80
+		runs, steps = runs[:2], 80
 	}
 	if *checkSeed != 0 {
-		seeds = []uint64{*checkSeed}
+		runs = []uint64{*checkSeed}
 	}
-	for _, seed := range seeds {
+	for _, seed := range runs {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			t.Parallel()
 			n, err := runNoFalseRefusals(seed, steps)

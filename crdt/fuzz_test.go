@@ -11,7 +11,7 @@ import (
 
 // fuzzSeeds are valid streams and near misses: deltas, whole documents,
 // a snapshot followed by a delta, truncations.
-func fuzzSeeds(t testing.TB) (target []byte, seeds [][]byte) {
+func fuzzSeeds(t testing.TB) (target []byte, inputs [][]byte) {
 	d, delta := corruptFixture(t)
 	target = d.Save()
 	src := newDoc(t, actorB)
@@ -26,7 +26,7 @@ func fuzzSeeds(t testing.TB) (target []byte, seeds [][]byte) {
 		t.Fatal(err)
 	}
 	whole := src.Save()
-	seeds = [][]byte{
+	inputs = [][]byte{
 		delta, all, whole,
 		append(bytes.Clone(target), delta...),
 		delta[:len(delta)/2],
@@ -34,7 +34,7 @@ func fuzzSeeds(t testing.TB) (target []byte, seeds [][]byte) {
 		splitChunks(t, delta)[1], // missing its dependency
 		{0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1, 0},
 	}
-	return target, seeds
+	return target, inputs
 }
 
 // FuzzImport imports arbitrary bytes into a document that holds changes.
@@ -45,8 +45,8 @@ func fuzzSeeds(t testing.TB) (target []byte, seeds [][]byte) {
 // reads, writes, exports and saves, and whose save loads back with the same
 // heads and fields (see Import's doc).
 func FuzzImport(f *testing.F) {
-	target, seeds := fuzzSeeds(f)
-	for _, s := range seeds {
+	target, inputs := fuzzSeeds(f)
+	for _, s := range inputs {
 		f.Add(s, false)
 		f.Add(s, true)
 	}
@@ -83,10 +83,10 @@ func FuzzImport(f *testing.F) {
 // FuzzLoad loads arbitrary bytes. It must never panic, and a document it
 // loads must read, save and load again.
 func FuzzLoad(f *testing.F) {
-	target, seeds := fuzzSeeds(f)
+	target, inputs := fuzzSeeds(f)
 	f.Add(target, false)
 	f.Add(target, true)
-	for _, s := range seeds {
+	for _, s := range inputs {
 		f.Add(s, false)
 		f.Add(s, true)
 	}

@@ -24,15 +24,15 @@ import (
 // built afresh. The documents keep journals of different lengths, down
 // to two changes, so the journal is trimmed and restarted often.
 func TestJournalMatchesAutomerge(t *testing.T) {
-	seeds := []uint64{1, 2, 3, 5, 8}
+	runs := []uint64{1, 2, 3, 5, 8}
 	steps := 100
 	if testing.Short() {
-		seeds, steps = seeds[:2], 40
+		runs, steps = runs[:2], 40
 	}
 	var answered [3]atomic.Int64 // by automerge, from a mark, by a walk
 	var overReported atomic.Int64
-	t.Run("seeds", func(t *testing.T) {
-		for _, seed := range seeds {
+	t.Run("random", func(t *testing.T) {
+		for _, seed := range runs {
 			t.Run(fmt.Sprint(seed), func(t *testing.T) {
 				t.Parallel()
 				s, err := newJournalSim(seed)

@@ -16,12 +16,12 @@ import (
 // repeated, batched), and checks that after a final exchange every replica
 // holds the same heads and fields, and that every counter increment counted.
 func TestConvergenceProperty(t *testing.T) {
-	seeds := []uint64{1, 2, 3, 4, 5, 6, 7, 8, 42, 1234, 99991, 0xfe77, 20240601, 31337, 777, 2026}
+	runs := []uint64{1, 2, 3, 4, 5, 6, 7, 8, 42, 1234, 99991, 0xfe77, 20240601, 31337, 777, 2026}
 	steps := 300
 	if testing.Short() {
-		seeds, steps = seeds[:3], 60
+		runs, steps = runs[:3], 60
 	}
-	for _, seed := range seeds {
+	for _, seed := range runs {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			t.Parallel()
 			if err := runConvergence(seed, steps); err != nil {

@@ -21,7 +21,7 @@ import (
 	"github.com/ferrysync/ferry/relay/relaytest"
 )
 
-// convergenceSeeds returns the seeds a seeded property runs with: the one
+// convergenceSeeds returns the random seed of each run of a seeded property: the one
 // in FERRY_CONVERGENCE_SEED if set (to replay a failure), else a fixed list
 // plus one taken from the clock, so every run also explores a new case.
 func convergenceSeeds(t *testing.T) []uint64 {

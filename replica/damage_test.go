@@ -43,7 +43,7 @@ type dmgRec struct {
 	Pad  string `ferry:"pad"`
 }
 
-// dmgSeeds returns the seeds to run: the one in dmgEnvSeed, or n fixed ones.
+// dmgSeeds returns the random seed of each run: the one in dmgEnvSeed, or n fixed ones.
 func dmgSeeds(t *testing.T, n int) []uint64 {
 	if s := os.Getenv(dmgEnvSeed); s != "" {
 		v, err := strconv.ParseUint(s, 10, 64)

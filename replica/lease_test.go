@@ -153,7 +153,7 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 		}
 		for i := range 5 {
 			coll2(t, r, "c").Put(fmt.Sprint("x", i), map[string]any{"i": i})
-			time.Sleep(100 * time.Millisecond)
+			synctest.Wait() // the live session has taken the edit
 		}
 		synctest.Wait()
 		if len(replicaGoroutines()) == 0 {

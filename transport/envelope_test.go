@@ -107,7 +107,7 @@ func wantCode(t *testing.T, what string, err error, code Code) {
 }
 
 // bodyWith encodes a map body whose key k holds raw msgpack, after the
-// other fields in sorted order, so that seeds built from it are stable.
+// other fields in sorted order, so that corpus entries built from it are stable.
 func bodyWith(fields map[string]any, k string, raw []byte) []byte {
 	b := []byte{0x80 | byte(len(fields)+1)}
 	for _, name := range slices.Sorted(maps.Keys(fields)) {

@@ -12,7 +12,7 @@ import (
 	"testing"
 )
 
-var updateCorpus = flag.Bool("update-corpus", false, "rewrite testdata/fuzz/FuzzDecode from the seeds in fuzz_test.go")
+var updateCorpus = flag.Bool("update-corpus", false, "rewrite testdata/fuzz/FuzzDecode from the inputs in fuzz_test.go")
 
 // hostileSeeds are frames that have killed msgpack decoders or probe the
 // scanner's edges. The nesting bombs repeat 200 times, not the 20,000 of
@@ -42,12 +42,12 @@ func hostileSeeds() map[string][]byte {
 // TestWriteFuzzCorpus writes the seed corpus when run with -update-corpus;
 // otherwise it checks that every seed is on disk, so go test runs them.
 func TestWriteFuzzCorpus(t *testing.T) {
-	seeds := hostileSeeds()
+	inputs := hostileSeeds()
 	for i, b := range sampleBodies() {
-		seeds[fmt.Sprintf("valid_%s", b.MessageType())] = mustFrame(uint64(i+1), b)
+		inputs[fmt.Sprintf("valid_%s", b.MessageType())] = mustFrame(uint64(i+1), b)
 	}
 	dir := filepath.Join("testdata", "fuzz", "FuzzDecode")
-	for name, b := range seeds {
+	for name, b := range inputs {
 		path := filepath.Join(dir, name)
 		want := "go test fuzz v1\n[]byte(" + strconv.QuoteToASCII(string(b)) + ")\n"
 		if *updateCorpus {

@@ -65,7 +65,7 @@ func rawFrame(v, typ, id any, body []byte) []byte {
 }
 
 // mustMarshal encodes v with the msgpack defaults, map keys sorted so that
-// seeds are stable.
+// corpus entries are stable.
 func mustMarshal(v any) []byte {
 	var buf bytes.Buffer
 	enc := msgpack.NewEncoder(&buf)
