@@ -133,9 +133,11 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 	// have nothing to say then, and neither side would speak again.
 	// (Not from a read-only peer, whose changes the relay refuses.)
 	var unknown []crdt.Hash
-	for _, h := range sm.heads {
-		if c.claims.CanWrite(c.coll.Collection) && !after.doc.Has(h) {
-			unknown = append(unknown, h)
+	if c.claims.CanWrite(c.coll.Collection) {
+		for _, h := range sm.heads {
+			if !after.doc.Has(h) {
+				unknown = append(unknown, h)
+			}
 		}
 	}
 	return c.syncOut(d, after, unknown...)
