@@ -146,7 +146,7 @@ func newQuotas(o *Options) (*quotas, error) {
 	var errs []error
 	for _, id := range ids {
 		q := o.Quotas[id]
-		if _, ok := o.Auth.byID[id]; !ok {
+		if !o.Auth.hasApp(id) {
 			errs = append(errs, fmt.Errorf("relay: quota of app %q: no such app", id))
 			continue
 		}

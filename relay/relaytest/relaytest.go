@@ -26,6 +26,9 @@ type Options struct {
 	// Now is the relay's clock, for tokens and leases. Default time.Now.
 	// Every session calls it, so it must be safe for concurrent use.
 	Now func() time.Time
+	// App, if set, adjusts the relay's app before its Auth is made (its
+	// keys, issuer, grants). Keep its Secret: Token is signed with it.
+	App func(*relay.App)
 	// Relay carries any other relay setting; its Store, Auth and Now are
 	// set by Start. PingInterval defaults to off (-1).
 	Relay relay.Options
@@ -78,6 +81,9 @@ func Start(t testing.TB, o *Options) *Relay {
 		opts.Now = time.Now
 	}
 	r := &Relay{Store: opts.Store, App: relay.NewApp("test"), opts: opts}
+	if opts.App != nil {
+		opts.App(&r.App)
+	}
 	var err error
 	if r.Auth, err = relay.NewAuth([]relay.App{r.App}, opts.Now); err != nil {
 		t.Fatal(err)
@@ -158,6 +164,7 @@ func (r *Relay) Close() {
 			t.CloseIdleConnections()
 		}
 		r.Store.Close()
+		r.Auth.Close()
 	})
 }
 
