@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
@@ -15,6 +16,9 @@ import (
 // relay's storage change under it.
 type amBackend interface {
 	verify(apiKey, token string) (App, *Claims, error)
+	// check re-checks claims verify returned: expiry, and whether the key
+	// that signed them is still the app's; the error says which failed.
+	check(claims *Claims) error
 	// connect counts a connection of app against its quota, or refuses
 	// it; each nil return is matched by one disconnect.
 	connect(app string) error
@@ -53,6 +57,8 @@ type serverBackend struct{ s *Server }
 func (b serverBackend) verify(apiKey, token string) (App, *Claims, error) {
 	return b.s.auth.Verify(apiKey, token)
 }
+
+func (b serverBackend) check(claims *Claims) error { return b.s.auth.Check(claims) }
 
 func (b serverBackend) connect(app string) error {
 	if e := b.s.quotas.connect(app); e != nil {
@@ -121,3 +127,13 @@ var errAMTruncated = errors.New("relay: log truncated past the cursor")
 
 // isNotFound reports whether err is the store's "no such record".
 func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
+
+// amTokenEnd is the reason a connection ends when its token no longer
+// holds: why, without the error's prefixes, then what to do.
+func amTokenEnd(err error) string {
+	var te *TokenError
+	if errors.As(err, &te) {
+		err = te.Err
+	}
+	return fmt.Sprintf("%v; reconnect with a fresh one", err)
+}

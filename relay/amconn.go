@@ -169,8 +169,8 @@ func (c *amConn) dispatch(m *amMessage) bool {
 		c.end(fmt.Sprintf("message from %q on the connection of %q", m.SenderID, c.peer))
 		return false
 	}
-	if exp := c.claims.ExpiresAt; exp != nil && !c.a.b.now().Before(exp.Time) {
-		c.end("token expired; reconnect with a fresh one")
+	if err := c.a.b.check(c.claims); err != nil {
+		c.end(amTokenEnd(err))
 		return false
 	}
 	switch m.Type {

@@ -37,8 +37,8 @@ func (c *amConn) liveStep(cursor uint64, announce bool) (uint64, bool) {
 		c.fail(err)
 		return cursor, false
 	}
-	if exp := c.claims.ExpiresAt; exp != nil && !a.b.now().Before(exp.Time) {
-		c.end("token expired; reconnect with a fresh one")
+	if err := a.b.check(c.claims); err != nil {
+		c.end(amTokenEnd(err))
 		return cursor, false
 	}
 	for _, ch := range changed {

@@ -217,9 +217,10 @@ func (a *amServer) serve(w http.ResponseWriter, r *http.Request) {
 	var claims *Claims
 	apiKey, token := amCredentials(r)
 	app, claims, err := a.b.verify(apiKey, token)
+	check := ""
 	if err != nil {
 		a.metrics.refused.WithLabelValues("auth").Inc()
-		refusal = err.Error()
+		refusal, check = err.Error(), RefusedCheck(err)
 	} else {
 		c = Coll{Tenant: app.ID}
 		if c.Collection, err = amCollection(r.URL.Path, claims); err != nil {
@@ -237,7 +238,7 @@ func (a *amServer) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if refusal != "" {
-		a.log.Info("automerge-repo connection refused", "remote", r.RemoteAddr, "url", scrubURL(r.URL), "reason", refusal)
+		a.log.Info("automerge-repo connection refused", "remote", r.RemoteAddr, "url", scrubURL(r.URL), "check", check, "reason", refusal)
 	}
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: a.origins})
 	if err != nil {

@@ -161,6 +161,7 @@ func (s *Server) subscribe(ctx context.Context, sess *session, c Coll, cursor ui
 func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uint64) (uint64, bool) {
 	wake, done := s.hub.wait(c)
 	defer done()
+	keysChanged := s.auth.Changed() // before the check, so no reload slips between
 	claims := sess.currentClaims()
 	if e := s.liveDenied(claims, c.Collection); e != nil {
 		sess.end(e.Code, e.Message)
@@ -211,20 +212,18 @@ func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uin
 		}
 		return next, true
 	}
-	// Nothing to send: wait for the log to grow, or for the token to
-	// expire, whichever comes first; at expiry the loop checks the
-	// session's claims again, which auth may have replaced.
-	var expiry <-chan time.Time
-	if exp := claims.ExpiresAt; exp != nil {
-		ch, stop := s.newTimer(exp.Sub(s.now()))
-		defer stop()
-		expiry = ch
-	}
+	// Nothing to send: wait for the log to grow, for the token to expire,
+	// or for the apps' keys to be reloaded, whichever comes first; then
+	// the loop checks the session's claims again, which auth may have
+	// replaced.
+	ch, stop := s.newTimer(claims.ValidUntil().Sub(s.now()))
+	defer stop()
 	select {
 	case <-ctx.Done():
 		return cursor, false
 	case <-wake:
-	case <-expiry:
+	case <-ch:
+	case <-keysChanged:
 	}
 	return cursor, true
 }

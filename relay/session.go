@@ -105,12 +105,7 @@ func (sess *session) hello() bool {
 	}
 	app, claims, err := s.auth.Verify(h.APIKey, h.Token)
 	if err != nil {
-		s.metrics.authFailures.Inc()
-		code := transport.CodeUnauthenticated
-		if errors.Is(err, ErrTokenExpired) {
-			code = transport.CodeTokenExpired
-		}
-		fail(code, err.Error())
+		fail(s.tokenRefused("hello", err), err.Error())
 		return false
 	}
 	if h.ReplicaID == "" || len(h.ReplicaID) > 128 || !utf8.ValidString(h.ReplicaID) {
@@ -247,11 +242,7 @@ func (sess *session) subscribe(claims *Claims, env *transport.Envelope, m *trans
 func (sess *session) reauth(a *transport.Auth) (transport.Body, error) {
 	_, claims, err := sess.s.auth.Verify(sess.app.APIKey, a.Token)
 	if err != nil {
-		sess.s.metrics.authFailures.Inc()
-		if errors.Is(err, ErrTokenExpired) {
-			return nil, perr(transport.CodeTokenExpired, "%v", err)
-		}
-		return nil, perr(transport.CodeUnauthenticated, "%v", err)
+		return nil, perr(sess.s.tokenRefused("auth", err), "%v", err)
 	}
 	sess.mu.Lock()
 	sess.claims = claims
@@ -259,13 +250,36 @@ func (sess *session) reauth(a *transport.Auth) (transport.Body, error) {
 	return &transport.OK{}, nil
 }
 
-// expired returns token_expired if claims have expired by the relay's
-// clock, or nil.
-func (s *Server) expired(claims *Claims) *transport.Error {
-	if exp := claims.ExpiresAt; exp != nil && !s.now().Before(exp.Time) {
-		return perr(transport.CodeTokenExpired, "token expired at %s; send auth with a fresh one", exp.UTC().Format(time.RFC3339))
+// tokenRefused counts and logs a token refused by Verify, saying which
+// check failed (never the token), and returns the code to answer with.
+func (s *Server) tokenRefused(where string, err error) transport.Code {
+	s.metrics.authFailures.Inc()
+	var te *TokenError
+	if errors.As(err, &te) {
+		s.log.Info("token refused", "in", where, "app", te.App, "check", te.Check, "err", te.Err)
 	}
-	return nil
+	if errors.Is(err, ErrTokenExpired) {
+		return transport.CodeTokenExpired
+	}
+	return transport.CodeUnauthenticated
+}
+
+// expired returns token_expired if the session's token no longer holds:
+// it has expired by the relay's clock, or the key that signed it has been
+// removed (see Auth.Check). Otherwise it returns nil.
+func (s *Server) expired(claims *Claims) *transport.Error {
+	err := s.auth.Check(claims)
+	if err == nil {
+		return nil
+	}
+	var te *TokenError
+	if errors.As(err, &te) {
+		if te.Check == CheckKeyRemoved {
+			s.log.Info("session's token refused", "app", te.App, "check", te.Check)
+		}
+		err = te.Err
+	}
+	return perr(transport.CodeTokenExpired, "%v; send auth with a fresh one", err)
 }
 
 func (sess *session) currentClaims() *Claims {
