@@ -56,18 +56,55 @@ type Config struct {
 	PostgresMaxConns int    `json:"postgres_max_conns"`
 }
 
-// AppConfig is one app of the configuration file: the app's ID, API key
-// and secret, and its quota (no key, or 0: no limit).
+// AppConfig is one app of the configuration file: the app's ID, API key,
+// secret, issuer, audience and grants (relay.App), its further token keys
+// and clock leeway, and its quota (no key, or 0: no limit).
 type AppConfig struct {
 	relay.App
-	Quota relay.Quota `json:"quota,omitzero"`
+	Keys   []KeyConfig `json:"keys,omitempty"`
+	Leeway Duration    `json:"leeway,omitempty"`
+	Quota  relay.Quota `json:"quota,omitzero"`
+}
+
+// KeyConfig is one key of an app (see relay.Key): exactly one of secret,
+// public_key (PEM text), public_key_file (a PEM file, relative to the
+// configuration file's folder) and jwks_url.
+type KeyConfig struct {
+	ID            string   `json:"kid,omitempty"`
+	Secret        string   `json:"secret,omitempty"`
+	PublicKey     string   `json:"public_key,omitempty"`
+	PublicKeyFile string   `json:"public_key_file,omitempty"`
+	JWKSURL       string   `json:"jwks_url,omitempty"`
+	Refresh       Duration `json:"refresh,omitempty"`
+	Algorithms    []string `json:"algorithms,omitempty"`
+
+	filePEM string // public_key_file's contents, read by check
+}
+
+func (k KeyConfig) key() relay.Key {
+	pem := k.PublicKey
+	if k.PublicKeyFile != "" {
+		pem = k.filePEM
+	}
+	return relay.Key{ID: k.ID, Secret: k.Secret, PublicKey: pem, JWKSURL: k.JWKSURL, Refresh: time.Duration(k.Refresh), Algorithms: k.Algorithms}
+}
+
+// app is the relay's view of the app.
+func (a AppConfig) app() relay.App {
+	app := a.App
+	app.Keys = nil
+	for _, k := range a.Keys {
+		app.Keys = append(app.Keys, k.key())
+	}
+	app.Leeway = time.Duration(a.Leeway)
+	return app
 }
 
 // apps returns the configured apps.
 func (c Config) apps() []relay.App {
 	apps := make([]relay.App, len(c.Apps))
 	for i, a := range c.Apps {
-		apps[i] = a.App
+		apps[i] = a.app()
 	}
 	return apps
 }
@@ -161,7 +198,13 @@ func (c Config) checkLimits() error {
 
 // resolvePaths makes the file's relative paths relative to its folder.
 func (c *Config) resolvePaths(dir string) {
-	for _, p := range []*string{&c.Data, &c.TLSCert, &c.TLSKey} {
+	paths := []*string{&c.Data, &c.TLSCert, &c.TLSKey}
+	for i := range c.Apps {
+		for j := range c.Apps[i].Keys {
+			paths = append(paths, &c.Apps[i].Keys[j].PublicKeyFile)
+		}
+	}
+	for _, p := range paths {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
@@ -221,7 +264,7 @@ func (c Config) limits() transport.Limits {
 	return l.WithDefaults()
 }
 
-func newLogger(level, format string, w *os.File) (*slog.Logger, error) {
+func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 	var lv slog.Level
 	if level == "" {
 		level = "info"

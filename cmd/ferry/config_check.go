@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/ferrysync/ferry/relay"
 )
 
 // Defaults the relay applies to fields left out, which check compares
@@ -124,11 +127,24 @@ func (c *Config) checkApps(p *problems) {
 			}
 			keys[app.APIKey] = i
 		}
+		before := len(*p)
 		switch {
+		case app.Secret == "" && len(app.Keys) > 0:
 		case len(app.Secret) < 32:
-			p.bad(field("secret"), "want at least 32 bytes (generate one with \"openssl rand -hex 32\")")
+			p.bad(field("secret"), "want at least 32 bytes (generate one with \"openssl rand -hex 32\"), or give keys")
 		case placeholder(app.Secret):
 			p.bad(field("secret"), "looks like a placeholder, not a random secret: generate one with \"openssl rand -hex 32\"")
+		}
+		c.checkKeys(p, i)
+		if l := time.Duration(app.Leeway); l < 0 || l > 5*time.Minute {
+			p.bad(field("leeway"), "%v: want 0 to 5m", l)
+		}
+		if len(*p) == before {
+			// What is left to check (issuer with a JWKS, grants) the relay
+			// checks as it would at start.
+			if err := relay.CheckApps([]relay.App{c.Apps[i].app()}); err != nil {
+				p.bad(field("keys"), "%v", err)
+			}
 		}
 		// Check joins one error per field, each starting with its key.
 		if err := app.Quota.Check(); err != nil {
@@ -140,6 +156,33 @@ func (c *Config) checkApps(p *problems) {
 			for _, e := range joined.Unwrap() {
 				*p = append(*p, fmt.Errorf("%s%w", field("quota."), e))
 			}
+		}
+	}
+}
+
+// checkKeys checks app i's keys, reading each public_key_file.
+func (c *Config) checkKeys(p *problems, i int) {
+	for j := range c.Apps[i].Keys {
+		k := &c.Apps[i].Keys[j]
+		field := func(name string) string { return fmt.Sprintf("apps[%d].keys[%d]%s", i, j, name) }
+		if k.PublicKeyFile != "" {
+			if k.PublicKey != "" {
+				p.bad(field(""), "public_key and public_key_file: give one")
+				continue
+			}
+			b, err := os.ReadFile(k.PublicKeyFile)
+			if err != nil {
+				p.bad(field(".public_key_file"), "%v", err)
+				continue
+			}
+			k.filePEM = string(b)
+		}
+		if k.Secret != "" && placeholder(k.Secret) {
+			p.bad(field(".secret"), "looks like a placeholder, not a random secret: generate one with \"openssl rand -hex 32\"")
+			continue
+		}
+		if err := k.key().Check(); err != nil {
+			p.bad(field(""), "%v", err)
 		}
 	}
 }

@@ -10,8 +10,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -59,7 +61,11 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(cfg.LogLevel, cfg.LogFormat, os.Stderr)
+	logTo := c.Stderr
+	if logTo == nil {
+		logTo = os.Stderr
+	}
+	log, err := newLogger(cfg.LogLevel, cfg.LogFormat, logTo)
 	if err != nil {
 		return err
 	}
@@ -88,10 +94,11 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	auth, err := relay.NewAuth(apps, nil)
+	auth, err := relay.NewAuthWith(apps, &relay.AuthOptions{Logger: log})
 	if err != nil {
 		return err
 	}
+	defer auth.Close()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	store, where, err := openStore(ctx, cfg, log, reg)
@@ -109,6 +116,11 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	// Registered before the first line is printed: once a script sees
+	// it, SIGHUP reloads rather than ends the relay.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	hs, served, scheme := serveHTTP(srv.Handler(), ln, certs)
 
 	url := scheme + "://" + ln.Addr().String() + "/ws"
@@ -119,12 +131,34 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	}
 	log.Info("relay started", "url", url, "store", where, "apps", len(apps), "incarnation", store.Incarnation())
 
-	select {
-	case err := <-served:
-		return fmt.Errorf("relay: %w", err)
-	case <-ctx.Done():
+	for {
+		select {
+		case err := <-served:
+			return fmt.Errorf("relay: %w", err)
+		case <-ctx.Done():
+			return shutdownRelay(log, srv, hs, store, time.Duration(cfg.ShutdownTimeout))
+		case <-hup:
+			c.reloadApps(log, auth, args, apps[len(cfg.Apps):])
+		}
 	}
-	return shutdownRelay(log, srv, hs, store, time.Duration(cfg.ShutdownTimeout))
+}
+
+// reloadApps reads the configuration file again and gives its apps (with
+// extra, the dev app) to auth: keys, issuers, audiences, grants, leeway
+// and API keys change without dropping a connection. Each session's
+// token is checked against the new keys at its next request. A file that
+// does not load is logged and changes nothing. Everything else in the
+// file, quotas included, applies at the next start.
+func (c *RelayCommand) reloadApps(log *slog.Logger, auth *relay.Auth, args []string, extra []relay.App) {
+	cfg, _, err := c.configure(args)
+	if err == nil {
+		err = auth.Reload(append(cfg.apps(), extra...))
+	}
+	if err != nil {
+		log.Error("reload on SIGHUP failed; the apps are unchanged", "err", err)
+		return
+	}
+	log.Info("apps reloaded on SIGHUP", "apps", len(cfg.apps())+len(extra))
 }
 
 // devFlags are the flags that change what the relay does beyond its
@@ -193,7 +227,9 @@ func (c *RelayCommand) configure(args []string) (Config, devFlags, error) {
 	if len(cfg.Apps) == 0 && !*dev {
 		return cfg, df, errors.New("relay: no apps configured: list them in a --config file, or run with --dev")
 	}
-	if _, err := relay.NewAuth(cfg.apps(), nil); err != nil {
+	// Checked without fetching key sets: the relay fetches them as it
+	// starts.
+	if err := relay.CheckApps(cfg.apps()); err != nil {
 		return cfg, df, err
 	}
 	return cfg, df, nil

@@ -25,7 +25,9 @@ const tokenHelp = `Usage: ferry token --config FILE --app ID --subject WHO [flag
 
 Issues an access token (an HS256 JWT) for an app of a relay: one listed in
 the relay's configuration file, or the dev app that "ferry relay --dev"
-keeps in its data folder. Prints the token.
+keeps in its data folder. Prints the token. It is signed with the app's
+secret, or else its first key with a secret (naming that key's kid); an
+app whose tokens come from an identity provider gets them from there.
 `
 
 func (c *TokenCommand) Run(ctx context.Context, args []string) error {
@@ -65,9 +67,9 @@ func (c *TokenCommand) Run(ctx context.Context, args []string) error {
 			return err
 		}
 		found := false
-		for _, a := range cfg.Apps {
+		for _, a := range cfg.apps() {
 			if a.ID == *appID {
-				app, found = a.App, true
+				app, found = a, true
 			}
 		}
 		if !found {

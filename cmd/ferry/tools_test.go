@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -122,7 +123,7 @@ func TestBackupKeepsTheDevApp(t *testing.T) {
 		t.Errorf("restore output: %s", out)
 	}
 	got, err := loadDevApp(restored)
-	if err != nil || got != app {
+	if err != nil || !reflect.DeepEqual(got, app) {
 		t.Fatalf("restored dev app %+v, %v; want %+v", got, err, app)
 	}
 	store, err := relay.OpenBadgerStore(storeDir(restored), nil)
