@@ -19,6 +19,12 @@
 //	srv.Close()       // ...and those still running when ctx ends are cut off
 //	hs.Shutdown(ctx)
 //	store.Close()
+//	auth.Close()
+//
+// An Auth verifies each app's tokens with its keys: HMAC secrets, PEM
+// public keys, and identity providers' JWKS URLs, which it fetches and
+// refreshes until Close. Reload replaces the apps while sessions go on;
+// each session's token is checked again at its next request.
 //
 // Every push is validated (each change must frame, checksum and load, with
 // its dependencies held) before it is stored, stored atomically with its
