@@ -228,11 +228,36 @@ func jsonProblem(b []byte, err error) string {
 	// say which field, so find it.
 	var fields map[string]json.RawMessage
 	if json.Unmarshal(b, &fields) == nil {
-		for _, name := range []string{"max_lease_ttl", "default_lease_ttl", "shutdown_timeout"} {
+		for _, name := range []string{"max_lease_ttl", "default_lease_ttl", "shutdown_timeout", "compact_interval"} {
 			var d Duration
 			if raw, ok := fields[name]; ok {
 				if ferr := d.UnmarshalJSON(raw); ferr != nil {
 					return name + ": " + ferr.Error()
+				}
+			}
+		}
+	}
+	var nested struct {
+		Apps []struct {
+			Leeway json.RawMessage `json:"leeway"`
+			Keys   []struct {
+				Refresh json.RawMessage `json:"refresh"`
+			} `json:"keys"`
+		} `json:"apps"`
+	}
+	if json.Unmarshal(b, &nested) == nil {
+		for i, a := range nested.Apps {
+			var d Duration
+			if a.Leeway != nil {
+				if ferr := d.UnmarshalJSON(a.Leeway); ferr != nil {
+					return fmt.Sprintf("apps[%d].leeway: %v", i, ferr)
+				}
+			}
+			for j, k := range a.Keys {
+				if k.Refresh != nil {
+					if ferr := d.UnmarshalJSON(k.Refresh); ferr != nil {
+						return fmt.Sprintf("apps[%d].keys[%d].refresh: %v", i, j, ferr)
+					}
 				}
 			}
 		}

@@ -72,6 +72,8 @@ func TestConfigKeys(t *testing.T) {
 		{"JWKS without issuer", `{"apps": [{"id": "n", "api_key": "fk_5f2a8c1e9b7d3f60", "keys": [{"jwks_url": "https://x/"}]}]}`, "needs an issuer"},
 		{"leeway", `{"apps": [{"id": "n", "api_key": "fk_5f2a8c1e9b7d3f60", "secret": "5f2a8c1e9b7d3f604a2c8e1b9d7f3a5c6e0b2d4f", "leeway": "1h"}]}`, "apps[0].leeway: 1h0m0s"},
 		{"template", `{"apps": [{"id": "n", "api_key": "fk_5f2a8c1e9b7d3f60", "secret": "5f2a8c1e9b7d3f604a2c8e1b9d7f3a5c6e0b2d4f", "grants": {"read": ["{user}"]}}]}`, "the only placeholder is {sub}"},
+		{"leeway not a duration", `{"apps": [{"id": "n", "api_key": "fk_5f2a8c1e9b7d3f60", "secret": "5f2a8c1e9b7d3f604a2c8e1b9d7f3a5c6e0b2d4f", "leeway": "half a minute"}]}`, `apps[0].leeway: "half a minute" is not a duration`},
+		{"refresh not a duration", `{"apps": [{"id": "n", "api_key": "fk_5f2a8c1e9b7d3f60", "issuer": "https://x/", "keys": [{"jwks_url": "https://x/", "refresh": 60}]}]}`, `apps[0].keys[0].refresh: 60 is not a duration string`},
 	} {
 		_, err := loadConfig(writeConfig(t, dir, tc.text))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
