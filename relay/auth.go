@@ -164,17 +164,16 @@ type Auth struct {
 
 	state atomic.Pointer[authState]
 
-	mu      sync.Mutex // Reload and Close
-	caches  map[string]*jwksCache
-	changed chan struct{} // closed at the next Reload
-	closed  bool
+	mu     sync.Mutex // Reload and Close
+	caches map[string]*jwksCache
+	closed bool
 }
 
 // authState is one generation of apps, replaced whole by Reload.
 type authState struct {
 	byKey   map[[32]byte]*appKeys
 	byID    map[string]*appKeys
-	changed chan struct{}
+	changed chan struct{} // closed when the next generation replaces it
 }
 
 // appKeys is an app with its keys ready to verify.
@@ -200,7 +199,7 @@ func NewAuthWith(apps []App, o *AuthOptions) (*Auth, error) {
 	if o != nil {
 		opts = *o
 	}
-	a := &Auth{now: opts.Now, log: opts.Logger, client: opts.HTTPClient, caches: map[string]*jwksCache{}, changed: make(chan struct{})}
+	a := &Auth{now: opts.Now, log: opts.Logger, client: opts.HTTPClient, caches: map[string]*jwksCache{}}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -240,20 +239,20 @@ func prepareApps(apps []App) ([]*appKeys, error) {
 		}
 		byKey[k], byID[app.ID] = true, true
 		ak := &appKeys{app: app}
-		keys := app.Keys
-		if app.Secret != "" {
-			keys = append([]Key{{Secret: app.Secret}}, keys...)
-		}
-		if len(keys) == 0 {
+		if app.Secret == "" && len(app.Keys) == 0 {
 			return nil, fmt.Errorf("relay: app %q: no keys: give a secret (at least 32 bytes) or keys", app.ID)
 		}
+		if app.Secret != "" {
+			v, err := Key{Secret: app.Secret}.verifier()
+			if err != nil {
+				return nil, fmt.Errorf("relay: app %q: secret: %w", app.ID, err)
+			}
+			ak.static = append(ak.static, *v)
+		}
 		hasJWKS := false
-		for i, key := range keys {
+		for i, key := range app.Keys {
 			v, err := key.verifier()
 			if err != nil {
-				if key.Secret != "" && app.Secret == key.Secret && i == 0 {
-					return nil, fmt.Errorf("relay: app %q: secret: %w", app.ID, err)
-				}
 				return nil, fmt.Errorf("relay: app %q: key %d (%s): %w", app.ID, i, key.kind(), err)
 			}
 			if v != nil {

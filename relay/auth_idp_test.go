@@ -627,3 +627,65 @@ func TestAuthJWKSRefreshInterval(t *testing.T) {
 		}
 	})
 }
+
+// Verify and Check run while Reload swaps the apps (run with -race): each
+// sees one generation or the next, never a mix, and a token of the key
+// every generation has is never refused.
+func TestAuthReloadWhileVerifying(t *testing.T) {
+	clk := newClock()
+	idp := relaytest.StartIdP(t)
+	idp.AddKey(t, "k1", "ES256")
+	app := idpApp(idp)
+	a := newAuth(t, []relay.App{app}, clk.Now)
+	tok := idp.Token(t, "k1", "ann", "notes", clk.Now(), time.Hour, nil)
+	_, c, err := a.Verify(app.APIKey, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, _, err := a.Verify(app.APIKey, tok); err != nil {
+					errs <- err
+					return
+				}
+				if err := a.Check(c); err != nil {
+					errs <- err
+					return
+				}
+				select { // wait for the next reload: no busy loop
+				case <-a.Changed():
+				case <-stop:
+					return
+				}
+			}
+		})
+	}
+	extra := relay.NewApp("other")
+	for i := range 50 {
+		apps := []relay.App{app}
+		if i%2 == 0 {
+			apps = append(apps, extra)
+		}
+		if err := a.Reload(apps); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("during reloads: %v", err)
+	}
+	if n := idp.Fetches(); n != 1 {
+		t.Errorf("%d JWKS fetches: reloads refetched the set they kept", n)
+	}
+}
