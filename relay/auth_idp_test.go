@@ -503,6 +503,18 @@ func TestAuthJWKSRotationAndOutage(t *testing.T) {
 	if err := a.Check(c2); err != nil {
 		t.Errorf("k2 at a re-check: %v", err)
 	}
+
+	// A set with no usable key (a provider's mistake) is no key set: the
+	// last good one stays.
+	idp.Unpublish("k2")
+	clk.Advance(relay.JWKSMinRefresh)
+	a.Verify(app.APIKey, withKid(t, tok("k1"), "made-up"))
+	if n := idp.Fetches(); n != 5 {
+		t.Fatalf("%d fetches, want 5", n)
+	}
+	if err := a.Check(c2); err != nil {
+		t.Errorf("k2 after an empty set was served: %v", err)
+	}
 }
 
 // The JWKS is down when the relay starts: it starts anyway, refuses the
