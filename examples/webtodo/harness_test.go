@@ -26,6 +26,10 @@ import (
 // a Go replica they drive through a small HTTP control API. Without Node
 // they are skipped, unless FERRY_REQUIRE_JS=1 (CI sets it).
 
+// otherCollection is a second collection the replica syncs, for the tests
+// of one Repo syncing several collections.
+const otherCollection = "notes"
+
 // Task is the Go example's record (examples/todo).
 type Task struct {
 	Title string `ferry:"title"`
@@ -117,7 +121,7 @@ func newHarness(t *testing.T, origins ...string) *harness {
 		t.Fatal(err)
 	}
 	if err := h.rep.AddProfile(replica.Profile{Name: "relay", URL: "ws://" + h.addr + "/ws", APIKey: app.APIKey,
-		Mode: policy.Manual, Type: policy.TwoWay, Collections: []string{collection}}); err != nil {
+		Mode: policy.Manual, Type: policy.TwoWay, Collections: []string{collection, otherCollection}}); err != nil {
 		t.Fatal(err)
 	}
 	h.todos = h.rep.Collection(collection)
@@ -236,11 +240,15 @@ func (h *harness) control() string {
 			return
 		}
 		id := r.URL.Query().Get("id")
+		coll := h.todos
+		if name := r.URL.Query().Get("coll"); name != "" {
+			coll = h.rep.Collection(name)
+		}
 		var task Task
-		err := h.todos.Get(id, &task)
+		err := coll.Get(id, &task)
 		res := map[string]any{"found": err == nil, "title": task.Title, "done": task.Done, "deleted": false}
 		if errors.Is(err, replica.ErrNotFound) {
-			_, herr := h.todos.Heads(id)
+			_, herr := coll.Heads(id)
 			res["deleted"], err = herr == nil, nil
 		}
 		reply(w, res, err)

@@ -247,3 +247,37 @@ test("with announce=1 the relay sends every record, and each new one", async () 
   await control("POST", "/put", { id: fresh, title: "new", done: "false" })
   await eventually("the new record", () => str(seen.get(fresh)?.doc()?.title) === "new")
 })
+
+// One Repo, several collections: the relay is a distinct peer per
+// collection ("ferry-relay/todos", "ferry-relay/notes"), so automerge-repo
+// keeps an adapter for each, and a shareConfig routes each document to
+// its collection alone (the default would share every document with
+// every peer, copying it into every collection).
+test("one Repo syncs two collections, each document to its own", async () => {
+  const collectionOf = new Map() // documentId -> collection
+  const routed = async (peerId, documentId) =>
+    documentId !== undefined && collectionOf.get(documentId) === peerId.slice(peerId.lastIndexOf("/") + 1)
+  const adapter = coll => new WebSocketClientAdapter(
+    `${AM}/${coll}?api_key=${encodeURIComponent(KEY)}&token=${encodeURIComponent(TOKEN)}`, 200)
+  const repo = new Repo({
+    network: [adapter("todos"), adapter("notes")],
+    shareConfig: { announce: routed, access: routed },
+    idFactory: async () => uuidv7Bytes(),
+  })
+  repos.push(repo)
+  // create2 resolves after the document exists and before the share
+  // policy is consulted for it; set its collection at once.
+  const create = async (coll, doc) => {
+    const handle = await repo.create2(doc)
+    collectionOf.set(handle.documentId, coll)
+    repo.shareConfigChanged()
+    return recordOf(handle)
+  }
+  const note = await create("notes", { title: "a note", done: false })
+  const task = await create("todos", { title: "a task", done: false })
+  await eventually("the note in notes", async () => (await control("GET", "/get", { id: note, coll: "notes" })).found)
+  await eventually("the task in todos", async () => (await control("GET", "/get", { id: task, coll: "todos" })).found)
+  assert.equal((await control("GET", "/get", { id: note, coll: "todos" })).found, false, "the note leaked into todos")
+  assert.equal((await control("GET", "/get", { id: task, coll: "notes" })).found, false, "the task leaked into notes")
+  await shutdown(repo)
+})
