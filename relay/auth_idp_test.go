@@ -188,6 +188,7 @@ func TestAuthAlgorithmConfusion(t *testing.T) {
 		"a kid on a JWKS":            {ID: "x", JWKSURL: idp.URL},
 		"a short secret":             {Secret: "short"},
 		"refresh without a JWKS URL": {PublicKey: pemText, Refresh: time.Minute},
+		"refresh of a second":        {JWKSURL: idp.URL, Refresh: time.Second},
 	} {
 		if err := k.Check(); err == nil {
 			t.Errorf("%s: Check accepted it", name)

@@ -37,7 +37,8 @@ type Key struct {
 	// kid the set lacks (at most once per JWKSMinRefresh); when the URL
 	// is down it keeps verifying with the last set it fetched.
 	JWKSURL string
-	// Refresh is how often JWKSURL is fetched again (0: an hour).
+	// Refresh is how often JWKSURL is fetched again (0: an hour; at
+	// least JWKSMinRefresh).
 	Refresh time.Duration
 	// Algorithms restricts the JWS algorithms accepted with this key. By
 	// default: HS256, HS384 and HS512 for a secret; RS256, RS384, RS512,
@@ -109,6 +110,9 @@ func (k Key) verifier() (*verifier, error) {
 	}
 	if k.Refresh != 0 && k.JWKSURL == "" {
 		return nil, errors.New("refresh only means something with a JWKS URL")
+	}
+	if k.Refresh != 0 && k.Refresh < JWKSMinRefresh {
+		return nil, fmt.Errorf("refresh %v: want at least %v (a provider's keys change rarely; new ones are fetched when a token names them)", k.Refresh, JWKSMinRefresh)
 	}
 	switch {
 	case k.Secret != "":
