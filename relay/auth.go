@@ -144,7 +144,8 @@ func RefusedCheck(err error) string {
 
 // AuthOptions configure an Auth; nil and zero fields are the defaults.
 type AuthOptions struct {
-	// Now is the clock for expiry and JWKS rate limits (default time.Now).
+	// Now is the clock Verify checks exp and nbf by, and JWKS fetches are
+	// rate-limited by (default time.Now).
 	// It is called from every session's goroutine, so it must be safe
 	// for concurrent use.
 	Now func() time.Time
@@ -372,12 +373,14 @@ func (a *Auth) Verify(apiKey, token string) (App, *Claims, error) {
 	return ak.app, c, nil
 }
 
-// Check reports whether claims that Verify returned still hold: not
-// expired (allowing the app's leeway), and signed by a key the app still
-// has (after a Reload, or after the provider dropped it from its JWKS).
-// Either refusal matches ErrTokenExpired: the device sends a fresh token.
-func (a *Auth) Check(c *Claims) error {
-	if until := c.ValidUntil(); !a.now().Before(until) {
+// Check reports whether claims that Verify returned still hold at now:
+// not expired (allowing the app's leeway), and signed by a key the app
+// still has (after a Reload, or after the provider dropped it from its
+// JWKS). Either refusal matches ErrTokenExpired: the device sends a fresh
+// token. now is the caller's clock: a Server re-checks its sessions'
+// tokens by its own (Options.Now), as it runs their leases.
+func (a *Auth) Check(c *Claims, now time.Time) error {
+	if until := c.ValidUntil(); !now.Before(until) {
 		return &TokenError{App: c.app, Check: CheckExpired, kind: ErrTokenExpired, Err: fmt.Errorf("token expired at %s", until.UTC().Format(time.RFC3339))}
 	}
 	ak := a.state.Load().byID[c.app]

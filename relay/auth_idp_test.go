@@ -96,7 +96,7 @@ func TestAuthEveryAlgorithm(t *testing.T) {
 			if got.ID != app.ID || c.Subject != "ann" || !c.CanRead("catalog") || c.CanWrite("catalog") || !c.CanWrite("notes") {
 				t.Errorf("%s via %s: app %s, claims %+v", alg, app.ID, got.ID, c)
 			}
-			if err := a.Check(c); err != nil {
+			if err := a.Check(c, clk.Now()); err != nil {
 				t.Errorf("%s via %s: Check: %v", alg, app.ID, err)
 			}
 		}
@@ -263,14 +263,14 @@ func TestAuthIssuerAudienceLeeway(t *testing.T) {
 		t.Errorf("aud among several: %v", err)
 	}
 	// The re-check allows the same leeway, and no more.
-	if err := a.Check(c); err != nil {
+	if err := a.Check(c, clk.Now()); err != nil {
 		t.Errorf("Check within the leeway: %v", err)
 	}
 	if want := now.Add(-20 * time.Second).Add(30 * time.Second); !c.ValidUntil().Equal(want) {
 		t.Errorf("ValidUntil = %v, want %v", c.ValidUntil(), want)
 	}
 	clk.Advance(10 * time.Second)
-	wantRefused(t, "Check past the leeway", a.Check(c), relay.CheckExpired, relay.ErrTokenExpired)
+	wantRefused(t, "Check past the leeway", a.Check(c, clk.Now()), relay.CheckExpired, relay.ErrTokenExpired)
 
 	// Without leeway, a token one second past exp is expired.
 	strictTok := idp.Sign(t, "k1", jwt.MapClaims{"iss": idp.Issuer, "sub": "ann", "aud": "strict", "exp": clk.Now().Add(-time.Second).Unix()}, false)
@@ -419,8 +419,8 @@ func TestAuthRotation(t *testing.T) {
 	}
 	_, _, err = a.Verify(app.APIKey, mint(oldKey))
 	wantRefused(t, "old key at hello", err, relay.CheckKey, relay.ErrUnauthenticated)
-	wantRefused(t, "old key at a re-check", a.Check(oldClaims), relay.CheckKeyRemoved, relay.ErrTokenExpired)
-	if err := a.Check(newClaims); err != nil {
+	wantRefused(t, "old key at a re-check", a.Check(oldClaims, clk.Now()), relay.CheckKeyRemoved, relay.ErrTokenExpired)
+	if err := a.Check(newClaims, clk.Now()); err != nil {
 		t.Errorf("new key at a re-check: %v", err)
 	}
 
@@ -428,14 +428,14 @@ func TestAuthRotation(t *testing.T) {
 	if err := a.Reload([]relay.App{{ID: "shop", APIKey: app.APIKey}}); err == nil {
 		t.Error("Reload accepted an app without keys")
 	}
-	if err := a.Check(newClaims); err != nil {
+	if err := a.Check(newClaims, clk.Now()); err != nil {
 		t.Errorf("after a refused reload: %v", err)
 	}
 	// The app removed: its sessions' tokens fail their next check.
 	if err := a.Reload(nil); err != nil {
 		t.Fatal(err)
 	}
-	wantRefused(t, "app removed", a.Check(newClaims), relay.CheckKeyRemoved, relay.ErrTokenExpired)
+	wantRefused(t, "app removed", a.Check(newClaims, clk.Now()), relay.CheckKeyRemoved, relay.ErrTokenExpired)
 }
 
 // A JWKS: an unknown kid fetches the set again, at most once per
@@ -490,7 +490,7 @@ func TestAuthJWKSRotationAndOutage(t *testing.T) {
 			t.Errorf("%s while the JWKS is down: %v", kid, err)
 		}
 	}
-	if err := a.Check(c1); err != nil {
+	if err := a.Check(c1, clk.Now()); err != nil {
 		t.Errorf("re-check while the JWKS is down: %v", err)
 	}
 
@@ -500,8 +500,8 @@ func TestAuthJWKSRotationAndOutage(t *testing.T) {
 	idp.Unpublish("k1")
 	clk.Advance(relay.JWKSMinRefresh)
 	a.Verify(app.APIKey, withKid(t, tok("k1"), "made-up"))
-	wantRefused(t, "dropped kid at a re-check", a.Check(c1), relay.CheckKeyRemoved, relay.ErrTokenExpired)
-	if err := a.Check(c2); err != nil {
+	wantRefused(t, "dropped kid at a re-check", a.Check(c1, clk.Now()), relay.CheckKeyRemoved, relay.ErrTokenExpired)
+	if err := a.Check(c2, clk.Now()); err != nil {
 		t.Errorf("k2 at a re-check: %v", err)
 	}
 
@@ -513,7 +513,7 @@ func TestAuthJWKSRotationAndOutage(t *testing.T) {
 	if n := idp.Fetches(); n != 5 {
 		t.Fatalf("%d fetches, want 5", n)
 	}
-	if err := a.Check(c2); err != nil {
+	if err := a.Check(c2, clk.Now()); err != nil {
 		t.Errorf("k2 after an empty set was served: %v", err)
 	}
 }
@@ -612,12 +612,12 @@ func TestAuthJWKSRefreshInterval(t *testing.T) {
 		idp.AddKey(t, "k2", "EdDSA")
 		time.Sleep(10*time.Minute - time.Second)
 		synctest.Wait()
-		if err := a.Check(c1); err != nil {
+		if err := a.Check(c1, time.Now()); err != nil {
 			t.Fatalf("k1 dropped before the interval: %v", err)
 		}
 		time.Sleep(time.Second)
 		synctest.Wait()
-		wantRefused(t, "k1 after the provider dropped it", a.Check(c1), relay.CheckKeyRemoved, relay.ErrTokenExpired)
+		wantRefused(t, "k1 after the provider dropped it", a.Check(c1, time.Now()), relay.CheckKeyRemoved, relay.ErrTokenExpired)
 		fetched := idp.Fetches()
 		c2, err := verify("k2")
 		if err != nil || idp.Fetches() != fetched {
@@ -629,7 +629,7 @@ func TestAuthJWKSRefreshInterval(t *testing.T) {
 		idp.SetDown(true)
 		time.Sleep(10 * time.Minute)
 		synctest.Wait()
-		if err := a.Check(c2); err != nil {
+		if err := a.Check(c2, time.Now()); err != nil {
 			t.Fatalf("k2 with the JWKS down: %v", err)
 		}
 		n := idp.Fetches()
@@ -670,7 +670,7 @@ func TestAuthReloadWhileVerifying(t *testing.T) {
 					errs <- err
 					return
 				}
-				if err := a.Check(c); err != nil {
+				if err := a.Check(c, clk.Now()); err != nil {
 					errs <- err
 					return
 				}

@@ -268,7 +268,7 @@ func (s *Server) tokenRefused(where string, err error) transport.Code {
 // it has expired by the relay's clock, or the key that signed it has been
 // removed (see Auth.Check). Otherwise it returns nil.
 func (s *Server) expired(claims *Claims) *transport.Error {
-	err := s.auth.Check(claims)
+	err := s.auth.Check(claims, s.now())
 	if err == nil {
 		return nil
 	}
