@@ -3,6 +3,7 @@ package relay_test
 import (
 	"bytes"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
@@ -20,6 +21,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/ferrysync/ferry/relay"
@@ -700,5 +702,37 @@ func TestAuthReloadWhileVerifying(t *testing.T) {
 	}
 	if n := idp.Fetches(); n != 1 {
 		t.Errorf("%d JWKS fetches: reloads refetched the set they kept", n)
+	}
+}
+
+// A set whose keys have no kid (some providers publish one key so) still
+// verifies, whether or not the token names a kid.
+func TestAuthJWKSKeyWithoutKid(t *testing.T) {
+	clk := newClock()
+	idp := relaytest.StartIdP(t)
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwk, err := jwkset.NewJWKFromKey(pub, jwkset.JWKOptions{Metadata: jwkset.JWKMetadataOptions{ALG: jwkset.AlgEdDSA}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := json.Marshal(jwk.Marshal())
+	idp.PublishRaw(string(raw))
+	app := idpApp(idp)
+	a := newAuth(t, []relay.App{app}, clk.Now)
+	for _, kid := range []string{"", "some-kid"} {
+		tk := jwt.NewWithClaims(jwt.SigningMethodEdDSA, jwt.MapClaims{"iss": idp.Issuer, "sub": "ann", "aud": "notes", "exp": clk.Now().Add(time.Hour).Unix()})
+		if kid != "" {
+			tk.Header["kid"] = kid
+		}
+		s, err := tk.SignedString(priv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := a.Verify(app.APIKey, s); err != nil {
+			t.Errorf("kid %q: %v", kid, err)
+		}
 	}
 }

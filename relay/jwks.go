@@ -202,23 +202,25 @@ func (c *jwksCache) candidates(kid, alg string) []verifier {
 	if known || kid == "" {
 		return vs
 	}
+	// Keys without a kid may still verify it, but the provider may just
+	// as well have added the key it names.
 	c.fetch(true)
 	vs, _ = c.match(kid, alg)
 	return vs
 }
 
-// match returns the cached keys for kid and alg, and whether kid names a
-// key of the set at all.
+// match returns the cached keys for kid and alg (a key the set gives no
+// kid may verify any token), and whether kid names a key of the set.
 func (c *jwksCache) match(kid, alg string) ([]verifier, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var vs []verifier
 	known := false
 	for _, v := range c.keys {
-		if kid != "" && v.kid != kid {
+		if kid != "" && v.kid != "" && v.kid != kid {
 			continue
 		}
-		known = true
+		known = known || v.kid == kid
 		if slices.Contains(v.algs, alg) {
 			vs = append(vs, v)
 		}
