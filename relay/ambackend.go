@@ -58,7 +58,7 @@ func (b serverBackend) verify(apiKey, token string) (App, *Claims, error) {
 	return b.s.auth.Verify(apiKey, token)
 }
 
-func (b serverBackend) check(claims *Claims) error { return b.s.auth.Check(claims, b.s.now()) }
+func (b serverBackend) check(claims *Claims) error { return b.s.recheck("automerge", claims) }
 
 func (b serverBackend) connect(app string) error {
 	if e := b.s.quotas.connect(app); e != nil {

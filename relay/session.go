@@ -268,18 +268,26 @@ func (s *Server) tokenRefused(where string, err error) transport.Code {
 // it has expired by the relay's clock, or the key that signed it has been
 // removed (see Auth.Check). Otherwise it returns nil.
 func (s *Server) expired(claims *Claims) *transport.Error {
-	err := s.auth.Check(claims, s.now())
+	err := s.recheck("ws", claims)
 	if err == nil {
 		return nil
 	}
 	var te *TokenError
 	if errors.As(err, &te) {
-		if te.Check == CheckKeyRemoved {
-			s.log.Info("session's token refused", "app", te.App, "check", te.Check)
-		}
 		err = te.Err
 	}
 	return perr(transport.CodeTokenExpired, "%v; send auth with a fresh one", err)
+}
+
+// recheck is Auth.Check by the server's clock, for a connection of the
+// endpoint where. A token whose key was removed is logged; one that
+// expired is not, since that is routine.
+func (s *Server) recheck(where string, claims *Claims) error {
+	err := s.auth.Check(claims, s.now())
+	if RefusedCheck(err) == CheckKeyRemoved {
+		s.log.Info("token refused", "in", where, "app", claims.app, "check", CheckKeyRemoved)
+	}
+	return err
 }
 
 func (sess *session) currentClaims() *Claims {
