@@ -22,7 +22,10 @@ import (
 // field means its default. NewServer does not modify the Options.
 type Options struct {
 	Store Store
-	Auth  *Auth
+	// Auth checks the devices' tokens. The Server neither reloads nor
+	// closes it: its owner does (Auth.Reload, Auth.Close after the
+	// Server's Close).
+	Auth *Auth
 
 	// Limits the relay announces and enforces. Default transport.DefaultLimits.
 	Limits transport.Limits
