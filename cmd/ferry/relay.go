@@ -27,7 +27,7 @@ import (
 // devices connecting at ws://HOST:PORT/ws (wss:// with --tls-cert and
 // --tls-key). It stops gracefully when ctx ends (SIGINT or SIGTERM): each
 // device's current request is finished and answered, then the store is
-// closed.
+// closed. On SIGHUP it reloads its apps (see reloadApps).
 //
 // Everything that can be checked is checked before anything is created:
 // the configuration, the certificates, and the listen address, so a relay
@@ -48,6 +48,10 @@ that PostgreSQL database instead of the data folder, and any number of
 relays may run on it, behind one load balancer. Give the password in the
 configuration file, PGPASSWORD or a password file, not on the command
 line, where other users of the machine can read it.
+
+On SIGHUP the relay reads its configuration file again and reloads the
+apps' keys, issuers, audiences and grants, without dropping a connection.
+SIGINT and SIGTERM stop it gracefully.
 
 The first line printed is always "ferry relay listening on URL".
 `
