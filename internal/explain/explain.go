@@ -28,21 +28,51 @@ func Error(err error) string {
 	}
 	cause, sentence := describe(err)
 	if cause == nil {
-		return err.Error()
+		return dropPrefixes(err.Error())
 	}
-	if _, ok := cause.(*badgerdir.LockedError); ok {
+	if l, ok := cause.(*badgerdir.LockedError); ok {
 		// Its sentence says "the store": every layer's context is needed
-		// to say which (the command, the folder).
-		return fullContext(err, cause) + sentence
+		// to say which (the command, the folder), and where none names
+		// the folder, the sentence does.
+		ctx := fullContext(err, cause)
+		if !strings.Contains(ctx, l.Dir) {
+			sentence = strings.Replace(sentence, "the store", "the store in "+l.Dir, 1)
+		}
+		return dropPrefixes(ctx + sentence)
 	}
-	return outerContext(err, cause) + sentence
+	return dropPrefixes(outerContext(err, cause) + sentence)
 }
+
+// dropPrefixes removes the "ferry: " that Ferry's sentinel errors and
+// wrapping layers begin with: the program printing the message names
+// itself once, and "ferry: ferry: record not found" says nothing more.
+func dropPrefixes(s string) string {
+	s = strings.TrimPrefix(s, "ferry: ")
+	return strings.ReplaceAll(s, ": ferry: ", ": ")
+}
+
+// damageHelp is where a damaged store's owner reads what to do.
+const damageHelp = `see "When a store is damaged" in docs/operations.md`
 
 // describe finds the best-understood cause in err's chain and words it.
 func describe(err error) (error, string) {
 	var locked *badgerdir.LockedError
 	if errors.As(err, &locked) {
 		return locked, locked.Error()
+	}
+	var damaged *badgerdir.DamagedError
+	if errors.As(err, &damaged) {
+		// Badger's wording of the cause ("manifest has bad magic") helps
+		// no one at a terminal; the problem in Ferry's words does.
+		s := fmt.Sprintf("the store in %s is damaged: %s", damaged.Dir, damaged.Problem)
+		if damaged.Untouched {
+			s += "; nothing in it was changed"
+		}
+		return damaged, s + "; " + damageHelp
+	}
+	var foreign *badgerdir.ForeignError
+	if errors.As(err, &foreign) {
+		return foreign, fmt.Sprintf("%s is not a Ferry store: it holds %q, which is none of a store's files; nothing in it was changed (give a new or empty folder)", foreign.Dir, foreign.File)
 	}
 	var perr *transport.Error
 	if errors.As(err, &perr) {
