@@ -54,7 +54,7 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		usage(stderr)
 		return exitUsage
 	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "%s: %v\nRun '%s -h' for usage.\n", ue.cmd, ue.err, ue.cmd)
+		fmt.Fprintf(stderr, "%s: %s\nRun '%s -h' for usage.\n", ue.cmd, explain.Error(ue.err), ue.cmd)
 		return exitUsage
 	default:
 		fmt.Fprintln(stderr, "ferry:", explain.Error(err))
