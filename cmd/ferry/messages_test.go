@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -121,5 +122,23 @@ func TestTokenRefusesCollectionNames(t *testing.T) {
 	code, out, errs := runCLI(t, "token", "--dev", "--data", data, "--subject", "ann", "--write", "notes,v1.items", "--read", "*")
 	if code != 0 || strings.Count(out, ".") != 2 {
 		t.Fatalf("valid names: exit %d, %q, stderr %q", code, out, errs)
+	}
+}
+
+// A relay whose PostgreSQL is down says so, and does not send its user
+// looking for a relay.
+func TestRelayBlamesTheDatabase(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg := filepath.Join(t.TempDir(), "relay.json")
+	os.WriteFile(cfg, []byte(`{"apps": [{"id": "shop", "api_key": "fk_k1k2k3k4k5k6k7k8", "secret": "9f2a8c1e9b7d3f604a2c8e1b9d7f3a5c6e0b2d4f"}]}`), 0o600)
+	line := failsWith(t, 1, []string{"relay", "--config", cfg, "--addr", "127.0.0.1:0", "--postgres", "postgres://ferry@" + addr + "/postgres"},
+		"cannot connect to the PostgreSQL database: nothing accepts connections at "+addr+": is PostgreSQL running")
+	if strings.Contains(line, "relay running") {
+		t.Errorf("the relay is blamed: %q", line)
 	}
 }

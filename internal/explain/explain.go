@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/ferrysync/ferry/internal/badgerdir"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -84,6 +86,12 @@ func describe(err error) (error, string) {
 	if st := transport.CloseStatus(err); st != -1 {
 		return err, fmt.Sprintf("the relay closed the connection (WebSocket status %d)", int(st))
 	}
+	var pgc *pgconn.ConnectError
+	if errors.As(err, &pgc) {
+		// Checked before the network causes below, which would blame
+		// the relay for the database.
+		return pgc, "cannot connect to the PostgreSQL database: " + database(pgc.Unwrap())
+	}
 	var verr *tls.CertificateVerificationError
 	if errors.As(err, &verr) {
 		return verr, "the relay's TLS certificate is not trusted: " + certProblem(verr.Err)
@@ -100,6 +108,25 @@ func describe(err error) (error, string) {
 		return context.DeadlineExceeded, "timed out"
 	}
 	return nil, ""
+}
+
+// database words why a connection to PostgreSQL failed.
+func database(err error) string {
+	var op *net.OpError
+	var pg *pgconn.PgError
+	switch {
+	case errors.As(err, &pg):
+		return pg.Message // "password authentication failed for user ..."
+	case errors.As(err, &op) && errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Sprintf("nothing accepts connections at %s: is PostgreSQL running, and is that its address?", op.Addr)
+	case errors.As(err, &op) && op.Net == "unix" && errors.Is(err, syscall.ENOENT):
+		return fmt.Sprintf("no socket at %s: is PostgreSQL running, and is that its socket folder?", op.Addr)
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timed out"
+	case err == nil:
+		return "no reason given"
+	}
+	return strings.ReplaceAll(err.Error(), "\n", " ")
 }
 
 // protocol words an error the relay answered with, or that this side

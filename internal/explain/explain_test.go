@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/ferrysync/ferry/internal/badgerdir"
 	"github.com/ferrysync/ferry/relay"
@@ -227,5 +228,27 @@ func TestProtocolErrors(t *testing.T) {
 	}
 	if Error(nil) != "" {
 		t.Error("Error(nil) is not empty")
+	}
+}
+
+// PostgreSQL unreachable is blamed on the database, not on the relay.
+func TestDatabaseUnreachable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	sock := t.TempDir()
+	for dsn, want := range map[string]string{
+		"postgres://ferry@" + addr + "/postgres": "open: cannot connect to the PostgreSQL database: nothing accepts connections at " + addr + ": is PostgreSQL running, and is that its address?",
+		"host=" + sock + " user=ferry":           "open: cannot connect to the PostgreSQL database: no socket at " + sock + "/.s.PGSQL.5432: is PostgreSQL running, and is that its socket folder?",
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := pgconn.Connect(ctx, dsn)
+		cancel()
+		if got := Error(fmt.Errorf("open: %w", fmt.Errorf("pgstore: connecting: %w", err))); got != want {
+			t.Errorf("rendered\n  %s\nwant\n  %s\n(the chain: %v)", got, want, err)
+		}
 	}
 }
