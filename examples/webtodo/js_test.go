@@ -30,10 +30,7 @@ func TestNodeClients(t *testing.T) {
 func TestBrowserPage(t *testing.T) {
 	requireNode(t)
 	if _, err := os.Stat("/usr/bin/chromium"); err != nil {
-		if os.Getenv("FERRY_REQUIRE_JS") == "1" {
-			t.Fatal("FERRY_REQUIRE_JS=1 but /usr/bin/chromium is missing (apt-get install chromium)")
-		}
-		t.Skip("no /usr/bin/chromium (set FERRY_REQUIRE_JS=1 to fail instead)")
+		skipJS(t, "/usr/bin/chromium is missing (apt-get install chromium)")
 	}
 	if out, err := exec.Command("npm", "run", "build").CombinedOutput(); err != nil {
 		t.Fatalf("npm run build: %v\n%s", err, out)

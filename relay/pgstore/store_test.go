@@ -300,6 +300,7 @@ func TestLostCommitIsNotAppliedTwice(t *testing.T) {
 // Sessions the server ends (an administrator, a failover) are replaced:
 // the pool finds them dead, or the call that meets one is retried.
 func TestTerminatedSessionsAreReplaced(t *testing.T) {
+	pgtest.CanCreateDatabases(t)
 	schema := pgtest.Schema(t)
 	s := open(t, schema, nil)
 	a1 := newEntry("a", nil, "1")
@@ -462,6 +463,7 @@ func TestRestoreFromDumpChangesIncarnation(t *testing.T) {
 			t.Skipf("%s is not installed", tool)
 		}
 	}
+	pgtest.CanCreateDatabases(t)
 	schema := pgtest.Schema(t)
 	s := open(t, schema, nil)
 	a1 := newEntry("a", nil, "1")
