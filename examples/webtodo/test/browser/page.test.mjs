@@ -113,3 +113,16 @@ test("a page from an origin the relay does not allow says it is refused, and why
   await page.waitForSelector("#connection[data-state='refused']:has-text('is not allowed to connect')")
   await page.close()
 })
+
+test("a page whose token the relay refuses says so, and why", async () => {
+  const badToken = on => fetch(new URL(`test/bad-token?on=${on}`, PAGE), { method: "POST" })
+  await badToken(1)
+  try {
+    const page = await browser.newPage()
+    await page.goto(PAGE)
+    await page.waitForSelector("#connection[data-state='refused']:has-text('token is malformed')")
+    await page.close()
+  } finally {
+    await badToken(0)
+  }
+})
