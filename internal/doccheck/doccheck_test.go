@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -26,15 +27,9 @@ import (
 // givens declared for it. Only errors a reader would trip on count: names
 // declared or imported and left unused are a fragment's nature.
 
-// imports are what the snippets may use, unqualified by their text.
-var imports = []string{
-	"context", "errors", "fmt", "log", "net/http", "os", "time",
-	"github.com/ferrysync/ferry/crdt",
-	"github.com/ferrysync/ferry/policy",
-	"github.com/ferrysync/ferry/relay",
-	"github.com/ferrysync/ferry/replica",
-	"github.com/ferrysync/ferry/transport",
-}
+// stdImports are the standard packages the snippets may use; every
+// package of the module a reader can import is added (modulePackages).
+var stdImports = []string{"context", "errors", "fmt", "log", "net/http", "os", "time"}
 
 // givens are the names the prose introduces before a document's
 // snippets use them, and stand-ins for the app's own code.
@@ -113,8 +108,9 @@ func TestDocSnippetsCompile(t *testing.T) {
 		}
 	}
 
+	imports := append(slices.Clone(stdImports), modulePackages(t, root)...)
 	fset := token.NewFileSet()
-	exports := exportData(t, root)
+	exports := exportData(t, root, imports)
 	imp := importer.ForCompiler(fset, "gc", func(path string) (io.ReadCloser, error) {
 		f, ok := exports[path]
 		if !ok {
@@ -123,7 +119,7 @@ func TestDocSnippetsCompile(t *testing.T) {
 		return os.Open(f)
 	})
 	for name, snips := range sources {
-		src := program(name, snips)
+		src := program(name, snips, imports)
 		// The file has no folder, so the //line names stay as written.
 		f, err := parser.ParseFile(fset, "snippets.go", src, parser.ParseComments)
 		if err != nil {
@@ -148,7 +144,7 @@ func TestDocSnippetsCompile(t *testing.T) {
 
 // program is a source's snippets as one Go file, with //line comments so
 // errors name the document's lines.
-func program(name string, snips []snippet) string {
+func program(name string, snips []snippet, imports []string) string {
 	var decls, funcs strings.Builder
 	for i, s := range snips {
 		d, stmts := split(s.code)
@@ -298,15 +294,45 @@ func docGoSnippets(t *testing.T, path string) []snippet {
 	return out
 }
 
+// modulePackages lists the module's packages an app can import: not
+// commands, not internal ones, one per package name.
+func modulePackages(t *testing.T, root string) []string {
+	t.Helper()
+	out := goList(t, root, "-f", "{{.Name}}\t{{.ImportPath}}", "./...")
+	var paths []string
+	names := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		name, path, _ := strings.Cut(l, "\t")
+		if name == "main" || name == "" || strings.Contains(path, "/internal/") || names[name] {
+			continue
+		}
+		names[name] = true
+		paths = append(paths, path)
+	}
+	return paths
+}
+
 // exportData maps import paths to their compiled export data, from go
 // list: the snippets are checked against the code as it is built.
-func exportData(t *testing.T, root string) map[string]string {
+func exportData(t *testing.T, root string, imports []string) map[string]string {
 	t.Helper()
-	args := []string{"list", "-export", "-deps", "-f", "{{.ImportPath}}\t{{.Export}}"}
+	args := []string{"-export", "-deps", "-f", "{{.ImportPath}}\t{{.Export}}"}
 	if raceBuild {
 		args = append(args, "-race")
 	}
-	cmd := exec.Command(goTool(), append(args, imports...)...)
+	out := goList(t, root, append(args, imports...)...)
+	m := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if p, f, ok := strings.Cut(l, "\t"); ok && f != "" {
+			m[p] = f
+		}
+	}
+	return m
+}
+
+func goList(t *testing.T, root string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(goTool(), append([]string{"list"}, args...)...)
 	cmd.Dir = root
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -314,13 +340,7 @@ func exportData(t *testing.T, root string) map[string]string {
 	if err != nil {
 		t.Fatalf("go list: %v\n%s", err, stderr.String())
 	}
-	m := map[string]string{}
-	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if p, f, ok := strings.Cut(l, "\t"); ok && f != "" {
-			m[p] = f
-		}
-	}
-	return m
+	return string(out)
 }
 
 func goTool() string {
