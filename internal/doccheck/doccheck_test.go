@@ -23,8 +23,8 @@ import (
 // their function, "..." where the app's own code goes, names the prose
 // introduces (an open replica r, a context ctx). Each document becomes one
 // Go file: its type declarations at the top, each block of statements the
-// body of a function returning error, with the imports below and the
-// givens declared for it. Only errors a reader would trip on count: names
+// body of a function returning error, importing the module's packages
+// and the standard ones below, with the givens declared for it. Only errors a reader would trip on count: names
 // declared or imported and left unused are a fragment's nature.
 
 // stdImports are the standard packages the snippets may use; every
