@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/examples/internal/devrelay"
+	"github.com/ferrysync/ferry/internal/explain"
 )
 
 const collection = "todos"
@@ -44,7 +45,7 @@ func main() {
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 	case err != nil:
-		fmt.Fprintln(os.Stderr, "webtodo:", err)
+		fmt.Fprintln(os.Stderr, "webtodo:", explain.Error(err))
 		os.Exit(1)
 	}
 }
