@@ -31,6 +31,7 @@ type amConn struct {
 	wg      sync.WaitGroup
 	sem     chan struct{} // one token per document being handled
 	limiter *rateLimiter
+	pres    *amPresence
 
 	mu      sync.Mutex
 	docs    map[string]*amDoc // by record
@@ -66,6 +67,16 @@ func (c *amConn) run(refusal string) {
 	if !c.join(refusal) {
 		return
 	}
+	leavePresence := a.b.joinPresence(c.coll, c)
+	defer func() {
+		leavePresence()
+		c.presenceGone()
+	}()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.sendPresence()
+	}()
 	if c.a.ping > 0 {
 		c.wg.Add(1)
 		go c.keepalive()
@@ -251,6 +262,7 @@ func (c *amConn) ephemeral(m *amMessage) {
 		fwd.TargetID = o.peer
 		o.send(&fwd)
 	}
+	c.ephemeralToDevices(record, m)
 }
 
 // send writes a message; false if the connection is gone.
