@@ -190,6 +190,13 @@ func containsString(list []string, s string) bool {
 
 // dispatch handles one message after join; false ends the connection.
 func (c *amConn) dispatch(m *amMessage) bool {
+	if m.Type == amEphemeral && m.SenderID != c.peer {
+		// automerge-repo passes on the ephemeral messages it receives to
+		// its other peers, the relay included. The relay sent the
+		// original to everyone already: drop the copy (and so never let
+		// a client speak for another peer).
+		return true
+	}
 	if m.SenderID != c.peer {
 		c.end(fmt.Sprintf("message from %q on the connection of %q", m.SenderID, c.peer))
 		return false
