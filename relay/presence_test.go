@@ -14,7 +14,7 @@ import (
 )
 
 // dialDevice connects a raw device session with token as replica id.
-func dialDevice(t *testing.T, rl *relaytest.Relay, token, id string) *transport.Client {
+func dialDevice(t testing.TB, rl *relaytest.Relay, token, id string) *transport.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -30,7 +30,7 @@ func dialDevice(t *testing.T, rl *relaytest.Relay, token, id string) *transport.
 	return c
 }
 
-func presenceData(t *testing.T, msg map[string]any) []byte {
+func presenceData(t testing.TB, msg map[string]any) []byte {
 	t.Helper()
 	b, err := cbor.Marshal(map[string]any{"__presence": msg})
 	if err != nil {
@@ -39,7 +39,7 @@ func presenceData(t *testing.T, msg map[string]any) []byte {
 	return b
 }
 
-func call(t *testing.T, c *transport.Client, req transport.Body) error {
+func call(t testing.TB, c *transport.Client, req transport.Body) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
