@@ -1,15 +1,18 @@
 package relay
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vmihailenco/msgpack/v5"
 	"golang.org/x/time/rate"
 
 	"github.com/ferrysync/ferry/transport"
@@ -79,16 +82,37 @@ type presenceSink interface {
 }
 
 // presenceHub holds, per collection, the sinks that receive its presence.
+// On a store shared by several relay processes (StorePresence), what this
+// relay's sinks publish also goes to the others, through a bounded queue,
+// and what they publish comes back as store events.
 type presenceHub struct {
 	mu      sync.Mutex
 	rooms   map[Coll]map[presenceSink]int // a sink may join twice (resubscribing)
+	remote  chan remotePresence           // nil unless forwarding to a store
+	log     *slog.Logger
 	sent    prometheus.Counter
 	dropped prometheus.Counter
 }
 
-func newPresenceHub(reg prometheus.Registerer) (*presenceHub, error) {
+// remotePresence is a presence message for the other relay processes.
+type remotePresence struct {
+	c   Coll
+	msg []byte
+}
+
+// storedPresence is how a presence message travels between relays.
+type storedPresence struct {
+	Record  string `msgpack:"r"`
+	Peer    string `msgpack:"p"`
+	Data    []byte `msgpack:"d"`
+	Session string `msgpack:"s"`
+	Count   uint64 `msgpack:"n"`
+}
+
+func newPresenceHub(reg prometheus.Registerer, log *slog.Logger) (*presenceHub, error) {
 	h := &presenceHub{
 		rooms: map[Coll]map[presenceSink]int{},
+		log:   log,
 		sent:  prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_presence_sent_total", Help: "Presence messages passed on to a receiver."}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_presence_dropped_total",
 			Help: "Presence messages dropped because their receiver was behind."}),
@@ -121,8 +145,77 @@ func (h *presenceHub) join(c Coll, s presenceSink) (leave func()) {
 	}
 }
 
-// publish passes m to c's sinks but from.
+// publish passes m to c's sinks but from, and to the other relay
+// processes on the store.
 func (h *presenceHub) publish(c Coll, m *presenceMsg, from presenceSink) {
+	h.local(c, m, from)
+	h.mu.Lock()
+	remote := h.remote
+	h.mu.Unlock()
+	if remote == nil {
+		return
+	}
+	b, err := msgpack.Marshal(&storedPresence{Record: m.p.Record, Peer: m.p.Peer, Data: m.p.Data, Session: m.session, Count: m.count})
+	if err != nil || len(b) > MaxStorePresence {
+		return
+	}
+	select {
+	case remote <- remotePresence{c, b}:
+	default:
+		h.dropped.Inc()
+	}
+}
+
+// forward sends what this relay's sinks publish to the store until ctx
+// ends; the returned channel is closed then.
+func (h *presenceHub) forward(ctx context.Context, sp StorePresence) <-chan struct{} {
+	remote := make(chan remotePresence, presenceQueue)
+	h.mu.Lock()
+	h.remote = remote
+	h.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer func() {
+			h.mu.Lock()
+			h.remote = nil
+			h.mu.Unlock()
+		}()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case r := <-remote:
+				pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				err := sp.PublishPresence(pctx, r.c, r.msg)
+				cancel()
+				if err != nil && ctx.Err() == nil {
+					h.dropped.Inc()
+					h.log.Debug("passing presence to the other relays failed", "err", err)
+				}
+			}
+		}
+	}()
+	return done
+}
+
+// fromStore passes presence another relay process published to this
+// relay's sinks.
+func (h *presenceHub) fromStore(c Coll, b string) {
+	var sp storedPresence
+	if len(b) > MaxStorePresence || msgpack.Unmarshal([]byte(b), &sp) != nil {
+		return
+	}
+	m := &presenceMsg{session: sp.Session, count: sp.Count}
+	m.p = transport.Presence{Collection: c.Collection, Record: sp.Record, Peer: sp.Peer, Data: sp.Data}
+	if m.p.Peer == "" || len(m.p.Peer) > transport.MaxPeerID || len(m.p.Data) == 0 || len(m.p.Data) > transport.MaxPresenceData {
+		return
+	}
+	h.local(c, m, nil)
+}
+
+// local passes m to c's sinks in this relay but from.
+func (h *presenceHub) local(c Coll, m *presenceMsg, from presenceSink) {
 	h.mu.Lock()
 	sinks := make([]presenceSink, 0, len(h.rooms[c]))
 	for s := range h.rooms[c] {

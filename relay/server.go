@@ -200,7 +200,7 @@ func NewServer(o *Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.pres, err = newPresenceHub(s.reg); err != nil {
+	if s.pres, err = newPresenceHub(s.reg, s.log); err != nil {
 		return nil, err
 	}
 	s.metrics = m
