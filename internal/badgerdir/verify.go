@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,9 +36,14 @@ import (
 // verifyStore checks the MANIFEST, the key registry and every table the
 // MANIFEST lists. The caller holds the folder lock.
 func verifyStore(dir string) error {
-	m, err := readManifest(dir)
+	m, cut, err := readManifest(dir)
 	if err != nil {
 		return &damagedError{dir: dir, untouched: true, problem: "its MANIFEST (Badger's list of the store's tables) is unreadable", err: err}
+	}
+	if cut {
+		if err := checkCutManifest(dir, m); err != nil {
+			return err
+		}
 	}
 	// Badger writes its key registry even when nothing is encrypted, and
 	// will not open without a readable one.
@@ -90,16 +96,64 @@ func verifyListed(dir string, id uint64, tm badger.TableManifest) error {
 	return nil
 }
 
-func readManifest(dir string) (m badger.Manifest, err error) {
+// readManifest replays the MANIFEST. cut reports that it ends in a partial
+// entry, which Badger drops on open.
+func readManifest(dir string) (m badger.Manifest, cut bool, err error) {
 	f, err := os.Open(filepath.Join(dir, badger.ManifestFilename))
 	if err != nil {
-		return m, err
+		return m, false, err
 	}
 	defer f.Close()
 	defer recoverTo(&err)
+	info, err := f.Stat()
+	if err != nil {
+		return m, false, err
+	}
 	// Ferry's stores use Badger's default external magic, 0.
-	m, _, err = badger.ReplayManifestFile(f, 0, badger.DefaultOptions(dir).WithLogger(nil))
-	return m, err
+	m, end, err := badger.ReplayManifestFile(f, 0, badger.DefaultOptions(dir).WithLogger(nil))
+	return m, err == nil && end < info.Size(), err
+}
+
+// checkCutManifest refuses a MANIFEST that ends in a partial entry while
+// the folder holds tables it does not list. Badger would drop the partial
+// entry and delete those tables; when the entry recorded a memtable's
+// flush, the memtable's log is already gone, and the table is the only copy
+// of the writes in it. Badger writes each entry with one write call and
+// syncs it before acting on it, so a crash of the process never leaves a
+// partial entry; the file was cut or its end lost. A partial entry with no
+// unlisted table changes no file, and Badger's dropping it loses nothing
+// that is on disk.
+func checkCutManifest(dir string, m badger.Manifest) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var unlisted []string
+	for _, e := range entries {
+		id, ok := tableID(e.Name())
+		if _, listed := m.Tables[id]; ok && !listed {
+			unlisted = append(unlisted, e.Name())
+		}
+	}
+	if len(unlisted) == 0 {
+		return nil
+	}
+	if len(unlisted) > 5 {
+		unlisted = append(unlisted[:5], fmt.Sprintf("and %d more", len(unlisted)-5))
+	}
+	return &damagedError{dir: dir, untouched: true, problem: fmt.Sprintf(
+		"its MANIFEST (Badger's list of the store's tables) is cut short, and tables it no longer lists may hold data (%s), which Badger would delete",
+		strings.Join(unlisted, ", "))}
+}
+
+// tableID parses a table's file name, as Badger writes it.
+func tableID(name string) (uint64, bool) {
+	num, ok := strings.CutSuffix(name, ".sst")
+	if !ok {
+		return 0, false
+	}
+	id, err := strconv.ParseUint(num, 10, 64)
+	return id, err == nil
 }
 
 // verifyTable opens the table read-only as Badger would and verifies the
