@@ -51,7 +51,13 @@ func (s *Server) pullSnapshots(ctx context.Context, c Coll, after string, limit 
 		if len(data) > s.maxRecord() {
 			// Its tail has grown since its last compaction: send it saved
 			// whole, which max_record bounds.
-			if data, err = s.compactNow(ctx, c, rec); err != nil {
+			if data, err = s.compactNow(ctx, c, rec); errors.Is(err, ErrStoreDamaged) {
+				// A damaged record must not keep every fresh device from
+				// the rest of the collection: it is left out, and reported.
+				s.reportFailure(c, rec.ID, "a fresh pull left out a record that does not load", err)
+				out.After = rec.ID
+				continue
+			} else if err != nil {
 				return nil, err
 			}
 		}
