@@ -76,6 +76,15 @@ func (cp *compactor) waiting(k recordKey, now time.Time) bool {
 	return ok && now.Before(f.retry)
 }
 
+// damaged reports whether k is remembered as failing because its stored
+// bytes do not load.
+func (cp *compactor) damaged(k recordKey) bool {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	f, ok := cp.failing[k]
+	return ok && errors.Is(f.err, ErrStoreDamaged)
+}
+
 // waitingCount counts the failing records not due for another try at now.
 func (cp *compactor) waitingCount(now time.Time) int {
 	cp.mu.Lock()

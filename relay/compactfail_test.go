@@ -14,9 +14,10 @@ import (
 	"github.com/ferrysync/ferry/transport"
 )
 
-// damagingStore reads the records whose IDs start with "bad" damaged, once
-// damage is set: their stored bytes end in junk, as a disk or a hand in
-// the database would leave them, too long to go out unsaved.
+// damagingStore reads the records whose IDs start with "bad" or "small-bad"
+// damaged, once damage is set: their stored bytes end in junk, as a disk
+// or a hand in the database would leave them; the "bad" ones are then too
+// long to go out unsaved.
 type damagingStore struct {
 	Store
 	damage   atomic.Bool
@@ -25,9 +26,13 @@ type damagingStore struct {
 }
 
 func (s *damagingStore) spoil(r Record) Record {
-	if s.damage.Load() && strings.HasPrefix(r.ID, "bad") {
+	switch {
+	case !s.damage.Load():
+	case strings.HasPrefix(r.ID, "bad"):
 		s.badReads.Add(1)
 		r.Tail = append(append([]byte(nil), r.Tail...), s.junk...)
+	case strings.HasPrefix(r.ID, "small-bad"):
+		r.Tail = append(append([]byte(nil), r.Tail...), s.junk[:16]...)
 	}
 	return r
 }
@@ -48,10 +53,11 @@ func (s *damagingStore) Records(ctx context.Context, c Coll, after string, limit
 // More damaged records than a compaction round takes, first in the store's
 // order, stopped compaction for good: each round tried them again and
 // never reached the rest. And a fresh pull failed on the first of them
-// whose bytes were over max_record, so no new device could sync the
-// collection. Now failing records wait (one minute, doubling) while the
-// others compact, are counted and reported, and a fresh pull leaves them
-// out and serves the rest.
+// whose bytes were over max_record, and sent the others, which the device
+// then refused, so no new device could sync the collection. Now failing
+// records wait (one minute, doubling) while the others compact, are
+// counted and reported, and a fresh pull leaves them out and serves the
+// rest.
 func TestCompactionSkipsFailingRecords(t *testing.T) {
 	const maxRecord = 16 << 10
 	bs, err := OpenBadgerStore(t.TempDir(), &BadgerOptions{Relaxed: true, GCInterval: -1})
@@ -70,7 +76,7 @@ func TestCompactionSkipsFailingRecords(t *testing.T) {
 	for i := range bad {
 		ids = append(ids, fmt.Sprintf("bad%03d", i))
 	}
-	ids = append(ids, "good")
+	ids = append(ids, "good", "small-bad1", "small-bad2")
 	eds := map[string]*editor{}
 	for i, id := range ids {
 		eds[id] = newEditor(t, fmt.Sprintf("ab%04x", i))
@@ -97,10 +103,10 @@ func TestCompactionSkipsFailingRecords(t *testing.T) {
 	if compacted != 1 {
 		t.Fatalf("two rounds compacted %d records, want the good one", compacted)
 	}
-	if got := len(tr.srv.compactor.failingRecords()); got != bad {
-		t.Fatalf("%d records remembered as failing, want %d", got, bad)
+	if got := len(tr.srv.compactor.failingRecords()); got != bad+2 {
+		t.Fatalf("%d records remembered as failing, want %d", got, bad+2)
 	}
-	if got := tr.metric("ferry_relay_compaction_failing_records"); got != fmt.Sprintf("ferry_relay_compaction_failing_records %d", bad) {
+	if got := tr.metric("ferry_relay_compaction_failing_records"); got != fmt.Sprintf("ferry_relay_compaction_failing_records %d", bad+2) {
 		t.Errorf("metric: %q", got)
 	}
 
@@ -139,8 +145,8 @@ func TestCompactionSkipsFailingRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(fails) != bad || fails[0].Record != "bad000" || !errors.Is(fails[0].Err, ErrStoreDamaged) {
-		t.Fatalf("CheckCompaction found %d records (first %+v), want %d", len(fails), fails[0], bad)
+	if len(fails) != bad+2 || fails[0].Record != "bad000" || !errors.Is(fails[0].Err, ErrStoreDamaged) {
+		t.Fatalf("CheckCompaction found %d records (first %+v), want %d", len(fails), fails[0], bad+2)
 	}
 }
 

@@ -47,6 +47,15 @@ func (s *Server) pullSnapshots(ctx context.Context, c Coll, after string, limit 
 	// one record is large.
 	budget := s.limits.MaxFrame - transport.FrameOverhead
 	for i, rec := range recs {
+		if s.compactor.damaged(recordKey{c, rec.ID}) {
+			// Known not to load: a device would refuse it, and fail its
+			// sync with it. Looked at again, in case it was repaired.
+			if checkLoads(c, rec) != nil {
+				out.After = rec.ID
+				continue
+			}
+			s.compactor.recovered(recordKey{c, rec.ID})
+		}
 		data := rec.Data()
 		if len(data) > s.maxRecord() {
 			// Its tail has grown since its last compaction: send it saved
