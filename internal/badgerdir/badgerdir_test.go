@@ -290,24 +290,38 @@ func TestPrepareRefusesDamagedStores(t *testing.T) {
 	}
 }
 
-// A MANIFEST that ends in a partial entry, with no table it does not list,
-// is what a write cut short leaves: Badger drops the entry and loses
-// nothing, so the store opens.
+// A MANIFEST that ends in a partial entry is what a write cut short
+// leaves. With no table it does not list, or only tables whose writes the
+// listed ones hold too (what a compaction cut short leaves), Badger drops
+// the entry (and those tables) and loses nothing, so the store opens.
 func TestPreparePartialManifestEntry(t *testing.T) {
-	dir := store(t, 2000)
-	f, err := os.OpenFile(filepath.Join(dir, "MANIFEST"), os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The length and checksum of an entry of 40 bytes, and 10 of them.
-	if _, err := f.Write(append([]byte{0, 0, 0, 40, 1, 2, 3, 4}, make([]byte, 10)...)); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if n := keys(t, dir); n != 2000 {
-		t.Fatalf("store holds %d keys, want 2000", n)
+	for _, older := range []bool{false, true} {
+		t.Run(fmt.Sprint("unlisted older table ", older), func(t *testing.T) {
+			dir := store(t, 2000)
+			if older {
+				// A copy of a listed table under a new number holds no
+				// write the listed tables lack.
+				b, err := os.ReadFile(sstOf(t, dir))
+				if err != nil {
+					t.Fatal(err)
+				}
+				write(t, dir, "000099.sst", string(b))
+			}
+			f, err := os.OpenFile(filepath.Join(dir, "MANIFEST"), os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The length and checksum of an entry of 40 bytes, and 10 of them.
+			if _, err := f.Write(append([]byte{0, 0, 0, 40, 1, 2, 3, 4}, make([]byte, 10)...)); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if n := keys(t, dir); n != 2000 {
+				t.Fatalf("store holds %d keys, want 2000", n)
+			}
+		})
 	}
 }
 

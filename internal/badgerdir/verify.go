@@ -40,11 +40,6 @@ func verifyStore(dir string) error {
 	if err != nil {
 		return &damagedError{dir: dir, untouched: true, problem: "its MANIFEST (Badger's list of the store's tables) is unreadable", err: err}
 	}
-	if cut {
-		if err := checkCutManifest(dir, m); err != nil {
-			return err
-		}
-	}
 	// Badger writes its key registry even when nothing is encrypted, and
 	// will not open without a readable one.
 	kr, err := badger.OpenKeyRegistry(badger.KeyRegistryOptions{Dir: dir, ReadOnly: true})
@@ -62,12 +57,13 @@ func verifyStore(dir string) error {
 	// Verifying is bound by decoding blocks (about 500 MB/s a core), so
 	// tables are checked a few at a time.
 	errs := make([]error, len(ids))
+	versions := make([]uint64, len(ids))
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range min(runtime.GOMAXPROCS(0), 4, len(ids)) {
 		wg.Go(func() {
 			for i := int(next.Add(1) - 1); i < len(ids); i = int(next.Add(1) - 1) {
-				errs[i] = verifyListed(dir, ids[i], m.Tables[ids[i]])
+				versions[i], errs[i] = verifyListed(dir, ids[i], m.Tables[ids[i]])
 			}
 		})
 	}
@@ -77,23 +73,29 @@ func verifyStore(dir string) error {
 			return err
 		}
 	}
+	if cut {
+		return checkCutManifest(dir, m, slices.Max(append(versions, 0)))
+	}
 	return nil
 }
 
-func verifyListed(dir string, id uint64, tm badger.TableManifest) error {
+// verifyListed verifies a table the MANIFEST lists, and returns the
+// newest version of a key it holds.
+func verifyListed(dir string, id uint64, tm badger.TableManifest) (uint64, error) {
 	if tm.KeyID != 0 {
 		// Ferry never encrypts; Badger refuses such a table itself, for
 		// want of its key.
-		return nil
+		return 0, nil
 	}
 	path := table.NewFilename(id, dir)
 	if _, err := os.Stat(path); os.IsNotExist(err) {
-		return &damagedError{dir: dir, untouched: true, problem: fmt.Sprintf("table %s, listed in its MANIFEST, is missing", filepath.Base(path))}
+		return 0, &damagedError{dir: dir, untouched: true, problem: fmt.Sprintf("table %s, listed in its MANIFEST, is missing", filepath.Base(path))}
 	}
-	if err := verifyTable(path, tm.Compression); err != nil {
-		return &damagedError{dir: dir, untouched: true, problem: fmt.Sprintf("table %s is damaged", filepath.Base(path)), err: err}
+	v, err := verifyTable(path, tm.Compression)
+	if err != nil {
+		return 0, &damagedError{dir: dir, untouched: true, problem: fmt.Sprintf("table %s is damaged", filepath.Base(path)), err: err}
 	}
-	return nil
+	return v, nil
 }
 
 // readManifest replays the MANIFEST. cut reports that it ends in a partial
@@ -115,23 +117,32 @@ func readManifest(dir string) (m badger.Manifest, cut bool, err error) {
 }
 
 // checkCutManifest refuses a MANIFEST that ends in a partial entry while
-// the folder holds tables it does not list. Badger would drop the partial
-// entry and delete those tables; when the entry recorded a memtable's
-// flush, the memtable's log is already gone, and the table is the only copy
-// of the writes in it. Badger writes each entry with one write call and
-// syncs it before acting on it, so a crash of the process never leaves a
-// partial entry; the file was cut or its end lost. A partial entry with no
-// unlisted table changes no file, and Badger's dropping it loses nothing
-// that is on disk.
-func checkCutManifest(dir string, m badger.Manifest) error {
+// the folder holds a table it does not list with writes newer than every
+// listed table's (newest is the newest version the listed tables hold).
+// Badger would drop the partial entry and delete the table; when the entry
+// recorded a memtable's flush, the memtable's log is already gone, and the
+// table is the only copy of those writes. Badger writes each entry with
+// one write call and syncs it before acting on it, so a crash of the
+// process almost never leaves a partial entry: the file was cut or its end
+// lost. Unlisted tables whose writes are all older are what a compaction
+// cut short leaves (their writes are in the tables it compacted, still
+// listed), and a partial entry with no unlisted table changes no file:
+// Badger's dropping it loses nothing that is on disk.
+func checkCutManifest(dir string, m badger.Manifest, newest uint64) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return err
 	}
+	// Ferry's stores write tables with Badger's default compression.
+	compression := badger.DefaultOptions(dir).Compression
 	var unlisted []string
 	for _, e := range entries {
 		id, ok := tableID(e.Name())
-		if _, listed := m.Tables[id]; ok && !listed {
+		if _, listed := m.Tables[id]; !ok || listed {
+			continue
+		}
+		// A table that does not open may hold anything.
+		if v, err := verifyTable(filepath.Join(dir, e.Name()), compression); err != nil || v > newest {
 			unlisted = append(unlisted, e.Name())
 		}
 	}
@@ -142,7 +153,7 @@ func checkCutManifest(dir string, m badger.Manifest) error {
 		unlisted = append(unlisted[:5], fmt.Sprintf("and %d more", len(unlisted)-5))
 	}
 	return &damagedError{dir: dir, untouched: true, problem: fmt.Sprintf(
-		"its MANIFEST (Badger's list of the store's tables) is cut short, and tables it no longer lists may hold data (%s), which Badger would delete",
+		"its MANIFEST (Badger's list of the store's tables) is cut short, and tables it no longer lists hold writes no listed table holds (%s), which Badger would delete",
 		strings.Join(unlisted, ", "))}
 }
 
@@ -156,18 +167,19 @@ func tableID(name string) (uint64, bool) {
 	return id, err == nil
 }
 
-// verifyTable opens the table read-only as Badger would and verifies the
-// checksum of its index and of every block. Badger panics on some damage;
-// the panic is returned as an error.
-func verifyTable(path string, c options.CompressionType) (err error) {
+// verifyTable opens the table read-only as Badger would, verifies the
+// checksum of its index and of every block, and returns the newest version
+// of a key it holds. Badger panics on some damage; the panic is returned
+// as an error.
+func verifyTable(path string, c options.CompressionType) (maxVersion uint64, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	mf, err := z.OpenMmapFileUsing(f, 0, false)
 	if err != nil {
 		f.Close()
-		return err
+		return 0, err
 	}
 	// Closed here, once: OpenTable closes it only when it verifies
 	// checksums itself, which NoVerification rules out. The table is not
@@ -186,10 +198,10 @@ func verifyTable(path string, c options.CompressionType) (err error) {
 		ChkMode:     options.NoVerification,
 	})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	part = "its blocks"
-	return t.VerifyChecksum()
+	return t.MaxVersion(), t.VerifyChecksum()
 }
 
 // recoverTo turns a panic into an error in *err. Deferred directly.
