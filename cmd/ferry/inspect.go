@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/dgraph-io/badger/v4"
@@ -97,13 +99,16 @@ func (c *InspectCommand) Run(ctx context.Context, args []string) error {
 		}
 		return printProfiles(c.Stdout, r)
 	}
+	if err := hasCollection(r, *coll); err != nil {
+		return fmt.Errorf("inspect: %w", err)
+	}
 	col := r.Collection(*coll)
 	enc := json.NewEncoder(c.Stdout)
 	enc.SetIndent("", "  ")
 	if *id != "" {
 		var m map[string]any
 		if err := col.Get(*id, &m); err != nil {
-			return err
+			return fmt.Errorf("inspect: %w", err)
 		}
 		return enc.Encode(m)
 	}
@@ -144,6 +149,25 @@ func (c *InspectCommand) inspectRelay(ctx context.Context, data string) error {
 	return tw.Flush()
 }
 
+// hasCollection says, as an error, that the store has no collection
+// name: listing it would print nothing, which reads as an empty one.
+func hasCollection(r *replica.Replica, name string) error {
+	if err := replica.ValidateCollection(name); err != nil {
+		return err
+	}
+	names, err := r.Collections()
+	if err != nil {
+		return err
+	}
+	if slices.Contains(names, name) {
+		return nil
+	}
+	if len(names) == 0 {
+		return fmt.Errorf("the store has no collection %q (it has none)", name)
+	}
+	return fmt.Errorf("the store has no collection %q (it has %s)", name, strings.Join(names, ", "))
+}
+
 // openSnapshot opens a copy of the device store in dir, local-only. The
 // store is opened read-only and streamed (in Badger's backup format) into
 // a temporary folder, where the replica is opened: replica.Open writes
@@ -162,7 +186,7 @@ func openSnapshot(dir string) (r *replica.Replica, done func(), err error) {
 	}
 	for _, relayFile := range []string{"store/", devAppFile} {
 		if _, err := os.Stat(filepath.Join(dir, relayFile)); err == nil {
-			return nil, nil, fmt.Errorf("%s is a relay's data folder (it holds %s); inspect reads a device's store", dir, relayFile)
+			return nil, nil, fmt.Errorf("%s is a relay's data folder (it holds %s): inspect reads a device's store, or with --relay a relay's", dir, relayFile)
 		}
 	}
 	src, err := badgerdir.OpenReadOnly(dir, badger.DefaultOptions(dir).WithLogger(nil).WithBlockCacheSize(8<<20))

@@ -38,13 +38,13 @@ import (
 func verifyStore(dir string) error {
 	m, cut, err := readManifest(dir)
 	if err != nil {
-		return &damagedError{dir: dir, untouched: true, problem: "its MANIFEST (Badger's list of the store's tables) is unreadable", err: err}
+		return &DamagedError{Dir: dir, Untouched: true, Problem: "its MANIFEST (Badger's list of the store's tables) is unreadable", Err: err}
 	}
 	// Badger writes its key registry even when nothing is encrypted, and
 	// will not open without a readable one.
 	kr, err := badger.OpenKeyRegistry(badger.KeyRegistryOptions{Dir: dir, ReadOnly: true})
 	if err != nil {
-		return &damagedError{dir: dir, untouched: true, problem: "its KEYREGISTRY is unreadable", err: err}
+		return &DamagedError{Dir: dir, Untouched: true, Problem: "its KEYREGISTRY is unreadable", Err: err}
 	}
 	if err := kr.Close(); err != nil {
 		return err
@@ -89,11 +89,11 @@ func verifyListed(dir string, id uint64, tm badger.TableManifest) (uint64, error
 	}
 	path := table.NewFilename(id, dir)
 	if _, err := os.Stat(path); os.IsNotExist(err) {
-		return 0, &damagedError{dir: dir, untouched: true, problem: fmt.Sprintf("table %s, listed in its MANIFEST, is missing", filepath.Base(path))}
+		return 0, &DamagedError{Dir: dir, Untouched: true, Problem: fmt.Sprintf("table %s, listed in its MANIFEST, is missing", filepath.Base(path))}
 	}
 	v, err := verifyTable(path, tm.Compression)
 	if err != nil {
-		return 0, &damagedError{dir: dir, untouched: true, problem: fmt.Sprintf("table %s is damaged", filepath.Base(path)), err: err}
+		return 0, &DamagedError{Dir: dir, Untouched: true, Problem: fmt.Sprintf("table %s is damaged", filepath.Base(path)), Err: err}
 	}
 	return v, nil
 }
@@ -152,7 +152,7 @@ func checkCutManifest(dir string, m badger.Manifest, newest uint64) error {
 	if len(unlisted) > 5 {
 		unlisted = append(unlisted[:5], fmt.Sprintf("and %d more", len(unlisted)-5))
 	}
-	return &damagedError{dir: dir, untouched: true, problem: fmt.Sprintf(
+	return &DamagedError{Dir: dir, Untouched: true, Problem: fmt.Sprintf(
 		"its MANIFEST (Badger's list of the store's tables) is cut short, and tables it no longer lists hold writes no listed table holds (%s), which Badger would delete",
 		strings.Join(unlisted, ", "))}
 }
@@ -237,7 +237,7 @@ func openBadger(o badger.Options) (db *badger.DB, err error) {
 	}
 	defer func() {
 		if p := recover(); p != nil {
-			db, err = nil, &damagedError{dir: o.Dir, problem: "Badger failed opening it", err: panicError(p)}
+			db, err = nil, &DamagedError{Dir: o.Dir, Problem: "Badger failed opening it", Err: panicError(p)}
 		}
 	}()
 	return badger.Open(o)
@@ -248,7 +248,7 @@ func openBadger(o badger.Options) (db *badger.DB, err error) {
 func Close(db *badger.DB) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			err = &damagedError{dir: db.Opts().Dir, problem: "Badger failed closing it", err: panicError(p)}
+			err = &DamagedError{Dir: db.Opts().Dir, Problem: "Badger failed closing it", Err: panicError(p)}
 		}
 	}()
 	return db.Close()
