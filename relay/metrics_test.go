@@ -35,6 +35,7 @@ var wantMetrics = []struct{ name, typ, help string }{
 	{"ferry_relay_compactions_total", "counter", "Records whose tail was folded into a new snapshot."},
 	{"ferry_relay_presence_sent_total", "counter", "Presence messages passed on to a receiver."},
 	{"ferry_relay_presence_dropped_total", "counter", "Presence messages dropped because their receiver was behind."},
+	{"ferry_relay_compaction_failing_records", "gauge", "Records whose compaction failed, or that a fresh pull left out, and that have not compacted since."},
 	{"ferry_relay_quota_refusals_total", "counter", "Connections and pushes refused for passing their app's quota, by app and quota (connections, push_rate, stored_bytes)."},
 	{"ferry_relay_store_bytes", "gauge", "Bytes the store takes on disk (in memory, for a memory store)."},
 	{"ferry_relay_subscribers", "gauge", "Live subscriptions."},
