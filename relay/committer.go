@@ -36,6 +36,7 @@ type committer struct {
 type waiter struct {
 	fence   uint64
 	entries []Entry
+	bytes   int // what entries weigh in a store transaction, roughly
 	ack     *transport.Ack
 	done    chan result
 	lead    chan struct{} // this push's handler is to flush the queue
@@ -123,6 +124,7 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 			return nil, err
 		}
 		w.entries = append(w.entries, e)
+		w.bytes += entryBytes(e)
 	}
 	if err := cm.join(s, w, recs, gen); err != nil {
 		return nil, err
@@ -288,8 +290,9 @@ func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayD
 // other clients' writes for long. One handler flushes at a time.
 func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 	cm.mu.Lock()
+	most := 0 // pushes the next group may hold; 0: as many as the caps allow
 	for len(cm.queue) > 0 && len(own.done) == 0 {
-		group, entries, docs := cm.nextGroup()
+		group, entries, docs := cm.nextGroup(s, most)
 		cm.mu.Unlock()
 		var seq uint64
 		var err error
@@ -299,6 +302,15 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 			seq, err = s.store.Head(context.WithoutCancel(ctx), cm.c)
 		}
 		cm.mu.Lock()
+		if errors.Is(err, ErrAppendTooLarge) && len(group) > 1 {
+			// The caps are a guess at the store's transaction limit: write
+			// the group in halves. Nothing was written, and the queue
+			// behind it still builds on it in the same order.
+			cm.queue = append(group[:len(group):len(group)], cm.queue...)
+			most = len(group) / 2
+			continue
+		}
+		most = 0
 		if err != nil {
 			cm.failed(s, group, err)
 		} else {
@@ -313,13 +325,36 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 	cm.mu.Unlock()
 }
 
+// Caps of one group, so that pushes which each fit a store transaction
+// are not merged into one that does not: Badger's default transaction
+// takes about 9.6 MiB, and a push can carry up to max_frame (4 MiB by
+// default). A push larger than the caps goes alone.
+const (
+	groupBytes   = 4 << 20
+	groupEntries = 4096
+)
+
+// entryBytes is what e adds to a store transaction, roughly: its changes,
+// heads, base and record name, and a little for its keys.
+func entryBytes(e Entry) int {
+	return len(e.Changes) + len(e.Record) + 32*(len(e.Heads)+len(e.Base)+len(e.Hashes)) + 64
+}
+
 // nextGroup takes the pushes at the head of the queue that share one fence
-// (the store checks one per Append), with their entries and the documents
-// these leave. cm.mu is held.
-func (cm *committer) nextGroup() (group []*waiter, entries []Entry, docs map[string]*relayDoc) {
+// (the store checks one per Append), within the caps (s.groupBytes,
+// s.groupEntries) and at most most of them unless most is 0, with their
+// entries and the documents these leave. The first push is taken whatever
+// its size. cm.mu is held.
+func (cm *committer) nextGroup(s *Server, most int) (group []*waiter, entries []Entry, docs map[string]*relayDoc) {
 	n := 1
-	for n < len(cm.queue) && cm.queue[n].fence == cm.queue[0].fence {
-		n++
+	bytes, count := cm.queue[0].bytes, len(cm.queue[0].entries)
+	for ; n < len(cm.queue) && (most == 0 || n < most); n++ {
+		w := cm.queue[n]
+		if w.fence != cm.queue[0].fence || bytes+w.bytes > s.groupBytes || count+len(w.entries) > s.groupEntries {
+			break
+		}
+		bytes += w.bytes
+		count += len(w.entries)
 	}
 	group = cm.queue[:n]
 	cm.queue = cm.queue[n:]

@@ -64,9 +64,12 @@ func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*t
 // every document the relay holds fits one record of a changes message.
 //
 // Pushes to one collection are merged one at a time, in memory, then
-// committed in groups: every push merged while the previous group was
-// being written goes into the next store Append, one transaction and one
-// fsync for all of them (group commit). Each push is acknowledged once the
+// committed in groups: the pushes merged while the previous group was
+// being written go into the next store Append, one transaction and one
+// fsync for all of them (group commit), as many as the caps on a group's
+// bytes and entries let in. A group the store refuses as too large for
+// one transaction (ErrAppendTooLarge) is written in halves; a push too
+// large alone is refused with too_large. Each push is acknowledged once the
 // group holding it is durable. If the store refuses a group, only that
 // group's pushes fail; the pushes queued behind it, merged onto documents
 // that were never written, are merged again onto what the store holds. A
@@ -114,6 +117,9 @@ func (s *Server) push(ctx context.Context, c Coll, p *transport.Push) (*transpor
 			return w.ack, nil
 		case errors.Is(err, errRemerge), errors.Is(err, ErrConflict):
 			continue
+		case errors.Is(err, ErrAppendTooLarge):
+			// Alone, and still more than one store transaction holds.
+			return nil, perr(transport.CodeTooLarge, "the push is more than the store writes at once; push fewer or smaller records at a time")
 		case errors.Is(err, ErrStaleFence):
 			return nil, perr(transport.CodeStaleFence, "fence %d is not the current lease of %q", p.Fence, c.Collection)
 		}

@@ -136,6 +136,10 @@ type Server struct {
 	am        *amServer   // automerge-repo clients
 	watch     *storeWatch // nil unless the Store has StoreEvents
 
+	// groupBytes and groupEntries cap one group commit (see nextGroup);
+	// tests lift them to reach the split on ErrAppendTooLarge.
+	groupBytes, groupEntries int
+
 	// hooks let tests wait for events that have no other signal, and
 	// drive timers by the fake clock.
 	hooks struct {
@@ -185,6 +189,7 @@ func NewServer(o *Options) (*Server, error) {
 		pushes:     map[Coll]int{},
 		quotas:     quotas,
 	}
+	s.groupBytes, s.groupEntries = groupBytes, groupEntries
 	s.reg = opts.Registry
 	if s.reg == nil {
 		s.reg = prometheus.NewRegistry()

@@ -1,0 +1,142 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/ferrysync/ferry/transport"
+)
+
+// bigPush returns a push of records whose changes weigh about n bytes
+// each, made by actor.
+func bigPush(t *testing.T, rng *rand.Rand, actor string, records, n int) *transport.Push {
+	t.Helper()
+	p := pushOf("c", 0)
+	for i := range records {
+		ed := newEditor(t, fmt.Sprintf("%s%02x", actor, i))
+		p.Records = append(p.Records, rec(fmt.Sprintf("%s-%d", actor, i), ed.edit(map[string]any{"blob": noise(rng, n)})))
+	}
+	return p
+}
+
+// queueBigPushes holds the store's next Append with a small push in it,
+// queues pushes behind it, each from its own device, and releases the
+// Append once all of them wait in one queue: they are then written as
+// groups the committer chooses.
+func queueBigPushes(t *testing.T, tr *testRelay, gs *gateStore, pushes []*transport.Push) []<-chan pushResult {
+	t.Helper()
+	queued := tr.watchQueue(Coll{"shop", "c"})
+	release := gs.holdNext()
+	first, _, err := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], "dev-first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { first.Close() })
+	small := pushAsync(t, first, pushOf("c", 0, rec("small", newEditor(t, "5a11").edit(map[string]any{"v": 1}))))
+	<-queued
+	<-gs.entered
+	var out []<-chan pushResult
+	for i, p := range pushes {
+		c, _, err := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], fmt.Sprint("dev-", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		out = append(out, pushAsync(t, c, p))
+		<-queued
+	}
+	release()
+	if r := <-small; r.err != nil {
+		t.Fatalf("small push: %v", r.err)
+	}
+	return out
+}
+
+// TestConcurrentLargePushesAllSucceed: pushes that each fit one Badger
+// transaction, queued together, are written in groups that fit too, and
+// every device gets its ack; merged into one Append they would exceed
+// Badger's transaction limit (about 9.6 MiB) and all fail.
+func TestConcurrentLargePushesAllSucceed(t *testing.T) {
+	for _, split := range []bool{false, true} {
+		t.Run(fmt.Sprintf("split=%v", split), func(t *testing.T) {
+			bs, err := OpenBadgerStore(t.TempDir(), &BadgerOptions{Relaxed: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			gs := &gateStore{Store: bs, entered: make(chan struct{}, 1)}
+			tr := newTestRelay(t, gs, nil)
+			t.Cleanup(func() { bs.Close() })
+			if split {
+				// No caps: the one Append of all three is refused as too
+				// large, and the committer splits it.
+				tr.srv.groupBytes, tr.srv.groupEntries = 1<<40, 1<<30
+			}
+			rng := rand.New(rand.NewPCG(4, uint64(len(t.Name()))))
+			var pushes []*transport.Push
+			for i := range 3 {
+				// 4 records of 850 KB: 3.4 MB, within one 4 MiB frame.
+				pushes = append(pushes, bigPush(t, rng, fmt.Sprintf("b%d", i), 4, 850<<10))
+			}
+			results := queueBigPushes(t, tr, gs, pushes)
+			for i, ch := range results {
+				if r := <-ch; r.err != nil {
+					t.Errorf("push %d of 3.4 MB: %v", i, r.err)
+				}
+			}
+			coll := Coll{"shop", "c"}
+			if h, _ := tr.store.Head(context.Background(), coll); h != 13 {
+				t.Errorf("log head %d, want 13", h)
+			}
+			for _, p := range pushes {
+				for _, r := range p.Records {
+					if _, _, err := Document(context.Background(), tr.store, coll, r.Record); err != nil {
+						t.Errorf("record %s: %v", r.Record, err)
+					}
+				}
+			}
+			// First the small push, then the big ones: in two or more
+			// Appends, and with split, one more for the refused one.
+			if n := gs.appendCount(); n < 3 || (split && n < 4) {
+				t.Errorf("%d appends", n)
+			}
+		})
+	}
+}
+
+// capStore refuses, as too large, any Append whose changes weigh more than
+// max bytes: a store with a small transaction limit.
+type capStore struct {
+	Store
+	max int
+}
+
+func (c *capStore) Append(ctx context.Context, coll Coll, fence uint64, now time.Time, entries []Entry) (uint64, error) {
+	n := 0
+	for _, e := range entries {
+		n += len(e.Changes)
+	}
+	if n > c.max {
+		return 0, fmt.Errorf("%w: %d bytes", ErrAppendTooLarge, n)
+	}
+	return c.Store.Append(ctx, coll, fence, now, entries)
+}
+
+// TestPushTooLargeForTheStore: a push the store cannot write even alone is
+// refused with too_large, nothing is stored, and the connection goes on.
+func TestPushTooLargeForTheStore(t *testing.T) {
+	tr := newTestRelay(t, &capStore{Store: NewMemStore(), max: 100 << 10}, nil)
+	a := tr.client("shop")
+	rng := rand.New(rand.NewPCG(5, 6))
+	_, err := call[transport.Ack](t, a, bigPush(t, rng, "c0", 3, 40<<10))
+	if !errors.Is(err, transport.ErrTooLarge) {
+		t.Fatalf("push of 120 KB to a store that takes 100 KB: %v, want too_large", err)
+	}
+	if h, _ := tr.store.Head(context.Background(), Coll{"shop", "c"}); h != 0 {
+		t.Errorf("log head %d, want 0", h)
+	}
+	mustCall[transport.Ack](t, a, bigPush(t, rng, "c1", 2, 40<<10))
+}
