@@ -27,6 +27,15 @@ type committer struct {
 	// gen counts the times the queue was dropped after a failed append: a
 	// push merged across a drop was merged onto documents that are gone.
 	gen uint64
+	// epoch counts the groups written. While pushes read documents with
+	// no lock held (preload), wrote remembers, per record, the last group
+	// that wrote it and the document written, so a push whose document
+	// was read before that write reads it again (see load). active counts
+	// those pushes by the epoch they began at; wrote forgets what none of
+	// them began before.
+	epoch  uint64
+	wrote  map[string]wrote
+	active map[uint64]int
 	// queuedHook, if set (by tests), is called with the queue's length
 	// each time a push joins it, with mu held.
 	queuedHook func(n int)
@@ -52,7 +61,7 @@ func (s *Server) committer(c Coll) *committer {
 	defer s.mu.Unlock()
 	cm := s.committers[c]
 	if cm == nil {
-		cm = &committer{c: c, queued: map[string]*relayDoc{}, inQueue: map[string]int{}, pins: map[string]func(){}}
+		cm = &committer{c: c, queued: map[string]*relayDoc{}, inQueue: map[string]int{}, pins: map[string]func(){}, wrote: map[string]wrote{}, active: map[uint64]int{}}
 		s.committers[c] = cm
 	}
 	return cm
@@ -74,20 +83,57 @@ type merged struct {
 // queued push is written, and queues its entries. infos are the pushed
 // changes, framed.
 func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, infos [][]crdt.ChangeInfo) (w *waiter, err error) {
-	// Records are locked, not the collection: merges of different records
-	// run in parallel, and two pushes to one record take turns, the second
+	var order []string // records in the order the push first names them
+	named := map[string]bool{}
+	for _, r := range p.Records {
+		if !named[r.Record] {
+			named[r.Record] = true
+			order = append(order, r.Record)
+		}
+	}
+	for range maxReloads {
+		if w, err = cm.enqueueOnce(ctx, s, p, infos, order); !errors.Is(err, errReload) {
+			return w, err
+		}
+	}
+	return nil, errRemerge
+}
+
+// maxReloads bounds how often one merge reads its documents again because
+// they changed between its read and its lock (see load): only a document
+// written and then evicted from the cache in that gap makes it read again.
+const maxReloads = 8
+
+// errReload tells enqueue that a document preload found has been written
+// since: read it again.
+var errReload = errors.New("relay: document written since it was read")
+
+// enqueueOnce is enqueue, with documents read once.
+func (cm *committer) enqueueOnce(ctx context.Context, s *Server, p *transport.Push, infos [][]crdt.ChangeInfo, order []string) (w *waiter, err error) {
+	// The store is read before any lock is taken: a lock held through
+	// store I/O (on PostgreSQL, up to its retries' worth) would hold up
+	// every other push to those records meanwhile.
+	start := cm.beginRead()
+	defer cm.endRead(start)
+	pre, err := cm.preload(ctx, s, order)
+	if err != nil {
+		return nil, err
+	}
+	defer pre.release()
+	// Records are locked, not the collection, and each record on its own
+	// (no two records share a lock): merges of different records run in
+	// parallel, and two pushes to one record take turns, the second
 	// building on the first's queued document. The collection's lock is
 	// held only to read and extend the queue.
-	keys := make([]recordKey, 0, len(p.Records))
-	for _, r := range p.Records {
-		keys = append(keys, recordKey{cm.c, r.Record})
+	keys := make([]recordKey, 0, len(order))
+	for _, id := range order {
+		keys = append(keys, recordKey{cm.c, id})
 	}
 	defer s.recLocks.Lock(keys...)()
 	cm.mu.Lock()
 	gen := cm.gen
 	cm.mu.Unlock()
 	recs := map[string]*merged{}
-	var order []string // records in the order the push first names them
 	defer func() {
 		if err != nil {
 			cm.undo(s, recs, order)
@@ -99,13 +145,12 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 	for i, r := range p.Records {
 		m := recs[r.Record]
 		if m == nil {
-			rd, queued, unpin, err := cm.load(ctx, s, r.Record)
+			rd, queued, unpin, err := cm.load(s, r.Record, pre[r.Record], start)
 			if err != nil {
 				return nil, err
 			}
 			m = &merged{rd: rd, unpin: unpin, base: rd.doc.Heads(), queued: queued}
 			recs[r.Record] = m
-			order = append(order, r.Record)
 		}
 		if err := m.merge(r, infos[i]); err != nil {
 			return nil, err
@@ -139,7 +184,11 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 func (cm *committer) undo(s *Server, recs map[string]*merged, order []string) {
 	for _, id := range order {
 		m := recs[id]
+		if m == nil {
+			continue // not loaded: the push was refused before
+		}
 		if !m.queued {
+			m.rd.dropped.Store(true)
 			s.docs.Remove(recordKey{cm.c, id})
 		} else if err := m.rd.doc.Reset(m.base); err != nil {
 			s.log.Error("undoing a refused push on a queued document", "tenant", cm.c.Tenant, "collection", cm.c.Collection, "record", id, "err", err)
@@ -240,12 +289,100 @@ func (cm *committer) join(s *Server, w *waiter, recs map[string]*merged, gen uin
 	return nil
 }
 
+// preloaded is a record's document as found before its lock was taken:
+// the queued or cached one, pinned, or one read from the store and not
+// cached yet.
+type preloaded struct {
+	rd    *relayDoc
+	unpin func() // the cache's pin; nil for a document read from the store
+	used  bool   // load handed rd on to the push
+}
+
+type preloads map[string]*preloaded
+
+// release drops what preload took and load did not hand on.
+func (pl preloads) release() {
+	for _, p := range pl {
+		switch {
+		case p.unpin != nil:
+			p.unpin()
+		case !p.used:
+			p.rd.doc.Free()
+		}
+	}
+}
+
+// preload finds the documents of records ids: it pins the queued and
+// cached ones, and reads the others from the store. It holds no record
+// lock, so a slow store holds up only this push.
+func (cm *committer) preload(ctx context.Context, s *Server, ids []string) (pl preloads, err error) {
+	pl = preloads{}
+	defer func() {
+		if err != nil {
+			pl.release()
+		}
+	}()
+	for _, id := range ids {
+		key := recordKey{cm.c, id}
+		cm.mu.Lock()
+		rd, queued := cm.queued[id]
+		var unpin func()
+		if queued {
+			// The queue's pin holds it: written cannot drop that pin
+			// while cm.mu is held.
+			unpin, queued = s.docs.Pin(key, rd)
+		}
+		cm.mu.Unlock()
+		if queued {
+			pl[id] = &preloaded{rd: rd, unpin: unpin}
+			continue
+		}
+		if rd, unpin, ok := s.docs.Acquire(key); ok {
+			pl[id] = &preloaded{rd: rd, unpin: unpin}
+			continue
+		}
+		rd, err := cm.read(ctx, s, id)
+		if err != nil {
+			return nil, err
+		}
+		pl[id] = &preloaded{rd: rd}
+	}
+	return pl, nil
+}
+
+// read loads a record's document from the store: a new, empty one if the
+// store has no such record.
+func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc, error) {
+	rec, err := s.store.Record(ctx, cm.c, id)
+	if errors.Is(err, ErrNotFound) {
+		d, err := crdt.New("")
+		if err != nil {
+			return nil, err
+		}
+		return &relayDoc{doc: d}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	d, err := crdt.Load(rec.Data(), "")
+	if err == nil && !d.Heads().Equal(rec.Heads) {
+		err = fmt.Errorf("it loads at heads %v, the store says %v", d.Heads(), rec.Heads)
+		d.Free()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: record %s/%s/%s: %w", ErrStoreDamaged, cm.c.Tenant, cm.c.Collection, id, err)
+	}
+	return &relayDoc{doc: d, size: rec.Size()}, nil
+}
+
 // load returns a record's document as it will be once the queue is
-// written: queued (queued=true), cached, or stored (and cached). The
-// caller holds the record's lock, and the document is pinned in s.docs
-// until unpin: the cache frees a document that leaves it, once no pin
-// holds it.
-func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayDoc, queued bool, unpin func(), err error) {
+// written: queued (queued=true), cached, or p, what preload found for a
+// read that began at epoch start. The caller holds the record's lock, and
+// the document is pinned in s.docs until unpin: the cache frees a document
+// that leaves it, once no pin holds it. load does no I/O: where p may be
+// older than the store, it returns errReload, to read again with no lock
+// held.
+func (cm *committer) load(s *Server, id string, p *preloaded, start uint64) (rd *relayDoc, queued bool, unpin func(), err error) {
 	key := recordKey{cm.c, id}
 	cm.mu.Lock()
 	rd, queued = cm.queued[id]
@@ -254,35 +391,62 @@ func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayD
 		// cm.mu is held.
 		unpin, _ = s.docs.Pin(key, rd)
 	}
+	w, since := cm.wrote[id]
 	cm.mu.Unlock()
 	if queued {
 		return rd, true, unpin, nil
 	}
 	if rd, unpin, ok := s.docs.Acquire(key); ok {
+		// The newest: a push may have written the record since preload.
 		return rd, false, unpin, nil
 	}
-	rec, err := s.store.Record(ctx, cm.c, id)
-	if errors.Is(err, ErrNotFound) {
-		d, err := crdt.New("")
-		if err != nil {
-			return nil, false, nil, err
+	// Neither queued nor cached now: p is what the store holds unless a
+	// group wrote another document of the record since it was read, or p
+	// was dropped since (it holds a refused push's changes).
+	if p.rd.dropped.Load() || (since && w.epoch > start && w.rd != p.rd) {
+		return nil, false, nil, errReload
+	}
+	p.used = true
+	return p.rd, false, s.docs.PutAcquire(key, p.rd, p.rd.cost()), nil
+}
+
+// wrote is the last write of a record, while pushes read documents.
+type wrote struct {
+	epoch uint64
+	rd    *relayDoc
+}
+
+// beginRead notes that a push starts reading documents, and returns the
+// epoch it began at.
+func (cm *committer) beginRead() uint64 {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	cm.active[cm.epoch]++
+	return cm.epoch
+}
+
+// endRead notes that a push that began reading at start no longer needs
+// to know what was written since, and forgets the writes that no push
+// reading now began before.
+func (cm *committer) endRead(start uint64) {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	if cm.active[start]--; cm.active[start] > 0 {
+		return
+	}
+	delete(cm.active, start)
+	oldest := cm.epoch
+	for e := range cm.active {
+		oldest = min(oldest, e)
+	}
+	if oldest < start {
+		return // an older read still needs them
+	}
+	for id, w := range cm.wrote {
+		if w.epoch <= oldest {
+			delete(cm.wrote, id)
 		}
-		rd = &relayDoc{doc: d}
-		return rd, false, s.docs.PutAcquire(key, rd, rd.cost()), nil
 	}
-	if err != nil {
-		return nil, false, nil, err
-	}
-	d, err := crdt.Load(rec.Data(), "")
-	if err == nil && !d.Heads().Equal(rec.Heads) {
-		err = fmt.Errorf("it loads at heads %v, the store says %v", d.Heads(), rec.Heads)
-		d.Free()
-	}
-	if err != nil {
-		return nil, false, nil, fmt.Errorf("%w: record %s/%s/%s: %w", ErrStoreDamaged, cm.c.Tenant, cm.c.Collection, id, err)
-	}
-	rd = &relayDoc{doc: d, size: rec.Size()}
-	return rd, false, s.docs.PutAcquire(key, rd, rd.cost()), nil
 }
 
 // flush writes queued groups until own's is durable, then hands the
@@ -375,7 +539,8 @@ func (cm *committer) nextGroup(s *Server, most int) (group []*waiter, entries []
 func (cm *committer) failed(s *Server, group []*waiter, err error) {
 	behind := cm.queue
 	cm.queue = nil
-	for id := range cm.queued {
+	for id, rd := range cm.queued {
+		rd.dropped.Store(true)
 		s.docs.Remove(recordKey{cm.c, id})
 	}
 	for _, unpin := range cm.pins {
@@ -403,8 +568,12 @@ func (cm *committer) written(s *Server, group []*waiter, entries []Entry, docs m
 		group[i].done <- result{seq: last}
 		last -= uint64(len(group[i].entries))
 	}
+	cm.epoch++
 	for id, d := range docs {
 		s.docs.PutSized(recordKey{cm.c, id}, d, d.cost())
+		if len(cm.active) > 0 {
+			cm.wrote[id] = wrote{cm.epoch, d}
+		}
 	}
 	for _, e := range entries {
 		// A document stays queued while a later push in the queue has

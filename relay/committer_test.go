@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -139,4 +141,74 @@ func TestPushTooLargeForTheStore(t *testing.T) {
 		t.Errorf("log head %d, want 0", h)
 	}
 	mustCall[transport.Ack](t, a, bigPush(t, rng, "c1", 2, 40<<10))
+}
+
+// readGate wraps a Store so a test can hold every record read of one
+// tenant, once armed, until it says so.
+type readGate struct {
+	Store
+	tenant  string
+	armed   atomic.Bool
+	entered chan struct{} // a held read has started waiting
+	release chan struct{} // closed: held reads go on
+}
+
+func (g *readGate) Record(ctx context.Context, c Coll, record string) (Record, error) {
+	if c.Tenant == g.tenant && g.armed.Load() {
+		select {
+		case g.entered <- struct{}{}:
+		default:
+		}
+		<-g.release
+	}
+	return g.Store.Record(ctx, c, record)
+}
+
+// TestLargePushDoesNotStallOthers: while one app's push of 1,000 records
+// is held in its store reads, another app's single-record pushes complete,
+// and so does a push of the same app to one of the 1,000 records, cached.
+// Had the large push held locks through its reads (striped locks would
+// have it hold nearly every stripe), they would wait for it.
+func TestLargePushDoesNotStallOthers(t *testing.T) {
+	g := &readGate{Store: NewMemStore(), tenant: "shop", entered: make(chan struct{}, 1), release: make(chan struct{})}
+	tr := newTestRelay(t, g, nil)
+	var once sync.Once
+	release := func() { once.Do(func() { close(g.release) }) }
+	t.Cleanup(release) // before the relay closes, if the test fails first
+	a, a2, b := tr.client("shop"), tr.client("shop"), tr.client("rival")
+	shared := newEditor(t, "a2a2")
+	mustCall[transport.Ack](t, a2, pushOf("c", 0, rec("r5", shared.edit(map[string]any{"v": 1}))))
+	g.armed.Store(true)
+
+	big := pushOf("c", 0)
+	for i := range 1000 {
+		big.Records = append(big.Records, rec(fmt.Sprint("r", i), newEditor(t, fmt.Sprintf("a%03x", i)).edit(map[string]any{"i": int64(i)})))
+	}
+	bigDone := pushAsync(t, a, big)
+	<-g.entered // a's push is reading from the store, and held there
+	for i := range 20 {
+		// The other app's records are named as app A's are: the locks are
+		// per tenant and collection too.
+		mustCall[transport.Ack](t, b, pushOf("c", 0, rec(fmt.Sprint("r", i), newEditor(t, fmt.Sprintf("b%03x", i)).edit(map[string]any{"i": int64(i)}))))
+	}
+	mustCall[transport.Ack](t, a2, pushOf("c", 0, rec("r5", shared.edit(map[string]any{"v": 2}))))
+	select {
+	case r := <-bigDone:
+		t.Fatalf("app A's push ended while its reads were held: %v", r.err)
+	default:
+	}
+	release()
+	if r := <-bigDone; r.err != nil {
+		t.Fatalf("app A's push of 1,000 records: %v", r.err)
+	}
+	if h, _ := tr.store.Head(context.Background(), Coll{"shop", "c"}); h != 1002 {
+		t.Errorf("app A's log head %d, want 1002", h)
+	}
+	if h, _ := tr.store.Head(context.Background(), Coll{"rival", "c"}); h != 20 {
+		t.Errorf("app B's log head %d, want 20", h)
+	}
+	doc, _, _ := Document(context.Background(), tr.store, Coll{"shop", "c"}, "r5")
+	if f := fieldsAfter(t, doc); f["v"] != int64(2) || f["i"] != int64(5) {
+		t.Errorf("r5 = %v, want both pushes' fields", f)
+	}
 }

@@ -1,8 +1,10 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"sync/atomic"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/transport"
@@ -15,12 +17,21 @@ type recordKey struct {
 	record string
 }
 
+// compareRecordKeys orders record keys, for the order keylock takes them.
+func compareRecordKeys(a, b recordKey) int {
+	return cmp.Or(cmp.Compare(a.c.Tenant, b.c.Tenant), cmp.Compare(a.c.Collection, b.c.Collection), cmp.Compare(a.record, b.record))
+}
+
 // relayDoc is a record's document as the relay merges pushes into it, with
 // the bytes the record takes as stored (snapshot plus tail), which the
 // size contract is checked against without saving the document.
 type relayDoc struct {
 	doc  *crdt.Doc
 	size int
+	// dropped is set when the document leaves the cache because it holds
+	// changes that will never be written (a refused push's, or a refused
+	// group's): a push that found it before cannot build on it.
+	dropped atomic.Bool
 }
 
 // cost estimates the memory the loaded document takes, from its stored

@@ -13,8 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/ferrysync/ferry/internal/keylock"
 	"github.com/ferrysync/ferry/internal/lru"
-	"github.com/ferrysync/ferry/internal/stripe"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -131,7 +131,7 @@ type Server struct {
 	leases    *hub // lease releases, for waiters
 	docs      *lru.Cache[recordKey, *relayDoc]
 	compactor *compactor
-	recLocks  stripe.Locks[recordKey] // merges, per record
+	recLocks  *keylock.Locks[recordKey] // merges, per record
 	quotas    *quotas
 	am        *amServer   // automerge-repo clients
 	watch     *storeWatch // nil unless the Store has StoreEvents
@@ -190,6 +190,7 @@ func NewServer(o *Options) (*Server, error) {
 		quotas:     quotas,
 	}
 	s.groupBytes, s.groupEntries = groupBytes, groupEntries
+	s.recLocks = keylock.New(compareRecordKeys)
 	s.reg = opts.Registry
 	if s.reg == nil {
 		s.reg = prometheus.NewRegistry()
