@@ -76,8 +76,17 @@ type merged struct {
 	data     []byte      // the pushed changes, concatenated
 	hashes   []crdt.Hash // their hashes
 	imported int         // how many of them were new
-	size     int         // the record's stored size once written
+	// what rd's saved and unsaved become once written (see relayDoc)
+	saved, unsaved int
 }
+
+// savedGrowth bounds what a change adds to a saved document, per byte of
+// the change as pushed. In practice a change adds less than its own bytes
+// (the saved form drops its header, hashes and actor ID, and compresses
+// columns); 4 leaves room for changes whose operations fragment the
+// document's columns, or compress worse there than in the change. Only a
+// record within that margin of max_record pays for a Save.
+const savedGrowth = 4
 
 // enqueue merges the push onto the documents as they will be once every
 // queued push is written, and queues its entries. infos are the pushed
@@ -218,8 +227,9 @@ func (m *merged) merge(r transport.RecordChanges, infos []crdt.ChangeInfo) error
 }
 
 // entry returns the log entry of a record the push changed, now at heads,
-// and sets the record's stored size, refusing what could not be sent to a
-// device: a log entry past max_record, or a record past it.
+// and sets what the record's saved size will be known as, refusing what
+// could not be sent to a device: a log entry past max_record, or a record
+// whose saved document would pass it.
 func (m *merged) entry(s *Server, id string, heads crdt.Heads) (Entry, error) {
 	delta, hashes := m.data, m.hashes
 	if m.imported != len(m.hashes) {
@@ -237,21 +247,23 @@ func (m *merged) entry(s *Server, id string, heads crdt.Heads) (Entry, error) {
 			hashes[i] = c.Hash
 		}
 	}
-	// The stored size (snapshot and tail) bounds the saved document's;
-	// only a record near the limit pays for saving it to know exactly.
 	if len(delta) > s.maxRecord() {
 		return Entry{}, perr(transport.CodeTooLarge, "record %q: %d bytes of new changes in one push, over max_record %d", id, len(delta), s.maxRecord())
 	}
-	m.size = m.rd.size + len(delta)
-	if m.size > s.maxRecord() {
-		// Near the limit by the estimate: measure. The saved size then
-		// replaces the estimate, which grew by every push since the record
-		// was loaded and so overstates a compacted record.
+	// What max_record bounds is the document saved whole, as a fresh
+	// device gets it after compaction. The bytes stored or pushed do not
+	// bound it (a compressed change can weigh less than what it adds to
+	// the saved document), and saving costs time in the document's whole
+	// history, so a document is saved, and the limit checked on that
+	// exact size, whenever it may be near the limit: when its last saved
+	// size plus savedGrowth times the changes merged since could pass it.
+	m.saved, m.unsaved = m.rd.saved, m.rd.unsaved+len(delta)
+	if m.saved+savedGrowth*m.unsaved > s.maxRecord() {
 		saved := len(m.rd.doc.Save())
 		if saved > s.maxRecord() {
-			return Entry{}, perr(transport.CodeTooLarge, "record %q: the push would grow its document to %d bytes, over max_record %d", id, saved, s.maxRecord())
+			return Entry{}, perr(transport.CodeTooLarge, "record %q: the push would grow its saved document to %d bytes, over max_record %d", id, saved, s.maxRecord())
 		}
-		m.size = saved
+		m.saved, m.unsaved = saved, 0
 	}
 	return Entry{Record: id, Base: m.base, Changes: delta, Hashes: hashes, Heads: heads}, nil
 }
@@ -267,7 +279,7 @@ func (cm *committer) join(s *Server, w *waiter, recs map[string]*merged, gen uin
 	}
 	for _, e := range w.entries {
 		m := recs[e.Record]
-		m.rd.size = m.size
+		m.rd.saved, m.rd.unsaved = m.saved, m.unsaved
 		if cm.queued[e.Record] != m.rd {
 			// The queue pins what it holds; this push's own pin keeps the
 			// document findable until then.
@@ -372,7 +384,8 @@ func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc,
 	if err != nil {
 		return nil, fmt.Errorf("%w: record %s/%s/%s: %w", ErrStoreDamaged, cm.c.Tenant, cm.c.Collection, id, err)
 	}
-	return &relayDoc{doc: d, size: rec.Size()}, nil
+	// A snapshot is a saved document: its size is exact as of SnapSeq.
+	return &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail)}, nil
 }
 
 // load returns a record's document as it will be once the queue is

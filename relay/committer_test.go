@@ -1,7 +1,10 @@
 package relay
 
 import (
+	"bytes"
+	"compress/flate"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -10,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -210,5 +214,141 @@ func TestLargePushDoesNotStallOthers(t *testing.T) {
 	doc, _, _ := Document(context.Background(), tr.store, Coll{"shop", "c"}, "r5")
 	if f := fieldsAfter(t, doc); f["v"] != int64(2) || f["i"] != int64(5) {
 		t.Errorf("r5 = %v, want both pushes' fields", f)
+	}
+}
+
+// compressChange returns the change chunk ch with its body compressed, as
+// automerge writes large changes.
+func compressChange(t *testing.T, ch []byte) []byte {
+	t.Helper()
+	if ch[8] != 1 {
+		t.Fatalf("chunk type %d, want an uncompressed change", ch[8])
+	}
+	_, ln := binary.Uvarint(ch[9:])
+	var buf bytes.Buffer
+	w, _ := flate.NewWriter(&buf, flate.BestCompression)
+	w.Write(ch[9+ln:])
+	w.Close()
+	out := append(append([]byte{}, ch[:8]...), 2)
+	out = binary.AppendUvarint(out, uint64(buf.Len()))
+	return append(out, buf.Bytes()...)
+}
+
+// TestRecordStaysWithinMaxRecordSaved: a record whose saved document is 40
+// bytes under max_record, created by a compressed change that weighs less
+// than that document, takes one-field updates (each adds a few bytes to
+// it) while its saved document stays within max_record, and the update
+// that would pass it is refused with too_large. After compaction, a fresh device with the relay's
+// limits pulls the record. An estimate from the bytes stored let updates
+// grow the saved document past max_record, which no device could pull.
+func TestRecordStaysWithinMaxRecordSaved(t *testing.T) {
+	const maxRecord = 64 << 10
+	limits := transport.Limits{MaxRecord: maxRecord, MaxFrame: maxRecord + transport.FrameOverhead, MaxInflated: 4 * maxRecord}
+	tr := newTestRelay(t, NewMemStore(), func(o *Options) {
+		o.Limits = limits
+		o.CompactInterval = -1
+	})
+	a := tr.client("shop")
+	coll := Coll{"shop", "c"}
+	// One change of 40 fields of noise and a filler, sized so that the
+	// saved document is maxRecord-40 bytes.
+	create := func(filler int) (*editor, []byte) {
+		rng := rand.New(rand.NewPCG(15, 15))
+		ed := newEditor(t, "f150")
+		f := map[string]any{"fill": noise(rng, filler)}
+		for i := range 40 {
+			f[fmt.Sprint("f", i)] = noise(rng, 2000)
+		}
+		return ed, compressChange(t, ed.edit(f))
+	}
+	lo, hi := 0, 20_000
+	for lo < hi {
+		k := (lo + hi + 1) / 2
+		if ed, _ := create(k); len(ed.doc.Save()) <= maxRecord-40 {
+			lo = k
+		} else {
+			hi = k - 1
+		}
+	}
+	ed, ch := create(lo)
+	// (Saved sizes grow with the filler only roughly: a few bytes off.)
+	if n := len(ed.doc.Save()); n < maxRecord-48 || n > maxRecord-32 || len(ch) >= n {
+		t.Fatalf("record saves to %d bytes from a change of %d; want about %d from fewer", n, len(ch), maxRecord-40)
+	}
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("big", ch)))
+
+	savedHeld := func() int {
+		held, _, err := Document(context.Background(), tr.store, coll, "big")
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := crdt.Load(held, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Free()
+		return len(d.Save())
+	}
+	accepted, last := 0, 0
+	for i := 0; ; i++ {
+		if i > 50 {
+			t.Fatal("50 updates and still no refusal")
+		}
+		before := ed.doc.Heads()
+		_, err := call[transport.Ack](t, a, pushOf("c", 0, rec("big", ed.edit(map[string]any{"n": int64(i)}))))
+		if errors.Is(err, transport.ErrTooLarge) {
+			// Refused right at the boundary: the document would have
+			// passed max_record.
+			if n := len(ed.doc.Save()); n <= maxRecord {
+				t.Fatalf("update refused although the document would save to %d bytes", n)
+			}
+			if err := ed.doc.Reset(before); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		if err != nil {
+			t.Fatalf("update %d: %v", i, err)
+		}
+		accepted++
+		last = savedHeld()
+		if n := last; n > maxRecord {
+			t.Fatalf("update %d acknowledged; the record now saves to %d bytes, over max_record %d", i, n, maxRecord)
+		}
+	}
+	if accepted == 0 {
+		t.Fatal("no update accepted: the boundary was not reached from below")
+	}
+	t.Logf("%d updates accepted, the last leaving %d bytes saved", accepted, last)
+	if err := tr.srv.compactRecord(context.Background(), coll, "big"); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := tr.store.Record(context.Background(), coll, "big")
+	if err != nil || rec.TailEntries != 0 {
+		t.Fatalf("record after compaction: %d tail entries, %v", rec.TailEntries, err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := transport.Dial(ctx, tr.url, &transport.Options{Limits: limits, PingInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := transport.NewClient(conn, nil)
+	defer fresh.Close()
+	if err := fresh.Call(ctx, &transport.Hello{APIKey: tr.apps["shop"].APIKey, Token: tr.tokens["shop"], ReplicaID: "fresh", Versions: transport.SupportedVersions()}, &transport.Welcome{}); err != nil {
+		t.Fatal(err)
+	}
+	got := mustCall[transport.Changes](t, fresh, &transport.Pull{Collection: "c"})
+	if len(got.Records) != 1 || len(got.Records[0].Data) > maxRecord {
+		t.Fatalf("fresh pull: %d records", len(got.Records))
+	}
+	d, err := crdt.Load(got.Records[0].Data, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Free()
+	if !d.Heads().Equal(ed.doc.Heads()) {
+		t.Errorf("fresh device has the record at %v, want %v", d.Heads(), ed.doc.Heads())
 	}
 }

@@ -22,21 +22,23 @@ func compareRecordKeys(a, b recordKey) int {
 	return cmp.Or(cmp.Compare(a.c.Tenant, b.c.Tenant), cmp.Compare(a.c.Collection, b.c.Collection), cmp.Compare(a.record, b.record))
 }
 
-// relayDoc is a record's document as the relay merges pushes into it, with
-// the bytes the record takes as stored (snapshot plus tail), which the
-// size contract is checked against without saving the document.
+// relayDoc is a record's document as the relay merges pushes into it.
 type relayDoc struct {
-	doc  *crdt.Doc
-	size int
+	doc *crdt.Doc
+	// saved is the document's saved size when last measured (as loaded:
+	// its snapshot's, a saved document), and unsaved the bytes of the
+	// changes merged into it since: they tell a push when the document
+	// may be near max_record, and must be saved to know (merged.entry).
+	saved, unsaved int
 	// dropped is set when the document leaves the cache because it holds
 	// changes that will never be written (a refused push's, or a refused
 	// group's): a push that found it before cannot build on it.
 	dropped atomic.Bool
 }
 
-// cost estimates the memory the loaded document takes, from its stored
-// size (see Options.DocCacheBytes).
-func (rd *relayDoc) cost() int64 { return 8<<10 + 64*int64(rd.size) }
+// cost estimates the memory the loaded document takes, from about its
+// stored size (see Options.DocCacheBytes).
+func (rd *relayDoc) cost() int64 { return 8<<10 + 64*int64(rd.saved+rd.unsaved) }
 
 // pushCounted runs a push, counting it as in progress for its collection.
 // A collection's committer is only needed while pushes to it are in
@@ -72,7 +74,8 @@ func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*t
 // push is refused and nothing is stored. Changes the relay already holds
 // are acknowledged without being stored again. A push that would grow a
 // record's saved document past max_record is refused with too_large, so
-// every document the relay holds fits one record of a changes message.
+// every document the relay holds, saved, fits one record of a changes
+// message.
 //
 // Pushes to one collection are merged one at a time, in memory, then
 // committed in groups: the pushes merged while the previous group was
