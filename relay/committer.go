@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 
 	"github.com/ferrysync/ferry/crdt"
@@ -376,13 +375,9 @@ func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc,
 	if err != nil {
 		return nil, err
 	}
-	d, err := crdt.Load(rec.Data(), "")
-	if err == nil && !d.Heads().Equal(rec.Heads) {
-		err = fmt.Errorf("it loads at heads %v, the store says %v", d.Heads(), rec.Heads)
-		d.Free()
-	}
+	d, err := loadStored(cm.c, rec)
 	if err != nil {
-		return nil, fmt.Errorf("%w: record %s/%s/%s: %w", ErrStoreDamaged, cm.c.Tenant, cm.c.Collection, id, err)
+		return nil, err
 	}
 	// A snapshot is a saved document: its size is exact as of SnapSeq.
 	return &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail)}, nil
