@@ -77,8 +77,9 @@ func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*t
 // every document the relay holds, saved, fits one record of a changes
 // message.
 //
-// Pushes to one collection are merged one at a time, in memory, then
-// committed in groups: the pushes merged while the previous group was
+// Pushes are merged in memory, pushes to one record one at a time (each
+// reads its documents from the store first, holding no lock), then
+// committed in groups per collection: the pushes merged while the previous group was
 // being written go into the next store Append, one transaction and one
 // fsync for all of them (group commit), as many as the caps on a group's
 // bytes and entries let in. A group the store refuses as too large for
