@@ -85,7 +85,7 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 	cm.mu.Lock()
 	gen := cm.gen
 	cm.mu.Unlock()
-	recs := map[string]*merged{}
+	var recs map[string]*merged
 	var order []string // records in the order the push first names them
 	defer func() {
 		if err != nil {
@@ -95,20 +95,24 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 			m.unpin()
 		}
 	}()
-	for i, r := range p.Records {
-		m := recs[r.Record]
-		if m == nil {
-			rd, queued, unpin, err := cm.load(ctx, s, r.Record)
-			if err != nil {
-				return nil, err
-			}
-			m = &merged{rd: rd, unpin: unpin, base: rd.doc.Heads(), queued: queued}
-			recs[r.Record] = m
-			order = append(order, r.Record)
+	refresh := map[string]bool{} // records to read from the store again
+	for {
+		var stale string
+		recs, order, stale, err = cm.mergeAll(ctx, s, p, infos, refresh)
+		if stale == "" {
+			break
 		}
-		if err := m.merge(r, infos[i]); err != nil {
-			return nil, err
+		// The document may only be older than the store (see stale.go):
+		// never refuse before merging onto what the store holds.
+		cm.undo(s, recs, order)
+		for _, m := range recs {
+			m.unpin()
 		}
+		recs, order = nil, nil
+		refresh[stale] = true
+	}
+	if err != nil {
+		return nil, err
 	}
 	w = &waiter{fence: p.Fence, ack: &transport.Ack{Collection: cm.c.Collection}, done: make(chan result, 1), lead: make(chan struct{}, 1)}
 	for _, id := range order {
@@ -128,6 +132,34 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 		return nil, err
 	}
 	return w, nil
+}
+
+// mergeAll merges each record of the push onto its document, loading the
+// records in refresh again from the store first. If a record's changes
+// depend on changes its document lacks and it was not in refresh, it
+// returns the record as stale (and the merges so far, for the caller to
+// undo).
+func (cm *committer) mergeAll(ctx context.Context, s *Server, p *transport.Push, infos [][]crdt.ChangeInfo, refresh map[string]bool) (recs map[string]*merged, order []string, stale string, err error) {
+	recs = map[string]*merged{}
+	for i, r := range p.Records {
+		m := recs[r.Record]
+		if m == nil {
+			rd, queued, unpin, err := cm.load(ctx, s, r.Record, refresh[r.Record])
+			if err != nil {
+				return recs, order, "", err
+			}
+			m = &merged{rd: rd, unpin: unpin, base: rd.doc.Heads(), queued: queued}
+			recs[r.Record] = m
+			order = append(order, r.Record)
+		}
+		if err := m.merge(r, infos[i]); err != nil {
+			if errors.Is(err, crdt.ErrMissingDeps) && !refresh[r.Record] {
+				return recs, order, r.Record, nil
+			}
+			return recs, order, "", cm.refused(s, r.Record, err)
+		}
+	}
+	return recs, order, "", nil
 }
 
 // undo leaves no trace of a refused push: a document only this push
@@ -153,9 +185,6 @@ func (m *merged) merge(r transport.RecordChanges, infos []crdt.ChangeInfo) error
 	// loads once it is in.
 	n, err := m.rd.doc.Import(r.Data)
 	if err != nil {
-		if errors.Is(err, crdt.ErrCorrupt) || errors.Is(err, crdt.ErrMissingDeps) {
-			return perr(transport.CodeInvalidChange, "record %q: %v", r.Record, err)
-		}
 		return err
 	}
 	m.imported += n
@@ -242,8 +271,10 @@ func (cm *committer) join(s *Server, w *waiter, recs map[string]*merged, gen uin
 // written: queued (queued=true), cached, or stored (and cached). The
 // caller holds the record's lock, and the document is pinned in s.docs
 // until unpin: the cache frees a document that leaves it, once no pin
-// holds it.
-func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayDoc, queued bool, unpin func(), err error) {
+// holds it. With refresh, or when another relay process may have written
+// the record since it was cached, the document is first brought up to
+// what the store holds (see stale.go).
+func (cm *committer) load(ctx context.Context, s *Server, id string, refresh bool) (rd *relayDoc, queued bool, unpin func(), err error) {
 	key := recordKey{cm.c, id}
 	cm.mu.Lock()
 	rd, queued = cm.queued[id]
@@ -254,22 +285,41 @@ func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayD
 	}
 	cm.mu.Unlock()
 	if queued {
+		if refresh {
+			if err := cm.catchUpQueued(ctx, s, id, rd); err != nil {
+				unpin()
+				return nil, false, nil, err
+			}
+		}
 		return rd, true, unpin, nil
 	}
 	if rd, unpin, ok := s.docs.Acquire(key); ok {
-		return rd, false, unpin, nil
+		if !refresh && !s.marks.stale(cm.c, rd.seen) {
+			return rd, false, unpin, nil
+		}
+		rd, unpin, err := cm.checkCached(ctx, s, id, rd, unpin)
+		return rd, false, unpin, err
 	}
+	seen := s.marks.now()
 	rec, err := s.store.Record(ctx, cm.c, id)
+	rd, unpin, err = cm.loaded(s, id, rec, err, seen)
+	return rd, false, unpin, err
+}
+
+// loaded caches and pins the document of record id as the store returned
+// it (rec, or err), read after the mark seen.
+func (cm *committer) loaded(s *Server, id string, rec Record, err error, seen uint64) (*relayDoc, func(), error) {
+	key := recordKey{cm.c, id}
 	if errors.Is(err, ErrNotFound) {
 		d, err := crdt.New("")
 		if err != nil {
-			return nil, false, nil, err
+			return nil, nil, err
 		}
-		rd = &relayDoc{doc: d}
-		return rd, false, s.docs.PutAcquire(key, rd, rd.cost()), nil
+		rd := &relayDoc{doc: d, seen: seen}
+		return rd, s.docs.PutAcquire(key, rd, rd.cost()), nil
 	}
 	if err != nil {
-		return nil, false, nil, err
+		return nil, nil, err
 	}
 	d, err := crdt.Load(rec.Data(), "")
 	if err == nil && !d.Heads().Equal(rec.Heads) {
@@ -277,10 +327,10 @@ func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayD
 		d.Free()
 	}
 	if err != nil {
-		return nil, false, nil, fmt.Errorf("%w: record %s/%s/%s: %w", ErrStoreDamaged, cm.c.Tenant, cm.c.Collection, id, err)
+		return nil, nil, fmt.Errorf("%w: record %s/%s/%s: %w", ErrStoreDamaged, cm.c.Tenant, cm.c.Collection, id, err)
 	}
-	rd = &relayDoc{doc: d, size: rec.Size()}
-	return rd, false, s.docs.PutAcquire(key, rd, rd.cost()), nil
+	rd := &relayDoc{doc: d, size: rec.Size(), seen: seen}
+	return rd, s.docs.PutAcquire(key, rd, rd.cost()), nil
 }
 
 // flush writes queued groups until own's is durable, then hands the

@@ -21,6 +21,9 @@ type recordKey struct {
 type relayDoc struct {
 	doc  *crdt.Doc
 	size int
+	// seen is the stale mark (see stale.go) as of the document's last
+	// read from the store.
+	seen uint64
 }
 
 // cost estimates the memory the loaded document takes, from its stored

@@ -130,6 +130,7 @@ type Server struct {
 	hub       *hub // log appends, for subscribers
 	leases    *hub // lease releases, for waiters
 	docs      *lru.Cache[recordKey, *relayDoc]
+	marks     staleMarks // other relay processes' appends, for docs
 	compactor *compactor
 	recLocks  stripe.Locks[recordKey] // merges, per record
 	quotas    *quotas

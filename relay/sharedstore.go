@@ -113,10 +113,12 @@ func (w *storeWatch) close() {
 func (w *storeWatch) event(e StoreEvent) {
 	switch e.Kind {
 	case EventAppended:
+		w.s.marks.appended(e.Coll)
 		w.s.hub.notify(e.Coll)
 	case EventLeaseReleased:
 		w.s.leases.notify(e.Coll)
 	case EventsMissed:
+		w.s.marks.missed()
 		w.s.hub.notifyAll()
 		w.s.leases.notifyAll()
 	}

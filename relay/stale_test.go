@@ -1,0 +1,162 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/transport"
+)
+
+// Two relays on one store, as two processes on one database would be:
+// each caches the documents it merges pushes into.
+
+// sharedStore is one store under a relay that shares it with another: it
+// lets the test deliver the other relay's events (StoreEvents) by hand,
+// and counts appends refused with ErrConflict.
+type sharedStore struct {
+	Store
+	conflicts atomic.Int64
+
+	mu  sync.Mutex
+	fns []func(StoreEvent)
+}
+
+var _ StoreEvents = (*sharedStore)(nil)
+
+func (s *sharedStore) Append(ctx context.Context, c Coll, fence uint64, now time.Time, entries []Entry) (uint64, error) {
+	seq, err := s.Store.Append(ctx, c, fence, now, entries)
+	if errors.Is(err, ErrConflict) {
+		s.conflicts.Add(1)
+	}
+	return seq, err
+}
+
+func (s *sharedStore) Watch(fn func(StoreEvent)) (stop func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fns = append(s.fns, fn)
+	return func() {}
+}
+
+func (s *sharedStore) Heads(ctx context.Context, colls []Coll) ([]uint64, error) {
+	out := make([]uint64, len(colls))
+	for i, c := range colls {
+		h, err := s.Head(ctx, c)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = h
+	}
+	return out, nil
+}
+
+// event tells the relay on s what another relay did.
+func (s *sharedStore) event(e StoreEvent) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, fn := range s.fns {
+		fn(e)
+	}
+}
+
+// unclosed keeps a store open when one relay sharing it closes it.
+type unclosed struct{ Store }
+
+func (unclosed) Close() error { return nil }
+
+// pulled brings e up to date with changes a device pulled: its next edit's
+// changes build on them and carry only the new change.
+func (e *editor) pulled(data []byte) {
+	e.t.Helper()
+	if _, err := e.doc.Import(data); err != nil {
+		e.t.Fatal(err)
+	}
+	e.at = e.doc.Heads()
+}
+
+// Device A on relay 1 and device B on relay 2 take turns editing one
+// record, each building on the other's last edit. Relay 1 cached the
+// record when it took A's first edit, before B's went in through relay 2;
+// no event tells it (the store has none, as when a notification is lost).
+// A's second edit depends on B's: the relay must read the record from the
+// store before it refuses the push for a missing dependency.
+func TestPushBuildsOnAnotherRelaysAppend(t *testing.T) {
+	store := NewMemStore()
+	relays := []*testRelay{newTestRelay(t, unclosed{store}, nil), newTestRelay(t, store, nil)}
+	editors := []*editor{newEditor(t, "aaaa"), newEditor(t, "bbbb")}
+	clients := []*transport.Client{relays[0].client("shop"), relays[1].client("shop")}
+	var last []byte
+	for turn := range 8 {
+		i := turn % 2
+		if last != nil {
+			editors[i].pulled(last)
+		}
+		last = editors[i].edit(map[string]any{"turn": int64(turn)})
+		if _, err := call[transport.Ack](t, clients[i], pushOf("notes", 0, rec("w", last))); err != nil {
+			t.Fatalf("turn %d, through relay %d: %v", turn+1, i+1, err)
+		}
+	}
+	r, err := store.Record(context.Background(), Coll{"shop", "notes"}, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fieldsAfter(t, r.Data())["turn"]; got != int64(7) {
+		t.Fatalf("stored turn = %v, want 7", got)
+	}
+}
+
+// A push whose changes depend on changes neither the relay's copy nor the
+// store holds is still refused, once the store was read.
+func TestPushMissingDependencyRefusedAfterReadingStore(t *testing.T) {
+	store := NewMemStore()
+	tr := newTestRelay(t, store, nil)
+	c := tr.client("shop")
+	a := newEditor(t, "aaaa")
+	mustCall[transport.Ack](t, c, pushOf("notes", 0, rec("w", a.edit(map[string]any{"n": int64(1)}))))
+	a.edit(map[string]any{"n": int64(2)}) // never pushed
+	_, err := call[transport.Ack](t, c, pushOf("notes", 0, rec("w", a.edit(map[string]any{"n": int64(3)}))))
+	var te *transport.Error
+	if !errors.As(err, &te) || te.Code != transport.CodeInvalidChange {
+		t.Fatalf("push after a gap: %v, want invalid_change", err)
+	}
+}
+
+// The other relay's append event marks relay 1's cached copy of the
+// collection's records as to be checked: A's next push (concurrent with
+// B's edit, so not refused either way) is merged onto the store's record
+// at once, instead of being refused by the store as a conflict and merged
+// again.
+func TestStoreEventRefreshesCachedRecord(t *testing.T) {
+	mem := NewMemStore()
+	shared := &sharedStore{Store: unclosed{mem}}
+	relays := []*testRelay{newTestRelay(t, shared, nil), newTestRelay(t, mem, nil)}
+	a, b := newEditor(t, "aaaa"), newEditor(t, "bbbb")
+	ca, cb := relays[0].client("shop"), relays[1].client("shop")
+	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.edit(map[string]any{"a": int64(1)}))))
+	mustCall[transport.Ack](t, cb, pushOf("notes", 0, rec("w", b.edit(map[string]any{"b": int64(1)}))))
+	shared.event(StoreEvent{Kind: EventAppended, Coll: Coll{"shop", "notes"}})
+	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.edit(map[string]any{"a": int64(2)}))))
+	if n := shared.conflicts.Load(); n != 0 {
+		t.Fatalf("relay 1's appends refused as conflicts: %d, want 0", n)
+	}
+	r, err := mem.Record(context.Background(), Coll{"shop", "notes"}, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := crdt.Load(r.Data(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := d.Fields()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f["a"] != int64(2) || f["b"] != int64(1) {
+		t.Fatalf("stored fields %v, want a=2 b=1", f)
+	}
+}
