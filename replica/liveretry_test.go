@@ -12,32 +12,10 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/relaytest"
 	"github.com/ferrysync/ferry/transport"
 )
-
-// liveDevice opens an in-memory replica with a live two-way profile "p"
-// of collection c on rl, reached through hc (rl's own client if nil).
-func liveDevice(t *testing.T, rl *relaytest.Relay, hc *http.Client, o Options) *Replica {
-	t.Helper()
-	if hc == nil {
-		hc = rl.HTTPClient
-	}
-	o.InMemory, o.HTTPClient, o.TokenSource = true, hc, StaticToken(rl.Token)
-	if o.BackoffMin == 0 {
-		o.BackoffMin, o.BackoffMax = 100*time.Millisecond, 2*time.Second
-	}
-	r := open(t, "", &o)
-	err := r.AddProfile(Profile{Name: "p", URL: rl.URL, APIKey: rl.App.APIKey,
-		Mode: policy.Live, Type: policy.TwoWay, Collections: []string{"c"},
-		Timeout: 10 * time.Second, LeaseTTL: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
 
 // The relay refuses a live push once (invalid_change, as a relay judging
 // it against an outdated copy of the record did). The refusal shows in the
