@@ -160,3 +160,72 @@ func TestStoreEventRefreshesCachedRecord(t *testing.T) {
 		t.Fatalf("stored fields %v, want a=2 b=1", f)
 	}
 }
+
+// A push to a record another push is queued on (merged, being written)
+// depends on an edit that came in through relay 2. The queued document
+// was merged without that edit: it takes in what the store holds before
+// the push is judged, and both pushes then go through (the queued one
+// merged again, once the store refuses its group as a conflict).
+func TestPushOntoQueuedRecordBuildsOnAnotherRelaysAppend(t *testing.T) {
+	store := NewMemStore()
+	gated := &gatedStore{Store: unclosed{store}, usages: map[string]int{}}
+	relays := []*testRelay{newTestRelay(t, gated, nil), newTestRelay(t, store, nil)}
+	a, b, c := newEditor(t, "aaaa"), newEditor(t, "bbbb"), newEditor(t, "cccc")
+	ca, cb, cc := relays[0].client("shop"), relays[1].client("shop"), relays[0].client("shop")
+	first := a.edit(map[string]any{"a": int64(1)})
+	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", first))) // relay 1 caches w
+	b.pulled(first)
+	fromB := b.edit(map[string]any{"b": int64(1)})
+	mustCall[transport.Ack](t, cb, pushOf("notes", 0, rec("w", fromB))) // through relay 2
+
+	// Relay 1's next append waits until release.
+	entered, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	let := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(let) // before the relays close, if the test fails early
+	var armed atomic.Bool
+	armed.Store(true)
+	gated.set(func(g *gatedStore) {
+		g.onAppend = func(Coll) error {
+			if armed.CompareAndSwap(true, false) {
+				entered <- struct{}{}
+				<-release
+			}
+			return nil
+		}
+	})
+	queued := make(chan error, 1)
+	go func() {
+		_, err := call[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.edit(map[string]any{"a": int64(2)}))))
+		queued <- err
+	}()
+	<-entered // A's push is queued on relay 1's outdated copy of w
+	joined := relays[0].watchQueue(Coll{"shop", "notes"})
+	c.pulled(first)
+	c.pulled(fromB)
+	depending := make(chan error, 1)
+	go func() {
+		_, err := call[transport.Ack](t, cc, pushOf("notes", 0, rec("w", c.edit(map[string]any{"c": int64(1)}))))
+		depending <- err
+	}()
+	select { // C's push joins the queue behind A's, or is refused
+	case <-joined:
+	case err := <-depending:
+		t.Fatalf("C's push, building on B's edit through relay 2: %v", err)
+	}
+	let()
+	if err := <-queued; err != nil {
+		t.Fatalf("A's queued push: %v", err)
+	}
+	if err := <-depending; err != nil {
+		t.Fatalf("C's push, building on B's edit through relay 2: %v", err)
+	}
+	r, err := store.Record(context.Background(), Coll{"shop", "notes"}, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := fieldsAfter(t, r.Data())
+	if f["a"] != int64(2) || f["b"] != int64(1) || f["c"] != int64(1) {
+		t.Fatalf("stored fields %v, want a=2 b=1 c=1", f)
+	}
+}
