@@ -85,6 +85,17 @@ func (m *staleMarks) stale(c Coll, seen uint64) bool {
 // unpin; the pin passes to what is returned.
 func (cm *committer) checkCached(ctx context.Context, s *Server, id string, rd *relayDoc, unpin func()) (*relayDoc, func(), error) {
 	seen := s.marks.now()
+	if rh, ok := s.store.(StoreRecordHeads); ok {
+		heads, err := rh.RecordHeads(ctx, cm.c, id)
+		switch {
+		case err == nil && heads.Equal(rd.doc.Heads()):
+			rd.seen = seen
+			return rd, unpin, nil
+		case err != nil && !errors.Is(err, ErrNotFound):
+			unpin()
+			return nil, nil, err
+		}
+	}
 	rec, err := s.store.Record(ctx, cm.c, id)
 	switch {
 	case err == nil && rec.Heads.Equal(rd.doc.Heads()):

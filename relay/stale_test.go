@@ -55,6 +55,26 @@ func (s *sharedStore) Heads(ctx context.Context, colls []Coll) ([]uint64, error)
 	return out, nil
 }
 
+// headsStore is a sharedStore that reads a record's heads alone, and
+// counts whole-record reads and heads reads.
+type headsStore struct {
+	*sharedStore
+	records, heads atomic.Int64
+}
+
+var _ StoreRecordHeads = (*headsStore)(nil)
+
+func (s *headsStore) Record(ctx context.Context, c Coll, id string) (Record, error) {
+	s.records.Add(1)
+	return s.sharedStore.Record(ctx, c, id)
+}
+
+func (s *headsStore) RecordHeads(ctx context.Context, c Coll, id string) (crdt.Heads, error) {
+	s.heads.Add(1)
+	r, err := s.sharedStore.Record(ctx, c, id)
+	return r.Heads, err
+}
+
 // event tells the relay on s what another relay did.
 func (s *sharedStore) event(e StoreEvent) {
 	s.mu.Lock()
@@ -227,5 +247,30 @@ func TestPushOntoQueuedRecordBuildsOnAnotherRelaysAppend(t *testing.T) {
 	f := fieldsAfter(t, r.Data())
 	if f["a"] != int64(2) || f["b"] != int64(1) || f["c"] != int64(1) {
 		t.Fatalf("stored fields %v, want a=2 b=1 c=1", f)
+	}
+}
+
+// After another relay's append to the collection (to another record), a
+// push to a record relay 1 holds loaded checks it by its heads alone, and
+// keeps it: no whole-record read, no reload.
+func TestStoreEventCheckReadsHeadsOnly(t *testing.T) {
+	mem := NewMemStore()
+	hs := &headsStore{sharedStore: &sharedStore{Store: unclosed{mem}}}
+	relays := []*testRelay{newTestRelay(t, hs, nil), newTestRelay(t, mem, nil)}
+	a, b := newEditor(t, "aaaa"), newEditor(t, "bbbb")
+	ca, cb := relays[0].client("shop"), relays[1].client("shop")
+	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.edit(map[string]any{"a": int64(1)}))))
+	mustCall[transport.Ack](t, cb, pushOf("notes", 0, rec("v", b.edit(map[string]any{"b": int64(1)}))))
+	hs.event(StoreEvent{Kind: EventAppended, Coll: Coll{"shop", "notes"}})
+	records := hs.records.Load()
+	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.edit(map[string]any{"a": int64(2)}))))
+	if n := hs.records.Load() - records; n != 0 {
+		t.Fatalf("relay 1 read w whole %d times, want 0", n)
+	}
+	if n := hs.heads.Load(); n != 1 {
+		t.Fatalf("relay 1 read w's heads %d times, want 1", n)
+	}
+	if n := hs.conflicts.Load(); n != 0 {
+		t.Fatalf("relay 1's appends refused as conflicts: %d, want 0", n)
 	}
 }

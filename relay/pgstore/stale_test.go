@@ -1,8 +1,14 @@
 package pgstore_test
 
 import (
+	"context"
+	"errors"
 	"testing"
+	"time"
 
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/internal/pgtest"
+	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -32,5 +38,29 @@ func TestAlternatingEditsAcrossRelays(t *testing.T) {
 		if _, err := call[transport.Ack](clients[i], push("c", 0, "w", data)); err != nil {
 			t.Fatalf("turn %d, through relay %d: %v", turn+1, i+1, err)
 		}
+	}
+}
+
+// RecordHeads reads what Record says a record's heads are, and
+// ErrNotFound for a record the store does not hold.
+func TestRecordHeads(t *testing.T) {
+	st := open(t, pgtest.Schema(t), nil)
+	ctx := context.Background()
+	c := relay.Coll{Tenant: "shop", Collection: "c"}
+	e := newEditor(t, "aaaa")
+	data := e.edit(map[string]any{"n": int64(1)})
+	infos, err := crdt.ParseChanges(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Append(ctx, c, 0, time.Now(), []relay.Entry{{Record: "w", Changes: data, Hashes: []crdt.Hash{infos[0].Hash}, Heads: e.doc.Heads()}}); err != nil {
+		t.Fatal(err)
+	}
+	heads, err := st.RecordHeads(ctx, c, "w")
+	if err != nil || !heads.Equal(e.doc.Heads()) {
+		t.Fatalf("RecordHeads(w) = %v, %v; want %v", heads, err, e.doc.Heads())
+	}
+	if _, err := st.RecordHeads(ctx, c, "absent"); !errors.Is(err, relay.ErrNotFound) {
+		t.Fatalf("RecordHeads(absent) = %v, want ErrNotFound", err)
 	}
 }
