@@ -104,12 +104,6 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 	if err := r.subscribe(ctx, conn, p, edits); err != nil {
 		return err
 	}
-	// Anything edited between the catch-up and the feeds starting.
-	for coll := range edits.feeds {
-		if err := r.pushNow(ctx, conn, p, rt, coll, nil); err != nil {
-			return err
-		}
-	}
 	// The device may change networks (SetNetwork): stay only on an
 	// allowed one.
 	netWake := r.sched.networkWait()
@@ -117,6 +111,13 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 	// reads live also has its LastSync.
 	r.syncEnded(p.Name, nil, r.opts.Clock())
 	r.setState(p.Name, StateLive, "")
+	// Anything edited between the catch-up and the feeds starting (after
+	// the state says live, so that a refusal stays in LastError).
+	for coll := range edits.feeds {
+		if err := r.pushNow(ctx, conn, p, rt, coll, nil); err != nil {
+			return err
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -164,7 +165,9 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 
 // catchUp connects a live profile and syncs each of its collections: it
 // pushes what waited offline and pulls what was missed. It holds the
-// profile's lock meanwhile, as any sync does.
+// profile's lock meanwhile, as any sync does. A record that fails (the
+// relay refused it, say) fails the catch-up: the session backs off and
+// connects again, with the error in the status.
 func (r *Replica) catchUp(ctx context.Context, p *Profile) (*relayConn, error) {
 	unlock := r.sched.lockProfile(p.Name)
 	defer unlock()

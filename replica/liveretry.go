@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/ferrysync/ferry/transport"
 )
 
 // liveRetry follows the collections of a live session whose pushes the
@@ -46,9 +48,19 @@ func (rt *liveRetry) stop() {
 
 // pushed is told how a push of cs.Collection went; all says it pushed
 // every pending record of the collection (not only some just edited).
+// Only records whose changes the relay refused, or that are too large to
+// push, count: a failed merge hook or a record edited during its merge is
+// retried by every sync anyway, and a damaged record by none.
 func (rt *liveRetry) pushed(cs *CollectionStats, all bool) {
 	coll := cs.Collection
-	if len(cs.Failed) == 0 {
+	var failed []FailedRecord
+	for _, f := range cs.Failed {
+		var refused *transport.Error
+		if errors.As(f.Err(), &refused) || errors.Is(f.Err(), ErrTooLarge) {
+			failed = append(failed, f)
+		}
+	}
+	if len(failed) == 0 {
 		if !all || !rt.colls[coll] {
 			return
 		}
@@ -64,15 +76,11 @@ func (rt *liveRetry) pushed(cs *CollectionStats, all bool) {
 		}
 		return
 	}
-	errs := make([]error, 0, len(cs.Failed))
-	for _, f := range cs.Failed {
-		e := f.Err()
-		if e == nil {
-			e = errors.New(f.Reason)
-		}
-		errs = append(errs, fmt.Errorf("%s: %w", f.ID, e))
+	errs := make([]error, 0, len(failed))
+	for _, f := range failed {
+		errs = append(errs, fmt.Errorf("%s: %w", f.ID, f.Err()))
 	}
-	err := fmt.Errorf("%w: live push of %s: %d record(s) not accepted: %w", ErrSyncFailed, coll, len(cs.Failed), errors.Join(errs...))
+	err := fmt.Errorf("%w: live push of %s: %d record(s) not accepted: %w", ErrSyncFailed, coll, len(failed), errors.Join(errs...))
 	rt.colls[coll] = true
 	rt.failing = true
 	now := rt.r.opts.Clock()
@@ -83,7 +91,7 @@ func (rt *liveRetry) pushed(cs *CollectionStats, all bool) {
 	}
 	if rt.t == nil {
 		d := rt.b.next()
-		rt.r.log.Warn("live push not accepted; pushing again later", "profile", rt.p.Name, "collection", coll, "records", len(cs.Failed), "in", d, "err", err)
+		rt.r.log.Warn("live push not accepted; pushing again later", "profile", rt.p.Name, "collection", coll, "records", len(failed), "in", d, "err", err)
 		rt.t = time.NewTimer(d)
 	}
 }
