@@ -16,9 +16,10 @@ import (
 // keep that from refusing good pushes:
 //
 //   - Marks: each EventAppended marks the collection's cached documents as
-//     to be checked, and the next push to such a record first reads the
-//     record from the store (a document whose heads still match is kept,
-//     one that fell behind is loaded again).
+//     to be checked, and the next push to such a record first reads its
+//     heads from the store (StoreRecordHeads, else the whole record): a
+//     document whose heads still match is kept, one that fell behind is
+//     loaded again.
 //   - Before a push is refused because its changes depend on changes the
 //     document lacks, the record is read from the store and the push is
 //     merged again: an event may be late or lost, and only the store is
