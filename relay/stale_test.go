@@ -3,6 +3,8 @@ package relay
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -130,11 +132,43 @@ func TestPushBuildsOnAnotherRelaysAppend(t *testing.T) {
 	}
 }
 
+// logRecords keeps the relay's log records, for tests that look for one.
+type logRecords struct {
+	mu   sync.Mutex
+	recs []slog.Record
+}
+
+func (l *logRecords) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logRecords) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.recs = append(l.recs, r.Clone())
+	return nil
+}
+func (l *logRecords) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *logRecords) WithGroup(string) slog.Handler      { return l }
+
+// find returns the attributes of the first record at level with msg.
+func (l *logRecords) find(level slog.Level, msg string) (map[string]string, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, r := range l.recs {
+		if r.Level == level && r.Message == msg {
+			attrs := map[string]string{}
+			r.Attrs(func(a slog.Attr) bool { attrs[a.Key] = a.Value.String(); return true })
+			return attrs, true
+		}
+	}
+	return nil, false
+}
+
 // A push whose changes depend on changes neither the relay's copy nor the
-// store holds is still refused, once the store was read.
+// store holds is still refused, once the store was read, and the refusal
+// is logged at WARN with its collection and record (and no token).
 func TestPushMissingDependencyRefusedAfterReadingStore(t *testing.T) {
 	store := NewMemStore()
-	tr := newTestRelay(t, store, nil)
+	logs := &logRecords{}
+	tr := newTestRelay(t, store, func(o *Options) { o.Logger = slog.New(logs) })
 	c := tr.client("shop")
 	a := newEditor(t, "aaaa")
 	mustCall[transport.Ack](t, c, pushOf("notes", 0, rec("w", a.edit(map[string]any{"n": int64(1)}))))
@@ -143,6 +177,15 @@ func TestPushMissingDependencyRefusedAfterReadingStore(t *testing.T) {
 	var te *transport.Error
 	if !errors.As(err, &te) || te.Code != transport.CodeInvalidChange {
 		t.Fatalf("push after a gap: %v, want invalid_change", err)
+	}
+	attrs, ok := logs.find(slog.LevelWarn, "push refused: invalid changes")
+	if !ok || attrs["collection"] != "notes" || attrs["record"] != "w" || attrs["tenant"] != "shop" {
+		t.Fatalf("refusal logged as %v (found %v), want WARN with tenant, collection and record", attrs, ok)
+	}
+	for k, v := range attrs {
+		if strings.Contains(v, tr.tokens["shop"]) {
+			t.Fatalf("the log's %s holds the token", k)
+		}
 	}
 }
 
