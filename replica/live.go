@@ -104,6 +104,12 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 	if err := r.subscribe(ctx, conn, p, edits); err != nil {
 		return err
 	}
+	presDone := make(chan struct{})
+	go func() {
+		defer close(presDone)
+		r.runPresence(ctx, conn, p)
+	}()
+	defer func() { cancel(); <-presDone }()
 	// The device may change networks (SetNetwork): stay only on an
 	// allowed one.
 	netWake := r.sched.networkWait()
