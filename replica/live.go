@@ -325,10 +325,13 @@ func (r *Replica) leasedSync(ctx context.Context, conn *relayConn, p *Profile, r
 	unlock := r.sched.lockProfile(p.Name)
 	defer unlock()
 	cs, err := r.syncCollection(ctx, conn, p, coll)
-	if err == nil {
-		rt.pushed(cs, true)
+	if err != nil {
+		return err // the session ends, and its status says why
 	}
-	return err
+	rt.pushed(cs, true)
+	// The sync was a step of the live session, which goes on.
+	r.setState(p.Name, StateLive, "")
+	return nil
 }
 
 // applyLive applies a live message. Records without conflicting local

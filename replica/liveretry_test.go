@@ -198,5 +198,10 @@ func TestLiveQueueOverflowSyncsTheCollection(t *testing.T) {
 				t.Fatalf("A lacks b%d: %v", i, err)
 			}
 		}
+		// The sync that caught up was a step of the live session: the
+		// status says live again.
+		if st, _ := a.Status("p"); st.State != StateLive || st.Collection != "" || st.LeaseHeld {
+			t.Fatalf("after the catch-up sync: state %s, collection %q, lease held %v; want live", st.State, st.Collection, st.LeaseHeld)
+		}
 	})
 }
