@@ -17,9 +17,9 @@ import (
 //
 //   - Marks: each EventAppended marks the collection's cached documents as
 //     to be checked, and the next push to such a record first reads its
-//     heads from the store (StoreRecordHeads, else the whole record): a
-//     document whose heads still match is kept, one that fell behind is
-//     loaded again.
+//     heads from the store (StoreRecordHeads, else the whole record),
+//     before it takes the record's lock: a document whose heads still
+//     match is kept, one that fell behind is read from the store again.
 //   - Before a push is refused because its changes depend on changes the
 //     document lacks, the record is read from the store and the push is
 //     merged again: an event may be late or lost, and only the store is
@@ -80,44 +80,39 @@ func (m *staleMarks) stale(c Coll, seen uint64) bool {
 	return m.all > seen || m.colls[c] > seen
 }
 
-// checkCached returns the cached document rd of record id if the store
-// holds nothing newer, or else the record as stored, loaded again (and
-// cached in rd's place). The caller holds the record's lock and rd's pin,
-// unpin; the pin passes to what is returned.
-func (cm *committer) checkCached(ctx context.Context, s *Server, id string, rd *relayDoc, unpin func()) (*relayDoc, func(), error) {
-	seen := s.marks.now()
-	if rh, ok := s.store.(StoreRecordHeads); ok {
-		heads, err := rh.RecordHeads(ctx, cm.c, id)
-		switch {
-		case err == nil && heads.Equal(rd.doc.Heads()):
-			rd.seen = seen
-			return rd, unpin, nil
-		case err != nil && !errors.Is(err, ErrNotFound):
-			unpin()
-			return nil, nil, err
-		}
-	}
-	rec, err := s.store.Record(ctx, cm.c, id)
-	switch {
-	case err == nil && rec.Heads.Equal(rd.doc.Heads()):
-		rd.seen = seen
-		return rd, unpin, nil
-	case err != nil && !errors.Is(err, ErrNotFound):
-		unpin()
-		return nil, nil, err
-	}
-	unpin()
-	s.docs.Remove(recordKey{cm.c, id})
-	return cm.loaded(s, id, rec, err, seen)
+// staleRecord tells enqueue that a record's changes depend on changes its
+// document lacks: read the record from the store again, and merge again,
+// before refusing the push.
+type staleRecord struct{ record string }
+
+func (e *staleRecord) Error() string {
+	return fmt.Sprintf("relay: record %q may be older than the store", e.record)
 }
 
-// catchUpQueued merges into a queued document rd what the store holds of
-// record id and rd lacks: writes of another relay process that the queue
-// was merged without. The queued pushes' group will then be refused with
-// ErrConflict and merged again onto the store's record; meanwhile the push
-// being merged is judged against everything the store holds. The caller
-// holds the record's lock.
-func (cm *committer) catchUpQueued(ctx context.Context, s *Server, id string, rd *relayDoc) error {
+// readHeads notes in p the stored heads of record id, whose cached
+// document p holds: load compares them with the document's under the
+// record's lock. Called with no lock held.
+func (cm *committer) readHeads(ctx context.Context, s *Server, id string, p *preloaded) error {
+	seen := s.marks.now()
+	var heads crdt.Heads
+	var err error
+	if rh, ok := s.store.(StoreRecordHeads); ok {
+		heads, err = rh.RecordHeads(ctx, cm.c, id)
+	} else {
+		var rec Record
+		rec, err = s.store.Record(ctx, cm.c, id)
+		heads = rec.Heads
+	}
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	p.checked, p.heads, p.seen = true, heads, seen
+	return nil
+}
+
+// readStored notes in p record id as stored, for the queued document p
+// holds to take in (catchUpQueued). Called with no lock held.
+func (cm *committer) readStored(ctx context.Context, s *Server, id string, p *preloaded) error {
 	rec, err := s.store.Record(ctx, cm.c, id)
 	if errors.Is(err, ErrNotFound) {
 		return nil
@@ -125,6 +120,35 @@ func (cm *committer) catchUpQueued(ctx context.Context, s *Server, id string, rd
 	if err != nil {
 		return err
 	}
+	p.stored = &rec
+	return nil
+}
+
+// checkCached decides whether rd, the cached document of record id, may
+// be merged onto: only if preload read the store's heads for this very
+// document (p), and they are its own. If they differ, the document is
+// older than the store: it leaves the cache, and errReload has the push
+// read the record from the store. The caller holds the record's lock.
+func (cm *committer) checkCached(s *Server, id string, rd *relayDoc, p *preloaded) error {
+	if !p.checked || p.rd != rd {
+		return errReload // written since preload looked: look again
+	}
+	if !p.heads.Equal(rd.doc.Heads()) {
+		rd.dropped.Store(true)
+		s.docs.Remove(recordKey{cm.c, id})
+		return errReload
+	}
+	rd.seen.Store(p.seen)
+	return nil
+}
+
+// catchUpQueued merges into a queued document rd what rec, the record as
+// stored, holds and rd lacks: writes of another relay process that the
+// queue was merged without. The queued pushes' group will then be refused
+// with ErrConflict and merged again onto the store's record; meanwhile the
+// push being merged is judged against everything the store holds. The
+// caller holds the record's lock.
+func (cm *committer) catchUpQueued(id string, rd *relayDoc, rec Record) error {
 	behind := false
 	for _, h := range rec.Heads {
 		if !rd.doc.Has(h) {
