@@ -387,6 +387,21 @@ function amStored(h, storageId) {
 // with the documents it holds, which would measure the client.
 const AM_BATCH = 500
 
+// amFind finds a document, again if the client was told it is
+// unavailable: a client whose event loop is starved misses keepalives and
+// drops its connection, and every document was stored.
+async function amFind(repo, url) {
+  for (let i = 0; ; i++) {
+    try {
+      return await repo.find(url)
+    } catch (e) {
+      if (i === 5 || !/is unavailable/.test(e?.message)) throw e
+      amUnavailable++
+      await sleep(1000)
+    }
+  }
+}
+
 async function amW1(url) {
   const n = flags.amRecords
   const r = rng(flags.seed)
@@ -411,7 +426,7 @@ async function amW1(url) {
   await amConnected(b)
   t0 = performance.now()
   for (let i = 0; i < n; i += AM_BATCH) {
-    const found = await Promise.all(urls.slice(i, i + AM_BATCH).map(u => b.find(u)))
+    const found = await Promise.all(urls.slice(i, i + AM_BATCH).map(u => amFind(b, u)))
     for (const f of found) {
       if (f.doc()?.tags?.length !== 3) throw new Error("automerge-repo W1: found an empty document")
       b.removeFromCache(f.documentId)
@@ -428,7 +443,7 @@ async function amW2(url) {
   await amConnected(b)
   const ha = a.create(product(rng(flags.seed)))
   await amStored(ha, storageId)
-  const hb = await b.find(ha.url)
+  const hb = await amFind(b, ha.url)
   let want = null, done = null
   hb.on("change", () => { if (done && hb.doc().qty === want) done() })
   const lat = []
@@ -490,6 +505,10 @@ process.on("unhandledRejection", e => {
   if (!/is unavailable/.test(e?.message)) throw e
   amUnavailable++
 })
+process.on("uncaughtException", e => {
+  if (!/is unavailable/.test(e?.message)) throw e
+  amUnavailable++
+})
 
 const load0 = loadavg()
 const results = { ferry: null, yjs: {}, am: {} }
@@ -499,7 +518,14 @@ try {
     for (const [w, fn] of Object.entries(runs)) {
       log(`${name === "yjs" ? "Yjs + y-websocket" : "automerge-repo"}: ${w.toUpperCase()}`)
       // A server of its own per workload: each starts from an empty store.
-      results[name][w] = await withServer(startServer, fn)
+      // A peer that fails a workload is a result too: it is shown, and
+      // the run goes on.
+      try {
+        results[name][w] = await withServer(startServer, fn)
+      } catch (e) {
+        log(`${name} ${w.toUpperCase()} failed: ${e?.stack ?? e}`)
+        results[name][w] = { error: String(e?.message ?? e).split("\n")[0] }
+      }
     }
   }
 } finally {
@@ -536,11 +562,14 @@ function printTable(res) {
   console.log(`W0 floor (same run): ${floor.changes} changes in ${ms(floor.seconds)}, ${floor.changes_per_s.toFixed(0)} changes/s`)
   line(["workload", "Ferry", "Yjs", "automerge-repo", "Ferry/Yjs", "Ferry:W0", "Yjs:W0", "am:W0"])
   for (const [name, , ft, yt, at, changes] of rows) {
-    const amChanges = name.startsWith("W1") ? a.w1.records : changes
+    const amChanges = name.startsWith("W1") ? a.w1.records ?? flags.amRecords : changes
     line([name, ms(ft), ms(yt), at == null ? "—" : ms(at), ft && yt ? (ft / yt).toFixed(2) : "—",
       r(toW0(changes, ft)), r(toW0(changes, yt)), r(toW0(amChanges, at))])
   }
-  console.log(`W1: Ferry and Yjs ${f.w1.records} records, automerge-repo ${a.w1.records} (its client slows with every document it holds); ` +
+  for (const [peer, rs] of [["Yjs", y], ["automerge-repo", a]]) {
+    for (const [w, x] of Object.entries(rs)) if (x.error) console.log(`${peer} ${w.toUpperCase()} did not finish: ${x.error}`)
+  }
+  console.log(`W1: Ferry and Yjs ${f.w1.records} records, automerge-repo ${flags.amRecords} (its client slows with every document it holds); ` +
     `W2: ${flags.updates} updates; W3: ${flags.updates} offline edits per client on ${flags.mergeRecords} records`)
   console.log("Ferry/Yjs: Ferry's time ÷ Yjs's (below 1: Ferry faster). X:W0: W0's time for the same changes ÷ X's time (1: raw automerge-go).")
   const m = res.machine
