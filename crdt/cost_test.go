@@ -1,0 +1,212 @@
+package crdt_test
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/ferrysync/ferry/crdt"
+)
+
+// costShapes are records of the shapes whose memory differs most per
+// saved byte: many small objects, one field rewritten by many changes, and
+// many plain fields written at once.
+var costShapes = []struct {
+	name   string
+	copies int
+	build  func(t testing.TB) []byte
+}{
+	{"objects", 8, objectHeavy},
+	{"history", 8, func(t testing.TB) []byte {
+		d := newDoc(t, actorA)
+		for i := range 3000 {
+			set(t, d, crdt.Path{fmt.Sprint("f", i%10)}, i)
+			commit(t, d)
+		}
+		return d.Save()
+	}},
+	{"list", 8, func(t testing.TB) []byte {
+		d := newDoc(t, actorA)
+		vals := make([]any, 20000)
+		for i := range vals {
+			vals[i] = int64(i)
+		}
+		set(t, d, crdt.Path{"list"}, vals)
+		commit(t, d)
+		return d.Save()
+	}},
+	{"wide", 8, func(t testing.TB) []byte {
+		d := newDoc(t, actorA)
+		for i := range 20000 {
+			set(t, d, crdt.Path{fmt.Sprint("field", i)}, fmt.Sprint("value ", i))
+		}
+		commit(t, d)
+		return d.Save()
+	}},
+}
+
+// objectHeavy returns a record of a list of small maps, each with a list
+// of its own, written by 40 changes: about 50 KB saved.
+func objectHeavy(t testing.TB) []byte {
+	d := newDoc(t, actorA)
+	n := 0
+	for c := range 40 {
+		items := make([]any, 0, 100)
+		for range 100 {
+			items = append(items, map[string]any{
+				"id": int64(n), "title": fmt.Sprint("item ", n), "done": n%3 == 0,
+				"tags": []any{"a", "b"},
+			})
+			n++
+		}
+		if c == 0 {
+			set(t, d, crdt.Path{"items"}, items)
+		} else if err := d.InsertAt(crdt.Path{"items"}, n-100, items...); err != nil {
+			t.Fatal(err)
+		}
+		commit(t, d)
+	}
+	return d.Save()
+}
+
+// TestCostCalibration loads copies of each shape of record in a process of
+// its own and compares the resident memory they take with what Doc.Cost
+// estimates; it prints the measurements behind the constants in cost.go
+// (go test -run TestCostCalibration -v ./crdt/). The estimate must stay
+// within a factor of two of what was measured, either way.
+func TestCostCalibration(t *testing.T) {
+	if shape := os.Getenv("FERRY_COST_CHILD"); shape != "" {
+		costChild(t, shape)
+		return
+	}
+	if runtime.GOOS != "linux" {
+		t.Skip("resident memory is read from /proc")
+	}
+	if testing.Short() || raceBuild {
+		t.Skip("builds large records; measures memory without the race detector")
+	}
+	dir := t.TempDir()
+	for _, sh := range costShapes {
+		saved := sh.build(t)
+		file := filepath.Join(dir, sh.name)
+		if err := os.WriteFile(file, saved, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCostCalibration$", "-test.v")
+		cmd.Env = append(os.Environ(), "FERRY_COST_CHILD="+file, "FERRY_COST_COPIES="+strconv.Itoa(sh.copies))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", sh.name, err, out)
+		}
+		var rss, est float64
+		var c crdt.Cost
+		line := out[bytes.Index(out, []byte("cost:")):]
+		line = line[:bytes.IndexByte(line, '\n')]
+		if _, err := fmt.Sscanf(string(line), "cost: rss %g estimate %g changes %d ops %d keys %d objects %d",
+			&rss, &est, &c.Changes, &c.Ops, &c.Keys, &c.Objects); err != nil {
+			t.Fatalf("%s: %v in %q", sh.name, err, line)
+		}
+		t.Logf("%-8s saved %6d B: %5d changes %6d ops %5d keys %5d objects; resident %8.0f B per loaded copy, estimate %8.0f (%.2fx), %.0f B/op, %.0f x saved",
+			sh.name, len(saved), c.Changes, c.Ops, c.Keys, c.Objects, rss, est, est/rss, rss/float64(c.Ops), rss/float64(len(saved)))
+		if est < rss/2 || est > rss*2 {
+			t.Errorf("%s: Cost estimates %.0f bytes, the process took %.0f per copy", sh.name, est, rss)
+		}
+	}
+}
+
+// costChild loads copies of the record in file, indexed as the relay's
+// are, and prints the resident memory each took and Cost's estimate.
+func costChild(t *testing.T, file string) {
+	saved, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copies, _ := strconv.Atoi(os.Getenv("FERRY_COST_COPIES"))
+	runtime.GC()
+	before := residentBytes(t)
+	docs := make([]*crdt.Doc, copies)
+	var c crdt.Cost
+	for i := range docs {
+		if docs[i], err = crdt.Load(saved, ""); err != nil {
+			t.Fatal(err)
+		}
+		if c, err = docs[i].Cost(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	grown := float64(residentBytes(t)-before) / float64(copies)
+	fmt.Printf("cost: rss %.0f estimate %d changes %d ops %d keys %d objects %d\n", grown, c.Bytes, c.Changes, c.Ops, c.Keys, c.Objects)
+	runtime.KeepAlive(docs)
+}
+
+// residentBytes returns the process's resident memory.
+func residentBytes(t *testing.T) int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	pages, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pages * int64(os.Getpagesize())
+}
+
+// TestCostCounts checks what Cost counts on a record built by hand, and
+// that it follows imported changes.
+func TestCostCounts(t *testing.T) {
+	d := newDoc(t, actorA)
+	set(t, d, crdt.Path{"a"}, 1)
+	set(t, d, crdt.Path{"m"}, map[string]any{"x": "y"})
+	commit(t, d)
+	set(t, d, crdt.Path{"a"}, 2)
+	commit(t, d)
+	c, err := d.Cost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// a=1, make m, m.x, then a=2 (over a=1: not a new key).
+	want := crdt.Cost{Changes: 2, Ops: 4, Keys: 3, Objects: 1}
+	if got := c; got.Changes != want.Changes || got.Ops != want.Ops || got.Keys != want.Keys || got.Objects != want.Objects {
+		t.Fatalf("Cost = %+v, want %+v", got, want)
+	}
+	if c.Bytes <= 0 {
+		t.Fatalf("Cost.Bytes = %d", c.Bytes)
+	}
+
+	src := fork(t, d, actorB)
+	if err := src.InsertAt(crdt.Path{"l"}, 0, 1, 2, 3); err != nil {
+		t.Fatal(err)
+	}
+	commit(t, src)
+	if _, err := d.Import(crdt.LastChange(src)); err != nil {
+		t.Fatal(err)
+	}
+	after, err := d.Cost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Changes != 3 || after.Ops != 8 || after.Objects != 2 || after.Bytes <= c.Bytes {
+		t.Fatalf("after importing a list of 3: Cost = %+v, before %+v", after, c)
+	}
+	loaded, err := crdt.Load(d.Save(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer loaded.Free()
+	re, err := loaded.Cost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if re.Changes != after.Changes || re.Ops != after.Ops || re.Keys != after.Keys || re.Objects != after.Objects {
+		t.Fatalf("reloaded: Cost = %+v, before saving %+v", re, after)
+	}
+}
