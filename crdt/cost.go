@@ -1,5 +1,7 @@
 package crdt
 
+import "fmt"
+
 // An Automerge document's memory bears no fixed relation to its saved
 // bytes: the saved form compresses its columns, while the loaded document
 // keeps every operation in a tree per object, each object's tree with its
@@ -92,4 +94,30 @@ func costOf(h held, goBytes int) Cost {
 		Bytes: costPerDoc + int64(h.changes)*costPerChange + int64(h.ops)*costPerOp +
 			int64(h.keys)*costPerKey + costGoFactor*int64(goBytes),
 	}
+}
+
+// SetMaxOps makes Import refuse, with [ErrOpLimit] and before applying
+// anything, changes that would bring the document past n operations (as
+// Cost counts them), so that what the document costs to hold and to load
+// stays known. Zero or less: no limit. A document already past n stays
+// readable; only what would grow it is refused.
+func (d *Doc) SetMaxOps(n int) { d.maxOps = max(n, 0) }
+
+// checkOpLimit refuses checked changes that would bring the document past
+// its operation limit. Without an index (a history that does not decode)
+// only the changes are counted.
+func (d *Doc) checkOpLimit(base *opIndex, v verified) error {
+	if d.maxOps == 0 {
+		return nil
+	}
+	n := v.ops
+	if base != nil {
+		for l := base.top; l != nil; l = l.parent {
+			n += l.held.ops
+		}
+	}
+	if n > d.maxOps {
+		return fmt.Errorf("%w: %d operations, over %d", ErrOpLimit, n, d.maxOps)
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package crdt_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -208,5 +209,50 @@ func TestCostCounts(t *testing.T) {
 	}
 	if re.Changes != after.Changes || re.Ops != after.Ops || re.Keys != after.Keys || re.Objects != after.Objects {
 		t.Fatalf("reloaded: Cost = %+v, before saving %+v", re, after)
+	}
+}
+
+// TestMaxOps checks the operation limit right at its bound: a change that
+// brings the document to the limit is imported, one operation more is
+// refused before anything is applied, on a loaded (unindexed) document as
+// on one already indexed.
+func TestMaxOps(t *testing.T) {
+	d := newDoc(t, actorA)
+	set(t, d, crdt.Path{"a"}, 1)
+	set(t, d, crdt.Path{"b"}, 2)
+	commit(t, d)
+	src := fork(t, d, actorB)
+	if err := src.InsertAt(crdt.Path{"l"}, 0, 1, 2, 3); err != nil {
+		t.Fatal(err)
+	}
+	commit(t, src)
+	change := crdt.LastChange(src) // 4 operations: the list and 3 inserts
+	for _, indexed := range []bool{false, true} {
+		for _, limit := range []int{6, 5} {
+			doc, err := crdt.Load(d.Save(), "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if indexed {
+				if _, err := doc.Cost(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			doc.SetMaxOps(limit)
+			before := doc.Heads()
+			n, err := doc.Import(change)
+			switch {
+			case limit == 6 && (err != nil || n != 1):
+				t.Errorf("indexed %v, limit %d: Import = %d, %v; want the change in", indexed, limit, n, err)
+			case limit == 5 && !errors.Is(err, crdt.ErrOpLimit):
+				t.Errorf("indexed %v, limit %d: Import = %d, %v; want ErrOpLimit", indexed, limit, n, err)
+			case limit == 5 && !doc.Heads().Equal(before):
+				t.Errorf("indexed %v: a refused change moved the heads", indexed)
+			}
+			if c, err := doc.Cost(); err != nil || c.Ops != 2+4*n {
+				t.Errorf("indexed %v, limit %d: Cost = %+v, %v after importing %d", indexed, limit, c, err, n)
+			}
+			doc.Free()
+		}
 	}
 }

@@ -66,6 +66,9 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 	if err != nil {
 		return 0, err
 	}
+	if err := d.checkOpLimit(base, v); err != nil {
+		return 0, err
+	}
 
 	before := d.Heads()
 	d.syncJournal(before)

@@ -152,6 +152,9 @@ func (m *merged) merge(r transport.RecordChanges, infos []crdt.ChangeInfo) error
 	// operations the document holds, so that the record still saves and
 	// loads once it is in.
 	n, err := m.rd.doc.Import(r.Data)
+	if errors.Is(err, crdt.ErrOpLimit) {
+		return perr(transport.CodeTooLarge, "record %q: %v (max_record_ops)", r.Record, err)
+	}
 	if err != nil {
 		if errors.Is(err, crdt.ErrCorrupt) || errors.Is(err, crdt.ErrMissingDeps) {
 			return perr(transport.CodeInvalidChange, "record %q: %v", r.Record, err)
@@ -265,6 +268,7 @@ func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayD
 		if err != nil {
 			return nil, false, nil, err
 		}
+		d.SetMaxOps(s.limits.MaxRecordOps)
 		rd = &relayDoc{doc: d}
 		return rd, false, s.docs.PutAcquire(key, rd, rd.cost()), nil
 	}
@@ -279,6 +283,7 @@ func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayD
 	if err != nil {
 		return nil, false, nil, fmt.Errorf("%w: record %s/%s/%s: %w", ErrStoreDamaged, cm.c.Tenant, cm.c.Collection, id, err)
 	}
+	d.SetMaxOps(s.limits.MaxRecordOps)
 	rd = &relayDoc{doc: d, size: rec.Size()}
 	return rd, false, s.docs.PutAcquire(key, rd, rd.cost()), nil
 }
