@@ -67,6 +67,7 @@ type merged struct {
 	hashes   []crdt.Hash // their hashes
 	imported int         // how many of them were new
 	size     int         // the record's stored size once written
+	mem      int64       // the document's memory then (see docMemory)
 }
 
 // enqueue merges the push onto the documents as they will be once every
@@ -205,6 +206,7 @@ func (m *merged) entry(s *Server, id string, heads crdt.Heads) (Entry, error) {
 		}
 		m.size = saved
 	}
+	m.mem = docMemory(m.rd.doc, m.size)
 	return Entry{Record: id, Base: m.base, Changes: delta, Hashes: hashes, Heads: heads}, nil
 }
 
@@ -219,7 +221,7 @@ func (cm *committer) join(s *Server, w *waiter, recs map[string]*merged, gen uin
 	}
 	for _, e := range w.entries {
 		m := recs[e.Record]
-		m.rd.size = m.size
+		m.rd.size, m.rd.mem = m.size, m.mem
 		if cm.queued[e.Record] != m.rd {
 			// The queue pins what it holds; this push's own pin keeps the
 			// document findable until then.
@@ -269,7 +271,7 @@ func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayD
 			return nil, false, nil, err
 		}
 		d.SetMaxOps(s.limits.MaxRecordOps)
-		rd = &relayDoc{doc: d}
+		rd = &relayDoc{doc: d, mem: docMemory(d, 0)}
 		return rd, false, s.docs.PutAcquire(key, rd, rd.cost()), nil
 	}
 	if err != nil {
@@ -284,7 +286,7 @@ func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayD
 		return nil, false, nil, fmt.Errorf("%w: record %s/%s/%s: %w", ErrStoreDamaged, cm.c.Tenant, cm.c.Collection, id, err)
 	}
 	d.SetMaxOps(s.limits.MaxRecordOps)
-	rd = &relayDoc{doc: d, size: rec.Size()}
+	rd = &relayDoc{doc: d, size: rec.Size(), mem: docMemory(d, rec.Size())}
 	return rd, false, s.docs.PutAcquire(key, rd, rd.cost()), nil
 }
 

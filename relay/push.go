@@ -21,11 +21,12 @@ type recordKey struct {
 type relayDoc struct {
 	doc  *crdt.Doc
 	size int
+	mem  int64 // the memory it takes, estimated with size (see docMemory)
 }
 
-// cost estimates the memory the loaded document takes, from its stored
-// size (see Options.DocCacheBytes).
-func (rd *relayDoc) cost() int64 { return 8<<10 + 64*int64(rd.size) }
+// cost is what the document counts for in the relay's document cache: the
+// memory it takes (see Options.DocCacheBytes).
+func (rd *relayDoc) cost() int64 { return rd.mem }
 
 // pushCounted runs a push, counting it as in progress for its collection.
 // A collection's committer is only needed while pushes to it are in
