@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
-	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/ferrysync/ferry/crdt"
@@ -76,8 +73,9 @@ func objectHeavy(t testing.TB) []byte {
 	return d.Save()
 }
 
-// TestCostCalibration loads copies of each shape of record in a process of
-// its own and compares the resident memory they take with what Doc.Cost
+// TestCostCalibration builds and loads copies of each shape of record in a
+// process of its own (so that this one's allocators stay as they were),
+// and compares the resident memory they take with what Doc.Cost
 // estimates; it prints the measurements behind the constants in cost.go
 // (go test -run TestCostCalibration -v ./crdt/). The estimate must stay
 // within a factor of two of what was measured, either way.
@@ -92,45 +90,47 @@ func TestCostCalibration(t *testing.T) {
 	if testing.Short() || raceBuild {
 		t.Skip("builds large records; measures memory without the race detector")
 	}
-	dir := t.TempDir()
 	for _, sh := range costShapes {
-		saved := sh.build(t)
-		file := filepath.Join(dir, sh.name)
-		if err := os.WriteFile(file, saved, 0o600); err != nil {
-			t.Fatal(err)
-		}
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCostCalibration$", "-test.v")
-		cmd.Env = append(os.Environ(), "FERRY_COST_CHILD="+file, "FERRY_COST_COPIES="+strconv.Itoa(sh.copies))
+		cmd.Env = append(os.Environ(), "FERRY_COST_CHILD="+sh.name)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", sh.name, err, out)
 		}
 		var rss, est float64
+		var saved int
 		var c crdt.Cost
 		line := out[bytes.Index(out, []byte("cost:")):]
 		line = line[:bytes.IndexByte(line, '\n')]
-		if _, err := fmt.Sscanf(string(line), "cost: rss %g estimate %g changes %d ops %d keys %d objects %d",
-			&rss, &est, &c.Changes, &c.Ops, &c.Keys, &c.Objects); err != nil {
+		if _, err := fmt.Sscanf(string(line), "cost: saved %d rss %g estimate %g changes %d ops %d keys %d objects %d",
+			&saved, &rss, &est, &c.Changes, &c.Ops, &c.Keys, &c.Objects); err != nil {
 			t.Fatalf("%s: %v in %q", sh.name, err, line)
 		}
 		t.Logf("%-8s saved %6d B: %5d changes %6d ops %5d keys %5d objects; resident %8.0f B per loaded copy, estimate %8.0f (%.2fx), %.0f B/op, %.0f x saved",
-			sh.name, len(saved), c.Changes, c.Ops, c.Keys, c.Objects, rss, est, est/rss, rss/float64(c.Ops), rss/float64(len(saved)))
+			sh.name, saved, c.Changes, c.Ops, c.Keys, c.Objects, rss, est, est/rss, rss/float64(c.Ops), rss/float64(saved))
 		if est < rss/2 || est > rss*2 {
 			t.Errorf("%s: Cost estimates %.0f bytes, the process took %.0f per copy", sh.name, est, rss)
 		}
 	}
 }
 
-// costChild loads copies of the record in file, indexed as the relay's
-// are, and prints the resident memory each took and Cost's estimate.
-func costChild(t *testing.T, file string) {
-	saved, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
+// costChild builds a record of the named shape, loads copies of it,
+// indexed as the relay's are, and prints the resident memory each took and
+// Cost's estimate.
+func costChild(t *testing.T, shape string) {
+	var saved []byte
+	copies := 0
+	for _, sh := range costShapes {
+		if sh.name == shape {
+			saved, copies = sh.build(t), sh.copies
+		}
 	}
-	copies, _ := strconv.Atoi(os.Getenv("FERRY_COST_COPIES"))
+	if saved == nil {
+		t.Fatalf("no shape %q", shape)
+	}
+	var err error
 	runtime.GC()
-	before := residentBytes(t)
+	before := rssBytes(t)
 	docs := make([]*crdt.Doc, copies)
 	var c crdt.Cost
 	for i := range docs {
@@ -142,23 +142,9 @@ func costChild(t *testing.T, file string) {
 		}
 	}
 	runtime.GC()
-	grown := float64(residentBytes(t)-before) / float64(copies)
-	fmt.Printf("cost: rss %.0f estimate %d changes %d ops %d keys %d objects %d\n", grown, c.Bytes, c.Changes, c.Ops, c.Keys, c.Objects)
+	grown := float64(rssBytes(t)-before) / float64(copies)
+	fmt.Printf("cost: saved %d rss %.0f estimate %d changes %d ops %d keys %d objects %d\n", len(saved), grown, c.Bytes, c.Changes, c.Ops, c.Keys, c.Objects)
 	runtime.KeepAlive(docs)
-}
-
-// residentBytes returns the process's resident memory.
-func residentBytes(t *testing.T) int64 {
-	b, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := strings.Fields(string(b))
-	pages, err := strconv.ParseInt(f[1], 10, 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pages * int64(os.Getpagesize())
 }
 
 // TestCostCounts checks what Cost counts on a record built by hand, and

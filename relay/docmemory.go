@@ -17,5 +17,5 @@ func docMemory(d *crdt.Doc, size int) int64 {
 }
 
 // bytesPerStored bounds the memory of a loaded document per byte of its
-// saved form (see docs/operations.md, "Memory": 250 to 1,500 measured).
+// saved form (see docs/operations.md, "Memory": 200 to 1,350 measured).
 const bytesPerStored = 2048

@@ -19,9 +19,9 @@ const (
 	// MaxRecord, whatever its value.
 	DefaultMaxInflated = DefaultMaxRecord
 	// DefaultMaxRecordOps bounds the Automerge operations of one record.
-	// A loaded document takes some 1,000 to 1,200 bytes per operation,
+	// A loaded document takes some 800 to 1,100 bytes per operation,
 	// whatever its saved size, so this bounds a record loaded in memory at
-	// about 240 MiB.
+	// about 200 MiB.
 	DefaultMaxRecordOps = 200_000
 )
 
