@@ -121,3 +121,14 @@ func (d *Doc) checkOpLimit(base *opIndex, v verified) error {
 	}
 	return nil
 }
+
+// checkDocOps refuses a stream holding a whole document of more
+// operations than the document's limit before anything loads it: reading
+// a document chunk's changes loads it on its own, which costs what its
+// operations cost.
+func (d *Doc) checkDocOps(ci chunkInfo) error {
+	if d.maxOps > 0 && ci.docOps > uint64(d.maxOps) {
+		return fmt.Errorf("%w: a whole document of %d operations, over %d", ErrOpLimit, ci.docOps, d.maxOps)
+	}
+	return nil
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/ferrysync/ferry/crdt"
@@ -240,5 +241,42 @@ func TestMaxOps(t *testing.T) {
 			}
 			doc.Free()
 		}
+	}
+}
+
+// TestWholeDocumentWithinBudgets: a saved document framed within a budget
+// is charged for every compressed column (its 4 MiB string too, which
+// framing need not read but loading inflates), and one holding more
+// operations than a document's limit is refused before it is loaded.
+func TestWholeDocumentWithinBudgets(t *testing.T) {
+	d := newDoc(t, actorA)
+	set(t, d, crdt.Path{"blob"}, strings.Repeat("x", 4<<20))
+	vals := make([]any, 1000)
+	for i := range vals {
+		vals[i] = int64(1)
+	}
+	set(t, d, crdt.Path{"list"}, vals)
+	commit(t, d)
+	saved := d.Save()
+	if _, err := crdt.ParseChangesWithin(saved, crdt.NewInflateBudget(1<<20)); !errors.Is(err, crdt.ErrInflateLimit) {
+		t.Fatalf("a %d-byte document inflating past 4 MiB, framed within 1 MiB: %v", len(saved), err)
+	}
+	if _, err := crdt.ParseChangesWithin(saved, crdt.NewInflateBudget(8<<20)); err != nil {
+		t.Fatalf("within 8 MiB: %v", err)
+	}
+
+	for _, limit := range []int{1002, 1001} { // the blob, the list, its 1,000 elements
+		into := newDoc(t, "")
+		into.SetMaxOps(limit)
+		n, err := into.Import(saved)
+		switch {
+		case limit == 1002 && (err != nil || n != 1):
+			t.Errorf("limit %d: Import = %d, %v", limit, n, err)
+		case limit == 1001 && (!errors.Is(err, crdt.ErrOpLimit) || !strings.Contains(err.Error(), "whole document of 1002 operations")):
+			t.Errorf("limit %d: Import = %d, %v; want ErrOpLimit for the whole document", limit, n, err)
+		case limit == 1001 && len(into.Heads()) != 0:
+			t.Errorf("limit %d: the refused document was applied", limit)
+		}
+		into.Free()
 	}
 }
