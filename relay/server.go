@@ -46,8 +46,8 @@ type Options struct {
 	MaxLag           int           // log entries a subscriber may trail by; default 10,000
 	SlowWriteTimeout time.Duration // for a subscriber to take a live message; default 10 s
 	// DocCacheBytes bounds the memory of the documents kept loaded for
-	// pushes, each counted by what it holds (crdt.Doc.Cost: about 1,000
-	// to 1,200 bytes an operation, whatever its stored size). A document
+	// pushes, each counted by what it holds (crdt.Doc.Cost: about 800
+	// to 1,100 bytes an operation, whatever its stored size). A document
 	// that leaves frees its memory at once; one in use stays until its
 	// push is done. Default 64 MiB.
 	DocCacheBytes int64
