@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"runtime"
@@ -278,5 +279,65 @@ func TestWholeDocumentWithinBudgets(t *testing.T) {
 			t.Errorf("limit %d: the refused document was applied", limit)
 		}
 		into.Free()
+	}
+}
+
+// TestCostFollowsImports imports random changes one at a time, so that
+// the index's layers merge again and again, and checks after each that
+// what Cost counts equals what a fresh index of the same history counts:
+// the counts kept per layer neither leak nor go negative as layers merge.
+func TestCostFollowsImports(t *testing.T) {
+	const seed = 19
+	rng := rand.New(rand.NewPCG(seed, seed))
+	t.Logf("seed %d", seed)
+	src := newDoc(t, actorA)
+	dst := newDoc(t, "")
+	defer src.Free()
+	defer dst.Free()
+	var last crdt.Cost
+	for step := range 300 {
+		switch rng.IntN(4) {
+		case 0:
+			set(t, src, crdt.Path{fmt.Sprint("f", rng.IntN(20))}, rng.Int64())
+		case 1:
+			set(t, src, crdt.Path{fmt.Sprint("m", rng.IntN(5)), fmt.Sprint("k", rng.IntN(5))}, "v")
+		case 2:
+			if err := src.InsertAt(crdt.Path{"l"}, 0, rng.Int64(), map[string]any{"x": int64(1)}); err != nil {
+				t.Fatal(err)
+			}
+		case 3:
+			if err := src.Delete(crdt.Path{fmt.Sprint("f", rng.IntN(20))}); err != nil && !errors.Is(err, crdt.ErrPath) {
+				t.Fatal(err)
+			}
+		}
+		if ok, err := src.Commit("", epoch); err != nil || !ok {
+			continue
+		}
+		if _, err := dst.Import(crdt.LastChange(src)); err != nil {
+			t.Fatalf("seed %d, step %d: %v", seed, step, err)
+		}
+		got, err := dst.Cost()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Changes != last.Changes+1 || got.Ops <= last.Ops || got.Bytes <= 0 || got.Keys < 0 || got.Objects < 0 {
+			t.Fatalf("seed %d, step %d: Cost went from %+v to %+v on one change", seed, step, last, got)
+		}
+		last = got
+		if step%50 != 49 {
+			continue
+		}
+		fresh, err := crdt.Load(dst.Save(), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := fresh.Cost()
+		fresh.Free()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Changes != want.Changes || got.Ops != want.Ops || got.Keys != want.Keys || got.Objects != want.Objects {
+			t.Fatalf("seed %d, step %d: Cost %+v after imports, %+v indexed afresh", seed, step, got, want)
+		}
 	}
 }
