@@ -2,6 +2,7 @@ package replica
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -156,9 +157,19 @@ var marker = badgerdir.Marker{
 // initMeta checks the format version and returns the replica ID, writing
 // both on a new store.
 func (r *Replica) initMeta() (string, error) {
-	id, _, err := marker.Init(r.db)
+	id, format, err := marker.Init(r.db)
 	if err != nil {
 		return "", fmt.Errorf("ferry: open store: %w", err)
+	}
+	if format < formatVersion {
+		// Records written from now on carry read models an older Ferry
+		// cannot read: it must refuse the store.
+		err = r.db.Update(func(txn *badger.Txn) error {
+			return txn.Set(keyFormat, binary.BigEndian.AppendUint32(nil, formatVersion))
+		})
+		if err != nil {
+			return "", fmt.Errorf("ferry: open store: upgrading its format: %w", err)
+		}
 	}
 	return id, nil
 }

@@ -133,6 +133,9 @@ func (r *Replica) writeRecord(txn *badger.Txn, coll, id string, doc *crdt.Doc, m
 	if err := txn.Set(recKey('r', coll, id), nm.encode()); err != nil {
 		return m, err
 	}
+	if err := putView(txn, coll, id, doc, nm); err != nil {
+		return m, err
+	}
 	if pending {
 		if err := txn.Set(recKey('p', coll, id), nil); err != nil {
 			return m, err
@@ -179,7 +182,7 @@ func deleteRecordKeys(txn *badger.Txn, coll, id string, m meta) error {
 			return err
 		}
 	}
-	for _, p := range []byte{'r', 's', 'p', 'a', 'q', 'l'} {
+	for _, p := range []byte{'r', 'v', 's', 'p', 'a', 'q', 'l'} {
 		if err := txn.Delete(recKey(p, coll, id)); err != nil {
 			return err
 		}
