@@ -145,12 +145,19 @@ func readModelRun(t *testing.T, seed uint64, steps int) {
 	for step := range steps {
 		for i, r := range devs {
 			for range 1 + rng.IntN(3) {
-				desc, err := viewOp(rng, r, devs)
+				desc, err := viewOp(rng, r, devs[2])
 				trace = append(trace, fmt.Sprintf("%03d dev%d %s: %v", step, i, desc, err))
 			}
 		}
 		i := rng.IntN(len(devs))
 		typ := types[rng.IntN(len(types))]
+		if i == 2 && typ == policy.RefreshFromServer {
+			// dev2 is where imports come from: a refresh from the relay
+			// would discard changes that other devices imported from it,
+			// and its actor would then number new changes again as the
+			// discarded ones were (which the relay rightly refuses).
+			typ = policy.TwoWay
+		}
 		p, err := devs[i].Profile("p")
 		if err != nil {
 			t.Fatal(err)
@@ -181,9 +188,8 @@ func readModelRun(t *testing.T, seed uint64, steps int) {
 
 var viewNames = []string{"tea", "coffee", "mate", "cocoa", "chai"}
 
-// viewOp makes one random local edit on r; others are the devices to
-// import a record from.
-func viewOp(rng *rand.Rand, r *Replica, others []*Replica) (string, error) {
+// viewOp makes one random local edit on r, or imports a record from src.
+func viewOp(rng *rand.Rand, r *Replica, src *Replica) (string, error) {
 	c := r.Collection("c")
 	id := fmt.Sprintf("r%d", rng.IntN(6))
 	name := viewNames[rng.IntN(len(viewNames))]
@@ -244,7 +250,7 @@ func viewOp(rng *rand.Rand, r *Replica, others []*Replica) (string, error) {
 			return tx.Delete("c", id)
 		})
 	default:
-		from := others[rng.IntN(len(others))].Collection("c")
+		from := src.Collection("c")
 		doc, _, err := from.Export(id)
 		if err != nil {
 			return "import " + id, err
