@@ -46,6 +46,7 @@ func (r *Replica) batchOpThen(coll string, ids []string, fn func(i int, txn *bad
 	}
 	defer r.locks.lockAll(keys)()
 	b := &batchRun{r: r, coll: coll, byID: map[string]*touched{}}
+	done := r.writing()
 	err = r.db.Update(func(txn *badger.Txn) error {
 		for i, id := range ids {
 			t, err := b.touch(txn, id)
@@ -68,6 +69,7 @@ func (r *Replica) batchOpThen(coll string, ids []string, fn func(i int, txn *bad
 		}
 		return nil
 	})
+	done()
 	b.end(err)
 	return b.order, err
 }

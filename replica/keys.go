@@ -16,6 +16,8 @@ import (
 //	k/<coll>              the collection holds records (empty value)
 //	r/<coll>\0<id>        record meta (see meta)
 //	v/<coll>\0<id>        the record's read model (see view.go)
+//	x/<coll>\0<name>      a secondary index's definition (JSON; see index.go)
+//	i/<coll>\0<name>\0<values><id>  an index entry (value: the ID)
 //	s/<coll>\0<id>        snapshot: the document saved whole
 //	c/<coll>\0<id>\0<n>   incremental chunk n (uint64, big-endian)
 //	p/<coll>\0<id>        pending: the record has changes the relay has not acknowledged

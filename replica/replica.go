@@ -34,6 +34,7 @@ type Replica struct {
 	reap  *reaper // frees the documents that leave the cache
 	fsync *syncer // fsyncs what durable commits need
 	feeds *feeds
+	idx   indexes // the collections' secondary indexes
 
 	closeOnce sync.Once
 	closeErr  error
@@ -98,6 +99,9 @@ func Open(dir string, o *Options) (*Replica, error) {
 	r.closeCtx, r.stopAll = context.WithCancel(context.Background())
 	r.sched = newScheduler(r)
 	r.id, err = r.initMeta()
+	if err == nil {
+		err = r.loadIndexes()
+	}
 	if err == nil {
 		// A new store's identity, and whatever an earlier run left
 		// unsynced, become durable.

@@ -73,8 +73,9 @@ func (c *Collection) Scan(o ScanOptions) iter.Seq2[Record, error] {
 
 // entry is one record a scan read: its ID and its read model.
 type entry struct {
-	id string
-	v  view
+	id     string
+	v      view
+	cursor []byte // where an index query stands: the entry's key past the index's prefix
 }
 
 // each streams the collection's records with IDs that have idPrefix,

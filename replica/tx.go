@@ -144,6 +144,7 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 
 	state := map[string]*touched{}
 	var order []*touched
+	done := r.writing()
 	err = r.db.Update(func(txn *badger.Txn) error {
 		for i, o := range ops {
 			t := state[keys[i]]
@@ -167,6 +168,7 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 		}
 		return nil
 	})
+	done()
 	err = r.durable(err)
 	if err != nil {
 		// The cached documents may hold edits that were never stored:

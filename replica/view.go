@@ -108,13 +108,25 @@ func packView(doc *crdt.Doc) ([]byte, error) {
 }
 
 // putView stores the read model of a record whose document is doc and
-// meta m, in the transaction that stores them.
-func putView(txn *badger.Txn, coll, id string, doc *crdt.Doc, m meta) error {
+// meta m, and its index entries, in the transaction that stores them. The
+// caller holds r.writing().
+func (r *Replica) putView(txn *badger.Txn, coll, id string, doc *crdt.Doc, m meta) error {
 	p, err := packView(doc)
 	if err != nil {
 		return err
 	}
-	return txn.Set(recKey('v', coll, id), view{deleted: m.deleted, heads: m.heads, packed: p}.encode())
+	v := view{deleted: m.deleted, heads: m.heads, packed: p}
+	key := recKey('v', coll, id)
+	if len(r.idx.of(coll)) > 0 {
+		old, _, err := getKey(txn, key)
+		if err != nil {
+			return err
+		}
+		if err := r.updateIndexes(txn, coll, id, old, &v); err != nil {
+			return err
+		}
+	}
+	return txn.Set(key, v.encode())
 }
 
 // readView reads a record's read model within txn. ok is false if it has
@@ -219,6 +231,7 @@ func (r *Replica) rebuildView(coll, id string) (view, error) {
 	}
 	defer release()
 	defer r.locks.lockAll([]string{cacheKey(coll, id)})()
+	defer r.writing()()
 	var v view
 	err = r.db.Update(func(txn *badger.Txn) error {
 		d, m, ok, err := r.loadDoc(txn, coll, id)
@@ -228,7 +241,7 @@ func (r *Replica) rebuildView(coll, id string) (view, error) {
 		if !ok {
 			return fmt.Errorf("%w: %s/%s", ErrNotFound, coll, id)
 		}
-		if err := putView(txn, coll, id, d, m); err != nil {
+		if err := r.putView(txn, coll, id, d, m); err != nil {
 			return err
 		}
 		v = view{deleted: m.deleted, heads: m.heads}

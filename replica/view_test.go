@@ -45,6 +45,9 @@ func checkViews(t *testing.T, r *Replica, coll string) error {
 	if err != nil {
 		return err
 	}
+	if err := checkIndexes(r, coll); err != nil {
+		return err
+	}
 	for _, id := range ids {
 		key := cacheKey(coll, id)
 		unlock := r.locks.lockAll([]string{key})
@@ -139,6 +142,12 @@ func readModelRun(t *testing.T, seed uint64, steps int) {
 	devs = append(devs, e.device(&Options{MergeHook: maxHook}, "c"), e.device(&Options{MergeHook: maxHook}, "c"))
 	for i, pol := range []policy.Policy{policy.PreferLocal, policy.PreferCloud, policy.Custom} {
 		setProfilePolicy(t, devs[i], pol)
+		if err := devs[i].Collection("c").EnsureIndex("by_cat", IndexOptions{Fields: []string{"cat", "price"}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := devs[i].Collection("c").EnsureIndex("by_notes", IndexOptions{Fields: []string{"notes"}}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	types := []policy.Type{policy.TwoWay, policy.TwoWay, policy.TwoWay, policy.Slow, policy.OneWayFromClient,
 		policy.OneWayFromServer, policy.RefreshFromServer, policy.RefreshFromClient}
@@ -414,4 +423,48 @@ func TestReadsLoadNoDocument(t *testing.T) {
 	if err := c.Get("r01", &m); err != nil || m["n"] != int64(100) {
 		t.Fatalf("Get after the edit = %v, %v", m, err)
 	}
+}
+
+// checkIndexes asserts that each index of coll on r holds exactly the
+// entries of the records' read models: one per live record, none else.
+func checkIndexes(r *Replica, coll string) error {
+	r.idx.mu.RLock()
+	defs := r.idx.of(coll)
+	r.idx.mu.RUnlock()
+	return r.db.View(func(txn *badger.Txn) error {
+		for _, d := range defs {
+			want := map[string]bool{}
+			prefix := collPrefix('v', coll)
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true})
+			for it.Rewind(); it.Valid(); it.Next() {
+				id := string(it.Item().Key()[len(prefix):])
+				b, _ := it.Item().ValueCopy(nil)
+				v, err := decodeView(b)
+				if err != nil || v.deleted {
+					continue
+				}
+				f, err := crdt.UnpackFields(v.packed, false)
+				if err != nil {
+					it.Close()
+					return err
+				}
+				want[string(indexEntry(coll, d, f, id))] = true
+			}
+			it.Close()
+			it = txn.NewIterator(badger.IteratorOptions{Prefix: indexPrefix(coll, d.Name)})
+			n := 0
+			for it.Rewind(); it.Valid(); it.Next() {
+				n++
+				if k := it.Item().Key(); !want[string(k)] {
+					it.Close()
+					return fmt.Errorf("index %s: stray entry %q", d.Name, k)
+				}
+			}
+			it.Close()
+			if n != len(want) {
+				return fmt.Errorf("index %s: %d entries, want %d", d.Name, n, len(want))
+			}
+		}
+		return nil
+	})
 }
