@@ -35,6 +35,7 @@ type Replica struct {
 	fsync *syncer // fsyncs what durable commits need
 	feeds *feeds
 	idx   indexes // the collections' secondary indexes
+	mem   *native // releases the memory automerge-go leaves behind
 
 	closeOnce sync.Once
 	closeErr  error
@@ -96,6 +97,7 @@ func Open(dir string, o *Options) (*Replica, error) {
 	r.cache = newDocCache(opts.CacheBytes, r.reap.add)
 	r.reap.cache = r.cache
 	go r.reap.run()
+	r.mem = newNative()
 	r.closeCtx, r.stopAll = context.WithCancel(context.Background())
 	r.sched = newScheduler(r)
 	r.id, err = r.initMeta()
