@@ -32,8 +32,8 @@ func (k ChangeKind) String() string {
 }
 
 // RowChange is one change to a live query's rows. For Left, Row holds the
-// record's ID and its version now (its Value is the zero T when the
-// record is deleted).
+// record as it is now (its Value is the zero T when the record is
+// deleted).
 type RowChange[T any] struct {
 	Kind ChangeKind
 	Row  Row[T]
@@ -190,11 +190,13 @@ func liveRow[T any](c *Collection, q Query[T], match func(id string, fields map[
 	if err != nil {
 		return row, false, err
 	}
-	if !match(id, fields) {
-		return row, false, nil
-	}
+	// Decoded even when it leaves the query: a Left row shows the record
+	// as it is now.
 	if err := v.decode(&row.Value); err != nil {
 		return row, false, fmt.Errorf("ferry: %s/%s: %w", c.name, id, err)
+	}
+	if !match(id, fields) {
+		return row, false, nil
 	}
 	if q.Where != nil && !q.Where(&row.Value) {
 		return row, false, nil
