@@ -31,6 +31,7 @@ type amConn struct {
 	wg      sync.WaitGroup
 	sem     chan struct{} // one token per document being handled
 	limiter *rateLimiter
+	pres    *amPresence
 
 	mu      sync.Mutex
 	docs    map[string]*amDoc // by record
@@ -66,6 +67,16 @@ func (c *amConn) run(refusal string) {
 	if !c.join(refusal) {
 		return
 	}
+	leavePresence := a.b.joinPresence(c.coll, c)
+	defer func() {
+		leavePresence()
+		c.presenceGone()
+	}()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.sendPresence()
+	}()
 	if c.a.ping > 0 {
 		c.wg.Add(1)
 		go c.keepalive()
@@ -145,13 +156,27 @@ func (c *amConn) join(refusal string) bool {
 	}
 	return c.send(&amMessage{
 		Type:                    amPeer,
-		SenderID:                c.a.peerID,
+		SenderID:                c.self(),
 		TargetID:                c.peer,
 		SelectedProtocolVersion: amProtocolV1,
 		// A storage ID lets clients keep their sync state with the relay
 		// across reconnects; it changes when the store is restored.
 		PeerMetadata: &amPeerMetadata{StorageID: "ferry-" + c.a.b.incarnation(), IsEphemeral: false},
 	})
+}
+
+// self is the relay's peer ID on this connection: the relay's ID and the
+// collection ("ferry-relay/todos"). automerge-repo keeps one adapter per
+// peer ID, so a Repo with adapters for several collections must see a
+// different peer on each, or it sends every document to the first; and
+// an app's share policy can tell the collections apart by the part after
+// the last "/" (collection names have no "/"). Before the collection is
+// known (a refused join), it is the relay's ID alone.
+func (c *amConn) self() string {
+	if c.coll.Collection == "" {
+		return c.a.peerID
+	}
+	return c.a.peerID + "/" + c.coll.Collection
 }
 
 func containsString(list []string, s string) bool {
@@ -165,6 +190,13 @@ func containsString(list []string, s string) bool {
 
 // dispatch handles one message after join; false ends the connection.
 func (c *amConn) dispatch(m *amMessage) bool {
+	if m.Type == amEphemeral && m.SenderID != c.peer {
+		// automerge-repo passes on the ephemeral messages it receives to
+		// its other peers, the relay included. The relay sent the
+		// original to everyone already: drop the copy (and so never let
+		// a client speak for another peer).
+		return true
+	}
 	if m.SenderID != c.peer {
 		c.end(fmt.Sprintf("message from %q on the connection of %q", m.SenderID, c.peer))
 		return false
@@ -237,6 +269,7 @@ func (c *amConn) ephemeral(m *amMessage) {
 		fwd.TargetID = o.peer
 		o.send(&fwd)
 	}
+	c.ephemeralToDevices(record, m)
 }
 
 // send writes a message; false if the connection is gone.
@@ -284,7 +317,7 @@ func (c *amConn) fail(err error) {
 
 // end tells the peer why it is disconnected, then closes.
 func (c *amConn) end(reason string) {
-	c.send(&amMessage{Type: amError, SenderID: c.a.peerID, TargetID: c.peer, Message: reason})
+	c.send(&amMessage{Type: amError, SenderID: c.self(), TargetID: c.peer, Message: reason})
 	c.stop(websocket.StatusPolicyViolation, reason)
 }
 

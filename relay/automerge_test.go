@@ -54,7 +54,9 @@ func TestAutomergeCreateFindAndLive(t *testing.T) {
 
 	// An automerge-repo peer creates a document: it becomes a record.
 	a, hello := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "peer-a")
-	if hello.Type != amPeer || hello.SelectedProtocolVersion != "1" || hello.TargetID != "peer-a" {
+	// The relay is a peer of its own per collection: automerge-repo
+	// routes by peer ID.
+	if hello.Type != amPeer || hello.SelectedProtocolVersion != "1" || hello.TargetID != "peer-a" || hello.SenderID != "ferry-relay/todos" {
 		t.Fatalf("join answered %+v", hello)
 	}
 	a.edit(docID, map[string]any{"title": "buy milk", "done": false})
@@ -149,7 +151,7 @@ func TestAutomergeReadOnlyChangesRefused(t *testing.T) {
 	q := url.Values{"api_key": {tr.apps["shop"].APIKey}, "token": {ro}}
 	// The collection comes from the token, which names one.
 	p, hello := dialAM(t, tr.amURL("", q), "viewer")
-	if hello.Type != amPeer {
+	if hello.Type != amPeer || hello.SenderID != "ferry-relay/todos" {
 		t.Fatalf("join answered %+v", hello)
 	}
 	docID, _ := newDocID(t)
@@ -232,9 +234,14 @@ func TestAutomergeEphemeral(t *testing.T) {
 			t.Fatalf("%s got %+v", p.id, m)
 		}
 	}
-	// The sender does not get its own message back, nor does the outsider:
-	// a sync round trip after it shows nothing came before.
-	for _, p := range []*goPeer{peers[0], outsider} {
+	// automerge-repo passes on what it receives to its other peers, the
+	// relay included: that copy, sent under another peer's ID, is dropped,
+	// not taken as an impostor (which closed the client's connection).
+	peers[1].send(&amMessage{Type: amEphemeral, SenderID: "a", TargetID: "ferry-relay/todos", DocumentID: docID, Count: 7, SessionID: "s1", Data: []byte{0xa1, 0x61, 0x78, 0x01}})
+	// The sender does not get its own message back, nor does the outsider,
+	// nor does anyone get the copy: a sync round trip after it shows
+	// nothing came before, and the copy's sender is still connected.
+	for _, p := range []*goPeer{peers[0], peers[1], peers[2], outsider} {
 		p.send(&amMessage{Type: amRequest, SenderID: p.id, DocumentID: "11111111111111114Ki9Gx", Data: []byte{0x42, 0, 0, 0, 0}})
 		if m := p.until(func(m *amMessage) bool { return m.Type != amSync }); m.Type != amUnavailable {
 			t.Fatalf("%s got %+v before its answer", p.id, m)

@@ -13,8 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/ferrysync/ferry/internal/keylock"
 	"github.com/ferrysync/ferry/internal/lru"
-	"github.com/ferrysync/ferry/internal/stripe"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -68,11 +68,13 @@ type Options struct {
 	Quotas map[string]Quota
 	// AllowedOrigins lists the origins of browser pages that may connect
 	// to /ws and /automerge from another origin: host patterns
-	// ("app.example.com", "*.example.com", "localhost:5173") or, with
-	// "://", a scheme and host ("https://app.example.com"), matched with
-	// path.Match, case-insensitively. Requests without an Origin header
-	// (not from a browser) and pages served by the relay's own host always
-	// pass. A refused page gets HTTP 403 saying why, and the relay logs it.
+	// ("app.example.com", "*.example.com", "localhost:5173"), which admit
+	// https pages (and http ones on a loopback host), or, with "://", a
+	// scheme and host ("http://app.example.com"), matched with path.Match,
+	// case-insensitively. A pattern that matches any site ("*") is refused
+	// with ErrOriginPattern. Requests without an Origin header (not from a
+	// browser) and pages served by the relay's own host always pass. A
+	// refused page gets HTTP 403 saying why, and the relay logs it.
 	AllowedOrigins []string
 	// Automerge bounds the automerge-repo endpoint.
 	Automerge AutomergeOptions
@@ -129,12 +131,17 @@ type Server struct {
 
 	hub       *hub // log appends, for subscribers
 	leases    *hub // lease releases, for waiters
+	pres      *presenceHub
 	docs      *lru.Cache[recordKey, *relayDoc]
 	compactor *compactor
-	recLocks  stripe.Locks[recordKey] // merges, per record
+	recLocks  *keylock.Locks[recordKey] // merges, per record
 	quotas    *quotas
 	am        *amServer   // automerge-repo clients
 	watch     *storeWatch // nil unless the Store has StoreEvents
+
+	// groupBytes and groupEntries cap one group commit (see nextGroup);
+	// tests lift them to reach the split on ErrAppendTooLarge.
+	groupBytes, groupEntries int
 
 	// hooks let tests wait for events that have no other signal, and
 	// drive timers by the fake clock.
@@ -166,6 +173,9 @@ func NewServer(o *Options) (*Server, error) {
 	if err := opts.Limits.Check(); err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
+	if err := checkOriginPatterns(opts.AllowedOrigins); err != nil {
+		return nil, err
+	}
 	quotas, err := newQuotas(&opts)
 	if err != nil {
 		return nil, err
@@ -185,6 +195,8 @@ func NewServer(o *Options) (*Server, error) {
 		pushes:     map[Coll]int{},
 		quotas:     quotas,
 	}
+	s.groupBytes, s.groupEntries = groupBytes, groupEntries
+	s.recLocks = keylock.New(compareRecordKeys)
 	s.reg = opts.Registry
 	if s.reg == nil {
 		s.reg = prometheus.NewRegistry()
@@ -192,6 +204,9 @@ func NewServer(o *Options) (*Server, error) {
 	}
 	m, err := newMetrics(s.reg, s)
 	if err != nil {
+		return nil, err
+	}
+	if s.pres, err = newPresenceHub(s.reg, s.log); err != nil {
 		return nil, err
 	}
 	s.metrics = m

@@ -34,8 +34,9 @@ type Replica struct {
 	reap  *reaper // frees the documents that leave the cache
 	fsync *syncer // fsyncs what durable commits need
 	feeds *feeds
-	idx   indexes // the collections' secondary indexes
-	mem   *native // releases the memory automerge-go leaves behind
+	idx   indexes   // the collections' secondary indexes
+	mem   *native   // releases the memory automerge-go leaves behind
+	pres  *presence // in memory only
 
 	closeOnce sync.Once
 	closeErr  error
@@ -87,6 +88,7 @@ func Open(dir string, o *Options) (*Replica, error) {
 		opts:    opts,
 		log:     opts.Logger,
 		feeds:   newFeeds(),
+		pres:    newPresence(opts.Clock, opts.PresenceHeartbeat),
 		closing: make(chan struct{}),
 	}
 	if opts.InMemory {
@@ -139,7 +141,7 @@ func checkDir(dir string) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, badgerdir.ErrForeign):
-		return fmt.Errorf("%w: %v", ErrNotStore, err)
+		return fmt.Errorf("%w: %w", ErrNotStore, err)
 	case errors.Is(err, badgerdir.ErrDamaged):
 		return damaged(err)
 	}
@@ -213,6 +215,7 @@ func (r *Replica) Close() error {
 		r.closed = true
 		r.mu.Unlock()
 		r.feeds.closeAll(ErrClosed)
+		r.pres.close()
 		// No operation runs now: free every loaded document.
 		r.cache.clear()
 		r.reap.close()

@@ -3,13 +3,16 @@ package pgstore
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/ferrysync/ferry/internal/lru"
 	"github.com/ferrysync/ferry/relay"
@@ -205,6 +208,7 @@ func (e *events) run(ctx context.Context, conn *pgx.Conn) {
 		}
 		e.s.metrics.listenLost.Inc()
 		e.s.opts.Logger.Warn("lost the connection that listens for other relays' changes; reconnecting")
+		lost, attempts := time.Now(), 0
 		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
 			t := time.NewTimer(wait)
 			select {
@@ -214,10 +218,15 @@ func (e *events) run(ctx context.Context, conn *pgx.Conn) {
 			case <-t.C:
 			}
 			var err error
+			attempts++
 			if conn, err = e.connect(ctx); err == nil {
 				break
 			}
 		}
+		// Said as loudly as the loss is not: an operator who saw the
+		// warning needs to know it is over.
+		e.s.opts.Logger.Info("listening for other relays' changes again",
+			"down", time.Since(lost).Round(time.Millisecond), "attempts", attempts)
 		// Whatever was sent while the connection was down is lost.
 		e.emit(relay.StoreEvent{Kind: relay.EventsMissed})
 	}
@@ -229,6 +238,12 @@ func (e *events) handle(ctx context.Context, payload string) {
 	toks := strings.Fields(payload)
 	if len(toks) == 0 || toks[0] == e.s.tag {
 		return // this Store's own: its relay knows already
+	}
+	if len(toks) == 3 && toks[1] == "P" {
+		if c, msg, ok := decodePresence(toks[2]); ok {
+			e.emit(relay.StoreEvent{Kind: relay.EventPresence, Coll: c, Presence: string(msg)})
+		}
+		return
 	}
 	type ev struct {
 		id   int64
@@ -325,3 +340,42 @@ func (e *events) emit(ev relay.StoreEvent) {
 		w.calls.Done()
 	}
 }
+
+// PublishPresence implements relay.StorePresence: a NOTIFY on the schema's
+// channel, "tag P base64", which the other Stores on the schema emit as
+// relay.EventPresence. Nothing is written; a relay that is not listening
+// at that moment never sees it, as presence wants.
+func (s *Store) PublishPresence(ctx context.Context, c relay.Coll, msg []byte) error {
+	if len(msg) > relay.MaxStorePresence {
+		return fmt.Errorf("pgstore: presence of %d bytes exceeds %d", len(msg), relay.MaxStorePresence)
+	}
+	b, err := msgpack.Marshal([]any{c.Tenant, c.Collection, msg})
+	if err != nil {
+		return err
+	}
+	payload := s.tag + " P " + base64.StdEncoding.EncodeToString(b)
+	if len(payload) >= 8000 {
+		return fmt.Errorf("pgstore: presence payload of %d bytes exceeds PostgreSQL's 8000", len(payload))
+	}
+	_, err = s.pool.Exec(ctx, "SELECT pg_notify($1, $2)", s.channel, payload)
+	return err
+}
+
+func decodePresence(tok string) (relay.Coll, []byte, bool) {
+	b, err := base64.StdEncoding.DecodeString(tok)
+	if err != nil || len(b) > 2*relay.MaxStorePresence {
+		return relay.Coll{}, nil, false
+	}
+	var v struct {
+		_msgpack struct{} `msgpack:",as_array"`
+		Tenant   string
+		Coll     string
+		Msg      []byte
+	}
+	if msgpack.Unmarshal(b, &v) != nil || v.Tenant == "" || v.Coll == "" {
+		return relay.Coll{}, nil, false
+	}
+	return relay.Coll{Tenant: v.Tenant, Collection: v.Coll}, v.Msg, true
+}
+
+var _ relay.StorePresence = (*Store)(nil)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -296,9 +297,50 @@ func TestLostCommitIsNotAppliedTwice(t *testing.T) {
 	}
 }
 
+// Presence published through one Store reaches the others on the schema,
+// bytes unchanged, and never comes back to its own.
+func TestPresenceAcrossStores(t *testing.T) {
+	schema := pgtest.Schema(t)
+	a, b := open(t, schema, nil), open(t, schema, nil)
+	toA, toB := make(chan relay.StoreEvent, 64), make(chan relay.StoreEvent, 64)
+	defer a.Watch(func(e relay.StoreEvent) { toA <- e })()
+	defer b.Watch(func(e relay.StoreEvent) { toB <- e })()
+	msg := bytes.Repeat([]byte{0xfe, 0x01}, relay.MaxStorePresence/2)
+	if err := a.PublishPresence(bg(), coll, msg); err != nil {
+		t.Fatal(err)
+	}
+	for e := range toB {
+		if e.Kind == relay.EventsMissed {
+			continue
+		}
+		if e.Kind != relay.EventPresence || e.Coll != coll || e.Presence != string(msg) {
+			t.Fatalf("B heard %+v", e)
+		}
+		break
+	}
+	if err := a.PublishPresence(bg(), coll, make([]byte, relay.MaxStorePresence+1)); err == nil {
+		t.Fatal("an oversized presence was published")
+	}
+	// A's own presence does not come back to it: an append by B after it
+	// is the first thing A hears.
+	if _, err := b.Append(bg(), coll, 0, time.Now(), []relay.Entry{newEntry("a", nil, "1")}); err != nil {
+		t.Fatal(err)
+	}
+	for e := range toA {
+		if e.Kind == relay.EventsMissed {
+			continue
+		}
+		if e.Kind != relay.EventAppended {
+			t.Fatalf("A heard %+v before B's append", e)
+		}
+		break
+	}
+}
+
 // Sessions the server ends (an administrator, a failover) are replaced:
 // the pool finds them dead, or the call that meets one is retried.
 func TestTerminatedSessionsAreReplaced(t *testing.T) {
+	pgtest.CanCreateDatabases(t)
 	schema := pgtest.Schema(t)
 	s := open(t, schema, nil)
 	a1 := newEntry("a", nil, "1")
@@ -329,7 +371,9 @@ func TestTerminatedSessionsAreReplaced(t *testing.T) {
 // may have missed some, and go on hearing.
 func TestEventsAcrossStores(t *testing.T) {
 	schema := pgtest.Schema(t)
-	a, b := open(t, schema, nil), open(t, schema, nil)
+	var logA syncBuffer
+	a := open(t, schema, &pgstore.Options{Logger: slog.New(slog.NewTextHandler(&logA, nil))})
+	b := open(t, schema, nil)
 	toA, toB := make(chan relay.StoreEvent, 64), make(chan relay.StoreEvent, 64)
 	stopA := a.Watch(func(e relay.StoreEvent) { toA <- e })
 	defer stopA()
@@ -398,6 +442,13 @@ func TestEventsAcrossStores(t *testing.T) {
 	if n := counter(t, a, "ferry_postgres_listen_reconnects_total", nil); n != 1 {
 		t.Fatalf("%v LISTEN reconnects counted, want 1", n)
 	}
+	// The loss is a warning, and its end is said too: EventsMissed went
+	// out after the reconnection, and the log line before it.
+	logged := logA.String()
+	if !strings.Contains(logged, "level=WARN msg=\"lost the connection that listens") ||
+		!strings.Contains(logged, "level=INFO msg=\"listening for other relays' changes again\"") {
+		t.Fatalf("relay A logged:\n%s", logged)
+	}
 }
 
 // Heads reads many collections' heads at once, 0 for the unknown.
@@ -452,6 +503,7 @@ func TestRestoreFromDumpChangesIncarnation(t *testing.T) {
 			t.Skipf("%s is not installed", tool)
 		}
 	}
+	pgtest.CanCreateDatabases(t)
 	schema := pgtest.Schema(t)
 	s := open(t, schema, nil)
 	a1 := newEntry("a", nil, "1")
@@ -583,4 +635,23 @@ func TestSchemaNameLengths(t *testing.T) {
 	case <-time.After(20 * time.Second): // only turns a hang into a failure
 		t.Fatal("a relay on a schema with a long name heard nothing")
 	}
+}
+
+// syncBuffer is a log destination the store's goroutines write to while
+// the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
