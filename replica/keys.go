@@ -29,9 +29,9 @@ import (
 //	z/<profile>           statistics of the profile's last sync (JSON)
 const (
 	// formatVersion 2 adds the read models (v/). A store of format 1
-	// opens, and its records' read models are built as they are read
-	// (see rebuildView); an older Ferry, which would write records
-	// without updating them, refuses format 2.
+	// opens, and its records' read models are built then (see upgrade);
+	// an older Ferry, which would write records without updating them,
+	// refuses format 2.
 	formatVersion = 2
 
 	maxCollection = 64

@@ -124,47 +124,37 @@ func (c *Collection) each(idPrefix, after string, deleted bool) iter.Seq2[entry,
 }
 
 // readPage reads up to limit records with IDs that have prefix, after the
-// ID after, in one transaction: it walks the records' metas (every stored
-// record has one) beside their read models, in step, so that a record
-// whose read model is missing is listed too. Such a record, and one whose
-// read model is damaged, comes with a nil v.packed.
+// ID after, from their read models, in one transaction. Every stored
+// record has one (a store from before them gets them when it is opened:
+// see upgrade); one whose read model is damaged comes with a nil v.packed,
+// for the caller to rebuild from its document.
 func (c *Collection) readPage(idPrefix, after string, limit int, deleted bool) ([]entry, error) {
 	var page []entry
 	err := c.r.view(func(txn *badger.Txn) error {
-		metas := collPrefix('r', c.name)
 		views := collPrefix('v', c.name)
 		from := []byte(idPrefix)
 		// Start at the prefix, or just past After if that comes later.
 		if a := append([]byte(after), 0); after != "" && bytes.Compare(a, from) > 0 {
 			from = a
 		}
-		mit := txn.NewIterator(badger.IteratorOptions{Prefix: append(bytes.Clone(metas), idPrefix...)})
-		defer mit.Close()
-		vit := txn.NewIterator(badger.IteratorOptions{Prefix: append(bytes.Clone(views), idPrefix...), PrefetchValues: true})
-		defer vit.Close()
-		vit.Seek(append(bytes.Clone(views), from...))
-		for mit.Seek(append(bytes.Clone(metas), from...)); mit.Valid() && len(page) < limit; mit.Next() {
-			id := mit.Item().Key()[len(metas):]
-			for vit.Valid() && bytes.Compare(vit.Item().Key()[len(views):], id) < 0 {
-				vit.Next() // a read model with no record: not listed
-			}
-			e := entry{id: string(id)}
-			if vit.Valid() && bytes.Equal(vit.Item().Key()[len(views):], id) {
-				err := vit.Item().Value(func(b []byte) error {
-					v, err := decodeView(b)
-					if err != nil {
-						return nil // damaged: rebuilt
-					}
-					e.v = v
-					e.v.packed = bytes.Clone(v.packed)
-					return nil
-				})
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: append(bytes.Clone(views), idPrefix...), PrefetchValues: true})
+		defer it.Close()
+		for it.Seek(append(bytes.Clone(views), from...)); it.Valid() && len(page) < limit; it.Next() {
+			e := entry{id: string(it.Item().Key()[len(views):])}
+			err := it.Item().Value(func(b []byte) error {
+				v, err := decodeView(b)
 				if err != nil {
-					return err
+					return nil // damaged: rebuilt
 				}
-				if e.v.packed != nil && e.v.deleted && !deleted {
-					continue
-				}
+				e.v = v
+				e.v.packed = bytes.Clone(v.packed)
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if e.v.packed != nil && e.v.deleted && !deleted {
+				continue
 			}
 			page = append(page, e)
 		}

@@ -268,10 +268,10 @@ func viewOp(rng *rand.Rand, r *Replica, src *Replica) (string, error) {
 	}
 }
 
-// A store written before read models (format 1) opens: its format is
-// upgraded, and each record's read model is built from its document as it
-// is first read, by Get or Scan. A damaged read model is rebuilt the same
-// way, never read as other fields.
+// A store written before read models (format 1) opens: each record's
+// read model is built from its document, then its format is upgraded. A
+// damaged or lost read model is rebuilt from the document when read,
+// never read as other fields.
 func TestReadModelRebuilt(t *testing.T) {
 	dir := t.TempDir()
 	r := open(t, dir, &Options{GCInterval: -1})
@@ -314,6 +314,9 @@ func TestReadModelRebuilt(t *testing.T) {
 
 	r = open(t, dir, &Options{GCInterval: -1})
 	c = r.Collection("c")
+	if err := checkViews(t, r, "c"); err != nil {
+		t.Fatalf("after opening a store of format 1: %v", err)
+	}
 	if err := r.db.View(func(txn *badger.Txn) error {
 		v, _, _ := getKey(txn, keyFormat)
 		if binary.BigEndian.Uint32(v) != formatVersion {
