@@ -133,7 +133,11 @@ func startInProcess(dir string) (*relayEnv, error) {
 	if err != nil {
 		return nil, err
 	}
-	store, err := relay.OpenBadgerStore(filepath.Join(dir, "relay"), &relay.BadgerOptions{GCInterval: -1})
+	so := &relay.BadgerOptions{GCInterval: -1}
+	if h := testHooks.openedRelay; h != nil {
+		h(so)
+	}
+	store, err := relay.OpenBadgerStore(filepath.Join(dir, "relay"), so)
 	if err != nil {
 		return nil, err
 	}
