@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -204,5 +205,51 @@ func TestW4RefusesWrongAcks(t *testing.T) {
 				t.Fatalf("W4 = %v, %v; want a failed check", res, err)
 			}
 		})
+	}
+}
+
+// TestFloorRuns: a floor is the median of floorRuns timed runs, after one
+// untimed warm-up run, however slow the first run is.
+func TestFloorRuns(t *testing.T) {
+	times := []time.Duration{900, 5, 1, 4, 2, 3} // the first is the cold one
+	calls := 0
+	runs, err := timeRuns(context.Background(), func() (time.Duration, error) {
+		calls++
+		return times[calls-1], nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls != floorRuns+1 || len(runs) != floorRuns {
+		t.Fatalf("%d calls, %d runs kept; want %d and %d", calls, len(runs), floorRuns+1, floorRuns)
+	}
+	for _, d := range runs {
+		if d == 900 {
+			t.Fatal("the warm-up run was kept")
+		}
+	}
+	if m := median(runs); m != 3 {
+		t.Fatalf("median %v, want 3", m)
+	}
+}
+
+// TestFanoutFromSend: W4's fan-out of a record runs from its push's send
+// to the last subscriber's receipt, and a receipt before the send fails
+// the run rather than count as 0.
+func TestFanoutFromSend(t *testing.T) {
+	w := &w4Run{
+		sent: []int64{100, 200},
+		subs: []*subscriber{{recv: []int64{150, 260}}, {recv: []int64{180, 230}}},
+	}
+	got, err := w.fanout(0, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []time.Duration{60, 80}; !slices.Equal(got, want) {
+		t.Fatalf("fan-out %v, want %v", got, want)
+	}
+	w.sent[1] = 300
+	if _, err := w.fanout(0, 2); !errors.Is(err, errCheck) {
+		t.Fatalf("a receipt before the send: %v, want a failed check", err)
 	}
 }
