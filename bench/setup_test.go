@@ -253,3 +253,35 @@ func TestFanoutFromSend(t *testing.T) {
 		t.Fatalf("a receipt before the send: %v, want a failed check", err)
 	}
 }
+
+// TestEditFloorChecksApplied: an edit floor fails if automerge-go did not
+// apply an edit (one whose dependency it lacks is kept aside, without an
+// error), rather than time less work than the workload does.
+func TestEditFloorChecksApplied(t *testing.T) {
+	d, err := crdt.New(actorID(1, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Free()
+	if err := d.Put(products(1, 2, 1)[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Commit("", editAt); err != nil {
+		t.Fatal(err)
+	}
+	base := d.Save()
+	var edits []edit
+	for i := range 2 {
+		data, err := editor{d}.set("qty", i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		edits = append(edits, edit{0, data})
+	}
+	if _, err := applyEdits(editSet{base: [][]byte{base}, edits: edits}); err != nil {
+		t.Fatalf("both edits: %v", err)
+	}
+	if _, err := applyEdits(editSet{base: [][]byte{base}, edits: edits[1:]}); !errors.Is(err, errCheck) {
+		t.Fatalf("the second edit without the first: %v, want a failed check", err)
+	}
+}
