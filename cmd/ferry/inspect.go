@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/dgraph-io/badger/v4"
@@ -85,13 +87,16 @@ func (c *InspectCommand) Run(ctx context.Context, args []string) error {
 		}
 		return printProfiles(c.Stdout, r)
 	}
+	if err := hasCollection(r, *coll); err != nil {
+		return fmt.Errorf("inspect: %w", err)
+	}
 	col := r.Collection(*coll)
 	enc := json.NewEncoder(c.Stdout)
 	enc.SetIndent("", "  ")
 	if *id != "" {
 		var m map[string]any
 		if err := col.Get(*id, &m); err != nil {
-			return err
+			return fmt.Errorf("inspect: %w", err)
 		}
 		return enc.Encode(m)
 	}
@@ -104,6 +109,25 @@ func (c *InspectCommand) Run(ctx context.Context, args []string) error {
 		}
 	}
 	return nil
+}
+
+// hasCollection says, as an error, that the store has no collection
+// name: listing it would print nothing, which reads as an empty one.
+func hasCollection(r *replica.Replica, name string) error {
+	if err := replica.ValidateCollection(name); err != nil {
+		return err
+	}
+	names, err := r.Collections()
+	if err != nil {
+		return err
+	}
+	if slices.Contains(names, name) {
+		return nil
+	}
+	if len(names) == 0 {
+		return fmt.Errorf("the store has no collection %q (it has none)", name)
+	}
+	return fmt.Errorf("the store has no collection %q (it has %s)", name, strings.Join(names, ", "))
 }
 
 // openSnapshot opens a copy of the device store in dir, local-only. The

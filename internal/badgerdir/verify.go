@@ -37,13 +37,13 @@ import (
 func verifyStore(dir string) error {
 	m, err := readManifest(dir)
 	if err != nil {
-		return &damagedError{dir: dir, untouched: true, problem: "its MANIFEST (Badger's list of the store's tables) is unreadable", err: err}
+		return &DamagedError{Dir: dir, Untouched: true, Problem: "its MANIFEST (Badger's list of the store's tables) is unreadable", Err: err}
 	}
 	// Badger writes its key registry even when nothing is encrypted, and
 	// will not open without a readable one.
 	kr, err := badger.OpenKeyRegistry(badger.KeyRegistryOptions{Dir: dir, ReadOnly: true})
 	if err != nil {
-		return &damagedError{dir: dir, untouched: true, problem: "its KEYREGISTRY is unreadable", err: err}
+		return &DamagedError{Dir: dir, Untouched: true, Problem: "its KEYREGISTRY is unreadable", Err: err}
 	}
 	if err := kr.Close(); err != nil {
 		return err
@@ -82,10 +82,10 @@ func verifyListed(dir string, id uint64, tm badger.TableManifest) error {
 	}
 	path := table.NewFilename(id, dir)
 	if _, err := os.Stat(path); os.IsNotExist(err) {
-		return &damagedError{dir: dir, untouched: true, problem: fmt.Sprintf("table %s, listed in its MANIFEST, is missing", filepath.Base(path))}
+		return &DamagedError{Dir: dir, Untouched: true, Problem: fmt.Sprintf("table %s, listed in its MANIFEST, is missing", filepath.Base(path))}
 	}
 	if err := verifyTable(path, tm.Compression); err != nil {
-		return &damagedError{dir: dir, untouched: true, problem: fmt.Sprintf("table %s is damaged", filepath.Base(path)), err: err}
+		return &DamagedError{Dir: dir, Untouched: true, Problem: fmt.Sprintf("table %s is damaged", filepath.Base(path)), Err: err}
 	}
 	return nil
 }
@@ -171,7 +171,7 @@ func openBadger(o badger.Options) (db *badger.DB, err error) {
 	}
 	defer func() {
 		if p := recover(); p != nil {
-			db, err = nil, &damagedError{dir: o.Dir, problem: "Badger failed opening it", err: panicError(p)}
+			db, err = nil, &DamagedError{Dir: o.Dir, Problem: "Badger failed opening it", Err: panicError(p)}
 		}
 	}()
 	return badger.Open(o)
@@ -182,7 +182,7 @@ func openBadger(o badger.Options) (db *badger.DB, err error) {
 func Close(db *badger.DB) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			err = &damagedError{dir: db.Opts().Dir, problem: "Badger failed closing it", err: panicError(p)}
+			err = &DamagedError{Dir: db.Opts().Dir, Problem: "Badger failed closing it", Err: panicError(p)}
 		}
 	}()
 	return db.Close()
