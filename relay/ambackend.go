@@ -39,6 +39,13 @@ type amBackend interface {
 	wait(c Coll) (<-chan struct{}, func())
 	now() time.Time
 	incarnation() string
+	// joinPresence makes sink receive the collection's presence from
+	// devices until leave is called; publishPresence passes a client's
+	// presence to the collection's other sinks (from, if not nil, is
+	// the sender); presenceSent counts a message queued or dropped.
+	joinPresence(c Coll, sink presenceSink) (leave func())
+	publishPresence(c Coll, m *presenceMsg, from presenceSink)
+	presenceSent(queued bool)
 }
 
 // amChanged is one log entry, as the endpoint sees it.
@@ -116,6 +123,18 @@ func (b serverBackend) changed(ctx context.Context, c Coll, after uint64, limit 
 func (b serverBackend) wait(c Coll) (<-chan struct{}, func()) { return b.s.hub.wait(c) }
 func (b serverBackend) now() time.Time                        { return b.s.now() }
 func (b serverBackend) incarnation() string                   { return b.s.store.Incarnation() }
+
+func (b serverBackend) joinPresence(c Coll, sink presenceSink) func() { return b.s.pres.join(c, sink) }
+func (b serverBackend) publishPresence(c Coll, m *presenceMsg, from presenceSink) {
+	b.s.pres.publish(c, m, from)
+}
+func (b serverBackend) presenceSent(queued bool) {
+	if queued {
+		b.s.pres.sent.Inc()
+	} else {
+		b.s.pres.dropped.Inc()
+	}
+}
 
 var errAMTruncated = errors.New("relay: log truncated past the cursor")
 

@@ -252,6 +252,7 @@ func (a *amServer) serve(w http.ResponseWriter, r *http.Request) {
 		closed:   make(chan struct{}),
 		sem:      make(chan struct{}, a.opts.InFlight),
 		limiter:  newRateLimiter(a.opts.MessageRate, a.opts.MessageBurst, time.Now),
+		pres:     newAMPresence(),
 	}
 	conn.ctx, conn.cancel = context.WithCancel(context.Background())
 	a.metrics.connections.Inc()

@@ -131,6 +131,7 @@ type Server struct {
 
 	hub       *hub // log appends, for subscribers
 	leases    *hub // lease releases, for waiters
+	pres      *presenceHub
 	docs      *lru.Cache[recordKey, *relayDoc]
 	compactor *compactor
 	recLocks  stripe.Locks[recordKey] // merges, per record
@@ -197,6 +198,9 @@ func NewServer(o *Options) (*Server, error) {
 	}
 	m, err := newMetrics(s.reg, s)
 	if err != nil {
+		return nil, err
+	}
+	if s.pres, err = newPresenceHub(s.reg, s.log); err != nil {
 		return nil, err
 	}
 	s.metrics = m

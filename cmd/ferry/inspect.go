@@ -15,6 +15,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/ferrysync/ferry/internal/badgerdir"
+	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/replica"
 )
 
@@ -27,6 +28,7 @@ type InspectCommand struct {
 }
 
 const inspectHelp = `Usage: ferry inspect --data FOLDER [--collection NAME [--id ID]]
+       ferry inspect --relay --data FOLDER
 
 Summarizes a device's store (the folder an app gives replica.Open): its
 replica ID, collections with their record and pending counts, and sync
@@ -35,6 +37,11 @@ lines; with --id, one record.
 
 The store is opened read-only and copied to a temporary folder, which is
 inspected and removed: nothing in FOLDER changes. The app must be stopped.
+
+With --relay, FOLDER is a relay's data folder (its --data): inspect lists
+the records whose stored bytes do not load, which the relay cannot compact
+and leaves out of fresh devices' first pulls. It opens the store read-only;
+the relay must be stopped.
 `
 
 func (c *InspectCommand) Run(ctx context.Context, args []string) error {
@@ -43,12 +50,17 @@ func (c *InspectCommand) Run(ctx context.Context, args []string) error {
 	coll := fs.String("collection", "", "list this collection's records")
 	id := fs.String("id", "", "show this record (with --collection)")
 	limit := fs.Int("limit", 50, "records to list")
+	relayStore := fs.Bool("relay", false, "FOLDER is a relay's data folder: list its records that cannot be compacted")
 	if err := parse(fs, args, c.Stdout, inspectHelp); err != nil {
 		return err
 	}
 	switch {
 	case *data == "":
 		return usagef(fs, "--data is required")
+	case *relayStore && *coll != "":
+		return usagef(fs, "--relay takes no --collection")
+	case *relayStore:
+		return c.inspectRelay(ctx, *data)
 	case *id != "" && *coll == "":
 		return usagef(fs, "--id needs --collection")
 	case *limit <= 0:
@@ -111,6 +123,32 @@ func (c *InspectCommand) Run(ctx context.Context, args []string) error {
 	return nil
 }
 
+// inspectRelay lists the records of the relay store in data that cannot be
+// compacted (relay.CheckCompaction).
+func (c *InspectCommand) inspectRelay(ctx context.Context, data string) error {
+	st, err := relay.OpenBadgerStoreReadOnly(storeDir(data))
+	if err != nil {
+		return fmt.Errorf("inspect: %w", err)
+	}
+	defer st.Close()
+	fails, err := relay.CheckCompaction(ctx, st)
+	if err != nil {
+		return fmt.Errorf("inspect: %w", err)
+	}
+	fmt.Fprintf(c.Stdout, "relay store %s\n", st.Incarnation())
+	if len(fails) == 0 {
+		fmt.Fprintln(c.Stdout, "every record that needs compacting loads")
+		return nil
+	}
+	fmt.Fprintf(c.Stdout, "%d records cannot be compacted (their stored bytes do not load):\n", len(fails))
+	tw := tabwriter.NewWriter(c.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "APP\tCOLLECTION\tRECORD\tERROR")
+	for _, f := range fails {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\n", f.Coll.Tenant, f.Coll.Collection, f.Record, f.Err)
+	}
+	return tw.Flush()
+}
+
 // hasCollection says, as an error, that the store has no collection
 // name: listing it would print nothing, which reads as an empty one.
 func hasCollection(r *replica.Replica, name string) error {
@@ -148,7 +186,7 @@ func openSnapshot(dir string) (r *replica.Replica, done func(), err error) {
 	}
 	for _, relayFile := range []string{"store/", devAppFile} {
 		if _, err := os.Stat(filepath.Join(dir, relayFile)); err == nil {
-			return nil, nil, fmt.Errorf("%s is a relay's data folder (it holds %s); inspect reads a device's store", dir, relayFile)
+			return nil, nil, fmt.Errorf("%s is a relay's data folder (it holds %s): inspect reads a device's store, or with --relay a relay's", dir, relayFile)
 		}
 	}
 	src, err := badgerdir.OpenReadOnly(dir, badger.DefaultOptions(dir).WithLogger(nil).WithBlockCacheSize(8<<20))

@@ -68,7 +68,8 @@ func (e *ForeignError) Is(target error) bool { return target == ErrForeign }
 // with files Badger would not have written, without touching them.
 //
 // It refuses (ErrDamaged), without touching anything, a store whose MANIFEST
-// is missing or unreadable, whose key registry is unreadable, or one of
+// is missing or unreadable, or cut short beside a table it no longer lists
+// holding newer writes than the listed ones, whose key registry is unreadable, or one of
 // whose tables is missing or fails its checksums: Badger would otherwise
 // delete every table its MANIFEST does not list, return damaged records as
 // empty ones, or panic. Verifying every
