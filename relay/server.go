@@ -13,8 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/ferrysync/ferry/internal/keylock"
 	"github.com/ferrysync/ferry/internal/lru"
-	"github.com/ferrysync/ferry/internal/stripe"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -134,10 +134,14 @@ type Server struct {
 	pres      *presenceHub
 	docs      *lru.Cache[recordKey, *relayDoc]
 	compactor *compactor
-	recLocks  stripe.Locks[recordKey] // merges, per record
+	recLocks  *keylock.Locks[recordKey] // merges, per record
 	quotas    *quotas
 	am        *amServer   // automerge-repo clients
 	watch     *storeWatch // nil unless the Store has StoreEvents
+
+	// groupBytes and groupEntries cap one group commit (see nextGroup);
+	// tests lift them to reach the split on ErrAppendTooLarge.
+	groupBytes, groupEntries int
 
 	// hooks let tests wait for events that have no other signal, and
 	// drive timers by the fake clock.
@@ -191,6 +195,8 @@ func NewServer(o *Options) (*Server, error) {
 		pushes:     map[Coll]int{},
 		quotas:     quotas,
 	}
+	s.groupBytes, s.groupEntries = groupBytes, groupEntries
+	s.recLocks = keylock.New(compareRecordKeys)
 	s.reg = opts.Registry
 	if s.reg == nil {
 		s.reg = prometheus.NewRegistry()
