@@ -99,8 +99,19 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 			order = append(order, r.Record)
 		}
 	}
-	for range maxReloads {
-		if w, err = cm.enqueueOnce(ctx, s, p, infos, order); !errors.Is(err, errReload) {
+	refresh := map[string]bool{} // records to read from the store again
+	for reloads := 0; reloads < maxReloads; {
+		w, err = cm.enqueueOnce(ctx, s, p, infos, order, refresh)
+		var stale *staleRecord
+		switch {
+		case errors.As(err, &stale):
+			// The document may only be older than the store (see
+			// stale.go): never refuse before merging onto what the store
+			// holds. Each record is read again once at most.
+			refresh[stale.record] = true
+		case errors.Is(err, errReload):
+			reloads++
+		default:
 			return w, err
 		}
 	}
@@ -116,14 +127,15 @@ const maxReloads = 8
 // since: read it again.
 var errReload = errors.New("relay: document written since it was read")
 
-// enqueueOnce is enqueue, with documents read once.
-func (cm *committer) enqueueOnce(ctx context.Context, s *Server, p *transport.Push, infos [][]crdt.ChangeInfo, order []string) (w *waiter, err error) {
+// enqueueOnce is enqueue, with documents read once, and the records in
+// refresh read from the store whether cached or queued.
+func (cm *committer) enqueueOnce(ctx context.Context, s *Server, p *transport.Push, infos [][]crdt.ChangeInfo, order []string, refresh map[string]bool) (w *waiter, err error) {
 	// The store is read before any lock is taken: a lock held through
 	// store I/O (on PostgreSQL, up to its retries' worth) would hold up
 	// every other push to those records meanwhile.
 	start := cm.beginRead()
 	defer cm.endRead(start)
-	pre, err := cm.preload(ctx, s, order)
+	pre, err := cm.preload(ctx, s, order, refresh)
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +165,7 @@ func (cm *committer) enqueueOnce(ctx context.Context, s *Server, p *transport.Pu
 	for i, r := range p.Records {
 		m := recs[r.Record]
 		if m == nil {
-			rd, queued, unpin, err := cm.load(s, r.Record, pre[r.Record], start)
+			rd, queued, unpin, err := cm.load(s, r.Record, pre[r.Record], start, refresh[r.Record])
 			if err != nil {
 				return nil, err
 			}
@@ -161,7 +173,10 @@ func (cm *committer) enqueueOnce(ctx context.Context, s *Server, p *transport.Pu
 			recs[r.Record] = m
 		}
 		if err := m.merge(r, infos[i]); err != nil {
-			return nil, err
+			if errors.Is(err, crdt.ErrMissingDeps) && !refresh[r.Record] {
+				return nil, &staleRecord{r.Record}
+			}
+			return nil, cm.refused(s, r.Record, err)
 		}
 	}
 	w = &waiter{fence: p.Fence, ack: &transport.Ack{Collection: cm.c.Collection}, done: make(chan result, 1), lead: make(chan struct{}, 1)}
@@ -212,9 +227,6 @@ func (m *merged) merge(r transport.RecordChanges, infos []crdt.ChangeInfo) error
 	// loads once it is in.
 	n, err := m.rd.doc.Import(r.Data)
 	if err != nil {
-		if errors.Is(err, crdt.ErrCorrupt) || errors.Is(err, crdt.ErrMissingDeps) {
-			return perr(transport.CodeInvalidChange, "record %q: %v", r.Record, err)
-		}
 		return err
 	}
 	m.imported += n
@@ -307,6 +319,15 @@ type preloaded struct {
 	rd    *relayDoc
 	unpin func() // the cache's pin; nil for a document read from the store
 	used  bool   // load handed rd on to the push
+	// For a cached rd that may be older than the store (see stale.go):
+	// checked says heads are the store's heads of the record, read after
+	// the stale mark seen.
+	checked bool
+	heads   crdt.Heads
+	seen    uint64
+	// stored is the record as stored (nil if the store has none), read
+	// for a queued rd that is to take in what the store holds.
+	stored *Record
 }
 
 type preloads map[string]*preloaded
@@ -325,8 +346,11 @@ func (pl preloads) release() {
 
 // preload finds the documents of records ids: it pins the queued and
 // cached ones, and reads the others from the store. It holds no record
-// lock, so a slow store holds up only this push.
-func (cm *committer) preload(ctx context.Context, s *Server, ids []string) (pl preloads, err error) {
+// lock, so a slow store holds up only this push. For a cached document
+// that another relay process may have written to since, or one of a
+// record in refresh, it reads the record's stored heads too, and for a
+// queued one in refresh the record as stored (see stale.go).
+func (cm *committer) preload(ctx context.Context, s *Server, ids []string, refresh map[string]bool) (pl preloads, err error) {
 	pl = preloads{}
 	defer func() {
 		if err != nil {
@@ -345,11 +369,23 @@ func (cm *committer) preload(ctx context.Context, s *Server, ids []string) (pl p
 		}
 		cm.mu.Unlock()
 		if queued {
-			pl[id] = &preloaded{rd: rd, unpin: unpin}
+			p := &preloaded{rd: rd, unpin: unpin}
+			pl[id] = p
+			if refresh[id] {
+				if err := cm.readStored(ctx, s, id, p); err != nil {
+					return nil, err
+				}
+			}
 			continue
 		}
 		if rd, unpin, ok := s.docs.Acquire(key); ok {
-			pl[id] = &preloaded{rd: rd, unpin: unpin}
+			p := &preloaded{rd: rd, unpin: unpin}
+			pl[id] = p
+			if refresh[id] || s.marks.stale(cm.c, rd.seen.Load()) {
+				if err := cm.readHeads(ctx, s, id, p); err != nil {
+					return nil, err
+				}
+			}
 			continue
 		}
 		rd, err := cm.read(ctx, s, id)
@@ -364,13 +400,16 @@ func (cm *committer) preload(ctx context.Context, s *Server, ids []string) (pl p
 // read loads a record's document from the store: a new, empty one if the
 // store has no such record.
 func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc, error) {
+	seen := s.marks.now()
 	rec, err := s.store.Record(ctx, cm.c, id)
 	if errors.Is(err, ErrNotFound) {
 		d, err := crdt.New("")
 		if err != nil {
 			return nil, err
 		}
-		return &relayDoc{doc: d}, nil
+		rd := &relayDoc{doc: d}
+		rd.seen.Store(seen)
+		return rd, nil
 	}
 	if err != nil {
 		return nil, err
@@ -380,7 +419,9 @@ func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc,
 		return nil, err
 	}
 	// A snapshot is a saved document: its size is exact as of SnapSeq.
-	return &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail)}, nil
+	rd := &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail)}
+	rd.seen.Store(seen)
+	return rd, nil
 }
 
 // load returns a record's document as it will be once the queue is
@@ -389,8 +430,11 @@ func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc,
 // the document is pinned in s.docs until unpin: the cache frees a document
 // that leaves it, once no pin holds it. load does no I/O: where p may be
 // older than the store, it returns errReload, to read again with no lock
-// held.
-func (cm *committer) load(s *Server, id string, p *preloaded, start uint64) (rd *relayDoc, queued bool, unpin func(), err error) {
+// held. A cached document that another relay process may have written to
+// since (or any, with refresh) is used only if preload found the store's
+// heads equal to its own; a queued one takes in what preload read of the
+// record as stored, if anything (see stale.go).
+func (cm *committer) load(s *Server, id string, p *preloaded, start uint64, refresh bool) (rd *relayDoc, queued bool, unpin func(), err error) {
 	key := recordKey{cm.c, id}
 	cm.mu.Lock()
 	rd, queued = cm.queued[id]
@@ -402,10 +446,23 @@ func (cm *committer) load(s *Server, id string, p *preloaded, start uint64) (rd 
 	w, since := cm.wrote[id]
 	cm.mu.Unlock()
 	if queued {
+		if p.stored != nil {
+			if err := cm.catchUpQueued(id, rd, *p.stored); err != nil {
+				unpin()
+				return nil, false, nil, err
+			}
+		}
 		return rd, true, unpin, nil
 	}
 	if rd, unpin, ok := s.docs.Acquire(key); ok {
-		// The newest: a push may have written the record since preload.
+		// The newest this relay has: a push may have written the record
+		// since preload. Another relay process may have written it too.
+		if refresh || s.marks.stale(cm.c, rd.seen.Load()) {
+			if err := cm.checkCached(s, id, rd, p); err != nil {
+				unpin()
+				return nil, false, nil, err
+			}
+		}
 		return rd, false, unpin, nil
 	}
 	// Neither queued nor cached now: p is what the store holds unless a

@@ -34,6 +34,9 @@ type relayDoc struct {
 	// changes that will never be written (a refused push's, or a refused
 	// group's): a push that found it before cannot build on it.
 	dropped atomic.Bool
+	// seen is the stale mark (see stale.go) as of the document's last
+	// read from the store, or check against it.
+	seen atomic.Uint64
 }
 
 // cost estimates the memory the loaded document takes, from about its

@@ -133,6 +133,7 @@ type Server struct {
 	leases    *hub // lease releases, for waiters
 	pres      *presenceHub
 	docs      *lru.Cache[recordKey, *relayDoc]
+	marks     staleMarks // other relay processes' appends, for docs
 	compactor *compactor
 	recLocks  *keylock.Locks[recordKey] // merges, per record
 	quotas    *quotas
