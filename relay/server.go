@@ -74,8 +74,6 @@ type Options struct {
 	// (not from a browser) and pages served by the relay's own host always
 	// pass. A refused page gets HTTP 403 saying why, and the relay logs it.
 	AllowedOrigins []string
-	// Automerge bounds the automerge-repo endpoint.
-	Automerge AutomergeOptions
 }
 
 func (o *Options) withDefaults() Options {
@@ -133,8 +131,8 @@ type Server struct {
 	compactor *compactor
 	recLocks  stripe.Locks[recordKey] // merges, per record
 	quotas    *quotas
-	am        *amServer   // automerge-repo clients
 	watch     *storeWatch // nil unless the Store has StoreEvents
+	endpoints []mounted   // see Mount; guarded by mu
 
 	// hooks let tests wait for events that have no other signal, and
 	// drive timers by the fake clock.
@@ -196,20 +194,19 @@ func NewServer(o *Options) (*Server, error) {
 	}
 	s.metrics = m
 	s.compactor = newCompactor(s)
-	if s.am, err = newAMServer(s); err != nil {
-		return nil, err
-	}
 	s.watch = startStoreWatch(s)
 	return s, nil
 }
 
-// Handler serves /ws (devices), /automerge (automerge-repo clients),
-// /healthz and /metrics.
+// Handler serves /ws (devices), /healthz, /metrics and the endpoints
+// mounted (see Mount).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ws", s.serveWS)
-	mux.HandleFunc("/automerge", s.am.serve)
-	mux.HandleFunc("/automerge/", s.am.serve)
+	for _, m := range s.mountedEndpoints() {
+		mux.Handle(m.path, m.e)
+		mux.Handle(m.path+"/", m.e)
+	}
 	mux.HandleFunc("/healthz", s.healthz)
 	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	return mux
@@ -319,14 +316,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			s.goHelper(sess.shutdown)
 		}
 	}
+	endpoints := s.endpoints
 	s.mu.Unlock()
-	amDone := s.am.shutdown()
+	var done []<-chan struct{}
+	for _, m := range endpoints {
+		done = append(done, m.e.Shutdown())
+	}
 	select {
 	case <-drained:
-		select {
-		case <-amDone:
-		case <-ctx.Done():
-			return ctx.Err()
+		for _, d := range done {
+			select {
+			case <-d:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
 		// Nothing appends any more: background compaction stops too.
 		s.compactor.close()
@@ -358,7 +361,9 @@ func (s *Server) Close() error {
 		s.mu.Unlock()
 		<-drained
 		s.helpers.Wait()
-		s.am.close()
+		for _, m := range s.endpoints { // no Mount after shutting
+			m.e.Close()
+		}
 		s.compactor.close()
 		s.watch.close()
 		s.docs.Clear() // no push runs now: free every loaded document

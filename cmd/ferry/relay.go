@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/amrepo"
 	"github.com/ferrysync/ferry/relay/pgstore"
 )
 
@@ -107,6 +108,10 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 		AllowedOrigins: allowedOrigins(cfg.AllowedOrigins, dev.allowOrigin, dev.on),
 	})
 	if err != nil {
+		return err
+	}
+	if err := amrepo.Mount(srv, nil); err != nil {
+		srv.Close()
 		return err
 	}
 	hs, served, scheme := serveHTTP(srv.Handler(), ln, certs)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/amrepo"
 	"github.com/ferrysync/ferry/replica"
 )
 
@@ -158,6 +159,11 @@ func (h *harness) startRelay() error {
 		return err
 	}
 	srv, err := relay.NewServer(&relay.Options{Store: h.store, Auth: h.auth, AllowedOrigins: h.origins})
+	if err == nil {
+		if err = amrepo.Mount(srv, nil); err != nil {
+			srv.Close()
+		}
+	}
 	if err != nil {
 		ln.Close()
 		return err

@@ -1,4 +1,4 @@
-package relay
+package amrepo
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/relay"
 )
 
 // amConn is one automerge-repo peer. Its read loop decodes messages and
@@ -19,10 +20,10 @@ import (
 // pushes of many documents share durable writes. A live goroutine sends
 // each open document's changes made by others.
 type amConn struct {
-	a        *amServer
+	a        *Endpoint
 	ws       *websocket.Conn
-	coll     Coll
-	claims   *Claims
+	coll     relay.Coll
+	claims   *relay.Claims
 	peer     string // the client's peer ID
 	announce bool
 
@@ -70,7 +71,7 @@ func (c *amConn) run(refusal string) {
 		c.wg.Add(1)
 		go c.keepalive()
 	}
-	cursor, err := a.b.head(c.ctx, c.coll)
+	cursor, err := a.b.Head(c.ctx, c.coll)
 	if err != nil {
 		c.fail(err)
 		return
@@ -150,7 +151,7 @@ func (c *amConn) join(refusal string) bool {
 		SelectedProtocolVersion: amProtocolV1,
 		// A storage ID lets clients keep their sync state with the relay
 		// across reconnects; it changes when the store is restored.
-		PeerMetadata: &amPeerMetadata{StorageID: "ferry-" + c.a.b.incarnation(), IsEphemeral: false},
+		PeerMetadata: &amPeerMetadata{StorageID: "ferry-" + c.a.b.Incarnation(), IsEphemeral: false},
 	})
 }
 
@@ -169,7 +170,7 @@ func (c *amConn) dispatch(m *amMessage) bool {
 		c.end(fmt.Sprintf("message from %q on the connection of %q", m.SenderID, c.peer))
 		return false
 	}
-	if exp := c.claims.ExpiresAt; exp != nil && !c.a.b.now().Before(exp.Time) {
+	if exp := c.claims.ExpiresAt; exp != nil && !c.a.b.Now().Before(exp.Time) {
 		c.end("token expired; reconnect with a fresh one")
 		return false
 	}

@@ -1,6 +1,12 @@
-package relay
+package amrepo
 
-import "errors"
+import (
+	"context"
+	"errors"
+
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/relay"
+)
 
 // live sends the peer, for each open document, the changes others make
 // (Ferry devices and other peers): it follows the collection's log from
@@ -23,13 +29,13 @@ func (c *amConn) live(cursor uint64, announce bool) {
 // connection is over.
 func (c *amConn) liveStep(cursor uint64, announce bool) (uint64, bool) {
 	a := c.a
-	wake, done := a.b.wait(c.coll)
+	wake, done := a.b.Wait(c.coll)
 	defer done()
-	changed, next, err := a.b.changed(c.ctx, c.coll, cursor, 1000)
-	if errors.Is(err, errAMTruncated) {
+	changed, next, err := changed(c.ctx, a.b, c.coll, cursor, 1000)
+	if errors.Is(err, relay.ErrTruncated) {
 		// Entries after cursor are gone (compacted away): go on from the
 		// head, and send every open document what it lacks.
-		if next, err = a.b.head(c.ctx, c.coll); err == nil {
+		if next, err = a.b.Head(c.ctx, c.coll); err == nil {
 			return next, c.refreshAll(announce)
 		}
 	}
@@ -37,7 +43,7 @@ func (c *amConn) liveStep(cursor uint64, announce bool) (uint64, bool) {
 		c.fail(err)
 		return cursor, false
 	}
-	if exp := c.claims.ExpiresAt; exp != nil && !a.b.now().Before(exp.Time) {
+	if exp := c.claims.ExpiresAt; exp != nil && !a.b.Now().Before(exp.Time) {
 		c.end("token expired; reconnect with a fresh one")
 		return cursor, false
 	}
@@ -74,7 +80,7 @@ func (c *amConn) liveStep(cursor uint64, announce bool) (uint64, bool) {
 func (c *amConn) announceAll() bool {
 	after := ""
 	for {
-		ids, err := c.a.b.records(c.ctx, c.coll, after, 256)
+		ids, err := c.a.b.Records(c.ctx, c.coll, after, 256)
 		if err != nil {
 			c.fail(err)
 			return false
@@ -143,3 +149,29 @@ func (c *amConn) refresh(d *amDoc) bool {
 	}
 	return true
 }
+
+// amChanged is one log entry, as the endpoint sees it.
+type amChanged struct {
+	record string
+	heads  crdt.Heads
+}
+
+// changed returns which records changed in log entries after cursor (at
+// most limit entries), with their heads, and the cursor to go on from. If
+// entries after cursor were truncated it returns an error matching
+// relay.ErrTruncated: read every record again.
+func changed(ctx context.Context, b relay.Backend, c relay.Coll, after uint64, limit int) ([]amChanged, uint64, error) {
+	entries, err := b.Log(ctx, c, after, limit)
+	if err != nil {
+		return nil, after, err
+	}
+	out := make([]amChanged, len(entries))
+	for i, e := range entries {
+		out[i] = amChanged{record: e.Record, heads: e.Heads}
+		after = e.Seq
+	}
+	return out, after, nil
+}
+
+// isNotFound reports whether err is the store's "no such record".
+func isNotFound(err error) bool { return errors.Is(err, relay.ErrNotFound) }

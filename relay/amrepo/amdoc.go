@@ -1,4 +1,4 @@
-package relay
+package amrepo
 
 import (
 	"bytes"
@@ -163,7 +163,7 @@ func (c *amConn) push(d *amDoc, chunks [][]byte) error {
 		return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
 	}
 	// Once started, a push finishes and is durable even if the peer goes.
-	_, err := c.a.b.push(context.WithoutCancel(c.ctx), c.coll, p)
+	_, err := c.a.b.Push(context.WithoutCancel(c.ctx), c.coll, p)
 	var te *transport.Error
 	if errors.As(err, &te) && te.Code != transport.CodeInternal {
 		c.a.metrics.refused.WithLabelValues(string(te.Code)).Inc()

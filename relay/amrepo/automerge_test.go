@@ -1,4 +1,4 @@
-package relay
+package amrepo
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -49,7 +50,7 @@ func TestDocumentIDs(t *testing.T) {
 }
 
 func TestAutomergeCreateFindAndLive(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, relay.NewMemStore(), nil)
 	docID, record := newDocID(t)
 
 	// An automerge-repo peer creates a document: it becomes a record.
@@ -110,7 +111,7 @@ func TestAutomergeCreateFindAndLive(t *testing.T) {
 }
 
 func TestAutomergeUnknownDocument(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, relay.NewMemStore(), nil)
 	p, _ := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "peer")
 	docID, _ := newDocID(t)
 	p.sync(docID, amRequest)
@@ -120,7 +121,7 @@ func TestAutomergeUnknownDocument(t *testing.T) {
 }
 
 func TestAutomergeAnnounce(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, relay.NewMemStore(), nil)
 	dev := tr.client("shop")
 	_, r1 := newDocID(t)
 	ed := newEditor(t, "ee01")
@@ -144,8 +145,8 @@ func TestAutomergeAnnounce(t *testing.T) {
 }
 
 func TestAutomergeReadOnlyChangesRefused(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
-	ro := tr.token("shop", TokenRequest{Subject: "viewer", TTL: time.Hour, Read: []string{"todos"}})
+	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	ro := tr.token("shop", relay.TokenRequest{Subject: "viewer", TTL: time.Hour, Read: []string{"todos"}})
 	q := url.Values{"api_key": {tr.apps["shop"].APIKey}, "token": {ro}}
 	// The collection comes from the token, which names one.
 	p, hello := dialAM(t, tr.amURL("", q), "viewer")
@@ -161,16 +162,16 @@ func TestAutomergeReadOnlyChangesRefused(t *testing.T) {
 	}
 	// The viewer stays connected.
 	p.sync(docID, amRequest)
-	if h, _ := tr.store.Head(context.Background(), Coll{"shop", "todos"}); h != 0 {
+	if h, _ := tr.store.Head(context.Background(), relay.Coll{Tenant: "shop", Collection: "todos"}); h != 0 {
 		t.Fatalf("a read-only peer's change was stored (head %d)", h)
 	}
 }
 
 func TestAutomergeAuthRefusals(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
-	other := tr.token("shop", TokenRequest{Subject: "u", TTL: time.Hour, Read: []string{"other"}})
-	multi := tr.token("shop", TokenRequest{Subject: "u", TTL: time.Hour, Write: []string{"a", "b"}})
-	expired := tr.token("shop", TokenRequest{Subject: "u", TTL: time.Minute, Write: []string{"*"}})
+	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	other := tr.token("shop", relay.TokenRequest{Subject: "u", TTL: time.Hour, Read: []string{"other"}})
+	multi := tr.token("shop", relay.TokenRequest{Subject: "u", TTL: time.Hour, Write: []string{"a", "b"}})
+	expired := tr.token("shop", relay.TokenRequest{Subject: "u", TTL: time.Minute, Write: []string{"*"}})
 	tr.clock.Advance(2 * time.Minute)
 	key := tr.apps["shop"].APIKey
 	for _, c := range []struct {
@@ -213,7 +214,7 @@ func TestAutomergeAuthRefusals(t *testing.T) {
 }
 
 func TestAutomergeEphemeral(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, relay.NewMemStore(), nil)
 	docID, _ := newDocID(t)
 	var peers []*goPeer
 	for _, id := range []string{"a", "b", "c"} {
@@ -243,7 +244,7 @@ func TestAutomergeEphemeral(t *testing.T) {
 }
 
 func TestAutomergeHostileInput(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) { o.Limits.MaxFrame, o.Limits.MaxRecord = 1<<20, 512<<10 })
+	tr := newTestRelay(t, relay.NewMemStore(), func(o *testOptions) { o.Limits.MaxFrame, o.Limits.MaxRecord = 1<<20, 512<<10 })
 	docID, _ := newDocID(t)
 	deep := bytes.Repeat([]byte{0x81}, 10_000) // arrays in arrays
 	huge := []byte{0xa1, 0x64, 't', 'y', 'p', 'e', 0x7b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
@@ -298,7 +299,7 @@ func TestAutomergeHostileInput(t *testing.T) {
 }
 
 func TestAutomergeMaxDocs(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) { o.Automerge.MaxDocs = 2 })
+	tr := newTestRelay(t, relay.NewMemStore(), func(o *testOptions) { o.Automerge.MaxDocs = 2 })
 	p, _ := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "p")
 	for i := 0; i < 2; i++ {
 		id, _ := newDocID(t)
@@ -317,7 +318,7 @@ func TestAutomergeMaxDocs(t *testing.T) {
 func TestOriginsAllowedExplicitly(t *testing.T) {
 	var logs bytes.Buffer
 	var mu sync.Mutex
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) {
+	tr := newTestRelay(t, relay.NewMemStore(), func(o *testOptions) {
 		o.AllowedOrigins = []string{"app.example.com", "http://localhost:*"}
 		o.Logger = slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
 	})
@@ -400,7 +401,7 @@ func TestRateLimiter(t *testing.T) {
 // only the one after it: the relay keeps that one, asks for the missing one
 // in its need list, and stores both once it arrives.
 func TestAutomergeMissingDependencyIsAskedFor(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, relay.NewMemStore(), nil)
 	docID, record := newDocID(t)
 	p, _ := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "p")
 	p.edit(docID, map[string]any{"n": 1})
@@ -429,7 +430,7 @@ func TestAutomergeMissingDependencyIsAskedFor(t *testing.T) {
 	if !slices.Contains(sm.need, wantNeed) {
 		t.Fatalf("relay needs %v, want %v", sm.need, wantNeed)
 	}
-	if _, err := tr.store.Record(context.Background(), Coll{"shop", "todos"}, record); !errors.Is(err, ErrNotFound) {
+	if _, err := tr.store.Record(context.Background(), relay.Coll{Tenant: "shop", Collection: "todos"}, record); !errors.Is(err, relay.ErrNotFound) {
 		t.Fatalf("a change with a missing dependency was stored: %v", err)
 	}
 	send(first)
@@ -437,7 +438,7 @@ func TestAutomergeMissingDependencyIsAskedFor(t *testing.T) {
 		sm, _ := parseSyncMessage(m.Data)
 		return m.Type == amSync && crdt.Heads(sm.heads).Equal(heads)
 	})
-	stored, err := tr.store.Record(context.Background(), Coll{"shop", "todos"}, record)
+	stored, err := tr.store.Record(context.Background(), relay.Coll{Tenant: "shop", Collection: "todos"}, record)
 	if err != nil || !stored.Heads.Equal(heads) {
 		t.Fatalf("stored heads %v (%v), want %v", stored.Heads, err, heads)
 	}
@@ -448,7 +449,7 @@ func TestAutomergeMissingDependencyIsAskedFor(t *testing.T) {
 // (need), or neither side would speak again and the edit would never
 // arrive.
 func TestAutomergeHeadsWithoutChangesAreAskedFor(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, relay.NewMemStore(), nil)
 	docID, _ := newDocID(t)
 	a, _ := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "peer-a")
 	a.edit(docID, map[string]any{"title": "buy milk"})

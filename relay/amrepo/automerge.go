@@ -1,4 +1,4 @@
-package relay
+package amrepo
 
 import (
 	"context"
@@ -15,12 +15,13 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/internal/lru"
+	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/transport"
 )
 
-// AutomergeOptions bound the automerge-repo endpoint (/automerge). Zero
-// fields mean their defaults.
-type AutomergeOptions struct {
+// Options bound the endpoint. A nil *Options is valid: zero fields mean
+// their defaults. New does not modify it.
+type Options struct {
 	// MaxDocs is how many documents one connection may sync (request,
 	// sync, or be announced). Default 50,000.
 	MaxDocs int
@@ -35,7 +36,11 @@ type AutomergeOptions struct {
 	InFlight int
 }
 
-func (o AutomergeOptions) withDefaults() AutomergeOptions {
+func (p *Options) withDefaults() Options {
+	var o Options
+	if p != nil {
+		o = *p
+	}
 	if o.MaxDocs <= 0 {
 		o.MaxDocs = 50_000
 	}
@@ -51,11 +56,13 @@ func (o AutomergeOptions) withDefaults() AutomergeOptions {
 	return o
 }
 
-// amServer serves automerge-repo clients: each connection is a peer that
-// syncs documents of one collection, each document a record.
-type amServer struct {
-	b       amBackend
-	opts    AutomergeOptions
+// Endpoint serves automerge-repo clients: each connection is a peer that
+// syncs documents of one collection, each document a record. Mount it on
+// the relay it was made with (see relay.Server.Mount), at /automerge. Its
+// methods are safe for concurrent use.
+type Endpoint struct {
+	b       relay.Backend
+	opts    Options
 	limits  transport.Limits
 	log     *slog.Logger
 	peerID  string
@@ -65,11 +72,7 @@ type amServer struct {
 	metrics *amMetrics
 	docs    *lru.Cache[amDocKey, *amCached]
 
-	// track counts a connection in (false: the server is stopping, see
-	// Server.Shutdown), and untrack out; wg waits for them.
-	track   func() bool
-	untrack func()
-	wg      sync.WaitGroup
+	wg sync.WaitGroup // connections counted in by track
 
 	mu       sync.Mutex
 	stopping bool // shutdown or close has begun: no connection may register
@@ -78,7 +81,7 @@ type amServer struct {
 }
 
 type amDocKey struct {
-	c      Coll
+	c      relay.Coll
 	record string
 }
 
@@ -93,42 +96,57 @@ type amCached struct {
 	doc   *crdt.Doc
 }
 
-func newAMServer(s *Server) (*amServer, error) {
-	m, err := newAMMetrics(s.reg)
+// New returns an endpoint serving automerge-repo clients from the relay
+// b, with the relay's limits, logger, metrics registry, relay ID, allowed
+// origins and timeouts (see relay.EndpointConfig).
+func New(b relay.Backend, o *Options) (*Endpoint, error) {
+	cfg := b.Config()
+	m, err := newAMMetrics(cfg.Registry)
 	if err != nil {
 		return nil, err
 	}
-	a := &amServer{
-		b:        serverBackend{s},
-		opts:     s.opts.Automerge.withDefaults(),
-		limits:   s.limits,
-		log:      s.log,
-		peerID:   s.opts.RelayID,
-		origins:  s.opts.AllowedOrigins,
-		ping:     s.opts.PingInterval,
-		slow:     s.opts.SlowWriteTimeout,
+	return &Endpoint{
+		b:        b,
+		opts:     o.withDefaults(),
+		limits:   cfg.Limits,
+		log:      cfg.Logger,
+		peerID:   cfg.RelayID,
+		origins:  cfg.AllowedOrigins,
+		ping:     cfg.PingInterval,
+		slow:     cfg.SlowWriteTimeout,
 		metrics:  m,
 		docs:     lru.New[amDocKey, *amCached](amDocCacheSize),
 		conns:    map[*amConn]struct{}{},
 		openDocs: map[amDocKey]map[*amConn]struct{}{},
+	}, nil
+}
+
+// Mount serves automerge-repo clients on s at /automerge (and
+// /automerge/COLLECTION), as ferry relay does: New, then s.Mount.
+func Mount(s *relay.Server, o *Options) error {
+	e, err := New(s.Backend(), o)
+	if err != nil {
+		return err
 	}
-	a.track = func() bool {
-		// Under the server's lock, so no connection is counted in once
-		// Shutdown or Close has seen the server stopping.
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if s.shutting {
-			return false
-		}
-		a.wg.Add(1)
-		return true
+	return s.Mount("/automerge", e)
+}
+
+// track counts a connection in, unless the endpoint is stopping; each
+// true return is matched by one wg.Done.
+func (a *Endpoint) track() bool {
+	// Under the lock stopAll takes, so no connection is counted in once
+	// Shutdown or Close has begun to wait.
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.stopping {
+		return false
 	}
-	a.untrack = a.wg.Done
-	return a, nil
+	a.wg.Add(1)
+	return true
 }
 
 // stopAll marks the endpoint stopping and returns its connections.
-func (a *amServer) stopAll() []*amConn {
+func (a *Endpoint) stopAll() []*amConn {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.stopping = true
@@ -139,11 +157,10 @@ func (a *amServer) stopAll() []*amConn {
 	return conns
 }
 
-// shutdown closes every connection with "going away"; each ends once the
+// Shutdown closes every connection with "going away"; each ends once the
 // messages it is handling are answered (their pushes durable). The channel
-// closes when all have ended. Call it once the server refuses new
-// connections.
-func (a *amServer) shutdown() <-chan struct{} {
+// closes when all have ended. New connections are refused from now on.
+func (a *Endpoint) Shutdown() <-chan struct{} {
 	for _, c := range a.stopAll() {
 		c.stop(websocket.StatusGoingAway, "relay is shutting down")
 	}
@@ -152,9 +169,9 @@ func (a *amServer) shutdown() <-chan struct{} {
 	return done
 }
 
-// close cuts every connection off at once and waits for them to end (a
+// Close cuts every connection off at once and waits for them to end (a
 // push already started still finishes: see amConn.push).
-func (a *amServer) close() {
+func (a *Endpoint) Close() {
 	for _, c := range a.stopAll() {
 		c.cancel()
 		c.ws.CloseNow()
@@ -195,9 +212,9 @@ func scrubURL(u *url.URL) string {
 	return c.String()
 }
 
-// serve handles /automerge and /automerge/COLLECTION.
-func (a *amServer) serve(w http.ResponseWriter, r *http.Request) {
-	if !checkOrigin(w, r, a.origins, a.log) {
+// ServeHTTP handles /automerge and /automerge/COLLECTION.
+func (a *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !a.b.CheckOrigin(w, r) {
 		return
 	}
 	if !a.track() {
@@ -208,32 +225,32 @@ func (a *amServer) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	defer a.untrack()
+	defer a.wg.Done()
 	// Credentials are checked before the upgrade, but refused after it: a
 	// browser's WebSocket shows no HTTP status, and automerge-repo's Node
 	// adapter throws on one, while both read an error message.
 	refusal := ""
-	var c Coll
-	var claims *Claims
+	var c relay.Coll
+	var claims *relay.Claims
 	apiKey, token := amCredentials(r)
-	app, claims, err := a.b.verify(apiKey, token)
+	app, claims, err := a.b.Verify(apiKey, token)
 	if err != nil {
 		a.metrics.refused.WithLabelValues("auth").Inc()
 		refusal = err.Error()
 	} else {
-		c = Coll{Tenant: app.ID}
+		c = relay.Coll{Tenant: app.ID}
 		if c.Collection, err = amCollection(r.URL.Path, claims); err != nil {
 			a.metrics.refused.WithLabelValues("collection").Inc()
 			refusal = err.Error()
 		} else if !claims.CanRead(c.Collection) {
 			a.metrics.refused.WithLabelValues("forbidden").Inc()
 			refusal = fmt.Sprintf("token does not grant read on %q", c.Collection)
-		} else if err := a.b.connect(app.ID); err != nil {
+		} else if err := a.b.Connect(app.ID); err != nil {
 			// The app's max_connections counts these connections too.
 			a.metrics.refused.WithLabelValues("quota").Inc()
 			refusal = err.Error()
 		} else {
-			defer a.b.disconnect(app.ID)
+			defer a.b.Disconnect(app.ID)
 		}
 	}
 	if refusal != "" {
@@ -261,7 +278,7 @@ func (a *amServer) serve(w http.ResponseWriter, r *http.Request) {
 
 // amCollection is the collection a connection syncs: the path's last
 // element (/automerge/todos), or else the one collection the token names.
-func amCollection(path string, claims *Claims) (string, error) {
+func amCollection(path string, claims *relay.Claims) (string, error) {
 	if name, ok := strings.CutPrefix(path, "/automerge/"); ok && name != "" {
 		if strings.Contains(name, "/") {
 			return "", fmt.Errorf("path %q: want /automerge/COLLECTION", path)
@@ -284,9 +301,9 @@ func amCollection(path string, claims *Claims) (string, error) {
 }
 
 // loadDoc returns a record's stored document (shared: only read it), or
-// ErrNotFound.
-func (a *amServer) loadDoc(ctx context.Context, c Coll, record string) (*amCached, error) {
-	b, heads, err := a.b.document(ctx, c, record)
+// relay.ErrNotFound.
+func (a *Endpoint) loadDoc(ctx context.Context, c relay.Coll, record string) (*amCached, error) {
+	b, heads, err := a.b.Document(ctx, c, record)
 	if err != nil {
 		return nil, err
 	}
@@ -305,7 +322,7 @@ func (a *amServer) loadDoc(ctx context.Context, c Coll, record string) (*amCache
 
 // register adds a connection to those shutdown and close reach; false if
 // they have begun.
-func (a *amServer) register(c *amConn) bool {
+func (a *Endpoint) register(c *amConn) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.stopping {
@@ -315,7 +332,7 @@ func (a *amServer) register(c *amConn) bool {
 	return true
 }
 
-func (a *amServer) unregister(c *amConn, records []string) {
+func (a *Endpoint) unregister(c *amConn, records []string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.conns, c)
@@ -328,7 +345,7 @@ func (a *amServer) unregister(c *amConn, records []string) {
 	}
 }
 
-func (a *amServer) opened(c *amConn, record string) {
+func (a *Endpoint) opened(c *amConn, record string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	k := amDocKey{c.coll, record}
@@ -339,7 +356,7 @@ func (a *amServer) opened(c *amConn, record string) {
 }
 
 // peersOf returns the other connections that have the record open.
-func (a *amServer) peersOf(c *amConn, record string) []*amConn {
+func (a *Endpoint) peersOf(c *amConn, record string) []*amConn {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var out []*amConn
