@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -24,7 +25,7 @@ func compactTestRelay(t *testing.T, store relay.Store, retain int) *testRelay {
 // reads the same, fresh devices get the snapshot, and pushes go on.
 func TestCompactorFoldsTails(t *testing.T) {
 	for name, store := range map[string]func(t *testing.T) relay.Store{
-		"memory": func(*testing.T) relay.Store { return relay.NewMemStore() },
+		"memory": func(*testing.T) relay.Store { return memstore.New() },
 		"badger": func(t *testing.T) relay.Store {
 			s, err := relay.OpenBadgerStore(t.TempDir(), &relay.BadgerOptions{Relaxed: true, GCInterval: -1})
 			if err != nil {
@@ -94,7 +95,7 @@ func mustFields(t *testing.T, d *crdt.Doc) map[string]any {
 // hold; an incremental pull below the horizon gets truncated, and a pull
 // from the horizon on works.
 func TestLogRetentionTruncates(t *testing.T) {
-	tr := compactTestRelay(t, relay.NewMemStore(), 3)
+	tr := compactTestRelay(t, memstore.New(), 3)
 	c := tr.client("shop")
 	rng := rand.New(rand.NewPCG(5, 6))
 	ed := newEditor(t, "aa03")
@@ -123,7 +124,7 @@ func TestLogRetentionTruncates(t *testing.T) {
 // subscription caught up, a push reaches them without the store being
 // read again.
 func TestLiveFromMemory(t *testing.T) {
-	counting := &countingStore{Store: relay.NewMemStore()}
+	counting := &countingStore{Store: memstore.New()}
 	tr := newTestRelay(t, counting, nil)
 	pusher := tr.client("shop")
 	ed := newEditor(t, "aa04")

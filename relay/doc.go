@@ -25,7 +25,7 @@
 // lease fence checked in the same step, and acknowledged only once durable.
 // A change the relay already holds is acknowledged, not stored again.
 //
-// Concurrency: a Server, an Auth and every Store (BadgerStore, MemStore)
+// Concurrency: a Server, an Auth and every Store (relay/memstore too)
 // are safe for concurrent use. The other types (App, Claims, Lease,
 // Record, Entry, Options, Quota, ...) are plain values: any number of
 // goroutines may read one, none may modify one another is reading.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -32,7 +33,7 @@ type gateStore struct {
 }
 
 func newGateStore() *gateStore {
-	return &gateStore{Store: relay.NewMemStore(), entered: make(chan struct{}, 1)}
+	return &gateStore{Store: memstore.New(), entered: make(chan struct{}, 1)}
 }
 
 func (g *gateStore) Append(ctx context.Context, c relay.Coll, fence uint64, now time.Time, entries []relay.Entry) (uint64, error) {
@@ -219,7 +220,7 @@ func TestConflictRetryIsBounded(t *testing.T) {
 // another relay process sharing its store wrote the record, reloads it and
 // merges again instead of failing the push.
 func TestTwoRelaysOneStore(t *testing.T) {
-	store := relay.NewMemStore()
+	store := memstore.New()
 	tr1 := newTestRelay(t, store, nil)
 	tr2 := newTestRelay(t, store, nil)
 	d1, d2 := tr1.client("shop"), tr2.client("shop")
@@ -264,7 +265,7 @@ func deflateBomb(t *testing.T) []byte {
 // to 64 MiB is refused with too_large once it passes max_inflated, and the
 // relay inflates about that much, not 64 MiB.
 func TestCompressionBombIsRefused(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	a := tr.client("shop")
 	bomb := deflateBomb(t)
 	// Two records share the push's budget: half of it each is too much.
@@ -294,7 +295,7 @@ func TestCompressionBombIsRefused(t *testing.T) {
 // TestInflateBudgetIsPerPush: the budget covers every record of a push
 // together, and each push gets a fresh one.
 func TestInflateBudgetIsPerPush(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), func(o *relay.Options) { o.Limits.MaxInflated = 60_000 })
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.Limits.MaxInflated = 60_000 })
 	a := tr.client("shop")
 	compressed := func(actor string) []byte {
 		ch := newEditor(t, actor).edit(map[string]any{"text": string(bytes.Repeat([]byte{'q'}, 40_000))})
@@ -347,7 +348,7 @@ func TestRecordSizeContract(t *testing.T) {
 	}
 	const maxRecord = 64 << 10
 	limits := transport.Limits{MaxRecord: maxRecord, MaxFrame: maxRecord + transport.FrameOverhead}
-	tr := newTestRelay(t, relay.NewMemStore(), func(o *relay.Options) { o.Limits = limits })
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.Limits = limits })
 	a := tr.client("shop")
 	coll := relay.Coll{Tenant: "shop", Collection: "c"}
 	for i := range 10 {
@@ -433,7 +434,7 @@ func TestRecordSizeContract(t *testing.T) {
 // log entry larger than max_record, even when the document stays small.
 func TestPushDeltaOverMaxRecord(t *testing.T) {
 	const maxRecord = 64 << 10
-	tr := newTestRelay(t, relay.NewMemStore(), func(o *relay.Options) {
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) {
 		o.Limits = transport.Limits{MaxRecord: maxRecord, MaxFrame: 4 * maxRecord}
 	})
 	a := tr.client("shop")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -17,7 +18,7 @@ import (
 // context ends, as a store stalled on a slow disk or a lost database
 // connection would.
 type stuckStore struct {
-	*relay.MemStore
+	*memstore.Store
 	entered chan struct{}
 }
 
@@ -27,7 +28,7 @@ func (s *stuckStore) Log(ctx context.Context, c relay.Coll, after uint64, limit 
 		<-ctx.Done()
 		return nil, ctx.Err()
 	}
-	return s.MemStore.Log(ctx, c, after, limit)
+	return s.Store.Log(ctx, c, after, limit)
 }
 
 // relayGoroutines lists the stacks of goroutines running relay code.
@@ -73,7 +74,7 @@ func noRelayGoroutines(t *testing.T) {
 // stuck request, not the sessions' subscriptions and lease waits, not the
 // goroutines Shutdown started.
 func TestCloseAfterShutdownTimesOut(t *testing.T) {
-	st := &stuckStore{MemStore: relay.NewMemStore(), entered: make(chan struct{}, 1)}
+	st := &stuckStore{Store: memstore.New(), entered: make(chan struct{}, 1)}
 	tr := newTestRelay(t, st, nil)
 	waiting := make(chan struct{}, 1)
 	*tr.srv.HookLeaseWaiting() = func(relay.Coll) { waiting <- struct{}{} }
@@ -135,7 +136,7 @@ func TestCloseAfterShutdownTimesOut(t *testing.T) {
 
 // Close alone, without Shutdown, also ends everything.
 func TestCloseWithoutShutdown(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	c := tr.client("shop")
 	mustCall[transport.OK](t, c, &transport.Subscribe{Collection: "c"})
 	if err := tr.srv.Close(); err != nil {
@@ -153,7 +154,7 @@ func TestCloseWithoutShutdown(t *testing.T) {
 // while someone waits on it. A relay serving many collections over time
 // does not grow with each one it has seen.
 func TestPerCollectionStateIsDropped(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	ended := make(chan struct{}, 4)
 	*tr.srv.HookSessionEnded() = func() { ended <- struct{}{} }
 	w := tr.client("shop")

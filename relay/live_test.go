@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -16,7 +17,7 @@ import (
 // SlowWriteTimeout, counted as a slow consumer, and its session ends; the
 // relay does not wait for keepalive (off here) to notice.
 func TestSubscriberThatNeverReadsIsCutOff(t *testing.T) {
-	tr := newTestRelayOn(t, relay.NewMemStore(), func(o *relay.Options) { o.SlowWriteTimeout = 100 * time.Millisecond }, smallSendBuffers)
+	tr := newTestRelayOn(t, memstore.New(), func(o *relay.Options) { o.SlowWriteTimeout = 100 * time.Millisecond }, smallSendBuffers)
 	ended := make(chan struct{}, 4)
 	*tr.srv.HookSessionEnded() = func() { ended <- struct{}{} }
 	w := tr.client("shop")
@@ -108,7 +109,7 @@ func expectEnd(t *testing.T, c *transport.Client, want error) {
 // with token_expired: it does not stay open on an expired token waiting
 // for a change to refuse.
 func TestSubscriptionEndsAtTokenExpiry(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	timers := installExpiryTimers(tr)
 	tok := tr.token("shop", relay.TokenRequest{Subject: "viewer", TTL: 10 * time.Minute, Read: []string{"c"}})
 	sub, _, err := tr.dial(tr.apps["shop"].APIKey, tok, "r1")
@@ -125,7 +126,7 @@ func TestSubscriptionEndsAtTokenExpiry(t *testing.T) {
 // Changes pushed after the token expired are not delivered, even if the
 // expiry timer has not fired yet.
 func TestSubscriptionDeliversNothingAfterExpiry(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	timers := installExpiryTimers(tr)
 	tok := tr.token("shop", relay.TokenRequest{Subject: "viewer", TTL: 10 * time.Minute, Read: []string{"c"}})
 	sub, _, err := tr.dial(tr.apps["shop"].APIKey, tok, "r1")
@@ -154,7 +155,7 @@ func TestSubscriptionDeliversNothingAfterExpiry(t *testing.T) {
 // subscription: at the old expiry the subscription finds the new token and
 // waits for that one's expiry instead.
 func TestSubscriptionSurvivesTokenRefresh(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	timers := installExpiryTimers(tr)
 	short := tr.token("shop", relay.TokenRequest{Subject: "viewer", TTL: 10 * time.Minute, Read: []string{"c"}})
 	sub, _, err := tr.dial(tr.apps["shop"].APIKey, short, "r1")
@@ -182,7 +183,7 @@ func TestSubscriptionSurvivesTokenRefresh(t *testing.T) {
 // subscription (forbidden), and a token that never granted it cannot
 // subscribe at all.
 func TestSubscriptionNeedsReadRight(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	key := tr.apps["shop"].APIKey
 	ro := tr.token("shop", relay.TokenRequest{Subject: "viewer", TTL: time.Hour, Read: []string{"catalog"}})
 	sub, _, err := tr.dial(key, ro, "r1")

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/amrepo"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -84,7 +85,7 @@ func newMetricsServer(t *testing.T, store relay.Store) (*relay.Server, *promethe
 }
 
 func TestMetricsList(t *testing.T) {
-	_, reg := newMetricsServer(t, relay.NewMemStore())
+	_, reg := newMetricsServer(t, memstore.New())
 	got := gather(t, reg)
 	var names []string
 	for _, w := range wantMetrics {
@@ -121,7 +122,7 @@ func TestMetricsList(t *testing.T) {
 // is a value of the type label from the start, and that request counts
 // results by code.
 func TestMetricsRequestTypes(t *testing.T) {
-	srv, reg := newMetricsServer(t, relay.NewMemStore())
+	srv, reg := newMetricsServer(t, memstore.New())
 	types := func(name string) []string {
 		var out []string
 		for _, m := range gather(t, reg)[name].GetMetric() {
@@ -226,7 +227,7 @@ func TestMetricsDocumented(t *testing.T) {
 // A hello is counted like any request, refused or not.
 func TestMetricsCountHello(t *testing.T) {
 	ended := make(chan struct{}, 4)
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	*tr.srv.HookSessionEnded() = func() { ended <- struct{}{} }
 	good := tr.client("shop")
 	// A request answered after the welcome: hello was counted by then.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -26,7 +27,7 @@ type gatedStore struct {
 }
 
 func newGatedStore() *gatedStore {
-	return &gatedStore{Store: relay.NewMemStore(), usages: map[string]int{}}
+	return &gatedStore{Store: memstore.New(), usages: map[string]int{}}
 }
 
 func (g *gatedStore) Usage(ctx context.Context, tenant string) (relay.Usage, error) {
@@ -92,7 +93,7 @@ func (tr *testRelay) refusals(app, quota string) string {
 // past it is answered rate_limited with retry_ms, the exact wait by the
 // relay's clock, and the connection stays open.
 func TestQuotaPushRate(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), func(o *relay.Options) {
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) {
 		o.Quotas = map[string]relay.Quota{"shop": {PushesPerSecond: 4, PushBurst: 2}}
 	})
 	c := tr.client("shop")
@@ -135,7 +136,7 @@ func TestQuotaPushRate(t *testing.T) {
 // clock that does not move allows exactly 20 of its pushes.
 func TestQuotaAppOverPushRateDoesNotHoldBackAnother(t *testing.T) {
 	const n = 20
-	tr := newTestRelay(t, relay.NewMemStore(), func(o *relay.Options) {
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) {
 		o.Quotas = map[string]relay.Quota{
 			"shop":  {PushesPerSecond: 1, PushBurst: 1},
 			"rival": {PushesPerSecond: 1, PushBurst: n},
@@ -379,7 +380,7 @@ func TestQuotaStoredBytesReservedWhilePushing(t *testing.T) {
 // and close 1013; a refused hello does not count, and a connection that
 // ends makes room. Another app is not affected.
 func TestQuotaConnections(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), func(o *relay.Options) {
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) {
 		o.Quotas = map[string]relay.Quota{"shop": {MaxConnections: 2}}
 	})
 	ended := make(chan struct{}, 8)
@@ -414,7 +415,7 @@ func TestQuotaConnections(t *testing.T) {
 // Series exist only for the apps and quotas configured; apps without a
 // quota get none, so the labels are bounded by the configuration.
 func TestQuotaMetricSeries(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), func(o *relay.Options) {
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) {
 		o.Quotas = map[string]relay.Quota{"shop": {MaxConnections: 1, MaxStoredBytes: 10}}
 	})
 	for _, q := range []string{"connections", "stored_bytes"} {
@@ -447,7 +448,7 @@ func TestQuotaOptionsChecked(t *testing.T) {
 		{"not a number", map[string]relay.Quota{"shop": {PushesPerSecond: math.NaN()}}, []string{"pushes_per_second: NaN"}},
 		{"infinite", map[string]relay.Quota{"shop": {PushesPerSecond: math.Inf(1)}}, []string{"pushes_per_second: +Inf"}},
 	} {
-		srv, err := relay.NewServer(&relay.Options{Store: relay.NewMemStore(), Auth: auth, Quotas: tc.quotas})
+		srv, err := relay.NewServer(&relay.Options{Store: memstore.New(), Auth: auth, Quotas: tc.quotas})
 		if err == nil {
 			srv.Close()
 			t.Errorf("%s: accepted", tc.name)
@@ -460,7 +461,7 @@ func TestQuotaOptionsChecked(t *testing.T) {
 		}
 	}
 	// Zero is no limit, and a zero Quota is no quota.
-	srv, err := relay.NewServer(&relay.Options{Store: relay.NewMemStore(), Auth: auth, Quotas: map[string]relay.Quota{"shop": {}}})
+	srv, err := relay.NewServer(&relay.Options{Store: memstore.New(), Auth: auth, Quotas: map[string]relay.Quota{"shop": {}}})
 	if err != nil {
 		t.Fatalf("zero quota: %v", err)
 	}
@@ -471,7 +472,7 @@ func TestQuotaOptionsChecked(t *testing.T) {
 // do: one past the quota is refused with a message naming it, and one
 // that ends makes room.
 func TestQuotaConnectionsCountAutomergeRepo(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), func(o *relay.Options) {
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) {
 		o.Quotas = map[string]relay.Quota{"shop": {MaxConnections: 2}}
 	})
 	ended := make(chan struct{}, 8)

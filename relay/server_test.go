@@ -15,11 +15,12 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
 func TestPushPullRoundTrip(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	a, b := tr.client("shop"), tr.client("shop")
 	ed := newEditor(t, "aa01")
 
@@ -62,7 +63,7 @@ func TestPushPullRoundTrip(t *testing.T) {
 }
 
 func TestFreshPullPagesThroughSnapshots(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	a := tr.client("shop")
 	for i := 0; i < 7; i++ {
 		ed := newEditor(t, fmt.Sprintf("%04x", i+1))
@@ -90,7 +91,7 @@ func TestFreshPullPagesThroughSnapshots(t *testing.T) {
 }
 
 func TestPushIsIdempotentAndValidated(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	a := tr.client("shop")
 	ed := newEditor(t, "aa02")
 	c1 := ed.edit(map[string]any{"v": 1})
@@ -134,7 +135,7 @@ func TestPushIsIdempotentAndValidated(t *testing.T) {
 }
 
 func TestConcurrentPushersLoseNothing(t *testing.T) {
-	t.Run("memory", func(t *testing.T) { concurrentPushers(t, relay.NewMemStore(), nil) })
+	t.Run("memory", func(t *testing.T) { concurrentPushers(t, memstore.New(), nil) })
 	t.Run("badger", func(t *testing.T) {
 		st, err := relay.OpenBadgerStore(t.TempDir(), nil) // durable: every ack is fsynced
 		if err != nil {
@@ -146,7 +147,7 @@ func TestConcurrentPushersLoseNothing(t *testing.T) {
 	// it, and is freed, as soon as no push or queued group holds it. A
 	// document freed while in use panics (crdt.ErrFreed).
 	t.Run("no cache", func(t *testing.T) {
-		concurrentPushers(t, relay.NewMemStore(), func(o *relay.Options) { o.DocCacheBytes = 1 })
+		concurrentPushers(t, memstore.New(), func(o *relay.Options) { o.DocCacheBytes = 1 })
 	})
 }
 
@@ -202,7 +203,7 @@ func concurrentPushers(t *testing.T, store relay.Store, tweak func(*relay.Option
 }
 
 func TestAppsNeverSeeEachOther(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	shop, rival := tr.client("shop"), tr.client("rival")
 	mustCall[transport.Ack](t, rival, pushOf("notes", 0, rec("secret", newEditor(t, "cc01").edit(map[string]any{"plan": "x"}))))
 	ch := mustCall[transport.Changes](t, shop, &transport.Pull{Collection: "notes"})
@@ -220,7 +221,7 @@ func TestAppsNeverSeeEachOther(t *testing.T) {
 }
 
 func TestAuthRefusals(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	shop := tr.apps["shop"]
 	good := tr.tokens["shop"]
 	expired := tr.token("shop", relay.TokenRequest{Subject: "old", TTL: time.Minute, Write: []string{"*"}})
@@ -250,7 +251,7 @@ func TestAuthRefusals(t *testing.T) {
 }
 
 func TestRightsAndTokenRefresh(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	shop := tr.apps["shop"]
 	ro := tr.token("shop", relay.TokenRequest{Subject: "viewer", TTL: 10 * time.Minute, Read: []string{"catalog"}})
 	c, _, err := tr.dial(shop.APIKey, ro, "r1")
@@ -284,7 +285,7 @@ func TestRightsAndTokenRefresh(t *testing.T) {
 }
 
 func TestLeasesAndFencing(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	a, _, _ := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], "dev-a")
 	b, _, _ := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], "dev-b")
 	ea, eb := newEditor(t, "ee01"), newEditor(t, "ee02")
@@ -343,7 +344,7 @@ func TestLeasesAndFencing(t *testing.T) {
 // fence (fences are small, guessable numbers) can neither renew nor release
 // it.
 func TestLeaseBoundToHolder(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	key := tr.apps["shop"].APIKey
 	dial := func(subject, replica string) *transport.Client {
 		t.Helper()
@@ -384,7 +385,7 @@ func TestLeaseBoundToHolder(t *testing.T) {
 }
 
 func TestLiveSubscribers(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	w, sub := tr.client("shop"), tr.client("shop")
 	ed := newEditor(t, "ff01")
 	mustCall[transport.Ack](t, w, pushOf("c", 0, rec("r", ed.edit(map[string]any{"v": 1}))))
@@ -405,7 +406,7 @@ func TestLiveSubscribers(t *testing.T) {
 }
 
 func TestSlowSubscriberIsCutOff(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), func(o *relay.Options) {
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) {
 		o.Limits.MaxBatch = 2
 		o.MaxLag = 3
 	})
@@ -428,7 +429,7 @@ func TestSlowSubscriberIsCutOff(t *testing.T) {
 }
 
 func TestMalformedFramesCloseOnlyThatConnection(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), func(o *relay.Options) { o.Limits.MaxFrame, o.Limits.MaxRecord = 1<<20, 512<<10 })
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.Limits.MaxFrame, o.Limits.MaxRecord = 1<<20, 512<<10 })
 	good := tr.client("shop")
 	nested := []byte{0x84, 0xa1, 'v', 0x01, 0xa4, 't', 'y', 'p', 'e', 0xa4, 'p', 'u', 's', 'h', 0xa2, 'i', 'd', 0x01, 0xa4, 'b', 'o', 'd', 'y'}
 	nested = append(nested, []byte(strings.Repeat("\xdc\xff\xff", 20000))...)
@@ -483,7 +484,7 @@ func TestMalformedFramesCloseOnlyThatConnection(t *testing.T) {
 }
 
 func TestHealthAndMetrics(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	c := tr.client("shop")
 	mustCall[transport.Ack](t, c, pushOf("c", 0, rec("r", newEditor(t, "ac01").edit(map[string]any{"v": 1}))))
 	for path, want := range map[string]string{
@@ -511,7 +512,7 @@ func TestHealthAndMetrics(t *testing.T) {
 }
 
 func TestShutdownEndsSessionsWithCode(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	c := tr.client("shop")
 	mustCall[transport.Ack](t, c, pushOf("c", 0, rec("r", newEditor(t, "ad01").edit(map[string]any{"v": 1}))))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

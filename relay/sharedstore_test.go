@@ -8,14 +8,15 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
-// sharedMem is a MemStore posing as a store other relay processes write
+// sharedMem is a memstore.Store posing as a store other relay processes write
 // to: the test writes to it directly (as another relay would) and emits
 // the events it chooses.
 type sharedMem struct {
-	*relay.MemStore
+	*memstore.Store
 	now time.Time
 
 	mu   sync.Mutex
@@ -30,7 +31,7 @@ type sharedMem struct {
 // sweep off for the test, so that only what the test does wakes anyone.
 func newSharedMem(t *testing.T) *sharedMem {
 	t.Cleanup(relay.SetSweepInterval(time.Hour))
-	return &sharedMem{MemStore: relay.NewMemStore(), fns: map[int]func(relay.StoreEvent){}, reads: make(chan int, 1024),
+	return &sharedMem{Store: memstore.New(), fns: map[int]func(relay.StoreEvent){}, reads: make(chan int, 1024),
 		now: time.Date(2031, 5, 6, 7, 8, 9, 0, time.UTC)}
 }
 
@@ -62,7 +63,7 @@ func (s *sharedMem) Heads(ctx context.Context, colls []relay.Coll) ([]uint64, er
 }
 
 func (s *sharedMem) Log(ctx context.Context, c relay.Coll, after uint64, limit int) ([]relay.LogEntry, error) {
-	l, err := s.MemStore.Log(ctx, c, after, limit)
+	l, err := s.Store.Log(ctx, c, after, limit)
 	select {
 	case s.reads <- len(l):
 	default:
@@ -209,7 +210,7 @@ func TestSharedStoreClockAndClose(t *testing.T) {
 		t.Fatalf("%d watchers left after Close", watchers)
 	}
 	// A store without events or clock: no watch, the system clock.
-	srv, err = relay.NewServer(&relay.Options{Store: relay.NewMemStore(), Auth: auth})
+	srv, err = relay.NewServer(&relay.Options{Store: memstore.New(), Auth: auth})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -204,6 +204,11 @@ type Lease struct {
 	Expires time.Time
 }
 
+// Live reports whether the lease still holds its collection at now: a
+// lease is held while now is before Expires, and at Expires it has lapsed.
+// Every Store decides by it.
+func (l Lease) Live(now time.Time) bool { return now.Before(l.Expires) }
+
 // StoreStats sizes a store.
 type StoreStats struct {
 	LogEntries int64 // entries in all logs

@@ -12,10 +12,6 @@ import (
 //
 //	go test -run='^$' -bench=Store -benchtime=1s ./relay/
 
-func BenchmarkMemStore(b *testing.B) {
-	storetest.Bench(b, func(b *testing.B, dir string) relay.Store { return relay.NewMemStore() })
-}
-
 // BenchmarkBadgerStore is the store as `ferry relay` runs it: on disk,
 // every Append fsynced.
 func BenchmarkBadgerStore(b *testing.B) {

@@ -135,6 +135,4 @@ func checkLeaseArgs(holder string, ttl time.Duration) error {
 	return nil
 }
 
-// leaseLive reports whether l still holds its collection at now. A lease is
-// held while now is before Expires: at Expires it has lapsed.
-func leaseLive(l Lease, now time.Time) bool { return now.Before(l.Expires) }
+func leaseLive(l Lease, now time.Time) bool { return l.Live(now) }

@@ -7,12 +7,6 @@ import (
 	"github.com/ferrysync/ferry/relay/storetest"
 )
 
-func TestMemStore(t *testing.T) {
-	storetest.RunVolatile(t, func(t *testing.T, dir string) relay.Store {
-		return relay.NewMemStore()
-	})
-}
-
 func TestBadgerStore(t *testing.T) {
 	storetest.Run(t, func(t *testing.T, dir string) relay.Store {
 		s, err := relay.OpenBadgerStore(dir, nil)

@@ -15,6 +15,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 )
 
 // liveSource makes the changes a relay would send a device: n records,
@@ -106,7 +107,7 @@ func benchRelay(tb testing.TB) (Profile, *Options) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	store := relay.NewMemStore()
+	store := memstore.New()
 	srv, err := relay.NewServer(&relay.Options{Store: store, Auth: auth, PingInterval: -1})
 	if err != nil {
 		tb.Fatal(err)

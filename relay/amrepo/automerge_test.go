@@ -19,6 +19,7 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -50,7 +51,7 @@ func TestDocumentIDs(t *testing.T) {
 }
 
 func TestAutomergeCreateFindAndLive(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	docID, record := newDocID(t)
 
 	// An automerge-repo peer creates a document: it becomes a record.
@@ -111,7 +112,7 @@ func TestAutomergeCreateFindAndLive(t *testing.T) {
 }
 
 func TestAutomergeUnknownDocument(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	p, _ := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "peer")
 	docID, _ := newDocID(t)
 	p.sync(docID, amRequest)
@@ -121,7 +122,7 @@ func TestAutomergeUnknownDocument(t *testing.T) {
 }
 
 func TestAutomergeAnnounce(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	dev := tr.client("shop")
 	_, r1 := newDocID(t)
 	ed := newEditor(t, "ee01")
@@ -145,7 +146,7 @@ func TestAutomergeAnnounce(t *testing.T) {
 }
 
 func TestAutomergeReadOnlyChangesRefused(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	ro := tr.token("shop", relay.TokenRequest{Subject: "viewer", TTL: time.Hour, Read: []string{"todos"}})
 	q := url.Values{"api_key": {tr.apps["shop"].APIKey}, "token": {ro}}
 	// The collection comes from the token, which names one.
@@ -168,7 +169,7 @@ func TestAutomergeReadOnlyChangesRefused(t *testing.T) {
 }
 
 func TestAutomergeAuthRefusals(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	other := tr.token("shop", relay.TokenRequest{Subject: "u", TTL: time.Hour, Read: []string{"other"}})
 	multi := tr.token("shop", relay.TokenRequest{Subject: "u", TTL: time.Hour, Write: []string{"a", "b"}})
 	expired := tr.token("shop", relay.TokenRequest{Subject: "u", TTL: time.Minute, Write: []string{"*"}})
@@ -214,7 +215,7 @@ func TestAutomergeAuthRefusals(t *testing.T) {
 }
 
 func TestAutomergeEphemeral(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	docID, _ := newDocID(t)
 	var peers []*goPeer
 	for _, id := range []string{"a", "b", "c"} {
@@ -244,7 +245,7 @@ func TestAutomergeEphemeral(t *testing.T) {
 }
 
 func TestAutomergeHostileInput(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), func(o *testOptions) { o.Limits.MaxFrame, o.Limits.MaxRecord = 1<<20, 512<<10 })
+	tr := newTestRelay(t, memstore.New(), func(o *testOptions) { o.Limits.MaxFrame, o.Limits.MaxRecord = 1<<20, 512<<10 })
 	docID, _ := newDocID(t)
 	deep := bytes.Repeat([]byte{0x81}, 10_000) // arrays in arrays
 	huge := []byte{0xa1, 0x64, 't', 'y', 'p', 'e', 0x7b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
@@ -299,7 +300,7 @@ func TestAutomergeHostileInput(t *testing.T) {
 }
 
 func TestAutomergeMaxDocs(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), func(o *testOptions) { o.Automerge.MaxDocs = 2 })
+	tr := newTestRelay(t, memstore.New(), func(o *testOptions) { o.Automerge.MaxDocs = 2 })
 	p, _ := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "p")
 	for i := 0; i < 2; i++ {
 		id, _ := newDocID(t)
@@ -318,7 +319,7 @@ func TestAutomergeMaxDocs(t *testing.T) {
 func TestOriginsAllowedExplicitly(t *testing.T) {
 	var logs bytes.Buffer
 	var mu sync.Mutex
-	tr := newTestRelay(t, relay.NewMemStore(), func(o *testOptions) {
+	tr := newTestRelay(t, memstore.New(), func(o *testOptions) {
 		o.AllowedOrigins = []string{"app.example.com", "http://localhost:*"}
 		o.Logger = slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
 	})
@@ -401,7 +402,7 @@ func TestRateLimiter(t *testing.T) {
 // only the one after it: the relay keeps that one, asks for the missing one
 // in its need list, and stores both once it arrives.
 func TestAutomergeMissingDependencyIsAskedFor(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	docID, record := newDocID(t)
 	p, _ := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "p")
 	p.edit(docID, map[string]any{"n": 1})
@@ -449,7 +450,7 @@ func TestAutomergeMissingDependencyIsAskedFor(t *testing.T) {
 // (need), or neither side would speak again and the edit would never
 // arrive.
 func TestAutomergeHeadsWithoutChangesAreAskedFor(t *testing.T) {
-	tr := newTestRelay(t, relay.NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	docID, _ := newDocID(t)
 	a, _ := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "peer-a")
 	a.edit(docID, map[string]any{"title": "buy milk"})

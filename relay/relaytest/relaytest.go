@@ -16,11 +16,12 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 )
 
 // Options configure Start. A nil *Options means the defaults.
 type Options struct {
-	// Store holds the relay's data. Default: a relay.MemStore. Close
+	// Store holds the relay's data. Default: a memstore.Store. Close
 	// closes it either way.
 	Store relay.Store
 	// Now is the relay's clock, for tokens and leases. Default time.Now.
@@ -72,7 +73,7 @@ func Start(t testing.TB, o *Options) *Relay {
 		opts = *o
 	}
 	if opts.Store == nil {
-		opts.Store = relay.NewMemStore()
+		opts.Store = memstore.New()
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now

@@ -1,4 +1,4 @@
-package relay
+package memstore
 
 import (
 	"bytes"
@@ -8,31 +8,33 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ferrysync/ferry/crdt"
 	"github.com/google/uuid"
+
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/relay"
 )
 
-// MemStore is a Store held in memory, for tests and the dev mode. Nothing
+// Store is a relay.Store held in memory, for tests and the dev mode. Nothing
 // survives Close. One mutex guards everything, so every method is safe for
 // concurrent use and each is atomic; it is simple rather than fast.
-type MemStore struct {
+type Store struct {
 	incarnation string
 
 	mu     sync.Mutex
 	closed bool
-	colls  map[Coll]*memColl
+	colls  map[relay.Coll]*memColl
 }
 
-var _ Store = (*MemStore)(nil)
+var _ relay.Store = (*Store)(nil)
 
 // memColl is one collection's state. Byte slices are copied on the way in
 // and out, so callers can never alias the store's data.
 type memColl struct {
-	log      []LogEntry // log[i].Seq == horizon+i+1
-	horizon  uint64     // entries up to it are truncated
+	log      []relay.LogEntry // log[i].Seq == horizon+i+1
+	horizon  uint64           // entries up to it are truncated
 	docs     map[string]*memDoc
-	lease    *Lease // nil when released or never taken
-	maxFence uint64 // highest fence ever granted; never decreases
+	lease    *relay.Lease // nil when released or never taken
+	maxFence uint64       // highest fence ever granted; never decreases
 }
 
 // memDoc is a record: its snapshot, and the log entries of its tail.
@@ -41,7 +43,7 @@ type memDoc struct {
 	seq     uint64
 	snap    []byte
 	snapSeq uint64
-	tail    []LogEntry
+	tail    []relay.LogEntry
 }
 
 func (d *memDoc) tailBytes() (n int64) {
@@ -51,41 +53,41 @@ func (d *memDoc) tailBytes() (n int64) {
 	return n
 }
 
-func (d *memDoc) record(id string) Record {
-	r := Record{ID: id, Heads: slices.Clone(d.heads), Seq: d.seq, Snapshot: bytes.Clone(d.snap), SnapSeq: d.snapSeq, TailEntries: len(d.tail)}
+func (d *memDoc) record(id string) relay.Record {
+	r := relay.Record{ID: id, Heads: slices.Clone(d.heads), Seq: d.seq, Snapshot: bytes.Clone(d.snap), SnapSeq: d.snapSeq, TailEntries: len(d.tail)}
 	for _, e := range d.tail {
 		r.Tail = append(r.Tail, e.Changes...)
 	}
 	return r
 }
 
-// NewMemStore returns an empty in-memory store with a random incarnation.
-func NewMemStore() *MemStore {
-	return &MemStore{
+// New returns an empty in-memory store with a random incarnation.
+func New() *Store {
+	return &Store{
 		incarnation: uuid.NewString(),
-		colls:       make(map[Coll]*memColl),
+		colls:       make(map[relay.Coll]*memColl),
 	}
 }
 
-// Incarnation implements Store.
-func (s *MemStore) Incarnation() string { return s.incarnation }
+// Incarnation implements relay.Store.
+func (s *Store) Incarnation() string { return s.incarnation }
 
 // lock takes the store's mutex after the checks every method starts with.
 // On success the caller must unlock s.mu.
-func (s *MemStore) lock(ctx context.Context) error {
+func (s *Store) lock(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return ErrStoreClosed
+		return relay.ErrStoreClosed
 	}
 	return nil
 }
 
 // coll returns c's state, creating it when create is set; nil otherwise.
-func (s *MemStore) coll(c Coll, create bool) *memColl {
+func (s *Store) coll(c relay.Coll, create bool) *memColl {
 	mc := s.colls[c]
 	if mc == nil && create {
 		mc = &memColl{docs: make(map[string]*memDoc)}
@@ -94,12 +96,12 @@ func (s *MemStore) coll(c Coll, create bool) *memColl {
 	return mc
 }
 
-// Append implements Store.
-func (s *MemStore) Append(ctx context.Context, c Coll, fence uint64, now time.Time, entries []Entry) (uint64, error) {
-	if err := checkColl(c); err != nil {
+// Append implements relay.Store.
+func (s *Store) Append(ctx context.Context, c relay.Coll, fence uint64, now time.Time, entries []relay.Entry) (uint64, error) {
+	if err := relay.CheckColl(c); err != nil {
 		return 0, err
 	}
-	if err := checkEntries(entries); err != nil {
+	if err := relay.CheckEntries(entries); err != nil {
 		return 0, err
 	}
 	if err := s.lock(ctx); err != nil {
@@ -107,8 +109,8 @@ func (s *MemStore) Append(ctx context.Context, c Coll, fence uint64, now time.Ti
 	}
 	defer s.mu.Unlock()
 	mc := s.coll(c, true)
-	if fence != 0 && (mc.lease == nil || mc.lease.Fence != fence || !leaseLive(*mc.lease, now)) {
-		return 0, fmt.Errorf("append to %s/%s with fence %d: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
+	if fence != 0 && (mc.lease == nil || mc.lease.Fence != fence || !mc.lease.Live(now)) {
+		return 0, fmt.Errorf("append to %s/%s with fence %d: %w", c.Tenant, c.Collection, fence, relay.ErrStaleFence)
 	}
 	// Check every Base before writing anything. Entries apply in order, so
 	// a second entry for one record is checked against the first's heads.
@@ -121,13 +123,13 @@ func (s *MemStore) Append(ctx context.Context, c Coll, fence uint64, now time.Ti
 			}
 		}
 		if !e.Base.Equal(cur) {
-			return 0, &ConflictError{Record: e.Record}
+			return 0, &relay.ConflictError{Record: e.Record}
 		}
 		pending[e.Record] = e.Heads
 	}
 	for _, e := range entries {
 		seq := mc.head() + 1
-		le := LogEntry{Seq: seq, Record: e.Record, Changes: bytes.Clone(e.Changes), Heads: slices.Clone(e.Heads)}
+		le := relay.LogEntry{Seq: seq, Record: e.Record, Changes: bytes.Clone(e.Changes), Heads: slices.Clone(e.Heads)}
 		mc.log = append(mc.log, le)
 		d := mc.docs[e.Record]
 		if d == nil {
@@ -142,21 +144,21 @@ func (s *MemStore) Append(ctx context.Context, c Coll, fence uint64, now time.Ti
 
 func (mc *memColl) head() uint64 { return mc.horizon + uint64(len(mc.log)) }
 
-// Record implements Store.
-func (s *MemStore) Record(ctx context.Context, c Coll, record string) (Record, error) {
+// Record implements relay.Store.
+func (s *Store) Record(ctx context.Context, c relay.Coll, record string) (relay.Record, error) {
 	if err := s.lock(ctx); err != nil {
-		return Record{}, err
+		return relay.Record{}, err
 	}
 	defer s.mu.Unlock()
 	mc := s.coll(c, false)
 	if mc == nil || mc.docs[record] == nil {
-		return Record{}, fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, ErrNotFound)
+		return relay.Record{}, fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, relay.ErrNotFound)
 	}
 	return mc.docs[record].record(record), nil
 }
 
-// Log implements Store.
-func (s *MemStore) Log(ctx context.Context, c Coll, after uint64, limit int) ([]LogEntry, error) {
+// Log implements relay.Store.
+func (s *Store) Log(ctx context.Context, c relay.Coll, after uint64, limit int) ([]relay.LogEntry, error) {
 	if err := s.lock(ctx); err != nil {
 		return nil, err
 	}
@@ -166,22 +168,22 @@ func (s *MemStore) Log(ctx context.Context, c Coll, after uint64, limit int) ([]
 		return nil, nil
 	}
 	if after < mc.horizon {
-		return nil, &TruncatedError{Horizon: mc.horizon}
+		return nil, &relay.TruncatedError{Horizon: mc.horizon}
 	}
 	if after >= mc.head() {
 		return nil, nil
 	}
 	src := mc.log[after-mc.horizon:]
 	src = src[:min(len(src), limit)]
-	out := make([]LogEntry, len(src))
+	out := make([]relay.LogEntry, len(src))
 	for i, e := range src {
-		out[i] = LogEntry{Seq: e.Seq, Record: e.Record, Changes: bytes.Clone(e.Changes), Heads: slices.Clone(e.Heads)}
+		out[i] = relay.LogEntry{Seq: e.Seq, Record: e.Record, Changes: bytes.Clone(e.Changes), Heads: slices.Clone(e.Heads)}
 	}
 	return out, nil
 }
 
-// Head implements Store.
-func (s *MemStore) Head(ctx context.Context, c Coll) (uint64, error) {
+// Head implements relay.Store.
+func (s *Store) Head(ctx context.Context, c relay.Coll) (uint64, error) {
 	if err := s.lock(ctx); err != nil {
 		return 0, err
 	}
@@ -192,9 +194,9 @@ func (s *MemStore) Head(ctx context.Context, c Coll) (uint64, error) {
 	return 0, nil
 }
 
-// Records implements Store. It sorts the record IDs on every call: fine
+// Records implements relay.Store. It sorts the record IDs on every call: fine
 // for tests, not for large collections.
-func (s *MemStore) Records(ctx context.Context, c Coll, after string, limit int) ([]Record, error) {
+func (s *Store) Records(ctx context.Context, c relay.Coll, after string, limit int) ([]relay.Record, error) {
 	if err := s.lock(ctx); err != nil {
 		return nil, err
 	}
@@ -211,16 +213,16 @@ func (s *MemStore) Records(ctx context.Context, c Coll, after string, limit int)
 	}
 	slices.Sort(ids)
 	ids = ids[:min(len(ids), limit)]
-	out := make([]Record, len(ids))
+	out := make([]relay.Record, len(ids))
 	for i, id := range ids {
 		out[i] = mc.docs[id].record(id)
 	}
 	return out, nil
 }
 
-// Compact implements Store.
-func (s *MemStore) Compact(ctx context.Context, c Coll, record string, snap []byte, upTo uint64) error {
-	if err := checkColl(c); err != nil {
+// Compact implements relay.Store.
+func (s *Store) Compact(ctx context.Context, c relay.Coll, record string, snap []byte, upTo uint64) error {
+	if err := relay.CheckColl(c); err != nil {
 		return err
 	}
 	if err := s.lock(ctx); err != nil {
@@ -229,11 +231,11 @@ func (s *MemStore) Compact(ctx context.Context, c Coll, record string, snap []by
 	defer s.mu.Unlock()
 	mc := s.coll(c, false)
 	if mc == nil || mc.docs[record] == nil {
-		return fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, ErrNotFound)
+		return fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, relay.ErrNotFound)
 	}
 	d := mc.docs[record]
 	if upTo > d.seq || upTo <= d.snapSeq {
-		return &ConflictError{Record: record}
+		return &relay.ConflictError{Record: record}
 	}
 	d.snap, d.snapSeq = bytes.Clone(snap), upTo
 	i := 0
@@ -244,26 +246,26 @@ func (s *MemStore) Compact(ctx context.Context, c Coll, record string, snap []by
 	return nil
 }
 
-// CompactionCandidates implements Store.
-func (s *MemStore) CompactionCandidates(ctx context.Context, limit int) ([]Candidate, error) {
+// CompactionCandidates implements relay.Store.
+func (s *Store) CompactionCandidates(ctx context.Context, limit int) ([]relay.Candidate, error) {
 	if err := s.lock(ctx); err != nil {
 		return nil, err
 	}
 	defer s.mu.Unlock()
-	var out []Candidate
+	var out []relay.Candidate
 	for c, mc := range s.colls {
 		for id, d := range mc.docs {
-			if len(out) < limit && NeedsCompaction(int64(len(d.snap)), d.tailBytes(), int64(len(d.tail))) {
-				out = append(out, Candidate{Coll: c, Record: id})
+			if len(out) < limit && relay.NeedsCompaction(int64(len(d.snap)), d.tailBytes(), int64(len(d.tail))) {
+				out = append(out, relay.Candidate{Coll: c, Record: id})
 			}
 		}
 	}
 	return out, nil
 }
 
-// Truncate implements Store.
-func (s *MemStore) Truncate(ctx context.Context, c Coll, upTo uint64) (uint64, error) {
-	if err := checkColl(c); err != nil {
+// Truncate implements relay.Store.
+func (s *Store) Truncate(ctx context.Context, c relay.Coll, upTo uint64) (uint64, error) {
+	if err := relay.CheckColl(c); err != nil {
 		return 0, err
 	}
 	if err := s.lock(ctx); err != nil {
@@ -287,51 +289,51 @@ func (s *MemStore) Truncate(ctx context.Context, c Coll, upTo uint64) (uint64, e
 	return mc.horizon, nil
 }
 
-// Acquire implements Store.
-func (s *MemStore) Acquire(ctx context.Context, c Coll, holder string, ttl time.Duration, now time.Time) (Lease, error) {
-	if err := checkColl(c); err != nil {
-		return Lease{}, err
+// Acquire implements relay.Store.
+func (s *Store) Acquire(ctx context.Context, c relay.Coll, holder string, ttl time.Duration, now time.Time) (relay.Lease, error) {
+	if err := relay.CheckColl(c); err != nil {
+		return relay.Lease{}, err
 	}
-	if err := checkLeaseArgs(holder, ttl); err != nil {
-		return Lease{}, err
+	if err := relay.CheckLease(holder, ttl); err != nil {
+		return relay.Lease{}, err
 	}
 	if err := s.lock(ctx); err != nil {
-		return Lease{}, err
+		return relay.Lease{}, err
 	}
 	defer s.mu.Unlock()
 	mc := s.coll(c, true)
-	if l := mc.lease; l != nil && leaseLive(*l, now) && l.Holder != holder {
-		return Lease{}, &LeaseHeldError{Lease: *l}
+	if l := mc.lease; l != nil && l.Live(now) && l.Holder != holder {
+		return relay.Lease{}, &relay.LeaseHeldError{Lease: *l}
 	}
 	mc.maxFence++
-	l := Lease{Holder: holder, Fence: mc.maxFence, Expires: now.Add(ttl)}
+	l := relay.Lease{Holder: holder, Fence: mc.maxFence, Expires: now.Add(ttl)}
 	mc.lease = &l
 	return l, nil
 }
 
-// Renew implements Store.
-func (s *MemStore) Renew(ctx context.Context, c Coll, holder string, fence uint64, ttl time.Duration, now time.Time) (Lease, error) {
-	if err := checkLeaseArgs(holder, ttl); err != nil {
-		return Lease{}, err
+// Renew implements relay.Store.
+func (s *Store) Renew(ctx context.Context, c relay.Coll, holder string, fence uint64, ttl time.Duration, now time.Time) (relay.Lease, error) {
+	if err := relay.CheckLease(holder, ttl); err != nil {
+		return relay.Lease{}, err
 	}
 	if err := s.lock(ctx); err != nil {
-		return Lease{}, err
+		return relay.Lease{}, err
 	}
 	defer s.mu.Unlock()
 	mc := s.coll(c, false)
-	if mc == nil || mc.lease == nil || mc.lease.Fence != fence || !leaseLive(*mc.lease, now) {
-		return Lease{}, fmt.Errorf("renew lease of %s/%s with fence %d: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
+	if mc == nil || mc.lease == nil || mc.lease.Fence != fence || !mc.lease.Live(now) {
+		return relay.Lease{}, fmt.Errorf("renew lease of %s/%s with fence %d: %w", c.Tenant, c.Collection, fence, relay.ErrStaleFence)
 	}
 	if mc.lease.Holder != holder {
-		return Lease{}, fmt.Errorf("renew lease of %s/%s with fence %d: held by another holder: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
+		return relay.Lease{}, fmt.Errorf("renew lease of %s/%s with fence %d: held by another holder: %w", c.Tenant, c.Collection, fence, relay.ErrStaleFence)
 	}
 	mc.lease.Expires = now.Add(ttl)
 	return *mc.lease, nil
 }
 
-// Release implements Store.
-func (s *MemStore) Release(ctx context.Context, c Coll, holder string, fence uint64) error {
-	if err := checkName("holder", holder); err != nil {
+// Release implements relay.Store.
+func (s *Store) Release(ctx context.Context, c relay.Coll, holder string, fence uint64) error {
+	if err := relay.CheckName("holder", holder); err != nil {
 		return err
 	}
 	if err := s.lock(ctx); err != nil {
@@ -343,19 +345,19 @@ func (s *MemStore) Release(ctx context.Context, c Coll, holder string, fence uin
 		return nil
 	}
 	if mc.lease.Holder != holder {
-		return fmt.Errorf("release lease of %s/%s with fence %d: held by another holder: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
+		return fmt.Errorf("release lease of %s/%s with fence %d: held by another holder: %w", c.Tenant, c.Collection, fence, relay.ErrStaleFence)
 	}
 	mc.lease = nil
 	return nil
 }
 
-// Usage implements Store.
-func (s *MemStore) Usage(ctx context.Context, tenant string) (Usage, error) {
+// Usage implements relay.Store.
+func (s *Store) Usage(ctx context.Context, tenant string) (relay.Usage, error) {
 	if err := s.lock(ctx); err != nil {
-		return Usage{}, err
+		return relay.Usage{}, err
 	}
 	defer s.mu.Unlock()
-	var u Usage
+	var u relay.Usage
 	for c, mc := range s.colls {
 		if c.Tenant != tenant {
 			continue
@@ -368,14 +370,14 @@ func (s *MemStore) Usage(ctx context.Context, tenant string) (Usage, error) {
 	return u, nil
 }
 
-// Stats implements Store. Bytes counts the log's changes and the records'
+// Stats implements relay.Store. Bytes counts the log's changes and the records'
 // snapshots.
-func (s *MemStore) Stats(ctx context.Context) (StoreStats, error) {
+func (s *Store) Stats(ctx context.Context) (relay.StoreStats, error) {
 	if err := s.lock(ctx); err != nil {
-		return StoreStats{}, err
+		return relay.StoreStats{}, err
 	}
 	defer s.mu.Unlock()
-	var st StoreStats
+	var st relay.StoreStats
 	for _, mc := range s.colls {
 		st.LogEntries += int64(len(mc.log))
 		for _, e := range mc.log {
@@ -389,7 +391,7 @@ func (s *MemStore) Stats(ctx context.Context) (StoreStats, error) {
 }
 
 // Close drops the data. It is safe to call more than once.
-func (s *MemStore) Close() error {
+func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
