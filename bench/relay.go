@@ -19,13 +19,14 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 )
 
 // Mode says where the relay under test runs.
 type Mode int
 
 const (
-	// InProcess runs a relay in this process: a BadgerStore on disk,
+	// InProcess runs a relay in this process: a Badger store on disk,
 	// durable, as `ferry relay` runs it.
 	InProcess Mode = iota
 	// Child runs `ferry relay` as a child process (Target.Command).
@@ -133,7 +134,7 @@ func startInProcess(dir string) (*relayEnv, error) {
 	if err != nil {
 		return nil, err
 	}
-	store, err := relay.OpenBadgerStore(filepath.Join(dir, "relay"), &relay.BadgerOptions{GCInterval: -1})
+	store, err := badgerstore.Open(filepath.Join(dir, "relay"), &badgerstore.Options{GCInterval: -1})
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -27,7 +28,7 @@ func TestCompactorFoldsTails(t *testing.T) {
 	for name, store := range map[string]func(t *testing.T) relay.Store{
 		"memory": func(*testing.T) relay.Store { return memstore.New() },
 		"badger": func(t *testing.T) relay.Store {
-			s, err := relay.OpenBadgerStore(t.TempDir(), &relay.BadgerOptions{Relaxed: true, GCInterval: -1})
+			s, err := badgerstore.Open(t.TempDir(), &badgerstore.Options{Relaxed: true, GCInterval: -1})
 			if err != nil {
 				t.Fatal(err)
 			}

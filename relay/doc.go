@@ -5,11 +5,12 @@
 // and per-app quotas (connections, push rate, stored bytes) for a relay
 // shared by several apps.
 //
-// A Server speaks the protocol of package transport on /ws, over a Store
-// (BadgerStore by default; relay/storetest is the contract any other store
-// must pass). Running one:
+// A Server speaks the protocol of package transport on /ws, over a Store:
+// relay/badgerstore (embedded, the default), relay/pgstore (shared by
+// several relays) or relay/memstore (tests); relay/storetest is the
+// contract each passes. Running one:
 //
-//	store, err := relay.OpenBadgerStore(dir, nil)
+//	store, err := badgerstore.Open(dir, nil)
 //	auth, err := relay.NewAuth(apps, nil)
 //	srv, err := relay.NewServer(&relay.Options{Store: store, Auth: auth})
 //	hs := &http.Server{Addr: ":8080", Handler: srv.Handler()}

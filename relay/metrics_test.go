@@ -16,6 +16,7 @@ import (
 
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/amrepo"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -174,7 +175,7 @@ func TestMetricsRequestTypes(t *testing.T) {
 // disk: Badger's files are gigabytes long but sparse.
 func TestMetricsStoreBytes(t *testing.T) {
 	dir := t.TempDir()
-	store, err := relay.OpenBadgerStore(dir, nil)
+	store, err := badgerstore.Open(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

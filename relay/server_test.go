@@ -15,6 +15,7 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -137,7 +138,7 @@ func TestPushIsIdempotentAndValidated(t *testing.T) {
 func TestConcurrentPushersLoseNothing(t *testing.T) {
 	t.Run("memory", func(t *testing.T) { concurrentPushers(t, memstore.New(), nil) })
 	t.Run("badger", func(t *testing.T) {
-		st, err := relay.OpenBadgerStore(t.TempDir(), nil) // durable: every ack is fsynced
+		st, err := badgerstore.Open(t.TempDir(), nil) // durable: every ack is fsynced
 		if err != nil {
 			t.Fatal(err)
 		}

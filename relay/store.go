@@ -20,7 +20,7 @@ import (
 type Store interface {
 	// Incarnation identifies this copy of the store's data. It is fixed when
 	// the store is created and changes when the data is restored from a
-	// backup (see RestoreBadgerStore), so devices can tell that cursors and
+	// backup (see badgerstore.Restore), so devices can tell that cursors and
 	// acknowledged heads they hold may not match the log any more.
 	Incarnation() string
 

@@ -14,6 +14,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -504,14 +505,14 @@ type liveRelay struct {
 	dir   string
 	addr  string
 	opts  relay.Options
-	store *relay.BadgerStore
+	store *badgerstore.Store
 	srv   *relay.Server
 	hs    *httptest.Server
 }
 
 func (l *liveRelay) start() {
 	l.t.Helper()
-	st, err := relay.OpenBadgerStore(l.dir, nil)
+	st, err := badgerstore.Open(l.dir, nil)
 	if err != nil {
 		l.t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/amrepo"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/relay/pgstore"
 )
 
@@ -271,7 +272,7 @@ func shutdownRelay(log *slog.Logger, srv *relay.Server, hs *http.Server, store r
 // log, never with a password.
 func openStore(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Registry) (relay.Store, string, error) {
 	if cfg.Postgres == "" {
-		st, err := relay.OpenBadgerStore(storeDir(cfg.Data), &relay.BadgerOptions{Logger: log})
+		st, err := badgerstore.Open(storeDir(cfg.Data), &badgerstore.Options{Logger: log})
 		return st, storeDir(cfg.Data), err
 	}
 	where := "postgres " + pgstore.Describe(cfg.Postgres)

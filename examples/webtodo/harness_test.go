@@ -19,6 +19,7 @@ import (
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/amrepo"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/replica"
 )
 
@@ -105,7 +106,7 @@ func newHarness(t *testing.T, origins ...string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := relay.OpenBadgerStore(filepath.Join(t.TempDir(), "relay"), nil)
+	store, err := badgerstore.Open(filepath.Join(t.TempDir(), "relay"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

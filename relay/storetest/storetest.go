@@ -8,7 +8,7 @@
 //
 //	func TestBadgerStore(t *testing.T) {
 //		storetest.Run(t, func(t *testing.T, dir string) relay.Store {
-//			s, err := relay.OpenBadgerStore(dir, nil)
+//			s, err := badgerstore.Open(dir, nil)
 //			if err != nil {
 //				t.Fatal(err)
 //			}

@@ -1,4 +1,4 @@
-package relay
+package badgerstore
 
 import (
 	"bytes"
@@ -11,24 +11,26 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferrysync/ferry/relay"
 )
 
-// Damaged store folders: OpenBadgerStore refuses them with ErrStoreDamaged
+// Damaged store folders: Open refuses them with relay.ErrStoreDamaged
 // and changes nothing, never panics, never starts a new store in their
 // place; and what a read finds damaged is an error, never an empty value.
 
-// bsDamageStore writes records into a durable store and closes it. Record
+// bsDamageStore writes records into a durable store and closes it. relay.Record
 // "big" has a document and changes over Badger's 1 MiB value threshold, so
 // they live in the value log.
-func bsDamageStore(t *testing.T) (dir, inc string, want map[string]Entry) {
+func bsDamageStore(t *testing.T) (dir, inc string, want map[string]relay.Entry) {
 	t.Helper()
 	dir = filepath.Join(t.TempDir(), "store")
-	s, err := OpenBadgerStore(dir, &BadgerOptions{GCInterval: -1})
+	s, err := Open(dir, &Options{GCInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want = map[string]Entry{}
-	var es []Entry
+	want = map[string]relay.Entry{}
+	var es []relay.Entry
 	for i := range 50 {
 		e := bsEntry(fmt.Sprintf("r%03d", i), nil, "1")
 		want[e.Record] = e
@@ -82,7 +84,7 @@ func bsCopyDir(t *testing.T, from, to string) {
 }
 
 // bsRefusedThenRestored damages a closed store, checks that
-// OpenBadgerStore refuses it with ErrStoreDamaged and changes nothing, then
+// Open refuses it with relay.ErrStoreDamaged and changes nothing, then
 // puts the files back and checks that the same store (same incarnation,
 // same documents) opens in this same process: nothing was left holding
 // the folder's lock.
@@ -92,9 +94,9 @@ func bsRefusedThenRestored(t *testing.T, damage func(dir string)) {
 	bsCopyDir(t, dir, backup)
 	damage(dir)
 	before := dirState(t, dir)
-	_, err := OpenBadgerStore(dir, nil)
-	if !errors.Is(err, ErrStoreDamaged) || !strings.Contains(err.Error(), dir) {
-		t.Fatalf("OpenBadgerStore = %v, want ErrStoreDamaged naming the folder", err)
+	_, err := Open(dir, nil)
+	if !errors.Is(err, relay.ErrStoreDamaged) || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("Open = %v, want relay.ErrStoreDamaged naming the folder", err)
 	}
 	t.Log(err)
 	checkUntouched(t, dir, before)
@@ -108,7 +110,7 @@ func bsRefusedThenRestored(t *testing.T, damage func(dir string)) {
 		t.Errorf("restored store has incarnation %s, want %s", s.Incarnation(), inc)
 	}
 	for id, e := range want {
-		doc, heads, err := Document(context.Background(), s, bsColl, id)
+		doc, heads, err := relay.Document(context.Background(), s, bsColl, id)
 		if err != nil || !bytes.Equal(doc, e.Changes) || !heads.Equal(e.Heads) {
 			t.Fatalf("Document(%s) after restoring: %d bytes, %v, %v", id, len(doc), heads, err)
 		}
@@ -174,20 +176,20 @@ func TestBadgerCutValueLog(t *testing.T) {
 	}
 	s := bsOpen(t, dir, nil)
 	for id, e := range want {
-		doc, heads, err := Document(ctx, s, bsColl, id)
+		doc, heads, err := relay.Document(ctx, s, bsColl, id)
 		switch {
 		case id == "big":
-			if !errors.Is(err, ErrStoreDamaged) || !strings.Contains(err.Error(), `"big"`) {
-				t.Errorf("Document(big) = %d bytes, %v, %v; want ErrStoreDamaged naming it", len(doc), heads, err)
+			if !errors.Is(err, relay.ErrStoreDamaged) || !strings.Contains(err.Error(), `"big"`) {
+				t.Errorf("Document(big) = %d bytes, %v, %v; want relay.ErrStoreDamaged naming it", len(doc), heads, err)
 			}
 		case err != nil || !bytes.Equal(doc, e.Changes) || !heads.Equal(e.Heads):
 			t.Errorf("Document(%s) = %q, %v, %v", id, doc, heads, err)
 		}
 	}
-	if snaps, err := s.Records(ctx, bsColl, "", 100); !errors.Is(err, ErrStoreDamaged) || !strings.Contains(err.Error(), `"big"`) {
-		t.Errorf("Snapshots = %d, %v; want ErrStoreDamaged naming big", len(snaps), err)
+	if snaps, err := s.Records(ctx, bsColl, "", 100); !errors.Is(err, relay.ErrStoreDamaged) || !strings.Contains(err.Error(), `"big"`) {
+		t.Errorf("Snapshots = %d, %v; want relay.ErrStoreDamaged naming big", len(snaps), err)
 	}
-	if _, err := s.Log(ctx, bsColl, 0, 100); !errors.Is(err, ErrStoreDamaged) {
-		t.Errorf("Log over the lost entry = %v, want ErrStoreDamaged", err)
+	if _, err := s.Log(ctx, bsColl, 0, 100); !errors.Is(err, relay.ErrStoreDamaged) {
+		t.Errorf("Log over the lost entry = %v, want relay.ErrStoreDamaged", err)
 	}
 }

@@ -1,4 +1,4 @@
-package relay
+package badgerstore
 
 import (
 	"bytes"
@@ -16,15 +16,16 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/relay"
 )
 
-// Tests of what is particular to BadgerStore; the contract is checked by
+// Tests of what is particular to Store; the contract is checked by
 // storetest in store_test.go.
 
-var bsColl = Coll{Tenant: "app1", Collection: "notes"}
+var bsColl = relay.Coll{Tenant: "app1", Collection: "notes"}
 
-func bsEntry(record string, base crdt.Heads, v string) Entry {
-	return Entry{
+func bsEntry(record string, base crdt.Heads, v string) relay.Entry {
+	return relay.Entry{
 		Record:  record,
 		Base:    base,
 		Changes: []byte("changes " + record + "@" + v),
@@ -32,17 +33,17 @@ func bsEntry(record string, base crdt.Heads, v string) Entry {
 	}
 }
 
-func bsOpen(t *testing.T, dir string, o *BadgerOptions) *BadgerStore {
+func bsOpen(t *testing.T, dir string, o *Options) *Store {
 	t.Helper()
-	s, err := OpenBadgerStore(dir, o)
+	s, err := Open(dir, o)
 	if err != nil {
-		t.Fatalf("OpenBadgerStore: %v", err)
+		t.Fatalf("Open: %v", err)
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
 }
 
-func bsAppend(t *testing.T, s Store, fence uint64, now time.Time, es ...Entry) uint64 {
+func bsAppend(t *testing.T, s relay.Store, fence uint64, now time.Time, es ...relay.Entry) uint64 {
 	t.Helper()
 	h, err := s.Append(context.Background(), bsColl, fence, now, es)
 	if err != nil {
@@ -91,7 +92,7 @@ func TestBadgerDurableByDefault(t *testing.T) {
 	if !s.db.Opts().SyncWrites {
 		t.Fatal("SyncWrites is off by default")
 	}
-	r := bsOpen(t, t.TempDir(), &BadgerOptions{Relaxed: true})
+	r := bsOpen(t, t.TempDir(), &Options{Relaxed: true})
 	if r.db.Opts().SyncWrites {
 		t.Fatal("SyncWrites is on with Relaxed")
 	}
@@ -104,8 +105,8 @@ func TestBadgerBackupRestore(t *testing.T) {
 	s := bsOpen(t, t.TempDir(), nil)
 	a1 := bsEntry("a", nil, "1")
 	bsAppend(t, s, 0, now, a1, bsEntry("b", nil, "1"))
-	other := Coll{Tenant: "app2", Collection: "tasks"}
-	if _, err := s.Append(ctx, other, 0, now, []Entry{bsEntry("x", nil, "1")}); err != nil {
+	other := relay.Coll{Tenant: "app2", Collection: "tasks"}
+	if _, err := s.Append(ctx, other, 0, now, []relay.Entry{bsEntry("x", nil, "1")}); err != nil {
 		t.Fatal(err)
 	}
 	l, err := s.Acquire(ctx, bsColl, "dev1", time.Hour, now)
@@ -122,14 +123,14 @@ func TestBadgerBackupRestore(t *testing.T) {
 	bsAppend(t, s, 0, now, bsEntry("c", nil, "1"))
 
 	dir := filepath.Join(t.TempDir(), "restored") // missing: created
-	if err := RestoreBadgerStore(dir, bytes.NewReader(backup.Bytes())); err != nil {
-		t.Fatalf("RestoreBadgerStore: %v", err)
+	if err := Restore(dir, bytes.NewReader(backup.Bytes())); err != nil {
+		t.Fatalf("Restore: %v", err)
 	}
 	r := bsOpen(t, dir, nil)
 	if r.Incarnation() == s.Incarnation() || r.Incarnation() == "" {
 		t.Fatalf("restored incarnation %q, original %q: want a new one", r.Incarnation(), s.Incarnation())
 	}
-	for _, c := range []Coll{bsColl, other} {
+	for _, c := range []relay.Coll{bsColl, other} {
 		want, _ := s.Log(ctx, c, 0, 100)
 		got, err := r.Log(ctx, c, 0, 100)
 		if err != nil {
@@ -138,22 +139,22 @@ func TestBadgerBackupRestore(t *testing.T) {
 		if c == bsColl {
 			want = want[:3] // without c
 		}
-		if !slices.EqualFunc(got, want, func(a, b LogEntry) bool {
+		if !slices.EqualFunc(got, want, func(a, b relay.LogEntry) bool {
 			return a.Seq == b.Seq && a.Record == b.Record && bytes.Equal(a.Changes, b.Changes) && a.Heads.Equal(b.Heads)
 		}) {
 			t.Fatalf("%v: restored log %+v, want %+v", c, got, want)
 		}
 	}
-	doc, heads, err := Document(ctx, r, bsColl, "a")
+	doc, heads, err := relay.Document(ctx, r, bsColl, "a")
 	if a2 := bsEntry("a", nil, "2"); err != nil || !bytes.HasSuffix(doc, a2.Changes) || !heads.Equal(a2.Heads) {
 		t.Fatalf("restored document a = %q, %v, %v", doc, heads, err)
 	}
-	if _, _, err := Document(ctx, r, bsColl, "c"); !errors.Is(err, ErrNotFound) {
+	if _, _, err := relay.Document(ctx, r, bsColl, "c"); !errors.Is(err, relay.ErrNotFound) {
 		t.Fatalf("record written after the backup: %v", err)
 	}
 	// Leases are dropped, and fences jump past any the original may have
 	// granted after the backup.
-	if _, err := r.Append(ctx, bsColl, l.Fence, now, []Entry{bsEntry("d", nil, "1")}); !errors.Is(err, ErrStaleFence) {
+	if _, err := r.Append(ctx, bsColl, l.Fence, now, []relay.Entry{bsEntry("d", nil, "1")}); !errors.Is(err, relay.ErrStaleFence) {
 		t.Fatalf("Append with a pre-backup fence after restore: %v", err)
 	}
 	l2, err := r.Acquire(ctx, bsColl, "dev2", time.Hour, now)
@@ -182,7 +183,7 @@ func TestBadgerRestoreRefusesNonEmpty(t *testing.T) {
 	if err := os.WriteFile(keep, []byte("mine"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	err := RestoreBadgerStore(dir, bytes.NewReader(backup.Bytes()))
+	err := Restore(dir, bytes.NewReader(backup.Bytes()))
 	if !errors.Is(err, os.ErrExist) {
 		t.Fatalf("restore into a non-empty dir: %v, want os.ErrExist", err)
 	}
@@ -190,7 +191,7 @@ func TestBadgerRestoreRefusesNonEmpty(t *testing.T) {
 		t.Fatalf("dir now holds %v", got)
 	}
 	// Nor over an existing store.
-	if err := RestoreBadgerStore(s.db.Opts().Dir, bytes.NewReader(backup.Bytes())); !errors.Is(err, os.ErrExist) {
+	if err := Restore(s.db.Opts().Dir, bytes.NewReader(backup.Bytes())); !errors.Is(err, os.ErrExist) {
 		t.Fatalf("restore over a store: %v", err)
 	}
 }
@@ -219,12 +220,12 @@ func TestBadgerRestoreBadInput(t *testing.T) {
 		"foreign": foreign,
 	} {
 		dir := t.TempDir()
-		err := RestoreBadgerStore(dir, bytes.NewReader(in))
+		err := Restore(dir, bytes.NewReader(in))
 		if err == nil {
 			t.Fatalf("%s: restore succeeded", name)
 		}
-		if name != "garbage" && !errors.Is(err, ErrNotRelayStore) {
-			t.Fatalf("%s: err = %v, want ErrNotRelayStore", name, err)
+		if name != "garbage" && !errors.Is(err, relay.ErrNotRelayStore) {
+			t.Fatalf("%s: err = %v, want relay.ErrNotRelayStore", name, err)
 		}
 		if got := dirNames(t, dir); len(got) != 0 {
 			t.Fatalf("%s: failed restore left %v", name, got)
@@ -237,7 +238,7 @@ func TestBadgerOpenRefusesOtherFolders(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("mine"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenBadgerStore(dir, nil); !errors.Is(err, ErrNotRelayStore) {
+	if _, err := Open(dir, nil); !errors.Is(err, relay.ErrNotRelayStore) {
 		t.Fatalf("open a folder of other files: %v", err)
 	}
 	if got := dirNames(t, dir); !slices.Equal(got, []string{"notes.txt"}) {
@@ -255,7 +256,7 @@ func TestBadgerOpenRefusesOtherFolders(t *testing.T) {
 	}
 	db.Close()
 	before := dirState(t, dir)
-	if _, err := OpenBadgerStore(dir, nil); !errors.Is(err, ErrNotRelayStore) {
+	if _, err := Open(dir, nil); !errors.Is(err, relay.ErrNotRelayStore) {
 		t.Fatalf("open another Badger database: %v", err)
 	}
 	checkUntouched(t, dir, before)
@@ -271,7 +272,7 @@ func TestBadgerOpenRefusesNewerFormat(t *testing.T) {
 	}
 	s.Close()
 	before := dirState(t, dir)
-	if _, err := OpenBadgerStore(dir, nil); !errors.Is(err, ErrNewerStoreFormat) {
+	if _, err := Open(dir, nil); !errors.Is(err, relay.ErrNewerStoreFormat) {
 		t.Fatalf("open a newer store: %v", err)
 	}
 	checkUntouched(t, dir, before)
@@ -281,17 +282,17 @@ func TestBadgerOpenRefusesNewerFormat(t *testing.T) {
 // nothing. The limit is 15% of the 64 MiB memtable; values under 1 MiB count
 // in full.
 func TestBadgerAppendTooLarge(t *testing.T) {
-	s := bsOpen(t, t.TempDir(), &BadgerOptions{Relaxed: true})
+	s := bsOpen(t, t.TempDir(), &Options{Relaxed: true})
 	big := bytes.Repeat([]byte{'x'}, 900<<10)
-	var es []Entry
+	var es []relay.Entry
 	for i := range 12 {
 		e := bsEntry(string(rune('a'+i)), nil, "1")
 		e.Changes = big
 		es = append(es, e)
 	}
 	_, err := s.Append(context.Background(), bsColl, 0, time.Now(), es)
-	if !errors.Is(err, ErrAppendTooLarge) || !errors.Is(err, badger.ErrTxnTooBig) {
-		t.Fatalf("err = %v, want ErrAppendTooLarge wrapping badger.ErrTxnTooBig", err)
+	if !errors.Is(err, relay.ErrAppendTooLarge) || !errors.Is(err, badger.ErrTxnTooBig) {
+		t.Fatalf("err = %v, want relay.ErrAppendTooLarge wrapping badger.ErrTxnTooBig", err)
 	}
 	if h, _ := s.Head(context.Background(), bsColl); h != 0 {
 		t.Fatalf("Head = %d after a failed Append", h)
@@ -304,7 +305,7 @@ func TestBadgerAppendTooLarge(t *testing.T) {
 // Close stops the value-log GC goroutine and waits for it; it may run often.
 func TestBadgerCloseStopsGC(t *testing.T) {
 	for range 3 {
-		s, err := OpenBadgerStore(t.TempDir(), &BadgerOptions{GCInterval: time.Microsecond, Relaxed: true})
+		s, err := Open(t.TempDir(), &Options{GCInterval: time.Microsecond, Relaxed: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -315,7 +316,7 @@ func TestBadgerCloseStopsGC(t *testing.T) {
 		if err := s.Close(); err != nil {
 			t.Fatalf("second Close: %v", err)
 		}
-		if err := s.Backup(&bytes.Buffer{}); !errors.Is(err, ErrStoreClosed) {
+		if err := s.Backup(&bytes.Buffer{}); !errors.Is(err, relay.ErrStoreClosed) {
 			t.Fatalf("Backup after Close: %v", err)
 		}
 	}
@@ -324,9 +325,9 @@ func TestBadgerCloseStopsGC(t *testing.T) {
 // Corrupt values give errors, never panics.
 func TestBadgerDecodeCorrupt(t *testing.T) {
 	e := bsEntry("a", nil, "1")
-	l := Lease{Holder: "dev", Fence: 300, Expires: time.Unix(0, 12345)}
+	l := relay.Lease{Holder: "dev", Fence: 300, Expires: time.Unix(0, 12345)}
 	m := recMeta{seq: 7, snapSeq: 5, snapBytes: 100, tailBytes: 20, tailEntries: 2, heads: e.Heads}
-	u := Usage{Bytes: 123, Records: 4}
+	u := relay.Usage{Bytes: 123, Records: 4}
 	for _, v := range [][]byte{encodeLogEntry(e), m.encode(), encodeLease(l), encodeUsage(u)} {
 		for n := range len(v) {
 			decodeLogEntry(1, v[:n])

@@ -1,4 +1,4 @@
-package relay
+package badgerstore
 
 import (
 	"context"
@@ -11,18 +11,19 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/ferrysync/ferry/internal/badgerdir"
+	"github.com/ferrysync/ferry/relay"
 )
 
-// Append implements Store. The fence check, the Base checks and all writes
+// Append implements relay.Store. The fence check, the Base checks and all writes
 // are one Badger transaction, so a crash leaves all or nothing, and the
 // collection lock means no other write to the collection interleaves. Per
 // entry it writes the log entry, the record's meta and one tail key: what
 // the push adds, whatever the record's history.
-func (s *BadgerStore) Append(ctx context.Context, c Coll, fence uint64, now time.Time, entries []Entry) (uint64, error) {
-	if err := checkColl(c); err != nil {
+func (s *Store) Append(ctx context.Context, c relay.Coll, fence uint64, now time.Time, entries []relay.Entry) (uint64, error) {
+	if err := relay.CheckColl(c); err != nil {
 		return 0, err
 	}
-	if err := checkEntries(entries); err != nil {
+	if err := relay.CheckEntries(entries); err != nil {
 		return 0, err
 	}
 	var head uint64
@@ -32,8 +33,8 @@ func (s *BadgerStore) Append(ctx context.Context, c Coll, fence uint64, now time
 			if err != nil {
 				return err
 			}
-			if !ok || l.Fence != fence || !leaseLive(l, now) {
-				return fmt.Errorf("append to %s/%s with fence %d: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
+			if !ok || l.Fence != fence || !l.Live(now) {
+				return fmt.Errorf("append to %s/%s with fence %d: %w", c.Tenant, c.Collection, fence, relay.ErrStaleFence)
 			}
 		}
 		var err error
@@ -52,7 +53,7 @@ func (s *BadgerStore) Append(ctx context.Context, c Coll, fence uint64, now time
 				return err
 			}
 			if !e.Base.Equal(m.heads) {
-				return &ConflictError{Record: e.Record}
+				return &relay.ConflictError{Record: e.Record}
 			}
 			if !found {
 				u.Records++
@@ -79,7 +80,7 @@ func (s *BadgerStore) Append(ctx context.Context, c Coll, fence uint64, now time
 		return putUint64(txn, collKey("head", c), head)
 	})
 	if errors.Is(err, badger.ErrTxnTooBig) {
-		return 0, fmt.Errorf("%w: %d entries to %s/%s (%w)", ErrAppendTooLarge, len(entries), c.Tenant, c.Collection, err)
+		return 0, fmt.Errorf("%w: %d entries to %s/%s (%w)", relay.ErrAppendTooLarge, len(entries), c.Tenant, c.Collection, err)
 	}
 	if err != nil {
 		return 0, err
@@ -91,7 +92,7 @@ func (s *BadgerStore) Append(ctx context.Context, c Coll, fence uint64, now time
 // compaction candidate when that changes from what old said: the mark is
 // written only then, not on every append, so the candidates' keys do not
 // pile up versions that every scan of them would skip.
-func putRecMeta(txn *badger.Txn, c Coll, record string, old, m recMeta) error {
+func putRecMeta(txn *badger.Txn, c relay.Coll, record string, old, m recMeta) error {
 	if err := txn.Set(recKey("rec", c, record), m.encode()); err != nil {
 		return err
 	}
@@ -105,31 +106,33 @@ func putRecMeta(txn *badger.Txn, c Coll, record string, old, m recMeta) error {
 	return nil
 }
 
-func (m recMeta) candidate() bool { return NeedsCompaction(m.snapBytes, m.tailBytes, m.tailEntries) }
+func (m recMeta) candidate() bool {
+	return relay.NeedsCompaction(m.snapBytes, m.tailBytes, m.tailEntries)
+}
 
-func getUsage(txn *badger.Txn, c Coll) (Usage, error) {
+func getUsage(txn *badger.Txn, c relay.Coll) (relay.Usage, error) {
 	item, err := txn.Get(collKey("usage", c))
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return Usage{}, nil
+		return relay.Usage{}, nil
 	}
 	if err != nil {
-		return Usage{}, err
+		return relay.Usage{}, err
 	}
-	var u Usage
+	var u relay.Usage
 	err = item.Value(func(v []byte) (err error) { u, err = decodeUsage(v); return })
 	return u, err
 }
 
-// Record implements Store.
-func (s *BadgerStore) Record(ctx context.Context, c Coll, record string) (Record, error) {
-	var r Record
+// Record implements relay.Store.
+func (s *Store) Record(ctx context.Context, c relay.Coll, record string) (relay.Record, error) {
+	var r relay.Record
 	err := s.view(ctx, func(txn *badger.Txn) error {
 		m, ok, err := getRecMeta(txn, c, record)
 		if err != nil {
 			return fmt.Errorf("record %q: %w", record, err)
 		}
 		if !ok {
-			return fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, ErrNotFound)
+			return fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, relay.ErrNotFound)
 		}
 		r, err = readRecord(txn, c, record, m)
 		return err
@@ -139,15 +142,15 @@ func (s *BadgerStore) Record(ctx context.Context, c Coll, record string) (Record
 
 // readRecord reads a record's snapshot and tail, checking them against its
 // meta: a store whose bytes do not match its bookkeeping is damaged.
-func readRecord(txn *badger.Txn, c Coll, record string, m recMeta) (Record, error) {
-	r := Record{ID: record, Heads: m.heads, Seq: m.seq, SnapSeq: m.snapSeq}
+func readRecord(txn *badger.Txn, c relay.Coll, record string, m recMeta) (relay.Record, error) {
+	r := relay.Record{ID: record, Heads: m.heads, Seq: m.seq, SnapSeq: m.snapSeq}
 	if m.snapSeq > 0 {
 		item, err := txn.Get(recKey("snap", c, record))
 		if err != nil {
-			return Record{}, fmt.Errorf("%w: record %q: snapshot: %v", errCorrupt, record, err)
+			return relay.Record{}, fmt.Errorf("%w: record %q: snapshot: %v", errCorrupt, record, err)
 		}
 		if r.Snapshot, err = item.ValueCopy(nil); err != nil {
-			return Record{}, err
+			return relay.Record{}, err
 		}
 	}
 	r.Tail = make([]byte, 0, m.tailBytes)
@@ -160,7 +163,7 @@ func readRecord(txn *badger.Txn, c Coll, record string, m recMeta) (Record, erro
 		seq := binary.BigEndian.Uint64(it.Item().Key()[len(prefix):])
 		item, err := txn.Get(logKey(c, seq))
 		if err != nil {
-			return Record{}, fmt.Errorf("%w: record %q: tail entry %d: %v", errCorrupt, record, seq, err)
+			return relay.Record{}, fmt.Errorf("%w: record %q: tail entry %d: %v", errCorrupt, record, seq, err)
 		}
 		err = item.Value(func(v []byte) error {
 			e, err := decodeLogEntry(seq, v)
@@ -168,23 +171,23 @@ func readRecord(txn *badger.Txn, c Coll, record string, m recMeta) (Record, erro
 			return err
 		})
 		if err != nil {
-			return Record{}, fmt.Errorf("record %q: %w", record, err)
+			return relay.Record{}, fmt.Errorf("record %q: %w", record, err)
 		}
 		r.TailEntries++
 	}
 	if int64(len(r.Snapshot)) != m.snapBytes || int64(len(r.Tail)) != m.tailBytes || int64(r.TailEntries) != m.tailEntries {
-		return Record{}, fmt.Errorf("%w: record %q holds %d+%d bytes in %d entries, its meta says %d+%d in %d",
+		return relay.Record{}, fmt.Errorf("%w: record %q holds %d+%d bytes in %d entries, its meta says %d+%d in %d",
 			errCorrupt, record, len(r.Snapshot), len(r.Tail), r.TailEntries, m.snapBytes, m.tailBytes, m.tailEntries)
 	}
 	return r, nil
 }
 
-// Records implements Store.
-func (s *BadgerStore) Records(ctx context.Context, c Coll, after string, limit int) ([]Record, error) {
+// Records implements relay.Store.
+func (s *Store) Records(ctx context.Context, c relay.Coll, after string, limit int) ([]relay.Record, error) {
 	if limit <= 0 {
 		return nil, s.view(ctx, func(*badger.Txn) error { return nil })
 	}
-	var out []Record
+	var out []relay.Record
 	err := s.view(ctx, func(txn *badger.Txn) error {
 		prefix := collPrefix("rec", c)
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: min(limit, 100), Prefix: prefix})
@@ -212,16 +215,16 @@ func (s *BadgerStore) Records(ctx context.Context, c Coll, after string, limit i
 	return out, err
 }
 
-// Log implements Store.
-func (s *BadgerStore) Log(ctx context.Context, c Coll, after uint64, limit int) ([]LogEntry, error) {
-	var out []LogEntry
+// Log implements relay.Store.
+func (s *Store) Log(ctx context.Context, c relay.Coll, after uint64, limit int) ([]relay.LogEntry, error) {
+	var out []relay.LogEntry
 	err := s.view(ctx, func(txn *badger.Txn) error {
 		horizon, err := getUint64(txn, collKey("horizon", c))
 		if err != nil {
 			return err
 		}
 		if after < horizon {
-			return &TruncatedError{Horizon: horizon}
+			return &relay.TruncatedError{Horizon: horizon}
 		}
 		if limit <= 0 || after == math.MaxUint64 {
 			return nil
@@ -249,8 +252,8 @@ func (s *BadgerStore) Log(ctx context.Context, c Coll, after uint64, limit int) 
 	return out, err
 }
 
-// Head implements Store.
-func (s *BadgerStore) Head(ctx context.Context, c Coll) (uint64, error) {
+// Head implements relay.Store.
+func (s *Store) Head(ctx context.Context, c relay.Coll) (uint64, error) {
 	var head uint64
 	err := s.view(ctx, func(txn *badger.Txn) (err error) {
 		head, err = getUint64(txn, collKey("head", c))
@@ -259,9 +262,9 @@ func (s *BadgerStore) Head(ctx context.Context, c Coll) (uint64, error) {
 	return head, err
 }
 
-// Usage implements Store.
-func (s *BadgerStore) Usage(ctx context.Context, tenant string) (Usage, error) {
-	var u Usage
+// Usage implements relay.Store.
+func (s *Store) Usage(ctx context.Context, tenant string) (relay.Usage, error) {
+	var u relay.Usage
 	err := s.view(ctx, func(txn *badger.Txn) error {
 		prefix := append(append([]byte("usage\x00"), tenant...), 0)
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true})
@@ -282,12 +285,12 @@ func (s *BadgerStore) Usage(ctx context.Context, tenant string) (Usage, error) {
 	return u, err
 }
 
-// Stats implements Store. LogEntries counts the entries the logs hold
+// Stats implements relay.Store. LogEntries counts the entries the logs hold
 // (head minus horizon); Bytes is what the store's files take on disk
 // (Badger's value log and memtables are long sparse files, so their
 // lengths say little), or Badger's own estimate for a store in memory.
-func (s *BadgerStore) Stats(ctx context.Context) (StoreStats, error) {
-	var st StoreStats
+func (s *Store) Stats(ctx context.Context) (relay.StoreStats, error) {
+	var st relay.StoreStats
 	err := s.view(ctx, func(txn *badger.Txn) error {
 		for _, p := range []struct {
 			prefix []byte
@@ -312,7 +315,7 @@ func (s *BadgerStore) Stats(ctx context.Context) (StoreStats, error) {
 		return nil
 	})
 	if err != nil {
-		return StoreStats{}, err
+		return relay.StoreStats{}, err
 	}
 	if s.opts.InMemory {
 		lsm, vlog := s.db.Size()
@@ -320,7 +323,7 @@ func (s *BadgerStore) Stats(ctx context.Context) (StoreStats, error) {
 		return st, nil
 	}
 	if st.Bytes, err = badgerdir.DiskUsage(s.db.Opts().Dir); err != nil {
-		return StoreStats{}, fmt.Errorf("relay: store size: %w", err)
+		return relay.StoreStats{}, fmt.Errorf("relay: store size: %w", err)
 	}
 	return st, nil
 }

@@ -1,16 +1,16 @@
-package relay_test
+package badgerstore_test
 
 import (
 	"testing"
 
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/relay/storetest"
 )
 
-// The store benchmarks (see storetest.Bench) over each store of this
-// package:
+// The store benchmarks (see storetest.Bench) over the Badger store:
 //
-//	go test -run='^$' -bench=Store -benchtime=1s ./relay/
+//	go test -run='^$' -bench=. -benchtime=1s ./relay/badgerstore/
 
 // BenchmarkBadgerStore is the store as `ferry relay` runs it: on disk,
 // every Append fsynced.
@@ -22,16 +22,16 @@ func BenchmarkBadgerStore(b *testing.B) {
 // costs apart from the disk's flush.
 func BenchmarkBadgerStoreRelaxed(b *testing.B) {
 	storetest.Bench(b, func(b *testing.B, dir string) relay.Store {
-		return openBenchBadger(b, dir, &relay.BadgerOptions{Relaxed: true})
+		return openBenchBadger(b, dir, &badgerstore.Options{Relaxed: true})
 	})
 }
 
-func openBenchBadger(b *testing.B, dir string, o *relay.BadgerOptions) relay.Store {
+func openBenchBadger(b *testing.B, dir string, o *badgerstore.Options) relay.Store {
 	if o == nil {
-		o = &relay.BadgerOptions{}
+		o = &badgerstore.Options{}
 	}
 	o.GCInterval = -1 // no value-log GC in the middle of a measurement
-	s, err := relay.OpenBadgerStore(dir, o)
+	s, err := badgerstore.Open(dir, o)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package relay
+package badgerstore
 
 import (
 	"encoding/binary"

@@ -1,4 +1,4 @@
-package relay
+package badgerstore
 
 import (
 	"errors"
@@ -8,22 +8,23 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/ferrysync/ferry/internal/badgerdir"
+	"github.com/ferrysync/ferry/relay"
 )
 
-// BackupBadgerDir writes a backup of the relay store in dir to w, in the
-// format RestoreBadgerStore reads, and returns the store's incarnation. It
+// BackupDir writes a backup of the relay store in dir to w, in the
+// format Restore reads, and returns the store's incarnation. It
 // opens the store read-only, so nothing in dir is created or changed: a
 // folder without a store, or with another kind of store, gives
-// ErrNotRelayStore; a store a running relay holds gives an error matching
+// relay.ErrNotRelayStore; a store a running relay holds gives an error matching
 // badgerdir.ErrLocked. A store a crash left needing repair fails to open
-// read-only; opening it once with OpenBadgerStore (starting the relay)
+// read-only; opening it once with Open (starting the relay)
 // repairs it.
-func BackupBadgerDir(dir string, w io.Writer) (incarnation string, err error) {
+func BackupDir(dir string, w io.Writer) (incarnation string, err error) {
 	db, err := badgerdir.OpenReadOnly(dir, badger.DefaultOptions(dir).
 		WithLogger(nil).
 		WithBlockCacheSize(8<<20))
 	if errors.Is(err, badgerdir.ErrNoStore) {
-		return "", fmt.Errorf("%w: %v", ErrNotRelayStore, err)
+		return "", fmt.Errorf("%w: %v", relay.ErrNotRelayStore, err)
 	}
 	if err != nil {
 		return "", fmt.Errorf("relay: open store %s read-only: %w", dir, err)
@@ -33,7 +34,7 @@ func BackupBadgerDir(dir string, w io.Writer) (incarnation string, err error) {
 		var found bool
 		incarnation, _, found, err = marker.Read(txn)
 		if err == nil && !found {
-			err = fmt.Errorf("%w: %s has no relay format marker", ErrNotRelayStore, dir)
+			err = fmt.Errorf("%w: %s has no relay format marker", relay.ErrNotRelayStore, dir)
 		}
 		return err
 	})

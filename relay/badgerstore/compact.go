@@ -1,4 +1,4 @@
-package relay
+package badgerstore
 
 import (
 	"context"
@@ -6,11 +6,13 @@ import (
 	"fmt"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrysync/ferry/relay"
 )
 
-// Compact implements Store.
-func (s *BadgerStore) Compact(ctx context.Context, c Coll, record string, snap []byte, upTo uint64) error {
-	if err := checkColl(c); err != nil {
+// Compact implements relay.Store.
+func (s *Store) Compact(ctx context.Context, c relay.Coll, record string, snap []byte, upTo uint64) error {
+	if err := relay.CheckColl(c); err != nil {
 		return err
 	}
 	return s.update(ctx, c, func(txn *badger.Txn) error {
@@ -19,10 +21,10 @@ func (s *BadgerStore) Compact(ctx context.Context, c Coll, record string, snap [
 			return err
 		}
 		if !ok {
-			return fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, ErrNotFound)
+			return fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, relay.ErrNotFound)
 		}
 		if upTo > m.seq || upTo <= m.snapSeq {
-			return &ConflictError{Record: record}
+			return &relay.ConflictError{Record: record}
 		}
 		old := m
 		prefix := tailPrefix(c, record)
@@ -78,9 +80,9 @@ func tailLen(item *badger.Item) (int64, error) {
 	return int64(n), err
 }
 
-// CompactionCandidates implements Store.
-func (s *BadgerStore) CompactionCandidates(ctx context.Context, limit int) ([]Candidate, error) {
-	var out []Candidate
+// CompactionCandidates implements relay.Store.
+func (s *Store) CompactionCandidates(ctx context.Context, limit int) ([]relay.Candidate, error) {
+	var out []relay.Candidate
 	err := s.view(ctx, func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefixCand})
 		defer it.Close()
@@ -89,7 +91,7 @@ func (s *BadgerStore) CompactionCandidates(ctx context.Context, limit int) ([]Ca
 			if !ok {
 				return fmt.Errorf("%w: candidate key %q", errCorrupt, it.Item().Key())
 			}
-			out = append(out, Candidate{Coll: c, Record: rec})
+			out = append(out, relay.Candidate{Coll: c, Record: rec})
 		}
 		return nil
 	})
@@ -99,9 +101,9 @@ func (s *BadgerStore) CompactionCandidates(ctx context.Context, limit int) ([]Ca
 // truncateBatch bounds the entries one Truncate transaction drops.
 const truncateBatch = 10_000
 
-// Truncate implements Store.
-func (s *BadgerStore) Truncate(ctx context.Context, c Coll, upTo uint64) (uint64, error) {
-	if err := checkColl(c); err != nil {
+// Truncate implements relay.Store.
+func (s *Store) Truncate(ctx context.Context, c relay.Coll, upTo uint64) (uint64, error) {
+	if err := relay.CheckColl(c); err != nil {
 		return 0, err
 	}
 	for {

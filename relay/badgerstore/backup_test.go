@@ -1,4 +1,4 @@
-package relay
+package badgerstore
 
 import (
 	"bytes"
@@ -11,11 +11,12 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/ferrysync/ferry/internal/badgerdir"
+	"github.com/ferrysync/ferry/relay"
 )
 
 func TestBackupBadgerDir(t *testing.T) {
 	dir := t.TempDir()
-	s, err := OpenBadgerStore(dir, nil)
+	s, err := Open(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,14 +24,14 @@ func TestBackupBadgerDir(t *testing.T) {
 	inc := s.Incarnation()
 
 	// While the store is open, the backup is refused, not taken beside it.
-	if _, err := BackupBadgerDir(dir, &bytes.Buffer{}); !errors.Is(err, badgerdir.ErrLocked) {
+	if _, err := BackupDir(dir, &bytes.Buffer{}); !errors.Is(err, badgerdir.ErrLocked) {
 		t.Fatalf("backup of an open store: %v, want ErrLocked", err)
 	}
 	s.Close()
 
 	before := dirState(t, dir)
 	var b bytes.Buffer
-	got, err := BackupBadgerDir(dir, &b)
+	got, err := BackupDir(dir, &b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,18 +41,18 @@ func TestBackupBadgerDir(t *testing.T) {
 	checkUntouched(t, dir, before)
 
 	restored := filepath.Join(t.TempDir(), "r")
-	if err := RestoreBadgerStore(restored, &b); err != nil {
+	if err := Restore(restored, &b); err != nil {
 		t.Fatal(err)
 	}
 	r := bsOpen(t, restored, nil)
-	if _, _, err := Document(t.Context(), r, bsColl, "a"); err != nil {
+	if _, _, err := relay.Document(t.Context(), r, bsColl, "a"); err != nil {
 		t.Fatalf("restored store lacks the record: %v", err)
 	}
 }
 
 func TestBackupBadgerDirRefusesWhatIsNotARelayStore(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "missing")
-	if _, err := BackupBadgerDir(missing, &bytes.Buffer{}); !errors.Is(err, ErrNotRelayStore) {
+	if _, err := BackupDir(missing, &bytes.Buffer{}); !errors.Is(err, relay.ErrNotRelayStore) {
 		t.Fatalf("missing folder: %v", err)
 	}
 	if _, err := os.Stat(missing); !os.IsNotExist(err) {
@@ -69,7 +70,7 @@ func TestBackupBadgerDirRefusesWhatIsNotARelayStore(t *testing.T) {
 	}
 	db.Close()
 	before := dirState(t, other)
-	if _, err := BackupBadgerDir(other, &bytes.Buffer{}); !errors.Is(err, ErrNotRelayStore) {
+	if _, err := BackupDir(other, &bytes.Buffer{}); !errors.Is(err, relay.ErrNotRelayStore) {
 		t.Fatalf("device store: %v", err)
 	}
 	checkUntouched(t, other, before)

@@ -1,4 +1,4 @@
-package relay
+package badgerstore
 
 import (
 	"context"
@@ -9,14 +9,16 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/google/uuid"
+
 	"github.com/ferrysync/ferry/internal/badgerdir"
 	"github.com/ferrysync/ferry/internal/stripe"
-	"github.com/google/uuid"
+	"github.com/ferrysync/ferry/relay"
 )
 
-// BadgerOptions configure a BadgerStore. A nil *BadgerOptions is valid and
-// means the defaults; OpenBadgerStore never modifies it.
-type BadgerOptions struct {
+// Options configure a Store. A nil *Options is valid and
+// means the defaults; Open never modifies it.
+type Options struct {
 	// Logger receives the store's and Badger's logs. Default: discard.
 	Logger *slog.Logger
 
@@ -26,7 +28,7 @@ type BadgerOptions struct {
 	Relaxed bool
 
 	// InMemory keeps everything in memory: nothing survives Close. The dir
-	// argument of OpenBadgerStore is ignored.
+	// argument of Open is ignored.
 	InMemory bool
 
 	// GCInterval is how often Badger's value log is garbage-collected in
@@ -34,8 +36,8 @@ type BadgerOptions struct {
 	GCInterval time.Duration
 }
 
-func (o *BadgerOptions) withDefaults() BadgerOptions {
-	var v BadgerOptions
+func (o *Options) withDefaults() Options {
+	var v Options
 	if o != nil {
 		v = *o
 	}
@@ -48,21 +50,21 @@ func (o *BadgerOptions) withDefaults() BadgerOptions {
 	return v
 }
 
-// BadgerStore is the relay's embedded Store: one Badger database in a data
+// Store is the relay's embedded relay.Store: one Badger database in a data
 // folder, holding every tenant. Every method is safe for concurrent use.
 // Writes to one collection are serialized by an in-process lock (one process
 // owns a Badger folder; Badger's own folder lock enforces it), so sequence
 // numbers are allocated without races; writes to different collections
 // commit in parallel.
-type BadgerStore struct {
+type Store struct {
 	db          *badger.DB
 	incarnation string
-	opts        BadgerOptions
+	opts        Options
 
 	// colls serializes writes per collection. Striped, so memory stays
 	// bounded however many collections there are; two collections sharing
 	// a stripe only wait for each other.
-	colls stripe.Locks[Coll]
+	colls stripe.Locks[relay.Coll]
 
 	mu     sync.RWMutex // held for reading by every operation; Close takes it for writing
 	closed bool
@@ -73,21 +75,21 @@ type BadgerStore struct {
 	wg        sync.WaitGroup // background goroutines
 }
 
-var _ Store = (*BadgerStore)(nil)
+var _ relay.Store = (*Store)(nil)
 
-// OpenBadgerStore opens the relay store in dir, creating it (and dir) if
+// Open opens the relay store in dir, creating it (and dir) if
 // absent. dir must be missing, empty, or a relay store: a folder with other
-// files gives ErrNotRelayStore, a store written by a newer Ferry gives
-// ErrNewerStoreFormat, and a damaged store (a file missing, cut short or
-// failing its checksums) gives ErrStoreDamaged, in each case without
+// files gives relay.ErrNotRelayStore, a store written by a newer Ferry gives
+// relay.ErrNewerStoreFormat, and a damaged store (a file missing, cut short or
+// failing its checksums) gives relay.ErrStoreDamaged, in each case without
 // writing anything to it or deleting anything from it.
-func OpenBadgerStore(dir string, o *BadgerOptions) (*BadgerStore, error) {
+func Open(dir string, o *Options) (*Store, error) {
 	opts := o.withDefaults()
 	db, err := openBadger(dir, opts)
 	if err != nil {
 		return nil, err
 	}
-	s := &BadgerStore{db: db, opts: opts, closing: make(chan struct{})}
+	s := &Store{db: db, opts: opts, closing: make(chan struct{})}
 	if s.incarnation, err = initMeta(db); err != nil {
 		badgerdir.Close(db)
 		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
@@ -102,7 +104,7 @@ func OpenBadgerStore(dir string, o *BadgerOptions) (*BadgerStore, error) {
 	return s, nil
 }
 
-func openBadger(dir string, opts BadgerOptions) (*badger.DB, error) {
+func openBadger(dir string, opts Options) (*badger.DB, error) {
 	if !opts.InMemory {
 		if err := checkStoreDir(dir); err != nil {
 			return nil, err
@@ -134,7 +136,7 @@ func openBadger(dir string, opts BadgerOptions) (*badger.DB, error) {
 // marker is what makes a Badger database a relay store.
 var marker = badgerdir.Marker{
 	Kind: "relay", FormatKey: keyFormat, IDKey: keyIncarnation, Format: badgerFormat,
-	NewID: uuid.NewString, NotStore: ErrNotRelayStore, Newer: ErrNewerStoreFormat,
+	NewID: uuid.NewString, NotStore: relay.ErrNotRelayStore, Newer: relay.ErrNewerStoreFormat,
 }
 
 // initMeta checks the format version and returns the incarnation, writing
@@ -147,25 +149,25 @@ func initMeta(db *badger.DB) (string, error) {
 	return inc, err
 }
 
-// Incarnation implements Store.
-func (s *BadgerStore) Incarnation() string { return s.incarnation }
+// Incarnation implements relay.Store.
+func (s *Store) Incarnation() string { return s.incarnation }
 
 // enter guards an operation against a concurrent Close.
-func (s *BadgerStore) enter(ctx context.Context) (func(), error) {
+func (s *Store) enter(ctx context.Context) (func(), error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
-		return nil, ErrStoreClosed
+		return nil, relay.ErrStoreClosed
 	}
 	return s.mu.RUnlock, nil
 }
 
 // update runs fn in one read-write transaction under c's lock: everything fn
 // reads is what it writes over, and the commit is durable unless Relaxed.
-func (s *BadgerStore) update(ctx context.Context, c Coll, fn func(txn *badger.Txn) error) error {
+func (s *Store) update(ctx context.Context, c relay.Coll, fn func(txn *badger.Txn) error) error {
 	done, err := s.enter(ctx)
 	if err != nil {
 		return err
@@ -175,7 +177,7 @@ func (s *BadgerStore) update(ctx context.Context, c Coll, fn func(txn *badger.Tx
 	return s.db.Update(fn)
 }
 
-func (s *BadgerStore) view(ctx context.Context, fn func(txn *badger.Txn) error) error {
+func (s *Store) view(ctx context.Context, fn func(txn *badger.Txn) error) error {
 	done, err := s.enter(ctx)
 	if err != nil {
 		return err
@@ -184,69 +186,69 @@ func (s *BadgerStore) view(ctx context.Context, fn func(txn *badger.Txn) error) 
 	return s.db.View(fn)
 }
 
-// Acquire implements Store. The collection's fence key only grows, and is
+// Acquire implements relay.Store. The collection's fence key only grows, and is
 // written in the same transaction as the lease it numbers.
-func (s *BadgerStore) Acquire(ctx context.Context, c Coll, holder string, ttl time.Duration, now time.Time) (Lease, error) {
-	if err := checkColl(c); err != nil {
-		return Lease{}, err
+func (s *Store) Acquire(ctx context.Context, c relay.Coll, holder string, ttl time.Duration, now time.Time) (relay.Lease, error) {
+	if err := relay.CheckColl(c); err != nil {
+		return relay.Lease{}, err
 	}
-	if err := checkLeaseArgs(holder, ttl); err != nil {
-		return Lease{}, err
+	if err := relay.CheckLease(holder, ttl); err != nil {
+		return relay.Lease{}, err
 	}
-	var l Lease
+	var l relay.Lease
 	err := s.update(ctx, c, func(txn *badger.Txn) error {
 		cur, ok, err := getLease(txn, c)
 		if err != nil {
 			return err
 		}
-		if ok && leaseLive(cur, now) && cur.Holder != holder {
-			return &LeaseHeldError{Lease: cur}
+		if ok && cur.Live(now) && cur.Holder != holder {
+			return &relay.LeaseHeldError{Lease: cur}
 		}
 		last, err := getUint64(txn, collKey("fence", c))
 		if err != nil {
 			return err
 		}
-		l = Lease{Holder: holder, Fence: last + 1, Expires: now.Add(ttl)}
+		l = relay.Lease{Holder: holder, Fence: last + 1, Expires: now.Add(ttl)}
 		if err := putUint64(txn, collKey("fence", c), l.Fence); err != nil {
 			return err
 		}
 		return txn.Set(collKey("lease", c), encodeLease(l))
 	})
 	if err != nil {
-		return Lease{}, err
+		return relay.Lease{}, err
 	}
 	return l, nil
 }
 
-// Renew implements Store.
-func (s *BadgerStore) Renew(ctx context.Context, c Coll, holder string, fence uint64, ttl time.Duration, now time.Time) (Lease, error) {
-	if err := checkLeaseArgs(holder, ttl); err != nil {
-		return Lease{}, err
+// Renew implements relay.Store.
+func (s *Store) Renew(ctx context.Context, c relay.Coll, holder string, fence uint64, ttl time.Duration, now time.Time) (relay.Lease, error) {
+	if err := relay.CheckLease(holder, ttl); err != nil {
+		return relay.Lease{}, err
 	}
-	var l Lease
+	var l relay.Lease
 	err := s.update(ctx, c, func(txn *badger.Txn) error {
 		cur, ok, err := getLease(txn, c)
 		if err != nil {
 			return err
 		}
-		if !ok || cur.Fence != fence || !leaseLive(cur, now) {
-			return fmt.Errorf("renew lease of %s/%s with fence %d: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
+		if !ok || cur.Fence != fence || !cur.Live(now) {
+			return fmt.Errorf("renew lease of %s/%s with fence %d: %w", c.Tenant, c.Collection, fence, relay.ErrStaleFence)
 		}
 		if cur.Holder != holder {
-			return fmt.Errorf("renew lease of %s/%s with fence %d: held by another holder: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
+			return fmt.Errorf("renew lease of %s/%s with fence %d: held by another holder: %w", c.Tenant, c.Collection, fence, relay.ErrStaleFence)
 		}
-		l = Lease{Holder: cur.Holder, Fence: fence, Expires: now.Add(ttl)}
+		l = relay.Lease{Holder: cur.Holder, Fence: fence, Expires: now.Add(ttl)}
 		return txn.Set(collKey("lease", c), encodeLease(l))
 	})
 	if err != nil {
-		return Lease{}, err
+		return relay.Lease{}, err
 	}
 	return l, nil
 }
 
-// Release implements Store.
-func (s *BadgerStore) Release(ctx context.Context, c Coll, holder string, fence uint64) error {
-	if err := checkName("holder", holder); err != nil {
+// Release implements relay.Store.
+func (s *Store) Release(ctx context.Context, c relay.Coll, holder string, fence uint64) error {
+	if err := relay.CheckName("holder", holder); err != nil {
 		return err
 	}
 	return s.update(ctx, c, func(txn *badger.Txn) error {
@@ -255,7 +257,7 @@ func (s *BadgerStore) Release(ctx context.Context, c Coll, holder string, fence 
 			return err
 		}
 		if cur.Holder != holder {
-			return fmt.Errorf("release lease of %s/%s with fence %d: held by another holder: %w", c.Tenant, c.Collection, fence, ErrStaleFence)
+			return fmt.Errorf("release lease of %s/%s with fence %d: held by another holder: %w", c.Tenant, c.Collection, fence, relay.ErrStaleFence)
 		}
 		return txn.Delete(collKey("lease", c))
 	})
@@ -264,7 +266,7 @@ func (s *BadgerStore) Release(ctx context.Context, c Coll, holder string, fence 
 // Close waits for in-flight calls, stops the value-log GC, and closes the
 // database. It is safe to call more than once; later calls return the first
 // call's result.
-func (s *BadgerStore) Close() error {
+func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
 		s.wg.Wait()

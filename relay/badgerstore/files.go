@@ -1,4 +1,4 @@
-package relay
+package badgerstore
 
 import (
 	"encoding/binary"
@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/ferrysync/ferry/internal/badgerdir"
+	"github.com/ferrysync/ferry/relay"
 )
 
 // checkStoreDir refuses a folder that is not a relay store, writing
@@ -27,7 +28,7 @@ func checkStoreDir(dir string) error {
 	exists, err := badgerdir.Prepare(dir)
 	switch {
 	case errors.Is(err, badgerdir.ErrForeign):
-		return fmt.Errorf("%w: %v", ErrNotRelayStore, err)
+		return fmt.Errorf("%w: %v", relay.ErrNotRelayStore, err)
 	case errors.Is(err, badgerdir.ErrDamaged):
 		return damaged(err)
 	case err != nil:
@@ -55,7 +56,7 @@ func probeStore(dir string) error {
 	err = db.View(func(txn *badger.Txn) error {
 		_, _, found, err := marker.Read(txn)
 		if err == nil && !found && !badgerdir.Empty(txn) {
-			err = fmt.Errorf("%w: database has data but no relay format marker", ErrNotRelayStore)
+			err = fmt.Errorf("%w: database has data but no relay format marker", relay.ErrNotRelayStore)
 		}
 		return err
 	})
@@ -65,20 +66,20 @@ func probeStore(dir string) error {
 	return nil
 }
 
-// damaged puts a badgerdir.ErrDamaged under ErrStoreDamaged, with what the
+// damaged puts a badgerdir.ErrDamaged under relay.ErrStoreDamaged, with what the
 // operator can do about it.
 func damaged(err error) error {
-	return fmt.Errorf("%w: %w. Move the folder aside and restore the latest backup into a new one (ferry restore)", ErrStoreDamaged, err)
+	return fmt.Errorf("%w: %w. Move the folder aside and restore the latest backup into a new one (ferry restore)", relay.ErrStoreDamaged, err)
 }
 
 // Backup writes a full backup of the store to w: a consistent snapshot as
 // of the call, in Badger's backup format. Appends may continue meanwhile.
-// Load it with RestoreBadgerStore.
-func (s *BadgerStore) Backup(w io.Writer) error {
+// Load it with Restore.
+func (s *Store) Backup(w io.Writer) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
-		return ErrStoreClosed
+		return relay.ErrStoreClosed
 	}
 	if _, err := s.db.Backup(w, 0); err != nil {
 		return fmt.Errorf("relay: backup: %w", err)
@@ -93,14 +94,14 @@ func (s *BadgerStore) Backup(w io.Writer) error {
 // someone else's lease.
 const restoreFenceGap = 1 << 32
 
-// RestoreBadgerStore creates a store in dir from a backup written by
-// (*BadgerStore).Backup. dir must be missing or empty: a restore never
+// Restore creates a store in dir from a backup written by
+// (*Store).Backup. dir must be missing or empty: a restore never
 // merges into existing data. The restored store gets a new incarnation, so
 // devices can tell that their cursors and acknowledged heads may be ahead
 // of its log; its leases are dropped and its fence counters raised by 2^32,
 // so that no fence granted after the backup is granted again. On failure
 // dir is left empty.
-func RestoreBadgerStore(dir string, r io.Reader) error {
+func Restore(dir string, r io.Reader) error {
 	entries, err := os.ReadDir(dir)
 	created := errors.Is(err, os.ErrNotExist)
 	switch {
@@ -110,7 +111,7 @@ func RestoreBadgerStore(dir string, r io.Reader) error {
 	case len(entries) > 0:
 		return fmt.Errorf("relay: restore into %s: %w: folder holds %d entries", dir, os.ErrExist, len(entries))
 	}
-	db, err := openBadger(dir, (*BadgerOptions)(nil).withDefaults())
+	db, err := openBadger(dir, (*Options)(nil).withDefaults())
 	if err != nil {
 		return fmt.Errorf("relay: restore into %s: %w", dir, err)
 	}
@@ -135,7 +136,7 @@ func restore(db *badger.DB, r io.Reader) error {
 	err := db.View(func(txn *badger.Txn) error {
 		if _, _, found, err := marker.Read(txn); err != nil || !found {
 			if err == nil {
-				err = fmt.Errorf("%w: backup holds no relay format marker", ErrNotRelayStore)
+				err = fmt.Errorf("%w: backup holds no relay format marker", relay.ErrNotRelayStore)
 			}
 			return err
 		}

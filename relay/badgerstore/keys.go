@@ -1,4 +1,4 @@
-package relay
+package badgerstore
 
 import (
 	"bytes"
@@ -8,10 +8,12 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/relay"
 )
 
-// Key layout of a BadgerStore. One Badger DB holds every tenant. Tenant and
+// Key layout of a Store. One Badger DB holds every tenant. Tenant and
 // collection names hold no NUL, and record IDs no control character, so NUL
 // ends each of them and a prefix scan of one collection (or record) never
 // strays into another ("a" vs "ab"); sequence numbers are big-endian so keys
@@ -48,7 +50,7 @@ var (
 
 // collKey is kind\0tenant\0coll; collPrefix adds the NUL that starts a
 // per-collection suffix.
-func collKey(kind string, c Coll) []byte {
+func collKey(kind string, c relay.Coll) []byte {
 	k := make([]byte, 0, len(kind)+len(c.Tenant)+len(c.Collection)+12)
 	k = append(k, kind...)
 	k = append(k, 0)
@@ -57,28 +59,30 @@ func collKey(kind string, c Coll) []byte {
 	return append(k, c.Collection...)
 }
 
-func collPrefix(kind string, c Coll) []byte { return append(collKey(kind, c), 0) }
+func collPrefix(kind string, c relay.Coll) []byte { return append(collKey(kind, c), 0) }
 
-func logKey(c Coll, seq uint64) []byte {
+func logKey(c relay.Coll, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(collPrefix("log", c), seq)
 }
 
-func recKey(kind string, c Coll, record string) []byte { return append(collPrefix(kind, c), record...) }
+func recKey(kind string, c relay.Coll, record string) []byte {
+	return append(collPrefix(kind, c), record...)
+}
 
-func tailPrefix(c Coll, record string) []byte { return append(recKey("tail", c, record), 0) }
+func tailPrefix(c relay.Coll, record string) []byte { return append(recKey("tail", c, record), 0) }
 
-func tailKey(c Coll, record string, seq uint64) []byte {
+func tailKey(c relay.Coll, record string, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(tailPrefix(c, record), seq)
 }
 
 // splitCollKey splits kind\0tenant\0coll\0rest into the collection and
 // rest.
-func splitCollKey(k []byte) (Coll, string, bool) {
+func splitCollKey(k []byte) (relay.Coll, string, bool) {
 	parts := bytes.SplitN(k, []byte{0}, 4)
 	if len(parts) != 4 {
-		return Coll{}, "", false
+		return relay.Coll{}, "", false
 	}
-	return Coll{Tenant: string(parts[1]), Collection: string(parts[2])}, string(parts[3]), true
+	return relay.Coll{Tenant: string(parts[1]), Collection: string(parts[2])}, string(parts[3]), true
 }
 
 // Values start with a version byte so their encoding can change later.
@@ -89,10 +93,10 @@ const valueVersion = 1
 
 // errCorrupt marks a stored value this version cannot decode: the store is
 // damaged.
-var errCorrupt = fmt.Errorf("%w: corrupt store value", ErrStoreDamaged)
+var errCorrupt = fmt.Errorf("%w: corrupt store value", relay.ErrStoreDamaged)
 
 // encodeLogEntry: version, record, heads, changes.
-func encodeLogEntry(e Entry) []byte {
+func encodeLogEntry(e relay.Entry) []byte {
 	h := e.Heads.Bytes()
 	b := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(e.Record)+len(h)+len(e.Changes))
 	b = append(b, valueVersion)
@@ -101,14 +105,14 @@ func encodeLogEntry(e Entry) []byte {
 	return append(b, e.Changes...)
 }
 
-func decodeLogEntry(seq uint64, v []byte) (LogEntry, error) {
+func decodeLogEntry(seq uint64, v []byte) (relay.LogEntry, error) {
 	d := newDecoder(v)
 	rec, hb := d.field(), d.field()
 	heads, err := d.heads(hb)
 	if err != nil {
-		return LogEntry{}, fmt.Errorf("log entry %d: %w", seq, err)
+		return relay.LogEntry{}, fmt.Errorf("log entry %d: %w", seq, err)
 	}
-	return LogEntry{Seq: seq, Record: string(rec), Changes: bytes.Clone(d.b), Heads: heads}, nil
+	return relay.LogEntry{Seq: seq, Record: string(rec), Changes: bytes.Clone(d.b), Heads: heads}, nil
 }
 
 // recMeta is a record's bookkeeping, beside its snapshot and tail.
@@ -142,16 +146,16 @@ func decodeRecMeta(v []byte) (recMeta, error) {
 }
 
 // usage: version, bytes, records.
-func encodeUsage(u Usage) []byte {
+func encodeUsage(u relay.Usage) []byte {
 	b := binary.AppendUvarint([]byte{valueVersion}, uint64(u.Bytes))
 	return binary.AppendUvarint(b, uint64(u.Records))
 }
 
-func decodeUsage(v []byte) (Usage, error) {
+func decodeUsage(v []byte) (relay.Usage, error) {
 	d := newDecoder(v)
-	u := Usage{Bytes: int64(d.uvarint()), Records: int64(d.uvarint())}
+	u := relay.Usage{Bytes: int64(d.uvarint()), Records: int64(d.uvarint())}
 	if d.err != nil {
-		return Usage{}, fmt.Errorf("usage: %w", d.err)
+		return relay.Usage{}, fmt.Errorf("usage: %w", d.err)
 	}
 	return u, nil
 }
@@ -169,21 +173,21 @@ func decodeDocV1(v []byte) (seq uint64, heads crdt.Heads, doc []byte, err error)
 }
 
 // encodeLease: version, fence, expiry (Unix nanoseconds), holder.
-func encodeLease(l Lease) []byte {
+func encodeLease(l relay.Lease) []byte {
 	b := []byte{valueVersion}
 	b = binary.AppendUvarint(b, l.Fence)
 	b = binary.AppendVarint(b, l.Expires.UnixNano())
 	return append(b, l.Holder...)
 }
 
-func decodeLease(v []byte) (Lease, error) {
+func decodeLease(v []byte) (relay.Lease, error) {
 	d := newDecoder(v)
 	fence := d.uvarint()
 	exp := d.varint()
 	if d.err != nil {
-		return Lease{}, fmt.Errorf("lease: %w", d.err)
+		return relay.Lease{}, fmt.Errorf("lease: %w", d.err)
 	}
-	return Lease{Holder: string(d.b), Fence: fence, Expires: time.Unix(0, exp)}, nil
+	return relay.Lease{Holder: string(d.b), Fence: fence, Expires: time.Unix(0, exp)}, nil
 }
 
 func appendField(b, f []byte) []byte {
@@ -274,13 +278,13 @@ func putUint64(txn *badger.Txn, key []byte, x uint64) error {
 }
 
 // getLease returns the collection's lease; ok is false when there is none.
-func getLease(txn *badger.Txn, c Coll) (l Lease, ok bool, err error) {
+func getLease(txn *badger.Txn, c relay.Coll) (l relay.Lease, ok bool, err error) {
 	item, err := txn.Get(collKey("lease", c))
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return Lease{}, false, nil
+		return relay.Lease{}, false, nil
 	}
 	if err != nil {
-		return Lease{}, false, err
+		return relay.Lease{}, false, err
 	}
 	err = item.Value(func(v []byte) error {
 		l, err = decodeLease(v)
@@ -291,7 +295,7 @@ func getLease(txn *badger.Txn, c Coll) (l Lease, ok bool, err error) {
 
 // getRecMeta returns a record's meta; ok is false when the store does not
 // hold the record.
-func getRecMeta(txn *badger.Txn, c Coll, record string) (m recMeta, ok bool, err error) {
+func getRecMeta(txn *badger.Txn, c relay.Coll, record string) (m recMeta, ok bool, err error) {
 	item, err := txn.Get(recKey("rec", c, record))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return recMeta{}, false, nil
