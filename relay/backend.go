@@ -147,11 +147,7 @@ func (b serverBackend) Push(ctx context.Context, c Coll, p *transport.Push) (*tr
 }
 
 func (b serverBackend) Document(ctx context.Context, c Coll, record string) ([]byte, crdt.Heads, error) {
-	rec, err := b.s.store.Record(ctx, c, record)
-	if err != nil {
-		return nil, nil, err
-	}
-	return rec.Data(), rec.Heads, nil
+	return Document(ctx, b.s.store, c, record)
 }
 
 func (b serverBackend) Records(ctx context.Context, c Coll, after string, limit int) ([]string, error) {
