@@ -164,14 +164,23 @@ func containsString(list []string, s string) bool {
 	return false
 }
 
+// expired ends the connection if its token has expired by the relay's
+// clock: the peer must reconnect with a fresh one.
+func (c *amConn) expired() bool {
+	if !c.claims.Expired(c.a.b.Now()) {
+		return false
+	}
+	c.end("token expired; reconnect with a fresh one")
+	return true
+}
+
 // dispatch handles one message after join; false ends the connection.
 func (c *amConn) dispatch(m *amMessage) bool {
 	if m.SenderID != c.peer {
 		c.end(fmt.Sprintf("message from %q on the connection of %q", m.SenderID, c.peer))
 		return false
 	}
-	if exp := c.claims.ExpiresAt; exp != nil && !c.a.b.Now().Before(exp.Time) {
-		c.end("token expired; reconnect with a fresh one")
+	if c.expired() {
 		return false
 	}
 	switch m.Type {

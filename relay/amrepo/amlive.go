@@ -43,8 +43,7 @@ func (c *amConn) liveStep(cursor uint64, announce bool) (uint64, bool) {
 		c.fail(err)
 		return cursor, false
 	}
-	if exp := c.claims.ExpiresAt; exp != nil && !a.b.Now().Before(exp.Time) {
-		c.end("token expired; reconnect with a fresh one")
+	if c.expired() {
 		return cursor, false
 	}
 	for _, ch := range changed {

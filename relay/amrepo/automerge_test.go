@@ -491,3 +491,28 @@ func TestAutomergeHeadsWithoutChangesAreAskedFor(t *testing.T) {
 		}
 	}
 }
+
+// A connection whose token expires while it is open is ended at its next
+// message, with a message saying so, as /ws ends a session.
+func TestAutomergeTokenExpiresWhileConnected(t *testing.T) {
+	tr := newTestRelay(t, memstore.New(), nil)
+	q := url.Values{"api_key": {tr.apps["shop"].APIKey}, "token": {tr.token("shop", relay.TokenRequest{Subject: "u", TTL: time.Minute, Write: []string{"*"}})}}
+	p, hello := dialAM(t, tr.amURL("/todos", q), "peer")
+	if hello == nil || hello.Type != amPeer {
+		t.Fatalf("join answered %+v", hello)
+	}
+	docID, _ := newDocID(t)
+	p.sync(docID, amRequest)
+	if m := p.next(); m.Type != amUnavailable {
+		t.Fatalf("request answered %+v", m)
+	}
+	tr.clock.Advance(time.Minute)
+	other, _ := newDocID(t)
+	p.sync(other, amRequest)
+	if m := p.next(); m == nil || m.Type != amError || !strings.Contains(m.Message, "token expired") {
+		t.Fatalf("request after the token expired answered %+v", m)
+	}
+	if err := p.closed(); websocket.CloseStatus(err) != websocket.StatusPolicyViolation {
+		t.Fatalf("connection closed with %v, want policy violation", err)
+	}
+}
