@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -140,7 +141,7 @@ func (c *amConn) join(refusal string) bool {
 		c.end(refusal)
 		return false
 	}
-	if len(m.SupportedProtocolVersions) > 0 && !containsString(m.SupportedProtocolVersions, amProtocolV1) {
+	if len(m.SupportedProtocolVersions) > 0 && !slices.Contains(m.SupportedProtocolVersions, amProtocolV1) {
 		c.end("unsupported protocol version")
 		return false
 	}
@@ -153,15 +154,6 @@ func (c *amConn) join(refusal string) bool {
 		// across reconnects; it changes when the store is restored.
 		PeerMetadata: &amPeerMetadata{StorageID: "ferry-" + c.a.b.Incarnation(), IsEphemeral: false},
 	})
-}
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // expired ends the connection if its token has expired by the relay's
