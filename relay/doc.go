@@ -21,12 +21,16 @@
 //	hs.Shutdown(ctx)
 //	store.Close()
 //
+// Another protocol is served beside /ws by an Endpoint mounted on the
+// Server (Mount), which reaches the relay only through Backend: package
+// relay/amrepo serves automerge-repo's this way, at /automerge.
+//
 // Every push is validated (each change must frame, checksum and load, with
 // its dependencies held) before it is stored, stored atomically with its
 // lease fence checked in the same step, and acknowledged only once durable.
 // A change the relay already holds is acknowledged, not stored again.
 //
-// Concurrency: a Server, an Auth and every Store (relay/memstore too)
+// Concurrency: a Server, an Auth, a Backend and every Store
 // are safe for concurrent use. The other types (App, Claims, Lease,
 // Record, Entry, Options, Quota, ...) are plain values: any number of
 // goroutines may read one, none may modify one another is reading.
