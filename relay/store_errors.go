@@ -108,9 +108,13 @@ func CheckName(what, s string) error {
 	return nil
 }
 
-// CheckEntries refuses an Append of no entries, or of an entry with a bad
-// record name, no changes or no heads.
-func CheckEntries(entries []Entry) error {
+// CheckAppend refuses the arguments of an Append that every store
+// refuses: a bad collection (see CheckColl), no entries, or an entry with
+// a bad record name, no changes or no heads.
+func CheckAppend(c Coll, entries []Entry) error {
+	if err := CheckColl(c); err != nil {
+		return err
+	}
 	if len(entries) == 0 {
 		return fmt.Errorf("%w: append of no entries", ErrInvalidArg)
 	}

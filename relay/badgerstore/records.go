@@ -20,10 +20,7 @@ import (
 // entry it writes the log entry, the record's meta and one tail key: what
 // the push adds, whatever the record's history.
 func (s *Store) Append(ctx context.Context, c relay.Coll, fence uint64, now time.Time, entries []relay.Entry) (uint64, error) {
-	if err := relay.CheckColl(c); err != nil {
-		return 0, err
-	}
-	if err := relay.CheckEntries(entries); err != nil {
+	if err := relay.CheckAppend(c, entries); err != nil {
 		return 0, err
 	}
 	var head uint64

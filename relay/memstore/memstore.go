@@ -98,10 +98,7 @@ func (s *Store) coll(c relay.Coll, create bool) *memColl {
 
 // Append implements relay.Store.
 func (s *Store) Append(ctx context.Context, c relay.Coll, fence uint64, now time.Time, entries []relay.Entry) (uint64, error) {
-	if err := relay.CheckColl(c); err != nil {
-		return 0, err
-	}
-	if err := relay.CheckEntries(entries); err != nil {
+	if err := relay.CheckAppend(c, entries); err != nil {
 		return 0, err
 	}
 	if err := s.lock(ctx); err != nil {
