@@ -1,12 +1,19 @@
 package relay
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"path"
 	"strings"
 )
+
+// ErrOriginPattern is returned by NewServer for an allowed-origin pattern
+// that would let any web page connect.
+var ErrOriginPattern = errors.New("relay: allowed origin matches any site")
 
 // checkOrigin decides whether a browser page may open a WebSocket here,
 // as the WebSocket library would (the library refuses cross-origin
@@ -15,10 +22,8 @@ import (
 // would allow it, and answers 403 with the same text.
 //
 // Requests without an Origin header (not from a browser) and pages served
-// by the relay's own host pass. Others must match one of allowed: a host
-// pattern ("app.example.com", "*.example.com", "localhost:5173") or, with
-// "://", a scheme and host ("https://app.example.com"), matched with
-// path.Match, case-insensitively.
+// by the relay's own host pass. Others must match one of allowed (see
+// originAllowed).
 func checkOrigin(w http.ResponseWriter, r *http.Request, allowed []string, log *slog.Logger) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
@@ -29,18 +34,74 @@ func checkOrigin(w http.ResponseWriter, r *http.Request, allowed []string, log *
 		if strings.EqualFold(r.Host, u.Host) {
 			return true
 		}
-		for _, p := range allowed {
-			target := u.Host
-			if strings.Contains(p, "://") {
-				target = u.Scheme + "://" + u.Host
-			}
-			if ok, _ := path.Match(strings.ToLower(p), strings.ToLower(target)); ok {
-				return true
-			}
+		if originAllowed(u, allowed) {
+			return true
 		}
 	}
 	msg := "origin " + origin + " is not allowed to connect to " + r.URL.Path + "; add it to the relay's allowed origins (ferry relay --allow-origin)"
 	log.Warn("refused a cross-origin WebSocket", "origin", origin, "path", r.URL.Path, "remote", r.RemoteAddr, "allowed", allowed)
 	http.Error(w, msg, http.StatusForbidden)
 	return false
+}
+
+// originAllowed reports whether the page origin u matches a pattern of
+// allowed: a host pattern ("app.example.com", "*.example.com",
+// "localhost:5173") or, with "://", a scheme and host
+// ("http://app.example.com"), matched with path.Match, case-insensitively.
+//
+// A host pattern admits https pages only, and http pages on a loopback
+// host: the relay accepts credentials from a cookie, and a page served
+// over plain http can be rewritten by anyone on its network path, who
+// could then open a WebSocket with the visitor's cookie. Allowing http
+// elsewhere takes a pattern that says "http://".
+func originAllowed(u *url.URL, allowed []string) bool {
+	scheme := strings.ToLower(u.Scheme)
+	host := strings.ToLower(u.Host)
+	for _, p := range allowed {
+		p = strings.ToLower(p)
+		target := host
+		if strings.Contains(p, "://") {
+			target = scheme + "://" + host
+		} else if scheme != "https" && !(scheme == "http" && loopbackHost(u.Hostname())) {
+			continue
+		}
+		if ok, _ := path.Match(p, target); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// loopbackHost reports whether h names this machine (where development
+// servers run).
+func loopbackHost(h string) bool {
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+// checkOriginPatterns refuses patterns that match any site ("*", "*.*",
+// "https://*"): with them, a page on any site a visitor opens could sync
+// as that visitor, since browsers send the relay's cookie along with a
+// cross-site WebSocket request (cross-site WebSocket hijacking). Each
+// pattern must also be well-formed for path.Match.
+func checkOriginPatterns(allowed []string) error {
+	// Sites no configuration means to allow, on a port and without.
+	probes := []string{"ferry-origin-probe.invalid", "ferry-origin-probe.invalid:8443"}
+	for _, p := range allowed {
+		lp := strings.ToLower(p)
+		if _, err := path.Match(lp, ""); err != nil {
+			return fmt.Errorf("relay: allowed origin %q: %w", p, err)
+		}
+		for _, h := range probes {
+			for _, target := range []string{h, "https://" + h, "http://" + h} {
+				if ok, _ := path.Match(lp, target); ok {
+					return fmt.Errorf("%w: %q would let any web page connect with its visitors' credentials; list the origins of your pages instead", ErrOriginPattern, p)
+				}
+			}
+		}
+	}
+	return nil
 }

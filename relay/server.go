@@ -68,11 +68,13 @@ type Options struct {
 	Quotas map[string]Quota
 	// AllowedOrigins lists the origins of browser pages that may connect
 	// to /ws and /automerge from another origin: host patterns
-	// ("app.example.com", "*.example.com", "localhost:5173") or, with
-	// "://", a scheme and host ("https://app.example.com"), matched with
-	// path.Match, case-insensitively. Requests without an Origin header
-	// (not from a browser) and pages served by the relay's own host always
-	// pass. A refused page gets HTTP 403 saying why, and the relay logs it.
+	// ("app.example.com", "*.example.com", "localhost:5173"), which admit
+	// https pages (and http ones on a loopback host), or, with "://", a
+	// scheme and host ("http://app.example.com"), matched with path.Match,
+	// case-insensitively. A pattern that matches any site ("*") is refused
+	// with ErrOriginPattern. Requests without an Origin header (not from a
+	// browser) and pages served by the relay's own host always pass. A
+	// refused page gets HTTP 403 saying why, and the relay logs it.
 	AllowedOrigins []string
 }
 
@@ -163,6 +165,9 @@ func NewServer(o *Options) (*Server, error) {
 	opts := o.withDefaults()
 	if err := opts.Limits.Check(); err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
+	}
+	if err := checkOriginPatterns(opts.AllowedOrigins); err != nil {
+		return nil, err
 	}
 	quotas, err := newQuotas(&opts)
 	if err != nil {

@@ -28,6 +28,14 @@ import (
 // a Go replica they drive through a small HTTP control API. Without Node
 // they are skipped, unless FERRY_REQUIRE_JS=1 (CI sets it).
 
+// otherCollection is a second collection the replica syncs, for the tests
+// of one Repo syncing several collections.
+const otherCollection = "notes"
+
+// cloudCollection is synced by the profile "cloud", whose policy is
+// prefer-cloud (the profile "relay" prefers local values).
+const cloudCollection = "cloudy"
+
 // Task is the Go example's record (examples/todo).
 type Task struct {
 	Title string `ferry:"title"`
@@ -119,7 +127,11 @@ func newHarness(t *testing.T, origins ...string) *harness {
 		t.Fatal(err)
 	}
 	if err := h.rep.AddProfile(replica.Profile{Name: "relay", URL: "ws://" + h.addr + "/ws", APIKey: app.APIKey,
-		Mode: policy.Manual, Type: policy.TwoWay, Collections: []string{collection}}); err != nil {
+		Mode: policy.Manual, Type: policy.TwoWay, Collections: []string{collection, otherCollection}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.rep.AddProfile(replica.Profile{Name: "cloud", URL: "ws://" + h.addr + "/ws", APIKey: app.APIKey,
+		Mode: policy.Manual, Type: policy.TwoWay, Collections: []string{cloudCollection}, Policy: policy.PreferCloud}); err != nil {
 		t.Fatal(err)
 	}
 	h.todos = h.rep.Collection(collection)
@@ -210,9 +222,20 @@ func (h *harness) env(control string) []string {
 // call that reads or writes the replica syncs it with the relay.
 func (h *harness) control() string {
 	mux := http.NewServeMux()
-	sync := func(ctx context.Context) error {
-		_, err := h.rep.Sync(ctx, "relay")
+	// Each call syncs the profile "relay", or the one its query names.
+	sync := func(r *http.Request) error {
+		profile := r.URL.Query().Get("profile")
+		if profile == "" {
+			profile = "relay"
+		}
+		_, err := h.rep.Sync(r.Context(), profile)
 		return err
+	}
+	coll := func(r *http.Request) *replica.Collection {
+		if name := r.URL.Query().Get("coll"); name != "" {
+			return h.rep.Collection(name)
+		}
+		return h.todos
 	}
 	reply := func(w http.ResponseWriter, v any, err error) {
 		if err != nil {
@@ -224,36 +247,37 @@ func (h *harness) control() string {
 	mux.HandleFunc("POST /put", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		done, _ := strconv.ParseBool(q.Get("done"))
-		err := h.todos.Put(q.Get("id"), Task{Title: q.Get("title"), Done: done})
-		if err == nil {
-			err = sync(r.Context())
+		err := coll(r).Put(q.Get("id"), Task{Title: q.Get("title"), Done: done})
+		if err == nil && q.Get("sync") != "0" { // sync=0 leaves the edit pending
+			err = sync(r)
 		}
 		reply(w, map[string]bool{"ok": true}, err)
 	})
 	mux.HandleFunc("POST /delete", func(w http.ResponseWriter, r *http.Request) {
 		err := h.todos.Delete(r.URL.Query().Get("id"))
 		if err == nil {
-			err = sync(r.Context())
+			err = sync(r)
 		}
 		reply(w, map[string]bool{"ok": true}, err)
 	})
 	mux.HandleFunc("GET /get", func(w http.ResponseWriter, r *http.Request) {
-		if err := sync(r.Context()); err != nil {
+		if err := sync(r); err != nil {
 			reply(w, nil, err)
 			return
 		}
 		id := r.URL.Query().Get("id")
+		coll := coll(r)
 		var task Task
-		err := h.todos.Get(id, &task)
+		err := coll.Get(id, &task)
 		res := map[string]any{"found": err == nil, "title": task.Title, "done": task.Done, "deleted": false}
 		if errors.Is(err, replica.ErrNotFound) {
-			_, herr := h.todos.Heads(id)
+			_, herr := coll.Heads(id)
 			res["deleted"], err = herr == nil, nil
 		}
 		reply(w, res, err)
 	})
 	mux.HandleFunc("GET /find", func(w http.ResponseWriter, r *http.Request) {
-		if err := sync(r.Context()); err != nil {
+		if err := sync(r); err != nil {
 			reply(w, nil, err)
 			return
 		}

@@ -147,13 +147,27 @@ func (c *amConn) join(refusal string) bool {
 	}
 	return c.send(&amMessage{
 		Type:                    amPeer,
-		SenderID:                c.a.peerID,
+		SenderID:                c.self(),
 		TargetID:                c.peer,
 		SelectedProtocolVersion: amProtocolV1,
 		// A storage ID lets clients keep their sync state with the relay
 		// across reconnects; it changes when the store is restored.
 		PeerMetadata: &amPeerMetadata{StorageID: "ferry-" + c.a.b.Incarnation(), IsEphemeral: false},
 	})
+}
+
+// self is the relay's peer ID on this connection: the relay's ID and the
+// collection ("ferry-relay/todos"). automerge-repo keeps one adapter per
+// peer ID, so a Repo with adapters for several collections must see a
+// different peer on each, or it sends every document to the first; and
+// an app's share policy can tell the collections apart by the part after
+// the last "/" (collection names have no "/"). Before the collection is
+// known (a refused join), it is the relay's ID alone.
+func (c *amConn) self() string {
+	if c.coll.Collection == "" {
+		return c.a.peerID
+	}
+	return c.a.peerID + "/" + c.coll.Collection
 }
 
 // expired ends the connection if its token has expired by the relay's
@@ -286,7 +300,7 @@ func (c *amConn) fail(err error) {
 
 // end tells the peer why it is disconnected, then closes.
 func (c *amConn) end(reason string) {
-	c.send(&amMessage{Type: amError, SenderID: c.a.peerID, TargetID: c.peer, Message: reason})
+	c.send(&amMessage{Type: amError, SenderID: c.self(), TargetID: c.peer, Message: reason})
 	c.stop(websocket.StatusPolicyViolation, reason)
 }
 

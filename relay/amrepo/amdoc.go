@@ -94,7 +94,7 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 		if !c.claims.CanWrite(c.coll.Collection) {
 			// A read-only peer's edits stay with it; it still syncs.
 			c.a.metrics.refused.WithLabelValues("read_only").Inc()
-			c.send(&amMessage{Type: amError, SenderID: c.a.peerID, TargetID: c.peer,
+			c.send(&amMessage{Type: amError, SenderID: c.self(), TargetID: c.peer,
 				Message: fmt.Sprintf("token does not grant write on %q: changes to %s refused", c.coll.Collection, d.id)})
 		} else {
 			chunks := append(d.pending, sm.changes...)
@@ -121,7 +121,7 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 	if !found && len(sm.heads) == 0 {
 		// Nobody has it: tell the peer, and keep the document open so it
 		// syncs if someone writes it later.
-		return c.sendOK(&amMessage{Type: amUnavailable, SenderID: c.a.peerID, TargetID: c.peer, DocumentID: d.id})
+		return c.sendOK(&amMessage{Type: amUnavailable, SenderID: c.self(), TargetID: c.peer, DocumentID: d.id})
 	}
 	if err := d.state.Receive(before.doc, sm.encodeV1()); err != nil {
 		return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
@@ -190,5 +190,5 @@ func (c *amConn) syncOut(d *amDoc, cd *amCached, need ...crdt.Hash) error {
 	if err != nil || !ok {
 		return err
 	}
-	return c.sendOK(&amMessage{Type: amSync, SenderID: c.a.peerID, TargetID: c.peer, DocumentID: d.id, Data: msg})
+	return c.sendOK(&amMessage{Type: amSync, SenderID: c.self(), TargetID: c.peer, DocumentID: d.id, Data: msg})
 }

@@ -56,7 +56,9 @@ func TestAutomergeCreateFindAndLive(t *testing.T) {
 
 	// An automerge-repo peer creates a document: it becomes a record.
 	a, hello := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "peer-a")
-	if hello.Type != amPeer || hello.SelectedProtocolVersion != "1" || hello.TargetID != "peer-a" {
+	// The relay is a peer of its own per collection: automerge-repo
+	// routes by peer ID.
+	if hello.Type != amPeer || hello.SelectedProtocolVersion != "1" || hello.TargetID != "peer-a" || hello.SenderID != "ferry-relay/todos" {
 		t.Fatalf("join answered %+v", hello)
 	}
 	a.edit(docID, map[string]any{"title": "buy milk", "done": false})
@@ -151,7 +153,7 @@ func TestAutomergeReadOnlyChangesRefused(t *testing.T) {
 	q := url.Values{"api_key": {tr.apps["shop"].APIKey}, "token": {ro}}
 	// The collection comes from the token, which names one.
 	p, hello := dialAM(t, tr.amURL("", q), "viewer")
-	if hello.Type != amPeer {
+	if hello.Type != amPeer || hello.SenderID != "ferry-relay/todos" {
 		t.Fatalf("join answered %+v", hello)
 	}
 	docID, _ := newDocID(t)

@@ -20,8 +20,8 @@ const RO_TOKEN = env("FERRY_RO_TOKEN")
 const OTHER_TOKEN = env("FERRY_OTHER_TOKEN")
 const CONTROL = env("FERRY_CONTROL")
 
-const url = (token = TOKEN, extra = "") =>
-  `${AM}/todos?api_key=${encodeURIComponent(KEY)}&token=${encodeURIComponent(token)}${extra}`
+const url = (token = TOKEN, extra = "", coll = "todos") =>
+  `${AM}/${coll}?api_key=${encodeURIComponent(KEY)}&token=${encodeURIComponent(token)}${extra}`
 
 const repos = []
 async function shutdown(repo) {
@@ -32,8 +32,8 @@ async function shutdown(repo) {
   await repo.shutdown()
 }
 
-function newRepo(token, extra, retry = 200) {
-  const adapter = new WebSocketClientAdapter(url(token, extra), retry)
+function newRepo(token, extra, retry = 200, coll) {
+  const adapter = new WebSocketClientAdapter(url(token, extra, coll), retry)
   const repo = new Repo({ network: [adapter], idFactory: async () => uuidv7Bytes() })
   repos.push(repo)
   return repo
@@ -246,4 +246,89 @@ test("with announce=1 the relay sends every record, and each new one", async () 
   const fresh = newRecordID()
   await control("POST", "/put", { id: fresh, title: "new", done: "false" })
   await eventually("the new record", () => str(seen.get(fresh)?.doc()?.title) === "new")
+})
+
+// One Repo, several collections: the relay is a distinct peer per
+// collection ("ferry-relay/todos", "ferry-relay/notes"), so automerge-repo
+// keeps an adapter for each, and a shareConfig routes each document to
+// its collection alone (the default would share every document with
+// every peer, copying it into every collection).
+test("one Repo syncs two collections, each document to its own", async () => {
+  const collectionOf = new Map() // documentId -> collection
+  const routed = async (peerId, documentId) =>
+    documentId !== undefined && collectionOf.get(documentId) === peerId.slice(peerId.lastIndexOf("/") + 1)
+  const adapter = coll => new WebSocketClientAdapter(
+    `${AM}/${coll}?api_key=${encodeURIComponent(KEY)}&token=${encodeURIComponent(TOKEN)}`, 200)
+  const repo = new Repo({
+    network: [adapter("todos"), adapter("notes")],
+    shareConfig: { announce: routed, access: routed },
+    idFactory: async () => uuidv7Bytes(),
+  })
+  repos.push(repo)
+  // create2 resolves after the document exists and before the share
+  // policy is consulted for it; set its collection at once.
+  const create = async (coll, doc) => {
+    const handle = await repo.create2(doc)
+    collectionOf.set(handle.documentId, coll)
+    repo.shareConfigChanged()
+    return recordOf(handle)
+  }
+  const note = await create("notes", { title: "a note", done: false })
+  const task = await create("todos", { title: "a task", done: false })
+  await eventually("the note in notes", async () => (await control("GET", "/get", { id: note, coll: "notes" })).found)
+  await eventually("the task in todos", async () => (await control("GET", "/get", { id: task, coll: "todos" })).found)
+  assert.equal((await control("GET", "/get", { id: note, coll: "todos" })).found, false, "the note leaked into todos")
+  assert.equal((await control("GET", "/get", { id: task, coll: "notes" })).found, false, "the task leaked into notes")
+  await shutdown(repo)
+})
+
+// Conflict policies run on Go devices, when a sync finds a field that both
+// its pending edit and an incoming change assigned. automerge-repo clients
+// have no policy: docs/conflicts.md says what holds in each order.
+for (const { profile, coll, policy, want } of [
+  { profile: "relay", coll: "todos", policy: "prefer-local", want: "from go" },
+  { profile: "cloud", coll: "cloudy", policy: "prefer-cloud", want: "from js" },
+]) {
+  test(`a JavaScript edit first, then a Go device's pending edit: ${policy} decides`, async () => {
+    const id = newRecordID()
+    await control("POST", "/put", { id, coll, profile, title: "v0", done: "false" })
+    const repo = newRepo(TOKEN, "", 200, coll)
+    const handle = await repo.find(urlOf(id))
+    assert.equal(str(handle.doc().title), "v0")
+    // The Go device edits offline: its edit is pending.
+    await control("POST", "/put", { id, coll, profile, title: "from go", done: "false", sync: "0" })
+    handle.change(d => { d.title = "from js" })
+    // The JavaScript edit reaches the relay: a fresh client finds it there.
+    const probe = newRepo(TOKEN, "", 200, coll)
+    await eventually("the relay to hold the JavaScript edit", async () => {
+      const h = await probe.find(urlOf(id))
+      return str(h.doc().title) === "from js"
+    })
+    await shutdown(probe)
+    // The Go device syncs: its pull finds the conflict, its policy picks.
+    const got = await control("GET", "/get", { id, coll, profile })
+    assert.equal(got.title, want)
+    await eventually(`the JavaScript client to see ${want}`, async () => str(handle.doc().title) === want)
+    await shutdown(repo)
+  })
+}
+
+test("a JavaScript edit concurrent with a Go edit already on the relay: one value everywhere", async () => {
+  const id = newRecordID()
+  await control("POST", "/put", { id, title: "v0", done: "false" })
+  const repo = newRepo()
+  const handle = await repo.find(urlOf(id))
+  const v0 = handle.heads()
+  // The Go device's edit is on the relay (acknowledged) and reaches the
+  // client; then the client makes an edit that does not know it (as one
+  // made offline would be).
+  await control("POST", "/put", { id, title: "from go", done: "false" })
+  await eventually("the client to see the Go edit", async () => str(handle.doc().title) === "from go")
+  handle.changeAt(v0, d => { d.title = "from js" })
+  // No policy runs for this pair: Automerge's own rule picks one of the
+  // two, and every replica agrees on it.
+  const js = str(handle.doc().title)
+  assert.ok(js === "from go" || js === "from js", js)
+  await eventually("the Go device to agree", async () => (await control("GET", "/get", { id })).title === js)
+  await shutdown(repo)
 })
