@@ -54,6 +54,13 @@ type Backend interface {
 	Incarnation() string
 }
 
+// DocCost estimates the memory a loaded document takes from the bytes its
+// record takes as stored: 8 KiB plus 64 times them, since a loaded
+// Automerge document takes some 20 to 250 times its stored bytes. Every
+// cache of loaded documents (the Server's, an endpoint's) counts by it
+// against its DocCacheBytes.
+func DocCost(storedBytes int) int64 { return 8<<10 + 64*int64(storedBytes) }
+
 // EndpointConfig is what of a Server's Options an endpoint follows, so
 // that one setting governs /ws and every endpoint alike.
 type EndpointConfig struct {
@@ -64,6 +71,9 @@ type EndpointConfig struct {
 	AllowedOrigins   []string
 	PingInterval     time.Duration // negative: off
 	SlowWriteTimeout time.Duration // for a client to take a message
+	// DocCacheBytes bounds the documents an endpoint keeps loaded, by
+	// DocCost, as Options.DocCacheBytes bounds the Server's.
+	DocCacheBytes int64
 }
 
 // An Endpoint serves another protocol over the relay's Backend, mounted
@@ -114,6 +124,7 @@ func (b serverBackend) Config() EndpointConfig {
 	return EndpointConfig{
 		Limits: b.s.limits, Logger: b.s.log, Registry: b.s.reg, RelayID: o.RelayID,
 		AllowedOrigins: o.AllowedOrigins, PingInterval: o.PingInterval, SlowWriteTimeout: o.SlowWriteTimeout,
+		DocCacheBytes: o.DocCacheBytes,
 	}
 }
 

@@ -85,10 +85,11 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 	// before the message's changes, as automerge does when it applies
 	// them: seeing its heads already held, it would think the peer had
 	// been told of them and send no acknowledgement.
-	before, found, err := c.docOrEmpty(d)
+	before, found, release, err := c.docOrEmpty(d)
 	if err != nil {
 		return err
 	}
+	defer func() { release() }()
 	after := before
 	if len(sm.changes) > 0 {
 		if !c.claims.CanWrite(c.coll.Collection) {
@@ -112,9 +113,12 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 				if err := c.push(d, ordered); err != nil {
 					return err
 				}
-				if after, found, err = c.docOrEmpty(d); err != nil {
+				var releaseAfter func()
+				if after, found, releaseAfter, err = c.docOrEmpty(d); err != nil {
 					return err
 				}
+				releaseBefore := release
+				release = func() { releaseBefore(); releaseAfter() }
 			}
 		}
 	}
@@ -144,14 +148,18 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 }
 
 // docOrEmpty returns the record's stored document, or an empty one (and
-// found=false) if the store has none.
-func (c *amConn) docOrEmpty(d *amDoc) (cd *amCached, found bool, err error) {
-	cd, err = c.a.loadDoc(c.ctx, c.coll, d.record)
+// found=false) if the store has none, and release, to call once when done
+// reading it.
+func (c *amConn) docOrEmpty(d *amDoc) (cd *amCached, found bool, release func(), err error) {
+	cd, release, err = c.a.loadDoc(c.ctx, c.coll, d.record)
 	if isNotFound(err) {
 		empty, err := crdt.New("")
-		return &amCached{doc: empty}, false, err
+		if err != nil {
+			return nil, false, nil, err
+		}
+		return &amCached{doc: empty}, false, empty.Free, nil
 	}
-	return cd, err == nil, err
+	return cd, err == nil, release, err
 }
 
 // push stores a message's changes through the relay's push path.

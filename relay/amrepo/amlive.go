@@ -135,12 +135,13 @@ func (c *amConn) announceRecord(record string) bool {
 func (c *amConn) refresh(d *amDoc) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	cd, err := c.a.loadDoc(c.ctx, c.coll, d.record)
+	cd, release, err := c.a.loadDoc(c.ctx, c.coll, d.record)
 	if isNotFound(err) {
 		return true
 	}
 	if err == nil {
 		err = c.syncOut(d, cd)
+		release()
 	}
 	if err != nil {
 		c.fail(err)

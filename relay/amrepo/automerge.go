@@ -85,12 +85,9 @@ type amDocKey struct {
 	record string
 }
 
-// amDocCacheSize bounds the stored documents the endpoint keeps loaded
-// to answer sync messages. They are shared and read only; an evicted one
-// is left to the garbage collector, as a reader may still hold it.
-const amDocCacheSize = 4096
-
-// amCached is a record's document as stored with heads.
+// amCached is a record's document as stored with heads. The endpoint's
+// cache holds them (shared, read only) within the relay's DocCacheBytes,
+// by relay.DocCost; one that leaves is freed once no reader has it.
 type amCached struct {
 	heads crdt.Heads
 	doc   *crdt.Doc
@@ -115,7 +112,7 @@ func New(b relay.Backend, o *Options) (*Endpoint, error) {
 		ping:     cfg.PingInterval,
 		slow:     cfg.SlowWriteTimeout,
 		metrics:  m,
-		docs:     lru.New[amDocKey, *amCached](amDocCacheSize),
+		docs:     lru.NewSized(cfg.DocCacheBytes, func(_ amDocKey, cd *amCached) { cd.doc.Free() }),
 		conns:    map[*amConn]struct{}{},
 		openDocs: map[amDocKey]map[*amConn]struct{}{},
 	}, nil
@@ -165,7 +162,11 @@ func (a *Endpoint) Shutdown() <-chan struct{} {
 		c.stop(websocket.StatusGoingAway, "relay is shutting down")
 	}
 	done := make(chan struct{})
-	go func() { a.wg.Wait(); close(done) }()
+	go func() {
+		a.wg.Wait()
+		a.docs.Clear() // no connection reads them now
+		close(done)
+	}()
 	return done
 }
 
@@ -177,6 +178,7 @@ func (a *Endpoint) Close() {
 		c.ws.CloseNow()
 	}
 	a.wg.Wait()
+	a.docs.Clear() // no connection reads them now
 }
 
 // amCredentials are what a connection presents: from the URL's query
@@ -300,24 +302,26 @@ func amCollection(path string, claims *relay.Claims) (string, error) {
 	panic("unreachable")
 }
 
-// loadDoc returns a record's stored document (shared: only read it), or
-// relay.ErrNotFound.
-func (a *Endpoint) loadDoc(ctx context.Context, c relay.Coll, record string) (*amCached, error) {
+// loadDoc returns a record's stored document (shared: only read it), and
+// release, to call once when done reading it; or relay.ErrNotFound.
+func (a *Endpoint) loadDoc(ctx context.Context, c relay.Coll, record string) (*amCached, func(), error) {
 	b, heads, err := a.b.Document(ctx, c, record)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	k := amDocKey{c, record}
-	if cd, ok := a.docs.Get(k); ok && cd.heads.Equal(heads) {
-		return cd, nil
+	if cd, release, ok := a.docs.Acquire(k); ok {
+		if cd.heads.Equal(heads) {
+			return cd, release, nil
+		}
+		release()
 	}
 	d, err := crdt.Load(b, "")
 	if err != nil {
-		return nil, fmt.Errorf("relay: stored document %s/%s/%s: %w", c.Tenant, c.Collection, record, err)
+		return nil, nil, fmt.Errorf("relay: stored document %s/%s/%s: %w", c.Tenant, c.Collection, record, err)
 	}
 	cd := &amCached{heads: heads, doc: d}
-	a.docs.Put(k, cd)
-	return cd, nil
+	return cd, a.docs.PutAcquire(k, cd, relay.DocCost(len(b))), nil
 }
 
 // register adds a connection to those shutdown and close reach; false if

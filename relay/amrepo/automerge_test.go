@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -517,4 +518,74 @@ func TestAutomergeTokenExpiresWhileConnected(t *testing.T) {
 	if err := p.closed(); websocket.CloseStatus(err) != websocket.StatusPolicyViolation {
 		t.Fatalf("connection closed with %v, want policy violation", err)
 	}
+}
+
+// The documents the endpoint answers from are bounded by the relay's
+// DocCacheBytes and freed when they leave, never while a connection
+// still reads one: with room for about one, peers syncing several
+// documents at once get each whole, and closing the relay frees all.
+func TestAutomergeDocCacheBoundedAndFreed(t *testing.T) {
+	tr := newTestRelay(t, memstore.New(), func(o *testOptions) { o.DocCacheBytes = relay.DocCost(4 << 10) })
+	dev := tr.client("shop")
+	ids := make([]string, 6)
+	for i := range ids {
+		var record string
+		ids[i], record = newDocID(t)
+		mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(record, newEditor(t, "").edit(map[string]any{"n": int64(i), "pad": strings.Repeat("x", 2000)}))))
+	}
+	peers := make([]*goPeer, 3)
+	for i := range peers {
+		peers[i], _ = dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), fmt.Sprintf("peer-%d", i))
+	}
+	// Every peer asks for every document before any answer is read, so
+	// the relay loads, evicts and reads them on several connections at
+	// once.
+	for _, p := range peers {
+		for _, id := range ids {
+			p.sync(id, amRequest)
+		}
+	}
+	for _, p := range peers {
+		p.until(func(*amMessage) bool {
+			for _, id := range ids {
+				if p.field(id, "pad") == nil {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	for _, p := range peers {
+		for i, id := range ids {
+			if n := p.field(id, "n"); n != int64(i) {
+				t.Fatalf("%s has n = %v in document %d", p.id, n, i)
+			}
+		}
+	}
+	if size, bound := tr.am.docs.Size(), relay.DocCost(4<<10); size > bound {
+		t.Fatalf("cache holds %d bytes by cost, bound %d", size, bound)
+	}
+	var held *amCached
+	for _, id := range ids {
+		record, _ := recordForDocumentID(id)
+		if cd, ok := tr.am.docs.Peek(amDocKey{relay.Coll{Tenant: "shop", Collection: "todos"}, record}); ok {
+			held = cd
+		}
+	}
+	if held == nil {
+		t.Fatal("the cache kept no document")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tr.srv.Shutdown(ctx)
+	tr.srv.Close()
+	if n := tr.am.docs.Len(); n != 0 {
+		t.Fatalf("%d documents cached after Close", n)
+	}
+	defer func() {
+		if r := recover(); r != crdt.ErrFreed {
+			t.Fatalf("a document cached at Close is still usable (recovered %v)", r)
+		}
+	}()
+	held.doc.Heads()
 }

@@ -37,6 +37,7 @@ type testOptions struct {
 type testRelay struct {
 	t      *testing.T
 	srv    *relay.Server
+	am     *Endpoint
 	url    string // ws://.../ws
 	clock  *fakeClock
 	store  relay.Store
@@ -68,7 +69,7 @@ func newTestRelay(t *testing.T, store relay.Store, tweak func(*testOptions)) *te
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(srv.Handler())
-	tr := &testRelay{t: t, srv: srv, url: "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws",
+	tr := &testRelay{t: t, srv: srv, am: am, url: "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws",
 		clock: clock, store: store, apps: apps, tokens: map[string]string{}}
 	for id := range apps {
 		tr.tokens[id] = tr.token(id, relay.TokenRequest{Subject: "user-" + id, TTL: time.Hour, Write: []string{"*"}})
