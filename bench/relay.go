@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/amrepo"
 	"github.com/ferrysync/ferry/relay/badgerstore"
 )
 
@@ -139,6 +140,12 @@ func startInProcess(dir string) (*relayEnv, error) {
 		return nil, err
 	}
 	srv, err := relay.NewServer(&relay.Options{Store: store, Auth: auth})
+	if err == nil {
+		// As ferry relay serves it, automerge-repo's endpoint included.
+		if err = amrepo.Mount(srv, nil); err != nil {
+			srv.Close()
+		}
+	}
 	if err != nil {
 		store.Close()
 		return nil, err

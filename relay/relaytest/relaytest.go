@@ -1,7 +1,8 @@
 // Package relaytest runs a relay for tests, the way net/http/httptest runs
 // an HTTP server: one app, a token for it, and a URL devices connect to,
 // on loopback or on an in-memory network that works inside a
-// testing/synctest bubble.
+// testing/synctest bubble. It serves what ferry relay serves: /ws, and
+// automerge-repo's /automerge (package relay/amrepo).
 package relaytest
 
 import (
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/amrepo"
 	"github.com/ferrysync/ferry/relay/memstore"
 )
 
@@ -115,6 +117,11 @@ func (r *Relay) newServer(t testing.TB, store relay.Store, tweak func(*relay.Opt
 	}
 	srv, err := relay.NewServer(&ro)
 	if err != nil {
+		t.Fatal(err)
+	}
+	// As ferry relay serves it: /ws, and automerge-repo's /automerge.
+	if err := amrepo.Mount(srv, nil); err != nil {
+		srv.Close()
 		t.Fatal(err)
 	}
 	h := srv.Handler()
