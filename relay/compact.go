@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"sync"
 	"time"
-
-	"github.com/ferrysync/ferry/crdt"
 )
 
 // Compaction keeps reading a record cheap without touching the push path:
@@ -27,7 +25,8 @@ type compactor struct {
 	wake chan struct{} // a push made a candidate, or a test asks
 
 	mu      sync.Mutex
-	touched map[Coll]bool // collections appended to since the last truncation
+	touched map[Coll]bool                 // collections appended to since the last truncation
+	failing map[recordKey]*compactFailure // see compactfail.go
 
 	stop context.CancelFunc
 	done chan struct{}
@@ -35,7 +34,7 @@ type compactor struct {
 
 func newCompactor(s *Server) *compactor {
 	ctx, cancel := context.WithCancel(context.Background())
-	cp := &compactor{s: s, wake: make(chan struct{}, 1), touched: map[Coll]bool{}, stop: cancel, done: make(chan struct{})}
+	cp := &compactor{s: s, wake: make(chan struct{}, 1), touched: map[Coll]bool{}, failing: map[recordKey]*compactFailure{}, stop: cancel, done: make(chan struct{})}
 	if s.opts.CompactInterval < 0 {
 		close(cp.done)
 		return cp
@@ -81,31 +80,47 @@ func (cp *compactor) run(ctx context.Context) {
 	}
 }
 
-// round compacts up to compactBatch candidates, then truncates the logs
-// of the collections appended to since the last round. It returns how many
-// records it compacted.
+// round compacts up to compactBatch candidates, leaving alone records
+// whose compaction failed lately (see compactfail.go), then truncates the
+// logs of the collections appended to since the last round. It returns
+// how many records it compacted.
 func (cp *compactor) round(ctx context.Context) (int, error) {
 	s := cp.s
-	cands, err := s.store.CompactionCandidates(ctx, compactBatch)
+	now := s.now()
+	cands, err := s.store.CompactionCandidates(ctx, compactBatch+min(cp.waitingCount(now), maxSkipped))
 	if err != nil {
 		return 0, err
 	}
-	n := 0
+	n, tried := 0, 0
 	for _, cd := range cands {
 		if ctx.Err() != nil {
 			return n, ctx.Err()
 		}
+		k := recordKey{cd.Coll, cd.Record}
+		if cp.waiting(k, now) {
+			continue
+		}
+		if tried == compactBatch {
+			break
+		}
+		tried++
 		err := s.compactRecord(ctx, cd.Coll, cd.Record)
 		switch {
 		case err == nil:
 			n++
+			if cp.recovered(k) {
+				s.log.Info("a record whose compaction failed was compacted", "tenant", cd.Coll.Tenant, "collection", cd.Coll.Collection, "record", cd.Record)
+			}
 		case errors.Is(err, ErrConflict), errors.Is(err, ErrNotFound):
 			// Another compaction won, or the record is gone: nothing to do.
+			cp.recovered(k)
+		case ctx.Err() != nil:
+			return n, ctx.Err()
 		default:
-			s.log.Warn("compacting a record failed", "tenant", cd.Coll.Tenant, "collection", cd.Coll.Collection, "record", cd.Record, "err", err)
+			s.reportFailure(cd.Coll, cd.Record, "compacting a record failed", err)
 		}
 	}
-	if len(cands) == compactBatch {
+	if tried == compactBatch {
 		select { // more wait: go on at the next tick or wake-up
 		case cp.wake <- struct{}{}:
 		default:
@@ -158,16 +173,13 @@ func (s *Server) compactRecord(ctx context.Context, c Coll, id string) error {
 // returns it. Only the record's own bytes are read: no cached document,
 // no lock, so pushes to it go on meanwhile.
 func (s *Server) compactNow(ctx context.Context, c Coll, rec Record) ([]byte, error) {
-	d, err := crdt.Load(rec.Data(), "")
+	d, err := loadStored(c, rec)
 	if err != nil {
-		return nil, fmt.Errorf("%w: record %s/%s/%s: %w", ErrStoreDamaged, c.Tenant, c.Collection, rec.ID, err)
+		return nil, err
 	}
 	// Loaded for this once: its memory goes back now, not whenever a
 	// finalizer runs.
 	defer d.Free()
-	if h := d.Heads(); !h.Equal(rec.Heads) {
-		return nil, fmt.Errorf("%w: record %s/%s/%s: it loads at heads %v, the store says %v", ErrStoreDamaged, c.Tenant, c.Collection, rec.ID, h, rec.Heads)
-	}
 	snap := d.Save()
 	if err := s.store.Compact(ctx, c, rec.ID, snap, rec.Seq); err != nil && !errors.Is(err, ErrConflict) {
 		return nil, err

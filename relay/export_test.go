@@ -11,8 +11,10 @@ import (
 // hooks they wait on, and state they check is released.
 
 const (
-	MaxMerges    = maxMerges
-	UsageRefresh = usageRefresh
+	MaxMerges       = maxMerges
+	UsageRefresh    = usageRefresh
+	CompactBatch    = compactBatch
+	CompactRetryMin = compactRetryMin
 )
 
 // SetSweepInterval sets how often a shared store's heads are swept, and
@@ -37,6 +39,9 @@ func (s *Server) SetQueuedHook(c Coll, f func(int)) {
 	cm.queuedHook = f
 	cm.mu.Unlock()
 }
+
+// FailingRecords is how many records the compactor holds as failing.
+func (s *Server) FailingRecords() int { return len(s.compactor.failingRecords()) }
 
 // CompactRound runs one round of background compaction.
 func (s *Server) CompactRound(ctx context.Context) (int, error) { return s.compactor.round(ctx) }

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"net/url"
 	"time"
 
 	"github.com/ferrysync/ferry/transport"
@@ -145,6 +146,25 @@ func (s *Server) acquireOnce(ctx context.Context, sess *session, c Coll, ttl tim
 	case <-t.C:
 	}
 	return nil, errTryAgain
+}
+
+// holderID names a lease's holder in the store: the token's subject and
+// the device's replica ID, each escaped so that neither can hold the
+// separator, so two devices never share a name (a subject "a/b" with
+// replica "c" is not subject "a" with replica "b/c").
+func holderID(subject, replica string) string {
+	return url.PathEscape(subject) + "/" + url.PathEscape(replica)
+}
+
+// holds reports whether this session acquired the collection's lease with
+// this fence and has not released it. Leases are released when their
+// session ends, so a fence is only ever good on the connection that
+// acquired it.
+func (sess *session) holds(c Coll, fence uint64) bool {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	f, ok := sess.leases[c]
+	return ok && f == fence
 }
 
 func (sess *session) holdLease(c Coll, fence uint64) {

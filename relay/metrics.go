@@ -75,7 +75,9 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		stats(func(st StoreStats) int64 { return st.LogEntries }))
 	storeBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_relay_store_bytes", Help: "Bytes the store takes on disk (in memory, for a memory store)."},
 		stats(func(st StoreStats) int64 { return st.Bytes }))
-	for _, c := range []prometheus.Collector{m.connections, m.subscribers, m.requests, m.latency, m.changes, m.bytesIn, m.bytesOut, m.leaseWaits, m.leaseWait, m.slowConsumers, m.compactions, m.authFailures, m.quotaRefusals, logSize, storeBytes} {
+	compactFailing := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_relay_compaction_failing_records", Help: "Records whose compaction failed, or that a fresh pull left out, and that have not compacted since."},
+		func() float64 { return float64(s.compactor.failingCount()) })
+	for _, c := range []prometheus.Collector{m.connections, m.subscribers, m.requests, m.latency, m.changes, m.bytesIn, m.bytesOut, m.leaseWaits, m.leaseWait, m.slowConsumers, m.compactions, m.authFailures, m.quotaRefusals, logSize, storeBytes, compactFailing} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"sync"
+	"time"
 )
 
 // ErrOriginPattern is returned by NewServer for an allowed-origin pattern
@@ -39,9 +41,61 @@ func checkOrigin(w http.ResponseWriter, r *http.Request, allowed []string, log *
 		}
 	}
 	msg := "origin " + origin + " is not allowed to connect to " + r.URL.Path + "; add it to the relay's allowed origins (ferry relay --allow-origin)"
-	log.Warn("refused a cross-origin WebSocket", "origin", origin, "path", r.URL.Path, "remote", r.RemoteAddr, "allowed", allowed)
+	if n, ok := originWarnings.allow(log, origin, time.Now()); ok {
+		log.Warn("refused a cross-origin WebSocket", "origin", origin, "path", r.URL.Path, "remote", r.RemoteAddr, "allowed", allowed,
+			"refused_since_last_warning", n)
+	}
 	http.Error(w, msg, http.StatusForbidden)
 	return false
+}
+
+// originWarnings bounds the refused-origin warnings: a refused page's
+// WebSocket client retries every second or so, per open tab, and each
+// retry would log the same warning. One per logger and origin a minute
+// says it; the next one counts the refusals in between. One per process,
+// not per Server, so checkOrigin's callers need nothing more than a
+// logger.
+var originWarnings = &warnLimiter{every: time.Minute, last: map[warnKey]warnState{}}
+
+type warnKey struct {
+	log    *slog.Logger
+	origin string
+}
+
+type warnState struct {
+	at         time.Time
+	suppressed int
+}
+
+// warnLimiter allows one warning per key per interval.
+type warnLimiter struct {
+	every time.Duration
+
+	mu   sync.Mutex
+	last map[warnKey]warnState
+}
+
+// maxWarnKeys bounds the limiter's memory: Origin headers are chosen by
+// whoever connects.
+const maxWarnKeys = 1024
+
+// allow reports whether to warn about origin now and, if so, how many
+// refusals went unlogged since the last warning.
+func (l *warnLimiter) allow(log *slog.Logger, origin string, now time.Time) (suppressed int, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	k := warnKey{log, origin}
+	st, seen := l.last[k]
+	if seen && now.Sub(st.at) < l.every {
+		st.suppressed++
+		l.last[k] = st
+		return 0, false
+	}
+	if !seen && len(l.last) >= maxWarnKeys {
+		clear(l.last) // forgets who was warned about: at worst, warns again
+	}
+	l.last[k] = warnState{at: now}
+	return st.suppressed, true
 }
 
 // originAllowed reports whether the page origin u matches a pattern of

@@ -1,9 +1,17 @@
 package relay
 
 import (
+	"bytes"
 	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
+	"strconv"
+	"strings"
 	"testing"
+	"testing/synctest"
+	"time"
 )
 
 func TestOriginSchemeMatters(t *testing.T) {
@@ -61,5 +69,49 @@ func TestOriginPatternsThatMatchEverySiteAreRefused(t *testing.T) {
 	_, err = NewServer(&Options{Store: unused, Auth: auth, AllowedOrigins: []string{"*"}})
 	if !errors.Is(err, ErrOriginPattern) {
 		t.Errorf("NewServer with \"*\": %v, want ErrOriginPattern", err)
+	}
+}
+
+// A refused page retries every second per tab: the relay warns once a
+// minute per origin, and the next warning counts the refusals between.
+func TestRefusedOriginWarnsOncePerMinute(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var logged bytes.Buffer
+		log := slog.New(slog.NewTextHandler(&logged, nil))
+		refuse := func(origin string) {
+			r := httptest.NewRequest("GET", "http://relay.test/automerge/todos", nil)
+			r.Header.Set("Origin", origin)
+			w := httptest.NewRecorder()
+			if checkOrigin(w, r, []string{"app.example.com"}, log) || w.Code != http.StatusForbidden {
+				t.Fatalf("origin %s was not refused (%d)", origin, w.Code)
+			}
+		}
+		for range 30 {
+			refuse("https://evil.example.net")
+			time.Sleep(time.Second)
+		}
+		refuse("https://other.example.net") // another origin has its own
+		if n := strings.Count(logged.String(), "level=WARN"); n != 2 {
+			t.Fatalf("%d warnings in 30 s, want one per origin:\n%s", n, logged.String())
+		}
+		time.Sleep(31 * time.Second)
+		refuse("https://evil.example.net")
+		lines := strings.Split(strings.TrimSpace(logged.String()), "\n")
+		if len(lines) != 3 || !strings.Contains(lines[2], "origin=https://evil.example.net") || !strings.Contains(lines[2], "refused_since_last_warning=29") {
+			t.Fatalf("after a minute:\n%s", logged.String())
+		}
+	})
+}
+
+func TestWarnLimiterIsBounded(t *testing.T) {
+	l := &warnLimiter{every: time.Minute, last: map[warnKey]warnState{}}
+	now := time.Now()
+	for i := range 3 * maxWarnKeys {
+		if _, ok := l.allow(nil, strconv.Itoa(i), now); !ok {
+			t.Fatalf("a new origin (%d) was not warned about", i)
+		}
+		if len(l.last) > maxWarnKeys {
+			t.Fatalf("%d origins remembered, bound %d", len(l.last), maxWarnKeys)
+		}
 	}
 }

@@ -47,11 +47,26 @@ func (s *Server) pullSnapshots(ctx context.Context, c Coll, after string, limit 
 	// one record is large.
 	budget := s.limits.MaxFrame - transport.FrameOverhead
 	for i, rec := range recs {
+		if s.compactor.damaged(recordKey{c, rec.ID}) {
+			// Known not to load: a device would refuse it, and fail its
+			// sync with it. Looked at again, in case it was repaired.
+			if checkLoads(c, rec) != nil {
+				out.After = rec.ID
+				continue
+			}
+			s.compactor.recovered(recordKey{c, rec.ID})
+		}
 		data := rec.Data()
 		if len(data) > s.maxRecord() {
 			// Its tail has grown since its last compaction: send it saved
 			// whole, which max_record bounds.
-			if data, err = s.compactNow(ctx, c, rec); err != nil {
+			if data, err = s.compactNow(ctx, c, rec); errors.Is(err, ErrStoreDamaged) {
+				// A damaged record must not keep every fresh device from
+				// the rest of the collection: it is left out, and reported.
+				s.reportFailure(c, rec.ID, "a fresh pull left out a record that does not load", err)
+				out.After = rec.ID
+				continue
+			} else if err != nil {
 				return nil, err
 			}
 		}

@@ -366,6 +366,13 @@ func TestLeaseBoundToHolder(t *testing.T) {
 			t.Fatalf("%s releases the lease: %v, want stale_fence", name, err)
 		}
 	}
+	// Nor push with it: the store would take any push carrying the live
+	// lease's fence.
+	for name, other := range map[string]*transport.Client{"another subject": b, "another replica of the subject": a2} {
+		if _, err := call[transport.Ack](t, other, pushOf("c", la.Fence, rec("x", newEditor(t, "ef02").edit(map[string]any{"by": name})))); !errors.Is(err, transport.ErrStaleFence) {
+			t.Fatalf("%s pushes with the holder's fence: %v, want stale_fence", name, err)
+		}
+	}
 	// Still held by a, and not extended: it lapses when a's TTL runs out.
 	if _, err := call[transport.Lease](t, b, &transport.LeaseAcquire{Collection: "c", TTLMS: 10_000}); !errors.Is(err, transport.ErrLeaseHeld) {
 		t.Fatalf("acquire after the refused release = %v, want lease_held", err)
@@ -380,6 +387,17 @@ func TestLeaseBoundToHolder(t *testing.T) {
 	renewed := mustCall[transport.Lease](t, b, &transport.LeaseRenew{Collection: "c", Fence: lb.Fence, TTLMS: 20_000})
 	if renewed.Fence != lb.Fence || renewed.ExpiresMS <= lb.ExpiresMS {
 		t.Fatalf("holder's renew = %+v after %+v", renewed, lb)
+	}
+
+	// Holders are told apart when a subject holds the separator: subject
+	// "team/x" with replica "dev" is not subject "team" with replica "x/dev".
+	tx, ty := dial("team/x", "dev"), dial("team", "x/dev")
+	lx := mustCall[transport.Lease](t, tx, &transport.LeaseAcquire{Collection: "d", TTLMS: 10_000})
+	if _, err := call[transport.Lease](t, ty, &transport.LeaseRenew{Collection: "d", Fence: lx.Fence, TTLMS: 300_000}); !errors.Is(err, transport.ErrStaleFence) {
+		t.Fatalf("a holder with the same joined name renews the lease: %v, want stale_fence", err)
+	}
+	if _, err := call[transport.Lease](t, ty, &transport.LeaseAcquire{Collection: "d", TTLMS: 10_000}); !errors.Is(err, transport.ErrLeaseHeld) {
+		t.Fatalf("a holder with the same joined name acquires the held lease: %v, want lease_held", err)
 	}
 	mustCall[transport.OK](t, b, &transport.LeaseRelease{Collection: "c", Fence: lb.Fence})
 	mustCall[transport.Lease](t, a, &transport.LeaseAcquire{Collection: "c", TTLMS: 1000})

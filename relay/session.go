@@ -19,7 +19,7 @@ type session struct {
 	s      *Server
 	conn   *transport.Conn
 	app    App
-	holder string // lease holder identity: subject and replica
+	holder string // lease holder identity: see holderID
 
 	mu       sync.Mutex
 	claims   *Claims
@@ -122,7 +122,7 @@ func (sess *session) hello() bool {
 		return false
 	}
 	sess.app, sess.claims = app, claims // the connection counts until the session ends
-	sess.holder = claims.Subject + "/" + h.ReplicaID
+	sess.holder = holderID(claims.Subject, h.ReplicaID)
 	w := &transport.Welcome{Version: v, RelayID: s.opts.RelayID, Incarnation: s.store.Incarnation(), Limits: s.limits}
 	return sess.conn.SendBody(sess.ctx, env.ID, w) == nil
 }
@@ -215,6 +215,12 @@ func (sess *session) push(claims *Claims, m *transport.Push) (transport.Body, er
 	}
 	for _, r := range m.Records {
 		sess.s.metrics.bytesIn.Add(float64(len(r.Data)))
+	}
+	// The store checks that the fence is the collection's live lease; this
+	// checks that the lease is this session's. Fences are sequential, so
+	// any device could otherwise send the holder's.
+	if m.Fence != 0 && !sess.holds(c, m.Fence) {
+		return nil, perr(transport.CodeStaleFence, "fence %d is not a lease of %q that this connection holds", m.Fence, m.Collection)
 	}
 	// A push, once started, finishes and is acknowledged even if the
 	// relay begins shutting down.

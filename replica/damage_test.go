@@ -418,6 +418,19 @@ func TestDamagedStore(t *testing.T) {
 			})
 		}
 	})
+	// Badger replays a write-ahead log up to its first entry that fails
+	// its checksum and drops the rest: a tail of the writes is lost, as in
+	// a crash, and nothing else. See docs/operations.md for why this is
+	// not detected.
+	t.Run("mem corrupt", func(t *testing.T) {
+		for _, seed := range dmgSeeds(t, 4) {
+			dmgRound(t, crashed, seed, func(t *testing.T, rng *rand.Rand, dir string) {
+				mem := dmgFiles(t, dir, ".mem")[0]
+				end := dmgDataEnd(t, mem)
+				dmgOverwrite(t, rng, mem, end-64-rng.Int64N(end/2), 16)
+			})
+		}
+	})
 }
 
 // dmgSmall writes a few records into a durable store and closes it.
@@ -495,6 +508,16 @@ func TestOpenRefusesLostManifest(t *testing.T) {
 		if err := os.Remove(filepath.Join(dir, "MANIFEST")); err != nil {
 			t.Fatal(err)
 		}
+	})
+}
+
+// A MANIFEST cut short lost the entry recording the flush of the store's
+// only table, and Badger deleted the table as unlisted: the store opened
+// with no error and no records. It must be refused instead.
+func TestOpenRefusesCutManifest(t *testing.T) {
+	dmgRefusedThenRestored(t, func(dir string) {
+		m := filepath.Join(dir, "MANIFEST")
+		dmgTruncate(t, m, dmgSize(t, m)-8)
 	})
 }
 

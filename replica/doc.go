@@ -9,7 +9,7 @@
 //	if err != nil { ... }
 //	defer r.Close()
 //
-//	products, _ := r.Collection("products")
+//	products := r.Collection("products")
 //	id, err := products.Insert(Product{Name: "Tea", Qty: 3})
 //	err = products.Update(id, func(d *crdt.Doc) error {
 //		return d.Increment(crdt.Path{"stock"}, -1)

@@ -132,7 +132,7 @@ func checkDir(dir string) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, badgerdir.ErrForeign):
-		return fmt.Errorf("%w: %v", ErrNotStore, err)
+		return fmt.Errorf("%w: %w", ErrNotStore, err)
 	case errors.Is(err, badgerdir.ErrDamaged):
 		return damaged(err)
 	}

@@ -188,7 +188,7 @@ func (c *Client) readLoop() {
 
 func (c *Client) setErr(remote, err error) {
 	if remote != nil {
-		err = fmt.Errorf("%w: %w", remote, err)
+		err = &remoteClosed{remote: remote, closed: err}
 	}
 	c.mu.Lock()
 	if c.err == nil {
@@ -196,3 +196,19 @@ func (c *Client) setErr(remote, err error) {
 	}
 	c.mu.Unlock()
 }
+
+// remoteClosed is a connection the relay closed after saying why. Its text
+// is the relay's reason: the WebSocket's own account of the close that
+// followed ("failed to get reader: received close frame: status = ...")
+// repeats it in other words. Both stay in the chain, for errors.Is and
+// CloseStatus.
+type remoteClosed struct {
+	remote error // the relay's *Error
+	closed error // the connection's end
+}
+
+func (e *remoteClosed) Error() string {
+	return e.remote.Error() + " (the relay closed the connection)"
+}
+
+func (e *remoteClosed) Unwrap() []error { return []error{e.remote, e.closed} }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -253,6 +254,10 @@ func TestClientRemoteShutdown(t *testing.T) {
 	err := c.Call(t.Context(), &Pull{Collection: "shutdown"}, nil)
 	if !errors.Is(err, ErrShuttingDown) || !errors.Is(err, ErrClosed) || CloseStatus(err) != CloseShuttingDown {
 		t.Errorf("Call = %v, want ErrShuttingDown, ErrClosed and close %d", err, CloseShuttingDown)
+	}
+	// The relay's reason, once: not the WebSocket's account of the close.
+	if s := err.Error(); strings.Contains(s, "close frame") || strings.Count(s, "shutting") != 1 {
+		t.Errorf("Call = %q: the reason is repeated", s)
 	}
 	<-c.Done()
 	if _, open := <-c.Live(); open {

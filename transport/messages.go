@@ -226,7 +226,7 @@ type LeaseRelease struct {
 type Lease struct {
 	Collection string `msgpack:"collection"`
 	Fence      uint64 `msgpack:"fence"`      // only grows, per collection
-	ExpiresMS  int64  `msgpack:"expires_ms"` // Unix milliseconds, relay clock
+	ExpiresMS  int64  `msgpack:"expires_ms"` // Unix milliseconds, on the relay's lease clock (the database's on PostgreSQL)
 	// TTLMS is the lifetime granted, which may be less than asked: renew
 	// before half of it has passed. Clocks need not agree for this.
 	TTLMS uint32 `msgpack:"ttl_ms,omitempty"`

@@ -41,8 +41,13 @@ type backupManifest struct {
 	DevApp  *relay.App `json:"dev_app,omitempty"`
 }
 
-// errNotBackup means a file is not a backup, or is damaged.
+// errNotBackup means a file is not a backup: it lacks the first line, and
+// is not a backup of the earlier format either.
 var errNotBackup = errors.New("not a ferry backup")
+
+// errDamagedBackup means a file begins as a backup but the rest is cut
+// short or damaged: most often a copy that stopped halfway.
+var errDamagedBackup = errors.New("the backup is cut short or damaged (copy it again, or use another backup)")
 
 // writeBackup writes a backup of the relay data folder data to w: the
 // store, opened read-only, and the dev app if there is one. It returns the
@@ -82,7 +87,8 @@ type backupFile struct {
 
 // openBackup opens and checks the backup file at path, reading it whole:
 // the first line and manifest, and the store's framing and contents. A
-// file that is not a backup, or is cut short, gives errNotBackup.
+// file that is not a backup gives errNotBackup, and one cut short or
+// damaged errDamagedBackup.
 func openBackup(path string) (*backupFile, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -111,15 +117,15 @@ func checkBackup(f *os.File) (*backupFile, error) {
 	if string(head[:n]) == backupMagic {
 		line, err := br.ReadBytes('\n')
 		if err != nil {
-			return nil, fmt.Errorf("%w: the manifest line is cut short or too long", errNotBackup)
+			return nil, fmt.Errorf("%w: its manifest line is cut short or too long", errDamagedBackup)
 		}
 		dec := json.NewDecoder(bytes.NewReader(line))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&b.manifest); err != nil {
-			return nil, fmt.Errorf("%w: manifest: %v", errNotBackup, err)
+			return nil, fmt.Errorf("%w: its manifest: %v", errDamagedBackup, err)
 		}
 		if a := b.manifest.DevApp; a != nil && (a.ID == "" || a.APIKey == "" || len(a.Secret) < 32) {
-			return nil, fmt.Errorf("%w: manifest: the dev app lacks its id, api_key or secret", errNotBackup)
+			return nil, fmt.Errorf("%w: its manifest's dev app lacks its id, api_key or secret", errDamagedBackup)
 		}
 		b.store = int64(len(backupMagic) + len(line))
 	} else {
@@ -133,10 +139,13 @@ func checkBackup(f *os.File) (*backupFile, error) {
 		if b.legacy {
 			return nil, fmt.Errorf("%w: it does not begin with %q, and is not a store backup of an earlier version either", errNotBackup, backupMagic[:len(backupMagic)-1])
 		}
-		return nil, fmt.Errorf("%w: the store is damaged: %v", errNotBackup, err)
+		return nil, fmt.Errorf("%w: its store: %v", errDamagedBackup, err)
+	}
+	if b.entries == 0 && b.legacy {
+		return nil, fmt.Errorf("%w: it holds no store", errNotBackup)
 	}
 	if b.entries == 0 {
-		return nil, fmt.Errorf("%w: it holds no store", errNotBackup)
+		return nil, fmt.Errorf("%w: it holds no store", errDamagedBackup)
 	}
 	if _, err := f.Seek(b.store, io.SeekStart); err != nil {
 		return nil, err

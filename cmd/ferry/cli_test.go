@@ -96,8 +96,11 @@ func TestVersion(t *testing.T) {
 		t.Fatalf("version: %q", got)
 	}
 	// This test binary's own build info: no commit, but a line all the same.
-	code, got, _ := runCLI(t, "version")
-	if code != 0 || !strings.HasPrefix(got, "ferry ") || strings.Count(got, "\n") != 1 {
-		t.Fatalf("ferry version: exit %d, %q", code, got)
+	// The habitual spellings say the same.
+	for _, arg := range []string{"version", "--version", "-version", "-v"} {
+		code, got, errs := runCLI(t, arg)
+		if code != 0 || errs != "" || !strings.HasPrefix(got, "ferry ") || strings.Count(got, "\n") != 1 {
+			t.Fatalf("ferry %s: exit %d, %q, stderr %q", arg, code, got, errs)
+		}
 	}
 }

@@ -125,17 +125,23 @@ func loadConfig(path string) (Config, error) {
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
+	// Every problem is reported at once, not one per run: a field of the
+	// wrong type or an unknown one still leaves the rest decoded (the
+	// json package goes on, and reports the first), so the checks run
+	// too. Only JSON that does not parse stops here.
+	var errs []error
 	if err := dec.Decode(&c); err != nil {
-		return c, fmt.Errorf("config %s: %s", path, jsonProblem(b, err))
-	}
-	if rest := bytes.TrimLeft(b[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
-		return c, fmt.Errorf("config %s: %s: more after the JSON object", path, position(b, int64(len(b)-len(rest))))
+		var syntax *json.SyntaxError
+		if errors.As(err, &syntax) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			return c, fmt.Errorf("config %s: %s", path, jsonProblem(b, err))
+		}
+		errs = append(errs, errors.New(jsonProblem(b, err)))
+	} else if rest := bytes.TrimLeft(b[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
+		errs = append(errs, fmt.Errorf("%s: more after the JSON object", position(b, int64(len(b)-len(rest)))))
 	}
 	c.resolvePaths(filepath.Dir(path))
-	if err := c.check(); err != nil {
-		return c, fmt.Errorf("config %s: %w", path, err)
-	}
-	if err := c.checkLimits(); err != nil {
+	errs = append(errs, c.check(), c.checkLimits())
+	if err := errors.Join(errs...); err != nil {
 		return c, fmt.Errorf("config %s: %w", path, err)
 	}
 	return c, nil

@@ -69,6 +69,14 @@ func TestConfigRefusesBadFields(t *testing.T) {
 		{"duplicate", `{"apps": [` + app + `,` + app + `]}`,
 			[]string{`apps[1].id: "shop" is also the id of apps[0]`, "apps[1].api_key: is also the api_key of apps[0]"}},
 		{"several at once", `{"max_lag": -1, "max_lease_ttl": "-1s"}`, []string{"max_lag", "max_lease_ttl"}},
+		// Every kind of problem in one report, not one per run: an
+		// unknown field, a wrong type, a bad value, a bad limit.
+		{"every kind at once", `{"adr": ":8080", "max_lag": "ten", "max_lease_ttl": "-1s", "limits": {"max_frame": -1}}`,
+			[]string{`unknown field "adr"`, "max_lease_ttl: -1s is negative", "limits: max_frame is negative"}},
+		{"a wrong type and a bad value", `{"max_lag": "ten", "addr": "nonsense"}`,
+			[]string{"max_lag", "want a JSON int", "addr:"}},
+		{"more after, and a bad value", `{"max_lease_ttl": "-1s"} {}`,
+			[]string{"more after the JSON object", "max_lease_ttl: -1s is negative"}},
 	} {
 		_, err := loadConfig(writeConfig(t, t.TempDir(), tc.text))
 		if err == nil {

@@ -8,11 +8,15 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/ferrysync/ferry/internal/badgerdir"
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/replica"
 )
 
@@ -25,6 +29,7 @@ type InspectCommand struct {
 }
 
 const inspectHelp = `Usage: ferry inspect --data FOLDER [--collection NAME [--id ID]]
+       ferry inspect --relay --data FOLDER
 
 Summarizes a device's store (the folder an app gives replica.Open): its
 replica ID, collections with their record and pending counts, and sync
@@ -33,6 +38,11 @@ lines; with --id, one record.
 
 The store is opened read-only and copied to a temporary folder, which is
 inspected and removed: nothing in FOLDER changes. The app must be stopped.
+
+With --relay, FOLDER is a relay's data folder (its --data): inspect lists
+the records whose stored bytes do not load, which the relay cannot compact
+and leaves out of fresh devices' first pulls. It opens the store read-only;
+the relay must be stopped.
 `
 
 func (c *InspectCommand) Run(ctx context.Context, args []string) error {
@@ -41,12 +51,17 @@ func (c *InspectCommand) Run(ctx context.Context, args []string) error {
 	coll := fs.String("collection", "", "list this collection's records")
 	id := fs.String("id", "", "show this record (with --collection)")
 	limit := fs.Int("limit", 50, "records to list")
+	relayStore := fs.Bool("relay", false, "FOLDER is a relay's data folder: list its records that cannot be compacted")
 	if err := parse(fs, args, c.Stdout, inspectHelp); err != nil {
 		return err
 	}
 	switch {
 	case *data == "":
 		return usagef(fs, "--data is required")
+	case *relayStore && *coll != "":
+		return usagef(fs, "--relay takes no --collection")
+	case *relayStore:
+		return c.inspectRelay(ctx, *data)
 	case *id != "" && *coll == "":
 		return usagef(fs, "--id needs --collection")
 	case *limit <= 0:
@@ -85,13 +100,16 @@ func (c *InspectCommand) Run(ctx context.Context, args []string) error {
 		}
 		return printProfiles(c.Stdout, r)
 	}
+	if err := hasCollection(r, *coll); err != nil {
+		return fmt.Errorf("inspect: %w", err)
+	}
 	col := r.Collection(*coll)
 	enc := json.NewEncoder(c.Stdout)
 	enc.SetIndent("", "  ")
 	if *id != "" {
 		var m map[string]any
 		if err := col.Get(*id, &m); err != nil {
-			return err
+			return fmt.Errorf("inspect: %w", err)
 		}
 		return enc.Encode(m)
 	}
@@ -104,6 +122,51 @@ func (c *InspectCommand) Run(ctx context.Context, args []string) error {
 		}
 	}
 	return nil
+}
+
+// inspectRelay lists the records of the relay store in data that cannot be
+// compacted (relay.CheckCompaction).
+func (c *InspectCommand) inspectRelay(ctx context.Context, data string) error {
+	st, err := badgerstore.OpenReadOnly(storeDir(data))
+	if err != nil {
+		return fmt.Errorf("inspect: %w", err)
+	}
+	defer st.Close()
+	fails, err := relay.CheckCompaction(ctx, st)
+	if err != nil {
+		return fmt.Errorf("inspect: %w", err)
+	}
+	fmt.Fprintf(c.Stdout, "relay store %s\n", st.Incarnation())
+	if len(fails) == 0 {
+		fmt.Fprintln(c.Stdout, "every record that needs compacting loads")
+		return nil
+	}
+	fmt.Fprintf(c.Stdout, "%d records cannot be compacted (their stored bytes do not load):\n", len(fails))
+	tw := tabwriter.NewWriter(c.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "APP\tCOLLECTION\tRECORD\tERROR")
+	for _, f := range fails {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\n", f.Coll.Tenant, f.Coll.Collection, f.Record, f.Err)
+	}
+	return tw.Flush()
+}
+
+// hasCollection says, as an error, that the store has no collection
+// name: listing it would print nothing, which reads as an empty one.
+func hasCollection(r *replica.Replica, name string) error {
+	if err := replica.ValidateCollection(name); err != nil {
+		return err
+	}
+	names, err := r.Collections()
+	if err != nil {
+		return err
+	}
+	if slices.Contains(names, name) {
+		return nil
+	}
+	if len(names) == 0 {
+		return fmt.Errorf("the store has no collection %q (it has none)", name)
+	}
+	return fmt.Errorf("the store has no collection %q (it has %s)", name, strings.Join(names, ", "))
 }
 
 // openSnapshot opens a copy of the device store in dir, local-only. The
@@ -124,7 +187,7 @@ func openSnapshot(dir string) (r *replica.Replica, done func(), err error) {
 	}
 	for _, relayFile := range []string{"store/", devAppFile} {
 		if _, err := os.Stat(filepath.Join(dir, relayFile)); err == nil {
-			return nil, nil, fmt.Errorf("%s is a relay's data folder (it holds %s); inspect reads a device's store", dir, relayFile)
+			return nil, nil, fmt.Errorf("%s is a relay's data folder (it holds %s): inspect reads a device's store, or with --relay a relay's", dir, relayFile)
 		}
 	}
 	src, err := badgerdir.OpenReadOnly(dir, badger.DefaultOptions(dir).WithLogger(nil).WithBlockCacheSize(8<<20))

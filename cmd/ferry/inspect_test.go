@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/replica"
 )
 
@@ -39,5 +40,29 @@ func TestInspect(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), `"text": "there"`) {
 		t.Fatalf("record output: %s", out.String())
+	}
+}
+
+// inspect --relay reads a stopped relay's store and reports that every
+// record loads (relay.CheckCompaction is tested with damaged records).
+func TestInspectRelay(t *testing.T) {
+	data := t.TempDir()
+	st, err := badgerstore.Open(storeDir(data), &badgerstore.Options{GCInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inc := st.Incarnation()
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"inspect", "--relay", "--data", data}, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), inc) || !strings.Contains(out.String(), "every record that needs compacting loads") {
+		t.Fatalf("inspect --relay output:\n%s", out.String())
+	}
+	if err := run(context.Background(), []string{"inspect", "--relay", "--data", t.TempDir()}, &out, &out); err == nil {
+		t.Fatal("inspect --relay of an empty folder succeeded")
 	}
 }

@@ -7,6 +7,7 @@
 //	ferry inspect  summarize a device's store, read-only
 //	ferry bench    run the sync and merge-throughput benchmarks
 //	ferry version  print the version and commit this binary was built from
+//	               (also "ferry --version" and "ferry -v")
 //
 // Run "ferry help COMMAND" (or "ferry COMMAND -h") for a command's flags.
 // Help goes to standard output and exits 0; a command line ferry does not
@@ -53,7 +54,7 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		usage(stderr)
 		return exitUsage
 	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "%s: %v\nRun '%s -h' for usage.\n", ue.cmd, ue.err, ue.cmd)
+		fmt.Fprintf(stderr, "%s: %s\nRun '%s -h' for usage.\n", ue.cmd, explain.Error(ue.err), ue.cmd)
 		return exitUsage
 	default:
 		fmt.Fprintln(stderr, "ferry:", explain.Error(err))
@@ -114,6 +115,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "help":
 		err = help(ctx, args[1:], stdout, stderr)
+	case "-v", "-version", "--version":
+		// What people type by habit means "ferry version".
+		err = lookup("version", stdout, stderr).Run(ctx, args[1:])
 	default:
 		cmd := lookup(name, stdout, stderr)
 		if cmd == nil {

@@ -90,10 +90,6 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	auth, err := relay.NewAuth(apps, nil)
-	if err != nil {
-		return err
-	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	store, where, err := openStore(ctx, cfg, log, reg)
@@ -101,6 +97,17 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 		return err
 	}
 	defer store.Close()
+	// hello and auth check tokens by the clock every later request is
+	// checked by: the store's, on a shared database (see
+	// relay.StoreClock).
+	var now func() time.Time
+	if sc, ok := store.(relay.StoreClock); ok {
+		now = sc.Now
+	}
+	auth, err := relay.NewAuth(apps, now)
+	if err != nil {
+		return err
+	}
 	srv, err := relay.NewServer(&relay.Options{
 		Store: store, Auth: auth, Logger: log, RelayID: cfg.RelayID, Limits: cfg.limits(), Registry: reg,
 		MaxLeaseTTL: time.Duration(cfg.MaxLeaseTTL), DefaultLeaseTTL: time.Duration(cfg.DefaultLeaseTTL), MaxLag: cfg.MaxLag,

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/replica"
 )
 
 // TokenCommand issues an access token for an app:
@@ -53,6 +54,16 @@ func (c *TokenCommand) Run(ctx context.Context, args []string) error {
 	case *ttl <= 0:
 		return usagef(fs, "--ttl %v is not positive", *ttl)
 	}
+	readList, writeList := splitList(*read), splitList(*write)
+	for flagName, list := range map[string][]string{"read": readList, "write": writeList} {
+		for _, name := range list {
+			// The replica's rule: a token for a name no device can
+			// open grants nothing.
+			if err := replica.ValidateCollection(name); name != "*" && err != nil {
+				return usagef(fs, "--%s: %w", flagName, err)
+			}
+		}
+	}
 	var app relay.App
 	if *dev {
 		var err error
@@ -74,7 +85,7 @@ func (c *TokenCommand) Run(ctx context.Context, args []string) error {
 			return fmt.Errorf("token: no app %q in %s", *appID, *configPath)
 		}
 	}
-	tok, err := relay.IssueToken(app, relay.TokenRequest{Subject: *subject, TTL: *ttl, Read: splitList(*read), Write: splitList(*write)}, time.Now())
+	tok, err := relay.IssueToken(app, relay.TokenRequest{Subject: *subject, TTL: *ttl, Read: readList, Write: writeList}, time.Now())
 	if err != nil {
 		return err
 	}

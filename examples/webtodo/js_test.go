@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ferrysync/ferry/relay"
@@ -26,14 +27,13 @@ func TestNodeClients(t *testing.T) {
 // TestBrowserPage opens the example page in headless Chromium: an item
 // added on the page reaches a Go replica, a Go edit shows on the page, and
 // after a reload with the relay stopped the items are still there
-// (IndexedDB) and the page catches up once the relay is back.
+// (IndexedDB) and the page catches up once the relay is back. The page's
+// connection state is checked throughout (connected, offline, refused
+// for its origin or its token), and which tasks the relay lacks.
 func TestBrowserPage(t *testing.T) {
 	requireNode(t)
 	if _, err := os.Stat("/usr/bin/chromium"); err != nil {
-		if os.Getenv("FERRY_REQUIRE_JS") == "1" {
-			t.Fatal("FERRY_REQUIRE_JS=1 but /usr/bin/chromium is missing (apt-get install chromium)")
-		}
-		t.Skip("no /usr/bin/chromium (set FERRY_REQUIRE_JS=1 to fail instead)")
+		skipJS(t, "/usr/bin/chromium is missing (apt-get install chromium)")
 	}
 	if out, err := exec.Command("npm", "run", "build").CombinedOutput(); err != nil {
 		t.Fatalf("npm run build: %v\n%s", err, out)
@@ -44,10 +44,22 @@ func TestBrowserPage(t *testing.T) {
 	}
 	page := ln.Addr().String()
 	h := newHarness(t, page)
+	// The page test turns badToken on to see the page refused for its
+	// token (POST /test/bad-token?on=1 on the page's server).
+	var badToken atomic.Bool
 	cfg := func(context.Context) (string, error) {
-		return automergeURL("ws://"+h.addr+"/ws", h.app.APIKey, h.token(relay.TokenRequest{Write: []string{collection}}))
+		tok := h.token(relay.TokenRequest{Write: []string{collection}})
+		if badToken.Load() {
+			tok = "not-a-token"
+		}
+		return automergeURL("ws://"+h.addr+"/ws", h.app.APIKey, tok)
 	}
-	hs := &http.Server{Handler: handler("static", cfg)}
+	mux := http.NewServeMux()
+	mux.Handle("/", handler("static", cfg))
+	mux.HandleFunc("POST /test/bad-token", func(w http.ResponseWriter, r *http.Request) {
+		badToken.Store(r.URL.Query().Get("on") == "1")
+	})
+	hs := &http.Server{Handler: mux}
 	go hs.Serve(ln)
 	t.Cleanup(func() { hs.Close() })
 	env := append(h.env(h.control()), "FERRY_PAGE_URL=http://"+page+"/")

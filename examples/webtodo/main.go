@@ -1,7 +1,9 @@
 // Webtodo serves a to-do page built on automerge-repo (JavaScript) that
 // syncs through Ferry's relay with the Go to-do example: both edit the
 // records of the "todos" collection. The page keeps its tasks in
-// IndexedDB, so it works offline and catches up when the relay is back.
+// IndexedDB, so it works offline and catches up when the relay is back,
+// and shows its connection to the relay and the tasks the relay lacks.
+// README.md says more.
 //
 //	go run ./cmd/ferry relay --dev                 # in another terminal
 //	(cd examples/webtodo && npm ci && npm run build)
@@ -31,6 +33,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/examples/internal/devrelay"
+	"github.com/ferrysync/ferry/internal/explain"
 )
 
 const collection = "todos"
@@ -42,7 +45,7 @@ func main() {
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 	case err != nil:
-		fmt.Fprintln(os.Stderr, "webtodo:", err)
+		fmt.Fprintln(os.Stderr, "webtodo:", explain.Error(err))
 		os.Exit(1)
 	}
 }
@@ -120,7 +123,59 @@ func handler(static string, cfg func(context.Context) (string, error)) http.Hand
 		w.Header().Set("Cache-Control", "no-store")
 		json.NewEncoder(w).Encode(map[string]string{"url": u})
 	})
+	mux.HandleFunc("/relay-check.json", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		u, err := cfg(r.Context())
+		if err != nil {
+			json.NewEncoder(w).Encode(relayCheck{State: "unknown", Reason: err.Error()})
+			return
+		}
+		scheme := "http"
+		if r.TLS != nil {
+			scheme = "https"
+		}
+		json.NewEncoder(w).Encode(checkRelay(r.Context(), u, scheme+"://"+r.Host))
+	})
 	return mux
+}
+
+// relayCheck is /relay-check.json: why the page's WebSocket to the relay
+// failed, as far as this server can tell. A browser shows a page nothing
+// of a refused WebSocket upgrade (no status, no body), so the page asks.
+type relayCheck struct {
+	State  string `json:"state"` // "offline", "refused" or "reachable"
+	Reason string `json:"reason,omitempty"`
+}
+
+// checkRelay asks the relay's automerge-repo endpoint at amURL what it
+// answers a page from origin: no answer (offline), a refusal of the origin
+// (HTTP 403, with the relay's explanation), or anything else (reachable:
+// the WebSocket failed for another reason).
+func checkRelay(ctx context.Context, amURL, origin string) relayCheck {
+	u, err := url.Parse(amURL)
+	if err != nil {
+		return relayCheck{State: "unknown", Reason: err.Error()}
+	}
+	u.Scheme = strings.Replace(u.Scheme, "ws", "http", 1) // ws, wss
+	host := u.Host
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return relayCheck{State: "unknown", Reason: err.Error()}
+	}
+	req.Header.Set("Origin", origin)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return relayCheck{State: "offline", Reason: "the relay at " + host + " does not answer"}
+	}
+	defer res.Body.Close()
+	if res.StatusCode == http.StatusForbidden {
+		b, _ := io.ReadAll(io.LimitReader(res.Body, 1024))
+		return relayCheck{State: "refused", Reason: strings.TrimSpace(string(b))}
+	}
+	return relayCheck{State: "reachable"}
 }
 
 // automergeURL turns the relay's device URL (ws://HOST/ws) into the URL of

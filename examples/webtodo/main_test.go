@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -40,5 +41,44 @@ func TestConfigGivesTheAutomergeURL(t *testing.T) {
 	}
 	if res, err := http.Get(srv.URL + "/"); err != nil || res.StatusCode != 200 {
 		t.Fatalf("page: %v %v", res, err)
+	}
+}
+
+// relay-check.json tells a page why its WebSocket failed: no relay, or
+// the relay refusing the page's origin (what a browser hides from it).
+func TestRelayCheck(t *testing.T) {
+	var gotOrigin string
+	relay := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotOrigin = r.Header.Get("Origin")
+		if gotOrigin != "http://allowed.test" {
+			http.Error(w, "origin "+gotOrigin+" is not allowed to connect to /automerge/todos", http.StatusForbidden)
+			return
+		}
+		http.Error(w, "not a websocket upgrade", http.StatusBadRequest)
+	}))
+	amURL := "ws" + strings.TrimPrefix(relay.URL, "http") + "/automerge/todos?token=t"
+	if c := checkRelay(context.Background(), amURL, "http://page.test"); c.State != "refused" || !strings.Contains(c.Reason, "origin http://page.test is not allowed") {
+		t.Fatalf("refused origin: %+v", c)
+	}
+	if c := checkRelay(context.Background(), amURL, "http://allowed.test"); c.State != "reachable" {
+		t.Fatalf("allowed origin: %+v", c)
+	}
+	relay.Close()
+	if c := checkRelay(context.Background(), amURL, "http://page.test"); c.State != "offline" || !strings.Contains(c.Reason, "does not answer") {
+		t.Fatalf("no relay: %+v", c)
+	}
+
+	// Through the page's server.
+	dir := t.TempDir()
+	srv := httptest.NewServer(handler(dir, func(context.Context) (string, error) { return amURL, nil }))
+	defer srv.Close()
+	res, err := http.Get(srv.URL + "/relay-check.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var c relayCheck
+	if err := json.NewDecoder(res.Body).Decode(&c); err != nil || c.State != "offline" {
+		t.Fatalf("relay-check.json: %+v, %v", c, err)
 	}
 }

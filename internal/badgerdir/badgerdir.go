@@ -24,38 +24,52 @@ var ErrForeign = errors.New("folder holds files that are not a Badger store")
 // that wraps them says how to recover.
 var ErrDamaged = errors.New("store folder is damaged")
 
-// damagedError is an ErrDamaged. Its text names the folder and the problem,
+// DamagedError is an ErrDamaged. Its text names the folder and the problem,
 // not ErrDamaged itself, so a store can wrap it under its own sentinel
-// without repeating words.
-type damagedError struct {
-	dir       string
-	problem   string
-	err       error // the cause, if any
-	untouched bool  // found before anything wrote to the folder
+// without repeating words; its fields let a message for people leave out
+// Badger's own wording of the cause.
+type DamagedError struct {
+	Dir       string
+	Problem   string // what is wrong, in Ferry's words ("table 000003.sst is damaged")
+	Err       error  // the cause, if any, in Badger's words
+	Untouched bool   // found before anything wrote to the folder
 }
 
-func (e *damagedError) Error() string {
-	s := e.dir + ": " + e.problem
-	if e.err != nil {
+func (e *DamagedError) Error() string {
+	s := e.Dir + ": " + e.Problem
+	if e.Err != nil {
 		// Some of Badger's errors are joined with newlines.
-		s += ": " + strings.ReplaceAll(e.err.Error(), "\n", " ")
+		s += ": " + strings.ReplaceAll(e.Err.Error(), "\n", " ")
 	}
-	if e.untouched {
+	if e.Untouched {
 		s += "; nothing in the folder was changed"
 	}
 	return s
 }
 
-func (e *damagedError) Is(target error) bool { return target == ErrDamaged }
+func (e *DamagedError) Is(target error) bool { return target == ErrDamaged }
 
-func (e *damagedError) Unwrap() error { return e.err }
+func (e *DamagedError) Unwrap() error { return e.Err }
+
+// ForeignError is an ErrForeign: Dir holds File, which Badger did not
+// write.
+type ForeignError struct {
+	Dir, File string
+}
+
+func (e *ForeignError) Error() string {
+	return fmt.Sprintf("%v: %s holds %q", ErrForeign, e.Dir, e.File)
+}
+
+func (e *ForeignError) Is(target error) bool { return target == ErrForeign }
 
 // Prepare makes dir ready for badger.Open and reports whether it already
 // holds a store. It creates a missing dir. It refuses (ErrForeign) a folder
 // with files Badger would not have written, without touching them.
 //
 // It refuses (ErrDamaged), without touching anything, a store whose MANIFEST
-// is missing or unreadable, whose key registry is unreadable, or one of
+// is missing or unreadable, or cut short beside a table it no longer lists
+// holding newer writes than the listed ones, whose key registry is unreadable, or one of
 // whose tables is missing or fails its checksums: Badger would otherwise
 // delete every table its MANIFEST does not list, return damaged records as
 // empty ones, or panic. Verifying every
@@ -91,7 +105,7 @@ func Prepare(dir string) (exists bool, err error) {
 	hasManifest := false
 	for _, e := range entries {
 		if !isBadgerFile(e.Name()) {
-			return false, fmt.Errorf("%w: %s holds %q", ErrForeign, dir, e.Name())
+			return false, &ForeignError{Dir: dir, File: e.Name()}
 		}
 		hasManifest = hasManifest || e.Name() == "MANIFEST"
 	}
@@ -125,7 +139,7 @@ func clearAbortedOpen(dir string, entries []os.DirEntry) error {
 		if len(data) > 5 {
 			data = append(data[:5], fmt.Sprintf("and %d more", len(data)-5))
 		}
-		return &damagedError{dir: dir, untouched: true, problem: fmt.Sprintf(
+		return &DamagedError{Dir: dir, Untouched: true, Problem: fmt.Sprintf(
 			"its MANIFEST (Badger's list of the store's tables) is missing, and it holds files that may hold data (%s)",
 			strings.Join(data, ", "))}
 	}

@@ -254,6 +254,14 @@ func TestPrepareRefusesDamagedStores(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
+		{"MANIFEST's last 8 bytes cut", func(t *testing.T, sst string) {
+			// Its last entry listed the table: Badger would delete it.
+			m := filepath.Join(filepath.Dir(sst), "MANIFEST")
+			fi, _ := os.Stat(m)
+			if err := os.Truncate(m, fi.Size()-8); err != nil {
+				t.Fatal(err)
+			}
+		}},
 		{"KEYREGISTRY cut", func(t *testing.T, sst string) {
 			if err := os.Truncate(filepath.Join(filepath.Dir(sst), "KEYREGISTRY"), 7); err != nil {
 				t.Fatal(err)
@@ -277,6 +285,41 @@ func TestPrepareRefusesDamagedStores(t *testing.T) {
 			copyDir(t, backup, dir)
 			if n := keys(t, dir); n != 2000 {
 				t.Fatalf("restored store holds %d keys, want 2000", n)
+			}
+		})
+	}
+}
+
+// A MANIFEST that ends in a partial entry is what a write cut short
+// leaves. With no table it does not list, or only tables whose writes the
+// listed ones hold too (what a compaction cut short leaves), Badger drops
+// the entry (and those tables) and loses nothing, so the store opens.
+func TestPreparePartialManifestEntry(t *testing.T) {
+	for _, older := range []bool{false, true} {
+		t.Run(fmt.Sprint("unlisted older table ", older), func(t *testing.T) {
+			dir := store(t, 2000)
+			if older {
+				// A copy of a listed table under a new number holds no
+				// write the listed tables lack.
+				b, err := os.ReadFile(sstOf(t, dir))
+				if err != nil {
+					t.Fatal(err)
+				}
+				write(t, dir, "000099.sst", string(b))
+			}
+			f, err := os.OpenFile(filepath.Join(dir, "MANIFEST"), os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The length and checksum of an entry of 40 bytes, and 10 of them.
+			if _, err := f.Write(append([]byte{0, 0, 0, 40, 1, 2, 3, 4}, make([]byte, 10)...)); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if n := keys(t, dir); n != 2000 {
+				t.Fatalf("store holds %d keys, want 2000", n)
 			}
 		})
 	}

@@ -43,7 +43,7 @@ func lockDir(dir string) (unlock func(), err error) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%w: %s is in use: a store is open in it, in this process or another", ErrLocked, dir)
+			return nil, &LockedError{Dir: dir, Err: fmt.Errorf("%s: %w", dir, err)}
 		}
 		return nil, fmt.Errorf("locking %s: %w", dir, err)
 	}

@@ -34,13 +34,24 @@ func Open(opts badger.Options) (*badger.DB, error) {
 // OpenReadOnly opens the existing store in dir read-only: nothing in dir is
 // created, changed or repaired. A folder without a store (no MANIFEST) gives
 // ErrNoStore, and one that another process has open for writing gives
-// ErrLocked. A store that a crash left needing repair may fail to open:
+// ErrLocked. Its MANIFEST, key registry and tables are verified first, as
+// Prepare does, so damage gives ErrDamaged rather than Badger's own error
+// or panic. A store that a crash left needing repair may fail to open:
 // only a read-write open repairs it.
 func OpenReadOnly(dir string, opts badger.Options) (*badger.DB, error) {
 	if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s has no MANIFEST", ErrNoStore, dir)
 		}
+		return nil, err
+	}
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	err = verifyStore(dir)
+	unlock()
+	if err != nil {
 		return nil, err
 	}
 	opts.Dir, opts.ValueDir = dir, dir
@@ -53,7 +64,7 @@ func OpenReadOnly(dir string, opts badger.Options) (*badger.DB, error) {
 // error stays in the chain.
 type LockedError struct {
 	Dir string // the store's folder
-	Err error  // Badger's error
+	Err error  // Badger's error, or the folder lock's
 }
 
 // Error says what to do, without the folder: the caller's context names it.

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,15 +36,15 @@ import (
 // verifyStore checks the MANIFEST, the key registry and every table the
 // MANIFEST lists. The caller holds the folder lock.
 func verifyStore(dir string) error {
-	m, err := readManifest(dir)
+	m, cut, err := readManifest(dir)
 	if err != nil {
-		return &damagedError{dir: dir, untouched: true, problem: "its MANIFEST (Badger's list of the store's tables) is unreadable", err: err}
+		return &DamagedError{Dir: dir, Untouched: true, Problem: "its MANIFEST (Badger's list of the store's tables) is unreadable", Err: err}
 	}
 	// Badger writes its key registry even when nothing is encrypted, and
 	// will not open without a readable one.
 	kr, err := badger.OpenKeyRegistry(badger.KeyRegistryOptions{Dir: dir, ReadOnly: true})
 	if err != nil {
-		return &damagedError{dir: dir, untouched: true, problem: "its KEYREGISTRY is unreadable", err: err}
+		return &DamagedError{Dir: dir, Untouched: true, Problem: "its KEYREGISTRY is unreadable", Err: err}
 	}
 	if err := kr.Close(); err != nil {
 		return err
@@ -56,12 +57,13 @@ func verifyStore(dir string) error {
 	// Verifying is bound by decoding blocks (about 500 MB/s a core), so
 	// tables are checked a few at a time.
 	errs := make([]error, len(ids))
+	versions := make([]uint64, len(ids))
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range min(runtime.GOMAXPROCS(0), 4, len(ids)) {
 		wg.Go(func() {
 			for i := int(next.Add(1) - 1); i < len(ids); i = int(next.Add(1) - 1) {
-				errs[i] = verifyListed(dir, ids[i], m.Tables[ids[i]])
+				versions[i], errs[i] = verifyListed(dir, ids[i], m.Tables[ids[i]])
 			}
 		})
 	}
@@ -71,49 +73,113 @@ func verifyStore(dir string) error {
 			return err
 		}
 	}
+	if cut {
+		return checkCutManifest(dir, m, slices.Max(append(versions, 0)))
+	}
 	return nil
 }
 
-func verifyListed(dir string, id uint64, tm badger.TableManifest) error {
+// verifyListed verifies a table the MANIFEST lists, and returns the
+// newest version of a key it holds.
+func verifyListed(dir string, id uint64, tm badger.TableManifest) (uint64, error) {
 	if tm.KeyID != 0 {
 		// Ferry never encrypts; Badger refuses such a table itself, for
 		// want of its key.
-		return nil
+		return 0, nil
 	}
 	path := table.NewFilename(id, dir)
 	if _, err := os.Stat(path); os.IsNotExist(err) {
-		return &damagedError{dir: dir, untouched: true, problem: fmt.Sprintf("table %s, listed in its MANIFEST, is missing", filepath.Base(path))}
+		return 0, &DamagedError{Dir: dir, Untouched: true, Problem: fmt.Sprintf("table %s, listed in its MANIFEST, is missing", filepath.Base(path))}
 	}
-	if err := verifyTable(path, tm.Compression); err != nil {
-		return &damagedError{dir: dir, untouched: true, problem: fmt.Sprintf("table %s is damaged", filepath.Base(path)), err: err}
+	v, err := verifyTable(path, tm.Compression)
+	if err != nil {
+		return 0, &DamagedError{Dir: dir, Untouched: true, Problem: fmt.Sprintf("table %s is damaged", filepath.Base(path)), Err: err}
 	}
-	return nil
+	return v, nil
 }
 
-func readManifest(dir string) (m badger.Manifest, err error) {
+// readManifest replays the MANIFEST. cut reports that it ends in a partial
+// entry, which Badger drops on open.
+func readManifest(dir string) (m badger.Manifest, cut bool, err error) {
 	f, err := os.Open(filepath.Join(dir, badger.ManifestFilename))
 	if err != nil {
-		return m, err
+		return m, false, err
 	}
 	defer f.Close()
 	defer recoverTo(&err)
+	info, err := f.Stat()
+	if err != nil {
+		return m, false, err
+	}
 	// Ferry's stores use Badger's default external magic, 0.
-	m, _, err = badger.ReplayManifestFile(f, 0, badger.DefaultOptions(dir).WithLogger(nil))
-	return m, err
+	m, end, err := badger.ReplayManifestFile(f, 0, badger.DefaultOptions(dir).WithLogger(nil))
+	return m, err == nil && end < info.Size(), err
 }
 
-// verifyTable opens the table read-only as Badger would and verifies the
-// checksum of its index and of every block. Badger panics on some damage;
-// the panic is returned as an error.
-func verifyTable(path string, c options.CompressionType) (err error) {
-	f, err := os.Open(path)
+// checkCutManifest refuses a MANIFEST that ends in a partial entry while
+// the folder holds a table it does not list with writes newer than every
+// listed table's (newest is the newest version the listed tables hold).
+// Badger would drop the partial entry and delete the table; when the entry
+// recorded a memtable's flush, the memtable's log is already gone, and the
+// table is the only copy of those writes. Badger writes each entry with
+// one write call and syncs it before acting on it, so a crash of the
+// process almost never leaves a partial entry: the file was cut or its end
+// lost. Unlisted tables whose writes are all older are what a compaction
+// cut short leaves (their writes are in the tables it compacted, still
+// listed), and a partial entry with no unlisted table changes no file:
+// Badger's dropping it loses nothing that is on disk.
+func checkCutManifest(dir string, m badger.Manifest, newest uint64) error {
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return err
+	}
+	// Ferry's stores write tables with Badger's default compression.
+	compression := badger.DefaultOptions(dir).Compression
+	var unlisted []string
+	for _, e := range entries {
+		id, ok := tableID(e.Name())
+		if _, listed := m.Tables[id]; !ok || listed {
+			continue
+		}
+		// A table that does not open may hold anything.
+		if v, err := verifyTable(filepath.Join(dir, e.Name()), compression); err != nil || v > newest {
+			unlisted = append(unlisted, e.Name())
+		}
+	}
+	if len(unlisted) == 0 {
+		return nil
+	}
+	if len(unlisted) > 5 {
+		unlisted = append(unlisted[:5], fmt.Sprintf("and %d more", len(unlisted)-5))
+	}
+	return &DamagedError{Dir: dir, Untouched: true, Problem: fmt.Sprintf(
+		"its MANIFEST (Badger's list of the store's tables) is cut short, and tables it no longer lists hold writes no listed table holds (%s), which Badger would delete",
+		strings.Join(unlisted, ", "))}
+}
+
+// tableID parses a table's file name, as Badger writes it.
+func tableID(name string) (uint64, bool) {
+	num, ok := strings.CutSuffix(name, ".sst")
+	if !ok {
+		return 0, false
+	}
+	id, err := strconv.ParseUint(num, 10, 64)
+	return id, err == nil
+}
+
+// verifyTable opens the table read-only as Badger would, verifies the
+// checksum of its index and of every block, and returns the newest version
+// of a key it holds. Badger panics on some damage; the panic is returned
+// as an error.
+func verifyTable(path string, c options.CompressionType) (maxVersion uint64, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
 	}
 	mf, err := z.OpenMmapFileUsing(f, 0, false)
 	if err != nil {
 		f.Close()
-		return err
+		return 0, err
 	}
 	// Closed here, once: OpenTable closes it only when it verifies
 	// checksums itself, which NoVerification rules out. The table is not
@@ -132,10 +198,10 @@ func verifyTable(path string, c options.CompressionType) (err error) {
 		ChkMode:     options.NoVerification,
 	})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	part = "its blocks"
-	return t.VerifyChecksum()
+	return t.MaxVersion(), t.VerifyChecksum()
 }
 
 // recoverTo turns a panic into an error in *err. Deferred directly.
@@ -171,7 +237,7 @@ func openBadger(o badger.Options) (db *badger.DB, err error) {
 	}
 	defer func() {
 		if p := recover(); p != nil {
-			db, err = nil, &damagedError{dir: o.Dir, problem: "Badger failed opening it", err: panicError(p)}
+			db, err = nil, &DamagedError{Dir: o.Dir, Problem: "Badger failed opening it", Err: panicError(p)}
 		}
 	}()
 	return badger.Open(o)
@@ -182,7 +248,7 @@ func openBadger(o badger.Options) (db *badger.DB, err error) {
 func Close(db *badger.DB) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			err = &damagedError{dir: db.Opts().Dir, problem: "Badger failed closing it", err: panicError(p)}
+			err = &DamagedError{Dir: db.Opts().Dir, Problem: "Badger failed closing it", Err: panicError(p)}
 		}
 	}()
 	return db.Close()

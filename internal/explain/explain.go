@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/ferrysync/ferry/internal/badgerdir"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -28,21 +30,51 @@ func Error(err error) string {
 	}
 	cause, sentence := describe(err)
 	if cause == nil {
-		return err.Error()
+		return dropPrefixes(err.Error())
 	}
-	if _, ok := cause.(*badgerdir.LockedError); ok {
+	if l, ok := cause.(*badgerdir.LockedError); ok {
 		// Its sentence says "the store": every layer's context is needed
-		// to say which (the command, the folder).
-		return fullContext(err, cause) + sentence
+		// to say which (the command, the folder), and where none names
+		// the folder, the sentence does.
+		ctx := fullContext(err, cause)
+		if !strings.Contains(ctx, l.Dir) {
+			sentence = strings.Replace(sentence, "the store", "the store in "+l.Dir, 1)
+		}
+		return dropPrefixes(ctx + sentence)
 	}
-	return outerContext(err, cause) + sentence
+	return dropPrefixes(outerContext(err, cause) + sentence)
 }
+
+// dropPrefixes removes the "ferry: " that Ferry's sentinel errors and
+// wrapping layers begin with: the program printing the message names
+// itself once, and "ferry: ferry: record not found" says nothing more.
+func dropPrefixes(s string) string {
+	s = strings.TrimPrefix(s, "ferry: ")
+	return strings.ReplaceAll(s, ": ferry: ", ": ")
+}
+
+// damageHelp is where a damaged store's owner reads what to do.
+const damageHelp = `see "When a store is damaged" in docs/operations.md`
 
 // describe finds the best-understood cause in err's chain and words it.
 func describe(err error) (error, string) {
 	var locked *badgerdir.LockedError
 	if errors.As(err, &locked) {
 		return locked, locked.Error()
+	}
+	var damaged *badgerdir.DamagedError
+	if errors.As(err, &damaged) {
+		// Badger's wording of the cause ("manifest has bad magic") helps
+		// no one at a terminal; the problem in Ferry's words does.
+		s := fmt.Sprintf("the store in %s is damaged: %s", damaged.Dir, damaged.Problem)
+		if damaged.Untouched {
+			s += "; nothing in it was changed"
+		}
+		return damaged, s + "; " + damageHelp
+	}
+	var foreign *badgerdir.ForeignError
+	if errors.As(err, &foreign) {
+		return foreign, fmt.Sprintf("%s is not a Ferry store: it holds %q, which is none of a store's files; nothing in it was changed (give a new or empty folder)", foreign.Dir, foreign.File)
 	}
 	var perr *transport.Error
 	if errors.As(err, &perr) {
@@ -53,6 +85,12 @@ func describe(err error) (error, string) {
 	}
 	if st := transport.CloseStatus(err); st != -1 {
 		return err, fmt.Sprintf("the relay closed the connection (WebSocket status %d)", int(st))
+	}
+	var pgc *pgconn.ConnectError
+	if errors.As(err, &pgc) {
+		// Checked before the network causes below, which would blame
+		// the relay for the database.
+		return pgc, "cannot connect to the PostgreSQL database: " + database(pgc.Unwrap())
 	}
 	var verr *tls.CertificateVerificationError
 	if errors.As(err, &verr) {
@@ -70,6 +108,25 @@ func describe(err error) (error, string) {
 		return context.DeadlineExceeded, "timed out"
 	}
 	return nil, ""
+}
+
+// database words why a connection to PostgreSQL failed.
+func database(err error) string {
+	var op *net.OpError
+	var pg *pgconn.PgError
+	switch {
+	case errors.As(err, &pg):
+		return pg.Message // "password authentication failed for user ..."
+	case errors.As(err, &op) && errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Sprintf("nothing accepts connections at %s: is PostgreSQL running, and is that its address?", op.Addr)
+	case errors.As(err, &op) && op.Net == "unix" && errors.Is(err, syscall.ENOENT):
+		return fmt.Sprintf("no socket at %s: is PostgreSQL running, and is that its socket folder?", op.Addr)
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timed out"
+	case err == nil:
+		return "no reason given"
+	}
+	return strings.ReplaceAll(err.Error(), "\n", " ")
 }
 
 // protocol words an error the relay answered with, or that this side

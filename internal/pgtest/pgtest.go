@@ -120,6 +120,26 @@ func Restart(t testing.TB) bool {
 	return true
 }
 
+// CanCreateDatabases skips the test (fails it, under
+// FERRY_REQUIRE_POSTGRES) unless the test database's role may create
+// databases: CREATEDB, which a role given only CREATE on a database lacks.
+func CanCreateDatabases(t testing.TB) {
+	t.Helper()
+	var ok bool
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := Conn(t, "").QueryRow(ctx, "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user").Scan(&ok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok {
+		if os.Getenv("FERRY_REQUIRE_POSTGRES") != "" {
+			t.Fatal("FERRY_REQUIRE_POSTGRES is set but the role of FERRY_TEST_POSTGRES lacks CREATEDB: this test creates a database")
+		}
+		t.Skip("the role of FERRY_TEST_POSTGRES lacks CREATEDB (ALTER ROLE ... CREATEDB): this test creates a database")
+	}
+}
+
 // WithDatabase returns the test database's connection string with another
 // database name.
 func WithDatabase(t testing.TB, db string) string {

@@ -126,6 +126,21 @@ func TestBadgerOpenRefusesLostManifest(t *testing.T) {
 	})
 }
 
+// A MANIFEST cut by its last bytes no longer listed the store's table, and
+// Badger deleted it: the store opened empty. It must be refused.
+func TestBadgerOpenRefusesCutManifest(t *testing.T) {
+	bsRefusedThenRestored(t, func(dir string) {
+		m := filepath.Join(dir, "MANIFEST")
+		fi, err := os.Stat(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(m, fi.Size()-8); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
 // A table cut short made Badger panic on a goroutine of its own, killing
 // the relay.
 func TestBadgerOpenRefusesCutTable(t *testing.T) {

@@ -2,25 +2,40 @@ package badgerstore
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 
 	"github.com/dgraph-io/badger/v4"
 )
 
+// A migration transaction takes at most migrateBatchDocs documents and,
+// past its first, migrateBatchBytes of them: Badger refuses a transaction
+// over 15% of its 64 MiB memtable (about 10 MB), counting values under
+// 1 MiB in full. Variables for the tests.
+var (
+	migrateBatchDocs  = 1000
+	migrateBatchBytes = 4 << 20
+)
+
 // migrateV1 turns a format-1 store, which kept each record's whole document,
 // into format 2: the document becomes the record's snapshot, holding every
 // entry up to the record's last, with an empty tail. It runs in batches
-// (a store may hold more documents than one transaction carries); the
-// format marker is written last, so a migration cut short runs again.
+// (a store may hold more documents than one transaction carries), bounded
+// by documents and by bytes, since each document is written again as a
+// snapshot; the format marker is written last, so a migration cut short
+// runs again.
 func migrateV1(db *badger.DB) error {
+	maxDocs := migrateBatchDocs
 	for {
 		done := true
+		n := 0
 		err := db.Update(func(txn *badger.Txn) error {
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefixDocV1, PrefetchValues: true})
 			var keys [][]byte
 			var vals [][]byte
+			size := 0
 			for it.Rewind(); it.Valid(); it.Next() {
-				if len(keys) == 1000 {
+				if len(keys) == maxDocs || len(keys) > 0 && size+int(it.Item().ValueSize()) > migrateBatchBytes {
 					done = false
 					break
 				}
@@ -30,8 +45,10 @@ func migrateV1(db *badger.DB) error {
 					return err
 				}
 				keys, vals = append(keys, it.Item().KeyCopy(nil)), append(vals, v)
+				size += len(v)
 			}
 			it.Close()
+			n = len(keys)
 			for i, k := range keys {
 				c, rec, ok := splitCollKey(k)
 				if !ok {
@@ -63,6 +80,11 @@ func migrateV1(db *badger.DB) error {
 			}
 			return nil
 		})
+		if errors.Is(err, badger.ErrTxnTooBig) && n > 1 {
+			// The bytes bound is an estimate of Badger's: halve the batch.
+			maxDocs = n / 2
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("relay: migrating a format-1 store: %w", err)
 		}

@@ -205,6 +205,7 @@ func (e *events) run(ctx context.Context, conn *pgx.Conn) {
 		}
 		e.s.metrics.listenLost.Inc()
 		e.s.opts.Logger.Warn("lost the connection that listens for other relays' changes; reconnecting")
+		lost, attempts := time.Now(), 0
 		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
 			t := time.NewTimer(wait)
 			select {
@@ -214,10 +215,15 @@ func (e *events) run(ctx context.Context, conn *pgx.Conn) {
 			case <-t.C:
 			}
 			var err error
+			attempts++
 			if conn, err = e.connect(ctx); err == nil {
 				break
 			}
 		}
+		// Said as loudly as the loss is not: an operator who saw the
+		// warning needs to know it is over.
+		e.s.opts.Logger.Info("listening for other relays' changes again",
+			"down", time.Since(lost).Round(time.Millisecond), "attempts", attempts)
 		// Whatever was sent while the connection was down is lost.
 		e.emit(relay.StoreEvent{Kind: relay.EventsMissed})
 	}

@@ -219,6 +219,12 @@ func TestLeaseFencingAcrossRelays(t *testing.T) {
 	_, err = call[transport.Lease](a, &transport.LeaseRenew{Collection: "c", Fence: la.Fence, TTLMS: 1000})
 	wantCode(t, "A's renewal through that relay", err, transport.CodeStaleFence)
 	must[transport.Ack](t, b, push("c", lb.Fence, "rb", edB.edit(map[string]any{"n": 2})))
+	// B's live fence is B's alone: another device, through either relay,
+	// cannot push with it.
+	for i := range 2 {
+		_, err = call[transport.Ack](cl.dial(i, "device-c"), push("c", lb.Fence, "rc", newEditor(t, "cc01").edit(map[string]any{"n": 1})))
+		wantCode(t, fmt.Sprintf("another device's push with B's fence through relay %d", i+1), err, transport.CodeStaleFence)
+	}
 
 	ch := must[transport.Changes](t, cl.dial(1, "reader"), &transport.Pull{Collection: "c", Cursor: 1})
 	var seenB bool

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -299,6 +300,7 @@ func TestLostCommitIsNotAppliedTwice(t *testing.T) {
 // Sessions the server ends (an administrator, a failover) are replaced:
 // the pool finds them dead, or the call that meets one is retried.
 func TestTerminatedSessionsAreReplaced(t *testing.T) {
+	pgtest.CanCreateDatabases(t)
 	schema := pgtest.Schema(t)
 	s := open(t, schema, nil)
 	a1 := newEntry("a", nil, "1")
@@ -329,7 +331,9 @@ func TestTerminatedSessionsAreReplaced(t *testing.T) {
 // may have missed some, and go on hearing.
 func TestEventsAcrossStores(t *testing.T) {
 	schema := pgtest.Schema(t)
-	a, b := open(t, schema, nil), open(t, schema, nil)
+	var logA syncBuffer
+	a := open(t, schema, &pgstore.Options{Logger: slog.New(slog.NewTextHandler(&logA, nil))})
+	b := open(t, schema, nil)
 	toA, toB := make(chan relay.StoreEvent, 64), make(chan relay.StoreEvent, 64)
 	stopA := a.Watch(func(e relay.StoreEvent) { toA <- e })
 	defer stopA()
@@ -398,6 +402,13 @@ func TestEventsAcrossStores(t *testing.T) {
 	if n := counter(t, a, "ferry_postgres_listen_reconnects_total", nil); n != 1 {
 		t.Fatalf("%v LISTEN reconnects counted, want 1", n)
 	}
+	// The loss is a warning, and its end is said too: EventsMissed went
+	// out after the reconnection, and the log line before it.
+	logged := logA.String()
+	if !strings.Contains(logged, "level=WARN msg=\"lost the connection that listens") ||
+		!strings.Contains(logged, "level=INFO msg=\"listening for other relays' changes again\"") {
+		t.Fatalf("relay A logged:\n%s", logged)
+	}
 }
 
 // Heads reads many collections' heads at once, 0 for the unknown.
@@ -452,6 +463,7 @@ func TestRestoreFromDumpChangesIncarnation(t *testing.T) {
 			t.Skipf("%s is not installed", tool)
 		}
 	}
+	pgtest.CanCreateDatabases(t)
 	schema := pgtest.Schema(t)
 	s := open(t, schema, nil)
 	a1 := newEntry("a", nil, "1")
@@ -583,4 +595,23 @@ func TestSchemaNameLengths(t *testing.T) {
 	case <-time.After(20 * time.Second): // only turns a hang into a failure
 		t.Fatal("a relay on a schema with a long name heard nothing")
 	}
+}
+
+// syncBuffer is a log destination the store's goroutines write to while
+// the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -2,9 +2,10 @@
 // one record of Ferry's "todos" collection (the Go example, examples/todo,
 // reads and writes the same records). Tasks live in IndexedDB, so the page
 // works offline and catches up when the relay is back.
-import { Repo, parseAutomergeUrl } from "@automerge/automerge-repo"
+import { Repo, parseAutomergeUrl, decodeHeads } from "@automerge/automerge-repo"
 import { BrowserWebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket"
 import { IndexedDBStorageAdapter } from "@automerge/automerge-repo-storage-indexeddb"
+import { decodeSyncMessage } from "@automerge/automerge/slim"
 
 const KNOWN = "ferry-webtodo:documents" // localStorage: document IDs seen
 const CONFIG = "ferry-webtodo:config" // localStorage: the last config
@@ -42,8 +43,48 @@ function hex(bytes) {
   return Array.from(bytes, x => x.toString(16).padStart(2, "0")).join("")
 }
 
+// The connection to the relay, as the page shows it: "connecting",
+// "connected", "offline" (no answer: the page retries every second), or
+// "refused" (the relay answered no: a wrong API key or token, a page
+// origin it does not allow), with why.
+const conn = { state: "connecting", reason: "" }
+let lastCheck = 0
+
+function setConnection(state, reason = "") {
+  conn.state = state
+  conn.reason = reason
+  render()
+}
+
+// watch follows each WebSocket the adapter opens. A refusal after the
+// upgrade closes it with status 1008 and the reason; a refusal of the
+// upgrade itself (the origin) or no relay at all only fails it, and the
+// page's server says which (relay-check.json).
+function watch(adapter) {
+  const connect = adapter.connect.bind(adapter)
+  adapter.connect = (...args) => {
+    connect(...args)
+    const ws = adapter.socket
+    let opened = false
+    ws.addEventListener("open", () => { opened = true })
+    ws.addEventListener("close", e => {
+      if (e.code === 1008) return setConnection("refused", e.reason.replace(/^relay: /, ""))
+      if (opened) return setConnection("offline", "the connection to the relay was lost")
+      if (Date.now() - lastCheck < 5000 && conn.state !== "connecting") return
+      lastCheck = Date.now()
+      fetch("relay-check.json", { cache: "no-store" })
+        .then(r => r.json())
+        .then(c => setConnection(c.state === "refused" ? "refused" : "offline", c.reason || "the relay does not answer"))
+        .catch(() => setConnection("offline", "this page's server does not answer"))
+    })
+  }
+  adapter.on("peer-candidate", () => setConnection("connected"))
+  adapter.on("peer-disconnected", () => setConnection("offline", "the connection to the relay was lost"))
+}
+
 const cfg = await loadConfig()
 const network = cfg ? [new BrowserWebSocketClientAdapter(cfg.url, 1000)] : []
+network.forEach(watch)
 const repo = new Repo({
   storage: new IndexedDBStorageAdapter("ferry-webtodo"),
   network,
@@ -51,6 +92,18 @@ const repo = new Repo({
 })
 
 const handles = new Map() // documentId -> handle
+// The heads the relay last said it has, per document (hex, from its sync
+// messages): a task whose own heads are not all among them has changes
+// the relay lacks.
+// Kept in localStorage, so that after a reload without the relay the
+// tasks it had are not shown as missing from it.
+const RELAY_HEADS = "ferry-webtodo:relay-heads"
+const relayHeads = new Map(Object.entries(JSON.parse(localStorage.getItem(RELAY_HEADS) || "{}")))
+
+function setRelayHeads(id, heads) {
+  relayHeads.set(id, heads)
+  localStorage.setItem(RELAY_HEADS, JSON.stringify(Object.fromEntries(relayHeads)))
+}
 const known = new Set(JSON.parse(localStorage.getItem(KNOWN) || "[]"))
 
 function remember(id) {
@@ -75,10 +128,23 @@ function track(handle) {
 // but does not emit it, so the adapter's messages are watched instead.)
 for (const adapter of network) {
   adapter.on("message", m => {
-    if (m.type === "sync" && m.documentId && !handles.has(m.documentId)) {
+    if (m.type !== "sync" || !m.documentId) return
+    try {
+      setRelayHeads(m.documentId, decodeSyncMessage(m.data).heads)
+    } catch (e) {
+      // not a sync message this page can read: leave the task as it was
+    }
+    if (!handles.has(m.documentId)) {
       repo.find(m.documentId).then(track).catch(() => {})
+    } else {
+      render()
     }
   })
+}
+
+function onRelay(h) {
+  const theirs = relayHeads.get(h.documentId)
+  return theirs !== undefined && decodeHeads(h.heads()).every(x => theirs.includes(x))
 }
 
 // What this browser saw before loads from IndexedDB, relay or not.
@@ -88,19 +154,28 @@ for (const id of known) {
 
 const list = document.querySelector("#tasks")
 const status = document.querySelector("#status")
+const connection = document.querySelector("#connection")
+
+const connectionText = {
+  connecting: "connecting to the relay…",
+  connected: "connected to the relay",
+  offline: "offline",
+  refused: "refused by the relay",
+}
 
 function render() {
   const rows = []
   for (const [id, h] of handles) {
     const doc = h.doc()
     if (!doc || doc["$deleted"] === true || doc.title === undefined) continue
-    rows.push({ id, h, key: hex(parseAutomergeUrl("automerge:" + id).binaryDocumentId), title: String(doc.title), done: doc.done === true })
+    rows.push({ id, h, key: hex(parseAutomergeUrl("automerge:" + id).binaryDocumentId), title: String(doc.title), done: doc.done === true, pending: !onRelay(h) })
   }
   rows.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
   list.replaceChildren(
     ...rows.map(r => {
       const li = document.createElement("li")
       li.dataset.id = r.id
+      if (r.pending) li.classList.add("pending")
       const box = document.createElement("input")
       box.type = "checkbox"
       box.checked = r.done
@@ -112,11 +187,24 @@ function render() {
       rm.textContent = "remove"
       // Ferry's delete is a tombstone field, so a Go device sees a removal.
       rm.addEventListener("click", () => r.h.change(d => { d["$deleted"] = true }))
-      li.append(box, label, rm)
+      const note = document.createElement("span")
+      note.className = "note"
+      note.textContent = r.pending ? "not on the relay yet" : ""
+      li.append(box, label, note, rm)
       return li
     }),
   )
-  status.textContent = `${rows.length} task(s)` + (cfg ? "" : " — no relay configured, local only")
+  // Removed tasks count too: their removal has to reach the relay.
+  let pending = 0
+  for (const h of handles.values()) if (h.doc() && !onRelay(h)) pending++
+  status.textContent = `${rows.length} task(s)` + (pending ? `, ${pending} with changes not on the relay yet` : "")
+  if (!cfg) {
+    connection.dataset.state = "local"
+    connection.textContent = "no relay configured: local only"
+    return
+  }
+  connection.dataset.state = conn.state
+  connection.textContent = connectionText[conn.state] + (conn.reason ? `: ${conn.reason}` : "")
 }
 
 document.querySelector("#add").addEventListener("submit", e => {
@@ -133,5 +221,5 @@ document.querySelector("#add").addEventListener("submit", e => {
 // when the page goes away (best effort; the browser does not wait).
 addEventListener("pagehide", () => { repo.flush() })
 
-window.ferryTodo = { repo, handles } // for tests and the console
+window.ferryTodo = { repo, handles, conn } // for tests and the console
 render()

@@ -57,8 +57,10 @@ test("the page syncs with a Go replica and keeps working offline", async () => {
   page.on("console", m => m.type() === "error" && console.log("page:", m.text().replace(/(api_key|token)=[^&\s']+/g, "$1=REDACTED")))
   await page.goto(PAGE)
   await page.waitForSelector("#status:has-text('task(s)')")
+  await page.waitForSelector("#connection[data-state='connected']")
 
-  // An item added on the page reaches the Go replica.
+  // An item added on the page reaches the Go replica, and the page says
+  // so: the relay said it has the task's changes.
   await page.fill("#title", "from the page")
   await page.click("#add button")
   const got = await eventually("Go to see the page's task", async () => {
@@ -66,6 +68,7 @@ test("the page syncs with a Go replica and keeps working offline", async () => {
     return r.found && r
   })
   assert.equal(got.done, false)
+  await page.waitForSelector("#tasks li:not(.pending):has-text('from the page')")
 
   // A Go edit shows on the page: a new task, and the page's task done.
   await control("POST", "/put", { id: got.id, title: "from the page", done: "true" })
@@ -85,12 +88,41 @@ test("the page syncs with a Go replica and keeps working offline", async () => {
   await page.reload()
   await eventually("the tasks after reload", async () => (await titles(page)).length === 2)
   assert.deepEqual((await titles(page)).sort(), ["from go", "from the page"])
+  // The page says it is offline, and why; the tasks the relay has are not
+  // shown as missing from it, and one added now is.
+  await page.waitForSelector("#connection[data-state='offline']:has-text('does not answer')")
+  assert.equal(await page.$$eval("#tasks li.pending", els => els.length), 0)
   await page.fill("#title", "added offline")
   await page.click("#add button")
-  await page.waitForSelector("#tasks li:has-text('added offline')")
+  await page.waitForSelector("#tasks li.pending:has-text('added offline') .note:has-text('not on the relay yet')")
+  await page.waitForSelector("#status:has-text('1 with changes not on the relay yet')")
 
-  // Once the relay is back, the page catches up.
+  // Once the relay is back, the page catches up and says so.
   await control("POST", "/relay/start")
+  await page.waitForSelector("#connection[data-state='connected']")
   await eventually("Go to see the offline task", async () => (await control("GET", "/find", { title: "added offline" })).found)
+  await page.waitForSelector("#tasks li:not(.pending):has-text('added offline')")
+  assert.equal(await page.$$eval("#tasks li.pending", els => els.length), 0)
   await page.close()
+})
+
+test("a page from an origin the relay does not allow says it is refused, and why", async () => {
+  const page = await browser.newPage()
+  // The relay allows the page's address as 127.0.0.1:PORT only.
+  await page.goto(PAGE.replace("127.0.0.1", "localhost"))
+  await page.waitForSelector("#connection[data-state='refused']:has-text('is not allowed to connect')")
+  await page.close()
+})
+
+test("a page whose token the relay refuses says so, and why", async () => {
+  const badToken = on => fetch(new URL(`test/bad-token?on=${on}`, PAGE), { method: "POST" })
+  await badToken(1)
+  try {
+    const page = await browser.newPage()
+    await page.goto(PAGE)
+    await page.waitForSelector("#connection[data-state='refused']:has-text('token is malformed')")
+    await page.close()
+  } finally {
+    await badToken(0)
+  }
 })
