@@ -52,6 +52,15 @@ type Backend interface {
 	Now() time.Time
 	// Incarnation is the store's (see Store.Incarnation).
 	Incarnation() string
+	// JoinPresence makes sink receive the collection's presence from
+	// devices (and from other relays' endpoints) until leave is called.
+	JoinPresence(c Coll, sink PresenceSink) (leave func())
+	// PublishPresence passes a client's presence on to the collection's
+	// devices; from, if not nil, is the sending connection's sink.
+	PublishPresence(c Coll, m *PresenceMessage, from PresenceSink)
+	// PresenceSent counts a device's presence queued for a client, or
+	// dropped because the client was behind.
+	PresenceSent(queued bool)
 }
 
 // DocCost estimates the memory a loaded document takes from the bytes its
@@ -181,3 +190,64 @@ func (b serverBackend) Log(ctx context.Context, c Coll, after uint64, limit int)
 func (b serverBackend) Wait(c Coll) (<-chan struct{}, func()) { return b.s.hub.wait(c) }
 func (b serverBackend) Now() time.Time                        { return b.s.now() }
 func (b serverBackend) Incarnation() string                   { return b.s.store.Incarnation() }
+
+// The presence limits an endpoint keeps per connection, as the relay does
+// per device session: messages waiting for one client (then dropped), and
+// records one client may be present on.
+const (
+	PresenceQueue   = presenceQueue
+	PresenceRecords = presenceRecords
+)
+
+// PresenceMessage is presence on its way through an endpoint, with what
+// automerge-repo clients need to drop duplicates.
+type PresenceMessage struct {
+	Presence transport.Presence
+	Session  string // the sender's session
+	Count    uint64 // grows within the session
+}
+
+// Goodbye is the message saying that m's sender left m's record, the
+// next of its session.
+func (m PresenceMessage) Goodbye() *PresenceMessage {
+	bye := m
+	bye.Presence.Data, bye.Count = goodbye, m.Count+1
+	return &bye
+}
+
+// PresenceSink receives the presence devices send on a collection (see
+// Backend.JoinPresence). DeliverPresence must not block.
+type PresenceSink interface {
+	DeliverPresence(m *PresenceMessage)
+}
+
+// endpointSink is an endpoint's connection among the presence hub's
+// sinks. Endpoint connections pass presence among themselves, so the hub
+// gives them only what devices and other relays send.
+type endpointSink struct{ s PresenceSink }
+
+func (e endpointSink) deliverPresence(m *presenceMsg) {
+	e.s.DeliverPresence(&PresenceMessage{Presence: m.p, Session: m.session, Count: m.count})
+}
+
+func (endpointSink) fromAutomergeRepo() bool { return true }
+
+func (b serverBackend) JoinPresence(c Coll, sink PresenceSink) func() {
+	return b.s.pres.join(c, endpointSink{sink})
+}
+
+func (b serverBackend) PublishPresence(c Coll, m *PresenceMessage, from PresenceSink) {
+	var f presenceSink
+	if from != nil {
+		f = endpointSink{from}
+	}
+	b.s.pres.publish(c, &presenceMsg{p: m.Presence, session: m.Session, count: m.Count}, f)
+}
+
+func (b serverBackend) PresenceSent(queued bool) {
+	if queued {
+		b.s.pres.sent.Inc()
+	} else {
+		b.s.pres.dropped.Inc()
+	}
+}

@@ -16,6 +16,7 @@ var requestTypes = []transport.MessageType{
 	transport.TypeHello, transport.TypeAuth, transport.TypePush, transport.TypePull,
 	transport.TypeSubscribe, transport.TypeUnsubscribe,
 	transport.TypeLeaseAcquire, transport.TypeLeaseRenew, transport.TypeLeaseRelease,
+	transport.TypePresence,
 }
 
 // metrics are the relay's Prometheus metrics. Names follow Prometheus'

@@ -37,6 +37,8 @@ var wantMetrics = []struct{ name, typ, help string }{
 	{"ferry_relay_requests_total", "counter", "Requests by message type (hello, push, pull, ...) and result (ok or an error code)."},
 	{"ferry_relay_slow_consumers_total", "counter", "Subscribers disconnected for falling behind."},
 	{"ferry_relay_compactions_total", "counter", "Records whose tail was folded into a new snapshot."},
+	{"ferry_relay_presence_sent_total", "counter", "Presence messages passed on to a receiver."},
+	{"ferry_relay_presence_dropped_total", "counter", "Presence messages dropped because their receiver was behind."},
 	{"ferry_relay_compaction_failing_records", "gauge", "Records whose compaction failed, or that a fresh pull left out, and that have not compacted since."},
 	{"ferry_relay_quota_refusals_total", "counter", "Connections and pushes refused for passing their app's quota, by app and quota (connections, push_rate, stored_bytes)."},
 	{"ferry_relay_store_bytes", "gauge", "Bytes the store takes on disk (in memory, for a memory store)."},
@@ -137,7 +139,7 @@ func TestMetricsRequestTypes(t *testing.T) {
 		slices.Sort(out)
 		return out
 	}
-	want := []string{"auth", "hello", "lease_acquire", "lease_release", "lease_renew", "pull", "push", "subscribe", "unsubscribe"}
+	want := []string{"auth", "hello", "lease_acquire", "lease_release", "lease_renew", "presence", "pull", "push", "subscribe", "unsubscribe"}
 	for _, name := range []string{"ferry_relay_requests_total", "ferry_relay_request_seconds"} {
 		if got := types(name); !slices.Equal(got, want) {
 			t.Errorf("%s type labels = %v, want %v", name, got, want)

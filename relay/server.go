@@ -129,6 +129,7 @@ type Server struct {
 
 	hub       *hub // log appends, for subscribers
 	leases    *hub // lease releases, for waiters
+	pres      *presenceHub
 	docs      *lru.Cache[recordKey, *relayDoc]
 	compactor *compactor
 	recLocks  stripe.Locks[recordKey] // merges, per record
@@ -195,6 +196,9 @@ func NewServer(o *Options) (*Server, error) {
 	}
 	m, err := newMetrics(s.reg, s)
 	if err != nil {
+		return nil, err
+	}
+	if s.pres, err = newPresenceHub(s.reg, s.log); err != nil {
 		return nil, err
 	}
 	s.metrics = m

@@ -20,6 +20,8 @@ type session struct {
 	conn   *transport.Conn
 	app    App
 	holder string // lease holder identity: see holderID
+	peer   string // the device's replica ID: its name in presence
+	pres   *sessionPresence
 
 	mu       sync.Mutex
 	claims   *Claims
@@ -36,7 +38,7 @@ type session struct {
 
 // serve runs the session until the connection ends.
 func (s *Server) serve(conn *transport.Conn) {
-	sess := &session{s: s, conn: conn, subs: map[string]context.CancelFunc{}, leases: map[Coll]uint64{}}
+	sess := &session{s: s, conn: conn, subs: map[string]context.CancelFunc{}, leases: map[Coll]uint64{}, pres: newSessionPresence(s.now)}
 	sess.ctx, sess.cancel = context.WithCancel(context.Background())
 	if !s.track(sess) {
 		sess.end(transport.CodeShuttingDown, "relay is shutting down")
@@ -49,6 +51,7 @@ func (s *Server) serve(conn *transport.Conn) {
 	defer func() {
 		sess.cancel()
 		sess.wg.Wait()
+		sess.presenceGone()
 		sess.releaseLeases()
 		s.quotas.disconnect(sess.app.ID)
 		conn.Close()
@@ -123,6 +126,7 @@ func (sess *session) hello() bool {
 	}
 	sess.app, sess.claims = app, claims // the connection counts until the session ends
 	sess.holder = holderID(claims.Subject, h.ReplicaID)
+	sess.peer = h.ReplicaID
 	w := &transport.Welcome{Version: v, RelayID: s.opts.RelayID, Incarnation: s.store.Incarnation(), Limits: s.limits}
 	return sess.conn.SendBody(sess.ctx, env.ID, w) == nil
 }
@@ -187,6 +191,8 @@ func (sess *session) dispatch(env *transport.Envelope) (transport.Body, error) {
 		return sess.renewLease(claims, m)
 	case *transport.LeaseRelease:
 		return sess.releaseLease(claims, m)
+	case *transport.Presence:
+		return sess.presence(claims, m)
 	}
 	return nil, perr(transport.CodeBadFrame, "%s is not a request", env.Type)
 }

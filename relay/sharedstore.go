@@ -49,13 +49,31 @@ const (
 	// broke for a while). Coll is zero: every subscriber and lease waiter
 	// should look again.
 	EventsMissed
+	// EventPresence: another relay process passed on presence for the
+	// collection (see StorePresence); Presence holds it.
+	EventPresence
 )
 
 // StoreEvent is what another relay process did to a shared store.
 type StoreEvent struct {
-	Kind StoreEventKind
-	Coll Coll
+	Kind     StoreEventKind
+	Coll     Coll
+	Presence string // EventPresence: what PublishPresence was given (a string, so events compare with ==)
 }
+
+// StorePresence is implemented by a StoreEvents store that carries
+// presence (ephemeral state, never stored) between the relay processes on
+// it. PublishPresence hands msg, at most MaxStorePresence bytes, to the
+// other relay processes, which receive it as an EventPresence; it is a
+// message, not a write, and may be lost. It is called from one goroutine
+// at a time.
+type StorePresence interface {
+	PublishPresence(ctx context.Context, c Coll, msg []byte) error
+}
+
+// MaxStorePresence bounds a presence message a relay passes through a
+// StorePresence: a presence message's data and its names.
+const MaxStorePresence = 5 << 10
 
 // sweepInterval is how often a relay on a StoreEvents store polls the heads
 // of the collections it has live subscribers on: the bound on the delay a
@@ -84,6 +102,8 @@ type storeWatch struct {
 	done   chan struct{}
 	// heads are the heads the last sweep read; only sweep touches them.
 	heads map[Coll]uint64
+	// presDone is closed once presence stops going to the store.
+	presDone <-chan struct{}
 }
 
 // startStoreWatch starts watching s's store, or returns nil if it has no
@@ -97,6 +117,9 @@ func startStoreWatch(s *Server) *storeWatch {
 	w := &storeWatch{s: s, ev: ev, cancel: cancel, done: make(chan struct{}), heads: map[Coll]uint64{}}
 	w.stopEv = ev.Watch(w.event)
 	go w.run(ctx)
+	if sp, ok := s.store.(StorePresence); ok {
+		w.presDone = s.pres.forward(ctx, sp)
+	}
 	return w
 }
 
@@ -108,6 +131,9 @@ func (w *storeWatch) close() {
 	w.stopEv()
 	w.cancel()
 	<-w.done
+	if w.presDone != nil {
+		<-w.presDone
+	}
 }
 
 func (w *storeWatch) event(e StoreEvent) {
@@ -119,6 +145,8 @@ func (w *storeWatch) event(e StoreEvent) {
 	case EventsMissed:
 		w.s.hub.notifyAll()
 		w.s.leases.notifyAll()
+	case EventPresence:
+		w.s.pres.fromStore(e.Coll, e.Presence)
 	}
 }
 

@@ -98,6 +98,12 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 	if err := r.subscribe(ctx, conn, p, edits); err != nil {
 		return err
 	}
+	presDone := make(chan struct{})
+	go func() {
+		defer close(presDone)
+		r.runPresence(ctx, conn, p)
+	}()
+	defer func() { cancel(); <-presDone }()
 	// Anything edited between the catch-up and the feeds starting.
 	for coll := range edits.feeds {
 		if err := r.pushNow(ctx, conn, p, coll, nil); err != nil {

@@ -95,6 +95,12 @@ type Options struct {
 	// and 30 s.
 	BackoffMin, BackoffMax time.Duration
 
+	// PresenceHeartbeat is how often a live connection says this device's
+	// presence states again (see Collection.SetPresence); a peer not heard
+	// from for three of them has left. Default DefaultPresenceHeartbeat,
+	// automerge-repo's.
+	PresenceHeartbeat time.Duration
+
 	// HTTPClient makes the connections to relays: set it for custom TLS
 	// roots, a proxy, or a test network. Its Timeout must be zero (a
 	// connection lives as long as a sync). Default: http.DefaultClient.
@@ -132,6 +138,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if v.BackoffMax <= 0 {
 		v.BackoffMax = 30 * time.Second
+	}
+	if v.PresenceHeartbeat <= 0 {
+		v.PresenceHeartbeat = DefaultPresenceHeartbeat
 	}
 	return v
 }

@@ -33,6 +33,7 @@ type Replica struct {
 	reap  *reaper // frees the documents that leave the cache
 	fsync *syncer // fsyncs what durable commits need
 	feeds *feeds
+	pres  *presence // in memory only
 
 	closeOnce sync.Once
 	closeErr  error
@@ -84,6 +85,7 @@ func Open(dir string, o *Options) (*Replica, error) {
 		opts:    opts,
 		log:     opts.Logger,
 		feeds:   newFeeds(),
+		pres:    newPresence(opts.Clock, opts.PresenceHeartbeat),
 		closing: make(chan struct{}),
 	}
 	if opts.InMemory {
@@ -196,6 +198,7 @@ func (r *Replica) Close() error {
 		r.closed = true
 		r.mu.Unlock()
 		r.feeds.closeAll(ErrClosed)
+		r.pres.close()
 		// No operation runs now: free every loaded document.
 		r.cache.clear()
 		r.reap.close()

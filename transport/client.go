@@ -11,6 +11,11 @@ import (
 // reader of Live.
 const DefaultLiveBuffer = 64
 
+// presenceBuffer is how many presence messages a Client holds for a slow
+// reader of Presence; past it, new ones are dropped (presence is
+// ephemeral: the next heartbeat or state says it again).
+const presenceBuffer = 256
+
 // ClientOptions configure a Client; nil means defaults.
 type ClientOptions struct {
 	// LiveBuffer is the capacity of the Live channel; 0 means
@@ -28,10 +33,11 @@ type ClientOptions struct {
 // or stall the responses that share the read loop; the caller reconnects
 // and subscribes again from its last applied cursor.
 type Client struct {
-	conn   *Conn
-	live   chan *Live
-	done   chan struct{} // closed when the read loop ends
-	nextID atomic.Uint64
+	conn     *Conn
+	live     chan *Live
+	presence chan *Presence
+	done     chan struct{} // closed when the read loop ends
+	nextID   atomic.Uint64
 
 	mu      sync.Mutex
 	pending map[uint64]chan *Envelope // by request id; guarded by mu
@@ -45,10 +51,11 @@ func NewClient(conn *Conn, opts *ClientOptions) *Client {
 		n = opts.LiveBuffer
 	}
 	c := &Client{
-		conn:    conn,
-		live:    make(chan *Live, n),
-		done:    make(chan struct{}),
-		pending: make(map[uint64]chan *Envelope),
+		conn:     conn,
+		live:     make(chan *Live, n),
+		presence: make(chan *Presence, presenceBuffer),
+		done:     make(chan struct{}),
+		pending:  make(map[uint64]chan *Envelope),
 	}
 	go c.readLoop()
 	return c
@@ -57,6 +64,11 @@ func NewClient(conn *Conn, opts *ClientOptions) *Client {
 // Live returns the channel of live messages from subscriptions. It is
 // closed when the connection ends.
 func (c *Client) Live() <-chan *Live { return c.live }
+
+// Presence returns the channel of other peers' presence messages. It is
+// closed when the connection ends. Unlike Live, a slow reader loses
+// presence messages (beyond a buffer of 256) rather than the connection.
+func (c *Client) Presence() <-chan *Presence { return c.presence }
 
 // Done is closed when the connection has ended; Err then says why.
 func (c *Client) Done() <-chan struct{} { return c.done }
@@ -144,6 +156,7 @@ func (c *Client) readLoop() {
 	defer func() {
 		_ = c.conn.Close() // stops keepalive, whatever ended the loop
 		close(c.live)
+		close(c.presence)
 		close(c.done)
 	}()
 	for {
@@ -176,6 +189,16 @@ func (c *Client) readLoop() {
 				perr := errorf(CodeSlowConsumer, "client fell %d live messages behind", cap(c.live))
 				c.setErr(nil, c.conn.fail(perr))
 				return
+			}
+		case TypePresence:
+			p, err := DecodeBody[Presence](env)
+			if err != nil {
+				c.setErr(nil, c.conn.fail(AsError(err)))
+				return
+			}
+			select {
+			case c.presence <- p:
+			default: // dropped: see Presence
 			}
 		case TypeError:
 			if perr, err := DecodeBody[Error](env); err == nil {

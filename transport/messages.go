@@ -22,6 +22,7 @@ const (
 	TypeLease        MessageType = "lease"         // relay → client: Lease
 	TypeOK           MessageType = "ok"            // relay → client: OK
 	TypeError        MessageType = "error"         // either way: *Error
+	TypePresence     MessageType = "presence"      // client → relay: Presence, answered by ok; relay → client, id 0: a peer's Presence
 )
 
 // known reports whether t is a message type of this protocol version.
@@ -29,7 +30,7 @@ func (t MessageType) known() bool {
 	switch t {
 	case TypeHello, TypeWelcome, TypeAuth, TypePull, TypeChanges, TypePush,
 		TypeAck, TypeSubscribe, TypeUnsubscribe, TypeLive, TypeLeaseAcquire,
-		TypeLeaseRenew, TypeLeaseRelease, TypeLease, TypeOK, TypeError:
+		TypeLeaseRenew, TypeLeaseRelease, TypeLease, TypeOK, TypeError, TypePresence:
 		return true
 	}
 	return false
@@ -77,6 +78,8 @@ func newBody(t MessageType) Body {
 		return new(OK)
 	case TypeError:
 		return new(Error)
+	case TypePresence:
+		return new(Presence)
 	}
 	return nil
 }
@@ -252,6 +255,7 @@ func (*LeaseRenew) MessageType() MessageType   { return TypeLeaseRenew }
 func (*LeaseRelease) MessageType() MessageType { return TypeLeaseRelease }
 func (*Lease) MessageType() MessageType        { return TypeLease }
 func (*OK) MessageType() MessageType           { return TypeOK }
+func (*Presence) MessageType() MessageType     { return TypePresence }
 
 func (h *Hello) validate(*Limits) error {
 	if len(h.Versions) == 0 {

@@ -8,6 +8,7 @@
 //	go run ./examples/todo --data bob list
 //	go run ./examples/todo --data bob done ID          # ID as list shows it
 //	go run ./examples/todo --data bob rm ID
+//	go run ./examples/todo --data bob --name Bob here  # who else has the list open
 //
 // The first sync stores a sync profile in the folder; later syncs use it.
 package main
@@ -18,6 +19,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -48,6 +51,8 @@ commands:
   done ID     mark a task done (ID: the full ID, or its end as list shows it)
   rm ID       remove a task
   sync        two-way sync with the relay; the first one stores a profile
+  here        stay connected and show who else has the list open (Go
+              devices and the web page, examples/webtodo), until Ctrl-C
 
 flags (before or after the command):
 `
@@ -58,6 +63,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	var rf devrelay.Flags
 	rf.Register(fs)
 	data := fs.String("data", "todo-data", "the device's data folder")
+	name := fs.String("name", "", "here: your name as others see it (default: the data folder's)")
+	stay := fs.Duration("for", 0, "here: leave after this long (default: at Ctrl-C)")
 	words, err := parseArgs(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprint(stdout, usage)
@@ -69,15 +76,15 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	if len(words) == 0 {
-		return errors.New("no command: give add, list, done, rm or sync (-h for help)")
+		return errors.New("no command: give add, list, done, rm, sync or here (-h for help)")
 	}
 	cmd, rest := words[0], words[1:]
 	// The command line is checked whole before the store is opened (and,
 	// the first time, created). nargs: how many arguments; -1, one or more.
-	nargs, known := map[string]int{"add": -1, "list": 0, "sync": 0, "done": 1, "rm": 1}[cmd]
+	nargs, known := map[string]int{"add": -1, "list": 0, "sync": 0, "here": 0, "done": 1, "rm": 1}[cmd]
 	switch {
 	case !known:
-		return fmt.Errorf("unknown command %q (want add, list, done, rm or sync)", cmd)
+		return fmt.Errorf("unknown command %q (want add, list, done, rm, sync or here)", cmd)
 	case nargs == -1 && len(rest) == 0:
 		return fmt.Errorf("%s: what to do?", cmd)
 	case nargs == 0 && len(rest) > 0:
@@ -106,6 +113,12 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			return a.done(rest[0])
 		}
 		return a.remove(rest[0])
+	case "here":
+		who := *name
+		if who == "" {
+			who = filepath.Base(*data)
+		}
+		return a.here(ctx, &rf, who, *stay)
 	default: // sync
 		explicit := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
@@ -164,6 +177,7 @@ func (a *app) list() error {
 	if err != nil {
 		return err
 	}
+	pending = slices.DeleteFunc(pending, func(id string) bool { return id == roomID })
 	unsynced := map[string]bool{}
 	for _, id := range pending {
 		unsynced[id] = true
@@ -172,6 +186,9 @@ func (a *app) list() error {
 	for rec, err := range a.todos.Scan(replica.ScanOptions{}) { // in ID order: creation order
 		if err != nil {
 			return err
+		}
+		if rec.ID == roomID {
+			continue // not a task: where presence is (see here)
 		}
 		tasks++
 		var t Task

@@ -154,3 +154,35 @@ func devAppFile(t *testing.T, rl *relaytest.Relay) string {
 	}
 	return path
 }
+
+// Two devices running here see each other arrive; the room record that
+// carries presence is not a task.
+func TestHereShowsWhoElseIsThere(t *testing.T) {
+	rl := relaytest.Start(t, nil)
+	alice, bob := t.TempDir(), t.TempDir()
+	outs := make([]string, 2)
+	done := make(chan int, 2)
+	for i, dir := range []string{alice, bob} {
+		name := []string{"Alice", "Bob"}[i]
+		go func() {
+			var out bytes.Buffer
+			err := run(context.Background(), append([]string{"--data", dir, "--name", name, "--for", "6s"}, append(tokenArgs(rl), "here")...), &out)
+			if err != nil {
+				t.Errorf("%s's here: %v", name, err)
+			}
+			outs[i] = out.String()
+			done <- i
+		}()
+	}
+	<-done
+	<-done
+	if !strings.Contains(outs[0], "Bob joined; here now: Alice (you), Bob") {
+		t.Errorf("Alice's here never showed Bob:\n%s", outs[0])
+	}
+	if !strings.Contains(outs[1], "Alice joined; here now: Bob (you), Alice") {
+		t.Errorf("Bob's here never showed Alice:\n%s", outs[1])
+	}
+	if got := todo(t, alice, "list"); !strings.Contains(got, "no tasks") {
+		t.Errorf("the presence room shows as a task:\n%s", got)
+	}
+}

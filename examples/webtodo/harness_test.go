@@ -120,6 +120,7 @@ type harness struct {
 
 	rep   *replica.Replica
 	todos *replica.Collection
+	live  *replica.Replica // guarded by mu; see liveReplica
 }
 
 func newHarness(t *testing.T, origins ...string) *harness {
@@ -156,6 +157,28 @@ func newHarness(t *testing.T, origins ...string) *harness {
 		store.Close()
 	})
 	return h
+}
+
+// liveReplica returns a replica with a live profile on the collection,
+// opened at the first call.
+func (h *harness) liveReplica() *replica.Replica {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.live != nil {
+		return h.live
+	}
+	live, err := replica.Open("", &replica.Options{InMemory: true, TokenSource: replica.StaticToken(h.token(relay.TokenRequest{Write: []string{"*"}})),
+		BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := live.AddProfile(replica.Profile{Name: "live", URL: "ws://" + h.addr + "/ws", APIKey: h.app.APIKey,
+		Mode: policy.Live, Type: policy.TwoWay, Collections: []string{collection}}); err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { live.Close() })
+	h.live = live
+	return live
 }
 
 func (h *harness) token(req relay.TokenRequest) string {
@@ -305,6 +328,19 @@ func (h *harness) control() string {
 			}
 		}
 		reply(w, res, err)
+	})
+	// Presence goes through a second replica, live on the collection.
+	mux.HandleFunc("POST /presence/set", func(w http.ResponseWriter, r *http.Request) {
+		live := h.liveReplica()
+		err := live.Collection(collection).SetPresence(r.URL.Query().Get("id"), map[string]any{"user": r.URL.Query().Get("user")})
+		reply(w, map[string]string{"peer": live.ID()}, err)
+	})
+	mux.HandleFunc("GET /presence/peers", func(w http.ResponseWriter, r *http.Request) {
+		peers := map[string]any{}
+		for _, p := range h.liveReplica().Collection(collection).Peers(r.URL.Query().Get("id")) {
+			peers[p.ID] = p.State
+		}
+		reply(w, peers, nil)
 	})
 	mux.HandleFunc("POST /relay/stop", func(w http.ResponseWriter, r *http.Request) {
 		h.stopRelay()

@@ -33,6 +33,7 @@ type amConn struct {
 	wg      sync.WaitGroup
 	sem     chan struct{} // one token per document being handled
 	limiter *rateLimiter
+	pres    *amPresence
 
 	mu      sync.Mutex
 	docs    map[string]*amDoc // by record
@@ -68,6 +69,16 @@ func (c *amConn) run(refusal string) {
 	if !c.join(refusal) {
 		return
 	}
+	leavePresence := a.b.JoinPresence(c.coll, c)
+	defer func() {
+		leavePresence()
+		c.presenceGone()
+	}()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.sendPresence()
+	}()
 	if c.a.ping > 0 {
 		c.wg.Add(1)
 		go c.keepalive()
@@ -182,6 +193,13 @@ func (c *amConn) expired() bool {
 
 // dispatch handles one message after join; false ends the connection.
 func (c *amConn) dispatch(m *amMessage) bool {
+	if m.Type == amEphemeral && m.SenderID != c.peer {
+		// automerge-repo passes on the ephemeral messages it receives to
+		// its other peers, the relay included. The relay sent the
+		// original to everyone already: drop the copy (and so never let
+		// a client speak for another peer).
+		return true
+	}
 	if m.SenderID != c.peer {
 		c.end(fmt.Sprintf("message from %q on the connection of %q", m.SenderID, c.peer))
 		return false
@@ -253,6 +271,7 @@ func (c *amConn) ephemeral(m *amMessage) {
 		fwd.TargetID = o.peer
 		o.send(&fwd)
 	}
+	c.ephemeralToDevices(record, m)
 }
 
 // send writes a message; false if the connection is gone.

@@ -271,6 +271,7 @@ func (a *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		closed:   make(chan struct{}),
 		sem:      make(chan struct{}, a.opts.InFlight),
 		limiter:  newRateLimiter(a.opts.MessageRate, a.opts.MessageBurst, time.Now),
+		pres:     newAMPresence(),
 	}
 	conn.ctx, conn.cancel = context.WithCancel(context.Background())
 	a.metrics.connections.Inc()

@@ -237,9 +237,14 @@ func TestAutomergeEphemeral(t *testing.T) {
 			t.Fatalf("%s got %+v", p.id, m)
 		}
 	}
-	// The sender does not get its own message back, nor does the outsider:
-	// a sync round trip after it shows nothing came before.
-	for _, p := range []*goPeer{peers[0], outsider} {
+	// automerge-repo passes on what it receives to its other peers, the
+	// relay included: that copy, sent under another peer's ID, is dropped,
+	// not taken as an impostor (which closed the client's connection).
+	peers[1].send(&amMessage{Type: amEphemeral, SenderID: "a", TargetID: "ferry-relay/todos", DocumentID: docID, Count: 7, SessionID: "s1", Data: []byte{0xa1, 0x61, 0x78, 0x01}})
+	// The sender does not get its own message back, nor does the outsider,
+	// nor does anyone get the copy: a sync round trip after it shows
+	// nothing came before, and the copy's sender is still connected.
+	for _, p := range []*goPeer{peers[0], peers[1], peers[2], outsider} {
 		p.send(&amMessage{Type: amRequest, SenderID: p.id, DocumentID: "11111111111111114Ki9Gx", Data: []byte{0x42, 0, 0, 0, 0}})
 		if m := p.until(func(m *amMessage) bool { return m.Type != amSync }); m.Type != amUnavailable {
 			t.Fatalf("%s got %+v before its answer", p.id, m)

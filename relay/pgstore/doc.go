@@ -19,7 +19,9 @@
 // when the data is restored into another database (see Store.Incarnation).
 //
 // Relays learn of each other's appends and lease releases by LISTEN/NOTIFY
-// (Store.Watch): a wake-up hint only, sent after the commit. Leases are
+// (Store.Watch): a wake-up hint only, sent after the commit. Presence,
+// which is never stored, travels in the notification itself
+// (Store.PublishPresence). Leases are
 // timed by the database's clock (Store.Now): the relay takes the now it
 // passes to the store from it, so relays whose clocks disagree agree on
 // when a lease expires, while the conformance suite (relay/storetest)

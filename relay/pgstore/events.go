@@ -3,13 +3,16 @@ package pgstore
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/ferrysync/ferry/internal/lru"
 	"github.com/ferrysync/ferry/relay"
@@ -236,6 +239,12 @@ func (e *events) handle(ctx context.Context, payload string) {
 	if len(toks) == 0 || toks[0] == e.s.tag {
 		return // this Store's own: its relay knows already
 	}
+	if len(toks) == 3 && toks[1] == "P" {
+		if c, msg, ok := decodePresence(toks[2]); ok {
+			e.emit(relay.StoreEvent{Kind: relay.EventPresence, Coll: c, Presence: string(msg)})
+		}
+		return
+	}
 	type ev struct {
 		id   int64
 		kind relay.StoreEventKind
@@ -331,3 +340,42 @@ func (e *events) emit(ev relay.StoreEvent) {
 		w.calls.Done()
 	}
 }
+
+// PublishPresence implements relay.StorePresence: a NOTIFY on the schema's
+// channel, "tag P base64", which the other Stores on the schema emit as
+// relay.EventPresence. Nothing is written; a relay that is not listening
+// at that moment never sees it, as presence wants.
+func (s *Store) PublishPresence(ctx context.Context, c relay.Coll, msg []byte) error {
+	if len(msg) > relay.MaxStorePresence {
+		return fmt.Errorf("pgstore: presence of %d bytes exceeds %d", len(msg), relay.MaxStorePresence)
+	}
+	b, err := msgpack.Marshal([]any{c.Tenant, c.Collection, msg})
+	if err != nil {
+		return err
+	}
+	payload := s.tag + " P " + base64.StdEncoding.EncodeToString(b)
+	if len(payload) >= 8000 {
+		return fmt.Errorf("pgstore: presence payload of %d bytes exceeds PostgreSQL's 8000", len(payload))
+	}
+	_, err = s.pool.Exec(ctx, "SELECT pg_notify($1, $2)", s.channel, payload)
+	return err
+}
+
+func decodePresence(tok string) (relay.Coll, []byte, bool) {
+	b, err := base64.StdEncoding.DecodeString(tok)
+	if err != nil || len(b) > 2*relay.MaxStorePresence {
+		return relay.Coll{}, nil, false
+	}
+	var v struct {
+		_msgpack struct{} `msgpack:",as_array"`
+		Tenant   string
+		Coll     string
+		Msg      []byte
+	}
+	if msgpack.Unmarshal(b, &v) != nil || v.Tenant == "" || v.Coll == "" {
+		return relay.Coll{}, nil, false
+	}
+	return relay.Coll{Tenant: v.Tenant, Collection: v.Coll}, v.Msg, true
+}
+
+var _ relay.StorePresence = (*Store)(nil)

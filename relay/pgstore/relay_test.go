@@ -1,6 +1,7 @@
 package pgstore_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/fxamacker/cbor/v2"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/internal/pgtest"
@@ -393,5 +396,54 @@ func TestHealthzReportsTheDatabase(t *testing.T) {
 	down.Store(false)
 	if code := health(); code != http.StatusOK {
 		t.Fatalf("healthz once the database is back: %d", code)
+	}
+}
+
+// Presence reaches devices on the other relays (by NOTIFY), and so does
+// the goodbye a relay sends for a device whose connection ended.
+func TestPresenceAcrossRelays(t *testing.T) {
+	cl := newCluster(t, 2)
+	ann := cl.dial(0, "ann-device")
+	bob := cl.dial(1, "bob-device")
+	must[transport.OK](t, bob, &transport.Subscribe{Collection: "c"})
+	must[transport.OK](t, ann, &transport.Subscribe{Collection: "c"})
+	state, err := cbor.Marshal(map[string]any{"__presence": map[string]any{"type": "snapshot", "state": map[string]any{"user": "ann"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// bob's subscription on relay 2 may start after ann's first message
+	// went by: ann sends until bob hears, as a heartbeat would.
+	var got *transport.Presence
+	for try := 0; got == nil; try++ {
+		if try == 200 {
+			t.Fatal("bob, on relay 2, never heard ann's presence on relay 1")
+		}
+		must[transport.OK](t, ann, &transport.Presence{Collection: "c", Record: "r1", Data: state})
+		select {
+		case got = <-bob.Presence():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if got.Peer != "ann-device" || got.Record != "r1" || !bytes.Equal(got.Data, state) {
+		t.Fatalf("bob, on relay 2, got %+v", got)
+	}
+	ann.Close()
+	for {
+		select {
+		case p := <-bob.Presence():
+			var env struct {
+				P struct {
+					Type string `cbor:"type"`
+				} `cbor:"__presence"`
+			}
+			if cbor.Unmarshal(p.Data, &env) != nil || p.Peer != "ann-device" {
+				t.Fatalf("bob got %+v", p)
+			}
+			if env.P.Type == "goodbye" {
+				return
+			}
+		case <-time.After(20 * time.Second): // only turns a hang into a failure
+			t.Fatal("bob never heard that ann left relay 1")
+		}
 	}
 }

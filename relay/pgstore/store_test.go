@@ -297,6 +297,46 @@ func TestLostCommitIsNotAppliedTwice(t *testing.T) {
 	}
 }
 
+// Presence published through one Store reaches the others on the schema,
+// bytes unchanged, and never comes back to its own.
+func TestPresenceAcrossStores(t *testing.T) {
+	schema := pgtest.Schema(t)
+	a, b := open(t, schema, nil), open(t, schema, nil)
+	toA, toB := make(chan relay.StoreEvent, 64), make(chan relay.StoreEvent, 64)
+	defer a.Watch(func(e relay.StoreEvent) { toA <- e })()
+	defer b.Watch(func(e relay.StoreEvent) { toB <- e })()
+	msg := bytes.Repeat([]byte{0xfe, 0x01}, relay.MaxStorePresence/2)
+	if err := a.PublishPresence(bg(), coll, msg); err != nil {
+		t.Fatal(err)
+	}
+	for e := range toB {
+		if e.Kind == relay.EventsMissed {
+			continue
+		}
+		if e.Kind != relay.EventPresence || e.Coll != coll || e.Presence != string(msg) {
+			t.Fatalf("B heard %+v", e)
+		}
+		break
+	}
+	if err := a.PublishPresence(bg(), coll, make([]byte, relay.MaxStorePresence+1)); err == nil {
+		t.Fatal("an oversized presence was published")
+	}
+	// A's own presence does not come back to it: an append by B after it
+	// is the first thing A hears.
+	if _, err := b.Append(bg(), coll, 0, time.Now(), []relay.Entry{newEntry("a", nil, "1")}); err != nil {
+		t.Fatal(err)
+	}
+	for e := range toA {
+		if e.Kind == relay.EventsMissed {
+			continue
+		}
+		if e.Kind != relay.EventAppended {
+			t.Fatalf("A heard %+v before B's append", e)
+		}
+		break
+	}
+}
+
 // Sessions the server ends (an administrator, a failover) are replaced:
 // the pool finds them dead, or the call that meets one is retried.
 func TestTerminatedSessionsAreReplaced(t *testing.T) {

@@ -2,7 +2,7 @@
 // one record of Ferry's "todos" collection (the Go example, examples/todo,
 // reads and writes the same records). Tasks live in IndexedDB, so the page
 // works offline and catches up when the relay is back.
-import { Repo, parseAutomergeUrl, decodeHeads } from "@automerge/automerge-repo"
+import { Repo, Presence, parseAutomergeUrl, stringifyAutomergeUrl, decodeHeads } from "@automerge/automerge-repo"
 import { BrowserWebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket"
 import { IndexedDBStorageAdapter } from "@automerge/automerge-repo-storage-indexeddb"
 import { decodeSyncMessage } from "@automerge/automerge/slim"
@@ -78,18 +78,62 @@ function watch(adapter) {
         .catch(() => setConnection("offline", "this page's server does not answer"))
     })
   }
-  adapter.on("peer-candidate", () => setConnection("connected"))
+  adapter.on("peer-candidate", () => {
+    setConnection("connected")
+    if (!presence) joinRoom().catch(e => console.error("presence:", e))
+  })
   adapter.on("peer-disconnected", () => setConnection("offline", "the connection to the relay was lost"))
 }
 
 const cfg = await loadConfig()
 const network = cfg ? [new BrowserWebSocketClientAdapter(cfg.url, 1000)] : []
 network.forEach(watch)
+// nextId, when set, is the ID the next created document gets (the room's,
+// below); tasks get fresh UUIDv7s.
+let nextId = null
 const repo = new Repo({
   storage: new IndexedDBStorageAdapter("ferry-webtodo"),
   network,
-  idFactory: async () => uuidv7(),
+  idFactory: async () => {
+    const id = nextId ?? uuidv7()
+    nextId = null
+    return id
+  },
 })
+
+// Who else has the list open, Go devices (examples/todo's "here") among
+// them. automerge-repo's presence is per document, so the list has one
+// document for it, the room, with a fixed ID that examples/todo uses too;
+// it has no title, so it is never shown as a task.
+const ROOM = "0193a000-0000-7000-8000-000000000001"
+const roomBytes = Uint8Array.from(ROOM.replaceAll("-", "").match(/../g), x => parseInt(x, 16))
+const roomUrl = stringifyAutomergeUrl(roomBytes)
+const roomId = parseAutomergeUrl(roomUrl).documentId
+const NAME = "ferry-webtodo:name"
+const me = localStorage.getItem(NAME) || `browser-${hex(crypto.getRandomValues(new Uint8Array(2)))}`
+localStorage.setItem(NAME, me)
+let presence = null
+
+// joinRoom finds the room (or, if nobody made it yet, makes it) and starts
+// this page's presence in it.
+async function joinRoom() {
+  let room
+  try {
+    room = await repo.find(roomUrl)
+  } catch (e) {
+    nextId = roomBytes
+    room = await repo.create2({ kind: "presence-room" })
+  }
+  presence = new Presence({ handle: room })
+  for (const ev of ["snapshot", "update", "heartbeat", "goodbye", "pruning"]) presence.on(ev, render)
+  presence.start({ initialState: { user: me } })
+  render()
+}
+
+function hereNow() {
+  const others = presence ? Object.values(presence.getPeerStates().value).map(p => String(p.value?.user ?? p.peerId)) : []
+  return [`${me} (you)`, ...others.sort()].join(", ")
+}
 
 const handles = new Map() // documentId -> handle
 // The heads the relay last said it has, per document (hex, from its sync
@@ -115,7 +159,7 @@ function remember(id) {
 
 function track(handle) {
   const id = handle.documentId
-  if (handles.has(id)) return
+  if (handles.has(id) || id === roomId) return
   handles.set(id, handle)
   remember(id)
   handle.on("change", render)
@@ -134,6 +178,7 @@ for (const adapter of network) {
     } catch (e) {
       // not a sync message this page can read: leave the task as it was
     }
+    if (m.documentId === roomId) return
     if (!handles.has(m.documentId)) {
       repo.find(m.documentId).then(track).catch(() => {})
     } else {
@@ -155,6 +200,7 @@ for (const id of known) {
 const list = document.querySelector("#tasks")
 const status = document.querySelector("#status")
 const connection = document.querySelector("#connection")
+const here = document.querySelector("#here")
 
 const connectionText = {
   connecting: "connecting to the relay…",
@@ -198,6 +244,7 @@ function render() {
   let pending = 0
   for (const h of handles.values()) if (h.doc() && !onRelay(h)) pending++
   status.textContent = `${rows.length} task(s)` + (pending ? `, ${pending} with changes not on the relay yet` : "")
+  here.textContent = "here now: " + hereNow()
   if (!cfg) {
     connection.dataset.state = "local"
     connection.textContent = "no relay configured: local only"
@@ -221,5 +268,5 @@ document.querySelector("#add").addEventListener("submit", e => {
 // when the page goes away (best effort; the browser does not wait).
 addEventListener("pagehide", () => { repo.flush() })
 
-window.ferryTodo = { repo, handles, conn } // for tests and the console
+window.ferryTodo = { repo, handles, conn, me, get presence() { return presence } } // for tests and the console
 render()

@@ -76,6 +76,13 @@ test("the page syncs with a Go replica and keeps working offline", async () => {
   await page.waitForSelector("#tasks li:has-text('from go')")
   await eventually("the page to show the task done", () =>
     page.$eval(`#tasks li[data-id] input:checked`, () => true).catch(() => false))
+  // Presence: the page and a Go device see each other in the list's room.
+  const room = "0193a000-0000-7000-8000-000000000001"
+  await control("POST", "/presence/set", { id: room, user: "go-device" })
+  await page.waitForSelector("#here:has-text('go-device')")
+  const me = await page.evaluate(() => window.ferryTodo.me)
+  await eventually("the Go device to see the page", async () =>
+    Object.values(await control("GET", "/presence/peers", { id: room })).some(s => s.user === me))
   if (SHOT) await page.screenshot({ path: SHOT })
 
   // With the relay stopped, a reload shows the tasks from IndexedDB, and

@@ -4,7 +4,7 @@
 import { test, after } from "node:test"
 import assert from "node:assert/strict"
 import { setTimeout as sleep } from "node:timers/promises"
-import { Repo, parseAutomergeUrl, stringifyAutomergeUrl, cbor } from "@automerge/automerge-repo"
+import { Repo, Presence, parseAutomergeUrl, stringifyAutomergeUrl, cbor } from "@automerge/automerge-repo"
 import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket"
 import WebSocket from "ws"
 
@@ -330,5 +330,32 @@ test("a JavaScript edit concurrent with a Go edit already on the relay: one valu
   const js = str(handle.doc().title)
   assert.ok(js === "from go" || js === "from js", js)
   await eventually("the Go device to agree", async () => (await control("GET", "/get", { id })).title === js)
+  await shutdown(repo)
+})
+
+// Presence crosses between automerge-repo's Presence and Go devices: the
+// relay passes a Go device's state to the clients syncing the record as an
+// ephemeral message from its replica ID, and theirs to the device.
+test("presence: a Go device and automerge-repo clients see each other, and a client's leaving", async () => {
+  const id = newRecordID()
+  await control("POST", "/put", { id, title: "shared", done: "false" })
+  const repo = newRepo()
+  const handle = await repo.find(urlOf(id))
+  const presence = new Presence({ handle })
+  presence.start({ initialState: { user: "js" }, heartbeatMs: 500 })
+  const { peer: goPeer } = await control("POST", "/presence/set", { id, user: "go" })
+  await eventually("the client to see the Go device", async () =>
+    presence.getPeerStates().value[goPeer]?.value?.user === "go")
+  const jsPeer = repo.networkSubsystem.peerId
+  await eventually("the Go device to see the client", async () =>
+    (await control("GET", "/presence/peers", { id }))[jsPeer]?.user === "js")
+  // A state change reaches the device.
+  presence.broadcast("user", "js2")
+  await eventually("the Go device to see the new state", async () =>
+    (await control("GET", "/presence/peers", { id }))[jsPeer]?.user === "js2")
+  // The client stops (goodbye): the device sees it leave.
+  presence.stop()
+  await eventually("the Go device to see the client leave", async () =>
+    (await control("GET", "/presence/peers", { id }))[jsPeer] === undefined)
   await shutdown(repo)
 })
