@@ -35,9 +35,14 @@ type Backend interface {
 	// Push validates, stores and fans out changes exactly as a device's
 	// push; it returns once they are durable.
 	Push(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error)
-	// Document returns a record's stored document and heads, or
-	// ErrNotFound.
-	Document(ctx context.Context, c Coll, record string) ([]byte, crdt.Heads, error)
+	// ReadDocument calls read with a record's document as stored, and its
+	// heads, or returns ErrNotFound. The document is the one pushes to
+	// /ws merge into, from the Server's document cache (loaded into it if
+	// absent): one cache, one bound (Options.DocCacheBytes) for every
+	// endpoint. While read runs no push changes the record, so read must
+	// be quick and only read the document: never keep it, never wait on
+	// the network, never push.
+	ReadDocument(ctx context.Context, c Coll, record string, read func(doc *crdt.Doc, heads crdt.Heads) error) error
 	// Records pages through a collection's record IDs in order.
 	Records(ctx context.Context, c Coll, after string, limit int) ([]string, error)
 	// Head is the collection's log head.
@@ -63,13 +68,6 @@ type Backend interface {
 	PresenceSent(queued bool)
 }
 
-// DocCost estimates the memory a loaded document takes from the bytes its
-// record takes as stored: 8 KiB plus 64 times them, since a loaded
-// Automerge document takes some 20 to 250 times its stored bytes. Every
-// cache of loaded documents (the Server's, an endpoint's) counts by it
-// against its DocCacheBytes.
-func DocCost(storedBytes int) int64 { return 8<<10 + 64*int64(storedBytes) }
-
 // EndpointConfig is what of a Server's Options an endpoint follows, so
 // that one setting governs /ws and every endpoint alike.
 type EndpointConfig struct {
@@ -80,9 +78,6 @@ type EndpointConfig struct {
 	AllowedOrigins   []string
 	PingInterval     time.Duration // negative: off
 	SlowWriteTimeout time.Duration // for a client to take a message
-	// DocCacheBytes bounds the documents an endpoint keeps loaded, by
-	// DocCost, as Options.DocCacheBytes bounds the Server's.
-	DocCacheBytes int64
 }
 
 // An Endpoint serves another protocol over the relay's Backend, mounted
@@ -133,7 +128,6 @@ func (b serverBackend) Config() EndpointConfig {
 	return EndpointConfig{
 		Limits: b.s.limits, Logger: b.s.log, Registry: b.s.reg, RelayID: o.RelayID,
 		AllowedOrigins: o.AllowedOrigins, PingInterval: o.PingInterval, SlowWriteTimeout: o.SlowWriteTimeout,
-		DocCacheBytes: o.DocCacheBytes,
 	}
 }
 
@@ -166,8 +160,53 @@ func (b serverBackend) Push(ctx context.Context, c Coll, p *transport.Push) (*tr
 	return b.s.pushCounted(ctx, c, p)
 }
 
-func (b serverBackend) Document(ctx context.Context, c Coll, record string) ([]byte, crdt.Heads, error) {
-	return Document(ctx, b.s.store, c, record)
+func (b serverBackend) ReadDocument(ctx context.Context, c Coll, record string, read func(*crdt.Doc, crdt.Heads) error) error {
+	s := b.s
+	key := recordKey{c, record}
+	// Under the record's lock no push merges into its cached document,
+	// and none can queue it. One queued already is ahead of the store
+	// (its changes are not durable yet): read the store's then, apart.
+	defer s.recLocks.Lock(key)()
+	queued := s.queuedDoc(key)
+	rec, err := s.store.Record(ctx, c, record)
+	if err != nil {
+		return err
+	}
+	if !queued {
+		if rd, unpin, ok := s.docs.Acquire(key); ok {
+			defer unpin()
+			if rd.doc.Heads().Equal(rec.Heads) {
+				return read(rd.doc, rec.Heads)
+			}
+			// Behind the store: another relay on a shared store wrote.
+		}
+	}
+	d, err := loadStored(c, rec)
+	if err != nil {
+		return err
+	}
+	if queued {
+		defer d.Free()
+		return read(d, rec.Heads)
+	}
+	rd := &relayDoc{doc: d, size: rec.Size()}
+	defer s.docs.PutAcquire(key, rd, rd.cost())()
+	return read(d, rec.Heads)
+}
+
+// queuedDoc reports whether the record's document is queued: merged with
+// changes that are not durable yet.
+func (s *Server) queuedDoc(k recordKey) bool {
+	s.mu.Lock()
+	cm := s.committers[k.c]
+	s.mu.Unlock()
+	if cm == nil {
+		return false
+	}
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	_, ok := cm.queued[k.record]
+	return ok
 }
 
 func (b serverBackend) Records(ctx context.Context, c Coll, after string, limit int) ([]string, error) {

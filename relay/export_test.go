@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -55,6 +56,18 @@ func (s *Server) PushState() (committers, pushes int) {
 
 // HubSizes is the collections the lease and live hubs hold.
 func (s *Server) HubSizes() (leases, live int) { return s.leases.size(), s.hub.size() }
+
+// DocCacheLen is how many documents the Server's document cache holds.
+func (s *Server) DocCacheLen() int { return s.docs.Len() }
+
+// CachedHeads is the heads of the record's document in the Server's
+// document cache, or nil.
+func (s *Server) CachedHeads(c Coll, record string) crdt.Heads {
+	if rd, ok := s.docs.Peek(recordKey{c, record}); ok {
+		return rd.doc.Heads()
+	}
+	return nil
+}
 
 // Clock is the Server's clock.
 func (s *Server) Clock() time.Time { return s.now() }

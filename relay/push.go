@@ -23,8 +23,9 @@ type relayDoc struct {
 	size int
 }
 
-// cost estimates the memory the loaded document takes (see DocCost).
-func (rd *relayDoc) cost() int64 { return DocCost(rd.size) }
+// cost estimates the memory the loaded document takes, from its stored
+// size (see Options.DocCacheBytes).
+func (rd *relayDoc) cost() int64 { return 8<<10 + 64*int64(rd.size) }
 
 // pushCounted runs a push, counting it as in progress for its collection.
 // A collection's committer is only needed while pushes to it are in

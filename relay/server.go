@@ -46,10 +46,11 @@ type Options struct {
 	MaxLag           int           // log entries a subscriber may trail by; default 10,000
 	SlowWriteTimeout time.Duration // for a subscriber to take a live message; default 10 s
 	// DocCacheBytes bounds the memory of the documents kept loaded for
-	// pushes, as estimated from each record's stored size (see DocCost).
-	// A document that leaves frees its memory at once. An endpoint
-	// (relay/amrepo) keeps the documents it answers from within the same
-	// bound, in a cache of its own. Default 64 MiB.
+	// pushes and for the endpoints' reads (see Backend.ReadDocument), as
+	// estimated from each record's stored size (8 KiB plus 64 times it: a
+	// loaded Automerge document takes some 20 to 250 times its stored
+	// bytes). A document that leaves frees its memory at once. Default
+	// 64 MiB.
 	DocCacheBytes int64
 
 	// CompactInterval is how often the background compactor looks for

@@ -81,25 +81,19 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	canWrite := c.claims.CanWrite(c.coll.Collection)
 	// The sync state takes in the message against the document as it was
 	// before the message's changes, as automerge does when it applies
 	// them: seeing its heads already held, it would think the peer had
-	// been told of them and send no acknowledgement.
-	before, found, release, err := c.docOrEmpty(d)
-	if err != nil {
-		return err
-	}
-	defer func() { release() }()
-	after := before
-	if len(sm.changes) > 0 {
-		if !c.claims.CanWrite(c.coll.Collection) {
-			// A read-only peer's edits stay with it; it still syncs.
-			c.a.metrics.refused.WithLabelValues("read_only").Inc()
-			c.send(&amMessage{Type: amError, SenderID: c.self(), TargetID: c.peer,
-				Message: fmt.Sprintf("token does not grant write on %q: changes to %s refused", c.coll.Collection, d.id)})
-		} else {
+	// been told of them and send no acknowledgement. The document is read
+	// in place, and its changes pushed once it is let go.
+	var ordered [][]byte
+	found := false
+	err = c.withDoc(d, func(doc *crdt.Doc, _ crdt.Heads, ok bool) error {
+		found = ok
+		if len(sm.changes) > 0 && canWrite {
 			chunks := append(d.pending, sm.changes...)
-			ordered, missing, err := pendingChanges(before.doc, chunks)
+			o, missing, err := pendingChanges(doc, chunks)
 			if err != nil {
 				return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
 			}
@@ -110,25 +104,36 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 				}
 				d.pending = chunks // pushed once what they need arrives
 			} else {
-				if err := c.push(d, ordered); err != nil {
-					return err
-				}
-				var releaseAfter func()
-				if after, found, releaseAfter, err = c.docOrEmpty(d); err != nil {
-					return err
-				}
-				releaseBefore := release
-				release = func() { releaseBefore(); releaseAfter() }
+				ordered = o
 			}
 		}
+		if !found && ordered == nil && len(sm.heads) == 0 {
+			return nil // unavailable: nothing for the sync state
+		}
+		if err := d.state.Receive(doc, sm.encodeV1()); err != nil {
+			return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if len(sm.changes) > 0 && !canWrite {
+		// A read-only peer's edits stay with it; it still syncs.
+		c.a.metrics.refused.WithLabelValues("read_only").Inc()
+		c.send(&amMessage{Type: amError, SenderID: c.self(), TargetID: c.peer,
+			Message: fmt.Sprintf("token does not grant write on %q: changes to %s refused", c.coll.Collection, d.id)})
+	}
+	if ordered != nil {
+		if err := c.push(d, ordered); err != nil {
+			return err
+		}
+		found = true
 	}
 	if !found && len(sm.heads) == 0 {
 		// Nobody has it: tell the peer, and keep the document open so it
 		// syncs if someone writes it later.
 		return c.sendOK(&amMessage{Type: amUnavailable, SenderID: c.self(), TargetID: c.peer, DocumentID: d.id})
-	}
-	if err := d.state.Receive(before.doc, sm.encodeV1()); err != nil {
-		return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
 	}
 	// A peer with a document the relay lacks is answered from an empty
 	// one, which asks for all of it. Heads the peer names that the relay
@@ -136,30 +141,34 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 	// waiting for an answer), are asked for: automerge's sync state may
 	// have nothing to say then, and neither side would speak again.
 	// (Not from a read-only peer, whose changes the relay refuses.)
-	var unknown []crdt.Hash
-	if c.claims.CanWrite(c.coll.Collection) {
-		for _, h := range sm.heads {
-			if !after.doc.Has(h) {
-				unknown = append(unknown, h)
+	return c.syncOut(d, true, func(doc *crdt.Doc) (need []crdt.Hash) {
+		if canWrite {
+			for _, h := range sm.heads {
+				if !doc.Has(h) {
+					need = append(need, h)
+				}
 			}
 		}
-	}
-	return c.syncOut(d, after, unknown...)
+		return need
+	})
 }
 
-// docOrEmpty returns the record's stored document, or an empty one (and
-// found=false) if the store has none, and release, to call once when done
-// reading it.
-func (c *amConn) docOrEmpty(d *amDoc) (cd *amCached, found bool, release func(), err error) {
-	cd, release, err = c.a.loadDoc(c.ctx, c.coll, d.record)
-	if isNotFound(err) {
-		empty, err := crdt.New("")
-		if err != nil {
-			return nil, false, nil, err
-		}
-		return &amCached{doc: empty}, false, empty.Free, nil
+// withDoc calls read with the record's document as stored (found), or an
+// empty one if the store has none. d.mu is held; see relay.Backend's
+// ReadDocument for what read may do.
+func (c *amConn) withDoc(d *amDoc, read func(doc *crdt.Doc, heads crdt.Heads, found bool) error) error {
+	err := c.a.b.ReadDocument(c.ctx, c.coll, d.record, func(doc *crdt.Doc, heads crdt.Heads) error {
+		return read(doc, heads, true)
+	})
+	if !isNotFound(err) {
+		return err
 	}
-	return cd, err == nil, release, err
+	empty, err := crdt.New("")
+	if err != nil {
+		return err
+	}
+	defer empty.Free()
+	return read(empty, nil, false)
 }
 
 // push stores a message's changes through the relay's push path.
@@ -180,21 +189,31 @@ func (c *amConn) push(d *amDoc, chunks [][]byte) error {
 	return err
 }
 
-// syncOut sends the peer what it lacks of the document, if anything.
-// d.mu is held.
-func (c *amConn) syncOut(d *amDoc, cd *amCached, need ...crdt.Hash) error {
-	msg, ok, err := d.state.Generate(cd.doc)
-	d.sent = cd.heads
-	need = append(need, d.missing...)
-	if err == nil && len(need) > 0 {
-		if !ok {
-			// Nothing else to say: ask anyway.
-			msg, ok = (&syncMessage{heads: cd.heads}).encodeV1(), true
+// syncOut sends the peer what it lacks of the document as stored, if
+// anything, and asks for the changes need names (with those still
+// missing): the message is made from the document, and sent once it is let
+// go. A record the store does not hold is answered from an empty document
+// if orEmpty is set, and not at all otherwise. d.mu is held.
+func (c *amConn) syncOut(d *amDoc, orEmpty bool, need func(doc *crdt.Doc) []crdt.Hash) error {
+	var msg []byte
+	var ok bool
+	err := c.withDoc(d, func(doc *crdt.Doc, heads crdt.Heads, found bool) error {
+		if !found && !orEmpty {
+			return nil
 		}
-		if msg, err = withNeed(msg, need); err != nil {
-			return err
+		var err error
+		msg, ok, err = d.state.Generate(doc)
+		d.sent = heads
+		wanted := append(need(doc), d.missing...)
+		if err == nil && len(wanted) > 0 {
+			if !ok {
+				// Nothing else to say: ask anyway.
+				msg, ok = (&syncMessage{heads: heads}).encodeV1(), true
+			}
+			msg, err = withNeed(msg, wanted)
 		}
-	}
+		return err
+	})
 	if err != nil || !ok {
 		return err
 	}

@@ -135,14 +135,7 @@ func (c *amConn) announceRecord(record string) bool {
 func (c *amConn) refresh(d *amDoc) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	cd, release, err := c.a.loadDoc(c.ctx, c.coll, d.record)
-	if isNotFound(err) {
-		return true
-	}
-	if err == nil {
-		err = c.syncOut(d, cd)
-		release()
-	}
+	err := c.syncOut(d, false, func(*crdt.Doc) []crdt.Hash { return nil })
 	if err != nil {
 		c.fail(err)
 		return false

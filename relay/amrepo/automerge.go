@@ -13,8 +13,6 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/ferrysync/ferry/crdt"
-	"github.com/ferrysync/ferry/internal/lru"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -70,7 +68,6 @@ type Endpoint struct {
 	ping    time.Duration
 	slow    time.Duration // for a client to take a message
 	metrics *amMetrics
-	docs    *lru.Cache[amDocKey, *amCached]
 
 	wg sync.WaitGroup // connections counted in by track
 
@@ -83,14 +80,6 @@ type Endpoint struct {
 type amDocKey struct {
 	c      relay.Coll
 	record string
-}
-
-// amCached is a record's document as stored with heads. The endpoint's
-// cache holds them (shared, read only) within the relay's DocCacheBytes,
-// by relay.DocCost; one that leaves is freed once no reader has it.
-type amCached struct {
-	heads crdt.Heads
-	doc   *crdt.Doc
 }
 
 // New returns an endpoint serving automerge-repo clients from the relay
@@ -112,7 +101,6 @@ func New(b relay.Backend, o *Options) (*Endpoint, error) {
 		ping:     cfg.PingInterval,
 		slow:     cfg.SlowWriteTimeout,
 		metrics:  m,
-		docs:     lru.NewSized(cfg.DocCacheBytes, func(_ amDocKey, cd *amCached) { cd.doc.Free() }),
 		conns:    map[*amConn]struct{}{},
 		openDocs: map[amDocKey]map[*amConn]struct{}{},
 	}, nil
@@ -162,11 +150,7 @@ func (a *Endpoint) Shutdown() <-chan struct{} {
 		c.stop(websocket.StatusGoingAway, "relay is shutting down")
 	}
 	done := make(chan struct{})
-	go func() {
-		a.wg.Wait()
-		a.docs.Clear() // no connection reads them now
-		close(done)
-	}()
+	go func() { a.wg.Wait(); close(done) }()
 	return done
 }
 
@@ -178,7 +162,6 @@ func (a *Endpoint) Close() {
 		c.ws.CloseNow()
 	}
 	a.wg.Wait()
-	a.docs.Clear() // no connection reads them now
 }
 
 // amCredentials are what a connection presents: from the URL's query
@@ -301,28 +284,6 @@ func amCollection(path string, claims *relay.Claims) (string, error) {
 		return n, nil
 	}
 	panic("unreachable")
-}
-
-// loadDoc returns a record's stored document (shared: only read it), and
-// release, to call once when done reading it; or relay.ErrNotFound.
-func (a *Endpoint) loadDoc(ctx context.Context, c relay.Coll, record string) (*amCached, func(), error) {
-	b, heads, err := a.b.Document(ctx, c, record)
-	if err != nil {
-		return nil, nil, err
-	}
-	k := amDocKey{c, record}
-	if cd, release, ok := a.docs.Acquire(k); ok {
-		if cd.heads.Equal(heads) {
-			return cd, release, nil
-		}
-		release()
-	}
-	d, err := crdt.Load(b, "")
-	if err != nil {
-		return nil, nil, fmt.Errorf("relay: stored document %s/%s/%s: %w", c.Tenant, c.Collection, record, err)
-	}
-	cd := &amCached{heads: heads, doc: d}
-	return cd, a.docs.PutAcquire(k, cd, relay.DocCost(len(b))), nil
 }
 
 // register adds a connection to those shutdown and close reach; false if

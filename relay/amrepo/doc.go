@@ -4,8 +4,9 @@
 // documents of one collection, each document a record whose ID is a UUID.
 //
 // The endpoint reaches the relay only through relay.Backend: its changes
-// take the same validation and store path as a device's push, and it
-// never touches a store. Mount it on a Server before serving:
+// take the same validation and store path as a device's push, it answers
+// from the documents of the relay's one document cache, and it never
+// touches a store. Mount it on a Server before serving:
 //
 //	srv, err := relay.NewServer(opts)
 //	err = amrepo.Mount(srv, nil) // /automerge and /automerge/COLLECTION
