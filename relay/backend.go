@@ -37,11 +37,12 @@ type Backend interface {
 	Push(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error)
 	// ReadDocument calls read with a record's document as stored, and its
 	// heads, or returns ErrNotFound. The document is the one pushes to
-	// /ws merge into, from the Server's document cache (loaded into it if
-	// absent): one cache, one bound (Options.DocCacheBytes) for every
-	// endpoint. While read runs no push changes the record, so read must
-	// be quick and only read the document: never keep it, never wait on
-	// the network, never push.
+	// /ws merge into, from the Server's one document cache, if it is
+	// there at the stored heads (and not merged with changes that are not
+	// durable yet); otherwise a copy loaded for the call and freed after
+	// it. While read runs on a cached document no push changes it, so
+	// read must be quick and only read: never keep the document, never
+	// wait on the network, never push.
 	ReadDocument(ctx context.Context, c Coll, record string, read func(doc *crdt.Doc, heads crdt.Heads) error) error
 	// Records pages through a collection's record IDs in order.
 	Records(ctx context.Context, c Coll, after string, limit int) ([]string, error)
@@ -163,35 +164,44 @@ func (b serverBackend) Push(ctx context.Context, c Coll, p *transport.Push) (*tr
 func (b serverBackend) ReadDocument(ctx context.Context, c Coll, record string, read func(*crdt.Doc, crdt.Heads) error) error {
 	s := b.s
 	key := recordKey{c, record}
-	// Under the record's lock no push merges into its cached document,
-	// and none can queue it. One queued already is ahead of the store
-	// (its changes are not durable yet): read the store's then, apart.
-	defer s.recLocks.Lock(key)()
-	queued := s.queuedDoc(key)
+	// The store is read before the record's lock is taken, as a push
+	// does: no store I/O holds up the record's pushes.
 	rec, err := s.store.Record(ctx, c, record)
 	if err != nil {
 		return err
 	}
-	if !queued {
-		if rd, unpin, ok := s.docs.Acquire(key); ok {
-			defer unpin()
-			if rd.doc.Heads().Equal(rec.Heads) {
-				return read(rd.doc, rec.Heads)
-			}
-			// Behind the store: another relay on a shared store wrote.
-		}
+	if done, err := s.readCached(key, rec.Heads, read); done {
+		return err
 	}
+	// Not in the cache as stored: a private copy, freed once read. It
+	// joins no cache: only pushes put documents there, so the cache never
+	// holds one older than a push left.
 	d, err := loadStored(c, rec)
 	if err != nil {
 		return err
 	}
-	if queued {
-		defer d.Free()
-		return read(d, rec.Heads)
-	}
-	rd := &relayDoc{doc: d, size: rec.Size()}
-	defer s.docs.PutAcquire(key, rd, rd.cost())()
+	defer d.Free()
 	return read(d, rec.Heads)
+}
+
+// readCached calls read with the record's cached document, if it is there
+// and at heads, under the record's lock: no push merges into it or queues
+// it meanwhile. A queued document is not used: its changes are not
+// durable yet. done is false if read was not called.
+func (s *Server) readCached(key recordKey, heads crdt.Heads, read func(*crdt.Doc, crdt.Heads) error) (done bool, err error) {
+	defer s.recLocks.Lock(key)()
+	if s.queuedDoc(key) {
+		return false, nil
+	}
+	rd, unpin, ok := s.docs.Acquire(key)
+	if !ok {
+		return false, nil
+	}
+	defer unpin()
+	if rd.dropped.Load() || !rd.doc.Heads().Equal(heads) {
+		return false, nil
+	}
+	return true, read(rd.doc, heads)
 }
 
 // queuedDoc reports whether the record's document is queued: merged with

@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 
 	"github.com/ferrysync/ferry/crdt"
@@ -27,6 +26,15 @@ type committer struct {
 	// gen counts the times the queue was dropped after a failed append: a
 	// push merged across a drop was merged onto documents that are gone.
 	gen uint64
+	// epoch counts the groups written. While pushes read documents with
+	// no lock held (preload), wrote remembers, per record, the last group
+	// that wrote it and the document written, so a push whose document
+	// was read before that write reads it again (see load). active counts
+	// those pushes by the epoch they began at; wrote forgets what none of
+	// them began before.
+	epoch  uint64
+	wrote  map[string]wrote
+	active map[uint64]int
 	// queuedHook, if set (by tests), is called with the queue's length
 	// each time a push joins it, with mu held.
 	queuedHook func(n int)
@@ -36,6 +44,7 @@ type committer struct {
 type waiter struct {
 	fence   uint64
 	entries []Entry
+	bytes   int // what entries weigh in a store transaction, roughly
 	ack     *transport.Ack
 	done    chan result
 	lead    chan struct{} // this push's handler is to flush the queue
@@ -51,7 +60,7 @@ func (s *Server) committer(c Coll) *committer {
 	defer s.mu.Unlock()
 	cm := s.committers[c]
 	if cm == nil {
-		cm = &committer{c: c, queued: map[string]*relayDoc{}, inQueue: map[string]int{}, pins: map[string]func(){}}
+		cm = &committer{c: c, queued: map[string]*relayDoc{}, inQueue: map[string]int{}, pins: map[string]func(){}, wrote: map[string]wrote{}, active: map[uint64]int{}}
 		s.committers[c] = cm
 	}
 	return cm
@@ -66,27 +75,85 @@ type merged struct {
 	data     []byte      // the pushed changes, concatenated
 	hashes   []crdt.Hash // their hashes
 	imported int         // how many of them were new
-	size     int         // the record's stored size once written
+	// what rd's saved and unsaved become once written (see relayDoc)
+	saved, unsaved int
 }
+
+// savedGrowth bounds what a change adds to a saved document, per byte of
+// the change as pushed. In practice a change adds less than its own bytes
+// (the saved form drops its header, hashes and actor ID, and compresses
+// columns); 4 leaves room for changes whose operations fragment the
+// document's columns, or compress worse there than in the change. Only a
+// record within that margin of max_record pays for a Save.
+const savedGrowth = 4
 
 // enqueue merges the push onto the documents as they will be once every
 // queued push is written, and queues its entries. infos are the pushed
 // changes, framed.
 func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, infos [][]crdt.ChangeInfo) (w *waiter, err error) {
-	// Records are locked, not the collection: merges of different records
-	// run in parallel, and two pushes to one record take turns, the second
+	var order []string // records in the order the push first names them
+	named := map[string]bool{}
+	for _, r := range p.Records {
+		if !named[r.Record] {
+			named[r.Record] = true
+			order = append(order, r.Record)
+		}
+	}
+	refresh := map[string]bool{} // records to read from the store again
+	for reloads := 0; reloads < maxReloads; {
+		w, err = cm.enqueueOnce(ctx, s, p, infos, order, refresh)
+		var stale *staleRecord
+		switch {
+		case errors.As(err, &stale):
+			// The document may only be older than the store (see
+			// stale.go): never refuse before merging onto what the store
+			// holds. Each record is read again once at most.
+			refresh[stale.record] = true
+		case errors.Is(err, errReload):
+			reloads++
+		default:
+			return w, err
+		}
+	}
+	return nil, errRemerge
+}
+
+// maxReloads bounds how often one merge reads its documents again because
+// they changed between its read and its lock (see load): only a document
+// written and then evicted from the cache in that gap makes it read again.
+const maxReloads = 8
+
+// errReload tells enqueue that a document preload found has been written
+// since: read it again.
+var errReload = errors.New("relay: document written since it was read")
+
+// enqueueOnce is enqueue, with documents read once, and the records in
+// refresh read from the store whether cached or queued.
+func (cm *committer) enqueueOnce(ctx context.Context, s *Server, p *transport.Push, infos [][]crdt.ChangeInfo, order []string, refresh map[string]bool) (w *waiter, err error) {
+	// The store is read before any lock is taken: a lock held through
+	// store I/O (on PostgreSQL, up to its retries' worth) would hold up
+	// every other push to those records meanwhile.
+	start := cm.beginRead()
+	defer cm.endRead(start)
+	pre, err := cm.preload(ctx, s, order, refresh)
+	if err != nil {
+		return nil, err
+	}
+	defer pre.release()
+	// Records are locked, not the collection, and each record on its own
+	// (no two records share a lock): merges of different records run in
+	// parallel, and two pushes to one record take turns, the second
 	// building on the first's queued document. The collection's lock is
 	// held only to read and extend the queue.
-	keys := make([]recordKey, 0, len(p.Records))
-	for _, r := range p.Records {
-		keys = append(keys, recordKey{cm.c, r.Record})
+	keys := make([]recordKey, 0, len(order))
+	for _, id := range order {
+		keys = append(keys, recordKey{cm.c, id})
 	}
 	defer s.recLocks.Lock(keys...)()
 	cm.mu.Lock()
 	gen := cm.gen
 	cm.mu.Unlock()
 	recs := map[string]*merged{}
-	var order []string // records in the order the push first names them
 	defer func() {
 		if err != nil {
 			cm.undo(s, recs, order)
@@ -98,16 +165,18 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 	for i, r := range p.Records {
 		m := recs[r.Record]
 		if m == nil {
-			rd, queued, unpin, err := cm.load(ctx, s, r.Record)
+			rd, queued, unpin, err := cm.load(s, r.Record, pre[r.Record], start, refresh[r.Record])
 			if err != nil {
 				return nil, err
 			}
 			m = &merged{rd: rd, unpin: unpin, base: rd.doc.Heads(), queued: queued}
 			recs[r.Record] = m
-			order = append(order, r.Record)
 		}
 		if err := m.merge(r, infos[i]); err != nil {
-			return nil, err
+			if errors.Is(err, crdt.ErrMissingDeps) && !refresh[r.Record] {
+				return nil, &staleRecord{r.Record}
+			}
+			return nil, cm.refused(s, r.Record, err)
 		}
 	}
 	w = &waiter{fence: p.Fence, ack: &transport.Ack{Collection: cm.c.Collection}, done: make(chan result, 1), lead: make(chan struct{}, 1)}
@@ -123,6 +192,7 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 			return nil, err
 		}
 		w.entries = append(w.entries, e)
+		w.bytes += entryBytes(e)
 	}
 	if err := cm.join(s, w, recs, gen); err != nil {
 		return nil, err
@@ -137,7 +207,11 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 func (cm *committer) undo(s *Server, recs map[string]*merged, order []string) {
 	for _, id := range order {
 		m := recs[id]
+		if m == nil {
+			continue // not loaded: the push was refused before
+		}
 		if !m.queued {
+			m.rd.dropped.Store(true)
 			s.docs.Remove(recordKey{cm.c, id})
 		} else if err := m.rd.doc.Reset(m.base); err != nil {
 			s.log.Error("undoing a refused push on a queued document", "tenant", cm.c.Tenant, "collection", cm.c.Collection, "record", id, "err", err)
@@ -153,9 +227,6 @@ func (m *merged) merge(r transport.RecordChanges, infos []crdt.ChangeInfo) error
 	// loads once it is in.
 	n, err := m.rd.doc.Import(r.Data)
 	if err != nil {
-		if errors.Is(err, crdt.ErrCorrupt) || errors.Is(err, crdt.ErrMissingDeps) {
-			return perr(transport.CodeInvalidChange, "record %q: %v", r.Record, err)
-		}
 		return err
 	}
 	m.imported += n
@@ -167,8 +238,9 @@ func (m *merged) merge(r transport.RecordChanges, infos []crdt.ChangeInfo) error
 }
 
 // entry returns the log entry of a record the push changed, now at heads,
-// and sets the record's stored size, refusing what could not be sent to a
-// device: a log entry past max_record, or a record past it.
+// and sets what the record's saved size will be known as, refusing what
+// could not be sent to a device: a log entry past max_record, or a record
+// whose saved document would pass it.
 func (m *merged) entry(s *Server, id string, heads crdt.Heads) (Entry, error) {
 	delta, hashes := m.data, m.hashes
 	if m.imported != len(m.hashes) {
@@ -186,21 +258,23 @@ func (m *merged) entry(s *Server, id string, heads crdt.Heads) (Entry, error) {
 			hashes[i] = c.Hash
 		}
 	}
-	// The stored size (snapshot and tail) bounds the saved document's;
-	// only a record near the limit pays for saving it to know exactly.
 	if len(delta) > s.maxRecord() {
 		return Entry{}, perr(transport.CodeTooLarge, "record %q: %d bytes of new changes in one push, over max_record %d", id, len(delta), s.maxRecord())
 	}
-	m.size = m.rd.size + len(delta)
-	if m.size > s.maxRecord() {
-		// Near the limit by the estimate: measure. The saved size then
-		// replaces the estimate, which grew by every push since the record
-		// was loaded and so overstates a compacted record.
+	// What max_record bounds is the document saved whole, as a fresh
+	// device gets it after compaction. The bytes stored or pushed do not
+	// bound it (a compressed change can weigh less than what it adds to
+	// the saved document), and saving costs time in the document's whole
+	// history, so a document is saved, and the limit checked on that
+	// exact size, whenever it may be near the limit: when its last saved
+	// size plus savedGrowth times the changes merged since could pass it.
+	m.saved, m.unsaved = m.rd.saved, m.rd.unsaved+len(delta)
+	if m.saved+savedGrowth*m.unsaved > s.maxRecord() {
 		saved := len(m.rd.doc.Save())
 		if saved > s.maxRecord() {
-			return Entry{}, perr(transport.CodeTooLarge, "record %q: the push would grow its document to %d bytes, over max_record %d", id, saved, s.maxRecord())
+			return Entry{}, perr(transport.CodeTooLarge, "record %q: the push would grow its saved document to %d bytes, over max_record %d", id, saved, s.maxRecord())
 		}
-		m.size = saved
+		m.saved, m.unsaved = saved, 0
 	}
 	return Entry{Record: id, Base: m.base, Changes: delta, Hashes: hashes, Heads: heads}, nil
 }
@@ -216,7 +290,7 @@ func (cm *committer) join(s *Server, w *waiter, recs map[string]*merged, gen uin
 	}
 	for _, e := range w.entries {
 		m := recs[e.Record]
-		m.rd.size = m.size
+		m.rd.saved, m.rd.unsaved = m.saved, m.unsaved
 		if cm.queued[e.Record] != m.rd {
 			// The queue pins what it holds; this push's own pin keeps the
 			// document findable until then.
@@ -238,12 +312,129 @@ func (cm *committer) join(s *Server, w *waiter, recs map[string]*merged, gen uin
 	return nil
 }
 
+// preloaded is a record's document as found before its lock was taken:
+// the queued or cached one, pinned, or one read from the store and not
+// cached yet.
+type preloaded struct {
+	rd    *relayDoc
+	unpin func() // the cache's pin; nil for a document read from the store
+	used  bool   // load handed rd on to the push
+	// For a cached rd that may be older than the store (see stale.go):
+	// checked says heads are the store's heads of the record, read after
+	// the stale mark seen.
+	checked bool
+	heads   crdt.Heads
+	seen    uint64
+	// stored is the record as stored (nil if the store has none), read
+	// for a queued rd that is to take in what the store holds.
+	stored *Record
+}
+
+type preloads map[string]*preloaded
+
+// release drops what preload took and load did not hand on.
+func (pl preloads) release() {
+	for _, p := range pl {
+		switch {
+		case p.unpin != nil:
+			p.unpin()
+		case !p.used:
+			p.rd.doc.Free()
+		}
+	}
+}
+
+// preload finds the documents of records ids: it pins the queued and
+// cached ones, and reads the others from the store. It holds no record
+// lock, so a slow store holds up only this push. For a cached document
+// that another relay process may have written to since, or one of a
+// record in refresh, it reads the record's stored heads too, and for a
+// queued one in refresh the record as stored (see stale.go).
+func (cm *committer) preload(ctx context.Context, s *Server, ids []string, refresh map[string]bool) (pl preloads, err error) {
+	pl = preloads{}
+	defer func() {
+		if err != nil {
+			pl.release()
+		}
+	}()
+	for _, id := range ids {
+		key := recordKey{cm.c, id}
+		cm.mu.Lock()
+		rd, queued := cm.queued[id]
+		var unpin func()
+		if queued {
+			// The queue's pin holds it: written cannot drop that pin
+			// while cm.mu is held.
+			unpin, queued = s.docs.Pin(key, rd)
+		}
+		cm.mu.Unlock()
+		if queued {
+			p := &preloaded{rd: rd, unpin: unpin}
+			pl[id] = p
+			if refresh[id] {
+				if err := cm.readStored(ctx, s, id, p); err != nil {
+					return nil, err
+				}
+			}
+			continue
+		}
+		if rd, unpin, ok := s.docs.Acquire(key); ok {
+			p := &preloaded{rd: rd, unpin: unpin}
+			pl[id] = p
+			if refresh[id] || s.marks.stale(cm.c, rd.seen.Load()) {
+				if err := cm.readHeads(ctx, s, id, p); err != nil {
+					return nil, err
+				}
+			}
+			continue
+		}
+		rd, err := cm.read(ctx, s, id)
+		if err != nil {
+			return nil, err
+		}
+		pl[id] = &preloaded{rd: rd}
+	}
+	return pl, nil
+}
+
+// read loads a record's document from the store: a new, empty one if the
+// store has no such record.
+func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc, error) {
+	seen := s.marks.now()
+	rec, err := s.store.Record(ctx, cm.c, id)
+	if errors.Is(err, ErrNotFound) {
+		d, err := crdt.New("")
+		if err != nil {
+			return nil, err
+		}
+		rd := &relayDoc{doc: d}
+		rd.seen.Store(seen)
+		return rd, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	d, err := loadStored(cm.c, rec)
+	if err != nil {
+		return nil, err
+	}
+	// A snapshot is a saved document: its size is exact as of SnapSeq.
+	rd := &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail)}
+	rd.seen.Store(seen)
+	return rd, nil
+}
+
 // load returns a record's document as it will be once the queue is
-// written: queued (queued=true), cached, or stored (and cached). The
-// caller holds the record's lock, and the document is pinned in s.docs
-// until unpin: the cache frees a document that leaves it, once no pin
-// holds it.
-func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayDoc, queued bool, unpin func(), err error) {
+// written: queued (queued=true), cached, or p, what preload found for a
+// read that began at epoch start. The caller holds the record's lock, and
+// the document is pinned in s.docs until unpin: the cache frees a document
+// that leaves it, once no pin holds it. load does no I/O: where p may be
+// older than the store, it returns errReload, to read again with no lock
+// held. A cached document that another relay process may have written to
+// since (or any, with refresh) is used only if preload found the store's
+// heads equal to its own; a queued one takes in what preload read of the
+// record as stored, if anything (see stale.go).
+func (cm *committer) load(s *Server, id string, p *preloaded, start uint64, refresh bool) (rd *relayDoc, queued bool, unpin func(), err error) {
 	key := recordKey{cm.c, id}
 	cm.mu.Lock()
 	rd, queued = cm.queued[id]
@@ -252,35 +443,75 @@ func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayD
 		// cm.mu is held.
 		unpin, _ = s.docs.Pin(key, rd)
 	}
+	w, since := cm.wrote[id]
 	cm.mu.Unlock()
 	if queued {
+		if p.stored != nil {
+			if err := cm.catchUpQueued(id, rd, *p.stored); err != nil {
+				unpin()
+				return nil, false, nil, err
+			}
+		}
 		return rd, true, unpin, nil
 	}
 	if rd, unpin, ok := s.docs.Acquire(key); ok {
+		// The newest this relay has: a push may have written the record
+		// since preload. Another relay process may have written it too.
+		if refresh || s.marks.stale(cm.c, rd.seen.Load()) {
+			if err := cm.checkCached(s, id, rd, p); err != nil {
+				unpin()
+				return nil, false, nil, err
+			}
+		}
 		return rd, false, unpin, nil
 	}
-	rec, err := s.store.Record(ctx, cm.c, id)
-	if errors.Is(err, ErrNotFound) {
-		d, err := crdt.New("")
-		if err != nil {
-			return nil, false, nil, err
+	// Neither queued nor cached now: p is what the store holds unless a
+	// group wrote another document of the record since it was read, or p
+	// was dropped since (it holds a refused push's changes).
+	if p.rd.dropped.Load() || (since && w.epoch > start && w.rd != p.rd) {
+		return nil, false, nil, errReload
+	}
+	p.used = true
+	return p.rd, false, s.docs.PutAcquire(key, p.rd, p.rd.cost()), nil
+}
+
+// wrote is the last write of a record, while pushes read documents.
+type wrote struct {
+	epoch uint64
+	rd    *relayDoc
+}
+
+// beginRead notes that a push starts reading documents, and returns the
+// epoch it began at.
+func (cm *committer) beginRead() uint64 {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	cm.active[cm.epoch]++
+	return cm.epoch
+}
+
+// endRead notes that a push that began reading at start no longer needs
+// to know what was written since, and forgets the writes that no push
+// reading now began before.
+func (cm *committer) endRead(start uint64) {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	if cm.active[start]--; cm.active[start] > 0 {
+		return
+	}
+	delete(cm.active, start)
+	oldest := cm.epoch
+	for e := range cm.active {
+		oldest = min(oldest, e)
+	}
+	if oldest < start {
+		return // an older read still needs them
+	}
+	for id, w := range cm.wrote {
+		if w.epoch <= oldest {
+			delete(cm.wrote, id)
 		}
-		rd = &relayDoc{doc: d}
-		return rd, false, s.docs.PutAcquire(key, rd, rd.cost()), nil
 	}
-	if err != nil {
-		return nil, false, nil, err
-	}
-	d, err := crdt.Load(rec.Data(), "")
-	if err == nil && !d.Heads().Equal(rec.Heads) {
-		err = fmt.Errorf("it loads at heads %v, the store says %v", d.Heads(), rec.Heads)
-		d.Free()
-	}
-	if err != nil {
-		return nil, false, nil, fmt.Errorf("%w: record %s/%s/%s: %w", ErrStoreDamaged, cm.c.Tenant, cm.c.Collection, id, err)
-	}
-	rd = &relayDoc{doc: d, size: rec.Size()}
-	return rd, false, s.docs.PutAcquire(key, rd, rd.cost()), nil
 }
 
 // flush writes queued groups until own's is durable, then hands the
@@ -288,8 +519,9 @@ func (cm *committer) load(ctx context.Context, s *Server, id string) (rd *relayD
 // other clients' writes for long. One handler flushes at a time.
 func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 	cm.mu.Lock()
+	most := 0 // pushes the next group may hold; 0: as many as the caps allow
 	for len(cm.queue) > 0 && len(own.done) == 0 {
-		group, entries, docs := cm.nextGroup()
+		group, entries, docs := cm.nextGroup(s, most)
 		cm.mu.Unlock()
 		var seq uint64
 		var err error
@@ -299,6 +531,15 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 			seq, err = s.store.Head(context.WithoutCancel(ctx), cm.c)
 		}
 		cm.mu.Lock()
+		if errors.Is(err, ErrAppendTooLarge) && len(group) > 1 {
+			// The caps are a guess at the store's transaction limit: write
+			// the group in halves. Nothing was written, and the queue
+			// behind it still builds on it in the same order.
+			cm.queue = append(group[:len(group):len(group)], cm.queue...)
+			most = len(group) / 2
+			continue
+		}
+		most = 0
 		if err != nil {
 			cm.failed(s, group, err)
 		} else {
@@ -313,13 +554,36 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 	cm.mu.Unlock()
 }
 
+// Caps of one group, so that pushes which each fit a store transaction
+// are not merged into one that does not: Badger's default transaction
+// takes about 9.6 MiB, and a push can carry up to max_frame (4 MiB by
+// default). A push larger than the caps goes alone.
+const (
+	groupBytes   = 4 << 20
+	groupEntries = 4096
+)
+
+// entryBytes is what e adds to a store transaction, roughly: its changes,
+// heads, base and record name, and a little for its keys.
+func entryBytes(e Entry) int {
+	return len(e.Changes) + len(e.Record) + 32*(len(e.Heads)+len(e.Base)+len(e.Hashes)) + 64
+}
+
 // nextGroup takes the pushes at the head of the queue that share one fence
-// (the store checks one per Append), with their entries and the documents
-// these leave. cm.mu is held.
-func (cm *committer) nextGroup() (group []*waiter, entries []Entry, docs map[string]*relayDoc) {
+// (the store checks one per Append), within the caps (s.groupBytes,
+// s.groupEntries) and at most most of them unless most is 0, with their
+// entries and the documents these leave. The first push is taken whatever
+// its size. cm.mu is held.
+func (cm *committer) nextGroup(s *Server, most int) (group []*waiter, entries []Entry, docs map[string]*relayDoc) {
 	n := 1
-	for n < len(cm.queue) && cm.queue[n].fence == cm.queue[0].fence {
-		n++
+	bytes, count := cm.queue[0].bytes, len(cm.queue[0].entries)
+	for ; n < len(cm.queue) && (most == 0 || n < most); n++ {
+		w := cm.queue[n]
+		if w.fence != cm.queue[0].fence || bytes+w.bytes > s.groupBytes || count+len(w.entries) > s.groupEntries {
+			break
+		}
+		bytes += w.bytes
+		count += len(w.entries)
 	}
 	group = cm.queue[:n]
 	cm.queue = cm.queue[n:]
@@ -340,7 +604,8 @@ func (cm *committer) nextGroup() (group []*waiter, entries []Entry, docs map[str
 func (cm *committer) failed(s *Server, group []*waiter, err error) {
 	behind := cm.queue
 	cm.queue = nil
-	for id := range cm.queued {
+	for id, rd := range cm.queued {
+		rd.dropped.Store(true)
 		s.docs.Remove(recordKey{cm.c, id})
 	}
 	for _, unpin := range cm.pins {
@@ -368,8 +633,12 @@ func (cm *committer) written(s *Server, group []*waiter, entries []Entry, docs m
 		group[i].done <- result{seq: last}
 		last -= uint64(len(group[i].entries))
 	}
+	cm.epoch++
 	for id, d := range docs {
 		s.docs.PutSized(recordKey{cm.c, id}, d, d.cost())
+		if len(cm.active) > 0 {
+			cm.wrote[id] = wrote{cm.epoch, d}
+		}
 	}
 	for _, e := range entries {
 		// A document stays queued while a later push in the queue has

@@ -183,7 +183,5 @@ func checkLoads(c Coll, rec Record) error {
 func (cp *compactor) failingRecords() []recordKey {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
-	return slices.SortedFunc(maps.Keys(cp.failing), func(a, b recordKey) int {
-		return cmp.Or(cmp.Compare(a.c.Tenant, b.c.Tenant), cmp.Compare(a.c.Collection, b.c.Collection), cmp.Compare(a.record, b.record))
-	})
+	return slices.SortedFunc(maps.Keys(cp.failing), compareRecordKeys)
 }

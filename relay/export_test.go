@@ -16,7 +16,16 @@ const (
 	UsageRefresh    = usageRefresh
 	CompactBatch    = compactBatch
 	CompactRetryMin = compactRetryMin
+	SavedGrowth     = savedGrowth
 )
+
+// SetGroupCaps sets the caps of one group commit (see nextGroup).
+func (s *Server) SetGroupCaps(bytes, entries int) { s.groupBytes, s.groupEntries = bytes, entries }
+
+// CompactRecord compacts one record now.
+func (s *Server) CompactRecord(ctx context.Context, c Coll, id string) error {
+	return s.compactRecord(ctx, c, id)
+}
 
 // SetSweepInterval sets how often a shared store's heads are swept, and
 // returns a func that sets it back.

@@ -1,8 +1,10 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"sync/atomic"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/transport"
@@ -15,17 +17,31 @@ type recordKey struct {
 	record string
 }
 
-// relayDoc is a record's document as the relay merges pushes into it, with
-// the bytes the record takes as stored (snapshot plus tail), which the
-// size contract is checked against without saving the document.
-type relayDoc struct {
-	doc  *crdt.Doc
-	size int
+// compareRecordKeys orders record keys, for the order keylock takes them.
+func compareRecordKeys(a, b recordKey) int {
+	return cmp.Or(cmp.Compare(a.c.Tenant, b.c.Tenant), cmp.Compare(a.c.Collection, b.c.Collection), cmp.Compare(a.record, b.record))
 }
 
-// cost estimates the memory the loaded document takes, from its stored
-// size (see Options.DocCacheBytes).
-func (rd *relayDoc) cost() int64 { return 8<<10 + 64*int64(rd.size) }
+// relayDoc is a record's document as the relay merges pushes into it.
+type relayDoc struct {
+	doc *crdt.Doc
+	// saved is the document's saved size when last measured (as loaded:
+	// its snapshot's, a saved document), and unsaved the bytes of the
+	// changes merged into it since: they tell a push when the document
+	// may be near max_record, and must be saved to know (merged.entry).
+	saved, unsaved int
+	// dropped is set when the document leaves the cache because it holds
+	// changes that will never be written (a refused push's, or a refused
+	// group's): a push that found it before cannot build on it.
+	dropped atomic.Bool
+	// seen is the stale mark (see stale.go) as of the document's last
+	// read from the store, or check against it.
+	seen atomic.Uint64
+}
+
+// cost estimates the memory the loaded document takes, from about its
+// stored size (see Options.DocCacheBytes).
+func (rd *relayDoc) cost() int64 { return 8<<10 + 64*int64(rd.saved+rd.unsaved) }
 
 // pushCounted runs a push, counting it as in progress for its collection.
 // A collection's committer is only needed while pushes to it are in
@@ -61,12 +77,17 @@ func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*t
 // push is refused and nothing is stored. Changes the relay already holds
 // are acknowledged without being stored again. A push that would grow a
 // record's saved document past max_record is refused with too_large, so
-// every document the relay holds fits one record of a changes message.
+// every document the relay holds, saved, fits one record of a changes
+// message.
 //
-// Pushes to one collection are merged one at a time, in memory, then
-// committed in groups: every push merged while the previous group was
-// being written goes into the next store Append, one transaction and one
-// fsync for all of them (group commit). Each push is acknowledged once the
+// Pushes are merged in memory, pushes to one record one at a time (each
+// reads its documents from the store first, holding no lock), then
+// committed in groups per collection: the pushes merged while the previous group was
+// being written go into the next store Append, one transaction and one
+// fsync for all of them (group commit), as many as the caps on a group's
+// bytes and entries let in. A group the store refuses as too large for
+// one transaction (ErrAppendTooLarge) is written in halves; a push too
+// large alone is refused with too_large. Each push is acknowledged once the
 // group holding it is durable. If the store refuses a group, only that
 // group's pushes fail; the pushes queued behind it, merged onto documents
 // that were never written, are merged again onto what the store holds. A
@@ -114,6 +135,9 @@ func (s *Server) push(ctx context.Context, c Coll, p *transport.Push) (*transpor
 			return w.ack, nil
 		case errors.Is(err, errRemerge), errors.Is(err, ErrConflict):
 			continue
+		case errors.Is(err, ErrAppendTooLarge):
+			// Alone, and still more than one store transaction holds.
+			return nil, perr(transport.CodeTooLarge, "the push is more than the store writes at once; push fewer or smaller records at a time")
 		case errors.Is(err, ErrStaleFence):
 			return nil, perr(transport.CodeStaleFence, "fence %d is not the current lease of %q", p.Fence, c.Collection)
 		}

@@ -13,8 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/ferrysync/ferry/internal/keylock"
 	"github.com/ferrysync/ferry/internal/lru"
-	"github.com/ferrysync/ferry/internal/stripe"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -46,7 +46,7 @@ type Options struct {
 	MaxLag           int           // log entries a subscriber may trail by; default 10,000
 	SlowWriteTimeout time.Duration // for a subscriber to take a live message; default 10 s
 	// DocCacheBytes bounds the memory of the documents kept loaded for
-	// pushes and for the endpoints' reads (see Backend.ReadDocument), as
+	// pushes, which endpoints read too (see Backend.ReadDocument), as
 	// estimated from each record's stored size (8 KiB plus 64 times it: a
 	// loaded Automerge document takes some 20 to 250 times its stored
 	// bytes). A document that leaves frees its memory at once. Default
@@ -132,11 +132,16 @@ type Server struct {
 	leases    *hub // lease releases, for waiters
 	pres      *presenceHub
 	docs      *lru.Cache[recordKey, *relayDoc]
+	marks     staleMarks // other relay processes' appends, for docs
 	compactor *compactor
-	recLocks  stripe.Locks[recordKey] // merges, per record
+	recLocks  *keylock.Locks[recordKey] // merges, per record
 	quotas    *quotas
 	watch     *storeWatch // nil unless the Store has StoreEvents
 	endpoints []mounted   // see Mount; guarded by mu
+
+	// groupBytes and groupEntries cap one group commit (see nextGroup);
+	// tests lift them to reach the split on ErrAppendTooLarge.
+	groupBytes, groupEntries int
 
 	// hooks let tests wait for events that have no other signal, and
 	// drive timers by the fake clock.
@@ -190,6 +195,8 @@ func NewServer(o *Options) (*Server, error) {
 		pushes:     map[Coll]int{},
 		quotas:     quotas,
 	}
+	s.groupBytes, s.groupEntries = groupBytes, groupEntries
+	s.recLocks = keylock.New(compareRecordKeys)
 	s.reg = opts.Registry
 	if s.reg == nil {
 		s.reg = prometheus.NewRegistry()

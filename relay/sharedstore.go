@@ -3,6 +3,8 @@ package relay
 import (
 	"context"
 	"time"
+
+	"github.com/ferrysync/ferry/crdt"
 )
 
 // A Store that several relay processes share (PostgreSQL, in package
@@ -34,6 +36,16 @@ type StoreEvents interface {
 	// Heads returns the log heads of colls (0 for an empty collection), in
 	// their order, in one read.
 	Heads(ctx context.Context, colls []Coll) ([]uint64, error)
+}
+
+// StoreRecordHeads is implemented by a Store that reads a record's heads
+// for less than the whole record. A relay on a store with StoreEvents uses
+// it to check a loaded document that another relay process may have
+// written to since (see stale.go): only a record whose heads moved is
+// read whole and loaded again.
+type StoreRecordHeads interface {
+	// RecordHeads returns the record's stored heads, or ErrNotFound.
+	RecordHeads(ctx context.Context, c Coll, record string) (crdt.Heads, error)
 }
 
 // StoreEventKind says what a StoreEvent reports.
@@ -139,10 +151,12 @@ func (w *storeWatch) close() {
 func (w *storeWatch) event(e StoreEvent) {
 	switch e.Kind {
 	case EventAppended:
+		w.s.marks.appended(e.Coll)
 		w.s.hub.notify(e.Coll)
 	case EventLeaseReleased:
 		w.s.leases.notify(e.Coll)
 	case EventsMissed:
+		w.s.marks.missed()
 		w.s.hub.notifyAll()
 		w.s.leases.notifyAll()
 	case EventPresence:

@@ -34,7 +34,9 @@ type Progress struct {
 // deferred syncs), one at a time per profile. Progress is called on the
 // goroutine syncing too; a live profile's pushes report it from the live
 // session's goroutine, which may overlap a Sync of the same profile that
-// the app starts. Status is called from whichever goroutine changed the
+// the app starts. So does Failed when the relay refuses a live push: its
+// statistics are that push's, and the session pushes those records again
+// later. Status is called from whichever goroutine changed the
 // status, one call at a time for the whole replica, in the order the
 // changes were made. Other calls for different profiles may run at once.
 //

@@ -195,6 +195,9 @@ func TestConvergenceLiveFaultyBadger(t *testing.T) {
 type convConfig struct {
 	live   bool // some replicas sync in live mode
 	faults bool // the network cuts and delays connections (needs w.faults)
+	// realTime: not in a synctest bubble (the relays' store is a real
+	// database); live replicas are waited for (see waitLive).
+	realTime bool
 }
 
 func newConvWorld(t *testing.T, seed uint64, cfg convConfig) *convWorld {
@@ -715,9 +718,14 @@ func (w *convWorld) goLive(c *convReplica) {
 }
 
 // settle lets live replicas catch up: fake time passes beyond any
-// reconnection backoff, then everything runs until it blocks. Only in a
-// synctest bubble.
+// reconnection backoff, then everything runs until it blocks. Outside a
+// synctest bubble (realTime), it waits until they hold what the relay
+// holds.
 func (w *convWorld) settle() {
+	if w.cfg.realTime {
+		w.waitLive()
+		return
+	}
 	if !w.cfg.live && w.faults == nil {
 		return
 	}

@@ -95,6 +95,12 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 		cancel()
 		edits.close()
 	}()
+	// Live messages are drained from the start, so that none waits in
+	// the client while the session pushes or syncs (see livequeue.go).
+	q := newLiveQueue(conn.client)
+	defer q.close()
+	rt := &liveRetry{r: r, p: p, b: backoff{min: r.opts.BackoffMin, max: r.opts.BackoffMax}, colls: map[string]bool{}}
+	defer rt.stop()
 	if err := r.subscribe(ctx, conn, p, edits); err != nil {
 		return err
 	}
@@ -104,12 +110,6 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 		r.runPresence(ctx, conn, p)
 	}()
 	defer func() { cancel(); <-presDone }()
-	// Anything edited between the catch-up and the feeds starting.
-	for coll := range edits.feeds {
-		if err := r.pushNow(ctx, conn, p, coll, nil); err != nil {
-			return err
-		}
-	}
 	// The device may change networks (SetNetwork): stay only on an
 	// allowed one.
 	netWake := r.sched.networkWait()
@@ -117,6 +117,13 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 	// reads live also has its LastSync.
 	r.syncEnded(p.Name, nil, r.opts.Clock())
 	r.setState(p.Name, StateLive, "")
+	// Anything edited between the catch-up and the feeds starting (after
+	// the state says live, so that a refusal stays in LastError).
+	for coll := range edits.feeds {
+		if err := r.pushNow(ctx, conn, p, rt, coll, nil); err != nil {
+			return err
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -128,26 +135,35 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 			}
 		case <-conn.client.Done():
 			return conn.client.Err()
-		case lv, ok := <-conn.client.Live():
-			if !ok {
-				// Closed just before Done when the connection ends.
-				<-conn.client.Done()
-				return conn.client.Err()
+		case <-q.ready:
+			behind, msgs := q.take()
+			for _, coll := range behind {
+				// Messages for it were dropped: pull from its cursor.
+				r.log.Warn("live messages arrived faster than they were applied; syncing the collection", "profile", p.Name, "collection", coll)
+				if err := r.leasedSync(ctx, conn, p, rt, coll); err != nil {
+					return err
+				}
 			}
-			if err := r.applyLive(ctx, conn, p, lv); err != nil {
-				return err
+			for _, lv := range msgs {
+				if err := r.applyLive(ctx, conn, p, rt, lv); err != nil {
+					return err
+				}
 			}
 		case ev := <-edits.c:
 			if ev.Origin != Local {
 				continue
 			}
 			for coll, list := range coalesce(ev, edits.c) {
-				if err := r.pushNow(ctx, conn, p, coll, list); err != nil {
+				if err := r.pushNow(ctx, conn, p, rt, coll, list); err != nil {
 					return err
 				}
 			}
+		case <-rt.timer():
+			if err := rt.retry(ctx, conn); err != nil {
+				return err
+			}
 		}
-		if err := r.pushOverflowed(ctx, conn, p, edits); err != nil {
+		if err := r.pushOverflowed(ctx, conn, p, rt, edits); err != nil {
 			return err
 		}
 	}
@@ -155,7 +171,9 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 
 // catchUp connects a live profile and syncs each of its collections: it
 // pushes what waited offline and pulls what was missed. It holds the
-// profile's lock meanwhile, as any sync does.
+// profile's lock meanwhile, as any sync does. A record that fails (the
+// relay refused it, say) fails the catch-up: the session backs off and
+// connects again, with the error in the status.
 func (r *Replica) catchUp(ctx context.Context, p *Profile) (*relayConn, error) {
 	unlock := r.sched.lockProfile(p.Name)
 	defer unlock()
@@ -196,11 +214,11 @@ func (r *Replica) subscribe(ctx context.Context, conn *relayConn, p *Profile, ed
 
 // pushOverflowed watches again each collection whose feed overflowed and
 // pushes everything pending in it, as the dropped events are unknown.
-func (r *Replica) pushOverflowed(ctx context.Context, conn *relayConn, p *Profile, edits *localEdits) error {
+func (r *Replica) pushOverflowed(ctx context.Context, conn *relayConn, p *Profile, rt *liveRetry, edits *localEdits) error {
 	for coll, f := range edits.feeds {
 		if err := f.Err(); errors.Is(err, ErrFeedOverflow) {
 			edits.watch(coll)
-			if err := r.pushNow(ctx, conn, p, coll, nil); err != nil {
+			if err := r.pushNow(ctx, conn, p, rt, coll, nil); err != nil {
 				return err
 			}
 		}
@@ -269,34 +287,51 @@ func forwardLocal(ctx context.Context, f *Feed, out chan<- Event) {
 // pushNow pushes pending records of a collection without a lease: plain
 // edits need none (see docs/conflicts.md). ids nil means every pending one.
 // A record holding a conflict resolution is pushed by a leased sync of the
-// collection instead (leasedSync).
-func (r *Replica) pushNow(ctx context.Context, conn *relayConn, p *Profile, coll string, ids []string) error {
-	held, err := r.pushUnleased(ctx, conn, p, coll, ids)
-	if err != nil || !held {
+// collection instead (leasedSync). Records the relay refuses are reported
+// to rt, which pushes them again later.
+func (r *Replica) pushNow(ctx context.Context, conn *relayConn, p *Profile, rt *liveRetry, coll string, ids []string) error {
+	cs, held, err := r.pushUnleased(ctx, conn, p, coll, ids)
+	if err != nil {
 		return err
 	}
-	return r.leasedSync(ctx, conn, p, coll)
+	if !held {
+		rt.pushed(cs, ids == nil)
+		return nil
+	}
+	if len(cs.Failed) > 0 {
+		rt.pushed(cs, false)
+	}
+	return r.leasedSync(ctx, conn, p, rt, coll)
 }
 
-func (r *Replica) pushUnleased(ctx context.Context, conn *relayConn, p *Profile, coll string, ids []string) (heldResolutions bool, err error) {
+func (r *Replica) pushUnleased(ctx context.Context, conn *relayConn, p *Profile, coll string, ids []string) (cs *CollectionStats, heldResolutions bool, err error) {
+	cs = &CollectionStats{Collection: coll, Type: p.Type, Start: r.opts.Clock()}
 	unlock, err := r.colls.lock(ctx, coll)
 	if err != nil {
-		return false, err
+		return cs, false, err
 	}
 	defer unlock()
-	s := &collSync{r: r, conn: conn, p: p, coll: coll, cs: &CollectionStats{Collection: coll}}
+	s := &collSync{r: r, conn: conn, p: p, coll: coll, cs: cs}
 	err = s.push(ctx, ids)
-	return s.heldResolutions, err
+	cs.End = r.opts.Clock()
+	return cs, s.heldResolutions, err
 }
 
 // leasedSync syncs one collection of a live profile under its lease: it
 // pulls again, lets the policy decide the conflicts, and pushes the
-// resolutions under the lease's fence.
-func (r *Replica) leasedSync(ctx context.Context, conn *relayConn, p *Profile, coll string) error {
+// resolutions under the lease's fence. It pushes every pending record of
+// the collection, so it also settles what rt waits to push again.
+func (r *Replica) leasedSync(ctx context.Context, conn *relayConn, p *Profile, rt *liveRetry, coll string) error {
 	unlock := r.sched.lockProfile(p.Name)
 	defer unlock()
-	_, err := r.syncCollection(ctx, conn, p, coll)
-	return err
+	cs, err := r.syncCollection(ctx, conn, p, coll)
+	if err != nil {
+		return err // the session ends, and its status says why
+	}
+	rt.pushed(cs, true)
+	// The sync was a step of the live session, which goes on.
+	r.setState(p.Name, StateLive, "")
+	return nil
 }
 
 // applyLive applies a live message. Records without conflicting local
@@ -304,7 +339,7 @@ func (r *Replica) leasedSync(ctx context.Context, conn *relayConn, p *Profile, c
 // the relay's, nothing of the message moves the cursor: the collection
 // syncs under its lease, which pulls again from the cursor, lets the policy
 // decide, and pushes the resolution under the fence.
-func (r *Replica) applyLive(ctx context.Context, conn *relayConn, p *Profile, lv *transport.Live) error {
+func (r *Replica) applyLive(ctx context.Context, conn *relayConn, p *Profile, rt *liveRetry, lv *transport.Live) error {
 	coll := lv.Collection
 	recs := make([]remoteRec, 0, len(lv.Records))
 	for _, rc := range lv.Records {
@@ -318,7 +353,7 @@ func (r *Replica) applyLive(ctx context.Context, conn *relayConn, p *Profile, lv
 	if err != nil || !conflict {
 		return err
 	}
-	return r.leasedSync(ctx, conn, p, coll)
+	return r.leasedSync(ctx, conn, p, rt, coll)
 }
 
 // applyLiveLocked applies the records and moves the cursor to next in one

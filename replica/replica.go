@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/ferrysync/ferry/internal/badgerdir"
+	"github.com/ferrysync/ferry/transport"
 )
 
 // Replica is one device's copy of its data. It is safe for concurrent use by
@@ -46,6 +47,11 @@ type Replica struct {
 	wg        sync.WaitGroup // background goroutines
 	mu        sync.RWMutex   // held for reading by every operation; Close takes it for writing
 	closed    bool
+
+	// pushFault, if set (by tests, before any sync starts), is asked
+	// before each push is sent; an error it returns stands for the
+	// relay's answer.
+	pushFault func(*transport.Push) error
 }
 
 // Open opens the replica stored in dir, creating it (and dir) if absent.

@@ -52,9 +52,10 @@ func (r *Replica) dial(ctx context.Context, p *Profile, live bool) (*relayConn, 
 	}
 	var copts *transport.ClientOptions
 	if live {
-		// A live connection may receive bursts while the engine applies a
-		// batch; give it room before the client cuts itself off.
-		copts = &transport.ClientOptions{LiveBuffer: 1024}
+		// A live connection may receive bursts before the session's
+		// queue takes them (see livequeue.go); give it room before the
+		// client cuts itself off.
+		copts = &transport.ClientOptions{LiveBuffer: liveBuffer}
 	}
 	c := &relayConn{r: r, p: p, client: transport.NewClient(conn, copts)}
 	hello := &transport.Hello{APIKey: p.APIKey, Token: tok, ReplicaID: r.id, Versions: transport.SupportedVersions()}

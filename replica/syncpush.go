@@ -260,7 +260,15 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 		req.Records = append(req.Records, transport.RecordChanges{Record: o.id, Data: o.changes, Heads: o.heads.Slices()})
 	}
 	var ack transport.Ack
-	err := s.conn.call(ctx, req, &ack)
+	send := func() error {
+		if f := s.r.pushFault; f != nil {
+			if err := f(req); err != nil {
+				return err
+			}
+		}
+		return s.conn.call(ctx, req, &ack)
+	}
+	err := send()
 	for try, waits := 1, 0; ; {
 		// Nothing was stored either way, so pushing again is safe.
 		if errors.Is(err, transport.ErrConflict) && try < pushAttempts {
@@ -282,7 +290,7 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 		} else {
 			break
 		}
-		err = s.conn.call(ctx, req, &ack)
+		err = send()
 	}
 	var perr *transport.Error
 	if errors.As(err, &perr) && (perr.Code == transport.CodeInvalidChange || perr.Code == transport.CodeTooLarge) {

@@ -32,6 +32,7 @@ func sampleBodies() []Body {
 		&Lease{Collection: "todos", Fence: 7, ExpiresMS: 1767225600000},
 		&OK{},
 		&Error{Code: CodeRateLimited, Message: "slow down", RetryMS: 250},
+		&Presence{Collection: "todos", Record: "r1", Peer: "rep-2", Data: []byte{0xa1, 0x61, 0x78, 0x01}},
 	}
 }
 

@@ -71,6 +71,40 @@ func (s *Store) Record(ctx context.Context, c relay.Coll, record string) (relay.
 	return out[0], nil
 }
 
+// RecordHeads implements relay.StoreRecordHeads: a record's heads alone,
+// without its snapshot and tail.
+func (s *Store) RecordHeads(ctx context.Context, c relay.Coll, record string) (crdt.Heads, error) {
+	if unstorable(c.Tenant, c.Collection, record) {
+		if err := s.closedErr(); err != nil || ctx.Err() != nil {
+			return nil, errors.Join(ctx.Err(), err)
+		}
+		return nil, fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, relay.ErrNotFound)
+	}
+	var raw []byte
+	found := false
+	err := s.run(ctx, "record_heads", func(ctx context.Context) error {
+		err := s.pool.QueryRow(ctx, `SELECT heads FROM ferry_records WHERE coll_id = `+collIDSQL+` AND record = $3`,
+			c.Tenant, c.Collection, record).Scan(&raw)
+		if errors.Is(err, pgx.ErrNoRows) {
+			found = false
+			return nil
+		}
+		found = err == nil
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !found {
+		return nil, fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, relay.ErrNotFound)
+	}
+	heads, err := crdt.HeadsFromBytes(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: record %q: %w", relay.ErrStoreDamaged, record, err)
+	}
+	return heads, nil
+}
+
 // Records implements relay.Store.
 func (s *Store) Records(ctx context.Context, c relay.Coll, after string, limit int) ([]relay.Record, error) {
 	if err := ctx.Err(); err != nil {

@@ -99,6 +99,7 @@ type Store struct {
 var _ relay.Store = (*Store)(nil)
 var _ relay.StoreClock = (*Store)(nil)
 var _ relay.StoreEvents = (*Store)(nil)
+var _ relay.StoreRecordHeads = (*Store)(nil)
 
 // ErrConfig means the connection string or the options are not usable.
 var ErrConfig = errors.New("pgstore: bad configuration")

@@ -141,6 +141,7 @@ func (r *Relay) Restart(t testing.TB, store relay.Store, tweak func(*relay.Optio
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	old.Shutdown(ctx)
+	old.Close()
 	oldStore.Close()
 }
 
@@ -161,6 +162,7 @@ func (r *Relay) Close() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		r.Server.Shutdown(ctx)
+		r.Server.Close() // ends what Shutdown leaves running (a shared store's watch)
 		r.hs.Close()
 		if t, ok := r.HTTPClient.Transport.(*http.Transport); ok {
 			t.CloseIdleConnections()
