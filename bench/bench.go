@@ -172,6 +172,7 @@ var Workloads = []struct {
 	{"W3", titles["W3"], W3},
 	{"W4", titles["W4"], W4},
 	{"W5", titles["W5"], W5},
+	{"W6", w6Title, W6},
 }
 
 var titles = map[string]string{
@@ -194,7 +195,7 @@ func Lookup(name string) (Workload, error) {
 			return w.Run, nil
 		}
 	}
-	return nil, fmt.Errorf("bench: no workload %q (want W0 to W5, or W2L)", name)
+	return nil, fmt.Errorf("bench: no workload %q (want W0 to W6, or W2L)", name)
 }
 
 // Run measures the floor once, then runs the named workloads (Default if

@@ -21,6 +21,10 @@
 //	            subscribers receive them (fan-out latency)
 //	W5 growth   W1 and W4 at 1,000, 10,000 and 100,000 records: time and
 //	            relay memory per record
+//	W6 reads    a local-only replica inserts ten times Records records
+//	            {name, price, qty, cat} and reads them: open, a full scan
+//	            with a Go predicate, an index built and queried, a live
+//	            query's latency, cold and warm Gets, and its memory
 //
 // Each is a [Workload]: a function of a [Config] returning a [Result], a
 // list of named [Metric] values with units. [Run] measures W0 first and

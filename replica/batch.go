@@ -35,6 +35,7 @@ func (r *Replica) batchOp(coll string, ids []string, fn func(i int, txn *badger.
 // batchOpThen is batchOp, with then (if not nil) run last in the same
 // transaction, for writes that must commit with the records or not at all.
 func (r *Replica) batchOpThen(coll string, ids []string, fn func(i int, txn *badger.Txn, t *touched) (keep bool, err error), then func(txn *badger.Txn) error) ([]*touched, error) {
+	defer r.mem.wrote(len(ids)) // last, with the records' locks released
 	release, err := r.enter()
 	if err != nil {
 		return nil, err
@@ -46,6 +47,7 @@ func (r *Replica) batchOpThen(coll string, ids []string, fn func(i int, txn *bad
 	}
 	defer r.locks.lockAll(keys)()
 	b := &batchRun{r: r, coll: coll, byID: map[string]*touched{}}
+	done := r.writing()
 	err = r.db.Update(func(txn *badger.Txn) error {
 		for i, id := range ids {
 			t, err := b.touch(txn, id)
@@ -68,6 +70,7 @@ func (r *Replica) batchOpThen(coll string, ids []string, fn func(i int, txn *bad
 		}
 		return nil
 	})
+	done()
 	b.end(err)
 	return b.order, err
 }

@@ -1,10 +1,8 @@
 package replica
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"iter"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -123,148 +121,6 @@ func (c *Collection) read(id string, fn func(d *crdt.Doc, m meta) error) error {
 		}
 		return fn(d, m)
 	})
-}
-
-// Get decodes the record into out (a pointer to a struct or a map; see
-// crdt.Doc.Decode). ErrNotFound if it does not exist or is deleted.
-func (c *Collection) Get(id string, out any) error {
-	return c.read(id, func(d *crdt.Doc, m meta) error {
-		if m.deleted {
-			return fmt.Errorf("%w: %s/%s is deleted", ErrNotFound, c.name, id)
-		}
-		return d.Decode(out)
-	})
-}
-
-// Record is a record read by [Collection.Scan].
-type Record struct {
-	ID      string
-	Deleted bool
-	Heads   crdt.Heads
-	Fields  map[string]any
-}
-
-// Decode converts the record's fields into out, as [Collection.Get] does.
-func (r Record) Decode(out any) error { return crdt.DecodeValue(r.Fields, out) }
-
-// ScanOptions select records for [Collection.Scan].
-type ScanOptions struct {
-	Prefix  string // only IDs with this prefix
-	After   string // only IDs after this one (to resume a scan)
-	Limit   int    // at most this many; 0 means no limit
-	Deleted bool   // include tombstones
-}
-
-// scanPage is how many records a scan lists per store transaction.
-const scanPage = 256
-
-// Scan returns the records in ID order (Insert's UUIDv7 IDs sort in
-// creation order), as an iterator: records are listed a page at a time and
-// read as the loop reaches them, so a collection of any size is scanned in
-// bounded memory, and stopping the loop stops the scan.
-//
-//	for rec, err := range products.Scan(replica.ScanOptions{}) {
-//		if err != nil { ... }
-//		var p Product
-//		rec.Decode(&p)
-//	}
-//
-// Each record is read at its latest version: one deleted after the scan
-// listed it is left out (unless ScanOptions.Deleted). An error ends the
-// iteration after it is yielded.
-func (c *Collection) Scan(o ScanOptions) iter.Seq2[Record, error] {
-	return func(yield func(Record, error) bool) {
-		if c.err != nil {
-			yield(Record{}, c.err)
-			return
-		}
-		n := 0
-		after := o.After
-		for {
-			page := scanPage
-			if o.Limit > 0 {
-				page = min(page, o.Limit-n)
-			}
-			ids, err := c.listIDs(o.Prefix, after, page, o.Deleted)
-			if err != nil {
-				yield(Record{}, err)
-				return
-			}
-			for _, id := range ids {
-				rec, ok, err := c.record(id, o.Deleted)
-				if err != nil {
-					yield(Record{}, err)
-					return
-				}
-				if !ok {
-					continue
-				}
-				if !yield(rec, nil) {
-					return
-				}
-				if n++; o.Limit > 0 && n == o.Limit {
-					return
-				}
-			}
-			if len(ids) < page {
-				return
-			}
-			after = ids[len(ids)-1]
-		}
-	}
-}
-
-// listIDs lists up to limit record IDs with prefix, after the ID after.
-func (c *Collection) listIDs(idPrefix, after string, limit int, deleted bool) ([]string, error) {
-	var ids []string
-	err := c.r.view(func(txn *badger.Txn) error {
-		prefix := collPrefix('r', c.name)
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: append(bytes.Clone(prefix), idPrefix...), PrefetchValues: true})
-		defer it.Close()
-		// Start at the prefix, or just past After if that comes later: a
-		// seek to After alone could land before the prefix and end the scan.
-		start := append(bytes.Clone(prefix), idPrefix...)
-		if a := append(append(bytes.Clone(prefix), after...), 0); after != "" && bytes.Compare(a, start) > 0 {
-			start = a
-		}
-		for it.Seek(start); it.Valid() && len(ids) < limit; it.Next() {
-			var m meta
-			err := it.Item().Value(func(v []byte) (err error) { m, err = decodeMeta(v); return })
-			if err != nil {
-				return err
-			}
-			if !m.deleted || deleted {
-				ids = append(ids, string(it.Item().Key()[len(prefix):]))
-			}
-		}
-		return nil
-	})
-	return ids, err
-}
-
-// record reads one record for a scan; ok is false if it is deleted (and
-// tombstones are not wanted) or gone.
-func (c *Collection) record(id string, deleted bool) (rec Record, ok bool, err error) {
-	err = c.read(id, func(d *crdt.Doc, m meta) error {
-		if m.deleted && !deleted {
-			return nil
-		}
-		f, err := d.Fields()
-		rec, ok = Record{ID: id, Deleted: m.deleted, Heads: m.heads, Fields: f}, true
-		return err
-	})
-	if errors.Is(err, ErrNotFound) {
-		return Record{}, false, nil
-	}
-	return rec, ok, err
-}
-
-// Heads returns the record's current version. Deleted records have heads
-// too.
-func (c *Collection) Heads(id string) (crdt.Heads, error) {
-	var h crdt.Heads
-	err := c.read(id, func(_ *crdt.Doc, m meta) error { h = m.heads; return nil })
-	return h, err
 }
 
 // Watch subscribes to the collection's events from now on, buffering up

@@ -11,9 +11,10 @@ import (
 )
 
 // loadDoc checks what it reads against the record's meta. Each case
-// tampers with one stored key, as damage to the store would, and the
-// record must give ErrCorrupt naming it, while an untouched record reads
-// normally.
+// tampers with one stored key, as damage to the store would, and loading
+// the record's document (an export, an edit) must give ErrCorrupt naming
+// it, while reads, which go to its intact read model, and an untouched
+// record read normally.
 func TestLoadDocChecksBookkeeping(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -76,13 +77,18 @@ func TestLoadDocChecksBookkeeping(t *testing.T) {
 				t.Fatal(err)
 			}
 			r.cache.drop(cacheKey("items", "a"))
-			var v map[string]any
-			err = c.Get("a", &v)
+			_, _, err = c.Export("a")
 			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "items/a") {
-				t.Fatalf("Get(a) = %v, %v; want ErrCorrupt naming items/a", v, err)
+				t.Fatalf("Export(a) = %v; want ErrCorrupt naming items/a", err)
 			}
-			if _, err := collect(c.Scan(ScanOptions{})); !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("Scan = %v, want ErrCorrupt", err)
+			if err := c.Update("a", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, 9) }); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("Update(a) = %v; want ErrCorrupt", err)
+			}
+			// Reads go to the read model, which is intact: they give the
+			// record as last written, never an empty or older one.
+			var v map[string]any
+			if err := c.Get("a", &v); err != nil || v["n"] != int64(5) {
+				t.Fatalf("Get(a) = %v, %v; want n=5 from its read model", v, err)
 			}
 			if err := c.Get("b", &v); err != nil || v["n"] != int64(1) {
 				t.Fatalf("Get(b) = %v, %v", v, err)

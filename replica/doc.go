@@ -28,7 +28,9 @@
 //	for ev := range feed.C { ... }
 //
 // Every write is one Badger transaction that holds the record's new
-// Automerge changes, its metadata and its pending marker, fsynced before the
+// Automerge changes, its metadata, its read model (its current fields,
+// which Get and Scan read without loading the document) and its pending
+// marker, fsynced before the
 // call returns unless Options.Relaxed is set. Changes applied from the relay
 // are not fsynced on their own: a sync fetches again what a crash loses. A record is stored as a
 // snapshot plus incremental chunks, folded into the snapshot once

@@ -72,3 +72,9 @@ var (
 	// other records are unaffected.
 	ErrCorrupt = errors.New("ferry: record is corrupt")
 )
+
+// ErrInvalidIndex means an index declaration or an index query is not
+// valid: no fields, a query naming an index the collection does not have,
+// more equality values than the index has fields, or a value of a kind
+// an index does not order.
+var ErrInvalidIndex = errors.New("ferry: invalid index")

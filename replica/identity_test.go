@@ -235,7 +235,7 @@ func TestDamagedRecordFailsAlone(t *testing.T) {
 	mustSync(t, a, "p")
 	cb.Put("other", map[string]any{"v": 1})
 	damage(t, b, "c", "bad")
-	if _, err := cb.Heads("bad"); !errors.Is(err, ErrCorrupt) {
+	if _, _, err := cb.Export("bad"); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("reading the damaged record: %v, want ErrCorrupt", err)
 	}
 	st, err := b.Sync(context.Background(), "p")

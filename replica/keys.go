@@ -15,6 +15,9 @@ import (
 //	m/id                  replica ID
 //	k/<coll>              the collection holds records (empty value)
 //	r/<coll>\0<id>        record meta (see meta)
+//	v/<coll>\0<id>        the record's read model (see view.go)
+//	x/<coll>\0<name>      a secondary index's definition (JSON; see index.go)
+//	i/<coll>\0<name>\0<values><id>  an index entry (value: the ID)
 //	s/<coll>\0<id>        snapshot: the document saved whole
 //	c/<coll>\0<id>\0<n>   incremental chunk n (uint64, big-endian)
 //	p/<coll>\0<id>        pending: the record has changes the relay has not acknowledged
@@ -25,7 +28,11 @@ import (
 //	y/<profile>\0<coll>   sync state of a profile's collection: cursor, relay incarnation (JSON)
 //	z/<profile>           statistics of the profile's last sync (JSON)
 const (
-	formatVersion = 1
+	// formatVersion 2 adds the read models (v/). A store of format 1
+	// opens, and its records' read models are built then (see upgrade);
+	// an older Ferry, which would write records without updating them,
+	// refuses format 2.
+	formatVersion = 2
 
 	maxCollection = 64
 )

@@ -7,14 +7,10 @@ package replica
 import (
 	"context"
 	"fmt"
-	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
-	"github.com/ferrysync/ferry/policy"
-	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
 )
 
@@ -102,30 +98,7 @@ func BenchmarkLiveApply(b *testing.B) {
 // token.
 func benchRelay(tb testing.TB) (Profile, *Options) {
 	tb.Helper()
-	app := relay.NewApp("shop")
-	auth, err := relay.NewAuth([]relay.App{app}, nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	store := memstore.New()
-	srv, err := relay.NewServer(&relay.Options{Store: store, Auth: auth, PingInterval: -1})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	hs := httptest.NewServer(srv.Handler())
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		hs.Close()
-		store.Close()
-	})
-	token, err := relay.IssueToken(app, relay.TokenRequest{Subject: "bench", TTL: time.Hour, Write: []string{"*"}}, time.Now())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return Profile{Name: "p", URL: "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws", APIKey: app.APIKey,
-		Mode: policy.Live, Type: policy.TwoWay, Collections: []string{"c"}, Timeout: 10 * time.Second}, &Options{TokenSource: StaticToken(token)}
+	return benchRelayOn(tb, memstore.New())
 }
 
 // waitFor reads f until an event for id with heads arrives.

@@ -32,7 +32,9 @@ type Options struct {
 	// document takes some 20 to 250 times its stored bytes (more for
 	// long histories and collaborative text), and the estimate is 8 KiB
 	// plus 64 times them. Documents that leave the cache free their
-	// memory at once. Default 64 MiB.
+	// memory at once. Reads do not load documents (they read each
+	// record's read model); edits and syncs do, and the cache spares
+	// reloading the records being edited. Default 16 MiB.
 	CacheBytes int64
 
 	// CompactAfter folds a record's incremental chunks into its snapshot
@@ -113,7 +115,7 @@ func (o *Options) withDefaults() Options {
 		v = *o
 	}
 	if v.CacheBytes <= 0 {
-		v.CacheBytes = 64 << 20
+		v.CacheBytes = 16 << 20
 	}
 	if v.CompactAfter <= 0 {
 		v.CompactAfter = 32

@@ -108,7 +108,7 @@ func (r *Replica) storeArrived(txn *badger.Txn, t *touched, data []byte, relay c
 		}
 	}
 	t.new = nm
-	return nil
+	return r.putView(txn, t.coll, t.id, t.doc, nm)
 }
 
 // storeSynced writes the record's new changes, records relay as the heads

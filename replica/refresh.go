@@ -15,7 +15,7 @@ func (r *Replica) replaceOp(txn *badger.Txn, t *touched, rec remoteRec, _ *batch
 	if err != nil {
 		return false, err
 	}
-	if err := deleteRecordKeys(txn, t.coll, t.id, t.new); err != nil {
+	if err := r.deleteRecordKeys(txn, t.coll, t.id, t.new); err != nil {
 		return false, err
 	}
 	t.doc, t.new = d, meta{nextChunk: t.new.nextChunk}
@@ -27,7 +27,7 @@ func (r *Replica) replaceOp(txn *badger.Txn, t *touched, rec remoteRec, _ *batch
 func (r *Replica) purgeRecord(coll, id string) (applied, error) {
 	var out applied
 	t, err := r.recordOp(coll, id, func(txn *badger.Txn, t *touched) (bool, error) {
-		return false, deleteRecordKeys(txn, coll, id, t.new)
+		return false, r.deleteRecordKeys(txn, coll, id, t.new)
 	})
 	if err != nil {
 		return out, fmt.Errorf("ferry: purging %s/%s: %w", coll, id, err)

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -34,6 +35,8 @@ type Replica struct {
 	reap  *reaper // frees the documents that leave the cache
 	fsync *syncer // fsyncs what durable commits need
 	feeds *feeds
+	idx   indexes   // the collections' secondary indexes
+	mem   *native   // releases the memory automerge-go leaves behind
 	pres  *presence // in memory only
 
 	closeOnce sync.Once
@@ -102,9 +105,19 @@ func Open(dir string, o *Options) (*Replica, error) {
 	r.cache = newDocCache(opts.CacheBytes, r.reap.add)
 	r.reap.cache = r.cache
 	go r.reap.run()
+	r.mem = newNative()
 	r.closeCtx, r.stopAll = context.WithCancel(context.Background())
 	r.sched = newScheduler(r)
-	r.id, err = r.initMeta()
+	// The actor comes first: upgrading a store loads documents.
+	r.actor = newActor()
+	var format uint32
+	r.id, format, err = r.initMeta()
+	if err == nil {
+		err = r.loadIndexes()
+	}
+	if err == nil && format < formatVersion {
+		err = r.upgrade()
+	}
 	if err == nil {
 		// A new store's identity, and whatever an earlier run left
 		// unsynced, become durable.
@@ -115,7 +128,6 @@ func Open(dir string, o *Options) (*Replica, error) {
 		badgerdir.Close(db)
 		return nil, err
 	}
-	r.actor = newActor()
 	if !opts.InMemory && opts.GCInterval > 0 {
 		r.wg.Add(1)
 		go func() {
@@ -163,12 +175,49 @@ var marker = badgerdir.Marker{
 
 // initMeta checks the format version and returns the replica ID, writing
 // both on a new store.
-func (r *Replica) initMeta() (string, error) {
-	id, _, err := marker.Init(r.db)
+func (r *Replica) initMeta() (string, uint32, error) {
+	id, format, err := marker.Init(r.db)
 	if err != nil {
-		return "", fmt.Errorf("ferry: open store: %w", err)
+		return "", 0, fmt.Errorf("ferry: open store: %w", err)
 	}
-	return id, nil
+	return id, format, nil
+}
+
+// upgrade brings a store of format 1 to format 2: it builds the read
+// model of every record that has none, then records the new format,
+// which an older Ferry refuses (it would write records without read
+// models). A crash half-way upgrades again at the next open; read
+// models built before it stay, as nothing else wrote meanwhile. It takes
+// about as long as reading every record once did before read models.
+func (r *Replica) upgrade() error {
+	colls, err := r.Collections()
+	if err != nil {
+		return err
+	}
+	for _, coll := range colls {
+		ids, err := r.recordIDs(coll)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			var ok bool
+			err := r.view(func(txn *badger.Txn) (err error) {
+				_, ok, err = readView(txn, coll, id)
+				return err
+			})
+			if err == nil && !ok {
+				_, err = r.rebuildView(coll, id)
+			}
+			if err != nil && !errors.Is(err, ErrCorrupt) {
+				// A damaged record keeps no read model; reading it
+				// reports it, as it did.
+				return fmt.Errorf("ferry: open store: building read models: %w", err)
+			}
+		}
+	}
+	return r.db.Update(func(txn *badger.Txn) error {
+		return txn.Set(keyFormat, binary.BigEndian.AppendUint32(nil, formatVersion))
+	})
 }
 
 // ID returns the replica's stable ID: the name the relay knows this device

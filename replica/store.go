@@ -133,6 +133,9 @@ func (r *Replica) writeRecord(txn *badger.Txn, coll, id string, doc *crdt.Doc, m
 	if err := txn.Set(recKey('r', coll, id), nm.encode()); err != nil {
 		return m, err
 	}
+	if err := r.putView(txn, coll, id, doc, nm); err != nil {
+		return m, err
+	}
 	if pending {
 		if err := txn.Set(recKey('p', coll, id), nil); err != nil {
 			return m, err
@@ -173,13 +176,24 @@ func (r *Replica) recordIDs(coll string) ([]string, error) {
 	return ids, err
 }
 
-func deleteRecordKeys(txn *badger.Txn, coll, id string, m meta) error {
+// deleteRecordKeys deletes every key of a record, its index entries
+// included. The caller holds r.writing().
+func (r *Replica) deleteRecordKeys(txn *badger.Txn, coll, id string, m meta) error {
+	if len(r.idx.of(coll)) > 0 {
+		old, _, err := getKey(txn, recKey('v', coll, id))
+		if err != nil {
+			return err
+		}
+		if err := r.updateIndexes(txn, coll, id, old, nil); err != nil {
+			return err
+		}
+	}
 	for n := m.nextChunk - uint64(m.chunks); n < m.nextChunk; n++ {
 		if err := txn.Delete(chunkKey(coll, id, n)); err != nil {
 			return err
 		}
 	}
-	for _, p := range []byte{'r', 's', 'p', 'a', 'q', 'l'} {
+	for _, p := range []byte{'r', 'v', 's', 'p', 'a', 'q', 'l'} {
 		if err := txn.Delete(recKey(p, coll, id)); err != nil {
 			return err
 		}

@@ -129,6 +129,8 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 	if len(ops) == 0 {
 		return nil, nil
 	}
+	written := 0
+	defer func() { r.mem.wrote(written) }() // last, with every lock released
 	release, err := r.enter()
 	if err != nil {
 		return nil, err
@@ -144,6 +146,7 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 
 	state := map[string]*touched{}
 	var order []*touched
+	done := r.writing()
 	err = r.db.Update(func(txn *badger.Txn) error {
 		for i, o := range ops {
 			t := state[keys[i]]
@@ -167,6 +170,7 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 		}
 		return nil
 	})
+	done()
 	err = r.durable(err)
 	if err != nil {
 		// The cached documents may hold edits that were never stored:
@@ -179,6 +183,7 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 		}
 		return nil, err
 	}
+	written = len(order)
 	var events []Event
 	for _, t := range order {
 		r.cache.put(cacheKey(t.coll, t.id), t.doc, t.new)

@@ -16,7 +16,7 @@ import (
 	"github.com/ferrysync/ferry/bench"
 )
 
-// BenchCommand runs the benchmark workloads of package bench (W0 to W5,
+// BenchCommand runs the benchmark workloads of package bench (W0 to W6,
 // and W2L) and prints their figures as a table, or JSON with --json, each
 // with its ratio to the floor (W0) measured in the same run. Progress goes
 // to Stderr.
@@ -50,7 +50,7 @@ table compares each PostgreSQL figure with the embedded store's.
 func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	fs := newFlags("bench")
 	f := benchFlags{
-		workloads:    fs.String("workloads", strings.Join(bench.Default, ","), "workloads to run, comma-separated (W0 to W5, and W2L: W2 over --history updates; W2L and W5 take minutes)"),
+		workloads:    fs.String("workloads", strings.Join(bench.Default, ","), "workloads to run, comma-separated (W0 to W6, and W2L: W2 over --history updates; W2L, W5 and W6 take minutes)"),
 		records:      fs.Int("records", 10_000, "records of W0, W1 and W4"),
 		updates:      fs.Int("updates", 1_000, "W2 live updates, and W3 offline edits per replica"),
 		history:      fs.Int("history", 10_000, "W2L live updates, all to one record"),

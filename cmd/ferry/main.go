@@ -84,7 +84,7 @@ var commands = []struct {
 		func(o, e io.Writer) command { return &RestoreCommand{Stdout: o, Stderr: e} }},
 	{"inspect", "summarize a device's store, read-only",
 		func(o, e io.Writer) command { return &InspectCommand{Stdout: o, Stderr: e} }},
-	{"bench", "run the sync and merge-throughput benchmarks (W0 to W5)",
+	{"bench", "run the sync, merge-throughput and local-read benchmarks (W0 to W6)",
 		func(o, e io.Writer) command { return &BenchCommand{Stdout: o, Stderr: e} }},
 	{"version", "print the version and commit this binary was built from",
 		func(o, e io.Writer) command { return &VersionCommand{Stdout: o} }},

@@ -1,7 +1,9 @@
 // Products is a product catalogue on two devices, a phone and a
 // tablet. Both change the same product's price while offline, then sync in
 // turn; the scenario runs once under prefer-local and once under
-// prefer-cloud, to show which price wins everywhere under each.
+// prefer-cloud, to show which price wins everywhere under each. Then it
+// lists a catalogue by category and price through an index, and follows
+// the cheaper teas with a live query as prices change.
 //
 // Start the relay in the repository's root, then run the example there:
 //
@@ -29,6 +31,7 @@ type Product struct {
 	Name  string  `ferry:"name"`
 	Price float64 `ferry:"price"`
 	Qty   int     `ferry:"qty"`
+	Cat   string  `ferry:"cat,omitempty"`
 }
 
 const (
@@ -59,6 +62,73 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "  %-13s %-7s %-7s %s\n", "policy", "phone", "tablet", "winner")
 	for _, res := range results {
 		fmt.Fprintf(stdout, "  %-13s %-7.2f %-7.2f %s\n", res.policy, res.phone, res.tablet, res.winner)
+	}
+	return catalogue(stdout, filepath.Join(dir, "catalogue"))
+}
+
+// catalogue lists products by category and price through an index, and
+// follows the teas under 5.00 with a live query as their prices change.
+func catalogue(out io.Writer, dir string) error {
+	fmt.Fprintf(out, "\n== The catalogue, by category and price, through an index ==\n")
+	r, err := replica.Open(dir, &replica.Options{LocalOnly: true})
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	products := r.Collection(collection)
+	// Declared at every start: built the first time, a look afterwards.
+	if err := products.EnsureIndex("by_cat_price", replica.IndexOptions{Fields: []string{"cat", "price"}}); err != nil {
+		return err
+	}
+	// The app's own IDs, so that a --data folder used before ends up the
+	// same.
+	ids := map[string]string{"Sencha": "sencha", "Earl Grey": "earl-grey", "Oolong": "oolong", "Espresso": "espresso", "Mocha": "mocha"}
+	for _, p := range []Product{
+		{Name: "Sencha", Price: 6.20, Cat: "tea"}, {Name: "Earl Grey", Price: 3.80, Cat: "tea"},
+		{Name: "Oolong", Price: 4.40, Cat: "tea"}, {Name: "Espresso", Price: 2.90, Cat: "coffee"},
+		{Name: "Mocha", Price: 3.50, Cat: "coffee"},
+	} {
+		if err := products.Put(ids[p.Name], p); err != nil {
+			return err
+		}
+	}
+	for _, cat := range []string{"coffee", "tea"} {
+		q := replica.Query[Product]{Index: "by_cat_price", Eq: []any{cat}}
+		for row, err := range replica.Select(products, q) {
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "  %-7s %-10s %.2f\n", cat, row.Value.Name, row.Value.Price)
+		}
+	}
+
+	fmt.Fprintf(out, "Teas under 5.00, live:\n")
+	live, err := replica.WatchQuery(products, replica.Query[Product]{Index: "by_cat_price", Eq: []any{"tea"}, To: 5.0}, 0)
+	if err != nil {
+		return err
+	}
+	defer live.Close()
+	show := func(n int) {
+		for range n {
+			ch := <-live.C
+			fmt.Fprintf(out, "  %-8s %-10s %.2f\n", ch.Kind, ch.Row.Value.Name, ch.Row.Value.Price)
+		}
+	}
+	show(2) // Earl Grey and Oolong are in it
+	for _, edit := range []struct {
+		name  string
+		price float64
+	}{{"Sencha", 4.60}, {"Oolong", 4.90}, {"Earl Grey", 5.10}} {
+		p := Product{}
+		if err := products.Get(ids[edit.name], &p); err != nil {
+			return err
+		}
+		p.Price = edit.price
+		if err := products.Put(ids[edit.name], p); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "  (%s now %.2f)\n", edit.name, edit.price)
+		show(1)
 	}
 	return nil
 }

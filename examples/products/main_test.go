@@ -27,6 +27,10 @@ func TestProducts(t *testing.T) {
 		"syncs second: 1 conflict on the price",
 		"phone: 3.99, 12 in stock; tablet: 3.99, 12 in stock", // the phone's stock edit merged in
 		"phone: 4.90, 12 in stock; tablet: 4.90, 12 in stock",
+		// The index lists each category by price; the live query follows
+		// the teas under 5.00.
+		"coffee Espresso 2.90\ncoffee Mocha 3.50\ntea Earl Grey 3.80\ntea Oolong 4.40\ntea Sencha 6.20",
+		"entered Earl Grey 3.80\nentered Oolong 4.40\n(Sencha now 4.60)\nentered Sencha 4.60\n(Oolong now 4.90)\nchanged Oolong 4.90\n(Earl Grey now 5.10)\nleft Earl Grey 5.10",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("output lacks %q", want)

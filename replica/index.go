@@ -1,0 +1,426 @@
+package replica
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrysync/ferry/crdt"
+)
+
+// Secondary indexes. An index of a collection orders its live records by
+// the values of one or more top-level fields. Its definition is stored
+// (x/<coll>\0<name>), so every write maintains it, whether or not the app
+// declared it again since the store was opened; its entries are keys
+//
+//	i/<coll>\0<name>\0<values><id>
+//
+// whose values are the fields' values in an order-preserving encoding
+// (indexKey), written and deleted in the transaction that writes the
+// record's read model, by the same code (putView, deleteRecordKeys).
+// Tombstones have no entries.
+
+// IndexOptions declare an index for [Collection.EnsureIndex].
+type IndexOptions struct {
+	// Fields are the top-level fields the index orders records by: the
+	// first, then the second among records with equal first values, and
+	// so on; then by ID.
+	Fields []string
+}
+
+type indexDef struct {
+	Name   string   `json:"name"`
+	Fields []string `json:"fields"`
+}
+
+// indexes holds every collection's index definitions. Writers hold mu for
+// reading across the store transaction that reads the definitions and
+// writes the entries; declaring and dropping an index hold it for
+// writing, so no write is half-way through with other definitions.
+type indexes struct {
+	mu   sync.RWMutex
+	defs map[string][]indexDef // by collection
+}
+
+// of returns the collection's index definitions. The caller holds mu.
+func (x *indexes) of(coll string) []indexDef { return x.defs[coll] }
+
+// writing is held by every store transaction that may write read models.
+func (r *Replica) writing() func() {
+	r.idx.mu.RLock()
+	return r.idx.mu.RUnlock
+}
+
+func indexDefKey(coll, name string) []byte { return recKey('x', coll, name) }
+
+func indexPrefix(coll, name string) []byte {
+	k := recKey('i', coll, name)
+	return append(k, 0)
+}
+
+// loadIndexes reads every index definition, at open.
+func (r *Replica) loadIndexes() error {
+	r.idx.defs = map[string][]indexDef{}
+	return r.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("x/"), PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			k := it.Item().Key()[2:]
+			coll, _, _ := bytes.Cut(k, []byte{0})
+			var d indexDef
+			err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &d) })
+			if err != nil {
+				return fmt.Errorf("ferry: index definition %q: %w", k, err)
+			}
+			r.idx.defs[string(coll)] = append(r.idx.defs[string(coll)], d)
+		}
+		return nil
+	})
+}
+
+// EnsureIndex declares the index name on the collection, ordering its
+// records by o.Fields, and builds it for the records it holds, in store
+// transactions of a few hundred records each, before it returns. An index
+// that exists with the same fields is left as it is (declaring the app's
+// indexes at every start costs one look); one with other fields is
+// rebuilt. From then on every change that reaches a record (local writes,
+// syncs, refreshes, imports) updates its entries in the transaction that
+// stores it. Names follow ValidateCollection's rules.
+func (c *Collection) EnsureIndex(name string, o IndexOptions) error {
+	if c.err != nil {
+		return c.err
+	}
+	if err := ValidateCollection(name); err != nil {
+		return fmt.Errorf("%w: index name: %w", ErrInvalidName, err)
+	}
+	if len(o.Fields) == 0 {
+		return fmt.Errorf("%w: index %s names no field", ErrInvalidIndex, name)
+	}
+	for _, f := range o.Fields {
+		if f == "" || f == crdt.TombstoneKey {
+			return fmt.Errorf("%w: index %s: field %q", ErrInvalidIndex, name, f)
+		}
+	}
+	r := c.r
+	release, err := r.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	r.idx.mu.Lock()
+	defs := r.idx.of(c.name)
+	i := slices.IndexFunc(defs, func(d indexDef) bool { return d.Name == name })
+	if i >= 0 && slices.Equal(defs[i].Fields, o.Fields) {
+		r.idx.mu.Unlock()
+		return nil
+	}
+	def := indexDef{Name: name, Fields: slices.Clone(o.Fields)}
+	b, _ := json.Marshal(def)
+	err = r.db.Update(func(txn *badger.Txn) error { return txn.Set(indexDefKey(c.name, name), b) })
+	if err != nil {
+		r.idx.mu.Unlock()
+		return err
+	}
+	defs = slices.Clone(defs)
+	if i >= 0 {
+		defs[i] = def
+	} else {
+		defs = append(defs, def)
+	}
+	r.idx.defs[c.name] = defs
+	r.idx.mu.Unlock()
+	// From here every write maintains the index. Entries of an earlier
+	// definition go first; then each record gets its entry, under its
+	// lock, so that a write in between is either seen or sees the index.
+	if i >= 0 {
+		if err := r.deleteIndexEntries(c.name, name); err != nil {
+			return err
+		}
+	}
+	return r.buildIndex(c.name, def)
+}
+
+// buildIndex writes the entries of def for every record of coll, a page
+// of records per transaction, each page under its records' locks.
+func (r *Replica) buildIndex(coll string, def indexDef) error {
+	c := &Collection{r: r, name: coll}
+	after := ""
+	for {
+		page, err := c.readPage("", after, scanPage, false)
+		if err != nil {
+			return err
+		}
+		if len(page) == 0 {
+			return nil
+		}
+		for _, e := range page {
+			if e.v.packed == nil {
+				// No read model (a store from before them) or a damaged
+				// one: rebuilt, and indexed as it is written.
+				if _, err := r.rebuildView(coll, e.id); err != nil && !errors.Is(err, ErrNotFound) {
+					return err
+				}
+			}
+		}
+		keys := make([]string, len(page))
+		for i, e := range page {
+			keys[i] = cacheKey(coll, e.id)
+		}
+		unlock := r.locks.lockAll(keys)
+		err = r.db.Update(func(txn *badger.Txn) error {
+			for _, e := range page {
+				v, ok, err := readView(txn, coll, e.id)
+				if err != nil || !ok || v.deleted || v.packed == nil {
+					continue // gone, deleted, or indexed as it was rebuilt
+				}
+				f, err := crdt.UnpackFields(v.packed, false)
+				if err != nil {
+					continue
+				}
+				if err := txn.Set(indexEntry(coll, def, f, e.id), []byte(e.id)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		unlock()
+		if err != nil {
+			return err
+		}
+		if len(page) < scanPage {
+			return nil
+		}
+		after = page[len(page)-1].id
+	}
+}
+
+// DropIndex removes the index and its entries. Dropping an index that
+// does not exist does nothing.
+func (c *Collection) DropIndex(name string) error {
+	if c.err != nil {
+		return c.err
+	}
+	r := c.r
+	release, err := r.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	r.idx.mu.Lock()
+	defs := r.idx.of(c.name)
+	i := slices.IndexFunc(defs, func(d indexDef) bool { return d.Name == name })
+	if i < 0 {
+		r.idx.mu.Unlock()
+		return nil
+	}
+	err = r.db.Update(func(txn *badger.Txn) error { return txn.Delete(indexDefKey(c.name, name)) })
+	if err == nil {
+		r.idx.defs[c.name] = slices.Delete(slices.Clone(defs), i, i+1)
+	}
+	r.idx.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	// No write adds entries any more: delete them.
+	return r.deleteIndexEntries(c.name, name)
+}
+
+// Indexes lists the collection's indexes, by name, with their fields.
+func (c *Collection) Indexes() map[string][]string {
+	c.r.idx.mu.RLock()
+	defer c.r.idx.mu.RUnlock()
+	out := map[string][]string{}
+	for _, d := range c.r.idx.of(c.name) {
+		out[d.Name] = slices.Clone(d.Fields)
+	}
+	return out
+}
+
+// deleteIndexEntries deletes an index's entries, a batch per transaction.
+func (r *Replica) deleteIndexEntries(coll, name string) error {
+	prefix := indexPrefix(coll, name)
+	for {
+		var keys [][]byte
+		err := r.db.View(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+			defer it.Close()
+			for it.Rewind(); it.Valid() && len(keys) < 1000; it.Next() {
+				keys = append(keys, it.Item().KeyCopy(nil))
+			}
+			return nil
+		})
+		if err != nil || len(keys) == 0 {
+			return err
+		}
+		err = r.db.Update(func(txn *badger.Txn) error {
+			for _, k := range keys {
+				if err := txn.Delete(k); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// updateIndexes replaces the index entries of a record whose read model
+// was old (ok: it had one) by those of its new one (nil: the record is
+// gone), within txn. The caller holds r.writing().
+func (r *Replica) updateIndexes(txn *badger.Txn, coll, id string, old []byte, next *view) error {
+	defs := r.idx.of(coll)
+	if len(defs) == 0 {
+		return nil
+	}
+	var before, after map[string]any
+	if old != nil {
+		if v, err := decodeView(old); err == nil && !v.deleted && v.packed != nil {
+			before, _ = crdt.UnpackFields(v.packed, false)
+		}
+	}
+	if next != nil && !next.deleted && next.packed != nil {
+		var err error
+		if after, err = crdt.UnpackFields(next.packed, false); err != nil {
+			return err
+		}
+	}
+	for _, d := range defs {
+		var ok, nk []byte
+		if before != nil {
+			ok = indexEntry(coll, d, before, id)
+		}
+		if after != nil {
+			nk = indexEntry(coll, d, after, id)
+		}
+		if bytes.Equal(ok, nk) {
+			continue
+		}
+		if ok != nil {
+			if err := txn.Delete(ok); err != nil {
+				return err
+			}
+		}
+		if nk != nil {
+			if err := txn.Set(nk, []byte(id)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func indexEntry(coll string, d indexDef, fields map[string]any, id string) []byte {
+	k := indexPrefix(coll, d.Name)
+	for _, f := range d.Fields {
+		k = appendIndexValue(k, fields[f])
+	}
+	return append(k, id...)
+}
+
+// Index value encoding: a tag, then bytes that sort as the values do.
+// Kinds sort nil (or absent), false, true, numbers, times, strings,
+// bytes, then maps and lists (which sort together, as equal). Numbers of
+// every type (int64, uint64, float64, counters) compare as float64.
+// Strings and text are one kind.
+const (
+	ixNil byte = 0x01 + iota
+	ixFalse
+	ixTrue
+	ixNumber
+	ixTime
+	ixString
+	ixBytes
+	ixOther
+)
+
+func appendIndexValue(b []byte, v any) []byte {
+	switch x := v.(type) {
+	case nil:
+		return append(b, ixNil)
+	case bool:
+		if x {
+			return append(b, ixTrue)
+		}
+		return append(b, ixFalse)
+	case time.Time:
+		return binary.BigEndian.AppendUint64(append(b, ixTime), uint64(x.UnixMilli())^(1<<63))
+	case string:
+		return appendEscaped(append(b, ixString), x)
+	case crdt.Text:
+		return appendEscaped(append(b, ixString), string(x))
+	case []byte:
+		return appendEscaped(append(b, ixBytes), string(x))
+	}
+	if f, ok := asFloat(v); ok {
+		bits := math.Float64bits(f)
+		if f < 0 || f == 0 && math.Signbit(f) {
+			bits = ^bits
+		} else {
+			bits |= 1 << 63
+		}
+		if f == 0 {
+			bits = 1 << 63 // -0 and 0 are one value
+		}
+		return binary.BigEndian.AppendUint64(append(b, ixNumber), bits)
+	}
+	return append(b, ixOther)
+}
+
+func asFloat(v any) (float64, bool) {
+	switch x := v.(type) {
+	case int64:
+		return float64(x), true
+	case uint64:
+		return float64(x), true
+	case float64:
+		return x, true
+	case crdt.Counter:
+		return float64(x), true
+	case int:
+		return float64(x), true
+	case int32:
+		return float64(x), true
+	case uint32:
+		return float64(x), true
+	case float32:
+		return float64(x), true
+	case uint:
+		return float64(x), true
+	}
+	return 0, false
+}
+
+// appendEscaped writes s so that it sorts as s does and ends where it
+// ends: a 0 byte becomes 0 0xff, and 0 0 ends it.
+func appendEscaped(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if s[i] == 0 {
+			b = append(b, 0, 0xff)
+		} else {
+			b = append(b, s[i])
+		}
+	}
+	return append(b, 0, 0)
+}
+
+// indexable reports whether v is a value index queries take.
+func indexable(v any) error {
+	switch v.(type) {
+	case nil, bool, time.Time, string, crdt.Text, []byte:
+		return nil
+	}
+	if _, ok := asFloat(v); ok {
+		return nil
+	}
+	return fmt.Errorf("%w: cannot query an index by a %T", ErrInvalidIndex, v)
+}

@@ -1,0 +1,255 @@
+package replica
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"iter"
+	"slices"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrysync/ferry/crdt"
+)
+
+// Row is one record a query yields: its ID and version, and its fields
+// decoded into T (see crdt.Doc.Decode).
+type Row[T any] struct {
+	ID    string
+	Heads crdt.Heads
+	Value T
+	// Cursor is where the query stands after this row: give it as
+	// Query.After to resume there, in a later query of the same shape.
+	Cursor string
+}
+
+// Query selects records of a collection, for [Select].
+type Query[T any] struct {
+	// Where keeps the records it returns true for; nil keeps every one.
+	// It is called with each record decoded, on the goroutine that runs
+	// the loop over Select, outside every lock and transaction: it may
+	// do anything but must not keep v's address.
+	Where func(v *T) bool
+
+	// Index, if set, reads the records in the order of this index of
+	// the collection (see Collection.EnsureIndex), selected by Eq, From
+	// and To, instead of every record in ID order.
+	Index string
+	// Eq holds values of the index's first fields, in order: only records
+	// with those values. Numbers of any type compare as float64; strings
+	// and text are one kind.
+	Eq []any
+	// From and To bound the index's next field after Eq's: From <= value
+	// < To. A nil bound is open.
+	From, To any
+	// Desc reads in descending order of the index (or of IDs).
+	Desc bool
+
+	// Limit stops after this many rows; 0 means no limit.
+	Limit int
+
+	// After resumes after the row whose Cursor it is; "" starts at the
+	// beginning.
+	After string
+}
+
+// Select streams the collection's live records that q selects, decoded
+// into T, in ID order or in the order of q.Index, from their read models
+// and index entries: no Automerge document is loaded.
+// Records are read a page per store transaction as the loop reaches them,
+// so any number fits in bounded memory, and stopping the loop stops the
+// reads.
+//
+//	cheap := replica.Query[Product]{Where: func(p *Product) bool {
+//		return p.Cat == "c7" && p.Price < 5
+//	}}
+//	for row, err := range replica.Select(products, cheap) {
+//		if err != nil { ... }
+//		fmt.Println(row.ID, row.Value.Name)
+//	}
+//
+//	// Category c7, cheapest first, 20 at a time:
+//	byCat := replica.Query[Product]{Index: "by_cat_price", Eq: []any{"c7"}, Limit: 20}
+//
+// What a page holds is read at one moment (see [Collection.Scan]). A
+// record that does not decode into T ends the iteration with an error
+// wrapping crdt.ErrType, as [Collection.Get] would fail.
+func Select[T any](c *Collection, q Query[T]) iter.Seq2[Row[T], error] {
+	return func(yield func(Row[T], error) bool) {
+		n := 0
+		var src iter.Seq2[entry, error]
+		switch {
+		case q.Index != "":
+			src = c.indexed(q.Index, q.Eq, q.From, q.To, q.Desc, q.After)
+		case q.Eq != nil || q.From != nil || q.To != nil:
+			yield(Row[T]{}, fmt.Errorf("%w: Eq, From and To need an Index", ErrInvalidIndex))
+			return
+		case q.Desc:
+			yield(Row[T]{}, fmt.Errorf("%w: Desc needs an Index", ErrInvalidIndex))
+			return
+		default:
+			src = c.each("", q.After, false)
+		}
+		for e, err := range src {
+			if err != nil {
+				yield(Row[T]{}, err)
+				return
+			}
+			row := Row[T]{ID: e.id, Heads: e.v.heads, Cursor: e.id}
+			if e.cursor != nil {
+				row.Cursor = base64.RawURLEncoding.EncodeToString(e.cursor)
+			}
+			if err := e.v.decode(&row.Value); err != nil {
+				yield(Row[T]{}, fmt.Errorf("ferry: %s/%s: %w", c.name, e.id, err))
+				return
+			}
+			if q.Where != nil && !q.Where(&row.Value) {
+				continue
+			}
+			if !yield(row, nil) {
+				return
+			}
+			if n++; q.Limit > 0 && n == q.Limit {
+				return
+			}
+		}
+	}
+}
+
+// indexed streams the live records an index query selects, in the
+// index's order, a page per store transaction. Each entry is checked
+// against the record's read model read in the same transaction.
+func (c *Collection) indexed(name string, eq []any, from, to any, desc bool, after string) iter.Seq2[entry, error] {
+	return func(yield func(entry, error) bool) {
+		if c.err != nil {
+			yield(entry{}, c.err)
+			return
+		}
+		c.r.idx.mu.RLock()
+		defs := c.r.idx.of(c.name)
+		c.r.idx.mu.RUnlock()
+		i := slices.IndexFunc(defs, func(d indexDef) bool { return d.Name == name })
+		if i < 0 {
+			yield(entry{}, fmt.Errorf("%w: %s has no index %q", ErrInvalidIndex, c.name, name))
+			return
+		}
+		def := defs[i]
+		lo, hi, err := indexRange(c.name, def, eq, from, to)
+		if err != nil {
+			yield(entry{}, err)
+			return
+		}
+		base := indexPrefix(c.name, def.Name)
+		if after != "" {
+			tail, err := base64.RawURLEncoding.DecodeString(after)
+			if err != nil {
+				yield(entry{}, fmt.Errorf("%w: bad cursor %q", ErrInvalidIndex, after))
+				return
+			}
+			k := append(bytes.Clone(base), tail...)
+			if desc {
+				hi = k // exclusive
+			} else if k = append(k, 0); bytes.Compare(k, lo) > 0 {
+				lo = k
+			}
+		}
+		for {
+			page, err := c.indexPage(def, base, lo, hi, desc)
+			if err != nil {
+				yield(entry{}, err)
+				return
+			}
+			for _, e := range page {
+				if e.id == "" {
+					continue // a stale entry, checked out
+				}
+				if !yield(e, nil) {
+					return
+				}
+			}
+			if len(page) < scanPage {
+				return
+			}
+			last := append(bytes.Clone(base), page[len(page)-1].cursor...)
+			if desc {
+				hi = last
+			} else {
+				lo = append(last, 0)
+			}
+		}
+	}
+}
+
+// indexRange returns the keys an index query reads: from lo (included)
+// to hi (excluded).
+func indexRange(coll string, def indexDef, eq []any, from, to any) (lo, hi []byte, err error) {
+	ranged := from != nil || to != nil
+	if len(eq) > len(def.Fields) || ranged && len(eq) >= len(def.Fields) {
+		return nil, nil, fmt.Errorf("%w: index %s has %d field(s); the query gives %d value(s) and a range", ErrInvalidIndex, def.Name, len(def.Fields), len(eq))
+	}
+	prefix := indexPrefix(coll, def.Name)
+	for _, v := range eq {
+		if err := indexable(v); err != nil {
+			return nil, nil, err
+		}
+		prefix = appendIndexValue(prefix, v)
+	}
+	lo, hi = prefix, append(bytes.Clone(prefix), 0xff) // no key continues with 0xff: tags are small, IDs UTF-8
+	if from != nil {
+		if err := indexable(from); err != nil {
+			return nil, nil, err
+		}
+		lo = appendIndexValue(bytes.Clone(prefix), from)
+	}
+	if to != nil {
+		if err := indexable(to); err != nil {
+			return nil, nil, err
+		}
+		hi = appendIndexValue(bytes.Clone(prefix), to)
+	}
+	return lo, hi, nil
+}
+
+// indexPage reads up to a page of entries in [lo, hi), in order or in
+// reverse, with each record's read model, in one transaction. An entry
+// that does not match its record's read model (which a write replaces in
+// the transaction that changes it, so this only follows damage) comes
+// with an empty id.
+func (c *Collection) indexPage(def indexDef, base, lo, hi []byte, desc bool) ([]entry, error) {
+	var page []entry
+	err := c.r.view(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: base, Reverse: desc})
+		defer it.Close()
+		if desc {
+			it.Seek(hi)
+		} else {
+			it.Seek(lo)
+		}
+		for ; it.Valid() && len(page) < scanPage; it.Next() {
+			k := it.Item().Key()
+			if desc && bytes.Compare(k, lo) < 0 || !desc && bytes.Compare(k, hi) >= 0 {
+				break
+			}
+			if desc && bytes.Compare(k, hi) >= 0 {
+				continue
+			}
+			e := entry{cursor: bytes.Clone(k[len(base):])}
+			id, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			v, ok, err := readView(txn, c.name, string(id))
+			if err != nil {
+				return err
+			}
+			if ok && !v.deleted && v.packed != nil {
+				if f, err := crdt.UnpackFields(v.packed, false); err == nil && bytes.Equal(indexEntry(c.name, def, f, string(id)), k) {
+					e.id, e.v = string(id), v
+				}
+			}
+			page = append(page, e)
+		}
+		return nil
+	})
+	return page, err
+}
