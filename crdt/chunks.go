@@ -88,6 +88,7 @@ type chunkInfo struct {
 	payloads  [][]byte     // each change's payload (inflated if it was compressed)
 	documents int          // whole-document chunks
 	docHeads  []Hash       // the heads each document chunk declares
+	docOps    uint64       // the operations the document chunks hold
 }
 
 // ParseChanges frames b as Automerge chunks and returns the changes it
@@ -161,10 +162,11 @@ func frameWithin(b []byte, budget *InflateBudget) (chunkInfo, error) {
 			return ci, fmt.Errorf("%w: checksum mismatch in chunk at byte %d", ErrCorrupt, off)
 		}
 		if typ == chunkDocument {
-			heads, err := checkDocument(payload, budget)
+			heads, ops, err := checkDocument(payload, budget)
 			if err != nil {
 				return ci, corruptf(err, "document at byte %d", off)
 			}
+			ci.docOps += ops
 			ci.documents++
 			ci.docHeads = append(ci.docHeads, heads...)
 		} else {

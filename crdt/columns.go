@@ -36,31 +36,32 @@ const (
 )
 
 // checkDocument checks a document chunk's payload and returns the heads it
-// declares.
-func checkDocument(p []byte, budget *InflateBudget) ([]Hash, error) {
+// declares and how many operations it holds.
+func checkDocument(p []byte, budget *InflateBudget) ([]Hash, uint64, error) {
 	actors, p, err := actorTable(p)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	heads, p, err := hashList(p, "heads")
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	changeCols, p, err := columnMeta(p)
 	if err != nil {
-		return nil, fmt.Errorf("change columns: %w", err)
+		return nil, 0, fmt.Errorf("change columns: %w", err)
 	}
 	opCols, p, err := columnMeta(p)
 	if err != nil {
-		return nil, fmt.Errorf("operation columns: %w", err)
+		return nil, 0, fmt.Errorf("operation columns: %w", err)
 	}
-	if p, err = checkColumns(changeCols, p, actors, false, budget); err != nil {
-		return nil, fmt.Errorf("change columns: %w", err)
+	if p, _, err = checkColumns(changeCols, p, actors, false, budget); err != nil {
+		return nil, 0, fmt.Errorf("change columns: %w", err)
 	}
-	if _, err = checkColumns(opCols, p, actors, true, budget); err != nil {
-		return nil, fmt.Errorf("operation columns: %w", err)
+	_, ops, err := checkColumns(opCols, p, actors, true, budget)
+	if err != nil {
+		return nil, 0, fmt.Errorf("operation columns: %w", err)
 	}
-	return heads, nil
+	return heads, ops, nil
 }
 
 // checkChangeOps checks the rest of a change chunk's payload, after its
@@ -90,7 +91,7 @@ func checkChangeOps(p []byte, budget *InflateBudget) error {
 	if err != nil {
 		return err
 	}
-	_, err = checkColumns(cols, p, 1+others, true, budget)
+	_, _, err = checkColumns(cols, p, 1+others, true, budget)
 	return err
 }
 
@@ -115,29 +116,36 @@ func actorTable(p []byte) (uint64, []byte, error) {
 // checkColumns walks the data of cols at the start of p and returns what
 // follows it. Every actor column must index inside a table of actors; with
 // ops, the action column must hold known actions (see checkActions).
-// Compressed columns are inflated within budget.
-func checkColumns(cols []column, p []byte, actors uint64, ops bool, budget *InflateBudget) ([]byte, error) {
+// With ops, it also returns how many operations the columns hold.
+// Compressed columns are inflated within budget: with a budget, every
+// one, since loading the chunk would inflate them all.
+func checkColumns(cols []column, p []byte, actors uint64, ops bool, budget *InflateBudget) ([]byte, uint64, error) {
 	var action, meta []byte
 	for _, c := range cols {
 		if c.size > uint64(len(p)) {
-			return nil, errors.New("columns overrun the chunk")
+			return nil, 0, errors.New("columns overrun the chunk")
 		}
 		data := p[:c.size]
 		p = p[c.size:]
 		typ := c.spec &^ colDeflate
 		if c.spec&colTypeMask != colTypeActor && !(ops && (typ == colAction || typ == colValueMeta)) {
+			if c.spec&colDeflate != 0 && budget != nil {
+				if _, err := budget.inflate(data); err != nil {
+					return nil, 0, fmt.Errorf("column %#x: %w", c.spec, err)
+				}
+			}
 			continue
 		}
 		if c.spec&colDeflate != 0 {
 			var err error
 			if data, err = budget.inflate(data); err != nil {
-				return nil, fmt.Errorf("column %#x: %w", c.spec, err)
+				return nil, 0, fmt.Errorf("column %#x: %w", c.spec, err)
 			}
 		}
 		switch {
 		case c.spec&colTypeMask == colTypeActor:
 			if err := checkActorIndexes(data, actors); err != nil {
-				return nil, fmt.Errorf("column %#x: %w", c.spec, err)
+				return nil, 0, fmt.Errorf("column %#x: %w", c.spec, err)
 			}
 		case typ == colAction:
 			action = data
@@ -145,12 +153,14 @@ func checkColumns(cols []column, p []byte, actors uint64, ops bool, budget *Infl
 			meta = data
 		}
 	}
+	var n uint64
 	if ops {
-		if err := checkActions(action, meta); err != nil {
-			return nil, err
+		var err error
+		if n, err = checkActions(action, meta); err != nil {
+			return nil, 0, err
 		}
 	}
-	return p, nil
+	return p, n, nil
 }
 
 type column struct {
@@ -182,30 +192,32 @@ func columnMeta(p []byte) ([]column, []byte, error) {
 }
 
 // checkActions walks the action column beside the value-metadata column:
-// every action must be known, and an increment's value an integer.
-func checkActions(action, meta []byte) error {
+// every action must be known, and an increment's value an integer. It
+// returns the number of operations.
+func checkActions(action, meta []byte) (n uint64, err error) {
 	acts, vals := rleRuns{b: action}, rleRuns{b: meta}
 	for {
 		a, ok := acts.next()
 		if acts.err != nil {
-			return fmt.Errorf("action column: %w", acts.err)
+			return 0, fmt.Errorf("action column: %w", acts.err)
 		}
 		if !ok {
-			return nil
+			return n, nil
 		}
 		if a.null || a.val > maxAction {
-			return fmt.Errorf("missing or unknown operation action %d", a.val)
+			return 0, fmt.Errorf("missing or unknown operation action %d", a.val)
 		}
+		n += a.n
 		for left := a.n; left > 0; {
 			v, ok := vals.take(left)
 			if vals.err != nil {
-				return fmt.Errorf("value column: %w", vals.err)
+				return 0, fmt.Errorf("value column: %w", vals.err)
 			}
 			if !ok {
 				v = rleRun{n: left, null: true} // a short column reads as nulls
 			}
 			if a.val == actionInc && (v.null || v.val&0xf != valueUint && v.val&0xf != valueInt) {
-				return errors.New("increment by a value that is not an integer")
+				return 0, errors.New("increment by a value that is not an integer")
 			}
 			left -= v.n
 		}

@@ -36,6 +36,7 @@ type Doc struct {
 	// journal.go).
 	jn           journal
 	historyWalks int // calls to automerge-go's Changes(since), for tests
+	maxOps       int // see SetMaxOps; 0: no limit
 }
 
 // New returns an empty document that writes as actor (a hex string; a

@@ -21,4 +21,7 @@ var (
 	// InflateBudget they were framed under. The bytes were not all
 	// checked: they may be valid, but are too large once inflated.
 	ErrInflateLimit = errors.New("crdt: compressed data inflates past its budget")
+	// ErrOpLimit means imported changes would bring a document past the
+	// operations set with [Doc.SetMaxOps]. Nothing was applied.
+	ErrOpLimit = errors.New("crdt: changes would bring the document past its operation limit")
 )

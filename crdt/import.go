@@ -42,6 +42,9 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 	// it, and framing does not list what it holds: such streams are also
 	// checked after they are applied.
 	opaque := ci.documents > 0
+	if err := d.checkDocOps(ci); err != nil {
+		return 0, err
+	}
 	fresh, inStream, err := d.freshChanges(ci, opaque)
 	if err != nil {
 		return 0, err
@@ -64,6 +67,9 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 	base, _ := d.index()
 	v, err := verifyChanges(base, payloads, added)
 	if err != nil {
+		return 0, err
+	}
+	if err := d.checkOpLimit(base, v); err != nil {
 		return 0, err
 	}
 

@@ -59,6 +59,7 @@ type opLayer struct {
 	maxOp  map[string]uint64 // per actor, the last operation counter of its changes
 	size   int
 	depth  int
+	held   held // what the layer's changes hold, for Doc.Cost
 }
 
 func newLayer(parent *opLayer) *opLayer {
@@ -117,6 +118,7 @@ func mergeLayers(lower, upper *opLayer) *opLayer {
 		for k, v := range x.maxOp {
 			m.maxOp[k] = max(m.maxOp[k], v)
 		}
+		m.held.add(x.held)
 	}
 	m.size = len(m.ops) + len(m.maxOp)
 	return m
@@ -209,6 +211,7 @@ func (l *opLayer) add(c *change) {
 	}
 	last := c.startOp + uint64(len(c.ops)) - 1
 	l.maxOp[actors[0]] = max(l.maxOp[actors[0]], last)
+	l.held.count(c)
 }
 
 func recOf(actors []string, op chOp) opRec {
@@ -240,6 +243,7 @@ func (l *opLayer) check(c *change) error {
 		}
 	}
 	l.maxOp[actors[0]] = max(l.maxOp[actors[0]], c.startOp+uint64(len(c.ops))-1)
+	l.held.count(c)
 	return nil
 }
 

@@ -14,6 +14,7 @@ type verified struct {
 	base   *opIndex
 	layer  *opLayer // the checked changes' operations
 	reload bool     // the index was unavailable: check by saving and loading
+	ops    int      // operations of the checked changes
 }
 
 // verifyChanges checks change payloads (with their hashes, in the order
@@ -35,6 +36,7 @@ func verifyChanges(base *opIndex, payloads [][]byte, changes []jentry) (verified
 		if err != nil {
 			return verified{}, fmt.Errorf("%w: change %s: %v", ErrCorrupt, changes[i].hash, err)
 		}
+		v.ops += len(c.ops)
 	}
 	return v, nil
 }

@@ -77,6 +77,7 @@ type merged struct {
 	imported int         // how many of them were new
 	// what rd's saved and unsaved become once written (see relayDoc)
 	saved, unsaved int
+	mem            int64 // and what rd's mem becomes (see docMemory)
 }
 
 // savedGrowth bounds what a change adds to a saved document, per byte of
@@ -226,6 +227,9 @@ func (m *merged) merge(r transport.RecordChanges, infos []crdt.ChangeInfo) error
 	// operations the document holds, so that the record still saves and
 	// loads once it is in.
 	n, err := m.rd.doc.Import(r.Data)
+	if errors.Is(err, crdt.ErrOpLimit) {
+		return perr(transport.CodeTooLarge, "record %q: %v (max_record_ops)", r.Record, err)
+	}
 	if err != nil {
 		return err
 	}
@@ -276,6 +280,7 @@ func (m *merged) entry(s *Server, id string, heads crdt.Heads) (Entry, error) {
 		}
 		m.saved, m.unsaved = saved, 0
 	}
+	m.mem = docMemory(m.rd.doc, m.saved+m.unsaved)
 	return Entry{Record: id, Base: m.base, Changes: delta, Hashes: hashes, Heads: heads}, nil
 }
 
@@ -290,7 +295,7 @@ func (cm *committer) join(s *Server, w *waiter, recs map[string]*merged, gen uin
 	}
 	for _, e := range w.entries {
 		m := recs[e.Record]
-		m.rd.saved, m.rd.unsaved = m.saved, m.unsaved
+		m.rd.saved, m.rd.unsaved, m.rd.mem = m.saved, m.unsaved, m.mem
 		if cm.queued[e.Record] != m.rd {
 			// The queue pins what it holds; this push's own pin keeps the
 			// document findable until then.
@@ -407,7 +412,8 @@ func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc,
 		if err != nil {
 			return nil, err
 		}
-		rd := &relayDoc{doc: d}
+		d.SetMaxOps(s.limits.MaxRecordOps)
+		rd := &relayDoc{doc: d, mem: docMemory(d, 0)}
 		rd.seen.Store(seen)
 		return rd, nil
 	}
@@ -419,7 +425,8 @@ func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc,
 		return nil, err
 	}
 	// A snapshot is a saved document: its size is exact as of SnapSeq.
-	rd := &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail)}
+	d.SetMaxOps(s.limits.MaxRecordOps)
+	rd := &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail), mem: docMemory(d, rec.Size())}
 	rd.seen.Store(seen)
 	return rd, nil
 }

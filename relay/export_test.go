@@ -66,6 +66,10 @@ func (s *Server) PushState() (committers, pushes int) {
 // HubSizes is the collections the lease and live hubs hold.
 func (s *Server) HubSizes() (leases, live int) { return s.leases.size(), s.hub.size() }
 
+// DocCacheSize is what the documents in the Server's document cache count
+// for.
+func (s *Server) DocCacheSize() int64 { return s.docs.Size() }
+
 // DocCacheLen is how many documents the Server's document cache holds.
 func (s *Server) DocCacheLen() int { return s.docs.Len() }
 

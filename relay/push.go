@@ -37,11 +37,15 @@ type relayDoc struct {
 	// seen is the stale mark (see stale.go) as of the document's last
 	// read from the store, or check against it.
 	seen atomic.Uint64
+	// mem is the memory the document takes, estimated by docMemory when
+	// it is loaded and when a push's entry is made, under the record's
+	// lock; read and written under the committer's lock once queued.
+	mem int64
 }
 
-// cost estimates the memory the loaded document takes, from about its
-// stored size (see Options.DocCacheBytes).
-func (rd *relayDoc) cost() int64 { return 8<<10 + 64*int64(rd.saved+rd.unsaved) }
+// cost is what the document counts for in the relay's document cache: the
+// memory it takes (see Options.DocCacheBytes).
+func (rd *relayDoc) cost() int64 { return rd.mem }
 
 // pushCounted runs a push, counting it as in progress for its collection.
 // A collection's committer is only needed while pushes to it are in

@@ -18,6 +18,11 @@ const (
 	// most one record may hold uncompressed. A zero MaxInflated follows
 	// MaxRecord, whatever its value.
 	DefaultMaxInflated = DefaultMaxRecord
+	// DefaultMaxRecordOps bounds the Automerge operations of one record.
+	// A loaded document takes some 800 to 1,100 bytes per operation,
+	// whatever its saved size, so this bounds a record loaded in memory at
+	// about 200 MiB.
+	DefaultMaxRecordOps = 200_000
 )
 
 // Room a message needs besides its records' data, for senders that fill a
@@ -49,6 +54,11 @@ type Limits struct {
 	// gigabytes. The relay handles one request of a connection at a time,
 	// so this is also the bound per connection. Zero: MaxRecord.
 	MaxInflated int `msgpack:"max_inflated"`
+	// MaxRecordOps bounds the Automerge operations one record may hold,
+	// what it costs in memory once loaded (its bytes do not tell: a few
+	// kilobytes may hold a document of hundreds of megabytes). The relay
+	// refuses a push that would bring a record past it.
+	MaxRecordOps int `msgpack:"max_record_ops"`
 }
 
 // DefaultLimits returns the default limits.
@@ -60,7 +70,8 @@ func DefaultLimits() Limits {
 		MaxDepth:  DefaultMaxDepth,
 		MaxItems:  DefaultMaxItems,
 
-		MaxInflated: DefaultMaxInflated,
+		MaxInflated:  DefaultMaxInflated,
+		MaxRecordOps: DefaultMaxRecordOps,
 	}
 }
 
@@ -85,6 +96,9 @@ func (l Limits) WithDefaults() Limits {
 	}
 	if l.MaxInflated <= 0 {
 		l.MaxInflated = l.MaxRecord
+	}
+	if l.MaxRecordOps <= 0 {
+		l.MaxRecordOps = d.MaxRecordOps
 	}
 	return l
 }

@@ -269,7 +269,7 @@ func (w *Welcome) validate(*Limits) error {
 		return errorf(CodeBadFrame, "welcome without a version")
 	}
 	if w.Limits.MaxFrame < 0 || w.Limits.MaxBatch < 0 || w.Limits.MaxRecord < 0 ||
-		w.Limits.MaxDepth < 0 || w.Limits.MaxItems < 0 || w.Limits.MaxInflated < 0 {
+		w.Limits.MaxDepth < 0 || w.Limits.MaxItems < 0 || w.Limits.MaxInflated < 0 || w.Limits.MaxRecordOps < 0 {
 		return errorf(CodeBadFrame, "welcome has negative limits")
 	}
 	return nil

@@ -74,6 +74,7 @@ func TestEveryIntFieldIsListed(t *testing.T) {
 		"Welcome.version uint16",
 		"Welcome.limits.max_frame int", "Welcome.limits.max_batch int", "Welcome.limits.max_record int",
 		"Welcome.limits.max_depth int", "Welcome.limits.max_items int", "Welcome.limits.max_inflated int",
+		"Welcome.limits.max_record_ops int",
 		"Pull.cursor uint64", "Pull.limit uint32",
 		"Changes.records[].seq uint64", "Changes.next uint64",
 		"Push.fence uint64", "Push.records[].seq uint64",

@@ -91,6 +91,9 @@ type ConfigLimits struct {
 	MaxBatch    int `json:"max_batch"`
 	MaxRecord   int `json:"max_record"`
 	MaxInflated int `json:"max_inflated"`
+	// MaxRecordOps bounds the operations of one record (its memory once
+	// loaded); zero keeps transport.DefaultMaxRecordOps.
+	MaxRecordOps int `json:"max_record_ops"`
 }
 
 // Duration is a time.Duration written as "30s" in JSON.
@@ -154,7 +157,7 @@ func (c Config) checkLimits() error {
 	for _, f := range []struct {
 		name string
 		v    int
-	}{{"max_frame", l.MaxFrame}, {"max_batch", l.MaxBatch}, {"max_record", l.MaxRecord}, {"max_inflated", l.MaxInflated}} {
+	}{{"max_frame", l.MaxFrame}, {"max_batch", l.MaxBatch}, {"max_record", l.MaxRecord}, {"max_inflated", l.MaxInflated}, {"max_record_ops", l.MaxRecordOps}} {
 		if f.v < 0 {
 			return fmt.Errorf("limits: %s is negative", f.name)
 		}
@@ -224,6 +227,7 @@ func (c Config) limits() transport.Limits {
 	}
 	// Unset, max_inflated follows max_record (see transport.Limits).
 	l.MaxInflated = c.Limits.MaxInflated
+	l.MaxRecordOps = c.Limits.MaxRecordOps
 	return l.WithDefaults()
 }
 

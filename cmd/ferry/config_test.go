@@ -140,6 +140,7 @@ func TestConfigLimits(t *testing.T) {
 		"record raised alone":        {`{"max_record": 8388608}`, "max_frame"},
 		"frame lowered below record": {`{"max_frame": 1048576}`, "max_frame"},
 		"negative":                   {`{"max_inflated": -1}`, "max_inflated is negative"},
+		"negative record ops":        {`{"max_record_ops": -1}`, "max_record_ops is negative"},
 	} {
 		path := write(`{"limits": ` + tc.limits + `}`)
 		c, err := loadConfig(path)

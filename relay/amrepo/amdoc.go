@@ -93,7 +93,14 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 		found = ok
 		if len(sm.changes) > 0 && canWrite {
 			chunks := append(d.pending, sm.changes...)
-			o, missing, err := pendingChanges(doc, chunks)
+			// One budget for the message, as for a push on /ws: framing
+			// inflates compressed changes and a whole document's columns.
+			budget := crdt.NewInflateBudget(int64(c.a.limits.MaxInflated))
+			o, missing, err := pendingChanges(doc, chunks, budget)
+			if errors.Is(err, crdt.ErrInflateLimit) {
+				c.a.metrics.refused.WithLabelValues(string(transport.CodeTooLarge)).Inc()
+				return &amRefusal{msg: fmt.Sprintf("document %s: %s: compressed changes inflate past max_inflated, %d bytes for one message", d.id, transport.CodeTooLarge, c.a.limits.MaxInflated)}
+			}
 			if err != nil {
 				return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
 			}

@@ -20,8 +20,10 @@ import (
 // message's) into an order the push path takes, dependencies first, and
 // reports the dependencies neither the document nor chunks hold. A stream
 // with a whole document in it (a version 2 message) is taken as it is:
-// it is checked when imported.
-func pendingChanges(doc *crdt.Doc, chunks [][]byte) (ordered [][]byte, missing []crdt.Hash, err error) {
+// it is checked when imported. Framing inflates within budget (the
+// chunks' compressed changes, and a whole document's compressed
+// columns), failing with crdt.ErrInflateLimit past it.
+func pendingChanges(doc *crdt.Doc, chunks [][]byte, budget *crdt.InflateBudget) (ordered [][]byte, missing []crdt.Hash, err error) {
 	type change struct {
 		data []byte
 		info crdt.ChangeInfo
@@ -29,7 +31,7 @@ func pendingChanges(doc *crdt.Doc, chunks [][]byte) (ordered [][]byte, missing [
 	byHash := map[crdt.Hash]*change{}
 	var order []*change
 	for _, ch := range chunks {
-		infos, err := crdt.ParseChanges(ch)
+		infos, err := crdt.ParseChangesWithin(ch, budget)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -1,0 +1,169 @@
+package relay_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/transport"
+)
+
+// fieldsOf returns n integer fields named from prefix: n operations.
+func fieldsOf(prefix string, n int) map[string]any {
+	m := make(map[string]any, n)
+	for i := range n {
+		m[fmt.Sprint(prefix, i)] = int64(i)
+	}
+	return m
+}
+
+// TestRecordOpsLimit: on /ws, pushes bring a record right to
+// max_record_ops and are stored; one operation more is refused with
+// too_large, and stores nothing.
+func TestRecordOpsLimit(t *testing.T) {
+	const maxOps = 50
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.Limits.MaxRecordOps = maxOps })
+	a := tr.client("shop")
+	coll := relay.Coll{"shop", "c"}
+	ed := newEditor(t, "aa01")
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.edit(fieldsOf("a", 30)))))
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.edit(fieldsOf("b", maxOps-30)))))
+	head, _ := tr.store.Head(context.Background(), coll)
+	_, err := call[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.edit(fieldsOf("c", 1)))))
+	var te *transport.Error
+	if !errors.As(err, &te) || te.Code != transport.CodeTooLarge || !strings.Contains(te.Message, "max_record_ops") {
+		t.Fatalf("a push past max_record_ops: %v, want too_large naming max_record_ops", err)
+	}
+	if h, _ := tr.store.Head(context.Background(), coll); h != head {
+		t.Fatalf("the refused push moved the log from %d to %d", head, h)
+	}
+	// Another record is not held back by this one.
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("s", newEditor(t, "aa02").edit(fieldsOf("a", maxOps)))))
+}
+
+// objectHeavyRecord returns a record of 2,000 small maps in a list, each
+// with a list of its own, written by 40 changes and saved whole: about
+// 50 KB, 28,000 operations, and some 25 MiB once loaded.
+func objectHeavyRecord(t testing.TB, actor string) []byte {
+	ed := newEditor(t, actor)
+	defer ed.doc.Free()
+	n := 0
+	for range 40 {
+		items := make([]any, 50)
+		for i := range items {
+			items[i] = map[string]any{"id": int64(n), "title": fmt.Sprint("item ", n), "done": n%3 == 0, "tags": []any{"a", "b"}}
+			n++
+		}
+		if err := ed.doc.InsertAt(crdt.Path{"items"}, n-50, items...); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ed.doc.Commit("", time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ed.doc.Save()
+}
+
+// TestDocCacheMemory pushes object-heavy records to a relay in a process
+// of its own and measures its resident memory: with a cache large enough
+// for all of them, what the cache accounts must be within a factor of two
+// of what the process grew by; with a cache of 32 MiB, the process must
+// grow by at most twice that (the documents in the cache, one being
+// merged, the compactor's, and what the allocators keep).
+func TestDocCacheMemory(t *testing.T) {
+	if os.Getenv("FERRY_DOCCACHE_CHILD") != "" {
+		docCacheChild(t)
+		return
+	}
+	if runtime.GOOS != "linux" {
+		t.Skip("resident memory is read from /proc")
+	}
+	if testing.Short() || raceBuild {
+		t.Skip("loads large documents; measures memory without the race detector")
+	}
+	for _, tc := range []struct {
+		name    string
+		cache   int64
+		records int
+	}{
+		{"all cached", 1 << 30, 6},
+		{"cache of 32 MiB", 32 << 20, 12},
+	} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestDocCacheMemory$", "-test.v")
+		cmd.Env = append(os.Environ(), "FERRY_DOCCACHE_CHILD=1",
+			fmt.Sprint("FERRY_DOCCACHE_BYTES=", tc.cache), fmt.Sprint("FERRY_DOCCACHE_RECORDS=", tc.records))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", tc.name, err, out)
+		}
+		i := bytes.Index(out, []byte("doccache:"))
+		if i < 0 {
+			t.Fatalf("%s: no measurement in\n%s", tc.name, out)
+		}
+		var grown, accounted, old int64
+		if _, err := fmt.Sscanf(string(out[i:]), "doccache: grown %d accounted %d stored-size estimate %d", &grown, &accounted, &old); err != nil {
+			t.Fatalf("%s: %v in %q", tc.name, err, out[i:])
+		}
+		t.Logf("%s: %d object-heavy records pushed: resident memory grew %.1f MiB; the cache accounts %.1f MiB (by stored size it would be %.1f MiB)",
+			tc.name, tc.records, mib(grown), mib(accounted), mib(old))
+		if tc.cache > 1<<29 {
+			if accounted < grown/2 || accounted > 2*grown {
+				t.Errorf("%s: the cache accounts %.1f MiB, the process grew %.1f MiB", tc.name, mib(accounted), mib(grown))
+			}
+		} else if grown > 2*tc.cache {
+			t.Errorf("%s: the process grew %.1f MiB, over twice the cache's %.1f MiB", tc.name, mib(grown), mib(tc.cache))
+		}
+	}
+}
+
+func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+// docCacheChild is TestDocCacheMemory's relay process.
+func docCacheChild(t *testing.T) {
+	cache, _ := strconv.ParseInt(os.Getenv("FERRY_DOCCACHE_BYTES"), 10, 64)
+	n, _ := strconv.Atoi(os.Getenv("FERRY_DOCCACHE_RECORDS"))
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.DocCacheBytes = cache })
+	a := tr.client("shop")
+	recs := make([][]byte, n)
+	var stored int64
+	for i := range recs {
+		recs[i] = objectHeavyRecord(t, fmt.Sprintf("%04x", 0x100+i))
+		stored += int64(len(recs[i]))
+	}
+	runtime.GC()
+	before := residentBytes(t)
+	for i, data := range recs {
+		mustCall[transport.Ack](t, a, pushOf("c", 0, rec(fmt.Sprint("r", i), data)))
+	}
+	runtime.GC()
+	grown := residentBytes(t) - before
+	// What the cache would have counted by stored size, as it did before
+	// it counted operations: 8 KiB plus 64 times the stored bytes each.
+	old := int64(n)*8<<10 + 64*stored
+	fmt.Printf("doccache: grown %d accounted %d stored-size estimate %d\n", grown, tr.srv.DocCacheSize(), old)
+}
+
+// residentBytes returns the process's resident memory.
+func residentBytes(t *testing.T) int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	pages, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pages * int64(os.Getpagesize())
+}
