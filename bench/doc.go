@@ -60,7 +60,7 @@
 //
 // Each workload that needs a relay starts its own, in a fresh data folder,
 // so its memory and bytes are its own (see [Target]): in this process
-// (BadgerStore on disk, durable; bytes counted by wrapping its listener;
+// (the Badger store on disk, durable; bytes counted by wrapping its listener;
 // memory is this whole process's, replicas included), as a child process
 // (`ferry relay`; bytes counted by a loopback proxy in front of it, memory
 // from its /proc status), or an external relay given by URL (bytes and

@@ -3,7 +3,7 @@ package bench
 import (
 	"time"
 
-	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/replica"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -20,7 +20,7 @@ type hooks struct {
 	// options it was opened with.
 	openedReplica func(name string, r *replica.Replica, o *replica.Options)
 	// openedRelay sees the options of each in-process relay's store.
-	openedRelay func(o *relay.BadgerOptions)
+	openedRelay func(o *badgerstore.Options)
 	// edge is called as a timed span of a workload starts or stops, just
 	// before the clock is read.
 	edge func(span string, start bool)

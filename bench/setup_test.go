@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
-	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/replica"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -29,15 +29,7 @@ func tiny(t *testing.T) Config {
 // hooked sets the test hooks for the rest of the test.
 func hooked(t *testing.T, set func()) {
 	set()
-	t.Cleanup(func() {
-		testHooks = struct {
-			openedReplica func(string, *replica.Replica, *replica.Options)
-			openedRelay   func(*relay.BadgerOptions)
-			edge          func(string, bool)
-			ack           func(*transport.Ack)
-			scraped       func(map[string]float64)
-		}{}
-	})
+	t.Cleanup(func() { testHooks = hooks{} })
 }
 
 func runTiny(t *testing.T, cfg Config, names ...string) []*Result {
@@ -66,7 +58,7 @@ func TestStoresDurable(t *testing.T) {
 				t.Errorf("replica %s opened relaxed %v, in memory %v", name, o.Relaxed, o.InMemory)
 			}
 		}
-		testHooks.openedRelay = func(o *relay.BadgerOptions) {
+		testHooks.openedRelay = func(o *badgerstore.Options) {
 			mu.Lock()
 			defer mu.Unlock()
 			relays++

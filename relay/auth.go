@@ -38,6 +38,12 @@ func (c *Claims) CanRead(coll string) bool { return grants(c.Read, coll) || gran
 // CanWrite reports whether the claims allow writing the collection.
 func (c *Claims) CanWrite(coll string) bool { return grants(c.Write, coll) }
 
+// Expired reports whether the token has expired at now: a token with an
+// expiry is good while now is before it. Every endpoint checks by it.
+func (c *Claims) Expired(now time.Time) bool {
+	return c.ExpiresAt != nil && !now.Before(c.ExpiresAt.Time)
+}
+
 func grants(list []string, coll string) bool {
 	return slices.Contains(list, "*") || slices.Contains(list, coll)
 }

@@ -274,8 +274,8 @@ func (sess *session) reauth(a *transport.Auth) (transport.Body, error) {
 // expired returns token_expired if claims have expired by the relay's
 // clock, or nil.
 func (s *Server) expired(claims *Claims) *transport.Error {
-	if exp := claims.ExpiresAt; exp != nil && !s.now().Before(exp.Time) {
-		return perr(transport.CodeTokenExpired, "token expired at %s; send auth with a fresh one", exp.UTC().Format(time.RFC3339))
+	if claims.Expired(s.now()) {
+		return perr(transport.CodeTokenExpired, "token expired at %s; send auth with a fresh one", claims.ExpiresAt.UTC().Format(time.RFC3339))
 	}
 	return nil
 }

@@ -11,7 +11,8 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
-	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
+	"github.com/ferrysync/ferry/relay/memstore"
 )
 
 // liveSource makes the changes a relay would send a device: n records,
@@ -98,14 +99,14 @@ func BenchmarkLiveApply(b *testing.B) {
 // token.
 func benchRelay(tb testing.TB) (Profile, *Options) {
 	tb.Helper()
-	return benchRelayOn(tb, relay.NewMemStore())
+	return benchRelayOn(tb, memstore.New())
 }
 
 // durableRelay is benchRelay on a Badger store on disk that fsyncs each
 // append before acknowledging it, as `ferry relay` runs.
 func durableRelay(tb testing.TB) (Profile, *Options) {
 	tb.Helper()
-	store, err := relay.OpenBadgerStore(tb.TempDir(), &relay.BadgerOptions{GCInterval: -1})
+	store, err := badgerstore.Open(tb.TempDir(), &badgerstore.Options{GCInterval: -1})
 	if err != nil {
 		tb.Fatal(err)
 	}
