@@ -87,14 +87,17 @@ type Metric struct {
 
 // Result is what one workload measured.
 type Result struct {
-	Workload string        `json:"workload"` // W0 ... W5, W2L
-	Title    string        `json:"title"`
-	Relay    string        `json:"relay,omitempty"` // in-process, child, or the external URL
-	Seed     uint64        `json:"seed"`
-	Floor    Floor         `json:"floor"` // W0 of the same run
-	Metrics  []Metric      `json:"metrics"`
-	Notes    []string      `json:"notes,omitempty"`
-	Elapsed  time.Duration `json:"elapsed_ns"` // the whole workload, setup included
+	Workload string `json:"workload"` // W0 ... W5, W2L
+	Title    string `json:"title"`
+	Relay    string `json:"relay,omitempty"` // in-process, child, or the external URL
+	Seed     uint64 `json:"seed"`
+	Floor    Floor  `json:"floor"` // W0 of the same run
+	// EditFloor is raw automerge-go applying the workload's own edits
+	// (W2, W2L, W3), the yardstick of their ratios; nil for the others.
+	EditFloor *Floor        `json:"edit_floor,omitempty"`
+	Metrics   []Metric      `json:"metrics"`
+	Notes     []string      `json:"notes,omitempty"`
+	Elapsed   time.Duration `json:"elapsed_ns"` // the whole workload, setup included
 }
 
 // Metric returns the named metric, if the result has it.
@@ -109,13 +112,15 @@ func (r *Result) Metric(name string) (Metric, bool) {
 
 func (r *Result) add(m Metric) { r.Metrics = append(r.Metrics, m) }
 
-// Floor is W0's figure: raw Automerge taking in Changes changes of
-// Bytes bytes in Seconds.
+// Floor is raw Automerge taking in Changes changes of Bytes bytes in
+// Seconds, the median of Runs (each run's seconds): W0's creation
+// changes, or a workload's edits (Result.EditFloor).
 type Floor struct {
-	Changes int     `json:"changes"`
-	Seconds float64 `json:"seconds"`
-	Bytes   int64   `json:"bytes"`
-	Rate    float64 `json:"changes_per_s"`
+	Changes int       `json:"changes"`
+	Seconds float64   `json:"seconds"`
+	Bytes   int64     `json:"bytes"`
+	Rate    float64   `json:"changes_per_s"`
+	Runs    []float64 `json:"run_seconds,omitempty"`
 }
 
 // Time is the floor's time for n changes.
@@ -142,19 +147,36 @@ func (f Floor) BytesRatio(n int, b float64) float64 {
 	return float64(f.Bytes) * float64(n) / float64(f.Changes) / b
 }
 
-// time adds a duration over n changes, and its rate in unit (per second).
+// time adds a duration over n creation changes (W0's kind), and its rate
+// in unit (per second), with their ratio to W0.
 func (r *Result) time(name string, d time.Duration, n int, unit string) {
+	r.timeVs(name, d, n, unit, &r.Floor)
+}
+
+// timeVs adds a duration over n changes and its rate in unit (per
+// second), with their ratio to f, a floor of the same kind of change (nil:
+// no ratio).
+func (r *Result) timeVs(name string, d time.Duration, n int, unit string, f *Floor) {
 	s := d.Seconds()
-	ratio := r.Floor.TimeRatio(n, s)
+	var ratio float64
+	if f != nil {
+		ratio = f.TimeRatio(n, s)
+	}
 	r.add(Metric{Name: name, Value: s, Unit: "s", Ratio: ratio})
 	if s > 0 && unit != "" {
 		r.add(Metric{Name: name + "_rate", Value: float64(n) / s, Unit: unit, Ratio: ratio})
 	}
 }
 
-// latency adds a per-change latency.
+// latency adds a latency, with no ratio.
 func (r *Result) latency(name string, d time.Duration) {
-	r.add(Metric{Name: name, Value: d.Seconds(), Unit: "s", Ratio: r.Floor.TimeRatio(1, d.Seconds())})
+	r.add(Metric{Name: name, Value: d.Seconds(), Unit: "s"})
+}
+
+// latencyVs adds the latency of one change, with its ratio to f's time
+// for one change of the same kind.
+func (r *Result) latencyVs(name string, d time.Duration, f *Floor) {
+	r.add(Metric{Name: name, Value: d.Seconds(), Unit: "s", Ratio: f.TimeRatio(1, d.Seconds())})
 }
 
 // Workload runs one workload.

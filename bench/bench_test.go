@@ -14,7 +14,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -61,7 +60,7 @@ func TestWorkloadsSmall(t *testing.T) {
 	byName := map[string]*Result{}
 	for _, r := range results {
 		byName[r.Workload] = r
-		if r.Floor != floor {
+		if r.Floor.Seconds != floor.Seconds || r.Floor.Rate != floor.Rate || len(r.Floor.Runs) != floorRuns {
 			t.Errorf("%s: floor %+v, want the run's %+v", r.Workload, r.Floor, floor)
 		}
 		for _, m := range r.Metrics {
@@ -89,6 +88,27 @@ func TestWorkloadsSmall(t *testing.T) {
 	}
 	want("W2", "updates", eq(20))
 	want("W2", "latency_p50", positive)
+	want("W2", "floor_apply", positive)
+	for w, edits := range map[string]int{"W2": 20, "W2L": 30, "W3": 2 * 20} {
+		if f := byName[w].EditFloor; f == nil || f.Changes != edits || f.Rate <= 0 || len(f.Runs) != floorRuns {
+			t.Errorf("%s: edit floor %+v, want %d edits", w, f, edits)
+		}
+	}
+	// Ratios are to a floor of the same kind of change, or absent.
+	near := func(a, b float64) bool { return a > 0 && b > 0 && a/b > 1-1e-9 && a/b < 1+1e-9 }
+	if m, _ := byName["W2"].Metric("latency_p50"); !near(m.Ratio, byName["W2"].EditFloor.Time(1)/m.Value) {
+		t.Errorf("W2 latency_p50 ratio %v, want the edit floor's", m.Ratio)
+	}
+	if m, _ := byName["W3"].Metric("merge"); !near(m.Ratio, byName["W3"].EditFloor.Seconds/m.Value) {
+		t.Errorf("W3 merge ratio %v, want the edit floor's", m.Ratio)
+	}
+	for _, n := range []string{"fanout_p50", "fanout_load_p99", "a_commit_p50"} {
+		for _, w := range []string{"W2", "W4"} {
+			if m, ok := byName[w].Metric(n); ok && m.Ratio != 0 {
+				t.Errorf("%s %s has a ratio %v", w, n, m.Ratio)
+			}
+		}
+	}
 	want("W2L", "updates", eq(30))
 	for _, n := range []string{"latency_p50_first_tenth", "latency_p50_last_tenth", "latency_p99_first_tenth", "latency_p99_last_tenth",
 		"latency_p50_growth", "latency_p99_growth", "a_commit_p50_last_tenth", "relay_push_mean_first_tenth", "relay_push_mean_last_tenth"} {
@@ -107,7 +127,8 @@ func TestWorkloadsSmall(t *testing.T) {
 	want("W4", "pushed", eq(50))
 	want("W4", "accepted", eq(50))
 	want("W4", "ingest_rate", positive)
-	want("W4", "push_to_all_p50", positive)
+	want("W4", "fanout_p50", positive)
+	want("W4", "fanout_load_p50", positive)
 	want("W5", "w1_n40_push", positive)
 	want("W5", "w4_n20_ingest", positive)
 
@@ -115,7 +136,7 @@ func TestWorkloadsSmall(t *testing.T) {
 	if err := WriteTable(&b, results); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{"workload", "W4", "fanout_load_p99", "ratio to W0"} {
+	for _, s := range []string{"workload", "W4", "fan-out", "ratio"} {
 		if !strings.Contains(b.String(), s) {
 			t.Errorf("table lacks %q:\n%s", s, b.String())
 		}
@@ -208,21 +229,16 @@ func sameChange(a, b []byte) error {
 	return nil
 }
 
-var (
-	floorOnce sync.Once
-	floorRes  *Result
-	floorErr  error
-)
-
-// benchConfig is the benchmarks' config: 1,000 records, the floor of this
-// test binary's run.
+// benchConfig is the benchmarks' config: 1,000 records, and the floor
+// measured for this benchmark, just before it (warm, median of
+// floorRuns), so that each benchmark's ratios share its conditions.
 func benchConfig(b *testing.B) Config {
 	cfg := Config{Records: 1000, Updates: 200, History: 1000, Dir: b.TempDir(), Seed: 1}
-	floorOnce.Do(func() { floorRes, floorErr = W0(context.Background(), cfg) })
-	if floorErr != nil {
-		b.Fatal(floorErr)
+	floor, err := W0(context.Background(), cfg)
+	if err != nil {
+		b.Fatal(err)
 	}
-	cfg.Floor = &floorRes.Floor
+	cfg.Floor = &floor.Floor
 	return cfg
 }
 

@@ -5,11 +5,14 @@
 // The workloads:
 //
 //	W0 floor    raw automerge-go LoadIncremental of W1's creation changes,
-//	            one fresh document each: no Ferry code, storage or network
+//	            one fresh document each, freed after: no Ferry code,
+//	            storage or network; warm, the median of five runs
 //	W1 bulk     a durable replica inserts Records records (units of work of
 //	            100), pushes them to the relay, and a fresh replica pulls them
 //	W2 live     live profiles on two replicas; Updates sequential edits on A,
-//	            each timed until B's feed reports it
+//	            each timed from the start of A's Update until B's feed
+//	            reports it: two fsyncs on the path (A's commit, the
+//	            relay's append); B applies without one
 //	W2L history W2 with History (10,000) edits of its one record: the
 //	            latency of the last tenth against the first, which shows
 //	            any cost that grows with a record's history
@@ -18,7 +21,8 @@
 //	            until every record has the same heads on both
 //	W4 ingest   Clients raw transport clients push pre-made changes to one
 //	            collection, durable acks awaited, while Subscribers live
-//	            subscribers receive them (fan-out latency)
+//	            subscribers receive them (fan-out latency: from a push's
+//	            send until its last subscriber has it)
 //	W5 growth   W1 and W4 at 1,000, 10,000 and 100,000 records: time and
 //	            relay memory per record
 //	W6 reads    a local-only replica inserts ten times Records records
@@ -32,23 +36,31 @@
 //
 // # Ratios
 //
-// A metric's Ratio is the floor's cost divided by the measured cost for the
+// A metric's Ratio is a floor's cost divided by the measured cost for the
 // same amount of work, so 1 means "as fast (or as small) as raw Automerge"
-// and 0.05 means twenty times the floor's cost. Higher is better.
+// and 0.05 means twenty times the floor's cost. Higher is better. The
+// floor is raw automerge-go doing the same kind of change: W0's creation
+// changes for W1, W4 and W5, which create records; for W2, W2L and W3,
+// which edit one field of existing records, the workload's own edits
+// made again outside Ferry and applied with LoadIncremental, one change at
+// a time, into documents holding what they build on (Result.EditFloor).
+// Every floor is timed warm, freeing what it loads, as the median of five
+// runs.
 //
-//   - A time over K changes (or records, one change each): K ÷ W0's
-//     changes/s, divided by the time. A rate: the rate ÷ W0's rate (the
-//     same number).
-//   - A latency of one change: 1 ÷ W0's changes/s, divided by the latency.
+//   - A time over K changes (or records, one change each): the floor's
+//     time for K changes, divided by the time. A rate: the rate ÷ the
+//     floor's rate (the same number).
+//   - A W2 latency: the edit floor's time for one edit ÷ the latency.
 //   - Bytes carrying K changes: W0's bytes for K changes (the raw change
 //     bytes) ÷ the bytes measured.
-//   - Counts and memory have no ratio (0, omitted from JSON).
+//   - Fan-out latencies, local commits, counts and memory have no ratio
+//     (0, omitted from JSON): no floor does their work.
 //
 // # The relay
 //
 // Each workload that needs a relay starts its own, in a fresh data folder,
 // so its memory and bytes are its own (see [Target]): in this process
-// (BadgerStore on disk, durable; bytes counted by wrapping its listener;
+// (the Badger store on disk, durable; bytes counted by wrapping its listener;
 // memory is this whole process's, replicas included), as a child process
 // (`ferry relay`; bytes counted by a loopback proxy in front of it, memory
 // from its /proc status), or an external relay given by URL (bytes and

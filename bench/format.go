@@ -9,16 +9,19 @@ import (
 	"text/tabwriter"
 )
 
-// WriteTable writes results as a table: workload, metric, value, unit,
-// ratio to W0. Values are scaled for reading (ms, MiB, ...); the unit
-// column says how.
+// WriteTable writes results as the tables of docs/benchmarks.md: for
+// each workload its main figures, with their ratio where a floor of the
+// same kind of change gives one, and the target each figure is held to
+// and whether this run met it; then the workloads' notes. Values are
+// scaled for reading (ms, MiB, ...). A workload this layout does not
+// know is listed metric by metric. Every metric is in the JSON output.
 func WriteTable(w io.Writer, results []*Result) error {
 	if len(results) == 0 {
 		return nil
 	}
 	f := results[0].Floor
-	fmt.Fprintf(w, "floor (W0, same run): %s changes in %s = %s changes/s, %s of changes; seed %d\n",
-		group(float64(f.Changes)), fmtDuration(f.Seconds), group(f.Rate), fmtBytes(float64(f.Bytes)), results[0].Seed)
+	fmt.Fprintf(w, "floor (W0, same run): %s creation changes in %s = %s changes/s (median of %d runs: %s), %s of changes; seed %d\n",
+		group(float64(f.Changes)), fmtDuration(f.Seconds), group(f.Rate), len(f.Runs), fmtSeconds(f.Runs), fmtBytes(float64(f.Bytes)), results[0].Seed)
 	for _, r := range results {
 		if r.Relay != "" {
 			how := ""
@@ -31,15 +34,14 @@ func WriteTable(w io.Writer, results []*Result) error {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "workload\tmetric\tvalue\tunit\tratio to W0\t")
+	fmt.Fprintln(tw, "workload\tmetric\tvalue\tratio\ttarget\tmet?\t")
 	for _, r := range results {
-		for _, m := range r.Metrics {
-			v, u := Display(m)
-			ratio := ""
-			if m.Ratio > 0 {
-				ratio = fmtRatio(m.Ratio)
+		for i, row := range tableRows(r) {
+			name := ""
+			if i == 0 {
+				name = r.Workload + " " + shortTitle(r)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t\n", r.Workload, m.Name, v, u, ratio)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", name, row.metric, row.value, row.ratio, row.target, row.met)
 		}
 	}
 	if err := tw.Flush(); err != nil {
@@ -58,8 +60,171 @@ func WriteTable(w io.Writer, results []*Result) error {
 			}
 		}
 	}
-	_, err := fmt.Fprintln(w, "ratio: W0's cost / the measured cost for the same number of changes (1 = raw Automerge; higher is better)")
+	_, err := fmt.Fprintln(w, "ratio: the floor's time (raw automerge-go doing the same kind of change: W0's creation changes for W1, W4, W5; the workload's own edits for W2, W2L, W3) / the measured time, or raw change bytes / the bytes measured; 1 = raw Automerge, higher is better; blank where no floor does the same work")
 	return err
+}
+
+// tableRow is one line of a workload's table.
+type tableRow struct{ metric, value, ratio, target, met string }
+
+// shortTitle is a workload's name in the table, with its size.
+func shortTitle(r *Result) string {
+	v := func(name string) string {
+		m, _ := r.Metric(name)
+		return group(m.Value)
+	}
+	switch r.Workload {
+	case "W0":
+		return "floor"
+	case "W1":
+		return "bulk, " + v("records") + " records"
+	case "W2", "W2L":
+		return "live, " + v("updates") + " updates"
+	case "W3":
+		return "merge, 2 × " + group(r.floorChanges()/2) + " edits on " + v("records") + " records"
+	case "W4":
+		return "ingest, " + v("clients") + " clients, " + v("subscribers") + " subscribers"
+	}
+	return r.Title
+}
+
+func (r *Result) floorChanges() float64 {
+	if r.EditFloor == nil {
+		return 0
+	}
+	return float64(r.EditFloor.Changes)
+}
+
+// tableRows returns a workload's lines.
+func tableRows(r *Result) []tableRow {
+	var rows []tableRow
+	// add adds a line of the named metrics' values (one unit if they share
+	// it), the ratio of the first if ratio, and a target checked on it.
+	add := func(label string, ratio bool, t *target, names ...string) {
+		ms := make([]Metric, 0, len(names))
+		for _, n := range names {
+			if m, ok := r.Metric(n); ok {
+				ms = append(ms, m)
+			}
+		}
+		if len(ms) == 0 {
+			return
+		}
+		row := tableRow{metric: label, value: joinValues(ms)}
+		if ratio && ms[0].Ratio > 0 {
+			row.ratio = fmtRatio(ms[0].Ratio)
+		}
+		if t != nil {
+			row.target, row.met = t.text, yesNo(t.met(ms[0]))
+		}
+		rows = append(rows, row)
+	}
+	switch r.Workload {
+	case "W0":
+		add("import into fresh documents (median run)", false, nil, "import", "import_rate")
+		add("change bytes", false, nil, "change_bytes")
+	case "W1":
+		add("insert (units of 100, durable)", true, nil, "insert", "insert_rate")
+		add("push to the relay", true, ratioAtLeast(0.5), "push", "push_rate")
+		add("  the relay's own time answering the pushes", true, nil, "push_relay_time")
+		add("fresh pull by a new replica", true, ratioAtLeast(0.5), "fresh_pull", "fresh_pull_rate")
+		add("bytes on the wire, push / pull", true, nil, "push_wire", "fresh_pull_wire")
+		add("relay peak RSS", false, atMost(150<<20, "≤ 150 MiB"), "relay_peak_rss")
+	case "W2":
+		add("latency p50 / p99 / max (ratio of p50)", true, atMost(1e-3, "p50 ≤ 1 ms"), "latency_p50", "latency_p99", "latency_max")
+		add("latency p99", false, atMost(3e-3, "p99 ≤ 3 ms"), "latency_p99")
+		add("raw automerge-go applying one such edit", false, nil, "floor_apply")
+		add("A's durable commit alone, p50", false, nil, "a_commit_p50")
+		add("relay's mean push time, first / last tenth", false, nil, "relay_push_mean_first_tenth", "relay_push_mean_last_tenth")
+	case "W2L":
+		add("latency p50 / p99", false, nil, "latency_p50", "latency_p99")
+		add("p50, first / last tenth", false, nil, "latency_p50_first_tenth", "latency_p50_last_tenth")
+		add("p50 growth, last tenth / first", false, atMost(1.2, "≤ 1.2x"), "latency_p50_growth")
+		add("relay's mean push time, first / last tenth", false, nil, "relay_push_mean_first_tenth", "relay_push_mean_last_tenth")
+		add("A's durable commit p50, first / last tenth", false, nil, "a_commit_p50_first_tenth", "a_commit_p50_last_tenth")
+	case "W3":
+		add("time to identical documents (syncs)", true, ratioAtLeast(0.7), "merge", "merge_rate")
+		add("raw automerge-go applying each side's edits to the other", false, nil, "floor_merge")
+		add("syncs / conflicts resolved", false, nil, "syncs", "conflicts")
+		add("offline edits on A (durable, one unit of work each)", false, nil, "offline_edit", "offline_edit_rate")
+	case "W4":
+		add("accepted, durable acks", true, ratioAtLeast(0.5), "ingest_rate", "accepted")
+		add("fan-out, send to last subscriber, quiet p50 / p99", false, nil, "fanout_p50", "fanout_p99")
+		add("fan-out under load, p50 / p99", false, nil, "fanout_load_p50", "fanout_load_p99")
+		add("bytes on the wire", true, nil, "ingest_wire")
+		add("relay peak RSS", false, nil, "relay_peak_rss")
+	case "W5":
+		for _, m := range r.Metrics {
+			if n, ok := strings.CutSuffix(m.Name, "_relay_rss_per_record"); ok {
+				p := n + "_"
+				kind, size, _ := strings.Cut(n, "_n")
+				if kind == "w1" {
+					add("W1 at "+group(atof(size))+": insert / push / fresh pull, per record", true, nil, p+"insert", p+"push", p+"fresh_pull")
+				} else {
+					add("W4 at "+group(atof(size))+": ingest, per record", true, nil, p+"ingest")
+				}
+				add("  relay RSS growth per record / peak RSS", false, nil, p+"relay_rss_per_record", p+"relay_peak_rss")
+			}
+		}
+	default:
+		for _, m := range r.Metrics {
+			add(m.Name, true, nil, m.Name)
+		}
+	}
+	return rows
+}
+
+// target is what a figure is held to.
+type target struct {
+	text string
+	met  func(Metric) bool
+}
+
+func ratioAtLeast(x float64) *target {
+	return &target{text: "ratio ≥ " + strconv.FormatFloat(x, 'g', -1, 64), met: func(m Metric) bool { return m.Ratio >= x }}
+}
+
+func atMost(x float64, text string) *target {
+	return &target{text: text, met: func(m Metric) bool { return m.Value <= x }}
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+// joinValues shows metrics' values as "a / b unit" when they share a
+// unit, else each with its own.
+func joinValues(ms []Metric) string {
+	vs := make([]string, len(ms))
+	us := make([]string, len(ms))
+	same := true
+	for i, m := range ms {
+		vs[i], us[i] = Display(m)
+		same = same && us[i] == us[0]
+	}
+	if same {
+		return strings.Join(vs, " / ") + " " + us[0]
+	}
+	for i := range vs {
+		vs[i] += " " + us[i]
+	}
+	return strings.Join(vs, ", ")
+}
+
+func atof(s string) float64 {
+	v, _ := strconv.ParseFloat(s, 64)
+	return v
+}
+
+func fmtSeconds(ss []float64) string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = fmtDuration(s)
+	}
+	return strings.Join(out, ", ")
 }
 
 // Display returns a metric's value and unit scaled for reading.

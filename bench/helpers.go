@@ -24,9 +24,13 @@ func collName(workload string) string {
 // openReplica opens a durable replica on disk in dir/name, with the
 // relay's token.
 func (e *relayEnv) openReplica(dir, name string, l replica.Listener) (*replica.Replica, error) {
-	r, err := replica.Open(filepath.Join(dir, name), &replica.Options{GCInterval: -1, Listener: l, TokenSource: replica.StaticToken(e.token)})
+	o := &replica.Options{GCInterval: -1, Listener: l, TokenSource: replica.StaticToken(e.token)}
+	r, err := replica.Open(filepath.Join(dir, name), o)
 	if err != nil {
 		return nil, fmt.Errorf("bench: open replica %s: %w", name, err)
+	}
+	if h := testHooks.openedReplica; h != nil {
+		h(name, r, o)
 	}
 	return r, nil
 }
@@ -52,6 +56,9 @@ type snapshot struct {
 func (e *relayEnv) snapshot(ctx context.Context) (snapshot, error) {
 	w := e.wire.load()
 	m, err := scrape(ctx, e.metricsURL)
+	if h := testHooks.scraped; h != nil && err == nil {
+		h(m)
+	}
 	return snapshot{wire: w, m: m}, err
 }
 

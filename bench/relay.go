@@ -19,13 +19,15 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/amrepo"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 )
 
 // Mode says where the relay under test runs.
 type Mode int
 
 const (
-	// InProcess runs a relay in this process: a BadgerStore on disk,
+	// InProcess runs a relay in this process: a Badger store on disk,
 	// durable, as `ferry relay` runs it.
 	InProcess Mode = iota
 	// Child runs `ferry relay` as a child process (Target.Command).
@@ -133,11 +135,21 @@ func startInProcess(dir string) (*relayEnv, error) {
 	if err != nil {
 		return nil, err
 	}
-	store, err := relay.OpenBadgerStore(filepath.Join(dir, "relay"), &relay.BadgerOptions{GCInterval: -1})
+	so := &badgerstore.Options{GCInterval: -1}
+	if h := testHooks.openedRelay; h != nil {
+		h(so)
+	}
+	store, err := badgerstore.Open(filepath.Join(dir, "relay"), so)
 	if err != nil {
 		return nil, err
 	}
 	srv, err := relay.NewServer(&relay.Options{Store: store, Auth: auth})
+	if err == nil {
+		// As ferry relay serves it, automerge-repo's endpoint included.
+		if err = amrepo.Mount(srv, nil); err != nil {
+			srv.Close()
+		}
+	}
 	if err != nil {
 		store.Close()
 		return nil, err

@@ -15,13 +15,17 @@ import (
 // w3MaxSyncs bounds the syncs W3 waits for convergence.
 const w3MaxSyncs = 9
 
+// spanW3Sync is one of W3's merge syncs, timed.
+const spanW3Sync = "W3 sync"
+
 // W3 is an offline merge: replicas A and B (durable, on disk) share
 // MergeRecords records, then each makes Updates offline edits (one unit
 // of work each) over all of them, on the same four fields (name, price,
 // qty, updated), so many edits conflict. Then A syncs, B syncs, A syncs
 // (manual two-way, prefer-local), and more alternating syncs if needed,
 // until every record has the same heads on both. The merge time is the
-// syncs' time.
+// syncs' time; its ratio is to raw automerge-go applying each side's
+// edits to the other's documents (Result.EditFloor).
 func W3(ctx context.Context, cfg Config) (res *Result, err error) {
 	cfg, res, cleanup, err := prepare(ctx, cfg, "W3")
 	if err != nil {
@@ -29,6 +33,11 @@ func W3(ctx context.Context, cfg Config) (res *Result, err error) {
 	}
 	defer cleanup()
 	start := time.Now()
+	ef, err := w3Floor(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	res.EditFloor = &ef
 	dir := filepath.Join(cfg.Dir, "W3")
 	env, err := startRelay(ctx, cfg.Relay, dir)
 	if err != nil {
@@ -94,13 +103,15 @@ func W3(ctx context.Context, cfg Config) (res *Result, err error) {
 	edits := 2 * cfg.Updates
 	res.add(Metric{Name: "records", Value: float64(m), Unit: "count"})
 	res.add(Metric{Name: "offline_edits", Value: float64(edits), Unit: "count", Note: "both replicas together"})
-	res.time("offline_edit", editTime[0], cfg.Updates, "edits/s")
-	res.time("merge", merge, edits, "edits/s")
+	res.timeVs("offline_edit", editTime[0], cfg.Updates, "edits/s", nil)
+	res.timeVs("merge", merge, edits, "edits/s", &ef)
+	res.add(Metric{Name: "floor_merge", Value: ef.Seconds, Unit: "s",
+		Note: "raw automerge-go applying each side's edits to documents holding the other's, one change at a time; median run"})
 	res.add(Metric{Name: "syncs", Value: float64(syncs), Unit: "count", Note: "alternating A, B, A, ... until every record's heads match"})
 	res.add(Metric{Name: "conflicts", Value: float64(conflicts), Unit: "count", Note: "resolved by prefer-local, from SyncStats"})
 	res.Notes = append(res.Notes,
-		"offline_edit: replica A's edits, one durable unit of work each",
-		"merge: the syncs' time; ratio: W0's time for as many changes as both replicas' edits / the merge time")
+		"offline_edit: replica A's edits, one durable unit of work each (one fsync each)",
+		"merge: the syncs' time (durable replicas and relay); ratio: floor_merge / the merge time")
 	res.Elapsed = time.Since(start)
 	return res, nil
 }
@@ -109,11 +120,11 @@ func W3(ctx context.Context, cfg Config) (res *Result, err error) {
 // each a durable unit of work, as replica k (0 for A, 1 for B); it returns
 // their time.
 func offlineEdits(c *replica.Collection, cfg Config, k int, ids []string, pr *progress) (time.Duration, error) {
-	rng := rand.New(rand.NewPCG(cfg.Seed, uint64(30+k)))
+	p := newW3Picker(cfg.Seed, k)
 	t0 := time.Now()
 	for e := range cfg.Updates {
-		id := ids[rng.IntN(len(ids))]
-		field, val := randomEdit(rng)
+		i, field, val := p.next(len(ids))
+		id := ids[i]
 		if err := c.Update(id, func(d *crdt.Doc) error { return d.Set(crdt.Path{field}, val) }); err != nil {
 			return 0, fmt.Errorf("offline edit: %w", err)
 		}
@@ -130,9 +141,9 @@ func mergeSyncs(ctx context.Context, a, b *replica.Replica, coll string, ids []s
 	converged := false
 	for !converged && syncs < w3MaxSyncs {
 		r := order[syncs%2]
-		t0 := time.Now()
+		t0 := edge(spanW3Sync, true)
 		st, err := r.Sync(ctx, profileName)
-		merge += time.Since(t0)
+		merge += edge(spanW3Sync, false).Sub(t0)
 		syncs++
 		if err != nil {
 			return 0, 0, 0, fmt.Errorf("merge sync %d: %w", syncs, err)

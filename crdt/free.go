@@ -131,6 +131,12 @@ func sameLayout(theirs, ours reflect.Type) error {
 	return nil
 }
 
+// FreeAutomerge releases the memory of a document made with automerge-go
+// itself, as [Doc.Free] does for a Doc, for code that measures raw
+// automerge-go beside Ferry (its benchmarks' floor) and must free what it
+// loads as Ferry does. The document must not be used again.
+func FreeAutomerge(am *automerge.Doc) { freeAM(am) }
+
 // freeAM frees an automerge document's memory, as its finalizer would.
 // The document must not be used again.
 func freeAM(am *automerge.Doc) {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/automerge/automerge-go"
+
 	"github.com/ferrysync/ferry/crdt"
 )
 
@@ -191,6 +193,18 @@ func TestFreeReleasesMemory(t *testing.T) {
 	}
 	dropped := rssBytes(t) - start
 	perDoc := dropped / n
+
+	// A document made by automerge-go itself, freed with FreeAutomerge.
+	for range warm {
+		crdt.FreeAutomerge(loadRaw(t, saved))
+	}
+	start = rssBytes(t)
+	for range n {
+		crdt.FreeAutomerge(loadRaw(t, saved))
+	}
+	if raw := rssBytes(t) - start; raw > 4*perDoc {
+		t.Fatalf("with FreeAutomerge, RSS grew %d bytes over %d loads (%d a document unfreed): memory was not released", raw, n, perDoc)
+	}
 	t.Logf("%d loads of a %d-byte document, GC off: RSS grew %.1f MiB with Free, %.1f MiB without (%.2f MiB a document)",
 		n, len(saved), float64(freed)/(1<<20), float64(dropped)/(1<<20), float64(perDoc)/(1<<20))
 	if perDoc < 1<<20 {
@@ -203,4 +217,11 @@ func TestFreeReleasesMemory(t *testing.T) {
 	for _, d := range keep {
 		d.Free()
 	}
+}
+
+func loadRaw(t *testing.T, saved []byte) *automerge.Doc {
+	t.Helper()
+	d, err := automerge.Load(saved)
+	must(t, err)
+	return d
 }

@@ -79,6 +79,13 @@ func (c *Claims) ValidUntil() time.Time {
 	return c.until
 }
 
+// Expired reports whether the token has expired at now (allowing the
+// app's leeway): a token with an expiry is good while now is before it.
+// Auth.Check also refuses a token whose key was removed.
+func (c *Claims) Expired(now time.Time) bool {
+	return c.ExpiresAt != nil && !now.Before(c.ValidUntil())
+}
+
 func grants(list []string, coll string) bool {
 	return slices.Contains(list, "*") || slices.Contains(list, coll)
 }

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/golang-jwt/jwt/v5"
 )
 
 func TestAuth(t *testing.T) {
@@ -63,6 +65,25 @@ func TestNewAuthRejectsBadApps(t *testing.T) {
 	} {
 		if _, err := NewAuth(apps, nil); err == nil {
 			t.Errorf("%s: NewAuth accepted %v", name, apps)
+		}
+	}
+}
+
+// A token is good until its expiry and expired from that instant on; one
+// without an expiry never expires.
+func TestClaimsExpired(t *testing.T) {
+	exp := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	c := &Claims{}
+	if c.Expired(exp.Add(100 * 365 * 24 * time.Hour)) {
+		t.Fatal("a token without an expiry expired")
+	}
+	c.ExpiresAt = jwt.NewNumericDate(exp)
+	for _, tc := range []struct {
+		now  time.Time
+		want bool
+	}{{exp.Add(-time.Second), false}, {exp, true}, {exp.Add(time.Second), true}} {
+		if got := c.Expired(tc.now); got != tc.want {
+			t.Errorf("Expired(%v) with expiry %v = %v, want %v", tc.now, exp, got, tc.want)
 		}
 	}
 }

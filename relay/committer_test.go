@@ -1,4 +1,4 @@
-package relay
+package relay_test
 
 import (
 	"bytes"
@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -35,7 +38,7 @@ func bigPush(t *testing.T, rng *rand.Rand, actor string, records, n int) *transp
 // groups the committer chooses.
 func queueBigPushes(t *testing.T, tr *testRelay, gs *gateStore, pushes []*transport.Push) []<-chan pushResult {
 	t.Helper()
-	queued := tr.watchQueue(Coll{"shop", "c"})
+	queued := tr.watchQueue(relay.Coll{"shop", "c"})
 	release := gs.holdNext()
 	first, _, err := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], "dev-first")
 	if err != nil {
@@ -69,7 +72,7 @@ func queueBigPushes(t *testing.T, tr *testRelay, gs *gateStore, pushes []*transp
 func TestConcurrentLargePushesAllSucceed(t *testing.T) {
 	for _, split := range []bool{false, true} {
 		t.Run(fmt.Sprintf("split=%v", split), func(t *testing.T) {
-			bs, err := OpenBadgerStore(t.TempDir(), &BadgerOptions{Relaxed: true})
+			bs, err := badgerstore.Open(t.TempDir(), &badgerstore.Options{Relaxed: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -79,7 +82,7 @@ func TestConcurrentLargePushesAllSucceed(t *testing.T) {
 			if split {
 				// No caps: the one Append of all three is refused as too
 				// large, and the committer splits it.
-				tr.srv.groupBytes, tr.srv.groupEntries = 1<<40, 1<<30
+				tr.srv.SetGroupCaps(1<<40, 1<<30)
 			}
 			rng := rand.New(rand.NewPCG(4, uint64(len(t.Name()))))
 			var pushes []*transport.Push
@@ -93,13 +96,13 @@ func TestConcurrentLargePushesAllSucceed(t *testing.T) {
 					t.Errorf("push %d of 3.4 MB: %v", i, r.err)
 				}
 			}
-			coll := Coll{"shop", "c"}
+			coll := relay.Coll{"shop", "c"}
 			if h, _ := tr.store.Head(context.Background(), coll); h != 13 {
 				t.Errorf("log head %d, want 13", h)
 			}
 			for _, p := range pushes {
 				for _, r := range p.Records {
-					if _, _, err := Document(context.Background(), tr.store, coll, r.Record); err != nil {
+					if _, _, err := relay.Document(context.Background(), tr.store, coll, r.Record); err != nil {
 						t.Errorf("record %s: %v", r.Record, err)
 					}
 				}
@@ -116,17 +119,17 @@ func TestConcurrentLargePushesAllSucceed(t *testing.T) {
 // capStore refuses, as too large, any Append whose changes weigh more than
 // max bytes: a store with a small transaction limit.
 type capStore struct {
-	Store
+	relay.Store
 	max int
 }
 
-func (c *capStore) Append(ctx context.Context, coll Coll, fence uint64, now time.Time, entries []Entry) (uint64, error) {
+func (c *capStore) Append(ctx context.Context, coll relay.Coll, fence uint64, now time.Time, entries []relay.Entry) (uint64, error) {
 	n := 0
 	for _, e := range entries {
 		n += len(e.Changes)
 	}
 	if n > c.max {
-		return 0, fmt.Errorf("%w: %d bytes", ErrAppendTooLarge, n)
+		return 0, fmt.Errorf("%w: %d bytes", relay.ErrAppendTooLarge, n)
 	}
 	return c.Store.Append(ctx, coll, fence, now, entries)
 }
@@ -134,14 +137,14 @@ func (c *capStore) Append(ctx context.Context, coll Coll, fence uint64, now time
 // TestPushTooLargeForTheStore: a push the store cannot write even alone is
 // refused with too_large, nothing is stored, and the connection goes on.
 func TestPushTooLargeForTheStore(t *testing.T) {
-	tr := newTestRelay(t, &capStore{Store: NewMemStore(), max: 100 << 10}, nil)
+	tr := newTestRelay(t, &capStore{Store: memstore.New(), max: 100 << 10}, nil)
 	a := tr.client("shop")
 	rng := rand.New(rand.NewPCG(5, 6))
 	_, err := call[transport.Ack](t, a, bigPush(t, rng, "c0", 3, 40<<10))
 	if !errors.Is(err, transport.ErrTooLarge) {
 		t.Fatalf("push of 120 KB to a store that takes 100 KB: %v, want too_large", err)
 	}
-	if h, _ := tr.store.Head(context.Background(), Coll{"shop", "c"}); h != 0 {
+	if h, _ := tr.store.Head(context.Background(), relay.Coll{"shop", "c"}); h != 0 {
 		t.Errorf("log head %d, want 0", h)
 	}
 	mustCall[transport.Ack](t, a, bigPush(t, rng, "c1", 2, 40<<10))
@@ -150,14 +153,14 @@ func TestPushTooLargeForTheStore(t *testing.T) {
 // readGate wraps a Store so a test can hold every record read of one
 // tenant, once armed, until it says so.
 type readGate struct {
-	Store
+	relay.Store
 	tenant  string
 	armed   atomic.Bool
 	entered chan struct{} // a held read has started waiting
 	release chan struct{} // closed: held reads go on
 }
 
-func (g *readGate) Record(ctx context.Context, c Coll, record string) (Record, error) {
+func (g *readGate) Record(ctx context.Context, c relay.Coll, record string) (relay.Record, error) {
 	if c.Tenant == g.tenant && g.armed.Load() {
 		select {
 		case g.entered <- struct{}{}:
@@ -174,7 +177,7 @@ func (g *readGate) Record(ctx context.Context, c Coll, record string) (Record, e
 // Had the large push held locks through its reads (striped locks would
 // have it hold nearly every stripe), they would wait for it.
 func TestLargePushDoesNotStallOthers(t *testing.T) {
-	g := &readGate{Store: NewMemStore(), tenant: "shop", entered: make(chan struct{}, 1), release: make(chan struct{})}
+	g := &readGate{Store: memstore.New(), tenant: "shop", entered: make(chan struct{}, 1), release: make(chan struct{})}
 	tr := newTestRelay(t, g, nil)
 	var once sync.Once
 	release := func() { once.Do(func() { close(g.release) }) }
@@ -205,13 +208,13 @@ func TestLargePushDoesNotStallOthers(t *testing.T) {
 	if r := <-bigDone; r.err != nil {
 		t.Fatalf("app A's push of 1,000 records: %v", r.err)
 	}
-	if h, _ := tr.store.Head(context.Background(), Coll{"shop", "c"}); h != 1002 {
+	if h, _ := tr.store.Head(context.Background(), relay.Coll{"shop", "c"}); h != 1002 {
 		t.Errorf("app A's log head %d, want 1002", h)
 	}
-	if h, _ := tr.store.Head(context.Background(), Coll{"rival", "c"}); h != 20 {
+	if h, _ := tr.store.Head(context.Background(), relay.Coll{"rival", "c"}); h != 20 {
 		t.Errorf("app B's log head %d, want 20", h)
 	}
-	doc, _, _ := Document(context.Background(), tr.store, Coll{"shop", "c"}, "r5")
+	doc, _, _ := relay.Document(context.Background(), tr.store, relay.Coll{"shop", "c"}, "r5")
 	if f := fieldsAfter(t, doc); f["v"] != int64(2) || f["i"] != int64(5) {
 		t.Errorf("r5 = %v, want both pushes' fields", f)
 	}
@@ -244,12 +247,12 @@ func compressChange(t *testing.T, ch []byte) []byte {
 func TestRecordStaysWithinMaxRecordSaved(t *testing.T) {
 	const maxRecord = 64 << 10
 	limits := transport.Limits{MaxRecord: maxRecord, MaxFrame: maxRecord + transport.FrameOverhead, MaxInflated: 4 * maxRecord}
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) {
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) {
 		o.Limits = limits
 		o.CompactInterval = -1
 	})
 	a := tr.client("shop")
-	coll := Coll{"shop", "c"}
+	coll := relay.Coll{"shop", "c"}
 	// One change of 40 fields of noise and a filler, sized so that the
 	// saved document is maxRecord-40 bytes.
 	create := func(filler int) (*editor, []byte) {
@@ -278,7 +281,7 @@ func TestRecordStaysWithinMaxRecordSaved(t *testing.T) {
 	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("big", ch)))
 
 	savedHeld := func() int {
-		held, _, err := Document(context.Background(), tr.store, coll, "big")
+		held, _, err := relay.Document(context.Background(), tr.store, coll, "big")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -320,7 +323,7 @@ func TestRecordStaysWithinMaxRecordSaved(t *testing.T) {
 		t.Fatal("no update accepted: the boundary was not reached from below")
 	}
 	t.Logf("%d updates accepted, the last leaving %d bytes saved", accepted, last)
-	if err := tr.srv.compactRecord(context.Background(), coll, "big"); err != nil {
+	if err := tr.srv.CompactRecord(context.Background(), coll, "big"); err != nil {
 		t.Fatal(err)
 	}
 	rec, err := tr.store.Record(context.Background(), coll, "big")

@@ -1,4 +1,4 @@
-package relay
+package relay_test
 
 import (
 	"bytes"
@@ -10,22 +10,25 @@ import (
 	"testing"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
 // compactTestRelay is a relay whose compactor only runs when the test
 // asks (one round at a time), keeping retain log entries.
-func compactTestRelay(t *testing.T, store Store, retain int) *testRelay {
-	return newTestRelay(t, store, func(o *Options) { o.CompactInterval, o.LogRetention = -1, retain })
+func compactTestRelay(t *testing.T, store relay.Store, retain int) *testRelay {
+	return newTestRelay(t, store, func(o *relay.Options) { o.CompactInterval, o.LogRetention = -1, retain })
 }
 
 // A record's tail is folded into a snapshot in the background; the record
 // reads the same, fresh devices get the snapshot, and pushes go on.
 func TestCompactorFoldsTails(t *testing.T) {
-	for name, store := range map[string]func(t *testing.T) Store{
-		"memory": func(*testing.T) Store { return NewMemStore() },
-		"badger": func(t *testing.T) Store {
-			s, err := OpenBadgerStore(t.TempDir(), &BadgerOptions{Relaxed: true, GCInterval: -1})
+	for name, store := range map[string]func(t *testing.T) relay.Store{
+		"memory": func(*testing.T) relay.Store { return memstore.New() },
+		"badger": func(t *testing.T) relay.Store {
+			s, err := badgerstore.Open(t.TempDir(), &badgerstore.Options{Relaxed: true, GCInterval: -1})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -35,7 +38,7 @@ func TestCompactorFoldsTails(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			tr := compactTestRelay(t, store(t), -1)
 			c := tr.client("shop")
-			coll := Coll{"shop", "c"}
+			coll := relay.Coll{Tenant: "shop", Collection: "c"}
 			rng := rand.New(rand.NewPCG(3, 4))
 			ed := newEditor(t, "aa01")
 			for i := range 12 {
@@ -46,7 +49,7 @@ func TestCompactorFoldsTails(t *testing.T) {
 			if err != nil || before.TailEntries != 12 || before.Snapshot != nil {
 				t.Fatalf("before compaction: %+v, %v", before, err)
 			}
-			n, err := tr.srv.compactor.round(context.Background())
+			n, err := tr.srv.CompactRound(context.Background())
 			if err != nil || n != 1 {
 				t.Fatalf("compaction round compacted %d records, %v; want x alone", n, err)
 			}
@@ -93,7 +96,7 @@ func mustFields(t *testing.T, d *crdt.Doc) map[string]any {
 // hold; an incremental pull below the horizon gets truncated, and a pull
 // from the horizon on works.
 func TestLogRetentionTruncates(t *testing.T) {
-	tr := compactTestRelay(t, NewMemStore(), 3)
+	tr := compactTestRelay(t, memstore.New(), 3)
 	c := tr.client("shop")
 	rng := rand.New(rand.NewPCG(5, 6))
 	ed := newEditor(t, "aa03")
@@ -101,7 +104,7 @@ func TestLogRetentionTruncates(t *testing.T) {
 		mustCall[transport.Ack](t, c, pushOf("c", 0, rec("x", ed.edit(map[string]any{"f": noise(rng, 1000)}))))
 		_ = i
 	}
-	if _, err := tr.srv.compactor.round(context.Background()); err != nil {
+	if _, err := tr.srv.CompactRound(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	_, err := call[transport.Changes](t, c, &transport.Pull{Collection: "c", Cursor: 2})
@@ -122,7 +125,7 @@ func TestLogRetentionTruncates(t *testing.T) {
 // subscription caught up, a push reaches them without the store being
 // read again.
 func TestLiveFromMemory(t *testing.T) {
-	counting := &countingStore{Store: NewMemStore()}
+	counting := &countingStore{Store: memstore.New()}
 	tr := newTestRelay(t, counting, nil)
 	pusher := tr.client("shop")
 	ed := newEditor(t, "aa04")
@@ -147,11 +150,11 @@ func TestLiveFromMemory(t *testing.T) {
 
 // countingStore counts Log calls.
 type countingStore struct {
-	Store
+	relay.Store
 	logReads atomic.Int64
 }
 
-func (s *countingStore) Log(ctx context.Context, c Coll, after uint64, limit int) ([]LogEntry, error) {
+func (s *countingStore) Log(ctx context.Context, c relay.Coll, after uint64, limit int) ([]relay.LogEntry, error) {
 	s.logReads.Add(1)
 	return s.Store.Log(ctx, c, after, limit)
 }

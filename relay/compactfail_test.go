@@ -1,4 +1,4 @@
-package relay
+package relay_test
 
 import (
 	"context"
@@ -10,7 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -19,13 +20,13 @@ import (
 // or a hand in the database would leave them; the "bad" ones are then too
 // long to go out unsaved.
 type damagingStore struct {
-	Store
+	relay.Store
 	damage   atomic.Bool
 	junk     []byte
 	badReads atomic.Int64
 }
 
-func (s *damagingStore) spoil(r Record) Record {
+func (s *damagingStore) spoil(r relay.Record) relay.Record {
 	switch {
 	case !s.damage.Load():
 	case strings.HasPrefix(r.ID, "bad"):
@@ -37,12 +38,12 @@ func (s *damagingStore) spoil(r Record) Record {
 	return r
 }
 
-func (s *damagingStore) Record(ctx context.Context, c Coll, id string) (Record, error) {
+func (s *damagingStore) Record(ctx context.Context, c relay.Coll, id string) (relay.Record, error) {
 	r, err := s.Store.Record(ctx, c, id)
 	return s.spoil(r), err
 }
 
-func (s *damagingStore) Records(ctx context.Context, c Coll, after string, limit int) ([]Record, error) {
+func (s *damagingStore) Records(ctx context.Context, c relay.Coll, after string, limit int) ([]relay.Record, error) {
 	rs, err := s.Store.Records(ctx, c, after, limit)
 	for i := range rs {
 		rs[i] = s.spoil(rs[i])
@@ -60,18 +61,18 @@ func (s *damagingStore) Records(ctx context.Context, c Coll, after string, limit
 // rest.
 func TestCompactionSkipsFailingRecords(t *testing.T) {
 	const maxRecord = 16 << 10
-	bs, err := OpenBadgerStore(t.TempDir(), &BadgerOptions{Relaxed: true, GCInterval: -1})
+	bs, err := badgerstore.Open(t.TempDir(), &badgerstore.Options{Relaxed: true, GCInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	store := &damagingStore{Store: bs, junk: make([]byte, maxRecord)}
-	tr := newTestRelay(t, store, func(o *Options) {
+	tr := newTestRelay(t, store, func(o *relay.Options) {
 		o.CompactInterval, o.LogRetention = -1, -1
 		o.Limits.MaxRecord = maxRecord
 	})
 	c := tr.client("shop")
 	rng := rand.New(rand.NewPCG(9, 10))
-	const bad = compactBatch + 6
+	const bad = relay.CompactBatch + 6
 	var ids []string
 	for i := range bad {
 		ids = append(ids, fmt.Sprintf("bad%03d", i))
@@ -94,7 +95,7 @@ func TestCompactionSkipsFailingRecords(t *testing.T) {
 
 	compacted := 0
 	for range 2 {
-		n, err := tr.srv.compactor.round(ctx)
+		n, err := tr.srv.CompactRound(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -103,7 +104,7 @@ func TestCompactionSkipsFailingRecords(t *testing.T) {
 	if compacted != 1 {
 		t.Fatalf("two rounds compacted %d records, want the good one", compacted)
 	}
-	if got := len(tr.srv.compactor.failingRecords()); got != bad+2 {
+	if got := tr.srv.FailingRecords(); got != bad+2 {
 		t.Fatalf("%d records remembered as failing, want %d", got, bad+2)
 	}
 	if got := tr.metric("ferry_relay_compaction_failing_records"); got != fmt.Sprintf("ferry_relay_compaction_failing_records %d", bad+2) {
@@ -112,18 +113,18 @@ func TestCompactionSkipsFailingRecords(t *testing.T) {
 
 	// They wait before they are tried again.
 	reads := store.badReads.Load()
-	if _, err := tr.srv.compactor.round(ctx); err != nil {
+	if _, err := tr.srv.CompactRound(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if got := store.badReads.Load() - reads; got != 0 {
 		t.Fatalf("a round right after read %d failing records again, want none", got)
 	}
-	tr.clock.Advance(compactRetryMin + time.Second)
-	if _, err := tr.srv.compactor.round(ctx); err != nil {
+	tr.clock.Advance(relay.CompactRetryMin + time.Second)
+	if _, err := tr.srv.CompactRound(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := store.badReads.Load() - reads; got != compactBatch {
-		t.Fatalf("a round after the wait read %d failing records again, want %d", got, compactBatch)
+	if got := store.badReads.Load() - reads; got != relay.CompactBatch {
+		t.Fatalf("a round after the wait read %d failing records again, want %d", got, relay.CompactBatch)
 	}
 
 	// A fresh device gets every record that loads.
@@ -141,51 +142,11 @@ func TestCompactionSkipsFailingRecords(t *testing.T) {
 	}
 
 	// CheckCompaction lists them, as ferry inspect does.
-	fails, err := CheckCompaction(ctx, store)
+	fails, err := relay.CheckCompaction(ctx, store)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(fails) != bad+2 || fails[0].Record != "bad000" || !errors.Is(fails[0].Err, ErrStoreDamaged) {
+	if len(fails) != bad+2 || fails[0].Record != "bad000" || !errors.Is(fails[0].Err, relay.ErrStoreDamaged) {
 		t.Fatalf("CheckCompaction found %d records (first %+v), want %d", len(fails), fails[0], bad+2)
 	}
-}
-
-// CheckCompaction through a read-only store, as ferry inspect runs it:
-// it finds a record whose stored changes do not load, passes the one
-// that does, and changes nothing in the folder.
-func TestCheckCompactionReadOnly(t *testing.T) {
-	dir := t.TempDir()
-	s := bsOpen(t, dir, &BadgerOptions{GCInterval: -1})
-	rng := rand.New(rand.NewPCG(11, 12))
-	ed := newEditor(t, "ac01")
-	var heads crdt.Heads
-	for range 2 {
-		ch := ed.edit(map[string]any{"pad": noise(rng, 3000)})
-		bsAppend(t, s, 0, time.Now(), Entry{Record: "good", Base: heads, Changes: ch, Hashes: ed.doc.Heads(), Heads: ed.doc.Heads()})
-		heads = ed.doc.Heads()
-	}
-	// The store takes any bytes; the relay validates before it appends.
-	bad := bsEntry("bad", nil, noise(rng, 3000))
-	bsAppend(t, s, 0, time.Now(), bad)
-	bsAppend(t, s, 0, time.Now(), Entry{Record: "bad", Base: bad.Heads, Changes: []byte(noise(rng, 3000)), Hashes: bad.Heads, Heads: crdt.Heads{crdt.Hash{1}}})
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	before := dirState(t, dir)
-	ro, err := OpenBadgerStoreReadOnly(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fails, err := CheckCompaction(context.Background(), ro)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(fails) != 1 || fails[0].Record != "bad" || !errors.Is(fails[0].Err, ErrStoreDamaged) {
-		t.Fatalf("CheckCompaction = %+v, want bad alone", fails)
-	}
-	t.Log(fails[0].Err)
-	if err := ro.Close(); err != nil {
-		t.Fatal(err)
-	}
-	checkUntouched(t, dir, before)
 }

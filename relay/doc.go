@@ -5,11 +5,12 @@
 // and per-app quotas (connections, push rate, stored bytes) for a relay
 // shared by several apps.
 //
-// A Server speaks the protocol of package transport on /ws, over a Store
-// (BadgerStore by default; relay/storetest is the contract any other store
-// must pass). Running one:
+// A Server speaks the protocol of package transport on /ws, over a Store:
+// relay/badgerstore (embedded, the default), relay/pgstore (shared by
+// several relays) or relay/memstore (tests); relay/storetest is the
+// contract each passes. Running one:
 //
-//	store, err := relay.OpenBadgerStore(dir, nil)
+//	store, err := badgerstore.Open(dir, nil)
 //	auth, err := relay.NewAuth(apps, nil)
 //	srv, err := relay.NewServer(&relay.Options{Store: store, Auth: auth})
 //	hs := &http.Server{Addr: ":8080", Handler: srv.Handler()}
@@ -26,12 +27,16 @@
 // refreshes until Close. Reload replaces the apps while sessions go on;
 // each session's token is checked again at its next request.
 //
+// Another protocol is served beside /ws by an Endpoint mounted on the
+// Server (Mount), which reaches the relay only through Backend: package
+// relay/amrepo serves automerge-repo's this way, at /automerge.
+//
 // Every push is validated (each change must frame, checksum and load, with
 // its dependencies held) before it is stored, stored atomically with its
 // lease fence checked in the same step, and acknowledged only once durable.
 // A change the relay already holds is acknowledged, not stored again.
 //
-// Concurrency: a Server, an Auth and every Store (BadgerStore, MemStore)
+// Concurrency: a Server, an Auth, a Backend and every Store
 // are safe for concurrent use. The other types (App, Claims, Lease,
 // Record, Entry, Options, Quota, ...) are plain values: any number of
 // goroutines may read one, none may modify one another is reading.

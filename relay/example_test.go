@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -20,7 +21,7 @@ func ExampleNewServer() {
 	ctx := context.Background()
 	app := relay.NewApp("shop")
 	auth, _ := relay.NewAuth([]relay.App{app}, nil)
-	store := relay.NewMemStore()
+	store := memstore.New()
 	srv, _ := relay.NewServer(&relay.Options{Store: store, Auth: auth})
 	hs := httptest.NewServer(srv.Handler())
 	defer func() {

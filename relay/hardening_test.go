@@ -1,4 +1,4 @@
-package relay
+package relay_test
 
 import (
 	"bytes"
@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -21,7 +23,7 @@ import (
 // so, or make Appends fail with a *ConflictError, as when another relay
 // process wrote the record first.
 type gateStore struct {
-	Store
+	relay.Store
 	entered chan struct{} // a held Append has started waiting
 
 	mu        sync.Mutex
@@ -31,10 +33,10 @@ type gateStore struct {
 }
 
 func newGateStore() *gateStore {
-	return &gateStore{Store: NewMemStore(), entered: make(chan struct{}, 1)}
+	return &gateStore{Store: memstore.New(), entered: make(chan struct{}, 1)}
 }
 
-func (g *gateStore) Append(ctx context.Context, c Coll, fence uint64, now time.Time, entries []Entry) (uint64, error) {
+func (g *gateStore) Append(ctx context.Context, c relay.Coll, fence uint64, now time.Time, entries []relay.Entry) (uint64, error) {
 	g.mu.Lock()
 	g.appends++
 	hold := g.hold
@@ -49,7 +51,7 @@ func (g *gateStore) Append(ctx context.Context, c Coll, fence uint64, now time.T
 		<-hold
 	}
 	if conflict {
-		return 0, &ConflictError{Record: entries[0].Record}
+		return 0, &relay.ConflictError{Record: entries[0].Record}
 	}
 	return g.Store.Append(ctx, c, fence, now, entries)
 }
@@ -76,12 +78,9 @@ func (g *gateStore) appendCount() int {
 
 // watchQueue reports the queue length each time a push joins the
 // collection's commit queue.
-func (tr *testRelay) watchQueue(c Coll) <-chan int {
+func (tr *testRelay) watchQueue(c relay.Coll) <-chan int {
 	ch := make(chan int, 16)
-	cm := tr.srv.committer(c)
-	cm.mu.Lock()
-	cm.queuedHook = func(n int) { ch <- n }
-	cm.mu.Unlock()
+	tr.srv.SetQueuedHook(c, func(n int) { ch <- n })
 	return ch
 }
 
@@ -123,7 +122,7 @@ func TestStaleFenceFailsOnlyItsPush(t *testing.T) {
 	a, _, _ := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], "dev-a")
 	b, _, _ := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], "dev-b")
 	c, _, _ := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], "dev-c")
-	coll := Coll{"shop", "c"}
+	coll := relay.Coll{Tenant: "shop", Collection: "c"}
 
 	la := mustCall[transport.Lease](t, a, &transport.LeaseAcquire{Collection: "c", TTLMS: 10_000})
 	base := newEditor(t, "ab01").edit(map[string]any{"base": 1})
@@ -155,7 +154,7 @@ func TestStaleFenceFailsOnlyItsPush(t *testing.T) {
 	if !heads.Equal(ec.doc.Heads()) {
 		t.Errorf("acked heads %v, want the device's %v", heads, ec.doc.Heads())
 	}
-	doc, _, err := Document(context.Background(), tr.store, coll, "r")
+	doc, _, err := relay.Document(context.Background(), tr.store, coll, "r")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +166,7 @@ func TestStaleFenceFailsOnlyItsPush(t *testing.T) {
 	}
 	// The cached document is the stored one: a later push merges onto it.
 	mustCall[transport.Ack](t, c, pushOf("c", 0, rec("r", ec.edit(map[string]any{"c": 2}))))
-	doc, _, _ = Document(context.Background(), tr.store, coll, "r")
+	doc, _, _ = relay.Document(context.Background(), tr.store, coll, "r")
 	if f := fieldsAfter(t, doc); f["c"] != int64(2) || f["a"] != nil {
 		t.Errorf("record after a later push = %v", f)
 	}
@@ -188,14 +187,14 @@ func TestConflictIsMergedAgain(t *testing.T) {
 	if ack.Seq != 1 || gs.appendCount() != 2 {
 		t.Errorf("ack seq %d after %d appends; want 1 after 2", ack.Seq, gs.appendCount())
 	}
-	doc, _, err := Document(context.Background(), tr.store, Coll{"shop", "c"}, "r")
+	doc, _, err := relay.Document(context.Background(), tr.store, relay.Coll{Tenant: "shop", Collection: "c"}, "r")
 	if err != nil || fieldsAfter(t, doc)["v"] != int64(1) {
 		t.Fatalf("stored record: %v", err)
 	}
 }
 
 // TestConflictRetryIsBounded: a record that keeps conflicting is merged
-// maxMerges times, then the device is told to retry with conflict; nothing
+// relay.MaxMerges times, then the device is told to retry with conflict; nothing
 // is stored.
 func TestConflictRetryIsBounded(t *testing.T) {
 	gs := newGateStore()
@@ -206,10 +205,10 @@ func TestConflictRetryIsBounded(t *testing.T) {
 	if !errors.Is(err, transport.ErrConflict) {
 		t.Fatalf("push that always conflicts: %v, want conflict", err)
 	}
-	if n := gs.appendCount(); n != maxMerges {
-		t.Errorf("%d appends, want %d", n, maxMerges)
+	if n := gs.appendCount(); n != relay.MaxMerges {
+		t.Errorf("%d appends, want %d", n, relay.MaxMerges)
 	}
-	if h, _ := tr.store.Head(context.Background(), Coll{"shop", "c"}); h != 0 {
+	if h, _ := tr.store.Head(context.Background(), relay.Coll{Tenant: "shop", Collection: "c"}); h != 0 {
 		t.Errorf("log head %d, want 0", h)
 	}
 	// Once the store lets it through, the same push is stored.
@@ -221,7 +220,7 @@ func TestConflictRetryIsBounded(t *testing.T) {
 // another relay process sharing its store wrote the record, reloads it and
 // merges again instead of failing the push.
 func TestTwoRelaysOneStore(t *testing.T) {
-	store := NewMemStore()
+	store := memstore.New()
 	tr1 := newTestRelay(t, store, nil)
 	tr2 := newTestRelay(t, store, nil)
 	d1, d2 := tr1.client("shop"), tr2.client("shop")
@@ -240,7 +239,7 @@ func TestTwoRelaysOneStore(t *testing.T) {
 	if ack.Seq != 3 {
 		t.Errorf("ack seq %d, want 3", ack.Seq)
 	}
-	doc, _, _ := Document(context.Background(), store, Coll{"shop", "c"}, "r")
+	doc, _, _ := relay.Document(context.Background(), store, relay.Coll{Tenant: "shop", Collection: "c"}, "r")
 	if f := fieldsAfter(t, doc); f["one"] != int64(11) || f["two"] != int64(2) {
 		t.Errorf("stored record = %v", f)
 	}
@@ -266,7 +265,7 @@ func deflateBomb(t *testing.T) []byte {
 // to 64 MiB is refused with too_large once it passes max_inflated, and the
 // relay inflates about that much, not 64 MiB.
 func TestCompressionBombIsRefused(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	a := tr.client("shop")
 	bomb := deflateBomb(t)
 	// Two records share the push's budget: half of it each is too much.
@@ -286,7 +285,7 @@ func TestCompressionBombIsRefused(t *testing.T) {
 	if used := ms.TotalAlloc - before; used > 16<<20 {
 		t.Errorf("refusing the bomb allocated %d bytes", used)
 	}
-	if h, _ := tr.store.Head(context.Background(), Coll{"shop", "c"}); h != 0 {
+	if h, _ := tr.store.Head(context.Background(), relay.Coll{Tenant: "shop", Collection: "c"}); h != 0 {
 		t.Errorf("log head %d after the bomb", h)
 	}
 	// The session goes on.
@@ -296,7 +295,7 @@ func TestCompressionBombIsRefused(t *testing.T) {
 // TestInflateBudgetIsPerPush: the budget covers every record of a push
 // together, and each push gets a fresh one.
 func TestInflateBudgetIsPerPush(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) { o.Limits.MaxInflated = 60_000 })
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.Limits.MaxInflated = 60_000 })
 	a := tr.client("shop")
 	compressed := func(actor string) []byte {
 		ch := newEditor(t, actor).edit(map[string]any{"text": string(bytes.Repeat([]byte{'q'}, 40_000))})
@@ -318,7 +317,7 @@ func TestInflateBudgetIsPerPush(t *testing.T) {
 	}
 	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("x", x)))
 	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("y", y)))
-	doc, _, _ := Document(context.Background(), tr.store, Coll{"shop", "c"}, "y")
+	doc, _, _ := relay.Document(context.Background(), tr.store, relay.Coll{Tenant: "shop", Collection: "c"}, "y")
 	if s, _ := fieldsAfter(t, doc)["text"].(string); len(s) != 40_000 {
 		t.Errorf("stored text is %d bytes", len(s))
 	}
@@ -349,9 +348,9 @@ func TestRecordSizeContract(t *testing.T) {
 	}
 	const maxRecord = 64 << 10
 	limits := transport.Limits{MaxRecord: maxRecord, MaxFrame: maxRecord + transport.FrameOverhead}
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) { o.Limits = limits })
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.Limits = limits })
 	a := tr.client("shop")
-	coll := Coll{"shop", "c"}
+	coll := relay.Coll{Tenant: "shop", Collection: "c"}
 	for i := range 10 {
 		for _, p := range []string{"a", "z"} {
 			id := fmt.Sprint(p, i)
@@ -372,7 +371,7 @@ func TestRecordSizeContract(t *testing.T) {
 		t.Fatalf("push past max_record: %v, want too_large", err)
 	}
 	head, _ := tr.store.Head(context.Background(), coll)
-	held, heldHeads, _ := Document(context.Background(), tr.store, coll, "big")
+	held, heldHeads, _ := relay.Document(context.Background(), tr.store, coll, "big")
 	// What max_record bounds is the record saved whole (its stored form
 	// may carry a tail not compacted yet).
 	saved := fieldsDoc(t, held).Save()
@@ -393,7 +392,7 @@ func TestRecordSizeContract(t *testing.T) {
 	}
 	// Compared as documents, not stored bytes: the compactor may fold the
 	// record's tail into a new snapshot meanwhile.
-	if doc, heads, _ := Document(context.Background(), tr.store, coll, "big"); !heads.Equal(heldHeads) || !bytes.Equal(fieldsDoc(t, doc).Save(), saved) {
+	if doc, heads, _ := relay.Document(context.Background(), tr.store, coll, "big"); !heads.Equal(heldHeads) || !bytes.Equal(fieldsDoc(t, doc).Save(), saved) {
 		t.Errorf("refused pushes changed the stored document")
 	}
 
@@ -435,7 +434,7 @@ func TestRecordSizeContract(t *testing.T) {
 // log entry larger than max_record, even when the document stays small.
 func TestPushDeltaOverMaxRecord(t *testing.T) {
 	const maxRecord = 64 << 10
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) {
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) {
 		o.Limits = transport.Limits{MaxRecord: maxRecord, MaxFrame: 4 * maxRecord}
 	})
 	a := tr.client("shop")

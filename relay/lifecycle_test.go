@@ -1,4 +1,4 @@
-package relay
+package relay_test
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -16,17 +18,17 @@ import (
 // context ends, as a store stalled on a slow disk or a lost database
 // connection would.
 type stuckStore struct {
-	*MemStore
+	*memstore.Store
 	entered chan struct{}
 }
 
-func (s *stuckStore) Log(ctx context.Context, c Coll, after uint64, limit int) ([]LogEntry, error) {
+func (s *stuckStore) Log(ctx context.Context, c relay.Coll, after uint64, limit int) ([]relay.LogEntry, error) {
 	if c.Collection == "stuck" {
 		s.entered <- struct{}{}
 		<-ctx.Done()
 		return nil, ctx.Err()
 	}
-	return s.MemStore.Log(ctx, c, after, limit)
+	return s.Store.Log(ctx, c, after, limit)
 }
 
 // relayGoroutines lists the stacks of goroutines running relay code.
@@ -72,10 +74,10 @@ func noRelayGoroutines(t *testing.T) {
 // stuck request, not the sessions' subscriptions and lease waits, not the
 // goroutines Shutdown started.
 func TestCloseAfterShutdownTimesOut(t *testing.T) {
-	st := &stuckStore{MemStore: NewMemStore(), entered: make(chan struct{}, 1)}
+	st := &stuckStore{Store: memstore.New(), entered: make(chan struct{}, 1)}
 	tr := newTestRelay(t, st, nil)
 	waiting := make(chan struct{}, 1)
-	tr.srv.hooks.leaseWaiting = func(Coll) { waiting <- struct{}{} }
+	*tr.srv.HookLeaseWaiting() = func(relay.Coll) { waiting <- struct{}{} }
 
 	dial := func(replica string) *transport.Client {
 		c, _, err := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], replica)
@@ -134,7 +136,7 @@ func TestCloseAfterShutdownTimesOut(t *testing.T) {
 
 // Close alone, without Shutdown, also ends everything.
 func TestCloseWithoutShutdown(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	c := tr.client("shop")
 	mustCall[transport.OK](t, c, &transport.Subscribe{Collection: "c"})
 	if err := tr.srv.Close(); err != nil {
@@ -152,9 +154,9 @@ func TestCloseWithoutShutdown(t *testing.T) {
 // while someone waits on it. A relay serving many collections over time
 // does not grow with each one it has seen.
 func TestPerCollectionStateIsDropped(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	ended := make(chan struct{}, 4)
-	tr.srv.hooks.sessionEnded = func() { ended <- struct{}{} }
+	*tr.srv.HookSessionEnded() = func() { ended <- struct{}{} }
 	w := tr.client("shop")
 	sub, _, err := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], "sub")
 	if err != nil {
@@ -169,9 +171,7 @@ func TestPerCollectionStateIsDropped(t *testing.T) {
 			t.Fatalf("live for %s, want %s", lv.Collection, coll)
 		}
 	}
-	tr.srv.mu.Lock()
-	committers, pushes := len(tr.srv.committers), len(tr.srv.pushes)
-	tr.srv.mu.Unlock()
+	committers, pushes := tr.srv.PushState()
 	if committers != 0 || pushes != 0 {
 		t.Errorf("after every push was answered: %d committers, %d push counts, want none", committers, pushes)
 	}
@@ -181,12 +181,12 @@ func TestPerCollectionStateIsDropped(t *testing.T) {
 	if _, err := call[transport.Lease](t, sub, &transport.LeaseAcquire{Collection: "l", TTLMS: 1000, WaitMS: 1}); !errors.Is(err, transport.ErrLeaseTimeout) {
 		t.Fatalf("lease wait = %v, want lease_timeout", err)
 	}
-	if got := tr.srv.leases.size(); got != 0 {
+	if got, _ := tr.srv.HubSizes(); got != 0 {
 		t.Errorf("lease hub holds %d collections after the wait ended", got)
 	}
 	sub.Close()
 	<-ended
-	if got := tr.srv.hub.size(); got != 0 {
+	if _, got := tr.srv.HubSizes(); got != 0 {
 		t.Errorf("live hub holds %d collections after the subscriber left", got)
 	}
 }

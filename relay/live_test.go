@@ -1,4 +1,4 @@
-package relay
+package relay_test
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -15,9 +17,9 @@ import (
 // SlowWriteTimeout, counted as a slow consumer, and its session ends; the
 // relay does not wait for keepalive (off here) to notice.
 func TestSubscriberThatNeverReadsIsCutOff(t *testing.T) {
-	tr := newTestRelayOn(t, NewMemStore(), func(o *Options) { o.SlowWriteTimeout = 100 * time.Millisecond }, smallSendBuffers)
+	tr := newTestRelayOn(t, memstore.New(), func(o *relay.Options) { o.SlowWriteTimeout = 100 * time.Millisecond }, smallSendBuffers)
 	ended := make(chan struct{}, 4)
-	tr.srv.hooks.sessionEnded = func() { ended <- struct{}{} }
+	*tr.srv.HookSessionEnded() = func() { ended <- struct{}{} }
 	w := tr.client("shop")
 	raw := tr.rawSubscriber("c")
 
@@ -67,7 +69,7 @@ type expiryTimer struct {
 
 func installExpiryTimers(tr *testRelay) expiryTimers {
 	ts := make(expiryTimers, 64)
-	tr.srv.hooks.newTimer = func(d time.Duration) (<-chan time.Time, func() bool) {
+	*tr.srv.HookNewTimer() = func(d time.Duration) (<-chan time.Time, func() bool) {
 		et := expiryTimer{d: d, fire: make(chan time.Time, 1)}
 		ts <- et
 		return et.fire, func() bool { return true }
@@ -107,9 +109,9 @@ func expectEnd(t *testing.T, c *transport.Client, want error) {
 // with token_expired: it does not stay open on an expired token waiting
 // for a change to refuse.
 func TestSubscriptionEndsAtTokenExpiry(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	timers := installExpiryTimers(tr)
-	tok := tr.token("shop", TokenRequest{Subject: "viewer", TTL: 10 * time.Minute, Read: []string{"c"}})
+	tok := tr.token("shop", relay.TokenRequest{Subject: "viewer", TTL: 10 * time.Minute, Read: []string{"c"}})
 	sub, _, err := tr.dial(tr.apps["shop"].APIKey, tok, "r1")
 	if err != nil {
 		t.Fatal(err)
@@ -124,9 +126,9 @@ func TestSubscriptionEndsAtTokenExpiry(t *testing.T) {
 // Changes pushed after the token expired are not delivered, even if the
 // expiry timer has not fired yet.
 func TestSubscriptionDeliversNothingAfterExpiry(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	timers := installExpiryTimers(tr)
-	tok := tr.token("shop", TokenRequest{Subject: "viewer", TTL: 10 * time.Minute, Read: []string{"c"}})
+	tok := tr.token("shop", relay.TokenRequest{Subject: "viewer", TTL: 10 * time.Minute, Read: []string{"c"}})
 	sub, _, err := tr.dial(tr.apps["shop"].APIKey, tok, "r1")
 	if err != nil {
 		t.Fatal(err)
@@ -153,9 +155,9 @@ func TestSubscriptionDeliversNothingAfterExpiry(t *testing.T) {
 // subscription: at the old expiry the subscription finds the new token and
 // waits for that one's expiry instead.
 func TestSubscriptionSurvivesTokenRefresh(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	timers := installExpiryTimers(tr)
-	short := tr.token("shop", TokenRequest{Subject: "viewer", TTL: 10 * time.Minute, Read: []string{"c"}})
+	short := tr.token("shop", relay.TokenRequest{Subject: "viewer", TTL: 10 * time.Minute, Read: []string{"c"}})
 	sub, _, err := tr.dial(tr.apps["shop"].APIKey, short, "r1")
 	if err != nil {
 		t.Fatal(err)
@@ -164,7 +166,7 @@ func TestSubscriptionSurvivesTokenRefresh(t *testing.T) {
 	et := timers.next(t, 10*time.Minute)
 
 	tr.clock.Advance(9 * time.Minute)
-	fresh := tr.token("shop", TokenRequest{Subject: "viewer", TTL: time.Hour, Read: []string{"c"}})
+	fresh := tr.token("shop", relay.TokenRequest{Subject: "viewer", TTL: time.Hour, Read: []string{"c"}})
 	mustCall[transport.OK](t, sub, &transport.Auth{Token: fresh})
 	tr.clock.Advance(time.Minute)
 	et.fire <- tr.clock.Now()
@@ -181,9 +183,9 @@ func TestSubscriptionSurvivesTokenRefresh(t *testing.T) {
 // subscription (forbidden), and a token that never granted it cannot
 // subscribe at all.
 func TestSubscriptionNeedsReadRight(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	key := tr.apps["shop"].APIKey
-	ro := tr.token("shop", TokenRequest{Subject: "viewer", TTL: time.Hour, Read: []string{"catalog"}})
+	ro := tr.token("shop", relay.TokenRequest{Subject: "viewer", TTL: time.Hour, Read: []string{"catalog"}})
 	sub, _, err := tr.dial(key, ro, "r1")
 	if err != nil {
 		t.Fatal(err)
@@ -193,7 +195,7 @@ func TestSubscriptionNeedsReadRight(t *testing.T) {
 	}
 	mustCall[transport.OK](t, sub, &transport.Subscribe{Collection: "catalog"})
 
-	narrower := tr.token("shop", TokenRequest{Subject: "viewer", TTL: time.Hour, Read: []string{"prices"}})
+	narrower := tr.token("shop", relay.TokenRequest{Subject: "viewer", TTL: time.Hour, Read: []string{"prices"}})
 	mustCall[transport.OK](t, sub, &transport.Auth{Token: narrower})
 	w := tr.client("shop")
 	mustCall[transport.Ack](t, w, pushOf("catalog", 0, rec("r", newEditor(t, "fa03").edit(map[string]any{"v": 1}))))

@@ -1,9 +1,8 @@
-package relay
+package relay_test
 
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -32,9 +33,9 @@ func fieldsOf(prefix string, n int) map[string]any {
 // too_large, and stores nothing.
 func TestRecordOpsLimit(t *testing.T) {
 	const maxOps = 50
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) { o.Limits.MaxRecordOps = maxOps })
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.Limits.MaxRecordOps = maxOps })
 	a := tr.client("shop")
-	coll := Coll{"shop", "c"}
+	coll := relay.Coll{"shop", "c"}
 	ed := newEditor(t, "aa01")
 	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.edit(fieldsOf("a", 30)))))
 	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.edit(fieldsOf("b", maxOps-30)))))
@@ -49,36 +50,6 @@ func TestRecordOpsLimit(t *testing.T) {
 	}
 	// Another record is not held back by this one.
 	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("s", newEditor(t, "aa02").edit(fieldsOf("a", maxOps)))))
-}
-
-// TestAutomergeRecordOpsLimit: a document synced on /automerge comes to
-// max_record_ops and is stored; a change past it is refused with an
-// error naming the limit, and stores nothing.
-func TestAutomergeRecordOpsLimit(t *testing.T) {
-	const maxOps = 50
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) { o.Limits.MaxRecordOps = maxOps })
-	p, hello := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "peer")
-	if hello.Type != amPeer {
-		t.Fatalf("join answered %+v", hello)
-	}
-	coll := Coll{"shop", "todos"}
-	docID, _ := newDocID(t)
-	p.edit(docID, fieldsOf("a", maxOps))
-	p.sync(docID, amSync)
-	p.until(func(m *amMessage) bool { return m.Type == amSync && p.relayHas(m, docID) })
-	head, _ := tr.store.Head(context.Background(), coll)
-	if head == 0 {
-		t.Fatal("the document at max_record_ops was not stored")
-	}
-	p.edit(docID, fieldsOf("b", 1))
-	p.sync(docID, amSync)
-	m := p.until(func(m *amMessage) bool { return m.Type == amError })
-	if !strings.Contains(m.Message, "too_large") || !strings.Contains(m.Message, "max_record_ops") {
-		t.Fatalf("a change past max_record_ops answered %+v", m)
-	}
-	if h, _ := tr.store.Head(context.Background(), coll); h != head {
-		t.Fatalf("the refused change moved the log from %d to %d", head, h)
-	}
 }
 
 // objectHeavyRecord returns a record of 2,000 small maps in a list, each
@@ -162,7 +133,7 @@ func mib(n int64) float64 { return float64(n) / (1 << 20) }
 func docCacheChild(t *testing.T) {
 	cache, _ := strconv.ParseInt(os.Getenv("FERRY_DOCCACHE_BYTES"), 10, 64)
 	n, _ := strconv.Atoi(os.Getenv("FERRY_DOCCACHE_RECORDS"))
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) { o.DocCacheBytes = cache })
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.DocCacheBytes = cache })
 	a := tr.client("shop")
 	recs := make([][]byte, n)
 	var stored int64
@@ -180,7 +151,7 @@ func docCacheChild(t *testing.T) {
 	// What the cache would have counted by stored size, as it did before
 	// it counted operations: 8 KiB plus 64 times the stored bytes each.
 	old := int64(n)*8<<10 + 64*stored
-	fmt.Printf("doccache: grown %d accounted %d stored-size estimate %d\n", grown, tr.srv.docs.Size(), old)
+	fmt.Printf("doccache: grown %d accounted %d stored-size estimate %d\n", grown, tr.srv.DocCacheSize(), old)
 }
 
 // residentBytes returns the process's resident memory.
@@ -195,101 +166,4 @@ func residentBytes(t *testing.T) int64 {
 		t.Fatal(err)
 	}
 	return pages * int64(os.Getpagesize())
-}
-
-// syncV2 returns a version 2 sync message announcing heads and carrying
-// chunk (a whole saved document, or changes).
-func syncV2(heads crdt.Heads, chunk []byte) []byte {
-	out := []byte{syncMsgV2}
-	out = appendHashes(out, heads)
-	out = appendHashes(out, nil)       // need
-	out = binary.AppendUvarint(out, 0) // have
-	out = binary.AppendUvarint(out, 1) // one chunk
-	out = binary.AppendUvarint(out, uint64(len(chunk)))
-	return append(out, chunk...)
-}
-
-// amRefused sends a sync message for a fresh document on /automerge and
-// returns the error the relay answers with, and the Go heap it allocated
-// meanwhile (the peer's included). The connection must then close, with
-// nothing stored.
-func amRefused(t *testing.T, tr *testRelay, heads crdt.Heads, data []byte) (string, uint64) {
-	t.Helper()
-	p, _ := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "peer")
-	docID, _ := newDocID(t)
-	var ms runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	before := ms.TotalAlloc
-	p.send(&amMessage{Type: amSync, SenderID: "peer", TargetID: "ferry-relay", DocumentID: docID, Data: syncV2(heads, data)})
-	m := p.next()
-	runtime.ReadMemStats(&ms)
-	if m == nil || m.Type != amError {
-		t.Fatalf("answered %+v, want an error", m)
-	}
-	if h, _ := tr.store.Head(context.Background(), Coll{"shop", "todos"}); h != 0 {
-		t.Fatalf("log head %d after a refused message", h)
-	}
-	return m.Message, ms.TotalAlloc - before
-}
-
-// TestAutomergeDocumentInflationBudgeted: a version 2 sync message of a
-// few kilobytes holding a saved document whose columns inflate to 8 MiB
-// is refused within max_inflated (1 MiB), before the document is loaded.
-func TestAutomergeDocumentInflationBudgeted(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
-	ed := newEditor(t, "dd01")
-	ed.edit(map[string]any{"blob": strings.Repeat("x", 8<<20)})
-	saved := ed.doc.Save()
-	heads := ed.doc.Heads()
-	ed.doc.Free()
-	if len(saved) > 64<<10 {
-		t.Fatalf("the saved document is %d bytes", len(saved))
-	}
-	msg, alloc := amRefused(t, tr, heads, saved)
-	if !strings.Contains(msg, "too_large") || !strings.Contains(msg, "max_inflated") {
-		t.Fatalf("a document inflating to 8 MiB answered %q", msg)
-	}
-	// Framing inflates up to the 1 MiB budget; loading the document would
-	// take the 8 MiB string and more.
-	if alloc > 6<<20 {
-		t.Errorf("refusing a %d-byte message allocated %.1f MiB", len(saved), mib(int64(alloc)))
-	}
-}
-
-// TestAutomergeChangeInflationBudgeted: a sync message whose change chunk
-// inflates to 64 MiB is refused within max_inflated, as a push on /ws is,
-// without inflating the whole chunk first.
-func TestAutomergeChangeInflationBudgeted(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
-	bomb := deflateBomb(t)
-	msg, alloc := amRefused(t, tr, nil, bomb)
-	if !strings.Contains(msg, "too_large") || !strings.Contains(msg, "max_inflated") {
-		t.Fatalf("a change inflating to 64 MiB answered %q", msg)
-	}
-	if alloc > 16<<20 {
-		t.Errorf("refusing a %d-byte message allocated %.1f MiB", len(bomb), mib(int64(alloc)))
-	}
-}
-
-// TestAutomergeDocumentOpsLimit: a version 2 sync message holding a saved
-// document of more operations than max_record_ops is refused before the
-// document is loaded (the error counts the document's operations, known
-// only from its columns), however few bytes it takes.
-func TestAutomergeDocumentOpsLimit(t *testing.T) {
-	const maxOps = 10_000
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) { o.Limits.MaxRecordOps = maxOps })
-	ed := newEditor(t, "dd02")
-	vals := make([]any, 3*maxOps)
-	for i := range vals {
-		vals[i] = int64(7)
-	}
-	ed.edit(map[string]any{"list": vals})
-	saved := ed.doc.Save()
-	heads := ed.doc.Heads()
-	ed.doc.Free()
-	msg, _ := amRefused(t, tr, heads, saved)
-	if !strings.Contains(msg, "too_large") || !strings.Contains(msg, "max_record_ops") || !strings.Contains(msg, "whole document of 30001 operations") {
-		t.Fatalf("a document of %d operations in %d bytes answered %q", 3*maxOps+1, len(saved), msg)
-	}
 }

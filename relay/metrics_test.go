@@ -1,4 +1,4 @@
-package relay
+package relay_test
 
 import (
 	"bufio"
@@ -14,6 +14,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/amrepo"
+	"github.com/ferrysync/ferry/relay/badgerstore"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -61,15 +65,15 @@ func gather(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily
 	return out
 }
 
-func newMetricsServer(t *testing.T, store Store) (*Server, *prometheus.Registry) {
+func newMetricsServer(t *testing.T, store relay.Store) (*relay.Server, *prometheus.Registry) {
 	t.Helper()
 	// An app with a quota, so that the refusals counter has a series.
-	auth, err := NewAuth([]App{NewApp("shop")}, nil)
+	auth, err := relay.NewAuth([]relay.App{relay.NewApp("shop")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	srv, err := NewServer(&Options{Store: store, Auth: auth, Registry: reg, Quotas: map[string]Quota{"shop": {MaxConnections: 10}}})
+	srv, err := relay.NewServer(&relay.Options{Store: store, Auth: auth, Registry: reg, Quotas: map[string]relay.Quota{"shop": {MaxConnections: 10}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,11 +81,15 @@ func newMetricsServer(t *testing.T, store Store) (*Server, *prometheus.Registry)
 		srv.Close()
 		store.Close()
 	})
+	// The relay as ferry relay runs it: with automerge-repo's endpoint.
+	if err := amrepo.Mount(srv, nil); err != nil {
+		t.Fatal(err)
+	}
 	return srv, reg
 }
 
 func TestMetricsList(t *testing.T) {
-	_, reg := newMetricsServer(t, NewMemStore())
+	_, reg := newMetricsServer(t, memstore.New())
 	got := gather(t, reg)
 	var names []string
 	for _, w := range wantMetrics {
@@ -118,7 +126,7 @@ func TestMetricsList(t *testing.T) {
 // is a value of the type label from the start, and that request counts
 // results by code.
 func TestMetricsRequestTypes(t *testing.T) {
-	srv, reg := newMetricsServer(t, NewMemStore())
+	srv, reg := newMetricsServer(t, memstore.New())
 	types := func(name string) []string {
 		var out []string
 		for _, m := range gather(t, reg)[name].GetMetric() {
@@ -138,9 +146,9 @@ func TestMetricsRequestTypes(t *testing.T) {
 		}
 	}
 
-	srv.metrics.request(transport.TypeHello, "", time.Millisecond)
-	srv.metrics.request(transport.TypeHello, transport.CodeUnauthenticated, time.Millisecond)
-	srv.metrics.request(transport.TypeHello, transport.CodeUnauthenticated, time.Millisecond)
+	srv.CountRequest(transport.TypeHello, "", time.Millisecond)
+	srv.CountRequest(transport.TypeHello, transport.CodeUnauthenticated, time.Millisecond)
+	srv.CountRequest(transport.TypeHello, transport.CodeUnauthenticated, time.Millisecond)
 	counts := map[string]float64{}
 	for _, m := range gather(t, reg)["ferry_relay_requests_total"].GetMetric() {
 		var typ, result string
@@ -170,7 +178,7 @@ func TestMetricsRequestTypes(t *testing.T) {
 // disk: Badger's files are gigabytes long but sparse.
 func TestMetricsStoreBytes(t *testing.T) {
 	dir := t.TempDir()
-	store, err := OpenBadgerStore(dir, nil)
+	store, err := badgerstore.Open(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,8 +231,8 @@ func TestMetricsDocumented(t *testing.T) {
 // A hello is counted like any request, refused or not.
 func TestMetricsCountHello(t *testing.T) {
 	ended := make(chan struct{}, 4)
-	tr := newTestRelay(t, NewMemStore(), nil)
-	tr.srv.hooks.sessionEnded = func() { ended <- struct{}{} }
+	tr := newTestRelay(t, memstore.New(), nil)
+	*tr.srv.HookSessionEnded() = func() { ended <- struct{}{} }
 	good := tr.client("shop")
 	// A request answered after the welcome: hello was counted by then.
 	mustCall[transport.Changes](t, good, &transport.Pull{Collection: "c"})

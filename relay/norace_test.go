@@ -1,5 +1,5 @@
 //go:build !race
 
-package relay
+package relay_test
 
 const raceBuild = false

@@ -22,7 +22,7 @@ func BenchmarkPresenceFanOut(b *testing.B) {
 	for i := range clients {
 		clients[i] = dialBench(b, rl, fmt.Sprintf("device-%02d", i))
 		if i > 0 {
-			if err := call(b, clients[i], &transport.Subscribe{Collection: "docs"}); err != nil {
+			if err := callOK(b, clients[i], &transport.Subscribe{Collection: "docs"}); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -40,7 +40,7 @@ func BenchmarkPresenceFanOut(b *testing.B) {
 			b.StartTimer()
 		}
 		start := time.Now()
-		if err := call(b, sender, &transport.Presence{Collection: "docs", Record: "r1", Data: data}); err != nil {
+		if err := callOK(b, sender, &transport.Presence{Collection: "docs", Record: "r1", Data: data}); err != nil {
 			b.Fatal(err)
 		}
 		for _, c := range clients[1:] {

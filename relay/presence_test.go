@@ -39,7 +39,8 @@ func presenceData(t testing.TB, msg map[string]any) []byte {
 	return b
 }
 
-func call(t testing.TB, c *transport.Client, req transport.Body) error {
+// callOK sends req and waits for its ok.
+func callOK(t testing.TB, c *transport.Client, req transport.Body) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -55,25 +56,25 @@ func TestPresenceReachesReadersOfTheCollectionOnly(t *testing.T) {
 	bob := dialDevice(t, rl, rl.Token, "bob-device")
 	eve := dialDevice(t, rl, outsider, "eve-device")
 	for _, c := range []*transport.Client{bob} {
-		if err := call(t, c, &transport.Subscribe{Collection: "docs"}); err != nil {
+		if err := callOK(t, c, &transport.Subscribe{Collection: "docs"}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := call(t, eve, &transport.Subscribe{Collection: "elsewhere"}); err != nil {
+	if err := callOK(t, eve, &transport.Subscribe{Collection: "elsewhere"}); err != nil {
 		t.Fatal(err)
 	}
 	// A token that may not read the collection can neither subscribe to
 	// it nor send presence there.
 	var perr *transport.Error
-	if err := call(t, eve, &transport.Subscribe{Collection: "docs"}); !errors.As(err, &perr) || perr.Code != transport.CodeForbidden {
+	if err := callOK(t, eve, &transport.Subscribe{Collection: "docs"}); !errors.As(err, &perr) || perr.Code != transport.CodeForbidden {
 		t.Fatalf("eve subscribing to docs: %v, want forbidden", err)
 	}
-	if err := call(t, eve, &transport.Presence{Collection: "docs", Record: "r1", Data: presenceData(t, map[string]any{"type": "heartbeat"})}); !errors.As(err, &perr) || perr.Code != transport.CodeForbidden {
+	if err := callOK(t, eve, &transport.Presence{Collection: "docs", Record: "r1", Data: presenceData(t, map[string]any{"type": "heartbeat"})}); !errors.As(err, &perr) || perr.Code != transport.CodeForbidden {
 		t.Fatalf("eve's presence on docs: %v, want forbidden", err)
 	}
 
 	state := presenceData(t, map[string]any{"type": "snapshot", "state": map[string]any{"user": "ann"}})
-	if err := call(t, ann, &transport.Presence{Collection: "docs", Record: "r1", Data: state}); err != nil {
+	if err := callOK(t, ann, &transport.Presence{Collection: "docs", Record: "r1", Data: state}); err != nil {
 		t.Fatal(err)
 	}
 	got := <-bob.Presence()
@@ -113,19 +114,19 @@ func TestPresenceLimits(t *testing.T) {
 	ann := dialDevice(t, rl, rl.Token, "ann-device")
 	var perr *transport.Error
 	// Not CBOR: refused, nothing passed on.
-	if err := call(t, ann, &transport.Presence{Collection: "docs", Data: []byte{0xff, 0x00}}); !errors.As(err, &perr) || perr.Code != transport.CodeBadFrame {
+	if err := callOK(t, ann, &transport.Presence{Collection: "docs", Data: []byte{0xff, 0x00}}); !errors.As(err, &perr) || perr.Code != transport.CodeBadFrame {
 		t.Fatalf("malformed presence: %v, want bad_frame", err)
 	}
 	// Over the size bound: the client refuses to send it.
 	big := make([]byte, transport.MaxPresenceData+1)
-	if err := call(t, ann, &transport.Presence{Collection: "docs", Data: big}); !errors.As(err, &perr) || perr.Code != transport.CodeTooLarge {
+	if err := callOK(t, ann, &transport.Presence{Collection: "docs", Data: big}); !errors.As(err, &perr) || perr.Code != transport.CodeTooLarge {
 		t.Fatalf("oversized presence: %v, want too_large", err)
 	}
 	// Faster than the rate: refused with a time to wait.
 	hb := presenceData(t, map[string]any{"type": "heartbeat"})
 	var limited bool
 	for i := 0; i < 200 && !limited; i++ {
-		err := call(t, ann, &transport.Presence{Collection: "docs", Record: "r1", Data: hb})
+		err := callOK(t, ann, &transport.Presence{Collection: "docs", Record: "r1", Data: hb})
 		if errors.As(err, &perr) && perr.Code == transport.CodeRateLimited && perr.RetryMS > 0 {
 			limited = true
 		} else if err != nil {

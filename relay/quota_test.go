@@ -1,4 +1,4 @@
-package relay
+package relay_test
 
 import (
 	"context"
@@ -10,25 +10,27 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
 // gatedStore lets a test count Usage calls and hold Usage or Append at a
 // gate, by tenant.
 type gatedStore struct {
-	Store
+	relay.Store
 
 	mu       sync.Mutex
 	usages   map[string]int
-	onUsage  func(tenant string)      // before Usage, if set
-	onAppend func(c Coll) (err error) // before Append, if set; an error is returned instead
+	onUsage  func(tenant string)            // before Usage, if set
+	onAppend func(c relay.Coll) (err error) // before Append, if set; an error is returned instead
 }
 
-func newGatedStore() *gatedStore { return &gatedStore{Store: NewMemStore(), usages: map[string]int{}} }
+func newGatedStore() *gatedStore {
+	return &gatedStore{Store: memstore.New(), usages: map[string]int{}}
+}
 
-func (g *gatedStore) Usage(ctx context.Context, tenant string) (Usage, error) {
+func (g *gatedStore) Usage(ctx context.Context, tenant string) (relay.Usage, error) {
 	g.mu.Lock()
 	g.usages[tenant]++
 	hook := g.onUsage
@@ -39,7 +41,7 @@ func (g *gatedStore) Usage(ctx context.Context, tenant string) (Usage, error) {
 	return g.Store.Usage(ctx, tenant)
 }
 
-func (g *gatedStore) Append(ctx context.Context, c Coll, fence uint64, now time.Time, es []Entry) (uint64, error) {
+func (g *gatedStore) Append(ctx context.Context, c relay.Coll, fence uint64, now time.Time, es []relay.Entry) (uint64, error) {
 	g.mu.Lock()
 	hook := g.onAppend
 	g.mu.Unlock()
@@ -91,8 +93,8 @@ func (tr *testRelay) refusals(app, quota string) string {
 // past it is answered rate_limited with retry_ms, the exact wait by the
 // relay's clock, and the connection stays open.
 func TestQuotaPushRate(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) {
-		o.Quotas = map[string]Quota{"shop": {PushesPerSecond: 4, PushBurst: 2}}
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) {
+		o.Quotas = map[string]relay.Quota{"shop": {PushesPerSecond: 4, PushBurst: 2}}
 	})
 	c := tr.client("shop")
 	for i := range 2 {
@@ -134,8 +136,8 @@ func TestQuotaPushRate(t *testing.T) {
 // clock that does not move allows exactly 20 of its pushes.
 func TestQuotaAppOverPushRateDoesNotHoldBackAnother(t *testing.T) {
 	const n = 20
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) {
-		o.Quotas = map[string]Quota{
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) {
+		o.Quotas = map[string]relay.Quota{
 			"shop":  {PushesPerSecond: 1, PushBurst: 1},
 			"rival": {PushesPerSecond: 1, PushBurst: n},
 		}
@@ -218,7 +220,7 @@ func TestQuotaAppOverPushRateDoesNotHoldBackAnother(t *testing.T) {
 	if got := tr.refusals("rival", "push_rate"); got != "1" {
 		t.Fatalf("rival's push_rate refusals = %s, want 1 (the push past its burst)", got)
 	}
-	head, err := tr.store.Head(context.Background(), Coll{"rival", "c"})
+	head, err := tr.store.Head(context.Background(), relay.Coll{Tenant: "rival", Collection: "c"})
 	if err != nil || head != n {
 		t.Fatalf("rival's log head %d (%v), want %d", head, err, n)
 	}
@@ -228,8 +230,8 @@ func TestQuotaAppOverPushRateDoesNotHoldBackAnother(t *testing.T) {
 // up only its own pushes: another app's go through meanwhile.
 func TestQuotaUsageReadDoesNotHoldBackAnother(t *testing.T) {
 	store := newGatedStore()
-	tr := newTestRelay(t, store, func(o *Options) {
-		o.Quotas = map[string]Quota{"shop": {MaxStoredBytes: 1 << 20}, "rival": {MaxStoredBytes: 1 << 20}}
+	tr := newTestRelay(t, store, func(o *relay.Options) {
+		o.Quotas = map[string]relay.Quota{"shop": {MaxStoredBytes: 1 << 20}, "rival": {MaxStoredBytes: 1 << 20}}
 	})
 	entered, release := make(chan struct{}), make(chan struct{})
 	var releaseOnce sync.Once
@@ -267,13 +269,13 @@ func TestQuotaUsageReadDoesNotHoldBackAnother(t *testing.T) {
 // A push that would take its app past max_stored_bytes is refused with
 // quota_exceeded and nothing of it is stored. The app's stored bytes are
 // read from the store once, counted as pushes add to them, and read again
-// only once usageRefresh has passed on the relay's clock.
+// only once relay.UsageRefresh has passed on the relay's clock.
 func TestQuotaStoredBytes(t *testing.T) {
 	store := newGatedStore()
 	p1, p2, p3 := newRecord(t, "c", 1), newRecord(t, "c", 2), newRecord(t, "c", 3)
 	limit := pushBytes(p1) + pushBytes(p2)
-	tr := newTestRelay(t, store, func(o *Options) {
-		o.Quotas = map[string]Quota{"shop": {MaxStoredBytes: limit}}
+	tr := newTestRelay(t, store, func(o *relay.Options) {
+		o.Quotas = map[string]relay.Quota{"shop": {MaxStoredBytes: limit}}
 	})
 	c := tr.client("shop")
 	mustCall[transport.Ack](t, c, p1)
@@ -291,23 +293,23 @@ func TestQuotaStoredBytes(t *testing.T) {
 		t.Fatalf("push past the quota: %v, want quota_exceeded naming max_stored_bytes", err)
 	}
 	after, _ := store.Usage(ctx, "shop")
-	head, _ := store.Head(ctx, Coll{"shop", "c"})
+	head, _ := store.Head(ctx, relay.Coll{Tenant: "shop", Collection: "c"})
 	if after != before || head != 2 {
 		t.Fatalf("after a refused push: usage %+v (was %+v), head %d (want 2)", after, before, head)
 	}
 	// Another app is not affected.
 	mustCall[transport.Ack](t, tr.client("rival"), p3)
-	// The store is read again only once usageRefresh has passed (the
+	// The store is read again only once relay.UsageRefresh has passed (the
 	// calls above by the test itself count 2).
 	if n := store.usageCalls("shop"); n != 3 {
 		t.Fatalf("%d Usage calls, want 3 (one by the relay, two by the test)", n)
 	}
-	tr.clock.Advance(usageRefresh)
+	tr.clock.Advance(relay.UsageRefresh)
 	if _, err := call[transport.Ack](t, c, p3); !errors.Is(err, transport.ErrQuotaExceeded) {
 		t.Fatalf("push past the quota after a refresh: %v", err)
 	}
 	if n := store.usageCalls("shop"); n != 4 {
-		t.Fatalf("%d Usage calls, want 4: one refresh after usageRefresh", n)
+		t.Fatalf("%d Usage calls, want 4: one refresh after relay.UsageRefresh", n)
 	}
 	if got := tr.refusals("shop", "stored_bytes"); got != "2" {
 		t.Fatalf("stored_bytes refusals = %q, want 2", got)
@@ -319,17 +321,17 @@ func TestQuotaStoredBytes(t *testing.T) {
 // overshoot), after it pushes are refused.
 func TestQuotaStoredBytesRefreshSeesOtherWriters(t *testing.T) {
 	store := newGatedStore()
-	tr := newTestRelay(t, store, func(o *Options) {
-		o.Quotas = map[string]Quota{"shop": {MaxStoredBytes: 2000}}
+	tr := newTestRelay(t, store, func(o *relay.Options) {
+		o.Quotas = map[string]relay.Quota{"shop": {MaxStoredBytes: 2000}}
 	})
 	c := tr.client("shop")
 	mustCall[transport.Ack](t, c, newRecord(t, "c", 1))
 	// "Another relay" stores 1,900 bytes for shop.
-	if _, err := store.Append(context.Background(), Coll{"shop", "elsewhere"}, 0, tr.clock.Now(), []Entry{bsEntry("x", nil, strings.Repeat("z", 1900))}); err != nil {
+	if _, err := store.Append(context.Background(), relay.Coll{Tenant: "shop", Collection: "elsewhere"}, 0, tr.clock.Now(), []relay.Entry{bsEntry("x", nil, strings.Repeat("z", 1900))}); err != nil {
 		t.Fatal(err)
 	}
 	mustCall[transport.Ack](t, c, newRecord(t, "c", 2)) // not seen yet
-	tr.clock.Advance(usageRefresh)
+	tr.clock.Advance(relay.UsageRefresh)
 	if _, err := call[transport.Ack](t, c, newRecord(t, "c", 3)); !errors.Is(err, transport.ErrQuotaExceeded) {
 		t.Fatalf("push after the refresh: %v, want quota_exceeded", err)
 	}
@@ -341,14 +343,14 @@ func TestQuotaStoredBytesRefreshSeesOtherWriters(t *testing.T) {
 func TestQuotaStoredBytesReservedWhilePushing(t *testing.T) {
 	store := newGatedStore()
 	p1, p2 := newRecord(t, "a", 1), newRecord(t, "b", 2)
-	tr := newTestRelay(t, store, func(o *Options) {
-		o.Quotas = map[string]Quota{"shop": {MaxStoredBytes: pushBytes(p1) + pushBytes(p2) - 1}}
+	tr := newTestRelay(t, store, func(o *relay.Options) {
+		o.Quotas = map[string]relay.Quota{"shop": {MaxStoredBytes: pushBytes(p1) + pushBytes(p2) - 1}}
 	})
 	entered, release := make(chan struct{}), make(chan struct{})
 	var releaseOnce sync.Once
 	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) }) // before the relay closes, on failure
 	store.set(func(g *gatedStore) {
-		g.onAppend = func(c Coll) error {
+		g.onAppend = func(c relay.Coll) error {
 			if c.Collection != "a" {
 				return nil
 			}
@@ -378,11 +380,11 @@ func TestQuotaStoredBytesReservedWhilePushing(t *testing.T) {
 // and close 1013; a refused hello does not count, and a connection that
 // ends makes room. Another app is not affected.
 func TestQuotaConnections(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) {
-		o.Quotas = map[string]Quota{"shop": {MaxConnections: 2}}
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) {
+		o.Quotas = map[string]relay.Quota{"shop": {MaxConnections: 2}}
 	})
 	ended := make(chan struct{}, 8)
-	tr.srv.hooks.sessionEnded = func() { ended <- struct{}{} }
+	*tr.srv.HookSessionEnded() = func() { ended <- struct{}{} }
 	shop := tr.apps["shop"]
 	a := tr.client("shop")
 	tr.client("shop")
@@ -413,8 +415,8 @@ func TestQuotaConnections(t *testing.T) {
 // Series exist only for the apps and quotas configured; apps without a
 // quota get none, so the labels are bounded by the configuration.
 func TestQuotaMetricSeries(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) {
-		o.Quotas = map[string]Quota{"shop": {MaxConnections: 1, MaxStoredBytes: 10}}
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) {
+		o.Quotas = map[string]relay.Quota{"shop": {MaxConnections: 1, MaxStoredBytes: 10}}
 	})
 	for _, q := range []string{"connections", "stored_bytes"} {
 		if got := tr.refusals("shop", q); got != "0" {
@@ -429,24 +431,24 @@ func TestQuotaMetricSeries(t *testing.T) {
 }
 
 func TestQuotaOptionsChecked(t *testing.T) {
-	auth, err := NewAuth([]App{NewApp("shop")}, nil)
+	auth, err := relay.NewAuth([]relay.App{relay.NewApp("shop")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
 		name   string
-		quotas map[string]Quota
+		quotas map[string]relay.Quota
 		want   []string
 	}{
-		{"unknown app", map[string]Quota{"shp": {MaxConnections: 1}}, []string{`app "shp": no such app`}},
-		{"negative", map[string]Quota{"shop": {MaxConnections: -1, PushesPerSecond: -2, MaxStoredBytes: -3}},
+		{"unknown app", map[string]relay.Quota{"shp": {MaxConnections: 1}}, []string{`app "shp": no such app`}},
+		{"negative", map[string]relay.Quota{"shop": {MaxConnections: -1, PushesPerSecond: -2, MaxStoredBytes: -3}},
 			[]string{"max_connections: -1 is negative", "pushes_per_second: -2 is negative", "max_stored_bytes: -3 is negative"}},
-		{"burst without rate", map[string]Quota{"shop": {PushBurst: 5}}, []string{"push_burst: needs pushes_per_second"}},
-		{"negative burst", map[string]Quota{"shop": {PushesPerSecond: 1, PushBurst: -1}}, []string{"push_burst: -1 is negative"}},
-		{"not a number", map[string]Quota{"shop": {PushesPerSecond: math.NaN()}}, []string{"pushes_per_second: NaN"}},
-		{"infinite", map[string]Quota{"shop": {PushesPerSecond: math.Inf(1)}}, []string{"pushes_per_second: +Inf"}},
+		{"burst without rate", map[string]relay.Quota{"shop": {PushBurst: 5}}, []string{"push_burst: needs pushes_per_second"}},
+		{"negative burst", map[string]relay.Quota{"shop": {PushesPerSecond: 1, PushBurst: -1}}, []string{"push_burst: -1 is negative"}},
+		{"not a number", map[string]relay.Quota{"shop": {PushesPerSecond: math.NaN()}}, []string{"pushes_per_second: NaN"}},
+		{"infinite", map[string]relay.Quota{"shop": {PushesPerSecond: math.Inf(1)}}, []string{"pushes_per_second: +Inf"}},
 	} {
-		srv, err := NewServer(&Options{Store: NewMemStore(), Auth: auth, Quotas: tc.quotas})
+		srv, err := relay.NewServer(&relay.Options{Store: memstore.New(), Auth: auth, Quotas: tc.quotas})
 		if err == nil {
 			srv.Close()
 			t.Errorf("%s: accepted", tc.name)
@@ -459,123 +461,29 @@ func TestQuotaOptionsChecked(t *testing.T) {
 		}
 	}
 	// Zero is no limit, and a zero Quota is no quota.
-	srv, err := NewServer(&Options{Store: NewMemStore(), Auth: auth, Quotas: map[string]Quota{"shop": {}}})
+	srv, err := relay.NewServer(&relay.Options{Store: memstore.New(), Auth: auth, Quotas: map[string]relay.Quota{"shop": {}}})
 	if err != nil {
 		t.Fatalf("zero quota: %v", err)
 	}
 	srv.Close()
 }
 
-func TestQuotaBucket(t *testing.T) {
-	store := NewMemStore()
-	defer store.Close()
-	auth, _ := NewAuth([]App{NewApp("a"), NewApp("slow")}, nil)
-	qs, err := newQuotas(&Options{Store: store, Auth: auth, Quotas: map[string]Quota{
-		"a": {PushesPerSecond: 3}, "slow": {PushesPerSecond: 1e-15},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	aq := qs.apps["a"]
-	const third = time.Second / 3
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	for i := range 3 { // the default burst: the rate, rounded up
-		if w := aq.take(t0); w != 0 {
-			t.Fatalf("take %d of the burst waits %v", i, w)
-		}
-	}
-	if w := aq.take(t0); w != third {
-		t.Fatalf("empty bucket: wait %v, want %v", w, third)
-	}
-	// A clock that steps back refills nothing.
-	if w := aq.take(t0.Add(-time.Hour)); w != time.Hour+third {
-		t.Fatalf("a clock stepping back: wait %v", w)
-	}
-	if w := aq.take(t0.Add(third - 1)); w != 1 {
-		t.Fatalf("a nanosecond early: wait %v, want 1ns", w)
-	}
-	if w := aq.take(t0.Add(third)); w != 0 {
-		t.Fatalf("after a third of a second: wait %v", w)
-	}
-	for _, tc := range []struct {
-		wait time.Duration
-		ms   uint32
-	}{{1, 1}, {time.Millisecond, 1}, {time.Millisecond + 1, 2}, {250 * time.Millisecond, 250}, {time.Duration(math.MaxInt64), math.MaxUint32}} {
-		if got := retryMS(tc.wait); got != tc.ms {
-			t.Errorf("retryMS(%v) = %d, want %d", tc.wait, got, tc.ms)
-		}
-	}
-	// A push every 30 million years still gives a wait retry_ms carries.
-	slow := qs.apps["slow"]
-	slow.take(t0)
-	if w := slow.take(t0); w <= 0 || retryMS(w) != math.MaxUint32 {
-		t.Fatalf("very slow rate: wait %v, retry_ms %d", w, retryMS(w))
-	}
-}
-
-// BenchmarkQuotaAdmitPush is the cost a quota adds to each push, on every
-// core at once for one app (all its sessions share its lock): a token
-// from the bucket and a stored-bytes check against the cached count; and
-// the cost of a refusal (its message and metric).
-func BenchmarkQuotaAdmitPush(b *testing.B) {
-	for _, tc := range []struct {
-		name string
-		rate float64
-	}{{"admitted", 1e12}, {"refused", 1e-3}} {
-		b.Run(tc.name, func(b *testing.B) {
-			store := NewMemStore()
-			defer store.Close()
-			auth, _ := NewAuth([]App{NewApp("shop")}, nil)
-			t0 := time.Now()
-			qs, err := newQuotas(&Options{Store: store, Auth: auth, Now: func() time.Time { return t0 }, Quotas: map[string]Quota{
-				"shop": {PushesPerSecond: tc.rate, PushBurst: 1, MaxStoredBytes: 1 << 62},
-			}})
-			if err != nil {
-				b.Fatal(err)
-			}
-			qs.count(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "refusals"}, []string{"app", "quota"}))
-			if tc.rate > 1 {
-				// A clock that never moves, and a bucket that never runs dry.
-				qs.apps["shop"].tau = time.Duration(math.MaxInt64)
-			}
-			p := newRecord(b, "c", 1)
-			ctx := context.Background()
-			if tc.rate < 1 {
-				qs.apps["shop"].take(t0) // the burst
-			}
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					done, err := qs.admitPush(ctx, "shop", p)
-					if (err == nil) != (tc.rate > 1) {
-						b.Errorf("admitPush: %v", err)
-						return
-					}
-					if err == nil {
-						done(true)
-					}
-				}
-			})
-		})
-	}
-}
-
 // automerge-repo connections count against max_connections as devices'
 // do: one past the quota is refused with a message naming it, and one
 // that ends makes room.
 func TestQuotaConnectionsCountAutomergeRepo(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) {
-		o.Quotas = map[string]Quota{"shop": {MaxConnections: 2}}
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) {
+		o.Quotas = map[string]relay.Quota{"shop": {MaxConnections: 2}}
 	})
 	ended := make(chan struct{}, 8)
-	tr.srv.hooks.sessionEnded = func() { ended <- struct{}{} }
+	*tr.srv.HookSessionEnded() = func() { ended <- struct{}{} }
 	device := tr.client("shop")
-	browser, m := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "browser")
-	if m == nil || m.Type != amPeer {
+	browser, m := tr.joinAM(t, "browser")
+	if m.Type != "peer" {
 		t.Fatalf("first automerge-repo connection: %+v", m)
 	}
-	_, m = dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "one-too-many")
-	if m == nil || m.Type != amError || !strings.Contains(m.Message, "max_connections") {
+	_, m = tr.joinAM(t, "one-too-many")
+	if m.Type != "error" || !strings.Contains(m.Message, "max_connections") {
 		t.Fatalf("connection past the quota answered %+v", m)
 	}
 	if _, _, err := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], "third"); !errors.Is(err, transport.ErrRateLimited) {
@@ -585,13 +493,13 @@ func TestQuotaConnectionsCountAutomergeRepo(t *testing.T) {
 	if got := tr.refusals("shop", "connections"); got != "2" {
 		t.Fatalf("connections refusals = %q, want 2", got)
 	}
-	browser.ws.CloseNow()
+	browser.CloseNow()
 	<-ended
 	device.Close()
 	<-ended
 	// Both gone: room for two again, of either kind.
 	for _, id := range []string{"again", "and-again"} {
-		if _, m := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), id); m == nil || m.Type != amPeer {
+		if _, m := tr.joinAM(t, id); m.Type != "peer" {
 			t.Fatalf("after both closed: %+v", m)
 		}
 	}

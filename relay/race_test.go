@@ -1,6 +1,6 @@
 //go:build race
 
-package relay
+package relay_test
 
 // raceBuild: the race detector shadows memory, so resident memory is not
 // what a relay takes.

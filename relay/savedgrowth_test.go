@@ -1,4 +1,4 @@
-package relay
+package relay_test
 
 import (
 	"fmt"
@@ -7,10 +7,11 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/relay"
 )
 
 // TestSavedGrowthMargin: what a change adds to a saved document stays
-// within savedGrowth times the change's bytes as pushed, for random edits
+// within relay.SavedGrowth times the change's bytes as pushed, for random edits
 // (nested map keys, text splices, list inserts, counters, deletes, many
 // objects in one change) from several actors, compressed or not. The push
 // path saves a document to check max_record only when this margin could
@@ -93,8 +94,8 @@ func TestSavedGrowthMargin(t *testing.T) {
 		if r := float64(grew) / float64(len(ch)); r > worst {
 			worst = r
 		}
-		if grew > savedGrowth*len(ch) {
-			t.Fatalf("round %d: a change of %d bytes grew the saved document by %d, past %d times", round, len(ch), grew, savedGrowth)
+		if grew > relay.SavedGrowth*len(ch) {
+			t.Fatalf("round %d: a change of %d bytes grew the saved document by %d, past %d times", round, len(ch), grew, relay.SavedGrowth)
 		}
 	}
 	t.Logf("largest growth: %.2f times the change's bytes", worst)

@@ -49,10 +49,11 @@ type Options struct {
 	MaxLag           int           // log entries a subscriber may trail by; default 10,000
 	SlowWriteTimeout time.Duration // for a subscriber to take a live message; default 10 s
 	// DocCacheBytes bounds the memory of the documents kept loaded for
-	// pushes, each counted by what it holds (crdt.Doc.Cost: about 800
-	// to 1,100 bytes an operation, whatever its stored size). A document
-	// that leaves frees its memory at once; one in use stays until its
-	// push is done. Default 64 MiB.
+	// pushes, which endpoints read too (see Backend.ReadDocument), each
+	// counted by what it holds (crdt.Doc.Cost: about 800 to 1,100 bytes
+	// an operation, whatever its stored size). A document that leaves
+	// frees its memory at once; one in use stays until its push is done.
+	// Default 64 MiB.
 	DocCacheBytes int64
 
 	// CompactInterval is how often the background compactor looks for
@@ -79,8 +80,6 @@ type Options struct {
 	// browser) and pages served by the relay's own host always pass. A
 	// refused page gets HTTP 403 saying why, and the relay logs it.
 	AllowedOrigins []string
-	// Automerge bounds the automerge-repo endpoint.
-	Automerge AutomergeOptions
 }
 
 func (o *Options) withDefaults() Options {
@@ -140,8 +139,8 @@ type Server struct {
 	compactor *compactor
 	recLocks  *keylock.Locks[recordKey] // merges, per record
 	quotas    *quotas
-	am        *amServer   // automerge-repo clients
 	watch     *storeWatch // nil unless the Store has StoreEvents
+	endpoints []mounted   // see Mount; guarded by mu
 
 	// groupBytes and groupEntries cap one group commit (see nextGroup);
 	// tests lift them to reach the split on ErrAppendTooLarge.
@@ -215,20 +214,19 @@ func NewServer(o *Options) (*Server, error) {
 	}
 	s.metrics = m
 	s.compactor = newCompactor(s)
-	if s.am, err = newAMServer(s); err != nil {
-		return nil, err
-	}
 	s.watch = startStoreWatch(s)
 	return s, nil
 }
 
-// Handler serves /ws (devices), /automerge (automerge-repo clients),
-// /healthz and /metrics.
+// Handler serves /ws (devices), /healthz, /metrics and the endpoints
+// mounted (see Mount).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ws", s.serveWS)
-	mux.HandleFunc("/automerge", s.am.serve)
-	mux.HandleFunc("/automerge/", s.am.serve)
+	for _, m := range s.mountedEndpoints() {
+		mux.Handle(m.path, m.e)
+		mux.Handle(m.path+"/", m.e)
+	}
 	mux.HandleFunc("/healthz", s.healthz)
 	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	return mux
@@ -338,14 +336,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			s.goHelper(sess.shutdown)
 		}
 	}
+	endpoints := s.endpoints
 	s.mu.Unlock()
-	amDone := s.am.shutdown()
+	var done []<-chan struct{}
+	for _, m := range endpoints {
+		done = append(done, m.e.Shutdown())
+	}
 	select {
 	case <-drained:
-		select {
-		case <-amDone:
-		case <-ctx.Done():
-			return ctx.Err()
+		for _, d := range done {
+			select {
+			case <-d:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
 		// Nothing appends any more: background compaction stops too.
 		s.compactor.close()
@@ -377,7 +381,9 @@ func (s *Server) Close() error {
 		s.mu.Unlock()
 		<-drained
 		s.helpers.Wait()
-		s.am.close()
+		for _, m := range s.endpoints { // no Mount after shutting
+			m.e.Close()
+		}
 		s.compactor.close()
 		s.watch.close()
 		s.docs.Clear() // no push runs now: free every loaded document

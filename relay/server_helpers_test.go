@@ -1,19 +1,24 @@
-package relay
+package relay_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/fxamacker/cbor/v2"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/amrepo"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -32,37 +37,41 @@ func (c *fakeClock) Advance(d time.Duration) {
 
 type testRelay struct {
 	t      *testing.T
-	srv    *Server
+	srv    *relay.Server
 	http   *httptest.Server
 	url    string
 	clock  *fakeClock
-	store  Store
-	apps   map[string]App
+	store  relay.Store
+	apps   map[string]relay.App
 	tokens map[string]string // app ID -> a read/write-all token
 }
 
 // newTestRelay starts a relay on loopback with two apps, "shop" and "rival".
-func newTestRelay(t *testing.T, store Store, tweak func(*Options)) *testRelay {
+func newTestRelay(t *testing.T, store relay.Store, tweak func(*relay.Options)) *testRelay {
 	t.Helper()
 	return newTestRelayOn(t, store, tweak, nil)
 }
 
 // newTestRelayOn is newTestRelay with the relay's listener wrapped by wrap,
 // unless wrap is nil.
-func newTestRelayOn(t *testing.T, store Store, tweak func(*Options), wrap func(net.Listener) net.Listener) *testRelay {
+func newTestRelayOn(t *testing.T, store relay.Store, tweak func(*relay.Options), wrap func(net.Listener) net.Listener) *testRelay {
 	t.Helper()
 	clock := &fakeClock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
-	apps := map[string]App{"shop": NewApp("shop"), "rival": NewApp("rival")}
-	auth, err := NewAuth([]App{apps["shop"], apps["rival"]}, clock.Now)
+	apps := map[string]relay.App{"shop": relay.NewApp("shop"), "rival": relay.NewApp("rival")}
+	auth, err := relay.NewAuth([]relay.App{apps["shop"], apps["rival"]}, clock.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := &Options{Store: store, Auth: auth, Now: clock.Now, PingInterval: -1}
+	o := &relay.Options{Store: store, Auth: auth, Now: clock.Now, PingInterval: -1}
 	if tweak != nil {
 		tweak(o)
 	}
-	srv, err := NewServer(o)
+	srv, err := relay.NewServer(o)
 	if err != nil {
+		t.Fatal(err)
+	}
+	// Served as ferry relay serves it, automerge-repo's endpoint included.
+	if err := amrepo.Mount(srv, nil); err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewUnstartedServer(srv.Handler())
@@ -73,7 +82,7 @@ func newTestRelayOn(t *testing.T, store Store, tweak func(*Options), wrap func(n
 	tr := &testRelay{t: t, srv: srv, http: hs, url: "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws",
 		clock: clock, store: store, apps: apps, tokens: map[string]string{}}
 	for id := range apps {
-		tr.tokens[id] = tr.token(id, TokenRequest{Subject: "user-" + id, TTL: time.Hour, Write: []string{"*"}})
+		tr.tokens[id] = tr.token(id, relay.TokenRequest{Subject: "user-" + id, TTL: time.Hour, Write: []string{"*"}})
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -86,8 +95,8 @@ func newTestRelayOn(t *testing.T, store Store, tweak func(*Options), wrap func(n
 	return tr
 }
 
-func (tr *testRelay) token(app string, req TokenRequest) string {
-	tok, err := IssueToken(tr.apps[app], req, tr.clock.Now())
+func (tr *testRelay) token(app string, req relay.TokenRequest) string {
+	tok, err := relay.IssueToken(tr.apps[app], req, tr.clock.Now())
 	if err != nil {
 		tr.t.Fatal(err)
 	}
@@ -277,4 +286,62 @@ func (tr *testRelay) metric(name string) string {
 		}
 	}
 	return ""
+}
+
+var bsColl = relay.Coll{Tenant: "app1", Collection: "notes"}
+
+// bsEntry is an entry of made-up changes for record, at version v.
+func bsEntry(record string, base crdt.Heads, v string) relay.Entry {
+	return relay.Entry{
+		Record:  record,
+		Base:    base,
+		Changes: []byte("changes " + record + "@" + v),
+		Heads:   crdt.Heads{crdt.Hash(sha256.Sum256([]byte(record + "@" + v)))},
+	}
+}
+
+func bsAppend(t *testing.T, s relay.Store, fence uint64, now time.Time, es ...relay.Entry) uint64 {
+	t.Helper()
+	h, err := s.Append(context.Background(), bsColl, fence, now, es)
+	if err != nil {
+		t.Fatalf("Append: %v", err)
+	}
+	return h
+}
+
+// amAnswer is the relay's answer to an automerge-repo join.
+type amAnswer struct {
+	Type    string `cbor:"type"`
+	Message string `cbor:"message"`
+}
+
+// joinAM connects to /automerge/todos as an automerge-repo peer of shop's
+// read/write user, joins, and returns the connection and the relay's
+// answer (peer, or error).
+func (tr *testRelay) joinAM(t *testing.T, peer string) (*websocket.Conn, amAnswer) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q := url.Values{"api_key": {tr.apps["shop"].APIKey}, "token": {tr.tokens["shop"]}}
+	ws, _, err := websocket.Dial(ctx, strings.Replace(tr.url, "/ws", "/automerge/todos", 1)+"?"+q.Encode(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.CloseNow() })
+	join, err := cbor.Marshal(map[string]any{"type": "join", "senderId": peer, "peerMetadata": map[string]any{}, "supportedProtocolVersions": []string{"1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ws.Write(ctx, websocket.MessageBinary, join); err != nil {
+		t.Fatal(err)
+	}
+	_, b, err := ws.Read(ctx)
+	if err != nil {
+		t.Fatalf("no answer to join: %v", err)
+	}
+	var m amAnswer
+	if err := cbor.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	return ws, m
 }

@@ -1,4 +1,4 @@
-package relay
+package relay_test
 
 import (
 	"context"
@@ -14,11 +14,14 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
 func TestPushPullRoundTrip(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	a, b := tr.client("shop"), tr.client("shop")
 	ed := newEditor(t, "aa01")
 
@@ -61,7 +64,7 @@ func TestPushPullRoundTrip(t *testing.T) {
 }
 
 func TestFreshPullPagesThroughSnapshots(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	a := tr.client("shop")
 	for i := 0; i < 7; i++ {
 		ed := newEditor(t, fmt.Sprintf("%04x", i+1))
@@ -89,7 +92,7 @@ func TestFreshPullPagesThroughSnapshots(t *testing.T) {
 }
 
 func TestPushIsIdempotentAndValidated(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	a := tr.client("shop")
 	ed := newEditor(t, "aa02")
 	c1 := ed.edit(map[string]any{"v": 1})
@@ -107,7 +110,7 @@ func TestPushIsIdempotentAndValidated(t *testing.T) {
 	if ack.Seq != 2 {
 		t.Fatalf("duplicate push moved the log to %d", ack.Seq)
 	}
-	log, _ := tr.store.Log(context.Background(), Coll{"shop", "c"}, 0, 100)
+	log, _ := tr.store.Log(context.Background(), relay.Coll{Tenant: "shop", Collection: "c"}, 0, 100)
 	if len(log) != 2 {
 		t.Fatalf("log has %d entries, want 2", len(log))
 	}
@@ -125,7 +128,7 @@ func TestPushIsIdempotentAndValidated(t *testing.T) {
 			t.Errorf("%s: push accepted", name)
 		}
 	}
-	if h, _ := tr.store.Head(context.Background(), Coll{"shop", "c"}); h != 2 {
+	if h, _ := tr.store.Head(context.Background(), relay.Coll{Tenant: "shop", Collection: "c"}); h != 2 {
 		t.Fatalf("refused pushes moved the log to %d", h)
 	}
 	// And the connection still works.
@@ -133,9 +136,9 @@ func TestPushIsIdempotentAndValidated(t *testing.T) {
 }
 
 func TestConcurrentPushersLoseNothing(t *testing.T) {
-	t.Run("memory", func(t *testing.T) { concurrentPushers(t, NewMemStore(), nil) })
+	t.Run("memory", func(t *testing.T) { concurrentPushers(t, memstore.New(), nil) })
 	t.Run("badger", func(t *testing.T) {
-		st, err := OpenBadgerStore(t.TempDir(), nil) // durable: every ack is fsynced
+		st, err := badgerstore.Open(t.TempDir(), nil) // durable: every ack is fsynced
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -145,11 +148,11 @@ func TestConcurrentPushersLoseNothing(t *testing.T) {
 	// it, and is freed, as soon as no push or queued group holds it. A
 	// document freed while in use panics (crdt.ErrFreed).
 	t.Run("no cache", func(t *testing.T) {
-		concurrentPushers(t, NewMemStore(), func(o *Options) { o.DocCacheBytes = 1 })
+		concurrentPushers(t, memstore.New(), func(o *relay.Options) { o.DocCacheBytes = 1 })
 	})
 }
 
-func concurrentPushers(t *testing.T, store Store, tweak func(*Options)) {
+func concurrentPushers(t *testing.T, store relay.Store, tweak func(*relay.Options)) {
 	tr := newTestRelay(t, store, tweak)
 	const clients, pushes = 50, 10
 	var wg sync.WaitGroup
@@ -178,7 +181,7 @@ func concurrentPushers(t *testing.T, store Store, tweak func(*Options)) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	log, err := tr.store.Log(context.Background(), Coll{"shop", "c"}, 0, 10_000)
+	log, err := tr.store.Log(context.Background(), relay.Coll{Tenant: "shop", Collection: "c"}, 0, 10_000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +194,7 @@ func concurrentPushers(t *testing.T, store Store, tweak func(*Options)) {
 		}
 	}
 	// The hot record holds every client's last write.
-	doc, _, _ := Document(context.Background(), tr.store, Coll{"shop", "c"}, "hot")
+	doc, _, _ := relay.Document(context.Background(), tr.store, relay.Coll{Tenant: "shop", Collection: "c"}, "hot")
 	f := fieldsAfter(t, doc)
 	for i := 0; i < clients; i += 2 {
 		if f[fmt.Sprint("k", i)] != int64(pushes-1) {
@@ -201,7 +204,7 @@ func concurrentPushers(t *testing.T, store Store, tweak func(*Options)) {
 }
 
 func TestAppsNeverSeeEachOther(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	shop, rival := tr.client("shop"), tr.client("rival")
 	mustCall[transport.Ack](t, rival, pushOf("notes", 0, rec("secret", newEditor(t, "cc01").edit(map[string]any{"plan": "x"}))))
 	ch := mustCall[transport.Changes](t, shop, &transport.Pull{Collection: "notes"})
@@ -219,13 +222,13 @@ func TestAppsNeverSeeEachOther(t *testing.T) {
 }
 
 func TestAuthRefusals(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	shop := tr.apps["shop"]
 	good := tr.tokens["shop"]
-	expired := tr.token("shop", TokenRequest{Subject: "old", TTL: time.Minute, Write: []string{"*"}})
+	expired := tr.token("shop", relay.TokenRequest{Subject: "old", TTL: time.Minute, Write: []string{"*"}})
 	forged := good[:len(good)-4] + "AAAA"
-	otherSecret := App{ID: "shop", APIKey: shop.APIKey, Secret: strings.Repeat("x", 40)}
-	impostor, _ := IssueToken(otherSecret, TokenRequest{Subject: "eve", TTL: time.Hour, Write: []string{"*"}}, tr.clock.Now())
+	otherSecret := relay.App{ID: "shop", APIKey: shop.APIKey, Secret: strings.Repeat("x", 40)}
+	impostor, _ := relay.IssueToken(otherSecret, relay.TokenRequest{Subject: "eve", TTL: time.Hour, Write: []string{"*"}}, tr.clock.Now())
 	tr.clock.Advance(2 * time.Minute)
 
 	for name, tc := range map[string]struct {
@@ -249,9 +252,9 @@ func TestAuthRefusals(t *testing.T) {
 }
 
 func TestRightsAndTokenRefresh(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	shop := tr.apps["shop"]
-	ro := tr.token("shop", TokenRequest{Subject: "viewer", TTL: 10 * time.Minute, Read: []string{"catalog"}})
+	ro := tr.token("shop", relay.TokenRequest{Subject: "viewer", TTL: 10 * time.Minute, Read: []string{"catalog"}})
 	c, _, err := tr.dial(shop.APIKey, ro, "r1")
 	if err != nil {
 		t.Fatal(err)
@@ -277,13 +280,13 @@ func TestRightsAndTokenRefresh(t *testing.T) {
 	if _, err := call[transport.OK](t, c, &transport.Auth{Token: "junk"}); !errors.Is(err, transport.ErrUnauthenticated) {
 		t.Fatalf("auth with junk = %v", err)
 	}
-	rw := tr.token("shop", TokenRequest{Subject: "viewer", TTL: 10 * time.Minute, Write: []string{"catalog"}})
+	rw := tr.token("shop", relay.TokenRequest{Subject: "viewer", TTL: 10 * time.Minute, Write: []string{"catalog"}})
 	mustCall[transport.OK](t, c, &transport.Auth{Token: rw})
 	mustCall[transport.Ack](t, c, pushOf("catalog", 0, rec("r", data)))
 }
 
 func TestLeasesAndFencing(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	a, _, _ := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], "dev-a")
 	b, _, _ := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], "dev-b")
 	ea, eb := newEditor(t, "ee01"), newEditor(t, "ee02")
@@ -314,9 +317,9 @@ func TestLeasesAndFencing(t *testing.T) {
 
 	// A waiter gets the lease as soon as the holder releases it.
 	waiting := make(chan struct{}, 1)
-	tr.srv.hooks.leaseWaiting = func(Coll) { waiting <- struct{}{} }
+	*tr.srv.HookLeaseWaiting() = func(relay.Coll) { waiting <- struct{}{} }
 	ended := make(chan struct{}, 4)
-	tr.srv.hooks.sessionEnded = func() { ended <- struct{}{} }
+	*tr.srv.HookSessionEnded() = func() { ended <- struct{}{} }
 	got := make(chan *transport.Lease, 1)
 	go func() {
 		l, err := call[transport.Lease](t, a, &transport.LeaseAcquire{Collection: "c", TTLMS: 10_000, WaitMS: 30_000})
@@ -342,11 +345,11 @@ func TestLeasesAndFencing(t *testing.T) {
 // fence (fences are small, guessable numbers) can neither renew nor release
 // it.
 func TestLeaseBoundToHolder(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	key := tr.apps["shop"].APIKey
 	dial := func(subject, replica string) *transport.Client {
 		t.Helper()
-		c, _, err := tr.dial(key, tr.token("shop", TokenRequest{Subject: subject, TTL: time.Hour, Write: []string{"*"}}), replica)
+		c, _, err := tr.dial(key, tr.token("shop", relay.TokenRequest{Subject: subject, TTL: time.Hour, Write: []string{"*"}}), replica)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -401,7 +404,7 @@ func TestLeaseBoundToHolder(t *testing.T) {
 }
 
 func TestLiveSubscribers(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	w, sub := tr.client("shop"), tr.client("shop")
 	ed := newEditor(t, "ff01")
 	mustCall[transport.Ack](t, w, pushOf("c", 0, rec("r", ed.edit(map[string]any{"v": 1}))))
@@ -422,7 +425,7 @@ func TestLiveSubscribers(t *testing.T) {
 }
 
 func TestSlowSubscriberIsCutOff(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) {
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) {
 		o.Limits.MaxBatch = 2
 		o.MaxLag = 3
 	})
@@ -445,7 +448,7 @@ func TestSlowSubscriberIsCutOff(t *testing.T) {
 }
 
 func TestMalformedFramesCloseOnlyThatConnection(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), func(o *Options) { o.Limits.MaxFrame, o.Limits.MaxRecord = 1<<20, 512<<10 })
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.Limits.MaxFrame, o.Limits.MaxRecord = 1<<20, 512<<10 })
 	good := tr.client("shop")
 	nested := []byte{0x84, 0xa1, 'v', 0x01, 0xa4, 't', 'y', 'p', 'e', 0xa4, 'p', 'u', 's', 'h', 0xa2, 'i', 'd', 0x01, 0xa4, 'b', 'o', 'd', 'y'}
 	nested = append(nested, []byte(strings.Repeat("\xdc\xff\xff", 20000))...)
@@ -500,7 +503,7 @@ func TestMalformedFramesCloseOnlyThatConnection(t *testing.T) {
 }
 
 func TestHealthAndMetrics(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	c := tr.client("shop")
 	mustCall[transport.Ack](t, c, pushOf("c", 0, rec("r", newEditor(t, "ac01").edit(map[string]any{"v": 1}))))
 	for path, want := range map[string]string{
@@ -528,7 +531,7 @@ func TestHealthAndMetrics(t *testing.T) {
 }
 
 func TestShutdownEndsSessionsWithCode(t *testing.T) {
-	tr := newTestRelay(t, NewMemStore(), nil)
+	tr := newTestRelay(t, memstore.New(), nil)
 	c := tr.client("shop")
 	mustCall[transport.Ack](t, c, pushOf("c", 0, rec("r", newEditor(t, "ad01").edit(map[string]any{"v": 1}))))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

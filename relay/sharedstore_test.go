@@ -1,4 +1,4 @@
-package relay
+package relay_test
 
 import (
 	"context"
@@ -7,18 +7,20 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
-// sharedMem is a MemStore posing as a store other relay processes write
+// sharedMem is a memstore.Store posing as a store other relay processes write
 // to: the test writes to it directly (as another relay would) and emits
 // the events it chooses.
 type sharedMem struct {
-	*MemStore
+	*memstore.Store
 	now time.Time
 
 	mu   sync.Mutex
-	fns  map[int]func(StoreEvent)
+	fns  map[int]func(relay.StoreEvent)
 	next int
 	// reads gets the length of every Log result, so a test knows when a
 	// subscriber has read the log and is waiting.
@@ -28,16 +30,14 @@ type sharedMem struct {
 // newSharedMem returns an empty sharedMem, and turns the relay's periodic
 // sweep off for the test, so that only what the test does wakes anyone.
 func newSharedMem(t *testing.T) *sharedMem {
-	old := sweepInterval
-	sweepInterval = time.Hour
-	t.Cleanup(func() { sweepInterval = old })
-	return &sharedMem{MemStore: NewMemStore(), fns: map[int]func(StoreEvent){}, reads: make(chan int, 1024),
+	t.Cleanup(relay.SetSweepInterval(time.Hour))
+	return &sharedMem{Store: memstore.New(), fns: map[int]func(relay.StoreEvent){}, reads: make(chan int, 1024),
 		now: time.Date(2031, 5, 6, 7, 8, 9, 0, time.UTC)}
 }
 
 func (s *sharedMem) Now() time.Time { return s.now }
 
-func (s *sharedMem) Watch(fn func(StoreEvent)) func() {
+func (s *sharedMem) Watch(fn func(relay.StoreEvent)) func() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	id := s.next
@@ -50,7 +50,7 @@ func (s *sharedMem) Watch(fn func(StoreEvent)) func() {
 	}
 }
 
-func (s *sharedMem) Heads(ctx context.Context, colls []Coll) ([]uint64, error) {
+func (s *sharedMem) Heads(ctx context.Context, colls []relay.Coll) ([]uint64, error) {
 	out := make([]uint64, len(colls))
 	for i, c := range colls {
 		h, err := s.Head(ctx, c)
@@ -62,8 +62,8 @@ func (s *sharedMem) Heads(ctx context.Context, colls []Coll) ([]uint64, error) {
 	return out, nil
 }
 
-func (s *sharedMem) Log(ctx context.Context, c Coll, after uint64, limit int) ([]LogEntry, error) {
-	l, err := s.MemStore.Log(ctx, c, after, limit)
+func (s *sharedMem) Log(ctx context.Context, c relay.Coll, after uint64, limit int) ([]relay.LogEntry, error) {
+	l, err := s.Store.Log(ctx, c, after, limit)
 	select {
 	case s.reads <- len(l):
 	default:
@@ -71,9 +71,9 @@ func (s *sharedMem) Log(ctx context.Context, c Coll, after uint64, limit int) ([
 	return l, err
 }
 
-func (s *sharedMem) emit(e StoreEvent) {
+func (s *sharedMem) emit(e relay.StoreEvent) {
 	s.mu.Lock()
-	var fns []func(StoreEvent)
+	var fns []func(relay.StoreEvent)
 	for _, fn := range s.fns {
 		fns = append(fns, fn)
 	}
@@ -101,10 +101,10 @@ func (s *sharedMem) waitIdle(t *testing.T) {
 
 // appendElsewhere appends a change to record r as another relay process
 // would: straight into the store, unknown to this relay.
-func appendElsewhere(t *testing.T, st Store, c Coll, ed *editor, base crdt.Heads) crdt.Heads {
+func appendElsewhere(t *testing.T, st relay.Store, c relay.Coll, ed *editor, base crdt.Heads) crdt.Heads {
 	t.Helper()
 	data := ed.edit(map[string]any{"v": time.Now().UnixNano()})
-	if _, err := st.Append(context.Background(), c, 0, time.Now(), []Entry{{Record: "r", Base: base, Changes: data, Heads: ed.doc.Heads()}}); err != nil {
+	if _, err := st.Append(context.Background(), c, 0, time.Now(), []relay.Entry{{Record: "r", Base: base, Changes: data, Heads: ed.doc.Heads()}}); err != nil {
 		t.Fatal(err)
 	}
 	return ed.doc.Heads()
@@ -115,8 +115,8 @@ func appendElsewhere(t *testing.T, st Store, c Coll, ed *editor, base crdt.Heads
 // through the sweep of subscribed heads.
 func TestSharedStoreWakesSubscribers(t *testing.T) {
 	st := newSharedMem(t)
-	tr := newTestRelay(t, st, func(o *Options) { o.CompactInterval = -1 })
-	c := Coll{Tenant: "shop", Collection: "c"}
+	tr := newTestRelay(t, st, func(o *relay.Options) { o.CompactInterval = -1 })
+	c := relay.Coll{Tenant: "shop", Collection: "c"}
 	sub := tr.client("shop")
 	mustCall[transport.OK](t, sub, &transport.Subscribe{Collection: "c", Cursor: 0})
 	ed := newEditor(t, "ee01")
@@ -125,10 +125,10 @@ func TestSharedStoreWakesSubscribers(t *testing.T) {
 		name string
 		fn   func()
 	}{
-		{"an append event", func() { st.emit(StoreEvent{Kind: EventAppended, Coll: c}) }},
-		{"a missed-events event", func() { st.emit(StoreEvent{Kind: EventsMissed}) }},
-		{"a sweep that sees the collection first", func() { tr.srv.watch.sweep(context.Background()) }},
-		{"a sweep that sees the head move", func() { tr.srv.watch.sweep(context.Background()) }},
+		{"an append event", func() { st.emit(relay.StoreEvent{Kind: relay.EventAppended, Coll: c}) }},
+		{"a missed-events event", func() { st.emit(relay.StoreEvent{Kind: relay.EventsMissed}) }},
+		{"a sweep that sees the collection first", func() { tr.srv.Sweep(context.Background()) }},
+		{"a sweep that sees the head move", func() { tr.srv.Sweep(context.Background()) }},
 	} {
 		st.waitIdle(t)
 		heads = appendElsewhere(t, st, c, ed, heads)
@@ -141,8 +141,8 @@ func TestSharedStoreWakesSubscribers(t *testing.T) {
 	// An event of another collection wakes nobody here; the next one does.
 	st.waitIdle(t)
 	appendElsewhere(t, st, c, ed, heads)
-	st.emit(StoreEvent{Kind: EventAppended, Coll: Coll{Tenant: "shop", Collection: "other"}})
-	st.emit(StoreEvent{Kind: EventAppended, Coll: c})
+	st.emit(relay.StoreEvent{Kind: relay.EventAppended, Coll: relay.Coll{Tenant: "shop", Collection: "other"}})
+	st.emit(relay.StoreEvent{Kind: relay.EventAppended, Coll: c})
 	if lv := nextLive(t, sub); lv.Next != 5 {
 		t.Fatalf("live message %+v, want entry 5", lv)
 	}
@@ -154,8 +154,8 @@ func TestSharedStoreWakesLeaseWaiters(t *testing.T) {
 	st := newSharedMem(t)
 	tr := newTestRelay(t, st, nil)
 	waiting := make(chan struct{}, 1)
-	tr.srv.hooks.leaseWaiting = func(Coll) { waiting <- struct{}{} }
-	c := Coll{Tenant: "shop", Collection: "c"}
+	*tr.srv.HookLeaseWaiting() = func(relay.Coll) { waiting <- struct{}{} }
+	c := relay.Coll{Tenant: "shop", Collection: "c"}
 	held, err := st.Acquire(context.Background(), c, "elsewhere", time.Hour, tr.clock.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -170,7 +170,7 @@ func TestSharedStoreWakesLeaseWaiters(t *testing.T) {
 	if err := st.Release(context.Background(), c, "elsewhere", held.Fence); err != nil {
 		t.Fatal(err)
 	}
-	st.emit(StoreEvent{Kind: EventLeaseReleased, Coll: c})
+	st.emit(relay.StoreEvent{Kind: relay.EventLeaseReleased, Coll: c})
 	select {
 	case err := <-got:
 		if err != nil {
@@ -185,15 +185,15 @@ func TestSharedStoreWakesLeaseWaiters(t *testing.T) {
 // from it, and stops watching the store's events when closed.
 func TestSharedStoreClockAndClose(t *testing.T) {
 	st := newSharedMem(t)
-	auth, err := NewAuth([]App{NewApp("shop")}, nil)
+	auth, err := relay.NewAuth([]relay.App{relay.NewApp("shop")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := NewServer(&Options{Store: st, Auth: auth})
+	srv, err := relay.NewServer(&relay.Options{Store: st, Auth: auth})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := srv.now(); !got.Equal(st.now) {
+	if got := srv.Clock(); !got.Equal(st.now) {
 		t.Errorf("relay's clock reads %v, want the store's %v", got, st.now)
 	}
 	st.mu.Lock()
@@ -210,15 +210,15 @@ func TestSharedStoreClockAndClose(t *testing.T) {
 		t.Fatalf("%d watchers left after Close", watchers)
 	}
 	// A store without events or clock: no watch, the system clock.
-	srv, err = NewServer(&Options{Store: NewMemStore(), Auth: auth})
+	srv, err = relay.NewServer(&relay.Options{Store: memstore.New(), Auth: auth})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	if srv.watch != nil {
+	if srv.Watching() {
 		t.Fatal("a watch on a store without events")
 	}
-	if d := time.Since(srv.now()); d < -time.Minute || d > time.Minute {
+	if d := time.Since(srv.Clock()); d < -time.Minute || d > time.Minute {
 		t.Fatalf("relay's clock is %v off the system's", d)
 	}
 }

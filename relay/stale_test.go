@@ -1,4 +1,4 @@
-package relay
+package relay_test
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -21,31 +23,31 @@ import (
 // lets the test deliver the other relay's events (StoreEvents) by hand,
 // and counts appends refused with ErrConflict.
 type sharedStore struct {
-	Store
+	relay.Store
 	conflicts atomic.Int64
 
 	mu  sync.Mutex
-	fns []func(StoreEvent)
+	fns []func(relay.StoreEvent)
 }
 
-var _ StoreEvents = (*sharedStore)(nil)
+var _ relay.StoreEvents = (*sharedStore)(nil)
 
-func (s *sharedStore) Append(ctx context.Context, c Coll, fence uint64, now time.Time, entries []Entry) (uint64, error) {
+func (s *sharedStore) Append(ctx context.Context, c relay.Coll, fence uint64, now time.Time, entries []relay.Entry) (uint64, error) {
 	seq, err := s.Store.Append(ctx, c, fence, now, entries)
-	if errors.Is(err, ErrConflict) {
+	if errors.Is(err, relay.ErrConflict) {
 		s.conflicts.Add(1)
 	}
 	return seq, err
 }
 
-func (s *sharedStore) Watch(fn func(StoreEvent)) (stop func()) {
+func (s *sharedStore) Watch(fn func(relay.StoreEvent)) (stop func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.fns = append(s.fns, fn)
 	return func() {}
 }
 
-func (s *sharedStore) Heads(ctx context.Context, colls []Coll) ([]uint64, error) {
+func (s *sharedStore) Heads(ctx context.Context, colls []relay.Coll) ([]uint64, error) {
 	out := make([]uint64, len(colls))
 	for i, c := range colls {
 		h, err := s.Head(ctx, c)
@@ -64,21 +66,21 @@ type headsStore struct {
 	records, heads atomic.Int64
 }
 
-var _ StoreRecordHeads = (*headsStore)(nil)
+var _ relay.StoreRecordHeads = (*headsStore)(nil)
 
-func (s *headsStore) Record(ctx context.Context, c Coll, id string) (Record, error) {
+func (s *headsStore) Record(ctx context.Context, c relay.Coll, id string) (relay.Record, error) {
 	s.records.Add(1)
 	return s.sharedStore.Record(ctx, c, id)
 }
 
-func (s *headsStore) RecordHeads(ctx context.Context, c Coll, id string) (crdt.Heads, error) {
+func (s *headsStore) RecordHeads(ctx context.Context, c relay.Coll, id string) (crdt.Heads, error) {
 	s.heads.Add(1)
 	r, err := s.sharedStore.Record(ctx, c, id)
 	return r.Heads, err
 }
 
 // event tells the relay on s what another relay did.
-func (s *sharedStore) event(e StoreEvent) {
+func (s *sharedStore) event(e relay.StoreEvent) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, fn := range s.fns {
@@ -87,7 +89,7 @@ func (s *sharedStore) event(e StoreEvent) {
 }
 
 // unclosed keeps a store open when one relay sharing it closes it.
-type unclosed struct{ Store }
+type unclosed struct{ relay.Store }
 
 func (unclosed) Close() error { return nil }
 
@@ -108,7 +110,7 @@ func (e *editor) pulled(data []byte) {
 // A's second edit depends on B's: the relay must read the record from the
 // store before it refuses the push for a missing dependency.
 func TestPushBuildsOnAnotherRelaysAppend(t *testing.T) {
-	store := NewMemStore()
+	store := memstore.New()
 	relays := []*testRelay{newTestRelay(t, unclosed{store}, nil), newTestRelay(t, store, nil)}
 	editors := []*editor{newEditor(t, "aaaa"), newEditor(t, "bbbb")}
 	clients := []*transport.Client{relays[0].client("shop"), relays[1].client("shop")}
@@ -123,7 +125,7 @@ func TestPushBuildsOnAnotherRelaysAppend(t *testing.T) {
 			t.Fatalf("turn %d, through relay %d: %v", turn+1, i+1, err)
 		}
 	}
-	r, err := store.Record(context.Background(), Coll{"shop", "notes"}, "w")
+	r, err := store.Record(context.Background(), relay.Coll{"shop", "notes"}, "w")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,9 +168,9 @@ func (l *logRecords) find(level slog.Level, msg string) (map[string]string, bool
 // store holds is still refused, once the store was read, and the refusal
 // is logged at WARN with its collection and record (and no token).
 func TestPushMissingDependencyRefusedAfterReadingStore(t *testing.T) {
-	store := NewMemStore()
+	store := memstore.New()
 	logs := &logRecords{}
-	tr := newTestRelay(t, store, func(o *Options) { o.Logger = slog.New(logs) })
+	tr := newTestRelay(t, store, func(o *relay.Options) { o.Logger = slog.New(logs) })
 	c := tr.client("shop")
 	a := newEditor(t, "aaaa")
 	mustCall[transport.Ack](t, c, pushOf("notes", 0, rec("w", a.edit(map[string]any{"n": int64(1)}))))
@@ -195,19 +197,19 @@ func TestPushMissingDependencyRefusedAfterReadingStore(t *testing.T) {
 // at once, instead of being refused by the store as a conflict and merged
 // again.
 func TestStoreEventRefreshesCachedRecord(t *testing.T) {
-	mem := NewMemStore()
+	mem := memstore.New()
 	shared := &sharedStore{Store: unclosed{mem}}
 	relays := []*testRelay{newTestRelay(t, shared, nil), newTestRelay(t, mem, nil)}
 	a, b := newEditor(t, "aaaa"), newEditor(t, "bbbb")
 	ca, cb := relays[0].client("shop"), relays[1].client("shop")
 	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.edit(map[string]any{"a": int64(1)}))))
 	mustCall[transport.Ack](t, cb, pushOf("notes", 0, rec("w", b.edit(map[string]any{"b": int64(1)}))))
-	shared.event(StoreEvent{Kind: EventAppended, Coll: Coll{"shop", "notes"}})
+	shared.event(relay.StoreEvent{Kind: relay.EventAppended, Coll: relay.Coll{"shop", "notes"}})
 	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.edit(map[string]any{"a": int64(2)}))))
 	if n := shared.conflicts.Load(); n != 0 {
 		t.Fatalf("relay 1's appends refused as conflicts: %d, want 0", n)
 	}
-	r, err := mem.Record(context.Background(), Coll{"shop", "notes"}, "w")
+	r, err := mem.Record(context.Background(), relay.Coll{"shop", "notes"}, "w")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +232,7 @@ func TestStoreEventRefreshesCachedRecord(t *testing.T) {
 // the push is judged, and both pushes then go through (the queued one
 // merged again, once the store refuses its group as a conflict).
 func TestPushOntoQueuedRecordBuildsOnAnotherRelaysAppend(t *testing.T) {
-	store := NewMemStore()
+	store := memstore.New()
 	gated := &gatedStore{Store: unclosed{store}, usages: map[string]int{}}
 	relays := []*testRelay{newTestRelay(t, gated, nil), newTestRelay(t, store, nil)}
 	a, b, c := newEditor(t, "aaaa"), newEditor(t, "bbbb"), newEditor(t, "cccc")
@@ -249,7 +251,7 @@ func TestPushOntoQueuedRecordBuildsOnAnotherRelaysAppend(t *testing.T) {
 	var armed atomic.Bool
 	armed.Store(true)
 	gated.set(func(g *gatedStore) {
-		g.onAppend = func(Coll) error {
+		g.onAppend = func(relay.Coll) error {
 			if armed.CompareAndSwap(true, false) {
 				entered <- struct{}{}
 				<-release
@@ -263,7 +265,7 @@ func TestPushOntoQueuedRecordBuildsOnAnotherRelaysAppend(t *testing.T) {
 		queued <- err
 	}()
 	<-entered // A's push is queued on relay 1's outdated copy of w
-	joined := relays[0].watchQueue(Coll{"shop", "notes"})
+	joined := relays[0].watchQueue(relay.Coll{"shop", "notes"})
 	c.pulled(first)
 	c.pulled(fromB)
 	depending := make(chan error, 1)
@@ -283,7 +285,7 @@ func TestPushOntoQueuedRecordBuildsOnAnotherRelaysAppend(t *testing.T) {
 	if err := <-depending; err != nil {
 		t.Fatalf("C's push, building on B's edit through relay 2: %v", err)
 	}
-	r, err := store.Record(context.Background(), Coll{"shop", "notes"}, "w")
+	r, err := store.Record(context.Background(), relay.Coll{"shop", "notes"}, "w")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,14 +299,14 @@ func TestPushOntoQueuedRecordBuildsOnAnotherRelaysAppend(t *testing.T) {
 // push to a record relay 1 holds loaded checks it by its heads alone, and
 // keeps it: no whole-record read, no reload.
 func TestStoreEventCheckReadsHeadsOnly(t *testing.T) {
-	mem := NewMemStore()
+	mem := memstore.New()
 	hs := &headsStore{sharedStore: &sharedStore{Store: unclosed{mem}}}
 	relays := []*testRelay{newTestRelay(t, hs, nil), newTestRelay(t, mem, nil)}
 	a, b := newEditor(t, "aaaa"), newEditor(t, "bbbb")
 	ca, cb := relays[0].client("shop"), relays[1].client("shop")
 	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.edit(map[string]any{"a": int64(1)}))))
 	mustCall[transport.Ack](t, cb, pushOf("notes", 0, rec("v", b.edit(map[string]any{"b": int64(1)}))))
-	hs.event(StoreEvent{Kind: EventAppended, Coll: Coll{"shop", "notes"}})
+	hs.event(relay.StoreEvent{Kind: relay.EventAppended, Coll: relay.Coll{"shop", "notes"}})
 	records := hs.records.Load()
 	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.edit(map[string]any{"a": int64(2)}))))
 	if n := hs.records.Load() - records; n != 0 {

@@ -20,7 +20,7 @@ import (
 type Store interface {
 	// Incarnation identifies this copy of the store's data. It is fixed when
 	// the store is created and changes when the data is restored from a
-	// backup (see RestoreBadgerStore), so devices can tell that cursors and
+	// backup (see badgerstore.Restore), so devices can tell that cursors and
 	// acknowledged heads they hold may not match the log any more.
 	Incarnation() string
 
@@ -203,6 +203,11 @@ type Lease struct {
 	Fence   uint64
 	Expires time.Time
 }
+
+// Live reports whether the lease still holds its collection at now: a
+// lease is held while now is before Expires, and at Expires it has lapsed.
+// Every Store decides by it.
+func (l Lease) Live(now time.Time) bool { return now.Before(l.Expires) }
 
 // StoreStats sizes a store.
 type StoreStats struct {

@@ -6,8 +6,8 @@ import (
 	"time"
 )
 
-// Errors a Store or BadgerStore may return besides those the Store
-// methods' contracts name (ErrStaleFence, ErrLeaseHeld, ErrConflict,
+// Errors a Store may return besides those the Store methods' contracts
+// name (ErrStaleFence, ErrLeaseHeld, ErrConflict,
 // ErrTruncated, ErrNotFound, ErrStoreClosed).
 var (
 	// ErrInvalidArg means a Store method was given an argument it refuses:
@@ -24,9 +24,9 @@ var (
 	// ErrNewerStoreFormat means the store was written by a newer Ferry whose
 	// format this version cannot read. Nothing in it was changed.
 	ErrNewerStoreFormat = errors.New("relay: store written by a newer format version")
-	// ErrStoreDamaged means the store's folder is damaged: OpenBadgerStore
-	// found a file missing, cut short or failing its checksums, or a read
-	// found a stored value that does not decode. Nothing was changed. The
+	// ErrStoreDamaged means the store is damaged: opening it found a file
+	// missing, cut short or failing its checksums, or a read found a
+	// stored value that does not decode. Nothing was changed. The
 	// error names the folder or the value and what is wrong.
 	ErrStoreDamaged = errors.New("relay: store is damaged")
 )
@@ -82,18 +82,21 @@ func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
 // Unwrap returns ErrConflict.
 func (e *ConflictError) Unwrap() error { return ErrConflict }
 
-// Argument checks shared by every Store in this package, so they refuse the
-// same inputs. NUL is refused in every name: the Badger key layout uses it as
-// a separator, and PostgreSQL text cannot hold it.
+// Argument checks every Store makes, so that all refuse the same inputs
+// with the same ErrInvalidArg. NUL is refused in every name: the Badger
+// key layout uses it as a separator, and PostgreSQL text cannot hold it.
 
-func checkColl(c Coll) error {
-	if err := checkName("tenant", c.Tenant); err != nil {
+// CheckColl refuses an empty tenant or collection name, or one holding NUL.
+func CheckColl(c Coll) error {
+	if err := CheckName("tenant", c.Tenant); err != nil {
 		return err
 	}
-	return checkName("collection", c.Collection)
+	return CheckName("collection", c.Collection)
 }
 
-func checkName(what, s string) error {
+// CheckName refuses an empty name, or one holding NUL; what names the
+// argument in the error ("record", "holder", ...).
+func CheckName(what, s string) error {
 	if s == "" {
 		return fmt.Errorf("%w: empty %s", ErrInvalidArg, what)
 	}
@@ -105,12 +108,18 @@ func checkName(what, s string) error {
 	return nil
 }
 
-func checkEntries(entries []Entry) error {
+// CheckAppend refuses the arguments of an Append that every store
+// refuses: a bad collection (see CheckColl), no entries, or an entry with
+// a bad record name, no changes or no heads.
+func CheckAppend(c Coll, entries []Entry) error {
+	if err := CheckColl(c); err != nil {
+		return err
+	}
 	if len(entries) == 0 {
 		return fmt.Errorf("%w: append of no entries", ErrInvalidArg)
 	}
 	for i, e := range entries {
-		if err := checkName("record", e.Record); err != nil {
+		if err := CheckName("record", e.Record); err != nil {
 			return fmt.Errorf("entry %d: %w", i, err)
 		}
 		if len(e.Changes) == 0 {
@@ -125,8 +134,9 @@ func checkEntries(entries []Entry) error {
 	return nil
 }
 
-func checkLeaseArgs(holder string, ttl time.Duration) error {
-	if err := checkName("holder", holder); err != nil {
+// CheckLease refuses a bad holder name or a TTL that is not positive.
+func CheckLease(holder string, ttl time.Duration) error {
+	if err := CheckName("holder", holder); err != nil {
 		return err
 	}
 	if ttl <= 0 {
@@ -134,7 +144,3 @@ func checkLeaseArgs(holder string, ttl time.Duration) error {
 	}
 	return nil
 }
-
-// leaseLive reports whether l still holds its collection at now. A lease is
-// held while now is before Expires: at Expires it has lapsed.
-func leaseLive(l Lease, now time.Time) bool { return now.Before(l.Expires) }

@@ -18,6 +18,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/relay/relaytest"
 )
 
@@ -165,7 +166,7 @@ func TestConvergenceLiveFaultyBadger(t *testing.T) {
 			dir := t.TempDir()
 			synctest.Test(t, func(t *testing.T) {
 				w := newConvWorld(t, seed, convConfig{live: true, faults: true})
-				store, err := relay.OpenBadgerStore(dir, &relay.BadgerOptions{GCInterval: -1})
+				store, err := badgerstore.Open(dir, &badgerstore.Options{GCInterval: -1})
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -59,7 +59,8 @@ type syncer struct {
 
 	syncs atomic.Int64 // syncs run, for tests
 
-	run func() error // syncNow; tests replace it
+	run      func() error            // syncNow; tests replace it
+	fsyncLog func(path string) error // fsyncFile; tests replace it
 
 	mu      sync.Mutex
 	cond    sync.Cond
@@ -81,6 +82,7 @@ func newSyncer(db *badger.DB, dir string, off bool) *syncer {
 	s := &syncer{db: db, dir: dir, off: off || dir == "", seen: map[string]uint64{}}
 	s.cond.L = &s.mu
 	s.run = s.syncNow
+	s.fsyncLog = fsyncFile
 	return s
 }
 
@@ -133,8 +135,8 @@ func (s *syncer) syncNow() error {
 		return err
 	}
 	for _, name := range rotated(logs, s.seen) {
-		if err := fsyncFile(filepath.Join(s.dir, name)); err != nil {
-			return err
+		if err := s.fsyncLog(filepath.Join(s.dir, name)); err != nil {
+			return fmt.Errorf("fsync %s: %w", name, err)
 		}
 	}
 	return nil

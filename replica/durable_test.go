@@ -3,6 +3,8 @@ package replica
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -201,5 +203,48 @@ func TestLiveEditFsyncs(t *testing.T) {
 	var m map[string]any
 	if err := (&Collection{r: devB, name: "c"}).Get("x", &m); err != nil || m["n"] != int64(2) {
 		t.Fatalf("B's x = %v, %v", m, err)
+	}
+}
+
+// TestSyncFsyncsRotatedLogs: a sync fsyncs, after DB.Sync, each log of the
+// store's folder that is no longer the newest of its kind and was not
+// fsynced by an earlier sync, and fails if one cannot be.
+func TestSyncFsyncsRotatedLogs(t *testing.T) {
+	r := open(t, t.TempDir(), nil)
+	dir := t.TempDir() // the logs the syncer lists, beside a real Badger's DB.Sync
+	s := newSyncer(r.db, dir, false)
+	var fsynced []string
+	var fail error
+	s.fsyncLog = func(path string) error {
+		fsynced = append(fsynced, filepath.Base(path))
+		return fail
+	}
+	touch := func(names ...string) {
+		for _, n := range names {
+			if err := os.WriteFile(filepath.Join(dir, n), nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	step := func(want ...string) {
+		t.Helper()
+		fsynced = nil
+		if err := s.sync(); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(fsynced, want) {
+			t.Fatalf("fsynced %v, want %v", fsynced, want)
+		}
+	}
+	touch("00001.mem", "00002.mem", "000001.vlog", "000002.vlog", "MANIFEST", "000001.sst")
+	step("000001.vlog", "00001.mem") // the older of each kind; the newest DB.Sync covers
+	step()                           // nothing rotated since
+	touch("00003.mem")
+	step("00002.mem")
+
+	fail = errors.New("disk on fire")
+	touch("00004.mem")
+	if err := s.sync(); !errors.Is(err, fail) {
+		t.Fatalf("sync = %v, want the fsync's error", err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 )
 
 // A record imported whole has exactly the sender's version: nothing of the
@@ -142,7 +143,7 @@ func (s *gatedStore) Append(ctx context.Context, c relay.Coll, fence uint64, now
 // every sync works.
 func TestSyncsOfOneCollectionDoNotInterleave(t *testing.T) {
 	e := newSyncEnv(t)
-	gate := &gatedStore{Store: relay.NewMemStore(), entered: make(chan struct{}, 1), open: make(chan struct{})}
+	gate := &gatedStore{Store: memstore.New(), entered: make(chan struct{}, 1), open: make(chan struct{})}
 	e.swap(gate)
 	r := e.device(nil)
 	refresh := e.profile("refresh")

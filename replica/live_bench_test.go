@@ -11,7 +11,8 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
-	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
+	"github.com/ferrysync/ferry/relay/memstore"
 )
 
 // liveSource makes the changes a relay would send a device: n records,
@@ -98,7 +99,18 @@ func BenchmarkLiveApply(b *testing.B) {
 // token.
 func benchRelay(tb testing.TB) (Profile, *Options) {
 	tb.Helper()
-	return benchRelayOn(tb, relay.NewMemStore())
+	return benchRelayOn(tb, memstore.New())
+}
+
+// durableRelay is benchRelay on a Badger store on disk that fsyncs each
+// append before acknowledging it, as `ferry relay` runs.
+func durableRelay(tb testing.TB) (Profile, *Options) {
+	tb.Helper()
+	store, err := badgerstore.Open(tb.TempDir(), &badgerstore.Options{GCInterval: -1})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return benchRelayOn(tb, store)
 }
 
 // waitFor reads f until an event for id with heads arrives.
@@ -123,10 +135,12 @@ func waitFor(tb testing.TB, f *Feed, id string, heads crdt.Heads) {
 // BenchmarkLiveRoundTrip edits a record on one device and waits until
 // another, both live through a relay on loopback, has applied the edit:
 // device A's durable commit, its push and the acknowledgement's
-// bookkeeping, the relay, device B's apply and cursor. One edit at a
-// time, so the figure is the latency of one edit reaching another device.
+// bookkeeping, the relay's durable append (a Badger store on disk), device
+// B's apply and cursor (not fsynced: the relay can send them again). Two
+// fsyncs in all. One edit at a time, so the figure is the latency of one
+// edit reaching another device.
 func BenchmarkLiveRoundTrip(b *testing.B) {
-	p, o := benchRelay(b)
+	p, o := durableRelay(b)
 	devA, devB := open(b, b.TempDir(), o), open(b, b.TempDir(), o)
 	feedB := (&Collection{r: devB, name: "c"}).Watch(1 << 16)
 	defer feedB.Close()

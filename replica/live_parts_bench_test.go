@@ -27,6 +27,8 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
+	"github.com/ferrysync/ferry/relay/memstore"
 )
 
 // partsVariant is one way of running a path with some of its fsyncs off.
@@ -52,9 +54,9 @@ func (v partsVariant) start(b *testing.B, mode policy.Mode) (Profile, func() *Re
 	var err error
 	switch v.relayStore {
 	case "memory":
-		store = relay.NewMemStore()
+		store = memstore.New()
 	default:
-		store, err = relay.OpenBadgerStore(filepath.Join(b.TempDir(), "relay"), &relay.BadgerOptions{GCInterval: -1, Relaxed: v.relayStore == "badger-relaxed"})
+		store, err = badgerstore.Open(filepath.Join(b.TempDir(), "relay"), &badgerstore.Options{GCInterval: -1, Relaxed: v.relayStore == "badger-relaxed"})
 		if err != nil {
 			b.Fatal(err)
 		}

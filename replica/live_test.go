@@ -11,6 +11,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 )
 
 // appendSignal is a relay store that sends the records of every append
@@ -39,7 +40,7 @@ func (s *appendSignal) Append(ctx context.Context, c relay.Coll, fence uint64, n
 // beside the profile whose hook failed.
 func TestLivePushHoldsBackARecordWhoseHookFailed(t *testing.T) {
 	e := newSyncEnv(t)
-	store := &appendSignal{Store: relay.NewMemStore(), appended: make(chan []string, 64)}
+	store := &appendSignal{Store: memstore.New(), appended: make(chan []string, 64)}
 	e.swap(store)
 	var fail atomic.Bool
 	fail.Store(true)

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/policy"
-	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -117,7 +117,7 @@ func TestPresenceRepublishedAfterRelayRestart(t *testing.T) {
 	b := e.liveDevice(o)
 	a.Collection("c").SetPresence("doc1", map[string]any{"user": "ann"})
 	waitPeers(t, b, "doc1", 1)
-	e.swap(relay.NewMemStore()) // a new relay process: it knows no presence
+	e.swap(memstore.New()) // a new relay process: it knows no presence
 	// b forgot a when its connection ended, and learns her again once
 	// both reconnect: from a's first message if b was subscribed by
 	// then, or else from her next heartbeat.

@@ -11,6 +11,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 )
 
 // syncWithin runs a sync and fails the test if it has not returned by d: a
@@ -278,7 +279,7 @@ func (s *appendLog) Append(ctx context.Context, c relay.Coll, fence uint64, now 
 // without a fence by a push that holds no lease.
 func TestResolutionIsNeverPushedWithoutALease(t *testing.T) {
 	e := newSyncEnv(t)
-	log := &appendLog{Store: relay.NewMemStore(), fences: map[string][]uint64{}}
+	log := &appendLog{Store: memstore.New(), fences: map[string][]uint64{}}
 	e.swap(log)
 	// The hook decides a value neither side wrote, so the resolution is a
 	// change of its own, whichever side Automerge's merge shows.

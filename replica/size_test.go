@@ -13,6 +13,7 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -83,7 +84,7 @@ func TestRecordLimitIsOnSavedSize(t *testing.T) {
 func TestSyncRecordUpToMaxRecord(t *testing.T) {
 	const maxRecord = 64 << 10
 	e := newSyncEnv(t)
-	e.swapWith(relay.NewMemStore(), func(o *relay.Options) {
+	e.swapWith(memstore.New(), func(o *relay.Options) {
 		o.Limits = transport.Limits{MaxRecord: maxRecord, MaxFrame: maxRecord + transport.FrameOverhead}
 	})
 	a := e.device(nil)
@@ -175,7 +176,7 @@ func TestPushRetriesConflict(t *testing.T) {
 	e := newSyncEnv(t)
 	// The relay merges a push at most 8 times: the first push is answered
 	// conflict, the second goes through on its second merge.
-	st := &conflictStore{Store: relay.NewMemStore(), n: 9}
+	st := &conflictStore{Store: memstore.New(), n: 9}
 	e.swapWith(st, func(*relay.Options) {})
 	a := e.device(nil)
 	if err := coll(t, a, "c").Put("r", map[string]any{"v": 1}); err != nil {

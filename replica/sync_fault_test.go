@@ -14,6 +14,8 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -183,7 +185,7 @@ func newFaultRelay(t *testing.T, limits transport.Limits) *faultRelay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &faultRelay{t: t, store: &faultStore{Store: relay.NewMemStore()}, tenant: app.ID}
+	f := &faultRelay{t: t, store: &faultStore{Store: memstore.New()}, tenant: app.ID}
 	f.opts = relay.Options{Store: f.store, Auth: auth, Limits: limits, PingInterval: -1}
 	f.start()
 	f.proxy = newFaultProxy(t, f.hs.Listener.Addr().String())
@@ -503,14 +505,14 @@ type liveRelay struct {
 	dir   string
 	addr  string
 	opts  relay.Options
-	store *relay.BadgerStore
+	store *badgerstore.Store
 	srv   *relay.Server
 	hs    *httptest.Server
 }
 
 func (l *liveRelay) start() {
 	l.t.Helper()
-	st, err := relay.OpenBadgerStore(l.dir, nil)
+	st, err := badgerstore.Open(l.dir, nil)
 	if err != nil {
 		l.t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -251,7 +252,7 @@ func TestRestoredRelayTriggersSlowSync(t *testing.T) {
 
 	// The relay is restored from a backup taken before any of this: an
 	// empty store with a new incarnation. Both devices hold data it lacks.
-	e.swap(relay.NewMemStore())
+	e.swap(memstore.New())
 	cb.Create("while-down", map[string]any{"v": 3})
 	st := mustSync(t, a, "p")
 	if c := stat(st, "c"); c.Type != policy.Slow {

@@ -11,6 +11,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/relay/relaytest"
 )
 
@@ -109,7 +110,7 @@ func liveDevice(t *testing.T, rl *relaytest.Relay, hc *http.Client, o Options) *
 // reaches the other device, nothing stays pending, and no error is left.
 func TestLiveDevicesOnTwoRelaysConverge(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		mem := relay.NewMemStore()
+		mem := memstore.New()
 		t.Cleanup(func() { mem.Close() })
 		s1, s2 := linkedPair(mem)
 		rl1 := relaytest.Start(t, &relaytest.Options{Store: s1, Pipe: true})

@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 )
 
 // BackupCommand writes a backup of a stopped relay's data folder to a file:
@@ -182,7 +182,7 @@ func restoreInto(data string, b *backupFile) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := relay.RestoreBadgerStore(tmp, r); err != nil {
+	if err := badgerstore.Restore(tmp, r); err != nil {
 		return err
 	}
 	if app := b.manifest.DevApp; app != nil {

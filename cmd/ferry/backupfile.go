@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferrysync/ferry/internal/badgerdir"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 )
 
 // A backup file holds everything in a relay's data folder that the relay
@@ -68,7 +69,7 @@ func writeBackup(w io.Writer, data string, now time.Time) (backupManifest, strin
 	bw.WriteString(backupMagic)
 	bw.Write(line)
 	bw.WriteByte('\n')
-	inc, err := relay.BackupBadgerDir(storeDir(data), bw)
+	inc, err := badgerstore.BackupDir(storeDir(data), bw)
 	if err != nil {
 		return m, "", err
 	}

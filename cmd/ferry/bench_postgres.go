@@ -100,10 +100,10 @@ func (bp benchPostgres) write(w io.Writer, runs [][]*bench.Result, jsonOut bool,
 	return writeComparison(w, runs)
 }
 
-// writeComparison lists every timed metric of the Badger run with each
-// PostgreSQL run's figure and its ratio to the Badger relay's: the two
-// figures' ratios to the same floor divided, so 1 means as fast, 0.5 half
-// as fast (twice the time, or half the rate), whatever the metric.
+// writeComparison lists every time, latency and rate of the Badger run
+// with each PostgreSQL run's figure and its ratio to the Badger relay's:
+// Badger's time ÷ this time, or this rate ÷ Badger's, so 1 means as fast,
+// 0.5 half as fast, whatever the metric.
 func writeComparison(w io.Writer, runs [][]*bench.Result) error {
 	if len(runs) < 2 || len(runs[0]) == 0 {
 		return nil
@@ -130,7 +130,7 @@ func writeComparison(w io.Writer, runs [][]*bench.Result) error {
 			continue
 		}
 		for _, m := range base.Metrics {
-			if m.Ratio <= 0 || strings.HasSuffix(m.Name, "_wire") || strings.HasSuffix(m.Name, "_payload") {
+			if speed(m, m) == 0 {
 				continue
 			}
 			v, u := bench.Display(m)
@@ -145,15 +145,31 @@ func writeComparison(w io.Writer, runs [][]*bench.Result) error {
 				if r != nil {
 					pm, ok = r.Metric(m.Name)
 				}
-				if !ok || pm.Ratio <= 0 {
+				if !ok || speed(m, pm) == 0 {
 					fmt.Fprint(tw, "-\t-\t")
 					continue
 				}
 				pv, pu := bench.Display(pm)
-				fmt.Fprintf(tw, "%s %s\t%.2f\t", pv, pu, pm.Ratio/m.Ratio)
+				fmt.Fprintf(tw, "%s %s\t%.2f\t", pv, pu, speed(m, pm))
 			}
 			fmt.Fprintln(tw)
 		}
 	}
 	return tw.Flush()
+}
+
+// speed is how fast b is against a, two figures of one metric: a's time
+// ÷ b's for a time (unit s, or s per something), b's rate ÷ a's for a
+// rate (unit per s); 0 for other metrics, or a figure of 0.
+func speed(a, b bench.Metric) float64 {
+	if a.Value <= 0 || b.Value <= 0 || a.Unit != b.Unit {
+		return 0
+	}
+	switch {
+	case a.Unit == "s" || strings.HasPrefix(a.Unit, "s/"):
+		return a.Value / b.Value
+	case strings.HasSuffix(a.Unit, "/s"):
+		return b.Value / a.Value
+	}
+	return 0
 }

@@ -63,7 +63,7 @@ func TestBenchPostgres(t *testing.T) {
 	}
 
 	table, progress := run()
-	for _, s := range []string{"PostgreSQL against the Badger relay", "postgres x2", "ingest_rate", "latency_p99", "relay: postgres x1"} {
+	for _, s := range []string{"PostgreSQL against the Badger relay", "postgres x2", "ingest_rate", "latency_p99", "fanout_p50", "relay: postgres x1"} {
 		if !strings.Contains(table, s) {
 			t.Errorf("table lacks %q:\n%s", s, table)
 		}

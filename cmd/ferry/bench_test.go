@@ -26,12 +26,17 @@ func TestBenchTable(t *testing.T) {
 	if err := run(ctx, append([]string{"bench"}, tinyBench(t)...), &out, &errb); err != nil {
 		t.Fatalf("bench: %v\nstderr:\n%s", err, errb.String())
 	}
-	for _, want := range []string{"floor (W0, same run): 30 changes", "workload", "ratio to W0", "fresh_pull", "latency_p99", "conflicts", "fanout_p50", "relay: in-process"} {
+	for _, want := range []string{"floor (W0, same run): 30 creation changes", "median of 5 runs", "relay: in-process",
+		"workload  ", "metric", "ratio", "target", "met?",
+		"W1 bulk, 30 records", "fresh pull by a new replica", "ratio ≥ 0.5",
+		"W2 live, 5 updates", "latency p50 / p99 / max", "p50 ≤ 1 ms",
+		"W3 merge, 2 × 5 edits on 5 records", "syncs / conflicts resolved",
+		"W4 ingest, 3 clients, 2 subscribers", "fan-out, send to last subscriber"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
-	for _, w := range []string{"W5", "W2L"} {
+	for _, w := range []string{"\nW5 ", "\nW2L ", "\nW5:", "\nW2L:"} {
 		if strings.Contains(out.String(), w) {
 			t.Errorf("%s ran by default:\n%s", w, out.String())
 		}
@@ -125,16 +130,53 @@ func TestBenchHistory(t *testing.T) {
 	}
 }
 
+// TestBenchFlags: a command line bench cannot honour is a usage error
+// (exit 2) that names the flag, before anything runs.
 func TestBenchFlags(t *testing.T) {
-	for _, args := range [][]string{
-		{"--workloads", "W9"},
-		{"--relay", "ws://127.0.0.1:1/ws"},
-		{"--relay", "ws://127.0.0.1:1/ws", "--api-key", "k", "--token", "t", "--child"},
-		{"extra"},
+	for _, c := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"--workloads", "W9"}, "W9"},
+		{[]string{"--relay", "ws://127.0.0.1:1/ws"}, "--api-key"},
+		{[]string{"--relay", "ws://127.0.0.1:1/ws", "--api-key", "k", "--token", "t", "--child"}, "--child"},
+		{[]string{"extra"}, "extra"},
+		{[]string{"--records", "-5"}, "--records -5"},
+		{[]string{"--records", "0"}, "--records 0"},
+		{[]string{"--updates", "0"}, "--updates 0"},
+		{[]string{"--history", "-1"}, "--history -1"},
+		{[]string{"--merge-records", "0"}, "--merge-records 0"},
+		{[]string{"--clients", "0"}, "--clients 0"},
+		{[]string{"--subscribers", "-2"}, "--subscribers -2"},
+		{[]string{"--batch", "0"}, "--batch 0"},
+		{[]string{"--max-growth", "-1"}, "--max-growth -1"},
+		{[]string{"--relays", "2"}, "--postgres"},
+		{[]string{"--token", "t"}, "--relay"},
 	} {
 		var out, errb bytes.Buffer
-		if err := run(context.Background(), append([]string{"bench"}, args...), &out, &errb); err == nil {
-			t.Errorf("bench %v: no error", args)
+		if code := runMain(context.Background(), append([]string{"bench"}, c.args...), &out, &errb); code != exitUsage || !strings.Contains(errb.String(), c.says) {
+			t.Errorf("bench %v: exit %d, stderr %q; want %d, naming %q", c.args, code, errb.String(), exitUsage, c.says)
 		}
+		if out.Len() > 0 {
+			t.Errorf("bench %v printed %q", c.args, out.String())
+		}
+	}
+}
+
+// TestBenchIgnoredSizes: a size flag for a workload not run is named on
+// stderr as ignored; the run goes on.
+func TestBenchIgnoredSizes(t *testing.T) {
+	var out, errb bytes.Buffer
+	args := append([]string{"bench", "--workloads", "W0", "--history", "20", "--merge-records", "3"}, tinyBench(t)...)
+	if err := run(context.Background(), args, &out, &errb); err != nil {
+		t.Fatalf("bench: %v\nstderr:\n%s", err, errb.String())
+	}
+	for _, want := range []string{"--history sizes W2L, not run: ignored", "--merge-records sizes W3, not run: ignored", "--clients sizes W4 and W5, not run: ignored"} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errb.String())
+		}
+	}
+	if strings.Contains(errb.String(), "--records") {
+		t.Errorf("--records called ignored, but W0 always runs:\n%s", errb.String())
 	}
 }

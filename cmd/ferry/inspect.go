@@ -16,6 +16,7 @@ import (
 
 	"github.com/ferrysync/ferry/internal/badgerdir"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/replica"
 )
 
@@ -126,7 +127,7 @@ func (c *InspectCommand) Run(ctx context.Context, args []string) error {
 // inspectRelay lists the records of the relay store in data that cannot be
 // compacted (relay.CheckCompaction).
 func (c *InspectCommand) inspectRelay(ctx context.Context, data string) error {
-	st, err := relay.OpenBadgerStoreReadOnly(storeDir(data))
+	st, err := badgerstore.OpenReadOnly(storeDir(data))
 	if err != nil {
 		return fmt.Errorf("inspect: %w", err)
 	}

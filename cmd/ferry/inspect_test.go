@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/ferrysync/ferry/policy"
-	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/replica"
 )
 
@@ -47,7 +47,7 @@ func TestInspect(t *testing.T) {
 // record loads (relay.CheckCompaction is tested with damaged records).
 func TestInspectRelay(t *testing.T) {
 	data := t.TempDir()
-	st, err := relay.OpenBadgerStore(storeDir(data), &relay.BadgerOptions{GCInterval: -1})
+	st, err := badgerstore.Open(storeDir(data), &badgerstore.Options{GCInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/amrepo"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/relay/pgstore"
 )
 
@@ -125,6 +127,10 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 		AllowedOrigins: allowedOrigins(cfg.AllowedOrigins, dev.allowOrigin, dev.on),
 	})
 	if err != nil {
+		return err
+	}
+	if err := amrepo.Mount(srv, nil); err != nil {
+		srv.Close()
 		return err
 	}
 	// Registered before the first line is printed: once a script sees
@@ -313,7 +319,7 @@ func shutdownRelay(log *slog.Logger, srv *relay.Server, hs *http.Server, store r
 // log, never with a password.
 func openStore(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Registry) (relay.Store, string, error) {
 	if cfg.Postgres == "" {
-		st, err := relay.OpenBadgerStore(storeDir(cfg.Data), &relay.BadgerOptions{Logger: log})
+		st, err := badgerstore.Open(storeDir(cfg.Data), &badgerstore.Options{Logger: log})
 		return st, storeDir(cfg.Data), err
 	}
 	where := "postgres " + pgstore.Describe(cfg.Postgres)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -126,7 +127,7 @@ func TestRelaySurvivesSIGKILL(t *testing.T) {
 	p := startRelay(t, "--config", cfg, "--data", data, "--addr", "127.0.0.1:0")
 	p.stop(t)
 
-	store, err := relay.OpenBadgerStore(storeDir(data), nil)
+	store, err := badgerstore.Open(storeDir(data), nil)
 	if err != nil {
 		t.Fatalf("store does not reopen cleanly: %v", err)
 	}
@@ -277,7 +278,7 @@ func TestRelayDevModeServesAndStops(t *testing.T) {
 func TestBackupAndRestore(t *testing.T) {
 	dir := t.TempDir()
 	data, restored := filepath.Join(dir, "data"), filepath.Join(dir, "restored")
-	store, err := relay.OpenBadgerStore(storeDir(data), nil)
+	store, err := badgerstore.Open(storeDir(data), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,7 +304,7 @@ func TestBackupAndRestore(t *testing.T) {
 	if err := run(context.Background(), []string{"restore", "--data", restored, "--in", file}, &out, &out); err == nil {
 		t.Fatal("restore over existing data succeeded")
 	}
-	r, err := relay.OpenBadgerStore(storeDir(restored), nil)
+	r, err := badgerstore.Open(storeDir(restored), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/internal/badgerdir"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/replica"
 )
 
@@ -66,7 +67,7 @@ func newRelayData(t *testing.T, data string) (relay.App, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := relay.OpenBadgerStore(storeDir(data), nil)
+	store, err := badgerstore.Open(storeDir(data), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +127,7 @@ func TestBackupKeepsTheDevApp(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(got, app) {
 		t.Fatalf("restored dev app %+v, %v; want %+v", got, err, app)
 	}
-	store, err := relay.OpenBadgerStore(storeDir(restored), nil)
+	store, err := badgerstore.Open(storeDir(restored), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +203,7 @@ func TestRestoreOlderBackups(t *testing.T) {
 	dir := t.TempDir()
 	data, restored, file := filepath.Join(dir, "data"), filepath.Join(dir, "restored"), filepath.Join(dir, "old.bak")
 	newRelayData(t, data)
-	store, err := relay.OpenBadgerStore(storeDir(data), nil)
+	store, err := badgerstore.Open(storeDir(data), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +294,7 @@ func TestBackupRefusesWhatIsNotARelayFolder(t *testing.T) {
 	// A relay that is running holds its store.
 	data := filepath.Join(dir, "data")
 	newRelayData(t, data)
-	store, err := relay.OpenBadgerStore(storeDir(data), nil)
+	store, err := badgerstore.Open(storeDir(data), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,8 @@ import (
 
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/amrepo"
+	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/replica"
 )
 
@@ -128,7 +130,7 @@ func newHarness(t *testing.T, origins ...string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := relay.OpenBadgerStore(filepath.Join(t.TempDir(), "relay"), nil)
+	store, err := badgerstore.Open(filepath.Join(t.TempDir(), "relay"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,6 +210,11 @@ func (h *harness) startRelay() error {
 		return err
 	}
 	srv, err := relay.NewServer(&relay.Options{Store: h.store, Auth: h.auth, AllowedOrigins: h.origins})
+	if err == nil {
+		if err = amrepo.Mount(srv, nil); err != nil {
+			srv.Close()
+		}
+	}
 	if err != nil {
 		ln.Close()
 		return err

@@ -67,6 +67,15 @@ var (
 	apps []relay.App
 )
 `,
+	"relay/amrepo/doc.go": `
+var opts *relay.Options
+`,
+	"relay/badgerstore/doc.go": `
+var (
+	dir  string
+	auth *relay.Auth
+)
+`,
 	"transport/doc.go": `
 var (
 	ctx   context.Context

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ferrysync/ferry/internal/badgerdir"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -45,7 +46,7 @@ func newRelay(t *testing.T) (url string, app relay.App) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := relay.NewMemStore()
+	store := memstore.New()
 	srv, err := relay.NewServer(&relay.Options{Store: store, Auth: auth, PingInterval: -1})
 	if err != nil {
 		t.Fatal(err)

@@ -21,10 +21,7 @@ import (
 // The call carries an id of its own, so a retry after a lost COMMIT finds
 // the first attempt committed rather than appending again.
 func (s *Store) Append(ctx context.Context, c relay.Coll, fence uint64, now time.Time, entries []relay.Entry) (uint64, error) {
-	if err := relay.CheckColl(c); err != nil {
-		return 0, err
-	}
-	if err := relay.CheckEntries(entries); err != nil {
+	if err := relay.CheckAppend(c, entries); err != nil {
 		return 0, err
 	}
 	if err := checkText("collection", c.Tenant, c.Collection); err != nil {

@@ -1,7 +1,8 @@
 // Package relaytest runs a relay for tests, the way net/http/httptest runs
 // an HTTP server: one app, a token for it, and a URL devices connect to,
 // on loopback or on an in-memory network that works inside a
-// testing/synctest bubble.
+// testing/synctest bubble. It serves what ferry relay serves: /ws, and
+// automerge-repo's /automerge (package relay/amrepo).
 package relaytest
 
 import (
@@ -16,11 +17,13 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/amrepo"
+	"github.com/ferrysync/ferry/relay/memstore"
 )
 
 // Options configure Start. A nil *Options means the defaults.
 type Options struct {
-	// Store holds the relay's data. Default: a relay.MemStore. Close
+	// Store holds the relay's data. Default: a memstore.Store. Close
 	// closes it either way.
 	Store relay.Store
 	// Now is the relay's clock, for tokens and leases. Default time.Now.
@@ -75,7 +78,7 @@ func Start(t testing.TB, o *Options) *Relay {
 		opts = *o
 	}
 	if opts.Store == nil {
-		opts.Store = relay.NewMemStore()
+		opts.Store = memstore.New()
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -120,6 +123,11 @@ func (r *Relay) newServer(t testing.TB, store relay.Store, tweak func(*relay.Opt
 	}
 	srv, err := relay.NewServer(&ro)
 	if err != nil {
+		t.Fatal(err)
+	}
+	// As ferry relay serves it: /ws, and automerge-repo's /automerge.
+	if err := amrepo.Mount(srv, nil); err != nil {
+		srv.Close()
 		t.Fatal(err)
 	}
 	h := srv.Handler()

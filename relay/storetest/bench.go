@@ -23,7 +23,7 @@ type BenchOpener func(b *testing.B, dir string) relay.Store
 //
 //	func BenchmarkBadgerStore(b *testing.B) {
 //		storetest.Bench(b, func(b *testing.B, dir string) relay.Store {
-//			s, err := relay.OpenBadgerStore(dir, nil)
+//			s, err := badgerstore.Open(dir, nil)
 //			if err != nil {
 //				b.Fatal(err)
 //			}

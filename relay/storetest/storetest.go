@@ -8,7 +8,7 @@
 //
 //	func TestBadgerStore(t *testing.T) {
 //		storetest.Run(t, func(t *testing.T, dir string) relay.Store {
-//			s, err := relay.OpenBadgerStore(dir, nil)
+//			s, err := badgerstore.Open(dir, nil)
 //			if err != nil {
 //				t.Fatal(err)
 //			}
@@ -71,7 +71,7 @@ func Run(t *testing.T, open Opener) {
 }
 
 // RunVolatile runs the suite against a store whose data does not survive
-// Close (such as relay.MemStore): the reopen tests are skipped, and open
+// Close (such as memstore.Store): the reopen tests are skipped, and open
 // may ignore dir.
 func RunVolatile(t *testing.T, open Opener) {
 	run(t, suite{open: open})

@@ -1,0 +1,98 @@
+package amrepo
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// rateLimiter is a token bucket: rate tokens a second, up to burst saved.
+// wait takes one, sleeping until there is one.
+type rateLimiter struct {
+	rate  float64
+	burst float64
+	now   func() time.Time
+
+	mu     sync.Mutex
+	tokens float64
+	last   time.Time
+}
+
+func newRateLimiter(rate float64, burst int, now func() time.Time) *rateLimiter {
+	return &rateLimiter{rate: rate, burst: float64(burst), now: now, tokens: float64(burst), last: now()}
+}
+
+// reserve takes a token and returns how long to wait before using it.
+func (l *rateLimiter) reserve() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t := l.now()
+	l.tokens = min(l.burst, l.tokens+t.Sub(l.last).Seconds()*l.rate)
+	l.last = t
+	l.tokens--
+	if l.tokens >= 0 {
+		return 0
+	}
+	return time.Duration(-l.tokens / l.rate * float64(time.Second))
+}
+
+func (l *rateLimiter) wait(ctx context.Context) error {
+	d := l.reserve()
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// amMetrics are the automerge-repo endpoint's own; the changes it stores
+// also count in the relay's (ferry_relay_changes_accepted_total, ...),
+// since they go through the same push path.
+type amMetrics struct {
+	connections prometheus.Gauge
+	openDocs    prometheus.Gauge
+	messages    *prometheus.CounterVec
+	refused     *prometheus.CounterVec
+	bytesIn     prometheus.Counter
+	bytesOut    prometheus.Counter
+	syncSeconds prometheus.Histogram
+}
+
+func newAMMetrics(reg prometheus.Registerer) (*amMetrics, error) {
+	m := &amMetrics{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_relay_automerge_connections", Help: "Open automerge-repo connections."}),
+		openDocs:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_relay_automerge_documents", Help: "Documents synced by open automerge-repo connections."}),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_relay_automerge_messages_total",
+			Help: "automerge-repo messages by type and direction (in, out)."}, []string{"type", "dir"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_relay_automerge_refused_total",
+			Help: "automerge-repo connections, messages and changes refused, by reason."}, []string{"reason"}),
+		bytesIn:  prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_automerge_received_bytes_total", Help: "automerge-repo message bytes received."}),
+		bytesOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_automerge_sent_bytes_total", Help: "automerge-repo message bytes sent."}),
+		syncSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_relay_automerge_sync_seconds",
+			Help: "Time to take in an automerge-repo sync message and answer it, storing its changes included.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
+	}
+	// Every label value exists from the start, so dashboards and alerts
+	// see zeros rather than nothing.
+	for _, t := range []string{amJoin, amPeer, amError, amRequest, amSync, amUnavailable, amEphemeral, amSubscription, amHeadsChanged, "other", "malformed"} {
+		for _, dir := range []string{"in", "out"} {
+			m.messages.WithLabelValues(t, dir)
+		}
+	}
+	for _, r := range []string{"auth", "collection", "forbidden", "quota", "read_only", "max_docs", "too_large"} {
+		m.refused.WithLabelValues(r)
+	}
+	for _, c := range []prometheus.Collector{m.connections, m.openDocs, m.messages, m.refused, m.bytesIn, m.bytesOut, m.syncSeconds} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,164 @@
+package badgerstore
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrysync/ferry/relay"
+)
+
+// Compact implements relay.Store.
+func (s *Store) Compact(ctx context.Context, c relay.Coll, record string, snap []byte, upTo uint64) error {
+	if err := relay.CheckColl(c); err != nil {
+		return err
+	}
+	return s.update(ctx, c, func(txn *badger.Txn) error {
+		m, ok, err := getRecMeta(txn, c, record)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, relay.ErrNotFound)
+		}
+		if upTo > m.seq || upTo <= m.snapSeq {
+			return &relay.ConflictError{Record: record}
+		}
+		old := m
+		prefix := tailPrefix(c, record)
+		var drop [][]byte
+		var dropped int64
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true})
+		for it.Seek(tailKey(c, record, m.snapSeq+1)); it.Valid(); it.Next() {
+			k := it.Item().Key()
+			if binary.BigEndian.Uint64(k[len(prefix):]) > upTo {
+				break
+			}
+			n, err := tailLen(it.Item())
+			if err != nil {
+				it.Close()
+				return err
+			}
+			drop = append(drop, it.Item().KeyCopy(nil))
+			dropped += n
+			m.tailEntries--
+		}
+		it.Close()
+		for _, k := range drop {
+			if err := txn.Delete(k); err != nil {
+				return err
+			}
+		}
+		u, err := getUsage(txn, c)
+		if err != nil {
+			return err
+		}
+		u.Bytes += int64(len(snap)) - m.snapBytes - dropped
+		m.tailBytes -= dropped
+		m.snapSeq, m.snapBytes = upTo, int64(len(snap))
+		if err := txn.Set(recKey("snap", c, record), snap); err != nil {
+			return err
+		}
+		if err := txn.Set(collKey("usage", c), encodeUsage(u)); err != nil {
+			return err
+		}
+		return putRecMeta(txn, c, record, old, m)
+	})
+}
+
+func tailLen(item *badger.Item) (int64, error) {
+	var n uint64
+	err := item.Value(func(v []byte) error {
+		var k int
+		if n, k = binary.Uvarint(v); k <= 0 {
+			return fmt.Errorf("%w: tail key %q", errCorrupt, item.Key())
+		}
+		return nil
+	})
+	return int64(n), err
+}
+
+// CompactionCandidates implements relay.Store.
+func (s *Store) CompactionCandidates(ctx context.Context, limit int) ([]relay.Candidate, error) {
+	var out []relay.Candidate
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefixCand})
+		defer it.Close()
+		for it.Rewind(); it.Valid() && len(out) < limit; it.Next() {
+			c, rec, ok := splitCollKey(it.Item().Key())
+			if !ok {
+				return fmt.Errorf("%w: candidate key %q", errCorrupt, it.Item().Key())
+			}
+			out = append(out, relay.Candidate{Coll: c, Record: rec})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// truncateBatch bounds the entries one Truncate transaction drops.
+const truncateBatch = 10_000
+
+// Truncate implements relay.Store.
+func (s *Store) Truncate(ctx context.Context, c relay.Coll, upTo uint64) (uint64, error) {
+	if err := relay.CheckColl(c); err != nil {
+		return 0, err
+	}
+	for {
+		var horizon uint64
+		more := false
+		err := s.update(ctx, c, func(txn *badger.Txn) error {
+			var err error
+			if horizon, err = getUint64(txn, collKey("horizon", c)); err != nil {
+				return err
+			}
+			head, err := getUint64(txn, collKey("head", c))
+			if err != nil {
+				return err
+			}
+			upTo := min(upTo, head)
+			snapSeq := map[string]uint64{}
+			for n := 0; horizon < upTo; n++ {
+				if n == truncateBatch {
+					more = true
+					break
+				}
+				seq := horizon + 1
+				item, err := txn.Get(logKey(c, seq))
+				if err != nil {
+					return fmt.Errorf("%w: log entry %d: %v", errCorrupt, seq, err)
+				}
+				var rec string
+				err = item.Value(func(v []byte) error {
+					e, err := decodeLogEntry(seq, v)
+					rec = e.Record
+					return err
+				})
+				if err != nil {
+					return err
+				}
+				ss, ok := snapSeq[rec]
+				if !ok {
+					m, _, err := getRecMeta(txn, c, rec)
+					if err != nil {
+						return err
+					}
+					ss, snapSeq[rec] = m.snapSeq, m.snapSeq
+				}
+				if ss < seq {
+					break // the record's tail still holds it
+				}
+				if err := txn.Delete(logKey(c, seq)); err != nil {
+					return err
+				}
+				horizon = seq
+			}
+			return putUint64(txn, collKey("horizon", c), horizon)
+		})
+		if err != nil || !more {
+			return horizon, err
+		}
+	}
+}

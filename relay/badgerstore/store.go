@@ -1,0 +1,279 @@
+package badgerstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/google/uuid"
+
+	"github.com/ferrysync/ferry/internal/badgerdir"
+	"github.com/ferrysync/ferry/internal/stripe"
+	"github.com/ferrysync/ferry/relay"
+)
+
+// Options configure a Store. A nil *Options is valid and
+// means the defaults; Open never modifies it.
+type Options struct {
+	// Logger receives the store's and Badger's logs. Default: discard.
+	Logger *slog.Logger
+
+	// Relaxed turns off fsync on every commit (Badger's SyncWrites), for
+	// benchmarks only: an Append that returned nil, and so was acknowledged
+	// to a device, may be lost in a power loss or kernel crash.
+	Relaxed bool
+
+	// InMemory keeps everything in memory: nothing survives Close. The dir
+	// argument of Open is ignored.
+	InMemory bool
+
+	// GCInterval is how often Badger's value log is garbage-collected in
+	// the background. Default 10 minutes; negative disables it.
+	GCInterval time.Duration
+}
+
+func (o *Options) withDefaults() Options {
+	var v Options
+	if o != nil {
+		v = *o
+	}
+	if v.Logger == nil {
+		v.Logger = slog.New(slog.DiscardHandler)
+	}
+	if v.GCInterval == 0 {
+		v.GCInterval = 10 * time.Minute
+	}
+	return v
+}
+
+// Store is the relay's embedded relay.Store: one Badger database in a data
+// folder, holding every tenant. Every method is safe for concurrent use.
+// Writes to one collection are serialized by an in-process lock (one process
+// owns a Badger folder; Badger's own folder lock enforces it), so sequence
+// numbers are allocated without races; writes to different collections
+// commit in parallel.
+type Store struct {
+	db          *badger.DB
+	incarnation string
+	opts        Options
+
+	// colls serializes writes per collection. Striped, so memory stays
+	// bounded however many collections there are; two collections sharing
+	// a stripe only wait for each other.
+	colls stripe.Locks[relay.Coll]
+
+	mu     sync.RWMutex // held for reading by every operation; Close takes it for writing
+	closed bool
+
+	closeOnce sync.Once
+	closeErr  error
+	closing   chan struct{}
+	wg        sync.WaitGroup // background goroutines
+}
+
+var _ relay.Store = (*Store)(nil)
+
+// Open opens the relay store in dir, creating it (and dir) if
+// absent. dir must be missing, empty, or a relay store: a folder with other
+// files gives relay.ErrNotRelayStore, a store written by a newer Ferry gives
+// relay.ErrNewerStoreFormat, and a damaged store (a file missing, cut short or
+// failing its checksums) gives relay.ErrStoreDamaged, in each case without
+// writing anything to it or deleting anything from it.
+func Open(dir string, o *Options) (*Store, error) {
+	opts := o.withDefaults()
+	db, err := openBadger(dir, opts)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{db: db, opts: opts, closing: make(chan struct{})}
+	if s.incarnation, err = initMeta(db); err != nil {
+		badgerdir.Close(db)
+		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
+	}
+	if !opts.InMemory && opts.GCInterval > 0 {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			badgerdir.GC(db, opts.GCInterval, s.closing, opts.Logger)
+		}()
+	}
+	return s, nil
+}
+
+func openBadger(dir string, opts Options) (*badger.DB, error) {
+	if !opts.InMemory {
+		if err := checkStoreDir(dir); err != nil {
+			return nil, err
+		}
+	}
+	bo := badger.DefaultOptions(dir).
+		WithInMemory(opts.InMemory).
+		WithSyncWrites(!opts.Relaxed).
+		WithLogger(badgerdir.Logger(opts.Logger)).
+		WithNumVersionsToKeep(1).
+		// Memtables stay 64 MiB, Badger's default: a push's documents and
+		// changes must fit one transaction (about 15% of a memtable), and
+		// a push may fill a 4 MiB frame. The block cache only speeds reads
+		// of older documents; 64 MiB instead of 256 keeps memory down.
+		WithBlockCacheSize(64 << 20)
+	if opts.InMemory {
+		bo.Dir, bo.ValueDir = "", ""
+	}
+	db, err := badgerdir.Open(bo)
+	if errors.Is(err, badgerdir.ErrDamaged) {
+		return nil, damaged(err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
+	}
+	return db, nil
+}
+
+// marker is what makes a Badger database a relay store.
+var marker = badgerdir.Marker{
+	Kind: "relay", FormatKey: keyFormat, IDKey: keyIncarnation, Format: badgerFormat,
+	NewID: uuid.NewString, NotStore: relay.ErrNotRelayStore, Newer: relay.ErrNewerStoreFormat,
+}
+
+// initMeta checks the format version and returns the incarnation, writing
+// both into a new (keyless) database, and migrates an older format.
+func initMeta(db *badger.DB) (string, error) {
+	inc, format, err := marker.Init(db)
+	if err == nil && format < badgerFormat {
+		err = migrateV1(db)
+	}
+	return inc, err
+}
+
+// Incarnation implements relay.Store.
+func (s *Store) Incarnation() string { return s.incarnation }
+
+// enter guards an operation against a concurrent Close.
+func (s *Store) enter(ctx context.Context) (func(), error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return nil, relay.ErrStoreClosed
+	}
+	return s.mu.RUnlock, nil
+}
+
+// update runs fn in one read-write transaction under c's lock: everything fn
+// reads is what it writes over, and the commit is durable unless Relaxed.
+func (s *Store) update(ctx context.Context, c relay.Coll, fn func(txn *badger.Txn) error) error {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	defer s.colls.Lock(c)()
+	return s.db.Update(fn)
+}
+
+func (s *Store) view(ctx context.Context, fn func(txn *badger.Txn) error) error {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	return s.db.View(fn)
+}
+
+// Acquire implements relay.Store. The collection's fence key only grows, and is
+// written in the same transaction as the lease it numbers.
+func (s *Store) Acquire(ctx context.Context, c relay.Coll, holder string, ttl time.Duration, now time.Time) (relay.Lease, error) {
+	if err := relay.CheckColl(c); err != nil {
+		return relay.Lease{}, err
+	}
+	if err := relay.CheckLease(holder, ttl); err != nil {
+		return relay.Lease{}, err
+	}
+	var l relay.Lease
+	err := s.update(ctx, c, func(txn *badger.Txn) error {
+		cur, ok, err := getLease(txn, c)
+		if err != nil {
+			return err
+		}
+		if ok && cur.Live(now) && cur.Holder != holder {
+			return &relay.LeaseHeldError{Lease: cur}
+		}
+		last, err := getUint64(txn, collKey("fence", c))
+		if err != nil {
+			return err
+		}
+		l = relay.Lease{Holder: holder, Fence: last + 1, Expires: now.Add(ttl)}
+		if err := putUint64(txn, collKey("fence", c), l.Fence); err != nil {
+			return err
+		}
+		return txn.Set(collKey("lease", c), encodeLease(l))
+	})
+	if err != nil {
+		return relay.Lease{}, err
+	}
+	return l, nil
+}
+
+// Renew implements relay.Store.
+func (s *Store) Renew(ctx context.Context, c relay.Coll, holder string, fence uint64, ttl time.Duration, now time.Time) (relay.Lease, error) {
+	if err := relay.CheckLease(holder, ttl); err != nil {
+		return relay.Lease{}, err
+	}
+	var l relay.Lease
+	err := s.update(ctx, c, func(txn *badger.Txn) error {
+		cur, ok, err := getLease(txn, c)
+		if err != nil {
+			return err
+		}
+		if !ok || cur.Fence != fence || !cur.Live(now) {
+			return fmt.Errorf("renew lease of %s/%s with fence %d: %w", c.Tenant, c.Collection, fence, relay.ErrStaleFence)
+		}
+		if cur.Holder != holder {
+			return fmt.Errorf("renew lease of %s/%s with fence %d: held by another holder: %w", c.Tenant, c.Collection, fence, relay.ErrStaleFence)
+		}
+		l = relay.Lease{Holder: cur.Holder, Fence: fence, Expires: now.Add(ttl)}
+		return txn.Set(collKey("lease", c), encodeLease(l))
+	})
+	if err != nil {
+		return relay.Lease{}, err
+	}
+	return l, nil
+}
+
+// Release implements relay.Store.
+func (s *Store) Release(ctx context.Context, c relay.Coll, holder string, fence uint64) error {
+	if err := relay.CheckName("holder", holder); err != nil {
+		return err
+	}
+	return s.update(ctx, c, func(txn *badger.Txn) error {
+		cur, ok, err := getLease(txn, c)
+		if err != nil || !ok || cur.Fence != fence {
+			return err
+		}
+		if cur.Holder != holder {
+			return fmt.Errorf("release lease of %s/%s with fence %d: held by another holder: %w", c.Tenant, c.Collection, fence, relay.ErrStaleFence)
+		}
+		return txn.Delete(collKey("lease", c))
+	})
+}
+
+// Close waits for in-flight calls, stops the value-log GC, and closes the
+// database. It is safe to call more than once; later calls return the first
+// call's result.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.closing)
+		s.wg.Wait()
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		s.closeErr = badgerdir.Close(s.db)
+	})
+	return s.closeErr
+}
