@@ -162,7 +162,6 @@ func (s *Server) subscribe(ctx context.Context, sess *session, c Coll, cursor ui
 	s.metrics.subscribers.Inc()
 	defer s.metrics.subscribers.Dec()
 	defer s.hub.subscribed(c)()
-	defer sess.joinPresence(c)()
 	for {
 		var ok bool
 		if cursor, ok = s.liveStep(ctx, sess, c, cursor); !ok {

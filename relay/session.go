@@ -241,12 +241,17 @@ func (sess *session) subscribe(claims *Claims, env *transport.Envelope, m *trans
 	if err != nil {
 		return nil, err
 	}
+	// The session receives the collection's presence from before the
+	// answer: presence sent after a device saw its subscribe acknowledged
+	// reaches it.
+	leavePresence := sess.joinPresence(c)
 	// Answer before streaming, so the device sees its subscribe
 	// acknowledged before any live message or slow_consumer close.
 	if err := sess.conn.SendBody(sess.ctx, env.ID, &transport.OK{}); err != nil {
+		leavePresence()
 		return nil, err
 	}
-	sess.startSub(c, m.Cursor)
+	sess.startSub(c, m.Cursor, leavePresence)
 	return nil, nil
 }
 
@@ -308,7 +313,9 @@ func (sess *session) currentClaims() *Claims {
 	return sess.claims
 }
 
-func (sess *session) startSub(c Coll, cursor uint64) {
+// startSub runs a subscription of c from cursor until it is stopped or
+// replaced; leavePresence is called when it ends.
+func (sess *session) startSub(c Coll, cursor uint64, leavePresence func()) {
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
 	if cancel, ok := sess.subs[c.Collection]; ok {
@@ -319,6 +326,7 @@ func (sess *session) startSub(c Coll, cursor uint64) {
 	sess.wg.Add(1)
 	go func() {
 		defer sess.wg.Done()
+		defer leavePresence()
 		sess.s.subscribe(ctx, sess, c, cursor)
 	}()
 }
