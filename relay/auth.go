@@ -125,8 +125,10 @@ const (
 	CheckKeyRemoved = "key_removed" // at a re-check: the signing key was removed
 )
 
+// Error says why, for the device; the check's name is for the relay's
+// log (RefusedCheck), not for the message.
 func (e *TokenError) Error() string {
-	return fmt.Sprintf("%v: %s: %v", e.kind, e.Check, e.Err)
+	return fmt.Sprintf("%v: %v", e.kind, e.Err)
 }
 
 func (e *TokenError) Unwrap() []error { return []error{e.kind, e.Err} }
