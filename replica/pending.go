@@ -59,20 +59,45 @@ func (r *Replica) outgoing(coll, id string) (outgoing, error) {
 // record up to the heads pushed; a record stays pending if it changed
 // since. leased says the push held the lease, so any conflict resolution
 // it carried is pushed as it must be.
+//
+// It reads each record's heads from its meta, never its document: loading
+// thousands of documents inside one write transaction (each a Badger
+// iterator, which sorts the transaction's pending writes) made an
+// acknowledgement cost more than the push it acknowledged.
 func (r *Replica) acknowledge(coll string, batch []outgoing, leased bool) error {
-	ids := make([]string, len(batch))
-	for i, o := range batch {
-		ids[i] = o.id
+	release, err := r.enter()
+	if err != nil {
+		return err
 	}
-	_, err := r.batchOp(coll, ids, func(i int, txn *badger.Txn, t *touched) (bool, error) {
-		return t.existed, ackRecord(txn, t.coll, t.id, t.doc, batch[i].heads, leased)
+	defer release()
+	keys := make([]string, len(batch))
+	for i, o := range batch {
+		keys[i] = cacheKey(coll, o.id)
+	}
+	defer r.locks.lockAll(keys)()
+	done := r.writing()
+	defer done()
+	return r.db.Update(func(txn *badger.Txn) error {
+		for _, o := range batch {
+			m, ok, err := readMeta(txn, coll, o.id)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				continue // gone since the push (purged): nothing to acknowledge
+			}
+			if err := ackRecord(txn, coll, o.id, m.heads, o.heads, leased); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
-	return err
 }
 
-// ackRecord stores heads as what the relay holds of a record, and clears
-// its pending marker if it has nothing beyond them.
-func ackRecord(txn *badger.Txn, coll, id string, d *crdt.Doc, heads crdt.Heads, leased bool) error {
+// ackRecord stores heads as what the relay holds of a record whose
+// current heads are now, and clears its pending marker if it has nothing
+// beyond them.
+func ackRecord(txn *badger.Txn, coll, id string, now, heads crdt.Heads, leased bool) error {
 	if err := txn.Set(recKey('a', coll, id), heads.Bytes()); err != nil {
 		return err
 	}
@@ -83,7 +108,7 @@ func ackRecord(txn *badger.Txn, coll, id string, d *crdt.Doc, heads crdt.Heads, 
 	}
 	// The heads pushed are the document's as it was then: if it still
 	// has them, nothing is left to push.
-	if d.Heads().Equal(heads) {
+	if now.Equal(heads) {
 		return clearPending(txn, coll, id)
 	}
 	return nil

@@ -471,3 +471,38 @@ func checkIndexes(r *Replica, coll string) error {
 		return nil
 	})
 }
+
+// An acknowledgement reads the records' heads from their meta and loads no
+// document: loading each inside the one write transaction cost more than
+// the push it acknowledged (a Badger iterator per record, each sorting the
+// transaction's pending writes).
+func TestAcknowledgeLoadsNoDocument(t *testing.T) {
+	r := open(t, "", &Options{InMemory: true, GCInterval: -1})
+	c := r.Collection("c")
+	var batch []outgoing
+	for i := range 20 {
+		id := fmt.Sprintf("r%02d", i)
+		if err := c.Put(id, map[string]any{"n": i}); err != nil {
+			t.Fatal(err)
+		}
+		h, err := c.Heads(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		batch = append(batch, outgoing{id: id, heads: h})
+	}
+	// One record changes after its push: it stays pending.
+	if err := c.Update("r00", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, 100) }); err != nil {
+		t.Fatal(err)
+	}
+	r.cache.clear()
+	if err := r.acknowledge("c", batch, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.cache.len(); n != 0 {
+		t.Fatalf("%d documents loaded by an acknowledgement, want 0", n)
+	}
+	if pending, err := c.Pending(); err != nil || len(pending) != 1 || pending[0] != "r00" {
+		t.Fatalf("pending after the acknowledgement: %v, %v; want only r00", pending, err)
+	}
+}
