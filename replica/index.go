@@ -34,6 +34,13 @@ type IndexOptions struct {
 	// first, then the second among records with equal first values, and
 	// so on; then by ID.
 	Fields []string
+	// Progress, if set, is told how many of the collection's records the
+	// build has gone through, after each page of them (256), while
+	// EnsureIndex indexes the records already there. It is called on
+	// EnsureIndex's goroutine, with no lock held and no transaction open,
+	// so it may read the replica (a write waits for nothing, but is seen
+	// or not by the build like any other).
+	Progress func(done int)
 }
 
 type indexDef struct {
@@ -145,14 +152,16 @@ func (c *Collection) EnsureIndex(name string, o IndexOptions) error {
 			return err
 		}
 	}
-	return r.buildIndex(c.name, def)
+	return r.buildIndex(c.name, def, o.Progress)
 }
 
 // buildIndex writes the entries of def for every record of coll, a page
-// of records per transaction, each page under its records' locks.
-func (r *Replica) buildIndex(coll string, def indexDef) error {
+// of records per transaction, each page under its records' locks, and
+// tells progress (if not nil) after each page.
+func (r *Replica) buildIndex(coll string, def indexDef, progress func(done int)) error {
 	c := &Collection{r: r, name: coll}
 	after := ""
+	done := 0
 	for {
 		page, err := c.readPage("", after, scanPage, false)
 		if err != nil {
@@ -194,6 +203,9 @@ func (r *Replica) buildIndex(coll string, def indexDef) error {
 		unlock()
 		if err != nil {
 			return err
+		}
+		if done += len(page); progress != nil {
+			progress(done)
 		}
 		if len(page) < scanPage {
 			return nil

@@ -288,3 +288,25 @@ func (r *Replica) countPrefix(prefix []byte) (int, error) {
 	})
 	return n, err
 }
+
+// Building an index over the records already there reports its progress,
+// page by page, with no lock held: the callback may read the replica.
+func TestIndexBuildProgress(t *testing.T) {
+	r := open(t, "", &Options{InMemory: true, GCInterval: -1})
+	c := r.Collection("products")
+	ixSeed(t, c, 600)
+	var seen []int
+	err := c.EnsureIndex("by_cat", IndexOptions{Fields: []string{"cat"}, Progress: func(done int) {
+		var p ixProduct
+		if err := c.Get("p000", &p); err != nil { // a read from the callback
+			t.Errorf("Get from Progress: %v", err)
+		}
+		seen = append(seen, done)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int{256, 512, 600}; !slices.Equal(seen, want) {
+		t.Fatalf("progress %v, want %v", seen, want)
+	}
+}
