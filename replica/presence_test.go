@@ -95,15 +95,26 @@ func TestPresenceBetweenDevices(t *testing.T) {
 
 func waitPeers(t *testing.T, r *Replica, id string, n int) []Peer {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
+	c := r.Collection("c")
+	// Watch first, then look: any change after the look is an event.
+	w := c.WatchPresence(64)
+	defer func() { w.Close() }()
+	timeout := time.After(time.Minute) // only turns a hang into a failure
 	for {
-		if got := r.Collection("c").Peers(id); len(got) == n {
+		if got := c.Peers(id); len(got) == n {
 			return got
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s never saw %d peers on %q: %+v", r.ID()[:6], n, id, r.Collection("c").Peers(id))
+		select {
+		case _, ok := <-w.C:
+			if !ok { // overflowed: watch again, and look again
+				if err := w.Err(); !errors.Is(err, ErrFeedOverflow) {
+					t.Fatalf("presence watch ended: %v", err)
+				}
+				w = c.WatchPresence(64)
+			}
+		case <-timeout:
+			t.Fatalf("%s never saw %d peers on %q: %+v", r.ID()[:6], n, id, c.Peers(id))
 		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -84,10 +84,10 @@ func checkViews(t *testing.T, r *Replica, coll string) error {
 	return nil
 }
 
-// viewSeeds are the seeds of the read model's property test: the one in
-// FERRY_VIEW_SEED (to replay a failure), else fixed ones and one from the
-// clock.
-func viewSeeds(t *testing.T) []uint64 {
+// viewRandomStarts are the random starting points of the read model's
+// property test: the one in FERRY_VIEW_SEED (to replay a failure), else
+// fixed ones and one from the clock.
+func viewRandomStarts(t *testing.T) []uint64 {
 	if s := os.Getenv("FERRY_VIEW_SEED"); s != "" {
 		seed, err := strconv.ParseUint(s, 10, 64)
 		if err != nil {
@@ -106,7 +106,7 @@ func viewSeeds(t *testing.T) []uint64 {
 // now and then. After every step each record's read model must equal its
 // document.
 func TestReadModelMatchesDocument(t *testing.T) {
-	for _, seed := range viewSeeds(t) {
+	for _, seed := range viewRandomStarts(t) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			t.Logf("seed %d (replay with FERRY_VIEW_SEED=%d)", seed, seed)
 			readModelRun(t, seed, 40)
