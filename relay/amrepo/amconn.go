@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
@@ -32,7 +33,7 @@ type amConn struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	sem     chan struct{} // one token per document being handled
-	limiter *rateLimiter
+	limiter *rate.Limiter // messages read: past it, the connection is read more slowly
 	pres    *amPresence
 
 	mu      sync.Mutex
@@ -94,7 +95,7 @@ func (c *amConn) run(refusal string) {
 		c.live(cursor, c.announce)
 	}()
 	for {
-		if err := c.limiter.wait(c.ctx); err != nil {
+		if err := c.limiter.Wait(c.ctx); err != nil {
 			return
 		}
 		typ, b, err := c.ws.Read(c.ctx)

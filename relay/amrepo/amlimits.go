@@ -1,57 +1,6 @@
 package amrepo
 
-import (
-	"context"
-	"sync"
-	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-)
-
-// rateLimiter is a token bucket: rate tokens a second, up to burst saved.
-// wait takes one, sleeping until there is one.
-type rateLimiter struct {
-	rate  float64
-	burst float64
-	now   func() time.Time
-
-	mu     sync.Mutex
-	tokens float64
-	last   time.Time
-}
-
-func newRateLimiter(rate float64, burst int, now func() time.Time) *rateLimiter {
-	return &rateLimiter{rate: rate, burst: float64(burst), now: now, tokens: float64(burst), last: now()}
-}
-
-// reserve takes a token and returns how long to wait before using it.
-func (l *rateLimiter) reserve() time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	t := l.now()
-	l.tokens = min(l.burst, l.tokens+t.Sub(l.last).Seconds()*l.rate)
-	l.last = t
-	l.tokens--
-	if l.tokens >= 0 {
-		return 0
-	}
-	return time.Duration(-l.tokens / l.rate * float64(time.Second))
-}
-
-func (l *rateLimiter) wait(ctx context.Context) error {
-	d := l.reserve()
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
+import "github.com/prometheus/client_golang/prometheus"
 
 // amMetrics are the automerge-repo endpoint's own; the changes it stores
 // also count in the relay's (ferry_relay_changes_accepted_total, ...),

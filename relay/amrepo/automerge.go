@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
 
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/transport"
@@ -254,7 +255,7 @@ func (a *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		docs:     map[string]*amDoc{},
 		closed:   make(chan struct{}),
 		sem:      make(chan struct{}, a.opts.InFlight),
-		limiter:  newRateLimiter(a.opts.MessageRate, a.opts.MessageBurst, time.Now),
+		limiter:  rate.NewLimiter(rate.Limit(a.opts.MessageRate), a.opts.MessageBurst),
 		pres:     newAMPresence(),
 	}
 	conn.ctx, conn.cancel = context.WithCancel(context.Background())

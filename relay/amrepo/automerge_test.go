@@ -17,6 +17,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/fxamacker/cbor/v2"
+	"golang.org/x/time/rate"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
@@ -387,20 +388,23 @@ func TestScrubURL(t *testing.T) {
 	}
 }
 
+// The connection's limiter holds MessageBurst messages, then one per
+// 1/MessageRate s.
 func TestRateLimiter(t *testing.T) {
 	now := time.Unix(0, 0)
-	l := newRateLimiter(10, 3, func() time.Time { return now })
+	l := rate.NewLimiter(10, 3)
+	reserve := func() time.Duration { return l.ReserveN(now, 1).DelayFrom(now) }
 	for i := 0; i < 3; i++ {
-		if d := l.reserve(); d != 0 {
+		if d := reserve(); d != 0 {
 			t.Fatalf("burst message %d waits %v", i, d)
 		}
 	}
-	if d := l.reserve(); d != 100*time.Millisecond {
+	if d := reserve(); d != 100*time.Millisecond {
 		t.Fatalf("past the burst: wait %v, want 100ms", d)
 	}
 	now = now.Add(time.Second) // refills 10, capped at 3, less the one owed
 	for i := 0; i < 2; i++ {
-		if d := l.reserve(); d != 0 {
+		if d := reserve(); d != 0 {
 			t.Fatalf("after refill, message %d waits %v", i, d)
 		}
 	}
