@@ -12,6 +12,8 @@ package crdt
 // ReleaseNative returns to the operating system the native memory that
 // is free. Call it after a garbage collection has run the finalizers (see
 // above); on Linux with glibc it trims the allocator's heaps, elsewhere it
-// does nothing. It takes milliseconds; it is safe to call at any time from
+// does nothing. Under the race detector, whose runtime brings its own
+// allocator, it does nothing either: glibc's heaps do not hold the
+// program's memory there, and the detector's runtime is better left alone. It takes milliseconds; it is safe to call at any time from
 // any goroutine.
 func ReleaseNative() { releaseNative() }
