@@ -182,10 +182,11 @@ func (b serverBackend) ReadDocument(ctx context.Context, c Coll, record string, 
 	// Not in the cache as stored: a private copy, freed once read. It
 	// joins no cache: only pushes put documents there, so the cache never
 	// holds one older than a push left.
-	d, err := loadStored(c, rec)
+	d, g, err := s.loadCounted(ctx, c, rec, false, true)
 	if err != nil {
 		return err
 	}
+	defer g.release()
 	defer d.Free()
 	return read(d, rec.Heads)
 }

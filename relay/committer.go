@@ -296,6 +296,7 @@ func (cm *committer) join(s *Server, w *waiter, recs map[string]*merged, gen uin
 	for _, e := range w.entries {
 		m := recs[e.Record]
 		m.rd.saved, m.rd.unsaved, m.rd.mem = m.saved, m.unsaved, m.mem
+		m.rd.grant.set(m.mem)
 		if cm.queued[e.Record] != m.rd {
 			// The queue pins what it holds; this push's own pin keeps the
 			// document findable until then.
@@ -344,7 +345,7 @@ func (pl preloads) release() {
 		case p.unpin != nil:
 			p.unpin()
 		case !p.used:
-			p.rd.doc.Free()
+			p.rd.free()
 		}
 	}
 }
@@ -413,20 +414,21 @@ func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc,
 			return nil, err
 		}
 		d.SetMaxOps(s.limits.MaxRecordOps)
-		rd := &relayDoc{doc: d, mem: docMemory(d, 0)}
+		mem := docMemory(d, 0)
+		rd := &relayDoc{doc: d, mem: mem, grant: s.mem.charge(mem)}
 		rd.seen.Store(seen)
 		return rd, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	d, err := loadStored(cm.c, rec)
+	d, g, err := s.loadCounted(ctx, cm.c, rec, true, true)
 	if err != nil {
 		return nil, err
 	}
 	// A snapshot is a saved document: its size is exact as of SnapSeq.
 	d.SetMaxOps(s.limits.MaxRecordOps)
-	rd := &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail), mem: docMemory(d, rec.Size())}
+	rd := &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail), mem: g.size(), grant: g}
 	rd.seen.Store(seen)
 	return rd, nil
 }
