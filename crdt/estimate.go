@@ -113,3 +113,6 @@ func documentChangeCount(p []byte) (int, error) {
 	}
 	return 0, nil // a document without changes
 }
+
+// Remaining returns the bytes the budget may still inflate.
+func (b *InflateBudget) Remaining() int64 { return b.remaining() }
