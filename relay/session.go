@@ -29,12 +29,12 @@ type session struct {
 	leases   map[Coll]uint64
 	stopping bool
 
-	ctx          context.Context // ends when the session ends
-	cancel       context.CancelFunc
-	busy         sync.Mutex // held while a request is handled; Shutdown waits on it
+	ctx    context.Context // ends when the session ends
+	cancel context.CancelFunc
+	busy   sync.Mutex // held while a request is handled; Shutdown waits on it
 	// reply is the memory the answer to the request being handled holds
 	// of the budget, released once it is sent. Only the read loop uses it.
-	reply *memGrant
+	reply        *memGrant
 	shutdownOnce sync.Once
 	wg           sync.WaitGroup
 }
