@@ -72,6 +72,20 @@ func (s *Server) admitPushMemory(ctx context.Context, p *transport.Push) (*memGr
 	return g, memErr(err, "the push")
 }
 
+type pushGrantKey struct{}
+
+// withPushGrant carries a push's memory grant to where its changes are
+// merged (see memGrant.moveTo).
+func withPushGrant(ctx context.Context, g *memGrant) context.Context {
+	return context.WithValue(ctx, pushGrantKey{}, g)
+}
+
+// pushGrant is the grant withPushGrant put in ctx, or nil.
+func pushGrant(ctx context.Context) *memGrant {
+	g, _ := ctx.Value(pushGrantKey{}).(*memGrant)
+	return g
+}
+
 // loadCounted loads a stored record's document within the memory budget:
 // it waits for room for what the record is estimated to cost (see
 // crdt.Estimate; by its stored size, as bytesPerStored bounds it, if its

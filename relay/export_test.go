@@ -95,3 +95,10 @@ func (s *Server) Sweep(ctx context.Context) { s.watch.sweep(ctx) }
 func (s *Server) CountRequest(typ transport.MessageType, code transport.Code, elapsed time.Duration) {
 	s.metrics.request(typ, code, elapsed)
 }
+
+// MemoryInUse is what the Server's memory budget counts in use now.
+func (s *Server) MemoryInUse() int64 { return s.mem.inUse() }
+
+// MemoryPeak is the most the Server's memory budget counted in use since
+// the last call.
+func (s *Server) MemoryPeak() int64 { return s.mem.peakUse() }

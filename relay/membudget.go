@@ -38,6 +38,7 @@ type memBudget struct {
 
 	mu      sync.Mutex
 	used    int64
+	peak    int64 // the most used since newMemBudget or resetPeak
 	waiters []*memWaiter // FIFO
 	closed  bool
 	done    chan struct{} // closed by close
@@ -141,6 +142,7 @@ func (b *memBudget) tryAcquire(n int64) (*memGrant, bool) {
 		return nil, false
 	}
 	b.used += n
+	b.peak = max(b.peak, b.used)
 	return &memGrant{b: b, n: n}, true
 }
 
@@ -150,6 +152,7 @@ func (b *memBudget) charge(n int64) *memGrant {
 	n = max(n, 0)
 	b.mu.Lock()
 	b.used += n
+	b.peak = max(b.peak, b.used)
 	b.mu.Unlock()
 	return &memGrant{b: b, n: n}
 }
@@ -171,6 +174,7 @@ func (b *memBudget) grantLocked() {
 		w := b.waiters[0]
 		b.waiters = b.waiters[1:]
 		b.used += w.n
+		b.peak = max(b.peak, b.used)
 		close(w.ready)
 	}
 }
@@ -180,6 +184,7 @@ func (b *memBudget) grantLocked() {
 func (b *memBudget) add(d int64) {
 	b.mu.Lock()
 	b.used += d
+	b.peak = max(b.peak, b.used)
 	if d < 0 {
 		b.grantLocked()
 	}
@@ -191,6 +196,15 @@ func (b *memBudget) inUse() int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.used
+}
+
+// peakUse returns the most used since the last call (or newMemBudget).
+func (b *memBudget) peakUse() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	p := b.peak
+	b.peak = b.used
+	return p
 }
 
 // close refuses every waiting and later acquire with errBudgetClosed.
@@ -232,6 +246,35 @@ func (g *memGrant) release() {
 	}
 	g.b.add(-g.n)
 	g.b, g.n = nil, 0
+}
+
+// moveTo makes to hold n bytes, taking what it grows by from g, which
+// keeps at least keep: what a push reserved for what its changes add to
+// a document becomes the document's once they are merged.
+// The two change in one step, so the budget never counts the growth
+// twice. g and to are grants of one budget; g is never a document's.
+func (g *memGrant) moveTo(to *memGrant, n, keep int64) {
+	if g == nil {
+		to.set(n)
+		return
+	}
+	n = max(n, 0)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	to.mu.Lock()
+	defer to.mu.Unlock()
+	if to.b == nil {
+		return
+	}
+	grow := n - to.n
+	d := grow
+	if g.b != nil && grow > 0 {
+		left := max(g.n-grow, min(keep, g.n))
+		d -= g.n - left
+		g.n = left
+	}
+	to.n = n
+	to.b.add(d)
 }
 
 // size is what the grant holds.

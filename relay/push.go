@@ -67,6 +67,7 @@ func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*t
 		return nil, err
 	}
 	defer mem.release()
+	ctx = withPushGrant(ctx, mem)
 	s.mu.Lock()
 	s.pushes[c]++
 	s.mu.Unlock()
