@@ -38,7 +38,7 @@ type memBudget struct {
 
 	mu      sync.Mutex
 	used    int64
-	peak    int64 // the most used since newMemBudget or resetPeak
+	peak    int64        // the most used since newMemBudget or the last peakUse
 	waiters []*memWaiter // FIFO
 	closed  bool
 	done    chan struct{} // closed by close
