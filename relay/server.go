@@ -249,6 +249,13 @@ func NewServer(o *Options) (*Server, error) {
 	return s, nil
 }
 
+// MaxMemory is the relay's memory budget (Options.MaxMemory, defaulted).
+func (s *Server) MaxMemory() int64 { return s.opts.MaxMemory }
+
+// DocCacheBytes is the bound of the relay's document cache
+// (Options.DocCacheBytes, defaulted).
+func (s *Server) DocCacheBytes() int64 { return s.opts.DocCacheBytes }
+
 // Handler serves /ws (devices), /healthz, /metrics and the endpoints
 // mounted (see Mount).
 func (s *Server) Handler() http.Handler {
