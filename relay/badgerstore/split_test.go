@@ -503,8 +503,12 @@ func TestSplitAppendFence(t *testing.T) {
 // everything in them: replayed into today's smaller memtable, they would
 // not fit.
 func TestOpenAfterLargerMemtables(t *testing.T) {
+	if dir := os.Getenv(envLargeMemChild); dir != "" {
+		largeMemChild(t, dir)
+		return
+	}
 	dir := filepath.Join(t.TempDir(), "store")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestOpenAfterLargerMemtablesChild$", "-test.count=1")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestOpenAfterLargerMemtables$", "-test.count=1")
 	cmd.Env = append(os.Environ(), envLargeMemChild+"="+dir)
 	out, err := cmd.CombinedOutput()
 	var exit *exec.ExitError
@@ -543,13 +547,10 @@ func largeMemEntries() []relay.Entry {
 	return es
 }
 
-// TestOpenAfterLargerMemtablesChild is TestOpenAfterLargerMemtables' killed
-// process; it does nothing unless that test runs it.
-func TestOpenAfterLargerMemtablesChild(t *testing.T) {
-	dir := os.Getenv(envLargeMemChild)
-	if dir == "" {
-		return
-	}
+// largeMemChild is TestOpenAfterLargerMemtables' process that is killed:
+// it writes largeMemEntries to the store in dir with 64 MiB memtables and
+// exits without closing it.
+func largeMemChild(t *testing.T, dir string) {
 	s, err := Open(dir, &Options{GCInterval: -1, memTableSize: 64 << 20})
 	if err != nil {
 		t.Fatal(err)
