@@ -562,3 +562,55 @@ func largeMemChild(t *testing.T, dir string) {
 	}
 	os.Exit(splitCrashCode)
 }
+
+// A compaction that drops more tail entries than one transaction deletes
+// goes through: the snapshot first, then the rest of the deletes.
+func TestCompactLongTail(t *testing.T) {
+	// Transactions of 38 KiB: about 600 deletes each.
+	s := bsOpen(t, t.TempDir(), &Options{GCInterval: -1, Relaxed: true, memTableSize: 256 << 10})
+	var heads crdt.Heads
+	for i := range 2000 {
+		e := bsEntry("hot", heads, strconv.Itoa(i))
+		bsAppend(t, s, 0, time.Now(), e)
+		heads = e.Heads
+	}
+	bsAppend(t, s, 0, time.Now(), bsEntry("other", nil, "1"))
+	snap := bytes.Repeat([]byte{'s'}, 1000)
+	if err := s.Compact(context.Background(), bsColl, "hot", snap, 1990); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Record(context.Background(), bsColl, "hot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tail []byte
+	for i := 1990; i < 2000; i++ {
+		tail = append(tail, bsEntry("hot", nil, strconv.Itoa(i)).Changes...)
+	}
+	if r.SnapSeq != 1990 || !bytes.Equal(r.Snapshot, snap) || !bytes.Equal(r.Tail, tail) || r.TailEntries != 10 || !r.Heads.Equal(heads) {
+		t.Fatalf("after compacting: snapshot to %d, %d bytes, tail %d bytes in %d entries", r.SnapSeq, len(r.Snapshot), len(r.Tail), r.TailEntries)
+	}
+	err = s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: tailPrefix(bsColl, "hot")})
+		defer it.Close()
+		n := 0
+		for it.Rewind(); it.Valid(); it.Next() {
+			n++
+		}
+		if n != 10 {
+			return fmt.Errorf("%d tail keys left, want 10", n)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := s.Usage(context.Background(), bsColl.Tenant)
+	if err != nil || u.Bytes != int64(len(snap)+len(tail)+len(bsEntry("other", nil, "1").Changes)) {
+		t.Fatalf("usage %+v, %v", u, err)
+	}
+	// Truncation drops the log entries the snapshot holds.
+	if h, err := s.Truncate(context.Background(), bsColl, 1990); err != nil || h != 1990 {
+		t.Fatalf("Truncate = %d, %v", h, err)
+	}
+}
