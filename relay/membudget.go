@@ -36,8 +36,15 @@ type memBudget struct {
 	// newTimer replaces time.NewTimer for the bounded wait (tests).
 	newTimer func(time.Duration) (<-chan time.Time, func() bool)
 
+	// freedSignal, if set, receives (without blocking) each time grants
+	// have given back a fifth of the budget since the last signal: the
+	// memory behind them is free for the process to give back (see
+	// Server.releaseLoop).
+	freedSignal chan struct{}
+
 	mu      sync.Mutex
 	used    int64
+	freed   int64 // given back since the last freedSignal
 	peak    int64        // the most used since newMemBudget or the last peakUse
 	waiters []*memWaiter // FIFO
 	closed  bool
@@ -185,10 +192,20 @@ func (b *memBudget) add(d int64) {
 	b.mu.Lock()
 	b.used += d
 	b.peak = max(b.peak, b.used)
+	signal := false
 	if d < 0 {
 		b.grantLocked()
+		if b.freed -= d; b.freed >= b.max/5 && b.freedSignal != nil {
+			b.freed, signal = 0, true
+		}
 	}
 	b.mu.Unlock()
+	if signal {
+		select {
+		case b.freedSignal <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // inUse is the memory granted now.

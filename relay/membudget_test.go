@@ -192,3 +192,23 @@ func FuzzMemBudget(f *testing.F) {
 		}
 	})
 }
+
+// TestMemBudgetFreedSignal checks that the budget signals, without ever
+// blocking, once grants have given back a fifth of it.
+func TestMemBudgetFreedSignal(t *testing.T) {
+	b := newMemBudget(100, time.Hour)
+	b.freedSignal = make(chan struct{}, 1)
+	g := b.charge(100)
+	g.set(81) // 19 given back
+	if len(b.freedSignal) != 0 {
+		t.Fatal("signaled before a fifth was given back")
+	}
+	g.set(80)
+	if len(b.freedSignal) != 1 {
+		t.Fatal("no signal once a fifth was given back")
+	}
+	g.release() // 80 more: a signal is due, and the channel is full
+	if len(b.freedSignal) != 1 || b.inUse() != 0 {
+		t.Fatalf("%d signals waiting, %d in use", len(b.freedSignal), b.inUse())
+	}
+}

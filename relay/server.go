@@ -158,6 +158,8 @@ type Server struct {
 	pres      *presenceHub
 	docs      *lru.Cache[recordKey, *relayDoc]
 	mem       *memBudget // the process's memory budget (see Options.MaxMemory)
+	// releaseStop ends releaseLoop, which closes releaseDone.
+	releaseStop, releaseDone chan struct{}
 	marks     staleMarks // other relay processes' appends, for docs
 	compactor *compactor
 	recLocks  *keylock.Locks[recordKey] // merges, per record
@@ -244,6 +246,12 @@ func NewServer(o *Options) (*Server, error) {
 	// push is using.
 	s.mem.reclaim = s.docs.Trim
 	s.mem.refused = m.memRefusals.Inc
+	s.mem.freedSignal = make(chan struct{}, 1)
+	s.releaseDone, s.releaseStop = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(s.releaseDone)
+		s.releaseLoop(s.mem.freedSignal, s.releaseStop)
+	}()
 	s.compactor = newCompactor(s)
 	s.watch = startStoreWatch(s)
 	return s, nil
@@ -426,6 +434,8 @@ func (s *Server) Close() error {
 		s.compactor.close()
 		s.watch.close()
 		s.docs.Clear() // no push runs now: free every loaded document
+		close(s.releaseStop)
+		<-s.releaseDone
 	})
 	return nil
 }
