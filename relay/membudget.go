@@ -44,7 +44,7 @@ type memBudget struct {
 
 	mu      sync.Mutex
 	used    int64
-	freed   int64 // given back since the last freedSignal
+	freed   int64        // given back since the last freedSignal
 	peak    int64        // the most used since newMemBudget or the last peakUse
 	waiters []*memWaiter // FIFO
 	closed  bool

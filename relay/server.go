@@ -158,14 +158,15 @@ type Server struct {
 	pres      *presenceHub
 	docs      *lru.Cache[recordKey, *relayDoc]
 	mem       *memBudget // the process's memory budget (see Options.MaxMemory)
-	// releaseStop ends releaseLoop, which closes releaseDone.
-	releaseStop, releaseDone chan struct{}
 	marks     staleMarks // other relay processes' appends, for docs
 	compactor *compactor
 	recLocks  *keylock.Locks[recordKey] // merges, per record
 	quotas    *quotas
 	watch     *storeWatch // nil unless the Store has StoreEvents
 	endpoints []mounted   // see Mount; guarded by mu
+
+	// releaseStop ends releaseLoop, which closes releaseDone.
+	releaseStop, releaseDone chan struct{}
 
 	// groupBytes and groupEntries cap one group commit (see nextGroup);
 	// tests lift them to reach the split on ErrAppendTooLarge.
