@@ -37,7 +37,10 @@ type Backend interface {
 	Connect(app string) error
 	Disconnect(app string)
 	// Push validates, stores and fans out changes exactly as a device's
-	// push; it returns once they are durable.
+	// push; it returns once they are durable. Past the relay's memory
+	// budget (Options.MaxMemory) it may wait, then refuse with a
+	// *transport.Error of code busy, having stored nothing: push again
+	// after its RetryMS.
 	Push(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error)
 	// ReadDocument calls read with a record's document as stored, and its
 	// heads, or returns ErrNotFound. The document is the one pushes to
@@ -46,7 +49,9 @@ type Backend interface {
 	// durable yet); otherwise a copy loaded for the call and freed after
 	// it. While read runs on a cached document no push changes it, so
 	// read must be quick and only read: never keep the document, never
-	// wait on the network, never push.
+	// wait on the network, never push. A copy is loaded within the
+	// relay's memory budget: past it, ReadDocument may wait, then return
+	// busy as Push does, without calling read.
 	ReadDocument(ctx context.Context, c Coll, record string, read func(doc *crdt.Doc, heads crdt.Heads) error) error
 	// Records pages through a collection's record IDs in order.
 	Records(ctx context.Context, c Coll, after string, limit int) ([]string, error)
