@@ -102,3 +102,7 @@ func (s *Server) MemoryInUse() int64 { return s.mem.inUse() }
 // MemoryPeak is the most the Server's memory budget counted in use since
 // the last call.
 func (s *Server) MemoryPeak() int64 { return s.mem.peakUse() }
+
+// HoldMemory takes n bytes of the Server's memory budget, without
+// waiting, until release is called.
+func (s *Server) HoldMemory(n int64) (release func()) { return s.mem.charge(n).release }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -149,5 +150,45 @@ func TestMemoryBudgetFlood(t *testing.T) {
 	}
 	if used, cached := tr.srv.MemoryInUse(), tr.srv.DocCacheSize(); used != cached {
 		t.Errorf("with nothing in progress, %d bytes in use, %d of them cached documents", used, cached)
+	}
+}
+
+// TestMemoryBudgetRefusesLoad: a push admitted within the budget whose
+// record's document does not fit in what is left to load it is refused
+// with busy, stores nothing, and gives back everything it held; once
+// memory is free, the same push is stored.
+func TestMemoryBudgetRefusesLoad(t *testing.T) {
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) {
+		o.MaxMemory = 32 << 20
+		o.DocCacheBytes = 1 // nothing stays loaded between pushes
+		o.MemoryWait = 10 * time.Millisecond
+		o.CompactInterval = -1
+	})
+	coll := relay.Coll{Tenant: "shop", Collection: "c"}
+	a := tr.client("shop")
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", objectHeavyRecord(t, "aa01"))))
+	head, _ := tr.store.Head(context.Background(), coll)
+	base := tr.srv.MemoryInUse()
+
+	// Room for a small push, not for the record's document (some 15 MiB).
+	release := tr.srv.HoldMemory(24 << 20)
+	ed := newEditor(t, "bb02")
+	change := ed.edit(map[string]any{"note": "small"})
+	_, err := call[transport.Ack](t, a, pushOf("c", 0, rec("r", change)))
+	if !errors.Is(err, transport.ErrBusy) || !strings.Contains(err.Error(), "loading a record") {
+		t.Fatalf("push while the record's document does not fit: %v, want busy, loading it", err)
+	}
+	if h, _ := tr.store.Head(context.Background(), coll); h != head {
+		t.Errorf("the refused push moved the log from %d to %d", head, h)
+	}
+	if used := tr.srv.MemoryInUse(); used != base+24<<20 {
+		t.Errorf("after the refusal %d bytes in use, want %d: the push kept some", used, base+24<<20)
+	}
+	release()
+	// The change builds on nothing of r's: it is a record of its own
+	// history, merged beside r's as a device's first edit would be.
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", change)))
+	if used := tr.srv.MemoryInUse(); used != tr.srv.DocCacheSize() {
+		t.Errorf("with nothing in progress %d bytes in use, %d of them cached", used, tr.srv.DocCacheSize())
 	}
 }
