@@ -89,7 +89,7 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 	// in place, and its changes pushed once it is let go.
 	var ordered [][]byte
 	found := false
-	err = c.withDoc(d, func(doc *crdt.Doc, _ crdt.Heads, ok bool) error {
+	err = c.withDoc(d, nil, func(doc *crdt.Doc, _ crdt.Heads, ok bool) error {
 		found = ok
 		if len(sm.changes) > 0 && canWrite {
 			chunks := append(d.pending, sm.changes...)
@@ -148,7 +148,7 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 	// waiting for an answer), are asked for: automerge's sync state may
 	// have nothing to say then, and neither side would speak again.
 	// (Not from a read-only peer, whose changes the relay refuses.)
-	return c.syncOut(d, true, func(doc *crdt.Doc) (need []crdt.Hash) {
+	return c.syncOut(d, nil, true, func(doc *crdt.Doc) (need []crdt.Hash) {
 		if canWrite {
 			for _, h := range sm.heads {
 				if !doc.Has(h) {
@@ -161,10 +161,12 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 }
 
 // withDoc calls read with the record's document as stored (found), or an
-// empty one if the store has none. d.mu is held; see relay.Backend's
+// empty one if the store has none: the relay's cached document, read
+// from the store only if it is not cached or lacks one of known (heads
+// the record's log entries reached). d.mu is held; see relay.Backend's
 // ReadDocument for what read may do.
-func (c *amConn) withDoc(d *amDoc, read func(doc *crdt.Doc, heads crdt.Heads, found bool) error) error {
-	err := c.a.b.ReadDocument(c.ctx, c.coll, d.record, func(doc *crdt.Doc, heads crdt.Heads) error {
+func (c *amConn) withDoc(d *amDoc, known crdt.Heads, read func(doc *crdt.Doc, heads crdt.Heads, found bool) error) error {
+	err := c.a.b.ReadDocument(c.ctx, c.coll, d.record, known, func(doc *crdt.Doc, heads crdt.Heads) error {
 		return read(doc, heads, true)
 	})
 	if !isNotFound(err) {
@@ -200,11 +202,12 @@ func (c *amConn) push(d *amDoc, chunks [][]byte) error {
 // anything, and asks for the changes need names (with those still
 // missing): the message is made from the document, and sent once it is let
 // go. A record the store does not hold is answered from an empty document
-// if orEmpty is set, and not at all otherwise. d.mu is held.
-func (c *amConn) syncOut(d *amDoc, orEmpty bool, need func(doc *crdt.Doc) []crdt.Hash) error {
+// if orEmpty is set, and not at all otherwise. known is as for withDoc.
+// d.mu is held.
+func (c *amConn) syncOut(d *amDoc, known crdt.Heads, orEmpty bool, need func(doc *crdt.Doc) []crdt.Hash) error {
 	var msg []byte
 	var ok bool
-	err := c.withDoc(d, func(doc *crdt.Doc, heads crdt.Heads, found bool) error {
+	err := c.withDoc(d, known, func(doc *crdt.Doc, heads crdt.Heads, found bool) error {
 		if !found && !orEmpty {
 			return nil
 		}
