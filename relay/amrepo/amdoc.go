@@ -25,60 +25,18 @@ type amDoc struct {
 	missing []crdt.Hash
 
 	qmu     sync.Mutex
-	queue   []*amMessage
-	running bool
-}
-
-// enqueue queues a sync message for its document, starting the
-// document's handler if none runs. It blocks while InFlight documents are
-// being handled.
-func (c *amConn) enqueue(d *amDoc, m *amMessage) {
-	d.qmu.Lock()
-	d.queue = append(d.queue, m)
-	start := !d.running
-	d.running = true
-	d.qmu.Unlock()
-	if !start {
-		return
-	}
-	select {
-	case c.sem <- struct{}{}:
-	case <-c.ctx.Done():
-		return
-	}
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		defer func() { <-c.sem }()
-		for {
-			d.qmu.Lock()
-			if len(d.queue) == 0 || c.ctx.Err() != nil {
-				d.running = false
-				d.queue = nil
-				d.qmu.Unlock()
-				return
-			}
-			m := d.queue[0]
-			d.queue = d.queue[1:]
-			d.qmu.Unlock()
-			if err := c.handleSync(d, m); err != nil {
-				c.fail(err)
-				return
-			}
-		}
-	}()
+	queue   []*amQueued // see amqueue.go
+	running bool        // a handler takes the queue
+	dead    bool        // the connection is ending: drop what comes
 }
 
 // handleSync takes in a request or sync message: its changes are pushed
 // (validated and durable before anything is answered), the rest goes to
 // the sync state, and the answer goes back.
-func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
+func (c *amConn) handleSync(d *amDoc, q *amQueued) error {
 	start := time.Now()
 	defer func() { c.a.metrics.syncSeconds.Observe(time.Since(start).Seconds()) }()
-	sm, err := parseSyncMessage(m.Data)
-	if err != nil {
-		return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
-	}
+	sm := q.sm
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	canWrite := c.claims.CanWrite(c.coll.Collection)
@@ -89,7 +47,7 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 	// in place, and its changes pushed once it is let go.
 	var ordered [][]byte
 	found := false
-	err = c.withDoc(d, nil, func(doc *crdt.Doc, _ crdt.Heads, ok bool) error {
+	err := c.withDoc(d, nil, func(doc *crdt.Doc, _ crdt.Heads, ok bool) error {
 		found = ok
 		if len(sm.changes) > 0 && canWrite {
 			chunks := append(d.pending, sm.changes...)
@@ -104,12 +62,21 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 			if err != nil {
 				return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
 			}
+			c.waiting.Add(-int64(chunksSize(d.pending)))
 			d.pending, d.missing = nil, missing
 			if len(missing) > 0 {
 				if chunksSize(chunks) > c.a.limits.MaxRecord {
 					return &amRefusal{msg: fmt.Sprintf("document %s: over %d bytes of changes wait for changes never sent", d.id, c.a.limits.MaxRecord)}
 				}
-				d.pending = chunks // pushed once what they need arrives
+				if n := c.waiting.Add(int64(chunksSize(chunks))); n > c.a.opts.MaxWaitingBytes {
+					return &amRefusal{msg: fmt.Sprintf("over %d bytes of changes wait, on this connection, for changes never sent", c.a.opts.MaxWaitingBytes)}
+				}
+				// Pushed once what they need arrives. Copied: the message's
+				// own bytes, which may be far larger, are let go.
+				for i, ch := range chunks {
+					chunks[i] = bytes.Clone(ch)
+				}
+				d.pending = chunks
 			} else {
 				ordered = o
 			}
