@@ -38,6 +38,7 @@ type amConn struct {
 	pres    *amPresence
 	budget  *queueBudget // what queued messages hold (see amqueue.go)
 	waiting atomic.Int64 // bytes of changes waiting for their dependencies, all documents
+	held    atomic.Int64 // what the documents' sync states keep of the peer's messages
 	// The read loop waits on the relay (paused), and has done so pauses
 	// times: keepalive's pings go unanswered meanwhile.
 	paused atomic.Bool

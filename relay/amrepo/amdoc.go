@@ -23,6 +23,9 @@ type amDoc struct {
 	// ampending.go).
 	pending [][]byte
 	missing []crdt.Hash
+	// held is what the sync state keeps of the peer's last message (its
+	// heads, needs and bloom filters), counted in the connection's.
+	held int64
 
 	qmu     sync.Mutex
 	queue   []*amQueued // see amqueue.go
@@ -84,7 +87,11 @@ func (c *amConn) handleSync(d *amDoc, q *amQueued) error {
 		if !found && ordered == nil && len(sm.heads) == 0 {
 			return nil // unavailable: nothing for the sync state
 		}
-		if err := d.state.Receive(doc, sm.encodeV1()); err != nil {
+		v1 := sm.encodeV1()
+		if err := c.holdState(d, len(v1)); err != nil {
+			return err
+		}
+		if err := d.state.Receive(doc, v1); err != nil {
 			return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
 		}
 		return nil
@@ -125,6 +132,20 @@ func (c *amConn) handleSync(d *amDoc, q *amQueued) error {
 		}
 		return need
 	})
+}
+
+// holdState counts in the connection's sync states that the document's
+// now keeps n bytes of the peer's message (automerge keeps the heads,
+// needs and bloom filters of the last one), and refuses past
+// MaxSyncStateBytes. d.mu is held.
+func (c *amConn) holdState(d *amDoc, n int) error {
+	total := c.held.Add(int64(n) - d.held)
+	d.held = int64(n)
+	if total > c.a.opts.MaxSyncStateBytes {
+		c.a.metrics.refused.WithLabelValues(string(transport.CodeTooLarge)).Inc()
+		return &amRefusal{msg: fmt.Sprintf("the sync states of this connection's documents would keep over %d bytes of its messages' heads and bloom filters", c.a.opts.MaxSyncStateBytes)}
+	}
+	return nil
 }
 
 // withDoc calls read with the record's document as stored (found), or an

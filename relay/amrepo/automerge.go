@@ -45,6 +45,12 @@ type Options struct {
 	// documents; each document's are bounded by max_record too. Past it
 	// the connection is refused. Default 8 MiB.
 	MaxWaitingBytes int64
+	// MaxSyncStateBytes bounds what the sync states of one connection's
+	// documents keep of its messages: automerge keeps each document's
+	// last heads, needs and bloom filters from the peer (a bloom filter
+	// takes about 10 bits per change the peer has since they last
+	// synced). Past it the connection is refused. Default 64 MiB.
+	MaxSyncStateBytes int64
 }
 
 func (p *Options) withDefaults() Options {
@@ -70,15 +76,20 @@ func (p *Options) withDefaults() Options {
 	if o.MaxWaitingBytes <= 0 {
 		o.MaxWaitingBytes = DefaultMaxWaitingBytes
 	}
+	if o.MaxSyncStateBytes <= 0 {
+		o.MaxSyncStateBytes = DefaultMaxSyncStateBytes
+	}
 	return o
 }
 
-// The defaults of Options.MaxQueuedBytes and Options.MaxWaitingBytes: per
-// connection, what it may make the relay hold beyond the documents
-// themselves (which the relay's document cache bounds).
+// The defaults of Options.MaxQueuedBytes, MaxWaitingBytes and
+// MaxSyncStateBytes: per connection, what it may make the relay hold
+// beyond the documents themselves (which the relay's document cache
+// bounds).
 const (
-	DefaultMaxQueuedBytes  = 16 << 20
-	DefaultMaxWaitingBytes = 8 << 20
+	DefaultMaxQueuedBytes    = 16 << 20
+	DefaultMaxWaitingBytes   = 8 << 20
+	DefaultMaxSyncStateBytes = 64 << 20
 )
 
 // Endpoint serves automerge-repo clients: each connection is a peer that

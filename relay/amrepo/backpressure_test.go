@@ -228,3 +228,38 @@ func TestAutomergeWaitingChangesBoundedPerConnection(t *testing.T) {
 		t.Fatalf("log head %d: waiting changes were stored", h)
 	}
 }
+
+// TestAutomergeSyncStatesBoundedPerConnection: automerge's sync state
+// keeps each document's last bloom filter from the peer, so a peer could
+// make the relay keep a frame's worth per document; what they keep counts
+// across the connection's documents, and past MaxSyncStateBytes the
+// connection is refused.
+func TestAutomergeSyncStatesBoundedPerConnection(t *testing.T) {
+	const bound = 16 << 10
+	tr := newTestRelay(t, memstore.New(), func(o *testOptions) { o.Automerge.MaxSyncStateBytes = bound })
+	p, _ := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), "p")
+	// A valid bloom filter of 4,800 entries, 10 bits each, 7 probes.
+	bloom := binary.AppendUvarint(nil, 4800)
+	bloom = binary.AppendUvarint(bloom, 10)
+	bloom = binary.AppendUvarint(bloom, 7)
+	bloom = append(bloom, make([]byte, 6000)...)
+	var heads crdt.Heads
+	for i := range 8 {
+		heads = append(heads, crdt.Hash{byte(i + 1)}) // the peer's, unknown to the relay
+		msg := (&syncMessage{heads: heads[i : i+1], have: []syncHave{{bloom: bloom}}}).encodeV1()
+		docID, _ := newDocID(t)
+		p.send(&amMessage{Type: amSync, SenderID: "p", DocumentID: docID, Data: msg})
+		m := p.next()
+		if (i+1)*len(msg) <= bound {
+			if m == nil || m.Type != amSync {
+				t.Fatalf("document %d: answered %+v", i, m)
+			}
+			continue
+		}
+		if m == nil || m.Type != amError || !strings.Contains(m.Message, "bloom filters") {
+			t.Fatalf("document %d, %d bytes kept, over %d: answered %+v", i, (i+1)*len(msg), bound, m)
+		}
+		return
+	}
+	t.Fatal("never refused")
+}
