@@ -371,13 +371,20 @@ func (c *amConn) keepalive() {
 	defer c.wg.Done()
 	t := time.NewTicker(c.a.ping)
 	defer t.Stop()
+	tick := t.C
+	if c.a.hooks.tick != nil {
+		tick = c.a.hooks.tick
+	}
 	for {
 		select {
 		case <-c.ctx.Done():
 			return
-		case <-t.C:
+		case <-tick:
 		}
 		if c.paused.Load() {
+			if h := c.a.hooks.skipped; h != nil {
+				h()
+			}
 			continue // the peer waits on the relay, not the reverse
 		}
 		pauses := c.pauses.Load()

@@ -110,10 +110,13 @@ type Endpoint struct {
 	wg sync.WaitGroup // connections counted in by track
 
 	// hooks, if set (by tests, before connections), see a connection's
-	// reads and its read loop waiting for room in its budget.
+	// reads and its read loop waiting for room in its budget, and drive
+	// keepalive's ticks, seeing those skipped while the loop waits.
 	hooks struct {
-		read   func(c *amConn, n int)
-		paused func(c *amConn, used int64)
+		read    func(c *amConn, n int)
+		paused  func(c *amConn, used int64)
+		tick    <-chan time.Time
+		skipped func()
 	}
 
 	mu       sync.Mutex

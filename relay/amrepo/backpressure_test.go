@@ -50,7 +50,18 @@ func syncV1(heads crdt.Heads, chunk []byte) []byte {
 // every append. The relay stops reading the connection once its queued
 // messages count for MaxQueuedBytes, rather than buffering the flood;
 // once the store lets go, every change is stored and acknowledged.
-func TestAutomergeBackPressure(t *testing.T) {
+func TestAutomergeBackPressure(t *testing.T) { floodHeld(t, false) }
+
+// TestAutomergeKeepaliveWhileHeldBack: while the relay does not read a
+// connection, the client's pongs wait unread; keepalive must not take
+// that for a dead peer, or back-pressure would cut the connection.
+func TestAutomergeKeepaliveWhileHeldBack(t *testing.T) { floodHeld(t, true) }
+
+// floodHeld floods a connection while the store holds appends (see
+// TestAutomergeBackPressure); with ping, keepalive ticks while the
+// connection is held back, with a ping timeout far shorter than the
+// hold.
+func floodHeld(t *testing.T, ping bool) {
 	const (
 		bound  = 96 << 10
 		docs   = 16
@@ -58,11 +69,20 @@ func TestAutomergeBackPressure(t *testing.T) {
 	)
 	st := &heldAppends{Store: memstore.New(), release: make(chan struct{})}
 	release := sync.OnceFunc(func() { close(st.release) })
+	tick := make(chan time.Time)
 	tr := newTestRelay(t, st, func(o *testOptions) {
 		o.Limits.MaxInflated = 8 << 10
 		o.Automerge.MaxQueuedBytes = bound
 		o.CompactInterval = -1
+		if ping {
+			o.PingInterval = time.Millisecond
+		}
 	})
+	skipped := make(chan struct{})
+	if ping {
+		tr.am.hooks.tick = tick
+		tr.am.hooks.skipped = func() { skipped <- struct{}{} }
+	}
 	t.Cleanup(release) // before the relay's shutdown: a failure must not leave pushes held
 
 	seed := rand.Uint64()
@@ -144,6 +164,22 @@ func TestAutomergeBackPressure(t *testing.T) {
 	}
 	t.Logf("paused after reading %d of %d bytes, %d queued", read.Load(), total, used)
 
+	if ping {
+		for range 3 {
+			// Its pushes held, an ended connection closes only once
+			// released: look at its context.
+			select {
+			case tick <- time.Time{}:
+			case <-conn.ctx.Done():
+				t.Fatal("keepalive ended the connection while it was held back")
+			}
+			select {
+			case <-skipped:
+			case <-conn.ctx.Done():
+				t.Fatal("keepalive ended the connection while it was held back")
+			}
+		}
+	}
 	release()
 	acked := map[string]bool{}
 	for len(acked) < docs {
