@@ -131,7 +131,7 @@ func (o *Options) withDefaults() Options {
 
 // DefaultMaxMemory is Options.MaxMemory's default: room for the document
 // cache's default 64 MiB, and for the largest record the default limits
-// let in (max_record_ops operations, about 230 MiB loaded) alone.
+// let in (max_record_ops operations, some 220 MiB loaded) alone.
 const DefaultMaxMemory = 256 << 20
 
 func defaultDur(d *time.Duration, def time.Duration) {
