@@ -192,3 +192,29 @@ func TestMemoryBudgetRefusesLoad(t *testing.T) {
 		t.Errorf("with nothing in progress %d bytes in use, %d of them cached", used, tr.srv.DocCacheSize())
 	}
 }
+
+// TestBackendChargeMemory: what an endpoint charges through its Backend
+// counts in the budget until released: a push meanwhile is refused with
+// busy, and goes through once the charge is released.
+func TestBackendChargeMemory(t *testing.T) {
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) {
+		o.MaxMemory = 16 << 20
+		o.MemoryWait = 10 * time.Millisecond
+	})
+	base := tr.srv.MemoryInUse()
+	release := tr.srv.Backend().ChargeMemory(16 << 20)
+	if used := tr.srv.MemoryInUse(); used != base+16<<20 {
+		t.Fatalf("%d bytes in use after charging 16 MiB over %d", used, base)
+	}
+	a := tr.client("shop")
+	change := newEditor(t, "aa01").edit(map[string]any{"v": 1})
+	if _, err := call[transport.Ack](t, a, pushOf("c", 0, rec("r", change))); !errors.Is(err, transport.ErrBusy) {
+		t.Fatalf("push with the budget charged in full: %v, want busy", err)
+	}
+	release()
+	release()
+	if used := tr.srv.MemoryInUse(); used != base {
+		t.Fatalf("%d bytes in use after the release, want %d", used, base)
+	}
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", change)))
+}
