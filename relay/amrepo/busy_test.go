@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,15 +18,19 @@ import (
 	"github.com/ferrysync/ferry/transport"
 )
 
-// enteredAppends is a store whose appends say they started, then wait
-// until release is closed.
+// enteredAppends is a store whose appends, once hold is set, say they
+// started, then wait until release is closed.
 type enteredAppends struct {
 	relay.Store
+	hold    atomic.Bool
 	entered chan struct{} // one value per append started
 	release chan struct{}
 }
 
 func (s *enteredAppends) Append(ctx context.Context, c relay.Coll, fence uint64, now time.Time, entries []relay.Entry) (uint64, error) {
+	if !s.hold.Load() {
+		return s.Store.Append(ctx, c, fence, now, entries)
+	}
 	select {
 	case s.entered <- struct{}{}:
 	default:
@@ -45,9 +50,15 @@ type busyRelay struct {
 	reg     *prometheus.Registry
 	release func()
 	pushed  chan error // the device's push, once acknowledged
+	// stored is a document stored before the budget filled, and not
+	// loaded.
+	storedID, storedRecord string
 }
 
-func newBusyRelay(t *testing.T) *busyRelay {
+// newBusyRelay's budget is maxMemory: at least 64 KiB (what the push
+// filling it leaves must fit a sync message carrying changes, counted
+// with max_inflated); with 72 KiB not even a small document may load.
+func newBusyRelay(t *testing.T, maxMemory int64) *busyRelay {
 	t.Helper()
 	st := &enteredAppends{Store: memstore.New(), entered: make(chan struct{}, 1), release: make(chan struct{})}
 	reg := prometheus.NewRegistry()
@@ -55,7 +66,10 @@ func newBusyRelay(t *testing.T) *busyRelay {
 		o.Registry = reg
 		o.CompactInterval = -1
 		o.Limits.MaxInflated = 64 << 10
-		o.MaxMemory = 96 << 10
+		o.MaxMemory = maxMemory
+		// No document stays loaded once its push is done: a client's
+		// request must load it.
+		o.DocCacheBytes = 1
 		// Each try waits this long for room before it is refused with
 		// busy; what the tests wait on is the endpoint's retries, driven
 		// through hooks.busyWait.
@@ -73,6 +87,9 @@ func newBusyRelay(t *testing.T) *busyRelay {
 	}
 	change := newEditor(t, "d1").edit(map[string]any{"pad": string(pad)})
 	dev := tr.client("shop")
+	br.storedID, br.storedRecord = newDocID(t)
+	mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(br.storedRecord, newEditor(t, "d2").edit(map[string]any{"title": "eggs"}))))
+	st.hold.Store(true)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -83,7 +100,7 @@ func newBusyRelay(t *testing.T) *busyRelay {
 	case err := <-br.pushed:
 		t.Fatalf("the device's push was answered before its append: %v", err)
 	}
-	if used := memoryBytes(t, reg); used < 96<<10-(64<<10) {
+	if used := memoryBytes(t, reg); used < maxMemory-(64<<10) {
 		t.Fatalf("the held push counts %d bytes: too few to fill the budget", used)
 	}
 	if testing.Verbose() {
@@ -131,7 +148,7 @@ func counter(t *testing.T, reg *prometheus.Registry, name string, labels ...stri
 // same connection, and is stored once the budget frees; the client is
 // never told of an error (automerge-repo knows no busy answer).
 func TestAutomergeBusyWaits(t *testing.T) {
-	br := newBusyRelay(t)
+	br := newBusyRelay(t, 96<<10)
 	waits := make(chan time.Duration, 1)
 	fire := make(chan time.Time)
 	br.am.hooks.busyWait = func(_ *amConn, d time.Duration) <-chan time.Time {
@@ -190,7 +207,7 @@ func TestAutomergeBusyWaits(t *testing.T) {
 // reconnects and syncs again, as automerge-repo's does, its change is
 // stored.
 func TestAutomergeBusyCloses(t *testing.T) {
-	br := newBusyRelay(t)
+	br := newBusyRelay(t, 96<<10)
 	var mu sync.Mutex
 	var waited time.Duration
 	br.am.hooks.busyWait = func(_ *amConn, d time.Duration) <-chan time.Time {
@@ -258,4 +275,39 @@ func TestAutomergeBusyCloses(t *testing.T) {
 	if f := fieldsAfter(t, r.Data()); f["title"] != "milk" {
 		t.Fatalf("stored %v", f)
 	}
+}
+
+// TestAutomergeBusyLoadWaits: a document the relay must load to answer a
+// client, refused with busy while the memory budget is held by another
+// push, is loaded and sent once the budget frees, on the same connection
+// and with no error.
+func TestAutomergeBusyLoadWaits(t *testing.T) {
+	br := newBusyRelay(t, 72<<10)
+	waits := make(chan time.Duration, 1)
+	fire := make(chan time.Time)
+	br.am.hooks.busyWait = func(_ *amConn, d time.Duration) <-chan time.Time {
+		select {
+		case waits <- d:
+		default:
+		}
+		return fire
+	}
+	p, _ := dialAM(t, br.amURL("/todos", br.amCreds("shop")), "peer")
+	p.sync(br.storedID, amRequest)
+	select {
+	case d := <-waits:
+		t.Logf("the load refused with busy; retrying after %v", d)
+	case m := <-p.in:
+		t.Fatalf("answered %+v while the budget was full, before any retry", m)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the load was never refused with busy: the budget was not full")
+	}
+	br.releasePush()
+	close(fire)
+	p.until(func(m *amMessage) bool {
+		if m.Type != amSync {
+			t.Fatalf("answered %+v", m)
+		}
+		return p.field(br.storedID, "title") == "eggs"
+	})
 }
