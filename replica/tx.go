@@ -204,7 +204,7 @@ func (r *Replica) touch(txn *badger.Txn, coll, id string) (*touched, error) {
 		return nil, err
 	}
 	if !ok {
-		if d, err = crdt.New(r.actor); err != nil {
+		if d, err = crdt.New(r.actorID()); err != nil {
 			return nil, err
 		}
 	}
