@@ -98,6 +98,12 @@ func TestInUseDocumentOutlivesEviction(t *testing.T) {
 			if err := c.Put("x", map[string]any{"n": 0}); err != nil {
 				t.Fatal(err)
 			}
+			others := otherStripe(r, "c", "x", 8)
+			for _, id := range others {
+				if err := c.Put(id, map[string]any{"n": 0}); err != nil {
+					t.Fatal(err)
+				}
+			}
 			// The reaper reports when it is about to free x's document.
 			reaping := make(chan struct{}, 1)
 			r.reap.mu.Lock()
@@ -135,8 +141,9 @@ func TestInUseDocumentOutlivesEviction(t *testing.T) {
 				}
 			}()
 			d := <-inside
-			// Other records, on other locks, push x's document out.
-			for _, id := range otherStripe(r, "c", "x", 8) {
+			// Edits of other records, on other locks, push x's document
+			// out (a record's creation leaves nothing cached).
+			for _, id := range others {
 				if err := c.Put(id, map[string]any{"n": 1}); err != nil {
 					t.Fatal(err)
 				}

@@ -76,8 +76,15 @@ func Open(dir string, o *Options) (*Replica, error) {
 		WithInMemory(opts.InMemory).
 		WithSyncWrites(false).
 		WithLogger(badgerdir.Logger(opts.Logger)).
-		// A device store: keep Badger's memory modest.
+		// A device store: keep Badger's memory modest. Each memtable is
+		// a 16 MiB arena on the Go heap beside its mapped log; two bound
+		// them to the one being written and one being flushed (writes
+		// wait for the flush rather than queue more), and two compactors
+		// (Badger's least) bound the tables built at once, each in memory
+		// until written.
 		WithMemTableSize(16 << 20).
+		WithNumMemtables(2).
+		WithNumCompactors(2).
 		WithBlockCacheSize(32 << 20).
 		WithNumVersionsToKeep(1)
 	if opts.InMemory {

@@ -186,7 +186,7 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 	written = len(order)
 	var events []Event
 	for _, t := range order {
-		r.cache.put(cacheKey(t.coll, t.id), t.doc, t.new)
+		r.settle(t)
 		if ev, ok := t.event(local); ok {
 			events = append(events, ev)
 		}
