@@ -187,8 +187,8 @@ func (c *amConn) push(d *amDoc, chunks [][]byte) error {
 	})
 	var busy *amBusy
 	var te *transport.Error
-	if errors.As(err, &busy) {
-		return err
+	if errors.As(err, &busy) || errors.Is(err, transport.ErrShuttingDown) {
+		return err // not the peer's fault (see fail)
 	}
 	if errors.As(err, &te) && te.Code != transport.CodeInternal {
 		c.a.metrics.refused.WithLabelValues(string(te.Code)).Inc()
