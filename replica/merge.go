@@ -49,12 +49,14 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 	coll, id := t.coll, t.id
 	if i := slices.IndexFunc(res.conflicted, func(c conflicted) bool { return c.rec.id == id }); i >= 0 {
 		// An earlier entry of this batch for the record waits for the
-		// policy: this one builds on it, so it joins it.
-		c := &res.conflicted[i]
-		c.rec.data = append(c.rec.data, rec.data...)
-		c.data = append(c.data, rec.data...)
-		c.relay = rec.relay
-		return false, nil
+		// policy, and the record is as it was: this entry builds on that
+		// one, so the two are compared again as one, against the relay's
+		// latest version (deciding on the earlier one's values would
+		// revert the relay's later edits).
+		c := res.conflicted[i]
+		res.conflicted = slices.Delete(res.conflicted, i, i+1)
+		// A new slice: the entries' bytes may share the frame's buffer.
+		rec.data = slices.Concat(c.rec.data, rec.data)
 	}
 	// Changes held back by a failed hook come first: later ones build on
 	// them.

@@ -1,0 +1,67 @@
+package replica
+
+import (
+	"testing"
+
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/policy"
+)
+
+// TestConflictOverSeveralEntriesOfOnePull has the relay hold two entries
+// for a record (two syncs of a) that b pulls in one page while it edited
+// the same field: the first entry conflicts, the second builds on it and
+// joins it, and the resolution covers both, by each policy.
+func TestConflictOverSeveralEntriesOfOnePull(t *testing.T) {
+	for _, tc := range []struct {
+		pol       policy.Policy
+		wantPrice int64
+	}{
+		{policy.PreferLocal, 15},
+		{policy.PreferCloud, 13},
+	} {
+		t.Run(string(tc.pol), func(t *testing.T) {
+			e := newSyncEnv(t)
+			a, b := e.device(nil), e.device(nil)
+			setProfilePolicy(t, a, tc.pol)
+			setProfilePolicy(t, b, tc.pol)
+			ca, cb := coll2(t, a, "c"), coll2(t, b, "c")
+			if err := ca.Create("tea", map[string]any{"price": 10, "qty": 1}); err != nil {
+				t.Fatal(err)
+			}
+			mustSync(t, a, "p")
+			mustSync(t, b, "p")
+			set := func(c *Collection, field string, v any) {
+				t.Helper()
+				if err := c.Update("tea", func(d *crdt.Doc) error { return d.Set(crdt.Path{field}, v) }); err != nil {
+					t.Fatal(err)
+				}
+			}
+			set(ca, "price", 12)
+			mustSync(t, a, "p")
+			set(ca, "price", 13)
+			set(ca, "qty", 3)
+			mustSync(t, a, "p")
+			set(cb, "price", 15)
+			set(cb, "note", "b")
+			st := mustSync(t, b, "p")
+			if c := stat(st, "c"); c.Conflicts != 1 || len(c.Failed) != 0 {
+				t.Fatalf("b's sync: %d conflicts, failed %v; want 1 and none", c.Conflicts, c.Failed)
+			}
+			mustSync(t, a, "p")
+			for _, r := range []*Replica{a, b} {
+				f := getFields(t, r, "c", "tea")
+				if f["price"] != tc.wantPrice || f["qty"] != int64(3) || f["note"] != "b" {
+					t.Fatalf("%s has %v: want price %d, a's qty 3 and b's note", r.ID()[:6], f, tc.wantPrice)
+				}
+			}
+			ha, _ := ca.Heads("tea")
+			hb, _ := cb.Heads("tea")
+			if !ha.Equal(hb) {
+				t.Fatalf("heads differ: %v and %v", ha, hb)
+			}
+			if n, _ := cb.PendingCount(); n != 0 {
+				t.Fatalf("b has %d pending after its sync", n)
+			}
+		})
+	}
+}
