@@ -166,6 +166,18 @@ func (b *batchRun) end(err error) {
 	r.feeds.publish(events)
 }
 
+// replaceDoc makes d the document of t, a record in a batch, in place of
+// the one loaded for it, which the batch no longer uses: the cache still
+// holding it lets it go when the batch caches d (or drops the record), and
+// frees it then; otherwise it is freed now.
+func (r *Replica) replaceDoc(t *touched, d *crdt.Doc) {
+	old := t.doc
+	t.doc = d
+	if old != nil && old != d && !r.cache.holds(cacheKey(t.coll, t.id), old) {
+		old.Free()
+	}
+}
+
 // loadDocTxn loads a record within txn; with cached=false it bypasses the
 // cache (whose copy may hold changes this transaction did not store).
 func (r *Replica) loadDocTxn(txn *badger.Txn, coll, id string, cached bool) (*crdt.Doc, meta, bool, error) {
@@ -195,6 +207,10 @@ type batchResult struct {
 	conflicts  int
 	failed     []FailedRecord
 	conflicted []conflicted
+	// holdMerged has mergeOp keep, in each conflicted entry, the document
+	// it merged into, for resolveConflicted to store; the holder frees
+	// what it does not pass there (freeMerged).
+	holdMerged bool
 }
 
 func (b *batchResult) add(o batchResult) {
@@ -209,10 +225,21 @@ func (r *Replica) applyBatch(coll string, recs []remoteRec, op remoteOp) (batchR
 	return r.applyBatchThen(coll, recs, op, nil)
 }
 
+// applyHolding is applyBatch, and the records whose conflicts wait for
+// the policy keep the documents they were merged into
+// (conflicted.merged): pass them to resolveConflicted, or free them with
+// freeMerged, even when an error is returned.
+func (r *Replica) applyHolding(coll string, recs []remoteRec, op remoteOp) (batchResult, error) {
+	return r.applyBatchRes(batchResult{holdMerged: true}, coll, recs, op, nil)
+}
+
 // applyBatchThen is applyBatch, with then (if not nil) run last in the
 // same transaction, given what the batch did so far.
 func (r *Replica) applyBatchThen(coll string, recs []remoteRec, op remoteOp, then func(txn *badger.Txn, res *batchResult) error) (batchResult, error) {
-	var res batchResult
+	return r.applyBatchRes(batchResult{}, coll, recs, op, then)
+}
+
+func (r *Replica) applyBatchRes(res batchResult, coll string, recs []remoteRec, op remoteOp, then func(txn *badger.Txn, res *batchResult) error) (batchResult, error) {
 	ids := make([]string, len(recs))
 	for i, rec := range recs {
 		ids[i] = rec.id

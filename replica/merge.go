@@ -19,14 +19,20 @@ import (
 // app's code, and it may read the replica, so it never runs under a record
 // lock or inside a store transaction:
 //
-//  1. mergeOp, inside the batch's transaction, imports into the record and
-//     compares the three versions. A record with conflicts is not written:
-//     it is listed in batchResult.conflicted with what the decision needs.
+//  1. mergeOp, inside the batch's transaction, imports into a copy of the
+//     record's document and compares the three versions. A record with
+//     conflicts is not written (its document stays as it was): it is
+//     listed in batchResult.conflicted with what the decision needs,
+//     including, when the batch holds them, the merged copy.
 //  2. resolveConflicted asks the policy with no lock held, then, in a new
 //     transaction, checks that the record has not changed meanwhile (its
-//     heads are the ones the conflicts were found against), imports again,
-//     writes the decisions as one change that follows both sides, and
-//     stores it. A record edited meanwhile goes back to step 1.
+//     heads are the ones the conflicts were found against), writes the
+//     decisions into the merged copy as one change that follows both
+//     sides, and stores it. A record edited meanwhile goes back to step 1.
+//
+// The copy is what makes step 2 cheap: without it the record would be
+// loaded from the store and the relay's changes imported (and checked)
+// again, which cost more than the decisions themselves.
 
 // conflicted is a record whose merge waits for the policy.
 type conflicted struct {
@@ -37,6 +43,20 @@ type conflicted struct {
 	conflicts []crdt.Conflict
 	// The whole records as each side has them, for the hook.
 	localRec, remoteRec map[string]any
+	// merged is the record's document with data imported, owned by this
+	// entry until resolveConflicted stores it or frees it; nil when the
+	// batch did not hold it (see batchResult.holdMerged).
+	merged *crdt.Doc
+}
+
+// freeMerged frees the merged documents the entries still own.
+func freeMerged(list []conflicted) {
+	for i := range list {
+		if list[i].merged != nil {
+			list[i].merged.Free()
+			list[i].merged = nil
+		}
+	}
 }
 
 // mergeOp imports the relay's changes (or snapshot) for a record. A record
@@ -55,6 +75,7 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 		// revert the relay's later edits).
 		c := res.conflicted[i]
 		res.conflicted = slices.Delete(res.conflicted, i, i+1)
+		freeMerged([]conflicted{c})
 		// A new slice: the entries' bytes may share the frame's buffer.
 		rec.data = slices.Concat(c.rec.data, rec.data)
 	}
@@ -88,22 +109,39 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 		if err != nil {
 			return false, err
 		}
-		n, err := d.Import(data)
+		// The merge goes into a copy (a clone, not a replay of history),
+		// so that a record with conflicts keeps its document as it is
+		// stored, and the copy goes on to the resolution.
+		merged, err := d.Fork(nil)
 		if err != nil {
 			return false, err
 		}
-		if n > 0 {
-			diff, remote, err := threeWay(d, local, synced, relay, data)
+		n, err := merged.Import(data)
+		if err != nil || n == 0 {
+			merged.Free()
 			if err != nil {
 				return false, err
 			}
-			if len(diff.Conflicts) > 0 {
-				res.conflicted = append(res.conflicted, conflicted{
-					rec: rec, data: data, relay: relay, local: localHeads, conflicts: diff.Conflicts,
-					localRec: local.Fields(), remoteRec: remote.Fields(),
-				})
-				return false, nil
+		} else {
+			diff, remote, err := threeWay(merged, local, synced, relay, data)
+			if err != nil {
+				merged.Free()
+				return false, err
 			}
+			if len(diff.Conflicts) > 0 {
+				c := conflicted{
+					rec: rec, data: data, relay: relay, local: localHeads, conflicts: diff.Conflicts,
+					localRec: local.Fields(), remoteRec: remote.Fields(), merged: merged,
+				}
+				if !res.holdMerged {
+					merged.Free()
+					c.merged = nil
+				}
+				res.conflicted = append(res.conflicted, c)
+				return true, nil // stored as it was: nothing written
+			}
+			r.replaceDoc(t, merged)
+			d = merged
 		}
 	} else if _, err := d.Import(data); err != nil {
 		return false, err
@@ -172,8 +210,11 @@ var errEditedMeanwhile = errors.New("ferry: record kept changing while its confl
 
 // resolveConflicted decides the conflicts of list with res, the policy,
 // outside every lock, and stores the decisions (see the top of this file).
+// It frees the merged documents of list it does not store.
 func (r *Replica) resolveConflicted(ctx context.Context, coll string, list []conflicted, res policy.Resolver) (batchResult, error) {
 	var out batchResult
+	// The merged documents the entries still own when it returns.
+	defer func() { freeMerged(list) }()
 	for round := 1; len(list) > 0; round++ {
 		if err := ctx.Err(); err != nil {
 			return out, err
@@ -189,8 +230,8 @@ func (r *Replica) resolveConflicted(ctx context.Context, coll string, list []con
 			ids[i] = c.rec.id
 		}
 		err := r.batchInto(&out, coll, ids, func(i int, txn *badger.Txn, t *touched) (bool, error) {
-			c := list[i]
-			if !t.doc.Heads().Equal(c.local) {
+			c := &list[i]
+			if !t.new.heads.Equal(c.local) {
 				// Edited while the policy decided: compare again.
 				if round == maxResolveRounds {
 					out.failed = append(out.failed, failedRecord(c.rec.id, errEditedMeanwhile))
@@ -208,18 +249,20 @@ func (r *Replica) resolveConflicted(ctx context.Context, coll string, list []con
 			}
 			return true, r.storeResolution(txn, t, c, decisions[i], &out)
 		})
+		freeMerged(list)
 		if err != nil {
 			return out, err
 		}
 		if len(again) == 0 {
 			break
 		}
-		res2, err := r.applyBatch(coll, again, r.mergeOp)
+		res2, err := r.applyHolding(coll, again, r.mergeOp)
+		list = res2.conflicted
+		res2.conflicted = nil
 		out.add(res2)
 		if err != nil {
 			return out, err
 		}
-		list = res2.conflicted
 	}
 	return out, nil
 }
@@ -244,14 +287,20 @@ func ask(coll string, c conflicted, res policy.Resolver) ([]policy.Decision, err
 	return out, nil
 }
 
-// storeResolution imports c's changes into the record, writes the
-// decisions as one change that follows both sides, and stores the record,
-// marked so that only a sync holding the lease pushes the resolution.
-func (r *Replica) storeResolution(txn *badger.Txn, t *touched, c conflicted, decisions []policy.Decision, out *batchResult) error {
-	d := t.doc
-	if _, err := d.Import(c.data); err != nil {
+// storeResolution makes c's merged document the record's (or imports c's
+// changes into the record if there is none), writes the decisions as one
+// change that follows both sides, and stores the record, marked so that
+// only a sync holding the lease pushes the resolution.
+func (r *Replica) storeResolution(txn *badger.Txn, t *touched, c *conflicted, decisions []policy.Decision, out *batchResult) error {
+	if c.merged != nil {
+		// The record is as c.merged was copied from (the caller checked
+		// its heads), so the copy holds it and c.data.
+		r.replaceDoc(t, c.merged)
+		c.merged = nil
+	} else if _, err := t.doc.Import(c.data); err != nil {
 		return err
 	}
+	d := t.doc
 	for i, cf := range c.conflicts {
 		if err := decide(d, cf, decisions[i]); err != nil {
 			return fmt.Errorf("ferry: writing the resolution of %s %v: %w", c.rec.id, cf.Path, err)

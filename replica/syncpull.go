@@ -49,8 +49,9 @@ func (s *collSync) retryQuarantined(ctx context.Context) error {
 // apply applies a batch of the relay's records with op in one store
 // transaction, then settles the conflicts it found by the policy.
 func (s *collSync) apply(ctx context.Context, recs []remoteRec, op remoteOp) error {
-	res, err := s.r.applyBatch(s.coll, recs, op)
+	res, err := s.r.applyHolding(s.coll, recs, op)
 	if err != nil {
+		freeMerged(res.conflicted)
 		return err
 	}
 	if len(res.conflicted) > 0 {
