@@ -170,13 +170,7 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 // (the synced heads were behind what the relay holds), the relay's version
 // is forked at its heads instead.
 func threeWay(d *crdt.Doc, local crdt.Snapshot, synced, relay crdt.Heads, incoming []byte) (*crdt.FieldDiff, crdt.Snapshot, error) {
-	fork := func(h crdt.Heads) (*crdt.Doc, error) {
-		if len(h) == 0 {
-			return crdt.New("")
-		}
-		return d.Fork(h)
-	}
-	base, err := fork(synced)
+	base, err := forkAt(d, synced)
 	if err != nil {
 		return nil, crdt.Snapshot{}, err
 	}
@@ -185,11 +179,11 @@ func threeWay(d *crdt.Doc, local crdt.Snapshot, synced, relay crdt.Heads, incomi
 	if err != nil {
 		return nil, crdt.Snapshot{}, err
 	}
-	remote := base
-	if _, err := remote.Import(incoming); err != nil {
-		if remote, err = fork(relay); err != nil {
-			return nil, crdt.Snapshot{}, err
-		}
+	remote, err := relayVersion(d, base, synced, relay, incoming)
+	if err != nil {
+		return nil, crdt.Snapshot{}, err
+	}
+	if remote != base {
 		defer remote.Free()
 	}
 	remoteSnap, err := remote.Snapshot()
@@ -197,6 +191,62 @@ func threeWay(d *crdt.Doc, local crdt.Snapshot, synced, relay crdt.Heads, incomi
 		return nil, crdt.Snapshot{}, err
 	}
 	return crdt.Diff3Snapshots(baseSnap, local, remoteSnap), remoteSnap, nil
+}
+
+// forkAt returns d as of heads h (none: an empty document).
+func forkAt(d *crdt.Doc, h crdt.Heads) (*crdt.Doc, error) {
+	if len(h) == 0 {
+		return crdt.New("")
+	}
+	return d.Fork(h)
+}
+
+// relayVersion returns the relay's version of the record: base (d as of
+// synced) with incoming imported, or a fork of d at relay heads. The fork
+// is taken when the two are the same version (see extends), as it imports
+// and checks nothing again, d holding incoming checked already; and when
+// the import fails, the base lacking changes the relay holds.
+func relayVersion(d, base *crdt.Doc, synced, relay crdt.Heads, incoming []byte) (*crdt.Doc, error) {
+	if len(relay) > 0 && extends(synced, incoming, relay) {
+		if remote, err := d.Fork(relay); err == nil {
+			return remote, nil
+		}
+	}
+	if _, err := base.Import(incoming); err == nil {
+		return base, nil
+	}
+	return forkAt(d, relay)
+}
+
+// extends reports whether the heads the changes in incoming leave on top
+// of base (each change replacing the heads it depends on) are want. Then
+// importing incoming into the version at base gives the version at want
+// (the same set of changes), or fails for want of a dependency, where
+// threeWay forks the version at want anyway.
+func extends(base crdt.Heads, incoming []byte, want crdt.Heads) bool {
+	chs, err := crdt.ParseChanges(incoming)
+	if err != nil || len(chs) == 0 {
+		return false
+	}
+	heads := make(map[crdt.Hash]bool, len(base)+1)
+	for _, h := range base {
+		heads[h] = true
+	}
+	for _, c := range chs {
+		for _, d := range c.Deps {
+			delete(heads, d)
+		}
+		heads[c.Hash] = true
+	}
+	if len(heads) != len(want) {
+		return false
+	}
+	for _, h := range want {
+		if !heads[h] {
+			return false
+		}
+	}
+	return true
 }
 
 // maxResolveRounds bounds how often a record edited while its conflicts

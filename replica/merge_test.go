@@ -2,6 +2,7 @@ package replica
 
 import (
 	"testing"
+	"time"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
@@ -64,4 +65,73 @@ func TestConflictOverSeveralEntriesOfOnePull(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestExtends checks the test threeWay uses to fork the relay's version
+// instead of importing the incoming changes again: it holds only when
+// the base plus the changes is exactly the relay's version.
+func TestExtends(t *testing.T) {
+	edit := func(d *crdt.Doc, v int) {
+		t.Helper()
+		if err := d.Set(crdt.Path{"qty"}, v); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.Commit("", time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := crdt.New("aaaa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Free()
+	edit(a, 1)
+	base := a.Heads()
+	edit(a, 2)
+	edit(a, 3)
+	incoming, err := a.ChangesSince(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relay := a.Heads()
+	if !extends(base, incoming, relay) {
+		t.Fatal("base plus the changes since it: want true")
+	}
+	// A concurrent change the incoming bytes do not carry.
+	b, err := a.Fork(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Free()
+	if err := b.SetActor("bbbb"); err != nil {
+		t.Fatal(err)
+	}
+	edit(b, 4)
+	if _, err := a.Import(mustChanges(t, b, base)); err != nil {
+		t.Fatal(err)
+	}
+	if extends(base, incoming, a.Heads()) {
+		t.Fatal("the relay holds a change incoming lacks: want false")
+	}
+	// Without the base the import would fail for missing dependencies,
+	// and threeWay forks the relay's version then too.
+	if !extends(nil, incoming, relay) {
+		t.Fatal("empty base, incoming needing the base: want true")
+	}
+	// A whole document lists no changes: never taken for them.
+	if extends(nil, a.Save(), a.Heads()) {
+		t.Fatal("a saved document: want false")
+	}
+	if extends(base, []byte("not automerge"), relay) {
+		t.Fatal("bad bytes: want false")
+	}
+}
+
+func mustChanges(t *testing.T, d *crdt.Doc, since crdt.Heads) []byte {
+	t.Helper()
+	b, err := d.ChangesSince(since)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
