@@ -1,8 +1,11 @@
 package replica
 
 import (
+	"errors"
 	"testing"
 	"time"
+
+	"github.com/dgraph-io/badger/v4"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
@@ -134,4 +137,44 @@ func mustChanges(t *testing.T, d *crdt.Doc, since crdt.Heads) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestMergeOfHeldChanges applies an entry whose changes the record holds
+// already (a device's own changes coming back from the relay): nothing
+// changes but the synced heads, and bytes that are not Automerge's are
+// still refused.
+func TestMergeOfHeldChanges(t *testing.T) {
+	r := open(t, "", &Options{InMemory: true})
+	c := r.Collection("c")
+	if err := c.Create("tea", map[string]any{"qty": 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Update("tea", func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, 2) }); err != nil {
+		t.Fatal(err)
+	}
+	heads, err := c.Heads("tea")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var changes []byte
+	if err := c.read("tea", func(d *crdt.Doc, _ meta) (err error) { changes, err = d.ChangesSince(nil); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.applyBatch("c", []remoteRec{{id: "tea", data: []byte("not automerge"), relay: heads}}, r.mergeOp); !errors.Is(err, crdt.ErrCorrupt) {
+		t.Fatalf("bad bytes: %v, want ErrCorrupt", err)
+	}
+	res, err := r.applyBatch("c", []remoteRec{{id: "tea", data: changes, relay: heads}}, r.mergeOp)
+	if err != nil || len(res.events) != 0 || len(res.conflicted) != 0 {
+		t.Fatalf("held changes: %+v, %v; want no event", res, err)
+	}
+	if n, _ := c.PendingCount(); n != 0 {
+		t.Fatalf("%d pending once the relay holds its heads, want 0", n)
+	}
+	var acked crdt.Heads
+	if err := r.db.View(func(txn *badger.Txn) (err error) { acked, err = readAcked(txn, "c", "tea"); return err }); err != nil || !acked.Equal(heads) {
+		t.Fatalf("synced heads %v (%v), want %v", acked, err, heads)
+	}
+	if h, _ := c.Heads("tea"); !h.Equal(heads) {
+		t.Fatalf("heads moved: %v", h)
+	}
 }
