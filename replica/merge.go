@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -92,7 +95,11 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 			relay = qheads
 		}
 	}
-	if q == nil && holdsAll(t.doc, relay) {
+	// What prepareMerges worked out for this entry, if it did: it left
+	// out the entries whose changes the record holds.
+	m, prepared := res.prepared[t]
+	delete(res.prepared, t)
+	if !prepared && q == nil && holdsAll(t.doc, relay) {
 		// The record holds the relay's version already (this device's own
 		// changes coming back, say): importing data, whose changes that
 		// version holds, would add nothing. Only the synced heads move;
@@ -106,55 +113,36 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 	if err != nil {
 		return false, err
 	}
+	if !prepared || q != nil || m.pending != pending {
+		m.free()
+		var synced crdt.Heads
+		if pending {
+			if synced, err = readAcked(txn, coll, id); err != nil {
+				return false, err
+			}
+		}
+		m = merge(t.doc, pending, synced, data, relay)
+	}
+	if m.err != nil {
+		m.free()
+		return false, m.err
+	}
 	d := t.doc
-	if pending {
-		synced, err := readAcked(txn, coll, id)
-		if err != nil {
-			return false, err
-		}
-		// This device's side of a possible conflict, read before the
-		// import rather than forked out of history afterwards.
-		localHeads := d.Heads()
-		local, err := d.Snapshot()
-		if err != nil {
-			return false, err
-		}
-		// The merge goes into a copy (a clone, not a replay of history),
-		// so that a record with conflicts keeps its document as it is
-		// stored, and the copy goes on to the resolution.
-		merged, err := d.Fork(nil)
-		if err != nil {
-			return false, err
-		}
-		n, err := merged.Import(data)
-		if err != nil || n == 0 {
-			merged.Free()
-			if err != nil {
-				return false, err
+	if m.merged != nil {
+		if len(m.diff.Conflicts) > 0 {
+			c := conflicted{
+				rec: rec, data: data, relay: relay, local: m.localHeads, conflicts: m.diff.Conflicts,
+				localRec: m.local.Fields(), remoteRec: m.remote.Fields(), merged: m.merged,
 			}
-		} else {
-			diff, remote, err := threeWay(merged, local, synced, relay, data)
-			if err != nil {
-				merged.Free()
-				return false, err
+			if !res.holdMerged {
+				m.free()
+				c.merged = nil
 			}
-			if len(diff.Conflicts) > 0 {
-				c := conflicted{
-					rec: rec, data: data, relay: relay, local: localHeads, conflicts: diff.Conflicts,
-					localRec: local.Fields(), remoteRec: remote.Fields(), merged: merged,
-				}
-				if !res.holdMerged {
-					merged.Free()
-					c.merged = nil
-				}
-				res.conflicted = append(res.conflicted, c)
-				return true, nil // stored as it was: nothing written
-			}
-			r.replaceDoc(t, merged)
-			d = merged
+			res.conflicted = append(res.conflicted, c)
+			return true, nil // stored as it was: nothing written
 		}
-	} else if _, err := d.Import(data); err != nil {
-		return false, err
+		r.replaceDoc(t, m.merged)
+		d = m.merged
 	}
 	if q != nil {
 		if err := txn.Delete(recKey('q', coll, id)); err != nil {
@@ -178,6 +166,137 @@ func holdsAll(d *crdt.Doc, heads crdt.Heads) bool {
 		}
 	}
 	return len(heads) > 0
+}
+
+// merging is the part of merging one entry into a record that needs only
+// the record's document, no store: mergeOp's work but for reading and
+// writing the store, so that a batch can do it for several records at
+// once (prepareMerges).
+type merging struct {
+	pending bool
+	err     error
+	// For a pending record that got something new: the merge, made in a
+	// copy of the document (a clone, not a replay of history), so that a
+	// record with conflicts keeps its document as it is stored and the
+	// copy goes on to the resolution; and what the policy needs. This
+	// device's side is read before the import rather than forked out of
+	// history afterwards.
+	merged        *crdt.Doc
+	diff          *crdt.FieldDiff
+	localHeads    crdt.Heads
+	local, remote crdt.Snapshot
+}
+
+func (m merging) free() {
+	if m.merged != nil {
+		m.merged.Free()
+	}
+}
+
+// merge imports data into d, the record's document, or, if the record is
+// pending (synced: the heads the relay acknowledged), into a copy of d
+// compared three ways with d and the relay's version (heads relay).
+func merge(d *crdt.Doc, pending bool, synced crdt.Heads, data []byte, relay crdt.Heads) (m merging) {
+	m.pending = pending
+	if !pending {
+		_, m.err = d.Import(data)
+		return m
+	}
+	m.localHeads = d.Heads()
+	if m.local, m.err = d.Snapshot(); m.err != nil {
+		return m
+	}
+	merged, err := d.Fork(nil)
+	if err != nil {
+		m.err = err
+		return m
+	}
+	n, err := merged.Import(data)
+	if err != nil || n == 0 {
+		merged.Free()
+		m.err = err
+		return m
+	}
+	if m.diff, m.remote, m.err = threeWay(merged, m.local, synced, relay, data); m.err != nil {
+		merged.Free()
+		return m
+	}
+	m.merged = merged
+	return m
+}
+
+// prepareMerges works out, for several records at once, the merges
+// mergeOp then stores (see merging): ts are records of a batch, loaded,
+// and recs their entries. It reads what each needs from the store first,
+// as a transaction is not safe for concurrent use, then merges on up to
+// GOMAXPROCS goroutines: each record's document is its own, and the batch
+// holds every record's write lock. Records whose ID occurs more than once
+// in the batch (once says which occur once), held back by a failed hook,
+// damaged, or holding the entry's changes already are left to mergeOp, as
+// is everything when there is no second core to use.
+func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec, once map[string]bool, res *batchResult) error {
+	workers := runtime.GOMAXPROCS(0)
+	if workers < 2 {
+		return nil
+	}
+	type job struct {
+		t       *touched
+		pending bool
+		synced  crdt.Heads
+		rec     remoteRec
+	}
+	var jobs []job
+	for i, t := range ts {
+		if t.corrupt != nil || t.doc == nil || !once[t.id] {
+			continue
+		}
+		q, _, err := readQuarantine(txn, t.coll, t.id)
+		if err != nil {
+			return err
+		}
+		if q != nil || holdsAll(t.doc, recs[i].relay) {
+			continue
+		}
+		_, pending, err := getKey(txn, recKey('p', t.coll, t.id))
+		if err != nil {
+			return err
+		}
+		j := job{t: t, pending: pending, rec: recs[i]}
+		if pending {
+			if j.synced, err = readAcked(txn, t.coll, t.id); err != nil {
+				return err
+			}
+		}
+		jobs = append(jobs, j)
+	}
+	if len(jobs) < 2 {
+		return nil
+	}
+	out := make([]merging, len(jobs))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(workers, len(jobs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				k := int(next.Add(1)) - 1
+				if k >= len(jobs) {
+					return
+				}
+				j := jobs[k]
+				out[k] = merge(j.t.doc, j.pending, j.synced, j.rec.data, j.rec.relay)
+			}
+		}()
+	}
+	wg.Wait()
+	if res.prepared == nil {
+		res.prepared = make(map[*touched]merging, len(jobs))
+	}
+	for k, j := range jobs {
+		res.prepared[j.t] = out[k]
+	}
+	return nil
 }
 
 // threeWay compares, field by field, the version both sides last shared
@@ -326,7 +445,7 @@ func (r *Replica) resolveConflicted(ctx context.Context, coll string, list []con
 		if len(again) == 0 {
 			break
 		}
-		res2, err := r.applyHolding(coll, again, r.mergeOp)
+		res2, err := r.applyHolding(coll, again, r.mergeOp, true)
 		list = res2.conflicted
 		res2.conflicted = nil
 		out.add(res2)

@@ -2,6 +2,8 @@ package replica
 
 import (
 	"errors"
+	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -176,5 +178,87 @@ func TestMergeOfHeldChanges(t *testing.T) {
 	}
 	if h, _ := c.Heads("tea"); !h.Equal(heads) {
 		t.Fatalf("heads moved: %v", h)
+	}
+}
+
+// TestMergeManyRecordsAtOnce has a sync merge more records than a batch
+// prepares at once (prepareMerges), some pending with conflicts, some
+// pending without, some not pending, with one core and with two: the
+// results are the policy's either way.
+func TestMergeManyRecordsAtOnce(t *testing.T) {
+	const n = prepWindow + 9
+	for _, procs := range []int{1, 2} {
+		t.Run(fmt.Sprintf("procs=%d", procs), func(t *testing.T) {
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
+			e := newSyncEnv(t)
+			a, b := e.device(nil), e.device(nil)
+			ca, cb := coll2(t, a, "c"), coll2(t, b, "c")
+			err := a.Write(func(tx *Tx) error {
+				for i := range n {
+					if err := tx.Create("c", fmt.Sprintf("r%02d", i), map[string]any{"price": 1, "qty": 0}); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mustSync(t, a, "p")
+			mustSync(t, b, "p")
+			set := func(c *Collection, id, field string, v any) {
+				t.Helper()
+				if err := c.Update(id, func(d *crdt.Doc) error { return d.Set(crdt.Path{field}, v) }); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i := range n {
+				id := fmt.Sprintf("r%02d", i)
+				if i%3 != 2 {
+					set(ca, id, "price", 100+i)
+					set(ca, id, "qty", i)
+				}
+				switch i % 3 {
+				case 0:
+					set(cb, id, "price", 200+i) // conflicts with a's price
+				case 1:
+					set(cb, id, "note", "b") // pending on b, no conflict
+				}
+			}
+			mustSync(t, a, "p")
+			st := mustSync(t, b, "p")
+			if c := stat(st, "c"); c.Conflicts != (n+2)/3 || len(c.Failed) != 0 {
+				t.Fatalf("b resolved %d conflicts (failed %v), want %d", c.Conflicts, c.Failed, (n+2)/3)
+			}
+			mustSync(t, a, "p")
+			for i := range n {
+				id := fmt.Sprintf("r%02d", i)
+				want := map[string]any{"price": int64(100 + i), "qty": int64(i)}
+				switch i % 3 {
+				case 0:
+					want["price"] = int64(200 + i)
+				case 1:
+					want["note"] = "b"
+				case 2:
+					want = map[string]any{"price": int64(1), "qty": int64(0)}
+				}
+				for _, r := range []*Replica{a, b} {
+					got := getFields(t, r, "c", id)
+					if len(got) != len(want) {
+						t.Fatalf("%s on %s: %v, want %v", id, r.ID()[:6], got, want)
+					}
+					for k, v := range want {
+						if got[k] != v {
+							t.Fatalf("%s on %s: %v, want %v", id, r.ID()[:6], got, want)
+						}
+					}
+				}
+				ha, _ := ca.Heads(id)
+				hb, _ := cb.Heads(id)
+				if !ha.Equal(hb) {
+					t.Fatalf("%s: heads differ", id)
+				}
+			}
+		})
 	}
 }
