@@ -25,7 +25,12 @@ func (s *collSync) pullAs(ctx context.Context, typ policy.Type) error {
 	case policy.Slow:
 		return s.pullAll(ctx, s.merges())
 	case policy.RefreshFromServer:
-		return s.pullAll(ctx, applier{op: s.r.replaceOp})
+		since, err := s.r.readTs()
+		if err != nil {
+			return err
+		}
+		s.refreshSince = since
+		return s.pullAll(ctx, applier{op: s.r.replaceSince(since)})
 	case policy.RefreshFromClient:
 		return s.pullAll(ctx, applier{op: s.r.forceOp})
 	}
@@ -152,9 +157,15 @@ func (s *collSync) pullAll(ctx context.Context, apply applier) error {
 		}
 		switch s.cs.Type {
 		case policy.RefreshFromServer:
-			a, err := s.r.purgeRecord(s.coll, id)
+			a, kept, err := s.r.purgeRecord(s.coll, id, s.refreshSince)
 			if err != nil {
 				return err
+			}
+			if kept {
+				// Written while the refresh ran: the relay holds
+				// nothing of it, so it is pushed whole.
+				unsynced = append(unsynced, id)
+				continue
 			}
 			s.count(FromRelay, a)
 		case policy.Slow, policy.RefreshFromClient, policy.TwoWay:
