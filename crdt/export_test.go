@@ -180,3 +180,19 @@ func MemSize(d *Doc) int { return d.memSize() }
 
 // BudgetLeft is InflateBudget.remaining, for tests outside the package.
 func BudgetLeft(b *InflateBudget) int64 { return b.remaining() }
+
+// Ledger is the Go-only check of changes (ledger.go), for its tests and
+// benchmarks.
+type Ledger = ledger
+
+// NewLedger returns the ledger of an empty record.
+func NewLedger() *Ledger { return newLedger() }
+
+// LedgerOf returns the ledger of d's history.
+func LedgerOf(d *Doc) (*Ledger, error) { return ledgerOf(d) }
+
+// Check is ledger.check.
+func (l *ledger) Check(data []byte) (int, error) { return l.check(data) }
+
+// Heads is ledger.headList.
+func (l *ledger) Heads() Heads { return l.headList() }
