@@ -408,10 +408,10 @@ func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc,
 	seen := s.marks.now()
 	rec, err := s.store.Record(ctx, cm.c, id)
 	if errors.Is(err, ErrNotFound) {
-		d, err := crdt.New("")
-		if err != nil {
-			return nil, err
-		}
+		// Deferred: a record's first pushes are checked in Go alone
+		// (crdt.NewDeferred), and its Automerge document is built only
+		// if something needs the whole document.
+		d := crdt.NewDeferred()
 		d.SetMaxOps(s.limits.MaxRecordOps)
 		rd := &relayDoc{doc: d, mem: docMemory(d, 0)}
 		rd.seen.Store(seen)

@@ -95,3 +95,11 @@ func (s *Server) Sweep(ctx context.Context) { s.watch.sweep(ctx) }
 func (s *Server) CountRequest(typ transport.MessageType, code transport.Code, elapsed time.Duration) {
 	s.metrics.request(typ, code, elapsed)
 }
+
+// CachedDeferred reports whether the record's document in the Server's
+// document cache is there and has not built its Automerge document (see
+// crdt.NewDeferred).
+func (s *Server) CachedDeferred(c Coll, record string) bool {
+	rd, ok := s.docs.Peek(recordKey{c, record})
+	return ok && rd.doc.Deferred()
+}
