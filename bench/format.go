@@ -152,6 +152,7 @@ func tableRows(r *Result) []tableRow {
 		add("fan-out, send to last subscriber, quiet p50 / p99", false, nil, "fanout_p50", "fanout_p99")
 		add("fan-out under load, p50 / p99", false, nil, "fanout_load_p50", "fanout_load_p99")
 		add("bytes on the wire", true, nil, "ingest_wire")
+		add("relay CPU over the ingest, per change", false, nil, "ingest_relay_cpu", "ingest_relay_cpu_per_change")
 		add("relay peak RSS", false, nil, "relay_peak_rss")
 	case "W5":
 		for _, m := range r.Metrics {
