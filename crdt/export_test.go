@@ -196,3 +196,8 @@ func (l *ledger) Check(data []byte) (int, error) { return l.check(data) }
 
 // Heads is ledger.headList.
 func (l *ledger) Heads() Heads { return l.headList() }
+
+// SpoilDeferred replaces the bytes a deferred document will build from,
+// as a defect in the checks that let them in would: for tests of Build's
+// failure.
+func SpoilDeferred(d *Doc, data []byte) { d.def.data = data }

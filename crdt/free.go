@@ -64,8 +64,10 @@ func (d *Doc) Freed() bool { return d.am == nil && d.def == nil }
 
 // live returns the automerge document, or panics if d was freed.
 func (d *Doc) live() *automerge.Doc {
-	if d.am == nil && d.def != nil {
-		d.build()
+	if d.def != nil {
+		if err := d.Build(); err != nil {
+			panic(err)
+		}
 	}
 	if d.am == nil {
 		panic(ErrFreed)

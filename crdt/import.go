@@ -35,6 +35,9 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 		if n, ok, err := d.importDeferred(data); ok {
 			return n, err
 		}
+		if err := d.Build(); err != nil {
+			return 0, err
+		}
 	}
 	ci, err := frame(data)
 	if err != nil {

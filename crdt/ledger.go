@@ -202,9 +202,16 @@ func (d *Doc) importDeferred(data []byte) (n int, ok bool, err error) {
 	return n, true, err
 }
 
-// build makes a deferred Doc's Automerge document from the changes it
-// took in, with the indexes the ledger built.
-func (d *Doc) build() {
+// Build builds a deferred document's Automerge document now (see
+// NewDeferred), and does nothing for any other. It fails with an
+// [ErrCorrupt] if the changes the document took in do not load, which
+// would be a defect in Import's checks: a caller that hands the document
+// on to code expecting a whole document calls Build first, to get that as
+// an error rather than a panic. The document stays deferred then.
+func (d *Doc) Build() error {
+	if d.def == nil {
+		return nil
+	}
 	def := d.def
 	am := automerge.New()
 	heads := def.led.headList()
@@ -220,7 +227,7 @@ func (d *Doc) build() {
 	}
 	if err != nil {
 		freeAM(am)
-		panic(fmt.Errorf("%w: changes checked without a document do not load: %v", ErrCorrupt, err))
+		return fmt.Errorf("%w: changes checked without a document do not load: %v", ErrCorrupt, err)
 	}
 	d.am, d.def = am, nil
 	d.idx.Store(&opIndex{top: def.led.top, at: heads})
@@ -230,6 +237,7 @@ func (d *Doc) build() {
 	}
 	d.seqsAt = heads
 	d.jn.restart(heads)
+	return nil
 }
 
 func loadRaw(am *automerge.Doc, data []byte) (err error) {

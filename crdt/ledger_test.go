@@ -369,3 +369,39 @@ func TestDeferredImport(t *testing.T) {
 		t.Fatalf("over the operation limit: %v, want ErrOpLimit", err)
 	}
 }
+
+// A deferred document whose changes do not load (which only a defect in
+// Import's checks could let in) fails Build with ErrCorrupt and stays
+// deferred, Import of a whole document reports it too, and any other
+// method that needs the document panics rather than run on without them.
+func TestDeferredBuildFailure(t *testing.T) {
+	src := newDoc(t, actorA)
+	set(t, src, crdt.Path{"x"}, 1)
+	commit(t, src)
+	data, err := src.ChangesSince(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := crdt.NewDeferred()
+	if _, err := d.Import(data); err != nil {
+		t.Fatal(err)
+	}
+	heads := d.Heads()
+	crdt.SpoilDeferred(d, []byte("not automerge"))
+	if err := d.Build(); !errors.Is(err, crdt.ErrCorrupt) || !d.Deferred() || !d.Heads().Equal(heads) {
+		t.Fatalf("Build = %v, deferred %v, heads %v", err, d.Deferred(), d.Heads())
+	}
+	other := newDoc(t, actorB)
+	set(t, other, crdt.Path{"y"}, 2)
+	commit(t, other)
+	if _, err := d.Import(other.Save()); !errors.Is(err, crdt.ErrCorrupt) {
+		t.Fatalf("Import of a whole document = %v, want ErrCorrupt", err)
+	}
+	defer func() {
+		if r, _ := recover().(error); !errors.Is(r, crdt.ErrCorrupt) {
+			t.Fatalf("Save panicked with %v, want ErrCorrupt", r)
+		}
+	}()
+	d.Save()
+	t.Fatal("Save of a document that does not build returned")
+}

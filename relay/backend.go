@@ -207,6 +207,13 @@ func (s *Server) readCached(key recordKey, heads crdt.Heads, read func(*crdt.Doc
 	if rd.dropped.Load() || !rd.doc.Heads().Equal(heads) {
 		return false, nil
 	}
+	if err := rd.doc.Build(); err != nil {
+		// A deferred document that does not build (see crdt.NewDeferred):
+		// the record is read from the store instead, which says what it
+		// holds.
+		s.log.Error("a cached document does not build", "tenant", key.c.Tenant, "collection", key.c.Collection, "record", key.record, "err", err)
+		return false, nil
+	}
 	return true, read(rd.doc, heads)
 }
 

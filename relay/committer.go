@@ -249,6 +249,12 @@ func (m *merged) entry(s *Server, id string, heads crdt.Heads) (Entry, error) {
 	delta, hashes := m.data, m.hashes
 	if m.imported != len(m.hashes) {
 		// Some pushed changes were held already: store only the new.
+		// This and Save below need the whole document: a deferred one is
+		// built first, so that changes it cannot build from refuse the
+		// push rather than panic (see crdt.NewDeferred).
+		if err := m.rd.doc.Build(); err != nil {
+			return Entry{}, err
+		}
 		var err error
 		if delta, err = m.rd.doc.ChangesSince(m.base); err != nil {
 			return Entry{}, err
@@ -274,6 +280,9 @@ func (m *merged) entry(s *Server, id string, heads crdt.Heads) (Entry, error) {
 	// size plus savedGrowth times the changes merged since could pass it.
 	m.saved, m.unsaved = m.rd.saved, m.rd.unsaved+len(delta)
 	if m.saved+savedGrowth*m.unsaved > s.maxRecord() {
+		if err := m.rd.doc.Build(); err != nil {
+			return Entry{}, err
+		}
 		saved := len(m.rd.doc.Save())
 		if saved > s.maxRecord() {
 			return Entry{}, perr(transport.CodeTooLarge, "record %q: the push would grow its saved document to %d bytes, over max_record %d", id, saved, s.maxRecord())
