@@ -3,6 +3,7 @@ package crdt
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/automerge/automerge-go"
 )
@@ -183,6 +184,28 @@ func NewDeferred() *Doc {
 	d := &Doc{def: &deferred{led: newLedger()}}
 	d.jn.restart(nil)
 	return d
+}
+
+// LoadDeferred is Load into a deferred document (see NewDeferred): data
+// is loaded and checked as Load does, its history indexed in Go, and the
+// Automerge document freed; it is built again from data and what is
+// imported after, the first time a method needs it. Loading costs what
+// Load and the first Import's indexing cost; the imports after it run
+// without Automerge. A history that does not decode in Go (changes
+// imported before Import checked them) gives an error: Load it instead.
+func LoadDeferred(data []byte) (*Doc, error) {
+	d, err := Load(data, "")
+	if err != nil {
+		return nil, err
+	}
+	defer d.Free()
+	l, err := ledgerOf(d)
+	if err != nil {
+		return nil, fmt.Errorf("crdt: a history that does not decode in Go cannot be deferred: %w", err)
+	}
+	out := &Doc{def: &deferred{led: l, data: slices.Clone(data)}}
+	out.jn.restart(nil)
+	return out, nil
 }
 
 // Deferred reports whether d has not built its Automerge document yet

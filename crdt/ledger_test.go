@@ -405,3 +405,57 @@ func TestDeferredBuildFailure(t *testing.T) {
 	d.Save()
 	t.Fatal("Save of a document that does not build returned")
 }
+
+// LoadDeferred gives a deferred document holding what Load gives: the same
+// heads and cost; changes imported into it are checked against its
+// history (a mutated change Import refuses is refused); built, it holds
+// what Import would have made.
+func TestLoadDeferred(t *testing.T) {
+	saved, payloads := richFixture(t)
+	want, err := crdt.Load(saved, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer want.Free()
+	d, err := crdt.LoadDeferred(saved)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Free()
+	wc, _ := want.Cost()
+	dc, _ := d.Cost()
+	if !d.Deferred() || !d.Heads().Equal(want.Heads()) || wc.Ops != dc.Ops || wc.Changes != dc.Changes {
+		t.Fatalf("deferred %v, heads %v (want %v), cost %+v (want %+v)", d.Deferred(), d.Heads(), want.Heads(), dc, wc)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i, p := range payloads {
+		// A mutation of the change, then (unless both took the mutated
+		// change, which takes its actor's number) the change itself.
+		bad := changeChunk(mutate(rng, bytes.Clone(p)))
+		_, ierr := want.Import(bad)
+		_, derr := d.Import(bad)
+		switch {
+		case ierr != nil && derr == nil:
+			t.Fatalf("payload %d mutated: Import refused it (%v), the deferred document took it", i, ierr)
+		case ierr == nil && derr != nil:
+			t.Fatalf("payload %d mutated: the deferred document refused (%v) what Import took", i, derr)
+		case ierr == nil:
+			continue
+		}
+		if _, err := d.Import(changeChunk(p)); err != nil {
+			t.Fatalf("payload %d: %v", i, err)
+		}
+		if _, err := want.Import(changeChunk(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !d.Deferred() || !d.Heads().Equal(want.Heads()) {
+		t.Fatalf("after the imports: deferred %v, heads %v, want %v", d.Deferred(), d.Heads(), want.Heads())
+	}
+	if !crdt.Equal(fields(t, d), fields(t, want)) {
+		t.Fatalf("built: %v, want %v", fields(t, d), fields(t, want))
+	}
+	if _, err := crdt.Load(d.Save(), ""); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -429,9 +429,18 @@ func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc,
 	if err != nil {
 		return nil, err
 	}
-	d, err := loadStored(cm.c, rec)
-	if err != nil {
-		return nil, err
+	// Loaded, indexed and kept as a deferred document (crdt.LoadDeferred):
+	// the pushes merged into it after are checked without Automerge.
+	// loadStored says why one does not load, or loads one whose history
+	// Go cannot index.
+	d, err := crdt.LoadDeferred(rec.Data())
+	if err != nil || !d.Heads().Equal(rec.Heads) {
+		if err == nil {
+			d.Free()
+		}
+		if d, err = loadStored(cm.c, rec); err != nil {
+			return nil, err
+		}
 	}
 	// A snapshot is a saved document: its size is exact as of SnapSeq.
 	d.SetMaxOps(s.limits.MaxRecordOps)

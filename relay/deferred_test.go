@@ -46,6 +46,28 @@ func TestFirstPushesBuildNoDocument(t *testing.T) {
 	}
 }
 
+// A record read from the store (here by a second relay on the same
+// store, whose cache never held it) is loaded, indexed and kept
+// deferred: the push merged into it builds no Automerge document, and
+// the record holds both relays' changes.
+func TestStoredRecordKeptDeferred(t *testing.T) {
+	store := memstore.New()
+	tr1, tr2 := newTestRelay(t, store, nil), newTestRelay(t, store, nil)
+	c := relay.Coll{Tenant: "shop", Collection: "c"}
+	e1 := newEditor(t, "d111")
+	c1 := e1.edit(map[string]any{"one": 1})
+	mustCall[transport.Ack](t, tr1.client("shop"), pushOf("c", 0, rec("r", c1)))
+	e2 := follow(t, "d222", c1)
+	mustCall[transport.Ack](t, tr2.client("shop"), pushOf("c", 0, rec("r", e2.edit(map[string]any{"two": 2}))))
+	if !tr2.srv.CachedDeferred(c, "r") {
+		t.Fatal("the record read from the store was kept as an Automerge document")
+	}
+	doc, _, _ := relay.Document(context.Background(), store, c, "r")
+	if f := fieldsAfter(t, doc); f["one"] != int64(1) || f["two"] != int64(2) {
+		t.Errorf("stored record = %v", f)
+	}
+}
+
 // Every push that Import into a document refuses is refused on the path
 // that checks a new record's changes without one, and stores nothing;
 // what Import takes in is stored and loads: the crash corpus of crdt's
