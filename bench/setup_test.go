@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -209,9 +210,9 @@ func TestW7RefusesWrongAcks(t *testing.T) {
 		hooks func()
 	}{
 		{"other heads acknowledged", func() {
-			n := 0
+			var n atomic.Int64 // the pushers call the hook concurrently
 			testHooks.ack = func(a *transport.Ack) {
-				if n++; n == 3 { // an edit's
+				if n.Add(1) == 3 { // an edit's
 					a.Records[0].Heads = [][]byte{make([]byte, 32)}
 				}
 			}
