@@ -30,11 +30,12 @@
 //	            with a Go predicate, an index built and queried, a live
 //	            query's latency, cold and warm Gets, and its memory
 //	W7 objects  Objects object-heavy records (2,000 small maps in a list,
-//	            written by 40 changes: docs/operations.md's calibration
-//	            shape) pushed by up to Clients raw transport clients, one
-//	            push per record, durable acks awaited; then 10 single-item
-//	            edits per record, one per push, every record in turn: push
-//	            rates, the relay's peak RSS and (child relay) CPU time
+//	            written by 40 changes: the shape of crdt's cost
+//	            calibration, which has 4,000) pushed by up to Clients raw
+//	            transport clients, one push per record, durable acks
+//	            awaited; then 10 single-item edits per record, one per
+//	            push, every record in turn: push rates, the relay's peak
+//	            RSS and (child relay) CPU time
 //
 // Each is a [Workload]: a function of a [Config] returning a [Result], a
 // list of named [Metric] values with units. [Run] measures W0 first and
