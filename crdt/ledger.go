@@ -190,10 +190,20 @@ func NewDeferred() *Doc {
 // is loaded and checked as Load does, its history indexed in Go, and the
 // Automerge document freed; it is built again from data and what is
 // imported after, the first time a method needs it. Loading costs what
-// Load and the first Import's indexing cost; the imports after it run
-// without Automerge. A history that does not decode in Go (changes
+// Load and the first Import's indexing cost (changes with no saved
+// document before them are only checked in Go, as Import checks them);
+// the imports after it run without Automerge. A history that does not decode in Go (changes
 // imported before Import checked them) gives an error: Load it instead.
 func LoadDeferred(data []byte) (*Doc, error) {
+	if ci, err := frame(data); err == nil && ci.documents == 0 {
+		// Changes alone (a record never compacted) are checked in Go,
+		// with no Automerge document at all.
+		d := NewDeferred()
+		if _, err := d.Import(data); err != nil {
+			return nil, err
+		}
+		return d, nil
+	}
 	d, err := Load(data, "")
 	if err != nil {
 		return nil, err

@@ -459,3 +459,32 @@ func TestLoadDeferred(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// LoadDeferred of changes alone (a record never compacted) checks them as
+// Load does, in Go: the same heads, and what Load refuses refused.
+func TestLoadDeferredChanges(t *testing.T) {
+	_, delta := corruptFixture(t)
+	src := newDoc(t, actorA)
+	set(t, src, crdt.Path{"name"}, "lamp")
+	commit(t, src)
+	set(t, src, crdt.Path{"n"}, 2)
+	commit(t, src)
+	all, err := src.ChangesSince(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := crdt.LoadDeferred(all)
+	if err != nil || !d.Deferred() || !d.Heads().Equal(src.Heads()) {
+		t.Fatalf("LoadDeferred = %v, deferred %v, heads %v, want %v", err, d.Deferred(), d.Heads(), src.Heads())
+	}
+	if !crdt.Equal(fields(t, d), fields(t, src)) {
+		t.Fatalf("built: %v, want %v", fields(t, d), fields(t, src))
+	}
+	// The fixture's delta needs changes it lacks; cut, it is corrupt.
+	for _, bad := range [][]byte{delta, all[:len(all)-3]} {
+		_, lerr := crdt.Load(bad, "")
+		if _, err := crdt.LoadDeferred(bad); lerr == nil || err == nil || errors.Is(lerr, crdt.ErrMissingDeps) != errors.Is(err, crdt.ErrMissingDeps) {
+			t.Fatalf("Load = %v, LoadDeferred = %v; want both refused alike", lerr, err)
+		}
+	}
+}
