@@ -579,10 +579,13 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 	cm.mu.Unlock()
 }
 
-// Caps of one group, so that pushes which each fit a store transaction
-// are not merged into one that does not: Badger's default transaction
-// takes about 9.6 MiB, and a push can carry up to max_frame (4 MiB by
-// default). A push larger than the caps goes alone.
+// Caps of one group, so that pushes which each fit a store's append are
+// not merged into one that does not, and one group's write does not keep
+// the pushes queued behind it waiting long: a push can carry up to
+// max_frame (4 MiB by default). The Badger store writes a larger append
+// in several transactions, published as one, but refuses one with more
+// records than a transaction holds the metas of (about 10,000); see
+// badgerstore.Append. A push larger than the caps goes alone.
 const (
 	groupBytes   = 4 << 20
 	groupEntries = 4096

@@ -50,6 +50,8 @@ var wantMetrics = []struct{ name, typ, help string }{
 	{"ferry_relay_automerge_received_bytes_total", "counter", "automerge-repo message bytes received."},
 	{"ferry_relay_automerge_sent_bytes_total", "counter", "automerge-repo message bytes sent."},
 	{"ferry_relay_automerge_sync_seconds", "histogram", "Time to take in an automerge-repo sync message and answer it, storing its changes included."},
+	{"ferry_relay_automerge_queued_bytes", "gauge", "What automerge-repo sync messages read and not yet answered count for: their bytes, plus max_inflated for each carrying changes."},
+	{"ferry_relay_automerge_backpressure_total", "counter", "Times an automerge-repo connection was not read until its queued messages were answered (past max queued bytes)."},
 }
 
 func gather(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily {

@@ -49,7 +49,7 @@ type Options struct {
 	MaxLag           int           // log entries a subscriber may trail by; default 10,000
 	SlowWriteTimeout time.Duration // for a subscriber to take a live message; default 10 s
 	// DocCacheBytes bounds the memory of the documents kept loaded for
-	// pushes, which endpoints read too (see Backend.ReadDocument), each
+	// pushes and endpoints' reads (see Backend.ReadDocument), each
 	// counted by what it holds (crdt.Doc.Cost: about 800 to 1,100 bytes
 	// an operation, whatever its stored size). A document that leaves
 	// frees its memory at once; one in use stays until its push is done.
