@@ -179,7 +179,8 @@ type deferred struct {
 // refused by those checks (TestLedgerRefusesWhatImportRefuses compares
 // them over mutated and crafted changes). Building a document from
 // changes they accepted and failing would be a defect in those checks:
-// it panics with an [ErrCorrupt], rather than run on without them.
+// [Doc.Build] returns it as an [ErrCorrupt], and any other method that
+// needs the document panics with it, rather than run on without them.
 func NewDeferred() *Doc {
 	d := &Doc{def: &deferred{led: newLedger()}}
 	d.jn.restart(nil)
@@ -192,8 +193,9 @@ func NewDeferred() *Doc {
 // imported after, the first time a method needs it. Loading costs what
 // Load and the first Import's indexing cost (changes with no saved
 // document before them are only checked in Go, as Import checks them);
-// the imports after it run without Automerge. A history that does not decode in Go (changes
-// imported before Import checked them) gives an error: Load it instead.
+// the imports after it run without Automerge. A history that does not
+// decode in Go (changes imported before Import checked them) gives an
+// error: Load it instead.
 func LoadDeferred(data []byte) (*Doc, error) {
 	if ci, err := frame(data); err == nil && ci.documents == 0 {
 		// Changes alone (a record never compacted) are checked in Go,
