@@ -1,6 +1,7 @@
 package crdt
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -40,14 +41,18 @@ func ledgerOf(d *Doc) (*ledger, error) {
 	l := newLedger()
 	layer := newLayer(nil)
 	for _, ch := range chs {
+		h := Hash(ch.Hash())
 		c, err := decodeChange(chunkPayload(ch.Save()))
 		if err != nil {
-			return nil, fmt.Errorf("change %s: %w", Hash(ch.Hash()), err)
+			return nil, fmt.Errorf("change %s: %w", h, err)
 		}
 		layer.add(c)
 		l.ops += len(c.ops)
-		l.held[Hash(ch.Hash())] = author{actor: ch.ActorID(), seq: ch.ActorSeq()}
-		l.seqs[ch.ActorID()] = max(l.seqs[ch.ActorID()], ch.ActorSeq())
+		// The author from the decoded change: asking automerge-go costs a
+		// call per change, more than the decoding.
+		who := author{actor: hex.EncodeToString(c.actor), seq: c.seq}
+		l.held[h] = who
+		l.seqs[who.actor] = max(l.seqs[who.actor], who.seq)
 	}
 	for _, h := range d.Heads() {
 		l.heads[h] = true
@@ -197,26 +202,41 @@ func NewDeferred() *Doc {
 // decode in Go (changes imported before Import checked them) gives an
 // error: Load it instead.
 func LoadDeferred(data []byte) (*Doc, error) {
-	if ci, err := frame(data); err == nil && ci.documents == 0 {
-		// Changes alone (a record never compacted) are checked in Go,
-		// with no Automerge document at all.
-		d := NewDeferred()
-		if _, err := d.Import(data); err != nil {
-			return nil, err
-		}
-		return d, nil
-	}
-	d, err := Load(data, "")
+	ci, err := frame(data)
 	if err != nil {
 		return nil, err
 	}
-	defer d.Free()
-	l, err := ledgerOf(d)
-	if err != nil {
-		return nil, fmt.Errorf("crdt: a history that does not decode in Go cannot be deferred: %w", err)
+	head, rest := data, []byte(nil)
+	if len(ci.changes) > 0 || ci.documents > 1 {
+		head, rest = leadingDocument(data)
 	}
-	out := &Doc{def: &deferred{led: l, data: slices.Clone(data)}}
+	l := newLedger()
+	if len(head) > 0 {
+		// Only Automerge decodes a saved document: load it to index its
+		// history (one walk, as a loaded document's first Import makes),
+		// then free it.
+		d, err := loadAM(head)
+		if err != nil {
+			return nil, err
+		}
+		l, err = ledgerOf(d)
+		d.Free()
+		if err != nil {
+			return nil, fmt.Errorf("crdt: a history that does not decode in Go cannot be deferred: %w", err)
+		}
+	}
+	out := &Doc{def: &deferred{led: l, data: slices.Clone(head)}}
 	out.jn.restart(nil)
+	if len(rest) > 0 {
+		// The changes after it are checked as Load checks them, in Go.
+		if _, err := out.Import(rest); err != nil {
+			out.Free()
+			if errors.Is(err, ErrCorrupt) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+		}
+	}
 	return out, nil
 }
 
