@@ -37,7 +37,10 @@ type Backend interface {
 	Connect(app string) error
 	Disconnect(app string)
 	// Push validates, stores and fans out changes exactly as a device's
-	// push; it returns once they are durable.
+	// push; it returns once they are durable. Past the relay's memory
+	// budget (Options.MaxMemory) it may wait, then refuse with a
+	// *transport.Error of code busy, having stored nothing: push again
+	// after its RetryMS.
 	Push(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error)
 	// ReadDocument calls read with a record's document as stored, and its
 	// heads, or returns ErrNotFound. The document is the one pushes to
@@ -50,8 +53,15 @@ type Backend interface {
 	// of them is checked against the store, which another relay process
 	// may have written. While read runs no push changes the document, so
 	// read must be quick and only read: never keep the document, never
-	// wait on the network, never push.
+	// wait on the network, never push. A document is loaded within the
+	// relay's memory budget: past it, ReadDocument may wait, then return
+	// busy as Push does, without calling read.
 	ReadDocument(ctx context.Context, c Coll, record string, known crdt.Heads, read func(doc *crdt.Doc, heads crdt.Heads) error) error
+	// ChargeMemory counts n bytes an endpoint holds for a client (its
+	// queued messages) in the relay's memory budget, without waiting,
+	// until release is called (once; later calls do nothing): work the
+	// relay starts meanwhile waits for, or is refused, what they take.
+	ChargeMemory(n int64) (release func())
 	// Records pages through a collection's record IDs in order.
 	Records(ctx context.Context, c Coll, after string, limit int) ([]string, error)
 	// Head is the collection's log head.
@@ -189,6 +199,8 @@ func (s *Server) queuedDoc(k recordKey) bool {
 	_, ok := cm.queued[k.record]
 	return ok
 }
+
+func (b serverBackend) ChargeMemory(n int64) func() { return b.s.mem.charge(n).release }
 
 func (b serverBackend) Records(ctx context.Context, c Coll, after string, limit int) ([]string, error) {
 	recs, err := b.s.store.Records(ctx, c, after, limit)

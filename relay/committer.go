@@ -48,6 +48,7 @@ type waiter struct {
 	ack     *transport.Ack
 	done    chan result
 	lead    chan struct{} // this push's handler is to flush the queue
+	mem     *memGrant     // the push's memory (see admitPushMemory)
 }
 
 type result struct {
@@ -180,7 +181,7 @@ func (cm *committer) enqueueOnce(ctx context.Context, s *Server, p *transport.Pu
 			return nil, cm.refused(s, r.Record, err)
 		}
 	}
-	w = &waiter{fence: p.Fence, ack: &transport.Ack{Collection: cm.c.Collection}, done: make(chan result, 1), lead: make(chan struct{}, 1)}
+	w = &waiter{fence: p.Fence, ack: &transport.Ack{Collection: cm.c.Collection}, done: make(chan result, 1), lead: make(chan struct{}, 1), mem: pushGrant(ctx)}
 	for _, id := range order {
 		m := recs[id]
 		heads := m.rd.doc.Heads()
@@ -305,6 +306,7 @@ func (cm *committer) join(s *Server, w *waiter, recs map[string]*merged, gen uin
 	for _, e := range w.entries {
 		m := recs[e.Record]
 		m.rd.saved, m.rd.unsaved, m.rd.mem = m.saved, m.unsaved, m.mem
+		w.mem.moveTo(m.rd.grant, m.mem, int64(w.bytes))
 		if cm.queued[e.Record] != m.rd {
 			// The queue pins what it holds; this push's own pin keeps the
 			// document findable until then.
@@ -353,7 +355,7 @@ func (pl preloads) release() {
 		case p.unpin != nil:
 			p.unpin()
 		case !p.used:
-			p.rd.doc.Free()
+			p.rd.free()
 		}
 	}
 }
@@ -422,31 +424,40 @@ func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc,
 		// if something needs the whole document.
 		d := crdt.NewDeferred()
 		d.SetMaxOps(s.limits.MaxRecordOps)
-		rd := &relayDoc{doc: d, mem: docMemory(d, 0)}
+		mem := docMemory(d, 0)
+		rd := &relayDoc{doc: d, mem: mem, grant: s.mem.charge(mem)}
 		rd.seen.Store(seen)
 		return rd, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	// Loaded, indexed and kept as a deferred document (crdt.LoadDeferred):
-	// the pushes merged into it after are checked without Automerge.
-	// loadStored says why one does not load, or loads one whose history
-	// Go cannot index.
-	d, err := crdt.LoadDeferred(rec.Data())
-	if err != nil || !d.Heads().Equal(rec.Heads) {
-		if err == nil {
-			d.Free()
-		}
-		if d, err = loadStored(cm.c, rec); err != nil {
-			return nil, err
-		}
+	// Loaded, indexed and kept as a deferred document (loadDeferred): the
+	// pushes merged into it after are checked without Automerge.
+	d, g, err := s.loadCounted(ctx, cm.c, rec, true, true, loadDeferred)
+	if err != nil {
+		return nil, err
 	}
 	// A snapshot is a saved document: its size is exact as of SnapSeq.
 	d.SetMaxOps(s.limits.MaxRecordOps)
-	rd := &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail), mem: docMemory(d, rec.Size())}
+	rd := &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail), mem: g.size(), grant: g}
 	rd.seen.Store(seen)
 	return rd, nil
+}
+
+// loadDeferred loads a stored record as a deferred document
+// (crdt.LoadDeferred: a snapshot is loaded to index its history, then
+// freed; changes alone are checked in Go). loadStored says why a record
+// does not load, and loads one whose history Go cannot index.
+func loadDeferred(c Coll, rec Record) (*crdt.Doc, error) {
+	d, err := crdt.LoadDeferred(rec.Data())
+	if err == nil && d.Heads().Equal(rec.Heads) {
+		return d, nil
+	}
+	if err == nil {
+		d.Free()
+	}
+	return loadStored(c, rec)
 }
 
 // load returns a record's document as it will be once the queue is

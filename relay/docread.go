@@ -93,13 +93,13 @@ func (s *Server) readLoaded(ctx context.Context, key recordKey, read func(*crdt.
 	if err != nil {
 		return err
 	}
-	d, err := loadStored(key.c, rec)
+	d, g, err := s.loadCounted(ctx, key.c, rec, true, true, loadStored)
 	if err != nil {
 		return err
 	}
 	// As a push loads it (committer.read): pushes may merge into it.
 	d.SetMaxOps(s.limits.MaxRecordOps)
-	rd := &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail), mem: docMemory(d, rec.Size())}
+	rd := &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail), mem: g.size(), grant: g}
 	rd.seen.Store(seen)
 	defer s.recLocks.Lock(key)()
 	if !s.queuedDoc(key) {
@@ -107,7 +107,7 @@ func (s *Server) readLoaded(ctx context.Context, key recordKey, read func(*crdt.
 			defer unpin()
 			if !cached.dropped.Load() && holdsAll(cached.doc, rec.Heads) && s.built(key, cached) {
 				// Loaded meanwhile, by a push or another read.
-				d.Free()
+				rd.free()
 				return read(cached.doc, cached.doc.Heads())
 			}
 			if !cached.dropped.Load() {
@@ -123,7 +123,7 @@ func (s *Server) readLoaded(ctx context.Context, key recordKey, read func(*crdt.
 		}
 	}
 	// Queued, or written since the read: a copy for this call alone.
-	defer d.Free()
+	defer rd.free()
 	return read(d, rec.Heads)
 }
 

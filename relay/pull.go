@@ -60,7 +60,7 @@ func (s *Server) pullSnapshots(ctx context.Context, c Coll, after string, limit 
 		if len(data) > s.maxRecord() {
 			// Its tail has grown since its last compaction: send it saved
 			// whole, which max_record bounds.
-			if data, err = s.compactNow(ctx, c, rec); errors.Is(err, ErrStoreDamaged) {
+			if data, err = s.compactNow(ctx, c, rec, true); errors.Is(err, ErrStoreDamaged) {
 				// A damaged record must not keep every fresh device from
 				// the rest of the collection: it is left out, and reported.
 				s.reportFailure(c, rec.ID, "a fresh pull left out a record that does not load", err)
@@ -207,6 +207,10 @@ func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uin
 				return cursor, false
 			}
 		}
+		// Counted while it is on its way, without waiting: its changes
+		// are mostly the hub's recent entries, in memory already.
+		g := s.mem.charge(liveBytes(recs))
+		defer g.release()
 		env, err := transport.NewEnvelope(0, &transport.Live{Collection: c.Collection, Records: recs, Next: next, More: more})
 		if err != nil {
 			s.log.Error("encoding a live message failed", "tenant", c.Tenant, "collection", c.Collection, "err", err)
@@ -241,6 +245,16 @@ func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uin
 	case <-keysChanged:
 	}
 	return cursor, true
+}
+
+// liveBytes is what a live message of recs takes, roughly: its changes
+// and, once encoded, as much again.
+func liveBytes(recs []transport.RecordChanges) int64 {
+	var n int64
+	for _, r := range recs {
+		n += 2 * int64(len(r.Data))
+	}
+	return n
 }
 
 // liveDenied says why a session holding claims may not receive live

@@ -20,6 +20,9 @@ type amQueued struct {
 	m    *amMessage
 	sm   *syncMessage // m.Data, parsed
 	cost int64        // what it counts for in the connection's budget
+	// release gives cost back to the relay's memory budget, where the
+	// message counts too (see relay.Backend.ChargeMemory).
+	release func()
 }
 
 // queueCost is what a message counts for in the connection's budget.
@@ -100,6 +103,7 @@ func (c *amConn) enqueue(d *amDoc, q *amQueued) bool {
 		return false
 	}
 	c.a.metrics.queuedBytes.Add(float64(q.cost))
+	q.release = c.a.b.ChargeMemory(q.cost)
 	d.qmu.Lock()
 	if d.dead {
 		d.qmu.Unlock()
@@ -158,6 +162,7 @@ func (c *amConn) enqueue(d *amDoc, q *amQueued) bool {
 func (c *amConn) dequeued(q *amQueued) {
 	c.budget.give(q.cost)
 	c.a.metrics.queuedBytes.Sub(float64(q.cost))
+	q.release()
 }
 
 // kill ends a document's handling on a connection that is ending: what

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
@@ -31,6 +32,21 @@ func (s *heldAppends) Append(ctx context.Context, c relay.Coll, fence uint64, no
 		return 0, ctx.Err()
 	}
 	return s.Store.Append(ctx, c, fence, now, entries)
+}
+
+// memoryBytes is ferry_relay_memory_bytes as reg has it.
+func memoryBytes(t *testing.T, reg *prometheus.Registry) int64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "ferry_relay_memory_bytes" {
+			return int64(mf.GetMetric()[0].GetGauge().GetValue())
+		}
+	}
+	t.Fatal("no ferry_relay_memory_bytes")
+	return 0
 }
 
 // syncV1 returns a version 1 sync message announcing heads and carrying
@@ -70,7 +86,9 @@ func floodHeld(t *testing.T, ping bool) {
 	st := &heldAppends{Store: memstore.New(), release: make(chan struct{})}
 	release := sync.OnceFunc(func() { close(st.release) })
 	tick := make(chan time.Time)
+	reg := prometheus.NewRegistry()
 	tr := newTestRelay(t, st, func(o *testOptions) {
+		o.Registry = reg
 		o.Limits.MaxInflated = 8 << 10
 		o.Automerge.MaxQueuedBytes = bound
 		o.CompactInterval = -1
@@ -163,6 +181,10 @@ func floodHeld(t *testing.T, ping bool) {
 		t.Fatalf("the relay read %d of %d bytes before it paused", n, total)
 	}
 	t.Logf("paused after reading %d of %d bytes, %d queued", read.Load(), total, used)
+	// The relay's memory budget counts the queued messages too.
+	if mem := memoryBytes(t, reg); mem < used {
+		t.Errorf("the relay counts %d bytes of memory in use, less than the %d queued", mem, used)
+	}
 
 	if ping {
 		for range 3 {
