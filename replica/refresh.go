@@ -29,7 +29,7 @@ func (r *Replica) replaceOp(txn *badger.Txn, t *touched, rec remoteRec, _ *batch
 	if err != nil {
 		return false, err
 	}
-	if t.existed && !holdsAll(d, t.doc.Heads()) {
+	if h := t.doc.Heads(); t.existed && len(h) > 0 && !holdsAll(d, h) {
 		r.newActor()
 	}
 	if err := d.SetActor(r.actorID()); err != nil {
@@ -42,16 +42,6 @@ func (r *Replica) replaceOp(txn *badger.Txn, t *touched, rec remoteRec, _ *batch
 	}
 	t.doc, t.new = d, meta{nextChunk: t.new.nextChunk}
 	return true, r.storeSynced(txn, t, rec.relay)
-}
-
-// holdsAll reports whether d holds every change of the version heads.
-func holdsAll(d *crdt.Doc, heads crdt.Heads) bool {
-	for _, h := range heads {
-		if !d.Has(h) {
-			return false
-		}
-	}
-	return true
 }
 
 // purgeRecord removes every trace of a record the relay does not have
