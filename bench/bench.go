@@ -100,6 +100,8 @@ type Result struct {
 	Metrics   []Metric      `json:"metrics"`
 	Notes     []string      `json:"notes,omitempty"`
 	Elapsed   time.Duration `json:"elapsed_ns"` // the whole workload, setup included
+	// DevicePID is the process W6's device ran in (not the bench's).
+	DevicePID int `json:"device_pid,omitempty"`
 }
 
 // Metric returns the named metric, if the result has it.
