@@ -28,7 +28,8 @@
 //	W6 reads    a local-only replica inserts ten times Records records
 //	            {name, price, qty, cat} and reads them: open, a full scan
 //	            with a Go predicate, an index built and queried, a live
-//	            query's latency, cold and warm Gets, and its memory
+//	            query's latency, cold and warm Gets, and its memory; in a
+//	            process of its own (this executable again: DeviceMain)
 //	W7 objects  Objects object-heavy records (2,000 small maps in a list,
 //	            written by 40 changes: the shape of crdt's cost
 //	            calibration, which has 4,000) pushed by up to Clients raw
