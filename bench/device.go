@@ -30,7 +30,6 @@ type deviceResult struct {
 	PID     int      `json:"pid"`
 	Metrics []Metric `json:"metrics"`
 	Notes   []string `json:"notes"`
-	Want    int      `json:"want"` // records the filter keeps
 }
 
 // deviceLine is one line the device process writes on its standard
