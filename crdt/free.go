@@ -47,7 +47,10 @@ var ErrFreed = errors.New("crdt: use of a freed document")
 // Free must not run while another goroutine uses d (a Doc is not safe
 // for concurrent use anyway).
 func (d *Doc) Free() {
-	d.def = nil
+	if d.def != nil {
+		// Written only when set: a second Free writes nothing.
+		d.def = nil
+	}
 	am := d.am
 	if am == nil {
 		return
