@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -24,14 +25,48 @@ const nativeEvery = 500
 // (debug.FreeOSMemory), rather than as Go's scavenger gets to them: a
 // bulk insert frees Badger's memtable arenas and table builders, tens of
 // MB at a time, which would otherwise stay resident for seconds.
+//
+// Reads are paced too (read): a scan or an index build over a large
+// collection allocates a few KB of garbage per record (read models
+// copied out of Badger, their fields unpacked, index keys), and with no
+// collection forced Go lets its heap grow to twice what is live before
+// it collects, Badger's memtables and block cache included: tens of MB
+// above what the inserts needed, held by the process long after.
 type native struct {
 	writes  atomic.Int64
 	mu      sync.Mutex // one release at a time
 	collect func()     // what a release does; tests count it
+
+	reads       atomic.Int64
+	readEvery   int64  // records read between read collections
+	collectRead func() // what a read collection does; tests count it
 }
 
+// nativeReadEvery is how many records a scan or index build reads
+// between collections: a few MB of garbage, against a collection that
+// costs a few milliseconds (most of what is live, Badger's arenas and
+// blocks, holds no pointers to mark) where reading them takes tens.
+const nativeReadEvery = 4096
+
 func newNative() *native {
-	return &native{collect: func() { debug.FreeOSMemory(); crdt.ReleaseNative() }}
+	return &native{
+		collect:     func() { debug.FreeOSMemory(); crdt.ReleaseNative() },
+		readEvery:   nativeReadEvery,
+		collectRead: runtime.GC,
+	}
+}
+
+// read counts n records read by a scan or an index build and, every
+// readEvery of them, runs a garbage collection on the caller's
+// goroutine, which must hold no lock and no transaction open. Reads
+// load no Automerge document, so there is no native memory to release;
+// the collection keeps the Go heap near what is live.
+func (p *native) read(n int) {
+	if n <= 0 || p.reads.Add(int64(n)) < p.readEvery {
+		return
+	}
+	p.reads.Store(0)
+	p.collectRead()
 }
 
 // wrote counts n record writes and, every nativeEvery of them, releases

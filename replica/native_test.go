@@ -38,5 +38,75 @@ func TestNativeReleasedEveryFiveHundredWrites(t *testing.T) {
 	if releases != 5 {
 		t.Fatalf("%d releases after 2,500 writes (and the releases' own), want 5", releases)
 	}
-	crdt.ReleaseNative() // the real one runs
+	r.mem.collect = func() {} // Close's own
+	crdt.ReleaseNative()      // the real one runs
+}
+
+// A scan and an index build collect garbage every readEvery records they
+// read, between pages (a collection inside a page's transaction would
+// wait on nothing, but one under the build's record locks would hold up
+// writers), and the collection may write: no lock is held.
+func TestReadsCollectedEveryReadEvery(t *testing.T) {
+	r := open(t, "", &Options{InMemory: true})
+	c := r.Collection("c")
+	err := r.Write(func(tx *Tx) error {
+		for i := range 3 * scanPage {
+			if err := tx.Put("c", fmt.Sprintf("r%04d", i), map[string]any{"n": i, "k": fmt.Sprint(i % 7)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	collected := 0
+	r.mem.readEvery = scanPage
+	r.mem.reads.Store(0)
+	r.mem.collectRead = func() {
+		collected++
+		if err := c.Put("r0000", map[string]any{"n": -collected}); err != nil {
+			t.Error(err)
+		}
+	}
+	n := 0
+	for _, err := range c.Scan(ScanOptions{}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	// Three full pages, a collection after each; a fourth, empty, ends
+	// the scan.
+	if n != 3*scanPage || collected != 3 {
+		t.Fatalf("a scan of %d records collected %d times, want 3", n, collected)
+	}
+	collected = 0
+	r.mem.reads.Store(0)
+	if err := c.EnsureIndex("by_k", IndexOptions{Fields: []string{"k"}}); err != nil {
+		t.Fatal(err)
+	}
+	if collected != 3 {
+		t.Fatalf("an index build over %d records collected %d times, want 3", 3*scanPage, collected)
+	}
+}
+
+// Close collects once the store is closed, so that its memtables and
+// block cache do not stay on the heap under a store opened next.
+func TestCloseCollects(t *testing.T) {
+	r, err := Open("", &Options{InMemory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Collection("c").Put("a", map[string]any{"n": 1}); err != nil {
+		t.Fatal(err)
+	}
+	collected := 0
+	r.mem.collect = func() { collected++ }
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if collected != 1 {
+		t.Fatalf("Close collected %d times, want 1", collected)
+	}
 }

@@ -120,6 +120,7 @@ func (c *Collection) each(idPrefix, after string, deleted bool) iter.Seq2[entry,
 				return
 			}
 			after = page[len(page)-1].id
+			c.r.mem.read(scanPage) // between pages: no transaction open
 		}
 	}
 }
