@@ -211,7 +211,7 @@ func (r *Replica) buildIndex(coll string, def indexDef, progress func(done int))
 			return nil
 		}
 		after = page[len(page)-1].id
-		r.mem.read(len(page)) // no lock held, no transaction open
+		r.mem.read(buildWeight * len(page)) // no lock held, no transaction open
 	}
 }
 

@@ -42,11 +42,22 @@ type native struct {
 	collectRead func() // what a read collection does; tests count it
 }
 
-// nativeReadEvery is how many records a scan or index build reads
-// between collections: a few MB of garbage, against a collection that
-// costs a few milliseconds (most of what is live, Badger's arenas and
-// blocks, holds no pointers to mark) where reading them takes tens.
-const nativeReadEvery = 4096
+// nativeReadEvery is how many records a scan reads between collections,
+// and so the garbage the heap may gain before one: 32,768 records leave
+// some 20 MB and take some 100 ms to read, against a collection of some
+// 10 ms on a heap that holds a store's memtables and block cache. Each
+// collection costs a scan time (one every 4,096 records cost a full
+// scan a quarter of its time), each record between them memory. An
+// index build leaves some four times a scan's garbage per record (it
+// reads each record twice and writes its entry) and takes three times
+// as long to read it: its records count eight times (buildWeight), a
+// collection every 4,096, which keeps a build over 100,000 records near
+// the memory of the inserts that made them.
+const nativeReadEvery = 32768
+
+// buildWeight is how many reads each record an index build goes through
+// counts for.
+const buildWeight = 8
 
 func newNative() *native {
 	return &native{
