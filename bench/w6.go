@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -169,6 +171,7 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 	items := r.Collection("items")
 
 	got := 0
+	mem.reset()
 	d, cpu, err := timed(func() error {
 		for _, err := range replica.Select(items, replica.Query[Item]{Where: w6Cheap}) {
 			if err != nil {
@@ -185,7 +188,9 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 		return nil, checkf("W6 scan kept %d records, want %d", got, want)
 	}
 	w6Time(res, "scan", d, cpu, n, "records/s")
+	w6Peak(res, mem, "scan")
 
+	mem.reset()
 	d, cpu, err = timed(func() error {
 		return items.EnsureIndex("by_cat_price", replica.IndexOptions{Fields: []string{"cat", "price"}})
 	})
@@ -193,6 +198,7 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 		return nil, err
 	}
 	w6Time(res, "index_build", d, cpu, n, "records/s")
+	w6Peak(res, mem, "index_build")
 	cheap := replica.Query[Item]{Index: "by_cat_price", Eq: []any{"c7"}, To: 5.0}
 	got = 0
 	d, cpu, err = timed(func() error {
@@ -214,6 +220,7 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 
 	// Live query: each write moves a record into the query; the latency
 	// runs until the live query delivers it.
+	mem.reset()
 	live, err := replica.WatchQuery(items, cheap, 0)
 	if err != nil {
 		return nil, err
@@ -250,6 +257,8 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 	s := sortedDurations(lat)
 	res.add(Metric{Name: "live_latency_p50", Value: percentile(s, 50).Seconds(), Unit: "s"})
 	res.add(Metric{Name: "live_latency_p99", Value: percentile(s, 99).Seconds(), Unit: "s"})
+	w6Peak(res, mem, "live")
+	mem.reset()
 
 	// Gets, cold (right after a reopen: nothing cached, by Ferry or
 	// Badger) then warm.
@@ -259,6 +268,8 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 	if r, err = replica.Open(dir, opts); err != nil {
 		return nil, err
 	}
+	w6Peak(res, mem, "reopen")
+	mem.reset()
 	items = r.Collection("items")
 	pick := make([]string, 1000)
 	for i := range pick {
@@ -280,6 +291,7 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 		res.add(Metric{Name: phase, Value: d.Seconds() / float64(len(pick)), Unit: "s", Note: "per Get"})
 		res.add(Metric{Name: phase + "_cpu", Value: cpu.Seconds() / float64(len(pick)), Unit: "s", Note: "per Get, CPU of the process"})
 	}
+	w6Peak(res, mem, w6LastPhase)
 	end, _ := procStatus("self")
 	res.add(Metric{Name: "rss_end", Value: float64(end.VmRSS), Unit: "B", Note: "the device process at the end, the replica open"})
 	res.Notes = append(res.Notes,
@@ -289,6 +301,30 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 		"the device runs in a process of its own (this executable again), holding only the replica; its memory and times are measured there",
 		"no ratio: reads are not measured against W0's floor")
 	return &deviceResult{Metrics: res.Metrics, Notes: res.Notes}, nil
+}
+
+// w6LastPhase is the last phase whose peak W6's device reports: the bench
+// checks it against the VmHWM it reads from the device process.
+const w6LastPhase = "get"
+
+// w6Peak adds the device's peak memory in the phase just measured, since
+// mem's last reset: RSS (VmHWM), and the sampled peaks of its anonymous
+// and file-backed parts and of the Go heap. With FERRY_BENCH_HEAPPROFILE
+// set to a directory, it also writes the Go heap's profile there as
+// <phase>.pprof (allocations since the start included: go tool pprof
+// -sample_index=alloc_space).
+func w6Peak(res *Result, mem *selfProbe, phase string) {
+	st := mem.peak()
+	res.add(Metric{Name: phase + "_peak_rss", Value: float64(st.PeakRSS), Unit: "B", Note: "the device process's peak RSS in this phase (VmHWM, reset when it began)"})
+	res.add(Metric{Name: phase + "_peak_rss_anon", Value: float64(st.PeakAnon), Unit: "B"})
+	res.add(Metric{Name: phase + "_peak_rss_file", Value: float64(st.PeakFile), Unit: "B"})
+	res.add(Metric{Name: phase + "_peak_heap", Value: float64(st.PeakHeap), Unit: "B"})
+	if dir := os.Getenv("FERRY_BENCH_HEAPPROFILE"); dir != "" {
+		if f, err := os.Create(filepath.Join(dir, phase+".pprof")); err == nil {
+			pprof.Lookup("heap").WriteTo(f, 0)
+			f.Close()
+		}
+	}
 }
 
 // timed runs fn and returns its wall time and the process's CPU time.

@@ -23,7 +23,8 @@ func TestW6Small(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"insert", "open", "scan", "index_build", "indexed_query", "live_latency_p50", "get_cold", "get_warm",
-		"insert_peak_rss", "insert_peak_rss_anon", "insert_peak_rss_file", "after_insert_rss", "rss_end", "device_peak_rss"} {
+		"insert_peak_rss", "insert_peak_rss_anon", "insert_peak_rss_file", "after_insert_rss", "rss_end", "device_peak_rss",
+		"scan_peak_rss", "index_build_peak_rss", "live_peak_rss", "reopen_peak_rss", "get_peak_rss", "index_build_peak_heap"} {
 		m, ok := res.Metric(name)
 		if !ok || m.Value <= 0 {
 			t.Errorf("metric %s = %+v", name, m)
