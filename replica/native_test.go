@@ -89,6 +89,19 @@ func TestReadsCollectedEveryReadEvery(t *testing.T) {
 	if collected != 3 {
 		t.Fatalf("an index build over %d records collected %d times, want 3", 3*scanPage, collected)
 	}
+	// A query over the whole index reads page by page too.
+	collected = 0
+	r.mem.reads.Store(0)
+	n = 0
+	for _, err := range Select(c, Query[map[string]any]{Index: "by_k"}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	if n != 3*scanPage || collected != 3 {
+		t.Fatalf("an index query over %d records collected %d times, want 3", n, collected)
+	}
 }
 
 // Close collects once the store is closed, so that its memtables and

@@ -193,6 +193,7 @@ func (c *Collection) indexed(name string, eq []any, from, to any, desc bool, aft
 			} else {
 				lo = append(last, 0)
 			}
+			c.r.mem.read(scanPage) // between pages, as a scan: no transaction open
 		}
 	}
 }
