@@ -37,6 +37,7 @@ type partsVariant struct {
 	devicesRelax  bool
 	relayStore    string // badger, badger-relaxed, memory
 	devicesMemory bool
+	noEarly       bool // devices push an edit only once it is durable
 }
 
 var partsVariants = []partsVariant{
@@ -75,8 +76,13 @@ func (v partsVariant) start(b *testing.B, mode policy.Mode) (Profile, func() *Re
 }
 
 func BenchmarkLiveParts(b *testing.B) {
-	for _, v := range partsVariants {
+	// W2's path as it was before devices pushed edits while their fsync
+	// runs (replica/liveearly.go), for a comparison in the same run.
+	before := partsVariant{name: "durable-push-after-fsync", relayStore: "badger", noEarly: true}
+	for _, v := range append([]partsVariant{before}, partsVariants...) {
 		b.Run(v.name, func(b *testing.B) {
+			noEarlyPush = v.noEarly
+			defer func() { noEarlyPush = false }()
 			p, openDev := v.start(b, policy.Live)
 			livePartsRun(b, p, openDev(), openDev())
 		})
