@@ -215,7 +215,7 @@ func (r *Replica) subscribe(ctx context.Context, conn *relayConn, p *Profile, ed
 			if err != nil {
 				return err
 			}
-			if err := conn.call(ctx, &transport.Subscribe{Collection: coll, Cursor: st.Cursor}, &transport.OK{}); err != nil {
+			if err := conn.call(ctx, &transport.Subscribe{Collection: coll, Cursor: st.Cursor, Early: !noEarlyApply}, &transport.OK{}); err != nil {
 				return fmt.Errorf("subscribe %s: %w", coll, err)
 			}
 		}
@@ -406,6 +406,9 @@ func (r *Replica) applyLive(ctx context.Context, conn *relayConn, p *Profile, rt
 			return err
 		}
 		recs = append(recs, remoteRec{id: rc.Record, data: rc.Data, relay: heads})
+	}
+	if lv.Early {
+		return r.applyEarly(ctx, edits, coll, recs)
 	}
 	conflict, err := r.applyLiveLocked(ctx, p, edits, coll, recs, lv.Next)
 	if err != nil || !conflict {

@@ -37,7 +37,8 @@ type partsVariant struct {
 	devicesRelax  bool
 	relayStore    string // badger, badger-relaxed, memory
 	devicesMemory bool
-	noEarly       bool // devices push an edit only once it is durable
+	noEarlyPush   bool // devices push an edit only once it is durable
+	noEarlyApply  bool // devices take the relay's changes only once durable
 }
 
 var partsVariants = []partsVariant{
@@ -77,12 +78,17 @@ func (v partsVariant) start(b *testing.B, mode policy.Mode) (Profile, func() *Re
 
 func BenchmarkLiveParts(b *testing.B) {
 	// W2's path as it was before devices pushed edits while their fsync
-	// runs (replica/liveearly.go), for a comparison in the same run.
-	before := partsVariant{name: "durable-push-after-fsync", relayStore: "badger", noEarly: true}
-	for _, v := range append([]partsVariant{before}, partsVariants...) {
+	// runs and took the relay's changes while its fsync runs
+	// (replica/liveearly.go), and with the first alone, for a comparison
+	// in the same run.
+	before := []partsVariant{
+		{name: "durable-no-early", relayStore: "badger", noEarlyPush: true, noEarlyApply: true},
+		{name: "durable-early-push-only", relayStore: "badger", noEarlyApply: true},
+	}
+	for _, v := range append(before, partsVariants...) {
 		b.Run(v.name, func(b *testing.B) {
-			noEarlyPush = v.noEarly
-			defer func() { noEarlyPush = false }()
+			noEarlyPush, noEarlyApply = v.noEarlyPush, v.noEarlyApply
+			defer func() { noEarlyPush, noEarlyApply = false, false }()
 			p, openDev := v.start(b, policy.Live)
 			livePartsRun(b, p, openDev(), openDev())
 		})

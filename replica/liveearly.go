@@ -53,8 +53,9 @@ import (
 // meanwhile) is pushed again at the next push of the collection, and the
 // relay acknowledges changes it holds without storing them again.
 
-// noEarlyPush turns early pushes off, for benchmarks that compare.
-var noEarlyPush bool
+// noEarlyPush turns early pushes off, and noEarlyApply early live
+// messages, for benchmarks that compare.
+var noEarlyPush, noEarlyApply bool
 
 // earlyEdit is one committed unit of work's records of one collection, as
 // they are to be pushed.
@@ -381,4 +382,57 @@ func (r *Replica) pushEarlyColl(ctx context.Context, conn *relayConn, p *Profile
 	err = b.flush(ctx)
 	cs.End = r.opts.Clock()
 	return cs, sent, err
+}
+
+// A live session also takes the relay's early live messages: each group
+// of pushes the relay has checked, sent while the relay makes it durable
+// (transport.Changes.Early). Such a message moves no cursor: the same
+// changes come again, with their sequence numbers, once durable, and only
+// that message moves the cursor, so a cursor never names an entry the
+// relay could still lose. What an early message brings is applied at once
+// to each record that holds no changes of this device's own that the
+// relay lacks: if the relay loses them (a crash before its fsync), their
+// pusher had no acknowledgement and pushes them again, and this device,
+// which applied them, marks the record pending, so that it pushes them too
+// at its next push of the collection; the relay acknowledges what it holds
+// without storing it twice. A record with pending changes of its own waits
+// for the durable message, which compares both sides field by field, as
+// every pull does (merge.go). Early messages are a shortcut, never the
+// only way: one dropped by the session's queue only costs time.
+
+// applyEarly applies an early live message.
+func (r *Replica) applyEarly(ctx context.Context, edits *localEdits, coll string, recs []remoteRec) error {
+	unlock, err := r.colls.lock(ctx, coll)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if recs, err = r.notHeld(coll, recs, edits.pushed); err != nil || len(recs) == 0 {
+		return err
+	}
+	_, err = r.applyBatchThen(coll, recs, r.earlyOp, nil)
+	return err
+}
+
+// earlyOp applies an early message's changes to a record with no pending
+// changes (and none a failed merge hook holds back), marking it pending:
+// the relay may yet lose them.
+func (r *Replica) earlyOp(txn *badger.Txn, t *touched, rec remoteRec, _ *batchResult) (bool, error) {
+	for _, prefix := range []byte{'p', 'q'} {
+		if _, held, err := getKey(txn, recKey(prefix, t.coll, t.id)); err != nil || held {
+			return false, err
+		}
+	}
+	if _, err := t.doc.Import(rec.data); err != nil {
+		// Changes this device cannot take yet (it missed what they build
+		// on) wait for the durable message, or the pull that catches up.
+		r.log.Debug("early changes not applied", "collection", t.coll, "record", t.id, "err", err)
+		return false, nil
+	}
+	nm, err := r.writeRecord(txn, t.coll, t.id, t.doc, t.new, true)
+	if err != nil {
+		return false, err
+	}
+	t.new = nm
+	return true, nil
 }

@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 )
 
 // fsyncGate holds a disk replica's fsyncs while closed: each waits until
@@ -320,5 +323,211 @@ func TestAcknowledgeEarlyNeverSetsHeadsBack(t *testing.T) {
 	}
 	if !acked().Equal(h3) {
 		t.Fatalf("relay's heads %v, want h3", acked())
+	}
+}
+
+// appendGate is a relay store whose appends wait while the gate is shut,
+// then run (stored) or not, and fail with err if it is set: a relay that
+// dies before its group is durable (not stored), or after it but before
+// it answers (stored). Close leaves the store under it open, for the
+// relay that follows.
+type appendGate struct {
+	relay.Store
+	mu      sync.Mutex
+	shut    chan struct{} // nil: open
+	stored  bool
+	err     error
+	waiting chan struct{} // receives when an append starts waiting
+}
+
+func newAppendGate(s relay.Store) *appendGate {
+	return &appendGate{Store: s, waiting: make(chan struct{}, 16)}
+}
+
+func (g *appendGate) Append(ctx context.Context, c relay.Coll, fence uint64, now time.Time, entries []relay.Entry) (uint64, error) {
+	g.mu.Lock()
+	shut := g.shut
+	g.mu.Unlock()
+	if shut == nil {
+		return g.Store.Append(ctx, c, fence, now, entries)
+	}
+	select {
+	case g.waiting <- struct{}{}:
+	default:
+	}
+	<-shut
+	g.mu.Lock()
+	stored, err := g.stored, g.err
+	g.mu.Unlock()
+	if !stored {
+		return 0, err
+	}
+	seq, aerr := g.Store.Append(ctx, c, fence, now, entries)
+	if err != nil {
+		return 0, err
+	}
+	return seq, aerr
+}
+
+func (g *appendGate) Close() error { return nil }
+
+func (g *appendGate) close() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.shut = make(chan struct{})
+}
+
+// open lets the appends waiting go on: stored or not, and failing with err
+// if not nil. Later appends run as usual.
+func (g *appendGate) open(stored bool, err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.stored, g.err = stored, err
+	if g.shut != nil {
+		close(g.shut)
+		g.shut = nil
+	}
+}
+
+// earlyEnv is a relay on a gated store and two live devices, a and b.
+type earlyEnv struct {
+	e      *syncEnv
+	base   relay.Store
+	gate   *appendGate
+	a, b   *Replica
+	feedB  *Feed
+	coll   relay.Coll
+	cursor func() uint64 // b's live cursor
+}
+
+func newEarlyEnv(t *testing.T) *earlyEnv {
+	e := newSyncEnv(t)
+	base := memstore.New()
+	t.Cleanup(func() { base.Close() })
+	gate := newAppendGate(base)
+	e.swap(gate)
+	// Before the relay's Close, which waits for the pushes the gate holds.
+	t.Cleanup(func() { gate.open(true, nil) })
+	env := &earlyEnv{e: e, base: base, gate: gate, coll: relay.Coll{Tenant: e.app.ID, Collection: "c"}}
+	optsA, liveA := liveOptions(e)
+	optsA.InMemory = true
+	env.a = open(t, "", optsA)
+	if err := env.a.AddProfile(e.profile("p")); err != nil {
+		t.Fatal(err)
+	}
+	optsB, liveB := liveOptions(e)
+	env.b = e.device(optsB)
+	env.feedB = env.b.Collection("c").Watch(1024)
+	t.Cleanup(env.feedB.Close)
+	liveProfile(t, e, env.a, liveA)
+	liveProfile(t, e, env.b, liveB)
+	env.cursor = func() uint64 {
+		st, err := env.b.loadSyncState("live", "c")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Cursor
+	}
+	if err := env.a.Collection("c").Create("r", map[string]any{"qty": int64(0)}); err != nil {
+		t.Fatal(err)
+	}
+	waitValue(t, env.b, env.feedB, "r", "qty", 0)
+	// A first sync pushes every record: past it, b pushes only what is
+	// pending.
+	mustSync(t, env.b, "p")
+	return env
+}
+
+func (env *earlyEnv) head(t *testing.T) uint64 {
+	h, err := env.base.Head(context.Background(), env.coll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// A live device applies a change the relay has checked while the relay's
+// append runs, and moves its cursor only once the append is durable.
+func TestLiveEarlyApply(t *testing.T) {
+	env := newEarlyEnv(t)
+	ca := env.a.Collection("c")
+	env.gate.close()
+	if err := ca.Update("r", func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, int64(1)) }); err != nil {
+		t.Fatal(err)
+	}
+	<-env.gate.waiting
+	before, head := env.cursor(), env.head(t)
+	waitValue(t, env.b, env.feedB, "r", "qty", 1)
+	if c := env.cursor(); c != before || c > head {
+		t.Fatalf("b's cursor moved from %d to %d before the relay's append (head %d)", before, c, head)
+	}
+	env.gate.open(true, nil)
+	if err := ca.Update("r", func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, int64(2)) }); err != nil {
+		t.Fatal(err)
+	}
+	waitValue(t, env.b, env.feedB, "r", "qty", 2)
+	if c := env.cursor(); c <= head {
+		t.Fatalf("b's cursor %d, want past %d: the durable message did not move it", c, head)
+	}
+}
+
+// The relay dies while a change it fanned out early is not durable:
+// before its fsync (the change is lost) or after it, before it answers.
+// The pusher had no acknowledgement, and here it goes offline for good;
+// the other device applied the change early and marked the record
+// pending. Once a relay runs again on the store, that device's next sync
+// gives the relay the change if it lost it; no cursor names an entry the
+// relay does not hold, and the two converge.
+func TestLiveEarlyApplyRelayDies(t *testing.T) {
+	for _, stored := range []bool{false, true} {
+		t.Run(fmt.Sprintf("stored=%v", stored), func(t *testing.T) {
+			env := newEarlyEnv(t)
+			env.gate.close()
+			if err := env.a.Collection("c").Update("r", func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, int64(1)) }); err != nil {
+				t.Fatal(err)
+			}
+			<-env.gate.waiting
+			head := env.head(t)
+			waitValue(t, env.b, env.feedB, "r", "qty", 1)
+			if c := env.cursor(); c > head {
+				t.Fatalf("b's cursor %d is past the relay's durable head %d", c, head)
+			}
+			// The relay dies: its push in flight fails. A new relay runs
+			// on the store.
+			restarted := make(chan struct{})
+			go func() {
+				defer close(restarted)
+				env.e.rl.Restart(t, newAppendGate(env.base), nil)
+			}()
+			env.a.Close()
+			env.gate.open(stored, errors.New("the relay died"))
+			<-restarted
+			if c, h := env.cursor(), env.head(t); c > h {
+				t.Fatalf("b's cursor %d is past the relay's head %d", c, h)
+			}
+			mustSync(t, env.b, "p")
+			doc, _, err := relay.Document(context.Background(), env.base, env.coll, "r")
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := crdt.Load(doc, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Free()
+			h, err := env.b.Collection("c").Heads("r")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !h.Equal(d.Heads()) {
+				t.Fatalf("b has heads %v, the relay %v: the change was lost", h, d.Heads())
+			}
+			if n, _ := env.b.Collection("c").PendingCount(); n != 0 {
+				t.Fatalf("b has %d pending after syncing", n)
+			}
+			if c, h := env.cursor(), env.head(t); c > h {
+				t.Fatalf("b's cursor %d is past the relay's head %d", c, h)
+			}
+		})
 	}
 }
