@@ -156,10 +156,16 @@ func (p *proxy) close() {
 
 // memStats is a relay's memory over a workload, in bytes.
 type memStats struct {
-	PeakRSS  int64  // highest resident set size seen
-	Baseline int64  // resident set size when the probe started
-	PeakHeap int64  // Go heap in use at its highest (in-process only)
-	Note     string // what was measured
+	PeakRSS  int64 // highest resident set size seen
+	Baseline int64 // resident set size when the probe started
+	PeakHeap int64 // Go heap in use at its highest (in-process only)
+	// In-process only, sampled: the highest anonymous resident memory (Go's
+	// heap, the C allocator's, stacks), and the highest file-backed
+	// resident memory (the binary, and the files Badger maps: its tables,
+	// whole, and its logs as far as written), which the kernel may drop
+	// and read back at will.
+	PeakAnon, PeakFile int64
+	Note               string // what was measured
 }
 
 // memProbe follows a relay's memory from reset until peak.
@@ -176,6 +182,8 @@ type selfProbe struct {
 	mu       sync.Mutex
 	base     int64
 	peakHeap int64
+	peakAnon int64
+	peakFile int64
 	stopC    chan struct{}
 	done     chan struct{}
 }
@@ -206,8 +214,11 @@ func (p *selfProbe) sample() {
 			return
 		case <-t.C:
 			h := heapInUse()
+			st, _ := procStatus("self")
 			p.mu.Lock()
 			p.peakHeap = max(p.peakHeap, h)
+			p.peakAnon = max(p.peakAnon, int64(st.RssAnon))
+			p.peakFile = max(p.peakFile, int64(st.RssFile))
 			p.mu.Unlock()
 		}
 	}
@@ -219,6 +230,7 @@ func (p *selfProbe) reset() {
 	st, _ := procStatus("self")
 	p.mu.Lock()
 	p.base, p.peakHeap = int64(st.VmRSS), heapInUse()
+	p.peakAnon, p.peakFile = int64(st.RssAnon), int64(st.RssFile)
 	p.mu.Unlock()
 }
 
@@ -227,6 +239,7 @@ func (p *selfProbe) peak() memStats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return memStats{PeakRSS: int64(st.VmHWM), Baseline: p.base, PeakHeap: max(p.peakHeap, heapInUse()),
+		PeakAnon: max(p.peakAnon, int64(st.RssAnon)), PeakFile: max(p.peakFile, int64(st.RssFile)),
 		Note: "in-process: the whole bench process, replicas and clients included"}
 }
 

@@ -95,6 +95,8 @@ func W6(ctx context.Context, cfg Config) (res *Result, err error) {
 	w6Time(res, "insert", time.Since(t0), 0, n, "records/s")
 	st := mem.peak()
 	res.add(Metric{Name: "insert_peak_rss", Value: float64(st.PeakRSS), Unit: "B", Note: "the whole bench process (VmHWM) while inserting"})
+	res.add(Metric{Name: "insert_peak_rss_anon", Value: float64(st.PeakAnon), Unit: "B", Note: "anonymous resident memory at its highest, sampled every 10 ms: Go's heap, Automerge's, stacks"})
+	res.add(Metric{Name: "insert_peak_rss_file", Value: float64(st.PeakFile), Unit: "B", Note: "file-backed resident memory at its highest, sampled: the binary, and Badger's mapped tables and logs"})
 	res.add(Metric{Name: "insert_peak_heap", Value: float64(st.PeakHeap), Unit: "B", Note: "Go heap objects, sampled every 10 ms; Automerge's Rust allocations are not Go heap"})
 
 	if err := r.Close(); err != nil {

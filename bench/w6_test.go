@@ -15,7 +15,7 @@ func TestW6Small(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"insert", "open", "scan", "index_build", "indexed_query", "live_latency_p50", "get_cold", "get_warm", "insert_peak_rss"} {
+	for _, name := range []string{"insert", "open", "scan", "index_build", "indexed_query", "live_latency_p50", "get_cold", "get_warm", "insert_peak_rss", "insert_peak_rss_anon", "insert_peak_rss_file"} {
 		m, ok := res.Metric(name)
 		if !ok || m.Value <= 0 {
 			t.Errorf("metric %s = %+v", name, m)

@@ -37,17 +37,31 @@ type Backend interface {
 	Connect(app string) error
 	Disconnect(app string)
 	// Push validates, stores and fans out changes exactly as a device's
-	// push; it returns once they are durable.
+	// push; it returns once they are durable. Past the relay's memory
+	// budget (Options.MaxMemory) it may wait, then refuse with a
+	// *transport.Error of code busy, having stored nothing: push again
+	// after its RetryMS.
 	Push(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error)
 	// ReadDocument calls read with a record's document as stored, and its
 	// heads, or returns ErrNotFound. The document is the one pushes to
-	// /ws merge into, from the Server's one document cache, if it is
-	// there at the stored heads (and not merged with changes that are not
-	// durable yet); otherwise a copy loaded for the call and freed after
-	// it. While read runs on a cached document no push changes it, so
+	// /ws merge into, from the Server's one document cache: a cached
+	// document is read with no store I/O, and one not cached is read from
+	// the store and loaded into the cache (or, while a push's changes to
+	// it are not durable yet, a copy is loaded for the call and freed
+	// after it). known, if not nil, are heads the caller knows the record
+	// has reached (from its log entries): a cached document lacking any
+	// of them is checked against the store, which another relay process
+	// may have written. While read runs no push changes the document, so
 	// read must be quick and only read: never keep the document, never
-	// wait on the network, never push.
-	ReadDocument(ctx context.Context, c Coll, record string, read func(doc *crdt.Doc, heads crdt.Heads) error) error
+	// wait on the network, never push. A document is loaded within the
+	// relay's memory budget: past it, ReadDocument may wait, then return
+	// busy as Push does, without calling read.
+	ReadDocument(ctx context.Context, c Coll, record string, known crdt.Heads, read func(doc *crdt.Doc, heads crdt.Heads) error) error
+	// ChargeMemory counts n bytes an endpoint holds for a client (its
+	// queued messages) in the relay's memory budget, without waiting,
+	// until release is called (once; later calls do nothing): work the
+	// relay starts meanwhile waits for, or is refused, what they take.
+	ChargeMemory(n int64) (release func())
 	// Records pages through a collection's record IDs in order.
 	Records(ctx context.Context, c Coll, after string, limit int) ([]string, error)
 	// Head is the collection's log head.
@@ -167,47 +181,8 @@ func (b serverBackend) Push(ctx context.Context, c Coll, p *transport.Push) (*tr
 	return b.s.pushCounted(ctx, c, p)
 }
 
-func (b serverBackend) ReadDocument(ctx context.Context, c Coll, record string, read func(*crdt.Doc, crdt.Heads) error) error {
-	s := b.s
-	key := recordKey{c, record}
-	// The store is read before the record's lock is taken, as a push
-	// does: no store I/O holds up the record's pushes.
-	rec, err := s.store.Record(ctx, c, record)
-	if err != nil {
-		return err
-	}
-	if done, err := s.readCached(key, rec.Heads, read); done {
-		return err
-	}
-	// Not in the cache as stored: a private copy, freed once read. It
-	// joins no cache: only pushes put documents there, so the cache never
-	// holds one older than a push left.
-	d, err := loadStored(c, rec)
-	if err != nil {
-		return err
-	}
-	defer d.Free()
-	return read(d, rec.Heads)
-}
-
-// readCached calls read with the record's cached document, if it is there
-// and at heads, under the record's lock: no push merges into it or queues
-// it meanwhile. A queued document is not used: its changes are not
-// durable yet. done is false if read was not called.
-func (s *Server) readCached(key recordKey, heads crdt.Heads, read func(*crdt.Doc, crdt.Heads) error) (done bool, err error) {
-	defer s.recLocks.Lock(key)()
-	if s.queuedDoc(key) {
-		return false, nil
-	}
-	rd, unpin, ok := s.docs.Acquire(key)
-	if !ok {
-		return false, nil
-	}
-	defer unpin()
-	if rd.dropped.Load() || !rd.doc.Heads().Equal(heads) {
-		return false, nil
-	}
-	return true, read(rd.doc, heads)
+func (b serverBackend) ReadDocument(ctx context.Context, c Coll, record string, known crdt.Heads, read func(*crdt.Doc, crdt.Heads) error) error {
+	return b.s.readDocument(ctx, c, record, known, read)
 }
 
 // queuedDoc reports whether the record's document is queued: merged with
@@ -224,6 +199,8 @@ func (s *Server) queuedDoc(k recordKey) bool {
 	_, ok := cm.queued[k.record]
 	return ok
 }
+
+func (b serverBackend) ChargeMemory(n int64) func() { return b.s.mem.charge(n).release }
 
 func (b serverBackend) Records(ctx context.Context, c Coll, after string, limit int) ([]string, error) {
 	recs, err := b.s.store.Records(ctx, c, after, limit)

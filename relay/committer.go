@@ -48,6 +48,7 @@ type waiter struct {
 	ack     *transport.Ack
 	done    chan result
 	lead    chan struct{} // this push's handler is to flush the queue
+	mem     *memGrant     // the push's memory (see admitPushMemory)
 }
 
 type result struct {
@@ -180,7 +181,7 @@ func (cm *committer) enqueueOnce(ctx context.Context, s *Server, p *transport.Pu
 			return nil, cm.refused(s, r.Record, err)
 		}
 	}
-	w = &waiter{fence: p.Fence, ack: &transport.Ack{Collection: cm.c.Collection}, done: make(chan result, 1), lead: make(chan struct{}, 1)}
+	w = &waiter{fence: p.Fence, ack: &transport.Ack{Collection: cm.c.Collection}, done: make(chan result, 1), lead: make(chan struct{}, 1), mem: pushGrant(ctx)}
 	for _, id := range order {
 		m := recs[id]
 		heads := m.rd.doc.Heads()
@@ -296,6 +297,7 @@ func (cm *committer) join(s *Server, w *waiter, recs map[string]*merged, gen uin
 	for _, e := range w.entries {
 		m := recs[e.Record]
 		m.rd.saved, m.rd.unsaved, m.rd.mem = m.saved, m.unsaved, m.mem
+		w.mem.moveTo(m.rd.grant, m.mem, int64(w.bytes))
 		if cm.queued[e.Record] != m.rd {
 			// The queue pins what it holds; this push's own pin keeps the
 			// document findable until then.
@@ -344,7 +346,7 @@ func (pl preloads) release() {
 		case p.unpin != nil:
 			p.unpin()
 		case !p.used:
-			p.rd.doc.Free()
+			p.rd.free()
 		}
 	}
 }
@@ -413,20 +415,21 @@ func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc,
 			return nil, err
 		}
 		d.SetMaxOps(s.limits.MaxRecordOps)
-		rd := &relayDoc{doc: d, mem: docMemory(d, 0)}
+		mem := docMemory(d, 0)
+		rd := &relayDoc{doc: d, mem: mem, grant: s.mem.charge(mem)}
 		rd.seen.Store(seen)
 		return rd, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	d, err := loadStored(cm.c, rec)
+	d, g, err := s.loadCounted(ctx, cm.c, rec, true, true)
 	if err != nil {
 		return nil, err
 	}
 	// A snapshot is a saved document: its size is exact as of SnapSeq.
 	d.SetMaxOps(s.limits.MaxRecordOps)
-	rd := &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail), mem: docMemory(d, rec.Size())}
+	rd := &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail), mem: g.size(), grant: g}
 	rd.seen.Store(seen)
 	return rd, nil
 }
@@ -566,10 +569,13 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 	cm.mu.Unlock()
 }
 
-// Caps of one group, so that pushes which each fit a store transaction
-// are not merged into one that does not: Badger's default transaction
-// takes about 9.6 MiB, and a push can carry up to max_frame (4 MiB by
-// default). A push larger than the caps goes alone.
+// Caps of one group, so that pushes which each fit a store's append are
+// not merged into one that does not, and one group's write does not keep
+// the pushes queued behind it waiting long: a push can carry up to
+// max_frame (4 MiB by default). The Badger store writes a larger append
+// in several transactions, published as one, but refuses one with more
+// records than a transaction holds the metas of (about 10,000); see
+// badgerstore.Append. A push larger than the caps goes alone.
 const (
 	groupBytes   = 4 << 20
 	groupEntries = 4096

@@ -65,23 +65,29 @@ func queueBigPushes(t *testing.T, tr *testRelay, gs *gateStore, pushes []*transp
 	return out
 }
 
-// TestConcurrentLargePushesAllSucceed: pushes that each fit one Badger
-// transaction, queued together, are written in groups that fit too, and
-// every device gets its ack; merged into one Append they would exceed
-// Badger's transaction limit (about 9.6 MiB) and all fail.
+// TestConcurrentLargePushesAllSucceed: large pushes queued together, 10
+// MB in all, are all written and every device gets its ack, whether the
+// committer's caps split them into groups (caps), the Badger store writes
+// one group of all of them in several transactions (store), or a store
+// with a smaller transaction limit refuses the group and the committer
+// writes it in halves (halves). Once, merged into one Append, they all
+// failed.
 func TestConcurrentLargePushesAllSucceed(t *testing.T) {
-	for _, split := range []bool{false, true} {
-		t.Run(fmt.Sprintf("split=%v", split), func(t *testing.T) {
+	for _, mode := range []string{"caps", "store", "halves"} {
+		t.Run(mode, func(t *testing.T) {
 			bs, err := badgerstore.Open(t.TempDir(), &badgerstore.Options{Relaxed: true})
 			if err != nil {
 				t.Fatal(err)
 			}
-			gs := &gateStore{Store: bs, entered: make(chan struct{}, 1)}
-			tr := newTestRelay(t, gs, nil)
 			t.Cleanup(func() { bs.Close() })
-			if split {
-				// No caps: the one Append of all three is refused as too
-				// large, and the committer splits it.
+			var inner relay.Store = bs
+			if mode == "halves" {
+				inner = &capStore{Store: bs, max: 8 << 20}
+			}
+			gs := &gateStore{Store: inner, entered: make(chan struct{}, 1)}
+			tr := newTestRelay(t, gs, nil)
+			if mode != "caps" {
+				// No caps: the three go in one Append.
 				tr.srv.SetGroupCaps(1<<40, 1<<30)
 			}
 			rng := rand.New(rand.NewPCG(4, uint64(len(t.Name()))))
@@ -107,9 +113,11 @@ func TestConcurrentLargePushesAllSucceed(t *testing.T) {
 					}
 				}
 			}
-			// First the small push, then the big ones: in two or more
-			// Appends, and with split, one more for the refused one.
-			if n := gs.appendCount(); n < 3 || (split && n < 4) {
+			// First the small push, then the big ones: in one Append
+			// (store), in two or more (caps), or in one refused and then
+			// two or more (halves).
+			switch n := gs.appendCount(); {
+			case mode == "store" && n != 2, mode == "caps" && n < 3, mode == "halves" && n < 4:
 				t.Errorf("%d appends", n)
 			}
 		})

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/ferrysync/ferry/transport"
 )
 
 // Compaction keeps reading a record cheap without touching the push path:
@@ -114,6 +116,11 @@ func (cp *compactor) round(ctx context.Context) (int, error) {
 		case errors.Is(err, ErrConflict), errors.Is(err, ErrNotFound):
 			// Another compaction won, or the record is gone: nothing to do.
 			cp.recovered(k)
+		case errors.Is(err, transport.ErrBusy):
+			// No room in the memory budget now: the record is still
+			// due, and a round after the next tick tries again, rather
+			// than competing with pushes for memory.
+			return n, cp.truncate(ctx)
 		case ctx.Err() != nil:
 			return n, ctx.Err()
 		default:
@@ -165,20 +172,23 @@ func (s *Server) compactRecord(ctx context.Context, c Coll, id string) error {
 	if rec.TailEntries == 0 {
 		return nil
 	}
-	_, err = s.compactNow(ctx, c, rec)
+	_, err = s.compactNow(ctx, c, rec, false)
 	return err
 }
 
 // compactNow saves rec as one document, stores that as its snapshot, and
 // returns it. Only the record's own bytes are read: no cached document,
-// no lock, so pushes to it go on meanwhile.
-func (s *Server) compactNow(ctx context.Context, c Coll, rec Record) ([]byte, error) {
-	d, err := loadStored(c, rec)
+// no lock, so pushes to it go on meanwhile. The document is loaded within
+// the memory budget, waiting for room if wait says so, else refused with
+// busy at once.
+func (s *Server) compactNow(ctx context.Context, c Coll, rec Record, wait bool) ([]byte, error) {
+	d, g, err := s.loadCounted(ctx, c, rec, false, wait)
 	if err != nil {
 		return nil, err
 	}
 	// Loaded for this once: its memory goes back now, not whenever a
 	// finalizer runs.
+	defer g.release()
 	defer d.Free()
 	snap := d.Save()
 	if err := s.store.Compact(ctx, c, rec.ID, snap, rec.Seq); err != nil && !errors.Is(err, ErrConflict) {

@@ -95,3 +95,14 @@ func (s *Server) Sweep(ctx context.Context) { s.watch.sweep(ctx) }
 func (s *Server) CountRequest(typ transport.MessageType, code transport.Code, elapsed time.Duration) {
 	s.metrics.request(typ, code, elapsed)
 }
+
+// MemoryInUse is what the Server's memory budget counts in use now.
+func (s *Server) MemoryInUse() int64 { return s.mem.inUse() }
+
+// MemoryPeak is the most the Server's memory budget counted in use since
+// the last call.
+func (s *Server) MemoryPeak() int64 { return s.mem.peakUse() }
+
+// HoldMemory takes n bytes of the Server's memory budget, without
+// waiting, until release is called.
+func (s *Server) HoldMemory(n int64) (release func()) { return s.mem.charge(n).release }

@@ -1,6 +1,10 @@
 package relay
 
-import "sync"
+import (
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+)
 
 // hub wakes the goroutines waiting on a collection: live subscribers when
 // the log grows, lease waiters when a lease is released. A wake-up is only
@@ -28,6 +32,13 @@ type hub struct {
 	// committer writes one group at a time, so there is one at most.
 	early    map[Coll]earlyGroup
 	earlySeq uint64 // the last group's id
+
+	// writes counts the appends this relay made, per stripe of records
+	// (see publish and writeMark): a reader that read a record from the
+	// store with no lock held tells by it whether the record may have
+	// been written since.
+	writes [writeStripes]atomic.Uint64
+	seed   maphash.Seed
 }
 
 // earlyGroup is a group of entries being written, numbered so that a
@@ -36,6 +47,26 @@ type hub struct {
 type earlyGroup struct {
 	id      uint64
 	entries []LogEntry
+}
+
+// writeStripes is how many counters the records share: two records on
+// one stripe only make a reader of one think the other's write was its.
+const writeStripes = 1024
+
+// writeMark returns the count of appends to the record's stripe.
+func (h *hub) writeMark(k recordKey) uint64 {
+	return h.writes[h.stripe(k)].Load()
+}
+
+func (h *hub) stripe(k recordKey) uint64 {
+	var m maphash.Hash
+	m.SetSeed(h.seed)
+	m.WriteString(k.c.Tenant)
+	m.WriteByte(0)
+	m.WriteString(k.c.Collection)
+	m.WriteByte(0)
+	m.WriteString(k.record)
+	return m.Sum64() % writeStripes
 }
 
 // recentLog is a collection's latest log entries, consecutive, bounded.
@@ -58,7 +89,7 @@ type hubWait struct {
 }
 
 func newHub() *hub {
-	return &hub{waits: map[Coll]*hubWait{}, subs: map[Coll]int{}, recent: map[Coll]*recentLog{}, early: map[Coll]earlyGroup{}}
+	return &hub{waits: map[Coll]*hubWait{}, subs: map[Coll]int{}, recent: map[Coll]*recentLog{}, early: map[Coll]earlyGroup{}, seed: maphash.MakeSeed()}
 }
 
 // subscribed counts a live subscriber of c in; the returned function counts
@@ -78,10 +109,13 @@ func (h *hub) subscribed(c Coll) (done func()) {
 	}
 }
 
-// publish records entries a durable append made to c, then wakes c's
-// waiters. entries are consecutive; a gap (an append by another relay
+// publish records entries a durable append made to c, counting them in
+// writes, then wakes c's waiters. entries are consecutive; a gap (an append by another relay
 // process, say) starts the recent log afresh.
 func (h *hub) publish(c Coll, entries []LogEntry) {
+	for _, e := range entries {
+		h.writes[h.stripe(recordKey{c, e.Record})].Add(1)
+	}
 	h.mu.Lock()
 	if h.subs[c] > 0 && len(entries) > 0 {
 		r := h.recent[c]

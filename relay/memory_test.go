@@ -133,7 +133,7 @@ func mib(n int64) float64 { return float64(n) / (1 << 20) }
 func docCacheChild(t *testing.T) {
 	cache, _ := strconv.ParseInt(os.Getenv("FERRY_DOCCACHE_BYTES"), 10, 64)
 	n, _ := strconv.Atoi(os.Getenv("FERRY_DOCCACHE_RECORDS"))
-	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.DocCacheBytes = cache })
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.DocCacheBytes, o.MaxMemory = cache, cache+relay.DefaultMaxMemory })
 	a := tr.client("shop")
 	recs := make([][]byte, n)
 	var stored int64

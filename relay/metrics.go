@@ -35,6 +35,7 @@ type metrics struct {
 	compactions   prometheus.Counter
 	authFailures  prometheus.Counter
 	quotaRefusals *prometheus.CounterVec
+	memRefusals   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -55,6 +56,8 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		authFailures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_auth_failures_total", Help: "Refused API keys and tokens."}),
 		quotaRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_relay_quota_refusals_total",
 			Help: "Connections and pushes refused for passing their app's quota, by app and quota (connections, push_rate, stored_bytes)."}, []string{"app", "quota"}),
+		memRefusals: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_memory_refusals_total",
+			Help: "Work refused with busy after waiting for room in the memory budget (max_memory)."}),
 	}
 	for _, t := range requestTypes {
 		m.requests.WithLabelValues(string(t), "ok")
@@ -78,7 +81,12 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		stats(func(st StoreStats) int64 { return st.Bytes }))
 	compactFailing := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_relay_compaction_failing_records", Help: "Records whose compaction failed, or that a fresh pull left out, and that have not compacted since."},
 		func() float64 { return float64(s.compactor.failingCount()) })
-	for _, c := range []prometheus.Collector{m.connections, m.subscribers, m.requests, m.latency, m.changes, m.bytesIn, m.bytesOut, m.leaseWaits, m.leaseWait, m.slowConsumers, m.compactions, m.authFailures, m.quotaRefusals, logSize, storeBytes, compactFailing} {
+	memUsed := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_relay_memory_bytes",
+		Help: "Memory the relay counts against its budget now: loaded documents, pushes in progress, pages and live messages being sent."},
+		func() float64 { return float64(s.mem.inUse()) })
+	memBudget := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_relay_memory_budget_bytes", Help: "The relay's memory budget (max_memory)."},
+		func() float64 { return float64(s.mem.max) })
+	for _, c := range []prometheus.Collector{m.connections, m.subscribers, m.requests, m.latency, m.changes, m.bytesIn, m.bytesOut, m.leaseWaits, m.leaseWait, m.slowConsumers, m.compactions, m.authFailures, m.quotaRefusals, m.memRefusals, logSize, storeBytes, compactFailing, memUsed, memBudget} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -41,6 +41,9 @@ var wantMetrics = []struct{ name, typ, help string }{
 	{"ferry_relay_presence_dropped_total", "counter", "Presence messages dropped because their receiver was behind."},
 	{"ferry_relay_compaction_failing_records", "gauge", "Records whose compaction failed, or that a fresh pull left out, and that have not compacted since."},
 	{"ferry_relay_quota_refusals_total", "counter", "Connections and pushes refused for passing their app's quota, by app and quota (connections, push_rate, stored_bytes)."},
+	{"ferry_relay_memory_bytes", "gauge", "Memory the relay counts against its budget now: loaded documents, pushes in progress, pages and live messages being sent."},
+	{"ferry_relay_memory_budget_bytes", "gauge", "The relay's memory budget (max_memory)."},
+	{"ferry_relay_memory_refusals_total", "counter", "Work refused with busy after waiting for room in the memory budget (max_memory)."},
 	{"ferry_relay_store_bytes", "gauge", "Bytes the store takes on disk (in memory, for a memory store)."},
 	{"ferry_relay_subscribers", "gauge", "Live subscriptions."},
 	{"ferry_relay_automerge_connections", "gauge", "Open automerge-repo connections."},
@@ -50,6 +53,8 @@ var wantMetrics = []struct{ name, typ, help string }{
 	{"ferry_relay_automerge_received_bytes_total", "counter", "automerge-repo message bytes received."},
 	{"ferry_relay_automerge_sent_bytes_total", "counter", "automerge-repo message bytes sent."},
 	{"ferry_relay_automerge_sync_seconds", "histogram", "Time to take in an automerge-repo sync message and answer it, storing its changes included."},
+	{"ferry_relay_automerge_queued_bytes", "gauge", "What automerge-repo sync messages read and not yet answered count for: their bytes, plus max_inflated for each carrying changes."},
+	{"ferry_relay_automerge_backpressure_total", "counter", "Times an automerge-repo connection was not read until its queued messages were answered (past max queued bytes)."},
 }
 
 func gather(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily {

@@ -60,7 +60,7 @@ func (s *Server) pullSnapshots(ctx context.Context, c Coll, after string, limit 
 		if len(data) > s.maxRecord() {
 			// Its tail has grown since its last compaction: send it saved
 			// whole, which max_record bounds.
-			if data, err = s.compactNow(ctx, c, rec); errors.Is(err, ErrStoreDamaged) {
+			if data, err = s.compactNow(ctx, c, rec, true); errors.Is(err, ErrStoreDamaged) {
 				// A damaged record must not keep every fresh device from
 				// the rest of the collection: it is left out, and reported.
 				s.reportFailure(c, rec.ID, "a fresh pull left out a record that does not load", err)
@@ -254,6 +254,11 @@ func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uin
 // sendLive sends a live message, and reports false if the subscription is
 // over.
 func (s *Server) sendLive(ctx context.Context, sess *session, c Coll, lv *transport.Live) bool {
+	// Counted while it is on its way, without waiting: its changes are
+	// mostly the hub's recent entries, or a group being written, in
+	// memory already.
+	g := s.mem.charge(liveBytes(lv.Records))
+	defer g.release()
 	env, err := transport.NewEnvelope(0, lv)
 	if err != nil {
 		s.log.Error("encoding a live message failed", "tenant", c.Tenant, "collection", c.Collection, "err", err)
@@ -290,6 +295,16 @@ func (s *Server) earlyPage(entries []LogEntry) ([]transport.RecordChanges, bool)
 		recs = append(recs, transport.RecordChanges{Record: e.Record, Data: e.Changes, Heads: e.Heads.Slices()})
 	}
 	return recs, true
+}
+
+// liveBytes is what a live message of recs takes, roughly: its changes
+// and, once encoded, as much again.
+func liveBytes(recs []transport.RecordChanges) int64 {
+	var n int64
+	for _, r := range recs {
+		n += 2 * int64(len(r.Data))
+	}
+	return n
 }
 
 // liveDenied says why a session holding claims may not receive live

@@ -41,6 +41,9 @@ type relayDoc struct {
 	// it is loaded and when a push's entry is made, under the record's
 	// lock; read and written under the committer's lock once queued.
 	mem int64
+	// grant holds mem of the relay's memory budget from the document's
+	// load until free.
+	grant *memGrant
 }
 
 // cost is what the document counts for in the relay's document cache: the
@@ -58,6 +61,13 @@ func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*t
 	if err != nil {
 		return nil, err
 	}
+	mem, err := s.admitPushMemory(ctx, p)
+	if err != nil {
+		quotaDone(false)
+		return nil, err
+	}
+	defer mem.release()
+	ctx = withPushGrant(ctx, mem)
 	s.mu.Lock()
 	s.pushes[c]++
 	s.mu.Unlock()

@@ -49,12 +49,25 @@ type Options struct {
 	MaxLag           int           // log entries a subscriber may trail by; default 10,000
 	SlowWriteTimeout time.Duration // for a subscriber to take a live message; default 10 s
 	// DocCacheBytes bounds the memory of the documents kept loaded for
-	// pushes, which endpoints read too (see Backend.ReadDocument), each
+	// pushes and endpoints' reads (see Backend.ReadDocument), each
 	// counted by what it holds (crdt.Doc.Cost: about 800 to 1,100 bytes
 	// an operation, whatever its stored size). A document that leaves
 	// frees its memory at once; one in use stays until its push is done.
-	// Default 64 MiB.
+	// Default a quarter of MaxMemory (64 MiB); it may not pass
+	// MaxMemory.
 	DocCacheBytes int64
+	// MaxMemory is the relay's memory budget: what the documents it
+	// holds loaded (cached, or loaded for a push, a read or a
+	// compaction), the pushes it is checking and committing, and the
+	// pages and live messages on their way to devices may take in all,
+	// each counted as it takes it (documents by crdt.Doc.Cost). Past it,
+	// new work waits up to MemoryWait for room, then is refused with
+	// busy (nothing done; the device retries after retry_ms). See
+	// docs/operations.md, "Memory". Default 256 MiB.
+	MaxMemory int64
+	// MemoryWait is how long work waits for room in MaxMemory before it
+	// is refused with busy. Default 2 s.
+	MemoryWait time.Duration
 
 	// CompactInterval is how often the background compactor looks for
 	// records whose tail outgrew their snapshot (a push that makes one
@@ -102,15 +115,24 @@ func (o *Options) withDefaults() Options {
 	if v.MaxLag <= 0 {
 		v.MaxLag = 10_000
 	}
-	if v.DocCacheBytes <= 0 {
-		v.DocCacheBytes = 64 << 20
+	if v.MaxMemory <= 0 {
+		v.MaxMemory = DefaultMaxMemory
 	}
+	if v.DocCacheBytes <= 0 {
+		v.DocCacheBytes = v.MaxMemory / 4
+	}
+	defaultDur(&v.MemoryWait, 2*time.Second)
 	defaultDur(&v.CompactInterval, time.Second)
 	if v.LogRetention == 0 {
 		v.LogRetention = 100_000
 	}
 	return v
 }
+
+// DefaultMaxMemory is Options.MaxMemory's default: room for the document
+// cache's default 64 MiB, and for the largest record the default limits
+// let in (max_record_ops operations, some 220 MiB loaded) alone.
+const DefaultMaxMemory = 256 << 20
 
 func defaultDur(d *time.Duration, def time.Duration) {
 	if *d == 0 {
@@ -135,12 +157,16 @@ type Server struct {
 	leases    *hub // lease releases, for waiters
 	pres      *presenceHub
 	docs      *lru.Cache[recordKey, *relayDoc]
+	mem       *memBudget // the process's memory budget (see Options.MaxMemory)
 	marks     staleMarks // other relay processes' appends, for docs
 	compactor *compactor
 	recLocks  *keylock.Locks[recordKey] // merges, per record
 	quotas    *quotas
 	watch     *storeWatch // nil unless the Store has StoreEvents
 	endpoints []mounted   // see Mount; guarded by mu
+
+	// releaseStop ends releaseLoop, which closes releaseDone.
+	releaseStop, releaseDone chan struct{}
 
 	// groupBytes and groupEntries cap one group commit (see nextGroup);
 	// tests lift them to reach the split on ErrAppendTooLarge.
@@ -179,6 +205,9 @@ func NewServer(o *Options) (*Server, error) {
 	if err := checkOriginPatterns(opts.AllowedOrigins); err != nil {
 		return nil, err
 	}
+	if opts.DocCacheBytes > opts.MaxMemory {
+		return nil, fmt.Errorf("relay: the document cache (%d bytes) does not fit in max_memory (%d bytes)", opts.DocCacheBytes, opts.MaxMemory)
+	}
 	quotas, err := newQuotas(&opts)
 	if err != nil {
 		return nil, err
@@ -192,7 +221,8 @@ func NewServer(o *Options) (*Server, error) {
 		now:        opts.Now,
 		hub:        newHub(),
 		leases:     newHub(),
-		docs:       lru.NewSized(opts.DocCacheBytes, func(_ recordKey, rd *relayDoc) { rd.doc.Free() }),
+		docs:       lru.NewSized(opts.DocCacheBytes, func(_ recordKey, rd *relayDoc) { rd.free() }),
+		mem:        newMemBudget(opts.MaxMemory, opts.MemoryWait),
 		sessions:   map[*session]struct{}{},
 		committers: map[Coll]*committer{},
 		pushes:     map[Coll]int{},
@@ -213,10 +243,27 @@ func NewServer(o *Options) (*Server, error) {
 		return nil, err
 	}
 	s.metrics = m
+	// Before work waits for memory, the cache gives back documents no
+	// push is using.
+	s.mem.reclaim = s.docs.Trim
+	s.mem.refused = m.memRefusals.Inc
+	s.mem.freedSignal = make(chan struct{}, 1)
+	s.releaseDone, s.releaseStop = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(s.releaseDone)
+		s.releaseLoop(s.mem.freedSignal, s.releaseStop)
+	}()
 	s.compactor = newCompactor(s)
 	s.watch = startStoreWatch(s)
 	return s, nil
 }
+
+// MaxMemory is the relay's memory budget (Options.MaxMemory, defaulted).
+func (s *Server) MaxMemory() int64 { return s.opts.MaxMemory }
+
+// DocCacheBytes is the bound of the relay's document cache
+// (Options.DocCacheBytes, defaulted).
+func (s *Server) DocCacheBytes() int64 { return s.opts.DocCacheBytes }
 
 // Handler serves /ws (devices), /healthz, /metrics and the endpoints
 // mounted (see Mount).
@@ -379,6 +426,7 @@ func (s *Server) Close() error {
 		}
 		s.closed = true
 		s.mu.Unlock()
+		s.mem.close() // work waiting for memory gives up at once
 		<-drained
 		s.helpers.Wait()
 		for _, m := range s.endpoints { // no Mount after shutting
@@ -387,6 +435,8 @@ func (s *Server) Close() error {
 		s.compactor.close()
 		s.watch.close()
 		s.docs.Clear() // no push runs now: free every loaded document
+		close(s.releaseStop)
+		<-s.releaseDone
 	})
 	return nil
 }

@@ -29,9 +29,12 @@ type session struct {
 	leases   map[Coll]uint64
 	stopping bool
 
-	ctx          context.Context // ends when the session ends
-	cancel       context.CancelFunc
-	busy         sync.Mutex // held while a request is handled; Shutdown waits on it
+	ctx    context.Context // ends when the session ends
+	cancel context.CancelFunc
+	busy   sync.Mutex // held while a request is handled; Shutdown waits on it
+	// reply is the memory the answer to the request being handled holds
+	// of the budget, released once it is sent. Only the read loop uses it.
+	reply        *memGrant
 	shutdownOnce sync.Once
 	wg           sync.WaitGroup
 }
@@ -143,6 +146,8 @@ func (sess *session) handle(env *transport.Envelope) {
 	if body != nil {
 		_ = sess.conn.SendBody(sess.ctx, env.ID, body)
 	}
+	sess.reply.release()
+	sess.reply = nil
 }
 
 func (sess *session) errorBody(env *transport.Envelope, err error) *transport.Error {
@@ -232,6 +237,10 @@ func (sess *session) pull(claims *Claims, m *transport.Pull) (transport.Body, er
 	c, err := sess.coll(claims, m.Collection, false)
 	if err != nil {
 		return nil, err
+	}
+	// A page is at most a frame, held until it is sent.
+	if sess.reply, err = sess.s.mem.acquire(sess.ctx, int64(sess.s.limits.MaxFrame)); err != nil {
+		return nil, memErr(err, "the pull")
 	}
 	return sess.s.pull(sess.ctx, c, m)
 }

@@ -105,7 +105,7 @@ func (b *batchRun) touch(txn *badger.Txn, id string) (*touched, error) {
 		return nil, err
 	}
 	if !ok {
-		if d, err = crdt.New(b.r.actor); err != nil {
+		if d, err = crdt.New(b.r.actorID()); err != nil {
 			return nil, err
 		}
 	}

@@ -77,6 +77,22 @@ func (c *docCache) clear()          { c.c.Clear() }
 func (c *docCache) len() int        { return c.c.Len() }
 func (c *docCache) size() int64     { return c.c.Size() }
 
+// settle caches the document of a record a unit of work stored, or frees
+// it if the record is new. Reads go to the read model, so only another
+// edit would use the document again: likely for a record being edited,
+// unlikely for one just made, and inserts in bulk would fill the cache
+// with documents no one uses, whose memory (Automerge's, and the Go
+// heap's) the cache's bound lets grow to Options.CacheBytes, and whose
+// eviction costs more than loading the few that are edited again. The
+// caller holds the record's write lock.
+func (r *Replica) settle(t *touched) {
+	if t.existed {
+		r.cache.put(cacheKey(t.coll, t.id), t.doc, t.new)
+		return
+	}
+	r.discard(t.coll, t.id, t.doc)
+}
+
 // discard drops a record's document from the cache and frees d, which
 // this operation made or loaded and will not store (nil: none). The
 // caller holds the record's write lock, so no one else is using d.

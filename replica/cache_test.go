@@ -98,6 +98,12 @@ func TestInUseDocumentOutlivesEviction(t *testing.T) {
 			if err := c.Put("x", map[string]any{"n": 0}); err != nil {
 				t.Fatal(err)
 			}
+			others := otherStripe(r, "c", "x", 8)
+			for _, id := range others {
+				if err := c.Put(id, map[string]any{"n": 0}); err != nil {
+					t.Fatal(err)
+				}
+			}
 			// The reaper reports when it is about to free x's document.
 			reaping := make(chan struct{}, 1)
 			r.reap.mu.Lock()
@@ -135,8 +141,9 @@ func TestInUseDocumentOutlivesEviction(t *testing.T) {
 				}
 			}()
 			d := <-inside
-			// Other records, on other locks, push x's document out.
-			for _, id := range otherStripe(r, "c", "x", 8) {
+			// Edits of other records, on other locks, push x's document
+			// out (a record's creation leaves nothing cached).
+			for _, id := range others {
 				if err := c.Put(id, map[string]any{"n": 1}); err != nil {
 					t.Fatal(err)
 				}
@@ -197,5 +204,37 @@ func TestFailedCommitFreesItsDocuments(t *testing.T) {
 	var m map[string]any
 	if err := c.Get("x", &m); err != nil || m["n"] != int64(0) {
 		t.Fatalf("x = %v, %v after the failed unit", m, err)
+	}
+}
+
+// A unit of work keeps no document of a record it creates (reads use the
+// read model): a bulk insert leaves the cache empty. An edit of a stored
+// record keeps its document, for the next edit.
+func TestCreatedRecordsLeaveNothingCached(t *testing.T) {
+	r := open(t, "", &Options{InMemory: true})
+	err := r.Write(func(tx *Tx) error {
+		for i := range 200 {
+			if err := tx.Put("c", fmt.Sprintf("r%03d", i), map[string]any{"n": i}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, size := r.cache.len(), r.cache.size(); n != 0 || size != 0 {
+		t.Fatalf("after inserting 200 records the cache holds %d documents (%d bytes), want none", n, size)
+	}
+	c := coll(t, r, "c")
+	if err := c.Put("r007", map[string]any{"n": -7}); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.cache.len(); n != 1 {
+		t.Fatalf("after an edit the cache holds %d documents, want 1", n)
+	}
+	var m map[string]any
+	if err := c.Get("r199", &m); err != nil || m["n"] != int64(199) {
+		t.Fatalf("r199 = %v, %v", m, err)
 	}
 }

@@ -104,7 +104,7 @@ func TestCopiedStoreKeepsSyncing(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			coll2(t, r, "c").Put("y"+r.actor[:4], map[string]any{"round": round})
+			coll2(t, r, "c").Put("y"+r.actorID()[:4], map[string]any{"round": round})
 			mustSync(t, r, "p")
 		}
 	}

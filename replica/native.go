@@ -1,7 +1,7 @@
 package replica
 
 import (
-	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 
@@ -10,16 +10,20 @@ import (
 
 // nativeEvery is how many record writes pass between releases of native
 // memory. Each write of a small record leaves a few KB of automerge-go
-// results for Go's finalizers to free (see crdt.ReleaseNative); a
-// thousand writes leave a few MB, and a collection of a Go heap of tens
-// of MB costs a few milliseconds, against the hundreds that a thousand
+// results for Go's finalizers to free (see crdt.ReleaseNative); five
+// hundred writes leave a few MB, and a collection of a Go heap of tens
+// of MB costs a few milliseconds, against the tens that five hundred
 // writes take.
-const nativeEvery = 1000
+const nativeEvery = 500
 
 // native releases the memory automerge-go leaves behind every nativeEvery
 // record writes: a garbage collection runs the finalizers that free it,
 // and crdt.ReleaseNative gives it back to the operating system. Without it, inserting 100,000 records grows the
-// process past a gigabyte that no one uses.
+// process past a gigabyte that no one uses. The collection also returns
+// the Go heap's free pages to the operating system at once
+// (debug.FreeOSMemory), rather than as Go's scavenger gets to them: a
+// bulk insert frees Badger's memtable arenas and table builders, tens of
+// MB at a time, which would otherwise stay resident for seconds.
 type native struct {
 	writes  atomic.Int64
 	mu      sync.Mutex // one release at a time
@@ -27,7 +31,7 @@ type native struct {
 }
 
 func newNative() *native {
-	return &native{collect: func() { runtime.GC(); crdt.ReleaseNative() }}
+	return &native{collect: func() { debug.FreeOSMemory(); crdt.ReleaseNative() }}
 }
 
 // wrote counts n record writes and, every nativeEvery of them, releases

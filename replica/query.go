@@ -3,6 +3,7 @@ package replica
 import (
 	"bytes"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"iter"
 	"slices"
@@ -163,6 +164,22 @@ func (c *Collection) indexed(name string, eq []any, from, to any, desc bool, aft
 				if e.id == "" {
 					continue // a stale entry, checked out
 				}
+				if e.v.packed == nil {
+					// The record's read model is lost or damaged: rebuilt
+					// from its document, then checked against the entry.
+					v, err := c.r.rebuildView(c.name, e.id)
+					if errors.Is(err, ErrNotFound) {
+						continue // purged since the page was read
+					}
+					if err != nil {
+						yield(entry{}, err)
+						return
+					}
+					if !entryMatches(c.name, def, base, e.id, e.cursor, v) {
+						continue
+					}
+					e.v = v
+				}
 				if !yield(e, nil) {
 					return
 				}
@@ -178,6 +195,20 @@ func (c *Collection) indexed(name string, eq []any, from, to any, desc bool, aft
 			}
 		}
 	}
+}
+
+// entryMatches reports whether the index entry base+cursor is the one
+// that read model v, of the live record id, gives.
+func entryMatches(coll string, def indexDef, base []byte, id string, cursor []byte, v view) bool {
+	if v.deleted || v.packed == nil {
+		return false
+	}
+	f, err := crdt.UnpackFields(v.packed, false)
+	if err != nil {
+		return false
+	}
+	k := indexEntry(coll, def, f, id)
+	return len(k) == len(base)+len(cursor) && bytes.HasPrefix(k, base) && bytes.Equal(k[len(base):], cursor)
 }
 
 // indexRange returns the keys an index query reads: from lo (included)
@@ -242,9 +273,18 @@ func (c *Collection) indexPage(def indexDef, base, lo, hi []byte, desc bool) ([]
 			if err != nil {
 				return err
 			}
-			if ok && !v.deleted && v.packed != nil {
-				if f, err := crdt.UnpackFields(v.packed, false); err == nil && bytes.Equal(indexEntry(c.name, def, f, string(id)), k) {
+			switch {
+			case ok:
+				if entryMatches(c.name, def, base, string(id), e.cursor, v) {
 					e.id, e.v = string(id), v
+				}
+			default:
+				// No read model, or a damaged one: if the record exists,
+				// the caller rebuilds it (a nil v.packed).
+				if _, exists, err := readMeta(txn, c.name, string(id)); err != nil {
+					return err
+				} else if exists {
+					e.id = string(id)
 				}
 			}
 			page = append(page, e)

@@ -8,18 +8,50 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 )
 
+// A refresh from the relay discards a record's changes that the relay
+// lacks, but they may live on elsewhere: another device imported them, or
+// another relay holds them, and they come back to this device with that
+// device's or relay's changes. Automerge numbers an actor's changes per
+// document, 1, 2, 3, and refuses a second, different change with a number
+// it holds; after discarding, this device's actor would number its next
+// changes to the record as the discarded ones were, and every holder of
+// those would refuse them, and this device every change built on them. So
+// a refresh that discards changes gives the replica a fresh actor before
+// the record is written again (newActor): its later changes can never
+// clash with the discarded ones, which merge as any other device's would
+// if they return. Documents already loaded keep their actor, which is
+// safe: only the refreshed records lost changes.
+
 // replaceOp makes a record exactly the relay's snapshot, discarding local
 // changes (refresh from the relay).
 func (r *Replica) replaceOp(txn *badger.Txn, t *touched, rec remoteRec, _ *batchResult) (bool, error) {
-	d, err := crdt.Load(rec.data, r.actor)
+	d, err := crdt.Load(rec.data, "")
 	if err != nil {
 		return false, err
 	}
+	if t.existed && !holdsAll(d, t.doc.Heads()) {
+		r.newActor()
+	}
+	if err := d.SetActor(r.actorID()); err != nil {
+		d.Free()
+		return false, err
+	}
 	if err := r.deleteRecordKeys(txn, t.coll, t.id, t.new); err != nil {
+		d.Free()
 		return false, err
 	}
 	t.doc, t.new = d, meta{nextChunk: t.new.nextChunk}
 	return true, r.storeSynced(txn, t, rec.relay)
+}
+
+// holdsAll reports whether d holds every change of the version heads.
+func holdsAll(d *crdt.Doc, heads crdt.Heads) bool {
+	for _, h := range heads {
+		if !d.Has(h) {
+			return false
+		}
+	}
+	return true
 }
 
 // purgeRecord removes every trace of a record the relay does not have
@@ -27,6 +59,9 @@ func (r *Replica) replaceOp(txn *badger.Txn, t *touched, rec remoteRec, _ *batch
 func (r *Replica) purgeRecord(coll, id string) (applied, error) {
 	var out applied
 	t, err := r.recordOp(coll, id, func(txn *badger.Txn, t *touched) (bool, error) {
+		if t.existed {
+			r.newActor() // its changes are discarded: see above
+		}
 		return false, r.deleteRecordKeys(txn, coll, id, t.new)
 	})
 	if err != nil {

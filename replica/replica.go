@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/google/uuid"
@@ -24,8 +25,8 @@ import (
 // and waits for every goroutine the replica started.
 type Replica struct {
 	db    *badger.DB
-	id    string // stable: the relay's name for this device
-	actor string // this open's Automerge actor ID; see newActor
+	id    string                 // stable: the relay's name for this device
+	actor atomic.Pointer[string] // the Automerge actor ID new changes are made as; see newActor
 	opts  Options
 	log   *slog.Logger
 
@@ -77,8 +78,15 @@ func Open(dir string, o *Options) (*Replica, error) {
 		WithInMemory(opts.InMemory).
 		WithSyncWrites(false).
 		WithLogger(badgerdir.Logger(opts.Logger)).
-		// A device store: keep Badger's memory modest.
+		// A device store: keep Badger's memory modest. Each memtable is
+		// a 16 MiB arena on the Go heap beside its mapped log; two bound
+		// them to the one being written and one being flushed (writes
+		// wait for the flush rather than queue more), and two compactors
+		// (Badger's least) bound the tables built at once, each in memory
+		// until written.
 		WithMemTableSize(16 << 20).
+		WithNumMemtables(2).
+		WithNumCompactors(2).
 		WithBlockCacheSize(32 << 20).
 		WithNumVersionsToKeep(1)
 	if opts.InMemory {
@@ -111,7 +119,7 @@ func Open(dir string, o *Options) (*Replica, error) {
 	r.closeCtx, r.stopAll = context.WithCancel(context.Background())
 	r.sched = newScheduler(r)
 	// The actor comes first: upgrading a store loads documents.
-	r.actor = newActor()
+	r.newActor()
 	var format uint32
 	r.id, format, err = r.initMeta()
 	if err == nil {
@@ -227,7 +235,9 @@ func (r *Replica) upgrade() error {
 // newActor.
 func (r *Replica) ID() string { return r.id }
 
-// newActor returns a fresh Automerge actor ID for one open of the store.
+// newActor gives the replica a fresh Automerge actor ID, for one open of
+// the store, and again whenever a refresh from the relay discards changes
+// (see refresh.go).
 //
 // Automerge numbers each actor's changes 1, 2, 3 per document and refuses a
 // second, different change with a number it already holds. A store that is
@@ -237,10 +247,14 @@ func (r *Replica) ID() string { return r.id }
 // every later change of those records forever. An actor per open can never
 // be reused: each open, copy or restore writes as a new actor, at the cost
 // of 16 bytes per actor in the documents it edits.
-func newActor() string {
+func (r *Replica) newActor() {
 	u := uuid.New()
-	return fmt.Sprintf("%x", u[:])
+	a := fmt.Sprintf("%x", u[:])
+	r.actor.Store(&a)
 }
+
+// actorID returns the actor new changes are made as.
+func (r *Replica) actorID() string { return *r.actor.Load() }
 
 // Close waits for in-flight operations, stops background work, and closes
 // the store. It is safe to call more than once; later calls return the

@@ -82,7 +82,8 @@ type entry struct {
 // after the ID after, in ID order, from their read models, one page per
 // store transaction; nothing runs under a lock or inside a transaction
 // while the caller's loop does. Tombstones come only with deleted. A
-// record whose read model is missing or damaged has it rebuilt. An error
+// record whose read model is missing or damaged has it rebuilt from its
+// document (and stored again). An error
 // ends the stream after it is yielded.
 func (c *Collection) each(idPrefix, after string, deleted bool) iter.Seq2[entry, error] {
 	return func(yield func(entry, error) bool) {
@@ -124,34 +125,46 @@ func (c *Collection) each(idPrefix, after string, deleted bool) iter.Seq2[entry,
 }
 
 // readPage reads up to limit records with IDs that have prefix, after the
-// ID after, from their read models, in one transaction. Every stored
-// record has one (a store from before them gets them when it is opened:
-// see upgrade); one whose read model is damaged comes with a nil v.packed,
-// for the caller to rebuild from its document.
+// ID after, from their read models, in one transaction. It walks the
+// records' metas (every stored record has one, and they are what a record
+// is) beside the read models, in step, keys only: a record whose read
+// model is missing (lost to damage) is listed too. Such a record, and one
+// whose read model is damaged, comes with a nil v.packed, for the caller
+// to rebuild from its document.
 func (c *Collection) readPage(idPrefix, after string, limit int, deleted bool) ([]entry, error) {
 	var page []entry
 	err := c.r.view(func(txn *badger.Txn) error {
+		metas := collPrefix('r', c.name)
 		views := collPrefix('v', c.name)
 		from := []byte(idPrefix)
 		// Start at the prefix, or just past After if that comes later.
 		if a := append([]byte(after), 0); after != "" && bytes.Compare(a, from) > 0 {
 			from = a
 		}
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: append(bytes.Clone(views), idPrefix...), PrefetchValues: true})
-		defer it.Close()
-		for it.Seek(append(bytes.Clone(views), from...)); it.Valid() && len(page) < limit; it.Next() {
-			e := entry{id: string(it.Item().Key()[len(views):])}
-			err := it.Item().Value(func(b []byte) error {
-				v, err := decodeView(b)
+		mit := txn.NewIterator(badger.IteratorOptions{Prefix: append(bytes.Clone(metas), idPrefix...)})
+		defer mit.Close()
+		vit := txn.NewIterator(badger.IteratorOptions{Prefix: append(bytes.Clone(views), idPrefix...), PrefetchValues: true})
+		defer vit.Close()
+		vit.Seek(append(bytes.Clone(views), from...))
+		for mit.Seek(append(bytes.Clone(metas), from...)); mit.Valid() && len(page) < limit; mit.Next() {
+			id := mit.Item().Key()[len(metas):]
+			for vit.Valid() && bytes.Compare(vit.Item().Key()[len(views):], id) < 0 {
+				vit.Next() // a read model with no record: not listed
+			}
+			e := entry{id: string(id)}
+			if vit.Valid() && bytes.Equal(vit.Item().Key()[len(views):], id) {
+				err := vit.Item().Value(func(b []byte) error {
+					v, err := decodeView(b)
+					if err != nil {
+						return nil // damaged: rebuilt
+					}
+					e.v = v
+					e.v.packed = bytes.Clone(v.packed)
+					return nil
+				})
 				if err != nil {
-					return nil // damaged: rebuilt
+					return err
 				}
-				e.v = v
-				e.v.packed = bytes.Clone(v.packed)
-				return nil
-			})
-			if err != nil {
-				return err
 			}
 			if e.v.packed != nil && e.v.deleted && !deleted {
 				continue

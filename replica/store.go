@@ -73,7 +73,7 @@ func (r *Replica) loadDoc(txn *badger.Txn, coll, id string) (*crdt.Doc, meta, bo
 		return nil, meta{}, false, corrupt(coll, id, fmt.Errorf("stored %d bytes in %d chunks, its bookkeeping says %d in %d",
 			len(buf), chunks, m.snapBytes+m.chunkBytes, m.chunks))
 	}
-	d, err := crdt.Load(buf, r.actor)
+	d, err := crdt.Load(buf, r.actorID())
 	if err != nil {
 		return nil, meta{}, false, corrupt(coll, id, err)
 	}

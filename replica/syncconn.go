@@ -69,8 +69,46 @@ func (r *Replica) dial(ctx context.Context, p *Profile, live bool) (*relayConn, 
 func (c *relayConn) close() { c.client.Close() }
 
 // call makes a request within the profile's timeout. If the relay says the
-// token expired, it fetches a fresh one, presents it, and retries once.
+// token expired, it fetches a fresh one, presents it, and retries once. If
+// the relay answers busy (its memory is in use; it did nothing), the
+// request is made again after the wait it asks for, growing while it
+// stays busy, until the waits pass the profile's timeout: then the error
+// is busy, and the next sync tries again.
 func (c *relayConn) call(ctx context.Context, req, resp transport.Body) error {
+	err := c.callRenewing(ctx, req, resp)
+	b := backoff{min: busyBackoffMin, max: busyBackoffMax}
+	var waited time.Duration
+	for {
+		var perr *transport.Error
+		if !errors.As(err, &perr) || perr.Code != transport.CodeBusy {
+			return err
+		}
+		wait := max(time.Duration(perr.RetryMS)*time.Millisecond, b.next())
+		if waited+wait > c.p.timeout() {
+			return err
+		}
+		waited += wait
+		c.r.log.Debug("relay is busy; asking again", "request", req.MessageType(), "wait", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+		err = c.callRenewing(ctx, req, resp)
+	}
+}
+
+// The backoff between requests the relay answered busy, when it asks for
+// less (see call).
+const (
+	busyBackoffMin = 100 * time.Millisecond
+	busyBackoffMax = 5 * time.Second
+)
+
+// callRenewing is call without busy's retries.
+func (c *relayConn) callRenewing(ctx context.Context, req, resp transport.Body) error {
 	err := c.callOnce(ctx, req, resp, c.p.timeout())
 	if !errors.Is(err, transport.ErrTokenExpired) {
 		return err

@@ -198,7 +198,7 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 	written = len(order)
 	var events []Event
 	for _, t := range order {
-		r.cache.put(cacheKey(t.coll, t.id), t.doc, t.new)
+		r.settle(t)
 		if ev, ok := t.event(local); ok {
 			events = append(events, ev)
 		}
@@ -216,7 +216,7 @@ func (r *Replica) touch(txn *badger.Txn, coll, id string) (*touched, error) {
 		return nil, err
 	}
 	if !ok {
-		if d, err = crdt.New(r.actor); err != nil {
+		if d, err = crdt.New(r.actorID()); err != nil {
 			return nil, err
 		}
 	}

@@ -23,7 +23,7 @@ const (
 	ClosePolicy        StatusCode = websocket.StatusPolicyViolation // 1008: bad frame, version, auth failures
 	CloseTooBig        StatusCode = websocket.StatusMessageTooBig   // 1009: message over max_frame
 	CloseInternal      StatusCode = websocket.StatusInternalError   // 1011: the relay failed
-	CloseTryAgainLater StatusCode = websocket.StatusTryAgainLater   // 1013: rate limited
+	CloseTryAgainLater StatusCode = websocket.StatusTryAgainLater   // 1013: rate limited, or busy
 	CloseSlowConsumer  StatusCode = 4001                            // live messages not read fast enough
 	CloseShuttingDown  StatusCode = 4002                            // relay stopping; reconnect later
 )
@@ -38,7 +38,7 @@ func closeCodeFor(code Code) StatusCode {
 		return CloseTooBig
 	case CodeInternal:
 		return CloseInternal
-	case CodeRateLimited:
+	case CodeRateLimited, CodeBusy:
 		return CloseTryAgainLater
 	case CodeSlowConsumer:
 		return CloseSlowConsumer

@@ -303,6 +303,7 @@ func TestCloseCodeFor(t *testing.T) {
 		CodeTooLarge:           CloseTooBig,
 		CodeInternal:           CloseInternal,
 		CodeRateLimited:        CloseTryAgainLater,
+		CodeBusy:               CloseTryAgainLater,
 		CodeSlowConsumer:       CloseSlowConsumer,
 		CodeShuttingDown:       CloseShuttingDown,
 	} {

@@ -28,6 +28,7 @@ const (
 	CodeRateLimited        Code = "rate_limited"        // retry after retry_ms
 	CodeQuotaExceeded      Code = "quota_exceeded"      // the app's stored-bytes quota is full; nothing stored
 	CodeTruncated          Code = "truncated"           // the cursor is below the log's horizon: pull from 0 and merge
+	CodeBusy               Code = "busy"                // the relay's memory is in use; nothing done: retry after retry_ms
 	CodeInternal           Code = "internal"            // the relay failed; retrying may help
 	CodeShuttingDown       Code = "shutting_down"       // relay is stopping; reconnect elsewhere or later
 )
@@ -40,7 +41,7 @@ type Error struct {
 	Code    Code   `msgpack:"code"`
 	Message string `msgpack:"message"`
 	// RetryMS, when non-zero, is how long the client should wait before
-	// retrying (rate_limited, shutting_down, lease_held).
+	// retrying (rate_limited, busy, shutting_down, lease_held).
 	RetryMS uint32 `msgpack:"retry_ms,omitempty"`
 
 	cause error // local detail, such as msgpack's own error; never sent
@@ -91,6 +92,7 @@ var (
 	ErrRateLimited        = &Error{Code: CodeRateLimited}
 	ErrQuotaExceeded      = &Error{Code: CodeQuotaExceeded}
 	ErrTruncated          = &Error{Code: CodeTruncated}
+	ErrBusy               = &Error{Code: CodeBusy}
 	ErrInternal           = &Error{Code: CodeInternal}
 	ErrShuttingDown       = &Error{Code: CodeShuttingDown}
 )

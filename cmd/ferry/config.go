@@ -37,6 +37,11 @@ type Config struct {
 	CompactInterval Duration `json:"compact_interval"`
 	LogRetention    int      `json:"log_retention"`
 	ShutdownTimeout Duration `json:"shutdown_timeout"` // grace for in-flight requests
+	// MaxMemory is the relay's memory budget in bytes (see
+	// relay.Options.MaxMemory; 0: 256 MiB); MemoryWait how long work
+	// waits for room in it before it is refused with busy (0: 2 s).
+	MaxMemory  int64    `json:"max_memory"`
+	MemoryWait Duration `json:"memory_wait"`
 
 	// TLSCert and TLSKey are PEM files: with both, the relay serves wss://
 	// itself, reloading them when they change.

@@ -61,7 +61,7 @@ func (c *Config) checkRelay(p *problems) {
 	}
 	for name, d := range map[string]Duration{
 		"max_lease_ttl": c.MaxLeaseTTL, "default_lease_ttl": c.DefaultLeaseTTL, "shutdown_timeout": c.ShutdownTimeout,
-		"compact_interval": c.CompactInterval,
+		"compact_interval": c.CompactInterval, "memory_wait": c.MemoryWait,
 	} {
 		if d < 0 {
 			p.bad(name, "%v is negative (leave it out for the default)", time.Duration(d))
@@ -76,6 +76,9 @@ func (c *Config) checkRelay(p *problems) {
 	}
 	if c.MaxLag < 0 {
 		p.bad("max_lag", "%d is negative (leave it out for the default, 10000)", c.MaxLag)
+	}
+	if c.MaxMemory < 0 || c.MaxMemory > 0 && c.MaxMemory < minMaxMemory {
+		p.bad("max_memory", "%d bytes: want at least %d (16 MiB; leave it out for the default, 256 MiB)", c.MaxMemory, minMaxMemory)
 	}
 	if c.LogRetention < 0 {
 		p.bad("log_retention", "%d is negative (leave it out for the default, 100000)", c.LogRetention)
@@ -215,3 +218,7 @@ func placeholder(s string) bool {
 	}
 	return len(distinct) < 8
 }
+
+// minMaxMemory is the least memory budget the relay takes: room for a few
+// ordinary documents and a page of max_frame.
+const minMaxMemory = 16 << 20

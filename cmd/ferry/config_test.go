@@ -51,6 +51,8 @@ func TestConfigRefusesBadFields(t *testing.T) {
 		{"default over max", `{"max_lease_ttl": "1m", "default_lease_ttl": "2m"}`, []string{"default_lease_ttl: 2m0s is longer than max_lease_ttl (1m0s)"}},
 		{"default over default max", `{"default_lease_ttl": "10m"}`, []string{"longer than max_lease_ttl (5m0s)"}},
 		{"negative lag", `{"max_lag": -3}`, []string{"max_lag: -3 is negative"}},
+		{"tiny memory", `{"max_memory": 1000}`, []string{"max_memory: 1000 bytes: want at least"}},
+		{"negative memory wait", `{"memory_wait": "-1s"}`, []string{"memory_wait: -1s is negative"}},
 		{"addr", `{"addr": "8080"}`, []string{`addr: "8080": want host:port`}},
 		{"port", `{"addr": ":99999"}`, []string{`port "99999"`}},
 		{"log level", `{"log_level": "loud"}`, []string{"log_level"}},
@@ -112,6 +114,8 @@ func TestRelayRefusesBadFlags(t *testing.T) {
 		{"--addr", "nonsense"},
 		{"--log-level", "loud"},
 		{"--tls-cert", "cert.pem"},
+		{"--max-memory", "lots"},
+		{"--max-memory", "1KiB"},
 	} {
 		code, _, errs := runCLI(t, append([]string{"relay", "--dev", "--data", data}, args...)...)
 		if code != 2 {

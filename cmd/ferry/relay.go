@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -123,6 +125,7 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 		Store: store, Auth: auth, Logger: log, RelayID: cfg.RelayID, Limits: cfg.limits(), Registry: reg,
 		MaxLeaseTTL: time.Duration(cfg.MaxLeaseTTL), DefaultLeaseTTL: time.Duration(cfg.DefaultLeaseTTL), MaxLag: cfg.MaxLag,
 		CompactInterval: time.Duration(cfg.CompactInterval), LogRetention: cfg.LogRetention,
+		MaxMemory: cfg.MaxMemory, MemoryWait: time.Duration(cfg.MemoryWait),
 		Quotas:         cfg.quotas(),
 		AllowedOrigins: allowedOrigins(cfg.AllowedOrigins, dev.allowOrigin, dev.on),
 	})
@@ -143,6 +146,7 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	url := scheme + "://" + ln.Addr().String() + "/ws"
 	// This first line is stable: scripts and tests read the address from it.
 	fmt.Fprintf(c.Stdout, "ferry relay listening on %s\n", url)
+	fmt.Fprintf(c.Stdout, "memory budget %s (max_memory), documents cached within %s of it\n", sizeText(srv.MaxMemory()), sizeText(srv.DocCacheBytes()))
 	if dev.on {
 		printDevApp(c.Stdout, cfg.Data, scheme, ln.Addr().String(), apps[len(apps)-1], devTok)
 	}
@@ -200,6 +204,7 @@ func (c *RelayCommand) configure(args []string) (Config, devFlags, error) {
 	tlsKey := fs.String("tls-key", "", "the certificate's private key (PEM `file`)")
 	postgres := fs.String("postgres", "", "keep the store in the PostgreSQL database at this `url` (postgres://user@host/db, or libpq's key=value form; see docs/operations.md)")
 	pgSchema := fs.String("postgres-schema", "", "the `schema` of the PostgreSQL store (default ferry)")
+	maxMemory := fs.String("max-memory", "", "the relay's memory `budget`: bytes, or with KiB, MiB or GiB (default 256MiB; see docs/operations.md, Memory)")
 	var cfg Config
 	if err := parse(fs, args, c.Stdout, relayHelp); err != nil {
 		return cfg, devFlags{}, err
@@ -231,6 +236,13 @@ func (c *RelayCommand) configure(args []string) (Config, devFlags, error) {
 	}
 	set(&cfg.Postgres, *postgres, "")
 	set(&cfg.PostgresSchema, *pgSchema, "")
+	if *maxMemory != "" {
+		n, err := parseSize(*maxMemory)
+		if err != nil {
+			return cfg, df, usagef(fs, "--max-memory: %v", err)
+		}
+		cfg.MaxMemory = n
+	}
 	if *dev && cfg.Postgres != "" {
 		return cfg, df, usagef(fs, "--dev runs on the embedded store in the data folder: leave out --postgres (and postgres in the config file)")
 	}
@@ -349,4 +361,32 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// parseSize reads a size in bytes: a whole number, alone or followed by
+// KiB, MiB or GiB.
+func parseSize(s string) (int64, error) {
+	orig, mult := s, int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}} {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = strings.TrimSpace(n), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("%q is not a size like 268435456, 512MiB or 2GiB", orig)
+	}
+	return n * mult, nil
+}
+
+// sizeText writes n bytes in MiB, or GiB from 10 GiB.
+func sizeText(n int64) string {
+	if n >= 10<<30 {
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	}
+	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 }

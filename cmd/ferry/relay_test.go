@@ -245,6 +245,29 @@ func (r *inProcessRelay) stop(t *testing.T) {
 	}
 }
 
+// TestRelayBannerSaysMemoryBudget: the start banner names the memory
+// budget, as --max-memory set it, and the document cache's part of it.
+func TestRelayBannerSaysMemoryBudget(t *testing.T) {
+	r := startInProcess(t, "relay", "--dev", "--data", t.TempDir(), "--addr", "127.0.0.1:0", "--log-level", "error", "--max-memory", "96MiB")
+	if want := "memory budget 96.0 MiB (max_memory), documents cached within 24.0 MiB of it\n"; !strings.Contains(r.out.String(), want) {
+		t.Errorf("banner lacks %q:\n%s", want, r.out.String())
+	}
+	r.stop(t)
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "268435456": 256 << 20, "512MiB": 512 << 20, "2GiB": 2 << 30, "64 KiB": 64 << 10} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "lots", "-1", "1.5GiB", "9999999999GiB", "2GB"} {
+		if _, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) accepted", in)
+		}
+	}
+}
+
 func TestRelayDevModeServesAndStops(t *testing.T) {
 	dir := t.TempDir()
 	r := startInProcess(t, "relay", "--dev", "--data", dir, "--addr", "127.0.0.1:0", "--log-level", "error")

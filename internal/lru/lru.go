@@ -286,3 +286,16 @@ func (c *Cache[K, V]) Size() int64 {
 	defer c.mu.Unlock()
 	return c.size
 }
+
+// Trim evicts least recently used entries until their sizes sum to n less
+// than before, or the cache is empty, to give memory back to something
+// else; the bound stays as it was.
+func (c *Cache[K, V]) Trim(n int64) {
+	c.mu.Lock()
+	var l left[K, V]
+	for target := c.size - n; c.size > target && c.order.Len() > 0; {
+		l = c.leave(c.order.Back(), l)
+	}
+	c.mu.Unlock()
+	c.release(l)
+}

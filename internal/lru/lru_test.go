@@ -253,3 +253,27 @@ func TestReadersNeverSeeFreed(t *testing.T) {
 		t.Fatalf("%d of %d resources freed once everything left and was unpinned", got, want)
 	}
 }
+
+// TestTrim checks that Trim gives back at least what is asked, least
+// recently used first, and keeps the bound.
+func TestTrim(t *testing.T) {
+	var ev evictions
+	c := NewSized[string, int](100, ev.add)
+	c.PutSized("a", 1, 40)
+	c.PutSized("b", 2, 30)
+	c.PutSized("c", 3, 20)
+	c.Get("a")
+	c.Trim(35) // b (30), then c (20)
+	ev.expect(t, "b=2", "c=3")
+	if c.Size() != 40 {
+		t.Fatalf("size %d after Trim, want 40", c.Size())
+	}
+	c.Trim(0)
+	ev.expect(t)
+	c.Trim(1000)
+	ev.expect(t, "a=1")
+	c.PutSized("d", 4, 100) // the bound is still 100
+	if c.Len() != 1 {
+		t.Fatalf("len %d after Trim and a put at the bound", c.Len())
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -35,6 +36,13 @@ type amConn struct {
 	sem     chan struct{} // one token per document being handled
 	limiter *rate.Limiter // messages read: past it, the connection is read more slowly
 	pres    *amPresence
+	budget  *queueBudget // what queued messages hold (see amqueue.go)
+	waiting atomic.Int64 // bytes of changes waiting for their dependencies, all documents
+	held    atomic.Int64 // what the documents' sync states keep of the peer's messages
+	// The read loop waits on the relay (paused), and has done so pauses
+	// times: keepalive's pings go unanswered meanwhile.
+	paused atomic.Bool
+	pauses atomic.Uint64
 
 	mu      sync.Mutex
 	docs    map[string]*amDoc // by record
@@ -109,6 +117,9 @@ func (c *amConn) run(refusal string) {
 			return
 		}
 		a.metrics.bytesIn.Add(float64(len(b)))
+		if h := a.hooks.read; h != nil {
+			h(c, len(b))
+		}
 		if typ != websocket.MessageBinary {
 			c.end("messages must be binary CBOR")
 			return
@@ -221,12 +232,17 @@ func (c *amConn) dispatch(m *amMessage) bool {
 			c.end(err.Error())
 			return false
 		}
+		sm, err := parseSyncMessage(m.Data)
+		if err != nil {
+			c.end(fmt.Sprintf("document %s: %v", m.DocumentID, err))
+			return false
+		}
 		d, err := c.open(record, m.DocumentID)
 		if err != nil {
 			c.end(err.Error())
 			return false
 		}
-		c.enqueue(d, m)
+		return c.enqueue(d, &amQueued{m: m, sm: sm, cost: c.queueCost(m, sm)})
 	case amEphemeral:
 		c.ephemeral(m)
 	case amUnavailable, amSubscription, amHeadsChanged:
@@ -355,15 +371,29 @@ func (c *amConn) keepalive() {
 	defer c.wg.Done()
 	t := time.NewTicker(c.a.ping)
 	defer t.Stop()
+	tick := t.C
+	if c.a.hooks.tick != nil {
+		tick = c.a.hooks.tick
+	}
 	for {
 		select {
 		case <-c.ctx.Done():
 			return
-		case <-t.C:
+		case <-tick:
 		}
+		if c.paused.Load() {
+			if h := c.a.hooks.skipped; h != nil {
+				h()
+			}
+			continue // the peer waits on the relay, not the reverse
+		}
+		pauses := c.pauses.Load()
 		ctx, cancel := context.WithTimeout(c.ctx, 2*c.a.ping)
 		err := c.ws.Ping(ctx)
 		cancel()
+		if err != nil && c.ctx.Err() == nil && (c.paused.Load() || c.pauses.Load() != pauses) {
+			continue // the pong may wait unread
+		}
 		if err != nil {
 			c.cancel()
 			return

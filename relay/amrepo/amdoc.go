@@ -23,62 +23,23 @@ type amDoc struct {
 	// ampending.go).
 	pending [][]byte
 	missing []crdt.Hash
+	// held is what the sync state keeps of the peer's last message (its
+	// heads, needs and bloom filters), counted in the connection's.
+	held int64
 
 	qmu     sync.Mutex
-	queue   []*amMessage
-	running bool
-}
-
-// enqueue queues a sync message for its document, starting the
-// document's handler if none runs. It blocks while InFlight documents are
-// being handled.
-func (c *amConn) enqueue(d *amDoc, m *amMessage) {
-	d.qmu.Lock()
-	d.queue = append(d.queue, m)
-	start := !d.running
-	d.running = true
-	d.qmu.Unlock()
-	if !start {
-		return
-	}
-	select {
-	case c.sem <- struct{}{}:
-	case <-c.ctx.Done():
-		return
-	}
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		defer func() { <-c.sem }()
-		for {
-			d.qmu.Lock()
-			if len(d.queue) == 0 || c.ctx.Err() != nil {
-				d.running = false
-				d.queue = nil
-				d.qmu.Unlock()
-				return
-			}
-			m := d.queue[0]
-			d.queue = d.queue[1:]
-			d.qmu.Unlock()
-			if err := c.handleSync(d, m); err != nil {
-				c.fail(err)
-				return
-			}
-		}
-	}()
+	queue   []*amQueued // see amqueue.go
+	running bool        // a handler takes the queue
+	dead    bool        // the connection is ending: drop what comes
 }
 
 // handleSync takes in a request or sync message: its changes are pushed
 // (validated and durable before anything is answered), the rest goes to
 // the sync state, and the answer goes back.
-func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
+func (c *amConn) handleSync(d *amDoc, q *amQueued) error {
 	start := time.Now()
 	defer func() { c.a.metrics.syncSeconds.Observe(time.Since(start).Seconds()) }()
-	sm, err := parseSyncMessage(m.Data)
-	if err != nil {
-		return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
-	}
+	sm := q.sm
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	canWrite := c.claims.CanWrite(c.coll.Collection)
@@ -89,7 +50,7 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 	// in place, and its changes pushed once it is let go.
 	var ordered [][]byte
 	found := false
-	err = c.withDoc(d, func(doc *crdt.Doc, _ crdt.Heads, ok bool) error {
+	err := c.withDoc(d, nil, func(doc *crdt.Doc, _ crdt.Heads, ok bool) error {
 		found = ok
 		if len(sm.changes) > 0 && canWrite {
 			chunks := append(d.pending, sm.changes...)
@@ -104,12 +65,21 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 			if err != nil {
 				return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
 			}
+			c.waiting.Add(-int64(chunksSize(d.pending)))
 			d.pending, d.missing = nil, missing
 			if len(missing) > 0 {
 				if chunksSize(chunks) > c.a.limits.MaxRecord {
 					return &amRefusal{msg: fmt.Sprintf("document %s: over %d bytes of changes wait for changes never sent", d.id, c.a.limits.MaxRecord)}
 				}
-				d.pending = chunks // pushed once what they need arrives
+				if n := c.waiting.Add(int64(chunksSize(chunks))); n > c.a.opts.MaxWaitingBytes {
+					return &amRefusal{msg: fmt.Sprintf("over %d bytes of changes wait, on this connection, for changes never sent", c.a.opts.MaxWaitingBytes)}
+				}
+				// Pushed once what they need arrives. Copied: the message's
+				// own bytes, which may be far larger, are let go.
+				for i, ch := range chunks {
+					chunks[i] = bytes.Clone(ch)
+				}
+				d.pending = chunks
 			} else {
 				ordered = o
 			}
@@ -117,7 +87,11 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 		if !found && ordered == nil && len(sm.heads) == 0 {
 			return nil // unavailable: nothing for the sync state
 		}
-		if err := d.state.Receive(doc, sm.encodeV1()); err != nil {
+		v1 := sm.encodeV1()
+		if err := c.holdState(d, len(v1)); err != nil {
+			return err
+		}
+		if err := d.state.Receive(doc, v1); err != nil {
 			return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
 		}
 		return nil
@@ -148,7 +122,7 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 	// waiting for an answer), are asked for: automerge's sync state may
 	// have nothing to say then, and neither side would speak again.
 	// (Not from a read-only peer, whose changes the relay refuses.)
-	return c.syncOut(d, true, func(doc *crdt.Doc) (need []crdt.Hash) {
+	return c.syncOut(d, nil, true, func(doc *crdt.Doc) (need []crdt.Hash) {
 		if canWrite {
 			for _, h := range sm.heads {
 				if !doc.Has(h) {
@@ -160,11 +134,27 @@ func (c *amConn) handleSync(d *amDoc, m *amMessage) error {
 	})
 }
 
+// holdState counts in the connection's sync states that the document's
+// now keeps n bytes of the peer's message (automerge keeps the heads,
+// needs and bloom filters of the last one), and refuses past
+// MaxSyncStateBytes. d.mu is held.
+func (c *amConn) holdState(d *amDoc, n int) error {
+	total := c.held.Add(int64(n) - d.held)
+	d.held = int64(n)
+	if total > c.a.opts.MaxSyncStateBytes {
+		c.a.metrics.refused.WithLabelValues(string(transport.CodeTooLarge)).Inc()
+		return &amRefusal{msg: fmt.Sprintf("the sync states of this connection's documents would keep over %d bytes of its messages' heads and bloom filters", c.a.opts.MaxSyncStateBytes)}
+	}
+	return nil
+}
+
 // withDoc calls read with the record's document as stored (found), or an
-// empty one if the store has none. d.mu is held; see relay.Backend's
+// empty one if the store has none: the relay's cached document, read
+// from the store only if it is not cached or lacks one of known (heads
+// the record's log entries reached). d.mu is held; see relay.Backend's
 // ReadDocument for what read may do.
-func (c *amConn) withDoc(d *amDoc, read func(doc *crdt.Doc, heads crdt.Heads, found bool) error) error {
-	err := c.a.b.ReadDocument(c.ctx, c.coll, d.record, func(doc *crdt.Doc, heads crdt.Heads) error {
+func (c *amConn) withDoc(d *amDoc, known crdt.Heads, read func(doc *crdt.Doc, heads crdt.Heads, found bool) error) error {
+	err := c.a.b.ReadDocument(c.ctx, c.coll, d.record, known, func(doc *crdt.Doc, heads crdt.Heads) error {
 		return read(doc, heads, true)
 	})
 	if !isNotFound(err) {
@@ -200,11 +190,12 @@ func (c *amConn) push(d *amDoc, chunks [][]byte) error {
 // anything, and asks for the changes need names (with those still
 // missing): the message is made from the document, and sent once it is let
 // go. A record the store does not hold is answered from an empty document
-// if orEmpty is set, and not at all otherwise. d.mu is held.
-func (c *amConn) syncOut(d *amDoc, orEmpty bool, need func(doc *crdt.Doc) []crdt.Hash) error {
+// if orEmpty is set, and not at all otherwise. known is as for withDoc.
+// d.mu is held.
+func (c *amConn) syncOut(d *amDoc, known crdt.Heads, orEmpty bool, need func(doc *crdt.Doc) []crdt.Hash) error {
 	var msg []byte
 	var ok bool
-	err := c.withDoc(d, func(doc *crdt.Doc, heads crdt.Heads, found bool) error {
+	err := c.withDoc(d, known, func(doc *crdt.Doc, heads crdt.Heads, found bool) error {
 		if !found && !orEmpty {
 			return nil
 		}

@@ -13,6 +13,11 @@ type amMetrics struct {
 	bytesIn     prometheus.Counter
 	bytesOut    prometheus.Counter
 	syncSeconds prometheus.Histogram
+	// queuedBytes is what queued messages count for (see amqueue.go), all
+	// connections; backpressure counts the times a read loop waited for
+	// room.
+	queuedBytes  prometheus.Gauge
+	backpressure prometheus.Counter
 }
 
 func newAMMetrics(reg prometheus.Registerer) (*amMetrics, error) {
@@ -27,6 +32,10 @@ func newAMMetrics(reg prometheus.Registerer) (*amMetrics, error) {
 		bytesOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_automerge_sent_bytes_total", Help: "automerge-repo message bytes sent."}),
 		syncSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_relay_automerge_sync_seconds",
 			Help: "Time to take in an automerge-repo sync message and answer it, storing its changes included.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
+		queuedBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_relay_automerge_queued_bytes",
+			Help: "What automerge-repo sync messages read and not yet answered count for: their bytes, plus max_inflated for each carrying changes."}),
+		backpressure: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_automerge_backpressure_total",
+			Help: "Times an automerge-repo connection was not read until its queued messages were answered (past max queued bytes)."}),
 	}
 	// Every label value exists from the start, so dashboards and alerts
 	// see zeros rather than nothing.
@@ -38,7 +47,7 @@ func newAMMetrics(reg prometheus.Registerer) (*amMetrics, error) {
 	for _, r := range []string{"auth", "collection", "forbidden", "quota", "read_only", "max_docs", "too_large"} {
 		m.refused.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{m.connections, m.openDocs, m.messages, m.refused, m.bytesIn, m.bytesOut, m.syncSeconds} {
+	for _, c := range []prometheus.Collector{m.connections, m.openDocs, m.messages, m.refused, m.bytesIn, m.bytesOut, m.syncSeconds, m.queuedBytes, m.backpressure} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -60,7 +60,7 @@ func (c *amConn) liveStep(cursor uint64, announce bool) (uint64, bool) {
 		if skip {
 			continue // this peer's own change, already answered
 		}
-		if !c.refresh(d) {
+		if !c.refresh(d, ch.heads) {
 			return cursor, false
 		}
 	}
@@ -109,7 +109,7 @@ func (c *amConn) refreshAll(announce bool) bool {
 	}
 	c.mu.Unlock()
 	for _, d := range docs {
-		if !c.refresh(d) {
+		if !c.refresh(d, nil) {
 			return false
 		}
 	}
@@ -128,14 +128,15 @@ func (c *amConn) announceRecord(record string) bool {
 		c.end(err.Error() + "; connect without announce=1 and find documents instead")
 		return false
 	}
-	return c.refresh(d)
+	return c.refresh(d, nil)
 }
 
-// refresh sends the peer the document's latest changes.
-func (c *amConn) refresh(d *amDoc) bool {
+// refresh sends the peer the document's latest changes; known, if not
+// nil, are the heads a log entry says the record reached.
+func (c *amConn) refresh(d *amDoc, known crdt.Heads) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	err := c.syncOut(d, false, func(*crdt.Doc) []crdt.Hash { return nil })
+	err := c.syncOut(d, known, false, func(*crdt.Doc) []crdt.Hash { return nil })
 	if err != nil {
 		c.fail(err)
 		return false

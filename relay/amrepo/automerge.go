@@ -30,9 +30,27 @@ type Options struct {
 	// Defaults 5,000 and 20,000.
 	MessageRate  float64
 	MessageBurst int
-	// InFlight is how many of one connection's sync messages are handled
-	// at once (they wait for durable storage together). Default 64.
+	// InFlight is how many of one connection's documents are handled at
+	// once (their pushes wait for durable storage together). Default 64.
 	InFlight int
+	// MaxQueuedBytes bounds what one connection's sync messages hold from
+	// when they are read until they are answered: each counts its bytes
+	// plus, if it carries changes, max_inflated (what framing them may
+	// inflate). Past it the connection is not read until answers free
+	// room (back-pressure: the client waits; nothing is refused). A
+	// message larger than the bound is taken alone. Default 16 MiB.
+	MaxQueuedBytes int64
+	// MaxWaitingBytes bounds the changes one connection may have waiting
+	// for changes they depend on (see docs/automerge-repo.md), across its
+	// documents; each document's are bounded by max_record too. Past it
+	// the connection is refused. Default 8 MiB.
+	MaxWaitingBytes int64
+	// MaxSyncStateBytes bounds what the sync states of one connection's
+	// documents keep of its messages: automerge keeps each document's
+	// last heads, needs and bloom filters from the peer (a bloom filter
+	// takes about 10 bits per change the peer has since they last
+	// synced). Past it the connection is refused. Default 64 MiB.
+	MaxSyncStateBytes int64
 }
 
 func (p *Options) withDefaults() Options {
@@ -52,8 +70,27 @@ func (p *Options) withDefaults() Options {
 	if o.InFlight <= 0 {
 		o.InFlight = 64
 	}
+	if o.MaxQueuedBytes <= 0 {
+		o.MaxQueuedBytes = DefaultMaxQueuedBytes
+	}
+	if o.MaxWaitingBytes <= 0 {
+		o.MaxWaitingBytes = DefaultMaxWaitingBytes
+	}
+	if o.MaxSyncStateBytes <= 0 {
+		o.MaxSyncStateBytes = DefaultMaxSyncStateBytes
+	}
 	return o
 }
+
+// The defaults of Options.MaxQueuedBytes, MaxWaitingBytes and
+// MaxSyncStateBytes: per connection, what it may make the relay hold
+// beyond the documents themselves (which the relay's document cache
+// bounds).
+const (
+	DefaultMaxQueuedBytes    = 16 << 20
+	DefaultMaxWaitingBytes   = 8 << 20
+	DefaultMaxSyncStateBytes = 64 << 20
+)
 
 // Endpoint serves automerge-repo clients: each connection is a peer that
 // syncs documents of one collection, each document a record. Mount it on
@@ -71,6 +108,16 @@ type Endpoint struct {
 	metrics *amMetrics
 
 	wg sync.WaitGroup // connections counted in by track
+
+	// hooks, if set (by tests, before connections), see a connection's
+	// reads and its read loop waiting for room in its budget, and drive
+	// keepalive's ticks, seeing those skipped while the loop waits.
+	hooks struct {
+		read    func(c *amConn, n int)
+		paused  func(c *amConn, used int64)
+		tick    <-chan time.Time
+		skipped func()
+	}
 
 	mu       sync.Mutex
 	stopping bool // shutdown or close has begun: no connection may register
@@ -255,6 +302,7 @@ func (a *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		docs:     map[string]*amDoc{},
 		closed:   make(chan struct{}),
 		sem:      make(chan struct{}, a.opts.InFlight),
+		budget:   &queueBudget{max: a.opts.MaxQueuedBytes},
 		limiter:  rate.NewLimiter(rate.Limit(a.opts.MessageRate), a.opts.MessageBurst),
 		pres:     newAMPresence(),
 	}

@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/transport"
 )
 
 // fieldsOf returns n integer fields named from prefix: n operations.
@@ -167,4 +169,59 @@ func deflateBomb(t *testing.T) []byte {
 	b := []byte{0x85, 0x6f, 0x4a, 0x83, 1, 2, 3, 4, 2}
 	b = binary.AppendUvarint(b, uint64(len(stream)))
 	return append(b, stream...)
+}
+
+// recordReads is a store that counts whole-record reads.
+type recordReads struct {
+	relay.Store
+	n atomic.Int64
+}
+
+func (s *recordReads) Record(ctx context.Context, c relay.Coll, id string) (relay.Record, error) {
+	s.n.Add(1)
+	return s.Store.Record(ctx, c, id)
+}
+
+// TestAutomergeAnswersFromTheCache: a record no push has loaded (stored
+// before the relay started) is read from the store and loaded once, into
+// the relay's document cache, however many sync messages ask for it and
+// however many log entries then change it: every answer comes from the
+// cached document.
+func TestAutomergeAnswersFromTheCache(t *testing.T) {
+	st := &recordReads{Store: memstore.New()}
+	// No compaction, which reads the record too.
+	tr := newTestRelay(t, st, func(o *testOptions) { o.CompactInterval = -1 })
+	coll := relay.Coll{Tenant: "shop", Collection: "todos"}
+	docID, record := newDocID(t)
+	ed := newEditor(t, "dd01")
+	ch := ed.edit(map[string]any{"title": "stored before", "pad": strings.Repeat("x", 4000)})
+	if _, err := st.Append(context.Background(), coll, 0, tr.clock.Now(), []relay.Entry{{Record: record, Changes: ch, Hashes: ed.doc.Heads(), Heads: ed.doc.Heads()}}); err != nil {
+		t.Fatal(err)
+	}
+	const peers = 20
+	var first *goPeer
+	for i := range peers {
+		p, _ := dialAM(t, tr.amURL("/todos", tr.amCreds("shop")), fmt.Sprint("peer-", i))
+		p.sync(docID, amRequest)
+		p.until(func(m *amMessage) bool { return m.Type == amSync && p.field(docID, "title") == "stored before" })
+		if i == 0 {
+			first = p
+		} else {
+			p.ws.CloseNow()
+		}
+	}
+	if n := st.n.Load(); n > 1 {
+		t.Errorf("%d requests of an unchanged record read it from the store %d times, want once", peers, n)
+	}
+	// Devices change it: each log entry is sent to the open peer from the
+	// cached document, which the pushes merged into.
+	dev := tr.client("shop")
+	const edits = 20
+	for i := range edits {
+		mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(record, ed.edit(map[string]any{"n": int64(i)}))))
+	}
+	first.until(func(m *amMessage) bool { return first.field(docID, "n") == int64(edits-1) })
+	if n := st.n.Load(); n > 1 {
+		t.Errorf("after %d requests and %d pushes the record was read from the store %d times, want once", peers, edits, n)
+	}
 }

@@ -3,6 +3,7 @@ package badgerstore
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 
 	"github.com/dgraph-io/badger/v4"
@@ -10,61 +11,92 @@ import (
 	"github.com/ferrysync/ferry/relay"
 )
 
-// Compact implements relay.Store.
+// Compact implements relay.Store. One transaction writes the snapshot, the
+// meta, the usage and the candidate mark, and deletes the tail keys the
+// snapshot replaces as far as they fit; the rest are deleted in more
+// transactions, under the same lock. A crash between leaves tail keys the
+// snapshot holds, which nothing reads: every read of a tail starts after
+// the snapshot's last entry.
 func (s *Store) Compact(ctx context.Context, c relay.Coll, record string, snap []byte, upTo uint64) error {
 	if err := relay.CheckColl(c); err != nil {
 		return err
 	}
-	return s.update(ctx, c, func(txn *badger.Txn) error {
-		m, ok, err := getRecMeta(txn, c, record)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, relay.ErrNotFound)
-		}
-		if upTo > m.seq || upTo <= m.snapSeq {
-			return &relay.ConflictError{Record: record}
-		}
-		old := m
-		prefix := tailPrefix(c, record)
+	return s.locked(ctx, c, func() error {
 		var drop [][]byte
-		var dropped int64
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true})
-		for it.Seek(tailKey(c, record, m.snapSeq+1)); it.Valid(); it.Next() {
-			k := it.Item().Key()
-			if binary.BigEndian.Uint64(k[len(prefix):]) > upTo {
-				break
-			}
-			n, err := tailLen(it.Item())
+		err := s.db.Update(func(txn *badger.Txn) error {
+			m, ok, err := getRecMeta(txn, c, record)
 			if err != nil {
-				it.Close()
 				return err
 			}
-			drop = append(drop, it.Item().KeyCopy(nil))
-			dropped += n
-			m.tailEntries--
-		}
-		it.Close()
-		for _, k := range drop {
-			if err := txn.Delete(k); err != nil {
+			if !ok {
+				return fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, relay.ErrNotFound)
+			}
+			if upTo > m.seq || upTo <= m.snapSeq {
+				return &relay.ConflictError{Record: record}
+			}
+			old := m
+			prefix := tailPrefix(c, record)
+			var dropped int64
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true})
+			for it.Seek(tailKey(c, record, m.snapSeq+1)); it.Valid(); it.Next() {
+				k := it.Item().Key()
+				if binary.BigEndian.Uint64(k[len(prefix):]) > upTo {
+					break
+				}
+				n, err := tailLen(it.Item())
+				if err != nil {
+					it.Close()
+					return err
+				}
+				drop = append(drop, it.Item().KeyCopy(nil))
+				dropped += n
+				m.tailEntries--
+			}
+			it.Close()
+			u, err := getUsage(txn, c)
+			if err != nil {
 				return err
 			}
+			u.Bytes += int64(len(snap)) - m.snapBytes - dropped
+			m.tailBytes -= dropped
+			m.snapSeq, m.snapBytes = upTo, int64(len(snap))
+			if err := txn.Set(recKey("snap", c, record), snap); err != nil {
+				return err
+			}
+			if err := txn.Set(collKey("usage", c), encodeUsage(u)); err != nil {
+				return err
+			}
+			if err := putRecMeta(txn, c, record, old, m); err != nil {
+				return err
+			}
+			for len(drop) > 0 {
+				err := txn.Delete(drop[0])
+				if errors.Is(err, badger.ErrTxnTooBig) {
+					return nil // the rest in transactions of their own
+				}
+				if err != nil {
+					return err
+				}
+				drop = drop[1:]
+			}
+			return nil
+		})
+		for err == nil && len(drop) > 0 {
+			err = s.db.Update(func(txn *badger.Txn) error {
+				for n := 0; len(drop) > 0; n++ {
+					err := txn.Delete(drop[0])
+					if errors.Is(err, badger.ErrTxnTooBig) && n > 0 {
+						return nil
+					}
+					if err != nil {
+						return err
+					}
+					drop = drop[1:]
+				}
+				return nil
+			})
 		}
-		u, err := getUsage(txn, c)
-		if err != nil {
-			return err
-		}
-		u.Bytes += int64(len(snap)) - m.snapBytes - dropped
-		m.tailBytes -= dropped
-		m.snapSeq, m.snapBytes = upTo, int64(len(snap))
-		if err := txn.Set(recKey("snap", c, record), snap); err != nil {
-			return err
-		}
-		if err := txn.Set(collKey("usage", c), encodeUsage(u)); err != nil {
-			return err
-		}
-		return putRecMeta(txn, c, record, old, m)
+		return err
 	})
 }
 
@@ -98,7 +130,8 @@ func (s *Store) CompactionCandidates(ctx context.Context, limit int) ([]relay.Ca
 	return out, err
 }
 
-// truncateBatch bounds the entries one Truncate transaction drops.
+// truncateBatch bounds the entries one Truncate transaction drops; fewer
+// if a Badger transaction holds fewer.
 const truncateBatch = 10_000
 
 // Truncate implements relay.Store.
@@ -106,6 +139,7 @@ func (s *Store) Truncate(ctx context.Context, c relay.Coll, upTo uint64) (uint64
 	if err := relay.CheckColl(c); err != nil {
 		return 0, err
 	}
+	batch := truncateBatch
 	for {
 		var horizon uint64
 		more := false
@@ -121,7 +155,7 @@ func (s *Store) Truncate(ctx context.Context, c relay.Coll, upTo uint64) (uint64
 			upTo := min(upTo, head)
 			snapSeq := map[string]uint64{}
 			for n := 0; horizon < upTo; n++ {
-				if n == truncateBatch {
+				if n == batch {
 					more = true
 					break
 				}
@@ -157,6 +191,10 @@ func (s *Store) Truncate(ctx context.Context, c relay.Coll, upTo uint64) (uint64
 			}
 			return putUint64(txn, collKey("horizon", c), horizon)
 		})
+		if errors.Is(err, badger.ErrTxnTooBig) && batch > 1 {
+			batch /= 2
+			continue
+		}
 		if err != nil || !more {
 			return horizon, err
 		}

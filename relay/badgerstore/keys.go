@@ -31,6 +31,9 @@ import (
 //	snap\0<tenant>\0<coll>\0<record>        the record's snapshot, a saved document
 //	tail\0<tenant>\0<coll>\0<record>\0<seq> a log entry in the record's tail; value: its changes' length (uvarint)
 //	cand\0<tenant>\0<coll>\0<record>        the record needs compacting (empty)
+//	pending\0<tenant>\0<coll>               an append split across transactions is being
+//	                                        written: its first and last sequence numbers
+//	                                        (uint64 each); see appendSplit
 //
 // Integers in keys and in the head, horizon and fence values are
 // big-endian. Format 1 kept each record's whole document under
@@ -45,6 +48,7 @@ var (
 	prefixFence    = []byte("fence\x00")
 	prefixLease    = []byte("lease\x00")
 	prefixCand     = []byte("cand\x00")
+	prefixPending  = []byte("pending\x00")
 	prefixDocV1    = []byte("doc\x00")
 )
 
@@ -83,6 +87,15 @@ func splitCollKey(k []byte) (relay.Coll, string, bool) {
 		return relay.Coll{}, "", false
 	}
 	return relay.Coll{Tenant: string(parts[1]), Collection: string(parts[2])}, string(parts[3]), true
+}
+
+// splitPendingKey returns the collection of a pending\0tenant\0coll key.
+func splitPendingKey(k []byte) (relay.Coll, bool) {
+	parts := bytes.SplitN(k, []byte{0}, 3)
+	if len(parts) != 3 || bytes.IndexByte(parts[2], 0) >= 0 {
+		return relay.Coll{}, false
+	}
+	return relay.Coll{Tenant: string(parts[1]), Collection: string(parts[2])}, true
 }
 
 // Values start with a version byte so their encoding can change later.

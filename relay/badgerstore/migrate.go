@@ -10,11 +10,11 @@ import (
 
 // A migration transaction takes at most migrateBatchDocs documents and,
 // past its first, migrateBatchBytes of them: Badger refuses a transaction
-// over 15% of its 64 MiB memtable (about 10 MB), counting values under
-// 1 MiB in full. Variables for the tests.
+// over 15% of a memtable (1.2 MiB; see memTableSize), counting values
+// under 1 MiB in full. Variables for the tests.
 var (
 	migrateBatchDocs  = 1000
-	migrateBatchBytes = 4 << 20
+	migrateBatchBytes = 512 << 10
 )
 
 // migrateV1 turns a format-1 store, which kept each record's whole document,

@@ -5,85 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
-	"time"
 
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/ferrysync/ferry/internal/badgerdir"
 	"github.com/ferrysync/ferry/relay"
 )
-
-// Append implements relay.Store. The fence check, the Base checks and all writes
-// are one Badger transaction, so a crash leaves all or nothing, and the
-// collection lock means no other write to the collection interleaves. Per
-// entry it writes the log entry, the record's meta and one tail key: what
-// the push adds, whatever the record's history.
-func (s *Store) Append(ctx context.Context, c relay.Coll, fence uint64, now time.Time, entries []relay.Entry) (uint64, error) {
-	if err := relay.CheckAppend(c, entries); err != nil {
-		return 0, err
-	}
-	var head uint64
-	err := s.update(ctx, c, func(txn *badger.Txn) error {
-		if fence != 0 {
-			l, ok, err := getLease(txn, c)
-			if err != nil {
-				return err
-			}
-			if !ok || l.Fence != fence || !l.Live(now) {
-				return fmt.Errorf("append to %s/%s with fence %d: %w", c.Tenant, c.Collection, fence, relay.ErrStaleFence)
-			}
-		}
-		var err error
-		if head, err = getUint64(txn, collKey("head", c)); err != nil {
-			return err
-		}
-		u, err := getUsage(txn, c)
-		if err != nil {
-			return err
-		}
-		for _, e := range entries {
-			// A transaction reads its own writes, so a second entry for
-			// one record is checked against the first one's heads.
-			m, found, err := getRecMeta(txn, c, e.Record)
-			if err != nil {
-				return err
-			}
-			if !e.Base.Equal(m.heads) {
-				return &relay.ConflictError{Record: e.Record}
-			}
-			if !found {
-				u.Records++
-			}
-			old := m
-			head++
-			m.seq, m.heads = head, e.Heads
-			m.tailBytes += int64(len(e.Changes))
-			m.tailEntries++
-			u.Bytes += int64(len(e.Changes))
-			if err := txn.Set(logKey(c, head), encodeLogEntry(e)); err != nil {
-				return err
-			}
-			if err := txn.Set(tailKey(c, e.Record, head), binary.AppendUvarint(nil, uint64(len(e.Changes)))); err != nil {
-				return err
-			}
-			if err := putRecMeta(txn, c, e.Record, old, m); err != nil {
-				return err
-			}
-		}
-		if err := txn.Set(collKey("usage", c), encodeUsage(u)); err != nil {
-			return err
-		}
-		return putUint64(txn, collKey("head", c), head)
-	})
-	if errors.Is(err, badger.ErrTxnTooBig) {
-		return 0, fmt.Errorf("%w: %d entries to %s/%s (%w)", relay.ErrAppendTooLarge, len(entries), c.Tenant, c.Collection, err)
-	}
-	if err != nil {
-		return 0, err
-	}
-	return head, nil
-}
 
 // putRecMeta writes a record's meta, and marks or unmarks it as a
 // compaction candidate when that changes from what old said: the mark is
@@ -153,11 +80,16 @@ func readRecord(txn *badger.Txn, c relay.Coll, record string, m recMeta) (relay.
 	r.Tail = make([]byte, 0, m.tailBytes)
 	// From the first entry after the snapshot: the tail keys of earlier
 	// compactions are deleted, and seeking past them skips their versions.
+	// Up to the record's last entry: later tail keys belong to an append
+	// not published yet (see appendSplit).
 	prefix := tailPrefix(c, record)
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 	defer it.Close()
 	for it.Seek(tailKey(c, record, m.snapSeq+1)); it.Valid(); it.Next() {
 		seq := binary.BigEndian.Uint64(it.Item().Key()[len(prefix):])
+		if seq > m.seq {
+			break
+		}
 		item, err := txn.Get(logKey(c, seq))
 		if err != nil {
 			return relay.Record{}, fmt.Errorf("%w: record %q: tail entry %d: %v", errCorrupt, record, seq, err)
@@ -223,7 +155,13 @@ func (s *Store) Log(ctx context.Context, c relay.Coll, after uint64, limit int) 
 		if after < horizon {
 			return &relay.TruncatedError{Horizon: horizon}
 		}
-		if limit <= 0 || after == math.MaxUint64 {
+		// Entries past the head belong to an append not published yet
+		// (see appendSplit): a cursor never names one.
+		head, err := getUint64(txn, collKey("head", c))
+		if err != nil {
+			return err
+		}
+		if limit <= 0 || after >= head {
 			return nil
 		}
 		it := txn.NewIterator(badger.IteratorOptions{
@@ -235,6 +173,9 @@ func (s *Store) Log(ctx context.Context, c relay.Coll, after uint64, limit int) 
 		for it.Seek(logKey(c, after+1)); it.Valid() && len(out) < limit; it.Next() {
 			k := it.Item().Key()
 			seq := binary.BigEndian.Uint64(k[len(k)-8:])
+			if seq > head {
+				break
+			}
 			err := it.Item().Value(func(v []byte) error {
 				e, err := decodeLogEntry(seq, v)
 				out = append(out, e)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +36,10 @@ type Options struct {
 	// GCInterval is how often Badger's value log is garbage-collected in
 	// the background. Default 10 minutes; negative disables it.
 	GCInterval time.Duration
+
+	// memTableSize overrides memTableSize, for tests that reach Badger's
+	// transaction limit with little data.
+	memTableSize int64
 }
 
 func (o *Options) withDefaults() Options {
@@ -69,6 +75,15 @@ type Store struct {
 	mu     sync.RWMutex // held for reading by every operation; Close takes it for writing
 	closed bool
 
+	// pending marks collections whose failed split append could not be
+	// cleared at once (see appendSplit): their next write clears it.
+	pendingMu sync.Mutex
+	pending   map[relay.Coll]bool
+	// splitHook, if set (by tests), is called after each transaction of a
+	// split append; an error stops the append there, as if the process
+	// died, and Append returns it.
+	splitHook func(k int) error
+
 	closeOnce sync.Once
 	closeErr  error
 	closing   chan struct{}
@@ -94,6 +109,10 @@ func Open(dir string, o *Options) (*Store, error) {
 		badgerdir.Close(db)
 		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
 	}
+	if err := s.clearAllPending(); err != nil {
+		badgerdir.Close(db)
+		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
+	}
 	if !opts.InMemory && opts.GCInterval > 0 {
 		s.wg.Add(1)
 		go func() {
@@ -110,20 +129,22 @@ func openBadger(dir string, opts Options) (*badger.DB, error) {
 			return nil, err
 		}
 	}
-	bo := badger.DefaultOptions(dir).
-		WithInMemory(opts.InMemory).
-		WithSyncWrites(!opts.Relaxed).
-		WithLogger(badgerdir.Logger(opts.Logger)).
-		WithNumVersionsToKeep(1).
-		// Memtables stay 64 MiB, Badger's default: a push's documents and
-		// changes must fit one transaction (about 15% of a memtable), and
-		// a push may fill a 4 MiB frame. The block cache only speeds reads
-		// of older documents; 64 MiB instead of 256 keeps memory down.
-		WithBlockCacheSize(64 << 20)
-	if opts.InMemory {
-		bo.Dir, bo.ValueDir = "", ""
+	mt := opts.memTableSize
+	if mt == 0 {
+		mt = memTableSize
+		if opts.InMemory {
+			// Everything lives in the memtables anyway, and Badger counts
+			// every value in full against a transaction in memory: keep a
+			// transaction large enough for any snapshot max_record allows.
+			mt = 64 << 20
+		}
 	}
-	db, err := badgerdir.Open(bo)
+	if !opts.InMemory {
+		if err := flushLargerMemtables(dir, mt, opts); err != nil {
+			return nil, err
+		}
+	}
+	db, err := badgerdir.Open(badgerOptions(dir, mt, opts))
 	if errors.Is(err, badgerdir.ErrDamaged) {
 		return nil, damaged(err)
 	}
@@ -131,6 +152,77 @@ func openBadger(dir string, opts Options) (*badger.DB, error) {
 		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
 	}
 	return db, nil
+}
+
+// memTableSize is the relay's Badger memtable: small, because memtables
+// are most of what an idle relay's heap holds (each one an arena of
+// about 1.3 times this, allocated whole), and the Go heap goal doubles
+// what is live. Badger refuses a transaction past 15% of a memtable
+// (1.2 MiB here); Append writes larger appends in several transactions
+// without readers seeing them in part (see appendSplit), and every single
+// value fits one: values under Badger's value threshold (1 MiB, the most
+// a log entry or snapshot under the default max_record weighs) count in
+// full, larger ones go to the value log and count as a pointer.
+const memTableSize = 8 << 20
+
+// badgerOptions are the Badger options of a relay store with memtables of
+// mt bytes.
+func badgerOptions(dir string, mt int64, opts Options) badger.Options {
+	bo := badger.DefaultOptions(dir).
+		WithInMemory(opts.InMemory).
+		WithSyncWrites(!opts.Relaxed).
+		WithLogger(badgerdir.Logger(opts.Logger)).
+		WithNumVersionsToKeep(1).
+		WithMemTableSize(mt).
+		// Values a transaction cannot hold go to the value log, however
+		// small the memtable (tests shrink it).
+		WithValueThreshold(min(1<<20, mt/8)).
+		// One memtable being written and up to two waiting for their
+		// flush: a few MiB each, written to disk as level-0 tables.
+		WithNumMemtables(3).
+		// The block cache only speeds reads of older documents and log
+		// entries; the operating system's page cache holds the files too.
+		WithBlockCacheSize(16 << 20)
+	if opts.InMemory {
+		bo.Dir, bo.ValueDir = "", ""
+	}
+	return bo
+}
+
+// flushLargerMemtables opens the store in dir once with memtables large
+// enough for the memtable logs it holds, if one was written with larger
+// memtables than mt (by an older Ferry, which used 64 MiB, that stopped
+// without closing the store), and closes it: closing flushes them to
+// tables. Replayed into a smaller memtable, such a log would overflow it.
+func flushLargerMemtables(dir string, mt int64, opts Options) error {
+	files, err := os.ReadDir(dir)
+	if err != nil {
+		return nil // no store yet; Prepare created the folder or the open reports it
+	}
+	need := mt
+	for _, f := range files {
+		if !strings.HasSuffix(f.Name(), ".mem") {
+			continue
+		}
+		// Badger creates a memtable's log at twice the memtable's size.
+		if info, err := f.Info(); err == nil {
+			need = max(need, info.Size()/2)
+		}
+	}
+	if need == mt {
+		return nil
+	}
+	db, err := badgerdir.Open(badgerOptions(dir, need, opts))
+	if errors.Is(err, badgerdir.ErrDamaged) {
+		return damaged(err)
+	}
+	if err != nil {
+		return fmt.Errorf("relay: open store %s: %w", dir, err)
+	}
+	if err := badgerdir.Close(db); err != nil {
+		return fmt.Errorf("relay: open store %s: flushing its memtables: %w", dir, err)
+	}
+	return nil
 }
 
 // marker is what makes a Badger database a relay store.
@@ -168,13 +260,22 @@ func (s *Store) enter(ctx context.Context) (func(), error) {
 // update runs fn in one read-write transaction under c's lock: everything fn
 // reads is what it writes over, and the commit is durable unless Relaxed.
 func (s *Store) update(ctx context.Context, c relay.Coll, fn func(txn *badger.Txn) error) error {
+	return s.locked(ctx, c, func() error { return s.db.Update(fn) })
+}
+
+// locked runs fn under c's lock, once what a failed append to c left is
+// cleared: every write to a collection goes through it.
+func (s *Store) locked(ctx context.Context, c relay.Coll, fn func() error) error {
 	done, err := s.enter(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
 	defer s.colls.Lock(c)()
-	return s.db.Update(fn)
+	if err := s.clearMarked(c); err != nil {
+		return err
+	}
+	return fn()
 }
 
 func (s *Store) view(ctx context.Context, fn func(txn *badger.Txn) error) error {

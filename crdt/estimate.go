@@ -1,0 +1,118 @@
+package crdt
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Estimate returns what loading b (a saved document, changes, or both, as
+// Load and Import take them) is estimated to cost in memory, counted from
+// its chunks without loading anything into Automerge, so that a caller can
+// reserve the memory before it takes it. Changes are decoded and counted
+// as Cost counts them. A whole document is counted by its changes and
+// operations; the keys it first writes are not decoded, and every one of
+// its operations is counted as one (so a document is estimated up to a
+// sixth higher than Cost says once it is loaded). Compressed chunks and
+// columns are inflated within budget (nil: the fixed bound per chunk).
+//
+// For changes imported into a loaded document, Estimate bounds what they
+// add to its Cost.
+func Estimate(b []byte, budget *InflateBudget) (Cost, error) {
+	ci, err := frameWithin(b, budget)
+	if err != nil {
+		return Cost{}, err
+	}
+	var h held
+	goBytes := 0
+	for _, p := range ci.payloads {
+		c, err := decodeChange(p)
+		if err != nil {
+			return Cost{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
+		}
+		h.count(c)
+		goBytes += len(c.ops)*opEntryBytes + 2*HashSize + 24 + len(c.deps)*HashSize
+	}
+	if ci.documents > 0 {
+		changes, err := documentChangeRows(b)
+		if err != nil {
+			return Cost{}, err
+		}
+		ops := int(min(ci.docOps, uint64(maxInt)))
+		h.add(held{changes: changes, ops: ops, keys: ops})
+		goBytes += ops*opEntryBytes + changes*(2*HashSize+24)
+	}
+	return costOf(h, goBytes), nil
+}
+
+const maxInt = int(^uint(0) >> 1)
+
+// documentChangeRows counts the changes of the whole-document chunks in b,
+// which frameWithin has checked: the rows of each document's first actor
+// column among its change columns (each change's author).
+func documentChangeRows(b []byte) (int, error) {
+	n := 0
+	for off := 0; off < len(b); {
+		rest := b[off:]
+		size, ln := binary.Uvarint(rest[9:])
+		end := 9 + ln + int(size)
+		if rest[8] == chunkDocument {
+			c, err := documentChangeCount(rest[9+ln : end])
+			if err != nil {
+				return 0, fmt.Errorf("%w: document at byte %d: %v", ErrCorrupt, off, err)
+			}
+			n += c
+		}
+		off += end
+	}
+	return n, nil
+}
+
+func documentChangeCount(p []byte) (int, error) {
+	_, p, err := actorTable(p)
+	if err != nil {
+		return 0, err
+	}
+	if _, p, err = hashList(p, "heads"); err != nil {
+		return 0, err
+	}
+	cols, p, err := columnMeta(p)
+	if err != nil {
+		return 0, err
+	}
+	if _, p, err = columnMeta(p); err != nil {
+		return 0, err
+	}
+	for _, c := range cols {
+		if c.size > uint64(len(p)) {
+			return 0, errors.New("columns overrun the chunk")
+		}
+		data := p[:c.size]
+		p = p[c.size:]
+		if c.spec&colTypeMask != colTypeActor {
+			continue
+		}
+		if c.spec&colDeflate != 0 {
+			if data, err = (*InflateBudget)(nil).inflate(data); err != nil {
+				return 0, err
+			}
+		}
+		r := rleRuns{b: data}
+		n := uint64(0)
+		for {
+			run, ok := r.next()
+			if r.err != nil {
+				return 0, r.err
+			}
+			if !ok {
+				break
+			}
+			n += run.n
+		}
+		return int(min(n, uint64(maxInt))), nil
+	}
+	return 0, nil // a document without changes
+}
+
+// Remaining returns the bytes the budget may still inflate.
+func (b *InflateBudget) Remaining() int64 { return b.remaining() }

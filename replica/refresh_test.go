@@ -1,0 +1,152 @@
+package replica
+
+import (
+	"context"
+	"testing"
+
+	"github.com/ferrysync/ferry/policy"
+)
+
+// A refresh from the relay discards a record's unpushed changes, but they
+// may live on elsewhere: another device imported them, or another relay
+// holds them. When they come back, the device's later edits to the record
+// must still sync: its new changes must not be numbered as the discarded
+// ones were, which every holder of those would refuse.
+func TestRefreshDiscardedChangesDoNotBlockLaterEdits(t *testing.T) {
+	t.Run("imported by another device", func(t *testing.T) {
+		e := newSyncEnv(t)
+		a, b := e.device(nil), e.device(nil)
+		ca, cb := coll2(t, a, "c"), coll2(t, b, "c")
+		if err := ca.Put("r", map[string]any{"v": "shared", "n": int64(0)}); err != nil {
+			t.Fatal(err)
+		}
+		mustSync(t, a, "p")
+		mustSync(t, b, "p")
+
+		// a edits offline; b takes the record from a by hand.
+		if err := ca.Put("r", map[string]any{"v": "a's unpushed", "n": int64(1)}); err != nil {
+			t.Fatal(err)
+		}
+		doc, _, err := ca.Export("r")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cb.Import("r", doc); err != nil {
+			t.Fatal(err)
+		}
+
+		// a refreshes from the relay, which lacks its edit: discarded.
+		setType(t, a, policy.RefreshFromServer)
+		mustSync(t, a, "p")
+		if f := getFields(t, a, "c", "r"); f["v"] != "shared" {
+			t.Fatalf("after the refresh a has %v", f)
+		}
+		// a edits again and syncs; b, which holds a's discarded edit,
+		// syncs after it, and pushes the edit the relay lacks.
+		setType(t, a, policy.TwoWay)
+		if err := ca.Put("r", map[string]any{"later": "a's later edit"}); err != nil {
+			t.Fatal(err)
+		}
+		st := mustSync(t, a, "p")
+		if f := stat(st, "c").Failed; len(f) > 0 {
+			t.Fatalf("a's later edit failed to sync: %+v", f)
+		}
+		for _, r := range []*Replica{b, a, b} {
+			if f := stat(mustSync(t, r, "p"), "c").Failed; len(f) > 0 {
+				t.Fatalf("sync of %s failed: %+v", r.ID()[:6], f)
+			}
+		}
+		for _, r := range []*Replica{a, b} {
+			if f := getFields(t, r, "c", "r"); f["later"] != "a's later edit" {
+				t.Fatalf("%s has %v, without a's later edit", r.ID()[:6], f)
+			}
+			if n, _ := r.Collection("c").PendingCount(); n != 0 {
+				t.Fatalf("%s has %d records pending", r.ID()[:6], n)
+			}
+		}
+		ha, _ := ca.Heads("r")
+		hb, _ := cb.Heads("r")
+		if !ha.Equal(hb) {
+			t.Fatalf("a and b differ: %v and %v", ha, hb)
+		}
+	})
+
+	t.Run("held by another relay", func(t *testing.T) {
+		// a syncs one collection with two relays; the second holds a's
+		// edit when a refreshes from the first.
+		e1, e2 := newSyncEnv(t), newSyncEnv(t)
+		tokens := map[string]string{"p": e1.token, "q": e2.token}
+		a := e1.device(&Options{TokenSource: func(_ context.Context, profile string) (string, error) { return tokens[profile], nil }})
+		if err := a.AddProfile(e2.profile("q")); err != nil {
+			t.Fatal(err)
+		}
+		ca := coll2(t, a, "c")
+		if err := ca.Put("r", map[string]any{"v": "shared"}); err != nil {
+			t.Fatal(err)
+		}
+		mustSync(t, a, "p")
+		mustSync(t, a, "q")
+		if err := ca.Put("r", map[string]any{"v": "only on q"}); err != nil {
+			t.Fatal(err)
+		}
+		mustSync(t, a, "q")
+		setType(t, a, policy.RefreshFromServer)
+		mustSync(t, a, "p")
+		if f := getFields(t, a, "c", "r"); f["v"] != "shared" {
+			t.Fatalf("after the refresh a has %v", f)
+		}
+		// A later edit reaches the second relay, which holds the
+		// discarded change.
+		if err := ca.Put("r", map[string]any{"v": "later"}); err != nil {
+			t.Fatal(err)
+		}
+		st := mustSync(t, a, "q")
+		if f := stat(st, "c").Failed; len(f) > 0 {
+			t.Fatalf("a's later edit failed to sync to q: %+v", f)
+		}
+		b := e2.device(nil)
+		mustSync(t, b, "p")
+		ha, _ := ca.Heads("r")
+		hb, _ := coll2(t, b, "c").Heads("r")
+		if !ha.Equal(hb) {
+			t.Fatalf("a and the second relay's device differ: %v and %v", ha, hb)
+		}
+	})
+
+	t.Run("purged, then made again", func(t *testing.T) {
+		// a record the relay never had is purged; b holds it, and a
+		// makes it again under the same ID.
+		e := newSyncEnv(t)
+		a, b := e.device(nil), e.device(nil)
+		ca, cb := coll2(t, a, "c"), coll2(t, b, "c")
+		if err := ca.Create("r", map[string]any{"v": "first"}); err != nil {
+			t.Fatal(err)
+		}
+		doc, _, err := ca.Export("r")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cb.Import("r", doc); err != nil {
+			t.Fatal(err)
+		}
+		setType(t, a, policy.RefreshFromServer)
+		mustSync(t, a, "p")
+		if got := ids(t, a, "c"); got != "" {
+			t.Fatalf("after the refresh a has %q", got)
+		}
+		setType(t, a, policy.TwoWay)
+		if err := ca.Put("r", map[string]any{"v": "again"}); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range []*Replica{a, b, a} {
+			if f := stat(mustSync(t, r, "p"), "c").Failed; len(f) > 0 {
+				t.Fatalf("sync of %s failed: %+v", r.ID()[:6], f)
+			}
+		}
+		ha, _ := ca.Heads("r")
+		hb, _ := cb.Heads("r")
+		if !ha.Equal(hb) {
+			t.Fatalf("a and b differ: %v and %v", ha, hb)
+		}
+	})
+}
