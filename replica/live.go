@@ -215,7 +215,7 @@ func (r *Replica) subscribe(ctx context.Context, conn *relayConn, p *Profile, ed
 			if err != nil {
 				return err
 			}
-			if err := conn.call(ctx, &transport.Subscribe{Collection: coll, Cursor: st.Cursor, Early: !noEarlyApply}, &transport.OK{}); err != nil {
+			if err := conn.call(ctx, &transport.Subscribe{Collection: coll, Cursor: st.Cursor, Early: earlyApply}, &transport.OK{}); err != nil {
 				return fmt.Errorf("subscribe %s: %w", coll, err)
 			}
 		}

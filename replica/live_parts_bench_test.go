@@ -38,7 +38,7 @@ type partsVariant struct {
 	relayStore    string // badger, badger-relaxed, memory
 	devicesMemory bool
 	noEarlyPush   bool // devices push an edit only once it is durable
-	noEarlyApply  bool // devices take the relay's changes only once durable
+	earlyApply    bool // devices take the relay's changes before durable
 }
 
 var partsVariants = []partsVariant{
@@ -78,17 +78,16 @@ func (v partsVariant) start(b *testing.B, mode policy.Mode) (Profile, func() *Re
 
 func BenchmarkLiveParts(b *testing.B) {
 	// W2's path as it was before devices pushed edits while their fsync
-	// runs and took the relay's changes while its fsync runs
-	// (replica/liveearly.go), and with the first alone, for a comparison
-	// in the same run.
+	// runs, and with devices also taking the relay's changes while its
+	// fsync runs (replica/liveearly.go), for a comparison in the same run.
 	before := []partsVariant{
-		{name: "durable-no-early", relayStore: "badger", noEarlyPush: true, noEarlyApply: true},
-		{name: "durable-early-push-only", relayStore: "badger", noEarlyApply: true},
+		{name: "durable-no-early", relayStore: "badger", noEarlyPush: true},
+		{name: "durable-early-apply", relayStore: "badger", earlyApply: true},
 	}
 	for _, v := range append(before, partsVariants...) {
 		b.Run(v.name, func(b *testing.B) {
-			noEarlyPush, noEarlyApply = v.noEarlyPush, v.noEarlyApply
-			defer func() { noEarlyPush, noEarlyApply = false, false }()
+			noEarlyPush, earlyApply = v.noEarlyPush, v.earlyApply
+			defer func() { noEarlyPush, earlyApply = false, false }()
 			p, openDev := v.start(b, policy.Live)
 			livePartsRun(b, p, openDev(), openDev())
 		})

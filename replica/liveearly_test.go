@@ -401,6 +401,8 @@ type earlyEnv struct {
 }
 
 func newEarlyEnv(t *testing.T) *earlyEnv {
+	earlyApply = true
+	t.Cleanup(func() { earlyApply = false })
 	e := newSyncEnv(t)
 	base := memstore.New()
 	t.Cleanup(func() { base.Close() })
