@@ -390,7 +390,8 @@ func (r *Replica) pushEarlyColl(ctx context.Context, conn *relayConn, p *Profile
 	return cs, sent, err
 }
 
-// A live session also takes the relay's early live messages: each group
+// With earlyApply, a live session also takes the relay's early live
+// messages: each group
 // of pushes the relay has checked, sent while the relay makes it durable
 // (transport.Changes.Early). Such a message moves no cursor: the same
 // changes come again, with their sequence numbers, once durable, and only
