@@ -21,6 +21,7 @@ type Config struct {
 	Clients      int   // W4 concurrent pushers; default 16
 	Subscribers  int   // W4 live subscribers; default 8
 	Batch        int   // W4 records per push; default 1 (one change per push, as live mode sends)
+	Objects      int   // W7 object-heavy records; default 32
 	Growth       []int // W5 sizes; default 1,000, 10,000, 100,000
 	MaxGrowth    int   // W5 skips sizes above this; 0: none
 
@@ -62,6 +63,7 @@ func (c Config) withDefaults() Config {
 	def(&c.Clients, 16)
 	def(&c.Subscribers, 8)
 	def(&c.Batch, 1)
+	def(&c.Objects, 32)
 	if len(c.Growth) == 0 {
 		c.Growth = []int{1_000, 10_000, 100_000}
 	}
@@ -98,6 +100,8 @@ type Result struct {
 	Metrics   []Metric      `json:"metrics"`
 	Notes     []string      `json:"notes,omitempty"`
 	Elapsed   time.Duration `json:"elapsed_ns"` // the whole workload, setup included
+	// DevicePID is the process W6's device ran in (not the bench's).
+	DevicePID int `json:"device_pid,omitempty"`
 }
 
 // Metric returns the named metric, if the result has it.
@@ -195,6 +199,7 @@ var Workloads = []struct {
 	{"W4", titles["W4"], W4},
 	{"W5", titles["W5"], W5},
 	{"W6", w6Title, W6},
+	{"W7", w7Title, W7},
 }
 
 var titles = map[string]string{
@@ -210,14 +215,14 @@ var titles = map[string]string{
 // take minutes.
 var Default = []string{"W0", "W1", "W2", "W3", "W4"}
 
-// Lookup returns the named workload (W0 ... W5 or W2L, any case).
+// Lookup returns the named workload (W0 ... W7 or W2L, any case).
 func Lookup(name string) (Workload, error) {
 	for _, w := range Workloads {
 		if strings.EqualFold(w.Name, name) {
 			return w.Run, nil
 		}
 	}
-	return nil, fmt.Errorf("bench: no workload %q (want W0 to W6, or W2L)", name)
+	return nil, fmt.Errorf("bench: no workload %q (want W0 to W7, or W2L)", name)
 }
 
 // Run measures the floor once, then runs the named workloads (Default if
@@ -289,7 +294,11 @@ func prepare(ctx context.Context, cfg Config, name string) (Config, *Result, fun
 		}
 		cfg.Floor = &f.Floor
 	}
-	r := &Result{Workload: name, Title: titles[name], Seed: cfg.Seed, Floor: *cfg.Floor, Relay: cfg.Relay.String()}
+	title := titles[name]
+	if name == "W7" {
+		title = w7Title
+	}
+	r := &Result{Workload: name, Title: title, Seed: cfg.Seed, Floor: *cfg.Floor, Relay: cfg.Relay.String()}
 	return cfg, r, cleanup, nil
 }
 

@@ -40,18 +40,18 @@ func seed(t testing.TB) uint64 {
 func TestWorkloadsSmall(t *testing.T) {
 	var lines []string
 	cfg := Config{
-		Records: 50, Updates: 20, History: 30, MergeRecords: 10, Clients: 4, Subscribers: 2, Batch: 2,
+		Records: 50, Updates: 20, History: 30, MergeRecords: 10, Clients: 4, Subscribers: 2, Batch: 2, Objects: 3,
 		Growth: []int{20, 40}, Dir: t.TempDir(), Seed: seed(t), Verify: true,
 		Progress: func(s string) { lines = append(lines, s) },
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	results, err := Run(ctx, cfg, "W0", "W1", "W2", "W2L", "W3", "W4", "W5")
+	results, err := Run(ctx, cfg, "W0", "W1", "W2", "W2L", "W3", "W4", "W5", "W7")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(results) != 7 {
-		t.Fatalf("%d results, want 7", len(results))
+	if len(results) != 8 {
+		t.Fatalf("%d results, want 8", len(results))
 	}
 	floor := results[0].Floor
 	if floor.Changes != 50 || floor.Rate <= 0 || floor.Bytes <= 0 {
@@ -129,6 +129,22 @@ func TestWorkloadsSmall(t *testing.T) {
 	want("W4", "ingest_rate", positive)
 	want("W4", "fanout_p50", positive)
 	want("W4", "fanout_load_p50", positive)
+	want("W7", "records", eq(3))
+	want("W7", "ops_per_record", func(v float64) bool { return v > w7Items })
+	for _, n := range []string{"create", "edit", "floor_create", "floor_edit", "relay_peak_rss"} {
+		want("W7", n, positive)
+	}
+	if f := byName["W7"].EditFloor; f == nil || f.Changes != 3*w7Edits {
+		t.Errorf("W7: edit floor %+v, want %d edits", f, 3*w7Edits)
+	}
+	if m, _ := byName["W7"].Metric("edit"); !near(m.Ratio, byName["W7"].EditFloor.Seconds/m.Value) {
+		t.Errorf("W7 edit ratio %v, want the edit floor's", m.Ratio)
+	}
+	if c, _ := byName["W7"].Metric("create"); c.Ratio <= 0 {
+		t.Errorf("W7 create has no ratio to its floor")
+	} else if f, _ := byName["W7"].Metric("floor_create"); !near(c.Ratio, f.Value/c.Value) {
+		t.Errorf("W7 create ratio %v, want its floor's %v / %v", c.Ratio, f.Value, c.Value)
+	}
 	want("W5", "w1_n40_push", positive)
 	want("W5", "w4_n20_ingest", positive)
 
@@ -283,3 +299,6 @@ func BenchmarkW3(b *testing.B) { runBench(b, W3) }
 // BenchmarkW4 is relay ingest of 1,000 changes from 16 clients with 8
 // subscribers.
 func BenchmarkW4(b *testing.B) { runBench(b, W4) }
+
+// BenchmarkW7 is 32 object-heavy records pushed and edited.
+func BenchmarkW7(b *testing.B) { runBench(b, W7) }

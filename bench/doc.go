@@ -28,7 +28,15 @@
 //	W6 reads    a local-only replica inserts ten times Records records
 //	            {name, price, qty, cat} and reads them: open, a full scan
 //	            with a Go predicate, an index built and queried, a live
-//	            query's latency, cold and warm Gets, and its memory
+//	            query's latency, cold and warm Gets, and its memory; in a
+//	            process of its own (this executable again: DeviceMain)
+//	W7 objects  Objects object-heavy records (2,000 small maps in a list,
+//	            written by 40 changes: the shape of crdt's cost
+//	            calibration, which has 4,000) pushed by up to Clients raw
+//	            transport clients, one push per record, durable acks
+//	            awaited; then 10 single-item edits per record, one per
+//	            push, every record in turn: push rates, the relay's peak
+//	            RSS and (child relay) CPU time
 //
 // Each is a [Workload]: a function of a [Config] returning a [Result], a
 // list of named [Metric] values with units. [Run] measures W0 first and
@@ -44,6 +52,9 @@
 // which edit one field of existing records, the workload's own edits
 // made again outside Ferry and applied with LoadIncremental, one change at
 // a time, into documents holding what they build on (Result.EditFloor).
+// W7's changes are a hundred times larger than W0's, so its creation is
+// a ratio to raw automerge-go loading its own creation changes into fresh
+// documents, and its edits to applying them (Result.EditFloor).
 // Every floor is timed warm, freeing what it loads, as the median of five
 // runs.
 //

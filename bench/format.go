@@ -84,6 +84,8 @@ func shortTitle(r *Result) string {
 		return "merge, 2 × " + group(r.floorChanges()/2) + " edits on " + v("records") + " records"
 	case "W4":
 		return "ingest, " + v("clients") + " clients, " + v("subscribers") + " subscribers"
+	case "W7":
+		return "objects, " + v("records") + " records of " + v("ops_per_record") + " operations"
 	}
 	return r.Title
 }
@@ -152,7 +154,14 @@ func tableRows(r *Result) []tableRow {
 		add("fan-out, send to last subscriber, quiet p50 / p99", false, nil, "fanout_p50", "fanout_p99")
 		add("fan-out under load, p50 / p99", false, nil, "fanout_load_p50", "fanout_load_p99")
 		add("bytes on the wire", true, nil, "ingest_wire")
+		add("relay CPU over the ingest, per change", false, nil, "ingest_relay_cpu", "ingest_relay_cpu_per_change")
 		add("relay peak RSS", false, nil, "relay_peak_rss")
+	case "W7":
+		add("create: push, durable acks (ratio to loading the same changes)", true, nil, "create", "create_rate")
+		add("edit: single-item edits, one per push (ratio to applying them)", true, nil, "edit", "edit_rate")
+		add("raw automerge-go, create / edit", false, nil, "floor_create", "floor_edit")
+		add("relay CPU, create / edit", false, nil, "create_relay_cpu", "edit_relay_cpu")
+		add("relay peak RSS / growth", false, nil, "relay_peak_rss", "relay_rss_growth")
 	case "W5":
 		for _, m := range r.Metrics {
 			if n, ok := strings.CutSuffix(m.Name, "_relay_rss_per_record"); ok {

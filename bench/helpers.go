@@ -96,6 +96,9 @@ func (r *Result) memory(prefix string, st memStats, n int) {
 	if st.PeakHeap > 0 {
 		r.add(Metric{Name: prefix + "relay_peak_heap", Value: float64(st.PeakHeap), Unit: "B", Note: "Go heap objects, sampled every 10 ms (whole process; counts Badger's preallocated arenas before they are touched; Automerge's Rust allocations are not Go heap)"})
 	}
+	if st.CPU > 0 {
+		r.add(Metric{Name: prefix + "relay_cpu", Value: st.CPU.Seconds(), Unit: "s", Note: "the child relay's user and system CPU time over the phase, from /proc"})
+	}
 	if n > 0 {
 		r.add(Metric{Name: prefix + "relay_rss_per_record", Value: growth / float64(n), Unit: "B/record"})
 	}

@@ -166,6 +166,10 @@ type memStats struct {
 	// and read back at will.
 	PeakAnon, PeakFile int64
 	Note               string // what was measured
+	// CPU is the relay's user and system CPU time since the probe's reset
+	// (child relays only: on a shared machine, a measure of its work that
+	// other processes' load does not stretch).
+	CPU time.Duration
 }
 
 // memProbe follows a relay's memory from reset until peak.
@@ -245,10 +249,12 @@ func (p *selfProbe) peak() memStats {
 
 func (p *selfProbe) close() { close(p.stopC); <-p.done }
 
-// childProbe reads a child relay's peak RSS (VmHWM) from /proc.
+// childProbe reads a child relay's peak RSS (VmHWM) and CPU time from
+// /proc.
 type childProbe struct {
 	pid  string
 	base int64
+	cpu0 float64
 }
 
 func newChildProbe(pid int) (*childProbe, error) {
@@ -261,6 +267,7 @@ func (p *childProbe) reset() {
 	os.WriteFile("/proc/"+p.pid+"/clear_refs", []byte("5"), 0)
 	st, _ := procStatus(p.pid)
 	p.base = int64(st.VmRSS)
+	p.cpu0 = procCPU(p.pid)
 }
 
 func (p *childProbe) peak() memStats {
@@ -269,7 +276,8 @@ func (p *childProbe) peak() memStats {
 	if err != nil {
 		note = "child relay process: /proc unreadable: " + err.Error()
 	}
-	return memStats{PeakRSS: int64(st.VmHWM), Baseline: p.base, Note: note}
+	cpu := time.Duration((procCPU(p.pid) - p.cpu0) * float64(time.Second))
+	return memStats{PeakRSS: int64(st.VmHWM), Baseline: p.base, Note: note, CPU: max(cpu, 0)}
 }
 
 func (p *childProbe) close() {}

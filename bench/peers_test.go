@@ -65,6 +65,7 @@ func TestPeersHarness(t *testing.T) {
 		t.Fatalf("output is not the harness's JSON: %v\n%s", err, out)
 	}
 	peers := map[string]map[string]map[string]any{"ferry": res.Ferry, "yjs": res.Yjs, "automerge-repo": res.AM}
+	defer checkW3Rounds(t, ctx, node, dir, ferry)
 	want := map[string][]string{"w1": {"upload", "read"}, "w2": {"p50", "p99"}, "w3": {"merge"}}
 	for peer, ws := range peers {
 		for w, names := range want {
@@ -73,6 +74,40 @@ func TestPeersHarness(t *testing.T) {
 					t.Errorf("%s %s %s = %v, want a time", peer, w, name, ws[w][name])
 				}
 			}
+		}
+	}
+}
+
+// checkW3Rounds runs the harness's W3 in turns (--w3-rounds) at a tiny
+// size and checks that each round measured both engines.
+func checkW3Rounds(t *testing.T, ctx context.Context, node, dir, ferry string) {
+	cmd := exec.CommandContext(ctx, node, "peers.mjs", "--json", "--ferry", ferry,
+		"--w3-rounds", "2", "--updates", "10", "--merge-records", "5")
+	cmd.Dir = dir
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node peers.mjs --w3-rounds: %v\n%s\n%s", err, out, stderr.String())
+	}
+	var res struct {
+		Rounds struct {
+			Ferry       []float64 `json:"ferry"`
+			Yjs         []float64 `json:"yjs"`
+			FerryMedian float64   `json:"ferry_median"`
+			YjsMedian   float64   `json:"yjs_median"`
+		} `json:"w3_rounds"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("--w3-rounds output is not the harness's JSON: %v\n%s", err, out)
+	}
+	r := res.Rounds
+	if len(r.Ferry) != 2 || len(r.Yjs) != 2 || r.FerryMedian <= 0 || r.YjsMedian <= 0 {
+		t.Fatalf("--w3-rounds 2 measured %+v", r)
+	}
+	for i := range r.Ferry {
+		if r.Ferry[i] <= 0 || r.Yjs[i] <= 0 {
+			t.Fatalf("--w3-rounds round %d: %+v", i+1, r)
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,7 +23,7 @@ import (
 
 // tiny is a config that makes each workload take well under a second.
 func tiny(t *testing.T) Config {
-	return Config{Records: 12, Updates: 6, History: 10, MergeRecords: 4, Clients: 2, Subscribers: 2,
+	return Config{Records: 12, Updates: 6, History: 10, MergeRecords: 4, Clients: 2, Subscribers: 2, Objects: 2,
 		Dir: t.TempDir(), Seed: seed(t)}
 }
 
@@ -67,10 +68,10 @@ func TestStoresDurable(t *testing.T) {
 			}
 		}
 	})
-	runTiny(t, tiny(t), "W1", "W2", "W3", "W4")
-	// W1: writer and fresh; W2 and W3: a and b. W4 uses raw clients.
-	if len(replicas) != 6 || relays != 4 {
-		t.Errorf("opened replicas %v and %d relays, want 6 and 4: a workload opened a store some other way", replicas, relays)
+	runTiny(t, tiny(t), "W1", "W2", "W3", "W4", "W7")
+	// W1: writer and fresh; W2 and W3: a and b. W4 and W7 use raw clients.
+	if len(replicas) != 6 || relays != 5 {
+		t.Errorf("opened replicas %v and %d relays, want 6 and 5: a workload opened a store some other way", replicas, relays)
 	}
 }
 
@@ -197,6 +198,67 @@ func TestW4RefusesWrongAcks(t *testing.T) {
 				t.Fatalf("W4 = %v, %v; want a failed check", res, err)
 			}
 		})
+	}
+}
+
+// TestW7RefusesWrongAcks: W7 fails, and reports nothing, when an ack
+// names other heads than those pushed, or the relay's accepted counter
+// misses a change.
+func TestW7RefusesWrongAcks(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		hooks func()
+	}{
+		{"other heads acknowledged", func() {
+			var n atomic.Int64 // the pushers call the hook concurrently
+			testHooks.ack = func(a *transport.Ack) {
+				if n.Add(1) == 3 { // an edit's
+					a.Records[0].Heads = [][]byte{make([]byte, 32)}
+				}
+			}
+		}},
+		{"a change not counted as accepted", func() {
+			testHooks.scraped = func(m map[string]float64) {
+				if m[mAccepted] > 0 {
+					m[mAccepted]--
+				}
+			}
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			hooked(t, c.hooks)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			res, err := W7(ctx, tiny(t))
+			if !errors.Is(err, errCheck) || res != nil {
+				t.Fatalf("W7 = %v, %v; want a failed check", res, err)
+			}
+		})
+	}
+}
+
+// TestW7Timer: W7's create phase is timed from before the first push
+// until every record's creation is acknowledged (durable), and its edit
+// phase from after that until every edit is.
+func TestW7Timer(t *testing.T) {
+	var mu sync.Mutex
+	acks := 0
+	var at []int // acks at each edge
+	hooked(t, func() {
+		testHooks.ack = func(*transport.Ack) { mu.Lock(); acks++; mu.Unlock() }
+		testHooks.edge = func(span string, start bool) {
+			if span == spanW7Create || span == spanW7Edit {
+				mu.Lock()
+				at = append(at, acks)
+				mu.Unlock()
+			}
+		}
+	})
+	cfg := tiny(t)
+	runTiny(t, cfg, "W7")
+	n := cfg.Objects
+	if want := []int{0, n, n, n + n*w7Edits}; !slices.Equal(at, want) {
+		t.Fatalf("acks at the phases' edges %v, want %v", at, want)
 	}
 }
 

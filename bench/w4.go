@@ -51,6 +51,10 @@ func W4(ctx context.Context, cfg Config) (res *Result, err error) {
 		res.latency("fanout_p50", percentile(in.fanQuiet, 50))
 		res.latency("fanout_p99", percentile(in.fanQuiet, 99))
 	}
+	if in.cpu > 0 {
+		res.add(Metric{Name: "ingest_relay_cpu", Value: in.cpu.Seconds(), Unit: "s", Note: "the child relay's user and system CPU time over the ingest, from /proc"})
+		res.add(Metric{Name: "ingest_relay_cpu_per_change", Value: in.cpu.Seconds() / float64(in.n), Unit: "s/change"})
+	}
 	res.memory("", in.mem, 0)
 	res.Notes = append(res.Notes,
 		fmt.Sprintf("ingest: %d clients push %d changes, %d per push, each awaiting its durable ack (the relay's append fsynced); %d subscribers receive them meanwhile", cfg.Clients, in.n, cfg.Batch, cfg.Subscribers),
@@ -69,6 +73,7 @@ type ingestRun struct {
 	fanLoad, fanQuiet []time.Duration // sorted
 	before, after     snapshot
 	mem               memStats
+	cpu               time.Duration // the relay's CPU over the ingest (child relays only)
 	env               *relayEnv
 }
 
@@ -106,6 +111,7 @@ func ingest(ctx context.Context, cfg Config, n int, label string) (in *ingestRun
 	if in.elapsed, err = w.pushAll(); err != nil {
 		return nil, err
 	}
+	in.cpu = env.mem.peak().CPU
 	if in.after, err = env.snapshot(ctx); err != nil {
 		return nil, err
 	}

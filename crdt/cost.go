@@ -74,6 +74,9 @@ type Cost struct {
 // first Import would (the index is kept for Import). It fails if a change
 // in the history cannot be decoded.
 func (d *Doc) Cost() (Cost, error) {
+	if d.def != nil {
+		return costOf(d.def.led.heldCount(), d.memSize()), nil
+	}
 	x, err := d.index()
 	if err != nil {
 		return Cost{}, err
@@ -101,7 +104,12 @@ func costOf(h held, goBytes int) Cost {
 // Cost counts them), so that what the document costs to hold and to load
 // stays known. Zero or less: no limit. A document already past n stays
 // readable; only what would grow it is refused.
-func (d *Doc) SetMaxOps(n int) { d.maxOps = max(n, 0) }
+func (d *Doc) SetMaxOps(n int) {
+	d.maxOps = max(n, 0)
+	if d.def != nil {
+		d.def.led.maxOps = d.maxOps
+	}
+}
 
 // checkOpLimit refuses checked changes that would bring the document past
 // its operation limit. Without an index (a history that does not decode)

@@ -10,7 +10,10 @@
 // before Automerge sees them, including that the document will still save
 // and load: a change must be in the encoding Automerge writes itself
 // (canonical.go) and refer only to operations the document holds
-// (opindex.go). automerge-go's batch Apply is
+// (opindex.go). A deferred document ([NewDeferred], [LoadDeferred]) runs
+// those checks against a Go index of its history and builds its Automerge
+// document only when a method needs it, for a process that mostly checks
+// and forwards changes (the relay). automerge-go's batch Apply is
 // never used: applying a thousand small changes with it takes seconds and
 // gigabytes, while LoadIncremental of the same bytes takes milliseconds.
 //

@@ -37,6 +37,9 @@ type Doc struct {
 	jn           journal
 	historyWalks int // calls to automerge-go's Changes(since), for tests
 	maxOps       int // see SetMaxOps; 0: no limit
+	// def, until the Automerge document is built, is what a Doc made by
+	// NewDeferred took in (am is nil meanwhile).
+	def *deferred
 }
 
 // New returns an empty document that writes as actor (a hex string; a
@@ -136,6 +139,9 @@ func (d *Doc) Save() []byte { return d.live().Save() }
 
 // Heads returns the document's current version, sorted.
 func (d *Doc) Heads() Heads {
+	if d.def != nil {
+		return d.def.led.headList()
+	}
 	hs := d.live().Heads()
 	out := make(Heads, len(hs))
 	for i, h := range hs {
@@ -146,6 +152,10 @@ func (d *Doc) Heads() Heads {
 
 // Has reports whether the document holds the change h.
 func (d *Doc) Has(h Hash) bool {
+	if d.def != nil {
+		_, ok := d.def.led.held[h]
+		return ok
+	}
 	_, err := d.live().Change(automerge.ChangeHash(h))
 	return err == nil
 }
@@ -281,6 +291,9 @@ func recoverCorrupt(err *error) {
 // proportion to the saved size and more.) An index shared with forks is
 // counted in full by each.
 func (d *Doc) memSize() int {
+	if d.def != nil {
+		return d.def.led.memSize() + len(d.def.data)
+	}
 	n := d.jn.size()
 	if x := d.idx.Load(); x != nil {
 		for l := x.top; l != nil; l = l.parent {

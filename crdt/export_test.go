@@ -180,3 +180,24 @@ func MemSize(d *Doc) int { return d.memSize() }
 
 // BudgetLeft is InflateBudget.remaining, for tests outside the package.
 func BudgetLeft(b *InflateBudget) int64 { return b.remaining() }
+
+// Ledger is the Go-only check of changes (ledger.go), for its tests and
+// benchmarks.
+type Ledger = ledger
+
+// NewLedger returns the ledger of an empty record.
+func NewLedger() *Ledger { return newLedger() }
+
+// LedgerOf returns the ledger of d's history.
+func LedgerOf(d *Doc) (*Ledger, error) { return ledgerOf(d) }
+
+// Check is ledger.check.
+func (l *ledger) Check(data []byte) (int, error) { return l.check(data) }
+
+// Heads is ledger.headList.
+func (l *ledger) Heads() Heads { return l.headList() }
+
+// SpoilDeferred replaces the bytes a deferred document will build from,
+// as a defect in the checks that let them in would: for tests of Build's
+// failure.
+func SpoilDeferred(d *Doc, data []byte) { d.def.data = data }

@@ -47,6 +47,10 @@ var ErrFreed = errors.New("crdt: use of a freed document")
 // Free must not run while another goroutine uses d (a Doc is not safe
 // for concurrent use anyway).
 func (d *Doc) Free() {
+	if d.def != nil {
+		// Written only when set: a second Free writes nothing.
+		d.def = nil
+	}
 	am := d.am
 	if am == nil {
 		return
@@ -59,10 +63,15 @@ func (d *Doc) Free() {
 }
 
 // Freed reports whether Free was called.
-func (d *Doc) Freed() bool { return d.am == nil }
+func (d *Doc) Freed() bool { return d.am == nil && d.def == nil }
 
 // live returns the automerge document, or panics if d was freed.
 func (d *Doc) live() *automerge.Doc {
+	if d.def != nil {
+		if err := d.Build(); err != nil {
+			panic(err)
+		}
+	}
 	if d.am == nil {
 		panic(ErrFreed)
 	}

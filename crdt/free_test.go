@@ -207,7 +207,10 @@ func TestFreeReleasesMemory(t *testing.T) {
 	}
 	t.Logf("%d loads of a %d-byte document, GC off: RSS grew %.1f MiB with Free, %.1f MiB without (%.2f MiB a document)",
 		n, len(saved), float64(freed)/(1<<20), float64(dropped)/(1<<20), float64(perDoc)/(1<<20))
-	if perDoc < 1<<20 {
+	// About 2 MiB alone; less when the allocator hands back memory it
+	// kept from the package's earlier tests (malloc_trim is off under the
+	// race detector). Still far above what Free may leave behind.
+	if perDoc < 512<<10 {
 		t.Fatalf("a document takes %d bytes in memory: too small to measure against", perDoc)
 	}
 	// Flat: under a few documents' worth, whatever the allocator keeps.

@@ -31,6 +31,14 @@ import (
 // operations are indexed: the first Import into a document indexes its
 // history.
 func (d *Doc) Import(data []byte) (n int, err error) {
+	if d.def != nil {
+		if n, ok, err := d.importDeferred(data); ok {
+			return n, err
+		}
+		if err := d.Build(); err != nil {
+			return 0, err
+		}
+	}
 	ci, err := frame(data)
 	if err != nil {
 		return 0, err

@@ -33,7 +33,7 @@ func NewSyncState() *SyncState {
 // changes (see [SyncState]). d is the document as it is now.
 func (s *SyncState) Receive(d *Doc, msg []byte) (err error) {
 	defer recoverCorrupt(&err)
-	s.ss.Doc = d.am
+	s.ss.Doc = d.live()
 	defer func() { s.ss.Doc = nil }()
 	m, err := s.ss.ReceiveMessage(msg)
 	if err != nil {
@@ -53,7 +53,7 @@ func (s *SyncState) Receive(d *Doc, msg []byte) (err error) {
 // date, or an earlier message is still unanswered).
 func (s *SyncState) Generate(d *Doc) (msg []byte, ok bool, err error) {
 	defer recoverCorrupt(&err)
-	s.ss.Doc = d.am
+	s.ss.Doc = d.live()
 	defer func() { s.ss.Doc = nil }()
 	m, ok := s.ss.GenerateMessage()
 	if !ok {

@@ -43,7 +43,8 @@ const (
 	// OneWayFromServer only pulls.
 	OneWayFromServer Type = "one-way-from-server"
 	// RefreshFromServer replaces the device's collection with the relay's,
-	// discarding local changes the relay lacks.
+	// discarding local changes the relay lacks when it starts; writes made
+	// while it runs are kept, merged with the relay's copy.
 	RefreshFromServer Type = "refresh-from-server"
 	// RefreshFromClient makes the relay's collection equal to the device's.
 	RefreshFromClient Type = "refresh-from-client"

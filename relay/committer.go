@@ -250,6 +250,12 @@ func (m *merged) entry(s *Server, id string, heads crdt.Heads) (Entry, error) {
 	delta, hashes := m.data, m.hashes
 	if m.imported != len(m.hashes) {
 		// Some pushed changes were held already: store only the new.
+		// This and Save below need the whole document: a deferred one is
+		// built first, so that changes it cannot build from refuse the
+		// push rather than panic (see crdt.NewDeferred).
+		if err := m.rd.doc.Build(); err != nil {
+			return Entry{}, err
+		}
 		var err error
 		if delta, err = m.rd.doc.ChangesSince(m.base); err != nil {
 			return Entry{}, err
@@ -275,6 +281,9 @@ func (m *merged) entry(s *Server, id string, heads crdt.Heads) (Entry, error) {
 	// size plus savedGrowth times the changes merged since could pass it.
 	m.saved, m.unsaved = m.rd.saved, m.rd.unsaved+len(delta)
 	if m.saved+savedGrowth*m.unsaved > s.maxRecord() {
+		if err := m.rd.doc.Build(); err != nil {
+			return Entry{}, err
+		}
 		saved := len(m.rd.doc.Save())
 		if saved > s.maxRecord() {
 			return Entry{}, perr(transport.CodeTooLarge, "record %q: the push would grow its saved document to %d bytes, over max_record %d", id, saved, s.maxRecord())
@@ -410,10 +419,10 @@ func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc,
 	seen := s.marks.now()
 	rec, err := s.store.Record(ctx, cm.c, id)
 	if errors.Is(err, ErrNotFound) {
-		d, err := crdt.New("")
-		if err != nil {
-			return nil, err
-		}
+		// Deferred: a record's first pushes are checked in Go alone
+		// (crdt.NewDeferred), and its Automerge document is built only
+		// if something needs the whole document.
+		d := crdt.NewDeferred()
 		d.SetMaxOps(s.limits.MaxRecordOps)
 		mem := docMemory(d, 0)
 		rd := &relayDoc{doc: d, mem: mem, grant: s.mem.charge(mem)}
@@ -423,7 +432,9 @@ func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc,
 	if err != nil {
 		return nil, err
 	}
-	d, g, err := s.loadCounted(ctx, cm.c, rec, true, true)
+	// Loaded, indexed and kept as a deferred document (loadDeferred): the
+	// pushes merged into it after are checked without Automerge.
+	d, g, err := s.loadCounted(ctx, cm.c, rec, true, true, loadDeferred)
 	if err != nil {
 		return nil, err
 	}
@@ -432,6 +443,21 @@ func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc,
 	rd := &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail), mem: g.size(), grant: g}
 	rd.seen.Store(seen)
 	return rd, nil
+}
+
+// loadDeferred loads a stored record as a deferred document
+// (crdt.LoadDeferred: a snapshot is loaded to index its history, then
+// freed; changes alone are checked in Go). loadStored says why a record
+// does not load, and loads one whose history Go cannot index.
+func loadDeferred(c Coll, rec Record) (*crdt.Doc, error) {
+	d, err := crdt.LoadDeferred(rec.Data())
+	if err == nil && d.Heads().Equal(rec.Heads) {
+		return d, nil
+	}
+	if err == nil {
+		d.Free()
+	}
+	return loadStored(c, rec)
 }
 
 // load returns a record's document as it will be once the queue is

@@ -182,7 +182,7 @@ func (s *Server) compactRecord(ctx context.Context, c Coll, id string) error {
 // the memory budget, waiting for room if wait says so, else refused with
 // busy at once.
 func (s *Server) compactNow(ctx context.Context, c Coll, rec Record, wait bool) ([]byte, error) {
-	d, g, err := s.loadCounted(ctx, c, rec, false, wait)
+	d, g, err := s.loadCounted(ctx, c, rec, false, wait, loadStored)
 	if err != nil {
 		return nil, err
 	}

@@ -111,8 +111,10 @@ func pushGrant(ctx context.Context) *memGrant {
 // crdt.Estimate; by its stored size, as bytesPerStored bounds it, if its
 // bytes do not count), or, unless wait, refuses with busy at once if
 // there is none. The grant it returns holds the document's cost once
-// loaded (exact if exact, else the estimate), until released.
-func (s *Server) loadCounted(ctx context.Context, c Coll, rec Record, exact, wait bool) (*crdt.Doc, *memGrant, error) {
+// loaded (exact if exact, else the estimate), until released. load loads
+// it (loadStored, or loadDeferred, whose document is counted for what it
+// takes once built).
+func (s *Server) loadCounted(ctx context.Context, c Coll, rec Record, exact, wait bool, load func(Coll, Record) (*crdt.Doc, error)) (*crdt.Doc, *memGrant, error) {
 	data := rec.Data()
 	est := 8<<10 + bytesPerStored*int64(len(data))
 	if e, err := crdt.Estimate(data, nil); err == nil {
@@ -128,7 +130,7 @@ func (s *Server) loadCounted(ctx context.Context, c Coll, rec Record, exact, wai
 	if err != nil {
 		return nil, nil, memErr(err, "loading a record")
 	}
-	d, err := loadStored(c, rec)
+	d, err := load(c, rec)
 	if err != nil {
 		g.release()
 		return nil, nil, err

@@ -78,6 +78,9 @@ func (s *Server) readCached(key recordKey, known crdt.Heads, st *storedHeads, re
 	case s.marks.stale(key.c, rd.seen.Load()) || !holdsAll(rd.doc, known):
 		return false, true, nil
 	}
+	if !s.built(key, rd) {
+		return false, false, nil
+	}
 	return true, false, read(rd.doc, rd.doc.Heads())
 }
 
@@ -90,7 +93,7 @@ func (s *Server) readLoaded(ctx context.Context, key recordKey, read func(*crdt.
 	if err != nil {
 		return err
 	}
-	d, g, err := s.loadCounted(ctx, key.c, rec, true, true)
+	d, g, err := s.loadCounted(ctx, key.c, rec, true, true, loadStored)
 	if err != nil {
 		return err
 	}
@@ -102,7 +105,7 @@ func (s *Server) readLoaded(ctx context.Context, key recordKey, read func(*crdt.
 	if !s.queuedDoc(key) {
 		if cached, unpin, ok := s.docs.Acquire(key); ok {
 			defer unpin()
-			if !cached.dropped.Load() && holdsAll(cached.doc, rec.Heads) {
+			if !cached.dropped.Load() && holdsAll(cached.doc, rec.Heads) && s.built(key, cached) {
 				// Loaded meanwhile, by a push or another read.
 				rd.free()
 				return read(cached.doc, cached.doc.Heads())
@@ -122,6 +125,19 @@ func (s *Server) readLoaded(ctx context.Context, key recordKey, read func(*crdt.
 	// Queued, or written since the read: a copy for this call alone.
 	defer rd.free()
 	return read(d, rec.Heads)
+}
+
+// built builds a cached deferred document for a reader (see
+// crdt.NewDeferred). One that does not build leaves the cache, and the
+// record is read from the store instead, which says what it holds. The
+// record's lock is held.
+func (s *Server) built(key recordKey, rd *relayDoc) bool {
+	if err := rd.doc.Build(); err != nil {
+		s.log.Error("a cached document does not build", "tenant", key.c.Tenant, "collection", key.c.Collection, "record", key.record, "err", err)
+		s.dropStale(key, rd)
+		return false
+	}
+	return true
 }
 
 // dropStale takes out of the cache a document older than the store.

@@ -96,6 +96,14 @@ func (s *Server) CountRequest(typ transport.MessageType, code transport.Code, el
 	s.metrics.request(typ, code, elapsed)
 }
 
+// CachedDeferred reports whether the record's document in the Server's
+// document cache is there and has not built its Automerge document (see
+// crdt.NewDeferred).
+func (s *Server) CachedDeferred(c Coll, record string) bool {
+	rd, ok := s.docs.Peek(recordKey{c, record})
+	return ok && rd.doc.Deferred()
+}
+
 // MemoryInUse is what the Server's memory budget counts in use now.
 func (s *Server) MemoryInUse() int64 { return s.mem.inUse() }
 

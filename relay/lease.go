@@ -81,7 +81,7 @@ func (s *Server) acquire(ctx context.Context, sess *session, c Coll, m *transpor
 		ttl = s.opts.DefaultLeaseTTL
 	}
 	ttl = min(ttl, s.opts.MaxLeaseTTL)
-	w := &leaseWait{deadline: time.Now().Add(time.Duration(m.WaitMS) * time.Millisecond), start: time.Now()}
+	w := &leaseWait{deadline: time.Now().Add(time.Duration(m.WaitMS) * time.Millisecond), start: time.Now(), asked: m.WaitMS > 0}
 	for {
 		l, err := s.acquireOnce(ctx, sess, c, ttl, w)
 		if !errors.Is(err, errTryAgain) {
@@ -94,6 +94,7 @@ func (s *Server) acquire(ctx context.Context, sess *session, c Coll, m *transpor
 type leaseWait struct {
 	deadline time.Time // when the wait the device allowed runs out
 	start    time.Time
+	asked    bool // the device allowed a wait (wait_ms > 0)
 	waited   bool
 }
 
@@ -122,8 +123,10 @@ func (s *Server) acquireOnce(ctx context.Context, sess *session, c Coll, ttl tim
 	until := held.Lease.Expires.Sub(s.now())
 	left := time.Until(w.deadline)
 	if left <= 0 {
+		// A device that allowed a wait is told it ran out, even if it
+		// ran out before the first try (a slow store, a busy relay).
 		code := transport.CodeLeaseHeld
-		if w.waited {
+		if w.asked {
 			code = transport.CodeLeaseTimeout
 		}
 		e := perr(code, "lease of %q is held until %s", c.Collection, held.Lease.Expires.UTC().Format(time.RFC3339Nano))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -188,5 +189,47 @@ func TestPerCollectionStateIsDropped(t *testing.T) {
 	<-ended
 	if _, got := tr.srv.HubSizes(); got != 0 {
 		t.Errorf("live hub holds %d collections after the subscriber left", got)
+	}
+}
+
+// slowAcquire is a store whose lease acquisitions, once slow is set,
+// return only after a few milliseconds have passed: longer than a
+// device's short wait_ms.
+type slowAcquire struct {
+	relay.Store
+	slow atomic.Bool
+}
+
+func (s *slowAcquire) Acquire(ctx context.Context, c relay.Coll, holder string, ttl time.Duration, now time.Time) (relay.Lease, error) {
+	if s.slow.Load() {
+		// Real time must pass (the wait's deadline is on the wall
+		// clock); nothing is asserted about how long it takes.
+		for end := time.Now().Add(5 * time.Millisecond); time.Now().Before(end); {
+			runtime.Gosched()
+		}
+	}
+	return s.Store.Acquire(ctx, c, holder, ttl, now)
+}
+
+// TestLeaseWaitRunOutBeforeFirstTry: a device that allowed a wait is told
+// lease_timeout, as docs/protocol.md says, even when its wait ran out
+// before the relay first tried the lease (a slow store, a loaded relay).
+func TestLeaseWaitRunOutBeforeFirstTry(t *testing.T) {
+	st := &slowAcquire{Store: memstore.New()}
+	tr := newTestRelay(t, st, nil)
+	holder := tr.client("shop")
+	mustCall[transport.Lease](t, holder, &transport.LeaseAcquire{Collection: "l", TTLMS: 60_000})
+	other, _, err := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.slow.Store(true)
+	_, err = call[transport.Lease](t, other, &transport.LeaseAcquire{Collection: "l", TTLMS: 1000, WaitMS: 1})
+	if !errors.Is(err, transport.ErrLeaseTimeout) {
+		t.Fatalf("lease with wait_ms 1 that ran out before the first try = %v, want lease_timeout", err)
+	}
+	_, err = call[transport.Lease](t, other, &transport.LeaseAcquire{Collection: "l", TTLMS: 1000})
+	if !errors.Is(err, transport.ErrLeaseHeld) {
+		t.Fatalf("lease with wait_ms 0 = %v, want lease_held", err)
 	}
 }

@@ -55,6 +55,7 @@ var wantMetrics = []struct{ name, typ, help string }{
 	{"ferry_relay_automerge_sync_seconds", "histogram", "Time to take in an automerge-repo sync message and answer it, storing its changes included."},
 	{"ferry_relay_automerge_queued_bytes", "gauge", "What automerge-repo sync messages read and not yet answered count for: their bytes, plus max_inflated for each carrying changes."},
 	{"ferry_relay_automerge_backpressure_total", "counter", "Times an automerge-repo connection was not read until its queued messages were answered (past max queued bytes)."},
+	{"ferry_relay_automerge_busy_retries_total", "counter", "Times an automerge-repo connection's handler waited to retry a push or document load the relay refused with busy (max_memory in use)."},
 }
 
 func gather(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily {

@@ -97,10 +97,11 @@ func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*t
 // Pushes are merged in memory, pushes to one record one at a time (each
 // reads its documents from the store first, holding no lock), then
 // committed in groups per collection: the pushes merged while the previous group was
-// being written go into the next store Append, one transaction and one
-// fsync for all of them (group commit), as many as the caps on a group's
-// bytes and entries let in. A group the store refuses as too large for
-// one transaction (ErrAppendTooLarge) is written in halves; a push too
+// being written go into the next store Append, all or nothing to readers
+// and one fsync for all of them (group commit; a Badger store writes a
+// group larger than a transaction in several, published by the last),
+// as many as the caps on a group's bytes and entries let in. A group the
+// store refuses as too large (ErrAppendTooLarge) is written in halves; a push too
 // large alone is refused with too_large. Each push is acknowledged once the
 // group holding it is durable. If the store refuses a group, only that
 // group's pushes fail; the pushes queued behind it, merged onto documents

@@ -35,6 +35,17 @@ func (r *Replica) batchOp(coll string, ids []string, fn func(i int, txn *badger.
 // batchOpThen is batchOp, with then (if not nil) run last in the same
 // transaction, for writes that must commit with the records or not at all.
 func (r *Replica) batchOpThen(coll string, ids []string, fn func(i int, txn *badger.Txn, t *touched) (keep bool, err error), then func(txn *badger.Txn) error) ([]*touched, error) {
+	return r.batchOpPre(coll, ids, nil, fn, then)
+}
+
+// prepWindow is how many records of a batch batchOpPre prepares at once.
+const prepWindow = 32
+
+// batchOpPre is batchOpThen, with pre (if not nil) given the records of
+// each window of prepWindow entries, loaded, before fn runs on any of
+// them: it may work out what fn will need, in the same transaction and
+// under the same locks, and for several records at once.
+func (r *Replica) batchOpPre(coll string, ids []string, pre func(txn *badger.Txn, from int, ts []*touched) error, fn func(i int, txn *badger.Txn, t *touched) (keep bool, err error), then func(txn *badger.Txn) error) ([]*touched, error) {
 	defer r.mem.wrote(len(ids)) // last, with the records' locks released
 	release, err := r.enter()
 	if err != nil {
@@ -50,6 +61,19 @@ func (r *Replica) batchOpThen(coll string, ids []string, fn func(i int, txn *bad
 	done := r.writing()
 	err = r.db.Update(func(txn *badger.Txn) error {
 		for i, id := range ids {
+			if pre != nil && i%prepWindow == 0 {
+				ts := make([]*touched, 0, prepWindow)
+				for _, id := range ids[i:min(i+prepWindow, len(ids))] {
+					t, err := b.touch(txn, id)
+					if err != nil {
+						return err
+					}
+					ts = append(ts, t)
+				}
+				if err := pre(txn, i, ts); err != nil {
+					return err
+				}
+			}
 			t, err := b.touch(txn, id)
 			if err != nil {
 				return err
@@ -166,6 +190,18 @@ func (b *batchRun) end(err error) {
 	r.feeds.publish(events)
 }
 
+// replaceDoc makes d the document of t, a record in a batch, in place of
+// the one loaded for it, which the batch no longer uses: the cache still
+// holding it lets it go when the batch caches d (or drops the record), and
+// frees it then; otherwise it is freed now.
+func (r *Replica) replaceDoc(t *touched, d *crdt.Doc) {
+	old := t.doc
+	t.doc = d
+	if old != nil && old != d && !r.cache.holds(cacheKey(t.coll, t.id), old) {
+		old.Free()
+	}
+}
+
 // loadDocTxn loads a record within txn; with cached=false it bypasses the
 // cache (whose copy may hold changes this transaction did not store).
 func (r *Replica) loadDocTxn(txn *badger.Txn, coll, id string, cached bool) (*crdt.Doc, meta, bool, error) {
@@ -195,6 +231,13 @@ type batchResult struct {
 	conflicts  int
 	failed     []FailedRecord
 	conflicted []conflicted
+	// prepared holds what prepareMerges worked out for records of the
+	// batch, until mergeOp takes it.
+	prepared map[*touched]merging
+	// holdMerged has mergeOp keep, in each conflicted entry, the document
+	// it merged into, for resolveConflicted to store; the holder frees
+	// what it does not pass there (freeMerged).
+	holdMerged bool
 }
 
 func (b *batchResult) add(o batchResult) {
@@ -209,22 +252,70 @@ func (r *Replica) applyBatch(coll string, recs []remoteRec, op remoteOp) (batchR
 	return r.applyBatchThen(coll, recs, op, nil)
 }
 
+// applyHolding is applyBatch, and the records whose conflicts wait for
+// the policy keep the documents they were merged into
+// (conflicted.merged): pass them to resolveConflicted, or free them with
+// freeMerged, even when an error is returned. With merging (op must then
+// be mergeOp), it works out several records' merges at once (see
+// prepareMerges).
+func (r *Replica) applyHolding(coll string, recs []remoteRec, op remoteOp, merging bool) (batchResult, error) {
+	var pre func(txn *badger.Txn, from int, ts []*touched, res *batchResult) error
+	if merging {
+		ids := make([]string, len(recs))
+		for i, rec := range recs {
+			ids[i] = rec.id
+		}
+		once := onceIn(ids)
+		pre = func(txn *badger.Txn, from int, ts []*touched, res *batchResult) error {
+			return r.prepareMerges(txn, ts, recs[from:from+len(ts)], once, res)
+		}
+	}
+	return r.applyBatchRes(batchResult{holdMerged: true}, coll, recs, op, pre, nil)
+}
+
 // applyBatchThen is applyBatch, with then (if not nil) run last in the
 // same transaction, given what the batch did so far.
 func (r *Replica) applyBatchThen(coll string, recs []remoteRec, op remoteOp, then func(txn *badger.Txn, res *batchResult) error) (batchResult, error) {
-	var res batchResult
+	return r.applyBatchRes(batchResult{}, coll, recs, op, nil, then)
+}
+
+func (r *Replica) applyBatchRes(res batchResult, coll string, recs []remoteRec, op remoteOp,
+	pre func(txn *badger.Txn, from int, ts []*touched, res *batchResult) error, then func(txn *badger.Txn, res *batchResult) error) (batchResult, error) {
 	ids := make([]string, len(recs))
 	for i, rec := range recs {
 		ids[i] = rec.id
+	}
+	var first func(txn *badger.Txn, from int, ts []*touched) error
+	if pre != nil {
+		first = func(txn *badger.Txn, from int, ts []*touched) error { return pre(txn, from, ts, &res) }
 	}
 	var last func(txn *badger.Txn) error
 	if then != nil {
 		last = func(txn *badger.Txn) error { return then(txn, &res) }
 	}
-	err := r.batchIntoThen(&res, coll, ids, func(i int, txn *badger.Txn, t *touched) (bool, error) {
+	err := r.batchIntoPre(&res, coll, ids, first, func(i int, txn *badger.Txn, t *touched) (bool, error) {
 		return op(txn, t, recs[i], &res)
 	}, last)
+	for _, m := range res.prepared {
+		m.free() // prepared for a transaction that failed
+	}
+	res.prepared = nil
 	return res, err
+}
+
+// onceIn returns the IDs that occur once in ids.
+func onceIn(ids []string) map[string]bool {
+	n := make(map[string]int, len(ids))
+	for _, id := range ids {
+		n[id]++
+	}
+	once := make(map[string]bool, len(n))
+	for id, k := range n {
+		if k == 1 {
+			once[id] = true
+		}
+	}
+	return once
 }
 
 // batchInto runs batchOp and adds the events of the records it changed to
@@ -234,7 +325,11 @@ func (r *Replica) batchInto(res *batchResult, coll string, ids []string, fn func
 }
 
 func (r *Replica) batchIntoThen(res *batchResult, coll string, ids []string, fn func(i int, txn *badger.Txn, t *touched) (bool, error), then func(txn *badger.Txn) error) error {
-	ts, err := r.batchOpThen(coll, ids, fn, then)
+	return r.batchIntoPre(res, coll, ids, nil, fn, then)
+}
+
+func (r *Replica) batchIntoPre(res *batchResult, coll string, ids []string, pre func(txn *badger.Txn, from int, ts []*touched) error, fn func(i int, txn *badger.Txn, t *touched) (bool, error), then func(txn *badger.Txn) error) error {
+	ts, err := r.batchOpPre(coll, ids, pre, fn, then)
 	if err != nil {
 		return fmt.Errorf("ferry: applying %s from the relay: %w", coll, err)
 	}

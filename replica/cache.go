@@ -19,10 +19,25 @@ type docCache struct {
 type cacheEntry struct {
 	doc *crdt.Doc
 	m   meta // changed in place only under the record's write lock
+	// perStored is what the document was estimated to take in memory
+	// when it was loaded (crdt.Estimate: its changes and operations), per
+	// byte it then took stored; 0 if it was not loaded from the store.
+	perStored float64
+}
+
+// size is the entry's memory: by what the document held when loaded,
+// grown with what it has taken stored since; by its stored bytes alone
+// when that is not known.
+func (e *cacheEntry) size() int64 {
+	if e.perStored > 0 {
+		return max(docBaseBytes, int64(e.perStored*float64(e.m.snapBytes+e.m.chunkBytes)))
+	}
+	return docMemory(e.m)
 }
 
 // A loaded document's memory, estimated from what it takes stored
-// (snapshot and chunks). Measured on typical records (a product row of
+// (snapshot and chunks), for a document whose content was not counted
+// when it was loaded (see cacheEntry.perStored). Measured on typical records (a product row of
 // five fields, and the same with a 200-character collaborative text,
 // after 0 to 40 edits), a loaded document takes 12 to 270 KB, 20 to 250
 // times its stored bytes: history the snapshot compresses well takes
@@ -60,10 +75,24 @@ func (c *docCache) put(key string, d *crdt.Doc, m meta) {
 		// The same document, changed: it stays (and its entry, so that it
 		// does not leave and reach the reaper).
 		e.m = m
-		c.c.PutSized(key, e, docMemory(m))
+		c.c.PutSized(key, e, e.size())
 		return
 	}
-	c.c.PutSized(key, &cacheEntry{doc: d, m: m}, docMemory(m))
+	e := &cacheEntry{doc: d, m: m}
+	if old, ok := c.c.Peek(key); ok {
+		// The record's next document (a unit of work's, a merge's): its
+		// content is the one counted when it was loaded, and more.
+		e.perStored = old.perStored
+	}
+	c.c.PutSized(key, e, e.size())
+}
+
+// putLoaded caches a document just loaded from stored, which it was
+// estimated to take cost bytes of memory for (crdt.Estimate). The caller
+// holds the record's stripe lock.
+func (c *docCache) putLoaded(key string, d *crdt.Doc, m meta, stored int, cost int64) {
+	e := &cacheEntry{doc: d, m: m, perStored: float64(cost) / float64(max(stored, 1))}
+	c.c.PutSized(key, e, e.size())
 }
 
 // holds reports whether d is the record's cached document.

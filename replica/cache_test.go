@@ -238,3 +238,45 @@ func TestCreatedRecordsLeaveNothingCached(t *testing.T) {
 		t.Fatalf("r199 = %v, %v", m, err)
 	}
 }
+
+// TestCachedDocumentCountsWhatItHolds: a record of many small objects
+// takes tens of times its stored bytes once loaded; the cache counts a
+// document loaded from the store by what it holds (its changes and
+// operations), within a quarter of crdt.Cost (crdt.Estimate counts a
+// saved document up to a sixth high), not by its stored size.
+func TestCachedDocumentCountsWhatItHolds(t *testing.T) {
+	dir := t.TempDir()
+	r, err := Open(dir, &Options{Relaxed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Objects of a few small values each: cheap to store, dear to load.
+	items := make([]any, 0, 4000)
+	for i := range 4000 {
+		items = append(items, map[string]any{"done": i%3 == 0, "tags": []any{"a", "b"}})
+	}
+	if err := coll(t, r, "c").Put("heavy", map[string]any{"items": items}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// A cache that holds it (it takes some 21 MB loaded).
+	r, err = Open(dir, &Options{CacheBytes: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	d := docOf(t, coll(t, r, "c"), "heavy")
+	cost, err := d.Cost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := r.cache.size()
+	e, _ := r.cache.c.Peek(cacheKey("c", "heavy"))
+	stored := e.m.snapBytes + e.m.chunkBytes
+	t.Logf("stored %d bytes; cache counts %d, Cost %d, by stored size %d (per stored %v, %d entries)", stored, got, cost.Bytes, docMemory(e.m), e.perStored, r.cache.len())
+	if got < cost.Bytes*4/5 || got > cost.Bytes*5/4 {
+		t.Fatalf("the cache counts %d bytes for a document Cost puts at %d (stored: %d bytes)", got, cost.Bytes, stored)
+	}
+}

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -19,14 +22,20 @@ import (
 // app's code, and it may read the replica, so it never runs under a record
 // lock or inside a store transaction:
 //
-//  1. mergeOp, inside the batch's transaction, imports into the record and
-//     compares the three versions. A record with conflicts is not written:
-//     it is listed in batchResult.conflicted with what the decision needs.
+//  1. mergeOp, inside the batch's transaction, imports into a copy of the
+//     record's document and compares the three versions. A record with
+//     conflicts is not written (its document stays as it was): it is
+//     listed in batchResult.conflicted with what the decision needs,
+//     including, when the batch holds them, the merged copy.
 //  2. resolveConflicted asks the policy with no lock held, then, in a new
 //     transaction, checks that the record has not changed meanwhile (its
-//     heads are the ones the conflicts were found against), imports again,
-//     writes the decisions as one change that follows both sides, and
-//     stores it. A record edited meanwhile goes back to step 1.
+//     heads are the ones the conflicts were found against), writes the
+//     decisions into the merged copy as one change that follows both
+//     sides, and stores it. A record edited meanwhile goes back to step 1.
+//
+// The copy is what makes step 2 cheap: without it the record would be
+// loaded from the store and the relay's changes imported (and checked)
+// again, which cost more than the decisions themselves.
 
 // conflicted is a record whose merge waits for the policy.
 type conflicted struct {
@@ -37,6 +46,20 @@ type conflicted struct {
 	conflicts []crdt.Conflict
 	// The whole records as each side has them, for the hook.
 	localRec, remoteRec map[string]any
+	// merged is the record's document with data imported, owned by this
+	// entry until resolveConflicted stores it or frees it; nil when the
+	// batch did not hold it (see batchResult.holdMerged).
+	merged *crdt.Doc
+}
+
+// freeMerged frees the merged documents the entries still own.
+func freeMerged(list []conflicted) {
+	for i := range list {
+		if list[i].merged != nil {
+			list[i].merged.Free()
+			list[i].merged = nil
+		}
+	}
 }
 
 // mergeOp imports the relay's changes (or snapshot) for a record. A record
@@ -49,12 +72,15 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 	coll, id := t.coll, t.id
 	if i := slices.IndexFunc(res.conflicted, func(c conflicted) bool { return c.rec.id == id }); i >= 0 {
 		// An earlier entry of this batch for the record waits for the
-		// policy: this one builds on it, so it joins it.
-		c := &res.conflicted[i]
-		c.rec.data = append(c.rec.data, rec.data...)
-		c.data = append(c.data, rec.data...)
-		c.relay = rec.relay
-		return false, nil
+		// policy, and the record is as it was: this entry builds on that
+		// one, so the two are compared again as one, against the relay's
+		// latest version (deciding on the earlier one's values would
+		// revert the relay's later edits).
+		c := res.conflicted[i]
+		res.conflicted = slices.Delete(res.conflicted, i, i+1)
+		freeMerged([]conflicted{c})
+		// A new slice: the entries' bytes may share the frame's buffer.
+		rec.data = slices.Concat(c.rec.data, rec.data)
 	}
 	// Changes held back by a failed hook come first: later ones build on
 	// them.
@@ -69,42 +95,54 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 			relay = qheads
 		}
 	}
+	// What prepareMerges worked out for this entry, if it did: it left
+	// out the entries whose changes the record holds.
+	m, prepared := res.prepared[t]
+	delete(res.prepared, t)
+	if !prepared && q == nil && holdsAll(t.doc, relay) {
+		// The record holds the relay's version already (this device's own
+		// changes coming back, say): importing data, whose changes that
+		// version holds, would add nothing. Only the synced heads move;
+		// bytes that are not Automerge's are refused as Import would.
+		if _, err := crdt.ParseChanges(data); err != nil {
+			return false, err
+		}
+		return true, r.storeSynced(txn, t, relay)
+	}
 	_, pending, err := getKey(txn, recKey('p', coll, id))
 	if err != nil {
 		return false, err
 	}
-	d := t.doc
-	if pending {
-		synced, err := readAcked(txn, coll, id)
-		if err != nil {
-			return false, err
-		}
-		// This device's side of a possible conflict, read before the
-		// import rather than forked out of history afterwards.
-		localHeads := d.Heads()
-		local, err := d.Snapshot()
-		if err != nil {
-			return false, err
-		}
-		n, err := d.Import(data)
-		if err != nil {
-			return false, err
-		}
-		if n > 0 {
-			diff, remote, err := threeWay(d, local, synced, relay, data)
-			if err != nil {
+	if !prepared || q != nil || m.pending != pending {
+		m.free()
+		var synced crdt.Heads
+		if pending {
+			if synced, err = readAcked(txn, coll, id); err != nil {
 				return false, err
 			}
-			if len(diff.Conflicts) > 0 {
-				res.conflicted = append(res.conflicted, conflicted{
-					rec: rec, data: data, relay: relay, local: localHeads, conflicts: diff.Conflicts,
-					localRec: local.Fields(), remoteRec: remote.Fields(),
-				})
-				return false, nil
-			}
 		}
-	} else if _, err := d.Import(data); err != nil {
-		return false, err
+		m = merge(t.doc, pending, synced, data, relay)
+	}
+	if m.err != nil {
+		m.free()
+		return false, m.err
+	}
+	d := t.doc
+	if m.merged != nil {
+		if len(m.diff.Conflicts) > 0 {
+			c := conflicted{
+				rec: rec, data: data, relay: relay, local: m.localHeads, conflicts: m.diff.Conflicts,
+				localRec: m.local.Fields(), remoteRec: m.remote.Fields(), merged: m.merged,
+			}
+			if !res.holdMerged {
+				m.free()
+				c.merged = nil
+			}
+			res.conflicted = append(res.conflicted, c)
+			return true, nil // stored as it was: nothing written
+		}
+		r.replaceDoc(t, m.merged)
+		d = m.merged
 	}
 	if q != nil {
 		if err := txn.Delete(recKey('q', coll, id)); err != nil {
@@ -120,6 +158,147 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 	return true, r.storeSynced(txn, t, relay)
 }
 
+// holdsAll reports whether d holds every change of heads (none: false).
+func holdsAll(d *crdt.Doc, heads crdt.Heads) bool {
+	for _, h := range heads {
+		if !d.Has(h) {
+			return false
+		}
+	}
+	return len(heads) > 0
+}
+
+// merging is the part of merging one entry into a record that needs only
+// the record's document, no store: mergeOp's work but for reading and
+// writing the store, so that a batch can do it for several records at
+// once (prepareMerges).
+type merging struct {
+	pending bool
+	err     error
+	// For a pending record that got something new: the merge, made in a
+	// copy of the document (a clone, not a replay of history), so that a
+	// record with conflicts keeps its document as it is stored and the
+	// copy goes on to the resolution; and what the policy needs. This
+	// device's side is read before the import rather than forked out of
+	// history afterwards.
+	merged        *crdt.Doc
+	diff          *crdt.FieldDiff
+	localHeads    crdt.Heads
+	local, remote crdt.Snapshot
+}
+
+func (m merging) free() {
+	if m.merged != nil {
+		m.merged.Free()
+	}
+}
+
+// merge imports data into d, the record's document, or, if the record is
+// pending (synced: the heads the relay acknowledged), into a copy of d
+// compared three ways with d and the relay's version (heads relay).
+func merge(d *crdt.Doc, pending bool, synced crdt.Heads, data []byte, relay crdt.Heads) (m merging) {
+	m.pending = pending
+	if !pending {
+		_, m.err = d.Import(data)
+		return m
+	}
+	m.localHeads = d.Heads()
+	if m.local, m.err = d.Snapshot(); m.err != nil {
+		return m
+	}
+	merged, err := d.Fork(nil)
+	if err != nil {
+		m.err = err
+		return m
+	}
+	n, err := merged.Import(data)
+	if err != nil || n == 0 {
+		merged.Free()
+		m.err = err
+		return m
+	}
+	if m.diff, m.remote, m.err = threeWay(merged, m.local, synced, relay, data); m.err != nil {
+		merged.Free()
+		return m
+	}
+	m.merged = merged
+	return m
+}
+
+// prepareMerges works out, for several records at once, the merges
+// mergeOp then stores (see merging): ts are records of a batch, loaded,
+// and recs their entries. It reads what each needs from the store first,
+// as a transaction is not safe for concurrent use, then merges on up to
+// GOMAXPROCS goroutines: each record's document is its own, and the batch
+// holds every record's write lock. Records whose ID occurs more than once
+// in the batch (once says which occur once), held back by a failed hook,
+// damaged, or holding the entry's changes already are left to mergeOp, as
+// is everything when there is no second core to use.
+func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec, once map[string]bool, res *batchResult) error {
+	workers := runtime.GOMAXPROCS(0)
+	if workers < 2 {
+		return nil
+	}
+	type job struct {
+		t       *touched
+		pending bool
+		synced  crdt.Heads
+		rec     remoteRec
+	}
+	var jobs []job
+	for i, t := range ts {
+		if t.corrupt != nil || t.doc == nil || !once[t.id] {
+			continue
+		}
+		q, _, err := readQuarantine(txn, t.coll, t.id)
+		if err != nil {
+			return err
+		}
+		if q != nil || holdsAll(t.doc, recs[i].relay) {
+			continue
+		}
+		_, pending, err := getKey(txn, recKey('p', t.coll, t.id))
+		if err != nil {
+			return err
+		}
+		j := job{t: t, pending: pending, rec: recs[i]}
+		if pending {
+			if j.synced, err = readAcked(txn, t.coll, t.id); err != nil {
+				return err
+			}
+		}
+		jobs = append(jobs, j)
+	}
+	if len(jobs) < 2 {
+		return nil
+	}
+	out := make([]merging, len(jobs))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(workers, len(jobs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				k := int(next.Add(1)) - 1
+				if k >= len(jobs) {
+					return
+				}
+				j := jobs[k]
+				out[k] = merge(j.t.doc, j.pending, j.synced, j.rec.data, j.rec.relay)
+			}
+		}()
+	}
+	wg.Wait()
+	if res.prepared == nil {
+		res.prepared = make(map[*touched]merging, len(jobs))
+	}
+	for k, j := range jobs {
+		res.prepared[j.t] = out[k]
+	}
+	return nil
+}
+
 // threeWay compares, field by field, the version both sides last shared
 // (synced), this device's (local, read before the import) and the relay's;
 // d holds both sides. It returns the diff and the relay's version.
@@ -130,13 +309,7 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 // (the synced heads were behind what the relay holds), the relay's version
 // is forked at its heads instead.
 func threeWay(d *crdt.Doc, local crdt.Snapshot, synced, relay crdt.Heads, incoming []byte) (*crdt.FieldDiff, crdt.Snapshot, error) {
-	fork := func(h crdt.Heads) (*crdt.Doc, error) {
-		if len(h) == 0 {
-			return crdt.New("")
-		}
-		return d.Fork(h)
-	}
-	base, err := fork(synced)
+	base, err := forkAt(d, synced)
 	if err != nil {
 		return nil, crdt.Snapshot{}, err
 	}
@@ -145,11 +318,11 @@ func threeWay(d *crdt.Doc, local crdt.Snapshot, synced, relay crdt.Heads, incomi
 	if err != nil {
 		return nil, crdt.Snapshot{}, err
 	}
-	remote := base
-	if _, err := remote.Import(incoming); err != nil {
-		if remote, err = fork(relay); err != nil {
-			return nil, crdt.Snapshot{}, err
-		}
+	remote, err := relayVersion(d, base, synced, relay, incoming)
+	if err != nil {
+		return nil, crdt.Snapshot{}, err
+	}
+	if remote != base {
 		defer remote.Free()
 	}
 	remoteSnap, err := remote.Snapshot()
@@ -157,6 +330,62 @@ func threeWay(d *crdt.Doc, local crdt.Snapshot, synced, relay crdt.Heads, incomi
 		return nil, crdt.Snapshot{}, err
 	}
 	return crdt.Diff3Snapshots(baseSnap, local, remoteSnap), remoteSnap, nil
+}
+
+// forkAt returns d as of heads h (none: an empty document).
+func forkAt(d *crdt.Doc, h crdt.Heads) (*crdt.Doc, error) {
+	if len(h) == 0 {
+		return crdt.New("")
+	}
+	return d.Fork(h)
+}
+
+// relayVersion returns the relay's version of the record: base (d as of
+// synced) with incoming imported, or a fork of d at relay heads. The fork
+// is taken when the two are the same version (see extends), as it imports
+// and checks nothing again, d holding incoming checked already; and when
+// the import fails, the base lacking changes the relay holds.
+func relayVersion(d, base *crdt.Doc, synced, relay crdt.Heads, incoming []byte) (*crdt.Doc, error) {
+	if len(relay) > 0 && extends(synced, incoming, relay) {
+		if remote, err := d.Fork(relay); err == nil {
+			return remote, nil
+		}
+	}
+	if _, err := base.Import(incoming); err == nil {
+		return base, nil
+	}
+	return forkAt(d, relay)
+}
+
+// extends reports whether the heads the changes in incoming leave on top
+// of base (each change replacing the heads it depends on) are want. Then
+// importing incoming into the version at base gives the version at want
+// (the same set of changes), or fails for want of a dependency, where
+// threeWay forks the version at want anyway.
+func extends(base crdt.Heads, incoming []byte, want crdt.Heads) bool {
+	chs, err := crdt.ParseChanges(incoming)
+	if err != nil || len(chs) == 0 {
+		return false
+	}
+	heads := make(map[crdt.Hash]bool, len(base)+1)
+	for _, h := range base {
+		heads[h] = true
+	}
+	for _, c := range chs {
+		for _, d := range c.Deps {
+			delete(heads, d)
+		}
+		heads[c.Hash] = true
+	}
+	if len(heads) != len(want) {
+		return false
+	}
+	for _, h := range want {
+		if !heads[h] {
+			return false
+		}
+	}
+	return true
 }
 
 // maxResolveRounds bounds how often a record edited while its conflicts
@@ -170,8 +399,11 @@ var errEditedMeanwhile = errors.New("ferry: record kept changing while its confl
 
 // resolveConflicted decides the conflicts of list with res, the policy,
 // outside every lock, and stores the decisions (see the top of this file).
+// It frees the merged documents of list it does not store.
 func (r *Replica) resolveConflicted(ctx context.Context, coll string, list []conflicted, res policy.Resolver) (batchResult, error) {
 	var out batchResult
+	// The merged documents the entries still own when it returns.
+	defer func() { freeMerged(list) }()
 	for round := 1; len(list) > 0; round++ {
 		if err := ctx.Err(); err != nil {
 			return out, err
@@ -187,8 +419,8 @@ func (r *Replica) resolveConflicted(ctx context.Context, coll string, list []con
 			ids[i] = c.rec.id
 		}
 		err := r.batchInto(&out, coll, ids, func(i int, txn *badger.Txn, t *touched) (bool, error) {
-			c := list[i]
-			if !t.doc.Heads().Equal(c.local) {
+			c := &list[i]
+			if !t.new.heads.Equal(c.local) {
 				// Edited while the policy decided: compare again.
 				if round == maxResolveRounds {
 					out.failed = append(out.failed, failedRecord(c.rec.id, errEditedMeanwhile))
@@ -206,18 +438,20 @@ func (r *Replica) resolveConflicted(ctx context.Context, coll string, list []con
 			}
 			return true, r.storeResolution(txn, t, c, decisions[i], &out)
 		})
+		freeMerged(list)
 		if err != nil {
 			return out, err
 		}
 		if len(again) == 0 {
 			break
 		}
-		res2, err := r.applyBatch(coll, again, r.mergeOp)
+		res2, err := r.applyHolding(coll, again, r.mergeOp, true)
+		list = res2.conflicted
+		res2.conflicted = nil
 		out.add(res2)
 		if err != nil {
 			return out, err
 		}
-		list = res2.conflicted
 	}
 	return out, nil
 }
@@ -242,14 +476,20 @@ func ask(coll string, c conflicted, res policy.Resolver) ([]policy.Decision, err
 	return out, nil
 }
 
-// storeResolution imports c's changes into the record, writes the
-// decisions as one change that follows both sides, and stores the record,
-// marked so that only a sync holding the lease pushes the resolution.
-func (r *Replica) storeResolution(txn *badger.Txn, t *touched, c conflicted, decisions []policy.Decision, out *batchResult) error {
-	d := t.doc
-	if _, err := d.Import(c.data); err != nil {
+// storeResolution makes c's merged document the record's (or imports c's
+// changes into the record if there is none), writes the decisions as one
+// change that follows both sides, and stores the record, marked so that
+// only a sync holding the lease pushes the resolution.
+func (r *Replica) storeResolution(txn *badger.Txn, t *touched, c *conflicted, decisions []policy.Decision, out *batchResult) error {
+	if c.merged != nil {
+		// The record is as c.merged was copied from (the caller checked
+		// its heads), so the copy holds it and c.data.
+		r.replaceDoc(t, c.merged)
+		c.merged = nil
+	} else if _, err := t.doc.Import(c.data); err != nil {
 		return err
 	}
+	d := t.doc
 	for i, cf := range c.conflicts {
 		if err := decide(d, cf, decisions[i]); err != nil {
 			return fmt.Errorf("ferry: writing the resolution of %s %v: %w", c.rec.id, cf.Path, err)

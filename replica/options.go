@@ -27,11 +27,15 @@ type Options struct {
 	// it again if a crash loses it.
 	Relaxed bool
 
-	// CacheBytes bounds the memory of the documents kept loaded, as
-	// estimated from each record's stored size: a loaded Automerge
-	// document takes some 20 to 250 times its stored bytes (more for
-	// long histories and collaborative text), and the estimate is 8 KiB
-	// plus 64 times them. Documents that leave the cache free their
+	// CacheBytes bounds the memory of the documents kept loaded, each
+	// counted by what it held when it was loaded from the store (its
+	// changes and operations, as the relay counts them: crdt.Estimate,
+	// some 650 bytes an operation and 1,800 a change), grown in
+	// proportion to its stored bytes since; a loaded Automerge document
+	// takes 20 to 1,350 times its stored bytes. A document the cache has
+	// not seen loaded (one larger than the whole cache, put back after
+	// an edit) is counted at 8 KiB plus 64 times its stored bytes, which
+	// may be low. Documents that leave the cache free their
 	// memory at once. Reads do not load documents (they read each
 	// record's read model); edits and syncs do, and the cache spares
 	// reloading the records being edited. Default 16 MiB.

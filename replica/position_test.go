@@ -92,8 +92,12 @@ func TestWatchFromSeesPurgedRecordsAndRestarts(t *testing.T) {
 	pos, _ := r.Position()
 	// A refresh from the relay removes every trace of a record the relay
 	// lacks: the catch-up must still say it is gone.
-	if _, err := r.purgeRecord("c", "a"); err != nil {
+	since, err := r.readTs()
+	if err != nil {
 		t.Fatal(err)
+	}
+	if _, kept, err := r.purgeRecord("c", "a", since); err != nil || kept {
+		t.Fatalf("purge: kept %v, %v", kept, err)
 	}
 	r.Close()
 

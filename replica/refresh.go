@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/dgraph-io/badger/v4"
@@ -22,6 +23,53 @@ import (
 // if they return. Documents already loaded keep their actor, which is
 // safe: only the refreshed records lost changes.
 
+// A refresh discards what the relay lacks as of the moment it starts
+// (since, the store's read timestamp then: every write committed before
+// has a version at or below it, every later one above). The app may write
+// while the refresh runs, and those writes were acknowledged to it: a
+// record whose document was written after since is merged with the
+// relay's snapshot instead of replaced, and is never purged; it stays
+// pending, and its changes, the earlier ones it builds on included, are
+// pushed by the next sync.
+
+// replaceSince is replaceOp for a refresh that started at since: a record
+// written after it is merged instead.
+func (r *Replica) replaceSince(since uint64) remoteOp {
+	return func(txn *badger.Txn, t *touched, rec remoteRec, res *batchResult) (bool, error) {
+		later, err := writtenSince(txn, t.coll, t.id, since)
+		if err != nil {
+			return false, err
+		}
+		if later {
+			return r.mergeOp(txn, t, rec, res)
+		}
+		return r.replaceOp(txn, t, rec, res)
+	}
+}
+
+// readTs returns the store's read timestamp now.
+func (r *Replica) readTs() (uint64, error) {
+	var ts uint64
+	err := r.view(func(txn *badger.Txn) error {
+		ts = txn.ReadTs()
+		return nil
+	})
+	return ts, err
+}
+
+// writtenSince reports whether the record's document was written (its
+// meta key set) after the store's read timestamp since.
+func writtenSince(txn *badger.Txn, coll, id string, since uint64) (bool, error) {
+	item, err := txn.Get(recKey('r', coll, id))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return item.Version() > since, nil
+}
+
 // replaceOp makes a record exactly the relay's snapshot, discarding local
 // changes (refresh from the relay).
 func (r *Replica) replaceOp(txn *badger.Txn, t *touched, rec remoteRec, _ *batchResult) (bool, error) {
@@ -29,7 +77,7 @@ func (r *Replica) replaceOp(txn *badger.Txn, t *touched, rec remoteRec, _ *batch
 	if err != nil {
 		return false, err
 	}
-	if t.existed && !holdsAll(d, t.doc.Heads()) {
+	if h := t.doc.Heads(); t.existed && len(h) > 0 && !holdsAll(d, h) {
 		r.newActor()
 	}
 	if err := d.SetActor(r.actorID()); err != nil {
@@ -44,35 +92,28 @@ func (r *Replica) replaceOp(txn *badger.Txn, t *touched, rec remoteRec, _ *batch
 	return true, r.storeSynced(txn, t, rec.relay)
 }
 
-// holdsAll reports whether d holds every change of the version heads.
-func holdsAll(d *crdt.Doc, heads crdt.Heads) bool {
-	for _, h := range heads {
-		if !d.Has(h) {
-			return false
-		}
-	}
-	return true
-}
-
 // purgeRecord removes every trace of a record the relay does not have
-// (refresh from the relay).
-func (r *Replica) purgeRecord(coll, id string) (applied, error) {
-	var out applied
+// (refresh from the relay that started at since), unless the record was
+// written after since: then it is kept, and kept reports so.
+func (r *Replica) purgeRecord(coll, id string, since uint64) (out applied, kept bool, err error) {
 	t, err := r.recordOp(coll, id, func(txn *badger.Txn, t *touched) (bool, error) {
+		if kept, err = writtenSince(txn, coll, id, since); err != nil || kept {
+			return false, err
+		}
 		if t.existed {
 			r.newActor() // its changes are discarded: see above
 		}
 		return false, r.deleteRecordKeys(txn, coll, id, t.new)
 	})
 	if err != nil {
-		return out, fmt.Errorf("ferry: purging %s/%s: %w", coll, id, err)
+		return out, false, fmt.Errorf("ferry: purging %s/%s: %w", coll, id, err)
 	}
-	if t.existed && !t.wasDeleted {
+	if !kept && t.existed && !t.wasDeleted {
 		out.ev = Event{Collection: coll, ID: id, Kind: Deleted, Origin: Remote}
 		out.changed = true
 		r.feeds.publish([]Event{out.ev})
 	}
-	return out, nil
+	return out, kept, nil
 }
 
 // forceOp makes the relay's copy of a record equal this device's (refresh

@@ -2,9 +2,13 @@ package replica
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 
+	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/transport"
 )
 
 // A refresh from the relay discards a record's unpushed changes, but they
@@ -149,4 +153,82 @@ func TestRefreshDiscardedChangesDoNotBlockLaterEdits(t *testing.T) {
 			t.Fatalf("a and b differ: %v and %v", ha, hb)
 		}
 	})
+}
+
+// A refresh discards the local changes the relay lacks as of its start;
+// what the app writes while it runs was acknowledged to the app and must
+// survive it, whether or not the record's page has been applied yet, and
+// sync later. The writes are made from the progress listener, between two
+// pages of the refresh's pull.
+func TestRefreshKeepsWritesMadeWhileItRuns(t *testing.T) {
+	limits := transport.Limits{MaxBatch: 3}
+	f := newFaultRelay(t, limits)
+	hook := &progressHook{}
+	a, b := f.env.device(nil), f.env.device(&Options{Listener: hook.listener()})
+	ca, cb := coll2(t, a, "c"), coll2(t, b, "c")
+	for i := range 9 { // three pages
+		if err := ca.Create(fmt.Sprintf("r%02d", i), map[string]any{"n": int64(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustSync(t, a, "p")
+	mustSync(t, b, "p")
+
+	// Before the refresh: changes the relay lacks, to be discarded.
+	if err := cb.Put("r08", map[string]any{"n": int64(8), "before": "discarded"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cb.Create("gone", map[string]any{"v": "discarded"}); err != nil {
+		t.Fatal(err)
+	}
+
+	setType(t, b, policy.RefreshFromServer)
+	wrote := false
+	hook.once(func(p Progress) bool {
+		if p.Direction != FromRelay || p.Done != limits.MaxBatch {
+			return false
+		}
+		// r00 is refreshed already, r07 is not yet.
+		for _, id := range []string{"r00", "r07"} {
+			if err := cb.Update(id, func(d *crdt.Doc) error { return d.Set(crdt.Path{"during"}, "kept "+id) }); err != nil {
+				t.Errorf("update %s: %v", id, err)
+			}
+		}
+		if err := cb.Create("new", map[string]any{"v": "made during the refresh"}); err != nil {
+			t.Errorf("create: %v", err)
+		}
+		wrote = true
+		return true
+	})
+	st := mustSync(t, b, "p")
+	if !wrote {
+		t.Fatalf("the refresh made no second page (stats %+v)", stat(st, "c"))
+	}
+	check := func(r *Replica) {
+		t.Helper()
+		for _, id := range []string{"r00", "r07"} {
+			if f := getFields(t, r, "c", id); f["during"] != "kept "+id || f["n"] == nil {
+				t.Fatalf("%s has %s = %v, want the edit made during the refresh on the relay's copy", r.ID()[:6], id, f)
+			}
+		}
+		if f := getFields(t, r, "c", "new"); f["v"] != "made during the refresh" {
+			t.Fatalf("%s has new = %v", r.ID()[:6], f)
+		}
+		if f := getFields(t, r, "c", "r08"); f["before"] != nil {
+			t.Fatalf("%s has r08 = %v: the change made before the refresh was kept", r.ID()[:6], f)
+		}
+		if got := ids(t, r, "c"); strings.Contains(got, "gone") {
+			t.Fatalf("%s has %q: the record made before the refresh was kept", r.ID()[:6], got)
+		}
+	}
+	check(b)
+
+	// The writes are pending, and reach the relay and the other device.
+	setType(t, b, policy.TwoWay)
+	if st := stat(mustSync(t, b, "p"), "c"); len(st.Failed) > 0 {
+		t.Fatalf("b's sync failed: %+v", st.Failed)
+	}
+	mustSync(t, a, "p")
+	check(a)
+	f.wantSame("c", a, b)
 }

@@ -81,7 +81,14 @@ func (r *Replica) loadDoc(txn *badger.Txn, coll, id string) (*crdt.Doc, meta, bo
 		d.Free()
 		return nil, meta{}, false, corrupt(coll, id, fmt.Errorf("stored bytes load as version %v, its bookkeeping says %v", h, m.heads))
 	}
-	r.cache.put(key, d, m)
+	// Counted by what it holds, not by its stored bytes, which may be
+	// hundreds of times smaller (see crdt.Cost); bytes that loaded have
+	// framed already, so an error here is not expected.
+	if c, err := crdt.Estimate(buf, nil); err == nil {
+		r.cache.putLoaded(key, d, m, len(buf), c.Bytes)
+	} else {
+		r.cache.put(key, d, m)
+	}
 	return d, m, true, nil
 }
 

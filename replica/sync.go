@@ -173,6 +173,9 @@ type collSync struct {
 	// ack records what the relay acknowledged; nil: Replica.acknowledge,
 	// at once.
 	ack func(coll string, batch []outgoing, leased bool) error
+	// refreshSince is the store's read timestamp as a refresh from the
+	// relay began (see refresh.go).
+	refreshSince uint64
 }
 
 // syncCollection syncs one collection of the profile over conn, by the

@@ -21,16 +21,30 @@ func (s *collSync) pullAs(ctx context.Context, typ policy.Type) error {
 	}
 	switch typ {
 	case policy.TwoWay, policy.OneWayFromServer:
-		return s.pull(ctx, s.state.Cursor, s.r.mergeOp)
+		return s.pull(ctx, s.state.Cursor, s.merges())
 	case policy.Slow:
-		return s.pullAll(ctx, s.r.mergeOp)
+		return s.pullAll(ctx, s.merges())
 	case policy.RefreshFromServer:
-		return s.pullAll(ctx, s.r.replaceOp)
+		since, err := s.r.readTs()
+		if err != nil {
+			return err
+		}
+		s.refreshSince = since
+		return s.pullAll(ctx, applier{op: s.r.replaceSince(since)})
 	case policy.RefreshFromClient:
-		return s.pullAll(ctx, s.r.forceOp)
+		return s.pullAll(ctx, applier{op: s.r.forceOp})
 	}
 	return nil
 }
+
+// applier is how a pull applies the relay's records: op on each; merging
+// says op is mergeOp, whose work a batch does for several records at once.
+type applier struct {
+	op      remoteOp
+	merging bool
+}
+
+func (s *collSync) merges() applier { return applier{op: s.r.mergeOp, merging: true} }
 
 // retryQuarantined applies again the relay's changes held back by a
 // failed merge hook, now that the hook may succeed.
@@ -43,14 +57,15 @@ func (s *collSync) retryQuarantined(ctx context.Context) error {
 	for id := range held {
 		recs = append(recs, remoteRec{id: id})
 	}
-	return s.apply(ctx, recs, s.r.mergeOp)
+	return s.apply(ctx, recs, s.merges())
 }
 
 // apply applies a batch of the relay's records with op in one store
 // transaction, then settles the conflicts it found by the policy.
-func (s *collSync) apply(ctx context.Context, recs []remoteRec, op remoteOp) error {
-	res, err := s.r.applyBatch(s.coll, recs, op)
+func (s *collSync) apply(ctx context.Context, recs []remoteRec, a applier) error {
+	res, err := s.r.applyHolding(s.coll, recs, a.op, a.merging)
 	if err != nil {
+		freeMerged(res.conflicted)
 		return err
 	}
 	if len(res.conflicted) > 0 {
@@ -66,7 +81,7 @@ func (s *collSync) apply(ctx context.Context, recs []remoteRec, op remoteOp) err
 
 // pull applies the relay's changes after cursor, page by page, and
 // advances the stored cursor as it goes.
-func (s *collSync) pull(ctx context.Context, cursor uint64, apply remoteOp) error {
+func (s *collSync) pull(ctx context.Context, cursor uint64, apply applier) error {
 	if cursor == 0 {
 		return s.pullAll(ctx, apply)
 	}
@@ -102,7 +117,7 @@ func (s *collSync) pull(ctx context.Context, cursor uint64, apply remoteOp) erro
 // pullAll reads every record's snapshot (a fresh pull), applies each, and
 // returns with the cursor at the log position the snapshots cover. Records
 // this device holds that the relay lacks are handled per sync type.
-func (s *collSync) pullAll(ctx context.Context, apply remoteOp) error {
+func (s *collSync) pullAll(ctx context.Context, apply applier) error {
 	seen := map[string]bool{}
 	total, done := 0, 0
 	after := ""
@@ -142,9 +157,15 @@ func (s *collSync) pullAll(ctx context.Context, apply remoteOp) error {
 		}
 		switch s.cs.Type {
 		case policy.RefreshFromServer:
-			a, err := s.r.purgeRecord(s.coll, id)
+			a, kept, err := s.r.purgeRecord(s.coll, id, s.refreshSince)
 			if err != nil {
 				return err
+			}
+			if kept {
+				// Written while the refresh ran: the relay holds
+				// nothing of it, so it is pushed whole.
+				unsynced = append(unsynced, id)
+				continue
 			}
 			s.count(FromRelay, a)
 		case policy.Slow, policy.RefreshFromClient, policy.TwoWay:
@@ -169,7 +190,7 @@ func (s *collSync) pullAll(ctx context.Context, apply remoteOp) error {
 const batchBytes = 512 << 10
 
 // applyAll applies a page of records in transactions of up to batchBytes.
-func (s *collSync) applyAll(ctx context.Context, recs []transport.RecordChanges, apply remoteOp, total int, done *int) error {
+func (s *collSync) applyAll(ctx context.Context, recs []transport.RecordChanges, apply applier, total int, done *int) error {
 	var batch []remoteRec
 	size := 0
 	flush := func() error {

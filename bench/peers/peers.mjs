@@ -12,16 +12,19 @@
 //
 //	npm ci && npm run bench
 //	npm run bench -- --records 2000 --updates 200 --json
+//	npm run bench -- --w3-rounds 9
 //
 // Flags: --records N (W1; default 10000), --am-records N (W1 for
 // automerge-repo, whose client slows with every document it holds;
 // default min(records, 2000)), --updates N (W2 updates, W3 offline edits
 // per client; 1000), --merge-records N (W3; 100), --seed N, --json, and
 // --ferry PATH (a built ferry binary; default: go build from this
-// checkout). Each peer's workloads and what its "done" means are
+// checkout). --w3-rounds N runs only W3, Ferry's and Yjs's in turns, N
+// rounds, and prints each time and the medians: Yjs's W3 time varies
+// several-fold from run to run, and turns share the machine's load. Each peer's workloads and what its "done" means are
 // described in docs/benchmarks.md.
 import { spawn, execFileSync } from "node:child_process"
-import { mkdtempSync, rmSync } from "node:fs"
+import { existsSync, mkdtempSync, rmSync } from "node:fs"
 import { tmpdir, cpus, loadavg } from "node:os"
 import { join, resolve } from "node:path"
 import { createServer } from "node:net"
@@ -39,8 +42,8 @@ import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websoc
 // ---- flags ----
 
 function parseFlags(argv) {
-  const f = { records: 10000, updates: 1000, mergeRecords: 100, amRecords: 0, seed: 1, json: false, ferry: "" }
-  const names = { "--records": "records", "--updates": "updates", "--merge-records": "mergeRecords", "--am-records": "amRecords", "--seed": "seed" }
+  const f = { records: 10000, updates: 1000, mergeRecords: 100, amRecords: 0, seed: 1, json: false, ferry: "", w3Rounds: 0 }
+  const names = { "--records": "records", "--updates": "updates", "--merge-records": "mergeRecords", "--am-records": "amRecords", "--seed": "seed", "--w3-rounds": "w3Rounds" }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     if (a === "--json") f.json = true
@@ -56,7 +59,7 @@ function parseFlags(argv) {
 }
 
 function usage(msg) {
-  console.error(`peers: ${msg}\nusage: node peers.mjs [--records N] [--am-records N] [--updates N] [--merge-records N] [--seed N] [--json] [--ferry PATH]`)
+  console.error(`peers: ${msg}\nusage: node peers.mjs [--records N] [--am-records N] [--updates N] [--merge-records N] [--seed N] [--json] [--ferry PATH] [--w3-rounds N]`)
   process.exit(2)
 }
 
@@ -164,24 +167,37 @@ const W2_WARMUP = 3
 
 // ---- Ferry ----
 
-async function ferry() {
-  let bin = flags.ferry
-  if (!bin) {
-    bin = join(work, "ferry")
+function ferryBin() {
+  if (flags.ferry) return flags.ferry
+  const bin = join(work, "ferry")
+  if (!existsSync(bin)) {
     log("building ferry")
     execFileSync("go", ["build", "-o", bin, "./cmd/ferry"], { cwd: root, stdio: ["ignore", "inherit", "inherit"] })
   }
-  log("ferry bench --child: W0, W1, W2, W3")
+  return bin
+}
+
+// ferryBench runs ferry bench --child --json on the workloads and returns
+// its results by workload.
+async function ferryBench(workloads) {
+  const dir = mkdtempSync(join(work, "ferry-"))
   const out = await new Promise((ok, fail) => {
-    const p = spawn(bin, ["bench", "--child", "--json", "--seed", String(flags.seed), "--workloads", "W0,W1,W2,W3",
+    const p = spawn(ferryBin(), ["bench", "--child", "--json", "--seed", String(flags.seed), "--workloads", workloads,
       "--records", String(flags.records), "--updates", String(flags.updates), "--merge-records", String(flags.mergeRecords),
-      "--dir", join(work, "ferry")], { stdio: ["ignore", "pipe", "inherit"] })
+      "--dir", dir], { stdio: ["ignore", "pipe", "inherit"] })
     let s = ""
     p.stdout.on("data", d => { s += d })
     p.on("exit", code => code === 0 ? ok(s) : fail(new Error(`ferry bench exited ${code}:\n${s}`)))
   })
+  rmSync(dir, { recursive: true, force: true })
   const byName = {}
   for (const r of JSON.parse(out).results) byName[r.Workload ?? r.workload] = r
+  return byName
+}
+
+async function ferry() {
+  log("ferry bench --child: W0, W1, W2, W3")
+  const byName = await ferryBench("W0,W1,W2,W3")
   const m = (w, name) => byName[w].metrics.find(x => x.name === name)?.value
   return {
     floor: byName.W0.floor,
@@ -509,6 +525,45 @@ process.on("uncaughtException", e => {
   if (!/is unavailable/.test(e?.message)) throw e
   amUnavailable++
 })
+
+if (flags.w3Rounds) {
+  await w3Rounds()
+  process.exit(0)
+}
+
+// w3Rounds runs Ferry's W3 and Yjs's in turns, flags.w3Rounds rounds.
+async function w3Rounds() {
+  const load0 = loadavg()
+  const res = { ferry: [], yjs: [] }
+  try {
+    for (let i = 1; i <= flags.w3Rounds; i++) {
+      const f = (await ferryBench("W3")).W3.metrics.find(x => x.name === "merge").value
+      const y = (await withServer(startYjs, yjsW3)).merge
+      res.ferry.push(f)
+      res.yjs.push(y)
+      log(`W3 round ${i}: Ferry ${(f * 1000).toFixed(0)} ms, Yjs ${(y * 1000).toFixed(0)} ms; load average ${loadavg()[0].toFixed(1)}`)
+    }
+  } finally {
+    rmSync(work, { recursive: true, force: true })
+  }
+  const median = xs => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2 }
+  const out = {
+    w3_rounds: { ferry: res.ferry, yjs: res.yjs, ferry_median: median(res.ferry), yjs_median: median(res.yjs) },
+    machine: { cpus: cpus().length, model: cpus()[0].model, node: process.version, loadavg_start: load0, loadavg_end: loadavg() },
+    config: flags,
+  }
+  out.w3_rounds.ratio_of_medians = out.w3_rounds.ferry_median / out.w3_rounds.yjs_median
+  if (flags.json) {
+    console.log(JSON.stringify(out, null, 2))
+    return
+  }
+  const ms = xs => xs.map(x => (x * 1000).toFixed(0)).join(", ")
+  console.log(`W3, ${flags.updates} offline edits per client on ${flags.mergeRecords} records, ${flags.w3Rounds} rounds of Ferry then Yjs:`)
+  console.log(`Ferry: ${ms(res.ferry)} ms; median ${ms([out.w3_rounds.ferry_median])} ms`)
+  console.log(`Yjs:   ${ms(res.yjs)} ms; median ${ms([out.w3_rounds.yjs_median])} ms`)
+  console.log(`Ferry/Yjs, medians: ${out.w3_rounds.ratio_of_medians.toFixed(2)}; load average ` +
+    `${load0.map(x => x.toFixed(1)).join(" ")} at start, ${out.machine.loadavg_end.map(x => x.toFixed(1)).join(" ")} at end; seed ${flags.seed}`)
+}
 
 const load0 = loadavg()
 const results = { ferry: null, yjs: {}, am: {} }

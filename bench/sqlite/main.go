@@ -29,6 +29,7 @@ import (
 )
 
 func main() {
+	bench.DeviceMain() // W6 runs its device in this executable, started again
 	if err := run(context.Background(), os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "sqlite:", err)
 		os.Exit(1)

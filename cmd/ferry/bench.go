@@ -17,7 +17,7 @@ import (
 	"github.com/ferrysync/ferry/bench"
 )
 
-// BenchCommand runs the benchmark workloads of package bench (W0 to W6,
+// BenchCommand runs the benchmark workloads of package bench (W0 to W7,
 // and W2L) and prints their figures as a table, or JSON with --json, each
 // with its ratio to the floor (W0) measured in the same run. Progress goes
 // to Stderr.
@@ -57,7 +57,7 @@ table compares each PostgreSQL figure with the embedded store's.
 func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	fs := newFlags("bench")
 	f := benchFlags{
-		workloads:    fs.String("workloads", strings.Join(bench.Default, ","), "workloads to run, comma-separated (W0 to W6, and W2L: W2 over --history updates; W2L, W5 and W6 take minutes)"),
+		workloads:    fs.String("workloads", strings.Join(bench.Default, ","), "workloads to run, comma-separated (W0 to W7, and W2L: W2 over --history updates; W2L, W5 and W6 take minutes)"),
 		records:      fs.Int("records", 10_000, "records of W0, W1 and W4"),
 		updates:      fs.Int("updates", 1_000, "W2 live updates, and W3 offline edits per replica"),
 		history:      fs.Int("history", 10_000, "W2L live updates, all to one record"),
@@ -65,6 +65,7 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 		clients:      fs.Int("clients", 16, "W4 concurrent pushing clients"),
 		subscribers:  fs.Int("subscribers", 8, "W4 live subscribers"),
 		batch:        fs.Int("batch", 1, "W4 records per push"),
+		objects:      fs.Int("objects", 32, "W7 object-heavy records (2,000 small maps each)"),
 		maxGrowth:    fs.Int("max-growth", 0, "W5 skips sizes above this (10000 for a quicker run); 0: none (1,000, 10,000 and 100,000)"),
 		relayURL:     fs.String("relay", "", "an external relay's `URL`, ws://host:port/ws (with --api-key and --token); default: one in this process"),
 		apiKey:       fs.String("api-key", "", "the external relay's app API key"),
@@ -123,7 +124,7 @@ func (c *BenchCommand) Run(ctx context.Context, args []string) error {
 	}
 	cfg := bench.Config{
 		Records: *f.records, Updates: *f.updates, History: *f.history, MergeRecords: *f.mergeRecords,
-		Clients: *f.clients, Subscribers: *f.subscribers, Batch: *f.batch, MaxGrowth: *f.maxGrowth,
+		Clients: *f.clients, Subscribers: *f.subscribers, Batch: *f.batch, Objects: *f.objects, MaxGrowth: *f.maxGrowth,
 		Relay: target, Dir: *f.dir, Progress: progress, Seed: *f.seed, Verify: *f.verify,
 	}
 	progress(fmt.Sprintf("bench: %s against a relay %s", strings.Join(names, ", "), target))
@@ -154,6 +155,7 @@ var benchSizes = []struct {
 	{"clients", []string{"W4", "W5"}},
 	{"subscribers", []string{"W4", "W5"}},
 	{"batch", []string{"W4", "W5"}},
+	{"objects", []string{"W7"}},
 	{"max-growth", []string{"W5"}},
 }
 
@@ -189,10 +191,10 @@ func checkBenchFlags(fs *flag.FlagSet, f benchFlags, names []string, stderr io.W
 
 // benchFlags are the flags of ferry bench.
 type benchFlags struct {
-	workloads, relayURL, apiKey, token, dir, cpuProfile, postgres, relayCounts      *string
-	records, updates, history, mergeRecords, clients, subscribers, batch, maxGrowth *int
-	child, jsonOut, verify, quiet                                                   *bool
-	seed                                                                            *uint64
+	workloads, relayURL, apiKey, token, dir, cpuProfile, postgres, relayCounts               *string
+	records, updates, history, mergeRecords, clients, subscribers, batch, objects, maxGrowth *int
+	child, jsonOut, verify, quiet                                                            *bool
+	seed                                                                                     *uint64
 }
 
 // target says where the workloads run, from the flags: a relay in this

@@ -25,10 +25,12 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/ferrysync/ferry/bench"
 	"github.com/ferrysync/ferry/internal/explain"
 )
 
 func main() {
+	bench.DeviceMain() // W6 runs its device in this executable, started again
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := runMain(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

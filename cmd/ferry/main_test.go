@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrysync/ferry/bench"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -20,6 +21,7 @@ import (
 // A test that needs a relay in its own process re-runs this test binary
 // with FERRY_TEST_MAIN set to the arguments, tab-separated.
 func TestMain(m *testing.M) {
+	bench.DeviceMain()
 	if args := os.Getenv("FERRY_TEST_MAIN"); args != "" {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		err := run(ctx, strings.Split(args, "\t"), os.Stdout, os.Stderr)

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/ferrysync/ferry/transport"
 	"golang.org/x/time/rate"
 
 	"github.com/ferrysync/ferry/crdt"
@@ -326,12 +328,22 @@ type amRefusal struct{ msg string }
 func (e *amRefusal) Error() string { return e.msg }
 
 // fail ends the connection for err: the peer's fault (amRefusal) is
-// explained to it; the relay's own is logged and reported as internal.
+// explained to it; a relay too busy for too long (amBusy) closes with
+// Try Again Later, and one refused because the relay is stopping closes
+// with Going Away, for the peer to reconnect; the relay's own failure is
+// logged and reported as internal.
 func (c *amConn) fail(err error) {
 	var r *amRefusal
+	var busy *amBusy
 	switch {
 	case errors.As(err, &r):
 		c.end(r.msg)
+	case errors.As(err, &busy):
+		c.a.metrics.refused.WithLabelValues("busy").Inc()
+		c.a.log.Info("automerge-repo connection closed: the relay stayed busy", "app", c.coll.Tenant, "collection", c.coll.Collection, "peer", c.peer, "waited", c.a.opts.MaxBusyWait)
+		c.stop(websocket.StatusTryAgainLater, busyReason)
+	case errors.Is(err, transport.ErrShuttingDown):
+		c.stop(websocket.StatusGoingAway, "relay is shutting down")
 	case errors.Is(err, errAMGone), c.ctx.Err() != nil:
 		c.cancel()
 	default:

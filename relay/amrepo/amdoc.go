@@ -154,8 +154,11 @@ func (c *amConn) holdState(d *amDoc, n int) error {
 // the record's log entries reached). d.mu is held; see relay.Backend's
 // ReadDocument for what read may do.
 func (c *amConn) withDoc(d *amDoc, known crdt.Heads, read func(doc *crdt.Doc, heads crdt.Heads, found bool) error) error {
-	err := c.a.b.ReadDocument(c.ctx, c.coll, d.record, known, func(doc *crdt.Doc, heads crdt.Heads) error {
-		return read(doc, heads, true)
+	// A load refused with busy has not called read: retrying is safe.
+	err := c.retryBusy(func() error {
+		return c.a.b.ReadDocument(c.ctx, c.coll, d.record, known, func(doc *crdt.Doc, heads crdt.Heads) error {
+			return read(doc, heads, true)
+		})
 	})
 	if !isNotFound(err) {
 		return err
@@ -177,8 +180,16 @@ func (c *amConn) push(d *amDoc, chunks [][]byte) error {
 		return &amRefusal{msg: fmt.Sprintf("document %s: %v", d.id, err)}
 	}
 	// Once started, a push finishes and is durable even if the peer goes.
-	_, err := c.a.b.Push(context.WithoutCancel(c.ctx), c.coll, p)
+	// One refused with busy has stored nothing: it is tried again.
+	err := c.retryBusy(func() error {
+		_, err := c.a.b.Push(context.WithoutCancel(c.ctx), c.coll, p)
+		return err
+	})
+	var busy *amBusy
 	var te *transport.Error
+	if errors.As(err, &busy) || errors.Is(err, transport.ErrShuttingDown) {
+		return err // not the peer's fault (see fail)
+	}
 	if errors.As(err, &te) && te.Code != transport.CodeInternal {
 		c.a.metrics.refused.WithLabelValues(string(te.Code)).Inc()
 		return &amRefusal{msg: fmt.Sprintf("document %s: %s: %s", d.id, te.Code, te.Message)}

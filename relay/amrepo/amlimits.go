@@ -18,6 +18,10 @@ type amMetrics struct {
 	// room.
 	queuedBytes  prometheus.Gauge
 	backpressure prometheus.Counter
+	// busyRetries counts the waits of handlers before retrying work the
+	// relay refused with busy (see ambusy.go); refused{reason="busy"} the
+	// connections closed when it stayed busy.
+	busyRetries prometheus.Counter
 }
 
 func newAMMetrics(reg prometheus.Registerer) (*amMetrics, error) {
@@ -36,6 +40,8 @@ func newAMMetrics(reg prometheus.Registerer) (*amMetrics, error) {
 			Help: "What automerge-repo sync messages read and not yet answered count for: their bytes, plus max_inflated for each carrying changes."}),
 		backpressure: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_automerge_backpressure_total",
 			Help: "Times an automerge-repo connection was not read until its queued messages were answered (past max queued bytes)."}),
+		busyRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_automerge_busy_retries_total",
+			Help: "Times an automerge-repo connection's handler waited to retry a push or document load the relay refused with busy (max_memory in use)."}),
 	}
 	// Every label value exists from the start, so dashboards and alerts
 	// see zeros rather than nothing.
@@ -44,10 +50,10 @@ func newAMMetrics(reg prometheus.Registerer) (*amMetrics, error) {
 			m.messages.WithLabelValues(t, dir)
 		}
 	}
-	for _, r := range []string{"auth", "collection", "forbidden", "quota", "read_only", "max_docs", "too_large"} {
+	for _, r := range []string{"auth", "collection", "forbidden", "quota", "read_only", "max_docs", "too_large", "busy"} {
 		m.refused.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{m.connections, m.openDocs, m.messages, m.refused, m.bytesIn, m.bytesOut, m.syncSeconds, m.queuedBytes, m.backpressure} {
+	for _, c := range []prometheus.Collector{m.connections, m.openDocs, m.messages, m.refused, m.bytesIn, m.bytesOut, m.syncSeconds, m.queuedBytes, m.backpressure, m.busyRetries} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

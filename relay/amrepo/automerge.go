@@ -51,6 +51,14 @@ type Options struct {
 	// takes about 10 bits per change the peer has since they last
 	// synced). Past it the connection is refused. Default 64 MiB.
 	MaxSyncStateBytes int64
+	// MaxBusyWait bounds how long a connection's handler keeps retrying
+	// a push or a document load the relay refused with busy (its memory
+	// budget, max_memory, in use), backing off from the retry_ms the
+	// refusal suggests; meanwhile the connection's queue fills and the
+	// relay stops reading it. Still busy past it, the connection is
+	// closed with 1013 (Try Again Later): automerge-repo's client
+	// reconnects and syncs again. Default 30 s.
+	MaxBusyWait time.Duration
 }
 
 func (p *Options) withDefaults() Options {
@@ -79,6 +87,9 @@ func (p *Options) withDefaults() Options {
 	if o.MaxSyncStateBytes <= 0 {
 		o.MaxSyncStateBytes = DefaultMaxSyncStateBytes
 	}
+	if o.MaxBusyWait <= 0 {
+		o.MaxBusyWait = DefaultMaxBusyWait
+	}
 	return o
 }
 
@@ -91,6 +102,9 @@ const (
 	DefaultMaxWaitingBytes   = 8 << 20
 	DefaultMaxSyncStateBytes = 64 << 20
 )
+
+// DefaultMaxBusyWait is Options.MaxBusyWait's default.
+const DefaultMaxBusyWait = 30 * time.Second
 
 // Endpoint serves automerge-repo clients: each connection is a peer that
 // syncs documents of one collection, each document a record. Mount it on
@@ -110,13 +124,17 @@ type Endpoint struct {
 	wg sync.WaitGroup // connections counted in by track
 
 	// hooks, if set (by tests, before connections), see a connection's
-	// reads and its read loop waiting for room in its budget, and drive
-	// keepalive's ticks, seeing those skipped while the loop waits.
+	// reads and its read loop waiting for room in its budget, drive
+	// keepalive's ticks, seeing those skipped while the loop waits, and
+	// drive the waits before busy work is retried.
 	hooks struct {
 		read    func(c *amConn, n int)
 		paused  func(c *amConn, used int64)
 		tick    <-chan time.Time
 		skipped func()
+		// busyWait replaces the timer a handler waits on before it
+		// retries work refused with busy.
+		busyWait func(c *amConn, d time.Duration) <-chan time.Time
 	}
 
 	mu       sync.Mutex

@@ -34,6 +34,22 @@ func (s *heldAppends) Append(ctx context.Context, c relay.Coll, fence uint64, no
 	return s.Store.Append(ctx, c, fence, now, entries)
 }
 
+// chargeCounter is a relay.Backend that counts what is charged to the
+// relay's memory budget through it and not yet released.
+type chargeCounter struct {
+	relay.Backend
+	held atomic.Int64
+}
+
+func (b *chargeCounter) ChargeMemory(n int64) func() {
+	release := b.Backend.ChargeMemory(n)
+	b.held.Add(n)
+	return sync.OnceFunc(func() {
+		b.held.Add(-n)
+		release()
+	})
+}
+
 // memoryBytes is ferry_relay_memory_bytes as reg has it.
 func memoryBytes(t *testing.T, reg *prometheus.Registry) int64 {
 	mfs, err := reg.Gather()
@@ -96,6 +112,9 @@ func floodHeld(t *testing.T, ping bool) {
 			o.PingInterval = time.Millisecond
 		}
 	})
+	// Before any connection: what the endpoint charges to the budget.
+	charged := &chargeCounter{Backend: tr.am.b}
+	tr.am.b = charged
 	skipped := make(chan struct{})
 	if ping {
 		tr.am.hooks.tick = tick
@@ -181,7 +200,12 @@ func floodHeld(t *testing.T, ping bool) {
 		t.Fatalf("the relay read %d of %d bytes before it paused", n, total)
 	}
 	t.Logf("paused after reading %d of %d bytes, %d queued", read.Load(), total, used)
-	// The relay's memory budget counts the queued messages too.
+	// The relay's memory budget counts the queued messages too: exactly
+	// what they count for here (each is smaller than the bound), beside
+	// the held pushes' own shares.
+	if c := charged.held.Load(); c != used {
+		t.Errorf("the queued messages count for %d bytes, and %d are charged to the relay's memory budget", used, c)
+	}
 	if mem := memoryBytes(t, reg); mem < used {
 		t.Errorf("the relay counts %d bytes of memory in use, less than the %d queued", mem, used)
 	}

@@ -1,0 +1,304 @@
+package crdt
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/automerge/automerge-go"
+)
+
+// A ledger is a record's history as Go alone knows it: the changes held
+// (hash and author), its heads, each actor's last sequence number, and the
+// operation index. It checks changes as Import does before it applies
+// them (framing, canonical encoding, dependencies, sequence numbers, the
+// operations they refer to, the operation limit), but applies nothing to
+// an Automerge document: a deferred Doc (NewDeferred) imports through it,
+// and builds its document only when something needs one.
+type ledger struct {
+	held  map[Hash]author
+	heads map[Hash]bool
+	seqs  map[string]uint64 // per actor, its highest sequence number held
+	top   *opLayer
+	ops   int
+	// maxOps is the limit of SetMaxOps; 0: none.
+	maxOps int
+}
+
+var errLedgerDocument = errors.New("crdt: a whole document cannot be checked without loading it")
+
+func newLedger() *ledger {
+	return &ledger{held: map[Hash]author{}, heads: map[Hash]bool{}, seqs: map[string]uint64{}}
+}
+
+// ledgerOf builds the ledger of a document's history (a walk of it).
+func ledgerOf(d *Doc) (*ledger, error) {
+	chs, err := d.live().Changes()
+	if err != nil {
+		return nil, err
+	}
+	l := newLedger()
+	layer := newLayer(nil)
+	for _, ch := range chs {
+		h := Hash(ch.Hash())
+		c, err := decodeChange(chunkPayload(ch.Save()))
+		if err != nil {
+			return nil, fmt.Errorf("change %s: %w", h, err)
+		}
+		layer.add(c)
+		l.ops += len(c.ops)
+		// The author from the decoded change: asking automerge-go costs a
+		// call per change, more than the decoding.
+		who := author{actor: hex.EncodeToString(c.actor), seq: c.seq}
+		l.held[h] = who
+		l.seqs[who.actor] = max(l.seqs[who.actor], who.seq)
+	}
+	for _, h := range d.Heads() {
+		l.heads[h] = true
+	}
+	l.top = pushLayer(nil, layer)
+	l.maxOps = d.maxOps
+	return l, nil
+}
+
+// check checks a stream of change chunks as Import would, and takes in
+// those it adds. It returns how many were new. On an error the ledger is
+// unchanged.
+func (l *ledger) check(data []byte) (int, error) {
+	ci, err := frame(data)
+	if err != nil {
+		return 0, err
+	}
+	if ci.documents > 0 {
+		return 0, errLedgerDocument
+	}
+	// Fresh changes, in stream order, each after its dependencies: held
+	// ones, or fresh ones before it.
+	var fresh []int
+	inStream := make(map[Hash]bool, len(ci.changes))
+	top := map[string]uint64{}
+	for i, c := range ci.changes {
+		if _, ok := l.held[c.Hash]; ok || inStream[c.Hash] {
+			continue
+		}
+		for _, dep := range c.Deps {
+			if _, ok := l.held[dep]; !ok && !inStream[dep] {
+				return 0, fmt.Errorf("%w: %s needs %s", ErrMissingDeps, c.Hash, dep)
+			}
+		}
+		// Each actor's changes are numbered 1, 2, 3 with no gap and no
+		// number taken twice (Automerge refuses the second): the next
+		// number is the one after the highest held.
+		who := ci.authors[i]
+		last := max(l.seqs[who.actor], top[who.actor])
+		if who.seq != last+1 {
+			return 0, fmt.Errorf("%w: change %s is number %d of actor %s, whose last is %d", ErrCorrupt, c.Hash, who.seq, who.actor, last)
+		}
+		top[who.actor] = who.seq
+		inStream[c.Hash] = true
+		fresh = append(fresh, i)
+	}
+	if len(fresh) == 0 {
+		return 0, nil
+	}
+	payloads, added := make([][]byte, len(fresh)), make([]jentry, len(fresh))
+	for j, i := range fresh {
+		payloads[j] = ci.payloads[i]
+		added[j] = jentry{hash: ci.changes[i].Hash}
+	}
+	v, err := verifyChanges(&opIndex{top: l.top}, payloads, added)
+	if err != nil {
+		return 0, err
+	}
+	if l.maxOps > 0 && l.ops+v.ops > l.maxOps {
+		return 0, fmt.Errorf("%w: %d operations, over %d", ErrOpLimit, l.ops+v.ops, l.maxOps)
+	}
+	// Checked: take them in.
+	l.top = pushLayer(l.top, v.layer)
+	l.ops += v.ops
+	for _, i := range fresh {
+		c := ci.changes[i]
+		l.held[c.Hash] = ci.authors[i]
+		for _, dep := range c.Deps {
+			delete(l.heads, dep)
+		}
+		l.heads[c.Hash] = true
+	}
+	for a, s := range top {
+		l.seqs[a] = s
+	}
+	return len(fresh), nil
+}
+
+// headList returns the ledger's heads, sorted.
+func (l *ledger) headList() Heads {
+	out := make(Heads, 0, len(l.heads))
+	for h := range l.heads {
+		out = append(out, h)
+	}
+	return sortedHeads(out)
+}
+
+// heldEntryBytes estimates the Go memory of one entry of a ledger's held
+// map: the hash key, the author's actor string header and number, and the
+// map's slack (the actor's bytes are shared with the operation index's).
+const heldEntryBytes = 96
+
+// memSize estimates the bytes the ledger holds.
+func (l *ledger) memSize() int {
+	n := len(l.held)*heldEntryBytes + len(l.heads)*HashSize + len(l.seqs)*seqEntryBytes
+	for x := l.top; x != nil; x = x.parent {
+		n += x.memSize()
+	}
+	return n
+}
+
+// held counts what the ledger's changes hold.
+func (l *ledger) heldCount() held {
+	var h held
+	for x := l.top; x != nil; x = x.parent {
+		h.add(x.held)
+	}
+	return h
+}
+
+// deferred is what a Doc made by NewDeferred holds until it builds its
+// Automerge document: the ledger of the changes imported, and their bytes.
+type deferred struct {
+	led  *ledger
+	data []byte
+}
+
+// NewDeferred returns an empty document, with a random actor, for a
+// process that mostly checks and forwards changes (the relay): [Doc.Import]
+// of change chunks checks them in Go alone, as Import always does before
+// it applies anything, and keeps their bytes; the Automerge document is
+// built from those bytes the first time a method needs it. Until then only
+// Heads, Has, Import of change chunks, Cost, SetMaxOps and Free run
+// without it; every other method builds it first (Import of a stream
+// holding a whole document too). Its Cost is the built document's, so a
+// cache that accounts it stays within its bound when it is built later.
+//
+// What LoadIncremental would refuse beyond Import's own checks is
+// refused by those checks (TestLedgerRefusesWhatImportRefuses compares
+// them over mutated and crafted changes). Building a document from
+// changes they accepted and failing would be a defect in those checks:
+// [Doc.Build] returns it as an [ErrCorrupt], and any other method that
+// needs the document panics with it, rather than run on without them.
+func NewDeferred() *Doc {
+	d := &Doc{def: &deferred{led: newLedger()}}
+	d.jn.restart(nil)
+	return d
+}
+
+// LoadDeferred is Load into a deferred document (see NewDeferred): data
+// is loaded and checked as Load does, its history indexed in Go, and the
+// Automerge document freed; it is built again from data and what is
+// imported after, the first time a method needs it. Loading costs what
+// Load and the first Import's indexing cost (changes with no saved
+// document before them are only checked in Go, as Import checks them);
+// the imports after it run without Automerge. A history that does not
+// decode in Go (changes imported before Import checked them) gives an
+// error: Load it instead.
+func LoadDeferred(data []byte) (*Doc, error) {
+	ci, err := frame(data)
+	if err != nil {
+		return nil, err
+	}
+	head, rest := data, []byte(nil)
+	if len(ci.changes) > 0 || ci.documents > 1 {
+		head, rest = leadingDocument(data)
+	}
+	l := newLedger()
+	if len(head) > 0 {
+		// Only Automerge decodes a saved document: load it to index its
+		// history (one walk, as a loaded document's first Import makes),
+		// then free it.
+		d, err := loadAM(head)
+		if err != nil {
+			return nil, err
+		}
+		l, err = ledgerOf(d)
+		d.Free()
+		if err != nil {
+			return nil, fmt.Errorf("crdt: a history that does not decode in Go cannot be deferred: %w", err)
+		}
+	}
+	out := &Doc{def: &deferred{led: l, data: slices.Clone(head)}}
+	out.jn.restart(nil)
+	if len(rest) > 0 {
+		// The changes after it are checked as Load checks them, in Go.
+		if _, err := out.Import(rest); err != nil {
+			out.Free()
+			if errors.Is(err, ErrCorrupt) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+		}
+	}
+	return out, nil
+}
+
+// Deferred reports whether d has not built its Automerge document yet
+// (see NewDeferred).
+func (d *Doc) Deferred() bool { return d.def != nil }
+
+// importDeferred is Import for a deferred Doc. ok is false if the stream
+// needs the document built (it holds a whole document).
+func (d *Doc) importDeferred(data []byte) (n int, ok bool, err error) {
+	n, err = d.def.led.check(data)
+	if errors.Is(err, errLedgerDocument) {
+		return 0, false, nil
+	}
+	if err == nil && n > 0 {
+		d.def.data = append(d.def.data, data...)
+	}
+	return n, true, err
+}
+
+// Build builds a deferred document's Automerge document now (see
+// NewDeferred), and does nothing for any other. It fails with an
+// [ErrCorrupt] if the changes the document took in do not load, which
+// would be a defect in Import's checks: a caller that hands the document
+// on to code expecting a whole document calls Build first, to get that as
+// an error rather than a panic. The document stays deferred then.
+func (d *Doc) Build() error {
+	if d.def == nil {
+		return nil
+	}
+	def := d.def
+	am := automerge.New()
+	heads := def.led.headList()
+	err := loadRaw(am, def.data)
+	if err == nil {
+		got := make(Heads, 0, len(heads))
+		for _, h := range am.Heads() {
+			got = append(got, Hash(h))
+		}
+		if !sortedHeads(got).Equal(heads) {
+			err = fmt.Errorf("heads %v, checked %v", sortedHeads(got), heads)
+		}
+	}
+	if err != nil {
+		freeAM(am)
+		return fmt.Errorf("%w: changes checked without a document do not load: %v", ErrCorrupt, err)
+	}
+	d.am, d.def = am, nil
+	d.idx.Store(&opIndex{top: def.led.top, at: heads})
+	d.seqs = make(map[string]actorSeqs, len(def.led.seqs))
+	for a, n := range def.led.seqs {
+		d.seqs[a] = actorSeqs{count: n, max: n} // numbered with no gap
+	}
+	d.seqsAt = heads
+	d.jn.restart(heads)
+	return nil
+}
+
+func loadRaw(am *automerge.Doc, data []byte) (err error) {
+	defer recoverCorrupt(&err)
+	if len(data) == 0 {
+		return nil
+	}
+	return am.LoadIncremental(data)
+}
