@@ -11,8 +11,8 @@
 //	            100), pushes them to the relay, and a fresh replica pulls them
 //	W2 live     live profiles on two replicas; Updates sequential edits on A,
 //	            each timed from the start of A's Update until B's feed
-//	            reports it: two fsyncs on the path (A's commit, the
-//	            relay's append); B applies without one
+//	            reports it: the relay's fsync on the path, A's beside it
+//	            (A pushes while its fsync runs); B applies without one
 //	W2L history W2 with History (10,000) edits of its one record: the
 //	            latency of the last tenth against the first, which shows
 //	            any cost that grows with a record's history

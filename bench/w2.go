@@ -24,7 +24,8 @@ const w2Wait = 30 * time.Second
 // one collection holding one record; A makes Updates sequential
 // single-field updates, each timed from the start of A's Update until B's
 // Watch feed reports the remote change (same heads as A's). The path
-// holds two fsyncs: A's commit and the relay's append. B applies the
+// holds the relay's append's fsync; A's commit's runs beside it, as A
+// pushes while it runs (replica/liveearly.go). B applies the
 // change and its cursor without one, as every device applies a change
 // from the relay: lost in a power cut, it is fetched again. Its ratios are
 // to raw automerge-go applying the same edits (Result.EditFloor).
@@ -236,7 +237,7 @@ func (w *w2Run) report(res *Result) {
 		relayPush("relay_push_mean_last_tenth", w.edges[2], w.edges[3])
 	}
 	res.Notes = append(res.Notes,
-		"latency: from the start of A's Update until B's feed reports the change applied, through the relay; two fsyncs on the path (A's commit, the relay's append), none for B's apply",
+		"latency: from the start of A's Update until B's feed reports the change applied, through the relay; the relay's append's fsync on the path, A's commit's beside it (A pushes while it runs), none for B's apply",
 		"latency ratio: raw automerge-go's time to apply one of the same edits (floor_apply) / the latency",
 		"a_commit: A's local Update alone (durable: one fsync)",
 		"first and last tenth: the first and the last tenth of the updates, in order; the record holds one more change after each",

@@ -559,13 +559,18 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 	for len(cm.queue) > 0 && len(own.done) == 0 {
 		group, entries, docs := cm.nextGroup(s, most)
 		cm.mu.Unlock()
-		var seq uint64
+		var seq, early uint64
 		var err error
 		if len(entries) > 0 {
+			// Subscribers that take changes early get the group's checked
+			// changes while the store makes them durable; cursors move
+			// only with the durable entries (written).
+			early = s.hub.writing(cm.c, earlyEntries(entries))
 			seq, err = s.store.Append(context.WithoutCancel(ctx), cm.c, group[0].fence, s.now(), entries)
 		} else {
 			seq, err = s.store.Head(context.WithoutCancel(ctx), cm.c)
 		}
+		s.hub.settled(cm.c, early)
 		cm.mu.Lock()
 		if errors.Is(err, ErrAppendTooLarge) && len(group) > 1 {
 			// The caps are a guess at the store's transaction limit: write
@@ -701,6 +706,16 @@ func (cm *committer) written(s *Server, group []*waiter, entries []Entry, docs m
 	}
 	s.hub.publish(cm.c, logged)
 	s.compactor.appended(cm.c)
+}
+
+// earlyEntries are a group's entries as log entries without sequence
+// numbers, for early live messages.
+func earlyEntries(es []Entry) []LogEntry {
+	out := make([]LogEntry, len(es))
+	for i, e := range es {
+		out[i] = LogEntry{Record: e.Record, Changes: e.Changes, Heads: e.Heads}
+	}
+	return out
 }
 
 func countHashes(es []Entry) int {

@@ -26,12 +26,27 @@ type hub struct {
 	recent      map[Coll]*recentLog
 	recentTotal int // bytes in every recent log
 
+	// early holds, per collection with live subscribers, the group of
+	// checked entries its committer is writing, not yet durable, for the
+	// subscriptions that take changes early (see committer.flush). A
+	// committer writes one group at a time, so there is one at most.
+	early    map[Coll]earlyGroup
+	earlySeq uint64 // the last group's id
+
 	// writes counts the appends this relay made, per stripe of records
 	// (see publish and writeMark): a reader that read a record from the
 	// store with no lock held tells by it whether the record may have
 	// been written since.
 	writes [writeStripes]atomic.Uint64
 	seed   maphash.Seed
+}
+
+// earlyGroup is a group of entries being written, numbered so that a
+// subscription sends each one once; the entries have no sequence numbers
+// yet.
+type earlyGroup struct {
+	id      uint64
+	entries []LogEntry
 }
 
 // writeStripes is how many counters the records share: two records on
@@ -74,7 +89,7 @@ type hubWait struct {
 }
 
 func newHub() *hub {
-	return &hub{waits: map[Coll]*hubWait{}, subs: map[Coll]int{}, recent: map[Coll]*recentLog{}, seed: maphash.MakeSeed()}
+	return &hub{waits: map[Coll]*hubWait{}, subs: map[Coll]int{}, recent: map[Coll]*recentLog{}, early: map[Coll]earlyGroup{}, seed: maphash.MakeSeed()}
 }
 
 // subscribed counts a live subscriber of c in; the returned function counts
@@ -89,6 +104,7 @@ func (h *hub) subscribed(c Coll) (done func()) {
 		if h.subs[c]--; h.subs[c] == 0 {
 			delete(h.subs, c)
 			h.dropRecentLocked(c)
+			delete(h.early, c)
 		}
 	}
 }
@@ -125,6 +141,39 @@ func (h *hub) publish(c Coll, entries []LogEntry) {
 	}
 	h.wakeLocked(c)
 	h.mu.Unlock()
+}
+
+// writing records the entries of a group c's committer is about to write,
+// checked and not yet durable, and wakes c's waiters, if c has
+// subscribers. It returns the group's id, for settled (0: not recorded).
+func (h *hub) writing(c Coll, entries []LogEntry) uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.subs[c] == 0 || len(entries) == 0 {
+		return 0
+	}
+	h.earlySeq++
+	h.early[c] = earlyGroup{id: h.earlySeq, entries: entries}
+	h.wakeLocked(c)
+	return h.earlySeq
+}
+
+// settled forgets group id of c: durable (published) or refused.
+func (h *hub) settled(c Coll, id uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if g, ok := h.early[c]; ok && g.id == id {
+		delete(h.early, c)
+	}
+}
+
+// earlyAfter returns the group of c being written if its id is past
+// sent.
+func (h *hub) earlyAfter(c Coll, sent uint64) (earlyGroup, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	g, ok := h.early[c]
+	return g, ok && g.id > sent
 }
 
 // since returns up to limit recent entries of c after cursor, and whether

@@ -158,22 +158,33 @@ func (s *Server) page(entries []LogEntry, cursor uint64, more bool) ([]transport
 // expires: a subscription that outlives its token (the device sent no
 // auth in time) or whose refreshed token no longer grants the collection
 // ends the session with token_expired or forbidden.
-func (s *Server) subscribe(ctx context.Context, sess *session, c Coll, cursor uint64) {
+//
+// With early, the subscriber also gets the changes of each group of pushes
+// being written, once checked and before they are durable, in a live
+// message marked early that leaves its cursor where it is; they come again
+// with their sequence numbers once durable. See docs/protocol.md.
+func (s *Server) subscribe(ctx context.Context, sess *session, c Coll, cursor uint64, early bool) {
 	s.metrics.subscribers.Inc()
 	defer s.metrics.subscribers.Dec()
 	defer s.hub.subscribed(c)()
+	var sent *uint64 // the last early group sent, if early
+	if early {
+		sent = new(uint64)
+	}
 	for {
 		var ok bool
-		if cursor, ok = s.liveStep(ctx, sess, c, cursor); !ok {
+		if cursor, ok = s.liveStep(ctx, sess, c, cursor, sent); !ok {
 			return
 		}
 	}
 }
 
-// liveStep sends one live message of what the log holds after cursor, or
-// waits for the log to grow or the token to expire. It returns the cursor
-// to go on from, or false when the subscription is over.
-func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uint64) (uint64, bool) {
+// liveStep sends one live message of what the log holds after cursor, or,
+// with early not nil and nothing durable left to send, of the group being
+// written if it is past *early; or it waits for the log to grow or the
+// token to expire. It returns the cursor to go on from, or false when the
+// subscription is over.
+func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uint64, early *uint64) (uint64, bool) {
 	wake, done := s.hub.wait(c)
 	defer done()
 	keysChanged := s.auth.Changed() // before the check, so no reload slips between
@@ -207,29 +218,22 @@ func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uin
 				return cursor, false
 			}
 		}
-		// Counted while it is on its way, without waiting: its changes
-		// are mostly the hub's recent entries, in memory already.
-		g := s.mem.charge(liveBytes(recs))
-		defer g.release()
-		env, err := transport.NewEnvelope(0, &transport.Live{Collection: c.Collection, Records: recs, Next: next, More: more})
-		if err != nil {
-			s.log.Error("encoding a live message failed", "tenant", c.Tenant, "collection", c.Collection, "err", err)
-			sess.end(transport.CodeInternal, "subscription failed")
-			return cursor, false
-		}
-		// SendWithin bounds the write itself: a device that stops reading
-		// is cut off (close 4001) SlowWriteTimeout after the message was
-		// due, not left to fill the relay's socket buffers until
-		// keepalive gives up on it.
-		if err := sess.conn.SendWithin(ctx, env, s.opts.SlowWriteTimeout); err != nil {
-			// Other subscriptions of the session may see the cut too: the
-			// session ends once, and is counted once.
-			if errors.Is(err, transport.ErrSlowConsumer) && sess.end(transport.CodeSlowConsumer, "subscriber did not read in time") {
-				s.metrics.slowConsumers.Inc()
-			}
+		if !s.sendLive(ctx, sess, c, &transport.Live{Collection: c.Collection, Records: recs, Next: next, More: more}) {
 			return cursor, false
 		}
 		return next, true
+	}
+	if early != nil {
+		if g, ok := s.hub.earlyAfter(c, *early); ok {
+			*early = g.id
+			// A group that does not fit one message comes durable only.
+			if recs, ok := s.earlyPage(g.entries); ok {
+				if !s.sendLive(ctx, sess, c, &transport.Live{Collection: c.Collection, Records: recs, Next: cursor, Early: true}) {
+					return cursor, false
+				}
+				return cursor, true
+			}
+		}
 	}
 	// Nothing to send: wait for the log to grow, for the token to expire,
 	// or for the apps' keys to be reloaded, whichever comes first; then
@@ -245,6 +249,52 @@ func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uin
 	case <-keysChanged:
 	}
 	return cursor, true
+}
+
+// sendLive sends a live message, and reports false if the subscription is
+// over.
+func (s *Server) sendLive(ctx context.Context, sess *session, c Coll, lv *transport.Live) bool {
+	// Counted while it is on its way, without waiting: its changes are
+	// mostly the hub's recent entries, or a group being written, in
+	// memory already.
+	g := s.mem.charge(liveBytes(lv.Records))
+	defer g.release()
+	env, err := transport.NewEnvelope(0, lv)
+	if err != nil {
+		s.log.Error("encoding a live message failed", "tenant", c.Tenant, "collection", c.Collection, "err", err)
+		sess.end(transport.CodeInternal, "subscription failed")
+		return false
+	}
+	// SendWithin bounds the write itself: a device that stops reading is
+	// cut off (close 4001) SlowWriteTimeout after the message was due, not
+	// left to fill the relay's socket buffers until keepalive gives up on
+	// it.
+	if err := sess.conn.SendWithin(ctx, env, s.opts.SlowWriteTimeout); err != nil {
+		// Other subscriptions of the session may see the cut too: the
+		// session ends once, and is counted once.
+		if errors.Is(err, transport.ErrSlowConsumer) && sess.end(transport.CodeSlowConsumer, "subscriber did not read in time") {
+			s.metrics.slowConsumers.Inc()
+		}
+		return false
+	}
+	return true
+}
+
+// earlyPage turns a group being written into the records of one early live
+// message, if they fit one (max_batch, max_frame).
+func (s *Server) earlyPage(entries []LogEntry) ([]transport.RecordChanges, bool) {
+	if len(entries) > s.limits.MaxBatch {
+		return nil, false
+	}
+	budget := s.limits.MaxFrame - transport.FrameOverhead
+	recs := make([]transport.RecordChanges, 0, len(entries))
+	for i, e := range entries {
+		if budget -= pageSize(i, len(e.Changes), e.Record, len(e.Heads)); budget < 0 {
+			return nil, false
+		}
+		recs = append(recs, transport.RecordChanges{Record: e.Record, Data: e.Changes, Heads: e.Heads.Slices()})
+	}
+	return recs, true
 }
 
 // liveBytes is what a live message of recs takes, roughly: its changes

@@ -260,7 +260,7 @@ func (sess *session) subscribe(claims *Claims, env *transport.Envelope, m *trans
 		leavePresence()
 		return nil, err
 	}
-	sess.startSub(c, m.Cursor, leavePresence)
+	sess.startSub(c, m.Cursor, m.Early, leavePresence)
 	return nil, nil
 }
 
@@ -324,7 +324,7 @@ func (sess *session) currentClaims() *Claims {
 
 // startSub runs a subscription of c from cursor until it is stopped or
 // replaced; leavePresence is called when it ends.
-func (sess *session) startSub(c Coll, cursor uint64, leavePresence func()) {
+func (sess *session) startSub(c Coll, cursor uint64, early bool, leavePresence func()) {
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
 	if cancel, ok := sess.subs[c.Collection]; ok {
@@ -336,7 +336,7 @@ func (sess *session) startSub(c Coll, cursor uint64, leavePresence func()) {
 	go func() {
 		defer sess.wg.Done()
 		defer leavePresence()
-		sess.s.subscribe(ctx, sess, c, cursor)
+		sess.s.subscribe(ctx, sess, c, cursor, early)
 	}()
 }
 

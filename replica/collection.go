@@ -87,6 +87,12 @@ func (c *Collection) Put(id string, v any) error {
 // Update edits the record's document with fn, which runs with the record
 // locked and must not call the replica. ErrNotFound if the record does not
 // exist or is deleted. If fn fails nothing is written.
+//
+// Like every write, it returns once the edit is durable. A live profile
+// pushing the collection sends the edit to the relay while its fsync runs,
+// so if that fsync fails, the error comes back for an edit the relay may
+// hold: the edit is committed to the store, not known to be durable, and
+// stays pending until the relay acknowledges it.
 func (c *Collection) Update(id string, fn func(doc *crdt.Doc) error) error {
 	return c.one(op{kind: opUpdate, id: id, fn: fn})
 }

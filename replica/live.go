@@ -90,7 +90,7 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 	defer conn.close()
 	// The goroutines forwarding local edits end with the session.
 	ctx, cancel := context.WithCancel(ctx)
-	edits := &localEdits{r: r, ctx: ctx, feeds: map[string]*Feed{}, c: make(chan Event, 1024)}
+	edits := &localEdits{r: r, ctx: ctx, feeds: map[string]*Feed{}, c: make(chan Event, 1024), early: &earlyQueue{c: make(chan earlyEdit, earlyQueueLen)}, pushed: map[string]crdt.Heads{}, acks: newAckWriter(r)}
 	defer func() {
 		cancel()
 		edits.close()
@@ -120,7 +120,7 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 	// Anything edited between the catch-up and the feeds starting (after
 	// the state says live, so that a refusal stays in LastError).
 	for coll := range edits.feeds {
-		if err := r.pushNow(ctx, conn, p, rt, coll, nil); err != nil {
+		if err := r.pushNow(ctx, conn, p, rt, edits, coll, nil); err != nil {
 			return err
 		}
 	}
@@ -140,12 +140,22 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 			for _, coll := range behind {
 				// Messages for it were dropped: pull from its cursor.
 				r.log.Warn("live messages arrived faster than they were applied; syncing the collection", "profile", p.Name, "collection", coll)
-				if err := r.leasedSync(ctx, conn, p, rt, coll); err != nil {
+				if err := r.leasedSync(ctx, conn, p, rt, edits, coll); err != nil {
 					return err
 				}
 			}
 			for _, lv := range msgs {
-				if err := r.applyLive(ctx, conn, p, rt, lv); err != nil {
+				if err := r.applyLive(ctx, conn, p, rt, edits, lv); err != nil {
+					return err
+				}
+			}
+		case ed := <-edits.early.c:
+			if err := r.pushEarly(ctx, conn, p, rt, edits, ed, true); err != nil {
+				return err
+			}
+		case <-edits.acks.again:
+			for coll, ids := range edits.acks.takeSkipped() {
+				if err := r.pushNow(ctx, conn, p, rt, edits, coll, ids); err != nil {
 					return err
 				}
 			}
@@ -153,12 +163,15 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 			if ev.Origin != Local {
 				continue
 			}
-			for coll, list := range coalesce(ev, edits.c) {
-				if err := r.pushNow(ctx, conn, p, rt, coll, list); err != nil {
+			for coll, list := range edits.notPushed(coalesce(ev, edits.c)) {
+				if err := r.pushNow(ctx, conn, p, rt, edits, coll, list); err != nil {
 					return err
 				}
 			}
 		case <-rt.timer():
+			if err := r.drainEarly(ctx, conn, p, rt, edits); err != nil {
+				return err
+			}
 			if err := rt.retry(ctx, conn); err != nil {
 				return err
 			}
@@ -195,19 +208,24 @@ func (r *Replica) catchUp(ctx context.Context, p *Profile) (*relayConn, error) {
 // pulls, from its cursor on, and watches the local edits of each it
 // pushes.
 func (r *Replica) subscribe(ctx context.Context, conn *relayConn, p *Profile, edits *localEdits) error {
+	var pushed []string
 	for _, coll := range p.Collections {
 		if p.Type.Pulls() {
 			st, err := r.loadSyncState(p.Name, coll)
 			if err != nil {
 				return err
 			}
-			if err := conn.call(ctx, &transport.Subscribe{Collection: coll, Cursor: st.Cursor}, &transport.OK{}); err != nil {
+			if err := conn.call(ctx, &transport.Subscribe{Collection: coll, Cursor: st.Cursor, Early: earlyApply}, &transport.OK{}); err != nil {
 				return fmt.Errorf("subscribe %s: %w", coll, err)
 			}
 		}
 		if p.Type.Pushes() {
 			edits.watch(coll)
+			pushed = append(pushed, coll)
 		}
+	}
+	if !noEarlyPush {
+		edits.unregister = r.early.add(edits.early, pushed)
 	}
 	return nil
 }
@@ -218,7 +236,7 @@ func (r *Replica) pushOverflowed(ctx context.Context, conn *relayConn, p *Profil
 	for coll, f := range edits.feeds {
 		if err := f.Err(); errors.Is(err, ErrFeedOverflow) {
 			edits.watch(coll)
-			if err := r.pushNow(ctx, conn, p, rt, coll, nil); err != nil {
+			if err := r.pushNow(ctx, conn, p, rt, edits, coll, nil); err != nil {
 				return err
 			}
 		}
@@ -229,18 +247,37 @@ func (r *Replica) pushOverflowed(ctx context.Context, conn *relayConn, p *Profil
 // coalesce gathers, by collection, the IDs of ev and of the local edits
 // already waiting in c, so a burst of edits goes out in one push per
 // collection.
-func coalesce(ev Event, c <-chan Event) map[string][]string {
-	ids := map[string][]string{ev.Collection: {ev.ID}}
+func coalesce(ev Event, c <-chan Event) map[string][]Event {
+	evs := map[string][]Event{ev.Collection: {ev}}
 	for {
 		select {
 		case ev := <-c:
 			if ev.Origin == Local {
-				ids[ev.Collection] = append(ids[ev.Collection], ev.ID)
+				evs[ev.Collection] = append(evs[ev.Collection], ev)
 			}
 		default:
-			return ids
+			return evs
 		}
 	}
+}
+
+// notPushed returns the IDs of the records of evs, by collection, but for
+// those an early push took to the relay as the event has them: the relay
+// acknowledged them already, or refused them, and rt pushes them again
+// (see liveearly.go). Pushing those again would
+// first wait for their acknowledgements to be recorded, which wait for
+// the record's lock, which a later edit may hold through its fsync.
+func (l *localEdits) notPushed(evs map[string][]Event) map[string][]string {
+	out := map[string][]string{}
+	for coll, list := range evs {
+		for _, ev := range list {
+			if h, ok := l.pushed[earlyKey(coll, ev.ID)]; ok && h.Equal(ev.Heads) {
+				continue
+			}
+			out[coll] = append(out[coll], ev.ID)
+		}
+	}
+	return out
 }
 
 // localEdits forwards the events of the collections a live session pushes
@@ -252,6 +289,15 @@ type localEdits struct {
 	wg    sync.WaitGroup
 	feeds map[string]*Feed
 	c     chan Event
+	// early receives the edits of the collections pushed, as they
+	// commit, before their fsync (see liveearly.go); unregister stops it.
+	early      *earlyQueue
+	unregister func()
+	// pushed holds the heads of each record's last early push the relay
+	// answered (see outgoing.prev): this device's own commits, whose
+	// changes it holds. acks records the relay's acknowledgements.
+	pushed map[string]crdt.Heads
+	acks   *ackWriter
 }
 
 // watch starts (or restarts) forwarding a collection's events.
@@ -268,10 +314,14 @@ func (l *localEdits) watch(coll string) {
 // close stops the feeds and waits for the goroutines forwarding them; the
 // session's ctx is cancelled first, so none waits to send.
 func (l *localEdits) close() {
+	if l.unregister != nil {
+		l.unregister()
+	}
 	for _, f := range l.feeds {
 		f.Close()
 	}
 	l.wg.Wait()
+	l.acks.close()
 }
 
 func forwardLocal(ctx context.Context, f *Feed, out chan<- Event) {
@@ -289,7 +339,12 @@ func forwardLocal(ctx context.Context, f *Feed, out chan<- Event) {
 // A record holding a conflict resolution is pushed by a leased sync of the
 // collection instead (leasedSync). Records the relay refuses are reported
 // to rt, which pushes them again later.
-func (r *Replica) pushNow(ctx context.Context, conn *relayConn, p *Profile, rt *liveRetry, coll string, ids []string) error {
+func (r *Replica) pushNow(ctx context.Context, conn *relayConn, p *Profile, rt *liveRetry, edits *localEdits, coll string, ids []string) error {
+	// Early pushes of edits committed before this push reads the records
+	// go first, so none is acknowledged after what this one pushes.
+	if err := r.drainEarly(ctx, conn, p, rt, edits); err != nil {
+		return err
+	}
 	cs, held, err := r.pushUnleased(ctx, conn, p, coll, ids)
 	if err != nil {
 		return err
@@ -301,7 +356,7 @@ func (r *Replica) pushNow(ctx context.Context, conn *relayConn, p *Profile, rt *
 	if len(cs.Failed) > 0 {
 		rt.pushed(cs, false)
 	}
-	return r.leasedSync(ctx, conn, p, rt, coll)
+	return r.leasedSync(ctx, conn, p, rt, edits, coll)
 }
 
 func (r *Replica) pushUnleased(ctx context.Context, conn *relayConn, p *Profile, coll string, ids []string) (cs *CollectionStats, heldResolutions bool, err error) {
@@ -321,7 +376,10 @@ func (r *Replica) pushUnleased(ctx context.Context, conn *relayConn, p *Profile,
 // pulls again, lets the policy decide the conflicts, and pushes the
 // resolutions under the lease's fence. It pushes every pending record of
 // the collection, so it also settles what rt waits to push again.
-func (r *Replica) leasedSync(ctx context.Context, conn *relayConn, p *Profile, rt *liveRetry, coll string) error {
+func (r *Replica) leasedSync(ctx context.Context, conn *relayConn, p *Profile, rt *liveRetry, edits *localEdits, coll string) error {
+	if err := r.drainEarly(ctx, conn, p, rt, edits); err != nil {
+		return err
+	}
 	unlock := r.sched.lockProfile(p.Name)
 	defer unlock()
 	cs, err := r.syncCollection(ctx, conn, p, coll)
@@ -339,7 +397,7 @@ func (r *Replica) leasedSync(ctx context.Context, conn *relayConn, p *Profile, r
 // the relay's, nothing of the message moves the cursor: the collection
 // syncs under its lease, which pulls again from the cursor, lets the policy
 // decide, and pushes the resolution under the fence.
-func (r *Replica) applyLive(ctx context.Context, conn *relayConn, p *Profile, rt *liveRetry, lv *transport.Live) error {
+func (r *Replica) applyLive(ctx context.Context, conn *relayConn, p *Profile, rt *liveRetry, edits *localEdits, lv *transport.Live) error {
 	coll := lv.Collection
 	recs := make([]remoteRec, 0, len(lv.Records))
 	for _, rc := range lv.Records {
@@ -349,22 +407,41 @@ func (r *Replica) applyLive(ctx context.Context, conn *relayConn, p *Profile, rt
 		}
 		recs = append(recs, remoteRec{id: rc.Record, data: rc.Data, relay: heads})
 	}
-	conflict, err := r.applyLiveLocked(ctx, p, coll, recs, lv.Next)
+	if lv.Early {
+		return r.applyEarly(ctx, edits, coll, recs)
+	}
+	conflict, err := r.applyLiveLocked(ctx, p, edits, coll, recs, lv.Next)
 	if err != nil || !conflict {
 		return err
 	}
-	return r.leasedSync(ctx, conn, p, rt, coll)
+	return r.leasedSync(ctx, conn, p, rt, edits, coll)
 }
 
 // applyLiveLocked applies the records and moves the cursor to next in one
-// store transaction, so a crash keeps both or neither; it is not fsynced
+// store transaction (edits, the live session's, may be nil), so a crash keeps both or neither; it is not fsynced
 // (see durable.go). A conflict leaves the cursor where it was.
-func (r *Replica) applyLiveLocked(ctx context.Context, p *Profile, coll string, recs []remoteRec, next uint64) (conflict bool, err error) {
+func (r *Replica) applyLiveLocked(ctx context.Context, p *Profile, edits *localEdits, coll string, recs []remoteRec, next uint64) (conflict bool, err error) {
 	unlock, err := r.colls.lock(ctx, coll)
 	if err != nil {
 		return false, err
 	}
 	defer unlock()
+	var pushed map[string]crdt.Heads
+	if edits != nil {
+		pushed = edits.pushed
+	}
+	if recs, err = r.notHeld(coll, recs, pushed); err != nil {
+		return false, err
+	}
+	if len(recs) == 0 {
+		return false, r.update(func(txn *badger.Txn) error { return advanceCursor(txn, p.Name, coll, next) })
+	}
+	if edits != nil {
+		// The merge reads the relay's heads of the records.
+		if err := edits.acks.flush(ctx); err != nil {
+			return false, err
+		}
+	}
 	res, err := r.applyBatchThen(coll, recs, r.mergeOp, func(txn *badger.Txn, res *batchResult) error {
 		if len(res.conflicted) > 0 {
 			return nil
@@ -372,4 +449,36 @@ func (r *Replica) applyLiveLocked(ctx context.Context, p *Profile, coll string, 
 		return advanceCursor(txn, p.Name, coll, next)
 	})
 	return len(res.conflicted) > 0, err
+}
+
+// notHeld leaves out of recs the records whose heads this device is
+// known to hold already, as the relay's heads it recorded or an early
+// push's (pushed): its own pushes, sent back to it by its subscription. Applying them would change nothing, and would wait for
+// the record's lock, which a local edit holds through its fsync: the
+// session would stop pushing while it waits (see liveearly.go). A record
+// holding changes a failed merge hook kept back goes through the merge
+// either way. The caller holds the collection's lock, under which the
+// relay's heads of a record change.
+func (r *Replica) notHeld(coll string, recs []remoteRec, pushed map[string]crdt.Heads) ([]remoteRec, error) {
+	out := recs[:0:0]
+	err := r.view(func(txn *badger.Txn) error {
+		for _, rec := range recs {
+			acked, err := readAcked(txn, coll, rec.id)
+			if err != nil {
+				return err
+			}
+			if len(rec.relay) > 0 && (acked.Equal(rec.relay) || pushed[earlyKey(coll, rec.id)].Equal(rec.relay)) {
+				_, held, err := getKey(txn, recKey('q', coll, rec.id))
+				if err != nil {
+					return err
+				}
+				if !held {
+					continue
+				}
+			}
+			out = append(out, rec)
+		}
+		return nil
+	})
+	return out, err
 }

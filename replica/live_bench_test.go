@@ -77,7 +77,7 @@ func BenchmarkLiveApply(b *testing.B) {
 	p := &Profile{Name: "p"}
 	ctx := context.Background()
 	src, first := newLiveSource(b, 100)
-	if _, err := r.applyLiveLocked(ctx, p, "c", first, 1); err != nil {
+	if _, err := r.applyLiveLocked(ctx, p, nil, "c", first, 1); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
@@ -87,7 +87,7 @@ func BenchmarkLiveApply(b *testing.B) {
 		rec := src.next(b)
 		cursor++
 		b.StartTimer()
-		if conflict, err := r.applyLiveLocked(ctx, p, "c", []remoteRec{rec}, cursor); err != nil || conflict {
+		if conflict, err := r.applyLiveLocked(ctx, p, nil, "c", []remoteRec{rec}, cursor); err != nil || conflict {
 			b.Fatal(conflict, err)
 		}
 	}

@@ -37,6 +37,8 @@ type partsVariant struct {
 	devicesRelax  bool
 	relayStore    string // badger, badger-relaxed, memory
 	devicesMemory bool
+	noEarlyPush   bool // devices push an edit only once it is durable
+	earlyApply    bool // devices take the relay's changes before durable
 }
 
 var partsVariants = []partsVariant{
@@ -75,8 +77,17 @@ func (v partsVariant) start(b *testing.B, mode policy.Mode) (Profile, func() *Re
 }
 
 func BenchmarkLiveParts(b *testing.B) {
-	for _, v := range partsVariants {
+	// W2's path as it was before devices pushed edits while their fsync
+	// runs, and with devices also taking the relay's changes while its
+	// fsync runs (replica/liveearly.go), for a comparison in the same run.
+	before := []partsVariant{
+		{name: "durable-no-early", relayStore: "badger", noEarlyPush: true},
+		{name: "durable-early-apply", relayStore: "badger", earlyApply: true},
+	}
+	for _, v := range append(before, partsVariants...) {
 		b.Run(v.name, func(b *testing.B) {
+			noEarlyPush, earlyApply = v.noEarlyPush, v.earlyApply
+			defer func() { noEarlyPush, earlyApply = false, false }()
 			p, openDev := v.start(b, policy.Live)
 			livePartsRun(b, p, openDev(), openDev())
 		})

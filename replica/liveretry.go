@@ -106,7 +106,7 @@ func (rt *liveRetry) retry(ctx context.Context, conn *relayConn) error {
 	}
 	slices.Sort(colls)
 	for _, coll := range colls {
-		if err := rt.r.pushNow(ctx, conn, rt.p, rt, coll, nil); err != nil {
+		if err := rt.r.pushNow(ctx, conn, rt.p, rt, nil, coll, nil); err != nil { // the session drained its early pushes
 			return err
 		}
 	}

@@ -26,6 +26,13 @@ type outgoing struct {
 	// partial marks a piece of a record's changes other than the last
 	// (see pieces): acknowledged, but not counted as a record pushed.
 	partial bool
+	// early marks an early push's (see liveearly.go): base is the heads
+	// the relay held as the edit committed, and the acknowledgement is
+	// recorded only if the relay's heads recorded are still those, or
+	// prev, the heads of an earlier early push of the record from this
+	// device, which this one's build on.
+	early bool
+	prev  crdt.Heads
 }
 
 // outgoing reads what a pending record has to push.
@@ -65,9 +72,17 @@ func (r *Replica) outgoing(coll, id string) (outgoing, error) {
 // iterator, which sorts the transaction's pending writes) made an
 // acknowledgement cost more than the push it acknowledged.
 func (r *Replica) acknowledge(coll string, batch []outgoing, leased bool) error {
+	_, err := r.acknowledgeEarly(coll, batch, leased)
+	return err
+}
+
+// acknowledgeEarly is acknowledge, and returns the IDs of the records of
+// early pushes in batch whose acknowledgement it did not record, as the
+// relay's heads recorded for them had moved (see outgoing.early).
+func (r *Replica) acknowledgeEarly(coll string, batch []outgoing, leased bool) (skipped []string, err error) {
 	release, err := r.enter()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer release()
 	keys := make([]string, len(batch))
@@ -77,7 +92,8 @@ func (r *Replica) acknowledge(coll string, batch []outgoing, leased bool) error 
 	defer r.locks.lockAll(keys)()
 	done := r.writing()
 	defer done()
-	return r.db.Update(func(txn *badger.Txn) error {
+	return skipped, r.db.Update(func(txn *badger.Txn) error {
+		skipped = skipped[:0]
 		for _, o := range batch {
 			m, ok, err := readMeta(txn, coll, o.id)
 			if err != nil {
@@ -85,6 +101,19 @@ func (r *Replica) acknowledge(coll string, batch []outgoing, leased bool) error 
 			}
 			if !ok {
 				continue // gone since the push (purged): nothing to acknowledge
+			}
+			if o.early {
+				held, err := readAcked(txn, coll, o.id)
+				if err != nil {
+					return err
+				}
+				if !held.Equal(o.base) && (o.prev == nil || !held.Equal(o.prev)) {
+					// Acknowledged or applied since the edit: these heads
+					// may be older than what is recorded. The record stays
+					// pending if it was, and is pushed the ordinary way.
+					skipped = append(skipped, o.id)
+					continue
+				}
 			}
 			if err := ackRecord(txn, coll, o.id, m.heads, o.heads, leased); err != nil {
 				return err

@@ -40,6 +40,8 @@ type Replica struct {
 	mem   *native   // releases the memory automerge-go leaves behind
 	pres  *presence // in memory only
 
+	early earlyPushes // live sessions pushing local edits before their fsync
+
 	closeOnce sync.Once
 	closeErr  error
 	closing   chan struct{}

@@ -170,6 +170,9 @@ type collSync struct {
 	// heldResolutions is set by a push without the lease that left
 	// records holding conflict resolutions for a leased sync.
 	heldResolutions bool
+	// ack records what the relay acknowledged; nil: Replica.acknowledge,
+	// at once.
+	ack func(coll string, batch []outgoing, leased bool) error
 	// refreshSince is the store's read timestamp as a refresh from the
 	// relay began (see refresh.go).
 	refreshSince uint64

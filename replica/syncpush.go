@@ -317,7 +317,11 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 	}
 	// The relay holds at least what was pushed; its own heads may name
 	// changes this device has not pulled yet, so they are not used.
-	if err := s.r.acknowledge(s.coll, batch, s.lease != nil); err != nil {
+	record := s.r.acknowledge
+	if s.ack != nil {
+		record = s.ack
+	}
+	if err := record(s.coll, batch, s.lease != nil); err != nil {
 		return 0, err
 	}
 	n := 0

@@ -146,8 +146,10 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 
 	state := map[string]*touched{}
 	var order []*touched
+	var early []earlyEdit
 	done := r.writing()
 	err = r.db.Update(func(txn *badger.Txn) error {
+		early = early[:0]
 		for i, o := range ops {
 			t := state[keys[i]]
 			if t == nil {
@@ -168,9 +170,19 @@ func (r *Replica) commit(ops []op, local bool) ([]Event, error) {
 				return err
 			}
 		}
+		if local {
+			var err error
+			early, err = r.earlyEdits(txn, order)
+			return err
+		}
 		return nil
 	})
 	done()
+	if err == nil && len(early) > 0 {
+		// Committed, not yet durable: live sessions push the edits while
+		// the fsync runs (see liveearly.go).
+		r.early.send(early)
+	}
 	err = r.durable(err)
 	if err != nil {
 		// The cached documents may hold edits that were never stored:

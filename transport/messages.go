@@ -152,6 +152,12 @@ type Changes struct {
 	// sent, to pass as Pull.After for the next page while More is true. The
 	// cursor to continue from afterwards is the Next of the FIRST page.
 	After string `msgpack:"after,omitempty"`
+	// Early is set only on live messages to a subscription that asked for
+	// them (Subscribe.Early): the records are checked changes the relay has
+	// not made durable yet, with seq 0, and Next is the subscription's
+	// cursor unchanged. The same changes come again, with their sequence
+	// numbers, once durable.
+	Early bool `msgpack:"early,omitempty"`
 }
 
 func (c *Changes) validate(l *Limits) error {
@@ -197,6 +203,9 @@ type Ack struct {
 type Subscribe struct {
 	Collection string `msgpack:"collection"`
 	Cursor     uint64 `msgpack:"cursor"`
+	// Early asks for each checked change as soon as the relay has it, in
+	// an early live message, before it is durable (see Changes.Early).
+	Early bool `msgpack:"early,omitempty"`
 }
 
 // Unsubscribe ends a subscription.

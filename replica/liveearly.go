@@ -1,0 +1,445 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrysync/ferry/crdt"
+)
+
+// A live session pushes a local edit while the edit's fsync runs, rather
+// than after it: commit hands the session what the edit has to push once
+// its transaction has committed and before it fsyncs (early pushes), and
+// the app's call still returns, and its feeds still hear of the edit, only
+// once the fsync is done. So the relay may hold an edit before it is
+// durable on the device. Nothing is lost by that, and nothing is
+// confused:
+//
+//   - If the device loses the edit (a power cut before the fsync), its
+//     call never returned. The relay's copy comes back to it on its next
+//     pull: its cursor was written after the edit, so it was lost with it
+//     (Badger's logs survive as a prefix; see durable.go). The device does
+//     not write another change under the same actor and sequence number,
+//     since each open of a store writes as a new actor (newActor).
+//   - If the fsync fails, the call returns its error although the relay
+//     may hold the edit; Collection.Update says so.
+//   - The relay's acknowledgement is recorded (acknowledge) under the
+//     record's lock, which commit holds until its fsync is done, so no
+//     record is marked as held by the relay before its edit is durable
+//     here. Waiting for that lock, which a later edit's commit may hold
+//     through its own fsync, would stop the session pushing that edit: so
+//     an ackWriter goroutine records early pushes' acknowledgements, in
+//     order, and the session waits for it (flush) only before what reads
+//     the relay's heads of a record (an ordinary push, a merge).
+//   - An acknowledgement is recorded only if the relay's heads recorded
+//     for the record are still those the early push built on, or those of
+//     the record's last early push from this session (outgoing.prev),
+//     which the new one's build on: an older push's acknowledgement,
+//     recorded after a newer one's, must not set the heads back.
+//   - The session remembers each record's last early push (pushed), so
+//     that the edit's feed event does not push it again, and so that the
+//     relay sending the device its own edit back does not make the session
+//     apply it again, which would wait for the record's lock (notHeld).
+//
+// An early push is a shortcut, never the only way: the record stays
+// pending until the relay's acknowledgement is recorded. An early push
+// that is dropped (the session's queue is full) or skipped (a record held
+// back, or too large for one push) goes the ordinary way, from the edit's
+// feed event; one whose acknowledgement is not recorded (the heads moved
+// meanwhile) is pushed again at the next push of the collection, and the
+// relay acknowledges changes it holds without storing them again.
+
+// noEarlyPush turns early pushes off, for benchmarks that compare.
+var noEarlyPush bool
+
+// earlyApply makes live sessions ask the relay for early live messages
+// (below). Off by default: with the relay's fsync on the path, taking
+// them cut W2's median round trip but made its mean and tail several
+// times longer (BenchmarkLiveParts, durable against durable-early-apply;
+// docs/benchmarks.md), for a cause not found yet. Tests turn it on.
+var earlyApply bool
+
+// earlyEdit is one committed unit of work's records of one collection, as
+// they are to be pushed.
+type earlyEdit struct {
+	coll string
+	recs []outgoing
+}
+
+// earlyPushes are the live sessions that push local edits early, by the
+// collections they push.
+type earlyPushes struct {
+	mu sync.Mutex
+	by map[string]map[*earlyQueue]struct{}
+}
+
+// earlyQueue is one live session's: commit sends to c and never waits.
+type earlyQueue struct {
+	c chan earlyEdit
+}
+
+// earlyQueueLen is how many committed units of work a live session's
+// early queue holds; past it, edits go the ordinary way.
+const earlyQueueLen = 256
+
+// add registers q for the collections colls and returns a function that
+// removes it.
+func (e *earlyPushes) add(q *earlyQueue, colls []string) (remove func()) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.by == nil {
+		e.by = map[string]map[*earlyQueue]struct{}{}
+	}
+	for _, c := range colls {
+		if e.by[c] == nil {
+			e.by[c] = map[*earlyQueue]struct{}{}
+		}
+		e.by[c][q] = struct{}{}
+	}
+	return func() {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		for _, c := range colls {
+			delete(e.by[c], q)
+			if len(e.by[c]) == 0 {
+				delete(e.by, c)
+			}
+		}
+	}
+}
+
+// wants says whether a live session pushes coll early.
+func (e *earlyPushes) wants(coll string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.by[coll]) > 0
+}
+
+// send hands edits to the sessions that push their collections, dropping
+// what a full queue cannot take.
+func (e *earlyPushes) send(edits []earlyEdit) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, ed := range edits {
+		for q := range e.by[ed.coll] {
+			select {
+			case q.c <- ed:
+			default:
+			}
+		}
+	}
+}
+
+// earlyOutgoing returns what a record committed by a local edit in txn
+// has to push, as outgoing would read it once the edit is durable, or
+// false if the record must go the ordinary way: held back (a failed merge
+// hook's changes, or a conflict resolution, which needs the lease), or
+// built on heads the document does not know.
+func earlyOutgoing(txn *badger.Txn, t *touched) (outgoing, bool, error) {
+	for _, prefix := range []byte{'q', 'l'} {
+		if _, held, err := getKey(txn, recKey(prefix, t.coll, t.id)); err != nil || held {
+			return outgoing{}, false, err
+		}
+	}
+	acked, err := readAcked(txn, t.coll, t.id)
+	if err != nil {
+		return outgoing{}, false, err
+	}
+	changes, err := t.doc.ChangesSince(acked)
+	if errors.Is(err, crdt.ErrUnknownHeads) {
+		return outgoing{}, false, nil
+	}
+	if err != nil || len(changes) == 0 {
+		return outgoing{}, false, err
+	}
+	return outgoing{id: t.id, changes: changes, heads: t.new.heads, base: acked, known: len(acked) > 0, deleted: t.new.deleted, early: true}, true, nil
+}
+
+// earlyEdits returns what the records of a local unit of work committed
+// in txn have to push early, by collection, for the collections a live
+// session pushes early.
+func (r *Replica) earlyEdits(txn *badger.Txn, order []*touched) ([]earlyEdit, error) {
+	var out []earlyEdit
+	wanted := map[string]int{} // collection → index in out, or -1
+	for _, t := range order {
+		i, ok := wanted[t.coll]
+		if !ok {
+			i = -1
+			if r.early.wants(t.coll) {
+				i = len(out)
+				out = append(out, earlyEdit{coll: t.coll})
+			}
+			wanted[t.coll] = i
+		}
+		if i < 0 || t.new.heads.Equal(t.old.heads) {
+			continue
+		}
+		o, ok, err := earlyOutgoing(txn, t)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out[i].recs = append(out[i].recs, o)
+		}
+	}
+	return slices.DeleteFunc(out, func(e earlyEdit) bool { return len(e.recs) == 0 }), nil
+}
+
+// drainEarly pushes the early edits waiting in the session's queue. edits
+// may be nil: nothing to drain.
+func (r *Replica) drainEarly(ctx context.Context, conn *relayConn, p *Profile, rt *liveRetry, edits *localEdits) error {
+	if edits == nil {
+		return nil
+	}
+	for {
+		select {
+		case ed := <-edits.early.c:
+			if err := r.pushEarly(ctx, conn, p, rt, edits, ed, false); err != nil {
+				return err
+			}
+		default:
+			// What reads the relay's heads of a record (a push, a merge)
+			// needs the acknowledgements recorded first.
+			return edits.acks.flush(ctx)
+		}
+	}
+}
+
+// ackWriter records the relay's acknowledgements of a live session's
+// early pushes, in order, on a goroutine of its own: recording one waits
+// for the record's lock, which the edit's commit holds until its fsync is
+// done, or a later edit's commit holds through its own fsync. The session
+// meanwhile goes on pushing.
+type ackWriter struct {
+	r    *Replica
+	jobs chan ackJob
+	done chan struct{}
+	// again receives the records whose acknowledgement was not recorded
+	// (see acknowledgeEarly), for the session to push the ordinary way.
+	again chan struct{}
+
+	mu      sync.Mutex
+	skipped map[string][]string // by collection, not yet on again
+}
+
+type ackJob struct {
+	coll    string
+	batch   []outgoing
+	flushed chan struct{} // closed once the jobs before it are done
+}
+
+func newAckWriter(r *Replica) *ackWriter {
+	w := &ackWriter{r: r, jobs: make(chan ackJob, earlyQueueLen), done: make(chan struct{}), again: make(chan struct{}, 1), skipped: map[string][]string{}}
+	go w.run()
+	return w
+}
+
+func (w *ackWriter) run() {
+	defer close(w.done)
+	for j := range w.jobs {
+		if j.flushed != nil {
+			close(j.flushed)
+			continue
+		}
+		skipped, err := w.r.acknowledgeEarly(j.coll, j.batch, false)
+		if err != nil {
+			// The records stay pending: pushed again, and acknowledged
+			// again, at the collection's next push.
+			w.r.log.Warn("recording the relay's acknowledgement of an early push failed", "collection", j.coll, "err", err)
+			continue
+		}
+		if len(skipped) > 0 {
+			w.mu.Lock()
+			w.skipped[j.coll] = append(w.skipped[j.coll], skipped...)
+			w.mu.Unlock()
+			select {
+			case w.again <- struct{}{}: // the session takes skipped
+			default:
+			}
+		}
+	}
+}
+
+// takeSkipped returns the records whose acknowledgement was not recorded
+// since the last call, by collection.
+func (w *ackWriter) takeSkipped() map[string][]string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := w.skipped
+	w.skipped = map[string][]string{}
+	return out
+}
+
+// add queues the acknowledgement of batch.
+func (w *ackWriter) add(ctx context.Context, coll string, batch []outgoing) error {
+	select {
+	case w.jobs <- ackJob{coll: coll, batch: batch}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// flush returns once every acknowledgement queued before is recorded.
+func (w *ackWriter) flush(ctx context.Context) error {
+	f := make(chan struct{})
+	select {
+	case w.jobs <- ackJob{flushed: f}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-f:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// close waits for the acknowledgements queued, then stops the writer.
+func (w *ackWriter) close() {
+	close(w.jobs)
+	<-w.done
+}
+
+// pushEarly pushes an early edit, with those waiting behind it if more,
+// one push per collection, as they were committed: the records' changes
+// since the heads the relay held then. A record no longer pending was
+// pushed meanwhile; one too large for one push goes the ordinary way, in
+// pieces.
+func (r *Replica) pushEarly(ctx context.Context, conn *relayConn, p *Profile, rt *liveRetry, edits *localEdits, ed earlyEdit, more bool) error {
+	byColl := map[string][]outgoing{ed.coll: ed.recs}
+	order := []string{ed.coll}
+	for more {
+		select {
+		case e := <-edits.early.c:
+			if _, ok := byColl[e.coll]; !ok {
+				order = append(order, e.coll)
+			}
+			byColl[e.coll] = append(byColl[e.coll], e.recs...)
+		default:
+			more = false
+		}
+	}
+	for _, coll := range order {
+		recs := byColl[coll]
+		for i, o := range recs {
+			recs[i].prev = edits.pushed[earlyKey(coll, o.id)]
+		}
+		cs, sent, err := r.pushEarlyColl(ctx, conn, p, edits.acks, coll, recs)
+		if err != nil {
+			return err
+		}
+		// A record the relay refused is pushed again by rt, after its
+		// backoff, as any live push the relay refuses.
+		rt.pushed(cs, false)
+		if len(edits.pushed) > earlyRemembered {
+			clear(edits.pushed)
+		}
+		for _, o := range sent {
+			edits.pushed[earlyKey(coll, o.id)] = o.heads
+		}
+	}
+	return nil
+}
+
+// earlyRemembered bounds how many records' last early pushes a session
+// remembers; past it, it forgets them all, which costs only pushes
+// acknowledged again the ordinary way.
+const earlyRemembered = 4096
+
+func earlyKey(coll, id string) string { return coll + "\x00" + id }
+
+// pushEarlyColl pushes early edits of one collection and returns what it
+// sent, acknowledged or refused.
+func (r *Replica) pushEarlyColl(ctx context.Context, conn *relayConn, p *Profile, acks *ackWriter, coll string, recs []outgoing) (cs *CollectionStats, sent []outgoing, err error) {
+	cs = &CollectionStats{Collection: coll, Type: p.Type, Start: r.opts.Clock()}
+	unlock, err := r.colls.lock(ctx, coll)
+	if err != nil {
+		return cs, nil, err
+	}
+	defer unlock()
+	ids := make([]string, len(recs))
+	for i, o := range recs {
+		ids[i] = o.id
+	}
+	pending, err := r.pendingAmong(coll, ids)
+	if err != nil {
+		return cs, nil, err
+	}
+	s := &collSync{r: r, conn: conn, p: p, coll: coll, cs: cs, ack: func(coll string, batch []outgoing, _ bool) error {
+		return acks.add(ctx, coll, batch)
+	}}
+	b := s.newPushBatches(len(recs))
+	for _, o := range recs {
+		if !slices.Contains(pending, o.id) || len(o.changes) > b.maxData {
+			b.total--
+			continue
+		}
+		if err := b.add(ctx, o.id, []outgoing{o}); err != nil {
+			return cs, nil, err
+		}
+		sent = append(sent, o)
+	}
+	err = b.flush(ctx)
+	cs.End = r.opts.Clock()
+	return cs, sent, err
+}
+
+// With earlyApply, a live session also takes the relay's early live
+// messages: each group
+// of pushes the relay has checked, sent while the relay makes it durable
+// (transport.Changes.Early). Such a message moves no cursor: the same
+// changes come again, with their sequence numbers, once durable, and only
+// that message moves the cursor, so a cursor never names an entry the
+// relay could still lose. What an early message brings is applied at once
+// to each record that holds no changes of this device's own that the
+// relay lacks: if the relay loses them (a crash before its fsync), their
+// pusher had no acknowledgement and pushes them again, and this device,
+// which applied them, marks the record pending, so that it pushes them too
+// at its next push of the collection; the relay acknowledges what it holds
+// without storing it twice. A record with pending changes of its own waits
+// for the durable message, which compares both sides field by field, as
+// every pull does (merge.go). Early messages are a shortcut, never the
+// only way: one dropped by the session's queue only costs time.
+
+// applyEarly applies an early live message.
+func (r *Replica) applyEarly(ctx context.Context, edits *localEdits, coll string, recs []remoteRec) error {
+	unlock, err := r.colls.lock(ctx, coll)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if recs, err = r.notHeld(coll, recs, edits.pushed); err != nil || len(recs) == 0 {
+		return err
+	}
+	_, err = r.applyBatchThen(coll, recs, r.earlyOp, nil)
+	return err
+}
+
+// earlyOp applies an early message's changes to a record with no pending
+// changes (and none a failed merge hook holds back), marking it pending:
+// the relay may yet lose them.
+func (r *Replica) earlyOp(txn *badger.Txn, t *touched, rec remoteRec, _ *batchResult) (bool, error) {
+	for _, prefix := range []byte{'p', 'q'} {
+		if _, held, err := getKey(txn, recKey(prefix, t.coll, t.id)); err != nil || held {
+			return false, err
+		}
+	}
+	if _, err := t.doc.Import(rec.data); err != nil {
+		// Changes this device cannot take yet (it missed what they build
+		// on) wait for the durable message, or the pull that catches up.
+		r.log.Debug("early changes not applied", "collection", t.coll, "record", t.id, "err", err)
+		return false, nil
+	}
+	nm, err := r.writeRecord(txn, t.coll, t.id, t.doc, t.new, true)
+	if err != nil {
+		return false, err
+	}
+	t.new = nm
+	return true, nil
+}

@@ -1,0 +1,535 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
+)
+
+// fsyncGate holds a disk replica's fsyncs while closed: each waits until
+// it is opened, then fsyncs, or fails with the error it was opened with.
+type fsyncGate struct {
+	mu   sync.Mutex
+	wait chan struct{} // nil: fsyncs run
+	err  error
+	held chan struct{} // receives when an fsync starts waiting
+	// opened: wait is closed, and later fsyncs fail with err
+	opened bool
+}
+
+// gateFsync installs a gate on r's fsyncs. Call it before r starts any
+// goroutine that commits (before adding a live profile).
+func gateFsync(t *testing.T, r *Replica) *fsyncGate {
+	g := &fsyncGate{held: make(chan struct{}, 16)}
+	// Before r's Close, which waits for the calls the gate holds.
+	t.Cleanup(func() { g.open(errors.New("test over")) })
+	run := r.fsync.run
+	r.fsync.run = func() error {
+		g.mu.Lock()
+		wait := g.wait
+		g.mu.Unlock()
+		if wait != nil {
+			select {
+			case g.held <- struct{}{}:
+			default:
+			}
+			<-wait
+			g.mu.Lock()
+			err := g.err
+			g.mu.Unlock()
+			if err != nil {
+				return err
+			}
+		}
+		return run()
+	}
+	return g
+}
+
+func (g *fsyncGate) close() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.wait, g.err, g.opened = make(chan struct{}), nil, false
+}
+
+// open lets the fsyncs held, and later ones, go on: fsynced, or failed
+// with err.
+func (g *fsyncGate) open(err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.wait != nil && !g.opened {
+		close(g.wait)
+	}
+	g.err, g.opened = err, true
+	if err == nil {
+		g.wait = nil
+	}
+}
+
+// waitValue waits until f reports record id with field at want, and
+// returns the event.
+func waitValue(t *testing.T, r *Replica, f *Feed, id, field string, want any) Event {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case ev, ok := <-f.C:
+			if !ok {
+				t.Fatalf("feed closed: %v", f.Err())
+			}
+			if ev.ID == id && fmt.Sprint(getFields(t, r, "c", id)[field]) == fmt.Sprint(want) {
+				return ev
+			}
+		case <-deadline:
+			t.Fatalf("%s never had %s = %v", id, field, want)
+		}
+	}
+}
+
+// liveOptions are a device's options with a listener that tells when its
+// profile "live" is live.
+func liveOptions(e *syncEnv) (*Options, <-chan struct{}) {
+	live := make(chan struct{}, 64)
+	return &Options{TokenSource: StaticToken(e.token), Listener: Listener{Status: func(st SyncStatus) {
+		if st.Profile == "live" && st.State == StateLive {
+			select {
+			case live <- struct{}{}:
+			default:
+			}
+		}
+	}}}, live
+}
+
+// liveProfile adds the live profile "live" to r, and waits until it is
+// live if isLive is not nil.
+func liveProfile(t *testing.T, e *syncEnv, r *Replica, isLive <-chan struct{}) {
+	t.Helper()
+	live := e.profile("live")
+	live.Mode = policy.Live
+	if err := r.AddProfile(live); err != nil {
+		t.Fatal(err)
+	}
+	if isLive == nil {
+		return
+	}
+	select {
+	case <-isLive:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the live profile did not go live")
+	}
+}
+
+// A live device pushes an edit while the edit's fsync runs: another device
+// has it before the call that made it returns, and that call still waits
+// for the fsync. Without early pushes, b would wait for a's fsync.
+func TestLiveEarlyPush(t *testing.T) {
+	e := newSyncEnv(t)
+	optsA, isLive := liveOptions(e)
+	a := open(t, t.TempDir(), optsA)
+	gate := gateFsync(t, a)
+	b := e.device(nil)
+	feedB := b.Collection("c").Watch(1024)
+	defer feedB.Close()
+	liveProfile(t, e, a, isLive)
+	liveProfile(t, e, b, nil)
+	ca := a.Collection("c")
+	if err := ca.Create("r", map[string]any{"qty": int64(0)}); err != nil {
+		t.Fatal(err)
+	}
+	waitValue(t, b, feedB, "r", "qty", 0)
+
+	gate.close()
+	done := make(chan error, 1)
+	go func() {
+		done <- ca.Update("r", func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, int64(1)) })
+	}()
+	<-gate.held
+	waitValue(t, b, feedB, "r", "qty", 1)
+	select {
+	case err := <-done:
+		t.Fatalf("Update returned (%v) before its fsync", err)
+	default:
+	}
+	gate.open(nil)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// The relay's acknowledgement is recorded once the edit is durable:
+	// the next edit goes through, and the first is no longer pending.
+	if err := ca.Update("r", func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, int64(2)) }); err != nil {
+		t.Fatal(err)
+	}
+	waitValue(t, b, feedB, "r", "qty", 2)
+	ha, err := ca.Heads("r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hb, err := b.Collection("c").Heads("r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ha.Equal(hb) {
+		t.Fatalf("a's heads %v, b's %v", ha, hb)
+	}
+}
+
+// A device that pushed an edit early and then lost it in a power cut
+// before its fsync (its call never returned) gets it back from the relay,
+// and what it writes afterwards, even before it syncs, does not clash with
+// the lost edit: each open writes as a new actor.
+//
+// The power cut: the device's store is copied while closed, then opened
+// again and never fsynced after (its fsyncs are held, then failed), so the
+// copy is its durable state when the cut comes, but for the live profile
+// the reopened device added, which the copy lacks and the test does not
+// need.
+func TestLiveEarlyPushLostByPowerCut(t *testing.T) {
+	e := newSyncEnv(t)
+	dir, saved := t.TempDir(), t.TempDir()
+	opts, isLive := liveOptions(e)
+	a, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.AddProfile(e.profile("p")); err != nil {
+		t.Fatal(err)
+	}
+	ca := a.Collection("c")
+	if err := ca.Create("r", map[string]any{"qty": int64(0), "note": "a"}); err != nil {
+		t.Fatal(err)
+	}
+	mustSync(t, a, "p") // the relay has r; a's cursor is past it
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	copyDir(t, dir, saved)
+
+	a = open(t, dir, opts)
+	gate := gateFsync(t, a)
+	b := e.device(nil)
+	feedB := b.Collection("c").Watch(1024)
+	defer feedB.Close()
+	liveProfile(t, e, a, isLive)
+	liveProfile(t, e, b, nil)
+	waitValue(t, b, feedB, "r", "qty", 0)
+
+	gate.close()
+	done := make(chan error, 1)
+	go func() {
+		done <- a.Collection("c").Update("r", func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, int64(1)) })
+	}()
+	<-gate.held
+	waitValue(t, b, feedB, "r", "qty", 1) // the relay holds it
+	cut := errors.New("power cut")
+	gate.open(cut)
+	if err := <-done; !errors.Is(err, cut) {
+		t.Fatalf("Update = %v, want the failed fsync", err)
+	}
+	a.Close()
+
+	// The device as its disk had it: before the edit.
+	a2 := open(t, saved, opts)
+	c2 := a2.Collection("c")
+	if f := getFields(t, a2, "c", "r"); fmt.Sprint(f["qty"]) != "0" {
+		t.Fatalf("the copy has qty %v: not the state before the edit", f["qty"])
+	}
+	if err := c2.Update("r", func(d *crdt.Doc) error { return d.Set(crdt.Path{"note"}, "again") }); err != nil {
+		t.Fatal(err)
+	}
+	mustSync(t, a2, "p")
+	waitValue(t, b, feedB, "r", "note", "again")
+	fa, fb := getFields(t, a2, "c", "r"), getFields(t, b, "c", "r")
+	if fmt.Sprintf("%v %v %v", fa["qty"], fa["note"], fb["qty"]) != "1 again 1" {
+		t.Fatalf("after the sync, the device has %v and the other %v; want both edits", fa, fb)
+	}
+	ha, err := c2.Heads("r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hb, err := b.Collection("c").Heads("r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ha.Equal(hb) {
+		t.Fatalf("heads differ: %v and %v", ha, hb)
+	}
+}
+
+// An early push's acknowledgement is recorded only over the relay's heads
+// it built on, or over the record's previous early push's: one arriving
+// after the heads moved on is left out, and reported, never set back.
+func TestAcknowledgeEarlyNeverSetsHeadsBack(t *testing.T) {
+	r := mem(t)
+	c := r.Collection("c")
+	heads := func() crdt.Heads {
+		h, err := c.Heads("x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	acked := func() crdt.Heads {
+		var h crdt.Heads
+		if err := r.view(func(txn *badger.Txn) (err error) { h, err = readAcked(txn, "c", "x"); return }); err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	if err := c.Create("x", map[string]any{"n": 1}); err != nil {
+		t.Fatal(err)
+	}
+	h1 := heads()
+	if err := c.Update("x", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, 2) }); err != nil {
+		t.Fatal(err)
+	}
+	h2 := heads()
+
+	// The push of h2, built on nothing held, is acknowledged first.
+	if skipped, err := r.acknowledgeEarly("c", []outgoing{{id: "x", heads: h2, early: true}}, false); err != nil || len(skipped) > 0 {
+		t.Fatalf("acknowledging h2: skipped %v, %v", skipped, err)
+	}
+	if !acked().Equal(h2) {
+		t.Fatalf("relay's heads %v, want h2", acked())
+	}
+	// The push of h1, also built on nothing, comes after: left out.
+	skipped, err := r.acknowledgeEarly("c", []outgoing{{id: "x", heads: h1, early: true}}, false)
+	if err != nil || len(skipped) != 1 {
+		t.Fatalf("acknowledging h1 after h2: skipped %v, %v; want x skipped", skipped, err)
+	}
+	if !acked().Equal(h2) {
+		t.Fatalf("relay's heads set back to %v", acked())
+	}
+	if n, _ := c.PendingCount(); n != 0 {
+		t.Fatalf("%d pending, want 0", n)
+	}
+	// A later edit's push, built on h1 but after the early push of h2:
+	// recorded.
+	if err := c.Update("x", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, 3) }); err != nil {
+		t.Fatal(err)
+	}
+	h3 := heads()
+	if skipped, err := r.acknowledgeEarly("c", []outgoing{{id: "x", heads: h3, base: h1, prev: h2, early: true}}, false); err != nil || len(skipped) > 0 {
+		t.Fatalf("acknowledging h3: skipped %v, %v", skipped, err)
+	}
+	if !acked().Equal(h3) {
+		t.Fatalf("relay's heads %v, want h3", acked())
+	}
+}
+
+// appendGate is a relay store whose appends wait while the gate is shut,
+// then run (stored) or not, and fail with err if it is set: a relay that
+// dies before its group is durable (not stored), or after it but before
+// it answers (stored). Close leaves the store under it open, for the
+// relay that follows.
+type appendGate struct {
+	relay.Store
+	mu      sync.Mutex
+	shut    chan struct{} // nil: open
+	stored  bool
+	err     error
+	waiting chan struct{} // receives when an append starts waiting
+}
+
+func newAppendGate(s relay.Store) *appendGate {
+	return &appendGate{Store: s, waiting: make(chan struct{}, 16)}
+}
+
+func (g *appendGate) Append(ctx context.Context, c relay.Coll, fence uint64, now time.Time, entries []relay.Entry) (uint64, error) {
+	g.mu.Lock()
+	shut := g.shut
+	g.mu.Unlock()
+	if shut == nil {
+		return g.Store.Append(ctx, c, fence, now, entries)
+	}
+	select {
+	case g.waiting <- struct{}{}:
+	default:
+	}
+	<-shut
+	g.mu.Lock()
+	stored, err := g.stored, g.err
+	g.mu.Unlock()
+	if !stored {
+		return 0, err
+	}
+	seq, aerr := g.Store.Append(ctx, c, fence, now, entries)
+	if err != nil {
+		return 0, err
+	}
+	return seq, aerr
+}
+
+func (g *appendGate) Close() error { return nil }
+
+func (g *appendGate) close() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.shut = make(chan struct{})
+}
+
+// open lets the appends waiting go on: stored or not, and failing with err
+// if not nil. Later appends run as usual.
+func (g *appendGate) open(stored bool, err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.stored, g.err = stored, err
+	if g.shut != nil {
+		close(g.shut)
+		g.shut = nil
+	}
+}
+
+// earlyEnv is a relay on a gated store and two live devices, a and b.
+type earlyEnv struct {
+	e      *syncEnv
+	base   relay.Store
+	gate   *appendGate
+	a, b   *Replica
+	feedB  *Feed
+	coll   relay.Coll
+	cursor func() uint64 // b's live cursor
+}
+
+func newEarlyEnv(t *testing.T) *earlyEnv {
+	earlyApply = true
+	t.Cleanup(func() { earlyApply = false })
+	e := newSyncEnv(t)
+	base := memstore.New()
+	t.Cleanup(func() { base.Close() })
+	gate := newAppendGate(base)
+	e.swap(gate)
+	// Before the relay's Close, which waits for the pushes the gate holds.
+	t.Cleanup(func() { gate.open(true, nil) })
+	env := &earlyEnv{e: e, base: base, gate: gate, coll: relay.Coll{Tenant: e.app.ID, Collection: "c"}}
+	optsA, liveA := liveOptions(e)
+	optsA.InMemory = true
+	env.a = open(t, "", optsA)
+	if err := env.a.AddProfile(e.profile("p")); err != nil {
+		t.Fatal(err)
+	}
+	optsB, liveB := liveOptions(e)
+	env.b = e.device(optsB)
+	env.feedB = env.b.Collection("c").Watch(1024)
+	t.Cleanup(env.feedB.Close)
+	liveProfile(t, e, env.a, liveA)
+	liveProfile(t, e, env.b, liveB)
+	env.cursor = func() uint64 {
+		st, err := env.b.loadSyncState("live", "c")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Cursor
+	}
+	if err := env.a.Collection("c").Create("r", map[string]any{"qty": int64(0)}); err != nil {
+		t.Fatal(err)
+	}
+	waitValue(t, env.b, env.feedB, "r", "qty", 0)
+	// A first sync pushes every record: past it, b pushes only what is
+	// pending.
+	mustSync(t, env.b, "p")
+	return env
+}
+
+func (env *earlyEnv) head(t *testing.T) uint64 {
+	h, err := env.base.Head(context.Background(), env.coll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// A live device applies a change the relay has checked while the relay's
+// append runs, and moves its cursor only once the append is durable.
+func TestLiveEarlyApply(t *testing.T) {
+	env := newEarlyEnv(t)
+	ca := env.a.Collection("c")
+	env.gate.close()
+	if err := ca.Update("r", func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, int64(1)) }); err != nil {
+		t.Fatal(err)
+	}
+	<-env.gate.waiting
+	before, head := env.cursor(), env.head(t)
+	waitValue(t, env.b, env.feedB, "r", "qty", 1)
+	if c := env.cursor(); c != before || c > head {
+		t.Fatalf("b's cursor moved from %d to %d before the relay's append (head %d)", before, c, head)
+	}
+	env.gate.open(true, nil)
+	if err := ca.Update("r", func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, int64(2)) }); err != nil {
+		t.Fatal(err)
+	}
+	waitValue(t, env.b, env.feedB, "r", "qty", 2)
+	if c := env.cursor(); c <= head {
+		t.Fatalf("b's cursor %d, want past %d: the durable message did not move it", c, head)
+	}
+}
+
+// The relay dies while a change it fanned out early is not durable:
+// before its fsync (the change is lost) or after it, before it answers.
+// The pusher had no acknowledgement, and here it goes offline for good;
+// the other device applied the change early and marked the record
+// pending. Once a relay runs again on the store, that device's next sync
+// gives the relay the change if it lost it; no cursor names an entry the
+// relay does not hold, and the two converge.
+func TestLiveEarlyApplyRelayDies(t *testing.T) {
+	for _, stored := range []bool{false, true} {
+		t.Run(fmt.Sprintf("stored=%v", stored), func(t *testing.T) {
+			env := newEarlyEnv(t)
+			env.gate.close()
+			if err := env.a.Collection("c").Update("r", func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, int64(1)) }); err != nil {
+				t.Fatal(err)
+			}
+			<-env.gate.waiting
+			head := env.head(t)
+			waitValue(t, env.b, env.feedB, "r", "qty", 1)
+			if c := env.cursor(); c > head {
+				t.Fatalf("b's cursor %d is past the relay's durable head %d", c, head)
+			}
+			// The relay dies: its push in flight fails. A new relay runs
+			// on the store.
+			restarted := make(chan struct{})
+			go func() {
+				defer close(restarted)
+				env.e.rl.Restart(t, newAppendGate(env.base), nil)
+			}()
+			env.a.Close()
+			env.gate.open(stored, errors.New("the relay died"))
+			<-restarted
+			if c, h := env.cursor(), env.head(t); c > h {
+				t.Fatalf("b's cursor %d is past the relay's head %d", c, h)
+			}
+			mustSync(t, env.b, "p")
+			doc, _, err := relay.Document(context.Background(), env.base, env.coll, "r")
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := crdt.Load(doc, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Free()
+			h, err := env.b.Collection("c").Heads("r")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !h.Equal(d.Heads()) {
+				t.Fatalf("b has heads %v, the relay %v: the change was lost", h, d.Heads())
+			}
+			if n, _ := env.b.Collection("c").PendingCount(); n != 0 {
+				t.Fatalf("b has %d pending after syncing", n)
+			}
+			if c, h := env.cursor(), env.head(t); c > h {
+				t.Fatalf("b's cursor %d is past the relay's head %d", c, h)
+			}
+		})
+	}
+}
