@@ -2,6 +2,7 @@ package replica
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -224,6 +225,177 @@ func TestRefreshKeepsWritesMadeWhileItRuns(t *testing.T) {
 	check(b)
 
 	// The writes are pending, and reach the relay and the other device.
+	setType(t, b, policy.TwoWay)
+	if st := stat(mustSync(t, b, "p"), "c"); len(st.Failed) > 0 {
+		t.Fatalf("b's sync failed: %+v", st.Failed)
+	}
+	mustSync(t, a, "p")
+	check(a)
+	f.wantSame("c", a, b)
+}
+
+// refreshWithWrites sets up a and b sharing nine records, three pages of
+// b's refresh pull, lets prepare change them on a, which pushes them,
+// then runs b's refresh from the relay and calls during between its first
+// and second page: r00..r02 are refreshed already then, r03..r08 not yet.
+func refreshWithWrites(t *testing.T, pol policy.Policy, mergeHook policy.Resolver, prepare func(ca *Collection), during func(cb *Collection)) (f *faultRelay, a, b *Replica) {
+	t.Helper()
+	limits := transport.Limits{MaxBatch: 3}
+	f = newFaultRelay(t, limits)
+	hook := &progressHook{}
+	a, b = f.env.device(nil), f.env.device(&Options{Listener: hook.listener(), MergeHook: mergeHook})
+	ca, cb := coll2(t, a, "c"), coll2(t, b, "c")
+	for i := range 9 {
+		if err := ca.Create(fmt.Sprintf("r%02d", i), map[string]any{"n": int64(i), "v": "base"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustSync(t, a, "p")
+	mustSync(t, b, "p")
+	if pol != "" {
+		setProfilePolicy(t, b, pol)
+	}
+	prepare(ca)
+	mustSync(t, a, "p")
+
+	setType(t, b, policy.RefreshFromServer)
+	wrote := false
+	hook.once(func(p Progress) bool {
+		if p.Direction != FromRelay || p.Done != limits.MaxBatch {
+			return false
+		}
+		during(cb)
+		wrote = true
+		return true
+	})
+	st := mustSync(t, b, "p")
+	if !wrote {
+		t.Fatalf("the refresh made no second page (stats %+v)", stat(st, "c"))
+	}
+	return f, a, b
+}
+
+// A write made while a refresh runs may conflict with the relay's copy:
+// another device set the same field and pushed before the refresh. The
+// record is merged, not replaced, so the conflict goes to the collection's
+// policy as in any sync: prefer-local keeps the device's value and it
+// ends up everywhere, prefer-cloud keeps the relay's, a custom hook
+// decides. An edit made after the record's page was applied follows the
+// relay's value and wins under any policy. Every other field, on either
+// side, is kept.
+func TestRefreshWriteConflictingWithRelaySettlesByPolicy(t *testing.T) {
+	var asked []string
+	both := policy.ResolverFunc(func(c *policy.Conflict) (policy.Decision, error) {
+		asked = append(asked, c.Record+"."+c.Path.String())
+		if c.Path.String() == "v" {
+			return policy.Keep(c.Local.(string) + " & " + c.Remote.(string)), nil
+		}
+		return policy.Keep(c.Local), nil
+	})
+	for _, tc := range []struct {
+		name     string
+		pol      policy.Policy
+		wantR07v string
+	}{
+		{"default", "", "b during"}, // prefer-local
+		{"prefer-local", policy.PreferLocal, "b during"},
+		{"prefer-cloud", policy.PreferCloud, "a before"},
+		{"custom", policy.Custom, "b during & a before"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			asked = nil
+			f, a, b := refreshWithWrites(t, tc.pol, both, func(ca *Collection) {
+				for _, id := range []string{"r00", "r07"} {
+					if err := ca.Update(id, func(d *crdt.Doc) error {
+						if err := d.Set(crdt.Path{"v"}, "a before"); err != nil {
+							return err
+						}
+						return d.Set(crdt.Path{"a"}, "a's field")
+					}); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}, func(cb *Collection) {
+				for _, id := range []string{"r00", "r07"} {
+					if err := cb.Update(id, func(d *crdt.Doc) error {
+						if err := d.Set(crdt.Path{"v"}, "b during"); err != nil {
+							return err
+						}
+						return d.Set(crdt.Path{"b"}, "b's field")
+					}); err != nil {
+						t.Errorf("update %s: %v", id, err)
+					}
+				}
+			})
+			check := func(r *Replica) {
+				t.Helper()
+				for id, v := range map[string]string{"r00": "b during", "r07": tc.wantR07v} {
+					fl := getFields(t, r, "c", id)
+					if fl["v"] != v || fl["a"] != "a's field" || fl["b"] != "b's field" || fl["n"] == nil {
+						t.Fatalf("%s has %s = %v, want v %q and both devices' other fields", r.ID()[:6], id, fl, v)
+					}
+				}
+				for i := range 9 {
+					if i == 0 || i == 7 {
+						continue
+					}
+					id := fmt.Sprintf("r%02d", i)
+					if fl := getFields(t, r, "c", id); fl["v"] != "base" || fl["n"] != int64(i) {
+						t.Fatalf("%s has %s = %v", r.ID()[:6], id, fl)
+					}
+				}
+			}
+			check(b)
+			if tc.pol == policy.Custom && strings.Join(asked, ",") != "r07.v" {
+				t.Fatalf("the hook was asked about %v, want r07.v alone", asked)
+			}
+			setType(t, b, policy.TwoWay)
+			if st := stat(mustSync(t, b, "p"), "c"); len(st.Failed) > 0 {
+				t.Fatalf("b's sync failed: %+v", st.Failed)
+			}
+			mustSync(t, a, "p")
+			check(a)
+			f.wantSame("c", a, b)
+		})
+	}
+}
+
+// A delete made while a refresh runs is a write like any other: whether
+// the record's page was applied already (r00) or not yet (r07, and r05,
+// which another device edited before the refresh, so the delete conflicts
+// with the relay's copy and prefer-local keeps it), the record stays
+// deleted, and the delete reaches the relay and the other device.
+func TestRefreshKeepsDeletesMadeWhileItRuns(t *testing.T) {
+	deleted := []string{"r00", "r05", "r07"}
+	f, a, b := refreshWithWrites(t, "", nil, func(ca *Collection) {
+		if err := ca.Put("r05", map[string]any{"n": int64(5), "v": "a before"}); err != nil {
+			t.Fatal(err)
+		}
+	}, func(cb *Collection) {
+		for _, id := range deleted {
+			if err := cb.Delete(id); err != nil {
+				t.Errorf("delete %s: %v", id, err)
+			}
+		}
+	})
+	check := func(r *Replica) {
+		t.Helper()
+		c := coll2(t, r, "c")
+		for _, id := range deleted {
+			var m map[string]any
+			if err := c.Get(id, &m); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("%s has %s = %v (%v), want it deleted", r.ID()[:6], id, m, err)
+			}
+		}
+		if got, want := ids(t, r, "c"), "r01,r02,r03,r04,r06,r08"; got != want {
+			t.Fatalf("%s has %q, want %q", r.ID()[:6], got, want)
+		}
+	}
+	check(b)
+	if n, _ := coll2(t, b, "c").PendingCount(); n != len(deleted) {
+		p, _ := coll2(t, b, "c").Pending()
+		t.Fatalf("b has %v pending after the refresh, want the deleted records", p)
+	}
 	setType(t, b, policy.TwoWay)
 	if st := stat(mustSync(t, b, "p"), "c"); len(st.Failed) > 0 {
 		t.Fatalf("b's sync failed: %+v", st.Failed)
