@@ -71,15 +71,16 @@ func (c *docCache) get(key string) (*crdt.Doc, meta, bool) {
 // put caches a record's document. The caller holds the record's write
 // lock.
 func (c *docCache) put(key string, d *crdt.Doc, m meta) {
-	if e, ok := c.c.Peek(key); ok && e.doc == d {
+	old, ok := c.c.Peek(key)
+	if ok && old.doc == d {
 		// The same document, changed: it stays (and its entry, so that it
 		// does not leave and reach the reaper).
-		e.m = m
-		c.c.PutSized(key, e, e.size())
+		old.m = m
+		c.c.PutSized(key, old, old.size())
 		return
 	}
 	e := &cacheEntry{doc: d, m: m}
-	if old, ok := c.c.Peek(key); ok {
+	if ok {
 		// The record's next document (a unit of work's, a merge's): its
 		// content is the one counted when it was loaded, and more.
 		e.perStored = old.perStored
