@@ -120,6 +120,10 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 	if err != nil {
 		return false, err
 	}
+	if prepared && m.inPlace && (q != nil || m.pending != pending) {
+		// Merged into the document itself: it cannot be merged again.
+		return false, fmt.Errorf("ferry: %s/%s changed between its merge and its store", coll, id)
+	}
 	if !prepared || q != nil || m.pending != pending {
 		m.free()
 		var synced crdt.Heads
@@ -128,7 +132,7 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 				return false, err
 			}
 		}
-		m = merge(t.doc, pending, synced, data, relay)
+		m = merge(t.doc, pending, synced, data, relay, res.settle.covers(id))
 		if res.settle.covers(id) {
 			res.settle.settle(&m, id)
 		}
@@ -208,18 +212,25 @@ type merging struct {
 	// conflicts, committed (made: as a change; the decisions may all be
 	// what the merge shows already), for mergeOp to store with the record.
 	settled, made bool
+	// inPlace says merged is the record's document itself, not a copy.
+	inPlace bool
 }
 
 func (m merging) free() {
-	if m.merged != nil {
+	if m.merged != nil && !m.inPlace {
 		m.merged.Free()
 	}
 }
 
 // merge imports data into d, the record's document, or, if the record is
 // pending (synced: the heads the relay acknowledged), into a copy of d
-// compared three ways with d and the relay's version (heads relay).
-func merge(d *crdt.Doc, pending bool, synced crdt.Heads, data []byte, relay crdt.Heads) (m merging) {
+// compared three ways with d and the relay's version (heads relay). With
+// inPlace, the record's conflicts are settled with the merge (see
+// settling), so the record is stored merged whatever they are: the import
+// goes into d itself, which costs no copy and indexes only the changes d
+// made lately rather than a copy's whole history. If that merge then
+// fails, the batch fails, and drops d.
+func merge(d *crdt.Doc, pending bool, synced crdt.Heads, data []byte, relay crdt.Heads, inPlace bool) (m merging) {
 	m.pending = pending
 	if !pending {
 		_, m.err = d.Import(data)
@@ -229,19 +240,29 @@ func merge(d *crdt.Doc, pending bool, synced crdt.Heads, data []byte, relay crdt
 	if m.local, m.err = d.Snapshot(); m.err != nil {
 		return m
 	}
-	merged, err := d.Fork(nil)
-	if err != nil {
-		m.err = err
-		return m
+	merged := d
+	if !inPlace {
+		var err error
+		if merged, err = d.Fork(nil); err != nil {
+			m.err = err
+			return m
+		}
 	}
+	m.inPlace = inPlace
+	drop := func() {
+		if !inPlace {
+			merged.Free()
+		}
+	}
+	// On an error Import leaves the document as it was.
 	n, err := merged.Import(data)
 	if err != nil || n == 0 {
-		merged.Free()
+		drop()
 		m.err = err
 		return m
 	}
 	if m.diff, m.remote, m.err = threeWay(merged, m.local, synced, relay, data); m.err != nil {
-		merged.Free()
+		drop()
 		return m
 	}
 	m.merged = merged
@@ -315,8 +336,9 @@ func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec
 					return
 				}
 				j := jobs[k]
-				out[k] = merge(j.t.doc, j.pending, j.synced, j.rec.data, j.rec.relay)
-				if res.settle.covers(j.t.id) {
+				settle := res.settle.covers(j.t.id)
+				out[k] = merge(j.t.doc, j.pending, j.synced, j.rec.data, j.rec.relay, settle)
+				if settle {
 					res.settle.settle(&out[k], j.t.id)
 				}
 			}
@@ -362,9 +384,9 @@ func newSettling(coll string, recs []remoteRec, res policy.Resolver, now time.Ti
 func (s *settling) covers(id string) bool { return s != nil && s.once[id] }
 
 // settle decides m's conflicts, if it has any, into m.merged and commits
-// them, as storeResolution does. A resolver error leaves them to
-// resolveConflicted, which reports it; a failure to write the decisions is
-// m's error.
+// them, as storeResolution does. A failure to decide or to write the
+// decisions is m's error: the merge went into the record's document
+// itself (merge's inPlace), which cannot wait for the policy as it is.
 func (s *settling) settle(m *merging, id string) {
 	if m.err != nil || m.merged == nil || len(m.diff.Conflicts) == 0 {
 		return
@@ -372,6 +394,7 @@ func (s *settling) settle(m *merging, id string) {
 	c := conflicted{rec: remoteRec{id: id}, conflicts: m.diff.Conflicts, localRec: m.local.Fields(), remoteRec: m.remote.Fields()}
 	decisions, err := ask(s.coll, c, s.res)
 	if err != nil {
+		m.err = err // a built-in resolver does not fail
 		return
 	}
 	for i, cf := range c.conflicts {
