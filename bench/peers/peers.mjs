@@ -21,7 +21,10 @@
 // --ferry PATH (a built ferry binary; default: go build from this
 // checkout). --w3-rounds N runs only W3, Ferry's and Yjs's in turns, N
 // rounds, and prints each time and the medians: Yjs's W3 time varies
-// several-fold from run to run, and turns share the machine's load. Each peer's workloads and what its "done" means are
+// several-fold from run to run, and turns share the machine's load. With
+// --ferry-base PATH (another ferry binary, say one built before a change)
+// each round also runs that binary's W3, first, so two builds compare in
+// the same turns. Each peer's workloads and what its "done" means are
 // described in docs/benchmarks.md.
 import { spawn, execFileSync } from "node:child_process"
 import { existsSync, mkdtempSync, rmSync } from "node:fs"
@@ -42,12 +45,13 @@ import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websoc
 // ---- flags ----
 
 function parseFlags(argv) {
-  const f = { records: 10000, updates: 1000, mergeRecords: 100, amRecords: 0, seed: 1, json: false, ferry: "", w3Rounds: 0 }
+  const f = { records: 10000, updates: 1000, mergeRecords: 100, amRecords: 0, seed: 1, json: false, ferry: "", ferryBase: "", w3Rounds: 0 }
   const names = { "--records": "records", "--updates": "updates", "--merge-records": "mergeRecords", "--am-records": "amRecords", "--seed": "seed", "--w3-rounds": "w3Rounds" }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     if (a === "--json") f.json = true
     else if (a === "--ferry") f.ferry = argv[++i]
+    else if (a === "--ferry-base") f.ferryBase = argv[++i]
     else if (names[a]) {
       const v = Number(argv[++i])
       if (!Number.isInteger(v) || v <= 0) usage(`${a} wants a positive integer`)
@@ -55,11 +59,12 @@ function parseFlags(argv) {
     } else usage(`unknown argument ${a}`)
   }
   if (!f.amRecords) f.amRecords = Math.min(f.records, 2000)
+  if (f.ferryBase && !f.w3Rounds) usage("--ferry-base needs --w3-rounds")
   return f
 }
 
 function usage(msg) {
-  console.error(`peers: ${msg}\nusage: node peers.mjs [--records N] [--am-records N] [--updates N] [--merge-records N] [--seed N] [--json] [--ferry PATH] [--w3-rounds N]`)
+  console.error(`peers: ${msg}\nusage: node peers.mjs [--records N] [--am-records N] [--updates N] [--merge-records N] [--seed N] [--json] [--ferry PATH] [--w3-rounds N [--ferry-base PATH]]`)
   process.exit(2)
 }
 
@@ -177,12 +182,12 @@ function ferryBin() {
   return bin
 }
 
-// ferryBench runs ferry bench --child --json on the workloads and returns
-// its results by workload.
-async function ferryBench(workloads) {
+// ferryBench runs ferry bench --child --json on the workloads (with bin,
+// or the ferry under test) and returns its results by workload.
+async function ferryBench(workloads, bin = ferryBin()) {
   const dir = mkdtempSync(join(work, "ferry-"))
   const out = await new Promise((ok, fail) => {
-    const p = spawn(ferryBin(), ["bench", "--child", "--json", "--seed", String(flags.seed), "--workloads", workloads,
+    const p = spawn(bin, ["bench", "--child", "--json", "--seed", String(flags.seed), "--workloads", workloads,
       "--records", String(flags.records), "--updates", String(flags.updates), "--merge-records", String(flags.mergeRecords),
       "--dir", dir], { stdio: ["ignore", "pipe", "inherit"] })
     let s = ""
@@ -534,14 +539,17 @@ if (flags.w3Rounds) {
 // w3Rounds runs Ferry's W3 and Yjs's in turns, flags.w3Rounds rounds.
 async function w3Rounds() {
   const load0 = loadavg()
-  const res = { ferry: [], yjs: [] }
+  const res = { ferry: [], yjs: [], base: [] }
+  const merge = async bin => (await ferryBench("W3", bin)).W3.metrics.find(x => x.name === "merge").value
   try {
     for (let i = 1; i <= flags.w3Rounds; i++) {
-      const f = (await ferryBench("W3")).W3.metrics.find(x => x.name === "merge").value
+      const b = flags.ferryBase ? await merge(flags.ferryBase) : null
+      const f = await merge(ferryBin())
       const y = (await withServer(startYjs, yjsW3)).merge
+      if (b !== null) res.base.push(b)
       res.ferry.push(f)
       res.yjs.push(y)
-      log(`W3 round ${i}: Ferry ${(f * 1000).toFixed(0)} ms, Yjs ${(y * 1000).toFixed(0)} ms; load average ${loadavg()[0].toFixed(1)}`)
+      log(`W3 round ${i}: ${b !== null ? `Ferry base ${(b * 1000).toFixed(0)} ms, ` : ""}Ferry ${(f * 1000).toFixed(0)} ms, Yjs ${(y * 1000).toFixed(0)} ms; load average ${loadavg()[0].toFixed(1)}`)
     }
   } finally {
     rmSync(work, { recursive: true, force: true })
@@ -549,18 +557,29 @@ async function w3Rounds() {
   const median = xs => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2 }
   const out = {
     w3_rounds: { ferry: res.ferry, yjs: res.yjs, ferry_median: median(res.ferry), yjs_median: median(res.yjs) },
+    // Each round's Ferry/Yjs, for how often the two are within a ratio,
+    // not only their medians.
+    ratios: res.ferry.map((f, i) => f / res.yjs[i]),
     machine: { cpus: cpus().length, model: cpus()[0].model, node: process.version, loadavg_start: load0, loadavg_end: loadavg() },
     config: flags,
   }
   out.w3_rounds.ratio_of_medians = out.w3_rounds.ferry_median / out.w3_rounds.yjs_median
+  if (flags.ferryBase) {
+    out.w3_rounds.base = res.base
+    out.w3_rounds.base_median = median(res.base)
+  }
   if (flags.json) {
     console.log(JSON.stringify(out, null, 2))
     return
   }
   const ms = xs => xs.map(x => (x * 1000).toFixed(0)).join(", ")
-  console.log(`W3, ${flags.updates} offline edits per client on ${flags.mergeRecords} records, ${flags.w3Rounds} rounds of Ferry then Yjs:`)
+  console.log(`W3, ${flags.updates} offline edits per client on ${flags.mergeRecords} records, ${flags.w3Rounds} rounds of ${flags.ferryBase ? "Ferry base, " : ""}Ferry then Yjs:`)
+  if (flags.ferryBase) {
+    console.log(`Ferry base (${flags.ferryBase}): ${ms(res.base)} ms; median ${ms([out.w3_rounds.base_median])} ms`)
+  }
   console.log(`Ferry: ${ms(res.ferry)} ms; median ${ms([out.w3_rounds.ferry_median])} ms`)
   console.log(`Yjs:   ${ms(res.yjs)} ms; median ${ms([out.w3_rounds.yjs_median])} ms`)
+  console.log(`Ferry/Yjs by round: ${out.ratios.map(x => x.toFixed(2)).join(", ")}`)
   console.log(`Ferry/Yjs, medians: ${out.w3_rounds.ratio_of_medians.toFixed(2)}; load average ` +
     `${load0.map(x => x.toFixed(1)).join(" ")} at start, ${out.machine.loadavg_end.map(x => x.toFixed(1)).join(" ")} at end; seed ${flags.seed}`)
 }
