@@ -383,7 +383,7 @@ func (c *Conn) Recv(ctx context.Context) (*Envelope, error) {
 	if typ != websocket.MessageBinary {
 		return nil, c.fail(errorf(CodeBadFrame, "text message; messages are binary msgpack"))
 	}
-	e, err := c.limits.Decode(b)
+	e, err := c.limits.decode(b, true) // b is this message's own
 	if err != nil {
 		return nil, c.fail(AsError(err))
 	}
