@@ -247,6 +247,21 @@ func (c *Conn) SendWithin(ctx context.Context, e *Envelope, d time.Duration) err
 	if err != nil {
 		return err
 	}
+	return c.sendWithin(ctx, b, d)
+}
+
+// SendEncodedWithin is SendWithin for frame, an envelope of type typ as
+// Encode returns it, so that a message sent on many connections is encoded
+// once. frame is only read, and may be sent on other connections at the
+// same time; one over Limits.MaxFrame is refused with ErrTooLarge.
+func (c *Conn) SendEncodedWithin(ctx context.Context, typ MessageType, frame []byte, d time.Duration) error {
+	if len(frame) > c.limits.MaxFrame {
+		return errorf(CodeTooLarge, "%s message of %d bytes exceeds max_frame %d", typ, len(frame), c.limits.MaxFrame)
+	}
+	return c.sendWithin(ctx, frame, d)
+}
+
+func (c *Conn) sendWithin(ctx context.Context, b []byte, d time.Duration) error {
 	if d <= 0 {
 		return c.write(ctx, c.ctx, b)
 	}
@@ -258,7 +273,7 @@ func (c *Conn) SendWithin(ctx context.Context, e *Envelope, d time.Duration) err
 		stopWaiting()
 		c.cutSlow(d)
 	})
-	err = c.write(turn, c.ctx, b)
+	err := c.write(turn, c.ctx, b)
 	if t.Stop() {
 		return err
 	}
