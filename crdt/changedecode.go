@@ -136,6 +136,9 @@ func (c *change) decodeOps(cols *colSet) error {
 	// data.
 	rootOnly := len(cols.get(specObjActor)) == 0 || len(cols.get(specObjCounter)) == 0
 	nActors := uint64(1 + len(c.others))
+	if n := opsHint(action); n > 0 {
+		c.ops = make([]chOp, 0, n)
+	}
 	for i := 0; ; i++ {
 		act, null, ok := action.next()
 		if err := action.err(); err != nil {
@@ -185,6 +188,22 @@ func (c *change) decodeOps(cols *colSet) error {
 		}
 		c.ops = append(c.ops, op)
 	}
+}
+
+// opsHint counts the values of the action column, one per operation, to
+// size the operations once: growing them by appends cost more than the
+// rest of decoding a small change. A run can claim many values in a few
+// bytes, so the count stops at a bound; the decoder appends past it.
+func opsHint(action rleDecoder[uint64]) int {
+	const bound = 256
+	n := 0
+	for n < bound {
+		if _, _, ok := action.next(); !ok {
+			break
+		}
+		n++
+	}
+	return n
 }
 
 // readObj mirrors Rust's ObjIdIter: two nulls (or a counter of 0) are the
