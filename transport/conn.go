@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -384,7 +385,7 @@ func (c *Conn) writeFragments(ctx context.Context, b []byte) error {
 // too_large, unsupported_version), closes with the matching close code,
 // and returns the *Error, which errors.As finds in the chain.
 func (c *Conn) Recv(ctx context.Context) (*Envelope, error) {
-	typ, b, err := c.ws.Read(ctx)
+	typ, b, err := c.read(ctx)
 	if err != nil {
 		if errors.Is(err, websocket.ErrMessageTooBig) {
 			// The library has sent close 1009 already; finish the handshake.
@@ -403,6 +404,34 @@ func (c *Conn) Recv(ctx context.Context) (*Envelope, error) {
 		return nil, c.fail(AsError(err))
 	}
 	return e, nil
+}
+
+// readBufs hold messages being read: a message is read into one, growing
+// it as needed, then copied out at its size, which costs one allocation
+// rather than the several of growing a fresh buffer to fit.
+var readBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledRead is the largest buffer kept for the next message.
+const maxPooledRead = 256 << 10
+
+// read reads one whole message, as websocket.Conn.Read does.
+func (c *Conn) read(ctx context.Context) (websocket.MessageType, []byte, error) {
+	typ, r, err := c.ws.Reader(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	buf := readBufs.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= maxPooledRead {
+			buf.Reset()
+			readBufs.Put(buf)
+		}
+	}()
+	buf.Reset()
+	if _, err := buf.ReadFrom(r); err != nil {
+		return 0, nil, err
+	}
+	return typ, bytes.Clone(buf.Bytes()), nil
 }
 
 // fail answers a protocol violation by the peer and closes.
