@@ -192,6 +192,11 @@ func (e *Envelope) decodeInto(b Body) error {
 	if e.limits != nil {
 		l = *e.limits
 	}
+	// The hand decoder keeps within the limits scan checks, so a body it
+	// takes is decoded without a scan first.
+	if l.MaxDepth >= fastDepth && fastUnmarshalWithin(e.Body, b, l.MaxItems) {
+		return b.validate(&l)
+	}
 	// Scan again: an Envelope may have been built by hand, not by Decode.
 	if err := scan(e.Body, l.MaxDepth, l.MaxItems); err != nil {
 		return err
@@ -199,7 +204,7 @@ func (e *Envelope) decodeInto(b Body) error {
 	if len(e.Body) > 0 && !isMap(e.Body[0]) && e.Body[0] != 0xc0 {
 		return errorf(CodeBadFrame, "%s body is not a map", e.Type)
 	}
-	if err := unmarshal(e.Body, b); err != nil {
+	if err := slowUnmarshal(e.Body, b); err != nil {
 		return errorf(CodeBadFrame, "%s body: %w", e.Type, err)
 	}
 	return b.validate(&l)

@@ -21,7 +21,20 @@ import (
 // b has a shape the hand decoder takes. It reports false, leaving v as it
 // was, otherwise.
 func fastUnmarshal(b []byte, v any) bool {
-	r := mpReader{b: b}
+	return fastUnmarshalWithin(b, v, -1)
+}
+
+// fastDepth is how deep the hand-decoded bodies nest: body, records,
+// record, heads.
+const fastDepth = 4
+
+// fastUnmarshalWithin is fastUnmarshal giving up past maxItems array
+// elements and map entries in all (maxItems < 0: no bound), as scan counts
+// them. Its bodies nest fastDepth deep at most, and every length it reads
+// is checked against the bytes left, so what it allocates is bounded as
+// it is after scan: a body it takes needs no scan first.
+func fastUnmarshalWithin(b []byte, v any, maxItems int) bool {
+	r := mpReader{b: b, items: int64(maxItems), bounded: maxItems >= 0}
 	var ok bool
 	switch v := v.(type) {
 	case *Envelope:
@@ -46,6 +59,23 @@ type mpReader struct {
 	// alias lets the envelope's body share b instead of copying it, when
 	// the caller owns b and will not reuse it.
 	alias bool
+	// items is what is left of the bound on array elements and map
+	// entries, if bounded.
+	items   int64
+	bounded bool
+}
+
+// count takes n items of the bound, reporting false past it.
+func (r *mpReader) count(n uint64) bool {
+	if !r.bounded {
+		return true
+	}
+	if n > uint64(r.items) {
+		r.items = -1
+		return false
+	}
+	r.items -= int64(n)
+	return true
 }
 
 func (r *mpReader) code() (byte, bool) {
@@ -86,11 +116,12 @@ func (r *mpReader) mapLen() (uint64, bool) {
 	case !ok:
 		return 0, false
 	case c&0xf0 == 0x80:
-		return uint64(c & 0x0f), true
-	case c == 0xde:
-		return r.be(2)
-	case c == 0xdf:
-		return r.be(4)
+		n := uint64(c & 0x0f)
+		return n, r.count(n)
+	case c == 0xde, c == 0xdf:
+		n, ok := r.be(2 << (c - 0xde))
+		// Each entry needs two bytes at least.
+		return n, ok && n <= uint64(len(r.b)-r.pos)/2 && r.count(n)
 	}
 	return 0, false
 }
@@ -113,7 +144,7 @@ func (r *mpReader) arrayLen() (n uint64, isNil, ok bool) {
 	default:
 		return 0, false, false
 	}
-	if !ok || n > uint64(len(r.b)-r.pos) {
+	if !ok || n > uint64(len(r.b)-r.pos) || !r.count(n) {
 		return 0, false, false
 	}
 	return n, false, true

@@ -3,6 +3,7 @@ package transport
 import (
 	"bytes"
 	"encoding/hex"
+	"errors"
 	"math"
 	"math/rand/v2"
 	"reflect"
@@ -264,5 +265,42 @@ func BenchmarkDecodeLive(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestBodyLimitsHoldWithoutScan: a body the hand decoder takes without a
+// scan is still held to max_items and max_depth, as a scanned one is.
+func TestBodyLimitsHoldWithoutScan(t *testing.T) {
+	recs := make([]RecordChanges, 6)
+	for i := range recs {
+		recs[i] = RecordChanges{Record: "r", Data: []byte("x"), Heads: [][]byte{head(byte(i))}}
+	}
+	frame := mustFrame(1, &Push{Collection: "c", Records: recs})
+	// The body holds 3 + 6 + 6*(5+1) = 45 items: a map of 3 entries, 6
+	// records, each a map of 5 entries and one head.
+	for _, tc := range []struct {
+		limits Limits
+		code   Code
+	}{
+		{Limits{MaxItems: 45}, ""},
+		{Limits{MaxItems: 44}, CodeTooLarge},
+		{Limits{MaxDepth: 4}, ""},
+		{Limits{MaxDepth: 3}, CodeTooLarge},
+	} {
+		l := tc.limits.WithDefaults()
+		e := &Envelope{V: ProtocolVersion, Type: TypePush, ID: 1, limits: &l}
+		d, err := Decode(frame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Body = d.Body
+		_, err = e.Message()
+		var pe *Error
+		switch {
+		case tc.code == "" && err != nil:
+			t.Errorf("%+v: %v", tc.limits, err)
+		case tc.code != "" && (!errors.As(err, &pe) || pe.Code != tc.code):
+			t.Errorf("%+v: %v, want %s", tc.limits, err, tc.code)
+		}
 	}
 }
