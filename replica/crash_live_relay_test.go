@@ -158,7 +158,7 @@ func TestLiveCrashRelay(t *testing.T) {
 		if lost != nil {
 			// Only b holds it now: b pushes it again.
 			start := time.Now()
-			if !lcWaitRelay(relayDocs, lost) {
+			if !lcWaitRelay(relayDocs, c, lost) {
 				t.Fatalf("round %d: %s at heads %v, applied early by b and lost by the relay, never reached the relay again with a shut down", round, lost.id, lost.heads)
 			}
 			t.Logf("round %d: b pushed %s again, %v after the relay's restart", round, lost.id, time.Since(start).Round(time.Millisecond))
@@ -287,11 +287,12 @@ type lcEarly struct {
 	heads crdt.Heads
 }
 
-// lcWaitRelay waits until the relay holds e, for up to a minute.
-func lcWaitRelay(relayDocs func() (map[string]lcDoc, error), e *lcEarly) bool {
+// lcWaitRelay waits until the relay holds e (c pulls it), for up to a
+// minute.
+func lcWaitRelay(relayDocs func() (map[string]lcDoc, error), c *Replica, e *lcEarly) bool {
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
-		if docs, err := relayDocs(); err == nil && docs[e.id].heads.Equal(e.heads) {
+		if docs, err := relayDocs(); err == nil && lcHolds(docs[e.id].heads, e.heads, c, e.id) {
 			return true
 		}
 		time.Sleep(10 * time.Millisecond)
