@@ -40,10 +40,11 @@ import (
 //     the record's last early push from this session (outgoing.prev),
 //     which the new one's build on: an older push's acknowledgement,
 //     recorded after a newer one's, must not set the heads back.
-//   - The session remembers each record's last early push (pushed), so
+//   - The session remembers each record's last early pushes (pushed), so
 //     that the edit's feed event does not push it again, and so that the
-//     relay sending the device its own edit back does not make the session
-//     apply it again, which would wait for the record's lock (notHeld).
+//     relay sending the device its own edits back, however far behind the
+//     session applies them, does not make it apply them again, which
+//     would wait for the record's lock (notHeld).
 //
 // An early push is a shortcut, never the only way: the record stays
 // pending until the relay's acknowledgement is recorded. An early push
@@ -328,7 +329,7 @@ func (r *Replica) pushEarly(ctx context.Context, conn *relayConn, p *Profile, rt
 	for _, coll := range order {
 		recs := byColl[coll]
 		for i, o := range recs {
-			recs[i].prev = edits.pushed[earlyKey(coll, o.id)]
+			recs[i].prev = edits.pushed[earlyKey(coll, o.id)].last()
 		}
 		cs, sent, err := r.pushEarlyColl(ctx, conn, p, edits.acks, coll, recs)
 		if err != nil {
@@ -341,7 +342,8 @@ func (r *Replica) pushEarly(ctx context.Context, conn *relayConn, p *Profile, rt
 			clear(edits.pushed)
 		}
 		for _, o := range sent {
-			edits.pushed[earlyKey(coll, o.id)] = o.heads
+			k := earlyKey(coll, o.id)
+			edits.pushed[k] = edits.pushed[k].add(o.heads)
 		}
 	}
 	return nil
@@ -353,6 +355,40 @@ func (r *Replica) pushEarly(ctx context.Context, conn *relayConn, p *Profile, rt
 const earlyRemembered = 4096
 
 func earlyKey(coll, id string) string { return coll + "\x00" + id }
+
+// pushedHeads are the heads of a record's last early pushes the relay
+// answered, oldest first. The relay sends each of them back, in order, to
+// the session's subscription; when the session falls behind in applying
+// them (a burst of edits, a pause), the heads they carry are older than
+// the last push's, and without the earlier ones remembered each would go
+// through a merge, which waits for the record's lock while later edits
+// fsync: the session, which also pushes, would fall further behind.
+type pushedHeads []crdt.Heads
+
+// earlyEchoes is how many of a record's early pushes a session
+// remembers; a message older than those takes the merge, which is only
+// slower.
+const earlyEchoes = 32
+
+func (p pushedHeads) last() crdt.Heads {
+	if len(p) == 0 {
+		return nil
+	}
+	return p[len(p)-1]
+}
+
+// has says whether h are the heads of one of the pushes.
+func (p pushedHeads) has(h crdt.Heads) bool {
+	return slices.ContainsFunc(p, h.Equal)
+}
+
+// add returns p with h as the last push.
+func (p pushedHeads) add(h crdt.Heads) pushedHeads {
+	if len(p) >= earlyEchoes {
+		p = append(p[:0], p[len(p)-earlyEchoes+1:]...)
+	}
+	return append(p, h)
+}
 
 // pushEarlyColl pushes early edits of one collection and returns what it
 // sent, acknowledged or refused.

@@ -326,6 +326,56 @@ func TestAcknowledgeEarlyNeverSetsHeadsBack(t *testing.T) {
 	}
 }
 
+// A session that falls behind in applying what its subscription sends
+// back of its own early pushes (a burst of edits, a pause) recognises
+// each of them, not only the last push's: merging them instead would wait
+// for the record's lock, which a later edit holds through its fsync, and
+// the session, which also pushes, would fall further behind.
+func TestOwnEarlyPushesComeBackBehind(t *testing.T) {
+	r := mem(t)
+	c := r.Collection("c")
+	var pushed pushedHeads
+	var all []crdt.Heads
+	for i := range earlyEchoes + 3 {
+		if err := c.Put("x", map[string]any{"n": i}); err != nil {
+			t.Fatal(err)
+		}
+		h, err := c.Heads("x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, h)
+		pushed = pushed.add(h)
+	}
+	if len(pushed) != earlyEchoes || !pushed.last().Equal(all[len(all)-1]) {
+		t.Fatalf("remembers %d pushes, last %v; want %d, the last edit's", len(pushed), pushed.last(), earlyEchoes)
+	}
+	byKey := map[string]pushedHeads{earlyKey("c", "x"): pushed}
+	// Every push still remembered comes back, oldest first, while the
+	// acknowledged heads are the last push's: none to apply.
+	var back []remoteRec
+	for _, h := range all[3:] {
+		back = append(back, remoteRec{id: "x", relay: h})
+	}
+	got, err := r.notHeld("c", back, byKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 0 {
+		t.Fatalf("%d of %d of the device's own pushes left to apply, want 0", len(got), len(back))
+	}
+	// Older pushes than those remembered, and heads this device never
+	// pushed (another device's edit), are applied.
+	other := crdt.Heads{crdt.Hash{1}}
+	got, err = r.notHeld("c", []remoteRec{{id: "x", relay: all[0]}, {id: "x", relay: other}}, byKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("%d left to apply, want 2", len(got))
+	}
+}
+
 // appendGate is a relay store whose appends wait while the gate is shut,
 // then run (stored) or not, and fail with err if it is set: a relay that
 // dies before its group is durable (not stored), or after it but before
