@@ -39,6 +39,7 @@ type partsVariant struct {
 	devicesMemory bool
 	noEarlyPush   bool // devices push an edit only once it is durable
 	earlyApply    bool // devices take the relay's changes before durable
+	badgerSync    bool // devices fsync by Badger's DB.Sync (see syncer.syncNow)
 }
 
 var partsVariants = []partsVariant{
@@ -83,11 +84,14 @@ func BenchmarkLiveParts(b *testing.B) {
 	before := []partsVariant{
 		{name: "durable-no-early", relayStore: "badger", noEarlyPush: true},
 		{name: "durable-early-apply", relayStore: "badger", earlyApply: true},
+		{name: "durable-badger-sync", relayStore: "badger", badgerSync: true},
+		{name: "durable-early-apply-badger-sync", relayStore: "badger", earlyApply: true, badgerSync: true},
 	}
 	for _, v := range append(before, partsVariants...) {
 		b.Run(v.name, func(b *testing.B) {
-			noEarlyPush, earlyApply = v.noEarlyPush, v.earlyApply
-			defer func() { noEarlyPush, earlyApply = false, false }()
+			direct := fsyncLogsDirect
+			noEarlyPush, earlyApply, fsyncLogsDirect = v.noEarlyPush, v.earlyApply, direct && !v.badgerSync
+			defer func() { noEarlyPush, earlyApply, fsyncLogsDirect = false, false, direct }()
 			p, openDev := v.start(b, policy.Live)
 			livePartsRun(b, p, openDev(), openDev())
 		})
