@@ -163,6 +163,18 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 			if ev.Origin != Local {
 				continue
 			}
+			// An edit's early push is queued before its event, but the
+			// select may take the event first: the push goes first, so
+			// that notPushed knows it and the edit is not pushed again
+			// the ordinary way (whose acknowledgement waits for the
+			// record's lock, and whose changes, coming back, are merged).
+			select {
+			case ed := <-edits.early.c:
+				if err := r.pushEarly(ctx, conn, p, rt, edits, ed, true); err != nil {
+					return err
+				}
+			default:
+			}
 			for coll, list := range edits.notPushed(coalesce(ev, edits.c)) {
 				if err := r.pushNow(ctx, conn, p, rt, edits, coll, list); err != nil {
 					return err

@@ -453,8 +453,37 @@ func (r *Replica) applyEarly(ctx context.Context, edits *localEdits, coll string
 	if recs, err = r.notHeld(coll, recs, edits.pushed); err != nil || len(recs) == 0 {
 		return err
 	}
+	if recs, err = r.notPending(coll, recs); err != nil || len(recs) == 0 {
+		return err
+	}
 	_, err = r.applyBatchThen(coll, recs, r.earlyOp, nil)
 	return err
+}
+
+// notPending leaves out of recs the records earlyOp would not apply to:
+// pending, or holding changes a failed merge hook kept back. Read without
+// the records' locks, so earlyOp checks again; but a record this device
+// is editing is pending, and its lock is held through each edit's fsync
+// (this device's own pushes coming back early, say): waiting for it, the
+// session would stop pushing; and a document set aside by earlyOp is
+// dropped from the cache, to be loaded from the store at the next use.
+func (r *Replica) notPending(coll string, recs []remoteRec) ([]remoteRec, error) {
+	out := recs[:0:0]
+	err := r.view(func(txn *badger.Txn) error {
+	next:
+		for _, rec := range recs {
+			for _, prefix := range []byte{'p', 'q'} {
+				if _, held, err := getKey(txn, recKey(prefix, coll, rec.id)); err != nil {
+					return err
+				} else if held {
+					continue next
+				}
+			}
+			out = append(out, rec)
+		}
+		return nil
+	})
+	return out, err
 }
 
 // earlyOp applies an early message's changes to a record with no pending

@@ -376,6 +376,49 @@ func TestOwnEarlyPushesComeBackBehind(t *testing.T) {
 	}
 }
 
+// An early message for a record this device is editing (its own push
+// coming back early, or another device's edit of it) is left to the
+// durable message without waiting for the record's lock, which the edit
+// holds through its fsync: the session, which also pushes, would wait for
+// the disk.
+func TestEarlyMessageSkipsRecordBeingEdited(t *testing.T) {
+	r := open(t, t.TempDir(), nil)
+	gate := gateFsync(t, r)
+	c := r.Collection("c")
+	if err := c.Create("x", map[string]any{"n": 1}); err != nil {
+		t.Fatal(err)
+	}
+	h1, err := c.Heads("x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate.close()
+	edited := make(chan error, 1)
+	go func() { edited <- c.Update("x", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, 2) }) }()
+	<-gate.held // the edit holds x's lock until its fsync is done
+	edits := &localEdits{pushed: map[string]pushedHeads{}}
+	applied := make(chan error, 1)
+	go func() {
+		applied <- r.applyEarly(context.Background(), edits, "c", []remoteRec{{id: "x", data: nil, relay: crdt.Heads{crdt.Hash{1}}}})
+	}()
+	select {
+	case err := <-applied:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		gate.open(nil)
+		t.Fatal("the early message waited for the record's lock, held through an edit's fsync")
+	}
+	gate.open(nil)
+	if err := <-edited; err != nil {
+		t.Fatal(err)
+	}
+	if h, err := c.Heads("x"); err != nil || h.Equal(h1) {
+		t.Fatalf("x's heads %v (%v), want the edit's", h, err)
+	}
+}
+
 // appendGate is a relay store whose appends wait while the gate is shut,
 // then run (stored) or not, and fail with err if it is set: a relay that
 // dies before its group is durable (not stored), or after it but before
