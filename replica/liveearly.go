@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -225,6 +226,11 @@ type ackWriter struct {
 
 	mu      sync.Mutex
 	skipped map[string][]string // by collection, not yet on again
+
+	// queued counts the acknowledgements added and not yet recorded, so
+	// that flush, on the live path before every merge of a live message,
+	// costs no goroutine hop when there are none.
+	queued atomic.Int64
 }
 
 type ackJob struct {
@@ -247,6 +253,7 @@ func (w *ackWriter) run() {
 			continue
 		}
 		skipped, err := w.r.acknowledgeEarly(j.coll, j.batch, false)
+		w.queued.Add(-1)
 		if err != nil {
 			// The records stay pending: pushed again, and acknowledged
 			// again, at the collection's next push.
@@ -277,16 +284,22 @@ func (w *ackWriter) takeSkipped() map[string][]string {
 
 // add queues the acknowledgement of batch.
 func (w *ackWriter) add(ctx context.Context, coll string, batch []outgoing) error {
+	w.queued.Add(1)
 	select {
 	case w.jobs <- ackJob{coll: coll, batch: batch}:
 		return nil
 	case <-ctx.Done():
+		w.queued.Add(-1)
 		return ctx.Err()
 	}
 }
 
-// flush returns once every acknowledgement queued before is recorded.
+// flush returns once every acknowledgement queued before is recorded. The
+// session's goroutine alone adds and flushes.
 func (w *ackWriter) flush(ctx context.Context) error {
+	if w.queued.Load() == 0 {
+		return nil
+	}
 	f := make(chan struct{})
 	select {
 	case w.jobs <- ackJob{flushed: f}:

@@ -419,6 +419,42 @@ func TestEarlyMessageSkipsRecordBeingEdited(t *testing.T) {
 	}
 }
 
+// The ack writer's flush, which every live message merged waits for,
+// hands nothing to the writer's goroutine when no acknowledgement is
+// queued, and waits for those that are.
+func TestAckFlush(t *testing.T) {
+	w := &ackWriter{jobs: make(chan ackJob, 4), done: make(chan struct{}), again: make(chan struct{}, 1), skipped: map[string][]string{}}
+	// No goroutine takes jobs yet: a flush that handed one over would
+	// wait for the context.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := w.flush(ctx); err != nil {
+		t.Fatalf("flush with nothing queued: %v", err)
+	}
+	if len(w.jobs) != 0 {
+		t.Fatalf("flush queued %d jobs, want none", len(w.jobs))
+	}
+	w.r = mem(t)
+	if err := w.add(ctx, "c", nil); err != nil {
+		t.Fatal(err)
+	}
+	flushed := make(chan error, 1)
+	go func() { flushed <- w.flush(ctx) }()
+	select {
+	case err := <-flushed:
+		t.Fatalf("flush returned (%v) before the queued acknowledgement was recorded", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	go w.run()
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
+	}
+	if n := w.queued.Load(); n != 0 {
+		t.Fatalf("%d acknowledgements still counted as queued", n)
+	}
+	w.close()
+}
+
 // appendGate is a relay store whose appends wait while the gate is shut,
 // then run (stored) or not, and fail with err if it is set: a relay that
 // dies before its group is durable (not stored), or after it but before
