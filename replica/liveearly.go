@@ -59,10 +59,13 @@ import (
 var noEarlyPush bool
 
 // earlyApply makes live sessions ask the relay for early live messages
-// (below). Off by default: with the relay's fsync on the path, taking
-// them cut W2's median round trip but made its mean and tail several
-// times longer (BenchmarkLiveParts, durable against durable-early-apply;
-// docs/benchmarks.md), for a cause not found yet. Tests turn it on.
+// (below). Off by default: it does not shorten W2's median. A device
+// sends its next push only once the relay has acknowledged the last,
+// after that push's fsync; so an edit another device saw early holds up
+// the pusher's next one by the fsync it saved (docs/benchmarks.md, "W2's
+// live path traced"). The tail it once had (a session merging its own
+// pushes as they came back) is gone (pushedHeads, notPending). Tests turn
+// it on.
 var earlyApply bool
 
 // earlyEdit is one committed unit of work's records of one collection, as
