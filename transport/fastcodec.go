@@ -380,7 +380,7 @@ func (r *mpReader) heads() ([][]byte, bool) {
 			// Room for the heads left if they are all this size, but no
 			// more than the bytes left could hold.
 			rest := uint64(len(s)) * (n - uint64(i))
-			buf = make([]byte, min(rest, uint64(len(s)+len(r.b)-r.pos)))
+			buf = make([]byte, max(len(s), int(min(rest, uint64(len(s)+len(r.b)-r.pos)))))
 		}
 		out[i] = buf[:len(s):len(s)]
 		copy(out[i], s)
