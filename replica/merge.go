@@ -143,7 +143,7 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 	}
 	d := t.doc
 	if m.merged != nil {
-		if len(m.diff.Conflicts) > 0 && !m.settled {
+		if m.diff != nil && len(m.diff.Conflicts) > 0 && !m.settled {
 			c := conflicted{
 				rec: rec, data: data, relay: relay, local: m.localHeads, conflicts: m.diff.Conflicts,
 				localRec: m.local.Fields(), remoteRec: m.remote.Fields(), merged: m.merged,
@@ -201,9 +201,10 @@ type merging struct {
 	// For a pending record that got something new: the merge, made in a
 	// copy of the document (a clone, not a replay of history), so that a
 	// record with conflicts keeps its document as it is stored and the
-	// copy goes on to the resolution; and what the policy needs. This
-	// device's side is read before the import rather than forked out of
-	// history afterwards.
+	// copy goes on to the resolution; and what the policy needs (diff nil:
+	// the relay's version holds every change of the record's, nothing to
+	// decide). This device's side is read before the import rather than
+	// forked out of history afterwards.
 	merged        *crdt.Doc
 	diff          *crdt.FieldDiff
 	localHeads    crdt.Heads
@@ -237,11 +238,13 @@ func merge(d *crdt.Doc, pending bool, synced crdt.Heads, data []byte, relay crdt
 		return m
 	}
 	m.localHeads = d.Heads()
-	if m.local, m.err = d.Snapshot(); m.err != nil {
-		return m
-	}
 	merged := d
-	if !inPlace {
+	if inPlace {
+		// This device's side, read now: the import goes into d itself.
+		if m.local, m.err = d.Snapshot(); m.err != nil {
+			return m
+		}
+	} else {
 		var err error
 		if merged, err = d.Fork(nil); err != nil {
 			m.err = err
@@ -260,6 +263,23 @@ func merge(d *crdt.Doc, pending bool, synced crdt.Heads, data []byte, relay crdt
 		drop()
 		m.err = err
 		return m
+	}
+	if len(relay) > 0 && merged.Heads().Equal(relay) {
+		// The relay's version holds every change of the record's here:
+		// this device is behind it, with nothing of its own to weigh
+		// against it. Its pending changes reached the relay some other
+		// way (pushed, the acknowledgement lost; or another device's,
+		// applied early and pushed again by that device), and the
+		// relay's later edits of the same fields must not be undone as
+		// if they conflicted with them.
+		m.merged = merged
+		return m
+	}
+	if !inPlace {
+		if m.local, m.err = d.Snapshot(); m.err != nil {
+			drop()
+			return m
+		}
 	}
 	if m.diff, m.remote, m.err = threeWay(merged, m.local, synced, relay, data); m.err != nil {
 		drop()
@@ -388,7 +408,7 @@ func (s *settling) covers(id string) bool { return s != nil && s.once[id] }
 // decisions is m's error: the merge went into the record's document
 // itself (merge's inPlace), which cannot wait for the policy as it is.
 func (s *settling) settle(m *merging, id string) {
-	if m.err != nil || m.merged == nil || len(m.diff.Conflicts) == 0 {
+	if m.err != nil || m.merged == nil || m.diff == nil || len(m.diff.Conflicts) == 0 {
 		return
 	}
 	c := conflicted{rec: remoteRec{id: id}, conflicts: m.diff.Conflicts, localRec: m.local.Fields(), remoteRec: m.remote.Fields()}

@@ -20,12 +20,13 @@
 // per client; 1000), --merge-records N (W3; 100), --seed N, --json, and
 // --ferry PATH (a built ferry binary; default: go build from this
 // checkout). --w3-rounds N runs only W3, Ferry's and Yjs's in turns, N
-// rounds, and prints each time and the medians: Yjs's W3 time varies
-// several-fold from run to run, and turns share the machine's load. With
-// --ferry-base PATH (another ferry binary, say one built before a change)
-// each round also runs that binary's W3, first, so two builds compare in
-// the same turns. Each peer's workloads and what its "done" means are
-// described in docs/benchmarks.md.
+// rounds, and prints each time, each round's Ferry/Yjs and the medians:
+// Yjs's W3 time varies several-fold from run to run, and turns share the
+// machine's load. --w2-rounds N does the same for W2. With either,
+// --ferry-vs PATH (another ferry binary, say one built before a change)
+// runs that build's workload too, in the same turns, just after --ferry's.
+// Each peer's workloads and what its "done" means are described in
+// docs/benchmarks.md.
 import { spawn, execFileSync } from "node:child_process"
 import { existsSync, mkdtempSync, rmSync } from "node:fs"
 import { tmpdir, cpus, loadavg } from "node:os"
@@ -45,13 +46,13 @@ import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websoc
 // ---- flags ----
 
 function parseFlags(argv) {
-  const f = { records: 10000, updates: 1000, mergeRecords: 100, amRecords: 0, seed: 1, json: false, ferry: "", ferryBase: "", w3Rounds: 0 }
-  const names = { "--records": "records", "--updates": "updates", "--merge-records": "mergeRecords", "--am-records": "amRecords", "--seed": "seed", "--w3-rounds": "w3Rounds" }
+  const f = { records: 10000, updates: 1000, mergeRecords: 100, amRecords: 0, seed: 1, json: false, ferry: "", ferryVs: "", w2Rounds: 0, w3Rounds: 0 }
+  const names = { "--records": "records", "--updates": "updates", "--merge-records": "mergeRecords", "--am-records": "amRecords", "--seed": "seed", "--w2-rounds": "w2Rounds", "--w3-rounds": "w3Rounds" }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     if (a === "--json") f.json = true
     else if (a === "--ferry") f.ferry = argv[++i]
-    else if (a === "--ferry-base") f.ferryBase = argv[++i]
+    else if (a === "--ferry-vs") f.ferryVs = argv[++i]
     else if (names[a]) {
       const v = Number(argv[++i])
       if (!Number.isInteger(v) || v <= 0) usage(`${a} wants a positive integer`)
@@ -59,12 +60,11 @@ function parseFlags(argv) {
     } else usage(`unknown argument ${a}`)
   }
   if (!f.amRecords) f.amRecords = Math.min(f.records, 2000)
-  if (f.ferryBase && !f.w3Rounds) usage("--ferry-base needs --w3-rounds")
   return f
 }
 
 function usage(msg) {
-  console.error(`peers: ${msg}\nusage: node peers.mjs [--records N] [--am-records N] [--updates N] [--merge-records N] [--seed N] [--json] [--ferry PATH] [--w3-rounds N [--ferry-base PATH]]`)
+  console.error(`peers: ${msg}\nusage: node peers.mjs [--records N] [--am-records N] [--updates N] [--merge-records N] [--seed N] [--json] [--ferry PATH] [--w2-rounds N | --w3-rounds N [--ferry-vs PATH]]`)
   process.exit(2)
 }
 
@@ -182,8 +182,8 @@ function ferryBin() {
   return bin
 }
 
-// ferryBench runs ferry bench --child --json on the workloads (with bin,
-// or the ferry under test) and returns its results by workload.
+// ferryBench runs ferry bench --child --json on the workloads and returns
+// its results by workload.
 async function ferryBench(workloads, bin = ferryBin()) {
   const dir = mkdtempSync(join(work, "ferry-"))
   const out = await new Promise((ok, fail) => {
@@ -217,7 +217,7 @@ async function ferry() {
 async function startYjs() {
   const port = await freePort()
   const p = await start(process.execPath, [join(import.meta.dirname, "node_modules/y-websocket/bin/server.cjs")],
-    { cwd: work, env: { ...process.env, HOST: "127.0.0.1", PORT: String(port), YPERSISTENCE: join(work, "yjs-leveldb") } },
+    { cwd: work, env: { ...process.env, HOST: "127.0.0.1", PORT: String(port), YPERSISTENCE: mkdtempSync(join(work, "yjs-leveldb-")) } },
     /running at/)
   return { p, url: `ws://127.0.0.1:${port}` }
 }
@@ -531,25 +531,75 @@ process.on("uncaughtException", e => {
   amUnavailable++
 })
 
+if (flags.w2Rounds) {
+  await w2Rounds()
+  process.exit(0)
+}
 if (flags.w3Rounds) {
   await w3Rounds()
   process.exit(0)
 }
 
-// w3Rounds runs Ferry's W3 and Yjs's in turns, flags.w3Rounds rounds.
+// w2Rounds runs Ferry's W2 and Yjs's in turns, flags.w2Rounds rounds,
+// and, with --ferry-vs, another Ferry build's W2 in the same turns (to
+// compare two builds under the same load).
+async function w2Rounds() {
+  const load0 = loadavg()
+  const runs = [["ferry", () => ferryBench("W2")]]
+  if (flags.ferryVs) runs.push(["ferry_vs", () => ferryBench("W2", flags.ferryVs)])
+  const res = Object.fromEntries([...runs.map(([n]) => [n, []]), ["yjs", []]])
+  try {
+    for (let i = 1; i <= flags.w2Rounds; i++) {
+      const line = []
+      for (const [name, run] of runs) {
+        const m = (await run()).W2.metrics
+        const v = { p50: m.find(x => x.name === "latency_p50").value, p99: m.find(x => x.name === "latency_p99").value }
+        res[name].push(v)
+        line.push(`${name} ${fmtW2(v)}`)
+      }
+      const y = await withServer(startYjs, yjsW2)
+      res.yjs.push(y)
+      line.push(`yjs ${fmtW2(y)}`)
+      log(`W2 round ${i}: ${line.join("; ")}; load average ${loadavg()[0].toFixed(1)}`)
+    }
+  } finally {
+    rmSync(work, { recursive: true, force: true })
+  }
+  const median = xs => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2 }
+  const out = { w2_rounds: {}, machine: { cpus: cpus().length, model: cpus()[0].model, node: process.version, loadavg_start: load0, loadavg_end: loadavg() }, config: flags }
+  for (const [name, vs] of Object.entries(res)) {
+    out.w2_rounds[name] = { rounds: vs, p50_median: median(vs.map(v => v.p50)), p99_median: median(vs.map(v => v.p99)) }
+  }
+  if (flags.json) {
+    console.log(JSON.stringify(out, null, 2))
+    return
+  }
+  console.log(`W2, ${flags.updates} updates, ${flags.w2Rounds} rounds (${Object.keys(res).join(", ")} in turns); medians of the rounds' p50 and p99:`)
+  const y = out.w2_rounds.yjs
+  for (const [name, r] of Object.entries(out.w2_rounds)) {
+    const ratio = name === "yjs" ? "" : `; /Yjs ${(r.p50_median / y.p50_median).toFixed(2)} / ${(r.p99_median / y.p99_median).toFixed(2)}`
+    console.log(`${name.padEnd(8)} p50 ${(r.p50_median * 1000).toFixed(2)} ms, p99 ${(r.p99_median * 1000).toFixed(2)} ms${ratio}`)
+  }
+  console.log(`load average ${load0.map(x => x.toFixed(1)).join(" ")} at start, ${out.machine.loadavg_end.map(x => x.toFixed(1)).join(" ")} at end; seed ${flags.seed}`)
+}
+
+function fmtW2(v) { return `${(v.p50 * 1000).toFixed(2)}/${(v.p99 * 1000).toFixed(2)} ms` }
+
+// w3Rounds runs Ferry's W3 and Yjs's in turns, flags.w3Rounds rounds,
+// and, with --ferry-vs, another Ferry build's W3 in the same turns.
 async function w3Rounds() {
   const load0 = loadavg()
-  const res = { ferry: [], yjs: [], base: [] }
+  const res = { ferry: [], yjs: [], vs: [] }
   const merge = async bin => (await ferryBench("W3", bin)).W3.metrics.find(x => x.name === "merge").value
   try {
     for (let i = 1; i <= flags.w3Rounds; i++) {
-      const b = flags.ferryBase ? await merge(flags.ferryBase) : null
       const f = await merge(ferryBin())
+      const v = flags.ferryVs ? await merge(flags.ferryVs) : null
       const y = (await withServer(startYjs, yjsW3)).merge
-      if (b !== null) res.base.push(b)
       res.ferry.push(f)
+      if (v !== null) res.vs.push(v)
       res.yjs.push(y)
-      log(`W3 round ${i}: ${b !== null ? `Ferry base ${(b * 1000).toFixed(0)} ms, ` : ""}Ferry ${(f * 1000).toFixed(0)} ms, Yjs ${(y * 1000).toFixed(0)} ms; load average ${loadavg()[0].toFixed(1)}`)
+      log(`W3 round ${i}: Ferry ${(f * 1000).toFixed(0)} ms, ${v !== null ? `Ferry vs ${(v * 1000).toFixed(0)} ms, ` : ""}Yjs ${(y * 1000).toFixed(0)} ms; load average ${loadavg()[0].toFixed(1)}`)
     }
   } finally {
     rmSync(work, { recursive: true, force: true })
@@ -557,27 +607,27 @@ async function w3Rounds() {
   const median = xs => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2 }
   const out = {
     w3_rounds: { ferry: res.ferry, yjs: res.yjs, ferry_median: median(res.ferry), yjs_median: median(res.yjs) },
-    // Each round's Ferry/Yjs, for how often the two are within a ratio,
-    // not only their medians.
+    // Each round's Ferry/Yjs: how often the two are within a ratio, not
+    // only their medians.
     ratios: res.ferry.map((f, i) => f / res.yjs[i]),
     machine: { cpus: cpus().length, model: cpus()[0].model, node: process.version, loadavg_start: load0, loadavg_end: loadavg() },
     config: flags,
   }
   out.w3_rounds.ratio_of_medians = out.w3_rounds.ferry_median / out.w3_rounds.yjs_median
-  if (flags.ferryBase) {
-    out.w3_rounds.base = res.base
-    out.w3_rounds.base_median = median(res.base)
+  if (flags.ferryVs) {
+    out.w3_rounds.ferry_vs = res.vs
+    out.w3_rounds.ferry_vs_median = median(res.vs)
   }
   if (flags.json) {
     console.log(JSON.stringify(out, null, 2))
     return
   }
   const ms = xs => xs.map(x => (x * 1000).toFixed(0)).join(", ")
-  console.log(`W3, ${flags.updates} offline edits per client on ${flags.mergeRecords} records, ${flags.w3Rounds} rounds of ${flags.ferryBase ? "Ferry base, " : ""}Ferry then Yjs:`)
-  if (flags.ferryBase) {
-    console.log(`Ferry base (${flags.ferryBase}): ${ms(res.base)} ms; median ${ms([out.w3_rounds.base_median])} ms`)
-  }
+  console.log(`W3, ${flags.updates} offline edits per client on ${flags.mergeRecords} records, ${flags.w3Rounds} rounds of Ferry${flags.ferryVs ? ", Ferry vs" : ""} then Yjs:`)
   console.log(`Ferry: ${ms(res.ferry)} ms; median ${ms([out.w3_rounds.ferry_median])} ms`)
+  if (flags.ferryVs) {
+    console.log(`Ferry vs (${flags.ferryVs}): ${ms(res.vs)} ms; median ${ms([out.w3_rounds.ferry_vs_median])} ms`)
+  }
   console.log(`Yjs:   ${ms(res.yjs)} ms; median ${ms([out.w3_rounds.yjs_median])} ms`)
   console.log(`Ferry/Yjs by round: ${out.ratios.map(x => x.toFixed(2)).join(", ")}`)
   console.log(`Ferry/Yjs, medians: ${out.w3_rounds.ratio_of_medians.toFixed(2)}; load average ` +
