@@ -42,6 +42,8 @@ type Replica struct {
 
 	early earlyPushes // live sessions pushing local edits before their fsync
 
+	unpace func() // ends this replica's part in pacing Go's collector (gcpace.go)
+
 	closeOnce sync.Once
 	closeErr  error
 	closing   chan struct{}
@@ -68,6 +70,20 @@ type Replica struct {
 // deletes a file that may hold data.
 func Open(dir string, o *Options) (*Replica, error) {
 	opts := o.withDefaults()
+	// Paced from the start: verifying the store's tables and replaying
+	// its logs allocate in bursts too.
+	unpace := pacer.start(opts.MemoryHeadroom)
+	r, err := openStore(dir, opts)
+	if err != nil {
+		unpace()
+		return nil, err
+	}
+	r.unpace = unpace
+	return r, nil
+}
+
+// openStore is Open, paced by its caller.
+func openStore(dir string, opts Options) (*Replica, error) {
 	if !opts.InMemory {
 		if err := checkDir(dir); err != nil {
 			return nil, err
@@ -279,6 +295,9 @@ func (r *Replica) Close() error {
 		// opened next in this process (an app reopening, a restore)
 		// does not grow the heap on top of them before Go collects.
 		r.mem.collect()
+		if r.unpace != nil {
+			r.unpace()
+		}
 	})
 	return r.closeErr
 }
