@@ -176,8 +176,15 @@ func (r *Replica) buildIndex(coll string, def indexDef, progress func(done int))
 		indexed := 0
 		unlock := r.locks.lockAll(keys)
 		err = r.db.Update(func(txn *badger.Txn) error {
+			// The read models are read in key order with one iterator:
+			// a Get each would decompress a block per record once the
+			// block cache no longer holds it.
+			views := collPrefix('v', coll)
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: views})
+			defer it.Close()
+			it.Seek(append(bytes.Clone(views), ids[0]...))
 			for _, id := range ids {
-				v, ok, err := readView(txn, coll, id)
+				v, ok, err := viewAt(it, views, id)
 				switch {
 				case err != nil:
 					continue
@@ -229,6 +236,29 @@ func (r *Replica) buildIndex(coll string, def indexDef, progress func(done int))
 		after = ids[len(ids)-1]
 		r.mem.read(buildWeight * len(ids)) // no lock held, no transaction open
 	}
+}
+
+// viewAt advances it, an iterator over a collection's read models
+// (prefix views), to the record id, which comes after every ID it was
+// asked for before, and returns its read model as readView does.
+func viewAt(it *badger.Iterator, views []byte, id string) (v view, ok bool, err error) {
+	for ; it.Valid(); it.Next() {
+		switch k := it.Item().Key()[len(views):]; bytes.Compare(k, []byte(id)) {
+		case -1:
+			continue
+		case 1:
+			return v, false, nil
+		}
+		err = it.Item().Value(func(b []byte) error {
+			var derr error
+			v, derr = decodeView(b)
+			ok = derr == nil
+			v.packed = bytes.Clone(v.packed)
+			return nil
+		})
+		return v, ok, err
+	}
+	return v, false, nil
 }
 
 // pageIDs lists up to limit IDs of coll's stored records (tombstones
