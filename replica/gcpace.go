@@ -26,9 +26,12 @@ const DefaultMemoryHeadroom = 16 << 20
 // limit (debug.SetMemoryLimit) to what the runtime holds besides its heap,
 // plus the heap that was live at the last collection, plus a headroom,
 // and moves it after each collection: the heap is collected once it
-// grows by the headroom rather than by what is live. Go's own pacing
-// still applies below the limit, and a heap whose live part grows is not
-// starved: the limit follows it at the next collection.
+// grows by the headroom rather than by what is live. The headroom is at
+// least a quarter of what is live, so that a process with a large heap
+// of its own collects at most four times as often as GOGC=100 would have
+// it. Go's own pacing still applies below the limit, and a heap whose
+// live part grows is not starved: the limit follows it at the next
+// collection.
 //
 // It leaves the runtime alone when the process set a limit of its own
 // (GOMEMLIMIT, or debug.SetMemoryLimit before the first replica opened)
@@ -123,7 +126,8 @@ func (p *gcPacer) updateLocked() bool {
 
 // gcTarget is the memory limit for a headroom: the runtime's memory
 // besides its heap, the heap live at the last collection (grown by the
-// heap's fragmentation), and the headroom.
+// heap's fragmentation), and the headroom or a quarter of that heap,
+// whichever is larger.
 func gcTarget(headroom int64) int64 {
 	s := []metrics.Sample{
 		{Name: "/gc/heap/live:bytes"},
@@ -145,7 +149,7 @@ func gcTarget(headroom int64) int64 {
 	if objects > 0 {
 		live += live * unused / objects
 	}
-	return other + live + headroom
+	return other + live + max(headroom, live/4)
 }
 
 // gcPercent is GOGC as the runtime has it: negative when the collector

@@ -55,12 +55,12 @@ type Options struct {
 	// (GOGC=off) before the first replica opened is left alone, and so is
 	// one that sets a limit while they are open. Collections are more
 	// frequent where the store allocates in bursts (an insert, which
-	// already collects every 500 records, measured no more CPU). A
-	// process whose own Go heap is large and churns would collect far
-	// more often than under GOGC, every MemoryHeadroom allocated: it
-	// should set a larger headroom, a limit of its own, or a negative
-	// headroom. Default DefaultMemoryHeadroom (16 MiB); negative leaves
-	// Go's pacing alone.
+	// already collects every 500 records, measured no more CPU). The
+	// heap may always grow by a quarter of what is live, so a process
+	// whose own Go heap is large collects at most four times as often as
+	// under GOGC=100; one that cannot afford that sets a limit of its own
+	// or a negative headroom. Default DefaultMemoryHeadroom (16 MiB);
+	// negative leaves Go's pacing alone.
 	MemoryHeadroom int64
 
 	// CompactAfter folds a record's incremental chunks into its snapshot
