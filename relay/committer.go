@@ -285,6 +285,7 @@ func (m *merged) entry(s *Server, id string, heads crdt.Heads) (Entry, error) {
 			return Entry{}, err
 		}
 		saved := len(m.rd.doc.Save())
+		s.metrics.recordSaves.Inc()
 		if saved > s.maxRecord() {
 			return Entry{}, perr(transport.CodeTooLarge, "record %q: the push would grow its saved document to %d bytes, over max_record %d", id, saved, s.maxRecord())
 		}

@@ -230,7 +230,7 @@ func TestLargePushDoesNotStallOthers(t *testing.T) {
 
 // compressChange returns the change chunk ch with its body compressed, as
 // automerge writes large changes.
-func compressChange(t *testing.T, ch []byte) []byte {
+func compressChange(t testing.TB, ch []byte) []byte {
 	t.Helper()
 	if ch[8] != 1 {
 		t.Fatalf("chunk type %d, want an uncompressed change", ch[8])
