@@ -27,9 +27,10 @@ func goMemoryLimit(maxMemory int64) int64 { return maxMemory / 2 }
 
 // residentCheck is how often the relay looks at its resident memory;
 // residentGap the least time between two collections it asks for, and
-// residentMaxGap the most: the gap doubles while collections leave the
-// process over its mark (its live memory is; collecting again would
-// not help), and comes back once under it.
+// residentMaxGap the most: the gap doubles while collections give back
+// little (what is over the mark is live; collecting again would not
+// help), and comes back once one gives back more, or the process is
+// under its mark.
 const (
 	residentCheck  = 100 * time.Millisecond
 	residentGap    = 250 * time.Millisecond
@@ -63,15 +64,18 @@ func limitProcessMemory(ctx context.Context, maxMemory int64) int64 {
 				if now.Sub(last) < gap {
 					continue
 				}
-				if residentBytes() <= maxMemory {
+				rss := residentBytes()
+				if rss <= maxMemory {
 					gap = residentGap
 					continue
 				}
 				runtime.GC()
 				crdt.ReleaseNative()
 				last = time.Now()
-				if residentBytes() > maxMemory {
-					gap = min(2*gap, residentMaxGap)
+				if rss-residentBytes() < maxMemory/32 {
+					gap = min(2*gap, residentMaxGap) // little to collect
+				} else {
+					gap = residentGap
 				}
 			}
 		}
