@@ -44,12 +44,14 @@ const (
 // finalizers that free automerge-go's C memory, and the trim gives what
 // that freed back to the system. The budget counts what work holds; this
 // keeps what it let go of from piling up. It returns the Go limit set (0
-// if GOMEMLIMIT set one).
+// if GOMEMLIMIT set one). Go's limit is set back as it was once ctx
+// ends, for a relay run inside a larger process (tests).
 func limitProcessMemory(ctx context.Context, maxMemory int64) int64 {
 	var goLimit int64
 	if os.Getenv("GOMEMLIMIT") == "" {
 		goLimit = goMemoryLimit(maxMemory)
-		debug.SetMemoryLimit(goLimit)
+		old := debug.SetMemoryLimit(goLimit)
+		context.AfterFunc(ctx, func() { debug.SetMemoryLimit(old) })
 	}
 	go func() {
 		t := time.NewTicker(residentCheck)

@@ -9,12 +9,12 @@ import (
 )
 
 // TestRelayGoMemoryLimit: the relay sets Go's soft memory limit to half
-// its budget, unless GOMEMLIMIT sets one, which it leaves alone.
+// its budget while it runs, unless GOMEMLIMIT sets one, which it leaves
+// alone.
 func TestRelayGoMemoryLimit(t *testing.T) {
 	old := debug.SetMemoryLimit(-1)
 	defer debug.SetMemoryLimit(old)
 	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
 	t.Setenv("GOMEMLIMIT", "")
 	if got := limitProcessMemory(ctx, 256<<20); got != 128<<20 {
 		t.Errorf("limit set %d, want %d", got, 128<<20)
@@ -22,8 +22,15 @@ func TestRelayGoMemoryLimit(t *testing.T) {
 	if got := debug.SetMemoryLimit(-1); got != 128<<20 {
 		t.Errorf("Go's memory limit is %d, want %d", got, 128<<20)
 	}
-	debug.SetMemoryLimit(old)
+	cancel()
+	for deadline := time.Now().Add(5 * time.Second); debug.SetMemoryLimit(-1) != old; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Go's memory limit stayed %d once the relay ended; it was %d", debug.SetMemoryLimit(-1), old)
+		}
+	}
 	t.Setenv("GOMEMLIMIT", "1GiB")
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
 	if got := limitProcessMemory(ctx, 256<<20); got != 0 {
 		t.Errorf("with GOMEMLIMIT set, limit set %d, want none", got)
 	}
