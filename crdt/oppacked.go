@@ -172,37 +172,49 @@ func (b *packer) addLayer(l *opLayer) {
 }
 
 func (b *packer) pack() *packedOps {
-	// Stable: of two entries for one operation, the later added wins.
-	slices.SortStableFunc(b.ents, func(x, y packEntry) int {
-		return cmp.Or(cmp.Compare(x.actor, y.actor), cmp.Compare(x.ctr, y.ctr))
-	})
-	p := &packedOps{actors: b.actors, actorAt: b.actorAt, props: b.props, actorRuns: make([]uint32, len(b.actors)+1)}
-	ents := b.ents
-	n := 0
-	for i, e := range ents {
-		if i+1 < len(ents) && ents[i+1].actor == e.actor && ents[i+1].ctr == e.ctr {
-			continue
+	// Entries by actor (a counting sort, keeping the order added), then
+	// each actor's by counter: keys are small to move, and of two
+	// entries for one operation the later added (higher i) wins.
+	na := len(b.actors)
+	first := make([]uint32, na+1) // actor a's keys: keys[first[a]:first[a+1]]
+	for _, e := range b.ents {
+		first[e.actor+1]++
+	}
+	for a := 1; a <= na; a++ {
+		first[a] += first[a-1]
+	}
+	keys := make([]packKey, len(b.ents))
+	next := slices.Clone(first[:na])
+	for i, e := range b.ents {
+		keys[next[e.actor]] = packKey{ctr: e.ctr, i: uint32(i)}
+		next[e.actor]++
+	}
+	p := &packedOps{actors: b.actors, actorAt: b.actorAt, props: b.props, actorRuns: make([]uint32, na+1)}
+	p.recs = make([]packedRec, 0, len(keys))
+	for a := range na {
+		seg := keys[first[a]:first[a+1]]
+		slices.SortFunc(seg, func(x, y packKey) int { return cmp.Or(cmp.Compare(x.ctr, y.ctr), cmp.Compare(x.i, y.i)) })
+		for j, k := range seg {
+			if j+1 < len(seg) && seg[j+1].ctr == k.ctr {
+				continue
+			}
+			at := uint32(len(p.recs))
+			p.recs = append(p.recs, b.ents[k.i].rec)
+			if last := len(p.runs) - 1; last >= int(p.actorRuns[a]) && p.runs[last].start+uint64(p.runs[last].n) == k.ctr && p.runs[last].n < 1<<31 {
+				p.runs[last].n++
+				continue
+			}
+			p.runs = append(p.runs, opRun{start: k.ctr, at: at, n: 1})
 		}
-		ents[n] = e
-		n++
+		p.actorRuns[a+1] = uint32(len(p.runs))
 	}
-	ents = ents[:n]
-	p.recs = make([]packedRec, len(ents))
-	for i, e := range ents {
-		p.recs[i] = e.rec
-		if last := len(p.runs) - 1; i > 0 && ents[i-1].actor == e.actor && ents[i-1].ctr+1 == e.ctr && p.runs[last].n < 1<<31 {
-			p.runs[last].n++
-			continue
-		}
-		p.runs = append(p.runs, opRun{start: e.ctr, at: uint32(i), n: 1})
-		p.actorRuns[e.actor+1] = uint32(len(p.runs))
-	}
-	// Runs are in actor order: each actor's end is the last run's end up
-	// to it (actors with no operation of their own, named only as
-	// objects, get empty ranges).
-	for a := 1; a < len(p.actorRuns); a++ {
-		p.actorRuns[a] = max(p.actorRuns[a], p.actorRuns[a-1])
-	}
+	p.recs = slices.Clip(p.recs)
 	p.runs = slices.Clip(p.runs)
 	return p
+}
+
+// packKey is an entry's counter and its index in the order added.
+type packKey struct {
+	ctr uint64
+	i   uint32
 }

@@ -117,3 +117,27 @@ func TestPackedLayerSize(t *testing.T) {
 		t.Fatalf("packed: %d bytes, as a map %d", p.memSize(), mapSize)
 	}
 }
+
+// Counters that go on from one actor to the next do not make one run:
+// each actor's operations are found under it alone.
+func TestPackedRunsStayWithinActors(t *testing.T) {
+	b := newPacker(0)
+	want := map[opRef]opRec{}
+	for i, a := range []string{"a", "b", "c"} {
+		for c := range 3 {
+			k := opRef{actor: a, ctr: uint64(3*i + c + 1)} // a: 1-3, b: 4-6, c: 7-9
+			v := opRec{prop: a, action: uint8(c)}
+			b.add(k, v)
+			want[k] = v
+		}
+	}
+	p := b.pack()
+	for k, v := range want {
+		if got, ok := p.get(k); !ok || got != v {
+			t.Errorf("get(%s, %d) = %+v, %v; want %+v", k.actor, k.ctr, got, ok, v)
+		}
+	}
+	if _, ok := p.get(opRef{actor: "a", ctr: 4}); ok {
+		t.Error("a's counter 4, b's, was found under a")
+	}
+}
