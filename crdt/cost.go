@@ -26,7 +26,7 @@ import "fmt"
 const (
 	costPerDoc    = 8 << 10
 	costPerChange = 1800
-	costPerOp     = 650
+	costPerOp     = 780
 	costPerKey    = 150
 	costGoFactor  = 2
 )
