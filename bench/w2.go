@@ -128,7 +128,8 @@ type w2Run struct {
 	ca, cb     *replica.Collection
 	feed       *replica.Feed
 
-	lat, commit []time.Duration // per update, in order
+	lat, commit []time.Duration   // per update, in order
+	events      chan stampedEvent // B's feed, timed as it came (run)
 	// The relay's meters at the edges of the first and the last tenth, to
 	// tell the relay's share of a growth from the replicas': before update
 	// 0, tenth, n-tenth, and after the last.
@@ -168,6 +169,11 @@ func (w *w2Run) run(pr *progress) error {
 		}
 		return 0, false
 	}
+	// B's feed is read, and each event timed as it comes, on a goroutine
+	// of its own: B may have an update before A's Update returns (A pushes
+	// while its fsync runs), and the update reached B then.
+	w.events = make(chan stampedEvent, 4096)
+	go stampEvents(w.feed, w.events)
 	w.lat = make([]time.Duration, 0, w.n)
 	w.commit = make([]time.Duration, 0, w.n)
 	for i := -w2Warmup; i <= w.n; i++ {
@@ -190,10 +196,11 @@ func (w *w2Run) run(pr *progress) error {
 		if err != nil {
 			return err
 		}
-		if err := waitHeads(w.ctx, w.feed, w2Record, h); err != nil {
+		t2, err := w.arrived(h)
+		if err != nil {
 			return fmt.Errorf("update %d did not reach B: %w", i, err)
 		}
-		t2 := edge(spanW2Update, false)
+		edge(spanW2Update, false)
 		if i >= 0 {
 			w.lat = append(w.lat, t2.Sub(t0))
 			w.commit = append(w.commit, t1.Sub(t0))
@@ -269,6 +276,43 @@ func waitHeads(ctx context.Context, feed *replica.Feed, id string, h crdt.Heads)
 			return fmt.Errorf("not seen within %s", w2Wait)
 		case <-ctx.Done():
 			return ctx.Err()
+		}
+	}
+}
+
+// stampedEvent is an event of B's feed and when B's feed delivered it.
+type stampedEvent struct {
+	ev replica.Event
+	at time.Time
+}
+
+// stampEvents sends feed's events to out with the time each came, until
+// the feed closes.
+func stampEvents(feed *replica.Feed, out chan<- stampedEvent) {
+	defer close(out)
+	for ev := range feed.C {
+		out <- stampedEvent{ev, time.Now()}
+	}
+}
+
+// arrived returns when B's feed reported A's change of the record to
+// heads h.
+func (w *w2Run) arrived(h crdt.Heads) (time.Time, error) {
+	t := time.NewTimer(w2Wait)
+	defer t.Stop()
+	for {
+		select {
+		case se, ok := <-w.events:
+			if !ok {
+				return time.Time{}, fmt.Errorf("feed closed: %w", w.feed.Err())
+			}
+			if se.ev.ID == w2Record && se.ev.Origin == replica.Remote && se.ev.Heads.Equal(h) {
+				return se.at, nil
+			}
+		case <-t.C:
+			return time.Time{}, fmt.Errorf("not seen within %s", w2Wait)
+		case <-w.ctx.Done():
+			return time.Time{}, w.ctx.Err()
 		}
 	}
 }

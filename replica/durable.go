@@ -41,6 +41,11 @@ import (
 // created since its last sync that is no longer the newest: each was
 // complete when rotated away from.
 //
+// On Linux the syncer fsyncs the active logs itself, through files of
+// its own, rather than by DB.Sync, which holds Badger's memtable lock
+// through the fsync and so stops every write and read of the store
+// meanwhile (see syncNow).
+//
 // Syncs are shared: callers that arrive while one runs wait for the
 // next, which covers them all, so concurrent durable commits cost one
 // fsync between them, as Badger's own group commit did.
@@ -125,16 +130,33 @@ func (s *syncer) sync() error {
 
 // syncNow fsyncs Badger's active logs, then the logs rotated since the
 // last time. Only one runs at a time.
+//
+// Where a file's fsync also writes what was written to it through a
+// shared mapping (Linux: msync and fsync write back the same page cache),
+// the active logs are fsynced through files of their own rather than by
+// DB.Sync, which holds Badger's lock of its memtables through the
+// memtable log's fsync: every write, and then every read, of the store
+// waits meanwhile, so a live session's bookkeeping (a cursor, an
+// acknowledgement) and its next push would wait for a local edit's fsync.
 func (s *syncer) syncNow() error {
 	s.syncs.Add(1)
-	if err := s.db.Sync(); err != nil {
-		return err
+	if !fsyncLogsDirect {
+		if err := s.db.Sync(); err != nil {
+			return err
+		}
 	}
 	logs, err := badgerLogs(s.dir)
 	if err != nil {
 		return err
 	}
-	for _, name := range rotated(logs, s.seen) {
+	names := rotated(logs, s.seen)
+	if fsyncLogsDirect {
+		for _, list := range logs {
+			names = append(names, list[len(list)-1].name)
+		}
+		slices.Sort(names)
+	}
+	for _, name := range names {
 		if err := s.fsyncLog(filepath.Join(s.dir, name)); err != nil {
 			return fmt.Errorf("fsync %s: %w", name, err)
 		}

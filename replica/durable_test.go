@@ -11,6 +11,8 @@ import (
 	"testing"
 	"testing/synctest"
 
+	"github.com/dgraph-io/badger/v4"
+
 	"github.com/ferrysync/ferry/crdt"
 )
 
@@ -206,6 +208,61 @@ func TestLiveEditFsyncs(t *testing.T) {
 	}
 }
 
+func sorted(a string, more ...string) []string {
+	out := append([]string{a}, more...)
+	slices.Sort(out)
+	return out
+}
+
+// TestWritesGoOnDuringFsync: while a local edit's fsync runs, the store
+// takes other writes and reads (a live session's cursor, the relay's
+// acknowledgements): Badger's DB.Sync would hold its memtables' lock
+// through the fsync of the active log, and stop them all until it is
+// done.
+func TestWritesGoOnDuringFsync(t *testing.T) {
+	if !fsyncLogsDirect {
+		t.Skip("Badger's DB.Sync fsyncs the active logs here")
+	}
+	dir := t.TempDir()
+	r := open(t, dir, nil)
+	col := coll(t, r, "c")
+	if err := col.Put("x", map[string]any{"n": 1}); err != nil {
+		t.Fatal(err)
+	}
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	r.fsync.fsyncLog = func(path string) error {
+		if filepath.Ext(path) == ".mem" {
+			once.Do(func() { close(held); <-release })
+		}
+		return fsyncFile(path)
+	}
+	edited := make(chan error, 1)
+	go func() { edited <- col.Put("y", map[string]any{"n": 2}) }()
+	select {
+	case <-held:
+	case err := <-edited:
+		t.Fatalf("the edit returned (%v) without fsyncing the active memtable log", err)
+	}
+	// A write that needs no fsync, and a read, while the fsync is held.
+	if err := r.update(func(txn *badger.Txn) error { return txn.Set([]byte("zz-test"), []byte("v")) }); err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := col.Get("x", &m); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-edited:
+		t.Fatalf("the edit returned (%v) before its fsync", err)
+	default:
+	}
+	close(release)
+	if err := <-edited; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestSyncFsyncsRotatedLogs: a sync fsyncs, after DB.Sync, each log of the
 // store's folder that is no longer the newest of its kind and was not
 // fsynced by an earlier sync, and fails if one cannot be.
@@ -236,11 +293,20 @@ func TestSyncFsyncsRotatedLogs(t *testing.T) {
 			t.Fatalf("fsynced %v, want %v", fsynced, want)
 		}
 	}
+	// Where the syncer fsyncs the active logs itself (fsyncLogsDirect),
+	// the newest of each kind is fsynced at every sync too.
+	active := func(names ...string) []string {
+		if fsyncLogsDirect {
+			return names
+		}
+		return nil
+	}
 	touch("00001.mem", "00002.mem", "000001.vlog", "000002.vlog", "MANIFEST", "000001.sst")
-	step("000001.vlog", "00001.mem") // the older of each kind; the newest DB.Sync covers
-	step()                           // nothing rotated since
+	// The older of each kind; the newest DB.Sync covers, or the syncer.
+	step(sorted("000001.vlog", append([]string{"00001.mem"}, active("000002.vlog", "00002.mem")...)...)...)
+	step(active("000002.vlog", "00002.mem")...) // nothing rotated since
 	touch("00003.mem")
-	step("00002.mem")
+	step(sorted("00002.mem", active("000002.vlog", "00003.mem")...)...)
 
 	fail = errors.New("disk on fire")
 	touch("00004.mem")

@@ -90,7 +90,7 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 	defer conn.close()
 	// The goroutines forwarding local edits end with the session.
 	ctx, cancel := context.WithCancel(ctx)
-	edits := &localEdits{r: r, ctx: ctx, feeds: map[string]*Feed{}, c: make(chan Event, 1024), early: &earlyQueue{c: make(chan earlyEdit, earlyQueueLen)}, pushed: map[string]crdt.Heads{}, acks: newAckWriter(r)}
+	edits := &localEdits{r: r, ctx: ctx, feeds: map[string]*Feed{}, c: make(chan Event, 1024), early: &earlyQueue{c: make(chan earlyEdit, earlyQueueLen)}, pushed: map[string]pushedHeads{}, acks: newAckWriter(r)}
 	defer func() {
 		cancel()
 		edits.close()
@@ -162,6 +162,18 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 		case ev := <-edits.c:
 			if ev.Origin != Local {
 				continue
+			}
+			// An edit's early push is queued before its event, but the
+			// select may take the event first: the push goes first, so
+			// that notPushed knows it and the edit is not pushed again
+			// the ordinary way (whose acknowledgement waits for the
+			// record's lock, and whose changes, coming back, are merged).
+			select {
+			case ed := <-edits.early.c:
+				if err := r.pushEarly(ctx, conn, p, rt, edits, ed, true); err != nil {
+					return err
+				}
+			default:
 			}
 			for coll, list := range edits.notPushed(coalesce(ev, edits.c)) {
 				if err := r.pushNow(ctx, conn, p, rt, edits, coll, list); err != nil {
@@ -271,7 +283,7 @@ func (l *localEdits) notPushed(evs map[string][]Event) map[string][]string {
 	out := map[string][]string{}
 	for coll, list := range evs {
 		for _, ev := range list {
-			if h, ok := l.pushed[earlyKey(coll, ev.ID)]; ok && h.Equal(ev.Heads) {
+			if l.pushed[earlyKey(coll, ev.ID)].has(ev.Heads) {
 				continue
 			}
 			out[coll] = append(out[coll], ev.ID)
@@ -293,10 +305,11 @@ type localEdits struct {
 	// commit, before their fsync (see liveearly.go); unregister stops it.
 	early      *earlyQueue
 	unregister func()
-	// pushed holds the heads of each record's last early push the relay
-	// answered (see outgoing.prev): this device's own commits, whose
-	// changes it holds. acks records the relay's acknowledgements.
-	pushed map[string]crdt.Heads
+	// pushed holds the heads of each record's last early pushes the
+	// relay answered (see outgoing.prev, pushedHeads): this device's own
+	// commits, whose changes it holds. acks records the relay's
+	// acknowledgements.
+	pushed map[string]pushedHeads
 	acks   *ackWriter
 }
 
@@ -426,7 +439,7 @@ func (r *Replica) applyLiveLocked(ctx context.Context, p *Profile, edits *localE
 		return false, err
 	}
 	defer unlock()
-	var pushed map[string]crdt.Heads
+	var pushed map[string]pushedHeads
 	if edits != nil {
 		pushed = edits.pushed
 	}
@@ -459,7 +472,7 @@ func (r *Replica) applyLiveLocked(ctx context.Context, p *Profile, edits *localE
 // holding changes a failed merge hook kept back goes through the merge
 // either way. The caller holds the collection's lock, under which the
 // relay's heads of a record change.
-func (r *Replica) notHeld(coll string, recs []remoteRec, pushed map[string]crdt.Heads) ([]remoteRec, error) {
+func (r *Replica) notHeld(coll string, recs []remoteRec, pushed map[string]pushedHeads) ([]remoteRec, error) {
 	out := recs[:0:0]
 	err := r.view(func(txn *badger.Txn) error {
 		for _, rec := range recs {
@@ -467,7 +480,7 @@ func (r *Replica) notHeld(coll string, recs []remoteRec, pushed map[string]crdt.
 			if err != nil {
 				return err
 			}
-			if len(rec.relay) > 0 && (acked.Equal(rec.relay) || pushed[earlyKey(coll, rec.id)].Equal(rec.relay)) {
+			if len(rec.relay) > 0 && (acked.Equal(rec.relay) || pushed[earlyKey(coll, rec.id)].has(rec.relay)) {
 				_, held, err := getKey(txn, recKey('q', coll, rec.id))
 				if err != nil {
 					return err

@@ -39,6 +39,7 @@ type partsVariant struct {
 	devicesMemory bool
 	noEarlyPush   bool // devices push an edit only once it is durable
 	earlyApply    bool // devices take the relay's changes before durable
+	badgerSync    bool // devices fsync by Badger's DB.Sync (see syncer.syncNow)
 }
 
 var partsVariants = []partsVariant{
@@ -83,11 +84,14 @@ func BenchmarkLiveParts(b *testing.B) {
 	before := []partsVariant{
 		{name: "durable-no-early", relayStore: "badger", noEarlyPush: true},
 		{name: "durable-early-apply", relayStore: "badger", earlyApply: true},
+		{name: "durable-badger-sync", relayStore: "badger", badgerSync: true},
+		{name: "durable-early-apply-badger-sync", relayStore: "badger", earlyApply: true, badgerSync: true},
 	}
 	for _, v := range append(before, partsVariants...) {
 		b.Run(v.name, func(b *testing.B) {
-			noEarlyPush, earlyApply = v.noEarlyPush, v.earlyApply
-			defer func() { noEarlyPush, earlyApply = false, false }()
+			direct := fsyncLogsDirect
+			noEarlyPush, earlyApply, fsyncLogsDirect = v.noEarlyPush, v.earlyApply, direct && !v.badgerSync
+			defer func() { noEarlyPush, earlyApply, fsyncLogsDirect = false, false, direct }()
 			p, openDev := v.start(b, policy.Live)
 			livePartsRun(b, p, openDev(), openDev())
 		})
@@ -181,8 +185,8 @@ func BenchmarkMergeParts(b *testing.B) {
 }
 
 // livePartsRun makes edits on a one at a time, each timed until b's feed
-// has it, and reports the p50 and p99 of the round trip and of a's
-// Update call (its commit) alone.
+// has it (which may be before a's Update returns), and reports the p50
+// and p99 of the round trip and of a's Update call (its commit) alone.
 func livePartsRun(b *testing.B, p Profile, devA, devB *Replica) {
 	feedB := (&Collection{r: devB, name: "c"}).Watch(1 << 16)
 	defer feedB.Close()
@@ -203,6 +207,16 @@ func livePartsRun(b *testing.B, p Profile, devA, devB *Replica) {
 		return h
 	}
 	waitFor(b, feedB, "live", heads())
+	// B's feed is read, and each event timed as it comes, on a goroutine
+	// of its own: b may have an edit before a's Update returns (a pushes
+	// while its fsync runs), and the edit reached b then.
+	events := make(chan stampedEvent, 1<<16)
+	go func() {
+		defer close(events)
+		for ev := range feedB.C {
+			events <- stampedEvent{ev, time.Now()}
+		}
+	}()
 	var lat, commit []time.Duration
 	i := 0
 	for b.Loop() {
@@ -213,8 +227,8 @@ func livePartsRun(b *testing.B, p Profile, devA, devB *Replica) {
 			b.Fatal(err)
 		}
 		t1 := time.Now()
-		waitFor(b, feedB, "live", heads())
-		lat, commit = append(lat, time.Since(t0)), append(commit, t1.Sub(t0))
+		at := arrived(b, events, "live", heads())
+		lat, commit = append(lat, at.Sub(t0)), append(commit, t1.Sub(t0))
 	}
 	slices.Sort(lat)
 	slices.Sort(commit)
@@ -222,6 +236,31 @@ func livePartsRun(b *testing.B, p Profile, devA, devB *Replica) {
 	b.ReportMetric(pct(lat, 50), "p50-µs")
 	b.ReportMetric(pct(lat, 99), "p99-µs")
 	b.ReportMetric(pct(commit, 50), "a-commit-p50-µs")
+}
+
+// stampedEvent is an event of a feed and when the feed delivered it.
+type stampedEvent struct {
+	ev Event
+	at time.Time
+}
+
+// arrived returns when events had record id at heads.
+func arrived(tb testing.TB, events <-chan stampedEvent, id string, heads crdt.Heads) time.Time {
+	tb.Helper()
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case se, ok := <-events:
+			if !ok {
+				tb.Fatal("feed closed")
+			}
+			if se.ev.ID == id && se.ev.Heads.Equal(heads) {
+				return se.at
+			}
+		case <-timeout:
+			tb.Fatalf("no event for %s at %v", id, heads)
+		}
+	}
 }
 
 // benchRelayOn is benchRelay on the given store, which it closes.

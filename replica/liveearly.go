@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -40,10 +41,11 @@ import (
 //     the record's last early push from this session (outgoing.prev),
 //     which the new one's build on: an older push's acknowledgement,
 //     recorded after a newer one's, must not set the heads back.
-//   - The session remembers each record's last early push (pushed), so
+//   - The session remembers each record's last early pushes (pushed), so
 //     that the edit's feed event does not push it again, and so that the
-//     relay sending the device its own edit back does not make the session
-//     apply it again, which would wait for the record's lock (notHeld).
+//     relay sending the device its own edits back, however far behind the
+//     session applies them, does not make it apply them again, which
+//     would wait for the record's lock (notHeld).
 //
 // An early push is a shortcut, never the only way: the record stays
 // pending until the relay's acknowledgement is recorded. An early push
@@ -57,10 +59,13 @@ import (
 var noEarlyPush bool
 
 // earlyApply makes live sessions ask the relay for early live messages
-// (below). Off by default: with the relay's fsync on the path, taking
-// them cut W2's median round trip but made its mean and tail several
-// times longer (BenchmarkLiveParts, durable against durable-early-apply;
-// docs/benchmarks.md), for a cause not found yet. Tests turn it on.
+// (below). Off by default: it does not shorten W2's median. A device
+// sends its next push only once the relay has acknowledged the last,
+// after that push's fsync; so an edit another device saw early holds up
+// the pusher's next one by the fsync it saved (docs/benchmarks.md, "W2's
+// live path traced"). The tail it once had (a session merging its own
+// pushes as they came back) is gone (pushedHeads, notPending). Tests turn
+// it on.
 var earlyApply bool
 
 // earlyEdit is one committed unit of work's records of one collection, as
@@ -224,6 +229,11 @@ type ackWriter struct {
 
 	mu      sync.Mutex
 	skipped map[string][]string // by collection, not yet on again
+
+	// queued counts the acknowledgements added and not yet recorded, so
+	// that flush, on the live path before every merge of a live message,
+	// costs no goroutine hop when there are none.
+	queued atomic.Int64
 }
 
 type ackJob struct {
@@ -246,6 +256,7 @@ func (w *ackWriter) run() {
 			continue
 		}
 		skipped, err := w.r.acknowledgeEarly(j.coll, j.batch, false)
+		w.queued.Add(-1)
 		if err != nil {
 			// The records stay pending: pushed again, and acknowledged
 			// again, at the collection's next push.
@@ -276,16 +287,22 @@ func (w *ackWriter) takeSkipped() map[string][]string {
 
 // add queues the acknowledgement of batch.
 func (w *ackWriter) add(ctx context.Context, coll string, batch []outgoing) error {
+	w.queued.Add(1)
 	select {
 	case w.jobs <- ackJob{coll: coll, batch: batch}:
 		return nil
 	case <-ctx.Done():
+		w.queued.Add(-1)
 		return ctx.Err()
 	}
 }
 
-// flush returns once every acknowledgement queued before is recorded.
+// flush returns once every acknowledgement queued before is recorded. The
+// session's goroutine alone adds and flushes.
 func (w *ackWriter) flush(ctx context.Context) error {
+	if w.queued.Load() == 0 {
+		return nil
+	}
 	f := make(chan struct{})
 	select {
 	case w.jobs <- ackJob{flushed: f}:
@@ -328,7 +345,7 @@ func (r *Replica) pushEarly(ctx context.Context, conn *relayConn, p *Profile, rt
 	for _, coll := range order {
 		recs := byColl[coll]
 		for i, o := range recs {
-			recs[i].prev = edits.pushed[earlyKey(coll, o.id)]
+			recs[i].prev = edits.pushed[earlyKey(coll, o.id)].last()
 		}
 		cs, sent, err := r.pushEarlyColl(ctx, conn, p, edits.acks, coll, recs)
 		if err != nil {
@@ -341,7 +358,8 @@ func (r *Replica) pushEarly(ctx context.Context, conn *relayConn, p *Profile, rt
 			clear(edits.pushed)
 		}
 		for _, o := range sent {
-			edits.pushed[earlyKey(coll, o.id)] = o.heads
+			k := earlyKey(coll, o.id)
+			edits.pushed[k] = edits.pushed[k].add(o.heads)
 		}
 	}
 	return nil
@@ -353,6 +371,40 @@ func (r *Replica) pushEarly(ctx context.Context, conn *relayConn, p *Profile, rt
 const earlyRemembered = 4096
 
 func earlyKey(coll, id string) string { return coll + "\x00" + id }
+
+// pushedHeads are the heads of a record's last early pushes the relay
+// answered, oldest first. The relay sends each of them back, in order, to
+// the session's subscription; when the session falls behind in applying
+// them (a burst of edits, a pause), the heads they carry are older than
+// the last push's, and without the earlier ones remembered each would go
+// through a merge, which waits for the record's lock while later edits
+// fsync: the session, which also pushes, would fall further behind.
+type pushedHeads []crdt.Heads
+
+// earlyEchoes is how many of a record's early pushes a session
+// remembers; a message older than those takes the merge, which is only
+// slower.
+const earlyEchoes = 32
+
+func (p pushedHeads) last() crdt.Heads {
+	if len(p) == 0 {
+		return nil
+	}
+	return p[len(p)-1]
+}
+
+// has says whether h are the heads of one of the pushes.
+func (p pushedHeads) has(h crdt.Heads) bool {
+	return slices.ContainsFunc(p, h.Equal)
+}
+
+// add returns p with h as the last push.
+func (p pushedHeads) add(h crdt.Heads) pushedHeads {
+	if len(p) >= earlyEchoes {
+		p = append(p[:0], p[len(p)-earlyEchoes+1:]...)
+	}
+	return append(p, h)
+}
 
 // pushEarlyColl pushes early edits of one collection and returns what it
 // sent, acknowledged or refused.
@@ -417,8 +469,37 @@ func (r *Replica) applyEarly(ctx context.Context, edits *localEdits, coll string
 	if recs, err = r.notHeld(coll, recs, edits.pushed); err != nil || len(recs) == 0 {
 		return err
 	}
+	if recs, err = r.notPending(coll, recs); err != nil || len(recs) == 0 {
+		return err
+	}
 	_, err = r.applyBatchThen(coll, recs, r.earlyOp, nil)
 	return err
+}
+
+// notPending leaves out of recs the records earlyOp would not apply to:
+// pending, or holding changes a failed merge hook kept back. Read without
+// the records' locks, so earlyOp checks again; but a record this device
+// is editing is pending, and its lock is held through each edit's fsync
+// (this device's own pushes coming back early, say): waiting for it, the
+// session would stop pushing; and a document set aside by earlyOp is
+// dropped from the cache, to be loaded from the store at the next use.
+func (r *Replica) notPending(coll string, recs []remoteRec) ([]remoteRec, error) {
+	out := recs[:0:0]
+	err := r.view(func(txn *badger.Txn) error {
+	next:
+		for _, rec := range recs {
+			for _, prefix := range []byte{'p', 'q'} {
+				if _, held, err := getKey(txn, recKey(prefix, coll, rec.id)); err != nil {
+					return err
+				} else if held {
+					continue next
+				}
+			}
+			out = append(out, rec)
+		}
+		return nil
+	})
+	return out, err
 }
 
 // earlyOp applies an early message's changes to a record with no pending

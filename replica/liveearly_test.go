@@ -326,6 +326,135 @@ func TestAcknowledgeEarlyNeverSetsHeadsBack(t *testing.T) {
 	}
 }
 
+// A session that falls behind in applying what its subscription sends
+// back of its own early pushes (a burst of edits, a pause) recognises
+// each of them, not only the last push's: merging them instead would wait
+// for the record's lock, which a later edit holds through its fsync, and
+// the session, which also pushes, would fall further behind.
+func TestOwnEarlyPushesComeBackBehind(t *testing.T) {
+	r := mem(t)
+	c := r.Collection("c")
+	var pushed pushedHeads
+	var all []crdt.Heads
+	for i := range earlyEchoes + 3 {
+		if err := c.Put("x", map[string]any{"n": i}); err != nil {
+			t.Fatal(err)
+		}
+		h, err := c.Heads("x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, h)
+		pushed = pushed.add(h)
+	}
+	if len(pushed) != earlyEchoes || !pushed.last().Equal(all[len(all)-1]) {
+		t.Fatalf("remembers %d pushes, last %v; want %d, the last edit's", len(pushed), pushed.last(), earlyEchoes)
+	}
+	byKey := map[string]pushedHeads{earlyKey("c", "x"): pushed}
+	// Every push still remembered comes back, oldest first, while the
+	// acknowledged heads are the last push's: none to apply.
+	var back []remoteRec
+	for _, h := range all[3:] {
+		back = append(back, remoteRec{id: "x", relay: h})
+	}
+	got, err := r.notHeld("c", back, byKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 0 {
+		t.Fatalf("%d of %d of the device's own pushes left to apply, want 0", len(got), len(back))
+	}
+	// Older pushes than those remembered, and heads this device never
+	// pushed (another device's edit), are applied.
+	other := crdt.Heads{crdt.Hash{1}}
+	got, err = r.notHeld("c", []remoteRec{{id: "x", relay: all[0]}, {id: "x", relay: other}}, byKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("%d left to apply, want 2", len(got))
+	}
+}
+
+// An early message for a record this device is editing (its own push
+// coming back early, or another device's edit of it) is left to the
+// durable message without waiting for the record's lock, which the edit
+// holds through its fsync: the session, which also pushes, would wait for
+// the disk.
+func TestEarlyMessageSkipsRecordBeingEdited(t *testing.T) {
+	r := open(t, t.TempDir(), nil)
+	gate := gateFsync(t, r)
+	c := r.Collection("c")
+	if err := c.Create("x", map[string]any{"n": 1}); err != nil {
+		t.Fatal(err)
+	}
+	h1, err := c.Heads("x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate.close()
+	edited := make(chan error, 1)
+	go func() { edited <- c.Update("x", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, 2) }) }()
+	<-gate.held // the edit holds x's lock until its fsync is done
+	edits := &localEdits{pushed: map[string]pushedHeads{}}
+	applied := make(chan error, 1)
+	go func() {
+		applied <- r.applyEarly(context.Background(), edits, "c", []remoteRec{{id: "x", data: nil, relay: crdt.Heads{crdt.Hash{1}}}})
+	}()
+	select {
+	case err := <-applied:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		gate.open(nil)
+		t.Fatal("the early message waited for the record's lock, held through an edit's fsync")
+	}
+	gate.open(nil)
+	if err := <-edited; err != nil {
+		t.Fatal(err)
+	}
+	if h, err := c.Heads("x"); err != nil || h.Equal(h1) {
+		t.Fatalf("x's heads %v (%v), want the edit's", h, err)
+	}
+}
+
+// The ack writer's flush, which every live message merged waits for,
+// hands nothing to the writer's goroutine when no acknowledgement is
+// queued, and waits for those that are.
+func TestAckFlush(t *testing.T) {
+	w := &ackWriter{jobs: make(chan ackJob, 4), done: make(chan struct{}), again: make(chan struct{}, 1), skipped: map[string][]string{}}
+	// No goroutine takes jobs yet: a flush that handed one over would
+	// wait for the context.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := w.flush(ctx); err != nil {
+		t.Fatalf("flush with nothing queued: %v", err)
+	}
+	if len(w.jobs) != 0 {
+		t.Fatalf("flush queued %d jobs, want none", len(w.jobs))
+	}
+	w.r = mem(t)
+	if err := w.add(ctx, "c", nil); err != nil {
+		t.Fatal(err)
+	}
+	flushed := make(chan error, 1)
+	go func() { flushed <- w.flush(ctx) }()
+	select {
+	case err := <-flushed:
+		t.Fatalf("flush returned (%v) before the queued acknowledgement was recorded", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	go w.run()
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
+	}
+	if n := w.queued.Load(); n != 0 {
+		t.Fatalf("%d acknowledgements still counted as queued", n)
+	}
+	w.close()
+}
+
 // appendGate is a relay store whose appends wait while the gate is shut,
 // then run (stored) or not, and fail with err if it is set: a relay that
 // dies before its group is durable (not stored), or after it but before

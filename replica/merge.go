@@ -129,7 +129,7 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 	}
 	d := t.doc
 	if m.merged != nil {
-		if len(m.diff.Conflicts) > 0 {
+		if m.diff != nil && len(m.diff.Conflicts) > 0 {
 			c := conflicted{
 				rec: rec, data: data, relay: relay, local: m.localHeads, conflicts: m.diff.Conflicts,
 				localRec: m.local.Fields(), remoteRec: m.remote.Fields(), merged: m.merged,
@@ -178,9 +178,10 @@ type merging struct {
 	// For a pending record that got something new: the merge, made in a
 	// copy of the document (a clone, not a replay of history), so that a
 	// record with conflicts keeps its document as it is stored and the
-	// copy goes on to the resolution; and what the policy needs. This
-	// device's side is read before the import rather than forked out of
-	// history afterwards.
+	// copy goes on to the resolution; and what the policy needs (diff nil:
+	// the relay's version holds every change of the record's, nothing to
+	// decide). This device's side is read before the import rather than
+	// forked out of history afterwards.
 	merged        *crdt.Doc
 	diff          *crdt.FieldDiff
 	localHeads    crdt.Heads
@@ -203,9 +204,6 @@ func merge(d *crdt.Doc, pending bool, synced crdt.Heads, data []byte, relay crdt
 		return m
 	}
 	m.localHeads = d.Heads()
-	if m.local, m.err = d.Snapshot(); m.err != nil {
-		return m
-	}
 	merged, err := d.Fork(nil)
 	if err != nil {
 		m.err = err
@@ -215,6 +213,21 @@ func merge(d *crdt.Doc, pending bool, synced crdt.Heads, data []byte, relay crdt
 	if err != nil || n == 0 {
 		merged.Free()
 		m.err = err
+		return m
+	}
+	if len(relay) > 0 && merged.Heads().Equal(relay) {
+		// The relay's version holds every change of the record's here:
+		// this device is behind it, with nothing of its own to weigh
+		// against it. Its pending changes reached the relay some other
+		// way (pushed, the acknowledgement lost; or another device's,
+		// applied early and pushed again by that device), and the
+		// relay's later edits of the same fields must not be undone as
+		// if they conflicted with them.
+		m.merged = merged
+		return m
+	}
+	if m.local, m.err = d.Snapshot(); m.err != nil {
+		merged.Free()
 		return m
 	}
 	if m.diff, m.remote, m.err = threeWay(merged, m.local, synced, relay, data); m.err != nil {

@@ -42,12 +42,13 @@ import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websoc
 // ---- flags ----
 
 function parseFlags(argv) {
-  const f = { records: 10000, updates: 1000, mergeRecords: 100, amRecords: 0, seed: 1, json: false, ferry: "", w3Rounds: 0 }
-  const names = { "--records": "records", "--updates": "updates", "--merge-records": "mergeRecords", "--am-records": "amRecords", "--seed": "seed", "--w3-rounds": "w3Rounds" }
+  const f = { records: 10000, updates: 1000, mergeRecords: 100, amRecords: 0, seed: 1, json: false, ferry: "", ferryVs: "", w2Rounds: 0, w3Rounds: 0 }
+  const names = { "--records": "records", "--updates": "updates", "--merge-records": "mergeRecords", "--am-records": "amRecords", "--seed": "seed", "--w2-rounds": "w2Rounds", "--w3-rounds": "w3Rounds" }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     if (a === "--json") f.json = true
     else if (a === "--ferry") f.ferry = argv[++i]
+    else if (a === "--ferry-vs") f.ferryVs = argv[++i]
     else if (names[a]) {
       const v = Number(argv[++i])
       if (!Number.isInteger(v) || v <= 0) usage(`${a} wants a positive integer`)
@@ -59,7 +60,7 @@ function parseFlags(argv) {
 }
 
 function usage(msg) {
-  console.error(`peers: ${msg}\nusage: node peers.mjs [--records N] [--am-records N] [--updates N] [--merge-records N] [--seed N] [--json] [--ferry PATH] [--w3-rounds N]`)
+  console.error(`peers: ${msg}\nusage: node peers.mjs [--records N] [--am-records N] [--updates N] [--merge-records N] [--seed N] [--json] [--ferry PATH] [--w2-rounds N [--ferry-vs PATH]] [--w3-rounds N]`)
   process.exit(2)
 }
 
@@ -179,10 +180,10 @@ function ferryBin() {
 
 // ferryBench runs ferry bench --child --json on the workloads and returns
 // its results by workload.
-async function ferryBench(workloads) {
+async function ferryBench(workloads, bin = ferryBin()) {
   const dir = mkdtempSync(join(work, "ferry-"))
   const out = await new Promise((ok, fail) => {
-    const p = spawn(ferryBin(), ["bench", "--child", "--json", "--seed", String(flags.seed), "--workloads", workloads,
+    const p = spawn(bin, ["bench", "--child", "--json", "--seed", String(flags.seed), "--workloads", workloads,
       "--records", String(flags.records), "--updates", String(flags.updates), "--merge-records", String(flags.mergeRecords),
       "--dir", dir], { stdio: ["ignore", "pipe", "inherit"] })
     let s = ""
@@ -212,7 +213,7 @@ async function ferry() {
 async function startYjs() {
   const port = await freePort()
   const p = await start(process.execPath, [join(import.meta.dirname, "node_modules/y-websocket/bin/server.cjs")],
-    { cwd: work, env: { ...process.env, HOST: "127.0.0.1", PORT: String(port), YPERSISTENCE: join(work, "yjs-leveldb") } },
+    { cwd: work, env: { ...process.env, HOST: "127.0.0.1", PORT: String(port), YPERSISTENCE: mkdtempSync(join(work, "yjs-leveldb-")) } },
     /running at/)
   return { p, url: `ws://127.0.0.1:${port}` }
 }
@@ -526,10 +527,59 @@ process.on("uncaughtException", e => {
   amUnavailable++
 })
 
+if (flags.w2Rounds) {
+  await w2Rounds()
+  process.exit(0)
+}
 if (flags.w3Rounds) {
   await w3Rounds()
   process.exit(0)
 }
+
+// w2Rounds runs Ferry's W2 and Yjs's in turns, flags.w2Rounds rounds,
+// and, with --ferry-vs, another Ferry build's W2 in the same turns (to
+// compare two builds under the same load).
+async function w2Rounds() {
+  const load0 = loadavg()
+  const runs = [["ferry", () => ferryBench("W2")]]
+  if (flags.ferryVs) runs.push(["ferry_vs", () => ferryBench("W2", flags.ferryVs)])
+  const res = Object.fromEntries([...runs.map(([n]) => [n, []]), ["yjs", []]])
+  try {
+    for (let i = 1; i <= flags.w2Rounds; i++) {
+      const line = []
+      for (const [name, run] of runs) {
+        const m = (await run()).W2.metrics
+        const v = { p50: m.find(x => x.name === "latency_p50").value, p99: m.find(x => x.name === "latency_p99").value }
+        res[name].push(v)
+        line.push(`${name} ${fmtW2(v)}`)
+      }
+      const y = await withServer(startYjs, yjsW2)
+      res.yjs.push(y)
+      line.push(`yjs ${fmtW2(y)}`)
+      log(`W2 round ${i}: ${line.join("; ")}; load average ${loadavg()[0].toFixed(1)}`)
+    }
+  } finally {
+    rmSync(work, { recursive: true, force: true })
+  }
+  const median = xs => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2 }
+  const out = { w2_rounds: {}, machine: { cpus: cpus().length, model: cpus()[0].model, node: process.version, loadavg_start: load0, loadavg_end: loadavg() }, config: flags }
+  for (const [name, vs] of Object.entries(res)) {
+    out.w2_rounds[name] = { rounds: vs, p50_median: median(vs.map(v => v.p50)), p99_median: median(vs.map(v => v.p99)) }
+  }
+  if (flags.json) {
+    console.log(JSON.stringify(out, null, 2))
+    return
+  }
+  console.log(`W2, ${flags.updates} updates, ${flags.w2Rounds} rounds (${Object.keys(res).join(", ")} in turns); medians of the rounds' p50 and p99:`)
+  const y = out.w2_rounds.yjs
+  for (const [name, r] of Object.entries(out.w2_rounds)) {
+    const ratio = name === "yjs" ? "" : `; /Yjs ${(r.p50_median / y.p50_median).toFixed(2)} / ${(r.p99_median / y.p99_median).toFixed(2)}`
+    console.log(`${name.padEnd(8)} p50 ${(r.p50_median * 1000).toFixed(2)} ms, p99 ${(r.p99_median * 1000).toFixed(2)} ms${ratio}`)
+  }
+  console.log(`load average ${load0.map(x => x.toFixed(1)).join(" ")} at start, ${out.machine.loadavg_end.map(x => x.toFixed(1)).join(" ")} at end; seed ${flags.seed}`)
+}
+
+function fmtW2(v) { return `${(v.p50 * 1000).toFixed(2)}/${(v.p99 * 1000).toFixed(2)} ms` }
 
 // w3Rounds runs Ferry's W3 and Yjs's in turns, flags.w3Rounds rounds.
 async function w3Rounds() {
