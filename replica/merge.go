@@ -114,7 +114,11 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 		if _, err := crdt.ParseChanges(data); err != nil {
 			return false, err
 		}
-		return true, r.storeSynced(txn, t, relay)
+		synced, err := laterSynced(txn, t, relay)
+		if err != nil {
+			return false, err
+		}
+		return true, r.storeSynced(txn, t, synced)
 	}
 	_, pending, err := getKey(txn, recKey('p', coll, id))
 	if err != nil {
@@ -179,6 +183,41 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 		return true, r.storeArrived(txn, t, data, relay)
 	}
 	return true, r.storeSynced(txn, t, relay)
+}
+
+// laterSynced returns the heads to record as the relay's for a record that
+// holds every change of relay, a version of the relay's: relay, unless the
+// heads recorded already hold all of relay's changes. The relay's copy of a
+// record only grows, but its versions may reach the device late (a live
+// session's own earlier push coming back after a later one was
+// acknowledged): setting the heads back would mark the record pending
+// with nothing of its own to push, and a live session, which pushes only
+// what is edited, would leave it so.
+func laterSynced(txn *badger.Txn, t *touched, relay crdt.Heads) (crdt.Heads, error) {
+	acked, err := readAcked(txn, t.coll, t.id)
+	if err != nil || len(acked) == 0 || acked.Equal(relay) {
+		return relay, err
+	}
+	since, err := t.doc.ChangesSince(acked)
+	if errors.Is(err, crdt.ErrUnknownHeads) {
+		return relay, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(since) == 0 {
+		return acked, nil // relay's changes are all in acked's history
+	}
+	changes, err := crdt.ParseChanges(since)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range changes {
+		if slices.Contains(relay, c.Hash) {
+			return relay, nil // relay holds changes beyond acked
+		}
+	}
+	return acked, nil
 }
 
 // holdsAll reports whether d holds every change of heads (none: false).
