@@ -155,6 +155,7 @@ func tableRows(r *Result) []tableRow {
 		add("fan-out under load, p50 / p99", false, nil, "fanout_load_p50", "fanout_load_p99")
 		add("bytes on the wire", true, nil, "ingest_wire")
 		add("relay CPU over the ingest, per change", false, nil, "ingest_relay_cpu", "ingest_relay_cpu_per_change")
+		add("clients' CPU over the ingest, per change", false, nil, "ingest_clients_cpu", "ingest_clients_cpu_per_change")
 		add("relay peak RSS", false, nil, "relay_peak_rss")
 	case "W7":
 		add("create: push, durable acks (ratio to loading the same changes)", true, nil, "create", "create_rate")

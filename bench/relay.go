@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -86,7 +87,16 @@ type relayEnv struct {
 func startRelay(ctx context.Context, t Target, dir string) (*relayEnv, error) {
 	switch t.Mode {
 	case InProcess:
-		return startInProcess(dir)
+		// The relay's goroutines, and every one they start, carry the
+		// label side=relay, so that a CPU profile of the run (ferry bench
+		// --cpuprofile) tells the relay's CPU from the clients': go tool
+		// pprof -tagfocus side=relay, or -tagignore side=relay.
+		var e *relayEnv
+		var err error
+		pprof.Do(context.Background(), pprof.Labels("side", "relay"), func(context.Context) {
+			e, err = startInProcess(dir)
+		})
+		return e, err
 	case Child:
 		if t.Command == nil {
 			return nil, errors.New("bench: a child relay needs Target.Command")

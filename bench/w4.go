@@ -54,6 +54,10 @@ func W4(ctx context.Context, cfg Config) (res *Result, err error) {
 	if in.cpu > 0 {
 		res.add(Metric{Name: "ingest_relay_cpu", Value: in.cpu.Seconds(), Unit: "s", Note: "the child relay's user and system CPU time over the ingest, from /proc"})
 		res.add(Metric{Name: "ingest_relay_cpu_per_change", Value: in.cpu.Seconds() / float64(in.n), Unit: "s/change"})
+		// With the relay in a process of its own, this process's CPU is
+		// the clients': the pushers, the subscribers and the proxy.
+		res.add(Metric{Name: "ingest_clients_cpu", Value: in.selfCPU.Seconds(), Unit: "s", Note: "this process's user and system CPU time over the ingest: the pushers, the subscribers and the byte-counting proxy"})
+		res.add(Metric{Name: "ingest_clients_cpu_per_change", Value: in.selfCPU.Seconds() / float64(in.n), Unit: "s/change"})
 	}
 	res.memory("", in.mem, 0)
 	res.Notes = append(res.Notes,
@@ -74,6 +78,7 @@ type ingestRun struct {
 	before, after     snapshot
 	mem               memStats
 	cpu               time.Duration // the relay's CPU over the ingest (child relays only)
+	selfCPU           time.Duration // this process's CPU over the ingest
 	env               *relayEnv
 }
 
@@ -108,10 +113,12 @@ func ingest(ctx context.Context, cfg Config, n int, label string) (in *ingestRun
 	if in.before, err = env.snapshot(ctx); err != nil {
 		return nil, err
 	}
+	self0 := cpuTime()
 	if in.elapsed, err = w.pushAll(); err != nil {
 		return nil, err
 	}
 	in.cpu = env.mem.peak().CPU
+	in.selfCPU = cpuTime() - self0
 	if in.after, err = env.snapshot(ctx); err != nil {
 		return nil, err
 	}

@@ -119,6 +119,8 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 	}()
 	mem := newSelfProbe()
 	defer mem.close()
+	maps := newMapsProbe(dir)
+	defer maps.close()
 	rng := rand.New(rand.NewPCG(spec.Seed, 6))
 	want := 0
 	var ids []string
@@ -155,6 +157,7 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 	res.add(Metric{Name: "insert_peak_rss_anon", Value: float64(st.PeakAnon), Unit: "B", Note: "anonymous resident memory at its highest, sampled every 10 ms: Go's heap, Automerge's, stacks"})
 	res.add(Metric{Name: "insert_peak_rss_file", Value: float64(st.PeakFile), Unit: "B", Note: "file-backed resident memory at its highest, sampled: the binary, and Badger's mapped tables and logs"})
 	res.add(Metric{Name: "insert_peak_heap", Value: float64(st.PeakHeap), Unit: "B", Note: "Go heap objects, sampled every 10 ms; Automerge's Rust allocations are not Go heap"})
+	maps.flush("insert")
 	after, _ := procStatus("self")
 	res.add(Metric{Name: "after_insert_rss", Value: float64(after.VmRSS), Unit: "B", Note: "the device process right after the insert, the replica open"})
 	res.add(Metric{Name: "after_insert_rss_anon", Value: float64(after.RssAnon), Unit: "B"})
@@ -171,6 +174,7 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 	items := r.Collection("items")
 
 	got := 0
+	maps.flush("close and open")
 	mem.reset()
 	d, cpu, err := timed(func() error {
 		for _, err := range replica.Select(items, replica.Query[Item]{Where: w6Cheap}) {
@@ -188,7 +192,7 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 		return nil, checkf("W6 scan kept %d records, want %d", got, want)
 	}
 	w6Time(res, "scan", d, cpu, n, "records/s")
-	w6Peak(res, mem, "scan")
+	w6Peak(res, mem, maps, "scan")
 
 	mem.reset()
 	d, cpu, err = timed(func() error {
@@ -198,7 +202,7 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 		return nil, err
 	}
 	w6Time(res, "index_build", d, cpu, n, "records/s")
-	w6Peak(res, mem, "index_build")
+	w6Peak(res, mem, maps, "index_build")
 	cheap := replica.Query[Item]{Index: "by_cat_price", Eq: []any{"c7"}, To: 5.0}
 	got = 0
 	d, cpu, err = timed(func() error {
@@ -220,6 +224,7 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 
 	// Live query: each write moves a record into the query; the latency
 	// runs until the live query delivers it.
+	maps.flush("indexed query")
 	mem.reset()
 	live, err := replica.WatchQuery(items, cheap, 0)
 	if err != nil {
@@ -257,7 +262,7 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 	s := sortedDurations(lat)
 	res.add(Metric{Name: "live_latency_p50", Value: percentile(s, 50).Seconds(), Unit: "s"})
 	res.add(Metric{Name: "live_latency_p99", Value: percentile(s, 99).Seconds(), Unit: "s"})
-	w6Peak(res, mem, "live")
+	w6Peak(res, mem, maps, "live")
 	mem.reset()
 
 	// Gets, cold (right after a reopen: nothing cached, by Ferry or
@@ -268,7 +273,7 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 	if r, err = replica.Open(dir, opts); err != nil {
 		return nil, err
 	}
-	w6Peak(res, mem, "reopen")
+	w6Peak(res, mem, maps, "reopen")
 	mem.reset()
 	items = r.Collection("items")
 	pick := make([]string, 1000)
@@ -291,7 +296,7 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 		res.add(Metric{Name: phase, Value: d.Seconds() / float64(len(pick)), Unit: "s", Note: "per Get"})
 		res.add(Metric{Name: phase + "_cpu", Value: cpu.Seconds() / float64(len(pick)), Unit: "s", Note: "per Get, CPU of the process"})
 	}
-	w6Peak(res, mem, w6LastPhase)
+	w6Peak(res, mem, maps, w6LastPhase)
 	end, _ := procStatus("self")
 	res.add(Metric{Name: "rss_end", Value: float64(end.VmRSS), Unit: "B", Note: "the device process at the end, the replica open"})
 	res.Notes = append(res.Notes,
@@ -312,13 +317,16 @@ const w6LastPhase = "get"
 // and file-backed parts and of the Go heap. With FERRY_BENCH_HEAPPROFILE
 // set to a directory, it also writes the Go heap's profile there as
 // <phase>.pprof (allocations since the start included: go tool pprof
-// -sample_index=alloc_space).
-func w6Peak(res *Result, mem *selfProbe, phase string) {
+// -sample_index=alloc_space). With FERRY_BENCH_SMAPS set to a file, the
+// phase's RSS at its highest and its mappings by kind are appended to it
+// (see mapsProbe).
+func w6Peak(res *Result, mem *selfProbe, maps *mapsProbe, phase string) {
 	st := mem.peak()
 	res.add(Metric{Name: phase + "_peak_rss", Value: float64(st.PeakRSS), Unit: "B", Note: "the device process's peak RSS in this phase (VmHWM, reset when it began)"})
 	res.add(Metric{Name: phase + "_peak_rss_anon", Value: float64(st.PeakAnon), Unit: "B"})
 	res.add(Metric{Name: phase + "_peak_rss_file", Value: float64(st.PeakFile), Unit: "B"})
 	res.add(Metric{Name: phase + "_peak_heap", Value: float64(st.PeakHeap), Unit: "B"})
+	maps.flush(phase)
 	if dir := os.Getenv("FERRY_BENCH_HEAPPROFILE"); dir != "" {
 		if f, err := os.Create(filepath.Join(dir, phase+".pprof")); err == nil {
 			pprof.Lookup("heap").WriteTo(f, 0)

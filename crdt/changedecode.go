@@ -25,11 +25,24 @@ func (p *payloadReader) mark(name string) {
 // Rust would refuse, and some things Rust reads but would never rebuild
 // (unknown or DEFLATEd columns, runs of zero nulls).
 func decodeChange(payload []byte) (*change, error) {
+	c, cols, err := decodeLayout(payload)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.decodeOps(cols); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// decodeLayout decodes a change's header and finds its columns, leaving
+// its operations undecoded.
+func decodeLayout(payload []byte) (*change, *colSet, error) {
 	c := &change{}
 	p := &payloadReader{reader: reader{b: payload}, start: len(payload), c: c}
 	nDeps := p.uleb()
 	if nDeps > uint64(len(p.b)/HashSize) {
-		return nil, errors.New("bad dependency count")
+		return nil, nil, errors.New("bad dependency count")
 	}
 	for range nDeps {
 		c.deps = append(c.deps, Hash(p.bytes(HashSize)))
@@ -45,34 +58,31 @@ func decodeChange(payload []byte) (*change, error) {
 	p.mark("time")
 	msg := p.bytes(p.uleb())
 	if p.err == nil && !utf8.Valid(msg) {
-		return nil, errors.New("message is not UTF-8")
+		return nil, nil, errors.New("message is not UTF-8")
 	}
 	c.message = string(msg)
 	p.mark("message")
 	nOthers := p.uleb()
 	if nOthers > uint64(len(p.b)) {
-		return nil, errors.New("bad actor count")
+		return nil, nil, errors.New("bad actor count")
 	}
 	for range nOthers {
 		c.others = append(c.others, p.bytes(p.uleb()))
 	}
 	p.mark("other actors")
 	if p.err != nil {
-		return nil, fmt.Errorf("truncated header: %w", p.err)
+		return nil, nil, fmt.Errorf("truncated header: %w", p.err)
 	}
 	if c.startOp == 0 {
-		return nil, errors.New("start op is zero")
+		return nil, nil, errors.New("start op is zero")
 	}
 	c.header = payload[:len(payload)-len(p.b)]
 	cols, err := readColumns(p)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	c.extra = p.b
-	if err := c.decodeOps(cols); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return c, cols, nil
 }
 
 // readColumns reads the column metadata and slices out each column's data.
@@ -136,6 +146,9 @@ func (c *change) decodeOps(cols *colSet) error {
 	// data.
 	rootOnly := len(cols.get(specObjActor)) == 0 || len(cols.get(specObjCounter)) == 0
 	nActors := uint64(1 + len(c.others))
+	if n := opsHint(action); n > 0 {
+		c.ops = make([]chOp, 0, n)
+	}
 	for i := 0; ; i++ {
 		act, null, ok := action.next()
 		if err := action.err(); err != nil {
@@ -185,6 +198,22 @@ func (c *change) decodeOps(cols *colSet) error {
 		}
 		c.ops = append(c.ops, op)
 	}
+}
+
+// opsHint counts the values of the action column, one per operation, to
+// size the operations once: growing them by appends cost more than the
+// rest of decoding a small change. A run can claim many values in a few
+// bytes, so the count stops at a bound; the decoder appends past it.
+func opsHint(action rleDecoder[uint64]) int {
+	const bound = 256
+	n := 0
+	for n < bound {
+		if _, _, ok := action.next(); !ok {
+			break
+		}
+		n++
+	}
+	return n
 }
 
 // readObj mirrors Rust's ObjIdIter: two nulls (or a counter of 0) are the

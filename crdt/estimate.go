@@ -9,8 +9,10 @@ import (
 // Estimate returns what loading b (a saved document, changes, or both, as
 // Load and Import take them) is estimated to cost in memory, counted from
 // its chunks without loading anything into Automerge, so that a caller can
-// reserve the memory before it takes it. Changes are decoded and counted
-// as Cost counts them. A whole document is counted by its changes and
+// reserve the memory before it takes it. Changes are counted as Cost
+// counts them, from their headers and three of their columns; their
+// operations are not checked (Import checks them), so a change that would
+// not import may still be counted. A whole document is counted by its changes and
 // operations; the keys it first writes are not decoded, and every one of
 // its operations is counted as one (so a document is estimated up to a
 // sixth higher than Cost says once it is loaded). Compressed chunks and
@@ -26,12 +28,12 @@ func Estimate(b []byte, budget *InflateBudget) (Cost, error) {
 	var h held
 	goBytes := 0
 	for _, p := range ci.payloads {
-		c, err := decodeChange(p)
+		ch, deps, err := countChange(p)
 		if err != nil {
 			return Cost{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
 		}
-		h.count(c)
-		goBytes += len(c.ops)*opEntryBytes + 2*HashSize + 24 + len(c.deps)*HashSize
+		h.add(ch)
+		goBytes += ch.ops*opEntryBytes + 2*HashSize + 24 + deps*HashSize
 	}
 	if ci.documents > 0 {
 		changes, err := documentChangeRows(b)
@@ -116,3 +118,49 @@ func documentChangeCount(p []byte) (int, error) {
 
 // Remaining returns the bytes the budget may still inflate.
 func (b *InflateBudget) Remaining() int64 { return b.remaining() }
+
+// countChange counts a change payload as held.count counts it decoded,
+// and its dependencies, reading only the three columns that takes (the
+// actions, the keys' strings and the predecessors' counts) rather than
+// decoding every operation: an estimate is made of every pushed change
+// before it is checked, and decoding it twice cost as much again. The
+// header and the column layout are checked as decodeChange checks them;
+// the operations are not, so a change that would not decode may be
+// counted (Import refuses it). For one that decodes, the counts are the
+// same: an operation writes a map key when its key string is set (the
+// key's actor and counter are then null), and first writes it when it
+// has no predecessors.
+func countChange(payload []byte) (held, int, error) {
+	c, cols, err := decodeLayout(payload)
+	if err != nil {
+		return held{}, 0, err
+	}
+	action := newRLE[uint64](cols.get(specAction))
+	keys := newRLE[string](cols.get(specKeyString))
+	preds := newRLE[uint64](cols.get(specPredGroup))
+	h := held{changes: 1}
+	for {
+		act, null, ok := action.next()
+		if err := action.err(); err != nil {
+			return held{}, 0, fmt.Errorf("action column: %w", err)
+		}
+		if !ok {
+			return h, len(c.deps), nil
+		}
+		if null {
+			return held{}, 0, fmt.Errorf("operation %d: null action", h.ops)
+		}
+		h.ops++
+		if act <= 0xff && isMake(uint8(act)) {
+			h.objects++
+		}
+		_, kNull, kOK := keys.next()
+		n, pNull, pOK := preds.next()
+		if err := errors.Join(keys.err(), preds.err()); err != nil {
+			return held{}, 0, fmt.Errorf("operation %d: %w", h.ops-1, err)
+		}
+		if kOK && !kNull && pOK && !pNull && n == 0 {
+			h.keys++
+		}
+	}
+}

@@ -1,7 +1,9 @@
 package crdt_test
 
 import (
+	"bytes"
 	"errors"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/ferrysync/ferry/crdt"
@@ -55,5 +57,25 @@ func TestEstimateRefuses(t *testing.T) {
 	}
 	if _, err := crdt.Estimate(saved, crdt.NewInflateBudget(100)); err != nil && !errors.Is(err, crdt.ErrInflateLimit) {
 		t.Errorf("a 100-byte inflation budget: %v, want nil or ErrInflateLimit", err)
+	}
+}
+
+// TestEstimateCountsAsDecoded checks that Estimate's count of a change,
+// read from three of its columns, is what decoding its operations counts,
+// for changes of every kind and for seeded mutations of them that still
+// decode.
+func TestEstimateCountsAsDecoded(t *testing.T) {
+	_, payloads := richFixture(t)
+	rng := rand.New(rand.NewPCG(2026, 7))
+	for i := range 3000 {
+		p := bytes.Clone(payloads[i%len(payloads)])
+		if i >= len(payloads) {
+			for range 1 + rng.IntN(3) {
+				p = mutate(rng, p)
+			}
+		}
+		if err := crdt.CountMismatch(p); err != nil {
+			t.Fatalf("payload %d (%x): %v", i, p, err)
+		}
 	}
 }

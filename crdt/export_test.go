@@ -201,3 +201,22 @@ func (l *ledger) Heads() Heads { return l.headList() }
 // as a defect in the checks that let them in would: for tests of Build's
 // failure.
 func SpoilDeferred(d *Doc, data []byte) { d.def.data = data }
+
+// CountMismatch returns an error if payload decodes as a change and
+// countChange counts it differently from the decoded operations.
+func CountMismatch(payload []byte) error {
+	c, err := decodeChange(payload)
+	if err != nil {
+		return nil
+	}
+	var want held
+	want.count(c)
+	got, deps, err := countChange(payload)
+	if err != nil {
+		return fmt.Errorf("counting a change that decodes: %w", err)
+	}
+	if got != want || deps != len(c.deps) {
+		return fmt.Errorf("counted %+v and %d dependencies, decoded %+v and %d", got, deps, want, len(c.deps))
+	}
+	return nil
+}

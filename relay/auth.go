@@ -144,6 +144,9 @@ func refuse(check string, err error) *TokenError {
 // RefusedCheck returns the check a refusal failed (see TokenError), or ""
 // if err is not a refusal.
 func RefusedCheck(err error) string {
+	if err == nil {
+		return "" // without the errors.As below, which allocates
+	}
 	var te *TokenError
 	if errors.As(err, &te) {
 		return te.Check

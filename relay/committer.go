@@ -73,12 +73,14 @@ type merged struct {
 	unpin    func() // rd's pin in s.docs while this push uses it
 	base     crdt.Heads
 	queued   bool        // holds other pushes' changes, not yet durable
+	touched  bool        // this push merged, or tried to merge, changes into rd
 	data     []byte      // the pushed changes, concatenated
 	hashes   []crdt.Hash // their hashes
 	imported int         // how many of them were new
 	// what rd's saved and unsaved become once written (see relayDoc)
-	saved, unsaved int
-	mem            int64 // and what rd's mem becomes (see docMemory)
+	saved, unsaved, credit int
+	measured               bool  // saved is exact, measured by this push
+	mem                    int64 // and what rd's mem becomes (see docMemory)
 }
 
 // savedGrowth bounds what a change adds to a saved document, per byte of
@@ -86,8 +88,27 @@ type merged struct {
 // (the saved form drops its header, hashes and actor ID, and compresses
 // columns); 4 leaves room for changes whose operations fragment the
 // document's columns, or compress worse there than in the change. Only a
-// record within that margin of max_record pays for a Save.
+// record within that margin of max_record needs measuring.
 const savedGrowth = 4
+
+// measureShare sets how often a record near max_record may be measured
+// (saved whole, in time proportional to its history): once per
+// 1/measureShare of its last measured size in changes pushed to it. The
+// measure then costs each push about what its own bytes cost, whatever
+// the record's size; pushes between measures that could pass the limit
+// are refused (see merged.fits).
+const measureShare = 64
+
+// mayMeasure reports whether a record last measured at saved bytes, with
+// credit bytes of changes pushed to it since, may be measured again.
+func mayMeasure(saved, credit int) bool { return credit >= saved/measureShare }
+
+// tooNear is the refusal of a push that could grow a record's saved
+// document, last measured at saved bytes, by up to growth bytes, past
+// max_record, when the relay may not measure it again yet.
+func tooNear(id string, saved, growth, maxRecord int) error {
+	return perr(transport.CodeTooLarge, "record %q: the push could grow its saved document past max_record %d (it saved to %d bytes when last measured; the changes since could add up to %d)", id, maxRecord, saved, growth)
+}
 
 // enqueue merges the push onto the documents as they will be once every
 // queued push is written, and queues its entries. infos are the pushed
@@ -174,6 +195,10 @@ func (cm *committer) enqueueOnce(ctx context.Context, s *Server, p *transport.Pu
 			m = &merged{rd: rd, unpin: unpin, base: rd.doc.Heads(), queued: queued}
 			recs[r.Record] = m
 		}
+		if err := m.fits(s, r, infos[i]); err != nil {
+			return nil, err
+		}
+		m.touched = true
 		if err := m.merge(r, infos[i]); err != nil {
 			if errors.Is(err, crdt.ErrMissingDeps) && !refresh[r.Record] {
 				return nil, &staleRecord{r.Record}
@@ -209,8 +234,8 @@ func (cm *committer) enqueueOnce(ctx context.Context, s *Server, p *transport.Pu
 func (cm *committer) undo(s *Server, recs map[string]*merged, order []string) {
 	for _, id := range order {
 		m := recs[id]
-		if m == nil {
-			continue // not loaded: the push was refused before
+		if m == nil || !m.touched {
+			continue // not loaded, or nothing merged: the push was refused before
 		}
 		if !m.queued {
 			m.rd.dropped.Store(true)
@@ -219,6 +244,44 @@ func (cm *committer) undo(s *Server, recs map[string]*merged, order []string) {
 			s.log.Error("undoing a refused push on a queued document", "tenant", cm.c.Tenant, "collection", cm.c.Collection, "record", id, "err", err)
 		}
 	}
+}
+
+// fits refuses, before they are merged, changes r that could grow the
+// record's saved document past max_record while the relay may not
+// measure it (see entry, which decides on the merged document). Refused
+// here, the document stays as it was, cached; refused after the merge, it
+// would be dropped and read again from the store by the next push. A
+// document as loaded, with a tail never measured, is measured here first,
+// as it is (the load pays for it).
+func (m *merged) fits(s *Server, r transport.RecordChanges, infos []crdt.ChangeInfo) error {
+	rd, maxRecord := m.rd, s.maxRecord()
+	n := len(m.data) + len(r.Data) // this push's changes to the record, if all new
+	if rd.saved+savedGrowth*(rd.unsaved+n) <= maxRecord {
+		return nil
+	}
+	if rd.loaded && rd.unsaved > 0 && len(m.data) == 0 {
+		saved, err := rd.doc.SavedSize()
+		if err != nil {
+			return err
+		}
+		s.metrics.recordSaves.Inc()
+		rd.saved, rd.unsaved, rd.credit, rd.loaded = saved, 0, 0, false
+		if rd.saved+savedGrowth*n <= maxRecord {
+			return nil
+		}
+	}
+	if mayMeasure(rd.saved, rd.credit+n) {
+		return nil // entry measures it
+	}
+	for _, in := range infos {
+		if rd.doc.Has(in.Hash) {
+			// What the push adds is known once it is merged: a device
+			// pushing again what the relay holds is acknowledged.
+			return nil
+		}
+	}
+	rd.credit += len(r.Data)
+	return tooNear(r.Record, rd.saved, savedGrowth*(rd.unsaved+n), maxRecord)
 }
 
 // merge imports one pushed record's changes, framed as infos.
@@ -276,19 +339,28 @@ func (m *merged) entry(s *Server, id string, heads crdt.Heads) (Entry, error) {
 	// device gets it after compaction. The bytes stored or pushed do not
 	// bound it (a compressed change can weigh less than what it adds to
 	// the saved document), and saving costs time in the document's whole
-	// history, so a document is saved, and the limit checked on that
-	// exact size, whenever it may be near the limit: when its last saved
-	// size plus savedGrowth times the changes merged since could pass it.
-	m.saved, m.unsaved = m.rd.saved, m.rd.unsaved+len(delta)
+	// history, so the relay keeps the document's saved size as last
+	// measured, and bounds what changes merged since add by savedGrowth
+	// times their bytes. Only when that bound could pass the limit is the
+	// document measured, and the limit checked on its exact size; and at
+	// most once per 1/measureShare of its size pushed (mayMeasure), so
+	// that a record near the limit does not cost a Save per push: pushes
+	// in between that could pass it are refused (fits, or here for
+	// pushes of changes partly held).
+	m.saved, m.unsaved, m.credit = m.rd.saved, m.rd.unsaved+len(delta), m.rd.credit+len(delta)
 	if m.saved+savedGrowth*m.unsaved > s.maxRecord() {
-		if err := m.rd.doc.Build(); err != nil {
+		if !mayMeasure(m.saved, m.credit) {
+			return Entry{}, tooNear(id, m.saved, savedGrowth*m.unsaved, s.maxRecord())
+		}
+		saved, err := m.rd.doc.SavedSize()
+		if err != nil {
 			return Entry{}, err
 		}
-		saved := len(m.rd.doc.Save())
+		s.metrics.recordSaves.Inc()
 		if saved > s.maxRecord() {
 			return Entry{}, perr(transport.CodeTooLarge, "record %q: the push would grow its saved document to %d bytes, over max_record %d", id, saved, s.maxRecord())
 		}
-		m.saved, m.unsaved = saved, 0
+		m.saved, m.unsaved, m.credit, m.measured = saved, 0, 0, true
 	}
 	m.mem = docMemory(m.rd.doc, m.saved+m.unsaved)
 	return Entry{Record: id, Base: m.base, Changes: delta, Hashes: hashes, Heads: heads}, nil
@@ -305,7 +377,8 @@ func (cm *committer) join(s *Server, w *waiter, recs map[string]*merged, gen uin
 	}
 	for _, e := range w.entries {
 		m := recs[e.Record]
-		m.rd.saved, m.rd.unsaved, m.rd.mem = m.saved, m.unsaved, m.mem
+		m.rd.saved, m.rd.unsaved, m.rd.credit, m.rd.mem = m.saved, m.unsaved, m.credit, m.mem
+		m.rd.loaded = m.rd.loaded && !m.measured
 		w.mem.moveTo(m.rd.grant, m.mem, int64(w.bytes))
 		if cm.queued[e.Record] != m.rd {
 			// The queue pins what it holds; this push's own pin keeps the
@@ -440,7 +513,7 @@ func (cm *committer) read(ctx context.Context, s *Server, id string) (*relayDoc,
 	}
 	// A snapshot is a saved document: its size is exact as of SnapSeq.
 	d.SetMaxOps(s.limits.MaxRecordOps)
-	rd := &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail), mem: g.size(), grant: g}
+	rd := &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail), loaded: true, mem: g.size(), grant: g}
 	rd.seen.Store(seen)
 	return rd, nil
 }

@@ -99,7 +99,7 @@ func (s *Server) readLoaded(ctx context.Context, key recordKey, read func(*crdt.
 	}
 	// As a push loads it (committer.read): pushes may merge into it.
 	d.SetMaxOps(s.limits.MaxRecordOps)
-	rd := &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail), mem: g.size(), grant: g}
+	rd := &relayDoc{doc: d, saved: len(rec.Snapshot), unsaved: len(rec.Tail), loaded: true, mem: g.size(), grant: g}
 	rd.seen.Store(seen)
 	defer s.recLocks.Lock(key)()
 	if !s.queuedDoc(key) {

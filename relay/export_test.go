@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -18,6 +20,16 @@ const (
 	CompactRetryMin = compactRetryMin
 	SavedGrowth     = savedGrowth
 )
+
+// SizeSaves is how many times a push saved a record's document whole to
+// check max_record.
+func (s *Server) SizeSaves() int64 {
+	var m dto.Metric
+	if err := s.metrics.recordSaves.Write(&m); err != nil {
+		panic(err)
+	}
+	return int64(m.GetCounter().GetValue())
+}
 
 // SetGroupCaps sets the caps of one group commit (see nextGroup).
 func (s *Server) SetGroupCaps(bytes, entries int) { s.groupBytes, s.groupEntries = bytes, entries }

@@ -73,6 +73,21 @@ func (h *hub) stripe(k recordKey) uint64 {
 type recentLog struct {
 	entries []LogEntry
 	bytes   int
+	// live is the last live message made from these entries, encoded:
+	// subscribers at the same cursor send it as it is, rather than each
+	// encoding the same entries again. Its bytes count in recentTotal.
+	live *liveFrame
+}
+
+// liveFrame is an encoded live message of a collection's entries after
+// cursor, up to the entry at last, read with limit.
+type liveFrame struct {
+	cursor, last uint64
+	limit        int
+	frame        []byte // the envelope, as transport.Encode writes it
+	next         uint64 // the message's Next: the cursor after it
+	more         bool
+	changes      int64 // the change bytes it carries
 }
 
 // Bounds of the recent entries: per collection, and for all together, so
@@ -194,6 +209,36 @@ func (h *hub) since(c Coll, cursor uint64, limit int) ([]LogEntry, bool) {
 	return append([]LogEntry(nil), out...), true
 }
 
+// liveFor returns the live message of c's recent entries that since
+// gave for cursor and limit, ending at last, if it is kept.
+func (h *hub) liveFor(c Coll, cursor, last uint64, limit int) *liveFrame {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if r := h.recent[c]; r != nil && r.live != nil && r.live.cursor == cursor && r.live.last == last && r.live.limit == limit {
+		return r.live
+	}
+	return nil
+}
+
+// keepLive keeps f as c's live message, in place of the one before, if c
+// still has recent entries and the bound on their bytes leaves room.
+func (h *hub) keepLive(c Coll, f *liveFrame) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.recent[c]
+	if r == nil {
+		return
+	}
+	if r.live != nil {
+		h.recentTotal -= len(r.live.frame)
+		r.live = nil
+	}
+	if h.recentTotal+len(f.frame) <= recentTotal {
+		r.live = f
+		h.recentTotal += len(f.frame)
+	}
+}
+
 // wait returns a channel closed at the next notify of c, and done, which
 // the caller must call once when it stops waiting on the channel.
 func (h *hub) wait(c Coll) (ch <-chan struct{}, done func()) {
@@ -228,6 +273,9 @@ func (h *hub) notify(c Coll) {
 func (h *hub) dropRecentLocked(c Coll) {
 	if r := h.recent[c]; r != nil {
 		h.recentTotal -= r.bytes
+		if r.live != nil {
+			h.recentTotal -= len(r.live.frame)
+		}
 		delete(h.recent, c)
 	}
 }

@@ -1,6 +1,7 @@
 package relay_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -203,4 +204,57 @@ func TestSubscriptionNeedsReadRight(t *testing.T) {
 	if lv, ok := <-sub.Live(); ok {
 		t.Fatalf("delivered to a token without the right: %+v", lv)
 	}
+}
+
+// TestLiveSubscribersAtEveryCursor: subscribers at different cursors of
+// one collection, served from the entries the relay keeps in memory (and
+// the live messages it keeps encoded for subscribers at the same cursor),
+// each receive every entry after their own cursor, once, in order, with
+// the changes pushed.
+func TestLiveSubscribersAtEveryCursor(t *testing.T) {
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.Limits.MaxBatch = 3 })
+	w := tr.client("shop")
+	// A first subscriber, so that the relay keeps the appends in memory.
+	first := tr.client("shop")
+	mustCall[transport.OK](t, first, &transport.Subscribe{Collection: "c"})
+	data := map[uint64][]byte{}
+	push := func(n int) {
+		for range n {
+			ed := newEditor(t, "")
+			ch := ed.edit(map[string]any{"n": len(data)})
+			ack := mustCall[transport.Ack](t, w, pushOf("c", 0, rec(fmt.Sprintf("r%d", len(data)), ch)))
+			data[ack.Seq] = ch
+		}
+	}
+	push(12)
+	type sub struct {
+		c    *transport.Client
+		next uint64 // the seq it must receive next
+	}
+	subs := []*sub{{c: first, next: 1}}
+	for _, cursor := range []uint64{0, 2, 5, 9, 10, 11, 11, 12} {
+		c := tr.client("shop")
+		mustCall[transport.OK](t, c, &transport.Subscribe{Collection: "c", Cursor: cursor})
+		subs = append(subs, &sub{c: c, next: cursor + 1})
+	}
+	receive := func(upTo uint64) {
+		t.Helper()
+		for i, s := range subs {
+			for s.next <= upTo {
+				lv := nextLive(t, s.c)
+				for _, r := range lv.Records {
+					if r.Seq != s.next || r.Record != fmt.Sprintf("r%d", r.Seq-1) || !bytes.Equal(r.Data, data[r.Seq]) {
+						t.Fatalf("subscriber %d got %s at seq %d, want r%d at seq %d with its changes", i, r.Record, r.Seq, s.next-1, s.next)
+					}
+					s.next++
+				}
+				if lv.Next != s.next-1 {
+					t.Fatalf("subscriber %d: live message ends at %d, next %d", i, s.next-1, lv.Next)
+				}
+			}
+		}
+	}
+	receive(12)
+	push(7)
+	receive(19)
 }

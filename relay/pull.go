@@ -24,6 +24,7 @@ func (s *Server) pull(ctx context.Context, c Coll, p *transport.Pull) (*transpor
 	if err != nil {
 		return nil, err
 	}
+	s.metrics.bytesOut.Add(float64(changeBytes(recs)))
 	return &transport.Changes{Collection: c.Collection, Records: recs, Next: next, More: more}, nil
 }
 
@@ -114,14 +115,47 @@ func (s *Server) readLog(ctx context.Context, c Coll, cursor uint64, limit int) 
 	return recs, next, more, nil
 }
 
-// liveRead is readLog for a subscriber: the entries the last appends made
-// are sent from memory, without reading the store back.
-func (s *Server) liveRead(ctx context.Context, c Coll, cursor uint64, limit int) ([]transport.RecordChanges, uint64, bool, error) {
+// liveRead returns a subscriber's next live message, encoded: what the
+// log holds after cursor, as much as fits one message, or nil if nothing.
+// The entries the last appends made are sent from memory, without reading
+// the store back, and the message made of them is kept, so that the
+// subscribers at one cursor, usually all of them, share one encoding.
+func (s *Server) liveRead(ctx context.Context, c Coll, cursor uint64, limit int) (*liveFrame, error) {
 	if entries, ok := s.hub.since(c, cursor, limit); ok {
+		if len(entries) == 0 {
+			return nil, nil
+		}
+		last := entries[len(entries)-1].Seq
+		if f := s.hub.liveFor(c, cursor, last, limit); f != nil {
+			return f, nil
+		}
 		recs, next, more := s.page(entries, cursor, len(entries) == limit)
-		return recs, next, more, nil
+		f, err := encodeLive(c, recs, next, more)
+		if err != nil {
+			return nil, err
+		}
+		f.cursor, f.last, f.limit = cursor, last, limit
+		s.hub.keepLive(c, f)
+		return f, nil
 	}
-	return s.readLog(ctx, c, cursor, limit)
+	recs, next, more, err := s.readLog(ctx, c, cursor, limit)
+	if err != nil || len(recs) == 0 {
+		return nil, err
+	}
+	return encodeLive(c, recs, next, more)
+}
+
+// encodeLive encodes a live message of recs.
+func encodeLive(c Coll, recs []transport.RecordChanges, next uint64, more bool) (*liveFrame, error) {
+	e, err := transport.NewEnvelope(0, &transport.Live{Collection: c.Collection, Records: recs, Next: next, More: more})
+	if err != nil {
+		return nil, err
+	}
+	b, err := transport.Encode(e)
+	if err != nil {
+		return nil, err
+	}
+	return &liveFrame{frame: b, next: next, more: more, changes: changeBytes(recs)}, nil
 }
 
 // page turns log entries after cursor into the records of one message, as
@@ -141,7 +175,6 @@ func (s *Server) page(entries []LogEntry, cursor uint64, more bool) ([]transport
 		budget -= size
 		recs = append(recs, transport.RecordChanges{Record: e.Record, Seq: e.Seq, Data: e.Changes, Heads: e.Heads.Slices()})
 		next = e.Seq
-		s.metrics.bytesOut.Add(float64(len(e.Changes)))
 	}
 	return recs, next, more
 }
@@ -193,7 +226,7 @@ func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uin
 		sess.end(e.Code, e.Message)
 		return cursor, false
 	}
-	recs, next, more, err := s.liveRead(ctx, c, cursor, s.limits.MaxBatch)
+	lv, err := s.liveRead(ctx, c, cursor, s.limits.MaxBatch)
 	var pe *transport.Error
 	switch {
 	case err == nil:
@@ -208,8 +241,8 @@ func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uin
 		sess.end(transport.CodeInternal, "subscription failed")
 		return cursor, false
 	}
-	if len(recs) > 0 {
-		if more {
+	if lv != nil {
+		if lv.more {
 			head, err := s.store.Head(ctx, c)
 			if err == nil && head-cursor > uint64(s.opts.MaxLag) {
 				if sess.end(transport.CodeSlowConsumer, "subscriber fell too far behind; pull from your cursor") {
@@ -218,10 +251,11 @@ func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uin
 				return cursor, false
 			}
 		}
-		if !s.sendLive(ctx, sess, c, &transport.Live{Collection: c.Collection, Records: recs, Next: next, More: more}) {
+		s.metrics.bytesOut.Add(float64(lv.changes))
+		if !s.sendFrame(ctx, sess, c, lv.frame, 2*lv.changes) {
 			return cursor, false
 		}
-		return next, true
+		return lv.next, true
 	}
 	if early != nil {
 		if g, ok := s.hub.earlyAfter(c, *early); ok {
@@ -254,22 +288,32 @@ func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uin
 // sendLive sends a live message, and reports false if the subscription is
 // over.
 func (s *Server) sendLive(ctx context.Context, sess *session, c Coll, lv *transport.Live) bool {
-	// Counted while it is on its way, without waiting: its changes are
-	// mostly the hub's recent entries, or a group being written, in
-	// memory already.
-	g := s.mem.charge(liveBytes(lv.Records))
-	defer g.release()
-	env, err := transport.NewEnvelope(0, lv)
+	e, err := transport.NewEnvelope(0, lv)
+	var frame []byte
+	if err == nil {
+		frame, err = transport.Encode(e)
+	}
 	if err != nil {
 		s.log.Error("encoding a live message failed", "tenant", c.Tenant, "collection", c.Collection, "err", err)
 		sess.end(transport.CodeInternal, "subscription failed")
 		return false
 	}
-	// SendWithin bounds the write itself: a device that stops reading is
-	// cut off (close 4001) SlowWriteTimeout after the message was due, not
-	// left to fill the relay's socket buffers until keepalive gives up on
-	// it.
-	if err := sess.conn.SendWithin(ctx, env, s.opts.SlowWriteTimeout); err != nil {
+	return s.sendFrame(ctx, sess, c, frame, liveBytes(lv.Records))
+}
+
+// sendFrame sends an encoded live message, which takes mem bytes of memory
+// while on its way, and reports false if the subscription is over.
+func (s *Server) sendFrame(ctx context.Context, sess *session, c Coll, frame []byte, mem int64) bool {
+	// Counted while it is on its way, without waiting: its changes are
+	// mostly the hub's recent entries, or a group being written, in
+	// memory already.
+	g := s.mem.charge(mem)
+	defer g.release()
+	// SendEncodedWithin bounds the write itself: a device that stops
+	// reading is cut off (close 4001) SlowWriteTimeout after the message
+	// was due, not left to fill the relay's socket buffers until keepalive
+	// gives up on it.
+	if err := sess.conn.SendEncodedWithin(ctx, transport.TypeLive, frame, s.opts.SlowWriteTimeout); err != nil {
 		// Other subscriptions of the session may see the cut too: the
 		// session ends once, and is counted once.
 		if errors.Is(err, transport.ErrSlowConsumer) && sess.end(transport.CodeSlowConsumer, "subscriber did not read in time") {
@@ -300,9 +344,14 @@ func (s *Server) earlyPage(entries []LogEntry) ([]transport.RecordChanges, bool)
 // liveBytes is what a live message of recs takes, roughly: its changes
 // and, once encoded, as much again.
 func liveBytes(recs []transport.RecordChanges) int64 {
+	return 2 * changeBytes(recs)
+}
+
+// changeBytes is the change bytes recs carry.
+func changeBytes(recs []transport.RecordChanges) int64 {
 	var n int64
 	for _, r := range recs {
-		n += 2 * int64(len(r.Data))
+		n += int64(len(r.Data))
 	}
 	return n
 }

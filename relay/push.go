@@ -30,6 +30,14 @@ type relayDoc struct {
 	// changes merged into it since: they tell a push when the document
 	// may be near max_record, and must be saved to know (merged.entry).
 	saved, unsaved int
+	// credit is the change bytes pushed to the record since its saved
+	// size was last measured, merged or refused: it pays for measuring
+	// again (see mayMeasure). loaded says saved and unsaved are the
+	// stored snapshot's and tail's sizes, not measured since the load:
+	// the load pays for one measure. Both are read and written under the
+	// record's lock.
+	credit int
+	loaded bool
 	// dropped is set when the document leaves the cache because it holds
 	// changes that will never be written (a refused push's, or a refused
 	// group's): a push that found it before cannot build on it.

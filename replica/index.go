@@ -157,44 +157,55 @@ func (c *Collection) EnsureIndex(name string, o IndexOptions) error {
 
 // buildIndex writes the entries of def for every record of coll, a page
 // of records per transaction, each page under its records' locks, and
-// tells progress (if not nil) after each page.
+// tells progress (if not nil) after each page. A page is listed from the
+// records' keys alone; each record's read model is read once, under its
+// lock, where its entry is written.
 func (r *Replica) buildIndex(coll string, def indexDef, progress func(done int)) error {
-	c := &Collection{r: r, name: coll}
 	after := ""
 	done := 0
 	for {
-		page, err := c.readPage("", after, scanPage, false)
-		if err != nil {
+		ids, err := r.pageIDs(coll, after, scanPage)
+		if err != nil || len(ids) == 0 {
 			return err
 		}
-		if len(page) == 0 {
-			return nil
+		keys := make([]string, len(ids))
+		for i, id := range ids {
+			keys[i] = cacheKey(coll, id)
 		}
-		for _, e := range page {
-			if e.v.packed == nil {
-				// No read model (a store from before them) or a damaged
-				// one: rebuilt, and indexed as it is written.
-				if _, err := r.rebuildView(coll, e.id); err != nil && !errors.Is(err, ErrNotFound) {
-					return err
-				}
-			}
-		}
-		keys := make([]string, len(page))
-		for i, e := range page {
-			keys[i] = cacheKey(coll, e.id)
-		}
+		var rebuild []string
+		indexed := 0
 		unlock := r.locks.lockAll(keys)
 		err = r.db.Update(func(txn *badger.Txn) error {
-			for _, e := range page {
-				v, ok, err := readView(txn, coll, e.id)
-				if err != nil || !ok || v.deleted || v.packed == nil {
-					continue // gone, deleted, or indexed as it was rebuilt
+			// The read models are read in key order with one iterator:
+			// a Get each would decompress a block per record once the
+			// block cache no longer holds it.
+			views := collPrefix('v', coll)
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: views})
+			defer it.Close()
+			it.Seek(append(bytes.Clone(views), ids[0]...))
+			for _, id := range ids {
+				v, ok, err := viewAt(it, views, id)
+				switch {
+				case err != nil:
+					continue
+				case !ok:
+					// No read model (a store from before them) or a
+					// damaged one: rebuilt below, and indexed as it is
+					// written.
+					rebuild = append(rebuild, id)
+					continue
+				case v.deleted:
+					continue
+				}
+				indexed++
+				if v.packed == nil {
+					continue // too deeply nested to pack: not indexed
 				}
 				f, err := crdt.UnpackFields(v.packed, false)
 				if err != nil {
 					continue
 				}
-				if err := txn.Set(indexEntry(coll, def, f, e.id), []byte(e.id)); err != nil {
+				if err := txn.Set(indexEntry(coll, def, f, id), []byte(id)); err != nil {
 					return err
 				}
 			}
@@ -204,15 +215,71 @@ func (r *Replica) buildIndex(coll string, def indexDef, progress func(done int))
 		if err != nil {
 			return err
 		}
-		if done += len(page); progress != nil {
+		for _, id := range rebuild {
+			v, err := r.rebuildView(coll, id)
+			if errors.Is(err, ErrNotFound) {
+				continue // purged since
+			}
+			if err != nil {
+				return err
+			}
+			if !v.deleted {
+				indexed++
+			}
+		}
+		if done += indexed; progress != nil {
 			progress(done)
 		}
-		if len(page) < scanPage {
+		if len(ids) < scanPage {
 			return nil
 		}
-		after = page[len(page)-1].id
-		r.mem.read(buildWeight * len(page)) // no lock held, no transaction open
+		after = ids[len(ids)-1]
+		r.mem.read(buildWeight * len(ids)) // no lock held, no transaction open
 	}
+}
+
+// viewAt advances it, an iterator over a collection's read models
+// (prefix views), to the record id, which comes after every ID it was
+// asked for before, and returns its read model as readView does.
+func viewAt(it *badger.Iterator, views []byte, id string) (v view, ok bool, err error) {
+	for ; it.Valid(); it.Next() {
+		switch k := it.Item().Key()[len(views):]; bytes.Compare(k, []byte(id)) {
+		case -1:
+			continue
+		case 1:
+			return v, false, nil
+		}
+		err = it.Item().Value(func(b []byte) error {
+			var derr error
+			v, derr = decodeView(b)
+			ok = derr == nil
+			v.packed = bytes.Clone(v.packed)
+			return nil
+		})
+		return v, ok, err
+	}
+	return v, false, nil
+}
+
+// pageIDs lists up to limit IDs of coll's stored records (tombstones
+// included) after the ID after, from their metas' keys: no value is read.
+// The caller holds r.enter().
+func (r *Replica) pageIDs(coll, after string, limit int) ([]string, error) {
+	var ids []string
+	err := r.db.View(func(txn *badger.Txn) error {
+		prefix := collPrefix('r', coll)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		from := append(bytes.Clone(prefix), after...)
+		if after != "" {
+			from = append(from, 0)
+		}
+		for it.Seek(from); it.Valid() && len(ids) < limit; it.Next() {
+			ids = append(ids, string(it.Item().Key()[len(prefix):]))
+		}
+		return nil
+	})
+	return ids, err
 }
 
 // DropIndex removes the index and its entries. Dropping an index that

@@ -48,11 +48,11 @@ type native struct {
 // 10 ms on a heap that holds a store's memtables and block cache. Each
 // collection costs a scan time (one every 4,096 records cost a full
 // scan a quarter of its time), each record between them memory. An
-// index build leaves some four times a scan's garbage per record (it
-// reads each record twice and writes its entry) and takes three times
-// as long to read it: its records count eight times (buildWeight), a
-// collection every 4,096, which keeps a build over 100,000 records near
-// the memory of the inserts that made them.
+// index build leaves more garbage per record than a scan (it lists the
+// record's key, reads its read model and writes its entry, which fills
+// memtables) and takes longer to read it: its records count eight times
+// (buildWeight), a collection every 4,096, which keeps a build over
+// 100,000 records near the memory of the inserts that made them.
 const nativeReadEvery = 32768
 
 // buildWeight is how many reads each record an index build goes through

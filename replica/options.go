@@ -41,6 +41,28 @@ type Options struct {
 	// reloading the records being edited. Default 16 MiB.
 	CacheBytes int64
 
+	// MemoryHeadroom is how far Go's heap may grow past what is live
+	// before it is collected, while a replica is open. The store
+	// allocates in bursts (tables built in memory as its logs fill up and
+	// as it compacts them, blocks read and decompressed), and Go's
+	// default pacing lets the heap grow by as much as is live (GOGC=100)
+	// before it collects: tens of MB that no one uses. While replicas are
+	// open, they set Go's soft memory limit (debug.SetMemoryLimit) to what
+	// was live at the last collection plus the largest of their
+	// headrooms, and move it after each collection; the last to close
+	// puts back the limit it found. A process that set a limit of its own
+	// (GOMEMLIMIT, debug.SetMemoryLimit) or turned the collector off
+	// (GOGC=off) before the first replica opened is left alone, and so is
+	// one that sets a limit while they are open. Collections are more
+	// frequent where the store allocates in bursts (an insert, which
+	// already collects every 500 records, measured no more CPU). The
+	// heap may always grow by a quarter of what is live, so a process
+	// whose own Go heap is large collects at most four times as often as
+	// under GOGC=100; one that cannot afford that sets a limit of its own
+	// or a negative headroom. Default DefaultMemoryHeadroom (16 MiB);
+	// negative leaves Go's pacing alone.
+	MemoryHeadroom int64
+
 	// CompactAfter folds a record's incremental chunks into its snapshot
 	// once it has this many. Default 32.
 	CompactAfter int
@@ -120,6 +142,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if v.CacheBytes <= 0 {
 		v.CacheBytes = 16 << 20
+	}
+	if v.MemoryHeadroom == 0 {
+		v.MemoryHeadroom = DefaultMemoryHeadroom
 	}
 	if v.CompactAfter <= 0 {
 		v.CompactAfter = 32

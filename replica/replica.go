@@ -42,6 +42,8 @@ type Replica struct {
 
 	early earlyPushes // live sessions pushing local edits before their fsync
 
+	unpace func() // ends this replica's part in pacing Go's collector (gcpace.go)
+
 	closeOnce sync.Once
 	closeErr  error
 	closing   chan struct{}
@@ -68,6 +70,20 @@ type Replica struct {
 // deletes a file that may hold data.
 func Open(dir string, o *Options) (*Replica, error) {
 	opts := o.withDefaults()
+	// Paced from the start: verifying the store's tables and replaying
+	// its logs allocate in bursts too.
+	unpace := pacer.start(opts.MemoryHeadroom)
+	r, err := openStore(dir, opts)
+	if err != nil {
+		unpace()
+		return nil, err
+	}
+	r.unpace = unpace
+	return r, nil
+}
+
+// openStore is Open, paced by its caller.
+func openStore(dir string, opts Options) (*Replica, error) {
 	if !opts.InMemory {
 		if err := checkDir(dir); err != nil {
 			return nil, err
@@ -83,11 +99,15 @@ func Open(dir string, o *Options) (*Replica, error) {
 		// them to the one being written and one being flushed (writes
 		// wait for the flush rather than queue more), and two compactors
 		// (Badger's least) bound the tables built at once, each in memory
-		// until written.
+		// until written. Blocks are cached decompressed on the Go heap:
+		// reads go through the records' read models, a few hundred bytes
+		// each, and a scan reads each block once, so 8 MiB (2,000 blocks)
+		// keeps what Gets reread; 32 MiB held 24 MiB more through every
+		// phase after a scan, and the heap's collections doubled it.
 		WithMemTableSize(16 << 20).
 		WithNumMemtables(2).
 		WithNumCompactors(2).
-		WithBlockCacheSize(32 << 20).
+		WithBlockCacheSize(8 << 20).
 		WithNumVersionsToKeep(1)
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
@@ -279,6 +299,9 @@ func (r *Replica) Close() error {
 		// opened next in this process (an app reopening, a restore)
 		// does not grow the heap on top of them before Go collects.
 		r.mem.collect()
+		if r.unpace != nil {
+			r.unpace()
+		}
 	})
 	return r.closeErr
 }

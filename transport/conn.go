@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -247,6 +248,21 @@ func (c *Conn) SendWithin(ctx context.Context, e *Envelope, d time.Duration) err
 	if err != nil {
 		return err
 	}
+	return c.sendWithin(ctx, b, d)
+}
+
+// SendEncodedWithin is SendWithin for frame, an envelope of type typ as
+// Encode returns it, so that a message sent on many connections is encoded
+// once. frame is only read, and may be sent on other connections at the
+// same time; one over Limits.MaxFrame is refused with ErrTooLarge.
+func (c *Conn) SendEncodedWithin(ctx context.Context, typ MessageType, frame []byte, d time.Duration) error {
+	if len(frame) > c.limits.MaxFrame {
+		return errorf(CodeTooLarge, "%s message of %d bytes exceeds max_frame %d", typ, len(frame), c.limits.MaxFrame)
+	}
+	return c.sendWithin(ctx, frame, d)
+}
+
+func (c *Conn) sendWithin(ctx context.Context, b []byte, d time.Duration) error {
 	if d <= 0 {
 		return c.write(ctx, c.ctx, b)
 	}
@@ -258,7 +274,7 @@ func (c *Conn) SendWithin(ctx context.Context, e *Envelope, d time.Duration) err
 		stopWaiting()
 		c.cutSlow(d)
 	})
-	err = c.write(turn, c.ctx, b)
+	err := c.write(turn, c.ctx, b)
 	if t.Stop() {
 		return err
 	}
@@ -369,7 +385,7 @@ func (c *Conn) writeFragments(ctx context.Context, b []byte) error {
 // too_large, unsupported_version), closes with the matching close code,
 // and returns the *Error, which errors.As finds in the chain.
 func (c *Conn) Recv(ctx context.Context) (*Envelope, error) {
-	typ, b, err := c.ws.Read(ctx)
+	typ, b, err := c.read(ctx)
 	if err != nil {
 		if errors.Is(err, websocket.ErrMessageTooBig) {
 			// The library has sent close 1009 already; finish the handshake.
@@ -383,11 +399,39 @@ func (c *Conn) Recv(ctx context.Context) (*Envelope, error) {
 	if typ != websocket.MessageBinary {
 		return nil, c.fail(errorf(CodeBadFrame, "text message; messages are binary msgpack"))
 	}
-	e, err := c.limits.Decode(b)
+	e, err := c.limits.decode(b, true) // b is this message's own
 	if err != nil {
 		return nil, c.fail(AsError(err))
 	}
 	return e, nil
+}
+
+// readBufs hold messages being read: a message is read into one, growing
+// it as needed, then copied out at its size, which costs one allocation
+// rather than the several of growing a fresh buffer to fit.
+var readBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledRead is the largest buffer kept for the next message.
+const maxPooledRead = 256 << 10
+
+// read reads one whole message, as websocket.Conn.Read does.
+func (c *Conn) read(ctx context.Context) (websocket.MessageType, []byte, error) {
+	typ, r, err := c.ws.Reader(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	buf := readBufs.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= maxPooledRead {
+			buf.Reset()
+			readBufs.Put(buf)
+		}
+	}()
+	buf.Reset()
+	if _, err := buf.ReadFrom(r); err != nil {
+		return 0, nil, err
+	}
+	return typ, bytes.Clone(buf.Bytes()), nil
 }
 
 // fail answers a protocol violation by the peer and closes.

@@ -65,6 +65,9 @@ func Encode(e *Envelope) ([]byte, error) {
 }
 
 func marshal(v any) ([]byte, error) {
+	if b, ok := fastMarshal(make([]byte, 0, fastSize(v)), v); ok {
+		return b, nil
+	}
 	var buf bytes.Buffer
 	enc := msgpack.NewEncoder(&buf)
 	enc.UseCompactInts(true) // small ids and cursors in 1 byte, not 9
@@ -86,6 +89,12 @@ func Decode(frame []byte) (*Envelope, error) {
 // other than ProtocolVersion on anything but hello. A peer whose frame fails
 // Decode is broken or hostile: Conn.Recv closes the connection.
 func (l Limits) Decode(frame []byte) (*Envelope, error) {
+	return l.decode(frame, false)
+}
+
+// decode is Decode; with owned, the caller gives frame up, and the
+// envelope's body may share its bytes rather than copy them.
+func (l Limits) decode(frame []byte, owned bool) (*Envelope, error) {
 	l = l.WithDefaults()
 	if len(frame) > l.MaxFrame {
 		return nil, errorf(CodeTooLarge, "frame of %d bytes exceeds max_frame %d", len(frame), l.MaxFrame)
@@ -98,8 +107,11 @@ func (l Limits) Decode(frame []byte) (*Envelope, error) {
 		return nil, errorf(CodeBadFrame, "envelope is not a map")
 	}
 	e := &Envelope{limits: &l}
-	if err := unmarshal(frame, e); err != nil {
-		return nil, errorf(CodeBadFrame, "envelope: %w", err)
+	r := mpReader{b: frame, alias: owned}
+	if !r.envelopeInto(e) {
+		if err := slowUnmarshal(frame, e); err != nil {
+			return nil, errorf(CodeBadFrame, "envelope: %w", err)
+		}
 	}
 	if !e.Type.known() {
 		return nil, errorf(CodeBadFrame, "unknown message type %q", e.Type)
@@ -119,6 +131,15 @@ func isMap(c byte) bool { return c&0xf0 == 0x80 || c == 0xde || c == 0xdf }
 // unmarshal decodes b into v, refusing integers out of their field's range
 // (see checkInts), which msgpack itself would truncate.
 func unmarshal(b []byte, v any) error {
+	if fastUnmarshal(b, v) {
+		return nil
+	}
+	return slowUnmarshal(b, v)
+}
+
+// slowUnmarshal is unmarshal by msgpack's reflection, for any type and
+// any input.
+func slowUnmarshal(b []byte, v any) error {
 	if err := checkInts(b, v); err != nil {
 		return err
 	}
@@ -171,6 +192,11 @@ func (e *Envelope) decodeInto(b Body) error {
 	if e.limits != nil {
 		l = *e.limits
 	}
+	// The hand decoder keeps within the limits scan checks, so a body it
+	// takes is decoded without a scan first.
+	if l.MaxDepth >= fastDepth && fastUnmarshalWithin(e.Body, b, l.MaxItems) {
+		return b.validate(&l)
+	}
 	// Scan again: an Envelope may have been built by hand, not by Decode.
 	if err := scan(e.Body, l.MaxDepth, l.MaxItems); err != nil {
 		return err
@@ -178,7 +204,7 @@ func (e *Envelope) decodeInto(b Body) error {
 	if len(e.Body) > 0 && !isMap(e.Body[0]) && e.Body[0] != 0xc0 {
 		return errorf(CodeBadFrame, "%s body is not a map", e.Type)
 	}
-	if err := unmarshal(e.Body, b); err != nil {
+	if err := slowUnmarshal(e.Body, b); err != nil {
 		return errorf(CodeBadFrame, "%s body: %w", e.Type, err)
 	}
 	return b.validate(&l)

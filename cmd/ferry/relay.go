@@ -136,6 +136,9 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 		srv.Close()
 		return err
 	}
+	memCtx, stopMem := context.WithCancel(ctx)
+	defer stopMem()
+	goLimit := limitProcessMemory(memCtx, srv.MaxMemory())
 	// Registered before the first line is printed: once a script sees
 	// it, SIGHUP reloads rather than ends the relay.
 	hup := make(chan os.Signal, 1)
@@ -146,7 +149,7 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	url := scheme + "://" + ln.Addr().String() + "/ws"
 	// This first line is stable: scripts and tests read the address from it.
 	fmt.Fprintf(c.Stdout, "ferry relay listening on %s\n", url)
-	fmt.Fprintf(c.Stdout, "memory budget %s (max_memory), documents cached within %s of it\n", sizeText(srv.MaxMemory()), sizeText(srv.DocCacheBytes()))
+	fmt.Fprintf(c.Stdout, "memory budget %s (max_memory), documents cached within %s of it, %s\n", sizeText(srv.MaxMemory()), sizeText(srv.DocCacheBytes()), goLimitText(goLimit))
 	if dev.on {
 		printDevApp(c.Stdout, cfg.Data, scheme, ln.Addr().String(), apps[len(apps)-1], devTok)
 	}

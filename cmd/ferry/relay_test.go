@@ -246,10 +246,12 @@ func (r *inProcessRelay) stop(t *testing.T) {
 }
 
 // TestRelayBannerSaysMemoryBudget: the start banner names the memory
-// budget, as --max-memory set it, and the document cache's part of it.
+// budget, as --max-memory set it, the document cache's part of it, and
+// Go's memory limit.
 func TestRelayBannerSaysMemoryBudget(t *testing.T) {
+	t.Setenv("GOMEMLIMIT", "")
 	r := startInProcess(t, "relay", "--dev", "--data", t.TempDir(), "--addr", "127.0.0.1:0", "--log-level", "error", "--max-memory", "96MiB")
-	if want := "memory budget 96.0 MiB (max_memory), documents cached within 24.0 MiB of it\n"; !strings.Contains(r.out.String(), want) {
+	if want := "memory budget 96.0 MiB (max_memory), documents cached within 24.0 MiB of it, Go's memory limit 48.0 MiB\n"; !strings.Contains(r.out.String(), want) {
 		t.Errorf("banner lacks %q:\n%s", want, r.out.String())
 	}
 	r.stop(t)

@@ -1,0 +1,42 @@
+package bench
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMapsProbe: with FERRY_BENCH_SMAPS set, a phase's line names its
+// RSS and the mappings that make it up, the executable's among them.
+func TestMapsProbe(t *testing.T) {
+	if _, err := os.Stat("/proc/self/smaps"); err != nil {
+		t.Skip("no /proc/self/smaps:", err)
+	}
+	out := filepath.Join(t.TempDir(), "maps.txt")
+	t.Setenv(mapsEnv, out)
+	p := newMapsProbe(t.TempDir())
+	defer p.close()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		p.mu.Lock()
+		sampled := p.desc != ""
+		p.mu.Unlock()
+		if sampled {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no sample")
+		}
+	}
+	p.flush("phase one")
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if !strings.HasPrefix(lines[0], "phase one: rss ") ||
+		!strings.Contains(lines[0], "anonymous ") || !strings.Contains(lines[0], "executable ") {
+		t.Fatalf("wrote %q", b)
+	}
+}

@@ -1,0 +1,175 @@
+package replica
+
+import (
+	"math"
+	"runtime"
+	"runtime/debug"
+	"testing"
+	"time"
+)
+
+// noLimit gives the test a runtime without a memory limit, and puts back
+// the one it had after.
+func noLimit(t *testing.T) {
+	t.Helper()
+	pacer.mu.Lock()
+	open := len(pacer.headrooms)
+	pacer.mu.Unlock()
+	if open != 0 {
+		t.Fatalf("%d replicas of other tests are still open", open)
+	}
+	prev := debug.SetMemoryLimit(math.MaxInt64)
+	t.Cleanup(func() { debug.SetMemoryLimit(prev) })
+}
+
+func limit() int64 { return debug.SetMemoryLimit(-1) }
+
+// afterCollection runs a collection and waits until the pacer has seen
+// it, if it is pacing.
+func afterCollection(t *testing.T) {
+	t.Helper()
+	pacer.mu.Lock()
+	n, active := pacer.updates, pacer.active
+	pacer.mu.Unlock()
+	runtime.GC()
+	for deadline := time.Now().Add(30 * time.Second); active; {
+		pacer.mu.Lock()
+		seen := pacer.updates > n
+		pacer.mu.Unlock()
+		if seen {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the pacer did not update after a collection")
+		}
+		runtime.GC()
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestPacerFollowsLiveHeap: while a replica is open, Go's memory limit
+// is what is live plus the headroom (or a quarter of what is live, if
+// more), moving with the live heap; Close puts back no limit.
+func TestPacerFollowsLiveHeap(t *testing.T) {
+	noLimit(t)
+	r, err := Open("", &Options{InMemory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l0 := limit()
+	if l0 == math.MaxInt64 || l0 < DefaultMemoryHeadroom {
+		t.Fatalf("limit %d with a replica open, want what is live plus %d", l0, DefaultMemoryHeadroom)
+	}
+	// A live heap of 256 MiB may grow by a quarter (64 MiB), more than
+	// the headroom.
+	big := make([]byte, 256<<20)
+	for i := 0; i < len(big); i += 4096 {
+		big[i] = 1
+	}
+	afterCollection(t)
+	if l := limit(); l < 256<<20+64<<20 {
+		t.Fatalf("limit %d with 256 MiB more live, want over %d", l, 256<<20+64<<20)
+	}
+	runtime.KeepAlive(big)
+	big = nil
+	afterCollection(t)
+	afterCollection(t)
+	if l := limit(); l >= 256<<20 {
+		t.Fatalf("limit %d after the 256 MiB were freed, want it to come down", l)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if l := limit(); l != math.MaxInt64 {
+		t.Fatalf("limit %d after Close, want none", l)
+	}
+}
+
+// TestPacerLastCloseRestores: with two replicas open, the limit stays
+// until the last closes; a replica with a negative headroom does not
+// pace.
+func TestPacerLastCloseRestores(t *testing.T) {
+	noLimit(t)
+	off, err := Open("", &Options{InMemory: true, MemoryHeadroom: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer off.Close()
+	if l := limit(); l != math.MaxInt64 {
+		t.Fatalf("limit %d with MemoryHeadroom -1, want none", l)
+	}
+	a, err := Open("", &Options{InMemory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open("", &Options{InMemory: true, MemoryHeadroom: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	afterCollection(t)
+	if l := limit(); l < 64<<20 {
+		t.Fatalf("limit %d, want the largest headroom (64 MiB) at least", l)
+	}
+	b.Close()
+	afterCollection(t)
+	if l := limit(); l == math.MaxInt64 || l >= 64<<20+DefaultMemoryHeadroom+limitSlack() {
+		t.Fatalf("limit %d with one replica left, want it paced by its own headroom", l)
+	}
+	a.Close()
+	if l := limit(); l != math.MaxInt64 {
+		t.Fatalf("limit %d after the last Close, want none", l)
+	}
+}
+
+// limitSlack is what the runtime holds besides live objects, roughly:
+// a bound for what a limit may exceed live plus headroom by.
+func limitSlack() int64 {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc + (m.Sys - m.HeapSys))
+}
+
+// TestPacerLeavesAppLimit: a limit the process set, before a replica
+// opened or while one is open, and a collector turned off, are left as
+// they are.
+func TestPacerLeavesAppLimit(t *testing.T) {
+	noLimit(t)
+	const app = 1 << 40
+	debug.SetMemoryLimit(app)
+	r, err := Open("", &Options{InMemory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	afterCollection(t)
+	r.Close()
+	if l := limit(); l != app {
+		t.Fatalf("limit %d, want the app's %d", l, app)
+	}
+
+	debug.SetMemoryLimit(math.MaxInt64)
+	r, err = Open("", &Options{InMemory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	debug.SetMemoryLimit(app) // the app takes over while it is open
+	afterCollection(t)
+	if l := limit(); l != app {
+		t.Fatalf("limit %d after the app set %d while open", l, app)
+	}
+	r.Close()
+	if l := limit(); l != app {
+		t.Fatalf("limit %d after Close, want the app's %d", l, app)
+	}
+
+	debug.SetMemoryLimit(math.MaxInt64)
+	gc := debug.SetGCPercent(-1)
+	defer debug.SetGCPercent(gc)
+	r, err = Open("", &Options{InMemory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if l := limit(); l != math.MaxInt64 {
+		t.Fatalf("limit %d with GOGC=off, want none", l)
+	}
+}
