@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
@@ -209,5 +210,47 @@ func TestTxnSplitUnitOfWorkTooLarge(t *testing.T) {
 		if err := a.Collection("c").Get(fmt.Sprintf("r%03d", i), &m); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("r%03d after the refused unit of work: %v", i, err)
 		}
+	}
+}
+
+// A live device applies a group of edits to many large records.
+func TestTxnSplitLiveApplyOfLargeRecords(t *testing.T) {
+	e := newSyncEnv(t)
+	a := e.device(nil)
+	const n = 30
+	b := e.liveDevice(nil)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if st, _ := b.Status("live"); st.State == StateLive {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("b did not go live")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	bigRecords(t, a, "c", n, 200<<10, "x")
+	mustSync(t, a, "p")
+	waitAll(t, b, n, 0)
+	editAll(t, a, "c", n)
+	mustSync(t, a, "p")
+	waitAll(t, b, n, 1000)
+}
+
+// waitAll waits until r's records r000... hold b = b0+i.
+func waitAll(t *testing.T, r *Replica, n, b0 int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; i < n; {
+		var m map[string]any
+		err := r.Collection("c").Get(fmt.Sprintf("r%03d", i), &m)
+		if err == nil && fmt.Sprint(m["b"]) == fmt.Sprint(b0+i) {
+			i++
+			continue
+		}
+		if time.Now().After(deadline) {
+			st, _ := r.Status("live")
+			t.Fatalf("r%03d: %v, %v after 30s (live: %+v)", i, m["b"], err, st)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
