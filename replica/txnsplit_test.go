@@ -254,3 +254,20 @@ func waitAll(t *testing.T, r *Replica, n, b0 int) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// Building an index over large values writes a key per record as large as
+// its value.
+func TestTxnSplitIndexBuildOfLargeValues(t *testing.T) {
+	e := newSyncEnv(t)
+	a := e.device(nil)
+	const n, size = 80, 60 << 10
+	bigRecords(t, a, "c", n, size, "w")
+	c := a.Collection("c")
+	last := 0
+	if err := c.EnsureIndex("body", IndexOptions{Fields: []string{"body", "a"}, Progress: func(done int) { last = done }}); err != nil {
+		t.Fatal(err)
+	}
+	if last != n {
+		t.Fatalf("the build went through %d records, want %d", last, n)
+	}
+}
