@@ -430,6 +430,19 @@ func (r *Replica) batchIntoPre(res *batchResult, coll string, ids []string, pre 
 	return r.batchIntoGuarded(res, coll, ids, pre, fn, then, nil)
 }
 
+// batchIntoRedoing is batchInto for fn that adds to res only its
+// conflicts and failures, and to redo the records it must apply again:
+// split as batchParts does, a part retried in smaller ones takes back what
+// it added.
+func (r *Replica) batchIntoRedoing(res *batchResult, coll string, ids []string, redo *[]remoteRec, fn func(i int, txn *badger.Txn, t *touched) (bool, error)) error {
+	return r.batchIntoGuarded(res, coll, ids, nil, fn, nil, func() partGuard {
+		conflicts, failed, again := res.conflicts, len(res.failed), len(*redo)
+		return partGuard{keep: func() {}, undo: func() {
+			res.conflicts, res.failed, *redo = conflicts, res.failed[:failed], (*redo)[:again]
+		}}
+	})
+}
+
 // batchIntoGuarded is batchIntoPre, split as batchParts does with guard.
 func (r *Replica) batchIntoGuarded(res *batchResult, coll string, ids []string, pre func(txn *badger.Txn, from int, ts []*touched) error, fn func(i int, txn *badger.Txn, t *touched) (bool, error), then func(txn *badger.Txn) error, guard func() partGuard) error {
 	ts, err := r.batchParts(coll, ids, pre, fn, then, guard)

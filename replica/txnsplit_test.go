@@ -271,3 +271,33 @@ func TestTxnSplitIndexBuildOfLargeValues(t *testing.T) {
 		t.Fatalf("the build went through %d records, want %d", last, n)
 	}
 }
+
+// Conflicting edits of many large records on both sides: the policy's
+// resolutions are written for all of them.
+func TestTxnSplitConflictsOfLargeRecords(t *testing.T) {
+	e := newSyncEnv(t)
+	a, b := e.device(nil), e.device(nil)
+	const n = 30
+	bigRecords(t, a, "c", n, 200<<10, "x")
+	mustSync(t, a, "p")
+	mustSync(t, b, "p")
+	editAll(t, a, "c", n)
+	mustSync(t, a, "p")
+	cb := b.Collection("c")
+	for i := 0; i < n; i++ {
+		if err := cb.Update(fmt.Sprintf("r%03d", i), func(d *crdt.Doc) error { return d.Set(crdt.Path{"b"}, 2000+i) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := mustSync(t, b, "p")
+	if c := stat(st, "c"); c.Conflicts != n {
+		t.Fatalf("b's sync: %d conflicts, want %d", c.Conflicts, n)
+	}
+	mustSync(t, a, "p")
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("r%03d", i)
+		if x, y := getFields(t, a, "c", id)["b"], getFields(t, b, "c", id)["b"]; fmt.Sprint(x) != fmt.Sprint(y) {
+			t.Fatalf("%s: a has b=%v, b has %v", id, x, y)
+		}
+	}
+}
