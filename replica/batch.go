@@ -149,6 +149,9 @@ func (r *Replica) batchParts(coll string, ids []string, pre func(txn *badger.Txn
 		}
 		g.keep()
 		order = append(order, b.order...)
+		if guard != nil && errors.Is(err, badger.ErrTxnTooBig) {
+			err = fmt.Errorf("%w: %s/%s alone writes more than one store transaction holds (its document, read model and index entries): %w", ErrTooLarge, coll, ids[p.lo], err)
+		}
 		if err != nil {
 			return order, err
 		}

@@ -301,3 +301,23 @@ func TestTxnSplitConflictsOfLargeRecords(t *testing.T) {
 		}
 	}
 }
+
+// A record whose own writes pass the limit fails the sync with
+// ErrTooLarge naming it, not a bare ErrTxnTooBig.
+func TestTxnSplitRecordAloneTooLarge(t *testing.T) {
+	e := newSyncEnv(t)
+	a, b := e.device(nil), e.device(nil)
+	bigRecords(t, a, "c", 3, 50<<10, "v")
+	mustSync(t, a, "p")
+	cb := b.Collection("c")
+	for i := 0; i < 50; i++ {
+		if err := cb.EnsureIndex(fmt.Sprintf("i%02d", i), IndexOptions{Fields: []string{"body", fmt.Sprintf("f%02d", i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := b.Sync(context.Background(), "p")
+	if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "c/r000") {
+		t.Fatalf("b's sync: %v, want ErrTooLarge naming c/r000", err)
+	}
+	t.Log(err)
+}
