@@ -339,8 +339,13 @@ func (r *Replica) deleteIndexEntries(coll, name string) error {
 		err := r.db.View(func(txn *badger.Txn) error {
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 			defer it.Close()
-			for it.Rewind(); it.Valid() && len(keys) < 1000; it.Next() {
+			// Bounded by bytes too: an index key is as large as the
+			// values it orders, and Badger counts each deleted key
+			// against its limit on one transaction.
+			size := 0
+			for it.Rewind(); it.Valid() && len(keys) < 1000 && size < 1<<20; it.Next() {
 				keys = append(keys, it.Item().KeyCopy(nil))
+				size += len(keys[len(keys)-1])
 			}
 			return nil
 		})

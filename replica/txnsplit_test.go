@@ -321,3 +321,21 @@ func TestTxnSplitRecordAloneTooLarge(t *testing.T) {
 	}
 	t.Log(err)
 }
+
+// Dropping an index over large values deletes keys as large as them.
+func TestTxnSplitDropIndexOfLargeValues(t *testing.T) {
+	e := newSyncEnv(t)
+	a := e.device(nil)
+	const n, size = 80, 60 << 10
+	bigRecords(t, a, "c", n, size, "w")
+	c := a.Collection("c")
+	if err := c.EnsureIndex("body", IndexOptions{Fields: []string{"body", "a"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DropIndex("body"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.Indexes()["body"]; ok {
+		t.Fatal("the index is still declared")
+	}
+}
