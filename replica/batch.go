@@ -67,7 +67,7 @@ var partFault atomic.Pointer[func(lo, hi int, last bool) error]
 // writes pass Badger's limit on one transaction (ErrTxnTooBig: a read
 // model is rewritten whole on each change, and indexes add to it, so
 // what a batch writes is not bounded by what it was given) is retried in
-// halves, each its own transaction, until each fits. Each record's
+// parts of half the size, each its own transaction, until each fits. Each record's
 // writes stay in one transaction, so its read model and index entries
 // always match its document; then runs only with the last part, so what
 // it records (a cursor) is stored with, or after, every record. Parts
@@ -143,8 +143,14 @@ func (r *Replica) batchParts(coll string, ids []string, pre func(txn *badger.Txn
 		b.end(err)
 		if guard != nil && p.hi-p.lo > 1 && errors.Is(err, badger.ErrTxnTooBig) {
 			g.undo()
-			mid := (p.lo + p.hi) / 2
-			parts = append([]span{{p.lo, mid}, {mid, p.hi}}, parts[1:]...)
+			// The rest of the batch goes in parts of half the size too:
+			// its records are likely alike, and a part found too big
+			// is found so only after writing much of it.
+			size := (p.hi - p.lo + 1) / 2
+			parts = parts[:0]
+			for lo := p.lo; lo < len(ids); lo += size {
+				parts = append(parts, span{lo, min(lo+size, len(ids))})
+			}
 			continue
 		}
 		g.keep()
