@@ -67,9 +67,9 @@ var partFault atomic.Pointer[func(lo, hi int, last bool) error]
 // writes pass Badger's limit on one transaction (ErrTxnTooBig: a read
 // model is rewritten whole on each change, and indexes add to it, so
 // what a batch writes is not bounded by what it was given) is retried in
-// parts of half the size, each its own transaction, until each fits. Each record's
-// writes stay in one transaction, so its read model and index entries
-// always match its document; then runs only with the last part, so what
+// parts of half the size, each its own transaction, until each fits.
+// Each record's writes stay in one transaction, so its read model and
+// index entries always match its document; then runs only with the last part, so what
 // it records (a cursor) is stored with, or after, every record. Parts
 // committed before a failure are the relay's data, which the next sync
 // applies again idempotently. A single record whose writes pass the
