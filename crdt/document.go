@@ -292,7 +292,7 @@ func recoverCorrupt(err *error) {
 // counted in full by each.
 func (d *Doc) memSize() int {
 	if d.def != nil {
-		return d.def.led.memSize() + len(d.def.data)
+		return d.def.led.memSize() + cap(d.def.data)
 	}
 	n := d.jn.size()
 	if x := d.idx.Load(); x != nil {

@@ -26,14 +26,15 @@ func Estimate(b []byte, budget *InflateBudget) (Cost, error) {
 		return Cost{}, err
 	}
 	var h held
-	goBytes := 0
+	goBytes, indexed := 0, 0
 	for _, p := range ci.payloads {
 		ch, deps, err := countChange(p)
 		if err != nil {
 			return Cost{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
 		}
 		h.add(ch)
-		goBytes += ch.ops*opEntryBytes + 2*HashSize + 24 + deps*HashSize
+		indexed += ch.ops
+		goBytes += 2*HashSize + 24 + deps*HashSize
 	}
 	if ci.documents > 0 {
 		changes, err := documentChangeRows(b)
@@ -42,10 +43,25 @@ func Estimate(b []byte, budget *InflateBudget) (Cost, error) {
 		}
 		ops := int(min(ci.docOps, uint64(maxInt)))
 		h.add(held{changes: changes, ops: ops, keys: ops})
-		goBytes += ops*opEntryBytes + changes*(2*HashSize+24)
+		indexed += ops
+		goBytes += changes * (2*HashSize + 24)
 	}
-	return costOf(h, goBytes), nil
+	return costOf(h, goBytes+indexBytes(indexed)), nil
 }
+
+// indexBytes bounds the Go memory an operation index of n operations
+// takes: a map's entries, or, from packMin on, a packed layer's record
+// and run per operation (see oppacked.go; an operation has a run of its
+// own at worst) and a string header per operation for its map key, which
+// each may write for the first time.
+func indexBytes(n int) int {
+	if n < packMin {
+		return n * opEntryBytes
+	}
+	return n * packedOpBytes
+}
+
+const packedOpBytes = 64
 
 const maxInt = int(^uint(0) >> 1)
 

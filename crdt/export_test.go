@@ -101,11 +101,11 @@ func CheckIndexes(d *Doc) error {
 	}
 	ops, maxOp := map[opRef]opRec{}, map[string]uint64{}
 	for l := x.top; l != nil; l = l.parent {
-		for k, v := range l.ops {
+		l.each(func(k opRef, v opRec) {
 			if _, ok := ops[k]; !ok {
 				ops[k] = v
 			}
-		}
+		})
 		for k, v := range l.maxOp {
 			if _, ok := maxOp[k]; !ok {
 				maxOp[k] = v
@@ -135,7 +135,7 @@ func IndexedOps(d *Doc) int {
 	n := 0
 	if x := d.idx.Load(); x != nil {
 		for l := x.top; l != nil; l = l.parent {
-			n += len(l.ops)
+			n += l.count()
 		}
 	}
 	return n

@@ -107,3 +107,28 @@ func TestPerCollectionKeepsItsOwnMap(t *testing.T) {
 	}
 	<-done
 }
+
+// TestBuiltinTellsTheEngineWhichResolversAreItsOwn: only the built-in
+// resolvers may be asked inside a store transaction; a hook (even one that
+// only forwards to a built-in) never is.
+func TestBuiltinTellsTheEngineWhichResolversAreItsOwn(t *testing.T) {
+	for _, p := range []Policy{PreferLocal, PreferCloud, ""} {
+		r, err := p.Resolver(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !Builtin(r) {
+			t.Errorf("Builtin(%q's resolver) = false", p)
+		}
+	}
+	hook := ResolverFunc(func(c *Conflict) (Decision, error) { return LocalWins.Resolve(c) })
+	r, err := Custom.Resolver(hook)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []Resolver{r, PerCollection(map[string]Resolver{"c": LocalWins}, nil)} {
+		if Builtin(r) {
+			t.Errorf("Builtin(%T) = true for a resolver that is not built in", r)
+		}
+	}
+}

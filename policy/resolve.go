@@ -139,6 +139,20 @@ var (
 	CloudWins Resolver = preferCloud{}
 )
 
+// Builtin reports whether r is one of the built-in resolvers (LocalWins,
+// CloudWins, or what PreferLocal and PreferCloud give). They decide from
+// the conflict alone: they read nothing, never block and never fail, so
+// the sync engine may ask them while it holds the record's lock and
+// decide a record's conflicts in the same store transaction as its
+// merge. A merge hook is never asked that way.
+func Builtin(r Resolver) bool {
+	switch r.(type) {
+	case preferLocal, preferCloud:
+		return true
+	}
+	return false
+}
+
 // PerCollection is a Resolver that hands each conflict to the resolver of
 // its collection in byCollection, or else to fallback. With no resolver for
 // the collection and a nil fallback, the conflict fails with ErrNoHook.

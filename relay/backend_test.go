@@ -264,15 +264,18 @@ func TestBackendReadDocumentNeverCachesAnOlderDocument(t *testing.T) {
 		}
 		return ed.edit(fields)
 	}
-	probe := newEditor(t, "")
-	doc(probe, 0)
-	cost, err := probe.doc.Cost()
+	probe, err := crdt.LoadDeferred(doc(newEditor(t, ""), 0))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Room for one such document, not two.
+	cost, err := probe.Cost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Room for one such document, not two, as pushes keep them (deferred:
+	// see crdt.NewDeferred).
 	st := &gatedRecords{Store: memstore.New(), entered: make(chan struct{}), release: make(chan struct{})}
-	tr := newTestRelay(t, st, func(o *relay.Options) { o.DocCacheBytes = cost.Bytes * 3 / 2; o.CompactInterval = -1 })
+	tr := newTestRelay(t, st, func(o *relay.Options) { o.DocCacheBytes = cost.Current * 3 / 2; o.CompactInterval = -1 })
 	c := relay.Coll{Tenant: "shop", Collection: "c"}
 	ed := newEditor(t, "")
 	ch := doc(ed, 1)

@@ -240,8 +240,19 @@ func (cm *committer) undo(s *Server, recs map[string]*merged, order []string) {
 		if !m.queued {
 			m.rd.dropped.Store(true)
 			s.docs.Remove(recordKey{cm.c, id})
-		} else if err := m.rd.doc.Reset(m.base); err != nil {
-			s.log.Error("undoing a refused push on a queued document", "tenant", cm.c.Tenant, "collection", cm.c.Collection, "record", id, "err", err)
+		} else {
+			deferred := m.rd.doc.Deferred()
+			if err := m.rd.doc.Reset(m.base); err != nil {
+				s.log.Error("undoing a refused push on a queued document", "tenant", cm.c.Tenant, "collection", cm.c.Collection, "record", id, "err", err)
+			}
+			if deferred && !m.rd.doc.Deferred() {
+				// Reset built it: it now takes what a built document
+				// takes (see docMemory).
+				cm.mu.Lock()
+				m.rd.mem = docMemory(m.rd.doc, m.rd.saved+m.rd.unsaved)
+				m.rd.grant.set(m.rd.mem)
+				cm.mu.Unlock()
+			}
 		}
 	}
 }

@@ -13,13 +13,18 @@ import (
 // docMemory estimates the memory a loaded document takes, by what it holds
 // (crdt.Doc.Cost: its operations and changes, calibrated against the
 // process's resident memory), never by its stored size, which may be
-// hundreds of times smaller. A document whose history cannot be indexed
-// falls back on its stored size times bytesPerStored, above what any
-// record measured took per saved byte. The caller holds the record's
-// lock: a Doc is not safe for concurrent use.
+// hundreds of times smaller. A deferred document (crdt.NewDeferred) counts
+// for what it takes until it is built, its ledger (Cost.Current, some
+// tenth of the built document for a record of many small objects): so
+// the cache holds the records pushes go to checked without Automerge, and
+// whoever builds one charges what building adds (see built, and
+// merged.entry). A document whose history cannot be indexed falls back on
+// its stored size times bytesPerStored, above what any record measured
+// took per saved byte. The caller holds the record's lock: a Doc is not
+// safe for concurrent use.
 func docMemory(d *crdt.Doc, size int) int64 {
 	if c, err := d.Cost(); err == nil {
-		return c.Bytes
+		return c.Current
 	}
 	return 8<<10 + bytesPerStored*int64(size)
 }
@@ -112,8 +117,10 @@ func pushGrant(ctx context.Context) *memGrant {
 // bytes do not count), or, unless wait, refuses with busy at once if
 // there is none. The grant it returns holds the document's cost once
 // loaded (exact if exact, else the estimate), until released. load loads
-// it (loadStored, or loadDeferred, whose document is counted for what it
-// takes once built).
+// it (loadStored, or loadDeferred: loading a snapshot takes what the built
+// document takes until it is indexed and freed, so the estimate is
+// reserved for either, and exact then counts a deferred document for its
+// ledger alone).
 func (s *Server) loadCounted(ctx context.Context, c Coll, rec Record, exact, wait bool, load func(Coll, Record) (*crdt.Doc, error)) (*crdt.Doc, *memGrant, error) {
 	data := rec.Data()
 	est := 8<<10 + bytesPerStored*int64(len(data))

@@ -105,10 +105,18 @@ func (s *Server) readLoaded(ctx context.Context, key recordKey, read func(*crdt.
 	if !s.queuedDoc(key) {
 		if cached, unpin, ok := s.docs.Acquire(key); ok {
 			defer unpin()
-			if !cached.dropped.Load() && holdsAll(cached.doc, rec.Heads) && s.built(key, cached) {
+			current := !cached.dropped.Load() && holdsAll(cached.doc, rec.Heads)
+			if current && !cached.doc.Deferred() {
 				// Loaded meanwhile, by a push or another read.
 				rd.free()
 				return read(cached.doc, cached.doc.Heads())
+			}
+			if current {
+				// Deferred, and not built for want of room (see built):
+				// it stays cached for pushes, and this call reads its
+				// own copy, loaded within the budget.
+				defer rd.free()
+				return read(d, rec.Heads)
 			}
 			if !cached.dropped.Load() {
 				s.dropStale(key, cached)
@@ -128,15 +136,38 @@ func (s *Server) readLoaded(ctx context.Context, key recordKey, read func(*crdt.
 }
 
 // built builds a cached deferred document for a reader (see
-// crdt.NewDeferred). One that does not build leaves the cache, and the
-// record is read from the store instead, which says what it holds. The
-// record's lock is held.
+// crdt.NewDeferred), within the memory budget. A deferred document counts
+// for its ledger alone (see docMemory): what building it adds is reserved
+// first, without waiting, since the record's lock is held and pushes to
+// the record would wait on it; the document then stays cached built, and
+// counts for what it takes. With no room, false: the reader reads the
+// record from the store instead (readLoaded), waiting for room there,
+// and the document stays deferred for pushes. One that does not build
+// leaves the cache, and the record is read from the store too, which says
+// what it holds. The record's lock is held.
 func (s *Server) built(key recordKey, rd *relayDoc) bool {
+	if !rd.doc.Deferred() {
+		return true
+	}
+	var grow int64
+	if c, err := rd.doc.Cost(); err == nil {
+		grow = max(c.Bytes-rd.mem, 0)
+	}
+	g, ok := s.mem.tryAcquire(grow)
+	if !ok {
+		return false
+	}
+	defer g.release()
 	if err := rd.doc.Build(); err != nil {
 		s.log.Error("a cached document does not build", "tenant", key.c.Tenant, "collection", key.c.Collection, "record", key.record, "err", err)
 		s.dropStale(key, rd)
 		return false
 	}
+	// The reservation becomes the document's, and the cache counts it
+	// at its new size (which may evict others).
+	rd.mem = docMemory(rd.doc, rd.saved+rd.unsaved)
+	g.moveTo(rd.grant, rd.mem, 0)
+	s.docs.PutSized(key, rd, rd.cost())
 	return true
 }
 

@@ -305,6 +305,9 @@ type batchResult struct {
 	// it merged into, for resolveConflicted to store; the holder frees
 	// what it does not pass there (freeMerged).
 	holdMerged bool
+	// settle, if not nil, has the merge decide the conflicts of the
+	// records it names in the batch's transaction (see settling).
+	settle *settling
 }
 
 func (b *batchResult) add(o batchResult) {
@@ -324,20 +327,16 @@ func (r *Replica) applyBatch(coll string, recs []remoteRec, op remoteOp) (batchR
 // (conflicted.merged): pass them to resolveConflicted, or free them with
 // freeMerged, even when an error is returned. With merging (op must then
 // be mergeOp), it works out several records' merges at once (see
-// prepareMerges).
-func (r *Replica) applyHolding(coll string, recs []remoteRec, op remoteOp, merging bool) (batchResult, error) {
+// prepareMerges), and settle (nil: none) decides the conflicts it can in
+// the same transaction.
+func (r *Replica) applyHolding(coll string, recs []remoteRec, op remoteOp, merging bool, settle *settling) (batchResult, error) {
 	var pre func(txn *badger.Txn, from int, ts []*touched, res *batchResult) error
 	if merging {
-		ids := make([]string, len(recs))
-		for i, rec := range recs {
-			ids[i] = rec.id
-		}
-		once := onceIn(ids)
 		pre = func(txn *badger.Txn, from int, ts []*touched, res *batchResult) error {
-			return r.prepareMerges(txn, ts, recs[from:from+len(ts)], once, res)
+			return r.prepareMerges(txn, ts, recs[from:from+len(ts)], res)
 		}
 	}
-	return r.applyBatchRes(batchResult{holdMerged: true}, coll, recs, op, pre, nil)
+	return r.applyBatchRes(batchResult{holdMerged: true, settle: settle}, coll, recs, op, pre, nil)
 }
 
 // applyBatchThen is applyBatch, with then (if not nil) run last in the

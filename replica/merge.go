@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -36,6 +37,12 @@ import (
 // The copy is what makes step 2 cheap: without it the record would be
 // loaded from the store and the relay's changes imported (and checked)
 // again, which cost more than the decisions themselves.
+//
+// A built-in policy (prefer-local, prefer-cloud) is no app code: it reads
+// nothing and cannot fail. With one, step 1 decides the conflicts itself,
+// in the merged copy, and stores the record with its resolution in the
+// batch's transaction (see settling): no second transaction, and the
+// decisions are made on every core with the merges.
 
 // conflicted is a record whose merge waits for the policy.
 type conflicted struct {
@@ -113,6 +120,10 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 	if err != nil {
 		return false, err
 	}
+	if prepared && m.inPlace && (q != nil || m.pending != pending) {
+		// Merged into the document itself: it cannot be merged again.
+		return false, fmt.Errorf("ferry: %s/%s changed between its merge and its store", coll, id)
+	}
 	if !prepared || q != nil || m.pending != pending {
 		m.free()
 		var synced crdt.Heads
@@ -121,7 +132,10 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 				return false, err
 			}
 		}
-		m = merge(t.doc, pending, synced, data, relay)
+		m = merge(t.doc, pending, synced, data, relay, res.settle.covers(id))
+		if res.settle.covers(id) {
+			res.settle.settle(&m, id)
+		}
 	}
 	if m.err != nil {
 		m.free()
@@ -129,7 +143,7 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 	}
 	d := t.doc
 	if m.merged != nil {
-		if m.diff != nil && len(m.diff.Conflicts) > 0 {
+		if m.diff != nil && len(m.diff.Conflicts) > 0 && !m.settled {
 			c := conflicted{
 				rec: rec, data: data, relay: relay, local: m.localHeads, conflicts: m.diff.Conflicts,
 				localRec: m.local.Fields(), remoteRec: m.remote.Fields(), merged: m.merged,
@@ -143,6 +157,15 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 		}
 		r.replaceDoc(t, m.merged)
 		d = m.merged
+		if m.settled {
+			// As storeResolution does: only a leased sync pushes it.
+			res.conflicts += len(m.diff.Conflicts)
+			if m.made {
+				if err := txn.Set(recKey('l', coll, id), nil); err != nil {
+					return false, err
+				}
+			}
+		}
 	}
 	if q != nil {
 		if err := txn.Delete(recKey('q', coll, id)); err != nil {
@@ -186,32 +209,58 @@ type merging struct {
 	diff          *crdt.FieldDiff
 	localHeads    crdt.Heads
 	local, remote crdt.Snapshot
+	// settled says merged holds the policy's decisions on diff's
+	// conflicts, committed (made: as a change; the decisions may all be
+	// what the merge shows already), for mergeOp to store with the record.
+	settled, made bool
+	// inPlace says merged is the record's document itself, not a copy.
+	inPlace bool
 }
 
 func (m merging) free() {
-	if m.merged != nil {
+	if m.merged != nil && !m.inPlace {
 		m.merged.Free()
 	}
 }
 
 // merge imports data into d, the record's document, or, if the record is
 // pending (synced: the heads the relay acknowledged), into a copy of d
-// compared three ways with d and the relay's version (heads relay).
-func merge(d *crdt.Doc, pending bool, synced crdt.Heads, data []byte, relay crdt.Heads) (m merging) {
+// compared three ways with d and the relay's version (heads relay). With
+// inPlace, the record's conflicts are settled with the merge (see
+// settling), so the record is stored merged whatever they are: the import
+// goes into d itself, which costs no copy and indexes only the changes d
+// made lately rather than a copy's whole history. If that merge then
+// fails, the batch fails, and drops d.
+func merge(d *crdt.Doc, pending bool, synced crdt.Heads, data []byte, relay crdt.Heads, inPlace bool) (m merging) {
 	m.pending = pending
 	if !pending {
 		_, m.err = d.Import(data)
 		return m
 	}
 	m.localHeads = d.Heads()
-	merged, err := d.Fork(nil)
-	if err != nil {
-		m.err = err
-		return m
+	merged := d
+	if inPlace {
+		// This device's side, read now: the import goes into d itself.
+		if m.local, m.err = d.Snapshot(); m.err != nil {
+			return m
+		}
+	} else {
+		var err error
+		if merged, err = d.Fork(nil); err != nil {
+			m.err = err
+			return m
+		}
 	}
+	m.inPlace = inPlace
+	drop := func() {
+		if !inPlace {
+			merged.Free()
+		}
+	}
+	// On an error Import leaves the document as it was.
 	n, err := merged.Import(data)
 	if err != nil || n == 0 {
-		merged.Free()
+		drop()
 		m.err = err
 		return m
 	}
@@ -226,12 +275,14 @@ func merge(d *crdt.Doc, pending bool, synced crdt.Heads, data []byte, relay crdt
 		m.merged = merged
 		return m
 	}
-	if m.local, m.err = d.Snapshot(); m.err != nil {
-		merged.Free()
-		return m
+	if !inPlace {
+		if m.local, m.err = d.Snapshot(); m.err != nil {
+			drop()
+			return m
+		}
 	}
 	if m.diff, m.remote, m.err = threeWay(merged, m.local, synced, relay, data); m.err != nil {
-		merged.Free()
+		drop()
 		return m
 	}
 	m.merged = merged
@@ -239,15 +290,17 @@ func merge(d *crdt.Doc, pending bool, synced crdt.Heads, data []byte, relay crdt
 }
 
 // prepareMerges works out, for several records at once, the merges
-// mergeOp then stores (see merging): ts are records of a batch, loaded,
-// and recs their entries. It reads what each needs from the store first,
-// as a transaction is not safe for concurrent use, then merges on up to
-// GOMAXPROCS goroutines: each record's document is its own, and the batch
-// holds every record's write lock. Records whose ID occurs more than once
-// in the batch (once says which occur once), held back by a failed hook,
-// damaged, or holding the entry's changes already are left to mergeOp, as
-// is everything when there is no second core to use.
-func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec, once map[string]bool, res *batchResult) error {
+// mergeOp then stores (see merging): ts are the records of one window of a
+// batch, loaded, and recs their entries. It reads what each needs from the
+// store first, as a transaction is not safe for concurrent use, then
+// merges on up to GOMAXPROCS goroutines: each record's document is its
+// own, and the batch holds every record's write lock. The batch has
+// applied the entries of earlier windows, so a record's state here is what
+// mergeOp would see. Left to mergeOp: records that occur more than once in
+// the window, whose earlier entry waits for the policy (mergeOp joins the
+// two), held back by a failed hook, damaged, or holding the entry's
+// changes already; and everything when there is no second core to use.
+func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec, res *batchResult) error {
 	workers := runtime.GOMAXPROCS(0)
 	if workers < 2 {
 		return nil
@@ -258,9 +311,14 @@ func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec
 		synced  crdt.Heads
 		rec     remoteRec
 	}
+	inWindow := make(map[*touched]int, len(ts))
+	for _, t := range ts {
+		inWindow[t]++
+	}
 	var jobs []job
 	for i, t := range ts {
-		if t.corrupt != nil || t.doc == nil || !once[t.id] {
+		if t.corrupt != nil || t.doc == nil || inWindow[t] > 1 ||
+			slices.ContainsFunc(res.conflicted, func(c conflicted) bool { return c.rec.id == t.id }) {
 			continue
 		}
 		q, _, err := readQuarantine(txn, t.coll, t.id)
@@ -298,7 +356,11 @@ func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec
 					return
 				}
 				j := jobs[k]
-				out[k] = merge(j.t.doc, j.pending, j.synced, j.rec.data, j.rec.relay)
+				settle := res.settle.covers(j.t.id)
+				out[k] = merge(j.t.doc, j.pending, j.synced, j.rec.data, j.rec.relay, settle)
+				if settle {
+					res.settle.settle(&out[k], j.t.id)
+				}
 			}
 		}()
 	}
@@ -310,6 +372,63 @@ func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec
 		res.prepared[j.t] = out[k]
 	}
 	return nil
+}
+
+// settling has a batch's merges decide the conflicts they find at once,
+// in the merged copy, for mergeOp to store in the batch's transaction (see
+// the top of this file). Only for a built-in resolver, which reads nothing
+// and cannot fail, and only for records that occur once in the batch: a
+// record's later entry in the same batch is compared with its earlier one
+// as one, against the relay's latest version, as resolveConflicted does.
+type settling struct {
+	coll string
+	res  policy.Resolver
+	now  time.Time // stamps the resolutions
+	once map[string]bool
+}
+
+// newSettling returns the settling of a batch of recs with res, or nil if
+// res is not built in.
+func newSettling(coll string, recs []remoteRec, res policy.Resolver, now time.Time) *settling {
+	if res == nil || !policy.Builtin(res) {
+		return nil
+	}
+	ids := make([]string, len(recs))
+	for i, rec := range recs {
+		ids[i] = rec.id
+	}
+	return &settling{coll: coll, res: res, now: now, once: onceIn(ids)}
+}
+
+// covers reports whether the record's conflicts are decided in its merge.
+func (s *settling) covers(id string) bool { return s != nil && s.once[id] }
+
+// settle decides m's conflicts, if it has any, into m.merged and commits
+// them, as storeResolution does. A failure to decide or to write the
+// decisions is m's error: the merge went into the record's document
+// itself (merge's inPlace), which cannot wait for the policy as it is.
+func (s *settling) settle(m *merging, id string) {
+	if m.err != nil || m.merged == nil || m.diff == nil || len(m.diff.Conflicts) == 0 {
+		return
+	}
+	c := conflicted{rec: remoteRec{id: id}, conflicts: m.diff.Conflicts, localRec: m.local.Fields(), remoteRec: m.remote.Fields()}
+	decisions, err := ask(s.coll, c, s.res)
+	if err != nil {
+		m.err = err // a built-in resolver does not fail
+		return
+	}
+	for i, cf := range c.conflicts {
+		if err := decide(m.merged, cf, decisions[i]); err != nil {
+			m.err = fmt.Errorf("ferry: writing the resolution of %s %v: %w", id, cf.Path, err)
+			return
+		}
+	}
+	made, err := m.merged.Commit("ferry: conflict resolution", s.now)
+	if err != nil {
+		m.err = err
+		return
+	}
+	m.settled, m.made = true, made
 }
 
 // threeWay compares, field by field, the version both sides last shared
@@ -458,7 +577,7 @@ func (r *Replica) resolveConflicted(ctx context.Context, coll string, list []con
 		if len(again) == 0 {
 			break
 		}
-		res2, err := r.applyHolding(coll, again, r.mergeOp, true)
+		res2, err := r.applyHolding(coll, again, r.mergeOp, true, nil)
 		list = res2.conflicted
 		res2.conflicted = nil
 		out.add(res2)

@@ -72,6 +72,93 @@ func TestConflictOverSeveralEntriesOfOnePull(t *testing.T) {
 	}
 }
 
+// TestEntriesOfARecordInSeveralWindows has b pull, in one page, two
+// entries for each of two records it edited, the second entries more than
+// a window of prepared merges (prepWindow) after the first: one record's
+// first entry conflicts and waits for the policy, so its second is joined
+// to it rather than merged on its own; the other's first entry merges
+// cleanly and its second is merged against it. Each policy's values win,
+// with one core and with two.
+func TestEntriesOfARecordInSeveralWindows(t *testing.T) {
+	for _, tc := range []struct {
+		pol                policy.Policy
+		wantTea, wantCocoa int64
+	}{
+		{policy.PreferLocal, 15, 25},
+		{policy.PreferCloud, 13, 23},
+	} {
+		for _, procs := range []int{1, 2} {
+			t.Run(fmt.Sprintf("%s/procs=%d", tc.pol, procs), func(t *testing.T) {
+				defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
+				e := newSyncEnv(t)
+				a, b := e.device(nil), e.device(nil)
+				setProfilePolicy(t, a, tc.pol)
+				setProfilePolicy(t, b, tc.pol)
+				ca, cb := coll2(t, a, "c"), coll2(t, b, "c")
+				// "a-..." sort first: a pushes them before the others.
+				err := a.Write(func(tx *Tx) error {
+					for _, id := range []string{"a-cocoa", "a-tea"} {
+						if err := tx.Create("c", id, map[string]any{"price": 10, "qty": 1}); err != nil {
+							return err
+						}
+					}
+					for i := range prepWindow + 8 {
+						if err := tx.Create("c", fmt.Sprintf("r%02d", i), map[string]any{"qty": 0}); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				mustSync(t, a, "p")
+				mustSync(t, b, "p")
+				set := func(c *Collection, id, field string, v any) {
+					t.Helper()
+					if err := c.Update(id, func(d *crdt.Doc) error { return d.Set(crdt.Path{field}, v) }); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// a's first push: both records, then every r.., in one
+				// page's first window; its second: both records again.
+				set(ca, "a-tea", "price", 12)
+				set(ca, "a-cocoa", "qty", 2)
+				for i := range prepWindow + 8 {
+					set(ca, fmt.Sprintf("r%02d", i), "qty", i+1)
+				}
+				mustSync(t, a, "p")
+				set(ca, "a-tea", "price", 13)
+				set(ca, "a-cocoa", "price", 23)
+				mustSync(t, a, "p")
+				set(cb, "a-tea", "price", 15)
+				set(cb, "a-cocoa", "price", 25)
+				st := mustSync(t, b, "p")
+				if c := stat(st, "c"); c.Conflicts != 2 || len(c.Failed) != 0 {
+					t.Fatalf("b's sync: %d conflicts, failed %v; want 2 and none", c.Conflicts, c.Failed)
+				}
+				mustSync(t, a, "p")
+				for _, r := range []*Replica{a, b} {
+					tea, cocoa := getFields(t, r, "c", "a-tea"), getFields(t, r, "c", "a-cocoa")
+					if tea["price"] != tc.wantTea || cocoa["price"] != tc.wantCocoa || cocoa["qty"] != int64(2) {
+						t.Fatalf("%s has tea %v, cocoa %v: want prices %d and %d, cocoa's qty 2", r.ID()[:6], tea, cocoa, tc.wantTea, tc.wantCocoa)
+					}
+					if f := getFields(t, r, "c", "r07"); f["qty"] != int64(8) {
+						t.Fatalf("%s has r07 %v", r.ID()[:6], f)
+					}
+				}
+				for _, id := range []string{"a-cocoa", "a-tea"} {
+					ha, _ := ca.Heads(id)
+					hb, _ := cb.Heads(id)
+					if !ha.Equal(hb) {
+						t.Fatalf("%s: heads differ", id)
+					}
+				}
+			})
+		}
+	}
+}
+
 // TestExtends checks the test threeWay uses to fork the relay's version
 // instead of importing the incoming changes again: it holds only when
 // the base plus the changes is exactly the relay's version.

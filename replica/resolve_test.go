@@ -276,22 +276,36 @@ func (s *appendLog) Append(ctx context.Context, c relay.Coll, fence uint64, now 
 
 // A conflict resolution is pushed only under a lease, in every mode: when
 // the leased push of a resolution fails, the record is not pushed later
-// without a fence by a push that holds no lease.
+// without a fence by a push that holds no lease. The same holds for a
+// resolution a built-in policy decides in the merge's own transaction.
 func TestResolutionIsNeverPushedWithoutALease(t *testing.T) {
-	e := newSyncEnv(t)
-	log := &appendLog{Store: memstore.New(), fences: map[string][]uint64{}}
-	e.swap(log)
 	// The hook decides a value neither side wrote, so the resolution is a
 	// change of its own, whichever side Automerge's merge shows.
 	hook := policy.ResolverFunc(func(*policy.Conflict) (policy.Decision, error) { return policy.Keep(int64(99)), nil })
+	t.Run("custom", func(t *testing.T) {
+		resolutionNeverPushedWithoutALease(t, policy.Custom, hook, func(d *crdt.Doc) error { return d.Set(crdt.Path{"price"}, 15) }, int64(99))
+	})
+	// b deletes the field a sets: Automerge's merge shows a's value (a set
+	// wins over a concurrent delete), so prefer-local's delete is a change.
+	t.Run("prefer-local", func(t *testing.T) {
+		resolutionNeverPushedWithoutALease(t, policy.PreferLocal, nil, func(d *crdt.Doc) error { return d.Delete(crdt.Path{"price"}) }, nil)
+	})
+}
+
+func resolutionNeverPushedWithoutALease(t *testing.T, pol policy.Policy, hook policy.Resolver, editB func(*crdt.Doc) error, want any) {
+	e := newSyncEnv(t)
+	log := &appendLog{Store: memstore.New(), fences: map[string][]uint64{}}
+	e.swap(log)
 	a, b := e.device(nil), e.device(&Options{MergeHook: hook})
-	setProfilePolicy(t, b, policy.Custom)
+	setProfilePolicy(t, b, pol)
 	ca, cb := coll2(t, a, "c"), coll2(t, b, "c")
 	ca.Create("tea", map[string]any{"price": 10})
 	mustSync(t, a, "p")
 	mustSync(t, b, "p")
 	ca.Update("tea", func(d *crdt.Doc) error { return d.Set(crdt.Path{"price"}, 12) })
-	cb.Update("tea", func(d *crdt.Doc) error { return d.Set(crdt.Path{"price"}, 15) })
+	if err := cb.Update("tea", editB); err != nil {
+		t.Fatal(err)
+	}
 	mustSync(t, a, "p")
 
 	log.mu.Lock()
@@ -327,8 +341,8 @@ func TestResolutionIsNeverPushedWithoutALease(t *testing.T) {
 		t.Fatalf("resolution pushed with fences %v, want one leased push", fences)
 	}
 	for _, r := range []*Replica{a, b} {
-		if f := getFields(t, r, "c", "tea"); f["price"] != int64(99) {
-			t.Fatalf("%s has %v", r.ID()[:6], f)
+		if f := getFields(t, r, "c", "tea"); f["price"] != want {
+			t.Fatalf("%s has %v, want price %v", r.ID()[:6], f, want)
 		}
 	}
 }

@@ -63,7 +63,11 @@ func (s *collSync) retryQuarantined(ctx context.Context) error {
 // apply applies a batch of the relay's records with op in one store
 // transaction, then settles the conflicts it found by the policy.
 func (s *collSync) apply(ctx context.Context, recs []remoteRec, a applier) error {
-	res, err := s.r.applyHolding(s.coll, recs, a.op, a.merging)
+	var settle *settling
+	if a.merging {
+		settle = newSettling(s.coll, recs, s.res, s.r.opts.Clock())
+	}
+	res, err := s.r.applyHolding(s.coll, recs, a.op, a.merging, settle)
 	if err != nil {
 		freeMerged(res.conflicted)
 		return err

@@ -20,9 +20,13 @@
 // per client; 1000), --merge-records N (W3; 100), --seed N, --json, and
 // --ferry PATH (a built ferry binary; default: go build from this
 // checkout). --w3-rounds N runs only W3, Ferry's and Yjs's in turns, N
-// rounds, and prints each time and the medians: Yjs's W3 time varies
-// several-fold from run to run, and turns share the machine's load. Each peer's workloads and what its "done" means are
-// described in docs/benchmarks.md.
+// rounds, and prints each time, each round's Ferry/Yjs and the medians:
+// Yjs's W3 time varies several-fold from run to run, and turns share the
+// machine's load. --w2-rounds N does the same for W2. With either,
+// --ferry-vs PATH (another ferry binary, say one built before a change)
+// runs that build's workload too, in the same turns, just after --ferry's.
+// Each peer's workloads and what its "done" means are described in
+// docs/benchmarks.md.
 import { spawn, execFileSync } from "node:child_process"
 import { existsSync, mkdtempSync, rmSync } from "node:fs"
 import { tmpdir, cpus, loadavg } from "node:os"
@@ -60,7 +64,7 @@ function parseFlags(argv) {
 }
 
 function usage(msg) {
-  console.error(`peers: ${msg}\nusage: node peers.mjs [--records N] [--am-records N] [--updates N] [--merge-records N] [--seed N] [--json] [--ferry PATH] [--w2-rounds N [--ferry-vs PATH]] [--w3-rounds N]`)
+  console.error(`peers: ${msg}\nusage: node peers.mjs [--records N] [--am-records N] [--updates N] [--merge-records N] [--seed N] [--json] [--ferry PATH] [--w2-rounds N | --w3-rounds N [--ferry-vs PATH]]`)
   process.exit(2)
 }
 
@@ -581,17 +585,21 @@ async function w2Rounds() {
 
 function fmtW2(v) { return `${(v.p50 * 1000).toFixed(2)}/${(v.p99 * 1000).toFixed(2)} ms` }
 
-// w3Rounds runs Ferry's W3 and Yjs's in turns, flags.w3Rounds rounds.
+// w3Rounds runs Ferry's W3 and Yjs's in turns, flags.w3Rounds rounds,
+// and, with --ferry-vs, another Ferry build's W3 in the same turns.
 async function w3Rounds() {
   const load0 = loadavg()
-  const res = { ferry: [], yjs: [] }
+  const res = { ferry: [], yjs: [], vs: [] }
+  const merge = async bin => (await ferryBench("W3", bin)).W3.metrics.find(x => x.name === "merge").value
   try {
     for (let i = 1; i <= flags.w3Rounds; i++) {
-      const f = (await ferryBench("W3")).W3.metrics.find(x => x.name === "merge").value
+      const f = await merge(ferryBin())
+      const v = flags.ferryVs ? await merge(flags.ferryVs) : null
       const y = (await withServer(startYjs, yjsW3)).merge
       res.ferry.push(f)
+      if (v !== null) res.vs.push(v)
       res.yjs.push(y)
-      log(`W3 round ${i}: Ferry ${(f * 1000).toFixed(0)} ms, Yjs ${(y * 1000).toFixed(0)} ms; load average ${loadavg()[0].toFixed(1)}`)
+      log(`W3 round ${i}: Ferry ${(f * 1000).toFixed(0)} ms, ${v !== null ? `Ferry vs ${(v * 1000).toFixed(0)} ms, ` : ""}Yjs ${(y * 1000).toFixed(0)} ms; load average ${loadavg()[0].toFixed(1)}`)
     }
   } finally {
     rmSync(work, { recursive: true, force: true })
@@ -599,18 +607,29 @@ async function w3Rounds() {
   const median = xs => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2 }
   const out = {
     w3_rounds: { ferry: res.ferry, yjs: res.yjs, ferry_median: median(res.ferry), yjs_median: median(res.yjs) },
+    // Each round's Ferry/Yjs: how often the two are within a ratio, not
+    // only their medians.
+    ratios: res.ferry.map((f, i) => f / res.yjs[i]),
     machine: { cpus: cpus().length, model: cpus()[0].model, node: process.version, loadavg_start: load0, loadavg_end: loadavg() },
     config: flags,
   }
   out.w3_rounds.ratio_of_medians = out.w3_rounds.ferry_median / out.w3_rounds.yjs_median
+  if (flags.ferryVs) {
+    out.w3_rounds.ferry_vs = res.vs
+    out.w3_rounds.ferry_vs_median = median(res.vs)
+  }
   if (flags.json) {
     console.log(JSON.stringify(out, null, 2))
     return
   }
   const ms = xs => xs.map(x => (x * 1000).toFixed(0)).join(", ")
-  console.log(`W3, ${flags.updates} offline edits per client on ${flags.mergeRecords} records, ${flags.w3Rounds} rounds of Ferry then Yjs:`)
+  console.log(`W3, ${flags.updates} offline edits per client on ${flags.mergeRecords} records, ${flags.w3Rounds} rounds of Ferry${flags.ferryVs ? ", Ferry vs" : ""} then Yjs:`)
   console.log(`Ferry: ${ms(res.ferry)} ms; median ${ms([out.w3_rounds.ferry_median])} ms`)
+  if (flags.ferryVs) {
+    console.log(`Ferry vs (${flags.ferryVs}): ${ms(res.vs)} ms; median ${ms([out.w3_rounds.ferry_vs_median])} ms`)
+  }
   console.log(`Yjs:   ${ms(res.yjs)} ms; median ${ms([out.w3_rounds.yjs_median])} ms`)
+  console.log(`Ferry/Yjs by round: ${out.ratios.map(x => x.toFixed(2)).join(", ")}`)
   console.log(`Ferry/Yjs, medians: ${out.w3_rounds.ratio_of_medians.toFixed(2)}; load average ` +
     `${load0.map(x => x.toFixed(1)).join(" ")} at start, ${out.machine.loadavg_end.map(x => x.toFixed(1)).join(" ")} at end; seed ${flags.seed}`)
 }
