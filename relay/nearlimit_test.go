@@ -251,37 +251,7 @@ func TestRecordNeverStoredPastMaxRecord(t *testing.T) {
 		actors[i], _ = crdt.New(fmt.Sprintf("6b%02x", i))
 		defer actors[i].Free()
 	}
-	word := func() string { return noise(rng, 1+rng.IntN(12)) }
-	edit := func(d *crdt.Doc) error {
-		key := fmt.Sprint("k", rng.IntN(8))
-		switch rng.IntN(6) {
-		case 0:
-			return d.Set(crdt.Path{"m", key, fmt.Sprint("n", rng.IntN(4))}, word())
-		case 1:
-			return d.Set(crdt.Path{key}, rng.Int64N(1<<40))
-		case 2:
-			p := crdt.Path{"t" + key}
-			s, _ := d.Get(p)
-			n := 0
-			if str, ok := s.(string); ok {
-				n = len([]rune(str))
-			}
-			pos := rng.IntN(n + 1)
-			return d.SpliceText(p, pos, min(rng.IntN(3), n-pos), word())
-		case 3:
-			p := crdt.Path{"l" + key}
-			v, _ := d.Get(p)
-			n := 0
-			if l, ok := v.([]any); ok {
-				n = len(l)
-			}
-			return d.InsertAt(p, rng.IntN(n+1), word())
-		case 4:
-			return d.Set(crdt.Path{"c" + key}, crdt.Counter(rng.Int64N(100)))
-		default:
-			return d.Delete(crdt.Path{key})
-		}
-	}
+	edit := func(d *crdt.Doc) error { return randomEdit(rng, d) }
 	var accepted, exact, early, full int
 	for round := 0; round < 2000 && full < 40; round++ {
 		d := actors[rng.IntN(len(actors))]

@@ -58,13 +58,49 @@ type relayDoc struct {
 // memory it takes (see Options.DocCacheBytes).
 func (rd *relayDoc) cost() int64 { return rd.mem }
 
-// pushCounted runs a push, counting it as in progress for its collection.
+// pushCounted runs a push, counting it as in progress for its collection,
+// and returns its ack once durable: startPush, then wait. Every push must
+// come through here or startPush.
+func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error) {
+	ps, err := s.startPush(ctx, c, p, nil)
+	if err != nil {
+		return nil, err
+	}
+	return ps.wait()
+}
+
+// pushing is a push handed to its collection's group commit: checked and
+// merged, queued for a group (or to be merged again), not yet answered.
+//
 // A collection's committer is only needed while pushes to it are in
 // progress: when the last one ends, the queue is empty (each push waits
 // until its own group is durable, and hands the flush to a queued push,
 // which still counts), so the committer is dropped and the map holds only
-// the collections being pushed to. Every push must come through here.
-func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error) {
+// the collections being pushed to.
+type pushing struct {
+	s     *Server
+	ctx   context.Context
+	c     Coll
+	p     *transport.Push
+	cm    *committer
+	infos [][]crdt.ChangeInfo
+	// w is the push's place in the queue, or nil with err errRemerge: the
+	// documents it was merged onto were dropped, merge it again.
+	w   *waiter
+	err error
+	// before, if not nil, is closed once the push sent before this one on
+	// the same connection is answered: a push merged again waits for it,
+	// so that it never overtakes that one (see session.pushAhead).
+	before    <-chan struct{}
+	quotaDone func(stored bool)
+	mem       *memGrant
+}
+
+// startPush admits, checks and merges a push, queues it for its
+// collection's group commit and returns it without waiting for the group
+// to be durable; wait returns its ack. A push refused before it is queued
+// returns the refusal, and needs no wait. before is as in pushing.
+func (s *Server) startPush(ctx context.Context, c Coll, p *transport.Push, before <-chan struct{}) (*pushing, error) {
 	quotaDone, err := s.quotas.admitPush(ctx, c.Tenant, p)
 	if err != nil {
 		return nil, err
@@ -74,27 +110,70 @@ func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*t
 		quotaDone(false)
 		return nil, err
 	}
-	defer mem.release()
-	ctx = withPushGrant(ctx, mem)
+	ps := &pushing{s: s, ctx: withPushGrant(ctx, mem), c: c, p: p, before: before, quotaDone: quotaDone, mem: mem}
 	s.mu.Lock()
 	s.pushes[c]++
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		s.pushes[c]--
-		if s.pushes[c] == 0 {
-			delete(s.pushes, c)
-			delete(s.committers, c)
-		}
-	}()
-	ack, err := s.push(ctx, c, p)
-	quotaDone(err == nil)
+	if ps.infos, err = s.parsePush(p); err != nil {
+		ps.finish(err)
+		return nil, err
+	}
+	ps.cm = s.committer(c)
+	ps.w, ps.err = ps.cm.enqueue(ps.ctx, s, p, ps.infos)
+	if ps.err != nil && !errors.Is(ps.err, errRemerge) {
+		ps.finish(ps.err)
+		return nil, ps.err
+	}
+	return ps, nil
+}
+
+// wait returns the push's ack once its group is durable, or why it was
+// refused, and ends the push. It is called once.
+func (ps *pushing) wait() (*transport.Ack, error) {
+	ack, err := ps.s.push(ps)
+	ps.finish(err)
 	return ack, err
 }
 
-// push validates and stores a push, and returns its ack once durable.
-// Every record's changes must load as Automerge changes whose dependencies
+// finish ends a push: its quota and memory are released, and it no longer
+// counts for its collection's committer.
+func (ps *pushing) finish(err error) {
+	ps.quotaDone(err == nil)
+	ps.mem.release()
+	s, c := ps.s, ps.c
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pushes[c]--
+	if s.pushes[c] == 0 {
+		delete(s.pushes, c)
+		delete(s.committers, c)
+	}
+}
+
+// parsePush frames and checksums every change of a push before any lock
+// is taken. One inflate budget for the whole push: a session checks one
+// push at a time (the ones it pipelines are checked in turn), so this
+// bounds what one connection can make the relay inflate at once.
+func (s *Server) parsePush(p *transport.Push) ([][]crdt.ChangeInfo, error) {
+	infos := make([][]crdt.ChangeInfo, len(p.Records))
+	budget := crdt.NewInflateBudget(int64(s.limits.MaxInflated))
+	for i, r := range p.Records {
+		if err := transport.ValidateRecordID(r.Record); err != nil {
+			return nil, perr(transport.CodeBadFrame, "%v", err)
+		}
+		var err error
+		if infos[i], err = crdt.ParseChangesWithin(r.Data, budget); err != nil {
+			if errors.Is(err, crdt.ErrInflateLimit) {
+				return nil, perr(transport.CodeTooLarge, "record %q: compressed changes inflate past max_inflated, %d bytes for one push", r.Record, s.limits.MaxInflated)
+			}
+			return nil, perr(transport.CodeInvalidChange, "record %q: %v", r.Record, err)
+		}
+	}
+	return infos, nil
+}
+
+// push waits for a queued push (startPush) to be durable and returns its
+// ack. Every record's changes must load as Automerge changes whose dependencies
 // the relay holds (or that come earlier in the push); otherwise the whole
 // push is refused and nothing is stored. Changes the relay already holds
 // are acknowledged without being stored again. A push that would grow a
@@ -113,58 +192,48 @@ func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*t
 // large alone is refused with too_large. Each push is acknowledged once the
 // group holding it is durable. If the store refuses a group, only that
 // group's pushes fail; the pushes queued behind it, merged onto documents
-// that were never written, are merged again onto what the store holds. A
-// group refused with ErrConflict (another relay process wrote one of its
+// that were never written, are merged again onto what the store holds
+// (each only once the push sent before it on its connection is answered).
+// A group refused with ErrConflict (another relay process wrote one of its
 // records) is merged again too, at most maxMerges times in all, before the
 // device is told to retry (conflict).
-func (s *Server) push(ctx context.Context, c Coll, p *transport.Push) (*transport.Ack, error) {
-	infos := make([][]crdt.ChangeInfo, len(p.Records))
-	// One budget for the whole push: a session handles one request at a
-	// time, so this bounds what one connection can make the relay inflate.
-	budget := crdt.NewInflateBudget(int64(s.limits.MaxInflated))
-	for i, r := range p.Records {
-		if err := transport.ValidateRecordID(r.Record); err != nil {
-			return nil, perr(transport.CodeBadFrame, "%v", err)
-		}
-		// Frame and checksum every change before taking any lock.
-		var err error
-		if infos[i], err = crdt.ParseChangesWithin(r.Data, budget); err != nil {
-			if errors.Is(err, crdt.ErrInflateLimit) {
-				return nil, perr(transport.CodeTooLarge, "record %q: compressed changes inflate past max_inflated, %d bytes for one push", r.Record, s.limits.MaxInflated)
+func (s *Server) push(ps *pushing) (*transport.Ack, error) {
+	ctx, c, p, cm := ps.ctx, ps.c, ps.p, ps.cm
+	w, err := ps.w, ps.err
+	for merges := 1; ; merges++ {
+		if w != nil {
+			var res result
+			select {
+			case res = <-w.done: // written by another push's flush
+			case <-w.lead:
+				cm.flush(ctx, s, w)
+				res = <-w.done
 			}
-			return nil, perr(transport.CodeInvalidChange, "record %q: %v", r.Record, err)
-		}
-	}
-	cm := s.committer(c)
-	var err error
-	for merges := 1; merges <= maxMerges; merges++ {
-		var w *waiter
-		if w, err = cm.enqueue(ctx, s, p, infos); err != nil {
-			if errors.Is(err, errRemerge) {
-				continue
+			switch err = res.err; {
+			case err == nil:
+				w.ack.Seq = res.seq
+				return w.ack, nil
+			case errors.Is(err, errRemerge), errors.Is(err, ErrConflict):
+			case errors.Is(err, ErrAppendTooLarge):
+				// Alone, and still more than one store transaction holds.
+				return nil, perr(transport.CodeTooLarge, "the push is more than the store writes at once; push fewer or smaller records at a time")
+			case errors.Is(err, ErrStaleFence):
+				return nil, perr(transport.CodeStaleFence, "fence %d is not the current lease of %q", p.Fence, c.Collection)
+			default:
+				return nil, err
 			}
+		}
+		if merges >= maxMerges {
+			break
+		}
+		if ps.before != nil {
+			// The push before this one on its connection may be merged
+			// again too: this one, which may build on it, goes after it.
+			<-ps.before
+		}
+		if w, err = cm.enqueue(ctx, s, p, ps.infos); err != nil && !errors.Is(err, errRemerge) {
 			return nil, err
 		}
-		var res result
-		select {
-		case res = <-w.done: // written by another push's flush
-		case <-w.lead:
-			cm.flush(ctx, s, w)
-			res = <-w.done
-		}
-		switch err = res.err; {
-		case err == nil:
-			w.ack.Seq = res.seq
-			return w.ack, nil
-		case errors.Is(err, errRemerge), errors.Is(err, ErrConflict):
-			continue
-		case errors.Is(err, ErrAppendTooLarge):
-			// Alone, and still more than one store transaction holds.
-			return nil, perr(transport.CodeTooLarge, "the push is more than the store writes at once; push fewer or smaller records at a time")
-		case errors.Is(err, ErrStaleFence):
-			return nil, perr(transport.CodeStaleFence, "fence %d is not the current lease of %q", p.Fence, c.Collection)
-		}
-		return nil, err
 	}
 	s.log.Warn("push still conflicting after merging again", "tenant", c.Tenant, "collection", c.Collection, "merges", maxMerges, "err", err)
 	return nil, perr(transport.CodeConflict, "records of %q kept changing while this push was merged; push again", c.Collection)

@@ -25,37 +25,7 @@ func TestSavedGrowthMargin(t *testing.T) {
 	for i := range actors {
 		actors[i], _ = crdt.New(fmt.Sprintf("5a%02x", i))
 	}
-	word := func() string { return noise(rng, 1+rng.IntN(12)) }
-	edit := func(d *crdt.Doc) error {
-		key := fmt.Sprint("k", rng.IntN(8))
-		switch rng.IntN(6) {
-		case 0:
-			return d.Set(crdt.Path{"m", key, fmt.Sprint("n", rng.IntN(4))}, word())
-		case 1:
-			return d.Set(crdt.Path{key}, rng.Int64N(1<<40))
-		case 2:
-			p := crdt.Path{"t" + key}
-			s, _ := d.Get(p)
-			n := 0
-			if str, ok := s.(string); ok {
-				n = len([]rune(str))
-			}
-			pos := rng.IntN(n + 1)
-			return d.SpliceText(p, pos, min(rng.IntN(3), n-pos), word())
-		case 3:
-			p := crdt.Path{"l" + key}
-			v, _ := d.Get(p)
-			n := 0
-			if l, ok := v.([]any); ok {
-				n = len(l)
-			}
-			return d.InsertAt(p, rng.IntN(n+1), word())
-		case 4:
-			return d.Set(crdt.Path{"c" + key}, crdt.Counter(rng.Int64N(100)))
-		default:
-			return d.Delete(crdt.Path{key})
-		}
-	}
+	edit := func(d *crdt.Doc) error { return randomEdit(rng, d) }
 	worst := 0.0
 	for round := range 200 {
 		d := actors[rng.IntN(len(actors))]
@@ -99,4 +69,38 @@ func TestSavedGrowthMargin(t *testing.T) {
 		}
 	}
 	t.Logf("largest growth: %.2f times the change's bytes", worst)
+}
+
+// randomEdit makes one seeded edit of any kind (map fields, scalars,
+// text, lists, counters, deletes) to d.
+func randomEdit(rng *rand.Rand, d *crdt.Doc) error {
+	word := func() string { return noise(rng, 1+rng.IntN(12)) }
+	key := fmt.Sprint("k", rng.IntN(8))
+	switch rng.IntN(6) {
+	case 0:
+		return d.Set(crdt.Path{"m", key, fmt.Sprint("n", rng.IntN(4))}, word())
+	case 1:
+		return d.Set(crdt.Path{key}, rng.Int64N(1<<40))
+	case 2:
+		p := crdt.Path{"t" + key}
+		s, _ := d.Get(p)
+		n := 0
+		if str, ok := s.(string); ok {
+			n = len([]rune(str))
+		}
+		pos := rng.IntN(n + 1)
+		return d.SpliceText(p, pos, min(rng.IntN(3), n-pos), word())
+	case 3:
+		p := crdt.Path{"l" + key}
+		v, _ := d.Get(p)
+		n := 0
+		if l, ok := v.([]any); ok {
+			n = len(l)
+		}
+		return d.InsertAt(p, rng.IntN(n+1), word())
+	case 4:
+		return d.Set(crdt.Path{"c" + key}, crdt.Counter(rng.Int64N(100)))
+	default:
+		return d.Delete(crdt.Path{key})
+	}
 }

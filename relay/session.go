@@ -12,9 +12,13 @@ import (
 )
 
 // session is one device connection. Its read loop handles requests one at
-// a time, in order, so a device that pipelines pushes sees them applied in
-// the order sent. Only lease waits and subscriptions run on their own
-// goroutines, which the session owns and waits for.
+// a time, in order. A push is checked, merged and queued for its group
+// commit in turn, and then waits for durability on a goroutine of its own
+// while the loop reads the next request (pipelined pushes, up to
+// maxPushesInFlight of them); pushes are answered in the order received.
+// Any other request waits until every push before it is answered, so it
+// sees them all as before. Lease waits and subscriptions also run on their
+// own goroutines; the session owns all of them and waits for them.
 type session struct {
 	s      *Server
 	conn   *transport.Conn
@@ -37,11 +41,25 @@ type session struct {
 	reply        *memGrant
 	shutdownOnce sync.Once
 	wg           sync.WaitGroup
+	// answered is closed once the last push handed on is answered (closed
+	// from the start); flight holds a token per push not yet answered.
+	// Only the read loop (and shutdown, holding busy) uses answered.
+	answered chan struct{}
+	flight   chan struct{}
 }
+
+// maxPushesInFlight bounds the pushes one connection may have checked and
+// queued, waiting for durability, before the relay reads its next request:
+// what one connection can make the relay hold at once (each push within
+// max_frame and max_inflated, all within the relay's memory budget).
+const maxPushesInFlight = 16
+
+// closedChan is closed: nothing to wait for.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // serve runs the session until the connection ends.
 func (s *Server) serve(conn *transport.Conn) {
-	sess := &session{s: s, conn: conn, subs: map[string]context.CancelFunc{}, leases: map[Coll]uint64{}, pres: newSessionPresence(s.now)}
+	sess := &session{s: s, conn: conn, subs: map[string]context.CancelFunc{}, leases: map[Coll]uint64{}, pres: newSessionPresence(s.now), answered: closedChan, flight: make(chan struct{}, maxPushesInFlight)}
 	sess.ctx, sess.cancel = context.WithCancel(context.Background())
 	if !s.track(sess) {
 		sess.end(transport.CodeShuttingDown, "relay is shutting down")
@@ -129,11 +147,25 @@ func (sess *session) hello() bool {
 	return sess.conn.SendBody(sess.ctx, env.ID, w) == nil
 }
 
-// handle answers one request.
+// handle answers one request: a push later, once durable (pushAhead);
+// any other once every push before it is answered.
 func (sess *session) handle(env *transport.Envelope) {
-	s := sess.s
+	if env.Type == transport.TypePush {
+		sess.pushAhead(env)
+		return
+	}
+	<-sess.answered
 	start := time.Now()
 	body, err := sess.dispatch(env)
+	sess.answer(env, start, body, err)
+	sess.reply.release()
+	sess.reply = nil
+}
+
+// answer sends the answer to a request (body, or err), counted in the
+// metrics; a nil body with no error was sent already.
+func (sess *session) answer(env *transport.Envelope, start time.Time, body transport.Body, err error) {
+	s := sess.s
 	if err != nil {
 		body = sess.errorBody(env, err)
 	}
@@ -146,8 +178,50 @@ func (sess *session) handle(env *transport.Envelope) {
 	if body != nil {
 		_ = sess.conn.SendBody(sess.ctx, env.ID, body)
 	}
-	sess.reply.release()
-	sess.reply = nil
+}
+
+// pushAhead checks, merges and queues a push, and leaves it to wait for
+// its group commit on a goroutine of its own, so that the read loop takes
+// the next request meanwhile. Answers go out in the order the pushes came:
+// each waits for the one before. A connection has at most
+// maxPushesInFlight pushes unanswered; the read loop waits for a slot
+// before it reads another push's body.
+func (sess *session) pushAhead(env *transport.Envelope) {
+	start := time.Now()
+	sess.flight <- struct{}{}
+	before, done := sess.answered, make(chan struct{})
+	sess.answered = done
+	ps, err := sess.startPush(env, before)
+	sess.wg.Add(1)
+	go func() {
+		defer sess.wg.Done()
+		defer func() { <-sess.flight }()
+		defer close(done)
+		var ack *transport.Ack
+		if ps != nil {
+			ack, err = ps.wait()
+		}
+		<-before
+		if err != nil {
+			sess.answer(env, start, nil, err)
+		} else {
+			sess.answer(env, start, ack, nil)
+		}
+	}()
+}
+
+// startPush runs a push request up to its place in the group commit
+// (Server.startPush); nil and an error if it is refused before.
+func (sess *session) startPush(env *transport.Envelope, before <-chan struct{}) (*pushing, error) {
+	m, err := transport.DecodeBody[transport.Push](env)
+	if err != nil {
+		return nil, err
+	}
+	claims := sess.currentClaims()
+	if e := sess.s.expired(claims); e != nil {
+		return nil, e
+	}
+	return sess.push(claims, m, before)
 }
 
 func (sess *session) errorBody(env *transport.Envelope, err error) *transport.Error {
@@ -176,8 +250,6 @@ func (sess *session) dispatch(env *transport.Envelope) (transport.Body, error) {
 		return nil, e
 	}
 	switch m := msg.(type) {
-	case *transport.Push:
-		return sess.push(claims, m)
 	case *transport.Pull:
 		return sess.pull(claims, m)
 	case *transport.Subscribe:
@@ -214,7 +286,7 @@ func (sess *session) coll(claims *Claims, name string, write bool) (Coll, error)
 // token (claims) has not expired: each checks that the token grants the
 // collection, then runs the request.
 
-func (sess *session) push(claims *Claims, m *transport.Push) (transport.Body, error) {
+func (sess *session) push(claims *Claims, m *transport.Push, before <-chan struct{}) (*pushing, error) {
 	c, err := sess.coll(claims, m.Collection, true)
 	if err != nil {
 		return nil, err
@@ -230,7 +302,7 @@ func (sess *session) push(claims *Claims, m *transport.Push) (transport.Body, er
 	}
 	// A push, once started, finishes and is acknowledged even if the
 	// relay begins shutting down.
-	return sess.s.pushCounted(context.WithoutCancel(sess.ctx), c, m)
+	return sess.s.startPush(context.WithoutCancel(sess.ctx), c, m, before)
 }
 
 func (sess *session) pull(claims *Claims, m *transport.Pull) (transport.Body, error) {
@@ -370,11 +442,13 @@ func (sess *session) end(code transport.Code, reason string) bool {
 	return first
 }
 
-// shutdown ends the session once its current request is answered.
+// shutdown ends the session once its current request, and every push it
+// has in flight, is answered.
 func (sess *session) shutdown() {
 	sess.shutdownOnce.Do(func() {
 		sess.busy.Lock()
 		defer sess.busy.Unlock()
+		<-sess.answered
 		sess.end(transport.CodeShuttingDown, "relay is shutting down")
 	})
 }

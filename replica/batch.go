@@ -3,6 +3,8 @@ package replica
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"sync/atomic"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -46,6 +48,33 @@ const prepWindow = 32
 // them: it may work out what fn will need, in the same transaction and
 // under the same locks, and for several records at once.
 func (r *Replica) batchOpPre(coll string, ids []string, pre func(txn *badger.Txn, from int, ts []*touched) error, fn func(i int, txn *badger.Txn, t *touched) (keep bool, err error), then func(txn *badger.Txn) error) ([]*touched, error) {
+	return r.batchParts(coll, ids, pre, fn, then, nil)
+}
+
+// partGuard lets a batch's caller take back what fn added to its own
+// state for a part whose transaction is retried in smaller parts (undo),
+// or settle it once the part is over (keep). Either is called once.
+type partGuard struct {
+	keep, undo func()
+}
+
+// partFault, if set (by tests), is called last in each part's
+// transaction with the part's bounds and whether it is the batch's last
+// part; an error it returns fails that transaction.
+var partFault atomic.Pointer[func(lo, hi int, last bool) error]
+
+// batchParts is batchOpPre. With guard (see partGuard), a batch whose
+// writes pass Badger's limit on one transaction (ErrTxnTooBig: a read
+// model is rewritten whole on each change, and indexes add to it, so
+// what a batch writes is not bounded by what it was given) is retried in
+// parts of half the size, each its own transaction, until each fits.
+// Each record's writes stay in one transaction, so its read model and
+// index entries always match its document; then runs only with the last part, so what
+// it records (a cursor) is stored with, or after, every record. Parts
+// committed before a failure are the relay's data, which the next sync
+// applies again idempotently. A single record whose writes pass the
+// limit alone fails the batch.
+func (r *Replica) batchParts(coll string, ids []string, pre func(txn *badger.Txn, from int, ts []*touched) error, fn func(i int, txn *badger.Txn, t *touched) (keep bool, err error), then func(txn *badger.Txn) error, guard func() partGuard) ([]*touched, error) {
 	defer r.mem.wrote(len(ids)) // last, with the records' locks released
 	release, err := r.enter()
 	if err != nil {
@@ -57,46 +86,84 @@ func (r *Replica) batchOpPre(coll string, ids []string, pre func(txn *badger.Txn
 		keys[i] = cacheKey(coll, id)
 	}
 	defer r.locks.lockAll(keys)()
-	b := &batchRun{r: r, coll: coll, byID: map[string]*touched{}}
-	done := r.writing()
-	err = r.db.Update(func(txn *badger.Txn) error {
-		for i, id := range ids {
-			if pre != nil && i%prepWindow == 0 {
-				ts := make([]*touched, 0, prepWindow)
-				for _, id := range ids[i:min(i+prepWindow, len(ids))] {
-					t, err := b.touch(txn, id)
-					if err != nil {
+	type span struct{ lo, hi int }
+	parts := []span{{0, len(ids)}}
+	var order []*touched
+	for len(parts) > 0 {
+		p := parts[0]
+		last := len(parts) == 1
+		g := partGuard{keep: func() {}, undo: func() {}}
+		if guard != nil {
+			g = guard()
+		}
+		b := &batchRun{r: r, coll: coll, byID: map[string]*touched{}}
+		done := r.writing()
+		err = r.db.Update(func(txn *badger.Txn) error {
+			for i := p.lo; i < p.hi; i++ {
+				id := ids[i]
+				if pre != nil && (i-p.lo)%prepWindow == 0 {
+					ts := make([]*touched, 0, prepWindow)
+					for _, id := range ids[i:min(i+prepWindow, p.hi)] {
+						t, err := b.touch(txn, id)
+						if err != nil {
+							return err
+						}
+						ts = append(ts, t)
+					}
+					if err := pre(txn, i, ts); err != nil {
 						return err
 					}
-					ts = append(ts, t)
 				}
-				if err := pre(txn, i, ts); err != nil {
+				t, err := b.touch(txn, id)
+				if err != nil {
+					return err
+				}
+				if t.corrupt != nil {
+					continue
+				}
+				keep, err := fn(i, txn, t)
+				if err != nil {
+					return err
+				}
+				if err := b.kept(txn, t, keep); err != nil {
 					return err
 				}
 			}
-			t, err := b.touch(txn, id)
-			if err != nil {
-				return err
+			if last && then != nil {
+				if err := then(txn); err != nil {
+					return err
+				}
 			}
-			if t.corrupt != nil {
-				continue
+			if f := partFault.Load(); f != nil {
+				return (*f)(p.lo, p.hi, last)
 			}
-			keep, err := fn(i, txn, t)
-			if err != nil {
-				return err
+			return nil
+		})
+		done()
+		b.end(err)
+		if guard != nil && p.hi-p.lo > 1 && errors.Is(err, badger.ErrTxnTooBig) {
+			g.undo()
+			// The rest of the batch goes in parts of half the size too:
+			// its records are likely alike, and a part found too big
+			// is found so only after writing much of it.
+			size := (p.hi - p.lo + 1) / 2
+			parts = parts[:0]
+			for lo := p.lo; lo < len(ids); lo += size {
+				parts = append(parts, span{lo, min(lo+size, len(ids))})
 			}
-			if err := b.kept(txn, t, keep); err != nil {
-				return err
-			}
+			continue
 		}
-		if then != nil {
-			return then(txn)
+		g.keep()
+		order = append(order, b.order...)
+		if guard != nil && errors.Is(err, badger.ErrTxnTooBig) {
+			err = fmt.Errorf("%w: %s/%s alone writes more than one store transaction holds (its document, read model and index entries): %w", ErrTooLarge, coll, ids[p.lo], err)
 		}
-		return nil
-	})
-	done()
-	b.end(err)
-	return b.order, err
+		if err != nil {
+			return order, err
+		}
+		parts = parts[1:]
+	}
+	return order, nil
 }
 
 // batchRun is one batchOp's records, in the order they first came.
@@ -292,14 +359,54 @@ func (r *Replica) applyBatchRes(res batchResult, coll string, recs []remoteRec, 
 	if then != nil {
 		last = func(txn *badger.Txn) error { return then(txn, &res) }
 	}
-	err := r.batchIntoPre(&res, coll, ids, first, func(i int, txn *badger.Txn, t *touched) (bool, error) {
+	err := r.batchIntoGuarded(&res, coll, ids, first, func(i int, txn *badger.Txn, t *touched) (bool, error) {
 		return op(txn, t, recs[i], &res)
-	}, last)
+	}, last, res.guard)
 	for _, m := range res.prepared {
 		m.free() // prepared for a transaction that failed
 	}
 	res.prepared = nil
 	return res, err
+}
+
+// guard is the partGuard of a batch applying remote records (see
+// batchParts): a part retried in smaller ones must not count its
+// conflicts and failures twice. While a part runs, the documents held by
+// the conflicts of earlier parts are kept aside (mergeOp frees those of
+// the entries it folds into new ones), and given back to the entries
+// still there once the part is over.
+func (b *batchResult) guard() partGuard {
+	held := map[string]*crdt.Doc{}
+	for i := range b.conflicted {
+		if c := &b.conflicted[i]; c.merged != nil {
+			held[c.rec.id] = c.merged
+			c.merged = nil
+		}
+	}
+	before := slices.Clone(b.conflicted)
+	conflicts, failed := b.conflicts, len(b.failed)
+	keep := func() {
+		for i := range b.conflicted {
+			c := &b.conflicted[i]
+			if d, ok := held[c.rec.id]; ok && c.merged == nil {
+				c.merged = d
+				delete(held, c.rec.id)
+			}
+		}
+		for _, d := range held {
+			d.Free() // its entry was folded into a later one
+		}
+	}
+	undo := func() {
+		freeMerged(b.conflicted) // the failed part's own
+		b.conflicted, b.conflicts, b.failed = before, conflicts, b.failed[:failed]
+		for _, m := range b.prepared {
+			m.free()
+		}
+		b.prepared = nil
+		keep()
+	}
+	return partGuard{keep: keep, undo: undo}
 }
 
 // onceIn returns the IDs that occur once in ids.
@@ -328,7 +435,25 @@ func (r *Replica) batchIntoThen(res *batchResult, coll string, ids []string, fn 
 }
 
 func (r *Replica) batchIntoPre(res *batchResult, coll string, ids []string, pre func(txn *badger.Txn, from int, ts []*touched) error, fn func(i int, txn *badger.Txn, t *touched) (bool, error), then func(txn *badger.Txn) error) error {
-	ts, err := r.batchOpPre(coll, ids, pre, fn, then)
+	return r.batchIntoGuarded(res, coll, ids, pre, fn, then, nil)
+}
+
+// batchIntoRedoing is batchInto for fn that adds to res only its
+// conflicts and failures, and to redo the records it must apply again:
+// split as batchParts does, a part retried in smaller ones takes back what
+// it added.
+func (r *Replica) batchIntoRedoing(res *batchResult, coll string, ids []string, redo *[]remoteRec, fn func(i int, txn *badger.Txn, t *touched) (bool, error)) error {
+	return r.batchIntoGuarded(res, coll, ids, nil, fn, nil, func() partGuard {
+		conflicts, failed, again := res.conflicts, len(res.failed), len(*redo)
+		return partGuard{keep: func() {}, undo: func() {
+			res.conflicts, res.failed, *redo = conflicts, res.failed[:failed], (*redo)[:again]
+		}}
+	})
+}
+
+// batchIntoGuarded is batchIntoPre, split as batchParts does with guard.
+func (r *Replica) batchIntoGuarded(res *batchResult, coll string, ids []string, pre func(txn *badger.Txn, from int, ts []*touched) error, fn func(i int, txn *badger.Txn, t *touched) (bool, error), then func(txn *badger.Txn) error, guard func() partGuard) error {
+	ts, err := r.batchParts(coll, ids, pre, fn, then, guard)
 	if err != nil {
 		return fmt.Errorf("ferry: applying %s from the relay: %w", coll, err)
 	}

@@ -17,7 +17,9 @@ var (
 	ErrNewerFormat = errors.New("ferry: store written by a newer format version")
 	// ErrClosed means the replica has been closed.
 	ErrClosed = errors.New("ferry: replica closed")
-	// ErrTooLarge means a record, saved, would exceed Options.MaxRecordBytes.
+	// ErrTooLarge means a record, saved, would exceed Options.MaxRecordBytes,
+	// or a unit of work (Replica.Write) writes more than one store
+	// transaction holds; nothing of it was written.
 	ErrTooLarge = errors.New("ferry: record too large")
 	// ErrFeedOverflow ends a change feed whose reader fell behind its buffer.
 	// Re-subscribe and rescan to catch up.

@@ -163,8 +163,11 @@ func (c *Collection) EnsureIndex(name string, o IndexOptions) error {
 func (r *Replica) buildIndex(coll string, def indexDef, progress func(done int)) error {
 	after := ""
 	done := 0
+	// Index keys as large as the values they order can pass Badger's
+	// limit on one transaction: a page that does is retried smaller.
+	page := scanPage
 	for {
-		ids, err := r.pageIDs(coll, after, scanPage)
+		ids, err := r.pageIDs(coll, after, page)
 		if err != nil || len(ids) == 0 {
 			return err
 		}
@@ -212,6 +215,10 @@ func (r *Replica) buildIndex(coll string, def indexDef, progress func(done int))
 			return nil
 		})
 		unlock()
+		if len(ids) > 1 && errors.Is(err, badger.ErrTxnTooBig) {
+			page = len(ids) / 2
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -230,7 +237,7 @@ func (r *Replica) buildIndex(coll string, def indexDef, progress func(done int))
 		if done += indexed; progress != nil {
 			progress(done)
 		}
-		if len(ids) < scanPage {
+		if len(ids) < page {
 			return nil
 		}
 		after = ids[len(ids)-1]
@@ -332,8 +339,13 @@ func (r *Replica) deleteIndexEntries(coll, name string) error {
 		err := r.db.View(func(txn *badger.Txn) error {
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 			defer it.Close()
-			for it.Rewind(); it.Valid() && len(keys) < 1000; it.Next() {
+			// Bounded by bytes too: an index key is as large as the
+			// values it orders, and Badger counts each deleted key
+			// against its limit on one transaction.
+			size := 0
+			for it.Rewind(); it.Valid() && len(keys) < 1000 && size < 1<<20; it.Next() {
 				keys = append(keys, it.Item().KeyCopy(nil))
+				size += len(keys[len(keys)-1])
 			}
 			return nil
 		})

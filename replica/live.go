@@ -90,7 +90,7 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 	defer conn.close()
 	// The goroutines forwarding local edits end with the session.
 	ctx, cancel := context.WithCancel(ctx)
-	edits := &localEdits{r: r, ctx: ctx, feeds: map[string]*Feed{}, c: make(chan Event, 1024), early: &earlyQueue{c: make(chan earlyEdit, earlyQueueLen)}, pushed: map[string]pushedHeads{}, acks: newAckWriter(r)}
+	edits := &localEdits{r: r, ctx: ctx, feeds: map[string]*Feed{}, c: make(chan Event, 1024), early: &earlyQueue{c: make(chan earlyEdit, earlyQueueLen)}, pushed: map[string]pushedHeads{}, acks: newAckWriter(r), flight: newEarlyFlight()}
 	defer func() {
 		cancel()
 		edits.close()
@@ -151,6 +151,10 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 			}
 		case ed := <-edits.early.c:
 			if err := r.pushEarly(ctx, conn, p, rt, edits, ed, true); err != nil {
+				return err
+			}
+		case res := <-edits.flight.results:
+			if err := edits.flight.handle(res, rt); err != nil {
 				return err
 			}
 		case <-edits.acks.again:
@@ -311,6 +315,8 @@ type localEdits struct {
 	// acknowledgements.
 	pushed map[string]pushedHeads
 	acks   *ackWriter
+	// flight is the early pushes sent and not yet answered.
+	flight *earlyFlight
 }
 
 // watch starts (or restarts) forwarding a collection's events.
@@ -333,7 +339,7 @@ func (l *localEdits) close() {
 	for _, f := range l.feeds {
 		f.Close()
 	}
-	l.wg.Wait()
+	l.wg.Wait() // the forwarders, and the early pushes in flight
 	l.acks.close()
 }
 
@@ -450,8 +456,10 @@ func (r *Replica) applyLiveLocked(ctx context.Context, p *Profile, edits *localE
 		return false, r.update(func(txn *badger.Txn) error { return advanceCursor(txn, p.Name, coll, next) })
 	}
 	if edits != nil {
-		// The merge reads the relay's heads of the records.
-		if err := edits.acks.flush(ctx); err != nil {
+		// The merge reads the relay's heads of the records: the early
+		// pushes sent before are answered, and their acknowledgements
+		// recorded, first.
+		if err := edits.settle(ctx); err != nil {
 			return false, err
 		}
 	}

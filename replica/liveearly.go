@@ -3,6 +3,7 @@ package replica
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -10,6 +11,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/transport"
 )
 
 // A live session pushes a local edit while the edit's fsync runs, rather
@@ -34,8 +36,10 @@ import (
 //     here. Waiting for that lock, which a later edit's commit may hold
 //     through its own fsync, would stop the session pushing that edit: so
 //     an ackWriter goroutine records early pushes' acknowledgements, in
-//     order, and the session waits for it (flush) only before what reads
-//     the relay's heads of a record (an ordinary push, a merge).
+//     order, and the session waits for it (settle) only before what reads
+//     the relay's heads of a record (an ordinary push, a merge). Early
+//     pushes are pipelined (earlyFlight): the session sends the next one
+//     without waiting for the relay's answer to the last.
 //   - An acknowledgement is recorded only if the relay's heads recorded
 //     for the record are still those the early push built on, or those of
 //     the record's last early push from this session (outgoing.prev),
@@ -59,13 +63,12 @@ import (
 var noEarlyPush bool
 
 // earlyApply makes live sessions ask the relay for early live messages
-// (below). Off by default: it does not shorten W2's median. A device
-// sends its next push only once the relay has acknowledged the last,
-// after that push's fsync; so an edit another device saw early holds up
-// the pusher's next one by the fsync it saved (docs/benchmarks.md, "W2's
-// live path traced"). The tail it once had (a session merging its own
-// pushes as they came back) is gone (pushedHeads, notPending). Tests turn
-// it on.
+// (below). Off by default: it does not shorten W2's median, even with
+// early pushes pipelined (earlyFlight): the relay fans a push out early
+// only once its group starts to be written, after the groups ahead of it
+// are durable (docs/benchmarks.md, "W2's live path traced", "Pipelined
+// pushes"). The tail it once had (a session merging its own pushes as
+// they came back) is gone (pushedHeads, notPending). Tests turn it on.
 var earlyApply bool
 
 // earlyEdit is one committed unit of work's records of one collection, as
@@ -208,8 +211,9 @@ func (r *Replica) drainEarly(ctx context.Context, conn *relayConn, p *Profile, r
 			}
 		default:
 			// What reads the relay's heads of a record (a push, a merge)
-			// needs the acknowledgements recorded first.
-			return edits.acks.flush(ctx)
+			// needs the early pushes answered and their acknowledgements
+			// recorded first.
+			return edits.settle(ctx)
 		}
 	}
 }
@@ -298,7 +302,9 @@ func (w *ackWriter) add(ctx context.Context, coll string, batch []outgoing) erro
 }
 
 // flush returns once every acknowledgement queued before is recorded. The
-// session's goroutine alone adds and flushes.
+// session's goroutine alone flushes; the goroutines of its pipelined
+// pushes add, in order (earlyFlight), and settle waits for them before
+// it flushes.
 func (w *ackWriter) flush(ctx context.Context) error {
 	if w.queued.Load() == 0 {
 		return nil
@@ -347,13 +353,13 @@ func (r *Replica) pushEarly(ctx context.Context, conn *relayConn, p *Profile, rt
 		for i, o := range recs {
 			recs[i].prev = edits.pushed[earlyKey(coll, o.id)].last()
 		}
-		cs, sent, err := r.pushEarlyColl(ctx, conn, p, edits.acks, coll, recs)
+		sent, err := r.pushEarlyColl(ctx, conn, p, rt, edits, coll, recs)
 		if err != nil {
 			return err
 		}
-		// A record the relay refused is pushed again by rt, after its
-		// backoff, as any live push the relay refuses.
-		rt.pushed(cs, false)
+		// Remembered as sent, before the relay answers: the next early
+		// push of the record builds on this one (outgoing.prev), and the
+		// edit's feed event must not push it again (notPushed).
 		if len(edits.pushed) > earlyRemembered {
 			clear(edits.pushed)
 		}
@@ -406,13 +412,13 @@ func (p pushedHeads) add(h crdt.Heads) pushedHeads {
 	return append(p, h)
 }
 
-// pushEarlyColl pushes early edits of one collection and returns what it
-// sent, acknowledged or refused.
-func (r *Replica) pushEarlyColl(ctx context.Context, conn *relayConn, p *Profile, acks *ackWriter, coll string, recs []outgoing) (cs *CollectionStats, sent []outgoing, err error) {
-	cs = &CollectionStats{Collection: coll, Type: p.Type, Start: r.opts.Clock()}
+// pushEarlyColl sends early edits of one collection, in pushes within
+// the relay's limits, without waiting for the relay's answers (see
+// earlyFlight), and returns what it sent.
+func (r *Replica) pushEarlyColl(ctx context.Context, conn *relayConn, p *Profile, rt *liveRetry, edits *localEdits, coll string, recs []outgoing) (sent []outgoing, err error) {
 	unlock, err := r.colls.lock(ctx, coll)
 	if err != nil {
-		return cs, nil, err
+		return nil, err
 	}
 	defer unlock()
 	ids := make([]string, len(recs))
@@ -421,25 +427,160 @@ func (r *Replica) pushEarlyColl(ctx context.Context, conn *relayConn, p *Profile
 	}
 	pending, err := r.pendingAmong(coll, ids)
 	if err != nil {
-		return cs, nil, err
+		return nil, err
 	}
-	s := &collSync{r: r, conn: conn, p: p, coll: coll, cs: cs, ack: func(coll string, batch []outgoing, _ bool) error {
-		return acks.add(ctx, coll, batch)
-	}}
-	b := s.newPushBatches(len(recs))
+	limits := conn.welcome.Limits.WithDefaults()
+	budget := limits.MaxFrame - transport.FrameOverhead
+	maxData := min(limits.MaxRecord, budget)
+	var batch []outgoing
+	size := 0
 	for _, o := range recs {
-		if !slices.Contains(pending, o.id) || len(o.changes) > b.maxData {
-			b.total--
-			continue
+		if !slices.Contains(pending, o.id) || len(o.changes) > maxData {
+			continue // pushed meanwhile, or goes the ordinary way, in pieces
 		}
-		if err := b.add(ctx, o.id, []outgoing{o}); err != nil {
-			return cs, nil, err
+		if len(batch) == limits.MaxBatch || size+len(o.changes) > budget {
+			if err := edits.flight.start(ctx, r, conn, p, rt, edits, coll, batch); err != nil {
+				return sent, err
+			}
+			batch, size = nil, 0
 		}
+		batch = append(batch, o)
+		size += len(o.changes)
 		sent = append(sent, o)
 	}
-	err = b.flush(ctx)
-	cs.End = r.opts.Clock()
-	return cs, sent, err
+	if len(batch) > 0 {
+		err = edits.flight.start(ctx, r, conn, p, rt, edits, coll, batch)
+	}
+	return sent, err
+}
+
+// earlyFlight is a live session's early pushes sent and not yet answered
+// (pipelined pushes). The relay answers a connection's pushes in the order
+// sent, and applies them in that order (docs/protocol.md), so the session
+// sends the next early push without waiting for the last one's answer: an
+// edit made while the relay makes the last one durable is not held up by
+// that fsync. Each push's answer is handled on a goroutine of its own, in
+// the order sent: its acknowledgement is queued for the ackWriter only
+// once the push before it is done with, so acknowledgements are recorded
+// in order. A refused push (or one the relay was busy for) is pushed again
+// there the ordinary way (pushBatch), once the one before it is done.
+// What reads the relay's heads of a record waits for all of them
+// (localEdits.settle). The session takes each push's statistics
+// (results) on its own goroutine, for liveRetry.
+type earlyFlight struct {
+	last    chan struct{} // closed once the last push sent is done with
+	results chan flightResult
+	n       int // pushes sent whose result the session has not taken
+}
+
+// maxEarlyInFlight bounds a live session's early pushes in flight; past
+// it, the session waits for the oldest one's answer.
+const maxEarlyInFlight = 8
+
+type flightResult struct {
+	s   *collSync
+	n   int // records acknowledged
+	err error
+}
+
+func newEarlyFlight() *earlyFlight {
+	last := make(chan struct{})
+	close(last)
+	return &earlyFlight{last: last, results: make(chan flightResult, maxEarlyInFlight)}
+}
+
+// start sends one early push of batch, records of coll, and leaves its
+// answer to a goroutine. Only the session's goroutine calls it.
+func (f *earlyFlight) start(ctx context.Context, r *Replica, conn *relayConn, p *Profile, rt *liveRetry, edits *localEdits, coll string, batch []outgoing) error {
+	for f.n >= maxEarlyInFlight {
+		select {
+		case res := <-f.results:
+			if err := f.handle(res, rt); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	acks := edits.acks
+	s := &collSync{r: r, conn: conn, p: p, coll: coll, cs: &CollectionStats{Collection: coll, Type: p.Type, Start: r.opts.Clock()}, ack: func(coll string, batch []outgoing, _ bool) error {
+		return acks.add(ctx, coll, batch)
+	}}
+	req := &transport.Push{Collection: coll}
+	for _, o := range batch {
+		req.Records = append(req.Records, transport.RecordChanges{Record: o.id, Data: o.changes, Heads: o.heads.Slices()})
+	}
+	var pend *transport.Pending
+	var sendErr error
+	if fault := r.pushFault; fault != nil {
+		sendErr = fault(req)
+	}
+	if sendErr == nil {
+		pend, sendErr = conn.client.Start(ctx, req)
+	}
+	prev, done := f.last, make(chan struct{})
+	f.last = done
+	f.n++
+	edits.wg.Add(1)
+	go func() {
+		defer edits.wg.Done()
+		defer close(done)
+		err := sendErr
+		if err == nil {
+			var ack transport.Ack
+			wctx, cancel := context.WithTimeout(ctx, p.timeout())
+			err = pend.Wait(wctx, &ack)
+			cancel()
+		}
+		select {
+		case <-prev:
+		case <-ctx.Done():
+			f.results <- flightResult{s: s, err: ctx.Err()}
+			return
+		}
+		res := flightResult{s: s}
+		var perr *transport.Error
+		switch {
+		case err == nil:
+			res.n, res.err = s.acknowledged(batch)
+		case errors.As(err, &perr) && (perr.Code == transport.CodeBusy || perr.Code == transport.CodeTokenExpired):
+			// Not taken: sent again as any push is, once the relay has
+			// room or the token is renewed.
+			res.n, res.err = s.pushBatch(ctx, batch)
+		case errors.As(err, &perr):
+			// Refused: handled as any push's refusal (pushed again on
+			// conflict, split to find the records at fault, ...).
+			res.n, res.err = s.pushBatchAnswered(ctx, batch, err)
+		default:
+			res.err = fmt.Errorf("ferry: push %s: %w", coll, err)
+		}
+		f.results <- res
+	}()
+	return nil
+}
+
+// handle takes a push's result, on the session's goroutine: a record the
+// relay refused is pushed again by rt, after its backoff, as any live push
+// the relay refuses.
+func (f *earlyFlight) handle(res flightResult, rt *liveRetry) error {
+	f.n--
+	res.s.cs.End = res.s.r.opts.Clock()
+	if res.n > 0 {
+		res.s.progress(ToRelay, res.n, res.n)
+	}
+	rt.pushed(res.s.cs, false)
+	return res.err
+}
+
+// settle returns once every early push sent is answered and its
+// acknowledgement recorded. Their results stay for the session to take.
+func (l *localEdits) settle(ctx context.Context) error {
+	select {
+	case <-l.flight.last:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return l.acks.flush(ctx)
 }
 
 // With earlyApply, a live session also takes the relay's early live

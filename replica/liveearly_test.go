@@ -529,7 +529,7 @@ type earlyEnv struct {
 	cursor func() uint64 // b's live cursor
 }
 
-func newEarlyEnv(t *testing.T) *earlyEnv {
+func newEarlyEnv(t *testing.T, setupA ...func(a *Replica)) *earlyEnv {
 	earlyApply = true
 	t.Cleanup(func() { earlyApply = false })
 	e := newSyncEnv(t)
@@ -543,6 +543,9 @@ func newEarlyEnv(t *testing.T) *earlyEnv {
 	optsA, liveA := liveOptions(e)
 	optsA.InMemory = true
 	env.a = open(t, "", optsA)
+	for _, f := range setupA {
+		f(env.a) // before any sync starts
+	}
 	if err := env.a.AddProfile(e.profile("p")); err != nil {
 		t.Fatal(err)
 	}

@@ -589,7 +589,7 @@ func (r *Replica) resolveConflicted(ctx context.Context, coll string, list []con
 		for i, c := range list {
 			ids[i] = c.rec.id
 		}
-		err := r.batchInto(&out, coll, ids, func(i int, txn *badger.Txn, t *touched) (bool, error) {
+		err := r.batchIntoRedoing(&out, coll, ids, &again, func(i int, txn *badger.Txn, t *touched) (bool, error) {
 			c := &list[i]
 			if !t.new.heads.Equal(c.local) {
 				// Edited while the policy decided: compare again.

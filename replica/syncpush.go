@@ -255,6 +255,13 @@ func rateLimited(err error) (time.Duration, bool) {
 // it answers with rate_limited is pushed again after the wait it asks for
 // (see rateLimitWaits).
 func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error) {
+	return s.pushBatchAnswered(ctx, batch, nil)
+}
+
+// pushBatchAnswered is pushBatch for a batch whose first push the relay
+// answered with refused (a pipelined push's answer), or, with refused
+// nil, not yet sent.
+func (s *collSync) pushBatchAnswered(ctx context.Context, batch []outgoing, refused error) (int, error) {
 	req := &transport.Push{Collection: s.coll, Fence: s.lease.fenceOrZero()}
 	for _, o := range batch {
 		req.Records = append(req.Records, transport.RecordChanges{Record: o.id, Data: o.changes, Heads: o.heads.Slices()})
@@ -268,7 +275,10 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 		}
 		return s.conn.call(ctx, req, &ack)
 	}
-	err := send()
+	err := refused
+	if err == nil {
+		err = send()
+	}
 	for try, waits := 1, 0; ; {
 		// Nothing was stored either way, so pushing again is safe.
 		if errors.Is(err, transport.ErrConflict) && try < pushAttempts {
@@ -315,6 +325,12 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 	if err != nil {
 		return 0, fmt.Errorf("ferry: push %s: %w", s.coll, err)
 	}
+	return s.acknowledged(batch)
+}
+
+// acknowledged records that the relay acknowledged batch, and counts the
+// records pushed.
+func (s *collSync) acknowledged(batch []outgoing) (int, error) {
 	// The relay holds at least what was pushed; its own heads may name
 	// changes this device has not pulled yet, so they are not used.
 	record := s.r.acknowledge

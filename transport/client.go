@@ -89,41 +89,71 @@ func (c *Client) Err() error {
 // response is returned as *Error; a response of another type wraps
 // ErrUnexpectedType. If ctx ends first, a late response is dropped.
 func (c *Client) Call(ctx context.Context, req Body, resp Body) error {
+	p, err := c.Start(ctx, req)
+	if err != nil {
+		return err
+	}
+	return p.Wait(ctx, resp)
+}
+
+// Pending is a request sent and not yet answered (Start).
+type Pending struct {
+	c   *Client
+	id  uint64
+	typ MessageType
+	ch  chan *Envelope
+}
+
+// Start sends req and returns without waiting for its response, which
+// Wait returns: several requests may be in flight at once, and they go on
+// the wire in the order Start sends them (a relay answers pushes in that
+// order; see docs/protocol.md). Wait must be called once, or Drop.
+func (c *Client) Start(ctx context.Context, req Body) (*Pending, error) {
 	if err := c.conn.limits.Validate(req); err != nil {
-		return fmt.Errorf("transport: %s request: %w", req.MessageType(), err)
+		return nil, fmt.Errorf("transport: %s request: %w", req.MessageType(), err)
 	}
 	id := c.nextID.Add(1)
 	env, err := NewEnvelope(id, req)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	ch := make(chan *Envelope, 1)
+	p := &Pending{c: c, id: id, typ: req.MessageType(), ch: make(chan *Envelope, 1)}
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
 		c.mu.Unlock()
-		return err
+		return nil, err
 	}
-	c.pending[id] = ch
+	c.pending[id] = p.ch
 	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		delete(c.pending, id)
-		c.mu.Unlock()
-	}()
-
 	if err := c.conn.Send(ctx, env); err != nil {
-		return err
+		p.Drop()
+		return nil, err
 	}
+	return p, nil
+}
+
+// Drop forgets a request sent by Start: a late response is dropped.
+func (p *Pending) Drop() {
+	p.c.mu.Lock()
+	delete(p.c.pending, p.id)
+	p.c.mu.Unlock()
+}
+
+// Wait waits for the response to a request sent by Start and decodes it
+// into resp, as Call does.
+func (p *Pending) Wait(ctx context.Context, resp Body) error {
+	defer p.Drop()
+	c := p.c
 	var r *Envelope
 	select {
-	case r = <-ch:
+	case r = <-p.ch:
 	case <-ctx.Done():
-		return fmt.Errorf("transport: %s call: %w", req.MessageType(), ctx.Err())
+		return fmt.Errorf("transport: %s call: %w", p.typ, ctx.Err())
 	case <-c.done:
 		// The response may have arrived just before the end.
 		select {
-		case r = <-ch:
+		case r = <-p.ch:
 		default:
 			return c.Err()
 		}
@@ -139,7 +169,7 @@ func (c *Client) Call(ctx context.Context, req Body, resp Body) error {
 		return nil
 	}
 	if r.Type != resp.MessageType() {
-		return fmt.Errorf("%w: %s answered with %s, want %s", ErrUnexpectedType, req.MessageType(), r.Type, resp.MessageType())
+		return fmt.Errorf("%w: %s answered with %s, want %s", ErrUnexpectedType, p.typ, r.Type, resp.MessageType())
 	}
 	return r.decodeInto(resp)
 }
