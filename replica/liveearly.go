@@ -262,10 +262,14 @@ func (w *ackWriter) run() {
 		skipped, err := w.r.acknowledgeEarly(j.coll, j.batch, false)
 		w.queued.Add(-1)
 		if err != nil {
-			// The records stay pending: pushed again, and acknowledged
-			// again, at the collection's next push.
+			// The records stay pending. A live session pushes only what
+			// is edited, so they go to the session as skipped, to be
+			// pushed (and acknowledged) again the ordinary way.
 			w.r.log.Warn("recording the relay's acknowledgement of an early push failed", "collection", j.coll, "err", err)
-			continue
+			skipped = skipped[:0]
+			for _, o := range j.batch {
+				skipped = append(skipped, o.id)
+			}
 		}
 		if len(skipped) > 0 {
 			w.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -453,6 +454,33 @@ func TestAckFlush(t *testing.T) {
 		t.Fatalf("%d acknowledgements still counted as queued", n)
 	}
 	w.close()
+}
+
+// TestAckRecordingFailedPushesAgain: when recording the relay's
+// acknowledgement of an early push fails (a store error), the records stay
+// pending, and a live session, which pushes only what is edited, must be
+// told to push them again the ordinary way.
+func TestAckRecordingFailedPushesAgain(t *testing.T) {
+	ackFault = func() error { return errors.New("injected store error") }
+	t.Cleanup(func() { ackFault = nil })
+	w := newAckWriter(mem(t))
+	defer w.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := w.add(ctx, "c", []outgoing{{id: "x", early: true}, {id: "y", early: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-w.again:
+	default:
+		t.Fatal("a failed acknowledgement was not handed back to the session")
+	}
+	if got := w.takeSkipped()["c"]; !slices.Equal(got, []string{"x", "y"}) {
+		t.Fatalf("records handed back: %v, want [x y]", got)
+	}
 }
 
 // appendGate is a relay store whose appends wait while the gate is shut,

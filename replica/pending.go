@@ -76,10 +76,19 @@ func (r *Replica) acknowledge(coll string, batch []outgoing, leased bool) error 
 	return err
 }
 
+// ackFault, set by tests, makes recording acknowledgements fail as a
+// store error would.
+var ackFault func() error
+
 // acknowledgeEarly is acknowledge, and returns the IDs of the records of
 // early pushes in batch whose acknowledgement it did not record, as the
 // relay's heads recorded for them had moved (see outgoing.early).
 func (r *Replica) acknowledgeEarly(coll string, batch []outgoing, leased bool) (skipped []string, err error) {
+	if ackFault != nil {
+		if err := ackFault(); err != nil {
+			return nil, err
+		}
+	}
 	release, err := r.enter()
 	if err != nil {
 		return nil, err
