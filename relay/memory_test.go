@@ -54,7 +54,7 @@ func TestRecordOpsLimit(t *testing.T) {
 
 // objectHeavyRecord returns a record of 2,000 small maps in a list, each
 // with a list of its own, written by 40 changes and saved whole: about
-// 26 KB, 14,001 operations, and some 8 to 12 MiB once loaded (half the
+// 26 KB, 14,001 operations, and some 11 to 13 MiB once pushed (half the
 // "objects" shape of crdt's TestCostCalibration).
 func objectHeavyRecord(t testing.TB, actor string) []byte {
 	ed := newEditor(t, actor)
