@@ -27,14 +27,25 @@ import (
 // plus one taken from the clock, so every run also explores a new case.
 func convergenceSeeds(t *testing.T) []uint64 {
 	t.Helper()
-	if s := os.Getenv("FERRY_CONVERGENCE_SEED"); s != "" {
-		seed, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("FERRY_CONVERGENCE_SEED=%q: %v", s, err)
-		}
+	if seed, ok := envSeed(t, "FERRY_CONVERGENCE_SEED"); ok {
 		return []uint64{seed}
 	}
 	return []uint64{1, 2, 3, 20261101, uint64(time.Now().UnixNano())}
+}
+
+// envSeed returns the seed set in the environment variable name, to
+// replay a failed run, and whether one was set.
+func envSeed(t *testing.T, name string) (uint64, bool) {
+	t.Helper()
+	s := os.Getenv(name)
+	if s == "" {
+		return 0, false
+	}
+	seed, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		t.Fatalf("%s=%q: %v", name, s, err)
+	}
+	return seed, true
 }
 
 // maxHook is a custom merge hook: the larger of two numbers, else the

@@ -64,12 +64,9 @@ const (
 // logs it.
 func lcSeed(t *testing.T) uint64 {
 	t.Helper()
-	seed := rand.Uint64()
-	if s := os.Getenv(lcEnvSeed); s != "" {
-		var err error
-		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
-			t.Fatalf("%s=%q: %v", lcEnvSeed, s, err)
-		}
+	seed, ok := envSeed(t, lcEnvSeed)
+	if !ok {
+		seed = rand.Uint64()
 	}
 	t.Logf("seed %d (rerun with %s=%d)", seed, lcEnvSeed, seed)
 	return seed

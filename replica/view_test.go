@@ -7,9 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"reflect"
-	"strconv"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -88,11 +86,7 @@ func checkViews(t *testing.T, r *Replica, coll string) error {
 // property test: the one in FERRY_VIEW_SEED (to replay a failure), else
 // fixed ones and one from the clock.
 func viewRandomStarts(t *testing.T) []uint64 {
-	if s := os.Getenv("FERRY_VIEW_SEED"); s != "" {
-		seed, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("FERRY_VIEW_SEED=%q: %v", s, err)
-		}
+	if seed, ok := envSeed(t, "FERRY_VIEW_SEED"); ok {
 		return []uint64{seed}
 	}
 	// 1796611309560136971 refreshes a device from the relay after another
