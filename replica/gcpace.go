@@ -46,6 +46,9 @@ type gcPacer struct {
 	set       int64   // the limit it last set
 	gen       int     // counts starts, so that a stopped chain of updates ends
 	updates   int     // counts updates after collections, for tests
+	// updated, set by tests, is sent to (without blocking) after each
+	// update that follows a collection.
+	updated chan struct{}
 }
 
 var pacer gcPacer
@@ -102,6 +105,12 @@ func (p *gcPacer) arm(gen int) {
 		again := p.active && gen == p.gen
 		if again {
 			again = p.updateLocked()
+		}
+		if p.updated != nil {
+			select {
+			case p.updated <- struct{}{}:
+			default:
+			}
 		}
 		p.mu.Unlock()
 		if again {

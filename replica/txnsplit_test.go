@@ -218,15 +218,12 @@ func TestTxnSplitLiveApplyOfLargeRecords(t *testing.T) {
 	e := newSyncEnv(t)
 	a := e.device(nil)
 	const n = 30
-	b := e.liveDevice(nil)
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		if st, _ := b.Status("live"); st.State == StateLive {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("b did not go live")
-		}
-		time.Sleep(20 * time.Millisecond)
+	opts, live := liveOptions(e)
+	b := e.liveDevice(opts)
+	select {
+	case <-live:
+	case <-time.After(30 * time.Second):
+		t.Fatal("b did not go live")
 	}
 	bigRecords(t, a, "c", n, 200<<10, "x")
 	mustSync(t, a, "p")
@@ -239,7 +236,10 @@ func TestTxnSplitLiveApplyOfLargeRecords(t *testing.T) {
 // waitAll waits until r's records r000... hold b = b0+i.
 func waitAll(t *testing.T, r *Replica, n, b0 int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	// Watched before the first look: a record applied after it is an event.
+	f := r.Collection("c").Watch(4 * n)
+	defer f.Close()
+	deadline := time.After(30 * time.Second)
 	for i := 0; i < n; {
 		var m map[string]any
 		err := r.Collection("c").Get(fmt.Sprintf("r%03d", i), &m)
@@ -247,11 +247,15 @@ func waitAll(t *testing.T, r *Replica, n, b0 int) {
 			i++
 			continue
 		}
-		if time.Now().After(deadline) {
+		select {
+		case _, ok := <-f.C:
+			if !ok {
+				t.Fatalf("feed closed: %v", f.Err())
+			}
+		case <-deadline:
 			st, _ := r.Status("live")
 			t.Fatalf("r%03d: %v, %v after 30s (live: %+v)", i, m["b"], err, st)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
