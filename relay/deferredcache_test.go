@@ -16,21 +16,7 @@ import (
 // changes (as objectHeavyRecord), and returns its editor and the changes.
 func objectHeavyEditor(t testing.TB, actor string) (*editor, []byte) {
 	t.Helper()
-	ed := newEditor(t, actor)
-	n := 0
-	for range 40 {
-		items := make([]any, 50)
-		for i := range items {
-			items[i] = map[string]any{"id": int64(n), "title": fmt.Sprint("item ", n), "done": n%3 == 0, "tags": []any{"a", "b"}}
-			n++
-		}
-		if err := ed.doc.InsertAt(crdt.Path{"items"}, n-50, items...); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := ed.doc.Commit("", time.Time{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ed := objectHeavyDoc(t, actor)
 	ch, err := ed.doc.ChangesSince(nil)
 	if err != nil {
 		t.Fatal(err)

@@ -57,8 +57,16 @@ func TestRecordOpsLimit(t *testing.T) {
 // 26 KB, 14,001 operations, and some 11 to 13 MiB once pushed (half the
 // "objects" shape of crdt's TestCostCalibration).
 func objectHeavyRecord(t testing.TB, actor string) []byte {
-	ed := newEditor(t, actor)
+	ed := objectHeavyDoc(t, actor)
 	defer ed.doc.Free()
+	return ed.doc.Save()
+}
+
+// objectHeavyDoc returns an editor whose document holds the record of
+// objectHeavyRecord, committed.
+func objectHeavyDoc(t testing.TB, actor string) *editor {
+	t.Helper()
+	ed := newEditor(t, actor)
 	n := 0
 	for range 40 {
 		items := make([]any, 50)
@@ -73,7 +81,7 @@ func objectHeavyRecord(t testing.TB, actor string) []byte {
 			t.Fatal(err)
 		}
 	}
-	return ed.doc.Save()
+	return ed
 }
 
 // TestDocCacheMemory pushes object-heavy records to a relay in a process
