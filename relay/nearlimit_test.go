@@ -251,7 +251,6 @@ func TestRecordNeverStoredPastMaxRecord(t *testing.T) {
 		actors[i], _ = crdt.New(fmt.Sprintf("6b%02x", i))
 		defer actors[i].Free()
 	}
-	edit := func(d *crdt.Doc) error { return randomEdit(rng, d) }
 	var accepted, exact, early, full int
 	for round := 0; round < 2000 && full < 40; round++ {
 		d := actors[rng.IntN(len(actors))]
@@ -270,20 +269,9 @@ func TestRecordNeverStoredPastMaxRecord(t *testing.T) {
 		if rng.IntN(8) == 0 {
 			edits = 1 + rng.IntN(40)
 		}
-		for range edits {
-			if err := edit(d); err != nil {
-				t.Fatalf("round %d: %v", round, err)
-			}
-		}
-		if ok, err := d.Commit("", time.Time{}); err != nil || !ok {
+		ch := randomChange(t, rng, d, edits)
+		if ch == nil {
 			continue
-		}
-		ch, err := d.ChangesSince(at)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(ch) > 256 && rng.IntN(2) == 0 {
-			ch = compressChange(t, ch)
 		}
 		would, err := held.Fork(nil)
 		if err != nil {

@@ -25,7 +25,6 @@ func TestSavedGrowthMargin(t *testing.T) {
 	for i := range actors {
 		actors[i], _ = crdt.New(fmt.Sprintf("5a%02x", i))
 	}
-	edit := func(d *crdt.Doc) error { return randomEdit(rng, d) }
 	worst := 0.0
 	for round := range 200 {
 		d := actors[rng.IntN(len(actors))]
@@ -40,21 +39,9 @@ func TestSavedGrowthMargin(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		at := d.Heads()
-		for range 1 + rng.IntN(40) {
-			if err := edit(d); err != nil {
-				t.Fatalf("round %d: %v", round, err)
-			}
-		}
-		if ok, err := d.Commit("", time.Time{}); err != nil || !ok {
+		ch := randomChange(t, rng, d, 1+rng.IntN(40))
+		if ch == nil {
 			continue
-		}
-		ch, err := d.ChangesSince(at)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(ch) > 256 && rng.IntN(2) == 0 {
-			ch = compressChange(t, ch)
 		}
 		before := len(relayDoc.Save())
 		if _, err := relayDoc.Import(ch); err != nil {
@@ -103,4 +90,28 @@ func randomEdit(rng *rand.Rand, d *crdt.Doc) error {
 	default:
 		return d.Delete(crdt.Path{key})
 	}
+}
+
+// randomChange makes edits seeded edits to d and commits them, and returns
+// the change, compressed half the time when large enough (nil if the
+// edits changed nothing).
+func randomChange(t testing.TB, rng *rand.Rand, d *crdt.Doc, edits int) []byte {
+	t.Helper()
+	at := d.Heads()
+	for range edits {
+		if err := randomEdit(rng, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ok, err := d.Commit("", time.Time{}); err != nil || !ok {
+		return nil
+	}
+	ch, err := d.ChangesSince(at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ch) > 256 && rng.IntN(2) == 0 {
+		ch = compressChange(t, ch)
+	}
+	return ch
 }
