@@ -124,8 +124,8 @@ func (e editor) set(field string, v any) ([]byte, error) {
 	if err := e.d.Set(crdt.Path{field}, v); err != nil {
 		return nil, err
 	}
-	if _, err := e.d.Commit("", editAt); err != nil {
-		return nil, err
+	if ok, err := e.d.Commit("", editAt); err != nil || !ok {
+		return nil, err // !ok: the field held the value already
 	}
 	return e.d.ChangesSince(h)
 }
@@ -219,6 +219,9 @@ func w3Floor(ctx context.Context, cfg Config) (Floor, error) {
 			data, err := editor{sides[k][i]}.set(field, val)
 			if err != nil {
 				return Floor{}, err
+			}
+			if data == nil {
+				continue // no change, as the replica makes none either
 			}
 			edits[k] = append(edits[k], edit{i, data})
 		}
