@@ -124,7 +124,7 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 	rng := rand.New(rand.NewPCG(spec.Seed, 6))
 	want := 0
 	var ids []string
-	t0 := time.Now()
+	t0, c0 := time.Now(), cpuTime()
 	for i := 0; i < n; i += 500 {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -151,13 +151,14 @@ func w6Device(ctx context.Context, spec deviceSpec, progress func(string)) (out 
 		}
 	}
 	res.add(Metric{Name: "records", Value: float64(n), Unit: "count"})
-	w6Time(res, "insert", time.Since(t0), 0, n, "records/s")
+	w6Time(res, "insert", time.Since(t0), cpuTime()-c0, n, "records/s")
 	st := mem.peak()
 	res.add(Metric{Name: "insert_peak_rss", Value: float64(st.PeakRSS), Unit: "B", Note: "the device's own process, which holds only the replica (VmHWM), while inserting"})
 	res.add(Metric{Name: "insert_peak_rss_anon", Value: float64(st.PeakAnon), Unit: "B", Note: "anonymous resident memory at its highest, sampled every 10 ms: Go's heap, Automerge's, stacks"})
 	res.add(Metric{Name: "insert_peak_rss_file", Value: float64(st.PeakFile), Unit: "B", Note: "file-backed resident memory at its highest, sampled: the binary, and Badger's mapped tables and logs"})
 	res.add(Metric{Name: "insert_peak_heap", Value: float64(st.PeakHeap), Unit: "B", Note: "Go heap objects, sampled every 10 ms; Automerge's Rust allocations are not Go heap"})
 	maps.flush("insert")
+	heapProfile("insert")
 	after, _ := procStatus("self")
 	res.add(Metric{Name: "after_insert_rss", Value: float64(after.VmRSS), Unit: "B", Note: "the device process right after the insert, the replica open"})
 	res.add(Metric{Name: "after_insert_rss_anon", Value: float64(after.RssAnon), Unit: "B"})
@@ -327,6 +328,12 @@ func w6Peak(res *Result, mem *selfProbe, maps *mapsProbe, phase string) {
 	res.add(Metric{Name: phase + "_peak_rss_file", Value: float64(st.PeakFile), Unit: "B"})
 	res.add(Metric{Name: phase + "_peak_heap", Value: float64(st.PeakHeap), Unit: "B"})
 	maps.flush(phase)
+	heapProfile(phase)
+}
+
+// heapProfile writes the Go heap's profile as <phase>.pprof in the
+// directory FERRY_BENCH_HEAPPROFILE names, if set.
+func heapProfile(phase string) {
 	if dir := os.Getenv("FERRY_BENCH_HEAPPROFILE"); dir != "" {
 		if f, err := os.Create(filepath.Join(dir, phase+".pprof")); err == nil {
 			pprof.Lookup("heap").WriteTo(f, 0)
