@@ -10,15 +10,15 @@ import (
 )
 
 // DefaultMemoryHeadroom is Options.MemoryHeadroom's default.
-const DefaultMemoryHeadroom = 16 << 20
+const DefaultMemoryHeadroom = 8 << 20
 
 // gcPacer keeps Go's heap near what is live while replicas are open.
 //
 // Badger allocates on Go's heap in bursts: a memtable flush builds a
-// 16 MiB table in memory, a compaction a dozen smaller ones at once,
+// table from a whole memtable in memory, a compaction several at once,
 // reads decompress blocks, and an open verifies every table. Go's
 // default pacing (GOGC=100) lets the heap grow to twice what is live
-// before it collects, and a device store keeps some 50 MB live while it
+// before it collects, and a device store keeps some 30 MB live while it
 // writes (two memtables, a table being built): the process would peak
 // well past 100 MB for memory no one uses.
 //

@@ -59,7 +59,7 @@ type Options struct {
 	// heap may always grow by a quarter of what is live, so a process
 	// whose own Go heap is large collects at most four times as often as
 	// under GOGC=100; one that cannot afford that sets a limit of its own
-	// or a negative headroom. Default DefaultMemoryHeadroom (16 MiB);
+	// or a negative headroom. Default DefaultMemoryHeadroom (8 MiB);
 	// negative leaves Go's pacing alone.
 	MemoryHeadroom int64
 
@@ -133,6 +133,10 @@ type Options struct {
 	// roots, a proxy, or a test network. Its Timeout must be zero (a
 	// connection lives as long as a sync). Default: http.DefaultClient.
 	HTTPClient *http.Client
+
+	// memTableSize, if set (by tests), replaces the store's Badger
+	// memtable size (see storeOptions).
+	memTableSize int64
 }
 
 func (o *Options) withDefaults() Options {

@@ -89,29 +89,23 @@ func openStore(dir string, opts Options) (*Replica, error) {
 			return nil, err
 		}
 	}
-	// Commits are fsynced only where durability needs it: see durable.go.
-	bo := badger.DefaultOptions(dir).
-		WithInMemory(opts.InMemory).
-		WithSyncWrites(false).
-		WithLogger(badgerdir.Logger(opts.Logger)).
-		// A device store: keep Badger's memory modest. Each memtable is
-		// a 16 MiB arena on the Go heap beside its mapped log; two bound
-		// them to the one being written and one being flushed (writes
-		// wait for the flush rather than queue more), and two compactors
-		// (Badger's least) bound the tables built at once, each in memory
-		// until written. Blocks are cached decompressed on the Go heap:
-		// reads go through the records' read models, a few hundred bytes
-		// each, and a scan reads each block once, so 8 MiB (2,000 blocks)
-		// keeps what Gets reread; 32 MiB held 24 MiB more through every
-		// phase after a scan, and the heap's collections doubled it.
-		WithMemTableSize(16 << 20).
-		WithNumMemtables(2).
-		WithNumCompactors(2).
-		WithBlockCacheSize(8 << 20).
-		WithNumVersionsToKeep(1)
-	if opts.InMemory {
-		bo.Dir, bo.ValueDir = "", ""
+	mt := opts.memTableSize
+	if mt == 0 {
+		mt = memTableSize
+		if opts.InMemory {
+			// Badger counts every value in full against a transaction
+			// in memory (it has no value log): keep the transactions
+			// that fit what they were, a document and a read model each
+			// near max_record.
+			mt = 16 << 20
+		}
 	}
+	if !opts.InMemory {
+		if err := flushLargerMemtables(dir, mt, opts); err != nil {
+			return nil, err
+		}
+	}
+	bo := storeOptions(dir, mt, opts)
 	db, err := badgerdir.Open(bo)
 	if errors.Is(err, badgerdir.ErrDamaged) {
 		return nil, damaged(err)
@@ -170,6 +164,91 @@ func openStore(dir string, opts Options) (*Replica, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// A device store's Badger memory. What Badger keeps on the Go heap while
+// writing is its memtables (an arena of about 1.3 times memTableSize
+// each, the one being written and the one being flushed) and the tables
+// it builds in memory before writing them: one from each full memtable,
+// and a compaction's, a table of baseTableSize or more per part, several
+// parts at once. Smaller memtables and tables bound all of these; what
+// they cost is a smaller transaction (Badger refuses one past 15% of a
+// memtable, 1.2 MiB here), which the store splits where it may (see
+// batchParts), and more, smaller tables.
+const (
+	memTableSize = 8 << 20
+	// baseTableSize: a compaction builds tables of this size (and
+	// twice, four times... in lower levels) in several parts at once,
+	// each in a buffer of twice the size, grown by doubling; a
+	// memtable's flush starts from the same buffer.
+	baseTableSize = 512 << 10
+	// valueThreshold: values this large or larger go to the value log
+	// and count as a pointer against a transaction, so that a record's
+	// own writes (its document and its read model, each up to
+	// max_record, plus its index keys) fit one transaction of a
+	// memtableSize memtable: two values just under it take 1 MiB of
+	// the 1.2.
+	valueThreshold = 512 << 10
+	// valueLogFileSize: Badger's value-log GC rewrites whole files, and
+	// never the one being written: files of 1 GiB (Badger's default)
+	// would keep a device's garbage until a gigabyte of large values
+	// had been written.
+	valueLogFileSize = 64 << 20
+)
+
+// storeOptions are a replica store's Badger options, with memtables of
+// mt bytes.
+func storeOptions(dir string, mt int64, opts Options) badger.Options {
+	// Commits are fsynced only where durability needs it: see durable.go.
+	bo := badger.DefaultOptions(dir).
+		WithInMemory(opts.InMemory).
+		WithSyncWrites(false).
+		WithLogger(badgerdir.Logger(opts.Logger)).
+		// Two memtables bound them to the one being written and one
+		// being flushed (writes wait for the flush rather than queue
+		// more), and two compactors (Badger's least) bound the tables
+		// built at once. Blocks are cached decompressed on the Go heap:
+		// reads go through the records' read models, a few hundred
+		// bytes each, and a scan reads each block once, so 8 MiB (2,000
+		// blocks) keeps what Gets reread; 32 MiB held 24 MiB more
+		// through every phase after a scan, and the heap's collections
+		// doubled it.
+		WithMemTableSize(mt).
+		WithBaseTableSize(baseTableSize).
+		WithNumMemtables(2).
+		WithNumCompactors(2).
+		WithValueThreshold(valueThreshold).
+		WithValueLogFileSize(valueLogFileSize).
+		WithBlockCacheSize(8 << 20).
+		WithNumVersionsToKeep(1)
+	if opts.InMemory {
+		bo.Dir, bo.ValueDir = "", ""
+	}
+	return bo
+}
+
+// flushLargerMemtables opens the store in dir once with memtables large
+// enough for the memtable logs it holds, if one was written with larger
+// memtables than mt (by an older Ferry, whose memtables were of 16 MiB,
+// that stopped without closing the store), and closes it: closing
+// flushes them to tables. Replayed into a smaller memtable, such a log
+// would overflow it, and the store would not open.
+func flushLargerMemtables(dir string, mt int64, opts Options) error {
+	need := max(mt, badgerdir.MemtableLogNeeds(dir))
+	if need == mt {
+		return nil
+	}
+	db, err := badgerdir.Open(storeOptions(dir, need, opts))
+	if errors.Is(err, badgerdir.ErrDamaged) {
+		return damaged(err)
+	}
+	if err != nil {
+		return fmt.Errorf("ferry: open store %s: %w", dir, err)
+	}
+	if err := badgerdir.Close(db); err != nil {
+		return fmt.Errorf("ferry: open store %s: flushing its memtables: %w", dir, err)
+	}
+	return nil
 }
 
 // checkDir refuses a folder with files that are not a Badger store, before

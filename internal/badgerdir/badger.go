@@ -3,6 +3,8 @@ package badgerdir
 import (
 	"fmt"
 	"log/slog"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -44,4 +46,26 @@ func GC(db *badger.DB, every time.Duration, stop <-chan struct{}, log *slog.Logg
 			}
 		}
 	}
+}
+
+// MemtableLogNeeds returns the memtable size that the largest memtable
+// log (.mem) in dir was written for, or 0 if there is none: Badger
+// creates a memtable's log at twice the memtable's size. A store that
+// stopped without closing replays its logs into memtables when it next
+// opens, and a log written for larger memtables overflows smaller ones.
+func MemtableLogNeeds(dir string) int64 {
+	files, err := os.ReadDir(dir)
+	if err != nil {
+		return 0 // no store yet: the open reports what is wrong
+	}
+	var need int64
+	for _, f := range files {
+		if !strings.HasSuffix(f.Name(), ".mem") {
+			continue
+		}
+		if info, err := f.Info(); err == nil {
+			need = max(need, info.Size()/2)
+		}
+	}
+	return need
 }
