@@ -2,11 +2,14 @@ package replica
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -206,4 +209,62 @@ func largeMemChild(t *testing.T, dir string) {
 		}
 	}
 	os.Exit(largeMemExit)
+}
+
+// What a record's large read model leaves in the value log each time it
+// is rewritten is reclaimed by the replica's value-log GC: the value log
+// turns to a new file every valueLogFileSize bytes, and a file mostly
+// garbage is rewritten and removed.
+func TestValueLogGCReclaimsRewrittenValues(t *testing.T) {
+	dir := t.TempDir()
+	c := open(t, dir, &Options{Relaxed: true, GCInterval: -1}).Collection("c")
+	body := noise(valueThreshold + 64<<10)
+	if err := c.Put("big", map[string]any{"body": body, "n": 0}); err != nil {
+		t.Fatal(err)
+	}
+	// Each edit of n rewrites the read model whole, into the value log.
+	edits := 2*valueLogFileSize/(valueThreshold+64<<10) + 1
+	for i := 1; i <= edits; i++ {
+		if err := c.Update("big", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, i) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.r.Close()
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.vlog"))
+	if len(logs) < 3 {
+		t.Fatalf("%d value-log files after %d rewrites of %d bytes, want 3 or more", len(logs), edits, len(body))
+	}
+	first := logs[0]
+
+	gc := make(chan struct{})
+	var once sync.Once
+	r := open(t, dir, &Options{Relaxed: true, GCInterval: time.Millisecond,
+		Logger: slog.New(onMessage{msg: "value log GC", once: &once, f: func() { close(gc) }})})
+	// The GC picks files by what compactions found dropped: records
+	// under the value threshold fill memtables until level 0 is
+	// compacted, the old read models' versions with it.
+	for i := range 4 * 5 * memTableSize / (valueThreshold / 2) {
+		select {
+		case <-gc:
+		default:
+			if err := r.Collection("c").Put(fmt.Sprintf("fill%03d", i), map[string]any{"v": noise(valueThreshold / 4)}); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		break
+	}
+	select {
+	case <-gc:
+	case <-time.After(time.Minute):
+		t.Fatal("no value-log file rewritten within a minute")
+	}
+	var got map[string]any
+	if err := r.Collection("c").Get("big", &got); err != nil || got["body"] != body || fmt.Sprint(got["n"]) != fmt.Sprint(edits) {
+		t.Fatalf("the record after GC: n=%v, %d bytes of body, %v", got["n"], len(fmt.Sprint(got["body"])), err)
+	}
+	r.Close()
+	if _, err := os.Stat(first); !os.IsNotExist(err) {
+		t.Fatalf("the first value-log file, all garbage, is still there (%v)", err)
+	}
 }
