@@ -10,7 +10,7 @@ import (
 )
 
 // DefaultMemoryHeadroom is Options.MemoryHeadroom's default.
-const DefaultMemoryHeadroom = 8 << 20
+const DefaultMemoryHeadroom = 16 << 20
 
 // gcPacer keeps Go's heap near what is live while replicas are open.
 //

@@ -59,7 +59,7 @@ type Options struct {
 	// heap may always grow by a quarter of what is live, so a process
 	// whose own Go heap is large collects at most four times as often as
 	// under GOGC=100; one that cannot afford that sets a limit of its own
-	// or a negative headroom. Default DefaultMemoryHeadroom (8 MiB);
+	// or a negative headroom. Default DefaultMemoryHeadroom (16 MiB);
 	// negative leaves Go's pacing alone.
 	MemoryHeadroom int64
 
