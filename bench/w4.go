@@ -196,7 +196,7 @@ func (w *w4Run) makeChanges() error {
 func (w *w4Run) dial(name string, buf int) (*transport.Client, error) {
 	dctx, cancel := context.WithTimeout(w.ctx, time.Minute)
 	defer cancel()
-	conn, err := transport.Dial(dctx, w.env.url, nil)
+	conn, err := w.env.dialCounted(dctx)
 	if err != nil {
 		return nil, err
 	}
