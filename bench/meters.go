@@ -462,6 +462,7 @@ const (
 	mBytesIn     = "ferry_relay_change_received_bytes_total"
 	mBytesOut    = "ferry_relay_change_sent_bytes_total"
 	mAccepted    = "ferry_relay_changes_accepted_total"
+	mGroups      = "ferry_relay_group_commits_total"
 	mSubscribers = "ferry_relay_subscribers"
 	mCompactions = "ferry_relay_compactions_total"
 	mPushSeconds = `ferry_relay_request_seconds_sum{type="push"}`
