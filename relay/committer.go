@@ -703,8 +703,8 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 // write and then for one of their own: fewer, larger groups, each with
 // one fsync and one update of the collection's head and usage. They
 // would have waited longer behind the group than the group waits for
-// them, which is a merge in memory (the store was read before, with no
-// lock held). With no other push merging, as for a lone device, it does
+// them: reading the records the relay does not hold, the check and the
+// merge. With no other push merging, as for a lone device, it does
 // not wait at all. It waits for as many merges to end as were running
 // when it began, whichever they are, so that pushes arriving meanwhile do
 // not keep it waiting. cm.mu is held, and released while waiting.
