@@ -100,3 +100,18 @@ func TestGroupTakesPushesMerging(t *testing.T) {
 		t.Errorf("acks at seq %d and %d, want 2 and 3", ra.ack.Seq, rb.ack.Seq)
 	}
 }
+
+// TestLonePushDoesNotGather: a push with no other push to its collection
+// in progress is written without waiting for anything to join it.
+func TestLonePushDoesNotGather(t *testing.T) {
+	tr := newTestRelay(t, memstore.New(), nil)
+	tr.srv.SetGroupWait(time.Hour) // a wait would show as a hung push
+	var waited atomic.Int32
+	// Set before the push: the committer made here is the one it uses.
+	tr.srv.SetGatherHook(relay.Coll{"shop", "c"}, func() { waited.Add(1) })
+	a := tr.client("shop")
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("a", newEditor(t, "aa02").edit(map[string]any{"v": 1}))))
+	if n := waited.Load(); n != 0 {
+		t.Errorf("a lone push's flusher waited %d times for pushes merging", n)
+	}
+}
