@@ -30,9 +30,7 @@ type earlyMergeEnv struct {
 }
 
 func newEarlyMergeEnv(t *testing.T) *earlyMergeEnv {
-	was := earlyApply
-	earlyApply = true
-	t.Cleanup(func() { earlyApply = was })
+	useEarlyApply(t)
 	e := newSyncEnv(t)
 	base := memstore.New()
 	t.Cleanup(func() { base.Close() })
