@@ -502,7 +502,12 @@ func mergeBase(d *crdt.Doc, local, relay crdt.Heads) (crdt.Heads, error) {
 		}
 	}
 	for _, h := range relay {
-		add(h)
+		// Heads the record lacks (a relay's message that does not reach
+		// the heads it names) name no version both hold; threeWay takes
+		// the relay's version its own way then.
+		if d.Has(h) {
+			add(h)
+		}
 	}
 	for _, c := range added {
 		for _, h := range c.Deps {
