@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -213,4 +214,92 @@ func TestEarlyAppliedChangeIsNotLocal(t *testing.T) {
 		mustSync(t, env.a, "p")
 		env.check(t, want)
 	})
+}
+
+// mergeBase finds the version a record and the relay's version both hold:
+// the heads both last had when neither holds the other's changes, and past
+// them a change both hold, however each came by it.
+func TestMergeBase(t *testing.T) {
+	newDoc := func(actor string) *crdt.Doc {
+		d, err := crdt.New(actor)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(d.Free)
+		return d
+	}
+	edit := func(d *crdt.Doc, field string, v int64) {
+		t.Helper()
+		if err := d.Set(crdt.Path{field}, v); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.Commit("", time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyInto := func(t *testing.T, dst, src *crdt.Doc) {
+		t.Helper()
+		// Every change of src: dst may hold some src lacks.
+		data, err := src.ChangesSince(nil)
+		if err == nil {
+			_, err = dst.Import(data)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// base: A's record both devices hold. x: A's change both hold. y: the
+	// local device's own edit; z: A's edit after x, which the relay has.
+	a, local := newDoc("aa"), newDoc("bb")
+	edit(a, "f", 0)
+	copyInto(t, local, a)
+	base := a.Heads()
+	edit(a, "f", 1)
+	copyInto(t, local, a)
+	x := a.Heads()
+	edit(local, "g", 1)
+	edit(a, "h", 1)
+	for _, tc := range []struct {
+		name        string
+		relayLacksX bool
+		want        crdt.Heads
+	}{
+		{"both hold a change past the last shared heads", false, x},
+		{"neither holds the other's", true, base},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := local.Fork(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Free()
+			relay := a
+			if tc.relayLacksX {
+				// The relay's version: base and a change of its own.
+				other := newDoc("cc")
+				copyInto(t, other, a)
+				if relay, err = other.Fork(base); err != nil {
+					t.Fatal(err)
+				}
+				defer relay.Free()
+				if err := relay.SetActor("cc"); err != nil {
+					t.Fatal(err)
+				}
+				edit(relay, "h", 2)
+			}
+			localHeads := d.Heads()
+			copyInto(t, d, relay)
+			// A head the relay names that the record lacks is no part of
+			// the version both hold.
+			var unknown crdt.Hash
+			unknown[0] = 1
+			got, err := mergeBase(d, localHeads, append(slices.Clone(relay.Heads()), unknown))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !got.Equal(tc.want) {
+				t.Fatalf("merge base %v, want %v", got, tc.want)
+			}
+		})
+	}
 }
