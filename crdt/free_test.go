@@ -5,16 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"runtime"
 	"runtime/debug"
-	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/automerge/automerge-go"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/internal/memtest"
 )
 
 // TestFreeLayout fails if automerge-go's types no longer have the layout
@@ -136,21 +134,6 @@ func must(t *testing.T, err error) {
 	}
 }
 
-// rssBytes returns the process's resident memory, from /proc.
-func rssBytes(t *testing.T) int64 {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
-		t.Skipf("no /proc/self/statm: %v", err)
-	}
-	f := strings.Fields(string(b))
-	pages, err := strconv.ParseInt(f[1], 10, 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pages * int64(os.Getpagesize())
-}
-
 // TestFreeReleasesMemory loads and drops a large document many times with
 // the garbage collector off, once freeing each and once not. Resident
 // memory is measured, not timed: freed documents give their memory back
@@ -159,19 +142,14 @@ func rssBytes(t *testing.T) int64 {
 //
 // It measures in a process of its own: documents kept would first reuse
 // what the C allocator holds free from the package's earlier tests (or an
-// earlier run of this one), which resident memory does not show.
+// earlier run of this one), which resident memory does not show; under
+// the race detector, a build without it (see memtest).
 func TestFreeReleasesMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("loads 2 x 40 documents of 2 MB")
 	}
 	if os.Getenv("FERRY_FREE_CHILD") == "" {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestFreeReleasesMemory$", "-test.v", "-test.count=1")
-		cmd.Env = append(os.Environ(), "FERRY_FREE_CHILD=1")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("%v\n%s", err, out)
-		}
-		for line := range bytes.Lines(out) {
+		for line := range bytes.Lines(memtest.Run(t, "FERRY_FREE_CHILD=1")) {
 			if bytes.Contains(line, []byte("GC off")) {
 				t.Log(string(bytes.TrimSpace(line)))
 			}
@@ -200,36 +178,36 @@ func TestFreeReleasesMemory(t *testing.T) {
 	for range warm {
 		load().Free()
 	}
-	start := rssBytes(t)
+	start := memtest.Resident(t)
 	for range n {
 		load().Free()
 	}
-	freed := rssBytes(t) - start
+	freed := memtest.Resident(t) - start
 
-	start = rssBytes(t)
+	start = memtest.Resident(t)
 	keep := make([]*crdt.Doc, 0, n) // dropped documents: nothing frees them with the GC off
 	for range n {
 		keep = append(keep, load())
 	}
-	dropped := rssBytes(t) - start
+	dropped := memtest.Resident(t) - start
 	perDoc := dropped / n
 
 	// A document made by automerge-go itself, freed with FreeAutomerge.
 	for range warm {
 		crdt.FreeAutomerge(loadRaw(t, saved))
 	}
-	start = rssBytes(t)
+	start = memtest.Resident(t)
 	for range n {
 		crdt.FreeAutomerge(loadRaw(t, saved))
 	}
-	if raw := rssBytes(t) - start; raw > 4*perDoc {
+	if raw := memtest.Resident(t) - start; raw > 4*perDoc {
 		t.Fatalf("with FreeAutomerge, RSS grew %d bytes over %d loads (%d a document unfreed): memory was not released", raw, n, perDoc)
 	}
 	t.Logf("%d loads of a %d-byte document, GC off: RSS grew %.1f MiB with Free, %.1f MiB without (%.2f MiB a document)",
 		n, len(saved), float64(freed)/(1<<20), float64(dropped)/(1<<20), float64(perDoc)/(1<<20))
 	// About 2 MiB alone; less when the allocator hands back memory it
-	// kept from the package's earlier tests (malloc_trim is off under the
-	// race detector). Still far above what Free may leave behind.
+	// kept from earlier loads. Still far above what Free may leave
+	// behind.
 	if perDoc < 512<<10 {
 		t.Fatalf("a document takes %d bytes in memory: too small to measure against", perDoc)
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/internal/memtest"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/transport"
@@ -89,17 +89,15 @@ func objectHeavyDoc(t testing.TB, actor string) *editor {
 // for all of them, what the cache accounts must be within a factor of two
 // of what the process grew by; with a cache of 32 MiB, the process must
 // grow by at most twice that (the documents in the cache, one being
-// merged, the compactor's, and what the allocators keep).
+// merged, the compactor's, and what the allocators keep). Under the race
+// detector the process is a build without it (see memtest).
 func TestDocCacheMemory(t *testing.T) {
 	if os.Getenv("FERRY_DOCCACHE_CHILD") != "" {
 		docCacheChild(t)
 		return
 	}
-	if runtime.GOOS != "linux" {
-		t.Skip("resident memory is read from /proc")
-	}
-	if testing.Short() || raceBuild {
-		t.Skip("loads large documents; measures memory without the race detector")
+	if testing.Short() {
+		t.Skip("loads large documents")
 	}
 	for _, tc := range []struct {
 		name    string
@@ -109,13 +107,8 @@ func TestDocCacheMemory(t *testing.T) {
 		{"all cached", 1 << 30, 6},
 		{"cache of 32 MiB", 32 << 20, 12},
 	} {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestDocCacheMemory$", "-test.v")
-		cmd.Env = append(os.Environ(), "FERRY_DOCCACHE_CHILD=1",
+		out := memtest.Run(t, "FERRY_DOCCACHE_CHILD=1",
 			fmt.Sprint("FERRY_DOCCACHE_BYTES=", tc.cache), fmt.Sprint("FERRY_DOCCACHE_RECORDS=", tc.records))
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s: %v\n%s", tc.name, err, out)
-		}
 		i := bytes.Index(out, []byte("doccache:"))
 		if i < 0 {
 			t.Fatalf("%s: no measurement in\n%s", tc.name, out)
@@ -158,28 +151,14 @@ func docCacheChild(t *testing.T) {
 	// end stays untrimmed, as the relay runs between frees.
 	runtime.GC()
 	crdt.ReleaseNative()
-	before := residentBytes(t)
+	before := memtest.Resident(t)
 	for i, data := range recs {
 		mustCall[transport.Ack](t, a, pushOf("c", 0, rec(fmt.Sprint("r", i), data)))
 	}
 	runtime.GC()
-	grown := residentBytes(t) - before
+	grown := memtest.Resident(t) - before
 	// What the cache would have counted by stored size, as it did before
 	// it counted operations: 8 KiB plus 64 times the stored bytes each.
 	old := int64(n)*8<<10 + 64*stored
 	fmt.Printf("doccache: grown %d accounted %d stored-size estimate %d\n", grown, tr.srv.DocCacheSize(), old)
-}
-
-// residentBytes returns the process's resident memory.
-func residentBytes(t *testing.T) int64 {
-	b, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := strings.Fields(string(b))
-	pages, err := strconv.ParseInt(f[1], 10, 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pages * int64(os.Getpagesize())
 }
