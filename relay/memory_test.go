@@ -16,6 +16,7 @@ import (
 	"github.com/ferrysync/ferry/internal/memtest"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -36,11 +37,11 @@ func TestRecordOpsLimit(t *testing.T) {
 	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.Limits.MaxRecordOps = maxOps })
 	a := tr.client("shop")
 	coll := relay.Coll{"shop", "c"}
-	ed := newEditor(t, "aa01")
-	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.edit(fieldsOf("a", 30)))))
-	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.edit(fieldsOf("b", maxOps-30)))))
+	ed := storetest.NewEditor(t, "aa01")
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.Edit(fieldsOf("a", 30)))))
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.Edit(fieldsOf("b", maxOps-30)))))
 	head, _ := tr.store.Head(context.Background(), coll)
-	_, err := call[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.edit(fieldsOf("c", 1)))))
+	_, err := call[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.Edit(fieldsOf("c", 1)))))
 	var te *transport.Error
 	if !errors.As(err, &te) || te.Code != transport.CodeTooLarge || !strings.Contains(te.Message, "max_record_ops") {
 		t.Fatalf("a push past max_record_ops: %v, want too_large naming max_record_ops", err)
@@ -49,7 +50,7 @@ func TestRecordOpsLimit(t *testing.T) {
 		t.Fatalf("the refused push moved the log from %d to %d", head, h)
 	}
 	// Another record is not held back by this one.
-	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("s", newEditor(t, "aa02").edit(fieldsOf("a", maxOps)))))
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("s", storetest.NewEditor(t, "aa02").Edit(fieldsOf("a", maxOps)))))
 }
 
 // objectHeavyRecord returns a record of 2,000 small maps in a list, each
@@ -58,15 +59,15 @@ func TestRecordOpsLimit(t *testing.T) {
 // "objects" shape of crdt's TestCostCalibration).
 func objectHeavyRecord(t testing.TB, actor string) []byte {
 	ed := objectHeavyDoc(t, actor)
-	defer ed.doc.Free()
-	return ed.doc.Save()
+	defer ed.Doc.Free()
+	return ed.Doc.Save()
 }
 
 // objectHeavyDoc returns an editor whose document holds the record of
 // objectHeavyRecord, committed.
-func objectHeavyDoc(t testing.TB, actor string) *editor {
+func objectHeavyDoc(t testing.TB, actor string) *storetest.Editor {
 	t.Helper()
-	ed := newEditor(t, actor)
+	ed := storetest.NewEditor(t, actor)
 	n := 0
 	for range 40 {
 		items := make([]any, 50)
@@ -74,10 +75,10 @@ func objectHeavyDoc(t testing.TB, actor string) *editor {
 			items[i] = map[string]any{"id": int64(n), "title": fmt.Sprint("item ", n), "done": n%3 == 0, "tags": []any{"a", "b"}}
 			n++
 		}
-		if err := ed.doc.InsertAt(crdt.Path{"items"}, n-50, items...); err != nil {
+		if err := ed.Doc.InsertAt(crdt.Path{"items"}, n-50, items...); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ed.doc.Commit("", time.Time{}); err != nil {
+		if _, err := ed.Doc.Commit("", time.Time{}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -126,38 +126,6 @@ func mustCall[R any, PR interface {
 	return (*R)(resp)
 }
 
-// editor makes Automerge changes as a device would.
-type editor struct {
-	t   testing.TB
-	doc *crdt.Doc
-	at  crdt.Heads
-}
-
-func newEditor(t testing.TB, actor string) *editor {
-	d, err := crdt.New(actor)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &editor{t: t, doc: d}
-}
-
-// edit sets fields and returns the new changes since the last edit.
-func (e *editor) edit(fields map[string]any) []byte {
-	e.t.Helper()
-	if err := e.doc.Put(fields); err != nil {
-		e.t.Fatal(err)
-	}
-	if _, err := e.doc.Commit("", time.Time{}); err != nil {
-		e.t.Fatal(err)
-	}
-	b, err := e.doc.ChangesSince(e.at)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.at = e.doc.Heads()
-	return b
-}
-
 func pushOf(coll string, fence uint64, recs ...transport.RecordChanges) *transport.Push {
 	return &transport.Push{Collection: coll, Fence: fence, Records: recs}
 }
