@@ -5,11 +5,12 @@
 // A process of its own, because the allocators of a process that has
 // already run other tests hold memory free for reuse, which new documents
 // would take unseen. Without the race detector, because its shadow memory
-// grows the resident set beside the Go heap, and its runtime changes what
-// the C allocator keeps: resident memory under it is not what the code
-// takes. So `go test -race` checks the same bounds `go test` does: under
-// it, Run builds the package's test binary again with -race=false
-// (`go test -c`, from the build cache when nothing changed).
+// grows the resident set beside the Go heap, and under it
+// crdt.ReleaseNative does not trim the C allocator that measurements
+// start from: resident memory under it is not what the code takes. So
+// `go test -race` checks the same bounds `go test` does: under it, Run
+// builds the package's tests again with -race=false (`go test -c`: the
+// compiled packages come from the build cache; the link runs once a test).
 package memtest
 
 import (
@@ -28,7 +29,7 @@ import (
 
 var (
 	binMu sync.Mutex
-	bins  = map[*testing.T]string{} // a test's measuring binary, built once for all its runs
+	bins  = map[*testing.T]string{} // a test's measuring binary, built once for all its Run calls
 )
 
 // Run runs t's test again in a process of its own, with env ("KEY=value")
