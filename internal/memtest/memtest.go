@@ -27,6 +27,9 @@ import (
 	"testing"
 )
 
+// childEnv marks the processes Run starts.
+const childEnv = "FERRY_MEMTEST_CHILD=1"
+
 var (
 	binMu sync.Mutex
 	bins  = map[*testing.T]string{} // a test's measuring binary, built once for all its Run calls
@@ -44,7 +47,7 @@ func Run(t *testing.T, env ...string) []byte {
 		t.Skip("resident memory is read from /proc")
 	}
 	cmd := exec.Command(binary(t), "-test.run=^"+regexp.QuoteMeta(t.Name())+"$", "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = append(append(os.Environ(), childEnv), env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("the measuring process (%s): %v\n%s", strings.Join(env, " "), err, out)
@@ -103,9 +106,14 @@ func buildTags() string {
 }
 
 // Resident returns this process's resident memory, in bytes, from
-// /proc/self/statm. It skips t where there is none.
+// /proc/self/statm. It skips t where there is none, and fails it in a
+// process Run started that has the race detector (which would measure the
+// detector's memory too).
 func Resident(t testing.TB) int64 {
 	t.Helper()
+	if raceEnabled && os.Getenv("FERRY_MEMTEST_CHILD") != "" {
+		t.Fatal("the measuring process was built with the race detector")
+	}
 	b, err := os.ReadFile("/proc/self/statm")
 	if err != nil {
 		t.Skipf("resident memory is read from /proc: %v", err)

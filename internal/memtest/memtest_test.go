@@ -11,11 +11,11 @@ import (
 // without the race detector, whether or not this one has it, and reads
 // its resident memory.
 func TestRunMeasuresWithoutRace(t *testing.T) {
-	if os.Getenv("FERRY_MEMTEST_CHILD") != "" {
+	if os.Getenv("FERRY_MEMTEST_TEST") != "" {
 		fmt.Printf("memtest: race %v resident %d\n", raceEnabled, Resident(t))
 		return
 	}
-	out := Run(t, "FERRY_MEMTEST_CHILD=1")
+	out := Run(t, "FERRY_MEMTEST_TEST=1")
 	i := bytes.Index(out, []byte("memtest:"))
 	if i < 0 {
 		t.Fatalf("no measurement in\n%s", out)
