@@ -224,7 +224,7 @@ func TestLargePushDoesNotStallOthers(t *testing.T) {
 		t.Errorf("app B's log head %d, want 20", h)
 	}
 	doc, _, _ := relay.Document(context.Background(), tr.store, relay.Coll{"shop", "c"}, "r5")
-	if f := fieldsAfter(t, doc); f["v"] != int64(2) || f["i"] != int64(5) {
+	if f := storetest.FieldsAfter(t, doc); f["v"] != int64(2) || f["i"] != int64(5) {
 		t.Errorf("r5 = %v, want both pushes' fields", f)
 	}
 }

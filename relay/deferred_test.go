@@ -42,7 +42,7 @@ func TestFirstPushesBuildNoDocument(t *testing.T) {
 	for _, r := range got.Records {
 		parts = append(parts, r.Data)
 	}
-	if f := fieldsAfter(t, parts...); !crdt.Equal(f, map[string]any{"v": int64(2)}) {
+	if f := storetest.FieldsAfter(t, parts...); !crdt.Equal(f, map[string]any{"v": int64(2)}) {
 		t.Fatalf("pulled %v", f)
 	}
 }
@@ -64,7 +64,7 @@ func TestStoredRecordKeptDeferred(t *testing.T) {
 		t.Fatal("the record read from the store was kept as an Automerge document")
 	}
 	doc, _, _ := relay.Document(context.Background(), store, c, "r")
-	if f := fieldsAfter(t, doc); f["one"] != int64(1) || f["two"] != int64(2) {
+	if f := storetest.FieldsAfter(t, doc); f["one"] != int64(1) || f["two"] != int64(2) {
 		t.Errorf("stored record = %v", f)
 	}
 }

@@ -156,7 +156,7 @@ func TestStaleFenceFailsOnlyItsPush(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := fieldsAfter(t, doc); f["c"] != int64(1) || f["base"] != int64(1) || f["a"] != nil {
+	if f := storetest.FieldsAfter(t, doc); f["c"] != int64(1) || f["base"] != int64(1) || f["a"] != nil {
 		t.Errorf("stored record = %v, want base and c, without the refused a", f)
 	}
 	if h, _ := tr.store.Head(context.Background(), coll); h != 2 {
@@ -165,7 +165,7 @@ func TestStaleFenceFailsOnlyItsPush(t *testing.T) {
 	// The cached document is the stored one: a later push merges onto it.
 	mustCall[transport.Ack](t, c, pushOf("c", 0, rec("r", ec.Edit(map[string]any{"c": 2}))))
 	doc, _, _ = relay.Document(context.Background(), tr.store, coll, "r")
-	if f := fieldsAfter(t, doc); f["c"] != int64(2) || f["a"] != nil {
+	if f := storetest.FieldsAfter(t, doc); f["c"] != int64(2) || f["a"] != nil {
 		t.Errorf("record after a later push = %v", f)
 	}
 }
@@ -186,7 +186,7 @@ func TestConflictIsMergedAgain(t *testing.T) {
 		t.Errorf("ack seq %d after %d appends; want 1 after 2", ack.Seq, gs.appendCount())
 	}
 	doc, _, err := relay.Document(context.Background(), tr.store, relay.Coll{Tenant: "shop", Collection: "c"}, "r")
-	if err != nil || fieldsAfter(t, doc)["v"] != int64(1) {
+	if err != nil || storetest.FieldsAfter(t, doc)["v"] != int64(1) {
 		t.Fatalf("stored record: %v", err)
 	}
 }
@@ -238,7 +238,7 @@ func TestTwoRelaysOneStore(t *testing.T) {
 		t.Errorf("ack seq %d, want 3", ack.Seq)
 	}
 	doc, _, _ := relay.Document(context.Background(), store, relay.Coll{Tenant: "shop", Collection: "c"}, "r")
-	if f := fieldsAfter(t, doc); f["one"] != int64(11) || f["two"] != int64(2) {
+	if f := storetest.FieldsAfter(t, doc); f["one"] != int64(11) || f["two"] != int64(2) {
 		t.Errorf("stored record = %v", f)
 	}
 }
@@ -316,7 +316,7 @@ func TestInflateBudgetIsPerPush(t *testing.T) {
 	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("x", x)))
 	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("y", y)))
 	doc, _, _ := relay.Document(context.Background(), tr.store, relay.Coll{Tenant: "shop", Collection: "c"}, "y")
-	if s, _ := fieldsAfter(t, doc)["text"].(string); len(s) != 40_000 {
+	if s, _ := storetest.FieldsAfter(t, doc)["text"].(string); len(s) != 40_000 {
 		t.Errorf("stored text is %d bytes", len(s))
 	}
 }

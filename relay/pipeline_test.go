@@ -384,7 +384,7 @@ func storedFields(t *testing.T, tr *testRelay, c relay.Coll, record string) map[
 	if err != nil {
 		t.Fatalf("record %s: %v", record, err)
 	}
-	return fieldsAfter(t, doc)
+	return storetest.FieldsAfter(t, doc)
 }
 
 // await returns what ch receives, failing the test if nothing comes within

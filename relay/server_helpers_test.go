@@ -176,22 +176,6 @@ func rec(id string, data []byte) transport.RecordChanges {
 	return transport.RecordChanges{Record: id, Data: data}
 }
 
-// fieldsAfter loads changes (or snapshots) into a fresh document.
-func fieldsAfter(t testing.TB, parts ...[]byte) map[string]any {
-	t.Helper()
-	d, _ := crdt.New("")
-	for _, p := range parts {
-		if _, err := d.Import(p); err != nil {
-			t.Fatal(err)
-		}
-	}
-	f, err := d.Fields()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
-
 // smallSendBuffers makes the relay's sockets buffer little of what it
 // sends, so a device that stops reading blocks the relay's writes after a
 // few KiB instead of the megabytes loopback would otherwise take.

@@ -41,7 +41,7 @@ func TestPushPullRoundTrip(t *testing.T) {
 	if len(ch.Records) != 1 || !ch.Records[0].Snapshot || ch.Next != 1 || ch.More {
 		t.Fatalf("fresh pull = %+v", ch)
 	}
-	if f := fieldsAfter(t, ch.Records[0].Data); f["name"] != "Tea" || f["qty"] != int64(3) {
+	if f := storetest.FieldsAfter(t, ch.Records[0].Data); f["name"] != "Tea" || f["qty"] != int64(3) {
 		t.Fatalf("snapshot fields = %v", f)
 	}
 
@@ -54,7 +54,7 @@ func TestPushPullRoundTrip(t *testing.T) {
 	if len(ch2.Records) != 1 || ch2.Records[0].Snapshot || ch2.Records[0].Seq != 2 || ch2.Next != 2 {
 		t.Fatalf("incremental pull = %+v", ch2)
 	}
-	if f := fieldsAfter(t, ch.Records[0].Data, ch2.Records[0].Data); f["qty"] != int64(4) {
+	if f := storetest.FieldsAfter(t, ch.Records[0].Data, ch2.Records[0].Data); f["qty"] != int64(4) {
 		t.Fatalf("after incremental pull: %v", f)
 	}
 	// Nothing new: an empty answer at the same cursor.
@@ -196,7 +196,7 @@ func concurrentPushers(t *testing.T, store relay.Store, tweak func(*relay.Option
 	}
 	// The hot record holds every client's last write.
 	doc, _, _ := relay.Document(context.Background(), tr.store, relay.Coll{Tenant: "shop", Collection: "c"}, "hot")
-	f := fieldsAfter(t, doc)
+	f := storetest.FieldsAfter(t, doc)
 	for i := 0; i < clients; i += 2 {
 		if f[fmt.Sprint("k", i)] != int64(pushes-1) {
 			t.Fatalf("hot record lost client %d's writes: %v", i, f)
@@ -420,7 +420,7 @@ func TestLiveSubscribers(t *testing.T) {
 	if lv.Next != 2 || len(lv.Records) != 1 {
 		t.Fatalf("live = %+v", lv)
 	}
-	if f := fieldsAfter(t, ed.Doc.Save()); f["v"] != int64(2) {
+	if f := storetest.FieldsAfter(t, ed.Doc.Save()); f["v"] != int64(2) {
 		t.Fatal(f)
 	}
 }

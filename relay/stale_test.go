@@ -120,7 +120,7 @@ func TestPushBuildsOnAnotherRelaysAppend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := fieldsAfter(t, r.Data())["turn"]; got != int64(7) {
+	if got := storetest.FieldsAfter(t, r.Data())["turn"]; got != int64(7) {
 		t.Fatalf("stored turn = %v, want 7", got)
 	}
 }
@@ -280,7 +280,7 @@ func TestPushOntoQueuedRecordBuildsOnAnotherRelaysAppend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := fieldsAfter(t, r.Data())
+	f := storetest.FieldsAfter(t, r.Data())
 	if f["a"] != int64(2) || f["b"] != int64(1) || f["c"] != int64(1) {
 		t.Fatalf("stored fields %v, want a=2 b=1 c=1", f)
 	}

@@ -74,7 +74,7 @@ func TestAutomergeCreateFindAndLive(t *testing.T) {
 	if len(ch.Records) != 1 || ch.Records[0].Record != record {
 		t.Fatalf("device pulled %+v", ch)
 	}
-	if f := fieldsAfter(t, ch.Records[0].Data); f["title"] != "buy milk" || f["done"] != false {
+	if f := storetest.FieldsAfter(t, ch.Records[0].Data); f["title"] != "buy milk" || f["done"] != false {
 		t.Fatalf("device sees %v", f)
 	}
 	heads, _ := crdt.HeadsFromSlices(ch.Records[0].Heads)

@@ -262,7 +262,7 @@ func floodHeld(t *testing.T, ping bool) {
 		if !rec.Heads.Equal(editors[j].Doc.Heads()) {
 			t.Fatalf("document %d stored at %v, want %v", j, rec.Heads, editors[j].Doc.Heads())
 		}
-		if f := fieldsAfter(t, rec.Data()); f["k"] != int64(perDoc-1) {
+		if f := storetest.FieldsAfter(t, rec.Data()); f["k"] != int64(perDoc-1) {
 			t.Fatalf("document %d stored k=%v", j, f["k"])
 		}
 	}

@@ -194,7 +194,7 @@ func TestAutomergeBusyWaits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := fieldsAfter(t, r.Data()); f["title"] != "milk" {
+	if f := storetest.FieldsAfter(t, r.Data()); f["title"] != "milk" {
 		t.Fatalf("stored %v", f)
 	}
 	if n := counter(t, br.reg, "ferry_relay_automerge_busy_retries_total"); n < 1 {
@@ -273,7 +273,7 @@ func TestAutomergeBusyCloses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := fieldsAfter(t, r.Data()); f["title"] != "milk" {
+	if f := storetest.FieldsAfter(t, r.Data()); f["title"] != "milk" {
 		t.Fatalf("stored %v", f)
 	}
 }

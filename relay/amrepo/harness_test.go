@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -132,22 +131,6 @@ func pushOf(coll string, fence uint64, recs ...transport.RecordChanges) *transpo
 
 func rec(id string, data []byte) transport.RecordChanges {
 	return transport.RecordChanges{Record: id, Data: data}
-}
-
-// fieldsAfter loads changes (or snapshots) into a fresh document.
-func fieldsAfter(t testing.TB, parts ...[]byte) map[string]any {
-	t.Helper()
-	d, _ := crdt.New("")
-	for _, p := range parts {
-		if _, err := d.Import(p); err != nil {
-			t.Fatal(err)
-		}
-	}
-	f, err := d.Fields()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return f
 }
 
 func nextLive(t *testing.T, c *transport.Client) *transport.Live {

@@ -59,3 +59,23 @@ func (e *Editor) Pulled(data []byte) {
 	}
 	e.At = e.Doc.Heads()
 }
+
+// FieldsAfter returns the fields of a fresh document that imported parts
+// (changes or saved documents), as a device that pulled them reads them.
+func FieldsAfter(t testing.TB, parts ...[]byte) map[string]any {
+	t.Helper()
+	d, err := crdt.New("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range parts {
+		if _, err := d.Import(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := d.Fields()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
