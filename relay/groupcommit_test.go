@@ -9,6 +9,7 @@ import (
 
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -60,11 +61,11 @@ func TestGroupTakesPushesMerging(t *testing.T) {
 	// Not timed: the flusher waits until the merge ends.
 	tr.srv.SetGroupWait(time.Hour)
 	a, b := tr.client("shop"), tr.client("shop")
-	ed := newEditor(t, "aa01")
-	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("a", ed.edit(map[string]any{"v": 1})))) // "a" is cached now
+	ed := storetest.NewEditor(t, "aa01")
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("a", ed.Edit(map[string]any{"v": 1})))) // "a" is cached now
 
 	h.armed.Store(true)
-	pushB := pushAsync(t, b, pushOf("c", 0, rec("b", newEditor(t, "bb01").edit(map[string]any{"v": 1}))))
+	pushB := pushAsync(t, b, pushOf("c", 0, rec("b", storetest.NewEditor(t, "bb01").Edit(map[string]any{"v": 1}))))
 	<-h.entered // b is merging: held reading its new record
 	h.armed.Store(false)
 	// Set now: a collection's committer lasts while pushes to it are in
@@ -76,7 +77,7 @@ func TestGroupTakesPushesMerging(t *testing.T) {
 		default:
 		}
 	})
-	pushA := pushAsync(t, a, pushOf("c", 0, rec("a", ed.edit(map[string]any{"v": 2}))))
+	pushA := pushAsync(t, a, pushOf("c", 0, rec("a", ed.Edit(map[string]any{"v": 2}))))
 	var early *pushResult
 	select {
 	case <-gathering:
@@ -110,7 +111,7 @@ func TestLonePushDoesNotGather(t *testing.T) {
 	// Set before the push: the committer made here is the one it uses.
 	tr.srv.SetGatherHook(relay.Coll{"shop", "c"}, func() { waited.Add(1) })
 	a := tr.client("shop")
-	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("a", newEditor(t, "aa02").edit(map[string]any{"v": 1}))))
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("a", storetest.NewEditor(t, "aa02").Edit(map[string]any{"v": 1}))))
 	if n := waited.Load(); n != 0 {
 		t.Errorf("a lone push's flusher waited %d times for pushes merging", n)
 	}
