@@ -112,6 +112,7 @@ func openStore(dir string, opts Options) (*Replica, error) {
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
 	}
+	bo = deviceBadger(bo, opts) // see txnlimit.go
 	db, err := badgerdir.Open(bo)
 	if errors.Is(err, badgerdir.ErrDamaged) {
 		return nil, damaged(err)
