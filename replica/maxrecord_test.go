@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -176,5 +178,79 @@ func TestMaxRecordFitsOneTransaction(t *testing.T) {
 			checkMaxRec(t, b, "big", one)
 			checkMaxRec(t, b, "big2", two)
 		})
+	}
+}
+
+// vlogBytes sums the sizes of the value log files in dir.
+func vlogBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "*.vlog"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, f := range files {
+		fi, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += fi.Size()
+	}
+	return n
+}
+
+// A record's read model past the value threshold is rewritten whole into
+// the value log on every change: the value-log GC (run in the background
+// every Options.GCInterval) reclaims what its older versions took, once
+// Badger's compactions have dropped them (here: six opens, each leaving
+// a table of the store's index and a value log of its own, are compacted
+// together).
+func TestValueLogGCReclaimsRewrittenReadModels(t *testing.T) {
+	dir := t.TempDir()
+	opts := &Options{memTableSize: 4 << 20, GCInterval: -1}
+	rec := newMaxRec(rand.New(rand.NewPCG(1, 2)), "v0")
+	edits := 0
+	for run := 0; run < 6; run++ {
+		r := open(t, dir, opts)
+		c := r.Collection("c")
+		if run == 0 {
+			if err := c.Put("big", rec); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := 0; i < 8; i++ {
+			edits++
+			if err := c.Update("big", func(d *crdt.Doc) error { return d.Set(crdt.Path{"tag"}, fmt.Sprintf("v%d", edits)) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := r.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := vlogBytes(t, dir)
+	if before < int64(edits)<<20*3/4 {
+		t.Fatalf("the value log holds %d bytes after %d rewrites of a 1 MB read model", before, edits)
+	}
+	r := open(t, dir, opts)
+	if err := r.db.Flatten(1); err != nil {
+		t.Fatal(err)
+	}
+	runs := 0
+	for r.db.RunValueLogGC(0.5) == nil {
+		runs++
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	after := vlogBytes(t, dir)
+	t.Logf("value log: %d bytes before, %d after %d GC runs", before, after, runs)
+	if after > before/4 {
+		t.Fatalf("value log: %d bytes before the GC, %d after (%d runs)", before, after, runs)
+	}
+	r = open(t, dir, opts)
+	var got maxRec
+	if err := r.Collection("c").Get("big", &got); err != nil || !bytes.Equal(got.Body, rec.Body) || got.Tag != fmt.Sprintf("v%d", edits) {
+		t.Fatalf("after the GC: %v, tag %q, body of %d bytes", err, got.Tag, len(got.Body))
 	}
 }
