@@ -171,7 +171,7 @@ func (c *Collection) indexed(name string, eq []any, from, to any, desc bool, aft
 			if len(page) > 0 {
 				last = page[len(page)-1].stored
 			}
-			var sel []entry
+			sel := page[:0] // filtered in place
 			for _, e := range page {
 				if e.id == "" {
 					continue // a stale entry, checked out
@@ -249,7 +249,17 @@ func entryMatches(coll string, def indexDef, base []byte, id string, stored []by
 		return nil, false
 	}
 	vals := indexValues(def, f)
-	if !bytes.Equal(storedIndexKey(base, vals, id), stored) {
+	if !bytes.HasPrefix(stored, base) {
+		return nil, false
+	}
+	rest := stored[len(base):]
+	if len(vals) <= indexValueBound {
+		// Uncut: the stored key is the full one.
+		ok := len(rest) == len(vals)+len(id) && bytes.Equal(rest[:len(vals)], vals) && string(rest[len(vals):]) == id
+		return stored, ok
+	}
+	if len(rest) != indexValueBound+1+len(id) || !bytes.Equal(rest[:indexValueBound], vals[:indexValueBound]) ||
+		rest[indexValueBound] != ixCut || string(rest[indexValueBound+1:]) != id {
 		return nil, false
 	}
 	return append(append(bytes.Clone(base), vals...), id...), true
