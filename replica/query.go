@@ -205,10 +205,12 @@ func (c *Collection) indexed(name string, eq []any, from, to any, desc bool, aft
 					return
 				}
 			}
+			if len(page) >= scanPage {
+				c.r.mem.read(scanPage) // after a full page, as a scan: no transaction open
+			}
 			if !more {
 				return
 			}
-			c.r.mem.read(scanPage) // between pages, as a scan: no transaction open
 		}
 	}
 }
