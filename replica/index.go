@@ -23,8 +23,8 @@ import (
 //
 //	i/<coll>\0<name>\0<values><id>
 //
-// whose values are the fields' values in an order-preserving encoding
-// (indexKey), written and deleted in the transaction that writes the
+// whose values are the fields' values in an order-preserving encoding,
+// cut to their first indexValueBound bytes (indexEntry), written and deleted in the transaction that writes the
 // record's read model, by the same code (putView, deleteRecordKeys).
 // Tombstones have no entries.
 
@@ -163,8 +163,9 @@ func (c *Collection) EnsureIndex(name string, o IndexOptions) error {
 func (r *Replica) buildIndex(coll string, def indexDef, progress func(done int)) error {
 	after := ""
 	done := 0
-	// Index keys as large as the values they order can pass Badger's
-	// limit on one transaction: a page that does is retried smaller.
+	// A page of index keys (up to about 1.3 KiB each) beside the read
+	// models rebuilt can pass Badger's limit on one transaction: a page
+	// that does is retried smaller.
 	page := scanPage
 	for {
 		ids, err := r.pageIDs(coll, after, page)
@@ -339,8 +340,7 @@ func (r *Replica) deleteIndexEntries(coll, name string) error {
 		err := r.db.View(func(txn *badger.Txn) error {
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 			defer it.Close()
-			// Bounded by bytes too: an index key is as large as the
-			// values it orders, and Badger counts each deleted key
+			// Bounded by bytes too: Badger counts each deleted key
 			// against its limit on one transaction.
 			size := 0
 			for it.Rewind(); it.Valid() && len(keys) < 1000 && size < 1<<20; it.Next() {

@@ -187,14 +187,14 @@ func (c *Collection) indexed(name string, eq []any, from, to any, desc bool, aft
 						yield(entry{}, err)
 						return
 					}
-					full, ok := entryMatches(c.name, def, base, e.id, e.stored, v)
+					full, ok := entryMatches(def, base, e.id, e.stored, v)
 					if !ok {
 						continue
 					}
 					e.v, e.full = v, full
 				}
 				if bytes.Compare(e.full, lo) < 0 || bytes.Compare(e.full, hi) >= 0 {
-					continue // a cut entry outside the bounds
+					continue // outside the bounds: a cut entry, or one by a long bound
 				}
 				e.cursor = e.full[len(base):]
 				sel = append(sel, e)
@@ -242,7 +242,7 @@ func orderCut(page []entry, desc bool) {
 // entryMatches reports whether the stored index key is the one that read
 // model v, of the live record id, gives, and returns the key the entry
 // would have uncut (fullIndexKey).
-func entryMatches(coll string, def indexDef, base []byte, id string, stored []byte, v view) ([]byte, bool) {
+func entryMatches(def indexDef, base []byte, id string, stored []byte, v view) ([]byte, bool) {
 	if v.deleted || v.packed == nil {
 		return nil, false
 	}
@@ -392,7 +392,7 @@ func (c *Collection) indexPage(def indexDef, base, lo, hi []byte, desc bool, las
 			}
 			switch {
 			case ok:
-				if full, match := entryMatches(c.name, def, base, string(id), e.stored, v); match {
+				if full, match := entryMatches(def, base, string(id), e.stored, v); match {
 					e.id, e.v, e.full = string(id), v, full
 				}
 			default:
