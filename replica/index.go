@@ -163,9 +163,9 @@ func (c *Collection) EnsureIndex(name string, o IndexOptions) error {
 func (r *Replica) buildIndex(coll string, def indexDef, progress func(done int)) error {
 	after := ""
 	done := 0
-	// A page of index keys (up to about 1.3 KiB each) beside the read
-	// models rebuilt can pass Badger's limit on one transaction: a page
-	// that does is retried smaller.
+	// A page of index keys (up to about 1.3 KiB each) can pass Badger's
+	// limit on one transaction with small memtables: a page that does is
+	// retried smaller.
 	page := scanPage
 	for {
 		ids, err := r.pageIDs(coll, after, page)
