@@ -79,6 +79,10 @@ type Options struct {
 	// the background. Default 10 minutes; negative disables it.
 	GCInterval time.Duration
 
+	// memTableSize, if set (by tests), is the size of Badger's
+	// memtables, which Badger's limit on one transaction follows.
+	memTableSize int64
+
 	// Logger receives the replica's and Badger's logs. Default: discard.
 	Logger *slog.Logger
 

@@ -112,6 +112,7 @@ func openStore(dir string, opts Options) (*Replica, error) {
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
 	}
+	bo = deviceBadger(bo, opts) // see txnlimit.go
 	db, err := badgerdir.Open(bo)
 	if errors.Is(err, badgerdir.ErrDamaged) {
 		return nil, damaged(err)
@@ -146,7 +147,7 @@ func openStore(dir string, opts Options) (*Replica, error) {
 		err = r.loadIndexes()
 	}
 	if err == nil && format < formatVersion {
-		err = r.upgrade()
+		err = r.upgrade(format)
 	}
 	if err == nil {
 		// A new store's identity, and whatever an earlier run left
@@ -213,13 +214,31 @@ func (r *Replica) initMeta() (string, uint32, error) {
 	return id, format, nil
 }
 
-// upgrade brings a store of format 1 to format 2: it builds the read
-// model of every record that has none, then records the new format,
-// which an older Ferry refuses (it would write records without read
-// models). A crash half-way upgrades again at the next open; read
-// models built before it stay, as nothing else wrote meanwhile. It takes
-// about as long as reading every record once did before read models.
-func (r *Replica) upgrade() error {
+// upgrade brings a store of an older format to the current one, then
+// records the new format, which an older Ferry refuses. From format 1 it
+// builds the read model of every record that has none (an older Ferry
+// would write records without read models): about as long as reading
+// every record once did before read models. From format 2 it cuts index
+// entries longer than indexValueBound (see cutIndexEntries), which an
+// older Ferry would take for stale ones. A crash half-way upgrades again
+// at the next open; what was done before it stays, as nothing else wrote
+// meanwhile.
+func (r *Replica) upgrade(format uint32) error {
+	if format < 2 {
+		if err := r.buildViews(); err != nil {
+			return err
+		}
+	}
+	if err := r.cutIndexEntries(); err != nil {
+		return fmt.Errorf("ferry: open store: cutting long index entries: %w", err)
+	}
+	return r.db.Update(func(txn *badger.Txn) error {
+		return txn.Set(keyFormat, binary.BigEndian.AppendUint32(nil, formatVersion))
+	})
+}
+
+// buildViews builds the read model of every record that has none.
+func (r *Replica) buildViews() error {
 	colls, err := r.Collections()
 	if err != nil {
 		return err
@@ -245,9 +264,7 @@ func (r *Replica) upgrade() error {
 			}
 		}
 	}
-	return r.db.Update(func(txn *badger.Txn) error {
-		return txn.Set(keyFormat, binary.BigEndian.AppendUint32(nil, formatVersion))
-	})
+	return nil
 }
 
 // ID returns the replica's stable ID: the name the relay knows this device
