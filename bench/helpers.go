@@ -72,7 +72,11 @@ func (t snapshot) since(s snapshot, name string) float64 { return t.m[name] - s.
 func (r *Result) phaseBytes(e *relayEnv, name string, before, after snapshot, wireChanges, changes int, metric string) {
 	if e.wire != nil {
 		w := float64(after.wire - before.wire)
-		r.add(Metric{Name: name + "_wire", Value: w, Unit: "B", Ratio: r.Floor.BytesRatio(wireChanges, w), Note: wireNote(e.mode)})
+		note := wireNote(e.mode)
+		if e.counted {
+			note = "TCP bytes both ways, counted on the clients' own connections to the child relay"
+		}
+		r.add(Metric{Name: name + "_wire", Value: w, Unit: "B", Ratio: r.Floor.BytesRatio(wireChanges, w), Note: note})
 	}
 	p := after.since(before, metric)
 	r.add(Metric{Name: name + "_payload", Value: p, Unit: "B", Ratio: r.Floor.BytesRatio(changes, p), Note: "relay /metrics " + metric})

@@ -15,10 +15,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/coder/websocket"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/procfs"
+
+	"github.com/ferrysync/ferry/transport"
 )
 
 // counter counts bytes both ways between devices and a relay.
@@ -459,8 +462,33 @@ const (
 	mBytesIn     = "ferry_relay_change_received_bytes_total"
 	mBytesOut    = "ferry_relay_change_sent_bytes_total"
 	mAccepted    = "ferry_relay_changes_accepted_total"
+	mGroups      = "ferry_relay_group_commits_total"
 	mSubscribers = "ferry_relay_subscribers"
 	mCompactions = "ferry_relay_compactions_total"
 	mPushSeconds = `ferry_relay_request_seconds_sum{type="push"}`
 	mPushes      = `ferry_relay_request_seconds_count{type="push"}`
 )
+
+// dialCounted connects a raw transport client to the relay. To a child
+// relay it connects directly and counts the bytes on its own connection,
+// into the counter the proxy counts into, instead of going through the
+// proxy: the proxy runs in this process, on the cores the relay is
+// measured on, and copies every message twice more (a read and a write
+// each way, and the goroutine wakes between them), which no device of a
+// real relay pays. The bytes counted are the same ones: the proxy
+// forwards them unchanged. Elsewhere it dials e.url.
+func (e *relayEnv) dialCounted(ctx context.Context) (*transport.Conn, error) {
+	if e.direct == "" {
+		return transport.Dial(ctx, e.url, nil)
+	}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &countingConn{Conn: c, c: e.wire}, nil
+	}
+	e.counted = true
+	hc := &http.Client{Transport: &http.Transport{DialContext: dial}}
+	return transport.Dial(ctx, e.direct, &transport.Options{Dial: &websocket.DialOptions{HTTPClient: hc}})
+}

@@ -80,6 +80,11 @@ type relayEnv struct {
 	wire          *counter // bytes between devices and the relay; nil for External
 	mem           memProbe
 	stop          func() error
+	// direct is a child relay's own device URL, behind the proxy, and
+	// counted says clients connected to it counting their own bytes
+	// (dialCounted).
+	direct  string
+	counted bool
 }
 
 // startRelay starts (or, for External, connects the meters to) a relay
@@ -240,7 +245,7 @@ func startChild(ctx context.Context, t Target, dir string) (*relayEnv, error) {
 	}
 	e := &relayEnv{
 		mode: Child, url: "ws://" + px.addr() + child.path, metricsURL: "http://" + child.host + "/metrics",
-		apiKey: app.APIKey, token: tok, wire: px.c, mem: mem,
+		apiKey: app.APIKey, token: tok, wire: px.c, mem: mem, direct: "ws://" + child.host + child.path,
 	}
 	e.stop = func() error {
 		px.close()

@@ -44,6 +44,9 @@ func W4(ctx context.Context, cfg Config) (res *Result, err error) {
 	res.add(Metric{Name: "pushed", Value: float64(in.n), Unit: "changes"})
 	res.add(Metric{Name: "accepted", Value: in.accepted, Unit: "changes", Note: "relay /metrics " + mAccepted + " over the ingest (checked: every change pushed)"})
 	res.time("ingest", in.elapsed, in.n, "changes/s")
+	if g := in.after.since(in.before, mGroups); g > 0 {
+		res.add(Metric{Name: "ingest_changes_per_group", Value: in.accepted / g, Unit: "changes", Note: "relay /metrics " + mAccepted + " over " + mGroups + ": the changes each store append (and its fsync) carried"})
+	}
 	res.phaseBytes(in.env, "ingest", in.before, in.after, in.n*(1+cfg.Subscribers), in.n, mBytesIn)
 	res.latency("fanout_load_p50", percentile(in.fanLoad, 50))
 	res.latency("fanout_load_p99", percentile(in.fanLoad, 99))
@@ -196,7 +199,7 @@ func (w *w4Run) makeChanges() error {
 func (w *w4Run) dial(name string, buf int) (*transport.Client, error) {
 	dctx, cancel := context.WithTimeout(w.ctx, time.Minute)
 	defer cancel()
-	conn, err := transport.Dial(dctx, w.env.url, nil)
+	conn, err := w.env.dialCounted(dctx)
 	if err != nil {
 		return nil, err
 	}

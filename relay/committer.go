@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/transport"
@@ -35,6 +36,15 @@ type committer struct {
 	epoch  uint64
 	wrote  map[string]wrote
 	active map[uint64]int
+	// merging counts the pushes merging now (from beginRead to endRead),
+	// ended those that have ended, and mergeEnd is closed, and replaced,
+	// when one ends: a flusher waits on them (gather).
+	merging  int
+	ended    uint64
+	mergeEnd chan struct{}
+	// gatherHook, if set (by tests), is called with mu held when a
+	// flusher starts to wait for pushes merging.
+	gatherHook func()
 	// queuedHook, if set (by tests), is called with the queue's length
 	// each time a push joins it, with mu held.
 	queuedHook func(n int)
@@ -607,6 +617,7 @@ func (cm *committer) beginRead() uint64 {
 	cm.mu.Lock()
 	defer cm.mu.Unlock()
 	cm.active[cm.epoch]++
+	cm.merging++
 	return cm.epoch
 }
 
@@ -616,6 +627,12 @@ func (cm *committer) beginRead() uint64 {
 func (cm *committer) endRead(start uint64) {
 	cm.mu.Lock()
 	defer cm.mu.Unlock()
+	cm.merging--
+	cm.ended++
+	if cm.mergeEnd != nil {
+		close(cm.mergeEnd)
+		cm.mergeEnd = nil
+	}
 	if cm.active[start]--; cm.active[start] > 0 {
 		return
 	}
@@ -641,6 +658,7 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 	cm.mu.Lock()
 	most := 0 // pushes the next group may hold; 0: as many as the caps allow
 	for len(cm.queue) > 0 && len(own.done) == 0 {
+		cm.gather(s)
 		group, entries, docs := cm.nextGroup(s, most)
 		cm.mu.Unlock()
 		var seq, early uint64
@@ -678,6 +696,48 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 	}
 	cm.mu.Unlock()
 }
+
+// gather waits, before a group is taken from the queue, for the pushes
+// merging onto the queue now to join it, up to s.groupWait. Under load
+// the group then takes them in, rather than leave them to wait for its
+// write and then for one of their own: fewer, larger groups, each with
+// one fsync and one update of the collection's head and usage. They
+// would have waited longer behind the group than the group waits for
+// them: reading the records the relay does not hold, the check and the
+// merge. With no other push merging, as for a lone device, it does
+// not wait at all. It waits for as many merges to end as were running
+// when it began, whichever they are, so that pushes arriving meanwhile do
+// not keep it waiting. cm.mu is held, and released while waiting.
+func (cm *committer) gather(s *Server) {
+	if cm.merging == 0 || s.groupWait <= 0 {
+		return
+	}
+	if cm.gatherHook != nil {
+		cm.gatherHook()
+	}
+	target := cm.ended + uint64(cm.merging)
+	t := time.NewTimer(s.groupWait)
+	defer t.Stop()
+	for cm.ended < target {
+		if cm.mergeEnd == nil {
+			cm.mergeEnd = make(chan struct{})
+		}
+		ch := cm.mergeEnd
+		cm.mu.Unlock()
+		select {
+		case <-ch:
+		case <-t.C:
+			cm.mu.Lock()
+			return
+		}
+		cm.mu.Lock()
+	}
+}
+
+// groupWait bounds how long a flusher waits for pushes merging (gather):
+// a merge takes tens of microseconds, or a few milliseconds for a large
+// record that must be saved whole to check max_record.
+const groupWait = time.Millisecond
 
 // Caps of one group, so that pushes which each fit a store's append are
 // not merged into one that does not, and one group's write does not keep
@@ -782,6 +842,7 @@ func (cm *committer) written(s *Server, group []*waiter, entries []Entry, docs m
 		return
 	}
 	s.metrics.changes.Add(float64(countHashes(entries)))
+	s.metrics.groups.Inc()
 	// Subscribers get the entries from memory, now that they are durable:
 	// no read of the store on the live path.
 	logged := make([]LogEntry, len(entries))

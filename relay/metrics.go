@@ -37,6 +37,7 @@ type metrics struct {
 	quotaRefusals *prometheus.CounterVec
 	memRefusals   prometheus.Counter
 	recordSaves   prometheus.Counter
+	groups        prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -61,6 +62,8 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Help: "Work refused with busy after waiting for room in the memory budget (max_memory)."}),
 		recordSaves: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_record_saves_total",
 			Help: "Records saved whole on push, to check their size against max_record."}),
+		groups: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_group_commits_total",
+			Help: "Store appends of pushes' changes, each holding one or more pushes (group commit)."}),
 	}
 	for _, t := range requestTypes {
 		m.requests.WithLabelValues(string(t), "ok")
@@ -89,7 +92,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		func() float64 { return float64(s.mem.inUse()) })
 	memBudget := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_relay_memory_budget_bytes", Help: "The relay's memory budget (max_memory)."},
 		func() float64 { return float64(s.mem.max) })
-	for _, c := range []prometheus.Collector{m.connections, m.subscribers, m.requests, m.latency, m.changes, m.bytesIn, m.bytesOut, m.leaseWaits, m.leaseWait, m.slowConsumers, m.compactions, m.authFailures, m.quotaRefusals, m.memRefusals, m.recordSaves, logSize, storeBytes, compactFailing, memUsed, memBudget} {
+	for _, c := range []prometheus.Collector{m.connections, m.subscribers, m.requests, m.latency, m.changes, m.bytesIn, m.bytesOut, m.leaseWaits, m.leaseWait, m.slowConsumers, m.compactions, m.authFailures, m.quotaRefusals, m.memRefusals, m.recordSaves, m.groups, logSize, storeBytes, compactFailing, memUsed, memBudget} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -45,6 +45,7 @@ var wantMetrics = []struct{ name, typ, help string }{
 	{"ferry_relay_memory_budget_bytes", "gauge", "The relay's memory budget (max_memory)."},
 	{"ferry_relay_memory_refusals_total", "counter", "Work refused with busy after waiting for room in the memory budget (max_memory)."},
 	{"ferry_relay_record_saves_total", "counter", "Records saved whole on push, to check their size against max_record."},
+	{"ferry_relay_group_commits_total", "counter", "Store appends of pushes' changes, each holding one or more pushes (group commit)."},
 	{"ferry_relay_store_bytes", "gauge", "Bytes the store takes on disk (in memory, for a memory store)."},
 	{"ferry_relay_subscribers", "gauge", "Live subscriptions."},
 	{"ferry_relay_automerge_connections", "gauge", "Open automerge-repo connections."},

@@ -171,6 +171,8 @@ type Server struct {
 	// groupBytes and groupEntries cap one group commit (see nextGroup);
 	// tests lift them to reach the split on ErrAppendTooLarge.
 	groupBytes, groupEntries int
+	// groupWait bounds a flusher's wait for pushes merging (gather).
+	groupWait time.Duration
 
 	// hooks let tests wait for events that have no other signal, and
 	// drive timers by the fake clock.
@@ -229,6 +231,7 @@ func NewServer(o *Options) (*Server, error) {
 		quotas:     quotas,
 	}
 	s.groupBytes, s.groupEntries = groupBytes, groupEntries
+	s.groupWait = groupWait
 	s.recLocks = keylock.New(compareRecordKeys)
 	s.reg = opts.Registry
 	if s.reg == nil {

@@ -23,8 +23,8 @@ import (
 //
 //	i/<coll>\0<name>\0<values><id>
 //
-// whose values are the fields' values in an order-preserving encoding
-// (indexKey), written and deleted in the transaction that writes the
+// whose values are the fields' values in an order-preserving encoding,
+// cut to their first indexValueBound bytes (indexEntry), written and deleted in the transaction that writes the
 // record's read model, by the same code (putView, deleteRecordKeys).
 // Tombstones have no entries.
 
@@ -163,8 +163,9 @@ func (c *Collection) EnsureIndex(name string, o IndexOptions) error {
 func (r *Replica) buildIndex(coll string, def indexDef, progress func(done int)) error {
 	after := ""
 	done := 0
-	// Index keys as large as the values they order can pass Badger's
-	// limit on one transaction: a page that does is retried smaller.
+	// A page of index keys (up to about 1.3 KiB each) can pass Badger's
+	// limit on one transaction with small memtables: a page that does is
+	// retried smaller.
 	page := scanPage
 	for {
 		ids, err := r.pageIDs(coll, after, page)
@@ -339,8 +340,7 @@ func (r *Replica) deleteIndexEntries(coll, name string) error {
 		err := r.db.View(func(txn *badger.Txn) error {
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 			defer it.Close()
-			// Bounded by bytes too: an index key is as large as the
-			// values it orders, and Badger counts each deleted key
+			// Bounded by bytes too: Badger counts each deleted key
 			// against its limit on one transaction.
 			size := 0
 			for it.Rewind(); it.Valid() && len(keys) < 1000 && size < 1<<20; it.Next() {
@@ -411,12 +411,59 @@ func (r *Replica) updateIndexes(txn *badger.Txn, coll, id string, old []byte, ne
 	return nil
 }
 
-func indexEntry(coll string, d indexDef, fields map[string]any, id string) []byte {
-	k := indexPrefix(coll, d.Name)
+// indexValueBound is the most bytes of encoded values (indexValues) an
+// index entry's key holds. Badger refuses keys past 65,000 bytes, and
+// every key a record writes counts against its limit on one transaction,
+// so an entry whose values encode longer holds their first
+// indexValueBound bytes and ixCut: a prefix sorts no later than the
+// values it cuts and no earlier than any shorter entry before them, so
+// keys keep the index's order except among entries cut to the same
+// prefix, which queries order (and bound) by the values in the records'
+// read models. An entry that fits is the full encoding, as it always was.
+const indexValueBound = 1024
+
+// ixCut follows the values of an entry cut to indexValueBound bytes: the
+// values part of such a key is indexValueBound+1 bytes long, and no
+// entry that fits is.
+const ixCut byte = 0x00
+
+// indexValues encodes a record's values of the index's fields, in order.
+func indexValues(d indexDef, fields map[string]any) []byte {
+	var b []byte
 	for _, f := range d.Fields {
-		k = appendIndexValue(k, fields[f])
+		b = appendIndexValue(b, fields[f])
+	}
+	return b
+}
+
+// indexEntry returns the key of a record's entry: base (indexPrefix), its
+// values, cut to indexValueBound bytes if longer, then its ID.
+func indexEntry(coll string, d indexDef, fields map[string]any, id string) []byte {
+	return storedIndexKey(indexPrefix(coll, d.Name), indexValues(d, fields), id)
+}
+
+func storedIndexKey(base, vals []byte, id string) []byte {
+	k := make([]byte, 0, len(base)+min(len(vals), indexValueBound+1)+len(id))
+	k = append(k, base...)
+	if len(vals) > indexValueBound {
+		k = append(append(k, vals[:indexValueBound]...), ixCut)
+	} else {
+		k = append(k, vals...)
 	}
 	return append(k, id...)
+}
+
+// fullIndexKey is the key a record's entry would have if no entry were
+// cut: the order of the index, and what query bounds compare with.
+func fullIndexKey(coll string, d indexDef, fields map[string]any, id string) []byte {
+	k := append(indexPrefix(coll, d.Name), indexValues(d, fields)...)
+	return append(k, id...)
+}
+
+// cutEntry reports whether the stored index key k, whose value is id,
+// is an entry cut to indexValueBound bytes of values.
+func cutEntry(base, k []byte, id string) bool {
+	return len(k)-len(base)-len(id) > indexValueBound
 }
 
 // Index value encoding: a tag, then bytes that sort as the values do.
@@ -515,4 +562,121 @@ func indexable(v any) error {
 		return nil
 	}
 	return fmt.Errorf("%w: cannot query an index by a %T", ErrInvalidIndex, v)
+}
+
+// cutIndexEntries replaces each index entry of more than indexValueBound
+// bytes of values, as a store of format 2 holds them, by the entry its
+// record's read model gives now, in transactions of a fraction of
+// Badger's limit each. It runs at open, before anything else writes. Only
+// long keys are looked at further (their value, the ID, and the read
+// model), so a store without them costs one pass over its index keys.
+func (r *Replica) cutIndexEntries() error {
+	type long struct {
+		key []byte
+		id  string
+	}
+	budget, count := r.db.MaxBatchSize()/2, r.db.MaxBatchCount()/4
+	var after []byte
+	for {
+		var batch []long
+		var size int64
+		done := false
+		err := r.db.View(func(txn *badger.Txn) error {
+			prefix := []byte("i/")
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+			defer it.Close()
+			from := prefix
+			if after != nil {
+				from = append(bytes.Clone(after), 0)
+			}
+			for it.Seek(from); it.Valid(); it.Next() {
+				k := it.Item().Key()
+				base, ok := entryBase(k)
+				if !ok || len(k)-len(base) <= indexValueBound {
+					continue
+				}
+				id, err := it.Item().ValueCopy(nil)
+				if err != nil {
+					return err
+				}
+				if !cutEntry(base, k, string(id)) {
+					continue
+				}
+				batch = append(batch, long{key: bytes.Clone(k), id: string(id)})
+				if size += int64(len(k)+indexValueBound) + 512; size >= budget || int64(len(batch)) >= count {
+					after = batch[len(batch)-1].key
+					return nil
+				}
+			}
+			done = true
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		var rebuild [][2]string
+		release := r.writing()
+		err = r.db.Update(func(txn *badger.Txn) error {
+			for _, l := range batch {
+				base, _ := entryBase(l.key)
+				coll, name, _ := bytes.Cut(base[2:len(base)-1], []byte{0})
+				i := slices.IndexFunc(r.idx.of(string(coll)), func(d indexDef) bool { return d.Name == string(name) })
+				v, ok, err := readView(txn, string(coll), l.id)
+				if err != nil {
+					return err
+				}
+				var next []byte
+				if i >= 0 && ok && !v.deleted && v.packed != nil {
+					if f, err := crdt.UnpackFields(v.packed, false); err == nil {
+						next = indexEntry(string(coll), r.idx.of(string(coll))[i], f, l.id)
+					}
+				}
+				if bytes.Equal(next, l.key) {
+					continue // cut already, by an upgrade a crash stopped
+				}
+				if err := txn.Delete(l.key); err != nil {
+					return err
+				}
+				if next != nil {
+					if err := txn.Set(next, []byte(l.id)); err != nil {
+						return err
+					}
+				} else if i >= 0 && !ok {
+					rebuild = append(rebuild, [2]string{string(coll), l.id})
+				}
+			}
+			return nil
+		})
+		release()
+		if err != nil {
+			return err
+		}
+		// A record without a readable read model gets one, and its
+		// entries with it.
+		for _, x := range rebuild {
+			if _, err := r.rebuildView(x[0], x[1]); err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrCorrupt) {
+				return err
+			}
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+// entryBase returns the index prefix (indexPrefix) an index entry's key
+// starts with.
+func entryBase(k []byte) ([]byte, bool) {
+	if !bytes.HasPrefix(k, []byte("i/")) {
+		return nil, false
+	}
+	i := bytes.IndexByte(k[2:], 0)
+	if i < 0 {
+		return nil, false
+	}
+	j := bytes.IndexByte(k[2+i+1:], 0)
+	if j < 0 {
+		return nil, false
+	}
+	return k[:2+i+1+j+1], true
 }

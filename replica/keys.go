@@ -17,7 +17,7 @@ import (
 //	r/<coll>\0<id>        record meta (see meta)
 //	v/<coll>\0<id>        the record's read model (see view.go)
 //	x/<coll>\0<name>      a secondary index's definition (JSON; see index.go)
-//	i/<coll>\0<name>\0<values><id>  an index entry (value: the ID)
+//	i/<coll>\0<name>\0<values><id>  an index entry (value: the ID); values past 1 KiB are cut (see indexValueBound)
 //	s/<coll>\0<id>        snapshot: the document saved whole
 //	c/<coll>\0<id>\0<n>   incremental chunk n (uint64, big-endian)
 //	p/<coll>\0<id>        pending: the record has changes the relay has not acknowledged
@@ -31,8 +31,10 @@ const (
 	// formatVersion 2 adds the read models (v/). A store of format 1
 	// opens, and its records' read models are built then (see upgrade);
 	// an older Ferry, which would write records without updating them,
-	// refuses format 2.
-	formatVersion = 2
+	// refuses format 2. formatVersion 3 cuts index entries to
+	// indexValueBound bytes of values (see index.go); a store of format 2
+	// has its longer entries cut when it opens.
+	formatVersion = 3
 
 	maxCollection = 64
 )

@@ -79,6 +79,10 @@ type Options struct {
 	// the background. Default 10 minutes; negative disables it.
 	GCInterval time.Duration
 
+	// memTableSize, if set (by tests), is the size of Badger's
+	// memtables, which Badger's limit on one transaction follows.
+	memTableSize int64
+
 	// Logger receives the replica's and Badger's logs. Default: discard.
 	Logger *slog.Logger
 
@@ -133,10 +137,6 @@ type Options struct {
 	// roots, a proxy, or a test network. Its Timeout must be zero (a
 	// connection lives as long as a sync). Default: http.DefaultClient.
 	HTTPClient *http.Client
-
-	// memTableSize, if set (by tests), replaces the store's Badger
-	// memtable size (see storeOptions).
-	memTableSize int64
 }
 
 func (o *Options) withDefaults() Options {

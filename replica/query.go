@@ -11,6 +11,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/transport"
 )
 
 // Row is one record a query yields: its ID and version, and its fields
@@ -119,7 +120,11 @@ func Select[T any](c *Collection, q Query[T]) iter.Seq2[Row[T], error] {
 
 // indexed streams the live records an index query selects, in the
 // index's order, a page per store transaction. Each entry is checked
-// against the record's read model read in the same transaction.
+// against the record's read model read in the same transaction, and
+// compared with the query's bounds by the values the read model holds:
+// an entry cut to indexValueBound bytes of values tells them only in
+// part. Entries cut to the same prefix (a group) are read in one page,
+// whatever its size, and ordered by their full values.
 func (c *Collection) indexed(name string, eq []any, from, to any, desc bool, after string) iter.Seq2[entry, error] {
 	return func(yield func(entry, error) bool) {
 		if c.err != nil {
@@ -149,17 +154,24 @@ func (c *Collection) indexed(name string, eq []any, from, to any, desc bool, aft
 			}
 			k := append(bytes.Clone(base), tail...)
 			if desc {
-				hi = k // exclusive
+				if bytes.Compare(k, hi) < 0 {
+					hi = k // exclusive
+				}
 			} else if k = append(k, 0); bytes.Compare(k, lo) > 0 {
 				lo = k
 			}
 		}
+		var last []byte // the stored key the previous page ended at
 		for {
-			page, err := c.indexPage(def, base, lo, hi, desc)
+			page, more, err := c.indexPage(def, base, lo, hi, desc, last)
 			if err != nil {
 				yield(entry{}, err)
 				return
 			}
+			if len(page) > 0 {
+				last = page[len(page)-1].stored
+			}
+			sel := page[:0] // filtered in place
 			for _, e := range page {
 				if e.id == "" {
 					continue // a stale entry, checked out
@@ -175,41 +187,124 @@ func (c *Collection) indexed(name string, eq []any, from, to any, desc bool, aft
 						yield(entry{}, err)
 						return
 					}
-					if !entryMatches(c.name, def, base, e.id, e.cursor, v) {
+					full, ok := entryMatches(def, base, e.id, e.stored, v)
+					if !ok {
 						continue
 					}
-					e.v = v
+					e.v, e.full = v, full
 				}
+				if bytes.Compare(e.full, lo) < 0 || bytes.Compare(e.full, hi) >= 0 {
+					continue // outside the bounds: a cut entry, or one by a long bound
+				}
+				e.cursor = e.full[len(base):]
+				sel = append(sel, e)
+			}
+			orderCut(sel, desc)
+			for _, e := range sel {
 				if !yield(e, nil) {
 					return
 				}
 			}
-			if len(page) < scanPage {
+			if len(page) >= scanPage {
+				c.r.mem.read(scanPage) // after a full page, as a scan: no transaction open
+			}
+			if !more {
 				return
 			}
-			last := append(bytes.Clone(base), page[len(page)-1].cursor...)
-			if desc {
-				hi = last
-			} else {
-				lo = append(last, 0)
-			}
-			c.r.mem.read(scanPage) // between pages, as a scan: no transaction open
 		}
 	}
 }
 
-// entryMatches reports whether the index entry base+cursor is the one
-// that read model v, of the live record id, gives.
-func entryMatches(coll string, def indexDef, base []byte, id string, cursor []byte, v view) bool {
+// orderCut orders each run of entries cut to the same prefix by their
+// full keys (descending with desc); the index's keys order the rest.
+// Entries of a run are adjacent: no other key lies between them.
+func orderCut(page []entry, desc bool) {
+	for i := 0; i < len(page); {
+		j := i + 1
+		if page[i].cut {
+			p := page[i].stored[:len(page[i].stored)-len(page[i].id)]
+			for j < len(page) && page[j].cut && bytes.Equal(page[j].stored[:len(page[j].stored)-len(page[j].id)], p) {
+				j++
+			}
+		}
+		if j-i > 1 {
+			slices.SortFunc(page[i:j], func(a, b entry) int {
+				if desc {
+					return bytes.Compare(b.full, a.full)
+				}
+				return bytes.Compare(a.full, b.full)
+			})
+		}
+		i = j
+	}
+}
+
+// entryMatches reports whether the stored index key is the one that read
+// model v, of the live record id, gives, and returns the key the entry
+// would have uncut (fullIndexKey).
+func entryMatches(def indexDef, base []byte, id string, stored []byte, v view) ([]byte, bool) {
 	if v.deleted || v.packed == nil {
-		return false
+		return nil, false
 	}
 	f, err := crdt.UnpackFields(v.packed, false)
 	if err != nil {
-		return false
+		return nil, false
 	}
-	k := indexEntry(coll, def, f, id)
-	return len(k) == len(base)+len(cursor) && bytes.HasPrefix(k, base) && bytes.Equal(k[len(base):], cursor)
+	vals := indexValues(def, f)
+	if !bytes.HasPrefix(stored, base) {
+		return nil, false
+	}
+	rest := stored[len(base):]
+	if len(vals) <= indexValueBound {
+		// Uncut: the stored key is the full one.
+		ok := len(rest) == len(vals)+len(id) && bytes.Equal(rest[:len(vals)], vals) && string(rest[len(vals):]) == id
+		return stored, ok
+	}
+	if len(rest) != indexValueBound+1+len(id) || !bytes.Equal(rest[:indexValueBound], vals[:indexValueBound]) ||
+		rest[indexValueBound] != ixCut || string(rest[indexValueBound+1:]) != id {
+		return nil, false
+	}
+	return append(append(bytes.Clone(base), vals...), id...), true
+}
+
+// Where a cut entry stands. Its key holds only the first indexValueBound
+// bytes of its values, so it is compared with a bound by its full key;
+// the key alone tells where to start and stop reading: every entry whose
+// full key is at least lo has a key at least seekFrom(lo), and every one
+// whose full key is below hi has a key that is not pastEnd(hi).
+
+// cutLen is the length of an index key cut after indexValueBound bytes
+// of values.
+func cutLen(base []byte) int { return len(base) + indexValueBound }
+
+// seekFrom is where reading upward for entries of full keys >= lo starts.
+func seekFrom(base, lo []byte) []byte {
+	if n := cutLen(base); len(lo) > n {
+		return lo[:n]
+	}
+	return lo
+}
+
+// pastEnd reports whether the index key k, and every key after it, has a
+// full key >= hi.
+func pastEnd(base, k, hi []byte) bool {
+	n := cutLen(base)
+	if len(hi) <= n {
+		return bytes.Compare(k, hi) >= 0
+	}
+	return bytes.Compare(k[:min(len(k), n)], hi[:n]) > 0
+}
+
+// seekDown is where reading downward for entries of full keys < hi
+// starts: a key at or above every key that is not pastEnd(hi).
+func seekDown(base, hi []byte) []byte {
+	n := cutLen(base)
+	if len(hi) <= n {
+		return hi
+	}
+	// An index key runs at most 1 (ixCut) + 256 (an ID) bytes past its
+	// first indexValueBound bytes of values, and no ID holds 0xff.
+	return append(bytes.Clone(hi[:n]), bytes.Repeat([]byte{0xff}, 1+transport.MaxRecordID+1)...)
 }
 
 // indexRange returns the keys an index query reads: from lo (included)
@@ -242,33 +337,54 @@ func indexRange(coll string, def indexDef, eq []any, from, to any) (lo, hi []byt
 	return lo, hi, nil
 }
 
-// indexPage reads up to a page of entries in [lo, hi), in order or in
-// reverse, with each record's read model, in one transaction. An entry
-// that does not match its record's read model (which a write replaces in
-// the transaction that changes it, so this only follows damage) comes
-// with an empty id.
-func (c *Collection) indexPage(def indexDef, base, lo, hi []byte, desc bool) ([]entry, error) {
-	var page []entry
-	err := c.r.view(func(txn *badger.Txn) error {
+// indexPage reads up to a page of entries of full keys in [lo, hi), in
+// order or in reverse (desc), after the stored key last (nil: from the
+// start), with each record's read model, in one transaction. more is
+// false once no entry is left. An entry that does not match its record's
+// read model (which a write replaces in the transaction that changes it,
+// so this only follows damage) comes with an empty id. A page goes on
+// past its size to the end of a group of entries cut to one prefix, so
+// that the group is ordered whole. An entry may be outside [lo, hi): the
+// caller compares its full key.
+func (c *Collection) indexPage(def indexDef, base, lo, hi []byte, desc bool, last []byte) (page []entry, more bool, err error) {
+	err = c.r.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: base, Reverse: desc})
 		defer it.Close()
-		if desc {
-			it.Seek(hi)
-		} else {
-			it.Seek(lo)
+		switch {
+		case desc && last != nil:
+			it.Seek(last)
+		case desc:
+			it.Seek(seekDown(base, hi))
+		case last != nil:
+			it.Seek(append(bytes.Clone(last), 0))
+		default:
+			it.Seek(seekFrom(base, lo))
 		}
-		for ; it.Valid() && len(page) < scanPage; it.Next() {
+		var group []byte // the prefix of the last entry, if it was cut
+		for ; it.Valid(); it.Next() {
 			k := it.Item().Key()
-			if desc && bytes.Compare(k, lo) < 0 || !desc && bytes.Compare(k, hi) >= 0 {
-				break
+			if desc {
+				if last != nil && bytes.Compare(k, last) >= 0 || pastEnd(base, k, hi) {
+					continue
+				}
+				if bytes.Compare(k, seekFrom(base, lo)) < 0 {
+					return nil
+				}
+			} else if pastEnd(base, k, hi) {
+				return nil
 			}
-			if desc && bytes.Compare(k, hi) >= 0 {
-				continue
+			if len(page) >= scanPage && (group == nil || !bytes.HasPrefix(k, group)) {
+				more = true
+				return nil
 			}
-			e := entry{cursor: bytes.Clone(k[len(base):])}
+			e := entry{stored: bytes.Clone(k)}
 			id, err := it.Item().ValueCopy(nil)
 			if err != nil {
 				return err
+			}
+			group = nil
+			if e.cut = cutEntry(base, e.stored, string(id)); e.cut {
+				group = e.stored[:cutLen(base)]
 			}
 			v, ok, err := readView(txn, c.name, string(id))
 			if err != nil {
@@ -276,8 +392,8 @@ func (c *Collection) indexPage(def indexDef, base, lo, hi []byte, desc bool) ([]
 			}
 			switch {
 			case ok:
-				if entryMatches(c.name, def, base, string(id), e.cursor, v) {
-					e.id, e.v = string(id), v
+				if full, match := entryMatches(def, base, string(id), e.stored, v); match {
+					e.id, e.v, e.full = string(id), v, full
 				}
 			default:
 				// No read model, or a damaged one: if the record exists,
@@ -292,5 +408,5 @@ func (c *Collection) indexPage(def indexDef, base, lo, hi []byte, desc bool) ([]
 		}
 		return nil
 	})
-	return page, err
+	return page, more, err
 }

@@ -140,7 +140,7 @@ func openStore(dir string, opts Options) (*Replica, error) {
 		err = r.loadIndexes()
 	}
 	if err == nil && format < formatVersion {
-		err = r.upgrade()
+		err = r.upgrade(format)
 	}
 	if err == nil {
 		// A new store's identity, and whatever an earlier run left
@@ -171,25 +171,12 @@ func openStore(dir string, opts Options) (*Replica, error) {
 // each, the one being written and the one being flushed) and the tables
 // it builds in memory before writing them, one from each full memtable
 // among them; a store closed with a full memtable builds one as it
-// closes. Halving the memtables (from 16 MiB) took a fifth off W6's
-// insert's peak and a third off its reopen's; what it costs is a smaller
-// transaction (Badger refuses one past 15% of a memtable, 1.2 MiB here),
-// which the store splits where it may (see batchParts).
-const (
-	memTableSize = 8 << 20
-	// valueThreshold: values this large or larger go to the value log
-	// and count as a pointer against a transaction, so that a record's
-	// own writes (its document and its read model, each up to
-	// max_record, plus its index keys) fit one transaction of a
-	// memtableSize memtable: two values just under it take 1 MiB of
-	// the 1.2.
-	valueThreshold = 512 << 10
-	// valueLogFileSize: Badger's value-log GC rewrites whole files, and
-	// never the one being written: files of 1 GiB (Badger's default)
-	// would keep a device's garbage until a gigabyte of large values
-	// had been written.
-	valueLogFileSize = 64 << 20
-)
+// closes. Halving the memtables (from 16 MiB) took 12 MiB off the Go
+// heap at W6's insert's peak and a sixth off its close and reopen's
+// peak; what it costs is a smaller transaction (Badger refuses one past
+// 15% of a memtable, 1.2 MiB here), which the store splits where it may
+// (see batchParts), and a lower value threshold (see txnlimit.go).
+const memTableSize = 8 << 20
 
 // storeOptions are a replica store's Badger options, with memtables of
 // mt bytes.
@@ -211,14 +198,13 @@ func storeOptions(dir string, mt int64, opts Options) badger.Options {
 		WithMemTableSize(mt).
 		WithNumMemtables(2).
 		WithNumCompactors(2).
-		WithValueThreshold(valueThreshold).
-		WithValueLogFileSize(valueLogFileSize).
 		WithBlockCacheSize(8 << 20).
 		WithNumVersionsToKeep(1)
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
 	}
-	return bo
+	// The value threshold follows from the memtable: see txnlimit.go.
+	return bo.WithValueThreshold(valueThreshold(bo))
 }
 
 // flushLargerMemtables opens the store in dir once with memtables large
@@ -286,13 +272,31 @@ func (r *Replica) initMeta() (string, uint32, error) {
 	return id, format, nil
 }
 
-// upgrade brings a store of format 1 to format 2: it builds the read
-// model of every record that has none, then records the new format,
-// which an older Ferry refuses (it would write records without read
-// models). A crash half-way upgrades again at the next open; read
-// models built before it stay, as nothing else wrote meanwhile. It takes
-// about as long as reading every record once did before read models.
-func (r *Replica) upgrade() error {
+// upgrade brings a store of an older format to the current one, then
+// records the new format, which an older Ferry refuses. From format 1 it
+// builds the read model of every record that has none (an older Ferry
+// would write records without read models): about as long as reading
+// every record once did before read models. From format 2 it cuts index
+// entries longer than indexValueBound (see cutIndexEntries), which an
+// older Ferry would take for stale ones. A crash half-way upgrades again
+// at the next open; what was done before it stays, as nothing else wrote
+// meanwhile.
+func (r *Replica) upgrade(format uint32) error {
+	if format < 2 {
+		if err := r.buildViews(); err != nil {
+			return err
+		}
+	}
+	if err := r.cutIndexEntries(); err != nil {
+		return fmt.Errorf("ferry: open store: cutting long index entries: %w", err)
+	}
+	return r.db.Update(func(txn *badger.Txn) error {
+		return txn.Set(keyFormat, binary.BigEndian.AppendUint32(nil, formatVersion))
+	})
+}
+
+// buildViews builds the read model of every record that has none.
+func (r *Replica) buildViews() error {
 	colls, err := r.Collections()
 	if err != nil {
 		return err
@@ -318,9 +322,7 @@ func (r *Replica) upgrade() error {
 			}
 		}
 	}
-	return r.db.Update(func(txn *badger.Txn) error {
-		return txn.Set(keyFormat, binary.BigEndian.AppendUint32(nil, formatVersion))
-	})
+	return nil
 }
 
 // ID returns the replica's stable ID: the name the relay knows this device

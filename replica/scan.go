@@ -75,7 +75,12 @@ func (c *Collection) Scan(o ScanOptions) iter.Seq2[Record, error] {
 type entry struct {
 	id     string
 	v      view
-	cursor []byte // where an index query stands: the entry's key past the index's prefix
+	cursor []byte // where an index query stands: the entry's full key past the index's prefix
+
+	// An index query's entry: its key as stored, whether its values are
+	// cut (see indexValueBound), and its key uncut (fullIndexKey).
+	stored, full []byte
+	cut          bool
 }
 
 // each streams the collection's records with IDs that have idPrefix,

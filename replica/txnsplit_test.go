@@ -307,15 +307,16 @@ func TestTxnSplitConflictsOfLargeRecords(t *testing.T) {
 }
 
 // A record whose own writes pass the limit fails the sync with
-// ErrTooLarge naming it, not a bare ErrTxnTooBig.
+// ErrTooLarge naming it, not a bare ErrTxnTooBig: here, with thousands
+// of indexes over a long value, each entry holding 1 KiB of it.
 func TestTxnSplitRecordAloneTooLarge(t *testing.T) {
 	e := newSyncEnv(t)
 	a, b := e.device(nil), e.device(nil)
 	bigRecords(t, a, "c", 3, 50<<10, "v")
 	mustSync(t, a, "p")
 	cb := b.Collection("c")
-	for i := 0; i < 50; i++ {
-		if err := cb.EnsureIndex(fmt.Sprintf("i%02d", i), IndexOptions{Fields: []string{"body", fmt.Sprintf("f%02d", i)}}); err != nil {
+	for i := 0; i < 2500; i++ {
+		if err := cb.EnsureIndex(fmt.Sprintf("i%04d", i), IndexOptions{Fields: []string{"body", fmt.Sprintf("f%04d", i)}}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -229,7 +229,7 @@ func (c *Collection) matcher(index string, eq []any, from, to any) (func(id stri
 		return nil, err
 	}
 	return func(id string, fields map[string]any) bool {
-		k := indexEntry(c.name, def, fields, id)
+		k := fullIndexKey(c.name, def, fields, id)
 		return bytes.Compare(k, lo) >= 0 && bytes.Compare(k, hi) < 0
 	}, nil
 }

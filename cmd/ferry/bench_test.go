@@ -107,6 +107,39 @@ func TestBenchChild(t *testing.T) {
 	}
 }
 
+// TestBenchChildW4CountsAtClients: against a child relay, W4's clients
+// connect to the relay itself, not through the bench's byte-counting
+// proxy (which would take CPU on the relay's cores), and count the bytes
+// on their own connections: the ingest's wire bytes are still measured.
+func TestBenchChildW4CountsAtClients(t *testing.T) {
+	var out, errb bytes.Buffer
+	c := &BenchCommand{Stdout: &out, Stderr: &errb, relayCommand: func(ctx context.Context, args []string) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), "FERRY_TEST_MAIN="+strings.Join(append([]string{"relay"}, args...), "\t"))
+		return cmd
+	}}
+	args := append([]string{"--child", "--json", "--workloads", "W4"}, tinyBench(t)...)
+	if err := c.Run(context.Background(), args); err != nil {
+		t.Fatalf("bench: %v\nstderr:\n%s", err, errb.String())
+	}
+	var got benchOutput
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	r := got.Results[len(got.Results)-1]
+	m, ok := r.Metric("ingest_wire")
+	if !ok || !strings.Contains(m.Note, "clients' own connections") {
+		t.Fatalf("ingest_wire = %+v, want bytes counted on the clients' connections", m)
+	}
+	// Each change crosses at least once in a push and once per
+	// subscriber, and the wire holds at least its payload each time.
+	p, _ := r.Metric("ingest_payload")
+	subs, _ := r.Metric("subscribers")
+	if p.Value <= 0 || m.Value < p.Value*(1+subs.Value) {
+		t.Errorf("ingest_wire %v bytes for %v bytes of changes pushed to %v subscribers", m.Value, p.Value, subs.Value)
+	}
+}
+
 // TestBenchHistory runs W2L, W2 over a long history, sized by --history.
 func TestBenchHistory(t *testing.T) {
 	var out, errb bytes.Buffer

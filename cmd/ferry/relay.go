@@ -58,6 +58,9 @@ apps' keys, issuers, audiences and grants, without dropping a connection.
 SIGINT and SIGTERM stop it gracefully.
 
 The first line printed is always "ferry relay listening on URL".
+
+FERRY_RELAY_CPUPROFILE=FILE writes a CPU profile of the relay's run to
+FILE ("%p" in it becomes the process ID), for go tool pprof.
 `
 
 // storeDir is where the relay's Badger store lives inside the data folder,
@@ -77,6 +80,15 @@ func (c *RelayCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	stopProfile, err := startRelayProfile()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if perr := stopProfile(); perr != nil {
+			log.Warn("could not write the CPU profile", "env", relayProfileEnv, "err", perr)
+		}
+	}()
 	var certs *certReloader
 	if cfg.TLSCert != "" {
 		if certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey, log); err != nil {
