@@ -13,7 +13,7 @@ import "github.com/dgraph-io/badger/v4"
 // values past an eighth of the limit go to the value log: a record's
 // write then counts at most a few eighths of it, and its index entries
 // (at most about 1.3 KiB each, see indexValueBound) the rest. Values that
-// large are rare (a read model past 300 KiB with 16 MiB memtables); the
+// large are rare (a read model past 150 KiB with 8 MiB memtables); the
 // value log they leave behind when rewritten is reclaimed by the
 // value-log GC (Options.GCInterval).
 //
