@@ -36,6 +36,7 @@ type Doc struct {
 	// journal.go).
 	jn           journal
 	historyWalks int // calls to automerge-go's Changes(since), for tests
+	lookups      int // changes looked up by hash to export or index, for tests
 	maxOps       int // see SetMaxOps; 0: no limit
 	// def, until the Automerge document is built, is what a Doc made by
 	// NewDeferred took in (am is nil meanwhile).
@@ -219,6 +220,16 @@ func (d *Doc) ChangesSince(since Heads) ([]byte, error) {
 				return nil, err
 			}
 		}
+	}
+	es, ok, err := d.journalPayloads(since, heads)
+	if err != nil {
+		return nil, fmt.Errorf("crdt: changes: %w", err)
+	}
+	if ok {
+		if len(es) == 0 {
+			return nil, nil
+		}
+		return appendChunks(nil, es), nil
 	}
 	chs, err := d.changesSince(since, heads)
 	if err != nil {

@@ -63,6 +63,10 @@ func JournalLen(d *Doc) int {
 // default).
 func SetJournalLimit(d *Doc, n int) { d.jn.limit = n }
 
+// Lookups returns how many changes d looked up in automerge-go one by one
+// to export or index them.
+func Lookups(d *Doc) int { return d.lookups }
+
 // HistoryWalks returns how many times d asked automerge-go for the
 // changes since heads (a walk of the whole history).
 func HistoryWalks(d *Doc) int { return d.historyWalks }
