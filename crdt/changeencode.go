@@ -179,11 +179,11 @@ func encodeOpColumns(ops []chOp) []encodedColumn {
 // encoders' buffers were most of what checking a small change allocated.
 type opEncoder struct {
 	objA, objC, keyA, action, meta, predN, predA rleEncoder[uint64]
-	keyS, marks                                   rleEncoder[string]
-	keyC, predC                                   deltaEncoder
-	insert, expand                                boolEncoder
-	raw                                           []byte
-	cols                                          []encodedColumn
+	keyS, marks                                  rleEncoder[string]
+	keyC, predC                                  deltaEncoder
+	insert, expand                               boolEncoder
+	raw                                          []byte
+	cols                                         []encodedColumn
 	// For checkCanonical: the rebuilt operations and their predecessors,
 	// and the header and column metadata written for the comparison.
 	ops   []chOp
