@@ -213,6 +213,24 @@ func (j *journal) since(since Heads) ([]jentry, bool) {
 	return out, true
 }
 
+// holds reports whether h is one of the changes the journal has seen (its
+// entries, or its base or tip): a document holds every change its journal
+// has seen, since whatever takes changes away from a document (a rollback,
+// a reset) starts its journal again. Looking there first spares a call
+// into Automerge for what a document asks about most: its recent changes
+// and its heads.
+func (j *journal) holds(h Hash) bool {
+	if slices.Contains(j.tip, h) || slices.Contains(j.base, h) {
+		return true
+	}
+	for i := len(j.entries) - 1; i >= 0; i-- {
+		if j.entries[i].hash == h {
+			return true
+		}
+	}
+	return false
+}
+
 // size estimates the bytes the journal holds.
 func (j *journal) size() int {
 	n := (len(j.base)+len(j.tip))*HashSize + j.bytes

@@ -630,3 +630,68 @@ func TestJournalKeepsPayloads(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestHasRecentChangesFromJournal: a document answers Has for the changes
+// it made or imported lately from its journal, without asking Automerge;
+// and still answers right after a rollback drops changes the journal had
+// seen, and for changes older than the journal.
+func TestHasRecentChangesFromJournal(t *testing.T) {
+	a, err := crdt.New(actorA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := crdt.New(actorB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var aHashes []crdt.Hash
+	for i := range 4 {
+		if err := a.Set(crdt.Path{"x"}, int64(i)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Commit("", epoch); err != nil {
+			t.Fatal(err)
+		}
+		aHashes = append(aHashes, a.Heads()[0])
+	}
+	data, err := a.ChangesSince(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Import(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Set(crdt.Path{"y"}, int64(1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Commit("", epoch); err != nil {
+		t.Fatal(err)
+	}
+	own := b.Heads()[0]
+	if _, err := b.ChangesSince(crdt.Heads{aHashes[3]}); err != nil { // the journal sees the commit
+		t.Fatal(err)
+	}
+	before := crdt.HasLookups(b)
+	for _, h := range append(slices.Clone(aHashes), own) {
+		if !b.Has(h) {
+			t.Fatalf("Has(%s) = false for a change the document holds", h)
+		}
+	}
+	if n := crdt.HasLookups(b) - before; n != 0 {
+		t.Errorf("Has asked Automerge %d times about changes the journal holds; want none", n)
+	}
+	// A change it lacks is still asked about, and is not held.
+	if b.Has(crdt.Hash{1, 2, 3}) {
+		t.Error("Has = true for a change no one made")
+	}
+	// After a reset drops the document's own change, Has says so.
+	if err := b.Reset(crdt.Heads{aHashes[3]}); err != nil {
+		t.Fatal(err)
+	}
+	if b.Has(own) {
+		t.Error("Has = true for a change the reset dropped")
+	}
+	if !b.Has(aHashes[0]) {
+		t.Error("Has = false for an old change after the reset")
+	}
+}
