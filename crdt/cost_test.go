@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/internal/memtest"
 )
 
 // costShapes are records of the shapes whose memory differs most per
@@ -80,30 +80,26 @@ func objectHeavy(t testing.TB) []byte {
 // and compares the resident memory they take with what Doc.Cost
 // estimates; it prints the measurements behind the constants in cost.go
 // (go test -run TestCostCalibration -v ./crdt/). The estimate must stay
-// within a factor of two of what was measured, either way.
+// within a factor of two of what was measured, either way. Under the race
+// detector the process is a build without it (see memtest).
 func TestCostCalibration(t *testing.T) {
 	if shape := os.Getenv("FERRY_COST_CHILD"); shape != "" {
 		costChild(t, shape)
 		return
 	}
-	if runtime.GOOS != "linux" {
-		t.Skip("resident memory is read from /proc")
-	}
-	if testing.Short() || raceBuild {
-		t.Skip("builds large records; measures memory without the race detector")
+	if testing.Short() {
+		t.Skip("builds large records")
 	}
 	for _, sh := range costShapes {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestCostCalibration$", "-test.v")
-		cmd.Env = append(os.Environ(), "FERRY_COST_CHILD="+sh.name)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s: %v\n%s", sh.name, err, out)
-		}
+		out := memtest.Run(t, "FERRY_COST_CHILD="+sh.name)
 		var rss, est float64
 		var saved int
 		var c crdt.Cost
-		line := out[bytes.Index(out, []byte("cost:")):]
-		line = line[:bytes.IndexByte(line, '\n')]
+		i := bytes.Index(out, []byte("cost:"))
+		if i < 0 {
+			t.Fatalf("%s: no measurement in\n%s", sh.name, out)
+		}
+		line, _, _ := bytes.Cut(out[i:], []byte("\n"))
 		if _, err := fmt.Sscanf(string(line), "cost: saved %d rss %g estimate %g changes %d ops %d keys %d objects %d",
 			&saved, &rss, &est, &c.Changes, &c.Ops, &c.Keys, &c.Objects); err != nil {
 			t.Fatalf("%s: %v in %q", sh.name, err, line)
@@ -139,7 +135,7 @@ func costChild(t *testing.T, shape string) {
 	// loaded document costs).
 	runtime.GC()
 	crdt.ReleaseNative()
-	before := rssBytes(t)
+	before := memtest.Resident(t)
 	docs := make([]*crdt.Doc, copies)
 	var c crdt.Cost
 	for i := range docs {
@@ -151,7 +147,7 @@ func costChild(t *testing.T, shape string) {
 		}
 	}
 	runtime.GC()
-	grown := float64(rssBytes(t)-before) / float64(copies)
+	grown := float64(memtest.Resident(t)-before) / float64(copies)
 	fmt.Printf("cost: saved %d rss %.0f estimate %d changes %d ops %d keys %d objects %d\n", len(saved), grown, c.Bytes, c.Changes, c.Ops, c.Keys, c.Objects)
 	runtime.KeepAlive(docs)
 }

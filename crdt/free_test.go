@@ -8,13 +8,12 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
-	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/automerge/automerge-go"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/internal/memtest"
 )
 
 // TestFreeLayout fails if automerge-go's types no longer have the layout
@@ -136,21 +135,6 @@ func must(t *testing.T, err error) {
 	}
 }
 
-// rssBytes returns the process's resident memory, from /proc.
-func rssBytes(t *testing.T) int64 {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
-		t.Skipf("no /proc/self/statm: %v", err)
-	}
-	f := strings.Fields(string(b))
-	pages, err := strconv.ParseInt(f[1], 10, 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pages * int64(os.Getpagesize())
-}
-
 // TestFreeReleasesMemory loads and drops a large document many times with
 // the garbage collector off, once freeing each and once not. Resident
 // memory is measured, not timed: freed documents give their memory back
@@ -200,29 +184,29 @@ func TestFreeReleasesMemory(t *testing.T) {
 	for range warm {
 		load().Free()
 	}
-	start := rssBytes(t)
+	start := memtest.Resident(t)
 	for range n {
 		load().Free()
 	}
-	freed := rssBytes(t) - start
+	freed := memtest.Resident(t) - start
 
-	start = rssBytes(t)
+	start = memtest.Resident(t)
 	keep := make([]*crdt.Doc, 0, n) // dropped documents: nothing frees them with the GC off
 	for range n {
 		keep = append(keep, load())
 	}
-	dropped := rssBytes(t) - start
+	dropped := memtest.Resident(t) - start
 	perDoc := dropped / n
 
 	// A document made by automerge-go itself, freed with FreeAutomerge.
 	for range warm {
 		crdt.FreeAutomerge(loadRaw(t, saved))
 	}
-	start = rssBytes(t)
+	start = memtest.Resident(t)
 	for range n {
 		crdt.FreeAutomerge(loadRaw(t, saved))
 	}
-	if raw := rssBytes(t) - start; raw > 4*perDoc {
+	if raw := memtest.Resident(t) - start; raw > 4*perDoc {
 		t.Fatalf("with FreeAutomerge, RSS grew %d bytes over %d loads (%d a document unfreed): memory was not released", raw, n, perDoc)
 	}
 	t.Logf("%d loads of a %d-byte document, GC off: RSS grew %.1f MiB with Free, %.1f MiB without (%.2f MiB a document)",

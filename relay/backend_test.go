@@ -11,6 +11,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -27,8 +28,8 @@ func TestBackendReadDocumentSharesTheCache(t *testing.T) {
 	b := tr.srv.Backend()
 	c := relay.Coll{Tenant: "shop", Collection: "c"}
 	dev := tr.client("shop")
-	ed := newEditor(t, "")
-	mustCall[transport.Ack](t, dev, pushOf("c", 0, rec("pushed", ed.edit(map[string]any{"v": "device"}))))
+	ed := storetest.NewEditor(t, "")
+	mustCall[transport.Ack](t, dev, pushOf("c", 0, rec("pushed", ed.Edit(map[string]any{"v": "device"}))))
 	if n := tr.srv.DocCacheLen(); n != 1 {
 		t.Fatalf("after one push the cache holds %d documents", n)
 	}
@@ -47,7 +48,7 @@ func TestBackendReadDocumentSharesTheCache(t *testing.T) {
 	}
 	reads := st.records.Load()
 	for range 10 {
-		if f, h := read("pushed", ed.doc.Heads()); f["v"] != "device" || !h.Equal(ed.doc.Heads()) {
+		if f, h := read("pushed", ed.Doc.Heads()); f["v"] != "device" || !h.Equal(ed.Doc.Heads()) {
 			t.Fatalf("read %v at %v, want the push's", f, h)
 		}
 	}
@@ -59,26 +60,26 @@ func TestBackendReadDocumentSharesTheCache(t *testing.T) {
 	}
 	// Another relay on a shared store writes the record, and no event
 	// says so: the log's heads do, and the read takes the store's.
-	before := ed.doc.Heads()
-	later := ed.edit(map[string]any{"v": "elsewhere"})
-	if _, err := tr.store.Append(ctx, c, 0, tr.clock.Now(), []relay.Entry{{Record: "pushed", Base: before, Changes: later, Hashes: ed.doc.Heads(), Heads: ed.doc.Heads()}}); err != nil {
+	before := ed.Doc.Heads()
+	later := ed.Edit(map[string]any{"v": "elsewhere"})
+	if _, err := tr.store.Append(ctx, c, 0, tr.clock.Now(), []relay.Entry{{Record: "pushed", Base: before, Changes: later, Hashes: ed.Doc.Heads(), Heads: ed.Doc.Heads()}}); err != nil {
 		t.Fatal(err)
 	}
-	if f, h := read("pushed", ed.doc.Heads()); f["v"] != "elsewhere" || !h.Equal(ed.doc.Heads()) {
+	if f, h := read("pushed", ed.Doc.Heads()); f["v"] != "elsewhere" || !h.Equal(ed.Doc.Heads()) {
 		t.Fatalf("read %v at %v after another relay's write", f, h)
 	}
-	if h := tr.srv.CachedHeads(c, "pushed"); !h.Equal(ed.doc.Heads()) {
-		t.Fatalf("the cache holds %v, want the store's %v", h, ed.doc.Heads())
+	if h := tr.srv.CachedHeads(c, "pushed"); !h.Equal(ed.Doc.Heads()) {
+		t.Fatalf("the cache holds %v, want the store's %v", h, ed.Doc.Heads())
 	}
 	// A push builds on the document the read left in the cache.
-	mustCall[transport.Ack](t, dev, pushOf("c", 0, rec("pushed", ed.edit(map[string]any{"v": "device again"}))))
+	mustCall[transport.Ack](t, dev, pushOf("c", 0, rec("pushed", ed.Edit(map[string]any{"v": "device again"}))))
 	if f, _ := read("pushed", nil); f["v"] != "device again" {
 		t.Fatalf("read %v after a push onto the store's document", f)
 	}
 
-	other := newEditor(t, "")
-	ch := other.edit(map[string]any{"v": "stored"})
-	if _, err := tr.store.Append(ctx, c, 0, tr.clock.Now(), []relay.Entry{{Record: "stored", Changes: ch, Hashes: other.doc.Heads(), Heads: other.doc.Heads()}}); err != nil {
+	other := storetest.NewEditor(t, "")
+	ch := other.Edit(map[string]any{"v": "stored"})
+	if _, err := tr.store.Append(ctx, c, 0, tr.clock.Now(), []relay.Entry{{Record: "stored", Changes: ch, Hashes: other.Doc.Heads(), Heads: other.Doc.Heads()}}); err != nil {
 		t.Fatal(err)
 	}
 	reads = st.records.Load()
@@ -104,9 +105,9 @@ func TestBackendReadDocumentFreesWhatTheCacheCannotHold(t *testing.T) {
 	ctx := context.Background()
 	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.DocCacheBytes = 1 })
 	c := relay.Coll{Tenant: "shop", Collection: "c"}
-	ed := newEditor(t, "")
-	ch := ed.edit(map[string]any{"v": "stored"})
-	if _, err := tr.store.Append(ctx, c, 0, tr.clock.Now(), []relay.Entry{{Record: "r", Changes: ch, Hashes: ed.doc.Heads(), Heads: ed.doc.Heads()}}); err != nil {
+	ed := storetest.NewEditor(t, "")
+	ch := ed.Edit(map[string]any{"v": "stored"})
+	if _, err := tr.store.Append(ctx, c, 0, tr.clock.Now(), []relay.Entry{{Record: "r", Changes: ch, Hashes: ed.Doc.Heads(), Heads: ed.Doc.Heads()}}); err != nil {
 		t.Fatal(err)
 	}
 	var kept *crdt.Doc
@@ -139,8 +140,8 @@ func TestBackendReadDocumentChecksMarkedDocuments(t *testing.T) {
 	st := &headsStore{sharedStore: &sharedStore{Store: memstore.New()}}
 	tr := newTestRelay(t, st, nil)
 	c := relay.Coll{Tenant: "shop", Collection: "c"}
-	ed := newEditor(t, "")
-	mustCall[transport.Ack](t, tr.client("shop"), pushOf("c", 0, rec("r", ed.edit(map[string]any{"v": 1}))))
+	ed := storetest.NewEditor(t, "")
+	mustCall[transport.Ack](t, tr.client("shop"), pushOf("c", 0, rec("r", ed.Edit(map[string]any{"v": 1}))))
 	readV := func() any {
 		t.Helper()
 		var v any
@@ -163,17 +164,17 @@ func TestBackendReadDocumentChecksMarkedDocuments(t *testing.T) {
 	if r, h := st.records.Load()-records, st.heads.Load()-heads; r != 0 || h != 1 {
 		t.Fatalf("3 reads after an event read %d whole records and %d heads, want 0 and 1", r, h)
 	}
-	before := ed.doc.Heads()
-	later := ed.edit(map[string]any{"v": 2})
-	if _, err := tr.store.Append(ctx, c, 0, tr.clock.Now(), []relay.Entry{{Record: "r", Base: before, Changes: later, Hashes: ed.doc.Heads(), Heads: ed.doc.Heads()}}); err != nil {
+	before := ed.Doc.Heads()
+	later := ed.Edit(map[string]any{"v": 2})
+	if _, err := tr.store.Append(ctx, c, 0, tr.clock.Now(), []relay.Entry{{Record: "r", Base: before, Changes: later, Hashes: ed.Doc.Heads(), Heads: ed.Doc.Heads()}}); err != nil {
 		t.Fatal(err)
 	}
 	st.event(relay.StoreEvent{Kind: relay.EventAppended, Coll: c})
 	if v := readV(); v != int64(2) {
 		t.Fatalf("after another relay's write read v=%v, want 2", v)
 	}
-	if h := tr.srv.CachedHeads(c, "r"); !h.Equal(ed.doc.Heads()) {
-		t.Fatalf("the cache holds %v, want the store's %v", h, ed.doc.Heads())
+	if h := tr.srv.CachedHeads(c, "r"); !h.Equal(ed.Doc.Heads()) {
+		t.Fatalf("the cache holds %v, want the store's %v", h, ed.Doc.Heads())
 	}
 }
 
@@ -196,14 +197,14 @@ func TestBackendReadDocumentSkipsQueuedChanges(t *testing.T) {
 	tr := newTestRelay(t, gs, nil)
 	c := relay.Coll{Tenant: "shop", Collection: "c"}
 	dev := tr.client("shop")
-	ed := newEditor(t, "")
-	mustCall[transport.Ack](t, dev, pushOf("c", 0, rec("r", ed.edit(map[string]any{"v": 1}))))
-	durable := ed.doc.Heads()
+	ed := storetest.NewEditor(t, "")
+	mustCall[transport.Ack](t, dev, pushOf("c", 0, rec("r", ed.Edit(map[string]any{"v": 1}))))
+	durable := ed.Doc.Heads()
 	release := sync.OnceFunc(gs.holdNext())
 	t.Cleanup(release) // a failure below must not leave the relay stuck on it
 	acked := make(chan error, 1)
 	go func() {
-		_, err := call[transport.Ack](t, tr.client("shop"), pushOf("c", 0, rec("r", ed.edit(map[string]any{"v": 2}))))
+		_, err := call[transport.Ack](t, tr.client("shop"), pushOf("c", 0, rec("r", ed.Edit(map[string]any{"v": 2}))))
 		acked <- err
 	}()
 	<-gs.entered // the second push is merged and queued, its Append held
@@ -224,14 +225,14 @@ func TestBackendReadDocumentSkipsQueuedChanges(t *testing.T) {
 		t.Fatalf("while the push is not durable: read v=%v at %v, want 1 at %v", v, h, durable)
 	}
 	// ...and the queued document stays in the cache for the next push.
-	if h := tr.srv.CachedHeads(c, "r"); !h.Equal(ed.doc.Heads()) {
-		t.Fatalf("the cache holds r at %v, want the queued document's %v", h, ed.doc.Heads())
+	if h := tr.srv.CachedHeads(c, "r"); !h.Equal(ed.Doc.Heads()) {
+		t.Fatalf("the cache holds r at %v, want the queued document's %v", h, ed.Doc.Heads())
 	}
 	release()
 	if err := <-acked; err != nil {
 		t.Fatal(err)
 	}
-	if v, h := read(); v != int64(2) || !h.Equal(ed.doc.Heads()) {
+	if v, h := read(); v != int64(2) || !h.Equal(ed.Doc.Heads()) {
 		t.Fatalf("once durable: read v=%v at %v", v, h)
 	}
 }
@@ -257,14 +258,14 @@ func (s *gatedRecords) Record(ctx context.Context, c relay.Coll, id string) (rel
 // push or read would build on it.
 func TestBackendReadDocumentNeverCachesAnOlderDocument(t *testing.T) {
 	ctx := context.Background()
-	doc := func(ed *editor, n int64) []byte {
+	doc := func(ed *storetest.Editor, n int64) []byte {
 		fields := map[string]any{"n": n}
 		for i := range 200 {
 			fields[fmt.Sprint("f", i)] = int64(i)
 		}
-		return ed.edit(fields)
+		return ed.Edit(fields)
 	}
-	probe, err := crdt.LoadDeferred(doc(newEditor(t, ""), 0))
+	probe, err := crdt.LoadDeferred(doc(storetest.NewEditor(t, ""), 0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,9 +278,9 @@ func TestBackendReadDocumentNeverCachesAnOlderDocument(t *testing.T) {
 	st := &gatedRecords{Store: memstore.New(), entered: make(chan struct{}), release: make(chan struct{})}
 	tr := newTestRelay(t, st, func(o *relay.Options) { o.DocCacheBytes = cost.Current * 3 / 2; o.CompactInterval = -1 })
 	c := relay.Coll{Tenant: "shop", Collection: "c"}
-	ed := newEditor(t, "")
+	ed := storetest.NewEditor(t, "")
 	ch := doc(ed, 1)
-	old := ed.doc.Heads()
+	old := ed.Doc.Heads()
 	if _, err := tr.store.Append(ctx, c, 0, tr.clock.Now(), []relay.Entry{{Record: "r", Changes: ch, Hashes: old, Heads: old}}); err != nil {
 		t.Fatal(err)
 	}
@@ -294,8 +295,8 @@ func TestBackendReadDocumentNeverCachesAnOlderDocument(t *testing.T) {
 	}()
 	<-st.entered // the read has the record as it was
 	dev := tr.client("shop")
-	mustCall[transport.Ack](t, dev, pushOf("c", 0, rec("r", ed.edit(map[string]any{"n": int64(2)}))))
-	mustCall[transport.Ack](t, dev, pushOf("c", 0, rec("other", doc(newEditor(t, ""), 3))))
+	mustCall[transport.Ack](t, dev, pushOf("c", 0, rec("r", ed.Edit(map[string]any{"n": int64(2)}))))
+	mustCall[transport.Ack](t, dev, pushOf("c", 0, rec("other", doc(storetest.NewEditor(t, ""), 3))))
 	if h := tr.srv.CachedHeads(c, "r"); h != nil {
 		t.Fatalf("r is still cached at %v: the test needs it evicted", h)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -26,8 +27,8 @@ func bigPush(t *testing.T, rng *rand.Rand, actor string, records, n int) *transp
 	t.Helper()
 	p := pushOf("c", 0)
 	for i := range records {
-		ed := newEditor(t, fmt.Sprintf("%s%02x", actor, i))
-		p.Records = append(p.Records, rec(fmt.Sprintf("%s-%d", actor, i), ed.edit(map[string]any{"blob": noise(rng, n)})))
+		ed := storetest.NewEditor(t, fmt.Sprintf("%s%02x", actor, i))
+		p.Records = append(p.Records, rec(fmt.Sprintf("%s-%d", actor, i), ed.Edit(map[string]any{"blob": noise(rng, n)})))
 	}
 	return p
 }
@@ -45,7 +46,7 @@ func queueBigPushes(t *testing.T, tr *testRelay, gs *gateStore, pushes []*transp
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { first.Close() })
-	small := pushAsync(t, first, pushOf("c", 0, rec("small", newEditor(t, "5a11").edit(map[string]any{"v": 1}))))
+	small := pushAsync(t, first, pushOf("c", 0, rec("small", storetest.NewEditor(t, "5a11").Edit(map[string]any{"v": 1}))))
 	<-queued
 	<-gs.entered
 	var out []<-chan pushResult
@@ -191,22 +192,22 @@ func TestLargePushDoesNotStallOthers(t *testing.T) {
 	release := func() { once.Do(func() { close(g.release) }) }
 	t.Cleanup(release) // before the relay closes, if the test fails first
 	a, a2, b := tr.client("shop"), tr.client("shop"), tr.client("rival")
-	shared := newEditor(t, "a2a2")
-	mustCall[transport.Ack](t, a2, pushOf("c", 0, rec("r5", shared.edit(map[string]any{"v": 1}))))
+	shared := storetest.NewEditor(t, "a2a2")
+	mustCall[transport.Ack](t, a2, pushOf("c", 0, rec("r5", shared.Edit(map[string]any{"v": 1}))))
 	g.armed.Store(true)
 
 	big := pushOf("c", 0)
 	for i := range 1000 {
-		big.Records = append(big.Records, rec(fmt.Sprint("r", i), newEditor(t, fmt.Sprintf("a%03x", i)).edit(map[string]any{"i": int64(i)})))
+		big.Records = append(big.Records, rec(fmt.Sprint("r", i), storetest.NewEditor(t, fmt.Sprintf("a%03x", i)).Edit(map[string]any{"i": int64(i)})))
 	}
 	bigDone := pushAsync(t, a, big)
 	<-g.entered // a's push is reading from the store, and held there
 	for i := range 20 {
 		// The other app's records are named as app A's are: the locks are
 		// per tenant and collection too.
-		mustCall[transport.Ack](t, b, pushOf("c", 0, rec(fmt.Sprint("r", i), newEditor(t, fmt.Sprintf("b%03x", i)).edit(map[string]any{"i": int64(i)}))))
+		mustCall[transport.Ack](t, b, pushOf("c", 0, rec(fmt.Sprint("r", i), storetest.NewEditor(t, fmt.Sprintf("b%03x", i)).Edit(map[string]any{"i": int64(i)}))))
 	}
-	mustCall[transport.Ack](t, a2, pushOf("c", 0, rec("r5", shared.edit(map[string]any{"v": 2}))))
+	mustCall[transport.Ack](t, a2, pushOf("c", 0, rec("r5", shared.Edit(map[string]any{"v": 2}))))
 	select {
 	case r := <-bigDone:
 		t.Fatalf("app A's push ended while its reads were held: %v", r.err)
@@ -223,7 +224,7 @@ func TestLargePushDoesNotStallOthers(t *testing.T) {
 		t.Errorf("app B's log head %d, want 20", h)
 	}
 	doc, _, _ := relay.Document(context.Background(), tr.store, relay.Coll{"shop", "c"}, "r5")
-	if f := fieldsAfter(t, doc); f["v"] != int64(2) || f["i"] != int64(5) {
+	if f := storetest.FieldsAfter(t, doc); f["v"] != int64(2) || f["i"] != int64(5) {
 		t.Errorf("r5 = %v, want both pushes' fields", f)
 	}
 }
@@ -264,19 +265,19 @@ func TestRecordStaysWithinMaxRecordSaved(t *testing.T) {
 	coll := relay.Coll{"shop", "c"}
 	// One change of 40 fields of noise and a filler, sized so that the
 	// saved document is maxRecord-40 bytes.
-	create := func(filler int) (*editor, []byte) {
+	create := func(filler int) (*storetest.Editor, []byte) {
 		rng := rand.New(rand.NewPCG(15, 15))
-		ed := newEditor(t, "f150")
+		ed := storetest.NewEditor(t, "f150")
 		f := map[string]any{"fill": noise(rng, filler)}
 		for i := range 40 {
 			f[fmt.Sprint("f", i)] = noise(rng, 2000)
 		}
-		return ed, compressChange(t, ed.edit(f))
+		return ed, compressChange(t, ed.Edit(f))
 	}
 	lo, hi := 0, 20_000
 	for lo < hi {
 		k := (lo + hi + 1) / 2
-		if ed, _ := create(k); len(ed.doc.Save()) <= maxRecord-40 {
+		if ed, _ := create(k); len(ed.Doc.Save()) <= maxRecord-40 {
 			lo = k
 		} else {
 			hi = k - 1
@@ -284,7 +285,7 @@ func TestRecordStaysWithinMaxRecordSaved(t *testing.T) {
 	}
 	ed, ch := create(lo)
 	// (Saved sizes grow with the filler only roughly: a few bytes off.)
-	if n := len(ed.doc.Save()); n < maxRecord-48 || n > maxRecord-32 || len(ch) >= n {
+	if n := len(ed.Doc.Save()); n < maxRecord-48 || n > maxRecord-32 || len(ch) >= n {
 		t.Fatalf("record saves to %d bytes from a change of %d; want about %d from fewer", n, len(ch), maxRecord-40)
 	}
 	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("big", ch)))
@@ -306,16 +307,16 @@ func TestRecordStaysWithinMaxRecordSaved(t *testing.T) {
 		if i > 50 {
 			t.Fatal("50 updates and still no refusal")
 		}
-		before := ed.doc.Heads()
-		_, err := call[transport.Ack](t, a, pushOf("c", 0, rec("big", ed.edit(map[string]any{"n": int64(i)}))))
+		before := ed.Doc.Heads()
+		_, err := call[transport.Ack](t, a, pushOf("c", 0, rec("big", ed.Edit(map[string]any{"n": int64(i)}))))
 		if errors.Is(err, transport.ErrTooLarge) {
 			// Refused at the boundary: the document would have passed
 			// max_record, or come within what the relay may refuse
 			// early (see TestRecordNeverStoredPastMaxRecord).
-			if n := len(ed.doc.Save()); n <= maxRecord-maxRecord/16 {
+			if n := len(ed.Doc.Save()); n <= maxRecord-maxRecord/16 {
 				t.Fatalf("update refused although the document would save to %d bytes", n)
 			}
-			if err := ed.doc.Reset(before); err != nil {
+			if err := ed.Doc.Reset(before); err != nil {
 				t.Fatal(err)
 			}
 			break
@@ -338,17 +339,7 @@ func TestRecordStaysWithinMaxRecordSaved(t *testing.T) {
 		t.Fatalf("record after compaction: %d tail entries, %v", rec.TailEntries, err)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := transport.Dial(ctx, tr.url, &transport.Options{Limits: limits, PingInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fresh := transport.NewClient(conn, nil)
-	defer fresh.Close()
-	if err := fresh.Call(ctx, &transport.Hello{APIKey: tr.apps["shop"].APIKey, Token: tr.tokens["shop"], ReplicaID: "fresh", Versions: transport.SupportedVersions()}, &transport.Welcome{}); err != nil {
-		t.Fatal(err)
-	}
+	fresh := tr.clientWith("shop", "fresh", &transport.Options{Limits: limits, PingInterval: -1})
 	got := mustCall[transport.Changes](t, fresh, &transport.Pull{Collection: "c"})
 	if len(got.Records) != 1 || len(got.Records[0].Data) > maxRecord {
 		t.Fatalf("fresh pull: %d records", len(got.Records))
@@ -358,7 +349,7 @@ func TestRecordStaysWithinMaxRecordSaved(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Free()
-	if !d.Heads().Equal(ed.doc.Heads()) {
-		t.Errorf("fresh device has the record at %v, want %v", d.Heads(), ed.doc.Heads())
+	if !d.Heads().Equal(ed.Doc.Heads()) {
+		t.Errorf("fresh device has the record at %v, want %v", d.Heads(), ed.Doc.Heads())
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -40,11 +41,11 @@ func TestCompactorFoldsTails(t *testing.T) {
 			c := tr.client("shop")
 			coll := relay.Coll{Tenant: "shop", Collection: "c"}
 			rng := rand.New(rand.NewPCG(3, 4))
-			ed := newEditor(t, "aa01")
+			ed := storetest.NewEditor(t, "aa01")
 			for i := range 12 {
-				mustCall[transport.Ack](t, c, pushOf("c", 0, rec("x", ed.edit(map[string]any{fmt.Sprint("f", i%4): noise(rng, 600)}))))
+				mustCall[transport.Ack](t, c, pushOf("c", 0, rec("x", ed.Edit(map[string]any{fmt.Sprint("f", i%4): noise(rng, 600)}))))
 			}
-			mustCall[transport.Ack](t, c, pushOf("c", 0, rec("small", newEditor(t, "aa02").edit(map[string]any{"v": 1}))))
+			mustCall[transport.Ack](t, c, pushOf("c", 0, rec("small", storetest.NewEditor(t, "aa02").Edit(map[string]any{"v": 1}))))
 			before, err := tr.store.Record(context.Background(), coll, "x")
 			if err != nil || before.TailEntries != 12 || before.Snapshot != nil {
 				t.Fatalf("before compaction: %+v, %v", before, err)
@@ -61,18 +62,18 @@ func TestCompactorFoldsTails(t *testing.T) {
 				t.Errorf("compacted record is %d bytes, was %d", after.Size(), before.Size())
 			}
 			d, err := crdt.Load(after.Data(), "")
-			if err != nil || !crdt.Equal(mustFields(t, d), mustFields(t, ed.doc)) {
+			if err != nil || !crdt.Equal(mustFields(t, d), mustFields(t, ed.Doc)) {
 				t.Fatalf("compacted record reads differently: %v", err)
 			}
 			// Pushes go on, onto the snapshot.
-			mustCall[transport.Ack](t, c, pushOf("c", 0, rec("x", ed.edit(map[string]any{"late": "yes"}))))
+			mustCall[transport.Ack](t, c, pushOf("c", 0, rec("x", ed.Edit(map[string]any{"late": "yes"}))))
 			ch := mustCall[transport.Changes](t, c, &transport.Pull{Collection: "c"})
 			for _, r := range ch.Records {
 				if r.Record != "x" {
 					continue
 				}
 				d, err := crdt.Load(r.Data, "")
-				if err != nil || !crdt.Equal(mustFields(t, d), mustFields(t, ed.doc)) || !bytes.HasPrefix(r.Data, after.Snapshot) {
+				if err != nil || !crdt.Equal(mustFields(t, d), mustFields(t, ed.Doc)) || !bytes.HasPrefix(r.Data, after.Snapshot) {
 					t.Fatalf("fresh pull of x after compaction: %v", err)
 				}
 			}
@@ -99,9 +100,9 @@ func TestLogRetentionTruncates(t *testing.T) {
 	tr := compactTestRelay(t, memstore.New(), 3)
 	c := tr.client("shop")
 	rng := rand.New(rand.NewPCG(5, 6))
-	ed := newEditor(t, "aa03")
+	ed := storetest.NewEditor(t, "aa03")
 	for i := range 10 {
-		mustCall[transport.Ack](t, c, pushOf("c", 0, rec("x", ed.edit(map[string]any{"f": noise(rng, 1000)}))))
+		mustCall[transport.Ack](t, c, pushOf("c", 0, rec("x", ed.Edit(map[string]any{"f": noise(rng, 1000)}))))
 		_ = i
 	}
 	if _, err := tr.srv.CompactRound(context.Background()); err != nil {
@@ -128,8 +129,8 @@ func TestLiveFromMemory(t *testing.T) {
 	counting := &countingStore{Store: memstore.New()}
 	tr := newTestRelay(t, counting, nil)
 	pusher := tr.client("shop")
-	ed := newEditor(t, "aa04")
-	mustCall[transport.Ack](t, pusher, pushOf("c", 0, rec("x", ed.edit(map[string]any{"n": 0}))))
+	ed := storetest.NewEditor(t, "aa04")
+	mustCall[transport.Ack](t, pusher, pushOf("c", 0, rec("x", ed.Edit(map[string]any{"n": 0}))))
 	sub := tr.client("shop")
 	mustCall[transport.OK](t, sub, &transport.Subscribe{Collection: "c", Cursor: 0})
 	if lv := <-sub.Live(); lv.Next != 1 {
@@ -137,7 +138,7 @@ func TestLiveFromMemory(t *testing.T) {
 	}
 	for i := 1; i <= 20; i++ {
 		before := counting.logReads.Load()
-		mustCall[transport.Ack](t, pusher, pushOf("c", 0, rec("x", ed.edit(map[string]any{"n": i}))))
+		mustCall[transport.Ack](t, pusher, pushOf("c", 0, rec("x", ed.Edit(map[string]any{"n": i}))))
 		lv := <-sub.Live()
 		if lv.Next != uint64(i+1) || len(lv.Records) != 1 {
 			t.Fatalf("live message %d: next %d, %d records", i, lv.Next, len(lv.Records))

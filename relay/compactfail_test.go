@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/badgerstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -78,15 +79,15 @@ func TestCompactionSkipsFailingRecords(t *testing.T) {
 		ids = append(ids, fmt.Sprintf("bad%03d", i))
 	}
 	ids = append(ids, "good", "small-bad1", "small-bad2")
-	eds := map[string]*editor{}
+	eds := map[string]*storetest.Editor{}
 	for i, id := range ids {
-		eds[id] = newEditor(t, fmt.Sprintf("ab%04x", i))
+		eds[id] = storetest.NewEditor(t, fmt.Sprintf("ab%04x", i))
 	}
 	// Two pushes of 2.5 KB each: a tail over CompactTailBytes.
 	for range 2 {
 		var recs []transport.RecordChanges
 		for _, id := range ids {
-			recs = append(recs, rec(id, eds[id].edit(map[string]any{"pad": noise(rng, 2500)})))
+			recs = append(recs, rec(id, eds[id].Edit(map[string]any{"pad": noise(rng, 2500)})))
 		}
 		mustCall[transport.Ack](t, c, pushOf("c", 0, recs...))
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -27,21 +28,21 @@ func TestFirstPushesBuildNoDocument(t *testing.T) {
 	tr := newTestRelay(t, memstore.New(), nil)
 	a := tr.client("shop")
 	c := relay.Coll{Tenant: "shop", Collection: "c"}
-	ed := newEditor(t, "aa07")
-	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.edit(map[string]any{"v": 1}))))
-	ack := mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.edit(map[string]any{"v": 2}))))
+	ed := storetest.NewEditor(t, "aa07")
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.Edit(map[string]any{"v": 1}))))
+	ack := mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.Edit(map[string]any{"v": 2}))))
 	if !tr.srv.CachedDeferred(c, "r") {
 		t.Fatal("the record's document was built on the push path")
 	}
-	if h, err := crdt.HeadsFromSlices(ack.Records[0].Heads); err != nil || !h.Equal(ed.doc.Heads()) {
-		t.Fatalf("acked heads %v, the editor's %v (%v)", h, ed.doc.Heads(), err)
+	if h, err := crdt.HeadsFromSlices(ack.Records[0].Heads); err != nil || !h.Equal(ed.Doc.Heads()) {
+		t.Fatalf("acked heads %v, the editor's %v (%v)", h, ed.Doc.Heads(), err)
 	}
 	got := mustCall[transport.Changes](t, a, &transport.Pull{Collection: "c"})
 	var parts [][]byte
 	for _, r := range got.Records {
 		parts = append(parts, r.Data)
 	}
-	if f := fieldsAfter(t, parts...); !crdt.Equal(f, map[string]any{"v": int64(2)}) {
+	if f := storetest.FieldsAfter(t, parts...); !crdt.Equal(f, map[string]any{"v": int64(2)}) {
 		t.Fatalf("pulled %v", f)
 	}
 }
@@ -54,16 +55,16 @@ func TestStoredRecordKeptDeferred(t *testing.T) {
 	store := memstore.New()
 	tr1, tr2 := newTestRelay(t, store, nil), newTestRelay(t, store, nil)
 	c := relay.Coll{Tenant: "shop", Collection: "c"}
-	e1 := newEditor(t, "d111")
-	c1 := e1.edit(map[string]any{"one": 1})
+	e1 := storetest.NewEditor(t, "d111")
+	c1 := e1.Edit(map[string]any{"one": 1})
 	mustCall[transport.Ack](t, tr1.client("shop"), pushOf("c", 0, rec("r", c1)))
 	e2 := follow(t, "d222", c1)
-	mustCall[transport.Ack](t, tr2.client("shop"), pushOf("c", 0, rec("r", e2.edit(map[string]any{"two": 2}))))
+	mustCall[transport.Ack](t, tr2.client("shop"), pushOf("c", 0, rec("r", e2.Edit(map[string]any{"two": 2}))))
 	if !tr2.srv.CachedDeferred(c, "r") {
 		t.Fatal("the record read from the store was kept as an Automerge document")
 	}
 	doc, _, _ := relay.Document(context.Background(), store, c, "r")
-	if f := fieldsAfter(t, doc); f["one"] != int64(1) || f["two"] != int64(2) {
+	if f := storetest.FieldsAfter(t, doc); f["one"] != int64(1) || f["two"] != int64(2) {
 		t.Errorf("stored record = %v", f)
 	}
 }
@@ -86,7 +87,7 @@ func TestHostilePushesToNewRecords(t *testing.T) {
 	for _, f := range files {
 		inputs = append(inputs, corpusBytes(t, f))
 	}
-	creation := newEditor(t, "aa08").edit(map[string]any{"name": "lamp", "tags": []any{"a", "b"}, "dims": map[string]any{"w": 3, "h": 4}})
+	creation := storetest.NewEditor(t, "aa08").Edit(map[string]any{"name": "lamp", "tags": []any{"a", "b"}, "dims": map[string]any{"w": 3, "h": 4}})
 	seed := uint64(19)
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 5))

@@ -9,19 +9,20 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
 // objectHeavyEditor makes a record of 2,000 small maps in a list, in 40
 // changes (as objectHeavyRecord), and returns its editor and the changes.
-func objectHeavyEditor(t testing.TB, actor string) (*editor, []byte) {
+func objectHeavyEditor(t testing.TB, actor string) (*storetest.Editor, []byte) {
 	t.Helper()
 	ed := objectHeavyDoc(t, actor)
-	ch, err := ed.doc.ChangesSince(nil)
+	ch, err := ed.Doc.ChangesSince(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ed.at = ed.doc.Heads()
+	ed.At = ed.Doc.Heads()
 	return ed, ch
 }
 
@@ -51,7 +52,7 @@ func deferredCosts(t testing.TB, changes []byte) (deferred, built int64) {
 // What the memory budget holds is what the cache counts.
 func TestDeferredRecordsStayCached(t *testing.T) {
 	const n = 6
-	eds := make([]*editor, n)
+	eds := make([]*storetest.Editor, n)
 	creates := make([][]byte, n)
 	for i := range n {
 		eds[i], creates[i] = objectHeavyEditor(t, fmt.Sprintf("0a%02x", i+1))
@@ -69,9 +70,9 @@ func TestDeferredRecordsStayCached(t *testing.T) {
 			before := counted.records.Load()
 			for i, ed := range eds {
 				id := fmt.Sprint("r", i)
-				ack := mustCall[transport.Ack](t, dev, pushOf("c", 0, rec(id, ed.edit(map[string]any{"n": int64(round)}))))
-				if h, err := crdt.HeadsFromSlices(ack.Records[0].Heads); err != nil || !h.Equal(ed.doc.Heads()) {
-					t.Fatalf("%s: acked %v, want %v (%v)", id, h, ed.doc.Heads(), err)
+				ack := mustCall[transport.Ack](t, dev, pushOf("c", 0, rec(id, ed.Edit(map[string]any{"n": int64(round)}))))
+				if h, err := crdt.HeadsFromSlices(ack.Records[0].Heads); err != nil || !h.Equal(ed.Doc.Heads()) {
+					t.Fatalf("%s: acked %v, want %v (%v)", id, h, ed.Doc.Heads(), err)
 				}
 			}
 			if got := counted.records.Load() - before; round > 0 && got != 0 {
@@ -122,8 +123,8 @@ func TestReaderBuildsDeferredWithinBudget(t *testing.T) {
 	read := func(tr *testRelay) {
 		t.Helper()
 		err := tr.srv.Backend().ReadDocument(ctx, c, "r", nil, func(d *crdt.Doc, h crdt.Heads) error {
-			if !h.Equal(ed.doc.Heads()) || !d.Heads().Equal(h) {
-				return fmt.Errorf("read at %v (document %v), want %v", h, d.Heads(), ed.doc.Heads())
+			if !h.Equal(ed.Doc.Heads()) || !d.Heads().Equal(h) {
+				return fmt.Errorf("read at %v (document %v), want %v", h, d.Heads(), ed.Doc.Heads())
 			}
 			_, _, err := d.Lookup(crdt.Path{"items", 1999, "id"})
 			return err

@@ -16,6 +16,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -86,15 +87,12 @@ func (tr *testRelay) watchQueue(c relay.Coll) <-chan int {
 
 // follow returns an editor holding the changes in parts, as a device that
 // pulled them.
-func follow(t *testing.T, actor string, parts ...[]byte) *editor {
+func follow(t *testing.T, actor string, parts ...[]byte) *storetest.Editor {
 	t.Helper()
-	e := newEditor(t, actor)
+	e := storetest.NewEditor(t, actor)
 	for _, p := range parts {
-		if _, err := e.doc.Import(p); err != nil {
-			t.Fatal(err)
-		}
+		e.Pulled(p)
 	}
-	e.at = e.doc.Heads()
 	return e
 }
 
@@ -125,7 +123,7 @@ func TestStaleFenceFailsOnlyItsPush(t *testing.T) {
 	coll := relay.Coll{Tenant: "shop", Collection: "c"}
 
 	la := mustCall[transport.Lease](t, a, &transport.LeaseAcquire{Collection: "c", TTLMS: 10_000})
-	base := newEditor(t, "ab01").edit(map[string]any{"base": 1})
+	base := storetest.NewEditor(t, "ab01").Edit(map[string]any{"base": 1})
 	mustCall[transport.Ack](t, a, pushOf("c", la.Fence, rec("r", base)))
 	tr.clock.Advance(11 * time.Second) // a's lease lapses; b takes it
 	mustCall[transport.Lease](t, b, &transport.LeaseAcquire{Collection: "c", TTLMS: 10_000})
@@ -133,10 +131,10 @@ func TestStaleFenceFailsOnlyItsPush(t *testing.T) {
 	ea, ec := follow(t, "ab02", base), follow(t, "ab03", base)
 	queued := tr.watchQueue(coll)
 	release := gs.holdNext()
-	stale := pushAsync(t, a, pushOf("c", la.Fence, rec("r", ea.edit(map[string]any{"a": 1}))))
+	stale := pushAsync(t, a, pushOf("c", la.Fence, rec("r", ea.Edit(map[string]any{"a": 1}))))
 	<-queued
 	<-gs.entered // a's push is being appended
-	fresh := pushAsync(t, c, pushOf("c", 0, rec("r", ec.edit(map[string]any{"c": 1}))))
+	fresh := pushAsync(t, c, pushOf("c", 0, rec("r", ec.Edit(map[string]any{"c": 1}))))
 	<-queued // c's push waits behind it, merged onto a's document
 	release()
 
@@ -151,23 +149,23 @@ func TestStaleFenceFailsOnlyItsPush(t *testing.T) {
 		t.Errorf("ack seq %d, want 2", r.ack.Seq)
 	}
 	heads, _ := crdt.HeadsFromSlices(r.ack.Records[0].Heads)
-	if !heads.Equal(ec.doc.Heads()) {
-		t.Errorf("acked heads %v, want the device's %v", heads, ec.doc.Heads())
+	if !heads.Equal(ec.Doc.Heads()) {
+		t.Errorf("acked heads %v, want the device's %v", heads, ec.Doc.Heads())
 	}
 	doc, _, err := relay.Document(context.Background(), tr.store, coll, "r")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := fieldsAfter(t, doc); f["c"] != int64(1) || f["base"] != int64(1) || f["a"] != nil {
+	if f := storetest.FieldsAfter(t, doc); f["c"] != int64(1) || f["base"] != int64(1) || f["a"] != nil {
 		t.Errorf("stored record = %v, want base and c, without the refused a", f)
 	}
 	if h, _ := tr.store.Head(context.Background(), coll); h != 2 {
 		t.Errorf("log head %d, want 2", h)
 	}
 	// The cached document is the stored one: a later push merges onto it.
-	mustCall[transport.Ack](t, c, pushOf("c", 0, rec("r", ec.edit(map[string]any{"c": 2}))))
+	mustCall[transport.Ack](t, c, pushOf("c", 0, rec("r", ec.Edit(map[string]any{"c": 2}))))
 	doc, _, _ = relay.Document(context.Background(), tr.store, coll, "r")
-	if f := fieldsAfter(t, doc); f["c"] != int64(2) || f["a"] != nil {
+	if f := storetest.FieldsAfter(t, doc); f["c"] != int64(2) || f["a"] != nil {
 		t.Errorf("record after a later push = %v", f)
 	}
 }
@@ -179,8 +177,8 @@ func TestConflictIsMergedAgain(t *testing.T) {
 	tr := newTestRelay(t, gs, nil)
 	a := tr.client("shop")
 	gs.conflictNext(1)
-	ed := newEditor(t, "cf01")
-	ack, err := call[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.edit(map[string]any{"v": 1}))))
+	ed := storetest.NewEditor(t, "cf01")
+	ack, err := call[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.Edit(map[string]any{"v": 1}))))
 	if err != nil {
 		t.Fatalf("push after one conflict: %v", err)
 	}
@@ -188,7 +186,7 @@ func TestConflictIsMergedAgain(t *testing.T) {
 		t.Errorf("ack seq %d after %d appends; want 1 after 2", ack.Seq, gs.appendCount())
 	}
 	doc, _, err := relay.Document(context.Background(), tr.store, relay.Coll{Tenant: "shop", Collection: "c"}, "r")
-	if err != nil || fieldsAfter(t, doc)["v"] != int64(1) {
+	if err != nil || storetest.FieldsAfter(t, doc)["v"] != int64(1) {
 		t.Fatalf("stored record: %v", err)
 	}
 }
@@ -201,7 +199,7 @@ func TestConflictRetryIsBounded(t *testing.T) {
 	tr := newTestRelay(t, gs, nil)
 	a := tr.client("shop")
 	gs.conflictNext(1000)
-	_, err := call[transport.Ack](t, a, pushOf("c", 0, rec("r", newEditor(t, "cf02").edit(map[string]any{"v": 1}))))
+	_, err := call[transport.Ack](t, a, pushOf("c", 0, rec("r", storetest.NewEditor(t, "cf02").Edit(map[string]any{"v": 1}))))
 	if !errors.Is(err, transport.ErrConflict) {
 		t.Fatalf("push that always conflicts: %v, want conflict", err)
 	}
@@ -213,7 +211,7 @@ func TestConflictRetryIsBounded(t *testing.T) {
 	}
 	// Once the store lets it through, the same push is stored.
 	gs.conflictNext(0)
-	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", newEditor(t, "cf03").edit(map[string]any{"v": 2}))))
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", storetest.NewEditor(t, "cf03").Edit(map[string]any{"v": 2}))))
 }
 
 // TestTwoRelaysOneStore: a relay whose cached document is stale, because
@@ -225,14 +223,14 @@ func TestTwoRelaysOneStore(t *testing.T) {
 	tr2 := newTestRelay(t, store, nil)
 	d1, d2 := tr1.client("shop"), tr2.client("shop")
 
-	e1 := newEditor(t, "d101")
-	c1 := e1.edit(map[string]any{"one": 1})
+	e1 := storetest.NewEditor(t, "d101")
+	c1 := e1.Edit(map[string]any{"one": 1})
 	mustCall[transport.Ack](t, d1, pushOf("c", 0, rec("r", c1))) // relay 1 caches r
 	e2 := follow(t, "d202", c1)
-	mustCall[transport.Ack](t, d2, pushOf("c", 0, rec("r", e2.edit(map[string]any{"two": 2}))))
+	mustCall[transport.Ack](t, d2, pushOf("c", 0, rec("r", e2.Edit(map[string]any{"two": 2}))))
 	// Relay 1 merges onto its cached document, which lacks "two": the
 	// store refuses the append, and relay 1 merges again from the store.
-	ack, err := call[transport.Ack](t, d1, pushOf("c", 0, rec("r", e1.edit(map[string]any{"one": 11}))))
+	ack, err := call[transport.Ack](t, d1, pushOf("c", 0, rec("r", e1.Edit(map[string]any{"one": 11}))))
 	if err != nil {
 		t.Fatalf("push through the relay with a stale cache: %v", err)
 	}
@@ -240,7 +238,7 @@ func TestTwoRelaysOneStore(t *testing.T) {
 		t.Errorf("ack seq %d, want 3", ack.Seq)
 	}
 	doc, _, _ := relay.Document(context.Background(), store, relay.Coll{Tenant: "shop", Collection: "c"}, "r")
-	if f := fieldsAfter(t, doc); f["one"] != int64(11) || f["two"] != int64(2) {
+	if f := storetest.FieldsAfter(t, doc); f["one"] != int64(11) || f["two"] != int64(2) {
 		t.Errorf("stored record = %v", f)
 	}
 }
@@ -289,7 +287,7 @@ func TestCompressionBombIsRefused(t *testing.T) {
 		t.Errorf("log head %d after the bomb", h)
 	}
 	// The session goes on.
-	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", newEditor(t, "bb01").edit(map[string]any{"ok": true}))))
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", storetest.NewEditor(t, "bb01").Edit(map[string]any{"ok": true}))))
 }
 
 // TestInflateBudgetIsPerPush: the budget covers every record of a push
@@ -298,7 +296,7 @@ func TestInflateBudgetIsPerPush(t *testing.T) {
 	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.Limits.MaxInflated = 60_000 })
 	a := tr.client("shop")
 	compressed := func(actor string) []byte {
-		ch := newEditor(t, actor).edit(map[string]any{"text": string(bytes.Repeat([]byte{'q'}, 40_000))})
+		ch := storetest.NewEditor(t, actor).Edit(map[string]any{"text": string(bytes.Repeat([]byte{'q'}, 40_000))})
 		_, ln := binary.Uvarint(ch[9:])
 		var buf bytes.Buffer
 		w, _ := flate.NewWriter(&buf, flate.BestCompression)
@@ -318,7 +316,7 @@ func TestInflateBudgetIsPerPush(t *testing.T) {
 	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("x", x)))
 	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("y", y)))
 	doc, _, _ := relay.Document(context.Background(), tr.store, relay.Coll{Tenant: "shop", Collection: "c"}, "y")
-	if s, _ := fieldsAfter(t, doc)["text"].(string); len(s) != 40_000 {
+	if s, _ := storetest.FieldsAfter(t, doc)["text"].(string); len(s) != 40_000 {
 		t.Errorf("stored text is %d bytes", len(s))
 	}
 }
@@ -354,15 +352,15 @@ func TestRecordSizeContract(t *testing.T) {
 	for i := range 10 {
 		for _, p := range []string{"a", "z"} {
 			id := fmt.Sprint(p, i)
-			mustCall[transport.Ack](t, a, pushOf("c", 0, rec(id, newEditor(t, fmt.Sprintf("%04x", 0x100+i)).edit(map[string]any{"id": id}))))
+			mustCall[transport.Ack](t, a, pushOf("c", 0, rec(id, storetest.NewEditor(t, fmt.Sprintf("%04x", 0x100+i)).Edit(map[string]any{"id": id}))))
 		}
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
-	big := newEditor(t, "b160")
+	big := storetest.NewEditor(t, "b160")
 	const step = 2 << 10
 	var err error
 	for i := 0; err == nil; i++ {
-		_, err = call[transport.Ack](t, a, pushOf("c", 0, rec("big", big.edit(map[string]any{fmt.Sprint("f", i): noise(rng, step)}))))
+		_, err = call[transport.Ack](t, a, pushOf("c", 0, rec("big", big.Edit(map[string]any{fmt.Sprint("f", i): noise(rng, step)}))))
 		if i > 2*maxRecord/step {
 			t.Fatal("the record grew past max_record")
 		}
@@ -379,8 +377,8 @@ func TestRecordSizeContract(t *testing.T) {
 		t.Fatalf("held document saves to %d bytes; want just under %d", len(saved), maxRecord)
 	}
 	// Refused means nothing stored.
-	big.edit(map[string]any{"more": noise(rng, step)})
-	since, err := big.doc.ChangesSince(heldHeads)
+	big.Edit(map[string]any{"more": noise(rng, step)})
+	since, err := big.Doc.ChangesSince(heldHeads)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,17 +395,7 @@ func TestRecordSizeContract(t *testing.T) {
 	}
 
 	// A fresh device whose limits are the relay's pulls everything.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := transport.Dial(ctx, tr.url, &transport.Options{Limits: limits, PingInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fresh := transport.NewClient(conn, nil)
-	defer fresh.Close()
-	if err := fresh.Call(ctx, &transport.Hello{APIKey: tr.apps["shop"].APIKey, Token: tr.tokens["shop"], ReplicaID: "fresh", Versions: transport.SupportedVersions()}, &transport.Welcome{}); err != nil {
-		t.Fatal(err)
-	}
+	fresh := tr.clientWith("shop", "fresh", &transport.Options{Limits: limits, PingInterval: -1})
 	got := map[string][]byte{}
 	pages := 1
 	for after := ""; ; pages++ {
@@ -438,12 +426,12 @@ func TestPushDeltaOverMaxRecord(t *testing.T) {
 		o.Limits = transport.Limits{MaxRecord: maxRecord, MaxFrame: 4 * maxRecord}
 	})
 	a := tr.client("shop")
-	ed := newEditor(t, "de01")
+	ed := storetest.NewEditor(t, "de01")
 	// Repeated text: tens of kilobytes of changes, a small document.
-	c1 := ed.edit(map[string]any{"x": string(bytes.Repeat([]byte{'x'}, 40_000))})
-	c2 := ed.edit(map[string]any{"y": string(bytes.Repeat([]byte{'y'}, 40_000))})
-	if len(ed.doc.Save()) > maxRecord/4 {
-		t.Fatalf("document is %d bytes", len(ed.doc.Save()))
+	c1 := ed.Edit(map[string]any{"x": string(bytes.Repeat([]byte{'x'}, 40_000))})
+	c2 := ed.Edit(map[string]any{"y": string(bytes.Repeat([]byte{'y'}, 40_000))})
+	if len(ed.Doc.Save()) > maxRecord/4 {
+		t.Fatalf("document is %d bytes", len(ed.Doc.Save()))
 	}
 	if _, err := call[transport.Ack](t, a, pushOf("c", 0, rec("r", c1), rec("r", c2))); !errors.Is(err, transport.ErrTooLarge) {
 		t.Fatalf("push of %d bytes for one record: %v, want too_large", len(c1)+len(c2), err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -167,7 +168,7 @@ func TestPerCollectionStateIsDropped(t *testing.T) {
 	for i := range n {
 		coll := fmt.Sprint("c", i)
 		mustCall[transport.OK](t, sub, &transport.Subscribe{Collection: coll})
-		mustCall[transport.Ack](t, w, pushOf(coll, 0, rec("r", newEditor(t, fmt.Sprintf("%04x", 0xb00+i)).edit(map[string]any{"v": i}))))
+		mustCall[transport.Ack](t, w, pushOf(coll, 0, rec("r", storetest.NewEditor(t, fmt.Sprintf("%04x", 0xb00+i)).Edit(map[string]any{"v": i}))))
 		if lv := nextLive(t, sub); lv.Collection != coll {
 			t.Fatalf("live for %s, want %s", lv.Collection, coll)
 		}

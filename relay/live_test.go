@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -28,8 +29,8 @@ func TestSubscriberThatNeverReadsIsCutOff(t *testing.T) {
 	for i := range 8 {
 		data := make([]byte, 32<<10)
 		rand.Read(data)
-		ed := newEditor(t, fmt.Sprintf("%04x", 0xa00+i))
-		mustCall[transport.Ack](t, w, pushOf("c", 0, rec(fmt.Sprint("r", i), ed.edit(map[string]any{"blob": data}))))
+		ed := storetest.NewEditor(t, fmt.Sprintf("%04x", 0xa00+i))
+		mustCall[transport.Ack](t, w, pushOf("c", 0, rec(fmt.Sprint("r", i), ed.Edit(map[string]any{"blob": data}))))
 	}
 	select {
 	case <-ended:
@@ -135,17 +136,17 @@ func TestSubscriptionDeliversNothingAfterExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := tr.client("shop") // its token lasts an hour
-	ed := newEditor(t, "fa01")
+	ed := storetest.NewEditor(t, "fa01")
 	mustCall[transport.OK](t, sub, &transport.Subscribe{Collection: "c"})
 	timers.next(t, 10*time.Minute) // never fired
-	mustCall[transport.Ack](t, w, pushOf("c", 0, rec("r", ed.edit(map[string]any{"v": 1}))))
+	mustCall[transport.Ack](t, w, pushOf("c", 0, rec("r", ed.Edit(map[string]any{"v": 1}))))
 	if lv := nextLive(t, sub); lv.Next != 1 {
 		t.Fatalf("live before expiry = %+v", lv)
 	}
 	timers.next(t, 10*time.Minute)
 
 	tr.clock.Advance(10*time.Minute + time.Second)
-	mustCall[transport.Ack](t, w, pushOf("c", 0, rec("r", ed.edit(map[string]any{"v": 2}))))
+	mustCall[transport.Ack](t, w, pushOf("c", 0, rec("r", ed.Edit(map[string]any{"v": 2}))))
 	expectEnd(t, sub, transport.ErrTokenExpired)
 	if lv, ok := <-sub.Live(); ok {
 		t.Fatalf("delivered after the token expired: %+v", lv)
@@ -174,7 +175,7 @@ func TestSubscriptionSurvivesTokenRefresh(t *testing.T) {
 	timers.next(t, 59*time.Minute) // the fresh token's expiry
 
 	w := tr.client("shop")
-	mustCall[transport.Ack](t, w, pushOf("c", 0, rec("r", newEditor(t, "fa02").edit(map[string]any{"v": 1}))))
+	mustCall[transport.Ack](t, w, pushOf("c", 0, rec("r", storetest.NewEditor(t, "fa02").Edit(map[string]any{"v": 1}))))
 	if lv := nextLive(t, sub); lv.Next != 1 || len(lv.Records) != 1 {
 		t.Fatalf("live after refresh = %+v", lv)
 	}
@@ -199,7 +200,7 @@ func TestSubscriptionNeedsReadRight(t *testing.T) {
 	narrower := tr.token("shop", relay.TokenRequest{Subject: "viewer", TTL: time.Hour, Read: []string{"prices"}})
 	mustCall[transport.OK](t, sub, &transport.Auth{Token: narrower})
 	w := tr.client("shop")
-	mustCall[transport.Ack](t, w, pushOf("catalog", 0, rec("r", newEditor(t, "fa03").edit(map[string]any{"v": 1}))))
+	mustCall[transport.Ack](t, w, pushOf("catalog", 0, rec("r", storetest.NewEditor(t, "fa03").Edit(map[string]any{"v": 1}))))
 	expectEnd(t, sub, transport.ErrForbidden)
 	if lv, ok := <-sub.Live(); ok {
 		t.Fatalf("delivered to a token without the right: %+v", lv)
@@ -220,8 +221,8 @@ func TestLiveSubscribersAtEveryCursor(t *testing.T) {
 	data := map[uint64][]byte{}
 	push := func(n int) {
 		for range n {
-			ed := newEditor(t, "")
-			ch := ed.edit(map[string]any{"n": len(data)})
+			ed := storetest.NewEditor(t, "")
+			ch := ed.Edit(map[string]any{"n": len(data)})
 			ack := mustCall[transport.Ack](t, w, pushOf("c", 0, rec(fmt.Sprintf("r%d", len(data)), ch)))
 			data[ack.Seq] = ch
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -172,8 +173,8 @@ func TestMemoryBudgetRefusesLoad(t *testing.T) {
 
 	// Room for a small push, not for the record's document (some 15 MiB).
 	release := tr.srv.HoldMemory(24 << 20)
-	ed := newEditor(t, "bb02")
-	change := ed.edit(map[string]any{"note": "small"})
+	ed := storetest.NewEditor(t, "bb02")
+	change := ed.Edit(map[string]any{"note": "small"})
 	_, err := call[transport.Ack](t, a, pushOf("c", 0, rec("r", change)))
 	if !errors.Is(err, transport.ErrBusy) || !strings.Contains(err.Error(), "loading a record") {
 		t.Fatalf("push while the record's document does not fit: %v, want busy, loading it", err)
@@ -207,7 +208,7 @@ func TestBackendChargeMemory(t *testing.T) {
 		t.Fatalf("%d bytes in use after charging 16 MiB over %d", used, base)
 	}
 	a := tr.client("shop")
-	change := newEditor(t, "aa01").edit(map[string]any{"v": 1})
+	change := storetest.NewEditor(t, "aa01").Edit(map[string]any{"v": 1})
 	if _, err := call[transport.Ack](t, a, pushOf("c", 0, rec("r", change))); !errors.Is(err, transport.ErrBusy) {
 		t.Fatalf("push with the budget charged in full: %v, want busy", err)
 	}

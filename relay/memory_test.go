@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -14,8 +13,10 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/internal/memtest"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -36,11 +37,11 @@ func TestRecordOpsLimit(t *testing.T) {
 	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.Limits.MaxRecordOps = maxOps })
 	a := tr.client("shop")
 	coll := relay.Coll{"shop", "c"}
-	ed := newEditor(t, "aa01")
-	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.edit(fieldsOf("a", 30)))))
-	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.edit(fieldsOf("b", maxOps-30)))))
+	ed := storetest.NewEditor(t, "aa01")
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.Edit(fieldsOf("a", 30)))))
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.Edit(fieldsOf("b", maxOps-30)))))
 	head, _ := tr.store.Head(context.Background(), coll)
-	_, err := call[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.edit(fieldsOf("c", 1)))))
+	_, err := call[transport.Ack](t, a, pushOf("c", 0, rec("r", ed.Edit(fieldsOf("c", 1)))))
 	var te *transport.Error
 	if !errors.As(err, &te) || te.Code != transport.CodeTooLarge || !strings.Contains(te.Message, "max_record_ops") {
 		t.Fatalf("a push past max_record_ops: %v, want too_large naming max_record_ops", err)
@@ -49,7 +50,7 @@ func TestRecordOpsLimit(t *testing.T) {
 		t.Fatalf("the refused push moved the log from %d to %d", head, h)
 	}
 	// Another record is not held back by this one.
-	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("s", newEditor(t, "aa02").edit(fieldsOf("a", maxOps)))))
+	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("s", storetest.NewEditor(t, "aa02").Edit(fieldsOf("a", maxOps)))))
 }
 
 // objectHeavyRecord returns a record of 2,000 small maps in a list, each
@@ -58,15 +59,15 @@ func TestRecordOpsLimit(t *testing.T) {
 // "objects" shape of crdt's TestCostCalibration).
 func objectHeavyRecord(t testing.TB, actor string) []byte {
 	ed := objectHeavyDoc(t, actor)
-	defer ed.doc.Free()
-	return ed.doc.Save()
+	defer ed.Doc.Free()
+	return ed.Doc.Save()
 }
 
 // objectHeavyDoc returns an editor whose document holds the record of
 // objectHeavyRecord, committed.
-func objectHeavyDoc(t testing.TB, actor string) *editor {
+func objectHeavyDoc(t testing.TB, actor string) *storetest.Editor {
 	t.Helper()
-	ed := newEditor(t, actor)
+	ed := storetest.NewEditor(t, actor)
 	n := 0
 	for range 40 {
 		items := make([]any, 50)
@@ -74,10 +75,10 @@ func objectHeavyDoc(t testing.TB, actor string) *editor {
 			items[i] = map[string]any{"id": int64(n), "title": fmt.Sprint("item ", n), "done": n%3 == 0, "tags": []any{"a", "b"}}
 			n++
 		}
-		if err := ed.doc.InsertAt(crdt.Path{"items"}, n-50, items...); err != nil {
+		if err := ed.Doc.InsertAt(crdt.Path{"items"}, n-50, items...); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ed.doc.Commit("", time.Time{}); err != nil {
+		if _, err := ed.Doc.Commit("", time.Time{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -89,17 +90,15 @@ func objectHeavyDoc(t testing.TB, actor string) *editor {
 // for all of them, what the cache accounts must be within a factor of two
 // of what the process grew by; with a cache of 32 MiB, the process must
 // grow by at most twice that (the documents in the cache, one being
-// merged, the compactor's, and what the allocators keep).
+// merged, the compactor's, and what the allocators keep). Under the race
+// detector the process is a build without it (see memtest).
 func TestDocCacheMemory(t *testing.T) {
 	if os.Getenv("FERRY_DOCCACHE_CHILD") != "" {
 		docCacheChild(t)
 		return
 	}
-	if runtime.GOOS != "linux" {
-		t.Skip("resident memory is read from /proc")
-	}
-	if testing.Short() || raceBuild {
-		t.Skip("loads large documents; measures memory without the race detector")
+	if testing.Short() {
+		t.Skip("loads large documents")
 	}
 	for _, tc := range []struct {
 		name    string
@@ -109,13 +108,8 @@ func TestDocCacheMemory(t *testing.T) {
 		{"all cached", 1 << 30, 6},
 		{"cache of 32 MiB", 32 << 20, 12},
 	} {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestDocCacheMemory$", "-test.v")
-		cmd.Env = append(os.Environ(), "FERRY_DOCCACHE_CHILD=1",
+		out := memtest.Run(t, "FERRY_DOCCACHE_CHILD=1",
 			fmt.Sprint("FERRY_DOCCACHE_BYTES=", tc.cache), fmt.Sprint("FERRY_DOCCACHE_RECORDS=", tc.records))
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s: %v\n%s", tc.name, err, out)
-		}
 		i := bytes.Index(out, []byte("doccache:"))
 		if i < 0 {
 			t.Fatalf("%s: no measurement in\n%s", tc.name, out)
@@ -158,28 +152,14 @@ func docCacheChild(t *testing.T) {
 	// end stays untrimmed, as the relay runs between frees.
 	runtime.GC()
 	crdt.ReleaseNative()
-	before := residentBytes(t)
+	before := memtest.Resident(t)
 	for i, data := range recs {
 		mustCall[transport.Ack](t, a, pushOf("c", 0, rec(fmt.Sprint("r", i), data)))
 	}
 	runtime.GC()
-	grown := residentBytes(t) - before
+	grown := memtest.Resident(t) - before
 	// What the cache would have counted by stored size, as it did before
 	// it counted operations: 8 KiB plus 64 times the stored bytes each.
 	old := int64(n)*8<<10 + 64*stored
 	fmt.Printf("doccache: grown %d accounted %d stored-size estimate %d\n", grown, tr.srv.DocCacheSize(), old)
-}
-
-// residentBytes returns the process's resident memory.
-func residentBytes(t *testing.T) int64 {
-	b, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := strings.Fields(string(b))
-	pages, err := strconv.ParseInt(f[1], 10, 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pages * int64(os.Getpagesize())
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -71,33 +72,33 @@ func benchRelay(tb testing.TB, store relay.Store, ws bool, tweak func(*relay.Opt
 // nearLimitRecord returns an editor whose document saves to within slack
 // bytes under maxRecord (a few bytes either way), made by one change of
 // incompressible fields, and that change.
-func nearLimitRecord(tb testing.TB, maxRecord, slack int) (*editor, []byte) {
+func nearLimitRecord(tb testing.TB, maxRecord, slack int) (*storetest.Editor, []byte) {
 	tb.Helper()
 	// Noise saves to about three quarters of its bytes.
 	fields := (maxRecord - 20_000) / 18_000
-	create := func(filler int) (*editor, []byte) {
+	create := func(filler int) (*storetest.Editor, []byte) {
 		rng := rand.New(rand.NewPCG(19, 19))
-		ed := newEditor(tb, "f190")
+		ed := storetest.NewEditor(tb, "f190")
 		f := map[string]any{"fill": noise(rng, filler)}
 		for i := range fields {
 			f[fmt.Sprint("f", i)] = noise(rng, 24_000)
 		}
-		return ed, compressChange(tb, ed.edit(f))
+		return ed, compressChange(tb, ed.Edit(f))
 	}
 	lo, hi := 0, 40_000
 	for lo < hi {
 		k := (lo + hi + 1) / 2
 		ed, _ := create(k)
-		if len(ed.doc.Save()) <= maxRecord-slack {
+		if len(ed.Doc.Save()) <= maxRecord-slack {
 			lo = k
 		} else {
 			hi = k - 1
 		}
-		ed.doc.Free()
+		ed.Doc.Free()
 	}
 	ed, ch := create(lo)
 	// (Fields are written in map order: a few bytes either way.)
-	if n := len(ed.doc.Save()); n < maxRecord-slack-32 || n > maxRecord-slack+32 {
+	if n := len(ed.Doc.Save()); n < maxRecord-slack-32 || n > maxRecord-slack+32 {
 		tb.Fatalf("record saves to %d bytes; want about %d", n, maxRecord-slack)
 	}
 	return ed, ch
@@ -127,15 +128,15 @@ func BenchmarkPushOneField(b *testing.B) {
 				o.Limits = transport.DefaultLimits()
 				o.Limits.MaxInflated = 4 * o.Limits.MaxRecord
 			})
-			var ed *editor
+			var ed *storetest.Editor
 			var first []byte
 			if bc.near {
 				ed, first = nearLimitRecord(b, transport.DefaultMaxRecord, 512)
 			} else {
-				ed = newEditor(b, "f190")
-				first = ed.edit(map[string]any{"title": "small", "n": int64(-1)})
+				ed = storetest.NewEditor(b, "f190")
+				first = ed.Edit(map[string]any{"title": "small", "n": int64(-1)})
 			}
-			defer ed.doc.Free()
+			defer ed.Doc.Free()
 			if err := push(pushOf("c", 0, rec("r", first))); err != nil {
 				b.Fatal(err)
 			}
@@ -146,17 +147,17 @@ func BenchmarkPushOneField(b *testing.B) {
 				// Only the push is timed: the device's edit of a large
 				// document costs the device.
 				b.StopTimer()
-				before := ed.doc.Heads()
-				ch := ed.edit(map[string]any{"n": int64(i)})
+				before := ed.Doc.Heads()
+				ch := ed.Edit(map[string]any{"n": int64(i)})
 				b.StartTimer()
 				err := push(pushOf("c", 0, rec("r", ch)))
 				if errors.Is(err, transport.ErrTooLarge) {
 					b.StopTimer()
 					refused++
-					if err := ed.doc.Reset(before); err != nil {
+					if err := ed.Doc.Reset(before); err != nil {
 						b.Fatal(err)
 					}
-					ed.at = before
+					ed.At = before
 					b.StartTimer()
 					continue
 				}
@@ -183,20 +184,20 @@ func TestNearMaxRecordSavesRarely(t *testing.T) {
 		o.Limits.MaxInflated = 4 * o.Limits.MaxRecord
 	})
 	ed, first := nearLimitRecord(t, transport.DefaultMaxRecord, 512)
-	defer ed.doc.Free()
+	defer ed.Doc.Free()
 	if err := push(pushOf("c", 0, rec("r", first))); err != nil {
 		t.Fatal(err)
 	}
 	saves0 := srv.SizeSaves()
 	accepted := 0
 	for i := range 200 {
-		before := ed.doc.Heads()
-		err := push(pushOf("c", 0, rec("r", ed.edit(map[string]any{"n": int64(i)}))))
+		before := ed.Doc.Heads()
+		err := push(pushOf("c", 0, rec("r", ed.Edit(map[string]any{"n": int64(i)}))))
 		if errors.Is(err, transport.ErrTooLarge) {
-			if err := ed.doc.Reset(before); err != nil {
+			if err := ed.Doc.Reset(before); err != nil {
 				t.Fatal(err)
 			}
-			ed.at = before
+			ed.At = before
 			continue
 		}
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -188,15 +189,15 @@ func TestPipelinedPushesInFlightTogether(t *testing.T) {
 	coll := relay.Coll{Tenant: "shop", Collection: "c"}
 	queued := tr.watchQueue(coll)
 	dev := tr.raw("dev")
-	ea, eb := newEditor(t, "a1"), newEditor(t, "b1")
+	ea, eb := storetest.NewEditor(t, "a1"), storetest.NewEditor(t, "b1")
 
 	release := ps.holdNext(nil)
 	t.Cleanup(release) // a failed test lets the relay end
-	dev.send(1, pushOf("c", 0, rec("a", ea.edit(map[string]any{"n": 1}))))
+	dev.send(1, pushOf("c", 0, rec("a", ea.Edit(map[string]any{"n": 1}))))
 	await(t, queued, "a push queued")
 	await(t, ps.entered, "push 1 being appended") // push 1 is being appended
-	dev.send(2, pushOf("c", 0, rec("a", ea.edit(map[string]any{"n": 2}))))
-	dev.send(3, pushOf("c", 0, rec("b", eb.edit(map[string]any{"n": 1}))))
+	dev.send(2, pushOf("c", 0, rec("a", ea.Edit(map[string]any{"n": 2}))))
+	dev.send(3, pushOf("c", 0, rec("b", eb.Edit(map[string]any{"n": 1}))))
 	dev.send(4, &transport.Pull{Collection: "c"})
 	// Pushes 2 and 3 are checked and queued while push 1's append is
 	// held: the relay read them without waiting for its answer.
@@ -268,15 +269,15 @@ func TestPipelinedPushAfterAFailedGroup(t *testing.T) {
 	coll := relay.Coll{Tenant: "shop", Collection: "c"}
 	queued := tr.watchQueue(coll)
 	dev := tr.raw("dev")
-	ea, eb := newEditor(t, "a1"), newEditor(t, "b1")
+	ea, eb := storetest.NewEditor(t, "a1"), storetest.NewEditor(t, "b1")
 
 	release := ps.holdNext(errors.New("disk on fire"))
 	t.Cleanup(release) // a failed test lets the relay end
-	dev.send(1, pushOf("c", 0, rec("a", ea.edit(map[string]any{"n": 1}))))
+	dev.send(1, pushOf("c", 0, rec("a", ea.Edit(map[string]any{"n": 1}))))
 	await(t, queued, "a push queued")
 	await(t, ps.entered, "push 1 being appended")
-	dev.send(2, pushOf("c", 0, rec("a", ea.edit(map[string]any{"n": 2}))))
-	dev.send(3, pushOf("c", 0, rec("b", eb.edit(map[string]any{"n": 1}))))
+	dev.send(2, pushOf("c", 0, rec("a", ea.Edit(map[string]any{"n": 2}))))
+	dev.send(3, pushOf("c", 0, rec("b", eb.Edit(map[string]any{"n": 1}))))
 	await(t, queued, "a push queued")
 	await(t, queued, "a push queued")
 	release()
@@ -312,14 +313,14 @@ func TestPipelinedPushesMergedAgainInOrder(t *testing.T) {
 	coll := relay.Coll{Tenant: "shop", Collection: "c"}
 	queued := tr.watchQueue(coll)
 	dev := tr.raw("dev")
-	ea, ez := newEditor(t, "a1"), newEditor(t, "f1")
+	ea, ez := storetest.NewEditor(t, "a1"), storetest.NewEditor(t, "f1")
 
 	release := ps.holdNext(&relay.ConflictError{Record: "a"})
 	t.Cleanup(release) // a failed test lets the relay end
-	dev.send(1, pushOf("c", 0, rec("a", ea.edit(map[string]any{"n": 1})), rec("z", ez.edit(map[string]any{"n": 1}))))
+	dev.send(1, pushOf("c", 0, rec("a", ea.Edit(map[string]any{"n": 1})), rec("z", ez.Edit(map[string]any{"n": 1}))))
 	await(t, queued, "a push queued")
 	await(t, ps.entered, "push 1 being appended")
-	dev.send(2, pushOf("c", 0, rec("a", ea.edit(map[string]any{"n": 2}))))
+	dev.send(2, pushOf("c", 0, rec("a", ea.Edit(map[string]any{"n": 2}))))
 	await(t, queued, "a push queued")
 	// Push 1's merge again reads z from the store (its document was
 	// dropped with the failed group): hold that read a while.
@@ -348,14 +349,14 @@ func TestShutdownAnswersPipelinedPushes(t *testing.T) {
 	coll := relay.Coll{Tenant: "shop", Collection: "c"}
 	queued := tr.watchQueue(coll)
 	dev := tr.raw("dev")
-	ea := newEditor(t, "a1")
+	ea := storetest.NewEditor(t, "a1")
 
 	release := ps.holdNext(nil)
 	t.Cleanup(release) // a failed test lets the relay end
-	dev.send(1, pushOf("c", 0, rec("a", ea.edit(map[string]any{"n": 1}))))
+	dev.send(1, pushOf("c", 0, rec("a", ea.Edit(map[string]any{"n": 1}))))
 	await(t, queued, "a push queued")
 	await(t, ps.entered, "push 1 being appended")
-	dev.send(2, pushOf("c", 0, rec("a", ea.edit(map[string]any{"n": 2}))))
+	dev.send(2, pushOf("c", 0, rec("a", ea.Edit(map[string]any{"n": 2}))))
 	await(t, queued, "a push queued")
 	shut := make(chan error, 1)
 	go func() {
@@ -383,7 +384,7 @@ func storedFields(t *testing.T, tr *testRelay, c relay.Coll, record string) map[
 	if err != nil {
 		t.Fatalf("record %s: %v", record, err)
 	}
-	return fieldsAfter(t, doc)
+	return storetest.FieldsAfter(t, doc)
 }
 
 // await returns what ch receives, failing the test if nothing comes within

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -68,7 +69,7 @@ func (g *gatedStore) set(f func(*gatedStore)) {
 // newRecord is a push of one new record n: valid changes, about 100
 // bytes.
 func newRecord(t testing.TB, coll string, n int) *transport.Push {
-	return pushOf(coll, 0, rec(fmt.Sprintf("r%d", n), newEditor(t, "").edit(map[string]any{"n": n})))
+	return pushOf(coll, 0, rec(fmt.Sprintf("r%d", n), storetest.NewEditor(t, "").Edit(map[string]any{"n": n})))
 }
 
 func pushBytes(p *transport.Push) int64 {

@@ -105,9 +105,14 @@ func (tr *testRelay) token(app string, req relay.TokenRequest) string {
 
 // dial connects and says hello; the error is the relay's answer.
 func (tr *testRelay) dial(apiKey, token, replica string) (*transport.Client, *transport.Welcome, error) {
+	return tr.dialWith(&transport.Options{PingInterval: -1}, apiKey, token, replica)
+}
+
+// dialWith is dial with the device's transport options.
+func (tr *testRelay) dialWith(o *transport.Options, apiKey, token, replica string) (*transport.Client, *transport.Welcome, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, err := transport.Dial(ctx, tr.url, &transport.Options{PingInterval: -1})
+	conn, err := transport.Dial(ctx, tr.url, o)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -125,7 +130,14 @@ func (tr *testRelay) dial(apiKey, token, replica string) (*transport.Client, *tr
 // client dials as a read/write-all user of app.
 func (tr *testRelay) client(app string) *transport.Client {
 	tr.t.Helper()
-	c, _, err := tr.dial(tr.apps[app].APIKey, tr.tokens[app], "replica-"+app)
+	return tr.clientWith(app, "replica-"+app, &transport.Options{PingInterval: -1})
+}
+
+// clientWith dials as a read/write-all user of app, as replica, with the
+// device's transport options.
+func (tr *testRelay) clientWith(app, replica string, o *transport.Options) *transport.Client {
+	tr.t.Helper()
+	c, _, err := tr.dialWith(o, tr.apps[app].APIKey, tr.tokens[app], replica)
 	if err != nil {
 		tr.t.Fatal(err)
 	}
@@ -156,60 +168,12 @@ func mustCall[R any, PR interface {
 	return r
 }
 
-// editor makes Automerge changes as a device would.
-type editor struct {
-	t   testing.TB
-	doc *crdt.Doc
-	at  crdt.Heads
-}
-
-func newEditor(t testing.TB, actor string) *editor {
-	d, err := crdt.New(actor)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &editor{t: t, doc: d}
-}
-
-// edit sets fields and returns the new changes since the last edit.
-func (e *editor) edit(fields map[string]any) []byte {
-	e.t.Helper()
-	if err := e.doc.Put(fields); err != nil {
-		e.t.Fatal(err)
-	}
-	if _, err := e.doc.Commit("", time.Time{}); err != nil {
-		e.t.Fatal(err)
-	}
-	b, err := e.doc.ChangesSince(e.at)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.at = e.doc.Heads()
-	return b
-}
-
 func pushOf(coll string, fence uint64, recs ...transport.RecordChanges) *transport.Push {
 	return &transport.Push{Collection: coll, Fence: fence, Records: recs}
 }
 
 func rec(id string, data []byte) transport.RecordChanges {
 	return transport.RecordChanges{Record: id, Data: data}
-}
-
-// fieldsAfter loads changes (or snapshots) into a fresh document.
-func fieldsAfter(t testing.TB, parts ...[]byte) map[string]any {
-	t.Helper()
-	d, _ := crdt.New("")
-	for _, p := range parts {
-		if _, err := d.Import(p); err != nil {
-			t.Fatal(err)
-		}
-	}
-	f, err := d.Fields()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return f
 }
 
 // smallSendBuffers makes the relay's sockets buffer little of what it

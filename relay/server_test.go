@@ -17,22 +17,23 @@ import (
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
 func TestPushPullRoundTrip(t *testing.T) {
 	tr := newTestRelay(t, memstore.New(), nil)
 	a, b := tr.client("shop"), tr.client("shop")
-	ed := newEditor(t, "aa01")
+	ed := storetest.NewEditor(t, "aa01")
 
-	c1 := ed.edit(map[string]any{"name": "Tea", "qty": 3})
+	c1 := ed.Edit(map[string]any{"name": "Tea", "qty": 3})
 	ack := mustCall[transport.Ack](t, a, pushOf("products", 0, rec("p1", c1)))
 	if ack.Seq != 1 || len(ack.Records) != 1 || ack.Records[0].Record != "p1" {
 		t.Fatalf("ack = %+v", ack)
 	}
 	heads, _ := crdt.HeadsFromSlices(ack.Records[0].Heads)
-	if !heads.Equal(ed.doc.Heads()) {
-		t.Fatalf("acked heads %v, device has %v", heads, ed.doc.Heads())
+	if !heads.Equal(ed.Doc.Heads()) {
+		t.Fatalf("acked heads %v, device has %v", heads, ed.Doc.Heads())
 	}
 
 	// A fresh device gets a snapshot.
@@ -40,12 +41,12 @@ func TestPushPullRoundTrip(t *testing.T) {
 	if len(ch.Records) != 1 || !ch.Records[0].Snapshot || ch.Next != 1 || ch.More {
 		t.Fatalf("fresh pull = %+v", ch)
 	}
-	if f := fieldsAfter(t, ch.Records[0].Data); f["name"] != "Tea" || f["qty"] != int64(3) {
+	if f := storetest.FieldsAfter(t, ch.Records[0].Data); f["name"] != "Tea" || f["qty"] != int64(3) {
 		t.Fatalf("snapshot fields = %v", f)
 	}
 
 	// Later changes come from the log, after the cursor.
-	c2 := ed.edit(map[string]any{"qty": 4})
+	c2 := ed.Edit(map[string]any{"qty": 4})
 	if ack := mustCall[transport.Ack](t, a, pushOf("products", 0, rec("p1", c2))); ack.Seq != 2 {
 		t.Fatalf("second ack seq %d", ack.Seq)
 	}
@@ -53,7 +54,7 @@ func TestPushPullRoundTrip(t *testing.T) {
 	if len(ch2.Records) != 1 || ch2.Records[0].Snapshot || ch2.Records[0].Seq != 2 || ch2.Next != 2 {
 		t.Fatalf("incremental pull = %+v", ch2)
 	}
-	if f := fieldsAfter(t, ch.Records[0].Data, ch2.Records[0].Data); f["qty"] != int64(4) {
+	if f := storetest.FieldsAfter(t, ch.Records[0].Data, ch2.Records[0].Data); f["qty"] != int64(4) {
 		t.Fatalf("after incremental pull: %v", f)
 	}
 	// Nothing new: an empty answer at the same cursor.
@@ -67,8 +68,8 @@ func TestFreshPullPagesThroughSnapshots(t *testing.T) {
 	tr := newTestRelay(t, memstore.New(), nil)
 	a := tr.client("shop")
 	for i := 0; i < 7; i++ {
-		ed := newEditor(t, fmt.Sprintf("%04x", i+1))
-		mustCall[transport.Ack](t, a, pushOf("c", 0, rec(fmt.Sprintf("r%d", i), ed.edit(map[string]any{"i": i}))))
+		ed := storetest.NewEditor(t, fmt.Sprintf("%04x", i+1))
+		mustCall[transport.Ack](t, a, pushOf("c", 0, rec(fmt.Sprintf("r%d", i), ed.Edit(map[string]any{"i": i}))))
 	}
 	var got []string
 	var first uint64
@@ -94,9 +95,9 @@ func TestFreshPullPagesThroughSnapshots(t *testing.T) {
 func TestPushIsIdempotentAndValidated(t *testing.T) {
 	tr := newTestRelay(t, memstore.New(), nil)
 	a := tr.client("shop")
-	ed := newEditor(t, "aa02")
-	c1 := ed.edit(map[string]any{"v": 1})
-	c2 := ed.edit(map[string]any{"v": 2})
+	ed := storetest.NewEditor(t, "aa02")
+	c1 := ed.Edit(map[string]any{"v": 1})
+	c2 := ed.Edit(map[string]any{"v": 2})
 
 	// Out of order: c2 depends on c1, which the relay lacks.
 	if _, err := call[transport.Ack](t, a, pushOf("c", 0, rec("r", c2))); !errors.Is(err, transport.ErrInvalidChange) {
@@ -118,11 +119,11 @@ func TestPushIsIdempotentAndValidated(t *testing.T) {
 	// Garbage, truncation and a bad record ID are refused; nothing stored.
 	for name, p := range map[string]*transport.Push{
 		"garbage":   pushOf("c", 0, rec("r", []byte("definitely not automerge"))),
-		"truncated": pushOf("c", 0, rec("r", ed.edit(map[string]any{"v": 3})[:20])),
+		"truncated": pushOf("c", 0, rec("r", ed.Edit(map[string]any{"v": 3})[:20])),
 		"bomb":      pushOf("c", 0, rec("r", []byte{0xdd, 0xff, 0xff, 0xff, 0xff})),
 		"bad id":    pushOf("c", 0, rec("tab\there", c1)),
 		// One bad record spoils the whole push, good ones included.
-		"mixed": pushOf("c", 0, rec("other", newEditor(t, "bb01").edit(map[string]any{"x": 1})), rec("r", []byte{1, 2, 3})),
+		"mixed": pushOf("c", 0, rec("other", storetest.NewEditor(t, "bb01").Edit(map[string]any{"x": 1})), rec("r", []byte{1, 2, 3})),
 	} {
 		if _, err := call[transport.Ack](t, a, p); err == nil {
 			t.Errorf("%s: push accepted", name)
@@ -167,9 +168,9 @@ func concurrentPushers(t *testing.T, store relay.Store, tweak func(*relay.Option
 			if i%2 == 0 {
 				id = "hot"
 			}
-			ed := newEditor(t, fmt.Sprintf("%04x", 0x100+i))
+			ed := storetest.NewEditor(t, fmt.Sprintf("%04x", 0x100+i))
 			for j := 0; j < pushes; j++ {
-				if _, err := call[transport.Ack](t, c, pushOf("c", 0, rec(id, ed.edit(map[string]any{fmt.Sprint("k", i): j})))); err != nil {
+				if _, err := call[transport.Ack](t, c, pushOf("c", 0, rec(id, ed.Edit(map[string]any{fmt.Sprint("k", i): j})))); err != nil {
 					errs <- err
 					return
 				}
@@ -195,7 +196,7 @@ func concurrentPushers(t *testing.T, store relay.Store, tweak func(*relay.Option
 	}
 	// The hot record holds every client's last write.
 	doc, _, _ := relay.Document(context.Background(), tr.store, relay.Coll{Tenant: "shop", Collection: "c"}, "hot")
-	f := fieldsAfter(t, doc)
+	f := storetest.FieldsAfter(t, doc)
 	for i := 0; i < clients; i += 2 {
 		if f[fmt.Sprint("k", i)] != int64(pushes-1) {
 			t.Fatalf("hot record lost client %d's writes: %v", i, f)
@@ -206,7 +207,7 @@ func concurrentPushers(t *testing.T, store relay.Store, tweak func(*relay.Option
 func TestAppsNeverSeeEachOther(t *testing.T) {
 	tr := newTestRelay(t, memstore.New(), nil)
 	shop, rival := tr.client("shop"), tr.client("rival")
-	mustCall[transport.Ack](t, rival, pushOf("notes", 0, rec("secret", newEditor(t, "cc01").edit(map[string]any{"plan": "x"}))))
+	mustCall[transport.Ack](t, rival, pushOf("notes", 0, rec("secret", storetest.NewEditor(t, "cc01").Edit(map[string]any{"plan": "x"}))))
 	ch := mustCall[transport.Changes](t, shop, &transport.Pull{Collection: "notes"})
 	if len(ch.Records) != 0 || ch.Next != 0 {
 		t.Fatalf("shop sees rival's notes: %+v", ch)
@@ -259,7 +260,7 @@ func TestRightsAndTokenRefresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data := newEditor(t, "dd01").edit(map[string]any{"x": 1})
+	data := storetest.NewEditor(t, "dd01").Edit(map[string]any{"x": 1})
 	if _, err := call[transport.Ack](t, c, pushOf("catalog", 0, rec("r", data))); !errors.Is(err, transport.ErrForbidden) {
 		t.Fatalf("read-only push = %v, want forbidden", err)
 	}
@@ -289,13 +290,13 @@ func TestLeasesAndFencing(t *testing.T) {
 	tr := newTestRelay(t, memstore.New(), nil)
 	a, _, _ := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], "dev-a")
 	b, _, _ := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], "dev-b")
-	ea, eb := newEditor(t, "ee01"), newEditor(t, "ee02")
+	ea, eb := storetest.NewEditor(t, "ee01"), storetest.NewEditor(t, "ee02")
 
 	la := mustCall[transport.Lease](t, a, &transport.LeaseAcquire{Collection: "c", TTLMS: 10_000})
 	if _, err := call[transport.Lease](t, b, &transport.LeaseAcquire{Collection: "c", TTLMS: 10_000}); !errors.Is(err, transport.ErrLeaseHeld) {
 		t.Fatalf("second acquire = %v, want lease_held", err)
 	}
-	mustCall[transport.Ack](t, a, pushOf("c", la.Fence, rec("r", ea.edit(map[string]any{"by": "a"}))))
+	mustCall[transport.Ack](t, a, pushOf("c", la.Fence, rec("r", ea.Edit(map[string]any{"by": "a"}))))
 
 	// The holder vanishes without releasing; the lease expires.
 	tr.clock.Advance(11 * time.Second)
@@ -303,13 +304,13 @@ func TestLeasesAndFencing(t *testing.T) {
 	if lb.Fence <= la.Fence {
 		t.Fatalf("fence did not grow: %d then %d", la.Fence, lb.Fence)
 	}
-	if _, err := call[transport.Ack](t, a, pushOf("c", la.Fence, rec("r", ea.edit(map[string]any{"by": "a2"})))); !errors.Is(err, transport.ErrStaleFence) {
+	if _, err := call[transport.Ack](t, a, pushOf("c", la.Fence, rec("r", ea.Edit(map[string]any{"by": "a2"})))); !errors.Is(err, transport.ErrStaleFence) {
 		t.Fatalf("push with stale fence = %v", err)
 	}
 	if _, err := call[transport.Lease](t, a, &transport.LeaseRenew{Collection: "c", Fence: la.Fence, TTLMS: 1000}); !errors.Is(err, transport.ErrStaleFence) {
 		t.Fatalf("renew with stale fence = %v", err)
 	}
-	mustCall[transport.Ack](t, b, pushOf("c", lb.Fence, rec("r2", eb.edit(map[string]any{"by": "b"}))))
+	mustCall[transport.Ack](t, b, pushOf("c", lb.Fence, rec("r2", eb.Edit(map[string]any{"by": "b"}))))
 	renewed := mustCall[transport.Lease](t, b, &transport.LeaseRenew{Collection: "c", Fence: lb.Fence, TTLMS: 20_000})
 	if renewed.Fence != lb.Fence || renewed.ExpiresMS <= lb.ExpiresMS {
 		t.Fatalf("renew = %+v after %+v", renewed, lb)
@@ -369,7 +370,7 @@ func TestLeaseBoundToHolder(t *testing.T) {
 	// Nor push with it: the store would take any push carrying the live
 	// lease's fence.
 	for name, other := range map[string]*transport.Client{"another subject": b, "another replica of the subject": a2} {
-		if _, err := call[transport.Ack](t, other, pushOf("c", la.Fence, rec("x", newEditor(t, "ef02").edit(map[string]any{"by": name})))); !errors.Is(err, transport.ErrStaleFence) {
+		if _, err := call[transport.Ack](t, other, pushOf("c", la.Fence, rec("x", storetest.NewEditor(t, "ef02").Edit(map[string]any{"by": name})))); !errors.Is(err, transport.ErrStaleFence) {
 			t.Fatalf("%s pushes with the holder's fence: %v, want stale_fence", name, err)
 		}
 	}
@@ -377,7 +378,7 @@ func TestLeaseBoundToHolder(t *testing.T) {
 	if _, err := call[transport.Lease](t, b, &transport.LeaseAcquire{Collection: "c", TTLMS: 10_000}); !errors.Is(err, transport.ErrLeaseHeld) {
 		t.Fatalf("acquire after the refused release = %v, want lease_held", err)
 	}
-	mustCall[transport.Ack](t, a, pushOf("c", la.Fence, rec("r", newEditor(t, "ef01").edit(map[string]any{"by": "a"}))))
+	mustCall[transport.Ack](t, a, pushOf("c", la.Fence, rec("r", storetest.NewEditor(t, "ef01").Edit(map[string]any{"by": "a"}))))
 	tr.clock.Advance(10 * time.Second)
 	lb := mustCall[transport.Lease](t, b, &transport.LeaseAcquire{Collection: "c", TTLMS: 10_000})
 	// And the new holder's lease is as safe from a.
@@ -406,20 +407,20 @@ func TestLeaseBoundToHolder(t *testing.T) {
 func TestLiveSubscribers(t *testing.T) {
 	tr := newTestRelay(t, memstore.New(), nil)
 	w, sub := tr.client("shop"), tr.client("shop")
-	ed := newEditor(t, "ff01")
-	mustCall[transport.Ack](t, w, pushOf("c", 0, rec("r", ed.edit(map[string]any{"v": 1}))))
+	ed := storetest.NewEditor(t, "ff01")
+	mustCall[transport.Ack](t, w, pushOf("c", 0, rec("r", ed.Edit(map[string]any{"v": 1}))))
 	mustCall[transport.OK](t, sub, &transport.Subscribe{Collection: "c", Cursor: 0})
 	// Catch-up from the cursor, then live.
 	lv := nextLive(t, sub)
 	if lv.Records[0].Seq != 1 {
 		t.Fatalf("catch-up = %+v", lv)
 	}
-	mustCall[transport.Ack](t, w, pushOf("c", 0, rec("r", ed.edit(map[string]any{"v": 2}))))
+	mustCall[transport.Ack](t, w, pushOf("c", 0, rec("r", ed.Edit(map[string]any{"v": 2}))))
 	lv = nextLive(t, sub)
 	if lv.Next != 2 || len(lv.Records) != 1 {
 		t.Fatalf("live = %+v", lv)
 	}
-	if f := fieldsAfter(t, ed.doc.Save()); f["v"] != int64(2) {
+	if f := storetest.FieldsAfter(t, ed.Doc.Save()); f["v"] != int64(2) {
 		t.Fatal(f)
 	}
 }
@@ -430,9 +431,9 @@ func TestSlowSubscriberIsCutOff(t *testing.T) {
 		o.MaxLag = 3
 	})
 	w, sub := tr.client("shop"), tr.client("shop")
-	ed := newEditor(t, "ff02")
+	ed := storetest.NewEditor(t, "ff02")
 	for i := 0; i < 10; i++ {
-		mustCall[transport.Ack](t, w, pushOf("c", 0, rec("r", ed.edit(map[string]any{"v": i}))))
+		mustCall[transport.Ack](t, w, pushOf("c", 0, rec("r", ed.Edit(map[string]any{"v": i}))))
 	}
 	mustCall[transport.OK](t, sub, &transport.Subscribe{Collection: "c", Cursor: 0})
 	select {
@@ -499,13 +500,13 @@ func TestMalformedFramesCloseOnlyThatConnection(t *testing.T) {
 	}
 	ws.CloseNow()
 	// The relay still serves the well-behaved client.
-	mustCall[transport.Ack](t, good, pushOf("c", 0, rec("r", newEditor(t, "ab01").edit(map[string]any{"ok": true}))))
+	mustCall[transport.Ack](t, good, pushOf("c", 0, rec("r", storetest.NewEditor(t, "ab01").Edit(map[string]any{"ok": true}))))
 }
 
 func TestHealthAndMetrics(t *testing.T) {
 	tr := newTestRelay(t, memstore.New(), nil)
 	c := tr.client("shop")
-	mustCall[transport.Ack](t, c, pushOf("c", 0, rec("r", newEditor(t, "ac01").edit(map[string]any{"v": 1}))))
+	mustCall[transport.Ack](t, c, pushOf("c", 0, rec("r", storetest.NewEditor(t, "ac01").Edit(map[string]any{"v": 1}))))
 	for path, want := range map[string]string{
 		"/healthz": "ok",
 		"/metrics": `ferry_relay_requests_total{result="ok",type="push"} 1`,
@@ -533,7 +534,7 @@ func TestHealthAndMetrics(t *testing.T) {
 func TestShutdownEndsSessionsWithCode(t *testing.T) {
 	tr := newTestRelay(t, memstore.New(), nil)
 	c := tr.client("shop")
-	mustCall[transport.Ack](t, c, pushOf("c", 0, rec("r", newEditor(t, "ad01").edit(map[string]any{"v": 1}))))
+	mustCall[transport.Ack](t, c, pushOf("c", 0, rec("r", storetest.NewEditor(t, "ad01").Edit(map[string]any{"v": 1}))))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := tr.srv.Shutdown(ctx); err != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -101,13 +102,13 @@ func (s *sharedMem) waitIdle(t *testing.T) {
 
 // appendElsewhere appends a change to record r as another relay process
 // would: straight into the store, unknown to this relay.
-func appendElsewhere(t *testing.T, st relay.Store, c relay.Coll, ed *editor, base crdt.Heads) crdt.Heads {
+func appendElsewhere(t *testing.T, st relay.Store, c relay.Coll, ed *storetest.Editor, base crdt.Heads) crdt.Heads {
 	t.Helper()
-	data := ed.edit(map[string]any{"v": time.Now().UnixNano()})
-	if _, err := st.Append(context.Background(), c, 0, time.Now(), []relay.Entry{{Record: "r", Base: base, Changes: data, Heads: ed.doc.Heads()}}); err != nil {
+	data := ed.Edit(map[string]any{"v": time.Now().UnixNano()})
+	if _, err := st.Append(context.Background(), c, 0, time.Now(), []relay.Entry{{Record: "r", Base: base, Changes: data, Heads: ed.Doc.Heads()}}); err != nil {
 		t.Fatal(err)
 	}
-	return ed.doc.Heads()
+	return ed.Doc.Heads()
 }
 
 // Another relay's append reaches this relay's subscribers through the
@@ -119,7 +120,7 @@ func TestSharedStoreWakesSubscribers(t *testing.T) {
 	c := relay.Coll{Tenant: "shop", Collection: "c"}
 	sub := tr.client("shop")
 	mustCall[transport.OK](t, sub, &transport.Subscribe{Collection: "c", Cursor: 0})
-	ed := newEditor(t, "ee01")
+	ed := storetest.NewEditor(t, "ee01")
 	var heads crdt.Heads
 	for i, wake := range []struct {
 		name string

@@ -13,6 +13,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -93,16 +94,6 @@ type unclosed struct{ relay.Store }
 
 func (unclosed) Close() error { return nil }
 
-// pulled brings e up to date with changes a device pulled: its next edit's
-// changes build on them and carry only the new change.
-func (e *editor) pulled(data []byte) {
-	e.t.Helper()
-	if _, err := e.doc.Import(data); err != nil {
-		e.t.Fatal(err)
-	}
-	e.at = e.doc.Heads()
-}
-
 // Device A on relay 1 and device B on relay 2 take turns editing one
 // record, each building on the other's last edit. Relay 1 cached the
 // record when it took A's first edit, before B's went in through relay 2;
@@ -112,15 +103,15 @@ func (e *editor) pulled(data []byte) {
 func TestPushBuildsOnAnotherRelaysAppend(t *testing.T) {
 	store := memstore.New()
 	relays := []*testRelay{newTestRelay(t, unclosed{store}, nil), newTestRelay(t, store, nil)}
-	editors := []*editor{newEditor(t, "aaaa"), newEditor(t, "bbbb")}
+	editors := []*storetest.Editor{storetest.NewEditor(t, "aaaa"), storetest.NewEditor(t, "bbbb")}
 	clients := []*transport.Client{relays[0].client("shop"), relays[1].client("shop")}
 	var last []byte
 	for turn := range 8 {
 		i := turn % 2
 		if last != nil {
-			editors[i].pulled(last)
+			editors[i].Pulled(last)
 		}
-		last = editors[i].edit(map[string]any{"turn": int64(turn)})
+		last = editors[i].Edit(map[string]any{"turn": int64(turn)})
 		if _, err := call[transport.Ack](t, clients[i], pushOf("notes", 0, rec("w", last))); err != nil {
 			t.Fatalf("turn %d, through relay %d: %v", turn+1, i+1, err)
 		}
@@ -129,7 +120,7 @@ func TestPushBuildsOnAnotherRelaysAppend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := fieldsAfter(t, r.Data())["turn"]; got != int64(7) {
+	if got := storetest.FieldsAfter(t, r.Data())["turn"]; got != int64(7) {
 		t.Fatalf("stored turn = %v, want 7", got)
 	}
 }
@@ -172,10 +163,10 @@ func TestPushMissingDependencyRefusedAfterReadingStore(t *testing.T) {
 	logs := &logRecords{}
 	tr := newTestRelay(t, store, func(o *relay.Options) { o.Logger = slog.New(logs) })
 	c := tr.client("shop")
-	a := newEditor(t, "aaaa")
-	mustCall[transport.Ack](t, c, pushOf("notes", 0, rec("w", a.edit(map[string]any{"n": int64(1)}))))
-	a.edit(map[string]any{"n": int64(2)}) // never pushed
-	_, err := call[transport.Ack](t, c, pushOf("notes", 0, rec("w", a.edit(map[string]any{"n": int64(3)}))))
+	a := storetest.NewEditor(t, "aaaa")
+	mustCall[transport.Ack](t, c, pushOf("notes", 0, rec("w", a.Edit(map[string]any{"n": int64(1)}))))
+	a.Edit(map[string]any{"n": int64(2)}) // never pushed
+	_, err := call[transport.Ack](t, c, pushOf("notes", 0, rec("w", a.Edit(map[string]any{"n": int64(3)}))))
 	var te *transport.Error
 	if !errors.As(err, &te) || te.Code != transport.CodeInvalidChange {
 		t.Fatalf("push after a gap: %v, want invalid_change", err)
@@ -200,12 +191,12 @@ func TestStoreEventRefreshesCachedRecord(t *testing.T) {
 	mem := memstore.New()
 	shared := &sharedStore{Store: unclosed{mem}}
 	relays := []*testRelay{newTestRelay(t, shared, nil), newTestRelay(t, mem, nil)}
-	a, b := newEditor(t, "aaaa"), newEditor(t, "bbbb")
+	a, b := storetest.NewEditor(t, "aaaa"), storetest.NewEditor(t, "bbbb")
 	ca, cb := relays[0].client("shop"), relays[1].client("shop")
-	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.edit(map[string]any{"a": int64(1)}))))
-	mustCall[transport.Ack](t, cb, pushOf("notes", 0, rec("w", b.edit(map[string]any{"b": int64(1)}))))
+	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.Edit(map[string]any{"a": int64(1)}))))
+	mustCall[transport.Ack](t, cb, pushOf("notes", 0, rec("w", b.Edit(map[string]any{"b": int64(1)}))))
 	shared.event(relay.StoreEvent{Kind: relay.EventAppended, Coll: relay.Coll{"shop", "notes"}})
-	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.edit(map[string]any{"a": int64(2)}))))
+	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.Edit(map[string]any{"a": int64(2)}))))
 	if n := shared.conflicts.Load(); n != 0 {
 		t.Fatalf("relay 1's appends refused as conflicts: %d, want 0", n)
 	}
@@ -235,12 +226,12 @@ func TestPushOntoQueuedRecordBuildsOnAnotherRelaysAppend(t *testing.T) {
 	store := memstore.New()
 	gated := &gatedStore{Store: unclosed{store}, usages: map[string]int{}}
 	relays := []*testRelay{newTestRelay(t, gated, nil), newTestRelay(t, store, nil)}
-	a, b, c := newEditor(t, "aaaa"), newEditor(t, "bbbb"), newEditor(t, "cccc")
+	a, b, c := storetest.NewEditor(t, "aaaa"), storetest.NewEditor(t, "bbbb"), storetest.NewEditor(t, "cccc")
 	ca, cb, cc := relays[0].client("shop"), relays[1].client("shop"), relays[0].client("shop")
-	first := a.edit(map[string]any{"a": int64(1)})
+	first := a.Edit(map[string]any{"a": int64(1)})
 	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", first))) // relay 1 caches w
-	b.pulled(first)
-	fromB := b.edit(map[string]any{"b": int64(1)})
+	b.Pulled(first)
+	fromB := b.Edit(map[string]any{"b": int64(1)})
 	mustCall[transport.Ack](t, cb, pushOf("notes", 0, rec("w", fromB))) // through relay 2
 
 	// Relay 1's next append waits until release.
@@ -261,16 +252,16 @@ func TestPushOntoQueuedRecordBuildsOnAnotherRelaysAppend(t *testing.T) {
 	})
 	queued := make(chan error, 1)
 	go func() {
-		_, err := call[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.edit(map[string]any{"a": int64(2)}))))
+		_, err := call[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.Edit(map[string]any{"a": int64(2)}))))
 		queued <- err
 	}()
 	<-entered // A's push is queued on relay 1's outdated copy of w
 	joined := relays[0].watchQueue(relay.Coll{"shop", "notes"})
-	c.pulled(first)
-	c.pulled(fromB)
+	c.Pulled(first)
+	c.Pulled(fromB)
 	depending := make(chan error, 1)
 	go func() {
-		_, err := call[transport.Ack](t, cc, pushOf("notes", 0, rec("w", c.edit(map[string]any{"c": int64(1)}))))
+		_, err := call[transport.Ack](t, cc, pushOf("notes", 0, rec("w", c.Edit(map[string]any{"c": int64(1)}))))
 		depending <- err
 	}()
 	select { // C's push joins the queue behind A's, or is refused
@@ -289,7 +280,7 @@ func TestPushOntoQueuedRecordBuildsOnAnotherRelaysAppend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := fieldsAfter(t, r.Data())
+	f := storetest.FieldsAfter(t, r.Data())
 	if f["a"] != int64(2) || f["b"] != int64(1) || f["c"] != int64(1) {
 		t.Fatalf("stored fields %v, want a=2 b=1 c=1", f)
 	}
@@ -302,13 +293,13 @@ func TestStoreEventCheckReadsHeadsOnly(t *testing.T) {
 	mem := memstore.New()
 	hs := &headsStore{sharedStore: &sharedStore{Store: unclosed{mem}}}
 	relays := []*testRelay{newTestRelay(t, hs, nil), newTestRelay(t, mem, nil)}
-	a, b := newEditor(t, "aaaa"), newEditor(t, "bbbb")
+	a, b := storetest.NewEditor(t, "aaaa"), storetest.NewEditor(t, "bbbb")
 	ca, cb := relays[0].client("shop"), relays[1].client("shop")
-	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.edit(map[string]any{"a": int64(1)}))))
-	mustCall[transport.Ack](t, cb, pushOf("notes", 0, rec("v", b.edit(map[string]any{"b": int64(1)}))))
+	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.Edit(map[string]any{"a": int64(1)}))))
+	mustCall[transport.Ack](t, cb, pushOf("notes", 0, rec("v", b.Edit(map[string]any{"b": int64(1)}))))
 	hs.event(relay.StoreEvent{Kind: relay.EventAppended, Coll: relay.Coll{"shop", "notes"}})
 	records := hs.records.Load()
-	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.edit(map[string]any{"a": int64(2)}))))
+	mustCall[transport.Ack](t, ca, pushOf("notes", 0, rec("w", a.Edit(map[string]any{"a": int64(2)}))))
 	if n := hs.records.Load() - records; n != 0 {
 		t.Fatalf("relay 1 read w whole %d times, want 0", n)
 	}

@@ -75,10 +75,7 @@ func lcSeed(t *testing.T) uint64 {
 // lcUseEarlyApply turns on the subscribers' side of early live messages
 // for the test: off by default in the library, it is what these tests
 // are about.
-func lcUseEarlyApply(t *testing.T) {
-	earlyApply = true
-	t.Cleanup(func() { earlyApply = false })
-}
+func lcUseEarlyApply(t *testing.T) { useEarlyApply(t) }
 
 func lcRecord(i int) string { return fmt.Sprintf("d%d", i) }
 

@@ -95,9 +95,9 @@ func BenchmarkLiveParts(b *testing.B) {
 	}
 	for _, v := range append(before, partsVariants...) {
 		b.Run(v.name, func(b *testing.B) {
-			direct := fsyncLogsDirect
+			direct, early := fsyncLogsDirect, earlyApply
 			noEarlyPush, earlyApply, fsyncLogsDirect = v.noEarlyPush, v.earlyApply, direct && !v.badgerSync
-			defer func() { noEarlyPush, earlyApply, fsyncLogsDirect = false, false, direct }()
+			defer func() { noEarlyPush, earlyApply, fsyncLogsDirect = false, early, direct }()
 			p, openDev := v.start(b, policy.Live)
 			livePartsRun(b, p, openDev(), openDev())
 		})

@@ -601,8 +601,13 @@ func (l *localEdits) settle(ctx context.Context) error {
 // at its next push of the collection; the relay acknowledges what it holds
 // without storing it twice. A record with pending changes of its own waits
 // for the durable message, which compares both sides field by field, as
-// every pull does (merge.go). Early messages are a shortcut, never the
-// only way: one dropped by the session's queue only costs time.
+// every pull does (merge.go). A record this device edits after applying
+// changes early is pending with them: its merges compare from the version
+// it shares with the relay (mergeBase), so that once the relay holds those
+// changes they count as the relay's, not as edits of this device's that a
+// policy could write back over the relay's later edits. Early messages are
+// a shortcut, never the only way: one dropped by the session's queue only
+// costs time.
 
 // applyEarly applies an early live message.
 func (r *Replica) applyEarly(ctx context.Context, edits *localEdits, coll string, recs []remoteRec) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -16,6 +17,22 @@ import (
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
 )
+
+// FERRY_TEST_EARLY_APPLY=1 runs the package's tests with every live
+// session taking the relay's early messages (earlyApply), not only the
+// tests that turn them on.
+func init() {
+	if os.Getenv("FERRY_TEST_EARLY_APPLY") == "1" {
+		earlyApply = true
+	}
+}
+
+// useEarlyApply turns early messages on for the test.
+func useEarlyApply(t *testing.T) {
+	was := earlyApply
+	earlyApply = true
+	t.Cleanup(func() { earlyApply = was })
+}
 
 // fsyncGate holds a disk replica's fsyncs while closed: each waits until
 // it is opened, then fsyncs, or fails with the error it was opened with.
@@ -558,8 +575,7 @@ type earlyEnv struct {
 }
 
 func newEarlyEnv(t *testing.T, setupA ...func(a *Replica)) *earlyEnv {
-	earlyApply = true
-	t.Cleanup(func() { earlyApply = false })
+	useEarlyApply(t)
 	e := newSyncEnv(t)
 	base := memstore.New()
 	t.Cleanup(func() { base.Close() })

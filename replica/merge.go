@@ -130,13 +130,7 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 	}
 	if !prepared || q != nil || m.pending != pending {
 		m.free()
-		var synced crdt.Heads
-		if pending {
-			if synced, err = readAcked(txn, coll, id); err != nil {
-				return false, err
-			}
-		}
-		m = merge(t.doc, pending, synced, data, relay, res.settle.covers(id))
+		m = merge(t.doc, pending, data, relay, res.settle.covers(id))
 		if res.settle.covers(id) {
 			res.settle.settle(&m, id)
 		}
@@ -263,14 +257,14 @@ func (m merging) free() {
 }
 
 // merge imports data into d, the record's document, or, if the record is
-// pending (synced: the heads the relay acknowledged), into a copy of d
-// compared three ways with d and the relay's version (heads relay). With
+// pending, into a copy of d compared three ways with d and the relay's
+// version (heads relay), from the version the two share (mergeBase). With
 // inPlace, the record's conflicts are settled with the merge (see
 // settling), so the record is stored merged whatever they are: the import
 // goes into d itself, which costs no copy and indexes only the changes d
 // made lately rather than a copy's whole history. If that merge then
 // fails, the batch fails, and drops d.
-func merge(d *crdt.Doc, pending bool, synced crdt.Heads, data []byte, relay crdt.Heads, inPlace bool) (m merging) {
+func merge(d *crdt.Doc, pending bool, data []byte, relay crdt.Heads, inPlace bool) (m merging) {
 	m.pending = pending
 	if !pending {
 		_, m.err = d.Import(data)
@@ -320,7 +314,13 @@ func merge(d *crdt.Doc, pending bool, synced crdt.Heads, data []byte, relay crdt
 			return m
 		}
 	}
-	if m.diff, m.remote, m.err = threeWay(merged, m.local, synced, relay, data); m.err != nil {
+	base, err := mergeBase(merged, m.localHeads, relay)
+	if err != nil {
+		drop()
+		m.err = err
+		return m
+	}
+	if m.diff, m.remote, m.err = threeWay(merged, m.local, base, relay, data); m.err != nil {
 		drop()
 		return m
 	}
@@ -347,7 +347,6 @@ func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec
 	type job struct {
 		t       *touched
 		pending bool
-		synced  crdt.Heads
 		rec     remoteRec
 	}
 	inWindow := make(map[*touched]int, len(ts))
@@ -371,13 +370,7 @@ func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec
 		if err != nil {
 			return err
 		}
-		j := job{t: t, pending: pending, rec: recs[i]}
-		if pending {
-			if j.synced, err = readAcked(txn, t.coll, t.id); err != nil {
-				return err
-			}
-		}
-		jobs = append(jobs, j)
+		jobs = append(jobs, job{t: t, pending: pending, rec: recs[i]})
 	}
 	if len(jobs) < 2 {
 		return nil
@@ -396,7 +389,7 @@ func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec
 				}
 				j := jobs[k]
 				settle := res.settle.covers(j.t.id)
-				out[k] = merge(j.t.doc, j.pending, j.synced, j.rec.data, j.rec.relay, settle)
+				out[k] = merge(j.t.doc, j.pending, j.rec.data, j.rec.relay, settle)
 				if settle {
 					res.settle.settle(&out[k], j.t.id)
 				}
@@ -470,17 +463,71 @@ func (s *settling) settle(m *merging, id string) {
 	m.settled, m.made = true, made
 }
 
-// threeWay compares, field by field, the version both sides last shared
-// (synced), this device's (local, read before the import) and the relay's;
-// d holds both sides. It returns the diff and the relay's version.
+// mergeBase returns the heads of the version a pending record and the
+// relay's version of it share, the base of their three-way comparison: d
+// holds both, the record's as heads local and the relay's as heads relay.
+// That version is what the relay acknowledged of the record, and past it
+// every change of the record's that the relay's version holds too: another
+// device's change applied early (before the relay's copy was durable, and
+// pushed again since if the relay lost it), or a push of this device's
+// whose acknowledgement was lost. Counted as this device's, such changes
+// would conflict with the relay's later edits of the same fields, and a
+// policy preferring this device would write them back over those edits.
+//
+// The changes the import added (new) are the relay's version's that the
+// record lacked; every other change of the relay's version is in both, and
+// is reached from the relay's heads or from new's dependencies that are
+// not new. So those are the shared version's heads (some may be ancestors
+// of others, which names the same version). It costs time in proportion to
+// new: the document's journal covers local, which it had just before.
+func mergeBase(d *crdt.Doc, local, relay crdt.Heads) (crdt.Heads, error) {
+	since, err := d.ChangesSince(local)
+	if err != nil {
+		return nil, err
+	}
+	added, err := crdt.ParseChanges(since)
+	if err != nil {
+		return nil, err
+	}
+	isNew := make(map[crdt.Hash]bool, len(added))
+	for _, c := range added {
+		isNew[c.Hash] = true
+	}
+	var base crdt.Heads
+	seen := map[crdt.Hash]bool{}
+	add := func(h crdt.Hash) {
+		if !isNew[h] && !seen[h] {
+			seen[h] = true
+			base = append(base, h)
+		}
+	}
+	for _, h := range relay {
+		// Heads the record lacks (a relay's message that does not reach
+		// the heads it names) name no version both hold; threeWay takes
+		// the relay's version its own way then.
+		if d.Has(h) {
+			add(h)
+		}
+	}
+	for _, c := range added {
+		for _, h := range c.Deps {
+			add(h)
+		}
+	}
+	return base, nil
+}
+
+// threeWay compares, field by field, the version both sides share (heads
+// shared, see mergeBase), this device's (local, read before the import)
+// and the relay's; d holds both sides. It returns the diff and the relay's
+// version.
 //
 // Only the base is forked out of history (a replay, so this runs only for
 // records with both local and incoming changes); the relay's version is the
-// base plus the changes that came in. If those need changes the base lacks
-// (the synced heads were behind what the relay holds), the relay's version
-// is forked at its heads instead.
-func threeWay(d *crdt.Doc, local crdt.Snapshot, synced, relay crdt.Heads, incoming []byte) (*crdt.FieldDiff, crdt.Snapshot, error) {
-	base, err := forkAt(d, synced)
+// base plus the changes that came in, or, if the import fails, forked at
+// its heads.
+func threeWay(d *crdt.Doc, local crdt.Snapshot, shared, relay crdt.Heads, incoming []byte) (*crdt.FieldDiff, crdt.Snapshot, error) {
+	base, err := forkAt(d, shared)
 	if err != nil {
 		return nil, crdt.Snapshot{}, err
 	}
@@ -489,7 +536,7 @@ func threeWay(d *crdt.Doc, local crdt.Snapshot, synced, relay crdt.Heads, incomi
 	if err != nil {
 		return nil, crdt.Snapshot{}, err
 	}
-	remote, err := relayVersion(d, base, synced, relay, incoming)
+	remote, err := relayVersion(d, base, shared, relay, incoming)
 	if err != nil {
 		return nil, crdt.Snapshot{}, err
 	}
@@ -512,12 +559,12 @@ func forkAt(d *crdt.Doc, h crdt.Heads) (*crdt.Doc, error) {
 }
 
 // relayVersion returns the relay's version of the record: base (d as of
-// synced) with incoming imported, or a fork of d at relay heads. The fork
+// shared) with incoming imported, or a fork of d at relay heads. The fork
 // is taken when the two are the same version (see extends), as it imports
 // and checks nothing again, d holding incoming checked already; and when
 // the import fails, the base lacking changes the relay holds.
-func relayVersion(d, base *crdt.Doc, synced, relay crdt.Heads, incoming []byte) (*crdt.Doc, error) {
-	if len(relay) > 0 && extends(synced, incoming, relay) {
+func relayVersion(d, base *crdt.Doc, shared, relay crdt.Heads, incoming []byte) (*crdt.Doc, error) {
+	if len(relay) > 0 && extends(shared, incoming, relay) {
 		if remote, err := d.Fork(relay); err == nil {
 			return remote, nil
 		}

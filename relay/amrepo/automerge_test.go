@@ -22,6 +22,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -73,7 +74,7 @@ func TestAutomergeCreateFindAndLive(t *testing.T) {
 	if len(ch.Records) != 1 || ch.Records[0].Record != record {
 		t.Fatalf("device pulled %+v", ch)
 	}
-	if f := fieldsAfter(t, ch.Records[0].Data); f["title"] != "buy milk" || f["done"] != false {
+	if f := storetest.FieldsAfter(t, ch.Records[0].Data); f["title"] != "buy milk" || f["done"] != false {
 		t.Fatalf("device sees %v", f)
 	}
 	heads, _ := crdt.HeadsFromSlices(ch.Records[0].Heads)
@@ -87,12 +88,12 @@ func TestAutomergeCreateFindAndLive(t *testing.T) {
 	b.until(func(m *amMessage) bool { return m.Type == amSync && b.field(docID, "title") == "buy milk" })
 
 	// A device's edit reaches both peers live.
-	ed := newEditor(t, "dd01")
-	if _, err := ed.doc.Import(ch.Records[0].Data); err != nil {
+	ed := storetest.NewEditor(t, "dd01")
+	if _, err := ed.Doc.Import(ch.Records[0].Data); err != nil {
 		t.Fatal(err)
 	}
-	ed.at = ed.doc.Heads()
-	mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(record, ed.edit(map[string]any{"done": true}))))
+	ed.At = ed.Doc.Heads()
+	mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(record, ed.Edit(map[string]any{"done": true}))))
 	for _, p := range []*goPeer{a, b} {
 		p.until(func(m *amMessage) bool { return p.field(docID, "done") == true })
 	}
@@ -107,10 +108,10 @@ func TestAutomergeCreateFindAndLive(t *testing.T) {
 	b.until(func(m *amMessage) bool { return m.Type == amSync && b.relayHas(m, docID) })
 	a.until(func(m *amMessage) bool { return a.field(docID, "title") == "buy oat milk" })
 	lv := nextLive(t, dev)
-	if _, err := ed.doc.Import(lv.Records[0].Data); err != nil {
+	if _, err := ed.Doc.Import(lv.Records[0].Data); err != nil {
 		t.Fatal(err)
 	}
-	if v, _ := ed.doc.Get(crdt.Path{"title"}); v != "buy oat milk" {
+	if v, _ := ed.Doc.Get(crdt.Path{"title"}); v != "buy oat milk" {
 		t.Fatalf("device sees title %v", v)
 	}
 }
@@ -129,8 +130,8 @@ func TestAutomergeAnnounce(t *testing.T) {
 	tr := newTestRelay(t, memstore.New(), nil)
 	dev := tr.client("shop")
 	_, r1 := newDocID(t)
-	ed := newEditor(t, "ee01")
-	mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(r1, ed.edit(map[string]any{"title": "one"})), rec("not-a-uuid", newEditor(t, "ee03").edit(map[string]any{"title": "x"}))))
+	ed := storetest.NewEditor(t, "ee01")
+	mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(r1, ed.Edit(map[string]any{"title": "one"})), rec("not-a-uuid", storetest.NewEditor(t, "ee03").Edit(map[string]any{"title": "x"}))))
 
 	q := tr.amCreds("shop")
 	q.Set("announce", "1")
@@ -142,8 +143,8 @@ func TestAutomergeAnnounce(t *testing.T) {
 	}
 	// A record created later is announced too.
 	_, r2 := newDocID(t)
-	ed2 := newEditor(t, "ee02")
-	mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(r2, ed2.edit(map[string]any{"title": "two"}))))
+	ed2 := storetest.NewEditor(t, "ee02")
+	mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(r2, ed2.Edit(map[string]any{"title": "two"}))))
 	p.until(func(m *amMessage) bool {
 		return m.DocumentID == documentIDForRecord(r2) && p.field(m.DocumentID, "title") == "two"
 	})
@@ -473,12 +474,12 @@ func TestAutomergeHeadsWithoutChangesAreAskedFor(t *testing.T) {
 	// nothing to answer.
 	dev := tr.client("shop")
 	ch := mustCall[transport.Changes](t, dev, &transport.Pull{Collection: "todos"})
-	ed := newEditor(t, "dd01")
-	if _, err := ed.doc.Import(ch.Records[0].Data); err != nil {
+	ed := storetest.NewEditor(t, "dd01")
+	if _, err := ed.Doc.Import(ch.Records[0].Data); err != nil {
 		t.Fatal(err)
 	}
-	ed.at = ed.doc.Heads()
-	mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(ch.Records[0].Record, ed.edit(map[string]any{"done": true}))))
+	ed.At = ed.Doc.Heads()
+	mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(ch.Records[0].Record, ed.Edit(map[string]any{"done": true}))))
 	a.until(func(m *amMessage) bool { return a.field(docID, "done") == true })
 
 	// Then the peer edits, and names its new heads alone.
@@ -540,7 +541,7 @@ func TestAutomergeSmallDocCache(t *testing.T) {
 	for i := range ids {
 		var record string
 		ids[i], record = newDocID(t)
-		mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(record, newEditor(t, "").edit(map[string]any{"n": int64(i), "pad": strings.Repeat("x", 2000)}))))
+		mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(record, storetest.NewEditor(t, "").Edit(map[string]any{"n": int64(i), "pad": strings.Repeat("x", 2000)}))))
 	}
 	peers := make([]*goPeer, 3)
 	for i := range peers {

@@ -17,6 +17,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 )
 
 // heldAppends is a store whose appends wait until release is closed.
@@ -134,18 +135,18 @@ func floodHeld(t *testing.T, ping bool) {
 	}
 	ids := make([]string, docs)
 	records := make([]string, docs)
-	editors := make([]*editor, docs)
+	editors := make([]*storetest.Editor, docs)
 	for j := range docs {
 		ids[j], records[j] = newDocID(t)
-		editors[j] = newEditor(t, fmt.Sprintf("%04x", j+1))
+		editors[j] = storetest.NewEditor(t, fmt.Sprintf("%04x", j+1))
 	}
 	// Each document's changes in order, the documents interleaved.
 	var frames [][]byte
 	total := 0
 	for k := range perDoc {
 		for j := range docs {
-			ch := editors[j].edit(map[string]any{"k": int64(k), "pad": pad()})
-			b, err := encodeAMMessage(&amMessage{Type: amSync, SenderID: "peer", TargetID: "ferry-relay/todos", DocumentID: ids[j], Data: syncV1(editors[j].doc.Heads(), ch)})
+			ch := editors[j].Edit(map[string]any{"k": int64(k), "pad": pad()})
+			b, err := encodeAMMessage(&amMessage{Type: amSync, SenderID: "peer", TargetID: "ferry-relay/todos", DocumentID: ids[j], Data: syncV1(editors[j].Doc.Heads(), ch)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -244,7 +245,7 @@ func floodHeld(t *testing.T, ping bool) {
 			t.Fatal(err)
 		}
 		for j, id := range ids {
-			if id == m.DocumentID && crdt.Heads(sm.heads).Equal(editors[j].doc.Heads()) {
+			if id == m.DocumentID && crdt.Heads(sm.heads).Equal(editors[j].Doc.Heads()) {
 				acked[id] = true
 			}
 		}
@@ -258,10 +259,10 @@ func floodHeld(t *testing.T, ping bool) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !rec.Heads.Equal(editors[j].doc.Heads()) {
-			t.Fatalf("document %d stored at %v, want %v", j, rec.Heads, editors[j].doc.Heads())
+		if !rec.Heads.Equal(editors[j].Doc.Heads()) {
+			t.Fatalf("document %d stored at %v, want %v", j, rec.Heads, editors[j].Doc.Heads())
 		}
-		if f := fieldsAfter(t, rec.Data()); f["k"] != int64(perDoc-1) {
+		if f := storetest.FieldsAfter(t, rec.Data()); f["k"] != int64(perDoc-1) {
 			t.Fatalf("document %d stored k=%v", j, f["k"])
 		}
 	}
@@ -282,14 +283,14 @@ func TestAutomergeWaitingChangesBoundedPerConnection(t *testing.T) {
 	waiting := 0
 	for i := 0; ; i++ {
 		docID, _ := newDocID(t)
-		ed := newEditor(t, "")
-		ed.edit(map[string]any{"n": 1}) // never sent
+		ed := storetest.NewEditor(t, "")
+		ed.Edit(map[string]any{"n": 1}) // never sent
 		b := make([]byte, 3000)
 		for i := range b {
 			b[i] = byte('a' + rng.IntN(26))
 		}
-		second := ed.edit(map[string]any{"pad": string(b)})
-		p.send(&amMessage{Type: amSync, SenderID: "p", DocumentID: docID, Data: syncV1(ed.doc.Heads(), second)})
+		second := ed.Edit(map[string]any{"pad": string(b)})
+		p.send(&amMessage{Type: amSync, SenderID: "p", DocumentID: docID, Data: syncV1(ed.Doc.Heads(), second)})
 		waiting += len(second)
 		m := p.next()
 		if waiting <= bound {

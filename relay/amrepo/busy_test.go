@@ -15,6 +15,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -85,10 +86,10 @@ func newBusyRelay(t *testing.T, maxMemory int64) *busyRelay {
 	for i := range pad {
 		pad[i] = byte('a' + rng.IntN(26))
 	}
-	change := newEditor(t, "d1").edit(map[string]any{"pad": string(pad)})
+	change := storetest.NewEditor(t, "d1").Edit(map[string]any{"pad": string(pad)})
 	dev := tr.client("shop")
 	br.storedID, br.storedRecord = newDocID(t)
-	mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(br.storedRecord, newEditor(t, "d2").edit(map[string]any{"title": "eggs"}))))
+	mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(br.storedRecord, storetest.NewEditor(t, "d2").Edit(map[string]any{"title": "eggs"}))))
 	st.hold.Store(true)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -193,7 +194,7 @@ func TestAutomergeBusyWaits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := fieldsAfter(t, r.Data()); f["title"] != "milk" {
+	if f := storetest.FieldsAfter(t, r.Data()); f["title"] != "milk" {
 		t.Fatalf("stored %v", f)
 	}
 	if n := counter(t, br.reg, "ferry_relay_automerge_busy_retries_total"); n < 1 {
@@ -272,7 +273,7 @@ func TestAutomergeBusyCloses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := fieldsAfter(t, r.Data()); f["title"] != "milk" {
+	if f := storetest.FieldsAfter(t, r.Data()); f["title"] != "milk" {
 		t.Fatalf("stored %v", f)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -126,60 +125,12 @@ func mustCall[R any, PR interface {
 	return (*R)(resp)
 }
 
-// editor makes Automerge changes as a device would.
-type editor struct {
-	t   testing.TB
-	doc *crdt.Doc
-	at  crdt.Heads
-}
-
-func newEditor(t testing.TB, actor string) *editor {
-	d, err := crdt.New(actor)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &editor{t: t, doc: d}
-}
-
-// edit sets fields and returns the new changes since the last edit.
-func (e *editor) edit(fields map[string]any) []byte {
-	e.t.Helper()
-	if err := e.doc.Put(fields); err != nil {
-		e.t.Fatal(err)
-	}
-	if _, err := e.doc.Commit("", time.Time{}); err != nil {
-		e.t.Fatal(err)
-	}
-	b, err := e.doc.ChangesSince(e.at)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.at = e.doc.Heads()
-	return b
-}
-
 func pushOf(coll string, fence uint64, recs ...transport.RecordChanges) *transport.Push {
 	return &transport.Push{Collection: coll, Fence: fence, Records: recs}
 }
 
 func rec(id string, data []byte) transport.RecordChanges {
 	return transport.RecordChanges{Record: id, Data: data}
-}
-
-// fieldsAfter loads changes (or snapshots) into a fresh document.
-func fieldsAfter(t testing.TB, parts ...[]byte) map[string]any {
-	t.Helper()
-	d, _ := crdt.New("")
-	for _, p := range parts {
-		if _, err := d.Import(p); err != nil {
-			t.Fatal(err)
-		}
-	}
-	f, err := d.Fields()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return f
 }
 
 func nextLive(t *testing.T, c *transport.Client) *transport.Live {

@@ -14,6 +14,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -99,11 +100,11 @@ func amRefused(t *testing.T, tr *testRelay, heads crdt.Heads, data []byte) (stri
 // is refused within max_inflated (1 MiB), before the document is loaded.
 func TestAutomergeDocumentInflationBudgeted(t *testing.T) {
 	tr := newTestRelay(t, memstore.New(), nil)
-	ed := newEditor(t, "dd01")
-	ed.edit(map[string]any{"blob": strings.Repeat("x", 8<<20)})
-	saved := ed.doc.Save()
-	heads := ed.doc.Heads()
-	ed.doc.Free()
+	ed := storetest.NewEditor(t, "dd01")
+	ed.Edit(map[string]any{"blob": strings.Repeat("x", 8<<20)})
+	saved := ed.Doc.Save()
+	heads := ed.Doc.Heads()
+	ed.Doc.Free()
 	if len(saved) > 64<<10 {
 		t.Fatalf("the saved document is %d bytes", len(saved))
 	}
@@ -140,15 +141,15 @@ func TestAutomergeChangeInflationBudgeted(t *testing.T) {
 func TestAutomergeDocumentOpsLimit(t *testing.T) {
 	const maxOps = 10_000
 	tr := newTestRelay(t, memstore.New(), func(o *testOptions) { o.Limits.MaxRecordOps = maxOps })
-	ed := newEditor(t, "dd02")
+	ed := storetest.NewEditor(t, "dd02")
 	vals := make([]any, 3*maxOps)
 	for i := range vals {
 		vals[i] = int64(7)
 	}
-	ed.edit(map[string]any{"list": vals})
-	saved := ed.doc.Save()
-	heads := ed.doc.Heads()
-	ed.doc.Free()
+	ed.Edit(map[string]any{"list": vals})
+	saved := ed.Doc.Save()
+	heads := ed.Doc.Heads()
+	ed.Doc.Free()
 	msg, _ := amRefused(t, tr, heads, saved)
 	if !strings.Contains(msg, "too_large") || !strings.Contains(msg, "max_record_ops") || !strings.Contains(msg, "whole document of 30001 operations") {
 		t.Fatalf("a document of %d operations in %d bytes answered %q", 3*maxOps+1, len(saved), msg)
@@ -193,9 +194,9 @@ func TestAutomergeAnswersFromTheCache(t *testing.T) {
 	tr := newTestRelay(t, st, func(o *testOptions) { o.CompactInterval = -1 })
 	coll := relay.Coll{Tenant: "shop", Collection: "todos"}
 	docID, record := newDocID(t)
-	ed := newEditor(t, "dd01")
-	ch := ed.edit(map[string]any{"title": "stored before", "pad": strings.Repeat("x", 4000)})
-	if _, err := st.Append(context.Background(), coll, 0, tr.clock.Now(), []relay.Entry{{Record: record, Changes: ch, Hashes: ed.doc.Heads(), Heads: ed.doc.Heads()}}); err != nil {
+	ed := storetest.NewEditor(t, "dd01")
+	ch := ed.Edit(map[string]any{"title": "stored before", "pad": strings.Repeat("x", 4000)})
+	if _, err := st.Append(context.Background(), coll, 0, tr.clock.Now(), []relay.Entry{{Record: record, Changes: ch, Hashes: ed.Doc.Heads(), Heads: ed.Doc.Heads()}}); err != nil {
 		t.Fatal(err)
 	}
 	const peers = 20
@@ -220,7 +221,7 @@ func TestAutomergeAnswersFromTheCache(t *testing.T) {
 	dev := tr.client("shop")
 	const edits = 20
 	for i := range edits {
-		mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(record, ed.edit(map[string]any{"n": int64(i)}))))
+		mustCall[transport.Ack](t, dev, pushOf("todos", 0, rec(record, ed.Edit(map[string]any{"n": int64(i)}))))
 		first.until(func(m *amMessage) bool { return first.field(docID, "n") == int64(i) })
 	}
 	if n := st.n.Load(); n > 1 {

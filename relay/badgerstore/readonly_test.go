@@ -9,39 +9,8 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/storetest"
 )
-
-// changes makes Automerge changes as a device would.
-type changes struct {
-	t   *testing.T
-	doc *crdt.Doc
-	at  crdt.Heads
-}
-
-func newChanges(t *testing.T, actor string) *changes {
-	d, err := crdt.New(actor)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &changes{t: t, doc: d}
-}
-
-// edit sets fields and returns the new changes since the last edit.
-func (e *changes) edit(fields map[string]any) []byte {
-	e.t.Helper()
-	if err := e.doc.Put(fields); err != nil {
-		e.t.Fatal(err)
-	}
-	if _, err := e.doc.Commit("", time.Time{}); err != nil {
-		e.t.Fatal(err)
-	}
-	b, err := e.doc.ChangesSince(e.at)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.at = e.doc.Heads()
-	return b
-}
 
 // noise is n random letters: text that does not compress.
 func noise(rng *rand.Rand, n int) string {
@@ -60,12 +29,12 @@ func TestCheckCompactionReadOnly(t *testing.T) {
 	dir := t.TempDir()
 	s := bsOpen(t, dir, &Options{GCInterval: -1})
 	rng := rand.New(rand.NewPCG(11, 12))
-	ed := newChanges(t, "ac01")
+	ed := storetest.NewEditor(t, "ac01")
 	var heads crdt.Heads
 	for range 2 {
-		ch := ed.edit(map[string]any{"pad": noise(rng, 3000)})
-		bsAppend(t, s, 0, time.Now(), relay.Entry{Record: "good", Base: heads, Changes: ch, Hashes: ed.doc.Heads(), Heads: ed.doc.Heads()})
-		heads = ed.doc.Heads()
+		ch := ed.Edit(map[string]any{"pad": noise(rng, 3000)})
+		bsAppend(t, s, 0, time.Now(), relay.Entry{Record: "good", Base: heads, Changes: ch, Hashes: ed.Doc.Heads(), Heads: ed.Doc.Heads()})
+		heads = ed.Doc.Heads()
 	}
 	// The store takes any bytes; the relay validates before it appends.
 	bad := bsEntry("bad", nil, noise(rng, 3000))

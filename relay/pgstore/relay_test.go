@@ -20,6 +20,7 @@ import (
 	"github.com/ferrysync/ferry/internal/pgtest"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/pgstore"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -131,37 +132,6 @@ func must[R any, PR interface {
 	return r
 }
 
-// editor makes a device's changes to one record.
-type editor struct {
-	t   *testing.T
-	doc *crdt.Doc
-	at  crdt.Heads
-}
-
-func newEditor(t *testing.T, actor string) *editor {
-	d, err := crdt.New(actor)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &editor{t: t, doc: d}
-}
-
-func (e *editor) edit(fields map[string]any) []byte {
-	e.t.Helper()
-	if err := e.doc.Put(fields); err != nil {
-		e.t.Fatal(err)
-	}
-	if _, err := e.doc.Commit("", time.Time{}); err != nil {
-		e.t.Fatal(err)
-	}
-	b, err := e.doc.ChangesSince(e.at)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.at = e.doc.Heads()
-	return b
-}
-
 func push(coll string, fence uint64, record string, data []byte) *transport.Push {
 	return &transport.Push{Collection: coll, Fence: fence, Records: []transport.RecordChanges{{Record: record, Data: data}}}
 }
@@ -201,31 +171,31 @@ func TestLeaseFencingAcrossRelays(t *testing.T) {
 	a, b := cl.dial(0, "device-a"), cl.dial(1, "device-b")
 
 	la := must[transport.Lease](t, a, &transport.LeaseAcquire{Collection: "c", TTLMS: 1000})
-	edA := newEditor(t, "aa01")
-	must[transport.Ack](t, a, push("c", la.Fence, "ra", edA.edit(map[string]any{"n": 1})))
+	edA := storetest.NewEditor(t, "aa01")
+	must[transport.Ack](t, a, push("c", la.Fence, "ra", edA.Edit(map[string]any{"n": 1})))
 
 	db.Add(2 * time.Second) // A stalls past its TTL
 	lb := must[transport.Lease](t, b, &transport.LeaseAcquire{Collection: "c", TTLMS: 60_000})
 	if lb.Fence <= la.Fence {
 		t.Fatalf("B's fence %d is not above A's %d", lb.Fence, la.Fence)
 	}
-	edB := newEditor(t, "bb01")
-	ackB := must[transport.Ack](t, b, push("c", lb.Fence, "rb", edB.edit(map[string]any{"n": 1})))
+	edB := storetest.NewEditor(t, "bb01")
+	ackB := must[transport.Ack](t, b, push("c", lb.Fence, "rb", edB.Edit(map[string]any{"n": 1})))
 
-	_, err := call[transport.Ack](a, push("c", la.Fence, "ra", edA.edit(map[string]any{"n": 2})))
+	_, err := call[transport.Ack](a, push("c", la.Fence, "ra", edA.Edit(map[string]any{"n": 2})))
 	wantCode(t, "A's push after B took the lease", err, transport.CodeStaleFence)
 	skew.Lock()
 	back = time.Hour // relay 1 now thinks A's lease has most of its second left
 	skew.Unlock()
-	_, err = call[transport.Ack](a, push("c", la.Fence, "ra2", newEditor(t, "aa02").edit(map[string]any{"n": 3})))
+	_, err = call[transport.Ack](a, push("c", la.Fence, "ra2", storetest.NewEditor(t, "aa02").Edit(map[string]any{"n": 3})))
 	wantCode(t, "A's push through a relay whose clock is behind", err, transport.CodeStaleFence)
 	_, err = call[transport.Lease](a, &transport.LeaseRenew{Collection: "c", Fence: la.Fence, TTLMS: 1000})
 	wantCode(t, "A's renewal through that relay", err, transport.CodeStaleFence)
-	must[transport.Ack](t, b, push("c", lb.Fence, "rb", edB.edit(map[string]any{"n": 2})))
+	must[transport.Ack](t, b, push("c", lb.Fence, "rb", edB.Edit(map[string]any{"n": 2})))
 	// B's live fence is B's alone: another device, through either relay,
 	// cannot push with it.
 	for i := range 2 {
-		_, err = call[transport.Ack](cl.dial(i, "device-c"), push("c", lb.Fence, "rc", newEditor(t, "cc01").edit(map[string]any{"n": 1})))
+		_, err = call[transport.Ack](cl.dial(i, "device-c"), push("c", lb.Fence, "rc", storetest.NewEditor(t, "cc01").Edit(map[string]any{"n": 1})))
 		wantCode(t, fmt.Sprintf("another device's push with B's fence through relay %d", i+1), err, transport.CodeStaleFence)
 	}
 
@@ -255,7 +225,7 @@ func TestLiveFanOutAcrossRelays(t *testing.T) {
 	must[transport.OK](t, s2, &transport.Subscribe{Collection: "c", Cursor: 0})
 	must[transport.OK](t, s3, &transport.Subscribe{Collection: "c", Cursor: 0})
 
-	ed := newEditor(t, "ee01")
+	ed := storetest.NewEditor(t, "ee01")
 	recv := func(c *transport.Client, from, to uint64) uint64 {
 		t.Helper()
 		next := from
@@ -271,7 +241,7 @@ func TestLiveFanOutAcrossRelays(t *testing.T) {
 		return next
 	}
 	for i := 1; i <= 5; i++ {
-		ack := must[transport.Ack](t, w, push("c", 0, "r", ed.edit(map[string]any{"n": i})))
+		ack := must[transport.Ack](t, w, push("c", 0, "r", ed.Edit(map[string]any{"n": i})))
 		if ack.Seq != uint64(i) {
 			t.Fatalf("push %d got seq %d", i, ack.Seq)
 		}
@@ -281,13 +251,13 @@ func TestLiveFanOutAcrossRelays(t *testing.T) {
 	// Sub-2 goes away at cursor 5; seven more pushes land meanwhile.
 	s2.Close()
 	for i := 6; i <= 12; i++ {
-		must[transport.Ack](t, w, push("c", 0, "r", ed.edit(map[string]any{"n": i})))
+		must[transport.Ack](t, w, push("c", 0, "r", ed.Edit(map[string]any{"n": i})))
 	}
 	recv(s3, 5, 12)
 	back := cl.dial(2, "sub-2")
 	must[transport.OK](t, back, &transport.Subscribe{Collection: "c", Cursor: 5})
 	recv(back, 5, 12)
-	must[transport.Ack](t, w, push("c", 0, "r", ed.edit(map[string]any{"n": 13})))
+	must[transport.Ack](t, w, push("c", 0, "r", ed.Edit(map[string]any{"n": 13})))
 	recv(back, 12, 13)
 	recv(s3, 12, 13)
 }
@@ -303,10 +273,10 @@ func TestConcurrentPushesAcrossRelays(t *testing.T) {
 	errs := make([]error, devices)
 	for d := range devices {
 		c := cl.dial(d%3, fmt.Sprint("dev-", d))
-		ed := newEditor(t, fmt.Sprintf("d0%02x", d+1))
+		ed := storetest.NewEditor(t, fmt.Sprintf("d0%02x", d+1))
 		wg.Go(func() {
 			for i := range rounds {
-				data := ed.edit(map[string]any{fmt.Sprint("f", d): i})
+				data := ed.Edit(map[string]any{fmt.Sprint("f", d): i})
 				for try := 0; ; try++ {
 					_, err := call[transport.Ack](c, push("c", 0, "shared", data))
 					var te *transport.Error
@@ -320,7 +290,7 @@ func TestConcurrentPushesAcrossRelays(t *testing.T) {
 					break
 				}
 			}
-			heads[d] = ed.doc.Heads()
+			heads[d] = ed.Doc.Heads()
 		})
 	}
 	wg.Wait()

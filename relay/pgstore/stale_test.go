@@ -9,6 +9,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/internal/pgtest"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -22,19 +23,16 @@ import (
 func TestAlternatingEditsAcrossRelays(t *testing.T) {
 	cl := newCluster(t, 2)
 	clients := []*transport.Client{cl.dial(0, "device-a"), cl.dial(1, "device-b")}
-	editors := []*editor{newEditor(t, "aaaa"), newEditor(t, "bbbb")}
+	editors := []*storetest.Editor{storetest.NewEditor(t, "aaaa"), storetest.NewEditor(t, "bbbb")}
 	cursors := make([]uint64, 2)
 	for turn := range 12 {
 		i := turn % 2
 		ch := must[transport.Changes](t, clients[i], &transport.Pull{Collection: "c", Cursor: cursors[i]})
 		cursors[i] = ch.Next
 		for _, rc := range ch.Records {
-			if _, err := editors[i].doc.Import(rc.Data); err != nil {
-				t.Fatal(err)
-			}
+			editors[i].Pulled(rc.Data)
 		}
-		editors[i].at = editors[i].doc.Heads()
-		data := editors[i].edit(map[string]any{"turn": int64(turn)})
+		data := editors[i].Edit(map[string]any{"turn": int64(turn)})
 		if _, err := call[transport.Ack](clients[i], push("c", 0, "w", data)); err != nil {
 			t.Fatalf("turn %d, through relay %d: %v", turn+1, i+1, err)
 		}
@@ -47,18 +45,18 @@ func TestRecordHeads(t *testing.T) {
 	st := open(t, pgtest.Schema(t), nil)
 	ctx := context.Background()
 	c := relay.Coll{Tenant: "shop", Collection: "c"}
-	e := newEditor(t, "aaaa")
-	data := e.edit(map[string]any{"n": int64(1)})
+	e := storetest.NewEditor(t, "aaaa")
+	data := e.Edit(map[string]any{"n": int64(1)})
 	infos, err := crdt.ParseChanges(data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Append(ctx, c, 0, time.Now(), []relay.Entry{{Record: "w", Changes: data, Hashes: []crdt.Hash{infos[0].Hash}, Heads: e.doc.Heads()}}); err != nil {
+	if _, err := st.Append(ctx, c, 0, time.Now(), []relay.Entry{{Record: "w", Changes: data, Hashes: []crdt.Hash{infos[0].Hash}, Heads: e.Doc.Heads()}}); err != nil {
 		t.Fatal(err)
 	}
 	heads, err := st.RecordHeads(ctx, c, "w")
-	if err != nil || !heads.Equal(e.doc.Heads()) {
-		t.Fatalf("RecordHeads(w) = %v, %v; want %v", heads, err, e.doc.Heads())
+	if err != nil || !heads.Equal(e.Doc.Heads()) {
+		t.Fatalf("RecordHeads(w) = %v, %v; want %v", heads, err, e.Doc.Heads())
 	}
 	if _, err := st.RecordHeads(ctx, c, "absent"); !errors.Is(err, relay.ErrNotFound) {
 		t.Fatalf("RecordHeads(absent) = %v, want ErrNotFound", err)

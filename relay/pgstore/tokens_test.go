@@ -10,6 +10,7 @@ import (
 	"github.com/ferrysync/ferry/internal/pgtest"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/relaytest"
+	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -83,8 +84,8 @@ func TestRelaysSharingPostgresVerifyTokensAlike(t *testing.T) {
 			t.Fatalf("relay %d let ann read notes-bob", i+1)
 		}
 	}
-	ed := newEditor(t, "ab01")
-	must[transport.Ack](t, devices[0], push("notes-ann", 0, "r1", ed.edit(map[string]any{"title": "x"})))
+	ed := storetest.NewEditor(t, "ab01")
+	must[transport.Ack](t, devices[0], push("notes-ann", 0, "r1", ed.Edit(map[string]any{"title": "x"})))
 	if ch := must[transport.Changes](t, devices[1], &transport.Pull{Collection: "notes-ann"}); len(ch.Records) != 1 {
 		t.Fatalf("relay 2 pulled %+v", ch)
 	}

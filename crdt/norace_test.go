@@ -1,5 +1,0 @@
-//go:build !race
-
-package crdt_test
-
-const raceBuild = false
