@@ -28,12 +28,41 @@ func checkCanonical(payload []byte) (*change, error) {
 	if err := c.namedFaults(); err != nil {
 		return nil, err
 	}
-	deps, others, ops := c.canonicalParts()
-	cols := encodeOpColumns(ops)
-	if bytes.Equal(c.assemble(deps, others, cols), payload) {
+	e := opEncoders.Get().(*opEncoder)
+	defer e.release()
+	deps, others, ops := c.canonicalPartsIn(e)
+	cols := e.encode(ops)
+	if c.rebuildsTo(payload, deps, others, cols, e) {
 		return c, nil
 	}
 	return nil, c.difference(c.assembleHeader(deps, others), cols)
+}
+
+// rebuildsTo reports whether payload is what assemble writes from these
+// parts (bytes.Equal(c.assemble(deps, others, cols), payload)), compared
+// part by part rather than written out whole: c was decoded from payload,
+// so its header, column data and trailing bytes are slices of it, in
+// order.
+func (c *change) rebuildsTo(payload []byte, deps []Hash, others [][]byte, cols []encodedColumn, e *opEncoder) bool {
+	e.buf = c.appendHeader(e.buf[:0], deps, others)
+	rest, ok := bytes.CutPrefix(payload, e.buf)
+	if !ok {
+		return false
+	}
+	e.buf = appendULEB(e.buf[:0], uint64(len(cols)))
+	for _, col := range cols {
+		e.buf = appendULEB(e.buf, col.spec)
+		e.buf = appendULEB(e.buf, uint64(len(col.data)))
+	}
+	if rest, ok = bytes.CutPrefix(rest, e.buf); !ok {
+		return false
+	}
+	for _, col := range cols {
+		if rest, ok = bytes.CutPrefix(rest, col.data); !ok {
+			return false
+		}
+	}
+	return bytes.Equal(rest, c.extra)
 }
 
 // difference names the first part of the change that differs from what
@@ -78,8 +107,10 @@ func (c *change) namedFaults() error {
 		return errors.New("other actors are not the sorted set of actors the operations name, as Automerge writes them")
 	}
 	for i, op := range c.ops {
-		if !slices.IsSortedFunc(op.pred, c.cmpOpID) || len(slices.CompactFunc(slices.Clone(op.pred), func(a, b chOpID) bool { return c.cmpOpID(a, b) == 0 })) != len(op.pred) {
-			return fmt.Errorf("operation %d: predecessors are not sorted and distinct", i)
+		for j := 1; j < len(op.pred); j++ {
+			if c.cmpOpID(op.pred[j-1], op.pred[j]) >= 0 {
+				return fmt.Errorf("operation %d: predecessors are not sorted and distinct", i)
+			}
 		}
 		if r := op.rebuilt(); !r.val.equal(op.val) || r.expand != op.expand || r.hasMark != op.hasMark {
 			return fmt.Errorf("operation %d: action %d carries a value, mark name or expand flag that Automerge would not keep", i, op.action)

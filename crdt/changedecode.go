@@ -29,7 +29,7 @@ func decodeChange(payload []byte) (*change, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := c.decodeOps(cols); err != nil {
+	if err := c.decodeOps(&cols); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -37,12 +37,12 @@ func decodeChange(payload []byte) (*change, error) {
 
 // decodeLayout decodes a change's header and finds its columns, leaving
 // its operations undecoded.
-func decodeLayout(payload []byte) (*change, *colSet, error) {
+func decodeLayout(payload []byte) (*change, colSet, error) {
 	c := &change{}
 	p := &payloadReader{reader: reader{b: payload}, start: len(payload), c: c}
 	nDeps := p.uleb()
 	if nDeps > uint64(len(p.b)/HashSize) {
-		return nil, nil, errors.New("bad dependency count")
+		return nil, colSet{}, errors.New("bad dependency count")
 	}
 	for range nDeps {
 		c.deps = append(c.deps, Hash(p.bytes(HashSize)))
@@ -58,38 +58,39 @@ func decodeLayout(payload []byte) (*change, *colSet, error) {
 	p.mark("time")
 	msg := p.bytes(p.uleb())
 	if p.err == nil && !utf8.Valid(msg) {
-		return nil, nil, errors.New("message is not UTF-8")
+		return nil, colSet{}, errors.New("message is not UTF-8")
 	}
 	c.message = string(msg)
 	p.mark("message")
 	nOthers := p.uleb()
 	if nOthers > uint64(len(p.b)) {
-		return nil, nil, errors.New("bad actor count")
+		return nil, colSet{}, errors.New("bad actor count")
 	}
 	for range nOthers {
 		c.others = append(c.others, p.bytes(p.uleb()))
 	}
 	p.mark("other actors")
 	if p.err != nil {
-		return nil, nil, fmt.Errorf("truncated header: %w", p.err)
+		return nil, colSet{}, fmt.Errorf("truncated header: %w", p.err)
 	}
 	if c.startOp == 0 {
-		return nil, nil, errors.New("start op is zero")
+		return nil, colSet{}, errors.New("start op is zero")
 	}
 	c.header = payload[:len(payload)-len(p.b)]
 	cols, err := readColumns(p)
 	if err != nil {
-		return nil, nil, err
+		return nil, colSet{}, err
 	}
 	c.extra = p.b
 	return c, cols, nil
 }
 
 // readColumns reads the column metadata and slices out each column's data.
-func readColumns(p *payloadReader) (*colSet, error) {
+func readColumns(p *payloadReader) (colSet, error) {
+	var cols colSet
 	n := p.uleb()
 	if p.err != nil || n > uint64(len(p.b)) {
-		return nil, errors.New("bad column count")
+		return cols, errors.New("bad column count")
 	}
 	type meta struct{ spec, size uint64 }
 	var buf [len(columnSpecs) + 2]meta
@@ -98,25 +99,24 @@ func readColumns(p *payloadReader) (*colSet, error) {
 		metas = append(metas, meta{p.uleb(), p.uleb()})
 	}
 	if p.err != nil {
-		return nil, errors.New("bad column metadata")
+		return cols, errors.New("bad column metadata")
 	}
-	cols := &colSet{}
 	var seen [len(columnSpecs)]bool
 	p.c.cols = make([]encodedColumn, 0, len(metas))
 	for _, m := range metas {
 		i := slot(m.spec)
 		switch {
 		case m.spec&colDeflate != 0:
-			return nil, fmt.Errorf("column %#x is DEFLATEd, which Automerge never does in a change", m.spec)
+			return cols, fmt.Errorf("column %#x is DEFLATEd, which Automerge never does in a change", m.spec)
 		case i < 0:
-			return nil, fmt.Errorf("unknown column %#x: the bundled Automerge would drop it, and the change would not rebuild", m.spec)
+			return cols, fmt.Errorf("unknown column %#x: the bundled Automerge would drop it, and the change would not rebuild", m.spec)
 		case seen[i]:
-			return nil, fmt.Errorf("column %#x appears twice", m.spec)
+			return cols, fmt.Errorf("column %#x appears twice", m.spec)
 		}
 		seen[i] = true
 		data := p.bytes(m.size)
 		if p.err != nil {
-			return nil, errors.New("columns overrun the change")
+			return cols, errors.New("columns overrun the change")
 		}
 		cols[i] = data
 		p.c.cols = append(p.c.cols, encodedColumn{m.spec, data})

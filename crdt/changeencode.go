@@ -3,6 +3,7 @@ package crdt
 import (
 	"bytes"
 	"slices"
+	"sync"
 )
 
 // rebuilt returns the operation as Automerge keeps it (types::Op) and
@@ -74,6 +75,12 @@ func (c *change) encodeCanonical() []byte {
 // operations as the document keeps them, with actor indexes into that
 // table.
 func (c *change) canonicalParts() ([]Hash, [][]byte, []chOp) {
+	return c.canonicalPartsIn(nil)
+}
+
+// canonicalPartsIn is canonicalParts with the operations written into e's
+// buffers (nil: new ones).
+func (c *change) canonicalPartsIn(e *opEncoder) ([]Hash, [][]byte, []chOp) {
 	others := c.canonicalActors()
 	index := func(id chOpID) uint64 {
 		a := c.actorOf(id.actor)
@@ -83,16 +90,30 @@ func (c *change) canonicalParts() ([]Hash, [][]byte, []chOp) {
 		i, _ := slices.BinarySearchFunc(others, a, bytes.Compare)
 		return uint64(i + 1)
 	}
-	ops := make([]chOp, len(c.ops))
-	for i, op := range c.ops {
+	var ops []chOp
+	var preds []chOpID
+	if e != nil {
+		ops, preds = e.ops[:0], e.preds[:0]
+	}
+	np := 0
+	for _, op := range c.ops {
+		np += len(op.pred)
+	}
+	ops, preds = slices.Grow(ops, len(c.ops)), slices.Grow(preds, np)
+	for _, op := range c.ops {
 		op = op.rebuilt()
 		op.obj.actor = index(op.obj)
 		op.elem.actor = index(op.elem)
-		op.pred = slices.Clone(op.pred)
-		for j := range op.pred {
-			op.pred[j].actor = index(op.pred[j])
+		from := len(preds)
+		for _, p := range op.pred {
+			p.actor = index(p)
+			preds = append(preds, p)
 		}
-		ops[i] = op
+		op.pred = preds[from:len(preds):len(preds)]
+		ops = append(ops, op)
+	}
+	if e != nil {
+		e.ops, e.preds = ops, preds
 	}
 	deps := slices.Clone(c.deps)
 	slices.SortFunc(deps, cmpHash)
@@ -116,7 +137,11 @@ func (c *change) assemble(deps []Hash, others [][]byte, cols []encodedColumn) []
 
 // assembleHeader writes the fields before the column metadata.
 func (c *change) assembleHeader(deps []Hash, others [][]byte) []byte {
-	var b []byte
+	return c.appendHeader(nil, deps, others)
+}
+
+// appendHeader appends the fields before the column metadata to b.
+func (c *change) appendHeader(b []byte, deps []Hash, others [][]byte) []byte {
 	b = appendULEB(b, uint64(len(deps)))
 	for _, d := range deps {
 		b = append(b, d[:]...)
@@ -146,22 +171,83 @@ type encodedColumn struct {
 // encodeOpColumns is ChangeOpsColumns::encode followed by raw_columns():
 // columns in spec order, empty ones left out.
 func encodeOpColumns(ops []chOp) []encodedColumn {
+	return newOpEncoder().encode(ops)
+}
+
+// opEncoder encodes a change's operation columns. One is reused, with its
+// buffers, across the changes an Import checks (see checkCanonical): the
+// encoders' buffers were most of what checking a small change allocated.
+type opEncoder struct {
+	objA, objC, keyA, action, meta, predN, predA rleEncoder[uint64]
+	keyS, marks                                  rleEncoder[string]
+	keyC, predC                                  deltaEncoder
+	insert, expand                               boolEncoder
+	raw                                          []byte
+	cols                                         []encodedColumn
+	// For checkCanonical: the rebuilt operations and their predecessors,
+	// and the header and column metadata written for the comparison.
+	ops   []chOp
+	preds []chOpID
+	buf   []byte
+}
+
+func newOpEncoder() *opEncoder {
+	e := &opEncoder{insert: boolEncoder{allFalse: true}, expand: boolEncoder{maybe: true, allFalse: true}}
+	for _, u := range []*rleEncoder[uint64]{&e.objA, &e.objC, &e.keyA, &e.action, &e.meta, &e.predN, &e.predA} {
+		u.write = writeUint
+	}
+	e.keyS.write, e.marks.write = writeStr, writeStr
+	e.keyC.rle.write, e.predC.rle.write = writeInt, writeInt
+	return e
+}
+
+var opEncoders = sync.Pool{New: func() any { return newOpEncoder() }}
+
+// maxPooledBytes bounds the buffers an opEncoder keeps when it goes back
+// to the pool, so one large change does not pin its buffers.
+const maxPooledBytes = 64 << 10
+
+// release returns e to the pool; what encode returned is then invalid.
+func (e *opEncoder) release() {
+	n := cap(e.raw) + cap(e.buf) + cap(e.ops)*64 + cap(e.preds)*16
+	for _, u := range []*rleEncoder[uint64]{&e.objA, &e.objC, &e.keyA, &e.action, &e.meta, &e.predN, &e.predA} {
+		n += cap(u.out) + 8*cap(u.lits)
+	}
+	for _, d := range []*deltaEncoder{&e.keyC, &e.predC} {
+		n += cap(d.rle.out) + 8*cap(d.rle.lits)
+	}
+	n += cap(e.keyS.out) + cap(e.marks.out) + 16*(cap(e.keyS.lits)+cap(e.marks.lits)) + cap(e.insert.out) + cap(e.expand.out)
+	if n <= maxPooledBytes {
+		// Let go of the strings of the last change.
+		clear(e.ops[:cap(e.ops)])
+		clear(e.keyS.lits[:cap(e.keyS.lits)])
+		clear(e.marks.lits[:cap(e.marks.lits)])
+		e.keyS.reset()
+		e.marks.reset()
+		opEncoders.Put(e)
+	}
+}
+
+// encode returns ops's columns, in buffers of e's that stay valid until it
+// encodes again or is released.
+func (e *opEncoder) encode(ops []chOp) []encodedColumn {
 	var (
-		objA   = newRLEEncoder(writeUint)
-		objC   = newRLEEncoder(writeUint)
-		keyA   = newRLEEncoder(writeUint)
-		keyC   = newDeltaEncoder()
-		keyS   = newRLEEncoder(writeStr)
-		insert = newBoolEncoder(false)
-		action = newRLEEncoder(writeUint)
-		meta   = newRLEEncoder(writeUint)
-		raw    []byte
-		predN  = newRLEEncoder(writeUint)
-		predA  = newRLEEncoder(writeUint)
-		predC  = newDeltaEncoder()
-		expand = newBoolEncoder(true)
-		marks  = newRLEEncoder(writeStr)
+		objA, objC, keyA, action, meta = &e.objA, &e.objC, &e.keyA, &e.action, &e.meta
+		predN, predA                   = &e.predN, &e.predA
+		keyS, marks                    = &e.keyS, &e.marks
+		keyC, predC                    = &e.keyC, &e.predC
+		insert, expand                 = &e.insert, &e.expand
+		raw                            = e.raw[:0]
 	)
+	for _, u := range []*rleEncoder[uint64]{objA, objC, keyA, action, meta, predN, predA} {
+		u.reset()
+	}
+	keyS.reset()
+	marks.reset()
+	keyC.reset()
+	predC.reset()
+	insert.reset()
+	expand.reset()
 	for _, op := range ops {
 		if op.obj.ctr == 0 {
 			objA.appendNull()
@@ -201,28 +287,30 @@ func encodeOpColumns(ops []chOp) []encodedColumn {
 			marks.appendNull()
 		}
 	}
+	e.raw = raw
 	objActor := objA.finish()
 	var objCtr []byte
 	if len(objActor) > 0 {
 		// Rust writes the counters only if some object is not the root.
 		objCtr = objC.finish()
 	}
-	all := []encodedColumn{
-		{specObjActor, objActor},
-		{specObjCounter, objCtr},
-		{specKeyActor, keyA.finish()},
-		{specKeyCounter, keyC.finish()},
-		{specKeyString, keyS.finish()},
-		{specInsert, insert.finish()},
-		{specAction, action.finish()},
-		{specValueMeta, meta.finish()},
-		{specValue, raw},
-		{specPredGroup, predN.finish()},
-	}
+	all := append(e.cols[:0],
+		encodedColumn{specObjActor, objActor},
+		encodedColumn{specObjCounter, objCtr},
+		encodedColumn{specKeyActor, keyA.finish()},
+		encodedColumn{specKeyCounter, keyC.finish()},
+		encodedColumn{specKeyString, keyS.finish()},
+		encodedColumn{specInsert, insert.finish()},
+		encodedColumn{specAction, action.finish()},
+		encodedColumn{specValueMeta, meta.finish()},
+		encodedColumn{specValue, raw},
+		encodedColumn{specPredGroup, predN.finish()},
+	)
 	if pa := predA.finish(); len(pa) > 0 {
 		all = append(all, encodedColumn{specPredActor, pa}, encodedColumn{specPredCount, predC.finish()})
 	}
 	all = append(all, encodedColumn{specExpand, expand.finish()}, encodedColumn{specMarkName, marks.finish()})
+	e.cols = all
 	return slices.DeleteFunc(all, func(c encodedColumn) bool { return len(c.data) == 0 })
 }
 

@@ -124,6 +124,12 @@ func corruptf(err error, format string, args ...any) error {
 
 func frameWithin(b []byte, budget *InflateBudget) (chunkInfo, error) {
 	var ci chunkInfo
+	if n := countChunks(b); n > 0 {
+		ci.changes = make([]ChangeInfo, 0, n)
+		ci.authors = make([]author, 0, n)
+		ci.payloads = make([][]byte, 0, n)
+	}
+	var actors actorNames
 	for off := 0; off < len(b); {
 		rest := b[off:]
 		if len(rest) < 9 || !bytes.Equal(rest[:4], chunkMagic) {
@@ -170,7 +176,7 @@ func frameWithin(b []byte, budget *InflateBudget) (chunkInfo, error) {
 			ci.documents++
 			ci.docHeads = append(ci.docHeads, heads...)
 		} else {
-			deps, who, err := changeHeader(payload, budget)
+			deps, who, err := changeHeader(payload, budget, &actors)
 			if err != nil {
 				return ci, corruptf(err, "change at byte %d", off)
 			}
@@ -181,6 +187,34 @@ func frameWithin(b []byte, budget *InflateBudget) (chunkInfo, error) {
 		off += end
 	}
 	return ci, nil
+}
+
+// countChunks counts the chunks b appears to hold, reading only their
+// lengths, to size what framing collects (framing checks them).
+func countChunks(b []byte) int {
+	n := 0
+	for off := 0; off+9 < len(b) && n < 1<<16; n++ {
+		l, ln := binary.Uvarint(b[off+9:])
+		if ln <= 0 || l > uint64(len(b)) {
+			break
+		}
+		off += 9 + ln + int(l)
+	}
+	return n
+}
+
+// actorNames spells the actors of a stream's changes in hex, once per
+// actor: a stream usually holds many changes of the same few.
+type actorNames struct {
+	last []byte
+	name string
+}
+
+func (a *actorNames) of(id []byte) string {
+	if a.name == "" || !bytes.Equal(id, a.last) {
+		a.last, a.name = id, hex.EncodeToString(id)
+	}
+	return a.name
 }
 
 // changeHash is the hash of the change chunk with this payload.
@@ -221,7 +255,7 @@ type author struct {
 // changeHeader reads what opens a change chunk's payload: the dependency
 // list, the actor and the sequence number; and checks the rest (see
 // checkChangeOps).
-func changeHeader(p []byte, budget *InflateBudget) ([]Hash, author, error) {
+func changeHeader(p []byte, budget *InflateBudget, actors *actorNames) ([]Hash, author, error) {
 	deps, p, err := hashList(p, "dependencies")
 	if err != nil {
 		return nil, author{}, err
@@ -230,7 +264,7 @@ func changeHeader(p []byte, budget *InflateBudget) ([]Hash, author, error) {
 	if ln <= 0 || n > uint64(len(p)-ln) {
 		return nil, author{}, fmt.Errorf("bad actor")
 	}
-	actor := hex.EncodeToString(p[ln : ln+int(n)])
+	actor := actors.of(p[ln : ln+int(n)])
 	p = p[ln+int(n):]
 	seq, ln := binary.Uvarint(p)
 	if ln <= 0 || seq == 0 {

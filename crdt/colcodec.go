@@ -296,6 +296,12 @@ func newRLEEncoder[T comparable](write func([]byte, T) []byte) *rleEncoder[T] {
 	return &rleEncoder[T]{write: write}
 }
 
+// reset empties e for a new column, keeping its buffers.
+func (e *rleEncoder[T]) reset() {
+	var zero T
+	e.out, e.lits, e.state, e.val, e.n = e.out[:0], e.lits[:0], encEmpty, zero, 0
+}
+
 func (e *rleEncoder[T]) flushRun(v T, n uint64) {
 	e.out = appendSLEB(e.out, int64(n))
 	e.out = e.write(e.out, v)
@@ -391,11 +397,17 @@ func writeStr(b []byte, s string) []byte {
 
 // deltaEncoder is a port of Rust's DeltaEncoder.
 type deltaEncoder struct {
-	rle *rleEncoder[int64]
+	rle rleEncoder[int64]
 	abs int64
 }
 
-func newDeltaEncoder() *deltaEncoder { return &deltaEncoder{rle: newRLEEncoder(writeInt)} }
+func newDeltaEncoder() *deltaEncoder { return &deltaEncoder{rle: rleEncoder[int64]{write: writeInt}} }
+
+// reset empties e for a new column, keeping its buffers.
+func (e *deltaEncoder) reset() {
+	e.rle.reset()
+	e.abs = 0
+}
 
 func (e *deltaEncoder) appendValue(v int64) {
 	e.rle.appendValue(saturatingSub(v, e.abs))
@@ -417,6 +429,11 @@ type boolEncoder struct {
 }
 
 func newBoolEncoder(maybe bool) *boolEncoder { return &boolEncoder{maybe: maybe, allFalse: true} }
+
+// reset empties e for a new column, keeping its buffer.
+func (e *boolEncoder) reset() {
+	*e = boolEncoder{out: e.out[:0], maybe: e.maybe, allFalse: true}
+}
 
 func (e *boolEncoder) append(v bool) {
 	if v {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Automerge's Rust core, as automerge-go bundles it, trusts the columns of
@@ -87,7 +88,8 @@ func checkChangeOps(p []byte, budget *InflateBudget) error {
 	if err != nil {
 		return err
 	}
-	cols, p, err := columnMeta(p)
+	var buf [len(columnSpecs) + 2]column
+	cols, p, err := appendColumnMeta(buf[:0], p)
 	if err != nil {
 		return err
 	}
@@ -169,12 +171,18 @@ type column struct {
 
 // columnMeta reads a column count followed by (spec, size) pairs.
 func columnMeta(p []byte) ([]column, []byte, error) {
+	return appendColumnMeta(nil, p)
+}
+
+// appendColumnMeta is columnMeta appending to cols (a change's handful of
+// columns fit a caller's array, and framing reads every change's).
+func appendColumnMeta(cols []column, p []byte) ([]column, []byte, error) {
 	n, ln := binary.Uvarint(p)
 	if ln <= 0 || n > uint64(len(p)) {
 		return nil, nil, errors.New("bad column count")
 	}
 	p = p[ln:]
-	cols := make([]column, n)
+	cols = slices.Grow(cols[:0], int(n))[:n]
 	for i := range cols {
 		spec, ln := binary.Uvarint(p)
 		if ln <= 0 {

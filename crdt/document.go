@@ -36,6 +36,8 @@ type Doc struct {
 	// journal.go).
 	jn           journal
 	historyWalks int // calls to automerge-go's Changes(since), for tests
+	lookups      int // changes looked up by hash to export or index, for tests
+	hasLookups   int // Has's calls into Automerge, for tests
 	maxOps       int // see SetMaxOps; 0: no limit
 	// def, until the Automerge document is built, is what a Doc made by
 	// NewDeferred took in (am is nil meanwhile).
@@ -156,7 +158,12 @@ func (d *Doc) Has(h Hash) bool {
 		_, ok := d.def.led.held[h]
 		return ok
 	}
-	_, err := d.live().Change(automerge.ChangeHash(h))
+	am := d.live()
+	if d.jn.holds(h) {
+		return true
+	}
+	d.hasLookups++
+	_, err := am.Change(automerge.ChangeHash(h))
 	return err == nil
 }
 
@@ -219,6 +226,16 @@ func (d *Doc) ChangesSince(since Heads) ([]byte, error) {
 				return nil, err
 			}
 		}
+	}
+	es, ok, err := d.journalPayloads(since, heads)
+	if err != nil {
+		return nil, fmt.Errorf("crdt: changes: %w", err)
+	}
+	if ok {
+		if len(es) == 0 {
+			return nil, nil
+		}
+		return appendChunks(nil, es), nil
 	}
 	chs, err := d.changesSince(since, heads)
 	if err != nil {

@@ -63,6 +63,13 @@ func JournalLen(d *Doc) int {
 // default).
 func SetJournalLimit(d *Doc, n int) { d.jn.limit = n }
 
+// Lookups returns how many changes d looked up in automerge-go one by one
+// to export or index them.
+func Lookups(d *Doc) int { return d.lookups }
+
+// HasLookups returns how many times Has asked automerge-go.
+func HasLookups(d *Doc) int { return d.hasLookups }
+
 // HistoryWalks returns how many times d asked automerge-go for the
 // changes since heads (a walk of the whole history).
 func HistoryWalks(d *Doc) int { return d.historyWalks }

@@ -1,6 +1,7 @@
 package crdt
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"slices"
@@ -108,7 +109,7 @@ func (d *Doc) incoming(data []byte, ci chunkInfo, fresh []int, opaque bool) ([][
 	for j, i := range fresh {
 		c := ci.changes[i]
 		payloads[j] = ci.payloads[i]
-		added[j] = jentry{hash: c.Hash, deps: sortedHeads(slices.Clone(c.Deps))}
+		added[j] = jentry{hash: c.Hash, deps: sortedHeads(slices.Clone(c.Deps)), payload: ci.payloads[i]}
 	}
 	return payloads, added, nil
 }
@@ -231,8 +232,9 @@ func (d *Doc) freshChanges(ci chunkInfo, opaque bool) ([]int, map[Hash]int, erro
 }
 
 // journalImported records in the journal the changes an Import added
-// (none held before it, each after its dependencies), which took the
-// document from the journal's tip (its heads before the Import) to heads.
+// (none held before it, each after its dependencies, each with its payload
+// as the stream held it), which took the document from the journal's tip
+// (its heads before the Import) to heads.
 // It reports whether they did: the heads must be what the tip and the
 // added changes make, for then the document holds exactly the tip's
 // changes and the added ones. Otherwise the journal starts again.
@@ -254,6 +256,17 @@ func (d *Doc) journalImported(added []jentry, heads Heads) bool {
 	if !ok {
 		d.jn.restart(heads)
 		return false
+	}
+	// The payloads are slices of the caller's bytes: the journal keeps
+	// copies, of as many as it has room for.
+	room := maxJournalBytes - d.jn.bytes
+	for i := range added {
+		if p := added[i].payload; len(p) <= room {
+			added[i].payload = bytes.Clone(p)
+			room -= len(p)
+		} else {
+			added[i].payload, room = nil, 0
+		}
 	}
 	d.jn.add(added, heads)
 	return true

@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"cmp"
+	"encoding/binary"
 	"slices"
 
 	"github.com/automerge/automerge-go"
@@ -29,6 +30,15 @@ import (
 // difference (a rollback, a Load, a fork) restarts the journal at the
 // document's heads, and "changes since" asks Automerge until the journal
 // covers it again.
+//
+// An entry also keeps its change's payload (the change chunk's bytes after
+// its header), taken from the bytes Import checked or from the commit the
+// journal walked: "changes since" then rebuilds the chunks from them, and
+// the operation index decodes them, with no call into Automerge at all. A
+// lookup by hash is a call into Rust that copies the change out, and a
+// sync asks for the same recent changes several times (to index them, to
+// store them, to push them). The payloads are bounded by maxJournalBytes;
+// an entry past it keeps none and is looked up as before.
 
 // maxJournal bounds the entries a journal keeps; past it the older half
 // is dropped.
@@ -38,6 +48,9 @@ const maxJournal = 256
 // through before it restarts the journal instead.
 const maxCommitWalk = 64
 
+// maxJournalBytes bounds the bytes of payloads a journal keeps.
+const maxJournalBytes = 16 << 10
+
 // journal is a Doc's record of the changes it added since base, in the
 // order Automerge applied them (a causal order).
 type journal struct {
@@ -46,6 +59,7 @@ type journal struct {
 	base    Heads // heads before entries[0]
 	tip     Heads // heads after the last entry
 	entries []jentry
+	bytes   int // of the entries' payloads
 	first   int // position of entries[0] in the journal's whole life
 	// marks maps the versions the document had between entries (their
 	// heads, as markKey) to the position after them, so "changes since"
@@ -57,6 +71,9 @@ type journal struct {
 type jentry struct {
 	hash Hash
 	deps Heads // sorted
+	// payload is the change's payload, if the journal keeps it (its own
+	// copy: see journalImported).
+	payload []byte
 }
 
 // markKey is the key of heads in journal.marks (sorted, without repeats).
@@ -87,7 +104,15 @@ func (j *journal) forget() {
 // document from the journal's tip to heads. The caller has checked that
 // the document's changes are now those of the tip and these.
 func (j *journal) add(es []jentry, heads Heads) {
+	n := len(j.entries)
 	j.entries = append(j.entries, es...)
+	for i := n; i < len(j.entries); i++ {
+		e := &j.entries[i]
+		if j.bytes+len(e.payload) > maxJournalBytes {
+			e.payload = nil
+		}
+		j.bytes += len(e.payload)
+	}
 	j.tip = heads
 	j.marks[markKey(heads)] = j.first + len(j.entries)
 	if limit := cmp.Or(j.limit, maxJournal); len(j.entries) > limit {
@@ -123,22 +148,21 @@ func (j *journal) trim() {
 	}
 	j.entries = slices.Clone(j.entries[newFirst-j.first:])
 	j.first, j.base = newFirst, base
+	j.bytes = 0
+	for _, e := range j.entries {
+		j.bytes += len(e.payload)
+	}
 }
 
-// since returns the hashes of the journal's changes that are not
-// ancestors of since, in the order they were applied, if the journal can
-// tell: since must be a version the document had since base, or heads
-// whose ancestors include all of base. The journal must describe the
+// since returns the journal's changes that are not ancestors of since,
+// in the order they were applied, if the journal can tell: since must be
+// a version the document had since base, or heads whose ancestors include
+// all of base. The journal must describe the
 // document (see syncJournal), and since must hold only changes the
 // document holds.
-func (j *journal) since(since Heads) ([]Hash, bool) {
+func (j *journal) since(since Heads) ([]jentry, bool) {
 	if p, ok := j.marks[markKey(since)]; ok {
-		es := j.entries[p-j.first:]
-		out := make([]Hash, len(es))
-		for i, e := range es {
-			out[i] = e.hash
-		}
-		return out, true
+		return j.entries[p-j.first:], true
 	}
 	// Otherwise walk back from since through the entries. A change the
 	// walk does not reach is not an ancestor of since; one outside the
@@ -180,18 +204,36 @@ func (j *journal) since(since Heads) ([]Hash, bool) {
 	if reached != len(j.base) {
 		return nil, false
 	}
-	var out []Hash
+	var out []jentry
 	for i, e := range j.entries {
 		if !seen[i] {
-			out = append(out, e.hash)
+			out = append(out, e)
 		}
 	}
 	return out, true
 }
 
+// holds reports whether h is one of the changes the journal has seen (its
+// entries, or its base or tip): a document holds every change its journal
+// has seen, since whatever takes changes away from a document (a rollback,
+// a reset) starts its journal again. Looking there first spares a call
+// into Automerge for what a document asks about most: its recent changes
+// and its heads.
+func (j *journal) holds(h Hash) bool {
+	if slices.Contains(j.tip, h) || slices.Contains(j.base, h) {
+		return true
+	}
+	for i := len(j.entries) - 1; i >= 0; i-- {
+		if j.entries[i].hash == h {
+			return true
+		}
+	}
+	return false
+}
+
 // size estimates the bytes the journal holds.
 func (j *journal) size() int {
-	n := (len(j.base) + len(j.tip)) * HashSize
+	n := (len(j.base)+len(j.tip))*HashSize + j.bytes
 	for _, e := range j.entries {
 		n += HashSize + 24 + len(e.deps)*HashSize
 	}
@@ -236,7 +278,7 @@ func (d *Doc) syncJournal(heads Heads) bool {
 			deps = append(deps, Hash(dep))
 		}
 		deps = sortedHeads(deps)
-		walk = append(walk, jentry{hash: cur[0], deps: deps})
+		walk = append(walk, jentry{hash: cur[0], deps: deps, payload: chunkPayload(ch.Save())})
 		// The heads before the commit: deps, or deps less the author's
 		// previous change.
 		before := deps
@@ -297,6 +339,57 @@ func (d *Doc) changesSince(since, heads Heads) ([]*automerge.Change, error) {
 	return d.live().Changes(amHashes(since)...)
 }
 
+// journalPayloads is changesSince from the journal alone, as the changes'
+// hashes and payloads: ok is false if it does not cover since. Changes
+// whose payload the journal does not keep are looked up.
+func (d *Doc) journalPayloads(since, heads Heads) (es []jentry, ok bool, err error) {
+	if len(since) == 0 {
+		return nil, false, nil
+	}
+	d.syncJournal(heads)
+	if es, ok = d.jn.since(since); !ok {
+		return nil, false, nil
+	}
+	var out []jentry
+	for i, e := range es {
+		if e.payload != nil {
+			continue
+		}
+		if out == nil {
+			out = slices.Clone(es) // es may be the journal's own entries
+		}
+		d.lookups++
+		ch, err := d.live().Change(automerge.ChangeHash(e.hash))
+		if err != nil {
+			return nil, false, err
+		}
+		out[i].payload = chunkPayload(ch.Save())
+	}
+	if out == nil {
+		out = es
+	}
+	return out, true, nil
+}
+
+// appendChunks appends the change chunks of es (hashes and payloads).
+// A change's chunk is its payload behind a header that its hash and
+// length determine, as Automerge writes it.
+func appendChunks(out []byte, es []jentry) []byte {
+	n := 0
+	for _, e := range es {
+		n += 9 + binary.MaxVarintLen64 + len(e.payload)
+	}
+	out = slices.Grow(out, n)
+	for _, e := range es {
+		out = append(out, chunkMagic...)
+		out = append(out, e.hash[:4]...)
+		out = append(out, chunkChange)
+		out = binary.AppendUvarint(out, uint64(len(e.payload)))
+		out = append(out, e.payload...)
+	}
+	return out
+}
+
 // journalChanges is changesSince from the journal alone: ok is false if
 // it does not cover since.
 func (d *Doc) journalChanges(since, heads Heads) (chs []*automerge.Change, ok bool, err error) {
@@ -304,9 +397,13 @@ func (d *Doc) journalChanges(since, heads Heads) (chs []*automerge.Change, ok bo
 		return nil, false, nil
 	}
 	d.syncJournal(heads)
-	hs, ok := d.jn.since(since)
+	es, ok := d.jn.since(since)
 	if !ok {
 		return nil, false, nil
+	}
+	hs := make([]Hash, len(es))
+	for i, e := range es {
+		hs[i] = e.hash
 	}
 	chs, err = d.changesByHash(hs)
 	return chs, err == nil, err
@@ -314,6 +411,7 @@ func (d *Doc) journalChanges(since, heads Heads) (chs []*automerge.Change, ok bo
 
 // changesByHash looks changes up one by one.
 func (d *Doc) changesByHash(hs []Hash) ([]*automerge.Change, error) {
+	d.lookups += len(hs)
 	out := make([]*automerge.Change, len(hs))
 	for i, h := range hs {
 		ch, err := d.live().Change(automerge.ChangeHash(h))

@@ -553,3 +553,145 @@ func TestMemSize(t *testing.T) {
 		t.Errorf("memSize grew by %.0f bytes per indexed operation (%d operations)", perOp, ops)
 	}
 }
+
+// TestJournalKeepsPayloads: the changes a document made or imported
+// lately are exported and indexed from the payloads its journal keeps,
+// without copying each out of Automerge again, and the bytes are the ones
+// Automerge exports (checked against a document that has no journal, a
+// reload). Imported compressed chunks are kept as the plain change.
+func TestJournalKeepsPayloads(t *testing.T) {
+	a, err := crdt.New(actorA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := crdt.New(actorB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit := func(d *crdt.Doc, field string, v int64) {
+		t.Helper()
+		if err := d.Set(crdt.Path{field}, v); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.Commit("", epoch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	edit(a, "x", 0)
+	shared, err := a.ChangesSince(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Import(shared); err != nil {
+		t.Fatal(err)
+	}
+	base := a.Heads()
+	for i := range 5 {
+		edit(a, "x", int64(i+1))
+		edit(b, "y", int64(i+1))
+	}
+	// b's own commits, then a's changes imported, one of them compressed.
+	fromA, err := a.ChangesSince(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunks := splitChunks(t, fromA)
+	chunks[2] = compressChange(t, chunks[2])
+	bOwn := b.Heads()
+	before, walks := crdt.Lookups(b), crdt.HistoryWalks(b)
+	if _, err := b.Import(bytes.Join(chunks, nil)); err != nil {
+		t.Fatal(err)
+	}
+	edit(b, "z", 1)
+	reloaded, err := crdt.Load(b.Save(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, since := range []crdt.Heads{base, bOwn, a.Heads()} {
+		if !b.Has(since[0]) {
+			continue
+		}
+		got, err := b.ChangesSince(since)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := reloaded.ChangesSince(since)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("ChangesSince(%v) from the journal differs from Automerge's export", since)
+		}
+	}
+	if n, w := crdt.Lookups(b)-before, crdt.HistoryWalks(b)-walks; n != 0 || w != 0 {
+		t.Errorf("the import and the exports looked up %d changes in Automerge and walked its history %d times; want none", n, w)
+	}
+	if err := crdt.CheckIndexes(b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestHasRecentChangesFromJournal: a document answers Has for the changes
+// it made or imported lately from its journal, without asking Automerge;
+// and still answers right after a rollback drops changes the journal had
+// seen, and for changes older than the journal.
+func TestHasRecentChangesFromJournal(t *testing.T) {
+	a, err := crdt.New(actorA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := crdt.New(actorB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var aHashes []crdt.Hash
+	for i := range 4 {
+		if err := a.Set(crdt.Path{"x"}, int64(i)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Commit("", epoch); err != nil {
+			t.Fatal(err)
+		}
+		aHashes = append(aHashes, a.Heads()[0])
+	}
+	data, err := a.ChangesSince(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Import(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Set(crdt.Path{"y"}, int64(1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Commit("", epoch); err != nil {
+		t.Fatal(err)
+	}
+	own := b.Heads()[0]
+	if _, err := b.ChangesSince(crdt.Heads{aHashes[3]}); err != nil { // the journal sees the commit
+		t.Fatal(err)
+	}
+	before := crdt.HasLookups(b)
+	for _, h := range append(slices.Clone(aHashes), own) {
+		if !b.Has(h) {
+			t.Fatalf("Has(%s) = false for a change the document holds", h)
+		}
+	}
+	if n := crdt.HasLookups(b) - before; n != 0 {
+		t.Errorf("Has asked Automerge %d times about changes the journal holds; want none", n)
+	}
+	// A change it lacks is still asked about, and is not held.
+	if b.Has(crdt.Hash{1, 2, 3}) {
+		t.Error("Has = true for a change no one made")
+	}
+	// After a reset drops the document's own change, Has says so.
+	if err := b.Reset(crdt.Heads{aHashes[3]}); err != nil {
+		t.Fatal(err)
+	}
+	if b.Has(own) {
+		t.Error("Has = true for a change the reset dropped")
+	}
+	if !b.Has(aHashes[0]) {
+		t.Error("Has = false for an old change after the reset")
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+
+	"github.com/automerge/automerge-go"
 )
 
 // A canonical encoding is not enough for a change to survive Save and
@@ -191,16 +193,26 @@ func (d *Doc) index() (*opIndex, error) {
 	if len(since) == 0 {
 		top = nil // no heads: the whole history
 	}
-	chs, err := d.changesSince(since, heads)
+	// The changes since the index, from the payloads the journal keeps
+	// when it covers them, else from Automerge.
+	es, ok, err := d.journalPayloads(since, heads)
+	if err == nil && !ok {
+		var chs []*automerge.Change
+		chs, err = d.changesSince(since, heads)
+		es = make([]jentry, len(chs))
+		for i, ch := range chs {
+			es[i] = jentry{hash: Hash(ch.Hash()), payload: chunkPayload(ch.Save())}
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("crdt: changes: %w", err)
 	}
 	l := newLayer(top)
-	for _, ch := range chs {
-		c, err := decodeChange(chunkPayload(ch.Save()))
+	for _, e := range es {
+		c, err := decodeChange(e.payload)
 		if err != nil {
 			d.idx.Store(nil)
-			return nil, fmt.Errorf("change %s: %w", Hash(ch.Hash()), err)
+			return nil, fmt.Errorf("change %s: %w", e.hash, err)
 		}
 		l.add(c)
 	}

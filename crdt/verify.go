@@ -76,7 +76,7 @@ func (d *Doc) streamChanges(data []byte, ci chunkInfo) ([][]byte, []jentry, erro
 		}
 		seen[h] = true
 		payloads = append(payloads, p)
-		added = append(added, jentry{hash: h, deps: sortedHeads(slices.Clone(deps))})
+		added = append(added, jentry{hash: h, deps: sortedHeads(slices.Clone(deps)), payload: p})
 		return nil
 	}
 	next := 0 // the next change chunk, in ci

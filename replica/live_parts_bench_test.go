@@ -11,6 +11,11 @@ package replica
 // BenchmarkMergeParts does the same for W3's merge of offline edits:
 //
 //	go test -run='^$' -bench=MergeParts -benchtime=3x ./replica/
+//
+// It reports the process's CPU time per merge (both devices and the relay:
+// what a loaded machine does not hide), and with FERRY_MERGE_PROFILE=PREFIX
+// writes a CPU profile of each merge's syncs alone to PREFIX.N, which
+// `go tool pprof -top BINARY PREFIX.*` reads as one.
 
 import (
 	"context"
@@ -19,6 +24,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"testing"
@@ -107,8 +113,9 @@ func BenchmarkMergeParts(b *testing.B) {
 	const records, edits = 100, 1000
 	for _, v := range partsVariants {
 		b.Run(v.name, func(b *testing.B) {
-			var merges []time.Duration
+			var merges, cpu []time.Duration
 			seed := uint64(1)
+			profile := os.Getenv("FERRY_MERGE_PROFILE")
 			for b.Loop() {
 				b.StopTimer()
 				p, openDev := v.start(b, policy.Manual)
@@ -151,8 +158,12 @@ func BenchmarkMergeParts(b *testing.B) {
 					}
 				}
 				seed++
+				var prof *os.File
+				if profile != "" {
+					prof = profileTo(b, fmt.Sprintf("%s.%d", profile, seed-1))
+				}
 				b.StartTimer()
-				t0 := time.Now()
+				c0, t0 := processCPU(), time.Now()
 				for i, converged := 0, false; !converged; i++ {
 					if i == 9 {
 						b.Fatal("not converged after 9 syncs")
@@ -176,12 +187,32 @@ func BenchmarkMergeParts(b *testing.B) {
 						converged = converged && ha.Equal(hb)
 					}
 				}
-				merges = append(merges, time.Since(t0))
+				merges, cpu = append(merges, time.Since(t0)), append(cpu, processCPU()-c0)
+				if prof != nil {
+					pprof.StopCPUProfile()
+					if err := prof.Close(); err != nil {
+						b.Fatal(err)
+					}
+				}
 			}
 			slices.Sort(merges)
+			slices.Sort(cpu)
 			b.ReportMetric(float64(merges[len(merges)/2].Milliseconds()), "merge-p50-ms")
+			b.ReportMetric(float64(cpu[len(cpu)/2].Milliseconds()), "cpu-p50-ms")
 		})
 	}
+}
+
+// profileTo starts a CPU profile written to path.
+func profileTo(b *testing.B, path string) *os.File {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return f
 }
 
 // livePartsRun makes edits on a one at a time, each timed until b's feed
