@@ -127,6 +127,7 @@ func waitTag(t *testing.T, r *Replica, id, tag string) {
 func TestMaxRecordFitsOneTransaction(t *testing.T) {
 	for _, mt := range []int64{4 << 20, 8 << 20, 16 << 20} {
 		t.Run(fmt.Sprintf("memtable=%dMiB", mt>>20), func(t *testing.T) {
+			t.Parallel() // each size has its own relay and stores
 			rng := rand.New(rand.NewPCG(uint64(mt), 7))
 			e := newSyncEnv(t)
 			a, b := e.diskDevice(nil, mt, false), e.diskDevice(nil, mt, false)
