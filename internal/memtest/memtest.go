@@ -27,8 +27,8 @@ import (
 	"testing"
 )
 
-// childEnv marks the processes Run starts.
-const childEnv = "FERRY_MEMTEST_CHILD=1"
+// childVar marks the processes Run starts.
+const childVar = "FERRY_MEMTEST_CHILD"
 
 var (
 	binMu sync.Mutex
@@ -47,7 +47,7 @@ func Run(t *testing.T, env ...string) []byte {
 		t.Skip("resident memory is read from /proc")
 	}
 	cmd := exec.Command(binary(t), "-test.run=^"+regexp.QuoteMeta(t.Name())+"$", "-test.v", "-test.count=1")
-	cmd.Env = append(append(os.Environ(), childEnv), env...)
+	cmd.Env = append(append(os.Environ(), childVar+"=1"), env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("the measuring process (%s): %v\n%s", strings.Join(env, " "), err, out)
@@ -111,7 +111,7 @@ func buildTags() string {
 // detector's memory too).
 func Resident(t testing.TB) int64 {
 	t.Helper()
-	if raceEnabled && os.Getenv("FERRY_MEMTEST_CHILD") != "" {
+	if raceEnabled && os.Getenv(childVar) != "" {
 		t.Fatal("the measuring process was built with the race detector")
 	}
 	b, err := os.ReadFile("/proc/self/statm")
