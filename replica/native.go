@@ -40,6 +40,11 @@ type native struct {
 	reads       atomic.Int64
 	readEvery   int64  // records read between read collections
 	collectRead func() // what a read collection does; tests count it
+
+	// pages, if set, runs after each release and read collection: it
+	// drops the store's table pages from resident memory (see
+	// Replica.releasePages).
+	pages func()
 }
 
 // nativeReadEvery is how many records a scan reads between collections,
@@ -78,6 +83,9 @@ func (p *native) read(n int) {
 	}
 	p.reads.Store(0)
 	p.collectRead()
+	if p.pages != nil {
+		p.pages()
+	}
 }
 
 // wrote counts n record writes and, every nativeEvery of them, releases
@@ -93,4 +101,7 @@ func (p *native) wrote(n int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.collect()
+	if p.pages != nil {
+		p.pages()
+	}
 }

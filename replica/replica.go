@@ -36,8 +36,9 @@ type Replica struct {
 	reap  *reaper // frees the documents that leave the cache
 	fsync *syncer // fsyncs what durable commits need
 	feeds *feeds
-	idx   indexes   // the collections' secondary indexes
-	mem   *native   // releases the memory automerge-go leaves behind
+	idx   indexes // the collections' secondary indexes
+	mem   *native // releases the memory automerge-go leaves behind
+	pages *badgerdir.TablePages
 	pres  *presence // in memory only
 
 	early earlyPushes // live sessions pushing local edits before their fsync
@@ -130,6 +131,8 @@ func openStore(dir string, opts Options) (*Replica, error) {
 	r.reap.cache = r.cache
 	go r.reap.run()
 	r.mem = newNative()
+	r.pages = badgerdir.NewTablePages(db, dir)
+	r.mem.pages = r.releasePages
 	r.closeCtx, r.stopAll = context.WithCancel(context.Background())
 	r.sched = newScheduler(r)
 	// The actor comes first: upgrading a store loads documents.
@@ -379,6 +382,25 @@ func (r *Replica) Close() error {
 		}
 	})
 	return r.closeErr
+}
+
+// releasePages drops the store's table pages from the process's resident
+// memory (see badgerdir.TablePages): Badger maps every table whole, and
+// each table written or read would otherwise stay resident, which grows
+// with the store (some 30 MiB of a process's RSS at 100,000 small
+// records, a quarter of it). It runs with the periodic releases of
+// native memory, on the writer or reader that crossed the mark; the
+// pages stay in the page cache, so reading one again costs a minor fault
+// and no disk read. Fenced against Close, which unmaps the tables.
+func (r *Replica) releasePages() {
+	release, err := r.enter()
+	if err != nil {
+		return
+	}
+	defer release()
+	if _, err := r.pages.Release(); err != nil {
+		r.log.Debug("ferry: releasing the store's table pages", "err", err)
+	}
 }
 
 // view and update run fn in a read or read-write transaction, fenced

@@ -1,0 +1,141 @@
+//go:build linux
+
+package badgerdir
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+func TestTableMappings(t *testing.T) {
+	maps := []byte(`55d0c0a00000-55d0c0c00000 r--p 00000000 fd:01 1234 /usr/bin/app
+7f0000000000-7f0000200000 rw-s 00000000 fd:01 55 /data/my store/000012.sst
+7f0000200000-7f0000300000 r--s 00000000 fd:01 56 /data/my store/000013.sst
+7f0000300000-7f0000400000 rw-s 00000000 fd:01 57 /data/my store/00001.mem
+7f0000400000-7f0000500000 rw-s 00000000 fd:01 58 /data/other/000014.sst
+7f0000500000-7f0000600000 rw-s 00000000 fd:01 59 /data/my store/000015.sst (deleted)
+7f0000600000-7f0000700000 rw-p 00000000 00:00 0 
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
+`)
+	got := tableMappings(maps, "/data/my store")
+	want := []mapping{
+		{start: 0x7f0000000000, end: 0x7f0000200000, id: 12},
+		{start: 0x7f0000200000, end: 0x7f0000300000, id: 13},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+}
+
+// TestReleaseTablePages: after a read through its tables, the store's
+// table pages are resident in the process; Release drops them, and the
+// store reads the same values after.
+func TestReleaseTablePages(t *testing.T) {
+	dir := t.TempDir()
+	opts := quiet(dir).WithMemTableSize(1 << 20).WithValueThreshold(1 << 10)
+	db, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	want := map[string][]byte{}
+	for i := range 4000 {
+		v := make([]byte, 200)
+		for j := range v {
+			v[j] = byte(rng.IntN(16)) // compressible, not empty
+		}
+		k := fmt.Sprintf("key%06d", i)
+		want[k] = v
+		if err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte(k), v) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Closing flushes the memtables to tables; opened again, the store
+	// reads them through their mappings.
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if db, err = Open(opts); err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if len(db.Tables()) == 0 {
+		t.Fatal("no tables")
+	}
+	readAll := func() {
+		t.Helper()
+		got := 0
+		err := db.View(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.DefaultIteratorOptions)
+			defer it.Close()
+			for it.Rewind(); it.Valid(); it.Next() {
+				v, err := it.Item().ValueCopy(nil)
+				if err != nil {
+					return err
+				}
+				if !bytes.Equal(v, want[string(it.Item().Key())]) {
+					return fmt.Errorf("key %q: wrong value", it.Item().Key())
+				}
+				got++
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != len(want) {
+			t.Fatalf("read %d keys, want %d", got, len(want))
+		}
+	}
+	readAll()
+	p := NewTablePages(db, dir)
+	before := residentTables(t, p.dir)
+	if before == 0 {
+		t.Fatal("no table pages resident after a read: nothing to test")
+	}
+	advised, err := p.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := residentTables(t, p.dir)
+	t.Logf("tables resident: %d B before, %d B after; %d B advised", before, after, advised)
+	if advised == 0 || after > before/4 {
+		t.Fatalf("tables resident: %d B before Release, %d B after", before, after)
+	}
+	readAll()
+}
+
+// residentTables sums the resident memory of the process's mappings of
+// dir's table files (/proc/self/smaps).
+func residentTables(t *testing.T, dir string) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Skip("no /proc/self/smaps:", err)
+	}
+	var sum int64
+	in := false
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		line := sc.Text()
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 5 && strings.Contains(f[0], "-") && len(f[1]) == 4:
+			in = len(f) >= 6 && filepath.Dir(f[5]) == dir && strings.HasSuffix(f[5], ".sst")
+		case in && len(f) >= 2 && f[0] == "Rss:":
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			sum += kb << 10
+		}
+	}
+	return sum
+}
