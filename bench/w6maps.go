@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/metrics"
 	"sort"
 	"strconv"
 	"strings"
@@ -86,7 +87,7 @@ func (p *mapsProbe) byKind() string {
 		f := strings.Fields(sc.Text())
 		switch {
 		case len(f) >= 5 && strings.Contains(f[0], "-") && len(f[1]) == 4:
-			kind = "anonymous"
+			kind = anonKind(f)
 			if len(f) >= 6 && !strings.HasPrefix(f[5], "[") {
 				switch name := strings.Join(f[5:], " "); {
 				case name == p.exe:
@@ -114,7 +115,45 @@ func (p *mapsProbe) byKind() string {
 	for _, k := range keys {
 		fmt.Fprintf(&s, " %s %.1f", k, mib(sums[k]))
 	}
+	s.WriteString(";" + goMemory())
 	return s.String()
+}
+
+// anonKind names an anonymous mapping (f: the fields of its line in
+// smaps): the C allocator's main heap (brk), or the rest (Go's heap and
+// runtime, the C allocator's other arenas and large blocks, Automerge's
+// among them, threads' stacks).
+func anonKind(f []string) string {
+	if len(f) >= 6 && f[5] == "[heap]" {
+		return "anonymous, C heap"
+	}
+	return "anonymous"
+}
+
+// goMemory describes the Go runtime's memory by class (runtime/metrics):
+// heap objects, free heap not yet returned to the OS, heap returned,
+// unused space in spans, stacks, and the rest.
+func goMemory() string {
+	names := []string{"objects", "free", "released", "unused", "stacks"}
+	s := []metrics.Sample{
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"},
+		{Name: "/memory/classes/heap/released:bytes"},
+		{Name: "/memory/classes/heap/unused:bytes"},
+		{Name: "/memory/classes/heap/stacks:bytes"},
+		{Name: "/memory/classes/total:bytes"},
+	}
+	metrics.Read(s)
+	var b strings.Builder
+	b.WriteString(" go")
+	var sum uint64
+	for i, n := range names {
+		v := s[i].Value.Uint64()
+		sum += v
+		fmt.Fprintf(&b, " %s %.1f", n, mib(v))
+	}
+	fmt.Fprintf(&b, " other %.1f", mib(s[len(names)].Value.Uint64()-sum))
+	return b.String()
 }
 
 // flush appends the phase's line to the file and starts the next phase.

@@ -38,7 +38,7 @@ func TestMapsProbe(t *testing.T) {
 	}
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	if !strings.HasPrefix(lines[0], "phase one: rss ") ||
-		!strings.Contains(lines[0], "anonymous ") || !strings.Contains(lines[0], "executable ") {
+		!strings.Contains(lines[0], "anonymous ") || !strings.Contains(lines[0], " go objects ") || !strings.Contains(lines[0], "executable ") {
 		t.Fatalf("wrote %q", b)
 	}
 }
