@@ -371,6 +371,7 @@ func (r *Replica) Close() error {
 		// No operation runs now: free every loaded document.
 		r.cache.clear()
 		r.reap.close()
+		r.pages.Stop()
 		r.closeErr = errors.Join(r.durable(nil), badgerdir.Close(r.db))
 		// Badger's memtables, block cache and the tables its close
 		// built are garbage now, tens of MB: collected here, a store
@@ -391,13 +392,10 @@ func (r *Replica) Close() error {
 // records, a quarter of it). It runs with the periodic releases of
 // native memory, on the writer or reader that crossed the mark; the
 // pages stay in the page cache, so reading one again costs a minor fault
-// and no disk read. Fenced against Close, which unmaps the tables.
+// and no disk read. Close stops it before it closes the store, which
+// unmaps the tables; it is not fenced by enter, which an index build
+// calling it already holds (a nested read lock would wait behind Close's).
 func (r *Replica) releasePages() {
-	release, err := r.enter()
-	if err != nil {
-		return
-	}
-	defer release()
 	if _, err := r.pages.Release(); err != nil {
 		r.log.Debug("ferry: releasing the store's table pages", "err", err)
 	}

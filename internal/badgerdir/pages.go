@@ -2,6 +2,7 @@ package badgerdir
 
 import (
 	"path/filepath"
+	"sync"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -21,6 +22,21 @@ import (
 type TablePages struct {
 	db  *badger.DB
 	dir string // the store's folder, as the kernel names its files
+
+	mu      sync.Mutex // held by Release and Stop
+	stopped bool
+}
+
+// Stop makes every later Release do nothing, once a Release under way
+// has returned. The store's owner calls it before closing the store:
+// closing unmaps the tables.
+func (p *TablePages) Stop() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	p.stopped = true
+	p.mu.Unlock()
 }
 
 // NewTablePages returns what releases the pages of db's tables, db being

@@ -15,7 +15,8 @@ import (
 // Release drops from resident memory the data blocks of every table of
 // the store that it can tell stays mapped meanwhile, and returns how many
 // bytes of mappings it advised (not all of them were resident). The
-// caller keeps the store open until it returns.
+// store must stay open until it returns, or Stop be called before it
+// closes.
 //
 // A table's index and Bloom filter, at the end of its file, stay: every
 // read of a key looks them up in each table that may hold it, where a
@@ -37,6 +38,11 @@ import (
 // A table written meanwhile is left for the next call.
 func (p *TablePages) Release() (advised int64, err error) {
 	if p == nil {
+		return 0, nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopped {
 		return 0, nil
 	}
 	before := tableIDs(p.db)

@@ -117,6 +117,13 @@ func TestReleaseTablePages(t *testing.T) {
 		t.Fatal("the tables' indexes were released too")
 	}
 	readAll()
+
+	// Stopped (as a store's owner does before closing it), Release
+	// leaves the tables alone.
+	p.Stop()
+	if advised, err := p.Release(); advised != 0 || err != nil {
+		t.Fatalf("Release after Stop advised %d B (%v)", advised, err)
+	}
 }
 
 // residentTables sums the resident memory of the process's mappings of
