@@ -72,6 +72,8 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		m.requests.WithLabelValues(string(t), "ok")
 		m.latency.WithLabelValues(string(t))
 	}
+	m.releases.WithLabelValues("collected")
+	m.releases.WithLabelValues("skipped")
 	s.quotas.count(m.quotaRefusals)
 	stats := func(read func(StoreStats) int64) func() float64 {
 		return func() float64 {
