@@ -324,7 +324,7 @@ type releaser struct {
 	collect func()                    // runtime.GC, then crdt.ReleaseNative
 	native  func() (n int64, ok bool) // crdt.NativeInUse
 	// base is the least native memory in use seen since the last
-	// collection, or after it; known says there was one.
+	// collection (or the start), or after it; known says it is known.
 	base  int64
 	known bool
 }
@@ -335,10 +335,16 @@ type releaser struct {
 const nativeSlack = 1 << 20
 
 func newReleaser() *releaser {
-	return &releaser{
-		collect: func() { runtime.GC(); crdt.ReleaseNative() },
-		native:  crdt.NativeInUse,
-	}
+	return newReleaserWith(func() { runtime.GC(); crdt.ReleaseNative() }, crdt.NativeInUse)
+}
+
+// newReleaserWith is a releaser that measures from now: a process that
+// has not called into Automerge since it started has nothing to give
+// back either.
+func newReleaserWith(collect func(), native func() (int64, bool)) *releaser {
+	r := &releaser{collect: collect, native: native}
+	r.base, r.known = native()
+	return r
 }
 
 // release collects and trims, unless there is nothing native to give
