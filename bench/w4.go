@@ -17,10 +17,6 @@ import (
 // w4Quiet bounds the pushes of W4's quiet fan-out phase.
 const w4Quiet = 200
 
-// mReleasesCollected counts the collections a relay's memory budget
-// forced (see docs/operations.md, "Memory").
-const mReleasesCollected = `ferry_relay_memory_releases_total{result="collected"}`
-
 // W4 is relay ingest: Clients raw transport clients, each with its own
 // Automerge actor and records, push pre-made creation changes (Batch
 // records per push, each push awaiting its durable ack before the next)
@@ -50,9 +46,6 @@ func W4(ctx context.Context, cfg Config) (res *Result, err error) {
 	res.time("ingest", in.elapsed, in.n, "changes/s")
 	if g := in.after.since(in.before, mGroups); g > 0 {
 		res.add(Metric{Name: "ingest_changes_per_group", Value: in.accepted / g, Unit: "changes", Note: "relay /metrics " + mAccepted + " over " + mGroups + ": the changes each store append (and its fsync) carried"})
-	}
-	if _, ok := in.after.m[mReleasesCollected]; ok {
-		res.add(Metric{Name: "ingest_forced_collections", Value: in.after.since(in.before, mReleasesCollected), Unit: "count", Note: "relay /metrics " + mReleasesCollected + " over the ingest: garbage collections the relay's memory budget forced to free native memory"})
 	}
 	res.phaseBytes(in.env, "ingest", in.before, in.after, in.n*(1+cfg.Subscribers), in.n, mBytesIn)
 	res.latency("fanout_load_p50", percentile(in.fanLoad, 50))

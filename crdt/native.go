@@ -17,12 +17,3 @@ package crdt
 // program's memory there, and the detector's runtime is better left alone. It takes milliseconds; it is safe to call at any time from
 // any goroutine.
 func ReleaseNative() { releaseNative() }
-
-// NativeInUse returns the bytes the C allocator holds in use: the
-// documents and results of automerge-go among them, freed or not. ok is
-// false where it is not known (other than Linux with glibc, or under the
-// race detector, as for ReleaseNative). It walks the allocator's free
-// lists: call it now and then, not per operation. A process that has not
-// called into automerge-go since its last garbage collection sees it stay
-// flat, whatever Go allocates: the collection would free no native memory.
-func NativeInUse() (n int64, ok bool) { return nativeInUse() }

@@ -3,5 +3,3 @@
 package crdt
 
 func releaseNative() {}
-
-func nativeInUse() (int64, bool) { return 0, false }

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"runtime"
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
@@ -79,21 +80,19 @@ func (s *Server) admitPushMemory(ctx context.Context, p *transport.Push) (*memGr
 
 // releaseLoop gives the memory that documents and pushes freed back to
 // the operating system, each time the budget says a fifth of it was
-// given back (see releaser). Without it, the process keeps hundreds of
-// MiB past its budget under a flood of pushes. It runs until done is
-// closed.
+// given back: a garbage collection runs the finalizers that free
+// automerge-go's results (which Go's small heap makes rare), then the C
+// allocator is trimmed (crdt.ReleaseNative). Without it, the process
+// keeps hundreds of MiB past its budget under a flood of pushes. It runs
+// until done is closed.
 func (s *Server) releaseLoop(freed <-chan struct{}, done <-chan struct{}) {
-	r := newReleaser()
 	for {
 		select {
 		case <-done:
 			return
 		case <-freed:
-			if r.release() {
-				s.metrics.releases.WithLabelValues("collected").Inc()
-			} else {
-				s.metrics.releases.WithLabelValues("skipped").Inc()
-			}
+			runtime.GC()
+			crdt.ReleaseNative()
 		}
 	}
 }

@@ -3,11 +3,8 @@ package relay
 import (
 	"context"
 	"errors"
-	"runtime"
 	"sync"
 	"time"
-
-	"github.com/ferrysync/ferry/crdt"
 )
 
 // memBudget is the relay process's one memory budget: every piece of work
@@ -305,59 +302,4 @@ func (g *memGrant) size() int64 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.n
-}
-
-// releaser gives back to the operating system the native memory that
-// work given back to the budget leaves behind: a garbage collection runs
-// the finalizers that free automerge-go's results (which Go's small heap
-// makes rare), then the C allocator is trimmed (crdt.ReleaseNative).
-//
-// A collection forced where there is no such memory costs a mark of the
-// whole Go heap for nothing: Go's own memory needs no forcing (its
-// collector paces itself against the heap goal and the memory limit),
-// and pushes checked without Automerge (deferred documents) leave none.
-// So a release is skipped while the C allocator holds no more in use than
-// it did after the last one (crdt.NativeInUse, within nativeSlack): what
-// automerge-go left to finalizers since would have shown as growth.
-// Where that is not known, every release collects.
-type releaser struct {
-	collect func()                    // runtime.GC, then crdt.ReleaseNative
-	native  func() (n int64, ok bool) // crdt.NativeInUse
-	// base is the least native memory in use seen since the last
-	// collection (or the start), or after it; known says it is known.
-	base  int64
-	known bool
-}
-
-// nativeSlack is what the C allocator's use may grow by, between two
-// releases, without a collection being forced: its own bookkeeping, and
-// cgo calls other than Automerge's.
-const nativeSlack = 1 << 20
-
-func newReleaser() *releaser {
-	return newReleaserWith(func() { runtime.GC(); crdt.ReleaseNative() }, crdt.NativeInUse)
-}
-
-// newReleaserWith is a releaser that measures from now: a process that
-// has not called into Automerge since it started has nothing to give
-// back either.
-func newReleaserWith(collect func(), native func() (int64, bool)) *releaser {
-	r := &releaser{collect: collect, native: native}
-	r.base, r.known = native()
-	return r
-}
-
-// release collects and trims, unless there is nothing native to give
-// back (see releaser). It reports whether it collected.
-func (r *releaser) release() bool {
-	n, ok := r.native()
-	if ok && r.known && n <= r.base+nativeSlack {
-		// Finalizers that ran since the last collection may have freed
-		// some: measure from the lowest.
-		r.base = min(r.base, n)
-		return false
-	}
-	r.collect()
-	r.base, r.known = r.native()
-	return true
 }

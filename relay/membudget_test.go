@@ -212,37 +212,3 @@ func TestMemBudgetFreedSignal(t *testing.T) {
 		t.Fatalf("%d signals waiting, %d in use", len(b.freedSignal), b.inUse())
 	}
 }
-
-// TestReleaserCollectsOnlyForNativeMemory checks that a release forces a
-// collection only when the C allocator holds more than after the last
-// one (or at the start): Go's own memory, all that pushes checked without Automerge leave,
-// needs none. Where native use is not known, every release collects.
-func TestReleaserCollectsOnlyForNativeMemory(t *testing.T) {
-	native := int64(10 << 20)
-	known, collected := true, 0
-	r := newReleaserWith(
-		func() { collected++; native = native * 3 / 4 }, // finalizers and the trim free some
-		func() (int64, bool) { return native, known },
-	)
-	step := func(what string, n int64, want bool) {
-		t.Helper()
-		native = n
-		before := collected
-		if got := r.release(); got != want || (collected > before) != want {
-			t.Fatalf("%s: release collected %v (%d collections), want %v", what, got, collected-before, want)
-		}
-	}
-	step("nothing native since the start", 10<<20, false)
-	step("growth since the start", 100<<20, true)
-	step("no native growth", 75<<20, false) // 75 MiB left after the collection
-	step("growth within the slack", 75<<20+nativeSlack, false)
-	step("finalizers freed some", 60<<20, false) // the base falls to 60 MiB
-	step("growth past the slack", 62<<20, true)  // from the lowest seen
-	step("the same again", 62<<20*3/4, false)
-	known = false
-	step("native use unknown", 0, true)
-	step("still unknown", 0, true)
-	if r := newReleaserWith(func() {}, func() (int64, bool) { return 0, false }); !r.release() {
-		t.Error("a release where native use was never known did not collect")
-	}
-}

@@ -38,7 +38,6 @@ type metrics struct {
 	memRefusals   prometheus.Counter
 	recordSaves   prometheus.Counter
 	groups        prometheus.Counter
-	releases      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -65,15 +64,11 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Help: "Records saved whole on push, to check their size against max_record."}),
 		groups: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_relay_group_commits_total",
 			Help: "Store appends of pushes' changes, each holding one or more pushes (group commit)."}),
-		releases: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_relay_memory_releases_total",
-			Help: "Each fifth of max_memory given back: collected (a garbage collection forced and the C allocator trimmed) or skipped (no native memory to give back)."}, []string{"result"}),
 	}
 	for _, t := range requestTypes {
 		m.requests.WithLabelValues(string(t), "ok")
 		m.latency.WithLabelValues(string(t))
 	}
-	m.releases.WithLabelValues("collected")
-	m.releases.WithLabelValues("skipped")
 	s.quotas.count(m.quotaRefusals)
 	stats := func(read func(StoreStats) int64) func() float64 {
 		return func() float64 {
@@ -97,7 +92,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		func() float64 { return float64(s.mem.inUse()) })
 	memBudget := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_relay_memory_budget_bytes", Help: "The relay's memory budget (max_memory)."},
 		func() float64 { return float64(s.mem.max) })
-	for _, c := range []prometheus.Collector{m.connections, m.subscribers, m.requests, m.latency, m.changes, m.bytesIn, m.bytesOut, m.leaseWaits, m.leaseWait, m.slowConsumers, m.compactions, m.authFailures, m.quotaRefusals, m.memRefusals, m.recordSaves, m.groups, m.releases, logSize, storeBytes, compactFailing, memUsed, memBudget} {
+	for _, c := range []prometheus.Collector{m.connections, m.subscribers, m.requests, m.latency, m.changes, m.bytesIn, m.bytesOut, m.leaseWaits, m.leaseWait, m.slowConsumers, m.compactions, m.authFailures, m.quotaRefusals, m.memRefusals, m.recordSaves, m.groups, logSize, storeBytes, compactFailing, memUsed, memBudget} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -44,7 +44,6 @@ var wantMetrics = []struct{ name, typ, help string }{
 	{"ferry_relay_memory_bytes", "gauge", "Memory the relay counts against its budget now: loaded documents, pushes in progress, pages and live messages being sent."},
 	{"ferry_relay_memory_budget_bytes", "gauge", "The relay's memory budget (max_memory)."},
 	{"ferry_relay_memory_refusals_total", "counter", "Work refused with busy after waiting for room in the memory budget (max_memory)."},
-	{"ferry_relay_memory_releases_total", "counter", "Each fifth of max_memory given back: collected (a garbage collection forced and the C allocator trimmed) or skipped (no native memory to give back)."},
 	{"ferry_relay_record_saves_total", "counter", "Records saved whole on push, to check their size against max_record."},
 	{"ferry_relay_group_commits_total", "counter", "Store appends of pushes' changes, each holding one or more pushes (group commit)."},
 	{"ferry_relay_store_bytes", "gauge", "Bytes the store takes on disk (in memory, for a memory store)."},
