@@ -794,9 +794,10 @@ func (cm *committer) returning(s *Server) bool {
 	return cm.lastGroup > 0 && cm.begun-cm.begunAt < uint64(cm.lastGroup) && time.Since(cm.wroteAt) < s.groupWait
 }
 
-// groupWait bounds how long a flusher waits for pushes merging (gather):
-// a merge takes tens of microseconds, or a few milliseconds for a large
-// record that must be saved whole to check max_record.
+// groupWait bounds how long a flusher waits for pushes merging, and for
+// devices pushing again after a group's write (gather): a merge takes
+// tens of microseconds, or a few milliseconds for a large record that
+// must be saved whole to check max_record.
 const groupWait = time.Millisecond
 
 // Caps of one group, so that pushes which each fit a store's append are
