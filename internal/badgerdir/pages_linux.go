@@ -35,7 +35,9 @@ import (
 // listed both before and after taking it: Badger never moves a table
 // between levels and never adds one back once removed, so a table listed
 // at both times was in its level throughout and the iterator holds it.
-// A table written meanwhile is left for the next call.
+// A table written meanwhile is left for the next call. (Badger v4.9's
+// compactions, levelsController.runCompactDef and appendIterators; an
+// upgrade of Badger checks that these still hold.)
 func (p *TablePages) Release() (advised int64, err error) {
 	if p == nil {
 		return 0, nil
