@@ -390,11 +390,10 @@ func (r *Replica) Close() error {
 // each table written or read would otherwise stay resident, which grows
 // with the store (some 30 MiB of a process's RSS at 100,000 small
 // records, a quarter of it). It runs with the periodic releases of
-// native memory, on the writer or reader that crossed the mark; the
-// pages stay in the page cache, so reading one again costs a minor fault
-// and no disk read. Close stops it before it closes the store, which
-// unmaps the tables; it is not fenced by enter, which an index build
-// calling it already holds (a nested read lock would wait behind Close's).
+// native memory, on the writer that crossed the mark, after its unit's
+// locks are released; the pages stay in the page cache, so reading one
+// again costs a minor fault and no disk read. Close stops it before it
+// closes the store, which unmaps the tables.
 func (r *Replica) releasePages() {
 	if _, err := r.pages.Release(); err != nil {
 		r.log.Debug("ferry: releasing the store's table pages", "err", err)
