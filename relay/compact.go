@@ -284,7 +284,13 @@ func (s *Server) storeSnapshot(ctx context.Context, c Coll, rec Record, snap []b
 // of this file).
 func (s *Server) savedCached(key recordKey, heads crdt.Heads) (snap []byte, ahead bool) {
 	defer s.recLocks.Lock(key)()
-	rd, unpin, ok := s.docs.Acquire(key)
+	// Pinned, not marked used: compacting a record does not keep it
+	// cached.
+	rd, ok := s.docs.Peek(key)
+	if !ok {
+		return nil, false
+	}
+	unpin, ok := s.docs.Pin(key, rd)
 	if !ok {
 		return nil, false
 	}
