@@ -164,13 +164,16 @@ func (cp *compactor) resting(k recordKey, now time.Time) bool {
 }
 
 // compacted records that k was compacted at now, and forgets records
-// whose pace is over.
+// whose pace is over. Its collection's log may now be truncated further:
+// it is truncated at the end of the round, appended to since or not (a
+// record left resting is compacted by a later round than its appends).
 func (cp *compactor) compacted(k recordKey, now time.Time) {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	cp.touched[k.c] = true
 	if cp.pace <= 0 {
 		return
 	}
-	cp.mu.Lock()
-	defer cp.mu.Unlock()
 	for r, at := range cp.paced {
 		if !now.Before(at.Add(cp.pace)) {
 			delete(cp.paced, r)
