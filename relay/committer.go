@@ -445,6 +445,13 @@ func (cm *committer) join(s *Server, w *waiter, recs map[string]*merged, gen uin
 	if !cm.flushing {
 		cm.flushing = true
 		w.lead <- struct{}{}
+	} else if len(w.entries) > 0 {
+		// Queued behind a group being made durable: subscribers that take
+		// changes early get this push's now, not once the groups before
+		// it are durable (a device editing live would otherwise wait for
+		// the last edit's fsync on every edit). Its group fans it out
+		// again when written; the copy is dropped as held.
+		s.hub.writing(cm.c, earlyEntries(w.entries))
 	}
 	return nil
 }

@@ -71,7 +71,8 @@ type Options struct {
 
 	// CompactInterval is how often the background compactor looks for
 	// records whose tail outgrew their snapshot (a push that makes one
-	// also wakes it). Default 1 s; negative: never (for tests).
+	// also wakes it), and how long it leaves a record it compacted before
+	// it takes it again. Default 1 s; negative: never (for tests).
 	CompactInterval time.Duration
 	// LogRetention is how many of each collection's latest log entries
 	// are kept once snapshots hold them; older ones are truncated, and a
