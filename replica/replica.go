@@ -38,7 +38,7 @@ type Replica struct {
 	feeds *feeds
 	idx   indexes // the collections' secondary indexes
 	mem   *native // releases the memory automerge-go leaves behind
-	pages *badgerdir.TablePages
+	pages *badgerdir.TablePages // drops Badger's table pages from resident memory
 	pres  *presence // in memory only
 
 	early earlyPushes // live sessions pushing local edits before their fsync
