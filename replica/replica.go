@@ -36,10 +36,10 @@ type Replica struct {
 	reap  *reaper // frees the documents that leave the cache
 	fsync *syncer // fsyncs what durable commits need
 	feeds *feeds
-	idx   indexes // the collections' secondary indexes
-	mem   *native // releases the memory automerge-go leaves behind
+	idx   indexes               // the collections' secondary indexes
+	mem   *native               // releases the memory automerge-go leaves behind
 	pages *badgerdir.TablePages // drops Badger's table pages from resident memory
-	pres  *presence // in memory only
+	pres  *presence             // in memory only
 
 	early earlyPushes // live sessions pushing local edits before their fsync
 
