@@ -49,6 +49,9 @@ type gcPacer struct {
 	// updated, set by tests, is sent to (without blocking) after each
 	// update that follows a collection.
 	updated chan struct{}
+	// beforeSet, set by tests, runs in an update between reading what is
+	// live and setting the limit.
+	beforeSet func()
 }
 
 var pacer gcPacer
@@ -89,9 +92,7 @@ func (p *gcPacer) stop(headroom int64) {
 		return
 	}
 	p.active = false
-	if debug.SetMemoryLimit(-1) == p.set {
-		debug.SetMemoryLimit(p.prev)
-	}
+	p.swap(p.prev)
 }
 
 // arm has update run after the next garbage collection: a cleanup runs
@@ -124,12 +125,28 @@ func (p *gcPacer) arm(gen int) {
 // it.
 func (p *gcPacer) updateLocked() bool {
 	p.updates++
-	if debug.SetMemoryLimit(-1) != p.set {
+	target := gcTarget(slices.Max(p.headrooms))
+	if p.beforeSet != nil {
+		p.beforeSet()
+	}
+	if !p.swap(target) {
 		p.active = false
 		return false
 	}
-	p.set = gcTarget(slices.Max(p.headrooms))
-	debug.SetMemoryLimit(p.set)
+	p.set = target
+	return true
+}
+
+// swap sets the limit to v if it is still the one the pacer last set, and
+// reports whether it was. The process may set its own limit at any moment
+// (the pacer's lock does not cover it), so the check and the set are one
+// call: debug.SetMemoryLimit returns the limit it replaced, and a limit
+// that was not the pacer's is put straight back.
+func (p *gcPacer) swap(v int64) bool {
+	if was := debug.SetMemoryLimit(v); was != p.set {
+		debug.SetMemoryLimit(was)
+		return false
+	}
 	return true
 }
 

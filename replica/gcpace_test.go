@@ -161,6 +161,7 @@ func TestPacerLeavesAppLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer r.Close()           // a failure here leaves no replica open for other tests
 	debug.SetMemoryLimit(app) // the app takes over while it is open
 	afterCollection(t)
 	if l := limit(); l != app {
@@ -181,5 +182,44 @@ func TestPacerLeavesAppLimit(t *testing.T) {
 	defer r.Close()
 	if l := limit(); l != math.MaxInt64 {
 		t.Fatalf("limit %d with GOGC=off, want none", l)
+	}
+}
+
+// TestPacerYieldsToAppMidUpdate: the app may set its own limit while the
+// pacer is between reading what is live and setting its limit (the
+// pacer runs after a collection, on a goroutine of its own); the app's
+// limit stays and the pacer stops.
+func TestPacerYieldsToAppMidUpdate(t *testing.T) {
+	noLimit(t)
+	const app = 1 << 40
+	r, err := Open("", &Options{InMemory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	pacer.mu.Lock()
+	pacer.beforeSet = func() {
+		pacer.beforeSet = nil
+		debug.SetMemoryLimit(app)
+	}
+	pacer.mu.Unlock()
+	defer func() {
+		pacer.mu.Lock()
+		pacer.beforeSet = nil
+		pacer.mu.Unlock()
+	}()
+	afterCollection(t)
+	if l := limit(); l != app {
+		t.Fatalf("limit %d, want the %d the app set during the pacer's update", l, app)
+	}
+	pacer.mu.Lock()
+	active := pacer.active
+	pacer.mu.Unlock()
+	if active {
+		t.Fatal("the pacer still paces after the app set a limit")
+	}
+	r.Close()
+	if l := limit(); l != app {
+		t.Fatalf("limit %d after Close, want the app's %d", l, app)
 	}
 }
