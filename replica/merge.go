@@ -391,6 +391,9 @@ func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec
 					return
 				}
 				j, pm := jobs[k], out[k]
+				if f := mergeStarting; f != nil {
+					f(j.t.id)
+				}
 				covered := settle.covers(j.t.id)
 				pm.m = merge(j.t.doc, j.pending, j.rec.data, j.rec.relay, covered)
 				if covered {
@@ -402,6 +405,10 @@ func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec
 	}
 	return nil
 }
+
+// mergeStarting, if set (by tests, before any sync starts), is called
+// with a record's ID on the goroutine about to merge it.
+var mergeStarting func(id string)
 
 // preparedMerge is a merge prepareMerges started: m, once done is closed.
 type preparedMerge struct {
