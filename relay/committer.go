@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
@@ -37,11 +38,23 @@ type committer struct {
 	wrote  map[string]wrote
 	active map[uint64]int
 	// merging counts the pushes merging now (from beginRead to endRead),
-	// ended those that have ended, and mergeEnd is closed, and replaced,
-	// when one ends: a flusher waits on them (gather).
-	merging  int
-	ended    uint64
-	mergeEnd chan struct{}
+	// begun and ended those that have begun and ended, and mergeEvent is
+	// closed, and replaced, when one begins or ends: a flusher waits on
+	// them (gather).
+	merging    int
+	begun      uint64
+	ended      uint64
+	mergeEvent chan struct{}
+	// lastGroup is how many pushes the last group written held, wroteAt
+	// when it was written, and begunAt what begun was then: the devices
+	// that awaited those pushes' acks may be about to push again (see
+	// gather).
+	lastGroup int
+	wroteAt   time.Time
+	begunAt   uint64
+	// mark is lastGroup and wroteAt, read without mu once the committer
+	// is dropped, for the next one (see Server.lastGroups).
+	mark atomic.Pointer[groupMark]
 	// gatherHook, if set (by tests), is called with mu held when a
 	// flusher starts to wait for pushes merging.
 	gatherHook func()
@@ -72,10 +85,24 @@ func (s *Server) committer(c Coll) *committer {
 	cm := s.committers[c]
 	if cm == nil {
 		cm = &committer{c: c, queued: map[string]*relayDoc{}, inQueue: map[string]int{}, pins: map[string]func(){}, wrote: map[string]wrote{}, active: map[uint64]int{}}
+		if m, ok := s.lastGroups[c]; ok {
+			// Every push this committer sees began after that write.
+			delete(s.lastGroups, c)
+			cm.lastGroup, cm.wroteAt = m.n, m.at
+		}
 		s.committers[c] = cm
 	}
 	return cm
 }
+
+// groupMark is a group written: how many pushes it held, and when.
+type groupMark struct {
+	n  int
+	at time.Time
+}
+
+// lastWritten is the last group the committer wrote, or nil.
+func (cm *committer) lastWritten() *groupMark { return cm.mark.Load() }
 
 // merged is one record of a push, merged onto its document.
 type merged struct {
@@ -418,6 +445,13 @@ func (cm *committer) join(s *Server, w *waiter, recs map[string]*merged, gen uin
 	if !cm.flushing {
 		cm.flushing = true
 		w.lead <- struct{}{}
+	} else if len(w.entries) > 0 {
+		// Queued behind a group being made durable: subscribers that take
+		// changes early get this push's now, not once the groups before
+		// it are durable (a device editing live would otherwise wait for
+		// the last edit's fsync on every edit). Its group fans it out
+		// again when written; the copy is dropped as held.
+		s.hub.writing(cm.c, earlyEntries(w.entries))
 	}
 	return nil
 }
@@ -618,6 +652,8 @@ func (cm *committer) beginRead() uint64 {
 	defer cm.mu.Unlock()
 	cm.active[cm.epoch]++
 	cm.merging++
+	cm.begun++
+	cm.mergeEvented()
 	return cm.epoch
 }
 
@@ -629,10 +665,7 @@ func (cm *committer) endRead(start uint64) {
 	defer cm.mu.Unlock()
 	cm.merging--
 	cm.ended++
-	if cm.mergeEnd != nil {
-		close(cm.mergeEnd)
-		cm.mergeEnd = nil
-	}
+	cm.mergeEvented()
 	if cm.active[start]--; cm.active[start] > 0 {
 		return
 	}
@@ -697,6 +730,15 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 	cm.mu.Unlock()
 }
 
+// mergeEvented wakes a flusher waiting for merges (gather). cm.mu is
+// held.
+func (cm *committer) mergeEvented() {
+	if cm.mergeEvent != nil {
+		close(cm.mergeEvent)
+		cm.mergeEvent = nil
+	}
+}
+
 // gather waits, before a group is taken from the queue, for the pushes
 // merging onto the queue now to join it, up to s.groupWait. Under load
 // the group then takes them in, rather than leave them to wait for its
@@ -707,22 +749,36 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 // merge. With no other push merging, as for a lone device, it does
 // not wait at all. It waits for as many merges to end as were running
 // when it began, whichever they are, so that pushes arriving meanwhile do
-// not keep it waiting. cm.mu is held, and released while waiting.
+// not keep it waiting.
+//
+// Within s.groupWait of the last group's write, it first waits (within
+// the same bound) for as many pushes to begin as that group held, if
+// fewer have begun since: devices that await each ack before pushing
+// again, as many do, push again as soon as their acks arrive, and
+// otherwise the group taken just before they do would leave them to wait
+// for its write and take a group and an fsync of their own; under a
+// steady load, the pushes then settle into alternate half groups. A lone
+// device, whose own push is the one that began since, does not wait.
+// cm.mu is held, and released while waiting.
 func (cm *committer) gather(s *Server) {
-	if cm.merging == 0 || s.groupWait <= 0 {
+	if s.groupWait <= 0 {
+		return
+	}
+	returning := cm.returning(s)
+	if cm.merging == 0 && !returning {
 		return
 	}
 	if cm.gatherHook != nil {
 		cm.gatherHook()
 	}
-	target := cm.ended + uint64(cm.merging)
 	t := time.NewTimer(s.groupWait)
 	defer t.Stop()
-	for cm.ended < target {
-		if cm.mergeEnd == nil {
-			cm.mergeEnd = make(chan struct{})
+	target := cm.ended + uint64(cm.merging)
+	for returning || cm.ended < target {
+		if cm.mergeEvent == nil {
+			cm.mergeEvent = make(chan struct{})
 		}
-		ch := cm.mergeEnd
+		ch := cm.mergeEvent
 		cm.mu.Unlock()
 		select {
 		case <-ch:
@@ -731,12 +787,24 @@ func (cm *committer) gather(s *Server) {
 			return
 		}
 		cm.mu.Lock()
+		if returning && !cm.returning(s) {
+			// They have begun: the group waits for their merges too.
+			returning, target = false, cm.ended+uint64(cm.merging)
+		}
 	}
 }
 
-// groupWait bounds how long a flusher waits for pushes merging (gather):
-// a merge takes tens of microseconds, or a few milliseconds for a large
-// record that must be saved whole to check max_record.
+// returning reports whether, within s.groupWait of the last group's write,
+// fewer pushes have begun since than that group held (see gather). cm.mu
+// is held.
+func (cm *committer) returning(s *Server) bool {
+	return cm.lastGroup > 0 && cm.begun-cm.begunAt < uint64(cm.lastGroup) && time.Since(cm.wroteAt) < s.groupWait
+}
+
+// groupWait bounds how long a flusher waits for pushes merging, and for
+// devices pushing again after a group's write (gather): a merge takes
+// tens of microseconds, or a few milliseconds for a large record that
+// must be saved whole to check max_record.
 const groupWait = time.Millisecond
 
 // Caps of one group, so that pushes which each fit a store's append are
@@ -822,6 +890,8 @@ func (cm *committer) written(s *Server, group []*waiter, entries []Entry, docs m
 		last -= uint64(len(group[i].entries))
 	}
 	cm.epoch++
+	cm.lastGroup, cm.wroteAt, cm.begunAt = len(group), time.Now(), cm.begun
+	cm.mark.Store(&groupMark{cm.lastGroup, cm.wroteAt})
 	for id, d := range docs {
 		s.docs.PutSized(recordKey{cm.c, id}, d, d.cost())
 		if len(cm.active) > 0 {

@@ -65,6 +65,10 @@ func (s *Server) SetQueuedHook(c Coll, f func(int)) {
 // FailingRecords is how many records the compactor holds as failing.
 func (s *Server) FailingRecords() int { return len(s.compactor.failingRecords()) }
 
+// SetCompactPace sets how long the compactor leaves a record it compacted
+// before it takes it again (see compactor.paced).
+func (s *Server) SetCompactPace(d time.Duration) { s.compactor.pace = d }
+
 // CompactRound runs one round of background compaction.
 func (s *Server) CompactRound(ctx context.Context) (int, error) { return s.compactor.round(ctx) }
 

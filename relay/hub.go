@@ -29,9 +29,13 @@ type hub struct {
 	// early holds, per collection with live subscribers, the group of
 	// checked entries its committer is writing, not yet durable, for the
 	// subscriptions that take changes early (see committer.flush). A
-	// committer writes one group at a time, so there is one at most.
-	early    map[Coll]earlyGroup
-	earlySeq uint64 // the last group's id
+	// committer writes one group at a time, and a push queued behind it
+	// replaces it (committer.join), so there is one at most.
+	early map[Coll]earlyGroup
+	// earlySubs counts, per collection, the live subscribers that take
+	// changes early: with none, nothing is fanned out early (writing).
+	earlySubs map[Coll]int
+	earlySeq  uint64 // the last group's id
 
 	// writes counts the appends this relay made, per stripe of records
 	// (see publish and writeMark): a reader that read a record from the
@@ -104,18 +108,27 @@ type hubWait struct {
 }
 
 func newHub() *hub {
-	return &hub{waits: map[Coll]*hubWait{}, subs: map[Coll]int{}, recent: map[Coll]*recentLog{}, early: map[Coll]earlyGroup{}, seed: maphash.MakeSeed()}
+	return &hub{waits: map[Coll]*hubWait{}, subs: map[Coll]int{}, recent: map[Coll]*recentLog{}, early: map[Coll]earlyGroup{}, earlySubs: map[Coll]int{}, seed: maphash.MakeSeed()}
 }
 
-// subscribed counts a live subscriber of c in; the returned function counts
-// it out. Recent entries are kept while a collection has subscribers.
-func (h *hub) subscribed(c Coll) (done func()) {
+// subscribed counts a live subscriber of c in, one that takes changes
+// early if early says so; the returned function counts it out. Recent
+// entries are kept while a collection has subscribers.
+func (h *hub) subscribed(c Coll, early bool) (done func()) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.subs[c]++
+	if early {
+		h.earlySubs[c]++
+	}
 	return func() {
 		h.mu.Lock()
 		defer h.mu.Unlock()
+		if early {
+			if h.earlySubs[c]--; h.earlySubs[c] == 0 {
+				delete(h.earlySubs, c)
+			}
+		}
 		if h.subs[c]--; h.subs[c] == 0 {
 			delete(h.subs, c)
 			h.dropRecentLocked(c)
@@ -160,11 +173,11 @@ func (h *hub) publish(c Coll, entries []LogEntry) {
 
 // writing records the entries of a group c's committer is about to write,
 // checked and not yet durable, and wakes c's waiters, if c has
-// subscribers. It returns the group's id, for settled (0: not recorded).
+// subscribers that take changes early. It returns the group's id, for settled (0: not recorded).
 func (h *hub) writing(c Coll, entries []LogEntry) uint64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.subs[c] == 0 || len(entries) == 0 {
+	if h.earlySubs[c] == 0 || len(entries) == 0 {
 		return 0
 	}
 	h.earlySeq++

@@ -199,7 +199,7 @@ func (s *Server) page(entries []LogEntry, cursor uint64, more bool) ([]transport
 func (s *Server) subscribe(ctx context.Context, sess *session, c Coll, cursor uint64, early bool) {
 	s.metrics.subscribers.Inc()
 	defer s.metrics.subscribers.Dec()
-	defer s.hub.subscribed(c)()
+	defer s.hub.subscribed(c, early)()
 	var sent *uint64 // the last early group sent, if early
 	if early {
 		sent = new(uint64)

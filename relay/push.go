@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"sync/atomic"
+	"time"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/transport"
@@ -146,9 +147,36 @@ func (ps *pushing) finish(err error) {
 	s.pushes[c]--
 	if s.pushes[c] == 0 {
 		delete(s.pushes, c)
+		if cm := s.committers[c]; cm != nil {
+			if m := cm.lastWritten(); m != nil && time.Since(m.at) < s.groupWait {
+				s.keepGroupMark(c, *m)
+			}
+		}
 		delete(s.committers, c)
 	}
 }
+
+// keepGroupMark keeps m, the last group a dropped committer of c wrote,
+// for the next committer of c. s.mu is held. The marks are few: only
+// those younger than groupWait are of use, and older ones are dropped
+// when they pile up.
+func (s *Server) keepGroupMark(c Coll, m groupMark) {
+	if len(s.lastGroups) >= maxGroupMarks {
+		for k, x := range s.lastGroups {
+			if time.Since(x.at) >= s.groupWait {
+				delete(s.lastGroups, k)
+			}
+		}
+		if len(s.lastGroups) >= maxGroupMarks {
+			return
+		}
+	}
+	s.lastGroups[c] = m
+}
+
+// maxGroupMarks bounds Server.lastGroups: collections written within the
+// last groupWait whose pushes all ended.
+const maxGroupMarks = 1024
 
 // parsePush frames and checksums every change of a push before any lock
 // is taken. One inflate budget for the whole push: a session checks one

@@ -71,7 +71,8 @@ type Options struct {
 
 	// CompactInterval is how often the background compactor looks for
 	// records whose tail outgrew their snapshot (a push that makes one
-	// also wakes it). Default 1 s; negative: never (for tests).
+	// also wakes it), and how long it leaves a record it compacted before
+	// it takes it again. Default 1 s; negative: never (for tests).
 	CompactInterval time.Duration
 	// LogRetention is how many of each collection's latest log entries
 	// are kept once snapshots hold them; older ones are truncated, and a
@@ -188,10 +189,14 @@ type Server struct {
 	sessions   map[*session]struct{}
 	committers map[Coll]*committer // see pushCounted
 	pushes     map[Coll]int        // pushes in progress per collection
-	shutting   bool                // no new sessions; set by Shutdown or Close
-	drained    chan struct{}       // made when shutting begins; closed once no session is left
-	closed     bool                // Close has begun: helpers may not be added
-	helpers    sync.WaitGroup      // goroutines Shutdown and Close start
+	// lastGroups keeps, for a collection whose committer was dropped
+	// within groupWait of its last group's write, that group's size and
+	// time, for the committer made next (see committer.gather).
+	lastGroups map[Coll]groupMark
+	shutting   bool           // no new sessions; set by Shutdown or Close
+	drained    chan struct{}  // made when shutting begins; closed once no session is left
+	closed     bool           // Close has begun: helpers may not be added
+	helpers    sync.WaitGroup // goroutines Shutdown and Close start
 	closeOnce  sync.Once
 }
 
@@ -227,6 +232,7 @@ func NewServer(o *Options) (*Server, error) {
 		mem:        newMemBudget(opts.MaxMemory, opts.MemoryWait),
 		sessions:   map[*session]struct{}{},
 		committers: map[Coll]*committer{},
+		lastGroups: map[Coll]groupMark{},
 		pushes:     map[Coll]int{},
 		quotas:     quotas,
 	}

@@ -90,7 +90,7 @@ func (r *Replica) liveSession(ctx context.Context, p *Profile) error {
 	defer conn.close()
 	// The goroutines forwarding local edits end with the session.
 	ctx, cancel := context.WithCancel(ctx)
-	edits := &localEdits{r: r, ctx: ctx, feeds: map[string]*Feed{}, c: make(chan Event, 1024), early: &earlyQueue{c: make(chan earlyEdit, earlyQueueLen)}, pushed: map[string]pushedHeads{}, acks: newAckWriter(r), flight: newEarlyFlight()}
+	edits := &localEdits{r: r, ctx: ctx, feeds: map[string]*Feed{}, c: make(chan Event, 1024), early: &earlyQueue{c: make(chan earlyEdit, earlyQueueLen)}, pushed: map[string]pushedHeads{}, acks: newAckWriter(r), flight: newEarlyFlight(), applied: map[string]crdt.Heads{}}
 	defer func() {
 		cancel()
 		edits.close()
@@ -317,6 +317,10 @@ type localEdits struct {
 	acks   *ackWriter
 	// flight is the early pushes sent and not yet answered.
 	flight *earlyFlight
+	// applied holds, for each record this session applied early changes
+	// to, the heads they brought it to (see applyEarly); only the
+	// session's goroutine uses it.
+	applied map[string]crdt.Heads
 }
 
 // watch starts (or restarts) forwarding a collection's events.

@@ -92,6 +92,10 @@ func BenchmarkLiveParts(b *testing.B) {
 		{name: "durable-early-apply", relayStore: "badger", earlyApply: true},
 		{name: "durable-badger-sync", relayStore: "badger", badgerSync: true},
 		{name: "durable-early-apply-badger-sync", relayStore: "badger", earlyApply: true, badgerSync: true},
+		// Which fsync early messages leave on the path: the devices' or
+		// the relay's.
+		{name: "devices-relaxed-early-apply", devicesRelax: true, relayStore: "badger", earlyApply: true},
+		{name: "relay-relaxed-early-apply", relayStore: "badger-relaxed", earlyApply: true},
 	}
 	for _, v := range append(before, partsVariants...) {
 		b.Run(v.name, func(b *testing.B) {

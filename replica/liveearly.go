@@ -610,6 +610,14 @@ func (l *localEdits) settle(ctx context.Context) error {
 // costs time.
 
 // applyEarly applies an early live message.
+//
+// A record pending with nothing but changes this session applied early
+// (its heads are still those they brought it to) takes the next early
+// changes too: they are the relay's, as the pending ones are, and the
+// durable messages that follow settle both. Without it, a record edited
+// live elsewhere took only every other early message (the next one came
+// while the durable message of the last was still behind the relay's
+// fsync), and waited for the fsync on the others.
 func (r *Replica) applyEarly(ctx context.Context, edits *localEdits, coll string, recs []remoteRec) error {
 	unlock, err := r.colls.lock(ctx, coll)
 	if err != nil {
@@ -619,21 +627,37 @@ func (r *Replica) applyEarly(ctx context.Context, edits *localEdits, coll string
 	if recs, err = r.notHeld(coll, recs, edits.pushed); err != nil || len(recs) == 0 {
 		return err
 	}
-	if recs, err = r.notPending(coll, recs); err != nil || len(recs) == 0 {
+	if recs, err = r.notPending(coll, recs, edits.applied); err != nil || len(recs) == 0 {
 		return err
 	}
-	_, err = r.applyBatchThen(coll, recs, r.earlyOp, nil)
+	if len(edits.applied) > maxEarlyApplied {
+		clear(edits.applied) // only a shortcut: forgotten records wait for durable messages
+	}
+	_, err = r.applyBatchThen(coll, recs, func(txn *badger.Txn, t *touched, rec remoteRec, res *batchResult) (bool, error) {
+		ok, err := r.earlyOp(txn, t, rec, edits.applied[earlyKey(coll, t.id)])
+		if ok && err == nil {
+			// Set before the transaction commits: if it fails, the
+			// record reloads at its stored heads, which then differ.
+			edits.applied[earlyKey(coll, t.id)] = t.doc.Heads()
+		}
+		return ok, err
+	}, nil)
 	return err
 }
 
+// maxEarlyApplied bounds the records a session remembers applying early
+// changes to.
+const maxEarlyApplied = 4096
+
 // notPending leaves out of recs the records earlyOp would not apply to:
-// pending, or holding changes a failed merge hook kept back. Read without
+// pending with changes other than those applied early (applied), or
+// holding changes a failed merge hook kept back. Read without
 // the records' locks, so earlyOp checks again; but a record this device
 // is editing is pending, and its lock is held through each edit's fsync
 // (this device's own pushes coming back early, say): waiting for it, the
 // session would stop pushing; and a document set aside by earlyOp is
 // dropped from the cache, to be loaded from the store at the next use.
-func (r *Replica) notPending(coll string, recs []remoteRec) ([]remoteRec, error) {
+func (r *Replica) notPending(coll string, recs []remoteRec, applied map[string]crdt.Heads) ([]remoteRec, error) {
 	out := recs[:0:0]
 	err := r.view(func(txn *badger.Txn) error {
 	next:
@@ -641,7 +665,7 @@ func (r *Replica) notPending(coll string, recs []remoteRec) ([]remoteRec, error)
 			for _, prefix := range []byte{'p', 'q'} {
 				if _, held, err := getKey(txn, recKey(prefix, coll, rec.id)); err != nil {
 					return err
-				} else if held {
+				} else if held && (prefix == 'q' || applied[earlyKey(coll, rec.id)] == nil) {
 					continue next
 				}
 			}
@@ -653,13 +677,15 @@ func (r *Replica) notPending(coll string, recs []remoteRec) ([]remoteRec, error)
 }
 
 // earlyOp applies an early message's changes to a record with no pending
-// changes (and none a failed merge hook holds back), marking it pending:
-// the relay may yet lose them.
-func (r *Replica) earlyOp(txn *badger.Txn, t *touched, rec remoteRec, _ *batchResult) (bool, error) {
-	for _, prefix := range []byte{'p', 'q'} {
-		if _, held, err := getKey(txn, recKey(prefix, t.coll, t.id)); err != nil || held {
-			return false, err
-		}
+// changes, or none but those applied early (it is at heads applied, the
+// heads they brought it to), and none a failed merge hook holds back,
+// marking it pending: the relay may yet lose them.
+func (r *Replica) earlyOp(txn *badger.Txn, t *touched, rec remoteRec, applied crdt.Heads) (bool, error) {
+	if _, held, err := getKey(txn, recKey('q', t.coll, t.id)); err != nil || held {
+		return false, err
+	}
+	if _, held, err := getKey(txn, recKey('p', t.coll, t.id)); err != nil || held && (applied == nil || !t.doc.Heads().Equal(applied)) {
+		return false, err
 	}
 	if _, err := t.doc.Import(rec.data); err != nil {
 		// Changes this device cannot take yet (it missed what they build

@@ -709,3 +709,47 @@ func TestLiveEarlyApplyRelayDies(t *testing.T) {
 		})
 	}
 }
+
+// A live device applies early changes onto a record pending with nothing
+// but earlier early changes: the second edit reaches it while the relay's
+// append of the first is still held. Its cursor moves only once the
+// appends are durable, and the record is settled by the durable messages.
+func TestLiveEarlyApplyBuildsOnEarly(t *testing.T) {
+	env := newEarlyEnv(t)
+	ca := env.a.Collection("c")
+	env.gate.close()
+	if err := ca.Update("r", func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, int64(1)) }); err != nil {
+		t.Fatal(err)
+	}
+	<-env.gate.waiting
+	before, head := env.cursor(), env.head(t)
+	waitValue(t, env.b, env.feedB, "r", "qty", 1)
+	if err := ca.Update("r", func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, int64(2)) }); err != nil {
+		t.Fatal(err)
+	}
+	waitValue(t, env.b, env.feedB, "r", "qty", 2)
+	if c := env.cursor(); c != before || env.head(t) != head {
+		t.Fatalf("b's cursor moved from %d to %d, the relay's head from %d to %d, with its append held", before, c, head, env.head(t))
+	}
+	env.gate.open(true, nil)
+	if err := ca.Update("r", func(d *crdt.Doc) error { return d.Set(crdt.Path{"qty"}, int64(3)) }); err != nil {
+		t.Fatal(err)
+	}
+	waitValue(t, env.b, env.feedB, "r", "qty", 3)
+	mustSync(t, env.a, "p")
+	mustSync(t, env.b, "p")
+	ha, err := ca.Heads("r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hb, err := env.b.Collection("c").Heads("r")
+	if err != nil || !ha.Equal(hb) {
+		t.Fatalf("a at %v, b at %v (%v)", ha, hb, err)
+	}
+	if n, _ := env.b.Collection("c").PendingCount(); n != 0 {
+		t.Fatalf("b has %d pending after syncing", n)
+	}
+	if c, h := env.cursor(), env.head(t); c > h || c <= head {
+		t.Fatalf("b's cursor %d, the relay's head %d: want past %d and not past the head", c, h, head)
+	}
+}

@@ -17,6 +17,10 @@ import (
 // writes take.
 const nativeEvery = 500
 
+// nativeSmallUnit is the size of a unit of work below which the writer
+// that crosses nativeEvery does not wait for the release (see wrote).
+const nativeSmallUnit = 8
+
 // native releases the memory automerge-go leaves behind every nativeEvery
 // record writes: a garbage collection runs the finalizers that free it,
 // and crdt.ReleaseNative gives it back to the operating system. Without it, inserting 100,000 records grows the
@@ -36,6 +40,12 @@ type native struct {
 	writes  atomic.Int64
 	mu      sync.Mutex // one release at a time
 	collect func()     // what a release does; tests count it
+
+	// collectSmall is what a release crossed by a small unit of work
+	// does (see wrote), on a goroutine of its own, one at a time
+	// (smallRunning).
+	collectSmall func()
+	smallRunning atomic.Bool
 
 	reads       atomic.Int64
 	readEvery   int64  // records read between read collections
@@ -61,9 +71,10 @@ const buildWeight = 8
 
 func newNative() *native {
 	return &native{
-		collect:     func() { debug.FreeOSMemory(); crdt.ReleaseNative() },
-		readEvery:   nativeReadEvery,
-		collectRead: runtime.GC,
+		collect:      func() { debug.FreeOSMemory(); crdt.ReleaseNative() },
+		collectSmall: func() { runtime.GC(); crdt.ReleaseNative() },
+		readEvery:    nativeReadEvery,
+		collectRead:  runtime.GC,
 	}
 }
 
@@ -85,11 +96,27 @@ func (p *native) read(n int) {
 // writer that crosses the mark waits for the release. Run alongside the
 // writers, releases fall behind them, as the finalizers that free the
 // memory need the processor the writers keep busy.
+//
+// A unit of work of fewer than nativeSmallUnit records (a live edit, an
+// app's single writes) does not wait: it is one of five hundred, each
+// leaving a few KB, and the release runs beside the writer, which goes on.
+// That release returns no heap pages at once (debug.FreeOSMemory's
+// scavenge of the whole heap was most of what such a writer waited for,
+// and small units free no memtable arenas): Go's scavenger returns them.
 func (p *native) wrote(n int) {
 	if n <= 0 || p.writes.Add(int64(n)) < nativeEvery {
 		return
 	}
 	p.writes.Store(0)
+	if n < nativeSmallUnit {
+		if p.smallRunning.CompareAndSwap(false, true) {
+			go func() {
+				defer p.smallRunning.Store(false)
+				p.collectSmall()
+			}()
+		}
+		return
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.collect()

@@ -3,6 +3,7 @@ package replica
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/ferrysync/ferry/crdt"
 )
@@ -122,4 +123,45 @@ func TestCloseCollects(t *testing.T) {
 	if collected != 1 {
 		t.Fatalf("Close collected %d times, want 1", collected)
 	}
+}
+
+// A writer whose unit of work is a record or a few (a live edit) does not
+// wait for the release its write makes due: the release runs beside it,
+// and is the small one, never the bulk release with its scavenge.
+func TestSmallUnitsDoNotWaitForTheRelease(t *testing.T) {
+	r := open(t, "", &Options{InMemory: true})
+	c := r.Collection("c")
+	if err := c.Put("a", map[string]any{"n": 0}); err != nil {
+		t.Fatal(err)
+	}
+	r.mem.writes.Store(0)
+	bulk := false
+	r.mem.collect = func() { bulk = true }
+	started, release := make(chan struct{}), make(chan struct{})
+	waited := make(chan bool, 1)
+	r.mem.collectSmall = func() {
+		close(started)
+		select {
+		case <-release:
+			waited <- false
+		case <-time.After(30 * time.Second): // a guard against hanging, not a measure
+			waited <- true
+		}
+	}
+	for i := range nativeEvery {
+		if err := c.Put("a", map[string]any{"n": i + 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if bulk {
+		t.Fatal("a single-record write made the bulk release")
+	}
+	<-started
+	// The writer that crossed the mark has returned while its release
+	// is held: it did not wait for it.
+	close(release)
+	if <-waited {
+		t.Fatal("the writer waited for the release")
+	}
+	r.mem.collect = func() {} // Close's own
 }

@@ -64,7 +64,10 @@ type Options struct {
 	MemoryHeadroom int64
 
 	// CompactAfter folds a record's incremental chunks into its snapshot
-	// once it has this many. Default 32.
+	// once it has this many, or, for a record whose snapshot is over
+	// 1 KiB, once more for each KiB of it, up to 8 times as many (a fold
+	// saves the whole record). Chunks also fold once their bytes pass
+	// twice the snapshot's plus 4 KiB. Default 32.
 	CompactAfter int
 
 	// MaxRecordBytes bounds one record's size, as a saved Automerge

@@ -114,7 +114,7 @@ func (r *Replica) writeRecord(txn *badger.Txn, coll, id string, doc *crdt.Doc, m
 	nm.deleted = doc.Deleted()
 	// Past MaxRecordBytes, compact rather than refuse: the limit is on the
 	// saved document, which chunks of raw changes overstate.
-	if m.chunks+1 >= r.opts.CompactAfter || len(delta)+m.chunkBytes > m.snapBytes+4096 && m.chunks >= 4 ||
+	if m.chunks+1 >= foldAfter(r.opts.CompactAfter, m.snapBytes) || len(delta)+m.chunkBytes > 2*m.snapBytes+4096 && m.chunks >= 4 ||
 		m.snapBytes+m.chunkBytes+len(delta) > r.opts.MaxRecordBytes {
 		snap := doc.Save()
 		if len(snap) > r.opts.MaxRecordBytes {
@@ -149,6 +149,25 @@ func (r *Replica) writeRecord(txn *badger.Txn, coll, id string, doc *crdt.Doc, m
 		}
 	}
 	return nm, nil
+}
+
+// foldUnit and foldMaxFactor scale how many chunks a record gathers
+// before they are folded into its snapshot (foldAfter).
+const (
+	foldUnit      = 1 << 10
+	foldMaxFactor = 8
+)
+
+// foldAfter is how many chunks a record whose snapshot is snapBytes long
+// gathers before they are folded into it: compactAfter, once more for
+// each foldUnit of snapshot, up to foldMaxFactor times. A fold saves the
+// whole document, in time that grows with its history, on the path of the
+// write that makes it (a live edit, or a change applied from the relay):
+// a record edited many times folds less often, so that its folds cost
+// each write about the same. Its chunks' bytes stay bounded by its
+// snapshot's (writeRecord).
+func foldAfter(compactAfter, snapBytes int) int {
+	return compactAfter * min(1+snapBytes/foldUnit, foldMaxFactor)
 }
 
 func deleteIfPresent(txn *badger.Txn, key []byte) error {

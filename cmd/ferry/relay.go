@@ -60,7 +60,8 @@ SIGINT and SIGTERM stop it gracefully.
 The first line printed is always "ferry relay listening on URL".
 
 FERRY_RELAY_CPUPROFILE=FILE writes a CPU profile of the relay's run to
-FILE ("%p" in it becomes the process ID), for go tool pprof.
+FILE ("%p" in it becomes the process ID), for go tool pprof;
+FERRY_RELAY_MEMPROFILE=FILE an allocation profile, written when it stops.
 `
 
 // storeDir is where the relay's Badger store lives inside the data folder,

@@ -390,23 +390,27 @@ func (b *syncBuffer) changed() <-chan struct{} {
 var _ = errors.Is
 
 // TestRelayWritesCPUProfile: FERRY_RELAY_CPUPROFILE makes the relay write
-// a CPU profile of its run, named with its process ID, once it stops.
+// a CPU profile of its run, and FERRY_RELAY_MEMPROFILE an allocation
+// profile, named with its process ID, once it stops.
 func TestRelayWritesCPUProfile(t *testing.T) {
 	dir := t.TempDir()
 	t.Setenv(relayProfileEnv, filepath.Join(dir, "relay-%p.prof"))
+	t.Setenv(relayAllocProfileEnv, filepath.Join(dir, "allocs-%p.prof"))
 	r := startInProcess(t, "relay", "--dev", "--data", filepath.Join(dir, "data"), "--addr", "127.0.0.1:0", "--log-level", "error")
 	r.stop(t)
-	f, err := os.Open(filepath.Join(dir, fmt.Sprintf("relay-%d.prof", os.Getpid())))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	// A CPU profile is a gzipped protocol buffer.
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatalf("profile: %v", err)
-	}
-	if b, err := io.ReadAll(zr); err != nil || len(b) == 0 {
-		t.Fatalf("profile: %d bytes, %v", len(b), err)
+	for _, name := range []string{"relay-%d.prof", "allocs-%d.prof"} {
+		f, err := os.Open(filepath.Join(dir, fmt.Sprintf(name, os.Getpid())))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		// A profile is a gzipped protocol buffer.
+		zr, err := gzip.NewReader(f)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if b, err := io.ReadAll(zr); err != nil || len(b) == 0 {
+			t.Fatalf("%s: %d bytes, %v", name, len(b), err)
+		}
 	}
 }
