@@ -124,7 +124,8 @@ func (d *Doc) incoming(data []byte, ci chunkInfo, fresh []int, opaque bool) ([][
 // fresh changes no other fresh change depends on are enough, as a
 // document holds every ancestor of what it holds.
 func (d *Doc) checkApplied(ci chunkInfo, fresh []int, added []jentry, opaque bool) (Heads, error) {
-	if err := d.checkArrived(ci, fresh); err != nil {
+	after := d.Heads()
+	if err := d.checkArrived(ci, fresh, after); err != nil {
 		return nil, err
 	}
 	for _, h := range ci.docHeads {
@@ -132,7 +133,6 @@ func (d *Doc) checkApplied(ci chunkInfo, fresh []int, added []jentry, opaque boo
 			return nil, fmt.Errorf("%w: document chunk with head %s was not applied", ErrCorrupt, h)
 		}
 	}
-	after := d.Heads()
 	if !d.journalImported(added, after) && opaque {
 		// Some change was applied that is not in the stream's chunks (or
 		// one of them was not).
@@ -273,7 +273,12 @@ func (d *Doc) journalImported(added []jentry, heads Heads) bool {
 }
 
 // checkArrived checks, after a load, that d holds every fresh change.
-func (d *Doc) checkArrived(ci chunkInfo, fresh []int) error {
+//
+// A fresh change that no other fresh change depends on is one of the
+// document's heads once applied (nothing it held before could depend on
+// it), so heads, the document's after the load, answer for most without
+// a call into Automerge; one that is not among them is asked.
+func (d *Doc) checkArrived(ci chunkInfo, fresh []int, heads Heads) error {
 	needed := make(map[Hash]bool, len(fresh))
 	for _, i := range fresh {
 		for _, dep := range ci.changes[i].Deps {
@@ -282,7 +287,7 @@ func (d *Doc) checkArrived(ci chunkInfo, fresh []int) error {
 	}
 	missing := false
 	for _, i := range fresh {
-		if h := ci.changes[i].Hash; !needed[h] && !d.Has(h) {
+		if h := ci.changes[i].Hash; !needed[h] && !slices.Contains(heads, h) && !d.Has(h) {
 			missing = true
 			break
 		}

@@ -695,3 +695,62 @@ func TestHasRecentChangesFromJournal(t *testing.T) {
 		t.Error("Has = false for an old change after the reset")
 	}
 }
+
+// An import asks Automerge whether it holds the stream's changes before
+// the load (its tip, and the first change that builds on the document),
+// and not again after the load to see that the tip arrived: the
+// document's new heads say so.
+func TestImportAsksOncePerBranch(t *testing.T) {
+	a, err := crdt.New(actorA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := crdt.New(actorB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Set(crdt.Path{"x"}, int64(0)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Commit("", epoch); err != nil {
+		t.Fatal(err)
+	}
+	start := a.Heads()
+	first, err := a.ChangesSince(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Import(first); err != nil {
+		t.Fatal(err)
+	}
+	// Both edit offline: b's import of a's changes then leaves two heads.
+	for i := range 4 {
+		if err := a.Set(crdt.Path{"x"}, int64(i+1)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Commit("", epoch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Set(crdt.Path{"y"}, int64(1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Commit("", epoch); err != nil {
+		t.Fatal(err)
+	}
+	data, err := a.ChangesSince(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := crdt.HasLookups(b)
+	n, err := b.Import(data)
+	if err != nil || n != 4 {
+		t.Fatalf("Import = %d, %v; want 4 new changes", n, err)
+	}
+	if n := crdt.HasLookups(b) - before; n != 2 {
+		t.Errorf("the import asked Automerge %d times whether it holds a change; want 2 (the stream's tip and first change, before the load)", n)
+	}
+	if !slices.Contains(b.Heads(), a.Heads()[0]) {
+		t.Fatal("a's last change is not among b's heads")
+	}
+}

@@ -56,6 +56,10 @@ func (r *Replica) batchOpPre(coll string, ids []string, pre func(txn *badger.Txn
 // or settle it once the part is over (keep). Either is called once.
 type partGuard struct {
 	keep, undo func()
+	// drain, if set, runs last in each part's transaction, whatever its
+	// outcome: work on the part's documents still running elsewhere ends
+	// before the batch caches or drops them.
+	drain func()
 }
 
 // partFault, if set (by tests), is called last in each part's
@@ -99,6 +103,9 @@ func (r *Replica) batchParts(coll string, ids []string, pre func(txn *badger.Txn
 		b := &batchRun{r: r, coll: coll, byID: map[string]*touched{}}
 		done := r.writing()
 		err = r.db.Update(func(txn *badger.Txn) error {
+			if g.drain != nil {
+				defer g.drain()
+			}
 			for i := p.lo; i < p.hi; i++ {
 				id := ids[i]
 				if pre != nil && (i-p.lo)%prepWindow == 0 {
@@ -298,9 +305,9 @@ type batchResult struct {
 	conflicts  int
 	failed     []FailedRecord
 	conflicted []conflicted
-	// prepared holds what prepareMerges worked out for records of the
-	// batch, until mergeOp takes it.
-	prepared map[*touched]merging
+	// prepared holds the merges prepareMerges started for records of the
+	// batch, until mergeOp takes each (see preparedMerges).
+	prepared preparedMerges
 	// holdMerged has mergeOp keep, in each conflicted entry, the document
 	// it merged into, for resolveConflicted to store; the holder frees
 	// what it does not pass there (freeMerged).
@@ -362,10 +369,7 @@ func (r *Replica) applyBatchRes(res batchResult, coll string, recs []remoteRec, 
 	err := r.batchIntoGuarded(&res, coll, ids, first, func(i int, txn *badger.Txn, t *touched) (bool, error) {
 		return op(txn, t, recs[i], &res)
 	}, last, res.guard)
-	for _, m := range res.prepared {
-		m.free() // prepared for a transaction that failed
-	}
-	res.prepared = nil
+	res.prepared.drop() // prepared for a transaction that failed
 	return res, err
 }
 
@@ -400,13 +404,10 @@ func (b *batchResult) guard() partGuard {
 	undo := func() {
 		freeMerged(b.conflicted) // the failed part's own
 		b.conflicted, b.conflicts, b.failed = before, conflicts, b.failed[:failed]
-		for _, m := range b.prepared {
-			m.free()
-		}
-		b.prepared = nil
+		b.prepared.drop()
 		keep()
 	}
-	return partGuard{keep: keep, undo: undo}
+	return partGuard{keep: keep, undo: undo, drain: func() { b.prepared.wait() }}
 }
 
 // onceIn returns the IDs that occur once in ids.

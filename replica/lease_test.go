@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
+	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/relay/relaytest"
 )
 
@@ -164,6 +166,74 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 		}
 		if left := replicaGoroutines(); len(left) > 0 {
 			t.Fatalf("%d goroutine(s) left after Close:\n%s", len(left), strings.Join(left, "\n\n"))
+		}
+	})
+}
+
+// heldReleaseStore holds every lease release until gate is closed,
+// counting those done.
+type heldReleaseStore struct {
+	relay.Store
+	gate     chan struct{}
+	released atomic.Int32
+}
+
+func (s *heldReleaseStore) Release(ctx context.Context, c relay.Coll, holder string, fence uint64) error {
+	<-s.gate
+	err := s.Store.Release(ctx, c, holder, fence)
+	s.released.Add(1)
+	return err
+}
+
+// A sync returns once its push is acknowledged, without waiting for the
+// relay to store the lease's release (a write, fsynced on a durable
+// relay): the connection finishes in the background. The lease is still
+// released, another device then takes it, and Close waits for what is
+// left.
+func TestSyncReturnsBeforeTheLeaseRelease(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := &heldReleaseStore{Store: memstore.New(), gate: make(chan struct{})}
+		rl := relaytest.Start(t, &relaytest.Options{Pipe: true, Store: store})
+		a := pipeDevice(t, rl, Options{}, "")
+		b := pipeDevice(t, rl, Options{}, "")
+		if err := coll2(t, a, "c").Create("tea", map[string]any{"price": 10}); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := a.Sync(context.Background(), "p")
+			done <- err
+		}()
+		synctest.Wait()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		default:
+			close(store.gate)
+			<-done
+			t.Fatal("the sync waits for the relay to store its lease's release")
+		}
+		if n := store.released.Load(); n != 0 {
+			t.Fatalf("%d release(s) done before the gate opened", n)
+		}
+		if err := coll2(t, b, "c").Create("pot", map[string]any{"price": 20}); err != nil {
+			t.Fatal(err)
+		}
+		close(store.gate)
+		mustSync(t, b, "p") // takes the lease A gave back
+		mustSync(t, a, "p")
+		synctest.Wait()
+		if n := store.released.Load(); n != 2 {
+			t.Fatalf("%d releases done, want 2 (A's first sync and B's; A's second had nothing to push)", n)
+		}
+		var got map[string]any
+		if err := coll2(t, a, "c").Get("pot", &got); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Close(); err != nil {
+			t.Fatal(err)
 		}
 	})
 }

@@ -104,8 +104,7 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 	}
 	// What prepareMerges worked out for this entry, if it did: it left
 	// out the entries whose changes the record holds.
-	m, prepared := res.prepared[t]
-	delete(res.prepared, t)
+	m, prepared := res.prepared.take(t)
 	if !prepared && q == nil && holdsAll(t.doc, relay) {
 		// The record holds the relay's version already (this device's own
 		// changes coming back, say): importing data, whose changes that
@@ -332,10 +331,12 @@ func merge(d *crdt.Doc, pending bool, data []byte, relay crdt.Heads, inPlace boo
 // mergeOp then stores (see merging): ts are the records of one window of a
 // batch, loaded, and recs their entries. It reads what each needs from the
 // store first, as a transaction is not safe for concurrent use, then
-// merges on up to GOMAXPROCS goroutines: each record's document is its
-// own, and the batch holds every record's write lock. The batch has
-// applied the entries of earlier windows, so a record's state here is what
-// mergeOp would see. Left to mergeOp: records that occur more than once in
+// starts the merges on up to GOMAXPROCS goroutines and returns, leaving
+// them running while mergeOp stores the records before (see
+// preparedMerges): each record's document is its own, and the batch holds
+// every record's write lock. The batch has applied the entries of earlier
+// windows, and mergeOp has taken (waited for) every merge of theirs, so a
+// record's state here is what mergeOp would see. Left to mergeOp: records that occur more than once in
 // the window, whose earlier entry waits for the policy (mergeOp joins the
 // two), held back by a failed hook, damaged, or holding the entry's
 // changes already; and everything when there is no second core to use.
@@ -375,35 +376,100 @@ func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec
 	if len(jobs) < 2 {
 		return nil
 	}
-	out := make([]merging, len(jobs))
+	out := make([]*preparedMerge, len(jobs))
+	for k, j := range jobs {
+		out[k] = &preparedMerge{done: make(chan struct{})}
+		res.prepared.put(j.t, out[k])
+	}
 	var next atomic.Int64
-	var wg sync.WaitGroup
+	settle := res.settle
 	for range min(workers, len(jobs)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		res.prepared.goWork(func() {
 			for {
 				k := int(next.Add(1)) - 1
 				if k >= len(jobs) {
 					return
 				}
-				j := jobs[k]
-				settle := res.settle.covers(j.t.id)
-				out[k] = merge(j.t.doc, j.pending, j.rec.data, j.rec.relay, settle)
-				if settle {
-					res.settle.settle(&out[k], j.t.id)
+				j, pm := jobs[k], out[k]
+				if f := mergeStarting; f != nil {
+					f(j.t.id)
 				}
+				covered := settle.covers(j.t.id)
+				pm.m = merge(j.t.doc, j.pending, j.rec.data, j.rec.relay, covered)
+				if covered {
+					settle.settle(&pm.m, j.t.id)
+				}
+				close(pm.done)
 			}
-		}()
-	}
-	wg.Wait()
-	if res.prepared == nil {
-		res.prepared = make(map[*touched]merging, len(jobs))
-	}
-	for k, j := range jobs {
-		res.prepared[j.t] = out[k]
+		})
 	}
 	return nil
+}
+
+// mergeStarting, if set (by tests, before any sync starts), is called
+// with a record's ID on the goroutine about to merge it.
+var mergeStarting func(id string)
+
+// preparedMerge is a merge prepareMerges started: m, once done is closed.
+type preparedMerge struct {
+	done chan struct{}
+	m    merging
+}
+
+// preparedMerges are the merges a batch started ahead of mergeOp. They run
+// on their own goroutines while the batch stores the records before them:
+// mergeOp waits for a record's merge only when it comes to that record, so
+// storing one record (its chunk, read model and keys, in the batch's
+// transaction) overlaps merging the next. Each merge uses only its own
+// record's document, which the batch holds locked and does not touch
+// until mergeOp takes the merge. The batch's transaction ends with wait
+// (partGuard.drain), so no merge outlives it.
+type preparedMerges struct {
+	byRec map[*touched]*preparedMerge
+	wg    *sync.WaitGroup
+}
+
+func (p *preparedMerges) put(t *touched, pm *preparedMerge) {
+	if p.byRec == nil {
+		p.byRec, p.wg = map[*touched]*preparedMerge{}, &sync.WaitGroup{}
+	}
+	p.byRec[t] = pm
+}
+
+// goWork runs f on a goroutine that wait waits for.
+func (p *preparedMerges) goWork(f func()) {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		f()
+	}()
+}
+
+// take removes t's merge, waiting for it to finish, if one was started.
+func (p *preparedMerges) take(t *touched) (merging, bool) {
+	pm, ok := p.byRec[t]
+	if !ok {
+		return merging{}, false
+	}
+	delete(p.byRec, t)
+	<-pm.done
+	return pm.m, true
+}
+
+// wait waits for every merge started.
+func (p *preparedMerges) wait() {
+	if p.wg != nil {
+		p.wg.Wait()
+	}
+}
+
+// drop waits for the merges started and frees those no one took.
+func (p *preparedMerges) drop() {
+	p.wait()
+	for _, pm := range p.byRec {
+		pm.m.free()
+	}
+	p.byRec = nil
 }
 
 // settling has a batch's merges decide the conflicts they find at once,

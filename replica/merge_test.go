@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -348,4 +350,61 @@ func TestMergeManyRecordsAtOnce(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A pull's batch whose transaction fails while merges of later records
+// still run waits for them before it ends: the batch drops the documents
+// it touched as it ends, and a merge still running would write into a
+// freed one. Here the first record's pulled bytes are not Automerge's, so
+// its merge fails the batch, while the merges of the others are held.
+func TestFailedBatchWaitsForItsMerges(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2)) // merges run only with a second core
+		r := mem(t)
+		c := r.Collection("c")
+		var recs []remoteRec
+		for i := range 6 {
+			id := fmt.Sprint("r", i)
+			if err := c.Create(id, map[string]any{"n": int64(i)}); err != nil {
+				t.Fatal(err)
+			}
+			recs = append(recs, remoteRec{id: id, data: []byte("not automerge"), relay: crdt.Heads{crdt.Hash{byte(i + 1)}}})
+		}
+		release := make(chan struct{})
+		var held atomic.Int32
+		mergeStarting = func(id string) {
+			if id != "r0" {
+				held.Add(1)
+				<-release
+			}
+		}
+		defer func() { mergeStarting = nil }()
+		done := make(chan error, 1)
+		go func() {
+			res, err := r.applyHolding("c", recs, r.mergeOp, true, nil)
+			freeMerged(res.conflicted)
+			done <- err
+		}()
+		synctest.Wait()
+		if held.Load() == 0 {
+			t.Fatal("no merge was held: the batch merged nothing ahead")
+		}
+		select {
+		case err := <-done:
+			close(release)
+			t.Fatalf("the batch ended (%v) with merges of its records still running", err)
+		default:
+		}
+		close(release)
+		if err := <-done; !errors.Is(err, crdt.ErrCorrupt) {
+			t.Fatalf("the batch's error is %v, want the bad record's ErrCorrupt", err)
+		}
+		// The records are as they were, and load.
+		for i := range 6 {
+			var got map[string]any
+			if err := c.Get(fmt.Sprint("r", i), &got); err != nil || got["n"] != int64(i) {
+				t.Fatalf("r%d after the failed batch: %v, %v", i, got, err)
+			}
+		}
+	})
 }

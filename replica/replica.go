@@ -54,6 +54,7 @@ type Replica struct {
 	net       network        // the device's network, as the app reports it
 	status    statuses       // each profile's sync status
 	wg        sync.WaitGroup // background goroutines
+	ending    endings        // connections finishing after their sync returned (syncconn.go)
 	mu        sync.RWMutex   // held for reading by every operation; Close takes it for writing
 	closed    bool
 
@@ -362,6 +363,7 @@ func (r *Replica) Close() error {
 		close(r.closing)
 		r.stopAll()
 		r.sched.close()
+		r.ending.wait()
 		r.wg.Wait()
 		r.mu.Lock()
 		r.closed = true

@@ -20,6 +20,9 @@ type relayConn struct {
 	p       *Profile
 	client  *transport.Client
 	welcome transport.Welcome
+
+	mu       sync.Mutex
+	releases []*transport.Pending // lease releases sent, not yet answered
 }
 
 // token returns the profile's current token, from Options.TokenSource.
@@ -66,7 +69,67 @@ func (r *Replica) dial(ctx context.Context, p *Profile, live bool) (*relayConn, 
 	return c, nil
 }
 
-func (c *relayConn) close() { c.client.Close() }
+// close closes the connection. Lease releases still unanswered are waited
+// for first (the relay answers them once it has stored them, a write of
+// its own), but not by the caller: a sync returns as soon as its work is
+// acknowledged, and the connection ends in the background, within
+// releaseTimeout, or at once when the replica closes. A release lost
+// with the connection costs nothing either: the relay releases the leases
+// of a connection that ends.
+func (c *relayConn) close() {
+	c.mu.Lock()
+	rel := c.releases
+	c.releases = nil
+	c.mu.Unlock()
+	if len(rel) == 0 {
+		c.client.Close()
+		return
+	}
+	c.r.ending.run(c.r.closeCtx, func(ctx context.Context) {
+		ctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+		defer cancel()
+		for _, p := range rel {
+			_ = p.Wait(ctx, nil)
+		}
+		c.client.Close()
+	})
+}
+
+// releaseTimeout bounds the wait for the relay's answer to a lease release.
+const releaseTimeout = 5 * time.Second
+
+// endings runs the ends of connections in the background, and waits for
+// them when the replica closes.
+type endings struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// run runs f on a goroutine of its own, or, once wait has begun, at once
+// with ctx (which has ended by then).
+func (e *endings) run(ctx context.Context, f func(context.Context)) {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		f(ctx)
+		return
+	}
+	e.wg.Add(1)
+	e.mu.Unlock()
+	go func() {
+		defer e.wg.Done()
+		f(ctx)
+	}()
+}
+
+// wait waits for the ends running; later ones run at once.
+func (e *endings) wait() {
+	e.mu.Lock()
+	e.closed = true
+	e.mu.Unlock()
+	e.wg.Wait()
+}
 
 // call makes a request within the profile's timeout. If the relay says the
 // token expired, it fetches a fresh one, presents it, and retries once. If
@@ -217,17 +280,26 @@ func (l *lease) keep(context.Context) error {
 	return l.err
 }
 
-// release stops the renewals and gives the lease back; failures only cost
-// others a wait until it expires.
+// release stops the renewals and gives the lease back. It does not wait
+// for the relay's answer (see relayConn.close): nothing after it on the
+// connection needs the lease gone, and a relay handles a connection's
+// requests in order, so no push sent later can be taken under the lease.
+// Failures only cost others a wait until it expires.
 func (l *lease) release() {
 	if l == nil {
 		return
 	}
 	close(l.stop)
 	<-l.done
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
-	_ = l.c.client.Call(ctx, &transport.LeaseRelease{Collection: l.coll, Fence: l.fence}, nil)
+	p, err := l.c.client.Start(ctx, &transport.LeaseRelease{Collection: l.coll, Fence: l.fence})
+	if err != nil {
+		return
+	}
+	l.c.mu.Lock()
+	l.c.releases = append(l.c.releases, p)
+	l.c.mu.Unlock()
 }
 
 func (l *lease) fenceOrZero() uint64 {

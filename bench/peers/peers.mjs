@@ -24,7 +24,8 @@
 // Yjs's W3 time varies several-fold from run to run, and turns share the
 // machine's load. --w2-rounds N does the same for W2. With either,
 // --ferry-vs PATH (another ferry binary, say one built before a change)
-// runs that build's workload too, in the same turns, just after --ferry's.
+// runs that build's workload too, in the same turns, just after --ferry's
+// in odd rounds and just before it in even ones.
 // Each peer's workloads and what its "done" means are described in
 // docs/benchmarks.md.
 import { spawn, execFileSync } from "node:child_process"
@@ -540,6 +541,14 @@ if (flags.w3Rounds) {
   process.exit(0)
 }
 
+// inTurn returns runs in the order round i runs them: as given in odd
+// rounds, reversed in even ones. A build run first in every round was
+// measured slower than the same build run second (W3, on a loaded
+// machine), so two builds take turns at going first.
+function inTurn(runs, i) {
+  return i % 2 === 0 ? [...runs].reverse() : runs
+}
+
 // w2Rounds runs Ferry's W2 and Yjs's in turns, flags.w2Rounds rounds,
 // and, with --ferry-vs, another Ferry build's W2 in the same turns (to
 // compare two builds under the same load).
@@ -551,7 +560,7 @@ async function w2Rounds() {
   try {
     for (let i = 1; i <= flags.w2Rounds; i++) {
       const line = []
-      for (const [name, run] of runs) {
+      for (const [name, run] of inTurn(runs, i)) {
         const m = (await run()).W2.metrics
         const v = { p50: m.find(x => x.name === "latency_p50").value, p99: m.find(x => x.name === "latency_p99").value }
         res[name].push(v)
@@ -593,8 +602,14 @@ async function w3Rounds() {
   const merge = async bin => (await ferryBench("W3", bin)).W3.metrics.find(x => x.name === "merge").value
   try {
     for (let i = 1; i <= flags.w3Rounds; i++) {
-      const f = await merge(ferryBin())
-      const v = flags.ferryVs ? await merge(flags.ferryVs) : null
+      let f, v = null
+      if (flags.ferryVs && i % 2 === 0) {
+        v = await merge(flags.ferryVs)
+        f = await merge(ferryBin())
+      } else {
+        f = await merge(ferryBin())
+        if (flags.ferryVs) v = await merge(flags.ferryVs)
+      }
       const y = (await withServer(startYjs, yjsW3)).merge
       res.ferry.push(f)
       if (v !== null) res.vs.push(v)
@@ -623,7 +638,7 @@ async function w3Rounds() {
     return
   }
   const ms = xs => xs.map(x => (x * 1000).toFixed(0)).join(", ")
-  console.log(`W3, ${flags.updates} offline edits per client on ${flags.mergeRecords} records, ${flags.w3Rounds} rounds of Ferry${flags.ferryVs ? ", Ferry vs" : ""} then Yjs:`)
+  console.log(`W3, ${flags.updates} offline edits per client on ${flags.mergeRecords} records, ${flags.w3Rounds} rounds of Ferry${flags.ferryVs ? " and Ferry vs (taking turns at going first)" : ""}, then Yjs:`)
   console.log(`Ferry: ${ms(res.ferry)} ms; median ${ms([out.w3_rounds.ferry_median])} ms`)
   if (flags.ferryVs) {
     console.log(`Ferry vs (${flags.ferryVs}): ${ms(res.vs)} ms; median ${ms([out.w3_rounds.ferry_vs_median])} ms`)
