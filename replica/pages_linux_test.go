@@ -3,14 +3,12 @@
 package replica
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/ferrysync/ferry/internal/badgerdir"
 )
 
 // The periodic release after writes drops the store's table pages from
@@ -90,26 +88,13 @@ func TestWritesReleaseTablePages(t *testing.T) {
 	scan()
 }
 
-// residentTables sums the resident memory of the process's mappings of
-// dir's table files (/proc/self/smaps).
+// residentTables is ResidentTables, skipping where the process's
+// mappings cannot be read.
 func residentTables(t *testing.T, dir string) int64 {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/smaps")
+	n, err := badgerdir.ResidentTables(dir)
 	if err != nil {
-		t.Skip("no /proc/self/smaps:", err)
+		t.Skip(err)
 	}
-	var sum int64
-	in := false
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		switch {
-		case len(f) >= 5 && strings.Contains(f[0], "-") && len(f[1]) == 4:
-			in = len(f) >= 6 && filepath.Dir(f[5]) == dir && strings.HasSuffix(f[5], ".sst")
-		case in && len(f) >= 2 && f[0] == "Rss:":
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			sum += kb << 10
-		}
-	}
-	return sum
+	return n
 }

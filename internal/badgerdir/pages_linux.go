@@ -4,9 +4,11 @@ package badgerdir
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/dgraph-io/badger/v4"
@@ -141,4 +143,27 @@ func tableMappings(maps []byte, dir string) []mapping {
 		out = append(out, mapping{start: uintptr(start), end: uintptr(end), id: id})
 	}
 	return out
+}
+
+// ResidentTables sums the resident memory (RSS) of this process's
+// mappings of dir's table files, from /proc/self/smaps: what Release
+// gives back. Tests and probes use it.
+func ResidentTables(dir string) (int64, error) {
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		return 0, fmt.Errorf("badgerdir: resident tables: %w", err)
+	}
+	var sum int64
+	in := false
+	for line := range bytes.Lines(b) {
+		f := strings.Fields(string(line))
+		switch {
+		case len(f) >= 5 && strings.Contains(f[0], "-") && len(f[1]) == 4:
+			in = len(f) >= 6 && filepath.Dir(f[5]) == dir && strings.HasSuffix(f[5], ".sst")
+		case in && len(f) >= 2 && f[0] == "Rss:":
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			sum += kb << 10
+		}
+	}
+	return sum, nil
 }

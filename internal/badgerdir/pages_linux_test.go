@@ -3,15 +3,10 @@
 package badgerdir
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"reflect"
-	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/dgraph-io/badger/v4"
@@ -126,27 +121,13 @@ func TestReleaseTablePages(t *testing.T) {
 	}
 }
 
-// residentTables sums the resident memory of the process's mappings of
-// dir's table files (/proc/self/smaps).
+// residentTables is ResidentTables, skipping where the process's
+// mappings cannot be read.
 func residentTables(t *testing.T, dir string) int64 {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/smaps")
+	n, err := ResidentTables(dir)
 	if err != nil {
-		t.Skip("no /proc/self/smaps:", err)
+		t.Skip(err)
 	}
-	var sum int64
-	in := false
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		line := sc.Text()
-		f := strings.Fields(line)
-		switch {
-		case len(f) >= 5 && strings.Contains(f[0], "-") && len(f[1]) == 4:
-			in = len(f) >= 6 && filepath.Dir(f[5]) == dir && strings.HasSuffix(f[5], ".sst")
-		case in && len(f) >= 2 && f[0] == "Rss:":
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			sum += kb << 10
-		}
-	}
-	return sum
+	return n
 }
