@@ -25,6 +25,17 @@ type heldReads struct {
 	appends []int // entries per Append, in order
 }
 
+// heldRelay starts a relay on a heldReads store; release (also run at
+// cleanup) lets held reads go on.
+func heldRelay(t *testing.T) (h *heldReads, tr *testRelay, release func()) {
+	h = &heldReads{Store: memstore.New(), entered: make(chan struct{}, 1), release: make(chan struct{})}
+	tr = newTestRelay(t, h, nil)
+	var once sync.Once
+	release = func() { once.Do(func() { close(h.release) }) }
+	t.Cleanup(release)
+	return h, tr, release
+}
+
 func (h *heldReads) Record(ctx context.Context, c relay.Coll, record string) (relay.Record, error) {
 	if h.armed.Load() {
 		h.entered <- struct{}{}
@@ -52,11 +63,7 @@ func (h *heldReads) appendSizes() []int {
 // one fsync, instead of the second waiting for the first's append and
 // then for one of its own. Both are acknowledged once durable.
 func TestGroupTakesPushesMerging(t *testing.T) {
-	h := &heldReads{Store: memstore.New(), entered: make(chan struct{}, 1), release: make(chan struct{})}
-	tr := newTestRelay(t, h, nil)
-	var once sync.Once
-	release := func() { once.Do(func() { close(h.release) }) }
-	t.Cleanup(release)
+	h, tr, release := heldRelay(t)
 	coll := relay.Coll{"shop", "c"}
 	// Not timed: the flusher waits until the merge ends.
 	tr.srv.SetGroupWait(time.Hour)

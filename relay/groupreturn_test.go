@@ -1,12 +1,10 @@
 package relay_test
 
 import (
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ferrysync/ferry/relay"
-	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
 )
@@ -19,11 +17,7 @@ import (
 // committer is dropped in between (no push is in progress once both are
 // acknowledged): what the group held outlives it.
 func TestGroupWaitsForReturningPushes(t *testing.T) {
-	h := &heldReads{Store: memstore.New(), entered: make(chan struct{}, 1), release: make(chan struct{})}
-	tr := newTestRelay(t, h, nil)
-	var once sync.Once
-	release := func() { once.Do(func() { close(h.release) }) }
-	t.Cleanup(release)
+	h, tr, release := heldRelay(t)
 	coll := relay.Coll{"shop", "c"}
 	// Not timed: the flusher waits until the pushes come.
 	tr.srv.SetGroupWait(time.Hour)
