@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/dgraph-io/badger/v4"
@@ -106,43 +105,52 @@ type mapping struct {
 }
 
 // tableMappings lists the mappings of dir's table files in maps, the
-// text of /proc/self/maps: "start-end perms offset dev inode path".
+// text of /proc/self/maps.
 func tableMappings(maps []byte, dir string) []mapping {
 	var out []mapping
 	for line := range bytes.Lines(maps) {
-		line = bytes.TrimRight(line, "\n")
-		// The path is what follows the first five fields, spaces and all.
-		f := make([][]byte, 0, 5)
-		rest := line
-		for len(f) < 5 {
-			rest = bytes.TrimLeft(rest, " ")
-			field, after, ok := bytes.Cut(rest, []byte(" "))
-			if !ok {
-				break
-			}
-			f, rest = append(f, field), after
+		if m, ok := tableMapping(line, dir); ok {
+			out = append(out, m)
 		}
-		path := bytes.TrimLeft(rest, " ")
-		// A table is mapped whole, from its start.
-		if len(f) < 5 || len(path) == 0 || string(f[2]) != "00000000" || filepath.Dir(string(path)) != dir {
-			continue
-		}
-		id, ok := tableID(filepath.Base(string(path)))
-		if !ok {
-			continue
-		}
-		lo, hi, ok := bytes.Cut(f[0], []byte("-"))
-		if !ok {
-			continue
-		}
-		start, err1 := strconv.ParseUint(string(lo), 16, 64)
-		end, err2 := strconv.ParseUint(string(hi), 16, 64)
-		if err1 != nil || err2 != nil || end <= start {
-			continue
-		}
-		out = append(out, mapping{start: uintptr(start), end: uintptr(end), id: id})
 	}
 	return out
+}
+
+// tableMapping reads one mapping's line, "start-end perms offset dev
+// inode path" (as in /proc/self/maps, and heading each mapping in
+// /proc/self/smaps), and reports whether it maps one of dir's tables.
+func tableMapping(line []byte, dir string) (mapping, bool) {
+	line = bytes.TrimRight(line, "\n")
+	// The path is what follows the first five fields, spaces and all.
+	f := make([][]byte, 0, 5)
+	rest := line
+	for len(f) < 5 {
+		rest = bytes.TrimLeft(rest, " ")
+		field, after, ok := bytes.Cut(rest, []byte(" "))
+		if !ok {
+			break
+		}
+		f, rest = append(f, field), after
+	}
+	path := bytes.TrimLeft(rest, " ")
+	// A table is mapped whole, from its start.
+	if len(f) < 5 || len(path) == 0 || string(f[2]) != "00000000" || filepath.Dir(string(path)) != dir {
+		return mapping{}, false
+	}
+	id, ok := tableID(filepath.Base(string(path)))
+	if !ok {
+		return mapping{}, false
+	}
+	lo, hi, ok := bytes.Cut(f[0], []byte("-"))
+	if !ok {
+		return mapping{}, false
+	}
+	start, err1 := strconv.ParseUint(string(lo), 16, 64)
+	end, err2 := strconv.ParseUint(string(hi), 16, 64)
+	if err1 != nil || err2 != nil || end <= start {
+		return mapping{}, false
+	}
+	return mapping{start: uintptr(start), end: uintptr(end), id: id}, true
 }
 
 // ResidentTables sums the resident memory (RSS) of this process's
@@ -156,12 +164,13 @@ func ResidentTables(dir string) (int64, error) {
 	var sum int64
 	in := false
 	for line := range bytes.Lines(b) {
-		f := strings.Fields(string(line))
+		f := bytes.Fields(line)
 		switch {
-		case len(f) >= 5 && strings.Contains(f[0], "-") && len(f[1]) == 4:
-			in = len(f) >= 6 && filepath.Dir(f[5]) == dir && strings.HasSuffix(f[5], ".sst")
-		case in && len(f) >= 2 && f[0] == "Rss:":
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
+		case len(f) == 0:
+		case !bytes.HasSuffix(f[0], []byte(":")): // a mapping's first line
+			_, in = tableMapping(line, dir)
+		case in && len(f) >= 2 && string(f[0]) == "Rss:":
+			kb, _ := strconv.ParseInt(string(f[1]), 10, 64)
 			sum += kb << 10
 		}
 	}
