@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
-
-	"github.com/ferrysync/ferry/policy"
 )
 
 // Indexed values longer than Badger takes in a key (65,000 bytes).
@@ -117,15 +115,7 @@ func TestIndexLongValueRefresh(t *testing.T) {
 	indexBody(t, b)
 	longRecords(t, a)
 	mustSync(t, a, "p")
-	p, err := b.Profile("p")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Type = policy.RefreshFromServer
-	if err := b.UpdateProfile(p); err != nil {
-		t.Fatal(err)
-	}
-	mustSync(t, b, "p")
+	refreshSync(t, b, "p")
 	c := b.Collection("c")
 	if err := c.Delete("s0"); err != nil {
 		t.Fatal(err)

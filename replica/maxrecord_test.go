@@ -167,15 +167,7 @@ func TestMaxRecordFitsOneTransaction(t *testing.T) {
 			checkMaxRec(t, l, "big", one)
 			checkMaxRec(t, l, "big2", two)
 			// A refresh from the relay rewrites every record.
-			p, err := b.Profile("p")
-			if err != nil {
-				t.Fatal(err)
-			}
-			p.Type = policy.RefreshFromServer
-			if err := b.UpdateProfile(p); err != nil {
-				t.Fatal(err)
-			}
-			mustSync(t, b, "p")
+			refreshSync(t, b, "p")
 			checkMaxRec(t, b, "big", one)
 			checkMaxRec(t, b, "big2", two)
 		})

@@ -84,6 +84,20 @@ func (e *syncEnv) profile(name string, colls ...string) Profile {
 		Mode: policy.Manual, Type: policy.TwoWay, Collections: colls, Timeout: 10 * time.Second}
 }
 
+// refreshSync turns profile into a refresh from the relay and syncs it.
+func refreshSync(t *testing.T, r *Replica, profile string) {
+	t.Helper()
+	p, err := r.Profile(profile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Type = policy.RefreshFromServer
+	if err := r.UpdateProfile(p); err != nil {
+		t.Fatal(err)
+	}
+	mustSync(t, r, profile)
+}
+
 func mustSync(t *testing.T, r *Replica, profile string) *SyncStats {
 	t.Helper()
 	st, err := r.Sync(context.Background(), profile)

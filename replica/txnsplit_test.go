@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
-	"github.com/ferrysync/ferry/policy"
 )
 
 // bigRecords puts n records into coll on r, each with a field of size
@@ -128,15 +127,7 @@ func TestTxnSplitRefreshFromServerWithIndexes(t *testing.T) {
 	mustSync(t, a, "p")
 	mustSync(t, b, "p")
 	indexBig(t, b, "c")
-	p, err := b.Profile("p")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Type = policy.RefreshFromServer
-	if err := b.UpdateProfile(p); err != nil {
-		t.Fatal(err)
-	}
-	mustSync(t, b, "p")
+	refreshSync(t, b, "p")
 	checkSmall(t, b, "c", n, size, 0)
 }
 
