@@ -560,14 +560,7 @@ func TestMemSize(t *testing.T) {
 // Automerge exports (checked against a document that has no journal, a
 // reload). Imported compressed chunks are kept as the plain change.
 func TestJournalKeepsPayloads(t *testing.T) {
-	a, err := crdt.New(actorA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := crdt.New(actorB)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b := newDoc(t, actorA), newDoc(t, actorB)
 	edit := func(d *crdt.Doc, field string, v int64) {
 		t.Helper()
 		if err := d.Set(crdt.Path{field}, v); err != nil {
@@ -636,14 +629,7 @@ func TestJournalKeepsPayloads(t *testing.T) {
 // and still answers right after a rollback drops changes the journal had
 // seen, and for changes older than the journal.
 func TestHasRecentChangesFromJournal(t *testing.T) {
-	a, err := crdt.New(actorA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := crdt.New(actorB)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b := newDoc(t, actorA), newDoc(t, actorB)
 	var aHashes []crdt.Hash
 	for i := range 4 {
 		if err := a.Set(crdt.Path{"x"}, int64(i)); err != nil {
@@ -701,14 +687,7 @@ func TestHasRecentChangesFromJournal(t *testing.T) {
 // and not again after the load to see that the tip arrived: the
 // document's new heads say so.
 func TestImportAsksOncePerBranch(t *testing.T) {
-	a, err := crdt.New(actorA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := crdt.New(actorB)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b := newDoc(t, actorA), newDoc(t, actorB)
 	if err := a.Set(crdt.Path{"x"}, int64(0)); err != nil {
 		t.Fatal(err)
 	}
