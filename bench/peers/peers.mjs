@@ -119,12 +119,20 @@ function stop(p) {
 // server dies meanwhile.
 async function withServer(startServer, fn) {
   const { p, url } = await startServer()
+  const crashed = new Promise((_, fail) => { failWorkload = fail })
   try {
-    return await Promise.race([fn(url), p.exited])
+    return await Promise.race([fn(url), p.exited, crashed])
   } finally {
+    failWorkload = null
     await stop(p)
   }
 }
+
+// failWorkload fails the workload running, if any, with an error a
+// client threw outside it (automerge-repo's clients throw their timeouts
+// from timers), so that one peer's failure is that workload's result and
+// not the end of the run.
+let failWorkload = null
 
 // ---- records ----
 
@@ -521,16 +529,21 @@ async function amW3(url) {
 
 // An automerge-repo client logs and rethrows a find of a document it was
 // told is unavailable (a starved client misses keepalives); a workload
-// that ends fails on its own check, so these are counted, not fatal.
-let amUnavailable = 0
-process.on("unhandledRejection", e => {
-  if (!/is unavailable/.test(e?.message)) throw e
-  amUnavailable++
-})
-process.on("uncaughtException", e => {
-  if (!/is unavailable/.test(e?.message)) throw e
-  amUnavailable++
-})
+// that ends fails on its own check, so these are counted, not fatal. Any
+// other error thrown outside a workload's own calls fails the workload
+// running; with none running (a stopped workload's clients), it is
+// logged and counted.
+let amUnavailable = 0, strayErrors = 0
+const outside = e => {
+  if (/is unavailable/.test(e?.message)) amUnavailable++
+  else if (failWorkload) failWorkload(e)
+  else {
+    strayErrors++
+    log(`an error outside any workload: ${e?.stack ?? e}`)
+  }
+}
+process.on("unhandledRejection", outside)
+process.on("uncaughtException", outside)
 
 if (flags.w2Rounds) {
   await w2Rounds()
@@ -672,7 +685,7 @@ try {
 }
 results.machine = {
   cpus: cpus().length, model: cpus()[0].model, node: process.version,
-  loadavg_start: load0, loadavg_end: loadavg(), am_unavailable: amUnavailable,
+  loadavg_start: load0, loadavg_end: loadavg(), am_unavailable: amUnavailable, stray_errors: strayErrors,
 }
 results.config = flags
 
