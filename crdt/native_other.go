@@ -3,3 +3,7 @@
 package crdt
 
 func releaseNative() {}
+
+func arenaCap() int { return 0 }
+
+func nativeArenas() int { return -1 }
