@@ -1,8 +1,11 @@
 package replica
 
 import (
+	"bytes"
+	"os"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -21,14 +24,30 @@ const nativeEvery = 500
 // that crosses nativeEvery does not wait for the release (see wrote).
 const nativeSmallUnit = 8
 
+// nativeSlack is how much the process's anonymous resident memory may
+// grow past what it was after the last full release before a release
+// gives memory back to the operating system again (see release). A unit
+// of 500 small records touches some 18 MiB of the C allocator's memory
+// again after a trim (automerge-go's results, some 22 KB a record, wait
+// for a collection; the allocator spreads them), and every page a trim or
+// a scavenge returns, the next writes fault back in: 200 such releases
+// took 11 s of a 100,000-record insert that took 9 without them. Past
+// the slack, something besides one unit's work grew, and the release
+// is worth its faults.
+const nativeSlack = 24 << 20
+
 // native releases the memory automerge-go leaves behind every nativeEvery
-// record writes: a garbage collection runs the finalizers that free it,
-// and crdt.ReleaseNative gives it back to the operating system. Without it, inserting 100,000 records grows the
-// process past a gigabyte that no one uses. The collection also returns
-// the Go heap's free pages to the operating system at once
-// (debug.FreeOSMemory), rather than as Go's scavenger gets to them: a
+// record writes: a garbage collection runs the finalizers that free it.
+// Without it, inserting 100,000 records grows the process past a
+// gigabyte that no one uses. When the process's anonymous memory grew
+// by nativeSlack since the last full release, the release is full: it
+// also returns the Go heap's free pages to the operating system at once
+// (debug.FreeOSMemory), rather than as Go's scavenger gets to them (a
 // bulk insert frees Badger's memtable arenas and table builders, tens of
-// MB at a time, which would otherwise stay resident for seconds.
+// MB at a time, which would otherwise stay resident for seconds), and
+// crdt.ReleaseNative gives the C allocator's free memory back. Below the
+// slack, what a full release would return is mostly what the next writes
+// take again.
 //
 // Reads are paced too (read): a scan or an index build over a large
 // collection allocates a few KB of garbage per record (read models
@@ -37,14 +56,24 @@ const nativeSmallUnit = 8
 // it collects, Badger's memtables and block cache included: tens of MB
 // above what the inserts needed, held by the process long after.
 type native struct {
-	writes  atomic.Int64
-	mu      sync.Mutex // one release at a time
-	collect func()     // what a release does; tests count it
+	writes atomic.Int64
+	mu     sync.Mutex // one release at a time; guards base
+
+	// collect is a full release (Close's, and wrote's past the slack);
+	// collectGC what wrote's release does below it. Tests count them.
+	collect   func()
+	collectGC func()
+	// resident reads the process's anonymous resident memory (negative
+	// where it cannot: every release is then full); base is what it
+	// read after the last full release (negative before the first).
+	resident func() int64
+	base     int64
 
 	// collectSmall is what a release crossed by a small unit of work
 	// does (see wrote), on a goroutine of its own, one at a time
-	// (smallRunning).
+	// (smallRunning); trimSmall is what it does past the slack.
 	collectSmall func()
+	trimSmall    func()
 	smallRunning atomic.Bool
 
 	reads       atomic.Int64
@@ -78,12 +107,58 @@ const nativeReadEvery = 32768
 const buildWeight = 8
 
 func newNative() *native {
-	return &native{
-		collect:      func() { debug.FreeOSMemory(); crdt.ReleaseNative() },
-		collectSmall: func() { runtime.GC(); crdt.ReleaseNative() },
-		readEvery:    nativeReadEvery,
-		collectRead:  runtime.GC,
+	p := &native{
+		collect:     func() { debug.FreeOSMemory(); crdt.ReleaseNative() },
+		collectGC:   runtime.GC,
+		trimSmall:   func() { runtime.GC(); crdt.ReleaseNative() },
+		resident:    anonResident,
+		base:        -1,
+		readEvery:   nativeReadEvery,
+		collectRead: runtime.GC,
 	}
+	p.collectSmall = func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.release(p.trimSmall)
+	}
+	return p
+}
+
+// release runs full if the process's anonymous memory grew by
+// nativeSlack or more since the last full release (or cannot be read),
+// else only a collection, which runs the finalizers that free
+// automerge-go's results for the next writes to reuse. The memory is
+// read before the collection: neither it nor the frees of the
+// finalizers it runs give pages back. The caller holds p.mu.
+func (p *native) release(full func()) {
+	if now := p.resident(); now >= 0 && p.base >= 0 && now-p.base < nativeSlack {
+		p.collectGC()
+		return
+	}
+	full()
+	p.base = p.resident()
+}
+
+// anonResident is the process's anonymous resident memory (its Go heap,
+// the C allocator's, stacks), from /proc/self/statm: resident pages less
+// those backed by files; -1 where there is none. Badger's tables mapped
+// whole are file-backed, and released on their own (see
+// Replica.releasePages).
+func anonResident() int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return -1
+	}
+	f := bytes.Fields(b)
+	if len(f) < 3 {
+		return -1
+	}
+	rss, err1 := strconv.ParseInt(string(f[1]), 10, 64)
+	shared, err2 := strconv.ParseInt(string(f[2]), 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	return (rss - shared) * int64(os.Getpagesize())
 }
 
 // read counts n records read by a scan or an index build and, every
@@ -127,7 +202,7 @@ func (p *native) wrote(n int) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.collect()
+	p.release(p.collect)
 	if p.pages != nil {
 		p.pages()
 	}

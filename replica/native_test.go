@@ -2,6 +2,7 @@ package replica
 
 import (
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -15,7 +16,7 @@ func TestNativeReleasedEveryFiveHundredWrites(t *testing.T) {
 	r := open(t, "", &Options{InMemory: true})
 	c := r.Collection("c")
 	releases := 0
-	r.mem.collect = func() {
+	release := func() {
 		releases++
 		// A write to a record of the unit that crossed the mark: it
 		// would wait forever for a lock still held.
@@ -23,6 +24,7 @@ func TestNativeReleasedEveryFiveHundredWrites(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	r.mem.collect, r.mem.collectGC = release, release
 	for u := range 25 {
 		err := r.Write(func(tx *Tx) error {
 			for i := range 100 {
@@ -41,6 +43,118 @@ func TestNativeReleasedEveryFiveHundredWrites(t *testing.T) {
 	}
 	r.mem.collect = func() {} // Close's own
 	crdt.ReleaseNative()      // the real one runs
+}
+
+// A release gives memory back to the operating system (a scavenge of the
+// Go heap and a trim of the C allocator, whose pages the next writes
+// fault back in) only once the process's anonymous memory grew by
+// nativeSlack since the last one did; below, it only collects, so that
+// automerge-go's results are freed for the next writes to reuse. Small
+// units' releases, beside their writers, do the same.
+func TestNativeReleasedFullOnlyPastTheSlack(t *testing.T) {
+	r := open(t, "", &Options{InMemory: true})
+	c := r.Collection("c")
+	var anon int64 = 100 << 20
+	full, gc, smallTrims := 0, 0, 0
+	r.mem.resident = func() int64 { return anon }
+	r.mem.collect = func() { full++ }
+	r.mem.collectGC = func() { gc++ }
+	r.mem.trimSmall = func() { smallTrims++ }
+	unit := func() {
+		t.Helper()
+		err := r.Write(func(tx *Tx) error {
+			for i := range nativeEvery {
+				if err := tx.Put("c", fmt.Sprintf("r%04d", i), map[string]any{"n": i}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.mem.writes.Store(0)
+	steps := []struct {
+		grow     int64
+		full, gc int
+	}{
+		{0, 1, 0},                 // the first release is full
+		{nativeSlack / 2, 1, 1},   // grown less than the slack: collected only
+		{nativeSlack/2 - 1, 1, 2}, // still less, from the last full release
+		{1, 2, 2},                 // the slack reached: full
+		{-nativeSlack, 2, 3},      // shrunk: nothing to gain
+		{2*nativeSlack - 1, 2, 4}, // back below the slack past the last full release
+		{1, 3, 4},                 // reached
+	}
+	for i, s := range steps {
+		anon += s.grow
+		unit()
+		if full != s.full || gc != s.gc {
+			t.Fatalf("step %d (grown %d MiB): %d full releases and %d collections, want %d and %d",
+				i, s.grow>>20, full, gc, s.full, s.gc)
+		}
+	}
+	// Small units: their releases run beside them.
+	ran := make(chan struct{}, 1)
+	r.mem.collectGC = func() { gc++; ran <- struct{}{} }
+	r.mem.trimSmall = func() { smallTrims++; ran <- struct{}{} }
+	small := func() {
+		t.Helper()
+		for i := range nativeEvery {
+			if err := c.Put("a", map[string]any{"n": i}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		<-ran
+	}
+	r.mem.writes.Store(0)
+	small()
+	if smallTrims != 0 || gc != 5 {
+		t.Fatalf("a small unit's release below the slack trimmed %d times, collected %d, want 0 and 5", smallTrims, gc)
+	}
+	anon += nativeSlack
+	small()
+	if smallTrims != 1 || gc != 5 || full != 3 {
+		t.Fatalf("a small unit's release past the slack: %d trims, %d collections, %d full releases, want 1, 5, 3", smallTrims, gc, full)
+	}
+	r.mem.collect = func() {} // Close's own
+}
+
+// Where the process's memory cannot be read, every release is full, as
+// before there was a slack.
+func TestNativeReleasedFullWithoutResidentMemory(t *testing.T) {
+	r := open(t, "", &Options{InMemory: true})
+	full, gc := 0, 0
+	r.mem.resident = func() int64 { return -1 }
+	r.mem.collect = func() { full++ }
+	r.mem.collectGC = func() { gc++ }
+	r.mem.writes.Store(0)
+	for range 3 {
+		r.mem.wrote(nativeEvery)
+	}
+	if full != 3 || gc != 0 {
+		t.Fatalf("%d full releases, %d collections, want 3 and 0", full, gc)
+	}
+	r.mem.collect = func() {}
+}
+
+// anonResident reads the process's anonymous memory, which grows with
+// memory the process touches.
+func TestAnonResident(t *testing.T) {
+	before := anonResident()
+	if before < 0 {
+		t.Skip("no /proc/self/statm")
+	}
+	b := make([]byte, 64<<20)
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 1
+	}
+	after := anonResident()
+	runtime.KeepAlive(b)
+	if after-before < 48<<20 {
+		t.Fatalf("anonymous memory %d MiB before touching 64 MiB, %d after", before>>20, after>>20)
+	}
 }
 
 // A scan and an index build collect garbage every readEvery records they
