@@ -7,7 +7,9 @@ package crdt
 // garbage collector next runs, which a small Go heap makes rare: inserting
 // 100,000 small records held some 450 MB of such results at once. And
 // the C allocator keeps what is freed for reuse rather than giving it
-// back, so the peak stays in the process's resident memory.
+// back, so the peak stays in the process's resident memory. On Linux with
+// glibc, the allocator is capped at two arenas when the program starts
+// (native_linux.go), unless the process set its own number.
 
 // ReleaseNative returns to the operating system the native memory that
 // is free. Call it after a garbage collection has run the finalizers (see
