@@ -70,20 +70,59 @@ func (l *ledger) check(data []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	return l.checkFramed(ci)
+}
+
+// smallStream is the most changes a stream may hold for checkFramed to
+// find what it holds by scanning rather than with maps: a push holds one
+// or a few, and the maps cost more than the scans.
+const smallStream = 16
+
+// checkFramed is check of a stream framed as ci.
+func (l *ledger) checkFramed(ci chunkInfo) (int, error) {
 	if ci.documents > 0 {
 		return 0, errLedgerDocument
 	}
 	// Fresh changes, in stream order, each after its dependencies: held
 	// ones, or fresh ones before it.
-	var fresh []int
-	inStream := make(map[Hash]bool, len(ci.changes))
-	top := map[string]uint64{}
+	var freshBuf [4]int
+	fresh := freshBuf[:0]
+	var inStream map[Hash]bool
+	var top map[string]uint64
+	if len(ci.changes) > smallStream {
+		inStream = make(map[Hash]bool, len(ci.changes))
+		top = map[string]uint64{}
+	}
+	isFresh := func(h Hash) bool {
+		if inStream != nil {
+			return inStream[h]
+		}
+		for _, j := range fresh {
+			if ci.changes[j].Hash == h {
+				return true
+			}
+		}
+		return false
+	}
+	// lastFresh is the highest sequence number of actor among the fresh
+	// changes so far (each is one more than the one before).
+	lastFresh := func(actor string) uint64 {
+		if top != nil {
+			return top[actor]
+		}
+		for k := len(fresh) - 1; k >= 0; k-- {
+			if who := ci.authors[fresh[k]]; who.actor == actor {
+				return who.seq
+			}
+		}
+		return 0
+	}
 	for i, c := range ci.changes {
-		if _, ok := l.held[c.Hash]; ok || inStream[c.Hash] {
+		if _, ok := l.held[c.Hash]; ok || isFresh(c.Hash) {
 			continue
 		}
 		for _, dep := range c.Deps {
-			if _, ok := l.held[dep]; !ok && !inStream[dep] {
+			if _, ok := l.held[dep]; !ok && !isFresh(dep) {
 				return 0, fmt.Errorf("%w: %s needs %s", ErrMissingDeps, c.Hash, dep)
 			}
 		}
@@ -91,44 +130,93 @@ func (l *ledger) check(data []byte) (int, error) {
 		// number taken twice (Automerge refuses the second): the next
 		// number is the one after the highest held.
 		who := ci.authors[i]
-		last := max(l.seqs[who.actor], top[who.actor])
+		last := max(l.seqs[who.actor], lastFresh(who.actor))
 		if who.seq != last+1 {
 			return 0, fmt.Errorf("%w: change %s is number %d of actor %s, whose last is %d", ErrCorrupt, c.Hash, who.seq, who.actor, last)
 		}
-		top[who.actor] = who.seq
-		inStream[c.Hash] = true
+		if top != nil {
+			top[who.actor] = who.seq
+			inStream[c.Hash] = true
+		}
 		fresh = append(fresh, i)
 	}
 	if len(fresh) == 0 {
 		return 0, nil
 	}
-	payloads, added := make([][]byte, len(fresh)), make([]jentry, len(fresh))
-	for j, i := range fresh {
-		payloads[j] = ci.payloads[i]
-		added[j] = jentry{hash: ci.changes[i].Hash}
+	// The checks verifyChanges makes (the same errors), each change
+	// decoded into one pooled change: the index keeps none of it.
+	layer := newLayer(l.top)
+	ops := 0
+	c := getChange()
+	defer putChange(c)
+	for _, i := range fresh {
+		err := c.checkCanonical(ci.payloads[i])
+		if err == nil {
+			err = layer.check(c)
+		}
+		if err != nil {
+			return 0, fmt.Errorf("%w: change %s: %v", ErrCorrupt, ci.changes[i].Hash, err)
+		}
+		ops += len(c.ops)
 	}
-	v, err := verifyChanges(&opIndex{top: l.top}, payloads, added)
-	if err != nil {
-		return 0, err
-	}
-	if l.maxOps > 0 && l.ops+v.ops > l.maxOps {
-		return 0, fmt.Errorf("%w: %d operations, over %d", ErrOpLimit, l.ops+v.ops, l.maxOps)
+	if l.maxOps > 0 && l.ops+ops > l.maxOps {
+		return 0, fmt.Errorf("%w: %d operations, over %d", ErrOpLimit, l.ops+ops, l.maxOps)
 	}
 	// Checked: take them in.
-	l.top = pushLayer(l.top, v.layer)
-	l.ops += v.ops
+	l.top = pushLayer(l.top, layer)
+	l.ops += ops
 	for _, i := range fresh {
-		c := ci.changes[i]
-		l.held[c.Hash] = ci.authors[i]
+		c, who := ci.changes[i], ci.authors[i]
+		l.held[c.Hash] = who
 		for _, dep := range c.Deps {
 			delete(l.heads, dep)
 		}
 		l.heads[c.Hash] = true
-	}
-	for a, s := range top {
-		l.seqs[a] = s
+		// In stream order, each actor's numbers rise: the last is its
+		// highest.
+		l.seqs[who.actor] = who.seq
 	}
 	return len(fresh), nil
+}
+
+// Framed is a stream of change chunks framed and checksummed once
+// ([FrameChanges]), so that it can be estimated ([Framed.Estimate]) and
+// imported ([Doc.ImportFramed]) without framing it again: framing hashes
+// every change.
+type Framed struct {
+	data []byte
+	ci   chunkInfo
+}
+
+// FrameChanges frames b as [ParseChangesWithin] does, with the same
+// errors, and keeps what it learns. The result holds b (and what
+// compressed chunks inflate to), which must not change while it is used.
+func FrameChanges(b []byte, budget *InflateBudget) (*Framed, error) {
+	ci, err := frameWithin(b, budget)
+	if err != nil {
+		return nil, err
+	}
+	return &Framed{data: b, ci: ci}, nil
+}
+
+// Changes returns the changes f carries, as [ParseChanges] does.
+func (f *Framed) Changes() []ChangeInfo { return f.ci.changes }
+
+// Estimate is [Estimate] of f's bytes.
+func (f *Framed) Estimate() (Cost, error) { return estimateFramed(f.data, f.ci) }
+
+// ImportFramed is [Doc.Import] of f's bytes, with the same result and
+// errors: a deferred document (see NewDeferred) checks them without
+// framing them again.
+func (d *Doc) ImportFramed(f *Framed) (int, error) {
+	if d.def == nil || f.ci.documents > 0 {
+		return d.Import(f.data)
+	}
+	n, err := d.def.led.checkFramed(f.ci)
+	if err == nil && n > 0 {
+		d.def.data = append(d.def.data, f.data...)
+	}
+	return n, err
 }
 
 // headList returns the ledger's heads, sorted.
