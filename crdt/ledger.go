@@ -17,9 +17,9 @@ import (
 // an Automerge document: a deferred Doc (NewDeferred) imports through it,
 // and builds its document only when something needs one.
 type ledger struct {
-	held  map[Hash]author
-	heads map[Hash]bool
-	seqs  map[string]uint64 // per actor, its highest sequence number held
+	held  smallMap[Hash, author]
+	heads smallMap[Hash, struct{}]
+	seqs  smallMap[string, uint64] // per actor, its highest sequence number held
 	top   *opLayer
 	ops   int
 	// maxOps is the limit of SetMaxOps; 0: none.
@@ -28,8 +28,97 @@ type ledger struct {
 
 var errLedgerDocument = errors.New("crdt: a whole document cannot be checked without loading it")
 
-func newLedger() *ledger {
-	return &ledger{held: map[Hash]author{}, heads: map[Hash]bool{}, seqs: map[string]uint64{}}
+func newLedger() *ledger { return &ledger{} }
+
+// smallMap is a map that keeps its first few entries in a slice: most
+// records a relay checks hold one change or a few, and a Go map's first
+// entry costs a few hundred bytes, kept while the record is. Past
+// smallMapMax entries it moves them to a map.
+type smallMap[K comparable, V any] struct {
+	list []smallEntry[K, V]
+	m    map[K]V
+}
+
+type smallEntry[K comparable, V any] struct {
+	k K
+	v V
+}
+
+const smallMapMax = 8
+
+func (s *smallMap[K, V]) get(k K) (V, bool) {
+	if s.m != nil {
+		v, ok := s.m[k]
+		return v, ok
+	}
+	for _, e := range s.list {
+		if e.k == k {
+			return e.v, true
+		}
+	}
+	var zero V
+	return zero, false
+}
+
+func (s *smallMap[K, V]) has(k K) bool {
+	_, ok := s.get(k)
+	return ok
+}
+
+func (s *smallMap[K, V]) set(k K, v V) {
+	if s.m != nil {
+		s.m[k] = v
+		return
+	}
+	for i := range s.list {
+		if s.list[i].k == k {
+			s.list[i].v = v
+			return
+		}
+	}
+	if len(s.list) < smallMapMax {
+		s.list = append(s.list, smallEntry[K, V]{k, v})
+		return
+	}
+	s.m = make(map[K]V, 2*smallMapMax)
+	for _, e := range s.list {
+		s.m[e.k] = e.v
+	}
+	s.m[k] = v
+	s.list = nil
+}
+
+func (s *smallMap[K, V]) delete(k K) {
+	if s.m != nil {
+		delete(s.m, k)
+		return
+	}
+	for i := range s.list {
+		if s.list[i].k == k {
+			s.list = slices.Delete(s.list, i, i+1)
+			return
+		}
+	}
+}
+
+func (s *smallMap[K, V]) len() int {
+	if s.m != nil {
+		return len(s.m)
+	}
+	return len(s.list)
+}
+
+// each calls f with every entry, in no order.
+func (s *smallMap[K, V]) each(f func(K, V)) {
+	if s.m != nil {
+		for k, v := range s.m {
+			f(k, v)
+		}
+		return
+	}
+	for _, e := range s.list {
+		f(e.k, e.v)
+	}
 }
 
 // ledgerOf builds the ledger of a document's history (a walk of it).
@@ -51,11 +140,12 @@ func ledgerOf(d *Doc) (*ledger, error) {
 		// The author from the decoded change: asking automerge-go costs a
 		// call per change, more than the decoding.
 		who := author{actor: hex.EncodeToString(c.actor), seq: c.seq}
-		l.held[h] = who
-		l.seqs[who.actor] = max(l.seqs[who.actor], who.seq)
+		l.held.set(h, who)
+		last, _ := l.seqs.get(who.actor)
+		l.seqs.set(who.actor, max(last, who.seq))
 	}
 	for _, h := range d.Heads() {
-		l.heads[h] = true
+		l.heads.set(h, struct{}{})
 	}
 	l.top = pushLayer(nil, layer)
 	l.maxOps = d.maxOps
@@ -118,11 +208,11 @@ func (l *ledger) checkFramed(ci chunkInfo) (int, error) {
 		return 0
 	}
 	for i, c := range ci.changes {
-		if _, ok := l.held[c.Hash]; ok || isFresh(c.Hash) {
+		if l.held.has(c.Hash) || isFresh(c.Hash) {
 			continue
 		}
 		for _, dep := range c.Deps {
-			if _, ok := l.held[dep]; !ok && !isFresh(dep) {
+			if !l.held.has(dep) && !isFresh(dep) {
 				return 0, fmt.Errorf("%w: %s needs %s", ErrMissingDeps, c.Hash, dep)
 			}
 		}
@@ -130,7 +220,8 @@ func (l *ledger) checkFramed(ci chunkInfo) (int, error) {
 		// number taken twice (Automerge refuses the second): the next
 		// number is the one after the highest held.
 		who := ci.authors[i]
-		last := max(l.seqs[who.actor], lastFresh(who.actor))
+		held, _ := l.seqs.get(who.actor)
+		last := max(held, lastFresh(who.actor))
 		if who.seq != last+1 {
 			return 0, fmt.Errorf("%w: change %s is number %d of actor %s, whose last is %d", ErrCorrupt, c.Hash, who.seq, who.actor, last)
 		}
@@ -167,14 +258,14 @@ func (l *ledger) checkFramed(ci chunkInfo) (int, error) {
 	l.ops += ops
 	for _, i := range fresh {
 		c, who := ci.changes[i], ci.authors[i]
-		l.held[c.Hash] = who
+		l.held.set(c.Hash, who)
 		for _, dep := range c.Deps {
-			delete(l.heads, dep)
+			l.heads.delete(dep)
 		}
-		l.heads[c.Hash] = true
+		l.heads.set(c.Hash, struct{}{})
 		// In stream order, each actor's numbers rise: the last is its
 		// highest.
-		l.seqs[who.actor] = who.seq
+		l.seqs.set(who.actor, who.seq)
 	}
 	return len(fresh), nil
 }
@@ -221,10 +312,8 @@ func (d *Doc) ImportFramed(f *Framed) (int, error) {
 
 // headList returns the ledger's heads, sorted.
 func (l *ledger) headList() Heads {
-	out := make(Heads, 0, len(l.heads))
-	for h := range l.heads {
-		out = append(out, h)
-	}
+	out := make(Heads, 0, l.heads.len())
+	l.heads.each(func(h Hash, _ struct{}) { out = append(out, h) })
 	return sortedHeads(out)
 }
 
@@ -235,7 +324,7 @@ const heldEntryBytes = 96
 
 // memSize estimates the bytes the ledger holds.
 func (l *ledger) memSize() int {
-	n := len(l.held)*heldEntryBytes + len(l.heads)*HashSize + len(l.seqs)*seqEntryBytes
+	n := l.held.len()*heldEntryBytes + l.heads.len()*HashSize + l.seqs.len()*seqEntryBytes
 	for x := l.top; x != nil; x = x.parent {
 		n += x.memSize()
 	}
@@ -368,10 +457,10 @@ func (d *Doc) Build() error {
 	}
 	d.am, d.def = am, nil
 	d.idx.Store(&opIndex{top: def.led.top, at: heads})
-	d.seqs = make(map[string]actorSeqs, len(def.led.seqs))
-	for a, n := range def.led.seqs {
+	d.seqs = make(map[string]actorSeqs, def.led.seqs.len())
+	def.led.seqs.each(func(a string, n uint64) {
 		d.seqs[a] = actorSeqs{count: n, max: n} // numbered with no gap
-	}
+	})
 	d.seqsAt = heads
 	d.jn.restart(heads)
 	return nil

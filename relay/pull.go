@@ -121,14 +121,11 @@ func (s *Server) readLog(ctx context.Context, c Coll, cursor uint64, limit int) 
 // the store back, and the message made of them is kept, so that the
 // subscribers at one cursor, usually all of them, share one encoding.
 func (s *Server) liveRead(ctx context.Context, c Coll, cursor uint64, limit int) (*liveFrame, error) {
-	if entries, ok := s.hub.since(c, cursor, limit); ok {
-		if len(entries) == 0 {
-			return nil, nil
-		}
-		last := entries[len(entries)-1].Seq
-		if f := s.hub.liveFor(c, cursor, last, limit); f != nil {
+	if entries, f, ok := s.hub.since(c, cursor, limit); ok {
+		if f != nil || len(entries) == 0 {
 			return f, nil
 		}
+		last := entries[len(entries)-1].Seq
 		recs, next, more := s.page(entries, cursor, len(entries) == limit)
 		f, err := encodeLive(c, recs, next, more)
 		if err != nil {
