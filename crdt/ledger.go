@@ -364,9 +364,9 @@ type deferred struct {
 // [Doc.Build] returns it as an [ErrCorrupt], and any other method that
 // needs the document panics with it, rather than run on without them.
 func NewDeferred() *Doc {
-	d := &Doc{def: &deferred{led: newLedger()}}
-	d.jn.restart(nil)
-	return d
+	// The journal stays unstarted: only a built document uses it, and
+	// Build starts it at the heads it builds to.
+	return &Doc{def: &deferred{led: newLedger()}}
 }
 
 // LoadDeferred is Load into a deferred document (see NewDeferred): data
@@ -402,8 +402,7 @@ func LoadDeferred(data []byte) (*Doc, error) {
 			return nil, fmt.Errorf("crdt: a history that does not decode in Go cannot be deferred: %w", err)
 		}
 	}
-	out := &Doc{def: &deferred{led: l, data: slices.Clone(head)}}
-	out.jn.restart(nil)
+	out := &Doc{def: &deferred{led: l, data: slices.Clone(head)}} // journal as in NewDeferred
 	if len(rest) > 0 {
 		// The changes after it are checked as Load checks them, in Go.
 		if _, err := out.Import(rest); err != nil {
