@@ -97,15 +97,9 @@ func (r *Replica) outgoingStored(coll, id string) (o outgoing, ok bool, err erro
 		if err != nil || len(acked) > 0 {
 			return err
 		}
-		buf := make([]byte, 0, m.chunkBytes)
-		chunks := 0
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(coll, id), PrefetchValues: true, PrefetchSize: 16})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			chunks++
-			if err := it.Item().Value(func(v []byte) error { buf = append(buf, v...); return nil }); err != nil {
-				return err
-			}
+		buf, chunks, err := appendChunks(txn, coll, id, make([]byte, 0, m.chunkBytes))
+		if err != nil {
+			return err
 		}
 		if len(buf) != m.chunkBytes || chunks != m.chunks {
 			return nil
