@@ -175,7 +175,11 @@ type opIndex struct {
 // change in the history cannot be decoded (one imported before these
 // checks existed, say); Import then checks the slow way.
 func (d *Doc) index() (*opIndex, error) {
-	heads := d.Heads()
+	return d.indexAt(d.Heads())
+}
+
+// indexAt is index for a document whose heads are heads.
+func (d *Doc) indexAt(heads Heads) (*opIndex, error) {
 	x := d.idx.Load()
 	if x != nil && x.at.Equal(heads) {
 		return x, nil
