@@ -115,8 +115,18 @@ func (d *Doc) importData(data []byte, rep *Imported) (n int, err error) {
 	// Nothing below changes the document before the load: the heads read
 	// here are those the index is brought to and the load starts from.
 	before := d.Heads()
-	base, _ := d.indexAt(before)
+	index := d.indexAt
+	if d.maxOps > 0 {
+		index = d.fullIndex // the limit counts every operation
+	}
+	base, _ := index(before)
 	v, err := verifyChanges(base, payloads, added)
+	if errors.Is(err, errUnreadable) {
+		// As when index cannot decode the history.
+		d.idx.Store(nil)
+		base = nil
+		v, err = verifyChanges(nil, payloads, added)
+	}
 	if err != nil {
 		return 0, err
 	}
