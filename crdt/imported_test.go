@@ -3,7 +3,6 @@ package crdt_test
 import (
 	"errors"
 	"reflect"
-	"slices"
 	"testing"
 
 	"github.com/ferrysync/ferry/crdt"
