@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/automerge/automerge-go"
 
 	"github.com/ferrysync/ferry/crdt"
 )
@@ -18,8 +17,6 @@ import (
 // record, what a pull does with it, without the store, the relay or the
 // scheduler of a whole sync:
 //
-//   - raw: automerge-go's LoadIncremental of A's edits, unchecked (the
-//     floor: what a merge of plain Automerge documents costs);
 //
 //   - import: crdt's Import, with its checks of untrusted bytes;
 //
@@ -114,29 +111,6 @@ func BenchmarkMergeRecord(b *testing.B) {
 		}
 		b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(b.N), "cpu-us/op")
 	}
-	b.Run("raw", func(b *testing.B) {
-		run(b, func(b *testing.B) (step, done func(b *testing.B)) {
-			d := automerge.New()
-			if err := d.LoadIncremental(creation); err != nil {
-				b.Fatal(err)
-			}
-			rng := rand.New(rand.NewPCG(3, 4))
-			for range edits {
-				f := fields[rng.IntN(len(fields))]
-				if err := d.RootMap().Set(f, value(rng, f)); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := d.Commit(""); err != nil {
-					b.Fatal(err)
-				}
-			}
-			return func(b *testing.B) {
-				if err := d.LoadIncremental(incoming); err != nil {
-					b.Fatal(err)
-				}
-			}, func(*testing.B) {}
-		})
-	})
 	b.Run("import", func(b *testing.B) {
 		run(b, func(b *testing.B) (step, done func(b *testing.B)) {
 			d := device(b)
