@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/ferrysync/ferry/crdt"
 )
 
@@ -16,7 +15,6 @@ import (
 // made ten offline single-field edits, and B takes A's. It times, per
 // record, what a pull does with it, without the store, the relay or the
 // scheduler of a whole sync:
-//
 //
 //   - import: crdt's Import, with its checks of untrusted bytes;
 //
