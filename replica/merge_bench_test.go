@@ -17,11 +17,12 @@ import (
 // scheduler of a whole sync:
 //
 //   - import: crdt's Import, with its checks of untrusted bytes;
-//
 //   - merge: merge, as a pull runs it with a built-in policy (in place):
 //     the import, the merge base and the three-way comparison.
 //
-//     go test -run='^$' -bench=MergeRecord ./replica/
+// Run it with
+//
+//	go test -run='^$' -bench=MergeRecord ./replica/
 func BenchmarkMergeRecord(b *testing.B) {
 	const edits = 10
 	fields := []string{"name", "price", "qty", "updated"}
