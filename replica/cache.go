@@ -102,6 +102,13 @@ func (c *docCache) holds(key string, d *crdt.Doc) bool {
 	return ok && e.doc == d
 }
 
+// has reports whether the record's document is cached, without counting
+// it as used.
+func (c *docCache) has(key string) bool {
+	_, ok := c.c.Peek(key)
+	return ok
+}
+
 func (c *docCache) drop(key string) { c.c.Remove(key) }
 func (c *docCache) clear()          { c.c.Clear() }
 func (c *docCache) len() int        { return c.c.Len() }

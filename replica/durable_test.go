@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -276,6 +277,10 @@ func TestSyncFsyncsRotatedLogs(t *testing.T) {
 		fsynced = append(fsynced, filepath.Base(path))
 		return fail
 	}
+	// Badger's count of value log writes: moved before each step unless
+	// a step says otherwise.
+	var vlogWrites int64
+	s.vlogWrites = func() (int64, bool) { return vlogWrites, true }
 	touch := func(names ...string) {
 		for _, n := range names {
 			if err := os.WriteFile(filepath.Join(dir, n), nil, 0o600); err != nil {
@@ -285,6 +290,7 @@ func TestSyncFsyncsRotatedLogs(t *testing.T) {
 	}
 	step := func(want ...string) {
 		t.Helper()
+		vlogWrites++
 		fsynced = nil
 		if err := s.sync(); err != nil {
 			t.Fatal(err)
@@ -308,9 +314,56 @@ func TestSyncFsyncsRotatedLogs(t *testing.T) {
 	touch("00003.mem")
 	step(sorted("00002.mem", active("000002.vlog", "00003.mem")...)...)
 
+	if fsyncLogsDirect {
+		// Nothing written to the value log since the last sync: its
+		// fsync covers it. A write since, and it is fsynced again.
+		vlogWrites--
+		step("00003.mem")
+		step("000002.vlog", "00003.mem")
+	}
+
 	fail = errors.New("disk on fire")
 	touch("00004.mem")
 	if err := s.sync(); !errors.Is(err, fail) {
 		t.Fatalf("sync = %v, want the fsync's error", err)
+	}
+	if fsyncLogsDirect {
+		// After a failed sync, the value log is fsynced again though
+		// nothing was written to it.
+		fail = nil
+		vlogWrites--
+		step(active("000002.vlog", "00004.mem")...)
+	}
+}
+
+// TestSyncFsyncsTheValueLogOnlyWhenWritten: a small edit's sync leaves
+// the active value log alone, as Badger wrote nothing to it; an edit
+// holding a value past the value threshold, which Badger writes there, is
+// fsynced with it.
+func TestSyncFsyncsTheValueLogOnlyWhenWritten(t *testing.T) {
+	if !fsyncLogsDirect {
+		t.Skip("Badger's DB.Sync fsyncs the active logs here")
+	}
+	r := open(t, t.TempDir(), nil)
+	col := coll(t, r, "c")
+	var fsynced []string
+	r.fsync.fsyncLog = func(path string) error {
+		fsynced = append(fsynced, filepath.Ext(path))
+		return fsyncFile(path)
+	}
+	edit := func(v any) []string {
+		t.Helper()
+		fsynced = nil
+		if err := col.Put("x", map[string]any{"v": v}); err != nil {
+			t.Fatal(err)
+		}
+		return fsynced
+	}
+	edit(1) // the first sync of this test fsyncs both
+	if got := edit(2); !slices.Equal(got, []string{".mem"}) {
+		t.Fatalf("a small edit fsynced %v, want only the memtable log", got)
+	}
+	if got := edit(strings.Repeat("x", 400<<10)); !slices.Contains(got, ".vlog") {
+		t.Fatalf("an edit with a %d-byte value fsynced %v, want the value log too", 400<<10, got)
 	}
 }

@@ -37,6 +37,9 @@ type outgoing struct {
 
 // outgoing reads what a pending record has to push.
 func (r *Replica) outgoing(coll, id string) (outgoing, error) {
+	if o, ok, err := r.outgoingStored(coll, id); ok || err != nil {
+		return o, err
+	}
 	o := outgoing{id: id}
 	c := &Collection{r: r, name: coll}
 	err := c.read(id, func(d *crdt.Doc, m meta) error {
@@ -60,6 +63,74 @@ func (r *Replica) outgoing(coll, id string) (outgoing, error) {
 		return o, nil // pending marker of a record purged meanwhile
 	}
 	return o, err
+}
+
+// outgoingStored reads what a record the relay has never acknowledged has
+// to push straight from its stored chunks, without loading its document,
+// when it has no snapshot: its chunks are then every change it holds, in
+// the order they were written, which is an order they apply in. A bulk
+// push of new records (a first sync after creating them offline) so costs
+// a read of their bytes instead of an Automerge load and its checks of
+// each. The bytes are checked as far as a push needs: the sizes its
+// bookkeeping records, every chunk whole and checksummed, and the
+// changes' heads those of its meta (a damaged record so reads as one);
+// the relay checks every change again. ok is false when the record does
+// not qualify, or its bytes fail a check, and then outgoing loads it as
+// before (which reports a damaged record).
+func (r *Replica) outgoingStored(coll, id string) (o outgoing, ok bool, err error) {
+	release, err := r.enter()
+	if err != nil {
+		return o, false, err
+	}
+	defer release()
+	key := cacheKey(coll, id)
+	defer r.locks.rlock(key)()
+	if r.cache.has(key) {
+		return o, false, nil // in memory already: reading it there is cheaper
+	}
+	err = r.db.View(func(txn *badger.Txn) error {
+		m, found, err := readMeta(txn, coll, id)
+		if err != nil || !found || m.snapBytes != 0 || m.chunks == 0 {
+			return err
+		}
+		acked, err := readAcked(txn, coll, id)
+		if err != nil || len(acked) > 0 {
+			return err
+		}
+		buf, chunks, err := appendChunks(txn, coll, id, make([]byte, 0, m.chunkBytes))
+		if err != nil {
+			return err
+		}
+		if len(buf) != m.chunkBytes || chunks != m.chunks {
+			return nil
+		}
+		infos, err := crdt.ParseChanges(buf)
+		if err != nil || !headsOf(infos).Equal(m.heads) {
+			return nil
+		}
+		o = outgoing{id: id, changes: buf, heads: m.heads, deleted: m.deleted}
+		ok = true
+		return nil
+	})
+	return o, ok, err
+}
+
+// headsOf returns the heads of a set of changes: those no other change in
+// it depends on.
+func headsOf(infos []crdt.ChangeInfo) crdt.Heads {
+	deps := make(map[crdt.Hash]bool, len(infos))
+	for _, c := range infos {
+		for _, d := range c.Deps {
+			deps[d] = true
+		}
+	}
+	var h crdt.Heads
+	for _, c := range infos {
+		if !deps[c.Hash] {
+			h = append(h, c.Hash)
+		}
+	}
+	return h
 }
 
 // acknowledge records, in one transaction, that the relay holds each

@@ -55,16 +55,10 @@ func (r *Replica) loadDoc(txn *badger.Txn, coll, id string) (*crdt.Doc, meta, bo
 	case !errors.Is(err, badger.ErrKeyNotFound):
 		return nil, meta{}, false, err
 	}
-	chunks := 0
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(coll, id), PrefetchValues: true, PrefetchSize: 16})
-	for it.Rewind(); it.Valid(); it.Next() {
-		chunks++
-		if err := it.Item().Value(func(v []byte) error { buf = append(buf, v...); return nil }); err != nil {
-			it.Close()
-			return nil, meta{}, false, err
-		}
+	buf, chunks, err := appendChunks(txn, coll, id, buf)
+	if err != nil {
+		return nil, meta{}, false, err
 	}
-	it.Close()
 	// Badger reads a block or value that fails its checksum as a missing
 	// key, and an Automerge stream of zero bytes loads as an empty
 	// document: the sizes the meta records catch a lost snapshot or chunk
@@ -90,6 +84,21 @@ func (r *Replica) loadDoc(txn *badger.Txn, coll, id string) (*crdt.Doc, meta, bo
 		r.cache.put(key, d, m)
 	}
 	return d, m, true, nil
+}
+
+// appendChunks appends the record's stored chunks to buf, in order, and
+// counts them.
+func appendChunks(txn *badger.Txn, coll, id string, buf []byte) ([]byte, int, error) {
+	chunks := 0
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(coll, id), PrefetchValues: true, PrefetchSize: 16})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		chunks++
+		if err := it.Item().Value(func(v []byte) error { buf = append(buf, v...); return nil }); err != nil {
+			return nil, 0, err
+		}
+	}
+	return buf, chunks, nil
 }
 
 // corrupt is the ErrCorrupt for one record.
