@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 )
 
 // Automerge keeps the bytes of each change it applies, but a saved document
@@ -21,21 +22,57 @@ import (
 // checkCanonical decodes a change payload and checks that Automerge would
 // rebuild it byte for byte. The error says what differs.
 func checkCanonical(payload []byte) (*change, error) {
-	c, err := decodeChange(payload)
-	if err != nil {
+	c := &change{}
+	if err := c.checkCanonical(payload); err != nil {
 		return nil, err
 	}
+	return c, nil
+}
+
+// checkCanonical is checkCanonical decoding into c, whose slices it
+// reuses (see changePool).
+func (c *change) checkCanonical(payload []byte) error {
+	if err := c.decode(payload); err != nil {
+		return err
+	}
 	if err := c.namedFaults(); err != nil {
-		return nil, err
+		return err
 	}
 	e := opEncoders.Get().(*opEncoder)
 	defer e.release()
 	deps, others, ops := c.canonicalPartsIn(e)
 	cols := e.encode(ops)
 	if c.rebuildsTo(payload, deps, others, cols, e) {
-		return c, nil
+		return nil
 	}
-	return nil, c.difference(c.assembleHeader(deps, others), cols)
+	return c.difference(c.assembleHeader(deps, others), cols)
+}
+
+// changePool holds decoded changes for checks that drop them once done
+// (the ledger's): decoding into one reuses its operations and other
+// slices. A change whose slices grew past what a small change needs is
+// not kept, so the pool holds no large change's memory.
+var changePool = sync.Pool{New: func() any { return new(change) }}
+
+// pooledChangeOps bounds the operations (and predecessors) of a change
+// changePool keeps.
+const pooledChangeOps = 256
+
+func getChange() *change { return changePool.Get().(*change) }
+
+// putChange returns c to changePool. Nothing may use c, or what its
+// slices hold, after: the next decode into it overwrites them.
+func putChange(c *change) {
+	if cap(c.ops) > pooledChangeOps || cap(c.predBuf) > 4*pooledChangeOps || cap(c.deps) > pooledChangeOps || cap(c.others) > pooledChangeOps {
+		return
+	}
+	// What points into the payload (values, actors, columns) is
+	// cleared, so that a pooled change does not keep a push's bytes.
+	clear(c.ops)
+	clear(c.others)
+	clear(c.cols)
+	*c = change{deps: c.deps[:0], others: c.others[:0], ops: c.ops[:0], cols: c.cols[:0], predBuf: c.predBuf[:0]}
+	changePool.Put(c)
 }
 
 // rebuildsTo reports whether payload is what assemble writes from these

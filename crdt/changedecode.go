@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"unicode/utf8"
 )
 
@@ -25,24 +26,31 @@ func (p *payloadReader) mark(name string) {
 // Rust would refuse, and some things Rust reads but would never rebuild
 // (unknown or DEFLATEd columns, runs of zero nulls).
 func decodeChange(payload []byte) (*change, error) {
-	c, cols, err := decodeLayout(payload)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.decodeOps(&cols); err != nil {
+	c := &change{}
+	if err := c.decode(payload); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// decodeLayout decodes a change's header and finds its columns, leaving
-// its operations undecoded.
-func decodeLayout(payload []byte) (*change, colSet, error) {
-	c := &change{}
+// decode is decodeChange into c, whose slices it reuses (see
+// changePool): what c held before is overwritten.
+func (c *change) decode(payload []byte) error {
+	cols, err := c.decodeLayout(payload)
+	if err != nil {
+		return err
+	}
+	return c.decodeOps(&cols)
+}
+
+// decodeLayout decodes a change's header into c, reusing its slices, and
+// finds its columns, leaving its operations undecoded.
+func (c *change) decodeLayout(payload []byte) (colSet, error) {
+	*c = change{deps: c.deps[:0], others: c.others[:0], ops: c.ops[:0], cols: c.cols[:0], predBuf: c.predBuf[:0]}
 	p := &payloadReader{reader: reader{b: payload}, start: len(payload), c: c}
 	nDeps := p.uleb()
 	if nDeps > uint64(len(p.b)/HashSize) {
-		return nil, colSet{}, errors.New("bad dependency count")
+		return colSet{}, errors.New("bad dependency count")
 	}
 	for range nDeps {
 		c.deps = append(c.deps, Hash(p.bytes(HashSize)))
@@ -58,31 +66,31 @@ func decodeLayout(payload []byte) (*change, colSet, error) {
 	p.mark("time")
 	msg := p.bytes(p.uleb())
 	if p.err == nil && !utf8.Valid(msg) {
-		return nil, colSet{}, errors.New("message is not UTF-8")
+		return colSet{}, errors.New("message is not UTF-8")
 	}
 	c.message = string(msg)
 	p.mark("message")
 	nOthers := p.uleb()
 	if nOthers > uint64(len(p.b)) {
-		return nil, colSet{}, errors.New("bad actor count")
+		return colSet{}, errors.New("bad actor count")
 	}
 	for range nOthers {
 		c.others = append(c.others, p.bytes(p.uleb()))
 	}
 	p.mark("other actors")
 	if p.err != nil {
-		return nil, colSet{}, fmt.Errorf("truncated header: %w", p.err)
+		return colSet{}, fmt.Errorf("truncated header: %w", p.err)
 	}
 	if c.startOp == 0 {
-		return nil, colSet{}, errors.New("start op is zero")
+		return colSet{}, errors.New("start op is zero")
 	}
 	c.header = payload[:len(payload)-len(p.b)]
 	cols, err := readColumns(p)
 	if err != nil {
-		return nil, colSet{}, err
+		return colSet{}, err
 	}
 	c.extra = p.b
-	return c, cols, nil
+	return cols, nil
 }
 
 // readColumns reads the column metadata and slices out each column's data.
@@ -102,7 +110,7 @@ func readColumns(p *payloadReader) (colSet, error) {
 		return cols, errors.New("bad column metadata")
 	}
 	var seen [len(columnSpecs)]bool
-	p.c.cols = make([]encodedColumn, 0, len(metas))
+	p.c.cols = slices.Grow(p.c.cols[:0], len(metas))
 	for _, m := range metas {
 		i := slot(m.spec)
 		switch {
@@ -147,7 +155,7 @@ func (c *change) decodeOps(cols *colSet) error {
 	rootOnly := len(cols.get(specObjActor)) == 0 || len(cols.get(specObjCounter)) == 0
 	nActors := uint64(1 + len(c.others))
 	if n := opsHint(action); n > 0 {
-		c.ops = make([]chOp, 0, n)
+		c.ops = slices.Grow(c.ops[:0], n)
 	}
 	for i := 0; ; i++ {
 		act, null, ok := action.next()

@@ -326,7 +326,9 @@ func (e *rleEncoder[T]) flush() {
 	case encNulls:
 		e.flushNulls(e.n)
 	case encLone:
-		e.flushLiterals([]T{e.val})
+		// flushLiterals of the one value, without a slice to hold it.
+		e.out = appendSLEB(e.out, -1)
+		e.out = e.write(e.out, e.val)
 	case encRun:
 		e.flushRun(e.val, e.n)
 	case encLiteral:

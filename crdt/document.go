@@ -155,8 +155,7 @@ func (d *Doc) Heads() Heads {
 // Has reports whether the document holds the change h.
 func (d *Doc) Has(h Hash) bool {
 	if d.def != nil {
-		_, ok := d.def.led.held[h]
-		return ok
+		return d.def.led.held.has(h)
 	}
 	am := d.live()
 	if d.jn.holds(h) {

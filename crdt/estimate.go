@@ -25,6 +25,11 @@ func Estimate(b []byte, budget *InflateBudget) (Cost, error) {
 	if err != nil {
 		return Cost{}, err
 	}
+	return estimateFramed(b, ci)
+}
+
+// estimateFramed is Estimate of b, framed as ci.
+func estimateFramed(b []byte, ci chunkInfo) (Cost, error) {
 	var h held
 	goBytes, indexed := 0, 0
 	for _, p := range ci.payloads {
@@ -147,7 +152,9 @@ func (b *InflateBudget) Remaining() int64 { return b.remaining() }
 // key's actor and counter are then null), and first writes it when it
 // has no predecessors.
 func countChange(payload []byte) (held, int, error) {
-	c, cols, err := decodeLayout(payload)
+	c := getChange()
+	defer putChange(c)
+	cols, err := c.decodeLayout(payload)
 	if err != nil {
 		return held{}, 0, err
 	}

@@ -17,9 +17,9 @@ import (
 // an Automerge document: a deferred Doc (NewDeferred) imports through it,
 // and builds its document only when something needs one.
 type ledger struct {
-	held  map[Hash]author
-	heads map[Hash]bool
-	seqs  map[string]uint64 // per actor, its highest sequence number held
+	held  smallMap[Hash, author]
+	heads smallMap[Hash, struct{}]
+	seqs  smallMap[string, uint64] // per actor, its highest sequence number held
 	top   *opLayer
 	ops   int
 	// maxOps is the limit of SetMaxOps; 0: none.
@@ -28,8 +28,97 @@ type ledger struct {
 
 var errLedgerDocument = errors.New("crdt: a whole document cannot be checked without loading it")
 
-func newLedger() *ledger {
-	return &ledger{held: map[Hash]author{}, heads: map[Hash]bool{}, seqs: map[string]uint64{}}
+func newLedger() *ledger { return &ledger{} }
+
+// smallMap is a map that keeps its first few entries in a slice: most
+// records a relay checks hold one change or a few, and a Go map's first
+// entry costs a few hundred bytes, kept while the record is. Past
+// smallMapMax entries it moves them to a map.
+type smallMap[K comparable, V any] struct {
+	list []smallEntry[K, V]
+	m    map[K]V
+}
+
+type smallEntry[K comparable, V any] struct {
+	k K
+	v V
+}
+
+const smallMapMax = 8
+
+func (s *smallMap[K, V]) get(k K) (V, bool) {
+	if s.m != nil {
+		v, ok := s.m[k]
+		return v, ok
+	}
+	for _, e := range s.list {
+		if e.k == k {
+			return e.v, true
+		}
+	}
+	var zero V
+	return zero, false
+}
+
+func (s *smallMap[K, V]) has(k K) bool {
+	_, ok := s.get(k)
+	return ok
+}
+
+func (s *smallMap[K, V]) set(k K, v V) {
+	if s.m != nil {
+		s.m[k] = v
+		return
+	}
+	for i := range s.list {
+		if s.list[i].k == k {
+			s.list[i].v = v
+			return
+		}
+	}
+	if len(s.list) < smallMapMax {
+		s.list = append(s.list, smallEntry[K, V]{k, v})
+		return
+	}
+	s.m = make(map[K]V, 2*smallMapMax)
+	for _, e := range s.list {
+		s.m[e.k] = e.v
+	}
+	s.m[k] = v
+	s.list = nil
+}
+
+func (s *smallMap[K, V]) delete(k K) {
+	if s.m != nil {
+		delete(s.m, k)
+		return
+	}
+	for i := range s.list {
+		if s.list[i].k == k {
+			s.list = slices.Delete(s.list, i, i+1)
+			return
+		}
+	}
+}
+
+func (s *smallMap[K, V]) len() int {
+	if s.m != nil {
+		return len(s.m)
+	}
+	return len(s.list)
+}
+
+// each calls f with every entry, in no order.
+func (s *smallMap[K, V]) each(f func(K, V)) {
+	if s.m != nil {
+		for k, v := range s.m {
+			f(k, v)
+		}
+		return
+	}
+	for _, e := range s.list {
+		f(e.k, e.v)
+	}
 }
 
 // ledgerOf builds the ledger of a document's history (a walk of it).
@@ -51,11 +140,12 @@ func ledgerOf(d *Doc) (*ledger, error) {
 		// The author from the decoded change: asking automerge-go costs a
 		// call per change, more than the decoding.
 		who := author{actor: hex.EncodeToString(c.actor), seq: c.seq}
-		l.held[h] = who
-		l.seqs[who.actor] = max(l.seqs[who.actor], who.seq)
+		l.held.set(h, who)
+		last, _ := l.seqs.get(who.actor)
+		l.seqs.set(who.actor, max(last, who.seq))
 	}
 	for _, h := range d.Heads() {
-		l.heads[h] = true
+		l.heads.set(h, struct{}{})
 	}
 	l.top = pushLayer(nil, layer)
 	l.maxOps = d.maxOps
@@ -70,20 +160,59 @@ func (l *ledger) check(data []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	return l.checkFramed(ci)
+}
+
+// smallStream is the most changes a stream may hold for checkFramed to
+// find what it holds by scanning rather than with maps: a push holds one
+// or a few, and the maps cost more than the scans.
+const smallStream = 16
+
+// checkFramed is check of a stream framed as ci.
+func (l *ledger) checkFramed(ci chunkInfo) (int, error) {
 	if ci.documents > 0 {
 		return 0, errLedgerDocument
 	}
 	// Fresh changes, in stream order, each after its dependencies: held
 	// ones, or fresh ones before it.
-	var fresh []int
-	inStream := make(map[Hash]bool, len(ci.changes))
-	top := map[string]uint64{}
+	var freshBuf [4]int
+	fresh := freshBuf[:0]
+	var inStream map[Hash]bool
+	var top map[string]uint64
+	if len(ci.changes) > smallStream {
+		inStream = make(map[Hash]bool, len(ci.changes))
+		top = map[string]uint64{}
+	}
+	isFresh := func(h Hash) bool {
+		if inStream != nil {
+			return inStream[h]
+		}
+		for _, j := range fresh {
+			if ci.changes[j].Hash == h {
+				return true
+			}
+		}
+		return false
+	}
+	// lastFresh is the highest sequence number of actor among the fresh
+	// changes so far (each is one more than the one before).
+	lastFresh := func(actor string) uint64 {
+		if top != nil {
+			return top[actor]
+		}
+		for k := len(fresh) - 1; k >= 0; k-- {
+			if who := ci.authors[fresh[k]]; who.actor == actor {
+				return who.seq
+			}
+		}
+		return 0
+	}
 	for i, c := range ci.changes {
-		if _, ok := l.held[c.Hash]; ok || inStream[c.Hash] {
+		if l.held.has(c.Hash) || isFresh(c.Hash) {
 			continue
 		}
 		for _, dep := range c.Deps {
-			if _, ok := l.held[dep]; !ok && !inStream[dep] {
+			if !l.held.has(dep) && !isFresh(dep) {
 				return 0, fmt.Errorf("%w: %s needs %s", ErrMissingDeps, c.Hash, dep)
 			}
 		}
@@ -91,52 +220,100 @@ func (l *ledger) check(data []byte) (int, error) {
 		// number taken twice (Automerge refuses the second): the next
 		// number is the one after the highest held.
 		who := ci.authors[i]
-		last := max(l.seqs[who.actor], top[who.actor])
+		held, _ := l.seqs.get(who.actor)
+		last := max(held, lastFresh(who.actor))
 		if who.seq != last+1 {
 			return 0, fmt.Errorf("%w: change %s is number %d of actor %s, whose last is %d", ErrCorrupt, c.Hash, who.seq, who.actor, last)
 		}
-		top[who.actor] = who.seq
-		inStream[c.Hash] = true
+		if top != nil {
+			top[who.actor] = who.seq
+			inStream[c.Hash] = true
+		}
 		fresh = append(fresh, i)
 	}
 	if len(fresh) == 0 {
 		return 0, nil
 	}
-	payloads, added := make([][]byte, len(fresh)), make([]jentry, len(fresh))
-	for j, i := range fresh {
-		payloads[j] = ci.payloads[i]
-		added[j] = jentry{hash: ci.changes[i].Hash}
+	// The checks verifyChanges makes (the same errors), each change
+	// decoded into one pooled change: the index keeps none of it.
+	layer := newLayer(l.top)
+	ops := 0
+	c := getChange()
+	defer putChange(c)
+	for _, i := range fresh {
+		err := c.checkCanonical(ci.payloads[i])
+		if err == nil {
+			err = layer.check(c)
+		}
+		if err != nil {
+			return 0, fmt.Errorf("%w: change %s: %v", ErrCorrupt, ci.changes[i].Hash, err)
+		}
+		ops += len(c.ops)
 	}
-	v, err := verifyChanges(&opIndex{top: l.top}, payloads, added)
-	if err != nil {
-		return 0, err
-	}
-	if l.maxOps > 0 && l.ops+v.ops > l.maxOps {
-		return 0, fmt.Errorf("%w: %d operations, over %d", ErrOpLimit, l.ops+v.ops, l.maxOps)
+	if l.maxOps > 0 && l.ops+ops > l.maxOps {
+		return 0, fmt.Errorf("%w: %d operations, over %d", ErrOpLimit, l.ops+ops, l.maxOps)
 	}
 	// Checked: take them in.
-	l.top = pushLayer(l.top, v.layer)
-	l.ops += v.ops
+	l.top = pushLayer(l.top, layer)
+	l.ops += ops
 	for _, i := range fresh {
-		c := ci.changes[i]
-		l.held[c.Hash] = ci.authors[i]
+		c, who := ci.changes[i], ci.authors[i]
+		l.held.set(c.Hash, who)
 		for _, dep := range c.Deps {
-			delete(l.heads, dep)
+			l.heads.delete(dep)
 		}
-		l.heads[c.Hash] = true
-	}
-	for a, s := range top {
-		l.seqs[a] = s
+		l.heads.set(c.Hash, struct{}{})
+		// In stream order, each actor's numbers rise: the last is its
+		// highest.
+		l.seqs.set(who.actor, who.seq)
 	}
 	return len(fresh), nil
 }
 
+// Framed is a stream of change chunks framed and checksummed once
+// ([FrameChanges]), so that it can be estimated ([Framed.Estimate]) and
+// imported ([Doc.ImportFramed]) without framing it again: framing hashes
+// every change.
+type Framed struct {
+	data []byte
+	ci   chunkInfo
+}
+
+// FrameChanges frames b as [ParseChangesWithin] does, with the same
+// errors, and keeps what it learns. The result holds b (and what
+// compressed chunks inflate to), which must not change while it is used.
+func FrameChanges(b []byte, budget *InflateBudget) (*Framed, error) {
+	ci, err := frameWithin(b, budget)
+	if err != nil {
+		return nil, err
+	}
+	return &Framed{data: b, ci: ci}, nil
+}
+
+// Changes returns the changes f carries, as [ParseChanges] does.
+func (f *Framed) Changes() []ChangeInfo { return f.ci.changes }
+
+// Estimate is [Estimate] of f's bytes.
+func (f *Framed) Estimate() (Cost, error) { return estimateFramed(f.data, f.ci) }
+
+// ImportFramed is [Doc.Import] of f's bytes, with the same result and
+// errors: a deferred document (see NewDeferred) checks them without
+// framing them again.
+func (d *Doc) ImportFramed(f *Framed) (int, error) {
+	if d.def == nil || f.ci.documents > 0 {
+		return d.Import(f.data)
+	}
+	n, err := d.def.led.checkFramed(f.ci)
+	if err == nil && n > 0 {
+		d.def.data = append(d.def.data, f.data...)
+	}
+	return n, err
+}
+
 // headList returns the ledger's heads, sorted.
 func (l *ledger) headList() Heads {
-	out := make(Heads, 0, len(l.heads))
-	for h := range l.heads {
-		out = append(out, h)
-	}
+	out := make(Heads, 0, l.heads.len())
+	l.heads.each(func(h Hash, _ struct{}) { out = append(out, h) })
 	return sortedHeads(out)
 }
 
@@ -147,7 +324,7 @@ const heldEntryBytes = 96
 
 // memSize estimates the bytes the ledger holds.
 func (l *ledger) memSize() int {
-	n := len(l.held)*heldEntryBytes + len(l.heads)*HashSize + len(l.seqs)*seqEntryBytes
+	n := l.held.len()*heldEntryBytes + l.heads.len()*HashSize + l.seqs.len()*seqEntryBytes
 	for x := l.top; x != nil; x = x.parent {
 		n += x.memSize()
 	}
@@ -187,9 +364,9 @@ type deferred struct {
 // [Doc.Build] returns it as an [ErrCorrupt], and any other method that
 // needs the document panics with it, rather than run on without them.
 func NewDeferred() *Doc {
-	d := &Doc{def: &deferred{led: newLedger()}}
-	d.jn.restart(nil)
-	return d
+	// The journal stays unstarted: only a built document uses it, and
+	// Build starts it at the heads it builds to.
+	return &Doc{def: &deferred{led: newLedger()}}
 }
 
 // LoadDeferred is Load into a deferred document (see NewDeferred): data
@@ -225,8 +402,7 @@ func LoadDeferred(data []byte) (*Doc, error) {
 			return nil, fmt.Errorf("crdt: a history that does not decode in Go cannot be deferred: %w", err)
 		}
 	}
-	out := &Doc{def: &deferred{led: l, data: slices.Clone(head)}}
-	out.jn.restart(nil)
+	out := &Doc{def: &deferred{led: l, data: slices.Clone(head)}} // journal as in NewDeferred
 	if len(rest) > 0 {
 		// The changes after it are checked as Load checks them, in Go.
 		if _, err := out.Import(rest); err != nil {
@@ -280,10 +456,10 @@ func (d *Doc) Build() error {
 	}
 	d.am, d.def = am, nil
 	d.idx.Store(&opIndex{top: def.led.top, at: heads})
-	d.seqs = make(map[string]actorSeqs, len(def.led.seqs))
-	for a, n := range def.led.seqs {
+	d.seqs = make(map[string]actorSeqs, def.led.seqs.len())
+	def.led.seqs.each(func(a string, n uint64) {
 		d.seqs[a] = actorSeqs{count: n, max: n} // numbered with no gap
-	}
+	})
 	d.seqsAt = heads
 	d.jn.restart(heads)
 	return nil

@@ -488,3 +488,82 @@ func TestLoadDeferredChanges(t *testing.T) {
 		}
 	}
 }
+
+// The ledger finds what a stream holds by scanning it up to some 16
+// changes and with maps past that, and keeps a record's first few changes
+// in slices before maps: streams of every length across both bounds,
+// whole, with a change twice, with one left out and with two swapped,
+// get Import's verdict and heads, into an empty document and into one
+// that holds the stream's first changes.
+func TestLedgerStreamLengths(t *testing.T) {
+	a, b := newDoc(t, actorA), newDoc(t, actorB)
+	defer a.Free()
+	defer b.Free()
+	for i := range 40 {
+		d := a
+		if i%3 == 2 {
+			d = b
+		}
+		set(t, d, crdt.Path{fmt.Sprint("k", i%5)}, i)
+		commit(t, d)
+		if i%4 == 3 {
+			exchange(t, a, b)
+		}
+	}
+	exchange(t, a, b)
+	all, err := a.ChangesSince(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunks := splitChunks(t, all)
+	join := func(cs ...[]byte) []byte { return bytes.Join(cs, nil) }
+	targets := [][]byte{nil}
+	for _, held := range []int{1, 5, 12} {
+		d := newDoc(t, actorA)
+		if _, err := d.Import(join(chunks[:held]...)); err != nil {
+			t.Fatal(err)
+		}
+		targets = append(targets, d.Save())
+		d.Free()
+	}
+	compare := func(what string, target, data []byte) {
+		t.Helper()
+		ih, ierr := importVerdict(t, target, data)
+		lh, lerr := ledgerVerdict(t, target, data)
+		switch {
+		case (ierr == nil) != (lerr == nil):
+			t.Fatalf("%s: Import %v, the ledger %v", what, ierr, lerr)
+		case ierr == nil && !ih.Equal(lh):
+			t.Fatalf("%s: Import's heads %v, the ledger's %v", what, ih, lh)
+		case errors.Is(ierr, crdt.ErrMissingDeps) != errors.Is(lerr, crdt.ErrMissingDeps):
+			t.Fatalf("%s: Import %v, the ledger %v", what, ierr, lerr)
+		}
+	}
+	refused := 0
+	for ti, target := range targets {
+		if target == nil {
+			d := newDoc(t, actorA)
+			target = d.Save()
+			d.Free()
+		}
+		for n := 1; n <= len(chunks); n++ {
+			cs := chunks[:n]
+			compare(fmt.Sprintf("target %d, %d changes", ti, n), target, join(cs...))
+			twice := append(append([][]byte{}, cs...), cs[n/2])
+			compare(fmt.Sprintf("target %d, %d changes, one twice", ti, n), target, join(twice...))
+			if n >= 3 {
+				gap := append(append([][]byte{}, cs[:n/2]...), cs[n/2+1:]...)
+				compare(fmt.Sprintf("target %d, %d changes, one left out", ti, n), target, join(gap...))
+				swapped := append([][]byte{}, cs...)
+				swapped[n-1], swapped[n-2] = swapped[n-2], swapped[n-1]
+				compare(fmt.Sprintf("target %d, %d changes, two swapped", ti, n), target, join(swapped...))
+				if _, err := importVerdict(t, target, join(gap...)); err != nil {
+					refused++
+				}
+			}
+		}
+	}
+	if refused == 0 {
+		t.Fatal("no stream was refused: the refusals were never compared")
+	}
+}

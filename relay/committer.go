@@ -148,9 +148,9 @@ func tooNear(id string, saved, growth, maxRecord int) error {
 }
 
 // enqueue merges the push onto the documents as they will be once every
-// queued push is written, and queues its entries. infos are the pushed
-// changes, framed.
-func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, infos [][]crdt.ChangeInfo) (w *waiter, err error) {
+// queued push is written, and queues its entries. framed are the pushed
+// records' changes, framed.
+func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, framed []*crdt.Framed) (w *waiter, err error) {
 	var order []string // records in the order the push first names them
 	named := map[string]bool{}
 	for _, r := range p.Records {
@@ -161,7 +161,7 @@ func (cm *committer) enqueue(ctx context.Context, s *Server, p *transport.Push, 
 	}
 	refresh := map[string]bool{} // records to read from the store again
 	for reloads := 0; reloads < maxReloads; {
-		w, err = cm.enqueueOnce(ctx, s, p, infos, order, refresh)
+		w, err = cm.enqueueOnce(ctx, s, p, framed, order, refresh)
 		var stale *staleRecord
 		switch {
 		case errors.As(err, &stale):
@@ -189,7 +189,7 @@ var errReload = errors.New("relay: document written since it was read")
 
 // enqueueOnce is enqueue, with documents read once, and the records in
 // refresh read from the store whether cached or queued.
-func (cm *committer) enqueueOnce(ctx context.Context, s *Server, p *transport.Push, infos [][]crdt.ChangeInfo, order []string, refresh map[string]bool) (w *waiter, err error) {
+func (cm *committer) enqueueOnce(ctx context.Context, s *Server, p *transport.Push, framed []*crdt.Framed, order []string, refresh map[string]bool) (w *waiter, err error) {
 	// The store is read before any lock is taken: a lock held through
 	// store I/O (on PostgreSQL, up to its retries' worth) would hold up
 	// every other push to those records meanwhile.
@@ -232,11 +232,11 @@ func (cm *committer) enqueueOnce(ctx context.Context, s *Server, p *transport.Pu
 			m = &merged{rd: rd, unpin: unpin, base: rd.doc.Heads(), queued: queued}
 			recs[r.Record] = m
 		}
-		if err := m.fits(s, r, infos[i]); err != nil {
+		if err := m.fits(s, r, framed[i].Changes()); err != nil {
 			return nil, err
 		}
 		m.touched = true
-		if err := m.merge(r, infos[i]); err != nil {
+		if err := m.merge(r, framed[i]); err != nil {
 			if errors.Is(err, crdt.ErrMissingDeps) && !refresh[r.Record] {
 				return nil, &staleRecord{r.Record}
 			}
@@ -332,13 +332,13 @@ func (m *merged) fits(s *Server, r transport.RecordChanges, infos []crdt.ChangeI
 	return tooNear(r.Record, rd.saved, savedGrowth*(rd.unsaved+n), maxRecord)
 }
 
-// merge imports one pushed record's changes, framed as infos.
-func (m *merged) merge(r transport.RecordChanges, infos []crdt.ChangeInfo) error {
+// merge imports one pushed record's changes, framed as f.
+func (m *merged) merge(r transport.RecordChanges, f *crdt.Framed) error {
 	// Import checks each change in time proportional to the change: it
-	// must frame, be in Automerge's canonical encoding, and refer only to
+	// must be in Automerge's canonical encoding, and refer only to
 	// operations the document holds, so that the record still saves and
-	// loads once it is in.
-	n, err := m.rd.doc.Import(r.Data)
+	// loads once it is in. Framed once, when the push arrived.
+	n, err := m.rd.doc.ImportFramed(f)
 	if errors.Is(err, crdt.ErrOpLimit) {
 		return perr(transport.CodeTooLarge, "record %q: %v (max_record_ops)", r.Record, err)
 	}
@@ -347,7 +347,7 @@ func (m *merged) merge(r transport.RecordChanges, infos []crdt.ChangeInfo) error
 	}
 	m.imported += n
 	m.data = append(m.data, r.Data...)
-	for _, in := range infos {
+	for _, in := range f.Changes() {
 		m.hashes = append(m.hashes, in.Hash)
 	}
 	return nil

@@ -58,26 +58,6 @@ func memErr(err error, what string) error {
 	return err
 }
 
-// admitPushMemory reserves what a push takes while it is checked, merged
-// and waits for its group commit: its bytes, what they may inflate to,
-// and what its changes add to the documents they are merged into
-// (crdt.Estimate, before anything is merged). The documents themselves
-// are reserved as they are loaded (see loadCounted). Bytes that do not
-// frame count for their size: the push refuses them.
-func (s *Server) admitPushMemory(ctx context.Context, p *transport.Push) (*memGrant, error) {
-	inflate := crdt.NewInflateBudget(int64(s.limits.MaxInflated))
-	var n int64
-	for _, r := range p.Records {
-		n += int64(len(r.Data))
-		if est, err := crdt.Estimate(r.Data, inflate); err == nil {
-			n += est.Bytes
-		}
-	}
-	n += int64(s.limits.MaxInflated) - inflate.Remaining()
-	g, err := s.mem.acquire(ctx, n)
-	return g, memErr(err, "the push")
-}
-
 // releaseLoop gives the memory that documents and pushes freed back to
 // the operating system, each time the budget says a fifth of it was
 // given back: a garbage collection runs the finalizers that free

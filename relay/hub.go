@@ -205,32 +205,27 @@ func (h *hub) earlyAfter(c Coll, sent uint64) (earlyGroup, bool) {
 }
 
 // since returns up to limit recent entries of c after cursor, and whether
-// the recent log covers cursor (if not, read the store).
-func (h *hub) since(c Coll, cursor uint64, limit int) ([]LogEntry, bool) {
+// the recent log covers cursor (if not, read the store). If the live
+// message kept for those entries (keepLive) is still there, it returns
+// that instead of the entries: the subscribers at one cursor share it,
+// and copying the entries for each would be wasted.
+func (h *hub) since(c Coll, cursor uint64, limit int) (entries []LogEntry, live *liveFrame, ok bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	r := h.recent[c]
 	if r == nil || len(r.entries) == 0 || cursor+1 < r.entries[0].Seq {
-		return nil, false
+		return nil, nil, false
 	}
 	last := r.entries[len(r.entries)-1].Seq
 	if cursor >= last {
-		return nil, true // up to date: appends elsewhere come by notify
+		return nil, nil, true // up to date: appends elsewhere come by notify
 	}
 	i := int(cursor + 1 - r.entries[0].Seq)
 	out := r.entries[i:min(len(r.entries), i+limit)]
-	return append([]LogEntry(nil), out...), true
-}
-
-// liveFor returns the live message of c's recent entries that since
-// gave for cursor and limit, ending at last, if it is kept.
-func (h *hub) liveFor(c Coll, cursor, last uint64, limit int) *liveFrame {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if r := h.recent[c]; r != nil && r.live != nil && r.live.cursor == cursor && r.live.last == last && r.live.limit == limit {
-		return r.live
+	if f := r.live; f != nil && f.cursor == cursor && f.last == out[len(out)-1].Seq && f.limit == limit {
+		return nil, f, true
 	}
-	return nil
+	return append([]LogEntry(nil), out...), nil, true
 }
 
 // keepLive keeps f as c's live message, in place of the one before, if c

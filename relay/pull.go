@@ -121,14 +121,11 @@ func (s *Server) readLog(ctx context.Context, c Coll, cursor uint64, limit int) 
 // the store back, and the message made of them is kept, so that the
 // subscribers at one cursor, usually all of them, share one encoding.
 func (s *Server) liveRead(ctx context.Context, c Coll, cursor uint64, limit int) (*liveFrame, error) {
-	if entries, ok := s.hub.since(c, cursor, limit); ok {
-		if len(entries) == 0 {
-			return nil, nil
-		}
-		last := entries[len(entries)-1].Seq
-		if f := s.hub.liveFor(c, cursor, last, limit); f != nil {
+	if entries, f, ok := s.hub.since(c, cursor, limit); ok {
+		if f != nil || len(entries) == 0 {
 			return f, nil
 		}
+		last := entries[len(entries)-1].Seq
 		recs, next, more := s.page(entries, cursor, len(entries) == limit)
 		f, err := encodeLive(c, recs, next, more)
 		if err != nil {
@@ -147,11 +144,7 @@ func (s *Server) liveRead(ctx context.Context, c Coll, cursor uint64, limit int)
 
 // encodeLive encodes a live message of recs.
 func encodeLive(c Coll, recs []transport.RecordChanges, next uint64, more bool) (*liveFrame, error) {
-	e, err := transport.NewEnvelope(0, &transport.Live{Collection: c.Collection, Records: recs, Next: next, More: more})
-	if err != nil {
-		return nil, err
-	}
-	b, err := transport.Encode(e)
+	b, err := transport.EncodeBody(0, &transport.Live{Collection: c.Collection, Records: recs, Next: next, More: more})
 	if err != nil {
 		return nil, err
 	}
@@ -288,11 +281,7 @@ func (s *Server) liveStep(ctx context.Context, sess *session, c Coll, cursor uin
 // sendLive sends a live message, and reports false if the subscription is
 // over.
 func (s *Server) sendLive(ctx context.Context, sess *session, c Coll, lv *transport.Live) bool {
-	e, err := transport.NewEnvelope(0, lv)
-	var frame []byte
-	if err == nil {
-		frame, err = transport.Encode(e)
-	}
+	frame, err := transport.EncodeBody(0, lv)
 	if err != nil {
 		s.log.Error("encoding a live message failed", "tenant", c.Tenant, "collection", c.Collection, "err", err)
 		sess.end(transport.CodeInternal, "subscription failed")

@@ -79,12 +79,13 @@ func (s *Server) pushCounted(ctx context.Context, c Coll, p *transport.Push) (*t
 // which still counts), so the committer is dropped and the map holds only
 // the collections being pushed to.
 type pushing struct {
-	s     *Server
-	ctx   context.Context
-	c     Coll
-	p     *transport.Push
-	cm    *committer
-	infos [][]crdt.ChangeInfo
+	s   *Server
+	ctx context.Context
+	c   Coll
+	p   *transport.Push
+	cm  *committer
+	// framed are the push's records' changes, framed once.
+	framed []*crdt.Framed
 	// w is the push's place in the queue, or nil with err errRemerge: the
 	// documents it was merged onto were dropped, merge it again.
 	w   *waiter
@@ -106,7 +107,7 @@ func (s *Server) startPush(ctx context.Context, c Coll, p *transport.Push, befor
 	if err != nil {
 		return nil, err
 	}
-	mem, err := s.admitPushMemory(ctx, p)
+	framed, mem, err := s.admitPushMemory(ctx, p)
 	if err != nil {
 		quotaDone(false)
 		return nil, err
@@ -115,12 +116,16 @@ func (s *Server) startPush(ctx context.Context, c Coll, p *transport.Push, befor
 	s.mu.Lock()
 	s.pushes[c]++
 	s.mu.Unlock()
-	if ps.infos, err = s.parsePush(p); err != nil {
-		ps.finish(err)
-		return nil, err
+	if framed == nil {
+		// Inflated while admitted: framed again, within the grant.
+		if framed, _, err = s.parsePush(p); err != nil {
+			ps.finish(err)
+			return nil, err
+		}
 	}
+	ps.framed = framed
 	ps.cm = s.committer(c)
-	ps.w, ps.err = ps.cm.enqueue(ps.ctx, s, p, ps.infos)
+	ps.w, ps.err = ps.cm.enqueue(ps.ctx, s, p, ps.framed)
 	if ps.err != nil && !errors.Is(ps.err, errRemerge) {
 		ps.finish(ps.err)
 		return nil, ps.err
@@ -179,25 +184,56 @@ func (s *Server) keepGroupMark(c Coll, m groupMark) {
 const maxGroupMarks = 1024
 
 // parsePush frames and checksums every change of a push before any lock
-// is taken. One inflate budget for the whole push: a session checks one
-// push at a time (the ones it pipelines are checked in turn), so this
-// bounds what one connection can make the relay inflate at once.
-func (s *Server) parsePush(p *transport.Push) ([][]crdt.ChangeInfo, error) {
-	infos := make([][]crdt.ChangeInfo, len(p.Records))
+// is taken, and returns them with the bytes compressed chunks inflated
+// to. One inflate budget for the whole push: a session checks one push
+// at a time (the ones it pipelines are checked in turn), so this bounds
+// what one connection can make the relay inflate at once.
+func (s *Server) parsePush(p *transport.Push) ([]*crdt.Framed, int64, error) {
+	framed := make([]*crdt.Framed, len(p.Records))
 	budget := crdt.NewInflateBudget(int64(s.limits.MaxInflated))
 	for i, r := range p.Records {
 		if err := transport.ValidateRecordID(r.Record); err != nil {
-			return nil, perr(transport.CodeBadFrame, "%v", err)
+			return nil, 0, perr(transport.CodeBadFrame, "%v", err)
 		}
 		var err error
-		if infos[i], err = crdt.ParseChangesWithin(r.Data, budget); err != nil {
+		if framed[i], err = crdt.FrameChanges(r.Data, budget); err != nil {
 			if errors.Is(err, crdt.ErrInflateLimit) {
-				return nil, perr(transport.CodeTooLarge, "record %q: compressed changes inflate past max_inflated, %d bytes for one push", r.Record, s.limits.MaxInflated)
+				return nil, 0, perr(transport.CodeTooLarge, "record %q: compressed changes inflate past max_inflated, %d bytes for one push", r.Record, s.limits.MaxInflated)
 			}
-			return nil, perr(transport.CodeInvalidChange, "record %q: %v", r.Record, err)
+			return nil, 0, perr(transport.CodeInvalidChange, "record %q: %v", r.Record, err)
 		}
 	}
-	return infos, nil
+	return framed, int64(s.limits.MaxInflated) - budget.Remaining(), nil
+}
+
+// admitPushMemory frames a push (parsePush) and reserves what it takes while it
+// is checked, merged and waits for its group commit: its bytes, what they
+// inflated to, and what its changes add to the documents they are merged
+// into (crdt.Framed.Estimate). The documents themselves are reserved as
+// they are loaded (see loadCounted). A push that does not frame is
+// refused before it waits for memory. If compressed chunks were
+// inflated, framed is nil: what they inflated to is not held while the
+// push waits for memory, and the caller frames them again once it has it.
+func (s *Server) admitPushMemory(ctx context.Context, p *transport.Push) (framed []*crdt.Framed, g *memGrant, err error) {
+	framed, inflated, err := s.parsePush(p)
+	if err != nil {
+		return nil, nil, err
+	}
+	n := inflated
+	for i, r := range p.Records {
+		n += int64(len(r.Data))
+		if est, err := framed[i].Estimate(); err == nil {
+			n += est.Bytes
+		}
+	}
+	if inflated > 0 {
+		framed = nil
+	}
+	g, err = s.mem.acquire(ctx, n)
+	if err != nil {
+		return nil, nil, memErr(err, "the push")
+	}
+	return framed, g, nil
 }
 
 // push waits for a queued push (startPush) to be durable and returns its
@@ -259,7 +295,7 @@ func (s *Server) push(ps *pushing) (*transport.Ack, error) {
 			// again too: this one, which may build on it, goes after it.
 			<-ps.before
 		}
-		if w, err = cm.enqueue(ctx, s, p, ps.infos); err != nil && !errors.Is(err, errRemerge) {
+		if w, err = cm.enqueue(ctx, s, p, ps.framed); err != nil && !errors.Is(err, errRemerge) {
 			return nil, err
 		}
 	}

@@ -327,11 +327,14 @@ func (c *Conn) encode(e *Envelope) ([]byte, error) {
 
 // SendBody sends body in a new envelope with id.
 func (c *Conn) SendBody(ctx context.Context, id uint64, body Body) error {
-	e, err := NewEnvelope(id, body)
+	b, err := EncodeBody(id, body)
 	if err != nil {
 		return err
 	}
-	return c.Send(ctx, e)
+	if len(b) > c.limits.MaxFrame {
+		return errorf(CodeTooLarge, "%s message of %d bytes exceeds max_frame %d", body.MessageType(), len(b), c.limits.MaxFrame)
+	}
+	return c.write(ctx, c.ctx, b)
 }
 
 // fragmentSize is the largest WebSocket frame a Conn writes. Control frames

@@ -64,6 +64,26 @@ func Encode(e *Envelope) ([]byte, error) {
 	return b, nil
 }
 
+// EncodeBody returns the wire bytes of body in a new envelope with id:
+// Encode(NewEnvelope(id, body)), with a body of the hand-encoded types
+// (push, ack, changes, live) written in place rather than encoded and
+// copied.
+func EncodeBody(id uint64, body Body) ([]byte, error) {
+	e := Envelope{V: ProtocolVersion, Type: body.MessageType(), ID: id}
+	b := appendEnvelope(make([]byte, 0, fastSize(&e)+fastSize(body)), &e)
+	// appendEnvelope wrote a nil body's 0xc0 after "body": the body goes
+	// there instead.
+	b = b[:len(b)-1]
+	if out, ok := fastMarshal(b, body); ok {
+		return out, nil
+	}
+	full, err := NewEnvelope(id, body)
+	if err != nil {
+		return nil, err
+	}
+	return Encode(full)
+}
+
 func marshal(v any) ([]byte, error) {
 	if b, ok := fastMarshal(make([]byte, 0, fastSize(v)), v); ok {
 		return b, nil

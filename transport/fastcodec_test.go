@@ -304,3 +304,42 @@ func TestBodyLimitsHoldWithoutScan(t *testing.T) {
 		}
 	}
 }
+
+// EncodeBody writes a hand-encoded body in place in its envelope: the
+// bytes must be Encode(NewEnvelope(...))'s, for those bodies and for one
+// msgpack encodes (an error message).
+func TestEncodeBodyMatchesEncode(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	var bodies []Body
+	for _, v := range hotValues(rng, 30) {
+		if b, ok := v.(Body); ok {
+			bodies = append(bodies, b)
+		}
+	}
+	bodies = append(bodies, &Error{Code: CodeBusy, Message: "busy"}, &OK{})
+	kinds := map[MessageType]bool{}
+	for i, body := range bodies {
+		id := uint64(i * 977)
+		e, err := NewEnvelope(id, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := Encode(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := EncodeBody(id, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%T: EncodeBody differs from Encode(NewEnvelope)\n got %x\nwant %x", body, got[:min(len(got), 200)], want[:min(len(want), 200)])
+		}
+		kinds[body.MessageType()] = true
+	}
+	for _, k := range []MessageType{TypeChanges, TypeLive, TypePush, TypeAck, TypeError, TypeOK} {
+		if !kinds[k] {
+			t.Fatalf("no %s body was compared", k)
+		}
+	}
+}

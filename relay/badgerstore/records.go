@@ -56,13 +56,27 @@ func (s *Store) Record(ctx context.Context, c relay.Coll, record string) (relay.
 			return fmt.Errorf("record %q: %w", record, err)
 		}
 		if !ok {
-			return fmt.Errorf("record %q in %s/%s: %w", record, c.Tenant, c.Collection, relay.ErrNotFound)
+			return &notFoundError{c: c, record: record}
 		}
 		r, err = readRecord(txn, c, record, m)
 		return err
 	})
 	return r, err
 }
+
+// notFoundError is a record the store does not hold (relay.ErrNotFound).
+// The relay reads every record a push creates first, so the error is
+// formatted only when its text is asked for.
+type notFoundError struct {
+	c      relay.Coll
+	record string
+}
+
+func (e *notFoundError) Error() string {
+	return fmt.Sprintf("record %q in %s/%s: %v", e.record, e.c.Tenant, e.c.Collection, relay.ErrNotFound)
+}
+
+func (e *notFoundError) Unwrap() error { return relay.ErrNotFound }
 
 // readRecord reads a record's snapshot and tail, checking them against its
 // meta: a store whose bytes do not match its bookkeeping is damaged.

@@ -358,3 +358,16 @@ func TestBadgerDecodeCorrupt(t *testing.T) {
 		t.Fatalf("usage round trip: %+v %v", gu, err)
 	}
 }
+
+// A record the store does not hold is relay.ErrNotFound, named with its
+// collection, whether or not the text is formatted when it is made.
+func TestRecordNotFound(t *testing.T) {
+	s := bsOpen(t, t.TempDir(), nil)
+	_, err := s.Record(context.Background(), bsColl, "missing")
+	if !errors.Is(err, relay.ErrNotFound) {
+		t.Fatalf("Record of a missing record: %v, want ErrNotFound", err)
+	}
+	if want := `record "missing" in app1/notes: ` + relay.ErrNotFound.Error(); err.Error() != want {
+		t.Fatalf("error %q, want %q", err, want)
+	}
+}
