@@ -91,7 +91,7 @@ func (d *Doc) Cost() (Cost, error) {
 		c.Current = costGoFactor * int64(costPerDeferred+d.memSize())
 		return c, nil
 	}
-	x, err := d.index()
+	x, err := d.fullIndex(d.Heads())
 	if err != nil {
 		return Cost{}, err
 	}

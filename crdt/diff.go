@@ -72,11 +72,40 @@ type Snapshot struct {
 
 // Snapshot reads the document's current fields and deleted status.
 func (d *Doc) Snapshot() (Snapshot, error) {
-	f, err := d.fields(true)
+	// One read of the root: the tombstone is one of its keys, which
+	// Deleted would read again.
+	v, err := fromAM(d.live().Root(), true)
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("crdt: snapshot: %w", err)
 	}
-	return Snapshot{fields: f, deleted: d.Deleted()}, nil
+	f, _ := v.(map[string]any)
+	if f == nil {
+		f = map[string]any{}
+	}
+	dead, _ := f[TombstoneKey].(bool)
+	delete(f, TombstoneKey)
+	return Snapshot{fields: f, deleted: dead}, nil
+}
+
+// SnapshotAt reads the document's fields and deleted status as of heads,
+// a version it holds (none: the empty document). It replays the history
+// up to heads, as [Doc.Fork] does, into a copy that is only read and then
+// freed: it costs no more than the replay, where a Fork also sets up the
+// copy for writing.
+func (d *Doc) SnapshotAt(heads Heads) (Snapshot, error) {
+	if len(heads) == 0 {
+		return Snapshot{fields: map[string]any{}}, nil
+	}
+	if err := d.hasAll(heads); err != nil {
+		return Snapshot{}, err
+	}
+	am, err := d.live().Fork(amHashes(heads)...)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("crdt: fork: %w", err)
+	}
+	f := &Doc{am: am}
+	defer f.Free()
+	return f.Snapshot()
 }
 
 // Fields returns the snapshot's fields, with kinds kept as

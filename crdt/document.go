@@ -315,6 +315,7 @@ func (d *Doc) memSize() int {
 		for l := x.top; l != nil; l = l.parent {
 			n += l.memSize()
 		}
+		n += x.unreadSize()
 	}
 	for a := range d.seqs {
 		n += len(a) + seqEntryBytes

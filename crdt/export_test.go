@@ -106,8 +106,29 @@ func CheckIndexes(d *Doc) error {
 	if !x.at.Equal(d.Heads()) {
 		return fmt.Errorf("index at %v, document at %v", x.at, d.Heads())
 	}
+	// The changes left unread count as read: they are read, as a layer
+	// over the others, once an import names their authors.
+	top := x.top
+	if len(x.unread) > 0 {
+		top = newLayer(x.top)
+		for _, u := range x.unread {
+			if a, ok := payloadActor(u.payload); !ok || a != u.actor {
+				return fmt.Errorf("unread change %s by %x, its payload says %x", u.hash, u.actor, a)
+			}
+			c, err := decodeChange(u.payload)
+			if err != nil {
+				return err
+			}
+			for i := range c.ops {
+				if _, ok := x.top.get(opRef{string(c.actor), c.startOp + uint64(i)}); ok {
+					return fmt.Errorf("unread change %s holds operations the index holds", u.hash)
+				}
+			}
+			top.add(c)
+		}
+	}
 	ops, maxOp := map[opRef]opRec{}, map[string]uint64{}
-	for l := x.top; l != nil; l = l.parent {
+	for l := top; l != nil; l = l.parent {
 		l.each(func(k opRef, v opRec) {
 			if _, ok := ops[k]; !ok {
 				ops[k] = v
@@ -131,10 +152,20 @@ func CheckIndexes(d *Doc) error {
 	return nil
 }
 
-// BuildIndex indexes d's operations, as d's first Import does.
+// BuildIndex indexes d's operations, every change read, as d's first
+// Import does when it refers to every actor.
 func BuildIndex(d *Doc) error {
-	_, err := d.index()
+	_, err := d.fullIndex(d.Heads())
 	return err
+}
+
+// UnreadChanges returns how many of d's changes its operation index has
+// left unread.
+func UnreadChanges(d *Doc) int {
+	if x := d.idx.Load(); x != nil {
+		return len(x.unread)
+	}
+	return 0
 }
 
 // IndexedOps returns how many operations d's index holds.

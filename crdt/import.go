@@ -40,12 +40,51 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 			return 0, err
 		}
 	}
+	return d.importData(data, nil)
+}
+
+// Imported is what [Doc.ImportChanges] did.
+type Imported struct {
+	// N is the number of changes that were new.
+	N int
+	// Before and After are the document's heads before and after the
+	// import (the same heads when nothing was new).
+	Before, After Heads
+	// Stream lists the stream's change chunks as [ParseChanges] does.
+	Stream []ChangeInfo
+	// Added lists the changes that were new, in the order applied.
+	Added []ChangeInfo
+}
+
+// ImportChanges is [Doc.Import], with the same checks, reporting what it
+// read and did: a caller that goes on to compare versions needs the
+// stream's changes and the heads around the import, which reading again
+// (ParseChanges, Heads, ChangesSince) would cost as much again. A
+// document made by [NewDeferred] is built first.
+func (d *Doc) ImportChanges(data []byte) (Imported, error) {
+	if err := d.Build(); err != nil {
+		return Imported{}, err
+	}
+	var imp Imported
+	_, err := d.importData(data, &imp)
+	return imp, err
+}
+
+// importData is Import on a built document, filling rep if it is not nil.
+func (d *Doc) importData(data []byte, rep *Imported) (n int, err error) {
 	ci, err := frame(data)
 	if err != nil {
 		return 0, err
 	}
-	if len(data) == 0 {
+	unchanged := func() (int, error) {
+		if rep != nil {
+			h := d.Heads()
+			*rep = Imported{Before: h, After: h, Stream: ci.changes}
+		}
 		return 0, nil
+	}
+	if len(data) == 0 {
+		return unchanged()
 	}
 	// A whole document may hold the dependencies of the change chunks after
 	// it, and framing does not list what it holds: such streams are also
@@ -60,7 +99,7 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 	}
 	if !opaque {
 		if len(fresh) == 0 {
-			return 0, nil
+			return unchanged()
 		}
 		if err := d.checkAuthors(ci, fresh, inStream); err != nil {
 			return 0, err
@@ -73,8 +112,21 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 	if err != nil {
 		return 0, err
 	}
-	base, _ := d.index()
+	// Nothing below changes the document before the load: the heads read
+	// here are those the index is brought to and the load starts from.
+	before := d.Heads()
+	index := d.indexAt
+	if d.maxOps > 0 {
+		index = d.fullIndex // the limit counts every operation
+	}
+	base, _ := index(before)
 	v, err := verifyChanges(base, payloads, added)
+	if errors.Is(err, errUnreadable) {
+		// As when index cannot decode the history.
+		d.idx.Store(nil)
+		base = nil
+		v, err = verifyChanges(nil, payloads, added)
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -82,7 +134,6 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 		return 0, err
 	}
 
-	before := d.Heads()
 	d.syncJournal(before)
 	if err := d.loadIncremental(data); err != nil {
 		return 0, d.rollback(before, err)
@@ -93,6 +144,12 @@ func (d *Doc) Import(data []byte) (n int, err error) {
 	}
 	if err := d.recordVerified(v, after); err != nil {
 		return 0, d.rollback(before, err)
+	}
+	if rep != nil {
+		*rep = Imported{N: len(added), Before: before, After: after, Stream: ci.changes, Added: make([]ChangeInfo, len(added))}
+		for i, e := range added {
+			rep.Added[i] = ChangeInfo{Hash: e.hash, Deps: slices.Clone(e.deps)} // the journal keeps e.deps
+		}
 	}
 	return len(added), nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/automerge/automerge-go"
 )
@@ -168,6 +169,67 @@ func mergeLayers(lower, upper *opLayer) *opLayer {
 type opIndex struct {
 	top *opLayer
 	at  Heads
+	// unread are changes of the document as of at whose operations are
+	// not in top's layers yet: mostly the document's own commits, which an
+	// import of another device's changes seldom refers to. An operation
+	// is named by its author, and a change can refer only to operations
+	// of the actors it names, so an import reads the unread changes of
+	// each actor its changes name before checking them (see
+	// verifyChanges), and leaves the others unread; Cost reads them all.
+	// Never appended to in place: forks share it.
+	unread []unreadChange
+}
+
+// unreadChange is a change whose operations an index has yet to read.
+type unreadChange struct {
+	actor   string // its author
+	hash    Hash
+	payload []byte
+}
+
+// Bounds on an index's unread changes: past them, index reads them all.
+const (
+	maxUnread      = 256
+	maxUnreadBytes = 64 << 10
+)
+
+// errUnreadable is verifyChanges' error when a change the document holds
+// cannot be decoded: the index is unavailable, as index reports it.
+var errUnreadable = errors.New("crdt: a change of the document cannot be indexed")
+
+// readUnread adds to l the operations of the unread changes whose author
+// is one of actors, and returns the changes left unread (unread itself
+// when there are none to read; otherwise a new slice).
+func readUnread(l *opLayer, unread []unreadChange, actors []string) ([]unreadChange, error) {
+	named := func(u unreadChange) bool { return slices.Contains(actors, u.actor) }
+	if !slices.ContainsFunc(unread, named) {
+		return unread, nil
+	}
+	left := make([]unreadChange, 0, len(unread))
+	for _, u := range unread {
+		if !named(u) {
+			left = append(left, u)
+			continue
+		}
+		c, err := decodeChange(u.payload)
+		if err != nil {
+			return nil, fmt.Errorf("%w: change %s: %v", errUnreadable, u.hash, err)
+		}
+		l.add(c)
+	}
+	return left, nil
+}
+
+// payloadActor returns the author of a change payload, from its header.
+func payloadActor(p []byte) (string, bool) {
+	r := reader{b: p}
+	n := r.uleb()
+	if r.err != nil || n > uint64(len(r.b)/HashSize) {
+		return "", false
+	}
+	r.bytes(n * HashSize)
+	a := r.bytes(r.uleb())
+	return string(a), r.err == nil
 }
 
 // index returns the document's operation index, bringing it up to date
@@ -175,23 +237,28 @@ type opIndex struct {
 // change in the history cannot be decoded (one imported before these
 // checks existed, say); Import then checks the slow way.
 func (d *Doc) index() (*opIndex, error) {
-	heads := d.Heads()
+	return d.indexAt(d.Heads())
+}
+
+// indexAt is index for a document whose heads are heads.
+func (d *Doc) indexAt(heads Heads) (*opIndex, error) {
 	x := d.idx.Load()
 	if x != nil && x.at.Equal(heads) {
 		return x, nil
 	}
 	var top *opLayer
 	var since Heads
+	var unread []unreadChange
 	if x != nil {
 		// The index may be a fork's parent's: it goes on from a version
 		// of the parent that the fork does not hold. One this document
 		// had is held.
 		if d.syncJournal(heads); d.jn.isMark(x.at) || d.hasAll(x.at) == nil {
-			top, since = x.top, x.at
+			top, since, unread = x.top, x.at, x.unread
 		}
 	}
 	if len(since) == 0 {
-		top = nil // no heads: the whole history
+		top, unread = nil, nil // no heads: the whole history
 	}
 	// The changes since the index, from the payloads the journal keeps
 	// when it covers them, else from Automerge.
@@ -207,18 +274,85 @@ func (d *Doc) index() (*opIndex, error) {
 	if err != nil {
 		return nil, fmt.Errorf("crdt: changes: %w", err)
 	}
+	// The changes since are left unread (see opIndex.unread) while they
+	// are few; then every unread change is read.
+	if n, size := len(unread)+len(es), unreadBytes(unread)+jentryBytes(es); n <= maxUnread && size <= maxUnreadBytes {
+		more := make([]unreadChange, len(unread), n)
+		copy(more, unread)
+		ok := true
+		for _, e := range es {
+			a, good := payloadActor(e.payload)
+			if ok = good; !ok {
+				break
+			}
+			more = append(more, unreadChange{actor: a, hash: e.hash, payload: e.payload})
+		}
+		if ok {
+			x = &opIndex{top: top, at: heads, unread: more}
+			d.idx.Store(x)
+			return x, nil
+		}
+	}
 	l := newLayer(top)
-	for _, e := range es {
-		c, err := decodeChange(e.payload)
+	read := func(hash Hash, payload []byte) error {
+		c, err := decodeChange(payload)
 		if err != nil {
 			d.idx.Store(nil)
-			return nil, fmt.Errorf("change %s: %w", e.hash, err)
+			return fmt.Errorf("change %s: %w", hash, err)
 		}
 		l.add(c)
+		return nil
+	}
+	for _, u := range unread {
+		if err := read(u.hash, u.payload); err != nil {
+			return nil, err
+		}
+	}
+	for _, e := range es {
+		if err := read(e.hash, e.payload); err != nil {
+			return nil, err
+		}
 	}
 	x = &opIndex{top: pushLayer(top, l), at: heads}
 	d.idx.Store(x)
 	return x, nil
+}
+
+// fullIndex is index with every change read: what Cost counts and the
+// operation limit needs.
+func (d *Doc) fullIndex(heads Heads) (*opIndex, error) {
+	x, err := d.indexAt(heads)
+	if err != nil || len(x.unread) == 0 {
+		return x, err
+	}
+	l := newLayer(x.top)
+	for _, u := range x.unread {
+		c, err := decodeChange(u.payload)
+		if err != nil {
+			d.idx.Store(nil)
+			return nil, fmt.Errorf("change %s: %w", u.hash, err)
+		}
+		l.add(c)
+	}
+	x = &opIndex{top: pushLayer(x.top, l), at: x.at}
+	d.idx.Store(x)
+	return x, nil
+}
+
+func unreadBytes(us []unreadChange) int {
+	n := 0
+	for _, u := range us {
+		n += len(u.payload)
+	}
+	return n
+}
+
+func jentryBytes(es []jentry) int {
+	n := 0
+	for _, e := range es {
+		n += len(e.payload)
+	}
+	return n
 }
 
 // chunkPayload returns the payload of a whole change chunk.
@@ -375,6 +509,11 @@ const (
 	maxEntryBytes = 64
 	seqEntryBytes = 64
 )
+
+// unreadSize estimates the bytes x's unread changes hold.
+func (x *opIndex) unreadSize() int {
+	return unreadBytes(x.unread) + len(x.unread)*(HashSize+48)
+}
 
 // memSize estimates the bytes l holds (not its parents).
 func (l *opLayer) memSize() int {

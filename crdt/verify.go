@@ -12,9 +12,10 @@ import (
 // them, to record once they are applied.
 type verified struct {
 	base   *opIndex
-	layer  *opLayer // the checked changes' operations
-	reload bool     // the index was unavailable: check by saving and loading
-	ops    int      // operations of the checked changes
+	layer  *opLayer       // the checked changes' operations, and those of base's unread changes they named
+	unread []unreadChange // base's unread changes left unread
+	reload bool           // the index was unavailable: check by saving and loading
+	ops    int            // operations of the checked changes
 }
 
 // verifyChanges checks change payloads (with their hashes, in the order
@@ -23,14 +24,24 @@ type verified struct {
 // document holds, so that the document's saved form will rebuild it. The
 // error is an ErrCorrupt naming the change and the fault.
 // base is the document's index before the changes (nil if unavailable).
+// A change of the document that the checks needed and that cannot be
+// decoded gives errUnreadable: the index is unavailable.
 func verifyChanges(base *opIndex, payloads [][]byte, changes []jentry) (verified, error) {
 	v := verified{base: base, reload: base == nil}
 	if base != nil {
 		v.layer = newLayer(base.top)
+		v.unread = base.unread
 	}
 	for i, p := range payloads {
 		c, err := checkCanonical(p)
 		if err == nil && v.layer != nil {
+			// The change can refer only to operations of the actors it
+			// names: the document's unread changes by them are read first.
+			if len(v.unread) > 0 {
+				if v.unread, err = readUnread(v.layer, v.unread, c.actorStrings()); err != nil {
+					return verified{}, err
+				}
+			}
 			err = v.layer.check(c)
 		}
 		if err != nil {
@@ -51,7 +62,7 @@ func (d *Doc) recordVerified(v verified, heads Heads) error {
 		}
 		return nil
 	}
-	d.idx.Store(&opIndex{top: pushLayer(v.base.top, v.layer), at: heads})
+	d.idx.Store(&opIndex{top: pushLayer(v.base.top, v.layer), at: heads, unread: v.unread})
 	return nil
 }
 

@@ -287,18 +287,31 @@ func TestMergeBase(t *testing.T) {
 				}
 				edit(relay, "h", 2)
 			}
-			localHeads := d.Heads()
-			copyInto(t, d, relay)
+			data, err := relay.ChangesSince(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			imp, err := d.ImportChanges(data)
+			if err != nil {
+				t.Fatal(err)
+			}
 			// A head the relay names that the record lacks is no part of
 			// the version both hold.
 			var unknown crdt.Hash
 			unknown[0] = 1
-			got, err := mergeBase(d, localHeads, append(slices.Clone(relay.Heads()), unknown))
+			relayHeads := append(slices.Clone(relay.Heads()), unknown)
+			got, err := mergeBase(d, imp, relayHeads)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if !got.Equal(tc.want) {
 				t.Fatalf("merge base %v, want %v", got, tc.want)
+			}
+			// Without the import's list of what it added, the journal
+			// answers the same.
+			imp.Added = nil
+			if got, err = mergeBase(d, imp, relayHeads); err != nil || !got.Equal(tc.want) {
+				t.Fatalf("merge base from the journal %v (%v), want %v", got, err, tc.want)
 			}
 		})
 	}

@@ -269,7 +269,6 @@ func merge(d *crdt.Doc, pending bool, data []byte, relay crdt.Heads, inPlace boo
 		_, m.err = d.Import(data)
 		return m
 	}
-	m.localHeads = d.Heads()
 	merged := d
 	if inPlace {
 		// This device's side, read now: the import goes into d itself.
@@ -289,14 +288,17 @@ func merge(d *crdt.Doc, pending bool, data []byte, relay crdt.Heads, inPlace boo
 			merged.Free()
 		}
 	}
-	// On an error Import leaves the document as it was.
-	n, err := merged.Import(data)
-	if err != nil || n == 0 {
+	// On an error Import leaves the document as it was. What it reports
+	// (the heads around it, the stream's changes and those it added) is
+	// what the comparison below needs, not read again.
+	imp, err := merged.ImportChanges(data)
+	if err != nil || imp.N == 0 {
 		drop()
 		m.err = err
 		return m
 	}
-	if len(relay) > 0 && merged.Heads().Equal(relay) {
+	m.localHeads = imp.Before
+	if len(relay) > 0 && imp.After.Equal(relay) {
 		// The relay's version holds every change of the record's here:
 		// this device is behind it, with nothing of its own to weigh
 		// against it. Its pending changes reached the relay some other
@@ -313,13 +315,13 @@ func merge(d *crdt.Doc, pending bool, data []byte, relay crdt.Heads, inPlace boo
 			return m
 		}
 	}
-	base, err := mergeBase(merged, m.localHeads, relay)
+	base, err := mergeBase(merged, imp, relay)
 	if err != nil {
 		drop()
 		m.err = err
 		return m
 	}
-	if m.diff, m.remote, m.err = threeWay(merged, m.local, base, relay, data); m.err != nil {
+	if m.diff, m.remote, m.err = threeWay(merged, m.local, base, relay, data, imp.Stream); m.err != nil {
 		drop()
 		return m
 	}
@@ -531,29 +533,33 @@ func (s *settling) settle(m *merging, id string) {
 
 // mergeBase returns the heads of the version a pending record and the
 // relay's version of it share, the base of their three-way comparison: d
-// holds both, the record's as heads local and the relay's as heads relay.
-// That version is what the relay acknowledged of the record, and past it
-// every change of the record's that the relay's version holds too: another
-// device's change applied early (before the relay's copy was durable, and
-// pushed again since if the relay lost it), or a push of this device's
-// whose acknowledgement was lost. Counted as this device's, such changes
-// would conflict with the relay's later edits of the same fields, and a
-// policy preferring this device would write them back over those edits.
+// holds both, the record's as heads imp.Before and the relay's as heads
+// relay, after imp, the import of the relay's changes. That version is
+// what the relay acknowledged of the record, and past it every change of
+// the record's that the relay's version holds too: another device's
+// change applied early (before the relay's copy was durable, and pushed
+// again since if the relay lost it), or a push of this device's whose
+// acknowledgement was lost. Counted as this device's, such changes would
+// conflict with the relay's later edits of the same fields, and a policy
+// preferring this device would write them back over those edits.
 //
 // The changes the import added (new) are the relay's version's that the
 // record lacked; every other change of the relay's version is in both, and
 // is reached from the relay's heads or from new's dependencies that are
 // not new. So those are the shared version's heads (some may be ancestors
 // of others, which names the same version). It costs time in proportion to
-// new: the document's journal covers local, which it had just before.
-func mergeBase(d *crdt.Doc, local, relay crdt.Heads) (crdt.Heads, error) {
-	since, err := d.ChangesSince(local)
-	if err != nil {
-		return nil, err
-	}
-	added, err := crdt.ParseChanges(since)
-	if err != nil {
-		return nil, err
+// new: the import lists them, and when its list does not account for the
+// heads after it, the document's journal, which covers imp.Before, does.
+func mergeBase(d *crdt.Doc, imp crdt.Imported, relay crdt.Heads) (crdt.Heads, error) {
+	added := imp.Added
+	if !leadsTo(imp.Before, added, imp.After) {
+		since, err := d.ChangesSince(imp.Before)
+		if err != nil {
+			return nil, err
+		}
+		if added, err = crdt.ParseChanges(since); err != nil {
+			return nil, err
+		}
 	}
 	isNew := make(map[crdt.Hash]bool, len(added))
 	for _, c := range added {
@@ -583,32 +589,64 @@ func mergeBase(d *crdt.Doc, local, relay crdt.Heads) (crdt.Heads, error) {
 	return base, nil
 }
 
+// leadsTo reports whether changes, each replacing the heads it depends on,
+// take the version at heads from to the one at heads to.
+func leadsTo(from crdt.Heads, changes []crdt.ChangeInfo, to crdt.Heads) bool {
+	heads := make(map[crdt.Hash]bool, len(from)+1)
+	for _, h := range from {
+		heads[h] = true
+	}
+	for _, c := range changes {
+		for _, d := range c.Deps {
+			delete(heads, d)
+		}
+		heads[c.Hash] = true
+	}
+	if len(heads) != len(to) {
+		return false
+	}
+	for _, h := range to {
+		if !heads[h] {
+			return false
+		}
+	}
+	return true
+}
+
+// extends reports whether stream, the change chunks of incoming bytes,
+// take the version at heads base to the one at heads want (see leadsTo).
+// Then importing them into the version at base gives the version at want
+// (the same set of changes), or fails for want of a dependency, where
+// threeWay reads the version at want anyway.
+func extends(base crdt.Heads, stream []crdt.ChangeInfo, want crdt.Heads) bool {
+	return len(stream) > 0 && leadsTo(base, stream, want)
+}
+
 // threeWay compares, field by field, the version both sides share (heads
 // shared, see mergeBase), this device's (local, read before the import)
-// and the relay's; d holds both sides. It returns the diff and the relay's
-// version.
+// and the relay's; d holds both sides, incoming (whose change chunks are
+// stream) imported. It returns the diff and the relay's version.
 //
-// Only the base is forked out of history (a replay, so this runs only for
-// records with both local and incoming changes); the relay's version is the
-// base plus the changes that came in, or, if the import fails, forked at
-// its heads.
-func threeWay(d *crdt.Doc, local crdt.Snapshot, shared, relay crdt.Heads, incoming []byte) (*crdt.FieldDiff, crdt.Snapshot, error) {
-	base, err := forkAt(d, shared)
+// Both other versions are read out of history (a replay, so this runs only
+// for records with both local and incoming changes): the relay's at its
+// heads when it is the base plus the changes that came in (see leadsTo),
+// as d holds it checked already; otherwise, as the base with incoming
+// imported into it, or if that import fails, at the relay's heads.
+func threeWay(d *crdt.Doc, local crdt.Snapshot, shared, relay crdt.Heads, incoming []byte, stream []crdt.ChangeInfo) (*crdt.FieldDiff, crdt.Snapshot, error) {
+	baseSnap, err := d.SnapshotAt(shared)
 	if err != nil {
 		return nil, crdt.Snapshot{}, err
 	}
-	defer base.Free()
-	baseSnap, err := base.Snapshot()
+	if len(relay) > 0 && extends(shared, stream, relay) {
+		if remoteSnap, err := d.SnapshotAt(relay); err == nil {
+			return crdt.Diff3Snapshots(baseSnap, local, remoteSnap), remoteSnap, nil
+		}
+	}
+	remote, err := relayVersion(d, shared, relay, incoming)
 	if err != nil {
 		return nil, crdt.Snapshot{}, err
 	}
-	remote, err := relayVersion(d, base, shared, relay, incoming)
-	if err != nil {
-		return nil, crdt.Snapshot{}, err
-	}
-	if remote != base {
-		defer remote.Free()
-	}
+	defer remote.Free()
 	remoteSnap, err := remote.Snapshot()
 	if err != nil {
 		return nil, crdt.Snapshot{}, err
@@ -624,52 +662,20 @@ func forkAt(d *crdt.Doc, h crdt.Heads) (*crdt.Doc, error) {
 	return d.Fork(h)
 }
 
-// relayVersion returns the relay's version of the record: base (d as of
-// shared) with incoming imported, or a fork of d at relay heads. The fork
-// is taken when the two are the same version (see extends), as it imports
-// and checks nothing again, d holding incoming checked already; and when
-// the import fails, the base lacking changes the relay holds.
-func relayVersion(d, base *crdt.Doc, shared, relay crdt.Heads, incoming []byte) (*crdt.Doc, error) {
-	if len(relay) > 0 && extends(shared, incoming, relay) {
-		if remote, err := d.Fork(relay); err == nil {
-			return remote, nil
-		}
+// relayVersion returns the relay's version of the record when it is not
+// the base plus incoming (see threeWay): d as of shared with incoming
+// imported, or, when that import fails (the base lacking changes the relay
+// holds), d as of relay.
+func relayVersion(d *crdt.Doc, shared, relay crdt.Heads, incoming []byte) (*crdt.Doc, error) {
+	base, err := forkAt(d, shared)
+	if err != nil {
+		return nil, err
 	}
 	if _, err := base.Import(incoming); err == nil {
 		return base, nil
 	}
+	base.Free()
 	return forkAt(d, relay)
-}
-
-// extends reports whether the heads the changes in incoming leave on top
-// of base (each change replacing the heads it depends on) are want. Then
-// importing incoming into the version at base gives the version at want
-// (the same set of changes), or fails for want of a dependency, where
-// threeWay forks the version at want anyway.
-func extends(base crdt.Heads, incoming []byte, want crdt.Heads) bool {
-	chs, err := crdt.ParseChanges(incoming)
-	if err != nil || len(chs) == 0 {
-		return false
-	}
-	heads := make(map[crdt.Hash]bool, len(base)+1)
-	for _, h := range base {
-		heads[h] = true
-	}
-	for _, c := range chs {
-		for _, d := range c.Deps {
-			delete(heads, d)
-		}
-		heads[c.Hash] = true
-	}
-	if len(heads) != len(want) {
-		return false
-	}
-	for _, h := range want {
-		if !heads[h] {
-			return false
-		}
-	}
-	return true
 }
 
 // maxResolveRounds bounds how often a record edited while its conflicts
