@@ -3,7 +3,12 @@
 // field diff that conflict policies are built on.
 //
 // It is the only package that imports automerge-go. It is pure: no
-// goroutines, no I/O and no clock; commit times are passed in.
+// goroutines, no I/O and no clock; commit times are passed in. One thing
+// it does to the process: on Linux with glibc, it caps the C allocator at
+// two arenas when the program starts, as Automerge's memory freed across
+// many threads otherwise stays spread over many (see [ReleaseNative]); a
+// program that sets MALLOC_ARENA_MAX, or glibc's arena_max tunable,
+// keeps its own.
 //
 // Changes move between documents as bytes ([Doc.ChangesSince] and
 // [Doc.Import], which uses LoadIncremental). Import checks untrusted bytes
