@@ -3,7 +3,6 @@
 package badgerdir
 
 import (
-	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"reflect"
@@ -70,27 +69,14 @@ func TestReleaseTablePages(t *testing.T) {
 	}
 	readAll := func() {
 		t.Helper()
-		got := 0
-		err := db.View(func(txn *badger.Txn) error {
-			it := txn.NewIterator(badger.DefaultIteratorOptions)
-			defer it.Close()
-			for it.Rewind(); it.Valid(); it.Next() {
-				v, err := it.Item().ValueCopy(nil)
-				if err != nil {
-					return err
-				}
-				if !bytes.Equal(v, want[string(it.Item().Key())]) {
-					return fmt.Errorf("key %q: wrong value", it.Item().Key())
-				}
-				got++
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
+		got := dump(t, db)
+		if len(got) != len(want) {
+			t.Fatalf("read %d keys, want %d", len(got), len(want))
 		}
-		if got != len(want) {
-			t.Fatalf("read %d keys, want %d", got, len(want))
+		for k, v := range got {
+			if v != string(want[k]) {
+				t.Fatalf("key %q: wrong value", k)
+			}
 		}
 	}
 	readAll()
