@@ -1,15 +1,13 @@
 package replica
 
 import (
-	"bytes"
-	"os"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"sync"
 	"sync/atomic"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/internal/procmem"
 )
 
 // nativeEvery is how many record writes pass between releases of native
@@ -140,25 +138,15 @@ func (p *native) release(full func()) {
 }
 
 // anonResident is the process's anonymous resident memory (its Go heap,
-// the C allocator's, stacks), from /proc/self/statm: resident pages less
-// those backed by files; -1 where there is none. Badger's tables mapped
-// whole are file-backed, and released on their own (see
-// Replica.releasePages).
+// the C allocator's, stacks): resident pages less those backed by files;
+// -1 where it cannot be read. Badger's tables mapped whole are
+// file-backed, and released on their own (see Replica.releasePages).
 func anonResident() int64 {
-	b, err := os.ReadFile("/proc/self/statm")
+	u, err := procmem.Read()
 	if err != nil {
 		return -1
 	}
-	f := bytes.Fields(b)
-	if len(f) < 3 {
-		return -1
-	}
-	rss, err1 := strconv.ParseInt(string(f[1]), 10, 64)
-	shared, err2 := strconv.ParseInt(string(f[2]), 10, 64)
-	if err1 != nil || err2 != nil {
-		return -1
-	}
-	return (rss - shared) * int64(os.Getpagesize())
+	return u.Anonymous
 }
 
 // read counts n records read by a scan or an index build and, every

@@ -2,8 +2,6 @@ package replica
 
 import (
 	"fmt"
-	"runtime"
-	"runtime/debug"
 	"testing"
 	"time"
 
@@ -138,29 +136,6 @@ func TestNativeReleasedFullWithoutResidentMemory(t *testing.T) {
 		t.Fatalf("%d full releases, %d collections, want 3 and 0", full, gc)
 	}
 	r.mem.collect = func() {}
-}
-
-// anonResident reads the process's anonymous memory, which grows with
-// memory the process touches.
-func TestAnonResident(t *testing.T) {
-	if anonResident() < 0 {
-		t.Skip("no /proc/self/statm")
-	}
-	// Every free page of the heap given back first: the allocation below
-	// cannot reuse pages still resident, and the scavenger has nothing
-	// left to give back meanwhile (other tests of the process free
-	// memory too).
-	debug.FreeOSMemory()
-	before := anonResident()
-	b := make([]byte, 64<<20)
-	for i := 0; i < len(b); i += 4096 {
-		b[i] = 1
-	}
-	after := anonResident()
-	runtime.KeepAlive(b)
-	if after-before < 48<<20 {
-		t.Fatalf("anonymous memory %d MiB before touching 64 MiB, %d after", before>>20, after>>20)
-	}
 }
 
 // A scan and an index build collect garbage every readEvery records they

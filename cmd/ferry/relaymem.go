@@ -1,15 +1,14 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/internal/procmem"
 )
 
 // What the relay process does to stay near its memory budget (max_memory)
@@ -85,22 +84,11 @@ func limitProcessMemory(ctx context.Context, maxMemory int64) int64 {
 	return goLimit
 }
 
-// residentBytes is the process's resident memory, from /proc (0 where
-// there is none).
+// residentBytes is the process's resident memory (0 where it cannot be
+// read).
 func residentBytes() int64 {
-	b, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
-		return 0
-	}
-	f := bytes.Fields(b)
-	if len(f) < 2 {
-		return 0
-	}
-	pages, err := strconv.ParseInt(string(f[1]), 10, 64)
-	if err != nil {
-		return 0
-	}
-	return pages * int64(os.Getpagesize())
+	u, _ := procmem.Read()
+	return u.Resident
 }
 
 // goLimitText is the banner's note of Go's memory limit.

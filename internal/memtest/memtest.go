@@ -15,16 +15,18 @@ package memtest
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/ferrysync/ferry/internal/procmem"
 )
 
 // childVar marks the processes Run starts.
@@ -114,17 +116,12 @@ func Resident(t testing.TB) int64 {
 	if raceEnabled && os.Getenv(childVar) != "" {
 		t.Fatal("the measuring process was built with the race detector")
 	}
-	b, err := os.ReadFile("/proc/self/statm")
+	u, err := procmem.Read()
+	if errors.Is(err, procmem.ErrUnavailable) {
+		t.Skip(err)
+	}
 	if err != nil {
-		t.Skipf("resident memory is read from /proc: %v", err)
+		t.Fatal(err)
 	}
-	f := strings.Fields(string(b))
-	if len(f) < 2 {
-		t.Fatalf("/proc/self/statm reads %q", b)
-	}
-	pages, err := strconv.ParseInt(f[1], 10, 64)
-	if err != nil {
-		t.Fatalf("/proc/self/statm reads %q: %v", b, err)
-	}
-	return pages * int64(os.Getpagesize())
+	return u.Resident
 }
