@@ -105,7 +105,7 @@ func (r *Replica) outgoingStored(coll, id string) (o outgoing, ok bool, err erro
 			return nil
 		}
 		infos, err := crdt.ParseChanges(buf)
-		if err != nil || !headsOf(infos).Equal(m.heads) {
+		if err != nil || !leadsTo(nil, infos, m.heads) {
 			return nil
 		}
 		o = outgoing{id: id, changes: buf, heads: m.heads, deleted: m.deleted}
@@ -113,24 +113,6 @@ func (r *Replica) outgoingStored(coll, id string) (o outgoing, ok bool, err erro
 		return nil
 	})
 	return o, ok, err
-}
-
-// headsOf returns the heads of a set of changes: those no other change in
-// it depends on.
-func headsOf(infos []crdt.ChangeInfo) crdt.Heads {
-	deps := make(map[crdt.Hash]bool, len(infos))
-	for _, c := range infos {
-		for _, d := range c.Deps {
-			deps[d] = true
-		}
-	}
-	var h crdt.Heads
-	for _, c := range infos {
-		if !deps[c.Hash] {
-			h = append(h, c.Hash)
-		}
-	}
-	return h
 }
 
 // acknowledge records, in one transaction, that the relay holds each
