@@ -234,28 +234,22 @@ func (l *ledger) checkFramed(ci chunkInfo) (int, error) {
 	if len(fresh) == 0 {
 		return 0, nil
 	}
-	// The checks verifyChanges makes (the same errors), each change
-	// decoded into one pooled change: the index keeps none of it.
-	layer := newLayer(l.top)
-	ops := 0
+	// The checks verifyChanges makes, without its lists of the fresh
+	// changes' payloads and hashes.
+	v := verified{layer: newLayer(l.top)}
 	c := getChange()
 	defer putChange(c)
 	for _, i := range fresh {
-		err := c.checkCanonical(ci.payloads[i])
-		if err == nil {
-			err = layer.check(c)
+		if err := v.check(c, ci.payloads[i], ci.changes[i].Hash); err != nil {
+			return 0, err
 		}
-		if err != nil {
-			return 0, fmt.Errorf("%w: change %s: %v", ErrCorrupt, ci.changes[i].Hash, err)
-		}
-		ops += len(c.ops)
 	}
-	if l.maxOps > 0 && l.ops+ops > l.maxOps {
-		return 0, fmt.Errorf("%w: %d operations, over %d", ErrOpLimit, l.ops+ops, l.maxOps)
+	if l.maxOps > 0 && l.ops+v.ops > l.maxOps {
+		return 0, fmt.Errorf("%w: %d operations, over %d", ErrOpLimit, l.ops+v.ops, l.maxOps)
 	}
 	// Checked: take them in.
-	l.top = pushLayer(l.top, layer)
-	l.ops += ops
+	l.top = pushLayer(l.top, v.layer)
+	l.ops += v.ops
 	for _, i := range fresh {
 		c, who := ci.changes[i], ci.authors[i]
 		l.held.set(c.Hash, who)

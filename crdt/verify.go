@@ -32,24 +32,36 @@ func verifyChanges(base *opIndex, payloads [][]byte, changes []jentry) (verified
 		v.layer = newLayer(base.top)
 		v.unread = base.unread
 	}
+	c := getChange()
+	defer putChange(c)
 	for i, p := range payloads {
-		c, err := checkCanonical(p)
-		if err == nil && v.layer != nil {
-			// The change can refer only to operations of the actors it
-			// names: the document's unread changes by them are read first.
-			if len(v.unread) > 0 {
-				if v.unread, err = readUnread(v.layer, v.unread, c.actorStrings()); err != nil {
-					return verified{}, err
-				}
-			}
-			err = v.layer.check(c)
+		if err := v.check(c, p, changes[i].hash); err != nil {
+			return verified{}, err
 		}
-		if err != nil {
-			return verified{}, fmt.Errorf("%w: change %s: %v", ErrCorrupt, changes[i].hash, err)
-		}
-		v.ops += len(c.ops)
 	}
 	return v, nil
+}
+
+// check checks one change payload, with hash, as verifyChanges does,
+// decoding it into c (whose slices it reuses; the index keeps none of
+// them), and counts its operations.
+func (v *verified) check(c *change, payload []byte, hash Hash) error {
+	err := c.checkCanonical(payload)
+	if err == nil && v.layer != nil {
+		// The change can refer only to operations of the actors it
+		// names: the document's unread changes by them are read first.
+		if len(v.unread) > 0 {
+			if v.unread, err = readUnread(v.layer, v.unread, c.actorStrings()); err != nil {
+				return err
+			}
+		}
+		err = v.layer.check(c)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: change %s: %v", ErrCorrupt, hash, err)
+	}
+	v.ops += len(c.ops)
+	return nil
 }
 
 // recordVerified finishes what verifyChanges began, once the changes are
