@@ -103,16 +103,11 @@ func newSyncer(db *badger.DB, dir string, off bool) *syncer {
 // a process-wide metric (every Badger store of the process adds to it),
 // if db keeps its metrics.
 func badgerVlogWrites(db *badger.DB) func() (int64, bool) {
-	return func() (int64, bool) {
-		if !db.Opts().MetricsEnabled {
-			return 0, false
-		}
-		n, ok := expvar.Get("badger_write_num_vlog").(*expvar.Int)
-		if !ok {
-			return 0, false
-		}
-		return n.Value(), true
+	n, ok := expvar.Get("badger_write_num_vlog").(*expvar.Int)
+	if !ok || db == nil || !db.Opts().MetricsEnabled {
+		return func() (int64, bool) { return 0, false }
 	}
+	return func() (int64, bool) { return n.Value(), true }
 }
 
 // durable makes every commit before it durable. It returns err unchanged
