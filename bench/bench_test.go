@@ -90,8 +90,15 @@ func TestWorkloadsSmall(t *testing.T) {
 	want("W2", "latency_p50", positive)
 	want("W2", "floor_apply", positive)
 	for w, edits := range map[string]int{"W2": 20, "W2L": 30, "W3": 2 * 20} {
-		if f := byName[w].EditFloor; f == nil || f.Changes != edits || f.Rate <= 0 || len(f.Runs) != floorRuns {
-			t.Errorf("%s: edit floor %+v, want %d edits", w, f, edits)
+		// W3's random edits may set a field to the value it holds, which
+		// makes no change on the replica and none in the floor either
+		// (seed 1796674936285721817 has one); the others never repeat one.
+		least := edits
+		if w == "W3" {
+			least = edits - edits/10
+		}
+		if f := byName[w].EditFloor; f == nil || f.Changes < least || f.Changes > edits || f.Rate <= 0 || len(f.Runs) != floorRuns {
+			t.Errorf("%s: edit floor %+v, want %d edits (at least %d)", w, f, edits, least)
 		}
 	}
 	// Ratios are to a floor of the same kind of change, or absent.
