@@ -709,8 +709,8 @@ func TestLiveCrashDeviceChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	var syncs atomic.Int64
-	run := r.fsync.run
-	r.fsync.run = func() error {
+	run := r.fsync.Run
+	r.fsync.Run = func() error {
 		n := syncs.Add(1)
 		if n == int64(plan.pauseAt) && plan.pauseMode == "before" {
 			lcPrintf("paused before")

@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/internal/badgerdir"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/badgerstore"
@@ -45,7 +46,7 @@ type partsVariant struct {
 	devicesMemory bool
 	noEarlyPush   bool // devices push an edit only once it is durable
 	earlyApply    bool // devices take the relay's changes before durable
-	badgerSync    bool // devices fsync by Badger's DB.Sync (see syncer.syncNow)
+	badgerSync    bool // devices fsync by Badger's DB.Sync (see badgerdir.Syncer.SyncNow)
 }
 
 var partsVariants = []partsVariant{
@@ -99,9 +100,9 @@ func BenchmarkLiveParts(b *testing.B) {
 	}
 	for _, v := range append(before, partsVariants...) {
 		b.Run(v.name, func(b *testing.B) {
-			direct, early := fsyncLogsDirect, earlyApply
-			noEarlyPush, earlyApply, fsyncLogsDirect = v.noEarlyPush, v.earlyApply, direct && !v.badgerSync
-			defer func() { noEarlyPush, earlyApply, fsyncLogsDirect = false, early, direct }()
+			direct, early := badgerdir.FsyncLogsDirect, earlyApply
+			noEarlyPush, earlyApply, badgerdir.FsyncLogsDirect = v.noEarlyPush, v.earlyApply, direct && !v.badgerSync
+			defer func() { noEarlyPush, earlyApply, badgerdir.FsyncLogsDirect = false, early, direct }()
 			p, openDev := v.start(b, policy.Live)
 			livePartsRun(b, p, openDev(), openDev())
 		})

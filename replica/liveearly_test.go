@@ -51,8 +51,8 @@ func gateFsync(t *testing.T, r *Replica) *fsyncGate {
 	g := &fsyncGate{held: make(chan struct{}, 16)}
 	// Before r's Close, which waits for the calls the gate holds.
 	t.Cleanup(func() { g.open(errors.New("test over")) })
-	run := r.fsync.run
-	r.fsync.run = func() error {
+	run := r.fsync.Run
+	r.fsync.Run = func() error {
 		g.mu.Lock()
 		wait := g.wait
 		g.mu.Unlock()

@@ -34,7 +34,7 @@ type Replica struct {
 	colls collLocks // per collection, for exchanges with relays
 	cache *docCache
 	reap  *reaper // frees the documents that leave the cache
-	fsync *syncer // fsyncs what durable commits need
+	fsync *badgerdir.Syncer // fsyncs what durable commits need
 	feeds *feeds
 	idx   indexes               // the collections' secondary indexes
 	mem   *native               // releases the memory automerge-go leaves behind
@@ -126,7 +126,7 @@ func openStore(dir string, opts Options) (*Replica, error) {
 	if opts.InMemory {
 		dir = ""
 	}
-	r.fsync = newSyncer(db, dir, opts.Relaxed)
+	r.fsync = badgerdir.NewSyncer(db, dir, opts.Relaxed)
 	r.reap = newReaper(&r.locks)
 	r.cache = newDocCache(opts.CacheBytes, r.reap.add)
 	r.reap.cache = r.cache

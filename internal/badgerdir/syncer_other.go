@@ -1,0 +1,7 @@
+//go:build !linux
+
+package badgerdir
+
+// FsyncLogsDirect: elsewhere, Badger's own DB.Sync fsyncs its active logs
+// (see Syncer.SyncNow).
+var FsyncLogsDirect = false
