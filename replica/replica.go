@@ -33,7 +33,7 @@ type Replica struct {
 	locks stripes   // per record
 	colls collLocks // per collection, for exchanges with relays
 	cache *docCache
-	reap  *reaper // frees the documents that leave the cache
+	reap  *reaper           // frees the documents that leave the cache
 	fsync *badgerdir.Syncer // fsyncs what durable commits need
 	feeds *feeds
 	idx   indexes               // the collections' secondary indexes

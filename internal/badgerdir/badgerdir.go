@@ -4,8 +4,8 @@
 // opening and closing Badger without letting its panics escape, with a clear
 // error when another process holds the store, read-only opens, logging
 // through slog, value-log garbage collection, fsyncs made when the store
-// says (Syncer), the store's size on disk, and
-// the format marker that tells each kind of store from any other (Marker).
+// says (Syncer), the store's size on disk, and the format marker that
+// tells each kind of store from any other (Marker).
 package badgerdir
 
 import (
