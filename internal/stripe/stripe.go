@@ -6,9 +6,11 @@ import (
 	"sync"
 )
 
-// n is the number of stripes. 256 keeps two busy keys from sharing one
-// most of the time, in 6 KiB.
-const n = 256
+// Count is the number of stripes. 256 keeps two busy keys from sharing
+// one most of the time, in 6 KiB.
+const Count = 256
+
+const n = Count
 
 // Locks maps keys of type K to a fixed set of read-write locks. The zero
 // value is ready to use; a Locks must not be copied once used. It is safe

@@ -26,7 +26,7 @@ func (s *Store) Append(ctx context.Context, c relay.Coll, fence uint64, now time
 	var last uint64
 	err := s.locked(ctx, c, func() error {
 		var p *appendPlan
-		err := s.db.Update(func(txn *badger.Txn) error {
+		err := s.commitUpdate(c, func(txn *badger.Txn) error {
 			q, err := planAppend(txn, c, fence, now, entries)
 			if err != nil {
 				return err
@@ -189,6 +189,9 @@ func checkFence(txn *badger.Txn, c relay.Coll, fence uint64, now time.Time) erro
 //     error): the append clears them if it can, and otherwise the next
 //     write to the collection does, or Open (clearPending). The next
 //     append reuses their sequence numbers, which nothing ever saw.
+//   - Each transaction is fsynced before the next is committed, so a
+//     power loss cannot keep a later one (the head, or entries the
+//     pending key does not name yet) without the earlier ones.
 //
 // Compaction and truncation only touch entries up to a record's meta's
 // seq and the head, and run under the same lock, so they never meet an
@@ -204,10 +207,12 @@ func (s *Store) appendSplit(p *appendPlan) (err error) {
 			err = s.clearAfterFailure(p.c, err)
 		}
 	}()
-	// commit commits txn and starts the next; splitHook may stop the
-	// append after it, as if the process died there.
-	commit := func() error {
-		if err := txn.Commit(); err != nil {
+	// commit commits txn and starts the next, fsyncing what it wrote
+	// unless it is the last (the caller, locked, fsyncs that one);
+	// splitHook may stop the append after it, as if the process died
+	// there.
+	commit := func(last bool) error {
+		if err := s.commit(p.c, txn); err != nil {
 			return err
 		}
 		k++
@@ -219,7 +224,10 @@ func (s *Store) appendSplit(p *appendPlan) (err error) {
 				return err
 			}
 		}
-		return nil
+		if last {
+			return nil
+		}
+		return s.syncPart()
 	}
 	var b [16]byte
 	binary.BigEndian.PutUint64(b[:8], p.first)
@@ -231,7 +239,7 @@ func (s *Store) appendSplit(p *appendPlan) (err error) {
 	for _, w := range p.data {
 		err := w.apply(txn)
 		if errors.Is(err, badger.ErrTxnTooBig) && n > 0 {
-			if err = commit(); err == nil {
+			if err = commit(false); err == nil {
 				err = w.apply(txn)
 			}
 		}
@@ -240,7 +248,7 @@ func (s *Store) appendSplit(p *appendPlan) (err error) {
 		}
 		n++
 	}
-	if err := commit(); err != nil {
+	if err := commit(false); err != nil {
 		return err
 	}
 	// The publishing transaction.
@@ -262,7 +270,7 @@ func (s *Store) appendSplit(p *appendPlan) (err error) {
 	if err := p.publish(txn); err != nil {
 		return err // ErrTxnTooBig: too many records for one transaction
 	}
-	return commit()
+	return commit(true)
 }
 
 // clearAfterFailure clears what a failed split append to c wrote, and
@@ -306,9 +314,9 @@ func (s *Store) clearMarked(c relay.Coll) error {
 
 // clearPending deletes the log entries and tail keys of a split append to
 // c that was never published, if its pending key says there is one, and
-// then that key. It may take several transactions; cut short, it runs
-// again from the start, deleting what is left. The caller holds c's lock,
-// or is Open.
+// then that key. It may take several transactions, each fsynced before
+// the next; cut short, it runs again from the start, deleting what is
+// left. The caller holds c's lock, or is Open, and fsyncs the last.
 func (s *Store) clearPending(c relay.Coll) error {
 	pending := collKey("pending", c)
 	var first, last, head uint64
@@ -346,7 +354,10 @@ func (s *Store) clearPending(c relay.Coll) error {
 	del := func(key []byte) error {
 		err := txn.Delete(key)
 		if errors.Is(err, badger.ErrTxnTooBig) && n > 0 {
-			if err = txn.Commit(); err != nil {
+			if err = s.commit(c, txn); err == nil {
+				err = s.syncPart()
+			}
+			if err != nil {
 				return err
 			}
 			txn, n = s.db.NewTransaction(true), 0
@@ -382,7 +393,7 @@ func (s *Store) clearPending(c relay.Coll) error {
 	if err := del(pending); err != nil {
 		return err
 	}
-	return txn.Commit()
+	return s.commit(c, txn)
 }
 
 // clearAllPending clears every collection's unpublished append: what a

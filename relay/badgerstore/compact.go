@@ -23,7 +23,7 @@ func (s *Store) Compact(ctx context.Context, c relay.Coll, record string, snap [
 	}
 	return s.locked(ctx, c, func() error {
 		var drop [][]byte
-		err := s.db.Update(func(txn *badger.Txn) error {
+		err := s.commitUpdate(c, func(txn *badger.Txn) error {
 			m, ok, err := getRecMeta(txn, c, record)
 			if err != nil {
 				return err
@@ -81,8 +81,13 @@ func (s *Store) Compact(ctx context.Context, c relay.Coll, record string, snap [
 			}
 			return nil
 		})
+		if err == nil && len(drop) > 0 {
+			// The snapshot must not be lost while the tail it replaces
+			// is: fsync it before deleting the rest.
+			err = s.syncPart()
+		}
 		for err == nil && len(drop) > 0 {
-			err = s.db.Update(func(txn *badger.Txn) error {
+			err = s.commitUpdate(c, func(txn *badger.Txn) error {
 				for n := 0; len(drop) > 0; n++ {
 					err := txn.Delete(drop[0])
 					if errors.Is(err, badger.ErrTxnTooBig) && n > 0 {

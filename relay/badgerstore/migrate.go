@@ -23,8 +23,9 @@ var (
 // (a store may hold more documents than one transaction carries), bounded
 // by documents and by bytes, since each document is written again as a
 // snapshot; the format marker is written last, so a migration cut short
-// runs again.
-func migrateV1(db *badger.DB) error {
+// runs again. sync fsyncs each batch before the next: a later batch must
+// not survive a power loss without the usage counts of an earlier one.
+func migrateV1(db *badger.DB, sync func() error) error {
 	maxDocs := migrateBatchDocs
 	for {
 		done := true
@@ -84,6 +85,9 @@ func migrateV1(db *badger.DB) error {
 			// The bytes bound is an estimate of Badger's: halve the batch.
 			maxDocs = n / 2
 			continue
+		}
+		if err == nil {
+			err = sync()
 		}
 		if err != nil {
 			return fmt.Errorf("relay: migrating a format-1 store: %w", err)

@@ -131,7 +131,7 @@ func (s *Store) Records(ctx context.Context, c relay.Coll, after string, limit i
 		return nil, s.view(ctx, func(*badger.Txn) error { return nil })
 	}
 	var out []relay.Record
-	err := s.view(ctx, func(txn *badger.Txn) error {
+	err := s.viewDurable(ctx, c, func(txn *badger.Txn) error {
 		prefix := collPrefix("rec", c)
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: min(limit, 100), Prefix: prefix})
 		defer it.Close()
@@ -161,7 +161,7 @@ func (s *Store) Records(ctx context.Context, c relay.Coll, after string, limit i
 // Log implements relay.Store.
 func (s *Store) Log(ctx context.Context, c relay.Coll, after uint64, limit int) ([]relay.LogEntry, error) {
 	var out []relay.LogEntry
-	err := s.view(ctx, func(txn *badger.Txn) error {
+	err := s.viewDurable(ctx, c, func(txn *badger.Txn) error {
 		horizon, err := getUint64(txn, collKey("horizon", c))
 		if err != nil {
 			return err
@@ -207,7 +207,7 @@ func (s *Store) Log(ctx context.Context, c relay.Coll, after uint64, limit int) 
 // Head implements relay.Store.
 func (s *Store) Head(ctx context.Context, c relay.Coll) (uint64, error) {
 	var head uint64
-	err := s.view(ctx, func(txn *badger.Txn) (err error) {
+	err := s.viewDurable(ctx, c, func(txn *badger.Txn) (err error) {
 		head, err = getUint64(txn, collKey("head", c))
 		return err
 	})

@@ -271,6 +271,7 @@ func TestSplitAppendAllOrNothing(t *testing.T) {
 	bsAppend(t, s, 0, time.Now(), splitBase()...)
 	// What the hook saw after each transaction: published or not.
 	var seen []bool
+	s.readsInHook = true
 	s.splitHook = func(k int) error {
 		st, err := readSplitState(s)
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -24,9 +25,9 @@ type Options struct {
 	// Logger receives the store's and Badger's logs. Default: discard.
 	Logger *slog.Logger
 
-	// Relaxed turns off fsync on every commit (Badger's SyncWrites), for
-	// benchmarks only: an Append that returned nil, and so was acknowledged
-	// to a device, may be lost in a power loss or kernel crash.
+	// Relaxed turns off the fsync after every write, for benchmarks only:
+	// an Append that returned nil, and so was acknowledged to a device,
+	// may be lost in a power loss or kernel crash.
 	Relaxed bool
 
 	// InMemory keeps everything in memory: nothing survives Close. The dir
@@ -62,15 +63,31 @@ func (o *Options) withDefaults() Options {
 // owns a Badger folder; Badger's own folder lock enforces it), so sequence
 // numbers are allocated without races; writes to different collections
 // commit in parallel.
+//
+// Durability: Badger runs with SyncWrites off, and every write fsyncs
+// Badger's logs itself (badgerdir.Syncer) before it returns and before
+// it lets go of its collection's lock: only the logs written to, and one
+// fsync shared by the writes to every collection that end meanwhile.
+// Badger shows a commit to readers as soon as it is written, before that
+// fsync, so the reads that give out sequence numbers (Head, Log,
+// Records), which devices keep as cursors, wait for the fsync of a write
+// they saw: a cursor never names an entry a power loss could still take.
+// A write in several transactions (a large append, a compaction, clearing
+// a failed append) fsyncs between them where a later one must not
+// survive without an earlier one.
 type Store struct {
 	db          *badger.DB
 	incarnation string
 	opts        Options
+	fsync       *badgerdir.Syncer
 
 	// colls serializes writes per collection. Striped, so memory stays
 	// bounded however many collections there are; two collections sharing
 	// a stripe only wait for each other.
 	colls stripe.Locks[relay.Coll]
+	// unsynced marks, by stripe of colls, a write committed and not yet
+	// fsynced: set before the commit, cleared once fsynced (see locked).
+	unsynced [stripe.Count]atomic.Bool
 
 	mu     sync.RWMutex // held for reading by every operation; Close takes it for writing
 	closed bool
@@ -83,6 +100,9 @@ type Store struct {
 	// split append; an error stops the append there, as if the process
 	// died, and Append returns it.
 	splitHook func(k int) error
+	// readsInHook, set by tests whose splitHook reads the store, keeps
+	// viewDurable from waiting for the write the hook runs in.
+	readsInHook bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -105,13 +125,24 @@ func Open(dir string, o *Options) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{db: db, opts: opts, closing: make(chan struct{})}
-	if s.incarnation, err = initMeta(db); err != nil {
+	syncDir := dir
+	if opts.InMemory {
+		syncDir = ""
+	}
+	s.fsync = badgerdir.NewSyncer(db, syncDir, opts.Relaxed)
+	if s.incarnation, err = initMeta(db, s.fsync.Sync); err != nil {
 		badgerdir.Close(db)
 		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
 	}
-	if err := s.clearAllPending(); err != nil {
+	if err := s.clearAllPending(); err == nil {
+		err = s.fsync.Sync()
+	}
+	if err != nil {
 		badgerdir.Close(db)
 		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
+	}
+	for i := range s.unsynced {
+		s.unsynced[i].Store(false)
 	}
 	if !opts.InMemory && opts.GCInterval > 0 {
 		s.wg.Add(1)
@@ -170,7 +201,8 @@ const memTableSize = 8 << 20
 func badgerOptions(dir string, mt int64, opts Options) badger.Options {
 	bo := badger.DefaultOptions(dir).
 		WithInMemory(opts.InMemory).
-		WithSyncWrites(!opts.Relaxed).
+		// The store fsyncs its logs itself (see Store).
+		WithSyncWrites(false).
 		WithLogger(badgerdir.Logger(opts.Logger)).
 		WithNumVersionsToKeep(1).
 		WithMemTableSize(mt).
@@ -232,11 +264,12 @@ var marker = badgerdir.Marker{
 }
 
 // initMeta checks the format version and returns the incarnation, writing
-// both into a new (keyless) database, and migrates an older format.
-func initMeta(db *badger.DB) (string, error) {
+// both into a new (keyless) database, and migrates an older format; sync
+// fsyncs what was written.
+func initMeta(db *badger.DB, sync func() error) (string, error) {
 	inc, format, err := marker.Init(db)
 	if err == nil && format < badgerFormat {
-		err = migrateV1(db)
+		err = migrateV1(db, sync)
 	}
 	return inc, err
 }
@@ -260,11 +293,42 @@ func (s *Store) enter(ctx context.Context) (func(), error) {
 // update runs fn in one read-write transaction under c's lock: everything fn
 // reads is what it writes over, and the commit is durable unless Relaxed.
 func (s *Store) update(ctx context.Context, c relay.Coll, fn func(txn *badger.Txn) error) error {
-	return s.locked(ctx, c, func() error { return s.db.Update(fn) })
+	return s.locked(ctx, c, func() error { return s.commitUpdate(c, fn) })
+}
+
+// commitUpdate runs fn in a read-write transaction and commits it, as
+// DB.Update does, marking c unsynced first. The caller holds c's lock, or
+// is Open.
+func (s *Store) commitUpdate(c relay.Coll, fn func(txn *badger.Txn) error) error {
+	txn := s.db.NewTransaction(true)
+	defer txn.Discard()
+	if err := fn(txn); err != nil {
+		return err
+	}
+	return s.commit(c, txn)
+}
+
+// commit commits txn, a write to c, marking c unsynced first: readers may
+// see the commit as soon as Badger has written it.
+func (s *Store) commit(c relay.Coll, txn *badger.Txn) error {
+	if !s.fsync.Off() {
+		s.unsynced[s.colls.Index(c)].Store(true)
+	}
+	return txn.Commit()
+}
+
+// syncPart fsyncs the transactions of a write to c in several so far,
+// before it commits one that must not survive a power loss without them.
+func (s *Store) syncPart() error {
+	if err := s.fsync.Sync(); err != nil {
+		return fmt.Errorf("relay: fsync: %w", err)
+	}
+	return nil
 }
 
 // locked runs fn under c's lock, once what a failed append to c left is
-// cleared: every write to a collection goes through it.
+// cleared: every write to a collection goes through it. What fn committed,
+// even if it then failed, is fsynced before the lock is let go.
 func (s *Store) locked(ctx context.Context, c relay.Coll, fn func() error) error {
 	done, err := s.enter(ctx)
 	if err != nil {
@@ -272,10 +336,23 @@ func (s *Store) locked(ctx context.Context, c relay.Coll, fn func() error) error
 	}
 	defer done()
 	defer s.colls.Lock(c)()
-	if err := s.clearMarked(c); err != nil {
+	err = s.clearMarked(c)
+	if err == nil {
+		err = fn()
+	}
+	unsynced := &s.unsynced[s.colls.Index(c)]
+	if !unsynced.Load() {
 		return err
 	}
-	return fn()
+	if serr := s.fsync.Sync(); serr != nil {
+		// Left marked: readers of c's sequence numbers try again.
+		if err == nil {
+			err = fmt.Errorf("relay: written but not fsynced: %w", serr)
+		}
+		return err
+	}
+	unsynced.Store(false)
+	return err
 }
 
 func (s *Store) view(ctx context.Context, fn func(txn *badger.Txn) error) error {
@@ -285,6 +362,36 @@ func (s *Store) view(ctx context.Context, fn func(txn *badger.Txn) error) error 
 	}
 	defer done()
 	return s.db.View(fn)
+}
+
+// viewDurable is view for reads of c that give out sequence numbers: if
+// a write to c (or to a collection sharing its stripe) was committed and
+// not yet fsynced once fn's transaction had begun, it waits for that
+// write's fsync, which comes before the write lets go of the lock; if that
+// fsync failed, it fsyncs, or fails.
+func (s *Store) viewDurable(ctx context.Context, c relay.Coll, fn func(txn *badger.Txn) error) error {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	if err := s.db.View(fn); err != nil {
+		return err
+	}
+	unsynced := &s.unsynced[s.colls.Index(c)]
+	if !unsynced.Load() || s.readsInHook {
+		return nil
+	}
+	defer s.colls.RLock(c)()
+	if !unsynced.Load() {
+		return nil
+	}
+	if err := s.fsync.Sync(); err != nil {
+		return fmt.Errorf("relay: read of %s/%s: an earlier write was not fsynced: %w", c.Tenant, c.Collection, err)
+	}
+	// No writer holds the stripe: only readers, who may all clear it.
+	unsynced.Store(false)
+	return nil
 }
 
 // Acquire implements relay.Store. The collection's fence key only grows, and is

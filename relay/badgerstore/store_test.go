@@ -87,18 +87,6 @@ func checkUntouched(t *testing.T, dir string, before map[string][32]byte) {
 	}
 }
 
-func TestBadgerDurableByDefault(t *testing.T) {
-	s := bsOpen(t, t.TempDir(), nil)
-	if !s.db.Opts().SyncWrites {
-		t.Fatal("SyncWrites is off by default")
-	}
-	r := bsOpen(t, t.TempDir(), &Options{Relaxed: true})
-	if r.db.Opts().SyncWrites {
-		t.Fatal("SyncWrites is on with Relaxed")
-	}
-	bsAppend(t, r, 0, time.Now(), bsEntry("a", nil, "1"))
-}
-
 func TestBadgerBackupRestore(t *testing.T) {
 	ctx := context.Background()
 	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
