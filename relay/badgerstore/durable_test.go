@@ -3,12 +3,15 @@ package badgerstore
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/internal/badgerdir"
 	"github.com/ferrysync/ferry/relay"
 )
@@ -229,4 +232,148 @@ func TestSplitAppendFsyncsEachPart(t *testing.T) {
 	if n := s.fsync.Syncs() - before; n != int64(len(syncsAt)) {
 		t.Fatalf("%d syncs for %d transactions", n, len(syncsAt))
 	}
+}
+
+// TestBadgerPowerCut cuts the power, in effect, after every fsync of an
+// append while another goroutine reads the head as a device would take a
+// cursor: each fsync of the write-ahead log copies the store's folder
+// (the writer holds the collection's lock meanwhile, so the copy is the
+// folder as that fsync left it, Badger's own tables and manifest
+// included, which Badger fsyncs as it writes them). A power cut any time
+// before the next fsync keeps that copy and loses the rest. So every
+// acknowledgement and every head returned before the next copy was made
+// must be in the copy: no acknowledged append is lost, and no cursor
+// names an entry the relay could still lose.
+func TestBadgerPowerCut(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	opts := &Options{GCInterval: -1, memTableSize: 1 << 20, valueLogFileSize: 1 << 20}
+	s := bsOpen(t, dir, opts)
+	copies := t.TempDir()
+
+	// The log of what happened, in order: a copy made ("copy", its
+	// number), an append acknowledged ("ack", its sequence number), a
+	// head read ("head", the head).
+	type event struct {
+		kind string
+		n    uint64
+	}
+	var mu sync.Mutex
+	var events []event
+	note := func(kind string, n uint64) {
+		mu.Lock()
+		events = append(events, event{kind, n})
+		mu.Unlock()
+	}
+	var made uint64
+	s.fsync.FsyncLog = func(path string) error {
+		if err := badgerdir.FsyncFile(path); err != nil {
+			return err
+		}
+		if filepath.Ext(path) != ".mem" {
+			return nil
+		}
+		made++
+		if err := copyFolder(dir, filepath.Join(copies, strconv.FormatUint(made, 10))); err != nil {
+			return err
+		}
+		note("copy", made)
+		return nil
+	}
+
+	stop := make(chan struct{})
+	var reads sync.WaitGroup
+	reads.Add(1)
+	go func() {
+		defer reads.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			h, err := s.Head(ctx, bsColl)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			note("head", h)
+		}
+	}()
+	var base crdt.Heads
+	for i := range 20 {
+		e := bsEntry("a", base, strconv.Itoa(i))
+		seq, err := s.Append(ctx, bsColl, 0, time.Now(), []relay.Entry{e})
+		if err != nil {
+			t.Fatal(err)
+		}
+		note("ack", seq)
+		base = e.Heads
+	}
+	close(stop)
+	reads.Wait()
+
+	// For each copy, the most any acknowledgement or head returned
+	// before the next copy named.
+	var most []uint64 // by copy number - 1
+	var cur uint64
+	mu.Lock()
+	for _, ev := range events {
+		if ev.kind == "copy" {
+			if ev.n > 1 {
+				most = append(most, cur) // everything before copy n, against copy n-1
+			}
+			continue
+		}
+		cur = max(cur, ev.n)
+	}
+	most = append(most, cur)
+	mu.Unlock()
+	heads := 0
+	for _, ev := range events {
+		if ev.kind == "head" {
+			heads++
+		}
+	}
+	t.Logf("%d copies, %d heads read", made, heads)
+	for k := uint64(1); k <= made; k++ {
+		c, err := Open(filepath.Join(copies, strconv.FormatUint(k, 10)), opts)
+		if err != nil {
+			t.Fatalf("the store as fsync %d left it: %v", k, err)
+		}
+		h, err := c.Head(ctx, bsColl)
+		if cerr := c.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := most[k-1]; h < want {
+			t.Fatalf("a power cut after fsync %d keeps head %d, but %d was acknowledged or given out before the next fsync", k, h, want)
+		}
+	}
+}
+
+// copyFolder copies the files of dir into a new folder to.
+func copyFolder(dir, to string) error {
+	if err := os.Mkdir(to, 0o700); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.Name() == "LOCK" {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(to, e.Name()), b, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -41,6 +41,9 @@ type Options struct {
 	// memTableSize overrides memTableSize, for tests that reach Badger's
 	// transaction limit with little data.
 	memTableSize int64
+	// valueLogFileSize overrides Badger's, for tests that copy the
+	// store's files (Badger makes each value log twice this, sparse).
+	valueLogFileSize int64
 }
 
 func (o *Options) withDefaults() Options {
@@ -217,6 +220,9 @@ func badgerOptions(dir string, mt int64, opts Options) badger.Options {
 		WithBlockCacheSize(16 << 20)
 	if opts.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
+	}
+	if opts.valueLogFileSize > 0 {
+		bo = bo.WithValueLogFileSize(opts.valueLogFileSize)
 	}
 	return bo
 }
