@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -203,4 +204,61 @@ func TestSyncFsyncsRotatedLogs(t *testing.T) {
 		vlogWrites--
 		step(active("000002.vlog", "00004.mem")...)
 	}
+}
+
+// TestSyncListsTheFolderOnlyWhenItChanged: a sync lists the store's
+// folder again only when the folder changed since a listing that saw it
+// unchanged for a second (a large store's listing costs more than an
+// fsync), and a log created since is still found and fsynced.
+func TestSyncListsTheFolderOnlyWhenItChanged(t *testing.T) {
+	db := openSynced(t, t.TempDir())
+	dir := t.TempDir() // the logs the syncer lists, beside a real Badger's DB.Sync
+	s := NewSyncer(db, dir, false)
+	var fsynced []string
+	s.FsyncLog = func(path string) error {
+		fsynced = append(fsynced, filepath.Base(path))
+		return nil
+	}
+	var vlogWrites int64
+	s.vlogWrites = func() (int64, bool) { return vlogWrites, true }
+	touch := func(names ...string) {
+		for _, n := range names {
+			if err := os.WriteFile(filepath.Join(dir, n), nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	age := func() {
+		old := time.Now().Add(-time.Hour)
+		if err := os.Chtimes(dir, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step := func(listings int, want ...string) {
+		t.Helper()
+		fsynced = nil
+		if err := s.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		if s.listings != listings {
+			t.Fatalf("%d listings, want %d", s.listings, listings)
+		}
+		if !FsyncLogsDirect {
+			return // DB.Sync fsyncs the active logs; only rotated ones are listed
+		}
+		if !slices.Equal(fsynced, want) {
+			t.Fatalf("fsynced %v, want %v", fsynced, want)
+		}
+	}
+	touch("00001.mem", "000001.vlog", "000001.sst")
+	age()
+	step(1, "000001.vlog", "00001.mem")
+	step(1, "00001.mem") // unchanged for an hour: not listed again
+	step(1, "00001.mem")
+	touch("00002.mem") // a rotation
+	step(2, "00001.mem", "00002.mem")
+	step(3, "00002.mem") // changed less than a second before the listing
+	age()
+	step(4, "00002.mem")
+	step(4, "00002.mem")
 }
