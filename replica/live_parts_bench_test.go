@@ -46,7 +46,7 @@ type partsVariant struct {
 	devicesMemory bool
 	noEarlyPush   bool // devices push an edit only once it is durable
 	earlyApply    bool // devices take the relay's changes before durable
-	badgerSync    bool // devices fsync by Badger's DB.Sync (see badgerdir.Syncer.SyncNow)
+	badgerSync    bool // devices, and the relay's store, fsync by Badger's DB.Sync (see badgerdir.Syncer.SyncNow)
 }
 
 var partsVariants = []partsVariant{

@@ -154,6 +154,7 @@ func openStore(dir string, opts Options) (*Replica, error) {
 	if err != nil {
 		r.reap.close()
 		badgerdir.Close(db)
+		r.fsync.Close()
 		return nil, err
 	}
 	if !opts.InMemory && opts.GCInterval > 0 {
@@ -374,7 +375,7 @@ func (r *Replica) Close() error {
 		r.cache.clear()
 		r.reap.close()
 		r.pages.Stop()
-		r.closeErr = errors.Join(r.durable(nil), badgerdir.Close(r.db))
+		r.closeErr = errors.Join(r.durable(nil), badgerdir.Close(r.db), r.fsync.Close())
 		// Badger's memtables, block cache and the tables its close
 		// built are garbage now, tens of MB: collected here, a store
 		// opened next in this process (an app reopening, a restore)

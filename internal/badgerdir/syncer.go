@@ -89,6 +89,14 @@ type Syncer struct {
 	listedMod time.Time
 	listedOld bool
 	listings  int
+
+	// Files kept open: the folder, for its modification time, and the
+	// logs being fsynced, by name, each closed once fsynced after its
+	// rotation (see fsyncOpen). Opening and closing them at every sync,
+	// and stating the folder by its path, cost a sixth of a small
+	// append's CPU.
+	dirFile *os.File
+	open    map[string]*os.File
 }
 
 // Badger's log file names: NNNNN.mem for memtables, NNNNNN.vlog for the
@@ -98,10 +106,10 @@ var syncedLogs = []string{".mem", ".vlog"}
 // NewSyncer returns the syncer of db, whose folder is dir ("" for a store
 // in memory). With off, or in memory, Sync does nothing.
 func NewSyncer(db *badger.DB, dir string, off bool) *Syncer {
-	s := &Syncer{db: db, dir: dir, off: off || dir == "", seen: map[string]uint64{}, lastVlog: -1}
+	s := &Syncer{db: db, dir: dir, off: off || dir == "", seen: map[string]uint64{}, lastVlog: -1, open: map[string]*os.File{}}
 	s.cond.L = &s.mu
 	s.Run = s.SyncNow
-	s.FsyncLog = FsyncFile
+	s.FsyncLog = s.fsyncOpen
 	s.vlogWrites = badgerVlogWrites(db)
 	return s
 }
@@ -201,7 +209,54 @@ func (s *Syncer) SyncNow() (err error) {
 			return fmt.Errorf("fsync %s: %w", name, err)
 		}
 	}
+	// Only the newest logs stay open: an older one was fsynced for the
+	// last time, or is gone (a memtable's log, flushed to a table), and
+	// an open file would keep its disk space.
+	for name, f := range s.open {
+		if !newest(logs, name) {
+			f.Close()
+			delete(s.open, name)
+		}
+	}
 	return nil
+}
+
+// newest reports whether name is the newest log of its kind in logs.
+func newest(logs map[string][]logFile, name string) bool {
+	list := logs[filepath.Ext(name)]
+	return len(list) > 0 && list[len(list)-1].name == name
+}
+
+// fsyncOpen fsyncs a log through a file kept open for it. A file gone
+// meanwhile is no error (see FsyncFile).
+func (s *Syncer) fsyncOpen(path string) error {
+	name := filepath.Base(path)
+	f := s.open[name]
+	if f == nil {
+		var err error
+		if f, err = os.Open(path); errors.Is(err, fs.ErrNotExist) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		s.open[name] = f
+	}
+	return datasync(f)
+}
+
+// Close closes the files the syncer keeps open. The caller makes sure no
+// Sync runs.
+func (s *Syncer) Close() error {
+	var errs []error
+	for name, f := range s.open {
+		errs = append(errs, f.Close())
+		delete(s.open, name)
+	}
+	if s.dirFile != nil {
+		errs = append(errs, s.dirFile.Close())
+		s.dirFile = nil
+	}
+	return errors.Join(errs...)
 }
 
 // logs lists the store's logs, or returns the last listing if the folder
@@ -209,11 +264,18 @@ func (s *Syncer) SyncNow() (err error) {
 // files (1.2 ms for 1,000 here), and a large store holds many tables, so
 // the folder is listed again only when its modification time moved: a
 // log created or deleted since. That time has the kernel's coarse
-// granularity (a few ms), so a change in the same tick as the time seen
-// could hide behind it; the last listing is trusted only if the time it
-// saw was a second old by then.
+// granularity (a clock tick, 10 ms at most), so a change in the same tick
+// as the time seen could hide behind it; the last listing is trusted
+// only if the time it saw was listedAge old by then.
 func (s *Syncer) logs() (map[string][]logFile, error) {
-	st, err := os.Stat(s.dir)
+	if s.dirFile == nil {
+		f, err := os.Open(s.dir)
+		if err != nil {
+			return nil, err
+		}
+		s.dirFile = f
+	}
+	st, err := s.dirFile.Stat()
 	if err != nil {
 		return nil, err
 	}
@@ -226,9 +288,13 @@ func (s *Syncer) logs() (map[string][]logFile, error) {
 		return nil, err
 	}
 	s.listings++
-	s.listed, s.listedMod, s.listedOld = logs, mod, time.Since(mod) > time.Second
+	s.listed, s.listedMod, s.listedOld = logs, mod, time.Since(mod) > listedAge
 	return logs, nil
 }
+
+// listedAge is how old a folder's modification time must be for a listing
+// to show every later change by a new time: ten times the coarsest tick.
+const listedAge = 100 * time.Millisecond
 
 // rotated returns the logs to fsync after DB.Sync: those not fsynced
 // since they were rotated away from. seen holds, by kind, the newest log

@@ -208,7 +208,7 @@ func TestSyncFsyncsRotatedLogs(t *testing.T) {
 
 // TestSyncListsTheFolderOnlyWhenItChanged: a sync lists the store's
 // folder again only when the folder changed since a listing that saw it
-// unchanged for a second (a large store's listing costs more than an
+// unchanged for listedAge (a large store's listing costs more than an
 // fsync), and a log created since is still found and fsynced.
 func TestSyncListsTheFolderOnlyWhenItChanged(t *testing.T) {
 	db := openSynced(t, t.TempDir())
@@ -257,8 +257,60 @@ func TestSyncListsTheFolderOnlyWhenItChanged(t *testing.T) {
 	step(1, "00001.mem")
 	touch("00002.mem") // a rotation
 	step(2, "00001.mem", "00002.mem")
-	step(3, "00002.mem") // changed less than a second before the listing
+	step(3, "00002.mem") // changed less than listedAge before the listing
 	age()
 	step(4, "00002.mem")
 	step(4, "00002.mem")
+}
+
+// TestSyncKeepsOnlyTheNewestLogsOpen: the syncer keeps the logs it
+// fsyncs open, but only the newest of each kind: an older one is closed
+// once fsynced after its rotation, or once gone (an open file would keep
+// a deleted log's disk space), and Close closes the rest.
+func TestSyncKeepsOnlyTheNewestLogsOpen(t *testing.T) {
+	if !FsyncLogsDirect {
+		t.Skip("Badger's DB.Sync fsyncs the active logs here")
+	}
+	db := openSynced(t, t.TempDir())
+	dir := t.TempDir()
+	s := NewSyncer(db, dir, false)
+	touch := func(names ...string) {
+		for _, n := range names {
+			if err := os.WriteFile(filepath.Join(dir, n), nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	open := func() []string {
+		var names []string
+		for n := range s.open {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		return names
+	}
+	step := func(want ...string) {
+		t.Helper()
+		if err := s.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		if got := open(); !slices.Equal(got, want) {
+			t.Fatalf("open after the sync: %v, want %v", got, want)
+		}
+	}
+	touch("00001.mem", "000001.vlog")
+	step("000001.vlog", "00001.mem")
+	touch("00002.mem", "00003.mem") // two rotations
+	step("000001.vlog", "00003.mem")
+	if err := os.Remove(filepath.Join(dir, "00003.mem")); err != nil { // flushed, with a newer log
+		t.Fatal(err)
+	}
+	touch("00004.mem")
+	step("000001.vlog", "00004.mem")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := open(); len(got) > 0 || s.dirFile != nil {
+		t.Fatalf("open after Close: %v (folder open: %v)", got, s.dirFile != nil)
+	}
 }

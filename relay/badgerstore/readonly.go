@@ -30,7 +30,7 @@ func OpenReadOnly(dir string) (*Store, error) {
 	case err != nil:
 		return nil, fmt.Errorf("relay: open store %s read-only: %w", dir, err)
 	}
-	s := &Store{db: db, opts: (&Options{}).withDefaults(), closing: make(chan struct{})}
+	s := &Store{db: db, opts: (&Options{}).withDefaults(), closing: make(chan struct{}), fsync: badgerdir.NewSyncer(db, "", true)}
 	err = db.View(func(txn *badger.Txn) error {
 		var format uint32
 		var found bool

@@ -135,6 +135,7 @@ func Open(dir string, o *Options) (*Store, error) {
 	s.fsync = badgerdir.NewSyncer(db, syncDir, opts.Relaxed)
 	if s.incarnation, err = initMeta(db, s.fsync.Sync); err != nil {
 		badgerdir.Close(db)
+		s.fsync.Close()
 		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
 	}
 	if err := s.clearAllPending(); err == nil {
@@ -142,6 +143,7 @@ func Open(dir string, o *Options) (*Store, error) {
 	}
 	if err != nil {
 		badgerdir.Close(db)
+		s.fsync.Close()
 		return nil, fmt.Errorf("relay: open store %s: %w", dir, err)
 	}
 	for i := range s.unsynced {
@@ -487,7 +489,7 @@ func (s *Store) Close() error {
 		s.mu.Lock()
 		s.closed = true
 		s.mu.Unlock()
-		s.closeErr = badgerdir.Close(s.db)
+		s.closeErr = errors.Join(badgerdir.Close(s.db), s.fsync.Close())
 	})
 	return s.closeErr
 }
