@@ -451,7 +451,7 @@ func (cm *committer) join(s *Server, w *waiter, recs map[string]*merged, gen uin
 		// it are durable (a device editing live would otherwise wait for
 		// the last edit's fsync on every edit). Its group fans it out
 		// again when written; the copy is dropped as held.
-		s.hub.writing(cm.c, earlyEntries(w.entries))
+		s.hub.writing(cm.c, w.entries)
 	}
 	return nil
 }
@@ -700,7 +700,7 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 			// Subscribers that take changes early get the group's checked
 			// changes while the store makes them durable; cursors move
 			// only with the durable entries (written).
-			early = s.hub.writing(cm.c, earlyEntries(entries))
+			early = s.hub.writing(cm.c, entries)
 			seq, err = s.store.Append(context.WithoutCancel(ctx), cm.c, group[0].fence, s.now(), entries)
 		} else {
 			seq, err = s.store.Head(context.WithoutCancel(ctx), cm.c)

@@ -327,15 +327,32 @@ func (c *Conn) encode(e *Envelope) ([]byte, error) {
 
 // SendBody sends body in a new envelope with id.
 func (c *Conn) SendBody(ctx context.Context, id uint64, body Body) error {
-	b, err := EncodeBody(id, body)
+	// Encoded into a buffer used again: a relay answers every request
+	// with one, and the write copies the message out before it returns.
+	bp := sendBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= maxPooledSend {
+			sendBufs.Put(bp)
+		}
+	}()
+	b, err := appendBody((*bp)[:0], id, body)
 	if err != nil {
 		return err
 	}
+	*bp = b
 	if len(b) > c.limits.MaxFrame {
 		return errorf(CodeTooLarge, "%s message of %d bytes exceeds max_frame %d", body.MessageType(), len(b), c.limits.MaxFrame)
 	}
 	return c.write(ctx, c.ctx, b)
 }
+
+// sendBufs hold messages SendBody encodes, up to maxPooledSend bytes each.
+var sendBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledSend is the largest buffer kept for the next message: small
+// answers (acks, ok) are the many, and a large one (a page of a pull)
+// would hold its memory after it is sent.
+const maxPooledSend = 16 << 10
 
 // fragmentSize is the largest WebSocket frame a Conn writes. Control frames
 // may come between the fragments of a message, so a long transfer does not
