@@ -92,6 +92,9 @@ type Conn struct {
 	ws     *websocket.Conn
 	limits Limits
 	wsem   chan struct{} // one token: holder may write
+	// gather, if not nil, is the socket of an accepted connection, which
+	// writes a message larger than the library's write buffer at once.
+	gather *gatherConn
 
 	ctx    context.Context // canceled by close; ends keepalive
 	cancel context.CancelFunc
@@ -121,11 +124,19 @@ func Dial(ctx context.Context, url string, opts *Options) (*Conn, error) {
 // written an HTTP error response.
 func Accept(w http.ResponseWriter, r *http.Request, opts *Options) (*Conn, error) {
 	o := opts.withDefaults()
+	gw := gatheringFor(w, o.Accept)
+	if gw != nil {
+		w = gw
+	}
 	ws, err := websocket.Accept(w, r, o.Accept)
 	if err != nil {
 		return nil, fmt.Errorf("transport: accept: %w", err)
 	}
-	return newConn(ws, o), nil
+	c := newConn(ws, o)
+	if gw != nil {
+		c.gather = gw.gc
+	}
+	return c, nil
 }
 
 func (o *Options) withDefaults() Options {
@@ -380,6 +391,10 @@ func (c *Conn) write(ctx, wctx context.Context, b []byte) error {
 
 func (c *Conn) writeFragments(ctx context.Context, b []byte) error {
 	if len(b) <= fragmentSize {
+		if n := serverFrameSize(len(b)); c.gather != nil && n > serverWriteBuffer {
+			c.gather.gather(n)
+			defer c.gather.done()
+		}
 		return c.ws.Write(ctx, websocket.MessageBinary, b)
 	}
 	w, err := c.ws.Writer(ctx, websocket.MessageBinary)
