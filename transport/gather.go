@@ -106,6 +106,18 @@ type gatheringWriter struct {
 	gc *gatherConn // set by Hijack
 }
 
+// WriteHeaderNow passes the library's call on to a writer that buffers
+// the upgrade response until told (gin's), as it would without the
+// wrapper.
+func (w *gatheringWriter) WriteHeaderNow() {
+	if hn, ok := w.ResponseWriter.(interface{ WriteHeaderNow() }); ok {
+		hn.WriteHeaderNow()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the writer wrapped.
+func (w *gatheringWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
 func (w *gatheringWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, brw, err := w.hj.Hijack()
 	if err != nil {

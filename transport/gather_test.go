@@ -192,3 +192,62 @@ func TestGatheredWritesKeepOrder(t *testing.T) {
 		}
 	}
 }
+
+// smallBufListener gives the connections it accepts the smallest send
+// buffer, so that a peer that does not read fills it quickly.
+type smallBufListener struct{ net.Listener }
+
+func (l smallBufListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		_ = c.(*net.TCPConn).SetWriteBuffer(1)
+	}
+	return c, err
+}
+
+// A message held to be written whole is still bounded by SendWithin: a
+// peer that stops reading is cut off as a slow consumer, not left holding
+// the sender (nor the gathered message) until keepalive gives up.
+func TestGatheredWriteCutsOffSlowConsumer(t *testing.T) {
+	accepted := make(chan *Conn, 1)
+	done := make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := Accept(w, r, &Options{PingInterval: -1})
+		if err != nil {
+			t.Errorf("Accept: %v", err)
+			return
+		}
+		accepted <- c
+		<-done
+	}))
+	srv.Listener = smallBufListener{srv.Listener}
+	srv.Start()
+	defer srv.Close()
+	defer close(done)
+	client := dialTest(t, "ws"+strings.TrimPrefix(srv.URL, "http"), &Options{PingInterval: -1})
+	defer client.ws.CloseNow()
+	server := <-accepted
+	if server.gather == nil {
+		t.Fatal("the accepted Conn does not gather its writes")
+	}
+	frame, err := EncodeBody(0, &Live{Collection: "c", Records: []RecordChanges{{Record: "r", Data: bytes.Repeat([]byte{1}, 20<<10), Heads: [][]byte{head(1)}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The client reads nothing: once its receive buffer and the server's
+	// send buffer are full, a send waits until SendWithin cuts it off.
+	// Each send before must have gone out whole: a message written only
+	// in part would fail the first read (none is made here), and is
+	// checked by TestGatheredWritesKeepOrder.
+	for i := range 10_000 {
+		err = server.SendEncodedWithin(t.Context(), TypeLive, frame, 200*time.Millisecond)
+		if err != nil {
+			break
+		}
+		if i == 9_999 {
+			t.Fatal("10,000 messages of 20 KiB sent to a peer that reads none")
+		}
+	}
+	wantSlowConsumer(t, "SendEncodedWithin to a peer that stopped reading", err)
+	wantSlowConsumer(t, "a later send", server.SendEncodedWithin(t.Context(), TypeLive, frame, time.Second))
+}
