@@ -205,6 +205,7 @@ func (sess *session) pushAhead(env *transport.Envelope) {
 			sess.answer(env, start, nil, err)
 		} else {
 			sess.answer(env, start, ack, nil)
+			sess.s.acked(ps.c)
 		}
 	}()
 }
