@@ -451,7 +451,7 @@ func (cm *committer) join(s *Server, w *waiter, recs map[string]*merged, gen uin
 		// it are durable (a device editing live would otherwise wait for
 		// the last edit's fsync on every edit). Its group fans it out
 		// again when written; the copy is dropped as held.
-		s.hub.writing(cm.c, earlyEntries(w.entries))
+		s.hub.writing(cm.c, w.entries)
 	}
 	return nil
 }
@@ -700,7 +700,7 @@ func (cm *committer) flush(ctx context.Context, s *Server, own *waiter) {
 			// Subscribers that take changes early get the group's checked
 			// changes while the store makes them durable; cursors move
 			// only with the durable entries (written).
-			early = s.hub.writing(cm.c, earlyEntries(entries))
+			early = s.hub.writing(cm.c, entries)
 			seq, err = s.store.Append(context.WithoutCancel(ctx), cm.c, group[0].fence, s.now(), entries)
 		} else {
 			seq, err = s.store.Head(context.WithoutCancel(ctx), cm.c)
@@ -751,9 +751,10 @@ func (cm *committer) mergeEvented() {
 // when it began, whichever they are, so that pushes arriving meanwhile do
 // not keep it waiting.
 //
-// Within s.groupWait of the last group's write, it first waits (within
-// the same bound) for as many pushes to begin as that group held, if
-// fewer have begun since: devices that await each ack before pushing
+// Within s.groupWait of the last group's write, or of the last ack sent
+// since (acked), it first waits for as many pushes to begin as that group
+// held, if fewer have begun since, up to s.groupWait from the later of
+// its start and the last ack sent: devices that await each ack before pushing
 // again, as many do, push again as soon as their acks arrive, and
 // otherwise the group taken just before they do would leave them to wait
 // for its write and take a group and an fsync of their own; under a
@@ -771,6 +772,7 @@ func (cm *committer) gather(s *Server) {
 	if cm.gatherHook != nil {
 		cm.gatherHook()
 	}
+	deadline := time.Now().Add(s.groupWait)
 	t := time.NewTimer(s.groupWait)
 	defer t.Stop()
 	target := cm.ended + uint64(cm.merging)
@@ -787,6 +789,12 @@ func (cm *committer) gather(s *Server) {
 			return
 		}
 		cm.mu.Lock()
+		if d := cm.wroteAt.Add(s.groupWait); returning && d.After(deadline) {
+			// An ack went out since: its device has s.groupWait to come
+			// back from then.
+			deadline = d
+			t.Reset(time.Until(d))
+		}
 		if returning && !cm.returning(s) {
 			// They have begun: the group waits for their merges too.
 			returning, target = false, cm.ended+uint64(cm.merging)
@@ -794,11 +802,29 @@ func (cm *committer) gather(s *Server) {
 	}
 }
 
-// returning reports whether, within s.groupWait of the last group's write,
-// fewer pushes have begun since than that group held (see gather). cm.mu
-// is held.
+// returning reports whether, within s.groupWait of the last group's write
+// or of the last ack sent since (wroteAt), fewer pushes have begun since
+// than that group held (see gather). cm.mu is held.
 func (cm *committer) returning(s *Server) bool {
 	return cm.lastGroup > 0 && cm.begun-cm.begunAt < uint64(cm.lastGroup) && time.Since(cm.wroteAt) < s.groupWait
+}
+
+// acked notes that the ack of a push the committer wrote went out at now:
+// its device may push again from then on, so a flusher waiting for the
+// last group's devices (gather) gives them s.groupWait from now, not from
+// the group's write. Under load a group's acks take a while to go out,
+// and a wait timed from the write alone ran out before the last devices
+// could come back: their pushes then made a group, and an fsync, of
+// their own.
+func (cm *committer) acked(now time.Time) {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	if cm.lastGroup == 0 || !now.After(cm.wroteAt) {
+		return
+	}
+	cm.wroteAt = now
+	cm.mark.Store(&groupMark{cm.lastGroup, cm.wroteAt})
+	cm.mergeEvented()
 }
 
 // groupWait bounds how long a flusher waits for pushes merging, and for

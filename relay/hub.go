@@ -174,14 +174,16 @@ func (h *hub) publish(c Coll, entries []LogEntry) {
 // writing records the entries of a group c's committer is about to write,
 // checked and not yet durable, and wakes c's waiters, if c has
 // subscribers that take changes early. It returns the group's id, for settled (0: not recorded).
-func (h *hub) writing(c Coll, entries []LogEntry) uint64 {
+// The log entries are made only then: most collections have no such
+// subscriber, and a group is written for every few pushes.
+func (h *hub) writing(c Coll, entries []Entry) uint64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.earlySubs[c] == 0 || len(entries) == 0 {
 		return 0
 	}
 	h.earlySeq++
-	h.early[c] = earlyGroup{id: h.earlySeq, entries: entries}
+	h.early[c] = earlyGroup{id: h.earlySeq, entries: earlyEntries(entries)}
 	h.wakeLocked(c)
 	return h.earlySeq
 }

@@ -8,7 +8,7 @@ import "testing"
 func TestHubHoldsEarlyChangesOnlyForEarlySubscribers(t *testing.T) {
 	h := newHub()
 	c := Coll{Tenant: "shop", Collection: "c"}
-	entries := []LogEntry{{Record: "r", Changes: []byte{1}}}
+	entries := []Entry{{Record: "r", Changes: []byte{1}}}
 	plain := h.subscribed(c, false)
 	if id := h.writing(c, entries); id != 0 {
 		t.Fatalf("early group %d held with no subscriber taking it", id)

@@ -38,6 +38,10 @@ type metrics struct {
 	memRefusals   prometheus.Counter
 	recordSaves   prometheus.Counter
 	groups        prometheus.Counter
+	// pushOK and pushLatency are requests' and latency's series for a
+	// push answered ok, looked up once: one is counted for every push.
+	pushOK      prometheus.Counter
+	pushLatency prometheus.Observer
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -69,6 +73,8 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		m.requests.WithLabelValues(string(t), "ok")
 		m.latency.WithLabelValues(string(t))
 	}
+	m.pushOK = m.requests.WithLabelValues(string(transport.TypePush), "ok")
+	m.pushLatency = m.latency.WithLabelValues(string(transport.TypePush))
 	s.quotas.count(m.quotaRefusals)
 	stats := func(read func(StoreStats) int64) func() float64 {
 		return func() float64 {
@@ -104,6 +110,11 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 // is the error it was answered with, "" for success, and elapsed runs from
 // the request's arrival to its answer.
 func (m *metrics) request(typ transport.MessageType, code transport.Code, elapsed time.Duration) {
+	if typ == transport.TypePush && code == "" {
+		m.pushOK.Inc()
+		m.pushLatency.Observe(elapsed.Seconds())
+		return
+	}
 	result := "ok"
 	if code != "" {
 		result = string(code)

@@ -161,6 +161,25 @@ func (ps *pushing) finish(err error) {
 	}
 }
 
+// acked notes that a push to c was answered with its ack (see
+// committer.acked). With no committer for c (its last pushes ended), the
+// group mark kept for the next one takes the time.
+func (s *Server) acked(c Coll) {
+	now := time.Now()
+	s.mu.Lock()
+	cm := s.committers[c]
+	if cm == nil {
+		if m, ok := s.lastGroups[c]; ok && now.After(m.at) {
+			m.at = now
+			s.lastGroups[c] = m
+		}
+	}
+	s.mu.Unlock()
+	if cm != nil {
+		cm.acked(now)
+	}
+}
+
 // keepGroupMark keeps m, the last group a dropped committer of c wrote,
 // for the next committer of c. s.mu is held. The marks are few: only
 // those younger than groupWait are of use, and older ones are dropped

@@ -169,12 +169,11 @@ func (sess *session) answer(env *transport.Envelope, start time.Time, body trans
 	if err != nil {
 		body = sess.errorBody(env, err)
 	}
-	result := "ok"
+	var code transport.Code
 	if e, isErr := body.(*transport.Error); isErr {
-		result = string(e.Code)
+		code = e.Code
 	}
-	s.metrics.requests.WithLabelValues(string(env.Type), result).Inc()
-	s.metrics.latency.WithLabelValues(string(env.Type)).Observe(time.Since(start).Seconds())
+	s.metrics.request(env.Type, code, time.Since(start))
 	if body != nil {
 		_ = sess.conn.SendBody(sess.ctx, env.ID, body)
 	}
@@ -206,6 +205,7 @@ func (sess *session) pushAhead(env *transport.Envelope) {
 			sess.answer(env, start, nil, err)
 		} else {
 			sess.answer(env, start, ack, nil)
+			sess.s.acked(ps.c)
 		}
 	}()
 }

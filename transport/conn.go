@@ -92,6 +92,9 @@ type Conn struct {
 	ws     *websocket.Conn
 	limits Limits
 	wsem   chan struct{} // one token: holder may write
+	// gather, if not nil, is the socket of an accepted connection, which
+	// writes a message larger than the library's write buffer at once.
+	gather *gatherConn
 
 	ctx    context.Context // canceled by close; ends keepalive
 	cancel context.CancelFunc
@@ -121,11 +124,19 @@ func Dial(ctx context.Context, url string, opts *Options) (*Conn, error) {
 // written an HTTP error response.
 func Accept(w http.ResponseWriter, r *http.Request, opts *Options) (*Conn, error) {
 	o := opts.withDefaults()
+	gw := gatheringFor(w, o.Accept)
+	if gw != nil {
+		w = gw
+	}
 	ws, err := websocket.Accept(w, r, o.Accept)
 	if err != nil {
 		return nil, fmt.Errorf("transport: accept: %w", err)
 	}
-	return newConn(ws, o), nil
+	c := newConn(ws, o)
+	if gw != nil {
+		c.gather = gw.gc
+	}
+	return c, nil
 }
 
 func (o *Options) withDefaults() Options {
@@ -327,15 +338,32 @@ func (c *Conn) encode(e *Envelope) ([]byte, error) {
 
 // SendBody sends body in a new envelope with id.
 func (c *Conn) SendBody(ctx context.Context, id uint64, body Body) error {
-	b, err := EncodeBody(id, body)
+	// Encoded into a buffer used again: a relay answers every request
+	// with one, and the write copies the message out before it returns.
+	bp := sendBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= maxPooledSend {
+			sendBufs.Put(bp)
+		}
+	}()
+	b, err := appendBody((*bp)[:0], id, body)
 	if err != nil {
 		return err
 	}
+	*bp = b
 	if len(b) > c.limits.MaxFrame {
 		return errorf(CodeTooLarge, "%s message of %d bytes exceeds max_frame %d", body.MessageType(), len(b), c.limits.MaxFrame)
 	}
 	return c.write(ctx, c.ctx, b)
 }
+
+// sendBufs hold messages SendBody encodes, up to maxPooledSend bytes each.
+var sendBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledSend is the largest buffer kept for the next message: small
+// answers (acks, ok) are the many, and a large one (a page of a pull)
+// would hold its memory after it is sent.
+const maxPooledSend = 16 << 10
 
 // fragmentSize is the largest WebSocket frame a Conn writes. Control frames
 // may come between the fragments of a message, so a long transfer does not
@@ -363,6 +391,10 @@ func (c *Conn) write(ctx, wctx context.Context, b []byte) error {
 
 func (c *Conn) writeFragments(ctx context.Context, b []byte) error {
 	if len(b) <= fragmentSize {
+		if n := serverFrameSize(len(b)); c.gather != nil && n > serverWriteBuffer {
+			c.gather.gather(n)
+			defer c.gather.done()
+		}
 		return c.ws.Write(ctx, websocket.MessageBinary, b)
 	}
 	w, err := c.ws.Writer(ctx, websocket.MessageBinary)

@@ -69,8 +69,17 @@ func Encode(e *Envelope) ([]byte, error) {
 // (push, ack, changes, live) written in place rather than encoded and
 // copied.
 func EncodeBody(id uint64, body Body) ([]byte, error) {
+	return appendBody(nil, id, body)
+}
+
+// appendBody is EncodeBody appending to dst, which it grows to fit if it
+// is short.
+func appendBody(dst []byte, id uint64, body Body) ([]byte, error) {
 	e := Envelope{V: ProtocolVersion, Type: body.MessageType(), ID: id}
-	b := appendEnvelope(make([]byte, 0, fastSize(&e)+fastSize(body)), &e)
+	if n := fastSize(&e) + fastSize(body); cap(dst)-len(dst) < n {
+		dst = append(make([]byte, 0, len(dst)+n), dst...)
+	}
+	b := appendEnvelope(dst, &e)
 	// appendEnvelope wrote a nil body's 0xc0 after "body": the body goes
 	// there instead.
 	b = b[:len(b)-1]
