@@ -393,7 +393,11 @@ func (c *Conn) writeFragments(ctx context.Context, b []byte) error {
 	if len(b) <= fragmentSize {
 		if n := serverFrameSize(len(b)); c.gather != nil && n > serverWriteBuffer {
 			c.gather.gather(n)
-			defer c.gather.done()
+			err := c.ws.Write(ctx, websocket.MessageBinary, b)
+			if derr := c.gather.done(err == nil); err == nil {
+				err = derr
+			}
+			return err
 		}
 		return c.ws.Write(ctx, websocket.MessageBinary, b)
 	}

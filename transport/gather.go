@@ -65,17 +65,26 @@ func (g *gatherConn) gather(n int) {
 	g.held = gatherBufs.Get().(*[]byte)
 }
 
-// done ends a gather once the frame's write returned. Bytes still held
-// mean that write failed, and the caller closes the connection: they are
-// dropped.
-func (g *gatherConn) done() {
+// done ends a gather once the frame's write returned, with written true
+// if it succeeded. Bytes still held then mean the frame was smaller than
+// gather was told (a library that frames differently): they are written
+// now, as they must not be lost. Held after a failed write, they are
+// dropped: the connection is closed.
+func (g *gatherConn) done(written bool) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.want = 0
-	if g.held != nil {
-		putGatherBuf(g.held)
-		g.held = nil
+	if g.held == nil {
+		return nil
 	}
+	held := g.held
+	g.held = nil
+	defer putGatherBuf(held)
+	if !written || len(*held) == 0 {
+		return nil
+	}
+	_, err := g.Conn.Write(*held)
+	return err
 }
 
 func putGatherBuf(b *[]byte) {

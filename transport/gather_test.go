@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -250,4 +251,40 @@ func TestGatheredWriteCutsOffSlowConsumer(t *testing.T) {
 	}
 	wantSlowConsumer(t, "SendEncodedWithin to a peer that stopped reading", err)
 	wantSlowConsumer(t, "a later send", server.SendEncodedWithin(t.Context(), TypeLive, frame, time.Second))
+}
+
+// TestGatherShortFrameStillWritten: if a frame turns out smaller than a
+// gather was told (a library that frames differently), what was held goes
+// out when the write returns, not lost; after a failed write it is
+// dropped, as the connection is closed.
+func TestGatherShortFrameStillWritten(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	g := &gatherConn{Conn: a}
+	got := make(chan []byte, 1)
+	go func() {
+		buf := make([]byte, 100)
+		n, _ := io.ReadAtLeast(b, buf, 50)
+		got <- buf[:n]
+	}()
+	g.gather(100)
+	msg := bytes.Repeat([]byte{7}, 50)
+	if _, err := g.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.done(true); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-got; !bytes.Equal(r, msg) {
+		t.Fatalf("read %d bytes, want the 50 written", len(r))
+	}
+
+	g.gather(100)
+	if _, err := g.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.done(false); err != nil || g.held != nil || g.want != 0 {
+		t.Fatalf("after a failed write: %v, held %v, want %d", err, g.held != nil, g.want)
+	}
 }
