@@ -128,6 +128,16 @@ func openSynced(t *testing.T, dir string) *badger.DB {
 	return db
 }
 
+// touchFiles creates empty files of these names in dir.
+func touchFiles(t *testing.T, dir string, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if err := os.WriteFile(filepath.Join(dir, n), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func sorted(a string, more ...string) []string {
 	out := append([]string{a}, more...)
 	slices.Sort(out)
@@ -151,13 +161,7 @@ func TestSyncFsyncsRotatedLogs(t *testing.T) {
 	// a step says otherwise.
 	var vlogWrites int64
 	s.vlogWrites = func() (int64, bool) { return vlogWrites, true }
-	touch := func(names ...string) {
-		for _, n := range names {
-			if err := os.WriteFile(filepath.Join(dir, n), nil, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	touch := func(names ...string) { touchFiles(t, dir, names...) }
 	step := func(want ...string) {
 		t.Helper()
 		vlogWrites++
@@ -221,13 +225,7 @@ func TestSyncListsTheFolderOnlyWhenItChanged(t *testing.T) {
 	}
 	var vlogWrites int64
 	s.vlogWrites = func() (int64, bool) { return vlogWrites, true }
-	touch := func(names ...string) {
-		for _, n := range names {
-			if err := os.WriteFile(filepath.Join(dir, n), nil, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	touch := func(names ...string) { touchFiles(t, dir, names...) }
 	age := func() {
 		old := time.Now().Add(-time.Hour)
 		if err := os.Chtimes(dir, old, old); err != nil {
@@ -274,13 +272,7 @@ func TestSyncKeepsOnlyTheNewestLogsOpen(t *testing.T) {
 	db := openSynced(t, t.TempDir())
 	dir := t.TempDir()
 	s := NewSyncer(db, dir, false)
-	touch := func(names ...string) {
-		for _, n := range names {
-			if err := os.WriteFile(filepath.Join(dir, n), nil, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	touch := func(names ...string) { touchFiles(t, dir, names...) }
 	open := func() []string {
 		var names []string
 		for n := range s.open {
