@@ -117,7 +117,7 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 		if err != nil {
 			return false, err
 		}
-		return true, r.storeSynced(txn, t, synced)
+		return true, r.storeSynced(txn, t, synced, nil)
 	}
 	_, pending, err := getKey(txn, recKey('p', coll, id))
 	if err != nil {
@@ -173,9 +173,9 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 		// A record new to this device, arriving whole (a fresh pull's
 		// snapshot): store the bytes as they came instead of
 		// re-exporting them.
-		return true, r.storeArrived(txn, t, data, relay)
+		return true, r.storeArrived(txn, t, data, relay, m.view)
 	}
-	return true, r.storeSynced(txn, t, relay)
+	return true, r.storeSynced(txn, t, relay, m.view)
 }
 
 // laterSynced returns the heads to record as the relay's for a record that
@@ -247,6 +247,40 @@ type merging struct {
 	settled, made bool
 	// inPlace says merged is the record's document itself, not a copy.
 	inPlace bool
+	// view, if set, is the read model of the document the merge leaves to
+	// store, worked out where the merge ran (see prepareMerges).
+	view *preparedView
+}
+
+// stores reports whether mergeOp stores the document m leaves (the
+// record's, or merged) rather than waiting for the policy.
+func (m *merging) stores() bool {
+	return m.err == nil && (m.merged == nil || m.diff == nil || len(m.diff.Conflicts) == 0 || m.settled)
+}
+
+// preparedView is a record's read model worked out away from the
+// batch's goroutine, for the batch to store as it is if the record's
+// document is still doc at heads: doc's fields packed (see packView),
+// and its tombstone, which is a call into Automerge too.
+type preparedView struct {
+	doc     *crdt.Doc
+	heads   crdt.Heads
+	deleted bool
+	packed  []byte
+	err     error // packView's
+}
+
+// prepareView reads d's read model. The caller owns d for the time.
+func prepareView(d *crdt.Doc) *preparedView {
+	pv := &preparedView{doc: d, heads: d.Heads(), deleted: d.Deleted()}
+	pv.packed, pv.err = packView(d)
+	return pv
+}
+
+// of reports whether pv is the read model of doc at heads. The same
+// document at the same heads holds the same changes, so the same fields.
+func (pv *preparedView) of(doc *crdt.Doc, heads crdt.Heads) bool {
+	return pv != nil && pv.doc == doc && pv.heads.Equal(heads)
 }
 
 func (m merging) free() {
@@ -400,6 +434,16 @@ func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec
 				pm.m = merge(j.t.doc, j.pending, j.rec.data, j.rec.relay, covered)
 				if covered {
 					settle.settle(&pm.m, j.t.id)
+				}
+				if pm.m.stores() {
+					// The read model too: packing the fields is calls
+					// into Automerge that the batch's goroutine, which
+					// stores one record after another, would make alone.
+					d := pm.m.merged
+					if d == nil {
+						d = j.t.doc
+					}
+					pm.m.view = prepareView(d)
 				}
 				close(pm.done)
 			}
@@ -798,7 +842,7 @@ func (r *Replica) storeResolution(txn *badger.Txn, t *touched, c *conflicted, de
 			return err
 		}
 	}
-	return r.storeSynced(txn, t, c.relay)
+	return r.storeSynced(txn, t, c.relay, nil)
 }
 
 // decide writes a decision into the merged document. A value equal to what
