@@ -180,6 +180,8 @@ type batchRun struct {
 	byID  map[string]*touched
 	order []*touched
 	aside []*crdt.Doc // documents fn chose not to store
+	// listed says the transaction put the collection on the list.
+	listed bool
 }
 
 // touch returns the record's state in the batch, loading its document
@@ -225,7 +227,9 @@ func (b *batchRun) kept(txn *badger.Txn, t *touched, keep bool) error {
 		t.doc, t.dirty = nil, true
 		return nil
 	}
-	if !t.existed && len(t.new.heads) > 0 {
+	if !t.existed && len(t.new.heads) > 0 && !b.listed {
+		// Once a transaction: a fresh pull stores thousands of records.
+		b.listed = true
 		return txn.Set(collKey(b.coll), nil)
 	}
 	return nil

@@ -105,7 +105,7 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 	// What prepareMerges worked out for this entry, if it did: it left
 	// out the entries whose changes the record holds.
 	m, prepared := res.prepared.take(t)
-	if !prepared && q == nil && holdsAll(t.doc, relay) {
+	if !prepared && q == nil && t.holdsAll(relay) {
 		// The record holds the relay's version already (this device's own
 		// changes coming back, say): importing data, whose changes that
 		// version holds, would add nothing. Only the synced heads move;
@@ -169,7 +169,7 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 			return false, err
 		}
 	}
-	if !t.existed && len(t.new.heads) == 0 && q == nil && d.Heads().Equal(relay) {
+	if !t.existed && len(t.new.heads) == 0 && q == nil && m.view.headsOf(d).Equal(relay) {
 		// A record new to this device, arriving whole (a fresh pull's
 		// snapshot): store the bytes as they came instead of
 		// re-exporting them.
@@ -211,6 +211,18 @@ func laterSynced(txn *badger.Txn, t *touched, relay crdt.Heads) (crdt.Heads, err
 		}
 	}
 	return acked, nil
+}
+
+// holdsAll reports whether the record's document holds every change of
+// heads (none: false). A record neither stored before nor by this batch
+// has a new, empty document: it holds none, which is known without
+// asking Automerge (a call for each head, on the batch's goroutine, for
+// every record of a fresh pull).
+func (t *touched) holdsAll(heads crdt.Heads) bool {
+	if !t.existed && len(t.new.heads) == 0 {
+		return false
+	}
+	return holdsAll(t.doc, heads)
 }
 
 // holdsAll reports whether d holds every change of heads (none: false).
@@ -275,6 +287,15 @@ func prepareView(d *crdt.Doc) *preparedView {
 	pv := &preparedView{doc: d, heads: d.Heads(), deleted: d.Deleted()}
 	pv.packed, pv.err = packView(d)
 	return pv
+}
+
+// headsOf returns doc's heads: those pv read, if it was read from doc
+// (which nothing changes between the merge that read it and its store).
+func (pv *preparedView) headsOf(doc *crdt.Doc) crdt.Heads {
+	if pv != nil && pv.doc == doc {
+		return pv.heads
+	}
+	return doc.Heads()
 }
 
 // of reports whether pv is the read model of doc at heads. The same
@@ -400,7 +421,7 @@ func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec
 		if err != nil {
 			return err
 		}
-		if q != nil || holdsAll(t.doc, recs[i].relay) {
+		if q != nil || t.holdsAll(recs[i].relay) {
 			continue
 		}
 		_, pending, err := getKey(txn, recKey('p', t.coll, t.id))

@@ -20,7 +20,8 @@ import (
 // pull of a's edits of them while b edited some too (merged without
 // conflict, or with conflicts settled by prefer-local in the merge), and
 // a's deletes and restores. After each pull every read model and index
-// entry on b is its document's, and reads see a's and b's values.
+// entry on b is its document's, and reads see a's and b's values; the
+// fresh pull lists the collection.
 func TestPulledReadModelsMatchDocuments(t *testing.T) {
 	const n = 2*prepWindow + 5
 	for _, procs := range []int{1, 2} {
@@ -69,6 +70,9 @@ func TestPulledReadModelsMatchDocuments(t *testing.T) {
 			mustSync(t, b, "p")
 			if err := checkViews(t, b, "c"); err != nil {
 				t.Fatalf("after the fresh pull: %v", err)
+			}
+			if names, err := b.Collections(); err != nil || len(names) != 1 || names[0] != "c" {
+				t.Fatalf("b's collections after the fresh pull: %v, %v", names, err)
 			}
 			ca, cb := a.Collection("c"), b.Collection("c")
 			set := func(c *Collection, id, field string, v any) {
