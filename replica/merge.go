@@ -7,7 +7,6 @@ import (
 	"runtime"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -397,7 +396,7 @@ func merge(d *crdt.Doc, pending bool, data []byte, relay crdt.Heads, inPlace boo
 // the window, whose earlier entry waits for the policy (mergeOp joins the
 // two), held back by a failed hook, damaged, or holding the entry's
 // changes already; and everything when there is no second core to use.
-func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec, res *batchResult) error {
+func (r *Replica) prepareMerges(txn *badger.Txn, ts, before []*touched, recs []remoteRec, res *batchResult) error {
 	workers := runtime.GOMAXPROCS(0)
 	if workers < 2 {
 		return nil
@@ -407,7 +406,12 @@ func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec
 		pending bool
 		rec     remoteRec
 	}
-	inWindow := make(map[*touched]int, len(ts))
+	// A record the entries before the window still change is left to
+	// mergeOp, as is one with more than one entry in the window.
+	inWindow := make(map[*touched]int, len(ts)+len(before))
+	for _, t := range before {
+		inWindow[t] += 2
+	}
 	for _, t := range ts {
 		inWindow[t]++
 	}
@@ -438,38 +442,33 @@ func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec
 		out[k] = &preparedMerge{done: make(chan struct{})}
 		res.prepared.put(j.t, out[k])
 	}
-	var next atomic.Int64
 	settle := res.settle
-	for range min(workers, len(jobs)) {
-		res.prepared.goWork(func() {
-			for {
-				k := int(next.Add(1)) - 1
-				if k >= len(jobs) {
-					return
-				}
-				j, pm := jobs[k], out[k]
-				if f := mergeStarting; f != nil {
-					f(j.t.id)
-				}
-				covered := settle.covers(j.t.id)
-				pm.m = merge(j.t.doc, j.pending, j.rec.data, j.rec.relay, covered)
-				if covered {
-					settle.settle(&pm.m, j.t.id)
-				}
-				if pm.m.stores() {
-					// The read model too: packing the fields is calls
-					// into Automerge that the batch's goroutine, which
-					// stores one record after another, would make alone.
-					d := pm.m.merged
-					if d == nil {
-						d = j.t.doc
-					}
-					pm.m.view = prepareView(d)
-				}
-				close(pm.done)
+	work := make([]func(), len(jobs))
+	for k := range jobs {
+		work[k] = func() {
+			j, pm := jobs[k], out[k]
+			if f := mergeStarting; f != nil {
+				f(j.t.id)
 			}
-		})
+			covered := settle.covers(j.t.id)
+			pm.m = merge(j.t.doc, j.pending, j.rec.data, j.rec.relay, covered)
+			if covered {
+				settle.settle(&pm.m, j.t.id)
+			}
+			if pm.m.stores() {
+				// The read model too: packing the fields is calls
+				// into Automerge that the batch's goroutine, which
+				// stores one record after another, would make alone.
+				d := pm.m.merged
+				if d == nil {
+					d = j.t.doc
+				}
+				pm.m.view = prepareView(d)
+			}
+			close(pm.done)
+		}
 	}
+	res.prepared.queue(work, workers)
 	return nil
 }
 
@@ -494,22 +493,50 @@ type preparedMerge struct {
 type preparedMerges struct {
 	byRec map[*touched]*preparedMerge
 	wg    *sync.WaitGroup
+	// q holds the merges queued and not started, in the order the batch
+	// takes them, for running goroutines (up to GOMAXPROCS) to start.
+	q *mergeQueue
+}
+
+type mergeQueue struct {
+	mu      sync.Mutex
+	work    []func()
+	running int
 }
 
 func (p *preparedMerges) put(t *touched, pm *preparedMerge) {
 	if p.byRec == nil {
-		p.byRec, p.wg = map[*touched]*preparedMerge{}, &sync.WaitGroup{}
+		p.byRec, p.wg, p.q = map[*touched]*preparedMerge{}, &sync.WaitGroup{}, &mergeQueue{}
 	}
 	p.byRec[t] = pm
 }
 
-// goWork runs f on a goroutine that wait waits for.
-func (p *preparedMerges) goWork(f func()) {
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		f()
-	}()
+// queue adds work behind the merges queued before, to run on up to
+// workers goroutines that wait waits for: a window's merges queued ahead
+// start once those of the window before it have.
+func (p *preparedMerges) queue(work []func(), workers int) {
+	q := p.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.work = append(q.work, work...)
+	for ; q.running < min(workers, len(q.work)); q.running++ {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			for {
+				q.mu.Lock()
+				if len(q.work) == 0 {
+					q.running--
+					q.mu.Unlock()
+					return
+				}
+				f := q.work[0]
+				q.work = q.work[1:]
+				q.mu.Unlock()
+				f()
+			}
+		}()
+	}
 }
 
 // take removes t's merge, waiting for it to finish, if one was started.

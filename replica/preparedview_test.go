@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -197,5 +199,62 @@ func TestPreparedViewOfOtherVersionIsNotStored(t *testing.T) {
 	// Read again at the document's heads, the prepared one is its own.
 	if f := store("fresh", d, prepareView(d)); f["qty"] != int64(2) {
 		t.Fatalf("read model %v", f)
+	}
+}
+
+// A batch queues the merges of the window after the one it stores, behind
+// that window's: while the batch waits for a window's first merge, the
+// other core goes on to the next window's. Here the first record's merge
+// is held until a merge of the second window starts (or ten seconds
+// pass); every record is stored after.
+func TestMergesOfTheNextWindowRunAhead(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2)) // merges run only with a second core
+	r := mem(t)
+	const n = 2 * prepWindow
+	recs := make([]remoteRec, n)
+	for i := range recs {
+		d, err := crdt.New("aaaaaaaa")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Put(map[string]any{"n": int64(i)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.Commit("", time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+		recs[i] = remoteRec{id: fmt.Sprintf("r%03d", i), data: d.Save(), relay: d.Heads()}
+		d.Free()
+	}
+	nextWindow := make(chan struct{})
+	var once sync.Once
+	var ranAhead atomic.Bool
+	mergeStarting = func(id string) {
+		switch {
+		case id == recs[0].id:
+			select {
+			case <-nextWindow:
+				ranAhead.Store(true)
+			case <-time.After(10 * time.Second):
+			}
+		case id >= recs[prepWindow].id:
+			once.Do(func() { close(nextWindow) })
+		}
+	}
+	defer func() { mergeStarting = nil }()
+	res, err := r.applyHolding("c", recs, r.mergeOp, true, nil)
+	freeMerged(res.conflicted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ranAhead.Load() {
+		t.Fatal("no merge of the second window started while the first record's merge was held")
+	}
+	c := r.Collection("c")
+	for i, rec := range recs {
+		var got map[string]any
+		if err := c.Get(rec.id, &got); err != nil || got["n"] != int64(i) {
+			t.Fatalf("%s: %v, %v", rec.id, got, err)
+		}
 	}
 }
