@@ -390,12 +390,15 @@ func merge(d *crdt.Doc, pending bool, data []byte, relay crdt.Heads, inPlace boo
 // starts the merges on up to GOMAXPROCS goroutines and returns, leaving
 // them running while mergeOp stores the records before (see
 // preparedMerges): each record's document is its own, and the batch holds
-// every record's write lock. The batch has applied the entries of earlier
-// windows, and mergeOp has taken (waited for) every merge of theirs, so a
-// record's state here is what mergeOp would see. Left to mergeOp: records that occur more than once in
-// the window, whose earlier entry waits for the policy (mergeOp joins the
-// two), held back by a failed hook, damaged, or holding the entry's
-// changes already; and everything when there is no second core to use.
+// every record's write lock. The batch prepares a window while it stores
+// the one before, whose records are before: it has applied every entry
+// ahead of those, and mergeOp has taken (waited for) every merge of
+// theirs, so the state here of a record that is not among before is what
+// mergeOp will see. Left to mergeOp: records among before or that occur
+// more than once in the window, whose earlier entry waits for the policy
+// (mergeOp joins the two), held back by a failed hook, damaged, or
+// holding the entry's changes already; and everything when there is no
+// second core to use.
 func (r *Replica) prepareMerges(txn *badger.Txn, ts, before []*touched, recs []remoteRec, res *batchResult) error {
 	workers := runtime.GOMAXPROCS(0)
 	if workers < 2 {
