@@ -43,11 +43,20 @@ func (r *Replica) batchOpThen(coll string, ids []string, fn func(i int, txn *bad
 // prepWindow is how many records of a batch batchOpPre prepares at once.
 const prepWindow = 32
 
+// prepFunc works out, for the records ts of the window of a batch that
+// starts at entry from, loaded, what fn will need (see batchOpPre).
+// before are the records of the entries ahead of the window that fn has
+// not run on yet: their state may still change before the window's.
+type prepFunc func(txn *badger.Txn, from int, ts, before []*touched) error
+
 // batchOpPre is batchOpThen, with pre (if not nil) given the records of
 // each window of prepWindow entries, loaded, before fn runs on any of
 // them: it may work out what fn will need, in the same transaction and
-// under the same locks, and for several records at once.
-func (r *Replica) batchOpPre(coll string, ids []string, pre func(txn *badger.Txn, from int, ts []*touched) error, fn func(i int, txn *badger.Txn, t *touched) (keep bool, err error), then func(txn *badger.Txn) error) ([]*touched, error) {
+// under the same locks, and for several records at once. Each window is
+// given to pre one window ahead, as fn starts on the window before it
+// (see prepFunc), so that work pre starts elsewhere for the next window
+// runs while fn stores this one.
+func (r *Replica) batchOpPre(coll string, ids []string, pre prepFunc, fn func(i int, txn *badger.Txn, t *touched) (keep bool, err error), then func(txn *badger.Txn) error) ([]*touched, error) {
 	return r.batchParts(coll, ids, pre, fn, then, nil)
 }
 
@@ -78,7 +87,7 @@ var partFault atomic.Pointer[func(lo, hi int, last bool) error]
 // committed before a failure are the relay's data, which the next sync
 // applies again idempotently. A single record whose writes pass the
 // limit alone fails the batch.
-func (r *Replica) batchParts(coll string, ids []string, pre func(txn *badger.Txn, from int, ts []*touched) error, fn func(i int, txn *badger.Txn, t *touched) (keep bool, err error), then func(txn *badger.Txn) error, guard func() partGuard) ([]*touched, error) {
+func (r *Replica) batchParts(coll string, ids []string, pre prepFunc, fn func(i int, txn *badger.Txn, t *touched) (keep bool, err error), then func(txn *badger.Txn) error, guard func() partGuard) ([]*touched, error) {
 	defer r.mem.wrote(len(ids)) // last, with the records' locks released
 	release, err := r.enter()
 	if err != nil {
@@ -106,19 +115,36 @@ func (r *Replica) batchParts(coll string, ids []string, pre func(txn *badger.Txn
 			if g.drain != nil {
 				defer g.drain()
 			}
+			// window loads the records of the window at from and gives
+			// them to pre, with before, those of the window fn is on.
+			window := func(from int, before []*touched) ([]*touched, error) {
+				ts := make([]*touched, 0, prepWindow)
+				for _, id := range ids[from:min(from+prepWindow, p.hi)] {
+					t, err := b.touch(txn, id)
+					if err != nil {
+						return nil, err
+					}
+					ts = append(ts, t)
+				}
+				return ts, pre(txn, from, ts, before)
+			}
+			var next []*touched // the window after the one fn is on, prepared
 			for i := p.lo; i < p.hi; i++ {
 				id := ids[i]
 				if pre != nil && (i-p.lo)%prepWindow == 0 {
-					ts := make([]*touched, 0, prepWindow)
-					for _, id := range ids[i:min(i+prepWindow, p.hi)] {
-						t, err := b.touch(txn, id)
-						if err != nil {
-							return err
+					cur := next
+					if i == p.lo {
+						var werr error
+						if cur, werr = window(i, nil); werr != nil {
+							return werr
 						}
-						ts = append(ts, t)
 					}
-					if err := pre(txn, i, ts); err != nil {
-						return err
+					next = nil
+					if j := i + prepWindow; j < p.hi {
+						var werr error
+						if next, werr = window(j, cur); werr != nil {
+							return werr
+						}
 					}
 				}
 				t, err := b.touch(txn, id)
@@ -180,6 +206,8 @@ type batchRun struct {
 	byID  map[string]*touched
 	order []*touched
 	aside []*crdt.Doc // documents fn chose not to store
+	// listed says the transaction put the collection on the list.
+	listed bool
 }
 
 // touch returns the record's state in the batch, loading its document
@@ -225,7 +253,9 @@ func (b *batchRun) kept(txn *badger.Txn, t *touched, keep bool) error {
 		t.doc, t.dirty = nil, true
 		return nil
 	}
-	if !t.existed && len(t.new.heads) > 0 {
+	if !t.existed && len(t.new.heads) > 0 && !b.listed {
+		// Once a transaction: a fresh pull stores thousands of records.
+		b.listed = true
 		return txn.Set(collKey(b.coll), nil)
 	}
 	return nil
@@ -337,10 +367,10 @@ func (r *Replica) applyBatch(coll string, recs []remoteRec, op remoteOp) (batchR
 // prepareMerges), and settle (nil: none) decides the conflicts it can in
 // the same transaction.
 func (r *Replica) applyHolding(coll string, recs []remoteRec, op remoteOp, merging bool, settle *settling) (batchResult, error) {
-	var pre func(txn *badger.Txn, from int, ts []*touched, res *batchResult) error
+	var pre func(txn *badger.Txn, from int, ts, before []*touched, res *batchResult) error
 	if merging {
-		pre = func(txn *badger.Txn, from int, ts []*touched, res *batchResult) error {
-			return r.prepareMerges(txn, ts, recs[from:from+len(ts)], res)
+		pre = func(txn *badger.Txn, from int, ts, before []*touched, res *batchResult) error {
+			return r.prepareMerges(txn, ts, before, recs[from:from+len(ts)], res)
 		}
 	}
 	return r.applyBatchRes(batchResult{holdMerged: true, settle: settle}, coll, recs, op, pre, nil)
@@ -353,14 +383,14 @@ func (r *Replica) applyBatchThen(coll string, recs []remoteRec, op remoteOp, the
 }
 
 func (r *Replica) applyBatchRes(res batchResult, coll string, recs []remoteRec, op remoteOp,
-	pre func(txn *badger.Txn, from int, ts []*touched, res *batchResult) error, then func(txn *badger.Txn, res *batchResult) error) (batchResult, error) {
+	pre func(txn *badger.Txn, from int, ts, before []*touched, res *batchResult) error, then func(txn *badger.Txn, res *batchResult) error) (batchResult, error) {
 	ids := make([]string, len(recs))
 	for i, rec := range recs {
 		ids[i] = rec.id
 	}
-	var first func(txn *badger.Txn, from int, ts []*touched) error
+	var first prepFunc
 	if pre != nil {
-		first = func(txn *badger.Txn, from int, ts []*touched) error { return pre(txn, from, ts, &res) }
+		first = func(txn *badger.Txn, from int, ts, before []*touched) error { return pre(txn, from, ts, before, &res) }
 	}
 	var last func(txn *badger.Txn) error
 	if then != nil {
@@ -435,7 +465,7 @@ func (r *Replica) batchIntoThen(res *batchResult, coll string, ids []string, fn 
 	return r.batchIntoPre(res, coll, ids, nil, fn, then)
 }
 
-func (r *Replica) batchIntoPre(res *batchResult, coll string, ids []string, pre func(txn *badger.Txn, from int, ts []*touched) error, fn func(i int, txn *badger.Txn, t *touched) (bool, error), then func(txn *badger.Txn) error) error {
+func (r *Replica) batchIntoPre(res *batchResult, coll string, ids []string, pre prepFunc, fn func(i int, txn *badger.Txn, t *touched) (bool, error), then func(txn *badger.Txn) error) error {
 	return r.batchIntoGuarded(res, coll, ids, pre, fn, then, nil)
 }
 
@@ -453,7 +483,7 @@ func (r *Replica) batchIntoRedoing(res *batchResult, coll string, ids []string, 
 }
 
 // batchIntoGuarded is batchIntoPre, split as batchParts does with guard.
-func (r *Replica) batchIntoGuarded(res *batchResult, coll string, ids []string, pre func(txn *badger.Txn, from int, ts []*touched) error, fn func(i int, txn *badger.Txn, t *touched) (bool, error), then func(txn *badger.Txn) error, guard func() partGuard) error {
+func (r *Replica) batchIntoGuarded(res *batchResult, coll string, ids []string, pre prepFunc, fn func(i int, txn *badger.Txn, t *touched) (bool, error), then func(txn *badger.Txn) error, guard func() partGuard) error {
 	ts, err := r.batchParts(coll, ids, pre, fn, then, guard)
 	if err != nil {
 		return fmt.Errorf("ferry: applying %s from the relay: %w", coll, err)

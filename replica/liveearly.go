@@ -693,7 +693,7 @@ func (r *Replica) earlyOp(txn *badger.Txn, t *touched, rec remoteRec, applied cr
 		r.log.Debug("early changes not applied", "collection", t.coll, "record", t.id, "err", err)
 		return false, nil
 	}
-	nm, err := r.writeRecord(txn, t.coll, t.id, t.doc, t.new, true)
+	nm, err := r.writeRecord(txn, t.coll, t.id, t.doc, t.new, true, nil)
 	if err != nil {
 		return false, err
 	}

@@ -7,7 +7,6 @@ import (
 	"runtime"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -105,7 +104,7 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 	// What prepareMerges worked out for this entry, if it did: it left
 	// out the entries whose changes the record holds.
 	m, prepared := res.prepared.take(t)
-	if !prepared && q == nil && holdsAll(t.doc, relay) {
+	if !prepared && q == nil && t.holdsAll(relay) {
 		// The record holds the relay's version already (this device's own
 		// changes coming back, say): importing data, whose changes that
 		// version holds, would add nothing. Only the synced heads move;
@@ -117,7 +116,7 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 		if err != nil {
 			return false, err
 		}
-		return true, r.storeSynced(txn, t, synced)
+		return true, r.storeSynced(txn, t, synced, nil)
 	}
 	_, pending, err := getKey(txn, recKey('p', coll, id))
 	if err != nil {
@@ -169,13 +168,13 @@ func (r *Replica) mergeOp(txn *badger.Txn, t *touched, rec remoteRec, res *batch
 			return false, err
 		}
 	}
-	if !t.existed && len(t.new.heads) == 0 && q == nil && d.Heads().Equal(relay) {
+	if !t.existed && len(t.new.heads) == 0 && q == nil && m.view.headsOf(d).Equal(relay) {
 		// A record new to this device, arriving whole (a fresh pull's
 		// snapshot): store the bytes as they came instead of
 		// re-exporting them.
-		return true, r.storeArrived(txn, t, data, relay)
+		return true, r.storeArrived(txn, t, data, relay, m.view)
 	}
-	return true, r.storeSynced(txn, t, relay)
+	return true, r.storeSynced(txn, t, relay, m.view)
 }
 
 // laterSynced returns the heads to record as the relay's for a record that
@@ -213,6 +212,18 @@ func laterSynced(txn *badger.Txn, t *touched, relay crdt.Heads) (crdt.Heads, err
 	return acked, nil
 }
 
+// holdsAll reports whether the record's document holds every change of
+// heads (none: false). A record neither stored before nor by this batch
+// has a new, empty document: it holds none, which is known without
+// asking Automerge (a call for each head, on the batch's goroutine, for
+// every record of a fresh pull).
+func (t *touched) holdsAll(heads crdt.Heads) bool {
+	if !t.existed && len(t.new.heads) == 0 {
+		return false
+	}
+	return holdsAll(t.doc, heads)
+}
+
 // holdsAll reports whether d holds every change of heads (none: false).
 func holdsAll(d *crdt.Doc, heads crdt.Heads) bool {
 	for _, h := range heads {
@@ -247,6 +258,49 @@ type merging struct {
 	settled, made bool
 	// inPlace says merged is the record's document itself, not a copy.
 	inPlace bool
+	// view, if set, is the read model of the document the merge leaves to
+	// store, worked out where the merge ran (see prepareMerges).
+	view *preparedView
+}
+
+// stores reports whether mergeOp stores the document m leaves (the
+// record's, or merged) rather than waiting for the policy.
+func (m *merging) stores() bool {
+	return m.err == nil && (m.merged == nil || m.diff == nil || len(m.diff.Conflicts) == 0 || m.settled)
+}
+
+// preparedView is a record's read model worked out away from the
+// batch's goroutine, for the batch to store as it is if the record's
+// document is still doc at heads: doc's fields packed (see packView),
+// and its tombstone, which is a call into Automerge too.
+type preparedView struct {
+	doc     *crdt.Doc
+	heads   crdt.Heads
+	deleted bool
+	packed  []byte
+	err     error // packView's
+}
+
+// prepareView reads d's read model. The caller owns d for the time.
+func prepareView(d *crdt.Doc) *preparedView {
+	pv := &preparedView{doc: d, heads: d.Heads(), deleted: d.Deleted()}
+	pv.packed, pv.err = packView(d)
+	return pv
+}
+
+// headsOf returns doc's heads: those pv read, if it was read from doc
+// (which nothing changes between the merge that read it and its store).
+func (pv *preparedView) headsOf(doc *crdt.Doc) crdt.Heads {
+	if pv != nil && pv.doc == doc {
+		return pv.heads
+	}
+	return doc.Heads()
+}
+
+// of reports whether pv is the read model of doc at heads. The same
+// document at the same heads holds the same changes, so the same fields.
+func (pv *preparedView) of(doc *crdt.Doc, heads crdt.Heads) bool {
+	return pv != nil && pv.doc == doc && pv.heads.Equal(heads)
 }
 
 func (m merging) free() {
@@ -336,13 +390,16 @@ func merge(d *crdt.Doc, pending bool, data []byte, relay crdt.Heads, inPlace boo
 // starts the merges on up to GOMAXPROCS goroutines and returns, leaving
 // them running while mergeOp stores the records before (see
 // preparedMerges): each record's document is its own, and the batch holds
-// every record's write lock. The batch has applied the entries of earlier
-// windows, and mergeOp has taken (waited for) every merge of theirs, so a
-// record's state here is what mergeOp would see. Left to mergeOp: records that occur more than once in
-// the window, whose earlier entry waits for the policy (mergeOp joins the
-// two), held back by a failed hook, damaged, or holding the entry's
-// changes already; and everything when there is no second core to use.
-func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec, res *batchResult) error {
+// every record's write lock. The batch prepares a window while it stores
+// the one before, whose records are before: it has applied every entry
+// ahead of those, and mergeOp has taken (waited for) every merge of
+// theirs, so the state here of a record that is not among before is what
+// mergeOp will see. Left to mergeOp: records among before or that occur
+// more than once in the window, whose earlier entry waits for the policy
+// (mergeOp joins the two), held back by a failed hook, damaged, or
+// holding the entry's changes already; and everything when there is no
+// second core to use.
+func (r *Replica) prepareMerges(txn *badger.Txn, ts, before []*touched, recs []remoteRec, res *batchResult) error {
 	workers := runtime.GOMAXPROCS(0)
 	if workers < 2 {
 		return nil
@@ -352,7 +409,12 @@ func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec
 		pending bool
 		rec     remoteRec
 	}
-	inWindow := make(map[*touched]int, len(ts))
+	// A record the entries before the window still change is left to
+	// mergeOp, as is one with more than one entry in the window.
+	inWindow := make(map[*touched]int, len(ts)+len(before))
+	for _, t := range before {
+		inWindow[t] += 2
+	}
 	for _, t := range ts {
 		inWindow[t]++
 	}
@@ -366,7 +428,7 @@ func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec
 		if err != nil {
 			return err
 		}
-		if q != nil || holdsAll(t.doc, recs[i].relay) {
+		if q != nil || t.holdsAll(recs[i].relay) {
 			continue
 		}
 		_, pending, err := getKey(txn, recKey('p', t.coll, t.id))
@@ -383,28 +445,33 @@ func (r *Replica) prepareMerges(txn *badger.Txn, ts []*touched, recs []remoteRec
 		out[k] = &preparedMerge{done: make(chan struct{})}
 		res.prepared.put(j.t, out[k])
 	}
-	var next atomic.Int64
 	settle := res.settle
-	for range min(workers, len(jobs)) {
-		res.prepared.goWork(func() {
-			for {
-				k := int(next.Add(1)) - 1
-				if k >= len(jobs) {
-					return
-				}
-				j, pm := jobs[k], out[k]
-				if f := mergeStarting; f != nil {
-					f(j.t.id)
-				}
-				covered := settle.covers(j.t.id)
-				pm.m = merge(j.t.doc, j.pending, j.rec.data, j.rec.relay, covered)
-				if covered {
-					settle.settle(&pm.m, j.t.id)
-				}
-				close(pm.done)
+	work := make([]func(), len(jobs))
+	for k := range jobs {
+		work[k] = func() {
+			j, pm := jobs[k], out[k]
+			if f := mergeStarting; f != nil {
+				f(j.t.id)
 			}
-		})
+			covered := settle.covers(j.t.id)
+			pm.m = merge(j.t.doc, j.pending, j.rec.data, j.rec.relay, covered)
+			if covered {
+				settle.settle(&pm.m, j.t.id)
+			}
+			if pm.m.stores() {
+				// The read model too: packing the fields is calls
+				// into Automerge that the batch's goroutine, which
+				// stores one record after another, would make alone.
+				d := pm.m.merged
+				if d == nil {
+					d = j.t.doc
+				}
+				pm.m.view = prepareView(d)
+			}
+			close(pm.done)
+		}
 	}
+	res.prepared.queue(work, workers)
 	return nil
 }
 
@@ -429,22 +496,50 @@ type preparedMerge struct {
 type preparedMerges struct {
 	byRec map[*touched]*preparedMerge
 	wg    *sync.WaitGroup
+	// q holds the merges queued and not started, in the order the batch
+	// takes them, for running goroutines (up to GOMAXPROCS) to start.
+	q *mergeQueue
+}
+
+type mergeQueue struct {
+	mu      sync.Mutex
+	work    []func()
+	running int
 }
 
 func (p *preparedMerges) put(t *touched, pm *preparedMerge) {
 	if p.byRec == nil {
-		p.byRec, p.wg = map[*touched]*preparedMerge{}, &sync.WaitGroup{}
+		p.byRec, p.wg, p.q = map[*touched]*preparedMerge{}, &sync.WaitGroup{}, &mergeQueue{}
 	}
 	p.byRec[t] = pm
 }
 
-// goWork runs f on a goroutine that wait waits for.
-func (p *preparedMerges) goWork(f func()) {
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		f()
-	}()
+// queue adds work behind the merges queued before, to run on up to
+// workers goroutines that wait waits for: a window's merges queued ahead
+// start once those of the window before it have.
+func (p *preparedMerges) queue(work []func(), workers int) {
+	q := p.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.work = append(q.work, work...)
+	for ; q.running < min(workers, len(q.work)); q.running++ {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			for {
+				q.mu.Lock()
+				if len(q.work) == 0 {
+					q.running--
+					q.mu.Unlock()
+					return
+				}
+				f := q.work[0]
+				q.work = q.work[1:]
+				q.mu.Unlock()
+				f()
+			}
+		}()
+	}
 }
 
 // take removes t's merge, waiting for it to finish, if one was started.
@@ -798,7 +893,7 @@ func (r *Replica) storeResolution(txn *badger.Txn, t *touched, c *conflicted, de
 			return err
 		}
 	}
-	return r.storeSynced(txn, t, c.relay)
+	return r.storeSynced(txn, t, c.relay, nil)
 }
 
 // decide writes a decision into the merged document. A value equal to what

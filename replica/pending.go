@@ -206,12 +206,19 @@ func ackRecord(txn *badger.Txn, coll, id string, now, heads crdt.Heads, leased b
 }
 
 // storeArrived stores a record new to this device as the bytes it arrived
-// in (they load as it is), already synced at relay.
-func (r *Replica) storeArrived(txn *badger.Txn, t *touched, data []byte, relay crdt.Heads) error {
+// in (they load as it is), already synced at relay. pv, if not nil, may
+// be its read model (see preparedView).
+func (r *Replica) storeArrived(txn *badger.Txn, t *touched, data []byte, relay crdt.Heads, pv *preparedView) error {
 	if len(data) > r.opts.MaxRecordBytes {
 		return fmt.Errorf("%w: %s/%s is %d bytes, limit %d", ErrTooLarge, t.coll, t.id, len(data), r.opts.MaxRecordBytes)
 	}
-	nm := meta{heads: relay, deleted: t.doc.Deleted(), snapBytes: len(data), nextChunk: t.new.nextChunk}
+	var deleted bool
+	if pv.of(t.doc, relay) {
+		deleted = pv.deleted
+	} else {
+		deleted = t.doc.Deleted()
+	}
+	nm := meta{heads: relay, deleted: deleted, snapBytes: len(data), nextChunk: t.new.nextChunk}
 	for _, kv := range []struct {
 		k, v []byte
 	}{
@@ -224,14 +231,15 @@ func (r *Replica) storeArrived(txn *badger.Txn, t *touched, data []byte, relay c
 		}
 	}
 	t.new = nm
-	return r.putView(txn, t.coll, t.id, t.doc, nm)
+	return r.putView(txn, t.coll, t.id, t.doc, nm, pv)
 }
 
 // storeSynced writes the record's new changes, records relay as the heads
 // the relay holds, and sets the pending marker to whether the record has
-// changes beyond them.
-func (r *Replica) storeSynced(txn *badger.Txn, t *touched, relay crdt.Heads) error {
-	nm, err := r.writeRecord(txn, t.coll, t.id, t.doc, t.new, false)
+// changes beyond them. pv, if not nil, may be its read model (see
+// preparedView).
+func (r *Replica) storeSynced(txn *badger.Txn, t *touched, relay crdt.Heads, pv *preparedView) error {
+	nm, err := r.writeRecord(txn, t.coll, t.id, t.doc, t.new, false, pv)
 	if err != nil {
 		return err
 	}

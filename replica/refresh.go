@@ -89,7 +89,7 @@ func (r *Replica) replaceOp(txn *badger.Txn, t *touched, rec remoteRec, _ *batch
 		return false, err
 	}
 	t.doc, t.new = d, meta{nextChunk: t.new.nextChunk}
-	return true, r.storeSynced(txn, t, rec.relay)
+	return true, r.storeSynced(txn, t, rec.relay, nil)
 }
 
 // purgeRecord removes every trace of a record the relay does not have
@@ -149,5 +149,5 @@ func (r *Replica) forceOp(txn *badger.Txn, t *touched, rec remoteRec, _ *batchRe
 	if _, err := d.Commit("ferry: refresh from client", r.opts.Clock()); err != nil {
 		return false, err
 	}
-	return true, r.storeSynced(txn, t, rec.relay)
+	return true, r.storeSynced(txn, t, rec.relay, nil)
 }

@@ -109,8 +109,9 @@ func corrupt(coll, id string, cause error) error {
 // writeRecord stores the changes doc gained since m.heads as a new chunk,
 // or folds everything into a fresh snapshot once enough chunks piled up. It
 // returns the new meta. pending marks the record as having changes the relay
-// has not acknowledged.
-func (r *Replica) writeRecord(txn *badger.Txn, coll, id string, doc *crdt.Doc, m meta, pending bool) (meta, error) {
+// has not acknowledged. pv, if not nil, may be doc's read model (see
+// preparedView).
+func (r *Replica) writeRecord(txn *badger.Txn, coll, id string, doc *crdt.Doc, m meta, pending bool, pv *preparedView) (meta, error) {
 	delta, err := doc.ChangesSince(m.heads)
 	if err != nil {
 		return m, err
@@ -120,7 +121,11 @@ func (r *Replica) writeRecord(txn *badger.Txn, coll, id string, doc *crdt.Doc, m
 	}
 	nm := m
 	nm.heads = doc.Heads()
-	nm.deleted = doc.Deleted()
+	if pv.of(doc, nm.heads) {
+		nm.deleted = pv.deleted
+	} else {
+		nm.deleted = doc.Deleted()
+	}
 	// Past MaxRecordBytes, compact rather than refuse: the limit is on the
 	// saved document, which chunks of raw changes overstate.
 	if m.chunks+1 >= foldAfter(r.opts.CompactAfter, m.snapBytes) || len(delta)+m.chunkBytes > 2*m.snapBytes+4096 && m.chunks >= 4 ||
@@ -149,7 +154,7 @@ func (r *Replica) writeRecord(txn *badger.Txn, coll, id string, doc *crdt.Doc, m
 	if err := txn.Set(recKey('r', coll, id), nm.encode()); err != nil {
 		return m, err
 	}
-	if err := r.putView(txn, coll, id, doc, nm); err != nil {
+	if err := r.putView(txn, coll, id, doc, nm, pv); err != nil {
 		return m, err
 	}
 	if pending {

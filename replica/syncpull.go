@@ -90,9 +90,18 @@ func (s *collSync) pull(ctx context.Context, cursor uint64, apply applier) error
 		return s.pullAll(ctx, apply)
 	}
 	total, done := 0, 0
+	var ahead *pageAhead
+	defer func() { ahead.drop() }()
 	for {
-		var ch transport.Changes
-		err := s.conn.call(ctx, &transport.Pull{Collection: s.coll, Cursor: cursor}, &ch)
+		var ch *transport.Changes
+		var err error
+		if ahead != nil {
+			ch, err = ahead.wait()
+			ahead = nil
+		} else {
+			ch = new(transport.Changes)
+			err = s.conn.call(ctx, &transport.Pull{Collection: s.coll, Cursor: cursor}, ch)
+		}
 		if errors.Is(err, transport.ErrTruncated) {
 			// The relay truncated its log past this cursor (the device was
 			// away longer than it keeps entries): catch up from the
@@ -102,6 +111,9 @@ func (s *collSync) pull(ctx context.Context, cursor uint64, apply applier) error
 		}
 		if err != nil {
 			return fmt.Errorf("ferry: pull %s: %w", s.coll, err)
+		}
+		if ch.More {
+			ahead = s.fetch(ctx, &transport.Pull{Collection: s.coll, Cursor: max(cursor, ch.Next)})
 		}
 		total += len(ch.Records)
 		if err := s.applyAll(ctx, ch.Records, apply, total, &done); err != nil {
@@ -126,9 +138,19 @@ func (s *collSync) pullAll(ctx context.Context, apply applier) error {
 	total, done := 0, 0
 	after := ""
 	var next uint64
+	var ahead *pageAhead
+	defer func() { ahead.drop() }()
 	for page := 0; ; page++ {
-		var ch transport.Changes
-		if err := s.conn.call(ctx, &transport.Pull{Collection: s.coll, After: after}, &ch); err != nil {
+		var ch *transport.Changes
+		var err error
+		if ahead != nil {
+			ch, err = ahead.wait()
+			ahead = nil
+		} else {
+			ch = new(transport.Changes)
+			err = s.conn.call(ctx, &transport.Pull{Collection: s.coll, After: after}, ch)
+		}
+		if err != nil {
 			return fmt.Errorf("ferry: pull %s: %w", s.coll, err)
 		}
 		if page == 0 {
@@ -136,6 +158,9 @@ func (s *collSync) pullAll(ctx context.Context, apply applier) error {
 		}
 		for _, rc := range ch.Records {
 			seen[rc.Record] = true
+		}
+		if ch.More && ch.After != "" {
+			ahead = s.fetch(ctx, &transport.Pull{Collection: s.coll, After: ch.After})
 		}
 		total += len(ch.Records)
 		if err := s.applyAll(ctx, ch.Records, apply, total, &done); err != nil {
@@ -187,6 +212,44 @@ func (s *collSync) pullAll(ctx context.Context, apply applier) error {
 		unsynced = unsynced[n:]
 	}
 	return nil
+}
+
+// pageAhead is a page of a pull requested before the device is done with
+// the one before it: the relay reads the next page, and the connection
+// carries and decodes it, while the device stores the records of this one.
+// A pull so waits for the relay only for its first page, not for each.
+type pageAhead struct {
+	done   chan struct{}
+	cancel context.CancelFunc
+	ch     transport.Changes
+	err    error
+}
+
+// fetch requests a page of a pull, answered in the background.
+func (s *collSync) fetch(ctx context.Context, req *transport.Pull) *pageAhead {
+	ctx, cancel := context.WithCancel(ctx)
+	a := &pageAhead{done: make(chan struct{}), cancel: cancel}
+	go func() {
+		defer close(a.done)
+		a.err = s.conn.call(ctx, req, &a.ch)
+	}()
+	return a
+}
+
+// wait returns the page once it is answered.
+func (a *pageAhead) wait() (*transport.Changes, error) {
+	<-a.done
+	a.cancel()
+	return &a.ch, a.err
+}
+
+// drop gives up a page not waited for (the pull failed before it) and
+// waits for its request to end, so that nothing outlives the pull.
+func (a *pageAhead) drop() {
+	if a != nil {
+		a.cancel()
+		<-a.done
+	}
 }
 
 // batchBytes bounds the data applied in one store transaction, well

@@ -237,7 +237,7 @@ func (r *Replica) commitTouched(txn *badger.Txn, t *touched, now time.Time, loca
 			return err
 		}
 	}
-	nm, err := r.writeRecord(txn, t.coll, t.id, t.doc, t.old, local)
+	nm, err := r.writeRecord(txn, t.coll, t.id, t.doc, t.old, local, nil)
 	if err != nil {
 		return err
 	}

@@ -109,9 +109,16 @@ func packView(doc *crdt.Doc) ([]byte, error) {
 
 // putView stores the read model of a record whose document is doc and
 // meta m, and its index entries, in the transaction that stores them. The
-// caller holds r.writing().
-func (r *Replica) putView(txn *badger.Txn, coll, id string, doc *crdt.Doc, m meta) error {
-	p, err := packView(doc)
+// caller holds r.writing(). pv, if it is doc's at m's heads, gives the
+// fields packed already; otherwise (or nil) they are read from doc.
+func (r *Replica) putView(txn *badger.Txn, coll, id string, doc *crdt.Doc, m meta, pv *preparedView) error {
+	var p []byte
+	var err error
+	if pv.of(doc, m.heads) {
+		p, err = pv.packed, pv.err
+	} else {
+		p, err = packView(doc)
+	}
 	if err != nil {
 		return err
 	}
@@ -241,7 +248,7 @@ func (r *Replica) rebuildView(coll, id string) (view, error) {
 		if !ok {
 			return fmt.Errorf("%w: %s/%s", ErrNotFound, coll, id)
 		}
-		if err := r.putView(txn, coll, id, d, m); err != nil {
+		if err := r.putView(txn, coll, id, d, m, nil); err != nil {
 			return err
 		}
 		v = view{deleted: m.deleted, heads: m.heads}
