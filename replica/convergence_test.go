@@ -171,6 +171,14 @@ func TestConvergenceRandomized(t *testing.T) {
 // runs in a synctest bubble, on an in-memory network: delays and backoffs
 // cost no real time, and a failing seed replays the same ops and faults.
 func TestConvergenceLiveFaultyBadger(t *testing.T) {
+	if raceDetector {
+		// Go 1.26's race runtime aborts this test's synctest bubble (a
+		// relay on a real Badger store, devices on cgo) in about one run
+		// of twelve, with "ThreadSanitizer: CHECK failed: tsan_rtl.cpp:282"
+		// or a SIGSEGV, before and after any change of Ferry's: Go issue
+		// 78156. .ci/run runs it without the race detector.
+		t.Skip("the race detector's runtime crashes in this test's synctest bubble (Go issue 78156); run it without -race")
+	}
 	for _, seed := range convergenceSeeds(t) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			t.Logf("seed %d (replay with FERRY_CONVERGENCE_SEED=%d)", seed, seed)
