@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/pb"
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
@@ -646,12 +648,55 @@ func TestLiveEarlyApply(t *testing.T) {
 	// The value may come early again, ahead of the durable messages that
 	// move the cursor, which the feed does not report: wait for those.
 	waitValue(t, env.b, env.feedB, "r", "qty", 2)
-	deadline := time.Now().Add(20 * time.Second)
+	env.waitCursorPast(t, head)
+}
+
+// waitCursorPast waits, up to 20 s, for b's live cursor to pass head,
+// looking again at each write of b's sync state (a Badger subscription).
+func (env *earlyEnv) waitCursorPast(t *testing.T, head uint64) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	written, probed := make(chan struct{}, 1), make(chan struct{}, 1)
+	probe := []byte("zz-test-probe")
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		env.b.db.Subscribe(ctx, func(kvs *badger.KVList) error {
+			for _, kv := range kvs.Kv {
+				ch := written
+				if bytes.HasPrefix(kv.Key, probe) {
+					ch = probed
+				}
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
+			}
+			return nil
+		}, []pb.Match{{Prefix: syncStateKey("live", "c")}, {Prefix: probe}})
+	}()
+	defer func() { cancel(); <-stopped }()
+	// Badger registers the subscriber once Subscribe runs and says nothing:
+	// write a probe until the subscriber sees one, so no write of the
+	// cursor after this is missed.
+	for registered := false; !registered; {
+		if err := env.b.update(func(txn *badger.Txn) error { return txn.Set(probe, nil) }); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-probed:
+			registered = true
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	timeout := time.NewTimer(20 * time.Second)
+	defer timeout.Stop()
 	for c := env.cursor(); c <= head; c = env.cursor() {
-		if time.Now().After(deadline) {
+		select {
+		case <-written:
+		case <-timeout.C:
 			t.Fatalf("b's cursor %d, want past %d: the durable message did not move it", c, head)
 		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

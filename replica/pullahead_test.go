@@ -15,19 +15,28 @@ import (
 )
 
 // pageCountingStore counts the pages of pulls its relay reads: snapshot
-// pages (Records) and log pages (Log).
+// pages (Records) and log pages (Log), and says so on read.
 type pageCountingStore struct {
 	relay.Store
 	records, logs atomic.Int32
+	read          chan struct{} // a page was counted; buffered 1
+}
+
+func (s *pageCountingStore) count(n *atomic.Int32) {
+	n.Add(1)
+	select {
+	case s.read <- struct{}{}:
+	default: // one waiting already says so
+	}
 }
 
 func (s *pageCountingStore) Records(ctx context.Context, c relay.Coll, after string, limit int) ([]relay.Record, error) {
-	s.records.Add(1)
+	s.count(&s.records)
 	return s.Store.Records(ctx, c, after, limit)
 }
 
 func (s *pageCountingStore) Log(ctx context.Context, c relay.Coll, after uint64, limit int) ([]relay.LogEntry, error) {
-	s.logs.Add(1)
+	s.count(&s.logs)
 	return s.Store.Log(ctx, c, after, limit)
 }
 
@@ -38,7 +47,7 @@ func (s *pageCountingStore) Log(ctx context.Context, c relay.Coll, after uint64,
 // record arrives all the same.
 func TestPullRequestsNextPageWhileStoring(t *testing.T) {
 	const n = 10
-	store := &pageCountingStore{Store: memstore.New()}
+	store := &pageCountingStore{Store: memstore.New(), read: make(chan struct{}, 1)}
 	rl := relaytest.Start(t, &relaytest.Options{Store: store, Relay: relay.Options{Limits: transport.Limits{MaxBatch: 3}}})
 	e := &syncEnv{t: t, rl: rl, srv: rl.Server, store: rl.Store, url: rl.URL, app: rl.App, auth: rl.Auth, token: rl.Token}
 	hook := &progressHook{}
@@ -59,9 +68,15 @@ func TestPullRequestsNextPageWhileStoring(t *testing.T) {
 			if p.Direction != FromRelay {
 				return false
 			}
-			deadline := time.Now().Add(10 * time.Second)
-			for time.Now().Before(deadline) && pages.Load() < before+2 {
-				time.Sleep(time.Millisecond)
+			timeout := time.NewTimer(10 * time.Second)
+			defer timeout.Stop()
+		wait:
+			for pages.Load() < before+2 {
+				select {
+				case <-store.read:
+				case <-timeout.C:
+					break wait
+				}
 			}
 			read.Store(pages.Load() >= before+2)
 			return true

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -109,8 +110,9 @@ func TestBadgerCursorsWaitForTheFsync(t *testing.T) {
 	s := bsOpen(t, t.TempDir(), nil)
 	bsAppend(t, s, 0, time.Now(), bsEntry("a", nil, "1"))
 	held, release := make(chan struct{}), make(chan struct{})
-	var once, released sync.Once
-	letGo := func() { released.Do(func() { close(release) }) }
+	var once, releasing sync.Once
+	var released atomic.Bool // set before the fsync is let go
+	letGo := func() { releasing.Do(func() { released.Store(true); close(release) }) }
 	t.Cleanup(letGo) // before the store closes, whatever fails
 	s.fsync.FsyncLog = func(path string) error {
 		if filepath.Ext(path) == ".mem" {
@@ -155,20 +157,15 @@ func TestBadgerCursorsWaitForTheFsync(t *testing.T) {
 			if err != nil {
 				t.Errorf("%s: %v", r.name, err)
 			}
+			if !released.Load() {
+				t.Errorf("%s returned %d while the append's fsync was held", r.name, seq)
+			}
 			results[i] <- seq
 		}()
 	}
 	// The record's read goes on while the fsync is held.
 	if rec, err := s.Record(ctx, bsColl, "a"); err != nil || rec.Seq != 1 {
 		t.Fatalf("Record during the fsync = %+v, %v", rec, err)
-	}
-	time.Sleep(50 * time.Millisecond) // time enough for a read that does not wait to return
-	for i, r := range reads {
-		select {
-		case seq := <-results[i]:
-			t.Fatalf("%s returned %d while the append's fsync was held", r.name, seq)
-		default:
-		}
 	}
 	letGo()
 	if err := <-appended; err != nil {
