@@ -93,15 +93,7 @@ func (s *collSync) pull(ctx context.Context, cursor uint64, apply applier) error
 	var ahead *pageAhead
 	defer func() { ahead.drop() }()
 	for {
-		var ch *transport.Changes
-		var err error
-		if ahead != nil {
-			ch, err = ahead.wait()
-			ahead = nil
-		} else {
-			ch = new(transport.Changes)
-			err = s.conn.call(ctx, &transport.Pull{Collection: s.coll, Cursor: cursor}, ch)
-		}
+		ch, err := s.page(ctx, &ahead, &transport.Pull{Collection: s.coll, Cursor: cursor})
 		if errors.Is(err, transport.ErrTruncated) {
 			// The relay truncated its log past this cursor (the device was
 			// away longer than it keeps entries): catch up from the
@@ -141,15 +133,7 @@ func (s *collSync) pullAll(ctx context.Context, apply applier) error {
 	var ahead *pageAhead
 	defer func() { ahead.drop() }()
 	for page := 0; ; page++ {
-		var ch *transport.Changes
-		var err error
-		if ahead != nil {
-			ch, err = ahead.wait()
-			ahead = nil
-		} else {
-			ch = new(transport.Changes)
-			err = s.conn.call(ctx, &transport.Pull{Collection: s.coll, After: after}, ch)
-		}
+		ch, err := s.page(ctx, &ahead, &transport.Pull{Collection: s.coll, After: after})
 		if err != nil {
 			return fmt.Errorf("ferry: pull %s: %w", s.coll, err)
 		}
@@ -234,6 +218,17 @@ func (s *collSync) fetch(ctx context.Context, req *transport.Pull) *pageAhead {
 		a.err = s.conn.call(ctx, req, &a.ch)
 	}()
 	return a
+}
+
+// page returns the page *ahead holds, fetched ahead for this request,
+// and clears it; with none, it asks for req now.
+func (s *collSync) page(ctx context.Context, ahead **pageAhead, req *transport.Pull) (*transport.Changes, error) {
+	if a := *ahead; a != nil {
+		*ahead = nil
+		return a.wait()
+	}
+	ch := new(transport.Changes)
+	return ch, s.conn.call(ctx, req, ch)
 }
 
 // wait returns the page once it is answered.
