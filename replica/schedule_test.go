@@ -61,6 +61,17 @@ func TestBackoffGrowsWithJitterAndCaps(t *testing.T) {
 // Live profiles push each edit and apply each remote one by themselves,
 // and concurrent live edits of one field converge. In a synctest bubble on
 // relaytest's in-memory network: "settled" is every goroutine blocked.
+// settleWithRelay waits, in a synctest bubble, until every goroutine is
+// blocked and no timer of the relay's can wake one: a relay's group commit
+// may wait (a millisecond) for more pushes, on a timer, which
+// synctest.Wait counts as blocked. Sleeping moves the bubble's clock past
+// any such wait.
+func settleWithRelay() {
+	synctest.Wait()
+	time.Sleep(10 * time.Millisecond)
+	synctest.Wait()
+}
+
 func TestLiveModePushesAndAppliesAtOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rl := relaytest.Start(t, &relaytest.Options{Pipe: true})
@@ -82,7 +93,7 @@ func TestLiveModePushesAndAppliesAtOnce(t *testing.T) {
 				t.Fatal(err)
 			}
 			// b sees each edit without anyone calling Sync.
-			synctest.Wait()
+			settleWithRelay()
 			if f := getFields(t, b, "c", "x"); f["n"] != int64(i) {
 				t.Fatalf("b has %v after edit %d", f, i)
 			}
@@ -91,7 +102,7 @@ func TestLiveModePushesAndAppliesAtOnce(t *testing.T) {
 		cb := coll2(t, b, "c")
 		ca.Update("x", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, 100) })
 		cb.Update("x", func(d *crdt.Doc) error { return d.Set(crdt.Path{"n"}, 200) })
-		synctest.Wait()
+		settleWithRelay()
 		fa, fb := getFields(t, a, "c", "x"), getFields(t, b, "c", "x")
 		pa, _ := ca.PendingCount()
 		pb, _ := cb.PendingCount()
