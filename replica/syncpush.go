@@ -45,10 +45,15 @@ func (s *collSync) push(ctx context.Context, ids []string) error {
 			b.total--
 		}
 		if err := b.add(ctx, id, parts); err != nil {
+			b.drop()
 			return err
 		}
 	}
-	return b.flush(ctx)
+	if err := b.flush(ctx); err != nil {
+		b.drop()
+		return err
+	}
+	return b.drain(ctx)
 }
 
 // heldBack returns the records a push leaves out: those whose merge hook
@@ -108,6 +113,15 @@ func (s *collSync) parts(id string, maxData, maxRecord int) (parts []outgoing, n
 // pushBatches gathers records' changes into pushes within the relay's
 // limits (records per push, bytes per frame), and reports progress as
 // each push is acknowledged.
+//
+// Pushes are pipelined: up to syncPushWindow are sent before the oldest
+// one's answer is taken, so the relay checks and stores one push while
+// the device reads the next records and the last push's answer is on its
+// way back. A relay answers and applies a connection's pushes in the
+// order sent (docs/protocol.md), and the answers are taken in that order,
+// on the sync's goroutine, so acknowledgements are recorded as they were
+// before. Pushes in flight hold distinct records, except a record's
+// pieces, which wait for every push before them (add).
 type pushBatches struct {
 	s       *collSync
 	limits  transport.Limits
@@ -117,7 +131,21 @@ type pushBatches struct {
 	size    int
 	done    int
 	total   int
+	flight  []inFlightPush // sent, oldest first
 }
+
+// inFlightPush is a push sent and not yet answered.
+type inFlightPush struct {
+	batch []outgoing
+	pend  *transport.Pending
+	err   error // the push could not be sent
+}
+
+// syncPushWindow bounds a sync's pushes in flight. A few are enough to
+// keep the relay busy while the device reads the next records; more
+// would only hold more of the relay's memory. Tests that cut a sync off
+// between two pushes set it to 1.
+var syncPushWindow = 4
 
 func (s *collSync) newPushBatches(total int) *pushBatches {
 	limits := s.conn.welcome.Limits.WithDefaults()
@@ -127,8 +155,8 @@ func (s *collSync) newPushBatches(total int) *pushBatches {
 
 // add queues a record's parts, pushing what is queued first when a part
 // would not fit. Pieces of one record go in successive pushes, each
-// building on the one before; once the relay refuses one, the rest stay
-// back.
+// building on the one before: each waits for the answers to every push
+// before it, and once the relay refuses one, the rest stay back.
 func (b *pushBatches) add(ctx context.Context, id string, parts []outgoing) error {
 	for i, part := range parts {
 		if len(b.batch) == b.limits.MaxBatch || b.size+len(part.changes) > b.budget || i > 0 {
@@ -136,8 +164,13 @@ func (b *pushBatches) add(ctx context.Context, id string, parts []outgoing) erro
 				return err
 			}
 		}
-		if i > 0 && slices.ContainsFunc(b.s.cs.Failed, func(f FailedRecord) bool { return f.ID == id }) {
-			break // the relay refused an earlier piece
+		if i > 0 {
+			if err := b.drain(ctx); err != nil {
+				return err
+			}
+			if slices.ContainsFunc(b.s.cs.Failed, func(f FailedRecord) bool { return f.ID == id }) {
+				break // the relay refused an earlier piece
+			}
 		}
 		b.batch = append(b.batch, part)
 		b.size += len(part.changes)
@@ -145,19 +178,87 @@ func (b *pushBatches) add(ctx context.Context, id string, parts []outgoing) erro
 	return nil
 }
 
-// flush pushes what is queued, then renews the lease if it is due.
+// flush sends what is queued, taking the oldest push's answer first if
+// syncPushWindow pushes are in flight.
 func (b *pushBatches) flush(ctx context.Context) error {
 	if len(b.batch) == 0 {
 		return nil
 	}
-	n, err := b.s.pushBatch(ctx, b.batch)
-	b.done += n
-	b.s.progress(ToRelay, b.total, b.done)
+	if len(b.flight) >= syncPushWindow {
+		if err := b.settleOldest(ctx); err != nil {
+			return err
+		}
+	}
+	batch := b.batch
 	b.batch, b.size = nil, 0
+	req := b.s.pushRequest(batch)
+	var p inFlightPush
+	p.batch = batch
+	if f := b.s.r.pushFault; f != nil {
+		p.err = f(req)
+	}
+	if p.err == nil {
+		p.pend, p.err = b.s.conn.client.Start(ctx, req)
+	}
+	b.flight = append(b.flight, p)
+	return nil
+}
+
+// drain takes the answers to every push in flight.
+func (b *pushBatches) drain(ctx context.Context) error {
+	for len(b.flight) > 0 {
+		if err := b.settleOldest(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// drop forgets the pushes in flight, when the sync fails: their records
+// stay pending, and a later push sends what the relay did not take again.
+func (b *pushBatches) drop() {
+	for _, p := range b.flight {
+		if p.pend != nil {
+			p.pend.Drop()
+		}
+	}
+	b.flight = nil
+}
+
+// settleOldest takes the answer to the oldest push in flight and records
+// what the relay acknowledged, then checks that the lease still holds. A
+// push the relay refused is handled as pushBatch handles one.
+func (b *pushBatches) settleOldest(ctx context.Context) error {
+	p := b.flight[0]
+	b.flight = b.flight[1:]
+	s := b.s
+	err := p.err
+	if err == nil {
+		var ack transport.Ack
+		wctx, cancel := context.WithTimeout(ctx, s.p.timeout())
+		err = p.pend.Wait(wctx, &ack)
+		cancel()
+	}
+	var n int
+	var perr *transport.Error
+	switch {
+	case err == nil:
+		n, err = s.acknowledged(p.batch)
+	case errors.As(err, &perr) && (perr.Code == transport.CodeBusy || perr.Code == transport.CodeTokenExpired):
+		// Not taken: sent again the way any push is, which waits while
+		// the relay is busy and renews the token.
+		n, err = s.pushBatch(ctx, p.batch)
+	case errors.As(err, &perr):
+		n, err = s.pushBatchAnswered(ctx, p.batch, err)
+	default:
+		err = fmt.Errorf("ferry: push %s: %w", s.coll, err)
+	}
+	b.done += n
+	s.progress(ToRelay, b.total, b.done)
 	if err != nil {
 		return err
 	}
-	return b.s.lease.keep(ctx)
+	return s.lease.keep(ctx)
 }
 
 // pieces cuts o's changes, at change boundaries and in their causal
@@ -262,10 +363,7 @@ func (s *collSync) pushBatch(ctx context.Context, batch []outgoing) (int, error)
 // answered with refused (a pipelined push's answer), or, with refused
 // nil, not yet sent.
 func (s *collSync) pushBatchAnswered(ctx context.Context, batch []outgoing, refused error) (int, error) {
-	req := &transport.Push{Collection: s.coll, Fence: s.lease.fenceOrZero()}
-	for _, o := range batch {
-		req.Records = append(req.Records, transport.RecordChanges{Record: o.id, Data: o.changes, Heads: o.heads.Slices()})
-	}
+	req := s.pushRequest(batch)
 	var ack transport.Ack
 	send := func() error {
 		if f := s.r.pushFault; f != nil {
@@ -326,6 +424,16 @@ func (s *collSync) pushBatchAnswered(ctx context.Context, batch []outgoing, refu
 		return 0, fmt.Errorf("ferry: push %s: %w", s.coll, err)
 	}
 	return s.acknowledged(batch)
+}
+
+// pushRequest is the push of batch, under the lease's fence if the sync
+// holds the lease.
+func (s *collSync) pushRequest(batch []outgoing) *transport.Push {
+	req := &transport.Push{Collection: s.coll, Fence: s.lease.fenceOrZero()}
+	for _, o := range batch {
+		req.Records = append(req.Records, transport.RecordChanges{Record: o.id, Data: o.changes, Heads: o.heads.Slices()})
+	}
+	return req
 }
 
 // acknowledged records that the relay acknowledged batch, and counts the
