@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -416,4 +417,74 @@ func withSeq(t *testing.T, chunk []byte, seq byte) []byte {
 	out[p] = seq
 	fixChecksum(out)
 	return out
+}
+
+// A whole saved document imported into an empty one (a record a device
+// pulls for the first time) becomes that document, under the empty one's
+// actor; damaged, it is refused and the empty document stays empty and
+// usable.
+func TestImportWholeDocumentIntoEmpty(t *testing.T) {
+	src, delta := corruptFixture(t)
+	if _, err := src.Import(delta); err != nil {
+		t.Fatal(err)
+	}
+	saved := src.Save()
+	want := stateOf(t, src)
+
+	d := newDoc(t, actorC)
+	n, err := d.Import(saved)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changes, _ := src.ChangesSince(nil); n != len(mustParse(t, changes)) {
+		t.Fatalf("Import added %d changes, want every change of the document's", n)
+	}
+	if !d.Heads().Equal(want.heads) || !reflect.DeepEqual(fields(t, d), want.fields) {
+		t.Fatalf("imported document: heads %v, fields %v; want %v, %v", d.Heads(), fields(t, d), want.heads, want.fields)
+	}
+	if got := d.Actor(); got != actorC {
+		t.Fatalf("actor after the import: %s, want the document's own %s", got, actorC)
+	}
+	if n, err := d.Import(saved); n != 0 || err != nil {
+		t.Fatalf("second import: %d, %v; want nothing new", n, err)
+	}
+	// The document goes on, and the whole still reloads.
+	before := d.Heads()
+	set(t, d, crdt.Path{"name"}, "floor lamp")
+	commit(t, d)
+	edit, err := d.ChangesSince(before)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if infos := mustParse(t, edit); len(infos) != 1 {
+		t.Fatalf("the edit after the import: %+v, want one change", infos)
+	}
+	if _, err := crdt.Load(d.Save(), ""); err != nil {
+		t.Fatalf("the document no longer loads: %v", err)
+	}
+
+	for i := range saved {
+		bad := bytes.Clone(saved)
+		bad[i] ^= 0x01
+		e := newDoc(t, actorC)
+		empty := stateOf(t, e)
+		if _, err := e.Import(bad); err == nil {
+			continue // a flip Automerge's checksum does not see, as in any import
+		}
+		empty.check(t, e, "damaged document into an empty one")
+		set(t, e, crdt.Path{"n"}, 1)
+		commit(t, e)
+		if got := e.Actor(); got != actorC {
+			t.Fatalf("actor after a refused import: %s, want %s", got, actorC)
+		}
+	}
+}
+
+func mustParse(t *testing.T, b []byte) []crdt.ChangeInfo {
+	t.Helper()
+	infos, err := crdt.ParseChanges(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return infos
 }

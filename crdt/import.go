@@ -105,16 +105,21 @@ func (d *Doc) importData(data []byte, rep *Imported) (n int, err error) {
 			return 0, err
 		}
 	}
-	// Check, before anything is applied, every change the stream will add:
-	// against the index as of now, or, if the history cannot be indexed, by
-	// saving and loading afterwards (see recordVerified).
-	payloads, added, err := d.incoming(data, ci, fresh, opaque)
-	if err != nil {
-		return 0, err
-	}
 	// Nothing below changes the document before the load: the heads read
 	// here are those the index is brought to and the load starts from.
 	before := d.Heads()
+	// Check, before anything is applied, every change the stream will add:
+	// against the index as of now, or, if the history cannot be indexed, by
+	// saving and loading afterwards (see recordVerified).
+	payloads, added, loaded, err := d.incoming(data, ci, fresh, opaque, len(before) == 0)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		if loaded != nil { // not taken: refused before
+			freeAM(loaded)
+		}
+	}()
 	index := d.indexAt
 	if d.maxOps > 0 {
 		index = d.fullIndex // the limit counts every operation
@@ -135,7 +140,15 @@ func (d *Doc) importData(data []byte, rep *Imported) (n int, err error) {
 	}
 
 	d.syncJournal(before)
-	if err := d.loadIncremental(data); err != nil {
+	if loaded != nil {
+		// The stream is one whole document and d was empty: the document
+		// the checks loaded is what applying it would make.
+		am := loaded
+		loaded = nil
+		if err := d.adopt(am); err != nil {
+			return 0, d.rollback(before, err)
+		}
+	} else if err := d.loadIncremental(data); err != nil {
 		return 0, d.rollback(before, err)
 	}
 	after, err := d.checkApplied(ci, fresh, added, opaque)
@@ -158,9 +171,9 @@ func (d *Doc) importData(data []byte, rep *Imported) (n int, err error) {
 // document and the changes themselves, in an order they apply: the fresh
 // chunks of a plain stream, or for one with a whole document (opaque),
 // whatever it holds that the document lacks.
-func (d *Doc) incoming(data []byte, ci chunkInfo, fresh []int, opaque bool) ([][]byte, []jentry, error) {
+func (d *Doc) incoming(data []byte, ci chunkInfo, fresh []int, opaque, empty bool) ([][]byte, []jentry, *automerge.Doc, error) {
 	if opaque {
-		return d.streamChanges(data, ci)
+		return d.streamChanges(data, ci, empty)
 	}
 	payloads, added := make([][]byte, len(fresh)), make([]jentry, len(fresh))
 	for j, i := range fresh {
@@ -168,7 +181,7 @@ func (d *Doc) incoming(data []byte, ci chunkInfo, fresh []int, opaque bool) ([][
 		payloads[j] = ci.payloads[i]
 		added[j] = jentry{hash: c.Hash, deps: sortedHeads(slices.Clone(c.Deps)), payload: ci.payloads[i]}
 	}
-	return payloads, added, nil
+	return payloads, added, nil, nil
 }
 
 // checkApplied checks, after LoadIncremental, that the document took
@@ -461,6 +474,20 @@ func (d *Doc) loadIncremental(data []byte) (err error) {
 		}
 		return fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
+	return nil
+}
+
+// adopt makes am, a document loaded on its own, the document's Automerge
+// state, in place of its empty one, keeping the document's actor. Applying
+// a whole document to an empty one loads it the same way.
+func (d *Doc) adopt(am *automerge.Doc) error {
+	if err := am.SetActorID(d.Actor()); err != nil {
+		freeAM(am)
+		return fmt.Errorf("crdt: %w", err)
+	}
+	old := d.am
+	d.am = am
+	freeAM(old)
 	return nil
 }
 

@@ -84,16 +84,20 @@ func (d *Doc) recordVerified(v verified, heads Heads) error {
 // changes are read by loading it on its own: they are checked before the
 // document sees them, as some crafted ones crash the Rust core when
 // applied to a document that holds others.
-func (d *Doc) streamChanges(data []byte, ci chunkInfo) ([][]byte, []jentry, error) {
-	var payloads [][]byte
-	var added []jentry
+//
+// If the document is empty (no heads) and the stream is one document
+// chunk, that load is what applying the stream would make, and it is
+// returned as loaded, for the import to take in place of applying the
+// stream again; otherwise loaded is nil.
+func (d *Doc) streamChanges(data []byte, ci chunkInfo, empty bool) (payloads [][]byte, added []jentry, loaded *automerge.Doc, err error) {
 	seen := map[Hash]bool{}
+	has := func(h Hash) bool { return seen[h] || (!empty && d.Has(h)) }
 	add := func(h Hash, deps []Hash, p []byte) error {
-		if seen[h] || d.Has(h) {
+		if has(h) {
 			return nil
 		}
 		for _, dep := range deps {
-			if !seen[dep] && !d.Has(dep) {
+			if !has(dep) {
 				return fmt.Errorf("%w: %s needs %s", ErrMissingDeps, h, dep)
 			}
 		}
@@ -102,6 +106,12 @@ func (d *Doc) streamChanges(data []byte, ci chunkInfo) ([][]byte, []jentry, erro
 		added = append(added, jentry{hash: h, deps: sortedHeads(slices.Clone(deps)), payload: p})
 		return nil
 	}
+	defer func() {
+		if err != nil && loaded != nil {
+			freeAM(loaded)
+			loaded = nil
+		}
+	}()
 	next := 0 // the next change chunk, in ci
 	for off := 0; off < len(data); {
 		n, ln := binary.Uvarint(data[off+9:]) // framed already
@@ -109,15 +119,18 @@ func (d *Doc) streamChanges(data []byte, ci chunkInfo) ([][]byte, []jentry, erro
 		if data[off+8] != chunkDocument {
 			c := ci.changes[next]
 			if err := add(c.Hash, c.Deps, ci.payloads[next]); err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
 			next++
 			off = end
 			continue
 		}
-		chs, err := documentChanges(data[off:end])
+		am, chs, err := documentChanges(data[off:end])
 		if err != nil {
-			return nil, nil, fmt.Errorf("%w: document at byte %d: %v", ErrCorrupt, off, err)
+			return nil, nil, nil, fmt.Errorf("%w: document at byte %d: %v", ErrCorrupt, off, err)
+		}
+		if empty && off == 0 && end == len(data) {
+			loaded = am // freed by the deferred call on an error
 		}
 		for _, ch := range chs {
 			deps := make([]Hash, len(ch.Dependencies()))
@@ -125,21 +138,32 @@ func (d *Doc) streamChanges(data []byte, ci chunkInfo) ([][]byte, []jentry, erro
 				deps[i] = Hash(dep)
 			}
 			if err := add(Hash(ch.Hash()), deps, chunkPayload(ch.Save())); err != nil {
-				return nil, nil, err
+				if loaded == nil {
+					freeAM(am)
+				}
+				return nil, nil, nil, err
 			}
+		}
+		if loaded == nil {
+			freeAM(am) // its changes are read: chs refer to it
 		}
 		off = end
 	}
-	return payloads, added, nil
+	return payloads, added, loaded, nil
 }
 
 // documentChanges returns the changes of one document chunk, in the order
 // it holds them.
-func documentChanges(chunk []byte) (chs []*automerge.Change, err error) {
+// documentChanges returns one document chunk loaded on its own, and its
+// changes in the order it holds them.
+func documentChanges(chunk []byte) (am *automerge.Doc, chs []*automerge.Change, err error) {
 	defer recoverCorrupt(&err)
-	am, err := automerge.Load(chunk)
-	if err != nil {
-		return nil, err
+	if am, err = automerge.Load(chunk); err != nil {
+		return nil, nil, err
 	}
-	return am.Changes()
+	if chs, err = am.Changes(); err != nil {
+		freeAM(am)
+		return nil, nil, err
+	}
+	return am, chs, nil
 }
