@@ -7,10 +7,12 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/relaytest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -175,4 +177,41 @@ func TestSyncPipelinedPushRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A pipelined push whose answer never comes fails the sync once the
+// profile's timeout has passed, as any request does, and the records stay
+// pending. Runs on relaytest's in-memory network in a synctest bubble, so
+// the timeout passes on the bubble's clock.
+func TestSyncPipelinedPushTimesOut(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		base := memstore.New()
+		defer base.Close()
+		gate := newAppendGate(base)
+		rl := relaytest.Start(t, &relaytest.Options{Pipe: true, Store: gate, Relay: relay.Options{Limits: transport.Limits{MaxBatch: 3}}})
+		a := pipeDevice(t, rl, Options{}, "")
+		p, err := a.Profile("p")
+		if err != nil {
+			t.Fatal(err)
+		}
+		const n = 10
+		for i := range n {
+			if err := a.Collection("c").Create(fmt.Sprintf("r%02d", i), map[string]any{"n": int64(i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		gate.close()
+		defer gate.open(false, errors.New("the test is over"))
+		start := time.Now()
+		_, err = a.Sync(context.Background(), "p")
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("sync with the relay's append held: %v, want a deadline", err)
+		}
+		if waited := time.Since(start); waited < p.Timeout {
+			t.Fatalf("the sync gave up after %v, before the profile's timeout of %v", waited, p.Timeout)
+		}
+		if k, _ := a.Collection("c").PendingCount(); k != n {
+			t.Fatalf("%d pending after the sync timed out, want all %d", k, n)
+		}
+	})
 }
