@@ -107,6 +107,45 @@ func TestGroupTakesPushesMerging(t *testing.T) {
 	if ra.ack.Seq == rb.ack.Seq || max(ra.ack.Seq, rb.ack.Seq) != 3 {
 		t.Errorf("acks at seq %d and %d, want 2 and 3", ra.ack.Seq, rb.ack.Seq)
 	}
+	// Each ack names its own push's entry within the group's append.
+	for _, r := range []struct {
+		ack *transport.Ack
+		id  string
+	}{{ra.ack, "a"}, {rb.ack, "b"}} {
+		es, err := h.Store.Log(context.Background(), coll, r.ack.From-1, 10)
+		if r.ack.From != r.ack.Seq || err != nil || len(es) == 0 || es[0].Seq != r.ack.From || es[0].Record != r.id {
+			t.Errorf("push of %s: ack from %d to %d, log there %+v (%v); want its own entry alone", r.id, r.ack.From, r.ack.Seq, es, err)
+		}
+	}
+}
+
+// An ack names the log entries its push stored: From to Seq, the push's
+// own records in the order pushed; a push of changes the relay holds
+// already stores none, and its ack says so with From 0.
+func TestAckNamesItsEntries(t *testing.T) {
+	store := memstore.New()
+	t.Cleanup(func() { store.Close() })
+	tr := newTestRelay(t, store, nil)
+	c := tr.client("shop")
+	coll := relay.Coll{"shop", "c"}
+	mustCall[transport.Ack](t, c, pushOf("c", 0, rec("x", storetest.NewEditor(t, "cc01").Edit(map[string]any{"v": 1}))))
+	ea, eb := storetest.NewEditor(t, "aa01"), storetest.NewEditor(t, "bb01")
+	ack := mustCall[transport.Ack](t, c, pushOf("c", 0, rec("a", ea.Edit(map[string]any{"v": 1})), rec("b", eb.Edit(map[string]any{"v": 1}))))
+	es, err := store.Log(context.Background(), coll, ack.From-1, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ack.From != 2 || ack.Seq != 3 || len(es) != 2 || es[0].Record != "a" || es[1].Record != "b" {
+		t.Fatalf("ack from %d to %d, log there %+v; want 2 to 3, a then b", ack.From, ack.Seq, es)
+	}
+	all, err := ea.Doc.ChangesSince(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again := mustCall[transport.Ack](t, c, pushOf("c", 0, rec("a", all)))
+	if again.From != 0 || again.Seq != 3 {
+		t.Fatalf("ack of a push that stored nothing: from %d, seq %d; want 0 and 3", again.From, again.Seq)
+	}
 }
 
 // TestLonePushDoesNotGather: a push with no other push to its collection

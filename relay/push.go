@@ -295,6 +295,11 @@ func (s *Server) push(ps *pushing) (*transport.Ack, error) {
 			switch err = res.err; {
 			case err == nil:
 				w.ack.Seq = res.seq
+				if n := uint64(len(w.entries)); n > 0 {
+					// The group's entries took consecutive numbers: this
+					// push's are the n ending at its seq.
+					w.ack.From = res.seq - n + 1
+				}
 				return w.ack, nil
 			case errors.Is(err, errRemerge), errors.Is(err, ErrConflict):
 			case errors.Is(err, ErrAppendTooLarge):

@@ -292,6 +292,7 @@ func TestValidate(t *testing.T) {
 		{"record without id", &Changes{Collection: "c", Records: []RecordChanges{{Data: []byte{1}}}}, CodeBadFrame},
 		{"live over max_batch", &Live{Collection: "c", Records: []RecordChanges{rec(1), rec(1), rec(1)}}, CodeTooLarge},
 		{"ack with long head", &Ack{Collection: "c", Records: []RecordAck{{Record: "r", Heads: [][]byte{make([]byte, 33)}}}}, CodeBadFrame},
+		{"ack from past its seq", &Ack{Collection: "c", Seq: 4, From: 5}, CodeBadFrame},
 		{"empty changes", &Changes{Collection: "c"}, ""},
 		{"hello without versions", &Hello{}, CodeBadFrame},
 		{"welcome without version", &Welcome{}, CodeBadFrame},

@@ -483,6 +483,9 @@ func (r *mpReader) ackInto(a *Ack) bool {
 		case "seq":
 			v.Seq, ok = r.uint(math.MaxUint64)
 			ok = ok && once(&seen, 2)
+		case "from":
+			v.From, ok = r.uint(math.MaxUint64)
+			ok = ok && once(&seen, 8)
 		case "records":
 			v.Records, ok = r.recordAcks()
 			ok = ok && once(&seen, 4)
@@ -718,11 +721,19 @@ func appendPush(b []byte, p *Push) []byte {
 }
 
 func appendAck(b []byte, a *Ack) []byte {
-	b = append(b, 0x83)
+	if a.From != 0 {
+		b = append(b, 0x84)
+	} else {
+		b = append(b, 0x83)
+	}
 	b = appendStr(b, "collection")
 	b = appendStr(b, a.Collection)
 	b = appendStr(b, "seq")
 	b = appendUint(b, a.Seq)
+	if a.From != 0 {
+		b = appendStr(b, "from")
+		b = appendUint(b, a.From)
+	}
 	b = appendStr(b, "records")
 	if a.Records == nil {
 		return append(b, 0xc0)

@@ -98,6 +98,7 @@ func hotValues(rng *rand.Rand, n int) []any {
 			&c, &lv,
 			&Push{Collection: str(), Fence: ints[rng.IntN(len(ints))], Records: recs()},
 			&Ack{Collection: str(), Seq: ints[rng.IntN(len(ints))], Records: acks},
+			&Ack{Collection: str(), Seq: math.MaxUint64, From: ints[rng.IntN(len(ints))], Records: acks},
 			&Envelope{V: uint16(ints[rng.IntN(7)]), Type: MessageType(str()), ID: ints[rng.IntN(len(ints))], Body: body},
 		)
 	}

@@ -194,9 +194,13 @@ type RecordAck struct {
 
 // Ack answers a Push once its changes are durable.
 type Ack struct {
-	Collection string      `msgpack:"collection"`
-	Seq        uint64      `msgpack:"seq"` // log position after this push
-	Records    []RecordAck `msgpack:"records"`
+	Collection string `msgpack:"collection"`
+	Seq        uint64 `msgpack:"seq"` // log position after this push
+	// From is the log position of the first entry this push stored; its
+	// entries are From to Seq. 0: it stored none (everything it carried
+	// the relay held already), or a relay that does not say.
+	From    uint64      `msgpack:"from,omitempty"`
+	Records []RecordAck `msgpack:"records"`
 }
 
 // Subscribe asks for live messages of a collection after a cursor.
@@ -320,6 +324,9 @@ func (p *Push) validate(l *Limits) error {
 func (a *Ack) validate(l *Limits) error {
 	if err := checkCollection(a.Collection); err != nil {
 		return err
+	}
+	if a.From > a.Seq {
+		return errorf(CodeBadFrame, "ack from %d is past its seq %d", a.From, a.Seq)
 	}
 	if err := l.checkRecords(len(a.Records)); err != nil {
 		return err

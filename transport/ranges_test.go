@@ -78,7 +78,7 @@ func TestEveryIntFieldIsListed(t *testing.T) {
 		"Pull.cursor uint64", "Pull.limit uint32",
 		"Changes.records[].seq uint64", "Changes.next uint64",
 		"Push.fence uint64", "Push.records[].seq uint64",
-		"Ack.seq uint64",
+		"Ack.seq uint64", "Ack.from uint64",
 		"Subscribe.cursor uint64",
 		"Live.records[].seq uint64", "Live.next uint64",
 		"LeaseAcquire.ttl_ms uint32", "LeaseAcquire.wait_ms uint32",
