@@ -118,6 +118,46 @@ func TestRefreshDiscardedChangesDoNotBlockLaterEdits(t *testing.T) {
 		}
 	})
 
+	t.Run("pulled from another relay", func(t *testing.T) {
+		// a syncs one collection with two relays; another device's edit
+		// reaches a from the second, and a refresh from the first, which
+		// lacks it, discards it: a's next sync with the second brings it
+		// back.
+		e1, e2 := newSyncEnv(t), newSyncEnv(t)
+		tokens := map[string]string{"p": e1.token, "q": e2.token}
+		a := e1.device(&Options{TokenSource: func(_ context.Context, profile string) (string, error) { return tokens[profile], nil }})
+		if err := a.AddProfile(e2.profile("q")); err != nil {
+			t.Fatal(err)
+		}
+		ca := coll2(t, a, "c")
+		if err := ca.Put("r", map[string]any{"v": "shared"}); err != nil {
+			t.Fatal(err)
+		}
+		mustSync(t, a, "p")
+		mustSync(t, a, "q")
+		b := e2.device(nil)
+		mustSync(t, b, "p")
+		if err := coll2(t, b, "c").Put("r", map[string]any{"v": "b's, only on q"}); err != nil {
+			t.Fatal(err)
+		}
+		mustSync(t, b, "p")
+		mustSync(t, a, "q")
+		if f := getFields(t, a, "c", "r"); f["v"] != "b's, only on q" {
+			t.Fatalf("a has %v after pulling b's edit", f)
+		}
+		setType(t, a, policy.RefreshFromServer)
+		mustSync(t, a, "p")
+		if f := getFields(t, a, "c", "r"); f["v"] != "shared" {
+			t.Fatalf("after the refresh a has %v", f)
+		}
+		mustSync(t, a, "q")
+		ha, _ := ca.Heads("r")
+		hb, _ := coll2(t, b, "c").Heads("r")
+		if !ha.Equal(hb) {
+			t.Fatalf("a and the second relay's device differ: %v and %v", ha, hb)
+		}
+	})
+
 	t.Run("purged, then made again", func(t *testing.T) {
 		// a record the relay never had is purged; b holds it, and a
 		// makes it again under the same ID.

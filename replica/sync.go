@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/dgraph-io/badger/v4"
+
 	"github.com/ferrysync/ferry/policy"
 )
 
@@ -167,6 +169,10 @@ type collSync struct {
 	res   policy.Resolver
 	lease *lease
 	state syncState
+	// pulled says state.Cursor is where this sync's pull ended, so a
+	// push's own log entries right after it may move it (ownEntries);
+	// ownMoved says they did.
+	pulled, ownMoved bool
 	// heldResolutions is set by a push without the lease that left
 	// records holding conflict resolutions for a leased sync.
 	heldResolutions bool
@@ -205,6 +211,13 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 		return cs, err
 	}
 	defer release()
+	if typ == policy.RefreshFromServer {
+		// Before anything is discarded, so that a refresh cut short
+		// leaves nothing unrecoverable either.
+		if err := r.rewindOthers(p.Name, coll); err != nil {
+			return cs, err
+		}
+	}
 	if err := s.pullAs(ctx, typ); err != nil {
 		return cs, err
 	}
@@ -212,8 +225,23 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 	if err := r.saveSyncState(p.Name, coll, s.state); err != nil {
 		return cs, err
 	}
+	s.pulled = typ.Pulls()
 	if typ.Pushes() {
 		if err := s.push(ctx, nil); err != nil {
+			return cs, err
+		}
+	}
+	if s.ownMoved {
+		// What the skipped entries hold must outlive the cursor that
+		// skips them: a push may have read an edit whose unit of work was
+		// still on its way to its fsync. Then only forward: a live
+		// session of the profile may have moved the stored cursor further
+		// meanwhile.
+		err := r.durable(nil)
+		if err == nil {
+			err = r.update(func(txn *badger.Txn) error { return advanceCursor(txn, p.Name, coll, s.state.Cursor) })
+		}
+		if err != nil {
 			return cs, err
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/relay/relaytest"
@@ -214,4 +215,90 @@ func TestSyncPipelinedPushTimesOut(t *testing.T) {
 			t.Fatalf("%d pending after the sync timed out, want all %d", k, n)
 		}
 	})
+}
+
+// A sync's own log entries, right after where its pull ended, are not
+// pulled back: the cursor moves past them as the relay acknowledges them,
+// and the next sync asks for nothing. Another device's entry between the
+// pull and the push keeps the cursor before it, and the next sync brings
+// that entry.
+func TestSyncSkipsItsOwnEntries(t *testing.T) {
+	const n = 10 // 4 pushes of up to 3 records
+	ctx := context.Background()
+	for _, between := range []bool{false, true} {
+		t.Run(fmt.Sprintf("another-device-between=%v", between), func(t *testing.T) {
+			e, gate, a, _ := pipelineSyncEnv(t, n, nil)
+			gate.open(true, nil)
+			coll := relay.Coll{Tenant: e.app.ID, Collection: "c"}
+			if between {
+				var once sync.Once
+				a.pushFault = func(*transport.Push) error {
+					once.Do(func() { pushOther(t, e, "x") }) // before a's first push is sent
+					return nil
+				}
+			}
+			mustSync(t, a, "p")
+			st, err := a.loadSyncState("p", "c")
+			if err != nil {
+				t.Fatal(err)
+			}
+			head, err := e.store.Head(ctx, coll)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case !between && st.Cursor != head:
+				t.Fatalf("cursor %d after pushing every entry up to %d itself, want it there", st.Cursor, head)
+			case between && st.Cursor != 0:
+				t.Fatalf("cursor %d, want 0: another device's entry 1 came before a's own", st.Cursor)
+			}
+			ps := mustSync(t, a, "p")
+			if got, want := stat(ps, "c").FromRelay.Added, map[bool]int{false: 0, true: 1}[between]; got != want {
+				t.Fatalf("the next sync added %d records from the relay, want %d", got, want)
+			}
+			if between {
+				if f := getFields(t, a, "c", "x"); f["n"] != int64(-1) {
+					t.Fatalf("a has x = %v after the next sync", f)
+				}
+			}
+			if k, _ := a.Collection("c").PendingCount(); k != 0 {
+				t.Fatalf("%d pending, want 0", k)
+			}
+		})
+	}
+}
+
+// pushOther pushes record id as another device, over a connection of its
+// own and without a lease.
+func pushOther(t *testing.T, e *syncEnv, id string) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := transport.Dial(ctx, e.url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := transport.NewClient(conn, nil)
+	defer c.Close()
+	if err := c.Call(ctx, &transport.Hello{APIKey: e.app.APIKey, Token: e.token, ReplicaID: "other", Versions: transport.SupportedVersions()}, &transport.Welcome{}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := crdt.New("0123456789abcdef")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Free()
+	if err := d.Put(map[string]any{"n": int64(-1)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Commit("", time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	changes, err := d.ChangesSince(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	push := &transport.Push{Collection: "c", Records: []transport.RecordChanges{{Record: id, Data: changes, Heads: d.Heads().Slices()}}}
+	if err := c.Call(ctx, push, &transport.Ack{}); err != nil {
+		t.Fatal(err)
+	}
 }

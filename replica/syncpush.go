@@ -233,8 +233,8 @@ func (b *pushBatches) settleOldest(ctx context.Context) error {
 	b.flight = b.flight[1:]
 	s := b.s
 	err := p.err
+	var ack transport.Ack
 	if err == nil {
-		var ack transport.Ack
 		wctx, cancel := context.WithTimeout(ctx, s.p.timeout())
 		err = p.pend.Wait(wctx, &ack)
 		cancel()
@@ -243,6 +243,7 @@ func (b *pushBatches) settleOldest(ctx context.Context) error {
 	var perr *transport.Error
 	switch {
 	case err == nil:
+		s.ownEntries(&ack)
 		n, err = s.acknowledged(p.batch)
 	case errors.As(err, &perr) && (perr.Code == transport.CodeBusy || perr.Code == transport.CodeTokenExpired):
 		// Not taken: sent again the way any push is, which waits while
@@ -423,7 +424,22 @@ func (s *collSync) pushBatchAnswered(ctx context.Context, batch []outgoing, refu
 	if err != nil {
 		return 0, fmt.Errorf("ferry: push %s: %w", s.coll, err)
 	}
+	s.ownEntries(&ack)
 	return s.acknowledged(batch)
+}
+
+// ownEntries moves the sync's cursor past the log entries a push stored
+// (ack.From to ack.Seq) when they directly follow it: they hold only
+// changes this device pushed, so its next pull need not bring them back.
+// Entries of other devices between the cursor and them keep it where it
+// is, for the next pull to bring. A relay answers a connection's pushes
+// in the order sent, so the pushes of one sync, taken in that order,
+// move it along as long as nothing comes between them.
+func (s *collSync) ownEntries(ack *transport.Ack) {
+	if !s.pulled || ack.From == 0 || ack.From != s.state.Cursor+1 || ack.Seq < ack.From {
+		return
+	}
+	s.state.Cursor, s.ownMoved = ack.Seq, true
 }
 
 // pushRequest is the push of batch, under the lease's fence if the sync

@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 
@@ -64,4 +65,43 @@ func advanceCursor(txn *badger.Txn, profile, coll string, next uint64) error {
 	}
 	s.Cursor = next
 	return writeSyncState(txn, profile, coll, s)
+}
+
+// rewindOthers sets back to 0 the cursor of every profile but profile for
+// coll. A refresh from one relay discards the changes that relay lacks,
+// and another relay's log may hold some of them before a profile's
+// cursor: this device's own pushes, which a sync does not pull back (see
+// collSync.ownEntries), or changes it pulled. Pulling those logs again
+// from the start brings them back.
+func (r *Replica) rewindOthers(profile, coll string) error {
+	return r.update(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("y/")})
+		defer it.Close()
+		type rewind struct {
+			profile string
+			s       syncState
+		}
+		var todo []rewind
+		for it.Rewind(); it.Valid(); it.Next() {
+			k := it.Item().Key()
+			name, c, ok := bytes.Cut(k[len("y/"):], []byte{0})
+			if !ok || string(c) != coll || string(name) == profile {
+				continue
+			}
+			var s syncState
+			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &s) }); err != nil {
+				return err
+			}
+			if s.Cursor != 0 {
+				s.Cursor = 0
+				todo = append(todo, rewind{string(name), s})
+			}
+		}
+		for _, w := range todo {
+			if err := writeSyncState(txn, w.profile, coll, w.s); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
