@@ -302,3 +302,36 @@ func pushOther(t *testing.T, e *syncEnv, id string) {
 		t.Fatal(err)
 	}
 }
+
+// A sync's first pushes are small, and each may carry twice the records of
+// the one before, up to the relay's max_batch: the relay has the first to
+// check while the device reads the records of the next.
+func TestSyncFirstPushesAreSmall(t *testing.T) {
+	e := newSyncEnv(t)
+	a := e.device(nil)
+	var mu sync.Mutex
+	var sizes []int
+	a.pushFault = func(p *transport.Push) error {
+		mu.Lock()
+		defer mu.Unlock()
+		sizes = append(sizes, len(p.Records))
+		return nil
+	}
+	err := a.Write(func(tx *Tx) error {
+		for i := range 300 {
+			if err := tx.Create("c", fmt.Sprintf("r%03d", i), map[string]any{"n": int64(i)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSync(t, a, "p")
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []int{32, 64, 128, 76}; !slices.Equal(sizes, want) {
+		t.Fatalf("pushes of %v records, want %v", sizes, want)
+	}
+}

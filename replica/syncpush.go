@@ -131,8 +131,21 @@ type pushBatches struct {
 	size    int
 	done    int
 	total   int
+	sent    int            // pushes sent
 	flight  []inFlightPush // sent, oldest first
 }
+
+// maxRecords is how many records the next push may carry: the relay's
+// max_batch, but fewer for a sync's first pushes (firstPushRecords,
+// doubling with each), so that the relay checks the first while the
+// device reads the records of the next, rather than waiting for a whole
+// batch to be read.
+func (b *pushBatches) maxRecords() int {
+	return min(b.limits.MaxBatch, firstPushRecords<<min(b.sent, 16))
+}
+
+// firstPushRecords is the records of a sync's first push at most.
+const firstPushRecords = 32
 
 // inFlightPush is a push sent and not yet answered.
 type inFlightPush struct {
@@ -159,7 +172,7 @@ func (s *collSync) newPushBatches(total int) *pushBatches {
 // before it, and once the relay refuses one, the rest stay back.
 func (b *pushBatches) add(ctx context.Context, id string, parts []outgoing) error {
 	for i, part := range parts {
-		if len(b.batch) == b.limits.MaxBatch || b.size+len(part.changes) > b.budget || i > 0 {
+		if len(b.batch) >= b.maxRecords() || b.size+len(part.changes) > b.budget || i > 0 {
 			if err := b.flush(ctx); err != nil {
 				return err
 			}
@@ -191,6 +204,7 @@ func (b *pushBatches) flush(ctx context.Context) error {
 	}
 	batch := b.batch
 	b.batch, b.size = nil, 0
+	b.sent++
 	req := b.s.pushRequest(batch)
 	var p inFlightPush
 	p.batch = batch
