@@ -17,6 +17,25 @@ import (
 // holds them. When they come back, the device's later edits to the record
 // must still sync: its new changes must not be numbered as the discarded
 // ones were, which every holder of those would refuse.
+// twoRelays returns two relays and device a, which syncs collection c
+// with the first (profile p) and the second (q), and has synced record r
+// to both.
+func twoRelays(t *testing.T) (e1, e2 *syncEnv, a *Replica) {
+	t.Helper()
+	e1, e2 = newSyncEnv(t), newSyncEnv(t)
+	tokens := map[string]string{"p": e1.token, "q": e2.token}
+	a = e1.device(&Options{TokenSource: func(_ context.Context, profile string) (string, error) { return tokens[profile], nil }})
+	if err := a.AddProfile(e2.profile("q")); err != nil {
+		t.Fatal(err)
+	}
+	if err := coll2(t, a, "c").Put("r", map[string]any{"v": "shared"}); err != nil {
+		t.Fatal(err)
+	}
+	mustSync(t, a, "p")
+	mustSync(t, a, "q")
+	return e1, e2, a
+}
+
 func TestRefreshDiscardedChangesDoNotBlockLaterEdits(t *testing.T) {
 	t.Run("imported by another device", func(t *testing.T) {
 		e := newSyncEnv(t)
@@ -79,18 +98,8 @@ func TestRefreshDiscardedChangesDoNotBlockLaterEdits(t *testing.T) {
 	t.Run("held by another relay", func(t *testing.T) {
 		// a syncs one collection with two relays; the second holds a's
 		// edit when a refreshes from the first.
-		e1, e2 := newSyncEnv(t), newSyncEnv(t)
-		tokens := map[string]string{"p": e1.token, "q": e2.token}
-		a := e1.device(&Options{TokenSource: func(_ context.Context, profile string) (string, error) { return tokens[profile], nil }})
-		if err := a.AddProfile(e2.profile("q")); err != nil {
-			t.Fatal(err)
-		}
+		_, e2, a := twoRelays(t)
 		ca := coll2(t, a, "c")
-		if err := ca.Put("r", map[string]any{"v": "shared"}); err != nil {
-			t.Fatal(err)
-		}
-		mustSync(t, a, "p")
-		mustSync(t, a, "q")
 		if err := ca.Put("r", map[string]any{"v": "only on q"}); err != nil {
 			t.Fatal(err)
 		}
@@ -123,18 +132,8 @@ func TestRefreshDiscardedChangesDoNotBlockLaterEdits(t *testing.T) {
 		// reaches a from the second, and a refresh from the first, which
 		// lacks it, discards it: a's next sync with the second brings it
 		// back.
-		e1, e2 := newSyncEnv(t), newSyncEnv(t)
-		tokens := map[string]string{"p": e1.token, "q": e2.token}
-		a := e1.device(&Options{TokenSource: func(_ context.Context, profile string) (string, error) { return tokens[profile], nil }})
-		if err := a.AddProfile(e2.profile("q")); err != nil {
-			t.Fatal(err)
-		}
+		_, e2, a := twoRelays(t)
 		ca := coll2(t, a, "c")
-		if err := ca.Put("r", map[string]any{"v": "shared"}); err != nil {
-			t.Fatal(err)
-		}
-		mustSync(t, a, "p")
-		mustSync(t, a, "q")
 		b := e2.device(nil)
 		mustSync(t, b, "p")
 		if err := coll2(t, b, "c").Put("r", map[string]any{"v": "b's, only on q"}); err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/relaytest"
+	"github.com/ferrysync/ferry/transport"
 )
 
 // syncEnv is a relay on loopback that test replicas sync through.
@@ -55,6 +56,23 @@ func (e *syncEnv) swapWith(store relay.Store, tweak func(*relay.Options)) {
 	e.t.Helper()
 	e.rl.Restart(e.t, store, tweak)
 	e.srv, e.store = e.rl.Server, e.rl.Store
+}
+
+// rawClient connects to the relay as another device (replica ID id) over
+// a connection of its own, said hello to; it closes when the test ends.
+func (e *syncEnv) rawClient(id string) *transport.Client {
+	e.t.Helper()
+	ctx := context.Background()
+	conn, err := transport.Dial(ctx, e.url, nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c := transport.NewClient(conn, nil)
+	e.t.Cleanup(func() { c.Close() })
+	if err := c.Call(ctx, &transport.Hello{APIKey: e.app.APIKey, Token: e.token, ReplicaID: id, Versions: transport.SupportedVersions()}, &transport.Welcome{}); err != nil {
+		e.t.Fatal(err)
+	}
+	return c
 }
 
 // device opens an in-memory replica with a manual two-way profile "p"

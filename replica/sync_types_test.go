@@ -422,15 +422,7 @@ func TestLeaseTimeoutChangesNothing(t *testing.T) {
 	e := newSyncEnv(t)
 	// Another device holds the collection's lease and does not let go.
 	ctx := context.Background()
-	conn, err := transport.Dial(ctx, e.url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	holder := transport.NewClient(conn, nil)
-	defer holder.Close()
-	if err := holder.Call(ctx, &transport.Hello{APIKey: e.app.APIKey, Token: e.token, ReplicaID: "holder", Versions: transport.SupportedVersions()}, &transport.Welcome{}); err != nil {
-		t.Fatal(err)
-	}
+	holder := e.rawClient("holder")
 	if err := holder.Call(ctx, &transport.LeaseAcquire{Collection: "c", TTLMS: 60_000}, &transport.Lease{}); err != nil {
 		t.Fatal(err)
 	}
@@ -439,7 +431,7 @@ func TestLeaseTimeoutChangesNothing(t *testing.T) {
 	p.Timeout = 200 * time.Millisecond
 	a.UpdateProfile(p)
 	coll2(t, a, "c").Create("x", map[string]any{"v": 1})
-	_, err = a.Sync(ctx, "p")
+	_, err := a.Sync(ctx, "p")
 	if !errors.Is(err, ErrLeaseTimeout) {
 		t.Fatalf("sync under a held lease: %v, want ErrLeaseTimeout", err)
 	}

@@ -272,16 +272,7 @@ func TestSyncSkipsItsOwnEntries(t *testing.T) {
 // own and without a lease.
 func pushOther(t *testing.T, e *syncEnv, id string) {
 	t.Helper()
-	ctx := context.Background()
-	conn, err := transport.Dial(ctx, e.url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := transport.NewClient(conn, nil)
-	defer c.Close()
-	if err := c.Call(ctx, &transport.Hello{APIKey: e.app.APIKey, Token: e.token, ReplicaID: "other", Versions: transport.SupportedVersions()}, &transport.Welcome{}); err != nil {
-		t.Fatal(err)
-	}
+	c := e.rawClient("other")
 	d, err := crdt.New("0123456789abcdef")
 	if err != nil {
 		t.Fatal(err)
@@ -298,7 +289,7 @@ func pushOther(t *testing.T, e *syncEnv, id string) {
 		t.Fatal(err)
 	}
 	push := &transport.Push{Collection: "c", Records: []transport.RecordChanges{{Record: id, Data: changes, Heads: d.Heads().Slices()}}}
-	if err := c.Call(ctx, push, &transport.Ack{}); err != nil {
+	if err := c.Call(context.Background(), push, &transport.Ack{}); err != nil {
 		t.Fatal(err)
 	}
 }
