@@ -25,7 +25,7 @@ import "fmt"
 // (GOGC=100).
 const (
 	costPerDoc    = 8 << 10
-	costPerChange = 1800
+	costPerChange = 1000
 	costPerOp     = 780
 	costPerKey    = 150
 	costGoFactor  = 2
