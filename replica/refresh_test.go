@@ -7,8 +7,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dgraph-io/badger/v4"
+
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
+	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -148,6 +151,15 @@ func TestRefreshDiscardedChangesDoNotBlockLaterEdits(t *testing.T) {
 		mustSync(t, a, "p")
 		if f := getFields(t, a, "c", "r"); f["v"] != "shared" {
 			t.Fatalf("after the refresh a has %v", f)
+		}
+		// A live session of q, had one run, would have moved q's cursor
+		// on meanwhile, as a live message does.
+		head, err := e2.store.Head(context.Background(), relay.Coll{Tenant: e2.app.ID, Collection: "c"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.update(func(txn *badger.Txn) error { return advanceCursor(txn, "q", "c", head) }); err != nil {
+			t.Fatal(err)
 		}
 		mustSync(t, a, "q")
 		ha, _ := ca.Heads("r")

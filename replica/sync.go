@@ -203,6 +203,9 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 	if err != nil {
 		return cs, err
 	}
+	if state.Rewound {
+		state.Cursor = 0 // see rewindOthers
+	}
 	s := &collSync{r: r, conn: conn, p: p, coll: coll, cs: cs, res: res, state: state}
 	typ := s.syncType()
 	cs.Type = typ
@@ -222,6 +225,9 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 		return cs, err
 	}
 	s.state.Incarnation = conn.welcome.Incarnation
+	if typ.Pulls() {
+		s.state.Rewound = false
+	}
 	if err := r.saveSyncState(p.Name, coll, s.state); err != nil {
 		return cs, err
 	}

@@ -12,6 +12,9 @@ import (
 type syncState struct {
 	Cursor      uint64 `json:"cursor"`      // relay log position applied up to
 	Incarnation string `json:"incarnation"` // the relay store's identity at that cursor
+	// Rewound says the next sync pulls from the start of the log,
+	// wherever a live session has moved Cursor since (see rewindOthers).
+	Rewound bool `json:"rewound,omitempty"`
 }
 
 func syncStatePrefix(profile string) []byte {
@@ -72,7 +75,10 @@ func advanceCursor(txn *badger.Txn, profile, coll string, next uint64) error {
 // and another relay's log may hold some of them before a profile's
 // cursor: this device's own pushes, which a sync does not pull back (see
 // collSync.ownEntries), or changes it pulled. Pulling those logs again
-// from the start brings them back.
+// from the start brings them back. A live session of such a profile may
+// move the cursor on before then (advanceCursor keeps Rewound): the
+// profile's next sync, the live session's catch-up included, pulls from
+// the start all the same, and clears Rewound.
 func (r *Replica) rewindOthers(profile, coll string) error {
 	return r.update(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("y/")})
@@ -92,8 +98,8 @@ func (r *Replica) rewindOthers(profile, coll string) error {
 			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &s) }); err != nil {
 				return err
 			}
-			if s.Cursor != 0 {
-				s.Cursor = 0
+			if s.Cursor != 0 || !s.Rewound {
+				s.Cursor, s.Rewound = 0, true
 				todo = append(todo, rewind{string(name), s})
 			}
 		}
