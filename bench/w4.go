@@ -58,8 +58,9 @@ func W4(ctx context.Context, cfg Config) (res *Result, err error) {
 		res.add(Metric{Name: "ingest_relay_cpu", Value: in.cpu.Seconds(), Unit: "s", Note: "the child relay's user and system CPU time over the ingest, from /proc"})
 		res.add(Metric{Name: "ingest_relay_cpu_per_change", Value: in.cpu.Seconds() / float64(in.n), Unit: "s/change"})
 		// With the relay in a process of its own, this process's CPU is
-		// the clients': the pushers, the subscribers and the proxy.
-		res.add(Metric{Name: "ingest_clients_cpu", Value: in.selfCPU.Seconds(), Unit: "s", Note: "this process's user and system CPU time over the ingest: the pushers, the subscribers and the byte-counting proxy"})
+		// the clients': the pushers and the subscribers, which connect
+		// to it directly and count their own bytes (dialCounted).
+		res.add(Metric{Name: "ingest_clients_cpu", Value: in.selfCPU.Seconds(), Unit: "s", Note: "this process's user and system CPU time over the ingest: the pushers and the subscribers, counting the bytes of their own connections"})
 		res.add(Metric{Name: "ingest_clients_cpu_per_change", Value: in.selfCPU.Seconds() / float64(in.n), Unit: "s/change"})
 	}
 	res.memory("", in.mem, 0)

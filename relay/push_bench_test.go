@@ -28,39 +28,57 @@ import (
 // and system, the collector's included), the figure to compare.
 func BenchmarkPushNewRecords(b *testing.B) {
 	const clients = 16
+	changes := creationChanges(b)
+	srv, _ := benchRelay(b, memstore.New(), false, nil)
+	coll := relay.Coll{Tenant: "shop", Collection: "c"}
+	ctx := context.Background()
+	runPushers(b, clients, func(_ int, i int64) error {
+		p := pushOf("c", 0, rec(fmt.Sprintf("r%09d", i), changes[i%int64(len(changes))]))
+		_, err := srv.Backend().Push(ctx, coll, p)
+		return err
+	}, nil)
+}
+
+// creationChanges returns 256 creation changes of 5-field records, each
+// by an actor of its own, for benchmarks to push as new records.
+func creationChanges(b *testing.B) [][]byte {
 	changes := make([][]byte, 256)
 	for i := range changes {
 		ed := storetest.NewEditor(b, fmt.Sprintf("%032x", i+1))
 		changes[i] = ed.Edit(map[string]any{"name": fmt.Sprint("item ", i), "price": 1.5 * float64(i), "qty": int64(i), "cat": "c", "sku": fmt.Sprint("s", i)})
 		ed.Doc.Free()
 	}
-	srv, _ := benchRelay(b, memstore.New(), false, nil)
-	coll := relay.Coll{Tenant: "shop", Collection: "c"}
-	ctx := context.Background()
+	return changes
+}
+
+// runPushers times b.N calls of push, made by clients goroutines (w, 0
+// to clients-1) at once, each call taking the next index i, then waits for settled (if not nil)
+// before the clock stops, and reports the process's CPU per push.
+func runPushers(b *testing.B, clients int, push func(w int, i int64) error, settled func()) {
 	var next atomic.Int64
 	b.ReportAllocs()
 	cpu0 := processCPU(b)
 	b.ResetTimer()
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)
-	for range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	for w := range clients {
+		wg.Go(func() {
 			for {
 				i := next.Add(1) - 1
 				if i >= int64(b.N) {
 					return
 				}
-				p := pushOf("c", 0, rec(fmt.Sprintf("r%09d", i), changes[i%int64(len(changes))]))
-				if _, err := srv.Backend().Push(ctx, coll, p); err != nil {
+				if err := push(w, i); err != nil {
 					errs <- err
 					return
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
+	if settled != nil {
+		settled()
+	}
 	b.StopTimer()
 	b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
 	close(errs)
@@ -87,12 +105,7 @@ func processCPU(b *testing.B) time.Duration {
 // process's CPU per push, the clients' included; the figure to compare.
 func BenchmarkPushOverSockets(b *testing.B) {
 	const clients, subscribers = 16, 8
-	changes := make([][]byte, 256)
-	for i := range changes {
-		ed := storetest.NewEditor(b, fmt.Sprintf("%032x", i+1))
-		changes[i] = ed.Edit(map[string]any{"name": fmt.Sprint("item ", i), "price": 1.5 * float64(i), "qty": int64(i), "cat": "c", "sku": fmt.Sprint("s", i)})
-		ed.Doc.Free()
-	}
+	changes := creationChanges(b)
 	app := relay.NewApp("shop")
 	auth, err := relay.NewAuth([]relay.App{app}, time.Now)
 	if err != nil {
@@ -150,35 +163,8 @@ func BenchmarkPushOverSockets(b *testing.B) {
 		pushers[i] = dial(fmt.Sprint("pusher-", i))
 		defer pushers[i].Close()
 	}
-	var next atomic.Int64
-	b.ReportAllocs()
-	cpu0 := processCPU(b)
-	b.ResetTimer()
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
-	for _, c := range pushers {
-		wg.Go(func() {
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(b.N) {
-					return
-				}
-				p := pushOf("c", 0, rec(fmt.Sprintf("r%09d", i), changes[i%int64(len(changes))]))
-				if err := c.Call(ctx, p, &transport.Ack{}); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	// Every subscriber has every change before the clock stops: the
-	// fan-out is part of what a push costs.
-	allIn.Wait()
-	b.StopTimer()
-	b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
-	close(errs)
-	for err := range errs {
-		b.Fatal(err)
-	}
+	runPushers(b, clients, func(w int, i int64) error {
+		p := pushOf("c", 0, rec(fmt.Sprintf("r%09d", i), changes[i%int64(len(changes))]))
+		return pushers[w].Call(ctx, p, &transport.Ack{})
+	}, allIn.Wait) // every subscriber has every change: the fan-out is part of what a push costs
 }

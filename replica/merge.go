@@ -297,6 +297,15 @@ func (pv *preparedView) headsOf(doc *crdt.Doc) crdt.Heads {
 	return doc.Heads()
 }
 
+// deletedOf reports whether doc, at heads, is a tombstone: as pv read it,
+// if it is doc's read model at heads.
+func (pv *preparedView) deletedOf(doc *crdt.Doc, heads crdt.Heads) bool {
+	if pv.of(doc, heads) {
+		return pv.deleted
+	}
+	return doc.Deleted()
+}
+
 // of reports whether pv is the read model of doc at heads. The same
 // document at the same heads holds the same changes, so the same fields.
 func (pv *preparedView) of(doc *crdt.Doc, heads crdt.Heads) bool {

@@ -116,25 +116,19 @@ func TestEntriesOfARecordInSeveralWindows(t *testing.T) {
 				}
 				mustSync(t, a, "p")
 				mustSync(t, b, "p")
-				set := func(c *Collection, id, field string, v any) {
-					t.Helper()
-					if err := c.Update(id, func(d *crdt.Doc) error { return d.Set(crdt.Path{field}, v) }); err != nil {
-						t.Fatal(err)
-					}
-				}
 				// a's first push: both records, then every r.., in one
 				// page's first window; its second: both records again.
-				set(ca, "a-tea", "price", 12)
-				set(ca, "a-cocoa", "qty", 2)
+				setField(t, ca, "a-tea", "price", 12)
+				setField(t, ca, "a-cocoa", "qty", 2)
 				for i := range prepWindow + 8 {
-					set(ca, fmt.Sprintf("r%02d", i), "qty", i+1)
+					setField(t, ca, fmt.Sprintf("r%02d", i), "qty", i+1)
 				}
 				mustSync(t, a, "p")
-				set(ca, "a-tea", "price", 13)
-				set(ca, "a-cocoa", "price", 23)
+				setField(t, ca, "a-tea", "price", 13)
+				setField(t, ca, "a-cocoa", "price", 23)
 				mustSync(t, a, "p")
-				set(cb, "a-tea", "price", 15)
-				set(cb, "a-cocoa", "price", 25)
+				setField(t, cb, "a-tea", "price", 15)
+				setField(t, cb, "a-cocoa", "price", 25)
 				st := mustSync(t, b, "p")
 				if c := stat(st, "c"); c.Conflicts != 2 || len(c.Failed) != 0 {
 					t.Fatalf("b's sync: %d conflicts, failed %v; want 2 and none", c.Conflicts, c.Failed)
@@ -301,23 +295,17 @@ func TestMergeManyRecordsAtOnce(t *testing.T) {
 			}
 			mustSync(t, a, "p")
 			mustSync(t, b, "p")
-			set := func(c *Collection, id, field string, v any) {
-				t.Helper()
-				if err := c.Update(id, func(d *crdt.Doc) error { return d.Set(crdt.Path{field}, v) }); err != nil {
-					t.Fatal(err)
-				}
-			}
 			for i := range n {
 				id := fmt.Sprintf("r%02d", i)
 				if i%3 != 2 {
-					set(ca, id, "price", 100+i)
-					set(ca, id, "qty", i)
+					setField(t, ca, id, "price", 100+i)
+					setField(t, ca, id, "qty", i)
 				}
 				switch i % 3 {
 				case 0:
-					set(cb, id, "price", 200+i) // conflicts with a's price
+					setField(t, cb, id, "price", 200+i) // conflicts with a's price
 				case 1:
-					set(cb, id, "note", "b") // pending on b, no conflict
+					setField(t, cb, id, "note", "b") // pending on b, no conflict
 				}
 			}
 			mustSync(t, a, "p")

@@ -212,13 +212,7 @@ func (r *Replica) storeArrived(txn *badger.Txn, t *touched, data []byte, relay c
 	if len(data) > r.opts.MaxRecordBytes {
 		return fmt.Errorf("%w: %s/%s is %d bytes, limit %d", ErrTooLarge, t.coll, t.id, len(data), r.opts.MaxRecordBytes)
 	}
-	var deleted bool
-	if pv.of(t.doc, relay) {
-		deleted = pv.deleted
-	} else {
-		deleted = t.doc.Deleted()
-	}
-	nm := meta{heads: relay, deleted: deleted, snapBytes: len(data), nextChunk: t.new.nextChunk}
+	nm := meta{heads: relay, deleted: pv.deletedOf(t.doc, relay), snapBytes: len(data), nextChunk: t.new.nextChunk}
 	for _, kv := range []struct {
 		k, v []byte
 	}{

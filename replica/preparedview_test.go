@@ -77,12 +77,6 @@ func TestPulledReadModelsMatchDocuments(t *testing.T) {
 				t.Fatalf("b's collections after the fresh pull: %v, %v", names, err)
 			}
 			ca, cb := a.Collection("c"), b.Collection("c")
-			set := func(c *Collection, id, field string, v any) {
-				t.Helper()
-				if err := c.Update(id, func(d *crdt.Doc) error { return d.Set(crdt.Path{field}, v) }); err != nil {
-					t.Fatal(err)
-				}
-			}
 			for i := range n {
 				if i%11 == 4 {
 					if err := ca.Put(id(i), map[string]any{"cat": "restored"}); err != nil {
@@ -96,12 +90,12 @@ func TestPulledReadModelsMatchDocuments(t *testing.T) {
 					}
 					continue
 				}
-				set(ca, id(i), "cat", fmt.Sprintf("a%d", i))
+				setField(t, ca, id(i), "cat", fmt.Sprintf("a%d", i))
 				switch i % 4 {
 				case 0:
-					set(cb, id(i), "cat", fmt.Sprintf("b%d", i)) // conflicts: b's wins
+					setField(t, cb, id(i), "cat", fmt.Sprintf("b%d", i)) // conflicts: b's wins
 				case 1:
-					set(cb, id(i), "note", "b") // no conflict
+					setField(t, cb, id(i), "note", "b") // no conflict
 				}
 			}
 			mustSync(t, a, "p")

@@ -58,20 +58,21 @@ func TestBackoffGrowsWithJitterAndCaps(t *testing.T) {
 	}
 }
 
-// Live profiles push each edit and apply each remote one by themselves,
-// and concurrent live edits of one field converge. In a synctest bubble on
-// relaytest's in-memory network: "settled" is every goroutine blocked.
 // settleWithRelay waits, in a synctest bubble, until every goroutine is
 // blocked and no timer of the relay's can wake one: a relay's group commit
 // may wait (a millisecond) for more pushes, on a timer, which
-// synctest.Wait counts as blocked. Sleeping moves the bubble's clock past
-// any such wait.
+// synctest.Wait counts as blocked. The sleep moves the bubble's fake clock
+// past any such wait; it costs no real time.
 func settleWithRelay() {
 	synctest.Wait()
 	time.Sleep(10 * time.Millisecond)
 	synctest.Wait()
 }
 
+// Live profiles push each edit and apply each remote one by themselves,
+// and concurrent live edits of one field converge. In a synctest bubble on
+// relaytest's in-memory network: "settled" is every goroutine blocked and
+// every relay timer run (settleWithRelay).
 func TestLiveModePushesAndAppliesAtOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rl := relaytest.Start(t, &relaytest.Options{Pipe: true})

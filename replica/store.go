@@ -121,11 +121,7 @@ func (r *Replica) writeRecord(txn *badger.Txn, coll, id string, doc *crdt.Doc, m
 	}
 	nm := m
 	nm.heads = doc.Heads()
-	if pv.of(doc, nm.heads) {
-		nm.deleted = pv.deleted
-	} else {
-		nm.deleted = doc.Deleted()
-	}
+	nm.deleted = pv.deletedOf(doc, nm.heads)
 	// Past MaxRecordBytes, compact rather than refuse: the limit is on the
 	// saved document, which chunks of raw changes overstate.
 	if m.chunks+1 >= foldAfter(r.opts.CompactAfter, m.snapBytes) || len(delta)+m.chunkBytes > 2*m.snapBytes+4096 && m.chunks >= 4 ||

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/relaytest"
@@ -123,6 +124,14 @@ func mustSync(t *testing.T, r *Replica, profile string) *SyncStats {
 		t.Fatalf("sync of %s: %v (stats %+v)", r.ID()[:6], err, st)
 	}
 	return st
+}
+
+// setField sets one field of record id in c, as one edit.
+func setField(t *testing.T, c *Collection, id, field string, v any) {
+	t.Helper()
+	if err := c.Update(id, func(d *crdt.Doc) error { return d.Set(crdt.Path{field}, v) }); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func getFields(t *testing.T, r *Replica, coll, id string) map[string]any {
