@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -59,12 +60,35 @@ func TestLocalWritesSync(t *testing.T) {
 // again.
 func TestLiveEditFsyncs(t *testing.T) {
 	p, o := benchRelay(t)
-	devA, devB := open(t, t.TempDir(), o), open(t, t.TempDir(), o)
+	// Each device tells when its session is live: its catch-up sync, which
+	// may push and fsync, is over by then.
+	opened := func() (*Replica, <-chan struct{}) {
+		live := make(chan struct{}, 1)
+		od := *o
+		od.Listener = Listener{Status: func(st SyncStatus) {
+			if st.State == StateLive {
+				select {
+				case live <- struct{}{}:
+				default:
+				}
+			}
+		}}
+		return open(t, t.TempDir(), &od), live
+	}
+	devA, liveA := opened()
+	devB, liveB := opened()
 	feedB := (&Collection{r: devB, name: "c"}).Watch(1024)
 	defer feedB.Close()
 	for _, r := range []*Replica{devA, devB} {
 		if err := r.AddProfile(p); err != nil {
 			t.Fatal(err)
+		}
+	}
+	for _, live := range []<-chan struct{}{liveA, liveB} {
+		select {
+		case <-live:
+		case <-time.After(20 * time.Second):
+			t.Fatal("a device's live session never went live")
 		}
 	}
 	a := &Collection{r: devA, name: "c"}
