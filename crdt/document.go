@@ -308,7 +308,7 @@ func recoverCorrupt(err *error) {
 // counted in full by each.
 func (d *Doc) memSize() int {
 	if d.def != nil {
-		return d.def.led.memSize() + cap(d.def.data)
+		return d.def.led.memSize() + cap(d.def.data) + cap(d.def.packed)
 	}
 	n := d.jn.size()
 	if x := d.idx.Load(); x != nil {

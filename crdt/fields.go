@@ -261,6 +261,11 @@ func (d *Doc) InsertAt(path Path, idx int, vals ...any) error {
 
 // Deleted reports whether the record is a tombstone.
 func (d *Doc) Deleted() bool {
+	if d.def != nil {
+		if deleted, ok := d.readDeferred(); ok {
+			return deleted
+		}
+	}
 	v, err := d.live().RootMap().Get(TombstoneKey)
 	return err == nil && v.Kind() == automerge.KindBool && v.Bool()
 }

@@ -337,8 +337,15 @@ func (l *ledger) heldCount() held {
 // deferred is what a Doc made by NewDeferred holds until it builds its
 // Automerge document: the ledger of the changes imported, and their bytes.
 type deferred struct {
-	led  *ledger
-	data []byte
+	led   *ledger
+	data  []byte
+	actor string // the built document's actor; "" for a random one
+
+	// The tombstone materialize read (see Doc.Deleted), kept for the
+	// PackedFields that usually follows, while data is readLen long.
+	readLen int
+	deleted bool
+	packed  []byte
 }
 
 // NewDeferred returns an empty document, with a random actor, for a
@@ -361,6 +368,24 @@ func NewDeferred() *Doc {
 	// The journal stays unstarted: only a built document uses it, and
 	// Build starts it at the heads it builds to.
 	return &Doc{def: &deferred{led: newLedger()}}
+}
+
+// NewDeferredAs is [NewDeferred] for a document that writes as actor once
+// built, as [New] makes one: for a device taking records it may edit
+// later. Until built, [Doc.PackedFields] and [Doc.Deleted] read its
+// fields from its changes in Go, where they hold only what this package
+// writes (maps, lists, text, counters and scalars); anything else builds
+// it first.
+func NewDeferredAs(actor string) (*Doc, error) {
+	if actor != "" {
+		// As SetActorID parses it, so that Build does not fail on it.
+		if _, err := hex.DecodeString(actor); err != nil {
+			return nil, fmt.Errorf("crdt: actor %q: %w", actor, err)
+		}
+	}
+	d := NewDeferred()
+	d.def.actor = actor
+	return d, nil
 }
 
 // LoadDeferred is Load into a deferred document (see NewDeferred): data
@@ -440,7 +465,13 @@ func (d *Doc) Build() error {
 	def := d.def
 	am := automerge.New()
 	heads := def.led.headList()
-	err := loadRaw(am, def.data)
+	var err error
+	if def.actor != "" {
+		err = am.SetActorID(def.actor)
+	}
+	if err == nil {
+		err = loadRaw(am, def.data)
+	}
 	if err == nil {
 		err = sameHeads(am, heads)
 	}

@@ -231,7 +231,10 @@ func (b *batchRun) touch(txn *badger.Txn, id string) (*touched, error) {
 		return nil, err
 	}
 	if !ok {
-		if d, err = crdt.New(b.r.actorID()); err != nil {
+		// Deferred: a record taken from the relay (a fresh pull) is
+		// stored with its read model worked out in Go, and its Automerge
+		// document is built only if something edits it.
+		if d, err = crdt.NewDeferredAs(b.r.actorID()); err != nil {
 			return nil, err
 		}
 	}

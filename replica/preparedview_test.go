@@ -70,6 +70,19 @@ func TestPulledReadModelsMatchDocuments(t *testing.T) {
 			}
 			mustSync(t, a, "p")
 			mustSync(t, b, "p")
+			// The records are new to b: their read models were read from
+			// their changes, and no Automerge document was built for them.
+			cached := 0
+			for i := range n {
+				if d, _, ok := b.cache.get(cacheKey("c", id(i))); ok {
+					if cached++; !d.Deferred() {
+						t.Fatalf("the fresh pull built %s's document", id(i))
+					}
+				}
+			}
+			if cached == 0 {
+				t.Fatal("the fresh pull cached none of its records")
+			}
 			if err := checkViews(t, b, "c"); err != nil {
 				t.Fatalf("after the fresh pull: %v", err)
 			}
