@@ -3,6 +3,8 @@ package crdt
 import (
 	"fmt"
 	"slices"
+
+	"github.com/automerge/automerge-go"
 )
 
 // FieldChange is a field one side changed since the base.
@@ -72,9 +74,32 @@ type Snapshot struct {
 
 // Snapshot reads the document's current fields and deleted status.
 func (d *Doc) Snapshot() (Snapshot, error) {
+	if s, ok := snapshotRead(d.live(), nil); ok {
+		return s, nil
+	}
+	return snapshotSlow(d.live())
+}
+
+// snapshotRead reads a snapshot of am at heads (none: its current
+// version) in one call into Automerge (packedRead); ok is false if that
+// read failed.
+func snapshotRead(am *automerge.Doc, heads Heads) (Snapshot, bool) {
+	p, deleted, ok := packedRead(am, heads)
+	if !ok {
+		return Snapshot{}, false
+	}
+	f, err := UnpackFields(p, true)
+	if err != nil {
+		return Snapshot{}, false
+	}
+	return Snapshot{fields: f, deleted: deleted}, true
+}
+
+// snapshotSlow is Snapshot through automerge-go, value by value.
+func snapshotSlow(am *automerge.Doc) (Snapshot, error) {
 	// One read of the root: the tombstone is one of its keys, which
 	// Deleted would read again.
-	v, err := fromAM(d.live().Root(), true)
+	v, err := fromAM(am.Root(), true)
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("crdt: snapshot: %w", err)
 	}
@@ -88,10 +113,9 @@ func (d *Doc) Snapshot() (Snapshot, error) {
 }
 
 // SnapshotAt reads the document's fields and deleted status as of heads,
-// a version it holds (none: the empty document). It replays the history
-// up to heads, as [Doc.Fork] does, into a copy that is only read and then
-// freed: it costs no more than the replay, where a Fork also sets up the
-// copy for writing.
+// a version it holds (none: the empty document). Automerge reads them at
+// heads without copying the document; should that read fail, it replays
+// the history up to heads into a copy, as [Doc.Fork] does, and reads that.
 func (d *Doc) SnapshotAt(heads Heads) (Snapshot, error) {
 	if len(heads) == 0 {
 		return Snapshot{fields: map[string]any{}}, nil
@@ -99,13 +123,21 @@ func (d *Doc) SnapshotAt(heads Heads) (Snapshot, error) {
 	if err := d.hasAll(heads); err != nil {
 		return Snapshot{}, err
 	}
+	if s, ok := snapshotRead(d.live(), heads); ok {
+		return s, nil
+	}
+	return d.snapshotAtSlow(heads)
+}
+
+// snapshotAtSlow is SnapshotAt by a fork: the history up to heads
+// replayed into a copy that is only read and then freed.
+func (d *Doc) snapshotAtSlow(heads Heads) (Snapshot, error) {
 	am, err := d.live().Fork(amHashes(heads)...)
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("crdt: fork: %w", err)
 	}
-	f := &Doc{am: am}
-	defer f.Free()
-	return f.Snapshot()
+	defer freeAM(am)
+	return snapshotSlow(am)
 }
 
 // Fields returns the snapshot's fields, with kinds kept as

@@ -258,3 +258,13 @@ func CountMismatch(payload []byte) error {
 	}
 	return nil
 }
+
+// SlowPackedFields is PackedFields read through automerge-go value by
+// value, as it was read before packedRead.
+func SlowPackedFields(d *Doc) ([]byte, error) { return d.packedSlow() }
+
+// SlowSnapshot is Snapshot read through automerge-go.
+func SlowSnapshot(d *Doc) (Snapshot, error) { return snapshotSlow(d.live()) }
+
+// SlowSnapshotAt is SnapshotAt read from a fork.
+func SlowSnapshotAt(d *Doc, heads Heads) (Snapshot, error) { return d.snapshotAtSlow(heads) }

@@ -64,6 +64,16 @@ func (d *Doc) PackedFields() ([]byte, error) {
 			return p, nil
 		}
 	}
+	if p, _, ok := packedRead(d.live(), nil); ok {
+		return p, nil
+	}
+	return d.packedSlow()
+}
+
+// packedSlow is PackedFields through automerge-go, value by value: for
+// what packedRead leaves (a failed read, fields that do not pack), so
+// that the error says why.
+func (d *Doc) packedSlow() ([]byte, error) {
 	f, err := d.fields(true)
 	if err != nil {
 		return nil, err
