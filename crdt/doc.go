@@ -18,7 +18,12 @@
 // (opindex.go). A deferred document ([NewDeferred], [LoadDeferred]) runs
 // those checks against a Go index of its history and builds its Automerge
 // document only when a method needs it, for a process that mostly checks
-// and forwards changes (the relay). automerge-go's batch Apply is
+// and forwards changes (the relay); one made for a device
+// ([NewDeferredAs]) also reads its fields and tombstone from its changes
+// in Go, so a record a device only stores and reads never loads
+// Automerge (materialize.go). A built document's fields, now or at a past
+// version, are read in one call into Automerge's C interface (amread.go)
+// rather than value by value through automerge-go. automerge-go's batch Apply is
 // never used: applying a thousand small changes with it takes seconds and
 // gigabytes, while LoadIncremental of the same bytes takes milliseconds.
 //
