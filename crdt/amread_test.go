@@ -3,9 +3,11 @@ package crdt_test
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/ferrysync/ferry/crdt"
 )
@@ -112,5 +114,44 @@ func sameSnapshot(t *testing.T, got, want crdt.Snapshot, what string) {
 	t.Helper()
 	if got.Deleted() != want.Deleted() || !reflect.DeepEqual(got.Fields(), want.Fields()) {
 		t.Fatalf("%s: snapshot (deleted %v)\n%#v\nwant (deleted %v)\n%#v", what, got.Deleted(), got.Fields(), want.Deleted(), want.Fields())
+	}
+}
+
+// TestPackedReadEdgeCases: keys in byte order whatever their case and
+// script, empty values of every kind, extreme numbers, and a nested key
+// named like the tombstone (only the root's is one) read as automerge-go
+// reads them, in one call and from the changes (materialize).
+func TestPackedReadEdgeCases(t *testing.T) {
+	d := newDoc(t, actorA)
+	when := time.Date(1969, 7, 20, 20, 17, 40, 0, time.UTC)
+	err := d.Put(map[string]any{
+		"b": "", "a": []byte{}, "é": []any{}, "B": map[string]any{}, "ab": crdt.Text(""), "Z": int64(-1),
+		"big": uint64(math.MaxUint64), "min": int64(math.MinInt64), "neg0": math.Copysign(0, -1), "inf": math.Inf(-1),
+		"when": when, "c": crdt.Counter(-7), "nil": nil,
+		"nested": map[string]any{crdt.TombstoneKey: true, "z": []any{map[string]any{"y": []any{"x"}}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit(t, d)
+	before := d.Heads()
+	if err := d.SetDeleted(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Increment(crdt.Path{"c"}, 3); err != nil {
+		t.Fatal(err)
+	}
+	commit(t, d)
+	checkPackedRead(t, d, []crdt.Heads{before}, rand.New(rand.NewPCG(1, 1)), "edge cases")
+	checkMaterialized(t, d, "edge cases")
+	s, err := d.SnapshotAt(before)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Deleted() || s.Fields()["c"] != crdt.Counter(-7) {
+		t.Fatalf("before the delete: deleted %v, c %v", s.Deleted(), s.Fields()["c"])
+	}
+	if now, err := d.Snapshot(); err != nil || !now.Deleted() {
+		t.Fatalf("after the delete: deleted %v (%v)", now.Deleted(), err)
 	}
 }

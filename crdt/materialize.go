@@ -369,7 +369,6 @@ func (d *Doc) readDeferred() (deleted, ok bool) {
 	}
 	fields, deleted, err := materialize(def.data)
 	if err != nil {
-		println("DEBUG materialize:", err.Error())
 		return false, false
 	}
 	packed, err := PackFields(fields)

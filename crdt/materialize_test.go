@@ -217,3 +217,73 @@ func TestMaterializeOverlappingStreams(t *testing.T) {
 		t.Fatalf("deferred %v, fields %#v, want c 3 and l [a b]", d.Deferred(), gf)
 	}
 }
+
+// TestMaterializeMutatedChanges: whatever a deferred document accepts of
+// a real change mutated (bit flips, byte changes, insertions, deletions,
+// copied spans, each chunk given a correct checksum as a hostile peer
+// would), the fields and tombstone it reads from its changes are those
+// Automerge reads from a document that took the same bytes.
+func TestMaterializeMutatedChanges(t *testing.T) {
+	target, payloads := richFixture(t)
+	base, err := crdt.Load(target, actorC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	history, err := base.ChangesSince(nil)
+	base.Free()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rounds := 3000
+	if testing.Short() {
+		rounds = 300
+	}
+	rng := rand.New(rand.NewPCG(2026, 12))
+	accepted := 0
+	for round := range rounds {
+		p := bytes.Clone(payloads[rng.IntN(len(payloads))])
+		for range rng.IntN(3) {
+			p = mutate(rng, p)
+		}
+		chunk := changeChunk(p)
+		def, err := crdt.NewDeferredAs(actorB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := def.Import(history); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := def.Import(chunk); err != nil {
+			def.Free()
+			continue
+		}
+		built, err := crdt.Load(target, actorC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := built.Import(chunk); err != nil {
+			t.Fatalf("round %d: a deferred document took %x, a built one refused it: %v", round, p, err)
+		}
+		accepted++
+		deleted := def.Deleted()
+		got, err := def.PackedFields()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := crdt.SlowPackedFields(built)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) || deleted != built.Deleted() {
+			gf, _ := crdt.UnpackFields(got, true)
+			wf, _ := crdt.UnpackFields(want, true)
+			t.Fatalf("round %d, change %x: read from the changes (deleted %v)\n%#v\nAutomerge's (deleted %v)\n%#v", round, p, deleted, gf, built.Deleted(), wf)
+		}
+		def.Free()
+		built.Free()
+	}
+	t.Logf("%d of %d changes accepted, each read both ways", accepted, rounds)
+	if accepted < rounds/10 {
+		t.Fatalf("only %d of %d changes accepted: the property was hardly exercised", accepted, rounds)
+	}
+}
