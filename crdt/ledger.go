@@ -342,10 +342,12 @@ type deferred struct {
 	actor string // the built document's actor; "" for a random one
 
 	// The tombstone materialize read (see Doc.Deleted), kept for the
-	// PackedFields that usually follows, while data is readLen long.
+	// PackedFields that usually follows, while data is readLen long;
+	// read says it was read from the changes once (readDeferred).
 	readLen int
 	deleted bool
 	packed  []byte
+	read    bool
 }
 
 // NewDeferred returns an empty document, with a random actor, for a

@@ -362,11 +362,21 @@ func (m *materializer) opValue(o *mOp, depth int) (any, error) {
 // from its changes (materialize), unless read since its last import; ok
 // is false if they are left to Automerge, or do not pack (nested too
 // deeply), and the caller builds the document.
+//
+// A document is read from its changes once: reading it again after
+// another import builds it instead. materialize replays the whole
+// history, so a record that goes on taking changes (a live stream of
+// edits) would cost in proportion to its history at every one; built, it
+// costs in proportion to each change.
 func (d *Doc) readDeferred() (deleted, ok bool) {
 	def := d.def
 	if def.readLen == len(def.data) && def.packed != nil {
 		return def.deleted, true
 	}
+	if def.read {
+		return false, false
+	}
+	def.read = true
 	fields, deleted, err := materialize(def.data)
 	if err != nil {
 		return false, false

@@ -287,3 +287,55 @@ func TestMaterializeMutatedChanges(t *testing.T) {
 		t.Fatalf("only %d of %d changes accepted: the property was hardly exercised", accepted, rounds)
 	}
 }
+
+// TestDeferredReadFromChangesOnce: a deferred document's fields are read
+// from its changes once; read again after another import, the document
+// is built, so a record taking a stream of changes costs each change's
+// apply rather than a replay of its whole history each time.
+func TestDeferredReadFromChangesOnce(t *testing.T) {
+	src := newDoc(t, actorA)
+	set(t, src, crdt.Path{"n"}, int64(1))
+	commit(t, src)
+	first, err := src.ChangesSince(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := src.Heads()
+	set(t, src, crdt.Path{"n"}, int64(2))
+	commit(t, src)
+	next, err := src.ChangesSince(at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := crdt.NewDeferredAs(actorB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Free()
+	if _, err := d.Import(first); err != nil {
+		t.Fatal(err)
+	}
+	if d.Deleted() {
+		t.Fatal("deleted")
+	}
+	if _, err := d.PackedFields(); err != nil || !d.Deferred() {
+		t.Fatalf("the first read built the document (%v)", err)
+	}
+	if _, err := d.Import(next); err != nil || !d.Deferred() {
+		t.Fatalf("an import built the document (%v)", err)
+	}
+	got, err := d.PackedFields()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Deferred() {
+		t.Fatal("read from its changes again after an import: its whole history replayed")
+	}
+	want, err := src.PackedFields()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("fields %x, want %x", got, want)
+	}
+}
