@@ -377,7 +377,8 @@ func NewDeferred() *Doc {
 // later. Until built, [Doc.PackedFields] and [Doc.Deleted] read its
 // fields from its changes in Go, where they hold only what this package
 // writes (maps, lists, text, counters and scalars); anything else builds
-// it first.
+// it first. They read them so once: after a later import, they build it,
+// as a replay of the whole history at every change would cost more.
 func NewDeferredAs(actor string) (*Doc, error) {
 	if actor != "" {
 		// As SetActorID parses it, so that Build does not fail on it.
