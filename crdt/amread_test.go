@@ -32,46 +32,16 @@ func TestPackedReadMatchesAutomergeGo(t *testing.T) {
 	for _, seed := range seeds {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			t.Parallel()
-			s := &replicaSim{rng: rand.New(rand.NewPCG(seed, 78))}
-			for _, actor := range []string{actorA, actorB, actorC} {
-				s.docs = append(s.docs, newDoc(t, actor))
-			}
 			var past [3][]crdt.Heads
-			for i, d := range s.docs {
-				if err := d.Put(map[string]any{"c": crdt.Counter(int64(i)), "t": crdt.Text("start"), "l": []any{"x"}}); err != nil {
-					t.Fatal(err)
-				}
-				commit(t, d)
-			}
-			for step := range steps {
-				i := s.rng.IntN(len(s.docs))
-				var err error
-				switch s.rng.IntN(12) {
-				case 0, 1:
-					err = s.exchange()
-				case 2:
-					err = s.docs[i].SetDeleted(s.rng.IntN(2) == 0)
-				case 3:
-					err = s.docs[i].Set(crdt.Path{simKeys[s.rng.IntN(len(simKeys))]}, s.otherScalar())
-				case 4:
-					err = s.docs[i].Set(crdt.Path{"n"}, []any{map[string]any{"a": s.scalar(), "b": []any{s.scalar(), crdt.Text(s.word())}}, []any{s.scalar()}})
-				default:
-					err = s.edit(i)
-				}
-				if err != nil {
-					t.Fatalf("step %d: %v", step, err)
-				}
-				commitAny(t, s.docs[i])
-				if s.rng.IntN(4) == 0 {
+			randomHistories(t, seed, 78, steps, func(s *replicaSim, i int, end bool, what string) {
+				if !end && s.rng.IntN(4) == 0 {
 					past[i] = append(past[i], s.docs[i].Heads())
 				}
-				if s.rng.IntN(10) == 0 {
-					checkPackedRead(t, s.docs[i], past[i], s.rng, fmt.Sprintf("step %d, replica %d", step, i))
+				if end || s.rng.IntN(10) == 0 {
+					commitAny(t, s.docs[i])
+					checkPackedRead(t, s.docs[i], past[i], s.rng, what)
 				}
-			}
-			for i, d := range s.docs {
-				checkPackedRead(t, d, past[i], s.rng, fmt.Sprintf("end, replica %d", i))
-			}
+			})
 		})
 	}
 }

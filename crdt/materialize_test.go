@@ -27,46 +27,58 @@ func TestMaterializeMatchesAutomerge(t *testing.T) {
 	for _, seed := range seeds {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			t.Parallel()
-			s := &replicaSim{rng: rand.New(rand.NewPCG(seed, 77))}
-			for _, actor := range []string{actorA, actorB, actorC} {
-				s.docs = append(s.docs, newDoc(t, actor))
-			}
-			for i, d := range s.docs {
-				if err := d.Put(map[string]any{"c": crdt.Counter(int64(i)), "t": crdt.Text("start"), "l": []any{"x"}}); err != nil {
-					t.Fatal(err)
+			randomHistories(t, seed, 77, steps, func(s *replicaSim, i int, end bool, what string) {
+				if end || s.rng.IntN(20) == 0 {
+					checkMaterialized(t, s.docs[i], what)
 				}
-				commit(t, d)
-			}
-			for step := range steps {
-				i := s.rng.IntN(len(s.docs))
-				var err error
-				switch s.rng.IntN(12) {
-				case 0, 1:
-					err = s.exchange()
-				case 2:
-					err = s.docs[i].SetDeleted(s.rng.IntN(2) == 0)
-				case 3:
-					err = s.docs[i].Set(crdt.Path{simKeys[s.rng.IntN(len(simKeys))]}, s.otherScalar())
-				case 4:
-					err = s.docs[i].Set(crdt.Path{"n"}, []any{map[string]any{"a": s.scalar(), "b": []any{s.scalar(), crdt.Text(s.word())}}, []any{s.scalar()}})
-				default:
-					err = s.edit(i)
-				}
-				if err != nil {
-					t.Fatalf("step %d: %v", step, err)
-				}
-				if s.rng.IntN(3) > 0 {
-					commitAny(t, s.docs[i])
-				}
-				if s.rng.IntN(20) == 0 {
-					checkMaterialized(t, s.docs[i], fmt.Sprintf("step %d, replica %d", step, i))
-				}
-			}
-			for i, d := range s.docs {
-				commitAny(t, d)
-				checkMaterialized(t, d, fmt.Sprintf("end, replica %d", i))
-			}
+			})
 		})
+	}
+}
+
+// randomHistories makes random edits on three replicas that exchange
+// changes (replicaSim's, plus tombstones, nested lists and maps, and the
+// scalar kinds replicaSim does not make), committing most of them, and
+// calls check after each step with the replica it edited, and at the end
+// with each replica (end set).
+func randomHistories(t *testing.T, seed, stream uint64, steps int, check func(s *replicaSim, i int, end bool, what string)) {
+	t.Helper()
+	s := &replicaSim{rng: rand.New(rand.NewPCG(seed, stream))}
+	for _, actor := range []string{actorA, actorB, actorC} {
+		s.docs = append(s.docs, newDoc(t, actor))
+	}
+	for i, d := range s.docs {
+		if err := d.Put(map[string]any{"c": crdt.Counter(int64(i)), "t": crdt.Text("start"), "l": []any{"x"}}); err != nil {
+			t.Fatal(err)
+		}
+		commit(t, d)
+	}
+	for step := range steps {
+		i := s.rng.IntN(len(s.docs))
+		var err error
+		switch s.rng.IntN(12) {
+		case 0, 1:
+			err = s.exchange()
+		case 2:
+			err = s.docs[i].SetDeleted(s.rng.IntN(2) == 0)
+		case 3:
+			err = s.docs[i].Set(crdt.Path{simKeys[s.rng.IntN(len(simKeys))]}, s.otherScalar())
+		case 4:
+			err = s.docs[i].Set(crdt.Path{"n"}, []any{map[string]any{"a": s.scalar(), "b": []any{s.scalar(), crdt.Text(s.word())}}, []any{s.scalar()}})
+		default:
+			err = s.edit(i)
+		}
+		if err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
+		if s.rng.IntN(3) > 0 {
+			commitAny(t, s.docs[i])
+		}
+		check(s, i, false, fmt.Sprintf("step %d, replica %d", step, i))
+	}
+	for i, d := range s.docs {
+		commitAny(t, d)
+		check(s, i, true, fmt.Sprintf("end, replica %d", i))
 	}
 }
 
@@ -136,18 +148,7 @@ func TestDeferredAsBuildsWithItsActor(t *testing.T) {
 	src := newDoc(t, actorA)
 	set(t, src, crdt.Path{"name"}, "tea")
 	commit(t, src)
-	data, err := src.ChangesSince(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := crdt.NewDeferredAs(actorB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Free()
-	if _, err := d.Import(data); err != nil {
-		t.Fatal(err)
-	}
+	d := deferredOf(t, src, nil)
 	before, err := d.PackedFields()
 	if err != nil {
 		t.Fatal(err)
@@ -307,14 +308,7 @@ func TestDeferredReadFromChangesOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := crdt.NewDeferredAs(actorB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Free()
-	if _, err := d.Import(first); err != nil {
-		t.Fatal(err)
-	}
+	d := deferredOf(t, nil, first)
 	if d.Deleted() {
 		t.Fatal("deleted")
 	}
@@ -338,4 +332,25 @@ func TestDeferredReadFromChangesOnce(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Fatalf("fields %x, want %x", got, want)
 	}
+}
+
+// deferredOf returns a deferred document, writing as actorB, that took
+// src's whole history, or data if src is nil. The test frees it.
+func deferredOf(t *testing.T, src *crdt.Doc, data []byte) *crdt.Doc {
+	t.Helper()
+	if src != nil {
+		var err error
+		if data, err = src.ChangesSince(nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := crdt.NewDeferredAs(actorB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Free)
+	if _, err := d.Import(data); err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
