@@ -341,9 +341,9 @@ type deferred struct {
 	data  []byte
 	actor string // the built document's actor; "" for a random one
 
-	// The tombstone materialize read (see Doc.Deleted), kept for the
-	// PackedFields that usually follows, while data is readLen long;
-	// read says it was read from the changes once (readDeferred).
+	// What readDeferred read from the changes when data was readLen
+	// long: the tombstone, and the packed fields until PackedFields
+	// hands them out; read says it read them (once).
 	readLen int
 	deleted bool
 	packed  []byte

@@ -359,8 +359,9 @@ func (m *materializer) opValue(o *mOp, depth int) (any, error) {
 }
 
 // readDeferred reads a deferred document's tombstone and packed fields
-// from its changes (materialize), unless read since its last import; ok
-// is false if they are left to Automerge, or do not pack (nested too
+// from its changes (materialize), or returns those read before if no
+// import came since and the packed fields were not handed out; ok is
+// false if they are left to Automerge, or do not pack (nested too
 // deeply), and the caller builds the document.
 //
 // A document is read from its changes once: reading it again after
@@ -368,23 +369,29 @@ func (m *materializer) opValue(o *mOp, depth int) (any, error) {
 // history, so a record that goes on taking changes (a live stream of
 // edits) would cost in proportion to its history at every one; built, it
 // costs in proportion to each change.
-func (d *Doc) readDeferred() (deleted, ok bool) {
+func (d *Doc) readDeferred() (deleted bool, packed []byte, ok bool) {
 	def := d.def
-	if def.readLen == len(def.data) && def.packed != nil {
-		return def.deleted, true
+	if def.read && def.readLen == len(def.data) && def.packed != nil {
+		return def.deleted, def.packed, true
 	}
 	if def.read {
-		return false, false
+		return false, nil, false
 	}
 	def.read = true
 	fields, deleted, err := materialize(def.data)
 	if err != nil {
-		return false, false
+		return false, nil, false
 	}
-	packed, err := PackFields(fields)
-	if err != nil {
-		return false, false
+	if packed, err = PackFields(fields); err != nil {
+		return false, nil, false
 	}
 	def.readLen, def.deleted, def.packed = len(def.data), deleted, packed
-	return deleted, true
+	return deleted, packed, true
+}
+
+// deferredTombstone is the tombstone readDeferred read, if no import came
+// since.
+func (d *Doc) deferredTombstone() (deleted, ok bool) {
+	def := d.def
+	return def.deleted, def.read && def.readLen == len(def.data)
 }

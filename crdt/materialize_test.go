@@ -315,6 +315,9 @@ func TestDeferredReadFromChangesOnce(t *testing.T) {
 	if _, err := d.PackedFields(); err != nil || !d.Deferred() {
 		t.Fatalf("the first read built the document (%v)", err)
 	}
+	if d.Deleted() || !d.Deferred() {
+		t.Fatal("the tombstone, read again with no import since, built the document")
+	}
 	if _, err := d.Import(next); err != nil || !d.Deferred() {
 		t.Fatalf("an import built the document (%v)", err)
 	}

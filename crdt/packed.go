@@ -58,9 +58,8 @@ func PackFields(fields map[string]any) ([]byte, error) {
 // PackedFields reads the document's fields (kinds kept) in the packed form.
 func (d *Doc) PackedFields() ([]byte, error) {
 	if d.def != nil {
-		if _, ok := d.readDeferred(); ok {
-			p := d.def.packed
-			d.def.packed, d.def.readLen = nil, 0 // read once: not kept in the cache
+		if _, p, ok := d.readDeferred(); ok {
+			d.def.packed = nil // handed out once: not kept in the cache
 			return p, nil
 		}
 	}
