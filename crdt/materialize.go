@@ -98,11 +98,11 @@ func materialize(data []byte) (fields map[string]any, deleted bool, err error) {
 	for i, p := range ci.payloads {
 		// A deferred document keeps each stream whole, so a change it
 		// took twice is in its bytes twice; Automerge applies it once.
-		if h := ci.changes[i].Hash; seen[h] {
+		h := ci.changes[i].Hash
+		if seen[h] {
 			continue
-		} else {
-			seen[h] = true
 		}
+		seen[h] = true
 		c, err := decodeChange(p)
 		if err != nil {
 			return nil, false, err
@@ -123,6 +123,9 @@ func materialize(data []byte) (fields map[string]any, deleted bool, err error) {
 	return fields, deleted, nil
 }
 
+// apply replays one change's operations: values are placed under their
+// keys, and each operation's predecessors are hidden (or, for an
+// increment of a counter, added to).
 func (m *materializer) apply(c *change) error {
 	id := func(r chOpID) (mID, error) {
 		if r.actor > uint64(len(c.others)) {
