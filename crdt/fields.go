@@ -379,6 +379,19 @@ func (d *Doc) writeInPlace(cur *automerge.Value, nv any) (bool, error) {
 
 // writeMap makes m hold x. With exact, keys of m missing from x are deleted.
 func (d *Doc) writeMap(m *automerge.Map, x map[string]any, exact bool) error {
+	if m.Len() == 0 {
+		// Nothing to compare with or keep (a new record, a map just
+		// made): one call into Automerge instead of a read per key.
+		for k, v := range x {
+			if _, del := v.(omitted); del {
+				continue
+			}
+			if err := m.Set(k, toAM(v)); err != nil {
+				return wrapAM(err)
+			}
+		}
+		return nil
+	}
 	for k, v := range x {
 		if err := d.writeKey(m, k, v); err != nil {
 			return err
