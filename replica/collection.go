@@ -116,7 +116,25 @@ func (c *Collection) read(id string, fn func(d *crdt.Doc, m meta) error) error {
 		return err
 	}
 	defer release()
-	defer c.r.locks.rlock(cacheKey(c.name, id))()
+	key := cacheKey(c.name, id)
+	err = c.readLocked(id, c.r.locks.rlock(key), false, fn)
+	if errors.Is(err, errDeferredDoc) {
+		// Building changes the document, which readers under the read
+		// lock share: it is built under the record's write lock.
+		err = c.readLocked(id, c.r.locks.lockAll([]string{key}), true, fn)
+	}
+	return err
+}
+
+// errDeferredDoc says a record's cached document was left deferred by a
+// pull and must be built before it is read whole (see read).
+var errDeferredDoc = errors.New("replica: document not built yet")
+
+// readLocked is read under the lock unlock lets go of, the write lock if
+// write. Under the write lock it builds a deferred document; under the
+// read lock it leaves it to the caller (errDeferredDoc).
+func (c *Collection) readLocked(id string, unlock func(), write bool, fn func(d *crdt.Doc, m meta) error) error {
+	defer unlock()
 	return c.r.db.View(func(txn *badger.Txn) error {
 		d, m, ok, err := c.r.loadDoc(txn, c.name, id)
 		if err != nil {
@@ -124,6 +142,14 @@ func (c *Collection) read(id string, fn func(d *crdt.Doc, m meta) error) error {
 		}
 		if !ok {
 			return fmt.Errorf("%w: %s/%s", ErrNotFound, c.name, id)
+		}
+		if d.Deferred() {
+			if !write {
+				return errDeferredDoc
+			}
+			if err := build(c.name, id, d); err != nil {
+				return err
+			}
 		}
 		return fn(d, m)
 	})

@@ -102,6 +102,18 @@ func appendChunks(txn *badger.Txn, coll, id string, buf []byte) ([]byte, int, er
 }
 
 // corrupt is the ErrCorrupt for one record.
+// build builds d, a record's document, if a pull left it deferred (see
+// batchRun.touch), before code that edits it or reads it whole takes it:
+// changes the Go checks accepted and Automerge does not load (a defect of
+// those checks) then fail with ErrCorrupt here, not as a panic inside
+// that code (crdt.Doc.Build). A built document costs nothing.
+func build(coll, id string, d *crdt.Doc) error {
+	if err := d.Build(); err != nil {
+		return corrupt(coll, id, err)
+	}
+	return nil
+}
+
 func corrupt(coll, id string, cause error) error {
 	return fmt.Errorf("%w: %s/%s: %w; the store is damaged: back up the folder, then move it aside and open a new replica in its place to sync again", ErrCorrupt, coll, id, cause)
 }

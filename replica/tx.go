@@ -215,10 +215,13 @@ func (r *Replica) touch(txn *badger.Txn, coll, id string) (*touched, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !ok {
-		if d, err = crdt.New(r.actorID()); err != nil {
-			return nil, err
-		}
+	if ok {
+		err = build(coll, id, d)
+	} else {
+		d, err = crdt.New(r.actorID())
+	}
+	if err != nil {
+		return nil, err
 	}
 	return &touched{coll: coll, id: id, doc: d, old: m, new: m, existed: ok, wasDeleted: ok && m.deleted, seen: ok, live: ok && !m.deleted}, nil
 }
