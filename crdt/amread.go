@@ -78,7 +78,7 @@ typedef struct {
 } ferry_out;
 
 static void put(ferry_out *o, const void *p, size_t n) {
-	if (o->failed) return;
+	if (o->failed || n == 0) return; // an empty span's src may be NULL
 	if (o->n + n > o->cap) {
 		size_t c = o->cap ? o->cap * 2 : 256;
 		while (c < o->n + n) c *= 2;
