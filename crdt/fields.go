@@ -262,9 +262,6 @@ func (d *Doc) InsertAt(path Path, idx int, vals ...any) error {
 // Deleted reports whether the record is a tombstone.
 func (d *Doc) Deleted() bool {
 	if d.def != nil {
-		if deleted, ok := d.deferredTombstone(); ok {
-			return deleted
-		}
 		if deleted, _, ok := d.readDeferred(); ok {
 			return deleted
 		}

@@ -363,8 +363,8 @@ func (m *materializer) opValue(o *mOp, depth int) (any, error) {
 
 // readDeferred reads a deferred document's tombstone and packed fields
 // from its changes (materialize), or returns those read before if no
-// import came since and the packed fields were not handed out; ok is
-// false if they are left to Automerge, or do not pack (nested too
+// import came since (packed then nil once PackedFields handed it out);
+// ok is false if they are left to Automerge, or do not pack (nested too
 // deeply), and the caller builds the document.
 //
 // A document is read from its changes once: reading it again after
@@ -374,7 +374,7 @@ func (m *materializer) opValue(o *mOp, depth int) (any, error) {
 // costs in proportion to each change.
 func (d *Doc) readDeferred() (deleted bool, packed []byte, ok bool) {
 	def := d.def
-	if def.read && def.readLen == len(def.data) && def.packed != nil {
+	if def.read && def.readLen == len(def.data) {
 		return def.deleted, def.packed, true
 	}
 	if def.read {
@@ -390,11 +390,4 @@ func (d *Doc) readDeferred() (deleted bool, packed []byte, ok bool) {
 	}
 	def.readLen, def.deleted, def.packed = len(def.data), deleted, packed
 	return deleted, packed, true
-}
-
-// deferredTombstone is the tombstone readDeferred read, if no import came
-// since.
-func (d *Doc) deferredTombstone() (deleted, ok bool) {
-	def := d.def
-	return def.deleted, def.read && def.readLen == len(def.data)
 }

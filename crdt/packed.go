@@ -58,7 +58,7 @@ func PackFields(fields map[string]any) ([]byte, error) {
 // PackedFields reads the document's fields (kinds kept) in the packed form.
 func (d *Doc) PackedFields() ([]byte, error) {
 	if d.def != nil {
-		if _, p, ok := d.readDeferred(); ok {
+		if _, p, ok := d.readDeferred(); ok && p != nil {
 			d.def.packed = nil // handed out once: not kept in the cache
 			return p, nil
 		}

@@ -152,8 +152,6 @@ func (d *Doc) streamChanges(data []byte, ci chunkInfo, empty bool) (payloads [][
 	return payloads, added, loaded, nil
 }
 
-// documentChanges returns the changes of one document chunk, in the order
-// it holds them.
 // documentChanges returns one document chunk loaded on its own, and its
 // changes in the order it holds them.
 func documentChanges(chunk []byte) (am *automerge.Doc, chs []*automerge.Change, err error) {

@@ -233,7 +233,8 @@ func (b *batchRun) touch(txn *badger.Txn, id string) (*touched, error) {
 	if !ok {
 		// Deferred: a record taken from the relay (a fresh pull) is
 		// stored with its read model worked out in Go, and its Automerge
-		// document is built only if something edits it.
+		// document is built only when something needs it whole (an
+		// edit, an export, more changes; see crdt.NewDeferredAs).
 		if d, err = crdt.NewDeferredAs(b.r.actorID()); err != nil {
 			return nil, err
 		}

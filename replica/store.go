@@ -101,7 +101,6 @@ func appendChunks(txn *badger.Txn, coll, id string, buf []byte) ([]byte, int, er
 	return buf, chunks, nil
 }
 
-// corrupt is the ErrCorrupt for one record.
 // build builds d, a record's document, if a pull left it deferred (see
 // batchRun.touch), before code that edits it or reads it whole takes it:
 // changes the Go checks accepted and Automerge does not load (a defect of
@@ -114,6 +113,7 @@ func build(coll, id string, d *crdt.Doc) error {
 	return nil
 }
 
+// corrupt is the ErrCorrupt for one record.
 func corrupt(coll, id string, cause error) error {
 	return fmt.Errorf("%w: %s/%s: %w; the store is damaged: back up the folder, then move it aside and open a new replica in its place to sync again", ErrCorrupt, coll, id, cause)
 }
