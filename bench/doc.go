@@ -73,7 +73,9 @@
 // so its memory and bytes are its own (see [Target]): in this process
 // (the Badger store on disk, durable; bytes counted by wrapping its listener;
 // memory is this whole process's, replicas included), as a child process
-// (`ferry relay`; bytes counted by a loopback proxy in front of it, memory
+// (`ferry relay`; bytes counted by a loopback proxy in front of it, which
+// W1's devices go through; W2's and W3's, whose bytes are not reported,
+// and W4's clients, which count their own, connect to it directly; memory
 // from its /proc status), or an external relay given by URL (bytes and
 // memory scraped from its /metrics, which count change payloads only and
 // the whole relay). Collection names carry a random suffix, so runs against

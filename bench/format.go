@@ -26,7 +26,7 @@ func WriteTable(w io.Writer, results []*Result) error {
 		if r.Relay != "" {
 			how := ""
 			if r.Relay == (Target{Mode: Child}).String() {
-				how = " (a `ferry relay` process; devices reach it through a byte-counting loopback proxy, one extra local hop)"
+				how = " (a `ferry relay` process; W1's devices reach it through a byte-counting loopback proxy, one extra local hop; W2's and W3's connect to it directly)"
 			}
 			fmt.Fprintf(w, "relay: %s%s\n", r.Relay, how)
 			break

@@ -38,13 +38,39 @@ func (e *relayEnv) openReplica(dir, name string, l replica.Listener) (*replica.R
 // profileName is the sync profile every bench replica uses.
 const profileName = "bench"
 
-// addProfile gives r a profile syncing coll through the relay.
-func (e *relayEnv) addProfile(r *replica.Replica, coll string, mode policy.Mode) error {
+// addProfile gives r a profile syncing coll through the relay. With
+// counted, the bytes r moves are counted (see deviceURL).
+func (e *relayEnv) addProfile(r *replica.Replica, coll string, mode policy.Mode, counted bool) error {
 	return r.AddProfile(replica.Profile{
-		Name: profileName, URL: e.url, APIKey: e.apiKey,
+		Name: profileName, URL: e.deviceURL(counted), APIKey: e.apiKey,
 		Mode: mode, Type: policy.TwoWay, Policy: policy.PreferLocal,
 		Collections: []string{coll}, Timeout: 2 * time.Minute,
 	})
+}
+
+// deviceURL is the URL a device syncs through. A child relay's devices
+// reach it through the byte-counting proxy where a workload reports the
+// bytes they move (counted: W1), and connect to it directly elsewhere
+// (W2, W2L, W3): the proxy adds a hop each way, a read and a write of
+// every message and the wakes between them, on the cores the relay and
+// the devices share, which no real device pays and which a latency
+// figure would carry. A replica cannot count its own bytes, as W4's raw
+// clients do (dialCounted).
+func (e *relayEnv) deviceURL(counted bool) string {
+	if counted || e.direct == "" {
+		return e.url
+	}
+	e.directDevices = true
+	return e.direct
+}
+
+// devicesNote says how the replicas reached a child relay, for a
+// workload's notes ("" where they went through the proxy, or no child).
+func (e *relayEnv) devicesNote() string {
+	if !e.directDevices {
+		return ""
+	}
+	return "devices: connected to the child relay directly, with no byte-counting proxy between them (its bytes are not reported)"
 }
 
 // snapshot is the relay's meters at one moment.

@@ -80,11 +80,13 @@ type relayEnv struct {
 	wire          *counter // bytes between devices and the relay; nil for External
 	mem           memProbe
 	stop          func() error
-	// direct is a child relay's own device URL, behind the proxy, and
+	// direct is a child relay's own device URL, behind the proxy;
 	// counted says clients connected to it counting their own bytes
-	// (dialCounted).
-	direct  string
-	counted bool
+	// (dialCounted), and directDevices that replicas connected to it
+	// without the proxy (deviceURL).
+	direct        string
+	counted       bool
+	directDevices bool
 }
 
 // startRelay starts (or, for External, connects the meters to) a relay

@@ -81,7 +81,7 @@ func bulk(ctx context.Context, cfg Config, n int, label string) (b *bulkRun, err
 	}
 	b.insert = time.Since(t0)
 
-	if err := env.addProfile(w, coll, policy.Manual); err != nil {
+	if err := env.addProfile(w, coll, policy.Manual, true); err != nil {
 		return nil, err
 	}
 	env.mem.reset()
@@ -146,7 +146,7 @@ func (b *bulkRun) freshPull(ctx context.Context, dir, coll string, l replica.Lis
 		return err
 	}
 	defer closeAll(&err, fresh.Close)
-	if err := b.env.addProfile(fresh, coll, policy.Manual); err != nil {
+	if err := b.env.addProfile(fresh, coll, policy.Manual, true); err != nil {
 		return err
 	}
 	t0 := time.Now()

@@ -139,10 +139,10 @@ type w2Run struct {
 // goLive starts both replicas' live profiles, and waits until the relay
 // has their subscriptions and B has the record.
 func (w *w2Run) goLive(a, b *replica.Replica, before snapshot) error {
-	if err := w.env.addProfile(a, w.coll, policy.Live); err != nil {
+	if err := w.env.addProfile(a, w.coll, policy.Live, false); err != nil {
 		return err
 	}
-	if err := w.env.addProfile(b, w.coll, policy.Live); err != nil {
+	if err := w.env.addProfile(b, w.coll, policy.Live, false); err != nil {
 		return err
 	}
 	if err := waitSubscribers(w.ctx, w.env, before.m[mSubscribers]+2); err != nil {
@@ -249,6 +249,9 @@ func (w *w2Run) report(res *Result) {
 		"a_commit: A's local Update alone (durable: one fsync)",
 		"first and last tenth: the first and the last tenth of the updates, in order; the record holds one more change after each",
 		"relay_push_mean: the relay's mean time answering a push over that tenth (relay /metrics ferry_relay_request_seconds)")
+	if n := w.env.devicesNote(); n != "" {
+		res.Notes = append(res.Notes, n)
+	}
 }
 
 // growth is last ÷ first, 0 if first is 0.

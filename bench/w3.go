@@ -56,7 +56,7 @@ func W3(ctx context.Context, cfg Config) (res *Result, err error) {
 	defer closeAll(&err, b.Close)
 	coll := collName("w3")
 	for _, r := range []*replica.Replica{a, b} {
-		if err := env.addProfile(r, coll, policy.Manual); err != nil {
+		if err := env.addProfile(r, coll, policy.Manual, false); err != nil {
 			return nil, err
 		}
 	}
@@ -114,6 +114,9 @@ func W3(ctx context.Context, cfg Config) (res *Result, err error) {
 	res.Notes = append(res.Notes,
 		"offline_edit: replica A's edits, one durable unit of work each (one fsync each)",
 		"merge: the syncs' time (durable replicas and relay); ratio: floor_merge / the merge time")
+	if n := env.devicesNote(); n != "" {
+		res.Notes = append(res.Notes, n)
+	}
 	res.Elapsed = time.Since(start)
 	return res, nil
 }

@@ -7,9 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferrysync/ferry/bench"
 )
 
 // tinyBench are flags that make every workload take well under a second.
@@ -77,16 +80,18 @@ func TestBenchJSON(t *testing.T) {
 	}
 }
 
-// TestBenchChild runs W1 against a relay in a child process: this test
-// binary, re-run as `ferry relay` (see TestMain).
-func TestBenchChild(t *testing.T) {
+// childBench runs ferry bench --child --json with args and the tiny
+// sizes, the relay being this test binary re-run as `ferry relay` (see
+// TestMain), and returns its results.
+func childBench(t *testing.T, args ...string) []*bench.Result {
+	t.Helper()
 	var out, errb bytes.Buffer
 	c := &BenchCommand{Stdout: &out, Stderr: &errb, relayCommand: func(ctx context.Context, args []string) *exec.Cmd {
 		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), "FERRY_TEST_MAIN="+strings.Join(append([]string{"relay"}, args...), "\t"))
 		return cmd
 	}}
-	args := append([]string{"--child", "--json", "--workloads", "W1"}, tinyBench(t)...)
+	args = append(append([]string{"--child", "--json"}, args...), tinyBench(t)...)
 	if err := c.Run(context.Background(), args); err != nil {
 		t.Fatalf("bench: %v\nstderr:\n%s", err, errb.String())
 	}
@@ -94,7 +99,22 @@ func TestBenchChild(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
 		t.Fatal(err)
 	}
-	r := got.Results[len(got.Results)-1]
+	return got.Results
+}
+
+// directNote is the note of a workload whose devices reached a child
+// relay without the byte-counting proxy.
+const directNote = "connected to the child relay directly"
+
+func hasNote(r *bench.Result, s string) bool {
+	return slices.ContainsFunc(r.Notes, func(n string) bool { return strings.Contains(n, s) })
+}
+
+// TestBenchChild runs W1 against a relay in a child process. Its devices
+// go through the proxy, which counts the bytes they move.
+func TestBenchChild(t *testing.T) {
+	results := childBench(t, "--workloads", "W1")
+	r := results[len(results)-1]
 	if r.Relay != "child" {
 		t.Errorf("relay = %q, want child", r.Relay)
 	}
@@ -105,6 +125,30 @@ func TestBenchChild(t *testing.T) {
 	if m, ok := r.Metric("push_wire"); !ok || m.Value <= 0 {
 		t.Errorf("push_wire = %+v", m)
 	}
+	if hasNote(r, directNote) {
+		t.Errorf("W1's devices bypassed the proxy that counts push_wire: notes %q", r.Notes)
+	}
+}
+
+// TestBenchChildDevicesDirect: against a child relay, the devices of the
+// workloads that report no bytes (W2, W3) connect to the relay itself,
+// not through the bench's proxy, whose extra hop each way would be part
+// of W2's latency, and the workloads still run to their checked end.
+func TestBenchChildDevicesDirect(t *testing.T) {
+	results := childBench(t, "--workloads", "W2,W3")
+	for _, want := range []struct{ workload, metric string }{{"W2", "latency_p50"}, {"W3", "merge"}} {
+		i := slices.IndexFunc(results, func(r *bench.Result) bool { return r.Workload == want.workload })
+		if i < 0 {
+			t.Fatalf("no %s result", want.workload)
+		}
+		r := results[i]
+		if m, ok := r.Metric(want.metric); !ok || m.Value <= 0 {
+			t.Errorf("%s %s = %+v", want.workload, want.metric, m)
+		}
+		if !hasNote(r, directNote) {
+			t.Errorf("%s's devices went through the proxy: notes %q", want.workload, r.Notes)
+		}
+	}
 }
 
 // TestBenchChildW4CountsAtClients: against a child relay, W4's clients
@@ -112,21 +156,8 @@ func TestBenchChild(t *testing.T) {
 // proxy (which would take CPU on the relay's cores), and count the bytes
 // on their own connections: the ingest's wire bytes are still measured.
 func TestBenchChildW4CountsAtClients(t *testing.T) {
-	var out, errb bytes.Buffer
-	c := &BenchCommand{Stdout: &out, Stderr: &errb, relayCommand: func(ctx context.Context, args []string) *exec.Cmd {
-		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), "FERRY_TEST_MAIN="+strings.Join(append([]string{"relay"}, args...), "\t"))
-		return cmd
-	}}
-	args := append([]string{"--child", "--json", "--workloads", "W4"}, tinyBench(t)...)
-	if err := c.Run(context.Background(), args); err != nil {
-		t.Fatalf("bench: %v\nstderr:\n%s", err, errb.String())
-	}
-	var got benchOutput
-	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
-		t.Fatal(err)
-	}
-	r := got.Results[len(got.Results)-1]
+	results := childBench(t, "--workloads", "W4")
+	r := results[len(results)-1]
 	m, ok := r.Metric("ingest_wire")
 	if !ok || !strings.Contains(m.Note, "clients' own connections") {
 		t.Fatalf("ingest_wire = %+v, want bytes counted on the clients' connections", m)
