@@ -204,12 +204,21 @@ const maxGroupMarks = 1024
 
 // parsePush frames and checksums every change of a push before any lock
 // is taken, and returns them with the bytes compressed chunks inflated
-// to. One inflate budget for the whole push: a session checks one push
-// at a time (the ones it pipelines are checked in turn), so this bounds
-// what one connection can make the relay inflate at once.
+// to. One inflate budget for the whole push, max_inflated: what one push
+// may make the relay inflate.
 func (s *Server) parsePush(p *transport.Push) ([]*crdt.Framed, int64, error) {
+	return s.parsePushWithin(p, int64(s.limits.MaxInflated))
+}
+
+// errPushInflates is parsePushWithin's refusal of a push that would
+// inflate past limit when limit is below max_inflated: it may still fit
+// max_inflated.
+var errPushInflates = errors.New("relay: the push holds compressed changes")
+
+// parsePushWithin is parsePush with an inflate budget of limit bytes.
+func (s *Server) parsePushWithin(p *transport.Push, limit int64) ([]*crdt.Framed, int64, error) {
 	framed := make([]*crdt.Framed, len(p.Records))
-	budget := crdt.NewInflateBudget(int64(s.limits.MaxInflated))
+	budget := crdt.NewInflateBudget(limit)
 	for i, r := range p.Records {
 		if err := transport.ValidateRecordID(r.Record); err != nil {
 			return nil, 0, perr(transport.CodeBadFrame, "%v", err)
@@ -217,12 +226,15 @@ func (s *Server) parsePush(p *transport.Push) ([]*crdt.Framed, int64, error) {
 		var err error
 		if framed[i], err = crdt.FrameChanges(r.Data, budget); err != nil {
 			if errors.Is(err, crdt.ErrInflateLimit) {
+				if limit < int64(s.limits.MaxInflated) {
+					return nil, 0, errPushInflates
+				}
 				return nil, 0, perr(transport.CodeTooLarge, "record %q: compressed changes inflate past max_inflated, %d bytes for one push", r.Record, s.limits.MaxInflated)
 			}
 			return nil, 0, perr(transport.CodeInvalidChange, "record %q: %v", r.Record, err)
 		}
 	}
-	return framed, int64(s.limits.MaxInflated) - budget.Remaining(), nil
+	return framed, limit - budget.Remaining(), nil
 }
 
 // admitPushMemory frames a push (parsePush) and reserves what it takes while it
@@ -233,8 +245,22 @@ func (s *Server) parsePush(p *transport.Push) ([]*crdt.Framed, int64, error) {
 // refused before it waits for memory. If compressed chunks were
 // inflated, framed is nil: what they inflated to is not held while the
 // push waits for memory, and the caller frames them again once it has it.
+//
+// Framing inflates nothing until max_inflated is reserved for it: a
+// first pass inflates nothing, and only a push that holds compressed
+// changes waits for that much memory and is framed again. Otherwise every
+// connection could make the relay inflate max_inflated at once, outside
+// the budget.
 func (s *Server) admitPushMemory(ctx context.Context, p *transport.Push) (framed []*crdt.Framed, g *memGrant, err error) {
-	framed, inflated, err := s.parsePush(p)
+	framed, inflated, err := s.parsePushWithin(p, 0)
+	if errors.Is(err, errPushInflates) {
+		pre, perr := s.mem.acquire(ctx, int64(s.limits.MaxInflated))
+		if perr != nil {
+			return nil, nil, memErr(perr, "the push's compressed changes")
+		}
+		framed, inflated, err = s.parsePush(p)
+		pre.release()
+	}
 	if err != nil {
 		return nil, nil, err
 	}
