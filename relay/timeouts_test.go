@@ -127,3 +127,25 @@ func TestMaxLeaseTTLCapsLease(t *testing.T) {
 	granted("renew", mustCall[transport.Lease](t, b, &transport.LeaseRenew{Collection: "c", Fence: lb.Fence, TTLMS: 3_600_000}))
 	takeOver(a, maxTTL)
 }
+
+// A lease asked for with no ttl_ms gets default_lease_ttl, and lapses
+// then, so another device can take it.
+func TestDefaultLeaseTTLWhenNoneAsked(t *testing.T) {
+	const defaultTTL = 3 * time.Second
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.DefaultLeaseTTL = defaultTTL })
+	a, _, _ := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], "dev-a")
+	b, _, _ := tr.dial(tr.apps["shop"].APIKey, tr.tokens["shop"], "dev-b")
+	acquire := &transport.LeaseAcquire{Collection: "c"}
+	l := mustCall[transport.Lease](t, a, acquire)
+	if l.TTLMS != uint32(defaultTTL/time.Millisecond) || l.ExpiresMS != tr.clock.Now().Add(defaultTTL).UnixMilli() {
+		t.Fatalf("acquire without ttl_ms: ttl_ms %d, expires in %v; want the default, %v", l.TTLMS, time.UnixMilli(l.ExpiresMS).Sub(tr.clock.Now()), defaultTTL)
+	}
+	tr.clock.Advance(defaultTTL - time.Millisecond)
+	if _, err := call[transport.Lease](t, b, acquire); !errors.Is(err, transport.ErrLeaseHeld) {
+		t.Fatalf("acquire 1 ms before the default lease lapses = %v, want lease_held", err)
+	}
+	tr.clock.Advance(time.Millisecond)
+	if lb := mustCall[transport.Lease](t, b, acquire); lb.Fence <= l.Fence {
+		t.Fatalf("lease taken over with fence %d, after %d", lb.Fence, l.Fence)
+	}
+}

@@ -345,12 +345,9 @@ func (a *Ack) validate(l *Limits) error {
 func (s *Subscribe) validate(*Limits) error   { return checkCollection(s.Collection) }
 func (u *Unsubscribe) validate(*Limits) error { return checkCollection(u.Collection) }
 
-func (a *LeaseAcquire) validate(*Limits) error {
-	if a.TTLMS == 0 {
-		return errorf(CodeBadFrame, "lease_acquire without ttl_ms")
-	}
-	return checkCollection(a.Collection)
-}
+// A lease_acquire without ttl_ms (0) asks for the relay's default
+// lifetime.
+func (a *LeaseAcquire) validate(*Limits) error { return checkCollection(a.Collection) }
 
 func (r *LeaseRenew) validate(*Limits) error {
 	if r.Fence == 0 || r.TTLMS == 0 {
