@@ -192,16 +192,13 @@ func vlogBytes(t *testing.T, dir string) int64 {
 	return n
 }
 
-// A record's read model past the value threshold is rewritten whole into
-// the value log on every change: the value-log GC (run in the background
-// every Options.GCInterval) reclaims what its older versions took, once
-// Badger's compactions have dropped them (here: six opens, each leaving
-// a table of the store's index and a value log of its own, are compacted
-// together).
-func TestValueLogGCReclaimsRewrittenReadModels(t *testing.T) {
-	dir := t.TempDir()
-	opts := &Options{memTableSize: 4 << 20, GCInterval: -1}
-	rec := newMaxRec(rand.New(rand.NewPCG(1, 2)), "v0")
+// rewriteReadModels writes rec as record c/big in the store in dir, and
+// edits a small field of it 8 times in each of 6 opens with opts (without
+// the value-log GC), so that its read model, past the value threshold,
+// fills the value log with versions the GC may reclaim. It returns the
+// number of edits (the last tag is v<edits>).
+func rewriteReadModels(t *testing.T, dir string, opts *Options, rec maxRec) int {
+	t.Helper()
 	edits := 0
 	for run := 0; run < 6; run++ {
 		r := open(t, dir, opts)
@@ -221,10 +218,24 @@ func TestValueLogGCReclaimsRewrittenReadModels(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	before := vlogBytes(t, dir)
-	if before < int64(edits)<<20*3/4 {
-		t.Fatalf("the value log holds %d bytes after %d rewrites of a 1 MB read model", before, edits)
+	if n := vlogBytes(t, dir); n < int64(edits*len(rec.Body))*3/4 {
+		t.Fatalf("the value log holds %d bytes after %d rewrites of a read model of %d bytes", n, edits, len(rec.Body))
 	}
+	return edits
+}
+
+// A record's read model past the value threshold is rewritten whole into
+// the value log on every change: the value-log GC (run in the background
+// every Options.GCInterval) reclaims what its older versions took, once
+// Badger's compactions have dropped them (here: six opens, each leaving
+// a table of the store's index and a value log of its own, are compacted
+// together).
+func TestValueLogGCReclaimsRewrittenReadModels(t *testing.T) {
+	dir := t.TempDir()
+	opts := &Options{memTableSize: 4 << 20, GCInterval: -1}
+	rec := newMaxRec(rand.New(rand.NewPCG(1, 2)), "v0")
+	edits := rewriteReadModels(t, dir, opts, rec)
+	before := vlogBytes(t, dir)
 	r := open(t, dir, opts)
 	if err := r.db.Flatten(1); err != nil {
 		t.Fatal(err)
