@@ -138,7 +138,10 @@ type change struct {
 	ops     []chOp
 	extra   []byte
 	cols    []encodedColumn // as received, in order
-	header  []byte          // the bytes before the column metadata
+	// valueBytes is the length of the value column: the bytes of the
+	// values the operations set (strings, bytes, numbers).
+	valueBytes int
+	header     []byte // the bytes before the column metadata
 
 	// Where each header field ends in the payload, for error messages.
 	sections [7]section

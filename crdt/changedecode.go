@@ -128,6 +128,9 @@ func readColumns(p *payloadReader) (colSet, error) {
 		}
 		cols[i] = data
 		p.c.cols = append(p.c.cols, encodedColumn{m.spec, data})
+		if m.spec == specValue {
+			p.c.valueBytes = len(data)
+		}
 	}
 	return cols, nil
 }

@@ -245,6 +245,21 @@ func inflate(b []byte, limit int64) ([]byte, error) {
 	return out, nil
 }
 
+// inflatedSize is the length of what b inflates to, at most limit,
+// counted as it inflates and not kept.
+func inflatedSize(b []byte, limit int64) (int64, error) {
+	r := flate.NewReader(bytes.NewReader(b))
+	defer r.Close()
+	n, err := io.Copy(io.Discard, io.LimitReader(r, limit+1))
+	if err != nil {
+		return 0, err
+	}
+	if n > limit {
+		return 0, fmt.Errorf("%w of %d bytes", errInflatesPast, limit)
+	}
+	return n, nil
+}
+
 // author is the actor that made a change, and the change's sequence number
 // among that actor's changes (1, 2, ...).
 type author struct {

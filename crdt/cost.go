@@ -29,6 +29,11 @@ const (
 	costPerOp     = 780
 	costPerKey    = 150
 	costGoFactor  = 2
+	// costPerValueKiB is the resident memory per KiB of values set: a
+	// loaded document keeps each value in its operations and again in the
+	// change that set it (a field rewritten 40 times with 64 KiB took 2.4
+	// times the values' bytes).
+	costPerValueKiB = 2450
 )
 
 // costPerDeferred is the Go heap a deferred document takes beyond what
@@ -40,6 +45,7 @@ const costPerDeferred = 2 << 10
 // held counts what a set of changes holds.
 type held struct {
 	changes, ops, keys, objects int
+	values                      int64 // bytes of the values the operations set (their value column)
 }
 
 func (h *held) count(c *change) {
@@ -53,6 +59,7 @@ func (h *held) count(c *change) {
 			h.keys++
 		}
 	}
+	h.values += int64(c.valueBytes)
 }
 
 func (h *held) add(o held) {
@@ -60,15 +67,35 @@ func (h *held) add(o held) {
 	h.ops += o.ops
 	h.keys += o.keys
 	h.objects += o.objects
+	h.values += o.values
 }
+
+// Values cost memory as operations do: a loaded document holds every value
+// its history ever set, overwritten or not, uncompressed, however small
+// the compressed changes or saved document that carried them. For the
+// operation limit (SetMaxOps), valueBytesPerOp bytes of values count as
+// one operation, the bytes whose memory (costPerValueKiB) is what an
+// operation's is (costPerOp): a limit of n operations then bounds what a
+// record costs loaded, values included, to about n operations' worth.
+const valueBytesPerOp = costPerOp * 1024 / costPerValueKiB
+
+// weight is what ops operations setting values bytes of values count for
+// against an operation limit.
+func weight(ops int, values int64) int {
+	return ops + int(min(values/valueBytesPerOp, int64(maxInt-ops)))
+}
+
+// changeWeight is weight of c's operations and values.
+func changeWeight(c *change) int { return weight(len(c.ops), int64(c.valueBytes)) }
 
 // Cost is what a loaded document holds, which its memory follows, and the
 // memory that is estimated to take.
 type Cost struct {
-	Changes int // changes in its history
-	Ops     int // operations of those changes, deletes included
-	Keys    int // of those, writes to a map key that had no value
-	Objects int // maps, lists and texts those changes made (they cost as operations do)
+	Changes int   // changes in its history
+	Ops     int   // operations of those changes, deletes included
+	Keys    int   // of those, writes to a map key that had no value
+	Objects int   // maps, lists and texts those changes made (they cost as operations do)
+	Values  int64 // bytes of the values those operations set (strings, bytes, floats), overwritten ones included
 	// Bytes estimates the memory the loaded document takes: Automerge's
 	// (outside Go's heap) and the Go-side indexes, its operation index
 	// included. For a deferred document (see NewDeferred), it is what the
@@ -108,8 +135,9 @@ func costOf(h held, goBytes int) Cost {
 		Ops:     h.ops,
 		Keys:    h.keys,
 		Objects: h.objects,
+		Values:  h.values,
 		Bytes: costPerDoc + int64(h.changes)*costPerChange + int64(h.ops)*costPerOp +
-			int64(h.keys)*costPerKey + costGoFactor*int64(goBytes),
+			int64(h.keys)*costPerKey + h.values*costPerValueKiB/1024 + costGoFactor*int64(goBytes),
 	}
 	c.Current = c.Bytes
 	return c
@@ -117,8 +145,10 @@ func costOf(h held, goBytes int) Cost {
 
 // SetMaxOps makes Import refuse, with [ErrOpLimit] and before applying
 // anything, changes that would bring the document past n operations (as
-// Cost counts them), so that what the document costs to hold and to load
-// stays known. Zero or less: no limit. A document already past n stays
+// Cost counts them, with every 326 bytes of the values they set counted
+// as one more: a value costs its bytes once loaded, however well it
+// compresses), so that what the document costs to hold and to load stays
+// known. Zero or less: no limit. A document already past n stays
 // readable; only what would grow it is refused.
 func (d *Doc) SetMaxOps(n int) {
 	d.maxOps = max(n, 0)
@@ -137,11 +167,11 @@ func (d *Doc) checkOpLimit(base *opIndex, v verified) error {
 	n := v.ops
 	if base != nil {
 		for l := base.top; l != nil; l = l.parent {
-			n += l.held.ops
+			n += weight(l.held.ops, l.held.values)
 		}
 	}
 	if n > d.maxOps {
-		return fmt.Errorf("%w: %d operations, over %d", ErrOpLimit, n, d.maxOps)
+		return fmt.Errorf("%w: %d operations, values counted, over %d", ErrOpLimit, n, d.maxOps)
 	}
 	return nil
 }

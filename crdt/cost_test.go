@@ -15,14 +15,24 @@ import (
 )
 
 // costShapes are records of the shapes whose memory differs most per
-// saved byte: many small objects, one field rewritten by many changes, and
-// many plain fields written at once.
+// saved byte: many small objects, one field rewritten by many changes,
+// many plain fields written at once, and one field rewritten with large
+// values that compress to almost nothing (every value stays in the
+// loaded document).
 var costShapes = []struct {
 	name   string
 	copies int
 	build  func(t testing.TB) []byte
 }{
 	{"objects", 8, objectHeavy},
+	{"values", 8, func(t testing.TB) []byte {
+		d := newDoc(t, actorA)
+		for i := range 40 {
+			set(t, d, crdt.Path{"blob"}, bytes.Repeat([]byte{byte(i)}, 64<<10))
+			commit(t, d)
+		}
+		return d.Save()
+	}},
 	{"history", 8, func(t testing.TB) []byte {
 		d := newDoc(t, actorA)
 		for i := range 3000 {
@@ -250,8 +260,10 @@ func TestMaxOps(t *testing.T) {
 
 // TestWholeDocumentWithinBudgets: a saved document framed within a budget
 // is charged for every compressed column (its 2 MiB string too, which
-// framing need not read but loading inflates), and one holding more
-// operations than a document's limit is refused before it is loaded.
+// framing need not read but loading inflates), one holding more
+// operations than a document's limit is refused before it is loaded, and
+// its values count against the limit as operations (a 2 MiB string costs
+// 2 MiB loaded, however well it compresses).
 func TestWholeDocumentWithinBudgets(t *testing.T) {
 	d := newDoc(t, actorA)
 	set(t, d, crdt.Path{"blob"}, strings.Repeat("x", 2<<20))
@@ -270,13 +282,20 @@ func TestWholeDocumentWithinBudgets(t *testing.T) {
 		t.Fatalf("within 4 MiB: %v", err)
 	}
 
-	for _, limit := range []int{1002, 1001} { // the blob, the list, its 1,000 elements
+	// The blob, the list, its 1,000 elements; and the values: the blob's
+	// 2 MiB and the elements' byte each.
+	full := 1002 + (2<<20+1000)/crdt.ValueBytesPerOp
+	for _, limit := range []int{full, full - 1, 1001} {
 		into := newDoc(t, "")
 		into.SetMaxOps(limit)
 		n, err := into.Import(saved)
 		switch {
-		case limit == 1002 && (err != nil || n != 1):
+		case limit == full && (err != nil || n != 1):
 			t.Errorf("limit %d: Import = %d, %v", limit, n, err)
+		case limit == full-1 && (!errors.Is(err, crdt.ErrOpLimit) || !strings.Contains(err.Error(), "values counted")):
+			t.Errorf("limit %d: Import = %d, %v; want ErrOpLimit for the values", limit, n, err)
+		case limit == full-1 && len(into.Heads()) != 0:
+			t.Errorf("limit %d: the refused document was applied", limit)
 		case limit == 1001 && (!errors.Is(err, crdt.ErrOpLimit) || !strings.Contains(err.Error(), "whole document of 1002 operations")):
 			t.Errorf("limit %d: Import = %d, %v; want ErrOpLimit for the whole document", limit, n, err)
 		case limit == 1001 && len(into.Heads()) != 0:
@@ -343,5 +362,61 @@ func TestCostFollowsImports(t *testing.T) {
 		if got.Changes != want.Changes || got.Ops != want.Ops || got.Keys != want.Keys || got.Objects != want.Objects {
 			t.Fatalf("seed %d, step %d: Cost %+v after imports, %+v indexed afresh", seed, step, got, want)
 		}
+	}
+}
+
+// TestValuesCountAgainstOpLimit: a record's values count against its
+// operation limit, ValueBytesPerOp bytes to an operation, however small
+// the changes that carry them: changes of one operation each, setting a
+// 512 KiB value that compresses to a few hundred bytes, are taken while
+// the record's operations and values fit the limit and refused once the
+// next would pass it, by a deferred document (as the relay checks pushes)
+// and a loaded one alike. Counted by operations alone, as they were, a
+// thousand such changes would have fit a limit of 2,000: half a gigabyte
+// once loaded. Cost counts the values too.
+func TestValuesCountAgainstOpLimit(t *testing.T) {
+	const value = 512 << 10
+	perChange := 1 + (value+3)/crdt.ValueBytesPerOp // the operation, and its value with its length
+	src := newDoc(t, actorA)
+	defer src.Free()
+	var changes [][]byte
+	for i := range 3 {
+		before := src.Heads()
+		set(t, src, crdt.Path{fmt.Sprint("blob", i)}, bytes.Repeat([]byte{'x'}, value))
+		commit(t, src)
+		ch, err := src.ChangesSince(before)
+		if err != nil {
+			t.Fatal(err)
+		}
+		changes = append(changes, ch)
+	}
+	limit := 2*perChange + perChange/2
+	for _, deferred := range []bool{true, false} {
+		d := crdt.NewDeferred()
+		if !deferred {
+			d = newDoc(t, "")
+		}
+		d.SetMaxOps(limit)
+		for i, ch := range changes {
+			f, err := crdt.FrameChanges(ch, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = d.ImportFramed(f)
+			switch {
+			case i < 2 && err != nil:
+				t.Fatalf("deferred %v: change %d of %d operations' worth, limit %d: %v", deferred, i, perChange, limit, err)
+			case i == 2 && !errors.Is(err, crdt.ErrOpLimit):
+				t.Fatalf("deferred %v: a third change of a 512 KiB value under a limit of %d: %v, want ErrOpLimit", deferred, limit, err)
+			}
+		}
+		c, err := d.Cost()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Ops != 2 || c.Values < 2*value || c.Bytes < 2*value {
+			t.Errorf("deferred %v: Cost %+v after two changes of a 512 KiB value each", deferred, c)
+		}
+		d.Free()
 	}
 }

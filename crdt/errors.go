@@ -22,6 +22,7 @@ var (
 	// checked: they may be valid, but are too large once inflated.
 	ErrInflateLimit = errors.New("crdt: compressed data inflates past its budget")
 	// ErrOpLimit means imported changes would bring a document past the
-	// operations set with [Doc.SetMaxOps]. Nothing was applied.
+	// operations set with [Doc.SetMaxOps], the bytes of their values
+	// counted as operations. Nothing was applied.
 	ErrOpLimit = errors.New("crdt: changes would bring the document past its operation limit")
 )

@@ -42,12 +42,12 @@ func estimateFramed(b []byte, ci chunkInfo) (Cost, error) {
 		goBytes += 2*HashSize + 24 + deps*HashSize
 	}
 	if ci.documents > 0 {
-		changes, err := documentChangeRows(b)
+		changes, values, err := documentCounts(b)
 		if err != nil {
 			return Cost{}, err
 		}
 		ops := int(min(ci.docOps, uint64(maxInt)))
-		h.add(held{changes: changes, ops: ops, keys: ops})
+		h.add(held{changes: changes, ops: ops, keys: ops, values: values})
 		indexed += ops
 		goBytes += changes * (2*HashSize + 24)
 	}
@@ -70,11 +70,12 @@ const packedOpBytes = 64
 
 const maxInt = int(^uint(0) >> 1)
 
-// documentChangeRows counts the changes of the whole-document chunks in b,
-// which frameWithin has checked: the rows of each document's first actor
-// column among its change columns (each change's author).
-func documentChangeRows(b []byte) (int, error) {
-	n := 0
+// documentCounts counts the changes of the whole-document chunks in b,
+// which frameWithin has checked (the rows of each document's first actor
+// column among its change columns: each change's author), and the bytes
+// of the values their operations set (the length of each document's value
+// column, inflated).
+func documentCounts(b []byte) (changes int, values int64, err error) {
 	for off := 0; off < len(b); {
 		rest := b[off:]
 		size, ln := binary.Uvarint(rest[9:])
@@ -82,11 +83,68 @@ func documentChangeRows(b []byte) (int, error) {
 		if rest[8] == chunkDocument {
 			c, err := documentChangeCount(rest[9+ln : end])
 			if err != nil {
-				return 0, fmt.Errorf("%w: document at byte %d: %v", ErrCorrupt, off, err)
+				return 0, 0, fmt.Errorf("%w: document at byte %d: %v", ErrCorrupt, off, err)
 			}
-			n += c
+			v, err := documentValueBytes(rest[9+ln : end])
+			if err != nil {
+				return 0, 0, fmt.Errorf("%w: document at byte %d: %v", ErrCorrupt, off, err)
+			}
+			changes += c
+			values += v
 		}
 		off += end
+	}
+	return changes, values, nil
+}
+
+// documentValueBytes returns the length of a document chunk's value
+// column, which holds the bytes of every value its operations set. A
+// compressed column is inflated to count it, not kept: a document whose
+// values compress to almost nothing costs what they inflate to once
+// loaded, and an estimate must say so before anything loads it.
+func documentValueBytes(p []byte) (int64, error) {
+	_, p, err := actorTable(p)
+	if err != nil {
+		return 0, err
+	}
+	if _, p, err = hashList(p, "heads"); err != nil {
+		return 0, err
+	}
+	changeCols, p, err := columnMeta(p)
+	if err != nil {
+		return 0, err
+	}
+	opCols, p, err := columnMeta(p)
+	if err != nil {
+		return 0, err
+	}
+	for _, c := range changeCols {
+		if c.size > uint64(len(p)) {
+			return 0, errors.New("columns overrun the chunk")
+		}
+		p = p[c.size:]
+	}
+	var n int64
+	for _, c := range opCols {
+		if c.size > uint64(len(p)) {
+			return 0, errors.New("columns overrun the chunk")
+		}
+		data := p[:c.size]
+		p = p[c.size:]
+		switch {
+		case c.spec&^colDeflate != specValue:
+		case c.spec&colDeflate == 0:
+			n += int64(len(data))
+		default:
+			m, err := inflatedSize(data, maxInflated)
+			switch {
+			case errors.Is(err, errInflatesPast):
+				m = maxInflated // at least: loading it takes that much
+			case err != nil:
+				return 0, fmt.Errorf("column %#x: %w", c.spec, err)
+			}
+			n += m
+		}
 	}
 	return n, nil
 }
@@ -161,7 +219,7 @@ func countChange(payload []byte) (held, int, error) {
 	action := newRLE[uint64](cols.get(specAction))
 	keys := newRLE[string](cols.get(specKeyString))
 	preds := newRLE[uint64](cols.get(specPredGroup))
-	h := held{changes: 1}
+	h := held{changes: 1, values: int64(len(cols.get(specValue)))}
 	for {
 		act, null, ok := action.next()
 		if err := action.err(); err != nil {

@@ -268,3 +268,7 @@ func SlowSnapshot(d *Doc) (Snapshot, error) { return snapshotSlow(d.live()) }
 
 // SlowSnapshotAt is SnapshotAt read from a fork.
 func SlowSnapshotAt(d *Doc, heads Heads) (Snapshot, error) { return d.snapshotAtSlow(heads) }
+
+// ValueBytesPerOp is the bytes of values that count as one operation
+// against a document's operation limit.
+const ValueBytesPerOp = valueBytesPerOp

@@ -21,7 +21,7 @@ type ledger struct {
 	heads smallMap[Hash, struct{}]
 	seqs  smallMap[string, uint64] // per actor, its highest sequence number held
 	top   *opLayer
-	ops   int
+	ops   int // operations held, weighted by their values (changeWeight)
 	// maxOps is the limit of SetMaxOps; 0: none.
 	maxOps int
 }
@@ -136,7 +136,7 @@ func ledgerOf(d *Doc) (*ledger, error) {
 			return nil, fmt.Errorf("change %s: %w", h, err)
 		}
 		layer.add(c)
-		l.ops += len(c.ops)
+		l.ops += changeWeight(c)
 		// The author from the decoded change: asking automerge-go costs a
 		// call per change, more than the decoding.
 		who := author{actor: hex.EncodeToString(c.actor), seq: c.seq}
@@ -245,7 +245,7 @@ func (l *ledger) checkFramed(ci chunkInfo) (int, error) {
 		}
 	}
 	if l.maxOps > 0 && l.ops+v.ops > l.maxOps {
-		return 0, fmt.Errorf("%w: %d operations, over %d", ErrOpLimit, l.ops+v.ops, l.maxOps)
+		return 0, fmt.Errorf("%w: %d operations, values counted, over %d", ErrOpLimit, l.ops+v.ops, l.maxOps)
 	}
 	// Checked: take them in.
 	l.top = pushLayer(l.top, v.layer)

@@ -15,7 +15,7 @@ type verified struct {
 	layer  *opLayer       // the checked changes' operations, and those of base's unread changes they named
 	unread []unreadChange // base's unread changes left unread
 	reload bool           // the index was unavailable: check by saving and loading
-	ops    int            // operations of the checked changes
+	ops    int            // operations of the checked changes, weighted by their values (changeWeight)
 }
 
 // verifyChanges checks change payloads (with their hashes, in the order
@@ -60,7 +60,7 @@ func (v *verified) check(c *change, payload []byte, hash Hash) error {
 	if err != nil {
 		return fmt.Errorf("%w: change %s: %v", ErrCorrupt, hash, err)
 	}
-	v.ops += len(c.ops)
+	v.ops += changeWeight(c)
 	return nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -435,4 +436,37 @@ func TestPushDeltaOverMaxRecord(t *testing.T) {
 	}
 	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", c1)))
 	mustCall[transport.Ack](t, a, pushOf("c", 0, rec("r", c2)))
+}
+
+// TestRecordValuesCountTowardMaxRecordOps: pushes that each add one
+// operation but a large value, each small on the wire and well within
+// max_inflated, add up in what the record costs once loaded: a record
+// keeps every value its history set. They are taken while the record's
+// operations and values (326 bytes to an operation, some 1,600
+// operations' worth a push here) fit max_record_ops, and the next is
+// refused with too_large, nothing of it stored. Counted
+// by operations alone, as they were, such pushes could have built a
+// record of a few hundred KB saved that took gigabytes to load.
+func TestRecordValuesCountTowardMaxRecordOps(t *testing.T) {
+	const value = 512 << 10
+	tr := newTestRelay(t, memstore.New(), func(o *relay.Options) { o.Limits.MaxRecordOps = 4000 })
+	a := tr.client("shop")
+	ed := storetest.NewEditor(t, "fe01")
+	coll := relay.Coll{Tenant: "shop", Collection: "c"}
+	for i := range 3 {
+		ch := compressChange(t, ed.Edit(map[string]any{fmt.Sprint("blob", i): bytes.Repeat([]byte{'v'}, value)}))
+		if len(ch) > 4<<10 {
+			t.Fatalf("compressed change of a 512 KiB value is %d bytes", len(ch))
+		}
+		_, err := call[transport.Ack](t, a, pushOf("c", 0, rec("r", ch)))
+		switch {
+		case i < 2 && err != nil:
+			t.Fatalf("push %d of a 512 KiB value under max_record_ops 4000: %v", i, err)
+		case i == 2 && (!errors.Is(err, transport.ErrTooLarge) || !strings.Contains(err.Error(), "max_record_ops")):
+			t.Fatalf("a third 512 KiB value past max_record_ops 4000: %v, want too_large naming max_record_ops", err)
+		}
+	}
+	if h, _ := tr.store.Head(context.Background(), coll); h != 2 {
+		t.Fatalf("log head %d, want the two pushes taken", h)
+	}
 }

@@ -56,8 +56,9 @@ type Limits struct {
 	MaxInflated int `msgpack:"max_inflated"`
 	// MaxRecordOps bounds the Automerge operations one record may hold,
 	// what it costs in memory once loaded (its bytes do not tell: a few
-	// kilobytes may hold a document of hundreds of megabytes). The relay
-	// refuses a push that would bring a record past it.
+	// kilobytes may hold a document of hundreds of megabytes), the bytes
+	// of the values its history set counted as one operation per 326. The
+	// relay refuses a push that would bring a record past it.
 	MaxRecordOps int `msgpack:"max_record_ops"`
 }
 

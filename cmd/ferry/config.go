@@ -133,8 +133,9 @@ type ConfigLimits struct {
 	MaxBatch    int `json:"max_batch"`
 	MaxRecord   int `json:"max_record"`
 	MaxInflated int `json:"max_inflated"`
-	// MaxRecordOps bounds the operations of one record (its memory once
-	// loaded); zero keeps transport.DefaultMaxRecordOps.
+	// MaxRecordOps bounds the operations of one record, its values
+	// counted too (its memory once loaded); zero keeps
+	// transport.DefaultMaxRecordOps.
 	MaxRecordOps int `json:"max_record_ops"`
 }
 
