@@ -16,3 +16,11 @@ func SetLocalClock(o *Options, f func() time.Time) { o.localClock = f }
 
 // Retryable is retryable: why an error may be retried, "" if not.
 func Retryable(err error) string { return retryable(err) }
+
+// SetClockInterval sets how often a store opened from now on reads the
+// database's clock again, and returns a func that sets it back.
+func SetClockInterval(d time.Duration) (restore func()) {
+	old := clockInterval
+	clockInterval = d
+	return func() { clockInterval = old }
+}

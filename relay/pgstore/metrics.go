@@ -83,11 +83,15 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descOffset, prometheus.GaugeValue, c.s.clock.offset().Seconds())
 }
 
+// clockInterval is how often the store reads the database's clock again.
+// A variable so that tests can see a reading take effect.
+var clockInterval = 10 * time.Second
+
 // janitor keeps the clock in step with the database's and prunes old
 // append ids, until Close.
 func (s *Store) janitor() {
 	defer s.bg.Done()
-	clockT := time.NewTicker(10 * time.Second)
+	clockT := time.NewTicker(clockInterval)
 	defer clockT.Stop()
 	pruneT := time.NewTicker(time.Minute)
 	defer pruneT.Stop()
