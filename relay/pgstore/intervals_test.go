@@ -5,8 +5,6 @@ import (
 	"context"
 	"math"
 	"net"
-	"net/http/httptest"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -113,19 +111,7 @@ func TestLostNotificationFoundByHeadsPoll(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := relay.NewServer(&relay.Options{Store: st1, Auth: auth, PingInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		srv.Close()
-		hs.Close()
-	})
-	cl.urls = []string{"ws" + strings.TrimPrefix(hs.URL, "http") + "/ws"}
+	cl.urls = []string{serveRelay(t, &relay.Options{Store: st1, Auth: auth, PingInterval: -1})}
 	sub := cl.dial(0, "sub")
 	must[transport.OK](t, sub, &transport.Subscribe{Collection: "c"})
 	// The subscriber reads the empty log and waits; a sweep that has not

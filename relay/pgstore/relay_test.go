@@ -24,6 +24,29 @@ import (
 	"github.com/ferrysync/ferry/transport"
 )
 
+// serveRelay serves a relay made with o over HTTP for the rest of the
+// test, and returns its devices' URL. Once the test ends, the relay is
+// shut down, then each of closers runs.
+func serveRelay(t *testing.T, o *relay.Options, closers ...func()) string {
+	t.Helper()
+	srv, err := relay.NewServer(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		srv.Close()
+		hs.Close()
+		for _, c := range closers {
+			c()
+		}
+	})
+	return "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws"
+}
+
 // Relays in this process, each with a store of its own on one schema: as
 // separate relay processes would be, sharing nothing but the database.
 
@@ -74,20 +97,7 @@ func newCluster(t *testing.T, n int, now ...func() time.Time) *cluster {
 			t.Fatal(err)
 		}
 		o := &relay.Options{Store: st, Auth: auth, PingInterval: -1, RelayID: fmt.Sprint("relay-", i+1), Now: relayNow}
-		srv, err := relay.NewServer(o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		hs := httptest.NewServer(srv.Handler())
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			srv.Shutdown(ctx)
-			srv.Close()
-			hs.Close()
-			st.Close()
-		})
-		cl.urls = append(cl.urls, "ws"+strings.TrimPrefix(hs.URL, "http")+"/ws")
+		cl.urls = append(cl.urls, serveRelay(t, o, func() { st.Close() }))
 	}
 	return cl
 }

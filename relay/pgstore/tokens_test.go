@@ -2,7 +2,6 @@ package pgstore_test
 
 import (
 	"context"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -37,22 +36,8 @@ func TestRelaysSharingPostgresVerifyTokensAlike(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		srv, err := relay.NewServer(&relay.Options{Store: st, Auth: auth, PingInterval: -1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		hs := httptest.NewServer(srv.Handler())
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			srv.Shutdown(ctx)
-			srv.Close()
-			hs.Close()
-			st.Close()
-			auth.Close()
-		})
 		auths = append(auths, auth)
-		urls = append(urls, "ws"+strings.TrimPrefix(hs.URL, "http")+"/ws")
+		urls = append(urls, serveRelay(t, &relay.Options{Store: st, Auth: auth, PingInterval: -1}, func() { st.Close(); auth.Close() }))
 		if got := idp.Fetches(); got != i+1 {
 			t.Fatalf("%d JWKS fetches after relay %d started", got, i+1)
 		}
