@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/amrepo"
 	"github.com/ferrysync/ferry/relay/memstore"
+	"github.com/ferrysync/ferry/relay/relaytest"
 	"github.com/ferrysync/ferry/transport"
 )
 
@@ -55,52 +55,6 @@ func (s *busyStore) Close() error {
 	s.closed.Store(true)
 	return s.Store.Close()
 }
-
-// pipeListener serves connections made of net.Pipe: a goroutine blocked
-// on one is durably blocked, on a socket it is not, so a relay served on
-// it runs inside a synctest bubble.
-type pipeListener struct {
-	conns chan net.Conn
-	done  chan struct{}
-	once  sync.Once
-}
-
-func newPipeListener() *pipeListener {
-	return &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
-}
-
-func (l *pipeListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *pipeListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
-
-func (l *pipeListener) dial(ctx context.Context, _, _ string) (net.Conn, error) {
-	client, server := net.Pipe()
-	select {
-	case l.conns <- server:
-		return client, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-type pipeAddr struct{}
-
-func (pipeAddr) Network() string { return "pipe" }
-func (pipeAddr) String() string  { return "relay.test:80" }
 
 // On SIGTERM the relay waits shutdown_timeout for busy sessions, not
 // longer and not less, then cuts them off and says so; the store is closed
@@ -147,11 +101,11 @@ func TestRelayShutdownTimeoutCutsBusySessions(t *testing.T) {
 		if err := amrepo.Mount(srv, nil); err != nil {
 			t.Fatal(err)
 		}
-		ln := newPipeListener()
+		ln, dial := relaytest.PipeNetwork()
 		hs, served, _ := serveHTTP(srv.Handler(), ln, nil)
 
 		// A device whose push is stuck in the store's append.
-		tr := &http.Transport{DialContext: ln.dial}
+		tr := &http.Transport{DialContext: dial}
 		defer tr.CloseIdleConnections()
 		conn, err := transport.Dial(context.Background(), "ws://relay.test/ws",
 			&transport.Options{PingInterval: -1, Dial: &websocket.DialOptions{HTTPClient: &http.Client{Transport: tr}}})

@@ -178,6 +178,16 @@ func (r *Relay) Close() {
 	})
 }
 
+// PipeNetwork returns a listener on an in-memory network and the dial
+// function (for an http.Transport's DialContext) that connects to it, as
+// Options.Pipe serves a relay: no sockets, no I/O outside the process, so
+// a server on it runs inside a synctest bubble. Closing the listener ends
+// the network.
+func PipeNetwork() (net.Listener, func(ctx context.Context, network, addr string) (net.Conn, error)) {
+	l := newPipeListener(nil)
+	return l, l.dial
+}
+
 // pipeListener is a net.Listener whose connections are in-memory pipes
 // (see pipe.go): no sockets, no I/O outside the process.
 type pipeListener struct {
