@@ -140,6 +140,9 @@ func (c *RestoreCommand) Run(ctx context.Context, args []string) error {
 	default:
 		fmt.Fprintln(c.Stdout)
 	}
+	if b.unchecked {
+		fmt.Fprintln(c.Stdout, "  this backup, from an earlier version, has no checksum: bytes changed in it since it was written could not be found")
+	}
 	return nil
 }
 

@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,18 +20,33 @@ import (
 // A backup file holds everything in a relay's data folder that the relay
 // needs to serve its devices again:
 //
-//	ferry-backup 1\n
+//	ferry-backup 2\n
 //	{"created": ..., "dev_app": {...}}\n     the manifest, one line of JSON
-//	the relay store, in Badger's backup format, to the end of the file
+//	the relay store, in Badger's backup format
+//	sha256 <64 hex digits>\n                 of every byte before this line
 //
 // The first line tells a backup from any other file before a restore
 // writes anything. The manifest carries the dev app (dev-app.json), whose
 // API key and secret every device of a --dev relay uses. Apps listed in a
 // configuration file are not in the data folder, so not in the backup.
+// The last line's checksum finds bytes changed anywhere in the file:
+// Badger's backup format has no checksum of its own, so a file damaged in
+// the middle would otherwise restore the damage.
 //
-// A file without the first line is read as a backup from before this
-// format: the store alone, which is how "ferry backup" wrote them.
-const backupMagic = "ferry-backup 1\n"
+// Format 1 is the same without the last line; a file without the first
+// line is read as a backup from before both: the store alone, which is
+// how "ferry backup" wrote them. Both still restore, unchecked.
+const (
+	backupMagic   = "ferry-backup 2\n"
+	backupMagicV1 = "ferry-backup 1\n"
+)
+
+// backupTrailer opens the last line of a backup of format 2; the line is
+// backupTrailerLen bytes long.
+const (
+	backupTrailer    = "sha256 "
+	backupTrailerLen = len(backupTrailer) + 2*sha256.Size + 1
+)
 
 // maxManifest bounds the manifest line, so a large file that is not a
 // backup is refused without reading it whole.
@@ -65,7 +82,8 @@ func writeBackup(w io.Writer, data string, now time.Time) (backupManifest, strin
 	if err != nil {
 		return m, "", err
 	}
-	bw := bufio.NewWriterSize(w, 1<<20)
+	sum := sha256.New()
+	bw := bufio.NewWriterSize(io.MultiWriter(w, sum), 1<<20)
 	bw.WriteString(backupMagic)
 	bw.Write(line)
 	bw.WriteByte('\n')
@@ -73,16 +91,22 @@ func writeBackup(w io.Writer, data string, now time.Time) (backupManifest, strin
 	if err != nil {
 		return m, "", err
 	}
-	return m, inc, bw.Flush()
+	if err := bw.Flush(); err != nil {
+		return m, "", err
+	}
+	_, err = fmt.Fprintf(w, "%s%x\n", backupTrailer, sum.Sum(nil))
+	return m, inc, err
 }
 
 // backupFile is a checked backup file, ready to restore.
 type backupFile struct {
-	f        *os.File
-	manifest backupManifest
-	legacy   bool  // no first line: the store alone
-	store    int64 // where the store begins
-	entries  int   // in the store
+	f         *os.File
+	manifest  backupManifest
+	legacy    bool  // no first line: the store alone
+	unchecked bool  // no checksum: format 1, or legacy
+	store     int64 // where the store begins
+	storeLen  int64 // and its length
+	entries   int   // in the store
 }
 
 // openBackup opens and checks the backup file at path, reading it whole:
@@ -111,10 +135,19 @@ func checkBackup(f *os.File) (*backupFile, error) {
 		return nil, fmt.Errorf("%w: not a regular file", errNotBackup)
 	}
 	b := &backupFile{f: f}
+	size := info.Size()
 	br := bufio.NewReader(io.LimitReader(f, int64(len(backupMagic))+maxManifest))
 	head := make([]byte, len(backupMagic))
 	n, _ := io.ReadFull(br, head)
-	if string(head[:n]) == backupMagic {
+	if magic := string(head[:n]); magic == backupMagic || magic == backupMagicV1 {
+		if magic == backupMagic {
+			if err := checkBackupSum(f, size); err != nil {
+				return nil, err
+			}
+			size -= int64(backupTrailerLen)
+		} else {
+			b.unchecked = true
+		}
 		line, err := br.ReadBytes('\n')
 		if err != nil {
 			return nil, fmt.Errorf("%w: its manifest line is cut short or too long", errDamagedBackup)
@@ -129,12 +162,13 @@ func checkBackup(f *os.File) (*backupFile, error) {
 		}
 		b.store = int64(len(backupMagic) + len(line))
 	} else {
-		b.legacy = true
+		b.legacy, b.unchecked = true, true
 	}
+	b.storeLen = size - b.store
 	if _, err := f.Seek(b.store, io.SeekStart); err != nil {
 		return nil, err
 	}
-	b.entries, err = badgerdir.CheckBackup(f, info.Size()-b.store)
+	b.entries, err = badgerdir.CheckBackup(io.LimitReader(f, b.storeLen), b.storeLen)
 	if err != nil {
 		if b.legacy {
 			return nil, fmt.Errorf("%w: it does not begin with %q, and is not a store backup of an earlier version either", errNotBackup, backupMagic[:len(backupMagic)-1])
@@ -155,10 +189,32 @@ func checkBackup(f *os.File) (*backupFile, error) {
 
 // storeReader reads the store part, from the start.
 func (b *backupFile) storeReader() (io.Reader, error) {
-	if _, err := b.f.Seek(b.store, io.SeekStart); err != nil {
-		return nil, err
+	return io.NewSectionReader(b.f, b.store, b.storeLen), nil
+}
+
+// checkBackupSum checks the last line of a backup of format 2, of size
+// bytes, against the SHA-256 of every byte before it.
+func checkBackupSum(f *os.File, size int64) error {
+	if size < int64(len(backupMagic)+backupTrailerLen) {
+		return fmt.Errorf("%w: its checksum line is missing", errDamagedBackup)
 	}
-	return b.f, nil
+	body := size - int64(backupTrailerLen)
+	line := make([]byte, backupTrailerLen)
+	if _, err := f.ReadAt(line, body); err != nil {
+		return err
+	}
+	want, ok := bytes.CutPrefix(bytes.TrimSuffix(line, []byte("\n")), []byte(backupTrailer))
+	if !ok || line[len(line)-1] != '\n' {
+		return fmt.Errorf("%w: its last line is not its checksum", errDamagedBackup)
+	}
+	sum := sha256.New()
+	if _, err := io.Copy(sum, io.NewSectionReader(f, 0, body)); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(sum.Sum(nil)); got != string(want) {
+		return fmt.Errorf("%w: its bytes do not match its checksum (sha256 %s, the file says %s)", errDamagedBackup, got, want)
+	}
+	return nil
 }
 
 func (b *backupFile) Close() error { return b.f.Close() }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"maps"
 	"net"
 	"os"
@@ -220,6 +221,48 @@ func TestRestoreOlderBackups(t *testing.T) {
 		t.Errorf("restore of an older backup does not say the dev app is missing:\n%s", out)
 	}
 	mustNotExist(t, filepath.Join(restored, devAppFile))
+}
+
+// A backup whose bytes changed anywhere after it was written (one byte in
+// its manifest, its store's framing or a record's changes) is refused,
+// naming its checksum, and nothing is written. Badger's backup format has
+// no checksum: such a file restored, changes and all, with no error. A
+// backup of format 1 (no checksum line) still restores, and says it was
+// not checked.
+func TestRestoreRefusesChangedBytes(t *testing.T) {
+	dir := t.TempDir()
+	data, file := filepath.Join(dir, "data"), filepath.Join(dir, "b.ferry")
+	newRelayData(t, data)
+	runOK(t, "backup", "--data", data, "--out", file)
+	good, _ := os.ReadFile(file)
+	if !bytes.HasPrefix(good, []byte(backupMagic)) || !bytes.HasPrefix(good[len(good)-backupTrailerLen:], []byte(backupTrailer)) {
+		t.Fatalf("a backup does not begin with %q and end with its checksum line", backupMagic)
+	}
+	body := len(good) - backupTrailerLen
+	for _, at := range []int{len(backupMagic) + 3, body / 2, body - 5} {
+		changed := bytes.Clone(good)
+		changed[at] ^= 0x20
+		p := filepath.Join(dir, fmt.Sprint("changed-", at, ".ferry"))
+		if err := os.WriteFile(p, changed, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		into := filepath.Join(dir, fmt.Sprint("into-", at))
+		err := runErr(t, "restore", "--data", into, "--in", p)
+		if !errors.Is(err, errDamagedBackup) || !strings.Contains(err.Error(), "checksum") {
+			t.Errorf("byte %d of %d changed: %v, want the checksum to refuse it", at, len(good), err)
+		}
+		mustNotExist(t, into)
+	}
+
+	v1 := append([]byte(backupMagicV1), good[len(backupMagic):body]...)
+	p := filepath.Join(dir, "v1.ferry")
+	if err := os.WriteFile(p, v1, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := runOK(t, "restore", "--data", filepath.Join(dir, "from-v1"), "--in", p)
+	if !strings.Contains(out, "no checksum") {
+		t.Errorf("restore of a format 1 backup does not say it was not checked:\n%s", out)
+	}
 }
 
 func TestRestoreNeverMerges(t *testing.T) {
