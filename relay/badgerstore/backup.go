@@ -22,7 +22,10 @@ import (
 func BackupDir(dir string, w io.Writer) (incarnation string, err error) {
 	db, err := badgerdir.OpenReadOnly(dir, badger.DefaultOptions(dir).
 		WithLogger(nil).
-		WithBlockCacheSize(8<<20))
+		WithBlockCacheSize(8<<20).
+		// Each value read from the value log is checked against its
+		// checksum (see backup).
+		WithVerifyValueChecksum(true))
 	if errors.Is(err, badgerdir.ErrNoStore) {
 		return "", fmt.Errorf("%w: %v", relay.ErrNotRelayStore, err)
 	}
@@ -41,8 +44,50 @@ func BackupDir(dir string, w io.Writer) (incarnation string, err error) {
 	if err != nil {
 		return "", err
 	}
-	if _, err := db.Backup(w, 0); err != nil {
-		return "", fmt.Errorf("relay: backup: %w", err)
+	if err := backup(db, w); err != nil {
+		return "", err
 	}
 	return incarnation, nil
+}
+
+// backup writes db's backup to w, once every value in it has been read
+// whole. Badger's backup skips, with a line in its log and no error, every
+// key whose value it cannot read, and a value log cut short reads as empty
+// values with no error at all: from a damaged value log it would write a
+// backup without those records, or with them empty, and say nothing. A
+// value's checksum is checked as it is read where db verifies them
+// (BackupDir's does).
+// valueSizeSlack is how much shorter than Item.ValueSize a whole value
+// may be: for a value in the value log, ValueSize takes its entry's
+// header to be 6 bytes, which is up to 22.
+const valueSizeSlack = 16
+
+func backup(db *badger.DB, w io.Writer) error {
+	err := db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{AllVersions: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			item := it.Item()
+			if item.IsDeletedOrExpired() {
+				continue
+			}
+			err := item.Value(func(v []byte) error {
+				if n := item.ValueSize(); int64(len(v)) < n-valueSizeSlack {
+					return fmt.Errorf("%d of its %d bytes were read", len(v), n)
+				}
+				return nil
+			})
+			if err != nil {
+				return damaged(fmt.Errorf("key %q: its value cannot be read: %w", item.Key(), err))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("relay: backup: %w", err)
+	}
+	if _, err := db.Backup(w, 0); err != nil {
+		return fmt.Errorf("relay: backup: %w", err)
+	}
+	return nil
 }

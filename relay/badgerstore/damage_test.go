@@ -208,3 +208,51 @@ func TestBadgerCutValueLog(t *testing.T) {
 		t.Errorf("Log over the lost entry = %v, want relay.ErrStoreDamaged", err)
 	}
 }
+
+// A backup of a store whose value log was cut short, or changed in the
+// middle of a value, is refused as damaged, naming the key whose value
+// cannot be read, with nothing written. Badger's backup wrote it: without
+// the records whose values it could not read (each skipped with a log
+// line), and with the values a cut log gave as empty, with no error. The
+// same from a running relay's store, for a cut log.
+func TestBadgerBackupRefusesUnreadableValues(t *testing.T) {
+	for _, damage := range []string{"cut", "changed"} {
+		t.Run(damage, func(t *testing.T) {
+			dir, _, _ := bsDamageStore(t)
+			vlog := bsFile(t, dir, ".vlog")
+			if damage == "cut" {
+				if err := os.Truncate(vlog, 1<<20); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				// In the middle of the big document's 3 MiB of changes.
+				f, err := os.OpenFile(vlog, os.O_RDWR, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := f.WriteAt(bytes.Repeat([]byte{0xff}, 64), 2<<20); err != nil {
+					t.Fatal(err)
+				}
+				f.Close()
+			}
+			var b bytes.Buffer
+			_, err := BackupDir(dir, &b)
+			if !errors.Is(err, relay.ErrStoreDamaged) || !strings.Contains(err.Error(), "cannot be read") {
+				t.Fatalf("BackupDir of a store whose value log was %s: %v, want relay.ErrStoreDamaged naming the key", damage, err)
+			}
+			if b.Len() != 0 {
+				t.Errorf("a refused backup wrote %d bytes", b.Len())
+			}
+			if damage != "cut" {
+				return
+			}
+			s := bsOpen(t, dir, nil)
+			if err := s.Backup(&b); !errors.Is(err, relay.ErrStoreDamaged) {
+				t.Fatalf("Backup of an open store with its value log cut: %v, want relay.ErrStoreDamaged", err)
+			}
+			if b.Len() != 0 {
+				t.Errorf("a refused backup wrote %d bytes", b.Len())
+			}
+		})
+	}
+}

@@ -81,10 +81,7 @@ func (s *Store) Backup(w io.Writer) error {
 	if s.closed {
 		return relay.ErrStoreClosed
 	}
-	if _, err := s.db.Backup(w, 0); err != nil {
-		return fmt.Errorf("relay: backup: %w", err)
-	}
-	return nil
+	return backup(s.db, w)
 }
 
 // restoreFenceGap is added to every collection's fence counter by a restore.
