@@ -17,6 +17,40 @@ var ErrLocked = errors.New("the store is in use by another process")
 // ErrNoStore means a folder holds no Badger store where one must exist.
 var ErrNoStore = errors.New("no store in the folder")
 
+// ErrNeedsRepair means a read-only open was refused because a crash left
+// the store in a state that only a read-write open repairs: open it once
+// for writing (start the relay or the app), then try again.
+var ErrNeedsRepair = errors.New("a crash left the store needing repair, which only opening it for writing does: start the relay or the app once, then try again")
+
+// memHeaderSize is the header Badger writes at the start of a memtable's
+// write-ahead log (its key ID and IV).
+const memHeaderSize = 20
+
+// tornMemLog returns the name of a memtable log in dir cut inside its
+// header, "" if none. A read-write open truncates such a log; a read-only
+// open replays it, and Badger then asserts its log is not read-only, a
+// failure it reports with log.Fatal: the process ends, which no recover
+// catches.
+func tornMemLog(dir string) (string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return "", err
+	}
+	for _, e := range ents {
+		if filepath.Ext(e.Name()) != ".mem" || !e.Type().IsRegular() {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			return "", err
+		}
+		if n := info.Size(); n > 0 && n < memHeaderSize {
+			return e.Name(), nil
+		}
+	}
+	return "", nil
+}
+
 // Open opens a Badger store whose folder Prepare accepted (or an in-memory
 // one), verifying checksums and turning Badger's panics into ErrDamaged
 // (see openBadger). A folder another process holds gives an error matching
@@ -24,6 +58,15 @@ var ErrNoStore = errors.New("no store in the folder")
 // text, so it is recognized by probing the folder's lock after the open
 // failed.
 func Open(opts badger.Options) (*badger.DB, error) {
+	if opts.ReadOnly && !opts.InMemory {
+		name, err := tornMemLog(opts.Dir)
+		if err != nil {
+			return nil, err
+		}
+		if name != "" {
+			return nil, fmt.Errorf("%w (its write-ahead log %s is cut short inside its header)", ErrNeedsRepair, name)
+		}
+	}
 	db, err := openBadger(opts)
 	if err != nil && !opts.InMemory && lockedByOther(opts.Dir, !opts.ReadOnly) {
 		return nil, &LockedError{Dir: opts.Dir, Err: err}
@@ -36,8 +79,9 @@ func Open(opts badger.Options) (*badger.DB, error) {
 // ErrNoStore, and one that another process has open for writing gives
 // ErrLocked. Its MANIFEST, key registry and tables are verified first, as
 // Prepare does, so damage gives ErrDamaged rather than Badger's own error
-// or panic. A store that a crash left needing repair may fail to open:
-// only a read-write open repairs it.
+// or panic. A store that a crash left needing repair may fail to open
+// (ErrNeedsRepair, where Badger would end the process): only a read-write
+// open repairs it.
 func OpenReadOnly(dir string, opts badger.Options) (*badger.DB, error) {
 	if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); err != nil {
 		if errors.Is(err, os.ErrNotExist) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/dgraph-io/badger/v4"
@@ -129,5 +130,65 @@ func TestOpenReadOnlyCreatesNothing(t *testing.T) {
 	}
 	if n := names(t, empty); len(n) != 0 {
 		t.Fatalf("empty folder now holds %v", n)
+	}
+}
+
+// A store whose newest write-ahead log a crash cut inside its header is
+// refused by a read-only open with ErrNeedsRepair, naming the log, and
+// nothing changed: Badger's read-only open ends the process on such a log
+// (its assertion that the log it would truncate is writable fails with
+// log.Fatal). A read-write open repairs it, and reads the store whole;
+// a read-only open then succeeds.
+func TestOpenReadOnlyRefusesTornMemLog(t *testing.T) {
+	dir := t.TempDir()
+	db, err := Open(quiet(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("k"), []byte("v")) }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	// The log of a memtable Badger had just begun when the crash came.
+	if err := os.WriteFile(filepath.Join(dir, "00009.mem"), make([]byte, 10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, dir)
+	if _, err := OpenReadOnly(dir, quiet("")); !errors.Is(err, ErrNeedsRepair) || !strings.Contains(err.Error(), "00009.mem") {
+		t.Fatalf("read-only open of a store with a torn log: %v, want ErrNeedsRepair naming it", err)
+	}
+	if _, err := Open(quiet(dir).WithReadOnly(true)); !errors.Is(err, ErrNeedsRepair) {
+		t.Fatalf("Open read-only of a store with a torn log: %v, want ErrNeedsRepair", err)
+	}
+	after := snapshot(t, dir)
+	for name, v := range before {
+		if after[name] != v {
+			t.Errorf("%s changed", name)
+		}
+	}
+	rw, err := Open(quiet(dir))
+	if err != nil {
+		t.Fatalf("read-write open of a store with a torn log: %v", err)
+	}
+	rw.Close()
+	ro, err := OpenReadOnly(dir, quiet(""))
+	if err != nil {
+		t.Fatalf("read-only open once repaired: %v", err)
+	}
+	err = ro.View(func(txn *badger.Txn) error {
+		item, err := txn.Get([]byte("k"))
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error {
+			if string(v) != "v" {
+				t.Errorf("read %q once repaired", v)
+			}
+			return nil
+		})
+	})
+	ro.Close()
+	if err != nil {
+		t.Fatal(err)
 	}
 }
