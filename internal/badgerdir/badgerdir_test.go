@@ -216,18 +216,24 @@ func TestPrepareRefusesLostManifest(t *testing.T) {
 
 // Each damage to a table, the MANIFEST or the key registry is refused
 // before Badger opens the store (a cut table makes Badger panic on a
-// goroutine nobody can recover), and the folder is left as it was.
+// goroutine nobody can recover), and the folder is left as it was. The
+// error names the folder and, in Ferry's words (its Problem), the file
+// damaged, and ends with the promise that nothing was changed.
 func TestPrepareRefusesDamagedStores(t *testing.T) {
+	const table = "<table>" // the damaged table, by its name
 	for _, tc := range []struct {
 		name   string
 		damage func(t *testing.T, sst string)
+		// files are those the error must name: table stands for the
+		// damaged table's.
+		files []string
 	}{
 		{"tail cut", func(t *testing.T, sst string) {
 			fi, _ := os.Stat(sst)
 			if err := os.Truncate(sst, fi.Size()*2/3); err != nil {
 				t.Fatal(err)
 			}
-		}},
+		}, []string{table}},
 		{"64 bytes overwritten", func(t *testing.T, sst string) {
 			b, err := os.ReadFile(sst)
 			if err != nil {
@@ -238,22 +244,22 @@ func TestPrepareRefusesDamagedStores(t *testing.T) {
 			if err := os.WriteFile(sst, b, 0o600); err != nil {
 				t.Fatal(err)
 			}
-		}},
+		}, []string{table}},
 		{"emptied", func(t *testing.T, sst string) {
 			if err := os.Truncate(sst, 0); err != nil {
 				t.Fatal(err)
 			}
-		}},
+		}, []string{table}},
 		{"missing", func(t *testing.T, sst string) {
 			if err := os.Remove(sst); err != nil {
 				t.Fatal(err)
 			}
-		}},
+		}, []string{table}},
 		{"MANIFEST cut", func(t *testing.T, sst string) {
 			if err := os.Truncate(filepath.Join(filepath.Dir(sst), "MANIFEST"), 5); err != nil {
 				t.Fatal(err)
 			}
-		}},
+		}, []string{"MANIFEST"}},
 		{"MANIFEST's last 8 bytes cut", func(t *testing.T, sst string) {
 			// Its last entry listed the table: Badger would delete it.
 			m := filepath.Join(filepath.Dir(sst), "MANIFEST")
@@ -261,24 +267,44 @@ func TestPrepareRefusesDamagedStores(t *testing.T) {
 			if err := os.Truncate(m, fi.Size()-8); err != nil {
 				t.Fatal(err)
 			}
-		}},
+		}, []string{"MANIFEST", table}}, // and the table Badger would delete
 		{"KEYREGISTRY cut", func(t *testing.T, sst string) {
 			if err := os.Truncate(filepath.Join(filepath.Dir(sst), "KEYREGISTRY"), 7); err != nil {
 				t.Fatal(err)
 			}
-		}},
+		}, []string{"KEYREGISTRY"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := store(t, 2000)
 			backup := t.TempDir()
 			copyDir(t, dir, backup)
-			tc.damage(t, sstOf(t, dir))
+			sst := sstOf(t, dir)
+			tc.damage(t, sst)
 			before := state(t, dir)
 			_, err := Prepare(dir)
 			if !errors.Is(err, ErrDamaged) {
 				t.Fatalf("Prepare = %v, want ErrDamaged", err)
 			}
 			t.Log(err)
+			var de *DamagedError
+			if !errors.As(err, &de) {
+				t.Fatalf("Prepare = %v (%T), want a *DamagedError", err, err)
+			}
+			msg := err.Error()
+			if !strings.HasPrefix(msg, dir+": ") {
+				t.Errorf("the error does not start with the folder %s: %q", dir, msg)
+			}
+			for _, f := range tc.files {
+				if f == table {
+					f = filepath.Base(sst)
+				}
+				if !strings.Contains(de.Problem, f) {
+					t.Errorf("the error does not name %s in its problem %q: %q", f, de.Problem, msg)
+				}
+			}
+			if !strings.HasSuffix(msg, "; nothing in the folder was changed") || !de.Untouched {
+				t.Errorf("the error does not end with the promise that nothing in the folder was changed: %q", msg)
+			}
 			checkUntouched(t, dir, before)
 			// Restored, the store opens in this same process: nothing
 			// was left holding its lock.
