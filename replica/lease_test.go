@@ -2,15 +2,18 @@ package replica
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/ferrysync/ferry/crdt"
+	"github.com/ferrysync/ferry/internal/badgerdir"
 	"github.com/ferrysync/ferry/policy"
 	"github.com/ferrysync/ferry/relay"
 	"github.com/ferrysync/ferry/relay/memstore"
@@ -236,4 +239,56 @@ func TestSyncReturnsBeforeTheLeaseRelease(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// A device on disk closed while a manual Sync is between its push and the
+// fsync that lets its cursor skip its own entries: the Sync returns
+// ErrClosed or context.Canceled, the edit it pushed is in the relay, and
+// nothing else runs on the closed store. The Sync fsynced through the store and syncer Close
+// had closed: with the syncer fsyncing through Badger (as on macOS, iOS
+// and Windows), the process ended (SIGSEGV in Badger's SyncWAL); on Linux
+// it leaked a file handle, and -race saw the two race.
+func TestCloseDuringSync(t *testing.T) {
+	direct := badgerdir.FsyncLogsDirect
+	badgerdir.FsyncLogsDirect = false
+	t.Cleanup(func() { badgerdir.FsyncLogsDirect = direct })
+	rl := relaytest.Start(t, &relaytest.Options{Pipe: true})
+	o := &Options{HTTPClient: rl.HTTPClient, TokenSource: StaticToken(rl.Token)}
+	r := open(t, t.TempDir(), o)
+	if err := r.AddProfile(Profile{Name: "p", URL: rl.URL, APIKey: rl.App.APIKey,
+		Mode: policy.Manual, Type: policy.TwoWay, Collections: []string{"c"}, Timeout: 10 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := r.Sync(ctx, "p"); err != nil {
+		t.Fatal(err)
+	}
+	if err := coll2(t, r, "c").Put("x", map[string]any{"i": int64(1)}); err != nil {
+		t.Fatal(err)
+	}
+	reached, resume := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	ownMovedSyncing = func() { once.Do(func() { close(reached); <-resume }) }
+	t.Cleanup(func() { ownMovedSyncing = nil })
+	errc := make(chan error, 1)
+	go func() {
+		_, err := r.Sync(ctx, "p")
+		errc <- err
+	}()
+	select {
+	case <-reached:
+	case err := <-errc:
+		t.Fatalf("the sync ended (%v) without its push moving its cursor: the test sees nothing", err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	close(resume)
+	// Close cancels what a sync is doing, then closes the store.
+	if err := <-errc; !errors.Is(err, ErrClosed) && !errors.Is(err, context.Canceled) {
+		t.Fatalf("a sync closed under: %v, want ErrClosed or context.Canceled", err)
+	}
+	if h, err := rl.Store.Head(ctx, relay.Coll{Tenant: rl.App.ID, Collection: "c"}); err != nil || h != 1 {
+		t.Fatalf("relay log head %d, %v: the pushed edit is not there", h, err)
+	}
 }

@@ -70,6 +70,10 @@ func (r *Replica) syncProfile(ctx context.Context, p *Profile) (*SyncStats, erro
 	return r.finish(p, st, StatusCompleted, nil)
 }
 
+// ownMovedSyncing, if set (by tests), is called by a sync whose push
+// moved its cursor, before it makes that durable.
+var ownMovedSyncing func()
+
 // syncCollections syncs each of the profile's collections over conn, as
 // the delegate allows, adding their statistics to st, and returns the
 // errors of those that failed.
@@ -242,11 +246,20 @@ func (r *Replica) syncCollection(ctx context.Context, conn *relayConn, p *Profil
 		// skips them: a push may have read an edit whose unit of work was
 		// still on its way to its fsync. Then only forward: a live
 		// session of the profile may have moved the stored cursor further
-		// meanwhile.
-		err := r.durable(nil)
-		if err == nil {
-			err = r.update(func(txn *badger.Txn) error { return advanceCursor(txn, p.Name, coll, s.state.Cursor) })
+		// meanwhile. Both under the guard against Close, which closes
+		// the store and its syncer once no guarded operation runs.
+		if ownMovedSyncing != nil {
+			ownMovedSyncing()
 		}
+		release, err := r.enter()
+		if err != nil {
+			return cs, err
+		}
+		err = r.durable(nil)
+		if err == nil {
+			err = r.db.Update(func(txn *badger.Txn) error { return advanceCursor(txn, p.Name, coll, s.state.Cursor) })
+		}
+		release()
 		if err != nil {
 			return cs, err
 		}
