@@ -117,19 +117,24 @@ func (s *compactRaceStore) Compact(ctx context.Context, c relay.Coll, record str
 // it and a fresh device pulls the collection: every push is acked or
 // refused as retryable, nothing acked is lost, each ack has its one log
 // entry, and every snapshot pulled loads.
-func TestPushesDuringCompaction(t *testing.T) {
-	t.Run("memory", func(t *testing.T) { pushesDuringCompaction(t, memstore.New(), nil) })
+func TestPushesDuringCompaction(t *testing.T) { onStores(t, pushesDuringCompaction) }
+
+// onStores runs f on a memory store, on a Badger store on disk (every ack
+// fsynced), and on a memory store with a document cache too small for one
+// document: every document leaves it, and is freed, as soon as no push or
+// queued group holds it (one freed while in use panics, crdt.ErrFreed),
+// and pushes and compactions read records from the store.
+func onStores(t *testing.T, f func(t *testing.T, st relay.Store, tweak func(*relay.Options))) {
+	t.Run("memory", func(t *testing.T) { f(t, memstore.New(), nil) })
 	t.Run("badger", func(t *testing.T) {
-		st, err := badgerstore.Open(t.TempDir(), nil) // durable: every ack is fsynced
+		st, err := badgerstore.Open(t.TempDir(), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		pushesDuringCompaction(t, st, nil)
+		f(t, st, nil)
 	})
-	// No document stays cached: pushes and compactions read the record
-	// from the store, mid-compaction.
 	t.Run("no cache", func(t *testing.T) {
-		pushesDuringCompaction(t, memstore.New(), func(o *relay.Options) { o.DocCacheBytes = 1 })
+		f(t, memstore.New(), func(o *relay.Options) { o.DocCacheBytes = 1 })
 	})
 }
 

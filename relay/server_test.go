@@ -15,7 +15,6 @@ import (
 
 	"github.com/ferrysync/ferry/crdt"
 	"github.com/ferrysync/ferry/relay"
-	"github.com/ferrysync/ferry/relay/badgerstore"
 	"github.com/ferrysync/ferry/relay/memstore"
 	"github.com/ferrysync/ferry/relay/storetest"
 	"github.com/ferrysync/ferry/transport"
@@ -137,20 +136,7 @@ func TestPushIsIdempotentAndValidated(t *testing.T) {
 }
 
 func TestConcurrentPushersLoseNothing(t *testing.T) {
-	t.Run("memory", func(t *testing.T) { concurrentPushers(t, memstore.New(), nil) })
-	t.Run("badger", func(t *testing.T) {
-		st, err := badgerstore.Open(t.TempDir(), nil) // durable: every ack is fsynced
-		if err != nil {
-			t.Fatal(err)
-		}
-		concurrentPushers(t, st, nil)
-	})
-	// A document cache too small for one document: every document leaves
-	// it, and is freed, as soon as no push or queued group holds it. A
-	// document freed while in use panics (crdt.ErrFreed).
-	t.Run("no cache", func(t *testing.T) {
-		concurrentPushers(t, memstore.New(), func(o *relay.Options) { o.DocCacheBytes = 1 })
-	})
+	onStores(t, concurrentPushers)
 }
 
 func concurrentPushers(t *testing.T, store relay.Store, tweak func(*relay.Options)) {
