@@ -421,8 +421,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // finishes its store append, since a half-written push is worse than a
 // late one). Close returns once every session and every goroutine the
 // Server started has ended; it waits for Store calls in progress, so it
-// returns promptly only if the Store honors canceled contexts. Calling it
-// again returns at once. Close the Store after Close.
+// returns promptly only if the Store honors canceled contexts, and a
+// push's append, which is not canceled, is waited for however long it
+// takes. Calling it again returns at once. Close the Store after Close.
 //
 // Shutdown is the graceful stop and Close the final one: call Shutdown
 // with a deadline, then Close.
