@@ -70,22 +70,16 @@ const packedOpBytes = 64
 
 const maxInt = int(^uint(0) >> 1)
 
-// documentCounts counts the changes of the whole-document chunks in b,
-// which frameWithin has checked (the rows of each document's first actor
-// column among its change columns: each change's author), and the bytes
-// of the values their operations set (the length of each document's value
-// column, inflated).
+// documentCounts counts, in the whole-document chunks of b, which
+// frameWithin has checked, their changes and the bytes of the values their
+// operations set (see documentCount).
 func documentCounts(b []byte) (changes int, values int64, err error) {
 	for off := 0; off < len(b); {
 		rest := b[off:]
 		size, ln := binary.Uvarint(rest[9:])
 		end := 9 + ln + int(size)
 		if rest[8] == chunkDocument {
-			c, err := documentChangeCount(rest[9+ln : end])
-			if err != nil {
-				return 0, 0, fmt.Errorf("%w: document at byte %d: %v", ErrCorrupt, off, err)
-			}
-			v, err := documentValueBytes(rest[9+ln : end])
+			c, v, err := documentCount(rest[9+ln : end])
 			if err != nil {
 				return 0, 0, fmt.Errorf("%w: document at byte %d: %v", ErrCorrupt, off, err)
 			}
@@ -97,102 +91,100 @@ func documentCounts(b []byte) (changes int, values int64, err error) {
 	return changes, values, nil
 }
 
-// documentValueBytes returns the length of a document chunk's value
-// column, which holds the bytes of every value its operations set. A
-// compressed column is inflated to count it, not kept: a document whose
-// values compress to almost nothing costs what they inflate to once
+// documentCount counts a document chunk's changes (the rows of its first
+// actor column among its change columns: each change's author) and the
+// bytes of its value column, which holds every value its operations set.
+// A compressed value column is inflated to count it, not kept: a document
+// whose values compress to almost nothing costs what they inflate to once
 // loaded, and an estimate must say so before anything loads it.
-func documentValueBytes(p []byte) (int64, error) {
-	_, p, err := actorTable(p)
+func documentCount(p []byte) (changes int, values int64, err error) {
+	_, p, err = actorTable(p)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if _, p, err = hashList(p, "heads"); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	changeCols, p, err := columnMeta(p)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	opCols, p, err := columnMeta(p)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	for _, c := range changeCols {
+	take := func(c column) ([]byte, error) {
 		if c.size > uint64(len(p)) {
-			return 0, errors.New("columns overrun the chunk")
-		}
-		p = p[c.size:]
-	}
-	var n int64
-	for _, c := range opCols {
-		if c.size > uint64(len(p)) {
-			return 0, errors.New("columns overrun the chunk")
+			return nil, errors.New("columns overrun the chunk")
 		}
 		data := p[:c.size]
 		p = p[c.size:]
-		switch {
-		case c.spec&^colDeflate != specValue:
-		case c.spec&colDeflate == 0:
-			n += int64(len(data))
-		default:
-			m, err := inflatedSize(data, maxInflated)
-			switch {
-			case errors.Is(err, errInflatesPast):
-				m = maxInflated // at least: loading it takes that much
-			case err != nil:
-				return 0, fmt.Errorf("column %#x: %w", c.spec, err)
+		return data, nil
+	}
+	counted := false
+	for _, c := range changeCols {
+		data, err := take(c)
+		if err != nil {
+			return 0, 0, err
+		}
+		if !counted && c.spec&colTypeMask == colTypeActor {
+			if changes, err = countRows(data, c.spec); err != nil {
+				return 0, 0, err
 			}
-			n += m
+			counted = true
 		}
 	}
-	return n, nil
+	for _, c := range opCols {
+		data, err := take(c)
+		if err != nil {
+			return 0, 0, err
+		}
+		if c.spec&^colDeflate == specValue {
+			n, err := columnLen(data, c.spec)
+			if err != nil {
+				return 0, 0, fmt.Errorf("column %#x: %w", c.spec, err)
+			}
+			values += n
+		}
+	}
+	return changes, values, nil
 }
 
-func documentChangeCount(p []byte) (int, error) {
-	_, p, err := actorTable(p)
-	if err != nil {
-		return 0, err
-	}
-	if _, p, err = hashList(p, "heads"); err != nil {
-		return 0, err
-	}
-	cols, p, err := columnMeta(p)
-	if err != nil {
-		return 0, err
-	}
-	if _, p, err = columnMeta(p); err != nil {
-		return 0, err
-	}
-	for _, c := range cols {
-		if c.size > uint64(len(p)) {
-			return 0, errors.New("columns overrun the chunk")
+// countRows counts the values of an RLE column (data, compressed if spec
+// says so).
+func countRows(data []byte, spec uint64) (int, error) {
+	if spec&colDeflate != 0 {
+		var err error
+		if data, err = (*InflateBudget)(nil).inflate(data); err != nil {
+			return 0, err
 		}
-		data := p[:c.size]
-		p = p[c.size:]
-		if c.spec&colTypeMask != colTypeActor {
-			continue
-		}
-		if c.spec&colDeflate != 0 {
-			if data, err = (*InflateBudget)(nil).inflate(data); err != nil {
-				return 0, err
-			}
-		}
-		r := rleRuns{b: data}
-		n := uint64(0)
-		for {
-			run, ok := r.next()
-			if r.err != nil {
-				return 0, r.err
-			}
-			if !ok {
-				break
-			}
-			n += run.n
-		}
-		return int(min(n, uint64(maxInt))), nil
 	}
-	return 0, nil // a document without changes
+	r := rleRuns{b: data}
+	n := uint64(0)
+	for {
+		run, ok := r.next()
+		if r.err != nil {
+			return 0, r.err
+		}
+		if !ok {
+			return int(min(n, uint64(maxInt))), nil
+		}
+		n += run.n
+	}
+}
+
+// columnLen is the length of a column once inflated (data, compressed if
+// spec says so), counted as it inflates: at least maxInflated for one that
+// inflates past it, as loading it takes that much.
+func columnLen(data []byte, spec uint64) (int64, error) {
+	if spec&colDeflate == 0 {
+		return int64(len(data)), nil
+	}
+	n, err := inflatedSize(data, maxInflated)
+	if errors.Is(err, errInflatesPast) {
+		return maxInflated, nil
+	}
+	return n, err
 }
 
 // Remaining returns the bytes the budget may still inflate.

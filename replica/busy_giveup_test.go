@@ -86,11 +86,7 @@ func syncGivesUpOnBusyRelay(t *testing.T, typ policy.Type) {
 	// b's record is many small maps: it costs far more than the budget
 	// loaded, so its push is let in alone, and holds the whole budget
 	// while its append is held.
-	items := make([]any, 2000)
-	for i := range items {
-		items[i] = map[string]any{"n": int64(i), "done": false}
-	}
-	if _, err := coll2(t, b, "b").Insert(map[string]any{"items": items}); err != nil {
+	if _, err := coll2(t, b, "b").Insert(smallMaps(2000)); err != nil {
 		t.Fatal(err)
 	}
 	bDone := make(chan error, 1)

@@ -97,11 +97,7 @@ func syncWaitsOutBusyRelay(t *testing.T, typ policy.Type) {
 	}
 	// b's record is many small maps: it costs far more than the budget
 	// loaded, so its push is let in alone.
-	items := make([]any, 2000)
-	for i := range items {
-		items[i] = map[string]any{"n": int64(i), "done": false}
-	}
-	idB, err := coll2(t, b, "b").Insert(map[string]any{"items": items})
+	idB, err := coll2(t, b, "b").Insert(smallMaps(2000))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,4 +122,14 @@ func syncWaitsOutBusyRelay(t *testing.T, typ policy.Type) {
 			t.Errorf("%s/%s on the relay: %v", coll, id, err)
 		}
 	}
+}
+
+// smallMaps is a record of n small maps in a list: it costs far more
+// loaded than its bytes say.
+func smallMaps(n int) map[string]any {
+	items := make([]any, n)
+	for i := range items {
+		items[i] = map[string]any{"n": int64(i), "done": false}
+	}
+	return map[string]any{"items": items}
 }

@@ -181,11 +181,7 @@ func restoreInto(data string, b *backupFile) (err error) {
 		return err
 	}
 	undo = append(undo, func() { os.RemoveAll(tmp) })
-	r, err := b.storeReader()
-	if err != nil {
-		return err
-	}
-	if err := badgerstore.Restore(tmp, r); err != nil {
+	if err := badgerstore.Restore(tmp, b.storeReader()); err != nil {
 		return err
 	}
 	if app := b.manifest.DevApp; app != nil {

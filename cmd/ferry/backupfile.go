@@ -188,9 +188,7 @@ func checkBackup(f *os.File) (*backupFile, error) {
 }
 
 // storeReader reads the store part, from the start.
-func (b *backupFile) storeReader() (io.Reader, error) {
-	return io.NewSectionReader(b.f, b.store, b.storeLen), nil
-}
+func (b *backupFile) storeReader() io.Reader { return io.NewSectionReader(b.f, b.store, b.storeLen) }
 
 // checkBackupSum checks the last line of a backup of format 2, of size
 // bytes, against the SHA-256 of every byte before it.

@@ -71,7 +71,9 @@ func snapshot(t *testing.T, dir string) map[string]string {
 	return out
 }
 
-func TestOpenReadOnlyChangesNothing(t *testing.T) {
+// storeWithK returns the folder of a closed store holding k = v.
+func storeWithK(t *testing.T) string {
+	t.Helper()
 	dir := t.TempDir()
 	db, err := Open(quiet(dir))
 	if err != nil {
@@ -80,30 +82,49 @@ func TestOpenReadOnlyChangesNothing(t *testing.T) {
 	if err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("k"), []byte("v")) }); err != nil {
 		t.Fatal(err)
 	}
-	db.Close()
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// checkK checks that db holds k = v, as storeWithK left it.
+func checkK(t *testing.T, db *badger.DB, what string) {
+	t.Helper()
+	err := db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get([]byte("k"))
+		if err != nil {
+			return err
+		}
+		v, err := item.ValueCopy(nil)
+		if err == nil && string(v) != "v" {
+			t.Errorf("%s: read %q, want v", what, v)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+func TestOpenReadOnlyChangesNothing(t *testing.T) {
+	dir := storeWithK(t)
 	before := snapshot(t, dir)
 
 	ro, err := OpenReadOnly(dir, quiet(""))
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = ro.View(func(txn *badger.Txn) error {
-		item, err := txn.Get([]byte("k"))
-		if err != nil {
-			return err
-		}
-		v, err := item.ValueCopy(nil)
-		if string(v) != "v" {
-			t.Errorf("read %q", v)
-		}
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	checkK(t, ro, "read-only")
 	if err := ro.Close(); err != nil {
 		t.Fatal(err)
 	}
+	unchanged(t, dir, before)
+}
+
+// unchanged checks that dir's files are as snapshot found them (before).
+func unchanged(t *testing.T, dir string, before map[string]string) {
+	t.Helper()
 	after := snapshot(t, dir)
 	if len(after) != len(before) {
 		t.Fatalf("files changed: %d before, %d after", len(before), len(after))
@@ -140,15 +161,7 @@ func TestOpenReadOnlyCreatesNothing(t *testing.T) {
 // log.Fatal). A read-write open repairs it, and reads the store whole;
 // a read-only open then succeeds.
 func TestOpenReadOnlyRefusesTornMemLog(t *testing.T) {
-	dir := t.TempDir()
-	db, err := Open(quiet(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("k"), []byte("v")) }); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	dir := storeWithK(t)
 	// The log of a memtable Badger had just begun when the crash came.
 	if err := os.WriteFile(filepath.Join(dir, "00009.mem"), make([]byte, 10), 0o644); err != nil {
 		t.Fatal(err)
@@ -160,12 +173,7 @@ func TestOpenReadOnlyRefusesTornMemLog(t *testing.T) {
 	if _, err := Open(quiet(dir).WithReadOnly(true)); !errors.Is(err, ErrNeedsRepair) {
 		t.Fatalf("Open read-only of a store with a torn log: %v, want ErrNeedsRepair", err)
 	}
-	after := snapshot(t, dir)
-	for name, v := range before {
-		if after[name] != v {
-			t.Errorf("%s changed", name)
-		}
-	}
+	unchanged(t, dir, before)
 	rw, err := Open(quiet(dir))
 	if err != nil {
 		t.Fatalf("read-write open of a store with a torn log: %v", err)
@@ -175,20 +183,6 @@ func TestOpenReadOnlyRefusesTornMemLog(t *testing.T) {
 	if err != nil {
 		t.Fatalf("read-only open once repaired: %v", err)
 	}
-	err = ro.View(func(txn *badger.Txn) error {
-		item, err := txn.Get([]byte("k"))
-		if err != nil {
-			return err
-		}
-		return item.Value(func(v []byte) error {
-			if string(v) != "v" {
-				t.Errorf("read %q once repaired", v)
-			}
-			return nil
-		})
-	})
+	checkK(t, ro, "once repaired")
 	ro.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
 }

@@ -22,10 +22,7 @@ import (
 func BackupDir(dir string, w io.Writer) (incarnation string, err error) {
 	db, err := badgerdir.OpenReadOnly(dir, badger.DefaultOptions(dir).
 		WithLogger(nil).
-		WithBlockCacheSize(8<<20).
-		// Each value read from the value log is checked against its
-		// checksum (see backup).
-		WithVerifyValueChecksum(true))
+		WithBlockCacheSize(8<<20))
 	if errors.Is(err, badgerdir.ErrNoStore) {
 		return "", fmt.Errorf("%w: %v", relay.ErrNotRelayStore, err)
 	}
@@ -54,9 +51,9 @@ func BackupDir(dir string, w io.Writer) (incarnation string, err error) {
 // whole. Badger's backup skips, with a line in its log and no error, every
 // key whose value it cannot read, and a value log cut short reads as empty
 // values with no error at all: from a damaged value log it would write a
-// backup without those records, or with them empty, and say nothing. A
-// value's checksum is checked as it is read where db verifies them
-// (BackupDir's does).
+// backup without those records, or with them empty, and say nothing. Each
+// value's checksum is checked as it is read (badgerdir opens every store
+// so).
 // valueSizeSlack is how much shorter than Item.ValueSize a whole value
 // may be: for a value in the value log, ValueSize takes its entry's
 // header to be 6 bytes, which is up to 22.
