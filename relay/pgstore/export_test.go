@@ -18,9 +18,10 @@ func SetLocalClock(o *Options, f func() time.Time) { o.localClock = f }
 func Retryable(err error) string { return retryable(err) }
 
 // SetClockInterval sets how often a store opened from now on reads the
-// database's clock again, and returns a func that sets it back.
-func SetClockInterval(d time.Duration) (restore func()) {
-	old := clockInterval
-	clockInterval = d
-	return func() { clockInterval = old }
+// database's clock again, and f to call after each reading (nil: none),
+// and returns a func that sets both back.
+func SetClockInterval(d time.Duration, f func()) (restore func()) {
+	old, oldF := clockInterval, clockRead
+	clockInterval, clockRead = d, f
+	return func() { clockInterval, clockRead = old, oldF }
 }

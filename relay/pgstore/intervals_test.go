@@ -3,6 +3,7 @@ package pgstore_test
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"math"
 	"net"
 	"sync/atomic"
@@ -28,16 +29,36 @@ import (
 //go:linkname relaySweepInterval github.com/ferrysync/ferry/relay.sweepInterval
 var relaySweepInterval time.Duration
 
-// until polls cond until it holds, failing the test with what if it has
-// not within a deadline that only turns a hang into a failure.
-func until(t *testing.T, what string, cond func() bool) {
+// await waits for ch, failing the test with what after a deadline that
+// only turns a hang into a failure.
+func await(t *testing.T, ch <-chan struct{}, what string) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal(what)
-		}
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal(what)
 	}
 }
+
+// onMessage is a log handler that sends on ch each record with message
+// msg, if ch has room.
+type onMessage struct {
+	msg string
+	ch  chan struct{}
+}
+
+func (h onMessage) Enabled(context.Context, slog.Level) bool { return true }
+func (h onMessage) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		select {
+		case h.ch <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+func (h onMessage) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h onMessage) WithGroup(string) slog.Handler      { return h }
 
 // notifyDropper dials connections that break on the first write holding a
 // NOTIFY, before it reaches the server: a relay that died between its
@@ -97,7 +118,8 @@ func TestLostNotificationFoundByHeadsPoll(t *testing.T) {
 	schema := pgtest.Schema(t)
 	st1 := &readsStore{Store: open(t, schema, nil), empty: make(chan struct{}, 16)}
 	var d notifyDropper
-	var o pgstore.Options
+	notifyFailed := make(chan struct{}, 1)
+	o := pgstore.Options{Logger: slog.New(onMessage{msg: "notifying other relays failed; they will find the change at their next sweep", ch: notifyFailed})}
 	pgstore.SetDial(&o, d.dial)
 	st2 := open(t, schema, &o)
 
@@ -137,9 +159,9 @@ func TestLostNotificationFoundByHeadsPoll(t *testing.T) {
 	}
 	sent := func() float64 { return counter(t, st2, "ferry_postgres_notifications_sent_total", nil) }
 	failed := func() float64 { return counter(t, st2, "ferry_postgres_notifications_failed_total", nil) }
-	until(t, "the append's NOTIFY was never attempted", func() bool { return sent()+failed() > 0 })
-	if n := sent(); n != 0 || d.dropped.Load() == 0 {
-		t.Fatalf("%v NOTIFYs sent, %d dropped: the test tested nothing", n, d.dropped.Load())
+	await(t, notifyFailed, "the append's NOTIFY never failed")
+	if n, f := sent(), failed(); n != 0 || f == 0 || d.dropped.Load() == 0 {
+		t.Fatalf("%v NOTIFYs sent, %v failed, %d dropped: the test tested nothing", n, f, d.dropped.Load())
 	}
 
 	lv := nextLive(t, sub)
@@ -156,7 +178,13 @@ func TestLostNotificationFoundByHeadsPoll(t *testing.T) {
 // after the next reading, with nothing but the interval calling for it,
 // and the store's clock stays the database's.
 func TestClockReadAgain(t *testing.T) {
-	t.Cleanup(pgstore.SetClockInterval(20 * time.Millisecond)) // after the store's Close
+	read := make(chan struct{}, 1)
+	t.Cleanup(pgstore.SetClockInterval(20*time.Millisecond, func() {
+		select {
+		case read <- struct{}{}:
+		default:
+		}
+	})) // after the store's Close
 	var skew atomic.Int64
 	var o pgstore.Options
 	// The step moves the monotonic reading too, so only a new reading of
@@ -169,9 +197,18 @@ func TestClockReadAgain(t *testing.T) {
 	}
 
 	skew.Store(int64(time.Hour))
-	until(t, "the offset stayed about 0 after this machine's clock moved an hour ahead: the database's clock was not read again", func() bool {
-		return math.Abs(offset()+3600) < 60
-	})
+	// A reading signalled now may have begun before the step; the one
+	// after it began after the step.
+	select {
+	case <-read:
+	default:
+	}
+	for range 2 {
+		await(t, read, "the database's clock was not read again after this machine's clock moved an hour ahead")
+	}
+	if off := offset(); math.Abs(off+3600) > 60 {
+		t.Fatalf("offset %vs after this machine's clock moved an hour ahead and the database's was read again, want about -3600", off)
+	}
 	if d := s.Now().Sub(time.Now()); d.Abs() > time.Minute {
 		t.Fatalf("the store's clock is %v off the database's after the step", d)
 	}

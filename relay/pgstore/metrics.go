@@ -87,6 +87,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 // A variable so that tests can see a reading take effect.
 var clockInterval = 10 * time.Second
 
+// clockRead, if set (by tests), is called after each reading of the
+// database's clock the janitor takes.
+var clockRead func()
+
 // janitor keeps the clock in step with the database's and prunes old
 // append ids, until Close.
 func (s *Store) janitor() {
@@ -105,6 +109,9 @@ func (s *Store) janitor() {
 				s.opts.Logger.Debug("reading the database's clock failed; keeping the last reading", "err", err)
 			}
 			cancel()
+			if clockRead != nil {
+				clockRead()
+			}
 		case <-pruneT.C:
 			ctx, cancel := context.WithTimeout(s.base, 30*time.Second)
 			if err := s.pruneAppendIDs(ctx); err != nil && s.base.Err() == nil {
